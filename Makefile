@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh clone (Python 3.11, CPU only, no network but PyPI):
+#   make fit    install into .venv, then train RGRA on the embedded task (configs/rgra.yaml)
+#   make test   install into .venv, then run the test suite (what CI runs)
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+PIP := $(PYTHON) -m pip install --quiet --constraint constraints.txt
+CONFIG ?= configs/rgra.yaml
+
+.PHONY: install fit test test-all lint warmup
+
+install: $(VENV)/.installed
+
+# torch first, from its exact pin (a local CPU wheel); every later install keeps it via constraints.txt.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet torch==2.13.0
+	$(PIP) --editable '.[dev]'
+	touch $@
+
+fit: install
+	$(PYTHON) -m rgra_lightning fit --config $(CONFIG)
+
+test: install
+	$(PYTHON) -m pytest
+
+test-all: install
+	$(PYTHON) -m pytest -m ""
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+warmup: install
+	$(PYTHON) -m rgra_lightning fit --config configs/warmup.yaml

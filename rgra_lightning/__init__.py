@@ -1,0 +1,17 @@
+"""rgra-lightning: GRPO, RGRA and their ablations as a PyTorch Lightning trainer for math reasoning."""
+
+from rgra_lightning.advantages import AdvantageConfig, group_advantages
+from rgra_lightning.data import MathPromptDataModule
+from rgra_lightning.losses import LossConfig, policy_loss
+from rgra_lightning.module import RLModule
+from rgra_lightning.rollout import SamplingConfig
+
+__all__ = [
+    "AdvantageConfig",
+    "LossConfig",
+    "MathPromptDataModule",
+    "RLModule",
+    "SamplingConfig",
+    "group_advantages",
+    "policy_loss",
+]

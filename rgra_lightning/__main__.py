@@ -1,0 +1,3 @@
+from rgra_lightning.cli import main
+
+main()

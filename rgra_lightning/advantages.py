@@ -1,0 +1,91 @@
+"""Group-relative advantages: one scalar per completion, computed from its group's rewards.
+
+Every function is pure: ``rewards`` has shape ``[B, G]`` (B prompts, G completions each) and the result
+has the same shape. The trainer broadcasts each advantage over its completion's tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Baseline = Literal["group_mean", "leave_one_out", "none"]
+Scale = Literal["group_std", "batch_std", "none"]
+SignFilter = Literal["all", "positive", "negative"]
+Selection = Literal["all", "best_of_group"]
+
+
+@dataclass(frozen=True)
+class AdvantageConfig:
+    """How rewards become advantages; each field is independent of the others.
+
+    Args:
+        baseline: subtracted from each reward. ``group_mean`` (GRPO/RGRA), ``leave_one_out`` (RLOO: the
+            mean of the other G-1 rewards) or ``none`` (REINFORCE with direct rewards).
+        scale: divisor after the baseline. ``group_std`` (GRPO), ``batch_std`` or ``none`` (Dr. GRPO).
+            Standard deviations use Bessel's correction, as TRL does.
+        sign_filter: ``positive`` keeps only advantages above zero ("train only on samples above the
+            baseline"), ``negative`` only those below; the rest become zero.
+        selection: ``best_of_group`` keeps only the first highest-rewarded completion of each group, and
+            only if its reward is positive (RAFT's rejection sampling); ``all`` keeps every completion.
+        epsilon: added to the standard deviation so a group of identical rewards gives 0, never NaN.
+    """
+
+    baseline: Baseline = "group_mean"
+    scale: Scale = "group_std"
+    sign_filter: SignFilter = "all"
+    selection: Selection = "all"
+    epsilon: float = 1e-4
+
+    def __post_init__(self) -> None:
+        for field, value, allowed in (
+            ("baseline", self.baseline, Baseline),
+            ("scale", self.scale, Scale),
+            ("sign_filter", self.sign_filter, SignFilter),
+            ("selection", self.selection, Selection),
+        ):
+            if value not in allowed.__args__:
+                raise ValueError(f"advantage.{field}={value!r} is not one of {list(allowed.__args__)}")
+        if self.epsilon <= 0:
+            raise ValueError(f"advantage.epsilon must be > 0, got {self.epsilon}")
+
+
+def group_advantages(rewards: Tensor, config: AdvantageConfig = AdvantageConfig()) -> Tensor:
+    """Advantages ``[B, G]`` for rewards ``[B, G]`` (float, any units) under ``config``."""
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must have shape [B, G] with G >= 2, got {tuple(rewards.shape)}")
+    rewards = rewards.float()
+    group_size = rewards.shape[1]
+
+    if config.baseline == "group_mean":
+        advantages = rewards - rewards.mean(dim=1, keepdim=True)
+    elif config.baseline == "leave_one_out":
+        others_mean = (rewards.sum(dim=1, keepdim=True) - rewards) / (group_size - 1)
+        advantages = rewards - others_mean
+    else:
+        advantages = rewards.clone()
+
+    if config.scale == "group_std":
+        advantages = advantages / (rewards.std(dim=1, keepdim=True) + config.epsilon)
+    elif config.scale == "batch_std":
+        batch_std = rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())
+        advantages = advantages / (batch_std + config.epsilon)
+
+    if config.sign_filter == "positive":
+        advantages = advantages.clamp(min=0)
+    elif config.sign_filter == "negative":
+        advantages = advantages.clamp(max=0)
+
+    if config.selection == "best_of_group":
+        best = torch.zeros_like(rewards, dtype=torch.bool)
+        best.scatter_(1, rewards.argmax(dim=1, keepdim=True), True)
+        advantages = torch.where(best & (rewards > 0), advantages, torch.zeros_like(advantages))
+    return advantages
+
+
+def zero_std_group_fraction(rewards: Tensor) -> Tensor:
+    """Fraction of groups (rows of ``[B, G]`` rewards) whose rewards are all equal: they teach nothing."""
+    return (rewards.max(dim=1).values == rewards.min(dim=1).values).float().mean()

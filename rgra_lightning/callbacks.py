@@ -1,0 +1,54 @@
+"""Callbacks: sample completions to TensorBoard, and export of the trained policy as a HF directory."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+
+class CompletionSampleLogger(Callback):
+    """Every ``every_n_steps`` optimizer updates, write the module's ``latest_samples`` to TensorBoard
+    as a Markdown table (prompt, completion, reference, reward, verifier details)."""
+
+    def __init__(self, every_n_steps: int = 20) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._last_logged_step = -1
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: object) -> None:
+        samples = getattr(pl_module, "latest_samples", None)
+        step = trainer.global_step
+        due = step // self.every_n_steps > self._last_logged_step // self.every_n_steps
+        if not samples or not due or not trainer.is_global_zero:
+            return
+        self._last_logged_step = step
+        header = "| prompt | completion | reference | reward | details |\n|---|---|---|---|---|\n"
+        rows = "".join(
+            "| " + " | ".join(html.escape(str(s[k])).replace("|", "&#124;") for k in
+                              ("prompt", "completion", "reference", "reward", "details")) + " |\n"
+            for s in samples
+        )
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("samples/completions", header + rows, global_step=step)
+
+
+class ExportHuggingFace(Callback):
+    """At the end of fit, save the module's ``policy`` and ``tokenizer`` with ``save_pretrained`` to
+    ``output_dir`` (default: ``<log dir>/hf_model``), so the model can be served or evaluated elsewhere."""
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        self.output_dir = output_dir
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        directory = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "hf_model")
+        directory.mkdir(parents=True, exist_ok=True)
+        pl_module.policy.save_pretrained(directory)
+        pl_module.tokenizer.save_pretrained(directory)
+        print(f"exported policy to {directory}")

@@ -1,0 +1,164 @@
+"""The policy-gradient loss as one function of orthogonal options (GRPO, RGRA and the paper's ablations).
+
+Shapes: N completions, T completion tokens (right-padded). ``mask`` is 1.0 on real completion tokens and
+0.0 on padding. Log-probabilities are natural-log probabilities of the sampled tokens, ``[N, T]``;
+``advantages`` are ``[N]``, one per completion. The loss is minimised.
+
+    per-token objective  = policy_term(logp, old_logp, A) - beta * KL(logp, ref_logp)
+    loss                 = - aggregate(per-token objective, mask)
+
+See ../shared/docs/algorithms.md (in the repository's docs) for the derivations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from rgra_lightning.advantages import AdvantageConfig
+
+PolicyTerm = Literal["reinforce", "ratio", "clipped_ratio"]
+KLEstimator = Literal["k1", "k2", "k3"]
+Aggregation = Literal["sequence_mean", "token_mean", "constant_sum"]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The loss options; any combination is valid.
+
+    Args:
+        policy_term: ``reinforce`` (log pi * A: RGRA, REINFORCE, RAFT), ``ratio`` (pi / pi_old * A, no
+            clipping) or ``clipped_ratio`` (PPO/GRPO clipping with ``eps_low`` / ``eps_high``).
+        eps_low: lower clip range, ratio >= 1 - eps_low. Used by ``clipped_ratio`` only.
+        eps_high: upper clip range, ratio <= 1 + eps_high (DAPO's clip-higher when > eps_low).
+        beta: KL coefficient; 0 disables the KL term and the trainer then loads no reference model.
+        kl_estimator: ``k1`` (log ratio), ``k2`` (half squared log ratio) or ``k3`` (GRPO's unbiased,
+            non-negative estimator), all estimating KL(pi_theta || pi_ref) per token.
+        aggregation: ``sequence_mean`` (mean over each completion's tokens, then over completions: GRPO),
+            ``token_mean`` (mean over all tokens of the batch: DAPO) or ``constant_sum`` (sum over tokens
+            divided by ``N * aggregation_constant``: Dr. GRPO, no length bias).
+        aggregation_constant: the divisor per completion for ``constant_sum``, in tokens; usually the
+            maximum completion length (the trainer fills in max_new_tokens when it is None).
+        advantage: how rewards become advantages (baseline, scale, sign filter, selection).
+    """
+
+    policy_term: PolicyTerm = "reinforce"
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    beta: float = 0.04
+    kl_estimator: KLEstimator = "k3"
+    aggregation: Aggregation = "sequence_mean"
+    aggregation_constant: int | None = None
+    advantage: AdvantageConfig = AdvantageConfig()
+
+    def __post_init__(self) -> None:
+        for field, value, allowed in (
+            ("policy_term", self.policy_term, PolicyTerm),
+            ("kl_estimator", self.kl_estimator, KLEstimator),
+            ("aggregation", self.aggregation, Aggregation),
+        ):
+            if value not in allowed.__args__:
+                raise ValueError(f"loss.{field}={value!r} is not one of {list(allowed.__args__)}")
+        if self.eps_low <= 0 or self.eps_high <= 0:
+            raise ValueError(f"loss.eps_low and loss.eps_high must be > 0, got {self.eps_low}, {self.eps_high}")
+        if self.eps_low >= 1:
+            raise ValueError(f"loss.eps_low must be < 1 (the ratio's lower clip 1 - eps_low > 0), got {self.eps_low}")
+        if self.beta < 0:
+            raise ValueError(f"loss.beta must be >= 0, got {self.beta}")
+        if self.aggregation_constant is not None and self.aggregation_constant < 1:
+            raise ValueError(f"loss.aggregation_constant must be >= 1 tokens, got {self.aggregation_constant}")
+
+    @property
+    def needs_old_logprobs(self) -> bool:
+        """Whether the policy term uses pi_old (only the ratio terms do)."""
+        return self.policy_term != "reinforce"
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.beta > 0
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """The scalar loss and detached diagnostics, each a 0-dim tensor."""
+
+    loss: Tensor
+    policy_loss: Tensor  # minus the aggregated policy term
+    kl: Tensor  # aggregated KL estimate (0 when beta == 0)
+    clip_fraction: Tensor  # fraction of tokens whose clipped term was the active (smaller) one
+    ratio_mean: Tensor  # token-mean of pi / pi_old (1 for reinforce)
+
+
+def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") -> Tensor:
+    """Per-token estimate of KL(pi_theta || pi_ref) from sampled-token log-probs, ``[N, T]`` in nats."""
+    log_ratio = ref_logp - logp
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio.square()
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def policy_term(
+    logp: Tensor, old_logp: Tensor | None, advantages: Tensor, config: LossConfig
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-token policy objective ``[N, T]`` (to maximise), the clipped-token indicator and the ratio.
+
+    ``advantages`` ``[N]`` is broadcast over tokens. ``old_logp`` may be None only for ``reinforce``.
+    """
+    advantages = advantages.unsqueeze(1)
+    if config.policy_term == "reinforce":
+        return logp * advantages, torch.zeros_like(logp), torch.ones_like(logp)
+    if old_logp is None:
+        raise ValueError(f"policy_term={config.policy_term!r} needs old log-probs (pi_old)")
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * advantages
+    if config.policy_term == "ratio":
+        return unclipped, torch.zeros_like(logp), ratio
+    clipped = torch.clamp(ratio, 1 - config.eps_low, 1 + config.eps_high) * advantages
+    return torch.minimum(unclipped, clipped), (clipped < unclipped).float(), ratio
+
+
+def aggregate(values: Tensor, mask: Tensor, mode: Aggregation, constant: int | None = None) -> Tensor:
+    """Reduce per-token ``values`` ``[N, T]`` over real tokens (``mask``) to a scalar."""
+    masked = values * mask
+    if mode == "sequence_mean":
+        return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
+    if mode == "token_mean":
+        return masked.sum() / mask.sum().clamp(min=1)
+    if constant is None:
+        raise ValueError("aggregation='constant_sum' needs aggregation_constant (tokens per completion)")
+    return masked.sum() / (values.shape[0] * constant)
+
+
+def policy_loss(
+    logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    config: LossConfig,
+    old_logp: Tensor | None = None,
+    ref_logp: Tensor | None = None,
+) -> LossOutput:
+    """The loss for one (mini-)batch of completions; see the module docstring for shapes."""
+    mask = mask.to(logp.dtype)
+    term, clipped, ratio = policy_term(logp, old_logp, advantages, config)
+    agg = (config.aggregation, config.aggregation_constant)
+    policy_objective = aggregate(term, mask, *agg)
+    if config.beta > 0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs reference log-probs")
+        kl = aggregate(kl_estimate(logp, ref_logp, config.kl_estimator), mask, *agg)
+    else:
+        kl = logp.new_zeros(())
+    loss = -(policy_objective - config.beta * kl)
+    tokens = mask.sum().clamp(min=1)
+    return LossOutput(
+        loss=loss,
+        policy_loss=-policy_objective.detach(),
+        kl=kl.detach(),
+        clip_fraction=((clipped * mask).sum() / tokens).detach(),
+        ratio_mean=((ratio * mask).sum() / tokens).detach(),
+    )

@@ -1,0 +1,268 @@
+"""The RL LightningModule: sample, score, compute advantages, optimise. It orchestrates; the math lives in
+``advantages.py`` and ``losses.py``, sampling in ``rollout.py``, rewards in the ``rewards`` package.
+
+One training step = one rollout batch of B prompts x G completions, followed by
+``num_iterations`` (mu) passes over it, each split into ``num_minibatches`` optimizer updates.
+``trainer.max_steps`` therefore counts optimizer updates: mu x num_minibatches per rollout batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+from jsonargparse import lazy_instance
+from lightning import LightningModule
+from torch import Tensor
+
+from rewards import MathVerifier, Verifier
+from rgra_lightning.advantages import group_advantages, zero_std_group_fraction
+from rgra_lightning.losses import LossConfig, policy_loss
+from rgra_lightning.models import freeze, load_causal_lm, load_tokenizer
+from rgra_lightning.rollout import Rollout, SamplingConfig, sample_rollout, token_logprobs
+
+REFERENCE_PREFIX = "reference."
+
+
+class RLModule(LightningModule):
+    """Trains a causal LM policy with a group-relative policy-gradient loss (GRPO, RGRA, ablations).
+
+    Args:
+        model_path: local Hugging Face model directory (or a hub name when online) of the policy; the
+            reference model is a second, frozen copy of the same weights.
+        gguf_file: optional GGUF file inside ``model_path`` to load instead of safetensors weights.
+        dtype: parameter dtype, ``float32`` | ``bfloat16`` | ``float16``.
+        verifier: scores each completion against the reference answer (``rewards.Verifier``).
+        loss: the loss options (policy term, KL, aggregation, advantage).
+        sampling: G, temperature, top_p, max_new_tokens for training rollouts.
+        num_iterations: mu, passes over each rollout batch (>= 1). With mu > 1 the ratio terms differ
+            from REINFORCE; old log-probs are stored only then (or with several mini-batches).
+        num_minibatches: optimizer updates per pass; B x G must be divisible by it.
+        learning_rate: AdamW peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warm-up, in optimizer updates.
+        max_grad_norm: gradient-norm clipping threshold (> 0).
+        num_logged_samples: completions kept from each step for the sample logger.
+        validate_before_training: log greedy ``val/*`` metrics of the initial policy at step 0.
+    """
+
+    def __init__(
+        self,
+        model_path: str = "models/arith-tiny",
+        gguf_file: str | None = None,
+        dtype: str = "float32",
+        verifier: Verifier = lazy_instance(MathVerifier),
+        loss: LossConfig = LossConfig(),
+        sampling: SamplingConfig = SamplingConfig(),
+        num_iterations: int = 1,
+        num_minibatches: int = 1,
+        learning_rate: float = 1e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        max_grad_norm: float = 1.0,
+        num_logged_samples: int = 4,
+        validate_before_training: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("num_iterations", num_iterations), ("num_minibatches", num_minibatches)):
+            if value < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {value}")
+        if learning_rate <= 0 or max_grad_norm <= 0 or warmup_steps < 0 or weight_decay < 0:
+            raise ValueError(
+                "model.learning_rate and model.max_grad_norm must be > 0, model.warmup_steps and "
+                f"model.weight_decay >= 0; got {learning_rate}, {max_grad_norm}, {warmup_steps}, {weight_decay}"
+            )
+        self.save_hyperparameters(ignore=["verifier"])
+        self.automatic_optimization = False
+        self.verifier = verifier
+        if loss.aggregation == "constant_sum" and loss.aggregation_constant is None:
+            loss = replace(loss, aggregation_constant=sampling.max_new_tokens)
+        self.loss_config = loss
+        self.sampling = sampling
+        self.tokenizer = load_tokenizer(model_path, gguf_file)
+        self.policy = load_causal_lm(model_path, gguf_file, dtype)
+        self.reference = freeze(load_causal_lm(model_path, gguf_file, dtype)) if loss.needs_reference else None
+        self.latest_samples: list[dict[str, Any]] = []
+
+    # ----------------------------------------------------------------- set-up
+
+    def train(self, mode: bool = True) -> RLModule:
+        """Keep the reference model in eval mode whatever Lightning asks of the module."""
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()
+        return self
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.policy.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        warmup = max(hp.warmup_steps, 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        batch_size = getattr(getattr(datamodule, "hparams", {}), "batch_size", None)
+        if batch_size is not None and (batch_size * self.sampling.num_generations) % self.hparams.num_minibatches:
+            raise ValueError(
+                f"data.batch_size x model.sampling.num_generations = {batch_size} x "
+                f"{self.sampling.num_generations} completions is not divisible by "
+                f"model.num_minibatches={self.hparams.num_minibatches}"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the frozen reference out of checkpoints: it is reloaded from ``model_path``."""
+        state = checkpoint["state_dict"]
+        for key in [key for key in state if key.startswith(REFERENCE_PREFIX)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.reference is not None:
+            reference_state = {REFERENCE_PREFIX + k: v for k, v in self.reference.state_dict().items()}
+            checkpoint["state_dict"].update(reference_state)
+
+    # --------------------------------------------------------------- training
+
+    @property
+    def stores_old_logprobs(self) -> bool:
+        """pi_old is needed only when a ratio is used *and* the policy changes before the last update."""
+        several_updates = self.hparams.num_iterations > 1 or self.hparams.num_minibatches > 1
+        return self.loss_config.needs_old_logprobs and several_updates
+
+    def score(self, rollout: Rollout, references: list[str]) -> tuple[Tensor, Tensor, list]:
+        """Rewards and correctness ``[N]`` (float, on the module's device) and the verifier's scores."""
+        repeats = len(rollout.completions) // len(references)
+        expanded = [reference for reference in references for _ in range(repeats)]
+        scores = self.verifier.score_batch(rollout.completions, expanded)
+        rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32, device=self.device)
+        correct = torch.tensor([s.correct for s in scores], dtype=torch.float32, device=self.device)
+        return rewards, correct, scores
+
+    def training_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
+        hp, group = self.hparams, self.sampling.num_generations
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+
+        start = time.perf_counter()
+        rollout = sample_rollout(self.policy, self.tokenizer, batch["prompt"], self.sampling)
+        generated = time.perf_counter()
+        rewards, correct, scores = self.score(rollout, batch["reference"])
+        verified = time.perf_counter()
+
+        advantages = group_advantages(rewards.view(-1, group), self.loss_config.advantage).view(-1)
+        temperature = self.sampling.temperature
+        with torch.no_grad():
+            ref_logp = token_logprobs(self.reference, rollout, temperature)[0] if self.reference else None
+            old_logp = token_logprobs(self.policy, rollout, temperature)[0] if self.stores_old_logprobs else None
+
+        rows = len(rollout.completions)
+        minibatch = rows // hp.num_minibatches
+        history: dict[str, list[Tensor]] = {}
+        for _ in range(hp.num_iterations):
+            for first in range(0, rows, minibatch):
+                part = slice(first, first + minibatch)
+                mini = rollout.select(part)
+                logp, entropy = token_logprobs(self.policy, mini, temperature)
+                out = policy_loss(
+                    logp,
+                    advantages[part],
+                    mini.completion_mask,
+                    self.loss_config,
+                    old_logp=logp.detach() if old_logp is None else old_logp[part],
+                    ref_logp=None if ref_logp is None else ref_logp[part],
+                )
+                optimizer.zero_grad()
+                self.manual_backward(out.loss)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), hp.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                mask = mini.completion_mask
+                for name, value in (
+                    ("loss", out.loss.detach()),
+                    ("policy_loss", out.policy_loss),
+                    ("kl", out.kl),
+                    ("clip_fraction", out.clip_fraction),
+                    ("ratio_mean", out.ratio_mean),
+                    ("entropy", (entropy * mask).sum() / mask.sum().clamp(min=1)),
+                    ("grad_norm", grad_norm.detach()),
+                ):
+                    history.setdefault(name, []).append(value)
+        updated = time.perf_counter()
+
+        lengths = rollout.completion_mask.sum(dim=1).float()
+        metrics = {f"train/{name}": torch.stack(values).mean() for name, values in history.items()}
+        metrics |= {
+            "train/reward": rewards.mean(),
+            "train/reward_std": rewards.std(),
+            "train/accuracy": correct.mean(),
+            "train/advantage_abs_mean": advantages.abs().mean(),
+            "train/zero_std_group_fraction": zero_std_group_fraction(rewards.view(-1, group)),
+            "train/completion_length_mean": lengths.mean(),
+            "train/completion_length_max": lengths.max(),
+            "train/verifier_errors": torch.tensor(float(sum(s.error is not None for s in scores))),
+            "train/learning_rate": torch.tensor(scheduler.get_last_lr()[0]),
+            "time/generation_s": torch.tensor(generated - start),
+            "time/verification_s": torch.tensor(verified - generated),
+            "time/update_s": torch.tensor(updated - verified),
+            "time/step_s": torch.tensor(updated - start),
+            "train/completion_tokens_per_s": lengths.sum().cpu() / max(generated - start, 1e-9),
+        }
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch["prompt"]))
+        for name in ("train/reward", "train/accuracy"):
+            self.log(name.split("/")[1], metrics[name], prog_bar=True, logger=False, batch_size=len(batch["prompt"]))
+        self.latest_samples = [
+            {
+                "prompt": batch["prompt"][i // group],
+                "completion": rollout.completions[i],
+                "reference": batch["reference"][i // group],
+                "reward": scores[i].reward,
+                "details": scores[i].details,
+            }
+            for i in range(min(hp.num_logged_samples, rows))
+        ]
+
+    # ------------------------------------------------------------- evaluation
+
+    def evaluate(self, batch: dict[str, list[str]]) -> dict[str, Tensor]:
+        """Greedy accuracy, mean reward and mean completion length (tokens) on one batch of prompts."""
+        rollout = sample_rollout(self.policy, self.tokenizer, batch["prompt"], self.sampling, greedy=True)
+        rewards, correct, _ = self.score(rollout, batch["reference"])
+        length = rollout.completion_mask.sum(dim=1).float().mean()
+        return {"accuracy": correct.mean(), "reward": rewards.mean(), "completion_length_mean": length}
+
+    def _log_evaluation(self, batch: dict[str, list[str]], prefix: str) -> None:
+        for name, value in self.evaluate(batch).items():
+            self.log(f"{prefix}/{name}", value, prog_bar=name == "accuracy", batch_size=len(batch["prompt"]), sync_dist=True)
+
+    def on_train_start(self) -> None:
+        """Log ``val/accuracy`` of the initial policy at step 0, so every curve starts at its baseline."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.trainer.global_step > 0 or datamodule is None or not self.hparams.validate_before_training:
+            return
+        totals: dict[str, float] = {}
+        count = 0
+        for batch in datamodule.val_dataloader():
+            size = len(batch["prompt"])
+            for name, value in self.evaluate(batch).items():
+                totals[name] = totals.get(name, 0.0) + value.item() * size
+            count += size
+        if count:
+            metrics = {f"val/{name}": self.trainer.strategy.reduce(torch.tensor(total / count), reduce_op="mean")
+                       for name, total in totals.items()}
+            for logger in self.loggers:
+                logger.log_metrics({name: value.item() for name, value in metrics.items()}, step=0)
+
+    def validation_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
+        self._log_evaluation(batch, "val")
+
+    def test_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
+        self._log_evaluation(batch, "test")
+
+    def predict_step(self, batch: dict[str, list[str]], batch_idx: int) -> list[dict[str, Any]]:
+        rollout = sample_rollout(self.policy, self.tokenizer, batch["prompt"], self.sampling, greedy=True)
+        _, correct, scores = self.score(rollout, batch["reference"])
+        return [
+            {"prompt": p, "completion": c, "reference": r, "extracted": s.extracted, "correct": bool(ok)}
+            for p, c, r, s, ok in zip(batch["prompt"], rollout.completions, batch["reference"], scores, correct)
+        ]

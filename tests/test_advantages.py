@@ -1,0 +1,86 @@
+"""Advantages against hand-computed values on tiny reward tensors."""
+
+import math
+
+import pytest
+import torch
+
+from rgra_lightning.advantages import AdvantageConfig, group_advantages, zero_std_group_fraction
+
+REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+STD_ROW1 = math.sqrt((3 * 0.25**2 + 0.75**2) / 3)  # Bessel-corrected std of [1, 0, 0, 0]
+EPS = 1e-4
+
+
+def test_group_mean_group_std_matches_hand_computation():
+    advantages = group_advantages(REWARDS)
+    std_row0 = math.sqrt(4 * 0.25 / 3)
+    expected = torch.tensor(
+        [
+            [0.5 / (std_row0 + EPS), -0.5 / (std_row0 + EPS), -0.5 / (std_row0 + EPS), 0.5 / (std_row0 + EPS)],
+            [0.75 / (STD_ROW1 + EPS), -0.25 / (STD_ROW1 + EPS), -0.25 / (STD_ROW1 + EPS), -0.25 / (STD_ROW1 + EPS)],
+        ]
+    )
+    torch.testing.assert_close(advantages, expected)
+
+
+def test_identical_rewards_give_zero_advantage_and_no_nan():
+    for baseline in ("group_mean", "leave_one_out"):
+        for scale in ("group_std", "batch_std", "none"):
+            config = AdvantageConfig(baseline=baseline, scale=scale)
+            advantages = group_advantages(torch.ones(3, 4), config)
+            assert torch.isfinite(advantages).all()
+            assert torch.equal(advantages, torch.zeros(3, 4))
+
+
+def test_leave_one_out_baseline():
+    config = AdvantageConfig(baseline="leave_one_out", scale="none")
+    # row 1: 1 - mean(0,0,0) = 1; 0 - mean(1,0,0) = -1/3
+    expected = torch.tensor([[1 - 1 / 3, -2 / 3, -2 / 3, 1 - 1 / 3], [1.0, -1 / 3, -1 / 3, -1 / 3]])
+    torch.testing.assert_close(group_advantages(REWARDS, config), expected)
+
+
+def test_no_baseline_no_scale_is_raw_reward():
+    config = AdvantageConfig(baseline="none", scale="none")
+    torch.testing.assert_close(group_advantages(REWARDS, config), REWARDS)
+
+
+def test_batch_std_scale_uses_one_std_for_all_groups():
+    config = AdvantageConfig(scale="batch_std")
+    batch_std = REWARDS.flatten().std().item()  # 8 values, three ones: sqrt(15/56)
+    assert batch_std == pytest.approx(math.sqrt(15 / 56))
+    expected = (REWARDS - REWARDS.mean(dim=1, keepdim=True)) / (batch_std + EPS)
+    torch.testing.assert_close(group_advantages(REWARDS, config), expected)
+
+
+def test_sign_filters_keep_one_side():
+    positive = group_advantages(REWARDS, AdvantageConfig(sign_filter="positive", scale="none"))
+    negative = group_advantages(REWARDS, AdvantageConfig(sign_filter="negative", scale="none"))
+    torch.testing.assert_close(positive, torch.tensor([[0.5, 0, 0, 0.5], [0.75, 0, 0, 0]]))
+    torch.testing.assert_close(negative, torch.tensor([[0, -0.5, -0.5, 0], [0, -0.25, -0.25, -0.25]]))
+
+
+def test_best_of_group_keeps_first_best_with_positive_reward():
+    rewards = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.2, 0.5, 0.1]])
+    config = AdvantageConfig(baseline="none", scale="none", selection="best_of_group")
+    expected = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
+    torch.testing.assert_close(group_advantages(rewards, config), expected)
+
+
+def test_zero_std_group_fraction():
+    assert zero_std_group_fraction(torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])).item() == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"baseline": "median"}, "baseline"), ({"scale": "iqr"}, "scale"), ({"sign_filter": "pos"}, "sign_filter"),
+     ({"selection": "top2"}, "selection"), ({"epsilon": 0.0}, "epsilon")],
+)
+def test_invalid_options_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"advantage.{field}"):
+        AdvantageConfig(**kwargs)
+
+
+def test_rejects_groups_of_one():
+    with pytest.raises(ValueError, match="G >= 2"):
+        group_advantages(torch.ones(4, 1))

@@ -1,0 +1,116 @@
+"""The loss against hand-computed values, and the GRPO/RGRA gradient identity at the first update."""
+
+import math
+
+import pytest
+import torch
+
+from rgra_lightning.losses import LossConfig, aggregate, kl_estimate, policy_loss, policy_term
+
+LOGP = torch.tensor([[-1.0, -2.0, -0.5], [-0.2, -0.3, -9.0]])
+MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+ADV = torch.tensor([2.0, -1.0])
+
+
+def test_kl_estimators_by_hand():
+    logp, ref = torch.tensor([[-1.0]]), torch.tensor([[-2.0]])  # log(ref/pi) = -1
+    assert kl_estimate(logp, ref, "k1").item() == pytest.approx(1.0)
+    assert kl_estimate(logp, ref, "k2").item() == pytest.approx(0.5)
+    assert kl_estimate(logp, ref, "k3").item() == pytest.approx(math.exp(-1) + 1 - 1)
+    assert kl_estimate(logp, logp, "k3").item() == 0.0
+
+
+def test_aggregations_by_hand():
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 6.0, 100.0]])
+    assert aggregate(values, MASK, "sequence_mean").item() == pytest.approx((2.0 + 5.0) / 2)
+    assert aggregate(values, MASK, "token_mean").item() == pytest.approx(16.0 / 5)
+    assert aggregate(values, MASK, "constant_sum", constant=4).item() == pytest.approx(16.0 / (2 * 4))
+    with pytest.raises(ValueError, match="aggregation_constant"):
+        aggregate(values, MASK, "constant_sum")
+
+
+def test_reinforce_loss_by_hand():
+    out = policy_loss(LOGP, ADV, MASK, LossConfig(policy_term="reinforce", beta=0.0))
+    seq0 = (-1.0 - 2.0 - 0.5) / 3 * 2.0
+    seq1 = (-0.2 - 0.3) / 2 * -1.0
+    assert out.loss.item() == pytest.approx(-(seq0 + seq1) / 2)
+    assert out.kl.item() == 0.0 and out.clip_fraction.item() == 0.0
+
+
+def test_clipped_ratio_by_hand():
+    old = LOGP - torch.tensor([[0.5, 0.0, -0.5], [0.0, 0.0, 0.0]])  # ratios e^0.5, 1, e^-0.5 in row 0
+    config = LossConfig(policy_term="clipped_ratio", eps_low=0.2, eps_high=0.2, beta=0.0)
+    term, clipped, ratio = policy_term(LOGP, old, ADV, config)
+    # A = 2 > 0: min(r A, clip(r) A) caps e^0.5 at 1.2 (clipped); e^-0.5 stays (unclipped is smaller)
+    torch.testing.assert_close(term[0], torch.tensor([1.2 * 2, 2.0, math.exp(-0.5) * 2]))
+    torch.testing.assert_close(clipped[0], torch.tensor([1.0, 0.0, 0.0]))
+    out = policy_loss(LOGP, ADV, MASK, config, old_logp=old)
+    assert out.clip_fraction.item() == pytest.approx(1 / 5)
+    assert out.ratio_mean.item() == pytest.approx((math.exp(0.5) + 1 + math.exp(-0.5) + 2) / 5)
+
+
+def test_negative_advantage_clips_below():
+    logp, old = torch.tensor([[-1.0]]), torch.tensor([[-0.5]])  # ratio e^-0.5 < 0.8
+    config = LossConfig(policy_term="clipped_ratio", beta=0.0)
+    term, clipped, _ = policy_term(logp, old, torch.tensor([-1.0]), config)
+    assert term.item() == pytest.approx(-0.8) and clipped.item() == 1.0
+
+
+def test_asymmetric_clip_range():
+    logp, old = torch.tensor([[0.0]]), torch.tensor([[-1.0]])  # ratio e
+    config = LossConfig(policy_term="clipped_ratio", eps_low=0.2, eps_high=0.28, beta=0.0)
+    assert policy_term(logp, old, torch.tensor([1.0]), config)[0].item() == pytest.approx(1.28)
+
+
+def test_unclipped_ratio():
+    logp, old = torch.tensor([[0.0]]), torch.tensor([[-1.0]])
+    config = LossConfig(policy_term="ratio", beta=0.0)
+    assert policy_term(logp, old, torch.tensor([1.0]), config)[0].item() == pytest.approx(math.e)
+
+
+def test_kl_term_enters_loss_with_beta():
+    ref = LOGP - 0.1
+    out = policy_loss(LOGP, torch.zeros(2), MASK, LossConfig(beta=0.5, kl_estimator="k3"), ref_logp=ref)
+    per_token = math.exp(-0.1) + 0.1 - 1
+    assert out.kl.item() == pytest.approx(per_token, rel=1e-5)
+    assert out.loss.item() == pytest.approx(0.5 * per_token, rel=1e-5)
+
+
+def _gradient(config: LossConfig, old_logp: torch.Tensor | None) -> torch.Tensor:
+    logits = torch.nn.Parameter(torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.5, -0.4]]))
+    logp = torch.nn.functional.logsigmoid(logits)
+    ref = logp.detach() - 0.05
+    policy_loss(logp, ADV, MASK, config, old_logp=old_logp, ref_logp=ref).loss.backward()
+    return logits.grad
+
+
+def test_grpo_and_rgra_share_the_gradient_at_the_first_update():
+    """theta == theta_old: the ratio is 1, nothing is clipped and grad(ratio) = grad(log pi)."""
+    fresh_old = torch.nn.functional.logsigmoid(torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.5, -0.4]]))
+    grpo = _gradient(LossConfig(policy_term="clipped_ratio"), fresh_old)
+    rgra = _gradient(LossConfig(policy_term="reinforce"), None)
+    torch.testing.assert_close(grpo, rgra)
+
+
+def test_grpo_and_rgra_differ_once_the_policy_has_moved():
+    """After an update (mu > 1 or a second mini-batch) pi_old != pi_theta and the gradients differ."""
+    stale_old = torch.nn.functional.logsigmoid(torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.1, 0.0]]))
+    grpo = _gradient(LossConfig(policy_term="clipped_ratio"), stale_old)
+    rgra = _gradient(LossConfig(policy_term="reinforce"), None)
+    assert not torch.allclose(grpo, rgra)
+
+
+def test_ratio_terms_need_old_logprobs():
+    with pytest.raises(ValueError, match="old log-probs"):
+        policy_loss(LOGP, ADV, MASK, LossConfig(policy_term="clipped_ratio", beta=0.0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"policy_term": "ppo"}, "policy_term"), ({"kl_estimator": "k4"}, "kl_estimator"),
+     ({"aggregation": "max"}, "aggregation"), ({"beta": -0.1}, "beta"), ({"eps_low": 0.0}, "eps_low"),
+     ({"eps_low": 1.0}, "eps_low"), ({"aggregation_constant": 0}, "aggregation_constant")],
+)
+def test_invalid_options_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"loss.{field}"):
+        LossConfig(**kwargs)
