@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from rgra_lightning.errors import ConfigError
+
 Baseline = Literal["group_mean", "leave_one_out", "none"]
 Scale = Literal["group_std", "batch_std", "none"]
 SignFilter = Literal["all", "positive", "negative"]
@@ -48,15 +50,15 @@ class AdvantageConfig:
             ("selection", self.selection, Selection),
         ):
             if value not in allowed.__args__:
-                raise ValueError(f"advantage.{field}={value!r} is not one of {list(allowed.__args__)}")
+                raise ConfigError(f"advantage.{field}={value!r} is not one of {list(allowed.__args__)}")
         if self.epsilon <= 0:
-            raise ValueError(f"advantage.epsilon must be > 0, got {self.epsilon}")
+            raise ConfigError(f"advantage.epsilon must be > 0, got {self.epsilon}")
 
 
 def group_advantages(rewards: Tensor, config: AdvantageConfig = AdvantageConfig()) -> Tensor:
     """Advantages ``[B, G]`` for rewards ``[B, G]`` (float, any units) under ``config``."""
     if rewards.dim() != 2 or rewards.shape[1] < 2:
-        raise ValueError(f"rewards must have shape [B, G] with G >= 2, got {tuple(rewards.shape)}")
+        raise ConfigError(f"rewards must have shape [B, G] with G >= 2, got {tuple(rewards.shape)}")
     rewards = rewards.float()
     group_size = rewards.shape[1]
 

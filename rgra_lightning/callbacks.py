@@ -8,6 +8,8 @@ from pathlib import Path
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from rgra_lightning.errors import ConfigError
+
 
 class CompletionSampleLogger(Callback):
     """Every ``every_n_steps`` optimizer updates, write the module's ``latest_samples`` to TensorBoard
@@ -15,7 +17,7 @@ class CompletionSampleLogger(Callback):
 
     def __init__(self, every_n_steps: int = 20) -> None:
         if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+            raise ConfigError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self._last_logged_step = -1
 
@@ -28,8 +30,12 @@ class CompletionSampleLogger(Callback):
         self._last_logged_step = step
         header = "| prompt | completion | reference | reward | details |\n|---|---|---|---|---|\n"
         rows = "".join(
-            "| " + " | ".join(html.escape(str(s[k])).replace("|", "&#124;") for k in
-                              ("prompt", "completion", "reference", "reward", "details")) + " |\n"
+            "| "
+            + " | ".join(
+                html.escape(str(s[k])).replace("|", "&#124;")
+                for k in ("prompt", "completion", "reference", "reward", "details")
+            )
+            + " |\n"
             for s in samples
         )
         for logger in trainer.loggers:

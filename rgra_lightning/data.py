@@ -14,6 +14,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
+from rgra_lightning.errors import ConfigError
 from rgra_lightning.synthetic import split_problems
 
 Example = dict[str, str]
@@ -22,7 +23,7 @@ ReferenceFormat = Literal["answer", "gsm8k_solution"]
 _GSM8K_FINAL = re.compile(r"####\s*(.+?)\s*$")
 
 
-class DatasetError(ValueError):
+class DatasetError(ConfigError):
     """A dataset file or row is unusable; the message names the file, row and field."""
 
 
@@ -105,11 +106,13 @@ class MathPromptDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1 or val_batch_size < 1:
-            raise ValueError(f"data.batch_size and data.val_batch_size must be >= 1, got {batch_size}, {val_batch_size}")
+            raise ConfigError(
+                f"data.batch_size and data.val_batch_size must be >= 1, got {batch_size}, {val_batch_size}"
+            )
         if "{question}" not in prompt_template:
-            raise ValueError(f"data.prompt_template must contain '{{question}}', got {prompt_template!r}")
+            raise ConfigError(f"data.prompt_template must contain '{{question}}', got {prompt_template!r}")
         if task == "files" and (train_file is None or val_file is None):
-            raise ValueError("data.task='files' needs data.train_file and data.val_file")
+            raise ConfigError("data.task='files' needs data.train_file and data.val_file")
         self.save_hyperparameters()
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
@@ -121,7 +124,10 @@ class MathPromptDataModule(LightningDataModule):
         if hp.task == "arithmetic":
             splits = split_problems(val_size=hp.val_size, seed=hp.seed)
             self.train_examples, self.val_examples = (
-                [{"prompt": hp.prompt_template.format(question=p.question), "reference": p.answer} for p in split]
+                [
+                    {"prompt": hp.prompt_template.format(question=p.question), "reference": p.answer}
+                    for p in split
+                ]
                 for split in (splits["train"], splits["val"])
             )
         else:
@@ -144,4 +150,7 @@ class MathPromptDataModule(LightningDataModule):
         return DataLoader(self.val_examples, batch_size=self.hparams.val_batch_size, collate_fn=collate)
 
     def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from rgra_lightning.advantages import AdvantageConfig
+from rgra_lightning.errors import ConfigError
 
 PolicyTerm = Literal["reinforce", "ratio", "clipped_ratio"]
 KLEstimator = Literal["k1", "k2", "k3"]
@@ -61,15 +62,21 @@ class LossConfig:
             ("aggregation", self.aggregation, Aggregation),
         ):
             if value not in allowed.__args__:
-                raise ValueError(f"loss.{field}={value!r} is not one of {list(allowed.__args__)}")
+                raise ConfigError(f"loss.{field}={value!r} is not one of {list(allowed.__args__)}")
         if self.eps_low <= 0 or self.eps_high <= 0:
-            raise ValueError(f"loss.eps_low and loss.eps_high must be > 0, got {self.eps_low}, {self.eps_high}")
+            raise ConfigError(
+                f"loss.eps_low and loss.eps_high must be > 0, got {self.eps_low}, {self.eps_high}"
+            )
         if self.eps_low >= 1:
-            raise ValueError(f"loss.eps_low must be < 1 (the ratio's lower clip 1 - eps_low > 0), got {self.eps_low}")
+            raise ConfigError(
+                f"loss.eps_low must be < 1 (the ratio's lower clip 1 - eps_low > 0), got {self.eps_low}"
+            )
         if self.beta < 0:
-            raise ValueError(f"loss.beta must be >= 0, got {self.beta}")
+            raise ConfigError(f"loss.beta must be >= 0, got {self.beta}")
         if self.aggregation_constant is not None and self.aggregation_constant < 1:
-            raise ValueError(f"loss.aggregation_constant must be >= 1 tokens, got {self.aggregation_constant}")
+            raise ConfigError(
+                f"loss.aggregation_constant must be >= 1 tokens, got {self.aggregation_constant}"
+            )
 
     @property
     def needs_old_logprobs(self) -> bool:
@@ -113,7 +120,7 @@ def policy_term(
     if config.policy_term == "reinforce":
         return logp * advantages, torch.zeros_like(logp), torch.ones_like(logp)
     if old_logp is None:
-        raise ValueError(f"policy_term={config.policy_term!r} needs old log-probs (pi_old)")
+        raise ConfigError(f"policy_term={config.policy_term!r} needs old log-probs (pi_old)")
     ratio = torch.exp(logp - old_logp)
     unclipped = ratio * advantages
     if config.policy_term == "ratio":
@@ -130,7 +137,7 @@ def aggregate(values: Tensor, mask: Tensor, mode: Aggregation, constant: int | N
     if mode == "token_mean":
         return masked.sum() / mask.sum().clamp(min=1)
     if constant is None:
-        raise ValueError("aggregation='constant_sum' needs aggregation_constant (tokens per completion)")
+        raise ConfigError("aggregation='constant_sum' needs aggregation_constant (tokens per completion)")
     return masked.sum() / (values.shape[0] * constant)
 
 
@@ -149,7 +156,7 @@ def policy_loss(
     policy_objective = aggregate(term, mask, *agg)
     if config.beta > 0:
         if ref_logp is None:
-            raise ValueError("beta > 0 needs reference log-probs")
+            raise ConfigError("beta > 0 needs reference log-probs")
         kl = aggregate(kl_estimate(logp, ref_logp, config.kl_estimator), mask, *agg)
     else:
         kl = logp.new_zeros(())

@@ -12,10 +12,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from rgra_lightning.errors import ConfigError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ConfigError):
     """A model or tokenizer could not be loaded; the message says why and what to do."""
 
 
@@ -41,7 +43,8 @@ def _explain(name_or_path: str, what: str, error: Exception) -> ModelLoadError:
         if offline or not Path(name_or_path).exists()
         else ""
     )
-    return ModelLoadError(f"could not load {what} from {name_or_path!r}: {error}.{hint}")
+    reason = " ".join(str(error).split())  # one line, whatever transformers printed
+    return ModelLoadError(f"could not load {what} from {name_or_path!r}: {reason}{hint}")
 
 
 def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
@@ -57,10 +60,12 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTraine
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str, gguf_file: str | None = None, dtype: str = "float32") -> PreTrainedModel:
+def load_causal_lm(
+    name_or_path: str, gguf_file: str | None = None, dtype: str = "float32"
+) -> PreTrainedModel:
     """A causal LM in ``dtype`` (``float32``, ``bfloat16`` or ``float16``), on the CPU, in train mode."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not one of {list(DTYPES)}")
+        raise ConfigError(f"model.dtype={dtype!r} is not one of {list(DTYPES)}")
     kwargs = _load_kwargs(name_or_path, gguf_file)
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype], **kwargs)

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from jsonargparse import lazy_instance
 from lightning import LightningModule
+from rewards import MathVerifier, Verifier
 from torch import Tensor
 
-from rewards import MathVerifier, Verifier
 from rgra_lightning.advantages import group_advantages, zero_std_group_fraction
+from rgra_lightning.errors import ConfigError
 from rgra_lightning.losses import LossConfig, policy_loss
 from rgra_lightning.models import freeze, load_causal_lm, load_tokenizer
 from rgra_lightning.rollout import Rollout, SamplingConfig, sample_rollout, token_logprobs
@@ -66,14 +67,16 @@ class RLModule(LightningModule):
         validate_before_training: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (("num_iterations", num_iterations), ("num_minibatches", num_minibatches)):
-            if value < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {value}")
-        if learning_rate <= 0 or max_grad_norm <= 0 or warmup_steps < 0 or weight_decay < 0:
-            raise ValueError(
-                "model.learning_rate and model.max_grad_norm must be > 0, model.warmup_steps and "
-                f"model.weight_decay >= 0; got {learning_rate}, {max_grad_norm}, {warmup_steps}, {weight_decay}"
-            )
+        for name, value, valid, allowed in (
+            ("num_iterations", num_iterations, num_iterations >= 1, ">= 1"),
+            ("num_minibatches", num_minibatches, num_minibatches >= 1, ">= 1"),
+            ("learning_rate", learning_rate, learning_rate > 0, "> 0"),
+            ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+            ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
+            ("max_grad_norm", max_grad_norm, max_grad_norm > 0, "> 0"),
+        ):
+            if not valid:
+                raise ConfigError(f"model.{name} must be {allowed}, got {value}")
         self.save_hyperparameters(ignore=["verifier"])
         self.automatic_optimization = False
         self.verifier = verifier
@@ -83,7 +86,9 @@ class RLModule(LightningModule):
         self.sampling = sampling
         self.tokenizer = load_tokenizer(model_path, gguf_file)
         self.policy = load_causal_lm(model_path, gguf_file, dtype)
-        self.reference = freeze(load_causal_lm(model_path, gguf_file, dtype)) if loss.needs_reference else None
+        self.reference = (
+            freeze(load_causal_lm(model_path, gguf_file, dtype)) if loss.needs_reference else None
+        )
         self.latest_samples: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- set-up
@@ -97,7 +102,9 @@ class RLModule(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.policy.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.policy.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
+        )
         warmup = max(hp.warmup_steps, 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
@@ -105,8 +112,11 @@ class RLModule(LightningModule):
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         batch_size = getattr(getattr(datamodule, "hparams", {}), "batch_size", None)
-        if batch_size is not None and (batch_size * self.sampling.num_generations) % self.hparams.num_minibatches:
-            raise ValueError(
+        if (
+            batch_size is not None
+            and (batch_size * self.sampling.num_generations) % self.hparams.num_minibatches
+        ):
+            raise ConfigError(
                 f"data.batch_size x model.sampling.num_generations = {batch_size} x "
                 f"{self.sampling.num_generations} completions is not divisible by "
                 f"model.num_minibatches={self.hparams.num_minibatches}"
@@ -154,7 +164,9 @@ class RLModule(LightningModule):
         temperature = self.sampling.temperature
         with torch.no_grad():
             ref_logp = token_logprobs(self.reference, rollout, temperature)[0] if self.reference else None
-            old_logp = token_logprobs(self.policy, rollout, temperature)[0] if self.stores_old_logprobs else None
+            old_logp = (
+                token_logprobs(self.policy, rollout, temperature)[0] if self.stores_old_logprobs else None
+            )
 
         rows = len(rollout.completions)
         minibatch = rows // hp.num_minibatches
@@ -210,7 +222,13 @@ class RLModule(LightningModule):
         }
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch["prompt"]))
         for name in ("train/reward", "train/accuracy"):
-            self.log(name.split("/")[1], metrics[name], prog_bar=True, logger=False, batch_size=len(batch["prompt"]))
+            self.log(
+                name.split("/")[1],
+                metrics[name],
+                prog_bar=True,
+                logger=False,
+                batch_size=len(batch["prompt"]),
+            )
         self.latest_samples = [
             {
                 "prompt": batch["prompt"][i // group],
@@ -233,7 +251,13 @@ class RLModule(LightningModule):
 
     def _log_evaluation(self, batch: dict[str, list[str]], prefix: str) -> None:
         for name, value in self.evaluate(batch).items():
-            self.log(f"{prefix}/{name}", value, prog_bar=name == "accuracy", batch_size=len(batch["prompt"]), sync_dist=True)
+            self.log(
+                f"{prefix}/{name}",
+                value,
+                prog_bar=name == "accuracy",
+                batch_size=len(batch["prompt"]),
+                sync_dist=True,
+            )
 
     def on_train_start(self) -> None:
         """Log ``val/accuracy`` of the initial policy at step 0, so every curve starts at its baseline."""
@@ -248,8 +272,10 @@ class RLModule(LightningModule):
                 totals[name] = totals.get(name, 0.0) + value.item() * size
             count += size
         if count:
-            metrics = {f"val/{name}": self.trainer.strategy.reduce(torch.tensor(total / count), reduce_op="mean")
-                       for name, total in totals.items()}
+            metrics = {
+                f"val/{name}": self.trainer.strategy.reduce(torch.tensor(total / count), reduce_op="mean")
+                for name, total in totals.items()
+            }
             for logger in self.loggers:
                 logger.log_metrics({name: value.item() for name, value in metrics.items()}, step=0)
 
@@ -264,5 +290,7 @@ class RLModule(LightningModule):
         _, correct, scores = self.score(rollout, batch["reference"])
         return [
             {"prompt": p, "completion": c, "reference": r, "extracted": s.extracted, "correct": bool(ok)}
-            for p, c, r, s, ok in zip(batch["prompt"], rollout.completions, batch["reference"], scores, correct)
+            for p, c, r, s, ok in zip(
+                batch["prompt"], rollout.completions, batch["reference"], scores, correct, strict=True
+            )
         ]

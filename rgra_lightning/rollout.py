@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from rgra_lightning.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -31,13 +33,13 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
-            raise ValueError(f"sampling.num_generations (G) must be >= 2, got {self.num_generations}")
+            raise ConfigError(f"sampling.num_generations (G) must be >= 2, got {self.num_generations}")
         if self.temperature <= 0:
-            raise ValueError(f"sampling.temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"sampling.temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ConfigError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
 @dataclass
@@ -116,7 +118,9 @@ def sample_rollout(
     )
 
 
-def token_logprobs(model: PreTrainedModel, rollout: Rollout, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+def token_logprobs(
+    model: PreTrainedModel, rollout: Rollout, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """Log-probabilities ``[N, T]`` of the sampled completion tokens and the policy entropy ``[N, T]``.
 
     Logits are divided by ``temperature`` so the log-probs are those of the sampling distribution. The

@@ -83,7 +83,9 @@ def split_problems(val_size: int = 128, seed: int = 0) -> dict[Split, list[Probl
     return {"val": problems[:val_size], "train": problems[val_size:]}
 
 
-def worked_answer(problem: Problem, rng: random.Random, steps_probability: float, slip_probability: float) -> str:
+def worked_answer(
+    problem: Problem, rng: random.Random, steps_probability: float, slip_probability: float
+) -> str:
     """A warm-up completion in one of two styles, drawn with ``rng``.
 
     With ``steps_probability`` the careful style: the worked step, then the correct answer boxed (reduced

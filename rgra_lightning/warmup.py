@@ -22,6 +22,7 @@ from tokenizers import Tokenizer, decoders, models
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from rgra_lightning.errors import ConfigError
 from rgra_lightning.synthetic import split_problems, worked_answer
 
 PAD, EOS = "<pad>", "<eos>"
@@ -33,14 +34,21 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {token: index for index, token in enumerate([PAD, EOS, *characters])}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))  # no merges: one token per character
     backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, eos_token=EOS, padding_side="left")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token=PAD, eos_token=EOS, padding_side="left"
+    )
 
 
 class WorkedAnswers(IterableDataset):
     """An endless, seeded stream of ``(prompt, completion)`` pairs over the training problems."""
 
     def __init__(
-        self, prompt_template: str, steps_probability: float, slip_probability: float, val_size: int, seed: int
+        self,
+        prompt_template: str,
+        steps_probability: float,
+        slip_probability: float,
+        val_size: int,
+        seed: int,
     ) -> None:
         self.problems = split_problems(val_size=val_size, seed=seed)["train"]
         self.prompt_template = prompt_template
@@ -71,13 +79,17 @@ class WarmupDataModule(LightningDataModule):
         super().__init__()
         for name, value in (("steps_probability", steps_probability), ("slip_probability", slip_probability)):
             if not 0 <= value <= 1:
-                raise ValueError(f"data.{name} must be in [0, 1], got {value}")
+                raise ConfigError(f"data.{name} must be in [0, 1], got {value}")
         self.save_hyperparameters()
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        dataset = WorkedAnswers(hp.prompt_template, hp.steps_probability, hp.slip_probability, hp.val_size, hp.seed)
-        return DataLoader(dataset, batch_size=hp.batch_size, collate_fn=lambda pairs: list(zip(*pairs)))
+        dataset = WorkedAnswers(
+            hp.prompt_template, hp.steps_probability, hp.slip_probability, hp.val_size, hp.seed
+        )
+        return DataLoader(
+            dataset, batch_size=hp.batch_size, collate_fn=lambda pairs: list(zip(*pairs, strict=True))
+        )
 
 
 class WarmupModule(LightningModule):
@@ -118,8 +130,10 @@ class WarmupModule(LightningModule):
 
     def training_step(self, batch: tuple[list[str], list[str]], batch_idx: int) -> torch.Tensor:
         prompts, completions = batch
-        texts = [p + c + self.tokenizer.eos_token for p, c in zip(prompts, completions)]
-        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right").to(self.device)
+        texts = [p + c + self.tokenizer.eos_token for p, c in zip(prompts, completions, strict=True)]
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right").to(
+            self.device
+        )
         labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
         prompt_lengths = [len(self.tokenizer(p)["input_ids"]) for p in prompts]
         for row, length in enumerate(prompt_lengths):
@@ -129,7 +143,9 @@ class WarmupModule(LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict:
-        optimizer = torch.optim.AdamW(self.policy.parameters(), lr=self.hparams.learning_rate, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(
+            self.policy.parameters(), lr=self.hparams.learning_rate, weight_decay=0.0
+        )
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=self.hparams.learning_rate, total_steps=self.trainer.max_steps, pct_start=0.1
         )

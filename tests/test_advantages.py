@@ -17,8 +17,18 @@ def test_group_mean_group_std_matches_hand_computation():
     std_row0 = math.sqrt(4 * 0.25 / 3)
     expected = torch.tensor(
         [
-            [0.5 / (std_row0 + EPS), -0.5 / (std_row0 + EPS), -0.5 / (std_row0 + EPS), 0.5 / (std_row0 + EPS)],
-            [0.75 / (STD_ROW1 + EPS), -0.25 / (STD_ROW1 + EPS), -0.25 / (STD_ROW1 + EPS), -0.25 / (STD_ROW1 + EPS)],
+            [
+                0.5 / (std_row0 + EPS),
+                -0.5 / (std_row0 + EPS),
+                -0.5 / (std_row0 + EPS),
+                0.5 / (std_row0 + EPS),
+            ],
+            [
+                0.75 / (STD_ROW1 + EPS),
+                -0.25 / (STD_ROW1 + EPS),
+                -0.25 / (STD_ROW1 + EPS),
+                -0.25 / (STD_ROW1 + EPS),
+            ],
         ]
     )
     torch.testing.assert_close(advantages, expected)
@@ -68,13 +78,20 @@ def test_best_of_group_keeps_first_best_with_positive_reward():
 
 
 def test_zero_std_group_fraction():
-    assert zero_std_group_fraction(torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])).item() == pytest.approx(2 / 3)
+    assert zero_std_group_fraction(
+        torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+    ).item() == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"baseline": "median"}, "baseline"), ({"scale": "iqr"}, "scale"), ({"sign_filter": "pos"}, "sign_filter"),
-     ({"selection": "top2"}, "selection"), ({"epsilon": 0.0}, "epsilon")],
+    [
+        ({"baseline": "median"}, "baseline"),
+        ({"scale": "iqr"}, "scale"),
+        ({"sign_filter": "pos"}, "sign_filter"),
+        ({"selection": "top2"}, "selection"),
+        ({"epsilon": 0.0}, "epsilon"),
+    ],
 )
 def test_invalid_options_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"advantage.{field}"):

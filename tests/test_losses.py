@@ -107,9 +107,15 @@ def test_ratio_terms_need_old_logprobs():
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"policy_term": "ppo"}, "policy_term"), ({"kl_estimator": "k4"}, "kl_estimator"),
-     ({"aggregation": "max"}, "aggregation"), ({"beta": -0.1}, "beta"), ({"eps_low": 0.0}, "eps_low"),
-     ({"eps_low": 1.0}, "eps_low"), ({"aggregation_constant": 0}, "aggregation_constant")],
+    [
+        ({"policy_term": "ppo"}, "policy_term"),
+        ({"kl_estimator": "k4"}, "kl_estimator"),
+        ({"aggregation": "max"}, "aggregation"),
+        ({"beta": -0.1}, "beta"),
+        ({"eps_low": 0.0}, "eps_low"),
+        ({"eps_low": 1.0}, "eps_low"),
+        ({"aggregation_constant": 0}, "aggregation_constant"),
+    ],
 )
 def test_invalid_options_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"loss.{field}"):

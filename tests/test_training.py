@@ -1,0 +1,156 @@
+"""End-to-end: the CLI trains the shipped tiny policy for a few real steps, logs, checkpoints, resumes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rgra_lightning.cli import main
+from rgra_lightning.models import ModelLoadError, load_causal_lm
+from tests.conftest import TINY_POLICY
+
+
+def scalar_tags(run_dir: Path) -> dict[str, list[float]]:
+    values: dict[str, list[float]] = {}
+    for path in sorted(run_dir.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            values.setdefault(tag, []).extend(event.value for event in accumulator.Scalars(tag))
+    return values
+
+
+def test_fit_trains_logs_checkpoints_and_resumes(small_config, tmp_path):
+    config = small_config("rgra")
+    cli = main(["fit", "--config", str(config)])
+    assert cli.trainer.global_step == 4
+
+    initial = load_causal_lm(str(TINY_POLICY)).state_dict()
+    trained = cli.model.policy.state_dict()
+    assert any(not torch.equal(initial[name], trained[name]) for name in initial), "no parameter changed"
+    reference = cli.model.reference.state_dict()
+    assert all(torch.equal(initial[name], reference[name]) for name in initial), "reference model moved"
+
+    scalars = scalar_tags(tmp_path / "runs")
+    for tag in (
+        "train/reward",
+        "train/accuracy",
+        "train/loss",
+        "train/kl",
+        "train/entropy",
+        "train/grad_norm",
+        "train/completion_length_mean",
+        "train/zero_std_group_fraction",
+        "time/generation_s",
+        "train/completion_tokens_per_s",
+        "train/learning_rate",
+        "val/accuracy",
+    ):
+        assert tag in scalars, f"{tag} was not logged; logged: {sorted(scalars)}"
+    assert len(scalars["val/accuracy"]) >= 3  # step 0 plus two validations
+    assert (tmp_path / "hf_model" / "config.json").is_file()
+
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    checkpoint = torch.load(last, weights_only=False)
+    assert not any(key.startswith("reference.") for key in checkpoint["state_dict"]), "reference was saved"
+
+    resumed = main(["fit", "--config", str(config), "--trainer.max_steps=6", "--ckpt_path", str(last)])
+    assert resumed.trainer.global_step == 6
+    resumed_start = checkpoint["state_dict"]["policy.model.embed_tokens.weight"]
+    assert not torch.equal(resumed.model.policy.model.embed_tokens.weight.detach(), resumed_start)
+
+
+def test_grpo_with_two_iterations_stores_old_logprobs_and_logs_clipping(small_config, tmp_path):
+    config = small_config(
+        "grpo", **{"model.init_args.num_iterations": 2, "model.init_args.num_minibatches": 2}
+    )
+    cli = main(["fit", "--config", str(config)])
+    assert cli.model.stores_old_logprobs
+    assert cli.trainer.global_step == 4  # one rollout batch -> 2 iterations x 2 mini-batches
+    scalars = scalar_tags(tmp_path / "runs")
+    assert "train/clip_fraction" in scalars and "train/ratio_mean" in scalars
+
+
+def test_beta_zero_loads_no_reference_model(small_config):
+    cli = main(["--config", str(small_config("rgra")), "--model.loss.beta=0.0"], run=False)
+    assert cli.model.reference is None
+    assert not cli.model.stores_old_logprobs  # reinforce never needs pi_old
+
+
+def test_single_update_grpo_does_not_store_old_logprobs(small_config):
+    cli = main(["--config", str(small_config("grpo"))], run=False)
+    assert cli.model.reference is not None and not cli.model.reference.training
+    assert all(not p.requires_grad for p in cli.model.reference.parameters())
+    assert not cli.model.stores_old_logprobs  # mu = 1, one mini-batch: pi_old == pi_theta
+
+
+def test_print_config_shows_every_loss_option(small_config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(small_config("rgra")), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    for option in (
+        "policy_term: reinforce",
+        "kl_estimator: k3",
+        "baseline: group_mean",
+        "class_path: rewards.",
+    ):
+        assert option in printed
+
+
+def test_unknown_loss_name_is_rejected_with_the_allowed_values(small_config, capsys):
+    with pytest.raises(SystemExit):
+        main(["--config", str(small_config("rgra")), "--model.loss.policy_term=ppo"], run=False)
+    error = capsys.readouterr().err
+    assert "policy_term" in error and "clipped_ratio" in error
+
+
+def one_line_error(args: list[str], capsys) -> str:
+    """Run the CLI expecting a user error: exit status 2 and a single ``error: ...`` line on stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args, run=args[0] == "fit")
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_missing_model_directory_says_so(small_config, tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    error = one_line_error(["--config", str(small_config("rgra")), f"--model.model_path={missing}"], capsys)
+    assert "does not exist" in error and "local Hugging Face model directory" in error
+
+
+def test_missing_model_directory_raises_typed_error_in_python(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_causal_lm(str(tmp_path / "no-such-model"))
+
+
+def test_hub_name_offline_explains_local_path(small_config, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["--config", str(small_config("rgra")), "--model.model_path=Qwen/Qwen2.5-0.5B-Instruct"]
+    error = one_line_error(args, capsys)
+    assert "offline" in error and "local directory" in error
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--model.sampling.num_generations=1", "num_generations (G) must be >= 2"),
+        ("--model.sampling.temperature=0", "temperature must be > 0"),
+        ("--model.sampling.max_new_tokens=0", "max_new_tokens must be >= 1"),
+        ("--model.loss.eps_low=0", "eps_low and loss.eps_high must be > 0"),
+        ("--model.loss.beta=-1", "beta must be >= 0"),
+        ("--model.num_iterations=0", "num_iterations must be >= 1"),
+    ],
+)
+def test_invalid_values_name_the_field_and_range(small_config, capsys, override, message):
+    assert message in one_line_error(["--config", str(small_config("rgra")), override], capsys)
+
+
+def test_batch_not_divisible_into_minibatches_fails_at_start(small_config, capsys):
+    config = small_config("rgra", **{"model.init_args.num_minibatches": 3})
+    error = one_line_error(["fit", "--config", str(config)], capsys)
+    assert "not divisible by model.num_minibatches=3" in error
