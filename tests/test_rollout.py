@@ -1,0 +1,75 @@
+"""Sampling and log-probs: masks, grouping, and agreement with what ``generate`` sampled from."""
+
+import torch
+from transformers import GenerationConfig
+
+from rgra_lightning.models import load_causal_lm, load_tokenizer
+from rgra_lightning.rollout import Rollout, SamplingConfig, completion_mask, sample_rollout, token_logprobs
+from tests.conftest import TINY_POLICY
+
+PROMPTS = ["6*(-2)=", "1/8+5/8=", "-3-(-4)="]  # different lengths, so the batch is left-padded
+
+
+def test_completion_mask_stops_after_first_eos():
+    ids = torch.tensor([[5, 6, 1, 7, 0], [1, 0, 0, 0, 0], [5, 5, 5, 5, 5]])
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+    assert torch.equal(completion_mask(ids, eos_token_id=1), expected)
+
+
+def test_rollout_groups_samples_prompt_major():
+    torch.manual_seed(0)
+    tokenizer, policy = load_tokenizer(str(TINY_POLICY)), load_causal_lm(str(TINY_POLICY))
+    rollout = sample_rollout(policy, tokenizer, PROMPTS, SamplingConfig(num_generations=4, max_new_tokens=28))
+    assert rollout.input_ids.shape[0] == len(rollout.completions) == 12
+    prompt_part = rollout.input_ids[:, : rollout.prompt_length]
+    for row in range(12):  # rows 4k..4k+3 share prompt k
+        assert torch.equal(prompt_part[row], prompt_part[(row // 4) * 4])
+    assert all("boxed" in completion for completion in rollout.completions)
+    assert policy.training  # sampling restores train mode
+
+
+def test_token_logprobs_match_the_sampling_distribution():
+    """The training forward pass (left padding, explicit positions) reproduces generate's log-probs."""
+    torch.manual_seed(0)
+    tokenizer, policy = load_tokenizer(str(TINY_POLICY)), load_causal_lm(str(TINY_POLICY))
+    policy.eval()
+    encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=0.7,
+        top_k=None,
+        max_new_tokens=20,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    out = policy.generate(
+        **encoded, generation_config=config, output_logits=True, return_dict_in_generate=True
+    )
+    generated = out.sequences[:, encoded["input_ids"].shape[1] :]
+    expected = torch.stack(
+        [
+            torch.log_softmax(logits.float() / 0.7, dim=-1).gather(1, generated[:, t : t + 1]).squeeze(1)
+            for t, logits in enumerate(out.logits)
+        ],
+        dim=1,
+    )
+    mask = completion_mask(generated, tokenizer.eos_token_id)
+
+    rollout = Rollout(
+        input_ids=out.sequences,
+        attention_mask=torch.cat([encoded["attention_mask"], mask], dim=1),
+        completion_mask=mask,
+        prompt_length=encoded["input_ids"].shape[1],
+        completions=tokenizer.batch_decode(generated, skip_special_tokens=True),
+    )
+    logp, entropy = token_logprobs(policy, rollout, temperature=0.7)
+    real = mask.bool()
+    torch.testing.assert_close(logp[real], expected[real], atol=1e-4, rtol=1e-4)
+    assert (entropy[real] >= 0).all()
+
+
+def test_greedy_rollout_is_deterministic():
+    tokenizer, policy = load_tokenizer(str(TINY_POLICY)), load_causal_lm(str(TINY_POLICY))
+    first = sample_rollout(policy, tokenizer, PROMPTS, SamplingConfig(max_new_tokens=28), greedy=True)
+    second = sample_rollout(policy, tokenizer, PROMPTS, SamplingConfig(max_new_tokens=28), greedy=True)
+    assert len(first.completions) == 3 and first.completions == second.completions
