@@ -11,6 +11,15 @@ from rgra_lightning.models import ModelLoadError, load_causal_lm
 from tests.conftest import TINY_POLICY
 
 
+def text_tags(run_dir: Path) -> set[str]:
+    tags: set[str] = set()
+    for path in run_dir.rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        tags.update(accumulator.Tags()["tensors"])
+    return tags
+
+
 def scalar_tags(run_dir: Path) -> dict[str, list[float]]:
     values: dict[str, list[float]] = {}
     for path in sorted(run_dir.rglob("events.out.tfevents.*")):
@@ -49,6 +58,7 @@ def test_fit_trains_logs_checkpoints_and_resumes(small_config, tmp_path):
     ):
         assert tag in scalars, f"{tag} was not logged; logged: {sorted(scalars)}"
     assert len(scalars["val/accuracy"]) >= 3  # step 0 plus two validations
+    assert any(tag.startswith("samples/completions") for tag in text_tags(tmp_path / "runs"))
     assert (tmp_path / "hf_model" / "config.json").is_file()
 
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -60,6 +70,11 @@ def test_fit_trains_logs_checkpoints_and_resumes(small_config, tmp_path):
     assert resumed.trainer.global_step == 6
     resumed_start = checkpoint["state_dict"]["policy.model.embed_tokens.weight"]
     assert not torch.equal(resumed.model.policy.model.embed_tokens.weight.detach(), resumed_start)
+
+    validated = main(["validate", "--config", str(config), "--ckpt_path", str(last)])
+    assert 0.0 <= validated.trainer.callback_metrics["val/accuracy"].item() <= 1.0
+    predicted = main(["predict", "--config", str(config), "--ckpt_path", str(last)])
+    assert predicted.trainer.predict_loop.predictions  # one record per validation prompt
 
 
 def test_grpo_with_two_iterations_stores_old_logprobs_and_logs_clipping(small_config, tmp_path):
