@@ -13,6 +13,7 @@ from torch import Tensor
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.parallel import gathered_for_generation
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,15 @@ class SamplingConfig:
         temperature: softmax temperature for sampling, > 0. Log-probs are taken at this temperature too.
         top_p: nucleus sampling mass in (0, 1]; 1.0 samples from the full distribution.
         max_new_tokens: completion length cap in tokens; generation also stops at EOS.
+        min_new_tokens: EOS is suppressed before this many tokens (0: never); benchmarks set it to
+            ``max_new_tokens`` so every completion has the same length.
     """
 
     num_generations: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 16
+    min_new_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -40,6 +44,11 @@ class SamplingConfig:
             raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ConfigError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ConfigError(
+                f"sampling.min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], "
+                f"got {self.min_new_tokens}"
+            )
 
 
 @dataclass
@@ -95,13 +104,15 @@ def sample_rollout(
         top_p=None if greedy else config.top_p,
         top_k=None,
         max_new_tokens=config.max_new_tokens,
+        min_new_tokens=None if greedy else config.min_new_tokens or None,
         num_return_sequences=1 if greedy else config.num_generations,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
     was_training = policy.training
     policy.eval()
-    sequences = policy.generate(**encoded, generation_config=generation)
+    with gathered_for_generation(policy):
+        sequences = policy.generate(**encoded, generation_config=generation)
     policy.train(was_training)
 
     prompt_length = encoded["input_ids"].shape[1]
