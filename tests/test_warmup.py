@@ -1,0 +1,32 @@
+"""The recipe of the shipped policy runs and exports a loadable Hugging Face model."""
+
+import yaml
+
+from rgra_lightning.cli import main
+from rgra_lightning.models import load_causal_lm, load_tokenizer
+from rgra_lightning.rollout import SamplingConfig, sample_rollout
+from rgra_lightning.warmup import build_char_tokenizer
+from tests.conftest import ROOT, TINY_POLICY
+
+
+def test_char_tokenizer_round_trips_math_text():
+    tokenizer = build_char_tokenizer()
+    text = "-(6*2)=-12 \\boxed{-12}"
+    ids = tokenizer(text)["input_ids"]
+    assert len(ids) == len(text) and tokenizer.decode(ids) == text
+
+
+def test_warmup_recipe_trains_and_exports(tmp_path):
+    config = yaml.safe_load((ROOT / "configs" / "warmup.yaml").read_text())
+    config["trainer"].update(max_steps=3, enable_progress_bar=False)
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
+    config["trainer"]["callbacks"][0]["init_args"]["output_dir"] = str(tmp_path / "policy")
+    config["data"]["init_args"]["batch_size"] = 8
+    path = tmp_path / "warmup.yaml"
+    path.write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(path)])
+
+    tokenizer, policy = load_tokenizer(str(tmp_path / "policy")), load_causal_lm(str(tmp_path / "policy"))
+    assert policy.num_parameters() == load_causal_lm(str(TINY_POLICY)).num_parameters()
+    rollout = sample_rollout(policy, tokenizer, ["1+2="], SamplingConfig(max_new_tokens=4), greedy=True)
+    assert len(rollout.completions) == 1
