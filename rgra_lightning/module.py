@@ -15,13 +15,15 @@ from typing import Any
 import torch
 from jsonargparse import lazy_instance
 from lightning import LightningModule
-from rewards import MathVerifier, Verifier
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
+from rewards import MathVerifier, Verifier
 from rgra_lightning.advantages import group_advantages, zero_std_group_fraction
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.losses import LossConfig, policy_loss
 from rgra_lightning.models import freeze, load_causal_lm, load_tokenizer
+from rgra_lightning.parallel import ShardingConfig, is_sharded, shard_model
 from rgra_lightning.rollout import Rollout, SamplingConfig, sample_rollout, token_logprobs
 
 REFERENCE_PREFIX = "reference."
@@ -47,6 +49,8 @@ class RLModule(LightningModule):
         max_grad_norm: gradient-norm clipping threshold (> 0).
         num_logged_samples: completions kept from each step for the sample logger.
         validate_before_training: log greedy ``val/*`` metrics of the initial policy at step 0.
+        sharding: FSDP2 options (mixed precision, activation checkpointing), used under
+            ``ModelParallelStrategy``; see ``rgra_lightning.parallel``.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class RLModule(LightningModule):
         max_grad_norm: float = 1.0,
         num_logged_samples: int = 4,
         validate_before_training: bool = True,
+        sharding: ShardingConfig = ShardingConfig(),
     ) -> None:
         super().__init__()
         for name, value, valid, allowed in (
@@ -84,6 +89,7 @@ class RLModule(LightningModule):
             loss = replace(loss, aggregation_constant=sampling.max_new_tokens)
         self.loss_config = loss
         self.sampling = sampling
+        self.sharding = sharding
         self.tokenizer = load_tokenizer(model_path, gguf_file)
         self.policy = load_causal_lm(model_path, gguf_file, dtype)
         self.reference = (
@@ -99,6 +105,18 @@ class RLModule(LightningModule):
         if self.reference is not None:
             self.reference.eval()
         return self
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``, shard the policy and the reference over the data-parallel mesh."""
+        mesh = self.device_mesh
+        if mesh is None or is_sharded(self.policy):
+            return  # one device or DDP, or already sharded (configure_model runs once per fit/validate)
+        if mesh["tensor_parallel"].size() != 1:
+            raise ConfigError("tensor parallelism is not supported: set strategy.tensor_parallel_size=1")
+        data_mesh = mesh["data_parallel"]
+        shard_model(self.policy, data_mesh, self.sharding, trainable=True)
+        if self.reference is not None:
+            shard_model(self.reference, data_mesh, self.sharding, trainable=False)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -124,12 +142,14 @@ class RLModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Leave the frozen reference out of checkpoints: it is reloaded from ``model_path``."""
+        if is_sharded(self.policy):
+            return  # FSDP2 restores every key of the module state (torch.distributed.checkpoint): keep them
         state = checkpoint["state_dict"]
         for key in [key for key in state if key.startswith(REFERENCE_PREFIX)]:
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.reference is not None:
+        if self.reference is not None and "state_dict" in checkpoint:  # FSDP2: loaded already, in place
             reference_state = {REFERENCE_PREFIX + k: v for k, v in self.reference.state_dict().items()}
             checkpoint["state_dict"].update(reference_state)
 
@@ -187,6 +207,8 @@ class RLModule(LightningModule):
                 optimizer.zero_grad()
                 self.manual_backward(out.loss)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), hp.max_grad_norm)
+                if isinstance(grad_norm, DTensor):  # FSDP2: the global norm, replicated on every rank
+                    grad_norm = grad_norm.full_tensor()
                 optimizer.step()
                 scheduler.step()
                 mask = mini.completion_mask
@@ -206,7 +228,7 @@ class RLModule(LightningModule):
         metrics = {f"train/{name}": torch.stack(values).mean() for name, values in history.items()}
         metrics |= {
             "train/reward": rewards.mean(),
-            "train/reward_std": rewards.std(),
+            "train/reward_std": self.all_gather(rewards).flatten().std(),
             "train/accuracy": correct.mean(),
             "train/advantage_abs_mean": advantages.abs().mean(),
             "train/zero_std_group_fraction": zero_std_group_fraction(rewards.view(-1, group)),
@@ -220,7 +242,18 @@ class RLModule(LightningModule):
             "time/step_s": torch.tensor(updated - start),
             "train/completion_tokens_per_s": lengths.sum().cpu() / max(generated - start, 1e-9),
         }
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch["prompt"]))
+        # Across ranks: means of per-rank means (every rank holds B x G rows), except these.
+        reductions = {"train/completion_length_max": "max", "train/verifier_errors": "sum"}
+        reductions |= {"train/completion_tokens_per_s": "sum"} | {n: "max" for n in metrics if "time/" in n}
+        for reduce_fx in ("mean", "max", "sum"):
+            self.log_dict(
+                {name: value for name, value in metrics.items() if reductions.get(name, "mean") == reduce_fx},
+                on_step=True,
+                on_epoch=False,
+                batch_size=len(batch["prompt"]),
+                sync_dist=True,
+                reduce_fx=reduce_fx,
+            )
         for name in ("train/reward", "train/accuracy"):
             self.log(
                 name.split("/")[1],
@@ -228,6 +261,7 @@ class RLModule(LightningModule):
                 prog_bar=True,
                 logger=False,
                 batch_size=len(batch["prompt"]),
+                sync_dist=True,
             )
         self.latest_samples = [
             {

@@ -74,13 +74,17 @@ def shard_model(model: nn.Module, mesh: DeviceMesh, config: ShardingConfig, trai
     fully_shard(model, mesh=mesh, mp_policy=config.mixed_precision, reshard_after_forward=False)
 
 
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
 @contextmanager
 def gathered_for_generation(model: nn.Module) -> Iterator[None]:
     """Keep an FSDP2-sharded ``model`` gathered across all its forwards inside the block, then reshard it.
 
     A no-op for a model that is not sharded.
     """
-    if not isinstance(model, FSDPModule):
+    if not is_sharded(model):
         yield
         return
     model.set_reshard_after_forward(False)

@@ -1,0 +1,227 @@
+"""Seconds per training step: our trainer against TRL's ``GRPOTrainer`` on the same model and prompts.
+
+    python benchmarks/throughput.py                      # 5 alternating runs each, tiny shipped policy
+    python benchmarks/throughput.py --runs 7 --threads 2
+
+Both trainers get the same HF model directory, the same prompts in the same order (the embedded
+arithmetic task, template ``{question}=``), 16 completions per step (2 prompts x G = 8), completions forced
+to exactly ``--tokens`` new tokens (EOS suppressed, so lengths match), fp32, AdamW at the same learning
+rate, beta = 0.04 (both run a reference model), the same torch thread count, no logging, no checkpoints.
+TRL's default gradient checkpointing is switched off because ours has none. Each run is a fresh
+subprocess; runs alternate (ours, TRL, ours, ...). A step's time is the wall time between consecutive
+step ends after ``--warmup`` steps, so it includes data loading and every per-step overhead of each
+trainer. For ours the per-step split (generation / verification / update) comes from the module's
+``time/*`` metrics. TRL is a benchmark-only dependency: ``pip install -e '.[bench]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout: the project need not be installed
+PROMPTS_PER_STEP = 2
+GROUP = 8
+BETA = 0.04
+LEARNING_RATE = 1e-4
+PHASES = ("generation_s", "verification_s", "update_s")
+
+
+def examples(count: int) -> list[dict[str, str]]:
+    """The first ``count`` training problems of the embedded task, as prompt/reference pairs."""
+    from rgra_lightning.synthetic import split_problems
+
+    problems = split_problems(val_size=128, seed=0)["train"][:count]
+    return [{"prompt": f"{p.question}=", "reference": p.answer} for p in problems]
+
+
+def intervals(times: list[float]) -> list[float]:
+    return [later - earlier for earlier, later in zip(times[:-1], times[1:], strict=True)]
+
+
+def run_ours(model_path: str, steps: int, tokens: int) -> dict:
+    """Per-step wall times ``[steps]`` (s) and the module's per-step phase times."""
+    from lightning import Callback, Trainer
+    from torch.utils.data import DataLoader
+
+    from rgra_lightning import RLModule
+    from rgra_lightning.data import collate
+    from rgra_lightning.losses import LossConfig
+    from rgra_lightning.rollout import SamplingConfig
+
+    class StepClock(Callback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+            self.phases: list[dict[str, float]] = []
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.ends.append(time.perf_counter())
+
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            self.ends.append(time.perf_counter())
+            metrics = trainer.callback_metrics
+            self.phases.append({name: metrics[f"time/{name}"].item() for name in PHASES})
+
+    module = RLModule(
+        model_path=model_path,
+        loss=LossConfig(policy_term="clipped_ratio", beta=BETA, kl_estimator="k3", aggregation="token_mean"),
+        sampling=SamplingConfig(num_generations=GROUP, max_new_tokens=tokens, min_new_tokens=tokens),
+        learning_rate=LEARNING_RATE,
+        validate_before_training=False,
+    )
+    clock = StepClock()
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[clock],
+    )
+    loader = DataLoader(examples(steps * PROMPTS_PER_STEP), batch_size=PROMPTS_PER_STEP, collate_fn=collate)
+    trainer.fit(module, train_dataloaders=loader)
+    return {"step_s": intervals(clock.ends), "phases": clock.phases}
+
+
+def run_trl(model_path: str, steps: int, tokens: int) -> dict:
+    """Per-step wall times ``[steps]`` (s) of TRL's GRPOTrainer under the same settings."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rewards import MathVerifier
+
+    verifier = MathVerifier()
+
+    def reward(prompts, completions, reference, **kwargs) -> list[float]:
+        return [score.reward for score in verifier.score_batch(completions, reference)]
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_train_begin(self, args, state, control, **kwargs) -> None:
+            self.ends.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs) -> None:
+            self.ends.append(time.perf_counter())
+
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as output_dir:
+        config = GRPOConfig(
+            output_dir=output_dir,
+            max_steps=steps,
+            per_device_train_batch_size=PROMPTS_PER_STEP * GROUP,
+            num_generations=GROUP,
+            max_completion_length=tokens,
+            generation_kwargs={"min_new_tokens": tokens},
+            temperature=1.0,
+            top_p=1.0,
+            beta=BETA,
+            learning_rate=LEARNING_RATE,
+            lr_scheduler_type="constant",
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            gradient_checkpointing=False,
+            shuffle_dataset=False,
+            report_to="none",
+            logging_strategy="no",
+            save_strategy="no",
+            disable_tqdm=True,
+        )
+        trainer = GRPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(model_path, dtype="float32"),
+            reward_funcs=reward,
+            args=config,
+            train_dataset=Dataset.from_list(examples(steps * PROMPTS_PER_STEP)),
+            processing_class=AutoTokenizer.from_pretrained(model_path),
+            callbacks=[clock],
+        )
+        trainer.train()
+    return {"step_s": intervals(clock.ends)}
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    run = run_ours if args.only == "ours" else run_trl
+    result = run(args.model_path, args.warmup + args.steps, args.tokens)
+    result["step_s"] = result["step_s"][args.warmup :]
+    result["phases"] = result.get("phases", [])[args.warmup :]
+    print("RESULT " + json.dumps(result))
+
+
+def launch(args: argparse.Namespace, which: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="0")
+    command = [sys.executable, __file__, "--only", which]
+    for name in ("model_path", "steps", "warmup", "tokens", "threads"):
+        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        sys.exit(f"{which} run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-path", default=str(ROOT / "models" / "arith-tiny"))
+    parser.add_argument("--runs", type=int, default=5, help="alternating runs of each trainer")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each run")
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens per completion (forced)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both")
+    parser.add_argument("--only", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.only:
+        child(args)
+        return
+
+    medians: dict[str, list[float]] = {"ours": [], "trl": []}
+    phase_fractions: list[dict[str, float]] = []
+    for run in range(args.runs):
+        for which in ("ours", "trl"):
+            result = launch(args, which)
+            medians[which].append(statistics.median(result["step_s"]))
+            print(f"run {run + 1}/{args.runs} {which:>4}: {medians[which][-1]:.3f} s/step", flush=True)
+            if result["phases"]:
+                step = sum(result["step_s"])
+                phase_fractions.append(
+                    {name: sum(p[name] for p in result["phases"]) / step for name in PHASES}
+                )
+    ours, trl = statistics.median(medians["ours"]), statistics.median(medians["trl"])
+    print(
+        f"\n{args.runs} alternating runs each, {args.steps} timed steps per run after {args.warmup} warm-up, "
+        f"{PROMPTS_PER_STEP * GROUP} completions x {args.tokens} tokens per step, {args.threads} thread(s)"
+    )
+    print("| trainer | median s/step | runs (median s/step each) |\n|---|---|---|")
+    for name, value in (("rgra-lightning", ours), ("TRL GRPOTrainer", trl)):
+        runs = ", ".join(f"{v:.3f}" for v in medians["ours" if name == "rgra-lightning" else "trl"])
+        print(f"| {name} | {value:.3f} | {runs} |")
+    print(f"\nratio ours / TRL = {ours / trl:.2f}")
+    split = ", ".join(
+        f"{name.removesuffix('_s')} {statistics.median(f[name] for f in phase_fractions):.0%}"
+        for name in PHASES
+    )
+    print(f"ours, fraction of step time: {split} (rest: Lightning loop, data, logging)")
+
+
+if __name__ == "__main__":
+    main()

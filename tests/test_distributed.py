@@ -1,0 +1,202 @@
+"""Two CPU processes (gloo) under DDP and FSDP2 train like one process on the same global batch.
+
+Each process in a multi-process run samples its own prompts with its own RNG stream, so by default no
+two world sizes draw the same completions. To compare the distributed machinery (data split, whole
+groups per rank, gradient averaging or sharding, metric reduction, sharded checkpoints) and nothing
+else, the runs here sample each prompt's G completions with a seed drawn from (prompt, optimizer step):
+then rank r draws exactly what the single process draws for its prompts. The training set is as large as
+one global batch (4 prompts, all 4 tokens long so no padding differs), so every step of every run sees
+the same 4 prompts whatever the shuffling; 2 processes x 2 prompts = 1 process x 4 prompts.
+
+Tolerance: fp32 losses agree to rtol 1e-4. A 2-process run sums the same numbers in another order
+(gradient all-reduce or reduce-scatter, per-rank means of means), which moves parameters by ~1e-7
+relative per step; the test data show differences ~1e-6. Validation accuracy must be identical.
+
+The runs go through the CLI in a subprocess (``python -m tests.test_distributed fit ...``), which is
+how Lightning relaunches itself once per extra process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.distributed.device_mesh import init_device_mesh
+
+import rgra_lightning.module
+from rgra_lightning import RLModule, cli
+from rgra_lightning.models import load_causal_lm, load_tokenizer
+from rgra_lightning.parallel import ShardingConfig, shard_model
+from rgra_lightning.rollout import Rollout, SamplingConfig, sample_rollout, token_logprobs
+from tests.conftest import ROOT, TINY_POLICY
+
+TRAIN_PROMPTS = ["3+4", "9-2", "6*7", "8+5"]
+VAL_PROMPTS = ["2+2", "7*3", "9-9", "5+8"]
+FSDP2 = {
+    "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+    "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
+}
+RTOL = 1e-4
+
+
+# ------------------------------------------------------------------ the process side (python -m ...)
+
+_current_step = {"step": 0}
+
+
+def sample_per_prompt(policy, tokenizer, prompts, config, greedy=False) -> Rollout:
+    """``sample_rollout`` with one generate call per prompt, seeded from (prompt, optimizer step)."""
+    if greedy:
+        return sample_rollout(policy, tokenizer, prompts, config, greedy=True)
+    parts = []
+    for prompt in prompts:
+        torch.manual_seed(zlib.crc32(f"{prompt}|{_current_step['step']}".encode()))
+        parts.append(sample_rollout(policy, tokenizer, [prompt], config))
+    return Rollout(
+        input_ids=torch.cat([part.input_ids for part in parts]),
+        attention_mask=torch.cat([part.attention_mask for part in parts]),
+        completion_mask=torch.cat([part.completion_mask for part in parts]),
+        prompt_length=parts[0].prompt_length,
+        completions=[text for part in parts for text in part.completions],
+    )
+
+
+def run_cli(args: list[str]) -> None:
+    training_step = RLModule.training_step
+
+    def seeded_training_step(self, batch, batch_idx):
+        _current_step["step"] = self.global_step
+        return training_step(self, batch, batch_idx)
+
+    RLModule.training_step = seeded_training_step
+    rgra_lightning.module.sample_rollout = sample_per_prompt
+    cli.main(args)
+
+
+# ------------------------------------------------------------------------------ the test side
+
+
+def _sharded_generation(rank: int, port: int, out: Path) -> None:
+    """One of 2 gloo ranks: greedy completions of an FSDP2-sharded policy vs the same policy unsharded."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    model, tokenizer = load_causal_lm(str(TINY_POLICY)), load_tokenizer(str(TINY_POLICY))
+    prompts = [["3+4=", "8*9="], ["12*7-5=", "6-6="]][rank]
+    config = SamplingConfig(max_new_tokens=12)
+    unsharded = sample_rollout(model, tokenizer, prompts, config, greedy=True)
+    shard_model(model, init_device_mesh("cpu", (2,)), ShardingConfig(), trainable=True)
+    sharded = sample_rollout(model, tokenizer, prompts, config, greedy=True)
+    # Training still works after generation: the units were resharded and their hooks restored.
+    token_logprobs(model, sharded)[0].sum().backward()
+    result = {
+        "unsharded": unsharded.completions,
+        "sharded": sharded.completions,
+        "decoding_steps": sharded.completion_ids.shape[1],
+        "grads": all(p.grad is not None for p in model.parameters()),
+    }
+    (out / f"{rank}.json").write_text(json.dumps(result))
+    torch.distributed.destroy_process_group()
+
+
+def test_fsdp2_generation_matches_unsharded_and_ranks_may_stop_decoding_at_different_steps(tmp_path):
+    port = 29500 + os.getpid() % 1000
+    torch.multiprocessing.spawn(_sharded_generation, args=(port, tmp_path), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    for result in ranks:
+        assert result["sharded"] == result["unsharded"]
+        assert result["grads"]
+    # The ranks ran different numbers of forwards: no collective may sit inside the decoding loop.
+    assert ranks[0]["decoding_steps"] != ranks[1]["decoding_steps"]
+
+
+@pytest.fixture
+def fixed_prompts(small_config, tmp_path):
+    """``make(**overrides)``: a small RGRA config on the fixed prompt files, returning its path."""
+    for name, prompts in (("train", TRAIN_PROMPTS), ("val", VAL_PROMPTS)):
+        lines = [f'{{"question": "{p}", "answer": "{eval(p)}"}}' for p in prompts]  # noqa: S307
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+
+    def make(run: str, batch_size: int, **overrides: object) -> Path:
+        data = {
+            "task": "files",
+            "train_file": str(tmp_path / "train.jsonl"),
+            "val_file": str(tmp_path / "val.jsonl"),
+            "batch_size": batch_size,
+            "val_batch_size": 4,
+        }
+        config = small_config(
+            "rgra",
+            **{f"data.init_args.{key}": value for key, value in data.items()},
+            **{"model.init_args.sampling.max_new_tokens": 6, "model.init_args.sampling.min_new_tokens": 6},
+            **{"trainer.logger.init_args.save_dir": str(tmp_path / run)},
+            **overrides,
+        )
+        return config.rename(tmp_path / f"{run}.yaml")
+
+    return make
+
+
+def fit(config: Path, *args: str) -> dict[str, dict[int, float]]:
+    """Run ``fit`` in a subprocess; the logged scalars as ``{tag: {step: value}}`` (later runs win)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    command = [sys.executable, "-m", "tests.test_distributed", "fit", "--config", str(config), *args]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    run_dir = config.parent / config.stem
+    values: dict[str, dict[int, float]] = {}
+    for path in sorted(run_dir.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            values.setdefault(tag, {}).update({e.step: e.value for e in accumulator.Scalars(tag)})
+    return values
+
+
+def two_processes(tmp_path: Path, run: str, strategy: object) -> dict[str, object]:
+    """Overrides for 2 CPU processes; only a checkpoint callback (the HF export is a one-process step)."""
+    checkpoint = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {
+            "dirpath": str(tmp_path / run / "checkpoints"),
+            "save_last": True,
+            "every_n_train_steps": 2,
+        },
+    }
+    return {"trainer.devices": 2, "trainer.strategy": strategy, "trainer.callbacks": [checkpoint]}
+
+
+def assert_matches(run: dict[str, dict[int, float]], single: dict[str, dict[int, float]], steps: int) -> None:
+    """Per-step training metrics within ``RTOL`` of the single-process run; validation accuracy equal."""
+    for tag in ("train/loss", "train/reward", "train/reward_std", "train/kl", "train/grad_norm"):
+        assert len(run[tag]) == steps, f"{tag} logged at steps {sorted(run[tag])}"
+        want = [single[tag][step] for step in sorted(run[tag])]
+        assert [run[tag][step] for step in sorted(run[tag])] == pytest.approx(want, rel=RTOL, abs=1e-7), tag
+    assert len(run["val/accuracy"]) >= 2
+    assert run["val/accuracy"] == {step: single["val/accuracy"][step] for step in run["val/accuracy"]}
+
+
+@pytest.mark.slow
+def test_ddp_and_fsdp2_match_one_process_and_fsdp2_resumes_from_a_sharded_checkpoint(fixed_prompts, tmp_path):
+    single = fit(fixed_prompts("single", batch_size=4, **{"trainer.max_steps": 6}))
+    assert_matches(
+        fit(fixed_prompts("ddp", batch_size=2, **two_processes(tmp_path, "ddp", "ddp"))), single, 4
+    )
+
+    fsdp = fixed_prompts("fsdp", batch_size=2, **two_processes(tmp_path, "fsdp", FSDP2))
+    assert_matches(fit(fsdp), single, 4)
+    last = tmp_path / "fsdp" / "checkpoints" / "last.ckpt"
+    assert last.is_dir(), "FSDP2 should save a sharded checkpoint (a directory of per-rank shards)"
+    # Steps 5 and 6 continue from the restored shards and optimizer state exactly as the 6-step run does.
+    assert_matches(fit(fsdp, "--trainer.max_steps=6", "--ckpt_path", str(last)), single, 6)
+
+
+if __name__ == "__main__":
+    run_cli(sys.argv[1:])
