@@ -8,8 +8,11 @@ One training step = one rollout batch of B prompts x G completions, followed by
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +21,7 @@ from lightning import LightningModule
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
-from rewards import MathVerifier, Verifier
+from rewards import MathVerifier, Score, Verifier
 from rgra_lightning.advantages import group_advantages, zero_std_group_fraction
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.losses import LossConfig, policy_loss
@@ -27,6 +30,17 @@ from rgra_lightning.parallel import ShardingConfig, is_sharded, shard_model
 from rgra_lightning.rollout import Rollout, SamplingConfig, sample_rollout, token_logprobs
 
 REFERENCE_PREFIX = "reference."
+
+OUT_OF_MEMORY_ADVICE = (
+    "out of memory during a training step. Options that reduce memory: a smaller data.batch_size "
+    "(prompts per step), a larger model.num_minibatches (rows per backward pass), a smaller "
+    "model.sampling.max_new_tokens or model.sampling.num_generations, model.dtype=bfloat16, "
+    "model.loss.beta=0 (no reference model), or model.sharding (activation checkpointing, FSDP)."
+)
+
+
+class NonFiniteTrainingError(ConfigError):
+    """Too many consecutive updates had a NaN/inf loss or gradient; the last good state was saved."""
 
 
 class RLModule(LightningModule):
@@ -49,6 +63,9 @@ class RLModule(LightningModule):
         max_grad_norm: gradient-norm clipping threshold (> 0).
         num_logged_samples: completions kept from each step for the sample logger.
         validate_before_training: log greedy ``val/*`` metrics of the initial policy at step 0.
+        max_consecutive_nonfinite: an update whose loss or gradient is NaN/inf is skipped (counted in
+            ``train/nonfinite_updates``); after this many in a row, the last good state is saved and
+            training stops with ``NonFiniteTrainingError``.
         sharding: FSDP2 options (mixed precision, activation checkpointing), used under
             ``ModelParallelStrategy``; see ``rgra_lightning.parallel``.
     """
@@ -69,6 +86,7 @@ class RLModule(LightningModule):
         max_grad_norm: float = 1.0,
         num_logged_samples: int = 4,
         validate_before_training: bool = True,
+        max_consecutive_nonfinite: int = 5,
         sharding: ShardingConfig = ShardingConfig(),
     ) -> None:
         super().__init__()
@@ -79,6 +97,7 @@ class RLModule(LightningModule):
             ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
             ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
             ("max_grad_norm", max_grad_norm, max_grad_norm > 0, "> 0"),
+            ("max_consecutive_nonfinite", max_consecutive_nonfinite, max_consecutive_nonfinite >= 1, ">= 1"),
         ):
             if not valid:
                 raise ConfigError(f"model.{name} must be {allowed}, got {value}")
@@ -96,6 +115,7 @@ class RLModule(LightningModule):
             freeze(load_causal_lm(model_path, gguf_file, dtype)) if loss.needs_reference else None
         )
         self.latest_samples: list[dict[str, Any]] = []
+        self.consecutive_nonfinite = 0
 
     # ----------------------------------------------------------------- set-up
 
@@ -165,12 +185,52 @@ class RLModule(LightningModule):
         """Rewards and correctness ``[N]`` (float, on the module's device) and the verifier's scores."""
         repeats = len(rollout.completions) // len(references)
         expanded = [reference for reference in references for _ in range(repeats)]
-        scores = self.verifier.score_batch(rollout.completions, expanded)
+        scores = [checked_score(s) for s in robust_score_batch(self.verifier, rollout.completions, expanded)]
         rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32, device=self.device)
         correct = torch.tensor([s.correct for s in scores], dtype=torch.float32, device=self.device)
         return rewards, correct, scores
 
     def training_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
+        try:
+            self._rollout_and_update(batch)
+        except torch.OutOfMemoryError as error:
+            raise torch.OutOfMemoryError(OUT_OF_MEMORY_ADVICE) from error
+
+    def _skip_nonfinite_update(self, loss: Tensor, grad_norm: Tensor) -> bool:
+        """Whether this update must be skipped because its loss or gradient norm is NaN/inf (on any rank).
+
+        Skipped updates do not advance ``trainer.global_step`` or the learning-rate schedule. After
+        ``max_consecutive_nonfinite`` in a row the unchanged (last good) state is checkpointed and training
+        stops with an error.
+        """
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
+        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            self.consecutive_nonfinite = 0
+            return False
+        self.consecutive_nonfinite += 1
+        limit = self.hparams.max_consecutive_nonfinite
+        warnings.warn(
+            f"non-finite loss ({loss.item()}) or gradient norm ({grad_norm.item()}) after update "
+            f"{self.trainer.global_step}: update skipped "
+            f"({self.consecutive_nonfinite} in a row, limit {limit})",
+            stacklevel=2,
+        )
+        if self.consecutive_nonfinite >= limit:
+            callback = self.trainer.checkpoint_callback
+            directory = (
+                getattr(callback, "dirpath", None) or self.trainer.log_dir or self.trainer.default_root_dir
+            )
+            path = Path(directory) / f"nonfinite-stop-step={self.trainer.global_step}.ckpt"
+            self.trainer.save_checkpoint(path)
+            raise NonFiniteTrainingError(
+                f"{limit} consecutive updates had a NaN/inf loss or gradient; the last good state is "
+                f"saved in {path}. Lower model.learning_rate or model.max_grad_norm, use "
+                f"model.dtype=float32 or bfloat16 instead of float16, or check the verifier's rewards, "
+                f"then resume with --ckpt_path {path}"
+            )
+        return True
+
+    def _rollout_and_update(self, batch: dict[str, list[str]]) -> None:
         hp, group = self.hparams, self.sampling.num_generations
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
 
@@ -191,6 +251,7 @@ class RLModule(LightningModule):
         rows = len(rollout.completions)
         minibatch = rows // hp.num_minibatches
         history: dict[str, list[Tensor]] = {}
+        skipped = 0
         for _ in range(hp.num_iterations):
             for first in range(0, rows, minibatch):
                 part = slice(first, first + minibatch)
@@ -209,8 +270,12 @@ class RLModule(LightningModule):
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), hp.max_grad_norm)
                 if isinstance(grad_norm, DTensor):  # FSDP2: the global norm, replicated on every rank
                     grad_norm = grad_norm.full_tensor()
-                optimizer.step()
-                scheduler.step()
+                if self._skip_nonfinite_update(out.loss.detach(), grad_norm):
+                    optimizer.zero_grad()
+                    skipped += 1
+                else:
+                    optimizer.step()
+                    scheduler.step()
                 mask = mini.completion_mask
                 for name, value in (
                     ("loss", out.loss.detach()),
@@ -235,6 +300,8 @@ class RLModule(LightningModule):
             "train/completion_length_mean": lengths.mean(),
             "train/completion_length_max": lengths.max(),
             "train/verifier_errors": torch.tensor(float(sum(s.error is not None for s in scores))),
+            "train/nonfinite_updates": torch.tensor(float(skipped)),
+            "train/truncated_prompts": torch.tensor(float(rollout.truncated_prompts)),
             "train/learning_rate": torch.tensor(scheduler.get_last_lr()[0]),
             "time/generation_s": torch.tensor(generated - start),
             "time/verification_s": torch.tensor(verified - generated),
@@ -328,3 +395,29 @@ class RLModule(LightningModule):
                 batch["prompt"], rollout.completions, batch["reference"], scores, correct, strict=True
             )
         ]
+
+
+def robust_score_batch(verifier: Verifier, completions: list[str], references: list[str]) -> list[Score]:
+    """``verifier.score_batch``, never raising: if the batch call fails, each completion is scored alone
+    and one that still raises gets reward 0 with the error recorded (a buggy verifier must not end a run)."""
+    try:
+        return verifier.score_batch(completions, references)
+    except Exception as batch_error:
+        warnings.warn(
+            f"{type(verifier).__name__}.score_batch raised {batch_error!r}; scoring one at a time",
+            stacklevel=2,
+        )
+    scores = []
+    for completion, reference in zip(completions, references, strict=True):
+        try:
+            scores.append(verifier.score(completion, reference))
+        except Exception as error:
+            scores.append(Score(0.0, False, None, "verifier raised", error=repr(error)))
+    return scores
+
+
+def checked_score(score: Score) -> Score:
+    """The score, or reward 0 with an error when the verifier returned a NaN/inf reward."""
+    if math.isfinite(score.reward):
+        return score
+    return replace(score, reward=0.0, correct=False, error=f"non-finite reward {score.reward}")

@@ -6,7 +6,9 @@ prompt 0 first), P prompt tokens (left-padded), T completion tokens (right-padde
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -27,6 +29,9 @@ class SamplingConfig:
         max_new_tokens: completion length cap in tokens; generation also stops at EOS.
         min_new_tokens: EOS is suppressed before this many tokens (0: never); benchmarks set it to
             ``max_new_tokens`` so every completion has the same length.
+        prompt_overflow: what to do with a prompt longer than the model's context window minus
+            ``max_new_tokens``: ``truncate`` keeps its last tokens (with a warning, counted in
+            ``train/truncated_prompts``) or ``error`` stops with a message naming the lengths.
     """
 
     num_generations: int = 8
@@ -34,6 +39,7 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 16
     min_new_tokens: int = 0
+    prompt_overflow: Literal["truncate", "error"] = "truncate"
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -60,6 +66,7 @@ class Rollout:
     completion_mask: Tensor  # [N, T] 1 on completion tokens up to and including the first EOS
     prompt_length: int  # P
     completions: list[str]  # N decoded completions, special tokens removed
+    truncated_prompts: int = 0  # prompts (of B) cut to fit the context window
 
     @property
     def completion_ids(self) -> Tensor:
@@ -75,6 +82,39 @@ class Rollout:
             self.prompt_length,
             [self.completions[i] for i in indices],
         )
+
+
+def fit_prompts_to_context(
+    encoded: dict[str, Tensor], context_window: int | None, config: SamplingConfig
+) -> tuple[dict[str, Tensor], int]:
+    """Left-padded prompts ``[B, P]`` cut from the left so that prompt + ``max_new_tokens`` fits in
+    ``context_window`` tokens (``None``: unknown, nothing is cut), and the number of prompts cut."""
+    if context_window is None:
+        return encoded, 0
+    budget = context_window - config.max_new_tokens
+    if budget < 1:
+        raise ConfigError(
+            f"sampling.max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the model's "
+            f"context window of {context_window} tokens"
+        )
+    lengths = encoded["attention_mask"].sum(dim=1)
+    too_long = int((lengths > budget).sum())
+    if too_long == 0:
+        return encoded, 0
+    if config.prompt_overflow == "error":
+        raise ConfigError(
+            f"{too_long} of {len(lengths)} prompts are longer than {budget} tokens (the context window of "
+            f"{context_window} minus sampling.max_new_tokens={config.max_new_tokens}); the longest has "
+            f"{int(lengths.max())} tokens. Shorten them or set sampling.prompt_overflow=truncate"
+        )
+    warnings.warn(
+        f"{too_long} of {len(lengths)} prompts are longer than {budget} tokens (the context window of "
+        f"{context_window} minus sampling.max_new_tokens={config.max_new_tokens}); kept their last "
+        f"{budget} tokens",
+        stacklevel=3,
+    )
+    # Left padding: the last ``budget`` columns hold the last ``budget`` tokens of every prompt.
+    return {name: values[:, -budget:] for name, values in encoded.items()}, too_long
 
 
 def completion_mask(completion_ids: Tensor, eos_token_id: int | list[int]) -> Tensor:
@@ -98,6 +138,8 @@ def sample_rollout(
     The prompts are encoded once; ``generate`` repeats each encoding G times (``num_return_sequences``).
     """
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(policy.device)
+    context_window = getattr(policy.config, "max_position_embeddings", None)
+    encoded, truncated = fit_prompts_to_context(dict(encoded), context_window, config)
     generation = GenerationConfig(
         do_sample=not greedy,
         temperature=None if greedy else config.temperature,
@@ -126,6 +168,7 @@ def sample_rollout(
         completion_mask=mask,
         prompt_length=prompt_length,
         completions=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
+        truncated_prompts=truncated,
     )
 
 

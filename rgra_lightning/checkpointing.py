@@ -1,0 +1,194 @@
+"""Crash-safe checkpoints and exact resumption.
+
+``AtomicCheckpointIO`` writes every checkpoint to a temporary file in the target directory and renames
+it into place, so a kill during saving leaves the previous ``last.ckpt`` intact. ``ExactResume`` adds
+what Lightning does not store by default: the global RNG streams (sampling uses them) and the position
+inside the current epoch of the shuffled training data, so ``fit --ckpt_path last`` continues with the
+same prompts and the same random draws as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Save with ``torch.save`` into a temporary file beside the target, fsync it, then ``os.replace``.
+
+    The rename is atomic only within one filesystem, hence the temporary file in the same directory
+    (Lightning's default stages it in the system temp dir and falls back to an in-place copy across
+    filesystems). The temporary name does not end in ``.ckpt``, so ``--ckpt_path last`` never picks it up.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not support storage_options")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+class PeriodicModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` for manual optimisation that saves every ``every_n_train_steps`` updates even
+    when one rollout batch advances ``global_step`` by several updates (mu x mini-batches), and saves the
+    final state at the end of training (a step file and ``last.ckpt``) when it fell between two saves.
+
+    Use ``save_top_k=n, monitor="step", mode="max"`` to keep the n newest step files.
+    """
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._last_global_step_saved = max(self._last_global_step_saved, trainer.global_step)  # resumed
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        every = self._every_n_train_steps
+        if every >= 1 and trainer.global_step // every > self._last_global_step_saved // every:
+            self._save_now(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save_now(trainer)
+
+    def _save_now(self, trainer: Trainer) -> None:
+        if self._should_skip_saving_checkpoint(trainer):  # also: already saved at this global step
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+
+def rng_states() -> dict[str, Any]:
+    """The global random states of torch (CPU and every CUDA device), Python and NumPy, as tensors and
+    plain Python values so that checkpoints still load with ``torch.load(weights_only=True)``."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    random.setstate(states["python"])
+    name, keys, position, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+
+
+class ResumableLoader:
+    """A shuffled map-style ``DataLoader`` whose position within the epoch can be saved and restored.
+
+    The state is the loader generator's state at the start of the epoch plus the number of batches the
+    trainer has *trained on* (counted by ``ExactResume``; batches only prefetched are not consumed).
+    Lightning saves it with the fit loop because this object has ``state_dict``/``load_state_dict``.
+    """
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+        self.trained_batches = 0
+        self._epoch_generator_state: torch.Tensor | None = None
+        self._restored: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        generator = self.loader.generator
+        skip = 0
+        if self._restored is not None:
+            generator.set_state(self._restored["generator_state"])
+            skip = self._restored["trained_batches"]
+            self._restored = None
+            if skip >= len(self.loader):  # saved after the epoch's last batch: draw that epoch and move on
+                for _ in self.loader:
+                    pass
+                skip = 0
+        self._epoch_generator_state = generator.get_state()
+        self.trained_batches = skip
+        iterator = iter(self.loader)
+        for _ in range(skip):
+            next(iterator)
+        yield from iterator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator_state": self._epoch_generator_state, "trained_batches": self.trained_batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._restored = state
+
+
+class ExactResume(Callback):
+    """Make ``fit --ckpt_path ...`` continue exactly where the checkpoint was taken.
+
+    Saves the global RNG states with every checkpoint and restores them when training starts; wraps the
+    datamodule's training loader in a ``ResumableLoader`` (it must shuffle with an explicit
+    ``torch.Generator``, as ``MathPromptDataModule`` does) and counts the batches trained on.
+    """
+
+    def __init__(self) -> None:
+        self._loader: ResumableLoader | None = None
+        self._restored_rng: dict[str, Any] | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if stage != "fit" or datamodule is None:
+            return
+        make_loader = type(datamodule).train_dataloader.__get__(datamodule)
+
+        def train_dataloader() -> Any:
+            loader = make_loader()
+            if not isinstance(loader, DataLoader) or loader.generator is None:
+                rank_zero_warn(
+                    "ExactResume: the training DataLoader has no explicit torch.Generator, so its position"
+                    " cannot be restored; a resumed run will not see the same data order."
+                )
+                return loader
+            self._loader = ResumableLoader(loader)
+            return self._loader
+
+        datamodule.train_dataloader = train_dataloader
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit" and trainer.datamodule is not None:
+            vars(trainer.datamodule).pop("train_dataloader", None)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if self._loader is not None:
+            self._loader.trained_batches += 1
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Restored here, not on load: nothing between this point and the first training step draws from
+        # the global streams, whereas model set-up and data loading before it may.
+        if self._restored_rng is not None:
+            set_rng_states(self._restored_rng)
+            self._restored_rng = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored_rng = state_dict["rng"]
