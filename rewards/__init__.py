@@ -1,5 +1,21 @@
 """Verifiers: decide whether a model's final answer is mathematically equivalent to the reference."""
 
-from rewards.verifiers import MathVerifier, Score, Verifier
+from rewards.verifiers import (
+    FormatReward,
+    MathVerifier,
+    MathVerifyAdapter,
+    NumericVerifier,
+    Score,
+    Verifier,
+    WeightedSum,
+)
 
-__all__ = ["MathVerifier", "Score", "Verifier"]
+__all__ = [
+    "FormatReward",
+    "MathVerifier",
+    "MathVerifyAdapter",
+    "NumericVerifier",
+    "Score",
+    "Verifier",
+    "WeightedSum",
+]

@@ -46,7 +46,9 @@ def test_equivalence_decides_the_reward(completion, reference, correct):
     assert score.reward == (1.0 if correct else 0.0)
 
 
-@pytest.mark.parametrize("completion", ["no answer", "\\boxed{\\frac{{}", "\\boxed{__import__('os')}", "\\boxed{}"])
+@pytest.mark.parametrize(
+    "completion", ["no answer", "\\boxed{\\frac{{}", "\\boxed{__import__('os')}", "\\boxed{}"]
+)
 def test_unparseable_answers_get_zero_reward_without_raising(completion):
     score = MathVerifier().score(completion, "3")
     assert score.reward == 0.0 and not score.correct
@@ -55,3 +57,13 @@ def test_unparseable_answers_get_zero_reward_without_raising(completion):
 def test_score_batch_keeps_order():
     scores = MathVerifier().score_batch(["\\boxed{1}", "\\boxed{2}"], ["2", "2"])
     assert [s.correct for s in scores] == [False, True]
+
+
+def test_numeric_format_and_weighted_sum():
+    from rewards import FormatReward, NumericVerifier, WeightedSum
+
+    assert NumericVerifier().score("#### 1,000", "1000").correct
+    assert not NumericVerifier().score("\\boxed{x}", "1000").correct
+    assert FormatReward().score("\\boxed{3}", "4").reward == 1.0
+    combined = WeightedSum([MathVerifier(), FormatReward()], [1.0, 0.1]).score("\\boxed{3}", "3")
+    assert combined.reward == 1.1 and combined.correct
