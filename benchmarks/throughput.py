@@ -2,11 +2,13 @@
 
     python benchmarks/throughput.py                      # 5 alternating runs each, tiny shipped policy
     python benchmarks/throughput.py --runs 7 --threads 2
+    python benchmarks/throughput.py --device cuda --dtype bfloat16 --model-path <random-init Qwen2.5-0.5B dir>
 
 Both trainers get the same HF model directory, the same prompts in the same order (the embedded
 arithmetic task, template ``{question}=``), 16 completions per step (2 prompts x G = 8), completions forced
-to exactly ``--tokens`` new tokens (EOS suppressed, so lengths match), fp32, AdamW at the same learning
-rate, beta = 0.04 (both run a reference model), the same torch thread count, no logging, no checkpoints.
+to exactly ``--tokens`` new tokens (EOS suppressed, so lengths match), fp32 (``--dtype``), AdamW at the
+same learning rate, beta = 0.04 (both run a reference model), the same torch thread count, no logging,
+no checkpoints.
 TRL's default gradient checkpointing is switched off because ours has none. Each run is a fresh
 subprocess; runs alternate (ours, TRL, ours, ...). A step's time is the wall time between consecutive
 step ends after ``--warmup`` steps, so it includes data loading and every per-step overhead of each
@@ -47,7 +49,7 @@ def intervals(times: list[float]) -> list[float]:
     return [later - earlier for earlier, later in zip(times[:-1], times[1:], strict=True)]
 
 
-def run_ours(model_path: str, steps: int, tokens: int) -> dict:
+def run_ours(model_path: str, steps: int, tokens: int, device: str, dtype: str) -> dict:
     """Per-step wall times ``[steps]`` (s) and the module's per-step phase times."""
     from lightning import Callback, Trainer
     from torch.utils.data import DataLoader
@@ -72,6 +74,7 @@ def run_ours(model_path: str, steps: int, tokens: int) -> dict:
 
     module = RLModule(
         model_path=model_path,
+        dtype=dtype,
         loss=LossConfig(policy_term="clipped_ratio", beta=BETA, kl_estimator="k3", aggregation="token_mean"),
         sampling=SamplingConfig(num_generations=GROUP, max_new_tokens=tokens, min_new_tokens=tokens),
         learning_rate=LEARNING_RATE,
@@ -79,7 +82,7 @@ def run_ours(model_path: str, steps: int, tokens: int) -> dict:
     )
     clock = StepClock()
     trainer = Trainer(
-        accelerator="cpu",
+        accelerator=device,
         devices=1,
         max_steps=steps,
         logger=False,
@@ -95,7 +98,7 @@ def run_ours(model_path: str, steps: int, tokens: int) -> dict:
     return {"step_s": intervals(clock.ends), "phases": clock.phases}
 
 
-def run_trl(model_path: str, steps: int, tokens: int) -> dict:
+def run_trl(model_path: str, steps: int, tokens: int, device: str, dtype: str) -> dict:
     """Per-step wall times ``[steps]`` (s) of TRL's GRPOTrainer under the same settings."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -132,8 +135,8 @@ def run_trl(model_path: str, steps: int, tokens: int) -> dict:
             beta=BETA,
             learning_rate=LEARNING_RATE,
             lr_scheduler_type="constant",
-            use_cpu=True,
-            bf16=False,
+            use_cpu=device == "cpu",
+            bf16=dtype == "bfloat16",
             fp16=False,
             gradient_checkpointing=False,
             shuffle_dataset=False,
@@ -143,7 +146,7 @@ def run_trl(model_path: str, steps: int, tokens: int) -> dict:
             disable_tqdm=True,
         )
         trainer = GRPOTrainer(
-            model=AutoModelForCausalLM.from_pretrained(model_path, dtype="float32"),
+            model=AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype),
             reward_funcs=reward,
             args=config,
             train_dataset=Dataset.from_list(examples(steps * PROMPTS_PER_STEP)),
@@ -160,7 +163,7 @@ def child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     run = run_ours if args.only == "ours" else run_trl
-    result = run(args.model_path, args.warmup + args.steps, args.tokens)
+    result = run(args.model_path, args.warmup + args.steps, args.tokens, args.device, args.dtype)
     result["step_s"] = result["step_s"][args.warmup :]
     result["phases"] = result.get("phases", [])[args.warmup :]
     print("RESULT " + json.dumps(result))
@@ -169,7 +172,7 @@ def child(args: argparse.Namespace) -> None:
 def launch(args: argparse.Namespace, which: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="0")
     command = [sys.executable, __file__, "--only", which]
-    for name in ("model_path", "steps", "warmup", "tokens", "threads"):
+    for name in ("model_path", "steps", "warmup", "tokens", "threads", "device", "dtype"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -188,6 +191,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each run")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per completion (forced)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="weights and compute"
+    )
     parser.add_argument("--only", choices=("ours", "trl"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
@@ -201,11 +208,11 @@ def main() -> None:
             result = launch(args, which)
             medians[which].append(statistics.median(result["step_s"]))
             print(f"run {run + 1}/{args.runs} {which:>4}: {medians[which][-1]:.3f} s/step", flush=True)
-            if result["phases"]:
-                step = sum(result["step_s"])
-                phase_fractions.append(
-                    {name: sum(p[name] for p in result["phases"]) / step for name in PHASES}
-                )
+            if which == "ours":  # per step, so a rare slow verification does not skew the typical split
+                phase_fractions += [
+                    {name: phases[name] / step for name in PHASES}
+                    for phases, step in zip(result["phases"], result["step_s"], strict=True)
+                ]
     ours, trl = statistics.median(medians["ours"]), statistics.median(medians["trl"])
     print(
         f"\n{args.runs} alternating runs each, {args.steps} timed steps per run after {args.warmup} warm-up, "
@@ -220,7 +227,7 @@ def main() -> None:
         f"{name.removesuffix('_s')} {statistics.median(f[name] for f in phase_fractions):.0%}"
         for name in PHASES
     )
-    print(f"ours, fraction of step time: {split} (rest: Lightning loop, data, logging)")
+    print(f"ours, median fraction of a step's time: {split} (rest: Lightning loop, data, logging)")
 
 
 if __name__ == "__main__":

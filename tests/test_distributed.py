@@ -35,8 +35,9 @@ from torch.nn.functional import pad
 
 import rgra_lightning.module
 from rgra_lightning import RLModule, cli
+from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_causal_lm, load_tokenizer
-from rgra_lightning.parallel import ShardingConfig, shard_model
+from rgra_lightning.parallel import ShardingConfig, decoder_layers, shard_model
 from rgra_lightning.rollout import Rollout, SamplingConfig, sample_rollout, token_logprobs
 from tests.conftest import ROOT, TINY_POLICY
 
@@ -91,6 +92,14 @@ def run_cli(args: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------ the test side
+
+
+def test_sharding_options_are_validated_and_each_decoder_layer_is_a_unit():
+    with pytest.raises(ConfigError, match="sharding.param_dtype"):
+        ShardingConfig(param_dtype="bf16")
+    policy = load_causal_lm(str(TINY_POLICY))
+    assert decoder_layers(policy) == list(policy.model.layers)
+    assert ShardingConfig(param_dtype="bfloat16").mixed_precision.param_dtype == torch.bfloat16
 
 
 def _sharded_generation(rank: int, port: int, out: Path) -> None:
