@@ -1,52 +1,309 @@
-"""Deciding whether two answer strings are mathematically equal.
+"""Deciding whether two normalised answers are mathematically equal.
 
-Plain numbers and fractions take an exact fast path (``fractions.Fraction``); anything else is parsed as
-LaTeX by sympy's LaTeX parser (a real grammar, never ``eval``/``sympify`` of model text) and compared by
-simplifying the difference. Inputs over ``MAX_LENGTH`` characters are rejected as unparseable.
+``fast_equivalent`` is the cheap exact path (string identity, plain numerals and fractions compared as
+``fractions.Fraction``); it needs no sympy and runs in the caller's process. ``equivalent`` is the full check:
+it parses LaTeX with latex2sympy2_extended (an ANTLR grammar; model text is never passed to ``eval``,
+``exec``, ``sympify`` or ``parse_expr`` -- the library only ``sympify``-s objects that are already sympy
+trees) and compares structures: numbers (exact for rationals; a decimal literal also matches an irrational or
+repeating value it rounds to), expressions (``simplify`` of the difference, then a numeric check at random
+points), equations (equal up to a non-zero factor), one-variable inequalities (as solution sets), intervals,
+unions, sets and answer lists (unordered), tuples and matrices (ordered), and text. Run ``equivalent`` only
+inside a killable worker (``rewards.sandbox``): sympy can hang or exhaust memory on hostile input.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from fractions import Fraction
+from typing import Any
 
-MAX_LENGTH = 200
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(/[+-]?\d+)?$")
+from rewards.normalize import drop_simple_lhs, normalize
 
-
-def normalize(answer: str) -> str:
-    """Strip spacing, ``$``, ``\\left``/``\\right``, thousands separators and a trailing period."""
-    text = answer.strip().strip("$").strip().rstrip(".")
-    text = text.replace("\\left", "").replace("\\right", "").replace("\\!", "").replace("−", "-")
-    text = re.sub(r"(\d),(\d{3})\b", r"\1\2", text)
-    return text.replace(" ", "")
+MAX_ANSWER_LENGTH = 1000
+FAST_NUMERAL_LENGTH = 60
+_NUMERAL = re.compile(r"^-?(\d+(\.\d*)?|\.\d+)(/\d+)?$|^-?\\frac\{\d+\}\{\d+\}$")
+_RELATIVE_TOLERANCE = 1e-9
 
 
 def as_fraction(text: str) -> Fraction | None:
-    """An exact rational for plain numerals like ``-12``, ``0.5``, ``6/8``; None otherwise."""
-    if not _NUMBER.match(text):
+    """An exact rational for a bounded-length plain numeral (``-12``, ``0.5``, ``6/8``, ``\\frac{3}{4}``)."""
+    if len(text) > FAST_NUMERAL_LENGTH or not _NUMERAL.match(text):
         return None
+    if "frac" in text:
+        numerator, denominator = re.findall(r"\d+", text)
+        text = f"{'-' if text.startswith('-') else ''}{numerator}/{denominator}"
     try:
         return Fraction(text)
     except (ValueError, ZeroDivisionError):
         return None
 
 
-def equivalent(prediction: str, reference: str) -> bool:
-    """True if ``prediction`` and ``reference`` denote the same value or expression."""
-    pred, ref = normalize(prediction), normalize(reference)
-    if pred == ref:
+def fast_equivalent(pred: str, gold: str) -> bool | None:
+    """True/False when the normalised answers are settled cheaply (identical, or both plain numerals and no
+    rounding question arises), None when the full check is needed."""
+    if pred == gold:
         return True
-    pred_number, ref_number = as_fraction(pred), as_fraction(ref)
-    if pred_number is not None and ref_number is not None:
-        return pred_number == ref_number
-    if len(pred) > MAX_LENGTH or len(ref) > MAX_LENGTH:
-        return False
-    import sympy
-    from sympy.parsing.latex import parse_latex
+    pred_number, gold_number = as_fraction(pred), as_fraction(gold)
+    if pred_number is None or gold_number is None:
+        return None
+    if pred_number == gold_number:
+        return True
+    return None if "." in pred + gold else False
 
-    try:
-        difference = sympy.simplify(parse_latex(pred) - parse_latex(ref))
-    except Exception:  # the parser raises many error types on malformed input
+
+def _decimals(value: Any) -> int | None:
+    """Decimal places of a float literal (``0.33`` -> 2), None for exact numbers."""
+    import sympy
+
+    if not isinstance(value, sympy.Float):
+        return None
+    digits = format(float(value), ".15g")
+    return len(digits.split(".")[1]) if "." in digits and "e" not in digits else None
+
+
+def _numbers_equal(a: Any, b: Any) -> bool | None:
+    """Compare two constant expressions numerically; None when either is not a finite real/complex number."""
+    import sympy
+
+    if a.free_symbols or b.free_symbols:
+        return None
+    if a.has(sympy.zoo, sympy.nan) or b.has(sympy.zoo, sympy.nan):
         return False
-    return difference == 0
+    if a.is_Rational and b.is_Rational:
+        return bool(a == b)
+    if not (a.is_finite and b.is_finite):
+        return bool(a == b) if a.is_infinite or b.is_infinite else None
+    try:
+        x, y = sympy.N(a, 30), sympy.N(b, 30)
+        gap, scale = abs(x - y), max(abs(x), abs(y))
+        if not (gap.is_number and scale.is_number) or gap.has(sympy.nan):
+            return None
+        tolerance = _RELATIVE_TOLERANCE * scale
+        for value, other in ((a, b), (b, a)):
+            places = _decimals(value)
+            exact_other = _decimals(other) is not None or (other.is_Rational and _terminates(other))
+            if places is not None and not exact_other:
+                tolerance = max(tolerance, sympy.Float(0.5 * 10.0**-places * (1 + 1e-9)))
+        return bool(gap <= tolerance)
+    except (TypeError, ValueError):
+        return None
+
+
+def _terminates(value: Any) -> bool:
+    """True for a rational with a terminating decimal expansion (denominator 2^a 5^b)."""
+    q = int(value.q)
+    for prime in (2, 5):
+        while q % prime == 0:
+            q //= prime
+    return q == 1
+
+
+def _exprs_equal(a: Any, b: Any) -> bool:
+    import sympy
+
+    numeric = _numbers_equal(a, b)
+    if numeric is not None:
+        return numeric
+    if a == b:
+        return True
+    difference = sympy.simplify(a - b)
+    if difference == 0:
+        return True
+    symbols = sorted(difference.free_symbols, key=str)
+    if not symbols or any(not isinstance(s, sympy.Symbol) for s in symbols):
+        return False
+    rng = random.Random(0)
+    for _ in range(5):
+        point = {s: sympy.Rational(rng.randint(-97, 97), rng.randint(1, 13)) for s in symbols}
+        try:
+            value = complex(sympy.N(difference.subs(point), 20))
+        except (TypeError, ValueError):
+            return False
+        if abs(value) > 1e-8:
+            return False
+    return True
+
+
+def _solution_set(relation: Any) -> Any:
+    """A one-variable inequality (or chain) as the set of real values satisfying it, else the relation."""
+    import sympy
+    from sympy.core.function import AppliedUndef
+
+    applied = relation.atoms(AppliedUndef)
+    if len(applied) == 1:  # 0 < f(x) < 1: solve for the value f(x)
+        relation = relation.subs(applied.pop(), sympy.Symbol("value"))
+    symbols = relation.free_symbols
+    if len(symbols) != 1:
+        return relation
+    (symbol,) = symbols
+    if not isinstance(symbol, sympy.Symbol):
+        return relation
+    real = sympy.Symbol(symbol.name, real=True)
+    parts = relation.args if isinstance(relation, sympy.And) else (relation,)
+    try:
+        return sympy.Intersection(*(sympy.solveset(p.subs(symbol, real), real, sympy.S.Reals) for p in parts))
+    except (NotImplementedError, TypeError, ValueError):
+        return relation
+
+
+def _as_set(value: Any) -> Any:
+    """Intervals, unions, finite sets and inequalities as sympy sets; other values unchanged."""
+    import sympy
+
+    if isinstance(value, (sympy.And, sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan,
+                          sympy.GreaterThan)):  # fmt: skip
+        return _solution_set(value)
+    return value
+
+
+def _elements(value: Any) -> list[Any] | None:
+    import sympy
+
+    if isinstance(value, sympy.FiniteSet):
+        return list(value.args)
+    return None
+
+
+def _unordered_equal(xs: list[Any], ys: list[Any]) -> bool:
+    if len(xs) != len(ys):
+        return False
+    remaining = list(ys)
+    for x in xs:
+        match = next((i for i, y in enumerate(remaining) if _values_equal(x, y)), None)
+        if match is None:
+            return False
+        remaining.pop(match)
+    return True
+
+
+def _values_equal(a: Any, b: Any) -> bool:
+    """Structural equivalence of two parsed answers."""
+    import sympy
+
+    a, b = _as_set(a), _as_set(b)
+    if isinstance(a, sympy.MatrixBase) or isinstance(b, sympy.MatrixBase):
+        if not (isinstance(a, sympy.MatrixBase) and isinstance(b, sympy.MatrixBase)) or a.shape != b.shape:
+            return False
+        return all(_values_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, sympy.Tuple) or isinstance(b, sympy.Tuple):
+        xs = list(a.args) if isinstance(a, (sympy.Tuple, sympy.Interval)) else _elements(a)
+        ys = list(b.args) if isinstance(b, (sympy.Tuple, sympy.Interval)) else _elements(b)
+        if isinstance(a, sympy.Interval) or isinstance(b, sympy.Interval):
+            interval = a if isinstance(a, sympy.Interval) else b
+            if interval.left_open is not True or interval.right_open is not True:
+                return False
+            xs, ys = (xs[:2] if xs else xs), (ys[:2] if ys else ys)
+        if xs is None or ys is None:
+            return False
+        if isinstance(a, sympy.FiniteSet) or isinstance(b, sympy.FiniteSet):
+            return _unordered_equal(xs, ys)
+        return len(xs) == len(ys) and all(_values_equal(x, y) for x, y in zip(xs, ys, strict=True))
+    if isinstance(a, sympy.Interval) and isinstance(b, sympy.Interval):
+        return (
+            a.left_open == b.left_open
+            and a.right_open == b.right_open
+            and _values_equal(a.start, b.start)
+            and _values_equal(a.end, b.end)
+        )
+    if isinstance(a, sympy.Union) and isinstance(b, sympy.Union):
+        return _unordered_equal(list(a.args), list(b.args))
+    if isinstance(a, sympy.Set) and isinstance(b, sympy.Set):
+        xs, ys = _elements(a), _elements(b)
+        if xs is not None and ys is not None:
+            return _unordered_equal(xs, ys)
+        return bool(a == b)
+    if isinstance(a, sympy.FiniteSet) and len(a.args) == 1:
+        return _values_equal(a.args[0], b)
+    if isinstance(b, sympy.FiniteSet) and len(b.args) == 1:
+        return _values_equal(a, b.args[0])
+    if isinstance(a, sympy.Set) or isinstance(b, sympy.Set):
+        return False
+    if isinstance(a, sympy.Equality) and isinstance(b, sympy.Equality):
+        return _equations_equal(a, b)
+    if isinstance(a, sympy.Rel) or isinstance(b, sympy.Rel):
+        return bool(type(a) is type(b) and _values_equal(a.lhs - a.rhs, b.lhs - b.rhs))
+    if isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr):
+        return _exprs_equal(a, b)
+    return bool(a == b)
+
+
+def _equations_equal(a: Any, b: Any) -> bool:
+    """Same equation: sides pairwise equal, or ``lhs - rhs`` equal up to a non-zero constant factor."""
+    import sympy
+
+    if _values_equal(a.lhs, b.lhs) and _values_equal(a.rhs, b.rhs):
+        return True
+    x, y = a.lhs - a.rhs, b.lhs - b.rhs
+    if y == 0:
+        return bool(x == 0)
+    ratio = sympy.simplify(x / y)
+    return bool(ratio.is_number and ratio != 0)
+
+
+def parse(text: str) -> Any:
+    """The sympy value of a normalised answer (raises on unparseable text)."""
+    from latex2sympy2_extended import latex2sympy
+
+    if len(text) > MAX_ANSWER_LENGTH:
+        raise ValueError(f"answer longer than {MAX_ANSWER_LENGTH} characters")
+    if re.fullmatch(r"[A-Za-z][A-Za-z ]*", text):
+        return text.lower().replace(" ", "")  # plain words and choice letters compare as text
+    if ", " in text and not re.search(r"[\[\](){}]|matrix", text):
+        from sympy import FiniteSet
+
+        return FiniteSet(*(latex2sympy(part) for part in text.split(", ")))
+    return latex2sympy(text)
+
+
+def _readings(text: str) -> list[str]:
+    """The ways to read a normalised answer: as written, without a bare-name left side (``y = 2x`` -> ``2x``),
+    and a percentage both as its number and as a fraction (``10\\%`` -> ``10``, ``\\frac{10}{100}``)."""
+    readings = [text]
+    rhs = drop_simple_lhs(text)
+    if rhs != text:
+        readings.append(rhs)
+    result = []
+    for reading in readings:
+        if reading.endswith("\\%"):
+            value = reading[: -len("\\%")]
+            result += [value, f"\\frac{{{value}}}{{100}}"]
+        else:
+            result.append(reading)
+    return result
+
+
+def equivalent(pred: str, gold: str) -> bool:
+    """True if the answers ``pred`` and ``gold`` (raw extracted strings) are mathematically equivalent.
+
+    A percentage matches both its number and its fraction (``10\\%`` equals ``10`` and ``0.1``).
+    """
+    pred, gold = normalize(pred), normalize(gold)
+    fast = fast_equivalent(pred, gold)
+    if fast is not None:
+        return fast
+    failure: Exception | None = None
+    for pred_reading in _readings(pred):
+        for gold_reading in _readings(gold):
+            try:
+                if _readings_equal(pred_reading, gold_reading):
+                    return True
+            except Exception as error:  # one unparseable reading does not decide; another may match
+                failure = error
+    if failure is not None:
+        raise failure
+    return False
+
+
+def _readings_equal(pred: str, gold: str) -> bool:
+    if fast_equivalent(pred, gold):
+        return True
+    a, b = parse(pred), parse(gold)
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return _values_equal(a, b)
+
+
+def warmup() -> None:
+    """Import and exercise the parser once (run by each verifier worker before its first call)."""
+    equivalent("\\frac{x}{2}", "0.5x")

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import abc
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from rewards.equivalence import as_fraction, equivalent, normalize
-from rewards.extract import extract_answer
+from rewards.equivalence import as_fraction, equivalent, fast_equivalent, warmup
+from rewards.extract import DEFAULT_ORDER, EXTRACTORS, extract_answer
+from rewards.normalize import normalize
+from rewards.sandbox import Outcome, WorkerPool
 
 
 @dataclass(frozen=True)
@@ -43,23 +46,81 @@ class Verifier(abc.ABC):
 
 
 class MathVerifier(Verifier):
-    """Reward ``correct_reward`` when the extracted final answer equals the reference, else 0.
+    """Reward ``correct_reward`` when the extracted final answer is mathematically equivalent to the
+    reference, else 0. Cheap cases (identical strings, plain numerals and fractions) are decided in the
+    calling process; the rest run in killable worker processes under ``timeout`` and ``memory_mb``. A timeout
+    or crash gives reward 0 with ``Score.error`` set. Verdicts for repeated (answer, reference) pairs are
+    cached (``cache_size`` entries, least recently used dropped).
 
     Args:
         correct_reward: reward for an equivalent answer.
+        timeout: wall-clock seconds allowed per verification.
+        memory_mb: address-space limit of each worker process in MiB.
+        workers: worker processes (started on first use, reused across calls).
+        extractors: extraction markers to use, see ``rewards.extract.EXTRACTORS``.
+        last_number_fallback: when no marker or math span is found, use the completion's last number.
+        cache_size: verdicts kept for repeated pairs.
     """
 
-    def __init__(self, correct_reward: float = 1.0) -> None:
+    def __init__(
+        self,
+        correct_reward: float = 1.0,
+        timeout: float = 3.0,
+        memory_mb: int = 2048,
+        workers: int = 2,
+        extractors: list[str] | None = None,
+        last_number_fallback: bool = True,
+        cache_size: int = 100_000,
+    ) -> None:
+        unknown = set(extractors or ()) - set(EXTRACTORS)
+        if unknown:
+            raise ValueError(f"unknown extractors {sorted(unknown)}; choose from {sorted(EXTRACTORS)}")
         self.correct_reward = correct_reward
+        self.extractors = tuple(extractors) if extractors is not None else DEFAULT_ORDER
+        self.last_number_fallback = last_number_fallback
+        self.cache_size = cache_size
+        self.pool = WorkerPool(workers=workers, timeout=timeout, memory_mb=memory_mb, warmup=warmup)
+        self._cache: OrderedDict[tuple[str, str], Outcome] = OrderedDict()
+
+    def extract(self, text: str) -> str | None:
+        """The final answer of a completion or reference, per this verifier's extraction settings."""
+        return extract_answer(text, self.extractors, self.last_number_fallback)
 
     def score(self, completion: str, reference: str) -> Score:
-        answer = extract_answer(completion)
-        if answer is None:
+        return self.score_batch([completion], [reference])[0]
+
+    def score_batch(self, completions: Sequence[str], references: Sequence[str]) -> list[Score]:
+        """Scores in order; the expensive checks of the whole batch run in parallel in the workers."""
+        if len(completions) != len(references):
+            raise ValueError(f"{len(completions)} completions but {len(references)} references")
+        pairs = [
+            (self.extract(c), self.extract(r) or r) for c, r in zip(completions, references, strict=True)
+        ]
+        verdicts: dict[tuple[str, str], Outcome] = {}
+        for pair in pairs:
+            if pair[0] is None or pair in verdicts:
+                continue
+            if pair in self._cache:
+                self._cache.move_to_end(pair)
+                verdicts[pair] = self._cache[pair]
+                continue
+            fast = fast_equivalent(normalize(pair[0]), normalize(pair[1]))
+            if fast is not None:
+                verdicts[pair] = Outcome(fast)
+        slow = list(dict.fromkeys(p for p in pairs if p[0] is not None and p not in verdicts))
+        for pair, outcome in zip(slow, self.pool.map(equivalent, slow), strict=True):
+            verdicts[pair] = outcome
+            self._cache[pair] = outcome
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return [self._score(pair[0], verdicts.get(pair)) for pair in pairs]
+
+    def _score(self, answer: str | None, outcome: Outcome | None) -> Score:
+        if answer is None or outcome is None:
             return Score(0.0, False, None, "no final answer found")
-        try:
-            correct = equivalent(answer, reference)
-        except Exception as error:  # never let model text crash training
-            return Score(0.0, False, answer, "verification failed", error=f"crash: {error!r}")
+        if outcome.error is not None:
+            return Score(0.0, False, answer, "verification failed", error=outcome.error)
+        correct = bool(outcome.value)
         return Score(
             self.correct_reward if correct else 0.0, correct, answer, "equivalent" if correct else "different"
         )

@@ -1,0 +1,111 @@
+"""Batch CLI: ``python -m rewards score CASES.jsonl [--verifier NAME] [--timeout S] [--workers N]``.
+
+Each input row is ``{"gold": str, "pred": str, "mode": "answer"|"completion", ...}`` (extra fields ignored).
+One JSON line per row goes to stdout (``equivalent``, ``reward``, ``seconds``, ``error``, ``extracted``,
+``details`` and the row's ``id``), then ``summary: n=.. [accuracy=.. false_positives=.. false_negatives=..]
+timeouts=.. errors=.. cases_per_s=..`` (accuracy fields only when rows carry an ``equivalent`` label).
+All rows are read and validated before anything is written: a malformed line exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import sys
+import time
+from typing import Any
+
+import rewards
+from rewards.verifiers import Verifier
+
+
+def load_rows(path: str) -> list[dict[str, Any]]:
+    """The rows of a JSONL file; raises ``ValueError`` naming the first malformed line."""
+    rows = []
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"line {number}: not JSON ({error.msg})") from None
+            if (
+                not isinstance(row, dict)
+                or not isinstance(row.get("gold"), str)
+                or not isinstance(row.get("pred"), str)
+            ):
+                raise ValueError(f"line {number}: needs string fields 'gold' and 'pred'")
+            if row.get("mode", "completion") not in ("answer", "completion"):
+                raise ValueError(f"line {number}: 'mode' must be 'answer' or 'completion'")
+            rows.append(row)
+    return rows
+
+
+def make_verifier(name: str, timeout: float, workers: int) -> Verifier:
+    """A verifier from a class name exported by ``rewards`` or a ``module.Class`` path; ``timeout`` and
+    ``workers`` are passed when its constructor takes them."""
+    module_name, _, class_name = name.rpartition(".")
+    cls = getattr(importlib.import_module(module_name) if module_name else rewards, class_name)
+    parameters = inspect.signature(cls).parameters
+    options = {"timeout": timeout, "workers": workers}
+    return cls(**{key: value for key, value in options.items() if key in parameters})
+
+
+def score_rows(verifier: Verifier, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """Output records for ``rows`` (scored as one batch) and the summary line."""
+    start = time.perf_counter()
+    scores = verifier.score_batch([row["pred"] for row in rows], [row["gold"] for row in rows])
+    elapsed = time.perf_counter() - start
+    records = [
+        {
+            "id": row.get("id"),
+            "equivalent": score.correct,
+            "reward": score.reward,
+            "seconds": round(elapsed / max(len(rows), 1), 6),
+            "error": score.error,
+            "extracted": score.extracted,
+            "details": score.details,
+        }
+        for row, score in zip(rows, scores, strict=True)
+    ]
+    fields = [f"n={len(rows)}"]
+    labelled = [(row["equivalent"], record["equivalent"]) for row, record in zip(rows, records, strict=True)
+                if isinstance(row.get("equivalent"), bool)]  # fmt: skip
+    if labelled:
+        fields += [
+            f"accuracy={sum(label == verdict for label, verdict in labelled) / len(labelled):.4f}",
+            f"false_positives={sum(verdict and not label for label, verdict in labelled)}",
+            f"false_negatives={sum(label and not verdict for label, verdict in labelled)}",
+        ]
+    fields += [
+        f"timeouts={sum(record['error'] == 'timeout' for record in records)}",
+        f"errors={sum(record['error'] not in (None, 'timeout') for record in records)}",
+        f"cases_per_s={len(rows) / max(elapsed, 1e-9):.1f}",
+    ]
+    return records, "summary: " + " ".join(fields)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rewards", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    score = commands.add_parser("score", help="score a JSONL file of (gold, pred) rows")
+    score.add_argument("cases", help="JSONL file with gold, pred and mode fields")
+    score.add_argument("--verifier", default="MathVerifier", help="class name in rewards, or module.Class")
+    score.add_argument("--timeout", type=float, default=3.0, help="seconds per verification")
+    score.add_argument("--workers", type=int, default=2, help="worker processes")
+    args = parser.parse_args(argv)
+    try:
+        rows = load_rows(args.cases)
+    except (OSError, ValueError) as error:
+        print(f"error: {args.cases}: {error}", file=sys.stderr)
+        return 2
+    records, summary = score_rows(make_verifier(args.verifier, args.timeout, args.workers), rows)
+    sys.stdout.write("".join(json.dumps(record) + "\n" for record in records) + summary + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

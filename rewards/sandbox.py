@@ -1,0 +1,168 @@
+"""Killable worker processes with a wall-clock and a memory limit per call.
+
+``WorkerPool.map(function, argument_tuples)`` runs ``function(*arguments)`` for each tuple in up to
+``workers`` processes at once and returns one ``Outcome`` per tuple, in order. A call that runs past
+``timeout`` seconds is ended by killing its process (a replacement starts on demand); one that exceeds
+``memory_mb`` of address space fails with MemoryError inside the worker (or the worker dies). Neither raises
+into the caller.
+
+Workers start lazily, on the first ``map``, from the ``spawn`` context (a fresh interpreter: safe to use from
+a process with threads, and a later ``fork`` of the caller -- DataLoader workers -- does not share them: a
+pool used in a forked child notices the new pid and starts its own workers). ``function`` must be a
+module-level function (it is pickled by reference).
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+STARTUP_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one call: ``value`` when ``error`` is None, else why it failed."""
+
+    value: Any = None
+    error: str | None = None  # None, "timeout", "memory", "crash: ..."
+    seconds: float = 0.0
+
+
+def _serve(connection: Connection, memory_mb: int, warmup: Callable[[], Any] | None) -> None:
+    """Worker loop: run ``warmup``, say ready, then receive ``(function, arguments)`` and send back
+    ``(ok, value_or_error)``."""
+    if memory_mb > 0:
+        import resource
+
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if warmup is not None:
+        warmup()
+    connection.send("ready")
+    while True:
+        try:
+            function, arguments = connection.recv()
+        except EOFError:
+            return
+        try:
+            reply = (True, function(*arguments))
+        except MemoryError:
+            reply = (False, "memory")
+        except BaseException as error:  # any failure on model text is a result, not a worker crash
+            reply = (False, f"crash: {type(error).__name__}: {str(error)[:200]}")
+        connection.send(reply)
+
+
+class _Worker:
+    """One worker process; the constructor returns once it is ready (imports done), which is not counted
+    against any call's timeout."""
+
+    def __init__(self, memory_mb: int, warmup: Callable[[], Any] | None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, memory_mb, warmup), daemon=True)
+        self.process.start()
+        child.close()
+        if not self.connection.poll(STARTUP_TIMEOUT) or self.connection.recv() != "ready":
+            self.kill()
+            raise RuntimeError(f"verifier worker did not start within {STARTUP_TIMEOUT} s")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(timeout=5)
+        self.connection.close()
+
+
+class WorkerPool:
+    """A lazily started, reusable pool of killable worker processes.
+
+    Args:
+        workers: processes running at once.
+        timeout: wall-clock seconds allowed per call.
+        memory_mb: address-space limit of each worker in MiB (0: none).
+        warmup: module-level function each new worker runs before its first call (imports), untimed.
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        timeout: float = 3.0,
+        memory_mb: int = 2048,
+        warmup: Callable[[], Any] | None = None,
+    ) -> None:
+        if workers < 1 or timeout <= 0:
+            raise ValueError("workers must be >= 1 and timeout > 0")
+        self.workers, self.timeout, self.memory_mb, self.warmup = workers, timeout, memory_mb, warmup
+        self._idle: list[_Worker] = []
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Stop the workers (a later ``map`` starts new ones)."""
+        if self._pid == os.getpid():
+            for worker in self._idle:
+                worker.kill()
+        self._idle = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles (e.g. into DataLoader workers) carry the settings, never the processes."""
+        return {
+            "workers": self.workers,
+            "timeout": self.timeout,
+            "memory_mb": self.memory_mb,
+            "warmup": self.warmup,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    def map(self, function: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Outcome]:
+        """``function(*arguments)`` for each tuple of ``calls``, in parallel, each under the limits."""
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's workers are not ours
+                self._idle, self._pid = [], os.getpid()
+            return self._map(function, calls)
+
+    def _map(self, function: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(calls)
+        pending = list(range(len(calls)))[::-1]
+        busy: dict[Connection, tuple[_Worker, int, float]] = {}
+        while pending or busy:
+            while pending and len(busy) < self.workers:
+                index = pending.pop()
+                worker = self._idle.pop() if self._idle else _Worker(self.memory_mb, self.warmup)
+                try:
+                    worker.connection.send((function, calls[index]))
+                except (OSError, ValueError) as error:
+                    worker.kill()
+                    outcomes[index] = Outcome(error=f"crash: cannot send to worker: {error}")
+                    continue
+                busy[worker.connection] = (worker, index, time.monotonic())
+            earliest = min(start for _, _, start in busy.values()) if busy else time.monotonic()
+            for connection in wait(list(busy), timeout=max(0.0, earliest + self.timeout - time.monotonic())):
+                worker, index, start = busy.pop(connection)
+                try:
+                    ok, value = connection.recv()
+                except (EOFError, OSError):
+                    worker.kill()
+                    outcomes[index] = Outcome(error="crash: worker died", seconds=time.monotonic() - start)
+                    continue
+                self._idle.append(worker)
+                elapsed = time.monotonic() - start
+                outcomes[index] = Outcome(value, None, elapsed) if ok else Outcome(None, value, elapsed)
+            now = time.monotonic()
+            for connection, (worker, index, start) in list(busy.items()):
+                if now - start >= self.timeout:
+                    del busy[connection]
+                    worker.kill()
+                    outcomes[index] = Outcome(error="timeout", seconds=now - start)
+        return [outcome if outcome is not None else Outcome(error="crash: lost") for outcome in outcomes]

@@ -1,0 +1,97 @@
+"""Extraction, normalisation and equivalence families, positive and negative cases (in-process)."""
+
+import pytest
+
+from rewards.equivalence import equivalent
+from rewards.extract import extract_answer
+from rewards.normalize import normalize
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("so \\boxed{-12}", "-12"),
+        ("\\boxed{1} was wrong; checking again gives \\boxed{\\frac{3}{4}}", "\\frac{3}{4}"),
+        ("\\fbox{7}", "7"),
+        ("thus \\boxed 5.", "5"),
+        ("\\boxed{1} and \\boxed{2}", "1, 2"),
+        ("<answer>17</answer>", "17"),
+        ("work\n#### 72", "72"),
+        ("The answer is 42.", "42"),
+        ("Final Answer: The final answer is $24$. I hope it is correct.", "24"),
+        ("Final Answer: The largest $n$ is 34.", "34"),
+        ("We get \\[ 9 \\]", "9"),
+        ("\\dfrac{9}{7}", "\\dfrac{9}{7}"),
+        ("so the total is 3 + 10 = 13 birds", "13"),
+        ("no number at all here", None),
+    ],
+)
+def test_extraction(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("\\text{13}", "13"),
+        ("10\\text{ units}", "10"),
+        ("\\$1,000.99", "1000.99"),
+        ("1{,}000", "1000"),
+        ("1 000", "1000"),
+        ("90^\\circ", "90"),
+        ("90°", "90"),
+        ("28 percent", "28\\%"),
+        ("−5", "-5"),
+        ("\\tfrac83", "\\frac{8}{3}"),
+        ("\\sqrt3", "\\sqrt{3}"),
+        ("\\left( 1 \\right)", "( 1 )"),
+        ("x = 5+5+1 = 11", "11"),
+        ("(B)", "B"),
+        ("204_5", "54"),
+        ("6 \\text{ and } 8", "6, 8"),
+    ],
+)
+def test_normalisation(raw, expected):
+    assert normalize(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "pred, gold, same",
+    [
+        ("6/8", "3/4", True),
+        ("-3/4", "\\frac{-3}{4}", True),
+        ("0.75", "3/4", True),
+        ("7/16", "7/8", False),
+        ("\\frac{1}{2^{99}}", "\\frac{1}{2^{98}}", False),
+        ("0.0833333333333333", "\\frac{1}{12}", True),
+        ("4.123105625617661", "\\sqrt{17}", True),
+        ("0.14", "0.1", False),
+        ("3\\sqrt{13}", "\\sqrt{117}", True),
+        ("4\\sqrt{2}", "4", False),
+        ("\\frac{9}{4}\\pi", "\\frac94\\pi", True),
+        ("3\\frac{1}{2}", "3.5", True),
+        ("x^2-x-6", "(x-3)(x+2)", True),
+        ("x^2-x+6", "(x-3)(x+2)", False),
+        ("y=-\\frac{1}{2}x+\\frac{3}{4}", "2x+4y-3=0", True),
+        ("x + y - z + 2 = 0", "5x - 7y + 11z + 4 = 0", False),
+        ("x = 10", "10", True),
+        ("(1, 4.5)", "(1,\\frac{9}{2})", True),
+        ("(2, 1)", "(1, 2)", False),
+        ("2, 3", "3, 2", True),
+        ("\\{1, 3\\}", "1, 2", False),
+        ("[0,1)", "[0,1)", True),
+        ("(0,1]", "[0,1)", False),
+        ("x<3", "(-\\infty, 3)", True),
+        ("x > -1", "x < 1", False),
+        ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", True),
+        ("\\begin{pmatrix}1&2\\\\3&5\\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", False),
+        ("10\\%", "0.1", True),
+        ("10\\%", "0.2", False),
+        ("\\text{Evelyn}", "Evelyn", True),
+        ("B", "(C)", False),
+        ("\\infty", "+\\infty", True),
+        ("12:00", "1:00", False),
+    ],
+)
+def test_equivalence(pred, gold, same):
+    assert equivalent(pred, gold) is same
