@@ -54,7 +54,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class PeriodicModelCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` for manual optimisation that saves every ``every_n_train_steps`` updates even
     when one rollout batch advances ``global_step`` by several updates (mu x mini-batches), and saves the
-    final state at the end of training (a step file and ``last.ckpt``) when it fell between two saves.
+    final state (a step file and ``last.ckpt``) when it fell between two saves.
 
     Use ``save_top_k=n, monitor="step", mode="max"`` to keep the n newest step files.
     """
@@ -63,11 +63,15 @@ class PeriodicModelCheckpoint(ModelCheckpoint):
         self._last_global_step_saved = max(self._last_global_step_saved, trainer.global_step)  # resumed
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        every = self._every_n_train_steps
-        if every >= 1 and trainer.global_step // every > self._last_global_step_saved // every:
+        every, step = self._every_n_train_steps, trainer.global_step
+        due = every >= 1 and step // every > self._last_global_step_saved // every
+        if due or 0 <= trainer.max_steps <= step:
             self._save_now(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Only when training stopped otherwise than at max_steps (max_epochs, max_time, should_stop):
+        # the final save is made at the batch end above because, at an epoch boundary, the loop state
+        # Lightning stores in on_train_end resumes with the next epoch wrongly marked as partly done.
         self._save_now(trainer)
 
     def _save_now(self, trainer: Trainer) -> None:
@@ -123,9 +127,12 @@ class ResumableLoader:
             generator.set_state(self._restored["generator_state"])
             skip = self._restored["trained_batches"]
             self._restored = None
-            if skip >= len(self.loader):  # saved after the epoch's last batch: draw that epoch and move on
-                for _ in self.loader:
-                    pass
+            if skip >= len(self.loader):  # saved after the epoch's last batch: replay that epoch's draws
+                # exactly as Lightning made them: len(loader) batches, never running into StopIteration
+                # (which would draw one more permutation from the sampler).
+                finished = iter(self.loader)
+                for _ in range(len(self.loader)):
+                    next(finished)
                 skip = 0
         self._epoch_generator_state = generator.get_state()
         self.trained_batches = skip
@@ -144,9 +151,11 @@ class ResumableLoader:
 class ExactResume(Callback):
     """Make ``fit --ckpt_path ...`` continue exactly where the checkpoint was taken.
 
-    Saves the global RNG states with every checkpoint and restores them when training starts; wraps the
+    Saves the global RNG states with every checkpoint and restores them when training starts; flushes the
+    loggers before each step so that the metrics of every checkpointed step are on disk; wraps the
     datamodule's training loader in a ``ResumableLoader`` (it must shuffle with an explicit
-    ``torch.Generator``, as ``MathPromptDataModule`` does) and counts the batches trained on.
+    ``torch.Generator``, as ``MathPromptDataModule`` does) and counts the batches trained on. With more
+    than one process the loader is left to Lightning (its distributed sampler), and only RNG is restored.
     """
 
     def __init__(self) -> None:
@@ -161,10 +170,12 @@ class ExactResume(Callback):
 
         def train_dataloader() -> Any:
             loader = make_loader()
-            if not isinstance(loader, DataLoader) or loader.generator is None:
+            if trainer.world_size > 1 or not isinstance(loader, DataLoader) or loader.generator is None:
+                # Lightning injects a DistributedSampler only into a plain DataLoader, so it is not wrapped.
                 rank_zero_warn(
-                    "ExactResume: the training DataLoader has no explicit torch.Generator, so its position"
-                    " cannot be restored; a resumed run will not see the same data order."
+                    "ExactResume restores the RNG streams but not the data position: the training loader is"
+                    " distributed or has no explicit torch.Generator. A run resumed mid-epoch will not see"
+                    " the same batches as an uninterrupted one."
                 )
                 return loader
             self._loader = ResumableLoader(loader)
@@ -179,6 +190,10 @@ class ExactResume(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if self._loader is not None:
             self._loader.trained_batches += 1
+        # Flush the previous step's metrics: Lightning logs them after the checkpoint of that step, so
+        # a run killed later would otherwise lose log lines that its checkpoint does not replay.
+        for logger in trainer.loggers:
+            logger.save()
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Restored here, not on load: nothing between this point and the first training step draws from

@@ -87,9 +87,38 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(small_config, tmp
     )
 
 
+def test_resume_at_and_after_an_epoch_boundary_continues_the_data_order(small_config, tmp_path):
+    """A 12-problem file, 4 prompts a step: 3 steps an epoch. Interrupted at the end of epoch 0 and in
+    the middle of epoch 1, both resumed runs equal a straight 5-step run (epoch 1 is a new permutation)."""
+    train = tmp_path / "train.jsonl"
+    rows = [
+        {"question": f"{a}+{b}", "answer": str(a + b)}
+        for a, b in zip(range(2, 14), range(9, 21), strict=True)
+    ]
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = {
+        "data.init_args.task": "files",
+        "data.init_args.train_file": str(train),
+        "data.init_args.val_file": str(train),
+        "model.init_args.sampling.num_generations": 2,
+    }
+    straight = fresh_config(small_config, tmp_path, "straight", **data)
+    a = main(["fit", "--config", str(straight), "--trainer.max_steps=5"])
+    for stop in (3, 4):
+        interrupted = fresh_config(small_config, tmp_path, f"stop{stop}", **data)
+        main(["fit", "--config", str(interrupted), f"--trainer.max_steps={stop}"])
+        b = main(["fit", "--config", str(interrupted), "--trainer.max_steps=5", "--ckpt_path", "last"])
+        assert_same_run(
+            tmp_path / "straight" / "runs",
+            tmp_path / f"stop{stop}" / "runs",
+            a.model.policy.state_dict(),
+            b.model.policy.state_dict(),
+        )
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(small_config, tmp_path):
-    """A real ``kill -9`` of ``python -m rgra_lightning fit`` after its step-4 checkpoint, then
+    """A real ``kill -9`` of ``python -m rgra_lightning fit`` after its update-4 checkpoint, then
     ``fit --ckpt_path last``: the 8 logged rewards and the final weights equal a straight 8-update run."""
     every = {"trainer.max_steps": 8}
     straight = fresh_config(small_config, tmp_path, "straight", **every)
@@ -103,10 +132,13 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(small_config, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    # Kill once update 4 is checkpointed and its reward flushed (the next step has started).
     checkpoint = tmp_path / "killed" / "checkpoints" / "epoch=0-step=4.ckpt"
     deadline = time.monotonic() + 300
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while process.poll() is None and time.monotonic() < deadline:
+        if checkpoint.exists() and 3 in scalars_by_step(tmp_path / "killed" / "runs", "train/reward"):
+            break
+        time.sleep(0.1)
     assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
