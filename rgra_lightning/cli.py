@@ -7,13 +7,72 @@ python -m rgra_lightning fit --config configs/rgra.yaml --print_config
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib
+import inspect
+import io
+import re
 import sys
+import typing
 import warnings
 
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from rgra_lightning.errors import find_config_error
+
+# jsonargparse's wordings for an unknown key below a class given by class_path.
+_CLASS_PATH = re.compile(r"class_path '(?P<class_path>[\w.]+)'")
+_UNKNOWN_KEY = re.compile(
+    r"unrecognized arguments: --(?P<key>[\w.]+)"
+    r"|Option '(?P<option>[\w.]+)' is not accepted"
+    r"|Group '(?P<group>[\w.]+)' does not accept option '(?P<group_option>[\w.]+)'"
+)
+
+
+def _options(target: object) -> list[str]:
+    """The option names of a class's ``__init__`` or a dataclass's fields."""
+    if dataclasses.is_dataclass(target):
+        return [field.name for field in dataclasses.fields(target)]
+    return [name for name in inspect.signature(target).parameters if name not in ("self", "args", "kwargs")]
+
+
+def valid_keys_hint(error_text: str) -> str | None:
+    """For an unknown key under one of our classes, the list of keys valid at that level, if found."""
+    class_match, key_match = _CLASS_PATH.search(error_text), _UNKNOWN_KEY.search(error_text)
+    if class_match is None or key_match is None:
+        return None
+    dotted = key_match["key"] or key_match["option"] or f"{key_match['group']}.{key_match['group_option']}"
+    module_name, _, class_name = class_match["class_path"].rpartition(".")
+    try:
+        target = getattr(importlib.import_module(module_name), class_name)
+        *parents, _ = dotted.split(".")
+        for name in parents:  # walk nested dataclass options, e.g. loss.advantage
+            hints = typing.get_type_hints(target if dataclasses.is_dataclass(target) else target.__init__)
+            target = hints[name]
+        options = _options(target)
+    except (ImportError, AttributeError, KeyError, TypeError, ValueError):
+        return None
+    where = f"{class_match['class_path']}" + (f" under {'.'.join(parents)}" if parents else "")
+    return f"valid keys of {where}: {', '.join(options)}"
+
+
+class RLCLI(LightningCLI):
+    """LightningCLI that, for a misspelled option of one of our classes, also lists the valid ones."""
+
+    def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (LightningCLI's signature)
+        captured = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(captured):
+                super().parse_arguments(parser, args)
+        except SystemExit:
+            sys.stderr.write(captured.getvalue())
+            hint = valid_keys_hint(captured.getvalue())
+            if hint:
+                print(hint, file=sys.stderr)
+            raise
+        sys.stderr.write(captured.getvalue())
 
 
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
@@ -23,7 +82,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     try:
-        return LightningCLI(
+        return RLCLI(
             LightningModule,
             LightningDataModule,
             subclass_mode_model=True,

@@ -342,20 +342,40 @@ def test_prompt_overflow_option_is_validated(small_config, capsys):
 # ----------------------------------------------------------------- bad input
 
 
-def test_misspelled_command_line_key_is_named(small_config, capsys):
+LOSS_KEYS = "policy_term, eps_low, eps_high, beta, kl_estimator, aggregation, aggregation_constant, advantage"
+
+
+def misspelling_error(args: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
-        main(["--config", str(small_config("rgra")), "--model.loss.bta=0.1"], run=False)
+        main(args, run=False)
     assert exit_info.value.code == 2
-    assert "unrecognized arguments: --loss.bta=0.1" in capsys.readouterr().err
+    return capsys.readouterr().err
 
 
-def test_misspelled_yaml_key_is_named(small_config, capsys):
+def test_misspelled_command_line_key_is_named_with_the_valid_keys(small_config, capsys):
+    error = misspelling_error(["--config", str(small_config("rgra")), "--model.loss.bta=0.1"], capsys)
+    assert "unrecognized arguments: --loss.bta=0.1" in error
+    assert f"valid keys of rgra_lightning.RLModule under loss: {LOSS_KEYS}" in error
+
+
+def test_misspelled_yaml_key_is_named_with_the_valid_keys(small_config, capsys):
     config = small_config("rgra")
     config.write_text(config.read_text().replace("beta:", "bta:"))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--config", str(config)], run=False)
-    assert exit_info.value.code == 2
-    assert "Group 'loss' does not accept option 'bta'" in capsys.readouterr().err
+    error = misspelling_error(["--config", str(config)], capsys)
+    assert "Group 'loss' does not accept option 'bta'" in error
+    assert f"valid keys of rgra_lightning.RLModule under loss: {LOSS_KEYS}" in error
+
+
+def test_misspelled_nested_and_top_level_keys_list_their_level(small_config, capsys):
+    config = small_config("rgra")
+    config.write_text(
+        config.read_text().replace("policy_term:", "advantage: {scal: none}\n      policy_term:")
+    )
+    error = misspelling_error(["--config", str(config)], capsys)
+    assert "valid keys of rgra_lightning.RLModule under loss.advantage: baseline, scale," in error
+    error = misspelling_error(["--config", str(small_config("rgra")), "--model.learnin_rate=3"], capsys)
+    assert "valid keys of rgra_lightning.RLModule: model_path, gguf_file," in error
+    assert "learning_rate" in error
 
 
 @pytest.mark.parametrize(
