@@ -266,14 +266,16 @@ def _latex_parser() -> Any:
 def _latex2sympy(text: str) -> Any:
     from antlr4.atn.PredictionMode import PredictionMode
     from latex2sympy2_extended.latex2sympy2 import NormalizationConfig, normalize_latex
+    from sympy.matrices.expressions import MatrixExpr
 
     converter = _latex_parser()()
     text = normalize_latex(text, NormalizationConfig())
     try:
-        return converter.parse(text)
+        value = converter.parse(text)
     except Exception:
         converter.mode = PredictionMode.LL
-        return converter.parse(text)
+        value = converter.parse(text)
+    return value.doit() if isinstance(value, MatrixExpr) else value  # a sum or product of explicit matrices
 
 
 @functools.lru_cache(maxsize=4096)

@@ -33,6 +33,16 @@ _CONNECTOR = re.compile(
     r"\\text\{([^{}]*)\}|\\quad|\\qquad|\\[,;!]|\\\]|\\\[|\\\)|\\\(|[$,;.\s]|\b(?:and|or)\b"
 )
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\s*")
+_CURRENCY_AMOUNT = re.compile(
+    rf"(?:\\?\$|€|£)\s*({_NUMBER.pattern})|({_NUMBER.pattern})\s*(?:\\?\$|€|£|\\euro\b|\\pounds\b)"
+)
+# a sentence opening with a conclusion word, possibly right after a closing math span
+_CONCLUSION = re.compile(
+    r"(?:^|[.!?:\n]\s*(?:\$\$|\$|\\\]|\\\))?\s*)"
+    r"((?:therefore|thus|hence|so|in conclusion|in total)\b(?:[^.!?\n]|\.(?=\d))*)",
+    re.IGNORECASE,
+)
+_SENTENCE_END = re.compile(r"[.!?](?:\s+)(?=\S)")
 
 
 def _closing_brace(text: str, open_index: int) -> int | None:
@@ -158,6 +168,9 @@ def extract_answer(
     if matches:
         return _refine(max(matches)[2]) or None
     spans = list(_MATH.finditer(text))
+    conclusion = _conclusion_number(text, spans[-1].end() if spans else 0)
+    if conclusion is not None:
+        return conclusion
     if spans:
         outside = _MATH.sub(" ", text)
         if len(text) <= BARE_ANSWER_MAX_LENGTH and not _CONNECTOR.sub(" ", outside).strip():
@@ -168,6 +181,20 @@ def extract_answer(
     if last_number_fallback and (number := _last_number(text)):
         return number[1]
     return None
+
+
+def _conclusion_number(text: str, after: int) -> str | None:
+    """The answer a prose completion states without a marker: the last currency amount when the text has no
+    math span and the amount is in the last sentence (``Réponse: ... 220 $ à payer d'ici 12 mois`` ->
+    ``220``), else the last number of the last sentence opening with "Therefore"/"Thus"/"So"/... when that
+    sentence follows every math span."""
+    if after == 0 and (amounts := list(_CURRENCY_AMOUNT.finditer(_SENTENCE_END.split(text.strip())[-1]))):
+        return next(group for group in amounts[-1].groups() if group is not None)
+    sentences = [match.group(1) for match in _CONCLUSION.finditer(text) if match.start(1) >= after]
+    if not sentences:
+        return None
+    number = _last_number(sentences[-1])
+    return number[1] if number else None
 
 
 def _span_text(match: re.Match[str]) -> str:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import re
 
-_SPACING = re.compile(r"\\[,;:!> ]|\\q?quad|\\displaystyle|\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])|~")
+_SPACING = re.compile(  # a backslash after a backslash is a row break ``\\\\``, not a space command
+    r"(?<!\\)\\[,;:!> ]|\\q?quad|\\displaystyle|\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])|~"
+)
 _TEXT_COMMANDS = re.compile(
     r"\\(?:text(?:bf|it|rm|normal|sf|tt)?|mathrm|mathbf|mathit|mathsf|mbox|operatorname)\s*\{([^{}]*)\}"
 )
@@ -32,6 +34,7 @@ _UNIT = re.compile(
     r"(?<=[\d}).])\s*(?:[a-zA-Z]{2,}|[a-zA-Z]{1,2}\s*\^\s*\{?[23]\}?|m|g|s)(?:\s+[a-zA-Z]{2,})*\.?$"
 )
 _SIMPLE_LHS = re.compile(r"^[^=<>\d+\-]*[a-zA-Z][^=<>\d+\-]*$|^[a-zA-Z]_?\{?\d+\}?$")
+_ASSIGNMENT = re.compile(r"([a-zA-Z](?:_\{?\w+\}?)?)\s*=\s*([^=<>]+)")
 _LIST_WORDS = re.compile(r"\s*(?:\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b)\s*")
 _UNICODE = {
     "−": "-", "–": "-", "≤": "\\leq ", "≥": "\\geq ", "≠": "\\neq ", "×": "\\times ", "÷": "\\div ",
@@ -107,6 +110,23 @@ def drop_simple_lhs(text: str) -> str:
     return text
 
 
+def group_assignments(parts: list[str]) -> list[list[str]] | None:
+    """The values of a list of assignments that repeat the same names, one group per solution:
+    ``p=5,q=2;p=7,q=2`` (parts ``p=5,q=2`` and ``p=7,q=2``) -> ``[["5", "2"], ["7", "2"]]``; None when the
+    parts are not all ``name = value`` or the names do not cycle through at least two names twice."""
+    items = [item.strip() for part in parts for item in _split_top_level(part, ",")]
+    assignments = [_ASSIGNMENT.fullmatch(item) for item in items]
+    if not all(assignments):
+        return None
+    names = [match.group(1).replace("{", "").replace("}", "") for match in assignments]
+    width = len(dict.fromkeys(names))
+    repeats = len(names) // width
+    if width < 2 or repeats < 2 or names != names[:width] * repeats:
+        return None
+    values = [match.group(2).strip() for match in assignments]
+    return [values[start : start + width] for start in range(0, len(values), width)]
+
+
 def normalize_element(text: str) -> str:
     """Normalise one answer (no top-level list separators)."""
     text = _unbox(strip_delimiters(text))
@@ -146,7 +166,6 @@ def normalize(answer: str) -> str:
     text = strip_delimiters(answer)
     for old, new in _UNICODE.items():
         text = text.replace(old, new)
-    text = text.replace("\\\\", "\\\\ ").replace("\\\\ ", "\\\\") if "matrix" in text else text
     text = _CURRENCY.sub(" ", text)
     text = _EXPLICIT_THOUSANDS.sub(r"\1", text)
     text = _SPACING.sub(" ", text)
@@ -175,4 +194,7 @@ def normalize(answer: str) -> str:
         elements = [part for part in _split_top_level(text, ",") if part.strip()]
     if len(elements) <= 1 or _DECIMAL_COMMA.match(text.replace(" ", "")):
         return normalize_element(text)
+    groups = group_assignments(elements)
+    if groups is not None:
+        return ", ".join(f"({', '.join(normalize_element(value) for value in group)})" for group in groups)
     return ", ".join(drop_simple_lhs(normalize_element(element)) for element in elements)

@@ -24,6 +24,14 @@ from rewards.normalize import normalize
         ("\\dfrac{9}{7}", "\\dfrac{9}{7}"),
         ("so the total is 3 + 10 = 13 birds", "13"),
         ("no number at all here", None),
+        # a currency amount in the last sentence of marker-less prose beats a later bare number
+        ("Antwort: sie zahlt noch 75 € in den nächsten 6 Monaten.", "75"),
+        ("Le prix est 30 $. Il reste donc 100 - 30 = 70", "70"),  # the amount is not in the last sentence
+        # a concluding sentence after the last math span states the answer
+        ("Let $n$ be the count, $d = 90/n$. Therefore, there are 12 such sequences.", "12"),
+        ("We get $$\\frac{a}{b} \\geq 2.$$ Therefore, the error increases by 100%.", "100%"),
+        ("Thus the balance is 16386.20 dollars. Check: 2 + 2 = 4", "16386.20"),
+        ("Thus the balance is 16 after $t$ years", "t"),  # the conclusion precedes the last math span
     ],
 )
 def test_extraction(text, expected):
@@ -91,6 +99,26 @@ def test_normalisation(raw, expected):
         ("B", "(C)", False),
         ("\\infty", "+\\infty", True),
         ("12:00", "1:00", False),
+        # assignments cycling through the same names are one tuple per solution
+        ("a=1,b=2;a=3,b=4", "(3,4),(1,2)", True),
+        ("a=1,b=2;a=3,b=4", "(1,2),(3,5)", False),
+        ("a = 1, b = 2 \\text{ and } a = 3, b = 4", "a=1,b=2;a=3,b=4", True),
+        # sums and products of explicit matrices are evaluated
+        (
+            "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}+\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}",
+            "\\begin{pmatrix}2&2\\\\3&5\\end{pmatrix}",
+            True,
+        ),  # fmt: skip
+        (
+            "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix} \\begin{pmatrix}0&1\\\\1&0\\end{pmatrix}",
+            "\\begin{pmatrix}2&1\\\\4&3\\end{pmatrix}",
+            True,
+        ),  # fmt: skip
+        (
+            "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix} \\begin{pmatrix}0&1\\\\1&0\\end{pmatrix}",
+            "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}",
+            False,
+        ),  # fmt: skip
     ],
 )
 def test_equivalence(pred, gold, same):
