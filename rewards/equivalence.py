@@ -73,6 +73,8 @@ def _numbers_equal(a: Any, b: Any) -> bool | None:
         return False
     if a.is_Rational and b.is_Rational:
         return bool(a == b)
+    if not (a.has(sympy.Float) or b.has(sympy.Float)) and (a - b).is_Rational:
+        return bool(a - b == 0)  # exact: 2^(10^10) + 1 and 2^(10^10) agree to every digit a tolerance sees
     if not (a.is_finite and b.is_finite):
         return bool(a == b) if a.is_infinite or b.is_infinite else None
     try:

@@ -33,6 +33,7 @@ _CONNECTOR = re.compile(
     r"\\text\{([^{}]*)\}|\\quad|\\qquad|\\[,;!]|\\\]|\\\[|\\\)|\\\(|[$,;.\s]|\b(?:and|or)\b"
 )
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\s*")
+_ANSWER_LABEL = re.compile(r"^(?:final\s+)?answer\s*[:：]\s*", re.IGNORECASE)
 _CURRENCY_AMOUNT = re.compile(
     rf"(?:\\?\$|€|£)\s*({_NUMBER.pattern})|({_NUMBER.pattern})\s*(?:\\?\$|€|£|\\euro\b|\\pounds\b)"
 )
@@ -134,7 +135,7 @@ def _is_prose(text: str) -> bool:
 def _refine(candidate: str) -> str:
     """Reduce a marker's captured text to its answer: a box or math span inside it, else, when it reads as
     prose ("Jane started growing 3 hours ago"), its last number."""
-    candidate = candidate.strip().strip("*").strip()
+    candidate = _ANSWER_LABEL.sub("", candidate.strip().strip("*").strip())
     boxed = last_boxed(candidate)
     if boxed is not None:
         return boxed

@@ -21,6 +21,7 @@ from rewards.normalize import normalize
         ("Final Answer: The final answer is $24$. I hope it is correct.", "24"),
         ("Final Answer: The largest $n$ is 34.", "34"),
         ("We get \\[ 9 \\]", "9"),
+        ("The last digits are:\n  \\[Answer: 009\\]", "009"),
         ("\\dfrac{9}{7}", "\\dfrac{9}{7}"),
         ("so the total is 3 + 10 = 13 birds", "13"),
         ("no number at all here", None),
