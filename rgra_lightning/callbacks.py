@@ -7,8 +7,10 @@ from pathlib import Path
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.parallel import is_sharded
 
 
 class CompletionSampleLogger(Callback):
@@ -51,10 +53,14 @@ class ExportHuggingFace(Callback):
         self.output_dir = output_dir
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        state_dict = None
+        if is_sharded(pl_module.policy):  # FSDP2: every rank takes part in gathering the full weights
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            state_dict = get_model_state_dict(pl_module.policy, options=options)
         if not trainer.is_global_zero:
             return
         directory = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "hf_model")
         directory.mkdir(parents=True, exist_ok=True)
-        pl_module.policy.save_pretrained(directory)
+        pl_module.policy.save_pretrained(directory, state_dict=state_dict)
         pl_module.tokenizer.save_pretrained(directory)
         print(f"exported policy to {directory}")

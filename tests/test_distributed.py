@@ -179,8 +179,10 @@ def fit(config: Path, *args: str) -> dict[str, dict[int, float]]:
     return values
 
 
-def two_processes(tmp_path: Path, run: str, strategy: object) -> dict[str, object]:
-    """Overrides for 2 CPU processes; only a checkpoint callback (the HF export is a one-process step)."""
+def two_processes(
+    tmp_path: Path, run: str, strategy: object, extra_callbacks: list[dict] | None = None
+) -> dict[str, object]:
+    """Overrides for 2 CPU processes: a checkpoint callback plus ``extra_callbacks``."""
     checkpoint = {
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
         "init_args": {
@@ -189,7 +191,8 @@ def two_processes(tmp_path: Path, run: str, strategy: object) -> dict[str, objec
             "every_n_train_steps": 2,
         },
     }
-    return {"trainer.devices": 2, "trainer.strategy": strategy, "trainer.callbacks": [checkpoint]}
+    callbacks = [checkpoint, *(extra_callbacks or [])]
+    return {"trainer.devices": 2, "trainer.strategy": strategy, "trainer.callbacks": callbacks}
 
 
 def assert_matches(run: dict[str, dict[int, float]], single: dict[str, dict[int, float]], steps: int) -> None:
@@ -217,8 +220,20 @@ def test_ddp_and_fsdp2_match_one_process_and_fsdp2_resumes_from_a_sharded_checkp
     assert_matches(fit(fsdp), single, 4)
     last = tmp_path / "fsdp" / "checkpoints" / "last.ckpt"
     assert last.is_dir(), "FSDP2 should save a sharded checkpoint (a directory of per-rank shards)"
-    # Steps 5 and 6 continue from the restored shards and optimizer state exactly as the 6-step run does.
-    assert_matches(fit(fsdp, "--trainer.max_steps=6", "--ckpt_path", str(last)), single, 6)
+    # Steps 5 and 6 continue from the restored shards and optimizer state exactly as the 6-step run does,
+    # and the final export gathers the sharded policy into the same weights the one-process run exports.
+    export = {
+        "class_path": "rgra_lightning.callbacks.ExportHuggingFace",
+        "init_args": {"output_dir": str(tmp_path / "fsdp-hf")},
+    }
+    resumed = fixed_prompts(
+        "fsdp", batch_size=2, **two_processes(tmp_path, "fsdp", FSDP2, extra_callbacks=[export])
+    )
+    assert_matches(fit(resumed, "--trainer.max_steps=6", "--ckpt_path", str(last)), single, 6)
+    sharded_export = load_causal_lm(str(tmp_path / "fsdp-hf")).state_dict()
+    single_export = load_causal_lm(str(tmp_path / "hf_model")).state_dict()
+    for name, value in single_export.items():
+        torch.testing.assert_close(sharded_export[name], value, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
