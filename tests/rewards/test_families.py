@@ -124,3 +124,32 @@ def test_normalisation(raw, expected):
 )
 def test_equivalence(pred, gold, same):
     assert equivalent(pred, gold) is same
+
+
+@pytest.mark.parametrize(
+    "pred, gold, verdict",
+    [
+        ("[-2,7]", "[-2, 7]", True),
+        ("(x-2)(x+2)", "(x-2 ) (x+2 )", True),
+        ("-2, 1", "1, -2", True),
+        ("1, 2, 3", "2, 3, 4", False),
+        ("1, 2", "2", False),
+        ("2, 2", "2", True),
+        ("6/8, 1", "1, \\frac{3}{4}", True),
+        ("E", "D", False),
+        ("Evelyn", "evelyn", True),
+        ("4, 0.1, 2", "0.1, 4, 2", True),
+        ("\\pi x", "x \\pi", None),  # whitespace between letters is kept: left to the full check
+        ("0.3333", "\\frac{1}{3}", None),  # rounding: left to the full check
+        ("(1, 2)", "(2, 1)", None),  # brackets: left to the full check
+    ],
+)
+def test_fast_path_agrees_with_the_full_check(pred, gold, verdict):
+    """The in-process shortcut either defers (None) or gives exactly the parser's structural verdict."""
+    from rewards.equivalence import _values_equal, fast_equivalent, parse
+
+    assert fast_equivalent(pred, gold) is verdict
+    if verdict is not None:
+        a, b = parse(pred), parse(gold)
+        full = a == b if isinstance(a, str) or isinstance(b, str) else _values_equal(a, b)
+        assert full is verdict
