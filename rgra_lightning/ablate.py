@@ -1,0 +1,329 @@
+"""The ablation study: loss presets x seeds, each a normal ``fit`` run, then a summary table and a plot.
+
+    python -m rgra_lightning.ablate --config configs/ablations/paper.yaml
+
+A study config (YAML) names the base config, the presets, the seeds and overrides applied to the base:
+
+    name: paper                       # results go to <results_dir>/<name>/
+    base_config: configs/rgra.yaml    # any fit config; its loss block is replaced by each preset's
+    presets: [grpo, rgra]             # configs/<preset>.yaml, or paths to YAML files
+    seeds: [0, 1, 2]                  # seed_everything of each run (sampling randomness)
+    overrides: {model: {init_args: {num_iterations: 2}}}   # merged into the base config
+    results_dir: results
+
+Only a preset's ``model.init_args.loss`` block is used, so the same presets work on any base config. Each
+run gets the fully merged config in ``<results_dir>/<name>/runs/<preset>/seed<k>/config.yaml``, runs as
+``python -m rgra_lightning fit --config that.yaml`` in its own process (a crash or an out-of-memory in one
+run does not end the study) with its TensorBoard logs and checkpoints in that directory, and is marked
+finished by ``done.json`` only once fit returned. Rerunning the study skips finished runs and resumes an
+interrupted one from its last checkpoint. Afterwards ``summary.md`` and ``val_accuracy.png`` are written
+from the TensorBoard event files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rgra_lightning.errors import ConfigError
+
+VAL_TAG = "val/accuracy"
+PRESET_DIR = Path("configs")
+
+
+@dataclass(frozen=True)
+class Study:
+    """A parsed study config; see the module docstring for the fields."""
+
+    name: str
+    base_config: Path
+    presets: list[str]
+    seeds: list[int]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    results_dir: Path = Path("results")
+
+    @property
+    def root(self) -> Path:
+        return self.results_dir / self.name
+
+    def run_dir(self, preset: str, seed: int) -> Path:
+        return self.root / "runs" / Path(preset).stem / f"seed{seed}"
+
+
+def load_study(path: Path) -> Study:
+    """Parse and check a study config; every problem is a ``ConfigError`` naming the field."""
+    if not path.is_file():
+        raise ConfigError(f"study config {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    allowed = {"name", "base_config", "presets", "seeds", "overrides", "results_dir"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; valid keys: {sorted(allowed)}")
+    for key in ("name", "base_config", "presets", "seeds"):
+        if key not in raw:
+            raise ConfigError(f"{path}: missing required key {key!r}")
+    if not raw["presets"] or not isinstance(raw["presets"], list):
+        raise ConfigError(f"{path}: presets must be a non-empty list of preset names or YAML paths")
+    if not raw["seeds"] or not all(isinstance(seed, int) for seed in raw["seeds"]):
+        raise ConfigError(f"{path}: seeds must be a non-empty list of integers")
+    study = Study(
+        name=str(raw["name"]),
+        base_config=Path(raw["base_config"]),
+        presets=[str(preset) for preset in raw["presets"]],
+        seeds=list(raw["seeds"]),
+        overrides=raw.get("overrides") or {},
+        results_dir=Path(raw.get("results_dir", "results")),
+    )
+    if not study.base_config.is_file():
+        raise ConfigError(f"{path}: base_config {study.base_config} does not exist")
+    for preset in study.presets:
+        preset_path(preset)  # fails early on a missing preset rather than hours into the study
+    return study
+
+
+def preset_path(preset: str) -> Path:
+    """``configs/<preset>.yaml`` for a bare name, else the path itself."""
+    path = Path(preset) if preset.endswith((".yaml", ".yml")) else PRESET_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"preset {preset!r}: {path} does not exist")
+    return path
+
+
+def preset_loss(preset: str) -> dict[str, Any]:
+    """A preset's ``model.init_args.loss`` block (the only part of a preset the study uses)."""
+    path = preset_path(preset)
+    config = yaml.safe_load(path.read_text()) or {}
+    try:
+        return config["model"]["init_args"]["loss"]
+    except (KeyError, TypeError):
+        raise ConfigError(f"preset {path} has no model.init_args.loss block") from None
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in recursively: mappings merge, anything else (lists) replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def run_config(study: Study, preset: str, seed: int) -> dict[str, Any]:
+    """The full fit config of one run: base + study overrides + the preset's loss + seed + run paths."""
+    config = merge(yaml.safe_load(study.base_config.read_text()), study.overrides)
+    run_dir = study.run_dir(preset, seed)
+    config["seed_everything"] = seed
+    config.setdefault("model", {}).setdefault("init_args", {})["loss"] = preset_loss(preset)
+    trainer = config.setdefault("trainer", {})
+    trainer["enable_progress_bar"] = False
+    trainer["logger"] = {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": str(run_dir), "name": "tensorboard", "version": ""},
+    }
+    for callback in trainer.get("callbacks") or []:
+        init_args = callback.setdefault("init_args", {})
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            init_args["dirpath"] = str(run_dir / "checkpoints")
+        if callback["class_path"].endswith("ExportHuggingFace"):
+            init_args["output_dir"] = str(run_dir / "hf_model")
+    return config
+
+
+def read_curve(run_dir: Path, tag: str = VAL_TAG) -> list[tuple[int, float]]:
+    """``(step, value)`` of a scalar across the run's event files, the latest write winning per step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points: dict[int, tuple[float, float]] = {}
+    for events in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag not in accumulator.Tags()["scalars"]:
+            continue
+        for event in accumulator.Scalars(tag):
+            if event.step not in points or event.wall_time >= points[event.step][0]:
+                points[event.step] = (event.wall_time, event.value)
+    return [(step, points[step][1]) for step in sorted(points)]
+
+
+def run_one(study: Study, preset: str, seed: int) -> dict[str, Any]:
+    """Fit one run in a subprocess (resuming from its last checkpoint if one exists); return its record.
+
+    The record (also written to ``done.json`` on success) has ``returncode``, ``wall_s``, ``steps``,
+    ``steps_per_s`` (optimizer updates per second of the whole fit, validation included), and the final
+    and best validation accuracy.
+    """
+    run_dir = study.run_dir(preset, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(run_config(study, preset, seed), sort_keys=False))
+    command = [sys.executable, "-m", "rgra_lightning", "fit", "--config", str(config_path)]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resumed = last.is_file()
+    if resumed:
+        command += ["--ckpt_path", str(last)]
+    start = time.perf_counter()
+    with open(run_dir / "log.txt", "a") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ).returncode
+    wall_s = time.perf_counter() - start
+    curve = read_curve(run_dir)
+    steps = yaml.safe_load(config_path.read_text()).get("trainer", {}).get("max_steps", -1)
+    record = {
+        "preset": preset,
+        "seed": seed,
+        "returncode": returncode,
+        "wall_s": round(wall_s, 1),
+        "steps": steps,
+        "steps_per_s": round(steps / wall_s, 3) if steps and steps > 0 and not resumed else None,
+        "final_val_accuracy": curve[-1][1] if curve else None,
+        "best_val_accuracy": max(value for _, value in curve) if curve else None,
+    }
+    if returncode == 0:
+        (run_dir / "done.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean +- std`` (sample std over seeds; 0 for one value) to three decimals."""
+    if not values:
+        return "n/a"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} +- {std:.3f}"
+
+
+def summarise(study: Study) -> Path:
+    """Write ``summary.md`` and ``val_accuracy.png`` under the study's directory from finished runs."""
+    rows = []
+    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    for preset in study.presets:
+        records = []
+        for seed in study.seeds:
+            done = study.run_dir(preset, seed) / "done.json"
+            if done.is_file():
+                records.append(json.loads(done.read_text()))
+                curves.setdefault(preset, []).append(read_curve(study.run_dir(preset, seed)))
+        finals = [r["final_val_accuracy"] for r in records if r["final_val_accuracy"] is not None]
+        bests = [r["best_val_accuracy"] for r in records if r["best_val_accuracy"] is not None]
+        speeds = [r["steps_per_s"] for r in records if r.get("steps_per_s")]
+        initial = [curve[0][1] for curve in curves.get(preset, []) if curve]
+        speed = f"{statistics.fmean(speeds):.2f}" if speeds else "n/a"
+        rows.append(
+            f"| {preset} | {len(records)}/{len(study.seeds)} | {mean_std(initial)} | {mean_std(finals)} "
+            f"| {mean_std(bests)} | {speed} |"
+        )
+    plot = plot_curves(curves, study.root / "val_accuracy.png", study.name)
+    lines = [
+        f"# Ablation study `{study.name}`",
+        "",
+        f"Base config `{study.base_config}` with overrides `{json.dumps(study.overrides)}`; "
+        f"seeds {study.seeds}. Validation accuracy is greedy accuracy on the held-out problems (initial: "
+        "the policy before training); mean +- sample std over seeds; best = the highest of each run's "
+        "validations; steps/s = optimizer updates per second of wall time of the whole fit (model "
+        "loading and validation included).",
+        "",
+        "| preset | seeds done | initial val acc | final val acc | best val acc | steps/s |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"![validation accuracy]({plot.name})",
+        "",
+    ]
+    summary = study.root / "summary.md"
+    summary.write_text("\n".join(lines))
+    return summary
+
+
+def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, title: str) -> Path:
+    """Validation accuracy against step per preset: the mean over seeds and a min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for preset, runs in curves.items():
+        steps = sorted(set.intersection(*(set(step for step, _ in run) for run in runs))) if runs else []
+        if not steps:
+            continue
+        values = [[dict(run)[step] for run in runs] for step in steps]
+        means = [statistics.fmean(v) for v in values]
+        (line,) = axes.plot(steps, means, label=f"{preset} (n={len(runs)})")
+        axes.fill_between(
+            steps, [min(v) for v in values], [max(v) for v in values], alpha=0.15, color=line.get_color()
+        )
+    axes.set_xlabel("training step (rollout batches; each is num_iterations x num_minibatches updates)")
+    axes.set_ylabel("validation accuracy (greedy)")
+    axes.set_title(f"{title}: mean over seeds, band = min..max")
+    axes.set_ylim(0, 1)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def run_study(study: Study) -> int:
+    """Run every unfinished (preset, seed), print progress, write the summary; the number of failed runs."""
+    jobs = [(preset, seed) for seed in study.seeds for preset in study.presets]  # every preset early
+    failed = 0
+    for index, (preset, seed) in enumerate(jobs, start=1):
+        run_dir = study.run_dir(preset, seed)
+        prefix = f"[{index}/{len(jobs)}] {preset} seed {seed}"
+        if (run_dir / "done.json").is_file():
+            print(f"{prefix}: done already, skipped", flush=True)
+            continue
+        print(f"{prefix}: running (log: {run_dir / 'log.txt'})", flush=True)
+        record = run_one(study, preset, seed)
+        if record["returncode"] == 0:
+            print(
+                f"{prefix}: finished in {record['wall_s']:.0f} s, final val accuracy "
+                f"{record['final_val_accuracy']}, best {record['best_val_accuracy']}",
+                flush=True,
+            )
+        else:
+            failed += 1
+            tail = (run_dir / "log.txt").read_text().strip().splitlines()[-5:]
+            print(
+                f"{prefix}: FAILED (exit {record['returncode']}); last lines:", *tail, sep="\n  ", flush=True
+            )
+    summary = summarise(study)
+    print(f"summary: {summary}" + (f" ({failed} run(s) failed; rerun to retry them)" if failed else ""))
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m rgra_lightning.ablate", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--config", type=Path, required=True, help="study config YAML")
+    parser.add_argument("--summary_only", action="store_true", help="only rewrite summary.md and the plot")
+    args = parser.parse_args(argv)
+    try:
+        study = load_study(args.config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.summary_only:
+        print(f"summary: {summarise(study)}")
+        return 0
+    return 1 if run_study(study) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The ablation runner: config composition, study-config errors, and a tiny real study that resumes."""
+
+import json
+
+import pytest
+import yaml
+
+from rgra_lightning import ablate
+from rgra_lightning.errors import ConfigError
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def study_file(tmp_path, small_config, monkeypatch):
+    """Write a study config over a few-step base config; ``make(**fields)`` returns its path."""
+    monkeypatch.chdir(ROOT)  # presets are looked up under configs/
+
+    def make(**fields: object):
+        study = {
+            "name": "tiny",
+            "base_config": str(small_config("rgra")),
+            "presets": ["rgra", "raft"],
+            "seeds": [0, 1],
+            "results_dir": str(tmp_path / "results"),
+            "overrides": {
+                "trainer": {"max_steps": 4, "val_check_interval": 2},  # 2 rollout batches, then validation
+                "model": {"init_args": {"num_iterations": 2}},
+            },
+        } | fields
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump(study))
+        return path
+
+    return make
+
+
+def test_run_config_takes_only_the_loss_block_of_a_preset(study_file):
+    study = ablate.load_study(study_file())
+    config = ablate.run_config(study, "raft", 1)
+    base = yaml.safe_load(study.base_config.read_text())
+    raft = yaml.safe_load((ROOT / "configs" / "raft.yaml").read_text())
+    assert config["model"]["init_args"]["loss"] == raft["model"]["init_args"]["loss"]
+    assert config["model"]["init_args"]["model_path"] == base["model"]["init_args"]["model_path"]
+    assert config["model"]["init_args"]["num_iterations"] == 2  # study override merged in
+    assert config["model"]["init_args"]["sampling"] == base["model"]["init_args"]["sampling"]  # kept
+    assert config["trainer"]["max_steps"] == 4 and config["seed_everything"] == 1
+    run_dir = study.results_dir / "tiny" / "runs" / "raft" / "seed1"
+    assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(run_dir)
+    dirpaths = [c["init_args"].get("dirpath") for c in config["trainer"]["callbacks"]]
+    assert str(run_dir / "checkpoints") in dirpaths
+
+
+def test_merge_replaces_lists_and_merges_mappings():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 0}
+    assert ablate.merge(base, {"a": {"c": [3]}}) == {"a": {"b": 1, "c": [3]}, "d": 0}
+    assert base["a"]["c"] == [1, 2]  # not mutated
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"presets": ["no-such-preset"]}, "preset 'no-such-preset'"),
+        ({"seeds": []}, "seeds must be a non-empty list"),
+        ({"base_config": "missing.yaml"}, "base_config missing.yaml does not exist"),
+        ({"sedes": [0]}, "unknown keys ['sedes']"),
+    ],
+)
+def test_bad_study_configs_fail_with_a_clear_message(study_file, fields, message, capsys):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        ablate.load_study(study_file(**fields))
+    assert ablate.main(["--config", str(study_file(**fields))]) == 2
+    assert message in capsys.readouterr().err
+
+
+def check_finished(study: ablate.Study, preset: str, seed: int) -> None:
+    record = json.loads((study.run_dir(preset, seed) / "done.json").read_text())
+    assert record["returncode"] == 0 and record["steps"] == 4 and record["steps_per_s"] > 0
+    curve = ablate.read_curve(study.run_dir(preset, seed))
+    assert [step for step, _ in curve] == [0, 1]  # the initial policy, then after two rollout batches
+    assert record["final_val_accuracy"] == curve[-1][1]
+
+
+def test_one_run_study_finishes_then_is_skipped(study_file, capsys):
+    path = study_file(presets=["rgra"], seeds=[3])
+    assert ablate.main(["--config", str(path)]) == 0
+    study = ablate.load_study(path)
+    assert "[1/1] rgra seed 3: running" in capsys.readouterr().out
+    check_finished(study, "rgra", 3)
+    summary = (study.root / "summary.md").read_text()
+    assert "| rgra | 1/1 |" in summary and "![validation accuracy](val_accuracy.png)" in summary
+    assert (study.root / "val_accuracy.png").stat().st_size > 0
+    assert ablate.main(["--config", str(path)]) == 0
+    assert "[1/1] rgra seed 3: done already, skipped" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_two_presets_two_seeds_resume_after_a_lost_run(study_file, capsys):
+    path = study_file()
+    assert ablate.main(["--config", str(path)]) == 0
+    study = ablate.load_study(path)
+    out = capsys.readouterr().out
+    assert "[1/4] rgra seed 0: running" in out and "[4/4] raft seed 1: running" in out
+    for preset in ("rgra", "raft"):
+        for seed in (0, 1):
+            check_finished(study, preset, seed)
+    summary = (study.root / "summary.md").read_text()
+    assert "| rgra | 2/2 |" in summary and "| raft | 2/2 |" in summary
+
+    (study.run_dir("raft", 1) / "done.json").unlink()
+    assert ablate.main(["--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done already, skipped") == 3
+    assert "[4/4] raft seed 1: running" in out
+
+
+def test_failed_run_is_reported_and_not_marked_done(study_file, capsys):
+    path = study_file(presets=["rgra"], seeds=[0], overrides={"model": {"init_args": {"learning_rate": 0}}})
+    assert ablate.main(["--config", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED (exit 2)" in out and "model.learning_rate must be > 0, got 0" in out
+    assert not (ablate.load_study(path).run_dir("rgra", 0) / "done.json").exists()
