@@ -106,6 +106,14 @@ class WorkerPool:
         self._lock = threading.Lock()
         atexit.register(self.close)
 
+    def start(self) -> None:
+        """Start (and warm up) all ``workers`` processes now instead of on first use."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._idle, self._pid = [], os.getpid()
+            while len(self._idle) < self.workers:
+                self._idle.append(_Worker(self.memory_mb, self.warmup))
+
     def close(self) -> None:
         """Stop the workers (a later ``map`` starts new ones)."""
         if self._pid == os.getpid():

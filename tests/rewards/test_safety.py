@@ -102,3 +102,14 @@ def test_pathological_cases_return_within_the_limit(verifier):
         start = time.monotonic()
         verifier.score(row["pred"], row["gold"])
         assert time.monotonic() - start < verifier.pool.timeout + 1.0, row["id"]
+
+
+def test_start_launches_every_worker_up_front():
+    pool = WorkerPool(workers=2, timeout=5.0)
+    try:
+        pool.start()
+        assert len(pool._idle) == 2
+        assert [o.value for o in pool.map(abs, [(-1,), (-2,)])] == [1, 2]
+        assert len(pool._idle) == 2  # reused, none added
+    finally:
+        pool.close()
