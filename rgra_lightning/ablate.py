@@ -10,6 +10,7 @@ A study config (YAML) names the base config, the presets, the seeds and override
     seeds: [0, 1, 2]                  # seed_everything of each run (sampling randomness)
     overrides: {model: {init_args: {num_iterations: 2}}}   # merged into the base config
     results_dir: results
+    reference: rgra                   # optional: summary.md compares every preset with it (default: first)
 
 Only a preset's ``model.init_args.loss`` block is used, so the same presets work on any base config. Each
 run gets the fully merged config in ``<results_dir>/<name>/runs/<preset>/seed<k>/config.yaml``, runs as
@@ -26,6 +27,7 @@ import argparse
 import copy
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -52,6 +54,7 @@ class Study:
     seeds: list[int]
     overrides: dict[str, Any] = field(default_factory=dict)
     results_dir: Path = Path("results")
+    reference: str | None = None
 
     @property
     def root(self) -> Path:
@@ -66,7 +69,7 @@ def load_study(path: Path) -> Study:
     if not path.is_file():
         raise ConfigError(f"study config {path} does not exist")
     raw = yaml.safe_load(path.read_text()) or {}
-    allowed = {"name", "base_config", "presets", "seeds", "overrides", "results_dir"}
+    allowed = {"name", "base_config", "presets", "seeds", "overrides", "results_dir", "reference"}
     unknown = set(raw) - allowed
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; valid keys: {sorted(allowed)}")
@@ -84,7 +87,10 @@ def load_study(path: Path) -> Study:
         seeds=list(raw["seeds"]),
         overrides=raw.get("overrides") or {},
         results_dir=Path(raw.get("results_dir", "results")),
+        reference=str(raw.get("reference", raw["presets"][0])),
     )
+    if study.reference not in study.presets:
+        raise ConfigError(f"{path}: reference {study.reference!r} is not one of the presets {study.presets}")
     if not study.base_config.is_file():
         raise ConfigError(f"{path}: base_config {study.base_config} does not exist")
     for preset in study.presets:
@@ -205,43 +211,90 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} +- {std:.3f}"
 
 
+def curve_metrics(curve: list[tuple[int, float]]) -> dict[str, float]:
+    """Per-run scalars of a validation curve whose first point is the untrained policy: ``initial``,
+    ``final``, ``best`` and ``mean`` (the mean of the validations after the initial one, i.e. the area
+    under the learning curve per step: it rewards learning early, where ``final`` may saturate)."""
+    trained = [value for _, value in curve[1:]] or [curve[0][1]]
+    return {
+        "initial": curve[0][1],
+        "final": trained[-1],
+        "best": max(trained),
+        "mean": statistics.fmean(trained),
+    }
+
+
+def difference(values: list[float], reference: list[float]) -> str:
+    """``delta (SE s)`` of the means, with Welch's standard error, and ``*`` when |delta| > 2 SE."""
+    if len(values) < 2 or len(reference) < 2:
+        return "n/a"
+    delta = statistics.fmean(values) - statistics.fmean(reference)
+    se = (statistics.variance(values) / len(values) + statistics.variance(reference) / len(reference)) ** 0.5
+    return f"{delta:+.3f} ({se:.3f}){' *' if abs(delta) > 2 * se else ''}"
+
+
 def summarise(study: Study) -> Path:
     """Write ``summary.md`` and ``val_accuracy.png`` under the study's directory from finished runs."""
-    rows = []
     curves: dict[str, list[list[tuple[int, float]]]] = {}
+    metrics: dict[str, dict[str, list[float]]] = {}
+    speeds: dict[str, list[float]] = {}
     for preset in study.presets:
-        records = []
         for seed in study.seeds:
             done = study.run_dir(preset, seed) / "done.json"
-            if done.is_file():
-                records.append(json.loads(done.read_text()))
-                curves.setdefault(preset, []).append(read_curve(study.run_dir(preset, seed)))
-        finals = [r["final_val_accuracy"] for r in records if r["final_val_accuracy"] is not None]
-        bests = [r["best_val_accuracy"] for r in records if r["best_val_accuracy"] is not None]
-        speeds = [r["steps_per_s"] for r in records if r.get("steps_per_s")]
-        initial = [curve[0][1] for curve in curves.get(preset, []) if curve]
-        speed = f"{statistics.fmean(speeds):.2f}" if speeds else "n/a"
-        rows.append(
-            f"| {preset} | {len(records)}/{len(study.seeds)} | {mean_std(initial)} | {mean_std(finals)} "
-            f"| {mean_std(bests)} | {speed} |"
-        )
+            curve = read_curve(study.run_dir(preset, seed))
+            if not done.is_file() or not curve:
+                continue
+            curves.setdefault(preset, []).append(curve)
+            for name, value in curve_metrics(curve).items():
+                metrics.setdefault(preset, {}).setdefault(name, []).append(value)
+            record = json.loads(done.read_text())
+            if record.get("steps_per_s"):
+                speeds.setdefault(preset, []).append(record["steps_per_s"])
+    names = ("initial", "final", "best", "mean")
+    rows = []
+    for preset in study.presets:
+        runs = metrics.get(preset, {})
+        speed = f"{statistics.fmean(speeds[preset]):.2f}" if preset in speeds else "n/a"
+        cells = " | ".join(mean_std(runs.get(name, [])) for name in names)
+        rows.append(f"| {preset} | {len(curves.get(preset, []))}/{len(study.seeds)} | {cells} | {speed} |")
     plot = plot_curves(curves, study.root / "val_accuracy.png", study.name)
     lines = [
         f"# Ablation study `{study.name}`",
         "",
         f"Base config `{study.base_config}` with overrides `{json.dumps(study.overrides)}`; "
-        f"seeds {study.seeds}. Validation accuracy is greedy accuracy on the held-out problems (initial: "
-        "the policy before training); mean +- sample std over seeds; best = the highest of each run's "
-        "validations; steps/s = optimizer updates per second of wall time of the whole fit (model "
-        "loading and validation included).",
+        f"seeds {study.seeds}. Validation accuracy is greedy accuracy on the held-out problems. Per run: "
+        "initial = the policy before training, final = the last validation, best = the highest, mean = "
+        "the mean of all validations after the initial one (area under the learning curve: higher means "
+        "it learned earlier). Cells: mean +- sample std over seeds. steps/s = optimizer updates per "
+        "second of wall time of the whole fit (model loading and validation included).",
         "",
-        "| preset | seeds done | initial val acc | final val acc | best val acc | steps/s |",
-        "|---|---|---|---|---|---|",
+        "| preset | seeds done | initial | final | best | mean over run | steps/s |",
+        "|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"![validation accuracy]({plot.name})",
-        "",
     ]
+    reference = study.reference
+    if reference in metrics:
+        lines += [
+            f"Difference to `{reference}`: delta of the means (Welch standard error); "
+            "`*` marks |delta| > 2 standard errors, a difference larger than the seed spread explains "
+            "(with 3 seeds a rough guide, not a significance test).",
+            "",
+            "| preset | final | best | mean over run |",
+            "|---|---|---|---|",
+            *(
+                f"| {preset} | "
+                + " | ".join(
+                    difference(metrics[preset][name], metrics[reference][name])
+                    for name in ("final", "best", "mean")
+                )
+                + " |"
+                for preset in study.presets
+                if preset in metrics and preset != reference
+            ),
+            "",
+        ]
+    lines += [f"![validation accuracy]({plot.name})", ""]
     summary = study.root / "summary.md"
     summary.write_text("\n".join(lines))
     return summary
@@ -319,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    # A kill of the study (SIGTERM) raises SystemExit, on which subprocess.run kills the running fit too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.summary_only:
         print(f"summary: {summarise(study)}")
         return 0

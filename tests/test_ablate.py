@@ -63,6 +63,7 @@ def test_merge_replaces_lists_and_merges_mappings():
         ({"seeds": []}, "seeds must be a non-empty list"),
         ({"base_config": "missing.yaml"}, "base_config missing.yaml does not exist"),
         ({"sedes": [0]}, "unknown keys ['sedes']"),
+        ({"reference": "grpo"}, "reference 'grpo' is not one of the presets"),
     ],
 )
 def test_bad_study_configs_fail_with_a_clear_message(study_file, fields, message, capsys):
@@ -105,6 +106,7 @@ def test_two_presets_two_seeds_resume_after_a_lost_run(study_file, capsys):
             check_finished(study, preset, seed)
     summary = (study.root / "summary.md").read_text()
     assert "| rgra | 2/2 |" in summary and "| raft | 2/2 |" in summary
+    assert "Difference to `rgra`" in summary
 
     (study.run_dir("raft", 1) / "done.json").unlink()
     assert ablate.main(["--config", str(path)]) == 0
@@ -119,3 +121,15 @@ def test_failed_run_is_reported_and_not_marked_done(study_file, capsys):
     out = capsys.readouterr().out
     assert "FAILED (exit 2)" in out and "model.learning_rate must be > 0, got 0" in out
     assert not (ablate.load_study(path).run_dir("rgra", 0) / "done.json").exists()
+
+
+def test_curve_metrics_by_hand():
+    curve = [(0, 0.25), (1, 0.5), (3, 1.0), (5, 0.75)]
+    assert ablate.curve_metrics(curve) == {"initial": 0.25, "final": 0.75, "best": 1.0, "mean": 0.75}
+
+
+def test_difference_flags_only_gaps_beyond_two_standard_errors():
+    # delta 0.3; Welch SE = sqrt(0.01/3 + 0.01/3) = 0.082 -> flagged; sqrt(0.09/3 + 0.01/3) = 0.183 -> not.
+    assert ablate.difference([0.8, 0.9, 1.0], [0.5, 0.6, 0.7]) == "+0.300 (0.082) *"
+    assert ablate.difference([0.6, 0.9, 1.2], [0.5, 0.6, 0.7]) == "+0.300 (0.183)"
+    assert ablate.difference([0.9], [0.5, 0.6]) == "n/a"  # one seed has no spread
