@@ -6,6 +6,7 @@ files with a question and an answer field (loaded with ``datasets``, the path a 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,28 @@ def reference_answer(value: object, reference_format: ReferenceFormat, where: st
     return text
 
 
+def check_json_file(file: Path) -> None:
+    """Raise a ``DatasetError`` naming the file and line if it is empty or not valid JSON / JSON Lines.
+
+    ``datasets`` reports such files with a generic message; users need the line to fix.
+    """
+    text = file.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DatasetError(f"dataset file {str(file)!r} is empty")
+    if file.suffix == ".json" and text.lstrip().startswith("["):
+        documents = [(1, text)]
+    else:
+        documents = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    for first_line, document in documents:
+        try:
+            json.loads(document)
+        except json.JSONDecodeError as error:
+            line = first_line + error.lineno - 1
+            raise DatasetError(
+                f"dataset file {str(file)!r} line {line} is not valid JSON: {error.msg}"
+            ) from error
+
+
 def load_examples(
     path: str, question_field: str, answer_field: str, reference_format: ReferenceFormat, template: str
 ) -> list[Example]:
@@ -49,6 +72,7 @@ def load_examples(
     file = Path(path)
     if not file.is_file():
         raise DatasetError(f"dataset file {path!r} does not exist")
+    check_json_file(file)
     try:
         rows = datasets.load_dataset("json", data_files=str(file), split="train")
     except Exception as error:  # datasets wraps JSON errors in several exception types

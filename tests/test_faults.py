@@ -402,9 +402,6 @@ def test_tokenizer_without_pad_token_pads_with_eos(tmp_path):
     assert tokenizer.pad_token == tokenizer.eos_token and tokenizer.padding_side == "left"
 
 
-DATA_TODO = "rgra_lightning/data.py (owned by another helper) does not name the empty file / bad line yet"
-
-
 def dataset_args(small_config, tmp_path: Path, train: Path) -> list[str]:
     val = tmp_path / "val.jsonl"
     val.write_text('{"question": "1+1", "answer": "2"}\n')
@@ -416,12 +413,8 @@ def dataset_args(small_config, tmp_path: Path, train: Path) -> list[str]:
     "content, expected",
     [
         (None, "does not exist"),
-        pytest.param("", "is empty", marks=pytest.mark.xfail(strict=True, reason=DATA_TODO)),
-        pytest.param(
-            '{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": \n',
-            "line 2",
-            marks=pytest.mark.xfail(strict=True, reason=DATA_TODO),
-        ),
+        ("", "is empty"),
+        ('{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": \n', "line 2 is not valid JSON"),
         ('{"question": "1+1", "answer": "2"}\n{"answer": "4"}\n', "row 1: field 'question'"),
         ('{"question": "1+1", "answer": "2"}\n{"question": "2+2"}\n', "row 1"),
     ],
