@@ -12,7 +12,8 @@ A study config (YAML) names the base config, the presets, the seeds and override
     results_dir: results
     reference: rgra                   # optional: summary.md compares every preset with it (default: first)
 
-Only a preset's ``model.init_args.loss`` block is used, so the same presets work on any base config. Each
+Only a preset's ``model.init_args.loss`` block is used (it replaces the base config's; the study's overrides
+are merged after it), so the same presets work on any base config. Each
 run gets the fully merged config in ``<results_dir>/<name>/runs/<preset>/seed<k>/config.yaml``, runs as
 ``python -m rgra_lightning fit --config that.yaml`` in its own process (a crash or an out-of-memory in one
 run does not end the study) with its TensorBoard logs and checkpoints in that directory, and is marked
@@ -128,11 +129,13 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_config(study: Study, preset: str, seed: int) -> dict[str, Any]:
-    """The full fit config of one run: base + study overrides + the preset's loss + seed + run paths."""
-    config = merge(yaml.safe_load(study.base_config.read_text()), study.overrides)
+    """The full fit config of one run: the base with its loss block replaced by the preset's, then the study
+    overrides merged in (so a study can set one ``loss.beta`` for every preset), the seed and run paths."""
+    config = yaml.safe_load(study.base_config.read_text())
+    config.setdefault("model", {}).setdefault("init_args", {})["loss"] = preset_loss(preset)
+    config = merge(config, study.overrides)
     run_dir = study.run_dir(preset, seed)
     config["seed_everything"] = seed
-    config.setdefault("model", {}).setdefault("init_args", {})["loss"] = preset_loss(preset)
     trainer = config.setdefault("trainer", {})
     trainer["enable_progress_bar"] = False
     trainer["logger"] = {

@@ -50,6 +50,13 @@ def test_run_config_takes_only_the_loss_block_of_a_preset(study_file):
     assert str(run_dir / "checkpoints") in dirpaths
 
 
+def test_study_overrides_apply_on_top_of_the_preset_loss(study_file):
+    overrides = {"model": {"init_args": {"loss": {"beta": 0.005}}}}
+    config = ablate.run_config(ablate.load_study(study_file(overrides=overrides)), "grpo", 0)
+    loss = config["model"]["init_args"]["loss"]
+    assert loss["beta"] == 0.005 and loss["policy_term"] == "clipped_ratio"
+
+
 def test_merge_replaces_lists_and_merges_mappings():
     base = {"a": {"b": 1, "c": [1, 2]}, "d": 0}
     assert ablate.merge(base, {"a": {"c": [3]}}) == {"a": {"b": 1, "c": [3]}, "d": 0}
