@@ -344,13 +344,23 @@ def _readings(text: str) -> list[str]:
     return result
 
 
+def fast_readings_equivalent(pred: str, gold: str) -> bool | None:
+    """``fast_equivalent`` over every reading of the normalised answers (``x = 10`` also as ``10``, ``10\\%``
+    also as ``10`` and ``\\frac{10}{100}``): True when one pair is equal, False when every pair is decided
+    unequal, None when the full check is needed."""
+    verdicts = {fast_equivalent(p, g) for p in _readings(pred) for g in _readings(gold)}
+    if True in verdicts:
+        return True
+    return False if verdicts == {False} else None
+
+
 def equivalent(pred: str, gold: str) -> bool:
     """True if the answers ``pred`` and ``gold`` (raw extracted strings) are mathematically equivalent.
 
     A percentage matches both its number and its fraction (``10\\%`` equals ``10`` and ``0.1``).
     """
     pred, gold = normalize(pred), normalize(gold)
-    fast = fast_equivalent(pred, gold)
+    fast = fast_readings_equivalent(pred, gold)
     if fast is not None:
         return fast
     failure: Exception | None = None

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from rewards.equivalence import as_fraction, equivalent, fast_equivalent, warmup
+from rewards.equivalence import as_fraction, equivalent, fast_readings_equivalent, warmup
 from rewards.extract import DEFAULT_ORDER, EXTRACTORS, extract_answer
 from rewards.normalize import normalize
 from rewards.sandbox import Outcome, WorkerPool
@@ -104,7 +104,7 @@ class MathVerifier(Verifier):
                 self._cache.move_to_end(pair)
                 verdicts[pair] = self._cache[pair]
                 continue
-            fast = fast_equivalent(normalize(pair[0]), normalize(pair[1]))
+            fast = fast_readings_equivalent(normalize(pair[0]), normalize(pair[1]))
             if fast is not None:
                 verdicts[pair] = Outcome(fast)
         slow = list(dict.fromkeys(p for p in pairs if p[0] is not None and p not in verdicts))
