@@ -1,35 +1,66 @@
 """Math prompts for RL: a LightningDataModule yielding batches of ``{"prompt": [...], "reference": [...]}``.
 
-Sources: the embedded synthetic arithmetic task (default, offline, generated in code) or local JSON/JSONL
-files with a question and an answer field (loaded with ``datasets``, the path a user takes for any file).
+Sources: the embedded synthetic arithmetic task (default, offline, generated in code), local JSON/JSONL
+files given per split (``task: files``), or any dataset ``datasets.load_dataset`` reads (``task: dataset``):
+a Hugging Face hub name, a local json/jsonl/parquet/csv file, or a directory of ``<split>.<ext>`` files,
+with presets for GSM8K and MATH-500. Prompts are a plain template or the tokenizer's chat template.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
 
+from rewards.extract import last_boxed
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.models import load_tokenizer, resolve_path
 from rgra_lightning.synthetic import split_problems
 
 Example = dict[str, str]
-ReferenceFormat = Literal["answer", "gsm8k_solution"]
+ReferenceFormat = Literal["answer", "gsm8k_solution", "boxed_solution"]
 
 _GSM8K_FINAL = re.compile(r"####\s*(.+?)\s*$")
+_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 class DatasetError(ConfigError):
     """A dataset file or row is unusable; the message names the file, row and field."""
 
 
+@dataclass(frozen=True)
+class Preset:
+    """Where a benchmark lives on the hub and how its rows map to question and reference."""
+
+    source: str
+    source_config: str | None
+    question_field: str
+    answer_field: str
+    reference_format: ReferenceFormat
+    train_split: str | None
+    val_split: str | None
+    test_split: str | None
+
+
+PRESETS = {
+    "gsm8k": Preset("openai/gsm8k", "main", "question", "answer", "gsm8k_solution", "train", "test", "test"),
+    # MATH-500 has only a test split; its ``answer`` column is the reference (``solution`` holds the box).
+    "math500": Preset("HuggingFaceH4/MATH-500", None, "problem", "answer", "answer", None, "test", "test"),
+}
+
+
 def reference_answer(value: object, reference_format: ReferenceFormat, where: str) -> str:
-    """The reference answer of one row: the field itself, or the ``#### N`` line of a GSM8K solution."""
+    """The reference answer of one row: the field itself, the ``#### N`` line of a GSM8K solution, or
+    the last ``\\boxed{...}`` of a MATH solution."""
     if not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value).strip() == "":
         raise DatasetError(f"{where}: no usable answer (got {value!r})")
     text = str(value).strip()
@@ -38,6 +69,11 @@ def reference_answer(value: object, reference_format: ReferenceFormat, where: st
         if match is None:
             raise DatasetError(f"{where}: solution has no '#### <answer>' line")
         text = match.group(1).replace(",", "")
+    elif reference_format == "boxed_solution":
+        boxed = last_boxed(text)
+        if not boxed:
+            raise DatasetError(f"{where}: solution has no \\boxed{{...}} answer")
+        text = boxed
     return text
 
 
@@ -63,34 +99,102 @@ def check_json_file(file: Path) -> None:
             ) from error
 
 
+def split_files(directory: Path) -> dict[str, str]:
+    """``{split: file}`` for the ``<split>.<json|jsonl|parquet|csv>`` files of a directory."""
+    return {f.stem: str(f) for f in sorted(directory.iterdir()) if f.suffix in _BUILDERS and f.is_file()}
+
+
+def load_rows(source: str, split: str, source_config: str | None = None) -> Any:
+    """One split of a dataset as a ``datasets.Dataset``: a local file (its only split is ``train``), a
+    directory of ``<split>.<ext>`` files, or a hub name (``source_config`` is its configuration)."""
+    import datasets
+
+    path = Path(resolve_path(source)).expanduser()
+    if path.is_dir():
+        files = split_files(path)
+        if split not in files:
+            raise DatasetError(f"dataset directory {source!r} has no {split!r} split; files: {list(files)}")
+        path = Path(files[split])
+    elif path.suffix in _BUILDERS or path.is_absolute() or source.startswith((".", "~", "package:")):
+        if not path.is_file():
+            raise DatasetError(f"dataset file {source!r} does not exist")
+        if split != "train":
+            raise DatasetError(f"dataset file {source!r} is a single file: its only split is 'train'")
+    else:
+        try:
+            return datasets.load_dataset(source, source_config, split=split)
+        except Exception as error:
+            reason = " ".join(str(error).split())
+            raise DatasetError(
+                f"could not load dataset {source!r} split {split!r}: {reason}. Offline, give data.source a "
+                "local file or directory instead of a hub name."
+            ) from error
+    if path.suffix not in _BUILDERS:
+        raise DatasetError(f"dataset file {str(path)!r}: unsupported extension, use one of {list(_BUILDERS)}")
+    if _BUILDERS[path.suffix] == "json":
+        check_json_file(path)
+    elif path.stat().st_size == 0:
+        raise DatasetError(f"dataset file {str(path)!r} is empty")
+    try:
+        return datasets.load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train")
+    except Exception as error:  # datasets wraps parse errors in several exception types
+        raise DatasetError(f"dataset file {str(path)!r} could not be read: {error}") from error
+
+
+def load_records(
+    rows: Any,
+    where: str,
+    question_field: str,
+    answer_field: str,
+    reference_format: ReferenceFormat,
+    skip_invalid: bool = False,
+) -> tuple[list[dict[str, str]], int]:
+    """``[{"question", "answer", "reference"}]`` from dataset rows, and how many invalid rows were skipped.
+
+    An invalid row (question or reference missing) raises a ``DatasetError`` naming ``where``, the row
+    index and the field, unless ``skip_invalid``.
+    """
+    if len(rows) == 0:
+        raise DatasetError(f"dataset file {where!r} is empty")
+    for name in (question_field, answer_field):
+        if name not in rows.column_names:
+            raise DatasetError(f"dataset {where!r} has no field {name!r}; fields: {rows.column_names}")
+    records, skipped = [], 0
+    for index, row in enumerate(rows):
+        try:
+            question = row[question_field]
+            if not isinstance(question, str) or not question.strip():
+                raise DatasetError(f"{where} row {index}: field {question_field!r} is missing or empty")
+            reference = reference_answer(
+                row[answer_field], reference_format, f"{where} row {index} field {answer_field!r}"
+            )
+        except DatasetError:
+            if not skip_invalid:
+                raise
+            skipped += 1
+            continue
+        records.append({"question": question, "answer": str(row[answer_field]), "reference": reference})
+    return records, skipped
+
+
 def load_examples(
     path: str, question_field: str, answer_field: str, reference_format: ReferenceFormat, template: str
 ) -> list[Example]:
     """Prompts and references from a local ``.json``/``.jsonl`` file, validating every row."""
-    import datasets
+    records, _ = load_records(load_rows(path, "train"), path, question_field, answer_field, reference_format)
+    return [{"prompt": template.format(question=r["question"]), "reference": r["reference"]} for r in records]
 
-    file = Path(path)
-    if not file.is_file():
-        raise DatasetError(f"dataset file {path!r} does not exist")
-    check_json_file(file)
-    try:
-        rows = datasets.load_dataset("json", data_files=str(file), split="train")
-    except Exception as error:  # datasets wraps JSON errors in several exception types
-        raise DatasetError(f"dataset file {path!r} is not valid JSON Lines: {error}") from error
-    if len(rows) == 0:
-        raise DatasetError(f"dataset file {path!r} is empty")
-    for field in (question_field, answer_field):
-        if field not in rows.column_names:
-            raise DatasetError(f"dataset file {path!r} has no field {field!r}; fields: {rows.column_names}")
-    examples = []
-    for index, row in enumerate(rows):
-        where = f"{path} row {index}"
-        question = row[question_field]
-        if not isinstance(question, str) or not question.strip():
-            raise DatasetError(f"{where}: field {question_field!r} is missing or empty")
-        reference = reference_answer(row[answer_field], reference_format, f"{where} field {answer_field!r}")
-        examples.append({"prompt": template.format(question=question), "reference": reference})
-    return examples
+
+def shot_solution(record: dict[str, str], reference_format: ReferenceFormat) -> str:
+    """A few-shot example's answer text: the worked solution, its GSM8K ``#### N`` line as ``\\boxed{N}``
+    (the format the instruction asks for), or just the boxed reference when the row has no solution."""
+    if reference_format == "gsm8k_solution":
+        return _GSM8K_FINAL.sub(
+            lambda m: f"The final answer is \\boxed{{{record['reference']}}}.", record["answer"]
+        )
+    if reference_format == "boxed_solution":
+        return record["answer"]
+    return f"The final answer is \\boxed{{{record['reference']}}}."
 
 
 def collate(examples: list[Example]) -> dict[str, list[str]]:
@@ -101,28 +205,62 @@ class MathPromptDataModule(LightningDataModule):
     """Batches of math prompts with reference answers.
 
     Args:
-        task: ``arithmetic`` for the embedded synthetic task, or ``files`` to read ``train_file`` and
-            ``val_file``.
-        train_file, val_file: local JSON/JSONL files (``task: files``).
-        question_field, answer_field: the row fields holding the question and the answer.
-        reference_format: ``answer`` (the field is the answer) or ``gsm8k_solution`` (the answer follows
-            ``####`` at the end of a worked solution).
-        prompt_template: Python format string with ``{question}``; must match what the policy expects.
+        task: ``arithmetic`` (embedded synthetic task), ``files`` (``train_file`` and ``val_file``) or
+            ``dataset`` (``source`` and the split names, or a ``preset``).
+        train_file, val_file, test_file: local JSON/JSONL files (``task: files``); test defaults to val.
+        preset: ``gsm8k`` or ``math500``: fills ``source`` (the hub name), the fields and the splits that
+            are not set. With a local copy set ``source`` too, e.g. ``../shared/datasets/gsm8k``.
+        source: hub name, local json/jsonl/parquet/csv file (one split, ``train``), or a directory of
+            ``<split>.<ext>`` files; ``package:<name>/<dir>`` is a folder of an installed package.
+        source_config: hub dataset configuration (GSM8K: ``main``).
+        train_split, val_split, test_split: split names; no ``val_split`` holds out ``val_size`` training
+            problems; no ``test_split`` tests on the validation problems.
+        question_field, answer_field: the row fields holding the question and the answer or solution.
+        reference_format: ``answer`` (the field is the answer), ``gsm8k_solution`` (the answer follows
+            ``####`` at the end of a worked solution) or ``boxed_solution`` (the last ``\\boxed{}``).
+        skip_invalid: skip (and count, with a warning) rows without a question or usable reference
+            instead of stopping with an error naming the row.
+        prompt_format: ``plain`` fills ``prompt_template``; ``chat`` applies the tokenizer's chat template
+            (``tokenizer_path``, or the policy's tokenizer when the trainer runs with an ``RLModule``).
+        prompt_template: Python format string with ``{question}`` (``plain``).
+        system_prompt: system message (``chat``); none when unset.
+        instruction: appended to each question on a new line, e.g. the answer format.
+        few_shot: solved training problems shown before each question (removed from the training set).
+        tokenizer_path, tokenizer_gguf_file: the tokenizer for ``chat`` when not taken from the policy.
+        train_size: random subset of the training problems (seeded); none: all.
+        limit: keep only the first ``limit`` problems of the validation and test splits (quick runs,
+            fixed evaluation subsets); ``train_size`` shortens the training set.
         batch_size: prompts per training step (each is sampled G times by the module).
-        val_batch_size: prompts per validation batch (greedy decoding, one completion each).
-        val_size: held-out problems of the synthetic task used for validation.
-        seed: seeds the synthetic split and the training shuffle order.
+        val_batch_size: prompts per validation/test batch.
+        val_size: held-out problems for validation (synthetic task, or a dataset without ``val_split``).
+        seed: seeds the splits, subsets, few-shot choice and the training shuffle order.
     """
 
     def __init__(
         self,
-        task: Literal["arithmetic", "files"] = "arithmetic",
+        task: Literal["arithmetic", "files", "dataset"] = "arithmetic",
         train_file: str | None = None,
         val_file: str | None = None,
-        question_field: str = "question",
-        answer_field: str = "answer",
-        reference_format: ReferenceFormat = "answer",
+        test_file: str | None = None,
+        preset: Literal["gsm8k", "math500"] | None = None,
+        source: str | None = None,
+        source_config: str | None = None,
+        train_split: str | None = None,
+        val_split: str | None = None,
+        test_split: str | None = None,
+        question_field: str | None = None,
+        answer_field: str | None = None,
+        reference_format: ReferenceFormat | None = None,
+        skip_invalid: bool = False,
+        prompt_format: Literal["plain", "chat"] = "plain",
         prompt_template: str = "{question}=",
+        system_prompt: str | None = None,
+        instruction: str | None = None,
+        few_shot: int = 0,
+        tokenizer_path: str | None = None,
+        tokenizer_gguf_file: str | None = None,
+        train_size: int | None = None,
+        limit: int | None = None,
         batch_size: int = 8,
         val_batch_size: int = 64,
         val_size: int = 128,
@@ -137,12 +275,39 @@ class MathPromptDataModule(LightningDataModule):
             raise ConfigError(f"data.prompt_template must contain '{{question}}', got {prompt_template!r}")
         if task == "files" and (train_file is None or val_file is None):
             raise ConfigError("data.task='files' needs data.train_file and data.val_file")
+        if task == "dataset" and source is None and preset is None:
+            raise ConfigError(
+                "data.task='dataset' needs data.source (hub name, file or directory) or data.preset"
+            )
+        for name, value in (("few_shot", few_shot), ("train_size", train_size), ("limit", limit)):
+            if value is not None and value < (0 if name == "few_shot" else 1):
+                raise ConfigError(f"data.{name} must be >= {0 if name == 'few_shot' else 1}, got {value}")
         self.save_hyperparameters()
+        preset_values = PRESETS[preset] if preset else None
+        self.settings = {
+            name: (
+                self.hparams[name]
+                if self.hparams[name] is not None
+                else getattr(preset_values, name, None) if preset_values else None
+            )
+            for name in (
+                "source", "source_config", "train_split", "val_split", "test_split",
+                "question_field", "answer_field", "reference_format",
+            )
+        }  # fmt: skip
+        defaults = {"question_field": "question", "answer_field": "answer", "reference_format": "answer"}
+        defaults |= {"train_split": "train"} if preset is None else {}
+        self.settings |= {k: v for k, v in defaults.items() if self.settings[k] is None}
+        self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
+        self.test_examples: list[Example] = []
+        self.skipped: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ loading
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_examples:
+        if self.train_examples or self.val_examples:
             return
         hp = self.hparams
         if hp.task == "arithmetic":
@@ -154,10 +319,114 @@ class MathPromptDataModule(LightningDataModule):
                 ]
                 for split in (splits["train"], splits["val"])
             )
+            self.test_examples = self.val_examples
+            return
+        records = self._load_splits()
+        rng = random.Random(hp.seed)
+        shots = self._take_shots(records, rng)
+        if hp.train_size is not None and len(records["train"]) > hp.train_size:
+            records["train"] = rng.sample(records["train"], hp.train_size)
+        for split, examples in records.items():
+            if hp.limit is not None and split != "train":
+                examples = examples[: hp.limit]
+            setattr(self, f"{split}_examples", [self.example(r, shots) for r in examples])
+
+    def _load_splits(self) -> dict[str, list[dict[str, str]]]:
+        """Question/answer/reference records of the train, val and test splits (val may be held out)."""
+        hp, s = self.hparams, self.settings
+        fields = (s["question_field"], s["answer_field"], s["reference_format"], hp.skip_invalid)
+        if hp.task == "files":
+            named = {"train": hp.train_file, "val": hp.val_file, "test": hp.test_file or hp.val_file}
+            loaded = {split: (load_rows(path, "train"), path) for split, path in named.items()}
         else:
-            fields = (hp.question_field, hp.answer_field, hp.reference_format, hp.prompt_template)
-            self.train_examples = load_examples(hp.train_file, *fields)
-            self.val_examples = load_examples(hp.val_file, *fields)
+            names = {
+                "train": s["train_split"],
+                "val": s["val_split"],
+                "test": s["test_split"] or s["val_split"],
+            }
+            where = s["source"] if Path(resolve_path(s["source"])).is_file() else None
+            loaded = {
+                split: (load_rows(s["source"], name, s["source_config"]), where or f"{s['source']}:{name}")
+                for split, name in names.items()
+                if name is not None
+            }
+        records = {}
+        for split, (rows, where) in loaded.items():
+            records[split], skipped = load_records(rows, where, *fields)
+            if skipped:
+                self.skipped[split] = skipped
+                warnings.warn(
+                    f"{where}: skipped {skipped} rows without a usable question or answer", stacklevel=2
+                )
+        if "val" not in records:
+            if "train" not in records:
+                raise ConfigError("data: give a val_split (or test_split), or a train_split to hold out from")
+            shuffled = random.Random(self.hparams.seed).sample(records["train"], len(records["train"]))
+            records["val"], records["train"] = shuffled[: hp.val_size], shuffled[hp.val_size :]
+            records.setdefault("test", records["val"])
+        records.setdefault("train", [])
+        return records
+
+    def _take_shots(
+        self, records: dict[str, list[dict[str, str]]], rng: random.Random
+    ) -> list[dict[str, str]]:
+        """``few_shot`` random training records, removed from the training set."""
+        count = self.hparams.few_shot
+        if count == 0:
+            return []
+        if len(records["train"]) <= count:
+            raise ConfigError(f"data.few_shot={count} needs more than {count} training problems")
+        indices = set(rng.sample(range(len(records["train"])), count))
+        shots = [r for i, r in enumerate(records["train"]) if i in indices]
+        records["train"] = [r for i, r in enumerate(records["train"]) if i not in indices]
+        return shots
+
+    # ---------------------------------------------------------------- prompts
+
+    def user_message(self, question: str) -> str:
+        instruction = self.hparams.instruction
+        return f"{question}\n{instruction}" if instruction else question
+
+    def example(self, record: dict[str, str], shots: list[dict[str, str]]) -> Example:
+        """The prompt of one problem, preceded by the few-shot examples, and its reference answer."""
+        fmt, hp = self.settings["reference_format"], self.hparams
+        solved = [(self.user_message(s["question"]), shot_solution(s, fmt)) for s in shots]
+        question = self.user_message(record["question"])
+        if hp.prompt_format == "plain":
+            prefix = "".join(f"{hp.prompt_template.format(question=q)} {a}\n\n" for q, a in solved)
+            return {
+                "prompt": prefix + hp.prompt_template.format(question=question),
+                "reference": record["reference"],
+            }
+        messages = [{"role": "system", "content": hp.system_prompt}] if hp.system_prompt else []
+        for q, a in solved:
+            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        messages.append({"role": "user", "content": question})
+        prompt = self._chat_tokenizer().apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return {"prompt": prompt, "reference": record["reference"]}
+
+    def _chat_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer whose chat template formats prompts: set, ``tokenizer_path``, or the policy's."""
+        if self.tokenizer is None:
+            hp = self.hparams
+            if hp.tokenizer_path is not None:
+                self.tokenizer = load_tokenizer(hp.tokenizer_path, hp.tokenizer_gguf_file)
+            else:
+                trainer = self.trainer
+                self.tokenizer = getattr(trainer.lightning_module, "tokenizer", None) if trainer else None
+            if self.tokenizer is None:
+                raise ConfigError(
+                    "data.prompt_format='chat' needs data.tokenizer_path (or a module with a tokenizer)"
+                )
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(
+                "data.prompt_format='chat': the tokenizer has no chat template; use prompt_format=plain"
+            )
+        return self.tokenizer
+
+    # ------------------------------------------------------------ dataloaders
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.hparams.seed)
@@ -174,7 +443,7 @@ class MathPromptDataModule(LightningDataModule):
         return DataLoader(self.val_examples, batch_size=self.hparams.val_batch_size, collate_fn=collate)
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        return DataLoader(self.test_examples, batch_size=self.hparams.val_batch_size, collate_fn=collate)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        return self.test_dataloader()

