@@ -93,3 +93,10 @@ def test_test_command_logs_pass_at_k_and_maj_at_k_and_writes_every_completion(sm
     assert sum(s["correct"] for s in greedy) / 8 == pytest.approx(metrics["test/accuracy"])
     sampled = [s["correct"] for s in samples if s["decoding"] == "sampled"]
     assert sum(sampled) / 32 == pytest.approx(metrics["test/pass@1"])
+
+
+def test_validate_command_runs_the_benchmark_evaluation_on_the_validation_split(small_config):
+    cli = main(["validate", "--config", str(small_config("rgra"))])
+    assert "val/accuracy" in cli.trainer.callback_metrics
+    lines = (Path(cli.trainer.log_dir) / "val_samples.jsonl").read_text().splitlines()
+    assert len(lines) == 8 and all(json.loads(line)["decoding"] == "greedy" for line in lines)

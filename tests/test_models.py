@@ -11,7 +11,7 @@ from rgra_lightning.cli import main
 from rgra_lightning.export import export_checkpoint, export_policy
 from rgra_lightning.models import ModelLoadError, gguf_to_hf, load_causal_lm, load_tokenizer, resolve_path
 from rgra_lightning.rollout import SamplingConfig, sample_rollout, token_logprobs
-from tests.conftest import TINY_POLICY
+from tests.conftest import ROOT, TINY_POLICY
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -84,3 +84,11 @@ def test_smollm2_gguf_loads_and_converts_to_a_plain_directory(tmp_path):
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert not getattr(model.config, "quantization_config", None)
     assert load_tokenizer(str(output)).chat_template
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*/*gsm8k*.yaml")), ids=lambda p: p.stem)
+def test_real_model_configs_parse(config, capsys):
+    """The SmolLM2 and paper configs name only options that exist (they are not run here)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0 and "model_path" in capsys.readouterr().out
