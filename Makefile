@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet torch==2.13.0
-	$(PIP) --editable '.[dev]'
+	$(PIP) --editable '.[dev,real]'
 	touch $@
 
 fit: install
