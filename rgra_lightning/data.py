@@ -12,7 +12,7 @@ import json
 import random
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +51,16 @@ class Preset:
     test_split: str | None
 
 
+_NO_PRESET = {
+    "source": None,
+    "source_config": None,
+    "question_field": "question",
+    "answer_field": "answer",
+    "reference_format": "answer",
+    "train_split": "train",
+    "val_split": None,
+    "test_split": None,
+}
 PRESETS = {
     "gsm8k": Preset("openai/gsm8k", "main", "question", "answer", "gsm8k_solution", "train", "test", "test"),
     # MATH-500 has only a test split; its ``answer`` column is the reference (``solution`` holds the box).
@@ -279,25 +289,20 @@ class MathPromptDataModule(LightningDataModule):
             raise ConfigError(
                 "data.task='dataset' needs data.source (hub name, file or directory) or data.preset"
             )
-        for name, value in (("few_shot", few_shot), ("train_size", train_size), ("limit", limit)):
-            if value is not None and value < (0 if name == "few_shot" else 1):
-                raise ConfigError(f"data.{name} must be >= {0 if name == 'few_shot' else 1}, got {value}")
+        for name, value, minimum in (
+            ("few_shot", few_shot, 0),
+            ("train_size", train_size, 1),
+            ("limit", limit, 1),
+        ):
+            if value is not None and value < minimum:
+                raise ConfigError(f"data.{name} must be >= {minimum}, got {value}")
         self.save_hyperparameters()
-        preset_values = PRESETS[preset] if preset else None
+        # Each dataset setting: the option when given, else the preset's, else the generic default.
+        chosen = asdict(PRESETS[preset]) if preset else _NO_PRESET
         self.settings = {
-            name: (
-                self.hparams[name]
-                if self.hparams[name] is not None
-                else getattr(preset_values, name, None) if preset_values else None
-            )
-            for name in (
-                "source", "source_config", "train_split", "val_split", "test_split",
-                "question_field", "answer_field", "reference_format",
-            )
-        }  # fmt: skip
-        defaults = {"question_field": "question", "answer_field": "answer", "reference_format": "answer"}
-        defaults |= {"train_split": "train"} if preset is None else {}
-        self.settings |= {k: v for k, v in defaults.items() if self.settings[k] is None}
+            name: self.hparams[name] if self.hparams[name] is not None else chosen[name]
+            for name in _NO_PRESET
+        }
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
