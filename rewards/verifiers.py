@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import abc
 import re
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 from rewards.equivalence import as_fraction, equivalent, fast_readings_equivalent, warmup
@@ -28,17 +28,28 @@ class Score:
     extracted: str | None  # the extracted answer, None if none was found
     details: str  # short human-readable reason, for logs
     error: str | None = None  # None, or why verification failed (reward is then 0)
+    components: dict[str, float] = field(default_factory=dict)  # a combination's unweighted parts, by name
 
 
 class Verifier(abc.ABC):
-    """Scores completions against reference answers. Subclass it and implement ``score``."""
+    """Scores completions against reference answers. Subclass it and implement ``score``; override
+    ``score_batch`` when a batch is faster than a loop or when the prompts matter (learned reward models).
+    """
+
+    judges_correctness: bool = True  # False: its ``correct`` is no verdict (format rewards, learned models)
 
     @abc.abstractmethod
     def score(self, completion: str, reference: str) -> Score:
         """The score of one completion."""
 
-    def score_batch(self, completions: Sequence[str], references: Sequence[str]) -> list[Score]:
-        """Scores of a batch, in order."""
+    def score_batch(
+        self,
+        completions: Sequence[str],
+        references: Sequence[str],
+        prompts: Sequence[str] | None = None,
+    ) -> list[Score]:
+        """Scores of a batch, in order. ``prompts`` (one per completion) are given by the trainer; verifiers
+        that judge the answer alone ignore them."""
         return [
             self.score(completion, reference)
             for completion, reference in zip(completions, references, strict=True)
@@ -89,7 +100,12 @@ class MathVerifier(Verifier):
     def score(self, completion: str, reference: str) -> Score:
         return self.score_batch([completion], [reference])[0]
 
-    def score_batch(self, completions: Sequence[str], references: Sequence[str]) -> list[Score]:
+    def score_batch(
+        self,
+        completions: Sequence[str],
+        references: Sequence[str],
+        prompts: Sequence[str] | None = None,
+    ) -> list[Score]:
         """Scores in order; the expensive checks of the whole batch run in parallel in the workers."""
         if len(completions) != len(references):
             raise ValueError(f"{len(completions)} completions but {len(references)} references")
@@ -158,6 +174,8 @@ class FormatReward(Verifier):
         reward: reward when it does.
     """
 
+    judges_correctness = False
+
     def __init__(self, pattern: str = r"\\boxed\{", reward: float = 1.0) -> None:
         self.pattern = re.compile(pattern, re.DOTALL)
         self.reward = reward
@@ -169,30 +187,66 @@ class FormatReward(Verifier):
 
 class WeightedSum(Verifier):
     """``sum(w * v.reward)``; ``correct`` is True when every component that judges correctness (every one
-    that is not a ``FormatReward``) says correct, and False when there is none.
+    that is not a ``FormatReward`` or a learned reward model) says correct, and False when there is none.
+    Each component's unweighted reward is kept in ``Score.components`` under its name (the trainer logs
+    them as ``train/rewards/<name>``).
 
     Args:
-        verifiers: the components.
+        verifiers: the components; each scores the whole batch at once.
         weights: one weight per component.
+        names: one name per component; default: the class names in snake case (``math_verifier``,
+            ``reward_model_scorer``), numbered when repeated.
     """
 
-    def __init__(self, verifiers: list[Verifier], weights: list[float]) -> None:
+    def __init__(
+        self, verifiers: list[Verifier], weights: list[float], names: list[str] | None = None
+    ) -> None:
         if len(verifiers) != len(weights) or not verifiers:
             raise ValueError("WeightedSum needs one weight per verifier and at least one verifier")
+        if names is None:
+            names = default_names(verifiers)
+        if len(names) != len(verifiers) or len(set(names)) != len(names):
+            raise ValueError(f"WeightedSum needs one distinct name per verifier, got {names}")
         self.verifiers = verifiers
         self.weights = weights
+        self.names = names
 
     def score(self, completion: str, reference: str) -> Score:
-        scores = [v.score(completion, reference) for v in self.verifiers]
-        judges = [s for v, s in zip(self.verifiers, scores, strict=True) if not isinstance(v, FormatReward)]
-        errors = [s.error for s in scores if s.error]
-        return Score(
-            sum(w * s.reward for w, s in zip(self.weights, scores, strict=True)),
-            bool(judges) and all(s.correct for s in judges),
-            next((s.extracted for s in scores if s.extracted is not None), None),
-            "; ".join(s.details for s in scores),
-            errors[0] if errors else None,
-        )
+        return self.score_batch([completion], [reference])[0]
+
+    def score_batch(
+        self,
+        completions: Sequence[str],
+        references: Sequence[str],
+        prompts: Sequence[str] | None = None,
+    ) -> list[Score]:
+        per_component = [v.score_batch(completions, references, prompts) for v in self.verifiers]
+        judges = [i for i, v in enumerate(self.verifiers) if v.judges_correctness]
+        combined = []
+        for scores in zip(*per_component, strict=True):
+            errors = [s.error for s in scores if s.error]
+            combined.append(
+                Score(
+                    sum(w * s.reward for w, s in zip(self.weights, scores, strict=True)),
+                    bool(judges) and all(scores[i].correct for i in judges),
+                    next((s.extracted for s in scores if s.extracted is not None), None),
+                    "; ".join(s.details for s in scores),
+                    errors[0] if errors else None,
+                    {name: s.reward for name, s in zip(self.names, scores, strict=True)},
+                )
+            )
+        return combined
+
+
+def default_names(verifiers: Sequence[Verifier]) -> list[str]:
+    """Snake-case class names, with ``_2``, ``_3``... appended to repeats."""
+    seen: Counter[str] = Counter()
+    names = []
+    for verifier in verifiers:
+        base = re.sub(r"(?<!^)(?=[A-Z])", "_", type(verifier).__name__).lower()
+        seen[base] += 1
+        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    return names
 
 
 class MathVerifyAdapter(Verifier):

@@ -1,4 +1,4 @@
-"""Callbacks: sample completions to TensorBoard, and export of the trained policy as a HF directory."""
+"""Callbacks: sample completions to TensorBoard, and export of the trained model as a HF directory."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.export import export_policy
 from rgra_lightning.parallel import is_sharded
 
 
@@ -46,21 +47,26 @@ class CompletionSampleLogger(Callback):
 
 
 class ExportHuggingFace(Callback):
-    """At the end of fit, save the module's ``policy`` and ``tokenizer`` with ``save_pretrained`` to
-    ``output_dir`` (default: ``<log dir>/hf_model``), so the model can be served or evaluated elsewhere."""
+    """At the end of fit, save the module's ``hf_model`` (the policy, or a trained reward model) and its
+    ``tokenizer`` with ``save_pretrained`` to ``output_dir`` (default: ``<log dir>/hf_model``), so the model
+    can be served, evaluated or used as a reward elsewhere. A LoRA policy is saved merged."""
 
     def __init__(self, output_dir: str | None = None) -> None:
         self.output_dir = output_dir
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        model = pl_module.hf_model
         state_dict = None
-        if is_sharded(pl_module.policy):  # FSDP2: every rank takes part in gathering the full weights
+        if is_sharded(model):  # FSDP2: every rank takes part in gathering the full weights
             options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            state_dict = get_model_state_dict(pl_module.policy, options=options)
+            state_dict = get_model_state_dict(model, options=options)
         if not trainer.is_global_zero:
             return
         directory = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "hf_model")
-        directory.mkdir(parents=True, exist_ok=True)
-        pl_module.policy.save_pretrained(directory, state_dict=state_dict)
-        pl_module.tokenizer.save_pretrained(directory)
-        print(f"exported policy to {directory}")
+        if state_dict is None:
+            export_policy(model, pl_module.tokenizer, str(directory))
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(directory, state_dict=state_dict)
+            pl_module.tokenizer.save_pretrained(directory)
+        print(f"exported {type(model).__name__} to {directory}")

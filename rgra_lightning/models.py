@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from rgra_lightning.errors import ConfigError
 
@@ -97,12 +103,31 @@ def load_causal_lm(
 
     A GGUF model is de-quantised to ``dtype``; it is then an ordinary model (see ``clear_quantization``).
     """
+    return _load_model(AutoModelForCausalLM, name_or_path, gguf_file, dtype)
+
+
+def load_sequence_classifier(
+    name_or_path: str, gguf_file: str | None = None, dtype: str = "float32", num_labels: int | None = None
+) -> PreTrainedModel:
+    """A sequence-classification model (a reward model), in train mode, with ``num_labels`` outputs (None:
+    as its config says).
+
+    A causal LM directory loads too: its backbone is kept and a fresh, randomly initialised score head is
+    added, which is how an outcome reward model is started from a policy.
+    """
+    options = {} if num_labels is None else {"num_labels": num_labels}
+    return _load_model(AutoModelForSequenceClassification, name_or_path, gguf_file, dtype, **options)
+
+
+def _load_model(
+    auto_class: type, name_or_path: str, gguf_file: str | None, dtype: str, **options: object
+) -> PreTrainedModel:
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype={dtype!r} is not one of {list(DTYPES)}")
     name_or_path = resolve_path(name_or_path)
     kwargs = _load_kwargs(name_or_path, gguf_file)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype], **kwargs)
+        model = auto_class.from_pretrained(name_or_path, dtype=DTYPES[dtype], **kwargs, **options)
     except (OSError, ValueError) as error:
         raise _explain(name_or_path, "model", error) from error
     if gguf_file:

@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,11 @@ from rgra_lightning.evaluation import EvaluationConfig, MajorityAtK, PassAtK
 from rgra_lightning.losses import LossConfig, policy_loss
 from rgra_lightning.models import LoraConfig, add_lora, freeze, load_causal_lm, load_tokenizer
 from rgra_lightning.parallel import ShardingConfig, is_sharded, shard_model
+from rgra_lightning.reward_model import learned_reward_models
 from rgra_lightning.rollout import Rollout, SamplingConfig, sample_rollout, token_logprobs
 
-REFERENCE_PREFIX = "reference."
+# Frozen submodules reloaded from their model paths, so left out of checkpoints.
+FROZEN_PREFIXES = ("reference.", "reward_models.")
 
 # Scores completions while the main thread runs the reference pass; the verifier's Python and its worker
 # processes then overlap with tensor work (which releases the GIL) instead of adding to the step.
@@ -60,7 +62,8 @@ class RLModule(LightningModule):
             reference model is a second, frozen copy of the same weights.
         gguf_file: optional GGUF file inside ``model_path`` to load instead of safetensors weights.
         dtype: parameter dtype, ``float32`` | ``bfloat16`` | ``float16``.
-        verifier: scores each completion against the reference answer (``rewards.Verifier``).
+        verifier: scores each completion against the reference answer (``rewards.Verifier``); learned
+            reward models in it (``RewardModelScorer``) become frozen submodules, like the reference.
         loss: the loss options (policy term, KL, aggregation, advantage).
         sampling: G, temperature, top_p, max_new_tokens for training rollouts.
         num_iterations: mu, passes over each rollout batch (>= 1). With mu > 1 the ratio terms differ
@@ -133,6 +136,7 @@ class RLModule(LightningModule):
             if loss.needs_reference and lora is None
             else None
         )
+        self.reward_models = torch.nn.ModuleList(learned_reward_models(verifier))
         self.evaluation = evaluation
         self.benchmark_metrics = torch.nn.ModuleDict(
             {"accuracy": PassAtK(1)}
@@ -145,15 +149,22 @@ class RLModule(LightningModule):
 
     # ----------------------------------------------------------------- set-up
 
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        """The model ``ExportHuggingFace`` saves: the policy."""
+        return self.policy
+
     def train(self, mode: bool = True) -> RLModule:
-        """Keep the reference model in eval mode whatever Lightning asks of the module."""
+        """Keep the reference and reward models in eval mode whatever Lightning asks of the module."""
         super().train(mode)
         if self.reference is not None:
             self.reference.eval()
+        self.reward_models.eval()
         return self
 
     def configure_model(self) -> None:
-        """Under ``ModelParallelStrategy``, shard the policy and the reference over the data-parallel mesh."""
+        """Under ``ModelParallelStrategy``, shard the policy, the reference and the reward models over the
+        data-parallel mesh."""
         mesh = self.device_mesh
         if mesh is None or is_sharded(self.policy):
             return  # one device or DDP, or already sharded (configure_model runs once per fit/validate)
@@ -161,8 +172,9 @@ class RLModule(LightningModule):
             raise ConfigError("tensor parallelism is not supported: set strategy.tensor_parallel_size=1")
         data_mesh = mesh["data_parallel"]
         shard_model(self.policy, data_mesh, self.sharding, trainable=True)
-        if self.reference is not None:
-            shard_model(self.reference, data_mesh, self.sharding, trainable=False)
+        for frozen in [self.reference, *self.reward_models]:
+            if frozen is not None:
+                shard_model(frozen, data_mesh, self.sharding, trainable=False)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -189,17 +201,20 @@ class RLModule(LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen reference out of checkpoints: it is reloaded from ``model_path``."""
+        """Leave the frozen reference and reward models out of checkpoints: they are reloaded from their
+        model paths."""
         if is_sharded(self.policy):
             return  # FSDP2 restores every key of the module state (torch.distributed.checkpoint): keep them
         state = checkpoint["state_dict"]
-        for key in [key for key in state if key.startswith(REFERENCE_PREFIX)]:
+        for key in [key for key in state if key.startswith(FROZEN_PREFIXES)]:
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.reference is not None and "state_dict" in checkpoint:  # FSDP2: loaded already, in place
-            reference_state = {REFERENCE_PREFIX + k: v for k, v in self.reference.state_dict().items()}
-            checkpoint["state_dict"].update(reference_state)
+        if "state_dict" in checkpoint:  # FSDP2: loaded already, in place
+            frozen = {
+                key: value for key, value in self.state_dict().items() if key.startswith(FROZEN_PREFIXES)
+            }
+            checkpoint["state_dict"].update(frozen)
 
     # --------------------------------------------------------------- training
 
@@ -220,14 +235,27 @@ class RLModule(LightningModule):
                 return token_logprobs(self.policy, rollout, temperature)[0]
         return None
 
-    def score(self, rollout: Rollout, references: list[str]) -> tuple[Tensor, Tensor, list]:
-        """Rewards and correctness ``[N]`` (float, on the module's device) and the verifier's scores."""
-        repeats = len(rollout.completions) // len(references)
-        expanded = [reference for reference in references for _ in range(repeats)]
-        scores = [checked_score(s) for s in robust_score_batch(self.verifier, rollout.completions, expanded)]
+    def score(self, rollout: Rollout, batch: dict[str, list[str]]) -> tuple[Tensor, Tensor, list]:
+        """Rewards and correctness ``[N]`` (float, on the module's device) and the verifier's scores of the
+        completions of ``batch``'s prompts and references."""
+        repeats = len(rollout.completions) // len(batch["prompt"])
+        prompts, references = (
+            [item for item in batch[key] for _ in range(repeats)] for key in ("prompt", "reference")
+        )
+        scores = robust_score_batch(self.verifier, rollout.completions, references, prompts)
+        scores = [checked_score(s) for s in scores]
         rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32, device=self.device)
         correct = torch.tensor([s.correct for s in scores], dtype=torch.float32, device=self.device)
         return rewards, correct, scores
+
+    def _start_scoring(self, rollout: Rollout, batch: dict[str, list[str]]) -> Future:
+        """``timed(self.score, ...)`` in the verifier thread, to overlap the reference pass. A sharded reward
+        model runs collectives, whose order must match on every rank, so it scores here and now instead."""
+        if not any(is_sharded(model) for model in self.reward_models):
+            return _VERIFIER_THREAD.submit(timed, self.score, rollout, batch)
+        done: Future = Future()
+        done.set_result(timed(self.score, rollout, batch))
+        return done
 
     def training_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
         try:
@@ -276,7 +304,7 @@ class RLModule(LightningModule):
         start = time.perf_counter()
         rollout = sample_rollout(self.policy, self.tokenizer, batch["prompt"], self.sampling)
         generated = time.perf_counter()
-        scoring = _VERIFIER_THREAD.submit(timed, self.score, rollout, batch["reference"])
+        scoring = self._start_scoring(rollout, batch)
         temperature = self.sampling.temperature
         with torch.no_grad():
             ref_logp = self.reference_logprobs(rollout)
@@ -348,6 +376,7 @@ class RLModule(LightningModule):
             "time/step_s": torch.tensor(updated - start),
             "train/completion_tokens_per_s": lengths.sum().cpu() / max(generated - start, 1e-9),
         }
+        metrics |= {f"train/rewards/{name}": value for name, value in reward_components(scores).items()}
         # Across ranks: means of per-rank means (every rank holds B x G rows), except these.
         reductions = {"train/completion_length_max": "max", "train/verifier_errors": "sum"}
         reductions |= {"train/completion_tokens_per_s": "sum"} | {n: "max" for n in metrics if "time/" in n}
@@ -385,7 +414,7 @@ class RLModule(LightningModule):
     def evaluate(self, batch: dict[str, list[str]]) -> dict[str, Tensor]:
         """Greedy accuracy, mean reward and mean completion length (tokens) on one batch of prompts."""
         rollout = sample_rollout(self.policy, self.tokenizer, batch["prompt"], self.sampling, greedy=True)
-        rewards, correct, _ = self.score(rollout, batch["reference"])
+        rewards, correct, _ = self.score(rollout, batch)
         length = rollout.completion_mask.sum(dim=1).float().mean()
         return {"accuracy": correct.mean(), "reward": rewards.mean(), "completion_length_mean": length}
 
@@ -435,7 +464,7 @@ class RLModule(LightningModule):
         prompts, references = batch["prompt"], batch["reference"]
         size = len(prompts)
         greedy = sample_rollout(self.policy, self.tokenizer, prompts, self.sampling, greedy=True)
-        rewards, correct, scores = self.score(greedy, references)
+        rewards, correct, scores = self.score(greedy, batch)
         self.benchmark_metrics["accuracy"].update(correct.view(size, 1))
         self._write_samples(prompts, references, greedy.completions, scores, "greedy")
         length = greedy.completion_mask.sum(dim=1).float().mean()
@@ -451,7 +480,7 @@ class RLModule(LightningModule):
                 self.sampling, num_generations=n, temperature=evaluation.temperature, top_p=evaluation.top_p
             )
             sampled = sample_rollout(self.policy, self.tokenizer, prompts, config)
-            _, correct, scores = self.score(sampled, references)
+            _, correct, scores = self.score(sampled, batch)
             answers = [[s.extracted for s in scores[i * n : (i + 1) * n]] for i in range(size)]
             for name, metric in self.benchmark_metrics.items():
                 if name.startswith("pass@"):
@@ -502,7 +531,7 @@ class RLModule(LightningModule):
 
     def predict_step(self, batch: dict[str, list[str]], batch_idx: int) -> list[dict[str, Any]]:
         rollout = sample_rollout(self.policy, self.tokenizer, batch["prompt"], self.sampling, greedy=True)
-        _, correct, scores = self.score(rollout, batch["reference"])
+        _, correct, scores = self.score(rollout, batch)
         return [
             {"prompt": p, "completion": c, "reference": r, "extracted": s.extracted, "correct": bool(ok)}
             for p, c, r, s, ok in zip(
@@ -511,11 +540,13 @@ class RLModule(LightningModule):
         ]
 
 
-def robust_score_batch(verifier: Verifier, completions: list[str], references: list[str]) -> list[Score]:
+def robust_score_batch(
+    verifier: Verifier, completions: list[str], references: list[str], prompts: list[str] | None = None
+) -> list[Score]:
     """``verifier.score_batch``, never raising: if the batch call fails, each completion is scored alone
     and one that still raises gets reward 0 with the error recorded (a buggy verifier must not end a run)."""
     try:
-        return verifier.score_batch(completions, references)
+        return verifier.score_batch(completions, references, prompts)
     except Exception as batch_error:
         warnings.warn(
             f"{type(verifier).__name__}.score_batch raised {batch_error!r}; scoring one at a time",
@@ -528,6 +559,12 @@ def robust_score_batch(verifier: Verifier, completions: list[str], references: l
         except Exception as error:
             scores.append(Score(0.0, False, None, "verifier raised", error=repr(error)))
     return scores
+
+
+def reward_components(scores: list[Score]) -> dict[str, Tensor]:
+    """Mean unweighted reward ``[]`` of each named component of a combined verifier (``WeightedSum``)."""
+    names = scores[0].components if scores else {}
+    return {name: torch.tensor([s.components[name] for s in scores]).mean() for name in names}
 
 
 def checked_score(score: Score) -> Score:

@@ -258,7 +258,7 @@ class FlakyVerifier(Verifier):
 
 
 class BrokenBatchVerifier(FlakyVerifier):
-    def score_batch(self, completions, references):
+    def score_batch(self, completions, references, prompts=None):
         raise RuntimeError("batch scoring service unavailable")
 
 

@@ -1,0 +1,156 @@
+"""Label sampled completions with the verifier: the training data of an outcome reward model.
+
+    python -m rgra_lightning.label --config configs/rgra.yaml --split train --limit 512 \\
+        --output runs/orm/train.jsonl
+    python -m rgra_lightning.label --config configs/rgra.yaml --split val --output runs/orm/val.jsonl \\
+        -- --model.sampling.temperature=0.8
+
+Any fit config works: its policy, data module, sampling settings and verifier are built exactly as for
+``fit`` (options after ``--`` override the config like on the ``fit`` command line; ``--ckpt-path`` loads a
+trained policy), and completions are sampled with the trainer's own rollout code. Each completion becomes
+one JSON line: ``prompt``, ``completion``, ``reference``, ``reward``, ``correct``, ``extracted``,
+``details``, ``error`` and ``group`` (the prompt's index, shared by its G completions). Lines are written
+and flushed batch by batch, so an interrupted run keeps every finished batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rgra_lightning.errors import ConfigError
+from rgra_lightning.rollout import sample_rollout
+
+SPLITS = ("train", "val", "test")
+
+
+def label(
+    config: str,
+    output: str,
+    split: str = "train",
+    limit: int | None = None,
+    num_generations: int | None = None,
+    batch_size: int = 16,
+    ckpt_path: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    overrides: list[str] | None = None,
+) -> dict[str, float]:
+    """Sample ``num_generations`` (default: the config's G) completions for the first ``limit`` prompts of
+    ``split``, score them with the config's verifier and write them to ``output``; returns a summary
+    (rows, accuracy, mean reward, share of prompts whose completions are not all equally rewarded)."""
+    from rgra_lightning.cli import main
+
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be one of {list(SPLITS)}, got {split!r}")
+    if batch_size < 1 or (limit is not None and limit < 1):
+        raise ConfigError(f"--batch-size and --limit must be >= 1, got {batch_size}, {limit}")
+    cli = main(["--config", config, *(overrides or [])], run=False)
+    module, data = cli.model, cli.datamodule
+    if ckpt_path is not None:
+        if not Path(ckpt_path).is_file():
+            raise ConfigError(f"checkpoint {ckpt_path!r} does not exist")
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        module.on_load_checkpoint(checkpoint)  # puts back the frozen models that checkpoints leave out
+        module.load_state_dict(checkpoint["state_dict"])
+    if getattr(data, "tokenizer", "absent") is None:  # chat prompts use the policy's tokenizer, as in fit
+        data.tokenizer = module.tokenizer
+    data.setup("fit")
+    examples = getattr(data, f"{split}_examples")[:limit]
+    sampling = module.sampling
+    if num_generations is not None:
+        sampling = replace(sampling, num_generations=num_generations)
+    module.to(device)
+    torch.manual_seed(seed)
+
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rewards: list[float] = []
+    correct: list[bool] = []
+    mixed_groups = 0
+    with (
+        path.open("w", encoding="utf-8") as file,
+        tqdm(total=len(examples), desc="labelling", unit="prompt") as bar,
+    ):
+        for first in range(0, len(examples), batch_size):
+            chunk = examples[first : first + batch_size]
+            batch = {key: [example[key] for example in chunk] for key in ("prompt", "reference")}
+            rollout = sample_rollout(module.policy, module.tokenizer, batch["prompt"], sampling)
+            _, _, scores = module.score(rollout, batch)
+            group = sampling.num_generations
+            for i, (completion, score) in enumerate(zip(rollout.completions, scores, strict=True)):
+                record = {
+                    "prompt": batch["prompt"][i // group],
+                    "completion": completion,
+                    "reference": batch["reference"][i // group],
+                    "reward": score.reward,
+                    "correct": bool(score.correct),
+                    "extracted": score.extracted,
+                    "details": score.details,
+                    "error": score.error,
+                    "group": first + i // group,
+                }
+                file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            file.flush()
+            batch_rewards = [score.reward for score in scores]
+            rewards += batch_rewards
+            correct += [score.correct for score in scores]
+            mixed_groups += sum(
+                len(set(batch_rewards[start : start + group])) > 1 for start in range(0, len(scores), group)
+            )
+            bar.update(len(chunk))
+    rows = len(rewards)
+    return {
+        "rows": rows,
+        "accuracy": sum(correct) / max(rows, 1),
+        "mean_reward": sum(rewards) / max(rows, 1),
+        "mixed_group_fraction": mixed_groups / max(len(examples), 1),
+    }
+
+
+def main(args: list[str] | None = None) -> None:
+    args = sys.argv[1:] if args is None else args
+    overrides = args[args.index("--") + 1 :] if "--" in args else []
+    args = args[: args.index("--")] if "--" in args else args
+    parser = argparse.ArgumentParser(
+        prog="python -m rgra_lightning.label", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--config", required=True, help="a fit config (policy, data, sampling, verifier)")
+    parser.add_argument("--output", required=True, help="JSONL file to write")
+    parser.add_argument("--split", default="train", choices=SPLITS, help="which prompts of the data module")
+    parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT prompts")
+    parser.add_argument("--num-generations", type=int, default=None, help="completions per prompt (G)")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per rollout")
+    parser.add_argument(
+        "--ckpt-path", default=None, help="a training checkpoint of the policy to sample from"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    options = parser.parse_args(args)
+    try:
+        summary = label(
+            options.config,
+            options.output,
+            options.split,
+            options.limit,
+            options.num_generations,
+            options.batch_size,
+            options.ckpt_path,
+            options.seed,
+            options.device,
+            overrides,
+        )
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+    print(json.dumps({"output": options.output, **summary}))
+
+
+if __name__ == "__main__":
+    main()

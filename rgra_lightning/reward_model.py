@@ -1,0 +1,206 @@
+"""Learned reward models as reward components: a frozen Hugging Face model scores (prompt, completion) pairs.
+
+Two kinds of model give a raw score that is a log-odds in both cases:
+
+- ``classifier``: a sequence-classification model. With one output its logit is the raw score; with two,
+  ``logit[1] - logit[0]`` (the log-odds of class 1, "correct"). An outcome reward model trained by
+  ``rgra_lightning.reward_training`` is of this kind.
+- ``judge``: a causal LM shown ``judge_template`` (prompt, completion and a question); the raw score is
+  the log-odds that the next token is ``judge_token``: ``log p - log(1 - p)``.
+
+The raw score is then transformed (``sigmoid``: a probability in (0, 1); ``standardize``: zero mean and
+unit standard deviation over the scored batch; ``none``) and optionally clipped to ``clip``.
+
+``RewardModelScorer`` is a ``rewards.Verifier``, so it combines with the verifiers in YAML through
+``rewards.WeightedSum`` (e.g. 1.0 x math verifier + 0.2 x reward model). Inside ``RLModule`` its model is a
+frozen submodule: it moves to the trainer's device with the policy, is sharded like the reference model
+under FSDP2 (replicated under DDP), is never in the optimizer and is left out of checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from rewards import Score, Verifier
+from rgra_lightning.errors import ConfigError
+from rgra_lightning.models import freeze, load_causal_lm, load_sequence_classifier, load_tokenizer
+
+Transform = Literal["sigmoid", "standardize", "none"]
+
+
+def transform_scores(raw: Tensor, transform: Transform, clip: tuple[float, float] | None = None) -> Tensor:
+    """Rewards ``[N]`` from raw log-odds scores ``[N]``; ``standardize`` uses the batch's mean and (biased)
+    std and gives zeros when the batch has fewer than two rows or no spread."""
+    if transform == "sigmoid":
+        values = torch.sigmoid(raw)
+    elif transform == "standardize":
+        spread = raw.std(unbiased=False) if raw.numel() > 1 else raw.new_zeros(())
+        values = (raw - raw.mean()) / spread if spread > 0 else torch.zeros_like(raw)
+    elif transform == "none":
+        values = raw
+    else:
+        raise ConfigError(f"transform must be one of sigmoid, standardize, none; got {transform!r}")
+    return values if clip is None else values.clamp(*clip)
+
+
+def pair_text(prompt: str, completion: str) -> str:
+    """The text a classifier reward model reads, in training and in scoring alike."""
+    return prompt + completion
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, model: nn.Module
+) -> dict[str, Tensor]:
+    """Model inputs ``[N, L]`` on ``model``'s device: left-padded (every row ends in the last column),
+    texts longer than ``max_length`` tokens keep their end, position ids count real tokens only."""
+    encoded = tokenizer(
+        list(texts),
+        return_tensors="pt",
+        padding=True,
+        padding_side="left",
+        truncation=True,
+        max_length=max_length,
+    ).to(next(model.parameters()).device)
+    position_ids = (encoded["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
+    return {**encoded, "position_ids": position_ids}
+
+
+def classifier_scores(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> Tensor:
+    """Log-odds ``[N]`` (float32) of a sequence-classification model: its logit with one output,
+    ``logit[1] - logit[0]`` with two. Differentiable: the reward-model trainer uses it too."""
+    logits = model(**encode(tokenizer, texts, max_length, model)).logits.float()
+    return logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+
+
+class RewardModelScorer(Verifier):
+    """Reward = transformed score of a frozen reward model on (prompt, completion); see the module docstring.
+
+    Args:
+        model_path: local Hugging Face directory (or ``package:``/hub name, as for the policy).
+        gguf_file: optional GGUF file inside ``model_path``.
+        kind: ``classifier`` (sequence-classification head) or ``judge`` (causal LM, ``judge_token``).
+        dtype: parameter dtype, ``float32`` | ``bfloat16`` | ``float16``.
+        transform: ``sigmoid`` | ``standardize`` | ``none``, applied to the raw log-odds.
+        clip: optional ``[low, high]`` bounds applied after the transform.
+        max_length: tokens per scored text; longer texts keep their last ``max_length`` tokens (the end
+            of the completion matters most).
+        batch_size: texts per forward pass.
+        judge_template: ``judge`` input, a format string with ``{prompt}`` and ``{completion}``.
+        judge_token: ``judge``: the token (exactly one for the tokenizer) whose probability is the score.
+    """
+
+    judges_correctness = False  # a learned score, not a verdict: ``correct`` stays False
+
+    def __init__(
+        self,
+        model_path: str,
+        gguf_file: str | None = None,
+        kind: Literal["classifier", "judge"] = "classifier",
+        dtype: str = "float32",
+        transform: Transform = "sigmoid",
+        clip: tuple[float, float] | None = None,
+        max_length: int = 512,
+        batch_size: int = 32,
+        judge_template: str = "{prompt}{completion}\nIs the answer correct?",
+        judge_token: str = " Yes",
+    ) -> None:
+        if kind not in ("classifier", "judge"):
+            raise ConfigError(f"RewardModelScorer kind must be 'classifier' or 'judge', got {kind!r}")
+        if transform not in ("sigmoid", "standardize", "none"):
+            raise ConfigError(
+                f"RewardModelScorer transform must be sigmoid, standardize or none, got {transform!r}"
+            )
+        if clip is not None and not clip[0] < clip[1]:
+            raise ConfigError(f"RewardModelScorer clip must be [low, high] with low < high, got {list(clip)}")
+        if max_length < 1 or batch_size < 1:
+            raise ConfigError(
+                f"RewardModelScorer max_length and batch_size must be >= 1, got {max_length}, {batch_size}"
+            )
+        self.kind = kind
+        self.transform = transform
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.judge_template = judge_template
+        self.tokenizer = load_tokenizer(model_path, gguf_file)
+        self.tokenizer.truncation_side = "left"
+        if kind == "classifier":
+            self.model: nn.Module = freeze(load_sequence_classifier(model_path, gguf_file, dtype))
+            num_labels = self.model.config.num_labels
+            if num_labels not in (1, 2):
+                raise ConfigError(
+                    f"reward model {model_path!r} has {num_labels} labels; a classifier reward model needs 1 "
+                    "(a score) or 2 (incorrect, correct)"
+                )
+            if self.model.config.pad_token_id is None:  # needed to find each row's last token
+                self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        else:
+            if "{prompt}" not in judge_template or "{completion}" not in judge_template:
+                raise ConfigError(
+                    f"RewardModelScorer judge_template must contain {{prompt}} and {{completion}}, got "
+                    f"{judge_template!r}"
+                )
+            token_ids = self.tokenizer.encode(judge_token, add_special_tokens=False)
+            if len(token_ids) != 1:
+                raise ConfigError(
+                    f"RewardModelScorer judge_token {judge_token!r} is {len(token_ids)} tokens for the "
+                    f"tokenizer of {model_path!r}; it must be exactly one"
+                )
+            self.judge_token_id = token_ids[0]
+            self.model = freeze(load_causal_lm(model_path, gguf_file, dtype))
+
+    def texts(self, prompts: Sequence[str], completions: Sequence[str]) -> list[str]:
+        """What the model reads for each pair."""
+        if self.kind == "classifier":
+            return [
+                pair_text(prompt, completion) for prompt, completion in zip(prompts, completions, strict=True)
+            ]
+        return [
+            self.judge_template.format(prompt=prompt, completion=completion)
+            for prompt, completion in zip(prompts, completions, strict=True)
+        ]
+
+    @torch.no_grad()
+    def raw_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+        """Log-odds scores ``[N]`` (float32, CPU), computed in batches on the model's device."""
+        texts = self.texts(prompts, completions)
+        scores = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start : start + self.batch_size]
+            if self.kind == "classifier":
+                scores.append(classifier_scores(self.model, self.tokenizer, chunk, self.max_length))
+            else:
+                logits = self.model(
+                    **encode(self.tokenizer, chunk, self.max_length, self.model), logits_to_keep=1
+                )
+                log_p = torch.log_softmax(logits.logits[:, -1].float(), dim=-1)[:, self.judge_token_id]
+                scores.append(log_p - torch.log(-torch.expm1(log_p)))
+        return torch.cat(scores).cpu() if scores else torch.zeros(0)
+
+    def score_batch(
+        self,
+        completions: Sequence[str],
+        references: Sequence[str],
+        prompts: Sequence[str] | None = None,
+    ) -> list[Score]:
+        if prompts is None:
+            raise ValueError("RewardModelScorer scores (prompt, completion) pairs: score_batch needs prompts")
+        values = transform_scores(self.raw_scores(prompts, completions), self.transform, self.clip)
+        return [Score(value, False, None, f"reward model {value:.3f}") for value in values.tolist()]
+
+    def score(self, completion: str, reference: str) -> Score:
+        raise ValueError("RewardModelScorer scores (prompt, completion) pairs: use score_batch with prompts")
+
+
+def learned_reward_models(verifier: Verifier) -> list[nn.Module]:
+    """The models of every ``RewardModelScorer`` in ``verifier`` (itself, or inside ``WeightedSum``s)."""
+    if isinstance(verifier, RewardModelScorer):
+        return [verifier.model]
+    return [model for part in getattr(verifier, "verifiers", ()) for model in learned_reward_models(part)]
