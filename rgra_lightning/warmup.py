@@ -128,6 +128,11 @@ class WarmupModule(LightningModule):
         self.policy = LlamaForCausalLM(config)
         self.policy.generation_config.pad_token_id = self.tokenizer.pad_token_id
 
+    @property
+    def hf_model(self) -> LlamaForCausalLM:
+        """The model ``ExportHuggingFace`` saves: the warmed-up policy."""
+        return self.policy
+
     def training_step(self, batch: tuple[list[str], list[str]], batch_idx: int) -> torch.Tensor:
         prompts, completions = batch
         texts = [p + c + self.tokenizer.eos_token for p, c in zip(prompts, completions, strict=True)]
