@@ -12,10 +12,10 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.parallel import gathered_for_generation
+from rgra_lightning.parallel import gathered_for_generation, is_sharded
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,91 @@ def completion_mask(completion_ids: Tensor, eos_token_id: int | list[int]) -> Te
     return (eos_before == 0).long()
 
 
-@torch.no_grad()
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions ``[N, L]`` that count real tokens only (0 on left padding), as for left-padded prompts."""
+    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def filter_top_p(scores: Tensor, top_p: float) -> Tensor:
+    """Scores ``[N, V]`` with the tokens outside the nucleus set to -inf: the smallest set of most probable
+    tokens holding at least ``top_p`` of the mass (always at least one), as ``TopPLogitsWarper`` does."""
+    sorted_scores, sorted_indices = torch.sort(scores, descending=False)
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    sorted_remove = cumulative <= 1 - top_p
+    sorted_remove[:, -1] = False
+    remove = sorted_remove.scatter(1, sorted_indices, sorted_remove)
+    return scores.masked_fill(remove, -float("inf"))
+
+
+def next_tokens(logits: Tensor, config: SamplingConfig | None, eos_ids: Tensor, step: int) -> Tensor:
+    """The token ``[N]`` chosen after next-token ``logits`` ``[N, V]`` at completion position ``step``.
+
+    ``config`` None: greedy (argmax). Otherwise a sample, with ``generate``'s processing in its order:
+    EOS suppressed while ``step < min_new_tokens``, logits divided by ``temperature``, nucleus ``top_p``.
+    """
+    scores = logits.float()
+    if config is None:
+        return scores.argmax(dim=-1)
+    if step < config.min_new_tokens:
+        scores = scores.index_fill(1, eos_ids, -float("inf"))
+    scores = scores / config.temperature
+    if config.top_p < 1:
+        scores = filter_top_p(scores, config.top_p)
+    return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+
+
+def decode(
+    policy: PreTrainedModel,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    repeats: int,
+    config: SamplingConfig,
+    greedy: bool,
+    eos_ids: Tensor,
+    pad_id: int,
+) -> Tensor:
+    """Completion tokens ``[B * repeats, T]`` (``T <= max_new_tokens``) for left-padded prompts ``[B, P]``.
+
+    The prompts are encoded once (B rows) and their key/value cache is repeated ``repeats`` times, so the
+    rows are prompt-major. Each step feeds the previous token through ``policy`` with the cache; a row
+    that has produced an EOS gets ``pad_id`` from then on, and decoding stops once every row has one.
+    """
+    cache = DynamicCache(config=policy.config)
+    logits = policy(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=position_ids(prompt_mask),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1]
+    cache.batch_repeat_interleave(repeats)
+    logits = logits.repeat_interleave(repeats, dim=0)
+    rows, prompt_length = logits.shape[0], prompt_ids.shape[1]
+    # Generated tokens are all attended to, as in ``generate``: a row's tokens after its EOS are ignored.
+    attention_mask = torch.ones(
+        rows, prompt_length + config.max_new_tokens, dtype=prompt_mask.dtype, device=prompt_mask.device
+    )
+    attention_mask[:, :prompt_length] = prompt_mask.repeat_interleave(repeats, dim=0)
+    positions = prompt_mask.sum(dim=1, keepdim=True).repeat_interleave(repeats, dim=0)  # [N, 1]
+    finished = torch.zeros(rows, dtype=torch.bool, device=logits.device)
+    tokens = []
+    for step in range(config.max_new_tokens):
+        token = next_tokens(logits, None if greedy else config, eos_ids, step).masked_fill(finished, pad_id)
+        tokens.append(token)
+        finished |= torch.isin(token, eos_ids)
+        if step + 1 == config.max_new_tokens or bool(finished.all()):
+            break
+        logits = policy(
+            input_ids=token.unsqueeze(1),
+            attention_mask=attention_mask[:, : prompt_length + step + 1],
+            position_ids=positions + step,
+            cache=cache,
+            use_cache=True,
+        ).logits[:, -1]
+    return torch.stack(tokens, dim=1)
+
+
 def sample_rollout(
     policy: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -135,38 +219,33 @@ def sample_rollout(
 ) -> Rollout:
     """Sample ``config.num_generations`` completions for each prompt (one when ``greedy``).
 
-    The prompts are encoded once; ``generate`` repeats each encoding G times (``num_return_sequences``).
+    Sampling runs in eval mode without autograd; the returned tensors are built after it, as ordinary
+    tensors that the update's forward pass may save for backward.
     """
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(policy.device)
     context_window = getattr(policy.config, "max_position_embeddings", None)
     encoded, truncated = fit_prompts_to_context(dict(encoded), context_window, config)
-    generation = GenerationConfig(
-        do_sample=not greedy,
-        temperature=None if greedy else config.temperature,
-        top_p=None if greedy else config.top_p,
-        top_k=None,
-        max_new_tokens=config.max_new_tokens,
-        min_new_tokens=None if greedy else config.min_new_tokens or None,
-        num_return_sequences=1 if greedy else config.num_generations,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    prompt_ids, prompt_mask = encoded["input_ids"], encoded["attention_mask"]
+    repeats = 1 if greedy else config.num_generations
+    eos_ids = torch.as_tensor(tokenizer.eos_token_id, device=prompt_ids.device).reshape(-1)
     was_training = policy.training
     policy.eval()
-    with gathered_for_generation(policy):
-        sequences = policy.generate(**encoded, generation_config=generation)
+    # Inference mode skips autograd's bookkeeping, a tenth of each decoding step here; FSDP2 would unshard
+    # parameters into inference tensors that it later updates in place, so a sharded policy uses no_grad.
+    inference = torch.inference_mode(not is_sharded(policy))
+    with gathered_for_generation(policy), torch.no_grad(), inference:
+        completion_ids = decode(
+            policy, prompt_ids, prompt_mask, repeats, config, greedy, eos_ids, tokenizer.pad_token_id
+        )
     policy.train(was_training)
 
-    prompt_length = encoded["input_ids"].shape[1]
-    completion_ids = sequences[:, prompt_length:]
     mask = completion_mask(completion_ids, tokenizer.eos_token_id)
-    repeats = generation.num_return_sequences
-    prompt_mask = encoded["attention_mask"].repeat_interleave(repeats, dim=0)
+    prompt_mask = prompt_mask.repeat_interleave(repeats, dim=0)
     return Rollout(
-        input_ids=sequences,
+        input_ids=torch.cat([prompt_ids.repeat_interleave(repeats, dim=0), completion_ids], dim=1),
         attention_mask=torch.cat([prompt_mask, mask], dim=1),
         completion_mask=mask,
-        prompt_length=prompt_length,
+        prompt_length=prompt_ids.shape[1],
         completions=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
         truncated_prompts=truncated,
     )
@@ -181,13 +260,12 @@ def token_logprobs(
     entropy (nats) is computed without gradient: it is a diagnostic, not part of the loss.
     """
     # Only the logits that predict completion tokens are materialised (positions P-1 .. P+T-2).
-    # Position ids count real tokens only, as ``generate`` does for left-padded prompts.
+    # Position ids count real tokens only, as in ``decode``.
     num_completion = rollout.completion_mask.shape[1]
-    position_ids = (rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     logits = model(
         input_ids=rollout.input_ids,
         attention_mask=rollout.attention_mask,
-        position_ids=position_ids,
+        position_ids=position_ids(rollout.attention_mask),
         logits_to_keep=num_completion + 1,
     ).logits[:, :-1]
     logits = logits.float() / temperature

@@ -1,5 +1,6 @@
 """Sampling and log-probs: masks, grouping, and agreement with what ``generate`` sampled from."""
 
+import pytest
 import torch
 from transformers import GenerationConfig
 
@@ -73,3 +74,68 @@ def test_greedy_rollout_is_deterministic():
     first = sample_rollout(policy, tokenizer, PROMPTS, SamplingConfig(max_new_tokens=28), greedy=True)
     second = sample_rollout(policy, tokenizer, PROMPTS, SamplingConfig(max_new_tokens=28), greedy=True)
     assert len(first.completions) == 3 and first.completions == second.completions
+
+
+def generate_reference(policy, tokenizer, config: SamplingConfig, greedy: bool) -> torch.Tensor:
+    """What ``generate`` returns ``[N, P + T]`` for ``PROMPTS`` under ``config``, with nothing but our
+    sampling options: top_k=0 disables the top-k of 50 that ``generate`` otherwise applies by default."""
+    encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    generation = GenerationConfig(
+        do_sample=not greedy,
+        temperature=None if greedy else config.temperature,
+        top_p=None if greedy else config.top_p,
+        top_k=0,
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=None if greedy else config.min_new_tokens or None,
+        num_return_sequences=1 if greedy else config.num_generations,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    policy.eval()
+    with torch.no_grad():
+        return policy.generate(**encoded, generation_config=generation)
+
+
+@pytest.mark.parametrize(
+    ("config", "greedy"),
+    [
+        (SamplingConfig(max_new_tokens=28), True),
+        (SamplingConfig(num_generations=4, max_new_tokens=28), False),
+        (SamplingConfig(num_generations=4, max_new_tokens=28, temperature=1.7, top_p=0.8), False),
+        (SamplingConfig(num_generations=4, max_new_tokens=28, temperature=1.3, min_new_tokens=20), False),
+        (
+            SamplingConfig(
+                num_generations=8, max_new_tokens=40, temperature=0.6, top_p=0.95, min_new_tokens=5
+            ),
+            False,
+        ),
+    ],
+)
+def test_sampling_draws_what_generate_draws_from_the_same_seed(config, greedy):
+    """Token for token equal to ``generate`` (same RNG stream): the same temperature, nucleus and EOS
+    suppression, prompt-major rows, pad after EOS, and the same number of decoding steps."""
+    tokenizer, policy = load_tokenizer(str(TINY_POLICY)), load_causal_lm(str(TINY_POLICY))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        expected = generate_reference(policy, tokenizer, config, greedy)
+        torch.manual_seed(seed)
+        rollout = sample_rollout(policy, tokenizer, PROMPTS, config, greedy=greedy)
+        assert torch.equal(rollout.input_ids, expected)
+
+
+def test_completions_respect_min_new_tokens_and_pad_after_eos():
+    torch.manual_seed(0)
+    tokenizer, policy = load_tokenizer(str(TINY_POLICY)), load_causal_lm(str(TINY_POLICY))
+    config = SamplingConfig(num_generations=8, max_new_tokens=30, min_new_tokens=12, temperature=1.5)
+    rollout = sample_rollout(policy, tokenizer, PROMPTS, config)
+    ids, mask, eos = rollout.completion_ids, rollout.completion_mask, tokenizer.eos_token_id
+    assert ids.shape[1] <= 30 and not (ids[:, :12] == eos).any()
+    lengths = mask.sum(dim=1)
+    assert (lengths >= 12).all() and (lengths < ids.shape[1]).any()  # some rows stop early
+    ended = lengths < ids.shape[1]
+    assert (ids[ended, lengths[ended] - 1] == eos).all()  # the last real token is the EOS
+    assert (ids[mask == 0] == tokenizer.pad_token_id).all()
+    assert torch.equal(rollout.attention_mask[:, rollout.prompt_length :], mask)
+    # Ordinary tensors (not inference tensors): the update's forward pass saves them for backward.
+    logp, _ = token_logprobs(policy, rollout)
+    logp.sum().backward()
