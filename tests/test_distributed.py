@@ -40,6 +40,7 @@ from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.parallel import ShardingConfig, decoder_layers, shard_model
 from rgra_lightning.rollout import Rollout, SamplingConfig, sample_rollout, token_logprobs
 from tests.conftest import ROOT, TINY_POLICY
+from tests.test_reward_models import save_classifier
 
 TRAIN_PROMPTS = ["3+4", "9-2", "6*7", "8+5"]
 VAL_PROMPTS = ["2+2", "7*3", "9-9", "5+8"]
@@ -205,7 +206,7 @@ def assert_matches(run: dict[str, dict[int, float]], single: dict[str, dict[int,
     assert run["val/accuracy"] == {step: single["val/accuracy"][step] for step in run["val/accuracy"]}
 
 
-@pytest.mark.slow
+# Not marked slow: multi-process equivalence is checked on every CI run (about 2 minutes on 2 cores).
 def test_ddp_and_fsdp2_match_one_process_and_fsdp2_resumes_from_a_sharded_checkpoint(fixed_prompts, tmp_path):
     single = fit(fixed_prompts("single", batch_size=4, **{"trainer.max_steps": 6}))
     # The comparison means something only if the runs learn: some reward, a loss, a gradient.
@@ -249,6 +250,31 @@ def test_fsdp2_bf16_mixed_precision_with_activation_checkpointing_trains_close_t
     assert mixed["train/reward"][0] == single["train/reward"][0]
     assert mixed["train/loss"][0] == pytest.approx(single["train/loss"][0], rel=5e-2)
     assert mixed["train/grad_norm"][0] == pytest.approx(single["train/grad_norm"][0], rel=5e-2)
+
+
+@pytest.mark.slow
+def test_reward_model_scores_alike_replicated_under_ddp_and_sharded_under_fsdp2(fixed_prompts, tmp_path):
+    reward_model = save_classifier(tmp_path / "orm", num_labels=1)
+    verifier = {
+        "class_path": "rewards.WeightedSum",
+        "init_args": {
+            "verifiers": [
+                {"class_path": "rewards.MathVerifier"},
+                {
+                    "class_path": "rgra_lightning.RewardModelScorer",
+                    "init_args": {"model_path": str(reward_model), "max_length": 64},
+                },
+            ],
+            "weights": [1.0, 0.2],
+        },
+    }
+    overrides = {"model.init_args.verifier": verifier, "trainer.max_steps": 2}
+    single = fit(fixed_prompts("single", batch_size=4, **overrides))
+    for run, strategy in (("ddp", "ddp"), ("fsdp", FSDP2)):
+        result = fit(fixed_prompts(run, batch_size=2, **two_processes(tmp_path, run, strategy), **overrides))
+        for tag in ("train/rewards/reward_model_scorer", "train/rewards/math_verifier", "train/loss"):
+            want = [single[tag][step] for step in sorted(single[tag])]
+            assert [result[tag][step] for step in sorted(result[tag])] == pytest.approx(want, rel=RTOL), tag
 
 
 if __name__ == "__main__":
