@@ -283,3 +283,25 @@ def test_label_writes_verified_completions_for_each_prompt(small_config, tmp_pat
     assert summary["accuracy"] == pytest.approx(sum(row["correct"] for row in rows) / 6)
     with pytest.raises(ConfigError, match="--split"):
         label(str(config), str(output), split="dev")
+
+
+def test_shipped_reward_configs_parse(classifier_dir, tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    config = yaml.safe_load((root / "configs" / "rgra-reward-model.yaml").read_text())
+    verifier = config["model"]["init_args"]["verifier"]["init_args"]
+    assert (
+        verifier["verifiers"][1]["init_args"]["model_path"] == "runs/orm/hf_model"
+    )  # what reward_model.yaml exports
+    verifier["verifiers"][1]["init_args"]["model_path"] = str(classifier_dir)
+    path = tmp_path / "rgra-reward-model.yaml"
+    path.write_text(yaml.safe_dump(config))
+    module = main(["--config", str(path)], run=False).model
+    assert isinstance(module.verifier, WeightedSum) and module.verifier.weights == [1.0, 0.2]
+    assert isinstance(module.verifier.verifiers[1], RewardModelScorer) and len(module.reward_models) == 1
+
+    orm = yaml.safe_load((root / "configs" / "reward_model.yaml").read_text())
+    assert orm["trainer"]["callbacks"][1]["init_args"]["output_dir"] == "runs/orm/hf_model"
+    parsed = main(["--config", "configs/reward_model.yaml"], run=False)
+    assert parsed.model.model.config.num_labels == 1
+    assert parsed.datamodule.hparams.train_file == "runs/orm/train.jsonl"
