@@ -61,6 +61,10 @@ def test_lora_trains_only_adapters_and_its_reference_is_the_base_model(small_con
     assert torch.allclose(
         token_logprobs(plain, rollout)[0], token_logprobs(module.policy, rollout)[0], atol=1e-4
     )
+    # The end-of-fit export callback merges too: an ordinary model with the trained policy's log-probs.
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf_model")
+    assert not any("lora" in n for n, _ in exported.named_parameters())
+    assert torch.allclose(token_logprobs(exported, rollout)[0], token_logprobs(plain, rollout)[0], atol=1e-5)
 
 
 def test_adapter_only_export_is_a_peft_directory(tmp_path):
