@@ -59,7 +59,7 @@ class RLModule(LightningModule):
 
     Args:
         model_path: local Hugging Face model directory (or a hub name when online) of the policy; the
-            reference model is a second, frozen copy of the same weights.
+            reference model is a second, frozen copy of the same weights, loaded for ``fit`` only.
         gguf_file: optional GGUF file inside ``model_path`` to load instead of safetensors weights.
         dtype: parameter dtype, ``float32`` | ``bfloat16`` | ``float16``.
         verifier: scores each completion against the reference answer (``rewards.Verifier``); learned
@@ -131,11 +131,7 @@ class RLModule(LightningModule):
         self.policy = load_causal_lm(model_path, gguf_file, dtype)
         if lora is not None:
             self.policy = add_lora(self.policy, lora)
-        self.reference = (
-            freeze(load_causal_lm(model_path, gguf_file, dtype))
-            if loss.needs_reference and lora is None
-            else None
-        )
+        self.reference: torch.nn.Module | None = None  # loaded by ``setup("fit")``, when the loss needs it
         self.reward_models = torch.nn.ModuleList(learned_reward_models(verifier))
         self.evaluation = evaluation
         self.benchmark_metrics = torch.nn.ModuleDict(
@@ -153,6 +149,13 @@ class RLModule(LightningModule):
     def hf_model(self) -> torch.nn.Module:
         """The model ``ExportHuggingFace`` saves: the policy."""
         return self.policy
+
+    def setup(self, stage: str) -> None:
+        """Load the frozen reference copy for ``fit`` only: evaluation and prediction never need it. It is
+        here before Lightning moves the module to its device, shards it and restores a checkpoint."""
+        hp = self.hparams
+        if stage == "fit" and self.reference is None and self.loss_config.needs_reference and hp.lora is None:
+            self.reference = freeze(load_causal_lm(hp.model_path, hp.gguf_file, hp.dtype))
 
     def train(self, mode: bool = True) -> RLModule:
         """Keep the reference and reward models in eval mode whatever Lightning asks of the module."""

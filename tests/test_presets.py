@@ -53,6 +53,8 @@ def test_preset_parses_through_the_cli_into_its_loss(name, monkeypatch):
         assert cli.model.loss_config.aggregation_constant == cli.model.sampling.max_new_tokens
         cli.model.loss_config = LossConfig(**{**vars(cli.model.loss_config), "aggregation_constant": None})
     assert cli.model.loss_config == expected
+    assert cli.model.reference is None  # loaded when fit starts, never for validate/test/predict
+    cli.model.setup("fit")
     assert (cli.model.reference is None) == (expected.beta == 0)
 
 

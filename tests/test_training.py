@@ -72,6 +72,7 @@ def test_fit_trains_logs_checkpoints_and_resumes(small_config, tmp_path):
     assert not torch.equal(resumed.model.policy.model.embed_tokens.weight.detach(), resumed_start)
 
     validated = main(["validate", "--config", str(config), "--ckpt_path", str(last)])
+    assert validated.model.reference is None  # evaluation never loads the reference copy
     assert 0.0 <= validated.trainer.callback_metrics["val/accuracy"].item() <= 1.0
     predicted = main(["predict", "--config", str(config), "--ckpt_path", str(last)])
     assert predicted.trainer.predict_loop.predictions  # one record per validation prompt
@@ -90,12 +91,14 @@ def test_grpo_with_two_iterations_stores_old_logprobs_and_logs_clipping(small_co
 
 def test_beta_zero_loads_no_reference_model(small_config):
     cli = main(["--config", str(small_config("rgra")), "--model.loss.beta=0.0"], run=False)
+    cli.model.setup("fit")
     assert cli.model.reference is None
     assert not cli.model.stores_old_logprobs  # reinforce never needs pi_old
 
 
 def test_single_update_grpo_does_not_store_old_logprobs(small_config):
     cli = main(["--config", str(small_config("grpo"))], run=False)
+    cli.model.setup("fit")
     assert cli.model.reference is not None and not cli.model.reference.training
     assert all(not p.requires_grad for p in cli.model.reference.parameters())
     assert not cli.model.stores_old_logprobs  # mu = 1, one mini-batch: pi_old == pi_theta
