@@ -203,21 +203,32 @@ class RLModule(LightningModule):
                 f"model.num_minibatches={self.hparams.num_minibatches}"
             )
 
+    def reloaded_state_keys(self) -> set[str]:
+        """State-dict keys that checkpoints leave out because they are reloaded from model paths: the
+        reference and reward models and, with LoRA, the policy's frozen base weights (only adapters train)."""
+        state = self.state_dict(keep_vars=True)
+        keys = {key for key in state if key.startswith(FROZEN_PREFIXES)}
+        if self.hparams.lora is not None:
+            keys |= {
+                key
+                for key, value in state.items()
+                if key.startswith("policy.")
+                and isinstance(value, torch.nn.Parameter)
+                and not value.requires_grad
+            }
+        return keys
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen reference and reward models out of checkpoints: they are reloaded from their
-        model paths."""
         if is_sharded(self.policy):
             return  # FSDP2 restores every key of the module state (torch.distributed.checkpoint): keep them
         state = checkpoint["state_dict"]
-        for key in [key for key in state if key.startswith(FROZEN_PREFIXES)]:
+        for key in self.reloaded_state_keys() & set(state):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "state_dict" in checkpoint:  # FSDP2: loaded already, in place
-            frozen = {
-                key: value for key, value in self.state_dict().items() if key.startswith(FROZEN_PREFIXES)
-            }
-            checkpoint["state_dict"].update(frozen)
+            current = self.state_dict()
+            checkpoint["state_dict"].update({key: current[key] for key in self.reloaded_state_keys()})
 
     # --------------------------------------------------------------- training
 

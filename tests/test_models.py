@@ -53,6 +53,8 @@ def test_lora_trains_only_adapters_and_its_reference_is_the_base_model(small_con
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     assert any("lora_A" in key for key in state)
+    # Only what trains is saved: the frozen base weights are reloaded from model_path.
+    assert set(state) == {f"policy.{name}" for name, p in module.policy.named_parameters() if p.requires_grad}
     merged = export_checkpoint(str(lora_config(small_config)), str(checkpoint), str(tmp_path / "merged"))
     plain = AutoModelForCausalLM.from_pretrained(merged)
     assert type(plain).__name__ == "LlamaForCausalLM" and not any(
@@ -65,6 +67,17 @@ def test_lora_trains_only_adapters_and_its_reference_is_the_base_model(small_con
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf_model")
     assert not any("lora" in n for n, _ in exported.named_parameters())
     assert torch.allclose(token_logprobs(exported, rollout)[0], token_logprobs(plain, rollout)[0], atol=1e-5)
+    resumed = main(
+        [
+            "fit",
+            "--config",
+            str(lora_config(small_config)),
+            "--trainer.max_steps=3",
+            "--ckpt_path",
+            str(checkpoint),
+        ]
+    )
+    assert resumed.trainer.global_step == 3
 
 
 def test_adapter_only_export_is_a_peft_directory(tmp_path):
