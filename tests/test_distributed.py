@@ -40,7 +40,7 @@ from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.parallel import ShardingConfig, decoder_layers, shard_model
 from rgra_lightning.rollout import Rollout, SamplingConfig, sample_rollout, token_logprobs
 from tests.conftest import ROOT, TINY_POLICY
-from tests.test_reward_models import save_classifier
+from tests.test_reward_models import save_classifier, verifier_plus_reward_model
 
 TRAIN_PROMPTS = ["3+4", "9-2", "6*7", "8+5"]
 VAL_PROMPTS = ["2+2", "7*3", "9-9", "5+8"]
@@ -254,20 +254,7 @@ def test_fsdp2_bf16_mixed_precision_with_activation_checkpointing_trains_close_t
 
 @pytest.mark.slow
 def test_reward_model_scores_alike_replicated_under_ddp_and_sharded_under_fsdp2(fixed_prompts, tmp_path):
-    reward_model = save_classifier(tmp_path / "orm", num_labels=1)
-    verifier = {
-        "class_path": "rewards.WeightedSum",
-        "init_args": {
-            "verifiers": [
-                {"class_path": "rewards.MathVerifier"},
-                {
-                    "class_path": "rgra_lightning.RewardModelScorer",
-                    "init_args": {"model_path": str(reward_model), "max_length": 64},
-                },
-            ],
-            "weights": [1.0, 0.2],
-        },
-    }
+    verifier = verifier_plus_reward_model(save_classifier(tmp_path / "orm", num_labels=1))
     overrides = {"model.init_args.verifier": verifier, "trainer.max_steps": 2}
     single = fit(fixed_prompts("single", batch_size=4, **overrides))
     for run, strategy in (("ddp", "ddp"), ("fsdp", FSDP2)):

@@ -30,6 +30,23 @@ def save_classifier(directory: Path, num_labels: int, seed: int = 0) -> Path:
     return directory
 
 
+def verifier_plus_reward_model(model_dir: Path) -> dict:
+    """The verifier config 1.0 x MathVerifier + 0.2 x RewardModelScorer(model_dir)."""
+    return {
+        "class_path": "rewards.WeightedSum",
+        "init_args": {
+            "verifiers": [
+                {"class_path": "rewards.MathVerifier"},
+                {
+                    "class_path": "rgra_lightning.RewardModelScorer",
+                    "init_args": {"model_path": str(model_dir), "max_length": 64},
+                },
+            ],
+            "weights": [1.0, 0.2],
+        },
+    }
+
+
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory):
     return save_classifier(tmp_path_factory.mktemp("orm"), num_labels=1)
@@ -142,19 +159,7 @@ def test_weighted_sum_keeps_named_unweighted_components(classifier_dir):
 def test_rl_training_with_verifier_plus_reward_model_logs_each_component(
     small_config, classifier_dir, tmp_path
 ):
-    verifier = {
-        "class_path": "rewards.WeightedSum",
-        "init_args": {
-            "verifiers": [
-                {"class_path": "rewards.MathVerifier"},
-                {
-                    "class_path": "rgra_lightning.RewardModelScorer",
-                    "init_args": {"model_path": str(classifier_dir), "max_length": 64},
-                },
-            ],
-            "weights": [1.0, 0.2],
-        },
-    }
+    verifier = verifier_plus_reward_model(classifier_dir)
     config = small_config("rgra", **{"model.init_args.verifier": verifier})
     cli = main(["fit", "--config", str(config)])
     module = cli.model
