@@ -59,7 +59,13 @@ def resolve_path(name_or_path: str) -> str:
 def _load_kwargs(name_or_path: str, gguf_file: str | None) -> dict:
     """Check that a local model exists before transformers tries the hub, and build shared kwargs."""
     path = Path(name_or_path).expanduser()
-    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists()
+    # Hub names are "name" or "owner/name"; anything with more path parts can only be a local directory.
+    looks_local = (
+        path.is_absolute()
+        or name_or_path.startswith((".", "~"))
+        or path.exists()
+        or name_or_path.count("/") > 1
+    )
     if looks_local and not path.is_dir():
         raise ModelLoadError(
             f"model directory {str(path)!r} does not exist. Give the path to a local Hugging Face model "

@@ -53,7 +53,9 @@ def read_rows(path: Path, label_field: str, label_threshold: float) -> list[Row]
     """The rows of a JSONL file, each checked and given ``kind`` (``outcome``/``preference``) and, for
     outcome rows, a 0/1 ``label``. A bad row raises ``DatasetError`` naming the file, line and field."""
     if not path.is_file():
-        raise DatasetError(f"reward data file {path} does not exist")
+        raise DatasetError(
+            f"reward data file {path} does not exist (label completions with python -m rgra_lightning.label)"
+        )
     rows = []
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):

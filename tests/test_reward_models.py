@@ -128,6 +128,8 @@ def test_scorer_configuration_errors_name_the_field(classifier_dir, tmp_path):
         RewardModelScorer(str(classifier_dir), clip=(1.0, 0.0))
     with pytest.raises(ConfigError, match="3 labels"):
         RewardModelScorer(str(save_classifier(tmp_path, num_labels=3)))
+    with pytest.raises(ConfigError, match="model directory 'runs/missing/hf_model' does not exist"):
+        RewardModelScorer("runs/missing/hf_model")  # a relative path, never mistaken for a hub name
     with pytest.raises(ValueError, match="needs prompts"):
         RewardModelScorer(str(classifier_dir)).score_batch(["x"], ["1"])
 
