@@ -12,10 +12,14 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import Cache, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.parallel import gathered_for_generation, is_sharded
+
+# Cache layers holding only keys and values, which ``DynamicCache.batch_repeat_interleave`` repeats exactly.
+KEY_VALUE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,36 @@ def next_tokens(logits: Tensor, config: SamplingConfig | None, eos_ids: Tensor, 
     return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
 
 
+def prefill(
+    policy: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int
+) -> tuple[Tensor, Cache]:
+    """Next-token logits ``[B * repeats, V]`` after left-padded prompts ``[B, P]`` and the cache the model
+    built for them, both with each prompt's row repeated ``repeats`` times (prompt-major).
+
+    The B prompts are encoded once and their cache repeated when it holds only key/value layers. Any other
+    state (the recurrent state of linear-attention or convolution layers, a model's own cache class) is
+    rebuilt from the repeated prompts instead, as ``generate`` does: its repetition is not guaranteed.
+    """
+
+    def encode(ids: Tensor, mask: Tensor) -> tuple[Tensor, Cache]:
+        out = policy(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids(mask),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1], out.cache
+
+    logits, cache = encode(prompt_ids, prompt_mask)
+    if repeats == 1:
+        return logits, cache
+    if type(cache) is DynamicCache and all(type(layer) in KEY_VALUE_LAYERS for layer in cache.layers):
+        cache.batch_repeat_interleave(repeats)
+        return logits.repeat_interleave(repeats, dim=0), cache
+    return encode(prompt_ids.repeat_interleave(repeats, dim=0), prompt_mask.repeat_interleave(repeats, dim=0))
+
+
 def decode(
     policy: PreTrainedModel,
     prompt_ids: Tensor,
@@ -170,21 +204,10 @@ def decode(
 ) -> Tensor:
     """Completion tokens ``[B * repeats, T]`` (``T <= max_new_tokens``) for left-padded prompts ``[B, P]``.
 
-    The prompts are encoded once (B rows) and their key/value cache is repeated ``repeats`` times, so the
-    rows are prompt-major. Each step feeds the previous token through ``policy`` with the cache; a row
-    that has produced an EOS gets ``pad_id`` from then on, and decoding stops once every row has one.
+    After the prompts' ``prefill``, each step feeds the previous token through ``policy`` with the cache; a
+    row that has produced an EOS gets ``pad_id`` from then on, and decoding stops once every row has one.
     """
-    cache = DynamicCache(config=policy.config)
-    logits = policy(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=position_ids(prompt_mask),
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits[:, -1]
-    cache.batch_repeat_interleave(repeats)
-    logits = logits.repeat_interleave(repeats, dim=0)
+    logits, cache = prefill(policy, prompt_ids, prompt_mask, repeats)
     rows, prompt_length = logits.shape[0], prompt_ids.shape[1]
     # Generated tokens are all attended to, as in ``generate``: a row's tokens after its EOS are ignored.
     attention_mask = torch.ones(

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, Lfm2Config, Lfm2ForCausalLM
 
 from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.rollout import Rollout, SamplingConfig, completion_mask, sample_rollout, token_logprobs
@@ -139,3 +139,28 @@ def test_completions_respect_min_new_tokens_and_pad_after_eos():
     # Ordinary tensors (not inference tensors): the update's forward pass saves them for backward.
     logp, _ = token_logprobs(policy, rollout)
     logp.sum().backward()
+
+
+def test_a_model_with_recurrent_cache_state_samples_what_generate_samples():
+    """A hybrid model (a convolution layer's state besides keys and values) takes the path that encodes the
+    repeated prompts rather than repeating the cache; the draws still equal ``generate``'s."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    config = Lfm2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        layer_types=["conv", "full_attention"],
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    policy = Lfm2ForCausalLM(config)
+    sampling = SamplingConfig(num_generations=4, max_new_tokens=12)
+    torch.manual_seed(1)
+    expected = generate_reference(policy, tokenizer, sampling, greedy=False)
+    torch.manual_seed(1)
+    assert torch.equal(sample_rollout(policy, tokenizer, PROMPTS, sampling).input_ids, expected)
