@@ -7,8 +7,8 @@
 Both trainers get the same HF model directory, the same prompts in the same order (the embedded
 arithmetic task, template ``{question}=``), 16 completions per step (2 prompts x G = 8), completions forced
 to exactly ``--tokens`` new tokens (EOS suppressed, so lengths match), fp32 (``--dtype``), AdamW at the
-same learning rate, beta = 0.04 (both run a reference model), the same torch thread count, no logging,
-no checkpoints.
+same learning rate, beta = 0.04 (both run a reference model), sampling from the full softmax at temperature
+1 (no top-k: TRL's top_k=0), the same torch thread count, no logging, no checkpoints.
 TRL's default gradient checkpointing is switched off because ours has none. Each run is a fresh
 subprocess; runs alternate (ours, TRL, ours, ...). A step's time is the wall time between consecutive
 step ends after ``--warmup`` steps, so it includes data loading and every per-step overhead of each
