@@ -2,10 +2,30 @@
 
 import pytest
 import torch
-from transformers import GenerationConfig, Lfm2Config, Lfm2ForCausalLM
+from transformers import (
+    GenerationConfig,
+    Lfm2Config,
+    Lfm2ForCausalLM,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
-from rgra_lightning.models import load_causal_lm, load_tokenizer
-from rgra_lightning.rollout import Rollout, SamplingConfig, completion_mask, sample_rollout, token_logprobs
+from rgra_lightning import rollout as rollout_module
+from rgra_lightning.models import LoraConfig, add_lora, load_causal_lm, load_tokenizer
+from rgra_lightning.rollout import (
+    Rollout,
+    SamplingConfig,
+    completion_mask,
+    decode_step,
+    direct_decoder,
+    position_ids,
+    prefill,
+    sample_rollout,
+    token_logprobs,
+)
 from tests.conftest import TINY_POLICY
 
 PROMPTS = ["6*(-2)=", "1/8+5/8=", "-3-(-4)="]  # different lengths, so the batch is left-padded
@@ -164,3 +184,120 @@ def test_a_model_with_recurrent_cache_state_samples_what_generate_samples():
     expected = generate_reference(policy, tokenizer, sampling, greedy=False)
     torch.manual_seed(1)
     assert torch.equal(sample_rollout(policy, tokenizer, PROMPTS, sampling).input_ids, expected)
+
+
+def tiny_policy(kind: str, tokenizer) -> torch.nn.Module:
+    """The shipped tiny Llama, a random tiny Qwen2 (q/k/v biases, grouped keys and values), or the tiny
+    Llama under LoRA adapters with random (non-zero) updates, so that the adapters change every logit."""
+    torch.manual_seed(0)
+    if kind == "qwen2":
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        return Qwen2ForCausalLM(config)
+    policy = load_causal_lm(str(TINY_POLICY))
+    if kind == "llama-lora":
+        policy = add_lora(policy, LoraConfig(rank=4))
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.05)
+    return policy
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "llama-lora"])
+@pytest.mark.parametrize("padded", [True, False])
+def test_a_direct_decoding_step_computes_the_models_logits(kind, padded):
+    """``decode_step`` (decoder layers called directly) gives bit-identical logits to the model's forward,
+    with left padding (an explicit mask) and without (no mask)."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = tiny_policy(kind, tokenizer).eval()
+    prompts = PROMPTS if padded else ["1+2=", "3*4=", "5-6="]
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    assert bool(mask.all()) != padded
+    with torch.no_grad():
+        _, cache = prefill(policy, ids, mask, repeats=2)
+        _, reference_cache = prefill(policy, ids, mask, repeats=2)
+        model = direct_decoder(policy, cache)
+        assert model is not None
+        attention_mask = torch.ones(6, ids.shape[1] + 3, dtype=mask.dtype)
+        attention_mask[:, : ids.shape[1]] = mask.repeat_interleave(2, dim=0)
+        positions = position_ids(attention_mask)
+        for step, token in enumerate(torch.tensor([[5, 9, 13, 17, 21, 25], [7, 7, 7, 2, 2, 2]])):
+            seen = ids.shape[1] + step + 1
+            expected = policy(
+                input_ids=token.unsqueeze(1),
+                attention_mask=attention_mask[:, :seen],
+                position_ids=positions[:, seen - 1 : seen],
+                cache=reference_cache,
+                use_cache=True,
+            ).logits[:, -1]
+            padding_mask = attention_mask.bool()[:, None, None, :seen] if padded else None
+            logits = decode_step(model, token, padding_mask, positions[:, seen - 1 : seen], cache)
+            assert torch.equal(logits, expected)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "llama-lora"])
+@pytest.mark.parametrize("greedy", [True, False])
+def test_direct_decoding_samples_what_the_full_forward_and_generate_sample(kind, greedy, monkeypatch):
+    """Completions token for token equal to decoding through the model's forward and to ``generate``."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = tiny_policy(kind, tokenizer)
+    config = SamplingConfig(num_generations=4, max_new_tokens=24, temperature=1.3, top_p=0.9)
+    runs = {}
+    for path in ("direct", "forward"):
+        if path == "forward":
+            monkeypatch.setattr(rollout_module, "direct_decoder", lambda policy, cache: None)
+        torch.manual_seed(1)
+        runs[path] = sample_rollout(policy, tokenizer, PROMPTS, config, greedy=greedy).input_ids
+    torch.manual_seed(1)
+    expected = generate_reference(policy, tokenizer, config, greedy)
+    assert torch.equal(runs["direct"], runs["forward"])
+    assert torch.equal(runs["direct"], expected)
+
+
+class SubclassedLlama(LlamaForCausalLM):
+    """A subclass may change the forward, so it is not decoded directly."""
+
+
+def test_models_without_the_plain_decoder_structure_decode_through_their_forward():
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    mistral = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=4,
+    )
+    llama = load_causal_lm(str(TINY_POLICY))
+    unsupported = [
+        MistralForCausalLM(mistral),  # sliding-window cache layers
+        SubclassedLlama(llama.config),
+        LlamaForCausalLM.from_pretrained(TINY_POLICY, attn_implementation="eager"),  # another mask format
+        Lfm2ForCausalLM(  # convolution state in the cache
+            Lfm2Config(
+                vocab_size=len(tokenizer),
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                layer_types=["conv", "full_attention"],
+            )
+        ),
+    ]
+    with torch.no_grad():
+        for policy in [llama, *unsupported]:
+            _, cache = prefill(policy.eval(), encoded["input_ids"], encoded["attention_mask"], repeats=2)
+            assert (direct_decoder(policy, cache) is None) == (policy is not llama), type(policy).__name__
