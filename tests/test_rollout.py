@@ -161,17 +161,24 @@ def test_completions_respect_min_new_tokens_and_pad_after_eos():
     logp.sum().backward()
 
 
+def tiny_dimensions(tokenizer) -> dict[str, int]:
+    """Sizes of the random test models: the tiny vocabulary, 2 layers, 64 wide, 2 key-value heads."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+    }
+
+
 def test_a_model_with_recurrent_cache_state_samples_what_generate_samples():
     """A hybrid model (a convolution layer's state besides keys and values) takes the path that encodes the
     repeated prompts rather than repeating the cache; the draws still equal ``generate``'s."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
     config = Lfm2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        **tiny_dimensions(tokenizer),
         num_attention_heads=2,
-        num_key_value_heads=2,
         layer_types=["conv", "full_attention"],
         max_position_embeddings=64,
         pad_token_id=tokenizer.pad_token_id,
@@ -192,12 +199,8 @@ def tiny_policy(kind: str, tokenizer) -> torch.nn.Module:
     torch.manual_seed(0)
     if kind == "qwen2":
         config = Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
+            **tiny_dimensions(tokenizer),
             num_attention_heads=4,
-            num_key_value_heads=2,
             max_position_embeddings=64,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -272,12 +275,8 @@ def test_models_without_the_plain_decoder_structure_decode_through_their_forward
     tokenizer = load_tokenizer(str(TINY_POLICY))
     encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
     mistral = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        **tiny_dimensions(tokenizer),
         num_attention_heads=4,
-        num_key_value_heads=2,
         sliding_window=4,
     )
     llama = load_causal_lm(str(TINY_POLICY))
@@ -287,12 +286,8 @@ def test_models_without_the_plain_decoder_structure_decode_through_their_forward
         LlamaForCausalLM.from_pretrained(TINY_POLICY, attn_implementation="eager"),  # another mask format
         Lfm2ForCausalLM(  # convolution state in the cache
             Lfm2Config(
-                vocab_size=len(tokenizer),
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
+                **tiny_dimensions(tokenizer),
                 num_attention_heads=2,
-                num_key_value_heads=2,
                 layer_types=["conv", "full_attention"],
             )
         ),
