@@ -10,7 +10,9 @@ Any fit config works: its policy, data module, sampling settings and verifier ar
 trained policy), and completions are sampled with the trainer's own rollout code. Each completion becomes
 one JSON line: ``prompt``, ``completion``, ``reference``, ``reward``, ``correct``, ``extracted``,
 ``details``, ``error`` and ``group`` (the prompt's index, shared by its G completions). Lines are written
-and flushed batch by batch, so an interrupted run keeps every finished batch.
+and flushed batch by batch, so an interrupted run keeps every finished batch. ``--pairs-output`` also
+writes preference pairs ``{"prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"}`` made
+within each group (see ``preference_pairs``), for Bradley-Terry training.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -114,6 +117,31 @@ def label(
     }
 
 
+def preference_pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chosen/rejected pairs from labelled rows: within each ``group``, sorted by reward, the best completion
+    is paired with the worst, the second best with the second worst, and so on while the first is strictly
+    better; at most G / 2 pairs a group, each completion in at most one pair."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    pairs = []
+    for group in groups.values():
+        ranked = sorted(group, key=lambda row: row["reward"], reverse=True)
+        for better, worse in zip(ranked[: len(ranked) // 2], reversed(ranked), strict=False):
+            if better["reward"] <= worse["reward"]:
+                break
+            pairs.append(
+                {
+                    "prompt": better["prompt"],
+                    "chosen": better["completion"],
+                    "rejected": worse["completion"],
+                    "chosen_reward": better["reward"],
+                    "rejected_reward": worse["reward"],
+                }
+            )
+    return pairs
+
+
 def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
     overrides = args[args.index("--") + 1 :] if "--" in args else []
@@ -132,6 +160,7 @@ def main(args: list[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--pairs-output", default=None, help="also write preference pairs to this JSONL file")
     options = parser.parse_args(args)
     try:
         summary = label(
@@ -149,6 +178,13 @@ def main(args: list[str] | None = None) -> None:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
+    if options.pairs_output is not None:
+        rows = [json.loads(line) for line in Path(options.output).read_text(encoding="utf-8").splitlines()]
+        pairs = preference_pairs(rows)
+        Path(options.pairs_output).write_text(
+            "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs), encoding="utf-8"
+        )
+        summary |= {"pairs_output": options.pairs_output, "pairs": len(pairs)}
     print(json.dumps({"output": options.output, **summary}))
 
 

@@ -13,7 +13,8 @@ from rewards import FormatReward, MathVerifier, NumericVerifier, WeightedSum
 from rgra_lightning.cli import main
 from rgra_lightning.data import DatasetError
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.label import label
+from rgra_lightning.label import label, preference_pairs
+from rgra_lightning.label import main as label_main
 from rgra_lightning.models import load_causal_lm, load_sequence_classifier, load_tokenizer
 from rgra_lightning.reward_model import RewardModelScorer, transform_scores
 from rgra_lightning.reward_training import bradley_terry_loss, outcome_loss, read_rows, split_by_prompt
@@ -312,3 +313,35 @@ def test_shipped_reward_configs_parse(classifier_dir, tmp_path, monkeypatch):
     parsed = main(["--config", "configs/reward_model.yaml"], run=False)
     assert parsed.model.model.config.num_labels == 1
     assert parsed.datamodule.hparams.train_file == "runs/orm/train.jsonl"
+
+
+def test_preference_pairs_match_best_with_worst_within_each_group():
+    rows = [
+        {"group": 0, "prompt": "p", "completion": c, "reward": r}
+        for c, r in [("a", 1.0), ("b", 0.0), ("c", 1.0), ("d", 0.2)]
+    ] + [{"group": 1, "prompt": "q", "completion": c, "reward": 1.0} for c in "xy"]
+    pairs = preference_pairs(rows)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("a", "b"), ("c", "d")]
+    assert all(p["prompt"] == "p" and p["chosen_reward"] > p["rejected_reward"] for p in pairs)
+
+
+def test_label_command_writes_rows_and_pairs(small_config, tmp_path, capsys):
+    output, pairs_output = tmp_path / "labels.jsonl", tmp_path / "pairs.jsonl"
+    args = ["--config", str(small_config("rgra")), "--output", str(output), "--split", "train"]
+    label_main(
+        [
+            *args,
+            "--limit",
+            "8",
+            "--pairs-output",
+            str(pairs_output),
+            "--",
+            "--model.sampling.num_generations=4",
+        ]
+    )
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    pairs = [json.loads(line) for line in pairs_output.read_text().splitlines()]
+    assert summary["rows"] == len(rows) == 32 and summary["pairs"] == len(pairs)
+    assert pairs and pairs == preference_pairs(rows)
+    assert read_rows(pairs_output, "correct", 0.5)[0]["kind"] == "preference"  # trainable as written
