@@ -1,10 +1,11 @@
-"""FSDP2 (``torch.distributed.fsdp.fully_shard``) helpers for the policy and the frozen reference model.
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``) helpers for the policy and the frozen reference and
+reward models.
 
 Used by ``RLModule.configure_model`` when the trainer's strategy is Lightning's ``ModelParallelStrategy``.
 Each decoder layer is its own FSDP unit (gathered for its forward, resharded after it); the root unit
 holds the embeddings, final norm and LM head and stays gathered between forward and backward.
-Generation runs many small forwards, so ``gathered_for_generation`` keeps every unit gathered for the
-whole ``generate`` call: one all-gather per layer per rollout instead of one per layer per token, and
+Sampling runs one small forward per new token, so ``gathered_for_generation`` keeps every unit gathered for
+the whole decoding loop: one all-gather per layer per rollout instead of one per layer per token, and
 no collective inside the decoding loop, so ranks may stop decoding at different steps.
 """
 
