@@ -25,6 +25,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from rgra_lightning.errors import ConfigError
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Save with ``torch.save`` into a temporary file beside the target, fsync it, then ``os.replace``.
@@ -101,6 +103,16 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
     name, keys, position, has_gauss, cached_gaussian = states["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+
+
+def load_trained_weights(module: LightningModule, ckpt_path: str) -> None:
+    """Load the weights of a (non-sharded) training checkpoint into ``module``, built from the same config;
+    the module's ``on_load_checkpoint`` puts back what checkpoints leave out (frozen models)."""
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"checkpoint {ckpt_path!r} does not exist")
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])
 
 
 class ResumableLoader:

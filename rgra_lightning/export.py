@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rgra_lightning.checkpointing import load_trained_weights
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import gguf_to_hf
 
@@ -44,12 +45,10 @@ def export_checkpoint(config: str, ckpt_path: str, output_dir: str, adapter_only
     """Build the module from ``config`` (as ``fit`` does), load ``ckpt_path`` and export its policy."""
     from rgra_lightning.cli import main
 
-    if not Path(ckpt_path).is_file():
+    if not Path(ckpt_path).is_file():  # before building the module, which takes a while
         raise ConfigError(f"checkpoint {ckpt_path!r} does not exist")
     module = main(["--config", config], run=False).model
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    module.on_load_checkpoint(checkpoint)  # puts back the frozen reference, which checkpoints leave out
-    module.load_state_dict(checkpoint["state_dict"])
+    load_trained_weights(module, ckpt_path)
     return export_policy(module.policy, module.tokenizer, output_dir, adapter_only)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from rgra_lightning.checkpointing import load_trained_weights
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.rollout import sample_rollout
 
@@ -57,11 +58,7 @@ def label(
     cli = main(["--config", config, *(overrides or [])], run=False)
     module, data = cli.model, cli.datamodule
     if ckpt_path is not None:
-        if not Path(ckpt_path).is_file():
-            raise ConfigError(f"checkpoint {ckpt_path!r} does not exist")
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        module.on_load_checkpoint(checkpoint)  # puts back the frozen models that checkpoints leave out
-        module.load_state_dict(checkpoint["state_dict"])
+        load_trained_weights(module, ckpt_path)
     if getattr(data, "tokenizer", "absent") is None:  # chat prompts use the policy's tokenizer, as in fit
         data.tokenizer = module.tokenizer
     data.setup("fit")
