@@ -25,7 +25,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
-from rewards import MathVerifier, Score, Verifier
+from rewards import MathVerifier, Score, Verifier, WeightedSum
 from rgra_lightning.advantages import group_advantages, zero_std_group_fraction
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.evaluation import EvaluationConfig, MajorityAtK, PassAtK
@@ -391,7 +391,9 @@ class RLModule(LightningModule):
             "time/step_s": torch.tensor(updated - start),
             "train/completion_tokens_per_s": lengths.sum().cpu() / max(generated - start, 1e-9),
         }
-        metrics |= {f"train/rewards/{name}": value for name, value in reward_components(scores).items()}
+        metrics |= {
+            f"train/rewards/{name}": value for name, value in reward_components(self.verifier, scores).items()
+        }
         # Across ranks: means of per-rank means (every rank holds B x G rows), except these.
         reductions = {"train/completion_length_max": "max", "train/verifier_errors": "sum"}
         reductions |= {"train/completion_tokens_per_s": "sum"} | {n: "max" for n in metrics if "time/" in n}
@@ -576,10 +578,12 @@ def robust_score_batch(
     return scores
 
 
-def reward_components(scores: list[Score]) -> dict[str, Tensor]:
-    """Mean unweighted reward ``[]`` of each named component of a combined verifier (``WeightedSum``)."""
-    names = scores[0].components if scores else {}
-    return {name: torch.tensor([s.components[name] for s in scores]).mean() for name in names}
+def reward_components(verifier: Verifier, scores: list[Score]) -> dict[str, Tensor]:
+    """Mean unweighted reward ``[]`` of each named component of a combined verifier (``WeightedSum``); none
+    for a single verifier. A row whose scoring failed (no components) counts 0, as its reward does. The
+    names come from the verifier, so every rank logs the same metrics whatever its rows."""
+    names = verifier.names if isinstance(verifier, WeightedSum) else []
+    return {name: torch.tensor([s.components.get(name, 0.0) for s in scores]).mean() for name in names}
 
 
 def checked_score(score: Score) -> Score:

@@ -9,13 +9,14 @@ import pytest
 import torch
 import yaml
 
-from rewards import FormatReward, MathVerifier, NumericVerifier, WeightedSum
+from rewards import FormatReward, MathVerifier, NumericVerifier, Score, WeightedSum
 from rgra_lightning.cli import main
 from rgra_lightning.data import DatasetError
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.label import label, preference_pairs
 from rgra_lightning.label import main as label_main
 from rgra_lightning.models import load_causal_lm, load_sequence_classifier, load_tokenizer
+from rgra_lightning.module import reward_components
 from rgra_lightning.reward_model import RewardModelScorer, transform_scores
 from rgra_lightning.reward_training import bradley_terry_loss, outcome_loss, read_rows, split_by_prompt
 from tests.conftest import TINY_POLICY
@@ -345,3 +346,15 @@ def test_label_command_writes_rows_and_pairs(small_config, tmp_path, capsys):
     assert summary["rows"] == len(rows) == 32 and summary["pairs"] == len(pairs)
     assert pairs and pairs == preference_pairs(rows)
     assert read_rows(pairs_output, "correct", 0.5)[0]["kind"] == "preference"  # trainable as written
+
+
+def test_component_means_count_a_failed_row_as_zero_and_take_names_from_the_verifier():
+    combined = WeightedSum([NumericVerifier(), FormatReward()], [1.0, 0.1])
+    failed = Score(0.0, False, None, "verifier raised", error="boom")  # robust fallback: no components
+    scored = combined.score_batch(["\\boxed{3}"], ["3"])[0]
+    means = reward_components(combined, [failed, scored])
+    assert {name: value.item() for name, value in means.items()} == {
+        "numeric_verifier": 0.5,
+        "format_reward": 0.5,
+    }
+    assert reward_components(NumericVerifier(), [scored]) == {}
