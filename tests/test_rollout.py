@@ -11,16 +11,16 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
-from rgra_lightning import rollout as rollout_module
+from rgra_lightning.llama_decode import LlamaDecoder
 from rgra_lightning.models import LoraConfig, add_lora, load_causal_lm, load_tokenizer
 from rgra_lightning.rollout import (
     Rollout,
     SamplingConfig,
     completion_mask,
-    decode_step,
-    direct_decoder,
     position_ids,
     prefill,
     sample_rollout,
@@ -194,18 +194,27 @@ def test_a_model_with_recurrent_cache_state_samples_what_generate_samples():
 
 
 def tiny_policy(kind: str, tokenizer) -> torch.nn.Module:
-    """The shipped tiny Llama, a random tiny Qwen2 (q/k/v biases, grouped keys and values), or the tiny
-    Llama under LoRA adapters with random (non-zero) updates, so that the adapters change every logit."""
+    """The shipped tiny Llama; a random tiny Qwen2 (q/k/v biases, two query heads per key/value head) or
+    Qwen3 (per-head q/k RMSNorm, with random weights so that it matters); or the tiny Llama under LoRA
+    adapters with random (non-zero) updates, so that the adapters change every logit."""
     torch.manual_seed(0)
-    if kind == "qwen2":
-        config = Qwen2Config(
+    if kind in ("qwen2", "qwen3"):
+        config_class, model_class = {
+            "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+            "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+        }[kind]
+        config = config_class(
             **tiny_dimensions(tokenizer),
             num_attention_heads=4,
             max_position_embeddings=64,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        return Qwen2ForCausalLM(config)
+        model = model_class(config)
+        for name, parameter in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                torch.nn.init.normal_(parameter, mean=1.0, std=0.3)
+        return model
     policy = load_causal_lm(str(TINY_POLICY))
     if kind == "llama-lora":
         policy = add_lora(policy, LoraConfig(rank=4))
@@ -215,26 +224,28 @@ def tiny_policy(kind: str, tokenizer) -> torch.nn.Module:
     return policy
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "llama-lora"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("padded", [True, False])
-def test_a_direct_decoding_step_computes_the_models_logits(kind, padded):
-    """``decode_step`` (decoder layers called directly) gives bit-identical logits to the model's forward,
-    with left padding (an explicit mask) and without (no mask)."""
+def test_a_llama_decoder_step_computes_the_models_logits(kind, padded):
+    """``LlamaDecoder.step`` gives bit-identical logits to the model's forward (float32, CPU), with left
+    padding (an explicit mask) and without (no mask), at every step of a few."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = tiny_policy(kind, tokenizer).eval()
     prompts = PROMPTS if padded else ["1+2=", "3*4=", "5-6="]
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     ids, mask = encoded["input_ids"], encoded["attention_mask"]
     assert bool(mask.all()) != padded
+    new_tokens = torch.tensor([[5, 9, 13, 17, 21, 25], [7, 7, 7, 2, 2, 2], [3, 4, 5, 6, 7, 8]])
     with torch.no_grad():
         _, cache = prefill(policy, ids, mask, repeats=2)
         _, reference_cache = prefill(policy, ids, mask, repeats=2)
-        model = direct_decoder(policy, cache)
-        assert model is not None
-        attention_mask = torch.ones(6, ids.shape[1] + 3, dtype=mask.dtype)
+        assert LlamaDecoder.supports(policy, cache)
+        attention_mask = torch.ones(6, ids.shape[1] + len(new_tokens), dtype=mask.dtype)
         attention_mask[:, : ids.shape[1]] = mask.repeat_interleave(2, dim=0)
         positions = position_ids(attention_mask)
-        for step, token in enumerate(torch.tensor([[5, 9, 13, 17, 21, 25], [7, 7, 7, 2, 2, 2]])):
+        first = positions[:, ids.shape[1] : ids.shape[1] + 1]
+        decoder = LlamaDecoder(policy, cache, first, attention_mask if padded else None, len(new_tokens))
+        for step, token in enumerate(new_tokens):
             seen = ids.shape[1] + step + 1
             expected = policy(
                 input_ids=token.unsqueeze(1),
@@ -243,32 +254,31 @@ def test_a_direct_decoding_step_computes_the_models_logits(kind, padded):
                 cache=reference_cache,
                 use_cache=True,
             ).logits[:, -1]
-            padding_mask = attention_mask.bool()[:, None, None, :seen] if padded else None
-            logits = decode_step(model, token, padding_mask, positions[:, seen - 1 : seen], cache)
-            assert torch.equal(logits, expected)
+            assert torch.equal(decoder.step(token, step), expected), step
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "llama-lora"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "llama-lora"])
 @pytest.mark.parametrize("greedy", [True, False])
-def test_direct_decoding_samples_what_the_full_forward_and_generate_sample(kind, greedy, monkeypatch):
-    """Completions token for token equal to decoding through the model's forward and to ``generate``."""
+def test_decoding_samples_what_the_full_forward_and_generate_sample(kind, greedy, monkeypatch):
+    """Completions token for token equal to decoding through the model's forward and to ``generate``
+    (``LlamaDecoder`` for the plain models, the forward for LoRA)."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = tiny_policy(kind, tokenizer)
     config = SamplingConfig(num_generations=4, max_new_tokens=24, temperature=1.3, top_p=0.9)
     runs = {}
-    for path in ("direct", "forward"):
+    for path in ("decoder", "forward"):
         if path == "forward":
-            monkeypatch.setattr(rollout_module, "direct_decoder", lambda policy, cache: None)
+            monkeypatch.setattr(LlamaDecoder, "supports", staticmethod(lambda model, cache: False))
         torch.manual_seed(1)
         runs[path] = sample_rollout(policy, tokenizer, PROMPTS, config, greedy=greedy).input_ids
     torch.manual_seed(1)
     expected = generate_reference(policy, tokenizer, config, greedy)
-    assert torch.equal(runs["direct"], runs["forward"])
-    assert torch.equal(runs["direct"], expected)
+    assert torch.equal(runs["decoder"], runs["forward"])
+    assert torch.equal(runs["decoder"], expected)
 
 
 class SubclassedLlama(LlamaForCausalLM):
-    """A subclass may change the forward, so it is not decoded directly."""
+    """A subclass may change the forward, so it is not decoded by ``LlamaDecoder``."""
 
 
 def test_models_without_the_plain_decoder_structure_decode_through_their_forward():
@@ -280,10 +290,15 @@ def test_models_without_the_plain_decoder_structure_decode_through_their_forward
         sliding_window=4,
     )
     llama = load_causal_lm(str(TINY_POLICY))
+    dynamic_rope = llama.config.to_dict() | {
+        "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    }
     unsupported = [
         MistralForCausalLM(mistral),  # sliding-window cache layers
         SubclassedLlama(llama.config),
         LlamaForCausalLM.from_pretrained(TINY_POLICY, attn_implementation="eager"),  # another mask format
+        LlamaForCausalLM(type(llama.config)(**dynamic_rope)),  # frequencies change with the length
+        tiny_policy("llama-lora", tokenizer),  # the adapters live in the forward of peft's layers
         Lfm2ForCausalLM(  # convolution state in the cache
             Lfm2Config(
                 **tiny_dimensions(tokenizer),
@@ -295,4 +310,4 @@ def test_models_without_the_plain_decoder_structure_decode_through_their_forward
     with torch.no_grad():
         for policy in [llama, *unsupported]:
             _, cache = prefill(policy.eval(), encoded["input_ids"], encoded["attention_mask"], repeats=2)
-            assert (direct_decoder(policy, cache) is None) == (policy is not llama), type(policy).__name__
+            assert LlamaDecoder.supports(policy, cache) == (policy is llama), type(policy).__name__
