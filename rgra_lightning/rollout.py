@@ -77,20 +77,30 @@ class Rollout:
     prompt_length: int  # P
     completions: list[str]  # N decoded completions, special tokens removed
     truncated_prompts: int = 0  # prompts (of B) cut to fit the context window
+    group_size: int = 1  # rows per prompt, consecutive (G after sampling); 1: no sharing assumed
 
     @property
     def completion_ids(self) -> Tensor:
         return self.input_ids[:, self.prompt_length :]
 
     def select(self, rows: Tensor | slice) -> Rollout:
-        """The rollout restricted to some rows (a mini-batch)."""
+        """The rollout restricted to some rows (a mini-batch); it keeps ``group_size`` when ``rows`` is a
+        step-1 slice of whole groups."""
         indices = range(len(self.completions))[rows] if isinstance(rows, slice) else rows.tolist()
+        whole_groups = (
+            isinstance(rows, slice)
+            and len(indices) > 0
+            and indices.step == 1
+            and indices.start % self.group_size == 0
+            and len(indices) % self.group_size == 0
+        )
         return Rollout(
             self.input_ids[rows],
             self.attention_mask[rows],
             self.completion_mask[rows],
             self.prompt_length,
             [self.completions[i] for i in indices],
+            group_size=self.group_size if whole_groups else 1,
         )
 
 
@@ -168,34 +178,42 @@ def next_tokens(logits: Tensor, config: SamplingConfig | None, eos_ids: Tensor, 
     return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
 
 
+def encode_prompts(model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Cache]:
+    """Next-token logits ``[B, V]`` after left-padded prompts ``[B, P]``, and the cache ``model`` built."""
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=position_ids(prompt_mask),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1], out.cache
+
+
+def repeatable(cache: Cache) -> bool:
+    """Whether ``DynamicCache.batch_repeat_interleave`` repeats ``cache`` exactly: key/value layers only.
+    Any other state (the recurrent state of linear-attention or convolution layers, a model's own cache
+    class) is not guaranteed to be repeatable."""
+    return type(cache) is DynamicCache and all(type(layer) in KEY_VALUE_LAYERS for layer in cache.layers)
+
+
 def prefill(
     policy: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int
 ) -> tuple[Tensor, Cache]:
     """Next-token logits ``[B * repeats, V]`` after left-padded prompts ``[B, P]`` and the cache the model
     built for them, both with each prompt's row repeated ``repeats`` times (prompt-major).
 
-    The B prompts are encoded once and their cache repeated when it holds only key/value layers. Any other
-    state (the recurrent state of linear-attention or convolution layers, a model's own cache class) is
-    rebuilt from the repeated prompts instead, as ``generate`` does: its repetition is not guaranteed.
+    The B prompts are encoded once and their cache repeated when it is ``repeatable``; otherwise the cache
+    is rebuilt from the repeated prompts, as ``generate`` does.
     """
-
-    def encode(ids: Tensor, mask: Tensor) -> tuple[Tensor, Cache]:
-        out = policy(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=position_ids(mask),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1], out.cache
-
-    logits, cache = encode(prompt_ids, prompt_mask)
+    logits, cache = encode_prompts(policy, prompt_ids, prompt_mask)
     if repeats == 1:
         return logits, cache
-    if type(cache) is DynamicCache and all(type(layer) in KEY_VALUE_LAYERS for layer in cache.layers):
+    if repeatable(cache):
         cache.batch_repeat_interleave(repeats)
         return logits.repeat_interleave(repeats, dim=0), cache
-    return encode(prompt_ids.repeat_interleave(repeats, dim=0), prompt_mask.repeat_interleave(repeats, dim=0))
+    repeated_ids, repeated_mask = (x.repeat_interleave(repeats, dim=0) for x in (prompt_ids, prompt_mask))
+    return encode_prompts(policy, repeated_ids, repeated_mask)
 
 
 def decode(
@@ -289,7 +307,50 @@ def sample_rollout(
         prompt_length=prompt_ids.shape[1],
         completions=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
         truncated_prompts=truncated,
+        group_size=repeats,
     )
+
+
+def completion_logits(model: PreTrainedModel, rollout: Rollout) -> Tensor:
+    """The logits ``[N, T, V]`` that predict the completion tokens (those at positions P-1 .. P+T-2).
+
+    Rows that share a prompt (``rollout.group_size`` G > 1) have it encoded once: its keys and values are
+    repeated G times and the completions run on them, so the prompt costs a G-th of its compute and
+    memory in the forward and backward passes (equal to one pass over prompt + completion up to
+    rounding). Otherwise, and for models whose every forward has a cost of its own (FSDP2-sharded ones
+    gather all parameters again) or which drop caches (gradient checkpointing), one pass over prompt +
+    completion. Position ids count real tokens only, as in ``decode``.
+    """
+    prompt_length, num_completion, group = (
+        rollout.prompt_length,
+        rollout.completion_mask.shape[1],
+        rollout.group_size,
+    )
+    positions = position_ids(rollout.attention_mask)
+    if group > 1 and not is_sharded(model) and not getattr(model, "is_gradient_checkpointing", False):
+        prompt_ids, prompt_mask = (
+            x[::group, :prompt_length] for x in (rollout.input_ids, rollout.attention_mask)
+        )
+        first, cache = encode_prompts(model, prompt_ids, prompt_mask)
+        if repeatable(cache):
+            cache.batch_repeat_interleave(group)
+            first = first.repeat_interleave(group, dim=0).unsqueeze(1)  # [N, 1, V]
+            if num_completion == 1:
+                return first
+            rest = model(
+                input_ids=rollout.input_ids[:, prompt_length:-1],
+                attention_mask=rollout.attention_mask[:, :-1],
+                position_ids=positions[:, prompt_length:-1],
+                cache=cache,
+                use_cache=True,
+            ).logits
+            return torch.cat([first, rest], dim=1)
+    return model(
+        input_ids=rollout.input_ids,
+        attention_mask=rollout.attention_mask,
+        position_ids=positions,
+        logits_to_keep=num_completion + 1,  # only the logits that predict completion tokens
+    ).logits[:, :-1]
 
 
 def token_logprobs(
@@ -300,16 +361,7 @@ def token_logprobs(
     Logits are divided by ``temperature`` so the log-probs are those of the sampling distribution. The
     entropy (nats) is computed without gradient: it is a diagnostic, not part of the loss.
     """
-    # Only the logits that predict completion tokens are materialised (positions P-1 .. P+T-2).
-    # Position ids count real tokens only, as in ``decode``.
-    num_completion = rollout.completion_mask.shape[1]
-    logits = model(
-        input_ids=rollout.input_ids,
-        attention_mask=rollout.attention_mask,
-        position_ids=position_ids(rollout.attention_mask),
-        logits_to_keep=num_completion + 1,
-    ).logits[:, :-1]
-    logits = logits.float() / temperature
+    logits = completion_logits(model, rollout).float() / temperature
     log_probs = torch.log_softmax(logits, dim=-1)
     token_logp = log_probs.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
