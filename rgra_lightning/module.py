@@ -397,24 +397,28 @@ class RLModule(LightningModule):
         # Across ranks: means of per-rank means (every rank holds B x G rows), except these.
         reductions = {"train/completion_length_max": "max", "train/verifier_errors": "sum"}
         reductions |= {"train/completion_tokens_per_s": "sum"} | {n: "max" for n in metrics if "time/" in n}
+        progress = ("train/reward", "train/accuracy")  # also shown on the progress bar
         for reduce_fx in ("mean", "max", "sum"):
             self.log_dict(
-                {name: value for name, value in metrics.items() if reductions.get(name, "mean") == reduce_fx},
+                {
+                    name: value
+                    for name, value in metrics.items()
+                    if reductions.get(name, "mean") == reduce_fx and name not in progress
+                },
                 on_step=True,
                 on_epoch=False,
                 batch_size=len(batch["prompt"]),
                 sync_dist=True,
                 reduce_fx=reduce_fx,
             )
-        for name in ("train/reward", "train/accuracy"):
-            self.log(
-                name.split("/")[1],
-                metrics[name],
-                prog_bar=True,
-                logger=False,
-                batch_size=len(batch["prompt"]),
-                sync_dist=True,
-            )
+        self.log_dict(
+            {name: metrics[name] for name in progress},
+            prog_bar=True,
+            on_step=True,
+            on_epoch=False,
+            batch_size=len(batch["prompt"]),
+            sync_dist=True,
+        )
         self.latest_samples = [
             {
                 "prompt": batch["prompt"][i // group],

@@ -327,7 +327,7 @@ def completion_logits(model: PreTrainedModel, rollout: Rollout) -> Tensor:
         rollout.group_size,
     )
     positions = position_ids(rollout.attention_mask)
-    if group > 1 and not is_sharded(model) and not getattr(model, "is_gradient_checkpointing", False):
+    if group > 1 and not is_sharded(model) and not getattr(model, "is_activation_checkpointing", False):
         prompt_ids, prompt_mask = (
             x[::group, :prompt_length] for x in (rollout.input_ids, rollout.attention_mask)
         )
