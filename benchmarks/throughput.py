@@ -222,7 +222,12 @@ def main() -> None:
     for name, value in (("rgra-lightning", ours), ("TRL GRPOTrainer", trl)):
         runs = ", ".join(f"{v:.3f}" for v in medians["ours" if name == "rgra-lightning" else "trl"])
         print(f"| {name} | {value:.3f} | {runs} |")
-    print(f"\nratio ours / TRL = {ours / trl:.2f}")
+    paired = [o / t for o, t in zip(medians["ours"], medians["trl"], strict=True)]
+    print(f"\nratio ours / TRL = {ours / trl:.2f} (ratio of the medians)")
+    print(
+        f"per-pair ratios (run i of ours / run i of TRL): median {statistics.median(paired):.2f}, "
+        f"range {min(paired):.2f}-{max(paired):.2f}"
+    )
     split = ", ".join(
         f"{name.removesuffix('_s')} {statistics.median(f[name] for f in phase_fractions):.0%}"
         for name in PHASES
