@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import zlib
@@ -123,11 +124,21 @@ def _sharded_generation(rank: int, port: int, out: Path) -> None:
         "grads": all(p.grad is not None for p in model.parameters()),
     }
     (out / f"{rank}.json").write_text(json.dumps(result))
+    # Both ranks finish their collectives before either tears gloo down: a rank that exits while the other
+    # still talks to it can abort the other ("terminate called without an active exception").
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
+def free_port() -> int:
+    """A TCP port that the OS reports free now (a fixed or pid-derived port can be taken)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_fsdp2_generation_matches_unsharded_and_ranks_may_stop_decoding_at_different_steps(tmp_path):
-    port = 29500 + os.getpid() % 1000
+    port = free_port()
     torch.multiprocessing.spawn(_sharded_generation, args=(port, tmp_path), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
     for result in ranks:
