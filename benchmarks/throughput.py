@@ -45,6 +45,15 @@ def examples(count: int) -> list[dict[str, str]]:
     return [{"prompt": f"{p.question}=", "reference": p.answer} for p in problems]
 
 
+def now() -> float:
+    """The wall clock once queued GPU work has finished (on a GPU a step end may precede its kernels)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def intervals(times: list[float]) -> list[float]:
     return [later - earlier for earlier, later in zip(times[:-1], times[1:], strict=True)]
 
@@ -65,10 +74,10 @@ def run_ours(model_path: str, steps: int, tokens: int, device: str, dtype: str) 
             self.phases: list[dict[str, float]] = []
 
         def on_train_start(self, trainer, pl_module) -> None:
-            self.ends.append(time.perf_counter())
+            self.ends.append(now())
 
         def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-            self.ends.append(time.perf_counter())
+            self.ends.append(now())
             metrics = trainer.callback_metrics
             self.phases.append({name: metrics[f"time/{name}"].item() for name in PHASES})
 
@@ -116,10 +125,10 @@ def run_trl(model_path: str, steps: int, tokens: int, device: str, dtype: str) -
             self.ends: list[float] = []
 
         def on_train_begin(self, args, state, control, **kwargs) -> None:
-            self.ends.append(time.perf_counter())
+            self.ends.append(now())
 
         def on_step_end(self, args, state, control, **kwargs) -> None:
-            self.ends.append(time.perf_counter())
+            self.ends.append(now())
 
     clock = StepClock()
     with tempfile.TemporaryDirectory() as output_dir:
