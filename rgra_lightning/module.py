@@ -398,27 +398,20 @@ class RLModule(LightningModule):
         reductions = {"train/completion_length_max": "max", "train/verifier_errors": "sum"}
         reductions |= {"train/completion_tokens_per_s": "sum"} | {n: "max" for n in metrics if "time/" in n}
         progress = ("train/reward", "train/accuracy")  # also shown on the progress bar
-        for reduce_fx in ("mean", "max", "sum"):
+        for reduce_fx, prog_bar in (("mean", False), ("max", False), ("sum", False), ("mean", True)):
             self.log_dict(
                 {
                     name: value
                     for name, value in metrics.items()
-                    if reductions.get(name, "mean") == reduce_fx and name not in progress
+                    if reductions.get(name, "mean") == reduce_fx and (name in progress) == prog_bar
                 },
+                prog_bar=prog_bar,
                 on_step=True,
                 on_epoch=False,
                 batch_size=len(batch["prompt"]),
                 sync_dist=True,
                 reduce_fx=reduce_fx,
             )
-        self.log_dict(
-            {name: metrics[name] for name in progress},
-            prog_bar=True,
-            on_step=True,
-            on_epoch=False,
-            batch_size=len(batch["prompt"]),
-            sync_dist=True,
-        )
         self.latest_samples = [
             {
                 "prompt": batch["prompt"][i // group],
