@@ -63,10 +63,5 @@ class ExportHuggingFace(Callback):
         if not trainer.is_global_zero:
             return
         directory = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "hf_model")
-        if state_dict is None:
-            export_policy(model, pl_module.tokenizer, str(directory))
-        else:
-            directory.mkdir(parents=True, exist_ok=True)
-            model.save_pretrained(directory, state_dict=state_dict)
-            pl_module.tokenizer.save_pretrained(directory)
+        export_policy(model, pl_module.tokenizer, str(directory), state_dict=state_dict)
         print(f"exported {type(model).__name__} to {directory}")

@@ -105,11 +105,17 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
 
 
+def require_checkpoint(ckpt_path: str) -> None:
+    """Raise ``ConfigError`` unless ``ckpt_path`` is an existing file; commands call it before building a
+    module, which takes a while."""
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"checkpoint {ckpt_path!r} does not exist")
+
+
 def load_trained_weights(module: LightningModule, ckpt_path: str) -> None:
     """Load the weights of a (non-sharded) training checkpoint into ``module``, built from the same config;
     the module's ``on_load_checkpoint`` puts back what checkpoints leave out (frozen models)."""
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(f"checkpoint {ckpt_path!r} does not exist")
+    require_checkpoint(ckpt_path)
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"])

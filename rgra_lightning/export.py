@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rgra_lightning.checkpointing import load_trained_weights
+from rgra_lightning.checkpointing import load_trained_weights, require_checkpoint
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import gguf_to_hf
 
@@ -31,12 +31,20 @@ def plain_model(policy: torch.nn.Module) -> PreTrainedModel:
 
 
 def export_policy(
-    policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output_dir: str, adapter_only: bool = False
+    policy: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    output_dir: str,
+    adapter_only: bool = False,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Save ``policy`` (merged unless ``adapter_only``) and ``tokenizer`` to ``output_dir``."""
+    """Save ``policy`` (merged unless ``adapter_only``) and ``tokenizer`` to ``output_dir``. A
+    ``state_dict`` (the full weights gathered from an FSDP2-sharded policy) is saved as given, unmerged."""
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    (policy if adapter_only else plain_model(policy)).save_pretrained(output)
+    if state_dict is not None:
+        policy.save_pretrained(output, state_dict=state_dict)
+    else:
+        (policy if adapter_only else plain_model(policy)).save_pretrained(output)
     tokenizer.save_pretrained(output)
     return output
 
@@ -45,8 +53,7 @@ def export_checkpoint(config: str, ckpt_path: str, output_dir: str, adapter_only
     """Build the module from ``config`` (as ``fit`` does), load ``ckpt_path`` and export its policy."""
     from rgra_lightning.cli import main
 
-    if not Path(ckpt_path).is_file():  # before building the module, which takes a while
-        raise ConfigError(f"checkpoint {ckpt_path!r} does not exist")
+    require_checkpoint(ckpt_path)
     module = main(["--config", config], run=False).model
     load_trained_weights(module, ckpt_path)
     return export_policy(module.policy, module.tokenizer, output_dir, adapter_only)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from rgra_lightning.checkpointing import load_trained_weights
+from rgra_lightning.checkpointing import load_trained_weights, require_checkpoint
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.rollout import sample_rollout
 
@@ -55,6 +55,8 @@ def label(
         raise ConfigError(f"--split must be one of {list(SPLITS)}, got {split!r}")
     if batch_size < 1 or (limit is not None and limit < 1):
         raise ConfigError(f"--batch-size and --limit must be >= 1, got {batch_size}, {limit}")
+    if ckpt_path is not None:
+        require_checkpoint(ckpt_path)
     cli = main(["--config", config, *(overrides or [])], run=False)
     module, data = cli.model, cli.datamodule
     if ckpt_path is not None:

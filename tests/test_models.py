@@ -8,7 +8,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rgra_lightning.cli import main
+from rgra_lightning.errors import ConfigError
 from rgra_lightning.export import export_checkpoint, export_policy
+from rgra_lightning.label import label
 from rgra_lightning.models import ModelLoadError, gguf_to_hf, load_causal_lm, load_tokenizer, resolve_path
 from rgra_lightning.rollout import SamplingConfig, sample_rollout, token_logprobs
 from tests.conftest import ROOT, TINY_POLICY
@@ -109,3 +111,12 @@ def test_real_model_configs_parse(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0 and "model_path" in capsys.readouterr().out
+
+
+def test_commands_that_load_a_checkpoint_name_a_missing_one_before_building_the_module(tmp_path):
+    # The config does not exist either: the checkpoint is checked first.
+    missing = str(tmp_path / "missing.ckpt")
+    with pytest.raises(ConfigError, match="missing.ckpt' does not exist"):
+        export_checkpoint("no-such-config.yaml", missing, str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="missing.ckpt' does not exist"):
+        label("no-such-config.yaml", str(tmp_path / "rows.jsonl"), ckpt_path=missing)
