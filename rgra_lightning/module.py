@@ -394,6 +394,9 @@ class RLModule(LightningModule):
         metrics |= {
             f"train/rewards/{name}": value for name, value in reward_components(self.verifier, scores).items()
         }
+        # On the module's device: ``sync_dist`` all-reduces each value, and NCCL reduces CUDA tensors only
+        # (timings and counts are made on the CPU).
+        metrics = {name: value.to(self.device) for name, value in metrics.items()}
         # Across ranks: means of per-rank means (every rank holds B x G rows), except these.
         reductions = {"train/completion_length_max": "max", "train/verifier_errors": "sum"}
         reductions |= {"train/completion_tokens_per_s": "sum"} | {n: "max" for n in metrics if "time/" in n}
@@ -456,7 +459,9 @@ class RLModule(LightningModule):
             count += size
         if count:
             metrics = {
-                f"val/{name}": self.trainer.strategy.reduce(torch.tensor(total / count), reduce_op="mean")
+                f"val/{name}": self.trainer.strategy.reduce(
+                    torch.tensor(total / count, device=self.device), reduce_op="mean"
+                )
                 for name, total in totals.items()
             }
             for logger in self.loggers:
