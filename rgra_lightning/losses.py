@@ -129,16 +129,31 @@ def policy_term(
     return torch.minimum(unclipped, clipped), (clipped < unclipped).float(), ratio
 
 
-def aggregate(values: Tensor, mask: Tensor, mode: Aggregation, constant: int | None = None) -> Tensor:
-    """Reduce per-token ``values`` ``[N, T]`` over real tokens (``mask``) to a scalar."""
+def aggregate(
+    values: Tensor,
+    mask: Tensor,
+    mode: Aggregation,
+    constant: int | None = None,
+    batch_rows: int | None = None,
+    batch_tokens: Tensor | None = None,
+) -> Tensor:
+    """Reduce per-token ``values`` ``[N, T]`` over real tokens (``mask``) to a scalar.
+
+    ``batch_rows`` and ``batch_tokens`` are the completions and real tokens of the whole batch that these N
+    rows are a slice of (default: the N rows themselves). Every mode divides by them instead of by the
+    slice's own counts, so the results of a batch's slices add up to the batch's result: gradient
+    accumulation over micro-batches gives the full batch's gradient.
+    """
     masked = values * mask
+    rows = values.shape[0] if batch_rows is None else batch_rows
     if mode == "sequence_mean":
-        return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
+        return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).sum() / rows
     if mode == "token_mean":
-        return masked.sum() / mask.sum().clamp(min=1)
+        tokens = mask.sum() if batch_tokens is None else batch_tokens
+        return masked.sum() / tokens.clamp(min=1)
     if constant is None:
         raise ConfigError("aggregation='constant_sum' needs aggregation_constant (tokens per completion)")
-    return masked.sum() / (values.shape[0] * constant)
+    return masked.sum() / (rows * constant)
 
 
 def policy_loss(
@@ -148,11 +163,19 @@ def policy_loss(
     config: LossConfig,
     old_logp: Tensor | None = None,
     ref_logp: Tensor | None = None,
+    batch_rows: int | None = None,
+    batch_tokens: Tensor | None = None,
 ) -> LossOutput:
-    """The loss for one (mini-)batch of completions; see the module docstring for shapes."""
+    """The loss for one (mini-)batch of completions; see the module docstring for shapes.
+
+    For a micro-batch, ``batch_rows`` and ``batch_tokens`` give the size of the mini-batch it is a slice of
+    (see ``aggregate``): the loss and every diagnostic then add up over the micro-batches to the
+    mini-batch's values.
+    """
     mask = mask.to(logp.dtype)
     term, clipped, ratio = policy_term(logp, old_logp, advantages, config)
-    agg = (config.aggregation, config.aggregation_constant)
+    tokens = mask.sum() if batch_tokens is None else batch_tokens.to(mask.dtype)
+    agg = (config.aggregation, config.aggregation_constant, batch_rows, tokens)
     policy_objective = aggregate(term, mask, *agg)
     if config.beta > 0:
         if ref_logp is None:
@@ -161,7 +184,7 @@ def policy_loss(
     else:
         kl = logp.new_zeros(())
     loss = -(policy_objective - config.beta * kl)
-    tokens = mask.sum().clamp(min=1)
+    tokens = tokens.clamp(min=1)
     return LossOutput(
         loss=loss,
         policy_loss=-policy_objective.detach(),

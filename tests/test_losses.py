@@ -120,3 +120,40 @@ def test_ratio_terms_need_old_logprobs():
 def test_invalid_options_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"loss.{field}"):
         LossConfig(**kwargs)
+
+
+@pytest.mark.parametrize("aggregation", ["sequence_mean", "token_mean", "constant_sum"])
+def test_micro_batch_losses_add_up_to_the_mini_batch_loss_and_gradient(aggregation):
+    """Normalised by the mini-batch's rows and tokens, the slices' losses, diagnostics and gradients sum
+    to the whole mini-batch's: gradient accumulation over micro-batches is the full update."""
+    logits = torch.tensor([[0.3, -0.2, 0.1, 0.7], [0.0, 0.5, -0.4, 0.2], [1.0, -1.0, 0.2, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    advantages = torch.tensor([1.5, -0.5, -1.0])
+    old = torch.nn.functional.logsigmoid(logits - 1.0)  # moved: the positive row is clipped
+    ref = torch.nn.functional.logsigmoid(logits + 0.2)
+    config = LossConfig(
+        policy_term="clipped_ratio", beta=0.1, aggregation=aggregation, aggregation_constant=4
+    )
+
+    def loss_and_gradient(parts: list[slice]) -> tuple[dict[str, float], torch.Tensor]:
+        parameter = torch.nn.Parameter(logits.clone())
+        logp = torch.nn.functional.logsigmoid(parameter)
+        totals: dict[str, float] = {}
+        for part in parts:
+            out = policy_loss(
+                logp[part], advantages[part], mask[part], config, old[part], ref[part],
+                batch_rows=3, batch_tokens=mask.sum(),
+            )  # fmt: skip
+            out.loss.backward(retain_graph=True)
+            for name in ("loss", "policy_loss", "kl", "clip_fraction", "ratio_mean"):
+                totals[name] = totals.get(name, 0.0) + getattr(out, name).item()
+        return totals, parameter.grad
+
+    whole, whole_grad = loss_and_gradient([slice(0, 3)])
+    split, split_grad = loss_and_gradient([slice(0, 1), slice(1, 3)])
+    assert 0 < whole["clip_fraction"] < 1 and whole["kl"] > 0
+    assert split == pytest.approx(whole, rel=1e-6)
+    torch.testing.assert_close(split_grad, whole_grad)
+    # Without batch sizes a slice is normalised by its own: the default, for a whole mini-batch.
+    alone = policy_loss(torch.nn.functional.logsigmoid(logits), advantages, mask, config, old, ref)
+    assert alone.loss.item() == pytest.approx(whole["loss"], rel=1e-6)
