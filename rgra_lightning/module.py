@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from jsonargparse import lazy_instance
 from lightning import LightningModule
+from lightning.pytorch.strategies import ParallelStrategy, Strategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.distributed.tensor import DTensor
@@ -43,8 +45,9 @@ FROZEN_PREFIXES = ("reference.", "reward_models.")
 _VERIFIER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verifier")
 
 OUT_OF_MEMORY_ADVICE = (
-    "out of memory during a training step. Options that reduce memory: a smaller data.batch_size "
-    "(prompts per step), a larger model.num_minibatches (rows per backward pass), a smaller "
+    "out of memory during a training step. Options that reduce memory: a smaller "
+    "model.micro_batch_size (completions per forward/backward pass; the update stays the same), a "
+    "smaller data.batch_size (prompts per step), a smaller "
     "model.sampling.max_new_tokens or model.sampling.num_generations, model.dtype=bfloat16, "
     "model.loss.beta=0 (no reference model), or model.sharding (activation checkpointing, FSDP)."
 )
@@ -69,6 +72,11 @@ class RLModule(LightningModule):
         num_iterations: mu, passes over each rollout batch (>= 1). With mu > 1 the ratio terms differ
             from REINFORCE; old log-probs are stored only then (or with several mini-batches).
         num_minibatches: optimizer updates per pass; B x G must be divisible by it.
+        micro_batch_size: completions per forward/backward pass (None: a whole mini-batch). Gradients are
+            accumulated over the micro-batches of a mini-batch and the loss is normalised by the
+            mini-batch's size, so the update is the same whatever this is; only peak memory and speed
+            change. The no-gradient passes (reference, old log-probs) use it too. A multiple of G keeps
+            each prompt encoded once per group.
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up, in optimizer updates.
@@ -96,6 +104,7 @@ class RLModule(LightningModule):
         sampling: SamplingConfig = SamplingConfig(),
         num_iterations: int = 1,
         num_minibatches: int = 1,
+        micro_batch_size: int | None = None,
         learning_rate: float = 1e-5,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -111,6 +120,7 @@ class RLModule(LightningModule):
         for name, value, valid, allowed in (
             ("num_iterations", num_iterations, num_iterations >= 1, ">= 1"),
             ("num_minibatches", num_minibatches, num_minibatches >= 1, ">= 1"),
+            ("micro_batch_size", micro_batch_size, micro_batch_size is None or micro_batch_size >= 1, ">= 1"),
             ("learning_rate", learning_rate, learning_rate > 0, "> 0"),
             ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
             ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
@@ -239,15 +249,30 @@ class RLModule(LightningModule):
         several_updates = self.hparams.num_iterations > 1 or self.hparams.num_minibatches > 1
         return self.loss_config.needs_old_logprobs and several_updates
 
+    def micro_batches(self, rows: slice) -> list[slice]:
+        """``rows`` (a step-1 slice of the rollout) cut into slices of at most ``micro_batch_size`` rows."""
+        size = self.hparams.micro_batch_size or rows.stop - rows.start
+        return [slice(first, min(first + size, rows.stop)) for first in range(rows.start, rows.stop, size)]
+
+    def logprobs_without_grad(self, model: torch.nn.Module, rollout: Rollout) -> Tensor:
+        """Token log-probs ``[N, T]`` of ``model``, one micro-batch of rows per forward pass (call it under
+        ``torch.no_grad``)."""
+        rows = slice(0, len(rollout.completions))
+        return torch.cat(
+            [
+                token_logprobs(model, rollout.select(part), self.sampling.temperature)[0]
+                for part in self.micro_batches(rows)
+            ]
+        )
+
     def reference_logprobs(self, rollout: Rollout) -> Tensor | None:
         """Token log-probs ``[N, T]`` of the reference policy, or None when the loss has no KL term: the
         frozen copy, or with LoRA the same base weights with the adapters disabled."""
-        temperature = self.sampling.temperature
         if self.reference is not None:
-            return token_logprobs(self.reference, rollout, temperature)[0]
+            return self.logprobs_without_grad(self.reference, rollout)
         if self.hparams.lora is not None and self.loss_config.needs_reference:
             with self.policy.disable_adapter():
-                return token_logprobs(self.policy, rollout, temperature)[0]
+                return self.logprobs_without_grad(self.policy, rollout)
         return None
 
     def score(self, rollout: Rollout, batch: dict[str, list[str]]) -> tuple[Tensor, Tensor, list]:
@@ -323,9 +348,7 @@ class RLModule(LightningModule):
         temperature = self.sampling.temperature
         with torch.no_grad():
             ref_logp = self.reference_logprobs(rollout)
-            old_logp = (
-                token_logprobs(self.policy, rollout, temperature)[0] if self.stores_old_logprobs else None
-            )
+            old_logp = self.logprobs_without_grad(self.policy, rollout) if self.stores_old_logprobs else None
         (rewards, correct, scores), verification_s = scoring.result()
 
         advantages = group_advantages(rewards.view(-1, group), self.loss_config.advantage).view(-1)
@@ -337,37 +360,46 @@ class RLModule(LightningModule):
         for _ in range(hp.num_iterations):
             for first in range(0, rows, minibatch):
                 part = slice(first, first + minibatch)
-                mini = rollout.select(part)
-                logp, entropy = token_logprobs(self.policy, mini, temperature)
-                out = policy_loss(
-                    logp,
-                    advantages[part],
-                    mini.completion_mask,
-                    self.loss_config,
-                    old_logp=logp.detach() if old_logp is None else old_logp[part],
-                    ref_logp=None if ref_logp is None else ref_logp[part],
-                )
+                tokens = rollout.completion_mask[part].sum()  # the mini-batch's, for every micro-batch
+                parts = self.micro_batches(part)
                 optimizer.zero_grad()
-                self.manual_backward(out.loss)
+                sums: dict[str, Tensor] = {}  # each diagnostic adds up over the micro-batches
+                for index, micro in enumerate(parts):
+                    mini = rollout.select(micro)
+                    logp, entropy = token_logprobs(self.policy, mini, temperature)
+                    out = policy_loss(
+                        logp,
+                        advantages[micro],
+                        mini.completion_mask,
+                        self.loss_config,
+                        old_logp=logp.detach() if old_logp is None else old_logp[micro],
+                        ref_logp=None if ref_logp is None else ref_logp[micro],
+                        batch_rows=minibatch,
+                        batch_tokens=tokens,
+                    )
+                    # DDP all-reduces the accumulated gradients in the last micro-batch's backward only
+                    last = index == len(parts) - 1
+                    with nullcontext() if last else no_gradient_sync(self.trainer.strategy):
+                        self.manual_backward(out.loss)
+                    for name, value in (
+                        ("loss", out.loss.detach()),
+                        ("policy_loss", out.policy_loss),
+                        ("kl", out.kl),
+                        ("clip_fraction", out.clip_fraction),
+                        ("ratio_mean", out.ratio_mean),
+                        ("entropy", (entropy * mini.completion_mask).sum() / tokens.clamp(min=1)),
+                    ):
+                        sums[name] = sums.get(name, 0) + value
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), hp.max_grad_norm)
                 if isinstance(grad_norm, DTensor):  # FSDP2: the global norm, replicated on every rank
                     grad_norm = grad_norm.full_tensor()
-                if self._skip_nonfinite_update(out.loss.detach(), grad_norm):
+                if self._skip_nonfinite_update(sums["loss"], grad_norm):
                     optimizer.zero_grad()
                     skipped += 1
                 else:
                     optimizer.step()
                     scheduler.step()
-                mask = mini.completion_mask
-                for name, value in (
-                    ("loss", out.loss.detach()),
-                    ("policy_loss", out.policy_loss),
-                    ("kl", out.kl),
-                    ("clip_fraction", out.clip_fraction),
-                    ("ratio_mean", out.ratio_mean),
-                    ("entropy", (entropy * mask).sum() / mask.sum().clamp(min=1)),
-                    ("grad_norm", grad_norm.detach()),
-                ):
+                for name, value in [*sums.items(), ("grad_norm", grad_norm.detach())]:
                     history.setdefault(name, []).append(value)
         updated = time.perf_counter()
 
@@ -593,6 +625,14 @@ def checked_score(score: Score) -> Score:
     if math.isfinite(score.reward):
         return score
     return replace(score, reward=0.0, correct=False, error=f"non-finite reward {score.reward}")
+
+
+def no_gradient_sync(strategy: Strategy) -> AbstractContextManager:
+    """A context in which backward passes accumulate gradients without all-reducing them (DDP's
+    ``no_sync``); a no-op for one device and for FSDP2, which reduce-scatters at every backward."""
+    if isinstance(strategy, ParallelStrategy):
+        return strategy.block_backward_sync()
+    return nullcontext()
 
 
 def timed(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:

@@ -224,11 +224,13 @@ def test_ddp_and_fsdp2_match_one_process_and_fsdp2_resumes_from_a_sharded_checkp
     assert max(single["train/reward"].values()) > 0
     assert min(single["train/grad_norm"].values()) > 0
     assert any(loss != 0 for loss in single["train/loss"].values())
-    assert_matches(
-        fit(fixed_prompts("ddp", batch_size=2, **two_processes(tmp_path, "ddp", "ddp"))), single, 4
-    )
+    # Each rank's 16 rows go through in micro-batches, accumulated (DDP all-reduces once, after the
+    # last; FSDP2 at every backward): the update must still be the one-process update.
+    ddp = two_processes(tmp_path, "ddp", "ddp") | {"model.init_args.micro_batch_size": 8}
+    assert_matches(fit(fixed_prompts("ddp", batch_size=2, **ddp)), single, 4)
 
-    fsdp = fixed_prompts("fsdp", batch_size=2, **two_processes(tmp_path, "fsdp", FSDP2))
+    micro = {"model.init_args.micro_batch_size": 3}
+    fsdp = fixed_prompts("fsdp", batch_size=2, **two_processes(tmp_path, "fsdp", FSDP2), **micro)
     assert_matches(fit(fsdp), single, 4)
     last = tmp_path / "fsdp" / "checkpoints" / "last.ckpt"
     assert last.is_dir(), "FSDP2 should save a sharded checkpoint (a directory of per-rank shards)"
@@ -239,7 +241,7 @@ def test_ddp_and_fsdp2_match_one_process_and_fsdp2_resumes_from_a_sharded_checkp
         "init_args": {"output_dir": str(tmp_path / "fsdp-hf")},
     }
     resumed = fixed_prompts(
-        "fsdp", batch_size=2, **two_processes(tmp_path, "fsdp", FSDP2, extra_callbacks=[export])
+        "fsdp", batch_size=2, **two_processes(tmp_path, "fsdp", FSDP2, extra_callbacks=[export]), **micro
     )
     assert_matches(fit(resumed, "--trainer.max_steps=6", "--ckpt_path", str(last)), single, 6)
     sharded_export = load_causal_lm(str(tmp_path / "fsdp-hf")).state_dict()

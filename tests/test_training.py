@@ -6,6 +6,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import rgra_lightning.rollout as rollout_module
 from rgra_lightning.cli import main
 from rgra_lightning.models import ModelLoadError, load_causal_lm
 from tests.conftest import TINY_POLICY
@@ -87,6 +88,40 @@ def test_grpo_with_two_iterations_stores_old_logprobs_and_logs_clipping(small_co
     assert cli.trainer.global_step == 4  # one rollout batch -> 2 iterations x 2 mini-batches
     scalars = scalar_tags(tmp_path / "runs")
     assert "train/clip_fraction" in scalars and "train/ratio_mean" in scalars
+
+
+def test_micro_batches_accumulate_the_gradient_of_one_pass_over_the_mini_batch(small_config, monkeypatch):
+    """Same rollouts (same seed), so the update must not depend on micro_batch_size, whether micro-batches
+    hold whole groups (G = 4) or not; every forward pass, the reference's included, holds at most that
+    many of the 16 rows."""
+    gradients: list[dict[str, torch.Tensor]] = []
+    rows_per_pass: list[int] = []
+    clip, logits = torch.nn.utils.clip_grad_norm_, rollout_module.completion_logits
+
+    def recording_clip(parameters, *args, **kwargs):
+        parameters = list(parameters)
+        gradients.append({str(i): p.grad.clone() for i, p in enumerate(parameters) if p.grad is not None})
+        return clip(parameters, *args, **kwargs)
+
+    def recording_logits(model, rollout):
+        rows_per_pass.append(len(rollout.completions))
+        return logits(model, rollout)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    monkeypatch.setattr(rollout_module, "completion_logits", recording_logits)
+    fast = {"trainer.limit_val_batches": 0, "model.init_args.validate_before_training": False}
+    results = {}
+    for micro in (None, 8, 3):
+        gradients.clear(), rows_per_pass.clear()
+        config = small_config("grpo", **fast, **{"model.init_args.micro_batch_size": micro})
+        main(["fit", "--config", str(config), "--trainer.max_steps=1"])
+        assert len(gradients) == 1 and sum(rows_per_pass) == 2 * 16  # the reference and the policy pass
+        assert max(rows_per_pass) == (micro or 16)
+        results[micro] = gradients[0]
+    for micro in (8, 3):
+        assert results[micro].keys() == results[None].keys()
+        for name, gradient in results[None].items():
+            torch.testing.assert_close(results[micro][name], gradient, rtol=1e-4, atol=1e-8)
 
 
 def test_beta_zero_loads_no_reference_model(small_config):
