@@ -361,9 +361,10 @@ def token_logprobs(
     Logits are divided by ``temperature`` so the log-probs are those of the sampling distribution. The
     entropy (nats) is computed without gradient: it is a diagnostic, not part of the loss.
     """
-    logits = completion_logits(model, rollout).float() / temperature
-    log_probs = torch.log_softmax(logits, dim=-1)
+    # One [N, T, V] fp32 tensor is alive at a time beside ``log_probs``: the logits are released once
+    # the log-softmax has them, and the entropy's product is taken in place.
+    log_probs = torch.log_softmax(completion_logits(model, rollout).float() / temperature, dim=-1)
     token_logp = log_probs.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
-        entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+        entropy = -log_probs.exp().mul_(log_probs).sum(dim=-1)
     return token_logp, entropy
