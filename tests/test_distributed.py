@@ -224,9 +224,9 @@ def test_ddp_and_fsdp2_match_one_process_and_fsdp2_resumes_from_a_sharded_checkp
     assert max(single["train/reward"].values()) > 0
     assert min(single["train/grad_norm"].values()) > 0
     assert any(loss != 0 for loss in single["train/loss"].values())
-    # Each rank's 16 rows go through in micro-batches, accumulated (DDP all-reduces once, after the
-    # last; FSDP2 at every backward): the update must still be the one-process update.
-    ddp = two_processes(tmp_path, "ddp", "ddp") | {"model.init_args.micro_batch_size": 8}
+    # Each rank's 8 rows (2 prompts x G = 4) go through in micro-batches, their gradients accumulated (DDP
+    # all-reduces once, after the last; FSDP2 at every backward): still the one-process update.
+    ddp = two_processes(tmp_path, "ddp", "ddp") | {"model.init_args.micro_batch_size": 4}
     assert_matches(fit(fixed_prompts("ddp", batch_size=2, **ddp)), single, 4)
 
     micro = {"model.init_args.micro_batch_size": 3}
