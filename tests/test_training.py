@@ -91,9 +91,9 @@ def test_grpo_with_two_iterations_stores_old_logprobs_and_logs_clipping(small_co
 
 
 def test_micro_batches_accumulate_the_gradient_of_one_pass_over_the_mini_batch(small_config, monkeypatch):
-    """Same rollouts (same seed), so the update must not depend on micro_batch_size, whether micro-batches
-    hold whole groups (G = 4) or not; every forward pass, the reference's included, holds at most that
-    many of the 16 rows."""
+    """Same rollouts (same seed), so the updates must not depend on micro_batch_size, whether micro-batches
+    hold whole groups (G = 4) or not; every forward pass holds at most that many of the 16 rows: the
+    reference's, the stored pi_old's (GRPO with mu = 2) and the policy's in both updates."""
     gradients: list[dict[str, torch.Tensor]] = []
     rows_per_pass: list[int] = []
     clip, logits = torch.nn.utils.clip_grad_norm_, rollout_module.completion_logits
@@ -113,15 +113,16 @@ def test_micro_batches_accumulate_the_gradient_of_one_pass_over_the_mini_batch(s
     results = {}
     for micro in (None, 8, 3):
         gradients.clear(), rows_per_pass.clear()
-        config = small_config("grpo", **fast, **{"model.init_args.micro_batch_size": micro})
-        main(["fit", "--config", str(config), "--trainer.max_steps=1"])
-        assert len(gradients) == 1 and sum(rows_per_pass) == 2 * 16  # the reference and the policy pass
+        overrides = {"model.init_args.micro_batch_size": micro, "model.init_args.num_iterations": 2}
+        main(["fit", "--config", str(small_config("grpo", **fast, **overrides)), "--trainer.max_steps=2"])
+        assert len(gradients) == 2 and sum(rows_per_pass) == 4 * 16  # reference, pi_old, 2 x policy
         assert max(rows_per_pass) == (micro or 16)
-        results[micro] = gradients[0]
+        results[micro] = list(gradients)
     for micro in (8, 3):
-        assert results[micro].keys() == results[None].keys()
-        for name, gradient in results[None].items():
-            torch.testing.assert_close(results[micro][name], gradient, rtol=1e-4, atol=1e-8)
+        for update, reference in enumerate(results[None]):
+            assert results[micro][update].keys() == reference.keys()
+            for name, gradient in reference.items():
+                torch.testing.assert_close(results[micro][update][name], gradient, rtol=1e-4, atol=1e-8)
 
 
 def test_beta_zero_loads_no_reference_model(small_config):
