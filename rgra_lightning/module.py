@@ -426,26 +426,18 @@ class RLModule(LightningModule):
         metrics |= {
             f"train/rewards/{name}": value for name, value in reward_components(self.verifier, scores).items()
         }
-        # On the module's device: ``sync_dist`` all-reduces each value, and NCCL reduces CUDA tensors only
-        # (timings and counts are made on the CPU).
-        metrics = {name: value.to(self.device) for name, value in metrics.items()}
         # Across ranks: means of per-rank means (every rank holds B x G rows), except these.
         reductions = {"train/completion_length_max": "max", "train/verifier_errors": "sum"}
         reductions |= {"train/completion_tokens_per_s": "sum"} | {n: "max" for n in metrics if "time/" in n}
+        metrics = self.reduce_across_ranks(metrics, reductions)
         progress = ("train/reward", "train/accuracy")  # also shown on the progress bar
-        for reduce_fx, prog_bar in (("mean", False), ("max", False), ("sum", False), ("mean", True)):
+        for prog_bar in (False, True):
             self.log_dict(
-                {
-                    name: value
-                    for name, value in metrics.items()
-                    if reductions.get(name, "mean") == reduce_fx and (name in progress) == prog_bar
-                },
+                {name: value for name, value in metrics.items() if (name in progress) == prog_bar},
                 prog_bar=prog_bar,
                 on_step=True,
                 on_epoch=False,
                 batch_size=len(batch["prompt"]),
-                sync_dist=True,
-                reduce_fx=reduce_fx,
             )
         self.latest_samples = [
             {
@@ -457,6 +449,19 @@ class RLModule(LightningModule):
             }
             for i in range(min(hp.num_logged_samples, rows))
         ]
+
+    def reduce_across_ranks(
+        self, metrics: dict[str, Tensor], reductions: dict[str, str]
+    ) -> dict[str, Tensor]:
+        """Scalar ``metrics`` reduced over all ranks, each by its entry in ``reductions`` (``mean`` when it
+        has none), with one all-gather of them all: Lightning's ``sync_dist`` would run a barrier and an
+        all-reduce per metric. The values are stacked on the module's device, as NCCL needs CUDA tensors
+        (timings and counts are made on the CPU)."""
+        names = list(metrics)
+        stacked = torch.stack([metrics[name].to(self.device, torch.float32) for name in names])
+        gathered = self.all_gather(stacked).view(-1, len(names))  # [ranks, metrics]; one device: [1, metrics]
+        reduced = reduce_gathered(gathered, [reductions.get(name, "mean") for name in names])
+        return dict(zip(names, reduced, strict=True))
 
     # ------------------------------------------------------------- evaluation
 
@@ -625,6 +630,13 @@ def checked_score(score: Score) -> Score:
     if math.isfinite(score.reward):
         return score
     return replace(score, reward=0.0, correct=False, error=f"non-finite reward {score.reward}")
+
+
+def reduce_gathered(gathered: Tensor, kinds: list[str]) -> Tensor:
+    """Column k of ``gathered`` ``[ranks, K]`` reduced over the ranks by ``kinds[k]``: ``mean``, ``max`` or
+    ``sum``; ``[K]``."""
+    by_kind = {"mean": gathered.mean(dim=0), "max": gathered.amax(dim=0), "sum": gathered.sum(dim=0)}
+    return torch.stack([by_kind[kind][column] for column, kind in enumerate(kinds)])
 
 
 def no_gradient_sync(strategy: Strategy) -> AbstractContextManager:

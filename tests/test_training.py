@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import rgra_lightning.rollout as rollout_module
 from rgra_lightning.cli import main
 from rgra_lightning.models import ModelLoadError, load_causal_lm
+from rgra_lightning.module import reduce_gathered
 from tests.conftest import TINY_POLICY
 
 
@@ -123,6 +124,12 @@ def test_micro_batches_accumulate_the_gradient_of_one_pass_over_the_mini_batch(s
             assert results[micro][update].keys() == reference.keys()
             for name, gradient in reference.items():
                 torch.testing.assert_close(results[micro][update][name], gradient, rtol=1e-4, atol=1e-8)
+
+
+def test_step_metrics_are_reduced_over_ranks_each_by_its_own_reduction():
+    gathered = torch.tensor([[1.0, 5.0, 2.0], [3.0, 4.0, 7.0]])  # 2 ranks x 3 metrics, one all-gather
+    assert reduce_gathered(gathered, ["mean", "max", "sum"]).tolist() == [2.0, 5.0, 9.0]
+    assert reduce_gathered(gathered[:1], ["mean", "max", "sum"]).tolist() == [1.0, 5.0, 2.0]  # one rank
 
 
 def test_beta_zero_loads_no_reference_model(small_config):
