@@ -23,7 +23,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from rgra_lightning.errors import ConfigError
 
@@ -138,6 +138,12 @@ class ResumableLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    @property
+    def sampler(self) -> Any:
+        """The loader's sampler, where Lightning calls ``set_epoch`` (a ``DistributedSampler`` reshuffles by
+        epoch)."""
+        return self.loader.sampler
+
     def __iter__(self) -> Iterator[Any]:
         generator = self.loader.generator
         skip = 0
@@ -166,6 +172,27 @@ class ResumableLoader:
         self._restored = state
 
 
+def with_distributed_sampler(loader: DataLoader, distributed_sampler_kwargs: dict[str, Any]) -> DataLoader:
+    """``loader`` with the ``DistributedSampler`` that Lightning would inject into it (same seed, shuffling
+    and split of the data over the ranks). Lightning injects none into a ``ResumableLoader``, which is not
+    a ``DataLoader``, so it is made here."""
+    sampler = DistributedSampler(
+        loader.dataset,
+        shuffle=isinstance(loader.sampler, RandomSampler),
+        seed=int(os.getenv("PL_GLOBAL_SEED", 0)),
+        **distributed_sampler_kwargs,
+    )
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        drop_last=loader.drop_last,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        generator=loader.generator,
+    )
+
+
 class ExactResume(Callback):
     """Make ``fit --ckpt_path ...`` continue exactly where the checkpoint was taken.
 
@@ -173,7 +200,9 @@ class ExactResume(Callback):
     loggers before each step so that the metrics of every checkpointed step are on disk; wraps the
     datamodule's training loader in a ``ResumableLoader`` (it must shuffle with an explicit
     ``torch.Generator``, as ``MathPromptDataModule`` does) and counts the batches trained on. With more
-    than one process the loader is left to Lightning (its distributed sampler), and only RNG is restored.
+    than one process the loader gets the ``DistributedSampler`` Lightning would have given it, and each
+    rank skips the batches it has trained on in the epoch; the RNG states of every rank are saved, and
+    each rank restores its own.
     """
 
     def __init__(self) -> None:
@@ -188,14 +217,15 @@ class ExactResume(Callback):
 
         def train_dataloader() -> Any:
             loader = make_loader()
-            if trainer.world_size > 1 or not isinstance(loader, DataLoader) or loader.generator is None:
-                # Lightning injects a DistributedSampler only into a plain DataLoader, so it is not wrapped.
+            if not isinstance(loader, DataLoader) or loader.generator is None:
                 rank_zero_warn(
                     "ExactResume restores the RNG streams but not the data position: the training loader is"
-                    " distributed or has no explicit torch.Generator. A run resumed mid-epoch will not see"
-                    " the same batches as an uninterrupted one."
+                    " not a DataLoader shuffled by an explicit torch.Generator. A run resumed mid-epoch will"
+                    " not see the same batches as an uninterrupted one."
                 )
                 return loader
+            if trainer.world_size > 1:
+                loader = with_distributed_sampler(loader, trainer.strategy.distributed_sampler_kwargs)
             self._loader = ResumableLoader(loader)
             return self._loader
 
@@ -217,11 +247,26 @@ class ExactResume(Callback):
         # Restored here, not on load: nothing between this point and the first training step draws from
         # the global streams, whereas model set-up and data loading before it may.
         if self._restored_rng is not None:
-            set_rng_states(self._restored_rng)
+            per_rank = self._restored_rng
+            if len(per_rank) != trainer.world_size:
+                rank_zero_warn(
+                    f"the checkpoint holds the RNG states of {len(per_rank)} processes, this run has "
+                    f"{trainer.world_size}: every process restores those of process 0, so sampling will "
+                    "not continue as in the interrupted run"
+                )
+            set_rng_states(per_rank[trainer.global_rank if len(per_rank) == trainer.world_size else 0])
             self._restored_rng = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_states()}
+        """The RNG states of every process, in rank order (Lightning saves rank 0's callback state only;
+        every rank takes part in a checkpoint save, so they can be gathered here)."""
+        states = rng_states()
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return {"rng": [states]}
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, states)
+        return {"rng": gathered}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restored_rng = state_dict["rng"]
+        rng = state_dict["rng"]
+        self._restored_rng = rng if isinstance(rng, list) else [rng]  # older checkpoints: one process
