@@ -426,10 +426,12 @@ class RLModule(LightningModule):
         metrics |= {
             f"train/rewards/{name}": value for name, value in reward_components(self.verifier, scores).items()
         }
-        # Across ranks: means of per-rank means (every rank holds B x G rows), except these.
+        # Across ranks: means of per-rank means (every rank holds B x G rows), except these. The loss
+        # terms stay plain means, as DDP averages the ranks' gradients whatever the aggregation.
         reductions = {"train/completion_length_max": "max", "train/verifier_errors": "sum"}
         reductions |= {"train/completion_tokens_per_s": "sum"} | {n: "max" for n in metrics if "time/" in n}
-        metrics = self.reduce_across_ranks(metrics, reductions)
+        reductions |= {f"train/{n}": "token_mean" for n in ("entropy", "clip_fraction", "ratio_mean")}
+        metrics = self.reduce_across_ranks(metrics, reductions, tokens=lengths.sum())
         progress = ("train/reward", "train/accuracy")  # also shown on the progress bar
         for prog_bar in (False, True):
             self.log_dict(
@@ -451,16 +453,19 @@ class RLModule(LightningModule):
         ]
 
     def reduce_across_ranks(
-        self, metrics: dict[str, Tensor], reductions: dict[str, str]
+        self, metrics: dict[str, Tensor], reductions: dict[str, str], tokens: Tensor
     ) -> dict[str, Tensor]:
         """Scalar ``metrics`` reduced over all ranks, each by its entry in ``reductions`` (``mean`` when it
-        has none), with one all-gather of them all: Lightning's ``sync_dist`` would run a barrier and an
-        all-reduce per metric. The values are stacked on the module's device, as NCCL needs CUDA tensors
-        (timings and counts are made on the CPU)."""
+        has none; see ``reduce_gathered``; ``tokens``, this rank's completion tokens, weighs the
+        ``token_mean`` ones), with one all-gather of them all: Lightning's ``sync_dist`` would run a
+        barrier and an all-reduce per metric. The values are stacked on the module's device, as NCCL needs
+        CUDA tensors (timings and counts are made on the CPU)."""
         names = list(metrics)
-        stacked = torch.stack([metrics[name].to(self.device, torch.float32) for name in names])
-        gathered = self.all_gather(stacked).view(-1, len(names))  # [ranks, metrics]; one device: [1, metrics]
-        reduced = reduce_gathered(gathered, [reductions.get(name, "mean") for name in names])
+        values = [metrics[name] for name in names] + [tokens]  # the token means' weights last
+        stacked = torch.stack([value.to(self.device, torch.float32) for value in values])
+        gathered = self.all_gather(stacked).view(-1, len(values))  # [ranks, K + 1]; one device: 1 row
+        kinds = [reductions.get(name, "mean") for name in names]
+        reduced = reduce_gathered(gathered[:, :-1], kinds, weights=gathered[:, -1])
         return dict(zip(names, reduced, strict=True))
 
     # ------------------------------------------------------------- evaluation
@@ -632,10 +637,16 @@ def checked_score(score: Score) -> Score:
     return replace(score, reward=0.0, correct=False, error=f"non-finite reward {score.reward}")
 
 
-def reduce_gathered(gathered: Tensor, kinds: list[str]) -> Tensor:
-    """Column k of ``gathered`` ``[ranks, K]`` reduced over the ranks by ``kinds[k]``: ``mean``, ``max`` or
-    ``sum``; ``[K]``."""
-    by_kind = {"mean": gathered.mean(dim=0), "max": gathered.amax(dim=0), "sum": gathered.sum(dim=0)}
+def reduce_gathered(gathered: Tensor, kinds: list[str], weights: Tensor) -> Tensor:
+    """Column k of ``gathered`` ``[ranks, K]`` reduced over the ranks by ``kinds[k]``: ``mean``, ``max``,
+    ``sum``, or ``token_mean``, the mean weighted by ``weights`` ``[ranks]`` (each rank's completion
+    tokens: a per-token mean of every rank becomes the per-token mean of all); ``[K]``."""
+    by_kind = {
+        "mean": gathered.mean(dim=0),
+        "max": gathered.amax(dim=0),
+        "sum": gathered.sum(dim=0),
+        "token_mean": (gathered * weights.unsqueeze(1)).sum(dim=0) / weights.sum().clamp(min=1),
+    }
     return torch.stack([by_kind[kind][column] for column, kind in enumerate(kinds)])
 
 

@@ -213,7 +213,7 @@ def two_processes(
 def assert_matches(run: dict[str, dict[int, float]], single: dict[str, dict[int, float]], steps: int) -> None:
     """Per-step training metrics within ``RTOL`` of the single-process run; validation accuracy equal."""
     means = ("train/loss", "train/reward", "train/reward_std", "train/kl", "train/grad_norm")
-    for tag in (*means, "train/completion_length_max"):  # the maximum over ranks
+    for tag in (*means, "train/entropy", "train/completion_length_max"):  # a token mean, the max over ranks
         assert len(run[tag]) == steps, f"{tag} logged at steps {sorted(run[tag])}"
         want = [single[tag][step] for step in sorted(run[tag])]
         assert [run[tag][step] for step in sorted(run[tag])] == pytest.approx(want, rel=RTOL, abs=1e-7), tag

@@ -127,9 +127,11 @@ def test_micro_batches_accumulate_the_gradient_of_one_pass_over_the_mini_batch(s
 
 
 def test_step_metrics_are_reduced_over_ranks_each_by_its_own_reduction():
-    gathered = torch.tensor([[1.0, 5.0, 2.0], [3.0, 4.0, 7.0]])  # 2 ranks x 3 metrics, one all-gather
-    assert reduce_gathered(gathered, ["mean", "max", "sum"]).tolist() == [2.0, 5.0, 9.0]
-    assert reduce_gathered(gathered[:1], ["mean", "max", "sum"]).tolist() == [1.0, 5.0, 2.0]  # one rank
+    gathered = torch.tensor([[1.0, 5.0, 2.0, 0.5], [3.0, 4.0, 7.0, 0.2]])  # 2 ranks x 4 metrics
+    tokens = torch.tensor([10.0, 30.0])  # a per-token mean weighs the ranks by their tokens
+    kinds = ["mean", "max", "sum", "token_mean"]
+    assert reduce_gathered(gathered, kinds, tokens).tolist() == pytest.approx([2.0, 5.0, 9.0, 0.275])
+    assert reduce_gathered(gathered[:1], kinds, tokens[:1]).tolist() == [1.0, 5.0, 2.0, 0.5]  # one rank
 
 
 def test_beta_zero_loads_no_reference_model(small_config):
