@@ -17,31 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from throughput import ROOT, examples
+from throughput import ROOT, examples, save_random_qwen2
 
 VOCAB = 151_936  # Qwen2.5's
+TINY_QWEN2_WITH_REAL_VOCABULARY = {
+    "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+}  # fmt: skip
 PROMPTS, GROUP = 4, 8
-
-
-def make_model(directory: Path) -> None:
-    """A random 2-layer Qwen2 with a Qwen2.5-size vocabulary and the tiny policy's tokenizer."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    tiny = ROOT / "models" / "arith-tiny"
-    for path in tiny.iterdir():
-        if "token" in path.name:
-            shutil.copy(path, directory / path.name)
-    config = Qwen2Config(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, eos_token_id=1, pad_token_id=0,
-    )  # fmt: skip
-    Qwen2ForCausalLM(config).save_pretrained(directory)
 
 
 def peak_bytes(model_path: str, micro: int | None, tokens: int, device: str) -> int:
@@ -96,7 +84,7 @@ def main() -> None:
     print(f"{rows} completions x {args.tokens} tokens x {VOCAB} vocabulary: {logits_gb:.2f} GB per fp32 copy")
     print("| micro_batch_size | peak above start (GB) |\n|---|---|")
     with tempfile.TemporaryDirectory() as directory:
-        make_model(Path(directory))
+        save_random_qwen2(Path(directory), **TINY_QWEN2_WITH_REAL_VOCABULARY)
         for micro in args.micro:
             command = [sys.executable, __file__, "--tokens", str(args.tokens), "--device", args.device]
             done = subprocess.run(

@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py                      # 5 alternating runs each, tiny shipped policy
     python benchmarks/throughput.py --runs 7 --threads 2
-    python benchmarks/throughput.py --device cuda --dtype bfloat16 --model-path <random-init Qwen2.5-0.5B dir>
+    python benchmarks/throughput.py --device cuda --dtype bfloat16 --random-init qwen2.5-0.5b
 
 Both trainers get the same HF model directory, the same prompts in the same order (the embedded
 arithmetic task, template ``{question}=``), 16 completions per step (2 prompts x G = 8), completions forced
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,28 @@ GROUP = 8
 BETA = 0.04
 LEARNING_RATE = 1e-4
 PHASES = ("generation_s", "verification_s", "update_s")
+# Real architectures, randomly initialised (``--random-init``): the published configs' dimensions.
+ARCHITECTURES = {
+    "qwen2.5-0.5b": {
+        "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+        "num_key_value_heads": 2, "vocab_size": 151_936, "tie_word_embeddings": True,
+        "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 32_768,
+    },
+}  # fmt: skip
+
+
+def save_random_qwen2(directory: Path, **dimensions: object) -> None:
+    """A randomly initialised Qwen2 causal LM of ``dimensions`` in ``directory``, with the tiny policy's
+    tokenizer (its ids are a subset of any vocabulary this large), so no download is needed."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    for path in (ROOT / "models" / "arith-tiny").iterdir():
+        if "token" in path.name:
+            shutil.copy(path, directory / path.name)
+    torch.manual_seed(0)
+    config = Qwen2Config(eos_token_id=1, pad_token_id=0, **dimensions)
+    Qwen2ForCausalLM(config).save_pretrained(directory)
 
 
 def examples(count: int) -> list[dict[str, str]]:
@@ -195,6 +218,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model-path", default=str(ROOT / "models" / "arith-tiny"))
+    parser.add_argument(
+        "--random-init",
+        choices=sorted(ARCHITECTURES),
+        help="a randomly initialised real architecture instead",
+    )
     parser.add_argument("--runs", type=int, default=5, help="alternating runs of each trainer")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each run")
@@ -209,7 +237,15 @@ def main() -> None:
     if args.only:
         child(args)
         return
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.random_init:
+            save_random_qwen2(Path(scratch), **ARCHITECTURES[args.random_init])
+            args.model_path = scratch
+        compare(args)
 
+
+def compare(args: argparse.Namespace) -> None:
+    """Alternating runs of both trainers; prints the table, the ratio and our phase split."""
     medians: dict[str, list[float]] = {"ours": [], "trl": []}
     phase_fractions: list[dict[str, float]] = []
     for run in range(args.runs):
