@@ -310,7 +310,7 @@ class RLModule(LightningModule):
         ``max_consecutive_nonfinite`` in a row the unchanged (last good) state is checkpointed and training
         stops with an error.
         """
-        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
+        finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))  # one host sync, not two
         if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             self.consecutive_nonfinite = 0
             return False
