@@ -263,8 +263,12 @@ class RankDependentDraws(Callback):
 
 
 @pytest.mark.slow
-def test_a_two_process_run_resumed_mid_epoch_continues_as_an_uninterrupted_one(small_config, tmp_path):
-    """ExactResume under DDP, sampling from each rank's own RNG stream as the CLI does: 8 prompts, 1 per
+@pytest.mark.parametrize("strategy", ["ddp", FSDP2], ids=["ddp", "fsdp2"])
+def test_a_two_process_run_resumed_mid_epoch_continues_as_an_uninterrupted_one(
+    strategy, small_config, tmp_path
+):
+    """ExactResume under DDP and FSDP2 (a sharded checkpoint), sampling from each rank's own RNG stream as
+    the CLI does: 8 prompts, 1 per
     rank per step, so an epoch is 4 steps. A run stopped after step 2 and resumed must train on the prompts
     the uninterrupted run trains on at steps 3-6 (the rest of the epoch, then the next) with the same draws
     on each rank, which its losses and gradient norms show. Lightning alone would restart the epoch and
@@ -288,7 +292,7 @@ def test_a_two_process_run_resumed_mid_epoch_continues_as_an_uninterrupted_one(s
             "trainer.limit_val_batches": 0,
             "trainer.logger.init_args.save_dir": str(tmp_path / run),
             "trainer.devices": 2,
-            "trainer.strategy": "ddp",
+            "trainer.strategy": strategy,
             "trainer.callbacks": [
                 checkpoint,
                 {"class_path": "rgra_lightning.checkpointing.ExactResume"},
