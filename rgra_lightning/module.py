@@ -260,7 +260,7 @@ class RLModule(LightningModule):
         rows = slice(0, len(rollout.completions))
         return torch.cat(
             [
-                token_logprobs(model, rollout.select(part), self.sampling.temperature)[0]
+                token_logprobs(model, rollout.select(part), self.sampling.temperature, with_entropy=False)[0]
                 for part in self.micro_batches(rows)
             ]
         )

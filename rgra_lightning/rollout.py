@@ -354,9 +354,10 @@ def completion_logits(model: PreTrainedModel, rollout: Rollout) -> Tensor:
 
 
 def token_logprobs(
-    model: PreTrainedModel, rollout: Rollout, temperature: float = 1.0
-) -> tuple[Tensor, Tensor]:
-    """Log-probabilities ``[N, T]`` of the sampled completion tokens and the policy entropy ``[N, T]``.
+    model: PreTrainedModel, rollout: Rollout, temperature: float = 1.0, with_entropy: bool = True
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probabilities ``[N, T]`` of the sampled completion tokens and the policy entropy ``[N, T]``
+    (None unless ``with_entropy``: passes that only need log-probs skip its ``[N, T, V]`` temporary).
 
     Logits are divided by ``temperature`` so the log-probs are those of the sampling distribution. The
     entropy (nats) is computed without gradient: it is a diagnostic, not part of the loss.
@@ -365,6 +366,8 @@ def token_logprobs(
     # the log-softmax has them, and the entropy's product is taken in place.
     log_probs = torch.log_softmax(completion_logits(model, rollout).float() / temperature, dim=-1)
     token_logp = log_probs.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return token_logp, None
     with torch.no_grad():
         entropy = -log_probs.exp().mul_(log_probs).sum(dim=-1)
     return token_logp, entropy

@@ -89,6 +89,8 @@ def test_token_logprobs_match_the_sampling_distribution():
     real = mask.bool()
     torch.testing.assert_close(logp[real], expected[real], atol=1e-4, rtol=1e-4)
     assert (entropy[real] >= 0).all()
+    logp_only, no_entropy = token_logprobs(policy, rollout, temperature=0.7, with_entropy=False)
+    assert no_entropy is None and torch.equal(logp_only, logp)
 
 
 def shared_prompt_models(tokenizer) -> dict[str, torch.nn.Module]:
