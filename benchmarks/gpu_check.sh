@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU measurements of issue 8, as one command for the GPU machine lent through the device tool
+# (about 7 minutes on one H200). Prepare the wheels here first, then run it there:
+#   bash benchmarks/gpu_wheels.sh
+#   device run: command "bash benchmarks/gpu_check.sh", carry [".whl"], timeout_s 540
+# It prints (and writes to $OUT/gpu_check.log, else /tmp/gpu_check.log):
+#   1. the throughput comparison with TRL on a randomly initialised Qwen2.5-0.5B, bf16, and our step split;
+#   2. peak GPU memory of a step against model.micro_batch_size (Qwen2.5's vocabulary), 64 and 512 tokens;
+#   3. the default config trained for 30 updates on the GPU (the whole CLI path, validation included).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+log=${OUT:-/tmp}/gpu_check.log
+: >"$log"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl || exit 1
+fi
+export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+status=0
+section() {  # a title, then the command; its output goes to the terminal and the log, its failure is counted
+  local title=$1; shift
+  echo "== $title: $*" | tee -a "$log"
+  local start=$SECONDS
+  "$@" 2>&1 | tee -a "$log"
+  local code=${PIPESTATUS[0]}
+  echo "== exit $code after $((SECONDS - start)) s" | tee -a "$log"
+  [ "$code" -eq 0 ] || status=1
+}
+section versions python3 -c "import torch, transformers, lightning, datasets, trl; print(torch.__version__, \
+transformers.__version__, lightning.__version__, trl.__version__, torch.cuda.get_device_name())"
+section throughput python3 benchmarks/throughput.py --device cuda --dtype bfloat16 \
+  --random-init qwen2.5-0.5b --runs 5 --steps 6 --warmup 2
+section "peak memory, 64 tokens" python3 benchmarks/peak_memory.py --device cuda
+section "peak memory, 512 tokens" python3 benchmarks/peak_memory.py --device cuda --tokens 512 --micro 0 16
+section "default config on the GPU" python3 -m rgra_lightning fit --config configs/rgra.yaml \
+  --trainer.accelerator=gpu --trainer.max_steps=30 --trainer.logger=false --trainer.callbacks=[] \
+  --trainer.enable_checkpointing=false
+exit $status
