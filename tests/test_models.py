@@ -1,10 +1,12 @@
 """Loading models: installed-package paths, GGUF files, LoRA policies (training, reference, export)."""
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from rgra_lightning.cli import main
@@ -120,3 +122,29 @@ def test_commands_that_load_a_checkpoint_name_a_missing_one_before_building_the_
         export_checkpoint("no-such-config.yaml", missing, str(tmp_path / "out"))
     with pytest.raises(ConfigError, match="missing.ckpt' does not exist"):
         label("no-such-config.yaml", str(tmp_path / "rows.jsonl"), ckpt_path=missing)
+
+
+def test_paper_configs_train_one_epoch_of_the_papers_setting_and_differ_only_in_the_model():
+    """Each paper config makes one pass over its training problems (75 batches of 24 at one update each,
+    the paper's ~75 steps) with the paper's reward (1.0 correct + 0.1 format), and the three configs drift
+    apart in nothing but the model and the run's name."""
+    paths = (ROOT / "configs" / "paper").glob("*.yaml")
+    configs = {path.stem: yaml.safe_load(path.read_text()) for path in paths}
+    assert len(configs) == 3
+    for config in configs.values():
+        model, data = config["model"]["init_args"], config["data"]["init_args"]
+        batches = math.ceil(data["train_size"] / data["batch_size"])
+        assert config["trainer"]["max_steps"] == batches * model["num_iterations"] * model["num_minibatches"]
+        verifier = model["verifier"]["init_args"]
+        rewards = [v["class_path"] for v in verifier["verifiers"]]
+        assert rewards == ["rewards.MathVerifier", "rewards.FormatReward"]
+        assert verifier["weights"] == [1.0, 0.1]
+
+    def without_names(config: dict) -> str:
+        text = yaml.safe_dump(config)
+        for stem in configs:
+            text = text.replace(stem.removesuffix("-gsm8k-rgra"), "MODEL")
+        model_path = config["model"]["init_args"]["model_path"]
+        return text.replace(model_path, "MODEL_PATH")
+
+    assert len({without_names(config) for config in configs.values()}) == 1
