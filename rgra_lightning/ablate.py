@@ -321,7 +321,7 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
         axes.fill_between(
             steps, [min(v) for v in values], [max(v) for v in values], alpha=0.15, color=line.get_color()
         )
-    axes.set_xlabel("training step (rollout batches; each is num_iterations x num_minibatches updates)")
+    axes.set_xlabel("optimizer updates")
     axes.set_ylabel("validation accuracy (greedy)")
     axes.set_title(f"{title}: mean over seeds, band = min..max")
     axes.set_ylim(0, 1)

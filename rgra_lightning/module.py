@@ -432,6 +432,9 @@ class RLModule(LightningModule):
         reductions |= {"train/completion_tokens_per_s": "sum"} | {n: "max" for n in metrics if "time/" in n}
         reductions |= {f"train/{n}": "token_mean" for n in ("entropy", "clip_fraction", "ratio_mean")}
         metrics = self.reduce_across_ranks(metrics, reductions, tokens=lengths.sum())
+        # Lightning takes a logged ``step`` as the x value of the other metrics; without it, the x axis
+        # would count rollout batches while checkpoints, samples and ``max_steps`` count updates.
+        metrics["step"] = torch.tensor(float(self.global_step))
         progress = ("train/reward", "train/accuracy")  # also shown on the progress bar
         for prog_bar in (False, True):
             self.log_dict(
@@ -586,9 +589,11 @@ class RLModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._close_samples()
+        self.log("step", float(self.global_step), sync_dist=True)  # the x axis, as in training
 
     def on_validation_epoch_end(self) -> None:
         self._close_samples()
+        self.log("step", float(self.global_step), sync_dist=True)
 
     def predict_step(self, batch: dict[str, list[str]], batch_idx: int) -> list[dict[str, Any]]:
         rollout = sample_rollout(self.policy, self.tokenizer, batch["prompt"], self.sampling, greedy=True)

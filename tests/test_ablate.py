@@ -84,7 +84,7 @@ def check_finished(study: ablate.Study, preset: str, seed: int) -> None:
     record = json.loads((study.run_dir(preset, seed) / "done.json").read_text())
     assert record["returncode"] == 0 and record["steps"] == 4 and record["steps_per_s"] > 0
     curve = ablate.read_curve(study.run_dir(preset, seed))
-    assert [step for step, _ in curve] == [0, 1]  # the initial policy, then after two rollout batches
+    assert [step for step, _ in curve] == [0, 4]  # the initial policy; after 2 batches of 2 updates
     assert record["final_val_accuracy"] == curve[-1][1]
 
 

@@ -32,6 +32,20 @@ def scalar_tags(run_dir: Path) -> dict[str, list[float]]:
     return values
 
 
+def logged_steps(run_dir: Path, tag: str) -> list[int]:
+    """The x values (TensorBoard steps) at which ``tag``, a scalar or text, was written."""
+    steps: list[int] = []
+    for path in sorted(run_dir.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        tags = accumulator.Tags()
+        if tag in tags["scalars"]:
+            steps += [event.step for event in accumulator.Scalars(tag)]
+        elif tag in tags["tensors"]:
+            steps += [event.step for event in accumulator.Tensors(tag)]
+    return steps
+
+
 def test_fit_trains_logs_checkpoints_and_resumes(small_config, tmp_path):
     config = small_config("rgra")
     cli = main(["fit", "--config", str(config)])
@@ -89,6 +103,10 @@ def test_grpo_with_two_iterations_stores_old_logprobs_and_logs_clipping(small_co
     assert cli.trainer.global_step == 4  # one rollout batch -> 2 iterations x 2 mini-batches
     scalars = scalar_tags(tmp_path / "runs")
     assert "train/clip_fraction" in scalars and "train/ratio_mean" in scalars
+    # One x axis, optimizer updates, for the scalars, the samples and the initial validation (step 0)
+    assert logged_steps(tmp_path / "runs", "train/loss") == [4]
+    assert logged_steps(tmp_path / "runs", "samples/completions/text_summary") == [4]
+    assert logged_steps(tmp_path / "runs", "val/accuracy") == [0]
 
 
 def test_micro_batches_accumulate_the_gradient_of_one_pass_over_the_mini_batch(small_config, monkeypatch):
