@@ -33,7 +33,8 @@ class AdvantageConfig:
             baseline"), ``negative`` only those below; the rest become zero.
         selection: ``best_of_group`` keeps only the first highest-rewarded completion of each group, and
             only if its reward is positive (RAFT's rejection sampling); ``all`` keeps every completion.
-        epsilon: added to the standard deviation so a group of identical rewards gives 0, never NaN.
+        epsilon: added to the standard deviation, so that with a baseline a group of identical rewards
+            gives 0, never NaN.
     """
 
     baseline: Baseline = "group_mean"
@@ -55,8 +56,14 @@ class AdvantageConfig:
             raise ConfigError(f"advantage.epsilon must be > 0, got {self.epsilon}")
 
 
-def group_advantages(rewards: Tensor, config: AdvantageConfig = AdvantageConfig()) -> Tensor:
-    """Advantages ``[B, G]`` for rewards ``[B, G]`` (float, any units) under ``config``."""
+def group_advantages(
+    rewards: Tensor, config: AdvantageConfig = AdvantageConfig(), batch_rewards: Tensor | None = None
+) -> Tensor:
+    """Advantages ``[B, G]`` for rewards ``[B, G]`` (float, any units) under ``config``.
+
+    ``batch_rewards`` (any shape; default ``rewards``) are the rewards whose standard deviation
+    ``batch_std`` divides by: in a multi-process run, every rank's, so that the scale is the global batch's.
+    """
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ConfigError(f"rewards must have shape [B, G] with G >= 2, got {tuple(rewards.shape)}")
     rewards = rewards.float()
@@ -73,7 +80,8 @@ def group_advantages(rewards: Tensor, config: AdvantageConfig = AdvantageConfig(
     if config.scale == "group_std":
         advantages = advantages / (rewards.std(dim=1, keepdim=True) + config.epsilon)
     elif config.scale == "batch_std":
-        batch_std = rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())
+        batch = (rewards if batch_rewards is None else batch_rewards).float()
+        batch_std = batch.std() if batch.numel() > 1 else batch.new_zeros(())
         advantages = advantages / (batch_std + config.epsilon)
 
     if config.sign_filter == "positive":

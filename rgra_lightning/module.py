@@ -351,7 +351,9 @@ class RLModule(LightningModule):
             old_logp = self.logprobs_without_grad(self.policy, rollout) if self.stores_old_logprobs else None
         (rewards, correct, scores), verification_s = scoring.result()
 
-        advantages = group_advantages(rewards.view(-1, group), self.loss_config.advantage).view(-1)
+        all_rewards = self.all_gather(rewards).flatten()  # every rank's: batch_std and reward_std
+        advantage = self.loss_config.advantage
+        advantages = group_advantages(rewards.view(-1, group), advantage, all_rewards).view(-1)
 
         rows = len(rollout.completions)
         minibatch = rows // hp.num_minibatches
@@ -407,7 +409,7 @@ class RLModule(LightningModule):
         metrics = {f"train/{name}": torch.stack(values).mean() for name, values in history.items()}
         metrics |= {
             "train/reward": rewards.mean(),
-            "train/reward_std": self.all_gather(rewards).flatten().std(),
+            "train/reward_std": all_rewards.std(),
             "train/accuracy": correct.mean(),
             "train/advantage_abs_mean": advantages.abs().mean(),
             "train/zero_std_group_fraction": zero_std_group_fraction(rewards.view(-1, group)),

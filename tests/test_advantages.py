@@ -63,6 +63,17 @@ def test_batch_std_scale_uses_one_std_for_all_groups():
     torch.testing.assert_close(group_advantages(REWARDS, config), expected)
 
 
+def test_batch_std_of_a_split_batch_is_the_whole_batchs():
+    """Two ranks holding one group each divide by the std of both groups' rewards, as one process does."""
+    config = AdvantageConfig(scale="batch_std")
+    whole = group_advantages(REWARDS, config)
+    for rank in range(2):
+        part = group_advantages(REWARDS[rank : rank + 1], config, batch_rewards=REWARDS)
+        torch.testing.assert_close(part, whole[rank : rank + 1])
+    # without every rank's rewards, a rank's own std (here 0.5774 and 0.5) would scale its group
+    assert not torch.allclose(group_advantages(REWARDS[:1], config), whole[:1])
+
+
 def test_sign_filters_keep_one_side():
     positive = group_advantages(REWARDS, AdvantageConfig(sign_filter="positive", scale="none"))
     negative = group_advantages(REWARDS, AdvantageConfig(sign_filter="negative", scale="none"))
