@@ -6,14 +6,17 @@ problems and ``compute()`` returns the mean over all problems of all processes.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from rewards.normalize import normalize
 from rgra_lightning.errors import ConfigError
 
 
@@ -43,6 +46,10 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         if self.num_samples == 1 or self.num_samples < 0:
             raise ConfigError(f"model.evaluation.num_samples must be 0 or >= 2, got {self.num_samples}")
+        if not self.num_samples and self.k != [1]:
+            raise ConfigError(
+                f"model.evaluation.k={self.k} needs sampled completions: set model.evaluation.num_samples"
+            )
         if self.num_samples and not all(1 <= k <= self.num_samples for k in self.k):
             raise ConfigError(
                 f"model.evaluation.k values must be in [1, num_samples={self.num_samples}], got {self.k}"
@@ -65,15 +72,33 @@ def pass_at_k(num_samples: int, num_correct: Tensor, k: int) -> Tensor:
     return 1.0 - factors.prod(dim=1)
 
 
+# A number as the verifiers normalise it: an integer, a decimal, a/b or \frac{a}{b}.
+_NUMBER = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)|-?\d+/\d+")
+_LATEX_FRACTION = re.compile(r"(-?)\\frac\{(\d+)\}\{(\d+)\}")
+
+
+def answer_key(answer: str) -> str | Fraction:
+    """The vote group of an incorrect answer: its exact value when it is a number (so ``5``, ``5.0``,
+    ``\\$5``, ``0.5``, ``1/2`` and ``\\frac{1}{2}`` vote together), else its normalised string."""
+    normalized = normalize(answer)
+    fraction = _LATEX_FRACTION.fullmatch(normalized)
+    if fraction:
+        normalized = f"{fraction[1]}{fraction[2]}/{fraction[3]}"
+    if _NUMBER.fullmatch(normalized) and not normalized.endswith("/0"):
+        return Fraction(normalized)
+    return normalized
+
+
 def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> bool:
     """Whether the most frequent answer among the samples is correct (maj@k for k = len(answers)).
 
     Answers the verifier judged correct are all equivalent to the reference, so they form one group;
-    incorrect ones are grouped by their whitespace-free string. Samples without an extracted answer do not
-    vote. Ties go to the group whose first sample comes first.
+    incorrect ones are grouped by ``answer_key``, so that equivalent wrong answers do not split their
+    votes. Samples without an extracted answer do not vote. Ties go to the group whose first sample comes
+    first.
     """
     keys = [
-        None if answer is None else "<correct>" if ok else "".join(answer.split()).strip("$")
+        None if answer is None else "<correct>" if ok else answer_key(answer)
         for answer, ok in zip(answers, correct, strict=True)
     ]
     votes = Counter(key for key in keys if key is not None)

@@ -45,6 +45,12 @@ def test_pass_at_k_metric_averages_over_problems_and_merges_like_a_process_group
         (["4", "3"], [False, True], False),
         ([None, None], [False, False], False),
         (["x = 4", "x=4", "3"], [False, False, True], False),  # whitespace does not split a wrong group
+        # equal wrong values vote together, whatever their notation
+        (["3", "1/2", "0.5", "\\frac{1}{2}"], [True, False, False, False], False),
+        (["7", "5", "5.0"], [True, False, False], False),
+        (["7", "\\$5", "5"], [True, False, False], False),
+        (["7", "-\\frac{3}{4}", "-0.75"], [True, False, False], False),
+        (["7", "5", "6"], [True, False, False], True),  # different wrong values stay apart
     ],
 )
 def test_majority_vote(answers, correct, expected):
@@ -61,7 +67,11 @@ def test_maj_at_k_votes_over_the_first_k_samples():
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"num_samples": 1}, "0 or >= 2"), ({"num_samples": 4, "k": [8]}, "[1, num_samples=4]")],
+    [
+        ({"num_samples": 1}, "0 or >= 2"),
+        ({"num_samples": 4, "k": [8]}, "[1, num_samples=4]"),
+        ({"k": [1, 8]}, "needs sampled completions"),
+    ],
 )
 def test_evaluation_options_are_validated(options, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
