@@ -21,6 +21,7 @@ PRESETS = {
     "grpo-positive-only": LossConfig(**GRPO, advantage=AdvantageConfig(sign_filter="positive")),
     "rgra-positive-only": LossConfig(**RGRA, advantage=AdvantageConfig(sign_filter="positive")),
     "grpo-noclip": LossConfig(policy_term="ratio", beta=0.04, kl_estimator="k3"),
+    "grpo-nostd": LossConfig(**GRPO, advantage=AdvantageConfig(scale="none")),
     "rgra-nokl": LossConfig(policy_term="reinforce", beta=0.0),
     "dr-grpo": LossConfig(
         **GRPO, aggregation="constant_sum", advantage=AdvantageConfig(baseline="group_mean", scale="none")
