@@ -9,10 +9,11 @@ same prompts and the same random draws as a run that was never interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +271,41 @@ class ExactResume(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         rng = state_dict["rng"]
         self._restored_rng = rng if isinstance(rng, list) else [rng]  # older checkpoints: one process
+
+
+def changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The settings (dotted names below ``prefix``) whose value in ``current`` differs from ``saved``, each
+    as ``"name: <saved> in the checkpoint, <current> now"``; nested mappings and dataclasses are compared
+    field by field, and names starting with ``_`` (the CLI's bookkeeping) are skipped."""
+
+    def plain(value: Any) -> Any:
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+    changes = []
+    for name in sorted(set(saved) | set(current)):
+        if name.startswith("_"):
+            continue
+        old, new = plain(saved.get(name)), plain(current.get(name))
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            changes += changed_settings(old, new, f"{prefix}{name}.")
+        elif old != new:
+            changes.append(f"{prefix}{name}: {old!r} in the checkpoint, {new!r} now")
+    return changes
+
+
+def require_same_run(checkpoint: Mapping[str, Any], trainer: Trainer, module: LightningModule) -> None:
+    """Refuse to resume a fit from a checkpoint trained with other model or data settings: that is
+    another run (``--ckpt_path last`` takes the newest ``last*.ckpt`` of the checkpoint directory, which
+    a run with other settings may have written), and a changed batch size would also misplace the data
+    position that ``ExactResume`` restores."""
+    changes = changed_settings(checkpoint.get("hyper_parameters", {}), module.hparams, "model.")
+    datamodule = trainer.datamodule
+    if datamodule is not None and "datamodule_hyper_parameters" in checkpoint:
+        changes += changed_settings(checkpoint["datamodule_hyper_parameters"], datamodule.hparams, "data.")
+    if changes:
+        raise ConfigError(
+            f"checkpoint {trainer.ckpt_path} was trained with other settings than this run's ("
+            + "; ".join(changes)
+            + "): resume with the config it was trained with (saved as config.yaml in its log directory),"
+            " or start a new run without --ckpt_path"
+        )

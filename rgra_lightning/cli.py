@@ -59,7 +59,15 @@ def valid_keys_hint(error_text: str) -> str | None:
 
 
 class RLCLI(LightningCLI):
-    """LightningCLI that, for a misspelled option of one of our classes, also lists the valid ones."""
+    """LightningCLI that, for a misspelled option of one of our classes, also lists the valid ones, and
+    keeps the config as given when a checkpoint is named."""
+
+    def _parse_ckpt_path(self) -> None:
+        """Do nothing. LightningCLI would replace the model's settings by the hyperparameters saved in the
+        ``--ckpt_path`` checkpoint, silently: ``test --ckpt_path ... --model.evaluation.num_samples=8``
+        would evaluate without its samples, and a resumed fit would run with other settings than its
+        config names. Here the checkpoint gives the weights and state; ``fit`` refuses one trained with
+        other settings (``checkpointing.require_same_run``)."""
 
     def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (LightningCLI's signature)
         captured = io.StringIO()

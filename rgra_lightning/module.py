@@ -29,6 +29,7 @@ from torch.distributed.tensor import DTensor
 
 from rewards import MathVerifier, Score, Verifier, WeightedSum
 from rgra_lightning.advantages import group_advantages, zero_std_group_fraction
+from rgra_lightning.checkpointing import require_same_run
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.evaluation import EvaluationConfig, MajorityAtK, PassAtK
 from rgra_lightning.losses import LossConfig, policy_loss
@@ -237,6 +238,8 @@ class RLModule(LightningModule):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            require_same_run(checkpoint, self.trainer, self)
         if "state_dict" in checkpoint:  # FSDP2: loaded already, in place
             current = self.state_dict()
             checkpoint["state_dict"].update({key: current[key] for key in self.reloaded_state_keys()})

@@ -87,9 +87,19 @@ def test_fit_trains_logs_checkpoints_and_resumes(small_config, tmp_path):
     resumed_start = checkpoint["state_dict"]["policy.model.embed_tokens.weight"]
     assert not torch.equal(resumed.model.policy.model.embed_tokens.weight.detach(), resumed_start)
 
+    # another run's settings (here another beta) are refused by name rather than resumed silently
+    with pytest.raises(SystemExit) as refused:
+        main(["fit", "--config", str(config), "--model.loss.beta=0.0", "--ckpt_path", str(last)])
+    assert refused.value.code == 2
+    assert "model.loss.beta: 0.04 in the checkpoint, 0.0 now" in str(refused.value.__cause__)
+
     validated = main(["validate", "--config", str(config), "--ckpt_path", str(last)])
     assert validated.model.reference is None  # evaluation never loads the reference copy
     assert 0.0 <= validated.trainer.callback_metrics["val/accuracy"].item() <= 1.0
+    # the command line's evaluation settings apply to a checkpoint trained without them
+    sampled = ["--model.evaluation.num_samples=2", "--model.evaluation.k=[1, 2]"]
+    tested = main(["test", "--config", str(config), "--ckpt_path", str(last), *sampled])
+    assert {"test/pass@2", "test/maj@2"} <= set(tested.trainer.callback_metrics)
     predicted = main(["predict", "--config", str(config), "--ckpt_path", str(last)])
     assert predicted.trainer.predict_loop.predictions  # one record per validation prompt
 
