@@ -8,13 +8,15 @@ with presets for GSM8K and MATH-500. Prompts are a plain template or the tokeniz
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import random
 import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from lightning import LightningDataModule
@@ -31,6 +33,29 @@ ReferenceFormat = Literal["answer", "gsm8k_solution", "boxed_solution"]
 
 _GSM8K_FINAL = re.compile(r"####\s*(.+?)\s*$")
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+# Options of the files and dataset tasks only. The arithmetic task raises when one is set rather than
+# ignore it: its problems come from code, and its prompts must match those of the supervised warm-up.
+_DATASET_ONLY = (
+    "train_file",
+    "val_file",
+    "test_file",
+    "preset",
+    "source",
+    "source_config",
+    "train_split",
+    "val_split",
+    "test_split",
+    "question_field",
+    "answer_field",
+    "reference_format",
+    "skip_invalid",
+    "prompt_format",
+    "system_prompt",
+    "instruction",
+    "few_shot",
+    "tokenizer_path",
+    "tokenizer_gguf_file",
+)
 
 
 class DatasetError(ConfigError):
@@ -87,26 +112,38 @@ def reference_answer(value: object, reference_format: ReferenceFormat, where: st
     return text
 
 
-def check_json_file(file: Path) -> None:
-    """Raise a ``DatasetError`` naming the file and line if it is empty or not valid JSON / JSON Lines.
+def check_json_file(file: Path) -> list[int] | None:
+    """Raise a ``DatasetError`` naming the file and line if it is empty, not valid JSON / JSON Lines, or
+    has a row that is not a JSON object; return the file line of each row of a JSON Lines file (``None``
+    for a JSON array).
 
-    ``datasets`` reports such files with a generic message; users need the line to fix.
+    ``datasets`` reports such files with a generic message; users need the line to fix. Lines are split
+    on ``\\n`` only, as ``datasets`` does: ``str.splitlines`` also splits inside strings holding U+2028.
     """
     text = file.read_text(encoding="utf-8")
     if not text.strip():
         raise DatasetError(f"dataset file {str(file)!r} is empty")
-    if file.suffix == ".json" and text.lstrip().startswith("["):
-        documents = [(1, text)]
-    else:
-        documents = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    array = file.suffix == ".json" and text.lstrip().startswith("[")
+    documents = [(1, text)] if array else list(enumerate(text.split("\n"), 1))
+    lines = []
     for first_line, document in documents:
+        if not document.strip():
+            continue  # blank lines hold no row (``datasets`` skips them) but count in line numbers
         try:
-            json.loads(document)
+            value = json.loads(document)
         except json.JSONDecodeError as error:
             line = first_line + error.lineno - 1
             raise DatasetError(
                 f"dataset file {str(file)!r} line {line} is not valid JSON: {error.msg}"
             ) from error
+        for index, row in enumerate(value if array else [value]):
+            if not isinstance(row, dict):
+                place = f"row {index}" if array else f"line {first_line}"  # as load_records numbers rows
+                raise DatasetError(
+                    f"dataset file {str(file)!r} {place} is not a JSON object (got {type(row).__name__})"
+                )
+        lines.append(first_line)
+    return None if array else lines
 
 
 def split_files(directory: Path) -> dict[str, str]:
@@ -114,9 +151,18 @@ def split_files(directory: Path) -> dict[str, str]:
     return {f.stem: str(f) for f in sorted(directory.iterdir()) if f.suffix in _BUILDERS and f.is_file()}
 
 
-def load_rows(source: str, split: str, source_config: str | None = None) -> Any:
-    """One split of a dataset as a ``datasets.Dataset``: a local file (its only split is ``train``), a
-    directory of ``<split>.<ext>`` files, or a hub name (``source_config`` is its configuration)."""
+class Rows(NamedTuple):
+    """One split's rows, the name messages give them (the file read, or ``<hub name>:<split>``) and the
+    file line of each row when they come from a JSON Lines file (else ``None``)."""
+
+    table: Any  # datasets.Dataset, imported lazily
+    where: str
+    lines: list[int] | None
+
+
+def load_rows(source: str, split: str, source_config: str | None = None) -> Rows:
+    """One split of a dataset: a local file (its only split is ``train``), a directory of
+    ``<split>.<ext>`` files, or a hub name (``source_config`` is its configuration)."""
     import datasets
 
     path = Path(resolve_path(source)).expanduser()
@@ -132,7 +178,7 @@ def load_rows(source: str, split: str, source_config: str | None = None) -> Any:
             raise DatasetError(f"dataset file {source!r} is a single file: its only split is 'train'")
     else:
         try:
-            return datasets.load_dataset(source, source_config, split=split)
+            return Rows(datasets.load_dataset(source, source_config, split=split), f"{source}:{split}", None)
         except Exception as error:
             reason = " ".join(str(error).split())
             raise DatasetError(
@@ -141,12 +187,14 @@ def load_rows(source: str, split: str, source_config: str | None = None) -> Any:
             ) from error
     if path.suffix not in _BUILDERS:
         raise DatasetError(f"dataset file {str(path)!r}: unsupported extension, use one of {list(_BUILDERS)}")
+    lines = None
     if _BUILDERS[path.suffix] == "json":
-        check_json_file(path)
+        lines = check_json_file(path)
     elif path.stat().st_size == 0:
         raise DatasetError(f"dataset file {str(path)!r} is empty")
     try:
-        return datasets.load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train")
+        table = datasets.load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train")
+        return Rows(table, str(path), lines)
     except Exception as error:  # datasets wraps parse errors in several exception types
         raise DatasetError(f"dataset file {str(path)!r} could not be read: {error}") from error
 
@@ -158,11 +206,13 @@ def load_records(
     answer_field: str,
     reference_format: ReferenceFormat,
     skip_invalid: bool = False,
+    lines: list[int] | None = None,
 ) -> tuple[list[dict[str, str]], int]:
     """``[{"question", "answer", "reference"}]`` from dataset rows, and how many invalid rows were skipped.
 
     An invalid row (question or reference missing) raises a ``DatasetError`` naming ``where``, the row
-    index and the field, unless ``skip_invalid``.
+    (its 1-based file line when ``lines`` maps rows to the lines of a JSON Lines file, else its 0-based
+    index) and the field, unless ``skip_invalid``.
     """
     if len(rows) == 0:
         raise DatasetError(f"dataset file {where!r} is empty")
@@ -171,12 +221,13 @@ def load_records(
             raise DatasetError(f"dataset {where!r} has no field {name!r}; fields: {rows.column_names}")
     records, skipped = [], 0
     for index, row in enumerate(rows):
+        place = f"{where} line {lines[index]}" if lines is not None else f"{where} row {index}"
         try:
             question = row[question_field]
             if not isinstance(question, str) or not question.strip():
-                raise DatasetError(f"{where} row {index}: field {question_field!r} is missing or empty")
+                raise DatasetError(f"{place}: field {question_field!r} is missing or empty")
             reference = reference_answer(
-                row[answer_field], reference_format, f"{where} row {index} field {answer_field!r}"
+                row[answer_field], reference_format, f"{place} field {answer_field!r}"
             )
         except DatasetError:
             if not skip_invalid:
@@ -191,7 +242,10 @@ def load_examples(
     path: str, question_field: str, answer_field: str, reference_format: ReferenceFormat, template: str
 ) -> list[Example]:
     """Prompts and references from a local ``.json``/``.jsonl`` file, validating every row."""
-    records, _ = load_records(load_rows(path, "train"), path, question_field, answer_field, reference_format)
+    rows = load_rows(path, "train")
+    records, _ = load_records(
+        rows.table, rows.where, question_field, answer_field, reference_format, lines=rows.lines
+    )
     return [{"prompt": template.format(question=r["question"]), "reference": r["reference"]} for r in records]
 
 
@@ -216,7 +270,10 @@ class MathPromptDataModule(LightningDataModule):
 
     Args:
         task: ``arithmetic`` (embedded synthetic task), ``files`` (``train_file`` and ``val_file``) or
-            ``dataset`` (``source`` and the split names, or a ``preset``).
+            ``dataset`` (``source`` and the split names, or a ``preset``). ``arithmetic`` uses only
+            ``prompt_template``, ``train_size``, ``limit``, the batch sizes, ``val_size`` and ``seed``;
+            setting any option of the other tasks (files, splits, fields, chat, instruction, few-shot)
+            raises a ``ConfigError``, as its prompts must stay those of the warm-up.
         train_file, val_file, test_file: local JSON/JSONL files (``task: files``); test defaults to val.
         preset: ``gsm8k`` or ``math500``: fills ``source`` (the hub name), the fields and the splits that
             are not set. With a local copy set ``source`` too, e.g. ``../shared/datasets/gsm8k``.
@@ -240,9 +297,11 @@ class MathPromptDataModule(LightningDataModule):
         train_size: random subset of the training problems (seeded); none: all.
         limit: keep only the first ``limit`` problems of the validation and test splits (quick runs,
             fixed evaluation subsets); ``train_size`` shortens the training set.
-        batch_size: prompts per training step (each is sampled G times by the module).
+        batch_size: prompts per training step (each is sampled G times by the module); the last partial
+            batch of an epoch is dropped, and fit raises a ``ConfigError`` when no full batch is left.
         val_batch_size: prompts per validation/test batch.
-        val_size: held-out problems for validation (synthetic task, or a dataset without ``val_split``).
+        val_size: held-out problems for validation (synthetic task, or a dataset without ``val_split``):
+            at least 1 and fewer than the problems it is held out from.
         seed: seeds the splits, subsets, few-shot choice and the training shuffle order.
     """
 
@@ -293,10 +352,19 @@ class MathPromptDataModule(LightningDataModule):
             ("few_shot", few_shot, 0),
             ("train_size", train_size, 1),
             ("limit", limit, 1),
+            ("val_size", val_size, 1),
         ):
             if value is not None and value < minimum:
                 raise ConfigError(f"data.{name} must be >= {minimum}, got {value}")
         self.save_hyperparameters()
+        if task == "arithmetic":
+            defaults = inspect.signature(MathPromptDataModule.__init__).parameters
+            unused = [name for name in _DATASET_ONLY if self.hparams[name] != defaults[name].default]
+            if unused:
+                raise ConfigError(
+                    f"data.task='arithmetic' does not use {', '.join(f'data.{n}' for n in unused)}: its "
+                    "prompts are prompt_template filled with the question, as in the warm-up"
+                )
         # Each dataset setting: the option when given, else the preset's, else the generic default.
         chosen = asdict(PRESETS[preset]) if preset else _NO_PRESET
         self.settings = {
@@ -315,17 +383,6 @@ class MathPromptDataModule(LightningDataModule):
         if self.train_examples or self.val_examples:
             return
         hp = self.hparams
-        if hp.task == "arithmetic":
-            splits = split_problems(val_size=hp.val_size, seed=hp.seed)
-            self.train_examples, self.val_examples = (
-                [
-                    {"prompt": hp.prompt_template.format(question=p.question), "reference": p.answer}
-                    for p in split
-                ]
-                for split in (splits["train"], splits["val"])
-            )
-            self.test_examples = self.val_examples
-            return
         records = self._load_splits()
         rng = random.Random(hp.seed)
         shots = self._take_shots(records, rng)
@@ -340,37 +397,65 @@ class MathPromptDataModule(LightningDataModule):
         """Question/answer/reference records of the train, val and test splits (val may be held out)."""
         hp, s = self.hparams, self.settings
         fields = (s["question_field"], s["answer_field"], s["reference_format"], hp.skip_invalid)
+        if hp.task == "arithmetic":
+            splits = split_problems(val_size=hp.val_size, seed=hp.seed)
+            self._check_val_size(len(splits["train"]) + len(splits["val"]), "problems of the synthetic task")
+            records = {
+                split: [{"question": p.question, "answer": p.answer, "reference": p.answer} for p in problems]
+                for split, problems in splits.items()
+            }
+            return {**records, "test": records["val"]}
         if hp.task == "files":
             named = {"train": hp.train_file, "val": hp.val_file, "test": hp.test_file or hp.val_file}
-            loaded = {split: (load_rows(path, "train"), path) for split, path in named.items()}
+            loaded = {split: load_rows(path, "train") for split, path in named.items()}
         else:
             names = {
                 "train": s["train_split"],
                 "val": s["val_split"],
                 "test": s["test_split"] or s["val_split"],
             }
-            where = s["source"] if Path(resolve_path(s["source"])).is_file() else None
             loaded = {
-                split: (load_rows(s["source"], name, s["source_config"]), where or f"{s['source']}:{name}")
+                split: load_rows(s["source"], name, s["source_config"])
                 for split, name in names.items()
                 if name is not None
             }
         records = {}
-        for split, (rows, where) in loaded.items():
-            records[split], skipped = load_records(rows, where, *fields)
+        for split, rows in loaded.items():
+            records[split], skipped = load_records(rows.table, rows.where, *fields, lines=rows.lines)
             if skipped:
                 self.skipped[split] = skipped
                 warnings.warn(
-                    f"{where}: skipped {skipped} rows without a usable question or answer", stacklevel=2
+                    f"{rows.where}: skipped {skipped} rows without a usable question or answer", stacklevel=2
                 )
         if "val" not in records:
             if "train" not in records:
                 raise ConfigError("data: give a val_split (or test_split), or a train_split to hold out from")
+            self._check_val_size(len(records["train"]), f"usable rows of {loaded['train'].where}")
             shuffled = random.Random(self.hparams.seed).sample(records["train"], len(records["train"]))
             records["val"], records["train"] = shuffled[: hp.val_size], shuffled[hp.val_size :]
             records.setdefault("test", records["val"])
         records.setdefault("train", [])
         return records
+
+    def _check_val_size(self, total: int, what: str) -> None:
+        """Raise a ``ConfigError`` unless holding out ``val_size`` of the ``total`` problems leaves at least
+        one to train on (a larger ``val_size`` would silently take them all)."""
+        val_size = self.hparams.val_size
+        if total < 2:
+            raise ConfigError(
+                f"data.val_size={val_size}: the {total} {what} are too few to hold out validation problems "
+                "from; give a validation split"
+            )
+        if val_size >= total:
+            raise ConfigError(
+                f"data.val_size={val_size} must be between 1 and {total - 1}: it holds out validation "
+                f"problems from the {total} {what}"
+            )
+
+    def _holds_out_validation(self) -> bool:
+        """Whether the validation problems are held out of the training problems (``val_size`` applies)."""
+        hp = self.hparams
+        return hp.task == "arithmetic" or (hp.task == "dataset" and self.settings["val_split"] is None)
 
     def _take_shots(
         self, records: dict[str, list[dict[str, str]]], rng: random.Random
@@ -434,10 +519,36 @@ class MathPromptDataModule(LightningDataModule):
     # ------------------------------------------------------------ dataloaders
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed)
+        """Shuffled full batches of ``batch_size`` prompts (the last partial batch is dropped).
+
+        Raises a ``ConfigError`` when that leaves no batch: Lightning would skip training with a warning and
+        the run would end as if it had succeeded. Checked here rather than in ``setup``, which evaluation
+        (``validate``, ``test``, ``label``) also runs, on splits with no training problems (MATH-500).
+        """
+        hp, count = self.hparams, len(self.train_examples)
+        ranks = self.trainer.world_size if self.trainer is not None else 1
+        # Each rank's DistributedSampler yields ceil(count / ranks) problems (padded by repeating some), so
+        # every rank has a full batch from this many problems on.
+        needed = ranks * (hp.batch_size - 1) + 1
+        if count < needed:
+            problems = f"{count} training problems"
+            if ranks > 1:
+                problems = f"{math.ceil(count / ranks)} training problems per rank ({count} on {ranks} ranks)"
+            largest_val_size = hp.val_size + count - needed
+            if hp.train_size is not None and hp.train_size < needed:
+                hint = f"; raise data.train_size={hp.train_size} to at least {needed}"
+            elif self._holds_out_validation() and largest_val_size >= 1:
+                hint = f"; data.val_size={hp.val_size} holds out too many, use 1 to {largest_val_size}"
+            else:
+                hint = ""
+            raise ConfigError(
+                f"data.batch_size={hp.batch_size} is larger than the {problems}, so there is no full "
+                f"training batch{hint}"
+            )
+        generator = torch.Generator().manual_seed(hp.seed)
         return DataLoader(
             self.train_examples,
-            batch_size=self.hparams.batch_size,
+            batch_size=hp.batch_size,
             shuffle=True,
             drop_last=True,
             generator=generator,

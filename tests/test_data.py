@@ -3,6 +3,7 @@
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -134,7 +135,7 @@ def test_rows_without_a_usable_answer_are_skipped_and_counted_when_asked(tmp_pat
     ]
     file.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"question": "c", "answer": "#### 3"}\n')
     options = {"task": "dataset", "source": str(file), "reference_format": "gsm8k_solution", "val_size": 1}
-    with pytest.raises(DatasetError, match=r"row 1 field 'answer': solution has no '#### <answer>' line"):
+    with pytest.raises(DatasetError, match=r"line 2 field 'answer': solution has no '#### <answer>' line"):
         MathPromptDataModule(**options).setup()
     data = MathPromptDataModule(**options, skip_invalid=True)
     with pytest.warns(UserWarning, match="skipped 2 rows"):
@@ -170,8 +171,16 @@ def dataset_args(small_config, source: Path, *extra: str) -> list[str]:
             "train.jsonl",
             '{"question": "1+1", "answer": "2"}\n{"question": 7, "answer": "4"}\n',
             [],
-            "row 1: field",
+            "line 2: field",
         ),
+        (
+            "train.jsonl",
+            '{"question": "1+1", "answer": "2"}\n\n{"question": "", "answer": "4"}\n',
+            [],
+            "line 3: field 'question' is missing or empty",
+        ),
+        ("train.jsonl", '{"question": "1+1", "answer": "2"}\n[1, 2]\n', [], "line 2 is not a JSON object"),
+        ("train.json", '[{"question": "1+1", "answer": "2"}, "3+4"]', [], "row 1 is not a JSON object"),
         (
             "train.csv",
             "question,solution\n1+1,#### 2\n2+2,4\n",
@@ -180,7 +189,17 @@ def dataset_args(small_config, source: Path, *extra: str) -> list[str]:
         ),
         ("train.jsonl", '{"question": "1+1"}\n', [], "has no field 'answer'"),
     ],
-    ids=["missing", "empty-csv", "invalid-json", "bad-question", "no-final-answer", "no-answer-field"],
+    ids=[
+        "missing",
+        "empty-csv",
+        "invalid-json",
+        "bad-question",
+        "line-after-blank-line",
+        "jsonl-line-not-an-object",
+        "json-item-not-an-object",
+        "no-final-answer",
+        "no-answer-field",
+    ],
 )
 def test_bad_dataset_sources_are_one_line_errors(
     small_config, tmp_path, capsys, name, content, extra, expected
@@ -195,3 +214,122 @@ def test_bad_dataset_sources_are_one_line_errors(
 def test_hub_name_offline_says_to_use_a_local_copy(small_config, capsys):
     error = one_line_error(dataset_args(small_config, "nobody/no-such-dataset"), capsys)
     assert "could not load dataset 'nobody/no-such-dataset'" in error and "local file or directory" in error
+
+
+def test_jsonl_lines_are_split_only_at_newlines_and_errors_name_the_file_of_a_directory(tmp_path):
+    rows = [{"question": "1\u2028+1", "answer": "2"}, {"question": "2+2", "answer": "4"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    data = MathPromptDataModule(task="dataset", source=str(tmp_path), val_size=1)
+    data.setup()  # U+2028 inside a string is no line break
+    assert sorted(e["reference"] for e in data.train_examples + data.val_examples) == ["2", "4"]
+    (tmp_path / "train.jsonl").write_text('\n{"question": "1+1", "answer": "2"}\n{"question": "2+2"}\n')
+    data = MathPromptDataModule(task="dataset", source=str(tmp_path), val_size=1)
+    with pytest.raises(DatasetError, match=f"^{tmp_path / 'train.jsonl'} line 3 field 'answer': no usable"):
+        data.setup()
+
+
+# ------------------------------------------------------- sizes and task options
+
+
+def test_arithmetic_task_applies_limit_and_train_size():
+    full = MathPromptDataModule(val_size=128)
+    full.setup()
+    data = MathPromptDataModule(val_size=128, limit=3, train_size=50)
+    data.setup()
+    assert data.val_examples == data.test_examples == full.val_examples[:3]
+    assert len(data.train_examples) == 50 and len(full.train_examples) == 1287 - 128
+    assert all(e in full.train_examples for e in data.train_examples)
+    again = MathPromptDataModule(val_size=128, limit=3, train_size=50)
+    again.setup()
+    assert again.train_examples == data.train_examples
+    assert len(data.train_dataloader()) == 50 // 8
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        ({"few_shot": 2}, "data.few_shot"),
+        ({"instruction": "Box it."}, "data.instruction"),
+        ({"prompt_format": "chat", "system_prompt": "Be brief."}, "data.prompt_format, data.system_prompt"),
+        ({"source": "../shared/datasets/gsm8k", "skip_invalid": True}, "data.source, data.skip_invalid"),
+    ],
+)
+def test_arithmetic_task_rejects_the_options_it_cannot_use(options, named):
+    with pytest.raises(ConfigError, match=f"^data.task='arithmetic' does not use {named}: "):
+        MathPromptDataModule(**options)
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({"val_size": -1}, "data.val_size must be >= 1, got -1"),
+        ({"val_size": 0}, "data.val_size must be >= 1, got 0"),
+        ({"val_size": 1287}, "data.val_size=1287 must be between 1 and 1286: it holds out validation"),
+        ({"val_size": 2000}, "data.val_size=2000 must be between 1 and 1286: it holds out validation"),
+    ],
+)
+def test_val_size_must_leave_training_problems(options, expected):
+    with pytest.raises(ConfigError, match=f"^{expected}"):
+        MathPromptDataModule(**options).setup()
+
+
+def test_val_size_of_a_dataset_without_val_split_is_checked_against_its_rows(tmp_path):
+    file = tmp_path / "all.jsonl"
+    file.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": "4"}\n')
+    data = MathPromptDataModule(task="dataset", source=str(file), val_size=2)
+    with pytest.raises(
+        ConfigError, match=f"^data.val_size=2 must be between 1 and 1: .* 2 usable rows of {file}"
+    ):
+        data.setup()
+
+
+def test_training_loader_needs_one_full_batch_on_every_rank(tmp_path):
+    exact = MathPromptDataModule(val_size=1287 - 32, batch_size=32)
+    exact.setup()
+    assert len(exact.train_examples) == 32 and len(exact.train_dataloader()) == 1
+    short = MathPromptDataModule(val_size=1287 - 31, batch_size=32)
+    short.setup()
+    with pytest.raises(
+        ConfigError,
+        match=r"^data.batch_size=32 is larger than the 31 training problems, so there is no full training "
+        r"batch; data.val_size=1256 holds out too many, use 1 to 1255$",
+    ):
+        short.train_dataloader()
+    file = tmp_path / "train.jsonl"
+    file.write_text(
+        "".join(json.dumps({"question": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in range(10))
+    )
+    data = MathPromptDataModule(task="files", train_file=str(file), val_file=str(file), batch_size=5)
+    data.setup()
+    data.trainer = SimpleNamespace(world_size=2)  # each rank's DistributedSampler yields 5
+    assert len(data.train_dataloader()) == 2
+    data = MathPromptDataModule(task="files", train_file=str(file), val_file=str(file), batch_size=6)
+    data.setup()
+    data.trainer = SimpleNamespace(world_size=2)
+    with pytest.raises(
+        ConfigError, match=r"than the 5 training problems per rank \(10 on 2 ranks\), so .* batch$"
+    ):
+        data.train_dataloader()
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--data.batch_size=2000"], "data.batch_size=2000 is larger than the 1279 training problems"),
+        (["--data.val_size=2000"], "data.val_size=2000 must be between 1 and 1286"),
+        (
+            ["--data.batch_size=32", "--data.val_size=1280"],
+            "no full training batch; data.val_size=1280 holds out too many, use 1 to 1255",
+        ),
+        (["--data.task=files"], "data.batch_size=4 is larger than the 2 training problems"),
+    ],
+    ids=["batch-size", "val-size-beyond-all", "val-size-beyond-a-batch", "two-row-file"],
+)
+def test_fit_without_a_training_batch_is_a_one_line_error(small_config, tmp_path, capsys, extra, expected):
+    file = tmp_path / "two.jsonl"
+    file.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": "4"}\n')
+    files = [f"--data.train_file={file}", f"--data.val_file={file}"] if "--data.task=files" in extra else []
+    args = ["fit", "--config", str(small_config("rgra")), "--trainer.logger=false", *extra, *files]
+    error = one_line_error(args, capsys)
+    assert expected in error
+    assert not (tmp_path / "hf_model").exists()  # the untrained policy is not exported

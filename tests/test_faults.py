@@ -415,8 +415,8 @@ def dataset_args(small_config, tmp_path: Path, train: Path) -> list[str]:
         (None, "does not exist"),
         ("", "is empty"),
         ('{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": \n', "line 2 is not valid JSON"),
-        ('{"question": "1+1", "answer": "2"}\n{"answer": "4"}\n', "row 1: field 'question'"),
-        ('{"question": "1+1", "answer": "2"}\n{"question": "2+2"}\n', "row 1"),
+        ('{"question": "1+1", "answer": "2"}\n{"answer": "4"}\n', "line 2: field 'question'"),
+        ('{"question": "1+1", "answer": "2"}\n{"question": "2+2"}\n', "line 2"),
     ],
     ids=["missing", "empty", "invalid-json", "no-question", "no-answer"],
 )
