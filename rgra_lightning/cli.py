@@ -16,11 +16,12 @@ import re
 import sys
 import typing
 import warnings
+from pathlib import Path
 
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-from rgra_lightning.errors import find_config_error
+from rgra_lightning.errors import ConfigError, find_config_error
 
 # jsonargparse's wordings for an unknown key below a class given by class_path.
 _CLASS_PATH = re.compile(r"class_path '(?P<class_path>[\w.]+)'")
@@ -68,6 +69,15 @@ class RLCLI(LightningCLI):
         would evaluate without its samples, and a resumed fit would run with other settings than its
         config names. Here the checkpoint gives the weights and state; ``fit`` refuses one trained with
         other settings (``checkpointing.require_same_run``)."""
+
+    def _check_ckpt_path(self) -> None:
+        """A ``--ckpt_path`` file (or sharded checkpoint directory) must exist: Lightning would fail with a
+        traceback. ``last``, ``best`` and ``hpc`` are Lightning's to resolve."""
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and not Path(ckpt_path).exists():
+            raise ConfigError(f"--ckpt_path {ckpt_path!r} does not exist")
+
+    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
     def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (LightningCLI's signature)
         captured = io.StringIO()

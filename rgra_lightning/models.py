@@ -59,12 +59,14 @@ def resolve_path(name_or_path: str) -> str:
 def _load_kwargs(name_or_path: str, gguf_file: str | None) -> dict:
     """Check that a local model exists before transformers tries the hub, and build shared kwargs."""
     path = Path(name_or_path).expanduser()
-    # Hub names are "name" or "owner/name"; anything with more path parts can only be a local directory.
+    # Hub names are "name" or "owner/name"; anything with more path parts can only be a local directory,
+    # and so is "dir/name" when dir is a local directory (models/... in a checkout).
     looks_local = (
         path.is_absolute()
         or name_or_path.startswith((".", "~"))
         or path.exists()
         or name_or_path.count("/") > 1
+        or (name_or_path.count("/") == 1 and Path(path.parts[0]).is_dir())
     )
     if looks_local and not path.is_dir():
         raise ModelLoadError(

@@ -208,15 +208,29 @@ def one_line_error(args: list[str], capsys) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize("command", ["fit", "validate", "test"])
+def test_missing_checkpoint_is_a_one_line_error(command, small_config, tmp_path, capsys):
+    config, missing = small_config("rgra"), tmp_path / "no-such.ckpt"
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--config", str(config), "--ckpt_path", str(missing)])
+    assert exit_info.value.code == 2
+    assert f"error: --ckpt_path '{missing}' does not exist" in capsys.readouterr().err
+
+
 def test_missing_model_directory_says_so(small_config, tmp_path, capsys):
     missing = tmp_path / "no-such-model"
     error = one_line_error(["--config", str(small_config("rgra")), f"--model.model_path={missing}"], capsys)
     assert "does not exist" in error and "local Hugging Face model directory" in error
 
 
-def test_missing_model_directory_raises_typed_error_in_python(tmp_path):
+def test_missing_model_directory_raises_typed_error_in_python(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_causal_lm(str(tmp_path / "no-such-model"))
+    # "models/x" reads like a hub name "owner/name", but models/ is a local directory: no hub attempt
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ModelLoadError, match="'models/not-exported-yet' does not exist"):
+        load_causal_lm("models/not-exported-yet")
 
 
 def test_hub_name_offline_explains_local_path(small_config, monkeypatch, capsys):
