@@ -395,6 +395,7 @@ class RLModule(LightningModule):
                         ("entropy", (entropy * mini.completion_mask).sum() / tokens.clamp(min=1)),
                     ):
                         sums[name] = sums.get(name, 0) + value
+                learning_rate = torch.tensor(scheduler.get_last_lr()[0])  # this update's
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), hp.max_grad_norm)
                 if isinstance(grad_norm, DTensor):  # FSDP2: the global norm, replicated on every rank
                     grad_norm = grad_norm.full_tensor()
@@ -404,7 +405,11 @@ class RLModule(LightningModule):
                 else:
                     optimizer.step()
                     scheduler.step()
-                for name, value in [*sums.items(), ("grad_norm", grad_norm.detach())]:
+                for name, value in [
+                    *sums.items(),
+                    ("grad_norm", grad_norm.detach()),
+                    ("learning_rate", learning_rate),
+                ]:
                     history.setdefault(name, []).append(value)
         updated = time.perf_counter()
 
@@ -421,7 +426,6 @@ class RLModule(LightningModule):
             "train/verifier_errors": torch.tensor(float(sum(s.error is not None for s in scores))),
             "train/nonfinite_updates": torch.tensor(float(skipped)),
             "train/truncated_prompts": torch.tensor(float(rollout.truncated_prompts)),
-            "train/learning_rate": torch.tensor(scheduler.get_last_lr()[0]),
             "time/generation_s": torch.tensor(generated - start),
             "time/verification_s": torch.tensor(verification_s),  # overlaps the reference pass
             "time/update_s": torch.tensor(updated - generated),  # includes any wait for the verifier

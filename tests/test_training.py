@@ -74,6 +74,8 @@ def test_fit_trains_logs_checkpoints_and_resumes(small_config, tmp_path):
     ):
         assert tag in scalars, f"{tag} was not logged; logged: {sorted(scalars)}"
     assert len(scalars["val/accuracy"]) >= 3  # step 0 plus two validations
+    # the rate each update used: lr 1e-4 warmed up over 5 updates, (step + 1) / 5 of it
+    assert scalars["train/learning_rate"] == pytest.approx([2e-5, 4e-5, 6e-5, 8e-5])
     assert any(tag.startswith("samples/completions") for tag in text_tags(tmp_path / "runs"))
     assert (tmp_path / "hf_model" / "config.json").is_file()
 
