@@ -571,7 +571,8 @@ class RLModule(LightningModule):
         if not self.evaluation.write_samples:
             return
         if self._samples_file is None:
-            stage = "test" if self.trainer.state.fn == TrainerFn.TESTING else "val"
+            stages = {TrainerFn.TESTING: "test", TrainerFn.PREDICTING: "predict"}
+            stage = stages.get(self.trainer.state.fn, "val")
             rank = self.trainer.global_rank
             directory = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             directory.mkdir(parents=True, exist_ok=True)
@@ -600,13 +601,18 @@ class RLModule(LightningModule):
         self._close_samples()
         self.log("step", float(self.global_step), sync_dist=True)  # the x axis, as in training
 
+    def on_predict_epoch_end(self) -> None:
+        self._close_samples()
+
     def on_validation_epoch_end(self) -> None:
         self._close_samples()
         self.log("step", float(self.global_step), sync_dist=True)
 
     def predict_step(self, batch: dict[str, list[str]], batch_idx: int) -> list[dict[str, Any]]:
+        """Greedy completions of the prompts, scored, also written to ``<log dir>/predict_samples.jsonl``."""
         rollout = sample_rollout(self.policy, self.tokenizer, batch["prompt"], self.sampling, greedy=True)
         _, correct, scores = self.score(rollout, batch)
+        self._write_samples(batch["prompt"], batch["reference"], rollout.completions, scores, "greedy")
         return [
             {"prompt": p, "completion": c, "reference": r, "extracted": s.extracted, "correct": bool(ok)}
             for p, c, r, s, ok in zip(

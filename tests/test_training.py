@@ -104,6 +104,8 @@ def test_fit_trains_logs_checkpoints_and_resumes(small_config, tmp_path):
     assert {"test/pass@2", "test/maj@2"} <= set(tested.trainer.callback_metrics)
     predicted = main(["predict", "--config", str(config), "--ckpt_path", str(last)])
     assert predicted.trainer.predict_loop.predictions  # one record per validation prompt
+    written = Path(predicted.trainer.log_dir) / "predict_samples.jsonl"
+    assert len(written.read_text().splitlines()) == 8  # the 8 validation prompts, greedy
 
 
 def test_grpo_with_two_iterations_stores_old_logprobs_and_logs_clipping(small_config, tmp_path):
