@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from rgra_lightning.errors import ConfigError, find_config_error
 
@@ -110,7 +111,10 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
             run=run,
         )
     except Exception as error:
-        config_error = find_config_error(error)
+        # Lightning's MisconfigurationException is a config mistake too (e.g. accelerator: gpu on a CPU)
+        config_error = find_config_error(error) or (
+            error if isinstance(error, MisconfigurationException) else None
+        )
         if config_error is None:
             raise
         print(f"error: {config_error}", file=sys.stderr)

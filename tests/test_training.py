@@ -221,6 +221,13 @@ def test_missing_checkpoint_is_a_one_line_error(command, small_config, tmp_path,
     assert f"error: --ckpt_path '{missing}' does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_config_on_a_cpu_machine_is_a_one_line_error(small_config, capsys):
+    args = ["fit", "--config", str(small_config("rgra")), "--trainer.accelerator=gpu"]
+    error = one_line_error(args, capsys)
+    assert "No supported gpu backend found" in error
+
+
 def test_missing_model_directory_says_so(small_config, tmp_path, capsys):
     missing = tmp_path / "no-such-model"
     error = one_line_error(["--config", str(small_config("rgra")), f"--model.model_path={missing}"], capsys)
