@@ -34,7 +34,9 @@ class SamplingConfig:
 
     Args:
         num_generations: G, completions per prompt (a group); >= 2 so a group has a baseline.
-        temperature: softmax temperature for sampling, > 0. Log-probs are taken at this temperature too.
+        temperature: softmax temperature for sampling, > 0. Log-probs are taken at this temperature too,
+            from the full softmax (as TRL does): with ``top_p < 1`` or ``min_new_tokens`` they are not
+            exactly those of the filtered distribution the tokens were drawn from.
         top_p: nucleus sampling mass in (0, 1]; 1.0 samples from the full distribution.
         max_new_tokens: completion length cap in tokens; generation also stops at EOS.
         min_new_tokens: EOS is suppressed before this many tokens (0: never); benchmarks set it to
@@ -359,7 +361,8 @@ def token_logprobs(
     """Log-probabilities ``[N, T]`` of the sampled completion tokens and the policy entropy ``[N, T]``
     (None unless ``with_entropy``: passes that only need log-probs skip its ``[N, T, V]`` temporary).
 
-    Logits are divided by ``temperature`` so the log-probs are those of the sampling distribution. The
+    Logits are divided by ``temperature``, so the log-probs are those of the sampling distribution before
+    its nucleus filter and EOS suppression (``next_tokens``), which they do not apply. The
     entropy (nats) is computed without gradient: it is a diagnostic, not part of the loss.
     """
     # One [N, T, V] fp32 tensor is alive at a time beside ``log_probs``: the logits are released once
