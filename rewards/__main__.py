@@ -1,10 +1,13 @@
 """Batch CLI: ``python -m rewards score CASES.jsonl [--verifier NAME] [--timeout S] [--workers N]``.
 
-Each input row is ``{"gold": str, "pred": str, "mode": "answer"|"completion", ...}`` (extra fields ignored).
+Each input row is ``{"gold": str, "pred": str, "mode": "answer"|"completion", ...}`` (extra fields ignored);
+an ``"answer"`` row's ``pred`` is a bare answer, scored with ``Verifier.score_answers`` (no extraction), a
+``"completion"`` row's (the default) with ``score_batch``.
 One JSON line per row goes to stdout (``equivalent``, ``reward``, ``seconds``, ``error``, ``extracted``,
 ``details`` and the row's ``id``), then ``summary: n=.. [accuracy=.. false_positives=.. false_negatives=..]
 timeouts=.. errors=.. cases_per_s=..`` (accuracy fields only when rows carry an ``equivalent`` label).
-All rows are read and validated before anything is written: a malformed line exits with status 2.
+All rows are read and validated before anything is written: a malformed line, an unknown ``--verifier`` or a
+non-positive ``--timeout``/``--workers`` exits with status 2 and a message.
 """
 
 from __future__ import annotations
@@ -48,7 +51,12 @@ def make_verifier(name: str, timeout: float, workers: int) -> Verifier:
     """A verifier from a class name exported by ``rewards`` or a ``module.Class`` path; ``timeout`` and
     ``workers`` are passed when its constructor takes them."""
     module_name, _, class_name = name.rpartition(".")
-    cls = getattr(importlib.import_module(module_name) if module_name else rewards, class_name)
+    try:
+        cls = getattr(importlib.import_module(module_name) if module_name else rewards, class_name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"--verifier {name}: cannot load it ({error})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Verifier)):
+        raise ValueError(f"--verifier {name}: not a Verifier class")
     parameters = inspect.signature(cls).parameters
     options = {"timeout": timeout, "workers": workers}
     return cls(**{key: value for key, value in options.items() if key in parameters})
@@ -57,7 +65,18 @@ def make_verifier(name: str, timeout: float, workers: int) -> Verifier:
 def score_rows(verifier: Verifier, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
     """Output records for ``rows`` (scored as one batch) and the summary line."""
     start = time.perf_counter()
-    scores = verifier.score_batch([row["pred"] for row in rows], [row["gold"] for row in rows])
+    scores: list[Any] = [None] * len(rows)
+    for mode in ("completion", "answer"):
+        indices = [i for i, row in enumerate(rows) if row.get("mode", "completion") == mode]
+        if not indices:
+            continue
+        score = verifier.score_answers if mode == "answer" else verifier.score_batch
+        for index, result in zip(
+            indices,
+            score([rows[i]["pred"] for i in indices], [rows[i]["gold"] for i in indices]),
+            strict=True,
+        ):
+            scores[index] = result
     elapsed = time.perf_counter() - start
     records = [
         {
@@ -88,21 +107,42 @@ def score_rows(verifier: Verifier, rows: list[dict[str, Any]]) -> tuple[list[dic
     return records, "summary: " + " ".join(fields)
 
 
+def _positive(kind: type) -> Any:
+    """An argparse ``type`` accepting only numbers of ``kind`` greater than zero."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rewards", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     score = commands.add_parser("score", help="score a JSONL file of (gold, pred) rows")
     score.add_argument("cases", help="JSONL file with gold, pred and mode fields")
     score.add_argument("--verifier", default="MathVerifier", help="class name in rewards, or module.Class")
-    score.add_argument("--timeout", type=float, default=3.0, help="seconds per verification")
-    score.add_argument("--workers", type=int, default=2, help="worker processes")
+    score.add_argument("--timeout", type=_positive(float), default=3.0, help="seconds per verification")
+    score.add_argument("--workers", type=_positive(int), default=2, help="worker processes")
     args = parser.parse_args(argv)
     try:
         rows = load_rows(args.cases)
     except (OSError, ValueError) as error:
         print(f"error: {args.cases}: {error}", file=sys.stderr)
         return 2
-    records, summary = score_rows(make_verifier(args.verifier, args.timeout, args.workers), rows)
+    try:
+        verifier = make_verifier(args.verifier, args.timeout, args.workers)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    records, summary = score_rows(verifier, rows)
     sys.stdout.write("".join(json.dumps(record) + "\n" for record in records) + summary + "\n")
     return 0
 

@@ -4,10 +4,13 @@
 ``fractions.Fraction``); it needs no sympy and runs in the caller's process. ``equivalent`` is the full check:
 it parses LaTeX with latex2sympy2_extended (an ANTLR grammar; model text is never passed to ``eval``,
 ``exec``, ``sympify`` or ``parse_expr`` -- the library only ``sympify``-s objects that are already sympy
-trees) and compares structures: numbers (exact for rationals; a decimal literal also matches an irrational or
-repeating value it rounds to), expressions (``simplify`` of the difference, then a numeric check at random
-points), equations (equal up to a non-zero factor), one-variable inequalities (as solution sets), intervals,
-unions, sets and answer lists (unordered), tuples and matrices (ordered), and text. Run ``equivalent`` only
+trees) and compares structures: numbers (exact for rationals; a decimal literal precise enough -- at least
+three significant digits, or two decimal places and two significant digits -- also matches an irrational or
+repeating value it is the correct rounding of: ``0.33`` and ``3.14`` match ``1/3`` and ``\\pi``, ``0.3``,
+``1.4`` and ``3.1`` do not match ``1/3``, ``\\sqrt{2}`` and ``\\pi``), expressions (``simplify`` of the
+difference, then a numeric check at random points), equations (equal up to a non-zero factor), one-variable
+inequalities (as solution sets), intervals, unions, sets (unordered), answer lists (unordered, with
+multiplicity: ``1, 1, 2`` is not ``1, 2``), tuples and matrices (ordered), and text. Run ``equivalent`` only
 inside a killable worker (``rewards.sandbox``): sympy can hang or exhaust memory on hostile input.
 """
 
@@ -21,7 +24,7 @@ import re
 from fractions import Fraction
 from typing import Any
 
-from rewards.normalize import drop_simple_lhs, normalize
+from rewards.normalize import drop_simple_lhs, normalize_pair
 
 MAX_ANSWER_LENGTH = 1000
 FAST_NUMERAL_LENGTH = 60
@@ -57,8 +60,8 @@ def fast_equivalent(pred: str, gold: str) -> bool | None:
     """True/False when the normalised answers are settled cheaply, None when the full check is needed.
 
     Decided here, with the same verdict the full check gives: identical text up to ignorable whitespace;
-    plain numerals and bracket-free lists of them (a list is an unordered set, as ``parse`` reads it) when
-    no rounding question arises; plain words (compared as text, ignoring case and spaces)."""
+    plain numerals and bracket-free lists of them (a list is an unordered multiset, as ``parse`` reads it)
+    when no rounding question arises; plain words (compared as text, ignoring case and spaces)."""
     if pred == gold or _compact(pred) == _compact(gold):
         return True
     words = re.compile(r"[A-Za-z][A-Za-z ]*")
@@ -67,19 +70,29 @@ def fast_equivalent(pred: str, gold: str) -> bool | None:
     pred_values, gold_values = _numeral_list(pred), _numeral_list(gold)
     if pred_values is None or gold_values is None:
         return None
-    if set(pred_values) == set(gold_values):
+    if sorted(pred_values) == sorted(gold_values):
         return True
     return None if "." in pred + gold else False
 
 
-def _decimals(value: Any) -> int | None:
-    """Decimal places of a float literal (``0.33`` -> 2), None for exact numbers."""
+def _decimals(value: Any) -> tuple[int, int] | None:
+    """Decimal places and significant digits of a float literal (``0.33`` -> (2, 2), ``33.3`` -> (1, 3)),
+    None for exact numbers."""
     import sympy
 
     if not isinstance(value, sympy.Float):
         return None
     digits = format(float(value), ".15g")
-    return len(digits.split(".")[1]) if "." in digits and "e" not in digits else None
+    if "." not in digits or "e" in digits:
+        return None
+    return len(digits.split(".")[1]), len(digits.lstrip("-").replace(".", "").lstrip("0"))
+
+
+def _precise_enough(places: int, significant: int) -> bool:
+    """Whether a decimal may stand for an irrational or repeating value it rounds to: ``0.33`` (two places,
+    two significant digits) and ``33.3`` (three significant digits) may; ``0.3``, ``1.4``, ``3.1`` and
+    ``0.03`` are too coarse (a one-in-ten guess, an easy reward hack)."""
+    return significant >= 3 or (places >= 2 and significant >= 2)
 
 
 def _numbers_equal(a: Any, b: Any) -> bool | None:
@@ -103,10 +116,10 @@ def _numbers_equal(a: Any, b: Any) -> bool | None:
             return None
         tolerance = _RELATIVE_TOLERANCE * scale
         for value, other in ((a, b), (b, a)):
-            places = _decimals(value)
+            literal = _decimals(value)
             exact_other = _decimals(other) is not None or (other.is_Rational and _terminates(other))
-            if places is not None and not exact_other:
-                tolerance = max(tolerance, sympy.Float(0.5 * 10.0**-places * (1 + 1e-9)))
+            if literal is not None and not exact_other and _precise_enough(*literal):
+                tolerance = max(tolerance, sympy.Float(0.5 * 10.0 ** -literal[0] * (1 + 1e-9)))
         return bool(gap <= tolerance)
     except (TypeError, ValueError):
         return None
@@ -190,6 +203,19 @@ def _as_set(value: Any) -> Any:
                           sympy.GreaterThan)):  # fmt: skip
         return _solution_set(value)
     return value
+
+
+def _answer_list(values: list[Any]) -> Any:
+    """A bracket-free answer list as a ``FiniteSet`` that keeps repeated elements (``1, 1, 2`` has three), so
+    that the unordered comparison counts multiplicity."""
+    from sympy import Basic, FiniteSet
+
+    class AnswerList(FiniteSet):
+        pass
+
+    answer = Basic.__new__(AnswerList, *values)
+    answer._args_set = set(values)
+    return answer
 
 
 def _elements(value: Any) -> list[Any] | None:
@@ -323,7 +349,8 @@ def parse(text: str) -> Any:
     if ", " in text and not re.search(r"[\[\](){}]|matrix", text):
         from sympy import FiniteSet
 
-        return FiniteSet(*(_latex2sympy(part) for part in text.split(", ")))
+        values = [_latex2sympy(part) for part in text.split(", ")]
+        return _answer_list(values) if len(values) > len(FiniteSet(*values)) else FiniteSet(*values)
     return _latex2sympy(text)
 
 
@@ -359,7 +386,7 @@ def equivalent(pred: str, gold: str) -> bool:
 
     A percentage matches both its number and its fraction (``10\\%`` equals ``10`` and ``0.1``).
     """
-    pred, gold = normalize(pred), normalize(gold)
+    pred, gold = normalize_pair(pred, gold)
     fast = fast_readings_equivalent(pred, gold)
     if fast is not None:
         return fast

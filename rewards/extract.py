@@ -2,9 +2,14 @@
 
 Each *extractor* returns ``(position, answer)`` for the last match of its kind, or None. ``extract_answer``
 runs the configured strong extractors and keeps the match that ends last in the text (a model's last stated
-answer wins: a ``\\boxed{}`` followed by "Final Answer: The final answer is $X$" yields X), then falls back
-to the last ``$...$`` / ``\\(...\\)`` / ``\\[...\\]``, the whole text when it is short (a bare answer such
-as ``\\dfrac{9}{7}``), and finally, optionally, the last number.
+answer wins: a ``\\boxed{}`` followed by "Final Answer: The final answer is $X$" yields X), except that a
+prose phrase ("the answer is ...", "final answer ...") after a ``\\boxed{}`` only wins when it states a value
+(a digit or a LaTeX command): in "\\boxed{44}. So our answer is correct." the box wins. It then
+falls back to the last ``$...$`` / ``\\(...\\)`` / ``\\[...\\]``, the whole text when it is short (a bare
+answer such as ``\\dfrac{9}{7}``), and finally, optionally, the last number.
+
+Only the last ``SEARCH_TAIL`` characters of a text are searched (the final answer is at its end), and every
+pattern is linear in its input, so extraction is cheap and safe in the calling process.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from collections.abc import Callable, Sequence
 
 Match = tuple[int, str]
 BARE_ANSWER_MAX_LENGTH = 120
+SEARCH_TAIL = 10_000  # characters at the end of a text that extraction looks at
+_MAX_GAP_LENGTH = 60
 _MAX_GAP_WORDS = 4
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
@@ -33,9 +40,24 @@ _CONNECTOR = re.compile(
     r"\\text\{([^{}]*)\}|\\quad|\\qquad|\\[,;!]|\\\]|\\\[|\\\)|\\\(|[$,;.\s]|\b(?:and|or)\b"
 )
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\s*")
+_BOX_TOKEN = re.compile(r"[^\s$.,]+")
+# what separates the boxes of one answer list: connectors, math delimiters and variable labels (``x_2 =``), or
+# at most four words of prose ("papers and", "for part (a) and") without a sentence end or a word of
+# self-correction ("\boxed{5}. Hmm no, \boxed{6}", "\boxed{5}, wait, actually \boxed{7}")
+_SENTENCE_BREAK = re.compile(r"[.!?:](?!\d)|\n")
+_CORRECTION = re.compile(
+    r"\b(?:no|not|wait|actually|hmm+|wrong|instead|rather|but|oops|sorry|mistake|correct\w*|thus|so|hence"
+    r"|therefore|gives?|is|was|should|means|final|answer|it's|i)\b",
+    re.IGNORECASE,
+)
+_LIST_GAP = re.compile(
+    r"(?:\s|[,;&$]|\\[,;!]|\\q?quad|\\[()\[\]]|\\text\{\s*(?:and|or)\s*\}|\b(?:and|or)\b"
+    r"|[a-zA-Z](?:_\{?\w+\}?)?\s*=)*"
+)
 _ANSWER_LABEL = re.compile(r"^(?:final\s+)?answer\s*[:：]\s*", re.IGNORECASE)
-_CURRENCY_AMOUNT = re.compile(
-    rf"(?:\\?\$|€|£)\s*({_NUMBER.pattern})|({_NUMBER.pattern})\s*(?:\\?\$|€|£|\\euro\b|\\pounds\b)"
+_CURRENCY_AMOUNT = re.compile(  # a number only from the start of its digit run: no quadratic backtracking
+    rf"(?:\\?\$|€|£)\s*({_NUMBER.pattern})"
+    rf"|(?<![\d,.\-])({_NUMBER.pattern})\s*(?:\\?\$|€|£|\\euro\b|\\pounds\b)"
 )
 # a sentence opening with a conclusion word, possibly right after a closing math span
 _CONCLUSION = re.compile(
@@ -46,50 +68,58 @@ _CONCLUSION = re.compile(
 _SENTENCE_END = re.compile(r"[.!?](?:\s+)(?=\S)")
 
 
-def _closing_brace(text: str, open_index: int) -> int | None:
-    """Index of the brace closing ``text[open_index] == '{'``, or None when unbalanced."""
-    depth = 0
-    for index in range(open_index, len(text)):
-        if text[index] == "{":
-            depth += 1
-        elif text[index] == "}":
-            depth -= 1
-            if depth == 0:
-                return index
-    return None
+def _closing_braces(text: str) -> dict[int, int]:
+    """Index of the closing brace of every balanced ``{`` of ``text``, in one pass."""
+    closing, stack = {}, []
+    for index, char in enumerate(text):
+        if char == "{":
+            stack.append(index)
+        elif char == "}" and stack:
+            closing[stack.pop()] = index
+    return closing
 
 
 def boxes(text: str) -> list[tuple[int, int, str]]:
     """Every ``\\boxed{...}`` / ``\\fbox{...}`` / ``\\boxed 5`` as ``(start, end, content)``, in order."""
     found = []
+    closing: dict[int, int] | None = None
     for match in _BOX_COMMAND.finditer(text):
         after = match.end()
         if after < len(text) and text[after] == "{":
-            close = _closing_brace(text, after)
+            closing = _closing_braces(text) if closing is None else closing
+            close = closing.get(after)
             if close is not None:
                 found.append((match.start(), close + 1, text[after + 1 : close].strip()))
         elif match.group().endswith(" "):
-            token = re.match(r"[^\s$.,]+", text[after:])
+            token = _BOX_TOKEN.match(text, after)
             if token:
-                found.append((match.start(), after + token.end(), token.group()))
+                found.append((match.start(), token.end(), token.group()))
     return found
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last box, or None. Boxes separated only by a short connector ("and", ",",
-    ``\\quad``, at most four words of prose) form one answer list: ``\\boxed{1} and \\boxed{2}``
-    -> ``1, 2``."""
+    """Content of the last box, or None. Boxes separated only by a short connector ("and", "or", ",",
+    ``\\quad``, ``$``, a label such as ``x_2 =``, at most four words of prose) form one answer list:
+    ``\\boxed{1} and \\boxed{2}`` -> ``1, 2``; a sentence end or a word of self-correction between them
+    does not (``\\boxed{5}. Hmm no, \\boxed{6}`` -> ``6``)."""
     found = boxes(text)
     if not found:
         return None
     group = [found[-1]]
     for previous in reversed(found[:-1]):
         gap = text[previous[1] : group[0][0]]
-        words = _CONNECTOR.sub(lambda m: f" {m.group(1) or ''} ", gap).split()
-        if len(words) > _MAX_GAP_WORDS or len(gap) > 60:
+        if len(gap) > _MAX_GAP_LENGTH or not _is_list_gap(gap):
             break
         group.insert(0, previous)
     return ", ".join(content for _, _, content in group)
+
+
+def _is_list_gap(gap: str) -> bool:
+    if _LIST_GAP.fullmatch(gap):
+        return True
+    if _SENTENCE_BREAK.search(gap) or _CORRECTION.search(gap):
+        return False
+    return len(_CONNECTOR.sub(lambda m: f" {m.group(1) or ''} ", gap).split()) <= _MAX_GAP_WORDS
 
 
 def _boxed(text: str) -> Match | None:
@@ -124,6 +154,8 @@ EXTRACTORS: dict[str, Callable[[str], Match | None]] = {
     "answer_is": _last(_ANSWER_IS),
 }
 DEFAULT_ORDER = ("boxed", "answer_tag", "gsm8k", "final_answer", "answer_is")
+_PROSE_MARKERS = ("final_answer", "answer_is")
+_STATES_VALUE = re.compile(r"[\d\\]")  # a digit or a LaTeX command: a value, not a comment
 
 
 def _is_prose(text: str) -> bool:
@@ -162,12 +194,18 @@ def extract_answer(
             wins, ties going to the earlier name.
         last_number_fallback: when nothing else matches, use the last number in the text.
     """
-    text = text.replace("\\\\boxed", "\\boxed").replace("<|im_start|>user", "").strip()
-    matches = [
-        (match[0], -rank, match[1]) for rank, name in enumerate(order) if (match := EXTRACTORS[name](text))
-    ]
-    if matches:
-        return _refine(max(matches)[2]) or None
+    text = text[-SEARCH_TAIL:].replace("\\\\boxed", "\\boxed").replace("<|im_start|>user", "").strip()
+    found = {name: match for name in order if (match := EXTRACTORS[name](text))}
+    if found:
+        ranked = sorted(((found[name][0], -rank, name) for rank, name in enumerate(order) if name in found),
+                        reverse=True)  # fmt: skip
+        for _, _, name in ranked:
+            answer = _refine(found[name][1])
+            box = found.get("boxed")
+            after_box = name in _PROSE_MARKERS and box is not None and box[0] < found[name][0]
+            if after_box and not _STATES_VALUE.search(answer):
+                continue  # "\\boxed{44}. ... so our answer is correct.": the box wins
+            return answer or None
     spans = list(_MATH.finditer(text))
     conclusion = _conclusion_number(text, spans[-1].end() if spans else 0)
     if conclusion is not None:

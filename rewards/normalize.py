@@ -1,16 +1,33 @@
 """String normalisation of an extracted answer, before parsing.
 
-``normalize`` maps the many spellings of one answer to one LaTeX string: text/font commands, units and
-currency, degrees, percent (kept as a trailing ``\\%`` so equivalence can try both readings), thousands
-separators, unicode symbols, ``\\dfrac``/``\\tfrac``/``\\frac12``/``\\sqrt3``, ``\\left``/``\\right``,
-a leading ``x =`` (or ``f(x) =``, ``|AB| =``) when its left side is a bare name, equality chains (the last
-member), ``\\approx``, "and"/"or" answer lists, multiple-choice letters and base subscripts (``204_5``).
-It is pure string work, linear in the input length, and safe to run in the main process.
+``normalize`` maps the many spellings of one answer to one LaTeX string: surrounding ``$...$`` and one
+enclosing ``\\boxed{}``, text/font commands, units and currency, degrees, percent (kept as a trailing
+``\\%`` so equivalence can try both readings), thousands separators, scientific notation (``1e3``), unicode
+symbols, ``\\dfrac``/``\\tfrac``/``\\frac12``/``\\sqrt3``, ``\\left``/``\\right``, a leading ``x =`` (or
+``f(x) =``, ``|AB| =``) when its left side is a bare name, equality chains (the last member), ``\\approx``,
+"and"/"or" answer lists, multiple-choice letters and base subscripts (``204_5``).
+
+Units are dropped only when they are plainly units: a ``\\text{}``/``\\mbox{}`` of words after a number
+(``10\\text{ units}``, ``15\\mbox{ cm}^2``), or trailing words after a number and a space that are a word of
+three or more letters or a known two-letter abbreviation (``125 miles``, ``35 cm``); letters written against
+a number (``6x^3``, ``2ab``, ``3R^2``) are variables and kept.
+
+Commas: ``1,000`` / ``12,345,678`` (groups of three digits) are thousands separators at the top level and in
+a bracket whose elements are separated by ``", "`` (``(1,000, 2)``); inside a bracket whose elements are not
+(``[1,100]``, ``(6,31,-1)``) they separate elements. Any other comma separates list elements (``3,12`` is
+``3, 12``); ``normalize_pair`` reads ``a,b`` as a decimal comma only when the other answer is a decimal
+with as many places (``1,22`` vs ``1.22``).
+
+It is pure string work, linear in the input length (an answer longer than ``MAX_NORMALIZE_LENGTH`` is
+returned only stripped: the parser rejects it anyway), and safe to run in the main process.
 """
 
 from __future__ import annotations
 
 import re
+from decimal import Decimal
+
+MAX_NORMALIZE_LENGTH = 4000
 
 _SPACING = re.compile(  # a backslash after a backslash is a row break ``\\\\``, not a space command
     r"(?<!\\)\\[,;:!> ]|\\q?quad|\\displaystyle|\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])|~"
@@ -27,12 +44,22 @@ _PERCENT = re.compile(r"\s*(?:\\%|%|\\text\{\s*percent\s*\}|\bpercentage\b|\bper
 _CURRENCY = re.compile(r"\\\$|\$|€|£|¥|\\euro\b|\\pounds\b")
 _THOUSANDS = re.compile(r"(?<![\d.])([1-9]\d{0,2})((?:(?:,|\{,\}|,\\!|\\,|\s)\d{3})+)(?![\d])")
 _EXPLICIT_THOUSANDS = re.compile(r"(\d)(?:\{,\}|,\\!)\s*(?=\d{3}(?!\d))")
-_DECIMAL_COMMA = re.compile(r"^(-?)(0|\d+),(\d{2}|\d{4,})$|^(-?)0,(\d+)$")
+_DECIMAL_COMMA = re.compile(r"-?\d+,\d+")  # one comma, no space: a decimal comma or a two-element list
+_THOUSANDS_GROUP = re.compile(r"-?[1-9]\d{0,2},\d{3}")
+_DECIMAL = re.compile(r"-?\d+\.(\d+)")
+_SCIENTIFIC = re.compile(r"(-?\d+(?:\.\d+)?)[eE]([+-]?\d{1,4})")
 _BASE = re.compile(r"^([0-9A-Fa-f]+)_\{?(\d{1,2})\}?$")
 _CHOICE = re.compile(r"^\(?([A-Ea-e])\)?\.?$")
-_UNIT = re.compile(
-    r"(?<=[\d}).])\s*(?:[a-zA-Z]{2,}|[a-zA-Z]{1,2}\s*\^\s*\{?[23]\}?|m|g|s)(?:\s+[a-zA-Z]{2,})*\.?$"
+_POWER = r"(?:\s*\^\s*\{?[23]\}?)?"  # cm^2, m^{3}
+# a \text{} of words after a number or a closing bracket, before the end, a separator or a closing bracket
+_TEXT_UNIT = re.compile(
+    r"(?<=[\d})])\s*\\(?:text(?:bf|it|rm|normal|sf|tt)?|mbox)\s*"
+    r"\{(?!\s*(?:and|or)\s*\})\s*[A-Za-z][A-Za-z .'/-]*\}" + _POWER + r"(?=\s*(?:$|[,;)\]]|\\\}|\\right))"
 )
+_FUNCTION_NAMES = r"(?:a?(?:sin|cos|tan|cot|sec|csc)h?|arc\w+|log|ln|exp|lim|max|min|gcd|lcm|det|mod)\b"
+_UNIT_WORD = rf"(?:(?!{_FUNCTION_NAMES})[A-Za-z]{{3,}}|mm|cm|dm|km|kg|mg|ml|mL|ft|yd|mi|in|hr|lb|oz){_POWER}"
+# trailing unit words after a number and a space: ``125 miles``, ``35 cm``, ``15 cm ^2``, ``60 km/h``
+_UNIT = re.compile(rf"(?<=[\d}}).])\s+{_UNIT_WORD}(?:\s+{_UNIT_WORD}|\s*/\s*[A-Za-z]+{_POWER})*\.?$")
 _SIMPLE_LHS = re.compile(r"^[^=<>\d+\-]*[a-zA-Z][^=<>\d+\-]*$|^[a-zA-Z]_?\{?\d+\}?$")
 _ASSIGNMENT = re.compile(r"([a-zA-Z](?:_\{?\w+\}?)?)\s*=\s*([^=<>]+)")
 _LIST_WORDS = re.compile(r"\s*(?:\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b)\s*")
@@ -43,7 +70,7 @@ _UNICODE = {
 _COMMANDS = {
     "\\le ": "\\leq ", "\\ge ": "\\geq ", "\\lt": "<", "\\gt": ">", "\\ne ": "\\neq ", "!=": "\\neq ",
     "<=": "\\leq ", ">=": "\\geq ", "\\dots": "\\ldots", "\\cdots": "\\ldots", "\\infin ": "\\infty ",
-    "\\bmatrix": "\\pmatrix", "\\vmatrix": "\\pmatrix",
+    "\\bmatrix": "\\pmatrix", "\\vmatrix": "\\pmatrix", "\\varnothing": "\\emptyset",
 }  # fmt: skip
 
 
@@ -64,8 +91,45 @@ def _replace_text_commands(text: str) -> str:
 
 
 def _unbox(text: str) -> str:
-    match = re.fullmatch(r"\\(?:boxed|fbox)\s*\{(.*)\}", text, re.DOTALL)
-    return match.group(1).strip() if match else text
+    """The content of ``\\boxed{...}`` when it is the whole text (``\\boxed{1} and \\boxed{2}`` stays)."""
+    match = re.match(r"\\(?:boxed|fbox)\s*\{", text)
+    if not match or not text.endswith("}"):
+        return text
+    depth = 0
+    for index in range(match.end() - 1, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[index], 0)
+        if depth == 0:
+            return text[match.end() : index].strip() if index == len(text) - 1 else text
+    return text
+
+
+def strip_wrappers(text: str) -> str:
+    """``text`` without surrounding math delimiters, trailing periods and one enclosing box, repeatedly:
+    ``$\\boxed{-2,1}$.`` -> ``-2,1``."""
+    previous = None
+    while previous != text:
+        previous, text = text, _unbox(strip_delimiters(text))
+    return text
+
+
+def _join_thousands(text: str) -> str:
+    """Thousands separators removed where a comma cannot separate elements: at the top level and inside plain
+    ``{}``, and inside a ``(``/``[``/``\\{`` bracket whose elements are separated by ``", "``."""
+    if not _THOUSANDS.search(text):
+        return text
+    owner, stack, spaced = [], [0], [True]  # the top level always joins
+    for index, char in enumerate(text):
+        owner.append(stack[-1])
+        if char in "([{":
+            stack.append(len(spaced))
+            spaced.append(char == "{" and (index == 0 or text[index - 1] != "\\"))
+        elif char in ")]}" and len(stack) > 1:
+            stack.pop()
+        elif char == "," and text[index + 1 : index + 2].isspace():
+            spaced[stack[-1]] = True
+    return _THOUSANDS.sub(
+        lambda m: m.group(1) + re.sub(r"\D", "", m.group(2)) if spaced[owner[m.start()]] else m.group(), text
+    )
 
 
 def _split_top_level(text: str, separator: str) -> list[str]:
@@ -140,9 +204,10 @@ def normalize_element(text: str) -> str:
     text = _UNIT.sub("", text).strip() if re.search(r"\d", text) else text
     if not re.search(r"[(\[{]", text):
         text = _THOUSANDS.sub(lambda m: m.group(1) + re.sub(r"\D", "", m.group(2)), text)
-    decimal = _DECIMAL_COMMA.match(text)
-    if decimal:
-        text = text.replace(",", ".")
+    scientific = _SCIENTIFIC.fullmatch(text)
+    if scientific:
+        mantissa, exponent = scientific.group(1), int(scientific.group(2))
+        text = format(Decimal(text), "f") if abs(exponent) <= 50 else f"{mantissa} \\times 10^{{{exponent}}}"
     base = _BASE.match(text)
     if base and int(base.group(2)) >= 2 and all(int(d, 36) < int(base.group(2)) for d in base.group(1)):
         text = str(int(base.group(1), int(base.group(2))))
@@ -163,7 +228,9 @@ def normalize_element(text: str) -> str:
 
 def normalize(answer: str) -> str:
     """The canonical string of an extracted answer; list answers are joined with ``", "``."""
-    text = strip_delimiters(answer)
+    text = strip_wrappers(answer)
+    if len(text) > MAX_NORMALIZE_LENGTH:
+        return text
     for old, new in _UNICODE.items():
         text = text.replace(old, new)
     text = _CURRENCY.sub(" ", text)
@@ -171,6 +238,7 @@ def normalize(answer: str) -> str:
     text = _SPACING.sub(" ", text)
     if "matrix" not in text and "array" not in text:
         text = re.sub(r"\\\\(?=[a-zA-Z])", r"\\", text)
+    text = _TEXT_UNIT.sub("", text)
     text = _replace_text_commands(text)
     text = text.replace("\\mathrm e", "e")
     for old, new in _COMMANDS.items():
@@ -184,17 +252,27 @@ def normalize(answer: str) -> str:
     if "matrix" in text or "array" in text:
         return text
     text = _LIST_WORDS.sub(", ", text).strip(", ")
-    text = (
-        _THOUSANDS.sub(lambda m: m.group(1) + re.sub(r"\D", "", m.group(2)), text)
-        if not re.search(r"[ (\[{]", text)
-        else text
-    )
+    text = _join_thousands(text)
     elements = [part for part in _split_top_level(text, ";") if part.strip()]
     if len(elements) == 1:
         elements = [part for part in _split_top_level(text, ",") if part.strip()]
-    if len(elements) <= 1 or _DECIMAL_COMMA.match(text.replace(" ", "")):
+    if len(elements) <= 1:
         return normalize_element(text)
     groups = group_assignments(elements)
     if groups is not None:
         return ", ".join(f"({', '.join(normalize_element(value) for value in group)})" for group in groups)
     return ", ".join(drop_simple_lhs(normalize_element(element)) for element in elements)
+
+
+def normalize_pair(pred: str, gold: str) -> tuple[str, str]:
+    """``normalize`` of both answers, reading a one-comma answer ``a,b`` (no space, not a thousands group) as
+    a decimal comma when the other answer is a decimal with as many places: ``1,22`` vs ``1.22`` ->
+    ``1.22``/``1.22``; ``3,12`` vs ``3, 12`` and ``-2,10`` vs ``-2.1`` stay lists."""
+    normalized = [normalize(pred), normalize(gold)]
+    for side in (0, 1):
+        raw = strip_wrappers(pred if side == 0 else gold)
+        other = _DECIMAL.fullmatch(normalized[1 - side])
+        decimal_comma = _DECIMAL_COMMA.fullmatch(raw) and not _THOUSANDS_GROUP.fullmatch(raw)
+        if other and decimal_comma and len(raw.partition(",")[2]) == len(other.group(1)):
+            normalized[side] = normalize(raw.replace(",", "."))
+    return normalized[0], normalized[1]

@@ -15,7 +15,7 @@ from fractions import Fraction
 
 from rewards.equivalence import as_fraction, equivalent, fast_readings_equivalent, warmup
 from rewards.extract import DEFAULT_ORDER, EXTRACTORS, extract_answer
-from rewards.normalize import normalize
+from rewards.normalize import normalize_pair, strip_wrappers
 from rewards.sandbox import Outcome, WorkerPool
 
 
@@ -54,6 +54,11 @@ class Verifier(abc.ABC):
             self.score(completion, reference)
             for completion, reference in zip(completions, references, strict=True)
         ]
+
+    def score_answers(self, answers: Sequence[str], references: Sequence[str]) -> list[Score]:
+        """Scores of bare answers (``x^2``, ``$\\frac{1}{2}$``, ``\\boxed{3}``) that need no extraction from a
+        completion. The default scores them as completions; verifiers that extract answers override it."""
+        return self.score_batch(answers, references)
 
 
 class MathVerifier(Verifier):
@@ -109,9 +114,23 @@ class MathVerifier(Verifier):
         """Scores in order; the expensive checks of the whole batch run in parallel in the workers."""
         if len(completions) != len(references):
             raise ValueError(f"{len(completions)} completions but {len(references)} references")
-        pairs = [
-            (self.extract(c), self.extract(r) or r) for c, r in zip(completions, references, strict=True)
-        ]
+        return self._score_pairs(
+            [(self.extract(c), self.extract(r) or r) for c, r in zip(completions, references, strict=True)]
+        )
+
+    def score_answers(self, answers: Sequence[str], references: Sequence[str]) -> list[Score]:
+        """Scores of bare answers, compared as they are (surrounding ``$...$`` and one enclosing ``\\boxed{}``
+        are dropped by normalisation), without extraction; references are still extracted."""
+        if len(answers) != len(references):
+            raise ValueError(f"{len(answers)} answers but {len(references)} references")
+        return self._score_pairs(
+            [
+                (strip_wrappers(a) or None, self.extract(r) or r)
+                for a, r in zip(answers, references, strict=True)
+            ]
+        )
+
+    def _score_pairs(self, pairs: list[tuple[str | None, str]]) -> list[Score]:
         verdicts: dict[tuple[str, str], Outcome] = {}
         for pair in pairs:
             if pair[0] is None or pair in verdicts:
@@ -120,7 +139,7 @@ class MathVerifier(Verifier):
                 self._cache.move_to_end(pair)
                 verdicts[pair] = self._cache[pair]
                 continue
-            fast = fast_readings_equivalent(normalize(pair[0]), normalize(pair[1]))
+            fast = fast_readings_equivalent(*normalize_pair(pair[0], pair[1]))
             if fast is not None:
                 verdicts[pair] = Outcome(fast)
         slow = list(dict.fromkeys(p for p in pairs if p[0] is not None and p not in verdicts))
@@ -156,8 +175,9 @@ class NumericVerifier(Verifier):
         answer = extract_answer(completion)
         if answer is None:
             return Score(0.0, False, None, "no final answer found")
-        pred: Fraction | None = as_fraction(normalize(answer))
-        gold: Fraction | None = as_fraction(normalize(extract_answer(reference) or reference))
+        normalized = normalize_pair(answer, extract_answer(reference) or reference)
+        pred: Fraction | None = as_fraction(normalized[0])
+        gold: Fraction | None = as_fraction(normalized[1])
         if pred is None or gold is None:
             return Score(0.0, False, answer, "not a plain number")
         correct = pred == gold

@@ -134,7 +134,7 @@ def test_equivalence(pred, gold, same):
         ("-2, 1", "1, -2", True),
         ("1, 2, 3", "2, 3, 4", False),
         ("1, 2", "2", False),
-        ("2, 2", "2", True),
+        ("2, 2", "2", False),  # answer lists keep multiplicity
         ("6/8, 1", "1, \\frac{3}{4}", True),
         ("E", "D", False),
         ("Evelyn", "evelyn", True),

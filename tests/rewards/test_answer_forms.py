@@ -1,0 +1,260 @@
+"""Answer forms that are easy to misjudge: units against variables, decimal precision, thousands separators
+and comma lists, a box against later prose, self-corrections, hostile (very long) texts, list
+multiplicity, and the batch CLI's answer rows and option checks."""
+
+import json
+import time
+
+import pytest
+
+from rewards import MathVerifier, Score, Verifier
+from rewards.__main__ import main
+from rewards.equivalence import equivalent
+from rewards.extract import SEARCH_TAIL, boxes, extract_answer
+from rewards.normalize import MAX_NORMALIZE_LENGTH, normalize, normalize_pair
+
+
+# 1. units are dropped only when they are plainly units, never variables written against a number
+@pytest.mark.parametrize(
+    "pred, gold, same",
+    [
+        ("6x^3", "6x^2", False),
+        ("2ab", "2", False),
+        ("x^2+2ab", "x^2+2", False),
+        ("\\frac{1}{2}ab", "\\frac{1}{2}", False),
+        ("3R^2", "3", False),
+        ("x^2+2ab", "2ab+x^2", True),
+        ("10\\text{ units}", "10", True),
+        ("15\\mbox{ cm}^2", "15", True),
+        ("35 cm", "35", True),
+        ("125 miles", "125", True),
+        ("\\frac{1}{3} \\textbf{meters}", "\\frac{1}{3}", True),
+    ],
+)
+def test_units_are_not_variables(pred, gold, same):
+    assert equivalent(pred, gold) is same
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("3R^2", "3R^2"),
+        ("2ab", "2ab"),
+        ("5 m", "5 m"),
+        ("15\\mbox{ cm}^2", "15"),
+        ("60 km/h", "60"),
+        ("12 students", "12"),
+    ],
+)
+def test_unit_normalisation(raw, expected):
+    assert normalize(raw) == expected
+
+
+# 2. a decimal stands for an irrational or repeating value only when precise enough and correctly rounded
+@pytest.mark.parametrize(
+    "pred, gold, same",
+    [
+        ("0.3", "\\frac{1}{3}", False),
+        ("0.7", "\\frac{2}{3}", False),
+        ("1.4", "\\sqrt{2}", False),
+        ("3.1", "\\pi", False),
+        ("0.03", "\\frac{1}{30}", False),  # two places but one significant digit
+        ("0.33", "\\frac{1}{3}", True),
+        ("0.67", "\\frac{2}{3}", True),
+        ("0.66", "\\frac{2}{3}", False),  # truncated, not rounded
+        ("1.41", "\\sqrt{2}", True),
+        ("3.14", "\\pi", True),
+        ("33.3", "\\frac{100}{3}", True),  # three significant digits
+    ],
+)
+def test_decimal_precision(pred, gold, same):
+    assert equivalent(pred, gold) is same
+    assert equivalent(gold, pred) is same
+
+
+# 3. thousands separators followed by units, and inside brackets
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("1,000 \\text{ dollars}", "1000"),
+        ("2,500 miles", "2500"),
+        ("\\boxed{(1,000, 2)}", "(1000, 2)"),
+        ("\\{1,000, 2\\}", "\\{1000, 2\\}"),
+        ("[1,100]", "[1,100]"),  # unspaced commas inside a bracket separate elements
+        ("(6,31,-1)", "(6,31,-1)"),
+        ("7,425,000", "7425000"),
+    ],
+)
+def test_thousands_separators(raw, expected):
+    assert normalize(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "pred, gold, same",
+    [
+        ("\\boxed{2,500 \\text{ miles}}", "2500", True),
+        ("\\boxed{2,500 \\text{ miles}}", "2, 500", False),
+        ("\\boxed{(1,000, 2)}", "(1000, 2)", True),
+        ("[1,100]", "[1, 100]", True),
+    ],
+)
+def test_thousands_equivalence(pred, gold, same):
+    assert equivalent(pred, gold) is same
+
+
+# 4. a comma without a space separates list elements unless the other answer is a decimal with as many places
+@pytest.mark.parametrize(
+    "pred, gold, same",
+    [
+        ("3,12", "3, 12", True),
+        ("-2,10", "-2.1", False),
+        ("-2,10", "10, -2", True),
+        ("0,5", "0, 5", True),
+        ("1,22", "1.22", True),
+        ("2,74", "2.74", True),
+        ("0,111", "0.111", True),
+    ],
+)
+def test_comma_lists_and_decimal_commas(pred, gold, same):
+    assert equivalent(pred, gold) is same
+
+
+def test_comma_normalisation():
+    assert normalize("3,12") == "3, 12"
+    assert normalize_pair("3,12", "3.12") == ("3.12", "3.12")
+    assert normalize_pair("1,000", "1.000") == ("1000", "1.000")  # a thousands group is never a decimal
+
+
+# 5. a box beats a later prose phrase that states no value
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("\\boxed{44}. Check: 17*44=748=9*83+1, so our answer is correct.", "44"),
+        ("So $x = \\boxed{3}$; the answer is consistent with the constraints.", "3"),
+        ("\\boxed{12}\nNote: the final answer does not depend on n.", "12"),
+        ("\\boxed{4}\nFinal Answer: The final answer is $5$. I hope it is correct.", "5"),  # states a value
+        ("\\boxed{4}, so the answer is 5.", "5"),
+    ],
+)
+def test_box_beats_prose_without_a_value(text, expected):
+    assert extract_answer(text) == expected
+
+
+# 6. self-corrections are not answer lists; genuine multi-box lists still are
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("\\boxed{5}. Hmm no, \\boxed{6}.", "6"),
+        ("The answer is \\boxed{5}. Wait, actually it's \\boxed{7}.", "7"),
+        ("\\boxed{5}, wait, \\boxed{7}", "7"),
+        ("\\boxed{1} and \\boxed{2}", "1, 2"),
+        ("\\boxed{1}, \\boxed{2}", "1, 2"),
+        ("$x_1 = \\boxed{1}$ and $x_2 = \\boxed{2}$", "1, 2"),
+        ("\\boxed{1} papers and \\boxed{2} bins", "1, 2"),
+    ],
+)
+def test_self_correction_is_not_a_list(text, expected):
+    assert extract_answer(text) == expected
+
+
+# 7. string work in the calling process is linear: only the tail of a text is searched, answers are capped
+def test_extraction_searches_only_the_tail():
+    assert extract_answer("\\boxed{1} " + "more text " * SEARCH_TAIL) is None
+    assert extract_answer("more text " * SEARCH_TAIL + "\\boxed{2}") == "2"
+
+
+def test_overlong_answers_are_not_normalised():
+    text = "\\text{" * MAX_NORMALIZE_LENGTH + "}" * MAX_NORMALIZE_LENGTH
+    assert normalize(text) == text
+
+
+def test_boxes_are_matched_in_one_pass():
+    text = "\\boxed{" * 20_000 + "1" + "}" * 20_000
+    found = boxes(text)
+    assert len(found) == 20_000 and found[-1][2] == "1"
+
+
+@pytest.mark.parametrize(
+    "text", ["7" * 8000, "Total: " + "12," * 3000 + "5", "1" * 50_000, "\\boxed{" * 16_000, "1,000" * 10_000]
+)
+def test_hostile_texts_are_extracted_and_normalised_quickly(text):
+    start = time.monotonic()
+    answer = extract_answer(text)
+    normalize(answer or "")
+    assert time.monotonic() - start < 2.0  # these took 3-150 s with quadratic scans
+
+
+# 8. cheap ones: list multiplicity, empty-set spellings, scientific notation
+@pytest.mark.parametrize(
+    "pred, gold, same",
+    [
+        ("1, 1, 2", "1, 2", False),
+        ("1, 2, 1", "1, 1, 2", True),
+        ("\\emptyset", "\\varnothing", True),
+        ("1e3", "1000", True),
+        ("2.5e-3", "\\frac{1}{400}", True),
+        ("1e3", "100", False),
+    ],
+)
+def test_multiplicity_empty_set_and_scientific_notation(pred, gold, same):
+    assert equivalent(pred, gold) is same
+
+
+# 9. the batch CLI: answer rows skip extraction, bad options exit 2 with a message
+class Recorder(Verifier):
+    """Says which entry point scored each row."""
+
+    def score(self, completion: str, reference: str) -> Score:
+        return Score(0.0, False, "completion", "completion")
+
+    def score_answers(self, answers, references):
+        return [Score(1.0, True, "answer", "answer") for _ in answers]
+
+
+@pytest.fixture
+def cases(tmp_path):
+    path = tmp_path / "cases.jsonl"
+    rows = [
+        {"id": "a", "gold": "1", "pred": "1", "mode": "answer"},
+        {"id": "c", "gold": "1", "pred": "1", "mode": "completion"},
+        {"id": "d", "gold": "1", "pred": "1"},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_cli_scores_answer_rows_as_answers(cases, capsys):
+    assert main(["score", str(cases), "--verifier", f"{__name__}.Recorder"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(r["id"], r["extracted"]) for r in records] == [
+        ("a", "answer"),
+        ("c", "completion"),
+        ("d", "completion"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["Bogus", "nomod.Bogus", "rewards.normalize.normalize"])
+def test_cli_rejects_an_unknown_verifier(cases, capsys, name):
+    assert main(["score", str(cases), "--verifier", name]) == 2
+    assert f"--verifier {name}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--workers", "--timeout"])
+def test_cli_rejects_non_positive_limits(cases, capsys, option):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", str(cases), option, "0"])
+    assert exit_info.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_math_verifier_scores_bare_answers_without_extraction():
+    verifier = MathVerifier(workers=1)
+    try:
+        assert verifier.score_answers(["$\\boxed{1,2}$"], ["2, 1"])[0].correct
+        prose = (
+            "the value is 5 dollars"  # as a completion its last number is extracted; as an answer it is text
+        )
+        assert verifier.score_batch([prose], ["5"])[0].correct
+        assert not verifier.score_answers([prose], ["5"])[0].correct
+    finally:
+        verifier.pool.close()
