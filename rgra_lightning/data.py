@@ -32,6 +32,7 @@ Example = dict[str, str]
 ReferenceFormat = Literal["answer", "gsm8k_solution", "boxed_solution"]
 
 _GSM8K_FINAL = re.compile(r"####\s*(.+?)\s*$")
+_GSM8K_CALCULATOR = re.compile(r"<<[^<>]*>>")
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 # Options of the files and dataset tasks only. The arithmetic task raises when one is set rather than
 # ignore it: its problems come from code, and its prompts must match those of the supervised warm-up.
@@ -251,11 +252,11 @@ def load_examples(
 
 def shot_solution(record: dict[str, str], reference_format: ReferenceFormat) -> str:
     """A few-shot example's answer text: the worked solution, its GSM8K ``#### N`` line as ``\\boxed{N}``
-    (the format the instruction asks for), or just the boxed reference when the row has no solution."""
+    (the format the instruction asks for) and without GSM8K's calculator annotations (``<<48/2=24>>``,
+    which no model should imitate), or just the boxed reference when the row has no solution."""
     if reference_format == "gsm8k_solution":
-        return _GSM8K_FINAL.sub(
-            lambda m: f"The final answer is \\boxed{{{record['reference']}}}.", record["answer"]
-        )
+        solution = _GSM8K_CALCULATOR.sub("", record["answer"])
+        return _GSM8K_FINAL.sub(lambda m: f"The final answer is \\boxed{{{record['reference']}}}.", solution)
     if reference_format == "boxed_solution":
         return record["answer"]
     return f"The final answer is \\boxed{{{record['reference']}}}."

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rgra_lightning.data import DatasetError, MathPromptDataModule, reference_answer
+from rgra_lightning.data import DatasetError, MathPromptDataModule, reference_answer, shot_solution
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_tokenizer
 from tests.conftest import TINY_POLICY, shared_path
@@ -333,3 +333,14 @@ def test_fit_without_a_training_batch_is_a_one_line_error(small_config, tmp_path
     error = one_line_error(args, capsys)
     assert expected in error
     assert not (tmp_path / "hf_model").exists()  # the untrained policy is not exported
+
+
+def test_gsm8k_few_shot_solutions_end_boxed_and_drop_calculator_annotations():
+    record = {
+        "question": "Natalia sold 48 clips in April and half as many in May. How many in all?",
+        "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\nIn all: 48+24 = <<48+24=72>>72.\n#### 72",
+        "reference": "72",
+    }
+    assert shot_solution(record, "gsm8k_solution") == (
+        "In May she sold 48/2 = 24 clips.\nIn all: 48+24 = 72.\nThe final answer is \\boxed{72}."
+    )
