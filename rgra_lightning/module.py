@@ -625,7 +625,8 @@ def robust_score_batch(
     verifier: Verifier, completions: list[str], references: list[str], prompts: list[str] | None = None
 ) -> list[Score]:
     """``verifier.score_batch``, never raising: if the batch call fails, each completion is scored alone
-    and one that still raises gets reward 0 with the error recorded (a buggy verifier must not end a run)."""
+    (a batch of one, with its prompt, which learned rewards need) and one that still raises gets reward 0
+    with the error recorded (a buggy verifier must not end a run)."""
     try:
         return verifier.score_batch(completions, references, prompts)
     except Exception as batch_error:
@@ -634,9 +635,10 @@ def robust_score_batch(
             stacklevel=2,
         )
     scores = []
-    for completion, reference in zip(completions, references, strict=True):
+    for index, (completion, reference) in enumerate(zip(completions, references, strict=True)):
+        prompt = None if prompts is None else [prompts[index]]  # learned rewards score (prompt, completion)
         try:
-            scores.append(verifier.score(completion, reference))
+            scores.append(verifier.score_batch([completion], [reference], prompt)[0])
         except Exception as error:
             scores.append(Score(0.0, False, None, "verifier raised", error=repr(error)))
     return scores

@@ -18,7 +18,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import rgra_lightning.module as module_under_test
-from rewards import MathVerifier, Score, Verifier
+from rewards import MathVerifier, Score, Verifier, WeightedSum
 from rgra_lightning.checkpointing import AtomicCheckpointIO
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
@@ -258,8 +258,29 @@ class FlakyVerifier(Verifier):
 
 
 class BrokenBatchVerifier(FlakyVerifier):
+    """Fails on any batch of more than one completion, as a verifier running out of memory would."""
+
     def score_batch(self, completions, references, prompts=None):
-        raise RuntimeError("batch scoring service unavailable")
+        if len(completions) > 1:
+            raise RuntimeError("batch scoring service unavailable")
+        return super().score_batch(completions, references, prompts)
+
+
+class LearnedReward(Verifier):
+    """Like a learned reward model: scores (prompt, completion) pairs only, and fails on batches of more
+    than one (an out-of-memory error)."""
+
+    judges_correctness = False
+
+    def score(self, completion, reference):
+        raise ValueError("needs prompts")
+
+    def score_batch(self, completions, references, prompts=None):
+        if prompts is None:
+            raise ValueError("needs prompts")
+        if len(completions) > 1:
+            raise RuntimeError("out of memory")
+        return [Score(0.5, False, None, "learned")]
 
 
 def test_verifier_crashes_give_reward_zero_and_are_counted():
@@ -273,6 +294,16 @@ def test_verifier_crashes_give_reward_zero_and_are_counted():
         assert [score.reward for score in checked] == [1.0, 0.0, 0.0, 0.0]
         assert [score.error is not None for score in checked] == [False, True, True, True]
         assert "verifier crashed" in checked[1].error and "non-finite" in checked[3].error
+
+
+def test_a_failing_learned_reward_keeps_the_verifiers_reward_when_scored_one_at_a_time():
+    verifier = WeightedSum([MathVerifier(), LearnedReward()], [1.0, 0.2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = robust_score_batch(verifier, ["\\boxed{2}", "\\boxed{3}"], ["2", "2"], ["1+1=", "1+1="])
+    assert "out of memory" in str(caught[0].message)
+    assert [score.reward for score in scores] == pytest.approx([1.1, 0.1])  # 1.0 x verifier + 0.2 x 0.5
+    assert [score.error for score in scores] == [None, None]
 
 
 def test_training_survives_a_crashing_verifier_and_logs_the_errors(small_config, tmp_path):
