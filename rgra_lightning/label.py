@@ -55,6 +55,8 @@ def label(
         raise ConfigError(f"--split must be one of {list(SPLITS)}, got {split!r}")
     if batch_size < 1 or (limit is not None and limit < 1):
         raise ConfigError(f"--batch-size and --limit must be >= 1, got {batch_size}, {limit}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device is available here (use --device cpu)")
     if ckpt_path is not None:
         require_checkpoint(ckpt_path)
     cli = main(["--config", config, *(overrides or [])], run=False)

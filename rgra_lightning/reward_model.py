@@ -133,6 +133,13 @@ class RewardModelScorer(Verifier):
         self.tokenizer.truncation_side = "left"
         if kind == "classifier":
             self.model: nn.Module = freeze(load_sequence_classifier(model_path, gguf_file, dtype))
+            saved = self.model.config.architectures or ["a model of unknown class"]
+            if not any(name.endswith("ForSequenceClassification") for name in saved):
+                # transformers would add a randomly initialised score head: a random reward, no error
+                raise ConfigError(
+                    f"reward model {model_path!r} is a {saved[0]} without a trained score head: train one "
+                    "(configs/reward_model.yaml) or score with kind: judge"
+                )
             num_labels = self.model.config.num_labels
             if num_labels not in (1, 2):
                 raise ConfigError(

@@ -19,6 +19,7 @@ Validation and test log ``accuracy`` (predicted probability > 0.5), ``auroc`` an
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalibrationError
+from torchmetrics.utilities import dim_zero_cat
 
 from rgra_lightning.data import DatasetError
 from rgra_lightning.errors import ConfigError
@@ -77,8 +79,11 @@ def read_rows(path: Path, label_field: str, label_threshold: float) -> list[Row]
             if not isinstance(row.get("completion"), str):
                 raise DatasetError(f"{where}: a row needs 'completion' (outcome) or 'chosen' and 'rejected'")
             value = row.get(label_field)
-            if isinstance(value, str) or value is None:
-                raise DatasetError(f"{where}: label field {label_field!r} must be a number or a boolean")
+            if not isinstance(value, (bool, int, float)) or not math.isfinite(value):
+                raise DatasetError(
+                    f"{where}: label field {label_field!r} must be a boolean or a finite number, "
+                    f"got {value!r}"
+                )
             rows.append({**row, "kind": "outcome", "label": float(float(value) > label_threshold)})
     if not rows:
         raise DatasetError(f"reward data file {path} has no rows")
@@ -91,7 +96,23 @@ def split_by_prompt(rows: list[Row], val_fraction: float, seed: int) -> tuple[li
     prompts = sorted({row["prompt"] for row in rows})
     random.Random(seed).shuffle(prompts)
     held_out = set(prompts[: max(1, round(len(prompts) * val_fraction))])
+    if len(held_out) == len(prompts):
+        raise ConfigError(
+            f"data.val_fraction={val_fraction} holds out all {len(prompts)} prompts of the training file: "
+            "give a val_file or more prompts"
+        )
     return [r for r in rows if r["prompt"] not in held_out], [r for r in rows if r["prompt"] in held_out]
+
+
+class DefinedAUROC(BinaryAUROC):
+    """``BinaryAUROC`` that is NaN when the labels hold one class only: AUROC is undefined there, and
+    torchmetrics' 0 would read as a perfectly inverted model (and win or lose a checkpoint monitor)."""
+
+    def compute(self) -> Tensor:
+        target = dim_zero_cat(self.target)
+        if target.numel() == 0 or bool(target.min() == target.max()):
+            return torch.tensor(float("nan"))
+        return super().compute()
 
 
 class RewardDataModule(LightningDataModule):
@@ -206,7 +227,7 @@ class RewardModelModule(LightningModule):
                 stage: MetricCollection(
                     {
                         "accuracy": BinaryAccuracy(),
-                        "auroc": BinaryAUROC(),
+                        "auroc": DefinedAUROC(),
                         "calibration_error": BinaryCalibrationError(n_bins=10),
                     },
                     prefix=f"{stage}/",

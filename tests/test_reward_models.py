@@ -18,7 +18,13 @@ from rgra_lightning.label import main as label_main
 from rgra_lightning.models import load_causal_lm, load_sequence_classifier, load_tokenizer
 from rgra_lightning.module import reward_components
 from rgra_lightning.reward_model import RewardModelScorer, transform_scores
-from rgra_lightning.reward_training import bradley_terry_loss, outcome_loss, read_rows, split_by_prompt
+from rgra_lightning.reward_training import (
+    DefinedAUROC,
+    bradley_terry_loss,
+    outcome_loss,
+    read_rows,
+    split_by_prompt,
+)
 from tests.conftest import TINY_POLICY
 from tests.test_training import scalar_tags
 
@@ -130,6 +136,8 @@ def test_scorer_configuration_errors_name_the_field(classifier_dir, tmp_path):
         RewardModelScorer(str(classifier_dir), clip=(1.0, 0.0))
     with pytest.raises(ConfigError, match="3 labels"):
         RewardModelScorer(str(save_classifier(tmp_path, num_labels=3)))
+    with pytest.raises(ConfigError, match="LlamaForCausalLM without a trained score head"):
+        RewardModelScorer(str(TINY_POLICY))  # a policy: its score head would be random
     with pytest.raises(ConfigError, match="model directory 'runs/missing/hf_model' does not exist"):
         RewardModelScorer("runs/missing/hf_model")  # a relative path, never mistaken for a hub name
     with pytest.raises(ValueError, match="needs prompts"):
@@ -250,7 +258,10 @@ def test_reward_rows_are_checked_with_file_and_line(tmp_path):
         json.dumps({"completion": "x", "correct": True}): "'prompt'",
         json.dumps({"prompt": "p", "correct": True}): "'completion'",
         json.dumps({"prompt": "p", "chosen": "a"}): "'rejected'",
-        json.dumps({"prompt": "p", "completion": "c", "correct": "yes"}): "'correct' must be a number",
+        json.dumps({"prompt": "p", "completion": "c", "correct": "yes"}): "'correct' must be a boolean",
+        json.dumps({"prompt": "p", "completion": "c", "correct": [1]}): "finite number, got \\[1\\]",
+        '{"prompt": "p", "completion": "c", "correct": NaN}': "finite number, got nan",
+        '{"prompt": "p", "completion": "c", "correct": Infinity}': "finite number, got inf",
     }
     for line, message in cases.items():
         path = tmp_path / "rows.jsonl"
@@ -272,6 +283,16 @@ def test_held_out_split_never_shares_a_prompt():
     assert len(train) + len(val) == len(rows)
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in val}
     assert 0.15 < len(val) / len(rows) < 0.35
+    with pytest.raises(ConfigError, match="holds out all 1 prompts"):
+        split_by_prompt([r for r in rows if r["prompt"] == rows[0]["prompt"]], 0.25, seed=0)
+
+
+def test_auroc_is_nan_when_the_labels_hold_one_class():
+    auroc = DefinedAUROC()
+    auroc.update(torch.tensor([0.9, 0.2]), torch.tensor([1, 1]))
+    assert torch.isnan(auroc.compute())  # torchmetrics' BinaryAUROC gives 0: "perfectly inverted"
+    auroc.update(torch.tensor([0.1]), torch.tensor([0]))
+    assert auroc.compute().item() == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------- label command
@@ -292,6 +313,9 @@ def test_label_writes_verified_completions_for_each_prompt(small_config, tmp_pat
     assert summary["accuracy"] == pytest.approx(sum(row["correct"] for row in rows) / 6)
     with pytest.raises(ConfigError, match="--split"):
         label(str(config), str(output), split="dev")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cuda: no CUDA device"):
+            label(str(config), str(output), device="cuda")
 
 
 def test_shipped_reward_configs_parse(classifier_dir, tmp_path, monkeypatch):
