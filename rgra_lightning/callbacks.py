@@ -64,4 +64,4 @@ class ExportHuggingFace(Callback):
             return
         directory = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "hf_model")
         export_policy(model, pl_module.tokenizer, str(directory), state_dict=state_dict)
-        print(f"exported {type(model).__name__} to {directory}")
+        print(f"exported the final model to {directory}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import tempfile
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} does not support storage_options")
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+        # A unique name created like open() would (0666 less the umask; tempfile.mkstemp's is 0600)
+        temporary = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.partial"
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(handle, "wb") as file:
                 torch.save(checkpoint, file)
@@ -109,6 +111,11 @@ def set_rng_states(states: dict[str, Any]) -> None:
 def require_checkpoint(ckpt_path: str) -> None:
     """Raise ``ConfigError`` unless ``ckpt_path`` is an existing file; commands call it before building a
     module, which takes a while."""
+    if Path(ckpt_path).is_dir():
+        raise ConfigError(
+            f"checkpoint {ckpt_path!r} is a sharded (FSDP2) checkpoint directory, which this command cannot "
+            "read: export the run's final policy with the ExportHuggingFace callback instead"
+        )
     if not Path(ckpt_path).is_file():
         raise ConfigError(f"checkpoint {ckpt_path!r} does not exist")
 

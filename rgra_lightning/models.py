@@ -11,7 +11,6 @@ LoRA (``peft``) wraps a loaded policy; ``gguf_to_hf`` converts a GGUF model once
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,11 +78,11 @@ def _load_kwargs(name_or_path: str, gguf_file: str | None) -> dict:
 
 
 def _explain(name_or_path: str, what: str, error: Exception) -> ModelLoadError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(error).lower()
+    # A local directory that fails to load is the directory's problem, not the hub's
     hint = (
         " The Hugging Face hub is not reachable (offline): download the model elsewhere and pass its local "
         "directory instead of a hub name."
-        if offline or not Path(name_or_path).exists()
+        if not Path(name_or_path).exists()
         else ""
     )
     reason = " ".join(str(error).split())  # one line, whatever transformers printed
@@ -170,17 +169,18 @@ def gguf_to_hf(model_dir: str, gguf_file: str, output_dir: str, dtype: str = "fl
 class LoraConfig:
     """LoRA adapters on the policy (``peft``); the base weights are frozen and only adapters train.
 
+    The adapters have no dropout: two passes of the same weights must give the same log-probs, or the
+    policy ratio and the KL measure dropout noise (TRL switches dropout off for RL too).
+
     Args:
         rank: r, the adapters' rank (the paper uses 128).
         alpha: scaling numerator (the update is scaled by ``alpha / rank``).
-        dropout: dropout on the adapters' input.
         target_modules: names of the linear layers that get adapters; ``all-linear`` means every linear
             layer except the output head.
     """
 
     rank: int = 16
     alpha: float = 32.0
-    dropout: float = 0.0
     target_modules: list[str] | str = field(default="all-linear")
 
     def __post_init__(self) -> None:
@@ -188,8 +188,6 @@ class LoraConfig:
             raise ConfigError(f"model.lora.rank must be >= 1, got {self.rank}")
         if self.alpha <= 0:
             raise ConfigError(f"model.lora.alpha must be > 0, got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
 
 
 def add_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
@@ -200,14 +198,31 @@ def add_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
     except ImportError as error:
         raise ConfigError("model.lora needs the peft package: pip install 'rgra-lightning[real]'") from error
     target = config.target_modules
+    if model.config.tie_word_embeddings and not isinstance(target, str):
+        # An adapter sees one use of the shared matrix, but merging writes it into both
+        embeddings = _embeddings(model)
+        tied = {name.rpartition(".")[2] for name, module in model.named_modules() if module in embeddings}
+        if tied & set(target):
+            raise ConfigError(
+                f"model.lora.target_modules {sorted(tied & set(target))} share their weights with the "
+                "model's other embedding (tie_word_embeddings): the merged export would differ from the "
+                "trained policy; leave them out"
+            )
     lora = peft.LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
         target_modules=target if isinstance(target, str) else list(target),
         task_type="CAUSAL_LM",
     )
-    return peft.get_peft_model(model, lora)
+    try:
+        return peft.get_peft_model(model, lora)
+    except ValueError as error:  # e.g. a target that is not a linear layer, or that does not exist
+        raise ConfigError(f"model.lora.target_modules={target!r}: {error}") from error
+
+
+def _embeddings(model: PreTrainedModel) -> list[torch.nn.Module]:
+    pair = (model.get_input_embeddings(), model.get_output_embeddings())
+    return [module for module in pair if module is not None]
 
 
 def freeze(model: PreTrainedModel) -> PreTrainedModel:

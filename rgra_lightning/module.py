@@ -184,6 +184,9 @@ class RLModule(LightningModule):
             return  # one device or DDP, or already sharded (configure_model runs once per fit/validate)
         if mesh["tensor_parallel"].size() != 1:
             raise ConfigError("tensor parallelism is not supported: set strategy.tensor_parallel_size=1")
+        if self.hparams.lora is not None:
+            # Sharded, the adapters could not be merged for export, and checkpoints would hold the base too
+            raise ConfigError("model.lora is not supported with FSDP2 (ModelParallelStrategy): use DDP")
         data_mesh = mesh["data_parallel"]
         shard_model(self.policy, data_mesh, self.sharding, trainable=True)
         for frozen in [self.reference, *self.reward_models]:

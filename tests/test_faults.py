@@ -192,6 +192,12 @@ def test_checkpoint_is_renamed_into_place_from_the_same_directory(tmp_path, monk
     [(source, target)] = renames
     assert Path(source).parent == Path(target).parent == tmp_path / "sub"
     assert torch.load(target, weights_only=True) == {"global_step": 3}
+    umask = os.umask(0o022)  # readable by the group, as a file written with open() (mkstemp made 0600)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"global_step": 4}, tmp_path / "shared.ckpt")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "shared.ckpt").stat().st_mode & 0o777 == 0o644
 
 
 # ---------------------------------------------------------------------- NaN / inf

@@ -3,6 +3,7 @@
 import importlib.util
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,15 @@ from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.export import export_checkpoint, export_policy
 from rgra_lightning.label import label
-from rgra_lightning.models import ModelLoadError, gguf_to_hf, load_causal_lm, load_tokenizer, resolve_path
+from rgra_lightning.models import (
+    LoraConfig,
+    ModelLoadError,
+    add_lora,
+    gguf_to_hf,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_path,
+)
 from rgra_lightning.rollout import SamplingConfig, sample_rollout, token_logprobs
 from tests.conftest import ROOT, TINY_POLICY
 
@@ -34,6 +43,28 @@ def test_package_paths_resolve_without_import_and_name_the_missing_package():
 def lora_config(small_config, **overrides):
     lora = {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]}
     return small_config("rgra", **{"model.init_args.lora": lora, "trainer.max_steps": 2}, **overrides)
+
+
+@pytest.mark.parametrize(
+    "targets, message",
+    [
+        (["embed_tokens", "q_proj"], r"\['embed_tokens'\] share their weights"),  # tied to the output head
+        (["lm_head"], r"\['lm_head'\] share their weights"),
+        (["norm"], "is not supported"),  # not a linear layer
+        (["no_such_layer"], "not found in the base model"),
+    ],
+)
+def test_lora_targets_that_cannot_be_trained_and_merged_faithfully_are_refused(targets, message):
+    with pytest.raises(ConfigError, match=message):
+        add_lora(load_causal_lm(str(TINY_POLICY)), LoraConfig(rank=2, target_modules=targets))
+
+
+def test_lora_is_refused_under_fsdp2_whose_export_could_not_merge_it(small_config, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    module = main(["--config", str(lora_config(small_config))], run=False).model
+    module._device_mesh = {"tensor_parallel": SimpleNamespace(size=lambda: 1)}  # what the strategy sets
+    with pytest.raises(ConfigError, match="model.lora is not supported with FSDP2"):
+        module.configure_model()
 
 
 def test_lora_trains_only_adapters_and_its_reference_is_the_base_model(small_config, tmp_path):
@@ -122,6 +153,17 @@ def test_commands_that_load_a_checkpoint_name_a_missing_one_before_building_the_
         export_checkpoint("no-such-config.yaml", missing, str(tmp_path / "out"))
     with pytest.raises(ConfigError, match="missing.ckpt' does not exist"):
         label("no-such-config.yaml", str(tmp_path / "rows.jsonl"), ckpt_path=missing)
+    (tmp_path / "sharded.ckpt").mkdir()  # what FSDP2 writes
+    with pytest.raises(ConfigError, match="is a sharded \\(FSDP2\\) checkpoint directory"):
+        export_checkpoint("no-such-config.yaml", str(tmp_path / "sharded.ckpt"), str(tmp_path / "out"))
+
+
+def test_a_local_directory_that_fails_to_load_is_not_blamed_on_the_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "config.json").write_text("{}")  # no model_type
+    with pytest.raises(ModelLoadError) as caught:
+        load_causal_lm(str(tmp_path))
+    assert "hub" not in str(caught.value)
 
 
 def test_paper_configs_train_one_epoch_of_the_papers_setting_and_differ_only_in_the_model():
