@@ -42,8 +42,14 @@ def _options(target: object) -> list[str]:
 
 def valid_keys_hint(error_text: str) -> str | None:
     """For an unknown key under one of our classes, the list of keys valid at that level, if found."""
-    class_match, key_match = _CLASS_PATH.search(error_text), _UNKNOWN_KEY.search(error_text)
-    if class_match is None or key_match is None:
+    key_match = _UNKNOWN_KEY.search(error_text)
+    if key_match is None:
+        return None
+    # the innermost class named before the unknown key (a LoraConfig inside an RLModule, say)
+    class_match = None
+    for match in _CLASS_PATH.finditer(error_text, 0, key_match.start()):
+        class_match = match
+    if class_match is None:
         return None
     dotted = key_match["key"] or key_match["option"] or f"{key_match['group']}.{key_match['group_option']}"
     module_name, _, class_name = class_match["class_path"].rpartition(".")

@@ -413,6 +413,9 @@ def test_misspelled_nested_and_top_level_keys_list_their_level(small_config, cap
     error = misspelling_error(["--config", str(small_config("rgra")), "--model.learnin_rate=3"], capsys)
     assert "valid keys of rgra_lightning.RLModule: model_path, gguf_file," in error
     assert "learning_rate" in error
+    # a class given inside another (LoraConfig inside RLModule): the inner one's keys
+    error = misspelling_error(["--config", str(small_config("rgra")), "--model.lora={r: 4}"], capsys)
+    assert "valid keys of rgra_lightning.models.LoraConfig: rank, alpha, target_modules" in error
 
 
 @pytest.mark.parametrize(
