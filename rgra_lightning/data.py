@@ -75,6 +75,7 @@ class Preset:
     train_split: str | None
     val_split: str | None
     test_split: str | None
+    prompt_template: str = "Question: {question}\nAnswer:"  # plain prompts, as lm-evaluation-harness's
 
 
 _NO_PRESET = {
@@ -86,6 +87,7 @@ _NO_PRESET = {
     "train_split": "train",
     "val_split": None,
     "test_split": None,
+    "prompt_template": "{question}=",  # the embedded task's, as in the warm-up
 }
 PRESETS = {
     "gsm8k": Preset("openai/gsm8k", "main", "question", "answer", "gsm8k_solution", "train", "test", "test"),
@@ -290,7 +292,8 @@ class MathPromptDataModule(LightningDataModule):
             instead of stopping with an error naming the row.
         prompt_format: ``plain`` fills ``prompt_template``; ``chat`` applies the tokenizer's chat template
             (``tokenizer_path``, or the policy's tokenizer when the trainer runs with an ``RLModule``).
-        prompt_template: Python format string with ``{question}`` (``plain``).
+        prompt_template: Python format string with ``{question}`` (``plain``); default ``{question}=`` (the
+            embedded task's and the warm-up's), or with a preset ``Question: {question}\\nAnswer:``.
         system_prompt: system message (``chat``); none when unset.
         instruction: appended to each question on a new line, e.g. the answer format.
         few_shot: solved training problems shown before each question (removed from the training set).
@@ -323,7 +326,7 @@ class MathPromptDataModule(LightningDataModule):
         reference_format: ReferenceFormat | None = None,
         skip_invalid: bool = False,
         prompt_format: Literal["plain", "chat"] = "plain",
-        prompt_template: str = "{question}=",
+        prompt_template: str | None = None,
         system_prompt: str | None = None,
         instruction: str | None = None,
         few_shot: int = 0,
@@ -341,7 +344,7 @@ class MathPromptDataModule(LightningDataModule):
             raise ConfigError(
                 f"data.batch_size and data.val_batch_size must be >= 1, got {batch_size}, {val_batch_size}"
             )
-        if "{question}" not in prompt_template:
+        if prompt_template is not None and "{question}" not in prompt_template:
             raise ConfigError(f"data.prompt_template must contain '{{question}}', got {prompt_template!r}")
         if task == "files" and (train_file is None or val_file is None):
             raise ConfigError("data.task='files' needs data.train_file and data.val_file")
@@ -484,9 +487,10 @@ class MathPromptDataModule(LightningDataModule):
         solved = [(self.user_message(s["question"]), shot_solution(s, fmt)) for s in shots]
         question = self.user_message(record["question"])
         if hp.prompt_format == "plain":
-            prefix = "".join(f"{hp.prompt_template.format(question=q)} {a}\n\n" for q, a in solved)
+            template = self.settings["prompt_template"]
+            prefix = "".join(f"{template.format(question=q)} {a}\n\n" for q, a in solved)
             return {
-                "prompt": prefix + hp.prompt_template.format(question=question),
+                "prompt": prefix + template.format(question=question),
                 "reference": record["reference"],
             }
         messages = [{"role": "system", "content": hp.system_prompt}] if hp.system_prompt else []

@@ -35,6 +35,12 @@ def test_gsm8k_preset_reads_the_local_copy_with_final_answers_as_references():
     assert all("," not in e["reference"] and "####" not in e["reference"] for e in data.train_examples)
 
 
+def test_a_preset_prompts_as_question_and_answer_unless_a_template_is_given():
+    first = json.loads(shared_path("datasets", "gsm8k", "test.jsonl").read_text().splitlines()[0])
+    prompt = gsm8k(limit=1).test_examples[0]["prompt"]
+    assert prompt == f"Question: {first['question']}\nAnswer:"  # not the embedded task's "{question}="
+
+
 def test_math500_preset_uses_problem_and_answer_and_boxed_solution_agrees():
     source = str(shared_path("datasets", "math500"))
     by_answer = MathPromptDataModule(
