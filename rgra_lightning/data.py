@@ -34,29 +34,17 @@ ReferenceFormat = Literal["answer", "gsm8k_solution", "boxed_solution"]
 _GSM8K_FINAL = re.compile(r"####\s*(.+?)\s*$")
 _GSM8K_CALCULATOR = re.compile(r"<<[^<>]*>>")
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-# Options of the files and dataset tasks only. The arithmetic task raises when one is set rather than
-# ignore it: its problems come from code, and its prompts must match those of the supervised warm-up.
-_DATASET_ONLY = (
-    "train_file",
-    "val_file",
-    "test_file",
-    "preset",
-    "source",
-    "source_config",
-    "train_split",
-    "val_split",
-    "test_split",
-    "question_field",
-    "answer_field",
-    "reference_format",
-    "skip_invalid",
-    "prompt_format",
-    "system_prompt",
-    "instruction",
-    "few_shot",
-    "tokenizer_path",
-    "tokenizer_gguf_file",
-)
+# Options that only some tasks read; setting one for another task raises rather than being ignored. The
+# arithmetic task's problems come from code and its prompts must match those of the supervised warm-up.
+_FILE_OPTIONS = ("train_file", "val_file", "test_file")
+_HUB_OPTIONS = ("source", "source_config", "train_split", "val_split", "test_split")
+_ROW_OPTIONS = ("preset", "question_field", "answer_field", "reference_format", "skip_invalid")
+_PROMPT_OPTIONS = ("prompt_format", "system_prompt", "instruction", "few_shot", "tokenizer_path")
+_UNUSED_BY_TASK = {
+    "arithmetic": (*_FILE_OPTIONS, *_HUB_OPTIONS, *_ROW_OPTIONS, *_PROMPT_OPTIONS, "tokenizer_gguf_file"),
+    "files": _HUB_OPTIONS,
+    "dataset": _FILE_OPTIONS,
+}
 
 
 class DatasetError(ConfigError):
@@ -276,7 +264,8 @@ class MathPromptDataModule(LightningDataModule):
             ``dataset`` (``source`` and the split names, or a ``preset``). ``arithmetic`` uses only
             ``prompt_template``, ``train_size``, ``limit``, the batch sizes, ``val_size`` and ``seed``;
             setting any option of the other tasks (files, splits, fields, chat, instruction, few-shot)
-            raises a ``ConfigError``, as its prompts must stay those of the warm-up.
+            raises a ``ConfigError``, as its prompts must stay those of the warm-up. Likewise ``files``
+            refuses ``source`` and the split names, and ``dataset`` the files.
         train_file, val_file, test_file: local JSON/JSONL files (``task: files``); test defaults to val.
         preset: ``gsm8k`` or ``math500``: fills ``source`` (the hub name), the fields and the splits that
             are not set. With a local copy set ``source`` too, e.g. ``../shared/datasets/gsm8k``.
@@ -361,14 +350,14 @@ class MathPromptDataModule(LightningDataModule):
             if value is not None and value < minimum:
                 raise ConfigError(f"data.{name} must be >= {minimum}, got {value}")
         self.save_hyperparameters()
-        if task == "arithmetic":
-            defaults = inspect.signature(MathPromptDataModule.__init__).parameters
-            unused = [name for name in _DATASET_ONLY if self.hparams[name] != defaults[name].default]
-            if unused:
-                raise ConfigError(
-                    f"data.task='arithmetic' does not use {', '.join(f'data.{n}' for n in unused)}: its "
-                    "prompts are prompt_template filled with the question, as in the warm-up"
-                )
+        defaults = inspect.signature(MathPromptDataModule.__init__).parameters
+        unused = [n for n in _UNUSED_BY_TASK.get(task, ()) if self.hparams[n] != defaults[n].default]
+        if unused:
+            raise ConfigError(
+                f"data.task={task!r} does not use {', '.join(f'data.{n}' for n in unused)}: task "
+                "arithmetic reads no data, files reads train_file/val_file/test_file, dataset reads source "
+                "and its splits (or a preset)"
+            )
         # Each dataset setting: the option when given, else the preset's, else the generic default.
         chosen = asdict(PRESETS[preset]) if preset else _NO_PRESET
         self.settings = {

@@ -258,10 +258,13 @@ def test_arithmetic_task_applies_limit_and_train_size():
         ({"instruction": "Box it."}, "data.instruction"),
         ({"prompt_format": "chat", "system_prompt": "Be brief."}, "data.prompt_format, data.system_prompt"),
         ({"source": "../shared/datasets/gsm8k", "skip_invalid": True}, "data.source, data.skip_invalid"),
+        ({"task": "files", "train_file": "a", "val_file": "b", "val_split": "test"}, "data.val_split"),
+        ({"task": "dataset", "source": "../shared/datasets/gsm8k", "val_file": "v.jsonl"}, "data.val_file"),
     ],
 )
-def test_arithmetic_task_rejects_the_options_it_cannot_use(options, named):
-    with pytest.raises(ConfigError, match=f"^data.task='arithmetic' does not use {named}: "):
+def test_a_task_rejects_the_options_it_does_not_read(options, named):
+    task = options.get("task", "arithmetic")
+    with pytest.raises(ConfigError, match=f"^data.task='{task}' does not use {named}: "):
         MathPromptDataModule(**options)
 
 
