@@ -101,17 +101,25 @@ def last_boxed(text: str) -> str | None:
     """Content of the last box, or None. Boxes separated only by a short connector ("and", "or", ",",
     ``\\quad``, ``$``, a label such as ``x_2 =``, at most four words of prose) form one answer list:
     ``\\boxed{1} and \\boxed{2}`` -> ``1, 2``; a sentence end or a word of self-correction between them
-    does not (``\\boxed{5}. Hmm no, \\boxed{6}`` -> ``6``)."""
-    found = boxes(text)
-    if not found:
-        return None
-    group = [found[-1]]
-    for previous in reversed(found[:-1]):
-        gap = text[previous[1] : group[0][0]]
+    does not (``\\boxed{5}. Hmm no, \\boxed{6}`` -> ``6``). A box inside another is part of its content."""
+    group = _last_box_group(text)
+    return ", ".join(content for _, _, content in group) if group else None
+
+
+def _last_box_group(text: str) -> list[tuple[int, int, str]]:
+    """The boxes of the last answer list (see ``last_boxed``), outermost boxes only, in order."""
+    outermost, end = [], -1
+    for box in boxes(text):
+        if box[0] >= end:  # not nested in the previous outermost box
+            outermost.append(box)
+            end = box[1]
+    first = len(outermost) - 1
+    while first > 0:
+        gap = text[outermost[first - 1][1] : outermost[first][0]]
         if len(gap) > _MAX_GAP_LENGTH or not _is_list_gap(gap):
             break
-        group.insert(0, previous)
-    return ", ".join(content for _, _, content in group)
+        first -= 1
+    return outermost[first:] if outermost else []
 
 
 def _is_list_gap(gap: str) -> bool:
@@ -123,8 +131,8 @@ def _is_list_gap(gap: str) -> bool:
 
 
 def _boxed(text: str) -> Match | None:
-    found = boxes(text)
-    return (found[-1][1], last_boxed(text) or "") if found else None
+    group = _last_box_group(text)
+    return (group[-1][1], ", ".join(content for _, _, content in group)) if group else None
 
 
 def _last(pattern: re.Pattern[str]) -> Callable[[str], Match | None]:

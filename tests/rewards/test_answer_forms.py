@@ -151,6 +151,7 @@ def test_box_beats_prose_without_a_value(text, expected):
         ("\\boxed{1}, \\boxed{2}", "1, 2"),
         ("$x_1 = \\boxed{1}$ and $x_2 = \\boxed{2}$", "1, 2"),
         ("\\boxed{1} papers and \\boxed{2} bins", "1, 2"),
+        ("\\boxed{\\boxed{12}}", "12"),  # a box inside a box is its content, not a second answer
     ],
 )
 def test_self_correction_is_not_a_list(text, expected):
@@ -175,7 +176,15 @@ def test_boxes_are_matched_in_one_pass():
 
 
 @pytest.mark.parametrize(
-    "text", ["7" * 8000, "Total: " + "12," * 3000 + "5", "1" * 50_000, "\\boxed{" * 16_000, "1,000" * 10_000]
+    "text",
+    [
+        "7" * 8000,
+        "Total: " + "12," * 3000 + "5",
+        "1" * 50_000,
+        "\\boxed{" * 16_000,
+        "1,000" * 10_000,
+        "\\boxed{" * 1400 + "1" + "}" * 1400,  # nested boxes were joined into a list of every level
+    ],
 )
 def test_hostile_texts_are_extracted_and_normalised_quickly(text):
     start = time.monotonic()
