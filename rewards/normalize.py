@@ -27,7 +27,11 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
+from rewards.extract import boxes
+
 MAX_NORMALIZE_LENGTH = 4000
+MAX_WRAPPERS = 8  # layers of math delimiters and boxes that ``strip_wrappers`` removes
+_BRACED_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 _SPACING = re.compile(  # a backslash after a backslash is a row break ``\\\\``, not a space command
     r"(?<!\\)\\[,;:!> ]|\\q?quad|\\displaystyle|\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])|~"
@@ -92,23 +96,20 @@ def _replace_text_commands(text: str) -> str:
 
 def _unbox(text: str) -> str:
     """The content of ``\\boxed{...}`` when it is the whole text (``\\boxed{1} and \\boxed{2}`` stays)."""
-    match = re.match(r"\\(?:boxed|fbox)\s*\{", text)
-    if not match or not text.endswith("}"):
+    if not _BRACED_BOX.match(text) or not text.endswith("}"):
         return text
-    depth = 0
-    for index in range(match.end() - 1, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[index], 0)
-        if depth == 0:
-            return text[match.end() : index].strip() if index == len(text) - 1 else text
-    return text
+    found = boxes(text)
+    return found[0][2] if found and found[0][:2] == (0, len(text)) else text
 
 
 def strip_wrappers(text: str) -> str:
-    """``text`` without surrounding math delimiters, trailing periods and one enclosing box, repeatedly:
-    ``$\\boxed{-2,1}$.`` -> ``-2,1``."""
-    previous = None
-    while previous != text:
+    """``text`` without surrounding math delimiters, trailing periods and enclosing boxes, up to
+    ``MAX_WRAPPERS`` layers: ``$\\boxed{-2,1}$.`` -> ``-2,1``. Each layer costs a pass over the text, so
+    the bound keeps hostile nests (``\\boxed{\\boxed{...}}`` a thousand deep) linear; they stay wrapped."""
+    for _ in range(MAX_WRAPPERS):
         previous, text = text, _unbox(strip_delimiters(text))
+        if text == previous:
+            break
     return text
 
 

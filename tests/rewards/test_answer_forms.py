@@ -11,7 +11,7 @@ from rewards import MathVerifier, Score, Verifier
 from rewards.__main__ import main
 from rewards.equivalence import equivalent
 from rewards.extract import SEARCH_TAIL, boxes, extract_answer
-from rewards.normalize import MAX_NORMALIZE_LENGTH, normalize, normalize_pair
+from rewards.normalize import MAX_NORMALIZE_LENGTH, MAX_WRAPPERS, normalize, normalize_pair, strip_wrappers
 
 
 # 1. units are dropped only when they are plainly units, never variables written against a number
@@ -162,6 +162,15 @@ def test_self_correction_is_not_a_list(text, expected):
 def test_extraction_searches_only_the_tail():
     assert extract_answer("\\boxed{1} " + "more text " * SEARCH_TAIL) is None
     assert extract_answer("more text " * SEARCH_TAIL + "\\boxed{2}") == "2"
+
+
+def test_wrappers_are_peeled_to_a_bounded_depth():
+    def nest(depth: int) -> str:
+        return "\\boxed{" * depth + "1" + "}" * depth
+
+    assert strip_wrappers(f"${nest(MAX_WRAPPERS)}$") == "1"  # a box and its delimiters in one pass
+    assert strip_wrappers(nest(MAX_WRAPPERS + 1)) == nest(1)  # a pass each: deeper nests stay wrapped
+    assert strip_wrappers(nest(1000)) == nest(1000 - MAX_WRAPPERS)
 
 
 def test_overlong_answers_are_not_normalised():
