@@ -1,11 +1,11 @@
 """String normalisation of an extracted answer, before parsing.
 
-``normalize`` maps the many spellings of one answer to one LaTeX string: surrounding ``$...$`` and one
-enclosing ``\\boxed{}``, text/font commands, units and currency, degrees, percent (kept as a trailing
-``\\%`` so equivalence can try both readings), thousands separators, scientific notation (``1e3``), unicode
-symbols, ``\\dfrac``/``\\tfrac``/``\\frac12``/``\\sqrt3``, ``\\left``/``\\right``, a leading ``x =`` (or
-``f(x) =``, ``|AB| =``) when its left side is a bare name, equality chains (the last member), ``\\approx``,
-"and"/"or" answer lists, multiple-choice letters and base subscripts (``204_5``).
+``normalize`` maps the many spellings of one answer to one LaTeX string: surrounding ``$...$`` and enclosing
+``\\boxed{}`` (``MAX_WRAPPERS`` layers), text/font commands, units and currency, degrees, percent (kept as a
+trailing ``\\%`` so equivalence can try both readings), thousands separators, scientific notation (``1e3``),
+unicode symbols, ``\\dfrac``/``\\tfrac``/``\\frac12``/``\\sqrt3``, ``\\left``/``\\right``, a leading ``x =``
+(or ``f(x) =``, ``|AB| =``) when its left side is a bare name, equality chains (the last member),
+``\\approx``, "and"/"or" answer lists, multiple-choice letters and base subscripts (``204_5``).
 
 Units are dropped only when they are plainly units: a ``\\text{}``/``\\mbox{}`` of words after a number
 (``10\\text{ units}``, ``15\\mbox{ cm}^2``), or trailing words after a number and a space that are a word of

@@ -119,7 +119,7 @@ class MathVerifier(Verifier):
         )
 
     def score_answers(self, answers: Sequence[str], references: Sequence[str]) -> list[Score]:
-        """Scores of bare answers, compared as they are (surrounding ``$...$`` and one enclosing ``\\boxed{}``
+        """Scores of bare answers, compared as they are (surrounding ``$...$`` and enclosing ``\\boxed{}``
         are dropped by normalisation), without extraction; references are still extracted."""
         if len(answers) != len(references):
             raise ValueError(f"{len(answers)} answers but {len(references)} references")
