@@ -7,7 +7,7 @@ import pytest
 
 from rewards import MathVerifier
 from rewards.sandbox import WorkerPool
-from tests.conftest import shared_path
+from tests.rewards.helpers import expand_power, shared_path
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +62,6 @@ def test_each_hostile_input_returns_within_the_limit_without_side_effects(verifi
     assert time.monotonic() - start < verifier.pool.timeout + 1.0
     assert score.reward == 0.0 and not score.correct
     assert not marker.exists()
-
-
-def expand_power(exponent: int) -> int:
-    """Terms of the expanded ``(x + 1)^exponent`` (module-level: the worker imports it by name)."""
-    import sympy
-
-    x = sympy.Symbol("x")
-    return len(sympy.expand((x + 1) ** exponent).args)
 
 
 def test_memory_cap_stops_a_huge_expansion_and_the_pool_keeps_working():
