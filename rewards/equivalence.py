@@ -16,20 +16,21 @@ inside a killable worker (``rewards.sandbox``): sympy can hang or exhaust memory
 
 from __future__ import annotations
 
-import cmath
 import contextlib
 import functools
+import itertools
 import random
 import re
 from fractions import Fraction
 from typing import Any
 
-from rewards.normalize import drop_simple_lhs, normalize_pair
+from rewards.normalize import drop_simple_lhs, equality_members, normalize_pair
 
 MAX_ANSWER_LENGTH = 1000
 FAST_NUMERAL_LENGTH = 60
 _NUMERAL = re.compile(r"^-?(\d+(\.\d*)?|\.\d+)(/\d+)?$|^-?\\frac\{\d+\}\{\d+\}$")
 _RELATIVE_TOLERANCE = 1e-9
+_ZERO_FLOOR = 1e-60  # an evaluated difference of exact values this small relative to them is zero
 
 
 def as_fraction(text: str) -> Fraction | None:
@@ -43,6 +44,12 @@ def as_fraction(text: str) -> Fraction | None:
         return Fraction(text)
     except (ValueError, ZeroDivisionError):
         return None
+
+
+def _word(text: str) -> str:
+    """A plain-words answer as compared: case and spaces ignored (``Evelyn`` = ``evelyn``), except that a
+    single letter keeps its case (``X`` and ``x`` are different variables)."""
+    return text if len(text) == 1 else text.lower().replace(" ", "")
 
 
 def _compact(text: str) -> str:
@@ -66,7 +73,7 @@ def fast_equivalent(pred: str, gold: str) -> bool | None:
         return True
     words = re.compile(r"[A-Za-z][A-Za-z ]*")
     if words.fullmatch(pred) and words.fullmatch(gold):
-        return pred.lower().replace(" ", "") == gold.lower().replace(" ", "")
+        return _word(pred) == _word(gold)
     pred_values, gold_values = _numeral_list(pred), _numeral_list(gold)
     if pred_values is None or gold_values is None:
         return None
@@ -114,6 +121,12 @@ def _numbers_equal(a: Any, b: Any) -> bool | None:
         gap, scale = abs(x - y), max(abs(x), abs(y))
         if not (gap.is_number and scale.is_number) or gap.has(sympy.nan):
             return None
+        if not (a.has(sympy.Float) or b.has(sympy.Float)):
+            # exact values: equal only when their difference evaluates to zero (evalf reports a difference it
+            # cannot resolve at any working precision as 0.e-160 or so), so 99999999/10^8 != 99999998/99999999
+            exact_gap = abs(sympy.N(a - b, 30))
+            if exact_gap.is_number:
+                return bool(exact_gap <= _ZERO_FLOOR * scale)
         tolerance = _RELATIVE_TOLERANCE * scale
         for value, other in ((a, b), (b, a)):
             literal = _decimals(value)
@@ -134,27 +147,64 @@ def _terminates(value: Any) -> bool:
     return q == 1
 
 
-def _differs_numerically(a: Any, b: Any) -> bool | None:
-    """True when ``a`` and ``b`` take different values at one of five random rational points of their
-    symbols, False when they agree at all five, None when that cannot be told (a symbol that is not a plain
-    ``Symbol``, or a value that is undefined or not a number)."""
+def _sample(expressions: list[Any], points: int = 5) -> list[list[Any]] | None:
+    """The values of ``expressions`` at ``points`` random rational points of their symbols (the same points
+    for all), as mpmath complex numbers (no overflow: ``(x - a)^{6000}`` at ``x = 97`` is fine), or None
+    when that cannot be told: a symbol that is not a plain ``Symbol``, or a value that is undefined or not a
+    finite number at some point."""
+    import mpmath
     import sympy
 
-    symbols = sorted(a.free_symbols | b.free_symbols, key=str)
+    symbols = sorted(set().union(*(e.free_symbols for e in expressions)), key=str)
     if not symbols or any(not isinstance(s, sympy.Symbol) for s in symbols):
         return None
+    if any(_has_symbolic_operator(e) for e in expressions):
+        return None
     rng = random.Random(0)
-    for _ in range(5):
-        point = {s: sympy.Rational(rng.randint(-97, 97), rng.randint(1, 13)) for s in symbols}
-        try:
-            x, y = complex(sympy.N(a.subs(point), 30)), complex(sympy.N(b.subs(point), 30))
-        except (TypeError, ValueError, OverflowError):
-            return None
-        if not (cmath.isfinite(x) and cmath.isfinite(y)):
-            return None
-        if abs(x - y) > 1e-8 * max(1.0, abs(x), abs(y)):
-            return True
-    return False
+    samples = []
+    for _ in range(points):
+        # numerators and denominators from the same range: values from about 0.01 to 97, so that neither a
+        # huge power ((x - a)^{5999}) nor a small term dominates at every point
+        point = {s: sympy.Rational(rng.randint(-97, 97), rng.randint(1, 97)) for s in symbols}
+        values = []
+        for expression in expressions:
+            try:
+                value = sympy.N(expression, 30, subs=point)  # numeric substitution: no exact huge powers
+                real, imaginary = value.as_real_imag()
+                number = mpmath.mpc(real._to_mpmath(100), imaginary._to_mpmath(100))
+            except (AttributeError, TypeError, ValueError, ZeroDivisionError):
+                return None
+            if not mpmath.isfinite(number):
+                return None
+            values.append(number)
+        samples.append(values)
+    return samples
+
+
+def _close(x: Any, y: Any) -> bool:
+    """Relative closeness of two sampled values. The absolute floor is far below any value a sample takes:
+    an exactly cancelling expression evaluates to zero (``0.e-163``), while ``x / 2^{99}`` at ``x = 5`` is
+    4e-30 and must not equal ``x / 2^{98}``."""
+    return bool(abs(x - y) <= 1e-8 * max(abs(x), abs(y)) + 1e-60)
+
+
+def _differs_numerically(a: Any, b: Any) -> bool | None:
+    """True when ``a`` and ``b`` take different values at one of five random rational points of their
+    symbols, False when they agree at all five, None when that cannot be told (see ``_sample``)."""
+    samples = _sample([a, b])
+    if samples is None:
+        return None
+    return any(not _close(x, y) for x, y in samples)
+
+
+def _constant_ratio(a: Any, b: Any) -> Any:
+    """The constant ``c`` (an mpmath complex) with ``a = c * b`` at five random points, or None when the ratio
+    varies or cannot be evaluated (``b`` zero at a point, a value undefined)."""
+    samples = _sample([a, b])
+    if samples is None or any(y == 0 for _, y in samples):
+        return None
+    ratios = [x / y for x, y in samples]
+    return ratios[0] if all(_close(r, ratios[0]) for r in ratios) else None
 
 
 def _exprs_equal(a: Any, b: Any) -> bool:
@@ -167,10 +217,31 @@ def _exprs_equal(a: Any, b: Any) -> bool:
         return True
     # Random points decide most pairs in milliseconds; ``simplify`` (often 10-100x slower) only settles
     # the pairs the points cannot, e.g. values undefined at a point.
+    if _has_symbolic_operator(a) or _has_symbolic_operator(b):
+        return _rebuilt(a) == _rebuilt(b)  # a sum, product, integral or limit over a symbolic range
     differs = _differs_numerically(a, b)
     if differs is not None:
         return not differs
     return bool(sympy.simplify(a - b) == 0)
+
+
+def _rebuilt(value: Any) -> Any:
+    """``value`` rebuilt bottom-up with sympy's automatic evaluation, which puts the unevaluated sums and
+    products the parser returns into canonical order (``F_{n-k-1} F_k`` and ``F_k F_{n-k-1}`` become the same
+    tree) without computing any sum, product, integral or limit."""
+    if not value.args:
+        return value
+    return value.func(*(_rebuilt(arg) for arg in value.args))
+
+
+def _has_symbolic_operator(value: Any) -> bool:
+    """Whether ``value`` holds a sum, product, integral or limit with a symbol left in it: sampled at random
+    points such an operator is slow to evaluate (a sum to n - 2 at n = 97/13) and meaningless (a fractional
+    number of terms), and ``simplify`` rarely settles it."""
+    import sympy
+
+    operators = (sympy.Sum, sympy.Product, sympy.Integral, sympy.Limit)
+    return any(operator.free_symbols for operator in value.atoms(*operators))
 
 
 def _solution_set(relation: Any) -> Any:
@@ -255,10 +326,8 @@ def _values_equal(a: Any, b: Any) -> bool:
             if interval.left_open is not True or interval.right_open is not True:
                 return False
             xs, ys = (xs[:2] if xs else xs), (ys[:2] if ys else ys)
-        if xs is None or ys is None:
-            return False
-        if isinstance(a, sympy.FiniteSet) or isinstance(b, sympy.FiniteSet):
-            return _unordered_equal(xs, ys)
+        if xs is None or ys is None or isinstance(a, sympy.FiniteSet) or isinstance(b, sympy.FiniteSet):
+            return False  # a tuple is ordered, a set or answer list is not: different kinds of answer
         return len(xs) == len(ys) and all(_values_equal(x, y) for x, y in zip(xs, ys, strict=True))
     if isinstance(a, sympy.Interval) and isinstance(b, sympy.Interval):
         return (
@@ -282,24 +351,122 @@ def _values_equal(a: Any, b: Any) -> bool:
         return False
     if isinstance(a, sympy.Equality) and isinstance(b, sympy.Equality):
         return _equations_equal(a, b)
+    if isinstance(a, sympy.Rel) and isinstance(b, sympy.Rel):
+        return _relations_equal(a, b)
     if isinstance(a, sympy.Rel) or isinstance(b, sympy.Rel):
-        return bool(type(a) is type(b) and _values_equal(a.lhs - a.rhs, b.lhs - b.rhs))
+        return False
     if isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr):
         return _exprs_equal(a, b)
     return bool(a == b)
 
 
 def _equations_equal(a: Any, b: Any) -> bool:
-    """Same equation: sides pairwise equal, or ``lhs - rhs`` equal up to a non-zero constant factor."""
+    """Same equation: sides pairwise equal, ``lhs - rhs`` equal up to a non-zero constant factor
+    (``2x + 4y = 3`` and ``y = -x/2 + 3/4``), or the same solutions for a symbol both contain, when each is
+    linear or quadratic in it (``1/x + 1/y = 2`` and ``y = x/(2x - 1)``)."""
     import sympy
 
     if _values_equal(a.lhs, b.lhs) and _values_equal(a.rhs, b.rhs):
         return True
     x, y = a.lhs - a.rhs, b.lhs - b.rhs
-    if y == 0:
-        return bool(x == 0)
-    ratio = sympy.simplify(x / y)
-    return bool(ratio.is_number and ratio != 0)
+    if y == 0 or x == 0:
+        return bool(x == 0 and y == 0)
+    if _has_symbolic_operator(x) or _has_symbolic_operator(y):
+        return _rebuilt(x) == _rebuilt(y) or _rebuilt(x) == _rebuilt(-y)
+    samples = _sample([x, y])
+    if samples is None:  # the points cannot tell: a symbolic simplification of the ratio decides
+        ratio = sympy.simplify(x / y)
+        return bool(ratio.is_number and ratio != 0)
+    ratio = _constant_ratio(x, y)
+    if ratio is not None:
+        return abs(ratio) > 1e-12
+    return _same_solutions(x, y)
+
+
+def _solutions(expression: Any, symbol: Any) -> list[Any] | None:
+    """The solutions of ``expression = 0`` for ``symbol`` when the numerator of ``expression`` is of degree 1
+    or 2 in it (roots that zero the denominator excluded), else None. The coefficients are found by
+    differentiation, never by expanding: ``y - (x - a)^{6000}`` costs microseconds."""
+    import sympy
+
+    numerator, denominator = sympy.fraction(sympy.together(expression))
+    derivatives = [numerator]
+    for _ in range(3):
+        derivatives.append(sympy.diff(derivatives[-1], symbol))
+    if derivatives[3] != 0:
+        return None
+    c0, c1, c2 = (d.subs(symbol, 0) / factor for d, factor in zip(derivatives, (1, 1, 2), strict=False))
+    if not _coprime([c for c in (c0, c1, c2) if c != 0]):
+        return (
+            None  # a common factor of the coefficients (a x = a y) can vanish and make every value a solution
+        )
+    if c2 == 0:
+        roots = [] if c1 == 0 else [-c0 / c1]
+    else:
+        root = sympy.sqrt(c1**2 - 4 * c2 * c0)
+        roots = [(-c1 + root) / (2 * c2), (-c1 - root) / (2 * c2)]
+    return [root for root in roots if not _is_zero(denominator.subs(symbol, root))]
+
+
+def _coprime(coefficients: list[Any]) -> bool:
+    """Whether polynomial coefficients (in the other symbols) have no common factor that can vanish: their gcd
+    is a constant. Coefficients with large powers are not factored (that would expand them): not coprime."""
+    import sympy
+
+    if any(isinstance(p, sympy.Pow) and p.exp.is_Integer and abs(p.exp) > 50 for c in coefficients for p in
+           sympy.preorder_traversal(c)):  # fmt: skip
+        return False
+    try:
+        divisor = functools.reduce(sympy.gcd, coefficients)
+    except (sympy.PolynomialError, TypeError, ValueError):
+        return False
+    return not divisor.free_symbols
+
+
+def _is_zero(value: Any) -> bool:
+    """Whether ``value`` is zero: exactly, or at every random point of its symbols."""
+    if value == 0:
+        return True
+    if not value.free_symbols:
+        return _numbers_equal(value, value * 0) is True
+    samples = _sample([value])
+    return samples is not None and all(_close(x, 0) for (x,) in samples)
+
+
+def _same_solutions(x: Any, y: Any) -> bool:
+    """Whether ``x = 0`` and ``y = 0`` have the same solutions for one of the symbols both contain."""
+    import sympy
+
+    for symbol in sorted(x.free_symbols & y.free_symbols, key=lambda s: (s.name != "y", s.name))[:2]:
+        if not isinstance(symbol, sympy.Symbol):
+            continue
+        xs, ys = _solutions(x, symbol), _solutions(y, symbol)
+        if xs is not None and ys is not None:
+            return _unordered_equal(xs, ys)
+    return False
+
+
+def _relations_equal(a: Any, b: Any) -> bool:
+    """Two inequalities in several variables: the same strictness and ``lhs - rhs`` equal up to a positive
+    constant factor once both point the same way (``a < b`` = ``b > a``, ``3x^2 < 9a`` = ``x^2 - 3a < 0``)."""
+    import sympy
+
+    def canonical(relation: Any) -> tuple[bool, Any]:  # (strict, d) meaning d < 0 or d <= 0
+        strict = isinstance(relation, (sympy.StrictLessThan, sympy.StrictGreaterThan))
+        if isinstance(relation, (sympy.StrictLessThan, sympy.LessThan)):
+            return strict, relation.lhs - relation.rhs
+        return strict, relation.rhs - relation.lhs
+
+    inequalities = (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)
+    if not (isinstance(a, inequalities) and isinstance(b, inequalities)):
+        return bool(type(a) is type(b) and _values_equal(a.lhs - a.rhs, b.lhs - b.rhs))
+    (strict_a, x), (strict_b, y) = canonical(a), canonical(b)
+    if strict_a != strict_b:
+        return False
+    if _values_equal(x, y):
+        return True
+    ratio = _constant_ratio(x, y)
+    return ratio is not None and abs(ratio.imag) < 1e-12 and ratio.real > 0
 
 
 @functools.cache
@@ -338,20 +505,66 @@ def _latex2sympy(text: str) -> Any:
     return value.doit() if isinstance(value, MatrixExpr) else value  # a sum or product of explicit matrices
 
 
+class FalseChain:
+    """The value of an equality chain whose members disagree (``2 + 2 = 5``): it states no value, so it is
+    equivalent to nothing (neither to 4 nor to 5)."""
+
+    def __repr__(self) -> str:
+        return "FalseChain()"
+
+
+def _is_constant(value: Any) -> bool:
+    """A number-valued expression without symbols (``\\sqrt{9}``, ``\\binom{6}{2}``, ``2^{10}``)."""
+    import sympy
+
+    return (
+        isinstance(value, sympy.Expr) and not isinstance(value, sympy.MatrixBase) and not value.free_symbols
+    )
+
+
+def _chain_value(text: str) -> Any:
+    """The value of an equality chain, or None when ``text`` is not one.
+
+    Every member a constant (``\\sqrt{9} = 3``, ``\\binom{6}{2} = 15``, ``2^{10} = 1024``, ``7 - 4 = 3``): the
+    value is the last member when all members are equal, and ``FalseChain`` when they are not (``2 + 2 = 5``
+    pays neither for 5 nor for 4). Three or more members otherwise (``x = 5 + 6 = 11``, ``f(x) = (x+1)^2 =
+    x^2+2x+1``): the last member, unchecked -- the reading Math-Verify gives a derivation that ends in its
+    answer (``x = 5+5+1 = 7 = 11`` is 11). A two-member equation with a symbol in it (``y = 2x``,
+    ``x + y = 1``) is an equation, not a chain."""
+    members = equality_members(text)
+    if len(members) < 2 or not all(members):
+        return None
+    try:
+        values = [_value(member) for member in members]
+    except Exception:  # an unparseable member: only a long chain still has a value, its last member
+        return _value(members[-1]) if len(members) >= 3 else None
+    if all(_is_constant(value) for value in values):
+        return values[-1] if all(_values_equal(a, b) for a, b in itertools.pairwise(values)) else FalseChain()
+    return values[-1] if len(members) >= 3 else None
+
+
+def _value(text: str) -> Any:
+    """The sympy value of one answer element: an equality chain's value, else the parsed LaTeX."""
+    chain = _chain_value(text) if "=" in text else None
+    return _latex2sympy(text) if chain is None else chain
+
+
 @functools.lru_cache(maxsize=4096)
 def parse(text: str) -> Any:
-    """The sympy value of a normalised answer (raises on unparseable text). Cached: a reference is parsed
-    once per worker, not once per completion."""
+    """The sympy value of a normalised answer (raises on unparseable text); ``FalseChain`` for an equality
+    chain whose members disagree. Cached: a reference is parsed once per worker, not once per completion."""
     if len(text) > MAX_ANSWER_LENGTH:
         raise ValueError(f"answer longer than {MAX_ANSWER_LENGTH} characters")
     if re.fullmatch(r"[A-Za-z][A-Za-z ]*", text):
-        return text.lower().replace(" ", "")  # plain words and choice letters compare as text
+        return _word(text)  # plain words and choice letters compare as text
     if ", " in text and not re.search(r"[\[\](){}]|matrix", text):
         from sympy import FiniteSet
 
-        values = [_latex2sympy(part) for part in text.split(", ")]
+        values = [_value(part) for part in text.split(", ")]
+        if any(isinstance(value, FalseChain) for value in values):
+            raise ValueError("an element of the list is a false equality chain")
         return _answer_list(values) if len(values) > len(FiniteSet(*values)) else FiniteSet(*values)
-    return _latex2sympy(text)
+    return _value(text)
 
 
 def _readings(text: str) -> list[str]:
@@ -407,9 +620,26 @@ def _readings_equal(pred: str, gold: str) -> bool:
     if fast_equivalent(pred, gold):
         return True
     a, b = parse(pred), parse(gold)
+    if isinstance(a, FalseChain) or isinstance(b, FalseChain):
+        return False
     if isinstance(a, str) or isinstance(b, str):
         return a == b
-    return _values_equal(a, b)
+    if _values_equal(a, b):
+        return True
+    return _complex_reading_equal(a, b)
+
+
+def _complex_reading_equal(a: Any, b: Any) -> bool:
+    """Answers whose only symbol is ``i`` compared with ``i`` as the imaginary unit: ``i(2 - i)`` = ``1 + 2i``
+    (the parser reads ``i`` as a variable)."""
+    import sympy
+
+    i = sympy.Symbol("i")
+    if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)) or (a.free_symbols | b.free_symbols) != {
+        i
+    }:
+        return False
+    return _values_equal(a.subs(i, sympy.I), b.subs(i, sympy.I))
 
 
 _WARMUP_PAIRS = (  # one of each common answer form: ANTLR learns its prediction tables per construct

@@ -24,7 +24,7 @@ _MAX_GAP_LENGTH = 60
 _MAX_GAP_WORDS = 4
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-_GSM8K = re.compile(r"####\s*([^\n]+)")
+_GSM8K = re.compile(r"####\s*:?\s*([^\n]+)")
 _FINAL_ANSWER = re.compile(
     r"final answer\s*(?:is)?\s*[:：]?\s*(?:the final answer is)?\s*(.+?)\s*"
     r"(?:\.?\s*I hope it is correct|\n\n|$)",
@@ -35,7 +35,12 @@ _MATH = re.compile(
     r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL
 )
 _NUMBER = re.compile(r"\\frac\{-?\d+\}\{\d+\}|-?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?|-?\.\d+%?")
-_PROSE_WORD = re.compile(r"(?<![\\\w])(?!(?:and|pct|percent)\b)[^\W\d_]{3,}|[^\x00-\x7f]{2,}")
+# a word of prose: three or more letters, not a LaTeX command, not a plain-text math name (``sqrt``, ``cos``)
+_PROSE_WORD = re.compile(
+    r"(?<![\\\w])(?!(?:and|pct|percent|pi|sqrt|cbrt|abs|exp|log|ln|a?(?:sin|cos|tan|cot|sec|csc|sech|csch|coth)h?"
+    r"|arc[a-z]+|cosech?|binomial|binom|factorial|floor|ceil|gcd|lcm|max|min|infinity)\b)[^\W\d_]{3,}"
+    r"|[^\x00-\x7f]{2,}"
+)
 _CONNECTOR = re.compile(
     r"\\text\{([^{}]*)\}|\\quad|\\qquad|\\[,;!]|\\\]|\\\[|\\\)|\\\(|[$,;.\s]|\b(?:and|or)\b"
 )
@@ -47,7 +52,7 @@ _BOX_TOKEN = re.compile(r"[^\s$.,]+")
 _SENTENCE_BREAK = re.compile(r"[.!?:](?!\d)|\n")
 _CORRECTION = re.compile(
     r"\b(?:no|not|wait|actually|hmm+|wrong|instead|rather|but|oops|sorry|mistake|correct\w*|thus|so|hence"
-    r"|therefore|gives?|is|was|should|means|final|answer|it's|i)\b",
+    r"|therefore|then|gives?|is|was|should|means|final|answer|it's|i)\b",
     re.IGNORECASE,
 )
 _LIST_GAP = re.compile(

@@ -27,11 +27,13 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
+from rewards import plaintext
 from rewards.extract import boxes
 
 MAX_NORMALIZE_LENGTH = 4000
 MAX_WRAPPERS = 8  # layers of math delimiters and boxes that ``strip_wrappers`` removes
 _BRACED_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_QUOTED = re.compile(r'(?:\\?"|\u201c|\u2018|\')(.+?)(?:\\?"|\u201d|\u2019|\')', re.DOTALL)
 
 _SPACING = re.compile(  # a backslash after a backslash is a row break ``\\\\``, not a space command
     r"(?<!\\)\\[,;:!> ]|\\q?quad|\\displaystyle|\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])|~"
@@ -39,11 +41,30 @@ _SPACING = re.compile(  # a backslash after a backslash is a row break ``\\\\``,
 _TEXT_COMMANDS = re.compile(
     r"\\(?:text(?:bf|it|rm|normal|sf|tt)?|mathrm|mathbf|mathit|mathsf|mbox|operatorname)\s*\{([^{}]*)\}"
 )
+# LaTeX function commands the parser misreads (``\\sech(x)`` as ``sec(h(x))``): written as plain-text names,
+# which ``plaintext.to_latex`` rewrites as expressions it reads
+_UNSUPPORTED_FUNCTIONS = re.compile(r"\\(sech|csch|coth|cosech|cosec)(?=\s*\()")
 _FRAC_VARIANTS = re.compile(r"\\[dtc]frac")
 _FRAC_SHORT = re.compile(r"\\frac\s*(\d|\{[^{}]*\})\s*(\d|\{[^{}]*\}|[a-zA-Z])")
 _SQRT_SHORT = re.compile(r"\\sqrt\s*(\d+|[a-zA-Z])")
 _SQRT_PAREN = re.compile(r"\\sqrt\s*\(([^()]*)\)")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
+_TRIG_COMMAND = re.compile(r"\\(?:a?(?:sin|cos|tan|cot|sec|csc)|arc(?:sin|cos|tan|cot|sec|csc))(?![A-Za-z])")
+# layout and style macros that carry no value (the parser rejects most of them)
+_FORMATTING = re.compile(
+    r"\\(?:hspace|vspace|hphantom|vphantom|phantom|color)\*?\s*\{[^{}]*\}"
+    r"|\\(?:textstyle|scriptstyle|scriptscriptstyle|limits|nolimits|mathord|mathop|rm|bf|it|cal|bigl|bigr|Bigl|Bigr"
+    r"|biggl|biggr|Biggl|Biggr|bigm|Bigm|middle|thinspace|enspace|medspace|thickspace|negthinspace"
+    r"|negmedspace|nobreakspace|allowbreak|nonumber|notag)(?![a-zA-Z])"
+    r"|\\(?:left|right)\s*\.|\\textcolor\s*\{[^{}]*\}(?=\s*\{)"
+)
+# style commands whose braced argument is the value: the command goes, the braces group as before
+_STYLE_COMMAND = re.compile(r"\\(?:boldsymbol|bm|pmb|mathnormal|underline|cancel|hbox|textup)\s*(?=\{)")
+# modular arithmetic: ``a \pmod{n}`` / ``a (\mod n)`` state the residue a; ``\bmod`` is the binary operator
+_PMOD = re.compile(r"\s*(?:\\pmod\s*(?:\{[^{}]*\}|\w+)|\(\s*\\(?:mod|bmod)\s*\{?[^{}()]*\}?\s*\))")
+_CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?(?:\s*([AaPp])\.?\s*[Mm]\.?)?")
+_CHOICE_WITH_TEXT = re.compile(r"\(?([A-E])(?:\)|\.|:|\)\.)\s+\S.*", re.DOTALL)
+_MIXED_NUMBER = re.compile(r"(\d+)\s+(\d+)/(\d+)")
 _PERCENT = re.compile(r"\s*(?:\\%|%|\\text\{\s*percent\s*\}|\bpercentage\b|\bpercent\b|\bpct\b)\s*$")
 _CURRENCY = re.compile(r"\\\$|\$|€|£|¥|\\euro\b|\\pounds\b")
 _THOUSANDS = re.compile(r"(?<![\d.])([1-9]\d{0,2})((?:(?:,|\{,\}|,\\!|\\,|\s)\d{3})+)(?![\d])")
@@ -60,11 +81,19 @@ _TEXT_UNIT = re.compile(
     r"(?<=[\d})])\s*\\(?:text(?:bf|it|rm|normal|sf|tt)?|mbox)\s*"
     r"\{(?!\s*(?:and|or)\s*\})\s*[A-Za-z][A-Za-z .'/-]*\}" + _POWER + r"(?=\s*(?:$|[,;)\]]|\\\}|\\right))"
 )
+_TEXT_UNIT_ANYWHERE = re.compile(
+    r"(?<=[\d})])\s*\\(?:text(?:bf|it|rm|normal|sf|tt)?|mbox)\s*"
+    r"\{(?!\s*(?:and|or)\s*\})\s*[A-Za-z][A-Za-z .'/-]*\}"
+)
 _FUNCTION_NAMES = r"(?:a?(?:sin|cos|tan|cot|sec|csc)h?|arc\w+|log|ln|exp|lim|max|min|gcd|lcm|det|mod)\b"
 _UNIT_WORD = rf"(?:(?!{_FUNCTION_NAMES})[A-Za-z]{{3,}}|mm|cm|dm|km|kg|mg|ml|mL|ft|yd|mi|in|hr|lb|oz){_POWER}"
 # trailing unit words after a number and a space: ``125 miles``, ``35 cm``, ``15 cm ^2``, ``60 km/h``
 _UNIT = re.compile(rf"(?<=[\d}}).])\s+{_UNIT_WORD}(?:\s+{_UNIT_WORD}|\s*/\s*[A-Za-z]+{_POWER})*\.?$")
 _SIMPLE_LHS = re.compile(r"^[^=<>\d+\-]*[a-zA-Z][^=<>\d+\-]*$|^[a-zA-Z]_?\{?\d+\}?$")
+_MATH_FUNCTION = re.compile(
+    r"(?<![A-Za-z])(?:a?(?:sin|cos|tan|cot|sec|csc)h?|arc[a-z]+|log|ln|exp|sqrt|binom|sum|prod|int|lim"
+    r"|det|gcd|lcm|max|min|mod|bmod|pmod)(?![A-Za-z])"
+)
 _ASSIGNMENT = re.compile(r"([a-zA-Z](?:_\{?\w+\}?)?)\s*=\s*([^=<>]+)")
 _LIST_WORDS = re.compile(r"\s*(?:\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b)\s*")
 _UNICODE = {
@@ -79,8 +108,15 @@ _COMMANDS = {
 
 
 def strip_delimiters(text: str) -> str:
-    """Remove surrounding ``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]`` and trailing punctuation."""
+    """Remove surrounding ``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]``, quotation marks (``"12"``,
+    ``\\"12\\"``, ``\u201c12\u201d``), an unclosed ``\\boxed{`` opening the text, and trailing punctuation."""
     text = text.strip()
+    quoted = _QUOTED.fullmatch(text)
+    if quoted:
+        text = quoted.group(1).strip()
+    opening = _BRACED_BOX.match(text)
+    if opening and not any(start == 0 for start, _, _ in boxes(text)):  # an unclosed box: a stray opening
+        text = text[opening.end() :].strip()
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if text.startswith(left) and text.endswith(right) and len(text) >= len(left) + len(right):
             text = text[len(left) : len(text) - len(right)].strip()
@@ -149,6 +185,10 @@ def _split_top_level(text: str, separator: str) -> list[str]:
 
 
 def _is_simple_lhs(text: str) -> bool:
+    """A bare name (``x``, ``f(x)``, ``|AB|``, ``a_1``) that labels the value on the other side of ``=``;
+    a function of mathematics applied to something (``\\sin(x)``, ``\\log_2 8``) is not a label."""
+    if _MATH_FUNCTION.search(text):
+        return False
     return bool(_SIMPLE_LHS.match(re.sub(r"_\{[^{}]*\}|_\w|\\", "", text)))
 
 
@@ -161,15 +201,30 @@ def drop_approximation(text: str) -> str:
     return after.strip() if "=" not in before and _is_simple_lhs(before.strip()) else before.strip()
 
 
-def drop_chain(text: str) -> str:
-    """``x = 5 + 6 = 11`` -> ``11`` (the last member of an equality chain)."""
-    members = [member.strip() for member in re.split(r"(?<![<>!\\])=", text)]
-    return members[-1] if len(members) > 2 and all(members) else text
+def equality_members(text: str) -> list[str]:
+    """The members of an equation or equality chain, split at the ``=`` signs outside brackets and braces:
+    ``x = 5 + 6 = 11`` -> ``["x", "5 + 6", "11"]``; ``F_n = \\sum_{k=0}^{n} F_k`` has two members."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "=" and depth == 0 and (index == 0 or text[index - 1] not in "<>!\\"):
+            parts.append(text[start:index].strip())
+            start = index + 1
+    parts.append(text[start:].strip())
+    return parts
+
+
+def is_label(text: str) -> bool:
+    """Whether ``text`` is a bare name that labels a value (``x``, ``f(x)``, ``|AB|``, ``a_1``)."""
+    return _is_simple_lhs(text)
 
 
 def drop_simple_lhs(text: str) -> str:
     """``x = 3`` -> ``3``, ``f(x) = 1`` -> ``1``, ``|AB| = 1`` -> ``1``; keeps ``2x + 4y = 3``."""
-    members = [member.strip() for member in re.split(r"(?<![<>!\\])=", text)]
+    members = equality_members(text)
     if len(members) == 2 and all(members) and _is_simple_lhs(members[0]):
         return members[1]
     return text
@@ -192,23 +247,45 @@ def group_assignments(parts: list[str]) -> list[list[str]] | None:
     return [values[start : start + width] for start in range(0, len(values), width)]
 
 
+def _strip_units_in_brackets(text: str) -> str:
+    """Units after the numbers of a bracketed list: ``{35 cm, 4}`` -> ``{35, 4}``, ``[45 degrees]`` ->
+    ``[45]`` (the same unit rule as for a whole answer, applied to each element)."""
+    group = re.fullmatch(r"(\\\{|[{(\[])(.*)(\\\}|[})\]])", text, re.DOTALL)
+    if not group or not re.search(r"\d\s*[A-Za-z\\]", group.group(2)):
+        return text
+    parts = _split_top_level(group.group(2), ",")
+    stripped = [
+        _UNIT.sub("", part.strip()).strip() if re.search(r"\d", part) else part.strip() for part in parts
+    ]
+    return group.group(1) + ", ".join(stripped) + group.group(3)
+
+
 def normalize_element(text: str) -> str:
     """Normalise one answer (no top-level list separators)."""
     text = _unbox(strip_delimiters(text))
-    if re.fullmatch(r"\\in\b.*|.*?\\in\s+(.*)", text):
-        text = re.sub(r"^.*?\\in\s+", "", text)
-    text = drop_chain(drop_approximation(text))
+    if re.fullmatch(r".*?\\in(?![A-Za-z]).*", text, re.DOTALL):  # x \in [0, 5]: the set after \in
+        text = re.sub(r"^.*?\\in(?![A-Za-z])\s*", "", text)
+    text = drop_approximation(text)
     text = text.strip().rstrip(".").strip()
     percent = bool(_PERCENT.search(text))
     text = _PERCENT.sub("", text)
     text = _CURRENCY.sub("", text).strip()
     text = _UNIT.sub("", text).strip() if re.search(r"\d", text) else text
+    text = _strip_units_in_brackets(text)
     if not re.search(r"[(\[{]", text):
         text = _THOUSANDS.sub(lambda m: m.group(1) + re.sub(r"\D", "", m.group(2)), text)
     scientific = _SCIENTIFIC.fullmatch(text)
     if scientific:
         mantissa, exponent = scientific.group(1), int(scientific.group(2))
         text = format(Decimal(text), "f") if abs(exponent) <= 50 else f"{mantissa} \\times 10^{{{exponent}}}"
+    clock = _CLOCK.fullmatch(text)  # 20:34:00, 08:34 P.M. -> 20:34
+    if clock:
+        hours, minutes, seconds, half = clock.groups()
+        hours = int(hours) % 12 + (12 if half and half.lower() == "p" else 0) if half else int(hours)
+        text = f"{hours}:{minutes}" + (f":{seconds}" if seconds and seconds != "00" else "")
+    mixed = _MIXED_NUMBER.fullmatch(text)  # 1 1/2
+    if mixed:
+        text = f"{mixed.group(1)}\\frac{{{mixed.group(2)}}}{{{mixed.group(3)}}}"
     base = _BASE.match(text)
     if base and int(base.group(2)) >= 2 and all(int(d, 36) < int(base.group(2)) for d in base.group(1)):
         text = str(int(base.group(1), int(base.group(2))))
@@ -234,17 +311,33 @@ def normalize(answer: str) -> str:
         return text
     for old, new in _UNICODE.items():
         text = text.replace(old, new)
+    text = _FORMATTING.sub(" ", text)
+    text = _STYLE_COMMAND.sub("", text)
+    text = _PMOD.sub("", text).replace("\\bmod", "\\mod").replace("\\equiv", "=")
+    text = re.sub(r"\s*\\+\s*$", "", text)  # a stray trailing backslash (``185\\``)
+    members = equality_members(text)
+    if len(members) >= 2 and any(_CURRENCY.search(m) or _TEXT_UNIT_ANYWHERE.search(m) for m in members[:-1]):
+        text = members[-1]  # a chain of quantities with units is a conversion: its value is the last member
     text = _CURRENCY.sub(" ", text)
     text = _EXPLICIT_THOUSANDS.sub(r"\1", text)
     text = _SPACING.sub(" ", text)
     if "matrix" not in text and "array" not in text:
         text = re.sub(r"\\\\(?=[a-zA-Z])", r"\\", text)
+    elif re.search(r"(?<!\\)\\\\(?:begin|end)\{", text):  # the whole text escaped twice
+        text = text.replace("\\\\", "\\")
+    text = re.sub(
+        r"\\text\s*\{\s*([AaPp])\.?\s*[Mm]\.?\s*\}", r" \1M", text
+    )  # 8:34 \text{P.M.}: a clock time
     text = _TEXT_UNIT.sub("", text)
     text = _replace_text_commands(text)
     text = text.replace("\\mathrm e", "e")
+    text = _UNSUPPORTED_FUNCTIONS.sub(r"\1", text)
+    text = plaintext.to_latex(text)
     for old, new in _COMMANDS.items():
         text = text.replace(old, new)
-    text = _DEGREES.sub("", text)
+    # degrees are dropped from an answer (``90^\\circ`` is 90) but are radians' pi/180 inside a trigonometric
+    # function (``\\sin(90^\\circ - x)`` is ``\\cos x``)
+    text = _DEGREES.sub("\\\\cdot\\\\frac{\\\\pi}{180}" if _TRIG_COMMAND.search(text) else "", text)
     text = _FRAC_VARIANTS.sub("\\\\frac", text)
     text = _FRAC_SHORT.sub(lambda m: f"\\frac{{{m.group(1).strip('{}')}}}{{{m.group(2).strip('{}')}}}", text)
     text = _SQRT_SHORT.sub(r"\\sqrt{\1}", text)
@@ -270,6 +363,10 @@ def normalize_pair(pred: str, gold: str) -> tuple[str, str]:
     a decimal comma when the other answer is a decimal with as many places: ``1,22`` vs ``1.22`` ->
     ``1.22``/``1.22``; ``3,12`` vs ``3, 12`` and ``-2,10`` vs ``-2.1`` stay lists."""
     normalized = [normalize(pred), normalize(gold)]
+    for side in (0, 1):  # a choice letter against an option written out: "C. x = 42" is choice C
+        choice = _CHOICE_WITH_TEXT.fullmatch(strip_wrappers(pred if side == 0 else gold))
+        if choice and normalized[1 - side] == choice.group(1):
+            normalized[side] = choice.group(1)
     for side in (0, 1):
         raw = strip_wrappers(pred if side == 0 else gold)
         other = _DECIMAL.fullmatch(normalized[1 - side])
