@@ -1,4 +1,5 @@
-"""Batch CLI: ``python -m rewards score CASES.jsonl [--verifier NAME] [--timeout S] [--workers N]``.
+"""Batch CLI: ``python -m rewards score CASES.jsonl [--verifier NAME] [--timeout S] [--workers N]``
+``[--warm-start]``.
 
 Each input row is ``{"gold": str, "pred": str, "mode": "answer"|"completion", ...}`` (extra fields ignored);
 an ``"answer"`` row's ``pred`` is a bare answer, scored with ``Verifier.score_answers`` (no extraction), a
@@ -8,6 +9,10 @@ One JSON line per row goes to stdout (``equivalent``, ``reward``, ``seconds``, `
 timeouts=.. errors=.. cases_per_s=..`` (accuracy fields only when rows carry an ``equivalent`` label).
 All rows are read and validated before anything is written: a malformed line, an unknown ``--verifier`` or a
 non-positive ``--timeout``/``--workers`` exits with status 2 and a message.
+
+Start-up is kept short: nothing heavier than the standard library is imported until a row needs the full
+check, and the workers are forked from a fork server that imports sympy and the parser once. The parser is
+not warmed up unless ``--warm-start`` is given: a single pass pays only for the answer forms it meets.
 """
 
 from __future__ import annotations
@@ -47,9 +52,9 @@ def load_rows(path: str) -> list[dict[str, Any]]:
     return rows
 
 
-def make_verifier(name: str, timeout: float, workers: int) -> Verifier:
-    """A verifier from a class name exported by ``rewards`` or a ``module.Class`` path; ``timeout`` and
-    ``workers`` are passed when its constructor takes them."""
+def make_verifier(name: str, timeout: float, workers: int, warm_start: bool = False) -> Verifier:
+    """A verifier from a class name exported by ``rewards`` or a ``module.Class`` path; ``timeout``,
+    ``workers`` and ``warm_start`` are passed when its constructor takes them."""
     module_name, _, class_name = name.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name) if module_name else rewards, class_name)
@@ -58,7 +63,7 @@ def make_verifier(name: str, timeout: float, workers: int) -> Verifier:
     if not (isinstance(cls, type) and issubclass(cls, Verifier)):
         raise ValueError(f"--verifier {name}: not a Verifier class")
     parameters = inspect.signature(cls).parameters
-    options = {"timeout": timeout, "workers": workers}
+    options = {"timeout": timeout, "workers": workers, "warm_start": warm_start}
     return cls(**{key: value for key, value in options.items() if key in parameters})
 
 
@@ -131,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--verifier", default="MathVerifier", help="class name in rewards, or module.Class")
     score.add_argument("--timeout", type=_positive(float), default=3.0, help="seconds per verification")
     score.add_argument("--workers", type=_positive(int), default=2, help="worker processes")
+    score.add_argument(
+        "--warm-start", action="store_true", help="train the parser before the first row (trainer default)"
+    )
     args = parser.parse_args(argv)
     try:
         rows = load_rows(args.cases)
@@ -138,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.cases}: {error}", file=sys.stderr)
         return 2
     try:
-        verifier = make_verifier(args.verifier, args.timeout, args.workers)
+        verifier = make_verifier(args.verifier, args.timeout, args.workers, args.warm_start)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -642,6 +642,7 @@ def _complex_reading_equal(a: Any, b: Any) -> bool:
     return _values_equal(a.subs(i, sympy.I), b.subs(i, sympy.I))
 
 
+_WARM = False  # whether this process has run ``warmup``
 _WARMUP_PAIRS = (  # one of each common answer form: ANTLR learns its prediction tables per construct
     ("\\frac{x}{2}", "0.5x"),
     ("\\sqrt[3]{2} + \\sin^2(x) - \\log_{2}(8)", "\\pi e^{i} \\cdot 3!"),
@@ -662,9 +663,14 @@ _WARMUP_PAIRS = (  # one of each common answer form: ANTLR learns its prediction
 
 
 def warmup() -> None:
-    """Import and exercise the parser (run by each verifier worker before its first call, untimed): ANTLR
-    builds its prediction tables lazily, so a worker's first parses of each construct are several times
-    slower than later ones."""
+    """Import and exercise the parser (once per process; run by the verifier's fork server, or by each
+    spawned worker, before any call): ANTLR builds its prediction tables lazily, so a process's first parses
+    of each construct are several times slower than later ones. A process forked after it (a worker forked
+    from the warm fork server) inherits the tables and returns at once."""
+    global _WARM
+    if _WARM:
+        return
+    _WARM = True
     for pred, gold in _WARMUP_PAIRS:
         with contextlib.suppress(Exception):  # a rejected form has still trained the tables
             equivalent(pred, gold)

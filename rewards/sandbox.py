@@ -6,10 +6,14 @@
 ``memory_mb`` of address space fails with MemoryError inside the worker (or the worker dies). Neither raises
 into the caller.
 
-Workers start lazily, on the first ``map``, from the ``spawn`` context (a fresh interpreter: safe to use from
-a process with threads, and a later ``fork`` of the caller -- DataLoader workers -- does not share them: a
-pool used in a forked child notices the new pid and starts its own workers). ``function`` must be a
-module-level function (it is pickled by reference).
+Workers start lazily, on the first ``map``. Where the platform has it they are forked from multiprocessing's
+fork server, a clean single-threaded process that imported the ``preload`` modules once (the verifier's
+preload imports sympy and trains the parser), so every worker -- the first ones and each replacement of a
+killed one -- starts in milliseconds and already warm; elsewhere they come from the ``spawn`` context (a fresh
+interpreter each). Either way it is safe to use from a process with threads, and a later ``fork`` of the
+caller -- DataLoader workers -- does not share them: a pool used in a forked child notices the new pid and
+starts its own workers. ``function`` must be a module-level function (it is pickled by reference). The fork
+server is one per process: the ``preload`` of the first pool that starts it applies to all.
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ class Outcome:
     value: Any = None
     error: str | None = None  # None, "timeout", "memory", "crash: ..."
     seconds: float = 0.0
+
+
+def _context(preload: Sequence[str]) -> Any:
+    """The multiprocessing context workers start from: the fork server (with ``preload``) where available,
+    else ``spawn``."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(list(preload))  # no effect once the server runs
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 def _serve(connection: Connection, memory_mb: int, warmup: Callable[[], Any] | None) -> None:
@@ -65,8 +79,7 @@ class _Worker:
     """One worker process; the constructor returns once it is ready (imports done), which is not counted
     against any call's timeout."""
 
-    def __init__(self, memory_mb: int, warmup: Callable[[], Any] | None) -> None:
-        context = multiprocessing.get_context("spawn")
+    def __init__(self, memory_mb: int, warmup: Callable[[], Any] | None, context: Any) -> None:
         self.connection, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child, memory_mb, warmup), daemon=True)
         self.process.start()
@@ -88,7 +101,10 @@ class WorkerPool:
         workers: processes running at once.
         timeout: wall-clock seconds allowed per call.
         memory_mb: address-space limit of each worker in MiB (0: none).
-        warmup: module-level function each new worker runs before its first call (imports), untimed.
+        warmup: module-level function each new worker runs before its first call (imports), untimed; a worker
+            forked from a warm fork server finds it done (make it return at once when repeated).
+        preload: modules the fork server imports once before forking workers (importing them may warm
+            caches that every forked worker then shares).
     """
 
     def __init__(
@@ -97,10 +113,12 @@ class WorkerPool:
         timeout: float = 3.0,
         memory_mb: int = 2048,
         warmup: Callable[[], Any] | None = None,
+        preload: Sequence[str] = (),
     ) -> None:
         if workers < 1 or timeout <= 0:
             raise ValueError("workers must be >= 1 and timeout > 0")
         self.workers, self.timeout, self.memory_mb, self.warmup = workers, timeout, memory_mb, warmup
+        self.preload = tuple(preload)
         self._idle: list[_Worker] = []
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -112,7 +130,10 @@ class WorkerPool:
             if self._pid != os.getpid():
                 self._idle, self._pid = [], os.getpid()
             while len(self._idle) < self.workers:
-                self._idle.append(_Worker(self.memory_mb, self.warmup))
+                self._idle.append(self._new_worker())
+
+    def _new_worker(self) -> _Worker:
+        return _Worker(self.memory_mb, self.warmup, _context(self.preload))
 
     def close(self) -> None:
         """Stop the workers (a later ``map`` starts new ones)."""
@@ -128,6 +149,7 @@ class WorkerPool:
             "timeout": self.timeout,
             "memory_mb": self.memory_mb,
             "warmup": self.warmup,
+            "preload": self.preload,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -147,7 +169,7 @@ class WorkerPool:
         while pending or busy:
             while pending and len(busy) < self.workers:
                 index = pending.pop()
-                worker = self._idle.pop() if self._idle else _Worker(self.memory_mb, self.warmup)
+                worker = self._idle.pop() if self._idle else self._new_worker()
                 try:
                     worker.connection.send((function, calls[index]))
                 except (OSError, ValueError) as error:

@@ -22,3 +22,10 @@ def expand_power(exponent: int) -> int:
 
     x = sympy.Symbol("x")
     return len(sympy.expand((x + 1) ** exponent).args)
+
+
+def loaded(module: str) -> bool:
+    """Whether ``module`` is already imported in the calling (worker) process."""
+    import sys
+
+    return module in sys.modules

@@ -276,3 +276,16 @@ def test_math_verifier_scores_bare_answers_without_extraction():
         assert not verifier.score_answers([prose], ["5"])[0].correct
     finally:
         verifier.pool.close()
+
+
+def test_cli_passes_warm_start_only_when_asked(cases, capsys):
+    """A one-shot batch starts cold (it pays only for the answer forms it meets); ``--warm-start`` trains the
+    parser first, as a trainer's verifier does by default."""
+    from rewards.__main__ import make_verifier
+
+    assert make_verifier("MathVerifier", 3.0, 1).pool.warmup is None
+    assert make_verifier("MathVerifier", 3.0, 1, warm_start=True).pool.warmup is not None
+    assert MathVerifier().pool.warmup is not None
+    assert main(["score", str(cases), "--warm-start"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["equivalent"] for r in records] == [True, True, True]

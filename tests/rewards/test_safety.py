@@ -105,3 +105,25 @@ def test_start_launches_every_worker_up_front():
         assert len(pool._idle) == 2  # reused, none added
     finally:
         pool.close()
+
+
+def test_workers_are_forked_from_a_fork_server_that_preloaded_the_parser():
+    """In a fresh interpreter (the fork server is one per process): a worker of a pool with ``preload`` finds
+    sympy imported before its first call, so starting or replacing a worker costs no imports."""
+    import multiprocessing
+    import subprocess
+    import sys
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform: workers are spawned")
+    script = (
+        "from rewards.sandbox import WorkerPool\n"
+        "from tests.rewards.helpers import loaded\n"
+        "if __name__ == '__main__':\n"
+        "    pool = WorkerPool(workers=1, timeout=30, preload=('rewards.preload',))\n"
+        "    modules = [('sympy',), ('latex2sympy2_extended.latex2sympy2',)]\n"
+        "    print([o.value for o in pool.map(loaded, modules)])\n"
+        "    pool.close()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[True, True]", result.stderr
