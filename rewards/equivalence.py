@@ -89,6 +89,8 @@ def _decimals(value: Any) -> tuple[int, int] | None:
 
     if not isinstance(value, sympy.Float):
         return None
+    if isinstance(value, _decimal_literal_class()):
+        return value.places, value.significant
     digits = format(float(value), ".15g")
     if "." not in digits or "e" in digits:
         return None
@@ -513,6 +515,13 @@ class FalseChain:
         return "FalseChain()"
 
 
+def _is_expression(value: Any) -> bool:
+    """A scalar expression (not a set, relation, matrix or word)."""
+    import sympy
+
+    return isinstance(value, sympy.Expr) and not isinstance(value, sympy.MatrixBase)
+
+
 def _is_constant(value: Any) -> bool:
     """A number-valued expression without symbols (``\\sqrt{9}``, ``\\binom{6}{2}``, ``2^{10}``)."""
     import sympy
@@ -529,8 +538,9 @@ def _chain_value(text: str) -> Any:
     value is the last member when all members are equal, and ``FalseChain`` when they are not (``2 + 2 = 5``
     pays neither for 5 nor for 4). Three or more members otherwise (``x = 5 + 6 = 11``, ``f(x) = (x+1)^2 =
     x^2+2x+1``): the last member, unchecked -- the reading Math-Verify gives a derivation that ends in its
-    answer (``x = 5+5+1 = 7 = 11`` is 11). A two-member equation with a symbol in it (``y = 2x``,
-    ``x + y = 1``) is an equation, not a chain."""
+    answer (``x = 5+5+1 = 7 = 11`` is 11). Two members with symbols that are the same expression, an identity
+    (``(x + 1)^2 = x^2 + 2x + 1``): the last member. Any other two-member equation (``y = 2x``, ``x + y = 1``)
+    is an equation, not a chain."""
     members = equality_members(text)
     if len(members) < 2 or not all(members):
         return None
@@ -540,13 +550,44 @@ def _chain_value(text: str) -> Any:
         return _value(members[-1]) if len(members) >= 3 else None
     if all(_is_constant(value) for value in values):
         return values[-1] if all(_values_equal(a, b) for a, b in itertools.pairwise(values)) else FalseChain()
-    return values[-1] if len(members) >= 3 else None
+    if len(members) >= 3:
+        return values[-1]
+    if all(_is_expression(value) for value in values) and _values_equal(values[0], values[1]):
+        return values[-1]  # an identity, (x + 1)^2 = x^2 + 2x + 1: a derivation ending in its value
+    return None
 
 
 def _value(text: str) -> Any:
-    """The sympy value of one answer element: an equality chain's value, else the parsed LaTeX."""
+    """The sympy value of one answer element: a decimal literal that remembers its digits, an equality
+    chain's value, or else the parsed LaTeX."""
+    if _DECIMAL_LITERAL.fullmatch(text):
+        return _decimal_literal(text)
     chain = _chain_value(text) if "=" in text else None
     return _latex2sympy(text) if chain is None else chain
+
+
+_DECIMAL_LITERAL = re.compile(r"-?\d*\.\d+")
+
+
+@functools.cache
+def _decimal_literal_class() -> type:
+    """A sympy ``Float`` that keeps the decimal places and significant digits it was written with: a float
+    forgets trailing zeros, but ``2.39130430`` states eight places (so it is not the rounding of 55/23,
+    2.39130435) where ``2.3913043`` states seven (and is)."""
+    import sympy
+
+    class DecimalLiteral(sympy.Float):
+        __slots__ = ("places", "significant")
+
+    return DecimalLiteral
+
+
+def _decimal_literal(text: str) -> Any:
+    literal = _decimal_literal_class().__new__(_decimal_literal_class(), text)
+    whole, _, fraction = text.lstrip("-").partition(".")
+    literal.places = len(fraction)
+    literal.significant = len((whole + fraction).lstrip("0"))
+    return literal
 
 
 @functools.lru_cache(maxsize=4096)

@@ -60,6 +60,9 @@ def test_a_false_chain_of_constants_pays_for_no_value(chain):
         ("y = 3 + 4 = 7", "7", True),  # a chain led by a name: its last member
         ("t = 2 \\cdot 6 = 12", "12", True),
         ("g(x) = (x-2)^2 = x^2 - 4x + 4", "x^2-4x+4", True),
+        ("(y + 2)^2 = y^2 + 4y + 4", "y^2+4y+4", True),  # an identity: a derivation ending in its value
+        ("(y + 2)^2 = y^2 + 4y + 4", "(y+2)^2", True),
+        ("(y + 2)^2 = y^2 + 4y + 5", "y^2+4y+5", False),  # not an identity: an equation
         ("y = 2x", "2x", True),  # a two-member equation with a symbol stays an equation, also read as 2x
         ("2x + 6 = 0", "x = -3", True),  # equations compare as equations
         ("\\cos(y) = \\frac{1}{3}", "\\tan(y) = \\frac{1}{3}", False),  # a function of y is no label
@@ -272,6 +275,9 @@ def test_equations_and_inequalities_in_several_variables(pred, gold, verdict):
         ("Y", "y", False),  # single letters keep their case: different variables
         ("Paris", "paris", True),
         ("\\frac{123456789}{10^9}", "\\frac{123456788}{999999999}", False),  # exact values compare exactly
+        ("3.1415927", "\\pi", True),  # seven places, correctly rounded
+        ("3.14159270", "\\pi", False),  # eight places stated by the trailing zero: 3.14159265 would be right
+        ("-.14285714", "-\\frac{1}{7}", True),
     ],
 )
 def test_smaller_answer_forms(pred, gold, verdict):
