@@ -539,8 +539,8 @@ def _chain_value(text: str) -> Any:
     pays neither for 5 nor for 4). Three or more members otherwise (``x = 5 + 6 = 11``, ``f(x) = (x+1)^2 =
     x^2+2x+1``): the last member, unchecked -- the reading Math-Verify gives a derivation that ends in its
     answer (``x = 5+5+1 = 7 = 11`` is 11). Two members with symbols that are the same expression, an identity
-    (``(x + 1)^2 = x^2 + 2x + 1``): the last member. Any other two-member equation (``y = 2x``, ``x + y = 1``)
-    is an equation, not a chain."""
+    (``(x + 1)^2 = x^2 + 2x + 1``): the last member. Any other two-member equation of expressions (``y = 2x``,
+    ``x + y = 1``) is an equation, returned as one (built from its parsed sides); None for the rest."""
     members = equality_members(text)
     if len(members) < 2 or not all(members):
         return None
@@ -552,8 +552,12 @@ def _chain_value(text: str) -> Any:
         return values[-1] if all(_values_equal(a, b) for a, b in itertools.pairwise(values)) else FalseChain()
     if len(members) >= 3:
         return values[-1]
-    if all(_is_expression(value) for value in values) and _values_equal(values[0], values[1]):
-        return values[-1]  # an identity, (x + 1)^2 = x^2 + 2x + 1: a derivation ending in its value
+    if all(_is_expression(value) for value in values):
+        if _values_equal(values[0], values[1]):
+            return values[-1]  # an identity, (x + 1)^2 = x^2 + 2x + 1: a derivation ending in its value
+        import sympy
+
+        return sympy.Eq(values[0], values[1], evaluate=False)  # an equation, from the sides already parsed
     return None
 
 
