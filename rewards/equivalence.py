@@ -4,14 +4,17 @@
 ``fractions.Fraction``); it needs no sympy and runs in the caller's process. ``equivalent`` is the full check:
 it parses LaTeX with latex2sympy2_extended (an ANTLR grammar; model text is never passed to ``eval``,
 ``exec``, ``sympify`` or ``parse_expr`` -- the library only ``sympify``-s objects that are already sympy
-trees) and compares structures: numbers (exact for rationals; a decimal literal precise enough -- at least
-three significant digits, or two decimal places and two significant digits -- also matches an irrational or
-repeating value it is the correct rounding of: ``0.33`` and ``3.14`` match ``1/3`` and ``\\pi``, ``0.3``,
-``1.4`` and ``3.1`` do not match ``1/3``, ``\\sqrt{2}`` and ``\\pi``), expressions (``simplify`` of the
-difference, then a numeric check at random points), equations (equal up to a non-zero factor), one-variable
-inequalities (as solution sets), intervals, unions, sets (unordered), answer lists (unordered, with
-multiplicity: ``1, 1, 2`` is not ``1, 2``), tuples and matrices (ordered), and text. Run ``equivalent`` only
-inside a killable worker (``rewards.sandbox``): sympy can hang or exhaust memory on hostile input.
+trees) and compares structures: numbers (exact values exactly; a decimal literal precise enough -- at least
+three significant digits, or two decimal places and two significant digits, counted as written, trailing
+zeros included -- also matches an irrational or repeating value it is the correct rounding of: ``0.33`` and
+``3.14`` match ``1/3`` and ``\\pi``, ``0.3``, ``1.4`` and ``3.1`` do not match ``1/3``, ``\\sqrt{2}`` and
+``\\pi``), expressions (values at random points, ``simplify`` of the difference only when the points
+cannot tell), equality chains (``_chain_value``: a chain of constants must be true), equations (equal up to a
+non-zero factor, or the same solutions for a shared symbol), inequalities (one variable: as solution sets;
+several: up to a positive factor), intervals, unions, sets (unordered), answer lists (unordered, with
+multiplicity: ``1, 1, 2`` is not ``1, 2``), tuples and matrices (ordered; a tuple never equals a set), and
+text. Run ``equivalent`` only inside a killable worker (``rewards.sandbox``): sympy can hang or exhaust memory
+on hostile input.
 """
 
 from __future__ import annotations

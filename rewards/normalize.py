@@ -1,11 +1,17 @@
 """String normalisation of an extracted answer, before parsing.
 
-``normalize`` maps the many spellings of one answer to one LaTeX string: surrounding ``$...$`` and enclosing
-``\\boxed{}`` (``MAX_WRAPPERS`` layers), text/font commands, units and currency, degrees, percent (kept as a
-trailing ``\\%`` so equivalence can try both readings), thousands separators, scientific notation (``1e3``),
-unicode symbols, ``\\dfrac``/``\\tfrac``/``\\frac12``/``\\sqrt3``, ``\\left``/``\\right``, a leading ``x =``
-(or ``f(x) =``, ``|AB| =``) when its left side is a bare name, equality chains (the last member),
-``\\approx``, "and"/"or" answer lists, multiple-choice letters and base subscripts (``204_5``).
+``normalize`` maps the many spellings of one answer to one LaTeX string: surrounding ``$...$``, quotation
+marks and enclosing ``\\boxed{}`` (``MAX_WRAPPERS`` layers; an unclosed ``\\boxed{`` opening the text is
+dropped), text/font/style and layout macros, a stray trailing backslash, ``\\pmod``/``(\\mod n)`` (the
+residue stays), ``\\bmod`` and ``\\equiv``, units and currency (also inside a bracketed list, ``{35 cm, 4}``),
+degrees (dropped, but radians inside a trigonometric function), percent (kept as a trailing ``\\%`` so
+equivalence can try both readings), thousands separators, scientific notation (``1e3``), unicode symbols,
+plain-text math (``sqrt(3)``, ``2^(1/2)``: ``rewards.plaintext``), ``\\dfrac``/``\\tfrac``/``\\frac12``/
+``\\sqrt3``, ``\\left``/``\\right``, a leading ``x =`` (or ``f(x) =``, ``|AB| =``) when its left side is a
+bare name, a chain of quantities with units or currency (a conversion: its last member), ``\\approx``,
+"and"/"or" answer lists, clock times (``08:34 P.M.`` -> ``20:34``), mixed numbers (``1 1/2``),
+multiple-choice letters and base subscripts (``204_5``). Equality chains are kept whole: the parser decides
+them (``rewards.equivalence``).
 
 Units are dropped only when they are plainly units: a ``\\text{}``/``\\mbox{}`` of words after a number
 (``10\\text{ units}``, ``15\\mbox{ cm}^2``), or trailing words after a number and a space that are a word of
