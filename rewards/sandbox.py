@@ -40,13 +40,21 @@ class Outcome:
     seconds: float = 0.0
 
 
+_fork_server_owner: int | None = None  # the process whose fork server this module's workers come from
+
+
 def _context(preload: Sequence[str]) -> Any:
-    """The multiprocessing context workers start from: the fork server (with ``preload``) where available,
-    else ``spawn``."""
+    """The multiprocessing context workers start from: the fork server (with ``preload``) where available and
+    this process's own, else ``spawn``. A process forked from one that started a fork server (a DataLoader
+    worker) inherits a handle on a server it cannot use (it is not the server's parent): it spawns."""
+    global _fork_server_owner
     if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(list(preload))  # no effect once the server runs
-        return context
+        if _fork_server_owner is None:
+            _fork_server_owner = os.getpid()
+        if _fork_server_owner == os.getpid():
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(list(preload))  # no effect once the server runs
+            return context
     return multiprocessing.get_context("spawn")
 
 
@@ -133,7 +141,13 @@ class WorkerPool:
                 self._idle.append(self._new_worker())
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self.memory_mb, self.warmup, _context(self.preload))
+        context = _context(self.preload)
+        try:
+            return _Worker(self.memory_mb, self.warmup, context)
+        except (ChildProcessError, OSError):  # a fork server this process cannot use (started by another)
+            if context.get_start_method() == "spawn":
+                raise
+            return _Worker(self.memory_mb, self.warmup, multiprocessing.get_context("spawn"))
 
     def close(self) -> None:
         """Stop the workers (a later ``map`` starts new ones)."""

@@ -127,3 +127,30 @@ def test_workers_are_forked_from_a_fork_server_that_preloaded_the_parser():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[True, True]", result.stderr
+
+
+def test_a_forked_child_of_a_pool_user_still_gets_workers():
+    """A DataLoader-style ``fork`` of a process whose pool runs on its fork server: the child cannot use that
+    server (it is not the server's parent) and spawns its own workers, for the parent's pool and a new one."""
+    import multiprocessing
+    import subprocess
+    import sys
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    script = (
+        "import os\n"
+        "from rewards.sandbox import WorkerPool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = WorkerPool(workers=1, timeout=30)\n"
+        "    assert pool.map(abs, [(-1,)])[0].value == 1\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        values = [pool.map(abs, [(-2,)])[0].value, WorkerPool(1, 30).map(abs, [(-3,)])[0].value]\n"
+        "        print(values, flush=True)\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "    pool.close()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[2, 3]", result.stderr
