@@ -39,7 +39,7 @@ def peak_bytes(model_path: str, micro: int | None, tokens: int, device: str) -> 
     from torch.utils.data import DataLoader
 
     from rgra_lightning import RLModule
-    from rgra_lightning.data import collate
+    from rgra_lightning.data.base import collate
     from rgra_lightning.rollout import SamplingConfig
 
     def current() -> int:

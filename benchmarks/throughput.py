@@ -62,7 +62,7 @@ def save_random_qwen2(directory: Path, **dimensions: object) -> None:
 
 def examples(count: int) -> list[dict[str, str]]:
     """The first ``count`` training problems of the embedded task, as prompt/reference pairs."""
-    from rgra_lightning.synthetic import split_problems
+    from rgra_lightning.arithmetic.problems import split_problems
 
     problems = split_problems(val_size=128, seed=0)["train"][:count]
     return [{"prompt": f"{p.question}=", "reference": p.answer} for p in problems]
@@ -87,7 +87,7 @@ def run_ours(model_path: str, steps: int, tokens: int, device: str, dtype: str) 
     from torch.utils.data import DataLoader
 
     from rgra_lightning import RLModule
-    from rgra_lightning.data import collate
+    from rgra_lightning.data.base import collate
     from rgra_lightning.losses import LossConfig
     from rgra_lightning.rollout import SamplingConfig
 

@@ -1,22 +1,37 @@
-"""rgra-lightning: GRPO, RGRA and their ablations as a PyTorch Lightning trainer for math reasoning."""
+"""rgra-lightning: GRPO, RGRA and their ablations as a PyTorch Lightning trainer for math reasoning.
 
-from rgra_lightning.advantages import AdvantageConfig, group_advantages
-from rgra_lightning.data import MathPromptDataModule
-from rgra_lightning.losses import LossConfig, policy_loss
-from rgra_lightning.module import RLModule
-from rgra_lightning.reward_model import RewardModelScorer
-from rgra_lightning.reward_training import RewardDataModule, RewardModelModule
-from rgra_lightning.rollout import SamplingConfig
+The names below are imported on first use (so ``rgra score`` and ``import rgra_lightning.errors`` start
+without torch); configs name them as ``rgra_lightning.<Name>``.
+"""
 
-__all__ = [
-    "AdvantageConfig",
-    "LossConfig",
-    "MathPromptDataModule",
-    "RLModule",
-    "RewardDataModule",
-    "RewardModelModule",
-    "RewardModelScorer",
-    "SamplingConfig",
-    "group_advantages",
-    "policy_loss",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AdvantageConfig": "rgra_lightning.advantages",
+    "group_advantages": "rgra_lightning.advantages",
+    "ArithmeticDataModule": "rgra_lightning.data",
+    "DatasetDataModule": "rgra_lightning.data",
+    "JsonFilesDataModule": "rgra_lightning.data",
+    "LossConfig": "rgra_lightning.losses",
+    "rl_loss": "rgra_lightning.losses",
+    "RLModule": "rgra_lightning.module",
+    "RewardDataModule": "rgra_lightning.reward_models",
+    "RewardModelModule": "rgra_lightning.reward_models",
+    "RewardModelScorer": "rgra_lightning.reward_models",
+    "HFEngine": "rgra_lightning.rollout",
+    "SamplingConfig": "rgra_lightning.rollout",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rgra_lightning' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,3 +1,3 @@
-from rgra_lightning.cli import main
+from rgra_lightning.commands import run
 
-main()
+run()

@@ -1,25 +1,24 @@
 """The ablation study: loss presets x seeds, each a normal ``fit`` run, then a summary table and a plot.
 
-    python -m rgra_lightning.ablate --config configs/ablations/paper.yaml
+    rgra ablate --config configs/ablations/paper.yaml
 
 A study config (YAML) names the base config, the presets, the seeds and overrides applied to the base:
 
     name: paper                       # results go to <results_dir>/<name>/
-    base_config: configs/rgra.yaml    # any fit config; its loss block is replaced by each preset's
-    presets: [grpo, rgra]             # configs/<preset>.yaml, or paths to YAML files
+    base_config: configs/rgra.yaml    # any fit config
+    presets: [grpo, rgra]             # loss presets configs/loss/<preset>.yaml, or paths to YAML files
     seeds: [0, 1, 2]                  # seed_everything of each run (sampling randomness)
-    overrides: {model: {init_args: {num_iterations: 2}}}   # merged into the base config
+    overrides: {model: {init_args: {num_iterations: 2}}}   # applied after the base and the preset
     results_dir: results
     reference: rgra                   # optional: summary.md compares every preset with it (default: first)
 
-Only a preset's ``model.init_args.loss`` block is used (it replaces the base config's; the study's overrides
-are merged after it), so the same presets work on any base config. Each
-run gets the fully merged config in ``<results_dir>/<name>/runs/<preset>/seed<k>/config.yaml``, runs as
-``python -m rgra_lightning fit --config that.yaml`` in its own process (a crash or an out-of-memory in one
-run does not end the study) with its TensorBoard logs and checkpoints in that directory, and is marked
-finished by ``done.json`` only once fit returned. Rerunning the study skips finished runs and resumes an
-interrupted one from its last checkpoint. Afterwards ``summary.md`` and ``val_accuracy.png`` are written
-from the TensorBoard event files.
+Each run composes configs as ``rgra fit`` does on the command line: ``rgra fit --config <base_config>
+--config <preset> --config <run_dir>/run.yaml``, where ``run.yaml`` holds the study's overrides, the seed and
+the run's paths (its TensorBoard logs, checkpoints and exported policy in ``<results_dir>/<name>/runs/
+<preset>/seed<k>/``). The run goes in its own process (a crash or an out-of-memory in one run does not end
+the study), and is marked finished by ``done.json`` only once fit returned. Rerunning the study skips
+finished runs and resumes an interrupted one from its last checkpoint. Afterwards ``summary.md`` and
+``val_accuracy.png`` are written from the TensorBoard event files.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ import yaml
 from rgra_lightning.errors import ConfigError
 
 VAL_TAG = "val/accuracy"
-PRESET_DIR = Path("configs")
+PRESET_DIR = Path("configs/loss")
 
 
 @dataclass(frozen=True)
@@ -100,21 +99,11 @@ def load_study(path: Path) -> Study:
 
 
 def preset_path(preset: str) -> Path:
-    """``configs/<preset>.yaml`` for a bare name, else the path itself."""
+    """``configs/loss/<preset>.yaml`` for a bare name, else the path itself."""
     path = Path(preset) if preset.endswith((".yaml", ".yml")) else PRESET_DIR / f"{preset}.yaml"
     if not path.is_file():
         raise ConfigError(f"preset {preset!r}: {path} does not exist")
     return path
-
-
-def preset_loss(preset: str) -> dict[str, Any]:
-    """A preset's ``model.init_args.loss`` block (the only part of a preset the study uses)."""
-    path = preset_path(preset)
-    config = yaml.safe_load(path.read_text()) or {}
-    try:
-        return config["model"]["init_args"]["loss"]
-    except (KeyError, TypeError):
-        raise ConfigError(f"preset {path} has no model.init_args.loss block") from None
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -129,26 +118,36 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_config(study: Study, preset: str, seed: int) -> dict[str, Any]:
-    """The full fit config of one run: the base with its loss block replaced by the preset's, then the study
-    overrides merged in (so a study can set one ``loss.beta`` for every preset), the seed and run paths."""
-    config = yaml.safe_load(study.base_config.read_text())
-    config.setdefault("model", {}).setdefault("init_args", {})["loss"] = preset_loss(preset)
-    config = merge(config, study.overrides)
+    """The run's own config layer (``run.yaml``), composed after the base config and the preset: the study
+    overrides, the seed, and the run's paths. The callbacks are the base's (with the overrides') with
+    their directories moved into the run directory, as a list given later replaces the earlier one."""
     run_dir = study.run_dir(preset, seed)
-    config["seed_everything"] = seed
-    trainer = config.setdefault("trainer", {})
-    trainer["enable_progress_bar"] = False
-    trainer["logger"] = {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": str(run_dir), "name": "tensorboard", "version": ""},
-    }
-    for callback in trainer.get("callbacks") or []:
+    base = yaml.safe_load(study.base_config.read_text()) or {}
+    callbacks = copy.deepcopy(merge(base, study.overrides).get("trainer", {}).get("callbacks") or [])
+    for callback in callbacks:
         init_args = callback.setdefault("init_args", {})
         if callback["class_path"].endswith("ModelCheckpoint"):
             init_args["dirpath"] = str(run_dir / "checkpoints")
         if callback["class_path"].endswith("ExportHuggingFace"):
             init_args["output_dir"] = str(run_dir / "hf_model")
-    return config
+    run = {
+        "seed_everything": seed,
+        "trainer": {
+            "enable_progress_bar": False,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(run_dir), "name": "tensorboard", "version": ""},
+            },
+            "callbacks": callbacks,
+        },
+    }
+    return merge(study.overrides, run)
+
+
+def run_command(study: Study, preset: str, seed: int) -> list[str]:
+    """The ``rgra fit`` command of one run (its ``run.yaml`` written by ``run_one``)."""
+    configs = [study.base_config, preset_path(preset), study.run_dir(preset, seed) / "run.yaml"]
+    return [sys.executable, "-m", "rgra_lightning", "fit", *(f"--config={path}" for path in configs)]
 
 
 def read_curve(run_dir: Path, tag: str = VAL_TAG) -> list[tuple[int, float]]:
@@ -176,9 +175,9 @@ def run_one(study: Study, preset: str, seed: int) -> dict[str, Any]:
     """
     run_dir = study.run_dir(preset, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(run_config(study, preset, seed), sort_keys=False))
-    command = [sys.executable, "-m", "rgra_lightning", "fit", "--config", str(config_path)]
+    run = run_config(study, preset, seed)
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
+    command = run_command(study, preset, seed)
     last = run_dir / "checkpoints" / "last.ckpt"
     resumed = last.is_file()
     if resumed:
@@ -190,7 +189,8 @@ def run_one(study: Study, preset: str, seed: int) -> dict[str, Any]:
         returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ).returncode
     wall_s = time.perf_counter() - start
     curve = read_curve(run_dir)
-    steps = yaml.safe_load(config_path.read_text()).get("trainer", {}).get("max_steps", -1)
+    base = yaml.safe_load(study.base_config.read_text()) or {}
+    steps = merge(base, run).get("trainer", {}).get("max_steps", -1)
     record = {
         "preset": preset,
         "seed": seed,
@@ -364,9 +364,7 @@ def run_study(study: Study) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m rgra_lightning.ablate", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="rgra ablate", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, required=True, help="study config YAML")
     parser.add_argument("--summary_only", action="store_true", help="only rewrite summary.md and the plot")
     args = parser.parse_args(argv)

@@ -9,9 +9,9 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from rgra_lightning.distributed import is_sharded
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.export import export_policy
-from rgra_lightning.parallel import is_sharded
 
 
 class CompletionSampleLogger(Callback):

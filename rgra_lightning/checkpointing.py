@@ -24,8 +24,9 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader
 
+from rgra_lightning.distributed import with_distributed_sampler
 from rgra_lightning.errors import ConfigError
 
 
@@ -62,7 +63,29 @@ class PeriodicModelCheckpoint(ModelCheckpoint):
     final state (a step file and ``last.ckpt``) when it fell between two saves.
 
     Use ``save_top_k=n, monitor="step", mode="max"`` to keep the n newest step files.
+
+    Without ``dirpath``, checkpoints go to ``<logger save_dir>/<logger name>/checkpoints`` (e.g.
+    ``runs/rgra/checkpoints``), one directory per run name and not per logger version, so that
+    ``--ckpt_path last`` finds the previous run's ``last.ckpt`` and a loss preset composed onto a base config
+    (which renames the run) gets its own directory. Lightning's default would put them under the version
+    directory, which a resumed run does not reuse.
     """
+
+    def run_checkpoint_dir(self, trainer: Trainer) -> str:
+        """``dirpath``, or the run's checkpoint directory described above."""
+        if self.dirpath is not None:
+            return str(self.dirpath)
+        logger = trainer.loggers[0] if trainer.loggers else None
+        root = getattr(logger, "root_dir", None) or trainer.default_root_dir
+        return os.path.join(root, "checkpoints")
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.dirpath = trainer.strategy.broadcast(self.run_checkpoint_dir(trainer))
+        super().setup(trainer, pl_module, stage)
+
+    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+        self.dirpath = self.run_checkpoint_dir(trainer)  # ``--ckpt_path last`` looks before ``setup``
+        return super()._find_last_checkpoints(trainer)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last_global_step_saved = max(self._last_global_step_saved, trainer.global_step)  # resumed
@@ -180,34 +203,13 @@ class ResumableLoader:
         self._restored = state
 
 
-def with_distributed_sampler(loader: DataLoader, distributed_sampler_kwargs: dict[str, Any]) -> DataLoader:
-    """``loader`` with the ``DistributedSampler`` that Lightning would inject into it (same seed, shuffling
-    and split of the data over the ranks). Lightning injects none into a ``ResumableLoader``, which is not
-    a ``DataLoader``, so it is made here."""
-    sampler = DistributedSampler(
-        loader.dataset,
-        shuffle=isinstance(loader.sampler, RandomSampler),
-        seed=int(os.getenv("PL_GLOBAL_SEED", 0)),
-        **distributed_sampler_kwargs,
-    )
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        drop_last=loader.drop_last,
-        collate_fn=loader.collate_fn,
-        num_workers=loader.num_workers,
-        generator=loader.generator,
-    )
-
-
 class ExactResume(Callback):
     """Make ``fit --ckpt_path ...`` continue exactly where the checkpoint was taken.
 
     Saves the global RNG states with every checkpoint and restores them when training starts; flushes the
     loggers before each step so that the metrics of every checkpointed step are on disk; wraps the
     datamodule's training loader in a ``ResumableLoader`` (it must shuffle with an explicit
-    ``torch.Generator``, as ``MathPromptDataModule`` does) and counts the batches trained on. With more
+    ``torch.Generator``, as ``PromptDataModule`` does) and counts the batches trained on. With more
     than one process the loader gets the ``DistributedSampler`` Lightning would have given it, and each
     rank skips the batches it has trained on in the epoch; the RNG states of every rank are saved, and
     each rank restores its own.
@@ -278,6 +280,24 @@ class ExactResume(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         rng = state_dict["rng"]
         self._restored_rng = rng if isinstance(rng, list) else [rng]  # older checkpoints: one process
+
+
+# Frozen submodules of the RL module, reloaded from their model paths, so left out of checkpoints.
+FROZEN_PREFIXES = ("reference.", "reward_models.")
+
+
+def reloaded_state_keys(module: LightningModule, lora: bool) -> set[str]:
+    """State-dict keys that checkpoints leave out because they are reloaded from model paths: the
+    reference and reward models and, with LoRA, the policy's frozen base weights (only adapters train)."""
+    state = module.state_dict(keep_vars=True)
+    keys = {key for key in state if key.startswith(FROZEN_PREFIXES)}
+    if lora:
+        keys |= {
+            key
+            for key, value in state.items()
+            if key.startswith("policy.") and isinstance(value, torch.nn.Parameter) and not value.requires_grad
+        }
+    return keys
 
 
 def changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -1,8 +1,9 @@
-"""The command line: LightningCLI with fit / validate / test / predict and YAML configs.
+"""LightningCLI's fit / validate / test / predict with YAML configs (``rgra fit ...``; see ``commands``).
 
-python -m rgra_lightning fit --config configs/rgra.yaml
-python -m rgra_lightning fit --config configs/rgra.yaml --model.loss.beta=0.0
-python -m rgra_lightning fit --config configs/rgra.yaml --print_config
+rgra fit --config configs/rgra.yaml
+rgra fit --config configs/rgra.yaml --config configs/loss/grpo.yaml   # a loss preset over a base config
+rgra fit --config configs/rgra.yaml --model.loss.beta=0.0
+rgra fit --config configs/rgra.yaml --print_config
 """
 
 from __future__ import annotations
@@ -18,11 +19,19 @@ import typing
 import warnings
 from pathlib import Path
 
+import yaml
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from rgra_lightning.errors import ConfigError, find_config_error
+from rgra_lightning.errors import ConfigError, find_reported_error
+
+# The data module of the 0.x configs, split into one data module per source: ``task`` -> class path.
+_SPLIT_DATA_MODULE = {
+    "arithmetic": "rgra_lightning.ArithmeticDataModule",
+    "files": "rgra_lightning.JsonFilesDataModule",
+    "dataset": "rgra_lightning.DatasetDataModule",
+}
 
 # jsonargparse's wordings for an unknown key below a class given by class_path.
 _CLASS_PATH = re.compile(r"class_path '(?P<class_path>[\w.]+)'")
@@ -34,10 +43,19 @@ _UNKNOWN_KEY = re.compile(
 
 
 def _options(target: object) -> list[str]:
-    """The option names of a class's ``__init__`` or a dataclass's fields."""
+    """The option names of a class's ``__init__`` (and its bases', when it passes ``**kwargs`` on to them,
+    as the data modules do) or a dataclass's fields."""
     if dataclasses.is_dataclass(target):
         return [field.name for field in dataclasses.fields(target)]
-    return [name for name in inspect.signature(target).parameters if name not in ("self", "args", "kwargs")]
+    names: list[str] = []
+    for cls in getattr(target, "__mro__", [target]):
+        if "__init__" not in vars(cls) and cls is not target:
+            continue
+        parameters = inspect.signature(cls).parameters.values()
+        names += [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return names
 
 
 def valid_keys_hint(error_text: str) -> str | None:
@@ -100,6 +118,31 @@ class RLCLI(LightningCLI):
         sys.stderr.write(captured.getvalue())
 
 
+def check_data_module(args: list[str]) -> None:
+    """Raise a ``ConfigError`` saying what to write instead when a config (``--config FILE`` or
+    ``--data.class_path``) names ``MathPromptDataModule``, which was split into one class per source."""
+    for index, arg in enumerate(args):
+        name, _, value = arg.partition("=")
+        if not value and index + 1 < len(args):
+            value = args[index + 1]
+        data: object = None
+        if name == "--config" and Path(value).is_file():
+            try:
+                data = (yaml.safe_load(Path(value).read_text()) or {}).get("data")
+            except (yaml.YAMLError, AttributeError):
+                continue  # the config parser reports what is wrong with the file
+            where = value
+        elif name in ("--data.class_path", "--data"):
+            data, where = {"class_path": value}, "the command line"
+        if isinstance(data, dict) and str(data.get("class_path", "")).endswith("MathPromptDataModule"):
+            task = (data.get("init_args") or {}).get("task", "arithmetic")
+            replacement = _SPLIT_DATA_MODULE.get(task, " or ".join(_SPLIT_DATA_MODULE.values()))
+            raise ConfigError(
+                f"{where}: data.class_path {data['class_path']} (task: {task}) is now one data module per "
+                f"source: write class_path: {replacement} and remove init_args.task"
+            )
+
+
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """Run the CLI; ``args`` replaces ``sys.argv[1:]``. With ``run=False`` (tests) the model, data and
     trainer are only instantiated from the config, and ``args`` has no subcommand."""
@@ -107,6 +150,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     try:
+        check_data_module(sys.argv[1:] if args is None else args)
         return RLCLI(
             LightningModule,
             LightningDataModule,
@@ -118,7 +162,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         )
     except Exception as error:
         # Lightning's MisconfigurationException is a config mistake too (e.g. accelerator: gpu on a CPU)
-        config_error = find_config_error(error) or (
+        config_error = find_reported_error(error) or (
             error if isinstance(error, MisconfigurationException) else None
         )
         if config_error is None:

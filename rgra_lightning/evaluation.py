@@ -1,16 +1,20 @@
-"""Benchmark metrics over n sampled completions per problem: pass@k and maj@k as torchmetrics objects.
+"""Evaluation: greedy accuracy, and over n sampled completions per problem pass@k and maj@k, as
+torchmetrics objects; and the JSONL file of every evaluated completion.
 
-Their states are sums (``dist_reduce_fx="sum"``), so under DDP/FSDP every process updates with its own
-problems and ``compute()`` returns the mean over all problems of all processes.
+The metrics' states are sums (``dist_reduce_fx="sum"``), so under DDP/FSDP every process updates with its
+own problems and ``compute()`` returns the mean over all problems of all processes.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from pathlib import Path
+from typing import IO, Any
 
 import torch
 from torch import Tensor
@@ -18,6 +22,8 @@ from torchmetrics import Metric
 
 from rewards.normalize import normalize
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.experience import Experience, PromptBatch
+from rgra_lightning.rollout import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,12 @@ class EvaluationConfig:
             )
         if self.temperature <= 0:
             raise ConfigError(f"model.evaluation.temperature must be > 0, got {self.temperature}")
+
+    def sampling(self, training: SamplingConfig) -> SamplingConfig:
+        """The sampling options of the n completions: the training ones with n, ``temperature``, ``top_p``."""
+        return replace(
+            training, num_generations=self.num_samples, temperature=self.temperature, top_p=self.top_p
+        )
 
 
 def pass_at_k(num_samples: int, num_correct: Tensor, k: int) -> Tensor:
@@ -154,3 +166,80 @@ class MajorityAtK(Metric):
 
     def compute(self) -> Tensor:
         return self.total.float() / self.count.clamp(min=1)
+
+
+def evaluation_metrics(config: EvaluationConfig) -> torch.nn.ModuleDict:
+    """``accuracy`` (greedy pass@1) and, with ``num_samples``, ``pass@k`` and ``maj@k`` for every k."""
+    sampled = bool(config.num_samples)
+    return torch.nn.ModuleDict(
+        {"accuracy": PassAtK(1)}
+        | {f"pass@{k}": PassAtK(k) for k in config.k if sampled}
+        | {f"maj@{k}": MajorityAtK(k) for k in config.k if sampled}
+    )
+
+
+def update_evaluation_metrics(
+    metrics: torch.nn.ModuleDict, greedy: Experience, sampled: Experience | None = None
+) -> None:
+    """Add one batch of problems: their greedy completions, and their n sampled ones if any."""
+    problems = len(greedy.prompts)
+    metrics["accuracy"].update(greedy.correct.view(problems, 1))
+    if sampled is None:
+        return
+    n = sampled.group_size
+    correct = sampled.correct.view(problems, n)
+    answers = [[s.extracted for s in sampled.scores[i * n : (i + 1) * n]] for i in range(problems)]
+    for name, metric in metrics.items():
+        if name.startswith("pass@"):
+            metric.update(correct)
+        elif name.startswith("maj@"):
+            metric.update(answers, correct)
+
+
+def greedy_summary(experience: Experience) -> dict[str, Tensor]:
+    """Accuracy, mean reward and mean completion length (tokens) of a batch of greedy completions."""
+    length = experience.rollout.completion_mask.sum(dim=1).float().mean()
+    return {
+        "accuracy": experience.correct.mean(),
+        "reward": experience.rewards.mean(),
+        "completion_length_mean": length,
+    }
+
+
+def mean_greedy_summary(
+    make_experience: Callable[[PromptBatch], Experience], batches: Iterable[PromptBatch]
+) -> dict[str, float]:
+    """``greedy_summary`` over all ``batches``, weighted by their prompts (the step-0 validation)."""
+    totals: dict[str, float] = {}
+    count = 0
+    for batch in batches:
+        size = len(batch["prompt"])
+        for name, value in greedy_summary(make_experience(batch)).items():
+            totals[name] = totals.get(name, 0.0) + value.item() * size
+        count += size
+    return {name: total / count for name, total in totals.items()} if count else {}
+
+
+class SamplesWriter:
+    """Appends evaluated completions, one JSON line each (``Experience.records()`` and how they were
+    decoded), to ``<directory>/<stage>_samples.jsonl`` (``_rank<r>`` after rank 0's), opened at the first
+    write and flushed after every batch, so an interrupted evaluation keeps its finished batches."""
+
+    def __init__(self) -> None:
+        self._file: IO[str] | None = None
+
+    def write(
+        self, records: list[dict[str, Any]], decoding: str, directory: Path, stage: str, rank: int
+    ) -> None:
+        if self._file is None:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"{stage}_samples{f'_rank{rank}' if rank else ''}.jsonl"
+            self._file = path.open("w", encoding="utf-8")
+        for record in records:
+            self._file.write(json.dumps(record | {"decoding": decoding}, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

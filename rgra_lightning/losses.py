@@ -7,7 +7,7 @@ Shapes: N completions, T completion tokens (right-padded). ``mask`` is 1.0 on re
     per-token objective  = policy_term(logp, old_logp, A) - beta * KL(logp, ref_logp)
     loss                 = - aggregate(per-token objective, mask)
 
-See ../shared/docs/algorithms.md (in the repository's docs) for the derivations.
+docs/algorithms.md gives the equations, each option's origin and how the options map to TRL's.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def aggregate(
     return masked.sum() / (rows * constant)
 
 
-def policy_loss(
+def rl_loss(
     logp: Tensor,
     advantages: Tensor,
     mask: Tensor,
@@ -166,7 +166,9 @@ def policy_loss(
     batch_rows: int | None = None,
     batch_tokens: Tensor | None = None,
 ) -> LossOutput:
-    """The loss for one (mini-)batch of completions; see the module docstring for shapes.
+    """The loss for one (mini-)batch of completions: minus the aggregated policy term plus beta times the
+    aggregated KL; see the module docstring for shapes. ``LossOutput.policy_loss`` is the policy term's
+    part alone (logged as ``train/policy_loss``), ``LossOutput.loss`` the whole (``train/loss``).
 
     For a micro-batch, ``batch_rows`` and ``batch_tokens`` give the size of the mini-batch it is a slice of
     (see ``aggregate``): the loss and every diagnostic then add up over the micro-batches to the

@@ -1,5 +1,7 @@
-"""Shared fixtures: paths to the shipped tiny policy and a small, fast variant of the default config."""
+"""Shared fixtures and helpers: paths to the shipped tiny policy, a small variant of the default config,
+the CLI's one-line errors, sampling with the default engine, and rounding tolerances."""
 
+import math
 import os
 from pathlib import Path
 
@@ -7,6 +9,7 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,14 +25,53 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def rounding_rtol(dtype: torch.dtype, summed_terms: int, safety: float = 16.0) -> float:
+    """A relative tolerance for two results of the same computation in ``dtype`` whose sums of up to
+    ``summed_terms`` terms are taken in different orders (another CPU's kernels, a cached prompt, another
+    micro-batch split).
+
+    Rounding errors of a sum of n terms grow like sqrt(n) * unit roundoff for independent rounding (the
+    probabilistic bound of Higham and Mary, SIAM J. Sci. Comput. 2019); ``safety`` covers the few layers of
+    such sums a forward and backward pass stack. The bound is on a norm-wise relative error: compare norms
+    of whole tensors, not single entries that cancel to near zero.
+    """
+    return safety * math.sqrt(summed_terms) * torch.finfo(dtype).eps / 2
+
+
+def assert_close_normwise(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str = "") -> None:
+    """``|actual - expected| <= rtol * |expected|`` in the Frobenius norm (see ``rounding_rtol``)."""
+    error = (actual - expected).norm() / expected.norm().clamp(min=torch.finfo(expected.dtype).tiny)
+    assert error <= rtol, f"{what}: relative error {error:.3g} > {rtol:.3g}"
+
+
+def sample(policy, tokenizer, prompts: list[str], config, greedy: bool = False):
+    """A ``Rollout`` of ``prompts`` from ``policy`` with the default engine (``HFEngine``)."""
+    from rgra_lightning.rollout import HFEngine
+
+    return HFEngine().bind(policy, tokenizer).generate(prompts, config, greedy=greedy)
+
+
+def one_line_error(args: list[str], capsys) -> str:
+    """Run the CLI expecting a user error: exit status 2 and a single ``error: ...`` line on stderr."""
+    from rgra_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args, run=args[0] == "fit")
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1
+    return lines[0]
+
+
 @pytest.fixture
 def small_config(tmp_path: Path):
     """Write a few-step version of configs/<name>.yaml into tmp_path and return its path.
 
-    Usage: ``small_config("rgra", **overrides)`` where overrides are ``{"model.init_args.x": value}``.
+    Usage: ``small_config("rgra", **overrides)`` where overrides are ``{"model.init_args.x": value}``;
+    ``data_module="JsonFilesDataModule"`` swaps the embedded task for another data module class.
     """
 
-    def make(name: str = "rgra", **overrides: object) -> Path:
+    def make(name: str = "rgra", data_module: str | None = None, **overrides: object) -> Path:
         config = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
         config["trainer"].update(max_steps=4, val_check_interval=2, enable_progress_bar=False)
         config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
@@ -41,7 +83,14 @@ def small_config(tmp_path: Path):
         model = config["model"]["init_args"]
         model["model_path"] = str(TINY_POLICY)
         model["sampling"]["num_generations"] = 4
-        config["data"]["init_args"].update(batch_size=4, val_size=8, val_batch_size=8)
+        data = config["data"]
+        data["init_args"].update(batch_size=4, val_batch_size=8)
+        if data_module is None:
+            data["init_args"]["val_size"] = 8
+        else:
+            data["class_path"] = f"rgra_lightning.{data_module}"
+            if data_module == "JsonFilesDataModule":  # validation comes from its own file
+                del data["init_args"]["val_size"]
         for dotted, value in overrides.items():
             node = config
             *parents, leaf = dotted.split(".")

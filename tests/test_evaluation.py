@@ -90,13 +90,16 @@ def test_test_command_logs_pass_at_k_and_maj_at_k_and_writes_every_completion(sm
     assert metrics["test/accuracy"] > 0  # the shipped tiny policy solves part of the embedded task greedily
     samples = [json.loads(line) for line in (Path(cli.trainer.log_dir) / "test_samples.jsonl").open()]
     assert len(samples) == 8 * (1 + 4)  # 8 problems: one greedy and 4 sampled completions each
-    assert set(samples[0]) == {
+    assert set(samples[0]) == {  # Experience.records(), and how the completion was decoded
         "prompt",
         "completion",
-        "extracted",
         "reference",
         "reward",
         "correct",
+        "extracted",
+        "details",
+        "error",
+        "group",
         "decoding",
     }
     greedy = [s for s in samples if s["decoding"] == "greedy"]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rgra_lightning.losses import LossConfig, aggregate, kl_estimate, policy_loss, policy_term
+from rgra_lightning.losses import LossConfig, aggregate, kl_estimate, policy_term, rl_loss
 
 LOGP = torch.tensor([[-1.0, -2.0, -0.5], [-0.2, -0.3, -9.0]])
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
@@ -30,7 +30,7 @@ def test_aggregations_by_hand():
 
 
 def test_reinforce_loss_by_hand():
-    out = policy_loss(LOGP, ADV, MASK, LossConfig(policy_term="reinforce", beta=0.0))
+    out = rl_loss(LOGP, ADV, MASK, LossConfig(policy_term="reinforce", beta=0.0))
     seq0 = (-1.0 - 2.0 - 0.5) / 3 * 2.0
     seq1 = (-0.2 - 0.3) / 2 * -1.0
     assert out.loss.item() == pytest.approx(-(seq0 + seq1) / 2)
@@ -44,7 +44,7 @@ def test_clipped_ratio_by_hand():
     # A = 2 > 0: min(r A, clip(r) A) caps e^0.5 at 1.2 (clipped); e^-0.5 stays (unclipped is smaller)
     torch.testing.assert_close(term[0], torch.tensor([1.2 * 2, 2.0, math.exp(-0.5) * 2]))
     torch.testing.assert_close(clipped[0], torch.tensor([1.0, 0.0, 0.0]))
-    out = policy_loss(LOGP, ADV, MASK, config, old_logp=old)
+    out = rl_loss(LOGP, ADV, MASK, config, old_logp=old)
     assert out.clip_fraction.item() == pytest.approx(1 / 5)
     assert out.ratio_mean.item() == pytest.approx((math.exp(0.5) + 1 + math.exp(-0.5) + 2) / 5)
 
@@ -70,7 +70,7 @@ def test_unclipped_ratio():
 
 def test_kl_term_enters_loss_with_beta():
     ref = LOGP - 0.1
-    out = policy_loss(LOGP, torch.zeros(2), MASK, LossConfig(beta=0.5, kl_estimator="k3"), ref_logp=ref)
+    out = rl_loss(LOGP, torch.zeros(2), MASK, LossConfig(beta=0.5, kl_estimator="k3"), ref_logp=ref)
     per_token = math.exp(-0.1) + 0.1 - 1
     assert out.kl.item() == pytest.approx(per_token, rel=1e-5)
     assert out.loss.item() == pytest.approx(0.5 * per_token, rel=1e-5)
@@ -80,7 +80,7 @@ def _gradient(config: LossConfig, old_logp: torch.Tensor | None) -> torch.Tensor
     logits = torch.nn.Parameter(torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.5, -0.4]]))
     logp = torch.nn.functional.logsigmoid(logits)
     ref = logp.detach() - 0.05
-    policy_loss(logp, ADV, MASK, config, old_logp=old_logp, ref_logp=ref).loss.backward()
+    rl_loss(logp, ADV, MASK, config, old_logp=old_logp, ref_logp=ref).loss.backward()
     return logits.grad
 
 
@@ -102,7 +102,7 @@ def test_grpo_and_rgra_differ_once_the_policy_has_moved():
 
 def test_ratio_terms_need_old_logprobs():
     with pytest.raises(ValueError, match="old log-probs"):
-        policy_loss(LOGP, ADV, MASK, LossConfig(policy_term="clipped_ratio", beta=0.0))
+        rl_loss(LOGP, ADV, MASK, LossConfig(policy_term="clipped_ratio", beta=0.0))
 
 
 @pytest.mark.parametrize(
@@ -140,7 +140,7 @@ def test_micro_batch_losses_add_up_to_the_mini_batch_loss_and_gradient(aggregati
         logp = torch.nn.functional.logsigmoid(parameter)
         totals: dict[str, float] = {}
         for part in parts:
-            out = policy_loss(
+            out = rl_loss(
                 logp[part], advantages[part], mask[part], config, old[part], ref[part],
                 batch_rows=3, batch_tokens=mask.sum(),
             )  # fmt: skip
@@ -155,5 +155,5 @@ def test_micro_batch_losses_add_up_to_the_mini_batch_loss_and_gradient(aggregati
     assert split == pytest.approx(whole, rel=1e-6)
     torch.testing.assert_close(split_grad, whole_grad)
     # Without batch sizes a slice is normalised by its own: the default, for a whole mini-batch.
-    alone = policy_loss(torch.nn.functional.logsigmoid(logits), advantages, mask, config, old, ref)
+    alone = rl_loss(torch.nn.functional.logsigmoid(logits), advantages, mask, config, old, ref)
     assert alone.loss.item() == pytest.approx(whole["loss"], rel=1e-6)

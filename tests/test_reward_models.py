@@ -13,18 +13,18 @@ from rewards import FormatReward, MathVerifier, NumericVerifier, Score, Weighted
 from rgra_lightning.cli import main
 from rgra_lightning.data import DatasetError
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.label import label, preference_pairs
-from rgra_lightning.label import main as label_main
 from rgra_lightning.models import load_causal_lm, load_sequence_classifier, load_tokenizer
-from rgra_lightning.module import reward_components
-from rgra_lightning.reward_model import RewardModelScorer, transform_scores
-from rgra_lightning.reward_training import (
+from rgra_lightning.reward_models.label import label, preference_pairs
+from rgra_lightning.reward_models.label import main as label_main
+from rgra_lightning.reward_models.scorer import RewardModelScorer, transform_scores
+from rgra_lightning.reward_models.training import (
     DefinedAUROC,
     bradley_terry_loss,
     outcome_loss,
     read_rows,
     split_by_prompt,
 )
+from rgra_lightning.scoring import reward_components
 from tests.conftest import TINY_POLICY
 from tests.test_training import scalar_tags
 
@@ -321,15 +321,15 @@ def test_label_writes_verified_completions_for_each_prompt(small_config, tmp_pat
 def test_shipped_reward_configs_parse(classifier_dir, tmp_path, monkeypatch):
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
-    config = yaml.safe_load((root / "configs" / "rgra-reward-model.yaml").read_text())
+    config = yaml.safe_load((root / "configs" / "reward" / "orm.yaml").read_text())
     verifier = config["model"]["init_args"]["verifier"]["init_args"]
     assert (
         verifier["verifiers"][1]["init_args"]["model_path"] == "runs/orm/hf_model"
     )  # what reward_model.yaml exports
     verifier["verifiers"][1]["init_args"]["model_path"] = str(classifier_dir)
-    path = tmp_path / "rgra-reward-model.yaml"
+    path = tmp_path / "orm.yaml"
     path.write_text(yaml.safe_dump(config))
-    module = main(["--config", str(path)], run=False).model
+    module = main(["--config", "configs/rgra.yaml", "--config", str(path)], run=False).model
     assert isinstance(module.verifier, WeightedSum) and module.verifier.weights == [1.0, 0.2]
     assert isinstance(module.verifier.verifiers[1], RewardModelScorer) and len(module.reward_models) == 1
 

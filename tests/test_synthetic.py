@@ -3,7 +3,7 @@
 import random
 from fractions import Fraction
 
-from rgra_lightning.synthetic import enumerate_problems, split_problems, worked_answer
+from rgra_lightning.arithmetic.problems import enumerate_problems, split_problems, worked_answer
 
 
 def boxed(text: str) -> str:

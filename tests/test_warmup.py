@@ -2,11 +2,12 @@
 
 import yaml
 
+from rgra_lightning.arithmetic.warmup import build_char_tokenizer
 from rgra_lightning.cli import main
 from rgra_lightning.models import load_causal_lm, load_tokenizer
-from rgra_lightning.rollout import SamplingConfig, sample_rollout
-from rgra_lightning.warmup import build_char_tokenizer
+from rgra_lightning.rollout import SamplingConfig
 from tests.conftest import ROOT, TINY_POLICY
+from tests.conftest import sample as sample_rollout
 
 
 def test_char_tokenizer_round_trips_math_text():

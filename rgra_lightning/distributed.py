@@ -1,7 +1,8 @@
-"""FSDP2 (``torch.distributed.fsdp.fully_shard``) helpers for the policy and the frozen reference and
-reward models.
+"""Everything that differs when several processes train together: FSDP2 sharding, DDP's gradient no-sync,
+reductions of metrics over ranks, and the distributed sampler of the training data.
 
-Used by ``RLModule.configure_model`` when the trainer's strategy is Lightning's ``ModelParallelStrategy``.
+FSDP2 (``torch.distributed.fsdp.fully_shard``) shards the policy and the frozen reference and reward models
+in ``RLModule.configure_model`` when the trainer's strategy is Lightning's ``ModelParallelStrategy``.
 Each decoder layer is its own FSDP unit (gathered for its forward, resharded after it); the root unit
 holds the embeddings, final norm and LM head and stays gathered between forward and backward.
 Sampling runs one small forward per new token, so ``gathered_for_generation`` keeps every unit gathered for
@@ -11,18 +12,21 @@ no collective inside the decoding loop, so ranks may stop decoding at different 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
+from lightning.pytorch.strategies import ParallelStrategy, Strategy
+from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from rgra_lightning.errors import ConfigError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from rgra_lightning.models import DTYPES
 
 
 @dataclass(frozen=True)
@@ -97,3 +101,66 @@ def gathered_for_generation(model: nn.Module) -> Iterator[None]:
             # As ``shard_model`` set it: layers reshard after forward, the root does not.
             unit.set_reshard_after_forward(unit is not model, recurse=False)
             unit.reshard()
+
+
+def no_gradient_sync(strategy: Strategy) -> AbstractContextManager:
+    """A context in which backward passes accumulate gradients without all-reducing them (DDP's
+    ``no_sync``); a no-op for one device and for FSDP2, which reduce-scatters at every backward."""
+    if isinstance(strategy, ParallelStrategy):
+        return strategy.block_backward_sync()
+    return nullcontext()
+
+
+def reduce_gathered(gathered: Tensor, kinds: list[str], weights: Tensor) -> Tensor:
+    """Column k of ``gathered`` ``[ranks, K]`` reduced over the ranks by ``kinds[k]``: ``mean``, ``max``,
+    ``sum``, or ``token_mean``, the mean weighted by ``weights`` ``[ranks]`` (each rank's completion
+    tokens: a per-token mean of every rank becomes the per-token mean of all); ``[K]``."""
+    by_kind = {
+        "mean": gathered.mean(dim=0),
+        "max": gathered.amax(dim=0),
+        "sum": gathered.sum(dim=0),
+        "token_mean": (gathered * weights.unsqueeze(1)).sum(dim=0) / weights.sum().clamp(min=1),
+    }
+    return torch.stack([by_kind[kind][column] for column, kind in enumerate(kinds)])
+
+
+def reduce_across_ranks(
+    metrics: dict[str, Tensor],
+    reductions: dict[str, str],
+    tokens: Tensor,
+    all_gather: Callable[[Tensor], Tensor],
+    device: torch.device,
+) -> dict[str, Tensor]:
+    """Scalar ``metrics`` reduced over all ranks, each by its entry in ``reductions`` (``mean`` when it has
+    none; see ``reduce_gathered``; ``tokens``, this rank's completion tokens, weighs the ``token_mean``
+    ones), with one ``all_gather`` (the LightningModule's) of them all: Lightning's ``sync_dist`` would run a
+    barrier and an all-reduce per metric. The values are stacked on ``device``, as NCCL needs CUDA tensors
+    (timings and counts are made on the CPU)."""
+    names = list(metrics)
+    values = [metrics[name] for name in names] + [tokens]  # the token means' weights last
+    stacked = torch.stack([value.to(device, torch.float32) for value in values])
+    gathered = all_gather(stacked).view(-1, len(values))  # [ranks, K + 1]; one device: 1 row
+    kinds = [reductions.get(name, "mean") for name in names]
+    reduced = reduce_gathered(gathered[:, :-1], kinds, weights=gathered[:, -1])
+    return dict(zip(names, reduced, strict=True))
+
+
+def with_distributed_sampler(loader: DataLoader, distributed_sampler_kwargs: dict[str, Any]) -> DataLoader:
+    """``loader`` with the ``DistributedSampler`` that Lightning would inject into it (same seed, shuffling
+    and split of the data over the ranks). Lightning injects none into a loader it does not recognise as a
+    ``DataLoader`` (``checkpointing.ResumableLoader``), so it is made here."""
+    sampler = DistributedSampler(
+        loader.dataset,
+        shuffle=isinstance(loader.sampler, RandomSampler),
+        seed=int(os.getenv("PL_GLOBAL_SEED", 0)),
+        **distributed_sampler_kwargs,
+    )
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        drop_last=loader.drop_last,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        generator=loader.generator,
+    )

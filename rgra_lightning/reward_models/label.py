@@ -1,15 +1,15 @@
 """Label sampled completions with the verifier: the training data of an outcome reward model.
 
-    python -m rgra_lightning.label --config configs/rgra.yaml --split train --limit 512 \\
-        --output runs/orm/train.jsonl
-    python -m rgra_lightning.label --config configs/rgra.yaml --split val --output runs/orm/val.jsonl \\
+    rgra label --config configs/rgra.yaml --split train --limit 512 --output runs/orm/train.jsonl
+    rgra label --config configs/rgra.yaml --split val --output runs/orm/val.jsonl \\
         -- --model.sampling.temperature=0.8
 
 Any fit config works: its policy, data module, sampling settings and verifier are built exactly as for
 ``fit`` (options after ``--`` override the config like on the ``fit`` command line; ``--ckpt-path`` loads a
-trained policy), and completions are sampled with the trainer's own rollout code. Each completion becomes
-one JSON line: ``prompt``, ``completion``, ``reference``, ``reward``, ``correct``, ``extracted``,
-``details``, ``error`` and ``group`` (the prompt's index, shared by its G completions). Lines are written
+trained policy), and completions are sampled and scored as in training (``RLModule.make_experience``). Each
+completion becomes one JSON line, its ``Experience.records()`` row: ``prompt``, ``completion``,
+``reference``, ``reward``, ``correct``, ``extracted``, ``details``, ``error`` and ``group`` (the prompt's
+index in the split, shared by its G completions). Lines are written
 and flushed batch by batch, so an interrupted run keeps every finished batch. ``--pairs-output`` also
 writes preference pairs ``{"prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"}`` made
 within each group (see ``preference_pairs``), for Bradley-Terry training.
@@ -29,7 +29,6 @@ from tqdm import tqdm
 
 from rgra_lightning.checkpointing import load_trained_weights, require_checkpoint
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.rollout import sample_rollout
 
 SPLITS = ("train", "val", "test")
 
@@ -85,28 +84,18 @@ def label(
         for first in range(0, len(examples), batch_size):
             chunk = examples[first : first + batch_size]
             batch = {key: [example[key] for example in chunk] for key in ("prompt", "reference")}
-            rollout = sample_rollout(module.policy, module.tokenizer, batch["prompt"], sampling)
-            _, _, scores = module.score(rollout, batch)
-            group = sampling.num_generations
-            for i, (completion, score) in enumerate(zip(rollout.completions, scores, strict=True)):
-                record = {
-                    "prompt": batch["prompt"][i // group],
-                    "completion": completion,
-                    "reference": batch["reference"][i // group],
-                    "reward": score.reward,
-                    "correct": bool(score.correct),
-                    "extracted": score.extracted,
-                    "details": score.details,
-                    "error": score.error,
-                    "group": first + i // group,
-                }
+            experience = module.make_experience(batch, sampling)
+            for record in experience.records():
+                record["group"] += first
                 file.write(json.dumps(record, ensure_ascii=False) + "\n")
             file.flush()
-            batch_rewards = [score.reward for score in scores]
+            batch_rewards = [score.reward for score in experience.scores]
             rewards += batch_rewards
-            correct += [score.correct for score in scores]
+            correct += [score.correct for score in experience.scores]
+            group = experience.group_size
             mixed_groups += sum(
-                len(set(batch_rewards[start : start + group])) > 1 for start in range(0, len(scores), group)
+                len(set(batch_rewards[start : start + group])) > 1
+                for start in range(0, len(batch_rewards), group)
             )
             bar.update(len(chunk))
     rows = len(rewards)
@@ -147,9 +136,7 @@ def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
     overrides = args[args.index("--") + 1 :] if "--" in args else []
     args = args[: args.index("--")] if "--" in args else args
-    parser = argparse.ArgumentParser(
-        prog="python -m rgra_lightning.label", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="rgra label", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="a fit config (policy, data, sampling, verifier)")
     parser.add_argument("--output", required=True, help="JSONL file to write")
     parser.add_argument("--split", default="train", choices=SPLITS, help="which prompts of the data module")

@@ -1,12 +1,12 @@
 """Training an outcome reward model (ORM): a sequence classifier that predicts whether a completion is right.
 
-    python -m rgra_lightning.label --config configs/rgra.yaml --split train --output runs/orm/train.jsonl
+    rgra label --config configs/rgra.yaml --split train --output runs/orm/train.jsonl
     python -m rgra_lightning fit --config configs/reward_model.yaml
 
 Data (``RewardDataModule``): JSON-lines files whose rows are of two kinds, mixed freely:
 
 - outcome rows ``{"prompt", "completion", <label_field>}``, labelled ``float(row[label_field]) >
-  label_threshold`` (``correct`` or ``reward`` as written by ``python -m rgra_lightning.label``), trained
+  label_threshold`` (``correct`` or ``reward`` as written by ``rgra label``), trained
   with binary cross-entropy on the model's logit;
 - preference rows ``{"prompt", "chosen", "rejected"}``, trained with the Bradley-Terry loss
   ``-log sigmoid(s_chosen - s_rejected)``.
@@ -33,10 +33,11 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalibrationError
 from torchmetrics.utilities import dim_zero_cat
 
-from rgra_lightning.data import DatasetError
+from rgra_lightning.data.records import DatasetError
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_sequence_classifier, load_tokenizer
-from rgra_lightning.reward_model import classifier_scores, pair_text
+from rgra_lightning.optim import warmup_schedule
+from rgra_lightning.reward_models.scorer import classifier_scores, pair_text
 
 Row = dict[str, Any]
 
@@ -55,9 +56,7 @@ def read_rows(path: Path, label_field: str, label_threshold: float) -> list[Row]
     """The rows of a JSONL file, each checked and given ``kind`` (``outcome``/``preference``) and, for
     outcome rows, a 0/1 ``label``. A bad row raises ``DatasetError`` naming the file, line and field."""
     if not path.is_file():
-        raise DatasetError(
-            f"reward data file {path} does not exist (label completions with python -m rgra_lightning.label)"
-        )
+        raise DatasetError(f"reward data file {path} does not exist (label completions with rgra label)")
     rows = []
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
@@ -305,6 +304,5 @@ class RewardModelModule(LightningModule):
         optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
         )
-        warmup = max(hp.warmup_steps, 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        scheduler = warmup_schedule(optimizer, hp.warmup_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -22,8 +22,8 @@ from tokenizers import Tokenizer, decoders, models
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from rgra_lightning.arithmetic.problems import split_problems, worked_answer
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.synthetic import split_problems, worked_answer
 
 PAD, EOS = "<pad>", "<eos>"
 

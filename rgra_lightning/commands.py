@@ -1,0 +1,41 @@
+"""The ``rgra`` console script (also ``python -m rgra_lightning``): LightningCLI's subcommands and the
+project's other tools, each a subcommand. Tools are imported only when run, so ``rgra score`` starts
+without torch or Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# The tools besides LightningCLI's subcommands: ``rgra <tool> ARGS`` runs ``main(ARGS)`` of the module.
+TOOLS = {
+    "label": ("rgra_lightning.reward_models.label", "sample and verify completions into a labelled JSONL"),
+    "export": ("rgra_lightning.export", "a checkpoint or a GGUF file to a Hugging Face model directory"),
+    "ablate": ("rgra_lightning.ablate", "run an ablation study: loss presets x seeds, then a summary"),
+    "score": ("rewards.__main__", "score a JSONL file of (gold, pred) answer pairs with a verifier"),
+}
+USAGE = """usage: rgra COMMAND [options]   (or: python -m rgra_lightning COMMAND ...)
+
+training and evaluation (LightningCLI; rgra COMMAND --help lists every option):
+  fit        train a policy: rgra fit --config configs/rgra.yaml [--config configs/loss/grpo.yaml]
+  validate   evaluate a policy on the validation split
+  test       evaluate a policy on the test split (pass@k, maj@k with model.evaluation)
+  predict    greedy completions of the test prompts to predict_samples.jsonl
+tools:
+""" + "".join(f"  {name:<10} {help}\n" for name, (_, help) in TOOLS.items())
+
+
+def run(args: list[str] | None = None) -> None:
+    """Run ``rgra ARGS``: a tool of ``TOOLS``, or LightningCLI's subcommands (``rgra_lightning.cli``)."""
+    args = sys.argv[1:] if args is None else args
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        raise SystemExit(0 if args else 2)
+    if args[0] in TOOLS:
+        tool = importlib.import_module(TOOLS[args[0]][0])
+        rest = ["score", *args[1:]] if args[0] == "score" else args[1:]  # as ``python -m rewards score ...``
+        raise SystemExit(tool.main(rest) or 0)
+    from rgra_lightning.cli import main
+
+    main(args)

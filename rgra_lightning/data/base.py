@@ -1,0 +1,159 @@
+"""The base of every prompt data module: batches of ``{"prompt": [...], "reference": [...]}``.
+
+A source subclass loads question/answer records for the train, val and test splits (``load_splits``) and
+renders each record as a prompt (``render``); the base takes the training subset and evaluation limit,
+builds the examples once, and makes the loaders (a seeded shuffle of full training batches).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader
+
+from rgra_lightning.data.records import Record
+from rgra_lightning.errors import ConfigError
+
+Example = dict[str, str]  # {"prompt", "reference"}
+SPLITS = ("train", "val", "test")
+
+
+def collate(examples: list[Example]) -> dict[str, list[str]]:
+    return {key: [example[key] for example in examples] for key in ("prompt", "reference")}
+
+
+def check_val_size(val_size: int, total: int, what: str) -> None:
+    """Raise a ``ConfigError`` unless holding out ``val_size`` of the ``total`` problems (``what``) leaves
+    at least one to train on (a larger ``val_size`` would silently take them all)."""
+    if total < 2:
+        raise ConfigError(
+            f"data.val_size={val_size}: the {total} {what} are too few to hold out validation problems "
+            "from; give a validation split"
+        )
+    if val_size >= total:
+        raise ConfigError(
+            f"data.val_size={val_size} must be between 1 and {total - 1}: it holds out validation "
+            f"problems from the {total} {what}"
+        )
+
+
+class PromptDataModule(LightningDataModule):
+    """Batches of math prompts with reference answers; subclasses say where the problems come from.
+
+    Args:
+        train_size: random subset of the training problems (seeded); none: all.
+        limit: keep only the first ``limit`` problems of the validation and test splits (quick runs,
+            fixed evaluation subsets); ``train_size`` shortens the training set.
+        batch_size: prompts per training step (each is sampled G times by the module); the last partial
+            batch of an epoch is dropped, and fit raises a ``ConfigError`` when no full batch is left.
+        val_batch_size: prompts per validation/test batch.
+        seed: seeds the splits, subsets, few-shot choice and the training shuffle order.
+    """
+
+    def __init__(
+        self,
+        train_size: int | None = None,
+        limit: int | None = None,
+        batch_size: int = 8,
+        val_batch_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or val_batch_size < 1:
+            raise ConfigError(
+                f"data.batch_size and data.val_batch_size must be >= 1, got {batch_size}, {val_batch_size}"
+            )
+        for name, value in (("train_size", train_size), ("limit", limit)):
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {value}")
+        self.save_hyperparameters()
+        self.train_examples: list[Example] = []
+        self.val_examples: list[Example] = []
+        self.test_examples: list[Example] = []
+
+    # ----------------------------------------------------------- for sources
+
+    def load_splits(self) -> dict[str, list[Record]]:
+        """The records of the ``train``, ``val`` and ``test`` splits (a missing one: no problems)."""
+        raise NotImplementedError
+
+    def render(self, record: Record, shots: list[Record]) -> Example:
+        """The prompt of one problem (after the few-shot ``shots``) and its reference answer."""
+        raise NotImplementedError
+
+    def take_shots(self, records: dict[str, list[Record]], rng: random.Random) -> list[Record]:
+        """Solved examples shown before every question, removed from ``records["train"]``; none here."""
+        return []
+
+    @property
+    def held_out_val_size(self) -> int | None:
+        """``val_size`` when the validation problems are held out of the training problems, else None."""
+        return None
+
+    # ---------------------------------------------------------------- loading
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_examples or self.val_examples:
+            return
+        hp = self.hparams
+        records = self.load_splits()
+        rng = random.Random(hp.seed)
+        shots = self.take_shots(records, rng)
+        if hp.train_size is not None and len(records["train"]) > hp.train_size:
+            records["train"] = rng.sample(records["train"], hp.train_size)
+        for split in SPLITS:
+            examples = records.get(split, [])
+            if hp.limit is not None and split != "train":
+                examples = examples[: hp.limit]
+            setattr(self, f"{split}_examples", [self.render(r, shots) for r in examples])
+
+    # ------------------------------------------------------------ dataloaders
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled full batches of ``batch_size`` prompts (the last partial batch is dropped).
+
+        Raises a ``ConfigError`` when that leaves no batch: Lightning would skip training with a warning and
+        the run would end as if it had succeeded. Checked here rather than in ``setup``, which evaluation
+        (``validate``, ``test``, ``label``) also runs, on splits with no training problems (MATH-500).
+        """
+        hp, count = self.hparams, len(self.train_examples)
+        ranks = self.trainer.world_size if self.trainer is not None else 1
+        # Each rank's DistributedSampler yields ceil(count / ranks) problems (padded by repeating some), so
+        # every rank has a full batch from this many problems on.
+        needed = ranks * (hp.batch_size - 1) + 1
+        if count < needed:
+            problems = f"{count} training problems"
+            if ranks > 1:
+                problems = f"{math.ceil(count / ranks)} training problems per rank ({count} on {ranks} ranks)"
+            val_size = self.held_out_val_size
+            if hp.train_size is not None and hp.train_size < needed:
+                hint = f"; raise data.train_size={hp.train_size} to at least {needed}"
+            elif val_size is not None and val_size + count - needed >= 1:
+                hint = f"; data.val_size={val_size} holds out too many, use 1 to {val_size + count - needed}"
+            else:
+                hint = ""
+            raise ConfigError(
+                f"data.batch_size={hp.batch_size} is larger than the {problems}, so there is no full "
+                f"training batch{hint}"
+            )
+        generator = torch.Generator().manual_seed(hp.seed)
+        return DataLoader(
+            self.train_examples,
+            batch_size=hp.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=generator,
+            collate_fn=collate,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_examples, batch_size=self.hparams.val_batch_size, collate_fn=collate)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_examples, batch_size=self.hparams.val_batch_size, collate_fn=collate)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

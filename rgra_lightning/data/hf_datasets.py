@@ -1,0 +1,109 @@
+"""Problems from any dataset ``datasets.load_dataset`` reads: a Hugging Face hub name, a local
+json/jsonl/parquet/csv file, or a directory of ``<split>.<ext>`` files; with presets for GSM8K and
+MATH-500."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from rgra_lightning.data.base import check_val_size
+from rgra_lightning.data.records import Record, ReferenceFormat, load_rows
+from rgra_lightning.data.text import ROW_DEFAULTS, TextDataModule
+from rgra_lightning.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Where a benchmark lives on the hub and how its rows map to question and reference."""
+
+    source: str
+    source_config: str | None
+    question_field: str
+    answer_field: str
+    reference_format: ReferenceFormat
+    train_split: str | None
+    val_split: str | None
+    test_split: str | None
+    prompt_template: str = "Question: {question}\nAnswer:"  # plain prompts, as lm-evaluation-harness's
+
+
+PRESETS = {
+    "gsm8k": Preset("openai/gsm8k", "main", "question", "answer", "gsm8k_solution", "train", "test", "test"),
+    # MATH-500 has only a test split; its ``answer`` column is the reference (``solution`` holds the box).
+    "math500": Preset("HuggingFaceH4/MATH-500", None, "problem", "answer", "answer", None, "test", "test"),
+}
+_NO_PRESET = {
+    "source": None,
+    "source_config": None,
+    "train_split": "train",
+    "val_split": None,
+    "test_split": None,
+}
+
+
+class DatasetDataModule(TextDataModule):
+    """Problems from a dataset (``source`` and its split names, or a ``preset``).
+
+    Args:
+        preset: ``gsm8k`` or ``math500``: fills ``source`` (the hub name), the fields and the splits that
+            are not set. With a local copy set ``source`` too, e.g. ``../shared/datasets/gsm8k``.
+        source: hub name, local json/jsonl/parquet/csv file (one split, ``train``), or a directory of
+            ``<split>.<ext>`` files; ``package:<name>/<dir>`` is a folder of an installed package.
+        source_config: hub dataset configuration (GSM8K: ``main``).
+        train_split, val_split, test_split: split names; no ``val_split`` holds out ``val_size`` training
+            problems; no ``test_split`` tests on the validation problems.
+        val_size: held-out problems for validation when there is no ``val_split``: at least 1 and fewer
+            than the training problems.
+        **kwargs: ``TextDataModule``'s row and prompt options and ``PromptDataModule``'s (batch sizes,
+            ``train_size``, ``limit``, ``seed``).
+    """
+
+    def __init__(
+        self,
+        preset: Literal["gsm8k", "math500"] | None = None,
+        source: str | None = None,
+        source_config: str | None = None,
+        train_split: str | None = None,
+        val_split: str | None = None,
+        test_split: str | None = None,
+        val_size: int = 128,
+        **kwargs: Any,
+    ) -> None:
+        if source is None and preset is None:
+            raise ConfigError("data.source (hub name, file or directory) or data.preset is needed")
+        if val_size < 1:
+            raise ConfigError(f"data.val_size must be >= 1, got {val_size}")
+        self._preset = asdict(PRESETS[preset]) if preset else ROW_DEFAULTS | _NO_PRESET
+        super().__init__(**kwargs)
+        self.settings |= {
+            name: self.hparams[name] if self.hparams[name] is not None else self._preset[name]
+            for name in _NO_PRESET
+        }
+
+    def row_defaults(self) -> dict[str, str]:
+        return self._preset
+
+    @property
+    def held_out_val_size(self) -> int | None:
+        return self.hparams.val_size if self.settings["val_split"] is None else None
+
+    def load_splits(self) -> dict[str, list[Record]]:
+        s, hp = self.settings, self.hparams
+        names = {"train": s["train_split"], "val": s["val_split"], "test": s["test_split"] or s["val_split"]}
+        loaded = {
+            split: load_rows(s["source"], name, s["source_config"])
+            for split, name in names.items()
+            if name is not None
+        }
+        records = {split: self.read_records(split, rows) for split, rows in loaded.items()}
+        if "val" not in records:
+            if "train" not in records:
+                raise ConfigError("data: give a val_split (or test_split), or a train_split to hold out from")
+            check_val_size(hp.val_size, len(records["train"]), f"usable rows of {loaded['train'].where}")
+            shuffled = random.Random(hp.seed).sample(records["train"], len(records["train"]))
+            records["val"], records["train"] = shuffled[: hp.val_size], shuffled[hp.val_size :]
+            records.setdefault("test", records["val"])
+        records.setdefault("train", [])
+        return records

@@ -1,0 +1,58 @@
+"""Encoding left-padded prompts once and sharing their key/value cache across a group of completions.
+
+Both the rollout engine (decoding G completions per prompt) and the training log-probs (one forward over G
+completions of one prompt) encode a prompt once and repeat its cache G times. Position ids count real
+tokens only, so left padding does not shift positions.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+from transformers import Cache, DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+# Cache layers holding only keys and values, which ``DynamicCache.batch_repeat_interleave`` repeats exactly.
+KEY_VALUE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions ``[N, L]`` that count real tokens only (0 on left padding), as for left-padded prompts."""
+    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def encode_prompts(model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Cache]:
+    """Next-token logits ``[B, V]`` after left-padded prompts ``[B, P]``, and the cache ``model`` built."""
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=position_ids(prompt_mask),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1], out.cache
+
+
+def repeatable(cache: Cache) -> bool:
+    """Whether ``DynamicCache.batch_repeat_interleave`` repeats ``cache`` exactly: key/value layers only.
+    Any other state (the recurrent state of linear-attention or convolution layers, a model's own cache
+    class) is not guaranteed to be repeatable."""
+    return type(cache) is DynamicCache and all(type(layer) in KEY_VALUE_LAYERS for layer in cache.layers)
+
+
+def prefill(
+    model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, repeats: int
+) -> tuple[Tensor, Cache]:
+    """Next-token logits ``[B * repeats, V]`` after left-padded prompts ``[B, P]`` and the cache the model
+    built for them, both with each prompt's row repeated ``repeats`` times (prompt-major).
+
+    The B prompts are encoded once and their cache repeated when it is ``repeatable``; otherwise the cache
+    is rebuilt from the repeated prompts, as ``generate`` does.
+    """
+    logits, cache = encode_prompts(model, prompt_ids, prompt_mask)
+    if repeats == 1:
+        return logits, cache
+    if repeatable(cache):
+        cache.batch_repeat_interleave(repeats)
+        return logits.repeat_interleave(repeats, dim=0), cache
+    repeated_ids, repeated_mask = (x.repeat_interleave(repeats, dim=0) for x in (prompt_ids, prompt_mask))
+    return encode_prompts(model, repeated_ids, repeated_mask)

@@ -1,0 +1,80 @@
+"""Sampling options and the choice of the next token from a row of logits (greedy, temperature, top-p)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from rgra_lightning.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How completions are sampled during training.
+
+    Args:
+        num_generations: G, completions per prompt (a group); >= 2 so a group has a baseline.
+        temperature: softmax temperature for sampling, > 0. Log-probs are taken at this temperature too,
+            from the full softmax (as TRL does): with ``top_p < 1`` or ``min_new_tokens`` they are not
+            exactly those of the filtered distribution the tokens were drawn from.
+        top_p: nucleus sampling mass in (0, 1]; 1.0 samples from the full distribution.
+        max_new_tokens: completion length cap in tokens; generation also stops at EOS.
+        min_new_tokens: EOS is suppressed before this many tokens (0: never); benchmarks set it to
+            ``max_new_tokens`` so every completion has the same length.
+        prompt_overflow: what to do with a prompt longer than the model's context window minus
+            ``max_new_tokens``: ``truncate`` keeps its last tokens (with a warning, counted in
+            ``train/truncated_prompts``) or ``error`` stops with a message naming the lengths.
+    """
+
+    num_generations: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+    min_new_tokens: int = 0
+    prompt_overflow: Literal["truncate", "error"] = "truncate"
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise ConfigError(f"sampling.num_generations (G) must be >= 2, got {self.num_generations}")
+        if self.temperature <= 0:
+            raise ConfigError(f"sampling.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ConfigError(
+                f"sampling.min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], "
+                f"got {self.min_new_tokens}"
+            )
+
+
+def filter_top_p(scores: Tensor, top_p: float) -> Tensor:
+    """Scores ``[N, V]`` with the tokens outside the nucleus set to -inf: the smallest set of most probable
+    tokens holding at least ``top_p`` of the mass (always at least one), as ``TopPLogitsWarper`` does."""
+    sorted_scores, sorted_indices = torch.sort(scores, descending=False)
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    sorted_remove = cumulative <= 1 - top_p
+    sorted_remove[:, -1] = False
+    remove = sorted_remove.scatter(1, sorted_indices, sorted_remove)
+    return scores.masked_fill(remove, -float("inf"))
+
+
+def next_tokens(logits: Tensor, config: SamplingConfig | None, eos_ids: Tensor, step: int) -> Tensor:
+    """The token ``[N]`` chosen after next-token ``logits`` ``[N, V]`` at completion position ``step``.
+
+    ``config`` None: greedy (argmax). Otherwise a sample, with ``generate``'s processing in its order:
+    EOS suppressed while ``step < min_new_tokens``, logits divided by ``temperature``, nucleus ``top_p``.
+    """
+    scores = logits.float()
+    if config is None:
+        return scores.argmax(dim=-1)
+    if step < config.min_new_tokens:
+        scores = scores.index_fill(1, eos_ids, -float("inf"))
+    scores = scores / config.temperature
+    if config.top_p < 1:
+        scores = filter_top_p(scores, config.top_p)
+    return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)

@@ -1,0 +1,188 @@
+"""The update stage: optimizer steps on one rollout batch's ``Experience``.
+
+The batch is passed over ``num_iterations`` (mu) times, each pass split into ``num_minibatches`` optimizer
+updates, each update's gradient accumulated over micro-batches of at most ``micro_batch_size`` completions.
+The loss of a micro-batch is normalised by its mini-batch's size, so the update does not depend on the
+micro-batch size. An update whose loss or gradient is NaN/inf on any rank is skipped; after
+``max_consecutive_nonfinite`` in a row the last good state is saved and training stops.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from lightning import LightningModule
+from torch import Tensor
+from torch.distributed.tensor import DTensor
+
+from rgra_lightning.distributed import no_gradient_sync
+from rgra_lightning.errors import ConfigError, NonFiniteTrainingError
+from rgra_lightning.experience import Experience
+from rgra_lightning.logprobs import row_slices, token_logprobs
+from rgra_lightning.losses import LossConfig, rl_loss
+
+
+@dataclass
+class UpdateStats:
+    """Per-update diagnostics of one rollout batch (each list has one value per optimizer update) and the
+    numbers of updates applied and skipped as non-finite."""
+
+    history: dict[str, list[Tensor]] = field(default_factory=dict)
+    applied: int = 0
+    skipped: int = 0
+
+    def add(self, name: str, value: Tensor) -> None:
+        self.history.setdefault(name, []).append(value)
+
+    def means(self) -> dict[str, Tensor]:
+        """The mean over the batch's updates of each diagnostic, as ``train/<name>``."""
+        return {f"train/{name}": torch.stack(values).mean() for name, values in self.history.items()}
+
+
+class PolicyUpdate:
+    """mu passes x mini-batches x micro-batches of optimizer updates over an ``Experience``.
+
+    Args:
+        loss: the loss options.
+        temperature: the sampling temperature, at which the policy's log-probs are taken.
+        num_iterations, num_minibatches, micro_batch_size, max_grad_norm, max_consecutive_nonfinite: as the
+            ``RLModule`` arguments of the same names.
+    """
+
+    def __init__(
+        self,
+        loss: LossConfig,
+        temperature: float,
+        num_iterations: int,
+        num_minibatches: int,
+        micro_batch_size: int | None,
+        max_grad_norm: float,
+        max_consecutive_nonfinite: int,
+    ) -> None:
+        for name, value, valid, allowed in (
+            ("num_iterations", num_iterations, num_iterations >= 1, ">= 1"),
+            ("num_minibatches", num_minibatches, num_minibatches >= 1, ">= 1"),
+            ("micro_batch_size", micro_batch_size, micro_batch_size is None or micro_batch_size >= 1, ">= 1"),
+            ("max_grad_norm", max_grad_norm, max_grad_norm > 0, "> 0"),
+            ("max_consecutive_nonfinite", max_consecutive_nonfinite, max_consecutive_nonfinite >= 1, ">= 1"),
+        ):
+            if not valid:
+                raise ConfigError(f"model.{name} must be {allowed}, got {value}")
+        self.loss = loss
+        self.temperature = temperature
+        self.num_iterations = num_iterations
+        self.num_minibatches = num_minibatches
+        self.micro_batch_size = micro_batch_size
+        self.max_grad_norm = max_grad_norm
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.consecutive_nonfinite = 0
+
+    @property
+    def stores_old_logprobs(self) -> bool:
+        """pi_old is needed only when a ratio is used *and* the policy changes before the last update."""
+        several_updates = self.num_iterations > 1 or self.num_minibatches > 1
+        return self.loss.needs_old_logprobs and several_updates
+
+    def check_rollout_size(self, batch_size: int, num_generations: int) -> None:
+        """Raise a ``ConfigError`` unless a rollout batch splits into ``num_minibatches`` equal parts."""
+        if (batch_size * num_generations) % self.num_minibatches:
+            raise ConfigError(
+                f"data.batch_size x model.sampling.num_generations = {batch_size} x {num_generations} "
+                f"completions is not divisible by model.num_minibatches={self.num_minibatches}"
+            )
+
+    def run(self, module: LightningModule, experience: Experience) -> UpdateStats:
+        """Train ``module.policy`` on ``experience`` with the module's optimizer and scheduler."""
+        optimizer, scheduler = module.optimizers(), module.lr_schedulers()
+        rollout, advantages = experience.rollout, experience.advantages
+        rows = len(rollout.completions)
+        minibatch = rows // self.num_minibatches
+        stats = UpdateStats()
+        for _ in range(self.num_iterations):
+            for first in range(0, rows, minibatch):
+                part = slice(first, first + minibatch)
+                tokens = rollout.completion_mask[part].sum()  # the mini-batch's, for every micro-batch
+                parts = row_slices(part, self.micro_batch_size)
+                optimizer.zero_grad()
+                sums: dict[str, Tensor] = {}  # each diagnostic adds up over the micro-batches
+                for index, micro in enumerate(parts):
+                    mini = rollout.select(micro)
+                    logp, entropy = token_logprobs(module.policy, mini, self.temperature)
+                    old, ref = experience.old_logprobs, experience.ref_logprobs
+                    out = rl_loss(
+                        logp,
+                        advantages[micro],
+                        mini.completion_mask,
+                        self.loss,
+                        old_logp=logp.detach() if old is None else old[micro],
+                        ref_logp=None if ref is None else ref[micro],
+                        batch_rows=minibatch,
+                        batch_tokens=tokens,
+                    )
+                    # DDP all-reduces the accumulated gradients in the last micro-batch's backward only
+                    last = index == len(parts) - 1
+                    with nullcontext() if last else no_gradient_sync(module.trainer.strategy):
+                        module.manual_backward(out.loss)
+                    for name, value in (
+                        ("loss", out.loss.detach()),
+                        ("policy_loss", out.policy_loss),
+                        ("kl", out.kl),
+                        ("clip_fraction", out.clip_fraction),
+                        ("ratio_mean", out.ratio_mean),
+                        ("entropy", (entropy * mini.completion_mask).sum() / tokens.clamp(min=1)),
+                    ):
+                        sums[name] = sums.get(name, 0) + value
+                learning_rate = torch.tensor(scheduler.get_last_lr()[0])  # this update's
+                grad_norm = torch.nn.utils.clip_grad_norm_(module.policy.parameters(), self.max_grad_norm)
+                if isinstance(grad_norm, DTensor):  # FSDP2: the global norm, replicated on every rank
+                    grad_norm = grad_norm.full_tensor()
+                if self._skip_nonfinite(module, sums["loss"], grad_norm):
+                    optimizer.zero_grad()
+                    stats.skipped += 1
+                else:
+                    optimizer.step()
+                    scheduler.step()
+                    stats.applied += 1
+                for name, value in [
+                    *sums.items(),
+                    ("grad_norm", grad_norm.detach()),
+                    ("learning_rate", learning_rate),
+                ]:
+                    stats.add(name, value)
+        return stats
+
+    def _skip_nonfinite(self, module: LightningModule, loss: Tensor, grad_norm: Tensor) -> bool:
+        """Whether this update must be skipped because its loss or gradient norm is NaN/inf (on any rank).
+
+        Skipped updates do not advance ``trainer.global_step`` or the learning-rate schedule. After
+        ``max_consecutive_nonfinite`` in a row the unchanged (last good) state is checkpointed and training
+        stops with ``NonFiniteTrainingError``.
+        """
+        trainer = module.trainer
+        finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))  # one host sync, not two
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
+            self.consecutive_nonfinite = 0
+            return False
+        self.consecutive_nonfinite += 1
+        limit = self.max_consecutive_nonfinite
+        warnings.warn(
+            f"non-finite loss ({loss.item()}) or gradient norm ({grad_norm.item()}) after update "
+            f"{trainer.global_step}: update skipped ({self.consecutive_nonfinite} in a row, limit {limit})",
+            stacklevel=2,
+        )
+        if self.consecutive_nonfinite >= limit:
+            callback = trainer.checkpoint_callback
+            directory = getattr(callback, "dirpath", None) or trainer.log_dir or trainer.default_root_dir
+            path = Path(directory) / f"nonfinite-stop-step={trainer.global_step}.ckpt"
+            trainer.save_checkpoint(path)
+            raise NonFiniteTrainingError(
+                f"{limit} consecutive updates had a NaN/inf loss or gradient; the last good state is "
+                f"saved in {path}. Lower model.learning_rate or model.max_grad_norm, use "
+                f"model.dtype=float32 or bfloat16 instead of float16, or check the verifier's rewards, "
+                f"then resume with --ckpt_path {path}"
+            )
+        return True

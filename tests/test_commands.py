@@ -1,0 +1,52 @@
+"""The ``rgra`` console script: LightningCLI's subcommands and the tools, each one subcommand."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rgra_lightning.commands import TOOLS, run
+from tests.conftest import ROOT
+
+
+def test_rgra_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", *TOOLS):
+        assert f"\n  {command} " in printed
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_every_tool_answers_help_under_its_rgra_name(tool, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run([tool, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_rgra_score_scores_a_file_like_python_m_rewards(tmp_path, capsys):
+    cases = tmp_path / "cases.jsonl"
+    rows = [{"gold": "1/2", "pred": "0.5", "mode": "answer"}, {"gold": "3", "pred": "4", "mode": "answer"}]
+    cases.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(SystemExit) as exit_info:
+        run(["score", str(cases), "--workers", "1"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["equivalent"] for line in printed[:2]] == [True, False]
+
+
+def test_the_console_script_starts_without_torch():
+    """``rgra score`` is the verifier's CLI: importing the dispatcher must not pull in torch or Lightning."""
+    code = "import sys, rgra_lightning.commands; print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_python_m_rgra_lightning_dispatches_like_rgra():
+    done = subprocess.run(
+        [sys.executable, "-m", "rgra_lightning", "ablate", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "usage: rgra ablate" in done.stdout

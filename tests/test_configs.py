@@ -1,0 +1,141 @@
+"""Every shipped config parses, and the loss presets (``configs/loss/*.yaml`` fragments) compose with a base
+config into the intended LossConfig; RAFT's composite loss matches a hand computation (every single option
+is checked by hand in test_advantages.py and test_losses.py)."""
+
+import contextlib
+import io
+
+import pytest
+import torch
+import yaml
+
+from rgra_lightning import ablate
+from rgra_lightning.advantages import AdvantageConfig, group_advantages
+from rgra_lightning.cli import main
+from rgra_lightning.losses import LossConfig, rl_loss
+from tests.conftest import ROOT
+
+GRPO = {"policy_term": "clipped_ratio", "eps_low": 0.2, "eps_high": 0.2, "beta": 0.04, "kl_estimator": "k3"}
+RGRA = {"policy_term": "reinforce", "beta": 0.04, "kl_estimator": "k3"}
+RAW_REWARD = AdvantageConfig(baseline="none", scale="none")
+
+PRESETS = {
+    "grpo": LossConfig(**GRPO),
+    "rgra": LossConfig(**RGRA),
+    "grpo-positive-only": LossConfig(**GRPO, advantage=AdvantageConfig(sign_filter="positive")),
+    "rgra-positive-only": LossConfig(**RGRA, advantage=AdvantageConfig(sign_filter="positive")),
+    "grpo-noclip": LossConfig(policy_term="ratio", beta=0.04, kl_estimator="k3"),
+    "grpo-nostd": LossConfig(**GRPO, advantage=AdvantageConfig(scale="none")),
+    "rgra-nokl": LossConfig(policy_term="reinforce", beta=0.0),
+    "dr-grpo": LossConfig(
+        **GRPO, aggregation="constant_sum", advantage=AdvantageConfig(baseline="group_mean", scale="none")
+    ),
+    "rloo": LossConfig(**RGRA, advantage=AdvantageConfig(baseline="leave_one_out", scale="none")),
+    "reinforce": LossConfig(**RGRA, advantage=RAW_REWARD),
+    "raft": LossConfig(
+        policy_term="reinforce",
+        beta=0.0,
+        advantage=AdvantageConfig(baseline="none", scale="none", selection="best_of_group"),
+    ),
+}
+
+
+def test_the_shipped_studies_run_only_presets_checked_here():
+    studies = {
+        name: set(yaml.safe_load((ROOT / "configs" / "ablations" / f"{name}.yaml").read_text())["presets"])
+        for name in ("paper", "all-presets")
+    }
+    assert studies["all-presets"] == set(PRESETS)
+    assert studies["paper"] == {"grpo", "rgra", "grpo-positive-only", "reinforce", "raft", "rgra-nokl"}
+
+
+def test_every_preset_has_a_fragment_and_every_fragment_is_checked_here():
+    assert {path.stem for path in (ROOT / "configs" / "loss").glob("*.yaml")} == set(PRESETS)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_composes_with_a_base_config_into_its_loss_and_run_name(name, monkeypatch):
+    monkeypatch.chdir(ROOT)  # configs name models/arith-tiny relative to the project root
+    cli = main(["--config", "configs/rgra.yaml", "--config", f"configs/loss/{name}.yaml"], run=False)
+    expected = PRESETS[name]
+    if expected.aggregation == "constant_sum":  # the trainer fills in max_new_tokens
+        assert cli.model.loss_config.aggregation_constant == cli.model.sampling.max_new_tokens
+        cli.model.loss_config = LossConfig(**{**vars(cli.model.loss_config), "aggregation_constant": None})
+    assert cli.model.loss_config == expected
+    assert cli.trainer.logger.name == name  # its own run directory: runs/<name>/
+    assert cli.model.reference is None  # loaded when fit starts, never for validate/test/predict
+    cli.model.setup("fit")
+    assert (cli.model.reference is None) == (expected.beta == 0)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_a_preset_holds_only_the_loss_block_and_the_run_name(name):
+    fragment = yaml.safe_load((ROOT / "configs" / "loss" / f"{name}.yaml").read_text())
+    assert fragment == {
+        "trainer": {"logger": {"init_args": {"name": name}}},
+        "model": {"init_args": {"loss": fragment["model"]["init_args"]["loss"]}},
+    }
+
+
+def printed_config(*configs: str) -> dict:
+    """What ``rgra fit --config ... --print_config`` prints, parsed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main(["fit", *(f"--config={config}" for config in configs), "--print_config"])
+    assert exit_info.value.code == 0
+    return yaml.safe_load(out.getvalue())
+
+
+def test_grpo_yaml_is_rgra_yaml_with_the_grpo_preset(monkeypatch):
+    """configs/grpo.yaml, a documented entry point, stays the composition written out."""
+    monkeypatch.chdir(ROOT)
+    assert printed_config("configs/grpo.yaml") == printed_config(
+        "configs/rgra.yaml", "configs/loss/grpo.yaml"
+    )
+
+
+FRAGMENTS = {"loss", "reward"}  # folders of fragments, composed over configs/rgra.yaml
+FULL_CONFIGS = sorted(
+    path.relative_to(ROOT)
+    for path in (ROOT / "configs").rglob("*.yaml")
+    if path.parent.name not in FRAGMENTS | {"ablations"}
+)
+
+
+@pytest.mark.parametrize("config", FULL_CONFIGS, ids=str)
+def test_every_shipped_config_parses(config, monkeypatch):
+    """Every full config names only options that exist (the GPU and hub ones are parsed, not run)."""
+    monkeypatch.chdir(ROOT)
+    assert "model" in printed_config(str(config))
+
+
+@pytest.mark.parametrize(
+    "fragment",
+    sorted(p.relative_to(ROOT) for f in FRAGMENTS for p in (ROOT / "configs" / f).glob("*.yaml")),
+    ids=str,
+)
+def test_every_fragment_composes_with_the_default_config(fragment, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert "model" in printed_config("configs/rgra.yaml", str(fragment))
+
+
+@pytest.mark.parametrize(
+    "study", sorted((ROOT / "configs" / "ablations").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_shipped_study_loads(study, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert set(ablate.load_study(study.relative_to(ROOT)).presets) <= set(PRESETS)
+
+
+def test_raft_is_reward_weighted_cross_entropy_on_the_best_completion():
+    # 2 prompts x G = 3; prompt 0's best is completion 1 (reward 1.0), prompt 1 has no positive reward.
+    rewards = torch.tensor([[0.1, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    config = PRESETS["raft"]
+    advantages = group_advantages(rewards, config.advantage).view(-1)
+    assert advantages.tolist() == [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -1.5], [-3.0, -3.0], [-1.0, -1.0], [-2.0, -2.0], [-1.0, -1.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    out = rl_loss(logp, advantages, mask, config)
+    # Only completion 1 contributes: its mean token NLL (0.5, the padded token ignored) over 6 completions.
+    assert out.loss.item() == pytest.approx(0.5 / 6)
+    assert out.kl.item() == 0.0
