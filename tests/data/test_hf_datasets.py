@@ -1,24 +1,16 @@
-"""The prompt data modules on real benchmark files: presets, formats, prompt building, splits, bad rows."""
+"""DatasetDataModule: the GSM8K and MATH-500 presets, local files in any format, splits by seed, bad rows
+and bad sources."""
 
 import importlib.util
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import yaml
 
-from rgra_lightning.cli import main
-from rgra_lightning.data import ArithmeticDataModule, DatasetDataModule, DatasetError, JsonFilesDataModule
-from rgra_lightning.data.records import reference_answer, shot_solution
+from rgra_lightning.data import DatasetDataModule, DatasetError
+from rgra_lightning.data.records import shot_solution
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.models import load_tokenizer
-from tests.conftest import TINY_POLICY, one_line_error, shared_path
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
+from tests.conftest import one_line_error, shared_path
 
 
 def gsm8k(**options) -> DatasetDataModule:
@@ -57,34 +49,6 @@ def test_math500_preset_uses_problem_and_answer_and_boxed_solution_agrees():
     assert by_answer.test_examples[0]["prompt"].startswith("Convert the point $(0,3)$")
     same = [a == b for a, b in zip(by_answer.test_examples, by_box.test_examples, strict=True)]
     assert sum(same) == 499  # one solution boxes two forms of its answer (15 39/40 and 639/40)
-
-
-def test_chat_prompts_have_system_prompt_few_shot_examples_and_generation_prompt():
-    tokenizer = load_tokenizer(str(TINY_POLICY))
-    tokenizer.chat_template = CHAT_TEMPLATE
-    data = DatasetDataModule(
-        preset="gsm8k",
-        source=str(shared_path("datasets", "gsm8k")),
-        prompt_format="chat",
-        system_prompt="You are precise.",
-        instruction="Put the answer in \\boxed{}.",
-        few_shot=2,
-        limit=3,
-    )
-    data.tokenizer = tokenizer
-    data.setup()
-    prompt = data.test_examples[0]["prompt"]
-    assert prompt.startswith("<|system|>You are precise.\n<|user|>") and prompt.endswith("<|assistant|>")
-    assert prompt.count("<|user|>") == 3 and prompt.count("The final answer is \\boxed{") == 2
-    assert prompt.count("Put the answer in \\boxed{}.") == 3
-    assert len(data.train_examples) == 7473 - 2  # the shots are not trained on
-
-
-def test_chat_format_without_a_tokenizer_says_what_to_set():
-    source = str(shared_path("datasets", "gsm8k"))
-    data = DatasetDataModule(preset="gsm8k", source=source, prompt_format="chat")
-    with pytest.raises(ConfigError, match="tokenizer_path"):
-        data.setup()
 
 
 def test_train_subset_and_held_out_validation_are_deterministic_by_seed(tmp_path):
@@ -141,14 +105,6 @@ def test_rows_without_a_usable_answer_are_skipped_and_counted_when_asked(tmp_pat
     with pytest.warns(UserWarning, match="skipped 2 rows"):
         data.setup()
     assert data.skipped == {"train": 2} and len(data.train_examples + data.val_examples) == 2
-
-
-def test_reference_formats():
-    assert reference_answer("so 1,234 #### 1,234", "gsm8k_solution", "r") == "1234"
-    solution = "First $\\boxed{1}$, which is wrong, as the next steps will show. So \\boxed{\\frac{1}{2}}."
-    assert reference_answer(solution, "boxed_solution", "r") == "\\frac{1}{2}"
-    with pytest.raises(DatasetError, match="r: solution has no"):
-        reference_answer("no box", "boxed_solution", "r")
 
 
 def dataset_args(small_config, source: Path, *extra: str) -> list[str]:
@@ -228,77 +184,6 @@ def test_jsonl_lines_are_split_only_at_newlines_and_errors_name_the_file_of_a_di
         data.setup()
 
 
-# ------------------------------------------------------- sizes and task options
-
-
-def test_arithmetic_task_applies_limit_and_train_size():
-    full = ArithmeticDataModule(val_size=128)
-    full.setup()
-    data = ArithmeticDataModule(val_size=128, limit=3, train_size=50)
-    data.setup()
-    assert data.val_examples == data.test_examples == full.val_examples[:3]
-    assert len(data.train_examples) == 50 and len(full.train_examples) == 1287 - 128
-    assert all(e in full.train_examples for e in data.train_examples)
-    again = ArithmeticDataModule(val_size=128, limit=3, train_size=50)
-    again.setup()
-    assert again.train_examples == data.train_examples
-    assert len(data.train_dataloader()) == 50 // 8
-
-
-@pytest.mark.parametrize(
-    "data_module, option",
-    [
-        ("ArithmeticDataModule", "--data.few_shot=2"),
-        ("ArithmeticDataModule", "--data.instruction=Box it."),
-        ("ArithmeticDataModule", "--data.prompt_format=chat"),
-        ("ArithmeticDataModule", "--data.source=../shared/datasets/gsm8k"),
-        ("JsonFilesDataModule", "--data.val_split=test"),
-        ("JsonFilesDataModule", "--data.val_size=10"),
-        ("DatasetDataModule", "--data.val_file=v.jsonl"),
-    ],
-)
-def test_a_data_module_rejects_the_options_of_other_sources(small_config, capsys, data_module, option):
-    """The config parser refuses an option the chosen source does not read (it would be ignored)."""
-    config = small_config("rgra", data_module=None if data_module == "ArithmeticDataModule" else data_module)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--config", str(config), option], run=False)
-    assert exit_info.value.code == 2
-    assert option.split("=")[0].removeprefix("--data.") in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    "task, replacement",
-    [
-        ("arithmetic", "rgra_lightning.ArithmeticDataModule"),
-        ("files", "rgra_lightning.JsonFilesDataModule"),
-        ("dataset", "rgra_lightning.DatasetDataModule"),
-    ],
-)
-def test_a_config_with_the_old_data_module_says_what_to_write_instead(tmp_path, capsys, task, replacement):
-    config = tmp_path / "old.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {"data": {"class_path": "rgra_lightning.MathPromptDataModule", "init_args": {"task": task}}}
-        )
-    )
-    error = one_line_error(["fit", "--config", str(config)], capsys)
-    assert f"write class_path: {replacement} and remove init_args.task" in error and str(config) in error
-
-
-@pytest.mark.parametrize(
-    "options, expected",
-    [
-        ({"val_size": -1}, "data.val_size must be >= 1, got -1"),
-        ({"val_size": 0}, "data.val_size must be >= 1, got 0"),
-        ({"val_size": 1287}, "data.val_size=1287 must be between 1 and 1286: it holds out validation"),
-        ({"val_size": 2000}, "data.val_size=2000 must be between 1 and 1286: it holds out validation"),
-    ],
-)
-def test_val_size_must_leave_training_problems(options, expected):
-    with pytest.raises(ConfigError, match=f"^{expected}"):
-        ArithmeticDataModule(**options).setup()
-
-
 def test_val_size_of_a_dataset_without_val_split_is_checked_against_its_rows(tmp_path):
     file = tmp_path / "all.jsonl"
     file.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": "4"}\n')
@@ -307,62 +192,6 @@ def test_val_size_of_a_dataset_without_val_split_is_checked_against_its_rows(tmp
         ConfigError, match=f"^data.val_size=2 must be between 1 and 1: .* 2 usable rows of {file}"
     ):
         data.setup()
-
-
-def test_training_loader_needs_one_full_batch_on_every_rank(tmp_path):
-    exact = ArithmeticDataModule(val_size=1287 - 32, batch_size=32)
-    exact.setup()
-    assert len(exact.train_examples) == 32 and len(exact.train_dataloader()) == 1
-    short = ArithmeticDataModule(val_size=1287 - 31, batch_size=32)
-    short.setup()
-    with pytest.raises(
-        ConfigError,
-        match=r"^data.batch_size=32 is larger than the 31 training problems, so there is no full training "
-        r"batch; data.val_size=1256 holds out too many, use 1 to 1255$",
-    ):
-        short.train_dataloader()
-    file = tmp_path / "train.jsonl"
-    file.write_text(
-        "".join(json.dumps({"question": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in range(10))
-    )
-    data = JsonFilesDataModule(train_file=str(file), val_file=str(file), batch_size=5)
-    data.setup()
-    data.trainer = SimpleNamespace(world_size=2)  # each rank's DistributedSampler yields 5
-    assert len(data.train_dataloader()) == 2
-    data = JsonFilesDataModule(train_file=str(file), val_file=str(file), batch_size=6)
-    data.setup()
-    data.trainer = SimpleNamespace(world_size=2)
-    with pytest.raises(
-        ConfigError, match=r"than the 5 training problems per rank \(10 on 2 ranks\), so .* batch$"
-    ):
-        data.train_dataloader()
-
-
-@pytest.mark.parametrize(
-    "extra, expected",
-    [
-        (["--data.batch_size=2000"], "data.batch_size=2000 is larger than the 1279 training problems"),
-        (["--data.val_size=2000"], "data.val_size=2000 must be between 1 and 1286"),
-        (
-            ["--data.batch_size=32", "--data.val_size=1280"],
-            "no full training batch; data.val_size=1280 holds out too many, use 1 to 1255",
-        ),
-        (["files"], "data.batch_size=4 is larger than the 2 training problems"),
-    ],
-    ids=["batch-size", "val-size-beyond-all", "val-size-beyond-a-batch", "two-row-file"],
-)
-def test_fit_without_a_training_batch_is_a_one_line_error(small_config, tmp_path, capsys, extra, expected):
-    file = tmp_path / "two.jsonl"
-    file.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": "4"}\n')
-    if extra == ["files"]:
-        config = small_config("rgra", data_module="JsonFilesDataModule")
-        extra = [f"--data.train_file={file}", f"--data.val_file={file}"]
-    else:
-        config = small_config("rgra")
-    args = ["fit", "--config", str(config), "--trainer.logger=false", *extra]
-    error = one_line_error(args, capsys)
-    assert expected in error
-    assert not (tmp_path / "hf_model").exists()  # the untrained policy is not exported
 
 
 def test_gsm8k_few_shot_solutions_end_boxed_and_drop_calculator_annotations():

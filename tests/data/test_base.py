@@ -1,0 +1,123 @@
+"""PromptDataModule: options each source takes, validation sizes, full batches on every rank."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from rgra_lightning.cli import main
+from rgra_lightning.data import ArithmeticDataModule, JsonFilesDataModule
+from rgra_lightning.errors import ConfigError
+from tests.conftest import one_line_error
+
+
+@pytest.mark.parametrize(
+    "data_module, option",
+    [
+        ("ArithmeticDataModule", "--data.few_shot=2"),
+        ("ArithmeticDataModule", "--data.instruction=Box it."),
+        ("ArithmeticDataModule", "--data.prompt_format=chat"),
+        ("ArithmeticDataModule", "--data.source=../shared/datasets/gsm8k"),
+        ("JsonFilesDataModule", "--data.val_split=test"),
+        ("JsonFilesDataModule", "--data.val_size=10"),
+        ("DatasetDataModule", "--data.val_file=v.jsonl"),
+    ],
+)
+def test_a_data_module_rejects_the_options_of_other_sources(small_config, capsys, data_module, option):
+    """The config parser refuses an option the chosen source does not read (it would be ignored)."""
+    config = small_config("rgra", data_module=None if data_module == "ArithmeticDataModule" else data_module)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config), option], run=False)
+    assert exit_info.value.code == 2
+    assert option.split("=")[0].removeprefix("--data.") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "task, replacement",
+    [
+        ("arithmetic", "rgra_lightning.ArithmeticDataModule"),
+        ("files", "rgra_lightning.JsonFilesDataModule"),
+        ("dataset", "rgra_lightning.DatasetDataModule"),
+    ],
+)
+def test_a_config_with_the_old_data_module_says_what_to_write_instead(tmp_path, capsys, task, replacement):
+    config = tmp_path / "old.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"data": {"class_path": "rgra_lightning.MathPromptDataModule", "init_args": {"task": task}}}
+        )
+    )
+    error = one_line_error(["fit", "--config", str(config)], capsys)
+    assert f"write class_path: {replacement} and remove init_args.task" in error and str(config) in error
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({"val_size": -1}, "data.val_size must be >= 1, got -1"),
+        ({"val_size": 0}, "data.val_size must be >= 1, got 0"),
+        ({"val_size": 1287}, "data.val_size=1287 must be between 1 and 1286: it holds out validation"),
+        ({"val_size": 2000}, "data.val_size=2000 must be between 1 and 1286: it holds out validation"),
+    ],
+)
+def test_val_size_must_leave_training_problems(options, expected):
+    with pytest.raises(ConfigError, match=f"^{expected}"):
+        ArithmeticDataModule(**options).setup()
+
+
+def test_training_loader_needs_one_full_batch_on_every_rank(tmp_path):
+    exact = ArithmeticDataModule(val_size=1287 - 32, batch_size=32)
+    exact.setup()
+    assert len(exact.train_examples) == 32 and len(exact.train_dataloader()) == 1
+    short = ArithmeticDataModule(val_size=1287 - 31, batch_size=32)
+    short.setup()
+    with pytest.raises(
+        ConfigError,
+        match=r"^data.batch_size=32 is larger than the 31 training problems, so there is no full training "
+        r"batch; data.val_size=1256 holds out too many, use 1 to 1255$",
+    ):
+        short.train_dataloader()
+    file = tmp_path / "train.jsonl"
+    file.write_text(
+        "".join(json.dumps({"question": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in range(10))
+    )
+    data = JsonFilesDataModule(train_file=str(file), val_file=str(file), batch_size=5)
+    data.setup()
+    data.trainer = SimpleNamespace(world_size=2)  # each rank's DistributedSampler yields 5
+    assert len(data.train_dataloader()) == 2
+    data = JsonFilesDataModule(train_file=str(file), val_file=str(file), batch_size=6)
+    data.setup()
+    data.trainer = SimpleNamespace(world_size=2)
+    with pytest.raises(
+        ConfigError, match=r"than the 5 training problems per rank \(10 on 2 ranks\), so .* batch$"
+    ):
+        data.train_dataloader()
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--data.batch_size=2000"], "data.batch_size=2000 is larger than the 1279 training problems"),
+        (["--data.val_size=2000"], "data.val_size=2000 must be between 1 and 1286"),
+        (
+            ["--data.batch_size=32", "--data.val_size=1280"],
+            "no full training batch; data.val_size=1280 holds out too many, use 1 to 1255",
+        ),
+        (["files"], "data.batch_size=4 is larger than the 2 training problems"),
+    ],
+    ids=["batch-size", "val-size-beyond-all", "val-size-beyond-a-batch", "two-row-file"],
+)
+def test_fit_without_a_training_batch_is_a_one_line_error(small_config, tmp_path, capsys, extra, expected):
+    file = tmp_path / "two.jsonl"
+    file.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": "4"}\n')
+    if extra == ["files"]:
+        config = small_config("rgra", data_module="JsonFilesDataModule")
+        extra = [f"--data.train_file={file}", f"--data.val_file={file}"]
+    else:
+        config = small_config("rgra")
+    args = ["fit", "--config", str(config), "--trainer.logger=false", *extra]
+    error = one_line_error(args, capsys)
+    assert expected in error
+    assert not (tmp_path / "hf_model").exists()  # the untrained policy is not exported
+

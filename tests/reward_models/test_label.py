@@ -1,0 +1,67 @@
+"""The label command: verified completions per prompt and preference pairs."""
+
+import json
+
+import pytest
+import torch
+
+from rewards import MathVerifier
+from rgra_lightning.errors import ConfigError
+from rgra_lightning.reward_models.label import label, preference_pairs
+from rgra_lightning.reward_models.label import main as label_main
+from rgra_lightning.reward_models.training import (
+    read_rows,
+)
+
+
+def test_label_writes_verified_completions_for_each_prompt(small_config, tmp_path):
+    config = small_config("rgra")
+    output = tmp_path / "labels.jsonl"
+    summary = label(str(config), str(output), split="val", limit=3, num_generations=2, batch_size=2)
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == summary["rows"] == 6
+    assert [row["group"] for row in rows] == [0, 0, 1, 1, 2, 2]
+    verifier = MathVerifier()
+    for row in rows:
+        assert row["prompt"].endswith("=")
+        expected = verifier.score(row["completion"], row["reference"])
+        assert (row["reward"], row["correct"]) == (expected.reward, expected.correct)
+    assert summary["accuracy"] == pytest.approx(sum(row["correct"] for row in rows) / 6)
+    with pytest.raises(ConfigError, match="--split"):
+        label(str(config), str(output), split="dev")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cuda: no CUDA device"):
+            label(str(config), str(output), device="cuda")
+
+
+def test_preference_pairs_match_best_with_worst_within_each_group():
+    rows = [
+        {"group": 0, "prompt": "p", "completion": c, "reward": r}
+        for c, r in [("a", 1.0), ("b", 0.0), ("c", 1.0), ("d", 0.2)]
+    ] + [{"group": 1, "prompt": "q", "completion": c, "reward": 1.0} for c in "xy"]
+    pairs = preference_pairs(rows)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("a", "b"), ("c", "d")]
+    assert all(p["prompt"] == "p" and p["chosen_reward"] > p["rejected_reward"] for p in pairs)
+
+
+def test_label_command_writes_rows_and_pairs(small_config, tmp_path, capsys):
+    output, pairs_output = tmp_path / "labels.jsonl", tmp_path / "pairs.jsonl"
+    args = ["--config", str(small_config("rgra")), "--output", str(output), "--split", "train"]
+    label_main(
+        [
+            *args,
+            "--limit",
+            "8",
+            "--pairs-output",
+            str(pairs_output),
+            "--",
+            "--model.sampling.num_generations=4",
+        ]
+    )
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    pairs = [json.loads(line) for line in pairs_output.read_text().splitlines()]
+    assert summary["rows"] == len(rows) == 32 and summary["pairs"] == len(pairs)
+    assert pairs and pairs == preference_pairs(rows)
+    assert read_rows(pairs_output, "correct", 0.5)[0]["kind"] == "preference"  # trainable as written
+

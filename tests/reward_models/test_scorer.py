@@ -1,0 +1,150 @@
+"""RewardModelScorer: classifier and LM-judge scores, transforms, and weighting with verifiers inside RL
+training."""
+
+import math
+
+import pytest
+import torch
+
+from rewards import FormatReward, NumericVerifier, Score, WeightedSum
+from rgra_lightning.cli import main
+from rgra_lightning.errors import ConfigError
+from rgra_lightning.models import load_causal_lm, load_sequence_classifier
+from rgra_lightning.reward_models.scorer import RewardModelScorer, transform_scores
+from rgra_lightning.scoring import reward_components
+from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise, scalar_tags
+from tests.reward_models.conftest import save_classifier, verifier_plus_reward_model
+
+
+def test_transforms_match_hand_computed_values():
+    raw = torch.tensor([0.0, 2.0, -2.0])
+    assert torch.allclose(transform_scores(raw, "sigmoid"), torch.tensor([0.5, 0.880797, 0.119203]))
+    # mean 0, biased std sqrt(8/3)
+    assert torch.allclose(transform_scores(raw, "standardize"), raw / math.sqrt(8 / 3))
+    assert torch.equal(transform_scores(raw, "none"), raw)
+    assert torch.equal(transform_scores(raw, "none", clip=(-1.0, 1.5)), torch.tensor([0.0, 1.5, -1.0]))
+    assert torch.equal(transform_scores(torch.tensor([3.0, 3.0]), "standardize"), torch.zeros(2))
+    assert torch.equal(transform_scores(torch.tensor([3.0]), "standardize"), torch.zeros(1))
+
+
+def test_classifier_scores_do_not_depend_on_batch_padding(classifier_dir):
+    scorer = RewardModelScorer(str(classifier_dir), transform="none", max_length=64)
+    prompts = ["1+2=", "-7*5="]
+    completions = ["\\boxed{3}", "-(7*5)=-35 \\boxed{-35}"]
+    together = scorer.raw_scores(prompts, completions)
+    alone = torch.cat([scorer.raw_scores([p], [c]) for p, c in zip(prompts, completions, strict=True)])
+    # Padding changes the shapes, hence the kernels' summation order: a rounding bound, not equality.
+    assert_close_normwise(together, alone, LOGPROB_RTOL, "padded vs alone")
+    # and equal to the model's logit on the unpadded text
+    ids = scorer.tokenizer(prompts[0] + completions[0], return_tensors="pt")
+    unpadded = scorer.model(**ids).logits[0, 0]
+    assert_close_normwise(together[0], unpadded, LOGPROB_RTOL, "padded vs unpadded")
+    assert together[0] != together[1]
+    scores = scorer.score_batch(completions, ["3", "-35"], prompts)
+    assert [s.reward for s in scores] == pytest.approx(together.tolist())
+    assert not any(s.correct for s in scores)  # a learned score is no verdict
+
+
+def test_two_label_classifier_scores_the_log_odds_of_class_one(tmp_path):
+    scorer = RewardModelScorer(str(save_classifier(tmp_path, num_labels=2)), transform="sigmoid")
+    ids = scorer.tokenizer("1+1=\\boxed{2}", return_tensors="pt")
+    probabilities = torch.softmax(scorer.model(**ids).logits[0], dim=-1)
+    reward = scorer.score_batch(["\\boxed{2}"], ["2"], ["1+1="])[0].reward
+    assert reward == pytest.approx(probabilities[1].item(), abs=1e-5)
+
+
+def test_judge_scores_the_log_odds_of_its_token():
+    scorer = RewardModelScorer(
+        str(TINY_POLICY),
+        kind="judge",
+        transform="none",
+        judge_template="{prompt}{completion} ",
+        judge_token="1",
+    )
+    model = load_causal_lm(str(TINY_POLICY)).eval()
+    ids = scorer.tokenizer("2-1=\\boxed{1} ", return_tensors="pt")
+    p = torch.softmax(model(**ids).logits[0, -1], dim=-1)[scorer.judge_token_id].item()
+    raw = scorer.raw_scores(["2-1="], ["\\boxed{1}"]).item()
+    assert raw == pytest.approx(math.log(p / (1 - p)), rel=LOGPROB_RTOL)
+
+
+def test_scorer_configuration_errors_name_the_field(classifier_dir, tmp_path):
+    with pytest.raises(ConfigError, match="judge_token 'ab' is 2 tokens"):
+        RewardModelScorer(str(TINY_POLICY), kind="judge", judge_token="ab")
+    with pytest.raises(ConfigError, match="transform must be"):
+        RewardModelScorer(str(classifier_dir), transform="softmax")
+    with pytest.raises(ConfigError, match="clip"):
+        RewardModelScorer(str(classifier_dir), clip=(1.0, 0.0))
+    with pytest.raises(ConfigError, match="3 labels"):
+        RewardModelScorer(str(save_classifier(tmp_path, num_labels=3)))
+    with pytest.raises(ConfigError, match="LlamaForCausalLM without a trained score head"):
+        RewardModelScorer(str(TINY_POLICY))  # a policy: its score head would be random
+    with pytest.raises(ConfigError, match="model directory 'runs/missing/hf_model' does not exist"):
+        RewardModelScorer("runs/missing/hf_model")  # a relative path, never mistaken for a hub name
+    with pytest.raises(ValueError, match="needs prompts"):
+        RewardModelScorer(str(classifier_dir)).score_batch(["x"], ["1"])
+
+
+def test_weighted_sum_keeps_named_unweighted_components(classifier_dir):
+    scorer = RewardModelScorer(str(classifier_dir), max_length=64)
+    combined = WeightedSum([NumericVerifier(), scorer, FormatReward()], [1.0, 0.2, 0.1])
+    assert combined.names == ["numeric_verifier", "reward_model_scorer", "format_reward"]
+    prompts, completions, references = ["1+2=", "1+2="], ["\\boxed{3}", "\\boxed{4}"], ["3", "3"]
+    learned = scorer.score_batch(completions, references, prompts)
+    scores = combined.score_batch(completions, references, prompts)
+    for score, model_score, verdict in zip(scores, learned, [1.0, 0.0], strict=True):
+        assert score.components == pytest.approx(
+            {"numeric_verifier": verdict, "reward_model_scorer": model_score.reward, "format_reward": 1.0}
+        )
+        assert score.reward == pytest.approx(verdict + 0.2 * model_score.reward + 0.1)
+    assert [s.correct for s in scores] == [True, False]  # only the numeric verifier judges correctness
+    assert WeightedSum([NumericVerifier(), NumericVerifier()], [1, 1]).names == [
+        "numeric_verifier",
+        "numeric_verifier_2",
+    ]
+    with pytest.raises(ValueError, match="distinct name"):
+        WeightedSum([NumericVerifier(), FormatReward()], [1, 1], names=["a", "a"])
+
+
+def test_rl_training_with_verifier_plus_reward_model_logs_each_component(
+    small_config, classifier_dir, tmp_path
+):
+    verifier = verifier_plus_reward_model(classifier_dir)
+    config = small_config("rgra", **{"model.init_args.verifier": verifier})
+    cli = main(["fit", "--config", str(config)])
+    module = cli.model
+    assert len(module.reward_models) == 1
+    reward_model = module.reward_models[0]
+    assert not reward_model.training and not any(p.requires_grad for p in reward_model.parameters())
+    initial = load_sequence_classifier(str(classifier_dir)).state_dict()
+    assert all(torch.equal(initial[k], v) for k, v in reward_model.state_dict().items()), "reward model moved"
+    optimized = {id(p) for group in cli.trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in reward_model.parameters()}
+
+    scalars = scalar_tags(tmp_path / "runs")
+    math_part, model_part = (
+        scalars["train/rewards/math_verifier"],
+        scalars["train/rewards/reward_model_scorer"],
+    )
+    assert len(math_part) == len(model_part) == len(scalars["train/reward"]) == 4
+    for total, verdict, learned in zip(scalars["train/reward"], math_part, model_part, strict=True):
+        assert 0 < learned < 1  # sigmoid
+        assert total == pytest.approx(verdict + 0.2 * learned, abs=1e-5)
+
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert not any(key.startswith("reward_models.") for key in checkpoint["state_dict"])
+    resumed = main(["fit", "--config", str(config), "--trainer.max_steps=5", "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == 5
+
+
+def test_component_means_count_a_failed_row_as_zero_and_take_names_from_the_verifier():
+    combined = WeightedSum([NumericVerifier(), FormatReward()], [1.0, 0.1])
+    failed = Score(0.0, False, None, "verifier raised", error="boom")  # robust fallback: no components
+    scored = combined.score_batch(["\\boxed{3}"], ["3"])[0]
+    means = reward_components(combined, [failed, scored])
+    assert {name: value.item() for name, value in means.items()} == {
+        "numeric_verifier": 0.5,
+        "format_reward": 0.5,
+    }
+    assert reward_components(NumericVerifier(), [scored]) == {}
+

@@ -1,0 +1,150 @@
+"""The outcome-reward-model trainer: losses, rows, held-out split, AUROC, and a run that learns and
+exports."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from rewards import WeightedSum
+from rgra_lightning.cli import main
+from rgra_lightning.data import DatasetError
+from rgra_lightning.errors import ConfigError
+from rgra_lightning.reward_models.scorer import RewardModelScorer
+from rgra_lightning.reward_models.training import (
+    DefinedAUROC,
+    bradley_terry_loss,
+    outcome_loss,
+    read_rows,
+    split_by_prompt,
+)
+from tests.conftest import ROOT
+
+
+def test_outcome_and_bradley_terry_losses():
+    assert outcome_loss(torch.tensor([0.0]), torch.tensor([1.0])).item() == pytest.approx(math.log(2))
+    # logit 2 for a positive: log(1 + e^-2); for a negative: log(1 + e^2)
+    loss = outcome_loss(torch.tensor([2.0, 2.0]), torch.tensor([1.0, 0.0]))
+    assert loss.item() == pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(2))) / 2)
+    assert bradley_terry_loss(torch.tensor([1.0]), torch.tensor([1.0])).item() == pytest.approx(math.log(2))
+    assert bradley_terry_loss(torch.tensor([3.0]), torch.tensor([1.0])).item() == pytest.approx(
+        math.log1p(math.exp(-2))
+    )
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def sign_rows(count: int, offset: int = 0) -> list[dict]:
+    """Outcome rows whose label is readable from the text: a boxed positive answer is correct."""
+    rows = []
+    for i in range(offset, offset + count):
+        prompt = f"{i % 9 + 1}*{i % 7 + 1}="
+        answer = (i % 9 + 1) * (i % 7 + 1)
+        rows.append({"prompt": prompt, "completion": f"\\boxed{{{answer}}}", "correct": True})
+        rows.append({"prompt": prompt, "completion": f"\\boxed{{-{answer}}}", "correct": False})
+    return rows
+
+
+def test_reward_model_training_learns_and_exports_a_usable_reward(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    train = write_jsonl(tmp_path / "train.jsonl", sign_rows(48))
+    pairs = [
+        {"prompt": r["prompt"], "chosen": r["completion"], "rejected": w["completion"]}
+        for r, w in zip(sign_rows(8, 100)[::2], sign_rows(8, 100)[1::2], strict=True)
+    ]
+    val = write_jsonl(tmp_path / "val.jsonl", sign_rows(16, 200) + pairs)
+    config = yaml.safe_load(Path("configs/reward_model.yaml").read_text())
+    config["trainer"].update(max_epochs=6, enable_progress_bar=False, accelerator="cpu")
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
+    config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
+    config["trainer"]["callbacks"][1]["init_args"]["output_dir"] = str(tmp_path / "hf_model")
+    config["data"]["init_args"].update(train_file=str(train), val_file=str(val), batch_size=16)
+    config["model"]["init_args"]["learning_rate"] = 1e-3
+    path = tmp_path / "reward_model.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    cli = main(["fit", "--config", str(path)])
+    metrics = cli.trainer.callback_metrics
+    assert metrics["val/auroc"].item() > 0.9
+    assert metrics["val/accuracy"].item() > 0.8
+    assert 0 <= metrics["val/calibration_error"].item() < 0.3
+    assert metrics["val/preference_accuracy"].item() > 0.8
+    assert "val/loss" in metrics and "train/loss" in metrics
+
+    scorer = RewardModelScorer(str(tmp_path / "hf_model"), max_length=64)
+    right, wrong = scorer.score_batch(["\\boxed{12}", "\\boxed{-12}"], ["12", "12"], ["3*4=", "3*4="])
+    assert right.reward > 0.5 > wrong.reward
+    tested = main(["test", "--config", str(path), "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
+    assert tested.trainer.callback_metrics["test/auroc"].item() > 0.9
+
+
+def test_reward_rows_are_checked_with_file_and_line(tmp_path):
+    good = {"prompt": "1+1=", "completion": "\\boxed{2}", "correct": True}
+    cases = {
+        "{not json": "invalid JSON",
+        json.dumps({"completion": "x", "correct": True}): "'prompt'",
+        json.dumps({"prompt": "p", "correct": True}): "'completion'",
+        json.dumps({"prompt": "p", "chosen": "a"}): "'rejected'",
+        json.dumps({"prompt": "p", "completion": "c", "correct": "yes"}): "'correct' must be a boolean",
+        json.dumps({"prompt": "p", "completion": "c", "correct": [1]}): "finite number, got \\[1\\]",
+        '{"prompt": "p", "completion": "c", "correct": NaN}': "finite number, got nan",
+        '{"prompt": "p", "completion": "c", "correct": Infinity}': "finite number, got inf",
+    }
+    for line, message in cases.items():
+        path = tmp_path / "rows.jsonl"
+        path.write_text(json.dumps(good) + "\n" + line + "\n")
+        with pytest.raises(DatasetError, match=message) as caught:
+            read_rows(path, "correct", 0.5)
+        assert f"{path}:2" in str(caught.value)
+    rows = read_rows(
+        write_jsonl(tmp_path / "ok.jsonl", [{**good, "reward": 1}, {**good, "reward": 0.2}]), "reward", 0.5
+    )
+    assert [row["label"] for row in rows] == [1.0, 0.0] and rows[0]["kind"] == "outcome"
+    with pytest.raises(DatasetError, match="does not exist"):
+        read_rows(tmp_path / "missing.jsonl", "correct", 0.5)
+
+
+def test_held_out_split_never_shares_a_prompt():
+    rows = sign_rows(40)
+    train, val = split_by_prompt(rows, 0.25, seed=0)
+    assert len(train) + len(val) == len(rows)
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in val}
+    assert 0.15 < len(val) / len(rows) < 0.35
+    with pytest.raises(ConfigError, match="holds out all 1 prompts"):
+        split_by_prompt([r for r in rows if r["prompt"] == rows[0]["prompt"]], 0.25, seed=0)
+
+
+def test_auroc_is_nan_when_the_labels_hold_one_class():
+    auroc = DefinedAUROC()
+    auroc.update(torch.tensor([0.9, 0.2]), torch.tensor([1, 1]))
+    assert torch.isnan(auroc.compute())  # torchmetrics' BinaryAUROC gives 0: "perfectly inverted"
+    auroc.update(torch.tensor([0.1]), torch.tensor([0]))
+    assert auroc.compute().item() == pytest.approx(1.0)
+
+
+def test_shipped_reward_configs_parse(classifier_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    config = yaml.safe_load((ROOT / "configs" / "reward" / "orm.yaml").read_text())
+    verifier = config["model"]["init_args"]["verifier"]["init_args"]
+    assert (
+        verifier["verifiers"][1]["init_args"]["model_path"] == "runs/orm/hf_model"
+    )  # what reward_model.yaml exports
+    verifier["verifiers"][1]["init_args"]["model_path"] = str(classifier_dir)
+    path = tmp_path / "orm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    module = main(["--config", "configs/rgra.yaml", "--config", str(path)], run=False).model
+    assert isinstance(module.verifier, WeightedSum) and module.verifier.weights == [1.0, 0.2]
+    assert isinstance(module.verifier.verifiers[1], RewardModelScorer) and len(module.reward_models) == 1
+
+    orm = yaml.safe_load((ROOT / "configs" / "reward_model.yaml").read_text())
+    assert orm["trainer"]["callbacks"][1]["init_args"]["output_dir"] == "runs/orm/hf_model"
+    parsed = main(["--config", "configs/reward_model.yaml"], run=False)
+    assert parsed.model.model.config.num_labels == 1
+    assert parsed.datamodule.hparams.train_file == "runs/orm/train.jsonl"
+

@@ -1,0 +1,90 @@
+"""HFEngine: sampling agrees with what ``generate`` draws; greedy determinism, min_new_tokens, recurrent
+caches."""
+
+import pytest
+import torch
+from transformers import (
+    Lfm2Config,
+    Lfm2ForCausalLM,
+)
+
+from rgra_lightning.logprobs import token_logprobs
+from rgra_lightning.models import load_causal_lm, load_tokenizer
+from rgra_lightning.rollout import SamplingConfig
+from tests.conftest import TINY_POLICY
+from tests.conftest import sample as sample_rollout
+from tests.tiny_models import PROMPTS, generate_reference, tiny_dimensions
+
+
+def test_greedy_rollout_is_deterministic():
+    tokenizer, policy = load_tokenizer(str(TINY_POLICY)), load_causal_lm(str(TINY_POLICY))
+    first = sample_rollout(policy, tokenizer, PROMPTS, SamplingConfig(max_new_tokens=28), greedy=True)
+    second = sample_rollout(policy, tokenizer, PROMPTS, SamplingConfig(max_new_tokens=28), greedy=True)
+    assert len(first.completions) == 3 and first.completions == second.completions
+
+
+@pytest.mark.parametrize(
+    ("config", "greedy"),
+    [
+        (SamplingConfig(max_new_tokens=28), True),
+        (SamplingConfig(num_generations=4, max_new_tokens=28), False),
+        (SamplingConfig(num_generations=4, max_new_tokens=28, temperature=1.7, top_p=0.8), False),
+        (SamplingConfig(num_generations=4, max_new_tokens=28, temperature=1.3, min_new_tokens=20), False),
+        (
+            SamplingConfig(
+                num_generations=8, max_new_tokens=40, temperature=0.6, top_p=0.95, min_new_tokens=5
+            ),
+            False,
+        ),
+    ],
+)
+def test_sampling_draws_what_generate_draws_from_the_same_seed(config, greedy):
+    """Token for token equal to ``generate`` (same RNG stream): the same temperature, nucleus and EOS
+    suppression, prompt-major rows, pad after EOS, and the same number of decoding steps."""
+    tokenizer, policy = load_tokenizer(str(TINY_POLICY)), load_causal_lm(str(TINY_POLICY))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        expected = generate_reference(policy, tokenizer, config, greedy)
+        torch.manual_seed(seed)
+        rollout = sample_rollout(policy, tokenizer, PROMPTS, config, greedy=greedy)
+        assert torch.equal(rollout.input_ids, expected)
+
+
+def test_completions_respect_min_new_tokens_and_pad_after_eos():
+    torch.manual_seed(0)
+    tokenizer, policy = load_tokenizer(str(TINY_POLICY)), load_causal_lm(str(TINY_POLICY))
+    config = SamplingConfig(num_generations=8, max_new_tokens=30, min_new_tokens=12, temperature=1.5)
+    rollout = sample_rollout(policy, tokenizer, PROMPTS, config)
+    ids, mask, eos = rollout.completion_ids, rollout.completion_mask, tokenizer.eos_token_id
+    assert ids.shape[1] <= 30 and not (ids[:, :12] == eos).any()
+    lengths = mask.sum(dim=1)
+    assert (lengths >= 12).all() and (lengths < ids.shape[1]).any()  # some rows stop early
+    ended = lengths < ids.shape[1]
+    assert (ids[ended, lengths[ended] - 1] == eos).all()  # the last real token is the EOS
+    assert (ids[mask == 0] == tokenizer.pad_token_id).all()
+    assert torch.equal(rollout.attention_mask[:, rollout.prompt_length :], mask)
+    # Ordinary tensors (not inference tensors): the update's forward pass saves them for backward.
+    logp, _ = token_logprobs(policy, rollout)
+    logp.sum().backward()
+
+
+def test_a_model_with_recurrent_cache_state_samples_what_generate_samples():
+    """A hybrid model (a convolution layer's state besides keys and values) takes the path that encodes the
+    repeated prompts rather than repeating the cache; the draws still equal ``generate``'s."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    config = Lfm2Config(
+        **tiny_dimensions(tokenizer),
+        num_attention_heads=2,
+        layer_types=["conv", "full_attention"],
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    policy = Lfm2ForCausalLM(config)
+    sampling = SamplingConfig(num_generations=4, max_new_tokens=12)
+    torch.manual_seed(1)
+    expected = generate_reference(policy, tokenizer, sampling, greedy=False)
+    torch.manual_seed(1)
+    assert torch.equal(sample_rollout(policy, tokenizer, PROMPTS, sampling).input_ids, expected)
+

@@ -1,0 +1,174 @@
+"""Checkpoints: exact resumption after an interruption or kill -9, periodic and last checkpoints, atomic
+writes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rgra_lightning.checkpointing import AtomicCheckpointIO
+from rgra_lightning.cli import main
+from rgra_lightning.models import load_causal_lm
+from tests.conftest import FAST, ROOT, scalars_by_step
+
+
+def assert_same_run(straight: Path, resumed: Path, straight_policy: dict, resumed_policy: dict) -> None:
+    """Every reward logged by the interrupted + resumed run equals the straight run's at that step, every
+    step is covered, and the final parameters are bit-identical."""
+    expected = scalars_by_step(straight, "train/reward")
+    got = scalars_by_step(resumed, "train/reward")
+    assert len({values[0] for values in expected.values()}) > 1, "constant rewards would prove nothing"
+    assert sorted(got) == sorted(expected)
+    for step, values in got.items():
+        assert values == [expected[step][0]] * len(values), f"step {step}: {values} vs {expected[step]}"
+    assert straight_policy.keys() == resumed_policy.keys()
+    assert all(torch.equal(straight_policy[name], resumed_policy[name]) for name in straight_policy)
+
+
+def fresh_config(
+    small_config, tmp_path: Path, name: str, data_module: str | None = None, **overrides: object
+) -> Path:
+    """``small_config`` in its own directory (runs/ and checkpoints/ beside it)."""
+    directory = tmp_path / name
+    directory.mkdir()
+    config = small_config("rgra", data_module=data_module, **FAST, **overrides)
+    moved = directory / "rgra.yaml"
+    text = config.read_text().replace(str(tmp_path / "runs"), str(directory / "runs"))
+    moved.write_text(text.replace(str(tmp_path / "checkpoints"), str(directory / "checkpoints")))
+    return moved
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(small_config, tmp_path):
+    """2 updates, stop, ``--ckpt_path last``, 2 more == 4 straight: same rewards, bit-identical weights."""
+    straight = fresh_config(small_config, tmp_path, "straight")
+    a = main(["fit", "--config", str(straight), "--trainer.max_steps=4"])
+    interrupted = fresh_config(small_config, tmp_path, "interrupted")
+    main(["fit", "--config", str(interrupted), "--trainer.max_steps=2"])
+    b = main(["fit", "--config", str(interrupted), "--trainer.max_steps=4", "--ckpt_path", "last"])
+    assert b.trainer.global_step == 4
+    assert_same_run(
+        tmp_path / "straight" / "runs",
+        tmp_path / "interrupted" / "runs",
+        a.model.policy.state_dict(),
+        b.model.policy.state_dict(),
+    )
+
+
+def test_resume_at_and_after_an_epoch_boundary_continues_the_data_order(small_config, tmp_path):
+    """A 12-problem file, 4 prompts a step: 3 steps an epoch. Interrupted at the end of epoch 0 and in
+    the middle of epoch 1, both resumed runs equal a straight 5-step run (epoch 1 is a new permutation)."""
+    train = tmp_path / "train.jsonl"
+    rows = [
+        {"question": f"{a}+{b}", "answer": str(a + b)}
+        for a, b in zip(range(2, 14), range(9, 21), strict=True)
+    ]
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = {
+        "data_module": "JsonFilesDataModule",
+        "data.init_args.train_file": str(train),
+        "data.init_args.val_file": str(train),
+        "model.init_args.sampling.num_generations": 2,
+    }
+    straight = fresh_config(small_config, tmp_path, "straight", **data)
+    a = main(["fit", "--config", str(straight), "--trainer.max_steps=5"])
+    for stop in (3, 4):
+        interrupted = fresh_config(small_config, tmp_path, f"stop{stop}", **data)
+        main(["fit", "--config", str(interrupted), f"--trainer.max_steps={stop}"])
+        b = main(["fit", "--config", str(interrupted), "--trainer.max_steps=5", "--ckpt_path", "last"])
+        assert_same_run(
+            tmp_path / "straight" / "runs",
+            tmp_path / f"stop{stop}" / "runs",
+            a.model.policy.state_dict(),
+            b.model.policy.state_dict(),
+        )
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_an_uninterrupted_run(small_config, tmp_path):
+    """A real ``kill -9`` of ``python -m rgra_lightning fit`` after its update-4 checkpoint, then
+    ``fit --ckpt_path last``: the 8 logged rewards and the final weights equal a straight 8-update run."""
+    every = {"trainer.max_steps": 8}
+    straight = fresh_config(small_config, tmp_path, "straight", **every)
+    a = main(["fit", "--config", str(straight)])
+    killed = fresh_config(small_config, tmp_path, "killed", **every)
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rgra_lightning", "fit", "--config", str(killed)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # Kill once update 4 is checkpointed and its reward flushed (the next step has started).
+    checkpoint = tmp_path / "killed" / "checkpoints" / "epoch=0-step=4.ckpt"
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if checkpoint.exists() and 3 in scalars_by_step(tmp_path / "killed" / "runs", "train/reward"):
+            break
+        time.sleep(0.1)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "hf_model").exists()
+    b = main(["fit", "--config", str(killed), "--ckpt_path", "last"])
+    assert b.trainer.global_step == 8
+    assert_same_run(
+        tmp_path / "straight" / "runs",
+        tmp_path / "killed" / "runs",
+        a.model.policy.state_dict(),
+        b.model.policy.state_dict(),
+    )
+
+
+def test_checkpoints_every_k_updates_keep_the_last_n_and_the_final_state(small_config, tmp_path):
+    """Every 2 updates and at the end (update 7), the 3 newest kept, ``last.ckpt``, the HF export."""
+    config = small_config("rgra", **FAST)
+    cli = main(["fit", "--config", str(config), "--trainer.max_steps=7"])
+    directory = tmp_path / "checkpoints"
+    steps = sorted(int(path.stem.split("step=")[1]) for path in directory.glob("epoch=*-step=*.ckpt"))
+    assert steps == [4, 6, 7]
+    assert torch.load(directory / "last.ckpt", weights_only=True)["global_step"] == 7
+    assert not list(directory.glob("*.partial")), "temporary checkpoint files were left behind"
+    exported = load_causal_lm(str(tmp_path / "hf_model")).state_dict()
+    trained = cli.model.policy.state_dict()
+    assert all(torch.equal(exported[name], trained[name]) for name in trained)
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "weights": torch.ones(1000)}, path)
+
+    def crash_midway(obj: object, file) -> None:  # what a kill during torch.save leaves behind
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2, "weights": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    assert io.load_checkpoint(path)["global_step"] == 1
+    assert os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_checkpoint_is_renamed_into_place_from_the_same_directory(tmp_path, monkeypatch):
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: renames.append((src, dst)) or real_replace(src, dst))
+    AtomicCheckpointIO().save_checkpoint({"global_step": 3}, tmp_path / "sub" / "last.ckpt")
+    [(source, target)] = renames
+    assert Path(source).parent == Path(target).parent == tmp_path / "sub"
+    assert torch.load(target, weights_only=True) == {"global_step": 3}
+    umask = os.umask(0o022)  # readable by the group, as a file written with open() (mkstemp made 0600)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"global_step": 4}, tmp_path / "shared.ckpt")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "shared.ckpt").stat().st_mode & 0o777 == 0o644
+

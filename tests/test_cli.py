@@ -1,0 +1,92 @@
+"""The command line: misspelled keys and invalid values are one-line errors naming the field."""
+
+import pytest
+import torch
+
+from rgra_lightning.cli import main
+from tests.conftest import one_line_error
+
+LOSS_KEYS = "policy_term, eps_low, eps_high, beta, kl_estimator, aggregation, aggregation_constant, advantage"
+
+
+def misspelling_error(args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args, run=False)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_misspelled_command_line_key_is_named_with_the_valid_keys(small_config, capsys):
+    error = misspelling_error(["--config", str(small_config("rgra")), "--model.loss.bta=0.1"], capsys)
+    assert "unrecognized arguments: --loss.bta=0.1" in error
+    assert f"valid keys of rgra_lightning.RLModule under loss: {LOSS_KEYS}" in error
+
+
+def test_misspelled_yaml_key_is_named_with_the_valid_keys(small_config, capsys):
+    config = small_config("rgra")
+    config.write_text(config.read_text().replace("beta:", "bta:"))
+    error = misspelling_error(["--config", str(config)], capsys)
+    assert "Group 'loss' does not accept option 'bta'" in error
+    assert f"valid keys of rgra_lightning.RLModule under loss: {LOSS_KEYS}" in error
+
+
+def test_misspelled_nested_and_top_level_keys_list_their_level(small_config, capsys):
+    config = small_config("rgra")
+    config.write_text(
+        config.read_text().replace("policy_term:", "advantage: {scal: none}\n      policy_term:")
+    )
+    error = misspelling_error(["--config", str(config)], capsys)
+    assert "valid keys of rgra_lightning.RLModule under loss.advantage: baseline, scale," in error
+    error = misspelling_error(["--config", str(small_config("rgra")), "--model.learnin_rate=3"], capsys)
+    assert "valid keys of rgra_lightning.RLModule: model_path, gguf_file," in error
+    assert "learning_rate" in error
+    # a class given inside another (LoraConfig inside RLModule): the inner one's keys
+    error = misspelling_error(["--config", str(small_config("rgra")), "--model.lora={r: 4}"], capsys)
+    assert "valid keys of rgra_lightning.models.LoraConfig: rank, alpha, target_modules" in error
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--model.num_minibatches=0", "model.num_minibatches must be >= 1, got 0"),
+        ("--model.max_consecutive_nonfinite=0", "model.max_consecutive_nonfinite must be >= 1, got 0"),
+        ("--model.sampling.top_p=0", "sampling.top_p must be in (0, 1], got 0"),
+        ("--model.loss.eps_high=-0.1", "eps_high must be > 0"),
+        ("--data.batch_size=0", "data.batch_size and data.val_batch_size must be >= 1"),
+    ],
+)
+def test_more_invalid_values_name_the_field_and_range(small_config, capsys, override, message):
+    assert message in one_line_error(["--config", str(small_config("rgra")), override], capsys)
+
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test"])
+def test_missing_checkpoint_is_a_one_line_error(command, small_config, tmp_path, capsys):
+    config, missing = small_config("rgra"), tmp_path / "no-such.ckpt"
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--config", str(config), "--ckpt_path", str(missing)])
+    assert exit_info.value.code == 2
+    assert f"error: --ckpt_path '{missing}' does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_config_on_a_cpu_machine_is_a_one_line_error(small_config, capsys):
+    args = ["fit", "--config", str(small_config("rgra")), "--trainer.accelerator=gpu"]
+    error = one_line_error(args, capsys)
+    assert "No supported gpu backend found" in error
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--model.sampling.num_generations=1", "num_generations (G) must be >= 2"),
+        ("--model.sampling.temperature=0", "temperature must be > 0"),
+        ("--model.sampling.max_new_tokens=0", "max_new_tokens must be >= 1"),
+        ("--model.loss.eps_low=0", "eps_low and loss.eps_high must be > 0"),
+        ("--model.loss.beta=-1", "beta must be >= 0"),
+        ("--model.num_iterations=0", "num_iterations must be >= 1"),
+    ],
+)
+def test_invalid_values_name_the_field_and_range(small_config, capsys, override, message):
+    assert message in one_line_error(["--config", str(small_config("rgra")), override], capsys)
+

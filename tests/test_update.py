@@ -1,0 +1,107 @@
+"""The policy update: non-finite steps skipped and counted, and a stop after too many."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import rgra_lightning.logprobs as logprobs_module
+import rgra_lightning.update
+from rgra_lightning.cli import main
+from rgra_lightning.errors import ConfigError, NonFiniteTrainingError
+from rgra_lightning.losses import rl_loss
+from tests.conftest import (
+    FAST,
+    assert_close_normwise,
+    one_line_error,
+    rounding_rtol,
+    scalars_by_step,
+)
+
+
+def nan_loss_on_updates(monkeypatch, bad_updates: set[int]) -> list[int]:
+    """Make ``rl_loss`` return NaN on the given (0-based) update indices; returns the call log."""
+    calls: list[int] = []
+
+    def loss(*args, **kwargs):
+        out = rl_loss(*args, **kwargs)
+        calls.append(len(calls))
+        if len(calls) - 1 in bad_updates:
+            out = dataclasses.replace(out, loss=out.loss * float("nan"))
+        return out
+
+    monkeypatch.setattr(rgra_lightning.update, "rl_loss", loss)
+    return calls
+
+
+def test_nonfinite_update_is_skipped_counted_and_training_continues(small_config, tmp_path, monkeypatch):
+    calls = nan_loss_on_updates(monkeypatch, {1})
+    config = small_config("rgra", **FAST)
+    with pytest.warns(UserWarning, match="non-finite loss .* update skipped"):
+        cli = main(["fit", "--config", str(config), "--trainer.max_steps=3"])
+    assert cli.trainer.global_step == 3  # max_steps counts applied updates: one more rollout was needed
+    assert len(calls) == 4
+    skipped = scalars_by_step(tmp_path / "runs", "train/nonfinite_updates")
+    assert sorted(v for values in skipped.values() for v in values) == [0.0, 0.0, 0.0, 1.0]
+    assert all(torch.isfinite(p).all() for p in cli.model.policy.parameters())
+
+
+def test_too_many_nonfinite_updates_stop_with_last_good_checkpoint(
+    small_config, tmp_path, monkeypatch, capsys
+):
+    nan_loss_on_updates(monkeypatch, set(range(2, 100)))
+    config = small_config("rgra", **FAST, **{"model.init_args.max_consecutive_nonfinite": 3})
+    error = one_line_error(["fit", "--config", str(config)], capsys)
+    assert "3 consecutive updates had a NaN/inf loss or gradient" in error
+    assert "model.learning_rate" in error
+    saved = tmp_path / "checkpoints" / "nonfinite-stop-step=2.ckpt"
+    assert str(saved) in error
+    state = torch.load(saved, weights_only=True)
+    assert state["global_step"] == 2
+    good = torch.load(tmp_path / "checkpoints" / "epoch=0-step=2.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(state["state_dict"][name], good[name]) for name in good)
+    assert not issubclass(NonFiniteTrainingError, ConfigError)  # divergence, not a config mistake
+
+
+def test_micro_batches_accumulate_the_gradient_of_one_pass_over_the_mini_batch(small_config, monkeypatch):
+    """Same rollouts (same seed), so the updates must not depend on micro_batch_size, whether micro-batches
+    hold whole groups (G = 4) or not; every forward pass holds at most that many of the 16 rows: the
+    reference's, the stored pi_old's (GRPO with mu = 2) and the policy's in both updates."""
+    gradients: list[dict[str, torch.Tensor]] = []
+    rows_per_pass: list[int] = []
+    clip, logits = torch.nn.utils.clip_grad_norm_, logprobs_module.completion_logits
+
+    def recording_clip(parameters, *args, **kwargs):
+        parameters = list(parameters)
+        gradients.append({str(i): p.grad.clone() for i, p in enumerate(parameters) if p.grad is not None})
+        return clip(parameters, *args, **kwargs)
+
+    def recording_logits(model, rollout):
+        rows_per_pass.append(len(rollout.completions))
+        return logits(model, rollout)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    monkeypatch.setattr(logprobs_module, "completion_logits", recording_logits)
+    fast = {"trainer.limit_val_batches": 0, "model.init_args.validate_before_training": False}
+    results = {}
+    for micro in (None, 8, 3):
+        gradients.clear(), rows_per_pass.clear()
+        overrides = {"model.init_args.micro_batch_size": micro, "model.init_args.num_iterations": 2}
+        main(["fit", "--config", str(small_config("grpo", **fast, **overrides)), "--trainer.max_steps=2"])
+        assert len(gradients) == 2 and sum(rows_per_pass) == 4 * 16  # reference, pi_old, 2 x policy
+        assert max(rows_per_pass) == (micro or 16)
+        results[micro] = list(gradients)
+    # fp32 gradients summed over 16 rows x up to 40 positions x 128 features in other orders
+    rtol = rounding_rtol(torch.float32, 16 * 40 * 128)
+    for micro in (8, 3):
+        for update, reference in enumerate(results[None]):
+            assert results[micro][update].keys() == reference.keys()
+            for name, gradient in reference.items():
+                assert_close_normwise(results[micro][update][name], gradient, rtol, f"{micro=} {name}")
+
+
+def test_batch_not_divisible_into_minibatches_fails_at_start(small_config, capsys):
+    config = small_config("rgra", **{"model.init_args.num_minibatches": 3})
+    error = one_line_error(["fit", "--config", str(config)], capsys)
+    assert "not divisible by model.num_minibatches=3" in error
+
