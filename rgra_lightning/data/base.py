@@ -21,6 +21,15 @@ Example = dict[str, str]  # {"prompt", "reference"}
 SPLITS = ("train", "val", "test")
 
 
+class ChatPrompt(str):
+    """A prompt rendered by a chat template. Its text already holds the special tokens the model expects
+    (the BOS token where the template writes one), so the rollout tokenizes it without adding the
+    tokenizer's own, as ``apply_chat_template(..., tokenize=True)`` does. Operations on it (slicing,
+    concatenation) give plain ``str``: only the rendered text itself carries the mark."""
+
+    __slots__ = ()
+
+
 def collate(examples: list[Example]) -> dict[str, list[str]]:
     return {key: [example[key] for example in examples] for key in ("prompt", "reference")}
 

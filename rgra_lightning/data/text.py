@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from rgra_lightning.data.base import Example, PromptDataModule
+from rgra_lightning.data.base import ChatPrompt, Example, PromptDataModule
 from rgra_lightning.data.records import Record, ReferenceFormat, Rows, load_records, shot_solution
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_tokenizer
@@ -34,7 +34,9 @@ class TextDataModule(PromptDataModule):
         skip_invalid: skip (and count, with a warning) rows without a question or usable reference
             instead of stopping with an error naming the row.
         prompt_format: ``plain`` fills ``prompt_template``; ``chat`` applies the tokenizer's chat template
-            (``tokenizer_path``, or the policy's tokenizer when the trainer runs with an ``RLModule``).
+            (``tokenizer_path``, or the policy's tokenizer when the trainer runs with an ``RLModule``). A
+            chat prompt is a ``ChatPrompt``, tokenized without the tokenizer's special tokens (no second
+            BOS); a plain one gets them (its BOS, if the tokenizer adds one).
         prompt_template: Python format string with ``{question}`` (``plain``); default ``{question}=``, or
             with a preset ``Question: {question}\\nAnswer:`` (lm-evaluation-harness's).
         system_prompt: system message (``chat``); none when unset.
@@ -121,7 +123,7 @@ class TextDataModule(PromptDataModule):
         prompt = self._chat_tokenizer().apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
-        return {"prompt": prompt, "reference": record["reference"]}
+        return {"prompt": ChatPrompt(prompt), "reference": record["reference"]}
 
     def _chat_tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer whose chat template formats prompts: set, ``tokenizer_path``, or the policy's."""
@@ -138,6 +140,7 @@ class TextDataModule(PromptDataModule):
                 )
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(
-                "data.prompt_format='chat': the tokenizer has no chat template; use prompt_format=plain"
+                "data.prompt_format='chat': the tokenizer has no chat template; use data.prompt_format=plain "
+                "or a data.tokenizer_path whose tokenizer has one"
             )
         return self.tokenizer

@@ -2,19 +2,26 @@
 ``RolloutEngine`` interface every sampler implements, with the prompt and completion handling they share.
 
 Shapes: B prompts, G completions per prompt, N = B * G rows ordered prompt-major (the G samples of
-prompt 0 first), P prompt tokens (left-padded), T completion tokens (right-padded after EOS).
+prompt 0 first), P prompt tokens (left-padded), T completion tokens (right-padded after the first stop
+token), S stop tokens.
+
+A completion stops at any of the model's EOS tokens (``stop_token_ids``: the tokenizer's and every one of
+the generation config's, as ``generate`` stops), and a prompt gets the tokenizer's special tokens (its BOS)
+only when its text does not already hold them (``prompt_token_ids``).
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rgra_lightning.data.base import ChatPrompt
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.rollout.sampling import SamplingConfig
 
@@ -25,9 +32,9 @@ class Rollout:
 
     input_ids: Tensor  # [N, P + T] prompt (left-padded) followed by completion (right-padded)
     attention_mask: Tensor  # [N, P + T] 1 on real prompt tokens and real completion tokens
-    completion_mask: Tensor  # [N, T] 1 on completion tokens up to and including the first EOS
+    completion_mask: Tensor  # [N, T] 1 on completion tokens up to and including the first stop token
     prompt_length: int  # P
-    completions: list[str]  # N decoded completions, special tokens removed
+    completions: list[str]  # N decoded completions up to their first stop token, special tokens removed
     truncated_prompts: int = 0  # prompts (of B) cut to fit the context window
     group_size: int = 1  # rows per prompt, consecutive (G after sampling); 1: no sharing assumed
 
@@ -60,18 +67,22 @@ class RolloutEngine:
     """Samples completions of prompts: ``generate(prompts, sampling, greedy) -> Rollout``.
 
     The module ``bind``s the engine it is given (an option, possibly a default instance shared by every
-    module) to its policy and tokenizer once; an engine that keeps weights of its own (a separate inference
-    engine) gets ``update_weights`` after every optimizer update that changed the policy. Subclasses
-    implement ``generate`` and, if they need it, ``update_weights``.
+    module) to its policy and tokenizer once, which also fixes the stop tokens; an engine that keeps weights
+    of its own (a separate inference engine) gets ``update_weights`` after every optimizer update that
+    changed the policy. Subclasses implement ``generate`` and, if they need it, ``update_weights``.
     """
 
     policy: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
+    stop_ids: tuple[int, ...]  # S token ids that end a completion (``stop_token_ids``)
 
     def bind(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
-        """A copy of this engine that samples from ``policy`` with ``tokenizer``; this one is unchanged."""
+        """A copy of this engine that samples from ``policy`` with ``tokenizer``; this one is unchanged.
+
+        Raises a ``ConfigError`` when an EOS id lies outside the policy's vocabulary."""
         bound = copy.copy(self)
         bound.policy, bound.tokenizer = policy, tokenizer
+        bound.stop_ids = stop_token_ids(policy, tokenizer)
         return bound
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, greedy: bool = False) -> Rollout:
@@ -81,6 +92,35 @@ class RolloutEngine:
     def update_weights(self) -> None:
         """The bound policy's weights changed; an engine that samples from the policy itself has
         nothing to do."""
+
+
+def _as_ids(value: int | Sequence[int] | None) -> list[int]:
+    if value is None:
+        return []
+    return [int(value)] if isinstance(value, int) else [int(i) for i in value]
+
+
+def stop_token_ids(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """The token ids that end a completion, in first-seen order: the tokenizer's EOS and every EOS id of
+    ``policy.generation_config`` (an int or a list: Qwen2.5-Instruct has two, Llama-3.x three).
+
+    Raises a ``ConfigError`` naming an id that is not a row of the policy's input embedding."""
+    generation_config = getattr(policy, "generation_config", None)
+    sources = [
+        ("the tokenizer's eos_token_id", _as_ids(tokenizer.eos_token_id)),
+        ("generation_config.eos_token_id", _as_ids(getattr(generation_config, "eos_token_id", None))),
+    ]
+    vocabulary = policy.get_input_embeddings().num_embeddings
+    stop_ids: dict[int, None] = {}
+    for source, ids in sources:
+        for token_id in ids:
+            if not 0 <= token_id < vocabulary:
+                raise ConfigError(
+                    f"EOS id {token_id} ({source}) is outside the policy's vocabulary of {vocabulary} "
+                    "tokens; use the tokenizer and generation_config.json that belong to the model"
+                )
+            stop_ids[token_id] = None
+    return tuple(stop_ids)
 
 
 def fit_prompts_to_context(
@@ -116,20 +156,53 @@ def fit_prompts_to_context(
     return {name: values[:, -budget:] for name, values in encoded.items()}, too_long
 
 
+def adds_special_tokens(tokenizer: PreTrainedTokenizerBase, prompt: str) -> bool:
+    """Whether ``prompt`` is tokenized with the tokenizer's special tokens (its BOS, where it adds one): a
+    plain prompt is, unless its text already starts with the BOS token; a ``ChatPrompt`` never is, since
+    its template wrote what the model expects (as ``apply_chat_template(..., tokenize=True)`` encodes)."""
+    if isinstance(prompt, ChatPrompt):
+        return False
+    bos = tokenizer.bos_token
+    return not (bos and prompt.startswith(bos))
+
+
+def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
+    """The token ids of each prompt, with the tokenizer's special tokens only where
+    ``adds_special_tokens`` says so; no BOS is ever doubled."""
+    ids: list[list[int]] = [[] for _ in prompts]
+    for add in (True, False):
+        rows = [i for i, prompt in enumerate(prompts) if adds_special_tokens(tokenizer, prompt) == add]
+        if rows:
+            encoded = tokenizer([prompts[i] for i in rows], add_special_tokens=add)["input_ids"]
+            for i, row in zip(rows, encoded, strict=True):
+                ids[i] = row
+    return ids
+
+
 def tokenize_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: list[str], config: SamplingConfig, model: PreTrainedModel
 ) -> tuple[Tensor, Tensor, int]:
-    """Left-padded prompt ids and mask ``[B, P]`` on ``model``'s device, cut to its context window (see
-    ``fit_prompts_to_context``), and the number of prompts cut."""
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
+    """Left-padded prompt ids and mask ``[B, P]`` on ``model``'s device (tokenized by
+    ``prompt_token_ids``), cut to its context window (see ``fit_prompts_to_context``), and the number of
+    prompts cut."""
+    ids = prompt_token_ids(tokenizer, prompts)
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(ids), width, dtype=torch.long)
+    for i, row in enumerate(ids):
+        if row:
+            input_ids[i, width - len(row) :] = torch.tensor(row)
+            attention_mask[i, width - len(row) :] = 1
+    encoded = {"input_ids": input_ids.to(model.device), "attention_mask": attention_mask.to(model.device)}
     context_window = getattr(model.config, "max_position_embeddings", None)
-    encoded, truncated = fit_prompts_to_context(dict(encoded), context_window, config)
+    encoded, truncated = fit_prompts_to_context(encoded, context_window, config)
     return encoded["input_ids"], encoded["attention_mask"], truncated
 
 
-def completion_mask(completion_ids: Tensor, eos_token_id: int | list[int]) -> Tensor:
-    """1 for every token up to and including the first EOS of each row, 0 after it; ``[N, T]``."""
-    eos_ids = torch.as_tensor(eos_token_id, device=completion_ids.device).reshape(-1)
+def completion_mask(completion_ids: Tensor, eos_token_id: int | Sequence[int] | Tensor) -> Tensor:
+    """1 for every token up to and including the first stop token (any of ``eos_token_id``) of each row of
+    ``completion_ids`` ``[N, T]``, 0 after it; ``[N, T]``."""
+    eos_ids = torch.as_tensor(eos_token_id, dtype=torch.long, device=completion_ids.device).reshape(-1)
     is_eos = torch.isin(completion_ids, eos_ids).int()
     eos_before = torch.cumsum(is_eos, dim=1) - is_eos  # EOS tokens strictly before each position
     return (eos_before == 0).long()
@@ -142,17 +215,24 @@ def assemble_rollout(
     completion_ids: Tensor,
     repeats: int,
     truncated_prompts: int,
+    stop_ids: Sequence[int],
 ) -> Rollout:
     """The ``Rollout`` of left-padded prompts ``[B, P]`` and their completions ``[B * repeats, T]``
-    (prompt-major): masks up to each completion's first EOS, decoded texts."""
-    mask = completion_mask(completion_ids, tokenizer.eos_token_id)
+    (prompt-major): masks up to each completion's first stop token (of ``stop_ids``), and the texts
+    decoded before it."""
+    stop = torch.as_tensor(stop_ids, dtype=torch.long, device=completion_ids.device)
+    mask = completion_mask(completion_ids, stop)
+    # The text is the tokens before the first stop token: the stop token is not text, whether or not the
+    # tokenizer calls it special.
+    text_lengths = (mask.bool() & ~torch.isin(completion_ids, stop)).sum(dim=1).tolist()
+    texts = [row[:n] for row, n in zip(completion_ids.tolist(), text_lengths, strict=True)]
     prompt_mask = prompt_mask.repeat_interleave(repeats, dim=0)
     return Rollout(
         input_ids=torch.cat([prompt_ids.repeat_interleave(repeats, dim=0), completion_ids], dim=1),
         attention_mask=torch.cat([prompt_mask, mask], dim=1),
         completion_mask=mask,
         prompt_length=prompt_ids.shape[1],
-        completions=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
+        completions=tokenizer.batch_decode(texts, skip_special_tokens=True),
         truncated_prompts=truncated_prompts,
         group_size=repeats,
     )

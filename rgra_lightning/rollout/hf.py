@@ -32,7 +32,7 @@ class HFEngine(RolloutEngine):
         policy, tokenizer = self.policy, self.tokenizer
         prompt_ids, prompt_mask, truncated = tokenize_prompts(tokenizer, prompts, sampling, policy)
         repeats = 1 if greedy else sampling.num_generations
-        eos_ids = torch.as_tensor(tokenizer.eos_token_id, device=prompt_ids.device).reshape(-1)
+        stop_ids = torch.as_tensor(self.stop_ids, dtype=torch.long, device=prompt_ids.device)
         was_training = policy.training
         policy.eval()
         # Inference mode skips autograd's bookkeeping, a tenth of each decoding step here; FSDP2 would
@@ -41,10 +41,12 @@ class HFEngine(RolloutEngine):
         inference = torch.inference_mode(not is_sharded(policy))
         with gathered_for_generation(policy), torch.no_grad(), inference:
             completion_ids = _decode(
-                policy, prompt_ids, prompt_mask, repeats, sampling, greedy, eos_ids, tokenizer.pad_token_id
+                policy, prompt_ids, prompt_mask, repeats, sampling, greedy, stop_ids, tokenizer.pad_token_id
             )
         policy.train(was_training)
-        return assemble_rollout(tokenizer, prompt_ids, prompt_mask, completion_ids, repeats, truncated)
+        return assemble_rollout(
+            tokenizer, prompt_ids, prompt_mask, completion_ids, repeats, truncated, self.stop_ids
+        )
 
 
 def _decode(
@@ -54,12 +56,13 @@ def _decode(
     repeats: int,
     config: SamplingConfig,
     greedy: bool,
-    eos_ids: Tensor,
+    stop_ids: Tensor,
     pad_id: int,
 ) -> Tensor:
     """Completion tokens ``[B * repeats, T]`` (``T <= max_new_tokens``) for left-padded prompts ``[B, P]``.
 
-    A row that has produced an EOS gets ``pad_id`` from then on, and decoding stops once every row has one.
+    A row that has produced one of the stop tokens ``stop_ids`` ``[S]`` gets ``pad_id`` from then on, and
+    decoding stops once every row has one.
     """
     logits, cache = prefill(policy, prompt_ids, prompt_mask, repeats)
     rows, prompt_length = logits.shape[0], prompt_ids.shape[1]
@@ -78,9 +81,9 @@ def _decode(
     finished = torch.zeros(rows, dtype=torch.bool, device=logits.device)
     tokens = []
     for step in range(config.max_new_tokens):
-        token = next_tokens(logits, None if greedy else config, eos_ids, step).masked_fill(finished, pad_id)
+        token = next_tokens(logits, None if greedy else config, stop_ids, step).masked_fill(finished, pad_id)
         tokens.append(token)
-        finished |= torch.isin(token, eos_ids)
+        finished |= torch.isin(token, stop_ids)
         if step + 1 == config.max_new_tokens or bool(finished.all()):
             break
         if decoder is not None:

@@ -1,11 +1,20 @@
-"""TextDataModule: prompt building from templates, chat templates, system prompts and few-shot examples."""
+"""TextDataModule: prompt building from templates, chat templates (tokenized as ``apply_chat_template``
+does: no second BOS), system prompts and few-shot examples."""
+
+import json
+from types import SimpleNamespace
 
 import pytest
+import torch
 
-from rgra_lightning.data import DatasetDataModule
+from rgra_lightning.data import DatasetDataModule, JsonFilesDataModule
+from rgra_lightning.data.base import ChatPrompt
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_tokenizer
+from rgra_lightning.rollout import SamplingConfig
+from rgra_lightning.rollout.base import tokenize_prompts
 from tests.conftest import TINY_POLICY, shared_path
+from tests.tiny_models import llama3_style_tokenizer, smollm2_tokenizer
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
@@ -40,3 +49,51 @@ def test_chat_format_without_a_tokenizer_says_what_to_set():
     with pytest.raises(ConfigError, match="tokenizer_path"):
         data.setup()
 
+
+def json_chat_module(tmp_path, **options) -> JsonFilesDataModule:
+    rows = [{"question": "What is 2+2?", "answer": "4"}, {"question": "Compute 6*(-2).", "answer": "-12"}]
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return JsonFilesDataModule(train_file=str(path), val_file=str(path), val_batch_size=2, **options)
+
+
+@pytest.mark.parametrize("template", ["llama3", "chatml"])
+def test_chat_prompts_reach_the_policy_as_apply_chat_template_encodes_them(tmp_path, template):
+    """From the data loader to the prompt ids: one BOS with a Llama-3-style template (which writes it, and
+    whose tokenizer would add another), none with SmolLM2's ChatML template."""
+    tokenizer = llama3_style_tokenizer() if template == "llama3" else smollm2_tokenizer()
+    data = json_chat_module(
+        tmp_path, prompt_format="chat", system_prompt="Be precise.", instruction="Box the answer."
+    )
+    data.tokenizer = tokenizer
+    data.setup()
+    prompts = next(iter(data.test_dataloader()))["prompt"]
+    assert all(isinstance(prompt, ChatPrompt) for prompt in prompts)
+    model = SimpleNamespace(device=torch.device("cpu"), config=SimpleNamespace())
+    ids, mask, _ = tokenize_prompts(tokenizer, prompts, SamplingConfig(num_generations=2), model)
+    for row, question in enumerate(["What is 2+2?", "Compute 6*(-2)."]):
+        messages = [
+            {"role": "system", "content": "Be precise."},
+            {"role": "user", "content": f"{question}\nBox the answer."},
+        ]
+        expected = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        assert ids[row][mask[row].bool()].tolist() == expected["input_ids"]
+    bos_count = int((ids == tokenizer.bos_token_id).sum(dim=1)[0])
+    assert bos_count == (1 if template == "llama3" else 3)  # ChatML's BOS <|im_start|> opens each turn
+
+
+def test_plain_prompts_are_plain_strings(tmp_path):
+    data = json_chat_module(tmp_path, prompt_template="Q: {question}\nA:")
+    data.setup()
+    prompt = data.test_examples[0]["prompt"]
+    assert type(prompt) is str and prompt == "Q: What is 2+2?\nA:"
+
+
+def test_chat_format_with_a_tokenizer_without_a_chat_template_is_a_config_error(tmp_path):
+    data = json_chat_module(tmp_path, prompt_format="chat")
+    data.tokenizer = load_tokenizer(str(TINY_POLICY))  # the shipped char tokenizer has no chat template
+    with pytest.raises(
+        ConfigError, match="the tokenizer has no chat template; use data.prompt_format=plain"
+    ) as error:
+        data.setup()
+    assert "\n" not in str(error.value)

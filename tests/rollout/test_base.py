@@ -1,16 +1,21 @@
-"""The engine-independent rollout: prompts fitted to the context, masks, grouping."""
+"""The engine-independent rollout: prompts tokenized (no double BOS) and fitted to the context, stop tokens
+and masks, grouping."""
+
+import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from rgra_lightning.cli import main
+from rgra_lightning.data.base import ChatPrompt
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_causal_lm, load_tokenizer
-from rgra_lightning.rollout import SamplingConfig
-from rgra_lightning.rollout.base import completion_mask
+from rgra_lightning.rollout import HFEngine, SamplingConfig
+from rgra_lightning.rollout.base import adds_special_tokens, completion_mask, tokenize_prompts
 from tests.conftest import TINY_POLICY
 from tests.conftest import sample as sample_rollout
-from tests.tiny_models import PROMPTS
+from tests.tiny_models import PROMPTS, llama3_style_tokenizer, smollm2_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +69,118 @@ def test_rollout_groups_samples_prompt_major():
     assert all("boxed" in completion for completion in rollout.completions)
     assert policy.training  # sampling restores train mode
 
+
+# ----------------------------------------------------------------------------------- prompt tokens
+
+CHAT = [
+    [{"role": "system", "content": "Be precise."}, {"role": "user", "content": "What is 2+2?"}],
+    [{"role": "user", "content": "Compute 6*(-2).\nPut the answer in \\boxed{}."}],
+]
+CPU_MODEL = SimpleNamespace(device=torch.device("cpu"), config=SimpleNamespace())  # no context window
+
+
+def chat_prompts(tokenizer) -> list[ChatPrompt]:
+    return [
+        ChatPrompt(tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)) for m in CHAT
+    ]
+
+
+def unpadded(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    return [row[keep.bool()].tolist() for row, keep in zip(ids, mask, strict=True)]
+
+
+def chat_tokenizer(template: str):
+    if template == "llama3":
+        return llama3_style_tokenizer()
+    if template == "chatml":
+        return smollm2_tokenizer()
+    tokenizer = copy.deepcopy(llama3_style_tokenizer())  # adds a BOS that a ChatML template does not write
+    tokenizer.chat_template = smollm2_tokenizer().chat_template
+    return tokenizer
+
+
+@pytest.mark.parametrize("template", ["llama3", "chatml", "chatml-bos-adding"])
+def test_chat_prompts_are_tokenized_as_apply_chat_template_tokenizes_them(template):
+    """No second BOS: the ids of a rendered chat prompt are ``apply_chat_template``'s, whether the template
+    writes the BOS that the tokenizer would also add (Llama 3), there is none (ChatML, SmolLM2), or the
+    tokenizer would add one that the template leaves out."""
+    tokenizer = chat_tokenizer(template)
+    expected = [
+        tokenizer.apply_chat_template(m, tokenize=True, add_generation_prompt=True)["input_ids"] for m in CHAT
+    ]
+    config = SamplingConfig(num_generations=2)
+    ids, mask, _ = tokenize_prompts(tokenizer, chat_prompts(tokenizer), config, CPU_MODEL)
+    assert unpadded(ids, mask) == expected
+    bos = tokenizer.bos_token_id
+    if template == "chatml-bos-adding":
+        assert tokenizer(str(chat_prompts(tokenizer)[0]))["input_ids"][0] == bos  # what is not wanted
+        assert bos not in expected[0]
+    if template == "llama3":
+        # What the fix prevents: the tokenizer's own BOS before the template's.
+        assert tokenizer(str(chat_prompts(tokenizer)[0]))["input_ids"][:2] == [bos, bos]
+        assert [row[:2] for row in expected] == [
+            [bos, tokenizer.convert_tokens_to_ids("<|start_header_id|>")]
+        ] * 2
+
+
+def test_plain_prompts_keep_the_tokenizers_bos_and_never_get_two():
+    tokenizer = llama3_style_tokenizer()
+    bos = tokenizer.bos_token_id
+    text = tokenizer("What is 2+2?", add_special_tokens=False)["input_ids"]
+    prompts = ["What is 2+2?", "<|begin_of_text|>What is 2+2?", chat_prompts(tokenizer)[1]]
+    assert [adds_special_tokens(tokenizer, p) for p in prompts] == [True, False, False]
+    ids, mask, _ = tokenize_prompts(tokenizer, prompts, SamplingConfig(num_generations=2), CPU_MODEL)
+    rows = unpadded(ids, mask)
+    assert rows[0] == rows[1] == [bos, *text]  # already rendered with its BOS: the same single BOS
+    assert (
+        rows[2]
+        == tokenizer.apply_chat_template(CHAT[1], tokenize=True, add_generation_prompt=True)["input_ids"]
+    )
+    # Left padding of the mixed batch: each row's tokens end in the last column, pad before them.
+    width = max(len(row) for row in rows)
+    assert ids.shape == mask.shape == (3, width)
+    for row, tokens in enumerate(rows):
+        assert mask[row].tolist() == [0] * (width - len(tokens)) + [1] * len(tokens)
+        assert (ids[row, : width - len(tokens)] == tokenizer.pad_token_id).all()
+
+
+def test_prompts_of_the_tiny_policy_are_tokenized_as_before():
+    """The shipped char tokenizer adds no special tokens: the ids and mask are those of one padded call."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    expected = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    ids, mask, _ = tokenize_prompts(tokenizer, PROMPTS, SamplingConfig(num_generations=2), CPU_MODEL)
+    assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
+
+
+# ------------------------------------------------------------------------------------- stop tokens
+
+
+def test_completion_mask_stops_at_the_first_of_several_stop_tokens():
+    ids = torch.tensor([[5, 9, 6, 1, 0], [5, 1, 9, 0, 0], [9, 0, 0, 0, 0], [5, 5, 5, 5, 5]])
+    expected = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+    assert torch.equal(completion_mask(ids, eos_token_id=[1, 9]), expected)
+    assert torch.equal(completion_mask(ids, eos_token_id=torch.tensor([9, 1])), expected)
+
+
+@pytest.mark.parametrize(
+    ("generation_eos", "expected"),
+    [(None, (1,)), (1, (1,)), (61, (1, 61)), ([61, 1], (1, 61)), ([1, 61, 96], (1, 61, 96))],
+)
+def test_stop_tokens_are_the_tokenizers_eos_and_every_generation_config_eos(
+    tiny, generation_eos, expected, monkeypatch
+):
+    policy, tokenizer = tiny  # the tokenizer's EOS: 1
+    monkeypatch.setattr(policy.generation_config, "eos_token_id", generation_eos)
+    assert HFEngine().bind(policy, tokenizer).stop_ids == expected
+
+
+@pytest.mark.parametrize("generation_eos", [[1, 97], -1])
+def test_an_eos_id_outside_the_vocabulary_is_a_config_error(tiny, generation_eos, monkeypatch):
+    policy, tokenizer = tiny  # 97 embedding rows
+    monkeypatch.setattr(policy.generation_config, "eos_token_id", generation_eos)
+    bad = 97 if generation_eos == [1, 97] else -1
+    message = (
+        rf"^EOS id {bad} \(generation_config.eos_token_id\) is outside the policy's vocabulary of 97 tokens"
+    )
+    with pytest.raises(ConfigError, match=message):
+        HFEngine().bind(policy, tokenizer)

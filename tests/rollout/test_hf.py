@@ -13,7 +13,7 @@ from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.rollout import SamplingConfig
 from tests.conftest import TINY_POLICY
 from tests.conftest import sample as sample_rollout
-from tests.tiny_models import PROMPTS, generate_reference, tiny_dimensions
+from tests.tiny_models import PROMPTS, generate_reference, tiny_dimensions, tiny_policy
 
 
 def test_greedy_rollout_is_deterministic():
@@ -36,11 +36,20 @@ def test_greedy_rollout_is_deterministic():
             ),
             False,
         ),
+        (SamplingConfig(num_generations=4, max_new_tokens=28, temperature=2.0, top_k=3), False),
+        (SamplingConfig(num_generations=4, max_new_tokens=28, temperature=2.0, min_p=0.2), False),
+        (  # each of the three filters changes these draws (checked by turning it off)
+            SamplingConfig(
+                num_generations=4, max_new_tokens=28, temperature=2.5, top_k=12, top_p=0.9, min_p=0.02
+            ),
+            False,
+        ),
     ],
 )
 def test_sampling_draws_what_generate_draws_from_the_same_seed(config, greedy):
-    """Token for token equal to ``generate`` (same RNG stream): the same temperature, nucleus and EOS
-    suppression, prompt-major rows, pad after EOS, and the same number of decoding steps."""
+    """Token for token equal to ``generate`` (same RNG stream): the same temperature, top-k, nucleus, min-p
+    (in ``generate``'s order) and EOS suppression, prompt-major rows, pad after EOS, and the same number of
+    decoding steps."""
     tokenizer, policy = load_tokenizer(str(TINY_POLICY)), load_causal_lm(str(TINY_POLICY))
     for seed in range(3):
         torch.manual_seed(seed)
@@ -88,3 +97,58 @@ def test_a_model_with_recurrent_cache_state_samples_what_generate_samples():
     torch.manual_seed(1)
     assert torch.equal(sample_rollout(policy, tokenizer, PROMPTS, sampling).input_ids, expected)
 
+
+def stop_set_policy(kind: str, tokenizer, extra_stops: str):
+    """A tiny policy (``tiny_policy(kind)``) whose generation_config lists, besides the tokenizer's EOS,
+    the characters ``extra_stops`` as EOS tokens, as Qwen2.5-Instruct's lists two ids and Llama 3.x's
+    three."""
+    policy = tiny_policy(kind, tokenizer)
+    extra = tokenizer.convert_tokens_to_ids(list(extra_stops))
+    policy.generation_config.eos_token_id = [tokenizer.eos_token_id, *extra]
+    return policy
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra_stops", "greedy"),
+    [("llama", "(=", False), ("llama", "(=", True), ("qwen2", "=", False)],
+)
+def test_every_eos_of_the_generation_config_stops_a_completion(kind, extra_stops, greedy):
+    """With three stop tokens (Llama-3-like) or two (Qwen2.5-like): the draws equal ``generate``'s with the
+    same EOS list; each row stops at its first stop token, which ends the mask; pad follows; the text is what
+    precedes it."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = stop_set_policy(kind, tokenizer, extra_stops)
+    stops = policy.generation_config.eos_token_id
+    config = SamplingConfig(num_generations=8, max_new_tokens=28, temperature=1.5)
+    torch.manual_seed(0)
+    expected = generate_reference(policy, tokenizer, config, greedy, eos_token_id=stops)
+    torch.manual_seed(0)
+    rollout = sample_rollout(policy, tokenizer, PROMPTS, config, greedy=greedy)
+    assert torch.equal(rollout.input_ids, expected)
+    ids, mask = rollout.completion_ids, rollout.completion_mask
+    ended_by = []
+    for row in range(ids.shape[0]):
+        tokens = ids[row].tolist()
+        first = next((i for i, t in enumerate(tokens) if t in stops), None)
+        length = len(tokens) if first is None else first + 1
+        assert mask[row].tolist() == [1] * length + [0] * (len(tokens) - length)
+        assert tokens[length:] == [tokenizer.pad_token_id] * (len(tokens) - length)
+        text = tokenizer.decode(tokens[: length if first is None else first], skip_special_tokens=True)
+        assert rollout.completions[row] == text
+        ended_by.append(None if first is None else tokens[first])
+    if not greedy:  # sampled at temperature 1.5, every stop token ends some completion
+        assert set(stops) <= set(ended_by), ended_by
+
+
+def test_min_new_tokens_suppresses_every_stop_token():
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = stop_set_policy("llama", tokenizer, "(=")
+    stops = policy.generation_config.eos_token_id
+    config = SamplingConfig(num_generations=8, max_new_tokens=20, min_new_tokens=6, temperature=1.5)
+    torch.manual_seed(0)
+    expected = generate_reference(policy, tokenizer, config, greedy=False, eos_token_id=stops)
+    torch.manual_seed(0)
+    rollout = sample_rollout(policy, tokenizer, PROMPTS, config)
+    assert torch.equal(rollout.input_ids, expected)
+    assert not torch.isin(rollout.completion_ids[:, :6], torch.tensor(stops)).any()
+    assert (rollout.completion_mask.sum(dim=1) < rollout.completion_ids.shape[1]).any()  # some stop later

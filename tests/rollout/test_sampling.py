@@ -1,0 +1,62 @@
+"""Sampling options and token choice: top-k and min-p filtering against hand-computed results, the order
+of the filters, and their validation."""
+
+import math
+
+import pytest
+import torch
+
+from rgra_lightning.errors import ConfigError
+from rgra_lightning.rollout import SamplingConfig
+from rgra_lightning.rollout.sampling import filter_min_p, filter_top_k, next_tokens
+
+INF = float("inf")
+NO_STOPS = torch.tensor([], dtype=torch.long)
+
+
+def test_top_k_keeps_the_k_highest_scores_and_their_ties():
+    scores = torch.tensor([[3.0, 1.0, 2.0, 0.0], [1.0, 2.0, 2.0, 5.0]])
+    expected = torch.tensor([[3.0, -INF, 2.0, -INF], [-INF, 2.0, 2.0, 5.0]])  # row 1: a tie at the 2nd
+    assert torch.equal(filter_top_k(scores, 2), expected)
+    assert torch.equal(filter_top_k(scores, 4), scores) and torch.equal(filter_top_k(scores, 9), scores)
+
+
+def test_min_p_drops_tokens_below_a_fraction_of_the_most_probable():
+    # Probabilities 4/7, 2/7, 1/7: relative to the most probable 1, 1/2, 1/4.
+    scores = torch.log(torch.tensor([[4.0, 2.0, 1.0]]))
+    assert torch.equal(filter_min_p(scores, 0.3), torch.cat([scores[:, :2], torch.tensor([[-INF]])], dim=1))
+    assert torch.equal(filter_min_p(scores, 0.25), scores)  # 1/4 is not below 0.25 * 1
+    assert torch.equal(filter_min_p(scores, 1.0)[0, 1:], torch.tensor([-INF, -INF]))  # only the top stays
+
+
+def drawn(logits: list[float], config: SamplingConfig, draws: int = 4000) -> set[int]:
+    torch.manual_seed(0)
+    return set(next_tokens(torch.tensor([logits]).repeat(draws, 1), config, NO_STOPS, step=0).tolist())
+
+
+def test_the_filters_apply_in_generates_order():
+    """Temperature, then top-k, then top-p on what top-k kept, then min-p on the temperature-scaled
+    probabilities; 4000 draws would miss a token of probability >= 0.1 with probability < 1e-180."""
+    probabilities = [math.log(p) for p in (0.5, 0.3, 0.2)]
+    # top-p 0.6 alone keeps 0.5 + 0.3; after top-k 2 the kept are 0.625, 0.375 and 0.625 >= 0.6 alone.
+    assert drawn(probabilities, SamplingConfig(top_p=0.6)) == {0, 1}
+    assert drawn(probabilities, SamplingConfig(top_k=2, top_p=0.6)) == {0}
+    # min-p 0.3 at temperature 1: 1/4 of the top is below 0.3. At temperature 2 the relative
+    # probabilities are 1, 1/sqrt(2), 1/2, all kept.
+    weights = [math.log(p) for p in (4.0, 2.0, 1.0)]
+    assert drawn(weights, SamplingConfig(min_p=0.3)) == {0, 1}
+    assert drawn(weights, SamplingConfig(min_p=0.3, temperature=2.0)) == {0, 1, 2}
+    assert drawn(weights, SamplingConfig(top_k=1, min_p=0.0)) == {0}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"top_k": -1}, r"sampling.top_k must be >= 0 \(0: off\), got -1"),
+        ({"min_p": -0.1}, r"sampling.min_p must be in \[0, 1\] \(0: off\), got -0.1"),
+        ({"min_p": 1.5}, r"sampling.min_p must be in \[0, 1\] \(0: off\), got 1.5"),
+    ],
+)
+def test_sampling_options_are_validated_in_one_line(options, message):
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        SamplingConfig(**options)
