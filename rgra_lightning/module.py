@@ -37,19 +37,19 @@ from rgra_lightning.experience import Experience, PromptBatch, make_experience
 from rgra_lightning.logprobs import logprobs_without_grad
 from rgra_lightning.losses import LossConfig
 from rgra_lightning.metrics import TRAIN_REDUCTIONS, training_metrics
-from rgra_lightning.models import LoraConfig, add_lora, freeze, load_causal_lm, load_tokenizer
+from rgra_lightning.models import (
+    LoraConfig,
+    add_lora,
+    enable_activation_checkpointing,
+    freeze,
+    load_causal_lm,
+    load_tokenizer,
+)
 from rgra_lightning.optim import warmup_schedule
+from rgra_lightning.precision import check_trainable_precision, module_out_of_memory_advice
 from rgra_lightning.reward_models.scorer import learned_reward_models
 from rgra_lightning.rollout import HFEngine, Rollout, RolloutEngine, SamplingConfig
 from rgra_lightning.update import PolicyUpdate
-
-OUT_OF_MEMORY_ADVICE = (
-    "out of memory during a training step. Options that reduce memory: a smaller "
-    "model.micro_batch_size (completions per forward/backward pass; the update stays the same), a "
-    "smaller data.batch_size (prompts per step), a smaller "
-    "model.sampling.max_new_tokens or model.sampling.num_generations, model.dtype=bfloat16, "
-    "model.loss.beta=0 (no reference model), or model.sharding (activation checkpointing, FSDP)."
-)
 
 
 class RLModule(LightningModule):
@@ -59,7 +59,10 @@ class RLModule(LightningModule):
         model_path: local Hugging Face model directory (or a hub name when online) of the policy; the
             reference model is a second, frozen copy of the same weights, loaded for ``fit`` only.
         gguf_file: optional GGUF file inside ``model_path`` to load instead of safetensors weights.
-        dtype: parameter dtype, ``float32`` | ``bfloat16`` | ``float16``.
+        dtype: the dtype the weights are stored in, ``float32`` | ``bfloat16`` | ``float16``. Trained weights
+            must be float32 (a fit refuses others; see ``rgra_lightning.precision``): ``bfloat16`` suits a
+            LoRA base (the adapters stay float32) and evaluation. Compute in bf16 with
+            ``trainer.precision=bf16-mixed`` (or ``sharding.param_dtype`` under FSDP2).
         verifier: scores each completion against the reference answer (``rewards.Verifier``); learned
             reward models in it (``RewardModelScorer``) become frozen submodules, like the reference.
         loss: the loss options (policy term, KL, aggregation, advantage).
@@ -72,6 +75,10 @@ class RLModule(LightningModule):
             mini-batch's size, so the update is the same whatever this is; only peak memory and speed
             change. The no-gradient passes (reference, old log-probs) use it too. A multiple of G keeps
             each prompt encoded once per group.
+        gradient_checkpointing: recompute each decoder layer of the policy in the backward pass instead of
+            keeping its activations (HF non-reentrant checkpointing; one device, DDP and FSDP2, with or
+            without LoRA): the same gradients for less memory and about one more forward of compute.
+            Not a setting of the run: a checkpoint resumes with it switched either way.
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up, in optimizer updates.
@@ -81,7 +88,7 @@ class RLModule(LightningModule):
         max_consecutive_nonfinite: an update whose loss or gradient is NaN/inf is skipped (counted in
             ``train/nonfinite_updates``); after this many in a row, the last good state is saved and
             training stops with ``NonFiniteTrainingError``.
-        sharding: FSDP2 options (mixed precision, activation checkpointing), used under
+        sharding: FSDP2 options (mixed precision), used under
             ``ModelParallelStrategy``; see ``rgra_lightning.distributed``.
         lora: LoRA adapters (``peft``) instead of full fine-tuning: only the adapters train, and the
             reference log-probs come from the same weights with the adapters disabled (no second copy).
@@ -102,6 +109,7 @@ class RLModule(LightningModule):
         num_iterations: int = 1,
         num_minibatches: int = 1,
         micro_batch_size: int | None = None,
+        gradient_checkpointing: bool = False,
         learning_rate: float = 1e-5,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -126,7 +134,7 @@ class RLModule(LightningModule):
             loss = replace(loss, aggregation_constant=sampling.max_new_tokens)
         update_options = (num_iterations, num_minibatches, micro_batch_size, max_grad_norm)
         self.updater = PolicyUpdate(loss, sampling.temperature, *update_options, max_consecutive_nonfinite)
-        self.save_hyperparameters(ignore=["verifier", "rollout"])
+        self.save_hyperparameters(ignore=["verifier", "rollout", "gradient_checkpointing"])
         self.automatic_optimization = False
         self.verifier = verifier
         self.loss_config = loss
@@ -136,6 +144,8 @@ class RLModule(LightningModule):
         self.policy = load_causal_lm(model_path, gguf_file, dtype)
         if lora is not None:
             self.policy = add_lora(self.policy, lora)
+        if gradient_checkpointing:
+            enable_activation_checkpointing(self.policy)
         self.rollout = rollout.bind(self.policy, self.tokenizer)
         self.reference: torch.nn.Module | None = None  # loaded by ``setup("fit")``, when the loss needs it
         self.reward_models = torch.nn.ModuleList(learned_reward_models(verifier))
@@ -178,15 +188,17 @@ class RLModule(LightningModule):
             # Sharded, the adapters could not be merged for export, and checkpoints would hold the base too
             raise ConfigError("model.lora is not supported with FSDP2 (ModelParallelStrategy): use DDP")
         data_mesh = mesh["data_parallel"]
-        shard_model(self.policy, data_mesh, self.sharding, trainable=True)
+        shard_model(self.policy, data_mesh, self.sharding)
         for frozen in [self.reference, *self.reward_models]:
             if frozen is not None:
-                shard_model(frozen, data_mesh, self.sharding, trainable=False)
+                shard_model(frozen, data_mesh, self.sharding)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
+        trainable = [p for p in self.policy.parameters() if p.requires_grad]  # LoRA: the adapters only
+        check_trainable_precision(trainable, str(self.trainer.precision), hp.dtype, hp.learning_rate)
         optimizer = torch.optim.AdamW(
-            [p for p in self.policy.parameters() if p.requires_grad],  # LoRA: the adapters only
+            trainable,
             lr=hp.learning_rate,
             weight_decay=hp.weight_decay,
             fused=True,  # one kernel for all parameters: 0.4 instead of 1.8 ms a step on the tiny CPU policy
@@ -259,7 +271,7 @@ class RLModule(LightningModule):
             if stats.applied:
                 self.rollout.update_weights()  # an engine with weights of its own samples the new policy
         except torch.OutOfMemoryError as error:
-            raise torch.OutOfMemoryError(OUT_OF_MEMORY_ADVICE) from error
+            raise torch.OutOfMemoryError(module_out_of_memory_advice(self)) from error
         metrics = training_metrics(experience, stats, time.perf_counter() - start, self.verifier)
         metrics = reduce_across_ranks(
             metrics, TRAIN_REDUCTIONS, experience.completion_tokens, self.all_gather, self.device

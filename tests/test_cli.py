@@ -59,7 +59,6 @@ def test_more_invalid_values_name_the_field_and_range(small_config, capsys, over
     assert message in one_line_error(["--config", str(small_config("rgra")), override], capsys)
 
 
-
 @pytest.mark.parametrize("command", ["fit", "validate", "test"])
 def test_missing_checkpoint_is_a_one_line_error(command, small_config, tmp_path, capsys):
     config, missing = small_config("rgra"), tmp_path / "no-such.ckpt"
@@ -90,3 +89,14 @@ def test_gpu_config_on_a_cpu_machine_is_a_one_line_error(small_config, capsys):
 def test_invalid_values_name_the_field_and_range(small_config, capsys, override, message):
     assert message in one_line_error(["--config", str(small_config("rgra")), override], capsys)
 
+
+def test_the_old_fsdp2_only_checkpointing_key_names_the_option_that_replaced_it(small_config, capsys):
+    args = ["--config", str(small_config("rgra")), "--model.sharding.activation_checkpointing=true"]
+    assert one_line_error(args, capsys) == (
+        "error: model.sharding.activation_checkpointing is now model.gradient_checkpointing (one device, "
+        "DDP and FSDP2): write gradient_checkpointing: true under model.init_args, not under sharding"
+    )
+    # false, as old configs and checkpoints' hyperparameters have it, is accepted
+    main(
+        ["--config", str(small_config("rgra")), "--model.sharding.activation_checkpointing=false"], run=False
+    )

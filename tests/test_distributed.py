@@ -127,7 +127,7 @@ def _sharded_generation(rank: int, port: int, out: Path) -> None:
     prompts = [["3+4=", "8*9="], ["12*7-5=", "6-6="]][rank]
     config = SamplingConfig(max_new_tokens=12)
     unsharded = sample_rollout(model, tokenizer, prompts, config, greedy=True)
-    shard_model(model, init_device_mesh("cpu", (2,)), ShardingConfig(), trainable=True)
+    shard_model(model, init_device_mesh("cpu", (2,)), ShardingConfig())
     sharded = sample_rollout(model, tokenizer, prompts, config, greedy=True)
     # Training still works after generation: the units were resharded and their hooks restored.
     token_logprobs(model, sharded)[0].sum().backward()
@@ -242,8 +242,10 @@ def test_ddp_and_fsdp2_match_one_process_and_fsdp2_resumes_from_a_sharded_checkp
     assert min(single["train/grad_norm"].values()) > 0
     assert any(loss != 0 for loss in single["train/loss"].values())
     # Each rank's 8 rows (2 prompts x G = 4) go through in micro-batches, their gradients accumulated (DDP
-    # all-reduces once, after the last; FSDP2 at every backward): still the one-process update.
+    # all-reduces once, after the last; FSDP2 at every backward): still the one-process update. The DDP run
+    # also recomputes its layers in backward (activation checkpointing): the same gradients.
     ddp = two_processes(tmp_path, "ddp", "ddp") | {"model.init_args.micro_batch_size": 4}
+    ddp |= {"model.init_args.gradient_checkpointing": True}
     assert_matches(fit(fixed_prompts("ddp", batch_size=2, **ddp)), single, 4)
 
     micro = {"model.init_args.micro_batch_size": 3}
@@ -265,6 +267,24 @@ def test_ddp_and_fsdp2_match_one_process_and_fsdp2_resumes_from_a_sharded_checkp
     single_export = load_causal_lm(str(tmp_path / "hf_model")).state_dict()
     for name, value in single_export.items():
         assert_close_normwise(sharded_export[name], value, RTOL, name)
+
+
+@pytest.mark.slow  # about 90 s on the shared 2 cores; DDP with checkpointing (no LoRA) runs in the test above
+def test_lora_with_activation_checkpointing_under_ddp_trains_like_one_process_without_it(
+    fixed_prompts, tmp_path
+):
+    """DDP all-reduces the adapters' gradients from hooks that fire during backward, and non-reentrant
+    checkpointing recomputes each layer inside that backward: the updates still equal one process's
+    without checkpointing (losses and gradient norms within ``RTOL``)."""
+    lora = {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]}
+    overrides = {"trainer.max_steps": 2, "model.init_args.lora": lora}
+    single = fit(fixed_prompts("single", batch_size=4, **overrides))
+    assert min(single["train/grad_norm"].values()) > 0
+    checkpointed = overrides | {"model.init_args.gradient_checkpointing": True}
+    ddp = fit(fixed_prompts("ddp", batch_size=2, **two_processes(tmp_path, "ddp", "ddp"), **checkpointed))
+    for tag in ("train/loss", "train/grad_norm", "train/kl", "train/reward"):
+        want = [single[tag][step] for step in (1, 2)]
+        assert [ddp[tag][step] for step in (1, 2)] == pytest.approx(want, rel=RTOL, abs=1e-7), tag
 
 
 class RankDependentDraws(Callback):
@@ -332,8 +352,9 @@ def test_fsdp2_bf16_mixed_precision_with_activation_checkpointing_trains_close_t
 ):
     steps = {"trainer.max_steps": 2}
     single = fit(fixed_prompts("single", batch_size=4, **steps))
-    sharding = {"param_dtype": "bfloat16", "reduce_dtype": "float32", "activation_checkpointing": True}
+    sharding = {"param_dtype": "bfloat16", "reduce_dtype": "float32"}
     overrides = two_processes(tmp_path, "bf16", FSDP2) | steps | {"model.init_args.sharding": sharding}
+    overrides |= {"model.init_args.gradient_checkpointing": True}
     mixed = fit(fixed_prompts("bf16", batch_size=2, **overrides))
     # bf16 compute (8-bit mantissa) on fp32 master weights: same samples in the first update (logged at
     # step 1), losses within 5%.

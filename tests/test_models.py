@@ -20,13 +20,21 @@ from rgra_lightning.models import (
     LoraConfig,
     ModelLoadError,
     add_lora,
+    enable_activation_checkpointing,
     gguf_to_hf,
     load_causal_lm,
     load_tokenizer,
     resolve_path,
 )
 from rgra_lightning.rollout import SamplingConfig
-from tests.conftest import LOGPROB_RTOL, ROOT, TINY_POLICY, assert_close_normwise, one_line_error
+from tests.conftest import (
+    LOGPROB_RTOL,
+    ROOT,
+    TINY_POLICY,
+    assert_close_normwise,
+    one_line_error,
+    rounding_rtol,
+)
 from tests.conftest import sample as sample_rollout
 
 
@@ -198,3 +206,49 @@ def test_paper_configs_train_one_epoch_of_the_papers_setting_and_differ_only_in_
 
     assert len({without_names(config) for config in configs.values()}) == 1
 
+
+# ------------------------------------------------------------------------ activation checkpointing
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_activation_checkpointing_recomputes_each_layer_and_leaves_the_gradients_unchanged(lora):
+    """The gradients of a policy-gradient-like loss on a G = 4 rollout, with and without checkpointing,
+    for full fine-tuning and for LoRA adapters (whose layer inputs come from frozen weights: non-reentrant
+    checkpointing still reaches them). Without checkpointing the prompt is encoded once per group and its
+    cache shared (``logprobs.completion_logits``); with it, one pass over prompt + completion: the same
+    sums in another order, hence the rounding tolerance of fp32 sums over 384 features x all positions."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    config = SamplingConfig(num_generations=4, max_new_tokens=12)
+    rollout = sample_rollout(load_causal_lm(str(TINY_POLICY)), tokenizer, ["12+7=", "3*4="], config)
+    weights = torch.linspace(-1.0, 1.0, rollout.completion_mask.numel()).view_as(rollout.completion_mask)
+
+    def gradients(checkpointing: bool) -> tuple[dict[str, torch.Tensor], int]:
+        policy = load_causal_lm(str(TINY_POLICY))
+        if lora:
+            torch.manual_seed(0)
+            policy = add_lora(policy, LoraConfig(rank=4))
+            for name, parameter in policy.named_parameters():
+                if "lora_B" in name:  # non-zero, so that lora_A has a gradient too
+                    torch.nn.init.normal_(parameter, std=0.05)
+        if checkpointing:
+            enable_activation_checkpointing(policy)
+        calls = []
+        for name, module in policy.named_modules():
+            if name.endswith("input_layernorm"):  # a layer's first op (its recompute stops after the last)
+                module.register_forward_hook(lambda *args: calls.append(1))
+        logp, _ = token_logprobs(policy, rollout, with_entropy=False)
+        (logp * weights * rollout.completion_mask).sum().backward()
+        trained = {name: p.grad for name, p in policy.named_parameters() if p.requires_grad}
+        assert all(grad is not None and grad.norm() > 0 for grad in trained.values())
+        return trained, len(calls)
+
+    plain, plain_calls = gradients(checkpointing=False)
+    checkpointed, checkpointed_calls = gradients(checkpointing=True)
+    layers = 3
+    assert checkpointed_calls == 2 * layers  # each layer's forward ran again in the backward pass
+    assert plain_calls in (layers, 2 * layers)  # once, or twice with the prompt encoded separately
+    tokens = rollout.input_ids.numel()
+    rtol = rounding_rtol(torch.float32, 384 * tokens)
+    assert set(checkpointed) == set(plain)
+    for name, grad in plain.items():
+        assert_close_normwise(checkpointed[name], grad, rtol, name)

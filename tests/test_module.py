@@ -1,5 +1,6 @@
 """RLModule end to end."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,55 @@ def test_binding_an_engine_leaves_the_given_one_untouched(small_config):
     assert first.rollout is not second.rollout and first.rollout.policy is first.policy
     assert second.rollout.policy is second.policy
 
+
+LORA = {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]}
+
+
+def out_of_memory_message(small_config, monkeypatch, *args: str) -> str:
+    def out_of_memory(*_, **__):
+        raise torch.OutOfMemoryError("CPU out of memory")
+
+    monkeypatch.setattr(HFEngine, "generate", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError) as error:
+        main(["fit", "--config", str(small_config("rgra", **FAST)), *args])
+    return str(error.value)
+
+
+def test_out_of_memory_advice_names_only_options_that_work_in_the_setting(small_config, monkeypatch):
+    # one device, full fine-tuning, float32: a reference copy; bf16 weights would be refused
+    message = out_of_memory_message(small_config, monkeypatch)
+    for option in (
+        "model.gradient_checkpointing=true",
+        "trainer.precision=bf16-mixed",
+        "model.lora",
+        "beta=0",
+    ):
+        assert option in message
+    assert "model.dtype" not in message and "model.sharding" not in message
+    assert "ModelParallelStrategy" not in message  # one device: nothing to shard over
+
+    # LoRA with checkpointing under bf16-mixed: no reference copy, and what is on is not advised again
+    lora = [
+        "--model.lora",
+        json.dumps(LORA),
+        "--model.gradient_checkpointing=true",
+        "--trainer.precision=bf16-mixed",
+    ]
+    message = out_of_memory_message(small_config, monkeypatch, *lora)
+    assert "model.dtype=bfloat16 (the frozen base in bfloat16; the adapters stay float32)" in message
+    for option in ("gradient_checkpointing", "trainer.precision", "model.lora", "beta=0", "model.sharding"):
+        assert option not in message
+    assert "model.micro_batch_size" in message
+
+
+def test_gradient_checkpointing_trains_lora_on_one_device_and_is_not_a_setting_of_the_run(small_config):
+    config = small_config("rgra", **FAST, **{"model.init_args.lora": LORA, "trainer.max_steps": 2})
+    cli = main(["fit", "--config", str(config), "--model.gradient_checkpointing=true"])
+    policy = cli.model.policy
+    assert policy.is_activation_checkpointing
+    assert all(p.abs().sum() > 0 for name, p in policy.named_parameters() if "lora_B" in name)
+    # A memory option: the checkpoint does not record it, so a run resumes with it switched off
+    assert "gradient_checkpointing" not in cli.model.hparams
+    last = Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    resumed = main(["fit", "--config", str(config), "--trainer.max_steps=3", "--ckpt_path", str(last)])
+    assert resumed.trainer.global_step == 3 and not resumed.model.policy.is_activation_checkpointing

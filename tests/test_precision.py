@@ -1,0 +1,149 @@
+"""The precision policy: the paper configs train float32 adapters that move at the paper's learning rate,
+a fit that would train bf16/fp16 weights is refused in one line, and the refusal's threshold is exact."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Callback
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from rgra_lightning.cli import main
+from rgra_lightning.models import load_tokenizer
+from rgra_lightning.precision import out_of_memory_advice, rounded_away_above
+from tests.conftest import FAST, ROOT, TINY_POLICY, one_line_error, shared_path
+
+PAPER_CONFIGS = sorted(path.stem for path in (ROOT / "configs" / "paper").glob("*.yaml"))
+# Role names in angle brackets: the tiny character-level tokenizer has no newline.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def save_tiny_random_model(family: str, directory: Path) -> Path:
+    """A random 2-layer, 64-wide Qwen2 or Llama (the paper models' families) with the shipped character-level
+    tokenizer and a chat template, saved as a local model directory."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config_class, model_class = {
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "llama": (LlamaConfig, LlamaForCausalLM),
+    }[family]
+    torch.manual_seed(0)
+    config = config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,  # GSM8K prompts are hundreds of characters
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model_class(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+class LoraASnapshots(Callback):
+    """A copy of every lora_A matrix after each training step."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, module, *args) -> None:
+        weights = module.policy.named_parameters()
+        self.snapshots.append({name: p.detach().clone() for name, p in weights if "lora_A" in name})
+
+
+def paper_config_on_cpu(small_config, tmp_path: Path, stem: str, **overrides) -> Path:
+    """``configs/paper/<stem>.yaml`` with sizes and places only changed: a tiny random model of the same
+    family, the CPU, the local GSM8K copy, 2 prompts x G = 4, 8 new tokens, 2 updates, no validation. The
+    reward is a format reward that a random model meets about half the time: the paper's correctness term
+    would be 0 for every completion, and without reward differences in a group nothing trains."""
+    model = save_tiny_random_model("llama" if stem.startswith("llama") else "qwen2", tmp_path / "model")
+    sizes = {
+        "trainer.accelerator": "cpu",
+        "trainer.max_steps": 2,
+        "model.init_args.model_path": str(model),
+        "model.init_args.sampling.max_new_tokens": 8,
+        "model.init_args.verifier": {"class_path": "rewards.FormatReward", "init_args": {"pattern": "[0-9]"}},
+        "data.init_args.source": str(shared_path("datasets", "gsm8k")),
+        "data.init_args.train_size": 8,
+        "data.init_args.batch_size": 2,
+        "data.init_args.limit": 2,
+    }
+    (tmp_path / "paper").mkdir(exist_ok=True)  # small_config writes tmp_path/<name>.yaml
+    return small_config(f"paper/{stem}", **FAST, **sizes, **overrides)
+
+
+@pytest.mark.parametrize("stem", PAPER_CONFIGS)
+def test_paper_configs_train_float32_adapters_that_move_at_the_papers_learning_rate(
+    small_config, tmp_path, stem
+):
+    """Under each paper config's own precision, dtype and learning-rate schedule, the second update (the
+    first in which lora_A has a gradient: lora_B starts at zero) moves >= 99 % of the lora_A entries. Its
+    learning rate is 2/5 of 1e-5 (5 warm-up steps). Under bf16-true (adapters cast to bfloat16) 0.6 % moved
+    (1.5 % at 1e-5); the few float32 entries that stay have gradients below Adam's eps (1e-8): as many stay
+    in a float32 run without autocast (0.14 %, measured)."""
+    config = paper_config_on_cpu(small_config, tmp_path, stem)
+    cli = main(["fit", "--config", str(config), "--trainer.callbacks+=tests.test_precision.LoraASnapshots"])
+    snapshots = next(c for c in cli.trainer.callbacks if isinstance(c, LoraASnapshots)).snapshots
+    assert len(snapshots) == 2 and cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(6e-6)
+    first, second = snapshots
+    moved = sum(int((first[name] != second[name]).sum()) for name in first)
+    total = sum(weight.numel() for weight in first.values())
+    assert moved >= 0.99 * total, f"only {moved} of {total} lora_A entries moved"
+
+    policy = cli.model.policy
+    assert {p.dtype for p in policy.parameters() if p.requires_grad} == {torch.float32}
+    frozen_base = {p.dtype for p in policy.parameters() if not p.requires_grad}
+    assert frozen_base == {torch.bfloat16}
+    # RoPE's frequencies keep float32: equal to those of the model loaded in float32
+    fresh = AutoModelForCausalLM.from_pretrained(tmp_path / "model").model.rotary_emb
+    for name in ("inv_freq", "original_inv_freq"):
+        assert torch.equal(getattr(policy.base_model.model.model.rotary_emb, name), getattr(fresh, name))
+
+
+def test_a_fit_that_would_store_trainable_weights_in_bf16_is_refused_in_one_line(
+    small_config, tmp_path, capsys
+):
+    config = paper_config_on_cpu(small_config, tmp_path, PAPER_CONFIGS[0])
+    error = one_line_error(["fit", "--config", str(config), "--trainer.precision=bf16-true"], capsys)
+    assert error == (
+        "error: trainer.precision=bf16-true casts the trained weights and their AdamW state to bfloat16, "
+        "where an AdamW step of model.learning_rate=1e-05 rounds away on every weight larger than 5.1e-03: "
+        "use trainer.precision=bf16-mixed (float32 weights, bfloat16 compute)"
+    )
+    full_fine_tuning = ["fit", "--config", str(small_config("rgra", **FAST)), "--model.dtype=bfloat16"]
+    error = one_line_error(full_fine_tuning, capsys)
+    assert error.startswith("error: model.dtype=bfloat16 stores the trained weights in bfloat16, where ")
+    assert "use model.dtype=float32 with trainer.precision=bf16-mixed" in error and "model.lora" in error
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_step_of_lr_rounds_away_on_every_half_precision_weight_above_the_messages_threshold(dtype):
+    """The message's threshold 4 lr / eps: a step of lr leaves every larger weight unchanged, and moves
+    every weight below half of it (2 lr / eps), whatever its sign and binade."""
+    lr = 1e-5
+    threshold = rounded_away_above(lr, dtype)
+    large = torch.logspace(math.log10(threshold * 1.001), 0, 2000).to(dtype)
+    large = large[large.float() > threshold]
+    small = torch.logspace(-4, math.log10(threshold / 2 * 0.999), 2000).to(dtype)
+    for sign in (1, -1):
+        assert torch.equal((sign * large + lr).to(dtype), sign * large)  # bf16 + float: rounded back
+        assert not ((sign * small + lr).to(dtype) == sign * small).any()
+
+
+def test_out_of_memory_advice_under_ddp_and_fsdp2_names_their_own_options():
+    setting = {"lora": False, "dtype": "float32", "gradient_checkpointing": False, "reference_copy": True}
+    ddp = out_of_memory_advice(**setting, precision="bf16-mixed", fsdp2=False, ddp_ranks=8, param_dtype=None)
+    assert "trainer.strategy=ModelParallelStrategy" in ddp and "model.lora" in ddp
+    assert "model.sharding" not in ddp and "trainer.precision" not in ddp
+    fsdp2 = out_of_memory_advice(**setting, precision="32-true", fsdp2=True, ddp_ranks=1, param_dtype=None)
+    assert "model.sharding.param_dtype=bfloat16" in fsdp2 and "model.gradient_checkpointing=true" in fsdp2
+    # FSDP2 computes in its own param_dtype, and LoRA is refused under it
+    assert "trainer.precision" not in fsdp2 and "model.lora" not in fsdp2 and "ModelParallel" not in fsdp2
