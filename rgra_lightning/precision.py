@@ -31,7 +31,7 @@ from torch import Tensor
 from rgra_lightning.distributed import is_sharded
 from rgra_lightning.errors import ConfigError
 
-HALF_PRECISIONS = {"bf16-true": "bf16-mixed", "16-true": "16-mixed"}  # Lightning's casting plugin -> autocast
+HALF_PRECISIONS = ("bf16-true", "16-true")  # Lightning's plugins that cast the module
 
 
 def rounded_away_above(learning_rate: float, dtype: torch.dtype) -> float:
@@ -43,7 +43,8 @@ def check_trainable_precision(
     parameters: Iterable[Tensor], precision: str, dtype: str, learning_rate: float
 ) -> None:
     """Raise a ``ConfigError`` naming the setting and the fix when a trainable parameter is stored in
-    bfloat16 or float16, where AdamW updates of ``learning_rate`` round away (see the module docstring).
+    bfloat16 or float16, where AdamW updates of ``learning_rate`` round away (see the module docstring), or
+    under ``16-mixed``, whose loss scaling the update's gradient clipping does not undo.
 
     Args:
         parameters: the optimizer's parameters, as stored after Lightning's precision plugin converted
@@ -52,6 +53,13 @@ def check_trainable_precision(
         dtype: the ``model.dtype`` the policy was loaded in.
         learning_rate: the peak learning rate (the message says which weights it cannot move).
     """
+    if precision == "16-mixed":
+        # Lightning's loss scaler unscales in optimizer.step(), after ``update`` has clipped the gradients
+        # and checked them for NaN/inf: clipping would see gradients 2^16 times too large.
+        raise ConfigError(
+            "trainer.precision=16-mixed scales the loss, and the update would clip and log the scaled "
+            "gradients: use trainer.precision=bf16-mixed (or 32-true where bfloat16 is not supported)"
+        )
     half = next((p.dtype for p in parameters if p.dtype in (torch.bfloat16, torch.float16)), None)
     if half is None:
         return
@@ -63,7 +71,7 @@ def check_trainable_precision(
     if precision in HALF_PRECISIONS:
         raise ConfigError(
             f"trainer.precision={precision} casts the trained weights and their AdamW state to {name}, where "
-            f"{frozen}: use trainer.precision={HALF_PRECISIONS[precision]} (float32 weights, {name} compute)"
+            f"{frozen}: use trainer.precision=bf16-mixed (float32 weights, bfloat16 compute)"
         )
     raise ConfigError(
         f"model.dtype={dtype} stores the trained weights in {name}, where {frozen}: use model.dtype=float32 "

@@ -10,8 +10,9 @@ from lightning import Callback
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from rgra_lightning.cli import main
+from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_tokenizer
-from rgra_lightning.precision import out_of_memory_advice, rounded_away_above
+from rgra_lightning.precision import check_trainable_precision, out_of_memory_advice, rounded_away_above
 from tests.conftest import FAST, ROOT, TINY_POLICY, one_line_error, shared_path
 
 PAPER_CONFIGS = sorted(path.stem for path in (ROOT / "configs" / "paper").glob("*.yaml"))
@@ -147,3 +148,17 @@ def test_out_of_memory_advice_under_ddp_and_fsdp2_names_their_own_options():
     assert "model.sharding.param_dtype=bfloat16" in fsdp2 and "model.gradient_checkpointing=true" in fsdp2
     # FSDP2 computes in its own param_dtype, and LoRA is refused under it
     assert "trainer.precision" not in fsdp2 and "model.lora" not in fsdp2 and "ModelParallel" not in fsdp2
+
+
+def test_fp16_loss_scaling_is_refused_and_float32_weights_pass_under_every_other_precision():
+    """Lightning's 16-mixed unscales in optimizer.step(), after the update clipped the gradients: refused
+    (on a CPU Lightning turns 16-mixed into bf16-mixed, so this is checked directly)."""
+    weights = [torch.zeros(3, requires_grad=True)]
+    with pytest.raises(ConfigError, match=r"^trainer.precision=16-mixed scales the loss.*bf16-mixed"):
+        check_trainable_precision(weights, "16-mixed", "float32", 1e-5)
+    for precision in ("32-true", "bf16-mixed", "bf16-true"):  # bf16-true: nothing trainable was cast
+        check_trainable_precision(weights, precision, "float32", 1e-5)
+    with pytest.raises(
+        ConfigError, match=r"^trainer.precision=16-true casts .* float16, .* use .*=bf16-mixed"
+    ):
+        check_trainable_precision([torch.zeros(3, dtype=torch.float16)], "16-true", "float32", 1e-5)
