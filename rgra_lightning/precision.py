@@ -12,8 +12,8 @@ A trainable weight stored in bf16 does not learn at RL learning rates. bf16 keep
 a weight w changes only when its update exceeds half its spacing, at least ``|w| * eps / 4`` (eps = 2^-7):
 an AdamW step of size lr (its first steps are ~lr per entry) rounds away on every entry with
 ``|w| > 4 lr / eps`` = 512 lr, i.e. 5.1e-3 at lr 1e-5, which is nearly all of them. Measured on the
-paper's Qwen2.5 config with a tiny model on CPU (tests/test_models.py): 1.5 % of the lora_A entries moved
-in an update at lr 1e-5 under ``bf16-true``, 99.8 % with float32 adapters under ``bf16-mixed``.
+paper's Qwen2.5 config with a tiny model on CPU (tests/test_precision.py): 1.5 % of the lora_A entries
+moved in an update at lr 1e-5 under ``bf16-true``, 99.96 % with float32 adapters under ``bf16-mixed``.
 
 Lightning's ``bf16-true`` / ``16-true`` plugins cast the whole module (``module.to(dtype)``): the LoRA
 adapters and every floating buffer with it, RoPE's ``inv_freq`` included, which transformers otherwise
