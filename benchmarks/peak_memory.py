@@ -1,7 +1,9 @@
-"""Peak memory of one training step against ``model.micro_batch_size``, with a real-size vocabulary.
+"""Peak memory of one training step against ``model.micro_batch_size``, with a real-size vocabulary, for the
+chunked log-probs and for the full-vocabulary computation they replaced.
 
-    python benchmarks/peak_memory.py                       # micro-batches of all rows, 16 and 8
-    python benchmarks/peak_memory.py --micro 32 4 --tokens 128
+    python benchmarks/peak_memory.py                            # 64 tokens, micro-batches of all rows, 16, 8
+    python benchmarks/peak_memory.py --tokens 512 --micro 8 4   # both computations at 512 tokens
+    python benchmarks/peak_memory.py --paths chunked --micro 0 16
 
 The logits dominate an RL step's memory when the vocabulary is large: ``[rows, tokens, vocab]``, in fp32
 for the log-softmax. The model here is a randomly initialised 2-layer Qwen2 with Qwen2.5's vocabulary
@@ -9,13 +11,24 @@ for the log-softmax. The model here is a randomly initialised 2-layer Qwen2 with
 would for Qwen2.5 while the layers cost next to nothing. Each setting runs one step (4 prompts x G = 8,
 completions forced to ``--tokens`` new tokens, beta > 0 so the reference pass runs) in a fresh process
 and reports its peak resident memory (on a GPU, ``torch.cuda.max_memory_allocated``) above what the
-process held when training started.
+process held when training started. On CPU the children run with glibc's mmap threshold fixed at 1 MiB
+(``MALLOC_MMAP_THRESHOLD_``): with glibc's default, which rises to the size of each freed block, the
+decoding loop's freed ``[rows, vocab]`` blocks stay in the heap, and resident memory grew by 3 GB over 256
+decoding steps of memory that was no longer in use, more than the log-probs' own peak.
+
+Two computations of the log-probs (``--paths``):
+  chunked  what the trainer does (``rgra_lightning.logprobs.token_logprobs``): the forward stops before the
+           output head; the head, the fp32 log-softmax, the gather and the entropy run on chunks of
+           tokens, each recomputed in the backward pass.
+  full     the computation before it (commit b973f80): the model's logits for every completion position,
+           then one fp32 log-softmax ``[rows, tokens, vocab]`` (and the entropy's product beside it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -30,9 +43,39 @@ TINY_QWEN2_WITH_REAL_VOCABULARY = {
     "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
 }  # fmt: skip
 PROMPTS, GROUP = 4, 8
+PATHS = ("full", "chunked")
 
 
-def peak_bytes(model_path: str, micro: int | None, tokens: int, device: str) -> int:
+def full_vocabulary_token_logprobs(model, rollout, temperature=1.0, with_entropy=True, **unused):
+    """``token_logprobs`` as it was before chunking (commit b973f80): the model computes the logits of
+    every completion position at the rollout's full width (the head stays in the forward), then one fp32
+    log-softmax ``[N, T, V]`` over all of them, and the entropy's product beside it."""
+    from unittest import mock
+
+    import torch
+
+    import rgra_lightning.logprobs as logprobs
+
+    with mock.patch.object(logprobs, "output_head", lambda model: None):
+        logits, _ = logprobs.completion_features(model, rollout)
+    log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    token_logp = log_probs.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return token_logp, None
+    with torch.no_grad():
+        entropy = -log_probs.exp().mul_(log_probs).sum(dim=-1)
+    return token_logp, entropy
+
+
+def use_full_vocabulary_logprobs() -> None:
+    """Make the trainer take its log-probs with ``full_vocabulary_token_logprobs``."""
+    import rgra_lightning.logprobs as logprobs
+    import rgra_lightning.update as update
+
+    logprobs.token_logprobs = update.token_logprobs = full_vocabulary_token_logprobs
+
+
+def peak_bytes(model_path: str, micro: int | None, tokens: int, device: str, path: str) -> int:
     """Peak memory (bytes) of one training step above the memory held when it started."""
     import torch
     from lightning import Callback, Trainer
@@ -41,6 +84,9 @@ def peak_bytes(model_path: str, micro: int | None, tokens: int, device: str) -> 
     from rgra_lightning import RLModule
     from rgra_lightning.data.base import collate
     from rgra_lightning.rollout import SamplingConfig
+
+    if path == "full":
+        use_full_vocabulary_logprobs()
 
     def current() -> int:
         if device == "cuda":
@@ -73,28 +119,41 @@ def main() -> None:
     parser.add_argument("--micro", type=int, nargs="+", default=[0, 16, 8], help="0: no micro-batches")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per completion (forced)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--child", nargs=2, metavar=("MODEL", "MICRO"), help=argparse.SUPPRESS)
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="see above")
+    parser.add_argument("--child", nargs=3, metavar=("MODEL", "MICRO", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        model_path, micro = args.child
-        print("RESULT", json.dumps(peak_bytes(model_path, int(micro) or None, args.tokens, args.device)))
+        model_path, micro, path = args.child
+        peak = peak_bytes(model_path, int(micro) or None, args.tokens, args.device, path)
+        print("RESULT", json.dumps(peak))
         return
     rows = PROMPTS * GROUP
     logits_gb = rows * args.tokens * VOCAB * 4 / 1e9
     print(f"{rows} completions x {args.tokens} tokens x {VOCAB} vocabulary: {logits_gb:.2f} GB per fp32 copy")
-    print("| micro_batch_size | peak above start (GB) |\n|---|---|")
+    print(f"| micro_batch_size | {' | '.join(f'{path} (GB)' for path in args.paths)} |")
+    print(f"|---|{'---|' * len(args.paths)}")
+    # Large blocks go back to the OS when freed, so resident memory follows the memory in use
+    environment = os.environ | ({"MALLOC_MMAP_THRESHOLD_": str(1 << 20)} if args.device == "cpu" else {})
     with tempfile.TemporaryDirectory() as directory:
         save_random_qwen2(Path(directory), **TINY_QWEN2_WITH_REAL_VOCABULARY)
         for micro in args.micro:
-            command = [sys.executable, __file__, "--tokens", str(args.tokens), "--device", args.device]
-            done = subprocess.run(
-                [*command, "--child", directory, str(micro)], cwd=ROOT, capture_output=True, text=True
-            )
-            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-            if done.returncode or not lines:
-                sys.exit(f"micro_batch_size={micro} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-            peak = json.loads(lines[-1].removeprefix("RESULT "))
-            print(f"| {micro or f'none ({rows} rows)'} | {peak / 1e9:.2f} |", flush=True)
+            peaks = []
+            for path in args.paths:  # one fresh process each, in turn
+                command = [sys.executable, __file__, "--tokens", str(args.tokens), "--device", args.device]
+                done = subprocess.run(
+                    [*command, "--child", directory, str(micro), path],
+                    cwd=ROOT,
+                    env=environment,
+                    capture_output=True,
+                    text=True,
+                )
+                lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+                if done.returncode or not lines:
+                    failure = f"{path}, micro_batch_size={micro} failed (exit {done.returncode})"
+                    sys.exit(f"{failure}:\n{done.stderr[-3000:]}")
+                peaks.append(json.loads(lines[-1].removeprefix("RESULT ")) / 1e9)
+            cells = " | ".join(f"{peak:.2f}" for peak in peaks)
+            print(f"| {micro or f'none ({rows} rows)'} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":

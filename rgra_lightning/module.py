@@ -250,17 +250,19 @@ class RLModule(LightningModule):
 
     def fixed_logprobs(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
         """The reference log-probs ``[N, T]`` when the loss has a KL term (the frozen copy, or with LoRA the
-        same weights with the adapters disabled), and pi_old's when the updater needs them stored."""
-        temperature, size = self.sampling.temperature, self.hparams.micro_batch_size
+        same weights with the adapters disabled), and pi_old's when the updater needs them stored. They
+        run in the update's micro-batches (``micro_batch_size`` rows, or the updater's token budget), each
+        at its own padded width."""
+        options = (self.sampling.temperature, self.hparams.micro_batch_size, self.updater.token_budget)
         ref_logp = None
         if self.reference is not None:
-            ref_logp = logprobs_without_grad(self.reference, rollout, temperature, size)
+            ref_logp = logprobs_without_grad(self.reference, rollout, *options)
         elif self.hparams.lora is not None and self.loss_config.needs_reference:
             with self.policy.disable_adapter():
-                ref_logp = logprobs_without_grad(self.policy, rollout, temperature, size)
+                ref_logp = logprobs_without_grad(self.policy, rollout, *options)
         old_logp = None
         if self.updater.stores_old_logprobs:
-            old_logp = logprobs_without_grad(self.policy, rollout, temperature, size)
+            old_logp = logprobs_without_grad(self.policy, rollout, *options)
         return ref_logp, old_logp
 
     def training_step(self, batch: PromptBatch, batch_idx: int) -> None:

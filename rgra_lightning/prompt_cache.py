@@ -1,23 +1,36 @@
-"""Encoding left-padded prompts once and sharing their key/value cache across a group of completions.
+"""Encoding left-padded prompts once and sharing their key/value cache across the completions of each.
 
-Both the rollout engine (decoding G completions per prompt) and the training log-probs (one forward over G
-completions of one prompt) encode a prompt once and repeat its cache G times. Position ids count real
-tokens only, so left padding does not shift positions.
+Both the rollout engine (decoding G completions per prompt) and the training log-probs (one forward over
+the completions of a micro-batch) encode each distinct prompt once and repeat its cache for every row that
+has it. Position ids count real tokens only, so left padding does not shift positions.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from transformers import Cache, DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-# Cache layers holding only keys and values, which ``DynamicCache.batch_repeat_interleave`` repeats exactly.
+# Cache layers holding only keys and values, which ``DynamicCache.batch_repeat_interleave`` and
+# ``batch_select_indices`` repeat exactly.
 KEY_VALUE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:
     """Positions ``[N, L]`` that count real tokens only (0 on left padding), as for left-padded prompts."""
     return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def distinct_prompts(prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The distinct rows of left-padded prompts ``[N, P]`` (ids ``[U, P]`` and mask ``[U, P]``) and each
+    row's index among them ``[N]``, or None when no two rows hold the same prompt. Rows are compared by
+    ids and mask both, so a padding id that is also a real token cannot merge two prompts."""
+    length = prompt_ids.shape[1]
+    unique, inverse = torch.unique(torch.cat([prompt_ids, prompt_mask], dim=1), dim=0, return_inverse=True)
+    if len(unique) == len(prompt_ids):
+        return None
+    return unique[:, :length], unique[:, length:], inverse
 
 
 def encode_prompts(model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Cache]:
@@ -33,7 +46,8 @@ def encode_prompts(model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tens
 
 
 def repeatable(cache: Cache) -> bool:
-    """Whether ``DynamicCache.batch_repeat_interleave`` repeats ``cache`` exactly: key/value layers only.
+    """Whether ``DynamicCache.batch_repeat_interleave`` (and ``batch_select_indices``) repeat ``cache``
+    exactly: key/value layers only.
     Any other state (the recurrent state of linear-attention or convolution layers, a model's own cache
     class) is not guaranteed to be repeatable."""
     return type(cache) is DynamicCache and all(type(layer) in KEY_VALUE_LAYERS for layer in cache.layers)

@@ -1,10 +1,12 @@
 """The update stage: optimizer steps on one rollout batch's ``Experience``.
 
 The batch is passed over ``num_iterations`` (mu) times, each pass split into ``num_minibatches`` optimizer
-updates, each update's gradient accumulated over micro-batches of at most ``micro_batch_size`` completions.
-The loss of a micro-batch is normalised by its mini-batch's size, so the update does not depend on the
-micro-batch size. An update whose loss or gradient is NaN/inf on any rank is skipped; after
-``max_consecutive_nonfinite`` in a row the last good state is saved and training stops.
+updates, each update's gradient accumulated over micro-batches of at most ``micro_batch_size`` completions
+(or, with ``token_budget``, of rows sorted by length within a token budget; see ``logprobs.micro_batches``).
+Each micro-batch runs at its own padded width (``logprobs.trim_padding``). The loss of a micro-batch is
+normalised by its mini-batch's size, so the update does not depend on the micro-batch split. An update
+whose loss or gradient is NaN/inf on any rank is skipped; after ``max_consecutive_nonfinite`` in a row
+the last good state is saved and training stops.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch.distributed.tensor import DTensor
 from rgra_lightning.distributed import no_gradient_sync
 from rgra_lightning.errors import ConfigError, NonFiniteTrainingError
 from rgra_lightning.experience import Experience
-from rgra_lightning.logprobs import row_slices, token_logprobs
+from rgra_lightning.logprobs import check_token_budget, micro_batches, token_logprobs
 from rgra_lightning.losses import LossConfig, rl_loss
 
 
@@ -51,6 +53,11 @@ class PolicyUpdate:
         temperature: the sampling temperature, at which the policy's log-probs are taken.
         num_iterations, num_minibatches, micro_batch_size, max_grad_norm, max_consecutive_nonfinite: as the
             ``RLModule`` arguments of the same names.
+        token_budget: None (the default): micro-batches of ``micro_batch_size`` consecutive rows. Else each
+            mini-batch's rows are sorted by length and cut into micro-batches of at most this many tokens
+            (rows x the micro-batch's longest prompt + longest completion), so short completions share a
+            pass instead of being padded to the longest (a group's rows may then be split, each part
+            encoding the prompt once). Not with FSDP2 (ranks would run different numbers of passes).
     """
 
     def __init__(
@@ -62,6 +69,7 @@ class PolicyUpdate:
         micro_batch_size: int | None,
         max_grad_norm: float,
         max_consecutive_nonfinite: int,
+        token_budget: int | None = None,
     ) -> None:
         for name, value, valid, allowed in (
             ("num_iterations", num_iterations, num_iterations >= 1, ">= 1"),
@@ -69,6 +77,7 @@ class PolicyUpdate:
             ("micro_batch_size", micro_batch_size, micro_batch_size is None or micro_batch_size >= 1, ">= 1"),
             ("max_grad_norm", max_grad_norm, max_grad_norm > 0, "> 0"),
             ("max_consecutive_nonfinite", max_consecutive_nonfinite, max_consecutive_nonfinite >= 1, ">= 1"),
+            ("micro_batch_tokens", token_budget, token_budget is None or token_budget >= 1, ">= 1"),
         ):
             if not valid:
                 raise ConfigError(f"model.{name} must be {allowed}, got {value}")
@@ -79,6 +88,7 @@ class PolicyUpdate:
         self.micro_batch_size = micro_batch_size
         self.max_grad_norm = max_grad_norm
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.token_budget = token_budget
         self.consecutive_nonfinite = 0
 
     @property
@@ -101,12 +111,13 @@ class PolicyUpdate:
         rollout, advantages = experience.rollout, experience.advantages
         rows = len(rollout.completions)
         minibatch = rows // self.num_minibatches
+        check_token_budget(module.policy, self.token_budget)
         stats = UpdateStats()
         for _ in range(self.num_iterations):
             for first in range(0, rows, minibatch):
                 part = slice(first, first + minibatch)
                 tokens = rollout.completion_mask[part].sum()  # the mini-batch's, for every micro-batch
-                parts = row_slices(part, self.micro_batch_size)
+                parts = micro_batches(rollout, part, self.micro_batch_size, self.token_budget)
                 optimizer.zero_grad()
                 sums: dict[str, Tensor] = {}  # each diagnostic adds up over the micro-batches
                 for index, micro in enumerate(parts):

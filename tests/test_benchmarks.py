@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, shared_path
 
 
 @pytest.mark.slow
@@ -32,17 +32,53 @@ def test_throughput_benchmark_times_both_trainers_and_reports_the_ratio():
 
 
 @pytest.mark.slow
-def test_micro_batches_lower_the_peak_memory_of_a_step_with_a_real_size_vocabulary():
+def test_chunked_logprobs_hold_a_fraction_of_the_full_vocabulary_peak_memory():
+    """32 completions of 32 tokens in one pass at Qwen2.5's vocabulary: the full-vocabulary computation
+    holds several fp32 copies of the logits at once; the chunked one holds a few chunks of fixed size
+    (``LOGIT_CHUNK_ELEMENTS``), whatever the rows and tokens."""
     done = subprocess.run(
-        [sys.executable, "benchmarks/peak_memory.py", "--micro", "0", "8", "--tokens", "32"],
+        [sys.executable, "benchmarks/peak_memory.py", "--micro", "0", "--tokens", "32"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    whole = float(re.search(r"\| none \(32 rows\) \| ([0-9.]+) \|", done.stdout).group(1))
-    micro = float(re.search(r"\| 8 \| ([0-9.]+) \|", done.stdout).group(1))
+    full, chunked = map(
+        float, re.search(r"\| none \(32 rows\) \| ([0-9.]+) \| ([0-9.]+) \|", done.stdout).groups()
+    )
     fp32_logits = 32 * 32 * 151_936 * 4 / 1e9  # GB, one copy for all 32 rows
-    assert whole > 2 * fp32_logits  # the logits dominate the step, several copies at once...
-    assert micro < whole / 2  # ...and a quarter of the rows per pass holds far fewer of them
+    assert full > 2 * fp32_logits  # the logits dominate the step, several copies at once...
+    assert chunked < full / 2  # ...the chunks far less
+
+
+@pytest.mark.slow
+def test_padding_benchmark_counts_the_positions_each_computation_runs():
+    """On SmolLM2 (skipped without the converted directory), 1 prompt x G = 4, 2 rows per micro-batch:
+    trimming never runs more positions than the full width and the head only the real tokens."""
+    model = ROOT / "models" / "smollm2-135m-instruct"
+    if not (model / "config.json").exists():
+        pytest.skip(f"{model} is absent: convert it as configs/smollm2-135m/gsm8k-rgra.yaml says")
+    shared_path("datasets", "gsm8k")
+    done = subprocess.run(
+        [sys.executable, "benchmarks/padding.py", "--prompts", "1", "--group", "4", "--tokens", "24"]
+        + ["--micro", "2", "--rounds", "1", "--token-budget", "300"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lengths = [int(n) for n in re.search(r"up to 24 tokens: \[([0-9, ]+)\]", done.stdout).group(1).split(",")]
+    rows = dict(
+        (name, (int(layers), float(saved), int(head)))
+        for name, layers, saved, head in re.findall(
+            r"\| (\w+) \| \d+ \| (\d+) \| (-?[0-9.]+)% \| (\d+) \|", done.stdout
+        )
+    )
+    assert set(rows) == {"before", "untrimmed", "trimmed", "budget"}
+    full = rows["before"][0]
+    assert rows["untrimmed"][0] == full and rows["trimmed"][0] <= full
+    assert rows["trimmed"][1] == pytest.approx(100 * (1 - rows["trimmed"][0] / full), abs=0.05)
+    assert rows["before"][2] == 4 * max(lengths) and rows["trimmed"][2] == sum(lengths)
+    assert "trimmed / before" in done.stdout

@@ -1,6 +1,4 @@
-"""A prompt encoded once per group gives the log-probs and gradients of full sequences."""
-
-from dataclasses import replace
+"""A prompt encoded once per micro-batch gives the log-probs and gradients of full sequences."""
 
 import pytest
 import torch
@@ -13,7 +11,8 @@ from transformers import (
 
 from rgra_lightning.logprobs import token_logprobs
 from rgra_lightning.models import load_tokenizer
-from rgra_lightning.rollout import SamplingConfig
+from rgra_lightning.prompt_cache import distinct_prompts, position_ids
+from rgra_lightning.rollout import Rollout, SamplingConfig
 from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise, rounding_rtol
 from tests.conftest import sample as sample_rollout
 from tests.tiny_models import PROMPTS, tiny_dimensions, tiny_policy
@@ -31,36 +30,72 @@ def shared_prompt_models(tokenizer) -> dict[str, torch.nn.Module]:
     return models | {"sliding-window": MistralForCausalLM(sliding), "hybrid": Lfm2ForCausalLM(hybrid)}
 
 
+def full_vocabulary_logprobs(
+    model, rollout: Rollout, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The straightforward computation: one pass over every full-width sequence, the logits of every
+    position, a full-vocabulary fp32 log-softmax, the sampled tokens' entries and the entropy ``[N, T]``."""
+    logits = model(
+        input_ids=rollout.input_ids,
+        attention_mask=rollout.attention_mask,
+        position_ids=position_ids(rollout.attention_mask),
+    ).logits
+    log_probs = torch.log_softmax(logits[:, rollout.prompt_length - 1 : -1].float() / temperature, dim=-1)
+    token_logp = log_probs.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
+    return token_logp, -(log_probs.exp() * log_probs).sum(dim=-1).detach()
+
+
+def test_distinct_prompts_compare_ids_and_mask():
+    """Rows 0 and 2 hold one prompt; row 1 has the same ids as row 3, but its first id is padding there
+    (the padding id is also a real token): they stay apart."""
+    ids = torch.tensor([[0, 5, 6], [0, 7, 8], [0, 5, 6], [0, 7, 8]])
+    mask = torch.tensor([[0, 1, 1], [0, 1, 1], [0, 1, 1], [1, 1, 1]])
+    unique_ids, unique_mask, rows = distinct_prompts(ids, mask)
+    assert (
+        len(unique_ids) == 3 and torch.equal(unique_ids[rows], ids) and torch.equal(unique_mask[rows], mask)
+    )
+    assert distinct_prompts(ids[:2], mask[:2]) is None  # nothing shared: one pass is cheaper
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "llama-lora", "sliding-window", "hybrid"])
-def test_a_prompt_encoded_once_per_group_gives_the_log_probs_and_gradients_of_full_sequences(kind):
-    """``token_logprobs`` on G rows sharing each prompt (the prompt's keys and values repeated) equals the
-    pass over every full sequence, in value and in every parameter's gradient, also for a mini-batch of
-    whole groups; a mini-batch that splits a group takes the full pass."""
+def test_a_prompt_encoded_once_per_micro_batch_gives_the_log_probs_and_gradients_of_full_sequences(kind):
+    """``token_logprobs`` on G = 4 rows sharing each prompt (the prompt's keys and values repeated) equals
+    the pass over every full sequence, in value and in every parameter's gradient, for all 12 rows and
+    for a micro-batch that splits two groups (rows 2-7: 2 + 4 rows, two prompts encoded once each). The
+    hybrid model's cache holds convolution state, which is not repeated: it takes the full pass."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = shared_prompt_models(tokenizer)[kind]
     torch.manual_seed(0)
     rollout = sample_rollout(policy, tokenizer, PROMPTS, SamplingConfig(num_generations=4, max_new_tokens=12))
-    assert rollout.group_size == 4 and rollout.attention_mask[:, : rollout.prompt_length].eq(0).any()
-    assert rollout.select(slice(4, 12)).group_size == 4 and rollout.select(slice(2, 6)).group_size == 1
+    assert rollout.attention_mask[:, : rollout.prompt_length].eq(0).any()
+    prompt_rows: list[int] = []
+    policy.register_forward_pre_hook(
+        lambda module, args, kwargs: prompt_rows.append(len(kwargs["input_ids"])), with_kwargs=True
+    )
     policy.train()
-    results = {}
-    for name, rows in (("shared", rollout), ("full", replace(rollout, group_size=1))):
-        policy.zero_grad()
-        logp, entropy = token_logprobs(policy, rows, temperature=0.9)
-        (logp * torch.linspace(-1, 1, logp.numel()).view_as(logp)).sum().backward()
-        gradients = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
-        results[name] = logp.detach(), entropy, gradients
-    (logp, entropy, gradients), (full_logp, full_entropy, full_gradients) = results["shared"], results["full"]
-    real = rollout.completion_mask.bool()
-    assert_close_normwise(logp[real], full_logp[real], LOGPROB_RTOL, "log-probs")
-    assert_close_normwise(entropy[real], full_entropy[real], LOGPROB_RTOL, "entropy")
-    assert gradients.keys() == full_gradients.keys() and gradients
     # Gradients also sum over the 12 rows' tokens: summed in another order, equal up to rounding.
     gradient_rtol = rounding_rtol(torch.float32, 128 * 40 * 12 * 12)
-    for name, gradient in gradients.items():
-        assert_close_normwise(gradient, full_gradients[name], gradient_rtol, name)
-    with torch.no_grad():
-        mini_logp, _ = token_logprobs(policy, rollout.select(slice(4, 12)), temperature=0.9)
-    assert_close_normwise(mini_logp[real[4:12]], full_logp[4:12][real[4:12]], LOGPROB_RTOL, "mini-batch")
-
-
+    for rows in (slice(0, 12), slice(2, 8)):
+        part = rollout.select(rows)
+        real = part.completion_mask.bool()
+        weights = torch.linspace(-1, 1, real.numel()).view_as(real) * real
+        results = {}
+        for name, compute in (("shared", token_logprobs), ("full", full_vocabulary_logprobs)):
+            policy.zero_grad()
+            prompt_rows.clear()
+            logp, entropy = compute(policy, part, 0.9)
+            (logp * weights).sum().backward()
+            gradients = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+            results[name] = logp.detach(), entropy, gradients, list(prompt_rows)
+        (logp, entropy, gradients, calls), (full_logp, full_entropy, full_gradients, _) = (
+            results["shared"],
+            results["full"],
+        )
+        # The prompts first, then the completions on their cache (the hybrid's cannot be repeated: then
+        # every full sequence)
+        assert calls == [3 if rows == slice(0, 12) else 2, len(real)]
+        assert_close_normwise(logp[real], full_logp[real], LOGPROB_RTOL, "log-probs")
+        assert_close_normwise(entropy[real], full_entropy[real], LOGPROB_RTOL, "entropy")
+        assert gradients.keys() == full_gradients.keys() and gradients
+        for name, gradient in gradients.items():
+            assert_close_normwise(gradient, full_gradients[name], gradient_rtol, name)

@@ -9,7 +9,9 @@ import rgra_lightning.logprobs as logprobs_module
 import rgra_lightning.update
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError, NonFiniteTrainingError
-from rgra_lightning.losses import rl_loss
+from rgra_lightning.logprobs import trim_padding
+from rgra_lightning.losses import LossConfig, rl_loss
+from rgra_lightning.update import PolicyUpdate
 from tests.conftest import (
     FAST,
     assert_close_normwise,
@@ -64,44 +66,60 @@ def test_too_many_nonfinite_updates_stop_with_last_good_checkpoint(
 
 
 def test_micro_batches_accumulate_the_gradient_of_one_pass_over_the_mini_batch(small_config, monkeypatch):
-    """Same rollouts (same seed), so the updates must not depend on micro_batch_size, whether micro-batches
-    hold whole groups (G = 4) or not; every forward pass holds at most that many of the 16 rows: the
-    reference's, the stored pi_old's (GRPO with mu = 2) and the policy's in both updates."""
+    """Same rollouts (same seed), so the updates must not depend on the micro-batch split: micro_batch_size
+    None, 8 (whole groups of G = 4), 3 (not), or a budget of 100 tokens over rows sorted by length. Every
+    forward pass holds at most that many of the 16 rows or tokens: the reference's, the stored pi_old's
+    (GRPO with mu = 2) and the policy's in both updates; and each runs at its own width (its longest
+    prompt and completion: nothing left to trim)."""
     gradients: list[dict[str, torch.Tensor]] = []
-    rows_per_pass: list[int] = []
-    clip, logits = torch.nn.utils.clip_grad_norm_, logprobs_module.completion_logits
+    passes: list[tuple[int, int]] = []  # rows, width of each forward pass
+    clip, features = torch.nn.utils.clip_grad_norm_, logprobs_module.completion_features
+    init = PolicyUpdate.__init__
 
     def recording_clip(parameters, *args, **kwargs):
         parameters = list(parameters)
         gradients.append({str(i): p.grad.clone() for i, p in enumerate(parameters) if p.grad is not None})
         return clip(parameters, *args, **kwargs)
 
-    def recording_logits(model, rollout):
-        rows_per_pass.append(len(rollout.completions))
-        return logits(model, rollout)
+    def recording_features(model, rollout):
+        assert trim_padding(rollout) is rollout
+        passes.append(tuple(rollout.input_ids.shape))
+        return features(model, rollout)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
-    monkeypatch.setattr(logprobs_module, "completion_logits", recording_logits)
+    monkeypatch.setattr(logprobs_module, "completion_features", recording_features)
     fast = {"trainer.limit_val_batches": 0, "model.init_args.validate_before_training": False}
     results = {}
-    for micro in (None, 8, 3):
-        gradients.clear(), rows_per_pass.clear()
+    for micro, budget in ((None, None), (8, None), (3, None), (None, 100)):
+        gradients.clear(), passes.clear()
+
+        def init_with_budget(self, *args, budget=budget, **kwargs):
+            init(self, *args, **kwargs, token_budget=budget)
+
+        monkeypatch.setattr(PolicyUpdate, "__init__", init_with_budget)
         overrides = {"model.init_args.micro_batch_size": micro, "model.init_args.num_iterations": 2}
         main(["fit", "--config", str(small_config("grpo", **fast, **overrides)), "--trainer.max_steps=2"])
-        assert len(gradients) == 2 and sum(rows_per_pass) == 4 * 16  # reference, pi_old, 2 x policy
-        assert max(rows_per_pass) == (micro or 16)
-        results[micro] = list(gradients)
+        assert len(gradients) == 2 and sum(rows for rows, _ in passes) == 4 * 16  # ref, pi_old, 2 x policy
+        if budget is None:
+            assert max(rows for rows, _ in passes) == (micro or 16)
+        else:
+            assert all(rows * width <= budget or rows == 1 for rows, width in passes) and len(passes) > 4
+        results[micro, budget] = list(gradients)
     # fp32 gradients summed over 16 rows x up to 40 positions x 128 features in other orders
     rtol = rounding_rtol(torch.float32, 16 * 40 * 128)
-    for micro in (8, 3):
-        for update, reference in enumerate(results[None]):
-            assert results[micro][update].keys() == reference.keys()
+    for split in ((8, None), (3, None), (None, 100)):
+        for update, reference in enumerate(results[None, None]):
+            assert results[split][update].keys() == reference.keys()
             for name, gradient in reference.items():
-                assert_close_normwise(results[micro][update][name], gradient, rtol, f"{micro=} {name}")
+                assert_close_normwise(results[split][update][name], gradient, rtol, f"{split=} {name}")
+
+
+def test_a_token_budget_below_one_is_refused():
+    with pytest.raises(ConfigError, match=r"model.micro_batch_tokens must be >= 1, got 0"):
+        PolicyUpdate(LossConfig(), 1.0, 1, 1, None, 1.0, 5, token_budget=0)
 
 
 def test_batch_not_divisible_into_minibatches_fails_at_start(small_config, capsys):
     config = small_config("rgra", **{"model.init_args.num_minibatches": 3})
     error = one_line_error(["fit", "--config", str(config)], capsys)
     assert "not divisible by model.num_minibatches=3" in error
-
