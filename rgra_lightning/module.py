@@ -23,7 +23,13 @@ from torch import Tensor
 
 from rewards import MathVerifier, Verifier
 from rgra_lightning.checkpointing import reloaded_state_keys, require_same_run
-from rgra_lightning.distributed import ShardingConfig, is_sharded, reduce_across_ranks, shard_model
+from rgra_lightning.distributed import (
+    ShardingConfig,
+    is_sharded,
+    reduce_across_ranks,
+    shard_model,
+    with_distributed_sampler,
+)
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.evaluation import (
     EvaluationConfig,
@@ -45,7 +51,7 @@ from rgra_lightning.models import (
     load_causal_lm,
     load_tokenizer,
 )
-from rgra_lightning.optim import warmup_schedule
+from rgra_lightning.optim import LRSchedule, warmup_schedule
 from rgra_lightning.precision import check_trainable_precision, module_out_of_memory_advice
 from rgra_lightning.reward_models.scorer import learned_reward_models
 from rgra_lightning.rollout import HFEngine, Rollout, RolloutEngine, SamplingConfig
@@ -82,6 +88,8 @@ class RLModule(LightningModule):
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up, in optimizer updates.
+        lr_schedule: after warm-up, ``constant``, or ``linear`` / ``cosine`` decay to 0 at
+            ``trainer.max_steps`` (``linear`` is TRL's default, Hugging Face ``TrainingArguments``'s).
         max_grad_norm: gradient-norm clipping threshold (> 0).
         num_logged_samples: completions kept from each step for the sample logger.
         validate_before_training: log greedy ``val/*`` metrics of the initial policy at step 0.
@@ -113,6 +121,7 @@ class RLModule(LightningModule):
         learning_rate: float = 1e-5,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
+        lr_schedule: LRSchedule = "constant",
         max_grad_norm: float = 1.0,
         num_logged_samples: int = 4,
         validate_before_training: bool = True,
@@ -203,7 +212,8 @@ class RLModule(LightningModule):
             weight_decay=hp.weight_decay,
             fused=True,  # one kernel for all parameters: 0.4 instead of 1.8 ms a step on the tiny CPU policy
         )
-        return {"optimizer": optimizer, "lr_scheduler": warmup_schedule(optimizer, hp.warmup_steps)}
+        schedule = warmup_schedule(optimizer, hp.warmup_steps, hp.lr_schedule, self.trainer.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -299,7 +309,10 @@ class RLModule(LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.trainer.global_step > 0 or datamodule is None or not self.hparams.validate_before_training:
             return
-        means = mean_greedy_summary(self.make_experience, datamodule.val_dataloader())
+        loader = datamodule.val_dataloader()
+        if self.trainer.world_size > 1:  # each rank validates its share, as Lightning's validation does
+            loader = with_distributed_sampler(loader, self.trainer.strategy.distributed_sampler_kwargs)
+        means = mean_greedy_summary(self.make_experience, loader)
         metrics = {
             f"val/{name}": self.trainer.strategy.reduce(
                 torch.tensor(value, device=self.device), reduce_op="mean"
