@@ -43,6 +43,10 @@ class LossConfig:
             divided by ``N * aggregation_constant``: Dr. GRPO, no length bias).
         aggregation_constant: the divisor per completion for ``constant_sum``, in tokens; usually the
             maximum completion length (the trainer fills in max_new_tokens when it is None).
+        mask_truncated_completions: leave completions cut at ``max_new_tokens`` (no stop token) out of the
+            policy and KL terms, so an unfinished answer is neither rewarded nor punished for its text
+            (DAPO's overlong filtering, Yu et al. 2025; TRL's option of the same name). They still count in
+            their group's advantage baseline.
         advantage: how rewards become advantages (baseline, scale, sign filter, selection).
     """
 
@@ -53,6 +57,7 @@ class LossConfig:
     kl_estimator: KLEstimator = "k3"
     aggregation: Aggregation = "sequence_mean"
     aggregation_constant: int | None = None
+    mask_truncated_completions: bool = False
     advantage: AdvantageConfig = AdvantageConfig()
 
     def __post_init__(self) -> None:

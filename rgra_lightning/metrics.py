@@ -28,12 +28,19 @@ TRAIN_REDUCTIONS = {
 }
 
 
+def truncated_fraction(experience: Experience) -> Tensor:
+    """The fraction of completions cut at ``max_new_tokens`` without a stop token ``[]``."""
+    truncated = experience.rollout.truncated
+    return torch.tensor(0.0) if truncated is None else truncated.float().mean().cpu()
+
+
 def training_metrics(
     experience: Experience, stats: UpdateStats, step_s: float, verifier: Verifier
 ) -> dict[str, Tensor]:
     """This rank's metrics of a training step: the update diagnostics (means over the batch's updates),
-    rewards, advantages, completion lengths (tokens), counts, and wall times (seconds, ``step_s`` for the
-    whole step); with a ``WeightedSum`` verifier each component's mean reward as ``train/rewards/<name>``."""
+    rewards, advantages, completion lengths (tokens), counts (the fraction of truncated completions too),
+    and wall times (seconds, ``step_s`` for the whole step); with a ``WeightedSum`` verifier each
+    component's mean reward as ``train/rewards/<name>``."""
     rewards, lengths = experience.rewards, experience.rollout.completion_mask.sum(dim=1).float()
     errors = sum(score.error is not None for score in experience.scores)
     metrics = stats.means() | {
@@ -47,6 +54,7 @@ def training_metrics(
         "train/verifier_errors": torch.tensor(float(errors)),
         "train/nonfinite_updates": torch.tensor(float(stats.skipped)),
         "train/truncated_prompts": torch.tensor(float(experience.rollout.truncated_prompts)),
+        "train/truncated_fraction": truncated_fraction(experience),
         "time/generation_s": torch.tensor(experience.generation_s),
         "time/verification_s": torch.tensor(experience.verification_s),  # overlaps the log-prob passes
         "time/update_s": torch.tensor(step_s - experience.generation_s),  # + any wait for the verifier

@@ -26,6 +26,7 @@ from rgra_lightning.errors import ConfigError, NonFiniteTrainingError
 from rgra_lightning.experience import Experience
 from rgra_lightning.logprobs import check_token_budget, micro_batches, token_logprobs
 from rgra_lightning.losses import LossConfig, rl_loss
+from rgra_lightning.rollout import Rollout
 
 
 @dataclass
@@ -43,6 +44,14 @@ class UpdateStats:
     def means(self) -> dict[str, Tensor]:
         """The mean over the batch's updates of each diagnostic, as ``train/<name>``."""
         return {f"train/{name}": torch.stack(values).mean() for name, values in self.history.items()}
+
+
+def loss_mask(rollout: Rollout, mask_truncated: bool) -> Tensor:
+    """The completion tokens the loss trains on ``[N, T]``: ``rollout.completion_mask``, without the rows
+    of truncated completions when ``mask_truncated`` (``LossConfig.mask_truncated_completions``)."""
+    if not mask_truncated or rollout.truncated is None:
+        return rollout.completion_mask
+    return rollout.completion_mask * (~rollout.truncated).unsqueeze(1).to(rollout.completion_mask.dtype)
 
 
 class PolicyUpdate:
@@ -109,6 +118,7 @@ class PolicyUpdate:
         """Train ``module.policy`` on ``experience`` with the module's optimizer and scheduler."""
         optimizer, scheduler = module.optimizers(), module.lr_schedulers()
         rollout, advantages = experience.rollout, experience.advantages
+        trained = loss_mask(rollout, self.loss.mask_truncated_completions)
         rows = len(rollout.completions)
         minibatch = rows // self.num_minibatches
         check_token_budget(module.policy, self.token_budget)
@@ -116,7 +126,8 @@ class PolicyUpdate:
         for _ in range(self.num_iterations):
             for first in range(0, rows, minibatch):
                 part = slice(first, first + minibatch)
-                tokens = rollout.completion_mask[part].sum()  # the mini-batch's, for every micro-batch
+                tokens = trained[part].sum()  # the mini-batch's trained tokens, for every micro-batch
+                real_tokens = rollout.completion_mask[part].sum()
                 parts = micro_batches(rollout, part, self.micro_batch_size, self.token_budget)
                 optimizer.zero_grad()
                 sums: dict[str, Tensor] = {}  # each diagnostic adds up over the micro-batches
@@ -127,7 +138,7 @@ class PolicyUpdate:
                     out = rl_loss(
                         logp,
                         advantages[micro],
-                        mini.completion_mask,
+                        trained[micro],
                         self.loss,
                         old_logp=logp.detach() if old is None else old[micro],
                         ref_logp=None if ref is None else ref[micro],
@@ -144,7 +155,7 @@ class PolicyUpdate:
                         ("kl", out.kl),
                         ("clip_fraction", out.clip_fraction),
                         ("ratio_mean", out.ratio_mean),
-                        ("entropy", (entropy * mini.completion_mask).sum() / tokens.clamp(min=1)),
+                        ("entropy", (entropy * mini.completion_mask).sum() / real_tokens.clamp(min=1)),
                     ):
                         sums[name] = sums.get(name, 0) + value
                 learning_rate = torch.tensor(scheduler.get_last_lr()[0])  # this update's

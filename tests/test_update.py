@@ -1,6 +1,7 @@
 """The policy update: non-finite steps skipped and counted, and a stop after too many."""
 
 import dataclasses
+import types
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError, NonFiniteTrainingError
 from rgra_lightning.logprobs import trim_padding
 from rgra_lightning.losses import LossConfig, rl_loss
-from rgra_lightning.update import PolicyUpdate
+from rgra_lightning.update import PolicyUpdate, loss_mask
 from tests.conftest import (
     FAST,
     assert_close_normwise,
@@ -123,3 +124,46 @@ def test_batch_not_divisible_into_minibatches_fails_at_start(small_config, capsy
     config = small_config("rgra", **{"model.init_args.num_minibatches": 3})
     error = one_line_error(["fit", "--config", str(config)], capsys)
     assert "not divisible by model.num_minibatches=3" in error
+
+
+def test_loss_mask_drops_the_rows_of_truncated_completions_only_when_asked():
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]])
+    rollout = types.SimpleNamespace(completion_mask=mask, truncated=torch.tensor([True, False, False]))
+    assert torch.equal(loss_mask(rollout, True), torch.tensor([[0, 0, 0], [1, 1, 0], [1, 1, 1]]))
+    assert loss_mask(rollout, False) is mask
+    assert loss_mask(types.SimpleNamespace(completion_mask=mask, truncated=None), True) is mask
+
+
+@pytest.mark.parametrize("mask_truncated", [False, True])
+def test_truncated_completions_are_counted_and_left_out_of_the_loss_when_asked(
+    small_config, tmp_path, monkeypatch, mask_truncated
+):
+    """At 14 new tokens some completions of the tiny policy are cut: ``train/truncated_fraction`` counts
+    them, and with ``mask_truncated_completions`` every loss term sees their rows as all padding."""
+    rollouts, masks = [], []
+    run, loss = PolicyUpdate.run, rgra_lightning.update.rl_loss
+
+    def recording_run(self, module, experience):
+        rollouts.append(experience.rollout)
+        return run(self, module, experience)
+
+    def recording_loss(logp, advantages, completion_mask, *args, **kwargs):
+        masks.append(completion_mask)
+        return loss(logp, advantages, completion_mask, *args, **kwargs)
+
+    monkeypatch.setattr(PolicyUpdate, "run", recording_run)
+    monkeypatch.setattr(rgra_lightning.update, "rl_loss", recording_loss)
+    overrides = {
+        "model.init_args.sampling.max_new_tokens": 14,
+        "model.init_args.loss.mask_truncated_completions": mask_truncated,
+    }
+    main(["fit", "--config", str(small_config("rgra", **FAST, **overrides)), "--trainer.max_steps=1"])
+    (rollout,), (trained,) = rollouts, masks  # one update of one micro-batch
+    truncated = rollout.truncated
+    assert 0 < int(truncated.sum()) < len(truncated)
+    expected = (
+        rollout.completion_mask * (~truncated if mask_truncated else torch.ones_like(truncated))[:, None]
+    )
+    assert torch.equal(trained, expected)
+    (fraction,) = scalars_by_step(tmp_path / "runs", "train/truncated_fraction").values()
+    assert fraction == [pytest.approx(truncated.float().mean().item())]

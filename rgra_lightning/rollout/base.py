@@ -37,6 +37,8 @@ class Rollout:
     completions: list[str]  # N decoded completions up to their first stop token, special tokens removed
     truncated_prompts: int = 0  # prompts (of B) cut to fit the context window
     group_size: int = 1  # rows per prompt, consecutive (G after sampling); 1: no sharing assumed
+    # [N] bool: no stop token within max_new_tokens (the completion was cut, not finished); None: unknown
+    truncated: Tensor | None = None
 
     @property
     def completion_ids(self) -> Tensor:
@@ -60,6 +62,7 @@ class Rollout:
             self.prompt_length,
             [self.completions[i] for i in indices],
             group_size=self.group_size if whole_groups else 1,
+            truncated=None if self.truncated is None else self.truncated[rows],
         )
 
 
@@ -218,13 +221,15 @@ def assemble_rollout(
     stop_ids: Sequence[int],
 ) -> Rollout:
     """The ``Rollout`` of left-padded prompts ``[B, P]`` and their completions ``[B * repeats, T]``
-    (prompt-major): masks up to each completion's first stop token (of ``stop_ids``), and the texts
-    decoded before it."""
+    (prompt-major): masks up to each completion's first stop token (of ``stop_ids``), the texts decoded
+    before it, and which completions have none (``truncated``: an engine decodes until every row has a
+    stop token or ``max_new_tokens`` columns are filled, so a row without one was cut at the limit)."""
     stop = torch.as_tensor(stop_ids, dtype=torch.long, device=completion_ids.device)
     mask = completion_mask(completion_ids, stop)
+    stopped = torch.isin(completion_ids, stop)
     # The text is the tokens before the first stop token: the stop token is not text, whether or not the
     # tokenizer calls it special.
-    text_lengths = (mask.bool() & ~torch.isin(completion_ids, stop)).sum(dim=1).tolist()
+    text_lengths = (mask.bool() & ~stopped).sum(dim=1).tolist()
     texts = [row[:n] for row, n in zip(completion_ids.tolist(), text_lengths, strict=True)]
     prompt_mask = prompt_mask.repeat_interleave(repeats, dim=0)
     return Rollout(
@@ -235,4 +240,5 @@ def assemble_rollout(
         completions=tokenizer.batch_decode(texts, skip_special_tokens=True),
         truncated_prompts=truncated_prompts,
         group_size=repeats,
+        truncated=~stopped.any(dim=1),
     )

@@ -70,6 +70,25 @@ def test_rollout_groups_samples_prompt_major():
     assert policy.training  # sampling restores train mode
 
 
+def test_a_completion_without_a_stop_token_within_the_limit_is_truncated():
+    """At 14 new tokens some of the tiny policy's completions end with EOS (one exactly at the limit, at
+    10 tokens) and some are cut; ``truncated`` marks exactly the rows with no stop token, and a selection
+    of rows keeps their marks."""
+    torch.manual_seed(0)
+    tokenizer, policy = load_tokenizer(str(TINY_POLICY)), load_causal_lm(str(TINY_POLICY))
+    for tokens in (10, 14, 28):
+        config = SamplingConfig(num_generations=4, max_new_tokens=tokens)
+        rollout = sample_rollout(policy, tokenizer, PROMPTS, config)
+        has_stop = (rollout.completion_ids == tokenizer.eos_token_id).any(dim=1)
+        assert torch.equal(rollout.truncated, ~has_stop)
+        lengths = rollout.completion_mask.sum(dim=1)
+        assert bool((lengths[rollout.truncated] == tokens).all())
+        rows = torch.tensor([1, 5, 8])
+        assert torch.equal(rollout.select(rows).truncated, rollout.truncated[rows])
+    assert not rollout.truncated.any()  # 28 tokens: every completion finished
+    assert rollout.select(slice(0, 4)).truncated.shape == (4,)
+
+
 # ----------------------------------------------------------------------------------- prompt tokens
 
 CHAT = [
