@@ -95,10 +95,13 @@ def test_grpo_yaml_is_rgra_yaml_with_the_grpo_preset(monkeypatch):
 
 
 FRAGMENTS = {"loss", "reward"}  # folders of fragments, composed over configs/rgra.yaml
+# Other configs that hold only what differs from another one, and that one.
+COMPOSED_OVER = {"configs/smollm2-135m/arithmetic-rgra.yaml": "configs/smollm2-135m/gsm8k-rgra.yaml"}
 FULL_CONFIGS = sorted(
     path.relative_to(ROOT)
     for path in (ROOT / "configs").rglob("*.yaml")
     if path.parent.name not in FRAGMENTS | {"ablations"}
+    and str(path.relative_to(ROOT)) not in COMPOSED_OVER
 )
 
 
@@ -117,6 +120,12 @@ def test_every_shipped_config_parses(config, monkeypatch):
 def test_every_fragment_composes_with_the_default_config(fragment, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert "model" in printed_config("configs/rgra.yaml", str(fragment))
+
+
+@pytest.mark.parametrize(("config", "base"), sorted(COMPOSED_OVER.items()))
+def test_every_config_composed_over_another_parses_with_it(config, base, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert "model" in printed_config(base, config)
 
 
 @pytest.mark.parametrize(

@@ -5,20 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from rgra_lightning.arithmetic.problems import split_problems
-from rgra_lightning.data.base import Example, PromptDataModule, check_val_size
+from rgra_lightning.data.base import Example, check_val_size
+from rgra_lightning.data.chat import ChatCapableDataModule
 from rgra_lightning.data.records import Record
 from rgra_lightning.errors import ConfigError
 
 
-class ArithmeticDataModule(PromptDataModule):
+class ArithmeticDataModule(ChatCapableDataModule):
     """The embedded task (``rgra_lightning.arithmetic``): 1,287 signed-integer and fraction problems, of
-    which ``val_size`` are held out for validation (and test). Its prompts must stay those of the warm-up
-    that made the shipped policy, so it has no chat, instruction or few-shot options.
+    which ``val_size`` are held out for validation (and test). The defaults give the prompts of the warm-up
+    that made the shipped tiny policy (``6*(-2)=``); for a pretrained chat model, ask the question in a
+    chat prompt (``prompt_format: chat``, ``prompt_template: "Compute {question}."`` and an answer-format
+    ``instruction``, as configs/smollm2-135m/arithmetic-rgra.yaml does).
 
     Args:
-        prompt_template: Python format string with ``{question}``; the warm-up's is ``{question}=``.
+        prompt_template: Python format string with ``{question}`` (the expression), giving the question
+            text: the whole prompt (``plain``) or the user message (``chat``), either followed by the
+            ``instruction`` on a new line. The warm-up's is ``{question}=``.
         val_size: problems held out for validation, at least 1 and fewer than all of them.
-        **kwargs: ``PromptDataModule``'s options (batch sizes, ``train_size``, ``limit``, ``seed``).
+        **kwargs: ``ChatCapableDataModule``'s prompt options (``prompt_format``, ``system_prompt``,
+            ``instruction``, the tokenizer) and ``PromptDataModule``'s (batch sizes, ``train_size``,
+            ``limit``, ``seed``).
     """
 
     def __init__(self, prompt_template: str = "{question}=", val_size: int = 128, **kwargs: Any) -> None:
@@ -45,7 +52,7 @@ class ArithmeticDataModule(PromptDataModule):
         return {**records, "test": records["val"]}
 
     def render(self, record: Record, shots: list[Record]) -> Example:
-        return {
-            "prompt": self.hparams.prompt_template.format(question=record["question"]),
-            "reference": record["reference"],
-        }
+        question = self.hparams.prompt_template.format(question=record["question"])
+        if self.hparams.prompt_format == "chat":
+            return {"prompt": self.chat_prompt(question), "reference": record["reference"]}
+        return {"prompt": self.user_message(question), "reference": record["reference"]}

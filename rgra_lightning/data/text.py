@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import random
 import warnings
-from typing import Any, Literal
+from typing import Any
 
-from transformers import PreTrainedTokenizerBase
-
-from rgra_lightning.data.base import ChatPrompt, Example, PromptDataModule
+from rgra_lightning.data.base import Example
+from rgra_lightning.data.chat import ChatCapableDataModule
 from rgra_lightning.data.records import Record, ReferenceFormat, Rows, load_records, shot_solution
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.models import load_tokenizer
 
 # The row options' values when neither the option nor a preset sets them.
 ROW_DEFAULTS = {
@@ -23,7 +21,7 @@ ROW_DEFAULTS = {
 }
 
 
-class TextDataModule(PromptDataModule):
+class TextDataModule(ChatCapableDataModule):
     """Problems read from rows with a question and an answer field, rendered as prompts.
 
     Args:
@@ -33,17 +31,12 @@ class TextDataModule(PromptDataModule):
             ``####`` at the end of a worked solution) or ``boxed_solution`` (the last ``\\boxed{}``).
         skip_invalid: skip (and count, with a warning) rows without a question or usable reference
             instead of stopping with an error naming the row.
-        prompt_format: ``plain`` fills ``prompt_template``; ``chat`` applies the tokenizer's chat template
-            (``tokenizer_path``, or the policy's tokenizer when the trainer runs with an ``RLModule``). A
-            chat prompt is a ``ChatPrompt``, tokenized without the tokenizer's special tokens (no second
-            BOS); a plain one gets them (its BOS, if the tokenizer adds one).
         prompt_template: Python format string with ``{question}`` (``plain``); default ``{question}=``, or
             with a preset ``Question: {question}\\nAnswer:`` (lm-evaluation-harness's).
-        system_prompt: system message (``chat``); none when unset.
-        instruction: appended to each question on a new line, e.g. the answer format.
         few_shot: solved training problems shown before each question (removed from the training set).
-        tokenizer_path, tokenizer_gguf_file: the tokenizer for ``chat`` when not taken from the policy.
-        **kwargs: ``PromptDataModule``'s options (batch sizes, ``train_size``, ``limit``, ``seed``).
+        **kwargs: ``ChatCapableDataModule``'s prompt options (``prompt_format``, ``system_prompt``,
+            ``instruction``, the tokenizer) and ``PromptDataModule``'s (batch sizes, ``train_size``,
+            ``limit``, ``seed``).
     """
 
     def __init__(
@@ -52,13 +45,8 @@ class TextDataModule(PromptDataModule):
         answer_field: str | None = None,
         reference_format: ReferenceFormat | None = None,
         skip_invalid: bool = False,
-        prompt_format: Literal["plain", "chat"] = "plain",
         prompt_template: str | None = None,
-        system_prompt: str | None = None,
-        instruction: str | None = None,
         few_shot: int = 0,
-        tokenizer_path: str | None = None,
-        tokenizer_gguf_file: str | None = None,
         **kwargs: Any,
     ) -> None:
         if prompt_template is not None and "{question}" not in prompt_template:
@@ -72,7 +60,6 @@ class TextDataModule(PromptDataModule):
             name: self.hparams[name] if self.hparams[name] is not None else defaults[name]
             for name in ROW_DEFAULTS
         }
-        self.tokenizer: PreTrainedTokenizerBase | None = None
         self.skipped: dict[str, int] = {}
 
     def row_defaults(self) -> dict[str, str]:
@@ -103,10 +90,6 @@ class TextDataModule(PromptDataModule):
         records["train"] = [r for i, r in enumerate(records["train"]) if i not in indices]
         return shots
 
-    def user_message(self, question: str) -> str:
-        instruction = self.hparams.instruction
-        return f"{question}\n{instruction}" if instruction else question
-
     def render(self, record: Record, shots: list[Record]) -> Example:
         """The prompt of one problem, preceded by the few-shot examples, and its reference answer."""
         fmt, hp = self.settings["reference_format"], self.hparams
@@ -116,31 +99,4 @@ class TextDataModule(PromptDataModule):
             template = self.settings["prompt_template"]
             prefix = "".join(f"{template.format(question=q)} {a}\n\n" for q, a in solved)
             return {"prompt": prefix + template.format(question=question), "reference": record["reference"]}
-        messages = [{"role": "system", "content": hp.system_prompt}] if hp.system_prompt else []
-        for q, a in solved:
-            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        messages.append({"role": "user", "content": question})
-        prompt = self._chat_tokenizer().apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        return {"prompt": ChatPrompt(prompt), "reference": record["reference"]}
-
-    def _chat_tokenizer(self) -> PreTrainedTokenizerBase:
-        """The tokenizer whose chat template formats prompts: set, ``tokenizer_path``, or the policy's."""
-        if self.tokenizer is None:
-            hp = self.hparams
-            if hp.tokenizer_path is not None:
-                self.tokenizer = load_tokenizer(hp.tokenizer_path, hp.tokenizer_gguf_file)
-            else:
-                trainer = self.trainer
-                self.tokenizer = getattr(trainer.lightning_module, "tokenizer", None) if trainer else None
-            if self.tokenizer is None:
-                raise ConfigError(
-                    "data.prompt_format='chat' needs data.tokenizer_path (or a module with a tokenizer)"
-                )
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ConfigError(
-                "data.prompt_format='chat': the tokenizer has no chat template; use data.prompt_format=plain "
-                "or a data.tokenizer_path whose tokenizer has one"
-            )
-        return self.tokenizer
+        return {"prompt": self.chat_prompt(record["question"], solved), "reference": record["reference"]}

@@ -1,6 +1,8 @@
-"""ArithmeticDataModule: the embedded task's sizes and limits."""
+"""ArithmeticDataModule: the embedded task's sizes and limits, and its plain and chat prompts."""
 
 from rgra_lightning.data import ArithmeticDataModule
+from rgra_lightning.data.base import ChatPrompt
+from tests.tiny_models import smollm2_tokenizer
 
 
 def test_arithmetic_task_applies_limit_and_train_size():
@@ -16,3 +18,52 @@ def test_arithmetic_task_applies_limit_and_train_size():
     assert again.train_examples == data.train_examples
     assert len(data.train_dataloader()) == 50 // 8
 
+
+
+def test_the_defaults_keep_the_warm_up_prompts():
+    data = ArithmeticDataModule(val_size=100)
+    data.setup()
+    assert data.val_examples[0] == {"prompt": "6*(-2)=", "reference": "-12"}
+    assert not isinstance(data.val_examples[0]["prompt"], ChatPrompt)
+
+
+def test_chat_prompts_ask_the_question_in_the_user_message_with_the_instruction():
+    """The chat rendering is the tokenizer's template over ``prompt_template``'s question and the
+    instruction on the next line; plain prompts take the instruction the same way."""
+    tokenizer = smollm2_tokenizer()
+    options = {"prompt_template": "Compute {question}.", "instruction": "Box it.", "val_size": 100}
+    chat = ArithmeticDataModule(prompt_format="chat", system_prompt="Be brief.", **options)
+    chat.tokenizer = tokenizer
+    chat.setup()
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Compute 6*(-2).\nBox it."},
+    ]
+    expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert chat.val_examples[0] == {"prompt": expected, "reference": "-12"}
+    assert isinstance(chat.val_examples[0]["prompt"], ChatPrompt)
+    plain = ArithmeticDataModule(**options)
+    plain.setup()
+    assert plain.val_examples[0]["prompt"] == "Compute 6*(-2).\nBox it."
+
+
+def test_the_shipped_chat_config_renders_the_problems_through_the_policys_template():
+    """configs/smollm2-135m/arithmetic-rgra.yaml over the GSM8K config parses; its data module, given
+    SmolLM2's tokenizer as the policy's, renders the held-out problems as chat prompts."""
+    from rgra_lightning.cli import main
+
+    cli = main(
+        [
+            "--config",
+            "configs/smollm2-135m/gsm8k-rgra.yaml",
+            "--config",
+            "configs/smollm2-135m/arithmetic-rgra.yaml",
+        ],
+        run=False,
+    )
+    data = cli.datamodule
+    assert isinstance(data, ArithmeticDataModule)
+    data.tokenizer = smollm2_tokenizer()
+    data.setup()
+    assert len(data.val_examples) == 100 and len(data.train_examples) == 1187
+    assert "Compute 6*(-2).\nPut your final answer within \\boxed{}." in data.val_examples[0]["prompt"]

@@ -16,8 +16,7 @@ from tests.conftest import one_line_error
     "data_module, option",
     [
         ("ArithmeticDataModule", "--data.few_shot=2"),
-        ("ArithmeticDataModule", "--data.instruction=Box it."),
-        ("ArithmeticDataModule", "--data.prompt_format=chat"),
+        ("ArithmeticDataModule", "--data.reference_format=answer"),
         ("ArithmeticDataModule", "--data.source=../shared/datasets/gsm8k"),
         ("JsonFilesDataModule", "--data.val_split=test"),
         ("JsonFilesDataModule", "--data.val_size=10"),

@@ -1,0 +1,80 @@
+"""The base of data modules whose prompts can be written as chat: a user message (the question, then an
+optional instruction on a new line), optionally after a system message and solved examples, rendered by
+a tokenizer's chat template."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from transformers import PreTrainedTokenizerBase
+
+from rgra_lightning.data.base import ChatPrompt, PromptDataModule
+from rgra_lightning.errors import ConfigError
+from rgra_lightning.models import load_tokenizer
+
+PromptFormat = Literal["plain", "chat"]
+
+
+class ChatCapableDataModule(PromptDataModule):
+    """A ``PromptDataModule`` with the prompt-format options; sources decide what the question text is.
+
+    Args:
+        prompt_format: ``plain`` (the source's template fills the prompt) or ``chat`` (the tokenizer's chat
+            template: ``tokenizer_path``, or the policy's tokenizer when the trainer runs with an
+            ``RLModule``). A chat prompt is a ``ChatPrompt``, tokenized without the tokenizer's special
+            tokens (no second BOS); a plain one gets them (its BOS, if the tokenizer adds one).
+        system_prompt: system message (``chat``); none when unset.
+        instruction: appended to each question on a new line, e.g. the answer format.
+        tokenizer_path, tokenizer_gguf_file: the tokenizer for ``chat`` when not taken from the policy.
+        **kwargs: ``PromptDataModule``'s options (batch sizes, ``train_size``, ``limit``, ``seed``).
+    """
+
+    def __init__(
+        self,
+        prompt_format: PromptFormat = "plain",
+        system_prompt: str | None = None,
+        instruction: str | None = None,
+        tokenizer_path: str | None = None,
+        tokenizer_gguf_file: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+
+    def user_message(self, question: str) -> str:
+        """The question followed by the instruction, if any, on a new line."""
+        instruction = self.hparams.instruction
+        return f"{question}\n{instruction}" if instruction else question
+
+    def chat_prompt(self, question: str, solved: list[tuple[str, str]] = ()) -> ChatPrompt:
+        """The chat-template rendering of the system message, the ``solved`` (user message, answer) pairs
+        and ``question``'s user message, ending with the assistant's turn."""
+        hp = self.hparams
+        messages = [{"role": "system", "content": hp.system_prompt}] if hp.system_prompt else []
+        for user, answer in solved:
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": self.user_message(question)})
+        prompt = self._chat_tokenizer().apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return ChatPrompt(prompt)
+
+    def _chat_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer whose chat template formats prompts: set, ``tokenizer_path``, or the policy's."""
+        if self.tokenizer is None:
+            hp = self.hparams
+            if hp.tokenizer_path is not None:
+                self.tokenizer = load_tokenizer(hp.tokenizer_path, hp.tokenizer_gguf_file)
+            else:
+                trainer = self.trainer
+                self.tokenizer = getattr(trainer.lightning_module, "tokenizer", None) if trainer else None
+            if self.tokenizer is None:
+                raise ConfigError(
+                    "data.prompt_format='chat' needs data.tokenizer_path (or a module with a tokenizer)"
+                )
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(
+                "data.prompt_format='chat': the tokenizer has no chat template; use data.prompt_format=plain "
+                "or a data.tokenizer_path whose tokenizer has one"
+            )
+        return self.tokenizer
