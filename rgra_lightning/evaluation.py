@@ -64,7 +64,8 @@ class EvaluationConfig:
             raise ConfigError(f"model.evaluation.temperature must be > 0, got {self.temperature}")
 
     def sampling(self, training: SamplingConfig) -> SamplingConfig:
-        """The sampling options of the n completions: the training ones with n, ``temperature``, ``top_p``."""
+        """The sampling options of the n completions: the training ones (``top_k``, ``min_p``, stop and
+        length options included) with n, ``temperature`` and ``top_p``."""
         return replace(
             training, num_generations=self.num_samples, temperature=self.temperature, top_p=self.top_p
         )

@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 from rewards import Score, Verifier
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import freeze, load_causal_lm, load_sequence_classifier, load_tokenizer
+from rgra_lightning.rollout.base import prompt_token_ids
 
 Transform = Literal["sigmoid", "standardize", "none"]
 
@@ -57,14 +58,12 @@ def encode(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, model: nn.Module
 ) -> dict[str, Tensor]:
     """Model inputs ``[N, L]`` on ``model``'s device: left-padded (every row ends in the last column),
-    texts longer than ``max_length`` tokens keep their end, position ids count real tokens only."""
-    encoded = tokenizer(
-        list(texts),
-        return_tensors="pt",
-        padding=True,
-        padding_side="left",
-        truncation=True,
-        max_length=max_length,
+    texts longer than ``max_length`` tokens keep their end, position ids count real tokens only. A text
+    that already starts with the tokenizer's BOS (a prompt from a chat template that writes it) gets no
+    second one (``prompt_token_ids``)."""
+    ids = [row[-max_length:] for row in prompt_token_ids(tokenizer, list(texts))]
+    encoded = tokenizer.pad(
+        {"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt"
     ).to(next(model.parameters()).device)
     position_ids = (encoded["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
     return {**encoded, "position_ids": position_ids}

@@ -10,10 +10,11 @@ from rewards import FormatReward, NumericVerifier, Score, WeightedSum
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_causal_lm, load_sequence_classifier
-from rgra_lightning.reward_models.scorer import RewardModelScorer, transform_scores
+from rgra_lightning.reward_models.scorer import RewardModelScorer, encode, pair_text, transform_scores
 from rgra_lightning.scoring import reward_components
 from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise, scalar_tags
 from tests.reward_models.conftest import save_classifier, verifier_plus_reward_model
+from tests.tiny_models import llama3_style_tokenizer
 
 
 def test_transforms_match_hand_computed_values():
@@ -148,3 +149,19 @@ def test_component_means_count_a_failed_row_as_zero_and_take_names_from_the_veri
     }
     assert reward_components(NumericVerifier(), [scored]) == {}
 
+
+
+def test_a_pair_that_starts_with_the_bos_token_gets_no_second_one():
+    """A chat prompt of a Llama-3-style template already writes BOS: the reward model reads it once; a
+    plain text gets the tokenizer's BOS; a long text keeps its end; rows are left-padded."""
+    tokenizer = llama3_style_tokenizer()
+    bos = tokenizer.bos_token_id
+    device_holder = torch.nn.Linear(1, 1)
+    chat = pair_text(tokenizer.bos_token + "<|start_header_id|>user", " 4")
+    encoded = encode(tokenizer, [chat, "plain 4", "x " * 50], 16, device_holder)
+    pairs = zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
+    rows = [ids[mask.bool()].tolist() for ids, mask in pairs]
+    assert rows[0] == tokenizer(chat, add_special_tokens=False)["input_ids"] and rows[0].count(bos) == 1
+    assert rows[1] == tokenizer("plain 4")["input_ids"] and rows[1].count(bos) == 1
+    assert rows[2] == tokenizer("x " * 50)["input_ids"][-16:]
+    assert bool(encoded["attention_mask"][:, -1].all())  # every row ends in the last column
