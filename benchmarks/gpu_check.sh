@@ -6,7 +6,13 @@
 # It prints (and writes to $OUT/gpu_check.log, else /tmp/gpu_check.log):
 #   1. the throughput comparison with TRL on a randomly initialised Qwen2.5-0.5B, bf16, and our step split;
 #   2. peak GPU memory of a step against model.micro_batch_size (Qwen2.5's vocabulary), 64 and 512 tokens;
-#   3. the default config trained for 30 updates on the GPU (the whole CLI path, validation included).
+#   3. the default config trained for 30 updates on the GPU (the whole CLI path, validation included);
+#   4. the Qwen2.5-0.5B paper config for 3 updates (benchmarks/paper_step.py): step-time split, peak memory,
+#      fraction of LoRA entries moved. On the real Qwen2.5-Coder-0.5B-Instruct weights when $QWEN_GGUF
+#      names the GGUF that benchmarks/qwen_gguf.py rejoins (491 MB: more than one call's 64 MiB carry, so
+#      it must be brought in pieces into an ignored folder over consecutive calls and rejoined there);
+#      otherwise on randomly initialised weights of the same shape (timing and memory only: a random
+#      policy earns no reward, so no adapter moves).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=${OUT:-/tmp}/gpu_check.log
@@ -35,4 +41,11 @@ section "peak memory, 512 tokens" python3 benchmarks/peak_memory.py --device cud
 section "default config on the GPU" python3 -m rgra_lightning fit --config configs/rgra.yaml \
   --trainer.accelerator=gpu --trainer.max_steps=30 --trainer.logger=false --trainer.callbacks=[] \
   --trainer.enable_checkpointing=false
+if [ -n "${QWEN_GGUF:-}" ] && [ -f "$QWEN_GGUF" ]; then
+  section "paper config, real weights" python3 benchmarks/paper_step.py --gguf "$QWEN_GGUF" --steps 3
+else
+  echo "== QWEN_GGUF unset or absent: the paper config on random weights (no reward, no adapter movement)" \
+    | tee -a "$log"
+  section "paper config, random weights" python3 benchmarks/paper_step.py --random-init qwen2.5-0.5b --steps 3
+fi
 exit $status

@@ -82,3 +82,23 @@ def test_padding_benchmark_counts_the_positions_each_computation_runs():
     assert rows["trimmed"][1] == pytest.approx(100 * (1 - rows["trimmed"][0] / full), abs=0.05)
     assert rows["before"][2] == 4 * max(lengths) and rows["trimmed"][2] == sum(lengths)
     assert "trimmed / before" in done.stdout
+
+
+@pytest.mark.slow
+def test_paper_step_benchmark_runs_the_paper_config_and_reports_split_and_adapters():
+    """The GPU check's paper-config section, on a CPU with a tiny random Qwen2 of the real vocabulary: the
+    paper config runs with only model, place and size changed, and every figure is printed."""
+    done = subprocess.run(
+        [sys.executable, "benchmarks/paper_step.py", "--random-init", "tiny", "--device", "cpu",
+         "--tokens", "8", "--batch", "2", "--steps", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    updates = re.findall(r"update (\d): generation_s +([0-9.]+) .* step_s +([0-9.]+)", done.stdout)
+    assert [u for u, _, _ in updates] == ["1", "2"]
+    assert all(0 < float(generation) < float(step) for _, generation, step in updates)
+    moved = re.findall(
+        r"(lora_A|lora_B) entries changed by the last update: ([0-9.]+)% of ([0-9,]+)", done.stdout
+    )
+    assert [kind for kind, _, _ in moved] == ["lora_A", "lora_B"]
+    assert all(int(total.replace(",", "")) > 0 for _, _, total in moved)
