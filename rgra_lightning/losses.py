@@ -4,8 +4,11 @@ Shapes: N completions, T completion tokens (right-padded). ``mask`` is 1.0 on re
 0.0 on padding. Log-probabilities are natural-log probabilities of the sampled tokens, ``[N, T]``;
 ``advantages`` are ``[N]``, one per completion. The loss is minimised.
 
-    per-token objective  = policy_term(logp, old_logp, A) - beta * KL(logp, ref_logp)
+    per-token objective  = w * policy_term(logp, old_logp, A) - beta * KL(logp, ref_logp)
     loss                 = - aggregate(per-token objective, mask)
+
+where w = 1, or with ``sampler_correction_cap`` the truncated importance weight of the trainer's pi_old over
+the rollout engine's sampling distribution (``sampler_weights``).
 
 docs/algorithms.md gives the equations, each option's origin and how the options map to TRL's.
 """
@@ -48,6 +51,17 @@ class LossConfig:
             (DAPO's overlong filtering, Yu et al. 2025; TRL's option of the same name). They still count in
             their group's advantage baseline.
         advantage: how rewards become advantages (baseline, scale, sign filter, selection).
+        sampler_correction_cap: truncated importance sampling (TIS; Yao et al. 2025, "Your efficient RL
+            framework secretly brings you off-policy RL training") for an engine that samples with weights and
+            kernels of its own (``VLLMEngine``), whose token probabilities differ from the trainer's even for
+            the same weights: each token's policy term is multiplied by the detached weight
+            ``min(exp(old - sampler), cap)``, the trainer's pi_old probability of the token over the
+            sampler's, truncated at this cap (TRL 1.16: ``vllm_importance_sampling_correction=True``,
+            ``vllm_importance_sampling_mode="token_truncate"``, ``vllm_importance_sampling_clip_max``; 2 to 3
+            is usual). None (the default): no correction; the option is refused for an engine that returns
+            no sampler log-probs (``HFEngine``, which samples with the trained policy itself). Logged:
+            ``train/sampler_logprob_diff`` (token mean of ``|old - sampler|``) and
+            ``train/sampler_is_clipped_fraction`` (tokens whose weight was cut to the cap).
     """
 
     policy_term: PolicyTerm = "reinforce"
@@ -59,6 +73,7 @@ class LossConfig:
     aggregation_constant: int | None = None
     mask_truncated_completions: bool = False
     advantage: AdvantageConfig = AdvantageConfig()
+    sampler_correction_cap: float | None = None
 
     def __post_init__(self) -> None:
         for field, value, allowed in (
@@ -82,11 +97,15 @@ class LossConfig:
             raise ConfigError(
                 f"loss.aggregation_constant must be >= 1 tokens, got {self.aggregation_constant}"
             )
+        if self.sampler_correction_cap is not None and self.sampler_correction_cap <= 0:
+            raise ConfigError(
+                f"loss.sampler_correction_cap must be > 0 (null: off), got {self.sampler_correction_cap}"
+            )
 
     @property
     def needs_old_logprobs(self) -> bool:
-        """Whether the policy term uses pi_old (only the ratio terms do)."""
-        return self.policy_term != "reinforce"
+        """Whether the loss uses pi_old: the ratio terms do, and so does the sampler correction."""
+        return self.policy_term != "reinforce" or self.sampler_correction_cap is not None
 
     @property
     def needs_reference(self) -> bool:
@@ -102,6 +121,10 @@ class LossOutput:
     kl: Tensor  # aggregated KL estimate (0 when beta == 0)
     clip_fraction: Tensor  # fraction of tokens whose clipped term was the active (smaller) one
     ratio_mean: Tensor  # token-mean of pi / pi_old (1 for reinforce)
+    # With ``sampler_correction_cap`` only (else None): token means of |old - sampler| and of the tokens whose
+    # importance weight was cut to the cap
+    sampler_logprob_diff: Tensor | None = None
+    sampler_is_clipped_fraction: Tensor | None = None
 
 
 def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: KLEstimator = "k3") -> Tensor:
@@ -132,6 +155,14 @@ def policy_term(
         return unclipped, torch.zeros_like(logp), ratio
     clipped = torch.clamp(ratio, 1 - config.eps_low, 1 + config.eps_high) * advantages
     return torch.minimum(unclipped, clipped), (clipped < unclipped).float(), ratio
+
+
+def sampler_weights(old_logp: Tensor, sampler_logp: Tensor, cap: float) -> tuple[Tensor, Tensor]:
+    """Truncated importance weights ``[N, T]`` of the trainer's pi_old over the sampler's distribution,
+    ``min(exp(old_logp - sampler_logp), cap)`` (detached), and the indicator of the tokens cut to ``cap``."""
+    raw = torch.exp((old_logp - sampler_logp).detach())
+    clipped = raw > cap
+    return raw.clamp(max=cap), clipped.to(old_logp.dtype)
 
 
 def aggregate(
@@ -170,6 +201,7 @@ def rl_loss(
     ref_logp: Tensor | None = None,
     batch_rows: int | None = None,
     batch_tokens: Tensor | None = None,
+    sampler_logp: Tensor | None = None,
 ) -> LossOutput:
     """The loss for one (mini-)batch of completions: minus the aggregated policy term plus beta times the
     aggregated KL; see the module docstring for shapes. ``LossOutput.policy_loss`` is the policy term's
@@ -178,10 +210,30 @@ def rl_loss(
     For a micro-batch, ``batch_rows`` and ``batch_tokens`` give the size of the mini-batch it is a slice of
     (see ``aggregate``): the loss and every diagnostic then add up over the micro-batches to the
     mini-batch's values.
+
+    ``sampler_logp`` ``[N, T]``: the rollout engine's log-probs of the tokens, used (and needed) only with
+    ``config.sampler_correction_cap``, which also needs ``old_logp`` (pi_old: the trainer's log-probs before
+    this batch's first update).
     """
     mask = mask.to(logp.dtype)
     term, clipped, ratio = policy_term(logp, old_logp, advantages, config)
     tokens = mask.sum() if batch_tokens is None else batch_tokens.to(mask.dtype)
+    sampler_diagnostics: dict[str, Tensor] = {}
+    if config.sampler_correction_cap is not None:
+        if sampler_logp is None:
+            raise ConfigError(
+                "loss.sampler_correction_cap needs the sampler's log-probs, and the rollout has none: use a "
+                "rollout engine that returns them (VLLMEngine) or leave the option unset"
+            )
+        if old_logp is None:
+            raise ConfigError("loss.sampler_correction_cap needs the trainer's old log-probs (pi_old)")
+        weight, cut = sampler_weights(old_logp, sampler_logp, config.sampler_correction_cap)
+        term = term * weight
+        denominator = tokens.clamp(min=1)
+        sampler_diagnostics = {
+            "sampler_logprob_diff": (((old_logp - sampler_logp).abs() * mask).sum() / denominator).detach(),
+            "sampler_is_clipped_fraction": ((cut * mask).sum() / denominator).detach(),
+        }
     agg = (config.aggregation, config.aggregation_constant, batch_rows, tokens)
     policy_objective = aggregate(term, mask, *agg)
     if config.beta > 0:
@@ -198,4 +250,5 @@ def rl_loss(
         kl=kl.detach(),
         clip_fraction=((clipped * mask).sum() / tokens).detach(),
         ratio_mean=((ratio * mask).sum() / tokens).detach(),
+        **sampler_diagnostics,
     )

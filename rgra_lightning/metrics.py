@@ -25,6 +25,8 @@ TRAIN_REDUCTIONS = {
     "train/entropy": "token_mean",
     "train/clip_fraction": "token_mean",
     "train/ratio_mean": "token_mean",
+    "train/sampler_logprob_diff": "token_mean",
+    "train/sampler_is_clipped_fraction": "token_mean",
 }
 
 

@@ -101,7 +101,8 @@ class RLModule(LightningModule):
         lora: LoRA adapters (``peft``) instead of full fine-tuning: only the adapters train, and the
             reference log-probs come from the same weights with the adapters disabled (no second copy).
         rollout: the engine that samples completions (``rgra_lightning.rollout``); the default
-            ``HFEngine`` samples from the policy itself.
+            ``HFEngine`` samples from the policy itself, ``VLLMEngine`` with vLLM on a CUDA GPU, its weights
+            pushed after the updates (docs/rollout-engines.md).
         evaluation: what ``validate``/``test`` measure (greedy pass@1, sampled pass@k and maj@k) and
             whether they write every completion to a JSONL file; see ``rgra_lightning.evaluation``.
     """
@@ -139,6 +140,14 @@ class RLModule(LightningModule):
         ):
             if not valid:
                 raise ConfigError(f"model.{name} must be {allowed}, got {value}")
+        corrects = loss.sampler_correction_cap is not None
+        if corrects and not getattr(rollout, "returns_sampler_logprobs", False):
+            raise ConfigError(
+                "model.loss.sampler_correction_cap corrects for a sampler whose probabilities differ from "
+                f"the trainer's, and model.rollout ({type(rollout).__name__}) returns no sampler log-probs "
+                "(HFEngine samples with the trained policy itself): use rgra_lightning.rollout.VLLMEngine "
+                "or unset it"
+            )
         if loss.aggregation == "constant_sum" and loss.aggregation_constant is None:
             loss = replace(loss, aggregation_constant=sampling.max_new_tokens)
         update_options = (num_iterations, num_minibatches, micro_batch_size, max_grad_norm)

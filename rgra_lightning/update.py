@@ -102,7 +102,8 @@ class PolicyUpdate:
 
     @property
     def stores_old_logprobs(self) -> bool:
-        """pi_old is needed only when a ratio is used *and* the policy changes before the last update."""
+        """pi_old is needed only when a ratio (or the sampler correction) is used *and* the policy changes
+        before the last update; otherwise the detached current log-probs are pi_old's."""
         several_updates = self.num_iterations > 1 or self.num_minibatches > 1
         return self.loss.needs_old_logprobs and several_updates
 
@@ -135,6 +136,7 @@ class PolicyUpdate:
                     mini = rollout.select(micro)
                     logp, entropy = token_logprobs(module.policy, mini, self.temperature)
                     old, ref = experience.old_logprobs, experience.ref_logprobs
+                    sampler = rollout.sampler_logprobs
                     out = rl_loss(
                         logp,
                         advantages[micro],
@@ -144,6 +146,7 @@ class PolicyUpdate:
                         ref_logp=None if ref is None else ref[micro],
                         batch_rows=minibatch,
                         batch_tokens=tokens,
+                        sampler_logp=None if sampler is None else sampler[micro],
                     )
                     # DDP all-reduces the accumulated gradients in the last micro-batch's backward only
                     last = index == len(parts) - 1
@@ -156,8 +159,11 @@ class PolicyUpdate:
                         ("clip_fraction", out.clip_fraction),
                         ("ratio_mean", out.ratio_mean),
                         ("entropy", (entropy * mini.completion_mask).sum() / real_tokens.clamp(min=1)),
+                        ("sampler_logprob_diff", out.sampler_logprob_diff),
+                        ("sampler_is_clipped_fraction", out.sampler_is_clipped_fraction),
                     ):
-                        sums[name] = sums.get(name, 0) + value
+                        if value is not None:  # the sampler's only with loss.sampler_correction_cap
+                            sums[name] = sums.get(name, 0) + value
                 learning_rate = torch.tensor(scheduler.get_last_lr()[0])  # this update's
                 grad_norm = torch.nn.utils.clip_grad_norm_(module.policy.parameters(), self.max_grad_norm)
                 if isinstance(grad_norm, DTensor):  # FSDP2: the global norm, replicated on every rank

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from rgra_lightning.losses import LossConfig, aggregate, kl_estimate, policy_term, rl_loss
+from rgra_lightning.errors import ConfigError
+from rgra_lightning.losses import LossConfig, aggregate, kl_estimate, policy_term, rl_loss, sampler_weights
 
 LOGP = torch.tensor([[-1.0, -2.0, -0.5], [-0.2, -0.3, -9.0]])
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
@@ -157,3 +158,87 @@ def test_micro_batch_losses_add_up_to_the_mini_batch_loss_and_gradient(aggregati
     # Without batch sizes a slice is normalised by its own: the default, for a whole mini-batch.
     alone = rl_loss(torch.nn.functional.logsigmoid(logits), advantages, mask, config, old, ref)
     assert alone.loss.item() == pytest.approx(whole["loss"], rel=1e-6)
+
+
+# Truncated importance sampling (TIS) of the sampler/trainer mismatch: two rows, the second one's last token
+# is padding. log(pi_old / sampler) per token: 0.5, -1, 2 | 0, 1.5, (9: padding).
+OLD = torch.tensor([[-1.0, -2.0, -0.5], [-0.2, -0.3, -9.0]])
+SAMPLER = torch.tensor([[-1.5, -1.0, -2.5], [-0.2, -1.8, -18.0]])
+CAP = 2.0
+
+
+def test_sampler_weights_by_hand():
+    weights, cut = sampler_weights(OLD, SAMPLER, CAP)
+    expected = torch.tensor([[math.exp(0.5), math.exp(-1.0), CAP], [1.0, CAP, CAP]])
+    torch.testing.assert_close(weights, expected)
+    torch.testing.assert_close(cut, torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
+
+
+def test_the_sampler_correction_weights_the_policy_term_by_hand():
+    config = LossConfig(policy_term="reinforce", beta=0.0, sampler_correction_cap=CAP)
+    out = rl_loss(LOGP, ADV, MASK, config, old_logp=OLD, sampler_logp=SAMPLER)
+    seq0 = (-1.0 * math.exp(0.5) - 2.0 * math.exp(-1.0) - 0.5 * CAP) / 3 * 2.0
+    seq1 = (-0.2 * 1.0 - 0.3 * CAP) / 2 * -1.0
+    assert out.loss.item() == pytest.approx(-(seq0 + seq1) / 2)
+    # Diagnostics over the 5 real tokens: |log(pi_old / sampler)| and the tokens cut to the cap
+    assert out.sampler_logprob_diff.item() == pytest.approx((0.5 + 1.0 + 2.0 + 0.0 + 1.5) / 5)
+    assert out.sampler_is_clipped_fraction.item() == pytest.approx(2 / 5)
+
+
+def test_the_sampler_weight_is_detached_and_multiplies_the_clipped_term():
+    """The gradient is the weighted policy gradient: no gradient flows through the weight, even when the
+    old log-probs are the current ones (mu = 1: ``logp.detach()`` in the update, here not even detached)."""
+    logp = LOGP.clone().requires_grad_(True)
+    config = LossConfig(policy_term="reinforce", beta=0.0, sampler_correction_cap=CAP)
+    rl_loss(logp, ADV, MASK, config, old_logp=logp, sampler_logp=SAMPLER).loss.backward()
+    weights, _ = sampler_weights(LOGP, SAMPLER, CAP)
+    lengths = MASK.sum(dim=1, keepdim=True)
+    torch.testing.assert_close(logp.grad, -(ADV.unsqueeze(1) * weights * MASK / lengths) / 2)
+    clipped = LossConfig(policy_term="clipped_ratio", beta=0.0, sampler_correction_cap=CAP)
+    old = LOGP - 0.5  # ratio e^0.5 > 1.2: A = 2 is clipped, A = -1 is not
+    term, _, _ = policy_term(LOGP, old, ADV, clipped)
+    out = rl_loss(LOGP, ADV, MASK, clipped, old_logp=old, sampler_logp=SAMPLER)
+    weights, _ = sampler_weights(old, SAMPLER, CAP)
+    assert out.loss.item() == pytest.approx(-aggregate(term * weights, MASK, "sequence_mean").item())
+
+
+def test_without_the_cap_the_sampler_log_probs_change_nothing():
+    config = LossConfig(policy_term="reinforce", beta=0.0)
+    out = rl_loss(LOGP, ADV, MASK, config, old_logp=OLD, sampler_logp=SAMPLER)
+    assert out.loss.item() == rl_loss(LOGP, ADV, MASK, config).loss.item()
+    assert out.sampler_logprob_diff is None and out.sampler_is_clipped_fraction is None
+    assert not config.needs_old_logprobs
+    assert LossConfig(sampler_correction_cap=CAP).needs_old_logprobs  # the weights need pi_old
+
+
+def test_the_sampler_correction_needs_the_samplers_and_the_old_log_probs():
+    config = LossConfig(beta=0.0, sampler_correction_cap=CAP)
+    with pytest.raises(ConfigError, match="needs the sampler's log-probs, and the rollout has none"):
+        rl_loss(LOGP, ADV, MASK, config, old_logp=OLD)
+    with pytest.raises(ConfigError, match="needs the trainer's old log-probs"):
+        rl_loss(LOGP, ADV, MASK, config, sampler_logp=SAMPLER)
+    with pytest.raises(ConfigError, match=r"loss.sampler_correction_cap must be > 0 \(null: off\), got 0"):
+        LossConfig(sampler_correction_cap=0)
+
+
+@pytest.mark.parametrize("aggregation", ["sequence_mean", "token_mean", "constant_sum"])
+def test_sampler_diagnostics_add_up_over_micro_batches(aggregation):
+    config = LossConfig(beta=0.0, aggregation=aggregation, aggregation_constant=3, sampler_correction_cap=CAP)
+    whole = rl_loss(LOGP, ADV, MASK, config, old_logp=OLD, sampler_logp=SAMPLER)
+    parts = [
+        rl_loss(
+            LOGP[rows],
+            ADV[rows],
+            MASK[rows],
+            config,
+            OLD[rows],
+            None,
+            2,
+            MASK.sum(),
+            sampler_logp=SAMPLER[rows],
+        )
+        for rows in (slice(0, 1), slice(1, 2))
+    ]
+    for name in ("loss", "sampler_logprob_diff", "sampler_is_clipped_fraction"):
+        total = sum(getattr(part, name) for part in parts)
+        assert total.item() == pytest.approx(getattr(whole, name).item()), name

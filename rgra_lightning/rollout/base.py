@@ -39,6 +39,9 @@ class Rollout:
     group_size: int = 1  # rows per prompt, consecutive (G after sampling); 1: no sharing assumed
     # [N] bool: no stop token within max_new_tokens (the completion was cut, not finished); None: unknown
     truncated: Tensor | None = None
+    # [N, T] the sampler's log-probs of the completion tokens (0 after each completion), from an engine with
+    # weights and kernels of its own (VLLMEngine); None: the engine samples with the trained policy itself
+    sampler_logprobs: Tensor | None = None
 
     @property
     def completion_ids(self) -> Tensor:
@@ -63,6 +66,7 @@ class Rollout:
             [self.completions[i] for i in indices],
             group_size=self.group_size if whole_groups else 1,
             truncated=None if self.truncated is None else self.truncated[rows],
+            sampler_logprobs=None if self.sampler_logprobs is None else self.sampler_logprobs[rows],
         )
 
 
