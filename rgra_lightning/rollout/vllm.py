@@ -1,0 +1,354 @@
+"""A rollout engine that samples with vLLM on a CUDA GPU, colocated with the trainer in its process.
+
+Each training process starts its own vLLM engine (``LLM``) at the first rollout, on the GPU it trains on,
+with a share of that GPU's memory of its own (``gpu_memory_utilization``). Between rollouts the engine
+sleeps (``sleep_level``): its key/value cache, and at level 2 its weights, are released, so the update
+gets the memory back. Before a rollout it wakes up and, when its weights may differ from the policy's
+(always after a level-2 sleep; after ``update_weights`` otherwise), the policy's weights are pushed
+into it one tensor at a time: gathered from FSDP2 shards (``DTensor.full_tensor``) and, for a LoRA
+policy, merged (W + scaling * B A, computed without touching the policy), under vLLM's parameter names.
+
+Prompts go in as the token ids ``HFEngine`` feeds the policy (``tokenize_prompts``: same special tokens,
+same context-window cut), the sampling options map one to one onto ``SamplingParams`` (``sampling_kwargs``)
+with a seed per prompt drawn from torch's generator, and the completions come back as a ``Rollout`` with
+the sampler's log-prob of every token (``Rollout.sampler_logprobs``), for the importance-sampling
+correction of ``LossConfig.sampler_correction_cap``.
+
+vLLM is imported inside the engine only (``_load_vllm``): without CUDA or without vllm, choosing the engine
+is a one-line ``ConfigError`` when it is bound. This path is verified only where a GPU has run it; see
+docs/rollout-engines.md.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rgra_lightning.errors import ConfigError
+from rgra_lightning.rollout.base import Rollout, RolloutEngine, assemble_rollout, tokenize_prompts
+from rgra_lightning.rollout.sampling import SamplingConfig
+
+MIN_VLLM_VERSION = "0.33"
+NEEDS = (
+    f"model.rollout VLLMEngine needs a CUDA GPU and vllm>={MIN_VLLM_VERSION} "
+    "(pip install 'rgra-lightning[vllm]')"
+)
+SEED_RANGE = 2**31 - 1  # vLLM's per-request seeds; child k of a request with seed s samples with s + k
+
+
+def _load_vllm() -> Any:
+    """The ``vllm`` module, or a one-line ``ConfigError`` saying what is missing (tests replace this
+    function to run the engine against a stand-in)."""
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{NEEDS}: this machine has no CUDA device; use the default HFEngine")
+    try:
+        import vllm
+    except ImportError as error:
+        raise ConfigError(f"{NEEDS}: vllm is not installed") from error
+    from packaging.version import Version
+
+    if Version(vllm.__version__).release < Version(MIN_VLLM_VERSION).release:
+        raise ConfigError(f"{NEEDS}: vllm {vllm.__version__} is installed")
+    return vllm
+
+
+# ----------------------------------------------------------------------------------- weights
+
+
+def vllm_name(name: str) -> str:
+    """The name vLLM's ``load_weights`` knows a parameter of the HF policy by: its name in the model's
+    checkpoint, without peft's ``base_model.model.`` prefix and ``.base_layer`` level (and torch's
+    ``_checkpoint_wrapped_module.``)."""
+    name = name.removeprefix("base_model.model.")
+    return name.replace(".base_layer", "").replace("_checkpoint_wrapped_module.", "")
+
+
+def _is_adapter_parameter(name: str) -> bool:
+    return any(part.startswith("lora_") for part in name.split("."))
+
+
+def _full(tensor: Tensor) -> Tensor:
+    """The whole tensor of an FSDP2 shard (an all-gather every rank joins), or ``tensor`` itself."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _lora_layers(policy: nn.Module) -> dict[str, nn.Module]:
+    """peft's LoRA-wrapped layers of ``policy`` by module name (they hold ``base_layer`` and the adapters)."""
+    needed = ("base_layer", "get_delta_weight", "scaling")
+    return {
+        name: module
+        for name, module in policy.named_modules()
+        if all(hasattr(module, attribute) for attribute in needed)
+    }
+
+
+def merged_weight(layer: nn.Module, weight: Tensor) -> Tensor:
+    """``weight`` (the base layer's, whole) plus the update of each active adapter of the peft LoRA
+    ``layer``, W + (alpha / r) B A (peft's ``get_delta_weight``), in float32; the layer is not changed.
+    Unchanged when the adapters are off or already merged into the base weight."""
+    if getattr(layer, "merged", False) or getattr(layer, "disable_adapters", False):
+        return weight
+    merged = weight.float()
+    for adapter in layer.active_adapters:
+        if adapter not in layer.scaling:
+            continue
+        if getattr(layer, "use_dora", {}).get(adapter, False):
+            raise ConfigError("VLLMEngine cannot push DoRA adapters (use_dora): use plain LoRA")
+        merged = merged + _full(layer.get_delta_weight(adapter)).float()
+    return merged
+
+
+@torch.no_grad()
+def vllm_weights(policy: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """``(vLLM name, whole tensor)`` for every parameter of the HF ``policy``, one at a time (only one
+    gathered or merged tensor is alive per step): LoRA adapters are merged into their base weights and not
+    sent themselves; tied parameters are sent once (``named_parameters`` de-duplicates them)."""
+    layers = _lora_layers(policy)
+    for name, parameter in policy.named_parameters():
+        if _is_adapter_parameter(name):
+            continue
+        tensor = _full(parameter.detach())
+        module_name, _, leaf = name.rpartition(".")
+        layer = layers.get(module_name.removesuffix(".base_layer"))
+        if layer is not None and module_name.endswith(".base_layer") and leaf == "weight":
+            tensor = merged_weight(layer, tensor)
+        yield vllm_name(name), tensor
+
+
+def _vllm_model(llm: Any) -> nn.Module:
+    """The model inside an in-process vLLM engine (``distributed_executor_backend="external_launcher"``
+    keeps the worker in this process), whose ``load_weights`` takes ``(name, tensor)`` pairs."""
+    try:
+        worker = llm.llm_engine.model_executor.driver_worker
+        worker = getattr(worker, "worker", worker)  # a WorkerWrapperBase holds the worker
+        return worker.model_runner.model
+    except AttributeError as error:
+        raise RuntimeError(
+            "VLLMEngine cannot reach vLLM's model in this process (llm.llm_engine.model_executor."
+            f"driver_worker.model_runner.model): {error}. This vllm release lays out its engine otherwise"
+        ) from error
+
+
+# ---------------------------------------------------------------------------------- sampling
+
+
+def sampling_kwargs(config: SamplingConfig, greedy: bool, stop_ids: Iterable[int]) -> dict[str, Any]:
+    """``SamplingParams`` arguments that sample as ``HFEngine`` does: ``n`` = G completions, the same
+    temperature, top-k (0, off, is vLLM's -1), top-p, min-p, maximum and minimum new tokens and every stop
+    id, the sampled token's log-prob (``logprobs=0``); token ids out, no text (``detokenize=False``).
+    ``greedy``: one completion at temperature 0, min_new_tokens not applied (as ``HFEngine``)."""
+    common = {
+        "max_tokens": config.max_new_tokens,
+        "stop_token_ids": list(stop_ids),
+        "detokenize": False,
+    }
+    if greedy:
+        return {"n": 1, "temperature": 0.0, **common}
+    return {
+        "n": config.num_generations,
+        "temperature": config.temperature,
+        "top_k": config.top_k if config.top_k > 0 else -1,
+        "top_p": config.top_p,
+        "min_p": config.min_p,
+        "min_tokens": config.min_new_tokens,
+        "logprobs": 0,
+        **common,
+    }
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def request_seeds(prompts: int) -> list[int]:
+    """One vLLM seed per prompt, drawn from torch's default generator (so ``seed_everything`` makes
+    rollouts reproducible): a ``[world size, prompts]`` draw of which this rank takes its row, so ranks
+    (whose generators are seeded alike) sample differently and every rank's generator advances alike."""
+    rank, world = _rank_and_world()
+    return torch.randint(0, SEED_RANGE, (world, prompts))[rank].tolist()
+
+
+def completion_tensors(
+    outputs: list[Any], repeats: int, pad_id: int, with_logprobs: bool
+) -> tuple[Tensor, Tensor | None]:
+    """vLLM's ``RequestOutput``s (one per prompt, in prompt order) as completion ids ``[B * repeats, T]``
+    right-padded with ``pad_id`` (T: the longest completion) and the sampled tokens' log-probs ``[N, T]``
+    (0 on padding; None unless ``with_logprobs``), prompt-major: the ``repeats`` completions of each prompt
+    in the order of their ``index``."""
+    completions = []
+    for output in outputs:
+        children = sorted(output.outputs, key=lambda child: child.index)
+        if len(children) != repeats:
+            raise RuntimeError(f"vLLM returned {len(children)} completions of a prompt, not {repeats}")
+        completions.extend(children)
+    width = max(1, max(len(child.token_ids) for child in completions))
+    ids = torch.full((len(completions), width), pad_id, dtype=torch.long)
+    logprobs = torch.zeros(len(completions), width) if with_logprobs else None
+    for row, child in enumerate(completions):
+        tokens = list(child.token_ids)
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        if logprobs is not None:
+            # One {token id: Logprob} per position, holding at least the sampled token (logprobs=0)
+            values = [step[token].logprob for step, token in zip(child.logprobs, tokens, strict=True)]
+            logprobs[row, : len(values)] = torch.tensor(values, dtype=torch.float32)
+    return ids, logprobs
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------ engine
+
+
+class VLLMEngine(RolloutEngine):
+    """Samples with a vLLM engine colocated in the training process (CUDA and ``vllm>=0.33`` needed).
+
+    Args:
+        gpu_memory_utilization: the share of the GPU's memory vLLM may take for its weights, activations
+            and key/value cache, in (0, 1]; the rest is the trainer's. vLLM checks at start that this much
+            is free.
+        sleep_level: between rollouts the engine sleeps so that the update gets its memory back: 1 moves
+            its weights to CPU memory and frees the cache (weights are pushed again only after
+            ``update_weights``), 2 frees both (weights pushed before every rollout, as TRL's colocate
+            mode does); null: never sleeps (fastest when both fit).
+        dtype: vLLM's compute dtype (``auto``: the model config's; ``bfloat16`` on GPUs).
+        model: the directory vLLM reads the model's config (and first weights) from; default: the
+            policy's ``name_or_path`` (for a LoRA policy, its base). The policy's weights replace those
+            before the first rollout.
+        enforce_eager: no CUDA graphs (starts faster, decodes slower).
+        engine_kwargs: more ``vllm.LLM`` arguments (``max_model_len``, ``max_num_seqs``,
+            ``load_format: dummy`` to skip reading weights that are pushed anyway, ...).
+    """
+
+    returns_sampler_logprobs = True  # Rollout.sampler_logprobs, for LossConfig.sampler_correction_cap
+
+    def __init__(
+        self,
+        gpu_memory_utilization: float = 0.3,
+        sleep_level: int | None = 2,
+        dtype: str = "auto",
+        model: str | None = None,
+        enforce_eager: bool = False,
+        engine_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ConfigError(
+                f"model.rollout.gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}"
+            )
+        if sleep_level not in (None, 1, 2):
+            raise ConfigError(f"model.rollout.sleep_level must be 1, 2 or null, got {sleep_level}")
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.sleep_level = sleep_level
+        self.dtype = dtype
+        self.model = model
+        self.enforce_eager = enforce_eager
+        self.engine_kwargs = dict(engine_kwargs or {})
+        self._llm: Any = None  # started by the first rollout of a bound copy
+        self._stale = True  # the engine's weights may differ from the policy's
+        self._asleep = False
+
+    def bind(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> VLLMEngine:
+        """A bound copy (see ``RolloutEngine.bind``); a ``ConfigError`` without CUDA or vllm."""
+        _load_vllm()
+        bound = super().bind(policy, tokenizer)
+        bound._llm, bound._stale, bound._asleep = None, True, False
+        return bound
+
+    def update_weights(self) -> None:
+        """The policy changed: its weights are pushed when the engine next wakes up for a rollout (once per
+        rollout however many updates came before it)."""
+        self._stale = True
+
+    def generate(self, prompts: list[str], sampling: SamplingConfig, greedy: bool = False) -> Rollout:
+        """``sampling.num_generations`` completions of each prompt (one greedy completion if ``greedy``),
+        with the sampler's log-probs unless ``greedy``."""
+        policy, tokenizer = self.policy, self.tokenizer
+        prompt_ids, prompt_mask, truncated = tokenize_prompts(tokenizer, prompts, sampling, policy)
+        real = prompt_mask.bool().cpu()
+        rows = [ids[keep].tolist() for ids, keep in zip(prompt_ids.cpu(), real, strict=True)]
+        repeats = 1 if greedy else sampling.num_generations
+        vllm = _load_vllm()
+        kwargs = sampling_kwargs(sampling, greedy, self.stop_ids)
+        seeds = [None] * len(rows) if greedy else request_seeds(len(rows))
+        params = [vllm.SamplingParams(**kwargs, seed=seed) for seed in seeds]
+        llm = self._ready()
+        try:
+            outputs = llm.generate([{"prompt_token_ids": row} for row in rows], params, use_tqdm=False)
+        finally:
+            self._sleep()
+        completion_ids, logprobs = completion_tensors(outputs, repeats, tokenizer.pad_token_id, not greedy)
+        device = prompt_ids.device
+        rollout = assemble_rollout(
+            tokenizer, prompt_ids, prompt_mask, completion_ids.to(device), repeats, truncated, self.stop_ids
+        )
+        if logprobs is not None:
+            rollout.sampler_logprobs = logprobs.to(device) * rollout.completion_mask
+        return rollout
+
+    # ------------------------------------------------------------------ engine life cycle
+
+    def _ready(self) -> Any:
+        """The engine, started or woken up, holding the policy's current weights and an empty cache:
+        wake up the weights, push the policy's (when stale), reset the prefix cache, wake up the cache."""
+        if self._llm is None:
+            self._llm = self._start()
+        llm = self._llm
+        if self._asleep:
+            llm.wake_up(tags=["weights"])
+        if self._stale:
+            model = _vllm_model(llm)
+            for name, tensor in vllm_weights(self.policy):
+                model.load_weights([(name, tensor)])
+            llm.reset_prefix_cache()  # cached prompt keys/values came from the old weights
+            self._stale = False
+        if self._asleep:
+            llm.wake_up(tags=["kv_cache"])
+            self._asleep = False
+        return llm
+
+    def _sleep(self) -> None:
+        if self.sleep_level is None or self._llm is None:
+            return
+        self._llm.sleep(level=self.sleep_level)
+        self._asleep = True
+        if self.sleep_level == 2:  # the weights are gone: push them again before the next rollout
+            self._stale = True
+
+    def _start(self) -> Any:
+        """``vllm.LLM`` in this process, on this rank's GPU, as TRL's colocate mode starts it: the external
+        launcher (one engine per training process, the worker in-process), the environment it reads for
+        its rank, the log-probs after temperature and the sampling filters (the distribution the tokens were
+        drawn from), and sleep mode when ``sleep_level`` is set."""
+        vllm = _load_vllm()
+        rank, world = _rank_and_world()
+        os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
+        device = self.policy.device  # the GPU this process trains on (vLLM takes LOCAL_RANK's)
+        os.environ.setdefault("LOCAL_RANK", str((device.index or 0) if device.type == "cuda" else rank))
+        os.environ.setdefault("MASTER_ADDR", "localhost")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        arguments = {
+            "model": self.model or self.policy.name_or_path,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "enable_sleep_mode": self.sleep_level is not None,
+            "dtype": self.dtype,
+            "enforce_eager": self.enforce_eager,
+            "seed": rank,  # every request carries its own seed; this one is a fallback
+            "distributed_executor_backend": "external_launcher",
+            "tensor_parallel_size": 1,
+            "logprobs_mode": "processed_logprobs",
+            "skip_tokenizer_init": True,  # token ids in and out: the trainer's tokenizer is the only one
+            **self.engine_kwargs,
+        }
+        return vllm.LLM(**arguments)

@@ -1,0 +1,389 @@
+"""VLLMEngine's adapter logic without a GPU: the one-line error where vLLM cannot run, vLLM's parameter
+names, the merged LoRA weights, the calls that push weights and their order around sleep, the
+``SamplingParams`` it asks for, per-prompt seeds, and vLLM's outputs as a ``Rollout``. The sampling itself
+is checked by the engine contract (tests/rollout/test_engine_contract.py)."""
+
+import copy
+import importlib.util
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rgra_lightning.cli import main
+from rgra_lightning.errors import ConfigError
+from rgra_lightning.models import load_tokenizer
+from rgra_lightning.rollout import SamplingConfig, VLLMEngine
+from rgra_lightning.rollout import vllm as vllm_engine
+from rgra_lightning.rollout.vllm import (
+    completion_tensors,
+    request_seeds,
+    sampling_kwargs,
+    vllm_name,
+    vllm_weights,
+)
+from tests.conftest import FAST, TINY_POLICY, one_line_error, scalar_tags
+from tests.rollout.vllm_standin import standin_vllm
+from tests.tiny_models import PROMPTS, tiny_policy
+
+VLLM_RUNS_HERE = torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(str(TINY_POLICY))
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    """The stand-in ``vllm`` module in place of the real one, and the list of calls its engines record."""
+    module, calls = standin_vllm()
+    monkeypatch.setattr(vllm_engine, "_load_vllm", lambda: module)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(name, "")  # restored after the test: the engine sets them for vLLM
+        monkeypatch.delenv(name)
+    return module, calls
+
+
+# ------------------------------------------------------------------------- where vLLM cannot run
+
+
+@pytest.mark.skipif(VLLM_RUNS_HERE, reason="CUDA and vllm are present: the engine can be chosen")
+def test_choosing_the_vllm_engine_without_cuda_or_vllm_is_a_one_line_error(small_config, capsys):
+    config = small_config("rgra")
+    line = one_line_error(
+        ["fit", "--config", str(config), "--model.rollout=rgra_lightning.rollout.VLLMEngine"], capsys
+    )
+    assert "VLLMEngine needs a CUDA GPU and vllm>=0.33 (pip install 'rgra-lightning[vllm]')" in line
+
+
+def test_the_error_says_what_is_missing(monkeypatch, tokenizer):
+    policy = tiny_policy("llama", tokenizer)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="this machine has no CUDA device"):
+        VLLMEngine().bind(policy, tokenizer)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
+    with pytest.raises(ConfigError, match="vllm is not installed"):
+        VLLMEngine().bind(policy, tokenizer)
+    old = types.ModuleType("vllm")
+    old.__version__ = "0.31.0"
+    monkeypatch.setitem(sys.modules, "vllm", old)
+    with pytest.raises(ConfigError, match="vllm 0.31.0 is installed"):
+        VLLMEngine().bind(policy, tokenizer)
+
+
+def test_engine_options_are_checked():
+    with pytest.raises(ConfigError, match="gpu_memory_utilization must be in"):
+        VLLMEngine(gpu_memory_utilization=1.5)
+    with pytest.raises(ConfigError, match="sleep_level must be 1, 2 or null"):
+        VLLMEngine(sleep_level=3)
+
+
+# ------------------------------------------------------------------------------------- weights
+
+
+def test_vllm_names_drop_peft_levels():
+    assert vllm_name("model.layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"
+    peft = "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
+    assert vllm_name(peft) == "model.layers.0.self_attn.q_proj.weight"
+    assert vllm_name("model.layers.1._checkpoint_wrapped_module.mlp.down_proj.weight") == (
+        "model.layers.1.mlp.down_proj.weight"
+    )
+
+
+def test_a_full_policy_is_pushed_as_its_parameters(tokenizer):
+    policy = tiny_policy("llama", tokenizer)
+    pushed = list(vllm_weights(policy))
+    expected = list(policy.named_parameters())  # tied embeddings: once
+    assert [name for name, _ in pushed] == [name for name, _ in expected]
+    assert "lm_head.weight" not in dict(pushed)
+    for (_, tensor), (_, parameter) in zip(pushed, expected, strict=True):
+        assert torch.equal(tensor, parameter)
+
+
+def test_a_lora_policy_is_pushed_merged_under_the_base_names_and_left_unchanged(tokenizer):
+    policy = tiny_policy("llama-lora", tokenizer)
+    state = {name: value.clone() for name, value in policy.state_dict().items()}
+    pushed = dict(vllm_weights(policy))
+    plain = tiny_policy("llama", tokenizer)
+    assert list(pushed) == [name for name, _ in plain.named_parameters()]  # no lora_ names
+    merged = copy.deepcopy(policy).merge_and_unload()  # peft's own merge, on a copy
+    for name, parameter in merged.named_parameters():
+        torch.testing.assert_close(pushed[name], parameter, rtol=1e-6, atol=1e-6)
+    # By hand for one layer: W + (alpha / r) B A
+    layer = policy.base_model.model.model.layers[0].self_attn.q_proj
+    scaling = layer.scaling["default"]
+    by_hand = (
+        layer.base_layer.weight + scaling * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    )
+    torch.testing.assert_close(pushed["model.layers.0.self_attn.q_proj.weight"], by_hand)
+    assert not torch.equal(by_hand, layer.base_layer.weight)
+    for name, value in policy.state_dict().items():  # the policy itself: not merged, not changed
+        assert torch.equal(value, state[name]), name
+    assert not layer.merged
+    with policy.disable_adapter():  # adapters off (the KL reference): the base weights
+        assert torch.equal(
+            dict(vllm_weights(policy))["model.layers.0.self_attn.q_proj.weight"], layer.base_layer.weight
+        )
+
+
+# --------------------------------------------------------------------------------- weight pushes
+
+
+def pushes_and_lifecycle(calls):
+    """The recorded calls with each run of ``load_weights`` folded into ("load_weights", count)."""
+    folded = []
+    for call in calls:
+        if call[0] == "load_weights" and folded and folded[-1][0] == "load_weights":
+            folded[-1] = ("load_weights", folded[-1][1] + 1)
+        elif call[0] == "load_weights":
+            folded.append(("load_weights", 1))
+        else:
+            folded.append(call if call[0] != "LLM" else ("LLM",))
+    return folded
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama-lora"])
+def test_level_2_sleep_pushes_the_weights_before_every_rollout(standin, tokenizer, kind):
+    _, calls = standin
+    policy = tiny_policy(kind, tokenizer)
+    engine = VLLMEngine().bind(policy, tokenizer)
+    tensors = len(list(vllm_weights(policy)))  # 29 for the tiny Llama, LoRA or not
+    config = SamplingConfig(num_generations=2, max_new_tokens=4)
+    engine.generate(PROMPTS, config)
+    engine.update_weights()
+    engine.generate(PROMPTS, config)
+    engine.generate(PROMPTS, config, greedy=True)  # no update before it: pushed all the same
+    rollout = [
+        ("wake_up", ("weights",)),
+        ("load_weights", tensors),
+        ("reset_prefix_cache",),
+        ("wake_up", ("kv_cache",)),
+        ("generate", 3),
+        ("sleep", 2),
+    ]
+    start = [("LLM",), ("load_weights", tensors), ("reset_prefix_cache",), ("generate", 3), ("sleep", 2)]
+    assert pushes_and_lifecycle(calls) == start + rollout + rollout
+
+
+def test_level_1_sleep_pushes_only_after_an_update(standin, tokenizer):
+    _, calls = standin
+    engine = VLLMEngine(sleep_level=1).bind(tiny_policy("llama", tokenizer), tokenizer)
+    config = SamplingConfig(num_generations=2, max_new_tokens=4)
+    for update in (False, False, True):
+        if update:
+            engine.update_weights()
+        engine.generate(PROMPTS, config)
+    woken = [("wake_up", ("weights",)), ("wake_up", ("kv_cache",)), ("generate", 3), ("sleep", 1)]
+    pushed = [("wake_up", ("weights",)), ("load_weights", 29), ("reset_prefix_cache",)]
+    assert pushes_and_lifecycle(calls) == [
+        ("LLM",),
+        ("load_weights", 29),
+        ("reset_prefix_cache",),
+        ("generate", 3),
+        ("sleep", 1),
+        *woken,
+        *pushed,
+        *woken[1:],
+    ]
+
+
+def test_without_sleep_the_engine_keeps_its_memory_and_pushes_after_updates(standin, tokenizer):
+    _, calls = standin
+    engine = VLLMEngine(sleep_level=None).bind(tiny_policy("llama", tokenizer), tokenizer)
+    config = SamplingConfig(num_generations=2, max_new_tokens=4)
+    engine.generate(PROMPTS, config)
+    engine.generate(PROMPTS, config)
+    engine.update_weights()
+    engine.generate(PROMPTS, config)
+    push = [("load_weights", 29), ("reset_prefix_cache",)]
+    assert pushes_and_lifecycle(calls) == [
+        ("LLM",),
+        *push,
+        ("generate", 3),
+        ("generate", 3),
+        *push,
+        ("generate", 3),
+    ]
+    assert calls[0][1]["enable_sleep_mode"] is False
+
+
+def test_the_engine_starts_vllm_colocated_with_the_options_given(standin, tokenizer):
+    _, calls = standin
+    options = {"gpu_memory_utilization": 0.45, "dtype": "bfloat16", "enforce_eager": True}
+    engine = VLLMEngine(**options, engine_kwargs={"max_model_len": 64}).bind(
+        tiny_policy("llama-lora", tokenizer), tokenizer
+    )
+    assert calls == []  # started by the first rollout, not by bind
+    engine.generate(PROMPTS, SamplingConfig(num_generations=2, max_new_tokens=2))
+    name, arguments = calls[0]
+    assert name == "LLM" and arguments == {
+        "model": str(TINY_POLICY),  # a LoRA policy's base
+        **options,
+        "enable_sleep_mode": True,
+        "seed": 0,
+        "distributed_executor_backend": "external_launcher",
+        "tensor_parallel_size": 1,
+        "logprobs_mode": "processed_logprobs",
+        "skip_tokenizer_init": True,
+        "max_model_len": 64,
+    }
+
+
+# ------------------------------------------------------------------------------------ sampling
+
+
+def test_sampling_options_map_onto_sampling_params_exactly():
+    config = SamplingConfig(
+        num_generations=6,
+        temperature=0.7,
+        top_k=0,
+        top_p=0.9,
+        min_p=0.05,
+        max_new_tokens=30,
+        min_new_tokens=3,
+    )
+    assert sampling_kwargs(config, greedy=False, stop_ids=(1, 7, 9)) == {
+        "n": 6,
+        "temperature": 0.7,
+        "top_k": -1,  # off
+        "top_p": 0.9,
+        "min_p": 0.05,
+        "max_tokens": 30,
+        "min_tokens": 3,
+        "stop_token_ids": [1, 7, 9],
+        "logprobs": 0,  # the sampled token's
+        "detokenize": False,
+    }
+    assert sampling_kwargs(SamplingConfig(top_k=5), False, (1,))["top_k"] == 5
+    assert sampling_kwargs(config, greedy=True, stop_ids=(1, 7)) == {
+        "n": 1,
+        "temperature": 0.0,
+        "max_tokens": 30,
+        "stop_token_ids": [1, 7],
+        "detokenize": False,
+    }
+
+
+def test_each_prompt_gets_a_seed_from_torchs_generator_and_each_rank_its_own(monkeypatch):
+    torch.manual_seed(5)
+    seeds = request_seeds(3)
+    torch.manual_seed(5)
+    assert seeds == torch.randint(0, 2**31 - 1, (1, 3))[0].tolist() and len(set(seeds)) == 3
+    monkeypatch.setattr(vllm_engine, "_rank_and_world", lambda: (1, 2))
+    torch.manual_seed(5)
+    second_rank = request_seeds(3)
+    torch.manual_seed(5)
+    assert second_rank == torch.randint(0, 2**31 - 1, (2, 3))[1].tolist() != seeds
+
+
+def test_a_rollout_asks_for_the_mapped_params_with_one_seed_per_prompt(standin, tokenizer, monkeypatch):
+    module, _ = standin
+    made = []
+    original = module.SamplingParams
+
+    def recording(**kwargs):
+        made.append(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(module, "SamplingParams", recording)
+    policy = tiny_policy("llama", tokenizer)
+    engine = VLLMEngine().bind(policy, tokenizer)
+    config = SamplingConfig(num_generations=3, max_new_tokens=5, temperature=1.3)
+    torch.manual_seed(0)
+    engine.generate(PROMPTS, config)
+    torch.manual_seed(0)
+    seeds = request_seeds(len(PROMPTS))
+    mapped = sampling_kwargs(config, False, (tokenizer.eos_token_id,))
+    assert made == [{**mapped, "seed": seed} for seed in seeds]
+    made.clear()
+    engine.generate(PROMPTS, config, greedy=True)
+    assert made == [{**sampling_kwargs(config, True, (tokenizer.eos_token_id,)), "seed": None}] * 3
+
+
+# -------------------------------------------------------------------------------------- outputs
+
+
+def completion(index, tokens, logprobs):
+    steps = [{token: SimpleNamespace(logprob=value)} for token, value in zip(tokens, logprobs, strict=True)]
+    return SimpleNamespace(index=index, token_ids=tokens, logprobs=steps)
+
+
+def test_outputs_become_prompt_major_right_padded_completions_with_their_log_probs():
+    outputs = [  # children out of order, as the engine must not assume
+        SimpleNamespace(
+            outputs=[completion(1, [5, 1], [-0.5, -0.25]), completion(0, [4, 6, 7], [-1.0, -2.0, -3.0])]
+        ),
+        SimpleNamespace(outputs=[completion(0, [8], [-0.125]), completion(1, [9, 9, 1], [-4.0, -5.0, -6.0])]),
+    ]
+    ids, logprobs = completion_tensors(outputs, repeats=2, pad_id=0, with_logprobs=True)
+    assert ids.tolist() == [[4, 6, 7], [5, 1, 0], [8, 0, 0], [9, 9, 1]]
+    assert logprobs.tolist() == [
+        [-1.0, -2.0, -3.0],
+        [-0.5, -0.25, 0.0],
+        [-0.125, 0.0, 0.0],
+        [-4.0, -5.0, -6.0],
+    ]
+    ids, none = completion_tensors(outputs, repeats=2, pad_id=0, with_logprobs=False)
+    assert none is None and ids.shape == (4, 3)
+    with pytest.raises(RuntimeError, match="returned 2 completions of a prompt, not 3"):
+        completion_tensors(outputs, repeats=3, pad_id=0, with_logprobs=True)
+
+
+def test_a_rollout_carries_the_sampler_log_probs_of_its_tokens(standin, tokenizer):
+    engine = VLLMEngine().bind(tiny_policy("llama", tokenizer), tokenizer)
+    torch.manual_seed(0)
+    rollout = engine.generate(PROMPTS, SamplingConfig(num_generations=2, max_new_tokens=12, temperature=1.5))
+    selected = rollout.select(slice(2, 4))
+    assert torch.equal(selected.sampler_logprobs, rollout.sampler_logprobs[2:4])
+    assert rollout.select(torch.tensor([5, 0])).sampler_logprobs.shape == (
+        2,
+        rollout.completion_mask.shape[1],
+    )
+    greedy = engine.generate(PROMPTS, SamplingConfig(max_new_tokens=4), greedy=True)
+    assert greedy.sampler_logprobs is None
+
+
+# ----------------------------------------------------------------------------- in the training loop
+
+VLLM_ROLLOUT = {"model.init_args.rollout": {"class_path": "rgra_lightning.rollout.VLLMEngine"}}
+
+
+def test_the_sampler_correction_is_refused_for_an_engine_without_sampler_log_probs(small_config, capsys):
+    config = small_config("rgra", **FAST)
+    line = one_line_error(["fit", "--config", str(config), "--model.loss.sampler_correction_cap=2.0"], capsys)
+    assert "model.rollout (HFEngine) returns no sampler log-probs" in line
+
+
+def test_with_the_correction_several_updates_store_pi_old(small_config, standin):
+    config = small_config("rgra", **FAST, **VLLM_ROLLOUT)
+    options = ["--model.loss.sampler_correction_cap=2.0", "--model.num_iterations=2"]
+    cli = main(["--config", str(config), *options], run=False)
+    assert cli.model.updater.stores_old_logprobs  # reinforce, but the weights need pi_old
+
+
+def test_fit_with_the_vllm_engine_pushes_each_update_and_logs_the_sampler_mismatch(
+    small_config, standin, tmp_path
+):
+    """Two rollout batches of one update each: the policy's weights go to the engine before each, and the
+    sampler's log-probs (the stand-in's fp32 copy of the same weights) equal the trainer's, so no weight
+    hits the cap."""
+    _, calls = standin
+    overrides = {
+        **FAST,
+        **VLLM_ROLLOUT,
+        "trainer.max_steps": 2,
+        "model.init_args.loss.sampler_correction_cap": 2.0,
+    }
+    cli = main(["fit", "--config", str(small_config("rgra", **overrides))])
+    assert cli.trainer.global_step == 2
+    push = [("load_weights", 29), ("reset_prefix_cache",)]
+    first = [("LLM",), *push, ("generate", 4), ("sleep", 2)]
+    second = [("wake_up", ("weights",)), *push, ("wake_up", ("kv_cache",)), ("generate", 4), ("sleep", 2)]
+    assert pushes_and_lifecycle(calls) == first + second
+    scalars = scalar_tags(tmp_path / "runs")
+    assert scalars["train/sampler_logprob_diff"][-1] < 1e-4
+    assert scalars["train/sampler_is_clipped_fraction"] == [0.0, 0.0]

@@ -1,0 +1,167 @@
+"""A stand-in for the ``vllm`` module, for testing ``VLLMEngine`` without a GPU: it records every call the
+engine makes (``calls``) and samples on the CPU with its own Hugging Face copy of the model, loaded from the
+path the engine gives ``LLM`` and then changed only through ``load_weights`` (by vLLM's parameter names).
+
+It behaves as vLLM does where the engine depends on it: ``SamplingParams`` refuses arguments vLLM does not
+take; a request's ``n`` children sample with seeds ``seed + index``; temperature 0 is greedy; the sampling
+order is temperature, stop tokens suppressed before ``min_tokens``, min-p, top-k, top-p (vLLM's sampler);
+log-probs are those after temperature and filters (``logprobs_mode="processed_logprobs"``); a completion
+ends with its stop token included; the children come back in reverse order (the engine must sort by
+``index``). Sleep level 1 keeps a CPU copy of the weights that ``wake_up`` restores, level 2 discards
+them (NaN), and generating while asleep or with discarded weights fails.
+"""
+
+from __future__ import annotations
+
+import types
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from rgra_lightning.models import load_causal_lm
+from rgra_lightning.rollout.sampling import filter_min_p, filter_top_k, filter_top_p
+
+SAMPLING_ARGUMENTS = {
+    "n",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "max_tokens",
+    "min_tokens",
+    "stop_token_ids",
+    "logprobs",
+    "detokenize",
+    "seed",
+}
+
+
+class SamplingParams:
+    def __init__(self, **kwargs: Any) -> None:
+        unknown = set(kwargs) - SAMPLING_ARGUMENTS
+        if unknown:
+            raise TypeError(f"SamplingParams got unexpected arguments {sorted(unknown)}")
+        self.kwargs = kwargs
+        defaults = {"n": 1, "temperature": 1.0, "top_k": -1, "top_p": 1.0, "min_p": 0.0, "min_tokens": 0}
+        defaults |= {"stop_token_ids": [], "logprobs": None, "seed": None, "max_tokens": 16}
+        for name, value in (defaults | kwargs).items():
+            setattr(self, name, value)
+
+
+class StandInModel:
+    """The model a worker holds: ``load_weights`` copies each named tensor into the HF copy."""
+
+    def __init__(self, model: torch.nn.Module, calls: list) -> None:
+        self.hf = model
+        self.parameters = dict(model.named_parameters())
+        self.calls = calls
+
+    @torch.no_grad()
+    def load_weights(self, weights) -> None:
+        for name, tensor in weights:
+            if name not in self.parameters:
+                raise KeyError(f"vLLM has no parameter {name!r}")
+            self.parameters[name].copy_(tensor)
+            self.calls.append(("load_weights", name))
+
+
+class StandInLLM:
+    def __init__(self, calls: list, **kwargs: Any) -> None:
+        calls.append(("LLM", kwargs))
+        self.calls, self.kwargs = calls, kwargs
+        self.model = StandInModel(load_causal_lm(kwargs["model"]).eval(), calls)
+        worker = SimpleNamespace(model_runner=SimpleNamespace(model=self.model))
+        executor = SimpleNamespace(driver_worker=SimpleNamespace(worker=worker))
+        self.llm_engine = SimpleNamespace(model_executor=executor)
+        self.weights_awake = self.cache_awake = True
+        self.offloaded: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def sleep(self, level: int = 1) -> None:
+        assert self.kwargs.get("enable_sleep_mode"), "sleep() needs enable_sleep_mode=True"
+        self.calls.append(("sleep", level))
+        parameters = self.model.parameters
+        self.offloaded = {name: p.clone() for name, p in parameters.items()} if level == 1 else None
+        for parameter in parameters.values():
+            parameter.fill_(float("nan"))
+        self.weights_awake = self.cache_awake = False
+
+    @torch.no_grad()
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self.calls.append(("wake_up", tuple(tags or ("weights", "kv_cache"))))
+        if tags is None or "weights" in tags:
+            if self.offloaded is not None:
+                for name, parameter in self.model.parameters.items():
+                    parameter.copy_(self.offloaded[name])
+                self.offloaded = None
+            self.weights_awake = True
+        if tags is None or "kv_cache" in tags:
+            self.cache_awake = True
+
+    def reset_prefix_cache(self) -> None:
+        self.calls.append(("reset_prefix_cache",))
+
+    @torch.no_grad()
+    def generate(self, prompts: list[dict], sampling_params, use_tqdm: bool = True) -> list:
+        self.calls.append(("generate", len(prompts)))
+        if not (self.weights_awake and self.cache_awake):
+            raise RuntimeError("generate() while the engine sleeps")
+        if any(not bool(p.isfinite().all()) for p in self.model.parameters.values()):
+            raise RuntimeError("generate() with discarded weights: they were not loaded again")
+        if isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params] * len(prompts)
+        outputs = []
+        for prompt, params in zip(prompts, sampling_params, strict=True):
+            ids = list(prompt["prompt_token_ids"])
+            children = [self._complete(ids, params, index) for index in range(params.n)]
+            outputs.append(SimpleNamespace(prompt_token_ids=ids, outputs=children[::-1]))
+        return outputs
+
+    def _complete(self, prompt: list[int], params: SamplingParams, index: int) -> SimpleNamespace:
+        generator = torch.Generator()
+        generator.manual_seed(params.seed + index if params.seed is not None else index)
+        stop = torch.tensor(params.stop_token_ids, dtype=torch.long)
+        ids, tokens, logprobs, reason = list(prompt), [], [], "length"
+        for step in range(params.max_tokens):
+            logits = self.model.hf(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            if params.temperature == 0:
+                token, logprob = int(logits.argmax()), logits.log_softmax(-1)[logits.argmax()]
+            else:
+                scores = logits.clone()
+                if step < params.min_tokens:
+                    scores[stop] = -float("inf")
+                scores = (scores / params.temperature).unsqueeze(0)
+                if params.min_p > 0:
+                    scores = filter_min_p(scores, params.min_p)
+                if params.top_k > 0:
+                    scores = filter_top_k(scores, params.top_k)
+                if params.top_p < 1:
+                    scores = filter_top_p(scores, params.top_p)
+                processed = scores[0].log_softmax(-1)
+                token = int(torch.multinomial(processed.exp(), 1, generator=generator))
+                logprob = processed[token]
+            ids.append(token)
+            tokens.append(token)
+            logprobs.append({token: SimpleNamespace(logprob=float(logprob))})
+            if token in params.stop_token_ids:
+                reason = "stop"
+                break
+        return SimpleNamespace(
+            index=index,
+            token_ids=tokens,
+            logprobs=logprobs if params.logprobs is not None else None,
+            finish_reason=reason,
+        )
+
+
+def standin_vllm() -> tuple[types.ModuleType, list]:
+    """A module with ``LLM``, ``SamplingParams`` and ``__version__``, and the list its engines record calls
+    in: ``("LLM", kwargs)``, ``("sleep", level)``, ``("wake_up", tags)``, ``("load_weights", name)``,
+    ``("reset_prefix_cache",)``, ``("generate", prompts)``."""
+    calls: list = []
+    module = types.ModuleType("vllm_standin")
+    module.__version__ = "0.33.0"
+    module.SamplingParams = SamplingParams
+    module.LLM = lambda **kwargs: StandInLLM(calls, **kwargs)
+    return module, calls
