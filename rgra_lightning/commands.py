@@ -14,6 +14,7 @@ TOOLS = {
     "export": ("rgra_lightning.export", "a checkpoint or a GGUF file to a Hugging Face model directory"),
     "ablate": ("rgra_lightning.ablate", "run an ablation study: loss presets x seeds, then a summary"),
     "score": ("rewards.__main__", "score a JSONL file of (gold, pred) answer pairs with a verifier"),
+    "rehearse": ("rgra_lightning.rehearsal", "2 checked updates of a GPU config on CPU, with a tiny model"),
 }
 USAGE = """usage: rgra COMMAND [options]   (or: python -m rgra_lightning COMMAND ...)
 

