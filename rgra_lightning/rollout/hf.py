@@ -2,8 +2,14 @@
 
 Prompts are encoded once per group (``prompt_cache.prefill``), then each step feeds the previous token
 through a ``LlamaDecoder`` where it supports the policy (the same logits in a third of the time on the tiny
-policy), else through the policy's forward with the cache: other architectures, ``peft`` adapters,
-FSDP2-sharded policies (whose forward hooks gather the parameters).
+policy; LoRA adapters folded into its weights once per rollout), else through the policy's forward with the
+cache: other architectures, adapters that do not fold (DoRA, ...), FSDP2-sharded policies (whose forward
+hooks gather the parameters).
+
+Whether every row has finished is asked every ``finished_check_interval`` tokens: the answer is a host
+sync, which on an accelerator stalls the queue of the next step's kernels. Rows that finished get pad, the
+columns decoded after the last row finished are dropped and the random generator is put back where it was
+after the last needed draw, so the tokens (and every later draw) are those of a check after every token.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from rgra_lightning.distributed import gathered_for_generation, is_sharded
+from rgra_lightning.errors import ConfigError
 from rgra_lightning.prompt_cache import prefill
 from rgra_lightning.rollout.base import Rollout, RolloutEngine, assemble_rollout, tokenize_prompts
 from rgra_lightning.rollout.llama_decode import LlamaDecoder
@@ -21,7 +28,25 @@ from rgra_lightning.rollout.sampling import SamplingConfig, next_tokens
 
 class HFEngine(RolloutEngine):
     """Samples from the bound policy with a KV-cache decoding loop; it needs no weight updates, since
-    it reads the policy's own parameters."""
+    it reads the policy's own parameters.
+
+    Args:
+        finished_check_interval: decoding steps between checks that every row has finished (k >= 1; the
+            same tokens whatever k). None: every step on the CPU, where the check costs nothing and the up
+            to k - 1 steps decoded after the last row finished would; 8 on an accelerator. Sampling on a
+            device whose random generator cannot be saved and restored (neither CPU nor CUDA) checks every
+            step.
+    """
+
+    finished_check_interval: int | None = None  # also for subclasses that do not call this __init__
+
+    def __init__(self, finished_check_interval: int | None = None) -> None:
+        super().__init__()
+        if finished_check_interval is not None and finished_check_interval < 1:
+            raise ConfigError(
+                f"model.rollout.init_args.finished_check_interval must be >= 1, got {finished_check_interval}"
+            )
+        self.finished_check_interval = finished_check_interval
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, greedy: bool = False) -> Rollout:
         """``sampling.num_generations`` completions for each prompt (one when ``greedy``).
@@ -41,12 +66,30 @@ class HFEngine(RolloutEngine):
         inference = torch.inference_mode(not is_sharded(policy))
         with gathered_for_generation(policy), torch.no_grad(), inference:
             completion_ids = _decode(
-                policy, prompt_ids, prompt_mask, repeats, sampling, greedy, stop_ids, tokenizer.pad_token_id
+                policy,
+                prompt_ids,
+                prompt_mask,
+                repeats,
+                sampling,
+                greedy,
+                stop_ids,
+                tokenizer.pad_token_id,
+                self.finished_check_interval,
             )
         policy.train(was_training)
         return assemble_rollout(
             tokenizer, prompt_ids, prompt_mask, completion_ids, repeats, truncated, self.stop_ids
         )
+
+
+def _default_generator(device: torch.device) -> torch.Generator | None:
+    """The generator ``torch.multinomial`` draws from on ``device`` when given none, or None when it is
+    neither the CPU's nor a CUDA device's."""
+    if device.type == "cpu":
+        return torch.default_generator
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else 0]
+    return None
 
 
 def _decode(
@@ -58,11 +101,13 @@ def _decode(
     greedy: bool,
     stop_ids: Tensor,
     pad_id: int,
+    check_interval: int | None = 1,
 ) -> Tensor:
     """Completion tokens ``[B * repeats, T]`` (``T <= max_new_tokens``) for left-padded prompts ``[B, P]``.
 
     A row that has produced one of the stop tokens ``stop_ids`` ``[S]`` gets ``pad_id`` from then on, and
-    decoding stops once every row has one.
+    decoding stops once every row has one: T is the step at which the last row stopped, whether that is
+    seen at once or at the next of the checks every ``check_interval`` steps (None: see ``HFEngine``).
     """
     logits, cache = prefill(policy, prompt_ids, prompt_mask, repeats)
     rows, prompt_length = logits.shape[0], prompt_ids.shape[1]
@@ -78,14 +123,28 @@ def _decode(
         decoder = LlamaDecoder(
             policy, cache, positions, attention_mask if padded else None, config.max_new_tokens
         )
+    if check_interval is None:
+        check_interval = 1 if logits.device.type == "cpu" else 8
+    # Draws after the last row finished must not advance the generator: its state after each draw since
+    # the last check is kept, to be put back.
+    generator = None if greedy or check_interval == 1 else _default_generator(logits.device)
+    if not greedy and generator is None:
+        check_interval = 1
+    states: list[Tensor] = []  # the generator's state after each step since the last check
     finished = torch.zeros(rows, dtype=torch.bool, device=logits.device)
     tokens = []
     for step in range(config.max_new_tokens):
         token = next_tokens(logits, None if greedy else config, stop_ids, step).masked_fill(finished, pad_id)
         tokens.append(token)
+        if generator is not None:
+            states.append(generator.get_state())
         finished |= torch.isin(token, stop_ids)
-        if step + 1 == config.max_new_tokens or bool(finished.all()):
+        if step + 1 == config.max_new_tokens:
             break
+        if (step + 1) % check_interval == 0:
+            if bool(finished.all()):
+                break
+            states.clear()
         if decoder is not None:
             logits = decoder.step(token, step)
         else:
@@ -96,4 +155,15 @@ def _decode(
                 cache=cache,
                 use_cache=True,
             ).logits[:, -1]
-    return torch.stack(tokens, dim=1)
+    completion = torch.stack(tokens, dim=1)
+    if check_interval == 1:
+        return completion
+    # Decoding stopped at a check or at max_new_tokens; with every row finished, the steps after the last
+    # row's first stop token decoded nothing but pad.
+    stops = torch.isin(completion, stop_ids)
+    if not bool(stops.any(dim=1).all()):
+        return completion
+    length = int(stops.int().argmax(dim=1).max()) + 1
+    if generator is not None and length < len(tokens):
+        generator.set_state(states[length - 1 - (len(tokens) - len(states))])
+    return completion[:, :length]

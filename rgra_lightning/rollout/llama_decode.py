@@ -12,6 +12,16 @@ layer is about fifteen tensor operations:
 In float32 on CPU the logits are bit-identical to the model's forward; in bfloat16 they are within one
 bfloat16 step of it (both tested); on other devices they agree up to rounding.
 
+A ``peft`` LoRA policy decodes here too: each adapted layer's active adapters are folded into a copy of its
+weight once per rollout, W + scaling * B A (``scaling`` is peft's: alpha / r, or alpha / sqrt(r)
+rank-stabilised), added in the weight's dtype as peft's merge adds it. The model's weights are never
+modified, and with the adapters disabled (``disable_adapter()``, the KL reference) the base weights are
+read. The folded logits equal peft's forward (base output + scaling * B(A x)) up to rounding, not bit for
+bit: float32 within its rounding; over bfloat16 weights no further from the float32 model than peft's own
+(both tested). Adapters that do not fold into one plain weight (DoRA and the other variants, LoRA biases,
+``modules_to_save`` and trainable-token wrappers, other tuners) decode through the forward instead
+(``supports`` is False).
+
 Shapes: N rows, P prompt positions (the prefilled cache), T new tokens at most, H query heads, K key/value
 heads, D head dims.
 """
@@ -43,12 +53,98 @@ from transformers.cache_utils import DynamicLayer
 SUPPORTED_MODELS = (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)
 
 
-def _concatenated(*linears: torch.nn.Linear) -> tuple[Tensor, Tensor | None]:
-    """The weights ``[sum of outputs, inputs]`` and biases (None when they have none) of linear layers that
-    read the same input, stacked so that one matrix multiply computes all of them."""
-    biases = [linear.bias for linear in linears]
-    bias = None if biases[0] is None else torch.cat(biases)
-    return torch.cat([linear.weight for linear in linears]), bias
+def lora_base_model(model: torch.nn.Module) -> PreTrainedModel | None:
+    """The transformers model under a ``peft`` LoRA model whose adapters all fold into plain weights (see
+    ``_foldable``), or None: not a peft model, another tuner, or an adapter that does not fold."""
+    try:
+        from peft import PeftModelForCausalLM
+        from peft.tuners.lora import LoraModel
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
+    except ImportError:  # peft is optional; without it no model is a peft model
+        return None
+    if type(model) is not PeftModelForCausalLM or type(model.base_model) is not LoraModel:
+        return None
+    base = model.base_model.model
+    for module in base.modules():
+        if isinstance(module, AuxiliaryTrainingWrapper):  # modules_to_save, trainable tokens
+            return None
+        if isinstance(module, BaseTunerLayer) and not _foldable(module):
+            return None
+    return base
+
+
+def _foldable(layer: torch.nn.Module) -> bool:
+    """Whether a peft tuner layer's forward is its base layer's with the weight W + scaling * B A: a LoRA
+    ``Linear`` over an ``nn.Linear`` or ``Embedding`` over a plain ``nn.Embedding``, without LoRA biases,
+    ``fan_in_fan_out`` or a variant (DoRA, aLoRA, ...) on an active adapter. Merged adapters are in the base
+    weight already, unless the adapters are disabled (the forward would unmerge them)."""
+    from peft.tuners.lora import Embedding, Linear
+
+    base = layer.get_base_layer()
+    if type(layer) is Linear:
+        if type(base) is not torch.nn.Linear or layer.fan_in_fan_out:
+            return False
+    elif type(layer) is Embedding:
+        if type(base) is not torch.nn.Embedding or base.max_norm is not None:
+            return False
+    else:
+        return False
+    if layer.merged:
+        return not layer.disable_adapters
+    return not any(
+        adapter in layer.lora_variant or layer.lora_bias.get(adapter, False)
+        for adapter in layer.active_adapters
+    )
+
+
+def _weights(module: torch.nn.Module) -> tuple[Tensor, Tensor | None, list[str]]:
+    """A linear or embedding layer's weight and bias (None when it has none), and the names of the active
+    LoRA adapters that its forward adds (none for a plain layer or disabled adapters)."""
+    if not hasattr(module, "get_base_layer"):
+        return module.weight, getattr(module, "bias", None), []
+    base = module.get_base_layer()
+    weight, bias = base.weight, getattr(base, "bias", None)
+    if module.disable_adapters or module.merged:
+        return weight, bias, []
+    present = module.lora_A.keys() if hasattr(module, "lora_A") else module.lora_embedding_A.keys()
+    return weight, bias, [adapter for adapter in module.active_adapters if adapter in present]
+
+
+def _add_update(weight: Tensor, layer: torch.nn.Module, adapter: str) -> None:
+    """``weight`` ``[out, in]`` += scaling * B A, the update of ``layer``'s LoRA ``adapter``, in place in the
+    weight's dtype as peft's merge adds it; one fused multiply-add when the adapter has the weight's dtype."""
+    if hasattr(layer, "lora_A"):  # Linear: A [r, in], B [out, r]
+        left, right = layer.lora_B[adapter].weight, layer.lora_A[adapter].weight
+    else:  # Embedding: A [r, vocabulary], B [hidden, r], and the update is (B A)^T
+        left, right = layer.lora_embedding_A[adapter].T, layer.lora_embedding_B[adapter].T
+    if left.dtype == weight.dtype:
+        weight.addmm_(left, right, alpha=layer.scaling[adapter])
+    else:  # e.g. float32 adapters over bfloat16 weights
+        weight += layer.get_delta_weight(adapter)
+
+
+def _folded(*modules: torch.nn.Module) -> tuple[Tensor, Tensor | None]:
+    """The weights ``[sum of outputs, inputs]`` and biases (None when they have none) of layers that read
+    the same input, stacked so that one matrix multiply computes all of them, with their LoRA updates
+    added. The stack (or the folded copy of one layer's weight) is a new tensor; the layers' own weights are
+    returned unchanged only when one layer without an update is asked for."""
+    parts = [_weights(module) for module in modules]
+    biases = [bias for _, bias, _ in parts]
+    bias = biases[0] if len(parts) == 1 or biases[0] is None else torch.cat(biases)
+    if len(parts) == 1:
+        weight, _, adapters = parts[0]
+        if not adapters:
+            return weight, bias
+        weight = weight.clone()
+    else:
+        weight = torch.cat([weight for weight, _, _ in parts])
+    start = 0
+    for module, (part, _, adapters) in zip(modules, parts, strict=True):
+        for adapter in adapters:  # in the new tensor only
+            _add_update(weight[start : start + part.shape[0]], module, adapter)
+        start += part.shape[0]
+    return weight, bias
 
 
 @dataclass
@@ -71,7 +167,8 @@ class LlamaDecoder:
     """Decoding steps of a ``SUPPORTED_MODELS`` model after its prompt cache; see the module docstring.
 
     Args:
-        model: the causal LM, in eval mode; its weights must not change while the decoder is in use.
+        model: the causal LM, or a ``peft`` LoRA model of one (``lora_base_model``), in eval mode; its
+            weights and adapters must not change while the decoder is in use.
         cache: the ``DynamicCache`` its forward built for the prompts, N rows of P positions.
         positions: ``[N, 1]`` the position id of each row's first new token.
         attention_mask: ``[N, P + T]`` 1 on the positions attended to (left padding 0), or None when all are.
@@ -86,6 +183,8 @@ class LlamaDecoder:
         attention_mask: Tensor | None,
         max_new_tokens: int,
     ) -> None:
+        lora_base = lora_base_model(model)
+        model = model if lora_base is None else lora_base
         config, decoder = model.config, model.model
         self.prompt_length = cache.get_seq_length()
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -107,12 +206,12 @@ class LlamaDecoder:
             self.layers.append(
                 _Layer(
                     input_norm=layer.input_layernorm.weight,
-                    qkv=_concatenated(attention.q_proj, attention.k_proj, attention.v_proj),
+                    qkv=_folded(attention.q_proj, attention.k_proj, attention.v_proj),
                     qk_norm=qk_norm,
-                    output=(attention.o_proj.weight, attention.o_proj.bias),
+                    output=_folded(attention.o_proj),
                     post_attention_norm=layer.post_attention_layernorm.weight,
-                    gate_up=_concatenated(mlp.gate_proj, mlp.up_proj),
-                    down=(mlp.down_proj.weight, mlp.down_proj.bias),
+                    gate_up=_folded(mlp.gate_proj, mlp.up_proj),
+                    down=_folded(mlp.down_proj),
                     activation=mlp.act_fn,
                     keys=keys,
                     values=values,
@@ -120,8 +219,8 @@ class LlamaDecoder:
             )
         self.head_dim, self.scaling = head_dim, attention.scaling
         self.eps = config.rms_norm_eps
-        self.embedding, self.final_norm = decoder.embed_tokens.weight, decoder.norm.weight
-        self.lm_head = (model.lm_head.weight, model.lm_head.bias)
+        self.embedding, self.final_norm = _folded(decoder.embed_tokens)[0], decoder.norm.weight
+        self.lm_head = _folded(model.lm_head)
         steps = positions + torch.arange(max_new_tokens, device=positions.device)  # [N, T]
         cos, sin = decoder.rotary_emb(self.embedding, steps)  # [N, T, D] each
         self.cos, self.sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [N, T, 1, D]: the same for every head
@@ -135,9 +234,11 @@ class LlamaDecoder:
     @staticmethod
     def supports(model: PreTrainedModel, cache: Cache) -> bool:
         """Whether ``model`` and the cache its forward built can be decoded here: a ``SUPPORTED_MODELS``
-        class with SDPA attention (whose boolean mask ``step`` builds), rotary frequencies that do not
-        depend on the sequence length, and full-attention key/value cache layers only (a sliding window
-        would need its own mask)."""
+        class (or a peft LoRA model of one whose adapters fold, ``lora_base_model``) with SDPA attention
+        (whose boolean mask ``step`` builds), rotary frequencies that do not depend on the sequence length,
+        and full-attention key/value cache layers only (a sliding window would need its own mask)."""
+        lora_base = lora_base_model(model)
+        model = model if lora_base is None else lora_base
         return (
             type(model) in SUPPORTED_MODELS
             and model.config._attn_implementation == "sdpa"

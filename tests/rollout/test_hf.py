@@ -1,5 +1,5 @@
 """HFEngine: sampling agrees with what ``generate`` draws; greedy determinism, min_new_tokens, recurrent
-caches."""
+caches; the same tokens whichever the interval between checks for finished rows."""
 
 import pytest
 import torch
@@ -8,9 +8,12 @@ from transformers import (
     Lfm2ForCausalLM,
 )
 
+from rgra_lightning.cli import main
+from rgra_lightning.errors import ConfigError
 from rgra_lightning.logprobs import token_logprobs
 from rgra_lightning.models import load_causal_lm, load_tokenizer
-from rgra_lightning.rollout import SamplingConfig
+from rgra_lightning.rollout import HFEngine, SamplingConfig
+from rgra_lightning.rollout.llama_decode import LlamaDecoder
 from tests.conftest import TINY_POLICY
 from tests.conftest import sample as sample_rollout
 from tests.tiny_models import PROMPTS, generate_reference, tiny_dimensions, tiny_policy
@@ -152,3 +155,57 @@ def test_min_new_tokens_suppresses_every_stop_token():
     assert torch.equal(rollout.input_ids, expected)
     assert not torch.isin(rollout.completion_ids[:, :6], torch.tensor(stops)).any()
     assert (rollout.completion_mask.sum(dim=1) < rollout.completion_ids.shape[1]).any()  # some stop later
+
+
+@pytest.mark.parametrize("path", ["decoder", "forward"])
+@pytest.mark.parametrize("greedy", [True, False])
+@pytest.mark.parametrize("interval", [2, 5, 8, 64])
+def test_checking_for_finished_rows_every_k_steps_changes_no_token_and_no_later_draw(
+    path, greedy, interval, monkeypatch
+):
+    """With three stop tokens every row stops well before max_new_tokens. Checking every k steps decodes
+    up to k - 1 steps more, yet the completions are those of a check after every step (no trailing
+    pad-only columns), and the random generator is where it was: the next draws are the same too."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = stop_set_policy("llama", tokenizer, "(=")
+    if path == "forward":
+        monkeypatch.setattr(LlamaDecoder, "supports", staticmethod(lambda model, cache: False))
+    config = SamplingConfig(num_generations=4, max_new_tokens=40, temperature=1.5)
+    steps, forward = [0], policy.forward
+
+    def counted(*args, **kwargs):  # the prompt's forward, then one per step on the forward path
+        steps[0] += 1
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(policy, "forward", counted)
+    for seed in range(3):
+        runs = {}
+        for k in (1, interval):
+            steps[0] = 0
+            torch.manual_seed(seed)
+            engine = HFEngine(finished_check_interval=k).bind(policy, tokenizer)
+            rollout = engine.generate(PROMPTS, config, greedy=greedy)
+            runs[k] = (rollout.input_ids, torch.rand(4), steps[0])
+        (ids, after, forwards), (ids_k, after_k, forwards_k) = runs[1], runs[interval]
+        length = rollout.completion_ids.shape[1]
+        assert length < config.max_new_tokens  # every row stopped early
+        assert torch.equal(ids_k, ids) and torch.equal(after_k, after)
+        if path == "forward":  # decoded up to the first check after the last row's stop token
+            checked = min(-(-length // interval) * interval, config.max_new_tokens)
+            assert forwards_k - forwards == checked - length
+
+
+def test_the_check_interval_is_at_least_one_and_every_step_on_the_cpu_by_default():
+    with pytest.raises(ConfigError, match="finished_check_interval must be >= 1"):
+        HFEngine(finished_check_interval=0)
+    assert HFEngine().finished_check_interval is None
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    engine = HFEngine().bind(stop_set_policy("llama", tokenizer, "(="), tokenizer)
+    assert engine.finished_check_interval is None
+
+
+def test_the_check_interval_is_set_in_yaml(small_config):
+    engine = {"class_path": "rgra_lightning.rollout.HFEngine", "init_args": {"finished_check_interval": 4}}
+    config = small_config("rgra", **{"model.init_args.rollout": engine})
+    rollout = main(["--config", str(config)], run=False).model.rollout
+    assert type(rollout) is HFEngine and rollout.finished_check_interval == 4

@@ -1,4 +1,5 @@
-"""The Llama fast decoding path: logits and samples equal the model's own forward and ``generate``."""
+"""The Llama fast decoding path: logits and samples equal the model's own forward and ``generate``, with
+LoRA adapters folded into its weights or, where they do not fold, through the forward."""
 
 import pytest
 import torch
@@ -14,9 +15,21 @@ from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.prompt_cache import position_ids, prefill
 from rgra_lightning.rollout import SamplingConfig
 from rgra_lightning.rollout.llama_decode import LlamaDecoder
-from tests.conftest import TINY_POLICY
+from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise
 from tests.conftest import sample as sample_rollout
 from tests.tiny_models import PROMPTS, generate_reference, tiny_dimensions, tiny_policy
+
+
+def count_decoder_steps(monkeypatch) -> list[int]:
+    """A one-element list counting the ``LlamaDecoder.step`` calls from now on."""
+    count, step = [0], LlamaDecoder.step
+
+    def counted(self, token, index):
+        count[0] += 1
+        return step(self, token, index)
+
+    monkeypatch.setattr(LlamaDecoder, "step", counted)
+    return count
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
@@ -65,7 +78,7 @@ def test_a_llama_decoder_step_computes_the_models_logits(kind, padded, dtype):
 @pytest.mark.parametrize("greedy", [True, False])
 def test_decoding_samples_what_the_full_forward_and_generate_sample(kind, greedy, monkeypatch):
     """Completions token for token equal to decoding through the model's forward and to ``generate``
-    (``LlamaDecoder`` for the plain models, the forward for LoRA)."""
+    (LoRA: the adapters folded into the decoder's weights, against peft's forward)."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = tiny_policy(kind, tokenizer)
     config = SamplingConfig(num_generations=4, max_new_tokens=24, temperature=1.3, top_p=0.9)
@@ -73,8 +86,10 @@ def test_decoding_samples_what_the_full_forward_and_generate_sample(kind, greedy
     for path in ("decoder", "forward"):
         if path == "forward":
             monkeypatch.setattr(LlamaDecoder, "supports", staticmethod(lambda model, cache: False))
+        steps = count_decoder_steps(monkeypatch)
         torch.manual_seed(1)
         runs[path] = sample_rollout(policy, tokenizer, PROMPTS, config, greedy=greedy).input_ids
+        assert (steps[0] > 0) == (path == "decoder")
     torch.manual_seed(1)
     expected = generate_reference(policy, tokenizer, config, greedy)
     assert torch.equal(runs["decoder"], runs["forward"])
@@ -102,7 +117,6 @@ def test_models_without_the_plain_decoder_structure_decode_through_their_forward
         SubclassedLlama(llama.config),
         LlamaForCausalLM.from_pretrained(TINY_POLICY, attn_implementation="eager"),  # another mask format
         LlamaForCausalLM(type(llama.config)(**dynamic_rope)),  # frequencies change with the length
-        tiny_policy("llama-lora", tokenizer),  # the adapters live in the forward of peft's layers
         Lfm2ForCausalLM(  # convolution state in the cache
             Lfm2Config(
                 **tiny_dimensions(tokenizer),
@@ -116,3 +130,191 @@ def test_models_without_the_plain_decoder_structure_decode_through_their_forward
             _, cache = prefill(policy.eval(), encoded["input_ids"], encoded["attention_mask"], repeats=2)
             assert LlamaDecoder.supports(policy, cache) == (policy is llama), type(policy).__name__
 
+
+def lora_policy(tokenizer, dtype: torch.dtype = torch.float32, **options) -> torch.nn.Module:
+    """The tiny Llama (weights in ``dtype``) under peft LoRA adapters (rank 4, alpha 8, every linear layer
+    unless ``options`` say otherwise; float32 adapters) whose updates are random and non-zero, so that they
+    change every logit."""
+    import peft
+
+    torch.manual_seed(0)
+    policy = load_causal_lm(str(TINY_POLICY), dtype=str(dtype).removeprefix("torch."))
+    options = {"target_modules": "all-linear"} | options
+    config = peft.LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM", **options)
+    policy = peft.get_peft_model(policy, config, autocast_adapter_dtype=True)
+    randomize_adapters(policy)
+    return policy
+
+
+def randomize_adapters(policy: torch.nn.Module) -> None:
+    """Random non-zero LoRA updates (B starts at zero), DoRA magnitudes and LoRA biases."""
+    for name, parameter in policy.named_parameters():
+        if any(part in name for part in ("lora_B", "lora_embedding_B", "lora_magnitude")):
+            torch.nn.init.normal_(parameter, mean=1.0 if "magnitude" in name else 0.0, std=0.05)
+
+
+def two_active_adapters(tokenizer) -> torch.nn.Module:
+    import peft
+
+    policy = lora_policy(tokenizer)
+    policy.add_adapter("second", peft.LoraConfig(r=2, lora_alpha=3, target_modules=["q_proj", "down_proj"]))
+    randomize_adapters(policy)
+    policy.base_model.set_adapter(["default", "second"])
+    return policy
+
+
+def merged_adapters(tokenizer) -> torch.nn.Module:
+    policy = lora_policy(tokenizer)
+    policy.merge_adapter()
+    return policy
+
+
+FOLDED = {  # LoRA policies whose adapters fold into the decoder's weights
+    "all-linear": lambda tokenizer: lora_policy(tokenizer),
+    "rank-stabilised": lambda tokenizer: lora_policy(tokenizer, use_rslora=True),
+    # tied embeddings: the input embedding's adapter is not the head's, and the head's not the embedding's
+    "embedding-and-head": lambda tokenizer: lora_policy(
+        tokenizer, target_modules=["embed_tokens", "v_proj", "lm_head"]
+    ),
+    "head": lambda tokenizer: lora_policy(tokenizer, target_modules=["q_proj", "lm_head"]),
+    "two-active-adapters": two_active_adapters,
+    "merged": merged_adapters,  # the adapters are in the base weights already
+}
+
+
+def decode_steps(policy, tokenizer, new_tokens: torch.Tensor, decoder_path: bool) -> list[torch.Tensor]:
+    """Next-token logits after feeding each row of ``new_tokens`` ``[steps, N]`` (N = 2 x ``PROMPTS``),
+    through ``LlamaDecoder`` or through the model's forward with its cache."""
+    encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    rows, length = 2 * len(PROMPTS), ids.shape[1]
+    attention_mask = torch.ones(rows, length + len(new_tokens), dtype=mask.dtype)
+    attention_mask[:, :length] = mask.repeat_interleave(2, dim=0)
+    positions = position_ids(attention_mask)
+    logits = []
+    with torch.no_grad():
+        _, cache = prefill(policy.eval(), ids, mask, repeats=2)
+        if decoder_path:
+            assert LlamaDecoder.supports(policy, cache)
+            first = positions[:, length : length + 1]
+            decoder = LlamaDecoder(policy, cache, first, attention_mask, len(new_tokens))
+        for step, token in enumerate(new_tokens):
+            if decoder_path:
+                logits.append(decoder.step(token, step))
+            else:
+                seen = length + step + 1
+                logits.append(
+                    policy(
+                        input_ids=token.unsqueeze(1),
+                        attention_mask=attention_mask[:, :seen],
+                        position_ids=positions[:, seen - 1 : seen],
+                        cache=cache,
+                        use_cache=True,
+                    ).logits[:, -1]
+                )
+    return logits
+
+
+NEW_TOKENS = torch.tensor(
+    [[5, 9, 13, 17, 21, 25], [7, 7, 7, 2, 2, 2], [3, 4, 5, 6, 7, 8], [1, 30, 2, 40, 3, 50]]
+)
+
+
+@pytest.mark.parametrize("variant", sorted(FOLDED))
+def test_folded_lora_gives_the_peft_forwards_logits_and_leaves_the_weights_alone(variant):
+    """The decoder's logits with the adapters folded (W + scaling * B A) equal peft's forward (which adds
+    the adapters' product to the base layer's output) up to float32 rounding, at every step; the model's
+    parameters are exactly what they were."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = FOLDED[variant](tokenizer)
+    before = {name: value.clone() for name, value in policy.state_dict().items()}
+    folded = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=True)
+    expected = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=False)
+    for step, (logits, reference) in enumerate(zip(folded, expected, strict=True)):
+        assert_close_normwise(logits, reference, LOGPROB_RTOL, f"step {step}")
+    after = policy.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    if variant != "merged":  # the folded adapters matter: without them the logits are far off
+        with policy.disable_adapter():
+            base = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=True)
+        assert (base[-1] - expected[-1]).norm() > 100 * LOGPROB_RTOL * expected[-1].norm()
+
+
+def test_folded_lora_over_bfloat16_weights_rounds_no_worse_than_peft():
+    """bfloat16 base weights, float32 adapters: the fold is rounded to bfloat16 (as peft's merge is), peft's
+    forward adds the adapters' float32 output to the base layer's bfloat16 one. Against the float32 model,
+    the folded logits are no further off than peft's own."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    exact = decode_steps(lora_policy(tokenizer), tokenizer, NEW_TOKENS, decoder_path=False)
+    policy = lora_policy(tokenizer, dtype=torch.bfloat16)
+    assert policy.base_model.model.lm_head.weight.dtype == torch.bfloat16
+    folded = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=True)
+    forward = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=False)
+    for step, (logits, reference, truth) in enumerate(zip(folded, forward, exact, strict=True)):
+        peft_error = (reference.float() - truth).norm()
+        assert (logits.float() - truth).norm() <= 2 * peft_error, step
+
+
+def test_with_the_adapters_disabled_the_decoder_reads_the_base_weights():
+    """Inside ``disable_adapter()`` (the KL reference of a LoRA policy) the decoder's logits are the base
+    model's, bit for bit, and the adapters are back afterwards."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = lora_policy(tokenizer)
+    base = load_causal_lm(str(TINY_POLICY))
+    with policy.disable_adapter():
+        disabled = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=True)
+    expected = decode_steps(base, tokenizer, NEW_TOKENS, decoder_path=False)
+    assert all(torch.equal(a, b) for a, b in zip(disabled, expected, strict=True))
+    enabled = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=True)
+    forward = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=False)
+    assert_close_normwise(enabled[-1], forward[-1], LOGPROB_RTOL)
+
+
+@pytest.mark.parametrize("variant", ["rank-stabilised", "head", "two-active-adapters"])
+@pytest.mark.parametrize("greedy", [True, False])
+def test_folded_lora_samples_what_generate_samples(variant, greedy, monkeypatch):
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = FOLDED[variant](tokenizer)
+    config = SamplingConfig(num_generations=4, max_new_tokens=24, temperature=1.3, top_p=0.9)
+    steps = count_decoder_steps(monkeypatch)
+    torch.manual_seed(2)
+    rollout = sample_rollout(policy, tokenizer, PROMPTS, config, greedy=greedy).input_ids
+    assert steps[0] > 0
+    torch.manual_seed(2)
+    assert torch.equal(rollout, generate_reference(policy, tokenizer, config, greedy))
+
+
+def ia3_policy(tokenizer) -> torch.nn.Module:
+    import peft
+
+    policy = load_causal_lm(str(TINY_POLICY))
+    config = peft.IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"])
+    return peft.get_peft_model(policy, config)
+
+
+NOT_FOLDED = {  # peft models whose forward is not a plain model with other weights
+    "dora": lambda tokenizer: lora_policy(tokenizer, use_dora=True),
+    "lora-bias": lambda tokenizer: lora_policy(tokenizer, lora_bias=True),
+    "modules-to-save": lambda tokenizer: lora_policy(tokenizer, modules_to_save=["norm"]),
+    "ia3": ia3_policy,
+}
+
+
+@pytest.mark.parametrize("variant", sorted(NOT_FOLDED))
+def test_adapters_that_do_not_fold_decode_through_the_forward(variant, monkeypatch):
+    """DoRA, LoRA biases, fully trained modules (``modules_to_save``), other tuners: the decoder refuses
+    them, and the rollout (through peft's forward) still samples what ``generate`` samples."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = NOT_FOLDED[variant](tokenizer)
+    encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    with torch.no_grad():
+        _, cache = prefill(policy.eval(), encoded["input_ids"], encoded["attention_mask"], repeats=2)
+    assert not LlamaDecoder.supports(policy, cache)
+    config = SamplingConfig(num_generations=4, max_new_tokens=12, temperature=1.3)
+    steps = count_decoder_steps(monkeypatch)
+    torch.manual_seed(3)
+    rollout = sample_rollout(policy, tokenizer, PROMPTS, config).input_ids
+    assert steps[0] == 0
+    torch.manual_seed(3)
+    assert torch.equal(rollout, generate_reference(policy, tokenizer, config, greedy=False))
