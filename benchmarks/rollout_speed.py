@@ -1,0 +1,118 @@
+"""Decoding speed of the default rollout engine (``HFEngine``), in new tokens per second, by decoding path.
+
+    python benchmarks/rollout_speed.py --model models/smollm2-135m-instruct --lora 16
+    python benchmarks/rollout_speed.py --lora 16 --paths forward folded plain --rounds 7
+
+Paths, timed in alternation in one process (round 1 untimed):
+  forward  the policy's forward (with peft, its LoRA layers) for every new token: the path a LoRA policy
+           took before its adapters were folded into the fast decoder (``LlamaDecoder.supports`` False);
+  folded   the fast decoder, the LoRA adapters folded into its weights once per rollout;
+  plain    the fast decoder on the model without adapters.
+Every rollout samples ``--prompts`` x G = ``--group`` completions of exactly ``--tokens`` new tokens (stop
+tokens suppressed) at temperature 1 from the same seed, in float32 (``--dtype``) with ``--threads`` torch
+threads. The LoRA updates are random and non-zero (peft starts B at zero), so the adapters change the
+logits as trained ones do. Rates are given per second of wall time and per second of this process's CPU
+time: on a machine shared with other work the second varies far less (it still counts the memory
+bandwidth and caches that others share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout: the project need not be installed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default=str(ROOT / "models" / "arith-tiny"), help="a local HF directory")
+    parser.add_argument(
+        "--lora", type=int, default=16, help="LoRA rank (alpha = 2 x rank), all linear layers"
+    )
+    parser.add_argument(
+        "--paths", nargs="+", choices=("forward", "folded", "plain"), default=["forward", "folded"]
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (one rollout per path each)")
+    parser.add_argument("--prompts", type=int, default=2)
+    parser.add_argument("--group", type=int, default=8, help="G, completions per prompt")
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per completion (forced)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    args = parser.parse_args()
+
+    import torch
+
+    from benchmarks.throughput import examples
+    from rgra_lightning.models import LoraConfig, add_lora, load_causal_lm, load_tokenizer
+    from rgra_lightning.rollout import HFEngine, SamplingConfig
+    from rgra_lightning.rollout.llama_decode import LlamaDecoder
+
+    torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer(args.model)
+    plain = load_causal_lm(args.model, dtype=args.dtype)
+    policies = {"plain": plain}
+    if {"forward", "folded"} & set(args.paths):
+        lora = add_lora(load_causal_lm(args.model, dtype=args.dtype), LoraConfig(args.lora, 2.0 * args.lora))
+        torch.manual_seed(0)
+        for name, parameter in lora.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.01)
+        policies["forward"] = policies["folded"] = lora
+    prompts = [example["prompt"] for example in examples(args.prompts)]
+    sampling = SamplingConfig(
+        num_generations=args.group, max_new_tokens=args.tokens, min_new_tokens=args.tokens
+    )
+    supports = LlamaDecoder.supports
+    rates: dict[str, list[float]] = {path: [] for path in args.paths}
+    cpu_rates: dict[str, list[float]] = {path: [] for path in args.paths}
+    for round_index in range(args.rounds + 1):
+        for path in args.paths:
+            LlamaDecoder.supports = (
+                staticmethod(lambda model, cache: False) if path == "forward" else supports
+            )
+            engine = HFEngine().bind(policies[path], tokenizer)
+            torch.manual_seed(round_index)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            rollout = engine.generate(prompts, sampling)
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+            new_tokens = int(rollout.completion_mask.sum())
+            assert new_tokens == args.prompts * args.group * args.tokens
+            if round_index:
+                rates[path].append(new_tokens / seconds)
+                cpu_rates[path].append(new_tokens / cpu_seconds)
+                print(
+                    f"round {round_index}/{args.rounds} {path:>7}: {new_tokens / seconds:8.1f} tokens/s, "
+                    f"{new_tokens / cpu_seconds:8.1f} tokens per CPU second",
+                    flush=True,
+                )
+    LlamaDecoder.supports = supports
+    print(
+        f"\n{Path(args.model).name}, LoRA rank {args.lora}, {args.prompts} prompts x G={args.group} x "
+        f"{args.tokens} tokens per rollout, {args.dtype}, {args.threads} thread(s), {args.rounds} rounds"
+    )
+    print("| path | median tokens/s (range) | median tokens per CPU second (range) |\n|---|---|---|")
+    for path in args.paths:
+        wall, cpu = rates[path], cpu_rates[path]
+        print(
+            f"| {path} | {statistics.median(wall):.1f} ({min(wall):.1f}-{max(wall):.1f}) | "
+            f"{statistics.median(cpu):.1f} ({min(cpu):.1f}-{max(cpu):.1f}) |"
+        )
+    for fast in ("folded", "plain"):
+        if "forward" in rates and fast in rates:
+            for name, values in (("wall", rates), ("CPU", cpu_rates)):
+                paired = [f / s for f, s in zip(values[fast], values["forward"], strict=True)]
+                print(
+                    f"{fast} / forward ({name} time): median {statistics.median(paired):.2f}x, "
+                    f"range {min(paired):.2f}-{max(paired):.2f}x (per round)"
+                )
+
+
+if __name__ == "__main__":
+    main()
