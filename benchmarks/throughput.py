@@ -2,18 +2,25 @@
 
     python benchmarks/throughput.py                      # 5 alternating runs each, tiny shipped policy
     python benchmarks/throughput.py --runs 7 --threads 2
+    python benchmarks/throughput.py --model models/smollm2-135m-instruct --lora 16 --tokens 48
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --random-init qwen2.5-0.5b
+    python benchmarks/throughput.py --device cuda --dtype bfloat16 --random-init qwen2.5-0.5b --engine vllm
 
 Both trainers get the same HF model directory, the same prompts in the same order (the embedded
 arithmetic task, template ``{question}=``), 16 completions per step (2 prompts x G = 8), completions forced
 to exactly ``--tokens`` new tokens (EOS suppressed, so lengths match), fp32 (``--dtype``), AdamW at the
 same learning rate, beta = 0.04 (both run a reference model), sampling from the full softmax at temperature
 1 (no top-k: TRL's top_k=0), the same torch thread count, no logging, no checkpoints.
-TRL's default gradient checkpointing is switched off because ours has none. Each run is a fresh
-subprocess; runs alternate (ours, TRL, ours, ...). A step's time is the wall time between consecutive
-step ends after ``--warmup`` steps, so it includes data loading and every per-step overhead of each
-trainer. For ours the per-step split (generation / verification / update) comes from the module's
-``time/*`` metrics. TRL is a benchmark-only dependency: ``pip install -e '.[bench]'``.
+TRL's default gradient checkpointing is switched off because ours is off by default. ``--model`` takes any
+local HF directory. ``--lora RANK`` trains LoRA adapters instead of the whole model in both (alpha = 2 x
+rank, every linear layer but the head, no dropout; ours ``model.lora``, TRL's ``peft_config``), and both
+take the KL reference from the same weights with the adapters disabled. ``--engine vllm`` (CUDA and vllm
+only) samples with vLLM colocated in the training process in both: ours ``model.rollout`` ``VLLMEngine``,
+TRL's ``use_vllm=True, vllm_mode="colocate"``, each with 0.3 of the GPU's memory (both defaults).
+Each run is a fresh subprocess; runs alternate (ours, TRL, ours, ...). A step's time is the wall time
+between consecutive step ends after ``--warmup`` steps, so it includes data loading and every per-step
+overhead of each trainer. For ours the per-step split (generation / verification / update) comes from the
+module's ``time/*`` metrics. TRL is a benchmark-only dependency: ``pip install -e '.[bench]'``.
 """
 
 from __future__ import annotations
@@ -81,7 +88,14 @@ def intervals(times: list[float]) -> list[float]:
     return [later - earlier for earlier, later in zip(times[:-1], times[1:], strict=True)]
 
 
-def run_ours(model_path: str, steps: int, tokens: int, device: str, dtype: str) -> dict:
+def trained(model) -> int:
+    """The number of trained parameters (with LoRA, the adapters')."""
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+
+
+def run_ours(
+    model_path: str, steps: int, tokens: int, device: str, dtype: str, lora: int = 0, engine: str = "hf"
+) -> dict:
     """Per-step wall times ``[steps]`` (s) and the module's per-step phase times."""
     from lightning import Callback, Trainer
     from torch.utils.data import DataLoader
@@ -89,7 +103,8 @@ def run_ours(model_path: str, steps: int, tokens: int, device: str, dtype: str) 
     from rgra_lightning import RLModule
     from rgra_lightning.data.base import collate
     from rgra_lightning.losses import LossConfig
-    from rgra_lightning.rollout import SamplingConfig
+    from rgra_lightning.models import LoraConfig
+    from rgra_lightning.rollout import HFEngine, SamplingConfig
 
     class StepClock(Callback):
         def __init__(self) -> None:
@@ -104,9 +119,17 @@ def run_ours(model_path: str, steps: int, tokens: int, device: str, dtype: str) 
             metrics = trainer.callback_metrics
             self.phases.append({name: metrics[f"time/{name}"].item() for name in PHASES})
 
+    if engine == "vllm":
+        from rgra_lightning.rollout import VLLMEngine
+
+        rollout = VLLMEngine()
+    else:
+        rollout = HFEngine()
     module = RLModule(
         model_path=model_path,
         dtype=dtype,
+        lora=LoraConfig(rank=lora, alpha=2.0 * lora) if lora else None,
+        rollout=rollout,
         loss=LossConfig(policy_term="clipped_ratio", beta=BETA, kl_estimator="k3", aggregation="token_mean"),
         sampling=SamplingConfig(num_generations=GROUP, max_new_tokens=tokens, min_new_tokens=tokens),
         learning_rate=LEARNING_RATE,
@@ -127,10 +150,12 @@ def run_ours(model_path: str, steps: int, tokens: int, device: str, dtype: str) 
     )
     loader = DataLoader(examples(steps * PROMPTS_PER_STEP), batch_size=PROMPTS_PER_STEP, collate_fn=collate)
     trainer.fit(module, train_dataloaders=loader)
-    return {"step_s": intervals(clock.ends), "phases": clock.phases}
+    return {"step_s": intervals(clock.ends), "phases": clock.phases, "trained": trained(module.policy)}
 
 
-def run_trl(model_path: str, steps: int, tokens: int, device: str, dtype: str) -> dict:
+def run_trl(
+    model_path: str, steps: int, tokens: int, device: str, dtype: str, lora: int = 0, engine: str = "hf"
+) -> dict:
     """Per-step wall times ``[steps]`` (s) of TRL's GRPOTrainer under the same settings."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -161,7 +186,10 @@ def run_trl(model_path: str, steps: int, tokens: int, device: str, dtype: str) -
             per_device_train_batch_size=PROMPTS_PER_STEP * GROUP,
             num_generations=GROUP,
             max_completion_length=tokens,
-            generation_kwargs={"min_new_tokens": tokens},
+            # the same option under vLLM's name when it samples
+            generation_kwargs={"min_tokens" if engine == "vllm" else "min_new_tokens": tokens},
+            use_vllm=engine == "vllm",
+            vllm_mode="colocate",
             temperature=1.0,
             top_p=1.0,
             beta=BETA,
@@ -177,16 +205,28 @@ def run_trl(model_path: str, steps: int, tokens: int, device: str, dtype: str) -
             save_strategy="no",
             disable_tqdm=True,
         )
+        peft_config = None
+        if lora:
+            from peft import LoraConfig
+
+            peft_config = LoraConfig(
+                r=lora,
+                lora_alpha=2.0 * lora,
+                lora_dropout=0.0,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            )
         trainer = GRPOTrainer(
             model=AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype),
             reward_funcs=reward,
             args=config,
+            peft_config=peft_config,
             train_dataset=Dataset.from_list(examples(steps * PROMPTS_PER_STEP)),
             processing_class=AutoTokenizer.from_pretrained(model_path),
             callbacks=[clock],
         )
         trainer.train()
-    return {"step_s": intervals(clock.ends)}
+    return {"step_s": intervals(clock.ends), "trained": trained(trainer.model)}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -195,7 +235,8 @@ def child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     run = run_ours if args.only == "ours" else run_trl
-    result = run(args.model_path, args.warmup + args.steps, args.tokens, args.device, args.dtype)
+    steps = args.warmup + args.steps
+    result = run(args.model_path, steps, args.tokens, args.device, args.dtype, args.lora, args.engine)
     result["step_s"] = result["step_s"][args.warmup :]
     result["phases"] = result.get("phases", [])[args.warmup :]
     print("RESULT " + json.dumps(result))
@@ -204,7 +245,7 @@ def child(args: argparse.Namespace) -> None:
 def launch(args: argparse.Namespace, which: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="0")
     command = [sys.executable, __file__, "--only", which]
-    for name in ("model_path", "steps", "warmup", "tokens", "threads", "device", "dtype"):
+    for name in ("model_path", "steps", "warmup", "tokens", "threads", "device", "dtype", "lora", "engine"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -217,7 +258,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model-path", default=str(ROOT / "models" / "arith-tiny"))
+    parser.add_argument(
+        "--model",
+        "--model-path",
+        dest="model_path",
+        default=str(ROOT / "models" / "arith-tiny"),
+        help="a local Hugging Face model directory (default: the shipped tiny policy)",
+    )
     parser.add_argument(
         "--random-init",
         choices=sorted(ARCHITECTURES),
@@ -232,8 +279,25 @@ def main() -> None:
     parser.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="weights and compute"
     )
+    parser.add_argument(
+        "--lora",
+        type=int,
+        default=0,
+        metavar="RANK",
+        help="LoRA adapters of this rank in both (0: full fine-tuning)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="hf: each trainer samples with its policy; vllm: both with vLLM colocated (CUDA only)",
+    )
     parser.add_argument("--only", choices=("ours", "trl"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.lora < 0:
+        parser.error(f"--lora must be >= 0, got {args.lora}")
+    if args.engine == "vllm" and args.device != "cuda":
+        parser.error("--engine vllm needs --device cuda")
     if args.only:
         child(args)
         return
@@ -247,22 +311,30 @@ def main() -> None:
 def compare(args: argparse.Namespace) -> None:
     """Alternating runs of both trainers; prints the table, the ratio and our phase split."""
     medians: dict[str, list[float]] = {"ours": [], "trl": []}
+    trained: dict[str, int] = {}
     phase_fractions: list[dict[str, float]] = []
+    phase_seconds: list[dict[str, float]] = []
     for run in range(args.runs):
         for which in ("ours", "trl"):
             result = launch(args, which)
             medians[which].append(statistics.median(result["step_s"]))
+            trained[which] = result["trained"]
             print(f"run {run + 1}/{args.runs} {which:>4}: {medians[which][-1]:.3f} s/step", flush=True)
             if which == "ours":  # per step, so a rare slow verification does not skew the typical split
                 phase_fractions += [
                     {name: phases[name] / step for name in PHASES}
                     for phases, step in zip(result["phases"], result["step_s"], strict=True)
                 ]
+                phase_seconds += result["phases"]
     ours, trl = statistics.median(medians["ours"]), statistics.median(medians["trl"])
+    model = args.random_init or Path(args.model_path).name
+    adapters = f"LoRA rank {args.lora}" if args.lora else "full fine-tuning"
     print(
-        f"\n{args.runs} alternating runs each, {args.steps} timed steps per run after {args.warmup} warm-up, "
+        f"\n{model}, {adapters}, {args.dtype}, {args.engine} sampling: {args.runs} alternating runs each, "
+        f"{args.steps} timed steps per run after {args.warmup} warm-up, "
         f"{PROMPTS_PER_STEP * GROUP} completions x {args.tokens} tokens per step, {args.threads} thread(s)"
     )
+    print(f"trained parameters: ours {trained['ours']:,}, TRL {trained['trl']:,}")
     print("| trainer | median s/step | runs (median s/step each) |\n|---|---|---|")
     for name, value in (("rgra-lightning", ours), ("TRL GRPOTrainer", trl)):
         runs = ", ".join(f"{v:.3f}" for v in medians["ours" if name == "rgra-lightning" else "trl"])
@@ -274,7 +346,8 @@ def compare(args: argparse.Namespace) -> None:
         f"range {min(paired):.2f}-{max(paired):.2f}"
     )
     split = ", ".join(
-        f"{name.removesuffix('_s')} {statistics.median(f[name] for f in phase_fractions):.0%}"
+        f"{name.removesuffix('_s')} {statistics.median(f[name] for f in phase_fractions):.0%} "
+        f"({statistics.median(p[name] for p in phase_seconds):.3f} s)"
         for name in PHASES
     )
     print(f"ours, median fraction of a step's time: {split} (verification overlaps the update)")

@@ -102,3 +102,36 @@ def test_paper_step_benchmark_runs_the_paper_config_and_reports_split_and_adapte
     )
     assert [kind for kind, _, _ in moved] == ["lora_A", "lora_B"]
     assert all(int(total.replace(",", "")) > 0 for _, _, total in moved)
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_compares_lora_training_on_a_model_directory():
+    """``--model`` and ``--lora``: both trainers train the same rank-4 adapters of the tiny policy; the
+    header names the model and the adapters."""
+    pytest.importorskip("trl", reason="the benchmark's TRL side needs pip install -e '.[bench]'")
+    done = subprocess.run(
+        [sys.executable, "benchmarks/throughput.py", "--model", "models/arith-tiny", "--lora", "4"]
+        + ["--runs", "1", "--steps", "2", "--warmup", "1", "--tokens", "8"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "arith-tiny, LoRA rank 4, float32, hf sampling" in done.stdout
+    # rank 4 on 7 projections of 3 layers: 4 x (in + out) each, 10,240 per layer
+    assert "trained parameters: ours 30,720, TRL 30,720" in done.stdout
+    assert re.search(r"ratio ours / TRL = [0-9.]+", done.stdout)
+
+
+def test_throughput_benchmark_refuses_vllm_without_a_gpu_and_a_negative_rank():
+    for options, message in ((["--engine", "vllm"], "--engine vllm needs --device cuda"),
+                             (["--lora", "-1"], "--lora must be >= 0")):  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "benchmarks/throughput.py", *options],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and message in done.stderr
