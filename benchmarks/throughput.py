@@ -8,9 +8,10 @@
 
 Both trainers get the same HF model directory, the same prompts in the same order (the embedded
 arithmetic task, template ``{question}=``), 16 completions per step (2 prompts x G = 8), completions forced
-to exactly ``--tokens`` new tokens (EOS suppressed, so lengths match), fp32 (``--dtype``), AdamW at the
-same learning rate, beta = 0.04 (both run a reference model), sampling from the full softmax at temperature
-1 (no top-k: TRL's top_k=0), the same torch thread count, no logging, no checkpoints.
+to exactly ``--tokens`` new tokens (EOS suppressed, so lengths match), fp32 (``--dtype``; bfloat16 is
+autocast in both, see ``weights_dtype``), AdamW at the same learning rate, beta = 0.04 (both run a
+reference model), sampling from the full softmax at temperature 1 (no top-k: TRL's top_k=0), the same
+torch thread count, no logging, no checkpoints.
 TRL's default gradient checkpointing is switched off because ours is off by default. ``--model`` takes any
 local HF directory. ``--lora RANK`` trains LoRA adapters instead of the whole model in both (alpha = 2 x
 rank, every linear layer but the head, no dropout; ours ``model.lora``, TRL's ``peft_config``), and both
@@ -88,6 +89,14 @@ def intervals(times: list[float]) -> list[float]:
     return [later - earlier for earlier, later in zip(times[:-1], times[1:], strict=True)]
 
 
+def weights_dtype(dtype: str, lora: int) -> str:
+    """The dtype both trainers store the model in for compute in ``dtype``: bfloat16 compute is bf16
+    autocast in both (ours ``trainer.precision=bf16-mixed``, TRL ``bf16=True``) over float32 trained weights
+    (ours refuses to train weights stored in bfloat16, whose AdamW steps round away) or, with LoRA, over a
+    bfloat16 base under float32 adapters."""
+    return dtype if lora or dtype == "float32" else "float32"
+
+
 def trained(model) -> int:
     """The number of trained parameters (with LoRA, the adapters')."""
     return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
@@ -127,7 +136,7 @@ def run_ours(
         rollout = HFEngine()
     module = RLModule(
         model_path=model_path,
-        dtype=dtype,
+        dtype=weights_dtype(dtype, lora),
         lora=LoraConfig(rank=lora, alpha=2.0 * lora) if lora else None,
         rollout=rollout,
         loss=LossConfig(policy_term="clipped_ratio", beta=BETA, kl_estimator="k3", aggregation="token_mean"),
@@ -139,6 +148,7 @@ def run_ours(
     trainer = Trainer(
         accelerator=device,
         devices=1,
+        precision="bf16-mixed" if dtype == "bfloat16" else "32-true",
         max_steps=steps,
         logger=False,
         enable_checkpointing=False,
@@ -217,7 +227,7 @@ def run_trl(
                 task_type="CAUSAL_LM",
             )
         trainer = GRPOTrainer(
-            model=AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype),
+            model=AutoModelForCausalLM.from_pretrained(model_path, dtype=weights_dtype(dtype, lora)),
             reward_funcs=reward,
             args=config,
             peft_config=peft_config,
@@ -277,7 +287,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
-        "--dtype", choices=("float32", "bfloat16"), default="float32", help="weights and compute"
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute (bfloat16: autocast over float32 weights, or a bfloat16 base with --lora)",
     )
     parser.add_argument(
         "--lora",

@@ -135,3 +135,13 @@ def test_throughput_benchmark_refuses_vllm_without_a_gpu_and_a_negative_rank():
             timeout=60,
         )
         assert done.returncode == 2 and message in done.stderr
+
+
+def test_throughput_benchmark_trains_float32_weights_under_bfloat16_compute():
+    """``--dtype bfloat16`` is autocast in both trainers: over float32 weights when the whole model trains
+    (ours refuses bfloat16-stored trained weights), over a bfloat16 base under float32 LoRA adapters."""
+    from benchmarks.throughput import weights_dtype
+
+    assert weights_dtype("bfloat16", lora=0) == "float32"
+    assert weights_dtype("bfloat16", lora=16) == "bfloat16"
+    assert weights_dtype("float32", lora=0) == weights_dtype("float32", lora=16) == "float32"
