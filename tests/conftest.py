@@ -1,6 +1,8 @@
 """Shared fixtures and helpers: paths to the shipped tiny policy, a small variant of the default config,
 the CLI's one-line errors, sampling with the default engine, and rounding tolerances."""
 
+import contextlib
+import io
 import math
 import os
 from pathlib import Path
@@ -136,3 +138,14 @@ def scalar_tags(run_dir: Path) -> dict[str, list[float]]:
         for tag in accumulator.Tags()["scalars"]:
             values.setdefault(tag, []).extend(event.value for event in accumulator.Scalars(tag))
     return values
+
+
+def printed_config(*configs: str) -> dict:
+    """What ``rgra fit --config ... --print_config`` prints, parsed."""
+    from rgra_lightning.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main(["fit", *(f"--config={config}" for config in configs), "--print_config"])
+    assert exit_info.value.code == 0
+    return yaml.safe_load(out.getvalue())

@@ -2,8 +2,6 @@
 config into the intended LossConfig; RAFT's composite loss matches a hand computation (every single option
 is checked by hand in test_advantages.py and test_losses.py)."""
 
-import contextlib
-import io
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ from rgra_lightning import ablate
 from rgra_lightning.advantages import AdvantageConfig, group_advantages
 from rgra_lightning.cli import main
 from rgra_lightning.losses import LossConfig, rl_loss
-from tests.conftest import ROOT
+from tests.conftest import ROOT, printed_config
 
 GRPO = {"policy_term": "clipped_ratio", "eps_low": 0.2, "eps_high": 0.2, "beta": 0.04, "kl_estimator": "k3"}
 RGRA = {"policy_term": "reinforce", "beta": 0.04, "kl_estimator": "k3"}
@@ -75,15 +73,6 @@ def test_a_preset_holds_only_the_loss_block_and_the_run_name(name):
         "trainer": {"logger": {"init_args": {"name": name}}},
         "model": {"init_args": {"loss": fragment["model"]["init_args"]["loss"]}},
     }
-
-
-def printed_config(*configs: str) -> dict:
-    """What ``rgra fit --config ... --print_config`` prints, parsed."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
-        main(["fit", *(f"--config={config}" for config in configs), "--print_config"])
-    assert exit_info.value.code == 0
-    return yaml.safe_load(out.getvalue())
 
 
 def test_grpo_yaml_is_rgra_yaml_with_the_grpo_preset(monkeypatch):

