@@ -117,7 +117,7 @@ def stop_token_ids(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) 
         ("the tokenizer's eos_token_id", _as_ids(tokenizer.eos_token_id)),
         ("generation_config.eos_token_id", _as_ids(getattr(generation_config, "eos_token_id", None))),
     ]
-    vocabulary = policy.get_input_embeddings().num_embeddings
+    vocabulary = policy.get_input_embeddings().weight.shape[0]  # also under a peft embedding adapter
     stop_ids: dict[int, None] = {}
     for source, ids in sources:
         for token_id in ids:

@@ -203,3 +203,19 @@ def test_an_eos_id_outside_the_vocabulary_is_a_config_error(tiny, generation_eos
     )
     with pytest.raises(ConfigError, match=message):
         HFEngine().bind(policy, tokenizer)
+
+
+def test_an_engine_binds_a_policy_whose_embedding_has_a_lora_adapter(tiny):
+    """peft wraps an adapted embedding in a layer without ``num_embeddings``; the vocabulary check reads
+    the embedding weight's rows instead."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rgra_lightning.models import LoraConfig, add_lora
+
+    tokenizer = tiny[1]
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
+                         eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    policy = add_lora(LlamaForCausalLM(config), LoraConfig(rank=2, target_modules=["embed_tokens", "q_proj"]))
+    assert not hasattr(policy.get_input_embeddings(), "num_embeddings")
+    assert HFEngine().bind(policy, tokenizer).stop_ids == (tokenizer.eos_token_id,)
