@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from lightning import LightningModule
 from torch import Tensor
+from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
 from rewards.normalize import normalize
+from rgra_lightning.distributed import with_distributed_sampler
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.experience import Experience, PromptBatch
 from rgra_lightning.rollout import SamplingConfig
@@ -219,6 +222,22 @@ def mean_greedy_summary(
             totals[name] = totals.get(name, 0.0) + value.item() * size
         count += size
     return {name: total / count for name, total in totals.items()} if count else {}
+
+
+def log_initial_validation(module: LightningModule, loader: DataLoader) -> None:
+    """The step-0 validation of ``module``'s policy: ``mean_greedy_summary`` over ``loader``, each rank on
+    its share (as Lightning's validation splits it), averaged over the ranks and logged as ``val/*`` at
+    step 0, so every curve starts at its baseline."""
+    trainer = module.trainer
+    if trainer.world_size > 1:
+        loader = with_distributed_sampler(loader, trainer.strategy.distributed_sampler_kwargs)
+    means = mean_greedy_summary(module.make_experience, loader)
+    metrics = {  # every rank takes part in each reduction
+        f"val/{name}": trainer.strategy.reduce(torch.tensor(value, device=module.device), reduce_op="mean")
+        for name, value in means.items()
+    }
+    for logger in module.loggers:
+        logger.log_metrics({name: value.item() for name, value in metrics.items()}, step=0)
 
 
 class SamplesWriter:

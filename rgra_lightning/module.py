@@ -23,20 +23,14 @@ from torch import Tensor
 
 from rewards import MathVerifier, Verifier
 from rgra_lightning.checkpointing import reloaded_state_keys, require_same_run
-from rgra_lightning.distributed import (
-    ShardingConfig,
-    is_sharded,
-    reduce_across_ranks,
-    shard_model,
-    with_distributed_sampler,
-)
+from rgra_lightning.distributed import ShardingConfig, is_sharded, reduce_across_ranks, shard_model
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.evaluation import (
     EvaluationConfig,
     SamplesWriter,
     evaluation_metrics,
     greedy_summary,
-    mean_greedy_summary,
+    log_initial_validation,
     update_evaluation_metrics,
 )
 from rgra_lightning.experience import Experience, PromptBatch, make_experience
@@ -318,18 +312,7 @@ class RLModule(LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.trainer.global_step > 0 or datamodule is None or not self.hparams.validate_before_training:
             return
-        loader = datamodule.val_dataloader()
-        if self.trainer.world_size > 1:  # each rank validates its share, as Lightning's validation does
-            loader = with_distributed_sampler(loader, self.trainer.strategy.distributed_sampler_kwargs)
-        means = mean_greedy_summary(self.make_experience, loader)
-        metrics = {
-            f"val/{name}": self.trainer.strategy.reduce(
-                torch.tensor(value, device=self.device), reduce_op="mean"
-            )
-            for name, value in means.items()
-        }
-        for logger in self.loggers:
-            logger.log_metrics({name: value.item() for name, value in metrics.items()}, step=0)
+        log_initial_validation(self, datamodule.val_dataloader())
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
         if self.trainer.state.fn == TrainerFn.VALIDATING:  # the ``validate`` command: a full evaluation
