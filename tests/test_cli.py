@@ -6,7 +6,10 @@ import torch
 from rgra_lightning.cli import main
 from tests.conftest import one_line_error
 
-LOSS_KEYS = "policy_term, eps_low, eps_high, beta, kl_estimator, aggregation, aggregation_constant, advantage"
+LOSS_KEYS = (
+    "policy_term, eps_low, eps_high, beta, kl_estimator, aggregation, aggregation_constant, "
+    "mask_truncated_completions, advantage, sampler_correction_cap"
+)
 
 
 def misspelling_error(args: list[str], capsys) -> str:

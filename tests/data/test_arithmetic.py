@@ -2,6 +2,7 @@
 
 from rgra_lightning.data import ArithmeticDataModule
 from rgra_lightning.data.base import ChatPrompt
+from tests.conftest import printed_config
 from tests.tiny_models import smollm2_tokenizer
 
 
@@ -48,22 +49,14 @@ def test_chat_prompts_ask_the_question_in_the_user_message_with_the_instruction(
 
 
 def test_the_shipped_chat_config_renders_the_problems_through_the_policys_template():
-    """configs/smollm2-135m/arithmetic-rgra.yaml over the GSM8K config parses; its data module, given
-    SmolLM2's tokenizer as the policy's, renders the held-out problems as chat prompts."""
-    from rgra_lightning.cli import main
-
-    cli = main(
-        [
-            "--config",
-            "configs/smollm2-135m/gsm8k-rgra.yaml",
-            "--config",
-            "configs/smollm2-135m/arithmetic-rgra.yaml",
-        ],
-        run=False,
-    )
-    data = cli.datamodule
-    assert isinstance(data, ArithmeticDataModule)
-    data.tokenizer = smollm2_tokenizer()
-    data.setup()
-    assert len(data.val_examples) == 100 and len(data.train_examples) == 1187
-    assert "Compute 6*(-2).\nPut your final answer within \\boxed{}." in data.val_examples[0]["prompt"]
+    """configs/smollm2-135m/arithmetic-rgra.yaml over the GSM8K config chooses this module; its options,
+    given SmolLM2's tokenizer as the policy's, render the held-out problems as chat prompts."""
+    data = printed_config(
+        "configs/smollm2-135m/gsm8k-rgra.yaml", "configs/smollm2-135m/arithmetic-rgra.yaml"
+    )["data"]
+    assert data["class_path"] == "rgra_lightning.ArithmeticDataModule"
+    module = ArithmeticDataModule(**data["init_args"])
+    module.tokenizer = smollm2_tokenizer()
+    module.setup()
+    assert len(module.val_examples) == 100 and len(module.train_examples) == 1187
+    assert "Compute 6*(-2).\nPut your final answer within \\boxed{}." in module.val_examples[0]["prompt"]
