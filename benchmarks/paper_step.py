@@ -114,8 +114,7 @@ def main() -> None:
                 }
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            logged = trainer.callback_metrics
-            self.metrics.append({k: float(v) for k, v in logged.items() if k.startswith(("time/", "train/"))})
+            self.metrics.append(dict(pl_module.latest_metrics))
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -125,8 +125,8 @@ def run_ours(
 
         def on_train_batch_end(self, trainer, pl_module, *args) -> None:
             self.ends.append(now())
-            metrics = trainer.callback_metrics
-            self.phases.append({name: metrics[f"time/{name}"].item() for name in PHASES})
+            metrics = pl_module.latest_metrics
+            self.phases.append({name: metrics[f"time/{name}"] for name in PHASES})
 
     if engine == "vllm":
         from rgra_lightning.rollout import VLLMEngine

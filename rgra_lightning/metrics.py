@@ -1,8 +1,10 @@
-"""The ``train/*`` and ``time/*`` metrics of one rollout batch, and how each is reduced over ranks."""
+"""The ``train/*`` and ``time/*`` metrics of one rollout batch, how each is reduced over ranks, and how
+they reach the loggers."""
 
 from __future__ import annotations
 
 import torch
+from lightning import LightningModule
 from torch import Tensor
 
 from rewards import Verifier
@@ -65,3 +67,39 @@ def training_metrics(
     }
     components = reward_components(verifier, experience.scores)
     return metrics | {f"train/rewards/{name}": value for name, value in components.items()}
+
+
+PROGRESS_BAR = ("train/reward", "train/accuracy")
+
+
+def log_training_metrics(
+    module: LightningModule, metrics: dict[str, Tensor], batch_size: int
+) -> dict[str, float]:
+    """Log a training step's ``metrics`` (reduced over ranks) at x = the optimizer updates so far; return
+    them as floats.
+
+    Only ``step`` (the x value) and the progress-bar metrics go through ``LightningModule.log``, so the
+    progress bar and callbacks (``trainer.callback_metrics``) see them; the others are written straight to
+    the trainer's loggers, on the steps where Lightning writes its own (``trainer.log_every_n_steps``).
+    ``LightningModule.log`` costs ~0.4 ms of bookkeeping per key and step (a ``_ResultMetric.to`` walk per
+    call): for ~25 keys, ~9 % of a step of the tiny CPU policy. Callbacks read all of them from the
+    module's ``latest_metrics``.
+    """
+    step = module.global_step
+    values = {name: float(value) for name, value in metrics.items()}
+    module.log_dict(
+        {name: metrics[name] for name in PROGRESS_BAR},
+        prog_bar=True,
+        on_step=True,
+        on_epoch=False,
+        batch_size=batch_size,
+    )
+    # Lightning takes a logged ``step`` as the x value of the other metrics; without it, the x axis
+    # would count rollout batches while checkpoints, samples and ``max_steps`` count updates.
+    module.log("step", float(step), on_step=True, on_epoch=False, batch_size=batch_size)
+    trainer = module.trainer
+    if trainer.loggers and trainer._logger_connector.should_update_logs:  # Lightning's own rule
+        others = {name: value for name, value in values.items() if name not in PROGRESS_BAR}
+        for logger in trainer.loggers:
+            logger.log_metrics(others, step=step)
+    return values

@@ -36,7 +36,7 @@ from rgra_lightning.evaluation import (
 from rgra_lightning.experience import Experience, PromptBatch, make_experience
 from rgra_lightning.logprobs import logprobs_without_grad
 from rgra_lightning.losses import LossConfig
-from rgra_lightning.metrics import TRAIN_REDUCTIONS, training_metrics
+from rgra_lightning.metrics import TRAIN_REDUCTIONS, log_training_metrics, training_metrics
 from rgra_lightning.models import (
     LoraConfig,
     add_lora,
@@ -165,6 +165,7 @@ class RLModule(LightningModule):
         self.eval_metrics = evaluation_metrics(evaluation)
         self.samples = SamplesWriter()
         self.latest_samples: list[dict[str, Any]] = []
+        self.latest_metrics: dict[str, float] = {}  # the last training step's, logged or not
 
     # ----------------------------------------------------------------- set-up
 
@@ -291,18 +292,7 @@ class RLModule(LightningModule):
         metrics = reduce_across_ranks(
             metrics, TRAIN_REDUCTIONS, experience.completion_tokens, self.all_gather, self.device
         )
-        # Lightning takes a logged ``step`` as the x value of the other metrics; without it, the x axis
-        # would count rollout batches while checkpoints, samples and ``max_steps`` count updates.
-        metrics["step"] = torch.tensor(float(self.global_step))
-        progress = ("train/reward", "train/accuracy")  # also shown on the progress bar
-        for prog_bar in (False, True):
-            self.log_dict(
-                {name: value for name, value in metrics.items() if (name in progress) == prog_bar},
-                prog_bar=prog_bar,
-                on_step=True,
-                on_epoch=False,
-                batch_size=len(batch["prompt"]),
-            )
+        self.latest_metrics = log_training_metrics(self, metrics, batch_size=len(batch["prompt"]))
         self.latest_samples = experience.records()[: self.hparams.num_logged_samples]
 
     # ------------------------------------------------------------- evaluation

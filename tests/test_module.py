@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from rgra_lightning.cli import main
 from rgra_lightning.models import load_causal_lm
 from rgra_lightning.rollout import HFEngine
-from tests.conftest import FAST, TINY_POLICY, scalar_tags
+from tests.conftest import FAST, TINY_POLICY, scalar_tags, scalars_by_step
 
 
 def test_out_of_memory_suggests_what_to_reduce(small_config, monkeypatch):
@@ -47,6 +47,22 @@ def logged_steps(run_dir: Path, tag: str) -> list[int]:
         elif tag in tags["tensors"]:
             steps += [event.step for event in accumulator.Tensors(tag)]
     return steps
+
+
+def test_training_metrics_reach_the_loggers_at_lightnings_cadence(small_config, tmp_path):
+    """Only the progress-bar metrics and ``step`` pay for ``self.log``; the rest are written straight to the
+    loggers on the steps Lightning writes (``log_every_n_steps``), and every step's are on the module."""
+    config = small_config("rgra", **FAST, **{"trainer.log_every_n_steps": 2})
+    cli = main(["fit", "--config", str(config)])
+    assert cli.trainer.global_step == 4
+    runs = tmp_path / "runs"
+    for tag in ("train/reward", "train/accuracy", "train/kl", "train/loss", "time/step_s"):
+        assert sorted(scalars_by_step(runs, tag)) == [2, 4], tag
+    latest = cli.model.latest_metrics  # the last step's, as floats
+    for tag in ("train/reward", "train/kl", "train/loss"):
+        assert scalars_by_step(runs, tag)[4] == [pytest.approx(latest[tag], rel=1e-6)], tag
+    assert {"train/reward", "train/accuracy", "step"} <= set(cli.trainer.callback_metrics)
+    assert "train/kl" not in cli.trainer.callback_metrics  # not through Lightning's result collection
 
 
 def test_fit_trains_logs_checkpoints_and_resumes(small_config, tmp_path):
