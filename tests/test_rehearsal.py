@@ -155,3 +155,38 @@ def test_each_gpu_config_rehearses_on_cpu(config, tmp_path):
     assert result.error is None, result.report()
     assert [check.name for check in result.checks] == ["finite", "moved", "resume", "export"]
     assert result.passed, result.report()
+
+
+def test_the_export_check_compares_with_the_base_in_the_dtype_it_was_trained_in(tmp_path):
+    """A LoRA export merges in float32 over the base as the module loaded it (bf16 under the paper configs):
+    the check must round the base the same way, and it accepts the merge's float32 rounding, not more."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config)
+    base.save_pretrained(tmp_path / "model")  # float32, as the rehearsal's tiny model
+    rank, module = 4, "model.layers.0.self_attn.q_proj"
+    lora_a, lora_b = torch.randn(rank, 32) * 1e-3, torch.randn(32, rank) * 1e-3
+    prefix = f"policy.base_model.model.{module}"
+    final = {f"{prefix}.lora_A.default.weight": lora_a, f"{prefix}.lora_B.default.weight": lora_b}
+    exported = LlamaForCausalLM(config).to(torch.bfloat16).float()  # the trained base: bf16, upcast
+    exported.load_state_dict({k: v.to(torch.bfloat16).float() for k, v in base.state_dict().items()})
+    with torch.no_grad():
+        exported.get_submodule(module).weight += 2.0 * (lora_b @ lora_a)
+    exported.save_pretrained(tmp_path / "hf_model")
+    lora = {"rank": rank, "alpha": 2 * rank}
+
+    merged = rehearsal.check_export(tmp_path / "hf_model", final, tmp_path / "model", lora, "bfloat16")
+    assert merged.passed, merged.detail
+    unrounded = rehearsal.check_export(tmp_path / "hf_model", final, tmp_path / "model", lora, "float32")
+    assert not unrounded.passed  # against the float32 base, bf16 rounding (~1e-3 relative) is an error
+    with torch.no_grad():
+        exported.get_submodule(module).weight[0, 0] += 1e-4  # an update the export lost or gained
+    exported.save_pretrained(tmp_path / "hf_model")
+    off = rehearsal.check_export(tmp_path / "hf_model", final, tmp_path / "model", lora, "bfloat16")
+    assert not off.passed, off.detail
