@@ -25,7 +25,6 @@ FAST = {  # no validation: these tests are about the training loop, not accuracy
 }
 
 
-
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, or skip the test with a message when the folder is absent."""
     path = SHARED.joinpath(*parts)

@@ -171,4 +171,3 @@ def test_checkpoint_is_renamed_into_place_from_the_same_directory(tmp_path, monk
     finally:
         os.umask(umask)
     assert (tmp_path / "shared.ckpt").stat().st_mode & 0o777 == 0o644
-

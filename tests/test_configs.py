@@ -2,7 +2,6 @@
 config into the intended LossConfig; RAFT's composite loss matches a hand computation (every single option
 is checked by hand in test_advantages.py and test_losses.py)."""
 
-
 import pytest
 import torch
 import yaml
@@ -89,8 +88,7 @@ COMPOSED_OVER = {"configs/smollm2-135m/arithmetic-rgra.yaml": "configs/smollm2-1
 FULL_CONFIGS = sorted(
     path.relative_to(ROOT)
     for path in (ROOT / "configs").rglob("*.yaml")
-    if path.parent.name not in FRAGMENTS | {"ablations"}
-    and str(path.relative_to(ROOT)) not in COMPOSED_OVER
+    if path.parent.name not in FRAGMENTS | {"ablations"} and str(path.relative_to(ROOT)) not in COMPOSED_OVER
 )
 
 

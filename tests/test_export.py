@@ -35,7 +35,6 @@ def test_commands_that_load_a_checkpoint_name_a_missing_one_before_building_the_
         export_checkpoint("no-such-config.yaml", str(tmp_path / "sharded.ckpt"), str(tmp_path / "out"))
 
 
-
 def test_a_lora_policy_on_a_bf16_base_is_merged_in_float32_so_a_small_update_survives(tmp_path):
     """A small trained update (scale x B A ~ 1e-5 of weights ~ 1e-1: below bf16's spacing there) is kept
     by the merged export: its weights equal the float32 sum, where a bf16 merge would drop it."""

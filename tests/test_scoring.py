@@ -82,4 +82,3 @@ def test_training_survives_a_crashing_verifier_and_logs_the_errors(small_config,
     assert len(errors) == 2 and all(v > 0 for values in errors.values() for v in values)
     rewards = scalars_by_step(tmp_path / "runs", "train/reward")
     assert all(math.isfinite(v) for values in rewards.values() for v in values)
-

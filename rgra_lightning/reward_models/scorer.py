@@ -62,9 +62,9 @@ def encode(
     that already starts with the tokenizer's BOS (a prompt from a chat template that writes it) gets no
     second one (``prompt_token_ids``)."""
     ids = [row[-max_length:] for row in prompt_token_ids(tokenizer, list(texts))]
-    encoded = tokenizer.pad(
-        {"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt"
-    ).to(next(model.parameters()).device)
+    encoded = tokenizer.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt").to(
+        next(model.parameters()).device
+    )
     position_ids = (encoded["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
     return {**encoded, "position_ids": position_ids}
 

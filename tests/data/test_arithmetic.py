@@ -20,7 +20,6 @@ def test_arithmetic_task_applies_limit_and_train_size():
     assert len(data.train_dataloader()) == 50 // 8
 
 
-
 def test_the_defaults_keep_the_warm_up_prompts():
     data = ArithmeticDataModule(val_size=100)
     data.setup()

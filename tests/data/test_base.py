@@ -119,4 +119,3 @@ def test_fit_without_a_training_batch_is_a_one_line_error(small_config, tmp_path
     error = one_line_error(args, capsys)
     assert expected in error
     assert not (tmp_path / "hf_model").exists()  # the untrained policy is not exported
-

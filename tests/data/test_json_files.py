@@ -32,4 +32,3 @@ def test_bad_dataset_files_name_the_file_and_row(small_config, tmp_path, capsys,
         train.write_text(content)
     error = one_line_error(json_files_args(small_config, tmp_path, train), capsys)
     assert str(train) in error and expected in error
-

@@ -12,4 +12,3 @@ def test_reference_formats():
     assert reference_answer(solution, "boxed_solution", "r") == "\\frac{1}{2}"
     with pytest.raises(DatasetError, match="r: solution has no"):
         reference_answer("no box", "boxed_solution", "r")
-

@@ -19,7 +19,6 @@ def save_classifier(directory: Path, num_labels: int, seed: int = 0) -> Path:
     return directory
 
 
-
 def verifier_plus_reward_model(model_dir: Path) -> dict:
     """The verifier config 1.0 x MathVerifier + 0.2 x RewardModelScorer(model_dir)."""
     return {
@@ -40,4 +39,3 @@ def verifier_plus_reward_model(model_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory):
     return save_classifier(tmp_path_factory.mktemp("orm"), num_labels=1)
-

@@ -64,4 +64,3 @@ def test_label_command_writes_rows_and_pairs(small_config, tmp_path, capsys):
     assert summary["rows"] == len(rows) == 32 and summary["pairs"] == len(pairs)
     assert pairs and pairs == preference_pairs(rows)
     assert read_rows(pairs_output, "correct", 0.5)[0]["kind"] == "preference"  # trainable as written
-

@@ -150,7 +150,6 @@ def test_component_means_count_a_failed_row_as_zero_and_take_names_from_the_veri
     assert reward_components(NumericVerifier(), [scored]) == {}
 
 
-
 def test_a_pair_that_starts_with_the_bos_token_gets_no_second_one():
     """A chat prompt of a Llama-3-style template already writes BOS: the reward model reads it once; a
     plain text gets the tokenizer's BOS; a long text keeps its end; rows are left-padded."""

@@ -147,4 +147,3 @@ def test_shipped_reward_configs_parse(classifier_dir, tmp_path, monkeypatch):
     parsed = main(["--config", "configs/reward_model.yaml"], run=False)
     assert parsed.model.model.config.num_labels == 1
     assert parsed.datamodule.hparams.train_file == "runs/orm/train.jsonl"
-
