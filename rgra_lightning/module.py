@@ -142,6 +142,9 @@ class RLModule(LightningModule):
                 "(HFEngine samples with the trained policy itself): use rgra_lightning.rollout.VLLMEngine "
                 "or unset it"
             )
+        rollout.check_sampling(sampling)
+        if evaluation.num_samples:
+            rollout.check_sampling(evaluation.sampling(sampling), "model.evaluation")
         if loss.aggregation == "constant_sum" and loss.aggregation_constant is None:
             loss = replace(loss, aggregation_constant=sampling.max_new_tokens)
         update_options = (num_iterations, num_minibatches, micro_batch_size, max_grad_norm)

@@ -92,6 +92,10 @@ class RolloutEngine:
         bound.stop_ids = stop_token_ids(policy, tokenizer)
         return bound
 
+    def check_sampling(self, sampling: SamplingConfig, field: str = "model.sampling") -> None:
+        """Raise a ``ConfigError`` naming ``field`` when this engine cannot sample as ``sampling`` says;
+        every option is honoured here. The module checks its sampling options when it is built."""
+
     def generate(self, prompts: list[str], sampling: SamplingConfig, greedy: bool = False) -> Rollout:
         """``sampling.num_generations`` completions of each prompt (one, decoded greedily, if ``greedy``)."""
         raise NotImplementedError

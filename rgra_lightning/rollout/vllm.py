@@ -41,6 +41,14 @@ NEEDS = (
     "(pip install 'rgra-lightning[vllm]')"
 )
 SEED_RANGE = 2**31 - 1  # vLLM's per-request seeds; child k of a request with seed s samples with s + k
+# vLLM's SamplingParams refuses a temperature above 2 and raises one below 0.01 to 0.01 (vLLM 0.34,
+# sampling_params.py), which would sample from another distribution than the loss's log-probs assume.
+TEMPERATURE_RANGE = (0.01, 2.0)
+# Default ``vllm.LLM`` arguments that ``engine_kwargs`` may override. vLLM's memory profiling at start-up
+# runs a batch of ``max_num_batched_tokens`` (16,384 by default on large GPUs), which can leave too little
+# of a small ``gpu_memory_utilization`` for the KV cache; TRL's colocate mode passes 4,096 for this reason.
+# Longer prompt batches are prefilled in chunks of this size.
+DEFAULT_ENGINE_KWARGS = {"max_num_batched_tokens": 4096}
 
 
 def _load_vllm() -> Any:
@@ -229,7 +237,8 @@ class VLLMEngine(RolloutEngine):
             before the first rollout.
         enforce_eager: no CUDA graphs (starts faster, decodes slower).
         engine_kwargs: more ``vllm.LLM`` arguments (``max_model_len``, ``max_num_seqs``,
-            ``load_format: dummy`` to skip reading weights that are pushed anyway, ...).
+            ``load_format: dummy`` to skip reading weights that are pushed anyway, ...), over
+            ``DEFAULT_ENGINE_KWARGS`` (``max_num_batched_tokens: 4096``).
     """
 
     returns_sampler_logprobs = True  # Rollout.sampler_logprobs, for LossConfig.sampler_correction_cap
@@ -266,6 +275,15 @@ class VLLMEngine(RolloutEngine):
         bound._llm, bound._stale, bound._asleep = None, True, False
         return bound
 
+    def check_sampling(self, sampling: SamplingConfig, field: str = "model.sampling") -> None:
+        """A ``ConfigError`` for a temperature vLLM cannot sample at exactly (``TEMPERATURE_RANGE``)."""
+        low, high = TEMPERATURE_RANGE
+        if not low <= sampling.temperature <= high:
+            raise ConfigError(
+                f"{field}.temperature={sampling.temperature} is outside [{low}, {high}], the range in "
+                "which vLLM samples at the temperature it is given: use a temperature in it, or HFEngine"
+            )
+
     def update_weights(self) -> None:
         """The policy changed: its weights are pushed when the engine next wakes up for a rollout (once per
         rollout however many updates came before it)."""
@@ -280,6 +298,8 @@ class VLLMEngine(RolloutEngine):
         rows = [ids[keep].tolist() for ids, keep in zip(prompt_ids.cpu(), real, strict=True)]
         repeats = 1 if greedy else sampling.num_generations
         vllm = _load_vllm()
+        if not greedy:
+            self.check_sampling(sampling)
         kwargs = sampling_kwargs(sampling, greedy, self.stop_ids)
         seeds = [None] * len(rows) if greedy else request_seeds(len(rows))
         params = [vllm.SamplingParams(**kwargs, seed=seed) for seed in seeds]
@@ -349,6 +369,7 @@ class VLLMEngine(RolloutEngine):
             "tensor_parallel_size": 1,
             "logprobs_mode": "processed_logprobs",
             "skip_tokenizer_init": True,  # token ids in and out: the trainer's tokenizer is the only one
+            **DEFAULT_ENGINE_KWARGS,
             **self.engine_kwargs,
         }
         return vllm.LLM(**arguments)

@@ -229,8 +229,18 @@ def test_the_engine_starts_vllm_colocated_with_the_options_given(standin, tokeni
         "tensor_parallel_size": 1,
         "logprobs_mode": "processed_logprobs",
         "skip_tokenizer_init": True,
+        "max_num_batched_tokens": 4096,  # TRL's value: a smaller memory-profiling batch than vLLM's own
         "max_model_len": 64,
     }
+
+
+def test_engine_kwargs_override_the_default_engine_arguments(standin, tokenizer):
+    _, calls = standin
+    engine = VLLMEngine(engine_kwargs={"max_num_batched_tokens": 8192}).bind(
+        tiny_policy("llama", tokenizer), tokenizer
+    )
+    engine.generate(PROMPTS, SamplingConfig(num_generations=2, max_new_tokens=2))
+    assert calls[0][1]["max_num_batched_tokens"] == 8192
 
 
 # ------------------------------------------------------------------------------------ sampling
@@ -347,6 +357,21 @@ def test_a_rollout_carries_the_sampler_log_probs_of_its_tokens(standin, tokenize
     assert greedy.sampler_logprobs is None
 
 
+@pytest.mark.parametrize("temperature", [0.005, 2.5])
+def test_a_temperature_vllm_would_change_or_refuse_is_a_config_error(standin, tokenizer, temperature):
+    """vLLM refuses temperatures above 2 and samples below 0.01 at 0.01, away from the loss's log-probs."""
+    engine = VLLMEngine().bind(tiny_policy("llama", tokenizer), tokenizer)
+    config = SamplingConfig(num_generations=2, max_new_tokens=2, temperature=temperature)
+    with pytest.raises(
+        ConfigError, match=rf"model.sampling.temperature={temperature} is outside \[0.01, 2.0\]"
+    ):
+        engine.generate(PROMPTS, config)
+    assert standin[1] == []  # refused before vLLM started
+    engine.generate(PROMPTS, config, greedy=True)  # greedy decoding has no temperature
+    for edge in (0.01, 2.0):
+        engine.generate(PROMPTS, SamplingConfig(num_generations=2, max_new_tokens=2, temperature=edge))
+
+
 # ----------------------------------------------------------------------------- in the training loop
 
 VLLM_ROLLOUT = {"model.init_args.rollout": {"class_path": "rgra_lightning.rollout.VLLMEngine"}}
@@ -356,6 +381,17 @@ def test_the_sampler_correction_is_refused_for_an_engine_without_sampler_log_pro
     config = small_config("rgra", **FAST)
     line = one_line_error(["fit", "--config", str(config), "--model.loss.sampler_correction_cap=2.0"], capsys)
     assert "model.rollout (HFEngine) returns no sampler log-probs" in line
+
+
+def test_the_training_and_evaluation_temperatures_are_checked_when_the_module_is_built(small_config, capsys):
+    """Before the policy loads and before vLLM is imported: the first line names the bad field."""
+    config = small_config("rgra", **FAST, **VLLM_ROLLOUT)
+    arguments = ["fit", "--config", str(config)]
+    line = one_line_error([*arguments, "--model.sampling.temperature=3.0"], capsys)
+    assert "model.sampling.temperature=3.0 is outside [0.01, 2.0]" in line
+    evaluation = ["--model.evaluation.num_samples=4", "--model.evaluation.temperature=2.5"]
+    line = one_line_error([*arguments, *evaluation], capsys)
+    assert "model.evaluation.temperature=2.5 is outside [0.01, 2.0]" in line
 
 
 def test_with_the_correction_several_updates_store_pi_old(small_config, standin):
