@@ -52,6 +52,37 @@ from rgra_lightning.rollout import HFEngine, Rollout, RolloutEngine, SamplingCon
 from rgra_lightning.update import PolicyUpdate
 
 
+def check_options(
+    learning_rate: float,
+    weight_decay: float,
+    warmup_steps: int,
+    loss: LossConfig,
+    sampling: SamplingConfig,
+    rollout: RolloutEngine,
+    evaluation: EvaluationConfig,
+) -> None:
+    """Raise a one-line ``ConfigError`` naming the first ``RLModule`` option it cannot train with (see
+    its docstring), before any model is loaded."""
+    for name, value, valid, allowed in (
+        ("learning_rate", learning_rate, learning_rate > 0, "> 0"),
+        ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+        ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
+    ):
+        if not valid:
+            raise ConfigError(f"model.{name} must be {allowed}, got {value}")
+    corrects = loss.sampler_correction_cap is not None
+    if corrects and not getattr(rollout, "returns_sampler_logprobs", False):
+        raise ConfigError(
+            "model.loss.sampler_correction_cap corrects for a sampler whose probabilities differ from "
+            f"the trainer's, and model.rollout ({type(rollout).__name__}) returns no sampler log-probs "
+            "(HFEngine samples with the trained policy itself): use rgra_lightning.rollout.VLLMEngine "
+            "or unset it"
+        )
+    rollout.check_sampling(sampling)
+    if evaluation.num_samples:
+        rollout.check_sampling(evaluation.sampling(sampling), "model.evaluation")
+
+
 class RLModule(LightningModule):
     """Trains a causal LM policy with a group-relative policy-gradient loss (GRPO, RGRA, ablations).
 
@@ -127,24 +158,7 @@ class RLModule(LightningModule):
         evaluation: EvaluationConfig = EvaluationConfig(),
     ) -> None:
         super().__init__()
-        for name, value, valid, allowed in (
-            ("learning_rate", learning_rate, learning_rate > 0, "> 0"),
-            ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
-            ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
-        ):
-            if not valid:
-                raise ConfigError(f"model.{name} must be {allowed}, got {value}")
-        corrects = loss.sampler_correction_cap is not None
-        if corrects and not getattr(rollout, "returns_sampler_logprobs", False):
-            raise ConfigError(
-                "model.loss.sampler_correction_cap corrects for a sampler whose probabilities differ from "
-                f"the trainer's, and model.rollout ({type(rollout).__name__}) returns no sampler log-probs "
-                "(HFEngine samples with the trained policy itself): use rgra_lightning.rollout.VLLMEngine "
-                "or unset it"
-            )
-        rollout.check_sampling(sampling)
-        if evaluation.num_samples:
-            rollout.check_sampling(evaluation.sampling(sampling), "model.evaluation")
+        check_options(learning_rate, weight_decay, warmup_steps, loss, sampling, rollout, evaluation)
         if loss.aggregation == "constant_sum" and loss.aggregation_constant is None:
             loss = replace(loss, aggregation_constant=sampling.max_new_tokens)
         update_options = (num_iterations, num_minibatches, micro_batch_size, max_grad_norm)
