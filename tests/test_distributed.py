@@ -32,6 +32,7 @@ import torch
 from lightning import Callback, Trainer
 from torch import Tensor
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
 from torch.nn.functional import pad
 
 from rgra_lightning import RLModule, cli
@@ -41,9 +42,11 @@ from rgra_lightning.logprobs import token_logprobs
 from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.rehearsal import scalars
 from rgra_lightning.rollout import HFEngine, Rollout, SamplingConfig
+from rgra_lightning.rollout.vllm import vllm_weights
 from tests.conftest import ROOT, TINY_POLICY, assert_close_normwise
 from tests.conftest import sample as sample_rollout
 from tests.reward_models.conftest import save_classifier, verifier_plus_reward_model
+from tests.tiny_models import tiny_policy
 
 TRAIN_PROMPTS = ["3+4", "9-2", "6*7", "8+5"]
 VAL_PROMPTS = ["2+2", "7*3", "9-9", "5+8"]
@@ -160,6 +163,44 @@ def test_fsdp2_generation_matches_unsharded_and_ranks_may_stop_decoding_at_diffe
         assert result["grads"]
     # The ranks ran different numbers of forwards: no collective may sit inside the decoding loop.
     assert ranks[0]["decoding_steps"] != ranks[1]["decoding_steps"]
+
+
+def _sharded_weight_push(rank: int, port: int, out: Path) -> None:
+    """One of 2 gloo ranks: what ``VLLMEngine`` pushes from a policy (full, and LoRA with non-zero updates)
+    before and after FSDP2 shards it."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    result = {}
+    for kind in ("llama", "llama-lora"):
+        policy = tiny_policy(kind, tokenizer)
+        whole = {name: tensor.clone() for name, tensor in vllm_weights(policy)}
+        shard_model(policy, init_device_mesh("cpu", (2,)), ShardingConfig())
+        assert any(isinstance(parameter, DTensor) for parameter in policy.parameters())
+        names, plain, equal = [], True, True
+        for name, tensor in vllm_weights(policy):  # each shard gathered: a collective per tensor
+            names.append(name)
+            plain = plain and type(tensor) is Tensor and tensor.shape == whole[name].shape
+            # fp32 tolerances: the LoRA merge runs B @ A on shards, in another summation order
+            equal = equal and torch.allclose(tensor, whole[name], rtol=1.3e-6, atol=1e-5)
+        result[kind] = {"names": names, "whole_names": list(whole), "plain": plain, "equal": equal}
+    (out / f"{rank}.json").write_text(json.dumps(result))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def test_vllm_weight_pushes_gather_fsdp2_shards_whole_in_one_order_on_every_rank(tmp_path):
+    """The weights ``VLLMEngine`` pushes from an FSDP2-sharded policy are the unsharded policy's (LoRA
+    merged), as whole plain tensors, in the same order on every rank (each gather is a collective)."""
+    port = free_port()
+    torch.multiprocessing.spawn(_sharded_weight_push, args=(port, tmp_path), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    assert ranks[0] == ranks[1]
+    for kind in ("llama", "llama-lora"):
+        result = ranks[0][kind]
+        assert result["names"] == result["whole_names"] and result["plain"] and result["equal"], kind
+    assert not any("lora_" in name for name in ranks[0]["llama-lora"]["names"])
 
 
 @pytest.fixture
