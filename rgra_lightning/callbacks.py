@@ -60,8 +60,9 @@ class ExportHuggingFace(Callback):
         if is_sharded(model):  # FSDP2: every rank takes part in gathering the full weights
             options = StateDictOptions(full_state_dict=True, cpu_offload=True)
             state_dict = get_model_state_dict(model, options=options)
+        # trainer.log_dir broadcasts from rank 0: every rank must ask for it, or rank 0 waits forever.
+        directory = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "hf_model")
         if not trainer.is_global_zero:
             return
-        directory = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "hf_model")
         export_policy(model, pl_module.tokenizer, str(directory), state_dict=state_dict)
         print(f"exported the final model to {directory}")

@@ -278,9 +278,12 @@ def test_ddp_and_fsdp2_match_one_process_and_fsdp2_resumes_from_a_sharded_checkp
     # Each rank's 8 rows (2 prompts x G = 4) go through in micro-batches, their gradients accumulated (DDP
     # all-reduces once, after the last; FSDP2 at every backward): still the one-process update. The DDP run
     # also recomputes its layers in backward (activation checkpointing): the same gradients.
-    ddp = two_processes(tmp_path, "ddp", "ddp") | {"model.init_args.micro_batch_size": 4}
+    # It also exports to the default <log dir>/hf_model, which every rank must ask Lightning for.
+    export_to_log_dir = {"class_path": "rgra_lightning.callbacks.ExportHuggingFace"}
+    ddp = two_processes(tmp_path, "ddp", "ddp", [export_to_log_dir]) | {"model.init_args.micro_batch_size": 4}
     ddp |= {"model.init_args.gradient_checkpointing": True}
     assert_matches(fit(fixed_prompts("ddp", batch_size=2, **ddp)), single, 4)
+    assert len(list((tmp_path / "ddp").glob("*/version_0/hf_model/model.safetensors"))) == 1
 
     micro = {"model.init_args.micro_batch_size": 3}
     fsdp = fixed_prompts("fsdp", batch_size=2, **two_processes(tmp_path, "fsdp", FSDP2), **micro)
