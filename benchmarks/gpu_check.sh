@@ -8,7 +8,7 @@
 #   core  (about 7 min) the throughput comparison with TRL on a randomly initialised Qwen2.5-0.5B, bf16, and
 #         our step split; peak GPU memory of a step against model.micro_batch_size (Qwen2.5's vocabulary) at
 #         64 and 512 tokens; the default config trained for 30 updates (the whole CLI path);
-#   lora  the same throughput comparison with LoRA rank 128 (the HF engine's folded fast path);
+#   lora  the same throughput comparison with LoRA rank 128 (the HF engine's fast decoder, adapters applied as peft does);
 #   vllm  VLLMEngine against TRL's colocated vLLM, the engine contract tests on real vLLM, and a 3-update
 #         fit with it and the TIS correction (vllm cannot be carried: far over 64 MiB; skipped without it);
 #   paper the Qwen2.5-0.5B paper config for 3 updates (benchmarks/paper_step.py): step-time split, peak

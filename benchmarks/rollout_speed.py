@@ -1,12 +1,13 @@
 """Decoding speed of the default rollout engine (``HFEngine``), in new tokens per second, by decoding path.
 
     python benchmarks/rollout_speed.py --model models/smollm2-135m-instruct --lora 16
-    python benchmarks/rollout_speed.py --lora 16 --paths forward folded plain --rounds 7
+    python benchmarks/rollout_speed.py --lora 16 --paths forward decoder plain --rounds 7
 
 Paths, timed in alternation in one process (round 1 untimed):
-  forward  the policy's forward (with peft, its LoRA layers) for every new token: the path a LoRA policy
-           took before its adapters were folded into the fast decoder (``LlamaDecoder.supports`` False);
-  folded   the fast decoder, the LoRA adapters folded into its weights once per rollout;
+  forward  the policy's forward (with peft, its LoRA layers) for every new token (``LlamaDecoder.supports``
+           False): how other adapters (DoRA, ...) decode;
+  decoder  the fast decoder (``LlamaDecoder``): the LoRA adapters folded into float32 weights, else
+           applied as peft applies them (bfloat16 weights);
   plain    the fast decoder on the model without adapters.
 Every rollout samples ``--prompts`` x G = ``--group`` completions of exactly ``--tokens`` new tokens (stop
 tokens suppressed) at temperature 1 from the same seed, in float32 (``--dtype``) with ``--threads`` torch
@@ -37,7 +38,7 @@ def main() -> None:
         "--lora", type=int, default=16, help="LoRA rank (alpha = 2 x rank), all linear layers"
     )
     parser.add_argument(
-        "--paths", nargs="+", choices=("forward", "folded", "plain"), default=["forward", "folded"]
+        "--paths", nargs="+", choices=("forward", "decoder", "plain"), default=["forward", "decoder"]
     )
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (one rollout per path each)")
     parser.add_argument("--prompts", type=int, default=2)
@@ -58,13 +59,13 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model)
     plain = load_causal_lm(args.model, dtype=args.dtype)
     policies = {"plain": plain}
-    if {"forward", "folded"} & set(args.paths):
+    if {"forward", "decoder"} & set(args.paths):
         lora = add_lora(load_causal_lm(args.model, dtype=args.dtype), LoraConfig(args.lora, 2.0 * args.lora))
         torch.manual_seed(0)
         for name, parameter in lora.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(parameter, std=0.01)
-        policies["forward"] = policies["folded"] = lora
+        policies["forward"] = policies["decoder"] = lora
     prompts = [example["prompt"] for example in examples(args.prompts)]
     sampling = SamplingConfig(
         num_generations=args.group, max_new_tokens=args.tokens, min_new_tokens=args.tokens
@@ -104,7 +105,7 @@ def main() -> None:
             f"| {path} | {statistics.median(wall):.1f} ({min(wall):.1f}-{max(wall):.1f}) | "
             f"{statistics.median(cpu):.1f} ({min(cpu):.1f}-{max(cpu):.1f}) |"
         )
-    for fast in ("folded", "plain"):
+    for fast in ("decoder", "plain"):
         if "forward" in rates and fast in rates:
             for name, values in (("wall", rates), ("CPU", cpu_rates)):
                 paired = [f / s for f, s in zip(values[fast], values["forward"], strict=True)]

@@ -2,9 +2,9 @@
 
 Prompts are encoded once per group (``prompt_cache.prefill``), then each step feeds the previous token
 through a ``LlamaDecoder`` where it supports the policy (the same logits in a third of the time on the tiny
-policy; LoRA adapters folded into its weights once per rollout), else through the policy's forward with the
-cache: other architectures, adapters that do not fold (DoRA, ...), FSDP2-sharded policies (whose forward
-hooks gather the parameters).
+policy; LoRA adapters folded into float32 weights once per rollout, else applied as peft applies them),
+else through the policy's forward with the cache: other architectures, other adapters (DoRA, ...),
+FSDP2-sharded policies (whose forward hooks gather the parameters).
 
 Whether every row has finished is asked every ``finished_check_interval`` tokens: the answer is a host
 sync, which on an accelerator stalls the queue of the next step's kernels. Rows that finished get pad, the

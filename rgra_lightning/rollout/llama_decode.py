@@ -12,15 +12,18 @@ layer is about fifteen tensor operations:
 In float32 on CPU the logits are bit-identical to the model's forward; in bfloat16 they are within one
 bfloat16 step of it (both tested); on other devices they agree up to rounding.
 
-A ``peft`` LoRA policy decodes here too: each adapted layer's active adapters are folded into a copy of its
-weight once per rollout, W + scaling * B A (``scaling`` is peft's: alpha / r, or alpha / sqrt(r)
-rank-stabilised), added in the weight's dtype as peft's merge adds it. The model's weights are never
-modified, and with the adapters disabled (``disable_adapter()``, the KL reference) the base weights are
-read. The folded logits equal peft's forward (base output + scaling * B(A x)) up to rounding, not bit for
-bit: float32 within its rounding; over bfloat16 weights no further from the float32 model than peft's own
-(both tested). Adapters that do not fold into one plain weight (DoRA and the other variants, LoRA biases,
-``modules_to_save`` and trainable-token wrappers, other tuners) decode through the forward instead
-(``supports`` is False).
+A ``peft`` LoRA policy decodes here too. Where the weights are float32 and used as they are (no autocast
+to a narrower dtype), each adapted layer's active adapters are folded into a copy of its weight once per
+rollout, W + scaling * B A (``scaling`` is peft's: alpha / r, or alpha / sqrt(r) rank-stabilised), so it
+decodes as fast as the plain model, within float32 rounding of peft's forward. Otherwise (bfloat16 or
+float16 weights, or autocast: the paper's ``bf16-mixed`` LoRA) the adapters are applied as peft's forward
+applies them, each layer's output plus scaling * B(A x) in the same operations and dtypes, so the logits
+are those of the policy the loss trains (bit-identical layer outputs; tested): folded into bfloat16 weights
+an update of a few steps at lr 1e-5 would mostly round away (75-98 % of its entries on SmolLM2-135M), and
+the samples would come from an older policy than the one trained. The model's weights are never modified,
+and with the adapters disabled (``disable_adapter()``, the KL reference) only the base weights are read.
+Adapters other than plain LoRA (DoRA and the other variants, LoRA biases, ``modules_to_save`` and
+trainable-token wrappers, other tuners) decode through the forward instead (``supports`` is False).
 
 Shapes: N rows, P prompt positions (the prefilled cache), T new tokens at most, H query heads, K key/value
 heads, D head dims.
@@ -54,8 +57,8 @@ SUPPORTED_MODELS = (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen
 
 
 def lora_base_model(model: torch.nn.Module) -> PreTrainedModel | None:
-    """The transformers model under a ``peft`` LoRA model whose adapters all fold into plain weights (see
-    ``_foldable``), or None: not a peft model, another tuner, or an adapter that does not fold."""
+    """The transformers model under a ``peft`` LoRA model whose adapters are all plain LoRA (see
+    ``_plain_lora``), or None: not a peft model, another tuner, or an adapter of another kind."""
     try:
         from peft import PeftModelForCausalLM
         from peft.tuners.lora import LoraModel
@@ -69,16 +72,16 @@ def lora_base_model(model: torch.nn.Module) -> PreTrainedModel | None:
     for module in base.modules():
         if isinstance(module, AuxiliaryTrainingWrapper):  # modules_to_save, trainable tokens
             return None
-        if isinstance(module, BaseTunerLayer) and not _foldable(module):
+        if isinstance(module, BaseTunerLayer) and not _plain_lora(module):
             return None
     return base
 
 
-def _foldable(layer: torch.nn.Module) -> bool:
-    """Whether a peft tuner layer's forward is its base layer's with the weight W + scaling * B A: a LoRA
-    ``Linear`` over an ``nn.Linear`` or ``Embedding`` over a plain ``nn.Embedding``, without LoRA biases,
-    ``fan_in_fan_out`` or a variant (DoRA, aLoRA, ...) on an active adapter. Merged adapters are in the base
-    weight already, unless the adapters are disabled (the forward would unmerge them)."""
+def _plain_lora(layer: torch.nn.Module) -> bool:
+    """Whether a peft tuner layer's forward is its base layer's plus scaling * B(A x): a LoRA ``Linear``
+    over an ``nn.Linear`` or ``Embedding`` over a plain ``nn.Embedding`` (no embedding scale), without LoRA
+    biases, ``fan_in_fan_out`` or a variant (DoRA, aLoRA, ...) on an active adapter. Merged adapters are in
+    the base weight already, unless the adapters are disabled (the forward would unmerge them)."""
     from peft.tuners.lora import Embedding, Linear
 
     base = layer.get_base_layer()
@@ -87,6 +90,8 @@ def _foldable(layer: torch.nn.Module) -> bool:
             return False
     elif type(layer) is Embedding:
         if type(base) is not torch.nn.Embedding or base.max_norm is not None:
+            return False
+        if layer._get_embed_scale() is not None:  # its forward scales the adapters' output too
             return False
     else:
         return False
@@ -98,53 +103,87 @@ def _foldable(layer: torch.nn.Module) -> bool:
     )
 
 
-def _weights(module: torch.nn.Module) -> tuple[Tensor, Tensor | None, list[str]]:
-    """A linear or embedding layer's weight and bias (None when it has none), and the names of the active
-    LoRA adapters that its forward adds (none for a plain layer or disabled adapters)."""
-    if not hasattr(module, "get_base_layer"):
-        return module.weight, getattr(module, "bias", None), []
-    base = module.get_base_layer()
-    weight, bias = base.weight, getattr(base, "bias", None)
-    if module.disable_adapters or module.merged:
-        return weight, bias, []
-    present = module.lora_A.keys() if hasattr(module, "lora_A") else module.lora_embedding_A.keys()
-    return weight, bias, [adapter for adapter in module.active_adapters if adapter in present]
+def _active_adapters(module: torch.nn.Module) -> tuple[tuple[Tensor, Tensor, float], ...]:
+    """(A, B, scaling) of each active LoRA adapter that ``module``'s forward adds, in peft's order: for a
+    ``Linear`` A ``[r, in]`` and B ``[out, r]``; for an ``Embedding`` A^T ``[vocabulary, r]`` and B^T
+    ``[r, hidden]``. Empty for a plain layer, disabled adapters or adapters merged into the weight."""
+    if not hasattr(module, "get_base_layer") or module.disable_adapters or module.merged:
+        return ()
+    if hasattr(module, "lora_A"):
+        return tuple(
+            (module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name])
+            for name in module.active_adapters
+            if name in module.lora_A
+        )
+    return tuple(
+        (module.lora_embedding_A[name].T, module.lora_embedding_B[name].T, module.scaling[name])
+        for name in module.active_adapters
+        if name in module.lora_embedding_A
+    )
 
 
-def _add_update(weight: Tensor, layer: torch.nn.Module, adapter: str) -> None:
-    """``weight`` ``[out, in]`` += scaling * B A, the update of ``layer``'s LoRA ``adapter``, in place in the
-    weight's dtype as peft's merge adds it; one fused multiply-add when the adapter has the weight's dtype."""
-    if hasattr(layer, "lora_A"):  # Linear: A [r, in], B [out, r]
-        left, right = layer.lora_B[adapter].weight, layer.lora_A[adapter].weight
-    else:  # Embedding: A [r, vocabulary], B [hidden, r], and the update is (B A)^T
-        left, right = layer.lora_embedding_A[adapter].T, layer.lora_embedding_B[adapter].T
-    if left.dtype == weight.dtype:
-        weight.addmm_(left, right, alpha=layer.scaling[adapter])
-    else:  # e.g. float32 adapters over bfloat16 weights
-        weight += layer.get_delta_weight(adapter)
+def _base(module: torch.nn.Module) -> torch.nn.Module:
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
 
 
-def _folded(*modules: torch.nn.Module) -> tuple[Tensor, Tensor | None]:
-    """The weights ``[sum of outputs, inputs]`` and biases (None when they have none) of layers that read
-    the same input, stacked so that one matrix multiply computes all of them, with their LoRA updates
-    added. The stack (or the folded copy of one layer's weight) is a new tensor; the layers' own weights are
-    returned unchanged only when one layer without an update is asked for."""
-    parts = [_weights(module) for module in modules]
-    biases = [bias for _, bias, _ in parts]
-    bias = biases[0] if len(parts) == 1 or biases[0] is None else torch.cat(biases)
-    if len(parts) == 1:
-        weight, _, adapters = parts[0]
-        if not adapters:
-            return weight, bias
-        weight = weight.clone()
-    else:
-        weight = torch.cat([weight for weight, _, _ in parts])
-    start = 0
-    for module, (part, _, adapters) in zip(modules, parts, strict=True):
-        for adapter in adapters:  # in the new tensor only
-            _add_update(weight[start : start + part.shape[0]], module, adapter)
-        start += part.shape[0]
-    return weight, bias
+def _keeps_updates(weight: Tensor) -> bool:
+    """Whether ``weight`` + a LoRA update keeps the update as peft's forward does: float32 or wider, and
+    no autocast that would round the sum to a narrower dtype in the matrix multiply."""
+    wide = weight.dtype in (torch.float32, torch.float64)
+    return wide and not torch.is_autocast_enabled(weight.device.type)
+
+
+def _fold(weight: Tensor, adapters: tuple[tuple[Tensor, Tensor, float], ...], embedding: bool) -> None:
+    """``weight`` += scaling * B A for each of ``adapters`` (``_active_adapters``), in place; for an
+    embedding the update is (B A)^T = A^T B^T."""
+    for down, up, scaling in adapters:
+        left, right = (down, up) if embedding else (up, down)
+        weight.addmm_(left.to(weight.dtype), right.to(weight.dtype), alpha=scaling)
+
+
+@dataclass
+class _Projection:
+    """Linear layers that read the same input, as one: ``x W^T + b`` on their weights stacked once per
+    rollout. Their LoRA adapters are folded into that stack where it keeps them (``_keeps_updates``), else
+    added to each layer's own outputs as peft's ``Linear.forward`` adds them (input cast to the adapter's
+    dtype, ``out + B(A x) * scaling``, cast back to the output's dtype)."""
+
+    weight: Tensor  # [sum of outputs, in]
+    bias: Tensor | None
+    widths: list[int]  # each layer's outputs
+    adapters: list[tuple[tuple[Tensor, Tensor, float], ...]]  # each layer's (A, B, scaling)s
+    cast_input: list[bool]  # each layer's peft ``cast_input_dtype_enabled``
+
+    @classmethod
+    def of(cls, *modules: torch.nn.Module) -> _Projection:
+        bases = [_base(module) for module in modules]
+        weight = bases[0].weight if len(bases) == 1 else torch.cat([base.weight for base in bases])
+        biases = [base.bias for base in bases]
+        bias = biases[0] if len(bases) == 1 or biases[0] is None else torch.cat(biases)
+        widths = [base.weight.shape[0] for base in bases]
+        adapters = [_active_adapters(module) for module in modules]
+        if any(adapters) and _keeps_updates(weight):
+            weight = weight.clone() if len(bases) == 1 else weight  # never the layers' own weight
+            for rows, layer_adapters in zip(weight.split(widths), adapters, strict=True):
+                _fold(rows, layer_adapters, embedding=False)
+            adapters = [() for _ in modules]
+        casts = [getattr(module, "cast_input_dtype_enabled", True) for module in modules]
+        return cls(weight, bias, widths, adapters, casts)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``x`` ``[N, in]`` -> ``[N, sum of outputs]``."""
+        out = F.linear(x, self.weight, self.bias)
+        if not any(self.adapters):
+            return out
+        parts = list(out.split(self.widths, dim=-1)) if len(self.widths) > 1 else [out]
+        for index, adapters in enumerate(self.adapters):
+            layer_input = x
+            for down, up, scaling in adapters:
+                if self.cast_input[index]:
+                    layer_input = layer_input.to(down.dtype)
+                parts[index] = parts[index] + F.linear(F.linear(layer_input, down), up) * scaling
+            parts[index] = parts[index].to(out.dtype)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 @dataclass
@@ -152,12 +191,12 @@ class _Layer:
     """One decoder layer's weights, and its key/value buffers ``[N, K, P + T, D]``."""
 
     input_norm: Tensor
-    qkv: tuple[Tensor, Tensor | None]
+    qkv: _Projection
     qk_norm: Tensor | None  # [H + K, D] Qwen3's per-head q and k RMSNorm weights, else None
-    output: tuple[Tensor, Tensor | None]
+    output: _Projection
     post_attention_norm: Tensor
-    gate_up: tuple[Tensor, Tensor | None]
-    down: tuple[Tensor, Tensor | None]
+    gate_up: _Projection
+    down: _Projection
     activation: Callable[[Tensor], Tensor]
     keys: Tensor
     values: Tensor
@@ -206,12 +245,12 @@ class LlamaDecoder:
             self.layers.append(
                 _Layer(
                     input_norm=layer.input_layernorm.weight,
-                    qkv=_folded(attention.q_proj, attention.k_proj, attention.v_proj),
+                    qkv=_Projection.of(attention.q_proj, attention.k_proj, attention.v_proj),
                     qk_norm=qk_norm,
-                    output=_folded(attention.o_proj),
+                    output=_Projection.of(attention.o_proj),
                     post_attention_norm=layer.post_attention_layernorm.weight,
-                    gate_up=_folded(mlp.gate_proj, mlp.up_proj),
-                    down=_folded(mlp.down_proj),
+                    gate_up=_Projection.of(mlp.gate_proj, mlp.up_proj),
+                    down=_Projection.of(mlp.down_proj),
                     activation=mlp.act_fn,
                     keys=keys,
                     values=values,
@@ -219,8 +258,13 @@ class LlamaDecoder:
             )
         self.head_dim, self.scaling = head_dim, attention.scaling
         self.eps = config.rms_norm_eps
-        self.embedding, self.final_norm = _folded(decoder.embed_tokens)[0], decoder.norm.weight
-        self.lm_head = _folded(model.lm_head)
+        self.embedding = _base(decoder.embed_tokens).weight
+        self.embedding_adapters = _active_adapters(decoder.embed_tokens)
+        if self.embedding_adapters and _keeps_updates(self.embedding):
+            self.embedding = self.embedding.clone()
+            _fold(self.embedding, self.embedding_adapters, embedding=True)
+            self.embedding_adapters = ()
+        self.final_norm, self.lm_head = decoder.norm.weight, _Projection.of(model.lm_head)
         steps = positions + torch.arange(max_new_tokens, device=positions.device)  # [N, T]
         cos, sin = decoder.rotary_emb(self.embedding, steps)  # [N, T, D] each
         self.cos, self.sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [N, T, 1, D]: the same for every head
@@ -234,7 +278,7 @@ class LlamaDecoder:
     @staticmethod
     def supports(model: PreTrainedModel, cache: Cache) -> bool:
         """Whether ``model`` and the cache its forward built can be decoded here: a ``SUPPORTED_MODELS``
-        class (or a peft LoRA model of one whose adapters fold, ``lora_base_model``) with SDPA attention
+        class (or a peft LoRA model of one with plain LoRA adapters, ``lora_base_model``) with SDPA attention
         (whose boolean mask ``step`` builds), rotary frequencies that do not depend on the sequence length,
         and full-attention key/value cache layers only (a sliding window would need its own mask)."""
         lora_base = lora_base_model(model)
@@ -258,8 +302,13 @@ class LlamaDecoder:
         mask = None if self.padding_mask is None else self.padding_mask[..., :seen]
         cos, sin = self.cos[:, step], self.sin[:, step]  # [N, 1, D]
         hidden = F.embedding(token, self.embedding)  # [N, hidden]
+        if self.embedding_adapters:  # as peft's ``Embedding.forward`` adds them
+            dtype = hidden.dtype
+            for down, up, scaling in self.embedding_adapters:
+                hidden = hidden + (F.embedding(token, down) @ up) * scaling
+            hidden = hidden.to(dtype)
         for layer in self.layers:
-            qkv = F.linear(self._rms_norm(hidden, layer.input_norm), *layer.qkv)
+            qkv = layer.qkv(self._rms_norm(hidden, layer.input_norm))
             qkv = qkv.view(rows, heads + 2 * kv_heads, self.head_dim)
             qk = qkv[:, : heads + kv_heads]
             if layer.qk_norm is not None:
@@ -282,8 +331,8 @@ class LlamaDecoder:
                 scale=self.scaling,
                 enable_gqa=mask is None and heads != kv_heads,
             )
-            hidden = hidden + F.linear(attended.reshape(rows, heads * self.head_dim), *layer.output)
+            hidden = hidden + layer.output(attended.reshape(rows, heads * self.head_dim))
             normed = self._rms_norm(hidden, layer.post_attention_norm)
-            gate, up = F.linear(normed, *layer.gate_up).chunk(2, dim=-1)
-            hidden = hidden + F.linear(layer.activation(gate) * up, *layer.down)
-        return F.linear(self._rms_norm(hidden, self.final_norm), *self.lm_head)
+            gate, up = layer.gate_up(normed).chunk(2, dim=-1)
+            hidden = hidden + layer.down(layer.activation(gate) * up)
+        return self.lm_head(self._rms_norm(hidden, self.final_norm))

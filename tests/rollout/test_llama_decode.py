@@ -1,8 +1,12 @@
 """The Llama fast decoding path: logits and samples equal the model's own forward and ``generate``, with
-LoRA adapters folded into its weights or, where they do not fold, through the forward."""
+LoRA adapters folded into float32 weights, applied as peft applies them elsewhere, or, for other adapters,
+through the forward."""
+
+import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import (
     Lfm2Config,
     Lfm2ForCausalLM,
@@ -14,7 +18,7 @@ from transformers import (
 from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.prompt_cache import position_ids, prefill
 from rgra_lightning.rollout import SamplingConfig
-from rgra_lightning.rollout.llama_decode import LlamaDecoder
+from rgra_lightning.rollout.llama_decode import LlamaDecoder, _Projection
 from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise
 from tests.conftest import sample as sample_rollout
 from tests.tiny_models import PROMPTS, generate_reference, tiny_dimensions, tiny_policy
@@ -78,7 +82,7 @@ def test_a_llama_decoder_step_computes_the_models_logits(kind, padded, dtype):
 @pytest.mark.parametrize("greedy", [True, False])
 def test_decoding_samples_what_the_full_forward_and_generate_sample(kind, greedy, monkeypatch):
     """Completions token for token equal to decoding through the model's forward and to ``generate``
-    (LoRA: the adapters folded into the decoder's weights, against peft's forward)."""
+    (LoRA: the adapters folded into the decoder's float32 weights, against peft's forward)."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = tiny_policy(kind, tokenizer)
     config = SamplingConfig(num_generations=4, max_new_tokens=24, temperature=1.3, top_p=0.9)
@@ -169,7 +173,7 @@ def merged_adapters(tokenizer) -> torch.nn.Module:
     return policy
 
 
-FOLDED = {  # LoRA policies whose adapters fold into the decoder's weights
+PLAIN_LORA = {  # LoRA policies whose adapters the decoder applies itself (folded or as peft does)
     "all-linear": lambda tokenizer: lora_policy(tokenizer),
     "rank-stabilised": lambda tokenizer: lora_policy(tokenizer, use_rslora=True),
     # tied embeddings: the input embedding's adapter is not the head's, and the head's not the embedding's
@@ -220,40 +224,75 @@ NEW_TOKENS = torch.tensor(
 )
 
 
-@pytest.mark.parametrize("variant", sorted(FOLDED))
-def test_folded_lora_gives_the_peft_forwards_logits_and_leaves_the_weights_alone(variant):
-    """The decoder's logits with the adapters folded (W + scaling * B A) equal peft's forward (which adds
-    the adapters' product to the base layer's output) up to float32 rounding, at every step; the model's
-    parameters are exactly what they were."""
+@pytest.mark.parametrize("variant", sorted(PLAIN_LORA))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lora_decoding_gives_the_peft_forwards_logits_and_leaves_the_weights_alone(variant, dtype):
+    """The decoder's logits equal peft's forward: float32 weights with the adapters folded
+    (W + scaling * B A) up to float32 rounding at every step; over bfloat16 weights, the adapters applied as
+    peft applies them, the two paths round differently (fused operations), so the decoder's logits are
+    held to be no further from the exact (float32) computation on the same weights than peft's own
+    (measured: 0.82-0.95 of peft's error). The model's parameters are exactly what they were."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
-    policy = FOLDED[variant](tokenizer)
+    policy = PLAIN_LORA[variant](tokenizer)
+    exact = None
+    if dtype != torch.float32:  # the base weights only; peft keeps the adapters in float32
+        for name, parameter in policy.named_parameters():
+            if "lora_" not in name:
+                parameter.data = parameter.data.to(dtype)
+        widened = copy.deepcopy(policy).float()  # the same values, computed in float32
+        exact = torch.stack(decode_steps(widened, tokenizer, NEW_TOKENS, decoder_path=False))
     before = {name: value.clone() for name, value in policy.state_dict().items()}
-    folded = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=True)
+    decoded = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=True)
     expected = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=False)
-    for step, (logits, reference) in enumerate(zip(folded, expected, strict=True)):
-        assert_close_normwise(logits, reference, LOGPROB_RTOL, f"step {step}")
+    if exact is None:
+        for step, (logits, reference) in enumerate(zip(decoded, expected, strict=True)):
+            assert_close_normwise(logits, reference, LOGPROB_RTOL, f"step {step}")
+    else:
+        peft_error = (torch.stack(expected).float() - exact).norm()
+        assert 0 < (torch.stack(decoded).float() - exact).norm() <= 1.5 * peft_error
     after = policy.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)
-    if variant != "merged":  # the folded adapters matter: without them the logits are far off
+    if variant != "merged":  # the adapters matter: without them the logits are far off
         with policy.disable_adapter():
             base = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=True)
-        assert (base[-1] - expected[-1]).norm() > 100 * LOGPROB_RTOL * expected[-1].norm()
+        assert (base[-1] - expected[-1]).float().norm() > 100 * LOGPROB_RTOL * expected[-1].float().norm()
 
 
-def test_folded_lora_over_bfloat16_weights_rounds_no_worse_than_peft():
-    """bfloat16 base weights, float32 adapters: the fold is rounded to bfloat16 (as peft's merge is), peft's
-    forward adds the adapters' float32 output to the base layer's bfloat16 one. Against the float32 model,
-    the folded logits are no further off than peft's own."""
+@pytest.mark.parametrize(
+    ("dtype", "autocast"), [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, True)]
+)
+def test_lora_projections_that_would_round_an_update_are_peft_layers_bit_for_bit(dtype, autocast):
+    """bfloat16 base weights, or float32 ones under bfloat16 autocast (``bf16-mixed``); float32 adapters
+    with an update far below the weights' bfloat16 rounding step (as after a few steps at lr 1e-5). The
+    decoder's stacked q/k/v projection gives the peft layers' outputs bit for bit, so the update reaches
+    them as it reaches the trained policy's. Folded into the weights (W + scaling * B A, multiplied in
+    bfloat16) most of it would round away and the samples would come from an older policy."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
-    exact = decode_steps(lora_policy(tokenizer), tokenizer, NEW_TOKENS, decoder_path=False)
-    policy = lora_policy(tokenizer, dtype=torch.bfloat16)
-    assert policy.base_model.model.lm_head.weight.dtype == torch.bfloat16
-    folded = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=True)
-    forward = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=False)
-    for step, (logits, reference, truth) in enumerate(zip(folded, forward, exact, strict=True)):
-        peft_error = (reference.float() - truth).norm()
-        assert (logits.float() - truth).norm() <= 2 * peft_error, step
+    policy = lora_policy(tokenizer, dtype=dtype)
+    for name, parameter in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=3e-5)
+    attention = policy.base_model.model.model.layers[0].self_attn
+    modules = (attention.q_proj, attention.k_proj, attention.v_proj)
+    bases = torch.cat([module.get_base_layer().weight for module in modules])
+    updates = torch.cat([module.get_delta_weight("default") for module in modules])
+    assert bases.dtype == dtype and updates.dtype == torch.float32
+    folded = (bases.float() + updates).to(dtype)
+    rounded_away = (folded.bfloat16() == bases.bfloat16())[updates != 0].float().mean()
+    assert rounded_away > 0.9
+    torch.manual_seed(0)
+    hidden = torch.randn(6, bases.shape[1], dtype=dtype)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        projected = _Projection.of(*modules)(hidden)
+        expected = torch.cat([module(hidden) for module in modules], dim=-1)
+        with policy.disable_adapter():
+            base = _Projection.of(*modules)(hidden)
+        fold = F.linear(hidden, folded)
+    assert torch.equal(projected, expected)
+    change, fold_change = projected.float() - base.float(), fold.float() - base.float()
+    assert change.norm() > 0
+    assert (fold_change - change).norm() > 0.5 * change.norm(), "a fold should lose most of the update"
 
 
 def test_with_the_adapters_disabled_the_decoder_reads_the_base_weights():
@@ -273,9 +312,9 @@ def test_with_the_adapters_disabled_the_decoder_reads_the_base_weights():
 
 @pytest.mark.parametrize("variant", ["rank-stabilised", "head", "two-active-adapters"])
 @pytest.mark.parametrize("greedy", [True, False])
-def test_folded_lora_samples_what_generate_samples(variant, greedy, monkeypatch):
+def test_lora_decoding_samples_what_generate_samples(variant, greedy, monkeypatch):
     tokenizer = load_tokenizer(str(TINY_POLICY))
-    policy = FOLDED[variant](tokenizer)
+    policy = PLAIN_LORA[variant](tokenizer)
     config = SamplingConfig(num_generations=4, max_new_tokens=24, temperature=1.3, top_p=0.9)
     steps = count_decoder_steps(monkeypatch)
     torch.manual_seed(2)
@@ -293,7 +332,7 @@ def ia3_policy(tokenizer) -> torch.nn.Module:
     return peft.get_peft_model(policy, config)
 
 
-NOT_FOLDED = {  # peft models whose forward is not a plain model with other weights
+OTHER_ADAPTERS = {  # peft models whose forward the decoder does not reproduce
     "dora": lambda tokenizer: lora_policy(tokenizer, use_dora=True),
     "lora-bias": lambda tokenizer: lora_policy(tokenizer, lora_bias=True),
     "modules-to-save": lambda tokenizer: lora_policy(tokenizer, modules_to_save=["norm"]),
@@ -301,12 +340,12 @@ NOT_FOLDED = {  # peft models whose forward is not a plain model with other weig
 }
 
 
-@pytest.mark.parametrize("variant", sorted(NOT_FOLDED))
-def test_adapters_that_do_not_fold_decode_through_the_forward(variant, monkeypatch):
+@pytest.mark.parametrize("variant", sorted(OTHER_ADAPTERS))
+def test_other_adapters_decode_through_the_forward(variant, monkeypatch):
     """DoRA, LoRA biases, fully trained modules (``modules_to_save``), other tuners: the decoder refuses
     them, and the rollout (through peft's forward) still samples what ``generate`` samples."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
-    policy = NOT_FOLDED[variant](tokenizer)
+    policy = OTHER_ADAPTERS[variant](tokenizer)
     encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
     with torch.no_grad():
         _, cache = prefill(policy.eval(), encoded["input_ids"], encoded["attention_mask"], repeats=2)
