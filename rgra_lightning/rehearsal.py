@@ -599,7 +599,8 @@ def main(args: list[str] | None = None) -> int:
     missing = [str(c) for c in configs if not c.is_file()]
     if missing:
         parser.error(f"no such config: {', '.join(missing)}")
-    workdir = Path(options.workdir or tempfile.mkdtemp(prefix="rgra-rehearsal-"))
+    # absolute: the fit subprocesses run in the project root, not here
+    workdir = Path(options.workdir or tempfile.mkdtemp(prefix="rgra-rehearsal-")).resolve()
     results = []
     try:
         for config in configs:
