@@ -2,7 +2,8 @@
 at a time, with the slowest case of each.
 
 Usage: ``python -m benchmarks.verifier_accuracy [CASES.jsonl ...] [--workers N] [--timeout S] [--misses]``
-(default: ``public.jsonl`` and ``heldout.jsonl`` in ``../shared/verifier-cases``). Needs ``pip install
+(default: ``public.jsonl`` and, where present, ``heldout.jsonl`` in ``../shared/verifier-cases``; a
+default file that is absent is named and skipped). Needs ``pip install
 math-verify`` for the comparison (skipped without it).
 
 Each row is scored on its own (our worker pool started and warmed first), so ``max_s`` is the latency of the
@@ -103,6 +104,9 @@ def main() -> None:
     ]
     try:
         for path in args.cases:
+            if not path.is_file() and path in DEFAULT_CASES:
+                print(f"{path}: absent, skipped")
+                continue
             rows = [row for row in load(path) if isinstance(row.get("equivalent"), bool)]
             for name, verdicts in judges:
                 if verdicts is None:

@@ -25,12 +25,16 @@ _MAX_GAP_WORDS = 4
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _GSM8K = re.compile(r"####\s*:?\s*([^\n]+)")
+# Markdown emphasis (``**Final Answer**: 18``, ``__Answer:__ 18``, ``**18**``) may close around a label or
+# wrap an answer: the markers skip ``*``/``_`` runs after a label as they skip its spaces
 _FINAL_ANSWER = re.compile(
-    r"final answer\s*(?:is)?\s*[:：]?\s*(?:the final answer is)?\s*(.+?)\s*"
+    r"final answer[\s*_]*(?:is)?[\s*_]*[:：]?[\s*_]*(?:the final answer is)?\s*(.+?)\s*"
     r"(?:\.?\s*I hope it is correct|\n\n|$)",
     re.IGNORECASE | re.DOTALL,
 )
-_ANSWER_IS = re.compile(r"answer is\s*[:：]?\s*(.+?)\s*(?:\.?\s*I hope it is correct|\n|$)", re.IGNORECASE)
+_ANSWER_IS = re.compile(
+    r"answer(?:\*{1,3}|_{1,3})? is[\s*_]*[:：]?\s*(.+?)\s*(?:\.?\s*I hope it is correct|\n|$)", re.IGNORECASE
+)
 _MATH = re.compile(
     r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL
 )
@@ -59,7 +63,14 @@ _LIST_GAP = re.compile(
     r"(?:\s|[,;&$]|\\[,;!]|\\q?quad|\\[()\[\]]|\\text\{\s*(?:and|or)\s*\}|\b(?:and|or)\b"
     r"|[a-zA-Z](?:_\{?\w+\}?)?\s*=)*"
 )
-_ANSWER_LABEL = re.compile(r"^(?:final\s+)?answer\s*[:：]\s*", re.IGNORECASE)
+_ANSWER_LABEL = re.compile(r"^(?:final\s+)?answer[\s*_]*[:：][\s*_]*", re.IGNORECASE)
+# bold opening a word (after a space) or closing one (before a space or punctuation), not ``x**2``
+_INNER_EMPHASIS = re.compile(
+    r"(?<!\S)(?:\*{2,3}|_{2,3})(?=\S)|(?<=[^\s^\\*_])(?:\*{2,3}|_{2,3})(?=[\s.,;:!?)]|$)"
+)
+# "Answer: X" opening a line (after list, quote, heading or emphasis marks: ``- **Answer:** X``), X on the
+# same line: a label alone on its line may head the work that follows
+_ANSWER_LINE = re.compile(r"(?:^|\n)[ \t>#*_-]*answer[ \t*_]*[:：][ \t*_]*([^\s*_][^\n]*)", re.IGNORECASE)
 _CURRENCY_AMOUNT = re.compile(  # a number only from the start of its digit run: no quadratic backtracking
     rf"(?:\\?\$|€|£)\s*({_NUMBER.pattern})"
     rf"|(?<![\d,.\-])({_NUMBER.pattern})\s*(?:\\?\$|€|£|\\euro\b|\\pounds\b)"
@@ -165,9 +176,10 @@ EXTRACTORS: dict[str, Callable[[str], Match | None]] = {
     "gsm8k": _last(_GSM8K),
     "final_answer": _last(_FINAL_ANSWER),
     "answer_is": _last(_ANSWER_IS),
+    "answer_line": _last(_ANSWER_LINE),
 }
-DEFAULT_ORDER = ("boxed", "answer_tag", "gsm8k", "final_answer", "answer_is")
-_PROSE_MARKERS = ("final_answer", "answer_is")
+DEFAULT_ORDER = ("boxed", "answer_tag", "gsm8k", "final_answer", "answer_is", "answer_line")
+_PROSE_MARKERS = ("final_answer", "answer_is", "answer_line")
 _STATES_VALUE = re.compile(r"[\d\\]")  # a digit or a LaTeX command: a value, not a comment
 
 
@@ -177,10 +189,19 @@ def _is_prose(text: str) -> bool:
     return len(_PROSE_WORD.findall(text)) >= 2 or re.search(r"[^\x00-\x7f]{2,}", text) is not None
 
 
+def _strip_emphasis(text: str) -> str:
+    """``text`` without Markdown emphasis (``*``, ``**``, ``_``, ``__``) around it or around a word inside
+    it: ``**Answer:** 18`` -> ``Answer: 18``, ``**18** apples`` -> ``18 apples``, ``**18**.`` -> ``18.``;
+    Python's power ``x**2`` stays."""
+    text = _INNER_EMPHASIS.sub("", text).strip().lstrip("*_").lstrip()
+    core = text.rstrip(".!").rstrip()
+    return core.rstrip("*_").rstrip() if core.endswith(("*", "_")) else text
+
+
 def _refine(candidate: str) -> str:
     """Reduce a marker's captured text to its answer: a box or math span inside it, else, when it reads as
     prose ("Jane started growing 3 hours ago"), its last number."""
-    candidate = _ANSWER_LABEL.sub("", candidate.strip().strip("*").strip())
+    candidate = _strip_emphasis(_ANSWER_LABEL.sub("", _strip_emphasis(candidate)))
     boxed = last_boxed(candidate)
     if boxed is not None:
         return boxed
@@ -218,6 +239,8 @@ def extract_answer(
             after_box = name in _PROSE_MARKERS and box is not None and box[0] < found[name][0]
             if after_box and not _STATES_VALUE.search(answer):
                 continue  # "\\boxed{44}. ... so our answer is correct.": the box wins
+            if name == "answer_line" and _is_prose(answer):
+                continue  # "Answer: let us count the cases." opens the work, it does not state a value
             return answer or None
     spans = list(_MATH.finditer(text))
     conclusion = _conclusion_number(text, spans[-1].end() if spans else 0)

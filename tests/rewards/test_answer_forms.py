@@ -289,3 +289,75 @@ def test_cli_passes_warm_start_only_when_asked(cases, capsys):
     assert main(["score", str(cases), "--warm-start"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r["equivalent"] for r in records] == [True, True, True]
+
+
+# 10. Markdown emphasis around an answer label or an answer is not part of the answer
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("**Answer:** 18", "18"),
+        ("**Answer**: 18", "18"),
+        ("**Final Answer:** 18", "18"),
+        ("**Final Answer**: 18", "18"),
+        ("**Final Answer**: $18$", "18"),
+        ("*Answer:* 18", "18"),
+        ("__Answer:__ 18", "18"),
+        ("__Answer__: 18", "18"),
+        ("**Answer:**\n18", "18"),
+        ("**Answer: 18**", "18"),
+        ("The answer is **18**.", "18"),
+        ("The answer is: **$\\frac{1}{2}$**", "\\frac{1}{2}"),
+        ("**The answer is 18.**", "18"),
+        ("Final answer: **5!**", "5!"),
+        # after work with math spans and numbers, the label's answer, not the last math span or number
+        ("We have $x = 3$, so $2x + 12 = 18$.\n\n**Answer:** 18", "18"),
+        ("With 3 cats and 5 dogs:\n\n**Answer**: $\\frac{3}{8}$", "\\frac{3}{8}"),
+        ("Solving $x + 1 = 19$ gives $x = 18$.\n\nAnswer: 18", "18"),
+        ("We get $x = 3$.\n\n**Final Answer**\n\n$18$", "18"),
+        ("We get $x = 3$.\n\n**Final Answer**: $18$", "18"),
+        ("Thus $x = 3$.\n\n- **Answer:** $x = 18$", "x = 18"),
+        ("We get $x = 3$.\n\n**Answer:**\n\n$18$", "18"),
+        # a label that opens the work rather than stating a value is not the answer
+        ("**Answer:**\nWe first note that $x = 3$, so the total is $18$.", "18"),
+        ("Answer: let us count the cases.\n\nThere are $18$ of them.", "18"),
+    ],
+)
+def test_markdown_answer_labels(text, expected):
+    assert extract_answer(text) == expected
+
+
+# a label keeps the other prose markers' rule: after a box it wins only when it states a value
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("**Answer:** $\\boxed{18}$", "18"),
+        ("\\boxed{4}\n\n**Answer:** 18", "18"),
+        ("\\boxed{44}\n\n**Answer:** see above", "44"),
+        ("The final answer is: $\\boxed{5}$", "5"),
+        ("**Answer:** 1,000", "1,000"),
+        ("**Answer:** $18", "$18"),
+        ("**Answer:** 18.00 cm", "18.00 cm"),
+        ("The answer is $x^*$", "x^*"),
+        ("Answer: **18** apples", "18 apples"),  # bold inside the answer goes, the unit is normalised away
+        ("The answer is x**2 + 1", "x**2 + 1"),  # Python's power is not emphasis
+    ],
+)
+def test_markdown_answer_labels_keep_the_other_rules(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_markdown_answer_labels_score_as_correct():
+    verifier = MathVerifier(workers=1)
+    try:
+        completions = [
+            "**Answer:** 18",
+            "**Final Answer**: $18$",
+            "We get $x=3$.\n\n**Answer**: 18.00",
+            "**Answer:** $18",
+            "The answer is **18 cm**.",
+        ]
+        scores = verifier.score_batch(completions, ["18"] * len(completions))
+        assert [score.correct for score in scores] == [True] * len(completions)
+        assert not verifier.score_batch(["We get $18$.\n\n**Answer:** 17"], ["18"])[0].correct
+    finally:
+        verifier.pool.close()
