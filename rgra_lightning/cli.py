@@ -118,6 +118,15 @@ class RLCLI(LightningCLI):
         sys.stderr.write(captured.getvalue())
 
 
+def _is_file(value: str) -> bool:
+    """Whether ``value`` names a file; False for what cannot be a path (jsonargparse also takes a
+    ``--config`` given as a YAML string, longer than a file name may be)."""
+    try:
+        return Path(value).is_file()
+    except OSError:
+        return False
+
+
 def check_data_module(args: list[str]) -> None:
     """Raise a ``ConfigError`` saying what to write instead when a config (``--config FILE`` or
     ``--data.class_path``) names ``MathPromptDataModule``, which was split into one class per source."""
@@ -126,7 +135,7 @@ def check_data_module(args: list[str]) -> None:
         if not value and index + 1 < len(args):
             value = args[index + 1]
         data: object = None
-        if name == "--config" and Path(value).is_file():
+        if name == "--config" and _is_file(value):
             try:
                 data = (yaml.safe_load(Path(value).read_text()) or {}).get("data")
             except (yaml.YAMLError, AttributeError):

@@ -103,3 +103,12 @@ def test_the_old_fsdp2_only_checkpointing_key_names_the_option_that_replaced_it(
     main(
         ["--config", str(small_config("rgra")), "--model.sharding.activation_checkpointing=false"], run=False
     )
+
+
+def test_a_config_given_as_a_yaml_string_is_read_as_one(small_config):
+    """jsonargparse takes ``--config`` as a path or as the YAML itself; a whole config is longer than a
+    file name may be, which must not stop the command line from reading it."""
+    text = small_config("rgra").read_text()
+    assert max(len(part) for part in text.split("/")) > 255  # the longest file name Linux allows
+    cli = main(["--config", text, "--model.loss.beta=0.02"], run=False)
+    assert cli.model.hparams.loss["beta"] == 0.02
