@@ -187,6 +187,35 @@ class _Projection:
 
 
 @dataclass
+class _Embedding:
+    """The token embedding. Its LoRA adapters are folded into a copy of the table where it keeps them
+    (``_keeps_updates``), else added as peft's ``Embedding.forward`` adds them (``out + (A^T[token] B^T) *
+    scaling``, cast back to the output's dtype)."""
+
+    weight: Tensor  # [vocabulary, hidden]
+    adapters: tuple[tuple[Tensor, Tensor, float], ...]  # (A^T, B^T, scaling)s
+
+    @classmethod
+    def of(cls, module: torch.nn.Module) -> _Embedding:
+        weight, adapters = _base(module).weight, _active_adapters(module)
+        if adapters and _keeps_updates(weight):
+            weight = weight.clone()  # never the layer's own weight
+            _fold(weight, adapters, embedding=True)
+            adapters = ()
+        return cls(weight, adapters)
+
+    def __call__(self, token: Tensor) -> Tensor:
+        """``token`` ``[N]`` -> ``[N, hidden]``."""
+        out = F.embedding(token, self.weight)
+        if not self.adapters:
+            return out
+        hidden = out
+        for down, up, scaling in self.adapters:
+            hidden = hidden + (F.embedding(token, down) @ up) * scaling
+        return hidden.to(out.dtype)
+
+
+@dataclass
 class _Layer:
     """One decoder layer's weights, and its key/value buffers ``[N, K, P + T, D]``."""
 
@@ -258,15 +287,10 @@ class LlamaDecoder:
             )
         self.head_dim, self.scaling = head_dim, attention.scaling
         self.eps = config.rms_norm_eps
-        self.embedding = _base(decoder.embed_tokens).weight
-        self.embedding_adapters = _active_adapters(decoder.embed_tokens)
-        if self.embedding_adapters and _keeps_updates(self.embedding):
-            self.embedding = self.embedding.clone()
-            _fold(self.embedding, self.embedding_adapters, embedding=True)
-            self.embedding_adapters = ()
+        self.embedding = _Embedding.of(decoder.embed_tokens)
         self.final_norm, self.lm_head = decoder.norm.weight, _Projection.of(model.lm_head)
         steps = positions + torch.arange(max_new_tokens, device=positions.device)  # [N, T]
-        cos, sin = decoder.rotary_emb(self.embedding, steps)  # [N, T, D] each
+        cos, sin = decoder.rotary_emb(self.embedding.weight, steps)  # [N, T, D] each
         self.cos, self.sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [N, T, 1, D]: the same for every head
         # SDPA's boolean mask: True where attended; ``create_causal_mask`` gives None when all are.
         self.padding_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
@@ -301,12 +325,7 @@ class LlamaDecoder:
         seen = self.prompt_length + step + 1  # positions attended to, this token's included
         mask = None if self.padding_mask is None else self.padding_mask[..., :seen]
         cos, sin = self.cos[:, step], self.sin[:, step]  # [N, 1, D]
-        hidden = F.embedding(token, self.embedding)  # [N, hidden]
-        if self.embedding_adapters:  # as peft's ``Embedding.forward`` adds them
-            dtype = hidden.dtype
-            for down, up, scaling in self.embedding_adapters:
-                hidden = hidden + (F.embedding(token, down) @ up) * scaling
-            hidden = hidden.to(dtype)
+        hidden = self.embedding(token)  # [N, hidden]
         for layer in self.layers:
             qkv = layer.qkv(self._rms_norm(hidden, layer.input_norm))
             qkv = qkv.view(rows, heads + 2 * kv_heads, self.head_dim)
