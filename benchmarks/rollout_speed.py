@@ -7,14 +7,14 @@ Paths, timed in alternation in one process (round 1 untimed):
   forward  the policy's forward (with peft, its LoRA layers) for every new token (``LlamaDecoder.supports``
            False): how other adapters (DoRA, ...) decode;
   decoder  the fast decoder (``LlamaDecoder``): the LoRA adapters folded into float32 weights, else
-           applied as peft applies them (bfloat16 weights);
+           applied as peft applies them, stacked (bfloat16 weights, or autocast);
   plain    the fast decoder on the model without adapters.
 Every rollout samples ``--prompts`` x G = ``--group`` completions of exactly ``--tokens`` new tokens (stop
-tokens suppressed) at temperature 1 from the same seed, in float32 (``--dtype``) with ``--threads`` torch
-threads. The LoRA updates are random and non-zero (peft starts B at zero), so the adapters change the
-logits as trained ones do. Rates are given per second of wall time and per second of this process's CPU
-time: on a machine shared with other work the second varies far less (it still counts the memory
-bandwidth and caches that others share).
+tokens suppressed) at temperature 1 from the same seed, in float32 (``--dtype``; ``--autocast``: under
+bfloat16 autocast, as ``bf16-mixed`` samples) with ``--threads`` torch threads. The LoRA updates are random
+and non-zero (peft starts B at zero), so the adapters change the logits as trained ones do. Rates are given
+per second of wall time and per second of this process's CPU time: on a machine shared with other work the
+second varies far less (it still counts the memory bandwidth and caches that others share).
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per completion (forced)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument(
+        "--autocast", action="store_true", help="under bfloat16 autocast, as `bf16-mixed` samples"
+    )
     args = parser.parse_args()
 
     import torch
@@ -81,7 +84,8 @@ def main() -> None:
             engine = HFEngine().bind(policies[path], tokenizer)
             torch.manual_seed(round_index)
             start, cpu_start = time.perf_counter(), time.process_time()
-            rollout = engine.generate(prompts, sampling)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast):
+                rollout = engine.generate(prompts, sampling)
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             new_tokens = int(rollout.completion_mask.sum())
             assert new_tokens == args.prompts * args.group * args.tokens
@@ -96,7 +100,8 @@ def main() -> None:
     LlamaDecoder.supports = supports
     print(
         f"\n{Path(args.model).name}, LoRA rank {args.lora}, {args.prompts} prompts x G={args.group} x "
-        f"{args.tokens} tokens per rollout, {args.dtype}, {args.threads} thread(s), {args.rounds} rounds"
+        f"{args.tokens} tokens per rollout, {args.dtype}{' under bfloat16 autocast' * args.autocast}, "
+        f"{args.threads} thread(s), {args.rounds} rounds"
     )
     print("| path | median tokens/s (range) | median tokens per CPU second (range) |\n|---|---|---|")
     for path in args.paths:

@@ -12,18 +12,21 @@ layer is about fifteen tensor operations:
 In float32 on CPU the logits are bit-identical to the model's forward; in bfloat16 they are within one
 bfloat16 step of it (both tested); on other devices they agree up to rounding.
 
-A ``peft`` LoRA policy decodes here too. Where the weights are float32 and used as they are (no autocast
-to a narrower dtype), each adapted layer's active adapters are folded into a copy of its weight once per
-rollout, W + scaling * B A (``scaling`` is peft's: alpha / r, or alpha / sqrt(r) rank-stabilised), so it
-decodes as fast as the plain model, within float32 rounding of peft's forward. Otherwise (bfloat16 or
-float16 weights, or autocast: the paper's ``bf16-mixed`` LoRA) the adapters are applied as peft's forward
-applies them, each layer's output plus scaling * B(A x) in the same operations and dtypes, so the logits
-are those of the policy the loss trains (bit-identical layer outputs; tested): folded into bfloat16 weights
-an update of a few steps at lr 1e-5 would mostly round away (75-98 % of its entries on SmolLM2-135M), and
-the samples would come from an older policy than the one trained. The model's weights are never modified,
-and with the adapters disabled (``disable_adapter()``, the KL reference) only the base weights are read.
-Adapters other than plain LoRA (DoRA and the other variants, LoRA biases, ``modules_to_save`` and
-trainable-token wrappers, other tuners) decode through the forward instead (``supports`` is False).
+A ``peft`` LoRA policy decodes here too, with one active adapter per layer. Where the weights are float32
+and used as they are (no autocast to a narrower dtype), each adapted layer's adapter is folded into a copy
+of its weight once per rollout, W + scaling * B A (``scaling`` is peft's: alpha / r, or alpha / sqrt(r)
+rank-stabilised), so it decodes as fast as the plain model, within float32 rounding of peft's forward.
+Otherwise (bfloat16 or float16 weights, or autocast: the paper's ``bf16-mixed`` LoRA) the adapters are
+applied as peft's forward applies them, each layer's output plus scaling * B(A x) in the same operations and
+dtypes, so the logits are those of the policy the loss trains (each layer's output within one bfloat16 step
+of peft's, bit for bit on the CPU the tests ran on): folded into bfloat16 weights an update of a few steps
+at lr 1e-5 would mostly round away (75-98 % of its entries on SmolLM2-135M), and the samples would come
+from an older policy than the one trained. The adapters of the layers that read one input are stacked as
+their weights are (``_Projection``), so a LoRA step costs a few operations per layer more than a plain
+one, not six per adapted layer. The model's weights are never modified, and with the adapters disabled
+(``disable_adapter()``, the KL reference) only the base weights are read. Other adapters decode through the
+forward instead (``supports`` is False): DoRA and the other variants, LoRA biases, ``modules_to_save`` and
+trainable-token wrappers, other tuners, several active adapters on a layer, adapters in mixed dtypes.
 
 Shapes: N rows, P prompt positions (the prefilled cache), T new tokens at most, H query heads, K key/value
 heads, D head dims.
@@ -58,7 +61,9 @@ SUPPORTED_MODELS = (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen
 
 def lora_base_model(model: torch.nn.Module) -> PreTrainedModel | None:
     """The transformers model under a ``peft`` LoRA model whose adapters are all plain LoRA (see
-    ``_plain_lora``), or None: not a peft model, another tuner, or an adapter of another kind."""
+    ``_plain_lora``), with their A matrices in one dtype and one input-cast setting (the decoder stacks the A
+    matrices of layers that read the same input), or None: not a peft model, another tuner, an adapter of
+    another kind, or mixed A dtypes."""
     try:
         from peft import PeftModelForCausalLM
         from peft.tuners.lora import LoraModel
@@ -69,19 +74,24 @@ def lora_base_model(model: torch.nn.Module) -> PreTrainedModel | None:
     if type(model) is not PeftModelForCausalLM or type(model.base_model) is not LoraModel:
         return None
     base = model.base_model.model
+    settings = set()
     for module in base.modules():
         if isinstance(module, AuxiliaryTrainingWrapper):  # modules_to_save, trainable tokens
             return None
-        if isinstance(module, BaseTunerLayer) and not _plain_lora(module):
-            return None
-    return base
+        if isinstance(module, BaseTunerLayer):
+            if not _plain_lora(module):
+                return None
+            adapter = _active_adapter(module)
+            if adapter is not None:
+                settings.add((adapter[0].dtype, getattr(module, "cast_input_dtype_enabled", True)))
+    return base if len(settings) <= 1 else None
 
 
 def _plain_lora(layer: torch.nn.Module) -> bool:
     """Whether a peft tuner layer's forward is its base layer's plus scaling * B(A x): a LoRA ``Linear``
-    over an ``nn.Linear`` or ``Embedding`` over a plain ``nn.Embedding`` (no embedding scale), without LoRA
-    biases, ``fan_in_fan_out`` or a variant (DoRA, aLoRA, ...) on an active adapter. Merged adapters are in
-    the base weight already, unless the adapters are disabled (the forward would unmerge them)."""
+    over an ``nn.Linear`` or ``Embedding`` over a plain ``nn.Embedding`` (no embedding scale), with at most
+    one active adapter, no LoRA bias, ``fan_in_fan_out`` or variant (DoRA, aLoRA, ...). Merged adapters are
+    in the base weight already, unless the adapters are disabled (the forward would unmerge them)."""
     from peft.tuners.lora import Embedding, Linear
 
     base = layer.get_base_layer()
@@ -97,29 +107,25 @@ def _plain_lora(layer: torch.nn.Module) -> bool:
         return False
     if layer.merged:
         return not layer.disable_adapters
-    return not any(
-        adapter in layer.lora_variant or layer.lora_bias.get(adapter, False)
-        for adapter in layer.active_adapters
+    adapters = layer.lora_A.keys() | layer.lora_embedding_A.keys()
+    active = [adapter for adapter in layer.active_adapters if adapter in adapters]
+    return len(active) <= 1 and not any(
+        adapter in layer.lora_variant or layer.lora_bias.get(adapter, False) for adapter in active
     )
 
 
-def _active_adapters(module: torch.nn.Module) -> tuple[tuple[Tensor, Tensor, float], ...]:
-    """(A, B, scaling) of each active LoRA adapter that ``module``'s forward adds, in peft's order: for a
+def _active_adapter(module: torch.nn.Module) -> tuple[Tensor, Tensor, float] | None:
+    """(A, B, scaling) of the active LoRA adapter that ``module``'s forward adds (``_plain_lora``): for a
     ``Linear`` A ``[r, in]`` and B ``[out, r]``; for an ``Embedding`` A^T ``[vocabulary, r]`` and B^T
-    ``[r, hidden]``. Empty for a plain layer, disabled adapters or adapters merged into the weight."""
+    ``[r, hidden]``. None for a plain layer, disabled adapters or adapters merged into the weight."""
     if not hasattr(module, "get_base_layer") or module.disable_adapters or module.merged:
-        return ()
-    if hasattr(module, "lora_A"):
-        return tuple(
-            (module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name])
-            for name in module.active_adapters
-            if name in module.lora_A
-        )
-    return tuple(
-        (module.lora_embedding_A[name].T, module.lora_embedding_B[name].T, module.scaling[name])
-        for name in module.active_adapters
-        if name in module.lora_embedding_A
-    )
+        return None
+    for name in module.active_adapters:
+        if name in module.lora_A:
+            return module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name]
+        if name in module.lora_embedding_A:
+            return module.lora_embedding_A[name].T, module.lora_embedding_B[name].T, module.scaling[name]
+    return None
 
 
 def _base(module: torch.nn.Module) -> torch.nn.Module:
@@ -133,26 +139,29 @@ def _keeps_updates(weight: Tensor) -> bool:
     return wide and not torch.is_autocast_enabled(weight.device.type)
 
 
-def _fold(weight: Tensor, adapters: tuple[tuple[Tensor, Tensor, float], ...], embedding: bool) -> None:
-    """``weight`` += scaling * B A for each of ``adapters`` (``_active_adapters``), in place; for an
-    embedding the update is (B A)^T = A^T B^T."""
-    for down, up, scaling in adapters:
-        left, right = (down, up) if embedding else (up, down)
-        weight.addmm_(left.to(weight.dtype), right.to(weight.dtype), alpha=scaling)
-
-
 @dataclass
 class _Projection:
     """Linear layers that read the same input, as one: ``x W^T + b`` on their weights stacked once per
-    rollout. Their LoRA adapters are folded into that stack where it keeps them (``_keeps_updates``), else
-    added to each layer's own outputs as peft's ``Linear.forward`` adds them (input cast to the adapter's
-    dtype, ``out + B(A x) * scaling``, cast back to the output's dtype)."""
+    rollout (under autocast, cast once to its dtype, as autocast would cast them in every multiply).
 
-    weight: Tensor  # [sum of outputs, in]
-    bias: Tensor | None
+    Their LoRA adapters are folded into that stack (W + scaling * B A) where it keeps them
+    (``_keeps_updates``). Else they are applied as peft's ``Linear.forward`` applies them, elementwise the
+    same operations in the same dtypes (input cast to the adapters' dtype, ``out + B(A x) * scaling``, cast
+    back to the output's dtype), stacked too: the layers' A matrices under their weights where both multiply
+    in one dtype (else one multiply of their own), their B matrices on the diagonal of one block matrix
+    (zeros elsewhere; a layer without an adapter has rank 0). So a stack's adapters cost one multiply, a
+    scaling and an addition more than its plain weights, where peft's layers take six operations each: on a
+    GPU, where a decoding step is bound by kernel launches, that separates a LoRA policy's speed from the
+    plain model's. Each part of the one multiply is computed as on its own, but may be summed in another
+    order: within one rounding step of it."""
+
+    weight: Tensor  # [sum of outputs + R, in] the layers' weights, then (R > 0) their A matrices
+    bias: Tensor | None  # [sum of outputs + R] (zeros for the A matrices)
     widths: list[int]  # each layer's outputs
-    adapters: list[tuple[tuple[Tensor, Tensor, float], ...]]  # each layer's (A, B, scaling)s
-    cast_input: list[bool]  # each layer's peft ``cast_input_dtype_enabled``
+    up: Tensor | None  # [sum of outputs, R] each layer's B on the diagonal; None: no adapters, or folded
+    down: Tensor | None  # [R, in] the A matrices where they multiply in another dtype than the weights
+    scaling: float | list[float]  # the layers' (one number where they share it)
+    cast_input: bool  # peft's ``cast_input_dtype_enabled``, the same on every layer (``lora_base_model``)
 
     @classmethod
     def of(cls, *modules: torch.nn.Module) -> _Projection:
@@ -161,58 +170,88 @@ class _Projection:
         biases = [base.bias for base in bases]
         bias = biases[0] if len(bases) == 1 or biases[0] is None else torch.cat(biases)
         widths = [base.weight.shape[0] for base in bases]
-        adapters = [_active_adapters(module) for module in modules]
-        if any(adapters) and _keeps_updates(weight):
+        adapters = [_active_adapter(module) for module in modules]
+        present = [(a, module) for a, module in zip(adapters, modules, strict=True) if a is not None]
+        if present and _keeps_updates(weight):
             weight = weight.clone() if len(bases) == 1 else weight  # never the layers' own weight
-            for rows, layer_adapters in zip(weight.split(widths), adapters, strict=True):
-                _fold(rows, layer_adapters, embedding=False)
-            adapters = [() for _ in modules]
-        casts = [getattr(module, "cast_input_dtype_enabled", True) for module in modules]
-        return cls(weight, bias, widths, adapters, casts)
+            for rows, adapter in zip(weight.split(widths), adapters, strict=True):
+                if adapter is not None:
+                    down, up, scaling = adapter
+                    rows.addmm_(up.to(weight.dtype), down.to(weight.dtype), alpha=scaling)
+            present = []
+        device = weight.device.type
+        autocast = torch.is_autocast_enabled(device)
+        if autocast:
+            low = torch.get_autocast_dtype(device)
+            weight, bias = weight.to(low), None if bias is None else bias.to(low)
+        if not present:
+            return cls(weight, bias, widths, None, None, 1.0, True)
+        (first_down, first_up, first_scaling), first_module = present[0]
+        downs, ups, scalings = [], [], []
+        for width, adapter in zip(widths, adapters, strict=True):
+            down, up, scaling = adapter or (
+                first_down.new_empty(0, weight.shape[1]),
+                first_up.new_empty(width, 0),
+                first_scaling,
+            )
+            downs.append(down)
+            ups.append(up)
+            scalings.append(scaling)
+        down = downs[0] if len(downs) == 1 else torch.cat(downs)
+        up = ups[0] if len(ups) == 1 else torch.block_diag(*ups)
+        scaling = scalings[0] if len(set(scalings)) == 1 else scalings
+        cast = getattr(first_module, "cast_input_dtype_enabled", True)
+        if autocast:  # peft's cast of the input to A's (wider) dtype changes nothing then
+            down, up, cast = down.to(low), up.to(low), False
+        if down.dtype != weight.dtype:
+            return cls(weight, bias, widths, up, down, scaling, cast)
+        if bias is not None:
+            bias = torch.cat([bias, bias.new_zeros(down.shape[0])])
+        return cls(torch.cat([weight, down]), bias, widths, up, None, scaling, cast)
 
     def __call__(self, x: Tensor) -> Tensor:
         """``x`` ``[N, in]`` -> ``[N, sum of outputs]``."""
         out = F.linear(x, self.weight, self.bias)
-        if not any(self.adapters):
+        if self.up is None:
             return out
-        parts = list(out.split(self.widths, dim=-1)) if len(self.widths) > 1 else [out]
-        for index, adapters in enumerate(self.adapters):
-            layer_input = x
-            for down, up, scaling in adapters:
-                if self.cast_input[index]:
-                    layer_input = layer_input.to(down.dtype)
-                parts[index] = parts[index] + F.linear(F.linear(layer_input, down), up) * scaling
-            parts[index] = parts[index].to(out.dtype)
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        if self.down is None:  # A x came out of the same multiply
+            out, reduced = out.split(self.up.shape, dim=-1)
+        else:
+            reduced = F.linear(x.to(self.down.dtype) if self.cast_input else x, self.down)
+        lora = F.linear(reduced, self.up)  # [N, sum of outputs]
+        if isinstance(self.scaling, list):
+            parts = lora.split(self.widths, dim=-1)
+            lora = torch.cat([part * s for part, s in zip(parts, self.scaling, strict=True)], dim=-1)
+        else:
+            lora = lora * self.scaling
+        return (out + lora).to(out.dtype)
 
 
 @dataclass
 class _Embedding:
-    """The token embedding. Its LoRA adapters are folded into a copy of the table where it keeps them
-    (``_keeps_updates``), else added as peft's ``Embedding.forward`` adds them (``out + (A^T[token] B^T) *
+    """The token embedding. Its LoRA adapter is folded into a copy of the table where it keeps it
+    (``_keeps_updates``), else added as peft's ``Embedding.forward`` adds it (``out + (A^T[token] B^T) *
     scaling``, cast back to the output's dtype)."""
 
     weight: Tensor  # [vocabulary, hidden]
-    adapters: tuple[tuple[Tensor, Tensor, float], ...]  # (A^T, B^T, scaling)s
+    adapter: tuple[Tensor, Tensor, float] | None  # (A^T, B^T, scaling)
 
     @classmethod
     def of(cls, module: torch.nn.Module) -> _Embedding:
-        weight, adapters = _base(module).weight, _active_adapters(module)
-        if adapters and _keeps_updates(weight):
-            weight = weight.clone()  # never the layer's own weight
-            _fold(weight, adapters, embedding=True)
-            adapters = ()
-        return cls(weight, adapters)
+        weight, adapter = _base(module).weight, _active_adapter(module)
+        if adapter is not None and _keeps_updates(weight):
+            down, up, scaling = adapter
+            weight = weight.addmm(down.to(weight.dtype), up.to(weight.dtype), alpha=scaling)
+            adapter = None
+        return cls(weight, adapter)
 
     def __call__(self, token: Tensor) -> Tensor:
         """``token`` ``[N]`` -> ``[N, hidden]``."""
         out = F.embedding(token, self.weight)
-        if not self.adapters:
+        if self.adapter is None:
             return out
-        hidden = out
-        for down, up, scaling in self.adapters:
-            hidden = hidden + (F.embedding(token, down) @ up) * scaling
-        return hidden.to(out.dtype)
+        down, up, scaling = self.adapter
+        return (out + (F.embedding(token, down) @ up) * scaling).to(out.dtype)
 
 
 @dataclass

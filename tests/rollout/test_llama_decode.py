@@ -167,6 +167,13 @@ def two_active_adapters(tokenizer) -> torch.nn.Module:
     return policy
 
 
+def mixed_adapter_dtypes(tokenizer) -> torch.nn.Module:
+    policy = lora_policy(tokenizer)
+    key = policy.base_model.model.model.layers[0].self_attn.k_proj
+    key.lora_A.to(torch.bfloat16), key.lora_B.to(torch.bfloat16)
+    return policy
+
+
 def merged_adapters(tokenizer) -> torch.nn.Module:
     policy = lora_policy(tokenizer)
     policy.merge_adapter()
@@ -181,7 +188,10 @@ PLAIN_LORA = {  # LoRA policies whose adapters the decoder applies itself (folde
         tokenizer, target_modules=["embed_tokens", "v_proj", "lm_head"]
     ),
     "head": lambda tokenizer: lora_policy(tokenizer, target_modules=["q_proj", "lm_head"]),
-    "two-active-adapters": two_active_adapters,
+    # the q/k/v and gate/up stacks mix scalings (2, 0.75 on k_proj) and ranks (4, 2 on up_proj)
+    "per-layer-scaling-and-rank": lambda tokenizer: lora_policy(
+        tokenizer, alpha_pattern={"k_proj": 3}, rank_pattern={"up_proj": 2}
+    ),
     "merged": merged_adapters,  # the adapters are in the base weights already
 }
 
@@ -262,14 +272,15 @@ def test_lora_decoding_gives_the_peft_forwards_logits_and_leaves_the_weights_alo
 @pytest.mark.parametrize(
     ("dtype", "autocast"), [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, True)]
 )
-def test_lora_projections_that_would_round_an_update_are_peft_layers_bit_for_bit(dtype, autocast):
+def test_lora_projections_keep_an_update_a_fold_would_round_away(dtype, autocast):
     """bfloat16 base weights, or float32 ones under bfloat16 autocast (``bf16-mixed``); float32 adapters
-    with an update far below the weights' bfloat16 rounding step (as after a few steps at lr 1e-5). Each
-    layer's projection gives the peft layer's output bit for bit (the same operations), so the update
-    reaches it as it reaches the trained policy's; the stacked q/k/v projection gives the three within one
-    bfloat16 step (its one matrix multiply may sum in another order than three, as for the plain model).
-    Folded into the weights (W + scaling * B A, multiplied in bfloat16) most of the update would round away
-    and the samples would come from an older policy."""
+    with an update far below the weights' bfloat16 rounding step (as after a few steps at lr 1e-5). peft's
+    forward keeps such an update where it moves an output across a rounding boundary; the decoder's
+    projections (each layer alone and the q/k/v stack) move the same outputs, and are within one bfloat16
+    step of peft's everywhere (one matrix multiply over several weights may sum in another order, which
+    moves an output by a step about once in 2^15 outputs). Folded into the weights (W + scaling * B A,
+    multiplied in bfloat16) most of the update would round away and the samples would come from an older
+    policy."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = lora_policy(tokenizer, dtype=dtype)
     for name, parameter in policy.named_parameters():
@@ -284,21 +295,56 @@ def test_lora_projections_that_would_round_an_update_are_peft_layers_bit_for_bit
     rounded_away = (folded.bfloat16() == bases.bfloat16())[updates != 0].float().mean()
     assert rounded_away > 0.9
     torch.manual_seed(0)
-    hidden = torch.randn(6, bases.shape[1], dtype=dtype)
+    hidden = torch.randn(64, bases.shape[1], dtype=dtype)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        projected = _Projection.of(*modules)(hidden)
-        one_by_one = [_Projection.of(module)(hidden) for module in modules]
-        expected = [module(hidden) for module in modules]
+        stacked = _Projection.of(*modules)(hidden)
+        one_by_one = torch.cat([_Projection.of(module)(hidden) for module in modules], dim=-1)
+        expected = torch.cat([module(hidden) for module in modules], dim=-1)
         with policy.disable_adapter():
-            base = _Projection.of(*modules)(hidden)
+            base = torch.cat([module(hidden) for module in modules], dim=-1)
         fold = F.linear(hidden, folded)
-    assert all(torch.equal(a, b) for a, b in zip(one_by_one, expected, strict=True))
-    stacked = torch.cat(one_by_one, dim=-1)
-    step = torch.finfo(torch.bfloat16).eps * stacked.abs().max().item()
-    torch.testing.assert_close(projected, stacked, atol=step, rtol=0)
-    change, fold_change = projected.float() - base.float(), fold.float() - base.float()
-    assert change.norm() > 0
-    assert (fold_change - change).norm() > 0.5 * change.norm(), "a fold should lose most of the update"
+    change = expected.float() - base.float()  # peft's: the outputs the update moved by a rounding step
+    assert change.count_nonzero() > 100
+    step = torch.finfo(torch.bfloat16).eps * expected.abs().max().item()
+    for projected in (stacked, one_by_one):
+        torch.testing.assert_close(projected, expected, atol=step, rtol=0)
+        assert (projected.float() - base.float() - change).norm() <= 0.25 * change.norm()
+    assert (fold.float() - base.float() - change).norm() > 0.5 * change.norm(), "a fold loses the update"
+
+
+STACKS = {  # policies whose q/k/v and gate/up stacks mix the adapters' scalings and ranks, or leave gaps
+    "uniform": {},
+    "per-layer-scaling-and-rank": {"alpha_pattern": {"k_proj": 3}, "rank_pattern": {"up_proj": 2}},
+    "some-layers": {"target_modules": ["q_proj", "v_proj", "up_proj"]},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(STACKS))
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_stacked_projection_adds_each_layers_own_adapter(variant, autocast):
+    """Unfolded (bfloat16 weights), the q/k/v and gate/up stacks give each peft layer's output, its own
+    adapter's update included, within one bfloat16 step of the largest output (one matrix multiply may sum
+    in another order than several); the updates are many steps large, so a misplaced B or scaling shows."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = lora_policy(tokenizer, dtype=torch.bfloat16, **STACKS[variant])
+    layer = policy.base_model.model.model.layers[1]
+    torch.manual_seed(0)
+    for modules in [
+        (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+        (layer.mlp.gate_proj, layer.mlp.up_proj),
+    ]:
+        hidden = torch.randn(6, modules[0].in_features, dtype=torch.bfloat16)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            projected = _Projection.of(*modules)(hidden)
+            outputs = [module(hidden) for module in modules]
+            with policy.disable_adapter():
+                bases = [module(hidden) for module in modules]
+        expected = torch.cat(outputs, dim=-1)
+        step = torch.finfo(torch.bfloat16).eps * expected.abs().max().item()
+        for module, output, base in zip(modules, outputs, bases, strict=True):
+            adapted = hasattr(module, "lora_A")
+            assert ((output - base).abs().max() > 5 * step) == adapted  # the update is many steps large
+        torch.testing.assert_close(projected, expected, atol=step, rtol=0)
 
 
 def test_with_the_adapters_disabled_the_decoder_reads_the_base_weights():
@@ -316,7 +362,7 @@ def test_with_the_adapters_disabled_the_decoder_reads_the_base_weights():
     assert_close_normwise(enabled[-1], forward[-1], LOGPROB_RTOL)
 
 
-@pytest.mark.parametrize("variant", ["rank-stabilised", "head", "two-active-adapters"])
+@pytest.mark.parametrize("variant", ["rank-stabilised", "head", "per-layer-scaling-and-rank"])
 @pytest.mark.parametrize("greedy", [True, False])
 def test_lora_decoding_samples_what_generate_samples(variant, greedy, monkeypatch):
     tokenizer = load_tokenizer(str(TINY_POLICY))
@@ -343,13 +389,17 @@ OTHER_ADAPTERS = {  # peft models whose forward the decoder does not reproduce
     "lora-bias": lambda tokenizer: lora_policy(tokenizer, lora_bias=True),
     "modules-to-save": lambda tokenizer: lora_policy(tokenizer, modules_to_save=["norm"]),
     "ia3": ia3_policy,
+    # the decoder stacks the A matrices of the layers that read one input, in one dtype
+    "two-active-adapters": two_active_adapters,
+    "mixed-adapter-dtypes": mixed_adapter_dtypes,
 }
 
 
 @pytest.mark.parametrize("variant", sorted(OTHER_ADAPTERS))
 def test_other_adapters_decode_through_the_forward(variant, monkeypatch):
-    """DoRA, LoRA biases, fully trained modules (``modules_to_save``), other tuners: the decoder refuses
-    them, and the rollout (through peft's forward) still samples what ``generate`` samples."""
+    """DoRA, LoRA biases, fully trained modules (``modules_to_save``), other tuners, two active adapters
+    or adapters in mixed dtypes: the decoder refuses them, and the rollout (through peft's forward) still
+    samples what ``generate`` samples."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = OTHER_ADAPTERS[variant](tokenizer)
     encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
