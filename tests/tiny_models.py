@@ -32,8 +32,8 @@ def tiny_dimensions(tokenizer) -> dict[str, int]:
 
 
 def tiny_policy(kind: str, tokenizer) -> torch.nn.Module:
-    """The shipped tiny Llama; a random tiny Qwen2 (q/k/v biases, two query heads per key/value head) or
-    Qwen3 (per-head q/k RMSNorm, with random weights so that it matters); or the tiny Llama under LoRA
+    """The shipped tiny Llama; a random tiny Qwen2 (random q/k/v biases, two query heads per key/value head)
+    or Qwen3 (per-head q/k RMSNorm, with random weights so that it matters); or the tiny Llama under LoRA
     adapters with random (non-zero) updates, so that the adapters change every logit."""
     torch.manual_seed(0)
     if kind in ("qwen2", "qwen3"):
@@ -49,9 +49,11 @@ def tiny_policy(kind: str, tokenizer) -> torch.nn.Module:
             eos_token_id=tokenizer.eos_token_id,
         )
         model = model_class(config)
-        for name, parameter in model.named_parameters():
-            if name.endswith(("q_norm.weight", "k_norm.weight")):
+        for name, parameter in model.named_parameters():  # random, so that they matter (HF starts them
+            if name.endswith(("q_norm.weight", "k_norm.weight")):  # at one and zero)
                 torch.nn.init.normal_(parameter, mean=1.0, std=0.3)
+            elif name.endswith("bias"):
+                torch.nn.init.normal_(parameter, std=0.5)
         return model
     policy = load_causal_lm(str(TINY_POLICY))
     if kind == "llama-lora":

@@ -135,14 +135,19 @@ def test_models_without_the_plain_decoder_structure_decode_through_their_forward
             assert LlamaDecoder.supports(policy, cache) == (policy is llama), type(policy).__name__
 
 
-def lora_policy(tokenizer, dtype: torch.dtype = torch.float32, **options) -> torch.nn.Module:
-    """The tiny Llama (weights in ``dtype``) under peft LoRA adapters (rank 4, alpha 8, every linear layer
-    unless ``options`` say otherwise; float32 adapters) whose updates are random and non-zero, so that they
-    change every logit."""
+def lora_policy(
+    tokenizer, dtype: torch.dtype = torch.float32, kind: str = "llama", **options
+) -> torch.nn.Module:
+    """The tiny Llama, or another ``tiny_policy`` ``kind`` (weights in ``dtype``), under peft LoRA adapters
+    (rank 4, alpha 8, every linear layer unless ``options`` say otherwise; float32 adapters) whose updates
+    are random and non-zero, so that they change every logit."""
     import peft
 
     torch.manual_seed(0)
-    policy = load_causal_lm(str(TINY_POLICY), dtype=str(dtype).removeprefix("torch."))
+    if kind == "llama":
+        policy = load_causal_lm(str(TINY_POLICY), dtype=str(dtype).removeprefix("torch."))
+    else:
+        policy = tiny_policy(kind, tokenizer).to(dtype)
     options = {"target_modules": "all-linear"} | options
     config = peft.LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM", **options)
     policy = peft.get_peft_model(policy, config, autocast_adapter_dtype=True)
@@ -316,6 +321,7 @@ STACKS = {  # policies whose q/k/v and gate/up stacks mix the adapters' scalings
     "uniform": {},
     "per-layer-scaling-and-rank": {"alpha_pattern": {"k_proj": 3}, "rank_pattern": {"up_proj": 2}},
     "some-layers": {"target_modules": ["q_proj", "v_proj", "up_proj"]},
+    "qwen2-biases": {"kind": "qwen2"},  # the q/k/v biases, then zeros for the A matrices' outputs
 }
 
 
