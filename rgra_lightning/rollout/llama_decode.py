@@ -12,21 +12,22 @@ layer is about fifteen tensor operations:
 In float32 on CPU the logits are bit-identical to the model's forward; in bfloat16 they are within one
 bfloat16 step of it (both tested); on other devices they agree up to rounding.
 
-A ``peft`` LoRA policy decodes here too, with one active adapter per layer. Where the weights are float32
-and used as they are (no autocast to a narrower dtype), each adapted layer's adapter is folded into a copy
-of its weight once per rollout, W + scaling * B A (``scaling`` is peft's: alpha / r, or alpha / sqrt(r)
-rank-stabilised), so it decodes as fast as the plain model, within float32 rounding of peft's forward.
-Otherwise (bfloat16 or float16 weights, or autocast: the paper's ``bf16-mixed`` LoRA) the adapters are
-applied as peft's forward applies them, each layer's output plus scaling * B(A x) in the same operations and
-dtypes, so the logits are those of the policy the loss trains (each layer's output within one bfloat16 step
-of peft's, bit for bit on the CPU the tests ran on): folded into bfloat16 weights an update of a few steps
-at lr 1e-5 would mostly round away (75-98 % of its entries on SmolLM2-135M), and the samples would come
-from an older policy than the one trained. The adapters of the layers that read one input are stacked as
-their weights are (``_Projection``), so a LoRA step costs a few operations per layer more than a plain
-one, not six per adapted layer. The model's weights are never modified, and with the adapters disabled
+A ``peft`` LoRA policy decodes here too, with one active adapter per layer. Where the weights and adapters
+are float32 and used as they are (no autocast to a narrower dtype), each adapted layer's adapter is folded
+into a copy of its weight once per rollout, W + scaling * B A (``scaling`` is peft's: alpha / r, or
+alpha / sqrt(r) rank-stabilised), so it decodes as fast as the plain model, within float32 rounding of
+peft's forward. Otherwise (bfloat16 or float16 weights or adapters, or autocast: the paper's ``bf16-mixed``
+LoRA) the adapters are applied as peft's forward applies them, each layer's output plus scaling * B(A x) in
+the same operations and dtypes, so the logits are those of the policy the loss trains (each output within
+one rounding step of peft's; tested): folded into bfloat16 weights an update of a few steps at lr 1e-5
+would mostly round away (75-98 % of its entries on SmolLM2-135M), and the samples would come from an older
+policy than the one trained. The adapters of the layers that read one input are stacked as their weights
+are (``_Projection``), so a LoRA step costs a few operations per layer more than a plain one, not six per
+adapted layer. The model's weights are never modified, and with the adapters disabled
 (``disable_adapter()``, the KL reference) only the base weights are read. Other adapters decode through the
 forward instead (``supports`` is False): DoRA and the other variants, LoRA biases, ``modules_to_save`` and
-trainable-token wrappers, other tuners, several active adapters on a layer, adapters in mixed dtypes.
+trainable-token wrappers, other tuners, several active adapters on a layer, adapters in mixed dtypes, and
+under autocast adapters in neither float32 nor its dtype.
 
 Shapes: N rows, P prompt positions (the prefilled cache), T new tokens at most, H query heads, K key/value
 heads, D head dims.
@@ -62,8 +63,9 @@ SUPPORTED_MODELS = (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen
 def lora_base_model(model: torch.nn.Module) -> PreTrainedModel | None:
     """The transformers model under a ``peft`` LoRA model whose adapters are all plain LoRA (see
     ``_plain_lora``), with their A matrices in one dtype and one input-cast setting (the decoder stacks the A
-    matrices of layers that read the same input), or None: not a peft model, another tuner, an adapter of
-    another kind, or mixed A dtypes."""
+    matrices of layers that read the same input), under autocast float32 or its dtype; or None: not a peft
+    model, another tuner, an adapter of another kind, mixed A dtypes, or A in another dtype under
+    autocast."""
     try:
         from peft import PeftModelForCausalLM
         from peft.tuners.lora import LoraModel
@@ -84,7 +86,14 @@ def lora_base_model(model: torch.nn.Module) -> PreTrainedModel | None:
             adapter = _active_adapter(module)
             if adapter is not None:
                 settings.add((adapter[0].dtype, getattr(module, "cast_input_dtype_enabled", True)))
-    return base if len(settings) <= 1 else None
+    if len(settings) > 1:
+        return None
+    device = base.device.type
+    if settings and torch.is_autocast_enabled(device):
+        ((dtype, _),) = settings
+        if dtype not in (torch.float32, torch.get_autocast_dtype(device)):  # peft rounds the input to A's
+            return None  # dtype first: another rounding than autocast's
+    return base
 
 
 def _plain_lora(layer: torch.nn.Module) -> bool:
@@ -132,11 +141,13 @@ def _base(module: torch.nn.Module) -> torch.nn.Module:
     return module.get_base_layer() if hasattr(module, "get_base_layer") else module
 
 
-def _keeps_updates(weight: Tensor) -> bool:
-    """Whether ``weight`` + a LoRA update keeps the update as peft's forward does: float32 or wider, and
-    no autocast that would round the sum to a narrower dtype in the matrix multiply."""
-    wide = weight.dtype in (torch.float32, torch.float64)
-    return wide and not torch.is_autocast_enabled(weight.device.type)
+def _keeps_updates(weight: Tensor, adapters: list[tuple[Tensor, Tensor, float]]) -> bool:
+    """Whether ``weight`` + the LoRA updates of ``adapters`` is what peft's forward computes up to float32
+    rounding: weights and adapters in float32 or wider, and no autocast that would round the sum to a
+    narrower dtype in the matrix multiply."""
+    wide = (torch.float32, torch.float64)
+    tensors = [weight] + [matrix for down, up, _ in adapters for matrix in (down, up)]
+    return all(t.dtype in wide for t in tensors) and not torch.is_autocast_enabled(weight.device.type)
 
 
 @dataclass
@@ -148,7 +159,8 @@ class _Projection:
     (``_keeps_updates``). Else they are applied as peft's ``Linear.forward`` applies them, elementwise the
     same operations in the same dtypes (input cast to the adapters' dtype, ``out + B(A x) * scaling``, cast
     back to the output's dtype), stacked too: the layers' A matrices under their weights where both multiply
-    in one dtype (else one multiply of their own), their B matrices on the diagonal of one block matrix
+    in one dtype and the weights are a copy already (a stack, or cast for autocast; else one multiply of
+    their own), their B matrices on the diagonal of one block matrix
     (zeros elsewhere; a layer without an adapter has rank 0). So a stack's adapters cost one multiply, a
     scaling and an addition more than its plain weights, where peft's layers take six operations each: on a
     GPU, where a decoding step is bound by kernel launches, that separates a LoRA policy's speed from the
@@ -166,24 +178,27 @@ class _Projection:
     @classmethod
     def of(cls, *modules: torch.nn.Module) -> _Projection:
         bases = [_base(module) for module in modules]
-        weight = bases[0].weight if len(bases) == 1 else torch.cat([base.weight for base in bases])
-        biases = [base.bias for base in bases]
-        bias = biases[0] if len(bases) == 1 or biases[0] is None else torch.cat(biases)
         widths = [base.weight.shape[0] for base in bases]
+        device = bases[0].weight.device.type
+        low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+        def operand(tensor: Tensor) -> Tensor:  # as autocast casts it in every multiply (not float64:
+            return tensor if low is None else tensor.to(low)  # ``LlamaDecoder.supports``)
+
+        weights = [operand(base.weight) for base in bases]
+        weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+        copied = weight is not bases[0].weight  # a stack, or a cast: a tensor of the decoder's own
+        biases = [None if base.bias is None else operand(base.bias) for base in bases]
+        bias = biases[0] if len(biases) == 1 or biases[0] is None else torch.cat(biases)
         adapters = [_active_adapter(module) for module in modules]
         present = [(a, module) for a, module in zip(adapters, modules, strict=True) if a is not None]
-        if present and _keeps_updates(weight):
-            weight = weight.clone() if len(bases) == 1 else weight  # never the layers' own weight
+        if present and _keeps_updates(weight, [adapter for adapter, _ in present]):
+            weight = weight if copied else weight.clone()  # never the layers' own weight
             for rows, adapter in zip(weight.split(widths), adapters, strict=True):
                 if adapter is not None:
                     down, up, scaling = adapter
                     rows.addmm_(up.to(weight.dtype), down.to(weight.dtype), alpha=scaling)
             present = []
-        device = weight.device.type
-        autocast = torch.is_autocast_enabled(device)
-        if autocast:
-            low = torch.get_autocast_dtype(device)
-            weight, bias = weight.to(low), None if bias is None else bias.to(low)
         if not present:
             return cls(weight, bias, widths, None, None, 1.0, True)
         (first_down, first_up, first_scaling), first_module = present[0]
@@ -201,9 +216,11 @@ class _Projection:
         up = ups[0] if len(ups) == 1 else torch.block_diag(*ups)
         scaling = scalings[0] if len(set(scalings)) == 1 else scalings
         cast = getattr(first_module, "cast_input_dtype_enabled", True)
-        if autocast:  # peft's cast of the input to A's (wider) dtype changes nothing then
-            down, up, cast = down.to(low), up.to(low), False
-        if down.dtype != weight.dtype:
+        if low is not None:
+            # A is float32 or autocast's dtype (``lora_base_model``): peft's cast of the input to it
+            # changes nothing once autocast has cast the input to its dtype, as it casts A and B.
+            down, up, cast = operand(down), operand(up), False
+        if down.dtype != weight.dtype or not copied:  # never a copy of a layer's weight only for A
             return cls(weight, bias, widths, up, down, scaling, cast)
         if bias is not None:
             bias = torch.cat([bias, bias.new_zeros(down.shape[0])])
@@ -239,7 +256,7 @@ class _Embedding:
     @classmethod
     def of(cls, module: torch.nn.Module) -> _Embedding:
         weight, adapter = _base(module).weight, _active_adapter(module)
-        if adapter is not None and _keeps_updates(weight):
+        if adapter is not None and _keeps_updates(weight, [adapter]):
             down, up, scaling = adapter
             weight = weight.addmm(down.to(weight.dtype), up.to(weight.dtype), alpha=scaling)
             adapter = None
@@ -343,11 +360,14 @@ class LlamaDecoder:
         """Whether ``model`` and the cache its forward built can be decoded here: a ``SUPPORTED_MODELS``
         class (or a peft LoRA model of one with plain LoRA adapters, ``lora_base_model``) with SDPA attention
         (whose boolean mask ``step`` builds), rotary frequencies that do not depend on the sequence length,
-        and full-attention key/value cache layers only (a sliding window would need its own mask)."""
+        and full-attention key/value cache layers only (a sliding window would need its own mask); not
+        float64 weights under autocast, which leaves them as they are where the decoder casts every
+        weight to its dtype."""
         lora_base = lora_base_model(model)
         model = model if lora_base is None else lora_base
         return (
             type(model) in SUPPORTED_MODELS
+            and not (torch.is_autocast_enabled(model.device.type) and model.dtype == torch.float64)
             and model.config._attn_implementation == "sdpa"
             and "dynamic" not in model.model.rotary_emb.rope_type
             and model.model.rotary_emb.rope_type != "longrope"

@@ -240,25 +240,30 @@ NEW_TOKENS = torch.tensor(
 
 
 @pytest.mark.parametrize("variant", sorted(PLAIN_LORA))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_lora_decoding_gives_the_peft_forwards_logits_and_leaves_the_weights_alone(variant, dtype):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "bf16-mixed"])
+def test_lora_decoding_gives_the_peft_forwards_logits_and_leaves_the_weights_alone(variant, precision):
     """The decoder's logits equal peft's forward: float32 weights with the adapters folded
-    (W + scaling * B A) up to float32 rounding at every step; over bfloat16 weights, the adapters applied as
-    peft applies them, the two paths round differently (fused operations), so the decoder's logits are
-    held to be no further from the exact (float32) computation on the same weights than peft's own
-    (measured: 0.82-0.95 of peft's error). The model's parameters are exactly what they were."""
+    (W + scaling * B A) up to float32 rounding at every step; over bfloat16 weights, or float32 ones under
+    bfloat16 autocast (``bf16-mixed``), the adapters applied as peft applies them, the two paths round
+    differently (fused operations), so the decoder's logits are held to be no further from the exact
+    (float32) computation on the same weights than peft's own (measured: 0.82-0.95 of peft's error under
+    bfloat16 weights, equal bit for bit under autocast). The model's parameters are exactly what they
+    were."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = PLAIN_LORA[variant](tokenizer)
     exact = None
-    if dtype != torch.float32:  # the base weights only; peft keeps the adapters in float32
+    if precision == "bfloat16":  # the base weights only; peft keeps the adapters in float32
         for name, parameter in policy.named_parameters():
             if "lora_" not in name:
-                parameter.data = parameter.data.to(dtype)
+                parameter.data = parameter.data.to(torch.bfloat16)
         widened = copy.deepcopy(policy).float()  # the same values, computed in float32
         exact = torch.stack(decode_steps(widened, tokenizer, NEW_TOKENS, decoder_path=False))
+    elif precision == "bf16-mixed":
+        exact = torch.stack(decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=False))
     before = {name: value.clone() for name, value in policy.state_dict().items()}
-    decoded = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=True)
-    expected = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+        decoded = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=True)
+        expected = decode_steps(policy, tokenizer, NEW_TOKENS, decoder_path=False)
     if exact is None:
         for step, (logits, reference) in enumerate(zip(decoded, expected, strict=True)):
             assert_close_normwise(logits, reference, LOGPROB_RTOL, f"step {step}")
@@ -325,32 +330,72 @@ STACKS = {  # policies whose q/k/v and gate/up stacks mix the adapters' scalings
 }
 
 
+BF16, F16, F32 = torch.bfloat16, torch.float16, torch.float32
+UNFOLDED = {  # (weights, adapters, autocast): the settings in which the decoder applies the adapters unfolded
+    "bf16-weights": (BF16, F32, None),
+    "bf16-mixed-over-bf16": (BF16, F32, BF16),  # the paper configs
+    "bf16-mixed-over-fp32": (F32, F32, BF16),
+    "fp16-mixed-over-bf16": (BF16, F32, F16),
+    "bf16-adapters-over-fp32": (F32, BF16, None),  # peft computes the update in bfloat16: no fold
+}
+
+
 @pytest.mark.parametrize("variant", sorted(STACKS))
-@pytest.mark.parametrize("autocast", [False, True])
-def test_a_stacked_projection_adds_each_layers_own_adapter(variant, autocast):
-    """Unfolded (bfloat16 weights), the q/k/v and gate/up stacks give each peft layer's output, its own
-    adapter's update included, within one bfloat16 step of the largest output (one matrix multiply may sum
-    in another order than several); the updates are many steps large, so a misplaced B or scaling shows."""
+@pytest.mark.parametrize("setting", sorted(UNFOLDED))
+def test_a_stacked_projection_adds_each_layers_own_adapter(variant, setting):
+    """Unfolded, the q/k/v and gate/up stacks give each peft layer's output, its own adapter's update
+    included, in peft's dtypes: at most 1 % of the outputs differ at all (one matrix multiply may sum in
+    another order than several: here none do) and none by more than one rounding step of the largest;
+    the updates are many steps large, so a misplaced B or scaling, or another dtype, shows."""
+    weights, adapters, autocast = UNFOLDED[setting]
     tokenizer = load_tokenizer(str(TINY_POLICY))
-    policy = lora_policy(tokenizer, dtype=torch.bfloat16, **STACKS[variant])
+    policy = lora_policy(tokenizer, dtype=weights, **STACKS[variant])
+    for module in policy.modules():
+        if hasattr(module, "lora_A"):
+            module.lora_A.to(adapters), module.lora_B.to(adapters)
     layer = policy.base_model.model.model.layers[1]
     torch.manual_seed(0)
     for modules in [
         (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
         (layer.mlp.gate_proj, layer.mlp.up_proj),
     ]:
-        hidden = torch.randn(6, modules[0].in_features, dtype=torch.bfloat16)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        hidden = torch.randn(64, modules[0].in_features, dtype=weights)
+        with torch.no_grad(), torch.autocast("cpu", dtype=autocast or BF16, enabled=autocast is not None):
             projected = _Projection.of(*modules)(hidden)
             outputs = [module(hidden) for module in modules]
             with policy.disable_adapter():
                 bases = [module(hidden) for module in modules]
         expected = torch.cat(outputs, dim=-1)
-        step = torch.finfo(torch.bfloat16).eps * expected.abs().max().item()
+        step = torch.finfo(expected.dtype).eps * expected.abs().max().item()
         for module, output, base in zip(modules, outputs, bases, strict=True):
             adapted = hasattr(module, "lora_A")
             assert ((output - base).abs().max() > 5 * step) == adapted  # the update is many steps large
+        assert projected.dtype == expected.dtype
+        assert (projected != expected).float().mean() <= 0.01
         torch.testing.assert_close(projected, expected, atol=step, rtol=0)
+
+
+def test_adapters_the_decoder_would_round_otherwise_decode_through_the_forward():
+    """Under autocast peft rounds the input to A's dtype before autocast rounds it to its own: the decoder
+    takes float32 adapters or adapters in autocast's dtype, and float16 ones under bfloat16 autocast decode
+    through the forward; so do float64 weights, which autocast leaves as they are."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+
+    def supported(policy, autocast: torch.dtype | None) -> bool:
+        enabled = autocast is not None
+        with torch.no_grad(), torch.autocast("cpu", dtype=autocast or BF16, enabled=enabled):
+            _, cache = prefill(policy.eval(), encoded["input_ids"], encoded["attention_mask"], repeats=2)
+            return LlamaDecoder.supports(policy, cache)
+
+    policy = lora_policy(tokenizer)
+    assert supported(policy, BF16) and supported(policy, F16) and supported(policy, None)
+    for module in policy.modules():
+        if hasattr(module, "lora_A"):
+            module.lora_A.to(F16), module.lora_B.to(F16)
+    assert supported(policy, F16) and supported(policy, None) and not supported(policy, BF16)
+    wide = load_causal_lm(str(TINY_POLICY)).double()
+    assert supported(wide, None) and not supported(wide, BF16)
 
 
 def test_with_the_adapters_disabled_the_decoder_reads_the_base_weights():
