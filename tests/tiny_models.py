@@ -49,8 +49,9 @@ def tiny_policy(kind: str, tokenizer) -> torch.nn.Module:
             eos_token_id=tokenizer.eos_token_id,
         )
         model = model_class(config)
-        for name, parameter in model.named_parameters():  # random, so that they matter (HF starts them
-            if name.endswith(("q_norm.weight", "k_norm.weight")):  # at one and zero)
+        # q/k norms and biases random, so that they matter: HF starts them at one and at zero
+        for name, parameter in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
                 torch.nn.init.normal_(parameter, mean=1.0, std=0.3)
             elif name.endswith("bias"):
                 torch.nn.init.normal_(parameter, std=0.5)

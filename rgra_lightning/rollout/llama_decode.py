@@ -160,12 +160,12 @@ class _Projection:
     same operations in the same dtypes (input cast to the adapters' dtype, ``out + B(A x) * scaling``, cast
     back to the output's dtype), stacked too: the layers' A matrices under their weights where both multiply
     in one dtype and the weights are a copy already (a stack, or cast for autocast; else one multiply of
-    their own), their B matrices on the diagonal of one block matrix
-    (zeros elsewhere; a layer without an adapter has rank 0). So a stack's adapters cost one multiply, a
-    scaling and an addition more than its plain weights, where peft's layers take six operations each: on a
-    GPU, where a decoding step is bound by kernel launches, that separates a LoRA policy's speed from the
-    plain model's. Each part of the one multiply is computed as on its own, but may be summed in another
-    order: within one rounding step of it."""
+    their own), their B matrices on the diagonal of one block matrix (zeros elsewhere; a layer without an
+    adapter has rank 0). So a stack's adapters cost one multiply, a scaling and an addition more than its
+    plain weights, where peft's layers take six operations each: on a GPU, where a decoding step is bound
+    by kernel launches, that separates a LoRA policy's speed from the plain model's. Each part of the one
+    multiply is computed as on its own, but may be summed in another order: within one rounding step of
+    it."""
 
     weight: Tensor  # [sum of outputs + R, in] the layers' weights, then (R > 0) their A matrices
     bias: Tensor | None  # [sum of outputs + R] (zeros for the A matrices)
@@ -182,8 +182,9 @@ class _Projection:
         device = bases[0].weight.device.type
         low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
-        def operand(tensor: Tensor) -> Tensor:  # as autocast casts it in every multiply (not float64:
-            return tensor if low is None else tensor.to(low)  # ``LlamaDecoder.supports``)
+        def operand(tensor: Tensor) -> Tensor:
+            """``tensor`` as autocast casts it in every multiply (float64 is refused: ``supports``)."""
+            return tensor if low is None else tensor.to(low)
 
         weights = [operand(base.weight) for base in bases]
         weight = weights[0] if len(weights) == 1 else torch.cat(weights)
@@ -232,7 +233,7 @@ class _Projection:
         if self.up is None:
             return out
         if self.down is None:  # A x came out of the same multiply
-            out, reduced = out.split(self.up.shape, dim=-1)
+            out, reduced = out.split([sum(self.widths), self.up.shape[1]], dim=-1)
         else:
             reduced = F.linear(x.to(self.down.dtype) if self.cast_input else x, self.down)
         lora = F.linear(reduced, self.up)  # [N, sum of outputs]

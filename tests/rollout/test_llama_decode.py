@@ -172,10 +172,16 @@ def two_active_adapters(tokenizer) -> torch.nn.Module:
     return policy
 
 
+def cast_adapters(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Every LoRA A and B matrix in ``model`` (a peft model or one of its layers) to ``dtype``, in place."""
+    for module in model.modules():
+        if hasattr(module, "lora_A"):
+            module.lora_A.to(dtype), module.lora_B.to(dtype)
+
+
 def mixed_adapter_dtypes(tokenizer) -> torch.nn.Module:
     policy = lora_policy(tokenizer)
-    key = policy.base_model.model.model.layers[0].self_attn.k_proj
-    key.lora_A.to(torch.bfloat16), key.lora_B.to(torch.bfloat16)
+    cast_adapters(policy.base_model.model.model.layers[0].self_attn.k_proj, torch.bfloat16)
     return policy
 
 
@@ -185,6 +191,8 @@ def merged_adapters(tokenizer) -> torch.nn.Module:
     return policy
 
 
+# q/k/v and gate/up stacks that mix scalings (2, 0.75 on k_proj) and ranks (4, 2 on up_proj)
+MIXED_SCALINGS_AND_RANKS = {"alpha_pattern": {"k_proj": 3}, "rank_pattern": {"up_proj": 2}}
 PLAIN_LORA = {  # LoRA policies whose adapters the decoder applies itself (folded or as peft does)
     "all-linear": lambda tokenizer: lora_policy(tokenizer),
     "rank-stabilised": lambda tokenizer: lora_policy(tokenizer, use_rslora=True),
@@ -193,10 +201,7 @@ PLAIN_LORA = {  # LoRA policies whose adapters the decoder applies itself (folde
         tokenizer, target_modules=["embed_tokens", "v_proj", "lm_head"]
     ),
     "head": lambda tokenizer: lora_policy(tokenizer, target_modules=["q_proj", "lm_head"]),
-    # the q/k/v and gate/up stacks mix scalings (2, 0.75 on k_proj) and ranks (4, 2 on up_proj)
-    "per-layer-scaling-and-rank": lambda tokenizer: lora_policy(
-        tokenizer, alpha_pattern={"k_proj": 3}, rank_pattern={"up_proj": 2}
-    ),
+    "per-layer-scaling-and-rank": lambda tokenizer: lora_policy(tokenizer, **MIXED_SCALINGS_AND_RANKS),
     "merged": merged_adapters,  # the adapters are in the base weights already
 }
 
@@ -279,10 +284,18 @@ def test_lora_decoding_gives_the_peft_forwards_logits_and_leaves_the_weights_alo
         assert (base[-1] - expected[-1]).float().norm() > 100 * LOGPROB_RTOL * expected[-1].float().norm()
 
 
-@pytest.mark.parametrize(
-    ("dtype", "autocast"), [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, True)]
-)
-def test_lora_projections_keep_an_update_a_fold_would_round_away(dtype, autocast):
+BF16, F16, F32 = torch.bfloat16, torch.float16, torch.float32
+UNFOLDED = {  # (weights, adapters, autocast): the settings in which the decoder applies the adapters unfolded
+    "bf16-weights": (BF16, F32, None),
+    "bf16-mixed-over-bf16": (BF16, F32, BF16),  # the paper configs
+    "bf16-mixed-over-fp32": (F32, F32, BF16),
+    "fp16-mixed-over-bf16": (BF16, F32, F16),
+    "bf16-adapters-over-fp32": (F32, BF16, None),  # peft computes the update in bfloat16: no fold
+}
+
+
+@pytest.mark.parametrize("setting", ["bf16-weights", "bf16-mixed-over-bf16", "bf16-mixed-over-fp32"])
+def test_lora_projections_keep_an_update_a_fold_would_round_away(setting):
     """bfloat16 base weights, or float32 ones under bfloat16 autocast (``bf16-mixed``); float32 adapters
     with an update far below the weights' bfloat16 rounding step (as after a few steps at lr 1e-5). peft's
     forward keeps such an update where it moves an output across a rounding boundary; the decoder's
@@ -291,6 +304,7 @@ def test_lora_projections_keep_an_update_a_fold_would_round_away(dtype, autocast
     moves an output by a step about once in 2^15 outputs). Folded into the weights (W + scaling * B A,
     multiplied in bfloat16) most of the update would round away and the samples would come from an older
     policy."""
+    dtype, _, autocast = UNFOLDED[setting]
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = lora_policy(tokenizer, dtype=dtype)
     for name, parameter in policy.named_parameters():
@@ -306,7 +320,7 @@ def test_lora_projections_keep_an_update_a_fold_would_round_away(dtype, autocast
     assert rounded_away > 0.9
     torch.manual_seed(0)
     hidden = torch.randn(64, bases.shape[1], dtype=dtype)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16, enabled=autocast is not None):
         stacked = _Projection.of(*modules)(hidden)
         one_by_one = torch.cat([_Projection.of(module)(hidden) for module in modules], dim=-1)
         expected = torch.cat([module(hidden) for module in modules], dim=-1)
@@ -324,19 +338,9 @@ def test_lora_projections_keep_an_update_a_fold_would_round_away(dtype, autocast
 
 STACKS = {  # policies whose q/k/v and gate/up stacks mix the adapters' scalings and ranks, or leave gaps
     "uniform": {},
-    "per-layer-scaling-and-rank": {"alpha_pattern": {"k_proj": 3}, "rank_pattern": {"up_proj": 2}},
+    "per-layer-scaling-and-rank": MIXED_SCALINGS_AND_RANKS,
     "some-layers": {"target_modules": ["q_proj", "v_proj", "up_proj"]},
     "qwen2-biases": {"kind": "qwen2"},  # the q/k/v biases, then zeros for the A matrices' outputs
-}
-
-
-BF16, F16, F32 = torch.bfloat16, torch.float16, torch.float32
-UNFOLDED = {  # (weights, adapters, autocast): the settings in which the decoder applies the adapters unfolded
-    "bf16-weights": (BF16, F32, None),
-    "bf16-mixed-over-bf16": (BF16, F32, BF16),  # the paper configs
-    "bf16-mixed-over-fp32": (F32, F32, BF16),
-    "fp16-mixed-over-bf16": (BF16, F32, F16),
-    "bf16-adapters-over-fp32": (F32, BF16, None),  # peft computes the update in bfloat16: no fold
 }
 
 
@@ -350,9 +354,7 @@ def test_a_stacked_projection_adds_each_layers_own_adapter(variant, setting):
     weights, adapters, autocast = UNFOLDED[setting]
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = lora_policy(tokenizer, dtype=weights, **STACKS[variant])
-    for module in policy.modules():
-        if hasattr(module, "lora_A"):
-            module.lora_A.to(adapters), module.lora_B.to(adapters)
+    cast_adapters(policy, adapters)
     layer = policy.base_model.model.model.layers[1]
     torch.manual_seed(0)
     for modules in [
@@ -390,9 +392,7 @@ def test_adapters_the_decoder_would_round_otherwise_decode_through_the_forward()
 
     policy = lora_policy(tokenizer)
     assert supported(policy, BF16) and supported(policy, F16) and supported(policy, None)
-    for module in policy.modules():
-        if hasattr(module, "lora_A"):
-            module.lora_A.to(F16), module.lora_B.to(F16)
+    cast_adapters(policy, F16)
     assert supported(policy, F16) and supported(policy, None) and not supported(policy, BF16)
     wide = load_causal_lm(str(TINY_POLICY)).double()
     assert supported(wide, None) and not supported(wide, BF16)
