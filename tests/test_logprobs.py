@@ -213,14 +213,22 @@ class VocabularyTensors(TorchDispatchMode):
         return tensor
 
 
+@pytest.mark.parametrize("chunk_from", ["argument", "cpu_default"])
 @pytest.mark.parametrize("head_outside", [True, False])
-def test_no_fp32_vocabulary_tensor_exceeds_one_chunk_and_none_is_kept_for_backward(head_outside):
+def test_no_fp32_vocabulary_tensor_exceeds_one_chunk_and_none_is_kept_for_backward(
+    head_outside, chunk_from, monkeypatch
+):
     """A 4,096-entry vocabulary, 8 rows x 48 tokens, chunks of 16 tokens: in the forward and backward
     passes no fp32 tensor of vocabulary width is larger than one chunk ``[16, V]`` and none is saved for
     the backward pass (each chunk is recomputed there); the straightforward computation creates and keeps
     ``[8, 48, V]`` ones. Without the head outside the forward (a family not known to allow it), the
-    model's own logits are the one vocabulary-wide tensor kept whole, in its dtype (bf16 here)."""
+    model's own logits are the one vocabulary-wide tensor kept whole, in its dtype (bf16 here). The chunk
+    is given as ``chunk_tokens``, or left to the CPU default (``CPU_LOGIT_CHUNK_ELEMENTS`` entries, set to
+    16 tokens' worth; the accelerators' ``LOGIT_CHUNK_ELEMENTS`` would hold every token at once)."""
     vocabulary, rows, tokens, chunk = 4096, 8, 48, 16
+    if chunk_from == "cpu_default":
+        monkeypatch.setattr(logprobs_module, "CPU_LOGIT_CHUNK_ELEMENTS", chunk * vocabulary)
+        assert rows * tokens * vocabulary <= logprobs_module.LOGIT_CHUNK_ELEMENTS
     torch.manual_seed(0)
     config = Qwen2Config(
         vocab_size=vocabulary, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -235,7 +243,12 @@ def test_no_fp32_vocabulary_tensor_exceeds_one_chunk_and_none_is_kept_for_backwa
     mask = torch.ones_like(ids)
     rollout = Rollout(ids, mask, mask[:, 4:], 4, [""] * rows)
     for name, compute in (
-        ("chunked", lambda: token_logprobs(model, rollout, chunk_tokens=chunk)),
+        (
+            "chunked",
+            lambda: token_logprobs(
+                model, rollout, chunk_tokens=None if chunk_from == "cpu_default" else chunk
+            ),
+        ),
         ("straightforward", lambda: full_vocabulary_logprobs(model, rollout, 1.0)),
     ):
         recorder = VocabularyTensors(vocabulary, model)
