@@ -34,6 +34,7 @@ from rgra_lightning.evaluation import (
     update_evaluation_metrics,
 )
 from rgra_lightning.experience import Experience, PromptBatch, make_experience
+from rgra_lightning.host_memory import keep_freed_host_memory
 from rgra_lightning.logprobs import logprobs_without_grad
 from rgra_lightning.losses import LossConfig
 from rgra_lightning.metrics import TRAIN_REDUCTIONS, log_training_metrics, training_metrics
@@ -193,7 +194,10 @@ class RLModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         """Load the frozen reference copy for ``fit`` only: evaluation and prediction never need it. It is
-        here before Lightning moves the module to its device, shards it and restores a checkpoint."""
+        here before Lightning moves the module to its device, shards it and restores a checkpoint. On CPU,
+        let the C library reuse freed tensor memory (``host_memory``)."""
+        if self._trainer is not None and self.trainer.strategy.root_device.type == "cpu":
+            keep_freed_host_memory()
         hp = self.hparams
         if stage == "fit" and self.reference is None and self.loss_config.needs_reference and hp.lora is None:
             self.reference = freeze(load_causal_lm(hp.model_path, hp.gguf_file, hp.dtype))
