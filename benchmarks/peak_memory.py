@@ -14,7 +14,8 @@ and reports its peak resident memory (on a GPU, ``torch.cuda.max_memory_allocate
 process held when training started. On CPU the children run with glibc's mmap threshold fixed at 1 MiB
 (``MALLOC_MMAP_THRESHOLD_``): with glibc's default, which rises to the size of each freed block, the
 decoding loop's freed ``[rows, vocab]`` blocks stay in the heap, and resident memory grew by 3 GB over 256
-decoding steps of memory that was no longer in use, more than the log-probs' own peak.
+decoding steps of memory that was no longer in use, more than the log-probs' own peak. (With the variable
+set, the trainer leaves the allocator as it is: ``rgra_lightning.host_memory``.)
 
 Two computations of the log-probs (``--paths``):
   chunked  what the trainer does (``rgra_lightning.logprobs.token_logprobs``): the forward stops before the

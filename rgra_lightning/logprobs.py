@@ -39,11 +39,12 @@ PLAIN_HEAD_MODEL_TYPES = frozenset(
 )
 # fp32 entries of one chunk of logits (128 MiB): 220 tokens at Qwen2.5's 151,936-token vocabulary.
 LOGIT_CHUNK_ELEMENTS = 1 << 25
-# On CPU a quarter of that (32 MiB). glibc's malloc hands every block over 32 MiB straight to the kernel, so
-# each [C, V] tensor of a larger chunk was fresh pages, faulted in again at every chunk; a smaller chunk
-# also stays nearer the caches between the log-softmax's passes over it. Smaller still reads the head's
-# weight once per chunk more often: on SmolLM2-135M (768 tokens, 49,152 entries) the head, log-softmax
-# and backward took 2.3 s at 2^23, 2.5 s at 2^22 and 3.3 s at 2^25 (docs/scaling.md).
+# On CPU one token more than 2^23 entries (32 MiB): near the caches between the log-softmax's passes over
+# a chunk, and each [C, V] tensor just over glibc's largest mmap threshold, so that malloc never keeps it in
+# its heap, where the small tensors a chunk leaves alive would split each freed chunk's hole and the heap
+# would grow by a chunk per chunk (host_memory). Smaller chunks read the head's weight more often: on
+# SmolLM2-135M (768 tokens, 49,152 entries) the head, log-softmax and backward took 2.3 s at 2^23 entries,
+# 2.5 s at 2^22 and 3.3 s at 2^25 (docs/scaling.md).
 CPU_LOGIT_CHUNK_ELEMENTS = 1 << 23
 
 MicroBatch = slice | Tensor  # a step-1 slice of rows, or row indices [n]
@@ -254,10 +255,11 @@ def token_logprobs(
     entropy (nats) is computed without gradient: it is a diagnostic, not part of the loss.
 
     Memory: the fp32 log-softmax runs on ``chunk_tokens`` positions at a time (default: as many as fit
-    ``LOGIT_CHUNK_ELEMENTS`` fp32 entries, ``CPU_LOGIT_CHUNK_ELEMENTS`` on CPU). With gradient and more
-    than one chunk, each chunk is checkpointed (its head and log-softmax run again in the backward pass), so
-    only one chunk's ``[chunk_tokens, V]`` tensors are alive at any time; the model's hidden states are the
-    only per-token tensors kept. ``trim=False`` runs the whole padded width (for comparisons).
+    ``LOGIT_CHUNK_ELEMENTS`` fp32 entries; on CPU one more than fit ``CPU_LOGIT_CHUNK_ELEMENTS``). With
+    gradient and more than one chunk, each chunk is checkpointed (its head and log-softmax run again in the
+    backward pass), so only one chunk's ``[chunk_tokens, V]`` tensors are alive at any time; the model's
+    hidden states are the only per-token tensors kept. ``trim=False`` runs the whole padded width (for
+    comparisons).
     """
     width = rollout.completion_mask.shape[1]
     rows = trim_padding(rollout) if trim else rollout
@@ -269,8 +271,10 @@ def token_logprobs(
     else:  # the logits exist already, padding included: chunk over every position
         inputs, targets = features.flatten(0, 1), rows.completion_ids.flatten()
         vocabulary = features.shape[-1]
-    elements = CPU_LOGIT_CHUNK_ELEMENTS if inputs.device.type == "cpu" else LOGIT_CHUNK_ELEMENTS
-    chunk = chunk_tokens or max(1, elements // vocabulary)
+    if inputs.device.type == "cpu":
+        chunk = chunk_tokens or CPU_LOGIT_CHUNK_ELEMENTS // vocabulary + 1
+    else:
+        chunk = chunk_tokens or max(1, LOGIT_CHUNK_ELEMENTS // vocabulary)
     checkpointed = torch.is_grad_enabled() and inputs.requires_grad and len(inputs) > chunk
     values, entropies = [], []
     for piece, target in zip(inputs.split(chunk), targets.split(chunk), strict=True):

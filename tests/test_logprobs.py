@@ -223,11 +223,12 @@ def test_no_fp32_vocabulary_tensor_exceeds_one_chunk_and_none_is_kept_for_backwa
     the backward pass (each chunk is recomputed there); the straightforward computation creates and keeps
     ``[8, 48, V]`` ones. Without the head outside the forward (a family not known to allow it), the
     model's own logits are the one vocabulary-wide tensor kept whole, in its dtype (bf16 here). The chunk
-    is given as ``chunk_tokens``, or left to the CPU default (``CPU_LOGIT_CHUNK_ELEMENTS`` entries, set to
-    16 tokens' worth; the accelerators' ``LOGIT_CHUNK_ELEMENTS`` would hold every token at once)."""
+    is given as ``chunk_tokens``, or left to the CPU default (one token more than ``CPU_LOGIT_CHUNK_ELEMENTS``
+    entries, set to 15 tokens' worth; the accelerators' ``LOGIT_CHUNK_ELEMENTS`` would hold every token at
+    once)."""
     vocabulary, rows, tokens, chunk = 4096, 8, 48, 16
     if chunk_from == "cpu_default":
-        monkeypatch.setattr(logprobs_module, "CPU_LOGIT_CHUNK_ELEMENTS", chunk * vocabulary)
+        monkeypatch.setattr(logprobs_module, "CPU_LOGIT_CHUNK_ELEMENTS", (chunk - 1) * vocabulary)
         assert rows * tokens * vocabulary <= logprobs_module.LOGIT_CHUNK_ELEMENTS
     torch.manual_seed(0)
     config = Qwen2Config(
