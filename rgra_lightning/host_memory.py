@@ -13,7 +13,7 @@ up to that size are reused. Larger blocks, such as a CPU logit chunk's ``[C, V]`
 ``logprobs.CPU_LOGIT_CHUNK_ELEMENTS``), stay mmapped on purpose: kept in the heap, the small tensors a
 chunk leaves alive (its log-probs, autograd's records) land in the hole each freed chunk leaves, the
 next chunk no longer fits there, and the heap grows by a chunk per chunk: 5.8-6.1 GB resident instead of
-0.6 GB for one step of 32 x 256 tokens at Qwen2.5's vocabulary. The price of the rest: the process keeps
+0.5 GB for one step of 32 x 256 tokens at Qwen2.5's vocabulary. The price of the rest: the process keeps
 the most memory it has held in blocks under 16 MiB. The trainer calls it when it runs on CPU
 (``RLModule.setup``). It leaves the allocator alone where the environment configures it (any
 ``MALLOC_*`` variable, or ``glibc.malloc`` in ``GLIBC_TUNABLES``: how ``benchmarks/peak_memory.py``

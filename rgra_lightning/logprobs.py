@@ -271,10 +271,12 @@ def token_logprobs(
     else:  # the logits exist already, padding included: chunk over every position
         inputs, targets = features.flatten(0, 1), rows.completion_ids.flatten()
         vocabulary = features.shape[-1]
-    if inputs.device.type == "cpu":
-        chunk = chunk_tokens or CPU_LOGIT_CHUNK_ELEMENTS // vocabulary + 1
+    if chunk_tokens:
+        chunk = chunk_tokens
+    elif inputs.device.type == "cpu":
+        chunk = CPU_LOGIT_CHUNK_ELEMENTS // vocabulary + 1
     else:
-        chunk = chunk_tokens or max(1, LOGIT_CHUNK_ELEMENTS // vocabulary)
+        chunk = max(1, LOGIT_CHUNK_ELEMENTS // vocabulary)
     checkpointed = torch.is_grad_enabled() and inputs.requires_grad and len(inputs) > chunk
     values, entropies = [], []
     for piece, target in zip(inputs.split(chunk), targets.split(chunk), strict=True):

@@ -132,12 +132,10 @@ def _decode(
         check_interval = 1
     states: list[Tensor] = []  # the generator's state after each step since the last check
     finished = torch.zeros(rows, dtype=torch.bool, device=logits.device)
-    # Written in place: a small tensor kept per step would land in the hole a freed [N, V] block left on
-    # CPU, so that the next step's block no longer fits there and the heap grows by one block a step.
-    tokens = torch.full((rows, config.max_new_tokens), pad_id, dtype=torch.long, device=logits.device)
+    tokens = []
     for step in range(config.max_new_tokens):
         token = next_tokens(logits, None if greedy else config, stop_ids, step).masked_fill(finished, pad_id)
-        tokens[:, step] = token
+        tokens.append(token)
         if generator is not None:
             states.append(generator.get_state())
         finished |= torch.isin(token, stop_ids)
@@ -157,8 +155,7 @@ def _decode(
                 cache=cache,
                 use_cache=True,
             ).logits[:, -1]
-    decoded = step + 1
-    completion = tokens[:, :decoded]
+    completion = torch.stack(tokens, dim=1)
     if check_interval == 1:
         return completion
     # Decoding stopped at a check or at max_new_tokens; with every row finished, the steps after the last
@@ -167,6 +164,6 @@ def _decode(
     if not bool(stops.any(dim=1).all()):
         return completion
     length = int(stops.int().argmax(dim=1).max()) + 1
-    if generator is not None and length < decoded:
-        generator.set_state(states[length - 1 - (decoded - len(states))])
+    if generator is not None and length < len(tokens):
+        generator.set_state(states[length - 1 - (len(tokens) - len(states))])
     return completion[:, :length]
