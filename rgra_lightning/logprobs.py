@@ -9,8 +9,9 @@ own longest completion, and prompt columns that are padding in all of its rows a
 (``trim_padding``). Second, the full-vocabulary logits are never held at once: for the model families in
 ``PLAIN_HEAD_MODEL_TYPES`` the forward pass stops before the output head, and the head, the fp32
 log-softmax, the gather of the sampled token and the entropy run on chunks of the real completion tokens'
-hidden states (with gradient, each chunk is recomputed in the backward pass instead of being kept). Other
-models return their logits (in their own dtype), and the fp32 part runs chunk by chunk on those.
+hidden states, each chunk's logits recomputed in the backward pass instead of being kept: fused in one
+autograd function (``fused_head``) where the head is a plain linear layer, else each chunk checkpointed.
+Other models return their logits (in their own dtype), and the fp32 part runs chunk by chunk on those.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from transformers import Cache, PreTrainedModel
 
 from rgra_lightning.distributed import is_sharded
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.fused_head import head_token_logprobs
 from rgra_lightning.prompt_cache import distinct_prompts, position_ids, repeatable
 from rgra_lightning.rollout import Rollout
 
@@ -44,7 +46,8 @@ LOGIT_CHUNK_ELEMENTS = 1 << 25
 # its heap, where the small tensors a chunk leaves alive would split each freed chunk's hole and the heap
 # would grow by a chunk per chunk (host_memory). Smaller chunks read the head's weight more often: on
 # SmolLM2-135M (768 tokens, 49,152 entries) the head, log-softmax and backward took 2.3 s at 2^23 entries,
-# 2.5 s at 2^22 and 3.3 s at 2^25 (docs/scaling.md).
+# 2.5 s at 2^22 and 3.3 s at 2^25 (docs/scaling.md); fused (``fused_head``), 2.2 s at 2^23, 2.3 at 2^24,
+# 2.5 at 2^22 and 2.6 at 2^25.
 CPU_LOGIT_CHUNK_ELEMENTS = 1 << 23
 
 MicroBatch = slice | Tensor  # a step-1 slice of rows, or row indices [n]
@@ -140,6 +143,18 @@ def output_head(model: PreTrainedModel) -> nn.Module | None:
         return None
     head = model.get_output_embeddings()
     return head if isinstance(head, nn.Module) else None
+
+
+def fusable_head(model: nn.Module, head: nn.Module | None) -> bool:
+    """Whether the log-probs may be computed from ``head``'s weight directly (``fused_head``): a plain
+    ``nn.Linear`` without bias or hooks (not a LoRA-wrapped head), outside FSDP2 (whose sharded head
+    gathers its weight in a hook)."""
+    return (
+        type(head) is nn.Linear
+        and head.bias is None
+        and not (head._forward_hooks or head._forward_pre_hooks)
+        and not is_sharded(model)
+    )
 
 
 def _forward(model: PreTrainedModel, head: nn.Module | None, **inputs: Any) -> tuple[Tensor, Cache | None]:
@@ -256,9 +271,10 @@ def token_logprobs(
 
     Memory: the fp32 log-softmax runs on ``chunk_tokens`` positions at a time (default: as many as fit
     ``LOGIT_CHUNK_ELEMENTS`` fp32 entries; on CPU one more than fit ``CPU_LOGIT_CHUNK_ELEMENTS``). With
-    gradient and more than one chunk, each chunk is checkpointed (its head and log-softmax run again in the
-    backward pass), so only one chunk's ``[chunk_tokens, V]`` tensors are alive at any time; the model's
-    hidden states are the only per-token tensors kept. ``trim=False`` runs the whole padded width (for
+    gradient, each chunk's head and log-softmax run again in the backward pass (``fused_head`` for a
+    ``fusable_head``, else checkpointing where there is more than one chunk), so only one chunk's
+    ``[chunk_tokens, V]`` tensors are alive at any time; the model's hidden states are the only per-token
+    tensors kept. ``trim=False`` runs the whole padded width (for
     comparisons).
     """
     width = rollout.completion_mask.shape[1]
@@ -277,6 +293,10 @@ def token_logprobs(
         chunk = CPU_LOGIT_CHUNK_ELEMENTS // vocabulary + 1
     else:
         chunk = max(1, LOGIT_CHUNK_ELEMENTS // vocabulary)
+    if fusable_head(model, head):
+        values, entropy = head_token_logprobs(inputs, head.weight, targets, temperature, chunk, with_entropy)
+        token_logp = _place(values, real, False, width)
+        return token_logp, None if entropy is None else _place(entropy, real, False, width)
     checkpointed = torch.is_grad_enabled() and inputs.requires_grad and len(inputs) > chunk
     values, entropies = [], []
     for piece, target in zip(inputs.split(chunk), targets.split(chunk), strict=True):

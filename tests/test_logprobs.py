@@ -15,14 +15,21 @@ from transformers import (
 
 import rgra_lightning.logprobs as logprobs_module
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.logprobs import micro_batches, output_head, row_slices, token_logprobs, trim_padding
+from rgra_lightning.logprobs import (
+    fusable_head,
+    micro_batches,
+    output_head,
+    row_slices,
+    token_logprobs,
+    trim_padding,
+)
 from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.rollout import Rollout, SamplingConfig
 from rgra_lightning.rollout.base import completion_mask
 from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise, rounding_rtol
 from tests.conftest import sample as sample_rollout
 from tests.test_prompt_cache import full_vocabulary_logprobs, shared_prompt_models
-from tests.tiny_models import PROMPTS, tiny_dimensions
+from tests.tiny_models import PROMPTS, tiny_dimensions, tiny_policy
 
 # fp32 gradients: sums over 128 features, 40 positions and 12 rows x 12 tokens, in other orders.
 GRADIENT_RTOL = rounding_rtol(torch.float32, 128 * 40 * 12 * 12)
@@ -71,11 +78,15 @@ def test_token_logprobs_match_the_sampling_distribution():
 
 
 def models_under_test(tokenizer) -> dict[str, torch.nn.Module]:
-    """The prompt-cache models (Llama, Qwen2, LoRA, sliding window, a convolution hybrid) and Granite,
-    whose logits are scaled after the head, so its head must not be applied outside the forward."""
+    """The prompt-cache models (Llama, Qwen2, LoRA, sliding window, a convolution hybrid); Granite, whose
+    logits are scaled after the head, so its head must not be applied outside the forward; and Llama with a
+    forward hook on its head, which is then applied outside the forward but through its own forward, each
+    chunk checkpointed, not fused (``fusable_head``)."""
     granite = GraniteConfig(**tiny_dimensions(tokenizer), num_attention_heads=4, logits_scaling=4.0)
     torch.manual_seed(0)
-    return shared_prompt_models(tokenizer) | {"granite": GraniteForCausalLM(granite)}
+    hooked = tiny_policy("llama", tokenizer)
+    hooked.lm_head.register_forward_hook(lambda module, args, output: output)
+    return shared_prompt_models(tokenizer) | {"granite": GraniteForCausalLM(granite), "hooked-head": hooked}
 
 
 def varied_rollout(policy, tokenizer) -> Rollout:
@@ -101,7 +112,9 @@ def logprobs_and_gradients(
     return logp.detach(), entropy, gradients
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "llama-lora", "sliding-window", "hybrid", "granite"])
+@pytest.mark.parametrize(
+    "kind", ["llama", "qwen2", "llama-lora", "sliding-window", "hybrid", "granite", "hooked-head"]
+)
 def test_chunked_logprobs_and_gradients_equal_the_full_vocabulary_computation(kind):
     """Chunks of 5 tokens (about 30 per rollout, each checkpointed), the head applied outside the forward
     where the family allows it, each prompt encoded once per group, padding trimmed: the log-probs, the
@@ -109,7 +122,8 @@ def test_chunked_logprobs_and_gradients_equal_the_full_vocabulary_computation(ki
     completion's end are 0."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = models_under_test(tokenizer)[kind]
-    assert (output_head(policy) is None) == (kind in ("granite",))
+    assert (output_head(policy) is None) == (kind == "granite")
+    assert fusable_head(policy, output_head(policy)) == (kind not in ("granite", "hooked-head"))
     rollout = varied_rollout(policy, tokenizer)
     policy.train()
     real = rollout.completion_mask.bool()

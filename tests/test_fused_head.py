@@ -1,0 +1,115 @@
+"""The output head fused with the log-softmax: hand-computed values, agreement with the straightforward
+computation (float32 and bfloat16 autocast, several chunks, frozen or trained head), and which heads
+take it."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rgra_lightning.fused_head import head_token_logprobs
+from rgra_lightning.logprobs import fusable_head
+from tests.conftest import assert_close_normwise, rounding_rtol
+
+
+def test_log_prob_entropy_and_gradients_of_a_hand_computed_case():
+    """Features [1, 0] and weight rows [0, 0], [ln 3, 0]: logits [0, ln 3], softmax [1/4, 3/4]. Target 1:
+    log-prob ln 3/4, entropy -(1/4 ln 1/4 + 3/4 ln 3/4). The log-prob's gradient on the logits is
+    onehot - softmax = [-1/4, 1/4], so on the features [-1/4, 1/4] @ W = [ln 3 / 4, 0] and on the weight
+    the outer product [-1/4, 1/4]^T [1, 0]."""
+    features = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    weight = torch.tensor([[0.0, 0.0], [math.log(3), 0.0]], requires_grad=True)
+    logp, entropy = head_token_logprobs(features, weight, torch.tensor([1]), 1.0, 4, True)
+    logp.sum().backward()
+    assert logp.item() == pytest.approx(math.log(0.75), abs=1e-6)
+    assert entropy.item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), abs=1e-6)
+    assert torch.allclose(features.grad, torch.tensor([[math.log(3) / 4, 0.0]]), atol=1e-6)
+    assert torch.allclose(weight.grad, torch.tensor([[-0.25, 0.0], [0.25, 0.0]]), atol=1e-6)
+
+
+def straightforward(features, weight, targets, temperature):
+    """The head, float32 logits, the full log-softmax, the targets' entries and the entropy."""
+    log_probs = torch.log_softmax(F.linear(features, weight).float() / temperature, dim=-1)
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+    return log_probs.gather(-1, targets[:, None]).squeeze(-1), entropy.detach()
+
+
+@pytest.mark.parametrize("trained_head", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_log_probs_and_gradients_equal_the_straightforward_computation(dtype, trained_head):
+    """11 tokens in chunks of 4 (the last one short), temperature 0.7, a weighted sum of both signs as the
+    loss: log-probs, entropy and gradients agree with the unfused computation, in float32 and under bfloat16
+    autocast (where both multiply in bfloat16 and normalise in float32)."""
+    torch.manual_seed(0)
+    tokens, hidden, vocabulary = 11, 16, 50
+    features = torch.randn(tokens, hidden, requires_grad=True)
+    weight = torch.randn(vocabulary, hidden, requires_grad=trained_head)
+    targets = torch.randint(0, vocabulary, (tokens,))
+    loss_weights = torch.linspace(-1, 1, tokens)
+    results = []
+    for fused in (True, False):
+        features.grad = weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            if fused:
+                logp, entropy = head_token_logprobs(features, weight, targets, 0.7, 4, True)
+            else:
+                logp, entropy = straightforward(features, weight, targets, 0.7)
+        (logp * loss_weights).sum().backward()
+        results.append((logp.detach(), entropy, features.grad, weight.grad))
+    (logp, entropy, grad_features, grad_weight), (logp_0, entropy_0, grad_features_0, grad_weight_0) = results
+    assert logp.dtype == entropy.dtype == torch.float32 and not entropy.requires_grad
+    # float32: sums of 16 products and of 50 softmax terms in other orders; bfloat16: one rounding step of
+    # the multiply's products, which both round to bfloat16 (the weight's gradient sums each chunk's)
+    rtol = rounding_rtol(dtype, hidden * vocabulary) if dtype == torch.float32 else torch.finfo(dtype).eps
+    assert_close_normwise(logp, logp_0, rtol, "log-probs")
+    assert_close_normwise(entropy, entropy_0, rtol, "entropy")
+    assert_close_normwise(grad_features, grad_features_0, rtol, "feature gradient")
+    assert (grad_weight is None) == (not trained_head)
+    if trained_head:
+        assert_close_normwise(grad_weight, grad_weight_0, rtol, "weight gradient")
+
+
+def test_under_autocast_the_multiply_rounds_as_autocast_rounds_it():
+    """Weight rows [1, 0] and [1 + 2^-10, 0]: in float32 the two logits differ by 2^-10, so the target's
+    log-prob is ln(1/2) + about 2^-11; in bfloat16 the second row rounds to 1 and it is ln(1/2) exactly,
+    as under the unfused head."""
+    features, targets = torch.tensor([[1.0, 0.0]]), torch.tensor([1])
+    weight = torch.tensor([[1.0, 0.0], [1.0 + 2**-10, 0.0]])
+    full, _ = head_token_logprobs(features, weight, targets, 1.0, 1, False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded, _ = head_token_logprobs(features, weight, targets, 1.0, 1, False)
+        unfused, _ = straightforward(features, weight, targets, 1.0)
+    assert full.item() == pytest.approx(math.log(0.5) + 2**-11, abs=1e-6)
+    assert rounded.item() == unfused.item() == pytest.approx(math.log(0.5), abs=1e-7)
+
+
+def test_without_entropy_or_gradient():
+    """``with_entropy=False`` gives None; without gradient the log-probs are the same."""
+    torch.manual_seed(0)
+    features, weight, targets = torch.randn(5, 8), torch.randn(30, 8), torch.randint(0, 30, (5,))
+    logp, entropy = head_token_logprobs(features, weight, targets, 1.0, 2, False)
+    with torch.no_grad():
+        again, _ = head_token_logprobs(features, weight, targets, 1.0, 3, True)
+    assert entropy is None and not logp.requires_grad
+    assert_close_normwise(logp, straightforward(features, weight, targets, 1.0)[0], 1e-5)
+    assert_close_normwise(again, logp, 1e-6)
+
+
+def test_only_a_plain_bias_free_linear_head_without_hooks_is_fused():
+    """A LoRA-wrapped head, a head with a bias and one with a forward hook run through their forward."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    model = nn.Sequential(nn.Linear(4, 4, bias=False))
+    assert fusable_head(model, model[0])
+    assert not fusable_head(model, nn.Linear(4, 4))
+    assert not fusable_head(model, None)
+    hooked = nn.Linear(4, 4, bias=False)
+    hooked.register_forward_pre_hook(lambda module, args: args)
+    assert not fusable_head(model, hooked)
+    peft_model = get_peft_model(
+        nn.Sequential(nn.Linear(4, 4, bias=False)), PeftLoraConfig(target_modules=["0"])
+    )
+    assert not fusable_head(peft_model, peft_model.base_model.model[0])
