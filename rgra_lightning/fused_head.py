@@ -1,16 +1,17 @@
 """Log-probs of the sampled tokens straight from the output head's input, the head's multiply and the
 log-softmax fused chunk by chunk, so that no more than one chunk of logits ever exists.
 
-The straightforward way (the head, ``float()``, ``log_softmax``, ``gather``; each chunk checkpointed so
-that its logits are not kept for the backward pass) runs the head's multiply twice per chunk before its
-backward pass and allocates about five ``[C, V]`` tensors each time, every one freshly zeroed by the
-operating system on CPU. Here the forward pass keeps only each token's log-normaliser ``[M]``; the backward
-pass computes each chunk's logits once more and turns them in place into the gradient of the log-probs,
-``g (onehot(target) - softmax) / temperature``, then multiplies it by the weight (the features' gradient)
-and, when the head trains (a tied embedding in full fine-tuning), by the features (the weight's). Two
-``[C, V]`` buffers are allocated per call and reused for every chunk. On SmolLM2-135M (768 tokens, 49,152
-entries, one CPU thread) the forward and backward passes took 1.9 s instead of 2.5 s with a frozen head and
-2.5 instead of 3.7 s with a trained one (docs/scaling.md).
+The straightforward way (the head, ``float()``, ``log_softmax``, ``gather``; each chunk checkpointed so that
+its logits are not kept for the backward pass) runs the head's multiply twice per chunk before its backward
+pass and allocates about five ``[C, V]`` tensors each time (on CPU each a fresh mapping that the kernel
+zeroes page by page, ``host_memory``). Here the forward pass keeps only each token's log-normaliser ``[M]``;
+the backward pass computes each chunk's logits once more and turns them in place into the gradient of the
+log-probs, ``g (onehot(target) - softmax) / temperature``, then multiplies it by the weight (the features'
+gradient) and, when the head trains (a tied embedding in full fine-tuning), by the features (the weight's).
+The ``[C, V]`` buffers (two float32 ones in the forward pass, one in the backward, and one more in the
+multiply's dtype under autocast) are allocated once per call and reused for every chunk. On SmolLM2-135M
+(768 tokens, 49,152 entries, one CPU thread) the forward and backward passes took 1.9 s instead of 2.5 s
+with a frozen head and 2.5 instead of 3.7 s with a trained one (docs/scaling.md).
 
 The rounding is the straightforward way's: the multiply in the autocast dtype where autocast is on (else in
 the weights' dtype), the logits then cast to float32, divided by the temperature, normalised in float32;
