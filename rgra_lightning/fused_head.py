@@ -22,6 +22,8 @@ Shapes: M tokens, H features, V vocabulary entries, C tokens per chunk.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -47,17 +49,27 @@ def head_token_logprobs(
 
 
 def _chunk_logits(
-    features: Tensor, weight: Tensor, temperature: float, out: Tensor, low: Tensor | None
-) -> None:
-    """``out`` ``[C, V]`` float32 <- ``features @ weight^T / temperature``, multiplied in ``weight``'s dtype
-    (into ``low`` ``[C, V]`` first when that is not float32)."""
-    if low is None:
-        torch.mm(features, weight.T, out=out)
-    else:
-        torch.mm(features, weight.T, out=low)
-        out.copy_(low)
-    if temperature != 1.0:
-        out.div_(temperature)
+    features: Tensor, weight: Tensor, temperature: float, chunk_tokens: int
+) -> Iterator[tuple[slice, Tensor, Tensor, Tensor | None]]:
+    """For each chunk of ``chunk_tokens`` tokens of ``features`` ``[M, H]``: its token slice, its features
+    ``[C, H]``, and its logits ``features @ weight^T / temperature`` ``[C, V]`` in float32, multiplied in
+    ``weight``'s dtype and, when that is not float32, also as that product ``[C, V]`` (else None). Each
+    chunk's logits overwrite the previous chunk's: one buffer per call."""
+    tokens, vocabulary = features.shape[0], weight.shape[0]
+    logits = features.new_empty(min(chunk_tokens, tokens), vocabulary, dtype=torch.float32)
+    low = None if weight.dtype == torch.float32 else torch.empty_like(logits, dtype=weight.dtype)
+    for start in range(0, tokens, chunk_tokens):
+        part = slice(start, start + chunk_tokens)
+        x = features[part]
+        z, product = logits[: x.shape[0]], None
+        if low is None:
+            torch.mm(x, weight.T, out=z)
+        else:
+            product = torch.mm(x, weight.T, out=low[: x.shape[0]])
+            z.copy_(product)
+        if temperature != 1.0:
+            z.div_(temperature)
+        yield part, x, z, product
 
 
 class _FusedHeadLogProbs(torch.autograd.Function):
@@ -74,22 +86,17 @@ class _FusedHeadLogProbs(torch.autograd.Function):
         dtype: torch.dtype,
         with_entropy: bool,
     ) -> tuple[Tensor, Tensor]:
-        tokens, vocabulary = features.shape[0], weight.shape[0]
+        tokens = features.shape[0]
         with torch.autocast(features.device.type, enabled=False):
             low_features, low_weight = features.to(dtype), weight.to(dtype)
-            rows = min(chunk_tokens, tokens)
-            logits = features.new_empty(rows, vocabulary, dtype=torch.float32)
-            low = None if dtype == torch.float32 else torch.empty_like(logits, dtype=dtype)
-            exps = torch.empty_like(logits) if with_entropy else None
-            logp = logits.new_empty(tokens)
-            entropy = logits.new_zeros(tokens)
-            normaliser = logits.new_empty(tokens)  # log sum exp of each token's logits
-            for start in range(0, tokens, chunk_tokens):
-                part = slice(start, start + chunk_tokens)
-                x = low_features[part]
+            exps = None
+            if with_entropy:
+                exps = features.new_empty(min(chunk_tokens, tokens), weight.shape[0], dtype=torch.float32)
+            logp = features.new_empty(tokens, dtype=torch.float32)
+            entropy = torch.zeros_like(logp)
+            normaliser = torch.empty_like(logp)  # log sum exp of each token's logits
+            for part, x, z, _ in _chunk_logits(low_features, low_weight, temperature, chunk_tokens):
                 count = x.shape[0]
-                z = logits[:count]
-                _chunk_logits(x, low_weight, temperature, z, None if low is None else low[:count])
                 shift = z.amax(dim=-1, keepdim=True)
                 z.sub_(shift)  # z = logits - max: exp cannot overflow
                 picked = z.gather(1, targets[part, None]).squeeze(1)
@@ -114,29 +121,19 @@ class _FusedHeadLogProbs(torch.autograd.Function):
         features, weight, targets, normaliser = ctx.saved_tensors
         temperature, chunk_tokens, dtype = ctx.temperature, ctx.chunk_tokens, ctx.dtype
         needs_features, needs_weight = ctx.needs_input_grad[:2]
-        tokens, vocabulary = features.shape[0], weight.shape[0]
         with torch.autocast(features.device.type, enabled=False):
             low_features, low_weight = features.to(dtype), weight.to(dtype)
-            logits = features.new_empty(min(chunk_tokens, tokens), vocabulary, dtype=torch.float32)
-            low = None if dtype == torch.float32 else torch.empty_like(logits, dtype=dtype)
             grad_features = torch.empty_like(low_features) if needs_features else None
             grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_weight else None
             scale = grad_logp.float() / temperature  # d logits / d (logits / temperature)
-            for start in range(0, tokens, chunk_tokens):
-                part = slice(start, start + chunk_tokens)
-                x = low_features[part]
-                count = x.shape[0]
-                z = logits[:count]
-                _chunk_logits(x, low_weight, temperature, z, None if low is None else low[:count])
+            for part, x, z, product in _chunk_logits(low_features, low_weight, temperature, chunk_tokens):
                 # d logp[target] / d logits = onehot(target) - softmax, times the incoming gradient
                 z.sub_(normaliser[part, None]).exp_().mul_(-scale[part, None])
                 z.scatter_add_(1, targets[part, None], scale[part, None])
-                grad = z
-                if low is not None:
-                    grad = low[:count].copy_(z)
+                grad = z if product is None else product.copy_(z)
                 if grad_features is not None:
                     torch.mm(grad, low_weight, out=grad_features[part])
-                if grad_weight is not None and low is None:
+                if grad_weight is not None and product is None:
                     grad_weight.addmm_(grad.T, x)
                 elif grad_weight is not None:  # each chunk's product in the multiply's dtype, summed in fp32
                     grad_weight += torch.mm(grad.T, x)

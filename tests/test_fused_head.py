@@ -37,32 +37,38 @@ def straightforward(features, weight, targets, temperature):
 
 
 @pytest.mark.parametrize("trained_head", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_log_probs_and_gradients_equal_the_straightforward_computation(dtype, trained_head):
+@pytest.mark.parametrize("precision", ["float32", "autocast", "bfloat16"])
+def test_fused_log_probs_and_gradients_equal_the_straightforward_computation(precision, trained_head):
     """11 tokens in chunks of 4 (the last one short), temperature 0.7, a weighted sum of both signs as the
-    loss: log-probs, entropy and gradients agree with the unfused computation, in float32 and under bfloat16
-    autocast (where both multiply in bfloat16 and normalise in float32)."""
+    loss: log-probs, entropy and gradients agree with the unfused computation, in float32, under bfloat16
+    autocast and with bfloat16 features and weight (in both, the two multiply in bfloat16 and normalise in
+    float32)."""
     torch.manual_seed(0)
     tokens, hidden, vocabulary = 11, 16, 50
-    features = torch.randn(tokens, hidden, requires_grad=True)
-    weight = torch.randn(vocabulary, hidden, requires_grad=trained_head)
+    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    features = torch.randn(tokens, hidden).to(dtype).requires_grad_()
+    weight = torch.randn(vocabulary, hidden).to(dtype).requires_grad_(trained_head)
     targets = torch.randint(0, vocabulary, (tokens,))
     loss_weights = torch.linspace(-1, 1, tokens)
     results = []
     for fused in (True, False):
         features.grad = weight.grad = None
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "autocast"):
             if fused:
                 logp, entropy = head_token_logprobs(features, weight, targets, 0.7, 4, True)
             else:
                 logp, entropy = straightforward(features, weight, targets, 0.7)
         (logp * loss_weights).sum().backward()
-        results.append((logp.detach(), entropy, features.grad, weight.grad))
+        gradients = [None if g is None else g.float() for g in (features.grad, weight.grad)]
+        results.append((logp.detach(), entropy, *gradients))
     (logp, entropy, grad_features, grad_weight), (logp_0, entropy_0, grad_features_0, grad_weight_0) = results
     assert logp.dtype == entropy.dtype == torch.float32 and not entropy.requires_grad
     # float32: sums of 16 products and of 50 softmax terms in other orders; bfloat16: one rounding step of
     # the multiply's products, which both round to bfloat16 (the weight's gradient sums each chunk's)
-    rtol = rounding_rtol(dtype, hidden * vocabulary) if dtype == torch.float32 else torch.finfo(dtype).eps
+    if precision == "float32":
+        rtol = rounding_rtol(torch.float32, hidden * vocabulary)
+    else:
+        rtol = torch.finfo(torch.bfloat16).eps
     assert_close_normwise(logp, logp_0, rtol, "log-probs")
     assert_close_normwise(entropy, entropy_0, rtol, "entropy")
     assert_close_normwise(grad_features, grad_features_0, rtol, "feature gradient")
