@@ -5,7 +5,7 @@
 #   device run: command "bash benchmarks/gpu_check.sh core", carry [".whl"], timeout_s 540
 #   then "bash benchmarks/gpu_check.sh lora paper" (and "vllm" where the image has vllm)
 # With no argument it runs every part. It prints (and writes to $OUT/gpu_check.log, else /tmp/gpu_check.log):
-#   core  (about 7 min) the throughput comparison with TRL on a randomly initialised Qwen2.5-0.5B, bf16, and
+#   core  (about 7 min) the fused head's tests on CUDA; the throughput comparison with TRL on a randomly initialised Qwen2.5-0.5B, bf16, and
 #         our step split; peak GPU memory of a step against model.micro_batch_size (Qwen2.5's vocabulary) at
 #         64 and 512 tokens; the default config trained for 30 updates (the whole CLI path);
 #   lora  the same throughput comparison with LoRA rank 128 (the HF engine's fast decoder, adapters applied as peft does);
@@ -41,6 +41,7 @@ section() {  # a title, then the command; its output goes to the terminal and th
 section versions python3 -c "import torch, transformers, lightning, datasets, trl; print(torch.__version__, \
 transformers.__version__, lightning.__version__, trl.__version__, torch.cuda.get_device_name())"
 if want core; then
+  section "fused head on CUDA" timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_fused_head.py
   section throughput python3 benchmarks/throughput.py --device cuda --dtype bfloat16 \
     --random-init qwen2.5-0.5b --runs 5 --steps 6 --warmup 2
   section "peak memory, 64 tokens" python3 benchmarks/peak_memory.py --device cuda

@@ -36,9 +36,19 @@ def straightforward(features, weight, targets, temperature):
     return log_probs.gather(-1, targets[:, None]).squeeze(-1), entropy.detach()
 
 
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gpu_check.sh runs it)"),
+    ),
+]
+
+
 @pytest.mark.parametrize("trained_head", [True, False])
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision", ["float32", "autocast", "bfloat16"])
-def test_fused_log_probs_and_gradients_equal_the_straightforward_computation(precision, trained_head):
+def test_fused_log_probs_and_gradients_equal_the_straightforward_computation(precision, trained_head, device):
     """11 tokens in chunks of 4 (the last one short), temperature 0.7, a weighted sum of both signs as the
     loss: log-probs, entropy and gradients agree with the unfused computation, in float32, under bfloat16
     autocast and with bfloat16 features and weight (in both, the two multiply in bfloat16 and normalise in
@@ -46,14 +56,14 @@ def test_fused_log_probs_and_gradients_equal_the_straightforward_computation(pre
     torch.manual_seed(0)
     tokens, hidden, vocabulary = 11, 16, 50
     dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
-    features = torch.randn(tokens, hidden).to(dtype).requires_grad_()
-    weight = torch.randn(vocabulary, hidden).to(dtype).requires_grad_(trained_head)
-    targets = torch.randint(0, vocabulary, (tokens,))
-    loss_weights = torch.linspace(-1, 1, tokens)
+    features = torch.randn(tokens, hidden).to(device, dtype).requires_grad_()
+    weight = torch.randn(vocabulary, hidden).to(device, dtype).requires_grad_(trained_head)
+    targets = torch.randint(0, vocabulary, (tokens,)).to(device)
+    loss_weights = torch.linspace(-1, 1, tokens, device=device)
     results = []
     for fused in (True, False):
         features.grad = weight.grad = None
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "autocast"):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "autocast"):
             if fused:
                 logp, entropy = head_token_logprobs(features, weight, targets, 0.7, 4, True)
             else:
