@@ -274,8 +274,7 @@ def token_logprobs(
     gradient, each chunk's head and log-softmax run again in the backward pass (``fused_head`` for a
     ``fusable_head``, else checkpointing where there is more than one chunk), so only one chunk's
     ``[chunk_tokens, V]`` tensors are alive at any time; the model's hidden states are the only per-token
-    tensors kept. ``trim=False`` runs the whole padded width (for
-    comparisons).
+    tensors kept. ``trim=False`` runs the whole padded width (for comparisons).
     """
     width = rollout.completion_mask.shape[1]
     rows = trim_padding(rollout) if trim else rollout
