@@ -5,9 +5,10 @@
 #   device run: command "bash benchmarks/gpu_check.sh core", carry [".whl"], timeout_s 540
 #   then "bash benchmarks/gpu_check.sh lora paper" (and "vllm" where the image has vllm)
 # With no argument it runs every part. It prints (and writes to $OUT/gpu_check.log, else /tmp/gpu_check.log):
-#   core  (about 7 min) the fused head's tests on CUDA; the throughput comparison with TRL on a randomly initialised Qwen2.5-0.5B, bf16, and
-#         our step split; peak GPU memory of a step against model.micro_batch_size (Qwen2.5's vocabulary) at
-#         64 and 512 tokens; the default config trained for 30 updates (the whole CLI path);
+#   core  (about 7 min) the fused head's tests on CUDA; the throughput comparison with TRL on a randomly
+#         initialised Qwen2.5-0.5B, bf16, and our step split; peak GPU memory of a step against
+#         model.micro_batch_size (Qwen2.5's vocabulary) at 64 and 512 tokens; the default config trained
+#         for 30 updates (the whole CLI path);
 #   lora  the same throughput comparison with LoRA rank 128 (the HF engine's fast decoder, adapters applied as peft does);
 #   vllm  VLLMEngine against TRL's colocated vLLM, the engine contract tests on real vLLM, and a 3-update
 #         fit with it and the TIS correction (vllm cannot be carried: far over 64 MiB; skipped without it);

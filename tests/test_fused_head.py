@@ -1,6 +1,6 @@
 """The output head fused with the log-softmax: hand-computed values, agreement with the straightforward
-computation (float32 and bfloat16 autocast, several chunks, frozen or trained head), and which heads
-take it."""
+computation (float32, bfloat16 autocast and bfloat16 weights, on CPU and, where present, CUDA; several
+chunks, frozen or trained head), the multiply's rounding under autocast, and which heads take it."""
 
 import math
 
