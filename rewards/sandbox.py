@@ -14,6 +14,11 @@ interpreter each). Either way it is safe to use from a process with threads, and
 caller -- DataLoader workers -- does not share them: a pool used in a forked child notices the new pid and
 starts its own workers. ``function`` must be a module-level function (it is pickled by reference). The fork
 server is one per process: the ``preload`` of the first pool that starts it applies to all.
+
+Workers do not import the caller's ``__main__`` module, which multiprocessing otherwise re-imports in every
+child of ``forkserver`` and ``spawn`` (``_without_main``): a training script's main imports torch and
+Lightning, which cost a worker seconds to start and hundreds of MB of memory. ``function`` and ``warmup``
+therefore must not live in ``__main__``.
 """
 
 from __future__ import annotations
@@ -25,10 +30,32 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing import spawn
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 STARTUP_TIMEOUT = 120.0
+WORKER_NAME = "rewards-sandbox-worker"  # how ``_without_main`` tells our workers from other processes
+
+
+def _without_main(get_preparation_data: Callable[[str], dict]) -> Callable[[str], dict]:
+    """Wraps ``multiprocessing.spawn.get_preparation_data`` (what a ``forkserver`` or ``spawn`` child sets
+    itself up from) so that for ``WORKER_NAME`` processes it leaves out the parent's ``__main__`` module.
+    multiprocessing has no option for this; the wrapper changes nothing for any other process."""
+
+    def preparation_data(name: str) -> dict:
+        data = get_preparation_data(name)
+        if name == WORKER_NAME:
+            data.pop("init_main_from_name", None)
+            data.pop("init_main_from_path", None)
+        return data
+
+    preparation_data.wrapped = get_preparation_data  # type: ignore[attr-defined]
+    return preparation_data
+
+
+if not hasattr(spawn.get_preparation_data, "wrapped"):  # once, even if this module is reloaded
+    spawn.get_preparation_data = _without_main(spawn.get_preparation_data)
 
 
 @dataclass(frozen=True)
@@ -89,7 +116,9 @@ class _Worker:
 
     def __init__(self, memory_mb: int, warmup: Callable[[], Any] | None, context: Any) -> None:
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, memory_mb, warmup), daemon=True)
+        self.process = context.Process(
+            target=_serve, args=(child, memory_mb, warmup), name=WORKER_NAME, daemon=True
+        )
         self.process.start()
         child.close()
         if not self.connection.poll(STARTUP_TIMEOUT) or self.connection.recv() != "ready":

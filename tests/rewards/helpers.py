@@ -29,3 +29,10 @@ def loaded(module: str) -> bool:
     import sys
 
     return module in sys.modules
+
+
+def main_file() -> str | None:
+    """The file of the calling (worker) process's ``__main__`` module, None when it has none."""
+    import sys
+
+    return getattr(sys.modules["__main__"], "__file__", None)

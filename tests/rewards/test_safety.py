@@ -129,6 +129,41 @@ def test_workers_are_forked_from_a_fork_server_that_preloaded_the_parser():
     assert result.stdout.strip() == "[True, True]", result.stderr
 
 
+def test_workers_do_not_import_the_callers_main_module(tmp_path):
+    """multiprocessing re-imports the parent's ``__main__`` in every forkserver or spawn child; a training
+    script's main imports torch, which would cost each worker seconds and hundreds of MB. Neither kind of
+    worker may import it."""
+    import multiprocessing
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    methods = [m for m in ("forkserver", "spawn") if m in multiprocessing.get_all_start_methods()]
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import multiprocessing\n"
+        "from rewards.sandbox import WorkerPool, _Worker\n"
+        "from tests.rewards.helpers import main_file\n"
+        "if __name__ == '__main__':\n"
+        "    pool = WorkerPool(workers=1, timeout=30)\n"
+        "    print('pool', pool.map(main_file, [()])[0].value)\n"
+        "    pool.close()\n"
+        f"    for method in {methods!r}:\n"
+        "        worker = _Worker(0, None, multiprocessing.get_context(method))\n"
+        "        worker.connection.send((main_file, ()))\n"
+        "        print(method, worker.connection.recv()[1])\n"
+        "        worker.kill()\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    expected = ["pool None"] + [f"{method} None" for method in methods]
+    assert result.stdout.split("\n")[:-1] == expected, result.stderr
+
+
 def test_a_forked_child_of_a_pool_user_still_gets_workers():
     """A DataLoader-style ``fork`` of a process whose pool runs on its fork server: the child cannot use that
     server (it is not the server's parent) and spawns its own workers, for the parent's pool and a new one."""
