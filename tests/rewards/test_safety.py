@@ -1,13 +1,28 @@
 """Hard limits: hostile answers return within the limit, without exceptions or side effects."""
 
 import json
+import multiprocessing
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from rewards import MathVerifier
 from rewards.sandbox import WorkerPool
 from tests.rewards.helpers import expand_power, shared_path
+
+
+def _run_script(folder: Path, text: str) -> subprocess.CompletedProcess:
+    """Runs ``text`` as the main script ``folder/main.py`` of a fresh interpreter that can import this
+    project; its output is captured."""
+    script = folder / "main.py"
+    script.write_text(text)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -107,25 +122,21 @@ def test_start_launches_every_worker_up_front():
         pool.close()
 
 
-def test_workers_are_forked_from_a_fork_server_that_preloaded_the_parser():
+def test_workers_are_forked_from_a_fork_server_that_preloaded_the_parser(tmp_path):
     """In a fresh interpreter (the fork server is one per process): a worker of a pool with ``preload`` finds
     sympy imported before its first call, so starting or replacing a worker costs no imports."""
-    import multiprocessing
-    import subprocess
-    import sys
-
     if "forkserver" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork server on this platform: workers are spawned")
-    script = (
+    result = _run_script(
+        tmp_path,
         "from rewards.sandbox import WorkerPool\n"
         "from tests.rewards.helpers import loaded\n"
         "if __name__ == '__main__':\n"
         "    pool = WorkerPool(workers=1, timeout=30, preload=('rewards.preload',))\n"
         "    modules = [('sympy',), ('latex2sympy2_extended.latex2sympy2',)]\n"
         "    print([o.value for o in pool.map(loaded, modules)])\n"
-        "    pool.close()\n"
+        "    pool.close()\n",
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[True, True]", result.stderr
 
 
@@ -133,15 +144,9 @@ def test_workers_do_not_import_the_callers_main_module(tmp_path):
     """multiprocessing re-imports the parent's ``__main__`` in every forkserver or spawn child; a training
     script's main imports torch, which would cost each worker seconds and hundreds of MB. Neither kind of
     worker may import it."""
-    import multiprocessing
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     methods = [m for m in ("forkserver", "spawn") if m in multiprocessing.get_all_start_methods()]
-    script = tmp_path / "train.py"
-    script.write_text(
+    result = _run_script(
+        tmp_path,
         "import multiprocessing\n"
         "from rewards.sandbox import WorkerPool, _Worker\n"
         "from tests.rewards.helpers import main_file\n"
@@ -153,27 +158,19 @@ def test_workers_do_not_import_the_callers_main_module(tmp_path):
         "        worker = _Worker(0, None, multiprocessing.get_context(method))\n"
         "        worker.connection.send((main_file, ()))\n"
         "        print(method, worker.connection.recv()[1])\n"
-        "        worker.kill()\n"
-    )
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+        "        worker.kill()\n",
     )
     expected = ["pool None"] + [f"{method} None" for method in methods]
     assert result.stdout.split("\n")[:-1] == expected, result.stderr
 
 
-def test_a_forked_child_of_a_pool_user_still_gets_workers():
+def test_a_forked_child_of_a_pool_user_still_gets_workers(tmp_path):
     """A DataLoader-style ``fork`` of a process whose pool runs on its fork server: the child cannot use that
     server (it is not the server's parent) and spawns its own workers, for the parent's pool and a new one."""
-    import multiprocessing
-    import subprocess
-    import sys
-
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork on this platform")
-    script = (
+    result = _run_script(
+        tmp_path,
         "import os\n"
         "from rewards.sandbox import WorkerPool\n"
         "if __name__ == '__main__':\n"
@@ -185,7 +182,6 @@ def test_a_forked_child_of_a_pool_user_still_gets_workers():
         "        print(values, flush=True)\n"
         "        os._exit(0)\n"
         "    os.waitpid(pid, 0)\n"
-        "    pool.close()\n"
+        "    pool.close()\n",
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[2, 3]", result.stderr
