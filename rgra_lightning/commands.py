@@ -28,15 +28,17 @@ tools:
 
 
 def run(args: list[str] | None = None) -> None:
-    """Run ``rgra ARGS``: a tool of ``TOOLS``, or LightningCLI's subcommands (``rgra_lightning.cli``)."""
-    args = sys.argv[1:] if args is None else args
-    if not args or args[0] in ("-h", "--help"):
+    """Run ``rgra ARGS`` (None: ``sys.argv[1:]``): a tool of ``TOOLS``, or LightningCLI's subcommands
+    (``rgra_lightning.cli``)."""
+    given = sys.argv[1:] if args is None else args
+    if not given or given[0] in ("-h", "--help"):
         print(USAGE, end="")
-        raise SystemExit(0 if args else 2)
-    if args[0] in TOOLS:
-        tool = importlib.import_module(TOOLS[args[0]][0])
-        rest = ["score", *args[1:]] if args[0] == "score" else args[1:]  # as ``python -m rewards score ...``
+        raise SystemExit(0 if given else 2)
+    if given[0] in TOOLS:
+        tool = importlib.import_module(TOOLS[given[0]][0])
+        # ``rgra score ...`` runs as ``python -m rewards score ...``
+        rest = ["score", *given[1:]] if given[0] == "score" else given[1:]
         raise SystemExit(tool.main(rest) or 0)
     from rgra_lightning.cli import main
 
-    main(args)
+    main(args)  # None: LightningCLI reads sys.argv itself (given it as ``args`` too, Lightning warns)

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -50,3 +51,17 @@ def test_python_m_rgra_lightning_dispatches_like_rgra():
         [sys.executable, "-m", "rgra_lightning", "ablate", "--help"], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0 and "usage: rgra ablate" in done.stdout
+
+
+def test_rgra_fit_from_the_command_line_raises_no_lightning_warning(monkeypatch, capsys):
+    """``rgra fit ...`` hands LightningCLI no ``args`` of its own: given both those and ``sys.argv``,
+    Lightning warns on every command that the two should not be mixed."""
+    monkeypatch.setattr(
+        sys, "argv", ["rgra", "fit", "--config", str(ROOT / "configs/rgra.yaml"), "--print_config"]
+    )
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(SystemExit) as exit_info:
+        warnings.simplefilter("always")
+        run()
+    assert exit_info.value.code == 0
+    assert "model_path: models/arith-tiny" in capsys.readouterr().out
+    assert not [str(w.message) for w in caught if "args" in str(w.message)]
