@@ -84,9 +84,20 @@ def valid_keys_hint(error_text: str) -> str | None:
     return f"valid keys of {where}: {', '.join(options)}"
 
 
+def without_usage(error_text: str) -> str:
+    """jsonargparse's error output without the usage block it prints first (a line per option, about 50 for
+    ``fit``, above the error that matters); its ``tip:`` line still says how to list the options."""
+    lines, in_usage = [], False
+    for line in error_text.splitlines(keepends=True):
+        in_usage = line.startswith("usage: ") or (in_usage and line[:1].isspace())
+        if not in_usage:
+            lines.append(line)
+    return "".join(lines)
+
+
 class RLCLI(LightningCLI):
-    """LightningCLI that, for a misspelled option of one of our classes, also lists the valid ones, and
-    keeps the config as given when a checkpoint is named."""
+    """LightningCLI that reports a config mistake without the usage block, for a misspelled option of one of
+    our classes also lists the valid ones, and keeps the config as given when a checkpoint is named."""
 
     def _parse_ckpt_path(self) -> None:
         """Do nothing. LightningCLI would replace the model's settings by the hyperparameters saved in the
@@ -110,7 +121,7 @@ class RLCLI(LightningCLI):
             with contextlib.redirect_stderr(captured):
                 super().parse_arguments(parser, args)
         except SystemExit:
-            sys.stderr.write(captured.getvalue())
+            sys.stderr.write(without_usage(captured.getvalue()))
             hint = valid_keys_hint(captured.getvalue())
             if hint:
                 print(hint, file=sys.stderr)

@@ -22,6 +22,7 @@ def misspelling_error(args: list[str], capsys) -> str:
 def test_misspelled_command_line_key_is_named_with_the_valid_keys(small_config, capsys):
     error = misspelling_error(["--config", str(small_config("rgra")), "--model.loss.bta=0.1"], capsys)
     assert "unrecognized arguments: --loss.bta=0.1" in error
+    assert "usage:" not in error and "[--trainer" not in error  # not the ~50 lines of every option
     assert f"valid keys of rgra_lightning.RLModule under loss: {LOSS_KEYS}" in error
 
 
