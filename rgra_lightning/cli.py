@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import inspect
 import io
+import logging
 import re
 import sys
 import typing
@@ -163,12 +164,23 @@ def check_data_module(args: list[str]) -> None:
             )
 
 
+_LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"  # what ``rank_zero_info`` logs through
+
+
+def _without_litlogger_tip(record: logging.LogRecord) -> bool:
+    """False for Lightning's advertisement of its cloud logger, printed at the start of every run."""
+    return "litlogger" not in record.getMessage()
+
+
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """Run the CLI; ``args`` replaces ``sys.argv[1:]``. With ``run=False`` (tests) the model, data and
     trainer are only instantiated from the config, and ``args`` has no subcommand."""
     # Expected with manual optimisation and a frozen reference model; they would only confuse users.
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+    # Raised inside Lightning 2.6's CombinedLoader by torch's newer pytree API; nothing a user can change.
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    logging.getLogger(_LIGHTNING_INFO_LOGGER).addFilter(_without_litlogger_tip)
     try:
         check_data_module(sys.argv[1:] if args is None else args)
         return RLCLI(

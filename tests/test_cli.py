@@ -1,5 +1,7 @@
 """The command line: misspelled keys and invalid values are one-line errors naming the field."""
 
+import logging
+
 import pytest
 import torch
 
@@ -113,3 +115,22 @@ def test_a_config_given_as_a_yaml_string_is_read_as_one(small_config):
     assert max(len(part) for part in text.split("/")) > 255  # the longest file name Linux allows
     cli = main(["--config", text, "--model.loss.beta=0.02"], run=False)
     assert cli.model.hparams.loss["beta"] == 0.02
+
+
+def test_lightnings_cloud_logger_advertisement_is_not_printed(small_config):
+    """Lightning logs a tip to install its cloud logger at the start of every run; the other device and
+    set-up lines it logs the same way still come through."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level, logger.level = logger.level, logging.INFO
+    logger.addHandler(handler)
+    try:
+        main(["--config", str(small_config("rgra"))], run=False)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    messages = [record.getMessage() for record in records]
+    assert any("GPU available" in message for message in messages)
+    assert not [message for message in messages if "litlogger" in message]
