@@ -133,6 +133,8 @@ class RLModule(LightningModule):
             whether they write every completion to a JSONL file; see ``rgra_lightning.evaluation``.
     """
 
+    checkpoint_step: int | None = None  # ``global_step`` of the checkpoint loaded, if any
+
     def __init__(
         self,
         model_path: str = "models/arith-tiny",
@@ -254,6 +256,7 @@ class RLModule(LightningModule):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.checkpoint_step = checkpoint.get("global_step")
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             require_same_run(checkpoint, self.trainer, self)
         if "state_dict" in checkpoint:  # FSDP2: loaded already, in place
@@ -378,12 +381,14 @@ class RLModule(LightningModule):
         return experience.records()
 
     def on_validation_epoch_end(self) -> None:
+        """Logs ``step``, the x axis as in training: the update the evaluated policy comes from, in
+        ``validate`` and ``test`` (which restore no loop state) the ``--ckpt_path`` checkpoint's."""
         self.samples.close()
-        self.log("step", float(self.global_step), sync_dist=True)  # the x axis, as in training
+        fitting = self.trainer.state.fn == TrainerFn.FITTING
+        step = self.global_step if fitting or self.checkpoint_step is None else self.checkpoint_step
+        self.log("step", float(step), sync_dist=True)
 
-    def on_test_epoch_end(self) -> None:
-        self.samples.close()
-        self.log("step", float(self.global_step), sync_dist=True)
+    on_test_epoch_end = on_validation_epoch_end
 
     def on_predict_epoch_end(self) -> None:
         self.samples.close()

@@ -117,10 +117,13 @@ def test_fit_trains_logs_checkpoints_and_resumes(small_config, tmp_path):
     validated = main(["validate", "--config", str(config), "--ckpt_path", str(last)])
     assert validated.model.reference is None  # evaluation never loads the reference copy
     assert 0.0 <= validated.trainer.callback_metrics["val/accuracy"].item() <= 1.0
+    # logged at the checkpoint's update (the resumed run's 6), not at validate's own step 0
+    assert validated.trainer.callback_metrics["step"].item() == 6
     # the command line's evaluation settings apply to a checkpoint trained without them
     sampled = ["--model.evaluation.num_samples=2", "--model.evaluation.k=[1, 2]"]
     tested = main(["test", "--config", str(config), "--ckpt_path", str(last), *sampled])
     assert {"test/pass@2", "test/maj@2"} <= set(tested.trainer.callback_metrics)
+    assert tested.trainer.callback_metrics["step"].item() == 6
     predicted = main(["predict", "--config", str(config), "--ckpt_path", str(last)])
     assert predicted.trainer.predict_loop.predictions  # one record per validation prompt
     written = Path(predicted.trainer.log_dir) / "predict_samples.jsonl"
