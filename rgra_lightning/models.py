@@ -17,6 +17,7 @@ RoPE's ``inv_freq`` buffer in float32 whatever ``dtype``.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,8 +222,11 @@ def add_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
         task_type="CAUSAL_LM",
     )
     try:
-        # float32 adapters over a bf16/fp16 base: the precision policy (``rgra_lightning.precision``)
-        return peft.get_peft_model(model, lora, autocast_adapter_dtype=True)
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated ``is_gradient_checkpointing``: a warning users cannot act on
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+            # float32 adapters over a bf16/fp16 base: the precision policy (``rgra_lightning.precision``)
+            return peft.get_peft_model(model, lora, autocast_adapter_dtype=True)
     except ValueError as error:  # e.g. a target that is not a linear layer, or that does not exist
         raise ConfigError(f"model.lora.target_modules={target!r}: {error}") from error
 

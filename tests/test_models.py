@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -102,6 +103,15 @@ def lora_config(small_config, **overrides):
 def test_lora_targets_that_cannot_be_trained_and_merged_faithfully_are_refused(targets, message):
     with pytest.raises(ConfigError, match=message):
         add_lora(load_causal_lm(str(TINY_POLICY)), LoraConfig(rank=2, target_modules=targets))
+
+
+def test_wrapping_with_lora_prints_no_deprecation_warning():
+    """peft reads transformers' deprecated ``is_gradient_checkpointing``, which warns once per run."""
+    model = load_causal_lm(str(TINY_POLICY))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        add_lora(model, LoraConfig(rank=2, target_modules=["q_proj"]))
+    assert not [str(w.message) for w in caught if "checkpointing" in str(w.message)]
 
 
 def test_lora_is_refused_under_fsdp2_whose_export_could_not_merge_it(small_config, monkeypatch):
