@@ -8,7 +8,9 @@ One JSON line per row goes to stdout (``equivalent``, ``reward``, ``seconds``, `
 ``details`` and the row's ``id``), then ``summary: n=.. [accuracy=.. false_positives=.. false_negatives=..]
 timeouts=.. errors=.. cases_per_s=..`` (accuracy fields only when rows carry an ``equivalent`` label).
 All rows are read and validated before anything is written: a malformed line, an unknown ``--verifier`` or a
-non-positive ``--timeout``/``--workers`` exits with status 2 and a message.
+non-positive ``--timeout``/``--workers`` exits with status 2 and a message. Rows are then scored in batches of
+``BATCH_ROWS``, each batch's lines written as soon as it is done (a long run killed midway keeps what it
+scored), with a progress line on stderr when that is a terminal.
 
 Start-up is kept short: nothing heavier than the standard library is imported until a row needs the full
 check, and the workers are forked from a fork server that imports sympy and the parser once. The parser is
@@ -27,6 +29,8 @@ from typing import Any
 
 import rewards
 from rewards.verifiers import Verifier
+
+BATCH_ROWS = 256  # rows per verifier batch: enough to keep the workers busy, small enough to stream
 
 
 def load_rows(path: str) -> list[dict[str, Any]]:
@@ -67,8 +71,8 @@ def make_verifier(name: str, timeout: float, workers: int, warm_start: bool = Fa
     return cls(**{key: value for key, value in options.items() if key in parameters})
 
 
-def score_rows(verifier: Verifier, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
-    """Output records for ``rows`` (scored as one batch) and the summary line."""
+def score_rows(verifier: Verifier, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Output records for ``rows``, scored as one batch (``seconds``: the batch's time per row)."""
     start = time.perf_counter()
     scores: list[Any] = [None] * len(rows)
     for mode in ("completion", "answer"):
@@ -95,6 +99,12 @@ def score_rows(verifier: Verifier, rows: list[dict[str, Any]]) -> tuple[list[dic
         }
         for row, score in zip(rows, scores, strict=True)
     ]
+    return records
+
+
+def summary_line(rows: list[dict[str, Any]], records: list[dict[str, Any]], elapsed: float) -> str:
+    """``summary: n=.. [accuracy=.. false_positives=.. false_negatives=..] timeouts=.. errors=..
+    cases_per_s=..`` for ``rows``, their ``records`` and the seconds they took."""
     fields = [f"n={len(rows)}"]
     labelled = [(row["equivalent"], record["equivalent"]) for row, record in zip(rows, records, strict=True)
                 if isinstance(row.get("equivalent"), bool)]  # fmt: skip
@@ -109,7 +119,7 @@ def score_rows(verifier: Verifier, rows: list[dict[str, Any]]) -> tuple[list[dic
         f"errors={sum(record['error'] not in (None, 'timeout') for record in records)}",
         f"cases_per_s={len(rows) / max(elapsed, 1e-9):.1f}",
     ]
-    return records, "summary: " + " ".join(fields)
+    return "summary: " + " ".join(fields)
 
 
 def _positive(kind: type) -> Any:
@@ -150,8 +160,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    records, summary = score_rows(verifier, rows)
-    sys.stdout.write("".join(json.dumps(record) + "\n" for record in records) + summary + "\n")
+    start, records = time.perf_counter(), []
+    show_progress = sys.stderr.isatty()
+    for first in range(0, len(rows), BATCH_ROWS):
+        batch = score_rows(verifier, rows[first : first + BATCH_ROWS])
+        sys.stdout.write("".join(json.dumps(record) + "\n" for record in batch))
+        sys.stdout.flush()
+        records += batch
+        if show_progress:
+            rate = len(records) / (time.perf_counter() - start)
+            line = f"\rscored {len(records)}/{len(rows)} rows, {rate:.0f}/s"
+            print(line, end="", file=sys.stderr, flush=True)
+    if show_progress:
+        print(file=sys.stderr)
+    sys.stdout.write(summary_line(rows, records, time.perf_counter() - start) + "\n")
     return 0
 
 

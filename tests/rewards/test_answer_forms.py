@@ -2,7 +2,9 @@
 and comma lists, a box against later prose, self-corrections, hostile (very long) texts, list
 multiplicity, and the batch CLI's answer rows and option checks."""
 
+import io
 import json
+import sys
 import time
 
 import pytest
@@ -249,6 +251,33 @@ def test_cli_scores_answer_rows_as_answers(cases, capsys):
         ("c", "completion"),
         ("d", "completion"),
     ]
+
+
+class StreamRecorder(Verifier):
+    """Records each batch's size and how many output lines were already written when it was scored."""
+
+    batches: list[tuple[int, int]] = []
+
+    def score(self, completion: str, reference: str) -> Score:
+        return Score(1.0, True, completion, "equal")
+
+    def score_batch(self, completions, references, prompts=None):
+        StreamRecorder.batches.append((len(completions), sys.stdout.getvalue().count("\n")))
+        return super().score_batch(completions, references, prompts)
+
+
+def test_cli_writes_each_batch_before_scoring_the_next(tmp_path, monkeypatch):
+    """A long file is scored in batches whose lines are written at once: a run killed midway keeps them."""
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "gold": "1", "pred": str(i)}) + "\n" for i in range(5)))
+    monkeypatch.setattr("rewards.__main__.BATCH_ROWS", 2)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    StreamRecorder.batches = []
+    assert main(["score", str(path), "--verifier", f"{__name__}.StreamRecorder"]) == 0
+    assert StreamRecorder.batches == [(2, 0), (2, 2), (1, 4)]
+    *lines, summary = sys.stdout.getvalue().splitlines()
+    assert [json.loads(line)["extracted"] for line in lines] == ["0", "1", "2", "3", "4"]
+    assert summary.startswith("summary: n=5 ")
 
 
 @pytest.mark.parametrize("name", ["Bogus", "nomod.Bogus", "rewards.normalize.normalize"])
