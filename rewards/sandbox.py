@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing import spawn
+from multiprocessing import forkserver, spawn
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -160,6 +160,14 @@ class WorkerPool:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         atexit.register(self.close)
+
+    def start_fork_server(self) -> None:
+        """Start the fork server (its ``preload`` imports) in a background thread now, so that the first
+        ``map`` forks its workers at once instead of waiting for the imports. Nothing where workers are
+        spawned, or where the server runs already."""
+        if _context(self.preload).get_start_method() == "forkserver":
+            name = "rewards-fork-server"
+            threading.Thread(target=forkserver.ensure_running, name=name, daemon=True).start()
 
     def start(self) -> None:
         """Start (and warm up) all ``workers`` processes now instead of on first use."""

@@ -78,9 +78,10 @@ class MathVerifier(Verifier):
         cache_size: verdicts kept for repeated pairs.
         warm_start: train the LaTeX parser on one answer of each common form before the first verification
             (~1.4 s, once: in the fork server every worker is forked from, or in each spawned worker), so
-            that no verification pays the parser's first-use cost. Worth it for a trainer's steady per-batch
-            latency; a one-shot batch job (``python -m rewards score``) is faster without (it pays only for
-            the forms it meets).
+            that no verification pays the parser's first-use cost; the fork server is then started in the
+            background at construction, so the first batch that needs workers does not wait for its
+            imports. Worth it for a trainer's steady per-batch latency; a one-shot batch job (``python -m
+            rewards score``) is faster without (it pays only for the forms it meets).
     """
 
     def __init__(
@@ -108,6 +109,8 @@ class MathVerifier(Verifier):
             warmup=warmup if warm_start else None,
             preload=("rewards.preload", "rewards.preload_warm") if warm_start else ("rewards.preload",),
         )
+        if warm_start:  # a trainer's verifier: have the imports done before the first batch needs them
+            self.pool.start_fork_server()
         self._cache: OrderedDict[tuple[str, str], Outcome] = OrderedDict()
 
     def extract(self, text: str) -> str | None:

@@ -140,6 +140,29 @@ def test_workers_are_forked_from_a_fork_server_that_preloaded_the_parser(tmp_pat
     assert result.stdout.strip() == "[True, True]", result.stderr
 
 
+def test_a_trainers_verifier_starts_the_fork_server_before_its_first_batch(tmp_path):
+    """``MathVerifier(warm_start=True)`` (a trainer's) has the fork server import sympy and train the parser
+    in the background from construction, so the first slow check does not stall a training step; a cold
+    one (the batch CLI's default) starts nothing until it needs workers."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform: workers are spawned")
+    result = _run_script(
+        tmp_path,
+        "import threading\n"
+        "from multiprocessing import forkserver\n"
+        "from rewards import MathVerifier\n"
+        "if __name__ == '__main__':\n"
+        "    MathVerifier(warm_start=False)\n"
+        "    print('cold', [t.name for t in threading.enumerate() if t.name == 'rewards-fork-server'])\n"
+        "    MathVerifier(warm_start=True)\n"
+        "    for thread in threading.enumerate():\n"
+        "        if thread.name == 'rewards-fork-server':\n"
+        "            thread.join(60)\n"
+        "    print('warm', forkserver._forkserver._forkserver_pid is not None)\n",
+    )
+    assert result.stdout.split("\n")[:-1] == ["cold []", "warm True"], result.stderr
+
+
 def test_workers_do_not_import_the_callers_main_module(tmp_path):
     """multiprocessing re-imports the parent's ``__main__`` in every forkserver or spawn child; a training
     script's main imports torch, which would cost each worker seconds and hundreds of MB. Neither kind of
