@@ -14,6 +14,11 @@ from rewards import MathVerifier
 from rewards.sandbox import WorkerPool
 from tests.rewards.helpers import expand_power, shared_path
 
+needs_fork_server = pytest.mark.skipif(
+    "forkserver" not in multiprocessing.get_all_start_methods(),
+    reason="no fork server on this platform: workers are spawned",
+)
+
 
 def _run_script(folder: Path, text: str) -> subprocess.CompletedProcess:
     """Runs ``text`` as the main script ``folder/main.py`` of a fresh interpreter that can import this
@@ -122,11 +127,10 @@ def test_start_launches_every_worker_up_front():
         pool.close()
 
 
+@needs_fork_server
 def test_workers_are_forked_from_a_fork_server_that_preloaded_the_parser(tmp_path):
     """In a fresh interpreter (the fork server is one per process): a worker of a pool with ``preload`` finds
     sympy imported before its first call, so starting or replacing a worker costs no imports."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        pytest.skip("no fork server on this platform: workers are spawned")
     result = _run_script(
         tmp_path,
         "from rewards.sandbox import WorkerPool\n"
@@ -140,12 +144,11 @@ def test_workers_are_forked_from_a_fork_server_that_preloaded_the_parser(tmp_pat
     assert result.stdout.strip() == "[True, True]", result.stderr
 
 
+@needs_fork_server
 def test_a_trainers_verifier_starts_the_fork_server_before_its_first_batch(tmp_path):
     """``MathVerifier(warm_start=True)`` (a trainer's) has the fork server import sympy and train the parser
     in the background from construction, so the first slow check does not stall a training step; a cold
     one (the batch CLI's default) starts nothing until it needs workers."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        pytest.skip("no fork server on this platform: workers are spawned")
     result = _run_script(
         tmp_path,
         "import threading\n"
