@@ -5,14 +5,14 @@
 A study config (YAML) names the base config, the presets, the seeds and overrides applied to the base:
 
     name: paper                       # results go to <results_dir>/<name>/
-    base_config: configs/rgra.yaml    # any fit config
+    base_config: configs/rgra.yaml    # any fit config, or a list of configs composed in order
     presets: [grpo, rgra]             # loss presets configs/loss/<preset>.yaml, or paths to YAML files
     seeds: [0, 1, 2]                  # seed_everything of each run (sampling randomness)
     overrides: {model: {init_args: {num_iterations: 2}}}   # applied after the base and the preset
     results_dir: results
     reference: rgra                   # optional: summary.md compares every preset with it (default: first)
 
-Each run composes configs as ``rgra fit`` does on the command line: ``rgra fit --config <base_config>
+Each run composes configs as ``rgra fit`` does on the command line: ``rgra fit --config <base_config>...
 --config <preset> --config <run_dir>/run.yaml``, where ``run.yaml`` holds the study's overrides, the seed and
 the run's paths (its TensorBoard logs, checkpoints and exported policy in ``<results_dir>/<name>/runs/
 <preset>/seed<k>/``). The run goes in its own process (a crash or an out-of-memory in one run does not end
@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from rgra_lightning.config_files import compose, merge
 from rgra_lightning.errors import ConfigError
 
 VAL_TAG = "val/accuracy"
@@ -49,7 +50,7 @@ class Study:
     """A parsed study config; see the module docstring for the fields."""
 
     name: str
-    base_config: Path
+    base_configs: list[Path]
     presets: list[str]
     seeds: list[int]
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -80,9 +81,12 @@ def load_study(path: Path) -> Study:
         raise ConfigError(f"{path}: presets must be a non-empty list of preset names or YAML paths")
     if not raw["seeds"] or not all(isinstance(seed, int) for seed in raw["seeds"]):
         raise ConfigError(f"{path}: seeds must be a non-empty list of integers")
+    bases = raw["base_config"] if isinstance(raw["base_config"], list) else [raw["base_config"]]
+    if not bases or not all(isinstance(base, str) for base in bases):
+        raise ConfigError(f"{path}: base_config must be a config path or a non-empty list of them")
     study = Study(
         name=str(raw["name"]),
-        base_config=Path(raw["base_config"]),
+        base_configs=[Path(base) for base in bases],
         presets=[str(preset) for preset in raw["presets"]],
         seeds=list(raw["seeds"]),
         overrides=raw.get("overrides") or {},
@@ -91,8 +95,9 @@ def load_study(path: Path) -> Study:
     )
     if study.reference not in study.presets:
         raise ConfigError(f"{path}: reference {study.reference!r} is not one of the presets {study.presets}")
-    if not study.base_config.is_file():
-        raise ConfigError(f"{path}: base_config {study.base_config} does not exist")
+    for base in study.base_configs:
+        if not base.is_file():
+            raise ConfigError(f"{path}: base_config {base} does not exist")
     for preset in study.presets:
         preset_path(preset)  # fails early on a missing preset rather than hours into the study
     return study
@@ -106,23 +111,12 @@ def preset_path(preset: str) -> Path:
     return path
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``override`` merged in recursively: mappings merge, anything else (lists) replaces."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def run_config(study: Study, preset: str, seed: int) -> dict[str, Any]:
     """The run's own config layer (``run.yaml``), composed after the base config and the preset: the study
     overrides, the seed, and the run's paths. The callbacks are the base's (with the overrides') with
     their directories moved into the run directory, as a list given later replaces the earlier one."""
     run_dir = study.run_dir(preset, seed)
-    base = yaml.safe_load(study.base_config.read_text()) or {}
+    base = compose(study.base_configs)
     callbacks = copy.deepcopy(merge(base, study.overrides).get("trainer", {}).get("callbacks") or [])
     for callback in callbacks:
         init_args = callback.setdefault("init_args", {})
@@ -146,7 +140,7 @@ def run_config(study: Study, preset: str, seed: int) -> dict[str, Any]:
 
 def run_command(study: Study, preset: str, seed: int) -> list[str]:
     """The ``rgra fit`` command of one run (its ``run.yaml`` written by ``run_one``)."""
-    configs = [study.base_config, preset_path(preset), study.run_dir(preset, seed) / "run.yaml"]
+    configs = [*study.base_configs, preset_path(preset), study.run_dir(preset, seed) / "run.yaml"]
     return [sys.executable, "-m", "rgra_lightning", "fit", *(f"--config={path}" for path in configs)]
 
 
@@ -189,8 +183,7 @@ def run_one(study: Study, preset: str, seed: int) -> dict[str, Any]:
         returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ).returncode
     wall_s = time.perf_counter() - start
     curve = read_curve(run_dir)
-    base = yaml.safe_load(study.base_config.read_text()) or {}
-    steps = merge(base, run).get("trainer", {}).get("max_steps", -1)
+    steps = merge(compose(study.base_configs), run).get("trainer", {}).get("max_steps", -1)
     record = {
         "preset": preset,
         "seed": seed,
@@ -264,7 +257,8 @@ def summarise(study: Study) -> Path:
     lines = [
         f"# Ablation study `{study.name}`",
         "",
-        f"Base config `{study.base_config}` with overrides `{json.dumps(study.overrides)}`; "
+        f"Base config `{' + '.join(map(str, study.base_configs))}` with overrides "
+        f"`{json.dumps(study.overrides)}`; "
         f"seeds {study.seeds}. Validation accuracy is greedy accuracy on the held-out problems. Per run: "
         "initial = the policy before training, final = the last validation, best = the highest, mean = "
         "the mean of all validations after the initial one (area under the learning curve: higher means "

@@ -44,7 +44,8 @@ def composed(study: ablate.Study, preset: str, seed: int) -> dict:
     run_dir.mkdir(parents=True)
     (run_dir / "run.yaml").write_text(yaml.safe_dump(ablate.run_config(study, preset, seed)))
     command = ablate.run_command(study, preset, seed)
-    assert command[:5] == [sys.executable, "-m", "rgra_lightning", "fit", f"--config={study.base_config}"]
+    bases = [f"--config={base}" for base in study.base_configs]
+    assert command[: 4 + len(bases)] == [sys.executable, "-m", "rgra_lightning", "fit", *bases]
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
         main([*command[3:], "--print_config"])
@@ -54,7 +55,7 @@ def composed(study: ablate.Study, preset: str, seed: int) -> dict:
 def test_a_run_composes_the_base_the_preset_and_the_study_overrides(study_file):
     study = ablate.load_study(study_file())
     config = composed(study, "raft", 1)
-    base = yaml.safe_load(study.base_config.read_text())
+    base = yaml.safe_load(study.base_configs[0].read_text())
     raft = yaml.safe_load((ROOT / "configs" / "loss" / "raft.yaml").read_text())["model"]["init_args"]["loss"]
     loss = config["model"]["init_args"]["loss"]
     assert {key: loss[key] for key in raft if key != "advantage"} == {
@@ -78,10 +79,16 @@ def test_study_overrides_apply_on_top_of_the_preset_loss(study_file):
     assert loss["beta"] == 0.005 and loss["policy_term"] == "clipped_ratio"
 
 
-def test_merge_replaces_lists_and_merges_mappings():
-    base = {"a": {"b": 1, "c": [1, 2]}, "d": 0}
-    assert ablate.merge(base, {"a": {"c": [3]}}) == {"a": {"b": 1, "c": [3]}, "d": 0}
-    assert base["a"]["c"] == [1, 2]  # not mutated
+def test_a_base_of_several_configs_is_composed_in_order(study_file, small_config, tmp_path):
+    """``base_config`` as a list (a paper config and a model preset over it): each run's command gives the
+    files in order, and what the later one sets wins, in the run's config and in its checkpoint callbacks."""
+    preset = tmp_path / "longer.yaml"
+    preset.write_text(yaml.safe_dump({"model": {"init_args": {"sampling": {"max_new_tokens": 12}}}}))
+    study = ablate.load_study(study_file(base_config=[str(small_config("rgra")), str(preset)]))
+    assert study.base_configs == [small_config("rgra"), preset]
+    config = composed(study, "rgra", 0)
+    assert config["model"]["init_args"]["sampling"]["max_new_tokens"] == 12
+    assert config["model"]["init_args"]["sampling"]["num_generations"] == 4  # the first base's, kept
 
 
 @pytest.mark.parametrize(
@@ -90,6 +97,7 @@ def test_merge_replaces_lists_and_merges_mappings():
         ({"presets": ["no-such-preset"]}, "preset 'no-such-preset'"),
         ({"seeds": []}, "seeds must be a non-empty list"),
         ({"base_config": "missing.yaml"}, "base_config missing.yaml does not exist"),
+        ({"base_config": []}, "base_config must be a config path or a non-empty list"),
         ({"sedes": [0]}, "unknown keys ['sedes']"),
         ({"reference": "grpo"}, "reference 'grpo' is not one of the presets"),
     ],

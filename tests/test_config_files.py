@@ -1,0 +1,32 @@
+"""Composing YAML configs as ``rgra fit --config A --config B`` does, for the tools that read them first."""
+
+import pytest
+
+from rgra_lightning.config_files import compose, merge
+from rgra_lightning.errors import ConfigError
+
+
+def test_merge_replaces_lists_and_merges_mappings():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 0}
+    assert merge(base, {"a": {"c": [3]}}) == {"a": {"b": 1, "c": [3]}, "d": 0}
+    assert base["a"]["c"] == [1, 2]  # not mutated
+
+
+def test_compose_merges_each_file_over_the_ones_before(tmp_path):
+    files = {"base": "a: {b: 1, c: 2}\nd: [1]\n", "preset": "a: {c: 3}\n", "last": "d: [4, 5]\n"}
+    for name, text in files.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    paths = [tmp_path / f"{name}.yaml" for name in files]
+    assert compose(paths) == {"a": {"b": 1, "c": 3}, "d": [4, 5]}
+    assert compose(paths[:1]) == {"a": {"b": 1, "c": 2}, "d": [1]}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("a: [1\n", r"bad.yaml: while parsing a flow sequence .*line 1"), ("- 1\n", "must be a YAML mapping")],
+)
+def test_a_file_that_is_not_a_mapping_is_one_line_naming_it(tmp_path, text, message):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message) as error:
+        compose([tmp_path / "bad.yaml"])
+    assert "\n" not in str(error.value)
