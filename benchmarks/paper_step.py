@@ -4,11 +4,12 @@
     python benchmarks/paper_step.py --random-init qwen2.5-0.5b                   # the architecture only
     python benchmarks/paper_step.py --random-init tiny --device cpu --tokens 16  # a smoke run on a CPU
 
-It runs ``configs/paper/qwen2.5-0.5b-gsm8k-rgra.yaml`` (``--config``) unchanged except for the model
-(``--gguf``: a GGUF converted once to a HF directory, e.g. the Qwen2.5-Coder-0.5B-Instruct that
-``benchmarks/qwen_gguf.py`` rejoins; ``--random-init``: a randomly initialised model of that shape with the
-tokenizer of the shipped tiny policy), the data when ``../shared/datasets/gsm8k`` is absent (then the
-embedded arithmetic task as chat prompts with the config's instruction), ``--steps`` updates, no
+It runs ``configs/paper/gsm8k-rgra.yaml`` (``--config``, repeatable: a model preset over it) unchanged
+except for the model (``--gguf``: a GGUF converted once to a HF directory, e.g. the
+Qwen2.5-Coder-0.5B-Instruct that ``benchmarks/qwen_gguf.py`` rejoins; ``--random-init``: a randomly
+initialised model of that shape with the tokenizer of the shipped tiny policy), the data when
+``../shared/datasets/gsm8k`` is absent (then the embedded arithmetic task as chat prompts with the config's
+instruction), ``--steps`` updates, no
 validation, logs and checkpoints in a temporary directory, and optionally ``--tokens`` / ``--batch``.
 
 It prints, per update, the time split (``time/generation_s``, ``verification_s``, ``update_s``,
@@ -83,7 +84,9 @@ def overrides(options: argparse.Namespace, model: Path, workdir: Path) -> list[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/paper/qwen2.5-0.5b-gsm8k-rgra.yaml")
+    parser.add_argument(
+        "--config", action="append", help="configs composed in order (default: configs/paper/gsm8k-rgra.yaml)"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--gguf", help="a GGUF file of the config's model family (converted to bf16)")
     source.add_argument("--random-init", help="tiny or an architecture of benchmarks/throughput.py")
@@ -119,9 +122,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         model = model_directory(options, workdir)
-        cli = cli_main(
-            ["--config", str(ROOT / options.config), *overrides(options, model, workdir)], run=False
-        )
+        configs = [f"--config={ROOT / path}" for path in options.config or ["configs/paper/gsm8k-rgra.yaml"]]
+        cli = cli_main([*configs, *overrides(options, model, workdir)], run=False)
         watch = AdapterWatch()
         cli.trainer.callbacks.append(watch)
         if options.device == "cuda":

