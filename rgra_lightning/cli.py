@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import importlib
 import inspect
 import io
@@ -21,7 +22,7 @@ import warnings
 from pathlib import Path
 
 import yaml
-from lightning import LightningDataModule, LightningModule
+from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -34,8 +35,16 @@ _SPLIT_DATA_MODULE = {
     "dataset": "rgra_lightning.DatasetDataModule",
 }
 
-# jsonargparse's wordings for an unknown key below a class given by class_path.
+# jsonargparse's wordings for an unknown key below a class given by class_path, and for the section.
+_SECTION = re.compile(r'Parser key "(?P<section>[\w.]+)"')
 _CLASS_PATH = re.compile(r"class_path '(?P<class_path>[\w.]+)'")
+# A value of the wrong type: one type expected, or a union of plain types (``int | None``).
+_WRONG_VALUE = re.compile(
+    r'Parser key "(?P<key>[\w.]+)":\s*\n\s*Expected a (?P<expected>[^\n]+?)\. Got value: (?P<value>[^\n]*)'
+    r'|Parser key "(?P<union_key>[\w.]+)":\s*\n\s*Does not validate against any of the Union subtypes\s*\n'
+    r"\s*Subtypes: \[(?P<subtypes>(?:<class '(?:int|float|str|bool|NoneType)'>(?:, )?)+)\]\s*\n"
+    r"(?:[^\n]*\n)*?\s*Given value: (?P<union_value>[^\n]*)"
+)
 _UNKNOWN_KEY = re.compile(
     r"unrecognized arguments: --(?P<key>[\w.]+)"
     r"|Option '(?P<option>[\w.]+)' is not accepted"
@@ -59,8 +68,9 @@ def _options(target: object) -> list[str]:
     return names
 
 
-def valid_keys_hint(error_text: str) -> str | None:
-    """For an unknown key under one of our classes, the list of keys valid at that level, if found."""
+def unknown_key_error(error_text: str) -> str | None:
+    """For jsonargparse's report of an unknown key under one of our classes, one line naming the key, the
+    closest valid one and every valid one at that level; None for any other error."""
     key_match = _UNKNOWN_KEY.search(error_text)
     if key_match is None:
         return None
@@ -81,8 +91,39 @@ def valid_keys_hint(error_text: str) -> str | None:
         options = _options(target)
     except (ImportError, AttributeError, KeyError, TypeError, ValueError):
         return None
-    where = f"{class_match['class_path']}" + (f" under {'.'.join(parents)}" if parents else "")
-    return f"valid keys of {where}: {', '.join(options)}"
+    section = _SECTION.search(error_text, 0, key_match.start())
+    owner = f"{section['section']} ({class_match['class_path']})" if section else class_match["class_path"]
+    *_, unknown = dotted.split(".")
+    prefix = "".join(f"{name}." for name in parents)
+    close = difflib.get_close_matches(unknown, options, n=1)
+    suggestion = f": did you mean '{prefix}{close[0]}'?" if close else ":"
+    level = f" under {prefix.rstrip('.')}" if parents else ""
+    return f"unknown option '{dotted}' of {owner}{suggestion} valid keys{level}: {', '.join(options)}"
+
+
+def _type_names(text: str) -> str:
+    """``<class 'int'>`` -> ``an int``, ``typing.Literal['a', 'b']`` -> ``one of 'a', 'b'``."""
+    text = re.sub(
+        r"<class '(?:\w+\.)*(\w+)'>", lambda name: f"{'an' if name[1][0] in 'aeiou' else 'a'} {name[1]}", text
+    )
+    return re.sub(r"^typing\.Literal\[(.*)\]$", r"one of \1", text).replace("a NoneType", "None")
+
+
+def wrong_value_error(error_text: str) -> str | None:
+    """For jsonargparse's report of a value of the wrong type (a word for a number, a name not among a
+    Literal's), one line naming the field, the type and the value; None for any other error."""
+    matches = list(_WRONG_VALUE.finditer(error_text))
+    if not matches:
+        return None
+    wrong = max(matches, key=lambda match: match.start())  # the innermost: classes nest their reports
+    # the dotted key: every section the report is nested in (model > lora > rank), outermost first
+    sections = [match["section"] for match in _SECTION.finditer(error_text, 0, wrong.start())]
+    key = ".".join([*sections, wrong["key"] or wrong["union_key"]])
+    if wrong["key"]:
+        expected, value = _type_names(wrong["expected"]), wrong["value"]
+    else:
+        expected, value = " or ".join(map(_type_names, wrong["subtypes"].split(", "))), wrong["union_value"]
+    return f"{key}: expected {expected}, got {value!r}"
 
 
 def without_usage(error_text: str) -> str:
@@ -97,8 +138,9 @@ def without_usage(error_text: str) -> str:
 
 
 class RLCLI(LightningCLI):
-    """LightningCLI that reports a config mistake without the usage block, for a misspelled option of one of
-    our classes also lists the valid ones, and keeps the config as given when a checkpoint is named."""
+    """LightningCLI that reports a config mistake without the usage block (a misspelled option of one of our
+    classes, or a value of the wrong type, in one line), and keeps the config as given when a checkpoint is
+    named."""
 
     def _parse_ckpt_path(self) -> None:
         """Do nothing. LightningCLI would replace the model's settings by the hyperparameters saved in the
@@ -116,16 +158,26 @@ class RLCLI(LightningCLI):
 
     before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
+    def instantiate_trainer(self, **kwargs: object) -> Trainer:
+        """The trainer; a setting it cannot run with (``devices: abc``, an accelerator whose library is
+        missing) is a one-line ``ConfigError`` instead of Lightning's traceback."""
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (TypeError, ValueError, ImportError) as error:
+            raise ConfigError(f"trainer: {' '.join(str(error).split())}") from error
+
     def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (LightningCLI's signature)
         captured = io.StringIO()
         try:
             with contextlib.redirect_stderr(captured):
                 super().parse_arguments(parser, args)
         except SystemExit:
-            sys.stderr.write(without_usage(captured.getvalue()))
-            hint = valid_keys_hint(captured.getvalue())
-            if hint:
-                print(hint, file=sys.stderr)
+            text = captured.getvalue()
+            one_line = unknown_key_error(text) or wrong_value_error(text)
+            if one_line:
+                print(f"error: {one_line}", file=sys.stderr)
+            else:
+                sys.stderr.write(without_usage(text))
             raise
         sys.stderr.write(captured.getvalue())
 

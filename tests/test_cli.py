@@ -14,26 +14,32 @@ LOSS_KEYS = (
 )
 
 
-def misspelling_error(args: list[str], capsys) -> str:
+def parser_error(args: list[str], capsys) -> str:
+    """The one line a misspelled key or a mistyped value prints (jsonargparse's many lines replaced)."""
     with pytest.raises(SystemExit) as exit_info:
         main(args, run=False)
     assert exit_info.value.code == 2
-    return capsys.readouterr().err
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
 
 
-def test_misspelled_command_line_key_is_named_with_the_valid_keys(small_config, capsys):
-    error = misspelling_error(["--config", str(small_config("rgra")), "--model.loss.bta=0.1"], capsys)
-    assert "unrecognized arguments: --loss.bta=0.1" in error
-    assert "usage:" not in error and "[--trainer" not in error  # not the ~50 lines of every option
-    assert f"valid keys of rgra_lightning.RLModule under loss: {LOSS_KEYS}" in error
+def test_misspelled_command_line_key_is_one_line_with_the_closest_and_the_valid_keys(small_config, capsys):
+    error = parser_error(["--config", str(small_config("rgra")), "--model.loss.bta=0.1"], capsys)
+    assert error == (
+        "error: unknown option 'loss.bta' of model (rgra_lightning.RLModule): did you mean 'loss.beta'? "
+        f"valid keys under loss: {LOSS_KEYS}"
+    )
 
 
-def test_misspelled_yaml_key_is_named_with_the_valid_keys(small_config, capsys):
+def test_misspelled_yaml_key_is_one_line_with_the_closest_and_the_valid_keys(small_config, capsys):
     config = small_config("rgra")
     config.write_text(config.read_text().replace("beta:", "bta:"))
-    error = misspelling_error(["--config", str(config)], capsys)
-    assert "Group 'loss' does not accept option 'bta'" in error
-    assert f"valid keys of rgra_lightning.RLModule under loss: {LOSS_KEYS}" in error
+    error = parser_error(["--config", str(config)], capsys)
+    assert error == (
+        "error: unknown option 'loss.bta' of model (rgra_lightning.RLModule): did you mean 'loss.beta'? "
+        f"valid keys under loss: {LOSS_KEYS}"
+    )
 
 
 def test_misspelled_nested_and_top_level_keys_list_their_level(small_config, capsys):
@@ -41,14 +47,26 @@ def test_misspelled_nested_and_top_level_keys_list_their_level(small_config, cap
     config.write_text(
         config.read_text().replace("policy_term:", "advantage: {scal: none}\n      policy_term:")
     )
-    error = misspelling_error(["--config", str(config)], capsys)
-    assert "valid keys of rgra_lightning.RLModule under loss.advantage: baseline, scale," in error
-    error = misspelling_error(["--config", str(small_config("rgra")), "--model.learnin_rate=3"], capsys)
-    assert "valid keys of rgra_lightning.RLModule: model_path, gguf_file," in error
-    assert "learning_rate" in error
-    # a class given inside another (LoraConfig inside RLModule): the inner one's keys
-    error = misspelling_error(["--config", str(small_config("rgra")), "--model.lora={r: 4}"], capsys)
-    assert "valid keys of rgra_lightning.models.LoraConfig: rank, alpha, target_modules" in error
+    error = parser_error(["--config", str(config)], capsys)
+    assert (
+        "'loss.advantage.scal' of model (rgra_lightning.RLModule): did you mean 'loss.advantage.scale'?"
+        in error
+    )
+    assert "valid keys under loss.advantage: baseline, scale," in error
+    error = parser_error(["--config", str(small_config("rgra")), "--model.learnin_rate=3"], capsys)
+    assert (
+        "'learnin_rate' of model (rgra_lightning.RLModule): did you mean 'learning_rate'? valid keys: "
+        in error
+    )
+    assert "valid keys: model_path, gguf_file," in error
+    error = parser_error(["--config", str(small_config("rgra")), "--data.bach_size=3"], capsys)
+    assert "'bach_size' of data (rgra_lightning.ArithmeticDataModule): did you mean 'batch_size'?" in error
+    # a class given inside another (LoraConfig inside RLModule): the inner one's keys; nothing close to 'r'
+    error = parser_error(["--config", str(small_config("rgra")), "--model.lora={r: 4}"], capsys)
+    assert error == (
+        "error: unknown option 'r' of model (rgra_lightning.models.LoraConfig): valid keys: rank, alpha, "
+        "target_modules"
+    )
 
 
 @pytest.mark.parametrize(
@@ -94,6 +112,30 @@ def test_gpu_config_on_a_cpu_machine_is_a_one_line_error(small_config, capsys):
 )
 def test_invalid_values_name_the_field_and_range(small_config, capsys, override, message):
     assert message in one_line_error(["--config", str(small_config("rgra")), override], capsys)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--model.learning_rate=abc", "model.learning_rate: expected a float, got 'abc'"),
+        ("--model.loss.beta=abc", "model.loss.beta: expected a float, got 'abc'"),
+        (
+            "--model.loss.policy_term=foo",
+            "model.loss.policy_term: expected one of 'reinforce', 'ratio', 'clipped_ratio', got 'foo'",
+        ),
+        ("--data.batch_size=x", "data.batch_size: expected an int, got 'x'"),
+        ("--trainer.max_steps=abc", "trainer.max_steps: expected an int, got 'abc'"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_one_line_naming_the_field(small_config, capsys, override, message):
+    assert parser_error(["--config", str(small_config("rgra")), override], capsys) == f"error: {message}"
+
+
+def test_a_trainer_setting_lightning_refuses_is_one_line_not_a_traceback(small_config, capsys):
+    args = ["--config", str(small_config("rgra")), "--trainer.devices=abc"]
+    assert one_line_error(args, capsys) == (
+        "error: trainer: `devices` selected with `CPUAccelerator` should be an int > 0."
+    )
 
 
 def test_the_old_fsdp2_only_checkpointing_key_names_the_option_that_replaced_it(small_config, capsys):
