@@ -2,6 +2,8 @@
 config into the intended LossConfig; RAFT's composite loss matches a hand computation (every single option
 is checked by hand in test_advantages.py and test_losses.py)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -41,10 +43,11 @@ PRESETS = {
 def test_the_shipped_studies_run_only_presets_checked_here():
     studies = {
         name: set(yaml.safe_load((ROOT / "configs" / "ablations" / f"{name}.yaml").read_text())["presets"])
-        for name in ("paper", "all-presets")
+        for name in ("paper", "all-presets", "paper-gsm8k")
     }
     assert studies["all-presets"] == set(PRESETS)
     assert studies["paper"] == {"grpo", "rgra", "grpo-positive-only", "reinforce", "raft", "rgra-nokl"}
+    assert studies["paper-gsm8k"] == {"grpo", "grpo-positive-only", "rgra", "raft", "reinforce"}  # Table 1
 
 
 def test_every_preset_has_a_fragment_and_every_fragment_is_checked_here():
@@ -125,6 +128,23 @@ def test_every_config_composed_over_another_parses_with_it(config, base, monkeyp
 def test_every_shipped_study_loads(study, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert set(ablate.load_study(study.relative_to(ROOT)).presets) <= set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", ["grpo", "raft"])
+def test_the_gsm8k_study_runs_the_paper_setting_with_each_method(preset, tmp_path, monkeypatch):
+    """A run of the GPU study is the paper config with the method's loss, the paper's beta (RAFT: none) and
+    the run's own directories."""
+    monkeypatch.chdir(ROOT)
+    study = ablate.load_study(Path("configs/ablations/paper-gsm8k.yaml"))
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(ablate.run_config(study, preset, 1)))
+    configs = ablate.run_command(study, preset, 1)[4:-1]  # the command's --config=... but the run's own
+    config = printed_config(*(c.removeprefix("--config=") for c in configs), str(tmp_path / "run.yaml"))
+    model = config["model"]["init_args"]
+    assert model["model_path"] == "Qwen/Qwen2.5-0.5B-Instruct" and model["lora"]["rank"] == 128
+    assert model["loss"]["beta"] == (0.0 if preset == "raft" else 0.005)
+    assert model["loss"]["policy_term"] == PRESETS[preset].policy_term
+    assert config["trainer"]["max_steps"] == 75 and config["seed_everything"] == 1
+    assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(study.run_dir(preset, 1))
 
 
 def test_raft_is_reward_weighted_cross_entropy_on_the_best_completion():
