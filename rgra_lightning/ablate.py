@@ -16,9 +16,10 @@ Each run composes configs as ``rgra fit`` does on the command line: ``rgra fit -
 --config <preset> --config <run_dir>/run.yaml``, where ``run.yaml`` holds the study's overrides, the seed and
 the run's paths (its TensorBoard logs, checkpoints and exported policy in ``<results_dir>/<name>/runs/
 <preset>/seed<k>/``). The run goes in its own process (a crash or an out-of-memory in one run does not end
-the study), and is marked finished by ``done.json`` only once fit returned. Rerunning the study skips
-finished runs and resumes an interrupted one from its last checkpoint. Afterwards ``summary.md`` and
-``val_accuracy.png`` are written from the TensorBoard event files.
+the study; a config ``rgra fit`` refuses skips that preset's other seeds), and is marked finished by
+``done.json`` only once fit returned. Rerunning the study skips finished runs and resumes an interrupted one
+from its last checkpoint. Afterwards ``summary.md`` and ``val_accuracy.png`` are written from the
+TensorBoard event files.
 """
 
 from __future__ import annotations
@@ -328,18 +329,30 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
     return path
 
 
+CONFIG_REFUSED = 2  # ``rgra fit``'s exit status for settings it cannot run with (a one-line error)
+
+
 def run_study(study: Study) -> int:
-    """Run every unfinished (preset, seed), print progress, write the summary; the number of failed runs."""
+    """Run every unfinished (preset, seed), print progress, write the summary; the number of runs not done.
+    A preset whose run exits with ``CONFIG_REFUSED`` is not run with its other seeds: only the seed
+    differs between them, so each would be refused the same way (the hub unreachable, a GPU config on a
+    CPU) after loading the same models."""
     jobs = [(preset, seed) for seed in study.seeds for preset in study.presets]  # every preset early
-    failed = 0
+    failed, refused = 0, set()
     for index, (preset, seed) in enumerate(jobs, start=1):
         run_dir = study.run_dir(preset, seed)
         prefix = f"[{index}/{len(jobs)}] {preset} seed {seed}"
         if (run_dir / "done.json").is_file():
             print(f"{prefix}: done already, skipped", flush=True)
             continue
+        if preset in refused:
+            failed += 1
+            print(f"{prefix}: not run, as {preset}'s config was refused above", flush=True)
+            continue
         print(f"{prefix}: running (log: {run_dir / 'log.txt'})", flush=True)
         record = run_one(study, preset, seed)
+        if record["returncode"] == CONFIG_REFUSED:
+            refused.add(preset)
         if record["returncode"] == 0:
             print(
                 f"{prefix}: finished in {record['wall_s']:.0f} s, final val accuracy "

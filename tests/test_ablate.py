@@ -152,11 +152,17 @@ def test_two_presets_two_seeds_resume_after_a_lost_run(study_file, capsys):
 
 
 def test_failed_run_is_reported_and_not_marked_done(study_file, capsys):
-    path = study_file(presets=["rgra"], seeds=[0], overrides={"model": {"init_args": {"learning_rate": 0}}})
+    """A refused config fails its first run with the reason; the preset's other seeds are not run."""
+    overrides = {"model": {"init_args": {"learning_rate": 0}}}
+    path = study_file(presets=["rgra"], seeds=[0, 1], overrides=overrides)
     assert ablate.main(["--config", str(path)]) == 1
     out = capsys.readouterr().out
-    assert "FAILED (exit 2)" in out and "model.learning_rate must be > 0, got 0" in out
-    assert not (ablate.load_study(path).run_dir("rgra", 0) / "done.json").exists()
+    assert "[1/2] rgra seed 0: FAILED (exit 2)" in out and "model.learning_rate must be > 0, got 0" in out
+    assert "[2/2] rgra seed 1: not run, as rgra's config was refused above" in out
+    assert "(2 run(s) failed; rerun to retry them)" in out
+    study = ablate.load_study(path)
+    assert not (study.run_dir("rgra", 0) / "done.json").exists()
+    assert not study.run_dir("rgra", 1).exists()
 
 
 def test_curve_metrics_by_hand():
