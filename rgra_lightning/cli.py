@@ -21,6 +21,7 @@ import typing
 import warnings
 from pathlib import Path
 
+import torch
 import yaml
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
@@ -157,6 +158,18 @@ class RLCLI(LightningCLI):
             raise ConfigError(f"--ckpt_path {ckpt_path!r} does not exist")
 
     before_fit = before_validate = before_test = before_predict = _check_ckpt_path
+
+    def before_instantiate_classes(self) -> None:
+        """A GPU config on a machine without a GPU fails here, before the model is loaded (a hub model would
+        first be downloaded, or retried for ~40 s offline), in one line saying what to do."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        accelerator = config.trainer.accelerator
+        has_gpu = torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available())
+        if accelerator in ("gpu", "cuda") and not has_gpu:
+            raise ConfigError(
+                f"trainer.accelerator is {accelerator}, and this machine has no GPU torch can use: run it on "
+                "a GPU machine, or check the config on this CPU with rgra rehearse --config CONFIG..."
+            )
 
     def instantiate_trainer(self, **kwargs: object) -> Trainer:
         """The trainer; a setting it cannot run with (``devices: abc``, an accelerator whose library is
