@@ -139,8 +139,9 @@ def without_usage(error_text: str) -> str:
 
 
 class RLCLI(LightningCLI):
-    """LightningCLI that reports a config mistake without the usage block (a misspelled option of one of our
-    classes, or a value of the wrong type, in one line), and keeps the config as given when a checkpoint is
+    """LightningCLI that reports config mistakes in one line where it can (a misspelled option of one of our
+    classes, a value of the wrong type, a trainer setting Lightning refuses, a GPU config without a GPU),
+    the parser's other reports without its usage block, and keeps the config as given when a checkpoint is
     named."""
 
     def _parse_ckpt_path(self) -> None:
