@@ -9,8 +9,8 @@ except for the model (``--gguf``: a GGUF converted once to a HF directory, e.g. 
 Qwen2.5-Coder-0.5B-Instruct that ``benchmarks/qwen_gguf.py`` rejoins; ``--random-init``: a randomly
 initialised model of that shape with the tokenizer of the shipped tiny policy), the data when
 ``../shared/datasets/gsm8k`` is absent (then the embedded arithmetic task as chat prompts with the config's
-instruction), ``--steps`` updates, no
-validation, logs and checkpoints in a temporary directory, and optionally ``--tokens`` / ``--batch``.
+instruction), ``--steps`` updates, no validation, logs and checkpoints in a temporary directory, and
+optionally ``--tokens`` / ``--batch``.
 
 It prints, per update, the time split (``time/generation_s``, ``verification_s``, ``update_s``,
 ``step_s``), the reward and KL; then the peak accelerator memory (CUDA: ``max_memory_allocated``) and, for
