@@ -1,6 +1,8 @@
 """Fit configs as YAML files, composed as ``rgra fit --config BASE --config PRESET ...`` composes them: a
 later file's mappings merge into the earlier ones', its lists and values replace theirs. The tools that
-read a config before handing it to ``rgra fit`` (``rgra ablate``, ``rgra rehearse``) read it this way.
+read a config before handing it to ``rgra fit`` (``rgra ablate``, ``rgra rehearse``) read it this way, and
+the command line reads each file here first, so that a mistake in one is reported at its line
+(``FILE:LINE: ...``).
 """
 
 from __future__ import annotations
@@ -26,17 +28,82 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def read(path: str | Path) -> dict[str, Any]:
+    """One YAML config file as a mapping. A file that cannot be read, is not YAML or is not a mapping is a
+    one-line ``ConfigError`` starting ``PATH:LINE:COLUMN:`` where YAML says where."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror or error}") from error
+    try:
+        layer = yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as error:
+        raise ConfigError(_yaml_mistake(path, error)) from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: {' '.join(str(error).split())}") from error
+    if not isinstance(layer, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(layer).__name__}")
+    return layer
+
+
+def _yaml_mistake(path: str | Path, error: yaml.MarkedYAMLError) -> str:
+    """``PATH:LINE:COLUMN: problem (context at line L, column C)``, from YAML's four-line report."""
+    mark, problem = error.problem_mark, error.problem or "invalid YAML"
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    context = ""
+    if error.context:
+        context_mark = error.context_mark
+        at = f" at line {context_mark.line + 1}, column {context_mark.column + 1}" if context_mark else ""
+        context = f" ({error.context}{at})"
+    return f"{where}: {problem}{context}"
+
+
+def key_line(path: str | Path, key: str, value: str | None = None) -> int | None:
+    """The line (from 1) of the YAML file ``path`` where the dotted option ``key`` (``model.lora.rank``) is
+    set (to ``value``, written anywhere in it, where given), looking through ``init_args`` levels as the
+    command line does; None where the file does not set it or cannot be read."""
+    try:
+        node = yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return None
+    key_node = None
+    for name in key.split("."):
+        found = _child(node, name)
+        if found is None:
+            return None
+        key_node, node = found
+    if key_node is None or (value is not None and not _mentions(node, value)):
+        return None
+    return key_node.start_mark.line + 1
+
+
+def _mentions(node: yaml.Node, value: str) -> bool:
+    """Whether ``value`` is one of the scalars in ``node`` (a value, or in a mapping or list below it)."""
+    if isinstance(node, yaml.ScalarNode):
+        return node.value == value
+    if isinstance(node, yaml.MappingNode):
+        return any(_mentions(child, value) for pair in node.value for child in pair)
+    return isinstance(node, yaml.SequenceNode) and any(_mentions(child, value) for child in node.value)
+
+
+def _child(node: yaml.Node | None, name: str) -> tuple[yaml.Node, yaml.Node] | None:
+    """The (key, value) nodes of option ``name`` in the mapping ``node``, or in its ``init_args``."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key_node, value_node in node.value:
+        if key_node.value == name:
+            return key_node, value_node
+    for key_node, value_node in node.value:
+        if key_node.value == "init_args":
+            return _child(value_node, name)
+    return None
+
+
 def compose(paths: Iterable[str | Path]) -> dict[str, Any]:
     """The YAML files ``paths``, each merged over the ones before it (``merge``). Every preset shipped in
     ``configs/`` keeps its base's ``class_path``s, where this equals LightningCLI's composition; a file that
     names another class would have LightningCLI drop the options that class does not take."""
     composed: dict[str, Any] = {}
     for path in paths:
-        try:
-            layer = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"{path}: {' '.join(str(error).split())}") from error
-        if not isinstance(layer, dict):
-            raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(layer).__name__}")
-        composed = merge(composed, layer)
+        composed = merge(composed, read(path))
     return composed

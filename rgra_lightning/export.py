@@ -94,11 +94,11 @@ def export_checkpoint(
 ) -> Path:
     """Build the module from ``config`` (one path, or several applied in order as ``fit`` applies several
     ``--config``), load ``ckpt_path`` and export its ``hf_model`` (the policy, or a reward model)."""
-    from rgra_lightning.cli import check_data_module, main
+    from rgra_lightning.cli import check_config_files, main
 
     require_checkpoint(ckpt_path)
     paths = [config] if isinstance(config, str) else config
-    check_data_module([arg for path in paths for arg in ("--config", path)])  # naming the given files
+    check_config_files([arg for path in paths for arg in ("--config", path)])  # naming the given files
     with tempfile.TemporaryDirectory(prefix="rgra-export-") as scratch:
         configs = [
             _module_config(path, Path(scratch) / f"{i}-{Path(path).name}") for i, path in enumerate(paths)

@@ -32,14 +32,83 @@ def test_misspelled_command_line_key_is_one_line_with_the_closest_and_the_valid_
     )
 
 
-def test_misspelled_yaml_key_is_one_line_with_the_closest_and_the_valid_keys(small_config, capsys):
+def line_of(path, text: str) -> int:
+    """The line (from 1) of ``path`` that holds ``text``."""
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def test_misspelled_yaml_key_is_one_line_naming_the_file_line_the_closest_and_the_valid_keys(
+    small_config, capsys
+):
     config = small_config("rgra")
     config.write_text(config.read_text().replace("beta:", "bta:"))
     error = parser_error(["--config", str(config)], capsys)
     assert error == (
-        "error: unknown option 'loss.bta' of model (rgra_lightning.RLModule): did you mean 'loss.beta'? "
-        f"valid keys under loss: {LOSS_KEYS}"
+        f"error: {config}:{line_of(config, 'bta:')}: unknown option 'loss.bta' of model "
+        f"(rgra_lightning.RLModule): did you mean 'loss.beta'? valid keys under loss: {LOSS_KEYS}"
     )
+
+
+def test_a_mistake_in_a_later_config_names_that_file_and_one_on_the_command_line_names_none(
+    small_config, tmp_path, capsys
+):
+    """The parser reads the sources in order and refuses the first that sets a bad value, even where a
+    later one would replace it."""
+    base, preset = small_config("rgra"), tmp_path / "preset.yaml"
+    preset.write_text("# a preset\nmodel:\n  init_args:\n    lora:\n      rank: eight\n")
+    error = parser_error(["--config", str(base), "--config", str(preset)], capsys)
+    assert error == f"error: {preset}:5: model.lora.rank: expected an int, got 'eight'"
+    error = parser_error(["--config", str(base), "--config", str(preset), "--model.lora.rank=4"], capsys)
+    assert error == f"error: {preset}:5: model.lora.rank: expected an int, got 'eight'"
+    error = parser_error(["--config", str(base), "--model.lora.rank=x", "--config", str(preset)], capsys)
+    assert error == "error: model.lora.rank: expected an int, got 'x'"
+
+
+def test_an_abbreviated_option_is_refused_as_in_a_yaml_file(small_config, capsys):
+    """argparse would take a unique prefix of an option name for the option, at every level."""
+    error = parser_error(["--config", str(small_config("rgra")), "--model.loss.advantage.scal=none"], capsys)
+    assert "unknown option 'loss.advantage.scal' of model" in error
+    error = parser_error(["--config", str(small_config("rgra")), "--trainer.max_step=3"], capsys)
+    assert error.startswith(
+        "error: unknown option 'max_step' of trainer (lightning.pytorch.Trainer): did you mean 'max_steps'? "
+        "valid keys: accelerator, strategy, devices,"
+    )
+
+
+def test_a_class_path_that_names_no_class_is_one_line_with_the_closest_class(small_config, tmp_path, capsys):
+    config = small_config("rgra")
+    error = parser_error(["--config", str(config), "--model.rollout=rgra_lightning.rollout.HFEngin"], capsys)
+    assert error == (
+        "error: model.rollout: no class rgra_lightning.rollout.HFEngin (module 'rgra_lightning.rollout' has "
+        "no attribute 'HFEngin'): did you mean 'rgra_lightning.rollout.HFEngine'?"
+    )
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("model:\n  init_args:\n    verifier:\n      class_path: no_such_module.Verifier\n")
+    error = parser_error(["--config", str(config), "--config", str(preset)], capsys)
+    assert error == (
+        f"error: {preset}:3: model.verifier: no class no_such_module.Verifier (No module named "
+        "'no_such_module')"
+    )
+    # a callback appended on the command line, not the config's own callbacks
+    error = parser_error(["--config", str(config), "--trainer.callbacks+=Foo"], capsys)
+    assert error == "error: trainer.callbacks: expected a class path (package.module.Class), got 'Foo'"
+
+
+def test_a_config_file_that_does_not_parse_or_exist_is_one_line_naming_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    learning_rate: [1e-5\n")
+    assert parser_error(["--config", str(bad)], capsys) == (
+        f"error: {bad}:4:1: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence at "
+        "line 3, column 20)"
+    )
+    missing = tmp_path / "missing.yaml"
+    assert parser_error(["--config", str(missing)], capsys) == f"error: --config {missing}: no such file"
+
+
+def test_a_union_of_literals_lists_every_value_allowed(small_config, capsys):
+    error = parser_error(["--config", str(small_config("rgra")), "--trainer.precision=fp8"], capsys)
+    assert error.startswith("error: trainer.precision: expected one of 64, 32, 16, 'transformer-engine', ")
+    assert error.endswith(", 'bf16-mixed', '32-true', '64-true', '64', '32', '16', 'bf16' or None, got 'fp8'")
 
 
 def test_misspelled_nested_and_top_level_keys_list_their_level(small_config, capsys):
@@ -61,6 +130,12 @@ def test_misspelled_nested_and_top_level_keys_list_their_level(small_config, cap
     assert "valid keys: model_path, gguf_file," in error
     error = parser_error(["--config", str(small_config("rgra")), "--data.bach_size=3"], capsys)
     assert "'bach_size' of data (rgra_lightning.ArithmeticDataModule): did you mean 'batch_size'?" in error
+    # a class whose base takes the options it passes on (TensorBoardLogger): each key listed once
+    error = parser_error(["--config", str(small_config("rgra")), "--trainer.logger.init_args.nme=x"], capsys)
+    assert error.endswith(
+        "did you mean 'name'? valid keys: save_dir, name, version, log_graph, default_hp_metric, prefix, "
+        "sub_dir, root_dir"
+    )
     # a class given inside another (LoraConfig inside RLModule): the inner one's keys; nothing close to 'r'
     error = parser_error(["--config", str(small_config("rgra")), "--model.lora={r: 4}"], capsys)
     assert error == (

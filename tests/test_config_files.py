@@ -2,7 +2,7 @@
 
 import pytest
 
-from rgra_lightning.config_files import compose, merge
+from rgra_lightning.config_files import compose, key_line, merge
 from rgra_lightning.errors import ConfigError
 
 
@@ -23,10 +23,31 @@ def test_compose_merges_each_file_over_the_ones_before(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("a: [1\n", r"bad.yaml: while parsing a flow sequence .*line 1"), ("- 1\n", "must be a YAML mapping")],
+    [
+        (
+            "a: [1\n",
+            r"bad.yaml:2:1: expected ',' or '\]', .* \(while parsing a flow sequence at line 1, column 4\)",
+        ),
+        ("- 1\n", "bad.yaml: a config must be a YAML mapping, got list"),
+    ],
 )
 def test_a_file_that_is_not_a_mapping_is_one_line_naming_it(tmp_path, text, message):
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(ConfigError, match=message) as error:
         compose([tmp_path / "bad.yaml"])
     assert "\n" not in str(error.value)
+
+
+def test_key_line_finds_an_option_through_init_args_and_its_value(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "trainer:\n  max_steps: 3\nmodel:\n  class_path: M\n  init_args:\n    loss:\n      beta: 0.1\n"
+        "    verifier:\n      class_path: V\n"
+    )
+    assert key_line(path, "trainer.max_steps") == 2
+    assert key_line(path, "model.loss.beta") == 7
+    assert key_line(path, "model.loss.beta", "0.1") == 7
+    assert key_line(path, "model.loss.beta", "0.2") is None  # set, to another value
+    assert key_line(path, "model.verifier", "V") == 8  # the value anywhere below the option
+    assert key_line(path, "model.loss.eps") is None
+    assert key_line(tmp_path / "missing.yaml", "model") is None

@@ -1,0 +1,226 @@
+"""jsonargparse's reports of a config mistake, as one line naming the option, and the config file and line
+where the mistake is in a file (``FILE:LINE: ...``): a misspelled key with the closest valid one, a value of
+the wrong type with the types allowed, a ``class_path`` that names no class with the closest class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import importlib
+import inspect
+import re
+import typing
+from pathlib import Path
+
+from rgra_lightning.config_files import key_line
+
+# jsonargparse's wordings for an unknown key below a class given by class_path, and for the section.
+_SECTION = re.compile(r'Parser key "(?P<section>[\w.]+)"')
+_CLASS_PATH = re.compile(r"class_path '(?P<class_path>[\w.]+)'")
+# A value of the wrong type: one type expected, or a union of plain types and Literals (``int | None``,
+# ``trainer.precision``).
+_PLAIN_TYPE = r"<class '(?:int|float|str|bool|NoneType)'>|typing\.Literal\[[^\]\n]*\]"
+_WRONG_VALUE = re.compile(
+    r'Parser key "(?P<key>[\w.]+)":\s*\n\s*Expected a (?P<expected>[^\n]+?)\. Got value: (?P<value>[^\n]*)'
+    r'|Parser key "(?P<union_key>[\w.]+)":\s*\n\s*Does not validate against any of the Union subtypes\s*\n'
+    rf"\s*Subtypes: \[(?P<subtypes>(?:(?:{_PLAIN_TYPE})(?:, )?)+)\]\s*\n"
+    r"(?:[^\n]*\n)*?\s*Given value: (?P<union_value>[^\n]*)"
+)
+_UNKNOWN_KEY = re.compile(
+    r"unrecognized arguments: --(?P<key>[\w.]+)"
+    r"|Option '(?P<option>[\w.]+)' is not accepted"
+    r"|Group '(?P<group>[\w.]+)' does not accept option '(?P<group_option>[\w.]+)'"
+)
+# A class_path that names no class: a module without that attribute, no such module, or not a dotted path.
+_MISSING_CLASS = re.compile(
+    r"Problem with given class_path '(?P<class_path>[\w.]+)':\s*\n\s*"
+    r"(?P<reason>module '[\w.]+' has no attribute '\w+'|No module named '[\w.]+')"
+    r"|Expected a dot import path string: (?P<value>\S+)"
+)
+
+
+class Mistake(typing.NamedTuple):
+    """A config mistake the parser reported: the dotted option it is about and one line saying what."""
+
+    key: str
+    message: str
+    value: str | None = None  # the value the parser refused, where it names one
+
+
+def _options(target: object) -> list[str]:
+    """The option names of a class's ``__init__`` (and its bases', when it passes ``**kwargs`` on to them,
+    as the data modules do) or a dataclass's fields."""
+    if dataclasses.is_dataclass(target):
+        return [field.name for field in dataclasses.fields(target)]
+    names: list[str] = []
+    for cls in getattr(target, "__mro__", [target]):
+        if "__init__" not in vars(cls) and cls is not target:
+            continue
+        parameters = inspect.signature(cls).parameters.values()
+        names += [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return list(dict.fromkeys(names))  # a base class repeats the options its subclass passes on
+
+
+def unknown_key_error(error_text: str) -> Mistake | None:
+    """For jsonargparse's report of an unknown key under a class, one line naming the key, the closest
+    valid one and every valid one at that level; None for any other error."""
+    key_match = _UNKNOWN_KEY.search(error_text)
+    if key_match is None:
+        return None
+    dotted = key_match["key"] or key_match["option"] or f"{key_match['group']}.{key_match['group_option']}"
+    # the innermost class named before the unknown key (a LoraConfig inside an RLModule, say)
+    class_match = None
+    for match in _CLASS_PATH.finditer(error_text, 0, key_match.start()):
+        class_match = match
+    section = _SECTION.search(error_text, 0, key_match.start())
+    if class_match is not None:
+        class_path, section_name = class_match["class_path"], section and section["section"]
+    elif dotted.startswith("trainer.") and dotted.count(".") == 1:  # the subcommand's own trainer options
+        class_path, section_name, dotted = "lightning.pytorch.Trainer", "trainer", dotted.split(".")[1]
+    else:
+        return None
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        target = getattr(importlib.import_module(module_name), class_name)
+        *parents, _ = dotted.split(".")
+        for name in parents:  # walk nested dataclass options, e.g. loss.advantage
+            hints = typing.get_type_hints(target if dataclasses.is_dataclass(target) else target.__init__)
+            target = hints[name]
+        options = _options(target)
+    except (ImportError, AttributeError, KeyError, TypeError, ValueError):
+        return None
+    owner = f"{section_name} ({class_path})" if section_name else class_path
+    *_, unknown = dotted.split(".")
+    prefix = "".join(f"{name}." for name in parents)
+    close = difflib.get_close_matches(unknown, options, n=1)
+    suggestion = f": did you mean '{prefix}{close[0]}'?" if close else ":"
+    level = f" under {prefix.rstrip('.')}" if parents else ""
+    message = f"unknown option '{dotted}' of {owner}{suggestion} valid keys{level}: {', '.join(options)}"
+    return Mistake(f"{section_name}.{dotted}" if section_name else dotted, message)
+
+
+def _type_names(text: str) -> str:
+    """``<class 'int'>`` -> ``an int``, ``typing.Literal['a', 'b']`` -> ``one of 'a', 'b'``."""
+    text = re.sub(
+        r"<class '(?:\w+\.)*(\w+)'>", lambda name: f"{'an' if name[1][0] in 'aeiou' else 'a'} {name[1]}", text
+    )
+    return re.sub(r"^typing\.Literal\[(.*)\]$", r"one of \1", text).replace("a NoneType", "None")
+
+
+def _union_names(subtypes: str) -> str:
+    """A union's subtypes as words: ``an int or None``; Literals' values joined into one list of the
+    values allowed, ``one of 64, 32, 'bf16-mixed' or None``."""
+    values, types = [], []
+    for subtype in re.findall(_PLAIN_TYPE, subtypes):
+        literal = re.fullmatch(r"typing\.Literal\[(.*)\]", subtype)
+        if literal:
+            values.append(literal[1])
+        else:
+            types.append(_type_names(subtype))
+    if values:
+        types.insert(0, f"one of {', '.join(values)}")
+    return " or ".join(types)
+
+
+def wrong_value_error(error_text: str) -> Mistake | None:
+    """For jsonargparse's report of a value of the wrong type (a word for a number, a name not among a
+    Literal's), one line naming the field, the type and the value; None for any other error."""
+    matches = list(_WRONG_VALUE.finditer(error_text))
+    if not matches:
+        return None
+    wrong = max(matches, key=lambda match: match.start())  # the innermost: classes nest their reports
+    # the dotted key: every section the report is nested in (model > lora > rank), outermost first
+    sections = [match["section"] for match in _SECTION.finditer(error_text, 0, wrong.start())]
+    key = ".".join([*sections, wrong["key"] or wrong["union_key"]])
+    if wrong["key"]:
+        expected, value = _type_names(wrong["expected"]), wrong["value"]
+    else:
+        expected, value = _union_names(wrong["subtypes"]), wrong["union_value"]
+    return Mistake(key, f"{key}: expected {expected}, got {value!r}", value)
+
+
+def missing_class_error(error_text: str) -> Mistake | None:
+    """For jsonargparse's report of a ``class_path`` that names no class, one line naming the option, the
+    class path, why and, where the module has one, the closest class; None for any other error."""
+    missing = _MISSING_CLASS.search(error_text)
+    if missing is None:
+        return None
+    sections = [match["section"] for match in _SECTION.finditer(error_text, 0, missing.start())]
+    key = ".".join(sections)
+    if missing["value"]:
+        message = f"{key}: expected a class path (package.module.Class), got {missing['value']!r}"
+        return Mistake(key, message, missing["value"])
+    module_name, _, class_name = missing["class_path"].rpartition(".")
+    suggestion = ""
+    with contextlib.suppress(ImportError):
+        module = importlib.import_module(module_name)
+        classes = [name for name, value in vars(module).items() if inspect.isclass(value)]
+        close = difflib.get_close_matches(class_name, classes, n=1)
+        suggestion = f": did you mean '{module_name}.{close[0]}'?" if close else ""
+    message = f"{key}: no class {missing['class_path']} ({missing['reason']}){suggestion}"
+    return Mistake(key, message, missing["class_path"])
+
+
+def given_options(args: list[str]) -> typing.Iterator[tuple[str, str]]:
+    """(``--name``, value) of each option on a command line, ``--name=value`` or ``--name value``."""
+    for index, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        name, equals, value = arg.partition("=")
+        if not equals and index + 1 < len(args) and not args[index + 1].startswith("--"):
+            value = args[index + 1]
+        yield name, value
+
+
+def where_set(mistake: Mistake, args: list[str]) -> str | None:
+    """``FILE:LINE`` of the ``--config`` file the parser refused ``mistake`` in: the first source, in the
+    order the parser reads them, that sets its option (to the refused value, where it names one); None
+    where that is the command line itself or nothing does."""
+    key, value = mistake.key, mistake.value
+    for name, given in given_options(args):
+        option = name.removeprefix("--").rstrip("+")  # ``--trainer.callbacks+=...`` appends
+        if name == "--config":
+            line = key_line(given, key, value) if is_file(given) else None
+            if line is not None:
+                return f"{given}:{line}"
+            continue
+        sets_key = option == key or key.startswith(f"{option}.") or option.startswith(f"{key}.")
+        if sets_key and (value is None or value in given):
+            return None
+    return None
+
+
+def without_usage(error_text: str) -> str:
+    """jsonargparse's error output without the usage block it prints first (a line per option, about 50 for
+    ``fit``, above the error that matters); its ``tip:`` line still says how to list the options."""
+    lines, in_usage = [], False
+    for line in error_text.splitlines(keepends=True):
+        in_usage = line.startswith("usage: ") or (in_usage and line[:1].isspace())
+        if not in_usage:
+            lines.append(line)
+    return "".join(lines)
+
+
+def is_file(value: str) -> bool:
+    """Whether ``value`` names a file; False for what cannot be a path (jsonargparse also takes a
+    ``--config`` given as a YAML string, longer than a file name may be)."""
+    try:
+        return Path(value).is_file()
+    except OSError:
+        return False
+
+
+def one_line_report(error_text: str, args: list[str] | None) -> str | None:
+    """The one line (``error: ...``) for the parser's report ``error_text`` of the command line ``args``
+    (None: not a list, so no file is named); None where the report is not one of those above."""
+    mistake = (
+        unknown_key_error(error_text) or wrong_value_error(error_text) or missing_class_error(error_text)
+    )
+    if mistake is None:
+        return None
+    source = where_set(mistake, args) if isinstance(args, list) else None
+    return f"error: {source + ': ' if source else ''}{mistake.message}"
