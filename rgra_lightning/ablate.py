@@ -139,9 +139,15 @@ def run_config(study: Study, preset: str, seed: int) -> dict[str, Any]:
     return merge(study.overrides, run)
 
 
+def run_configs(study: Study, preset: str, seed: int) -> list[Path]:
+    """The config files of one run, in the order they compose: the base configs, the preset and the run's
+    ``run.yaml`` (written by ``run_one``)."""
+    return [*map(Path, study.base_configs), preset_path(preset), study.run_dir(preset, seed) / "run.yaml"]
+
+
 def run_command(study: Study, preset: str, seed: int) -> list[str]:
-    """The ``rgra fit`` command of one run (its ``run.yaml`` written by ``run_one``)."""
-    configs = [*study.base_configs, preset_path(preset), study.run_dir(preset, seed) / "run.yaml"]
+    """The ``rgra fit`` command of one run."""
+    configs = run_configs(study, preset, seed)
     return [sys.executable, "-m", "rgra_lightning", "fit", *(f"--config={path}" for path in configs)]
 
 
@@ -170,8 +176,7 @@ def run_one(study: Study, preset: str, seed: int) -> dict[str, Any]:
     """
     run_dir = study.run_dir(preset, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = run_config(study, preset, seed)
-    (run_dir / "run.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(run_config(study, preset, seed), sort_keys=False))
     command = run_command(study, preset, seed)
     last = run_dir / "checkpoints" / "last.ckpt"
     resumed = last.is_file()
@@ -184,7 +189,7 @@ def run_one(study: Study, preset: str, seed: int) -> dict[str, Any]:
         returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ).returncode
     wall_s = time.perf_counter() - start
     curve = read_curve(run_dir)
-    steps = merge(compose(study.base_configs), run).get("trainer", {}).get("max_steps", -1)
+    steps = compose(run_configs(study, preset, seed)).get("trainer", {}).get("max_steps", -1)
     record = {
         "preset": preset,
         "seed": seed,

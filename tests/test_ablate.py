@@ -175,3 +175,18 @@ def test_difference_flags_only_gaps_beyond_two_standard_errors():
     assert ablate.difference([0.8, 0.9, 1.0], [0.5, 0.6, 0.7]) == "+0.300 (0.082) *"
     assert ablate.difference([0.6, 0.9, 1.2], [0.5, 0.6, 0.7]) == "+0.300 (0.183)"
     assert ablate.difference([0.9], [0.5, 0.6]) == "n/a"  # one seed has no spread
+
+
+def test_a_runs_recorded_steps_are_those_of_its_composed_config(study_file, tmp_path, monkeypatch):
+    """A preset's ``max_steps`` counts in the record (and its steps per second), as in the run's fit."""
+    preset = tmp_path / "long.yaml"
+    preset.write_text(yaml.safe_dump({"trainer": {"max_steps": 7}}))
+    study = ablate.load_study(study_file(presets=[str(preset)], overrides={}))
+    fits = []
+    monkeypatch.setattr(
+        ablate.subprocess,
+        "run",
+        lambda command, **_: fits.append(command) or ablate.subprocess.CompletedProcess(command, 0),
+    )
+    record = ablate.run_one(study, str(preset), 0)
+    assert len(fits) == 1 and record["steps"] == 7 and record["steps_per_s"] > 0
