@@ -125,8 +125,13 @@ class Rehearsal:
     def passed(self) -> bool:
         return self.error is None and bool(self.checks) and all(check.passed for check in self.checks)
 
+    @property
+    def processes_text(self) -> str:
+        """``1 process`` or ``2 processes``."""
+        return f"{self.processes} process{'es' if self.processes > 1 else ''}"
+
     def report(self) -> str:
-        head = f"{self.config}: {self.family}, {self.processes} process{'es' if self.processes > 1 else ''}"
+        head = f"{self.config}: {self.family}, {self.processes_text}"
         lines = [f"{head}, {self.wall_s:.0f} s: {'PASSED' if self.passed else 'FAILED'}"]
         lines += [f"  {'ok  ' if c.passed else 'FAIL'} {c.name:<7} {c.detail}" for c in self.checks]
         if self.error:
@@ -554,8 +559,7 @@ def rehearse(
             runs[run] = (run_dir, override)
         straight_dir, override = runs["straight"]
         steps = [batch * updates_per_batch(config) for batch in range(1, ROLLOUT_BATCHES + 1)]
-        processes = f"{result.processes} process{'es' if result.processes > 1 else ''}"
-        log(f"{label}: {steps[-1]} updates ({processes})")
+        log(f"{label}: {steps[-1]} updates ({result.processes_text})")
         run_fit(configs, override, straight_dir / "fit.log")
         resumed_dir, override = runs["resumed"]
         log(f"{label}: update {steps[0]}'s checkpoint resumed to update {steps[-1]}")
