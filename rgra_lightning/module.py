@@ -107,6 +107,10 @@ class RLModule(LightningModule):
             mini-batch's size, so the update is the same whatever this is; only peak memory and speed
             change. The no-gradient passes (reference, old log-probs) use it too. A multiple of G keeps
             each prompt encoded once per group.
+        micro_batch_tokens: micro-batches by tokens instead: each mini-batch's rows sorted by length and cut
+            into micro-batches of at most this many tokens (rows x longest prompt + longest completion; at
+            most ``micro_batch_size`` rows, at least one), so short completions share a pass instead of
+            being padded to the longest. The same update; refused under FSDP2. None: off.
         gradient_checkpointing: recompute each decoder layer of the policy in the backward pass instead of
             keeping its activations (HF non-reentrant checkpointing; one device, DDP and FSDP2, with or
             without LoRA): the same gradients for less memory and about one more forward of compute.
@@ -146,6 +150,7 @@ class RLModule(LightningModule):
         num_iterations: int = 1,
         num_minibatches: int = 1,
         micro_batch_size: int | None = None,
+        micro_batch_tokens: int | None = None,
         gradient_checkpointing: bool = False,
         learning_rate: float = 1e-5,
         weight_decay: float = 0.0,
@@ -165,7 +170,9 @@ class RLModule(LightningModule):
         if loss.aggregation == "constant_sum" and loss.aggregation_constant is None:
             loss = replace(loss, aggregation_constant=sampling.max_new_tokens)
         update_options = (num_iterations, num_minibatches, micro_batch_size, max_grad_norm)
-        self.updater = PolicyUpdate(loss, sampling.temperature, *update_options, max_consecutive_nonfinite)
+        self.updater = PolicyUpdate(
+            loss, sampling.temperature, *update_options, max_consecutive_nonfinite, micro_batch_tokens
+        )
         self.save_hyperparameters(ignore=["verifier", "rollout", "gradient_checkpointing"])
         self.automatic_optimization = False
         self.verifier = verifier

@@ -75,7 +75,6 @@ def test_micro_batches_accumulate_the_gradient_of_one_pass_over_the_mini_batch(s
     gradients: list[dict[str, torch.Tensor]] = []
     passes: list[tuple[int, int]] = []  # rows, width of each forward pass
     clip, features = torch.nn.utils.clip_grad_norm_, logprobs_module.completion_features
-    init = PolicyUpdate.__init__
 
     def recording_clip(parameters, *args, **kwargs):
         parameters = list(parameters)
@@ -93,12 +92,11 @@ def test_micro_batches_accumulate_the_gradient_of_one_pass_over_the_mini_batch(s
     results = {}
     for micro, budget in ((None, None), (8, None), (3, None), (None, 100)):
         gradients.clear(), passes.clear()
-
-        def init_with_budget(self, *args, budget=budget, **kwargs):
-            init(self, *args, **kwargs, token_budget=budget)
-
-        monkeypatch.setattr(PolicyUpdate, "__init__", init_with_budget)
-        overrides = {"model.init_args.micro_batch_size": micro, "model.init_args.num_iterations": 2}
+        overrides = {
+            "model.init_args.micro_batch_size": micro,
+            "model.init_args.micro_batch_tokens": budget,
+            "model.init_args.num_iterations": 2,
+        }
         main(["fit", "--config", str(small_config("grpo", **fast, **overrides)), "--trainer.max_steps=2"])
         assert len(gradients) == 2 and sum(rows for rows, _ in passes) == 4 * 16  # ref, pi_old, 2 x policy
         if budget is None:
