@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import torch
-from lightning import LightningModule
+from lightning import LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics import Metric
@@ -242,20 +243,26 @@ def log_initial_validation(module: LightningModule, loader: DataLoader) -> None:
 
 class SamplesWriter:
     """Appends evaluated completions, one JSON line each (``Experience.records()`` and how they were
-    decoded), to ``<directory>/<stage>_samples.jsonl`` (``_rank<r>`` after rank 0's), opened at the first
-    write and flushed after every batch, so an interrupted evaluation keeps its finished batches."""
+    decoded), to ``<log dir>/<stage>_samples.jsonl`` (``_rank<r>`` after rank 0's; the stage is ``val``,
+    ``test`` or ``predict``), opened at the first write and flushed after every batch, so an interrupted
+    evaluation keeps its finished batches. Writes nothing unless ``enabled``
+    (``EvaluationConfig.write_samples``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self._file: IO[str] | None = None
 
-    def write(
-        self, records: list[dict[str, Any]], decoding: str, directory: Path, stage: str, rank: int
-    ) -> None:
+    def write(self, experience: Experience, decoding: str, trainer: Trainer) -> None:
+        if not self.enabled:
+            return
         if self._file is None:
+            stage = {TrainerFn.TESTING: "test", TrainerFn.PREDICTING: "predict"}.get(trainer.state.fn, "val")
+            directory = Path(trainer.log_dir or trainer.default_root_dir)
             directory.mkdir(parents=True, exist_ok=True)
+            rank = trainer.global_rank
             path = directory / f"{stage}_samples{f'_rank{rank}' if rank else ''}.jsonl"
             self._file = path.open("w", encoding="utf-8")
-        for record in records:
+        for record in experience.records():
             self._file.write(json.dumps(record | {"decoding": decoding}, ensure_ascii=False) + "\n")
         self._file.flush()
 

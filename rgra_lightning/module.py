@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -190,7 +189,7 @@ class RLModule(LightningModule):
         self.reward_models = torch.nn.ModuleList(learned_reward_models(verifier))
         self.evaluation = evaluation
         self.eval_metrics = evaluation_metrics(evaluation)
-        self.samples = SamplesWriter()
+        self.samples = SamplesWriter(evaluation.write_samples)
         self.latest_samples: list[dict[str, Any]] = []
         self.latest_metrics: dict[str, float] = {}  # the last training step's, logged or not
 
@@ -357,7 +356,7 @@ class RLModule(LightningModule):
         to the samples JSONL."""
         size = len(batch["prompt"])
         greedy = self.make_experience(batch)
-        self.write_samples(greedy, "greedy")
+        self.samples.write(greedy, "greedy", self.trainer)
         summary = greedy_summary(greedy)
         self.log_dict(
             {f"{prefix}/{name}": summary[name] for name in ("reward", "completion_length_mean")},
@@ -367,24 +366,15 @@ class RLModule(LightningModule):
         sampled = None
         if self.evaluation.num_samples:
             sampled = self.make_experience(batch, self.evaluation.sampling(self.sampling))
-            self.write_samples(sampled, "sampled")
+            self.samples.write(sampled, "sampled", self.trainer)
         update_evaluation_metrics(self.eval_metrics, greedy, sampled)
         for name, metric in self.eval_metrics.items():
             self.log(f"{prefix}/{name}", metric, prog_bar=name == "accuracy", batch_size=size)
 
-    def write_samples(self, experience: Experience, decoding: str) -> None:
-        """Append ``experience``'s completions to ``<log dir>/<stage>_samples[_rank<r>].jsonl``."""
-        if not self.evaluation.write_samples:
-            return
-        stages = {TrainerFn.TESTING: "test", TrainerFn.PREDICTING: "predict"}
-        directory = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        stage = stages.get(self.trainer.state.fn, "val")
-        self.samples.write(experience.records(), decoding, directory, stage, self.trainer.global_rank)
-
     def predict_step(self, batch: PromptBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Greedy completions of the prompts, scored, also written to ``<log dir>/predict_samples.jsonl``."""
         experience = self.make_experience(batch)
-        self.write_samples(experience, "greedy")
+        self.samples.write(experience, "greedy", self.trainer)
         return experience.records()
 
     def on_validation_epoch_end(self) -> None:
