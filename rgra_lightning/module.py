@@ -71,7 +71,7 @@ def check_options(
         if not valid:
             raise ConfigError(f"model.{name} must be {allowed}, got {value}")
     corrects = loss.sampler_correction_cap is not None
-    if corrects and not getattr(rollout, "returns_sampler_logprobs", False):
+    if corrects and not rollout.returns_sampler_logprobs:
         raise ConfigError(
             "model.loss.sampler_correction_cap corrects for a sampler whose probabilities differ from "
             f"the trainer's, and model.rollout ({type(rollout).__name__}) returns no sampler log-probs "

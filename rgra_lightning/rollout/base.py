@@ -76,9 +76,13 @@ class RolloutEngine:
     The module ``bind``s the engine it is given (an option, possibly a default instance shared by every
     module) to its policy and tokenizer once, which also fixes the stop tokens; an engine that keeps weights
     of its own (a separate inference engine) gets ``update_weights`` after every optimizer update that
-    changed the policy. Subclasses implement ``generate`` and, if they need it, ``update_weights``.
+    changed the policy. Subclasses implement ``generate`` and, if they need it, ``update_weights``; one
+    that fills ``Rollout.sampler_logprobs`` sets ``returns_sampler_logprobs``.
     """
 
+    # Whether rollouts carry the sampler's own log-probs (``Rollout.sampler_logprobs``): only then can the
+    # loss correct for a sampler that differs from the trainer (``LossConfig.sampler_correction_cap``).
+    returns_sampler_logprobs: bool = False
     policy: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     stop_ids: tuple[int, ...]  # S token ids that end a completion (``stop_token_ids``)

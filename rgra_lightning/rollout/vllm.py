@@ -241,7 +241,7 @@ class VLLMEngine(RolloutEngine):
             ``DEFAULT_ENGINE_KWARGS`` (``max_num_batched_tokens: 4096``).
     """
 
-    returns_sampler_logprobs = True  # Rollout.sampler_logprobs, for LossConfig.sampler_correction_cap
+    returns_sampler_logprobs = True
 
     def __init__(
         self,

@@ -112,7 +112,7 @@ def test_shapes_masks_and_prompt_major_groups_of_the_prompts_own_token_ids(make_
     assert torch.equal(rollout.attention_mask[:, prompt:], mask)
     assert (rollout.completion_ids[mask == 0] == tokenizer.pad_token_id).all()
     assert any(len(set(rollout.completions[i : i + group])) > 1 for i in range(0, rows, group))
-    if getattr(engine, "returns_sampler_logprobs", False):
+    if engine.returns_sampler_logprobs:
         logprobs = rollout.sampler_logprobs
         assert logprobs.shape == (rows, width) and (logprobs[mask == 0] == 0).all()
         assert (logprobs[mask == 1] <= 0).all() and logprobs[mask == 1].isfinite().all()
@@ -185,7 +185,7 @@ def test_the_sampler_log_probs_are_the_sampled_tokens_log_probs(make_engine, eng
     torch.manual_seed(0)
     rollout = engine.generate(PROMPTS, SAMPLED)
     if rollout.sampler_logprobs is None:
-        assert not getattr(engine, "returns_sampler_logprobs", False)
+        assert not engine.returns_sampler_logprobs
         return
     with torch.no_grad():
         trainer, _ = token_logprobs(policy, rollout, SAMPLED.temperature)
