@@ -83,7 +83,7 @@ def overrides(options: argparse.Namespace, model: Path, workdir: Path) -> list[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--config", action="append", help="configs composed in order (default: configs/paper/gsm8k-rgra.yaml)"
     )

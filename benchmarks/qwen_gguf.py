@@ -52,6 +52,6 @@ def rejoin(output: Path) -> Path:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output", type=Path, help="where to write the GGUF file")
     print(rejoin(parser.parse_args().output))

@@ -28,7 +28,7 @@ def measure(verifier: Verifier, rows: list[dict]) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cases", nargs="?", default=str(DEFAULT_CASES))
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()

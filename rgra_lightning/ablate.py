@@ -376,7 +376,7 @@ def run_study(study: Study) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rgra ablate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="rgra ablate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, required=True, help="study config YAML")
     parser.add_argument("--summary_only", action="store_true", help="only rewrite summary.md and the plot")
     args = parser.parse_args(argv)

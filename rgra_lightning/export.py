@@ -109,7 +109,7 @@ def export_checkpoint(
 
 
 def main(args: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="rgra export", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="rgra export", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     gguf = commands.add_parser("gguf-to-hf", help="convert a GGUF model once into a HF directory")
     gguf.add_argument("--model-path", required=True, help="directory holding the GGUF file (or package:NAME)")

@@ -38,8 +38,8 @@ Checks, each with its measured numbers:
 - ``resume``: update 1, then a new process resuming from its checkpoint for update 2, ends with trained
   weights bitwise equal to those of the 2 straight updates (``ExactResume``);
 - ``export``: the ``ExportHuggingFace`` directory loads as a plain transformers model (no ``peft`` files or
-  adapter weights) whose weights are the trained policy's: LoRA merged into the base (up to the rounding
-  of the merged weights to the base's dtype), or the gathered FSDP2 shards.
+  adapter weights) whose weights are the trained policy's: LoRA merged into the base in float32 (up to
+  float32 rounding), or the gathered FSDP2 shards.
 """
 
 from __future__ import annotations
@@ -601,7 +601,7 @@ def shown(path: Path) -> Path:
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rgra rehearse", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="rgra rehearse", description=__doc__.split("\n\n")[0])
     parser.add_argument("configs", nargs="*", help="configs to rehearse, each alone")
     parser.add_argument(
         "--config",

@@ -136,7 +136,7 @@ def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
     overrides = args[args.index("--") + 1 :] if "--" in args else []
     args = args[: args.index("--")] if "--" in args else args
-    parser = argparse.ArgumentParser(prog="rgra label", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="rgra label", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="a fit config (policy, data, sampling, verifier)")
     parser.add_argument("--output", required=True, help="JSONL file to write")
     parser.add_argument("--split", default="train", choices=SPLITS, help="which prompts of the data module")
