@@ -326,7 +326,8 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
     axes.set_title(f"{title}: mean over seeds, band = min..max")
     axes.set_ylim(0, 1)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    if axes.lines:  # no curve yet (every run failed before validating): an empty plot, no legend warning
+        axes.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)

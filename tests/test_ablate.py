@@ -190,3 +190,14 @@ def test_a_runs_recorded_steps_are_those_of_its_composed_config(study_file, tmp_
     )
     record = ablate.run_one(study, str(preset), 0)
     assert len(fits) == 1 and record["steps"] == 7 and record["steps_per_s"] > 0
+
+
+def test_a_plot_with_no_curve_yet_is_written_without_a_warning(tmp_path):
+    """Every run failed before its first validation: the summary's plot is empty, and matplotlib is not
+    asked for a legend of nothing (its UserWarning would be printed after each failed study)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = ablate.plot_curves({"rgra": [], "grpo": [[]]}, tmp_path / "plot.png", "study")
+    assert path.stat().st_size > 0
