@@ -16,7 +16,8 @@ Each run composes configs as ``rgra fit`` does on the command line: ``rgra fit -
 --config <preset> --config <run_dir>/run.yaml``, where ``run.yaml`` holds the study's overrides, the seed and
 the run's paths (its TensorBoard logs, checkpoints and exported policy in ``<results_dir>/<name>/runs/
 <preset>/seed<k>/``). The run goes in its own process (a crash or an out-of-memory in one run does not end
-the study; a config ``rgra fit`` refuses skips that preset's other seeds), and is marked finished by
+the study; a config ``rgra fit`` refuses skips that preset's other seeds), reports its latest update,
+training reward and validation accuracy every minute, and is marked finished by
 ``done.json`` only once fit returned. Rerunning the study skips finished runs and resumes an interrupted one
 from its last checkpoint. Afterwards ``summary.md`` and ``val_accuracy.png`` are written from the
 TensorBoard event files.
@@ -33,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,8 @@ from rgra_lightning.config_files import compose, merge
 from rgra_lightning.errors import ConfigError
 
 VAL_TAG = "val/accuracy"
+REWARD_TAG = "train/reward"
+PROGRESS_EVERY_S = 60.0  # how often a running fit's progress is printed
 PRESET_DIR = Path("configs/loss")
 
 
@@ -167,8 +171,40 @@ def read_curve(run_dir: Path, tag: str = VAL_TAG) -> list[tuple[int, float]]:
     return [(step, points[step][1]) for step in sorted(points)]
 
 
-def run_one(study: Study, preset: str, seed: int) -> dict[str, Any]:
-    """Fit one run in a subprocess (resuming from its last checkpoint if one exists); return its record.
+def progress(run_dir: Path, max_steps: int) -> str:
+    """A running fit's progress as its TensorBoard files have it so far (written every few updates):
+    ``update 12/75, train/reward 0.410, val/accuracy 0.300 at update 10``."""
+    rewards, accuracies = read_curve(run_dir, REWARD_TAG), read_curve(run_dir)
+    if not rewards and not accuracies:
+        return "no update logged yet"
+    parts = []
+    if rewards:
+        step, reward = rewards[-1]
+        parts += [f"update {step}/{max_steps if max_steps > 0 else '?'}", f"{REWARD_TAG} {reward:.3f}"]
+    if accuracies:
+        parts.append(f"{VAL_TAG} {accuracies[-1][1]:.3f} at update {accuracies[-1][0]}")
+    return ", ".join(parts)
+
+
+def fit_reporting(command: list[str], log: Any, report: Callable[[], None], every_s: float) -> int:
+    """Run ``command`` with its output in ``log``, calling ``report`` every ``every_s`` seconds until it
+    ends; its exit status. Interrupted (Ctrl-C, or the study killed), the fit is killed too."""
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ)
+    try:
+        while True:
+            try:
+                return process.wait(timeout=every_s)
+            except subprocess.TimeoutExpired:
+                report()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+
+
+def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str, Any]:
+    """Fit one run in a subprocess (resuming from its last checkpoint if one exists), printing its progress
+    (``prefix: update 12/75, ...``) every ``PROGRESS_EVERY_S``; return its record.
 
     The record (also written to ``done.json`` on success) has ``returncode``, ``wall_s``, ``steps``,
     ``steps_per_s`` (optimizer updates per second of the whole fit, validation included), and the final
@@ -182,14 +218,20 @@ def run_one(study: Study, preset: str, seed: int) -> dict[str, Any]:
     resumed = last.is_file()
     if resumed:
         command += ["--ckpt_path", str(last)]
+    steps = compose(run_configs(study, preset, seed)).get("trainer", {}).get("max_steps", -1)
     start = time.perf_counter()
+
+    def report() -> None:
+        elapsed = time.perf_counter() - start
+        took = f"{elapsed:.0f} s" if elapsed < 120 else f"{elapsed / 60:.0f} min"
+        print(f"{prefix}: {progress(run_dir, steps)} ({took})", flush=True)
+
     with open(run_dir / "log.txt", "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ).returncode
+        returncode = fit_reporting(command, log, report, PROGRESS_EVERY_S)
     wall_s = time.perf_counter() - start
     curve = read_curve(run_dir)
-    steps = compose(run_configs(study, preset, seed)).get("trainer", {}).get("max_steps", -1)
     record = {
         "preset": preset,
         "seed": seed,
@@ -356,7 +398,7 @@ def run_study(study: Study) -> int:
             print(f"{prefix}: not run, as {preset}'s config was refused above", flush=True)
             continue
         print(f"{prefix}: running (log: {run_dir / 'log.txt'})", flush=True)
-        record = run_one(study, preset, seed)
+        record = run_one(study, preset, seed, prefix)
         if record["returncode"] == CONFIG_REFUSED:
             refused.add(preset)
         if record["returncode"] == 0:
@@ -386,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    # A kill of the study (SIGTERM) raises SystemExit, on which subprocess.run kills the running fit too.
+    # A kill of the study (SIGTERM) raises SystemExit, on which fit_reporting kills the running fit too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.summary_only:
         print(f"summary: {summarise(study)}")

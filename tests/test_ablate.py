@@ -3,6 +3,8 @@
 import contextlib
 import io
 import json
+import os
+import re
 import sys
 
 import pytest
@@ -117,11 +119,15 @@ def check_finished(study: ablate.Study, preset: str, seed: int) -> None:
     assert record["final_val_accuracy"] == curve[-1][1]
 
 
-def test_one_run_study_finishes_then_is_skipped(study_file, capsys):
+def test_one_run_study_finishes_then_is_skipped(study_file, capsys, monkeypatch):
+    monkeypatch.setattr(ablate, "PROGRESS_EVERY_S", 0.5)
     path = study_file(presets=["rgra"], seeds=[3])
     assert ablate.main(["--config", str(path)]) == 0
     study = ablate.load_study(path)
-    assert "[1/1] rgra seed 3: running" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[1/1] rgra seed 3: running" in out
+    # the running fit's progress, every half second here: nothing logged yet, or the latest update
+    assert re.search(r"\[1/1\] rgra seed 3: (no update logged yet|update [1-4]/4, train/reward \d)", out), out
     check_finished(study, "rgra", 3)
     summary = (study.root / "summary.md").read_text()
     assert "| rgra | 1/1 |" in summary and "![validation accuracy](val_accuracy.png)" in summary
@@ -183,13 +189,35 @@ def test_a_runs_recorded_steps_are_those_of_its_composed_config(study_file, tmp_
     preset.write_text(yaml.safe_dump({"trainer": {"max_steps": 7}}))
     study = ablate.load_study(study_file(presets=[str(preset)], overrides={}))
     fits = []
-    monkeypatch.setattr(
-        ablate.subprocess,
-        "run",
-        lambda command, **_: fits.append(command) or ablate.subprocess.CompletedProcess(command, 0),
-    )
+    monkeypatch.setattr(ablate, "fit_reporting", lambda command, *_: fits.append(command) or 0)
     record = ablate.run_one(study, str(preset), 0)
     assert len(fits) == 1 and record["steps"] == 7 and record["steps_per_s"] > 0
+
+
+def test_progress_reads_the_latest_update_reward_and_accuracy(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    assert ablate.progress(tmp_path, 4) == "no update logged yet"
+    with SummaryWriter(tmp_path / "tensorboard") as writer:
+        writer.add_scalar("val/accuracy", 0.25, 0)
+        writer.add_scalar("train/reward", 0.125, 1)
+        writer.add_scalar("train/reward", 0.5, 2)
+    assert ablate.progress(tmp_path, 4) == "update 2/4, train/reward 0.500, val/accuracy 0.250 at update 0"
+
+
+def test_an_interrupted_study_kills_the_running_fit(tmp_path):
+    """Ctrl-C or a killed study (SystemExit from its SIGTERM handler) while a fit runs: the fit goes too."""
+    log_path = tmp_path / "log.txt"
+    script = "import os, sys, time; print(os.getpid(), flush=True); time.sleep(60)"
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    with open(log_path, "w") as log, pytest.raises(KeyboardInterrupt):
+        ablate.fit_reporting([sys.executable, "-c", script], log, interrupt, every_s=1.0)
+    pid = int(log_path.read_text().split()[0])
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pid, 0)
 
 
 def test_a_plot_with_no_curve_yet_is_written_without_a_warning(tmp_path):
