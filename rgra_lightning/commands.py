@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # The tools besides LightningCLI's subcommands: ``rgra <tool> ARGS`` runs ``main(ARGS)`` of the module.
 TOOLS = {
     "label": ("rgra_lightning.reward_models.label", "sample and verify completions into a labelled JSONL"),
@@ -39,6 +40,20 @@ def run(args: list[str] | None = None) -> None:
         # ``rgra score ...`` runs as ``python -m rewards score ...``
         rest = ["score", *given[1:]] if given[0] == "score" else given[1:]
         raise SystemExit(tool.main(rest) or 0)
+    if not given[0].startswith("-") and given[0] not in LIGHTNING_COMMANDS:
+        print(unknown_command(given[0]), file=sys.stderr)
+        raise SystemExit(2)
     from rgra_lightning.cli import main
 
     main(args)  # None: LightningCLI reads sys.argv itself (given it as ``args`` too, Lightning warns)
+
+
+def unknown_command(name: str) -> str:
+    """The one-line error for ``rgra NAME`` with no such command, with the closest one and every one (the
+    parser's own error would list LightningCLI's subcommands only)."""
+    import difflib
+
+    commands = [*LIGHTNING_COMMANDS, *TOOLS]
+    close = difflib.get_close_matches(name, commands, n=1)
+    suggestion = f": did you mean '{close[0]}'?" if close else ":"
+    return f"error: unknown command '{name}'{suggestion} commands are {', '.join(commands)} (rgra --help)"

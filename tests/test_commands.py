@@ -20,6 +20,21 @@ def test_rgra_help_lists_every_command(capsys):
         assert f"\n  {command} " in printed
 
 
+@pytest.mark.parametrize(
+    ("command", "suggestion"),
+    [("rehears", ": did you mean 'rehearse'?"), ("fitt", ": did you mean 'fit'?"), ("xyz", ":")],
+)
+def test_an_unknown_command_is_one_line_naming_the_closest_and_every_command(command, suggestion, capsys):
+    """The parser's own error would list LightningCLI's four subcommands only, not the tools."""
+    with pytest.raises(SystemExit) as exit_info:
+        run([command, "--config", "x.yaml"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: unknown command '{command}'{suggestion} commands are fit, validate, test, predict, label, "
+        "export, ablate, score, rehearse (rgra --help)\n"
+    )
+
+
 @pytest.mark.parametrize("tool", sorted(TOOLS))
 def test_every_tool_answers_help_under_its_rgra_name(tool, capsys):
     with pytest.raises(SystemExit) as exit_info:
