@@ -13,6 +13,7 @@ import inspect
 import re
 import typing
 from pathlib import Path
+from typing import Any
 
 from rgra_lightning.config_files import key_line
 
@@ -33,6 +34,14 @@ _UNKNOWN_KEY = re.compile(
     r"|Option '(?P<option>[\w.]+)' is not accepted"
     r"|Group '(?P<group>[\w.]+)' does not accept option '(?P<group_option>[\w.]+)'"
 )
+# A plain value for an option that takes a dataclass of options: ``model.lora`` (or null; the lines between
+# hold no other union's subtypes, as the report nests the option's in its class's), ``model.sampling``.
+_OPTIONS_VALUE = re.compile(
+    r"Subtypes: \[<class '(?P<class_path>[\w.]+)'>, <class 'NoneType'>\]\s*\n"
+    r"(?:(?![^\n]*Subtypes:)[^\n]*\n)*?"
+    r"\s*Given value type: <class 'str'>\s*\n\s*Given value: (?P<value>[^\n]*)"
+    r"|Parser key \"(?P<key>\w+)\":\s*\n\s*Unable to load config '(?P<config_value>[^'\n]*)'"
+)
 # A class_path that names no class: a module without that attribute, no such module, or not a dotted path.
 _MISSING_CLASS = re.compile(
     r"Problem with given class_path '(?P<class_path>[\w.]+)':\s*\n\s*"
@@ -47,6 +56,12 @@ class Mistake(typing.NamedTuple):
     key: str
     message: str
     value: str | None = None  # the value the parser refused, where it names one
+
+
+def _imported(class_path: str) -> Any:
+    """The object a dotted ``module.Name`` path names (ImportError or AttributeError if none)."""
+    module_name, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
 
 
 def _options(target: object) -> list[str]:
@@ -76,16 +91,16 @@ def unknown_key_error(error_text: str) -> Mistake | None:
     class_match = None
     for match in _CLASS_PATH.finditer(error_text, 0, key_match.start()):
         class_match = match
-    section = _SECTION.search(error_text, 0, key_match.start())
+    # every section the report is nested in (model > verifier), outermost first
+    sections = [match["section"] for match in _SECTION.finditer(error_text, 0, key_match.start())]
     if class_match is not None:
-        class_path, section_name = class_match["class_path"], section and section["section"]
+        class_path, section_name = class_match["class_path"], ".".join(sections)
     elif dotted.startswith("trainer.") and dotted.count(".") == 1:  # the subcommand's own trainer options
         class_path, section_name, dotted = "lightning.pytorch.Trainer", "trainer", dotted.split(".")[1]
     else:
         return None
-    module_name, _, class_name = class_path.rpartition(".")
     try:
-        target = getattr(importlib.import_module(module_name), class_name)
+        target = _imported(class_path)
         *parents, _ = dotted.split(".")
         for name in parents:  # walk nested dataclass options, e.g. loss.advantage
             hints = typing.get_type_hints(target if dataclasses.is_dataclass(target) else target.__init__)
@@ -141,6 +156,34 @@ def wrong_value_error(error_text: str) -> Mistake | None:
     else:
         expected, value = _union_names(wrong["subtypes"]), wrong["union_value"]
     return Mistake(key, f"{key}: expected {expected}, got {value!r}", value)
+
+
+def options_value_error(error_text: str) -> Mistake | None:
+    """For jsonargparse's report of a plain value given to an option that takes a dataclass of options
+    (``--model.lora=true``, ``--model.sampling=x``), one line naming the option, its options and how to set
+    one."""
+    match = _OPTIONS_VALUE.search(error_text)
+    if match is None:
+        return None
+    sections = [section["section"] for section in _SECTION.finditer(error_text, 0, match.start())]
+    try:
+        if match["class_path"]:  # a union with None
+            target, value, nullable = _imported(match["class_path"]), match["value"], True
+        else:  # the option's type, from the class it belongs to
+            owner = [found["class_path"] for found in _CLASS_PATH.finditer(error_text, 0, match.start())][-1]
+            target = typing.get_type_hints(_imported(owner).__init__)[match["key"]]
+            value, nullable = match["config_value"], False
+            sections.append(match["key"])
+    except (ImportError, AttributeError, IndexError, KeyError, TypeError):
+        return None
+    if not dataclasses.is_dataclass(target):
+        return None
+    key, options = ".".join(sections), _options(target)
+    message = (
+        f"{key}: expected {target.__name__}'s options ({', '.join(options)}) as a mapping, e.g. "
+        f"--{key}.{options[0]}=...{', or null' if nullable else ''}; got {value!r}"
+    )
+    return Mistake(key, message, value)
 
 
 def missing_class_error(error_text: str) -> Mistake | None:
@@ -217,9 +260,8 @@ def is_file(value: str) -> bool:
 def one_line_report(error_text: str, args: list[str] | None) -> str | None:
     """The one line (``error: ...``) for the parser's report ``error_text`` of the command line ``args``
     (None: not a list, so no file is named); None where the report is not one of those above."""
-    mistake = (
-        unknown_key_error(error_text) or wrong_value_error(error_text) or missing_class_error(error_text)
-    )
+    readers = (unknown_key_error, wrong_value_error, options_value_error, missing_class_error)
+    mistake = next((found for read in readers if (found := read(error_text)) is not None), None)
     if mistake is None:
         return None
     source = where_set(mistake, args) if isinstance(args, list) else None

@@ -105,6 +105,25 @@ def test_a_config_file_that_does_not_parse_or_exist_is_one_line_naming_file_and_
     assert parser_error(["--config", str(missing)], capsys) == f"error: --config {missing}: no such file"
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "--model.lora=true",
+            "model.lora: expected LoraConfig's options (rank, alpha, target_modules) as a mapping, e.g. "
+            "--model.lora.rank=..., or null; got 'true'",
+        ),
+        (
+            "--model.evaluation=1",
+            "model.evaluation: expected EvaluationConfig's options (num_samples, k, temperature, top_p, "
+            "write_samples) as a mapping, e.g. --model.evaluation.num_samples=...; got '1'",
+        ),
+    ],
+)
+def test_a_plain_value_for_a_group_of_options_names_the_options(small_config, capsys, override, message):
+    assert parser_error(["--config", str(small_config("rgra")), override], capsys) == f"error: {message}"
+
+
 def test_a_union_of_literals_lists_every_value_allowed(small_config, capsys):
     error = parser_error(["--config", str(small_config("rgra")), "--trainer.precision=fp8"], capsys)
     assert error.startswith("error: trainer.precision: expected one of 64, 32, 16, 'transformer-engine', ")
@@ -139,8 +158,14 @@ def test_misspelled_nested_and_top_level_keys_list_their_level(small_config, cap
     # a class given inside another (LoraConfig inside RLModule): the inner one's keys; nothing close to 'r'
     error = parser_error(["--config", str(small_config("rgra")), "--model.lora={r: 4}"], capsys)
     assert error == (
-        "error: unknown option 'r' of model (rgra_lightning.models.LoraConfig): valid keys: rank, alpha, "
-        "target_modules"
+        "error: unknown option 'r' of model.lora (rgra_lightning.models.LoraConfig): valid keys: rank, "
+        "alpha, target_modules"
+    )
+    error = parser_error(
+        ["--config", str(small_config("rgra")), "--model.verifier.init_args.workrs=2"], capsys
+    )
+    assert error.startswith(
+        "error: unknown option 'workrs' of model.verifier (rewards.MathVerifier): did you mean 'workers'?"
     )
 
 
