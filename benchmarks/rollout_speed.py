@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (one rollout per path each)")
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--group", type=int, default=8, help="G, completions per prompt")
-    parser.add_argument("--tokens", type=int, default=64, help="new tokens per completion (forced)")
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens per completion (forced)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument(
