@@ -41,13 +41,12 @@ from typing import Any
 
 import yaml
 
-from rgra_lightning.config_files import compose, merge
+from rgra_lightning.config_files import LOSS_PRESETS, compose, merge
 from rgra_lightning.errors import ConfigError
 
 VAL_TAG = "val/accuracy"
 REWARD_TAG = "train/reward"
 PROGRESS_EVERY_S = 60.0  # how often a running fit's progress is printed
-PRESET_DIR = Path("configs/loss")
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,7 @@ def load_study(path: Path) -> Study:
 
 def preset_path(preset: str) -> Path:
     """``configs/loss/<preset>.yaml`` for a bare name, else the path itself."""
-    path = Path(preset) if preset.endswith((".yaml", ".yml")) else PRESET_DIR / f"{preset}.yaml"
+    path = Path(preset) if preset.endswith((".yaml", ".yml")) else LOSS_PRESETS / f"{preset}.yaml"
     if not path.is_file():
         raise ConfigError(f"preset {preset!r}: {path} does not exist")
     return path

@@ -20,7 +20,7 @@ from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from rgra_lightning.config_files import read
+from rgra_lightning.config_files import LOSS_PRESETS, read
 from rgra_lightning.errors import ConfigError, find_reported_error
 from rgra_lightning.parser_errors import given_options, is_file, one_line_report, without_usage
 
@@ -105,7 +105,7 @@ def check_config_files(args: list[str]) -> None:
     """Read each ``--config`` file first, for one-line errors the parser would report in many or without
     the file's name: a file that does not exist, YAML that does not parse (``FILE:LINE:COLUMN: ...``), and
     a data module of before the split into one class per source (``MathPromptDataModule``), saying what
-    to write instead (also for ``--data.class_path``)."""
+    to write instead (also for ``--data.class_path``); and a loss preset's name given as ``--model.loss``."""
     for name, value in given_options(args):
         data: object = None
         if name == "--config":
@@ -116,6 +116,11 @@ def check_config_files(args: list[str]) -> None:
             data, where = read(value).get("data"), value
         elif name in ("--data.class_path", "--data"):
             data, where = {"class_path": value}, "the command line"
+        elif name == "--model.loss" and (LOSS_PRESETS / f"{value}.yaml").is_file():
+            raise ConfigError(
+                f"--model.loss={value}: a loss preset is a config file: write --config {LOSS_PRESETS / value}"
+                ".yaml (model.loss takes the loss options, e.g. --model.loss.beta=0.04)"
+            )
         if isinstance(data, dict) and str(data.get("class_path", "")).endswith("MathPromptDataModule"):
             task = (data.get("init_args") or {}).get("task", "arithmetic")
             replacement = _SPLIT_DATA_MODULE.get(task, " or ".join(_SPLIT_DATA_MODULE.values()))

@@ -16,6 +16,8 @@ import yaml
 
 from rgra_lightning.errors import ConfigError
 
+LOSS_PRESETS = Path("configs/loss")  # the loss presets, composed over a base config: --config <preset>.yaml
+
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """``base`` with ``override`` merged in recursively: mappings merge, anything else (lists) replaces."""

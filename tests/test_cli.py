@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rgra_lightning.cli import main
-from tests.conftest import one_line_error
+from tests.conftest import ROOT, one_line_error
 
 LOSS_KEYS = (
     "policy_term, eps_low, eps_high, beta, kl_estimator, aggregation, aggregation_constant, "
@@ -122,6 +122,16 @@ def test_a_config_file_that_does_not_parse_or_exist_is_one_line_naming_file_and_
 )
 def test_a_plain_value_for_a_group_of_options_names_the_options(small_config, capsys, override, message):
     assert parser_error(["--config", str(small_config("rgra")), override], capsys) == f"error: {message}"
+
+
+@pytest.mark.parametrize("args", [["--model.loss=grpo"], ["--model.loss", "rgra-nokl"]])
+def test_a_loss_presets_name_as_model_loss_says_to_compose_its_file(small_config, capsys, monkeypatch, args):
+    monkeypatch.chdir(ROOT)  # the presets are configs/loss/<name>.yaml, as the docs run them
+    preset = args[-1].removeprefix("--model.loss=")
+    assert one_line_error(["--config", str(small_config("rgra")), *args], capsys) == (
+        f"error: --model.loss={preset}: a loss preset is a config file: write --config "
+        f"configs/loss/{preset}.yaml (model.loss takes the loss options, e.g. --model.loss.beta=0.04)"
+    )
 
 
 def test_a_union_of_literals_lists_every_value_allowed(small_config, capsys):
