@@ -1,6 +1,7 @@
 """jsonargparse's reports of a config mistake, as one line naming the option, and the config file and line
 where the mistake is in a file (``FILE:LINE: ...``): a misspelled key with the closest valid one, a value of
-the wrong type with the types allowed, a ``class_path`` that names no class with the closest class.
+the wrong type with the types allowed, a plain value for a group of options (``--model.lora=true``) with
+the group's options, a ``class_path`` that names no class with the closest class.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import inspect
 import re
 import typing
 from pathlib import Path
-from typing import Any
 
 from rgra_lightning.config_files import key_line
 
@@ -58,7 +58,7 @@ class Mistake(typing.NamedTuple):
     value: str | None = None  # the value the parser refused, where it names one
 
 
-def _imported(class_path: str) -> Any:
+def _imported(class_path: str) -> typing.Any:
     """The object a dotted ``module.Name`` path names (ImportError or AttributeError if none)."""
     module_name, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module_name), name)
