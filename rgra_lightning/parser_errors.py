@@ -58,6 +58,17 @@ class Mistake(typing.NamedTuple):
     value: str | None = None  # the value the parser refused, where it names one
 
 
+def _sections(error_text: str, end: int) -> list[str]:
+    """The sections the report nests the text before ``end`` in (model > lora > rank), outermost first."""
+    return [match["section"] for match in _SECTION.finditer(error_text, 0, end)]
+
+
+def _innermost_class(error_text: str, end: int) -> str | None:
+    """The class path named last before ``end``: the innermost class (a LoraConfig inside an RLModule)."""
+    paths = [match["class_path"] for match in _CLASS_PATH.finditer(error_text, 0, end)]
+    return paths[-1] if paths else None
+
+
 def _imported(class_path: str) -> typing.Any:
     """The object a dotted ``module.Name`` path names (ImportError or AttributeError if none)."""
     module_name, _, name = class_path.rpartition(".")
@@ -87,14 +98,9 @@ def unknown_key_error(error_text: str) -> Mistake | None:
     if key_match is None:
         return None
     dotted = key_match["key"] or key_match["option"] or f"{key_match['group']}.{key_match['group_option']}"
-    # the innermost class named before the unknown key (a LoraConfig inside an RLModule, say)
-    class_match = None
-    for match in _CLASS_PATH.finditer(error_text, 0, key_match.start()):
-        class_match = match
-    # every section the report is nested in (model > verifier), outermost first
-    sections = [match["section"] for match in _SECTION.finditer(error_text, 0, key_match.start())]
-    if class_match is not None:
-        class_path, section_name = class_match["class_path"], ".".join(sections)
+    class_path = _innermost_class(error_text, key_match.start())
+    if class_path is not None:
+        section_name = ".".join(_sections(error_text, key_match.start()))
     elif dotted.startswith("trainer.") and dotted.count(".") == 1:  # the subcommand's own trainer options
         class_path, section_name, dotted = "lightning.pytorch.Trainer", "trainer", dotted.split(".")[1]
     else:
@@ -148,9 +154,7 @@ def wrong_value_error(error_text: str) -> Mistake | None:
     if not matches:
         return None
     wrong = max(matches, key=lambda match: match.start())  # the innermost: classes nest their reports
-    # the dotted key: every section the report is nested in (model > lora > rank), outermost first
-    sections = [match["section"] for match in _SECTION.finditer(error_text, 0, wrong.start())]
-    key = ".".join([*sections, wrong["key"] or wrong["union_key"]])
+    key = ".".join([*_sections(error_text, wrong.start()), wrong["key"] or wrong["union_key"]])
     if wrong["key"]:
         expected, value = _type_names(wrong["expected"]), wrong["value"]
     else:
@@ -165,16 +169,18 @@ def options_value_error(error_text: str) -> Mistake | None:
     match = _OPTIONS_VALUE.search(error_text)
     if match is None:
         return None
-    sections = [section["section"] for section in _SECTION.finditer(error_text, 0, match.start())]
+    sections = _sections(error_text, match.start())
     try:
         if match["class_path"]:  # a union with None
             target, value, nullable = _imported(match["class_path"]), match["value"], True
         else:  # the option's type, from the class it belongs to
-            owner = [found["class_path"] for found in _CLASS_PATH.finditer(error_text, 0, match.start())][-1]
+            owner = _innermost_class(error_text, match.start())
+            if owner is None:
+                return None
             target = typing.get_type_hints(_imported(owner).__init__)[match["key"]]
             value, nullable = match["config_value"], False
             sections.append(match["key"])
-    except (ImportError, AttributeError, IndexError, KeyError, TypeError):
+    except (ImportError, AttributeError, KeyError, TypeError):
         return None
     if not dataclasses.is_dataclass(target):
         return None
@@ -192,8 +198,7 @@ def missing_class_error(error_text: str) -> Mistake | None:
     missing = _MISSING_CLASS.search(error_text)
     if missing is None:
         return None
-    sections = [match["section"] for match in _SECTION.finditer(error_text, 0, missing.start())]
-    key = ".".join(sections)
+    key = ".".join(_sections(error_text, missing.start()))
     if missing["value"]:
         message = f"{key}: expected a class path (package.module.Class), got {missing['value']!r}"
         return Mistake(key, message, missing["value"])
