@@ -29,6 +29,8 @@ _WRONG_VALUE = re.compile(
     rf"\s*Subtypes: \[(?P<subtypes>(?:(?:{_PLAIN_TYPE})(?:, )?)+)\]\s*\n"
     r"(?:[^\n]*\n)*?\s*Given value: (?P<union_value>[^\n]*)"
 )
+# How the parser shows an option given below one that takes a single value (``--model.learning_rate.x``).
+_NESTED_ARG = re.compile(r"NestedArg\(key='(?P<key>[\w.]+)', val=.*\)")
 _UNKNOWN_KEY = re.compile(
     r"unrecognized arguments: --(?P<key>[\w.]+)"
     r"|Option '(?P<option>[\w.]+)' is not accepted"
@@ -105,23 +107,34 @@ def unknown_key_error(error_text: str) -> Mistake | None:
         class_path, section_name, dotted = "lightning.pytorch.Trainer", "trainer", dotted.split(".")[1]
     else:
         return None
+    owner = f"{section_name} ({class_path})" if section_name else class_path
+    names, parents = dotted.split("."), []
     try:
         target = _imported(class_path)
-        *parents, _ = dotted.split(".")
-        for name in parents:  # walk nested dataclass options, e.g. loss.advantage
-            hints = typing.get_type_hints(target if dataclasses.is_dataclass(target) else target.__init__)
-            target = hints[name]
         options = _options(target)
+        # Walk nested dataclass options (loss.advantage) down to the first name that is not an option.
+        while len(parents) < len(names) - 1 and names[len(parents)] in options:
+            name = names[len(parents)]
+            target = _option_type(target, name)
+            parents.append(name)
+            options = _options(target)
     except (ImportError, AttributeError, KeyError, TypeError, ValueError):
         return None
-    owner = f"{section_name} ({class_path})" if section_name else class_path
-    *_, unknown = dotted.split(".")
+    unknown = names[len(parents)]
+    shown = ".".join([*parents, unknown])  # ``sampling.foo`` of ``--model.sampling.foo.bar``
     prefix = "".join(f"{name}." for name in parents)
     close = difflib.get_close_matches(unknown, options, n=1)
     suggestion = f": did you mean '{prefix}{close[0]}'?" if close else ":"
     level = f" under {prefix.rstrip('.')}" if parents else ""
-    message = f"unknown option '{dotted}' of {owner}{suggestion} valid keys{level}: {', '.join(options)}"
-    return Mistake(f"{section_name}.{dotted}" if section_name else dotted, message)
+    message = f"unknown option '{shown}' of {owner}{suggestion} valid keys{level}: {', '.join(options)}"
+    return Mistake(f"{section_name}.{shown}" if section_name else shown, message)
+
+
+def _option_type(target: typing.Any, name: str) -> typing.Any:
+    """The type of option ``name`` of a class or dataclass, without a union's None (``LoraConfig | None``)."""
+    hints = typing.get_type_hints(target if dataclasses.is_dataclass(target) else target.__init__)
+    members = [member for member in typing.get_args(hints[name]) if member is not type(None)]
+    return members[0] if len(members) == 1 else hints[name]
 
 
 def _type_names(text: str) -> str:
@@ -159,6 +172,10 @@ def wrong_value_error(error_text: str) -> Mistake | None:
         expected, value = _type_names(wrong["expected"]), wrong["value"]
     else:
         expected, value = _union_names(wrong["subtypes"]), wrong["union_value"]
+    below = _NESTED_ARG.fullmatch(value.strip("\"'"))
+    if below:  # ``--model.learning_rate.x=1``: an option below one that takes a single value
+        message = f"unknown option '{key}.{below['key']}': {key} takes {expected}, with no options below it"
+        return Mistake(f"{key}.{below['key']}", message)
     return Mistake(key, f"{key}: expected {expected}, got {value!r}", value)
 
 

@@ -179,6 +179,47 @@ def test_misspelled_nested_and_top_level_keys_list_their_level(small_config, cap
     )
 
 
+SAMPLING_KEYS = (
+    "num_generations, temperature, top_k, top_p, min_p, max_new_tokens, min_new_tokens, prompt_overflow"
+)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (  # an unknown name with more names below it: the first unknown one is named
+            "--model.optimizer.lr=1",
+            "error: unknown option 'optimizer' of model (rgra_lightning.RLModule): valid keys: model_path,",
+        ),
+        (
+            "--model.sampling.temprature.min=1",
+            "error: unknown option 'sampling.temprature' of model (rgra_lightning.RLModule): did you mean "
+            f"'sampling.temperature'? valid keys under sampling: {SAMPLING_KEYS}",
+        ),
+        (
+            "--data.init_args.foo.bar=2",
+            "error: unknown option 'foo' of data (rgra_lightning.ArithmeticDataModule)",
+        ),
+        (  # a name below an option that takes one value
+            "--model.learning_rate.x=1",
+            "error: unknown option 'model.learning_rate.x': model.learning_rate takes a float, with no "
+            "options below it",
+        ),
+        (
+            "--model.lora.rank.x=1",
+            "error: unknown option 'model.lora.rank.x': model.lora.rank takes an int, with no options "
+            "below it",
+        ),
+    ],
+)
+def test_an_option_below_an_unknown_or_single_value_option_is_one_line(
+    small_config, capsys, override, message
+):
+    """The parser's report (10 lines) shows such an option as ``NestedArg(key=..., val=...)``."""
+    error = parser_error(["--config", str(small_config("rgra")), override], capsys)
+    assert error.startswith(message), error
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
