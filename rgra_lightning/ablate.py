@@ -15,20 +15,24 @@ A study config (YAML) names the base config, the presets, the seeds and override
 Each run composes configs as ``rgra fit`` does on the command line: ``rgra fit --config <base_config>...
 --config <preset> --config <run_dir>/run.yaml``, where ``run.yaml`` holds the study's overrides, the seed and
 the run's paths (its TensorBoard logs, checkpoints and exported policy in ``<results_dir>/<name>/runs/
-<preset>/seed<k>/``). The run goes in its own process (a crash or an out-of-memory in one run does not end
-the study; a config ``rgra fit`` refuses skips that preset's other seeds), reports its latest update,
-training reward and validation accuracy every minute, and is marked finished by
-``done.json`` only once fit returned. Rerunning the study skips finished runs and resumes an interrupted one
-from its last checkpoint. Afterwards ``summary.md`` and ``val_accuracy.png`` are written from the
-TensorBoard event files.
+<preset>/seed<k>/``). Every preset's composed config is parsed before the first run (``parser_refusals``):
+a mistake the parser finds stops the study with nothing run. The run goes in its own process (a crash or
+an out-of-memory in one run does not end the study; a config ``rgra fit`` refuses skips that preset's
+other seeds), reports its latest update, training reward and validation accuracy every minute, and is
+marked finished by ``done.json`` only once fit returned. Rerunning the study skips finished runs and
+resumes an interrupted one from its last checkpoint. Afterwards ``summary.md`` and ``val_accuracy.png``
+are written from the TensorBoard event files.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -41,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from rgra_lightning.config_files import LOSS_PRESETS, compose, merge
+from rgra_lightning.config_files import LOSS_PRESETS, compose, key_at_line, key_line, merge
 from rgra_lightning.errors import ConfigError
 
 VAL_TAG = "val/accuracy"
@@ -379,6 +383,45 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
 CONFIG_REFUSED = 2  # ``rgra fit``'s exit status for settings it cannot run with (a one-line error)
 
 
+def parser_refusals(study: Study, study_path: Path) -> list[str]:
+    """``rgra fit``'s one-line error for each composed config of a preset with runs to do that the parser
+    refuses (an unknown option, a value of the wrong type, a missing file), with the presets it refuses,
+    found in a second or so per preset before the study starts rather than when the preset's turn comes,
+    hours in. A mistake in the study's ``overrides`` is named at its line in the study file, not in the
+    ``run.yaml`` written from them."""
+    from rgra_lightning.cli import main as fit_command
+
+    refused: dict[str, list[str]] = {}  # error -> presets
+    for preset in study.presets:
+        seeds = [seed for seed in study.seeds if not (study.run_dir(preset, seed) / "done.json").is_file()]
+        if not seeds:
+            continue
+        run_yaml = study.run_dir(preset, seeds[0]) / "run.yaml"
+        run_yaml.parent.mkdir(parents=True, exist_ok=True)
+        run_yaml.write_text(yaml.safe_dump(run_config(study, preset, seeds[0]), sort_keys=False))
+        errors = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+                fit_command([*run_command(study, preset, seeds[0])[3:], "--print_config"])
+        except SystemExit as exit_info:
+            if exit_info.code not in (0, None):
+                lines = [line for line in errors.getvalue().splitlines() if line.strip()]
+                error = next((line for line in lines if line.startswith("error: ")), " ".join(lines[-3:]))
+                refused.setdefault(_in_study_file(error, run_yaml, study_path), []).append(preset)
+    return [
+        f"{error} (preset{'s' * (len(names) > 1)} {', '.join(names)})" for error, names in refused.items()
+    ]
+
+
+def _in_study_file(error: str, run_yaml: Path, study_path: Path) -> str:
+    """``error`` (``error: RUN_YAML:LINE: ...``) with ``RUN_YAML:LINE`` replaced by the line of the study
+    file's ``overrides`` that wrote it, where it was one of them."""
+    match = re.match(rf"error: {re.escape(str(run_yaml))}:(\d+): (.*)", error)
+    key = key_at_line(run_yaml, int(match[1])) if match else None
+    line = key_line(study_path, f"overrides.{key}") if key else None
+    return f"error: {study_path}:{line}: {match[2]}" if match and line else error
+
+
 def run_study(study: Study) -> int:
     """Run every unfinished (preset, seed), print progress, write the summary; the number of runs not done.
     A preset whose run exits with ``CONFIG_REFUSED`` is not run with its other seeds: only the seed
@@ -432,6 +475,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary_only:
         print(f"summary: {summarise(study)}")
         return 0
+    refusals = parser_refusals(study, args.config)
+    if refusals:
+        print(
+            *refusals,
+            "nothing was run: fix the configs above and run the study again",
+            sep="\n",
+            file=sys.stderr,
+        )
+        return 2
     return 1 if run_study(study) else 0
 
 

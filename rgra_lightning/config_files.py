@@ -79,6 +79,27 @@ def key_line(path: str | Path, key: str, value: str | None = None) -> int | None
     return key_node.start_mark.line + 1
 
 
+def key_at_line(path: str | Path, line: int) -> str | None:
+    """The dotted key (``model.init_args.learning_rate``, ``init_args`` levels as written) set at ``line``
+    (from 1) of the YAML file ``path``: the inverse of ``key_line``; None where no key starts on that line."""
+    try:
+        node = yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return None
+    keys: list[str] = []
+    while isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if key_node.start_mark.line + 1 == line:
+                return ".".join([*keys, key_node.value])
+            if key_node.start_mark.line + 1 < line <= value_node.end_mark.line:
+                keys.append(key_node.value)
+                node = value_node
+                break
+        else:
+            return None
+    return None
+
+
 def _mentions(node: yaml.Node, value: str) -> bool:
     """Whether ``value`` is one of the scalars in ``node`` (a value, or in a mapping or list below it)."""
     if isinstance(node, yaml.ScalarNode):

@@ -171,6 +171,26 @@ def test_failed_run_is_reported_and_not_marked_done(study_file, capsys):
     assert not study.run_dir("rgra", 1).exists()
 
 
+def test_configs_the_parser_refuses_stop_the_study_before_any_run_naming_the_study_file_line(
+    study_file, tmp_path, capsys
+):
+    """A misspelled override fails every preset's config the same way: one line, at the study file's line
+    (not in the run.yaml written from it); a preset file's mistake at that file's line."""
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("model:\n  init_args:\n    loss:\n      bta: 0.1\n")
+    overrides = {"model": {"init_args": {"learning_rat": 0.1}}}
+    path = study_file(presets=["rgra", "raft", str(preset)], overrides=overrides)
+    assert ablate.main(["--config", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "learning_rat:" in text)
+    assert lines[0].startswith(f"error: {path}:{line}: unknown option 'learning_rat' of model")
+    assert lines[0].endswith("(presets rgra, raft)")
+    assert lines[1].startswith(f"error: {preset}:4: unknown option 'loss.bta' of model")
+    assert lines[1].endswith(f"(preset {preset})")
+    assert lines[2:] == ["nothing was run: fix the configs above and run the study again"]
+    assert not list(ablate.load_study(path).root.rglob("log.txt"))
+
+
 def test_curve_metrics_by_hand():
     curve = [(0, 0.25), (1, 0.5), (3, 1.0), (5, 0.75)]
     assert ablate.curve_metrics(curve) == {"initial": 0.25, "final": 0.75, "best": 1.0, "mean": 0.75}

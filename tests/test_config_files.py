@@ -2,7 +2,7 @@
 
 import pytest
 
-from rgra_lightning.config_files import compose, key_line, merge
+from rgra_lightning.config_files import compose, key_at_line, key_line, merge
 from rgra_lightning.errors import ConfigError
 
 
@@ -51,3 +51,18 @@ def test_key_line_finds_an_option_through_init_args_and_its_value(tmp_path):
     assert key_line(path, "model.verifier", "V") == 8  # the value anywhere below the option
     assert key_line(path, "model.loss.eps") is None
     assert key_line(tmp_path / "missing.yaml", "model") is None
+
+
+def test_key_at_line_is_the_dotted_key_written_on_a_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "trainer:\n  max_steps: 3\nmodel:\n  init_args:\n    loss:\n      # a comment\n      beta: 0.1\n"
+        "    lora: {rank: 4}\n"
+    )
+    assert key_at_line(path, 2) == "trainer.max_steps"
+    assert key_at_line(path, 3) == "model"
+    assert key_at_line(path, 7) == "model.init_args.loss.beta"
+    assert key_at_line(path, 8) == "model.init_args.lora"  # a flow mapping: its key's line
+    assert key_at_line(path, 6) is None  # a comment
+    assert key_at_line(path, 99) is None
+    assert key_at_line(tmp_path / "missing.yaml", 1) is None
