@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rgra_lightning.data.records import Record, load_rows
+from rgra_lightning.data.records import Record, local_file_rows
 from rgra_lightning.data.text import TextDataModule
 
 
@@ -25,5 +25,9 @@ class JsonFilesDataModule(TextDataModule):
 
     def load_splits(self) -> dict[str, list[Record]]:
         hp = self.hparams
-        files = {"train": hp.train_file, "val": hp.val_file, "test": hp.test_file or hp.val_file}
-        return {split: self.read_records(split, load_rows(path, "train")) for split, path in files.items()}
+        test = "test_file" if hp.test_file else "val_file"
+        options = {"train": "train_file", "val": "val_file", "test": test}
+        return {
+            split: self.read_records(split, local_file_rows(hp[option], f"data.{option}"))
+            for split, option in options.items()
+        }

@@ -98,8 +98,6 @@ class Rows(NamedTuple):
 def load_rows(source: str, split: str, source_config: str | None = None) -> Rows:
     """One split of a dataset: a local file (its only split is ``train``), a directory of
     ``<split>.<ext>`` files, or a hub name (``source_config`` is its configuration)."""
-    import datasets
-
     path = Path(resolve_path(source)).expanduser()
     if path.is_dir():
         files = split_files(path)
@@ -112,6 +110,8 @@ def load_rows(source: str, split: str, source_config: str | None = None) -> Rows
         if split != "train":
             raise DatasetError(f"dataset file {source!r} is a single file: its only split is 'train'")
     else:
+        import datasets
+
         try:
             return Rows(datasets.load_dataset(source, source_config, split=split), f"{source}:{split}", None)
         except Exception as error:
@@ -120,6 +120,24 @@ def load_rows(source: str, split: str, source_config: str | None = None) -> Rows
                 f"could not load dataset {source!r} split {split!r}: {reason}. Offline, give data.source a "
                 "local file or directory instead of a hub name."
             ) from error
+    return file_rows(path)
+
+
+def local_file_rows(source: str, option: str) -> Rows:
+    """The rows of the local file ``source`` that the config option ``option`` (``data.val_file``) names:
+    never a hub name or a directory, each a one-line error naming the option."""
+    path = Path(resolve_path(source)).expanduser()
+    if path.is_dir():
+        raise DatasetError(f"{option} {source!r} is a directory: give a file, one of {list(_BUILDERS)}")
+    if not path.is_file():
+        raise DatasetError(f"{option} {source!r} does not exist")
+    return file_rows(path)
+
+
+def file_rows(path: Path) -> Rows:
+    """The rows of one existing local file, checked line by line where it is JSON."""
+    import datasets
+
     if path.suffix not in _BUILDERS:
         raise DatasetError(f"dataset file {str(path)!r}: unsupported extension, use one of {list(_BUILDERS)}")
     lines = None

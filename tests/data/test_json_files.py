@@ -32,3 +32,22 @@ def test_bad_dataset_files_name_the_file_and_row(small_config, tmp_path, capsys,
         train.write_text(content)
     error = one_line_error(json_files_args(small_config, tmp_path, train), capsys)
     assert str(train) in error and expected in error
+
+
+@pytest.mark.parametrize(
+    "train_file, expected",
+    [
+        # a path without an extension: read as a local file, not looked up on the hub (offline: ~30 s of
+        # retries before any error)
+        ("no-such-dir/train", "error: data.train_file 'no-such-dir/train' does not exist"),
+        # a directory: once read as its train.jsonl, so validation silently ran on the training problems
+        (".", "error: data.train_file '.' is a directory: give a file, one of ['.json', '.jsonl',"),
+    ],
+)
+def test_each_file_option_takes_one_local_file_and_names_itself(
+    small_config, tmp_path, capsys, monkeypatch, train_file, expected
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    error = one_line_error(json_files_args(small_config, tmp_path, train_file), capsys)
+    assert error.startswith(expected), error
