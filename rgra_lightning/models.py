@@ -62,8 +62,14 @@ def resolve_path(name_or_path: str) -> str:
     return str(Path(locations[0]) / sub_path) if sub_path else locations[0]
 
 
-def _load_kwargs(name_or_path: str, gguf_file: str | None) -> dict:
-    """Check that a local model exists before transformers tries the hub, and build shared kwargs."""
+# A local directory holds a model if it has its config, a tokenizer if it has any of these.
+_MODEL_FILES = ("config.json",)
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "config.json")
+
+
+def _load_kwargs(name_or_path: str, gguf_file: str | None, marks: tuple[str, ...] = _MODEL_FILES) -> dict:
+    """Check that a local model exists, and is a directory holding one of the files ``marks`` or the GGUF
+    file, before transformers tries the hub or fails on what the directory lacks; build shared kwargs."""
     path = Path(name_or_path).expanduser()
     # Hub names are "name" or "owner/name"; anything with more path parts can only be a local directory,
     # and so is "dir/name" when dir is a local directory (models/... in a checkout).
@@ -74,13 +80,16 @@ def _load_kwargs(name_or_path: str, gguf_file: str | None) -> dict:
         or name_or_path.count("/") > 1
         or (name_or_path.count("/") == 1 and Path(path.parts[0]).is_dir())
     )
+    wanted = "Give the path to a local Hugging Face model directory (config.json, weights, tokenizer files)."
     if looks_local and not path.is_dir():
-        raise ModelLoadError(
-            f"model directory {str(path)!r} does not exist. Give the path to a local Hugging Face model "
-            "directory (config.json + weights + tokenizer files)."
-        )
+        problem = "is a file, not a directory" if path.exists() else "does not exist"
+        raise ModelLoadError(f"model directory {str(path)!r} {problem}. {wanted}")
     if gguf_file is not None and looks_local and not (path / gguf_file).is_file():
         raise ModelLoadError(f"GGUF file {gguf_file!r} not found in {str(path)!r}")
+    if looks_local and gguf_file is None and not any((path / name).is_file() for name in marks):
+        raise ModelLoadError(
+            f"{str(path)!r} is not a Hugging Face model directory: it has no {' or '.join(marks)}. {wanted}"
+        )
     return {"gguf_file": gguf_file} if gguf_file else {}
 
 
@@ -99,7 +108,7 @@ def _explain(name_or_path: str, what: str, error: Exception) -> ModelLoadError:
 def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer, with left padding for generation and a pad token (EOS when the model has none)."""
     name_or_path = resolve_path(name_or_path)
-    kwargs = _load_kwargs(name_or_path, gguf_file)
+    kwargs = _load_kwargs(name_or_path, gguf_file, _TOKENIZER_FILES)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as error:

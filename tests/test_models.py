@@ -66,6 +66,25 @@ def test_missing_model_directory_raises_typed_error_in_python(tmp_path, monkeypa
         load_causal_lm("models/not-exported-yet")
 
 
+def test_a_path_that_is_not_a_model_directory_says_what_it_is(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    with pytest.raises(ModelLoadError, match=r"'.*train.jsonl' is a file, not a directory"):
+        load_causal_lm(str(tmp_path / "train.jsonl"))
+    # a directory of something else: transformers would blame a missing sentencepiece or a model_type
+    with pytest.raises(ModelLoadError, match="is not a Hugging Face model directory: it has no config.json"):
+        load_causal_lm(str(tmp_path))
+    with pytest.raises(
+        ModelLoadError, match="it has no tokenizer_config.json or tokenizer.json or config.json"
+    ):
+        load_tokenizer(str(tmp_path))
+
+
+def test_a_bad_chat_tokenizer_path_names_its_option(small_config, tmp_path, capsys):
+    args = ["fit", "--config", str(small_config("rgra")), "--data.prompt_format=chat"]
+    error = one_line_error([*args, f"--data.tokenizer_path={tmp_path}"], capsys)
+    assert error.startswith(f"error: data.tokenizer_path: '{tmp_path}' is not a Hugging Face model directory")
+
+
 def test_hub_name_offline_explains_local_path(small_config, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     args = ["--config", str(small_config("rgra")), "--model.model_path=Qwen/Qwen2.5-0.5B-Instruct"]

@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rgra_lightning.data.base import ChatPrompt, PromptDataModule
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.models import load_tokenizer
+from rgra_lightning.models import ModelLoadError, load_tokenizer
 
 PromptFormat = Literal["plain", "chat"]
 
@@ -64,7 +64,10 @@ class ChatCapableDataModule(PromptDataModule):
         if self.tokenizer is None:
             hp = self.hparams
             if hp.tokenizer_path is not None:
-                self.tokenizer = load_tokenizer(hp.tokenizer_path, hp.tokenizer_gguf_file)
+                try:
+                    self.tokenizer = load_tokenizer(hp.tokenizer_path, hp.tokenizer_gguf_file)
+                except ModelLoadError as error:
+                    raise ModelLoadError(f"data.tokenizer_path: {error}") from error
             else:
                 trainer = self.trainer
                 self.tokenizer = getattr(trainer.lightning_module, "tokenizer", None) if trainer else None
