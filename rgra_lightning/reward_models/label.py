@@ -54,8 +54,18 @@ def label(
         raise ConfigError(f"--split must be one of {list(SPLITS)}, got {split!r}")
     if batch_size < 1 or (limit is not None and limit < 1):
         raise ConfigError(f"--batch-size and --limit must be >= 1, got {batch_size}, {limit}")
+    try:
+        torch.device(device)
+    except RuntimeError as error:
+        raise ConfigError(f"--device {device}: not a torch device (cpu, cuda, cuda:N)") from error
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: no CUDA device is available here (use --device cpu)")
+    if num_generations is not None and num_generations < 2:
+        raise ConfigError(
+            f"--num-generations must be >= 2 (a group needs two completions), got {num_generations}"
+        )
+    if Path(output).is_dir():
+        raise ConfigError(f"--output {output} is a directory: give the JSONL file to write")
     if ckpt_path is not None:
         require_checkpoint(ckpt_path)
     cli = main(["--config", config, *(overrides or [])], run=False)
@@ -151,6 +161,11 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--pairs-output", default=None, help="also write preference pairs to this JSONL file")
     options = parser.parse_args(args)
     try:
+        if (
+            options.pairs_output is not None
+            and Path(options.pairs_output).resolve() == Path(options.output).resolve()
+        ):
+            raise ConfigError(f"--pairs-output {options.pairs_output} is --output too: give another file")
         summary = label(
             options.config,
             options.output,

@@ -64,3 +64,29 @@ def test_label_command_writes_rows_and_pairs(small_config, tmp_path, capsys):
     assert summary["rows"] == len(rows) == 32 and summary["pairs"] == len(pairs)
     assert pairs and pairs == preference_pairs(rows)
     assert read_rows(pairs_output, "correct", 0.5)[0]["kind"] == "preference"  # trainable as written
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--device", "gpu0"], "error: --device gpu0: not a torch device (cpu, cuda, cuda:N)"),
+        (
+            ["--num-generations", "1"],
+            "error: --num-generations must be >= 2 (a group needs two completions), got 1",
+        ),
+        (["--output", "{tmp}"], "error: --output {tmp} is a directory: give the JSONL file to write"),
+        (
+            ["--pairs-output", "{tmp}/labels.jsonl"],
+            "error: --pairs-output {tmp}/labels.jsonl is --output too",
+        ),
+    ],
+)
+def test_label_mistakes_are_one_line_before_any_sampling(small_config, tmp_path, capsys, options, message):
+    """Each was a traceback (--device, --output a directory: after sampling every prompt), named the config
+    option instead of the flag (--num-generations) or overwrote the labels with the pairs."""
+    args = ["--config", str(small_config("rgra")), "--output", str(tmp_path / "labels.jsonl"), "--limit", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        label_main([*args, *(option.format(tmp=tmp_path) for option in options)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().startswith(message.format(tmp=tmp_path))
+    assert not (tmp_path / "labels.jsonl").exists()
