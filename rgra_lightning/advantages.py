@@ -51,9 +51,11 @@ class AdvantageConfig:
             ("selection", self.selection, Selection),
         ):
             if value not in allowed.__args__:
-                raise ConfigError(f"advantage.{field}={value!r} is not one of {list(allowed.__args__)}")
+                raise ConfigError(
+                    f"model.loss.advantage.{field}={value!r} is not one of {list(allowed.__args__)}"
+                )
         if self.epsilon <= 0:
-            raise ConfigError(f"advantage.epsilon must be > 0, got {self.epsilon}")
+            raise ConfigError(f"model.loss.advantage.epsilon must be > 0, got {self.epsilon}")
 
 
 def group_advantages(

@@ -82,24 +82,25 @@ class LossConfig:
             ("aggregation", self.aggregation, Aggregation),
         ):
             if value not in allowed.__args__:
-                raise ConfigError(f"loss.{field}={value!r} is not one of {list(allowed.__args__)}")
+                raise ConfigError(f"model.loss.{field}={value!r} is not one of {list(allowed.__args__)}")
         if self.eps_low <= 0 or self.eps_high <= 0:
             raise ConfigError(
-                f"loss.eps_low and loss.eps_high must be > 0, got {self.eps_low}, {self.eps_high}"
+                f"model.loss.eps_low and model.loss.eps_high must be > 0, got {self.eps_low}, {self.eps_high}"
             )
         if self.eps_low >= 1:
             raise ConfigError(
-                f"loss.eps_low must be < 1 (the ratio's lower clip 1 - eps_low > 0), got {self.eps_low}"
+                f"model.loss.eps_low must be < 1 (the ratio's lower clip 1 - eps_low > 0), got {self.eps_low}"
             )
         if self.beta < 0:
-            raise ConfigError(f"loss.beta must be >= 0, got {self.beta}")
+            raise ConfigError(f"model.loss.beta must be >= 0, got {self.beta}")
         if self.aggregation_constant is not None and self.aggregation_constant < 1:
             raise ConfigError(
-                f"loss.aggregation_constant must be >= 1 tokens, got {self.aggregation_constant}"
+                f"model.loss.aggregation_constant must be >= 1 tokens, got {self.aggregation_constant}"
             )
         if self.sampler_correction_cap is not None and self.sampler_correction_cap <= 0:
             raise ConfigError(
-                f"loss.sampler_correction_cap must be > 0 (null: off), got {self.sampler_correction_cap}"
+                "model.loss.sampler_correction_cap must be > 0 (null: off), "
+                f"got {self.sampler_correction_cap}"
             )
 
     @property
@@ -222,11 +223,11 @@ def rl_loss(
     if config.sampler_correction_cap is not None:
         if sampler_logp is None:
             raise ConfigError(
-                "loss.sampler_correction_cap needs the sampler's log-probs, and the rollout has none: use a "
-                "rollout engine that returns them (VLLMEngine) or leave the option unset"
+                "model.loss.sampler_correction_cap needs the sampler's log-probs, and the rollout has none: "
+                "use a rollout engine that returns them (VLLMEngine) or leave the option unset"
             )
         if old_logp is None:
-            raise ConfigError("loss.sampler_correction_cap needs the trainer's old log-probs (pi_old)")
+            raise ConfigError("model.loss.sampler_correction_cap needs the trainer's old log-probs (pi_old)")
         weight, cut = sampler_weights(old_logp, sampler_logp, config.sampler_correction_cap)
         term = term * weight
         denominator = tokens.clamp(min=1)

@@ -105,7 +105,7 @@ def test_zero_std_group_fraction():
     ],
 )
 def test_invalid_options_name_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=f"advantage.{field}"):
+    with pytest.raises(ValueError, match=f"^model.loss.advantage.{field}"):
         AdvantageConfig(**kwargs)
 
 

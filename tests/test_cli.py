@@ -225,13 +225,14 @@ def test_an_option_below_an_unknown_or_single_value_option_is_one_line(
     [
         ("--model.num_minibatches=0", "model.num_minibatches must be >= 1, got 0"),
         ("--model.max_consecutive_nonfinite=0", "model.max_consecutive_nonfinite must be >= 1, got 0"),
-        ("--model.sampling.top_p=0", "sampling.top_p must be in (0, 1], got 0"),
-        ("--model.loss.eps_high=-0.1", "eps_high must be > 0"),
+        ("--model.sampling.top_p=0", "model.sampling.top_p must be in (0, 1], got 0"),
+        ("--model.loss.eps_high=-0.1", "model.loss.eps_low and model.loss.eps_high must be > 0"),
         ("--data.batch_size=0", "data.batch_size and data.val_batch_size must be >= 1"),
     ],
 )
 def test_more_invalid_values_name_the_field_and_range(small_config, capsys, override, message):
-    assert message in one_line_error(["--config", str(small_config("rgra")), override], capsys)
+    error = one_line_error(["--config", str(small_config("rgra")), override], capsys)
+    assert error.startswith(f"error: {message}"), error
 
 
 @pytest.mark.parametrize("command", ["fit", "validate", "test"])
@@ -258,16 +259,18 @@ def test_gpu_config_on_a_cpu_machine_is_a_one_line_error_before_any_model_loads(
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("--model.sampling.num_generations=1", "num_generations (G) must be >= 2"),
-        ("--model.sampling.temperature=0", "temperature must be > 0"),
-        ("--model.sampling.max_new_tokens=0", "max_new_tokens must be >= 1"),
-        ("--model.loss.eps_low=0", "eps_low and loss.eps_high must be > 0"),
-        ("--model.loss.beta=-1", "beta must be >= 0"),
-        ("--model.num_iterations=0", "num_iterations must be >= 1"),
+        ("--model.sampling.num_generations=1", "model.sampling.num_generations (G) must be >= 2"),
+        ("--model.sampling.temperature=0", "model.sampling.temperature must be > 0"),
+        ("--model.sampling.max_new_tokens=0", "model.sampling.max_new_tokens must be >= 1"),
+        ("--model.loss.eps_low=0", "model.loss.eps_low and model.loss.eps_high must be > 0"),
+        ("--model.loss.beta=-1", "model.loss.beta must be >= 0"),
+        ("--model.num_iterations=0", "model.num_iterations must be >= 1"),
     ],
 )
 def test_invalid_values_name_the_field_and_range(small_config, capsys, override, message):
-    assert message in one_line_error(["--config", str(small_config("rgra")), override], capsys)
+    """Each names the option as the command line does (``model.sampling.top_p``, not ``sampling.top_p``)."""
+    error = one_line_error(["--config", str(small_config("rgra")), override], capsys)
+    assert error.startswith(f"error: {message}"), error
 
 
 @pytest.mark.parametrize(

@@ -119,7 +119,7 @@ def test_ratio_terms_need_old_logprobs():
     ],
 )
 def test_invalid_options_name_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=f"loss.{field}"):
+    with pytest.raises(ValueError, match=f"^model.loss.{field}"):
         LossConfig(**kwargs)
 
 
@@ -217,7 +217,9 @@ def test_the_sampler_correction_needs_the_samplers_and_the_old_log_probs():
         rl_loss(LOGP, ADV, MASK, config, old_logp=OLD)
     with pytest.raises(ConfigError, match="needs the trainer's old log-probs"):
         rl_loss(LOGP, ADV, MASK, config, sampler_logp=SAMPLER)
-    with pytest.raises(ConfigError, match=r"loss.sampler_correction_cap must be > 0 \(null: off\), got 0"):
+    with pytest.raises(
+        ConfigError, match=r"^model.loss.sampler_correction_cap must be > 0 \(null: off\), got 0"
+    ):
         LossConfig(sampler_correction_cap=0)
 
 

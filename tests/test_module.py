@@ -21,7 +21,7 @@ def test_out_of_memory_suggests_what_to_reduce(small_config, monkeypatch):
     with pytest.raises(torch.OutOfMemoryError) as error:
         main(["fit", "--config", str(small_config("rgra", **FAST))])
     message = str(error.value)
-    for knob in ("model.micro_batch_size", "data.batch_size", "sampling.max_new_tokens", "bfloat16"):
+    for knob in ("model.micro_batch_size", "data.batch_size", "model.sampling.max_new_tokens", "bfloat16"):
         assert knob in message
     assert "Tried to allocate" in str(error.value.__cause__)
 

@@ -148,8 +148,8 @@ def fit_prompts_to_context(
     budget = context_window - config.max_new_tokens
     if budget < 1:
         raise ConfigError(
-            f"sampling.max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the model's "
-            f"context window of {context_window} tokens"
+            f"model.sampling.max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the "
+            f"model's context window of {context_window} tokens"
         )
     lengths = encoded["attention_mask"].sum(dim=1)
     too_long = int((lengths > budget).sum())

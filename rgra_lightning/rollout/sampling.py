@@ -47,20 +47,20 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
-            raise ConfigError(f"sampling.num_generations (G) must be >= 2, got {self.num_generations}")
+            raise ConfigError(f"model.sampling.num_generations (G) must be >= 2, got {self.num_generations}")
         if self.temperature <= 0:
-            raise ConfigError(f"sampling.temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"model.sampling.temperature must be > 0, got {self.temperature}")
         if self.top_k < 0:
-            raise ConfigError(f"sampling.top_k must be >= 0 (0: off), got {self.top_k}")
+            raise ConfigError(f"model.sampling.top_k must be >= 0 (0: off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
-            raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"model.sampling.top_p must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_p <= 1:
-            raise ConfigError(f"sampling.min_p must be in [0, 1] (0: off), got {self.min_p}")
+            raise ConfigError(f"model.sampling.min_p must be in [0, 1] (0: off), got {self.min_p}")
         if self.max_new_tokens < 1:
-            raise ConfigError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ConfigError(f"model.sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ConfigError(
-                f"sampling.min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], "
+                f"model.sampling.min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], "
                 f"got {self.min_new_tokens}"
             )
 

@@ -52,9 +52,9 @@ def test_the_filters_apply_in_generates_order():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"top_k": -1}, r"sampling.top_k must be >= 0 \(0: off\), got -1"),
-        ({"min_p": -0.1}, r"sampling.min_p must be in \[0, 1\] \(0: off\), got -0.1"),
-        ({"min_p": 1.5}, r"sampling.min_p must be in \[0, 1\] \(0: off\), got 1.5"),
+        ({"top_k": -1}, r"model.sampling.top_k must be >= 0 \(0: off\), got -1"),
+        ({"min_p": -0.1}, r"model.sampling.min_p must be in \[0, 1\] \(0: off\), got -0.1"),
+        ({"min_p": 1.5}, r"model.sampling.min_p must be in \[0, 1\] \(0: off\), got 1.5"),
     ],
 )
 def test_sampling_options_are_validated_in_one_line(options, message):
