@@ -19,9 +19,12 @@ the run's paths (its TensorBoard logs, checkpoints and exported policy in ``<res
 a mistake the parser finds stops the study with nothing run. The run goes in its own process (a crash or
 an out-of-memory in one run does not end the study; a config ``rgra fit`` refuses skips that preset's
 other seeds), reports its latest update, training reward and validation accuracy every minute, and is
-marked finished by ``done.json`` only once fit returned. Rerunning the study skips finished runs and
-resumes an interrupted one from its last checkpoint. Afterwards ``summary.md`` and ``val_accuracy.png``
-are written from the TensorBoard event files.
+marked finished by ``done.json`` only once fit returned, which records the run's composed config.
+Rerunning the study skips finished runs and resumes an interrupted one from its last checkpoint, once
+``stale_runs`` found each such run made with the config the study gives it now: a study changed since
+(its overrides, a base config, a preset file) with the same ``name`` stops with nothing run rather than
+reuse runs of other settings. Afterwards ``summary.md`` and ``val_accuracy.png`` are written from the
+TensorBoard event files.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import difflib
 import io
 import json
 import os
@@ -45,12 +49,13 @@ from typing import Any
 
 import yaml
 
-from rgra_lightning.config_files import LOSS_PRESETS, compose, key_at_line, key_line, merge
+from rgra_lightning.config_files import LOSS_PRESETS, compose, key_at_line, key_line, merge, read
 from rgra_lightning.errors import ConfigError
 
 VAL_TAG = "val/accuracy"
 REWARD_TAG = "train/reward"
 PROGRESS_EVERY_S = 60.0  # how often a running fit's progress is printed
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"  # in a run directory; an unfinished run resumes from it
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ def load_study(path: Path) -> Study:
     """Parse and check a study config; every problem is a ``ConfigError`` naming the field."""
     if not path.is_file():
         raise ConfigError(f"study config {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read(path)
     allowed = {"name", "base_config", "presets", "seeds", "overrides", "results_dir", "reference"}
     unknown = set(raw) - allowed
     if unknown:
@@ -92,6 +97,8 @@ def load_study(path: Path) -> Study:
     bases = raw["base_config"] if isinstance(raw["base_config"], list) else [raw["base_config"]]
     if not bases or not all(isinstance(base, str) for base in bases):
         raise ConfigError(f"{path}: base_config must be a config path or a non-empty list of them")
+    if not isinstance(raw.get("results_dir", ""), str):
+        raise ConfigError(f"{path}: results_dir must be a directory's path")
     study = Study(
         name=str(raw["name"]),
         base_configs=[Path(base) for base in bases],
@@ -101,21 +108,41 @@ def load_study(path: Path) -> Study:
         results_dir=Path(raw.get("results_dir", "results")),
         reference=str(raw.get("reference", raw["presets"][0])),
     )
-    if study.reference not in study.presets:
-        raise ConfigError(f"{path}: reference {study.reference!r} is not one of the presets {study.presets}")
     for base in study.base_configs:
         if not base.is_file():
             raise ConfigError(f"{path}: base_config {base} does not exist")
-    for preset in study.presets:
-        preset_path(preset)  # fails early on a missing preset rather than hours into the study
+    for preset in study.presets:  # before the reference, which defaults to the first preset
+        try:
+            preset_path(preset)  # fails early on a missing preset rather than hours into the study
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+    if study.reference not in study.presets:
+        raise ConfigError(f"{path}: reference {study.reference!r} is not one of the presets {study.presets}")
+    existing = next(folder for folder in (study.root, *study.root.parents) if folder.exists())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{path}: results_dir {study.results_dir}: {existing} is a file, not a directory; "
+            "set results_dir to a directory (it is created if missing)"
+        )
     return study
 
 
 def preset_path(preset: str) -> Path:
-    """``configs/loss/<preset>.yaml`` for a bare name, else the path itself."""
-    path = Path(preset) if preset.endswith((".yaml", ".yml")) else LOSS_PRESETS / f"{preset}.yaml"
+    """``configs/loss/<preset>.yaml`` for a bare name, else the path itself. A ``ConfigError`` where it does
+    not exist, for a bare name with the presets there are and the closest one."""
+    if preset.endswith((".yaml", ".yml")):
+        if not Path(preset).is_file():
+            raise ConfigError(f"preset {preset!r} does not exist")
+        return Path(preset)
+    path = LOSS_PRESETS / f"{preset}.yaml"
     if not path.is_file():
-        raise ConfigError(f"preset {preset!r}: {path} does not exist")
+        names = sorted(file.stem for file in LOSS_PRESETS.glob("*.yaml"))
+        close = difflib.get_close_matches(preset, names, n=1)
+        hint = f": did you mean {close[0]!r}?" if close else ";"
+        known = f"presets: {', '.join(names)}" if names else f"{LOSS_PRESETS} holds no presets here"
+        raise ConfigError(
+            f"preset {preset!r} does not exist ({path}){hint} {known} (or give a preset file's path)"
+        )
     return path
 
 
@@ -210,18 +237,20 @@ def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str,
     (``prefix: update 12/75, ...``) every ``PROGRESS_EVERY_S``; return its record.
 
     The record (also written to ``done.json`` on success) has ``returncode``, ``wall_s``, ``steps``,
-    ``steps_per_s`` (optimizer updates per second of the whole fit, validation included), and the final
-    and best validation accuracy.
+    ``steps_per_s`` (optimizer updates per second of the whole fit, validation included), the final
+    and best validation accuracy, and ``config``: the run's composed config (``as_recorded``), which
+    ``stale_runs`` compares with the study's when it is run again.
     """
     run_dir = study.run_dir(preset, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.yaml").write_text(yaml.safe_dump(run_config(study, preset, seed), sort_keys=False))
     command = run_command(study, preset, seed)
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = run_dir / LAST_CHECKPOINT
     resumed = last.is_file()
     if resumed:
         command += ["--ckpt_path", str(last)]
-    steps = compose(run_configs(study, preset, seed)).get("trainer", {}).get("max_steps", -1)
+    config = as_recorded(compose(run_configs(study, preset, seed)))
+    steps = config.get("trainer", {}).get("max_steps", -1)
     start = time.perf_counter()
 
     def report() -> None:
@@ -244,6 +273,7 @@ def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str,
         "steps_per_s": round(steps / wall_s, 3) if steps and steps > 0 and not resumed else None,
         "final_val_accuracy": curve[-1][1] if curve else None,
         "best_val_accuracy": max(value for _, value in curve) if curve else None,
+        "config": config,
     }
     if returncode == 0:
         (run_dir / "done.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -380,6 +410,96 @@ def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, ti
     return path
 
 
+def as_recorded(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as ``done.json`` holds it (JSON: a value JSON has no type for, a YAML date, as its text)."""
+    return json.loads(json.dumps(config, default=str))
+
+
+def run_settings(study: Study, preset: str, seed: int, run_layer: dict[str, Any]) -> dict[str, Any]:
+    """The composed config of a run of ``preset`` with ``run_layer`` as its ``run.yaml``, as recorded."""
+    return as_recorded(merge(compose([*study.base_configs, preset_path(preset)]), run_layer))
+
+
+def flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    """The leaves of a nested config by dotted key (``trainer.max_steps``; list items by their index)."""
+    if isinstance(config, dict) and config:
+        children = config.items()
+    elif isinstance(config, list) and config:
+        children = enumerate(config)
+    else:
+        return {prefix: config}
+    leaves: dict[str, Any] = {}
+    for key, value in children:
+        leaves |= flat(value, f"{prefix}.{key}" if prefix else str(key))
+    return leaves
+
+
+def changes(old: dict[str, Any], new: dict[str, Any], first: int = 3) -> str:
+    """The first ``first`` dotted keys whose values differ, ``key OLD -> NEW`` (values as JSON, ``unset``
+    where a side lacks the key), and how many more; empty where the configs are equal."""
+    old_leaves, new_leaves = flat(old), flat(new)
+    unset = object()
+
+    def shown(leaves: dict[str, Any], key: str) -> str:
+        """The value at ``key`` as JSON, or ``unset``."""
+        return json.dumps(leaves[key]) if key in leaves else "unset"
+
+    differing = [
+        f"{key} {shown(old_leaves, key)} -> {shown(new_leaves, key)}"
+        for key in {**old_leaves, **new_leaves}
+        if old_leaves.get(key, unset) != new_leaves.get(key, unset)
+    ]
+    more = f" (and {len(differing) - first} more)" if len(differing) > first else ""
+    return ", ".join(differing[:first]) + more
+
+
+def stale_runs(study: Study) -> tuple[list[str], list[str]]:
+    """The study's runs already made (finished, or started and to be resumed from their checkpoint) with a
+    composed config other than the one the study gives them now: one ``error: ...`` line per preset with
+    such runs, naming the first one's changed keys, and one ``warning: ...`` line per preset with finished
+    runs whose ``done.json`` records no config (written before it did). Such a run is compared through its
+    ``run.yaml`` (the study's overrides then) composed over today's base configs and preset; so is an
+    unfinished run, whose ``run.yaml`` ``run_one`` rewrites. Reads files only: a few milliseconds a run."""
+    errors, warnings = [], []
+    for preset in study.presets:
+        stale: list[tuple[Path, str, bool]] = []  # run directory, its changes, whether finished
+        unrecorded: list[Path] = []
+        for seed in study.seeds:
+            run_dir = study.run_dir(preset, seed)
+            done, run_yaml = run_dir / "done.json", run_dir / "run.yaml"
+            finished = done.is_file()
+            recorded = json.loads(done.read_text()).get("config") if finished else None
+            if finished and recorded is None:
+                unrecorded.append(run_dir)
+            if (
+                recorded is None
+                and run_yaml.is_file()
+                and (finished or (run_dir / LAST_CHECKPOINT).is_file())
+            ):
+                recorded = run_settings(study, preset, seed, read(run_yaml))
+            if recorded is None:
+                continue
+            changed = changes(recorded, run_settings(study, preset, seed, run_config(study, preset, seed)))
+            if changed:
+                stale.append((run_dir, changed, finished))
+        if stale:
+            run_dir, changed, finished = stale[0]
+            others = f" (so were {', '.join(str(other) for other, *_ in stale[1:])})" if stale[1:] else ""
+            errors.append(
+                f"error: {run_dir} was {'run' if finished else 'started'} with other settings than the study "
+                f"gives it now: {changed}{others}; use a new study name, or delete "
+                f"{' '.join(str(other) for other, *_ in stale)} to run {'them' if others else 'it'} again"
+            )
+        if unrecorded:
+            others = f" (and {len(unrecorded) - 1} more of {preset})" if unrecorded[1:] else ""
+            warnings.append(
+                f"warning: {unrecorded[0]}{others}: done.json records no config (written before rgra "
+                "ablate recorded them), so only its run.yaml (the overrides then), if any, was compared with "
+                "the study, not the base config or the preset; delete the run directory to run it again"
+            )
+    return errors, warnings
+
+
 CONFIG_REFUSED = 2  # ``rgra fit``'s exit status for settings it cannot run with (a one-line error)
 
 
@@ -467,8 +587,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         study = load_study(args.config)
+        stale, unrecorded = stale_runs(study)  # before parser_refusals rewrites a run.yaml
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    if unrecorded:
+        print(*unrecorded, sep="\n", file=sys.stderr)
+    if stale:
+        print(*stale, sep="\n", file=sys.stderr)
         return 2
     # A kill of the study (SIGTERM) raises SystemExit, on which fit_reporting kills the running fit too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 
 import pytest
@@ -96,19 +97,175 @@ def test_a_base_of_several_configs_is_composed_in_order(study_file, small_config
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"presets": ["no-such-preset"]}, "preset 'no-such-preset'"),
+        ({"presets": ["no-such-preset"]}, "preset 'no-such-preset' does not exist"),
+        # the reference defaults to the first preset: the typo is named, not the reference
+        (
+            {"presets": ["rgar"]},
+            "preset 'rgar' does not exist (configs/loss/rgar.yaml): did you mean 'rgra'? presets: dr-grpo, "
+            "grpo, grpo-noclip,",
+        ),
+        ({"presets": ["rgra", "mine.yaml"]}, "preset 'mine.yaml' does not exist"),
         ({"seeds": []}, "seeds must be a non-empty list"),
         ({"base_config": "missing.yaml"}, "base_config missing.yaml does not exist"),
         ({"base_config": []}, "base_config must be a config path or a non-empty list"),
         ({"sedes": [0]}, "unknown keys ['sedes']"),
+        ({"results_dir": ["results"]}, "results_dir must be a directory's path"),
         ({"reference": "grpo"}, "reference 'grpo' is not one of the presets"),
     ],
 )
 def test_bad_study_configs_fail_with_a_clear_message(study_file, fields, message, capsys):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         ablate.load_study(study_file(**fields))
     assert ablate.main(["--config", str(study_file(**fields))]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_study_file_that_is_not_yaml_is_named_at_its_line(tmp_path, capsys):
+    path = tmp_path / "study.yaml"
+    path.write_text("name: tiny\npresets: [rgra, grpo\nseeds: [0]\n")
+    assert ablate.main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}:3:") and "expected ',' or ']'" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_a_results_dir_that_is_a_file_is_refused(study_file, tmp_path, capsys, below):
+    """``results_dir`` an existing file, or a folder below one: one line, not NotADirectoryError."""
+    (tmp_path / "notes.txt").write_text("not a folder\n")
+    path = study_file(results_dir=str(tmp_path / "notes.txt" / below))
+    assert ablate.main(["--config", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {path}: results_dir {tmp_path / 'notes.txt' / below}: {tmp_path / 'notes.txt'} is a file, "
+        "not a directory; set results_dir to a directory (it is created if missing)\n"
+    )
+
+
+@pytest.fixture
+def fake_fits(monkeypatch):
+    """Runs whose fit returns at once with exit status 0: the commands, in order."""
+    commands = []
+    monkeypatch.setattr(ablate, "fit_reporting", lambda command, *_: commands.append(command) or 0)
+    return commands
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("overrides", "trainer.max_steps 4 -> 5"),
+        ("base_config", "model.init_args.sampling.max_new_tokens 28 -> 20"),
+        ("preset", "model.init_args.loss.beta 0.0 -> 0.01"),
+    ],
+)
+def test_finished_runs_of_other_settings_stop_the_study(
+    study_file, tmp_path, fake_fits, capsys, change, expected
+):
+    """A study changed after its runs finished (its overrides, its base config or a preset file), rerun
+    with the same name: nothing is run or summarised with the old runs, and each preset with such runs is
+    one line naming the run directories and the changed keys. Unchanged, the runs are skipped."""
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(yaml.safe_dump({"model": {"init_args": {"loss": {"beta": 0.0}}}}))
+    path = study_file(presets=[str(preset)], seeds=[0, 1])
+    assert ablate.main(["--config", str(path)]) == 0 and len(fake_fits) == 2
+    study = ablate.load_study(path)
+    runs = [study.run_dir(str(preset), seed) for seed in (0, 1)]
+    config = json.loads((runs[1] / "done.json").read_text())["config"]  # what the run was run with
+    assert config["trainer"]["max_steps"] == 4 and config["seed_everything"] == 1
+    assert config["model"]["init_args"]["loss"]["beta"] == 0.0
+    assert config["model"]["init_args"]["model_path"] == str(ROOT / "models" / "arith-tiny")
+    assert ablate.main(["--config", str(path)]) == 0 and len(fake_fits) == 2
+    assert capsys.readouterr().out.count("done already, skipped") == 2
+
+    if change == "overrides":
+        overrides = {
+            "trainer": {"max_steps": 5, "val_check_interval": 2},
+            "model": {"init_args": {"num_iterations": 2}},
+        }
+        path = study_file(presets=[str(preset)], seeds=[0, 1], overrides=overrides)
+    elif change == "base_config":
+        base = yaml.safe_load(study.base_configs[0].read_text())
+        base["model"]["init_args"]["sampling"]["max_new_tokens"] = 20
+        study.base_configs[0].write_text(yaml.safe_dump(base))
+    else:
+        preset.write_text(yaml.safe_dump({"model": {"init_args": {"loss": {"beta": 0.01}}}}))
+    summary = (study.root / "summary.md").read_text()
+    for argv in (["--config", str(path)], ["--config", str(path), "--summary_only"]):
+        assert ablate.main(argv) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: {runs[0]} was run with other settings than the study gives it now: {expected} "
+            f"(so were {runs[1]}); use a new study name, or delete {runs[0]} {runs[1]} to run them again"
+        ]
+    assert len(fake_fits) == 2 and (study.root / "summary.md").read_text() == summary
+    for run in runs:
+        shutil.rmtree(run)
+    assert ablate.main(["--config", str(path)]) == 0 and len(fake_fits) == 4
+
+
+def test_an_unfinished_run_to_resume_is_compared_by_its_run_yaml(study_file, fake_fits, capsys):
+    """A run with a checkpoint to resume from, started with other overrides: refused, its run.yaml kept as
+    it was. One that stopped before its first checkpoint starts afresh with the study's settings."""
+    path = study_file(presets=["rgra"], seeds=[0, 1])
+    study = ablate.load_study(path)
+    for seed in (0, 1):
+        study.run_dir("rgra", seed).mkdir(parents=True)
+        run_yaml = yaml.safe_dump(ablate.run_config(study, "rgra", seed))
+        (study.run_dir("rgra", seed) / "run.yaml").write_text(run_yaml)
+    (study.run_dir("rgra", 0) / "checkpoints").mkdir()
+    (study.run_dir("rgra", 0) / "checkpoints" / "last.ckpt").write_bytes(b"")
+    overrides = {
+        "trainer": {"max_steps": 4, "val_check_interval": 2},
+        "model": {"init_args": {"num_iterations": 1}},
+    }
+    path = study_file(presets=["rgra"], seeds=[0, 1], overrides=overrides)
+    assert ablate.main(["--config", str(path)]) == 2
+    run = study.run_dir("rgra", 0)
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {run} was started with other settings than the study gives it now: "
+        f"model.init_args.num_iterations 2 -> 1; use a new study name, or delete {run} to run it again"
+    ]
+    assert yaml.safe_load((run / "run.yaml").read_text()) == ablate.run_config(study, "rgra", 0)
+    assert not fake_fits
+    (run / "checkpoints" / "last.ckpt").unlink()
+    assert ablate.main(["--config", str(path)]) == 0 and len(fake_fits) == 2
+
+
+def test_finished_runs_that_record_no_config_are_compared_by_their_run_yaml(study_file, fake_fits, capsys):
+    """``done.json`` written before the config was recorded: one warning line for the preset, and its
+    run.yaml, where there is one, compared with the study's overrides."""
+    path = study_file(presets=["rgra"], seeds=[0, 1])
+    study = ablate.load_study(path)
+    for seed in (0, 1):
+        study.run_dir("rgra", seed).mkdir(parents=True)
+        (study.run_dir("rgra", seed) / "done.json").write_text(json.dumps({"returncode": 0, "steps": 4}))
+    run_yaml = yaml.safe_dump(ablate.run_config(study, "rgra", 0))
+    (study.run_dir("rgra", 0) / "run.yaml").write_text(run_yaml)
+    warning = (
+        f"warning: {study.run_dir('rgra', 0)} (and 1 more of rgra): done.json records no config (written "
+        "before rgra ablate recorded them), so only its run.yaml (the overrides then), if any, was compared "
+        "with the study, not the base config or the preset; delete the run directory to run it again"
+    )
+    assert ablate.main(["--config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [warning] and out.count("done already, skipped") == 2 and not fake_fits
+    overrides = {
+        "trainer": {"max_steps": 5, "val_check_interval": 2},
+        "model": {"init_args": {"num_iterations": 2}},
+    }
+    assert (
+        ablate.main(["--config", str(study_file(presets=["rgra"], seeds=[0, 1], overrides=overrides))]) == 2
+    )
+    run = study.run_dir("rgra", 0)
+    assert capsys.readouterr().err.splitlines() == [
+        warning,
+        f"error: {run} was run with other settings than the study gives it now: trainer.max_steps 4 -> 5; "
+        f"use a new study name, or delete {run} to run it again",
+    ]
+
+
+def test_changes_name_the_first_differing_keys_and_count_the_rest():
+    old = {"a": {"b": 1, "c": [1, 2]}, "d": "x", "e": None}
+    new = {"a": {"b": 2, "c": [1]}, "d": "x", "f": True, "g": 0}
+    assert ablate.changes(old, new) == "a.b 1 -> 2, a.c.1 2 -> unset, e null -> unset (and 2 more)"
+    assert ablate.changes(old, old) == ""
 
 
 def check_finished(study: ablate.Study, preset: str, seed: int) -> None:
@@ -132,8 +289,14 @@ def test_one_run_study_finishes_then_is_skipped(study_file, capsys, monkeypatch)
     summary = (study.root / "summary.md").read_text()
     assert "| rgra | 1/1 |" in summary and "![validation accuracy](val_accuracy.png)" in summary
     assert (study.root / "val_accuracy.png").stat().st_size > 0
-    assert ablate.main(["--config", str(path)]) == 0
+    assert ablate.main(["--config", str(path)]) == 0  # the config done.json records is the study's
     assert "[1/1] rgra seed 3: done already, skipped" in capsys.readouterr().out
+    overrides = {
+        "trainer": {"max_steps": 4, "val_check_interval": 4},
+        "model": {"init_args": {"num_iterations": 2}},
+    }
+    assert ablate.main(["--config", str(study_file(presets=["rgra"], seeds=[3], overrides=overrides))]) == 2
+    assert "trainer.val_check_interval 2 -> 4; use a new study name" in capsys.readouterr().err
 
 
 @pytest.mark.slow
