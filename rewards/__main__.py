@@ -1,5 +1,5 @@
-"""Batch CLI: ``python -m rewards score CASES.jsonl [--verifier NAME] [--timeout S] [--workers N]``
-``[--warm-start]``.
+"""Batch CLI: ``rgra score CASES.jsonl [--verifier NAME] [--timeout S] [--workers N] [--warm-start]`` (also
+``python -m rewards score ...``).
 
 Each input row is ``{"gold": str, "pred": str, "mode": "answer"|"completion", ...}`` (extra fields ignored);
 an ``"answer"`` row's ``pred`` is a bare answer, scored with ``Verifier.score_answers`` (no extraction), a
@@ -7,10 +7,11 @@ an ``"answer"`` row's ``pred`` is a bare answer, scored with ``Verifier.score_an
 One JSON line per row goes to stdout (``equivalent``, ``reward``, ``seconds``, ``error``, ``extracted``,
 ``details`` and the row's ``id``), then ``summary: n=.. [accuracy=.. false_positives=.. false_negatives=..]
 timeouts=.. errors=.. cases_per_s=..`` (accuracy fields only when rows carry an ``equivalent`` label).
-All rows are read and validated before anything is written: a malformed line, an unknown ``--verifier`` or a
-non-positive ``--timeout``/``--workers`` exits with status 2 and a message. Rows are then scored in batches of
-``BATCH_ROWS``, each batch's lines written as soon as it is done (a long run killed midway keeps what it
-scored), with a progress line on stderr when that is a terminal.
+All rows are read and validated before anything is written: a malformed line, a file without rows, an
+unknown or abstract ``--verifier`` or one whose constructor needs arguments ``score`` cannot pass
+(``WeightedSum``), or a non-positive ``--timeout``/``--workers`` exits with status 2 and a message. Rows are
+then scored in batches of ``BATCH_ROWS``, each batch's lines written as soon as it is done (a long run killed
+midway keeps what it scored), with a progress line on stderr when that is a terminal.
 
 Start-up is kept short: nothing heavier than the standard library is imported until a row needs the full
 check, and the workers are forked from a fork server that imports sympy and the parser once. The parser is
@@ -25,16 +26,19 @@ import inspect
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import rewards
 from rewards.verifiers import Verifier
 
 BATCH_ROWS = 256  # rows per verifier batch: enough to keep the workers busy, small enough to stream
+OPTIONS = ("timeout", "workers", "warm_start")  # the constructor arguments ``score`` passes a verifier
 
 
 def load_rows(path: str) -> list[dict[str, Any]]:
-    """The rows of a JSONL file; raises ``ValueError`` naming the first malformed line."""
+    """The rows of a JSONL file; raises ``ValueError`` naming the first malformed line, or when there is no
+    row."""
     rows = []
     with open(path, encoding="utf-8") as file:
         for number, line in enumerate(file, start=1):
@@ -53,6 +57,8 @@ def load_rows(path: str) -> list[dict[str, Any]]:
             if row.get("mode", "completion") not in ("answer", "completion"):
                 raise ValueError(f"line {number}: 'mode' must be 'answer' or 'completion'")
             rows.append(row)
+    if not rows:
+        raise ValueError("no rows to score (one JSON object with 'gold' and 'pred' per line)")
     return rows
 
 
@@ -66,9 +72,40 @@ def make_verifier(name: str, timeout: float, workers: int, warm_start: bool = Fa
         raise ValueError(f"--verifier {name}: cannot load it ({error})") from None
     if not (isinstance(cls, type) and issubclass(cls, Verifier)):
         raise ValueError(f"--verifier {name}: not a Verifier class")
+    missing = unpassable_arguments(cls)
+    if inspect.isabstract(cls) or missing:
+        problem = f"needs arguments score cannot pass ({', '.join(missing)})" if missing else "is abstract"
+        raise ValueError(
+            f"--verifier {name} {problem}: score works with {', '.join(scoring_verifiers())}, or a "
+            "module.Class whose other arguments have defaults"
+        )
     parameters = inspect.signature(cls).parameters
     options = {"timeout": timeout, "workers": workers, "warm_start": warm_start}
     return cls(**{key: value for key, value in options.items() if key in parameters})
+
+
+def unpassable_arguments(cls: type[Verifier]) -> list[str]:
+    """The constructor arguments of ``cls`` without a default that ``score`` does not pass (``OPTIONS``)."""
+    return [
+        parameter.name
+        for parameter in inspect.signature(cls).parameters.values()
+        if parameter.default is parameter.empty
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        and parameter.name not in OPTIONS
+    ]
+
+
+def scoring_verifiers() -> list[str]:
+    """The verifiers exported by ``rewards`` that ``score`` can make."""
+    classes = [getattr(rewards, name) for name in rewards.__all__]
+    return [
+        cls.__name__
+        for cls in classes
+        if isinstance(cls, type)
+        and issubclass(cls, Verifier)
+        and not inspect.isabstract(cls)
+        and not unpassable_arguments(cls)
+    ]
 
 
 def score_rows(verifier: Verifier, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -138,8 +175,16 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def program_name() -> str:
+    """How this process was started, for usage and error messages: ``rgra`` (the console script, which runs
+    ``rgra score`` here) or ``python -m rewards`` / ``python -m rgra_lightning`` (argparse's default before
+    Python 3.14 says ``__main__.py``)."""
+    path = Path(sys.argv[0])
+    return f"python -m {path.parent.name}" if path.name == "__main__.py" else path.name
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rewards", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     score = commands.add_parser("score", help="score a JSONL file of (gold, pred) rows")
     score.add_argument("cases", help="JSONL file with gold, pred and mode fields")

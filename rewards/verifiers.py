@@ -7,6 +7,7 @@ anything it cannot parse earns reward 0 with the reason in ``details``/``error``
 from __future__ import annotations
 
 import abc
+import math
 import re
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from rewards.equivalence import as_fraction, equivalent, fast_readings_equivalent, warmup
+from rewards.errors import ConfigError
 from rewards.extract import DEFAULT_ORDER, EXTRACTORS, extract_answer
 from rewards.normalize import normalize_pair, strip_wrappers
 from rewards.sandbox import Outcome, WorkerPool
@@ -71,11 +73,11 @@ class MathVerifier(Verifier):
     Args:
         correct_reward: reward for an equivalent answer.
         timeout: wall-clock seconds allowed per verification.
-        memory_mb: address-space limit of each worker process in MiB.
+        memory_mb: address-space limit of each worker process in MiB (0: none).
         workers: worker processes (started on first use, reused across calls).
         extractors: extraction markers to use, see ``rewards.extract.EXTRACTORS``.
         last_number_fallback: when no marker or math span is found, use the completion's last number.
-        cache_size: verdicts kept for repeated pairs.
+        cache_size: verdicts kept for repeated pairs (0: none).
         warm_start: train the LaTeX parser on one answer of each common form before the first verification
             (~1.4 s, once: in the fork server every worker is forked from, or in each spawned worker), so
             that no verification pays the parser's first-use cost; the fork server is then started in the
@@ -95,9 +97,19 @@ class MathVerifier(Verifier):
         cache_size: int = 100_000,
         warm_start: bool = True,
     ) -> None:
-        unknown = set(extractors or ()) - set(EXTRACTORS)
+        check_options(
+            "MathVerifier",
+            ("correct_reward", correct_reward, math.isfinite(correct_reward), "a finite number"),
+            ("timeout", timeout, 0 < timeout < math.inf, "> 0 (seconds) and finite"),
+            ("memory_mb", memory_mb, memory_mb >= 0, ">= 0 (MiB; 0: no limit)"),
+            ("workers", workers, workers >= 1, ">= 1"),
+            ("cache_size", cache_size, cache_size >= 0, ">= 0 (0: no cache)"),
+        )
+        unknown = sorted(set(extractors or ()) - set(EXTRACTORS))
         if unknown:
-            raise ValueError(f"unknown extractors {sorted(unknown)}; choose from {sorted(EXTRACTORS)}")
+            raise ConfigError(
+                f"MathVerifier extractors must be among {', '.join(EXTRACTORS)}; got {', '.join(unknown)}"
+            )
         self.correct_reward = correct_reward
         self.extractors = tuple(extractors) if extractors is not None else DEFAULT_ORDER
         self.last_number_fallback = last_number_fallback
@@ -184,6 +196,10 @@ class NumericVerifier(Verifier):
     """
 
     def __init__(self, correct_reward: float = 1.0) -> None:
+        check_options(
+            "NumericVerifier",
+            ("correct_reward", correct_reward, math.isfinite(correct_reward), "a finite number"),
+        )
         self.correct_reward = correct_reward
 
     def score(self, completion: str, reference: str) -> Score:
@@ -212,7 +228,13 @@ class FormatReward(Verifier):
     judges_correctness = False
 
     def __init__(self, pattern: str = r"\\boxed\{", reward: float = 1.0) -> None:
-        self.pattern = re.compile(pattern, re.DOTALL)
+        check_options("FormatReward", ("reward", reward, math.isfinite(reward), "a finite number"))
+        try:
+            self.pattern = re.compile(pattern, re.DOTALL)
+        except re.error as error:
+            raise ConfigError(
+                f"FormatReward pattern must be a regular expression; {pattern!r}: {error}"
+            ) from None
         self.reward = reward
 
     def score(self, completion: str, reference: str) -> Score:
@@ -236,12 +258,18 @@ class WeightedSum(Verifier):
     def __init__(
         self, verifiers: list[Verifier], weights: list[float], names: list[str] | None = None
     ) -> None:
-        if len(verifiers) != len(weights) or not verifiers:
-            raise ValueError("WeightedSum needs one weight per verifier and at least one verifier")
+        if not verifiers:
+            raise ConfigError("WeightedSum verifiers must list at least one verifier, got none")
+        if len(weights) != len(verifiers) or not all(math.isfinite(weight) for weight in weights):
+            raise ConfigError(
+                f"WeightedSum weights must be a finite number per verifier ({len(verifiers)}), got {weights}"
+            )
         if names is None:
             names = default_names(verifiers)
         if len(names) != len(verifiers) or len(set(names)) != len(names):
-            raise ValueError(f"WeightedSum needs one distinct name per verifier, got {names}")
+            raise ConfigError(
+                f"WeightedSum names must be one distinct name per verifier ({len(verifiers)}), got {names}"
+            )
         self.verifiers = verifiers
         self.weights = weights
         self.names = names
@@ -273,6 +301,14 @@ class WeightedSum(Verifier):
         return combined
 
 
+def check_options(verifier: str, *checks: tuple[str, object, bool, str]) -> None:
+    """Raise a one-line ``ConfigError`` naming the first of ``verifier``'s options that fails its check; each
+    check is ``(option, value, valid, what is allowed)``."""
+    for option, value, valid, allowed in checks:
+        if not valid:
+            raise ConfigError(f"{verifier} {option} must be {allowed}, got {value}")
+
+
 def default_names(verifiers: Sequence[Verifier]) -> list[str]:
     """Snake-case class names, with ``_2``, ``_3``... appended to repeats."""
     seen: Counter[str] = Counter()
@@ -292,10 +328,14 @@ class MathVerifyAdapter(Verifier):
     """
 
     def __init__(self, correct_reward: float = 1.0) -> None:
+        check_options(
+            "MathVerifyAdapter",
+            ("correct_reward", correct_reward, math.isfinite(correct_reward), "a finite number"),
+        )
         try:
             import math_verify
         except ImportError as error:
-            raise ImportError(
+            raise ConfigError(
                 "MathVerifyAdapter needs the optional package math-verify: pip install math-verify"
             ) from error
         self._math_verify = math_verify

@@ -9,9 +9,8 @@ config instantiation or training they were raised.
 
 from __future__ import annotations
 
-
-class ConfigError(ValueError):
-    """A user-fixable problem; the message names the field, file or row and what is allowed."""
+# Defined in the rewards package, which cannot import this one, so that the verifiers raise it too.
+from rewards.errors import ConfigError
 
 
 class NonFiniteTrainingError(RuntimeError):

@@ -1,0 +1,153 @@
+"""Verifier options and ``rgra score`` arguments: each mistake is refused at once in one line naming the
+option and what is allowed, never a traceback or a run whose rewards are silently 0."""
+
+import json
+import sys
+
+import pytest
+
+from rewards import FormatReward, MathVerifier, MathVerifyAdapter, NumericVerifier, WeightedSum
+from rewards.__main__ import main
+from rewards.errors import ConfigError
+from tests.conftest import one_line_error
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"timeout": 0.0}, "MathVerifier timeout must be > 0 (seconds) and finite, got 0.0"),
+        ({"timeout": INF}, "MathVerifier timeout must be > 0 (seconds) and finite, got inf"),
+        ({"workers": 0}, "MathVerifier workers must be >= 1, got 0"),
+        ({"memory_mb": -1}, "MathVerifier memory_mb must be >= 0 (MiB; 0: no limit), got -1"),
+        ({"cache_size": -1}, "MathVerifier cache_size must be >= 0 (0: no cache), got -1"),
+        ({"correct_reward": NAN}, "MathVerifier correct_reward must be a finite number, got nan"),
+        (
+            {"extractors": ["boxed", "nope"]},
+            "MathVerifier extractors must be among boxed, answer_tag, gsm8k, final_answer, answer_is, "
+            "answer_line; got nope",
+        ),
+    ],
+)
+def test_math_verifier_refuses_each_bad_option_by_name(options, message):
+    with pytest.raises(ConfigError) as raised:
+        MathVerifier(warm_start=False, **options)
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: NumericVerifier(INF), "NumericVerifier correct_reward must be a finite number, got inf"),
+        (lambda: FormatReward(reward=NAN), "FormatReward reward must be a finite number, got nan"),
+        (
+            lambda: FormatReward(pattern="("),
+            "FormatReward pattern must be a regular expression; '(': missing ), unterminated subpattern at "
+            "position 0",
+        ),
+        (lambda: WeightedSum([], []), "WeightedSum verifiers must list at least one verifier, got none"),
+        (
+            lambda: WeightedSum([NumericVerifier()], [1.0, 0.5]),
+            "WeightedSum weights must be a finite number per verifier (1), got [1.0, 0.5]",
+        ),
+        (
+            lambda: WeightedSum([NumericVerifier()], [NAN]),
+            "WeightedSum weights must be a finite number per verifier (1), got [nan]",
+        ),
+        (
+            lambda: WeightedSum([NumericVerifier(), FormatReward()], [1.0, 1.0], names=["a", "a"]),
+            "WeightedSum names must be one distinct name per verifier (2), got ['a', 'a']",
+        ),
+        (lambda: MathVerifyAdapter(NAN), "MathVerifyAdapter correct_reward must be a finite number, got nan"),
+    ],
+)
+def test_other_verifiers_refuse_bad_options_by_name(make, message):
+    with pytest.raises(ConfigError) as raised:
+        make()
+    assert str(raised.value) == message
+
+
+def test_math_verify_adapter_without_the_package_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # ``import math_verify`` raises ImportError
+    with pytest.raises(ConfigError, match="needs the optional package math-verify: pip install math-verify"):
+        MathVerifyAdapter()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            "--model.verifier.timeout=0",
+            "error: MathVerifier timeout must be > 0 (seconds) and finite, got 0.0",
+        ),
+        ("--model.verifier.workers=0", "error: MathVerifier workers must be >= 1, got 0"),
+        (
+            "--model.verifier.cache_size=-1",
+            "error: MathVerifier cache_size must be >= 0 (0: no cache), got -1",
+        ),
+        (
+            "--model.verifier.extractors=[nope]",
+            "error: MathVerifier extractors must be among boxed, answer_tag, gsm8k, final_answer, answer_is, "
+            "answer_line; got nope",
+        ),
+    ],
+)
+def test_a_bad_verifier_option_of_a_training_config_is_one_line(small_config, capsys, option, message):
+    """The verifier is made inside the config parser, which wraps its error in a union report of many lines;
+    the command line finds the verifier's ``ConfigError`` in the chain and prints it alone."""
+    assert one_line_error(["--config", str(small_config("rgra")), option], capsys) == message
+
+
+@pytest.fixture
+def cases(tmp_path):
+    path = tmp_path / "cases.jsonl"
+    path.write_text(json.dumps({"gold": "2", "pred": "2"}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("WeightedSum", "needs arguments score cannot pass (verifiers, weights)"),
+        ("Verifier", "is abstract"),
+        ("rgra_lightning.RewardModelScorer", "needs arguments score cannot pass (model_path)"),
+    ],
+)
+def test_score_refuses_a_verifier_it_cannot_make_naming_those_it_can(cases, capsys, name, problem):
+    assert main(["score", str(cases), "--verifier", name]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"error: --verifier {name} {problem}: score works with FormatReward, MathVerifier, "
+        "MathVerifyAdapter, NumericVerifier, or a module.Class whose other arguments have defaults\n"
+    )
+
+
+@pytest.mark.parametrize("text", ["", "\n\n"])
+def test_score_refuses_a_file_without_rows(tmp_path, capsys, text):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(text)
+    assert main(["score", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"error: {path}: no rows to score (one JSON object with 'gold' and 'pred' per line)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv0", "prog"),
+    [
+        ("/venv/bin/rgra", "rgra score"),
+        ("/src/rewards/__main__.py", "python -m rewards score"),
+        ("/src/rgra_lightning/__main__.py", "python -m rgra_lightning score"),
+    ],
+)
+def test_score_names_itself_as_it_was_started(cases, capsys, monkeypatch, argv0, prog):
+    monkeypatch.setattr(sys, "argv", [argv0])
+    with pytest.raises(SystemExit):
+        main(["score", str(cases), "--timeout", "0"])
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {prog} [-h]")
+    assert err.endswith(f"\n{prog}: error: argument --timeout: must be greater than 0, got 0\n")
