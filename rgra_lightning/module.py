@@ -56,6 +56,7 @@ def check_options(
     learning_rate: float,
     weight_decay: float,
     warmup_steps: int,
+    num_logged_samples: int,
     loss: LossConfig,
     sampling: SamplingConfig,
     rollout: RolloutEngine,
@@ -67,6 +68,7 @@ def check_options(
         ("learning_rate", learning_rate, learning_rate > 0, "> 0"),
         ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
         ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
+        ("num_logged_samples", num_logged_samples, num_logged_samples >= 0, ">= 0"),
     ):
         if not valid:
             raise ConfigError(f"model.{name} must be {allowed}, got {value}")
@@ -165,7 +167,9 @@ class RLModule(LightningModule):
         evaluation: EvaluationConfig = EvaluationConfig(),
     ) -> None:
         super().__init__()
-        check_options(learning_rate, weight_decay, warmup_steps, loss, sampling, rollout, evaluation)
+        check_options(
+            learning_rate, weight_decay, warmup_steps, num_logged_samples, loss, sampling, rollout, evaluation
+        )
         if loss.aggregation == "constant_sum" and loss.aggregation_constant is None:
             loss = replace(loss, aggregation_constant=sampling.max_new_tokens)
         update_options = (num_iterations, num_minibatches, micro_batch_size, max_grad_norm)

@@ -265,6 +265,7 @@ def test_gpu_config_on_a_cpu_machine_is_a_one_line_error_before_any_model_loads(
         ("--model.loss.eps_low=0", "model.loss.eps_low and model.loss.eps_high must be > 0"),
         ("--model.loss.beta=-1", "model.loss.beta must be >= 0"),
         ("--model.num_iterations=0", "model.num_iterations must be >= 1"),
+        ("--model.num_logged_samples=-1", "model.num_logged_samples must be >= 0, got -1"),
     ],
 )
 def test_invalid_values_name_the_field_and_range(small_config, capsys, override, message):

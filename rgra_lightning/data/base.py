@@ -12,6 +12,7 @@ import random
 
 import torch
 from lightning import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from rgra_lightning.data.records import Record
@@ -113,6 +114,11 @@ class PromptDataModule(LightningDataModule):
         shots = self.take_shots(records, rng)
         if hp.train_size is not None and len(records["train"]) > hp.train_size:
             records["train"] = rng.sample(records["train"], hp.train_size)
+        elif hp.train_size is not None and len(records["train"]) < hp.train_size:  # fewer updates per epoch
+            rank_zero_warn(
+                f"data.train_size={hp.train_size}, and the training split has {len(records['train'])} "
+                f"problems: training on all {len(records['train'])}"
+            )
         for split in SPLITS:
             examples = records.get(split, [])
             if hp.limit is not None and split != "train":

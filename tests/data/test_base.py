@@ -1,6 +1,7 @@
 """PromptDataModule: options each source takes, validation sizes, full batches on every rank."""
 
 import json
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -119,3 +120,22 @@ def test_fit_without_a_training_batch_is_a_one_line_error(small_config, tmp_path
     error = one_line_error(args, capsys)
     assert expected in error
     assert not (tmp_path / "hf_model").exists()  # the untrained policy is not exported
+
+
+def test_a_train_size_larger_than_the_training_split_warns_and_trains_on_all(tmp_path):
+    """The run then has fewer updates per epoch than the config's sizes suggest (75 batches of the paper's
+    1,800 problems), so it is said, not silent."""
+    file = tmp_path / "train.jsonl"
+    file.write_text(
+        "".join(json.dumps({"question": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in range(10))
+    )
+    data = JsonFilesDataModule(train_file=str(file), val_file=str(file), batch_size=5, train_size=12)
+    with pytest.warns(
+        UserWarning, match=r"^data.train_size=12, and the training split has 10 problems: training"
+    ):
+        data.setup()
+    assert len(data.train_examples) == 10
+    data = JsonFilesDataModule(train_file=str(file), val_file=str(file), batch_size=5, train_size=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.setup()
