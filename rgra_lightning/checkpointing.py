@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.fabric.strategies.fsdp import _is_sharded_checkpoint
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -110,6 +111,45 @@ class PeriodicModelCheckpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, candidates)
 
 
+def require_new_run_directory(trainer: Trainer) -> None:
+    """For a fit started without ``--ckpt_path``: raise ``ConfigError`` when the directory of a
+    ``PeriodicModelCheckpoint`` already holds checkpoints, an earlier run's. This run's would be saved
+    beside them (``last-v1.ckpt``, ...), and ``--ckpt_path <dir>/last.ckpt`` would name the earlier run's."""
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, PeriodicModelCheckpoint):
+            continue
+        directory = callback.run_checkpoint_dir(trainer)
+        if any(Path(directory).glob("*.ckpt")):
+            other = (
+                "name (trainer.logger.init_args.name)"
+                if callback.dirpath is None
+                else "checkpoint directory (the dirpath of PeriodicModelCheckpoint)"
+            )
+            raise ConfigError(
+                f"{directory} already holds the checkpoints of an earlier run: resume it with --ckpt_path "
+                f"last, or give this run another {other} or delete {directory}"
+            )
+
+
+def last_checkpoint(trainer: Trainer) -> str:
+    """The checkpoint ``--ckpt_path last`` names, chosen as Lightning chooses it (the newest ``last*.ckpt``
+    in the directories of the checkpoint callbacks); ``ConfigError`` when there is none, where Lightning
+    would warn and go on without one (evaluating an untrained model)."""
+    callbacks = [
+        callback for callback in trainer.checkpoint_callbacks if isinstance(callback, ModelCheckpoint)
+    ]
+    found = [path for callback in callbacks for path in callback._find_last_checkpoints(trainer)]
+    if not found:
+        directories = (
+            ", ".join(str(callback.dirpath) for callback in callbacks) or "no directory: no ModelCheckpoint"
+        )
+        raise ConfigError(
+            f"--ckpt_path last: there is no last checkpoint (last.ckpt) in {directories}: train the run first"
+            " (rgra fit), or give the checkpoint's path"
+        )
+    return max(found, key=os.path.getmtime)
+
+
 def rng_states() -> dict[str, Any]:
     """The global random states of torch (CPU and every CUDA device), Python and NumPy, as tensors and
     plain Python values so that checkpoints still load with ``torch.load(weights_only=True)``."""
@@ -131,24 +171,82 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
 
 
-def require_checkpoint(ckpt_path: str) -> None:
-    """Raise ``ConfigError`` unless ``ckpt_path`` is an existing file; commands call it before building a
-    module, which takes a while."""
-    if Path(ckpt_path).is_dir():
+def require_checkpoint(ckpt_path: str, option: str, sharded: bool = False) -> None:
+    """Raise ``ConfigError`` unless ``ckpt_path`` is a file or, with ``sharded``, a sharded (FSDP2)
+    checkpoint directory; commands call it before building a module, which takes a while. ``option`` is
+    how the command names it (``--ckpt_path``)."""
+    path = Path(ckpt_path)
+    if not path.exists():
+        raise ConfigError(f"{option} {ckpt_path!r} does not exist")
+    if (path / "config.json").is_file():
         raise ConfigError(
-            f"checkpoint {ckpt_path!r} is a sharded (FSDP2) checkpoint directory, which this command cannot "
+            f"{option} {ckpt_path} is a Hugging Face model directory: give it as model.model_path"
+        )
+    if not _is_sharded_checkpoint(path):
+        if path.is_dir():
+            raise not_a_checkpoint(ckpt_path, option)
+    elif not sharded:
+        raise ConfigError(
+            f"{option} {ckpt_path} is a sharded (FSDP2) checkpoint directory, which this command cannot "
             "read: export the run's final policy with the ExportHuggingFace callback instead"
         )
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(f"checkpoint {ckpt_path!r} does not exist")
 
 
-def load_trained_weights(module: LightningModule, ckpt_path: str) -> None:
-    """Load the weights of a (non-sharded) training checkpoint into ``module``, built from the same config;
-    the module's ``on_load_checkpoint`` puts back what checkpoints leave out (frozen models)."""
-    require_checkpoint(ckpt_path)
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+def not_a_checkpoint(ckpt_path: str, option: str) -> ConfigError:
+    return ConfigError(
+        f"{option} {ckpt_path} is not a Lightning checkpoint (.ckpt file or sharded checkpoint directory)"
+    )
+
+
+def read_checkpoint(ckpt_path: str, option: str) -> dict[str, Any]:
+    """The contents of the checkpoint file ``ckpt_path``, its tensors memory-mapped (read when used);
+    ``ConfigError`` for a file that is not a Lightning checkpoint."""
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch.load raises many types for a file that is not a checkpoint
+        raise not_a_checkpoint(ckpt_path, option) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise not_a_checkpoint(ckpt_path, option)
+    return checkpoint
+
+
+def require_matching_weights(module: LightningModule, checkpoint: dict[str, Any], ckpt_path: str) -> None:
+    """Give ``checkpoint`` to the module's ``on_load_checkpoint``, as Lightning does before loading its
+    weights (it puts back what checkpoints leave out: frozen models), then raise ``ConfigError`` unless
+    they fit ``module``, naming the settings it was trained with that differ from the module's or, where
+    none differ (or none were saved), the weights that are missing, unexpected or of another shape."""
     module.on_load_checkpoint(checkpoint)
+    saved, current = checkpoint["state_dict"], module.state_dict()
+    missing, unexpected = sorted(current.keys() - saved.keys()), sorted(saved.keys() - current.keys())
+    reshaped = sorted(
+        f"{key}: {list(saved[key].shape)} in the checkpoint, {list(current[key].shape)} now"
+        for key in saved.keys() & current.keys()
+        if saved[key].shape != current[key].shape
+    )
+    if not (missing or unexpected or reshaped):
+        return
+    changes = changed_settings(checkpoint.get("hyper_parameters", {}), module.hparams, "model.")
+    if changes:
+        raise ConfigError(
+            f"{other_settings(ckpt_path, changes)}: give the config it was trained with ({SAVED})"
+        )
+    found = [
+        f"{len(keys)} {what} ({', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})"
+        for keys, what in [(missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")]
+        if keys
+    ]
+    raise ConfigError(
+        f"checkpoint {ckpt_path} holds other weights than this model's, {'; '.join(found)}: give the config "
+        f"it was trained with ({SAVED})"
+    )
+
+
+def load_trained_weights(module: LightningModule, ckpt_path: str, option: str) -> None:
+    """Load the weights of a (non-sharded) training checkpoint, given as ``option``, into ``module``, built
+    from the same config (``require_matching_weights``)."""
+    require_checkpoint(ckpt_path, option)
+    checkpoint = read_checkpoint(ckpt_path, option)
+    require_matching_weights(module, checkpoint, ckpt_path)
     module.load_state_dict(checkpoint["state_dict"])
 
 
@@ -331,8 +429,14 @@ def require_same_run(checkpoint: Mapping[str, Any], trainer: Trainer, module: Li
         changes += changed_settings(checkpoint["datamodule_hyper_parameters"], datamodule.hparams, "data.")
     if changes:
         raise ConfigError(
-            f"checkpoint {trainer.ckpt_path} was trained with other settings than this run's ("
-            + "; ".join(changes)
-            + "): resume with the config it was trained with (saved as config.yaml in its log directory),"
-            " or start a new run without --ckpt_path"
+            f"{other_settings(trainer.ckpt_path, changes)}: resume with the config it was trained with "
+            f"({SAVED}), or start a new run without --ckpt_path"
         )
+
+
+SAVED = "saved as config.yaml in its log directory"
+
+
+def other_settings(ckpt_path: _PATH, changes: list[str]) -> str:
+    """The start of the message for a checkpoint trained with other settings (``changed_settings``)."""
+    return f"checkpoint {ckpt_path} was trained with other settings than this run's ({'; '.join(changes)})"

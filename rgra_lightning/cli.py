@@ -20,6 +20,13 @@ from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from rgra_lightning.checkpointing import (
+    last_checkpoint,
+    read_checkpoint,
+    require_checkpoint,
+    require_matching_weights,
+    require_new_run_directory,
+)
 from rgra_lightning.config_files import LOSS_PRESETS, read
 from rgra_lightning.errors import ConfigError, find_reported_error
 from rgra_lightning.parser_errors import given_options, is_file, one_line_report, without_usage
@@ -57,17 +64,31 @@ class RLCLI(LightningCLI):
         other settings (``checkpointing.require_same_run``)."""
 
     def _check_ckpt_path(self) -> None:
-        """A ``--ckpt_path`` file (or sharded checkpoint directory) must exist: Lightning would fail with a
-        traceback. ``last``, ``best`` and ``hpc`` are Lightning's to resolve."""
-        ckpt_path = self.config[self.subcommand].get("ckpt_path")
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and not Path(ckpt_path).exists():
-            raise ConfigError(f"--ckpt_path {ckpt_path!r} does not exist")
+        """Report in one line, before Lightning runs, what it would report in a traceback or not at all: a
+        ``--ckpt_path`` file that is not a Lightning checkpoint, or (validate, test, predict) whose weights
+        do not fit the model built from the config (``fit`` refuses other settings: ``require_same_run``);
+        ``last`` naming no checkpoint (validate, test, predict: ``fit`` starts afresh, as Lightning
+        documents); a ``fit`` started afresh where an earlier run's checkpoints are (its own would go beside
+        them). ``best`` and ``hpc`` are Lightning's to resolve."""
+        config = self.config_init[self.subcommand]
+        ckpt_path, fitting = config.get("ckpt_path"), self.subcommand == "fit"
+        if ckpt_path is None and fitting:
+            require_new_run_directory(self.trainer)
+        if ckpt_path in (None, "best", "hpc") or (ckpt_path == "last" and fitting):
+            return
+        if ckpt_path == "last":
+            ckpt_path = config["ckpt_path"] = last_checkpoint(self.trainer)
+        if Path(ckpt_path).is_file():
+            checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")
+            if not fitting:
+                require_matching_weights(self.model, checkpoint, ckpt_path)
 
     before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
     def before_instantiate_classes(self) -> None:
-        """A GPU config on a machine without a GPU fails here, before the model is loaded (a hub model would
-        first be downloaded, or retried for ~40 s offline), in one line saying what to do."""
+        """A GPU config on a machine without a GPU, or a ``--ckpt_path`` that does not exist or is no
+        checkpoint (a directory other than a sharded checkpoint), fails here, before the model is loaded (a
+        hub model would first be downloaded, or retried for ~40 s offline), in one line saying what to do."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         accelerator = config.trainer.accelerator
         has_gpu = torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available())
@@ -76,6 +97,9 @@ class RLCLI(LightningCLI):
                 f"trainer.accelerator is {accelerator}, and this machine has no GPU torch can use: run it on "
                 "a GPU machine, or check the config on this CPU with rgra rehearse --config CONFIG..."
             )
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path not in (None, "last", "best", "hpc"):
+            require_checkpoint(ckpt_path, "--ckpt_path", sharded=True)
 
     def instantiate_trainer(self, **kwargs: object) -> Trainer:
         """The trainer; a setting it cannot run with (``devices: abc``, an accelerator whose library is

@@ -96,7 +96,7 @@ def export_checkpoint(
     ``--config``), load ``ckpt_path`` and export its ``hf_model`` (the policy, or a reward model)."""
     from rgra_lightning.cli import check_config_files, main
 
-    require_checkpoint(ckpt_path)
+    require_checkpoint(ckpt_path, "--ckpt-path")
     paths = [config] if isinstance(config, str) else config
     check_config_files([arg for path in paths for arg in ("--config", path)])  # naming the given files
     with tempfile.TemporaryDirectory(prefix="rgra-export-") as scratch:
@@ -104,7 +104,7 @@ def export_checkpoint(
             _module_config(path, Path(scratch) / f"{i}-{Path(path).name}") for i, path in enumerate(paths)
         ]
         module = main([arg for path in configs for arg in ("--config", path)], run=False).model
-    load_trained_weights(module, ckpt_path)
+    load_trained_weights(module, ckpt_path, "--ckpt-path")
     return export_policy(module.hf_model, module.tokenizer, output_dir, adapter_only)
 
 
@@ -129,6 +129,8 @@ def main(args: list[str] | None = None) -> None:
     checkpoint.add_argument("--adapter-only", action="store_true", help="LoRA: save the adapter, unmerged")
     options = parser.parse_args(args)
     try:
+        if Path(options.output).exists() and not Path(options.output).is_dir():
+            raise ConfigError(f"--output {options.output} is a file: give a directory to export the model to")
         if options.command == "gguf-to-hf":
             output = gguf_to_hf(options.model_path, options.gguf_file, options.output, options.dtype)
         else:

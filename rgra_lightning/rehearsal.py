@@ -551,7 +551,8 @@ def rehearse(
         runs = {}
         for run in ("straight", "resumed"):
             run_dir = workdir / run
-            run_dir.mkdir(exist_ok=True)
+            shutil.rmtree(run_dir, ignore_errors=True)  # a --workdir rehearsed before: start afresh
+            run_dir.mkdir()
             override = run_dir / "overrides.yaml"
             override.write_text(
                 yaml.safe_dump(overrides(config, run_dir, model_dir, data_dir), sort_keys=False)

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning import LightningModule
 
-from rgra_lightning.checkpointing import AtomicCheckpointIO
+from rgra_lightning.checkpointing import AtomicCheckpointIO, require_matching_weights
 from rgra_lightning.cli import main
+from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_causal_lm
-from tests.conftest import FAST, ROOT, scalars_by_step
+from tests.conftest import FAST, ROOT, one_line_error, scalars_by_step
 
 
 def assert_same_run(straight: Path, resumed: Path, straight_policy: dict, resumed_policy: dict) -> None:
@@ -138,6 +140,48 @@ def test_checkpoints_every_k_updates_keep_the_last_n_and_the_final_state(small_c
     exported = load_causal_lm(str(tmp_path / "hf_model")).state_dict()
     trained = cli.model.policy.state_dict()
     assert all(torch.equal(exported[name], trained[name]) for name in trained)
+
+
+def test_a_fresh_fit_where_an_earlier_run_saved_checkpoints_is_refused_before_training(
+    small_config, tmp_path, capsys
+):
+    """Lightning would save the new run's as last-v1.ckpt, ... beside the earlier run's last.ckpt, which
+    ``--ckpt_path .../last.ckpt`` would go on naming; ``--ckpt_path last`` resumes the earlier run."""
+    config = small_config("rgra", **FAST, **{"trainer.max_steps": 1})
+    main(["fit", "--config", str(config)])
+    directory = tmp_path / "checkpoints"
+    saved = sorted(os.listdir(directory))
+    assert one_line_error(["fit", "--config", str(config)], capsys) == (
+        f"error: {directory} already holds the checkpoints of an earlier run: resume it with --ckpt_path "
+        f"last, or give this run another checkpoint directory (the dirpath of PeriodicModelCheckpoint) or "
+        f"delete {directory}"
+    )
+    assert sorted(os.listdir(directory)) == saved
+    assert (
+        main(
+            ["fit", "--config", str(config), "--trainer.max_steps=2", "--ckpt_path", "last"]
+        ).trainer.global_step
+        == 2
+    )
+
+
+class TwoLayers(LightningModule):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(2, width), torch.nn.Linear(width, 1)
+
+
+def test_weights_that_do_not_fit_and_no_saved_settings_are_named_briefly():
+    checkpoint = {"state_dict": {**TwoLayers(3).state_dict(), "third.weight": torch.zeros(1)}}
+    del checkpoint["state_dict"]["first.bias"]
+    with pytest.raises(ConfigError) as error:
+        require_matching_weights(TwoLayers(4), checkpoint, "old.ckpt")
+    assert str(error.value) == (
+        "checkpoint old.ckpt holds other weights than this model's, 1 missing (first.bias); 1 unexpected "
+        "(third.weight); 2 of another shape (first.weight: [3, 2] in the checkpoint, [4, 2] now, "
+        "second.weight: [1, 3] in the checkpoint, [1, 4] now): give the config it was trained with (saved "
+        "as config.yaml in its log directory)"
+    )
 
 
 def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -244,6 +244,50 @@ def test_missing_checkpoint_is_a_one_line_error(command, small_config, tmp_path,
     assert f"error: --ckpt_path '{missing}' does not exist" in capsys.readouterr().err
 
 
+def cli_error(args: list[str], capsys) -> str:
+    """The one ``error: ...`` line (exit status 2) of running ``args``, a subcommand with its options."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_evaluating_a_checkpoint_of_other_settings_or_no_checkpoint_is_one_line(
+    small_config, tmp_path, capsys
+):
+    """A LoRA run's checkpoint evaluated with the full-model config names the setting (Lightning: a
+    traceback about missing state-dict keys); a file or directory that is no checkpoint and a ``last``
+    that names none are one line too (Lightning: a traceback, or evaluating the untrained policy)."""
+    lora = {"rank": 2, "alpha": 4.0, "target_modules": ["q_proj"]}
+    one_step = {"trainer.max_steps": 1, "model.init_args.validate_before_training": False}
+    main(["fit", "--config", str(small_config("rgra", **one_step, **{"model.init_args.lora": lora}))])
+    config, last = str(small_config("rgra", **one_step)), tmp_path / "checkpoints" / "last.ckpt"
+    for command in ("validate", "test", "predict"):
+        assert cli_error([command, "--config", config, "--ckpt_path", str(last)], capsys) == (
+            f"error: checkpoint {last} was trained with other settings than this run's (model.lora: "
+            f"{lora} in the checkpoint, None now): give the config it was trained with (saved as config.yaml "
+            "in its log directory)"
+        )
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text('{"prompt": "1+1="}\n')
+    for path in (samples, tmp_path):
+        assert cli_error(["validate", "--config", config, "--ckpt_path", str(path)], capsys) == (
+            f"error: --ckpt_path {path} is not a Lightning checkpoint (.ckpt file or sharded checkpoint "
+            "directory)"
+        )
+    hf_model = tmp_path / "hf_model"  # the run's export
+    assert cli_error(["test", "--config", config, "--ckpt_path", str(hf_model)], capsys) == (
+        f"error: --ckpt_path {hf_model} is a Hugging Face model directory: give it as model.model_path"
+    )
+    last.unlink()
+    assert cli_error(["validate", "--config", config, "--ckpt_path", "last"], capsys) == (
+        f"error: --ckpt_path last: there is no last checkpoint (last.ckpt) in {tmp_path / 'checkpoints'}: "
+        "train the run first (rgra fit), or give the checkpoint's path"
+    )
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_gpu_config_on_a_cpu_machine_is_a_one_line_error_before_any_model_loads(small_config, capsys):
     """Before the model: a hub name that cannot be downloaded here is not what the error is about."""

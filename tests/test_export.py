@@ -65,9 +65,35 @@ def test_commands_that_load_a_checkpoint_name_a_missing_one_before_building_the_
         export_checkpoint("no-such-config.yaml", missing, str(tmp_path / "out"))
     with pytest.raises(ConfigError, match="missing.ckpt' does not exist"):
         label("no-such-config.yaml", str(tmp_path / "rows.jsonl"), ckpt_path=missing)
-    (tmp_path / "sharded.ckpt").mkdir()  # what FSDP2 writes
+    (tmp_path / "sharded.ckpt").mkdir()  # what FSDP2 writes: shards and Lightning's meta.pt
+    (tmp_path / "sharded.ckpt" / "meta.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="is a sharded \\(FSDP2\\) checkpoint directory"):
         export_checkpoint("no-such-config.yaml", str(tmp_path / "sharded.ckpt"), str(tmp_path / "out"))
+    with pytest.raises(
+        ConfigError, match=f"--ckpt-path {TINY_POLICY} is a Hugging Face model directory: give"
+    ):
+        label("no-such-config.yaml", str(tmp_path / "rows.jsonl"), ckpt_path=str(TINY_POLICY))
+    with pytest.raises(ConfigError, match=f"--ckpt-path {tmp_path} is not a Lightning checkpoint"):
+        export_checkpoint("no-such-config.yaml", str(tmp_path), str(tmp_path / "out"))
+
+
+def test_a_checkpoint_of_another_model_or_no_checkpoint_and_an_output_file_are_one_line(
+    reward_model_run, small_config, tmp_path, capsys
+):
+    config, rows = str(small_config("rgra")), tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "1+1="}\n')
+    with pytest.raises(ConfigError, match=f"--ckpt-path {rows} is not a Lightning checkpoint"):
+        export_checkpoint(config, str(rows), str(tmp_path / "out"))
+    reward_model = str(reward_model_run[1] / "last.ckpt")
+    with pytest.raises(ConfigError, match=f"checkpoint {reward_model} was trained with other settings than"):
+        export_checkpoint(config, reward_model, str(tmp_path / "out"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # before building the module
+        export_main(["checkpoint", "--config", config, "--ckpt-path", reward_model, "--output", str(rows)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: --output {rows} is a file: give a directory to export the model to\n"
+    )
 
 
 def test_a_lora_policy_on_a_bf16_base_is_merged_in_float32_so_a_small_update_survives(tmp_path):

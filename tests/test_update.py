@@ -1,6 +1,7 @@
 """The policy update: non-finite steps skipped and counted, and a stop after too many."""
 
 import dataclasses
+import shutil
 import types
 
 import pytest
@@ -97,7 +98,9 @@ def test_micro_batches_accumulate_the_gradient_of_one_pass_over_the_mini_batch(s
             "model.init_args.micro_batch_tokens": budget,
             "model.init_args.num_iterations": 2,
         }
-        main(["fit", "--config", str(small_config("grpo", **fast, **overrides)), "--trainer.max_steps=2"])
+        config = small_config("grpo", **fast, **overrides)
+        shutil.rmtree(config.parent / "checkpoints", ignore_errors=True)  # a new run each time, not a resume
+        main(["fit", "--config", str(config), "--trainer.max_steps=2"])
         assert len(gradients) == 2 and sum(rows for rows, _ in passes) == 4 * 16  # ref, pi_old, 2 x policy
         if budget is None:
             assert max(rows for rows, _ in passes) == (micro or 16)

@@ -67,11 +67,11 @@ def label(
     if Path(output).is_dir():
         raise ConfigError(f"--output {output} is a directory: give the JSONL file to write")
     if ckpt_path is not None:
-        require_checkpoint(ckpt_path)
+        require_checkpoint(ckpt_path, "--ckpt-path")
     cli = main(["--config", config, *(overrides or [])], run=False)
     module, data = cli.model, cli.datamodule
     if ckpt_path is not None:
-        load_trained_weights(module, ckpt_path)
+        load_trained_weights(module, ckpt_path, "--ckpt-path")
     if getattr(data, "tokenizer", "absent") is None:  # chat prompts use the policy's tokenizer, as in fit
         data.tokenizer = module.tokenizer
     data.setup("fit")
