@@ -170,6 +170,8 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     # Raised inside Lightning 2.6's CombinedLoader by torch's newer pytree API; nothing a user can change.
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    # The tools (rgra label, export, ablate) build their config through here with ``args`` on purpose.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within")
     logging.getLogger(_LIGHTNING_INFO_LOGGER).addFilter(_without_litlogger_tip)
     try:
         check_config_files(sys.argv[1:] if args is None else args)
