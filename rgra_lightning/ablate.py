@@ -49,7 +49,15 @@ from typing import Any
 
 import yaml
 
-from rgra_lightning.config_files import LOSS_PRESETS, compose, key_at_line, key_line, merge, read
+from rgra_lightning.config_files import (
+    LOSS_PRESETS,
+    compose,
+    differences,
+    key_at_line,
+    key_line,
+    merge,
+    read,
+)
 from rgra_lightning.errors import ConfigError
 
 VAL_TAG = "val/accuracy"
@@ -420,35 +428,10 @@ def run_settings(study: Study, preset: str, seed: int, run_layer: dict[str, Any]
     return as_recorded(merge(compose([*study.base_configs, preset_path(preset)]), run_layer))
 
 
-def flat(config: Any, prefix: str = "") -> dict[str, Any]:
-    """The leaves of a nested config by dotted key (``trainer.max_steps``; list items by their index)."""
-    if isinstance(config, dict) and config:
-        children = config.items()
-    elif isinstance(config, list) and config:
-        children = enumerate(config)
-    else:
-        return {prefix: config}
-    leaves: dict[str, Any] = {}
-    for key, value in children:
-        leaves |= flat(value, f"{prefix}.{key}" if prefix else str(key))
-    return leaves
-
-
 def changes(old: dict[str, Any], new: dict[str, Any], first: int = 3) -> str:
-    """The first ``first`` dotted keys whose values differ, ``key OLD -> NEW`` (values as JSON, ``unset``
-    where a side lacks the key), and how many more; empty where the configs are equal."""
-    old_leaves, new_leaves = flat(old), flat(new)
-    unset = object()
-
-    def shown(leaves: dict[str, Any], key: str) -> str:
-        """The value at ``key`` as JSON, or ``unset``."""
-        return json.dumps(leaves[key]) if key in leaves else "unset"
-
-    differing = [
-        f"{key} {shown(old_leaves, key)} -> {shown(new_leaves, key)}"
-        for key in {**old_leaves, **new_leaves}
-        if old_leaves.get(key, unset) != new_leaves.get(key, unset)
-    ]
+    """The first ``first`` dotted keys whose values differ (``config_files.differences``), ``key OLD -> NEW``
+    (values as JSON), and how many more; empty where the configs are equal."""
+    differing = [f"{key} {json.dumps(a)} -> {json.dumps(b)}" for key, a, b in differences(old, new)]
     more = f" (and {len(differing) - first} more)" if len(differing) > first else ""
     return ", ".join(differing[:first]) + more
 

@@ -9,7 +9,6 @@ same prompts and the same random draws as a run that was never interrupted.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import uuid
@@ -27,6 +26,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from rgra_lightning.config_files import differences
 from rgra_lightning.distributed import with_distributed_sampler
 from rgra_lightning.errors import ConfigError
 
@@ -399,23 +399,12 @@ def reloaded_state_keys(module: LightningModule, lora: bool) -> set[str]:
 
 
 def changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """The settings (dotted names below ``prefix``) whose value in ``current`` differs from ``saved``, each
-    as ``"name: <saved> in the checkpoint, <current> now"``; nested mappings and dataclasses are compared
-    field by field, and names starting with ``_`` (the CLI's bookkeeping) are skipped."""
-
-    def plain(value: Any) -> Any:
-        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-
-    changes = []
-    for name in sorted(set(saved) | set(current)):
-        if name.startswith("_"):
-            continue
-        old, new = plain(saved.get(name)), plain(current.get(name))
-        if isinstance(old, Mapping) and isinstance(new, Mapping):
-            changes += changed_settings(old, new, f"{prefix}{name}.")
-        elif old != new:
-            changes.append(f"{prefix}{name}: {old!r} in the checkpoint, {new!r} now")
-    return changes
+    """The settings (dotted names below ``prefix``) whose value in ``current`` differs from ``saved``
+    (``config_files.differences``), each as ``"name: <saved> in the checkpoint, <current> now"``."""
+    return [
+        f"{name}: {old!r} in the checkpoint, {new!r} now"
+        for name, old, new in differences(saved, current, prefix)
+    ]
 
 
 def require_same_run(checkpoint: Mapping[str, Any], trainer: Trainer, module: LightningModule) -> None:

@@ -8,7 +8,8 @@ the command line reads each file here first, so that a mistake in one is reporte
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,29 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def differences(
+    old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
+) -> list[tuple[str, Any, Any]]:
+    """``(dotted name, old value, new value)`` of each setting that differs between two nested configs, in
+    name order (below ``prefix``): mappings and dataclasses are compared field by field, anything else
+    (lists) as a whole, a name one side lacks as None there; names starting with ``_`` (the CLI's
+    bookkeeping) are skipped."""
+
+    def plain(value: Any) -> Any:
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+    found = []
+    for name in sorted(set(old) | set(new)):
+        if name.startswith("_"):
+            continue
+        before, after = plain(old.get(name)), plain(new.get(name))
+        if isinstance(before, Mapping) and isinstance(after, Mapping):
+            found += differences(before, after, f"{prefix}{name}.")
+        elif before != after:
+            found.append((f"{prefix}{name}", before, after))
+    return found
 
 
 def read(path: str | Path) -> dict[str, Any]:

@@ -262,9 +262,9 @@ def test_finished_runs_that_record_no_config_are_compared_by_their_run_yaml(stud
 
 
 def test_changes_name_the_first_differing_keys_and_count_the_rest():
-    old = {"a": {"b": 1, "c": [1, 2]}, "d": "x", "e": None}
+    old = {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
     new = {"a": {"b": 2, "c": [1]}, "d": "x", "f": True, "g": 0}
-    assert ablate.changes(old, new) == "a.b 1 -> 2, a.c.1 2 -> unset, e null -> unset (and 2 more)"
+    assert ablate.changes(old, new) == "a.b 1 -> 2, a.c [1, 2] -> [1], f null -> true (and 1 more)"
     assert ablate.changes(old, old) == ""
 
 

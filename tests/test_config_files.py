@@ -1,8 +1,10 @@
 """Composing YAML configs as ``rgra fit --config A --config B`` does, for the tools that read them first."""
 
+import dataclasses
+
 import pytest
 
-from rgra_lightning.config_files import compose, key_at_line, key_line, merge
+from rgra_lightning.config_files import compose, differences, key_at_line, key_line, merge
 from rgra_lightning.errors import ConfigError
 
 
@@ -66,3 +68,19 @@ def test_key_at_line_is_the_dotted_key_written_on_a_line(tmp_path):
     assert key_at_line(path, 6) is None  # a comment
     assert key_at_line(path, 99) is None
     assert key_at_line(tmp_path / "missing.yaml", 1) is None
+
+
+def test_differences_compare_mappings_and_dataclasses_by_field_and_lists_whole():
+    @dataclasses.dataclass
+    class Loss:
+        beta: float = 0.04
+        eps: float = 0.2
+
+    old = {"loss": Loss(), "k": [1, 4], "_class_path": "A", "lr": 1e-5}
+    new = {"loss": Loss(beta=0.0), "k": [1, 4, 8], "_class_path": "B", "warmup": 5, "lr": 1e-5}
+    assert differences(old, new, "model.") == [
+        ("model.k", [1, 4], [1, 4, 8]),
+        ("model.loss.beta", 0.04, 0.0),
+        ("model.warmup", None, 5),
+    ]
+    assert differences(old, old) == []
