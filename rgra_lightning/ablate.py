@@ -29,7 +29,6 @@ TensorBoard event files.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import difflib
@@ -49,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from rgra_lightning.commands import ToolParser
 from rgra_lightning.config_files import (
     LOSS_PRESETS,
     compose,
@@ -564,7 +564,7 @@ def run_study(study: Study) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rgra ablate", description=__doc__.split("\n\n")[0])
+    parser = ToolParser(prog="rgra ablate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, required=True, help="study config YAML")
     parser.add_argument("--summary_only", action="store_true", help="only rewrite summary.md and the plot")
     args = parser.parse_args(argv)

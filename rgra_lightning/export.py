@@ -13,7 +13,6 @@ adapter directory instead.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import inspect
 import sys
@@ -25,6 +24,7 @@ import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rgra_lightning.checkpointing import load_trained_weights, require_checkpoint
+from rgra_lightning.commands import ToolParser
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import gguf_to_hf
 
@@ -109,7 +109,7 @@ def export_checkpoint(
 
 
 def main(args: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="rgra export", description=__doc__.split("\n\n")[0])
+    parser = ToolParser(prog="rgra export", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     gguf = commands.add_parser("gguf-to-hf", help="convert a GGUF model once into a HF directory")
     gguf.add_argument("--model-path", required=True, help="directory holding the GGUF file (or package:NAME)")

@@ -44,7 +44,6 @@ Checks, each with its measured numbers:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import math
@@ -61,6 +60,7 @@ from typing import Any
 
 import yaml
 
+from rgra_lightning.commands import ToolParser
 from rgra_lightning.config_files import compose
 from rgra_lightning.errors import ConfigError
 
@@ -602,7 +602,7 @@ def shown(path: Path) -> Path:
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rgra rehearse", description=__doc__.split("\n\n")[0])
+    parser = ToolParser(prog="rgra rehearse", description=__doc__.split("\n\n")[0])
     parser.add_argument("configs", nargs="*", help="configs to rehearse, each alone")
     parser.add_argument(
         "--config",

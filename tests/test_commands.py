@@ -35,6 +35,30 @@ def test_an_unknown_command_is_one_line_naming_the_closest_and_every_command(com
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ablate"], "the following arguments are required: --config (rgra ablate --help)"),
+        (
+            ["label", "--config", "x.yaml"],
+            "the following arguments are required: --output (rgra label --help)",
+        ),
+        (
+            ["export", "checkpoint"],
+            "required: --config, --ckpt-path, --output (rgra export checkpoint --help)",
+        ),
+        (["rehearse", "--nope"], "unrecognized arguments: --nope (rgra rehearse --help)"),
+    ],
+)
+def test_a_tools_usage_mistake_is_one_line(args, message, capsys):
+    """argparse would print the usage block (4-7 lines) above the mistake."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.endswith(f"{message}\n") and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("tool", sorted(TOOLS))
 def test_every_tool_answers_help_under_its_rgra_name(tool, capsys):
     with pytest.raises(SystemExit) as exit_info:

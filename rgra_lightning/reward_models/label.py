@@ -17,7 +17,6 @@ within each group (see ``preference_pairs``), for Bradley-Terry training.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import replace
@@ -28,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from rgra_lightning.checkpointing import load_trained_weights, require_checkpoint
+from rgra_lightning.commands import ToolParser
 from rgra_lightning.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -146,7 +146,7 @@ def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
     overrides = args[args.index("--") + 1 :] if "--" in args else []
     args = args[: args.index("--")] if "--" in args else args
-    parser = argparse.ArgumentParser(prog="rgra label", description=__doc__.split("\n\n")[0])
+    parser = ToolParser(prog="rgra label", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="a fit config (policy, data, sampling, verifier)")
     parser.add_argument("--output", required=True, help="JSONL file to write")
     parser.add_argument("--split", default="train", choices=SPLITS, help="which prompts of the data module")
