@@ -49,6 +49,8 @@ def export_policy(
 ) -> Path:
     """Save ``policy`` (merged unless ``adapter_only``) and ``tokenizer`` to ``output_dir``. A
     ``state_dict`` (the full weights gathered from an FSDP2-sharded policy) is saved as given, unmerged."""
+    if adapter_only and not hasattr(policy, "merge_and_unload"):
+        raise ConfigError("--adapter-only: this policy has no LoRA adapters (model.lora is not set)")
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     if state_dict is not None:

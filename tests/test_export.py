@@ -56,6 +56,11 @@ def test_adapter_only_export_is_a_peft_directory(tmp_path):
         policy, load_tokenizer(str(TINY_POLICY)), str(tmp_path / "adapter"), adapter_only=True
     )
     assert (output / "adapter_config.json").is_file() and not (output / "model.safetensors").exists()
+    # a policy without adapters: the full model would be written under the adapter's name
+    plain = load_causal_lm(str(TINY_POLICY))
+    with pytest.raises(ConfigError, match=r"^--adapter-only: this policy has no LoRA adapters"):
+        export_policy(plain, load_tokenizer(str(TINY_POLICY)), str(tmp_path / "plain"), adapter_only=True)
+    assert not (tmp_path / "plain").exists()
 
 
 def test_commands_that_load_a_checkpoint_name_a_missing_one_before_building_the_module(tmp_path):
