@@ -49,6 +49,7 @@ import functools
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -634,6 +635,9 @@ def main(args: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()  # saving and loading a tiny model: bars between the reports
     # absolute: the fit subprocesses run in the project root, not here
     workdir = Path(options.workdir or tempfile.mkdtemp(prefix="rgra-rehearsal-")).resolve()
+    # Killed (SIGTERM, as by timeout): exit through the finally below, which removes the temporary runs
+    # (hundreds of MB), and through subprocess.run, which kills the running fit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = []
     try:
         for run in runs:

