@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from rgra_lightning import ablate
+from rgra_lightning.ablation_summary import read_curve
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
 from tests.conftest import ROOT
@@ -271,7 +272,7 @@ def test_changes_name_the_first_differing_keys_and_count_the_rest():
 def check_finished(study: ablate.Study, preset: str, seed: int) -> None:
     record = json.loads((study.run_dir(preset, seed) / "done.json").read_text())
     assert record["returncode"] == 0 and record["steps"] == 4 and record["steps_per_s"] > 0
-    curve = ablate.read_curve(study.run_dir(preset, seed))
+    curve = read_curve(study.run_dir(preset, seed))
     assert [step for step, _ in curve] == [0, 4]  # the initial policy; after 2 batches of 2 updates
     assert record["final_val_accuracy"] == curve[-1][1]
 
@@ -354,18 +355,6 @@ def test_configs_the_parser_refuses_stop_the_study_before_any_run_naming_the_stu
     assert not list(ablate.load_study(path).root.rglob("log.txt"))
 
 
-def test_curve_metrics_by_hand():
-    curve = [(0, 0.25), (1, 0.5), (3, 1.0), (5, 0.75)]
-    assert ablate.curve_metrics(curve) == {"initial": 0.25, "final": 0.75, "best": 1.0, "mean": 0.75}
-
-
-def test_difference_flags_only_gaps_beyond_two_standard_errors():
-    # delta 0.3; Welch SE = sqrt(0.01/3 + 0.01/3) = 0.082 -> flagged; sqrt(0.09/3 + 0.01/3) = 0.183 -> not.
-    assert ablate.difference([0.8, 0.9, 1.0], [0.5, 0.6, 0.7]) == "+0.300 (0.082) *"
-    assert ablate.difference([0.6, 0.9, 1.2], [0.5, 0.6, 0.7]) == "+0.300 (0.183)"
-    assert ablate.difference([0.9], [0.5, 0.6]) == "n/a"  # one seed has no spread
-
-
 def test_a_runs_recorded_steps_are_those_of_its_composed_config(study_file, tmp_path, monkeypatch):
     """A preset's ``max_steps`` counts in the record (and its steps per second), as in the run's fit."""
     preset = tmp_path / "long.yaml"
@@ -401,14 +390,3 @@ def test_an_interrupted_study_kills_the_running_fit(tmp_path):
     pid = int(log_path.read_text().split()[0])
     with pytest.raises(ProcessLookupError):  # killed and reaped
         os.kill(pid, 0)
-
-
-def test_a_plot_with_no_curve_yet_is_written_without_a_warning(tmp_path):
-    """Every run failed before its first validation: the summary's plot is empty, and matplotlib is not
-    asked for a legend of nothing (its UserWarning would be printed after each failed study)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        path = ablate.plot_curves({"rgra": [], "grpo": [[]]}, tmp_path / "plot.png", "study")
-    assert path.stat().st_size > 0
