@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from lightning.pytorch.utilities import rank_zero_warn
 from transformers import PreTrainedTokenizerBase
 
 from rgra_lightning.data.base import ChatPrompt, PromptDataModule
@@ -40,6 +41,12 @@ class ChatCapableDataModule(PromptDataModule):
     ) -> None:
         super().__init__(**kwargs)
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        chat_only = {"system_prompt": system_prompt, "tokenizer_path": tokenizer_path}
+        unused = [f"data.{name}" for name, value in chat_only.items() if value is not None]
+        if prompt_format == "plain" and unused:
+            rank_zero_warn(
+                f"{' and '.join(unused)}: used with data.prompt_format=chat only; these prompts are plain"
+            )
 
     def user_message(self, question: str) -> str:
         """The question followed by the instruction, if any, on a new line."""

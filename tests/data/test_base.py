@@ -139,3 +139,16 @@ def test_a_train_size_larger_than_the_training_split_warns_and_trains_on_all(tmp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         data.setup()
+
+
+def test_chat_only_options_given_for_plain_prompts_warn(tmp_path):
+    """A system prompt would otherwise be dropped from every prompt without a word."""
+    file = tmp_path / "train.jsonl"
+    file.write_text(json.dumps({"question": "1+1", "answer": "2"}) + "\n")
+    files = {"train_file": str(file), "val_file": str(file)}
+    with pytest.warns(UserWarning, match=r"^data.system_prompt: used with data.prompt_format=chat only"):
+        JsonFilesDataModule(**files, system_prompt="Be brief.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        JsonFilesDataModule(**files, system_prompt="Be brief.", prompt_format="chat")
+        JsonFilesDataModule(**files)
