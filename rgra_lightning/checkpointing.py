@@ -30,6 +30,8 @@ from rgra_lightning.config_files import differences
 from rgra_lightning.distributed import with_distributed_sampler
 from rgra_lightning.errors import ConfigError
 
+SAVED = "saved as config.yaml in its log directory"  # where a run's config is, for the errors to say
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Save with ``torch.save`` into a temporary file beside the target, fsync it, then ``os.replace``.
@@ -193,6 +195,7 @@ def require_checkpoint(ckpt_path: str, option: str, sharded: bool = False) -> No
 
 
 def not_a_checkpoint(ckpt_path: str, option: str) -> ConfigError:
+    """The error for ``ckpt_path``, given as ``option``, that is no checkpoint Lightning can read."""
     return ConfigError(
         f"{option} {ckpt_path} is not a Lightning checkpoint (.ckpt file or sharded checkpoint directory)"
     )
@@ -421,9 +424,6 @@ def require_same_run(checkpoint: Mapping[str, Any], trainer: Trainer, module: Li
             f"{other_settings(trainer.ckpt_path, changes)}: resume with the config it was trained with "
             f"({SAVED}), or start a new run without --ckpt_path"
         )
-
-
-SAVED = "saved as config.yaml in its log directory"
 
 
 def other_settings(ckpt_path: _PATH, changes: list[str]) -> str:
