@@ -184,9 +184,11 @@ def program_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    score = commands.add_parser("score", help="score a JSONL file of (gold, pred) rows")
+    score = commands.add_parser(
+        "score", help="score a JSONL file of (gold, pred) rows", description=__doc__.split("\n\n")[0]
+    )
     score.add_argument("cases", help="JSONL file with gold, pred and mode fields")
     score.add_argument("--verifier", default="MathVerifier", help="class name in rewards, or module.Class")
     score.add_argument("--timeout", type=_positive(float), default=3.0, help="seconds per verification")

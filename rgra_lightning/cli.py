@@ -61,7 +61,8 @@ class RLCLI(LightningCLI):
         ``--ckpt_path`` checkpoint, silently: ``test --ckpt_path ... --model.evaluation.num_samples=8``
         would evaluate without its samples, and a resumed fit would run with other settings than its
         config names. Here the checkpoint gives the weights and state; ``fit`` refuses one trained with
-        other settings (``checkpointing.require_same_run``)."""
+        other settings (``checkpointing.require_same_run``), validate/test/predict one whose weights do not
+        fit the model (``checkpointing.require_matching_weights``)."""
 
     def _check_ckpt_path(self) -> None:
         """Report in one line, before Lightning runs, what it would report in a traceback or not at all: a

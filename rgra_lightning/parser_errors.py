@@ -1,7 +1,8 @@
 """jsonargparse's reports of a config mistake, as one line naming the option, and the config file and line
 where the mistake is in a file (``FILE:LINE: ...``): a misspelled key with the closest valid one, a value of
 the wrong type with the types allowed, a plain value for a group of options (``--model.lora=true``) with
-the group's options, a ``class_path`` that names no class with the closest class.
+the group's options, a ``class_path`` that names no class with the closest class, an option below an
+unknown one or below one that takes a single value (``--model.learning_rate.x``).
 """
 
 from __future__ import annotations

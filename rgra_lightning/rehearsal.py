@@ -613,7 +613,10 @@ def main(args: list[str] | None = None) -> int:
         help="a config of one rehearsal, composed in order as for rgra fit (repeat: base, then presets)",
     )
     parser.add_argument("--all", action="store_true", help=f"every GPU run of {' and '.join(GPU_FOLDERS)}")
-    parser.add_argument("--workdir", help="keep the runs here (default: a temporary directory, removed)")
+    parser.add_argument(
+        "--workdir",
+        help="keep the runs here; a run rehearsed there before is replaced (default: a temporary directory)",
+    )
     parser.add_argument(
         "--data-dir", default=DEFAULT_DATA_DIR, help=f"GSM8K train.jsonl and test.jsonl ({DEFAULT_DATA_DIR})"
     )

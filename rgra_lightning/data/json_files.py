@@ -10,7 +10,9 @@ from rgra_lightning.data.text import TextDataModule
 
 class JsonFilesDataModule(TextDataModule):
     """Problems from local ``.json`` (an array of objects) or ``.jsonl`` files; every row is checked, and a
-    bad one is an error naming its file line and field.
+    bad one is an error naming its file, line and field. Each file option names an existing local file
+    (``.json``, ``.jsonl``, ``.parquet``, ``.csv``): a directory or a missing path is an error naming the
+    option.
 
     Args:
         train_file: the training problems.

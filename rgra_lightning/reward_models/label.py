@@ -156,8 +156,12 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument(
         "--ckpt-path", default=None, help="a training checkpoint of the policy to sample from"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device: cpu, cuda, cuda:N",
+    )
     parser.add_argument("--pairs-output", default=None, help="also write preference pairs to this JSONL file")
     options = parser.parse_args(args)
     try:
