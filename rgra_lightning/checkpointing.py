@@ -23,7 +23,9 @@ from lightning.fabric.strategies.fsdp import _is_sharded_checkpoint
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from rgra_lightning.config_files import differences
@@ -104,6 +106,25 @@ class PeriodicModelCheckpoint(ModelCheckpoint):
         # the final save is made at the batch end above because, at an epoch boundary, the loop state
         # Lightning stores in on_train_end resumes with the next epoch wrongly marked as partly done.
         self._save_now(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """A fit stopped by SIGTERM (a scheduler's pre-emption, ``timeout``) ends at a batch end, where the
+        state is whole: it is saved (a step file and ``last.ckpt``), so that no update is lost. Ctrl-C may
+        come mid-update: nothing is saved, and one line says which update the last checkpoint holds."""
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        if isinstance(exception, SIGTERMException):
+            self._save_now(trainer)
+            rank_zero_info(
+                f"stopped by SIGTERM after update {trainer.global_step}, saved to {self.last_model_path}: "
+                "resume with --ckpt_path last"
+            )
+        elif isinstance(exception, KeyboardInterrupt):
+            last = f"{self.last_model_path} (update {self._last_global_step_saved})"
+            rank_zero_info(
+                f"interrupted after update {trainer.global_step}; the last checkpoint is "
+                f"{last if self.last_model_path else 'none'}: resume with --ckpt_path last"
+            )
 
     def _save_now(self, trainer: Trainer) -> None:
         if self._should_skip_saving_checkpoint(trainer):  # also: already saved at this global step

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from rgra_lightning.checkpointing import (
     last_checkpoint,
@@ -186,6 +187,8 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
             args=args,
             run=run,
         )
+    except SIGTERMException as stopped:  # Lightning's, a SystemExit without a status: 0 would read as done
+        raise SystemExit(128 + signal.SIGTERM) from stopped
     except Exception as error:
         # Lightning's MisconfigurationException is a config mistake too (e.g. accelerator: gpu on a CPU)
         config_error = find_reported_error(error) or (

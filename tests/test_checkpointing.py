@@ -2,6 +2,7 @@
 writes."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning import LightningModule
+from lightning import Callback, LightningModule
 
 from rgra_lightning.checkpointing import AtomicCheckpointIO, require_matching_weights
 from rgra_lightning.cli import main
@@ -92,6 +93,41 @@ def test_resume_at_and_after_an_epoch_boundary_continues_the_data_order(small_co
 
 
 @pytest.mark.slow
+class SigtermAfter(Callback):
+    """Sends this process SIGTERM at the end of update ``step``, as a scheduler pre-empting the job would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_saves_the_state_exits_143_and_resumes_exactly(small_config, tmp_path, caplog):
+    """A SIGTERM between periodic checkpoints (every 4 updates here) used to end the fit with status 0 and
+    the updates since the last checkpoint lost; ``rgra ablate`` then recorded the cut-short run as done."""
+    every = {"trainer.max_steps": 4}
+    straight = fresh_config(small_config, tmp_path, "straight", **every)
+    a = main(["fit", "--config", str(straight)])
+    stopped = fresh_config(small_config, tmp_path, "stopped", **every)
+    sigterm = {"class_path": "tests.test_checkpointing.SigtermAfter", "init_args": {"step": 2}}
+    with pytest.raises(SystemExit) as exit_info, caplog.at_level(logging.INFO):
+        main(["fit", "--config", str(stopped), f"--trainer.callbacks+={json.dumps(sigterm)}"])
+    assert exit_info.value.code == 143
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True, mmap=True)["global_step"] == 2
+    assert f"stopped by SIGTERM after update 2, saved to {last}: resume with --ckpt_path last" in caplog.text
+    b = main(["fit", "--config", str(stopped), "--ckpt_path", "last"])
+    assert b.trainer.global_step == 4
+    assert_same_run(
+        tmp_path / "straight" / "runs",
+        tmp_path / "stopped" / "runs",
+        a.model.policy.state_dict(),
+        b.model.policy.state_dict(),
+    )
+
+
 def test_kill_9_then_resume_equals_an_uninterrupted_run(small_config, tmp_path):
     """A real ``kill -9`` of ``python -m rgra_lightning fit`` after its update-4 checkpoint, then
     ``fit --ckpt_path last``: the 8 logged rewards and the final weights equal a straight 8-update run."""
