@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -88,6 +89,9 @@ def _context(preload: Sequence[str]) -> Any:
 def _serve(connection: Connection, memory_mb: int, warmup: Callable[[], Any] | None) -> None:
     """Worker loop: run ``warmup``, say ready, then receive ``(function, arguments)`` and send back
     ``(ok, value_or_error)``."""
+    # Ctrl-C in a terminal signals the whole process group: each worker would print a KeyboardInterrupt
+    # traceback; the parent, interrupted too, stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_mb > 0:
         import resource
 

@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -44,6 +45,21 @@ def test_timeout_kills_and_replaces_the_worker():
         outcomes = pool.map(time.sleep, [(30,), (0,)])
         assert [o.error for o in outcomes] == ["timeout", None]
         assert time.monotonic() - start < 15  # includes starting two interpreters
+    finally:
+        pool.close()
+
+
+def test_a_worker_ignores_ctrl_c_which_the_parent_handles():
+    """Ctrl-C signals the terminal's whole process group: a worker killed by it printed a KeyboardInterrupt
+    traceback (two per interrupted fit) and lost its task."""
+    pool = WorkerPool(workers=1, timeout=30.0)
+    try:
+        assert [o.value for o in pool.map(abs, [(-1,)])] == [1]  # the worker runs
+        (worker,) = pool._idle
+        os.kill(worker.process.pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert worker.process.is_alive()
+        assert [(o.value, o.error) for o in pool.map(abs, [(-2,)])] == [(2, None)]
     finally:
         pool.close()
 
