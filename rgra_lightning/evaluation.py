@@ -245,12 +245,14 @@ class SamplesWriter:
     """Appends evaluated completions, one JSON line each (``Experience.records()`` and how they were
     decoded), to ``<log dir>/<stage>_samples.jsonl`` (``_rank<r>`` after rank 0's; the stage is ``val``,
     ``test`` or ``predict``), opened at the first write and flushed after every batch, so an interrupted
-    evaluation keeps its finished batches. Writes nothing unless ``enabled``
-    (``EvaluationConfig.write_samples``)."""
+    evaluation keeps its finished batches. A row's ``group`` is its problem's index in the file, the same
+    for its greedy and sampled completions (each decoding is written once per batch, in batch order).
+    Writes nothing unless ``enabled`` (``EvaluationConfig.write_samples``)."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._file: IO[str] | None = None
+        self._problems: dict[str, int] = {}  # decoding -> problems written with it so far
 
     def write(self, experience: Experience, decoding: str, trainer: Trainer) -> None:
         if not self.enabled:
@@ -262,11 +264,15 @@ class SamplesWriter:
             rank = trainer.global_rank
             path = directory / f"{stage}_samples{f'_rank{rank}' if rank else ''}.jsonl"
             self._file = path.open("w", encoding="utf-8")
+        first = self._problems.get(decoding, 0)
         for record in experience.records():
-            self._file.write(json.dumps(record | {"decoding": decoding}, ensure_ascii=False) + "\n")
+            record |= {"group": first + record["group"], "decoding": decoding}
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._file.flush()
+        self._problems[decoding] = first + len(experience.prompts)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._problems.clear()

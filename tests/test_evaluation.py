@@ -106,6 +106,17 @@ def test_test_command_logs_pass_at_k_and_maj_at_k_and_writes_every_completion(sm
     assert sum(s["correct"] for s in greedy) / 8 == pytest.approx(metrics["test/accuracy"])
     sampled = [s["correct"] for s in samples if s["decoding"] == "sampled"]
     assert sum(sampled) / 32 == pytest.approx(metrics["test/pass@1"])
+    # one group per problem across the 2 batches of 4, shared by its greedy and sampled rows: pass@4
+    # (n = k = 4: any sampled completion correct) recomputed from the file
+    problems: dict[int, list[dict]] = {}
+    for sample in samples:
+        problems.setdefault(sample["group"], []).append(sample)
+    assert sorted(problems) == list(range(8))
+    assert all(len({row["prompt"] for row in rows}) == 1 and len(rows) == 5 for rows in problems.values())
+    solved = [
+        any(row["correct"] for row in rows if row["decoding"] == "sampled") for rows in problems.values()
+    ]
+    assert sum(solved) / 8 == pytest.approx(metrics["test/pass@4"])
 
 
 def test_validate_command_runs_the_benchmark_evaluation_on_the_validation_split(small_config):
