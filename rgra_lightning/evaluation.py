@@ -19,6 +19,7 @@ from typing import IO
 import torch
 from lightning import LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics import Metric
@@ -271,8 +272,11 @@ class SamplesWriter:
         self._file.flush()
         self._problems[decoding] = first + len(experience.prompts)
 
-    def close(self) -> None:
+    def close(self, announce: bool = False) -> None:
+        """Close the file; with ``announce`` (an evaluation command, not a validation in fit) say where."""
         if self._file is not None:
             self._file.close()
+            if announce:
+                rank_zero_info(f"completions written to {self._file.name}")
             self._file = None
         self._problems.clear()

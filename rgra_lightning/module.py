@@ -384,12 +384,12 @@ class RLModule(LightningModule):
     def on_validation_epoch_end(self) -> None:
         """Logs ``step``, the x axis as in training: the update the evaluated policy comes from, in
         ``validate`` and ``test`` (which restore no loop state) the ``--ckpt_path`` checkpoint's."""
-        self.samples.close()
         fitting = self.trainer.state.fn == TrainerFn.FITTING
+        self.samples.close(announce=not fitting)
         step = self.global_step if fitting or self.checkpoint_step is None else self.checkpoint_step
         self.log("step", float(step), sync_dist=True)
 
     on_test_epoch_end = on_validation_epoch_end
 
     def on_predict_epoch_end(self) -> None:
-        self.samples.close()
+        self.samples.close(announce=True)

@@ -1,6 +1,7 @@
 """pass@k / maj@k metrics (hand-computed values, cross-process aggregation) and the test command."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -119,8 +120,11 @@ def test_test_command_logs_pass_at_k_and_maj_at_k_and_writes_every_completion(sm
     assert sum(solved) / 8 == pytest.approx(metrics["test/pass@4"])
 
 
-def test_validate_command_runs_the_benchmark_evaluation_on_the_validation_split(small_config):
-    cli = main(["validate", "--config", str(small_config("rgra"))])
+def test_validate_command_runs_the_benchmark_evaluation_on_the_validation_split(small_config, caplog):
+    with caplog.at_level(logging.INFO):
+        cli = main(["validate", "--config", str(small_config("rgra"))])
     assert "val/accuracy" in cli.trainer.callback_metrics
-    lines = (Path(cli.trainer.log_dir) / "val_samples.jsonl").read_text().splitlines()
+    written = Path(cli.trainer.log_dir) / "val_samples.jsonl"
+    assert f"completions written to {written}" in caplog.text  # where, said once the command ends
+    lines = written.read_text().splitlines()
     assert len(lines) == 8 and all(json.loads(line)["decoding"] == "greedy" for line in lines)
