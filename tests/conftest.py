@@ -5,6 +5,7 @@ import contextlib
 import io
 import math
 import os
+import signal
 from pathlib import Path
 
 # Tests never touch the network; set before huggingface_hub is imported, which reads it once.
@@ -73,6 +74,16 @@ def one_line_error(args: list[str], capsys) -> str:
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1
     return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def sigterm_handler_restored():
+    """``rgra ablate`` and ``rgra rehearse`` install a SIGTERM handler (exit 143) in their process, here the
+    test process: left in place, Lightning would chain it after its own in a later fit, and a test's SIGTERM
+    would exit before the fit saves its state."""
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture

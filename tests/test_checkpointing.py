@@ -147,7 +147,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(small_config, tmp_path):
     checkpoint = tmp_path / "killed" / "checkpoints" / "epoch=0-step=4.ckpt"
     deadline = time.monotonic() + 300
     while process.poll() is None and time.monotonic() < deadline:
-        if checkpoint.exists() and 3 in scalars_by_step(tmp_path / "killed" / "runs", "train/reward"):
+        if checkpoint.exists() and 4 in scalars_by_step(tmp_path / "killed" / "runs", "train/reward"):
             break
         time.sleep(0.1)
     assert process.poll() is None, "the run ended before it could be killed"
