@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Callback, LightningModule
+from lightning.pytorch.cli import LightningCLI
 
 from rgra_lightning.checkpointing import AtomicCheckpointIO, require_matching_weights
 from rgra_lightning.cli import main
@@ -32,6 +33,19 @@ def assert_same_run(straight: Path, resumed: Path, straight_policy: dict, resume
         assert values == [expected[step][0]] * len(values), f"step {step}: {values} vs {expected[step]}"
     assert straight_policy.keys() == resumed_policy.keys()
     assert all(torch.equal(straight_policy[name], resumed_policy[name]) for name in straight_policy)
+
+
+def resume_equals_straight(config: Path, straight: LightningCLI, steps: int) -> None:
+    """``fit --ckpt_path last`` of the stopped run of ``config`` (in a ``fresh_config`` directory) reaches
+    ``steps`` and equals the ``straight`` run (``fresh_config(..., "straight")``): ``assert_same_run``."""
+    resumed = main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == steps
+    assert_same_run(
+        config.parent.parent / "straight" / "runs",
+        config.parent / "runs",
+        straight.model.policy.state_dict(),
+        resumed.model.policy.state_dict(),
+    )
 
 
 def fresh_config(
@@ -118,14 +132,7 @@ def test_sigterm_saves_the_state_exits_143_and_resumes_exactly(small_config, tmp
     last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True, mmap=True)["global_step"] == 2
     assert f"stopped by SIGTERM after update 2, saved to {last}: resume with --ckpt_path last" in caplog.text
-    b = main(["fit", "--config", str(stopped), "--ckpt_path", "last"])
-    assert b.trainer.global_step == 4
-    assert_same_run(
-        tmp_path / "straight" / "runs",
-        tmp_path / "stopped" / "runs",
-        a.model.policy.state_dict(),
-        b.model.policy.state_dict(),
-    )
+    resume_equals_straight(stopped, a, steps=4)
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(small_config, tmp_path):
@@ -154,14 +161,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(small_config, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "killed" / "hf_model").exists()
-    b = main(["fit", "--config", str(killed), "--ckpt_path", "last"])
-    assert b.trainer.global_step == 8
-    assert_same_run(
-        tmp_path / "straight" / "runs",
-        tmp_path / "killed" / "runs",
-        a.model.policy.state_dict(),
-        b.model.policy.state_dict(),
-    )
+    resume_equals_straight(killed, a, steps=8)
 
 
 def test_checkpoints_every_k_updates_keep_the_last_n_and_the_final_state(small_config, tmp_path):
