@@ -179,9 +179,18 @@ def run_config(study: Study, preset: str, seed: int) -> dict[str, Any]:
     return merge(study.overrides, run)
 
 
+def write_run_yaml(study: Study, preset: str, seed: int) -> tuple[Path, dict[str, Any]]:
+    """Write the run's own config layer (``run_config``) to its ``run.yaml``; the file and the layer."""
+    layer = run_config(study, preset, seed)
+    path = study.run_dir(preset, seed) / "run.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(layer, sort_keys=False))
+    return path, layer
+
+
 def run_configs(study: Study, preset: str, seed: int) -> list[Path]:
     """The config files of one run, in the order they compose: the base configs, the preset and the run's
-    ``run.yaml`` (written by ``run_one``)."""
+    ``run.yaml`` (``write_run_yaml``)."""
     return [*map(Path, study.base_configs), preset_path(preset), study.run_dir(preset, seed) / "run.yaml"]
 
 
@@ -232,14 +241,13 @@ def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str,
     ``stale_runs`` compares with the study's when it is run again.
     """
     run_dir = study.run_dir(preset, seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.yaml").write_text(yaml.safe_dump(run_config(study, preset, seed), sort_keys=False))
+    _, layer = write_run_yaml(study, preset, seed)
     command = run_command(study, preset, seed)
     last = run_dir / LAST_CHECKPOINT
     resumed = last.is_file()
     if resumed:
         command += ["--ckpt_path", str(last)]
-    config = as_recorded(compose(run_configs(study, preset, seed)))
+    config = run_settings(study, preset, layer)
     steps = config.get("trainer", {}).get("max_steps", -1)
     start = time.perf_counter()
 
@@ -275,8 +283,9 @@ def as_recorded(config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(config, default=str))
 
 
-def run_settings(study: Study, preset: str, seed: int, run_layer: dict[str, Any]) -> dict[str, Any]:
-    """The composed config of a run of ``preset`` with ``run_layer`` as its ``run.yaml``, as recorded."""
+def run_settings(study: Study, preset: str, run_layer: dict[str, Any]) -> dict[str, Any]:
+    """The composed config of a run of ``preset`` with ``run_layer`` as its ``run.yaml`` (what ``rgra fit``
+    composes from ``run_configs``), as recorded."""
     return as_recorded(merge(compose([*study.base_configs, preset_path(preset)]), run_layer))
 
 
@@ -311,10 +320,10 @@ def stale_runs(study: Study) -> tuple[list[str], list[str]]:
                 and run_yaml.is_file()
                 and (finished or (run_dir / LAST_CHECKPOINT).is_file())
             ):
-                recorded = run_settings(study, preset, seed, read(run_yaml))
+                recorded = run_settings(study, preset, read(run_yaml))
             if recorded is None:
                 continue
-            changed = changes(recorded, run_settings(study, preset, seed, run_config(study, preset, seed)))
+            changed = changes(recorded, run_settings(study, preset, run_config(study, preset, seed)))
             if changed:
                 stale.append((run_dir, changed, finished))
         if stale:
@@ -351,9 +360,7 @@ def parser_refusals(study: Study, study_path: Path) -> list[str]:
         seeds = [seed for seed in study.seeds if not (study.run_dir(preset, seed) / "done.json").is_file()]
         if not seeds:
             continue
-        run_yaml = study.run_dir(preset, seeds[0]) / "run.yaml"
-        run_yaml.parent.mkdir(parents=True, exist_ok=True)
-        run_yaml.write_text(yaml.safe_dump(run_config(study, preset, seeds[0]), sort_keys=False))
+        run_yaml, _ = write_run_yaml(study, preset, seeds[0])
         errors = io.StringIO()
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
