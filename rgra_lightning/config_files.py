@@ -88,10 +88,7 @@ def key_line(path: str | Path, key: str, value: str | None = None) -> int | None
     """The line (from 1) of the YAML file ``path`` where the dotted option ``key`` (``model.lora.rank``) is
     set (to ``value``, written anywhere in it, where given), looking through ``init_args`` levels as the
     command line does; None where the file does not set it or cannot be read."""
-    try:
-        node = yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
-        return None
+    node = _node_tree(path)
     key_node = None
     for name in key.split("."):
         found = _child(node, name)
@@ -106,10 +103,7 @@ def key_line(path: str | Path, key: str, value: str | None = None) -> int | None
 def key_at_line(path: str | Path, line: int) -> str | None:
     """The dotted key (``model.init_args.learning_rate``, ``init_args`` levels as written) set at ``line``
     (from 1) of the YAML file ``path``: the inverse of ``key_line``; None where no key starts on that line."""
-    try:
-        node = yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
-        return None
+    node = _node_tree(path)
     keys: list[str] = []
     while isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
@@ -122,6 +116,14 @@ def key_at_line(path: str | Path, line: int) -> str | None:
         else:
             return None
     return None
+
+
+def _node_tree(path: str | Path) -> yaml.Node | None:
+    """The YAML file ``path`` as nodes, which know their lines; None where it cannot be read or parsed."""
+    try:
+        return yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return None
 
 
 def _mentions(node: yaml.Node, value: str) -> bool:

@@ -266,9 +266,8 @@ class SamplesWriter:
             path = directory / f"{stage}_samples{f'_rank{rank}' if rank else ''}.jsonl"
             self._file = path.open("w", encoding="utf-8")
         first = self._problems.get(decoding, 0)
-        for record in experience.records():
-            record |= {"group": first + record["group"], "decoding": decoding}
-            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for record in experience.records(first):
+            self._file.write(json.dumps(record | {"decoding": decoding}, ensure_ascii=False) + "\n")
         self._file.flush()
         self._problems[decoding] = first + len(experience.prompts)
 

@@ -55,10 +55,10 @@ class Experience:
         """Completions per prompt."""
         return len(self.scores) // len(self.prompts)
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self, first_group: int = 0) -> list[dict[str, Any]]:
         """One row per completion: ``prompt``, ``completion``, ``reference``, ``reward``, ``correct``,
         ``extracted`` (the answer the verifier read), ``details``, ``error`` and ``group`` (the prompt's
-        index in the batch, shared by its completions)."""
+        index in the batch plus ``first_group``, its batch's place in a file; shared by its completions)."""
         group = self.group_size
         return [
             {
@@ -70,7 +70,7 @@ class Experience:
                 "extracted": score.extracted,
                 "details": score.details,
                 "error": score.error,
-                "group": i // group,
+                "group": first_group + i // group,
             }
             for i, (completion, score) in enumerate(zip(self.rollout.completions, self.scores, strict=True))
         ]

@@ -95,8 +95,7 @@ def label(
             chunk = examples[first : first + batch_size]
             batch = {key: [example[key] for example in chunk] for key in ("prompt", "reference")}
             experience = module.make_experience(batch, sampling)
-            for record in experience.records():
-                record["group"] += first
+            for record in experience.records(first):
                 file.write(json.dumps(record, ensure_ascii=False) + "\n")
             file.flush()
             batch_rewards = [score.reward for score in experience.scores]
