@@ -36,7 +36,6 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -48,7 +47,7 @@ from typing import Any
 import yaml
 
 from rgra_lightning.ablation_summary import REWARD_TAG, VAL_TAG, read_curve, summarise
-from rgra_lightning.commands import ToolParser
+from rgra_lightning.commands import ToolParser, exit_on_sigterm
 from rgra_lightning.config_files import (
     LOSS_PRESETS,
     compose,
@@ -438,8 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         print(*stale, sep="\n", file=sys.stderr)
         return 2
-    # A kill of the study (SIGTERM) raises SystemExit, on which fit_reporting kills the running fit too.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_sigterm()  # a killed study: fit_reporting kills the running fit too
     if args.summary_only:
         print(f"summary: {summarise(study)}")
         return 0

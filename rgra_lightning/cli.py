@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +27,7 @@ from rgra_lightning.checkpointing import (
     require_matching_weights,
     require_new_run_directory,
 )
+from rgra_lightning.commands import KILLED
 from rgra_lightning.config_files import LOSS_PRESETS, read
 from rgra_lightning.errors import ConfigError, find_reported_error
 from rgra_lightning.parser_errors import given_options, is_file, one_line_report, without_usage
@@ -188,7 +188,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
             run=run,
         )
     except SIGTERMException as stopped:  # Lightning's, a SystemExit without a status: 0 would read as done
-        raise SystemExit(128 + signal.SIGTERM) from stopped
+        raise SystemExit(KILLED) from stopped
     except Exception as error:
         # Lightning's MisconfigurationException is a config mistake too (e.g. accelerator: gpu on a CPU)
         config_error = find_reported_error(error) or (

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import typing
 
@@ -36,6 +37,15 @@ class ToolParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"error: {message} ({self.prog} --help)\n")
+
+
+KILLED = 128 + signal.SIGTERM  # the exit status of a process stopped by SIGTERM, as a shell reports it
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``timeout``) raise ``SystemExit(KILLED)`` in this process, so that a tool's
+    ``finally`` blocks run and a child started with ``subprocess`` is killed on the way out."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(KILLED))
 
 
 def run(args: list[str] | None = None) -> None:

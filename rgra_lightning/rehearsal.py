@@ -49,7 +49,6 @@ import functools
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -61,7 +60,7 @@ from typing import Any
 
 import yaml
 
-from rgra_lightning.commands import ToolParser
+from rgra_lightning.commands import ToolParser, exit_on_sigterm
 from rgra_lightning.config_files import compose
 from rgra_lightning.errors import ConfigError
 
@@ -638,9 +637,9 @@ def main(args: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()  # saving and loading a tiny model: bars between the reports
     # absolute: the fit subprocesses run in the project root, not here
     workdir = Path(options.workdir or tempfile.mkdtemp(prefix="rgra-rehearsal-")).resolve()
-    # Killed (SIGTERM, as by timeout): exit through the finally below, which removes the temporary runs
-    # (hundreds of MB), and through subprocess.run, which kills the running fit.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # Killed (as by timeout): exit through the finally below, which removes the temporary runs (hundreds of
+    # MB), and through subprocess.run, which kills the running fit.
+    exit_on_sigterm()
     results = []
     try:
         for run in runs:
