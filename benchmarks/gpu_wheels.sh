@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packages=(transformers trl datasets dill multiprocess jsonargparse docstring-parser typeshed-client
-          latex2sympy2_extended antlr4-python3-runtime)
+          latex2sympy2_extended antlr4-python3-runtime peft)
 platforms=()
 for tag in manylinux_2_28 manylinux_2_17 manylinux2014 manylinux1; do platforms+=(--platform "${tag}_x86_64"); done
 rm -rf .whl
