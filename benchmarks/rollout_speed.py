@@ -2,19 +2,23 @@
 
     python benchmarks/rollout_speed.py --model models/smollm2-135m-instruct --lora 16
     python benchmarks/rollout_speed.py --lora 16 --paths forward decoder plain --rounds 7
+    python benchmarks/rollout_speed.py --device cuda --random-init qwen2.5-0.5b --lora 128 --dtype bfloat16
 
 Paths, timed in alternation in one process (round 1 untimed):
-  forward  the policy's forward (with peft, its LoRA layers) for every new token (``LlamaDecoder.supports``
-           False): how other adapters (DoRA, ...) decode;
+  forward  the policy's forward (with peft, its LoRA layers) for every new token (``LlamaDecoder.unsupported``
+           forced): how other adapters (DoRA, ...) decode;
   decoder  the fast decoder (``LlamaDecoder``): the LoRA adapters folded into float32 weights, else
            applied as peft applies them, stacked (bfloat16 weights, or autocast);
   plain    the fast decoder on the model without adapters.
 Every rollout samples ``--prompts`` x G = ``--group`` completions of exactly ``--tokens`` new tokens (stop
 tokens suppressed) at temperature 1 from the same seed, in float32 (``--dtype``; ``--autocast``: under
-bfloat16 autocast, as ``bf16-mixed`` samples) with ``--threads`` torch threads. The LoRA updates are random
-and non-zero (peft starts B at zero), so the adapters change the logits as trained ones do. Rates are given
-per second of wall time and per second of this process's CPU time: on a machine shared with other work the
-second varies far less (it still counts the memory bandwidth and caches that others share).
+bfloat16 autocast, as ``bf16-mixed`` samples) with ``--threads`` torch threads, on ``--device``
+(``--random-init``: a randomly initialised model of an architecture of ``benchmarks/throughput.py``). The
+LoRA updates are random and non-zero (peft starts B at zero), so the adapters change the logits as trained
+ones do. Rates are given per second of wall time and per second of this process's CPU time: on a machine
+shared with other work the second varies far less (it still counts the memory bandwidth and caches that
+others share). On a GPU the two rates are close where decoding is bound by the host launching kernels, not
+by the GPU running them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +38,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=str(ROOT / "models" / "arith-tiny"), help="a local HF directory")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", default=str(ROOT / "models" / "arith-tiny"), help="a local HF directory")
+    source.add_argument("--random-init", choices=("qwen2.5-0.5b",), help="a random model of that shape")
     parser.add_argument(
         "--lora", type=int, default=16, help="LoRA rank (alpha = 2 x rank), all linear layers"
     )
@@ -46,24 +53,36 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per completion (forced)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--autocast", action="store_true", help="under bfloat16 autocast, as `bf16-mixed` samples"
     )
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.random_init:
+            from benchmarks.throughput import ARCHITECTURES, save_random_qwen2
 
+            save_random_qwen2(Path(scratch), **ARCHITECTURES[args.random_init])
+            args.model = scratch
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Time each path's rollouts in alternation and print the rates (see the module docstring)."""
     import torch
 
-    from benchmarks.throughput import examples
+    from benchmarks.throughput import examples, now
     from rgra_lightning.models import LoraConfig, add_lora, load_causal_lm, load_tokenizer
     from rgra_lightning.rollout import HFEngine, SamplingConfig
     from rgra_lightning.rollout.llama_decode import LlamaDecoder
 
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(args.model)
-    plain = load_causal_lm(args.model, dtype=args.dtype)
+    plain = load_causal_lm(args.model, dtype=args.dtype).to(args.device)
     policies = {"plain": plain}
     if {"forward", "decoder"} & set(args.paths):
         lora = add_lora(load_causal_lm(args.model, dtype=args.dtype), LoraConfig(args.lora, 2.0 * args.lora))
+        lora = lora.to(args.device)
         torch.manual_seed(0)
         for name, parameter in lora.named_parameters():
             if "lora_B" in name:
@@ -73,20 +92,20 @@ def main() -> None:
     sampling = SamplingConfig(
         num_generations=args.group, max_new_tokens=args.tokens, min_new_tokens=args.tokens
     )
-    supports = LlamaDecoder.supports
+    unsupported = LlamaDecoder.unsupported
     rates: dict[str, list[float]] = {path: [] for path in args.paths}
     cpu_rates: dict[str, list[float]] = {path: [] for path in args.paths}
     for round_index in range(args.rounds + 1):
         for path in args.paths:
-            LlamaDecoder.supports = (
-                staticmethod(lambda model, cache: False) if path == "forward" else supports
+            LlamaDecoder.unsupported = (
+                staticmethod(lambda model, cache: "forced") if path == "forward" else unsupported
             )
             engine = HFEngine().bind(policies[path], tokenizer)
             torch.manual_seed(round_index)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast):
+            start, cpu_start = now(), time.process_time()
+            with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.autocast):
                 rollout = engine.generate(prompts, sampling)
-            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+            seconds, cpu_seconds = now() - start, time.process_time() - cpu_start
             new_tokens = int(rollout.completion_mask.sum())
             assert new_tokens == args.prompts * args.group * args.tokens
             if round_index:
@@ -97,11 +116,12 @@ def main() -> None:
                     f"{new_tokens / cpu_seconds:8.1f} tokens per CPU second",
                     flush=True,
                 )
-    LlamaDecoder.supports = supports
+    LlamaDecoder.unsupported = unsupported
     print(
-        f"\n{Path(args.model).name}, LoRA rank {args.lora}, {args.prompts} prompts x G={args.group} x "
-        f"{args.tokens} tokens per rollout, {args.dtype}{' under bfloat16 autocast' * args.autocast}, "
-        f"{args.threads} thread(s), {args.rounds} rounds"
+        f"\n{args.random_init or Path(args.model).name}, LoRA rank {args.lora}, {args.prompts} prompts x "
+        f"G={args.group} x {args.tokens} tokens per rollout, {args.dtype}"
+        f"{' under bfloat16 autocast' * args.autocast}, "
+        f"{args.threads} thread(s), {args.rounds} rounds, {args.device}"
     )
     print("| path | median tokens/s (range) | median tokens per CPU second (range) |\n|---|---|---|")
     for path in args.paths:

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,8 +160,16 @@ def run_ours(
         callbacks=[clock],
     )
     loader = DataLoader(examples(steps * PROMPTS_PER_STEP), batch_size=PROMPTS_PER_STEP, collate_fn=collate)
-    trainer.fit(module, train_dataloaders=loader)
-    return {"step_s": intervals(clock.ends), "phases": clock.phases, "trained": trained(module.policy)}
+    with warnings.catch_warnings(record=True) as caught:  # the HF engine's, if it leaves the fast decoder
+        warnings.simplefilter("always")
+        trainer.fit(module, train_dataloaders=loader)
+    slow = sorted({str(w.message) for w in caught if "not the fast decoder" in str(w.message)})
+    return {
+        "step_s": intervals(clock.ends),
+        "phases": clock.phases,
+        "trained": trained(module.policy),
+        "decoding": ("; ".join(slow) or "the fast decoder (LlamaDecoder)") if engine == "hf" else engine,
+    }
 
 
 def run_trl(
@@ -327,6 +336,7 @@ def compare(args: argparse.Namespace) -> None:
     trained: dict[str, int] = {}
     phase_fractions: list[dict[str, float]] = []
     phase_seconds: list[dict[str, float]] = []
+    decoding: set[str] = set()
     for run in range(args.runs):
         for which in ("ours", "trl"):
             result = launch(args, which)
@@ -339,6 +349,7 @@ def compare(args: argparse.Namespace) -> None:
                     for phases, step in zip(result["phases"], result["step_s"], strict=True)
                 ]
                 phase_seconds += result["phases"]
+                decoding.add(result["decoding"])
     ours, trl = statistics.median(medians["ours"]), statistics.median(medians["trl"])
     model = args.random_init or Path(args.model_path).name
     adapters = f"LoRA rank {args.lora}" if args.lora else "full fine-tuning"
@@ -364,6 +375,7 @@ def compare(args: argparse.Namespace) -> None:
         for name in PHASES
     )
     print(f"ours, median fraction of a step's time: {split} (verification overlaps the update)")
+    print(f"ours decoded with: {' | '.join(sorted(decoding))}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ after the last needed draw, so the tokens (and every later draw) are those of a 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
@@ -118,11 +120,18 @@ def _decode(
     attention_mask[:, :prompt_length] = prompt_mask.repeat_interleave(repeats, dim=0)
     positions = prompt_mask.sum(dim=1, keepdim=True).repeat_interleave(repeats, dim=0)  # [N, 1]
     decoder = None
-    if not is_sharded(policy) and LlamaDecoder.supports(policy, cache):
-        padded = not bool(prompt_mask.all())
-        decoder = LlamaDecoder(
-            policy, cache, positions, attention_mask if padded else None, config.max_new_tokens
-        )
+    if not is_sharded(policy):  # a sharded policy's forward gathers its parameters: the decoder cannot
+        unsupported = LlamaDecoder.unsupported(policy, cache)
+        if unsupported is None:
+            padded = not bool(prompt_mask.all())
+            decoder = LlamaDecoder(
+                policy, cache, positions, attention_mask if padded else None, config.max_new_tokens
+            )
+        else:  # once per reason; on a GPU the forward is about 2.5 times slower (docs/scaling.md)
+            warnings.warn(
+                f"HFEngine decodes through the policy's forward, not the fast decoder: {unsupported}",
+                stacklevel=2,
+            )
     if check_interval is None:
         check_interval = 1 if logits.device.type == "cpu" else 8
     # Draws after the last row finished must not advance the generator: its state after each draw since

@@ -25,9 +25,9 @@ policy than the one trained. The adapters of the layers that read one input are 
 are (``_Projection``), so a LoRA step costs a few operations per layer more than a plain one, not six per
 adapted layer. The model's weights are never modified, and with the adapters disabled
 (``disable_adapter()``, the KL reference) only the base weights are read. Other adapters decode through the
-forward instead (``supports`` is False): DoRA and the other variants, LoRA biases, ``modules_to_save`` and
-trainable-token wrappers, other tuners, several active adapters on a layer, adapters in mixed dtypes, and
-under autocast adapters in neither float32 nor its dtype.
+forward instead (``unsupported`` gives the reason): DoRA and the other variants, LoRA biases,
+``modules_to_save`` and trainable-token wrappers, other tuners, several active adapters on a layer,
+adapters in mixed dtypes, and under autocast adapters in neither float32 nor its dtype.
 
 Shapes: N rows, P prompt positions (the prefilled cache), T new tokens at most, H query heads, K key/value
 heads, D head dims.
@@ -183,7 +183,7 @@ class _Projection:
         low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
         def operand(tensor: Tensor) -> Tensor:
-            """``tensor`` as autocast casts it in every multiply (float64 is refused: ``supports``)."""
+            """``tensor`` as autocast casts it in every multiply (float64 is refused: ``unsupported``)."""
             return tensor if low is None else tensor.to(low)
 
         weights = [operand(base.weight) for base in bases]
@@ -357,24 +357,34 @@ class LlamaDecoder:
         self.rotation[half:, :half], self.rotation[:half, half:] = -identity, identity
 
     @staticmethod
-    def supports(model: PreTrainedModel, cache: Cache) -> bool:
-        """Whether ``model`` and the cache its forward built can be decoded here: a ``SUPPORTED_MODELS``
-        class (or a peft LoRA model of one with plain LoRA adapters, ``lora_base_model``) with SDPA attention
-        (whose boolean mask ``step`` builds), rotary frequencies that do not depend on the sequence length,
-        and full-attention key/value cache layers only (a sliding window would need its own mask); not
-        float64 weights under autocast, which leaves them as they are where the decoder casts every
-        weight to its dtype."""
+    def unsupported(model: PreTrainedModel, cache: Cache) -> str | None:
+        """Why ``model`` and the cache its forward built cannot be decoded here, or None where they can: a
+        ``SUPPORTED_MODELS`` class (or a peft LoRA model of one with plain LoRA adapters,
+        ``lora_base_model``) with SDPA attention (whose boolean mask ``step`` builds), rotary frequencies
+        that do not depend on the sequence length, and full-attention key/value cache layers only (a sliding
+        window would need its own mask); not float64 weights under autocast, which leaves them as they are
+        where the decoder casts every weight to its dtype."""
         lora_base = lora_base_model(model)
+        if lora_base is None and hasattr(model, "peft_config"):
+            return (
+                "its peft adapters are not plain LoRA adapters it can apply (DoRA, LoRA biases, "
+                "modules_to_save, another tuner, several active adapters, A matrices in mixed dtypes or, "
+                "under autocast, in neither float32 nor autocast's dtype)"
+            )
         model = model if lora_base is None else lora_base
-        return (
-            type(model) in SUPPORTED_MODELS
-            and not (torch.is_autocast_enabled(model.device.type) and model.dtype == torch.float64)
-            and model.config._attn_implementation == "sdpa"
-            and "dynamic" not in model.model.rotary_emb.rope_type
-            and model.model.rotary_emb.rope_type != "longrope"
-            and type(cache) is DynamicCache
-            and all(type(layer) is DynamicLayer for layer in cache.layers)
-        )
+        if type(model) not in SUPPORTED_MODELS:
+            names = ", ".join(supported.__name__ for supported in SUPPORTED_MODELS)
+            return f"{type(model).__name__} is not one of {names}"
+        if torch.is_autocast_enabled(model.device.type) and model.dtype == torch.float64:
+            return "float64 weights under autocast"
+        if model.config._attn_implementation != "sdpa":
+            return f"its attention is {model.config._attn_implementation!r}, not 'sdpa'"
+        rope_type = model.model.rotary_emb.rope_type
+        if "dynamic" in rope_type or rope_type == "longrope":
+            return f"its rotary embedding ({rope_type!r}) depends on the sequence length"
+        if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return "its key/value cache has layers other than full attention (a sliding window)"
+        return None
 
     def _rms_norm(self, hidden: Tensor, weight: Tensor) -> Tensor:
         return F.rms_norm(hidden, (hidden.shape[-1],), weight, self.eps)

@@ -53,7 +53,7 @@ def test_a_llama_decoder_step_computes_the_models_logits(kind, padded, dtype):
     with torch.no_grad():
         _, cache = prefill(policy, ids, mask, repeats=2)
         _, reference_cache = prefill(policy, ids, mask, repeats=2)
-        assert LlamaDecoder.supports(policy, cache)
+        assert LlamaDecoder.unsupported(policy, cache) is None
         attention_mask = torch.ones(6, ids.shape[1] + len(new_tokens), dtype=mask.dtype)
         attention_mask[:, : ids.shape[1]] = mask.repeat_interleave(2, dim=0)
         positions = position_ids(attention_mask)
@@ -89,7 +89,7 @@ def test_decoding_samples_what_the_full_forward_and_generate_sample(kind, greedy
     runs = {}
     for path in ("decoder", "forward"):
         if path == "forward":
-            monkeypatch.setattr(LlamaDecoder, "supports", staticmethod(lambda model, cache: False))
+            monkeypatch.setattr(LlamaDecoder, "unsupported", staticmethod(lambda model, cache: "forced"))
         steps = count_decoder_steps(monkeypatch)
         torch.manual_seed(1)
         runs[path] = sample_rollout(policy, tokenizer, PROMPTS, config, greedy=greedy).input_ids
@@ -116,23 +116,33 @@ def test_models_without_the_plain_decoder_structure_decode_through_their_forward
     dynamic_rope = llama.config.to_dict() | {
         "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
     }
-    unsupported = [
-        MistralForCausalLM(mistral),  # sliding-window cache layers
-        SubclassedLlama(llama.config),
-        LlamaForCausalLM.from_pretrained(TINY_POLICY, attn_implementation="eager"),  # another mask format
-        LlamaForCausalLM(type(llama.config)(**dynamic_rope)),  # frequencies change with the length
-        Lfm2ForCausalLM(  # convolution state in the cache
-            Lfm2Config(
-                **tiny_dimensions(tokenizer),
-                num_attention_heads=2,
-                layer_types=["conv", "full_attention"],
-            )
+    reasons = [  # each model, and the reason the decoder gives for refusing it
+        (MistralForCausalLM(mistral), "cache has layers other than full attention (a sliding window)"),
+        (SubclassedLlama(llama.config), "SubclassedLlama is not one of LlamaForCausalLM, Mistral"),
+        (  # another mask format
+            LlamaForCausalLM.from_pretrained(TINY_POLICY, attn_implementation="eager"),
+            "its attention is 'eager', not 'sdpa'",
+        ),
+        (  # frequencies change with the length
+            LlamaForCausalLM(type(llama.config)(**dynamic_rope)),
+            "its rotary embedding ('dynamic') depends on the sequence length",
+        ),
+        (  # convolution state in the cache
+            Lfm2ForCausalLM(
+                Lfm2Config(
+                    **tiny_dimensions(tokenizer),
+                    num_attention_heads=2,
+                    layer_types=["conv", "full_attention"],
+                )
+            ),
+            "Lfm2ForCausalLM is not one of",
         ),
     ]
     with torch.no_grad():
-        for policy in [llama, *unsupported]:
+        for policy, reason in [(llama, None), *reasons]:
             _, cache = prefill(policy.eval(), encoded["input_ids"], encoded["attention_mask"], repeats=2)
-            assert LlamaDecoder.supports(policy, cache) == (policy is llama), type(policy).__name__
+            unsupported = LlamaDecoder.unsupported(policy, cache)
+            assert unsupported is None if reason is None else reason in unsupported, type(policy).__name__
 
 
 def lora_policy(
@@ -219,7 +229,7 @@ def decode_steps(policy, tokenizer, new_tokens: torch.Tensor, decoder_path: bool
     with torch.no_grad():
         _, cache = prefill(policy.eval(), ids, mask, repeats=2)
         if decoder_path:
-            assert LlamaDecoder.supports(policy, cache)
+            assert LlamaDecoder.unsupported(policy, cache) is None
             first = positions[:, length : length + 1]
             decoder = LlamaDecoder(policy, cache, first, attention_mask, len(new_tokens))
         for step, token in enumerate(new_tokens):
@@ -388,7 +398,7 @@ def test_adapters_the_decoder_would_round_otherwise_decode_through_the_forward()
         enabled = autocast is not None
         with torch.no_grad(), torch.autocast("cpu", dtype=autocast or BF16, enabled=enabled):
             _, cache = prefill(policy.eval(), encoded["input_ids"], encoded["attention_mask"], repeats=2)
-            return LlamaDecoder.supports(policy, cache)
+            return LlamaDecoder.unsupported(policy, cache) is None
 
     policy = lora_policy(tokenizer)
     assert supported(policy, BF16) and supported(policy, F16) and supported(policy, None)
@@ -456,7 +466,7 @@ def test_other_adapters_decode_through_the_forward(variant, monkeypatch):
     encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
     with torch.no_grad():
         _, cache = prefill(policy.eval(), encoded["input_ids"], encoded["attention_mask"], repeats=2)
-    assert not LlamaDecoder.supports(policy, cache)
+    assert "peft adapters are not plain LoRA adapters" in LlamaDecoder.unsupported(policy, cache)
     config = SamplingConfig(num_generations=4, max_new_tokens=12, temperature=1.3)
     steps = count_decoder_steps(monkeypatch)
     torch.manual_seed(3)
