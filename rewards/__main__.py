@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import rewards
+from rewards.errors import ToolParser
 from rewards.verifiers import Verifier
 
 BATCH_ROWS = 256  # rows per verifier batch: enough to keep the workers busy, small enough to stream
@@ -184,7 +185,7 @@ def program_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=program_name(), description=__doc__.split("\n\n")[0])
+    parser = ToolParser(prog=program_name(), description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     score = commands.add_parser(
         "score", help="score a JSONL file of (gold, pred) rows", description=__doc__.split("\n\n")[0]

@@ -46,8 +46,9 @@ from typing import Any
 
 import yaml
 
+from rewards.errors import ToolParser
 from rgra_lightning.ablation_summary import REWARD_TAG, VAL_TAG, read_curve, summarise
-from rgra_lightning.commands import ToolParser, exit_on_sigterm
+from rgra_lightning.commands import exit_on_sigterm
 from rgra_lightning.config_files import (
     LOSS_PRESETS,
     compose,

@@ -5,11 +5,9 @@ without torch or Lightning.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import signal
 import sys
-import typing
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # The tools besides LightningCLI's subcommands: ``rgra <tool> ARGS`` runs ``main(ARGS)`` of the module.
@@ -29,14 +27,6 @@ training and evaluation (LightningCLI; rgra COMMAND --help lists every option):
   predict    greedy completions of the test prompts to predict_samples.jsonl
 tools:
 """ + "".join(f"  {name:<10} {help}\n" for name, (_, help) in TOOLS.items())
-
-
-class ToolParser(argparse.ArgumentParser):
-    """The argument parser of the tools: a usage mistake is one line, ``error: MESSAGE (rgra TOOL --help)``
-    with exit status 2, not argparse's usage block followed by the message."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"error: {message} ({self.prog} --help)\n")
 
 
 KILLED = 128 + signal.SIGTERM  # the exit status of a process stopped by SIGTERM, as a shell reports it

@@ -23,8 +23,8 @@ import torch
 import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rewards.errors import ToolParser
 from rgra_lightning.checkpointing import load_trained_weights, require_checkpoint
-from rgra_lightning.commands import ToolParser
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import gguf_to_hf
 

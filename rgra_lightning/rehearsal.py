@@ -60,7 +60,8 @@ from typing import Any
 
 import yaml
 
-from rgra_lightning.commands import ToolParser, exit_on_sigterm
+from rewards.errors import ToolParser
+from rgra_lightning.commands import exit_on_sigterm
 from rgra_lightning.config_files import compose
 from rgra_lightning.errors import ConfigError
 

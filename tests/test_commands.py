@@ -48,10 +48,15 @@ def test_an_unknown_command_is_one_line_naming_the_closest_and_every_command(com
             "required: --config, --ckpt-path, --output (rgra export checkpoint --help)",
         ),
         (["rehearse", "--nope"], "unrecognized arguments: --nope (rgra rehearse --help)"),
+        (
+            ["score", "cases.jsonl", "--workers", "0"],
+            "argument --workers: must be greater than 0, got 0 (rgra score --help)",
+        ),
     ],
 )
-def test_a_tools_usage_mistake_is_one_line(args, message, capsys):
+def test_a_tools_usage_mistake_is_one_line(args, message, capsys, monkeypatch):
     """argparse would print the usage block (4-7 lines) above the mistake."""
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/rgra"])  # how ``rgra score`` names itself
     with pytest.raises(SystemExit) as exit_info:
         run(args)
     assert exit_info.value.code == 2

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from rewards.errors import ToolParser
 from rgra_lightning.checkpointing import load_trained_weights, require_checkpoint
-from rgra_lightning.commands import ToolParser
 from rgra_lightning.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
