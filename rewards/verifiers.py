@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import math
 import re
+import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -243,10 +244,12 @@ class FormatReward(Verifier):
 
 
 class WeightedSum(Verifier):
-    """``sum(w * v.reward)``; ``correct`` is True when every component that judges correctness (every one
-    that is not a ``FormatReward`` or a learned reward model) says correct, and False when there is none.
-    Each component's unweighted reward is kept in ``Score.components`` under its name (the trainer logs
-    them as ``train/rewards/<name>``).
+    """``sum(w * v.reward)``; ``correct`` is True when every component that judges correctness (its
+    ``judges_correctness``: not a ``FormatReward``, a learned reward model or another shaping reward) says
+    correct, and False when there is none. Several judges warn: a shaping reward of your own that leaves
+    ``judges_correctness`` True would make every completion it does not call correct count as wrong. Each
+    component's unweighted reward is kept in ``Score.components`` under its name (the trainer logs them as
+    ``train/rewards/<name>``; it scores each component on its own, so one that fails costs only its part).
 
     Args:
         verifiers: the components; each scores the whole batch at once.
@@ -273,6 +276,15 @@ class WeightedSum(Verifier):
         self.verifiers = verifiers
         self.weights = weights
         self.names = names
+        judges = [
+            name for name, verifier in zip(names, verifiers, strict=True) if verifier.judges_correctness
+        ]
+        if len(judges) > 1:
+            warnings.warn(
+                f"WeightedSum: {', '.join(judges)} all judge correctness, so a completion counts as correct "
+                "only when every one of them says so; give a shaping reward judges_correctness = False",
+                stacklevel=2,
+            )
 
     def score(self, completion: str, reference: str) -> Score:
         return self.score_batch([completion], [reference])[0]
@@ -283,7 +295,10 @@ class WeightedSum(Verifier):
         references: Sequence[str],
         prompts: Sequence[str] | None = None,
     ) -> list[Score]:
-        per_component = [v.score_batch(completions, references, prompts) for v in self.verifiers]
+        return self.combine([v.score_batch(completions, references, prompts) for v in self.verifiers])
+
+    def combine(self, per_component: Sequence[Sequence[Score]]) -> list[Score]:
+        """The combined scores of N completions from each component's N scores (in ``verifiers`` order)."""
         judges = [i for i, v in enumerate(self.verifiers) if v.judges_correctness]
         combined = []
         for scores in zip(*per_component, strict=True):

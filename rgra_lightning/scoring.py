@@ -1,10 +1,14 @@
 """The scoring stage: rewards and correctness of every completion, from a ``rewards.Verifier`` (a rule-based
 verifier, a learned reward model, or a weighted sum of them).
 
-Scoring never raises on a bad verifier: a batch call that fails is retried one completion at a time, and a
-completion that still fails, or gets a NaN/inf reward, gets reward 0 with the error recorded. It runs in a
-background thread while the trainer computes reference log-probs: the verifier's Python and its worker
-processes then overlap tensor work (which releases the GIL) instead of adding to the step.
+A verifier that fails on some completions does not end a run: a batch call that raises is retried one
+completion at a time, and a completion that still raises, gets a NaN/inf reward or a result that is not one
+``Score``, gets reward 0 with the error recorded (``train/verifier_errors``) and a warning. A
+``WeightedSum``'s components are scored each on its own, so a failing one costs only its part. A verifier
+that fails on every completion of a batch (of two or more) is broken, not unlucky: the run stops with one
+line saying why, rather than training on rewards that are all 0. Scoring runs in a background thread
+while the trainer computes reference log-probs: the verifier's Python and its worker processes then
+overlap tensor work (which releases the GIL) instead of adding to the step.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import torch
 from torch import Tensor
 
 from rewards import Score, Verifier, WeightedSum
+from rgra_lightning.errors import ConfigError
 
 _VERIFIER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verifier")
+VERIFIER_FAILED = "verifier failed"  # Score.details of a completion the verifier failed on
 
 
 @dataclass
@@ -36,31 +42,59 @@ class Scores:
 def robust_score_batch(
     verifier: Verifier, completions: list[str], references: list[str], prompts: list[str] | None = None
 ) -> list[Score]:
-    """``verifier.score_batch``, never raising: if the batch call fails, each completion is scored alone
-    (a batch of one, with its prompt, which learned rewards need) and one that still raises gets reward 0
-    with the error recorded (a buggy verifier must not end a run)."""
+    """``verifier.score_batch``, one finite ``Score`` per completion, never raising for a completion that
+    fails (see the module docstring); a ``WeightedSum`` combines its components' robust scores.
+
+    Raises:
+        ConfigError: the verifier (or a component) failed on every completion of two or more.
+    """
+    if isinstance(verifier, WeightedSum):
+        per_component = [robust_score_batch(v, completions, references, prompts) for v in verifier.verifiers]
+        return verifier.combine(per_component)
+    name = type(verifier).__name__
     try:
-        return verifier.score_batch(completions, references, prompts)
+        scores = _checked_result(verifier.score_batch(completions, references, prompts), len(completions))
     except Exception as batch_error:
-        warnings.warn(
-            f"{type(verifier).__name__}.score_batch raised {batch_error!r}; scoring one at a time",
-            stacklevel=2,
+        warnings.warn(f"{name}.score_batch raised {batch_error!r}; scoring one at a time", stacklevel=2)
+        scores = []
+        for index, (completion, reference) in enumerate(zip(completions, references, strict=True)):
+            # learned rewards score (prompt, completion) pairs
+            prompt = None if prompts is None else [prompts[index]]
+            try:
+                scores.append(_checked_result(verifier.score_batch([completion], [reference], prompt), 1)[0])
+            except Exception as error:
+                scores.append(Score(0.0, False, None, VERIFIER_FAILED, error=f"{name} raised {error!r}"))
+    scores = [checked_score(score) for score in scores]
+    failures = [score.error for score in scores if score.details == VERIFIER_FAILED]
+    if len(scores) > 1 and len(failures) == len(scores):
+        raise ConfigError(
+            f"model.verifier: {name} failed on all {len(scores)} completions of a batch ({failures[0]}): "
+            "score_batch must return one rewards.Score with a finite reward per completion"
         )
-    scores = []
-    for index, (completion, reference) in enumerate(zip(completions, references, strict=True)):
-        prompt = None if prompts is None else [prompts[index]]  # learned rewards score (prompt, completion)
-        try:
-            scores.append(verifier.score_batch([completion], [reference], prompt)[0])
-        except Exception as error:
-            scores.append(Score(0.0, False, None, "verifier raised", error=repr(error)))
+    if any(score.details == VERIFIER_FAILED and "non-finite" in score.error for score in scores):
+        warnings.warn(f"{name} returned a non-finite reward: scored 0 (train/verifier_errors)", stacklevel=2)
     return scores
+
+
+def _checked_result(result: object, count: int) -> list[Score]:
+    """``result`` when it is a list of ``count`` ``Score``s, else a ``TypeError`` saying what it is."""
+    if not isinstance(result, list):
+        raise TypeError(f"score_batch returned {type(result).__name__}, not a list of rewards.Score")
+    if len(result) != count:
+        raise TypeError(f"score_batch returned {len(result)} scores for {count} completions")
+    wrong = next((item for item in result if not isinstance(item, Score)), None)
+    if wrong is not None:
+        raise TypeError(f"score_batch returned a {type(wrong).__name__} where a rewards.Score belongs")
+    return result
 
 
 def checked_score(score: Score) -> Score:
     """The score, or reward 0 with an error when the verifier returned a NaN/inf reward."""
     if math.isfinite(score.reward):
         return score
-    return replace(score, reward=0.0, correct=False, error=f"non-finite reward {score.reward}")
+    return replace(
+        score, reward=0.0, correct=False, details=VERIFIER_FAILED, error=f"non-finite reward {score.reward}"
+    )
 
 
 def score_completions(
@@ -78,7 +112,6 @@ def score_completions(
         [item for item in items for _ in range(repeats)] for items in (prompts, references)
     )
     scores = robust_score_batch(verifier, completions, repeated_references, repeated_prompts)
-    scores = [checked_score(s) for s in scores]
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32, device=device)
     correct = torch.tensor([s.correct for s in scores], dtype=torch.float32, device=device)
     return Scores(rewards, correct, scores, time.perf_counter() - start)

@@ -5,9 +5,10 @@ import warnings
 
 import pytest
 
-from rewards import MathVerifier, Score, Verifier, WeightedSum
+from rewards import FormatReward, MathVerifier, Score, Verifier, WeightedSum
 from rgra_lightning.cli import main
-from rgra_lightning.scoring import checked_score, robust_score_batch
+from rgra_lightning.errors import ConfigError
+from rgra_lightning.scoring import VERIFIER_FAILED, robust_score_batch
 from tests.conftest import FAST, scalars_by_step
 
 
@@ -52,15 +53,28 @@ class LearnedReward(Verifier):
 
 def test_verifier_crashes_give_reward_zero_and_are_counted():
     completions, references = ["#### 7", "1", "2", "3"], ["7"] * 4
+    batch_errors = {
+        "FlakyVerifier": "verifier crashed",
+        "BrokenBatchVerifier": "batch scoring service unavailable",
+    }
     for verifier in (FlakyVerifier(), BrokenBatchVerifier()):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             scores = robust_score_batch(verifier, completions, references)
-        assert len(caught) == 1 and "scoring one at a time" in str(caught[0].message)
-        checked = [checked_score(score) for score in scores]
-        assert [score.reward for score in checked] == [1.0, 0.0, 0.0, 0.0]
-        assert [score.error is not None for score in checked] == [False, True, True, True]
-        assert "verifier crashed" in checked[1].error and "non-finite" in checked[3].error
+        messages = [str(warning.message) for warning in caught]
+        name = type(verifier).__name__
+        assert messages == [
+            f"{name}.score_batch raised RuntimeError('{batch_errors[name]}'); scoring one at a time",
+            f"{name} returned a non-finite reward: scored 0 (train/verifier_errors)",
+        ]
+        assert [score.reward for score in scores] == [1.0, 0.0, 0.0, 0.0]
+        assert [score.error for score in scores] == [
+            None,
+            f"{name} raised RuntimeError('verifier crashed')",
+            "timed out after 1s",
+            "non-finite reward nan",
+        ]
+        assert [score.details == VERIFIER_FAILED for score in scores] == [False, True, False, True]
 
 
 def test_a_failing_learned_reward_keeps_the_verifiers_reward_when_scored_one_at_a_time():
@@ -73,6 +87,100 @@ def test_a_failing_learned_reward_keeps_the_verifiers_reward_when_scored_one_at_
     assert [score.error for score in scores] == [None, None]
 
 
+class LengthPenalty(Verifier):
+    """A shaping reward of one's own: -0.001 per character; it raises on completions containing '1' and
+    returns NaN on '3'. It judges no correctness."""
+
+    judges_correctness = False
+
+    def score(self, completion, reference):
+        if "1" in completion:
+            raise RuntimeError("penalty crashed")
+        return Score(float("nan") if "3" in completion else -0.001 * len(completion), False, None, "length")
+
+
+def test_a_failing_component_of_a_weighted_sum_costs_only_its_part():
+    """The penalty raises on one row and is NaN on another: those rows keep the verifier's reward and
+    correctness, their penalty part is 0 and the error is recorded."""
+    verifier = WeightedSum([MathVerifier(), LengthPenalty()], [1.0, 1.0])
+    completions = ["\\boxed{7}", "\\boxed{7} 1", "\\boxed{7} 3", "\\boxed{8}"]
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        scores = robust_score_batch(verifier, completions, ["7"] * 4)
+    assert [score.reward for score in scores] == pytest.approx([1 - 0.009, 1.0, 1.0, -0.009])
+    assert [score.correct for score in scores] == [True, True, True, False]
+    assert [score.components["length_penalty"] for score in scores] == pytest.approx([-0.009, 0, 0, -0.009])
+    assert [score.error for score in scores] == [
+        None,
+        "LengthPenalty raised RuntimeError('penalty crashed')",
+        "non-finite reward nan",
+        None,
+    ]
+
+
+class ReturnsFloat(Verifier):
+    def score(self, completion, reference):
+        return 1.0
+
+
+class ReturnsTooFew(Verifier):
+    def score(self, completion, reference):
+        return Score(1.0, True, None, "ok")
+
+    def score_batch(self, completions, references, prompts=None):
+        return super().score_batch(completions, references, prompts)[:-1]
+
+
+@pytest.mark.parametrize(
+    ("verifier", "cause"),
+    [
+        (LengthPenalty(), "LengthPenalty raised RuntimeError('penalty crashed')"),
+        (
+            ReturnsFloat(),
+            "ReturnsFloat raised TypeError('score_batch returned a float where a rewards.Score belongs')",
+        ),
+        (
+            ReturnsTooFew(),
+            "ReturnsTooFew raised TypeError('score_batch returned 0 scores for 1 completions')",
+        ),
+        (
+            WeightedSum([MathVerifier(), LengthPenalty()], [1.0, 1.0]),
+            "LengthPenalty raised RuntimeError('penalty crashed')",
+        ),
+    ],
+)
+def test_a_verifier_that_fails_on_every_completion_of_a_batch_stops_the_run(verifier, cause):
+    """A broken verifier (every completion raised, or its result is not one Score per completion) must not
+    train on rewards that are all 0; a single completion failing is only recorded."""
+    name = cause.split()[0]
+    with warnings.catch_warnings(record=True), pytest.raises(ConfigError) as error:
+        warnings.simplefilter("always")
+        robust_score_batch(verifier, ["1", "\\boxed{1}"], ["1", "1"])
+    assert str(error.value) == (
+        f"model.verifier: {name} failed on all 2 completions of a batch ({cause}): "
+        "score_batch must return one rewards.Score with a finite reward per completion"
+    )
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        (alone,) = robust_score_batch(verifier, ["1"], ["2"])
+    assert alone.reward == 0.0 and alone.error == cause
+
+
+def test_a_weighted_sum_with_two_judges_of_correctness_warns():
+    """A shaping reward that leaves judges_correctness True would turn accuracy into 'every component
+    says correct': the audit's custom length penalty set train/accuracy to 0."""
+
+    class Shaping(Verifier):
+        def score(self, completion, reference):
+            return Score(0.0, False, None, "shaping")
+
+    with pytest.warns(UserWarning, match="math_verifier, shaping all judge correctness"):
+        WeightedSum([MathVerifier(), Shaping()], [1.0, 0.1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WeightedSum([MathVerifier(), FormatReward(), LengthPenalty()], [1.0, 0.1, 0.1])
+
+
 def test_training_survives_a_crashing_verifier_and_logs_the_errors(small_config, tmp_path):
     verifier = {"class_path": "tests.test_scoring.BrokenBatchVerifier"}
     config = small_config("rgra", **FAST, **{"model.init_args.verifier": verifier})
@@ -82,3 +190,18 @@ def test_training_survives_a_crashing_verifier_and_logs_the_errors(small_config,
     assert len(errors) == 2 and all(v > 0 for values in errors.values() for v in values)
     rewards = scalars_by_step(tmp_path / "runs", "train/reward")
     assert all(math.isfinite(v) for values in rewards.values() for v in values)
+
+
+def test_training_stops_in_one_line_on_a_verifier_that_fails_on_every_completion(small_config, capsys):
+    verifier = {"class_path": "tests.test_scoring.ReturnsFloat"}
+    config = small_config("rgra", **FAST, **{"model.init_args.verifier": verifier})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--trainer.max_steps=2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("error: model.verifier: ReturnsFloat failed on all ")
+    assert err[-1].endswith(
+        "completions of a batch (ReturnsFloat raised TypeError('score_batch returned a float where a "
+        "rewards.Score belongs')): score_batch must return one rewards.Score with a finite reward per "
+        "completion"
+    )
