@@ -38,7 +38,13 @@ _ANSWER_IS = re.compile(
 _MATH = re.compile(
     r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL
 )
-_NUMBER = re.compile(r"\\frac\{-?\d+\}\{\d+\}|-?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?|-?\.\d+%?")
+# an integer with thousands separators between groups of three digits: ``,`` or LaTeX's ``,\!``, ``{,}`` and
+# thin space ``\,`` (``32,\!348``, ``1{,}000``, ``12\,000``); a run of digits and bare commas that is not one
+# (``1,2``, ``1,22``) is read whole, as before: normalisation decides whether it is a list or a decimal comma
+_GROUPED_INTEGER = r"\d{1,3}(?:(?:,\\!|\{,\}|\\,|,)\d{3})+(?!\d|,\d)"
+_NUMBER = re.compile(
+    rf"\\frac\{{-?\d+\}}\{{\d+\}}|-?(?:{_GROUPED_INTEGER}|\d[\d,]*)(?:\.\d+)?(?:/\d+)?%?|-?\.\d+%?"
+)
 # a word of prose: three or more letters, not a LaTeX command, not a plain-text math name (``sqrt``, ``cos``)
 _PROSE_WORD = re.compile(
     r"(?<![\\\w])(?!(?:and|pct|percent|pi|sqrt|cbrt|abs|exp|log|ln|a?(?:sin|cos|tan|cot|sec|csc|sech|csch|coth)h?"
@@ -49,6 +55,7 @@ _CONNECTOR = re.compile(
     r"\\text\{([^{}]*)\}|\\quad|\\qquad|\\[,;!]|\\\]|\\\[|\\\)|\\\(|[$,;.\s]|\b(?:and|or)\b"
 )
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\s*")
+_BOX_OPENING = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOX_TOKEN = re.compile(r"[^\s$.,]+")
 # what separates the boxes of one answer list: connectors, math delimiters and variable labels (``x_2 =``), or
 # at most four words of prose ("papers and", "for part (a) and") without a sentence end or a word of
@@ -71,14 +78,17 @@ _INNER_EMPHASIS = re.compile(
 # "Answer: X" opening a line (after list, quote, heading or emphasis marks: ``- **Answer:** X``), X on the
 # same line: a label alone on its line may head the work that follows
 _ANSWER_LINE = re.compile(r"(?:^|\n)[ \t>#*_-]*answer[ \t*_]*[:：][ \t*_]*([^\s*_][^\n]*)", re.IGNORECASE)
-_CURRENCY_AMOUNT = re.compile(  # a number only from the start of its digit run: no quadratic backtracking
+# a number only from the start of its digit run, separators included (``}`` of ``{,}``, ``!`` of ``,\!``): no
+# quadratic backtracking
+_CURRENCY_AMOUNT = re.compile(
     rf"(?:\\?\$|€|£)\s*({_NUMBER.pattern})"
-    rf"|(?<![\d,.\-])({_NUMBER.pattern})\s*(?:\\?\$|€|£|\\euro\b|\\pounds\b)"
+    rf"|(?<![\d,.\-}}!])({_NUMBER.pattern})\s*(?:\\?\$|€|£|\\euro\b|\\pounds\b)"
 )
-# a sentence opening with a conclusion word, possibly right after a closing math span
+# a sentence opening with a conclusion word, possibly right after a closing math span (a LaTeX negative space
+# ``\!``, as in ``12,\!000``, ends no sentence)
 _CONCLUSION = re.compile(
     r"(?:^|[.!?:\n]\s*(?:\$\$|\$|\\\]|\\\))?\s*)"
-    r"((?:therefore|thus|hence|so|in conclusion|in total)\b(?:[^.!?\n]|\.(?=\d))*)",
+    r"((?:therefore|thus|hence|so|in conclusion|in total)\b(?:\\!|[^.!?\n]|\.(?=\d))*)",
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"[.!?](?:\s+)(?=\S)")
@@ -241,6 +251,8 @@ def extract_answer(
                 continue  # "\\boxed{44}. ... so our answer is correct.": the box wins
             if name == "answer_line" and _is_prose(answer):
                 continue  # "Answer: let us count the cases." opens the work, it does not state a value
+            if _cut_off(answer):
+                continue  # "The answer is 4+9=13 \\boxed{13": the box was cut off, its content unfinished
             return answer or None
     spans = list(_MATH.finditer(text))
     conclusion = _conclusion_number(text, spans[-1].end() if spans else 0)
@@ -249,13 +261,26 @@ def extract_answer(
     if spans:
         outside = _MATH.sub(" ", text)
         if len(text) <= BARE_ANSWER_MAX_LENGTH and not _CONNECTOR.sub(" ", outside).strip():
-            return ", ".join(_refine(_span_text(span)) for span in spans) or None
-        return _refine(_span_text(spans[-1])) or None
-    if not _is_prose(text):
-        return _refine(text) or None
+            answer = ", ".join(_refine(_span_text(span)) for span in spans)
+        else:
+            answer = _refine(_span_text(spans[-1]))
+        if not _cut_off(answer):
+            return answer or None
+    if not _is_prose(text) and not _cut_off(answer := _refine(text)):
+        return answer or None
     if last_number_fallback and (number := _last_number(text)):
         return number[1]
     return None
+
+
+def _cut_off(answer: str) -> bool:
+    """Whether ``answer`` holds, after its start, a ``\\boxed{`` that never closes: a completion cut off by
+    the token limit inside its box (``4+9=13 \\boxed{13``). The box's content is unfinished, so it is no
+    answer: passed on, it made the parser fail and count a verifier error. Extraction moves on to its next
+    fallback instead. A box opening the answer (``\\boxed{5``, as some references are written) is a stray
+    opening that normalisation drops."""
+    closed = {start for start, _, _ in boxes(answer)}
+    return any(match.start() > 0 and match.start() not in closed for match in _BOX_OPENING.finditer(answer))
 
 
 def _conclusion_number(text: str, after: int) -> str | None:

@@ -1,6 +1,7 @@
 """Answer forms that are easy to misjudge: units against variables, decimal precision, thousands separators
-and comma lists, a box against later prose, self-corrections, hostile (very long) texts, list
-multiplicity, and the batch CLI's answer rows and option checks."""
+(LaTeX's too, and MATH-500's gold answers against their own solutions) and comma lists, a box against later
+prose, self-corrections, hostile (very long) texts, list multiplicity, the batch CLI's answer rows, option
+checks and non-finite rewards, Markdown emphasis, and a box cut off by the token limit."""
 
 import io
 import json
@@ -14,6 +15,7 @@ from rewards.__main__ import main
 from rewards.equivalence import equivalent
 from rewards.extract import SEARCH_TAIL, boxes, extract_answer
 from rewards.normalize import MAX_NORMALIZE_LENGTH, MAX_WRAPPERS, normalize, normalize_pair, strip_wrappers
+from tests.rewards.helpers import shared_path
 
 
 # 1. units are dropped only when they are plainly units, never variables written against a number
@@ -102,6 +104,65 @@ def test_thousands_separators(raw, expected):
 )
 def test_thousands_equivalence(pred, gold, same):
     assert equivalent(pred, gold) is same
+
+
+# LaTeX's thousands separators (``,\!``, ``{,}``, a thin space ``\,``) hold a number together in prose and in
+# a currency amount as a plain comma does: ``\$32,\!348`` was read as ``32,`` (MATH-500's own gold answer
+# then failed to match its solution), ``\$1{,}000`` as ``1``
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("\\$32,\\!348", "32,\\!348"),
+        ("So she pays \\$12,\\!000 in total.", "12,\\!000"),
+        ("\\$1{,}000", "1{,}000"),
+        ("It costs 12\\,000 €", "12\\,000"),
+        ("The total is 1{,}000.", "1{,}000"),  # the last number
+        ("Therefore she pays 12,\\!000 dollars.", "12,\\!000"),  # ``\!`` ends no concluding sentence
+        ("Thus we pay 7,\\!425,\\!000.50 in all.", "7,\\!425,\\!000.50"),
+    ],
+)
+def test_latex_thousands_separators_are_extracted(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Thus we get 1,2.", "1,2"),  # a list
+        ("Thus x is 1,22.", "1,22"),  # a list, or a decimal comma against a decimal gold (normalize_pair)
+        ("Thus the total is 12,000 dollars.", "12,000"),
+        ("We get $(1,3)$", "(1,3)"),
+        ("\\boxed{12\\,000}", "12\\,000"),  # a box's content is whole: normalisation joins the groups
+    ],
+)
+def test_lists_decimal_commas_and_boxes_are_read_as_before(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_latex_thousands_separators_score_as_the_number():
+    verifier = MathVerifier(workers=1)
+    try:
+        completions = ["So she pays \\$12,\\!000 in total.", "\\$1{,}000", "The total is 12\\,000 apples."]
+        references = ["12000", "1000", "12000"]
+        assert [s.correct for s in verifier.score_batch(completions, references)] == [True, True, True]
+        assert not verifier.score("So she pays \\$12,\\!000 in total.", "12").correct  # was read as 12
+        answers = verifier.score_answers(["\\$32,\\!348", "32348", "32"], ["\\$32,\\!348"] * 3)
+        assert [s.correct for s in answers] == [True, True, False]
+    finally:
+        verifier.pool.close()
+
+
+def test_every_math500_gold_answer_matches_its_own_solution():
+    """Each MATH-500 reference solution, extracted as a completion, must match its own gold answer; the gold
+    ``\\$32,\\!348`` did not."""
+    rows = [json.loads(line) for line in shared_path("datasets", "math500", "test.jsonl").open()]
+    verifier = MathVerifier(workers=2)
+    try:
+        scores = verifier.score_batch([row["solution"] for row in rows], [row["answer"] for row in rows])
+    finally:
+        verifier.pool.close()
+    assert len(rows) == 500
+    assert [row["answer"] for row, score in zip(rows, scores, strict=True) if not score.correct] == []
 
 
 # 4. a comma without a space separates list elements unless the other answer is a decimal with as many places
@@ -280,6 +341,34 @@ def test_cli_writes_each_batch_before_scoring_the_next(tmp_path, monkeypatch):
     assert summary.startswith("summary: n=5 ")
 
 
+class NaNReward(Verifier):
+    """A buggy verifier: reward NaN for the completion ``nan``, 1 for any other."""
+
+    def score(self, completion: str, reference: str) -> Score:
+        return Score(float(completion), True, completion, "given")
+
+
+def test_cli_scores_a_non_finite_reward_as_the_trainer_does(tmp_path, capsys):
+    """A NaN reward was written as ``"reward": NaN`` (not JSON) and not counted in ``errors``; the trainer
+    gives it reward 0 with the error ``non-finite reward nan``."""
+    path = tmp_path / "cases.jsonl"
+    path.write_text(
+        "".join(json.dumps({"id": pred, "gold": "1", "pred": pred}) + "\n" for pred in ("nan", "1"))
+    )
+    assert main(["score", str(path), "--verifier", f"{__name__}.NaNReward"]) == 0
+    *lines, summary = capsys.readouterr().out.splitlines()
+
+    def reject(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    records = [json.loads(line, parse_constant=reject) for line in lines]
+    assert [(r["id"], r["reward"], r["equivalent"], r["error"]) for r in records] == [
+        ("nan", 0.0, False, "non-finite reward nan"),
+        ("1", 1.0, True, None),
+    ]
+    assert " errors=1 " in summary
+
+
 @pytest.mark.parametrize("name", ["Bogus", "nomod.Bogus", "rewards.normalize.normalize"])
 def test_cli_rejects_an_unknown_verifier(cases, capsys, name):
     assert main(["score", str(cases), "--verifier", name]) == 2
@@ -390,3 +479,39 @@ def test_markdown_answer_labels_score_as_correct():
         assert not verifier.score_batch(["We get $18$.\n\n**Answer:** 17"], ["18"])[0].correct
     finally:
         verifier.pool.close()
+
+
+# 11. a box cut off by the token limit (``\boxed{13`` never closed) holds no answer: extraction falls back as
+# for a text without it, and the verifier reports no error (the unfinished box reached the parser, which
+# failed: ``crash: Exception: I expected something else here``, counted in ``train/verifier_errors``)
+@pytest.mark.parametrize(
+    "text, expected, without_last_number",
+    [
+        ("4+9=13 \\boxed{13", "13", None),  # the last number
+        ("The answer is 4+9=13 \\boxed{13", "13", None),
+        ("$4+9=13 \\boxed{13$", "13", None),
+        ("So $x = 4$. Then 4+9=13 \\boxed{13", "x = 4", "x = 4"),  # the last math span
+        ("\\boxed{5}. Checking: 4+9=13 \\boxed{13", "5", "5"),  # a closed box still counts
+        ("\\boxed{13", "\\boxed{13", "\\boxed{13"),  # a stray opening of a bare answer: normalised to 13
+    ],
+)
+def test_a_cut_off_box_is_no_answer(text, expected, without_last_number):
+    assert extract_answer(text) == expected
+    assert extract_answer(text, last_number_fallback=False) == without_last_number
+
+
+def test_a_cut_off_box_is_no_verifier_error():
+    with_fallback, without = MathVerifier(workers=1), MathVerifier(workers=1, last_number_fallback=False)
+    try:
+        score = with_fallback.score("4+9=13 \\boxed{13", "13")
+        assert (score.correct, score.extracted, score.error) == (True, "13", None)
+        score = without.score("4+9=13 \\boxed{13", "13")
+        assert (score.correct, score.extracted, score.details, score.error) == (
+            False,
+            None,
+            "no final answer found",
+            None,
+        )
+    finally:
+        with_fallback.pool.close()
+        without.pool.close()
