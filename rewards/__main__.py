@@ -6,7 +6,9 @@ an ``"answer"`` row's ``pred`` is a bare answer, scored with ``Verifier.score_an
 ``"completion"`` row's (the default) with ``score_batch``.
 One JSON line per row goes to stdout (``equivalent``, ``reward``, ``seconds``, ``error``, ``extracted``,
 ``details`` and the row's ``id``), then ``summary: n=.. [accuracy=.. false_positives=.. false_negatives=..]
-timeouts=.. errors=.. cases_per_s=..`` (accuracy fields only when rows carry an ``equivalent`` label).
+timeouts=.. errors=.. cases_per_s=..`` (accuracy fields only when rows carry an ``equivalent`` label). A
+NaN/inf reward is written, and counted in ``errors``, as the trainer scores it: reward 0, error
+``non-finite reward nan``.
 All rows are read and validated before anything is written: a malformed line, a file without rows, an
 unknown or abstract ``--verifier`` or one whose constructor needs arguments ``score`` cannot pass
 (``WeightedSum``), or a non-positive ``--timeout``/``--workers`` exits with status 2 and a message. Rows are
@@ -31,7 +33,7 @@ from typing import Any
 
 import rewards
 from rewards.errors import ToolParser
-from rewards.verifiers import Verifier
+from rewards.verifiers import Verifier, finite_score
 
 BATCH_ROWS = 256  # rows per verifier batch: enough to keep the workers busy, small enough to stream
 OPTIONS = ("timeout", "workers", "warm_start")  # the constructor arguments ``score`` passes a verifier
@@ -124,6 +126,7 @@ def score_rows(verifier: Verifier, rows: list[dict[str, Any]]) -> list[dict[str,
             strict=True,
         ):
             scores[index] = result
+    scores = [finite_score(score) for score in scores]
     elapsed = time.perf_counter() - start
     records = [
         {

@@ -7,12 +7,14 @@ anything it cannot parse earns reward 0 with the reason in ``details``/``error``
 from __future__ import annotations
 
 import abc
+import contextlib
+import inspect
 import math
 import re
 import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 from rewards.equivalence import as_fraction, equivalent, fast_readings_equivalent, warmup
@@ -40,6 +42,34 @@ class Verifier(abc.ABC):
     """
 
     judges_correctness: bool = True  # False: its ``correct`` is no verdict (format rewards, learned models)
+    runtime_options: tuple[str, ...] = ()  # arguments that change speed, not scores: left out of ``settings``
+    _arguments: dict[str, object] = {}  # what ``__init__`` was called with (``settings``)
+
+    def __new__(cls, *args: object, **kwargs: object) -> Verifier:
+        verifier = super().__new__(cls)
+        # However the verifier is made (a config, Python). A wrong call is __init__'s to report, and
+        # unpickling passes no arguments (the pickled __dict__ brings them back).
+        with contextlib.suppress(TypeError):
+            verifier._arguments = _init_arguments(cls, args, kwargs)
+        return verifier
+
+    def settings(self) -> dict[str, object]:
+        """The class and the arguments this verifier was made with, as plain values (component verifiers
+        as their own settings): the trainer records them in checkpoints and refuses to resume one with
+        another verifier. Computed from ``__init__``'s arguments, so a subclass needs nothing for it; those
+        named in ``runtime_options`` (worker counts, caches) may differ on resume."""
+        kind, arguments = type(self), self._arguments
+        if hasattr(self, "_lazy_class_type"):  # jsonargparse's lazy_instance (a module's default verifier)
+            kind, arguments = (
+                self._lazy_class_type,
+                _init_arguments(self._lazy_class_type, (), self._lazy_kwargs),
+            )
+        return {
+            "class_path": f"{kind.__module__}.{kind.__qualname__}",
+            "init_args": {
+                name: _plain(value) for name, value in arguments.items() if name not in self.runtime_options
+            },
+        }
 
     @abc.abstractmethod
     def score(self, completion: str, reference: str) -> Score:
@@ -86,6 +116,8 @@ class MathVerifier(Verifier):
             imports. Worth it for a trainer's steady per-batch latency; a one-shot batch job (``python -m
             rewards score``) is faster without (it pays only for the forms it meets).
     """
+
+    runtime_options = ("workers", "cache_size", "warm_start")
 
     def __init__(
         self,
@@ -314,6 +346,41 @@ class WeightedSum(Verifier):
                 )
             )
         return combined
+
+
+VERIFIER_FAILED = "verifier failed"  # Score.details of a completion the verifier failed on: no verdict
+
+
+def finite_score(score: Score) -> Score:
+    """``score``, or reward 0, not correct, with the error ``non-finite reward nan`` when the verifier
+    returned a NaN/inf reward (a verifier's bug, not a verdict): the row counts as an error, and its JSON
+    line stays JSON (``json.dumps`` writes a NaN as the invalid ``NaN``)."""
+    if math.isfinite(score.reward):
+        return score
+    return replace(
+        score, reward=0.0, correct=False, details=VERIFIER_FAILED, error=f"non-finite reward {score.reward}"
+    )
+
+
+def _init_arguments(kind: type, args: tuple, kwargs: dict) -> dict[str, object]:
+    """The arguments of ``kind(*args, **kwargs)`` by name, as ``kind.__init__`` binds them (with defaults)."""
+    bound = inspect.signature(kind.__init__).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    return dict(list(bound.arguments.items())[1:])
+
+
+def _plain(value: object) -> object:
+    """``value`` as numbers, strings, lists and dicts (a verifier as its ``settings``, other objects as their
+    text), for comparing configurations."""
+    if isinstance(value, Verifier):
+        return value.settings()
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
 def check_options(verifier: str, *checks: tuple[str, object, bool, str]) -> None:

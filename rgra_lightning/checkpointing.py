@@ -424,7 +424,9 @@ def reloaded_state_keys(module: LightningModule, lora: bool) -> set[str]:
 
 def changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
     """The settings (dotted names below ``prefix``) whose value in ``current`` differs from ``saved``
-    (``config_files.differences``), each as ``"name: <saved> in the checkpoint, <current> now"``."""
+    (``config_files.differences``), each as ``"name: <saved> in the checkpoint, <current> now"``. A
+    top-level setting the checkpoint does not record is not compared: the checkpoint predates it."""
+    current = {name: value for name, value in current.items() if name in saved}
     return [
         f"{name}: {old!r} in the checkpoint, {new!r} now"
         for name, old, new in differences(saved, current, prefix)

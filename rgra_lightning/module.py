@@ -177,6 +177,8 @@ class RLModule(LightningModule):
             loss, sampling.temperature, *update_options, max_consecutive_nonfinite, micro_batch_tokens
         )
         self.save_hyperparameters(ignore=["verifier", "rollout", "gradient_checkpointing"])
+        # The verifier as plain settings: checkpoints record it, and a resume with another one is refused
+        self.hparams["verifier"] = verifier.settings()
         self.automatic_optimization = False
         self.verifier = verifier
         self.loss_config = loss

@@ -13,20 +13,19 @@ overlap tensor work (which releases the GIL) instead of adding to the step.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from rewards import Score, Verifier, WeightedSum
+from rewards.verifiers import VERIFIER_FAILED, finite_score
 from rgra_lightning.errors import ConfigError
 
 _VERIFIER_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verifier")
-VERIFIER_FAILED = "verifier failed"  # Score.details of a completion the verifier failed on
 
 
 @dataclass
@@ -64,7 +63,7 @@ def robust_score_batch(
                 scores.append(_checked_result(verifier.score_batch([completion], [reference], prompt), 1)[0])
             except Exception as error:
                 scores.append(Score(0.0, False, None, VERIFIER_FAILED, error=f"{name} raised {error!r}"))
-    scores = [checked_score(score) for score in scores]
+    scores = [finite_score(score) for score in scores]
     failures = [score.error for score in scores if score.details == VERIFIER_FAILED]
     if len(scores) > 1 and len(failures) == len(scores):
         raise ConfigError(
@@ -86,15 +85,6 @@ def _checked_result(result: object, count: int) -> list[Score]:
     if wrong is not None:
         raise TypeError(f"score_batch returned a {type(wrong).__name__} where a rewards.Score belongs")
     return result
-
-
-def checked_score(score: Score) -> Score:
-    """The score, or reward 0 with an error when the verifier returned a NaN/inf reward."""
-    if math.isfinite(score.reward):
-        return score
-    return replace(
-        score, reward=0.0, correct=False, details=VERIFIER_FAILED, error=f"non-finite reward {score.reward}"
-    )
 
 
 def score_completions(

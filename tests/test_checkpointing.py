@@ -201,6 +201,32 @@ def test_a_fresh_fit_where_an_earlier_run_saved_checkpoints_is_refused_before_tr
     )
 
 
+def test_resuming_with_another_verifier_is_refused_but_not_with_other_workers(small_config, tmp_path, capsys):
+    """The verifier is not a saved hyperparameter (an object), so a resume with another one went on
+    without a word (an audit resumed a reward-model run without the reward model). Its settings are now
+    recorded; its worker count and cache, which change no score, may differ; a checkpoint from before
+    the verifier was recorded still resumes."""
+    config = small_config("rgra", **FAST, **{"trainer.max_steps": 1})
+    main(["fit", "--config", str(config)])
+    resume = ["fit", "--config", str(config), "--trainer.max_steps=2", "--ckpt_path", "last"]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert one_line_error([*resume, "--model.verifier.timeout=2.0"], capsys) == (
+        f"error: checkpoint {last} was trained with other settings than this run's (model.verifier.init_args."
+        "timeout: 3.0 in the checkpoint, 2.0 now): resume with the config it was trained with (saved as "
+        "config.yaml in its log directory), or start a new run without --ckpt_path"
+    )
+    assert one_line_error([*resume, "--model.verifier=rewards.NumericVerifier"], capsys).startswith(
+        f"error: checkpoint {last} was trained with other settings than this run's (model.verifier."
+        "class_path: 'rewards.verifiers.MathVerifier' in the checkpoint, 'rewards.verifiers.NumericVerifier' "
+        "now; "
+    )
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["hyper_parameters"]["verifier"]["class_path"] == "rewards.verifiers.MathVerifier"
+    del checkpoint["hyper_parameters"]["verifier"]  # as written before the verifier was recorded
+    torch.save(checkpoint, last)
+    assert main([*resume, "--model.verifier.workers=1"]).trainer.global_step == 2
+
+
 class TwoLayers(LightningModule):
     def __init__(self, width: int) -> None:
         super().__init__()

@@ -6,9 +6,10 @@ import warnings
 import pytest
 
 from rewards import FormatReward, MathVerifier, Score, Verifier, WeightedSum
+from rewards.verifiers import VERIFIER_FAILED
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.scoring import VERIFIER_FAILED, robust_score_batch
+from rgra_lightning.scoring import robust_score_batch
 from tests.conftest import FAST, scalars_by_step
 
 

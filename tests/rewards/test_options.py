@@ -2,11 +2,21 @@
 option and what is allowed, never a traceback or a run whose rewards are silently 0."""
 
 import json
+import pickle
 import sys
 
 import pytest
+from jsonargparse import lazy_instance
 
-from rewards import FormatReward, MathVerifier, MathVerifyAdapter, NumericVerifier, WeightedSum
+from rewards import (
+    FormatReward,
+    MathVerifier,
+    MathVerifyAdapter,
+    NumericVerifier,
+    Score,
+    Verifier,
+    WeightedSum,
+)
 from rewards.__main__ import main
 from rewards.errors import ConfigError
 from tests.conftest import one_line_error
@@ -151,3 +161,42 @@ def test_score_names_itself_as_it_was_started(cases, capsys, monkeypatch, argv0,
     assert capsys.readouterr().err == (
         f"error: argument --timeout: must be greater than 0, got 0 ({prog} --help)\n"
     )
+
+
+def test_a_verifiers_settings_are_the_arguments_it_was_made_with():
+    """However it is made (keywords, positions, jsonargparse's lazy default, a pickle round trip), a
+    verifier's settings are its class and init arguments with defaults, components as their own settings;
+    arguments that change speed only (``runtime_options``) are left out, so a resume may change them."""
+
+    class Threshold(Verifier):
+        def __init__(self, limit: float, reward: float = 1.0) -> None:
+            self.limit, self.reward = limit, reward
+
+        def score(self, completion, reference):
+            return Score(self.reward if len(completion) < self.limit else 0.0, False, None, "length")
+
+    path = f"{__name__}.test_a_verifiers_settings_are_the_arguments_it_was_made_with.<locals>.Threshold"
+    assert Threshold(5).settings() == {"class_path": path, "init_args": {"limit": 5, "reward": 1.0}}
+    math_verifier = {
+        "class_path": "rewards.verifiers.MathVerifier",
+        "init_args": {
+            "correct_reward": 1.0,
+            "timeout": 2.0,
+            "memory_mb": 2048,
+            "extractors": ["boxed"],
+            "last_number_fallback": True,
+        },
+    }
+    made = MathVerifier(timeout=2.0, workers=1, extractors=("boxed",), warm_start=False)
+    assert made.settings() == math_verifier
+    assert lazy_instance(MathVerifier, timeout=2.0, extractors=["boxed"]).settings() == math_verifier
+    combined = WeightedSum([made, FormatReward(reward=0.5)], [1.0, 0.1])
+    assert pickle.loads(pickle.dumps(FormatReward(reward=0.5))).settings() == {
+        "class_path": "rewards.verifiers.FormatReward",
+        "init_args": {"pattern": "\\\\boxed\\{", "reward": 0.5},
+    }
+    assert combined.settings()["init_args"] == {
+        "verifiers": [math_verifier, FormatReward(reward=0.5).settings()],
+        "weights": [1.0, 0.1],
+        "names": None,
+    }
