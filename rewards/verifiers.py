@@ -318,6 +318,11 @@ class WeightedSum(Verifier):
                 stacklevel=2,
             )
 
+    @property
+    def judges_correctness(self) -> bool:  # type: ignore[override]
+        """Whether any component judges correctness: else ``correct`` is always False, and no accuracy."""
+        return any(verifier.judges_correctness for verifier in self.verifiers)
+
     def score(self, completion: str, reference: str) -> Score:
         return self.score_batch([completion], [reference])[0]
 

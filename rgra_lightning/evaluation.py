@@ -174,13 +174,14 @@ class MajorityAtK(Metric):
         return self.total.float() / self.count.clamp(min=1)
 
 
-def evaluation_metrics(config: EvaluationConfig) -> torch.nn.ModuleDict:
-    """``accuracy`` (greedy pass@1) and, with ``num_samples``, ``pass@k`` and ``maj@k`` for every k."""
+def evaluation_metrics(config: EvaluationConfig, judged: bool = True) -> torch.nn.ModuleDict:
+    """``accuracy`` (greedy pass@1) and, with ``num_samples``, ``pass@k`` and ``maj@k`` for every k; none
+    when the verifier judges no correctness (``judged`` False: a learned reward model alone)."""
     sampled = bool(config.num_samples)
     return torch.nn.ModuleDict(
-        {"accuracy": PassAtK(1)}
-        | {f"pass@{k}": PassAtK(k) for k in config.k if sampled}
-        | {f"maj@{k}": MajorityAtK(k) for k in config.k if sampled}
+        ({"accuracy": PassAtK(1)} if judged else {})
+        | {f"pass@{k}": PassAtK(k) for k in config.k if sampled and judged}
+        | {f"maj@{k}": MajorityAtK(k) for k in config.k if sampled and judged}
     )
 
 
@@ -189,7 +190,8 @@ def update_evaluation_metrics(
 ) -> None:
     """Add one batch of problems: their greedy completions, and their n sampled ones if any."""
     problems = len(greedy.prompts)
-    metrics["accuracy"].update(greedy.correct.view(problems, 1))
+    if "accuracy" in metrics:
+        metrics["accuracy"].update(greedy.correct.view(problems, 1))
     if sampled is None:
         return
     n = sampled.group_size
@@ -202,25 +204,23 @@ def update_evaluation_metrics(
             metric.update(answers, correct)
 
 
-def greedy_summary(experience: Experience) -> dict[str, Tensor]:
-    """Accuracy, mean reward and mean completion length (tokens) of a batch of greedy completions."""
+def greedy_summary(experience: Experience, judged: bool = True) -> dict[str, Tensor]:
+    """Accuracy (when the verifier judges correctness, ``judged``), mean reward and mean completion length
+    (tokens) of a batch of greedy completions."""
     length = experience.rollout.completion_mask.sum(dim=1).float().mean()
-    return {
-        "accuracy": experience.correct.mean(),
-        "reward": experience.rewards.mean(),
-        "completion_length_mean": length,
-    }
+    accuracy = {"accuracy": experience.correct.mean()} if judged else {}
+    return accuracy | {"reward": experience.rewards.mean(), "completion_length_mean": length}
 
 
 def mean_greedy_summary(
-    make_experience: Callable[[PromptBatch], Experience], batches: Iterable[PromptBatch]
+    make_experience: Callable[[PromptBatch], Experience], batches: Iterable[PromptBatch], judged: bool = True
 ) -> dict[str, float]:
     """``greedy_summary`` over all ``batches``, weighted by their prompts (the step-0 validation)."""
     totals: dict[str, float] = {}
     count = 0
     for batch in batches:
         size = len(batch["prompt"])
-        for name, value in greedy_summary(make_experience(batch)).items():
+        for name, value in greedy_summary(make_experience(batch), judged).items():
             totals[name] = totals.get(name, 0.0) + value.item() * size
         count += size
     return {name: total / count for name, total in totals.items()} if count else {}
@@ -233,7 +233,7 @@ def log_initial_validation(module: LightningModule, loader: DataLoader) -> None:
     trainer = module.trainer
     if trainer.world_size > 1:
         loader = with_distributed_sampler(loader, trainer.strategy.distributed_sampler_kwargs)
-    means = mean_greedy_summary(module.make_experience, loader)
+    means = mean_greedy_summary(module.make_experience, loader, module.verifier.judges_correctness)
     metrics = {  # every rank takes part in each reduction
         f"val/{name}": trainer.strategy.reduce(torch.tensor(value, device=module.device), reduce_op="mean")
         for name, value in means.items()

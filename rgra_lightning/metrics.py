@@ -65,6 +65,8 @@ def training_metrics(
         "time/step_s": torch.tensor(step_s),
         "train/completion_tokens_per_s": lengths.sum().cpu() / max(experience.generation_s, 1e-9),
     }
+    if not verifier.judges_correctness:  # a learned reward model alone: no verdict, so no accuracy
+        del metrics["train/accuracy"]
     components = reward_components(verifier, experience.scores)
     return metrics | {f"train/rewards/{name}": value for name, value in components.items()}
 
@@ -88,7 +90,7 @@ def log_training_metrics(
     step = module.global_step
     values = {name: float(value) for name, value in metrics.items()}
     module.log_dict(
-        {name: metrics[name] for name in PROGRESS_BAR},
+        {name: metrics[name] for name in PROGRESS_BAR if name in metrics},
         prog_bar=True,
         on_step=True,
         on_epoch=False,

@@ -194,7 +194,7 @@ class RLModule(LightningModule):
         self.reference: torch.nn.Module | None = None  # loaded by ``setup("fit")``, when the loss needs it
         self.reward_models = torch.nn.ModuleList(learned_reward_models(verifier))
         self.evaluation = evaluation
-        self.eval_metrics = evaluation_metrics(evaluation)
+        self.eval_metrics = evaluation_metrics(evaluation, verifier.judges_correctness)
         self.samples = SamplesWriter(evaluation.write_samples)
         self.latest_samples: list[dict[str, Any]] = []
         self.latest_metrics: dict[str, float] = {}  # the last training step's, logged or not
@@ -344,7 +344,8 @@ class RLModule(LightningModule):
         if self.trainer.state.fn == TrainerFn.VALIDATING:  # the ``validate`` command: a full evaluation
             self.evaluate_batch(batch, "val")
             return
-        for name, value in greedy_summary(self.make_experience(batch)).items():
+        judged = self.verifier.judges_correctness
+        for name, value in greedy_summary(self.make_experience(batch), judged).items():
             self.log(
                 f"val/{name}",
                 value,

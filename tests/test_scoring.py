@@ -10,7 +10,7 @@ from rewards.verifiers import VERIFIER_FAILED
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.scoring import robust_score_batch
-from tests.conftest import FAST, scalars_by_step
+from tests.conftest import FAST, scalar_tags, scalars_by_step
 
 
 class FlakyVerifier(Verifier):
@@ -206,3 +206,26 @@ def test_training_stops_in_one_line_on_a_verifier_that_fails_on_every_completion
         "rewards.Score belongs')): score_batch must return one rewards.Score with a finite reward per "
         "completion"
     )
+
+
+class Brevity(Verifier):
+    """A reward with no verdict on the answer, as a learned reward model alone: shorter is better."""
+
+    judges_correctness = False
+
+    def score(self, completion, reference):
+        return Score(-0.01 * len(completion), False, None, "brevity")
+
+
+def test_without_a_judge_of_correctness_no_accuracy_is_logged(small_config, tmp_path):
+    """An audit's reward-model-only run logged train/accuracy and val/accuracy 0.0 (the policy's real
+    accuracy: 0.24): with no component judging correctness, accuracy, pass@k and maj@k are not logged."""
+    brevity = {"class_path": "tests.test_scoring.Brevity"}
+    assert not WeightedSum([Brevity(), FormatReward()], [1.0, 1.0]).judges_correctness
+    assert WeightedSum([Brevity(), MathVerifier()], [1.0, 1.0]).judges_correctness
+    config = small_config("rgra", **{"model.init_args.verifier": brevity, "trainer.max_steps": 2})
+    main(["fit", "--config", str(config)])
+    main(["test", "--config", str(config), "--model.evaluation.num_samples=2", "--model.evaluation.k=[2]"])
+    tags = scalar_tags(tmp_path / "runs")
+    assert {"train/reward", "val/reward", "test/reward"} <= tags.keys(), sorted(tags)
+    assert not [tag for tag in tags if tag.endswith(("accuracy", "pass@1", "pass@2", "maj@2"))]
