@@ -24,11 +24,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
+from rewards import Verifier
 from rewards.normalize import normalize
 from rgra_lightning.distributed import with_distributed_sampler
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.experience import Experience, PromptBatch
 from rgra_lightning.rollout import SamplingConfig
+from rgra_lightning.scoring import reward_components
 
 
 @dataclass(frozen=True)
@@ -204,23 +206,29 @@ def update_evaluation_metrics(
             metric.update(answers, correct)
 
 
-def greedy_summary(experience: Experience, judged: bool = True) -> dict[str, Tensor]:
-    """Accuracy (when the verifier judges correctness, ``judged``), mean reward and mean completion length
-    (tokens) of a batch of greedy completions."""
+def greedy_summary(experience: Experience, verifier: Verifier) -> dict[str, Tensor]:
+    """Accuracy (when ``verifier`` judges correctness), mean reward, mean completion length (tokens) and,
+    for a ``WeightedSum``, each component's mean reward (``rewards/<name>``) of a batch of greedy
+    completions."""
     length = experience.rollout.completion_mask.sum(dim=1).float().mean()
-    accuracy = {"accuracy": experience.correct.mean()} if judged else {}
-    return accuracy | {"reward": experience.rewards.mean(), "completion_length_mean": length}
+    accuracy = {"accuracy": experience.correct.mean()} if verifier.judges_correctness else {}
+    components = reward_components(verifier, experience.scores)
+    return (
+        accuracy
+        | {"reward": experience.rewards.mean(), "completion_length_mean": length}
+        | {f"rewards/{name}": value for name, value in components.items()}
+    )
 
 
 def mean_greedy_summary(
-    make_experience: Callable[[PromptBatch], Experience], batches: Iterable[PromptBatch], judged: bool = True
+    make_experience: Callable[[PromptBatch], Experience], batches: Iterable[PromptBatch], verifier: Verifier
 ) -> dict[str, float]:
     """``greedy_summary`` over all ``batches``, weighted by their prompts (the step-0 validation)."""
     totals: dict[str, float] = {}
     count = 0
     for batch in batches:
         size = len(batch["prompt"])
-        for name, value in greedy_summary(make_experience(batch), judged).items():
+        for name, value in greedy_summary(make_experience(batch), verifier).items():
             totals[name] = totals.get(name, 0.0) + value.item() * size
         count += size
     return {name: total / count for name, total in totals.items()} if count else {}
@@ -233,7 +241,7 @@ def log_initial_validation(module: LightningModule, loader: DataLoader) -> None:
     trainer = module.trainer
     if trainer.world_size > 1:
         loader = with_distributed_sampler(loader, trainer.strategy.distributed_sampler_kwargs)
-    means = mean_greedy_summary(module.make_experience, loader, module.verifier.judges_correctness)
+    means = mean_greedy_summary(module.make_experience, loader, module.verifier)
     metrics = {  # every rank takes part in each reduction
         f"val/{name}": trainer.strategy.reduce(torch.tensor(value, device=module.device), reduce_op="mean")
         for name, value in means.items()

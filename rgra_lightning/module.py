@@ -344,8 +344,7 @@ class RLModule(LightningModule):
         if self.trainer.state.fn == TrainerFn.VALIDATING:  # the ``validate`` command: a full evaluation
             self.evaluate_batch(batch, "val")
             return
-        judged = self.verifier.judges_correctness
-        for name, value in greedy_summary(self.make_experience(batch), judged).items():
+        for name, value in greedy_summary(self.make_experience(batch), self.verifier).items():
             self.log(
                 f"val/{name}",
                 value,
@@ -364,9 +363,10 @@ class RLModule(LightningModule):
         size = len(batch["prompt"])
         greedy = self.make_experience(batch)
         self.samples.write(greedy, "greedy", self.trainer)
-        summary = greedy_summary(greedy)
+        summary = greedy_summary(greedy, self.verifier)
         self.log_dict(
-            {f"{prefix}/{name}": summary[name] for name in ("reward", "completion_length_mean")},
+            # accuracy is the pass@1 metric below, which aggregates over batches and processes
+            {f"{prefix}/{name}": value for name, value in summary.items() if name != "accuracy"},
             batch_size=size,
             sync_dist=True,
         )

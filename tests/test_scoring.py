@@ -219,13 +219,27 @@ class Brevity(Verifier):
 
 def test_without_a_judge_of_correctness_no_accuracy_is_logged(small_config, tmp_path):
     """An audit's reward-model-only run logged train/accuracy and val/accuracy 0.0 (the policy's real
-    accuracy: 0.24): with no component judging correctness, accuracy, pass@k and maj@k are not logged."""
-    brevity = {"class_path": "tests.test_scoring.Brevity"}
+    accuracy: 0.24): with no component judging correctness, accuracy, pass@k and maj@k are not logged.
+    Each component's reward is, in validation and test too (the audit could not watch a reward model's
+    score on held-out prompts)."""
     assert not WeightedSum([Brevity(), FormatReward()], [1.0, 1.0]).judges_correctness
     assert WeightedSum([Brevity(), MathVerifier()], [1.0, 1.0]).judges_correctness
-    config = small_config("rgra", **{"model.init_args.verifier": brevity, "trainer.max_steps": 2})
+    verifier = {
+        "class_path": "rewards.WeightedSum",
+        "init_args": {
+            "verifiers": [
+                {"class_path": "tests.test_scoring.Brevity"},
+                {"class_path": "rewards.FormatReward"},
+            ],
+            "weights": [1.0, 0.1],
+        },
+    }
+    config = small_config("rgra", **{"model.init_args.verifier": verifier, "trainer.max_steps": 2})
     main(["fit", "--config", str(config)])
     main(["test", "--config", str(config), "--model.evaluation.num_samples=2", "--model.evaluation.k=[2]"])
     tags = scalar_tags(tmp_path / "runs")
-    assert {"train/reward", "val/reward", "test/reward"} <= tags.keys(), sorted(tags)
+    for stage in ("train", "val", "test"):
+        names = (f"{stage}/reward", f"{stage}/rewards/brevity", f"{stage}/rewards/format_reward")
+        assert set(names) <= tags.keys(), sorted(tags)
+    assert len(tags["val/rewards/brevity"]) == 2  # at step 0 and after the last update
     assert not [tag for tag in tags if tag.endswith(("accuracy", "pass@1", "pass@2", "maj@2"))]
