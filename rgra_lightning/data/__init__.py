@@ -3,8 +3,8 @@
 
 - ``ArithmeticDataModule``: the embedded arithmetic task, generated in code (the default config's);
 - ``JsonFilesDataModule``: local JSON/JSONL files, one per split;
-- ``DatasetDataModule``: anything ``datasets`` loads (hub names, local files or split directories), with
-  presets for GSM8K and MATH-500.
+- ``DatasetDataModule``: hub datasets, local files and dataset directories (split files, hub-layout
+  shards, ``datasets.save_to_disk``), with presets for GSM8K and MATH-500.
 """
 
 from rgra_lightning.data.arithmetic import ArithmeticDataModule

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rgra_lightning.arithmetic.problems import split_problems
-from rgra_lightning.data.base import Example, check_val_size
+from rgra_lightning.data.base import Example, check_prompt_template, check_val_size
 from rgra_lightning.data.chat import ChatCapableDataModule
 from rgra_lightning.data.records import Record
 from rgra_lightning.errors import ConfigError
@@ -19,9 +19,10 @@ class ArithmeticDataModule(ChatCapableDataModule):
     ``instruction``, as configs/smollm2-135m/arithmetic-rgra.yaml does).
 
     Args:
-        prompt_template: Python format string with ``{question}`` (the expression), giving the question
-            text: the whole prompt (``plain``) or the user message (``chat``), either followed by the
-            ``instruction`` on a new line. The warm-up's is ``{question}=``.
+        prompt_template: Python format string with ``{question}`` (the expression), its only field (write
+            ``{{`` and ``}}`` for literal braces), giving the question text: the whole prompt (``plain``)
+            or the user message (``chat``), either followed by the ``instruction`` on a new line. The
+            warm-up's is ``{question}=``.
         val_size: problems held out for validation, at least 1 and fewer than all of them.
         **kwargs: ``ChatCapableDataModule``'s prompt options (``prompt_format``, ``system_prompt``,
             ``instruction``, the tokenizer) and ``PromptDataModule``'s (batch sizes, ``train_size``,
@@ -29,8 +30,7 @@ class ArithmeticDataModule(ChatCapableDataModule):
     """
 
     def __init__(self, prompt_template: str = "{question}=", val_size: int = 128, **kwargs: Any) -> None:
-        if "{question}" not in prompt_template:
-            raise ConfigError(f"data.prompt_template must contain '{{question}}', got {prompt_template!r}")
+        check_prompt_template(prompt_template)
         if val_size < 1:
             raise ConfigError(f"data.val_size must be >= 1, got {val_size}")
         super().__init__(**kwargs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import string
 
 import torch
 from lightning import LightningDataModule
@@ -48,6 +49,25 @@ def check_val_size(val_size: int, total: int, what: str) -> None:
             f"data.val_size={val_size} must be between 1 and {total - 1}: it holds out validation "
             f"problems from the {total} {what}"
         )
+
+
+def check_prompt_template(template: str) -> None:
+    """Raise a one-line ``ConfigError`` unless ``template`` is a format string whose only field is
+    ``{question}``: a literal brace (``\\boxed{}``) or another field (``{level}``) would otherwise stop the
+    run at its first prompt, after the model has loaded, with a traceback (``IndexError``, ``KeyError``)."""
+    escape = "write {{ and }} for a literal brace"
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:  # a lone brace: "Single '}' encountered in format string"
+        raise ConfigError(f"data.prompt_template: {error}; {escape}, got {template!r}") from error
+    for field in fields:
+        if field != "question":
+            raise ConfigError(
+                f"data.prompt_template has the field {{{field}}}, and the only field is {{question}}; "
+                f"{escape}, got {template!r}"
+            )
+    if not fields:
+        raise ConfigError(f"data.prompt_template must contain '{{question}}', got {template!r}")
 
 
 class PromptDataModule(LightningDataModule):

@@ -67,17 +67,31 @@ class ChatCapableDataModule(PromptDataModule):
         return ChatPrompt(prompt)
 
     def _chat_tokenizer(self) -> PreTrainedTokenizerBase:
-        """The tokenizer whose chat template formats prompts: set, ``tokenizer_path``, or the policy's."""
+        """The tokenizer whose chat template formats prompts: set, ``tokenizer_path``, or the policy's.
+
+        A ``tokenizer_path`` whose vocabulary is not the policy's warns: its template writes special tokens
+        (``<|im_start|>``) that the policy splits into other tokens, so training runs on prompts the model
+        cannot read. A warning, not an error: a tokenizer that adds a token or two to the policy's can be
+        meant. The common case, a base policy given its instruct twin's template, has the same vocabulary
+        and passes.
+        """
         if self.tokenizer is None:
-            hp = self.hparams
+            hp, trainer = self.hparams, self.trainer
+            policy = getattr(trainer.lightning_module, "tokenizer", None) if trainer else None
             if hp.tokenizer_path is not None:
                 try:
                     self.tokenizer = load_tokenizer(hp.tokenizer_path, hp.tokenizer_gguf_file)
                 except ModelLoadError as error:
                     raise ModelLoadError(f"data.tokenizer_path: {error}") from error
+                if policy is not None and self.tokenizer.get_vocab() != policy.get_vocab():
+                    rank_zero_warn(
+                        f"data.tokenizer_path={hp.tokenizer_path!r} is not the tokenizer of the policy "
+                        f"{policy.name_or_path!r}: their vocabularies differ ({len(self.tokenizer)} and "
+                        f"{len(policy)} tokens), so the policy reads these chat prompts as other tokens; "
+                        "leave data.tokenizer_path unset, or give one with the policy's vocabulary"
+                    )
             else:
-                trainer = self.trainer
-                self.tokenizer = getattr(trainer.lightning_module, "tokenizer", None) if trainer else None
+                self.tokenizer = policy
             if self.tokenizer is None:
                 raise ConfigError(
                     "data.prompt_format='chat' needs data.tokenizer_path (or a module with a tokenizer)"

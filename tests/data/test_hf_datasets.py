@@ -1,5 +1,5 @@
-"""DatasetDataModule: the GSM8K and MATH-500 presets, local files in any format, splits by seed, bad rows
-and bad sources."""
+"""DatasetDataModule: the GSM8K and MATH-500 presets, local files in any format and dataset directories in
+each layout, splits by seed, bad rows and bad sources."""
 
 import importlib.util
 import json
@@ -141,7 +141,7 @@ def dataset_args(small_config, source: Path, *extra: str) -> list[str]:
             "train.csv",
             "question,solution\n1+1,#### 2\n2+2,4\n",
             ["--data.answer_field=solution", "--data.reference_format=gsm8k_solution"],
-            "row 1 field 'solution': solution has no '#### <answer>'",
+            "line 3 field 'solution': solution has no '#### <answer>'",
         ),
         ("train.jsonl", '{"question": "1+1"}\n', [], "has no field 'answer'"),
     ],
@@ -202,4 +202,81 @@ def test_gsm8k_few_shot_solutions_end_boxed_and_drop_calculator_annotations():
     }
     assert shot_solution(record, "gsm8k_solution") == (
         "In May she sold 48/2 = 24 clips.\nIn all: 48+24 = 72.\nThe final answer is \\boxed{72}."
+    )
+
+
+def problems(count: int, start: int = 0) -> list[dict[str, str]]:
+    return [{"question": f"{i}+1", "answer": str(i + 1)} for i in range(start, start + count)]
+
+
+def references(data: DatasetDataModule, split: str) -> list[str]:
+    return sorted((e["reference"] for e in getattr(data, f"{split}_examples")), key=int)
+
+
+def test_a_datasets_save_to_disk_directory_is_a_source(tmp_path):
+    """A ``DatasetDict``, a folder per split; a lone ``Dataset``, whose one split is ``train``. It was read
+    as a directory of split files, and ``dataset_dict.json`` as the split ``dataset_dict``."""
+    import datasets
+
+    splits = {"train": problems(4), "validation": problems(2, start=4)}
+    datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(
+        str(tmp_path / "dict")
+    )
+    data = DatasetDataModule(source=str(tmp_path / "dict"), val_split="validation")
+    data.setup()
+    assert references(data, "train") == ["1", "2", "3", "4"] and references(data, "test") == ["5", "6"]
+    with pytest.raises(DatasetError) as error:
+        DatasetDataModule(source=str(tmp_path / "dict"), val_split="test").setup()
+    assert str(error.value) == (
+        f"dataset directory '{tmp_path / 'dict'}' has no 'test' split; splits: ['train', 'validation']"
+    )
+    datasets.Dataset.from_list(problems(3)).save_to_disk(str(tmp_path / "one"))
+    data = DatasetDataModule(source=str(tmp_path / "one"), val_size=1)
+    data.setup()
+    assert sorted(references(data, "train") + references(data, "val")) == ["1", "2", "3"]
+
+
+def test_a_hub_dataset_clone_reads_its_data_shards(tmp_path):
+    """``data/<split>-*.<ext>`` shards, as a hub dataset lays them out, read in order; a bad row names its
+    shard and line. The directory was read as holding no files."""
+    import datasets
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "README.md").write_text("---\nconfigs: []\n---\n")
+    for index, rows in enumerate([problems(3), problems(2, start=3)]):
+        shard = tmp_path / "data" / f"train-{index:05d}-of-00002.parquet"
+        datasets.Dataset.from_list(rows).to_parquet(str(shard))
+    validation = tmp_path / "data" / "validation-00000-of-00001.jsonl"
+    validation.write_text("".join(json.dumps(r) + "\n" for r in problems(2, start=5)))
+    data = DatasetDataModule(source=str(tmp_path), val_split="validation")
+    data.setup()
+    assert references(data, "train") == ["1", "2", "3", "4", "5"] and references(data, "val") == ["6", "7"]
+    validation.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2"}\n')
+    with pytest.raises(DatasetError) as error:
+        DatasetDataModule(source=str(tmp_path), val_split="validation").setup()
+    assert str(error.value) == f"{validation} line 2 field 'answer': no usable answer (got None)"
+
+
+def test_a_directory_without_a_dataset_says_which_layouts_are_read(tmp_path):
+    (tmp_path / "notes.txt").write_text("no data here")
+    with pytest.raises(DatasetError) as error:
+        DatasetDataModule(source=str(tmp_path)).setup()
+    assert str(error.value) == (
+        f"dataset directory '{tmp_path}' holds no dataset; give <split>.<ext> files (.json, .jsonl, "
+        ".parquet, .csv), the hub layout's data/<split>-*.<ext> shards or a datasets.save_to_disk directory"
+    )
+
+
+def test_fit_on_a_dataset_without_a_training_split_says_so(tmp_path):
+    """MATH-500 has only a test split; fit said the batch was "larger than the 0 training problems"."""
+    rows = [{"problem": f"{i}+1", "answer": str(i + 1)} for i in range(3)]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = DatasetDataModule(preset="math500", source=str(tmp_path))
+    data.setup()
+    assert len(data.test_examples) == 3
+    with pytest.raises(ConfigError) as error:
+        data.train_dataloader()
+    assert str(error.value) == (
+        f"data.source '{tmp_path}' (data.preset=math500) has no training split to fit on: set "
+        "data.train_split, or evaluate with validate or test"
     )

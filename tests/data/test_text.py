@@ -1,19 +1,22 @@
-"""TextDataModule: prompt building from templates, chat templates (tokenized as ``apply_chat_template``
-does: no second BOS), system prompts and few-shot examples."""
+"""TextDataModule: prompt building from templates (checked when the module is built), chat templates
+(tokenized as ``apply_chat_template`` does: no second BOS; from the policy's vocabulary), system prompts
+and few-shot examples."""
 
 import json
+import re
+import warnings
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from rgra_lightning.data import DatasetDataModule, JsonFilesDataModule
+from rgra_lightning.data import ArithmeticDataModule, DatasetDataModule, JsonFilesDataModule
 from rgra_lightning.data.base import ChatPrompt
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_tokenizer
 from rgra_lightning.rollout import SamplingConfig
 from rgra_lightning.rollout.base import tokenize_prompts
-from tests.conftest import TINY_POLICY, shared_path
+from tests.conftest import TINY_POLICY, one_line_error, shared_path
 from tests.tiny_models import llama3_style_tokenizer, smollm2_tokenizer
 
 CHAT_TEMPLATE = (
@@ -97,3 +100,72 @@ def test_chat_format_with_a_tokenizer_without_a_chat_template_is_a_config_error(
     ) as error:
         data.setup()
     assert "\n" not in str(error.value)
+
+
+ESCAPE = "write {{ and }} for a literal brace"
+
+
+@pytest.mark.parametrize(
+    "template, expected",
+    [
+        (
+            "Q: {question} put it in \\boxed{}",
+            f" has the field {{}}, and the only field is {{question}}; {ESCAPE}",
+        ),
+        ("{level}: {question}", f" has the field {{level}}, and the only field is {{question}}; {ESCAPE}"),
+        ("Q: {question} }", f": Single '}}' encountered in format string; {ESCAPE}"),
+        ("Q: {{question}}", " must contain '{question}'"),
+    ],
+    ids=["literal-braces", "other-field", "lone-brace", "escaped-question"],
+)
+@pytest.mark.parametrize("module", [ArithmeticDataModule, JsonFilesDataModule])
+def test_a_prompt_template_with_braces_that_are_no_question_field_is_refused_when_built(
+    tmp_path, module, template, expected
+):
+    """Such a template failed at the first prompt, after the model had loaded, with a traceback
+    (``IndexError: Replacement index 0 out of range``, ``KeyError: 'level'``)."""
+    files = {"train_file": str(tmp_path / "t.jsonl"), "val_file": str(tmp_path / "t.jsonl")}
+    with pytest.raises(ConfigError) as error:
+        module(prompt_template=template, **({} if module is ArithmeticDataModule else files))
+    assert str(error.value) == f"data.prompt_template{expected}, got {template!r}"
+
+
+def test_doubled_braces_in_a_prompt_template_are_literal_braces(tmp_path):
+    data = json_chat_module(tmp_path, prompt_template="Q: {question} Put it in \\boxed{{}}.")
+    data.setup()
+    assert data.test_examples[0]["prompt"] == "Q: What is 2+2? Put it in \\boxed{}."
+
+
+def test_a_template_error_stops_the_cli_in_one_line(small_config, capsys):
+    config = small_config("rgra")
+    args = ["fit", "--config", str(config), "--data.prompt_template=Q: {question} put it in \\boxed{}"]
+    assert one_line_error(args, capsys).startswith("error: data.prompt_template has the field {}, and")
+
+
+def test_a_chat_tokenizer_with_another_vocabulary_than_the_policys_warns(tmp_path):
+    """SmolLM2's ChatML prompts given to the character-level policy trained on prompts it cannot read,
+    without a word. A tokenizer with the policy's vocabulary and a template of its own is meant."""
+    policy = load_tokenizer(str(TINY_POLICY))
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(tmp_path / "same")
+    tokenizer.add_tokens(["<|im_start|>"], special_tokens=True)
+    tokenizer.save_pretrained(tmp_path / "other")
+
+    def setup(path: str) -> JsonFilesDataModule:
+        data = json_chat_module(tmp_path, prompt_format="chat", tokenizer_path=path)
+        data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(tokenizer=policy))
+        data.setup()
+        return data
+
+    other = str(tmp_path / "other")
+    expected = (
+        f"data.tokenizer_path={other!r} is not the tokenizer of the policy {str(TINY_POLICY)!r}: their "
+        f"vocabularies differ ({len(policy) + 1} and {len(policy)} tokens), so the policy reads these chat "
+        "prompts as other tokens; leave data.tokenizer_path unset, or give one with the policy's vocabulary"
+    )
+    with pytest.warns(UserWarning, match=f"^{re.escape(expected)}$"):
+        assert setup(other).test_examples[0]["prompt"] == "<|user|>What is 2+2?\n<|assistant|>"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        setup(str(tmp_path / "same"))
