@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rgra_lightning.arithmetic.problems import split_problems, worked_answer
+from rgra_lightning.data.base import check_prompt_template
 from rgra_lightning.errors import ConfigError
 
 PAD, EOS = "<pad>", "<eos>"
@@ -80,6 +81,7 @@ class WarmupDataModule(LightningDataModule):
         for name, value in (("steps_probability", steps_probability), ("slip_probability", slip_probability)):
             if not 0 <= value <= 1:
                 raise ConfigError(f"data.{name} must be in [0, 1], got {value}")
+        check_prompt_template(prompt_template)
         self.save_hyperparameters()
 
     def train_dataloader(self) -> DataLoader:

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from rgra_lightning.arithmetic.warmup import WarmupDataModule
 from rgra_lightning.data import ArithmeticDataModule, DatasetDataModule, JsonFilesDataModule
 from rgra_lightning.data.base import ChatPrompt
 from rgra_lightning.errors import ConfigError
@@ -118,7 +119,7 @@ ESCAPE = "write {{ and }} for a literal brace"
     ],
     ids=["literal-braces", "other-field", "lone-brace", "escaped-question"],
 )
-@pytest.mark.parametrize("module", [ArithmeticDataModule, JsonFilesDataModule])
+@pytest.mark.parametrize("module", [ArithmeticDataModule, JsonFilesDataModule, WarmupDataModule])
 def test_a_prompt_template_with_braces_that_are_no_question_field_is_refused_when_built(
     tmp_path, module, template, expected
 ):
@@ -126,7 +127,7 @@ def test_a_prompt_template_with_braces_that_are_no_question_field_is_refused_whe
     (``IndexError: Replacement index 0 out of range``, ``KeyError: 'level'``)."""
     files = {"train_file": str(tmp_path / "t.jsonl"), "val_file": str(tmp_path / "t.jsonl")}
     with pytest.raises(ConfigError) as error:
-        module(prompt_template=template, **({} if module is ArithmeticDataModule else files))
+        module(prompt_template=template, **(files if module is JsonFilesDataModule else {}))
     assert str(error.value) == f"data.prompt_template{expected}, got {template!r}"
 
 
