@@ -135,18 +135,23 @@ class PeriodicModelCheckpoint(ModelCheckpoint):
 
 
 def require_new_run_directory(trainer: Trainer) -> None:
-    """For a fit started without ``--ckpt_path``: raise ``ConfigError`` when the directory of a
-    ``PeriodicModelCheckpoint`` already holds checkpoints, an earlier run's. This run's would be saved
-    beside them (``last-v1.ckpt``, ...), and ``--ckpt_path <dir>/last.ckpt`` would name the earlier run's."""
+    """For a fit started without ``--ckpt_path``: raise ``ConfigError`` when the directory of a checkpoint
+    callback already holds checkpoints, an earlier run's. This run's would be saved beside them
+    (``last-v1.ckpt``, ...), ``--ckpt_path <dir>/last.ckpt`` would name the earlier run's, and an export to a
+    fixed directory would replace the earlier run's model. A plain ``ModelCheckpoint`` without a
+    ``dirpath`` saves into a new version directory of its logger: nothing to check."""
     for callback in trainer.checkpoint_callbacks:
-        if not isinstance(callback, PeriodicModelCheckpoint):
+        if isinstance(callback, PeriodicModelCheckpoint):
+            directory = callback.run_checkpoint_dir(trainer)
+        elif isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+            directory = callback.dirpath
+        else:
             continue
-        directory = callback.run_checkpoint_dir(trainer)
         if any(Path(directory).glob("*.ckpt")):
             other = (
                 "name (trainer.logger.init_args.name)"
                 if callback.dirpath is None
-                else "checkpoint directory (the dirpath of PeriodicModelCheckpoint)"
+                else f"checkpoint directory (the dirpath of {type(callback).__name__})"
             )
             raise ConfigError(
                 f"{directory} already holds the checkpoints of an earlier run: resume it with --ckpt_path "

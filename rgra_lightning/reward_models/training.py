@@ -11,6 +11,7 @@ Data (``RewardDataModule``): JSON-lines files whose rows are of two kinds, mixed
 - preference rows ``{"prompt", "chosen", "rejected"}``, trained with the Bradley-Terry loss
   ``-log sigmoid(s_chosen - s_rejected)``.
 
+A training file whose outcome rows are all labelled alike is refused (``require_both_labels``).
 Validation and test log ``accuracy`` (predicted probability > 0.5), ``auroc`` and ``calibration_error``
 (expected calibration error, 10 bins) on outcome rows, ``preference_accuracy`` on pairs, and ``loss``.
 ``ExportHuggingFace`` saves the trained model as a HF directory that ``RewardModelScorer`` loads as a reward.
@@ -89,6 +90,20 @@ def read_rows(path: Path, label_field: str, label_threshold: float) -> list[Row]
     return rows
 
 
+def require_both_labels(rows: list[Row], path: str, label_field: str, label_threshold: float) -> None:
+    """Raise ``DatasetError`` when the outcome rows of a training file hold one label only. A classifier
+    trained on them learns a constant: its validation accuracy is the base rate, yet the run ends normally
+    and exports it over the reward model a reward config points at. Preference rows need no labels."""
+    labels = [row["label"] for row in rows if row["kind"] == "outcome"]
+    if labels and len(set(labels)) == 1:
+        verdict = "correct" if labels[0] else "wrong"
+        raise DatasetError(
+            f"{path}: {len(labels)} rows, all labelled {verdict}: an outcome reward model needs both correct "
+            f"and wrong completions (a row is correct when data.label_field {label_field!r} > "
+            f"data.label_threshold {label_threshold})"
+        )
+
+
 def split_by_prompt(rows: list[Row], val_fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
     """(train, val): a seeded ``val_fraction`` of the distinct prompts, with all their rows, is held out,
     so no validation prompt is seen in training."""
@@ -119,7 +134,7 @@ class RewardDataModule(LightningDataModule):
     docstring for the row format.
 
     Args:
-        train_file: JSONL training rows.
+        train_file: JSONL training rows; its outcome rows must hold both labels.
         val_file: JSONL validation rows; none: ``val_fraction`` of the training prompts are held out.
         test_file: JSONL test rows; none: the validation rows.
         val_fraction: share of distinct training prompts held out when there is no ``val_file``.
@@ -163,6 +178,7 @@ class RewardDataModule(LightningDataModule):
             return read_rows(Path(file), hp.label_field, hp.label_threshold)
 
         self.train_rows = read(hp.train_file)
+        require_both_labels(self.train_rows, hp.train_file, hp.label_field, hp.label_threshold)
         if hp.val_file is None:
             self.train_rows, self.val_rows = split_by_prompt(self.train_rows, hp.val_fraction, hp.seed)
         else:

@@ -16,6 +16,7 @@ from rgra_lightning.errors import ConfigError
 from rgra_lightning.reward_models.scorer import RewardModelScorer
 from rgra_lightning.reward_models.training import (
     DefinedAUROC,
+    RewardDataModule,
     bradley_terry_loss,
     outcome_loss,
     read_rows,
@@ -51,15 +52,9 @@ def sign_rows(count: int, offset: int = 0) -> list[dict]:
     return rows
 
 
-def test_reward_model_training_learns_and_exports_a_usable_reward(tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    train = write_jsonl(tmp_path / "train.jsonl", sign_rows(48))
-    pairs = [
-        {"prompt": r["prompt"], "chosen": r["completion"], "rejected": w["completion"]}
-        for r, w in zip(sign_rows(8, 100)[::2], sign_rows(8, 100)[1::2], strict=True)
-    ]
-    val = write_jsonl(tmp_path / "val.jsonl", sign_rows(16, 200) + pairs)
-    config = yaml.safe_load(Path("configs/reward_model.yaml").read_text())
+def reward_model_config(tmp_path: Path, train: Path, val: Path) -> Path:
+    """configs/reward_model.yaml with its data, logs, checkpoints and export in ``tmp_path``, 6 epochs."""
+    config = yaml.safe_load((ROOT / "configs" / "reward_model.yaml").read_text())
     config["trainer"].update(max_epochs=6, enable_progress_bar=False, accelerator="cpu")
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
     config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
@@ -68,6 +63,18 @@ def test_reward_model_training_learns_and_exports_a_usable_reward(tmp_path, monk
     config["model"]["init_args"]["learning_rate"] = 1e-3
     path = tmp_path / "reward_model.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_reward_model_training_learns_and_exports_a_usable_reward(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    train = write_jsonl(tmp_path / "train.jsonl", sign_rows(48))
+    pairs = [
+        {"prompt": r["prompt"], "chosen": r["completion"], "rejected": w["completion"]}
+        for r, w in zip(sign_rows(8, 100)[::2], sign_rows(8, 100)[1::2], strict=True)
+    ]
+    val = write_jsonl(tmp_path / "val.jsonl", sign_rows(16, 200) + pairs)
+    path = reward_model_config(tmp_path, train, val)
 
     cli = main(["fit", "--config", str(path)])
     metrics = cli.trainer.callback_metrics
@@ -82,6 +89,43 @@ def test_reward_model_training_learns_and_exports_a_usable_reward(tmp_path, monk
     assert right.reward > 0.5 > wrong.reward
     tested = main(["test", "--config", str(path), "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
     assert tested.trainer.callback_metrics["test/auroc"].item() > 0.9
+
+    # A second fresh fit would save beside this run's checkpoints and export over its model: refused, as
+    # an RL fit is (any checkpoint callback with a dirpath is checked).
+    checkpoints = sorted((tmp_path / "checkpoints").iterdir())
+    exported = (tmp_path / "hf_model" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        main(["fit", "--config", str(path)])
+    assert refused.value.code == 2
+    earlier = f"error: {tmp_path / 'checkpoints'} already holds the checkpoints of an earlier run: resume"
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(earlier)
+    assert sorted((tmp_path / "checkpoints").iterdir()) == checkpoints
+    assert (tmp_path / "hf_model" / "model.safetensors").read_bytes() == exported
+
+
+def test_a_training_file_whose_rows_are_all_one_label_is_refused(tmp_path, monkeypatch, capsys):
+    """It trained a constant (validation accuracy = the base rate) and exported it as the reward model."""
+    monkeypatch.chdir(ROOT)
+    rows = sign_rows(24)
+    right = write_jsonl(tmp_path / "right.jsonl", [row for row in rows if row["correct"]])
+    val = write_jsonl(tmp_path / "val.jsonl", sign_rows(4, 200))
+    with pytest.raises(SystemExit) as refused:
+        main(["fit", "--config", str(reward_model_config(tmp_path, right, val))])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {right}: 24 rows, all labelled correct: an outcome reward model needs both correct and "
+        "wrong completions (a row is correct when data.label_field 'correct' > data.label_threshold 0.5)"
+    )
+    assert not (tmp_path / "hf_model").exists() and not (tmp_path / "checkpoints").exists()
+
+    wrong = write_jsonl(tmp_path / "wrong.jsonl", [{**row, "reward": 0.2} for row in rows])
+    with pytest.raises(DatasetError, match=r"wrong.jsonl: 48 rows, all labelled wrong: .*'reward' > .* 0.5"):
+        RewardDataModule(str(wrong), str(val), label_field="reward").setup("fit")
+    pairs = [{"prompt": "p", "chosen": "\\boxed{1}", "rejected": "\\boxed{-1}"}]
+    data = RewardDataModule(str(write_jsonl(tmp_path / "pairs.jsonl", pairs)), str(val))
+    data.setup("fit")  # preference rows carry no label: a pairs-only file trains
+    assert data.train_rows[0]["kind"] == "preference"
 
 
 def test_reward_rows_are_checked_with_file_and_line(tmp_path):
