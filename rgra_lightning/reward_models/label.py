@@ -5,12 +5,13 @@
         -- --model.sampling.temperature=0.8
 
 Any fit config works: its policy, data module, sampling settings and verifier are built exactly as for
-``fit`` (options after ``--`` override the config like on the ``fit`` command line; ``--ckpt-path`` loads a
-trained policy), and completions are sampled and scored as in training (``RLModule.make_experience``). Each
-completion becomes one JSON line, its ``Experience.records()`` row: ``prompt``, ``completion``,
-``reference``, ``reward``, ``correct``, ``extracted``, ``details``, ``error`` and ``group`` (the prompt's
-index in the split, shared by its G completions). Lines are written
-and flushed batch by batch, so an interrupted run keeps every finished batch. ``--pairs-output`` also
+``fit`` (several ``--config`` apply in order, as ``fit`` applies them, e.g. a loss or reward preset over a
+base config; options after ``--`` override the config like on the ``fit`` command line; ``--ckpt-path``
+loads a trained policy), and completions are sampled and scored as in training
+(``RLModule.make_experience``). Each completion becomes one JSON line, its ``Experience.records()`` row:
+``prompt``, ``completion``, ``reference``, ``reward``, ``correct``, ``extracted``, ``details``, ``error``
+and ``group`` (the prompt's index in the split, shared by its G completions). Lines are written and
+flushed batch by batch, so an interrupted run keeps every finished batch. ``--pairs-output`` also
 writes preference pairs ``{"prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"}`` made
 within each group (see ``preference_pairs``), for Bradley-Terry training.
 """
@@ -34,7 +35,7 @@ SPLITS = ("train", "val", "test")
 
 
 def label(
-    config: str,
+    config: str | list[str],
     output: str,
     split: str = "train",
     limit: int | None = None,
@@ -47,7 +48,8 @@ def label(
 ) -> dict[str, float]:
     """Sample ``num_generations`` (default: the config's G) completions for the first ``limit`` prompts of
     ``split``, score them with the config's verifier and write them to ``output``; returns a summary
-    (rows, accuracy, mean reward, share of prompts whose completions are not all equally rewarded)."""
+    (rows, accuracy, mean reward, share of prompts whose completions are not all equally rewarded).
+    ``config`` is one path, or several applied in order as ``fit`` applies several ``--config``."""
     from rgra_lightning.cli import main
 
     if split not in SPLITS:
@@ -68,7 +70,8 @@ def label(
         raise ConfigError(f"--output {output} is a directory: give the JSONL file to write")
     if ckpt_path is not None:
         require_checkpoint(ckpt_path, "--ckpt-path")
-    cli = main(["--config", config, *(overrides or [])], run=False)
+    paths = [config] if isinstance(config, str) else config
+    cli = main([*(arg for path in paths for arg in ("--config", path)), *(overrides or [])], run=False)
     module, data = cli.model, cli.datamodule
     if ckpt_path is not None:
         load_trained_weights(module, ckpt_path, "--ckpt-path")
@@ -146,7 +149,13 @@ def main(args: list[str] | None = None) -> None:
     overrides = args[args.index("--") + 1 :] if "--" in args else []
     args = args[: args.index("--")] if "--" in args else args
     parser = ToolParser(prog="rgra label", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="a fit config (policy, data, sampling, verifier)")
+    parser.add_argument(
+        "--config",
+        required=True,
+        action="append",
+        help="a fit config (policy, data, sampling, verifier); repeat to apply several in order, as fit does "
+        "(e.g. --config configs/rgra.yaml --config configs/reward/orm.yaml)",
+    )
     parser.add_argument("--output", required=True, help="JSONL file to write")
     parser.add_argument("--split", default="train", choices=SPLITS, help="which prompts of the data module")
     parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT prompts")

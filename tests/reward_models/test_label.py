@@ -66,6 +66,21 @@ def test_label_command_writes_rows_and_pairs(small_config, tmp_path, capsys):
     assert read_rows(pairs_output, "correct", 0.5)[0]["kind"] == "preference"  # trainable as written
 
 
+def test_label_applies_several_configs_in_order_as_fit_does(small_config, tmp_path, capsys):
+    """Only the last --config was read: an overlay, which is not a whole config, failed on the base's
+    options (``unknown option 'verifier' of model``), and a whole one silently replaced the first."""
+    overlay = tmp_path / "two-generations.yaml"
+    overlay.write_text("model:\n  init_args:\n    sampling: {num_generations: 2}\n")
+    output = tmp_path / "labels.jsonl"
+    label_main(
+        ["--config", str(small_config("rgra")), "--config", str(overlay), "--output", str(output)]
+        + ["--split", "val", "--limit", "3"]
+    )
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [row["group"] for row in rows] == [0, 0, 1, 1, 2, 2]  # the base's G = 4, then the overlay's 2
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == 6
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
