@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -58,12 +57,9 @@ def main() -> None:
         "--autocast", action="store_true", help="under bfloat16 autocast, as `bf16-mixed` samples"
     )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
-        if args.random_init:
-            from benchmarks.throughput import ARCHITECTURES, save_random_qwen2
+    from benchmarks.throughput import model_directory
 
-            save_random_qwen2(Path(scratch), **ARCHITECTURES[args.random_init])
-            args.model = scratch
+    with model_directory(args.model, args.random_init) as args.model:
         measure(args)
 
 

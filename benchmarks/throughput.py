@@ -36,6 +36,8 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +69,18 @@ def save_random_qwen2(directory: Path, **dimensions: object) -> None:
     torch.manual_seed(0)
     config = Qwen2Config(eos_token_id=1, pad_token_id=0, **dimensions)
     Qwen2ForCausalLM(config).save_pretrained(directory)
+
+
+@contextmanager
+def model_directory(model_path: str, random_init: str | None) -> Iterator[str]:
+    """``model_path``, or (``random_init``: one of ``ARCHITECTURES``) a temporary directory holding a
+    randomly initialised model of that architecture (``save_random_qwen2``), removed afterwards."""
+    if random_init is None:
+        yield model_path
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        save_random_qwen2(Path(scratch), **ARCHITECTURES[random_init])
+        yield scratch
 
 
 def examples(count: int) -> list[dict[str, str]]:
@@ -323,10 +337,7 @@ def main() -> None:
     if args.only:
         child(args)
         return
-    with tempfile.TemporaryDirectory() as scratch:
-        if args.random_init:
-            save_random_qwen2(Path(scratch), **ARCHITECTURES[args.random_init])
-            args.model_path = scratch
+    with model_directory(args.model_path, args.random_init) as args.model_path:
         compare(args)
 
 
