@@ -8,17 +8,10 @@ import sys
 import pytest
 from jsonargparse import lazy_instance
 
-from rewards import (
-    FormatReward,
-    MathVerifier,
-    MathVerifyAdapter,
-    NumericVerifier,
-    Score,
-    Verifier,
-    WeightedSum,
-)
+from rewards import FormatReward, MathVerifier, MathVerifyAdapter, NumericVerifier, WeightedSum
 from rewards.__main__ import main
 from rewards.errors import ConfigError
+from rewards.verifiers import Score, Verifier
 from tests.conftest import one_line_error
 
 INF, NAN = float("inf"), float("nan")
