@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from lightning import LightningDataModule, LightningModule
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalibrationError
 from torchmetrics.utilities import dim_zero_cat
@@ -129,6 +130,31 @@ class DefinedAUROC(BinaryAUROC):
         return super().compute()
 
 
+class EpochShuffle(Sampler[int]):
+    """The training order of epoch e, a function of the seed and e alone, so that a fit resumed at an
+    epoch's end (``--ckpt_path last``) trains on the orders an uninterrupted one does: a loader shuffled
+    by a generator made with it would start the resumed fit's epoch again from the seed. The orders are
+    those an uninterrupted fit got from ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``
+    before (measured: a 2-epoch fit's weights are bit for bit the same), whose generator gave, per epoch,
+    the loader's base seed and then the permutation."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls it before each epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch + 1):
+            torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader's base seed
+            order = torch.randperm(self.size, generator=generator)
+        return iter(order.tolist())
+
+
 class RewardDataModule(LightningDataModule):
     """Labelled (prompt, completion) rows and preference pairs for reward-model training; see the module
     docstring for the row format.
@@ -186,9 +212,13 @@ class RewardDataModule(LightningDataModule):
         self.test_rows = read(hp.test_file) if hp.test_file else self.val_rows
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed)
+        seed = self.hparams.seed
         return DataLoader(
-            self.train_rows, self.hparams.batch_size, shuffle=True, generator=generator, collate_fn=list
+            self.train_rows,
+            self.hparams.batch_size,
+            sampler=EpochShuffle(len(self.train_rows), seed),
+            generator=torch.Generator().manual_seed(seed),  # its per-epoch base-seed draw, as before
+            collate_fn=list,
         )
 
     def val_dataloader(self) -> DataLoader:
