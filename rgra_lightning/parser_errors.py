@@ -122,6 +122,13 @@ def unknown_key_error(error_text: str) -> Mistake | None:
     except (ImportError, AttributeError, KeyError, TypeError, ValueError):
         return None
     unknown = names[len(parents)]
+    if not options and section_name:  # no class_path given: a preset read alone, not over its base config
+        return Mistake(
+            f"{section_name}.{unknown}",
+            f"option '{unknown}' of {section_name}, which has no class_path here: a preset sets options of a "
+            f"base config's {section_name}; compose them in order (rgra fit --config configs/rgra.yaml "
+            "--config PRESET)",
+        )
     shown = ".".join([*parents, unknown])  # ``sampling.foo`` of ``--model.sampling.foo.bar``
     prefix = "".join(f"{name}." for name in parents)
     close = difflib.get_close_matches(unknown, options, n=1)

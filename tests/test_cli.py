@@ -64,6 +64,17 @@ def test_a_mistake_in_a_later_config_names_that_file_and_one_on_the_command_line
     assert error == "error: model.lora.rank: expected an int, got 'x'"
 
 
+@pytest.mark.parametrize(("preset", "option"), [("loss/grpo.yaml", "loss"), ("reward/orm.yaml", "verifier")])
+def test_a_preset_given_alone_says_to_compose_it_over_a_base_config(preset, option, capsys):
+    """Read alone, a preset's model has no class_path, and the report listed its valid keys: none."""
+    config = ROOT / "configs" / preset
+    assert parser_error(["--config", str(config)], capsys) == (
+        f"error: {config}:{line_of(config, f'  {option}:')}: option '{option}' of model, which has no "
+        "class_path here: a preset sets options of a base config's model; compose them in order (rgra fit "
+        "--config configs/rgra.yaml --config PRESET)"
+    )
+
+
 def test_an_abbreviated_option_is_refused_as_in_a_yaml_file(small_config, capsys):
     """argparse would take a unique prefix of an option name for the option, at every level."""
     error = parser_error(["--config", str(small_config("rgra")), "--model.loss.advantage.scal=none"], capsys)
