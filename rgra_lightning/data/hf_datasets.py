@@ -8,6 +8,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from rgra_lightning.data.base import check_val_size
@@ -31,6 +32,7 @@ class Preset:
     prompt_template: str = "Question: {question}\nAnswer:"  # plain prompts, as lm-evaluation-harness's
 
 
+HELD_OUT = 128  # val_size's default: validation problems held out of the training split
 PRESETS = {
     "gsm8k": Preset("openai/gsm8k", "main", "question", "answer", "gsm8k_solution", "train", "test", "test"),
     # MATH-500 has only a test split; its ``answer`` column is the reference (``solution`` holds the box).
@@ -73,7 +75,7 @@ class DatasetDataModule(TextDataModule):
         train_split: str | None = None,
         val_split: str | None = None,
         test_split: str | None = None,
-        val_size: int = 128,
+        val_size: int = HELD_OUT,
         **kwargs: Any,
     ) -> None:
         if source is None and preset is None:
@@ -86,6 +88,11 @@ class DatasetDataModule(TextDataModule):
             name: self.hparams[name] if self.hparams[name] is not None else self._preset[name]
             for name in _NO_PRESET
         }
+        if val_size != HELD_OUT and self.settings["val_split"] is not None:
+            rank_zero_warn(
+                f"data.val_size={val_size} is unused: validation is the {self.settings['val_split']!r} split "
+                "(data.val_split); data.limit takes its first N problems"
+            )
 
     def row_defaults(self) -> dict[str, str]:
         return self._preset

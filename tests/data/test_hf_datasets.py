@@ -3,6 +3,7 @@ each layout, splits by seed, bad rows and bad sources."""
 
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,18 @@ def test_val_size_of_a_dataset_without_val_split_is_checked_against_its_rows(tmp
         ConfigError, match=f"^data.val_size=2 must be between 1 and 1: .* 2 usable rows of {file}"
     ):
         data.setup()
+
+
+def test_a_val_size_beside_a_validation_split_warns_that_it_is_unused(tmp_path):
+    """The GSM8K preset validates on its test split; data.val_size=500 there changed nothing, silently."""
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    with pytest.warns(UserWarning, match=r"^data.val_size=500 is unused: validation is the 'test' split"):
+        DatasetDataModule(source=str(tmp_path), val_split="test", val_size=500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DatasetDataModule(source=str(tmp_path), val_split="test")
+        DatasetDataModule(source=str(tmp_path), val_size=1)
 
 
 def test_gsm8k_few_shot_solutions_end_boxed_and_drop_calculator_annotations():
