@@ -17,9 +17,12 @@ RoPE's ``inv_freq`` buffer in float32 whatever ``dtype``.
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from transformers import (
@@ -90,7 +93,41 @@ def _load_kwargs(name_or_path: str, gguf_file: str | None, marks: tuple[str, ...
         raise ModelLoadError(
             f"{str(path)!r} is not a Hugging Face model directory: it has no {' or '.join(marks)}. {wanted}"
         )
+    if not looks_local and not _hub_cached(name_or_path) and not hub_resolves():
+        raise ModelLoadError(
+            f"{name_or_path!r} is no local directory (none in {Path.cwd()}), and as a Hugging Face hub name "
+            f"it cannot be fetched: the hub is not reachable (offline). {wanted}"
+        )
     return {"gguf_file": gguf_file} if gguf_file else {}
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_cached(name: str) -> bool:
+    """Whether the hub model ``name`` is in the local Hugging Face cache, where transformers finds it."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repository id
+        return False
+
+
+def hub_resolves() -> bool:
+    """Whether the hub's host name resolves, or there is no telling (a proxy may reach it). Offline,
+    transformers retries for about 30 s before it fails; a failed lookup takes milliseconds."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+    except OSError:
+        return False
+    return True
 
 
 def _explain(name_or_path: str, what: str, error: Exception) -> ModelLoadError:

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import shutil
+import socket
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,11 +19,13 @@ from rgra_lightning.errors import ConfigError
 from rgra_lightning.export import export_checkpoint
 from rgra_lightning.logprobs import token_logprobs
 from rgra_lightning.models import (
+    PROXY_VARIABLES,
     LoraConfig,
     ModelLoadError,
     add_lora,
     enable_activation_checkpointing,
     gguf_to_hf,
+    hub_resolves,
     load_causal_lm,
     load_tokenizer,
     resolve_path,
@@ -90,6 +93,32 @@ def test_hub_name_offline_explains_local_path(small_config, monkeypatch, capsys)
     args = ["--config", str(small_config("rgra")), "--model.model_path=Qwen/Qwen2.5-0.5B-Instruct"]
     error = one_line_error(args, capsys)
     assert "offline" in error and "local directory" in error
+
+
+def test_a_hub_name_that_cannot_be_fetched_fails_at_once_and_says_where_it_looked(monkeypatch, tmp_path):
+    """Without HF_HUB_OFFLINE, transformers retried an unreachable hub for about 30 s first; a relative
+    path from another directory (models/arith-tiny) reads as a hub name. The lookup of the hub's host
+    name fails in milliseconds; with a proxy set there is no telling, so transformers is asked."""
+    from huggingface_hub import constants
+
+    def unreachable(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", unreachable)
+    monkeypatch.chdir(tmp_path)
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ModelLoadError) as caught:
+        load_tokenizer("models/arith-tiny")
+    assert str(caught.value) == (
+        f"'models/arith-tiny' is no local directory (none in {tmp_path}), and as a Hugging Face hub name it "
+        "cannot be fetched: the hub is not reachable (offline). Give the path to a local Hugging Face model "
+        "directory (config.json, weights, tokenizer files)."
+    )
+    assert not hub_resolves()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert hub_resolves()
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
