@@ -10,6 +10,7 @@ import abc
 import contextlib
 import inspect
 import math
+import os
 import re
 import warnings
 from collections import Counter, OrderedDict
@@ -375,8 +376,9 @@ def _init_arguments(kind: type, args: tuple, kwargs: dict) -> dict[str, object]:
 
 
 def _plain(value: object) -> object:
-    """``value`` as numbers, strings, lists and dicts (a verifier as its ``settings``, other objects as their
-    text), for comparing configurations."""
+    """``value`` as numbers, strings, lists and dicts, for comparing configurations: a verifier as its
+    ``settings``, a path as its text, a regular expression as its pattern, any other object as its class
+    (its ``repr`` may hold a memory address, which differs in every process)."""
     if isinstance(value, Verifier):
         return value.settings()
     if isinstance(value, (list, tuple)):
@@ -385,7 +387,11 @@ def _plain(value: object) -> object:
         return {str(key): _plain(item) for key, item in value.items()}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    return str(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, re.Pattern):
+        return value.pattern
+    return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
 def check_options(verifier: str, *checks: tuple[str, object, bool, str]) -> None:

@@ -96,6 +96,7 @@ class RewardModelScorer(Verifier):
     """
 
     judges_correctness = False  # a learned score, not a verdict: ``correct`` stays False
+    runtime_options = ("batch_size",)  # scores do not depend on it: a resume may change it
 
     def __init__(
         self,

@@ -29,7 +29,10 @@ def test_transforms_match_hand_computed_values():
 
 
 def test_classifier_scores_do_not_depend_on_batch_padding(classifier_dir):
+    """So the batch size is a runtime option: a resume may change it (it is left out of ``settings``)."""
     scorer = RewardModelScorer(str(classifier_dir), transform="none", max_length=64)
+    assert "batch_size" not in scorer.settings()["init_args"]
+    assert scorer.settings()["init_args"]["model_path"] == str(classifier_dir)
     prompts = ["1+2=", "-7*5="]
     completions = ["\\boxed{3}", "-(7*5)=-35 \\boxed{-35}"]
     together = scorer.raw_scores(prompts, completions)

@@ -188,6 +188,8 @@ def test_a_verifiers_settings_are_the_arguments_it_was_made_with():
         "class_path": "rewards.verifiers.FormatReward",
         "init_args": {"pattern": "\\\\boxed\\{", "reward": 0.5},
     }
+    objects = Threshold(5, reward=object()).settings()["init_args"]
+    assert objects == {"limit": 5, "reward": "builtins.object"}  # not its repr: an address per process
     assert combined.settings()["init_args"] == {
         "verifiers": [math_verifier, FormatReward(reward=0.5).settings()],
         "weights": [1.0, 0.1],
