@@ -29,6 +29,7 @@ from rgra_lightning.checkpointing import (
 )
 from rgra_lightning.commands import KILLED
 from rgra_lightning.config_files import LOSS_PRESETS, read
+from rgra_lightning.distributed import AgreedSigterm
 from rgra_lightning.errors import ConfigError, find_reported_error
 from rgra_lightning.parser_errors import given_options, is_file, one_line_report, without_usage
 
@@ -104,12 +105,15 @@ class RLCLI(LightningCLI):
             require_checkpoint(ckpt_path, "--ckpt_path", sharded=True)
 
     def instantiate_trainer(self, **kwargs: object) -> Trainer:
-        """The trainer; a setting it cannot run with (``devices: abc``, an accelerator whose library is
-        missing) is a one-line ``ConfigError`` instead of Lightning's traceback."""
+        """The trainer, with ``AgreedSigterm``; a setting it cannot run with (``devices: abc``, an
+        accelerator whose library is missing) is a one-line ``ConfigError`` instead of Lightning's
+        traceback."""
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except (TypeError, ValueError, ImportError) as error:
             raise ConfigError(f"trainer: {' '.join(str(error).split())}") from error
+        trainer.callbacks.append(AgreedSigterm())  # several processes stop together on SIGTERM
+        return trainer
 
     def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (LightningCLI's signature)
         captured = io.StringIO()

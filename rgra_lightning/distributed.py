@@ -1,5 +1,6 @@
 """Everything that differs when several processes train together: FSDP2 sharding, DDP's gradient no-sync,
-reductions of metrics over ranks, and the distributed sampler of the training data.
+reductions of metrics over ranks, the distributed sampler of the training data, and stopping every process
+together on SIGTERM (``AgreedSigterm``).
 
 FSDP2 (``torch.distributed.fsdp.fully_shard``) shards the policy and the frozen reference and reward models
 in ``RLModule.configure_model`` when the trainer's strategy is Lightning's ``ModelParallelStrategy``.
@@ -13,12 +14,15 @@ no collective inside the decoding loop, so ranks may stop decoding at different 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import torch
+from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import ParallelStrategy, Strategy
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -173,3 +177,38 @@ def with_distributed_sampler(loader: DataLoader, distributed_sampler_kwargs: dic
         num_workers=loader.num_workers,
         generator=loader.generator,
     )
+
+
+class AgreedSigterm(Callback):
+    """Stop every process of a multi-process fit after the same update when any receives SIGTERM.
+
+    Lightning 2.6's SIGTERM handler runs a broadcast inside the signal handler, and each process checks its
+    own flag at its own batch end. Processes signalled at different points of their step (``timeout``
+    signals them all, and the launcher forwards the signal once more) then wait in different collectives
+    for ever: an audit's DDP runs on 2 CPU processes hung 4 times out of 4. Here the handler only records
+    the signal (and forwards it to the launcher's processes, as Lightning's does), and at each batch end
+    the processes agree, with one all-reduce, whether any received it. Then they all set Lightning's flag,
+    Lightning stops each after that batch, and ``PeriodicModelCheckpoint`` saves. With one process Lightning's
+    own handler is kept. The CLI adds this callback to every trainer.
+    """
+
+    def __init__(self) -> None:
+        self.signalled = False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        handler = signal.getsignal(signal.SIGTERM)
+        handlers = getattr(handler, "signal_handlers", None)  # Lightning's _HandlersCompose
+        if trainer.world_size == 1 or handlers is None:
+            return
+        lightnings = trainer._signal_connector._sigterm_notifier_fn
+        handler.signal_handlers = [self._record if h == lightnings else h for h in handlers]
+        self._launcher = trainer.strategy.launcher
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        if not self.signalled and self._launcher is not None:
+            self._launcher.kill(signum)
+        self.signalled = True
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
+            trainer._signal_connector.received_sigterm = True
