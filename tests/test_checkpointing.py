@@ -106,7 +106,6 @@ def test_resume_at_and_after_an_epoch_boundary_continues_the_data_order(small_co
         )
 
 
-@pytest.mark.slow
 class SigtermAfter(Callback):
     """Sends this process SIGTERM at the end of update ``step``, as a scheduler pre-empting the job would."""
 
@@ -135,6 +134,7 @@ def test_sigterm_saves_the_state_exits_143_and_resumes_exactly(small_config, tmp
     resume_equals_straight(stopped, a, steps=4)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(small_config, tmp_path):
     """A real ``kill -9`` of ``python -m rgra_lightning fit`` after its update-4 checkpoint, then
     ``fit --ckpt_path last``: the 8 logged rewards and the final weights equal a straight 8-update run."""
