@@ -231,7 +231,11 @@ class RLModule(LightningModule):
         if mesh is None or is_sharded(self.policy):
             return  # one device or DDP, or already sharded (configure_model runs once per fit/validate)
         if mesh["tensor_parallel"].size() != 1:
-            raise ConfigError("tensor parallelism is not supported: set strategy.tensor_parallel_size=1")
+            ranks = mesh.size()  # Lightning's 'auto' gives each node's devices to tensor parallelism
+            raise ConfigError(
+                "tensor parallelism is not supported: set strategy.init_args.data_parallel_size to the "
+                f"number of processes ({ranks}) and tensor_parallel_size to 1"
+            )
         if self.hparams.lora is not None:
             # Sharded, the adapters could not be merged for export, and checkpoints would hold the base too
             raise ConfigError("model.lora is not supported with FSDP2 (ModelParallelStrategy): use DDP")

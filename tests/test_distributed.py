@@ -470,5 +470,23 @@ def test_sigterm_stops_every_process_after_the_same_update_and_saves_it(strategy
     assert f"stopped by SIGTERM after update {step}, saved to {last}" in output
 
 
+def test_model_parallel_strategy_left_at_auto_says_which_sizes_to_set(fixed_prompts, tmp_path):
+    """Lightning's 'auto' gives tensor parallelism each node's devices; the error said to set
+    tensor_parallel_size=1, and doing only that failed with a traceback about the sizes' product."""
+    strategy = {
+        "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+        "init_args": {"save_distributed_checkpoint": False},
+    }
+    config = fixed_prompts("auto", batch_size=2, **{"trainer.devices": 2, "trainer.strategy": strategy})
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    command = [sys.executable, "-m", "rgra_lightning", "fit", "--config", str(config)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert (
+        "error: tensor parallelism is not supported: set strategy.init_args.data_parallel_size to the "
+        "number of processes (2) and tensor_parallel_size to 1\n" in done.stderr
+    )
+
+
 if __name__ == "__main__":
     run_cli(sys.argv[1:])
