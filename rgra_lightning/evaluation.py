@@ -261,6 +261,7 @@ class SamplesWriter:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._file: IO[str] | None = None
+        self._others = ""  # how the announcement names the other ranks' files
         self._problems: dict[str, int] = {}  # decoding -> problems written with it so far
 
     def write(self, experience: Experience, decoding: str, trainer: Trainer) -> None:
@@ -273,6 +274,11 @@ class SamplesWriter:
             rank = trainer.global_rank
             path = directory / f"{stage}_samples{f'_rank{rank}' if rank else ''}.jsonl"
             self._file = path.open("w", encoding="utf-8")
+            # each rank writes its share: the announcement names the others' files too
+            others = [f"{stage}_samples_rank{r}.jsonl" for r in range(1, min(trainer.world_size, 3))]
+            more = ", ..." if trainer.world_size > 3 else ""
+            beside = f" (rank 0's; the other ranks' beside it: {', '.join(others)}{more})"
+            self._others = beside if others else ""
         first = self._problems.get(decoding, 0)
         for record in experience.records(first):
             self._file.write(json.dumps(record | {"decoding": decoding}, ensure_ascii=False) + "\n")
@@ -284,6 +290,6 @@ class SamplesWriter:
         if self._file is not None:
             self._file.close()
             if announce:
-                rank_zero_info(f"completions written to {self._file.name}")
+                rank_zero_info(f"completions written to {self._file.name}{self._others}")
             self._file = None
         self._problems.clear()

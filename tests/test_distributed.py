@@ -488,5 +488,19 @@ def test_model_parallel_strategy_left_at_auto_says_which_sizes_to_set(fixed_prom
     )
 
 
+def test_a_two_process_evaluation_names_every_ranks_samples_file(fixed_prompts, tmp_path):
+    """The announcement named rank 0's file only, which holds half the completions."""
+    config = fixed_prompts("validate", batch_size=2, **{"trainer.devices": 2, "trainer.strategy": "ddp"})
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    command = [sys.executable, "-m", "rgra_lightning", "validate", "--config", str(config)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (rank0,) = (tmp_path / "validate").rglob("val_samples.jsonl")
+    assert (rank0.parent / "val_samples_rank1.jsonl").is_file()
+    beside = "(rank 0's; the other ranks' beside it: val_samples_rank1.jsonl)"
+    announced = f"completions written to {rank0} {beside}"
+    assert announced in done.stdout + done.stderr
+
+
 if __name__ == "__main__":
     run_cli(sys.argv[1:])
