@@ -9,8 +9,10 @@ same prompts and the same random draws as a run that was never interrupted.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
+import socket
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -134,19 +136,25 @@ class PeriodicModelCheckpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, candidates)
 
 
+def run_checkpoint_directories(trainer: Trainer) -> list[tuple[ModelCheckpoint, str]]:
+    """The checkpoint callbacks of ``trainer`` that save into one fixed directory, with that directory: a
+    ``PeriodicModelCheckpoint`` (its run's directory) or a ``ModelCheckpoint`` with a ``dirpath``. A plain
+    ``ModelCheckpoint`` without one saves into a new version directory of its logger, and is left out."""
+    directories = []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, PeriodicModelCheckpoint):
+            directories.append((callback, callback.run_checkpoint_dir(trainer)))
+        elif isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+            directories.append((callback, str(callback.dirpath)))
+    return directories
+
+
 def require_new_run_directory(trainer: Trainer) -> None:
     """For a fit started without ``--ckpt_path``: raise ``ConfigError`` when the directory of a checkpoint
     callback already holds checkpoints, an earlier run's. This run's would be saved beside them
     (``last-v1.ckpt``, ...), ``--ckpt_path <dir>/last.ckpt`` would name the earlier run's, and an export to a
-    fixed directory would replace the earlier run's model. A plain ``ModelCheckpoint`` without a
-    ``dirpath`` saves into a new version directory of its logger: nothing to check."""
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, PeriodicModelCheckpoint):
-            directory = callback.run_checkpoint_dir(trainer)
-        elif isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
-            directory = callback.dirpath
-        else:
-            continue
+    fixed directory would replace the earlier run's model."""
+    for callback, directory in run_checkpoint_directories(trainer):
         if any(Path(directory).glob("*.ckpt")):
             other = (
                 "name (trainer.logger.init_args.name)"
@@ -157,6 +165,65 @@ def require_new_run_directory(trainer: Trainer) -> None:
                 f"{directory} already holds the checkpoints of an earlier run: resume it with --ckpt_path "
                 f"last, or give this run another {other} or delete {directory}"
             )
+
+
+class RunDirectoryLock(Callback):
+    """Refuse a fit whose checkpoint directory another running fit saves into.
+
+    Two fits of one config (a job submitted twice, a resume started while the run still runs) would save
+    into one directory in turn, each one's ``last.ckpt`` replacing the other's. While it fits, global rank 0
+    holds an exclusive ``flock`` on ``<checkpoint directory>.lock`` (a file beside the directory: one
+    inside it would make Lightning warn that the directory is not empty). The kernel releases the lock when
+    the process ends, however it ends (``kill -9`` included), so no stale lock outlives a run, and a
+    requeued job finds it free. The file names the holder (process id and host). On a network filesystem
+    ``flock`` holds across nodes where the filesystem supports it (NFSv4, Lustre with ``flock``
+    mounted). The CLI adds this callback to every trainer.
+    """
+
+    def __init__(self) -> None:
+        self._held: list[int] = []
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != TrainerFn.FITTING:
+            return
+        holder = None
+        if trainer.is_global_zero:
+            for _, directory in run_checkpoint_directories(trainer):
+                holder = holder or self._lock(f"{os.path.normpath(directory)}.lock")
+        holder = trainer.strategy.broadcast(holder)
+        if holder is not None:
+            self._release()
+            raise ConfigError(holder)
+
+    def _lock(self, path: str) -> str | None:
+        """Take the lock at ``path``; None, or what to report when another process holds it."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(handle, 200).decode(errors="replace").strip() or "another process"
+            os.close(handle)
+            directory = path.removesuffix(".lock")
+            return (
+                f"{directory} is the checkpoint directory of a fit that is still running ({holder}, holding "
+                f"{path}): wait for it to end, or give this run another name or checkpoint directory"
+            )
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._held.append(handle)
+        return None
+
+    def _release(self) -> None:
+        for handle in self._held:
+            os.close(handle)  # closing the last descriptor of the open file releases its flock
+        self._held.clear()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._release()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._release()
 
 
 def last_checkpoint(trainer: Trainer) -> str:

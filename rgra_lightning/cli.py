@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from rgra_lightning.checkpointing import (
+    RunDirectoryLock,
     last_checkpoint,
     read_checkpoint,
     require_checkpoint,
@@ -105,14 +106,15 @@ class RLCLI(LightningCLI):
             require_checkpoint(ckpt_path, "--ckpt_path", sharded=True)
 
     def instantiate_trainer(self, **kwargs: object) -> Trainer:
-        """The trainer, with ``AgreedSigterm``; a setting it cannot run with (``devices: abc``, an
-        accelerator whose library is missing) is a one-line ``ConfigError`` instead of Lightning's
-        traceback."""
+        """The trainer, with ``AgreedSigterm`` and ``RunDirectoryLock``; a setting it cannot run with
+        (``devices: abc``, an accelerator whose library is missing) is a one-line ``ConfigError`` instead of
+        Lightning's traceback."""
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (TypeError, ValueError, ImportError) as error:
             raise ConfigError(f"trainer: {' '.join(str(error).split())}") from error
         trainer.callbacks.append(AgreedSigterm())  # several processes stop together on SIGTERM
+        trainer.callbacks.append(RunDirectoryLock())  # one fit at a time per checkpoint directory
         return trainer
 
     def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (LightningCLI's signature)

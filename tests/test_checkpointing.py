@@ -1,10 +1,12 @@
 """Checkpoints: exact resumption after an interruption or kill -9, periodic and last checkpoints, atomic
 writes."""
 
+import fcntl
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -199,6 +201,33 @@ def test_a_fresh_fit_where_an_earlier_run_saved_checkpoints_is_refused_before_tr
         ).trainer.global_step
         == 2
     )
+
+
+def test_a_fit_into_the_checkpoint_directory_of_a_running_fit_is_refused(small_config, tmp_path, capsys):
+    """Two fits of one config would replace each other's last.ckpt. The running fit holds a ``flock`` on
+    ``<checkpoint dir>.lock``; a second fit is refused in one line naming the holder, before it trains,
+    fresh or resumed; the lock ends with the fit that held it."""
+    config = small_config("rgra", **FAST, **{"trainer.max_steps": 1})
+    lock = tmp_path / "checkpoints.lock"
+    running = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(running, b"process 4242 on node-7\n")
+    refused = (
+        f"error: {tmp_path / 'checkpoints'} is the checkpoint directory of a fit that is still running "
+        f"(process 4242 on node-7, holding {lock}): wait for it to end, or give this run another name or "
+        "checkpoint directory"
+    )
+    assert one_line_error(["fit", "--config", str(config)], capsys) == refused
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
+    os.close(running)  # the running fit ends
+    assert main(["fit", "--config", str(config)]).trainer.global_step == 1
+    after = os.open(lock, os.O_RDWR)
+    fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if the fit kept its lock
+    assert os.read(after, 100).decode() == f"process {os.getpid()} on {socket.gethostname()}\n"
+    resume = ["fit", "--config", str(config), "--trainer.max_steps=2", "--ckpt_path", "last"]
+    assert one_line_error(resume, capsys).startswith(f"error: {tmp_path / 'checkpoints'} is the checkpoint")
+    os.close(after)
+    assert main(resume).trainer.global_step == 2
 
 
 def test_resuming_with_another_verifier_is_refused_but_not_with_other_workers(small_config, tmp_path, capsys):
