@@ -176,6 +176,9 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     # Expected with manual optimisation and a frozen reference model; they would only confuse users.
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+    # Advises one device for validate/test, as the DistributedSampler's repeats would count twice: they do
+    # not count here (evaluation.counted_problems).
+    warnings.filterwarnings("ignore", message="Using `DistributedSampler` with the dataloaders")
     # Raised inside Lightning 2.6's CombinedLoader by torch's newer pytree API; nothing a user can change.
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
     # The tools (rgra label, export, ablate) build their config through here with ``args`` on purpose.

@@ -1,6 +1,7 @@
 """Everything that differs when several processes train together: FSDP2 sharding, DDP's gradient no-sync,
-reductions of metrics over ranks, the distributed sampler of the training data, and stopping every process
-together on SIGTERM (``AgreedSigterm``).
+reductions of metrics over ranks, the distributed sampler of the training data, which problems of an
+evaluation each rank counts (``counted_on_rank``), and stopping every process together on SIGTERM
+(``AgreedSigterm``).
 
 FSDP2 (``torch.distributed.fsdp.fully_shard``) shards the policy and the frozen reference and reward models
 in ``RLModule.configure_model`` when the trainer's strategy is Lightning's ``ModelParallelStrategy``.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from types import FrameType
@@ -156,6 +157,21 @@ def reduce_across_ranks(
     kinds = [reductions.get(name, "mean") for name in names]
     reduced = reduce_gathered(gathered[:, :-1], kinds, weights=gathered[:, -1])
     return dict(zip(names, reduced, strict=True))
+
+
+def counted_on_rank(indices: Sequence[int], num_replicas: int, rank: int) -> Tensor:
+    """Which problems of an evaluation batch rank ``rank`` of ``num_replicas`` (N) counts, ``[B]`` bool, from
+    their ``indices`` ``[B]`` in the split: those whose index is congruent to ``rank`` mod N.
+
+    An unshuffled ``DistributedSampler`` (what Lightning injects into an unshuffled loader, and what
+    ``with_distributed_sampler`` gives one) hands rank r the positions r, r + N, r + 2N... of the indices
+    0 ... n - 1 padded with repeats of the first ones up to a multiple of N, so that every rank runs the same
+    number of batches (FSDP2 runs collectives in each one). Position p < n holds index p: each problem
+    comes once to the rank of its index mod N. A repeat at position p >= n holds index p - kn (k >= 1),
+    where kn is no multiple of N (N does not divide n, or kn <= p < N when n < N): it falls to another rank,
+    which evaluates it but does not count it. Lightning's unpadded sampler for ``predict`` splits the same
+    way, without repeats."""
+    return torch.tensor([index % num_replicas == rank for index in indices], dtype=torch.bool)
 
 
 def with_distributed_sampler(loader: DataLoader, distributed_sampler_kwargs: dict[str, Any]) -> DataLoader:

@@ -1,8 +1,12 @@
-"""Evaluation: greedy accuracy, and over n sampled completions per problem pass@k and maj@k, as
-torchmetrics objects; and the JSONL file of every evaluated completion.
+"""Evaluation: the means of greedy completions (accuracy, reward, completion length, each reward
+component's reward), and over n sampled completions per problem pass@k and maj@k, as torchmetrics
+objects; and the JSONL file of every evaluated completion.
 
 The metrics' states are sums (``dist_reduce_fx="sum"``), so under DDP/FSDP every process updates with its
-own problems and ``compute()`` returns the mean over all problems of all processes.
+own problems and ``compute()`` returns the mean over all problems of all processes. The
+``DistributedSampler`` pads a split that the processes do not divide evenly with repeats of some problems;
+they are evaluated (every process must run the same batches) but neither counted nor written
+(``counted_problems``).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -24,9 +28,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
-from rewards import Verifier
+from rewards import Verifier, WeightedSum
 from rewards.normalize import normalize
-from rgra_lightning.distributed import with_distributed_sampler
+from rgra_lightning.distributed import counted_on_rank, with_distributed_sampler
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.experience import Experience, PromptBatch
 from rgra_lightning.rollout import SamplingConfig
@@ -47,7 +51,8 @@ class EvaluationConfig:
         temperature: sampling temperature of the n completions.
         top_p: nucleus mass of the n completions.
         write_samples: write every completion (prompt, completion, extracted answer, reference, reward)
-            to ``<log dir>/<stage>_samples.jsonl`` (one file per process: ``_rank<r>`` after rank 0).
+            to ``<log dir>/<stage>_samples.jsonl`` (one file per process: ``_rank<r>`` after rank 0; each
+            problem in one of them).
     """
 
     num_samples: int = 0
@@ -176,29 +181,22 @@ class MajorityAtK(Metric):
         return self.total.float() / self.count.clamp(min=1)
 
 
-def evaluation_metrics(config: EvaluationConfig, judged: bool = True) -> torch.nn.ModuleDict:
-    """``accuracy`` (greedy pass@1) and, with ``num_samples``, ``pass@k`` and ``maj@k`` for every k; none
-    when the verifier judges no correctness (``judged`` False: a learned reward model alone)."""
-    sampled = bool(config.num_samples)
+def sampled_metrics(config: EvaluationConfig, judged: bool = True) -> torch.nn.ModuleDict:
+    """``pass@k`` and ``maj@k`` for every k when ``config`` samples completions; none when the verifier
+    judges no correctness (``judged`` False: a learned reward model alone)."""
+    sampled = bool(config.num_samples) and judged
     return torch.nn.ModuleDict(
-        ({"accuracy": PassAtK(1)} if judged else {})
-        | {f"pass@{k}": PassAtK(k) for k in config.k if sampled and judged}
-        | {f"maj@{k}": MajorityAtK(k) for k in config.k if sampled and judged}
+        {f"pass@{k}": PassAtK(k) for k in config.k if sampled}
+        | {f"maj@{k}": MajorityAtK(k) for k in config.k if sampled}
     )
 
 
-def update_evaluation_metrics(
-    metrics: torch.nn.ModuleDict, greedy: Experience, sampled: Experience | None = None
-) -> None:
-    """Add one batch of problems: their greedy completions, and their n sampled ones if any."""
-    problems = len(greedy.prompts)
-    if "accuracy" in metrics:
-        metrics["accuracy"].update(greedy.correct.view(problems, 1))
-    if sampled is None:
-        return
-    n = sampled.group_size
-    correct = sampled.correct.view(problems, n)
-    answers = [[s.extracted for s in sampled.scores[i * n : (i + 1) * n]] for i in range(problems)]
+def update_sampled_metrics(metrics: torch.nn.ModuleDict, sampled: Experience, counted: Tensor) -> None:
+    """Add the counted problems (``counted`` ``[B]`` bool) of one batch of n sampled completions each."""
+    problems, n = len(sampled.prompts), sampled.group_size
+    kept = counted.nonzero().flatten().tolist()
+    correct = sampled.correct.view(problems, n)[kept]  # [kept, n]
+    answers = [[s.extracted for s in sampled.scores[i * n : (i + 1) * n]] for i in kept]
     for name, metric in metrics.items():
         if name.startswith("pass@"):
             metric.update(correct)
@@ -206,48 +204,85 @@ def update_evaluation_metrics(
             metric.update(answers, correct)
 
 
-def greedy_summary(experience: Experience, verifier: Verifier) -> dict[str, Tensor]:
-    """Accuracy (when ``verifier`` judges correctness), mean reward, mean completion length (tokens) and,
-    for a ``WeightedSum``, each component's mean reward (``rewards/<name>``) of a batch of greedy
-    completions."""
-    length = experience.rollout.completion_mask.sum(dim=1).float().mean()
-    accuracy = {"accuracy": experience.correct.mean()} if verifier.judges_correctness else {}
+class ProblemMean(Metric):
+    """The mean over problems of one value per problem (its ``name``: ``accuracy``, ``reward``...):
+    ``update(values, counted)`` with ``values`` ``[B]`` and ``counted`` ``[B]`` bool, the problems to
+    count."""
+
+    full_state_update = False
+
+    def __init__(self, name: str, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.name = name
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, values: Tensor, counted: Tensor) -> None:
+        counted = counted.to(self.count.device)
+        self.total += values.to(self.total)[counted].sum()
+        self.count += counted.sum()
+
+    def compute(self) -> Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
+def greedy_metrics(verifier: Verifier) -> torch.nn.ModuleList:
+    """A ``ProblemMean`` of each value ``greedy_values`` gives for ``verifier``'s scores."""
+    components = verifier.names if isinstance(verifier, WeightedSum) else []
+    names = ["accuracy"] if verifier.judges_correctness else []
+    names += ["reward", "completion_length_mean", *(f"rewards/{name}" for name in components)]
+    return torch.nn.ModuleList(ProblemMean(name) for name in names)
+
+
+def greedy_values(experience: Experience, verifier: Verifier) -> dict[str, Tensor]:
+    """Per greedy completion ``[B]`` (one per problem): correctness (``accuracy``, when ``verifier`` judges
+    correctness), ``reward``, length in tokens (``completion_length_mean``) and, for a ``WeightedSum``, each
+    component's reward (``rewards/<name>``)."""
+    values = {"accuracy": experience.correct} if verifier.judges_correctness else {}
+    values |= {
+        "reward": experience.rewards,
+        "completion_length_mean": experience.rollout.completion_mask.sum(dim=1),
+    }
     components = reward_components(verifier, experience.scores)
-    return (
-        accuracy
-        | {"reward": experience.rewards.mean(), "completion_length_mean": length}
-        | {f"rewards/{name}": value for name, value in components.items()}
-    )
+    return values | {f"rewards/{name}": value for name, value in components.items()}
 
 
-def mean_greedy_summary(
-    make_experience: Callable[[PromptBatch], Experience], batches: Iterable[PromptBatch], verifier: Verifier
-) -> dict[str, float]:
-    """``greedy_summary`` over all ``batches``, weighted by their prompts (the step-0 validation)."""
-    totals: dict[str, float] = {}
-    count = 0
-    for batch in batches:
-        size = len(batch["prompt"])
-        for name, value in greedy_summary(make_experience(batch), verifier).items():
-            totals[name] = totals.get(name, 0.0) + value.item() * size
-        count += size
-    return {name: total / count for name, total in totals.items()} if count else {}
+def update_greedy_metrics(
+    metrics: torch.nn.ModuleList, experience: Experience, verifier: Verifier, counted: Tensor
+) -> None:
+    """Add the counted problems (``counted`` ``[B]`` bool) of one batch of greedy completions."""
+    values = greedy_values(experience, verifier)
+    for metric in metrics:
+        metric.update(values[metric.name], counted)
+
+
+def counted_problems(batch: PromptBatch, trainer: Trainer) -> Tensor:
+    """Which problems of an evaluation ``batch`` this process counts, ``[B]`` bool: with several processes,
+    those ``counted_on_rank`` gives it by their ``index`` (the others are repeats the
+    ``DistributedSampler`` pads with); every one on one process, or when the batch has no ``index`` (a data
+    module other than ``PromptDataModule``: then its repeats count twice)."""
+    sampler_kwargs = trainer.distributed_sampler_kwargs  # None on one device
+    if sampler_kwargs is None or "index" not in batch:
+        return torch.ones(len(batch["prompt"]), dtype=torch.bool)
+    return counted_on_rank(batch["index"], sampler_kwargs["num_replicas"], sampler_kwargs["rank"])
 
 
 def log_initial_validation(module: LightningModule, loader: DataLoader) -> None:
-    """The step-0 validation of ``module``'s policy: ``mean_greedy_summary`` over ``loader``, each rank on
-    its share (as Lightning's validation splits it), averaged over the ranks and logged as ``val/*`` at
-    step 0, so every curve starts at its baseline."""
+    """The step-0 validation of ``module``'s policy: the ``greedy_metrics`` over ``loader``, each rank
+    evaluating its share (as Lightning's validation splits it), logged as ``val/*`` at step 0, so every
+    curve starts at its baseline."""
     trainer = module.trainer
     if trainer.world_size > 1:
         loader = with_distributed_sampler(loader, trainer.strategy.distributed_sampler_kwargs)
-    means = mean_greedy_summary(module.make_experience, loader, module.verifier)
-    metrics = {  # every rank takes part in each reduction
-        f"val/{name}": trainer.strategy.reduce(torch.tensor(value, device=module.device), reduce_op="mean")
-        for name, value in means.items()
-    }
+    metrics = greedy_metrics(module.verifier).to(module.device)
+    for batch in loader:
+        counted = counted_problems(batch, trainer)
+        update_greedy_metrics(metrics, module.make_experience(batch), module.verifier, counted)
+    if not metrics[0].update_called:  # no validation problems
+        return
+    values = {f"val/{metric.name}": metric.compute().item() for metric in metrics}  # every rank computes
     for logger in module.loggers:
-        logger.log_metrics({name: value.item() for name, value in metrics.items()}, step=0)
+        logger.log_metrics(values, step=0)
 
 
 class SamplesWriter:
@@ -255,8 +290,9 @@ class SamplesWriter:
     decoded), to ``<log dir>/<stage>_samples.jsonl`` (``_rank<r>`` after rank 0's; the stage is ``val``,
     ``test`` or ``predict``), opened at the first write and flushed after every batch, so an interrupted
     evaluation keeps its finished batches. A row's ``group`` is its problem's index in the file, the same
-    for its greedy and sampled completions (each decoding is written once per batch, in batch order).
-    Writes nothing unless ``enabled`` (``EvaluationConfig.write_samples``)."""
+    for its greedy and sampled completions (each decoding is written once per batch, in batch order, for
+    the problems this process counts). Writes nothing unless ``enabled`` (``EvaluationConfig.write_samples``).
+    """
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -264,7 +300,8 @@ class SamplesWriter:
         self._others = ""  # how the announcement names the other ranks' files
         self._problems: dict[str, int] = {}  # decoding -> problems written with it so far
 
-    def write(self, experience: Experience, decoding: str, trainer: Trainer) -> None:
+    def write(self, experience: Experience, decoding: str, trainer: Trainer, counted: Tensor) -> None:
+        """Write the completions of the problems ``counted`` ``[B]`` bool marks (``counted_problems``)."""
         if not self.enabled:
             return
         if self._file is None:
@@ -280,10 +317,14 @@ class SamplesWriter:
             beside = f" (rank 0's; the other ranks' beside it: {', '.join(others)}{more})"
             self._others = beside if others else ""
         first = self._problems.get(decoding, 0)
-        for record in experience.records(first):
-            self._file.write(json.dumps(record | {"decoding": decoding}, ensure_ascii=False) + "\n")
+        # the place in the file of each counted problem of the batch, by its place in the batch
+        groups = {problem: first + i for i, problem in enumerate(counted.nonzero().flatten().tolist())}
+        for record in experience.records():
+            if record["group"] in groups:
+                row = record | {"group": groups[record["group"]], "decoding": decoding}
+                self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._file.flush()
-        self._problems[decoding] = first + len(experience.prompts)
+        self._problems[decoding] = first + len(groups)
 
     def close(self, announce: bool = False) -> None:
         """Close the file; with ``announce`` (an evaluation command, not a validation in fit) say where."""

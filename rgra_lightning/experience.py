@@ -24,7 +24,9 @@ from rgra_lightning.advantages import AdvantageConfig, group_advantages
 from rgra_lightning.rollout import Rollout, RolloutEngine, SamplingConfig
 from rgra_lightning.scoring import start_scoring
 
-PromptBatch = dict[str, list[str]]  # {"prompt": [B], "reference": [B]}, as the data modules yield
+# {"prompt": [B], "reference": [B]}, as the data modules yield; evaluation batches also "index": [B], each
+# problem's place in its split (``distributed.counted_on_rank``)
+PromptBatch = dict[str, list[Any]]
 LogprobPasses = Callable[[Rollout], tuple[Tensor | None, Tensor | None]]  # -> reference, pi_old log-probs
 
 

@@ -68,7 +68,7 @@ def training_metrics(
     if not verifier.judges_correctness:  # a learned reward model alone: no verdict, so no accuracy
         del metrics["train/accuracy"]
     components = reward_components(verifier, experience.scores)
-    return metrics | {f"train/rewards/{name}": value for name, value in components.items()}
+    return metrics | {f"train/rewards/{name}": value.mean() for name, value in components.items()}
 
 
 PROGRESS_BAR = ("train/reward", "train/accuracy")

@@ -27,10 +27,12 @@ from rgra_lightning.errors import ConfigError
 from rgra_lightning.evaluation import (
     EvaluationConfig,
     SamplesWriter,
-    evaluation_metrics,
-    greedy_summary,
+    counted_problems,
+    greedy_metrics,
     log_initial_validation,
-    update_evaluation_metrics,
+    sampled_metrics,
+    update_greedy_metrics,
+    update_sampled_metrics,
 )
 from rgra_lightning.experience import Experience, PromptBatch, make_experience
 from rgra_lightning.host_memory import keep_freed_host_memory
@@ -194,7 +196,8 @@ class RLModule(LightningModule):
         self.reference: torch.nn.Module | None = None  # loaded by ``setup("fit")``, when the loss needs it
         self.reward_models = torch.nn.ModuleList(learned_reward_models(verifier))
         self.evaluation = evaluation
-        self.eval_metrics = evaluation_metrics(evaluation, verifier.judges_correctness)
+        self.greedy_metrics = greedy_metrics(verifier)
+        self.sampled_metrics = sampled_metrics(evaluation, verifier.judges_correctness)
         self.samples = SamplesWriter(evaluation.write_samples)
         self.latest_samples: list[dict[str, Any]] = []
         self.latest_metrics: dict[str, float] = {}  # the last training step's, logged or not
@@ -345,47 +348,38 @@ class RLModule(LightningModule):
         log_initial_validation(self, datamodule.val_dataloader())
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
-        if self.trainer.state.fn == TrainerFn.VALIDATING:  # the ``validate`` command: a full evaluation
-            self.evaluate_batch(batch, "val")
-            return
-        for name, value in greedy_summary(self.make_experience(batch), self.verifier).items():
-            self.log(
-                f"val/{name}",
-                value,
-                prog_bar=name == "accuracy",
-                batch_size=len(batch["prompt"]),
-                sync_dist=True,
-            )
+        # the ``validate`` command runs the full evaluation, a validation in fit the greedy means only
+        self.evaluate_batch(batch, "val", full=self.trainer.state.fn == TrainerFn.VALIDATING)
 
     def test_step(self, batch: PromptBatch, batch_idx: int) -> None:
         self.evaluate_batch(batch, "test")
 
-    def evaluate_batch(self, batch: PromptBatch, prefix: str) -> None:
-        """Greedy pass@1 (``accuracy``), and with ``evaluation.num_samples`` = n the sampled pass@k and
-        maj@k, as metric objects that aggregate over batches and processes; each completion is written
-        to the samples JSONL."""
+    def evaluate_batch(self, batch: PromptBatch, prefix: str, full: bool = True) -> None:
+        """The means of greedy completions (accuracy, reward, completion length, reward components) and,
+        when ``full``, with ``evaluation.num_samples`` = n the sampled pass@k and maj@k, as metric objects
+        that aggregate over batches and processes, and each completion written to the samples JSONL. The
+        ``DistributedSampler``'s repeats are evaluated (every process runs the same batches) but neither
+        counted nor written (``counted_problems``)."""
         size = len(batch["prompt"])
+        counted = counted_problems(batch, self.trainer)
         greedy = self.make_experience(batch)
-        self.samples.write(greedy, "greedy", self.trainer)
-        summary = greedy_summary(greedy, self.verifier)
-        self.log_dict(
-            # accuracy is the pass@1 metric below, which aggregates over batches and processes
-            {f"{prefix}/{name}": value for name, value in summary.items() if name != "accuracy"},
-            batch_size=size,
-            sync_dist=True,
-        )
-        sampled = None
+        update_greedy_metrics(self.greedy_metrics, greedy, self.verifier, counted)
+        for metric in self.greedy_metrics:
+            self.log(f"{prefix}/{metric.name}", metric, prog_bar=metric.name == "accuracy", batch_size=size)
+        if not full:
+            return
+        self.samples.write(greedy, "greedy", self.trainer, counted)
         if self.evaluation.num_samples:
             sampled = self.make_experience(batch, self.evaluation.sampling(self.sampling))
-            self.samples.write(sampled, "sampled", self.trainer)
-        update_evaluation_metrics(self.eval_metrics, greedy, sampled)
-        for name, metric in self.eval_metrics.items():
-            self.log(f"{prefix}/{name}", metric, prog_bar=name == "accuracy", batch_size=size)
+            self.samples.write(sampled, "sampled", self.trainer, counted)
+            update_sampled_metrics(self.sampled_metrics, sampled, counted)
+            for name, metric in self.sampled_metrics.items():
+                self.log(f"{prefix}/{name}", metric, batch_size=size)
 
     def predict_step(self, batch: PromptBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Greedy completions of the prompts, scored, also written to ``<log dir>/predict_samples.jsonl``."""
         experience = self.make_experience(batch)
-        self.samples.write(experience, "greedy", self.trainer)
+        self.samples.write(experience, "greedy", self.trainer, counted_problems(batch, self.trainer))
         return experience.records()
 
     def on_validation_epoch_end(self) -> None:

@@ -125,8 +125,9 @@ def start_scoring(
 
 
 def reward_components(verifier: Verifier, scores: list[Score]) -> dict[str, Tensor]:
-    """Mean unweighted reward ``[]`` of each named component of a combined verifier (``WeightedSum``); none
-    for a single verifier. A row whose scoring failed (no components) counts 0, as its reward does. The
-    names come from the verifier, so every rank logs the same metrics whatever its rows."""
+    """The unweighted rewards ``[N]`` of the N ``scores`` from each named component of a combined verifier
+    (``WeightedSum``); none for a single verifier. A row whose scoring failed (no components) gets 0, as
+    its reward does. The names come from the verifier, so every rank logs the same metrics whatever its
+    rows."""
     names = verifier.names if isinstance(verifier, WeightedSum) else []
-    return {name: torch.tensor([s.components.get(name, 0.0) for s in scores]).mean() for name in names}
+    return {name: torch.tensor([s.components.get(name, 0.0) for s in scores]) for name in names}

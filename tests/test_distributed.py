@@ -20,6 +20,7 @@ how Lightning relaunches itself once per extra process.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -32,13 +33,21 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Callback, Trainer
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 from torch.nn.functional import pad
+from torch.utils.data import DistributedSampler
 
 from rgra_lightning import RLModule, cli
-from rgra_lightning.distributed import ShardingConfig, decoder_layers, reduce_gathered, shard_model
+from rgra_lightning.distributed import (
+    ShardingConfig,
+    counted_on_rank,
+    decoder_layers,
+    reduce_gathered,
+    shard_model,
+)
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.logprobs import token_logprobs
 from rgra_lightning.models import load_causal_lm, load_tokenizer
@@ -51,7 +60,8 @@ from tests.reward_models.conftest import save_classifier, verifier_plus_reward_m
 from tests.tiny_models import tiny_policy
 
 TRAIN_PROMPTS = ["3+4", "9-2", "6*7", "8+5"]
-VAL_PROMPTS = ["2+2", "7*3", "9-9", "5+8"]
+# 5: on 2 processes the DistributedSampler repeats the first on rank 1, which must not count it
+VAL_PROMPTS = ["2+2", "7*3", "9-9", "5+8", "6+1"]
 FSDP2 = {
     "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
     "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
@@ -113,6 +123,29 @@ def test_step_metrics_are_reduced_over_ranks_each_by_its_own_reduction():
     kinds = ["mean", "max", "sum", "token_mean"]
     assert reduce_gathered(gathered, kinds, tokens).tolist() == pytest.approx([2.0, 5.0, 9.0, 0.275])
     assert reduce_gathered(gathered[:1], kinds, tokens[:1]).tolist() == [1.0, 5.0, 2.0, 0.5]  # one rank
+
+
+@pytest.mark.parametrize("size, ranks", [(5, 2), (41, 2), (7, 3), (1, 2), (2, 5), (8, 4)])
+def test_each_problem_counts_on_one_rank_and_the_distributed_samplers_repeats_on_none(size, ranks):
+    """The DistributedSampler pads ``size`` problems with repeats to a multiple of ``ranks``: each rank
+    evaluates as many, and ``counted_on_rank`` counts every problem exactly once over the ranks."""
+    evaluated, counted = 0, []
+    for rank in range(ranks):
+        indices = list(DistributedSampler(range(size), num_replicas=ranks, rank=rank, shuffle=False))
+        assert len(indices) == math.ceil(size / ranks)
+        evaluated += len(indices)
+        counted += [i for i, mine in zip(indices, counted_on_rank(indices, ranks, rank), strict=True) if mine]
+    assert evaluated - size == -size % ranks  # the repeats: 1 of 41 on 2 ranks, 3 of 1 on 4...
+    assert sorted(counted) == list(range(size))
+
+
+@pytest.mark.parametrize("size, ranks", [(5, 2), (41, 2), (7, 3)])
+def test_every_problem_counts_under_the_unrepeated_sampler_of_predict(size, ranks):
+    for rank in range(ranks):
+        indices = list(
+            UnrepeatedDistributedSampler(range(size), num_replicas=ranks, rank=rank, shuffle=False)
+        )
+        assert counted_on_rank(indices, ranks, rank).all()
 
 
 def test_sharding_options_are_validated_and_each_decoder_layer_is_a_unit():
@@ -212,12 +245,12 @@ def fixed_prompts(small_config, tmp_path):
         lines = [f'{{"question": "{p}", "answer": "{eval(p)}"}}' for p in prompts]  # noqa: S307
         (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
 
-    def make(run: str, batch_size: int, **overrides: object) -> Path:
+    def make(run: str, batch_size: int, val_batch_size: int = 4, **overrides: object) -> Path:
         data = {
             "train_file": str(tmp_path / "train.jsonl"),
             "val_file": str(tmp_path / "val.jsonl"),
             "batch_size": batch_size,
-            "val_batch_size": 4,
+            "val_batch_size": val_batch_size,
         }
         config = small_config(
             "rgra",
@@ -232,14 +265,20 @@ def fixed_prompts(small_config, tmp_path):
     return make
 
 
-def fit(config: Path, *args: str, seeded: bool = True) -> dict[str, dict[int, float]]:
-    """Run ``fit`` in a subprocess; the logged scalars as ``{tag: {step: value}}`` (later runs win).
-    ``seeded``: sample with seeds from (prompt, step), see the module docstring; else as the CLI does."""
+def launch(command: str, config: Path, *args: str, seeded: bool = True) -> str:
+    """Run ``command`` (``fit``, ``validate``...) in a subprocess; its output. ``seeded``: sample with seeds
+    from (prompt, step), see the module docstring; else as the CLI does."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     entry = "tests.test_distributed" if seeded else "rgra_lightning"
-    command = [sys.executable, "-m", entry, "fit", "--config", str(config), *args]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    line = [sys.executable, "-m", entry, command, "--config", str(config), *args]
+    done = subprocess.run(line, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout + done.stderr
+
+
+def fit(config: Path, *args: str, seeded: bool = True) -> dict[str, dict[int, float]]:
+    """Run ``fit`` in a subprocess; the logged scalars as ``{tag: {step: value}}`` (later runs win)."""
+    launch("fit", config, *args, seeded=seeded)
     return scalars(config.parent / config.stem)
 
 
@@ -488,18 +527,34 @@ def test_model_parallel_strategy_left_at_auto_says_which_sizes_to_set(fixed_prom
     )
 
 
-def test_a_two_process_evaluation_names_every_ranks_samples_file(fixed_prompts, tmp_path):
-    """The announcement named rank 0's file only, which holds half the completions."""
-    config = fixed_prompts("validate", batch_size=2, **{"trainer.devices": 2, "trainer.strategy": "ddp"})
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    command = [sys.executable, "-m", "rgra_lightning", "validate", "--config", str(config)]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_a_two_process_validate_counts_each_problem_once_as_one_process_does(fixed_prompts, tmp_path):
+    """``validate`` on the 5 validation problems, 2 per batch, with 2 sampled completions each (seeded per
+    prompt, so both runs draw the same ones). On 2 processes the DistributedSampler gives rank 1 problem 0
+    again, alone in its last batch; counted twice it made accuracy 1/6 where one process has 1/5 (an
+    audit: 0.1905 against 0.1951 on 41 problems). Every metric equals one process's now, and the ranks'
+    samples files hold each problem once, both named in the announcement."""
+    options = {"val_batch_size": 2, "model.init_args.evaluation": {"num_samples": 2, "k": [1, 2]}}
+    launch("validate", fixed_prompts("single", batch_size=2, **options))
+    two = {"trainer.devices": 2, "trainer.strategy": "ddp"}
+    output = launch("validate", fixed_prompts("validate", batch_size=2, **two, **options))
+    single = scalars(tmp_path / "single")
+    assert {"val/accuracy", "val/pass@2", "val/maj@2", "val/completion_length_mean"} <= set(single)
+    assert scalars(tmp_path / "validate") == single
+
     (rank0,) = (tmp_path / "validate").rglob("val_samples.jsonl")
-    assert (rank0.parent / "val_samples_rank1.jsonl").is_file()
+    rank1 = rank0.parent / "val_samples_rank1.jsonl"
+    rows = [[json.loads(line) for line in path.open()] for path in (rank0, rank1)]
+    greedy = [[row for row in rank if row["decoding"] == "greedy"] for rank in rows]
+    prompts = [f"{prompt}=" for prompt in VAL_PROMPTS]
+    assert [[row["prompt"] for row in rank] for rank in greedy] == [prompts[0::2], prompts[1::2]]
+    assert [row["group"] for row in greedy[1]] == [0, 1]  # each problem's place in its file
+    assert [len(rank) for rank in rows] == [3 * 3, 2 * 3]  # a greedy and 2 sampled completions each
+    # The check can fail: problem 0 counted twice would change the accuracy.
+    correct = [row["correct"] for rank in greedy for row in rank]
+    assert single["val/accuracy"][0] == pytest.approx(sum(correct) / 5)
+    assert single["val/accuracy"][0] != pytest.approx((sum(correct) + greedy[0][0]["correct"]) / 6)
     beside = "(rank 0's; the other ranks' beside it: val_samples_rank1.jsonl)"
-    announced = f"completions written to {rank0} {beside}"
-    assert announced in done.stdout + done.stderr
+    assert f"completions written to {rank0} {beside}" in output
 
 
 if __name__ == "__main__":

@@ -6,10 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, DistributedSampler
 
 from rgra_lightning.cli import main
+from rgra_lightning.distributed import counted_on_rank
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.evaluation import EvaluationConfig, MajorityAtK, PassAtK, majority_correct, pass_at_k
+from rgra_lightning.evaluation import (
+    EvaluationConfig,
+    MajorityAtK,
+    PassAtK,
+    ProblemMean,
+    majority_correct,
+    pass_at_k,
+)
 
 
 @pytest.mark.parametrize(
@@ -34,6 +43,22 @@ def test_pass_at_k_metric_averages_over_problems_and_merges_like_a_process_group
     second.update(torch.tensor([[1, 1, 1, 1]], dtype=torch.bool))  # 1
     first.merge_state(second)  # what the "sum" reduction does across ranks
     assert first.compute().item() == pytest.approx(1.5 / 3)
+
+
+def test_problem_means_of_two_padded_ranks_merge_into_the_one_process_mean():
+    """The audit's case: 41 problems, 8 solved, on 2 ranks; the DistributedSampler repeats problem 0 (not
+    solved) on rank 1, which counted gave 8/42 = 0.1905 instead of 8/41 = 0.1951."""
+    correct = torch.tensor([float(i % 5 == 1 and i < 40) for i in range(41)])  # [41]
+    ranks = []
+    for rank in range(2):
+        metric = ProblemMean("accuracy")
+        sampler = DistributedSampler(range(41), num_replicas=2, rank=rank, shuffle=False)
+        for indices in DataLoader(range(41), batch_size=4, sampler=sampler):  # rank 1's last: [0], a repeat
+            metric.update(correct[indices], counted_on_rank(indices.tolist(), 2, rank))
+        ranks.append(metric)
+    ranks[0].merge_state(ranks[1])  # what the "sum" reduction does across ranks
+    assert ranks[0].compute().item() == pytest.approx(8 / 41)
+    assert ranks[0].count.item() == 41
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 A source subclass loads question/answer records for the train, val and test splits (``load_splits``) and
 renders each record as a prompt (``render``); the base takes the training subset and evaluation limit,
-builds the examples once, and makes the loaders (a seeded shuffle of full training batches).
+builds the examples once, and makes the loaders (a seeded shuffle of full training batches; the validation
+and test batches in order, with each problem's ``index`` in its split).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import string
+from typing import Any
 
 import torch
 from lightning import LightningDataModule
@@ -19,7 +21,7 @@ from torch.utils.data import DataLoader
 from rgra_lightning.data.records import Record
 from rgra_lightning.errors import ConfigError
 
-Example = dict[str, str]  # {"prompt", "reference"}
+Example = dict[str, Any]  # {"prompt": str, "reference": str}, and "index": int in evaluation loaders
 SPLITS = ("train", "val", "test")
 
 
@@ -32,8 +34,10 @@ class ChatPrompt(str):
     __slots__ = ()
 
 
-def collate(examples: list[Example]) -> dict[str, list[str]]:
-    return {key: [example[key] for example in examples] for key in ("prompt", "reference")}
+def collate(examples: list[Example]) -> dict[str, list[Any]]:
+    """A batch: the examples' prompts and references, and their ``index`` when they carry one."""
+    keys = ("prompt", "reference", "index") if "index" in examples[0] else ("prompt", "reference")
+    return {key: [example[key] for example in examples] for key in keys}
 
 
 def check_val_size(val_size: int, total: int, what: str) -> None:
@@ -185,10 +189,17 @@ class PromptDataModule(LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_examples, batch_size=self.hparams.val_batch_size, collate_fn=collate)
+        return self.evaluation_loader(self.val_examples)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_examples, batch_size=self.hparams.val_batch_size, collate_fn=collate)
+        return self.evaluation_loader(self.test_examples)
+
+    def evaluation_loader(self, examples: list[Example]) -> DataLoader:
+        """Batches of ``val_batch_size`` examples in order, each with its ``index`` in the split: with
+        several processes, each counts only the problems that ``distributed.counted_on_rank`` gives it, not
+        the repeats the ``DistributedSampler`` pads the split with."""
+        indexed = [example | {"index": index} for index, example in enumerate(examples)]
+        return DataLoader(indexed, batch_size=self.hparams.val_batch_size, collate_fn=collate)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

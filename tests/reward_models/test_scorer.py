@@ -141,14 +141,14 @@ def test_rl_training_with_verifier_plus_reward_model_logs_each_component(
     assert resumed.trainer.global_step == 5
 
 
-def test_component_means_count_a_failed_row_as_zero_and_take_names_from_the_verifier():
+def test_component_rewards_count_a_failed_row_as_zero_and_take_names_from_the_verifier():
     combined = WeightedSum([NumericVerifier(), FormatReward()], [1.0, 0.1])
     failed = Score(0.0, False, None, "verifier raised", error="boom")  # robust fallback: no components
     scored = combined.score_batch(["\\boxed{3}"], ["3"])[0]
-    means = reward_components(combined, [failed, scored])
-    assert {name: value.item() for name, value in means.items()} == {
-        "numeric_verifier": 0.5,
-        "format_reward": 0.5,
+    rewards = reward_components(combined, [failed, scored])
+    assert {name: value.tolist() for name, value in rewards.items()} == {
+        "numeric_verifier": [0.0, 1.0],
+        "format_reward": [0.0, 1.0],
     }
     assert reward_components(NumericVerifier(), [scored]) == {}
 
