@@ -4,9 +4,16 @@ Each training process starts its own vLLM engine (``LLM``) at the first rollout,
 with a share of that GPU's memory of its own (``gpu_memory_utilization``). Between rollouts the engine
 sleeps (``sleep_level``): its key/value cache, and at level 2 its weights, are released, so the update
 gets the memory back. Before a rollout it wakes up and, when its weights may differ from the policy's
-(always after a level-2 sleep; after ``update_weights`` otherwise), the policy's weights are pushed
-into it one tensor at a time: gathered from FSDP2 shards (``DTensor.full_tensor``) and, for a LoRA
-policy, merged (W + scaling * B A, computed without touching the policy), under vLLM's parameter names.
+(always after a level-2 sleep; after ``update_weights`` otherwise), the policy's weights are streamed
+into it one tensor at a time, in vLLM's dtype: gathered from FSDP2 shards (``DTensor.full_tensor``) and,
+for a LoRA policy, merged (W + scaling * B A, computed without touching the policy), under vLLM's
+parameter names.
+
+Three things that vLLM in the training process would change or inherit are kept apart: the trainer's
+random generators (saved before vLLM starts and put back, ``random_state_kept``), ``LOCAL_RANK`` (the
+policy's GPU only while vLLM starts, ``local_rank_set``) and autocast (off while vLLM starts, takes
+weights and generates). The process-wide changes vLLM makes that remain are listed in
+docs/rollout-engines.md.
 
 Prompts go in as the token ids ``HFEngine`` feeds the policy (``tokenize_prompts``: same special tokens,
 same context-window cut), the sampling options map one to one onto ``SamplingParams`` (``sampling_kwargs``)
@@ -22,10 +29,13 @@ docs/rollout-engines.md.
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
@@ -114,19 +124,22 @@ def merged_weight(layer: nn.Module, weight: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def vllm_weights(policy: nn.Module) -> Iterator[tuple[str, Tensor]]:
+def vllm_weights(policy: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, Tensor]]:
     """``(vLLM name, whole tensor)`` for every parameter of the HF ``policy``, one at a time (only one
-    gathered or merged tensor is alive per step): LoRA adapters are merged into their base weights and not
-    sent themselves; tied parameters are sent once (``named_parameters`` de-duplicates them)."""
+    gathered or merged tensor is alive per step), in ``dtype`` (None: the parameter's own): LoRA adapters
+    are merged into their base weights in float32, then cast, and not sent themselves; other parameters
+    are cast before they are gathered, so a float32 shard going to a bfloat16 engine gathers half the
+    bytes; tied parameters are sent once (``named_parameters`` de-duplicates them)."""
     layers = _lora_layers(policy)
     for name, parameter in policy.named_parameters():
         if _is_adapter_parameter(name):
             continue
-        tensor = _full(parameter.detach())
         module_name, _, leaf = name.rpartition(".")
         layer = layers.get(module_name.removesuffix(".base_layer"))
         if layer is not None and module_name.endswith(".base_layer") and leaf == "weight":
-            tensor = merged_weight(layer, tensor)
+            tensor = merged_weight(layer, _full(parameter.detach())).to(dtype)
+        else:
+            tensor = _full(parameter.detach().to(dtype))
         yield vllm_name(name), tensor
 
 
@@ -142,6 +155,17 @@ def _vllm_model(llm: Any) -> nn.Module:
             "VLLMEngine cannot reach vLLM's model in this process (llm.llm_engine.model_executor."
             f"driver_worker.model_runner.model): {error}. This vllm release lays out its engine otherwise"
         ) from error
+
+
+def push_weights(llm: Any, policy: nn.Module) -> None:
+    """The ``policy``'s weights into the engine ``llm``, in one ``load_weights`` call that streams them
+    (``vllm_weights`` is a generator that vLLM's loader reads one tensor at a time, so memory stays bounded
+    by one whole tensor, FSDP2 gathers included): one call, because each call builds vLLM's weight loader
+    again and looks for tied parameters (vLLM 0.33). Each tensor comes in vLLM's own dtype: vLLM warns
+    for every copy that narrows one (``AutoWeightsLoader._load_param``), about 290 lines per push for a
+    float32 Qwen2.5-0.5B going into bfloat16."""
+    dtype = llm.llm_engine.model_config.dtype
+    _vllm_model(llm).load_weights(vllm_weights(policy, dtype))
 
 
 # ---------------------------------------------------------------------------------- sampling
@@ -215,6 +239,43 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# ------------------------------------------------------------- the trainer's state around vLLM
+
+
+@contextmanager
+def random_state_kept() -> Iterator[None]:
+    """Python's, numpy's, torch's CPU and every CUDA random generator put back as they were when the block
+    ends. vLLM's GPU worker seeds all of them with the engine's seed (the rank) as it starts
+    (``set_random_seed``, vLLM 0.33). Without this, from then on runs with different seeds would draw
+    alike (the sampling seeds of later rollouts too), and a resumed run unlike the uninterrupted one."""
+    python, numpy_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+@contextmanager
+def local_rank_set(index: int) -> Iterator[None]:
+    """``LOCAL_RANK`` = ``index`` inside the block, then as it was (unset if it was). vLLM takes its GPU
+    from it (``cuda:LOCAL_RANK``), and a launcher's value need not be the policy's device index (one
+    visible GPU per task: LOCAL_RANK=3 on ``cuda:0``); Lightning reads it too, so it is put back."""
+    previous = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = str(index)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["LOCAL_RANK"]
+        else:
+            os.environ["LOCAL_RANK"] = previous
 
 
 # ------------------------------------------------------------------------------------ engine
@@ -303,11 +364,14 @@ class VLLMEngine(RolloutEngine):
         kwargs = sampling_kwargs(sampling, greedy, self.stop_ids)
         seeds = [None] * len(rows) if greedy else request_seeds(len(rows))
         params = [vllm.SamplingParams(**kwargs, seed=seed) for seed in seeds]
-        llm = self._ready()
-        try:
-            outputs = llm.generate([{"prompt_token_ids": row} for row in rows], params, use_tqdm=False)
-        finally:
-            self._sleep()
+        # Rollouts run inside training_step, under Lightning's autocast with bf16-mixed: vLLM must start
+        # (compile, capture CUDA graphs) and generate in its own dtypes, and a LoRA merge stay float32.
+        with torch.autocast(policy.device.type, enabled=False):
+            llm = self._ready()
+            try:
+                outputs = llm.generate([{"prompt_token_ids": row} for row in rows], params, use_tqdm=False)
+            finally:
+                self._sleep()
         completion_ids, logprobs = completion_tensors(outputs, repeats, tokenizer.pad_token_id, not greedy)
         device = prompt_ids.device
         rollout = assemble_rollout(
@@ -328,9 +392,7 @@ class VLLMEngine(RolloutEngine):
         if self._asleep:
             llm.wake_up(tags=["weights"])
         if self._stale:
-            model = _vllm_model(llm)
-            for name, tensor in vllm_weights(self.policy):
-                model.load_weights([(name, tensor)])
+            push_weights(llm, self.policy)
             llm.reset_prefix_cache()  # cached prompt keys/values came from the old weights
             self._stale = False
         if self._asleep:
@@ -350,12 +412,13 @@ class VLLMEngine(RolloutEngine):
         """``vllm.LLM`` in this process, on this rank's GPU, as TRL's colocate mode starts it: the external
         launcher (one engine per training process, the worker in-process), the environment it reads for
         its rank, the log-probs after temperature and the sampling filters (the distribution the tokens were
-        drawn from), and sleep mode when ``sleep_level`` is set."""
+        drawn from), and sleep mode when ``sleep_level`` is set. The trainer's random generators and
+        ``LOCAL_RANK`` are as before once it has started (``random_state_kept``, ``local_rank_set``)."""
         vllm = _load_vllm()
         rank, world = _rank_and_world()
         os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
-        device = self.policy.device  # the GPU this process trains on (vLLM takes LOCAL_RANK's)
-        os.environ.setdefault("LOCAL_RANK", str((device.index or 0) if device.type == "cuda" else rank))
+        device = self.policy.device  # the GPU this process trains on
+        local_rank = (device.index or 0) if device.type == "cuda" else rank
         os.environ.setdefault("MASTER_ADDR", "localhost")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         arguments = {
@@ -372,4 +435,5 @@ class VLLMEngine(RolloutEngine):
             **DEFAULT_ENGINE_KWARGS,
             **self.engine_kwargs,
         }
-        return vllm.LLM(**arguments)
+        with random_state_kept(), local_rank_set(local_rank):
+            return vllm.LLM(**arguments)

@@ -1,14 +1,18 @@
 """VLLMEngine's adapter logic without a GPU: the one-line error where vLLM cannot run, vLLM's parameter
-names, the merged LoRA weights, the calls that push weights and their order around sleep, the
-``SamplingParams`` it asks for, per-prompt seeds, and vLLM's outputs as a ``Rollout``. The sampling itself
-is checked by the engine contract (tests/rollout/test_engine_contract.py)."""
+names, the merged LoRA weights, the calls that push weights (their number, dtypes and order around sleep),
+the trainer's state around vLLM (random generators, LOCAL_RANK, autocast), the ``SamplingParams`` it asks
+for, per-prompt seeds, and vLLM's outputs as a ``Rollout``. The sampling itself is checked by the engine
+contract (tests/rollout/test_engine_contract.py)."""
 
 import copy
 import importlib.util
+import os
+import random
 import sys
 import types
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,13 +138,14 @@ def test_a_lora_policy_is_pushed_merged_under_the_base_names_and_left_unchanged(
 
 
 def pushes_and_lifecycle(calls):
-    """The recorded calls with each run of ``load_weights`` folded into ("load_weights", count)."""
+    """The recorded calls with each ``load_weights`` call and the tensors it read folded into
+    ("load_weights", count of tensors)."""
     folded = []
     for call in calls:
-        if call[0] == "load_weights" and folded and folded[-1][0] == "load_weights":
+        if call[0] == "weight":
             folded[-1] = ("load_weights", folded[-1][1] + 1)
         elif call[0] == "load_weights":
-            folded.append(("load_weights", 1))
+            folded.append(("load_weights", 0))
         else:
             folded.append(call if call[0] != "LLM" else ("LLM",))
     return folded
@@ -167,6 +172,40 @@ def test_level_2_sleep_pushes_the_weights_before_every_rollout(standin, tokenize
     ]
     start = [("LLM",), ("load_weights", tensors), ("reset_prefix_cache",), ("generate", 3), ("sleep", 2)]
     assert pushes_and_lifecycle(calls) == start + rollout + rollout
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama-lora"])
+def test_a_push_is_one_load_weights_call_of_tensors_in_vllms_dtype(standin, tokenizer, kind):
+    """vLLM warns for every tensor it narrows into its own dtype (about 290 lines per push for Qwen2.5-0.5B)
+    and builds its weight loader again at every call: a push is one call, of tensors already in vLLM's dtype
+    (a LoRA weight merged in float32 and rounded once)."""
+    _, calls = standin
+    policy = tiny_policy(kind, tokenizer)  # float32
+    engine = VLLMEngine(dtype="bfloat16", sleep_level=None).bind(policy, tokenizer)
+    engine.generate(PROMPTS, SamplingConfig(num_generations=2, max_new_tokens=2))
+    assert [call for call in calls if call[0] == "load_weights"] == [("load_weights",)]
+    expected = [(name, tensor.to(torch.bfloat16)) for name, tensor in vllm_weights(policy)]
+    received = [call[1:] for call in calls if call[0] == "weight"]  # (name, dtype)
+    assert received == [(name, torch.bfloat16) for name, _ in expected]
+    for name, tensor in expected:
+        assert torch.equal(engine._llm.model.parameters[name], tensor), name
+
+
+def test_a_push_gathers_each_tensor_only_as_vllm_reads_it(standin, tokenizer, monkeypatch):
+    """One streamed call, not a list: only one gathered FSDP2 tensor is alive at a time, as with one call
+    per tensor."""
+    _, calls = standin
+    gather = vllm_engine._full
+
+    def recording(tensor):
+        calls.append(("gather",))
+        return gather(tensor)
+
+    monkeypatch.setattr(vllm_engine, "_full", recording)
+    engine = VLLMEngine().bind(tiny_policy("llama", tokenizer), tokenizer)
+    engine.generate(PROMPTS, SamplingConfig(num_generations=2, max_new_tokens=2))
+    push = [call[0] for call in calls if call[0] in ("load_weights", "gather", "weight")]
+    assert push == ["load_weights"] + ["gather", "weight"] * 29
 
 
 def test_level_1_sleep_pushes_only_after_an_update(standin, tokenizer):
@@ -241,6 +280,62 @@ def test_engine_kwargs_override_the_default_engine_arguments(standin, tokenizer)
     )
     engine.generate(PROMPTS, SamplingConfig(num_generations=2, max_new_tokens=2))
     assert calls[0][1]["max_num_batched_tokens"] == 8192
+
+
+# --------------------------------------------------------------------- the trainer's state around vLLM
+
+
+def draws():
+    return random.random(), float(np.random.random()), torch.rand(2).tolist()
+
+
+def seed_all(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def test_starting_vllm_leaves_the_trainers_random_generators_as_they_were(standin, tokenizer):
+    """vLLM's worker seeds python's, numpy's, torch's and CUDA's generators with the engine's seed (the
+    rank) as it starts, and so does the stand-in: put back, the draws after the engine's start (the next
+    rollout's sampling seeds among them) continue the run's own streams."""
+    engine = VLLMEngine().bind(tiny_policy("llama", tokenizer), tokenizer)
+    seed_all(7)
+    engine.generate(PROMPTS, SamplingConfig(num_generations=2, max_new_tokens=2))  # starts vLLM
+    after_start = draws(), request_seeds(len(PROMPTS))
+    seed_all(7)
+    request_seeds(len(PROMPTS))  # the first rollout's draw, before vLLM started
+    assert after_start == (draws(), request_seeds(len(PROMPTS)))
+
+
+@pytest.mark.parametrize("launcher", ["3", None])
+def test_vllm_starts_with_local_rank_naming_the_policys_device_then_it_is_put_back(
+    standin, tokenizer, monkeypatch, launcher
+):
+    """vLLM takes its GPU from LOCAL_RANK, and a launcher's value need not be the policy's device index (one
+    visible GPU per task: LOCAL_RANK=3 on cuda:0); Lightning reads it too. On the CPU the index is the
+    rank."""
+    if launcher is not None:
+        monkeypatch.setenv("LOCAL_RANK", launcher)
+    engine = VLLMEngine().bind(tiny_policy("llama", tokenizer), tokenizer)
+    engine.generate(PROMPTS, SamplingConfig(num_generations=2, max_new_tokens=2))
+    assert engine._llm.local_rank == "0"
+    assert os.environ.get("LOCAL_RANK") == launcher
+
+
+def test_vllm_starts_takes_weights_and_generates_outside_the_trainers_autocast(standin, tokenizer):
+    """Rollouts run inside training_step, under Lightning's autocast with bf16-mixed: vLLM compiles and
+    captures its graphs, and a LoRA weight is merged, outside it (here CPU autocast, the policy's device)."""
+    policy = tiny_policy("llama-lora", tokenizer)
+    engine = VLLMEngine(sleep_level=None).bind(policy, tokenizer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        engine.generate(PROMPTS, SamplingConfig(num_generations=2, max_new_tokens=2))
+        assert torch.is_autocast_enabled("cpu")  # the trainer's own, back after the rollout
+    llm = engine._llm
+    assert {call for call, _ in llm.autocast} == {"LLM", "load_weights", "generate"}
+    assert not any(enabled for _, enabled in llm.autocast)
+    for name, tensor in vllm_weights(policy):  # B A in float32, not in autocast's bfloat16
+        assert torch.equal(llm.model.parameters[name], tensor), name
 
 
 # ------------------------------------------------------------------------------------ sampling

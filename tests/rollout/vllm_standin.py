@@ -9,14 +9,24 @@ log-probs are those after temperature and filters (``logprobs_mode="processed_lo
 ends with its stop token included; the children come back in reverse order (the engine must sort by
 ``index``). Sleep level 1 keeps a CPU copy of the weights that ``wake_up`` restores, level 2 discards
 them (NaN), and generating while asleep or with discarded weights fails.
+
+Where vLLM meets the trainer's process, so does the stand-in: ``LLM`` seeds python's, numpy's and torch's
+generators with its ``seed`` (vLLM's worker calls ``set_random_seed``) and records ``LOCAL_RANK`` as it
+starts (``local_rank``: the GPU vLLM would take); it records whether autocast was on as it starts, reads
+each pushed tensor and generates (``autocast``); and it holds its weights in the ``dtype`` it was given
+(``llm_engine.model_config.dtype``; ``auto``: the checkpoint's), recording the dtype of each pushed tensor.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import types
+from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 
 from rgra_lightning.models import load_causal_lm
@@ -49,31 +59,49 @@ class SamplingParams:
             setattr(self, name, value)
 
 
-class StandInModel:
-    """The model a worker holds: ``load_weights`` copies each named tensor into the HF copy."""
+def autocast_on() -> bool:
+    """Whether autocast is on for the CPU or CUDA (the tests run under CPU autocast)."""
+    return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
 
-    def __init__(self, model: torch.nn.Module, calls: list) -> None:
+
+class StandInModel:
+    """The model a worker holds: ``load_weights`` copies each named tensor into the HF copy, reading
+    them one at a time as vLLM's loader does."""
+
+    def __init__(self, model: torch.nn.Module, calls: list, autocast: list) -> None:
         self.hf = model
         self.parameters = dict(model.named_parameters())
-        self.calls = calls
+        self.calls, self.autocast = calls, autocast
 
     @torch.no_grad()
-    def load_weights(self, weights) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.calls.append(("load_weights",))
         for name, tensor in weights:
             if name not in self.parameters:
                 raise KeyError(f"vLLM has no parameter {name!r}")
             self.parameters[name].copy_(tensor)
-            self.calls.append(("load_weights", name))
+            self.calls.append(("weight", name, tensor.dtype))
+            self.autocast.append(("load_weights", autocast_on()))
 
 
 class StandInLLM:
     def __init__(self, calls: list, **kwargs: Any) -> None:
         calls.append(("LLM", kwargs))
         self.calls, self.kwargs = calls, kwargs
-        self.model = StandInModel(load_causal_lm(kwargs["model"]).eval(), calls)
+        self.local_rank = os.environ.get("LOCAL_RANK")
+        self.autocast = [("LLM", autocast_on())]
+        seed = kwargs["seed"]  # vLLM's set_random_seed, as its GPU worker starts
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        hf = load_causal_lm(kwargs["model"]).eval()
+        if kwargs.get("dtype", "auto") != "auto":
+            hf = hf.to(getattr(torch, kwargs["dtype"]))
+        self.model = StandInModel(hf, calls, self.autocast)
         worker = SimpleNamespace(model_runner=SimpleNamespace(model=self.model))
         executor = SimpleNamespace(driver_worker=SimpleNamespace(worker=worker))
-        self.llm_engine = SimpleNamespace(model_executor=executor)
+        model_config = SimpleNamespace(dtype=hf.dtype)
+        self.llm_engine = SimpleNamespace(model_executor=executor, model_config=model_config)
         self.weights_awake = self.cache_awake = True
         self.offloaded: dict[str, torch.Tensor] | None = None
 
@@ -105,6 +133,7 @@ class StandInLLM:
     @torch.no_grad()
     def generate(self, prompts: list[dict], sampling_params, use_tqdm: bool = True) -> list:
         self.calls.append(("generate", len(prompts)))
+        self.autocast.append(("generate", autocast_on()))
         if not (self.weights_awake and self.cache_awake):
             raise RuntimeError("generate() while the engine sleeps")
         if any(not bool(p.isfinite().all()) for p in self.model.parameters.values()):
@@ -157,8 +186,9 @@ class StandInLLM:
 
 def standin_vllm() -> tuple[types.ModuleType, list]:
     """A module with ``LLM``, ``SamplingParams`` and ``__version__``, and the list its engines record calls
-    in: ``("LLM", kwargs)``, ``("sleep", level)``, ``("wake_up", tags)``, ``("load_weights", name)``,
-    ``("reset_prefix_cache",)``, ``("generate", prompts)``."""
+    in: ``("LLM", kwargs)``, ``("sleep", level)``, ``("wake_up", tags)``, ``("load_weights",)`` at each
+    call and then ``("weight", name, dtype)`` for each tensor it reads, ``("reset_prefix_cache",)``,
+    ``("generate", prompts)``."""
     calls: list = []
     module = types.ModuleType("vllm_standin")
     module.__version__ = "0.33.0"
