@@ -30,8 +30,10 @@ from transformers import Cache, PreTrainedModel
 from rgra_lightning.distributed import is_sharded
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.fused_head import head_token_logprobs
+from rgra_lightning.models import is_activation_checkpointing
 from rgra_lightning.prompt_cache import distinct_prompts, position_ids, repeatable
 from rgra_lightning.rollout import Rollout
+from rgra_lightning.versions import CACHE
 
 # Model types whose causal-LM forward ends with ``logits = self.lm_head(hidden_states)`` and nothing after
 # it (no soft-capping or logit scaling, as Gemma 2, Cohere and Granite have): their head may be applied
@@ -163,7 +165,7 @@ def _forward(model: PreTrainedModel, head: nn.Module | None, **inputs: Any) -> t
     on no position at all (a pre-hook hands it an empty slice)."""
     if head is None:
         out = model(**inputs)
-        return out.logits, out.cache
+        return out.logits, getattr(out, CACHE)
     captured: list[Tensor] = []
 
     def keep_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -177,7 +179,7 @@ def _forward(model: PreTrainedModel, head: nn.Module | None, **inputs: Any) -> t
         handle.remove()
     if len(captured) != 1:
         raise RuntimeError(f"{type(model).__name__} called its output head {len(captured)} times, not once")
-    return captured[0], out.cache
+    return captured[0], getattr(out, CACHE)
 
 
 def completion_features(model: PreTrainedModel, rollout: Rollout) -> tuple[Tensor, nn.Module | None]:
@@ -197,7 +199,7 @@ def completion_features(model: PreTrainedModel, rollout: Rollout) -> tuple[Tenso
     prompt_length, num_completion = rollout.prompt_length, rollout.completion_mask.shape[1]
     positions = position_ids(rollout.attention_mask)
     shared = None
-    if not is_sharded(model) and not getattr(model, "is_activation_checkpointing", False):
+    if not is_sharded(model) and not is_activation_checkpointing(model):
         shared = distinct_prompts(
             rollout.input_ids[:, :prompt_length], rollout.attention_mask[:, :prompt_length]
         )
@@ -219,8 +221,8 @@ def completion_features(model: PreTrainedModel, rollout: Rollout) -> tuple[Tenso
                 input_ids=rollout.input_ids[:, prompt_length:-1],
                 attention_mask=rollout.attention_mask[:, :-1],
                 position_ids=positions[:, prompt_length:-1],
-                cache=cache,
                 use_cache=True,
+                **{CACHE: cache},
             )
             return torch.cat([first, rest], dim=1), head
     features, _ = forward(

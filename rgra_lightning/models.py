@@ -292,8 +292,21 @@ def enable_activation_checkpointing(model: PreTrainedModel) -> PreTrainedModel:
             f"model.gradient_checkpointing: {type(base).__name__} does not support activation checkpointing; "
             "set it to false"
         )
-    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers 5.23 renamed it
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def is_activation_checkpointing(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (a transformers model, or a ``peft`` model of one) recomputes its layers in the
+    backward pass (``enable_activation_checkpointing``); False for any other module."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # renamed in transformers 5.23
+        if hasattr(type(base), name):
+            return bool(getattr(base, name))
+    return False
 
 
 def _embeddings(model: PreTrainedModel) -> list[torch.nn.Module]:

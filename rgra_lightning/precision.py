@@ -30,6 +30,7 @@ from torch import Tensor
 
 from rgra_lightning.distributed import is_sharded
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.models import is_activation_checkpointing
 
 HALF_PRECISIONS = ("bf16-true", "16-true")  # Lightning's plugins that cast the module
 
@@ -138,7 +139,7 @@ def module_out_of_memory_advice(module: LightningModule) -> str:
         precision=str(trainer.precision),
         fsdp2=fsdp2,
         ddp_ranks=1 if fsdp2 else trainer.world_size,
-        gradient_checkpointing=bool(getattr(module.policy, "is_activation_checkpointing", False)),
+        gradient_checkpointing=is_activation_checkpointing(module.policy),
         reference_copy=module.reference is not None,
         param_dtype=module.sharding.param_dtype,
     )

@@ -12,6 +12,8 @@ from torch import Tensor
 from transformers import Cache, DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+from rgra_lightning.versions import CACHE
+
 # Cache layers holding only keys and values, which ``DynamicCache.batch_repeat_interleave`` and
 # ``batch_select_indices`` repeat exactly.
 KEY_VALUE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
@@ -42,7 +44,7 @@ def encode_prompts(model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tens
         use_cache=True,
         logits_to_keep=1,
     )
-    return out.logits[:, -1], out.cache
+    return out.logits[:, -1], getattr(out, CACHE)
 
 
 def repeatable(cache: Cache) -> bool:

@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rgra_lightning.cli import main
-from rgra_lightning.models import load_causal_lm
+from rgra_lightning.models import is_activation_checkpointing, load_causal_lm
 from rgra_lightning.rollout import HFEngine
 from tests.conftest import FAST, TINY_POLICY, scalar_tags, scalars_by_step
 
@@ -260,10 +260,10 @@ def test_gradient_checkpointing_trains_lora_on_one_device_and_is_not_a_setting_o
     config = small_config("rgra", **FAST, **{"model.init_args.lora": LORA, "trainer.max_steps": 2})
     cli = main(["fit", "--config", str(config), "--model.gradient_checkpointing=true"])
     policy = cli.model.policy
-    assert policy.is_activation_checkpointing
+    assert is_activation_checkpointing(policy)
     assert all(p.abs().sum() > 0 for name, p in policy.named_parameters() if "lora_B" in name)
     # A memory option: the checkpoint does not record it, so a run resumes with it switched off
     assert "gradient_checkpointing" not in cli.model.hparams
     last = Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt"
     resumed = main(["fit", "--config", str(config), "--trainer.max_steps=3", "--ckpt_path", str(last)])
-    assert resumed.trainer.global_step == 3 and not resumed.model.policy.is_activation_checkpointing
+    assert resumed.trainer.global_step == 3 and not is_activation_checkpointing(resumed.model.policy)

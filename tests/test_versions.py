@@ -32,7 +32,7 @@ def fake_versions(**versions: str):
 
 @pytest.mark.parametrize(
     "name, version",
-    [("transformers", "5.23.0"), ("transformers", "4.57.6"), ("lightning", "2.5.6"), ("peft", "0.20.0")],
+    [("transformers", "5.21.1"), ("transformers", "4.57.6"), ("lightning", "2.5.6"), ("peft", "0.20.0")],
 )
 def test_a_library_below_its_floor_is_one_line_naming_it_the_floor_and_the_fix(name, version):
     floor, untested, _ = TESTED[name]
@@ -45,7 +45,7 @@ def test_a_library_below_its_floor_is_one_line_naming_it_the_floor_and_the_fix(n
 
 
 def test_versions_at_or_above_the_floor_and_a_missing_optional_library_pass():
-    check_versions(fake_versions(transformers="5.24.0.dev0", lightning="2.6.0", peft="0.21.0"))
+    check_versions(fake_versions(transformers="5.22.0.dev0", lightning="2.6.0", peft="0.21.0"))
 
     def without_peft(name: str) -> str:
         if name == "peft":
@@ -62,7 +62,7 @@ def test_importing_the_package_below_the_floor_fails_with_that_line_and_without_
     code = (
         "import importlib.metadata as m, sys\n"
         "real = m.version\n"
-        "m.version = lambda name: '5.23.0' if name == 'transformers' else real(name)\n"
+        "m.version = lambda name: '5.21.1' if name == 'transformers' else real(name)\n"
         "try:\n"
         "    import rgra_lightning.commands\n"
         "except ImportError as error:\n"
@@ -71,4 +71,4 @@ def test_importing_the_package_below_the_floor_fails_with_that_line_and_without_
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     floor, untested, _ = TESTED["transformers"]
     assert done.stdout.startswith(f"DependencyError rgra-lightning needs transformers>={floor} (")
-    assert done.stdout.rstrip().endswith(f"found 5.23.0: pip install 'transformers>={floor},<{untested}' []")
+    assert done.stdout.rstrip().endswith(f"found 5.21.1: pip install 'transformers>={floor},<{untested}' []")

@@ -26,6 +26,7 @@ from rgra_lightning.prompt_cache import prefill
 from rgra_lightning.rollout.base import Rollout, RolloutEngine, assemble_rollout, tokenize_prompts
 from rgra_lightning.rollout.llama_decode import LlamaDecoder
 from rgra_lightning.rollout.sampling import SamplingConfig, next_tokens
+from rgra_lightning.versions import CACHE
 
 
 class HFEngine(RolloutEngine):
@@ -161,8 +162,8 @@ def _decode(
                 input_ids=token.unsqueeze(1),
                 attention_mask=attention_mask[:, : prompt_length + step + 1],
                 position_ids=positions + step,
-                cache=cache,
                 use_cache=True,
+                **{CACHE: cache},
             ).logits[:, -1]
     completion = torch.stack(tokens, dim=1)
     if check_interval == 1:

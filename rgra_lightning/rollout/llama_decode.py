@@ -9,8 +9,10 @@ layer is about fifteen tensor operations:
   concatenation at every step;
 - the rotary cos/sin of every step are computed in one call before the first step.
 
-In float32 on CPU the logits are bit-identical to the model's forward; in bfloat16 they are within one
-bfloat16 step of it (both tested); on other devices they agree up to rounding.
+In float32 on CPU the logits are bit-identical to the model's forward (under transformers before 5.24,
+which attends over repeated key/value heads where a mask is given, within float32 rounding of it for
+grouped key/value heads); in bfloat16 they are within one bfloat16 step of it (all tested); on other
+devices they agree up to rounding.
 
 A ``peft`` LoRA policy decodes here too, with one active adapter per layer. Where the weights and adapters
 are float32 and used as they are (no autocast to a narrower dtype), each adapted layer's adapter is folded

@@ -45,7 +45,7 @@ from rgra_lightning.errors import ConfigError
 from rgra_lightning.rollout.base import Rollout, RolloutEngine, assemble_rollout, tokenize_prompts
 from rgra_lightning.rollout.sampling import SamplingConfig
 
-MIN_VLLM_VERSION = "0.33"
+MIN_VLLM_VERSION = "0.34"
 NEEDS = (
     f"model.rollout VLLMEngine needs a CUDA GPU and vllm>={MIN_VLLM_VERSION} "
     "(pip install 'rgra-lightning[vllm]')"
@@ -282,7 +282,7 @@ def local_rank_set(index: int) -> Iterator[None]:
 
 
 class VLLMEngine(RolloutEngine):
-    """Samples with a vLLM engine colocated in the training process (CUDA and ``vllm>=0.33`` needed).
+    """Samples with a vLLM engine colocated in the training process (CUDA and ``vllm>=0.34`` needed).
 
     Args:
         gpu_memory_utilization: the share of the GPU's memory vLLM may take for its weights, activations

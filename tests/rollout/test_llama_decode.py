@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 from transformers import (
     Lfm2Config,
     Lfm2ForCausalLM,
@@ -19,6 +20,7 @@ from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.prompt_cache import position_ids, prefill
 from rgra_lightning.rollout import SamplingConfig
 from rgra_lightning.rollout.llama_decode import LlamaDecoder, _Projection
+from rgra_lightning.versions import CACHE, release
 from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise
 from tests.conftest import sample as sample_rollout
 from tests.tiny_models import PROMPTS, generate_reference, tiny_dimensions, tiny_policy
@@ -41,10 +43,13 @@ def count_decoder_steps(monkeypatch) -> list[int]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_llama_decoder_step_computes_the_models_logits(kind, padded, dtype):
     """``LlamaDecoder.step`` gives the model's forward's logits, with left padding (an explicit mask) and
-    without (no mask), at every step of a few: bit-identical in float32 on CPU, within bfloat16 rounding
+    without (no mask), at every step of a few: bit-identical in float32 on CPU (within float32 rounding
+    for grouped key/value heads with a mask under transformers before 5.24), within bfloat16 rounding
     (the same operations, some fused) in bfloat16."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = tiny_policy(kind, tokenizer).to(dtype).eval()
+    grouped = policy.config.num_key_value_heads < policy.config.num_attention_heads
+    transformers_repeats_kv = release(transformers.__version__) < (5, 24)
     prompts = PROMPTS if padded else ["1+2=", "3*4=", "5-6="]
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     ids, mask = encoded["input_ids"], encoded["attention_mask"]
@@ -65,12 +70,16 @@ def test_a_llama_decoder_step_computes_the_models_logits(kind, padded, dtype):
                 input_ids=token.unsqueeze(1),
                 attention_mask=attention_mask[:, :seen],
                 position_ids=positions[:, seen - 1 : seen],
-                cache=reference_cache,
                 use_cache=True,
+                **{CACHE: reference_cache},
             ).logits[:, -1]
             logits = decoder.step(token, step)
-            if dtype == torch.float32:
+            if dtype == torch.float32 and not (padded and grouped and transformers_repeats_kv):
                 assert torch.equal(logits, expected), step
+            elif dtype == torch.float32:
+                # transformers before 5.24 attends with a mask over repeated key/value heads, where the
+                # decoder (and 5.24) group the query heads: the same sums in another order.
+                torch.testing.assert_close(logits, expected)
             else:
                 # The same operations, some fused, rounded to bfloat16: within one or two bfloat16 steps
                 # (8 bits of mantissa) at the logits' largest magnitude.
@@ -242,8 +251,8 @@ def decode_steps(policy, tokenizer, new_tokens: torch.Tensor, decoder_path: bool
                         input_ids=token.unsqueeze(1),
                         attention_mask=attention_mask[:, :seen],
                         position_ids=positions[:, seen - 1 : seen],
-                        cache=cache,
                         use_cache=True,
+                        **{CACHE: cache},
                     ).logits[:, -1]
                 )
     return logits
