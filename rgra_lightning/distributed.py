@@ -163,14 +163,14 @@ def counted_on_rank(indices: Sequence[int], num_replicas: int, rank: int) -> Ten
     """Which problems of an evaluation batch rank ``rank`` of ``num_replicas`` (N) counts, ``[B]`` bool, from
     their ``indices`` ``[B]`` in the split: those whose index is congruent to ``rank`` mod N.
 
-    An unshuffled ``DistributedSampler`` (what Lightning injects into an unshuffled loader, and what
-    ``with_distributed_sampler`` gives one) hands rank r the positions r, r + N, r + 2N... of the indices
-    0 ... n - 1 padded with repeats of the first ones up to a multiple of N, so that every rank runs the same
-    number of batches (FSDP2 runs collectives in each one). Position p < n holds index p: each problem
-    comes once to the rank of its index mod N. A repeat at position p >= n holds index p - kn (k >= 1),
-    where kn is no multiple of N (N does not divide n, or kn <= p < N when n < N): it falls to another rank,
-    which evaluates it but does not count it. Lightning's unpadded sampler for ``predict`` splits the same
-    way, without repeats."""
+    An unshuffled ``DistributedSampler`` (what Lightning injects into an unshuffled validation or test
+    loader, and what ``with_distributed_sampler`` gives one: ``PromptDataModule.predict_dataloader`` uses
+    it, as Lightning's sampler for ``predict`` does not pad) hands rank r the positions r, r + N, r + 2N...
+    of the indices 0 ... n - 1 padded with repeats of the first ones up to a multiple of N, so that every
+    rank runs the same number of batches (FSDP2 runs collectives in each one). Position p < n holds index p:
+    each problem comes once to the rank of its index mod N. A repeat at position p >= n holds index p - kn
+    (k >= 1), where kn is no multiple of N (N does not divide n, or kn <= p < N when n < N): it falls to
+    another rank, which evaluates it but does not count it."""
     return torch.tensor([index % num_replicas == rank for index in indices], dtype=torch.bool)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import torch
 from lightning import LightningModule, Trainer
@@ -267,6 +267,13 @@ def counted_problems(batch: PromptBatch, trainer: Trainer) -> Tensor:
     return counted_on_rank(batch["index"], sampler_kwargs["num_replicas"], sampler_kwargs["rank"])
 
 
+def counted_records(experience: Experience, counted: Tensor) -> list[dict[str, Any]]:
+    """The rows of ``experience.records()`` of the problems ``counted`` ``[B]`` bool marks
+    (``counted_problems``), each ``group`` still its problem's place in the batch."""
+    kept = set(counted.nonzero().flatten().tolist())
+    return [record for record in experience.records() if record["group"] in kept]
+
+
 def log_initial_validation(module: LightningModule, loader: DataLoader) -> None:
     """The step-0 validation of ``module``'s policy: the ``greedy_metrics`` over ``loader``, each rank
     evaluating its share (as Lightning's validation splits it), logged as ``val/*`` at step 0, so every
@@ -319,10 +326,9 @@ class SamplesWriter:
         first = self._problems.get(decoding, 0)
         # the place in the file of each counted problem of the batch, by its place in the batch
         groups = {problem: first + i for i, problem in enumerate(counted.nonzero().flatten().tolist())}
-        for record in experience.records():
-            if record["group"] in groups:
-                row = record | {"group": groups[record["group"]], "decoding": decoding}
-                self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for record in counted_records(experience, counted):
+            row = record | {"group": groups[record["group"]], "decoding": decoding}
+            self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._file.flush()
         self._problems[decoding] = first + len(groups)
 

@@ -28,6 +28,7 @@ from rgra_lightning.evaluation import (
     EvaluationConfig,
     SamplesWriter,
     counted_problems,
+    counted_records,
     greedy_metrics,
     log_initial_validation,
     sampled_metrics,
@@ -377,10 +378,12 @@ class RLModule(LightningModule):
                 self.log(f"{prefix}/{name}", metric, batch_size=size)
 
     def predict_step(self, batch: PromptBatch, batch_idx: int) -> list[dict[str, Any]]:
-        """Greedy completions of the prompts, scored, also written to ``<log dir>/predict_samples.jsonl``."""
+        """Greedy completions of the prompts, scored, also written to ``<log dir>/predict_samples.jsonl``;
+        the ``DistributedSampler``'s repeats are generated but neither written nor returned."""
         experience = self.make_experience(batch)
-        self.samples.write(experience, "greedy", self.trainer, counted_problems(batch, self.trainer))
-        return experience.records()
+        counted = counted_problems(batch, self.trainer)
+        self.samples.write(experience, "greedy", self.trainer, counted)
+        return counted_records(experience, counted)
 
     def on_validation_epoch_end(self) -> None:
         """Logs ``step``, the x axis as in training: the update the evaluated policy comes from, in

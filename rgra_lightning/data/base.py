@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from rgra_lightning.data.records import Record
+from rgra_lightning.distributed import with_distributed_sampler
 from rgra_lightning.errors import ConfigError
 
 Example = dict[str, Any]  # {"prompt": str, "reference": str}, and "index": int in evaluation loaders
@@ -202,4 +203,12 @@ class PromptDataModule(LightningDataModule):
         return DataLoader(indexed, batch_size=self.hparams.val_batch_size, collate_fn=collate)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        """The test loader; with several processes, with the padded ``DistributedSampler`` of ``validate``
+        and ``test`` (``distributed.with_distributed_sampler``), which Lightning keeps. Lightning's own for
+        prediction does not pad, so ranks ran different numbers of batches and FSDP2's all-gathers in one
+        rank's extra batch failed (gloo) or hung (NCCL); with fewer problems than processes it failed an
+        assertion. The repeats are neither written nor returned (``counted_problems``)."""
+        loader = self.test_dataloader()
+        if self.trainer is None or self.trainer.world_size == 1:
+            return loader
+        return with_distributed_sampler(loader, self.trainer.strategy.distributed_sampler_kwargs)
