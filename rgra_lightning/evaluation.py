@@ -74,6 +74,8 @@ class EvaluationConfig:
             )
         if self.temperature <= 0:
             raise ConfigError(f"model.evaluation.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"model.evaluation.top_p must be in (0, 1], got {self.top_p}")
 
     def sampling(self, training: SamplingConfig) -> SamplingConfig:
         """The sampling options of the n completions: the training ones (``top_k``, ``min_p``, stop and

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -97,10 +98,13 @@ def test_maj_at_k_votes_over_the_first_k_samples():
         ({"num_samples": 1}, "0 or >= 2"),
         ({"num_samples": 4, "k": [8]}, "[1, num_samples=4]"),
         ({"k": [1, 8]}, "needs sampled completions"),
+        ({"num_samples": 4, "temperature": 0.0}, "model.evaluation.temperature must be > 0"),
+        ({"num_samples": 4, "top_p": 0.0}, "model.evaluation.top_p must be in (0, 1]"),
     ],
 )
 def test_evaluation_options_are_validated(options, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+    """Each names its model.evaluation field (top_p was reported as model.sampling.top_p)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
         EvaluationConfig(**options)
 
 
