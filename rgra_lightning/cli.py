@@ -14,12 +14,15 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
-from lightning import LightningDataModule, LightningModule, Trainer
+from lightning import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from rgra_lightning.callbacks import LineProgressBar
 from rgra_lightning.checkpointing import (
     RunDirectoryLock,
     last_checkpoint,
@@ -108,7 +111,15 @@ class RLCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: object) -> Trainer:
         """The trainer, with ``AgreedSigterm`` and ``RunDirectoryLock``; a setting it cannot run with
         (``devices: abc``, an accelerator whose library is missing) is a one-line ``ConfigError`` instead of
-        Lightning's traceback."""
+        Lightning's traceback.
+
+        validate, test and predict save their config as ``<subcommand>_config.yaml``: into a log directory
+        of fixed version (an ablation run's) they overwrote the fit's ``config.yaml``, which ``rgra export``
+        and the checkpoint errors name as the config the run was trained with."""
+        if self.subcommand not in (None, "fit"):
+            self.save_config_kwargs = self.save_config_kwargs | {
+                "config_filename": f"{self.subcommand}_config.yaml"
+            }
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (TypeError, ValueError, ImportError) as error:
@@ -116,6 +127,18 @@ class RLCLI(LightningCLI):
         trainer.callbacks.append(AgreedSigterm())  # several processes stop together on SIGTERM
         trainer.callbacks.append(RunDirectoryLock())  # one fit at a time per checkpoint directory
         return trainer
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        """Lightning's ``Trainer(**config)``, with ``LineProgressBar`` instead of the default progress bar
+        where stderr is not a terminal (a batch job's or ``nohup``'s log, ``| ts``): the default bar's
+        ``\\r`` updates show in such a log only when the run ends. A progress bar the config lists is kept,
+        and a config without one (``enable_progress_bar: false``, ``barebones``) gets none."""
+        listed = config.get("callbacks") or []
+        listed = [*(listed if isinstance(listed, list) else [listed]), *callbacks]
+        enabled = config.get("enable_progress_bar") is not False and not config.get("barebones")
+        if enabled and not sys.stderr.isatty() and not any(isinstance(c, ProgressBar) for c in listed):
+            callbacks = [*callbacks, LineProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (LightningCLI's signature)
         captured = io.StringIO()

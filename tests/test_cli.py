@@ -391,3 +391,20 @@ def test_lightnings_cloud_logger_advertisement_is_not_printed(small_config):
     messages = [record.getMessage() for record in records]
     assert any("GPU available" in message for message in messages)
     assert not [message for message in messages if "litlogger" in message]
+
+
+def test_evaluating_into_the_fits_log_directory_keeps_the_fits_config(small_config, tmp_path):
+    """validate, test and predict save their config as ``<subcommand>_config.yaml``: into a log directory of
+    fixed version (an ablation run's) ``rgra validate`` overwrote the fit's ``config.yaml`` with its own,
+    which ``rgra export checkpoint --config`` then read as the config the run was trained with."""
+    import yaml
+
+    fixed = {"trainer.logger.init_args.version": "", "trainer.max_steps": 1}
+    config = str(small_config("rgra", **fixed, **{"model.init_args.validate_before_training": False}))
+    main(["fit", "--config", config])
+    last, log_dir = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "runs" / "rgra"
+    main(["validate", "--config", config, "--ckpt_path", str(last), "--data.limit=4"])
+    fit_config = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert fit_config["ckpt_path"] is None and fit_config["data"]["init_args"]["limit"] is None
+    validate_config = yaml.safe_load((log_dir / "validate_config.yaml").read_text())
+    assert validate_config["ckpt_path"] == str(last) and validate_config["data"]["init_args"]["limit"] == 4

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
@@ -15,6 +17,7 @@ from rgra_lightning.data.base import check_val_size
 from rgra_lightning.data.records import Record, ReferenceFormat, load_rows
 from rgra_lightning.data.text import ROW_DEFAULTS, TextDataModule
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.models import resolve_path
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,10 @@ class DatasetDataModule(TextDataModule):
             ``package:<name>/<dir>`` is a folder of an installed package. JSON and CSV values are read as
             the file writes them (CSV cells as text, ``007`` and ``NA`` included).
         source_config: hub dataset configuration (GSM8K: ``main``).
-        train_split, val_split, test_split: split names; no ``val_split`` holds out ``val_size`` training
-            problems; no ``test_split`` tests on the validation problems.
+        train_split, val_split, test_split: split names; unset (or null), the preset's, else ``train``
+            and none. No ``val_split`` holds out ``val_size`` training problems; no ``test_split`` tests on
+            the validation problems. test and predict read only the test split where one is named. A
+            single file's only split is ``train``: to test on one, set ``test_split: train``.
         val_size: held-out problems for validation when there is no ``val_split``: at least 1 and fewer
             than the training problems.
         **kwargs: ``TextDataModule``'s row and prompt options and ``PromptDataModule``'s (batch sizes,
@@ -83,6 +88,7 @@ class DatasetDataModule(TextDataModule):
         if val_size < 1:
             raise ConfigError(f"data.val_size must be >= 1, got {val_size}")
         self._preset = asdict(PRESETS[preset]) if preset else ROW_DEFAULTS | _NO_PRESET
+        self._stage: str | None = None  # setup's: which splits it reads (``split_names``)
         super().__init__(**kwargs)
         self.settings |= {
             name: self.hparams[name] if self.hparams[name] is not None else self._preset[name]
@@ -112,21 +118,70 @@ class DatasetDataModule(TextDataModule):
             )
         return super().train_dataloader()
 
-    def load_splits(self) -> dict[str, list[Record]]:
-        s, hp = self.settings, self.hparams
+    def setup(self, stage: str | None = None) -> None:
+        self._stage = None if stage is None else TrainerFn(stage).value  # Lightning passes the enum
+        super().setup(stage)
+
+    def split_names(self) -> dict[str, str | None]:
+        """The split that ``train``, ``val`` and ``test`` each read (None: none). test and predict read the
+        test split alone where one is named (``test_split``, else ``val_split``) and no few-shot examples
+        come from the training split: a file named as the test split is then evaluated whole, with no
+        validation problems held out of a training split beside it (whose ``val_size`` check refused a
+        small file, and whose problems test never reads)."""
+        s = self.settings
         names = {"train": s["train_split"], "val": s["val_split"], "test": s["test_split"] or s["val_split"]}
+        if self._stage in ("test", "predict") and names["test"] is not None and not self.hparams.few_shot:
+            return {"test": names["test"]}
+        return names
+
+    def check_single_file(self, names: dict[str, str | None]) -> None:
+        """A single-file source has one split, ``train``: a ``ConfigError`` naming the options that ask it
+        for another (a preset names its hub splits: MATH-500's ``test``)."""
+        s = self.settings
+        if not Path(resolve_path(s["source"])).expanduser().is_file():
+            return
+        options = {
+            "train": "train_split",
+            "val": "val_split",
+            "test": "test_split" if s["test_split"] else "val_split",
+        }
+        wrong = dict.fromkeys(options[split] for split, name in names.items() if name not in (None, "train"))
+        if wrong:
+            settings = " and ".join(f"data.{option}=train" for option in wrong)
+            preset = (
+                f" (data.preset={self.hparams.preset} names its hub splits)" if self.hparams.preset else ""
+            )
+            single = f"data.source {s['source']!r} is a single file, whose only split is 'train'"
+            raise ConfigError(f"{single}: set {settings}{preset}")
+
+    def load_splits(self) -> dict[str, list[Record]]:
+        s, names = self.settings, self.split_names()
+        self.check_single_file(names)
         loaded = {
             split: load_rows(s["source"], name, s["source_config"])
             for split, name in names.items()
             if name is not None
         }
         records = {split: self.read_records(split, rows) for split, rows in loaded.items()}
-        if "val" not in records:
+        if "val" in names and "val" not in records:
             if "train" not in records:
                 raise ConfigError("data: give a val_split (or test_split), or a train_split to hold out from")
-            check_val_size(hp.val_size, len(records["train"]), f"usable rows of {loaded['train'].where}")
-            shuffled = random.Random(hp.seed).sample(records["train"], len(records["train"]))
-            records["val"], records["train"] = shuffled[: hp.val_size], shuffled[hp.val_size :]
-            records.setdefault("test", records["val"])
+            self.hold_out_validation(records, loaded["train"].where)
         records.setdefault("train", [])
         return records
+
+    def hold_out_validation(self, records: dict[str, list[Record]], where: str) -> None:
+        """Move ``val_size`` random training records (seeded) to ``val``, and to ``test`` when no test split
+        is named. There test and predict evaluate them: a ``val_size`` the split cannot hold out is refused
+        with how to evaluate the whole split instead (the ``val_size`` hint alone tests a random part)."""
+        hp = self.hparams
+        try:
+            check_val_size(hp.val_size, len(records["train"]), f"usable rows of {where}")
+        except ConfigError as error:
+            if self._stage not in ("test", "predict"):
+                raise
+            whole = f"data.test_split={self.settings['train_split']}"
+            raise ConfigError(f"{error}; to {self._stage} on all of them, set {whole}") from error
+        shuffled = random.Random(hp.seed).sample(records["train"], len(records["train"]))
+        records["val"], records["train"] = shuffled[: hp.val_size], shuffled[hp.val_size :]
+        records.setdefault("test", records["val"])

@@ -293,3 +293,44 @@ def test_fit_on_a_dataset_without_a_training_split_says_so(tmp_path):
         f"data.source '{tmp_path}' (data.preset=math500) has no training split to fit on: set "
         "data.train_split, or evaluate with validate or test"
     )
+
+
+def test_a_single_file_with_a_presets_splits_names_the_options_to_set(tmp_path):
+    """``--data.preset=math500 --data.source=.../test.jsonl`` said the file's only split is 'train', not
+    which option reads it as the test split; set, test evaluates the whole file."""
+    rows = [{"problem": f"{i}+1", "answer": str(i + 1)} for i in range(3)]
+    file = tmp_path / "test.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    single = f"data.source '{file}' is a single file, whose only split is 'train'"
+    hub_splits = "(data.preset=math500 names its hub splits)"
+    expected = {
+        "test": f"{single}: set data.test_split=train {hub_splits}",
+        "validate": f"{single}: set data.val_split=train and data.test_split=train {hub_splits}",
+    }
+    for stage, message in expected.items():
+        with pytest.raises(ConfigError) as error:
+            DatasetDataModule(preset="math500", source=str(file)).setup(stage)
+        assert str(error.value) == message
+    data = DatasetDataModule(preset="math500", source=str(file), test_split="train")
+    data.setup("test")
+    assert [e["reference"] for e in data.test_examples] == ["1", "2", "3"]
+
+
+def test_testing_a_single_file_named_as_the_test_split_reads_all_of_it(tmp_path):
+    """Without a preset the file's ``train`` split is also the training split, from which ``val_size``
+    problems were held out in test too: a file of 5 was refused (``val_size=128 must be between 1 and
+    4``), and that hint, followed, tested 4 random problems of it."""
+    file = tmp_path / "mine.jsonl"
+    file.write_text(
+        "".join(json.dumps({"question": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in range(5))
+    )
+    for stage in ("test", "predict"):
+        data = DatasetDataModule(source=str(file), test_split="train")
+        data.setup(stage)
+        assert [e["reference"] for e in data.test_examples] == ["1", "2", "3", "4", "5"]
+    with pytest.raises(ConfigError) as error:
+        DatasetDataModule(source=str(file)).setup("test")  # tests on the validation problems held out
+    assert str(error.value) == (
+        f"data.val_size=128 must be between 1 and 4: it holds out validation problems from the 5 usable rows "
+        f"of {file}; to test on all of them, set data.test_split=train"
+    )

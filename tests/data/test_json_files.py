@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from rgra_lightning.cli import main
+from rgra_lightning.data import JsonFilesDataModule
+from rgra_lightning.errors import ConfigError
 from tests.conftest import one_line_error
 
 
@@ -51,3 +54,54 @@ def test_each_file_option_takes_one_local_file_and_names_itself(
     (tmp_path / "train.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
     error = one_line_error(json_files_args(small_config, tmp_path, train_file), capsys)
     assert error.startswith(expected), error
+
+
+@pytest.mark.parametrize(
+    "given, stage, message",
+    [
+        ({"test_file"}, "fit", "fit needs data.train_file (the training problems), and none is given"),
+        ({"train_file"}, "fit", "fit needs data.val_file (the validation problems), and none is given"),
+        (
+            {"test_file"},
+            "validate",
+            "validate needs data.val_file (the validation problems), and none is given",
+        ),
+        ({"train_file"}, "test", "test needs data.test_file (the problems to test on), and none is given"),
+        (set(), "predict", "predict needs data.test_file (the problems to predict on), and none is given"),
+    ],
+)
+def test_a_stage_missing_a_file_it_reads_names_the_option(tmp_path, given, stage, message):
+    file = tmp_path / "problems.jsonl"
+    file.write_text('{"question": "1+1", "answer": "2"}\n')
+    data = JsonFilesDataModule(**dict.fromkeys(given, str(file)))
+    with pytest.raises(ConfigError) as error:
+        data.setup(stage)
+    assert str(error.value) == message
+
+
+def test_test_and_predict_read_only_a_test_file_or_else_the_val_file(tmp_path):
+    test, val = tmp_path / "test.jsonl", tmp_path / "val.jsonl"
+    test.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": "4"}\n')
+    val.write_text('{"question": "3+3", "answer": "6"}\n')
+    for stage in ("test", "predict"):
+        data = JsonFilesDataModule(test_file=str(test))
+        data.setup(stage)
+        assert [e["reference"] for e in data.test_examples] == ["2", "4"] and data.train_examples == []
+    data = JsonFilesDataModule(val_file=str(val))
+    data.setup("test")
+    assert [e["reference"] for e in data.test_examples] == ["6"]
+
+
+def test_rgra_test_on_ones_own_file_needs_only_test_file(small_config, tmp_path, capsys):
+    """It needed train_file and val_file too, refused in a 10-line dump of the parser's union errors."""
+    test = tmp_path / "mine.jsonl"
+    test.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+3", "answer": "5"}\n')
+    options = ["--config", str(small_config("rgra")), "--data=rgra_lightning.JsonFilesDataModule"]
+    main(["test", *options, f"--data.test_file={test}"])
+    samples = next((tmp_path / "runs").rglob("test_samples.jsonl")).read_text().splitlines()
+    assert len(samples) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", *options, f"--data.test_file={test}"])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: validate needs data.val_file (the validation problems), and none is given"]
