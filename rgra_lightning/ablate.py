@@ -15,16 +15,19 @@ A study config (YAML) names the base config, the presets, the seeds and override
 Each run composes configs as ``rgra fit`` does on the command line: ``rgra fit --config <base_config>...
 --config <preset> --config <run_dir>/run.yaml``, where ``run.yaml`` holds the study's overrides, the seed and
 the run's paths (its TensorBoard logs, checkpoints and exported policy in ``<results_dir>/<name>/runs/
-<preset>/seed<k>/``). Every preset's composed config is parsed before the first run (``parser_refusals``):
-a mistake the parser finds stops the study with nothing run. The run goes in its own process (a crash or
-an out-of-memory in one run does not end the study; a config ``rgra fit`` refuses skips that preset's
-other seeds), reports its latest update, training reward and validation accuracy every minute, and is
-marked finished by ``done.json`` only once fit returned, which records the run's composed config.
-Rerunning the study skips finished runs and resumes an interrupted one from its last checkpoint, once
-``stale_runs`` found each such run made with the config the study gives it now: a study changed since
-(its overrides, a base config, a preset file) with the same ``name`` stops with nothing run rather than
-reuse runs of other settings. Afterwards ``summary.md`` and ``val_accuracy.png`` are written from the
-TensorBoard event files (``ablation_summary``).
+<preset>/seed<k>/``, ``<preset>`` the preset file's name without its folder and ``.yaml``: two presets
+whose files share a name are refused). Every preset's composed config is parsed and validated before the
+first run (``parser_refusals``): a mistake the parser finds stops the study with nothing run. The run goes
+in its own process (a crash or an out-of-memory in one run does not end the study; a config ``rgra fit``
+refuses, exit status 2, skips that preset's other seeds, a diverged run, 3, does not), reports its latest
+update, training reward and validation accuracy every minute, and is marked finished by ``done.json``
+only once fit returned, which records the run's composed config and the TensorBoard files the fit wrote.
+Interrupted (Ctrl-C, SIGTERM), the study stops the running fit with SIGTERM, on which it saves the
+update it is at, and says so. Rerunning the study skips finished runs and resumes an interrupted one from
+its last checkpoint, once ``stale_runs`` found each such run made with the config the study gives it
+now: a study changed since (its overrides, a base config, a preset file) with the same ``name`` stops
+with nothing run rather than reuse runs of other settings. Afterwards ``summary.md`` and
+``val_accuracy.png`` are written from the fits' TensorBoard event files (``ablation_summary``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -47,8 +51,15 @@ from typing import Any
 import yaml
 
 from rewards.errors import ToolParser
-from rgra_lightning.ablation_summary import REWARD_TAG, VAL_TAG, read_curve, summarise
-from rgra_lightning.commands import exit_on_sigterm
+from rgra_lightning.ablation_summary import (
+    REWARD_TAG,
+    VAL_TAG,
+    curve_metrics,
+    event_files,
+    read_curve,
+    summarise,
+)
+from rgra_lightning.commands import KILLED, exit_on_sigterm
 from rgra_lightning.config_files import (
     LOSS_PRESETS,
     compose,
@@ -58,9 +69,10 @@ from rgra_lightning.config_files import (
     merge,
     read,
 )
-from rgra_lightning.errors import ConfigError
+from rgra_lightning.errors import CONFIG_REFUSED, TRAINING_DIVERGED, ConfigError
 
 PROGRESS_EVERY_S = 60.0  # how often a running fit's progress is printed
+STOP_TIMEOUT_S = 600.0  # how long an interrupted study waits for the running fit to save its state and exit
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"  # in a run directory; an unfinished run resumes from it
 
 
@@ -80,8 +92,14 @@ class Study:
     def root(self) -> Path:
         return self.results_dir / self.name
 
+    @staticmethod
+    def label(preset: str) -> str:
+        """The preset's name in progress lines, the summary and its run directories: its file's stem (``rgra``
+        for ``rgra`` and for ``configs/loss/rgra.yaml``), unique in a study (``load_study``)."""
+        return Path(preset).stem
+
     def run_dir(self, preset: str, seed: int) -> Path:
-        return self.root / "runs" / Path(preset).stem / f"seed{seed}"
+        return self.root / "runs" / self.label(preset) / f"seed{seed}"
 
 
 def load_study(path: Path) -> Study:
@@ -122,6 +140,9 @@ def load_study(path: Path) -> Study:
             preset_path(preset)  # fails early on a missing preset rather than hours into the study
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
+    shared = sharing_a_run_directory(study.presets)
+    if shared:
+        raise ConfigError(f"{path}: {shared}")
     if study.reference not in study.presets:
         raise ConfigError(f"{path}: reference {study.reference!r} is not one of the presets {study.presets}")
     existing = next(folder for folder in (study.root, *study.root.parents) if folder.exists())
@@ -131,6 +152,25 @@ def load_study(path: Path) -> Study:
             "set results_dir to a directory (it is created if missing)"
         )
     return study
+
+
+def sharing_a_run_directory(presets: list[str]) -> str | None:
+    """What is wrong where two presets would share a run directory (one named after the preset file's stem),
+    or None: the second preset's runs would be skipped as done, and the summary would report the first
+    one's results for both."""
+    labels = [Study.label(preset) for preset in presets]
+    for index, label in enumerate(labels):
+        earlier = labels.index(label)
+        if earlier == index:
+            continue
+        first, preset = presets[earlier], presets[index]
+        if first == preset:
+            return f"preset {preset!r} is listed twice: remove one"
+        return (
+            f"presets {first!r} and {preset!r} would share the run directory runs/{label}/ (named after the "
+            "preset file's name, without its folder): rename one of the files"
+        )
+    return None
 
 
 def preset_path(preset: str) -> Path:
@@ -215,10 +255,21 @@ def progress(run_dir: Path, max_steps: int) -> str:
     return ", ".join(parts)
 
 
-def fit_reporting(command: list[str], log: Any, report: Callable[[], None], every_s: float) -> int:
+def fit_reporting(
+    command: list[str],
+    log: Any,
+    report: Callable[[], None],
+    every_s: float,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
+) -> int:
     """Run ``command`` with its output in ``log``, calling ``report`` every ``every_s`` seconds until it
-    ends; its exit status. Interrupted (Ctrl-C, or the study killed), the fit is killed too."""
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ)
+    ends; its exit status. Interrupted (Ctrl-C, or SIGTERM to the study), the fit is stopped as a
+    scheduler would stop it (``stop_fit``) and the interruption goes on. The fit runs in a session of its
+    own, so that a Ctrl-C in the terminal reaches the study only: the fit, interrupted mid-update, would
+    save nothing."""
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=os.environ, start_new_session=True
+    )
     try:
         while True:
             try:
@@ -226,9 +277,45 @@ def fit_reporting(command: list[str], log: Any, report: Callable[[], None], ever
             except subprocess.TimeoutExpired:
                 report()
     except BaseException:
+        stop_fit(process, stop_timeout_s)
+        raise
+
+
+def stop_fit(process: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM the fit, on which ``rgra fit`` saves its state after the update in progress and exits, and
+    wait for it: killed, it would lose every update since its last periodic checkpoint. Killed where it
+    has not exited within ``timeout_s`` (an update of a large model takes minutes; a hung one never ends),
+    or when the wait is interrupted again (a second Ctrl-C)."""
+    process.send_signal(signal.SIGTERM)
+    print(
+        f"stopping the running fit: waiting up to {timeout_s:.0f} s for it to save its state "
+        "(Ctrl-C again to kill it)",
+        flush=True,
+    )
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        print(f"the fit had not exited {timeout_s:.0f} s after SIGTERM: killed", flush=True)
+        process.kill()
+        process.wait()
+    except BaseException:
         process.kill()
         process.wait()
         raise
+
+
+def saved_update(run_dir: Path) -> int | None:
+    """The update the run's last checkpoint holds (read memory-mapped, in a fraction of a second), or None
+    where it has none it can read (the fit says what is wrong with it when it resumes)."""
+    last = run_dir / LAST_CHECKPOINT
+    if not last.is_file():
+        return None
+    from rgra_lightning.checkpointing import read_checkpoint  # torch: only for a run with a checkpoint
+
+    try:
+        return read_checkpoint(str(last), "the last checkpoint")["global_step"]
+    except ConfigError:
+        return None
 
 
 def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str, Any]:
@@ -237,8 +324,10 @@ def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str,
 
     The record (also written to ``done.json`` on success) has ``returncode``, ``wall_s``, ``steps``,
     ``steps_per_s`` (optimizer updates per second of the whole fit, validation included), the final
-    and best validation accuracy, and ``config``: the run's composed config (``as_recorded``), which
-    ``stale_runs`` compares with the study's when it is run again.
+    and best validation accuracy after step 0 (``curve_metrics``, as in the summary), ``event_files``:
+    the TensorBoard files the fit wrote (the summary reads these only: ``ablation_summary.event_files``),
+    and ``config``: the run's composed config (``as_recorded``), which ``stale_runs`` compares with the
+    study's when it is run again.
     """
     run_dir = study.run_dir(preset, seed)
     _, layer = write_run_yaml(study, preset, seed)
@@ -261,7 +350,8 @@ def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str,
         log.flush()
         returncode = fit_reporting(command, log, report, PROGRESS_EVERY_S)
     wall_s = time.perf_counter() - start
-    curve = read_curve(run_dir)
+    files = event_files(run_dir)
+    metrics = curve_metrics(read_curve(run_dir, files=files))
     record = {
         "preset": preset,
         "seed": seed,
@@ -269,8 +359,9 @@ def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str,
         "wall_s": round(wall_s, 1),
         "steps": steps,
         "steps_per_s": round(steps / wall_s, 3) if steps and steps > 0 and not resumed else None,
-        "final_val_accuracy": curve[-1][1] if curve else None,
-        "best_val_accuracy": max(value for _, value in curve) if curve else None,
+        "final_val_accuracy": metrics.get("final"),
+        "best_val_accuracy": metrics.get("best"),
+        "event_files": files,
         "config": config,
     }
     if returncode == 0:
@@ -344,17 +435,50 @@ def stale_runs(study: Study) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
-CONFIG_REFUSED = 2  # ``rgra fit``'s exit status for settings it cannot run with (a one-line error)
+EXIT_MEANINGS = {  # ``rgra fit``'s exit statuses (``errors``), as a failed run's line names them
+    CONFIG_REFUSED: "config refused",
+    TRAINING_DIVERGED: "training diverged",
+    KILLED: "stopped by SIGTERM",
+}
+
+
+def parse_only_cli() -> type:
+    """``rgra fit``'s CLI class stopped before it instantiates the model, the data and the trainer: the
+    config is parsed and validated (every option known and of its type, every required one given) and
+    checked as before loading anything (a GPU config on a CPU), without loading a model, which takes
+    minutes for a real one. (``--print_config`` prints the config before the required options are
+    checked.)"""
+    from rgra_lightning.cli import RLCLI
+
+    class ParseOnly(RLCLI):
+        def _set_seed(self) -> None:
+            """Nothing: no run here to seed (seeding would log ``Seed set to 0`` once per preset)."""
+
+        def instantiate_classes(self) -> None:
+            """Nothing: the config is checked, and nothing is run with it."""
+
+    return ParseOnly
+
+
+def one_line(stderr: str) -> str:
+    """``rgra fit``'s error in its ``stderr`` as one line: from its ``error: `` line on, every line joined,
+    as a parser report spans several (``error: Parser key "model":`` alone says nothing), but its ``Given
+    value`` lines, which echo the whole composed section back (thousands of characters); its last lines
+    where no line starts so."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    start = next((n for n, line in enumerate(lines) if line.startswith("error: ")), len(lines) - 3)
+    return " ".join(line for line in lines[max(start, 0) :] if not line.startswith("Given value"))
 
 
 def parser_refusals(study: Study, study_path: Path) -> list[str]:
-    """``rgra fit``'s one-line error for each composed config of a preset with runs to do that the parser
-    refuses (an unknown option, a value of the wrong type, a missing file), with the presets it refuses,
-    found in a second or so per preset before the study starts rather than when the preset's turn comes,
-    hours in. A mistake in the study's ``overrides`` is named at its line in the study file, not in the
-    ``run.yaml`` written from them."""
+    """``rgra fit``'s error, as one line, for each composed config of a preset with runs to do that the
+    parser refuses (an unknown option, a value of the wrong type, a required option missing, a missing
+    file), with the presets it refuses, found in a second or so per preset (``parse_only_cli``) before the
+    study starts rather than when the preset's turn comes, hours in. A mistake in the study's
+    ``overrides`` is named at its line in the study file, not in the ``run.yaml`` written from them."""
     from rgra_lightning.cli import main as fit_command
 
+    parse_only = parse_only_cli()
     refused: dict[str, list[str]] = {}  # error -> presets
     for preset in study.presets:
         seeds = [seed for seed in study.seeds if not (study.run_dir(preset, seed) / "done.json").is_file()]
@@ -364,12 +488,12 @@ def parser_refusals(study: Study, study_path: Path) -> list[str]:
         errors = io.StringIO()
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
-                fit_command([*run_command(study, preset, seeds[0])[3:], "--print_config"])
+                fit_command(run_command(study, preset, seeds[0])[4:], run=False, cli_class=parse_only)
         except SystemExit as exit_info:
-            if exit_info.code not in (0, None):
-                lines = [line for line in errors.getvalue().splitlines() if line.strip()]
-                error = next((line for line in lines if line.startswith("error: ")), " ".join(lines[-3:]))
-                refused.setdefault(_in_study_file(error, run_yaml, study_path), []).append(preset)
+            if exit_info.code != CONFIG_REFUSED:  # the study stopped by SIGTERM meanwhile
+                raise
+            error = _in_study_file(one_line(errors.getvalue()), run_yaml, study_path)
+            refused.setdefault(error, []).append(preset)
     return [
         f"{error} (preset{'s' * (len(names) > 1)} {', '.join(names)})" for error, names in refused.items()
     ]
@@ -384,39 +508,68 @@ def _in_study_file(error: str, run_yaml: Path, study_path: Path) -> str:
     return f"error: {study_path}:{line}: {match[2]}" if match and line else error
 
 
+def starting(run_dir: Path) -> str:
+    """How a run starts: ``running``, or ``resuming from update N`` from its last checkpoint."""
+    if not (run_dir / LAST_CHECKPOINT).is_file():
+        return "running"
+    update = saved_update(run_dir)
+    return f"resuming from update {update}" if update is not None else f"resuming from {LAST_CHECKPOINT}"
+
+
+def interrupted(run_dir: Path) -> str:
+    """The line of a study interrupted while a run's fit ran: what the run kept (the update its last
+    checkpoint holds, the one it stopped after where it saved on SIGTERM) and how to go on."""
+    update = saved_update(run_dir)
+    if update is None:
+        return (
+            "interrupted before this run saved a checkpoint: run the same command again to rerun it and go on"
+        )
+    return (
+        f"interrupted; this run's last checkpoint holds update {update} ({run_dir / LAST_CHECKPOINT}): run "
+        "the same command again to resume it there and go on"
+    )
+
+
 def run_study(study: Study) -> int:
     """Run every unfinished (preset, seed), print progress, write the summary; the number of runs not done.
     A preset whose run exits with ``CONFIG_REFUSED`` is not run with its other seeds: only the seed
     differs between them, so each would be refused the same way (the hub unreachable, a GPU config on a
-    CPU) after loading the same models."""
+    CPU) after loading the same models. A diverged run (``TRAINING_DIVERGED``) does not stop the others:
+    another seed may not diverge. Interrupted, the study says where the running fit stopped and how to
+    resume, and the interruption goes on."""
     jobs = [(preset, seed) for seed in study.seeds for preset in study.presets]  # every preset early
     failed, refused = 0, set()
     for index, (preset, seed) in enumerate(jobs, start=1):
         run_dir = study.run_dir(preset, seed)
-        prefix = f"[{index}/{len(jobs)}] {preset} seed {seed}"
+        label = study.label(preset)
+        prefix = f"[{index}/{len(jobs)}] {label} seed {seed}"
         if (run_dir / "done.json").is_file():
             print(f"{prefix}: done already, skipped", flush=True)
             continue
         if preset in refused:
             failed += 1
-            print(f"{prefix}: not run, as {preset}'s config was refused above", flush=True)
+            print(f"{prefix}: not run, as {label}'s config was refused above", flush=True)
             continue
-        print(f"{prefix}: running (log: {run_dir / 'log.txt'})", flush=True)
-        record = run_one(study, preset, seed, prefix)
+        print(f"{prefix}: {starting(run_dir)} (log: {run_dir / 'log.txt'})", flush=True)
+        try:
+            record = run_one(study, preset, seed, prefix)
+        except (KeyboardInterrupt, SystemExit):
+            print(f"{prefix}: {interrupted(run_dir)}", flush=True)
+            raise
         if record["returncode"] == CONFIG_REFUSED:
             refused.add(preset)
         if record["returncode"] == 0:
             print(
                 f"{prefix}: finished in {record['wall_s']:.0f} s, final val accuracy "
-                f"{record['final_val_accuracy']}, best {record['best_val_accuracy']}",
+                f"{record['final_val_accuracy']}, best after step 0 {record['best_val_accuracy']}",
                 flush=True,
             )
         else:
             failed += 1
+            code = record["returncode"]
+            meaning = f": {EXIT_MEANINGS[code]}" if code in EXIT_MEANINGS else ""
             tail = (run_dir / "log.txt").read_text().strip().splitlines()[-5:]
-            print(
-                f"{prefix}: FAILED (exit {record['returncode']}); last lines:", *tail, sep="\n  ", flush=True
-            )
+            print(f"{prefix}: FAILED (exit {code}{meaning}); last lines:", *tail, sep="\n  ", flush=True)
     summary = summarise(study)
     print(f"summary: {summary}" + (f" ({failed} run(s) failed; rerun to retry them)" if failed else ""))
     return failed
@@ -438,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         print(*stale, sep="\n", file=sys.stderr)
         return 2
-    exit_on_sigterm()  # a killed study: fit_reporting kills the running fit too
+    exit_on_sigterm()  # a killed study: fit_reporting stops the running fit too
     if args.summary_only:
         print(f"summary: {summarise(study)}")
         return 0
@@ -451,7 +604,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return 1 if run_study(study) else 0
+    try:
+        return 1 if run_study(study) else 0
+    except KeyboardInterrupt:  # said in one line by run_study, not as a traceback
+        return 128 + signal.SIGINT  # as a shell reports a process stopped by Ctrl-C
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rgra_lightning.ablate import Study
@@ -17,13 +17,22 @@ VAL_TAG = "val/accuracy"
 REWARD_TAG = "train/reward"
 
 
-def read_curve(run_dir: Path, tag: str = VAL_TAG) -> list[tuple[int, float]]:
-    """``(step, value)`` of a scalar across the run's event files, the latest write winning per step."""
+def event_files(run_dir: Path) -> list[str]:
+    """The names of the run's TensorBoard event files. ``rgra ablate`` records them in ``done.json`` when
+    the fit finishes: a ``validate`` of the run's checkpoint with its ``run.yaml`` later writes another one
+    beside them, whose values at the fit's steps would otherwise replace the fit's own."""
+    return sorted(path.name for path in (run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def read_curve(run_dir: Path, tag: str = VAL_TAG, files: list[str] | None = None) -> list[tuple[int, float]]:
+    """``(step, value)`` of a scalar across the run's event files named in ``files`` (None: every one; a
+    resumed fit writes one per attempt), the latest write winning per step."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    names = event_files(run_dir) if files is None else files
     points: dict[int, tuple[float, float]] = {}
-    for events in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    for name in names:
+        accumulator = EventAccumulator(str(run_dir / "tensorboard" / name), size_guidance={"scalars": 0})
         accumulator.Reload()
         if tag not in accumulator.Tags()["scalars"]:
             continue
@@ -42,16 +51,17 @@ def mean_std(values: list[float]) -> str:
 
 
 def curve_metrics(curve: list[tuple[int, float]]) -> dict[str, float]:
-    """Per-run scalars of a validation curve whose first point is the untrained policy: ``initial``,
-    ``final``, ``best`` and ``mean`` (the mean of the validations after the initial one, i.e. the area
-    under the learning curve per step: it rewards learning early, where ``final`` may saturate)."""
-    trained = [value for _, value in curve[1:]] or [curve[0][1]]
-    return {
-        "initial": curve[0][1],
-        "final": trained[-1],
-        "best": max(trained),
-        "mean": statistics.fmean(trained),
-    }
+    """Per-run scalars of a validation curve: ``initial``, the untrained policy's (the validation at step 0,
+    absent with ``validate_before_training: false``), and of the validations after training started (the
+    initial one excluded, so that "best" is a trained policy's): ``final``, ``best`` and ``mean`` (the
+    area under the learning curve per step: it rewards learning early, where ``final`` may saturate). A
+    metric without a validation to take it from is left out."""
+    initial = [value for step, value in curve if step == 0]
+    trained = [value for step, value in curve if step > 0]
+    metrics = {"initial": initial[-1]} if initial else {}
+    if trained:
+        metrics |= {"final": trained[-1], "best": max(trained), "mean": statistics.fmean(trained)}
+    return metrics
 
 
 def difference(values: list[float], reference: list[float]) -> str:
@@ -63,30 +73,41 @@ def difference(values: list[float], reference: list[float]) -> str:
     return f"{delta:+.3f} ({se:.3f}){' *' if abs(delta) > 2 * se else ''}"
 
 
+def finished_curve(run_dir: Path) -> tuple[list[tuple[int, float]], dict[str, Any]]:
+    """A finished run's validation curve, from the event files its fit wrote (``done.json``'s
+    ``event_files``; every one for a ``done.json`` written before they were recorded), and its record;
+    an empty curve and record for a run not finished."""
+    done = run_dir / "done.json"
+    if not done.is_file():
+        return [], {}
+    record = json.loads(done.read_text())
+    return read_curve(run_dir, files=record.get("event_files")), record
+
+
 def summarise(study: Study) -> Path:
     """Write ``summary.md`` and ``val_accuracy.png`` under the study's directory from finished runs."""
     curves: dict[str, list[list[tuple[int, float]]]] = {}
     metrics: dict[str, dict[str, list[float]]] = {}
     speeds: dict[str, list[float]] = {}
     for preset in study.presets:
+        label = study.label(preset)
         for seed in study.seeds:
-            done = study.run_dir(preset, seed) / "done.json"
-            curve = read_curve(study.run_dir(preset, seed))
-            if not done.is_file() or not curve:
+            curve, record = finished_curve(study.run_dir(preset, seed))
+            if not curve:
                 continue
-            curves.setdefault(preset, []).append(curve)
+            curves.setdefault(label, []).append(curve)
             for name, value in curve_metrics(curve).items():
-                metrics.setdefault(preset, {}).setdefault(name, []).append(value)
-            record = json.loads(done.read_text())
+                metrics.setdefault(label, {}).setdefault(name, []).append(value)
             if record.get("steps_per_s"):
-                speeds.setdefault(preset, []).append(record["steps_per_s"])
+                speeds.setdefault(label, []).append(record["steps_per_s"])
+    labels = [study.label(preset) for preset in study.presets]
     names = ("initial", "final", "best", "mean")
     rows = []
-    for preset in study.presets:
-        runs = metrics.get(preset, {})
-        speed = f"{statistics.fmean(speeds[preset]):.2f}" if preset in speeds else "n/a"
+    for label in labels:
+        runs = metrics.get(label, {})
+        speed = f"{statistics.fmean(speeds[label]):.2f}" if label in speeds else "n/a"
         cells = " | ".join(mean_std(runs.get(name, [])) for name in names)
-        rows.append(f"| {preset} | {len(curves.get(preset, []))}/{len(study.seeds)} | {cells} | {speed} |")
+        rows.append(f"| {label} | {len(curves.get(label, []))}/{len(study.seeds)} | {cells} | {speed} |")
     plot = plot_curves(curves, study.root / "val_accuracy.png", study.name)
     lines = [
         f"# Ablation study `{study.name}`",
@@ -94,41 +115,52 @@ def summarise(study: Study) -> Path:
         f"Base config `{' + '.join(map(str, study.base_configs))}` with overrides "
         f"`{json.dumps(study.overrides)}`; "
         f"seeds {study.seeds}. Validation accuracy is greedy accuracy on the held-out problems. Per run: "
-        "initial = the policy before training, final = the last validation, best = the highest, mean = "
-        "the mean of all validations after the initial one (area under the learning curve: higher means "
-        "it learned earlier). Cells: mean +- sample std over seeds. steps/s = optimizer updates per "
-        "second of wall time of the whole fit (model loading and validation included).",
+        "initial = the policy before training (the validation at step 0), and of the validations after "
+        "it: final = the last, best = the highest, mean = their mean (area under the learning curve: "
+        "higher means it learned earlier). Cells: mean +- sample std over seeds. steps/s = optimizer "
+        "updates per second of wall time of the whole fit (model loading and validation included).",
         "",
         "| preset | seeds done | initial | final | best | mean over run | steps/s |",
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
+        *difference_section(metrics, labels, study.label(study.reference), len(study.seeds)),
+        f"![validation accuracy]({plot.name})",
+        "",
     ]
-    reference = study.reference
-    if reference in metrics:
-        lines += [
-            f"Difference to `{reference}`: delta of the means (Welch standard error); "
-            "`*` marks |delta| > 2 standard errors, a difference larger than the seed spread explains "
-            "(with 3 seeds a rough guide, not a significance test).",
-            "",
-            "| preset | final | best | mean over run |",
-            "|---|---|---|---|",
-            *(
-                f"| {preset} | "
-                + " | ".join(
-                    difference(metrics[preset][name], metrics[reference][name])
-                    for name in ("final", "best", "mean")
-                )
-                + " |"
-                for preset in study.presets
-                if preset in metrics and preset != reference
-            ),
-            "",
-        ]
-    lines += [f"![validation accuracy]({plot.name})", ""]
     summary = study.root / "summary.md"
     summary.write_text("\n".join(lines))
     return summary
+
+
+def difference_section(
+    metrics: dict[str, dict[str, list[float]]], labels: list[str], reference: str, seeds: int
+) -> list[str]:
+    """The lines of summary.md comparing each preset with finished runs to the reference preset, or one
+    line saying why there is nothing to compare (an empty table would read as no difference)."""
+    others = [label for label in labels if label in metrics and label != reference]
+    if reference not in metrics:
+        return [f"No differences: the reference preset `{reference}` has no finished run.", ""]
+    if not others:
+        return [f"No differences: no preset but the reference `{reference}` has a finished run.", ""]
+    return [
+        f"Difference to `{reference}`: delta of the means (Welch standard error); "
+        "`*` marks |delta| > 2 standard errors, a difference larger than the seed spread explains "
+        f"(with {seeds} seed{'s' * (seeds != 1)} a rough guide, not a significance test).",
+        "",
+        "| preset | final | best | mean over run |",
+        "|---|---|---|---|",
+        *(
+            f"| {label} | "
+            + " | ".join(
+                difference(metrics[label].get(name, []), metrics[reference].get(name, []))
+                for name in ("final", "best", "mean")
+            )
+            + " |"
+            for label in others
+        ),
+        "",
+    ]
 
 
 def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, title: str) -> Path:

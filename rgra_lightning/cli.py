@@ -34,7 +34,7 @@ from rgra_lightning.checkpointing import (
 from rgra_lightning.commands import KILLED
 from rgra_lightning.config_files import LOSS_PRESETS, read
 from rgra_lightning.distributed import AgreedSigterm
-from rgra_lightning.errors import ConfigError, find_reported_error
+from rgra_lightning.errors import ConfigError, exit_status, find_reported_error
 from rgra_lightning.parser_errors import given_options, is_file, one_line_report, without_usage
 
 # The data module of the 0.x configs, split into one data module per source: ``task`` -> class path.
@@ -193,9 +193,10 @@ def _without_litlogger_tip(record: logging.LogRecord) -> bool:
     return "litlogger" not in record.getMessage()
 
 
-def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+def main(args: list[str] | None = None, run: bool = True, cli_class: type[RLCLI] = RLCLI) -> LightningCLI:
     """Run the CLI; ``args`` replaces ``sys.argv[1:]``. With ``run=False`` (tests) the model, data and
-    trainer are only instantiated from the config, and ``args`` has no subcommand."""
+    trainer are only instantiated from the config, and ``args`` has no subcommand; ``cli_class`` may do less
+    (``rgra ablate``'s pre-flight check only parses). A reported error exits with ``errors.exit_status``."""
     # Expected with manual optimisation and a frozen reference model; they would only confuse users.
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
@@ -209,7 +210,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     logging.getLogger(_LIGHTNING_INFO_LOGGER).addFilter(_without_litlogger_tip)
     try:
         check_config_files(sys.argv[1:] if args is None else args)
-        return RLCLI(
+        return cli_class(
             LightningModule,
             LightningDataModule,
             subclass_mode_model=True,
@@ -229,4 +230,4 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         if config_error is None:
             raise
         print(f"error: {config_error}", file=sys.stderr)
-        raise SystemExit(2) from config_error
+        raise SystemExit(exit_status(config_error)) from config_error

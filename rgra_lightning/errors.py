@@ -1,16 +1,25 @@
 """Errors the command line reports as one line (``error: ...``) instead of a traceback, however deep inside
-config instantiation or training they were raised.
+config instantiation or training they were raised, and the exit status each one ends ``rgra`` with.
 
 - ``ConfigError``: a mistake the user can fix in the config or the command: a bad value, a missing model,
   checkpoint or data file. The message names the field, file or row and what is allowed.
 - ``NonFiniteTrainingError``: training diverged (NaN/inf losses or gradients); the message says where the
   last good state was saved and what to change before resuming.
+
+Exit statuses of ``rgra fit`` (and validate, test, predict): 0 done; ``CONFIG_REFUSED`` (2) a config or
+usage mistake, also one found during training (a verifier failing on every completion): the same for every
+seed; ``TRAINING_DIVERGED`` (3) a ``NonFiniteTrainingError``, which another seed may not hit;
+``commands.KILLED`` (143) stopped by SIGTERM, the state saved. ``rgra ablate`` tells them apart: only a
+refused config skips a preset's other seeds.
 """
 
 from __future__ import annotations
 
 # Defined in the rewards package, which cannot import this one, so that the verifiers raise it too.
 from rewards.errors import ConfigError
+
+CONFIG_REFUSED = 2  # argparse's and jsonargparse's status for a usage mistake, kept for every config mistake
+TRAINING_DIVERGED = 3
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -30,3 +39,9 @@ def find_reported_error(error: BaseException) -> BaseException | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def exit_status(error: BaseException) -> int:
+    """The exit status for a reported ``error``: a diverged run is not a refused config (``rgra ablate``
+    would skip the preset's other seeds for the one, and should not for the other)."""
+    return TRAINING_DIVERGED if isinstance(error, NonFiniteTrainingError) else CONFIG_REFUSED

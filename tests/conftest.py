@@ -64,13 +64,14 @@ def sample(policy, tokenizer, prompts: list[str], config, greedy: bool = False):
     return HFEngine().bind(policy, tokenizer).generate(prompts, config, greedy=greedy)
 
 
-def one_line_error(args: list[str], capsys) -> str:
-    """Run the CLI expecting a user error: exit status 2 and a single ``error: ...`` line on stderr."""
+def one_line_error(args: list[str], capsys, status: int = 2) -> str:
+    """Run the CLI expecting a reported error: exit ``status`` (2: a config mistake, 3: training diverged)
+    and a single ``error: ...`` line on stderr."""
     from rgra_lightning.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(args, run=args[0] == "fit")
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == status
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1
     return lines[0]

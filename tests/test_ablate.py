@@ -6,13 +6,17 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
+import torch
 import yaml
 
 from rgra_lightning import ablate
-from rgra_lightning.ablation_summary import read_curve
+from rgra_lightning.ablation_summary import read_curve, summarise
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
 from tests.conftest import ROOT
@@ -112,6 +116,7 @@ def test_a_base_of_several_configs_is_composed_in_order(study_file, small_config
         ({"sedes": [0]}, "unknown keys ['sedes']"),
         ({"results_dir": ["results"]}, "results_dir must be a directory's path"),
         ({"reference": "grpo"}, "reference 'grpo' is not one of the presets"),
+        ({"presets": ["rgra", "raft", "rgra"]}, "preset 'rgra' is listed twice: remove one"),
     ],
 )
 def test_bad_study_configs_fail_with_a_clear_message(study_file, fields, message, capsys):
@@ -119,6 +124,20 @@ def test_bad_study_configs_fail_with_a_clear_message(study_file, fields, message
         ablate.load_study(study_file(**fields))
     assert ablate.main(["--config", str(study_file(**fields))]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_presets_whose_files_share_a_name_are_refused(study_file, tmp_path, capsys):
+    """``rgra`` and ``alt/rgra.yaml`` would share ``runs/rgra/``: the second's runs would be skipped as done
+    and the summary would give it the first one's results."""
+    alt = tmp_path / "alt" / "rgra.yaml"
+    alt.parent.mkdir()
+    alt.write_text(yaml.safe_dump({"model": {"init_args": {"learning_rate": 3e-5}}}))
+    path = study_file(presets=["rgra", str(alt)])
+    assert ablate.main(["--config", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {path}: presets 'rgra' and '{alt}' would share the run directory runs/rgra/ (named after "
+        "the preset file's name, without its folder): rename one of the files\n"
+    )
 
 
 def test_a_study_file_that_is_not_yaml_is_named_at_its_line(tmp_path, capsys):
@@ -318,7 +337,7 @@ def test_two_presets_two_seeds_resume_after_a_lost_run(study_file, capsys):
     assert ablate.main(["--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.count("done already, skipped") == 3
-    assert "[4/4] raft seed 1: running" in out
+    assert "[4/4] raft seed 1: resuming from update 4" in out  # its last checkpoint, at the end
 
 
 def test_failed_run_is_reported_and_not_marked_done(study_file, capsys):
@@ -327,12 +346,47 @@ def test_failed_run_is_reported_and_not_marked_done(study_file, capsys):
     path = study_file(presets=["rgra"], seeds=[0, 1], overrides=overrides)
     assert ablate.main(["--config", str(path)]) == 1
     out = capsys.readouterr().out
-    assert "[1/2] rgra seed 0: FAILED (exit 2)" in out and "model.learning_rate must be > 0, got 0" in out
+    assert "[1/2] rgra seed 0: FAILED (exit 2: config refused)" in out
+    assert "model.learning_rate must be > 0, got 0" in out
     assert "[2/2] rgra seed 1: not run, as rgra's config was refused above" in out
     assert "(2 run(s) failed; rerun to retry them)" in out
     study = ablate.load_study(path)
     assert not (study.run_dir("rgra", 0) / "done.json").exists()
     assert not study.run_dir("rgra", 1).exists()
+
+
+def test_a_diverged_run_does_not_skip_the_presets_other_seeds(study_file, monkeypatch, capsys):
+    """Exit status 3 (NaN/inf training) depends on the seed, unlike a refused config (2)."""
+    statuses, commands = iter([3, 0]), []
+    monkeypatch.setattr(
+        ablate, "fit_reporting", lambda command, *_: commands.append(command) or next(statuses)
+    )
+    path = study_file(presets=["rgra"], seeds=[0, 1])
+    assert ablate.main(["--config", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "[1/2] rgra seed 0: FAILED (exit 3: training diverged)" in out
+    assert "[2/2] rgra seed 1: running" in out and len(commands) == 2
+    assert "(1 run(s) failed; rerun to retry them)" in out
+
+
+def test_a_missing_required_option_stops_the_study_before_any_run_in_one_line(study_file, tmp_path, capsys):
+    """A preset switching to a class with a required option it does not give: ``--print_config`` printed the
+    config before checking required options, so the run failed when its turn came, hours in. The parser's
+    report spans many lines: the study's line holds all of them (not ``error: Parser key "model":``)."""
+    preset = tmp_path / "weighted.yaml"
+    verifier = {
+        "class_path": "rewards.WeightedSum",
+        "init_args": {"verifiers": [{"class_path": "rewards.MathVerifier"}]},
+    }
+    preset.write_text(yaml.safe_dump({"model": {"init_args": {"verifier": verifier}}}))
+    path = study_file(presets=["rgra", str(preset)])
+    assert ablate.main(["--config", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith('error: Parser key "model": ')
+    assert "'rewards.WeightedSum': the following arguments are required: weights" in lines[0]
+    assert "Given value" not in lines[0] and lines[0].endswith(f"(preset {preset})")
+    assert lines[1] == "nothing was run: fix the configs above and run the study again"
+    assert not list(ablate.load_study(path).root.rglob("log.txt"))
 
 
 def test_configs_the_parser_refuses_stop_the_study_before_any_run_naming_the_study_file_line(
@@ -366,6 +420,42 @@ def test_a_runs_recorded_steps_are_those_of_its_composed_config(study_file, tmp_
     assert len(fits) == 1 and record["steps"] == 7 and record["steps_per_s"] > 0
 
 
+def write_validations(run_dir, accuracies: dict[int, float]) -> None:
+    """A TensorBoard event file in the run's ``tensorboard/``, as a fit or a validate writes one."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(run_dir / "tensorboard") as writer:
+        for step, accuracy in accuracies.items():
+            writer.add_scalar("val/accuracy", accuracy, step)
+
+
+def test_the_summary_reads_only_the_event_files_of_the_runs_fit(study_file, monkeypatch):
+    """``rgra validate`` of a finished run with its run.yaml writes another event file beside the fit's (the
+    logger's version is fixed): its value at the fit's last step must not replace the fit's. The untrained
+    step-0 validation is no "best", in done.json as in the summary."""
+    study = ablate.load_study(study_file(presets=["rgra"], seeds=[0]))
+    run_dir = study.run_dir("rgra", 0)
+
+    def fit(*_: object) -> int:
+        write_validations(run_dir, {0: 0.9, 2: 0.5, 4: 0.75})
+        return 0
+
+    monkeypatch.setattr(ablate, "fit_reporting", fit)
+    record = ablate.run_one(study, "rgra", 0)
+    assert (record["final_val_accuracy"], record["best_val_accuracy"]) == (0.75, 0.75)
+    assert json.loads((run_dir / "done.json").read_text())["event_files"] == record["event_files"]
+    time.sleep(0.01)  # a later wall time: the later write would win
+    write_validations(run_dir, {4: 0.25})  # the validate
+    # initial (step 0), final, best and mean
+    row = "| rgra | 1/1 | 0.900 +- 0.000 | {} +- 0.000 | {} +- 0.000 | {} +- 0.000 |"
+    assert row.format("0.750", "0.750", "0.625") in summarise(study).read_text()
+
+    done = json.loads((run_dir / "done.json").read_text())
+    del done["event_files"]  # written before they were recorded: every file is read, as before
+    (run_dir / "done.json").write_text(json.dumps(done))
+    assert row.format("0.250", "0.500", "0.375") in summarise(study).read_text()
+
+
 def test_progress_reads_the_latest_update_reward_and_accuracy(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -377,16 +467,93 @@ def test_progress_reads_the_latest_update_reward_and_accuracy(tmp_path):
     assert ablate.progress(tmp_path, 4) == "update 2/4, train/reward 0.500, val/accuracy 0.250 at update 0"
 
 
-def test_an_interrupted_study_kills_the_running_fit(tmp_path):
-    """Ctrl-C or a killed study (SystemExit from its SIGTERM handler) while a fit runs: the fit goes too."""
+STAND_IN_FIT = """
+import os, signal, sys, time
+def save_and_exit(*_):
+    print("SIGTERM received: saved", flush=True)
+    sys.exit(143)
+signal.signal(signal.SIGTERM, save_and_exit if sys.argv[1] == "saves" else signal.SIG_IGN)
+print(os.getpid(), os.getpgid(0), flush=True)
+time.sleep(60)
+"""
+
+
+def stand_in_fit(tmp_path, behaviour: str, stop_timeout_s: float = 30.0) -> list[str]:
+    """Run a stand-in for ``rgra fit`` (``saves``: exits 143 on SIGTERM, as rgra fit does once saved;
+    ``hangs``: ignores it) under ``fit_reporting``, interrupted by Ctrl-C once it has started; the lines it
+    wrote to its log, which start with its pid and process group."""
     log_path = tmp_path / "log.txt"
-    script = "import os, sys, time; print(os.getpid(), flush=True); time.sleep(60)"
 
     def interrupt() -> None:
         raise KeyboardInterrupt
 
     with open(log_path, "w") as log, pytest.raises(KeyboardInterrupt):
-        ablate.fit_reporting([sys.executable, "-c", script], log, interrupt, every_s=1.0)
-    pid = int(log_path.read_text().split()[0])
-    with pytest.raises(ProcessLookupError):  # killed and reaped
+        command = [sys.executable, "-c", STAND_IN_FIT, behaviour]
+        ablate.fit_reporting(command, log, interrupt, every_s=1.0, stop_timeout_s=stop_timeout_s)
+    lines = log_path.read_text().splitlines()
+    pid, group = map(int, lines[0].split())
+    assert group != os.getpgid(0)  # its own: a Ctrl-C in the terminal reaches the study only
+    with pytest.raises(ProcessLookupError):  # exited and reaped
         os.kill(pid, 0)
+    return lines[1:]
+
+
+def test_an_interrupted_study_stops_the_running_fit_with_sigterm_and_waits_for_it(tmp_path):
+    """Ctrl-C or a killed study (SystemExit from its SIGTERM handler) while a fit runs: the fit gets SIGTERM,
+    on which rgra fit saves its state and exits, not SIGKILL, which would lose its updates since the last
+    checkpoint."""
+    assert stand_in_fit(tmp_path, "saves") == ["SIGTERM received: saved"]
+
+
+def test_a_fit_that_does_not_exit_after_sigterm_is_killed_after_the_timeout(tmp_path, capsys):
+    assert stand_in_fit(tmp_path, "hangs", stop_timeout_s=1.0) == []
+    assert capsys.readouterr().out.splitlines() == [
+        "stopping the running fit: waiting up to 1 s for it to save its state (Ctrl-C again to kill it)",
+        "the fit had not exited 1 s after SIGTERM: killed",
+    ]
+
+
+def test_a_study_stopped_by_sigterm_stops_its_fit_which_saves_and_resumes(study_file, fake_fits, tmp_path):
+    """A real study, SIGTERM'd while its fit trains: the fit saves the update it is at and exits 143, the
+    study says where and how to resume and exits 143; the same command resumes the run from there."""
+    overrides = {  # long enough to be stopped: a checkpoint every 2 updates, of 400
+        "trainer": {"max_steps": 400, "val_check_interval": 200},
+        "model": {"init_args": {"num_iterations": 2, "validate_before_training": False}},
+    }
+    path = study_file(presets=["rgra"], seeds=[0], overrides=overrides)
+    study = ablate.load_study(path)
+    last = study.run_dir("rgra", 0) / "checkpoints" / "last.ckpt"
+    command = [sys.executable, "-m", "rgra_lightning", "ablate", "--config", str(path)]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, out
+    update = torch.load(last, weights_only=True, mmap=True)["global_step"]
+    assert 2 <= update < 400
+    assert (
+        f"stopped by SIGTERM after update {update}, saved to {last}"
+        in (last.parents[1] / "log.txt").read_text()
+    )
+    assert out.splitlines()[-1] == (
+        f"[1/1] rgra seed 0: interrupted; this run's last checkpoint holds update {update} ({last}): run the "
+        "same command again to resume it there and go on"
+    )
+    assert not (study.run_dir("rgra", 0) / "done.json").exists()
+
+    assert ablate.main(["--config", str(path)]) == 0
+    assert fake_fits[0][-2:] == ["--ckpt_path", str(last)]
+
+
+def test_a_resumed_run_says_from_which_update(study_file, fake_fits, capsys):
+    path = study_file(presets=["rgra"], seeds=[0])
+    run_dir = ablate.load_study(path).run_dir("rgra", 0)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {}, "global_step": 6}, run_dir / "checkpoints" / "last.ckpt")
+    assert ablate.main(["--config", str(path)]) == 0
+    assert (
+        f"[1/1] rgra seed 0: resuming from update 6 (log: {run_dir / 'log.txt'})" in capsys.readouterr().out
+    )
