@@ -1,7 +1,7 @@
 """Everything that differs when several processes train together: FSDP2 sharding, DDP's gradient no-sync,
-reductions of metrics over ranks, the distributed sampler of the training data, which problems of an
-evaluation each rank counts (``counted_on_rank``), and stopping every process together on SIGTERM
-(``AgreedSigterm``).
+reductions of metrics over ranks, the distributed sampler of the training and prediction data, which
+problems of an evaluation each rank counts (``counted_on_rank``), and stopping every process together on
+SIGTERM (``AgreedSigterm``).
 
 FSDP2 (``torch.distributed.fsdp.fully_shard``) shards the policy and the frozen reference and reward models
 in ``RLModule.configure_model`` when the trainer's strategy is Lightning's ``ModelParallelStrategy``.

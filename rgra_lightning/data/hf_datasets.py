@@ -64,7 +64,8 @@ class DatasetDataModule(TextDataModule):
         source_config: hub dataset configuration (GSM8K: ``main``).
         train_split, val_split, test_split: split names; unset (or null), the preset's, else ``train``
             and none. No ``val_split`` holds out ``val_size`` training problems; no ``test_split`` tests on
-            the validation problems. test and predict read only the test split where one is named. A
+            the validation problems. test and predict read only the test split where one is named (and no
+            ``few_shot`` examples come from the training split). A
             single file's only split is ``train``: to test on one, set ``test_split: train``.
         val_size: held-out problems for validation when there is no ``val_split``: at least 1 and fewer
             than the training problems.
@@ -178,8 +179,8 @@ class DatasetDataModule(TextDataModule):
         try:
             check_val_size(hp.val_size, len(records["train"]), f"usable rows of {where}")
         except ConfigError as error:
-            if self._stage not in ("test", "predict"):
-                raise
+            if self._stage not in ("test", "predict") or self.settings["test_split"] is not None:
+                raise  # a named test split is evaluated whole already: the hint would not help
             whole = f"data.test_split={self.settings['train_split']}"
             raise ConfigError(f"{error}; to {self._stage} on all of them, set {whole}") from error
         shuffled = random.Random(hp.seed).sample(records["train"], len(records["train"]))
