@@ -7,12 +7,15 @@ import html
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.utils.data import DataLoader
 
 from rgra_lightning.distributed import is_sharded
 from rgra_lightning.errors import ConfigError
@@ -168,6 +171,16 @@ class LineProgressBar(ProgressBar):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._eval_line("predict", trainer.num_predict_batches, final=True)
+
+    def track(self, batches: DataLoader, stage: str) -> Iterator[Any]:
+        """``batches`` one by one, with this bar's lines as for a Lightning stage: for a loop Lightning does
+        not run (``evaluation.log_initial_validation``, the step-0 validation, which for a real model takes
+        minutes before the first update)."""
+        self._eval_start, self._eval_batches = time.monotonic(), 0
+        for batch in batches:
+            yield batch
+            self._eval_batch_end(stage, [len(batches)])
+        self._eval_line(stage, [len(batches)], final=True)
 
     def _eval_batch_end(self, stage: str, totals: list[int | float]) -> None:
         self._eval_batches += 1

@@ -30,6 +30,7 @@ from torchmetrics import Metric
 
 from rewards import Verifier, WeightedSum
 from rewards.normalize import normalize
+from rgra_lightning.callbacks import LineProgressBar
 from rgra_lightning.distributed import counted_on_rank, with_distributed_sampler
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.experience import Experience, PromptBatch
@@ -284,7 +285,9 @@ def log_initial_validation(module: LightningModule, loader: DataLoader) -> None:
     if trainer.world_size > 1:
         loader = with_distributed_sampler(loader, trainer.strategy.distributed_sampler_kwargs)
     metrics = greedy_metrics(module.verifier).to(module.device)
-    for batch in loader:
+    bar = trainer.progress_bar_callback  # Lightning's bar shows its own loops only
+    batches = bar.track(loader, "validate (step 0)") if isinstance(bar, LineProgressBar) else loader
+    for batch in batches:
         counted = counted_problems(batch, trainer)
         update_greedy_metrics(metrics, module.make_experience(batch), module.verifier, counted)
     if not metrics[0].update_called:  # no validation problems

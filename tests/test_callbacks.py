@@ -15,12 +15,16 @@ def test_a_fit_logging_to_a_file_prints_progress_lines(small_config, monkeypatch
     """Lightning's bar writes ``\\r`` updates, so a log read line by line (sbatch, nohup) showed nothing
     until the run ended; here stderr is pytest's capture, no terminal."""
     monkeypatch.setenv("RGRA_PROGRESS_EVERY_S", "0")  # a line after every batch
-    config = small_config("rgra", **{"trainer.enable_progress_bar": True, "trainer.max_steps": 2})
+    settings = {"trainer.enable_progress_bar": True, "trainer.max_steps": 2}
+    config = small_config("rgra", **settings, **{"model.init_args.validate_before_training": True})
     main(["fit", "--config", str(config)])
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("fit:", "validate:"))]
+    stages = ("fit:", "validate:", "validate (step 0):")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(stages)]
     number, duration = r"\d\.\d{3}", r"\d+ s"
     metrics = f"train/reward {number}, train/accuracy {number}"
     patterns = [
+        rf"validate \(step 0\): batch 1/1; {duration}, ETA 0 s",  # outside Lightning's loops
+        rf"validate \(step 0\): batch 1/1; {duration}",
         f"fit: update 1/2, {metrics}; {duration}, ETA {duration}",  # after the first batch
         f"fit: update 2/2, {metrics}; {duration}, ETA 0 s",
         f"validate: batch 1/1; {duration}, ETA 0 s",
