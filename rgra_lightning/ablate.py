@@ -59,7 +59,7 @@ from rgra_lightning.ablation_summary import (
     read_curve,
     summarise,
 )
-from rgra_lightning.commands import KILLED, exit_on_sigterm
+from rgra_lightning.commands import KILLED, exit_on_termination
 from rgra_lightning.config_files import (
     LOSS_PRESETS,
     compose,
@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         print(*stale, sep="\n", file=sys.stderr)
         return 2
-    exit_on_sigterm()  # a killed study: fit_reporting stops the running fit too
+    exit_on_termination()  # a killed study: fit_reporting stops the running fit too
     if args.summary_only:
         print(f"summary: {summarise(study)}")
         return 0

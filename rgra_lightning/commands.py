@@ -32,10 +32,13 @@ tools:
 KILLED = 128 + signal.SIGTERM  # the exit status of a process stopped by SIGTERM, as a shell reports it
 
 
-def exit_on_sigterm() -> None:
-    """Make SIGTERM (``kill``, ``timeout``) raise ``SystemExit(KILLED)`` in this process, so that a tool's
-    ``finally`` blocks run and a child started with ``subprocess`` is killed on the way out."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(KILLED))
+def exit_on_termination() -> None:
+    """Make SIGTERM (``kill``, ``timeout``: ``SystemExit(KILLED)``) and SIGHUP (the terminal closed: 129)
+    raise ``SystemExit`` in this process, so that a tool's ``finally`` blocks run and a child started with
+    ``subprocess`` is stopped on the way out (``rgra ablate``'s fits run in a session of their own, which
+    a closed terminal does not reach: without this they went on unsupervised)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda number, _: sys.exit(128 + number))
 
 
 def run(args: list[str] | None = None) -> None:

@@ -61,7 +61,7 @@ from typing import Any
 import yaml
 
 from rewards.errors import ToolParser
-from rgra_lightning.commands import exit_on_sigterm
+from rgra_lightning.commands import exit_on_termination
 from rgra_lightning.config_files import compose
 from rgra_lightning.errors import ConfigError
 
@@ -640,7 +640,7 @@ def main(args: list[str] | None = None) -> int:
     workdir = Path(options.workdir or tempfile.mkdtemp(prefix="rgra-rehearsal-")).resolve()
     # Killed (as by timeout): exit through the finally below, which removes the temporary runs (hundreds of
     # MB), and through subprocess.run, which kills the running fit.
-    exit_on_sigterm()
+    exit_on_termination()
     results = []
     try:
         for run in runs:

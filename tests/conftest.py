@@ -79,12 +79,13 @@ def one_line_error(args: list[str], capsys, status: int = 2) -> str:
 
 @pytest.fixture(autouse=True)
 def sigterm_handler_restored():
-    """``rgra ablate`` and ``rgra rehearse`` install a SIGTERM handler (exit 143) in their process, here the
-    test process: left in place, Lightning would chain it after its own in a later fit, and a test's SIGTERM
-    would exit before the fit saves its state."""
-    previous = signal.getsignal(signal.SIGTERM)
+    """``rgra ablate`` and ``rgra rehearse`` install SIGTERM and SIGHUP handlers (exit 143, 129) in their
+    process, here the test process: left in place, Lightning would chain the SIGTERM one after its own in a
+    later fit, and a test's SIGTERM would exit before the fit saves its state."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
     yield
-    signal.signal(signal.SIGTERM, previous)
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture

@@ -1,13 +1,16 @@
 """The ``rgra`` console script: LightningCLI's subcommands and the tools, each one subcommand."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
 
-from rgra_lightning.commands import TOOLS, run
+from rgra_lightning.commands import TOOLS, exit_on_termination, run
 from tests.conftest import ROOT
 
 
@@ -109,3 +112,19 @@ def test_rgra_fit_from_the_command_line_raises_no_lightning_warning(monkeypatch,
     assert exit_info.value.code == 0
     assert "model_path: models/arith-tiny" in capsys.readouterr().out
     assert not [str(w.message) for w in caught if "args" in str(w.message)]
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_tool_ends_through_its_finally_blocks_on_sigterm_and_sighup(signum, status):
+    """A closed terminal (SIGHUP) ended ``rgra ablate`` at once, leaving its fit, which runs in a session
+    of its own, to train on unsupervised; now it exits as for SIGTERM, stopping the fit on the way."""
+    exit_on_termination()
+    assert callable(signal.getsignal(signum))  # else the default action would end pytest itself
+    cleaned = []
+    with pytest.raises(SystemExit) as exit_info:
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler raises at the next bytecode, well before this ends
+        finally:
+            cleaned.append(True)
+    assert exit_info.value.code == status and cleaned == [True]
