@@ -85,11 +85,22 @@ def _load_kwargs(name_or_path: str, gguf_file: str | None, marks: tuple[str, ...
     )
     wanted = "Give the path to a local Hugging Face model directory (config.json, weights, tokenizer files)."
     if looks_local and not path.is_dir():
+        if path.suffix == ".gguf" and path.is_file():
+            raise ModelLoadError(
+                f"{str(path)!r} is a GGUF file: give its directory ({str(path.parent)!r}) as the model path "
+                f"and its name ({path.name!r}) as the gguf_file beside it"
+            )
         problem = "is a file, not a directory" if path.exists() else "does not exist"
         raise ModelLoadError(f"model directory {str(path)!r} {problem}. {wanted}")
     if gguf_file is not None and looks_local and not (path / gguf_file).is_file():
         raise ModelLoadError(f"GGUF file {gguf_file!r} not found in {str(path)!r}")
     if looks_local and gguf_file is None and not any((path / name).is_file() for name in marks):
+        ggufs = sorted(file.name for file in path.glob("*.gguf"))
+        if ggufs:
+            raise ModelLoadError(
+                f"{str(path)!r} holds GGUF files and no Hugging Face model files: name one as the gguf_file "
+                f"beside the model path ({', '.join(ggufs[:3])}{', ...' if len(ggufs) > 3 else ''})"
+            )
         raise ModelLoadError(
             f"{str(path)!r} is not a Hugging Face model directory: it has no {' or '.join(marks)}. {wanted}"
         )
@@ -274,7 +285,8 @@ def add_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
             # float32 adapters over a bf16/fp16 base: the precision policy (``rgra_lightning.precision``)
             return peft.get_peft_model(model, lora, autocast_adapter_dtype=True)
     except ValueError as error:  # e.g. a target that is not a linear layer, or that does not exist
-        raise ConfigError(f"model.lora.target_modules={target!r}: {error}") from error
+        # one line: peft's message prints the module it refuses, over several
+        raise ConfigError(f"model.lora.target_modules={target!r}: {' '.join(str(error).split())}") from error
 
 
 def enable_activation_checkpointing(model: PreTrainedModel) -> PreTrainedModel:

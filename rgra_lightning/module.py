@@ -42,6 +42,7 @@ from rgra_lightning.losses import LossConfig
 from rgra_lightning.metrics import TRAIN_REDUCTIONS, log_training_metrics, training_metrics
 from rgra_lightning.models import (
     LoraConfig,
+    ModelLoadError,
     add_lora,
     enable_activation_checkpointing,
     freeze,
@@ -187,8 +188,11 @@ class RLModule(LightningModule):
         self.loss_config = loss
         self.sampling = sampling
         self.sharding = sharding
-        self.tokenizer = load_tokenizer(model_path, gguf_file)
-        self.policy = load_causal_lm(model_path, gguf_file, dtype)
+        try:
+            self.tokenizer = load_tokenizer(model_path, gguf_file)
+            self.policy = load_causal_lm(model_path, gguf_file, dtype)
+        except ModelLoadError as error:  # the loaders do not know which option named the model
+            raise ModelLoadError(f"model.model_path: {error}") from error
         if lora is not None:
             self.policy = add_lora(self.policy, lora)
         if gradient_checkpointing:

@@ -82,6 +82,20 @@ def test_a_path_that_is_not_a_model_directory_says_what_it_is(tmp_path):
         load_tokenizer(str(tmp_path))
 
 
+def test_a_gguf_given_as_the_model_directory_says_to_name_it_as_gguf_file(tmp_path):
+    (tmp_path / "model.Q4.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ModelLoadError, match=r"is a GGUF file: give its directory \(.*\) as the model path"):
+        load_causal_lm(str(tmp_path / "model.Q4.gguf"))
+    with pytest.raises(ModelLoadError, match=r"holds GGUF files .*: name one as the gguf_file .*model.Q4"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_a_bad_policy_path_names_its_option(small_config, tmp_path, capsys):
+    args = ["fit", "--config", str(small_config("rgra")), f"--model.model_path={tmp_path / 'none'}"]
+    error = one_line_error(args, capsys)
+    assert error.startswith(f"error: model.model_path: model directory '{tmp_path / 'none'}' does not exist")
+
+
 def test_a_bad_chat_tokenizer_path_names_its_option(small_config, tmp_path, capsys):
     args = ["fit", "--config", str(small_config("rgra")), "--data.prompt_format=chat"]
     error = one_line_error([*args, f"--data.tokenizer_path={tmp_path}"], capsys)
@@ -146,12 +160,14 @@ def lora_config(small_config, **overrides):
         (["embed_tokens", "q_proj"], r"\['embed_tokens'\] share their weights"),  # tied to the output head
         (["lm_head"], r"\['lm_head'\] share their weights"),
         (["norm"], "is not supported"),  # not a linear layer
+        (["mlp"], "is not supported"),  # peft prints the whole module, over several lines
         (["no_such_layer"], "not found in the base model"),
     ],
 )
 def test_lora_targets_that_cannot_be_trained_and_merged_faithfully_are_refused(targets, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as error:
         add_lora(load_causal_lm(str(TINY_POLICY)), LoraConfig(rank=2, target_modules=targets))
+    assert "\n" not in str(error.value)  # the command line reports it as one line
 
 
 def test_wrapping_with_lora_prints_no_deprecation_warning():

@@ -108,6 +108,7 @@ class PromptDataModule(LightningDataModule):
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
         self.test_examples: list[Example] = []
+        self.test_split_size = 0  # the test problems before ``limit``
 
     # ----------------------------------------------------------- for sources
 
@@ -144,6 +145,7 @@ class PromptDataModule(LightningDataModule):
                 f"data.train_size={hp.train_size}, and the training split has {len(records['train'])} "
                 f"problems: training on all {len(records['train'])}"
             )
+        self.test_split_size = len(records.get("test", []))
         for split in SPLITS:
             examples = records.get(split, [])
             if hp.limit is not None and split != "train":
@@ -193,6 +195,11 @@ class PromptDataModule(LightningDataModule):
         return self.evaluation_loader(self.val_examples)
 
     def test_dataloader(self) -> DataLoader:
+        if len(self.test_examples) < self.test_split_size:  # a benchmark number on part of the benchmark
+            rank_zero_warn(
+                f"data.limit={self.hparams.limit}: evaluating the first {len(self.test_examples)} of the "
+                f"{self.test_split_size} test problems (--data.limit null for all of them)"
+            )
         return self.evaluation_loader(self.test_examples)
 
     def evaluation_loader(self, examples: list[Example]) -> DataLoader:

@@ -1,6 +1,7 @@
 """JsonFilesDataModule: train/val/test files named one by one; a bad file is a one-line error naming the
 file and row."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,19 @@ def test_rgra_test_on_ones_own_file_needs_only_test_file(small_config, tmp_path,
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert errors == ["error: validate needs data.val_file (the validation problems), and none is given"]
+
+
+def test_testing_on_part_of_the_test_split_says_so(tmp_path):
+    """A benchmark number from ``data.limit`` of its problems (the paper config's 500 of GSM8K's 1,319)
+    was reported without a word."""
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(f'{{"question": "{n}+{n}", "answer": "{2 * n}"}}\n' for n in range(5)))
+    data = JsonFilesDataModule(test_file=str(test), limit=3)
+    data.setup("test")
+    with pytest.warns(UserWarning, match=r"data.limit=3: evaluating the first 3 of the 5 test problems"):
+        data.test_dataloader()
+    whole = JsonFilesDataModule(test_file=str(test), limit=5)
+    whole.setup("test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(whole.test_dataloader().dataset) == 5
