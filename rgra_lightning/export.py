@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -57,8 +58,21 @@ def export_policy(
         policy.save_pretrained(output, state_dict=state_dict)
     else:
         (policy if adapter_only else plain_model(policy)).save_pretrained(output)
+    if adapter_only:
+        _absolute_base_model_path(output / "adapter_config.json")
     tokenizer.save_pretrained(output)
     return output
+
+
+def _absolute_base_model_path(adapter_config: Path) -> None:
+    """Make the base model's path in a saved ``adapter_config.json`` absolute where it is a relative local
+    directory (``models/smollm2-135m-instruct``), which would resolve only from the directory the run was
+    started in; hub names are left as they are."""
+    settings = json.loads(adapter_config.read_text())
+    base = settings.get("base_model_name_or_path")
+    if base and not Path(base).is_absolute() and Path(base).is_dir():
+        settings["base_model_name_or_path"] = str(Path(base).resolve())
+        adapter_config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def _subcommand_keys() -> set[str]:

@@ -49,13 +49,18 @@ def reward_model_run(tmp_path_factory):
     return path, tmp_path / "checkpoints"
 
 
-def test_adapter_only_export_is_a_peft_directory(tmp_path):
-
-    policy = add_lora(load_causal_lm(str(TINY_POLICY)), LoraConfig(rank=2))
+def test_adapter_only_export_is_a_peft_directory(tmp_path, monkeypatch):
+    """Its base model path is absolute: a relative one (models/...) resolves from the run's directory only."""
+    monkeypatch.chdir(TINY_POLICY.parents[1])
+    policy = add_lora(
+        load_causal_lm(str(TINY_POLICY.relative_to(TINY_POLICY.parents[1]))), LoraConfig(rank=2)
+    )
     output = export_policy(
         policy, load_tokenizer(str(TINY_POLICY)), str(tmp_path / "adapter"), adapter_only=True
     )
     assert (output / "adapter_config.json").is_file() and not (output / "model.safetensors").exists()
+    settings = json.loads((output / "adapter_config.json").read_text())
+    assert settings["base_model_name_or_path"] == str(TINY_POLICY.resolve())
     # a policy without adapters: the full model would be written under the adapter's name
     plain = load_causal_lm(str(TINY_POLICY))
     with pytest.raises(ConfigError, match=r"^--adapter-only: this policy has no LoRA adapters"):
