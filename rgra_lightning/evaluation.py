@@ -312,8 +312,9 @@ class SamplesWriter:
         self._others = ""  # how the announcement names the other ranks' files
         self._problems: dict[str, int] = {}  # decoding -> problems written with it so far
 
-    def write(self, experience: Experience, decoding: str, trainer: Trainer, counted: Tensor) -> None:
-        """Write the completions of the problems ``counted`` ``[B]`` bool marks (``counted_problems``)."""
+    def write(self, records: list[dict[str, Any]], decoding: str, trainer: Trainer) -> None:
+        """Write one batch's ``records`` (``counted_records``: the rows of the problems this process counts,
+        each ``group`` its problem's place in the batch)."""
         if not self.enabled:
             return
         if self._file is None:
@@ -329,9 +330,9 @@ class SamplesWriter:
             beside = f" (rank 0's; the other ranks' beside it: {', '.join(others)}{more})"
             self._others = beside if others else ""
         first = self._problems.get(decoding, 0)
-        # the place in the file of each counted problem of the batch, by its place in the batch
-        groups = {problem: first + i for i, problem in enumerate(counted.nonzero().flatten().tolist())}
-        for record in counted_records(experience, counted):
+        # the place in the file of each problem of the batch, by its place in the batch
+        groups = {problem: first + i for i, problem in enumerate(sorted({r["group"] for r in records}))}
+        for record in records:
             row = record | {"group": groups[record["group"]], "decoding": decoding}
             self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._file.flush()

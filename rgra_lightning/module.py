@@ -373,10 +373,10 @@ class RLModule(LightningModule):
             self.log(f"{prefix}/{metric.name}", metric, prog_bar=metric.name == "accuracy", batch_size=size)
         if not full:
             return
-        self.samples.write(greedy, "greedy", self.trainer, counted)
+        self.samples.write(counted_records(greedy, counted), "greedy", self.trainer)
         if self.evaluation.num_samples:
             sampled = self.make_experience(batch, self.evaluation.sampling(self.sampling))
-            self.samples.write(sampled, "sampled", self.trainer, counted)
+            self.samples.write(counted_records(sampled, counted), "sampled", self.trainer)
             update_sampled_metrics(self.sampled_metrics, sampled, counted)
             for name, metric in self.sampled_metrics.items():
                 self.log(f"{prefix}/{name}", metric, batch_size=size)
@@ -386,8 +386,9 @@ class RLModule(LightningModule):
         the ``DistributedSampler``'s repeats are generated but neither written nor returned."""
         experience = self.make_experience(batch)
         counted = counted_problems(batch, self.trainer)
-        self.samples.write(experience, "greedy", self.trainer, counted)
-        return counted_records(experience, counted)
+        records = counted_records(experience, counted)
+        self.samples.write(records, "greedy", self.trainer)
+        return records
 
     def on_validation_epoch_end(self) -> None:
         """Logs ``step``, the x axis as in training: the update the evaluated policy comes from, in
