@@ -29,18 +29,17 @@ docs/rollout-engines.md.
 from __future__ import annotations
 
 import os
-import random
 import socket
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rgra_lightning.checkpointing import rng_states, set_rng_states
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.rollout.base import Rollout, RolloutEngine, assemble_rollout, tokenize_prompts
 from rgra_lightning.rollout.sampling import SamplingConfig
@@ -250,16 +249,11 @@ def random_state_kept() -> Iterator[None]:
     ends. vLLM's GPU worker seeds all of them with the engine's seed (the rank) as it starts
     (``set_random_seed``, vLLM 0.33). Without this, from then on runs with different seeds would draw
     alike (the sampling seeds of later rollouts too), and a resumed run unlike the uninterrupted one."""
-    python, numpy_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    states = rng_states()  # what checkpoints save for an exact resume
     try:
         yield
     finally:
-        random.setstate(python)
-        np.random.set_state(numpy_state)
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+        set_rng_states(states)
 
 
 @contextmanager
