@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning import Callback, LightningModule, Trainer
+from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.fabric.strategies.fsdp import _is_sharded_checkpoint
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -226,15 +226,18 @@ class RunDirectoryLock(Callback):
         self._release()
 
 
-def last_checkpoint(trainer: Trainer) -> str:
+def last_checkpoint(trainer: Trainer, required: bool = True) -> str | None:
     """The checkpoint ``--ckpt_path last`` names, chosen as Lightning chooses it (the newest ``last*.ckpt``
-    in the directories of the checkpoint callbacks); ``ConfigError`` when there is none, where Lightning
-    would warn and go on without one (evaluating an untrained model)."""
+    in the directories of the checkpoint callbacks). When there is none: ``ConfigError`` if ``required``
+    (validate, test, predict, where Lightning would warn and go on without one, evaluating an untrained
+    model), else None (a fit, which then starts afresh, as Lightning documents)."""
     callbacks = [
         callback for callback in trainer.checkpoint_callbacks if isinstance(callback, ModelCheckpoint)
     ]
     found = [path for callback in callbacks for path in callback._find_last_checkpoints(trainer)]
     if not found:
+        if not required:
+            return None
         directories = (
             ", ".join(str(callback.dirpath) for callback in callbacks) or "no directory: no ModelCheckpoint"
         )
@@ -505,18 +508,22 @@ def changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any], prefi
     ]
 
 
-def require_same_run(checkpoint: Mapping[str, Any], trainer: Trainer, module: LightningModule) -> None:
+def require_same_run(
+    checkpoint: Mapping[str, Any],
+    ckpt_path: _PATH | None,
+    module: LightningModule,
+    datamodule: LightningDataModule | None,
+) -> None:
     """Refuse to resume a fit from a checkpoint trained with other model or data settings: that is
     another run (``--ckpt_path last`` takes the newest ``last*.ckpt`` of the checkpoint directory, which
     a run with other settings may have written), and a changed batch size would also misplace the data
     position that ``ExactResume`` restores."""
     changes = changed_settings(checkpoint.get("hyper_parameters", {}), module.hparams, "model.")
-    datamodule = trainer.datamodule
     if datamodule is not None and "datamodule_hyper_parameters" in checkpoint:
         changes += changed_settings(checkpoint["datamodule_hyper_parameters"], datamodule.hparams, "data.")
     if changes:
         raise ConfigError(
-            f"{other_settings(trainer.ckpt_path, changes)}: resume with the config it was trained with "
+            f"{other_settings(ckpt_path, changes)}: resume with the config it was trained with "
             f"({SAVED}), or start a new run without --ckpt_path"
         )
 

@@ -30,6 +30,7 @@ from rgra_lightning.checkpointing import (
     require_checkpoint,
     require_matching_weights,
     require_new_run_directory,
+    require_same_run,
 )
 from rgra_lightning.commands import KILLED
 from rgra_lightning.config_files import LOSS_PRESETS, read
@@ -72,23 +73,29 @@ class RLCLI(LightningCLI):
 
     def _check_ckpt_path(self) -> None:
         """Report in one line, before Lightning runs, what it would report in a traceback or not at all: a
-        ``--ckpt_path`` file that is not a Lightning checkpoint, or (validate, test, predict) whose weights
-        do not fit the model built from the config (``fit`` refuses other settings: ``require_same_run``);
-        ``last`` naming no checkpoint (validate, test, predict: ``fit`` starts afresh, as Lightning
+        ``--ckpt_path`` file that is not a Lightning checkpoint, one trained with other settings (``fit``:
+        ``require_same_run``, here before Lightning makes the run a new log directory, which a refused resume
+        left behind empty) or (validate, test, predict) whose weights do not fit the model built from the
+        config; ``last`` naming no checkpoint (validate, test, predict: ``fit`` starts afresh, as Lightning
         documents); a ``fit`` started afresh where an earlier run's checkpoints are (its own would go beside
         them). ``best`` and ``hpc`` are Lightning's to resolve."""
         config = self.config_init[self.subcommand]
         ckpt_path, fitting = config.get("ckpt_path"), self.subcommand == "fit"
         if ckpt_path is None and fitting:
             require_new_run_directory(self.trainer)
-        if ckpt_path in (None, "best", "hpc") or (ckpt_path == "last" and fitting):
+        if ckpt_path in (None, "best", "hpc"):
             return
         if ckpt_path == "last":
-            ckpt_path = config["ckpt_path"] = last_checkpoint(self.trainer)
-        if Path(ckpt_path).is_file():
-            checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")
+            ckpt_path = last_checkpoint(self.trainer, required=not fitting)
             if not fitting:
-                require_matching_weights(self.model, checkpoint, ckpt_path)
+                config["ckpt_path"] = ckpt_path
+        if ckpt_path is None or not Path(ckpt_path).is_file():
+            return  # a fit from nothing, or a sharded checkpoint: the module checks it as it loads
+        checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")
+        if fitting:
+            require_same_run(checkpoint, ckpt_path, self.model, self.datamodule)
+        else:
+            require_matching_weights(self.model, checkpoint, ckpt_path)
 
     before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 

@@ -282,7 +282,7 @@ class RLModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.checkpoint_step = checkpoint.get("global_step")
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
-            require_same_run(checkpoint, self.trainer, self)
+            require_same_run(checkpoint, self.trainer.ckpt_path, self, self.trainer.datamodule)
         if "state_dict" in checkpoint:  # FSDP2: loaded already, in place
             current = self.state_dict()
             reloaded = reloaded_state_keys(self, lora=self.hparams.lora is not None)

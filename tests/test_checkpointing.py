@@ -234,16 +234,19 @@ def test_resuming_with_another_verifier_is_refused_but_not_with_other_workers(sm
     """The verifier is not a saved hyperparameter (an object), so a resume with another one went on
     without a word (an audit resumed a reward-model run without the reward model). Its settings are now
     recorded; its worker count and cache, which change no score, may differ; a checkpoint from before
-    the verifier was recorded still resumes."""
+    the verifier was recorded still resumes. A refused resume is refused before Lightning makes it a log
+    directory (it left an empty ``version_1/`` behind)."""
     config = small_config("rgra", **FAST, **{"trainer.max_steps": 1})
     main(["fit", "--config", str(config)])
     resume = ["fit", "--config", str(config), "--trainer.max_steps=2", "--ckpt_path", "last"]
     last = tmp_path / "checkpoints" / "last.ckpt"
+    log_directories = sorted((tmp_path / "runs").glob("*/version_*"))
     assert one_line_error([*resume, "--model.verifier.timeout=2.0"], capsys) == (
         f"error: checkpoint {last} was trained with other settings than this run's (model.verifier.init_args."
         "timeout: 3.0 in the checkpoint, 2.0 now): resume with the config it was trained with (saved as "
         "config.yaml in its log directory), or start a new run without --ckpt_path"
     )
+    assert sorted((tmp_path / "runs").glob("*/version_*")) == log_directories
     assert one_line_error([*resume, "--model.verifier=rewards.NumericVerifier"], capsys).startswith(
         f"error: checkpoint {last} was trained with other settings than this run's (model.verifier."
         "class_path: 'rewards.verifiers.MathVerifier' in the checkpoint, 'rewards.verifiers.NumericVerifier' "
