@@ -31,10 +31,13 @@ class AdvantageConfig:
             Standard deviations use Bessel's correction, as TRL does.
         sign_filter: ``positive`` keeps only advantages above zero ("train only on samples above the
             baseline"), ``negative`` only those below; the rest become zero.
-        selection: ``best_of_group`` keeps only the first highest-rewarded completion of each group, and
-            only if its reward is positive (RAFT's rejection sampling); ``all`` keeps every completion.
-        epsilon: added to the standard deviation, so that with a baseline a group of identical rewards
-            gives 0, never NaN.
+        selection: ``best_of_group`` gives the first highest-rewarded completion of each group the
+            advantage 1 and every other completion 0, and a group whose best reward is not positive 0
+            throughout: RAFT's unweighted cross-entropy on the best sample, with its rejection of groups
+            that have nothing rewarded to imitate. The other fields then change nothing (a config that
+            sets them otherwise is refused). ``all`` keeps every completion.
+        epsilon: added to the standard deviation, so that the division stays finite. With a baseline a
+            group of identical rewards gives exactly 0.
     """
 
     baseline: Baseline = "group_mean"
@@ -56,6 +59,22 @@ class AdvantageConfig:
                 )
         if self.epsilon <= 0:
             raise ConfigError(f"model.loss.advantage.epsilon must be > 0, got {self.epsilon}")
+        if self.selection == "best_of_group":
+            ignored = [
+                f"{name}={value!r}"
+                for name, value, neutral in (
+                    ("baseline", self.baseline, "none"),
+                    ("scale", self.scale, "none"),
+                    ("sign_filter", self.sign_filter, "all"),
+                )
+                if value != neutral
+            ]
+            if ignored:
+                raise ConfigError(
+                    f"model.loss.advantage.selection='best_of_group' weighs the best completion 1 whatever "
+                    f"the rewards' baseline and scale: set {', '.join(ignored)} back to "
+                    "baseline='none', scale='none', sign_filter='all'"
+                )
 
 
 def group_advantages(
@@ -78,6 +97,11 @@ def group_advantages(
         advantages = rewards - others_mean
     else:
         advantages = rewards.clone()
+    if config.baseline != "none":
+        # A group of equal rewards carries no signal; its float mean may be a rounding step off the
+        # rewards (0.1, 4.27), which the std scaling would blow up into same-signed advantages.
+        tied = rewards.amax(dim=1, keepdim=True) == rewards.amin(dim=1, keepdim=True)
+        advantages = advantages.masked_fill(tied, 0.0)
 
     if config.scale == "group_std":
         advantages = advantages / (rewards.std(dim=1, keepdim=True) + config.epsilon)
@@ -94,7 +118,7 @@ def group_advantages(
     if config.selection == "best_of_group":
         best = torch.zeros_like(rewards, dtype=torch.bool)
         best.scatter_(1, rewards.argmax(dim=1, keepdim=True), True)
-        advantages = torch.where(best & (rewards > 0), advantages, torch.zeros_like(advantages))
+        advantages = (best & (rewards > 0)).to(advantages.dtype)
     return advantages
 
 

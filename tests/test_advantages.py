@@ -81,11 +81,35 @@ def test_sign_filters_keep_one_side():
     torch.testing.assert_close(negative, torch.tensor([[0, -0.5, -0.5, 0], [0, -0.25, -0.25, -0.25]]))
 
 
-def test_best_of_group_keeps_first_best_with_positive_reward():
-    rewards = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.2, 0.5, 0.1]])
+def test_best_of_group_weighs_the_first_best_one_where_its_reward_is_positive():
+    """RAFT: unweighted cross-entropy on each group's best completion (a format-only reward of 0.1 is
+    imitated as fully as a correct answer's 1.1), nothing from a group with no rewarded completion."""
+    rewards = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.1, 1.1, 0.1], [0.1, 0.0, 0.1], [-1, -2, -3]])
     config = AdvantageConfig(baseline="none", scale="none", selection="best_of_group")
-    expected = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
-    torch.testing.assert_close(group_advantages(rewards, config), expected)
+    expected = torch.tensor([[0, 1, 0], [0, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]]).float()
+    assert torch.equal(group_advantages(rewards, config), expected)
+
+
+@pytest.mark.parametrize(
+    "setting", [{"baseline": "group_mean"}, {"scale": "group_std"}, {"sign_filter": "positive"}]
+)
+def test_best_of_group_refuses_settings_it_would_ignore(setting):
+    options = {"baseline": "none", "scale": "none", "selection": "best_of_group"} | setting
+    ((name, value),) = setting.items()
+    with pytest.raises(ValueError, match=f"best_of_group.*set {name}='{value}' back to"):
+        AdvantageConfig(**options)
+
+
+@pytest.mark.parametrize("baseline", ["group_mean", "leave_one_out"])
+@pytest.mark.parametrize("scale", ["group_std", "batch_std"])
+def test_equal_rewards_that_float32_cannot_hold_give_exactly_zero(baseline, scale):
+    """The float32 mean of 24 copies of 4.27 is a rounding step off 4.27; divided by a std of ~1e-7 +
+    epsilon, that gave every completion of the group an advantage of about -9e-3."""
+    rewards = torch.tensor([[4.27] * 24, [0.1] * 12 + [1.1] * 12])
+    assert (rewards[0] - rewards[0].mean()).abs().max() > 0  # the rounding this guards against
+    advantages = group_advantages(rewards, AdvantageConfig(baseline=baseline, scale=scale))
+    assert torch.equal(advantages[0], torch.zeros(24))
+    assert (advantages[1, :12] < 0).all() and (advantages[1, 12:] > 0).all()
 
 
 def test_zero_std_group_fraction():

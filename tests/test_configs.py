@@ -30,7 +30,9 @@ PRESETS = {
     "dr-grpo": LossConfig(
         **GRPO, aggregation="constant_sum", advantage=AdvantageConfig(baseline="group_mean", scale="none")
     ),
-    "rloo": LossConfig(**RGRA, advantage=AdvantageConfig(baseline="leave_one_out", scale="none")),
+    "rloo": LossConfig(
+        **RGRA, aggregation="constant_sum", advantage=AdvantageConfig(baseline="leave_one_out", scale="none")
+    ),
     "reinforce": LossConfig(**RGRA, advantage=RAW_REWARD),
     "raft": LossConfig(
         policy_term="reinforce",
