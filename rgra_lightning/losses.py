@@ -216,7 +216,11 @@ def rl_loss(
     ``config.sampler_correction_cap``, which also needs ``old_logp`` (pi_old: the trainer's log-probs before
     this batch's first update).
     """
-    mask = mask.to(logp.dtype)
+    # In bfloat16 a sum over hundreds of tokens, or a count of them, is off by whole tokens.
+    logp, advantages, mask = logp.float(), advantages.float(), mask.float()
+    old_logp, ref_logp, sampler_logp = (
+        None if values is None else values.float() for values in (old_logp, ref_logp, sampler_logp)
+    )
     term, clipped, ratio = policy_term(logp, old_logp, advantages, config)
     tokens = mask.sum() if batch_tokens is None else batch_tokens.to(mask.dtype)
     sampler_diagnostics: dict[str, Tensor] = {}
@@ -228,6 +232,8 @@ def rl_loss(
             )
         if old_logp is None:
             raise ConfigError("model.loss.sampler_correction_cap needs the trainer's old log-probs (pi_old)")
+        # What an engine puts at padded positions (NaN, -inf) must not reach the sums below as NaN
+        sampler_logp = torch.where(mask > 0, sampler_logp, old_logp)
         weight, cut = sampler_weights(old_logp, sampler_logp, config.sampler_correction_cap)
         term = term * weight
         denominator = tokens.clamp(min=1)

@@ -109,8 +109,9 @@ class RLModule(LightningModule):
         num_minibatches: optimizer updates per pass; B x G must be divisible by it.
         micro_batch_size: completions per forward/backward pass (None: a whole mini-batch). Gradients are
             accumulated over the micro-batches of a mini-batch and the loss is normalised by the
-            mini-batch's size, so the update is the same whatever this is; only peak memory and speed
-            change. The no-gradient passes (reference, old log-probs) use it too. A multiple of G keeps
+            mini-batch's size, so the update is the same whatever this is (up to rounding: in bf16 a
+            row's log-probs in micro-batches of other rows differ by up to ~1e-2); only peak memory and
+            speed change. The no-gradient passes (reference, old log-probs) use it too. A multiple of G keeps
             each prompt encoded once per group.
         micro_batch_tokens: micro-batches by tokens instead: each mini-batch's rows sorted by length and cut
             into micro-batches of at most this many tokens (rows x longest prompt + longest completion; at

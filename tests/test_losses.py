@@ -244,3 +244,49 @@ def test_sampler_diagnostics_add_up_over_micro_batches(aggregation):
     for name in ("loss", "sampler_logprob_diff", "sampler_is_clipped_fraction"):
         total = sum(getattr(part, name) for part in parts)
         assert total.item() == pytest.approx(getattr(whole, name).item()), name
+
+
+def test_padding_in_the_samplers_log_probs_reaches_no_sum():
+    """An engine's NaN or -inf at padded positions (inf x 0 = NaN in the masked sums) leaves the loss and
+    the diagnostics as with finite padding; a NaN on a real token still shows."""
+    config = LossConfig(policy_term="reinforce", beta=0.0, sampler_correction_cap=CAP)
+    expected = rl_loss(LOGP, ADV, MASK, config, old_logp=OLD, sampler_logp=SAMPLER)
+    for padding in (float("nan"), float("-inf")):
+        sampler = SAMPLER.clone()
+        sampler[1, 2] = padding
+        out = rl_loss(LOGP, ADV, MASK, config, old_logp=OLD, sampler_logp=sampler)
+        assert out.loss.item() == expected.loss.item()
+        assert out.sampler_logprob_diff.item() == expected.sampler_logprob_diff.item()
+    sampler = SAMPLER.clone()
+    sampler[0, 0] = float("nan")
+    assert rl_loss(LOGP, ADV, MASK, config, old_logp=OLD, sampler_logp=sampler).loss.isnan()
+
+
+@pytest.mark.parametrize("aggregation", ["sequence_mean", "token_mean", "constant_sum"])
+def test_bfloat16_inputs_are_summed_in_float32(aggregation):
+    """A 511-token completion counts as 512 tokens in bfloat16: the loss is computed in float32 whatever
+    the inputs' dtype, so bf16 inputs give the loss of their float32 values."""
+    generator = torch.Generator().manual_seed(0)
+    logp = -torch.rand(4, 600, generator=generator).bfloat16()
+    ref = -torch.rand(4, 600, generator=generator).bfloat16()
+    mask = torch.zeros(4, 600)
+    for row, length in enumerate((511, 600, 257, 3)):
+        mask[row, :length] = 1
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5]).bfloat16()
+    config = LossConfig(policy_term="reinforce", beta=0.04, aggregation=aggregation, aggregation_constant=600)
+    out = rl_loss(logp, advantages, mask.bfloat16(), config, ref_logp=ref)
+    full = rl_loss(logp.float(), advantages.float(), mask, config, ref_logp=ref.float())
+    assert out.loss.dtype == torch.float32
+    assert out.loss.item() == full.loss.item() and out.kl.item() == full.kl.item()
+
+
+def test_the_rloo_preset_weighs_every_token_of_a_completion_alike():
+    """RLOO's action is the whole completion: the gradient on each token's log-prob is -A_i / (N x C)
+    under ``constant_sum`` whatever the completion's length, where ``sequence_mean`` divides by it."""
+    logp = LOGP.clone().requires_grad_(True)
+    rloo = LossConfig(policy_term="reinforce", beta=0.0, aggregation="constant_sum", aggregation_constant=3)
+    rl_loss(logp, ADV, MASK, rloo).loss.backward()
+    torch.testing.assert_close(logp.grad, -ADV.unsqueeze(1) * MASK / (2 * 3))
+    logp.grad = None
+    rl_loss(logp, ADV, MASK, LossConfig(policy_term="reinforce", beta=0.0)).loss.backward()
+    torch.testing.assert_close(logp.grad, -ADV.unsqueeze(1) * MASK / MASK.sum(dim=1, keepdim=True) / 2)
