@@ -234,7 +234,7 @@ class LoraConfig:
     """LoRA adapters on the policy (``peft``); the base weights are frozen and only adapters train.
 
     The adapters have no dropout: two passes of the same weights must give the same log-probs, or the
-    policy ratio and the KL measure dropout noise (TRL switches dropout off for RL too).
+    policy ratio and the KL measure dropout noise (the base model's is off too: ``without_dropout``).
 
     Args:
         rank: r, the adapters' rank (the paper uses 128).
@@ -319,6 +319,34 @@ def is_activation_checkpointing(model: torch.nn.Module) -> bool:
         if hasattr(type(base), name):
             return bool(getattr(base, name))
     return False
+
+
+_DROPOUT = (
+    torch.nn.Dropout,
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.Dropout3d,
+    torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+)
+
+
+def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch off every dropout of ``model`` in place, train mode included: the ``torch.nn`` dropout
+    modules and the probabilities that transformers' attention reads at each call (``attention_dropout``
+    and the like: float attributes whose name says dropout). The model's config, and so an export, keeps
+    its values.
+
+    A policy is sampled in eval mode and trained in train mode: with dropout, the log-probs of the update
+    differ from the sampler's (the ratio is not 1 at the first update, the KL measures dropout noise).
+    verl and OpenRLHF switch it off; TRL has ``disable_dropout``, off by default."""
+    for module in model.modules():
+        if isinstance(module, _DROPOUT):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    return model
 
 
 def _embeddings(model: PreTrainedModel) -> list[torch.nn.Module]:

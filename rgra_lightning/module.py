@@ -48,6 +48,7 @@ from rgra_lightning.models import (
     freeze,
     load_causal_lm,
     load_tokenizer,
+    without_dropout,
 )
 from rgra_lightning.optim import LRSchedule, warmup_schedule
 from rgra_lightning.precision import check_trainable_precision, module_out_of_memory_advice
@@ -94,7 +95,8 @@ class RLModule(LightningModule):
 
     Args:
         model_path: local Hugging Face model directory (or a hub name when online) of the policy; the
-            reference model is a second, frozen copy of the same weights, loaded for ``fit`` only.
+            reference model is a second, frozen copy of the same weights, loaded for ``fit`` only. The
+            policy's dropout is switched off (``models.without_dropout``).
         gguf_file: optional GGUF file inside ``model_path`` to load instead of safetensors weights.
         dtype: the dtype the weights are stored in, ``float32`` | ``bfloat16`` | ``float16``. Trained weights
             must be float32 (a fit refuses others; see ``rgra_lightning.precision``): ``bfloat16`` suits a
@@ -191,7 +193,7 @@ class RLModule(LightningModule):
         self.sharding = sharding
         try:
             self.tokenizer = load_tokenizer(model_path, gguf_file)
-            self.policy = load_causal_lm(model_path, gguf_file, dtype)
+            self.policy = without_dropout(load_causal_lm(model_path, gguf_file, dtype))
         except ModelLoadError as error:  # the loaders do not know which option named the model
             raise ModelLoadError(f"model.model_path: {error}") from error
         if lora is not None:
