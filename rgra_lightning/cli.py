@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -215,6 +216,9 @@ def main(args: list[str] | None = None, run: bool = True, cli_class: type[RLCLI]
     # The tools (rgra label, export, ablate) build their config through here with ``args`` on purpose.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within")
     logging.getLogger(_LIGHTNING_INFO_LOGGER).addFilter(_without_litlogger_tip)
+    if not sys.stderr.isatty():
+        # transformers' loading/saving bars: in a batch job's log their \r updates pile up on one line
+        transformers.utils.logging.disable_progress_bar()
     try:
         check_config_files(sys.argv[1:] if args is None else args)
         return cli_class(

@@ -4,6 +4,7 @@ import re
 import sys
 
 import pytest
+import transformers
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 from rgra_lightning.callbacks import LineProgressBar
@@ -13,13 +14,17 @@ from rgra_lightning.errors import ConfigError
 
 def test_a_fit_logging_to_a_file_prints_progress_lines(small_config, monkeypatch, capsys):
     """Lightning's bar writes ``\\r`` updates, so a log read line by line (sbatch, nohup) showed nothing
-    until the run ended; here stderr is pytest's capture, no terminal."""
+    until the run ended; here stderr is pytest's capture, no terminal. transformers' bars for loading and
+    saving weights, all on one line there, are off."""
     monkeypatch.setenv("RGRA_PROGRESS_EVERY_S", "0")  # a line after every batch
+    transformers.utils.logging.enable_progress_bar()  # as in a new process
     settings = {"trainer.enable_progress_bar": True, "trainer.max_steps": 2}
     config = small_config("rgra", **settings, **{"model.init_args.validate_before_training": True})
     main(["fit", "--config", str(config)])
     stages = ("fit:", "validate:", "validate (step 0):")
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(stages)]
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "Writing model shards" not in err
+    lines = [line for line in err.splitlines() if line.startswith(stages)]
     number, duration = r"\d\.\d{3}", r"\d+ s"
     metrics = f"train/reward {number}, train/accuracy {number}"
     patterns = [
