@@ -34,7 +34,7 @@ from rgra_lightning.checkpointing import (
     require_same_run,
 )
 from rgra_lightning.commands import KILLED
-from rgra_lightning.config_files import LOSS_PRESETS, read
+from rgra_lightning.config_files import LOSS_PRESETS, key_line, read
 from rgra_lightning.distributed import AgreedSigterm
 from rgra_lightning.errors import ConfigError, exit_status, find_reported_error
 from rgra_lightning.parser_errors import given_options, is_file, one_line_report, without_usage
@@ -168,7 +168,9 @@ def check_config_files(args: list[str]) -> None:
     """Read each ``--config`` file first, for one-line errors the parser would report in many or without
     the file's name: a file that does not exist, YAML that does not parse (``FILE:LINE:COLUMN: ...``), and
     a data module of before the split into one class per source (``MathPromptDataModule``), saying what
-    to write instead (also for ``--data.class_path``); and a loss preset's name given as ``--model.loss``."""
+    to write instead (also for ``--data.class_path``); a loss preset's name given as ``--model.loss``; an
+    option that a later ``--config`` file sets again; LightningCLI's ``optimizer`` and ``lr_scheduler``."""
+    earlier: list[str] = []  # the options given so far, in order
     for name, value in given_options(args):
         data: object = None
         if name == "--config":
@@ -176,8 +178,14 @@ def check_config_files(args: list[str]) -> None:
                 if "\n" not in value and value.endswith((".yaml", ".yml", ".json")):
                     raise ConfigError(f"--config {value}: no such file")
                 continue  # a config given as a YAML string: the parser reads it
-            data, where = read(value).get("data"), value
-        elif name in ("--data.class_path", "--data"):
+            refuse_overridden_options(earlier, value)
+            config = read(value)
+            data, where = config.get("data"), value
+            refuse_optimizer_options(list(config), value)
+        else:
+            earlier.append(name)
+            refuse_optimizer_options([name.removeprefix("--").split(".")[0]])
+        if name in ("--data.class_path", "--data"):
             data, where = {"class_path": value}, "the command line"
         elif name == "--model.loss" and (LOSS_PRESETS / f"{value}.yaml").is_file():
             raise ConfigError(
@@ -190,6 +198,35 @@ def check_config_files(args: list[str]) -> None:
             raise ConfigError(
                 f"{where}: data.class_path {data['class_path']} (task: {task}) is now one data module per "
                 f"source: write class_path: {replacement} and remove init_args.task"
+            )
+
+
+def refuse_overridden_options(options: list[str], path: str) -> None:
+    """``ConfigError`` when the config file ``path``, given after the command-line ``options``, sets one of
+    them again: options apply in the order given, so the file's value would silently win
+    (``--trainer.max_steps=3 --config configs/rgra.yaml`` trains 150 updates)."""
+    for option in options:
+        key = option.removeprefix("--").rstrip("+")
+        line = key_line(path, key)
+        if line is not None:
+            raise ConfigError(
+                f"{option} comes before --config {path}, which sets {key} again ({path}:{line}): options "
+                f"apply in the order given, so put {option} after the config files"
+            )
+
+
+_OPTIMIZER_OPTIONS = ("optimizer", "lr_scheduler")
+
+
+def refuse_optimizer_options(keys: list[str], path: str | None = None) -> None:
+    """``ConfigError`` for LightningCLI's ``optimizer`` / ``lr_scheduler`` among ``keys`` (of the config
+    file ``path``, or of the command line): the module builds its optimizer and schedule itself."""
+    for key in keys:
+        if key in _OPTIMIZER_OPTIONS:
+            raise ConfigError(
+                f"{f'{path}: {key}' if path else f'--{key}'} is not an option here: the policy is trained "
+                "with AdamW, set by model.learning_rate, model.weight_decay, model.warmup_steps and "
+                "model.lr_schedule"
             )
 
 
@@ -228,6 +265,9 @@ def main(args: list[str] | None = None, run: bool = True, cli_class: type[RLCLI]
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             parser_class=FullNameParser,
+            # The module builds its optimizer and schedule (model.learning_rate, lr_schedule, ...) and
+            # steps them itself: Lightning's --optimizer / --lr_scheduler would crash it or go unused.
+            auto_configure_optimizers=False,
             args=args,
             run=run,
         )

@@ -60,8 +60,8 @@ def test_a_mistake_in_a_later_config_names_that_file_and_one_on_the_command_line
     assert error == f"error: {preset}:5: model.lora.rank: expected an int, got 'eight'"
     error = parser_error(["--config", str(base), "--config", str(preset), "--model.lora.rank=4"], capsys)
     assert error == f"error: {preset}:5: model.lora.rank: expected an int, got 'eight'"
-    error = parser_error(["--config", str(base), "--model.lora.rank=x", "--config", str(preset)], capsys)
-    assert error == "error: model.lora.rank: expected an int, got 'x'"
+    error = parser_error(["--config", str(base), "--model.lora.alpha=x", "--config", str(preset)], capsys)
+    assert error == "error: model.lora.alpha: expected a float, got 'x'"
 
 
 @pytest.mark.parametrize(("preset", "option"), [("loss/grpo.yaml", "loss"), ("reward/orm.yaml", "verifier")])
@@ -408,3 +408,37 @@ def test_evaluating_into_the_fits_log_directory_keeps_the_fits_config(small_conf
     assert fit_config["ckpt_path"] is None and fit_config["data"]["init_args"]["limit"] is None
     validate_config = yaml.safe_load((log_dir / "validate_config.yaml").read_text())
     assert validate_config["ckpt_path"] == str(last) and validate_config["data"]["init_args"]["limit"] == 4
+
+
+def test_an_option_that_a_later_config_sets_again_is_refused(small_config, capsys):
+    """Options apply in order: ``--trainer.max_steps=3 --config configs/rgra.yaml`` trained the file's 150
+    updates without a word, and ``--model.loss.beta=0.0`` before the file was reported as a preset
+    mistake. An option that the later files leave alone stays where it is."""
+    base, grpo = ROOT / "configs" / "rgra.yaml", ROOT / "configs" / "loss" / "grpo.yaml"
+    assert parser_error(["--trainer.max_steps=3", "--config", str(base)], capsys) == (
+        f"error: --trainer.max_steps comes before --config {base}, which sets trainer.max_steps again "
+        f"({base}:8): options apply in the order given, so put --trainer.max_steps after the config files"
+    )
+    assert parser_error(["--model.loss.beta=0.0", "--config", str(base)], capsys).startswith(
+        f"error: --model.loss.beta comes before --config {base}, which sets model.loss.beta again ({base}:"
+    )
+    cli = main(["--config", str(base), "--trainer.max_steps=3", "--config", str(grpo)], run=False)
+    assert cli.trainer.max_steps == 3 and cli.model.loss_config.policy_term == "clipped_ratio"
+
+
+@pytest.mark.parametrize("option", ["--optimizer=torch.optim.SGD", "--lr_scheduler.class_path=x"])
+def test_lightnings_optimizer_options_are_refused(small_config, tmp_path, capsys, option):
+    """The module builds and steps its own AdamW and schedule: ``--optimizer`` crashed the first update
+    (a traceback) and ``--lr_scheduler`` went unused without a word."""
+    key = option.removeprefix("--").split(".")[0].split("=")[0]
+    advice = (
+        "is not an option here: the policy is trained with AdamW, set by model.learning_rate, "
+        "model.weight_decay, model.warmup_steps and model.lr_schedule"
+    )
+    config = str(small_config("rgra"))
+    assert parser_error(["--config", config, option], capsys) == f"error: --{key} {advice}"
+    in_file = tmp_path / "with-optimizer.yaml"
+    in_file.write_text(f"{key}:\n  class_path: torch.optim.SGD\n")
+    assert parser_error(["--config", config, "--config", str(in_file)], capsys) == (
+        f"error: {in_file}: {key} {advice}"
+    )
