@@ -59,6 +59,13 @@ class AdvantageConfig:
                 )
         if self.epsilon <= 0:
             raise ConfigError(f"model.loss.advantage.epsilon must be > 0, got {self.epsilon}")
+        if self.baseline == "none" and self.scale != "none" and self.selection == "all":
+            raise ConfigError(
+                f"model.loss.advantage.baseline='none' with scale={self.scale!r} divides raw rewards by a "
+                "standard deviation that is 0 for a group (or batch) of equal rewards, i.e. by epsilon "
+                "(advantages up to 1e4 x the reward): set scale='none' too (raw-reward REINFORCE, as "
+                "configs/loss/reinforce.yaml does), or keep a baseline"
+            )
         if self.selection == "best_of_group":
             ignored = [
                 f"{name}={value!r}"

@@ -136,3 +136,13 @@ def test_invalid_options_name_the_field(kwargs, field):
 def test_rejects_groups_of_one():
     with pytest.raises(ValueError, match="G >= 2"):
         group_advantages(torch.ones(4, 1))
+
+
+@pytest.mark.parametrize("scale", ["group_std", "batch_std"])
+def test_no_baseline_with_a_std_scale_is_refused(scale):
+    """Raw rewards over the std of a group of equal rewards are divided by epsilon: an audit's
+    ``--model.loss.advantage.baseline=none`` (README: "REINFORCE") ran with advantages of 313 and 1251."""
+    equal = torch.ones(1, 4)
+    assert group_advantages(equal, AdvantageConfig(baseline="none", scale="none")).eq(1).all()
+    with pytest.raises(ValueError, match=f"baseline='none' with scale='{scale}' .* set scale='none' too"):
+        AdvantageConfig(baseline="none", scale=scale)
