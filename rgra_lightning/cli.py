@@ -82,6 +82,8 @@ class RLCLI(LightningCLI):
         them). ``best`` and ``hpc`` are Lightning's to resolve."""
         config = self.config_init[self.subcommand]
         ckpt_path, fitting = config.get("ckpt_path"), self.subcommand == "fit"
+        if fitting and hasattr(self.model, "check_fit_settings"):  # RLModule: before Lightning's set-up
+            self.model.check_fit_settings(self.trainer, self.datamodule)
         if ckpt_path is None and fitting:
             require_new_run_directory(self.trainer)
         if ckpt_path in (None, "best", "hpc"):

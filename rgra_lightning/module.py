@@ -5,7 +5,7 @@ and ``update`` (the optimizer steps), ``evaluation`` (validate/test/predict) and
 
 One training step = one rollout batch of B prompts x G completions, followed by ``num_iterations`` (mu)
 passes over it, each split into ``num_minibatches`` optimizer updates. ``trainer.max_steps`` therefore
-counts optimizer updates: mu x num_minibatches per rollout batch.
+counts optimizer updates, mu x num_minibatches per rollout batch, and must be a multiple of that.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from jsonargparse import lazy_instance
-from lightning import LightningModule
+from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
@@ -270,10 +270,17 @@ class RLModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def on_fit_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
+        self.check_fit_settings(self.trainer, getattr(self.trainer, "datamodule", None))
+
+    def check_fit_settings(self, trainer: Trainer, datamodule: LightningDataModule | None) -> None:
+        """Raise a ``ConfigError`` for a fit that cannot run as configured: a rollout batch that does not
+        split into ``num_minibatches`` equal updates, or a ``trainer.max_steps`` that is not a whole number
+        of rollout batches (Lightning stops only between batches: it would overshoot). The CLI calls it
+        before Lightning starts; ``on_fit_start`` again, for fits run from Python."""
         batch_size = getattr(getattr(datamodule, "hparams", {}), "batch_size", None)
         if batch_size is not None:
             self.updater.check_rollout_size(batch_size, self.sampling.num_generations)
+        self.updater.check_max_steps(trainer.max_steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if is_sharded(self.policy):

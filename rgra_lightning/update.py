@@ -115,6 +115,18 @@ class PolicyUpdate:
                 f"completions is not divisible by model.num_minibatches={self.num_minibatches}"
             )
 
+    def check_max_steps(self, max_steps: int) -> None:
+        """Raise a ``ConfigError`` unless ``max_steps`` (optimizer updates; -1: no limit) is a whole number
+        of rollout batches: Lightning stops between batches only, so it would run past it."""
+        updates = self.num_iterations * self.num_minibatches
+        if max_steps > 0 and max_steps % updates:
+            below, above = max_steps // updates * updates, -(-max_steps // updates) * updates
+            raise ConfigError(
+                f"trainer.max_steps={max_steps} counts optimizer updates, {updates} per rollout batch "
+                "(model.num_iterations x model.num_minibatches), and training stops between batches only: "
+                f"use a multiple of {updates} ({' or '.join(str(n) for n in (below, above) if n > 0)})"
+            )
+
     def run(self, module: LightningModule, experience: Experience) -> UpdateStats:
         """Train ``module.policy`` on ``experience`` with the module's optimizer and scheduler."""
         optimizer, scheduler = module.optimizers(), module.lr_schedulers()

@@ -122,10 +122,28 @@ def test_a_token_budget_below_one_is_refused():
         PolicyUpdate(LossConfig(), 1.0, 1, 1, None, 1.0, 5, token_budget=0)
 
 
-def test_batch_not_divisible_into_minibatches_fails_at_start(small_config, capsys):
+def test_batch_not_divisible_into_minibatches_fails_at_start(small_config, tmp_path, capsys):
+    """Refused before Lightning makes the run a log directory (it left one behind)."""
     config = small_config("rgra", **{"model.init_args.num_minibatches": 3})
     error = one_line_error(["fit", "--config", str(config)], capsys)
     assert "not divisible by model.num_minibatches=3" in error
+    assert not (tmp_path / "runs").exists()
+
+
+def test_max_steps_between_rollout_batches_is_refused(small_config, tmp_path, capsys):
+    """Lightning stops between rollout batches only: 10 updates at 4 per batch ran 12 without a word."""
+    options = {"model.init_args.num_iterations": 2, "model.init_args.num_minibatches": 2}
+    config = small_config("rgra", **options, **{"trainer.max_steps": 10})
+    assert one_line_error(["fit", "--config", str(config)], capsys) == (
+        "error: trainer.max_steps=10 counts optimizer updates, 4 per rollout batch (model.num_iterations x "
+        "model.num_minibatches), and training stops between batches only: use a multiple of 4 (8 or 12)"
+    )
+    assert not (tmp_path / "runs").exists()
+    updater = PolicyUpdate(LossConfig(), 1.0, 3, 1, None, 1.0, 5)
+    updater.check_max_steps(-1)  # no limit
+    updater.check_max_steps(6)
+    with pytest.raises(ConfigError, match=r"use a multiple of 3 \(3\)$"):
+        updater.check_max_steps(2)
 
 
 def test_loss_mask_drops_the_rows_of_truncated_completions_only_when_asked():
