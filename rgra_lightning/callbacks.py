@@ -7,13 +7,14 @@ import html
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.utils.data import DataLoader
 
@@ -90,14 +91,19 @@ class LineProgressBar(ProgressBar):
     for logs read line by line (sbatch, nohup, ``| ts``), where a TQDM or Rich bar's ``\\r`` updates show
     nothing until the run ends::
 
+        validate (update 0): batch 21/21, val/accuracy 0.241; 3 min
         fit: update 40/150, train/reward 0.412, train/accuracy 0.375; 6 min, ETA 17 min
-        validate: batch 21/21, val/accuracy 0.356; 3 min
+        validate (update 50): batch 7/21; 1 min, ETA 2 min
+        validate (update 50): batch 21/21, val/accuracy 0.356; 3 min
 
     ``rgra`` uses it instead of Lightning's default bar when stderr is not a terminal (the environment
     variable ``RGRA_PROGRESS_EVERY_S`` sets its interval there); listed in ``trainer.callbacks`` it is used
     always. Fit counts optimizer updates (of ``max_steps``, or of those ``max_epochs`` make), the other
-    stages batches. The metrics are the progress bar's of the stage (``train/``, ``val/``, ``test/``), an
-    evaluation's at its end only (until then they are the previous evaluation's). Rank 0 prints
+    stages batches; a validation during fit names the updates made before it (``update 0``: the step-0
+    validation), one of ``rgra validate`` (like ``test``, ``predict``) only its stage. The metrics are the
+    progress bar's of the stage (``train/``, ``val/``, ``test/``), an evaluation's at its end only (until
+    then they are the previous evaluation's). Fit and the evaluations keep their own intervals, so
+    validations, however frequent, do not hold back the ``fit`` lines. Rank 0 prints
     (``ProgressBar.setup`` disables the others).
 
     Args:
@@ -118,10 +124,12 @@ class LineProgressBar(ProgressBar):
             raise ConfigError(f"LineProgressBar every_s must be >= 0, got {every_s}")
         self.every_s = every_s
         self._enabled = True
-        self._last_line = self._fit_start = self._eval_start = 0.0
+        self._fit_start = self._eval_start = 0.0
+        self._last_fit_line = self._last_eval_line = 0.0  # each stage's own interval
         self._first_step = 0  # the update a resumed fit starts from: the rate counts this run's only
         self._total_steps: int | float = -1
         self._eval_batches = 0
+        self._tracked: tuple[str, list[int | float]] = ("validate", [0])  # the loop ``track`` went over
 
     def disable(self) -> None:
         self._enabled = False
@@ -131,7 +139,7 @@ class LineProgressBar(ProgressBar):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self._last_line = time.monotonic()  # the first line comes ``every_s`` after the start
+        self._last_fit_line = time.monotonic()  # the first line comes ``every_s`` after the start
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fit_start, self._first_step = time.monotonic(), trainer.global_step
@@ -141,14 +149,14 @@ class LineProgressBar(ProgressBar):
         self._total_steps = trainer.estimated_stepping_batches if automatic else trainer.max_steps
 
     def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
-        if self._due():
+        if time.monotonic() - self._last_fit_line >= self.every_s:
             self._fit_line(trainer, final=False)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fit_line(trainer, final=True)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_start, self._eval_batches = time.monotonic(), 0
+        self._start_eval()
 
     on_test_start = on_predict_start = on_validation_start
 
@@ -164,31 +172,47 @@ class LineProgressBar(ProgressBar):
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._eval_line("validate", trainer.num_val_batches, final=True)
+            self._eval_line("validate", trainer.num_val_batches, self._bar_metrics("val/"))
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_line("test", trainer.num_test_batches, final=True)
+        self._eval_line("test", trainer.num_test_batches, self._bar_metrics("test/"))
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_line("predict", trainer.num_predict_batches, final=True)
+        self._eval_line("predict", trainer.num_predict_batches, {})
 
     def track(self, batches: DataLoader, stage: str) -> Iterator[Any]:
-        """``batches`` one by one, with this bar's lines as for a Lightning stage: for a loop Lightning does
-        not run (``evaluation.log_initial_validation``, the step-0 validation, which for a real model takes
-        minutes before the first update)."""
-        self._eval_start, self._eval_batches = time.monotonic(), 0
+        """``batches`` one by one, with this bar's lines as for a Lightning ``stage`` (``validate``, named
+        by the update during fit) but for the end line, which ``track_end`` prints: for a loop Lightning
+        does not run (``evaluation.log_initial_validation``, the step-0 validation, which for a real model
+        takes minutes before the first update, and whose metrics go to the loggers, not to the progress
+        bar)."""
+        self._start_eval()
+        self._tracked = (stage, [len(batches)])
         for batch in batches:
             yield batch
-            self._eval_batch_end(stage, [len(batches)])
-        self._eval_line(stage, [len(batches)], final=True)
+            self._eval_batch_end(*self._tracked)
+
+    def track_end(self, metrics: Mapping[str, float]) -> None:
+        """The end line of the loop ``track`` went over, with ``metrics`` (name: value), those the progress
+        bar would show: ``validate (update 0): batch 21/21, val/accuracy 0.241; 3 min``."""
+        self._eval_line(*self._tracked, metrics)
+
+    def _start_eval(self) -> None:
+        self._eval_start = self._last_eval_line = time.monotonic()  # the first line ``every_s`` after
+        self._eval_batches = 0
 
     def _eval_batch_end(self, stage: str, totals: list[int | float]) -> None:
         self._eval_batches += 1
-        if self._due():
-            self._eval_line(stage, totals, final=False)
+        if time.monotonic() - self._last_eval_line >= self.every_s:
+            self._eval_line(stage, totals, None)
 
-    def _due(self) -> bool:
-        return time.monotonic() - self._last_line >= self.every_s
+    def _bar_metrics(self, prefix: str) -> dict[str, float]:
+        """The progress bar's metrics named ``prefix...``."""
+        return {
+            name: value
+            for name, value in self.trainer.progress_bar_metrics.items()
+            if name.startswith(prefix)
+        }
 
     def _fit_line(self, trainer: Trainer, final: bool) -> None:
         """``fit: update 40/150, <train/ metrics>; 6 min, ETA 17 min``."""
@@ -197,25 +221,29 @@ class LineProgressBar(ProgressBar):
         elapsed, eta = time.monotonic() - self._fit_start, None
         if not final and known and step > self._first_step:
             eta = elapsed / (step - self._first_step) * (total - step)
-        self._line("fit", f"update {step}/{int(total) if known else '?'}", "train/", elapsed, eta)
+        self._last_fit_line = time.monotonic()
+        count = f"update {step}/{int(total) if known else '?'}"
+        self._line("fit", count, self._bar_metrics("train/"), elapsed, eta)
 
-    def _eval_line(self, stage: str, totals: list[int | float], final: bool) -> None:
-        """``test: batch 3/21; 1 min, ETA 6 min``; at the end, with the stage's metrics."""
+    def _eval_line(self, stage: str, totals: list[int | float], metrics: Mapping[str, float] | None) -> None:
+        """``validate (update 40): batch 3/21; 1 min, ETA 6 min`` (``update``: during fit only); at the end
+        (``metrics`` not None), with ``metrics`` and no ETA."""
         done, total = self._eval_batches, sum(totals)
         elapsed, eta = time.monotonic() - self._eval_start, None
-        if not final and done and total != float("inf"):
+        if metrics is None and done and total != float("inf"):
             eta = elapsed / done * (total - done)
-        prefix = {"validate": "val/", "test": "test/"}.get(stage) if final else None
-        self._line(stage, f"batch {done}/{total if total != float('inf') else '?'}", prefix, elapsed, eta)
+        self._last_eval_line = time.monotonic()
+        if stage == "validate" and self.trainer.state.fn == TrainerFn.FITTING:
+            stage = f"validate (update {self.trainer.global_step})"
+        count = f"batch {done}/{total if total != float('inf') else '?'}"
+        self._line(stage, count, metrics or {}, elapsed, eta)
 
-    def _line(self, stage: str, count: str, prefix: str | None, elapsed: float, eta: float | None) -> None:
-        """Print ``stage: count, <progress-bar metrics named prefix...>; elapsed, ETA eta``."""
+    def _line(
+        self, stage: str, count: str, metrics: Mapping[str, float], elapsed: float, eta: float | None
+    ) -> None:
+        """Print ``stage: count, <name value for each of metrics>; elapsed, ETA eta``."""
         if not self._enabled:
             return
-        self._last_line = time.monotonic()
-        metrics = self.trainer.progress_bar_metrics if prefix else {}
-        parts = [count] + [
-            f"{name} {value:.3f}" for name, value in metrics.items() if name.startswith(prefix)
-        ]
+        parts = [count] + [f"{name} {value:.3f}" for name, value in metrics.items()]
         timing = _duration(elapsed) + (f", ETA {_duration(eta)}" if eta is not None else "")
         print(f"{stage}: {', '.join(parts)}; {timing}", file=sys.stderr, flush=True)

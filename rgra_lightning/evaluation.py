@@ -286,13 +286,18 @@ def log_initial_validation(module: LightningModule, loader: DataLoader) -> None:
         loader = with_distributed_sampler(loader, trainer.strategy.distributed_sampler_kwargs)
     metrics = greedy_metrics(module.verifier).to(module.device)
     bar = trainer.progress_bar_callback  # Lightning's bar shows its own loops only
-    batches = bar.track(loader, "validate (step 0)") if isinstance(bar, LineProgressBar) else loader
+    line_bar = bar if isinstance(bar, LineProgressBar) else None
+    batches = line_bar.track(loader, "validate") if line_bar else loader
     for batch in batches:
         counted = counted_problems(batch, trainer)
         update_greedy_metrics(metrics, module.make_experience(batch), module.verifier, counted)
-    if not metrics[0].update_called:  # no validation problems
+    values: dict[str, float] = {}  # none without validation problems; else every rank computes
+    if metrics[0].update_called:
+        values = {f"val/{metric.name}": metric.compute().item() for metric in metrics}
+    if line_bar:  # with the metric the progress bar shows, as after a validation in fit
+        line_bar.track_end({name: value for name, value in values.items() if name == "val/accuracy"})
+    if not values:
         return
-    values = {f"val/{metric.name}": metric.compute().item() for metric in metrics}  # every rank computes
     for logger in module.loggers:
         logger.log_metrics(values, step=0)
 

@@ -2,11 +2,14 @@
 
 import re
 import sys
+from types import SimpleNamespace
 
 import pytest
 import transformers
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.trainer.states import TrainerFn
 
+from rgra_lightning import callbacks
 from rgra_lightning.callbacks import LineProgressBar
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
@@ -21,19 +24,19 @@ def test_a_fit_logging_to_a_file_prints_progress_lines(small_config, monkeypatch
     settings = {"trainer.enable_progress_bar": True, "trainer.max_steps": 2}
     config = small_config("rgra", **settings, **{"model.init_args.validate_before_training": True})
     main(["fit", "--config", str(config)])
-    stages = ("fit:", "validate:", "validate (step 0):")
+    stages = ("fit:", "validate")
     err = capsys.readouterr().err
     assert "Loading weights" not in err and "Writing model shards" not in err
     lines = [line for line in err.splitlines() if line.startswith(stages)]
     number, duration = r"\d\.\d{3}", r"\d+ s"
     metrics = f"train/reward {number}, train/accuracy {number}"
     patterns = [
-        rf"validate \(step 0\): batch 1/1; {duration}, ETA 0 s",  # outside Lightning's loops
-        rf"validate \(step 0\): batch 1/1; {duration}",
+        rf"validate \(update 0\): batch 1/1; {duration}, ETA 0 s",  # step 0, outside Lightning's loops
+        rf"validate \(update 0\): batch 1/1, val/accuracy {number}; {duration}",  # its end, as in fit
         f"fit: update 1/2, {metrics}; {duration}, ETA {duration}",  # after the first batch
         f"fit: update 2/2, {metrics}; {duration}, ETA 0 s",
-        f"validate: batch 1/1; {duration}, ETA 0 s",
-        f"validate: batch 1/1, val/accuracy {number}; {duration}",  # its end
+        rf"validate \(update 2\): batch 1/1; {duration}, ETA 0 s",
+        rf"validate \(update 2\): batch 1/1, val/accuracy {number}; {duration}",  # its end
         f"fit: update 2/2, {metrics}; {duration}",  # the fit's end
     ]
     assert len(lines) == len(patterns), lines
@@ -67,3 +70,102 @@ def test_the_line_bar_replaces_only_lightnings_default_where_stderr_is_no_termin
 def test_the_interval_is_checked():
     with pytest.raises(ConfigError, match="every_s must be >= 0"):
         LineProgressBar(every_s=-1)
+
+
+class Clock:
+    """``time.monotonic`` for ``LineProgressBar``, moved on by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def bar_in(
+    monkeypatch, fn: TrainerFn = TrainerFn.FITTING, every_s: float = 30
+) -> tuple[LineProgressBar, Clock]:
+    """A ``LineProgressBar`` set up in a stand-in trainer at ``fn`` (``global_step`` 0, of ``max_steps``
+    8, one validation batch, ``val/accuracy`` 0.5 on the progress bar), on a clock ``Clock`` moves."""
+    clock = Clock()
+    monkeypatch.setattr(callbacks, "time", clock)
+    trainer = SimpleNamespace(
+        is_global_zero=True,
+        global_step=0,
+        max_steps=8,
+        state=SimpleNamespace(fn=fn),
+        sanity_checking=False,
+        num_val_batches=[1],
+        progress_bar_metrics={"train/reward": 0.25, "val/accuracy": 0.5},
+    )
+    bar = LineProgressBar(every_s=every_s)
+    bar.setup(trainer, SimpleNamespace(), "fit")
+    return bar, clock
+
+
+def validate(bar: LineProgressBar, clock: Clock, seconds: float = 1) -> None:
+    """A one-batch validation of ``seconds`` as Lightning's loop calls the bar's hooks."""
+    trainer = bar.trainer
+    bar.on_validation_start(trainer, None)
+    clock.now += seconds
+    bar.on_validation_batch_end(trainer)
+    bar.on_validation_end(trainer, None)
+
+
+def test_validations_do_not_hold_back_the_fit_lines(monkeypatch, capsys):
+    """A validation's lines once restarted the one interval: with a validation every 20 s, no ``fit``
+    line came in 30 s intervals at all."""
+    bar, clock = bar_in(monkeypatch)
+    trainer = bar.trainer
+    bar.on_train_start(trainer, SimpleNamespace(automatic_optimization=False))
+    for update in range(1, 9):  # 10 s an update, a 1 s validation after every second
+        clock.now += 10
+        trainer.global_step = update
+        bar.on_train_batch_end(trainer)
+        if update % 2 == 0:
+            validate(bar, clock)
+    lines = capsys.readouterr().err.splitlines()
+    fit = [line.split(",")[0] for line in lines if line.startswith("fit:")]
+    assert fit == ["fit: update 3/8", "fit: update 6/8"], lines  # at 31 s and 62 s
+    assert sum(line.startswith("validate") for line in lines) == 4, lines  # their end lines
+
+
+def test_an_evaluation_has_its_own_interval(monkeypatch, capsys):
+    """Its first line comes ``every_s`` after its start, whenever the last ``fit`` line came."""
+    bar, clock = bar_in(monkeypatch)
+    bar.trainer.num_val_batches = [4]
+    clock.now = 100  # 100 s since the last line, but the validation only starts
+    bar.on_validation_start(bar.trainer, None)
+    clock.now += 29
+    bar.on_validation_batch_end(bar.trainer)
+    assert capsys.readouterr().err == ""
+    clock.now += 1
+    bar.on_validation_batch_end(bar.trainer)
+    assert capsys.readouterr().err == "validate (update 0): batch 2/4; 30 s, ETA 30 s\n"
+
+
+@pytest.mark.parametrize(
+    "fn, stage",
+    [(TrainerFn.FITTING, "validate (update 6)"), (TrainerFn.VALIDATING, "validate")],
+    ids=["fit", "rgra-validate"],
+)
+def test_a_validation_in_fit_names_the_update(monkeypatch, capsys, fn, stage):
+    bar, clock = bar_in(monkeypatch, fn)
+    bar.trainer.global_step = 6
+    validate(bar, clock, seconds=3)
+    assert capsys.readouterr().err == f"{stage}: batch 1/1, val/accuracy 0.500; 3 s\n"
+
+
+def test_the_step_0_validation_ends_with_its_metrics(monkeypatch, capsys):
+    """``log_initial_validation``'s loop, outside Lightning's: its metrics are not on the progress bar
+    (that still shows none, or another run's), so ``track_end`` is given them."""
+    bar, clock = bar_in(monkeypatch, every_s=0)
+    bar.trainer.progress_bar_metrics = {}
+    for _ in bar.track(["batch 1", "batch 2"], "validate"):
+        clock.now += 2
+    bar.track_end({"val/accuracy": 0.241})
+    assert capsys.readouterr().err.splitlines() == [
+        "validate (update 0): batch 1/2; 2 s, ETA 2 s",
+        "validate (update 0): batch 2/2; 4 s, ETA 0 s",
+        "validate (update 0): batch 2/2, val/accuracy 0.241; 4 s",
+    ]
