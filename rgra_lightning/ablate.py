@@ -439,6 +439,7 @@ EXIT_MEANINGS = {  # ``rgra fit``'s exit statuses (``errors``), as a failed run'
     CONFIG_REFUSED: "config refused",
     TRAINING_DIVERGED: "training diverged",
     KILLED: "stopped by SIGTERM",
+    128 + signal.SIGINT: "stopped by Ctrl-C",
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import signal
 import socket
 import uuid
 from collections.abc import Iterator, Mapping
@@ -31,7 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from rgra_lightning.config_files import differences
-from rgra_lightning.distributed import with_distributed_sampler
+from rgra_lightning.distributed import stop_status, with_distributed_sampler
 from rgra_lightning.errors import ConfigError
 
 SAVED = "saved as config.yaml in its log directory"  # where a run's config is, for the errors to say
@@ -110,23 +111,29 @@ class PeriodicModelCheckpoint(ModelCheckpoint):
         self._save_now(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """A fit stopped by SIGTERM (a scheduler's pre-emption, ``timeout``) ends at a batch end, where the
-        state is whole: it is saved (a step file and ``last.ckpt``), so that no update is lost. Ctrl-C may
-        come mid-update: nothing is saved, and one line says which update the last checkpoint holds."""
+        """A fit stopped by SIGTERM (a scheduler's pre-emption, ``timeout``) or a first Ctrl-C
+        (``distributed.AgreedStop``) ends at a batch end, where the state is whole: it is saved (a step file
+        and ``last.ckpt``), so that no update is lost. A second Ctrl-C may come mid-update: nothing is
+        saved, and one line says which update the last checkpoint holds."""
         if trainer.state.fn != TrainerFn.FITTING:
             return
         if isinstance(exception, SIGTERMException):
             self._save_now(trainer)
+            stopped_by = "Ctrl-C" if stop_status() == 128 + signal.SIGINT else "SIGTERM"
             rank_zero_info(
-                f"stopped by SIGTERM after update {trainer.global_step}, saved to {self.last_model_path}: "
-                "resume with --ckpt_path last"
+                f"stopped by {stopped_by} after update {trainer.global_step}, saved to "
+                f"{self.last_model_path}: resume with --ckpt_path last"
             )
         elif isinstance(exception, KeyboardInterrupt):
-            last = f"{self.last_model_path} (update {self._last_global_step_saved})"
-            rank_zero_info(
-                f"interrupted after update {trainer.global_step}; the last checkpoint is "
-                f"{last if self.last_model_path else 'none'}: resume with --ckpt_path last"
-            )
+            if self.last_model_path:
+                rank_zero_info(
+                    f"interrupted after update {trainer.global_step}; the last checkpoint is "
+                    f"{self.last_model_path} (update {self._last_global_step_saved}): resume with "
+                    "--ckpt_path last"
+                )
+            else:
+                step = trainer.global_step
+                rank_zero_info(f"interrupted after update {step}, before any checkpoint was saved")
 
     def _save_now(self, trainer: Trainer) -> None:
         if self._should_skip_saving_checkpoint(trainer):  # also: already saved at this global step

@@ -33,9 +33,8 @@ from rgra_lightning.checkpointing import (
     require_new_run_directory,
     require_same_run,
 )
-from rgra_lightning.commands import KILLED
 from rgra_lightning.config_files import LOSS_PRESETS, key_line, read
-from rgra_lightning.distributed import AgreedSigterm
+from rgra_lightning.distributed import AgreedStop, stop_status
 from rgra_lightning.errors import ConfigError, exit_status, find_reported_error
 from rgra_lightning.parser_errors import given_options, is_file, one_line_report, without_usage
 
@@ -119,7 +118,7 @@ class RLCLI(LightningCLI):
             require_checkpoint(ckpt_path, "--ckpt_path", sharded=True)
 
     def instantiate_trainer(self, **kwargs: object) -> Trainer:
-        """The trainer, with ``AgreedSigterm`` and ``RunDirectoryLock``; a setting it cannot run with
+        """The trainer, with ``AgreedStop`` and ``RunDirectoryLock``; a setting it cannot run with
         (``devices: abc``, an accelerator whose library is missing) is a one-line ``ConfigError`` instead of
         Lightning's traceback.
 
@@ -134,7 +133,7 @@ class RLCLI(LightningCLI):
             trainer = super().instantiate_trainer(**kwargs)
         except (TypeError, ValueError, ImportError) as error:
             raise ConfigError(f"trainer: {' '.join(str(error).split())}") from error
-        trainer.callbacks.append(AgreedSigterm())  # several processes stop together on SIGTERM
+        trainer.callbacks.append(AgreedStop())  # SIGTERM, Ctrl-C: stop after a saved update, all processes
         trainer.callbacks.append(RunDirectoryLock())  # one fit at a time per checkpoint directory
         return trainer
 
@@ -274,7 +273,7 @@ def main(args: list[str] | None = None, run: bool = True, cli_class: type[RLCLI]
             run=run,
         )
     except SIGTERMException as stopped:  # Lightning's, a SystemExit without a status: 0 would read as done
-        raise SystemExit(KILLED) from stopped
+        raise SystemExit(stop_status()) from stopped
     except Exception as error:
         # Lightning's MisconfigurationException is a config mistake too (e.g. accelerator: gpu on a CPU)
         config_error = find_reported_error(error) or (

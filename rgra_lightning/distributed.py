@@ -1,7 +1,7 @@
 """Everything that differs when several processes train together: FSDP2 sharding, DDP's gradient no-sync,
 reductions of metrics over ranks, the distributed sampler of the training and prediction data, which
-problems of an evaluation each rank counts (``counted_on_rank``), and stopping every process together on
-SIGTERM (``AgreedSigterm``).
+problems of an evaluation each rank counts (``counted_on_rank``), and stopping every process together
+after a saved update on SIGTERM or Ctrl-C (``AgreedStop``).
 
 FSDP2 (``torch.distributed.fsdp.fully_shard``) shards the policy and the frozen reference and reward models
 in ``RLModule.configure_model`` when the trainer's strategy is Lightning's ``ModelParallelStrategy``.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -195,23 +196,49 @@ def with_distributed_sampler(loader: DataLoader, distributed_sampler_kwargs: dic
     )
 
 
-class AgreedSigterm(Callback):
-    """Stop every process of a multi-process fit after the same update when any receives SIGTERM.
+_stopped_by = signal.SIGTERM  # the signal that stopped the latest fit (``AgreedStop``)
 
-    Lightning 2.6's SIGTERM handler runs a broadcast inside the signal handler, and each process checks its
-    own flag at its own batch end. Processes signalled at different points of their step (``timeout``
-    signals them all, and the launcher forwards the signal once more) then wait in different collectives
-    for ever: an audit's DDP runs on 2 CPU processes hung 4 times out of 4. Here the handler only records
-    the signal (and forwards it to the launcher's processes, as Lightning's does), and at each batch end
-    the processes agree, with one all-reduce, whether any received it. Then they all set Lightning's flag,
-    Lightning stops each after that batch, and ``PeriodicModelCheckpoint`` saves. With one process Lightning's
-    own handler is kept. The CLI adds this callback to every trainer.
+
+def stop_status() -> int:
+    """The exit status of a fit that a signal stopped after saving its state, as a shell reports the
+    signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+    return 128 + _stopped_by
+
+
+class AgreedStop(Callback):
+    """Stop a fit after the update in progress, saved, on SIGTERM or Ctrl-C; every process of a
+    multi-process fit after the same update.
+
+    Ctrl-C: Lightning stops at once (``KeyboardInterrupt``, maybe mid-update, so nothing can be saved), and
+    an audit's Ctrl-C at update 31 lost the 6 updates since the checkpoint at 25. Here the first Ctrl-C is
+    recorded and the fit stops as on SIGTERM, after the update in progress, which
+    ``PeriodicModelCheckpoint`` saves; exit status 130 (``stop_status``). A second Ctrl-C stops at once.
+
+    SIGTERM with several processes: Lightning 2.6's handler runs a broadcast inside the signal handler, and
+    each process checks its own flag at its own batch end. Processes signalled at different points of their
+    step (``timeout`` signals them all, and the launcher forwards the signal once more) then wait in different
+    collectives for ever: an audit's DDP runs on 2 CPU processes hung 4 times out of 4. Here the handler only
+    records the signal (and forwards it to the launcher's processes, as Lightning's does). With one process
+    Lightning's own SIGTERM handler is kept.
+
+    At each batch end the processes agree, with one all-reduce, whether any received a signal; then they all
+    set Lightning's flag and Lightning stops each after that batch. The CLI adds this callback to every
+    trainer.
     """
 
     def __init__(self) -> None:
-        self.signalled = False
+        self.received: int | None = None
+        self._launcher: Any = None
+        self._sigint_taken = False
+        self._global_zero = True
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        global _stopped_by
+        _stopped_by, self.received, self._global_zero = signal.SIGTERM, None, trainer.is_global_zero
+        # Only where Ctrl-C would raise KeyboardInterrupt (the main thread, no handler of someone else's)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._interrupt)
+            self._sigint_taken = True
         handler = signal.getsignal(signal.SIGTERM)
         handlers = getattr(handler, "signal_handlers", None)  # Lightning's _HandlersCompose
         if trainer.world_size == 1 or handlers is None:
@@ -221,10 +248,32 @@ class AgreedSigterm(Callback):
         self._launcher = trainer.strategy.launcher
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
-        if not self.signalled and self._launcher is not None:
+        if self.received is None and self._launcher is not None:
             self._launcher.kill(signum)
-        self.signalled = True
+        self.received = self.received or signum
+
+    def _interrupt(self, signum: int, frame: FrameType | None) -> None:
+        global _stopped_by
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+        self.received, _stopped_by = self.received or signum, signum
+        if self._global_zero:
+            print(
+                "\nCtrl-C: stopping after the update in progress, saved (Ctrl-C again: at once, unsaved)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
+        stop = self.received is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
             trainer._signal_connector.received_sigterm = True
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._sigint_taken:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._sigint_taken = False
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")

@@ -9,8 +9,8 @@ config instantiation or training they were raised, and the exit status each one 
 Exit statuses of ``rgra fit`` (and validate, test, predict): 0 done; ``CONFIG_REFUSED`` (2) a config or
 usage mistake, also one found during training (a verifier failing on every completion): the same for every
 seed; ``TRAINING_DIVERGED`` (3) a ``NonFiniteTrainingError``, which another seed may not hit;
-``commands.KILLED`` (143) stopped by SIGTERM, the state saved. ``rgra ablate`` tells them apart: only a
-refused config skips a preset's other seeds.
+143 stopped by SIGTERM and 130 by Ctrl-C, the state saved (``distributed.stop_status``). ``rgra ablate``
+tells them apart: only a refused config skips a preset's other seeds.
 """
 
 from __future__ import annotations

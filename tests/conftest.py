@@ -81,8 +81,9 @@ def one_line_error(args: list[str], capsys, status: int = 2) -> str:
 def sigterm_handler_restored():
     """``rgra ablate`` and ``rgra rehearse`` install SIGTERM and SIGHUP handlers (exit 143, 129) in their
     process, here the test process: left in place, Lightning would chain the SIGTERM one after its own in a
-    later fit, and a test's SIGTERM would exit before the fit saves its state."""
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    later fit, and a test's SIGTERM would exit before the fit saves its state. Lightning ignores SIGINT
+    once a ``KeyboardInterrupt`` stopped a fit."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     yield
     for signum, handler in previous.items():
         signal.signal(signum, handler)

@@ -136,6 +136,47 @@ def test_sigterm_saves_the_state_exits_143_and_resumes_exactly(small_config, tmp
     resume_equals_straight(stopped, a, steps=4)
 
 
+class CtrlCAfter(Callback):
+    """Presses Ctrl-C ``times`` times (SIGINT to this process) at the end of update ``step``."""
+
+    def __init__(self, step: int, times: int = 1) -> None:
+        self.step, self.times = step, times
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_saves_the_update_exits_130_and_resumes_exactly(small_config, tmp_path, caplog, capsys):
+    """Ctrl-C stopped the fit at once with status 1, losing the updates since the last checkpoint (an
+    audit: 6 of them), and said to resume from a checkpoint that did not exist. Now the first Ctrl-C stops
+    after the update in progress, saved, as SIGTERM does; a second one still stops at once, unsaved."""
+    every = {"trainer.max_steps": 4}
+    straight = fresh_config(small_config, tmp_path, "straight", **every)
+    a = main(["fit", "--config", str(straight)])
+    stopped = fresh_config(small_config, tmp_path, "stopped", **every)
+    ctrl_c = {"class_path": "tests.test_checkpointing.CtrlCAfter", "init_args": {"step": 3}}
+    with pytest.raises(SystemExit) as exit_info, caplog.at_level(logging.INFO):
+        main(["fit", "--config", str(stopped), f"--trainer.callbacks+={json.dumps(ctrl_c)}"])
+    assert exit_info.value.code == 130
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True, mmap=True)["global_step"] == 3
+    assert f"stopped by Ctrl-C after update 3, saved to {last}: resume with --ckpt_path last" in caplog.text
+    assert "Ctrl-C: stopping after the update in progress, saved" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+    resume_equals_straight(stopped, a, steps=4)
+
+    twice = fresh_config(small_config, tmp_path, "twice", **every)
+    ctrl_c["init_args"]["times"] = 2
+    with pytest.raises(SystemExit) as exit_info, caplog.at_level(logging.INFO):
+        main(["fit", "--config", str(twice), f"--trainer.callbacks+={json.dumps(ctrl_c)}"])
+    assert exit_info.value.code == 1  # Lightning's, for a KeyboardInterrupt
+    last = tmp_path / "twice" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True, mmap=True)["global_step"] == 2
+    assert f"interrupted after update 3; the last checkpoint is {last} (update 2)" in caplog.text
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(small_config, tmp_path):
     """A real ``kill -9`` of ``python -m rgra_lightning fit`` after its update-4 checkpoint, then

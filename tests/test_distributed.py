@@ -459,7 +459,7 @@ class MarkStep(Callback):
 def test_sigterm_stops_every_process_after_the_same_update_and_saves_it(strategy, fixed_prompts, tmp_path):
     """SIGTERM to every process of a 2-process fit, as ``timeout`` or a scheduler sends it, each process
     somewhere in its step. Lightning's handler ran a broadcast inside the signal handler and each process
-    stopped at its own batch end: an audit's DDP runs hung 4 times out of 4 (``AgreedSigterm``). All stop
+    stopped at its own batch end: an audit's DDP runs hung 4 times out of 4 (``AgreedStop``). All stop
     after the same update now, it is saved, and the exit status is 143."""
     run, started = "sigterm", tmp_path / "started"
     callbacks = [  # no periodic save before the end: the checkpoint is SIGTERM's
