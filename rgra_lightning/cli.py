@@ -21,6 +21,7 @@ import transformers
 from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from rgra_lightning.callbacks import LineProgressBar
@@ -89,7 +90,9 @@ class RLCLI(LightningCLI):
             return
         if ckpt_path == "last":
             ckpt_path = last_checkpoint(self.trainer, required=not fitting)
-            if not fitting:
+            if ckpt_path is None:  # fit: Lightning would warn, hinting at a save_last that is set
+                rank_zero_info("--ckpt_path last: the run has no checkpoint yet, so this fit starts afresh")
+            if not fitting or ckpt_path is None:
                 config["ckpt_path"] = ckpt_path
         if ckpt_path is None or not Path(ckpt_path).is_file():
             return  # a fit from nothing, or a sharded checkpoint: the module checks it as it loads

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -350,3 +351,15 @@ def test_checkpoint_is_renamed_into_place_from_the_same_directory(tmp_path, monk
     finally:
         os.umask(umask)
     assert (tmp_path / "shared.ckpt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_fit_resumed_from_last_with_no_checkpoint_says_it_starts_afresh(small_config, tmp_path, caplog):
+    """Lightning warned with a hint to set ``save_last=True`` (set already); the run starts afresh, as a
+    requeued job's first attempt needs, and one line says so."""
+    config = small_config("rgra", **FAST, **{"trainer.max_steps": 1})
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    assert cli.trainer.global_step == 1
+    assert "--ckpt_path last: the run has no checkpoint yet, so this fit starts afresh" in caplog.text
+    assert not [warning for warning in caught if "no last checkpoint available" in str(warning.message)]
