@@ -18,15 +18,25 @@ TOOLS = {
     "score": ("rewards.__main__", "score a JSONL file of (gold, pred) answer pairs with a verifier"),
     "rehearse": ("rgra_lightning.rehearsal", "2 checked updates of a GPU config on CPU, with a tiny model"),
 }
-USAGE = """usage: rgra COMMAND [options]   (or: python -m rgra_lightning COMMAND ...)
+USAGE = (
+    """usage: rgra COMMAND [options]   (or: python -m rgra_lightning COMMAND ...)
 
-training and evaluation (LightningCLI; rgra COMMAND --help lists every option):
+training and evaluation (LightningCLI):
   fit        train a policy: rgra fit --config configs/rgra.yaml [--config configs/loss/grpo.yaml]
   validate   evaluate a policy on the validation split
   test       evaluate a policy on the test split (pass@k, maj@k with model.evaluation)
   predict    greedy completions of the test prompts to predict_samples.jsonl
 tools:
-""" + "".join(f"  {name:<10} {help}\n" for name, (_, help) in TOOLS.items())
+"""
+    + "".join(f"  {name:<10} {help}\n" for name, (_, help) in TOOLS.items())
+    + """
+rgra COMMAND --help lists the command's options; for fit, validate, test and predict those are the
+trainer's, not the model's or the data module's (a config's model.init_args, data.init_args): list those
+by the class, named in full:
+  rgra fit --model.help rgra_lightning.RLModule
+  rgra fit --data.help rgra_lightning.ArithmeticDataModule   (JsonFilesDataModule, DatasetDataModule, ...)
+"""
+)
 
 
 KILLED = 128 + signal.SIGTERM  # the exit status of a process stopped by SIGTERM, as a shell reports it

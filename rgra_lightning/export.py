@@ -140,7 +140,8 @@ def main(args: list[str] | None = None) -> None:
         help="the config the checkpoint was trained with (the run's saved config.yaml works); repeat to "
         "apply several in order, as fit does",
     )
-    checkpoint.add_argument("--ckpt-path", required=True)
+    # --ckpt_path too: the spelling of rgra fit, validate, test and predict (LightningCLI's)
+    checkpoint.add_argument("--ckpt-path", "--ckpt_path", dest="ckpt_path", required=True)
     checkpoint.add_argument("--output", required=True)
     checkpoint.add_argument("--adapter-only", action="store_true", help="LoRA: save the adapter, unmerged")
     options = parser.parse_args(args)

@@ -2,7 +2,9 @@
 where the mistake is in a file (``FILE:LINE: ...``): a misspelled key with the closest valid one, a value of
 the wrong type with the types allowed, a plain value for a group of options (``--model.lora=true``) with
 the group's options, a ``class_path`` that names no class with the closest class, an option below an
-unknown one or below one that takes a single value (``--model.learning_rate.x``).
+unknown one or below one that takes a single value (``--model.learning_rate.x``), a misspelled top-level
+key (``modle:``, ``--trainr.max_steps``) with the closest one, and a class named without its package for
+``--model.help`` (``RLModule``) with the full class path.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import importlib
 import inspect
 import re
 import typing
 from pathlib import Path
 
+import rgra_lightning
+from rgra_lightning.commands import LIGHTNING_COMMANDS
 from rgra_lightning.config_files import key_line
 
 # jsonargparse's wordings for an unknown key below a class given by class_path, and for the section.
@@ -33,8 +38,9 @@ _WRONG_VALUE = re.compile(
 # How the parser shows an option given below one that takes a single value (``--model.learning_rate.x``).
 _NESTED_ARG = re.compile(r"NestedArg\(key='(?P<key>[\w.]+)', val=.*\)")
 _UNKNOWN_KEY = re.compile(
-    r"unrecognized arguments: --(?P<key>[\w.]+)"
+    r"unrecognized arguments: --(?P<key>[\w.-]+)"
     r"|Option '(?P<option>[\w.]+)' is not accepted"
+    r"|Subcommand '(?P<subcommand>\w+)' does not accept option '(?P<subcommand_option>[\w.]+)'"
     r"|Group '(?P<group>[\w.]+)' does not accept option '(?P<group_option>[\w.]+)'"
 )
 # A plain value for an option that takes a dataclass of options: ``model.lora`` (or null; the lines between
@@ -49,7 +55,7 @@ _OPTIONS_VALUE = re.compile(
 _MISSING_CLASS = re.compile(
     r"Problem with given class_path '(?P<class_path>[\w.]+)':\s*\n\s*"
     r"(?P<reason>module '[\w.]+' has no attribute '\w+'|No module named '[\w.]+')"
-    r"|Expected a dot import path string: (?P<value>\S+)"
+    r"|(?:--(?P<option>[\w.]+): )?Expected a dot import path string: (?P<value>\S+)"
 )
 
 
@@ -94,18 +100,43 @@ def _options(target: object) -> list[str]:
     return list(dict.fromkeys(names))  # a base class repeats the options its subclass passes on
 
 
-def unknown_key_error(error_text: str) -> Mistake | None:
-    """For jsonargparse's report of an unknown key under a class, one line naming the key, the closest
-    valid one and every valid one at that level; None for any other error."""
+def top_level_keys(subcommand: str | None) -> list[str]:
+    """The keys of a config's top level: the module's, and the arguments of ``Trainer.<subcommand>``
+    (``ckpt_path``, ...) where a subcommand parses it (``rgra fit``; ``cli.main(run=False)`` has none)."""
+    keys = ["seed_everything", "trainer", "model", "data"]
+    if subcommand is None:
+        return keys
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.cli import LightningCLI
+
+    skipped = LightningCLI.subcommands().get(subcommand)
+    if skipped is None:
+        return keys
+    arguments = inspect.signature(getattr(Trainer, subcommand)).parameters
+    return keys + [name for name in arguments if name not in skipped and name != "self"]
+
+
+def unknown_key_error(error_text: str, subcommand: str | None = None) -> Mistake | None:
+    """For jsonargparse's report of an unknown key under a class, or at the top level of the config of
+    ``subcommand`` (``modle:``), one line naming the key, the closest valid one and every valid one at
+    that level; None for any other error."""
     key_match = _UNKNOWN_KEY.search(error_text)
     if key_match is None:
         return None
-    dotted = key_match["key"] or key_match["option"] or f"{key_match['group']}.{key_match['group_option']}"
+    dotted = (
+        key_match["key"]
+        or key_match["option"]
+        or key_match["subcommand_option"]
+        or f"{key_match['group']}.{key_match['group_option']}"
+    )
+    subcommand = key_match["subcommand"] or subcommand
     class_path = _innermost_class(error_text, key_match.start())
     if class_path is not None:
         section_name = ".".join(_sections(error_text, key_match.start()))
     elif dotted.startswith("trainer.") and dotted.count(".") == 1:  # the subcommand's own trainer options
         class_path, section_name, dotted = "lightning.pytorch.Trainer", "trainer", dotted.split(".")[1]
+    elif key_match["group"] is None and not _sections(error_text, key_match.start()):  # a dotted path
+        return _unknown_top_level_key(dotted.split(".")[0], subcommand)
     else:
         return None
     owner = f"{section_name} ({class_path})" if section_name else class_path
@@ -136,6 +167,20 @@ def unknown_key_error(error_text: str) -> Mistake | None:
     level = f" under {prefix.rstrip('.')}" if parents else ""
     message = f"unknown option '{shown}' of {owner}{suggestion} valid keys{level}: {', '.join(options)}"
     return Mistake(f"{section_name}.{shown}" if section_name else shown, message)
+
+
+def _unknown_top_level_key(name: str, subcommand: str | None) -> Mistake | None:
+    """The one line for ``name`` at a config's top level where it is no key there (None where it is one:
+    the mistake is below it, and the parser's report says no more)."""
+    keys = top_level_keys(subcommand)
+    if name in keys:
+        return None
+    close = difflib.get_close_matches(name, keys, n=1)
+    suggestion = f": did you mean '{close[0]}'?" if close else ":"
+    owner = f"rgra {subcommand}" if subcommand else "the config"
+    return Mistake(
+        name, f"unknown top-level option '{name}' of {owner}{suggestion} valid keys: {', '.join(keys)}"
+    )
 
 
 def _option_type(target: typing.Any, name: str) -> typing.Any:
@@ -223,10 +268,17 @@ def missing_class_error(error_text: str) -> Mistake | None:
     missing = _MISSING_CLASS.search(error_text)
     if missing is None:
         return None
-    key = ".".join(_sections(error_text, missing.start()))
+    key = missing["option"] or ".".join(_sections(error_text, missing.start()))
     if missing["value"]:
-        message = f"{key}: expected a class path (package.module.Class), got {missing['value']!r}"
-        return Mistake(key, message, missing["value"])
+        value = missing["value"]
+        # A class the package exports, named without it (``--model.help RLModule``), where the parser knows
+        # no subclass of that name: it knows only those imported so far.
+        exported = rgra_lightning.__all__ if key.split(".")[0] in ("model", "data") else []
+        close = difflib.get_close_matches(value, exported, n=1)
+        suggestion = f": did you mean 'rgra_lightning.{close[0]}'?" if close else ""
+        where, full = (f"--{key}", " full") if missing["option"] else (key, "")
+        message = f"{where}: expected a{full} class path (package.module.Class), got {value!r}{suggestion}"
+        return Mistake(key, message, value)
     module_name, _, class_name = missing["class_path"].rpartition(".")
     suggestion = ""
     with contextlib.suppress(ImportError):
@@ -290,7 +342,13 @@ def is_file(value: str) -> bool:
 def one_line_report(error_text: str, args: list[str] | None) -> str | None:
     """The one line (``error: ...``) for the parser's report ``error_text`` of the command line ``args``
     (None: not a list, so no file is named); None where the report is not one of those above."""
-    readers = (unknown_key_error, wrong_value_error, options_value_error, missing_class_error)
+    subcommand = args[0] if isinstance(args, list) and args and args[0] in LIGHTNING_COMMANDS else None
+    readers = (
+        functools.partial(unknown_key_error, subcommand=subcommand),
+        wrong_value_error,
+        options_value_error,
+        missing_class_error,
+    )
     mistake = next((found for read in readers if (found := read(error_text)) is not None), None)
     if mistake is None:
         return None

@@ -62,7 +62,7 @@ import yaml
 
 from rewards.errors import ToolParser
 from rgra_lightning.commands import exit_on_termination
-from rgra_lightning.config_files import compose
+from rgra_lightning.config_files import compose, read
 from rgra_lightning.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,7 +303,7 @@ def overrides(config: dict[str, Any], run_dir: Path, model_dir: Path, data_dir: 
             },
         },
     }
-    data_class = config["data"]["class_path"]
+    data_class = gsm8k_source(config)
     data = {
         "train_size": TRAIN_PROBLEMS,
         "limit": VAL_PROBLEMS,
@@ -315,13 +315,55 @@ def overrides(config: dict[str, Any], run_dir: Path, model_dir: Path, data_dir: 
         data |= {"test_file": None}
     elif data_class.endswith("DatasetDataModule"):
         data |= {"source": str(data_dir)}
-    else:
-        raise RehearsalError(f"data.class_path {data_class} is not a GSM8K source the rehearsal can move")
     return {
         "trainer": trained,
         "model": {"init_args": model_overrides},
         "data": {"init_args": data},
     }
+
+
+def whole_config(configs: Sequence[Path]) -> dict[str, Any]:
+    """``configs`` composed in order; a ``ConfigError`` where the first is no whole config (no ``model`` or
+    ``data`` ``class_path``): a preset named alone, or before its base, which ``rgra fit`` refuses too."""
+    first = read(configs[0])
+    for part in ("model", "data"):
+        if "class_path" in (first.get(part) or {}):
+            continue
+        if len(configs) > 1:
+            raise ConfigError(
+                f"{configs[0]}: no {part}.class_path: the first config must be a whole config, the presets "
+                f"after it: --config BASE --config PRESET (given: {' + '.join(map(str, configs))})"
+            )
+        kind = "a loss preset" if configs[0].parent.name == "loss" else "a preset"
+        raise ConfigError(
+            f"{configs[0]}: no {part}.class_path: {kind} is composed over a base config, not rehearsed "
+            f"alone: rgra rehearse --config {GPU_RUNS[0][0]} --config {configs[0]}"
+        )
+    return compose(configs)
+
+
+def gsm8k_source(config: dict[str, Any]) -> str:
+    """The data module's class path; a ``ConfigError`` where it is no GSM8K source the rehearsal can move."""
+    data_class = config["data"]["class_path"]
+    if not data_class.endswith(("JsonFilesDataModule", "DatasetDataModule")):
+        raise ConfigError(
+            f"data.class_path {data_class} is not a GSM8K source the rehearsal can move "
+            "(JsonFilesDataModule, DatasetDataModule): rehearse the GPU configs (rgra rehearse --all)"
+        )
+    return data_class
+
+
+def check_config(configs: Sequence[Path], family: str | None = None) -> dict[str, Any]:
+    """``configs`` composed; a ``ConfigError`` where the rehearsal cannot run them: no whole config, a model
+    whose family ``model_family`` cannot tell (without ``family``), a data module other than GSM8K's."""
+    config = whole_config(configs)
+    try:
+        if family is None:
+            model_family(config["model"].get("init_args", {}).get("model_path", ""))
+        gsm8k_source(config)
+    except ConfigError as error:
+        raise ConfigError(f"{' + '.join(map(str, configs))}: {error}") from error
+    return config
 
 
 # --------------------------------------------------------------------------------------- the runs
@@ -534,13 +576,7 @@ def rehearse(
     label = " + ".join(map(str, configs))
     result = Rehearsal(label, family or "?", 1)
     try:
-        config = compose(configs)
-        for part in ("model", "data"):
-            if "class_path" not in (config.get(part) or {}):
-                raise RehearsalError(
-                    f"no {part}.class_path: {label} is a preset, not a whole config; rehearse it over its "
-                    "base: --config BASE --config PRESET"
-                )
+        config = whole_config(configs)
         model = config["model"].get("init_args", {})
         result.family = family or model_family(model.get("model_path", ""))
         result.processes = 2 if is_distributed(config.get("trainer", {})) else 1
@@ -633,6 +669,11 @@ def main(args: list[str] | None = None) -> int:
     missing = sorted({str(path) for run in runs for path in run if not path.is_file()})
     if missing:
         parser.error(f"no such config: {', '.join(missing)}")
+    for run in runs:  # a config mistake: one line and status 2 (errors.CONFIG_REFUSED), before any run
+        try:
+            check_config(run, options.family)
+        except ConfigError as error:
+            parser.error(str(error))
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # saving and loading a tiny model: bars between the reports

@@ -23,6 +23,27 @@ def test_rgra_help_lists_every_command(capsys):
         assert f"\n  {command} " in printed
 
 
+def test_rgra_help_says_how_to_list_the_model_and_data_options(capsys):
+    """``rgra fit --help`` lists the trainer's options, not the model's or the data module's (LightningCLI's
+    subclass mode shows ``--model CONFIG | CLASS_PATH_OR_NAME`` only): ``rgra --help`` says so, and the
+    commands it gives for those list them."""
+    with pytest.raises(SystemExit):
+        run(["--help"])
+    printed = capsys.readouterr().out
+    assert "lists every option" not in printed
+    shown = [
+        line.split("(")[0].split()[1:] for line in printed.splitlines() if line.startswith("  rgra fit --")
+    ]
+    assert [args[1:] for args in shown] == [
+        ["--model.help", "rgra_lightning.RLModule"],
+        ["--data.help", "rgra_lightning.ArithmeticDataModule"],
+    ]
+    for args, option in zip(shown, ("--model.learning_rate", "--data.batch_size"), strict=True):
+        with pytest.raises(SystemExit) as exit_info:
+            run(args)
+        assert exit_info.value.code == 0 and option in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("command", "suggestion"),
     [("rehears", ": did you mean 'rehearse'?"), ("fitt", ": did you mean 'fit'?"), ("xyz", ":")],
@@ -48,7 +69,7 @@ def test_an_unknown_command_is_one_line_naming_the_closest_and_every_command(com
         ),
         (
             ["export", "checkpoint"],
-            "required: --config, --ckpt-path, --output (rgra export checkpoint --help)",
+            "required: --config, --ckpt-path/--ckpt_path, --output (rgra export checkpoint --help)",
         ),
         (["rehearse", "--nope"], "unrecognized arguments: --nope (rgra rehearse --help)"),
         (

@@ -166,3 +166,14 @@ def test_several_configs_apply_in_order(reward_model_run, tmp_path, capsys):
     trained = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     assert exported and all(value.dtype == torch.bfloat16 for value in exported.values())
     assert torch.equal(exported["score.weight"], trained["model.score.weight"].bfloat16())
+
+
+@pytest.mark.parametrize("spelling", ["--ckpt-path", "--ckpt_path"])
+def test_export_takes_the_checkpoint_in_either_spelling(spelling, tmp_path, capsys):
+    """rgra fit, validate, test and predict spell it --ckpt_path (LightningCLI's); export refused that
+    spelling as a missing --ckpt-path, with no hint."""
+    missing = tmp_path / "missing.ckpt"
+    with pytest.raises(SystemExit) as exit_info:  # the checkpoint is checked before the config is read
+        export_main(["checkpoint", "--config", "no.yaml", spelling, str(missing), "--output", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: --ckpt-path '{missing}' does not exist\n"

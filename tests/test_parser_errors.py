@@ -1,7 +1,10 @@
 """Which source of a command line a config mistake is reported in: the first, in the parser's order, that
 sets the option (to the refused value, where the parser names one)."""
 
+import pytest
+
 from rgra_lightning.parser_errors import Mistake, where_set
+from tests.conftest import ROOT
 
 
 def test_the_first_source_that_sets_the_refused_value_is_named(tmp_path):
@@ -26,3 +29,53 @@ def test_an_unknown_key_is_named_where_it_is_first_set(tmp_path):
     # an option appended to on the command line (``+=``) is the option itself
     callbacks = Mistake("trainer.callbacks", "...", "Foo")
     assert where_set(callbacks, ["--config", str(config), "--trainer.callbacks+=Foo"]) is None
+
+
+def rgra_error(args: list[str], capsys) -> str:
+    """The one line ``rgra ARGS`` reports for a command line the parser refuses."""
+    from rgra_lightning.commands import run
+
+    with pytest.raises(SystemExit) as exit_info:
+        run(args)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("print_config", [[], ["--print_config"]])
+def test_a_misspelled_top_level_yaml_key_names_the_file_line_and_the_closest_key(
+    print_config, tmp_path, capsys
+):
+    """A nested misspelled key was reported at its file and line; one at the top level (``modle:``) was the
+    parser's ``Option 'modle.init_args.learning_rate' is not accepted``, naming neither."""
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("# a preset\nmodle:\n  init_args:\n    learning_rate: 0.001\n")
+    args = ["fit", "--config", str(ROOT / "configs/rgra.yaml"), "--config", str(preset), *print_config]
+    assert rgra_error(args, capsys) == (
+        f"error: {preset}:2: unknown top-level option 'modle' of rgra fit: did you mean 'model'? valid keys: "
+        "seed_everything, trainer, model, data, ckpt_path, weights_only"
+    )
+
+
+def test_a_misspelled_top_level_option_on_the_command_line_names_the_closest(capsys):
+    args = ["validate", "--config", str(ROOT / "configs/rgra.yaml"), "--trainr.max_steps=3"]
+    assert rgra_error(args, capsys).startswith(
+        "error: unknown top-level option 'trainr' of rgra validate: did you mean 'trainer'? valid keys: "
+    )
+    args = ["fit", "--config", str(ROOT / "configs/rgra.yaml"), "--ckpt-path", "x.ckpt"]
+    assert rgra_error(args, capsys).startswith(
+        "error: unknown top-level option 'ckpt-path' of rgra fit: did you mean 'ckpt_path'?"
+    )
+
+
+def test_a_class_named_without_its_package_for_help_names_the_option_and_the_class_path(capsys):
+    """The parser finds a short name only among the classes imported so far (``RLModul`` is none), and its
+    report named no option (``error: : expected a class path ...``)."""
+    assert rgra_error(["fit", "--model.help", "RLModul"], capsys) == (
+        "error: --model.help: expected a full class path (package.module.Class), got 'RLModul': did you mean "
+        "'rgra_lightning.RLModule'?"
+    )
+    assert rgra_error(["fit", "--data.help", "JsonFileDataModule"], capsys).endswith(
+        "did you mean 'rgra_lightning.JsonFilesDataModule'?"
+    )

@@ -14,7 +14,7 @@ import yaml
 
 from rgra_lightning import rehearsal
 from rgra_lightning.config_files import compose
-from rgra_lightning.errors import ConfigError
+from rgra_lightning.errors import CONFIG_REFUSED, ConfigError
 from tests.conftest import ROOT, printed_config
 
 RUNS = [tuple(str(path.relative_to(ROOT)) for path in run) for run in rehearsal.default_runs()]
@@ -174,10 +174,52 @@ def test_a_preset_is_rehearsed_over_its_base_and_not_alone(tmp_path, monkeypatch
     assert composed.error.startswith(f"RehearsalError: no GSM8K copy at {tmp_path}")
     alone = rehearsal.rehearse([preset], tmp_path, data_dir=tmp_path)
     assert alone.error == (
-        f"RehearsalError: no model.class_path: {preset} is a preset, not a whole config; rehearse it over "
-        "its base: --config BASE --config PRESET"
+        f"ConfigError: {preset}: no model.class_path: a preset is composed over a base config, not rehearsed "
+        f"alone: rgra rehearse --config configs/paper/gsm8k-rgra.yaml --config {preset}"
     )
     assert not alone.passed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["configs/loss/grpo.yaml"],
+            "configs/loss/grpo.yaml: no model.class_path: a loss preset is composed over a base config, not "
+            "rehearsed alone: rgra rehearse --config configs/paper/gsm8k-rgra.yaml --config "
+            "configs/loss/grpo.yaml",
+        ),
+        (
+            ["--config", "configs/loss/grpo.yaml", "--config", "configs/paper/gsm8k-rgra.yaml"],
+            "configs/loss/grpo.yaml: no model.class_path: the first config must be a whole config, the "
+            "presets after it: --config BASE --config PRESET",
+        ),
+        (["configs/rgra.yaml"], "configs/rgra.yaml: cannot tell the model family of model_path"),
+        (
+            ["--family", "qwen2", "configs/rgra.yaml"],
+            "configs/rgra.yaml: data.class_path rgra_lightning.ArithmeticDataModule is not a GSM8K source",
+        ),
+    ],
+)
+def test_a_config_the_rehearsal_cannot_run_is_one_line_with_status_2_before_any_run(
+    args, message, capsys, monkeypatch
+):
+    """A config mistake exits with errors.CONFIG_REFUSED (2), as rgra fit's do: a loss preset named alone
+    ran its rehearsal, reported it FAILED in a summary and exited 1, as a failed check does."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(rehearsal, "rehearse", lambda *args, **kwargs: pytest.fail("rehearsed"))
+    with pytest.raises(SystemExit) as exit_info:
+        rehearsal.main(args)
+    assert exit_info.value.code == CONFIG_REFUSED
+    captured = capsys.readouterr()
+    assert (
+        captured.out == "" and captured.err.startswith(f"error: {message}") and captured.err.count("\n") == 1
+    )
+
+
+def test_every_gpu_run_passes_the_config_check():
+    for run in rehearsal.default_runs():
+        rehearsal.check_config(run)
 
 
 @pytest.mark.slow  # 40-50 s per paper run, 65-95 s per distributed one (2 processes) on the shared 2 cores

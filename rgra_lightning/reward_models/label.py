@@ -18,6 +18,7 @@ within each group (see ``preference_pairs``), for Bradley-Terry training.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import replace
@@ -32,6 +33,9 @@ from rgra_lightning.checkpointing import load_trained_weights, require_checkpoin
 from rgra_lightning.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
+OVERRIDES_HELP = """-- OVERRIDES: options after -- override the configs as on the rgra fit command line, e.g.
+  rgra label --config configs/rgra.yaml --split val --output runs/orm/val.jsonl \\
+      -- --model.sampling.temperature=0.8"""
 
 
 def label(
@@ -148,7 +152,12 @@ def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
     overrides = args[args.index("--") + 1 :] if "--" in args else []
     args = args[: args.index("--")] if "--" in args else args
-    parser = ToolParser(prog="rgra label", description=__doc__.split("\n\n")[0])
+    parser = ToolParser(
+        prog="rgra label",
+        description=__doc__.split("\n\n")[0],
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--config",
         required=True,
@@ -161,8 +170,12 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT prompts")
     parser.add_argument("--num-generations", type=int, default=None, help="completions per prompt (G)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per rollout")
-    parser.add_argument(
-        "--ckpt-path", default=None, help="a training checkpoint of the policy to sample from"
+    parser.add_argument(  # --ckpt_path too: the spelling of rgra fit, validate, test and predict
+        "--ckpt-path",
+        "--ckpt_path",
+        dest="ckpt_path",
+        default=None,
+        help="a training checkpoint of the policy to sample from",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling")
     parser.add_argument(
@@ -171,6 +184,7 @@ def main(args: list[str] | None = None) -> None:
         help="torch device: cpu, cuda, cuda:N",
     )
     parser.add_argument("--pairs-output", default=None, help="also write preference pairs to this JSONL file")
+    parser.usage = parser.format_usage().removeprefix("usage: ").rstrip() + " [-- OVERRIDES ...]"
     options = parser.parse_args(args)
     try:
         if (

@@ -105,3 +105,25 @@ def test_label_mistakes_are_one_line_before_any_sampling(small_config, tmp_path,
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().startswith(message.format(tmp=tmp_path))
     assert not (tmp_path / "labels.jsonl").exists()
+
+
+@pytest.mark.parametrize("spelling", ["--ckpt-path", "--ckpt_path"])
+def test_label_takes_the_checkpoint_in_either_spelling(spelling, tmp_path, capsys):
+    """rgra fit, validate, test and predict spell it --ckpt_path (LightningCLI's): label refused that
+    spelling as an unrecognized argument."""
+    missing = tmp_path / "missing.ckpt"
+    args = ["--config", "no.yaml", "--output", str(tmp_path / "rows.jsonl"), spelling, str(missing)]
+    with pytest.raises(SystemExit) as exit_info:  # the checkpoint is checked before the config is read
+        label_main([*args, "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: --ckpt-path '{missing}' does not exist\n"
+
+
+def test_label_help_shows_the_overrides_after_the_double_dash(capsys):
+    """``-- --model.sampling.temperature=0.8`` works (docs/reward-models.md); the help said nothing of it."""
+    with pytest.raises(SystemExit) as exit_info:
+        label_main(["--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert printed.split("\n\n")[0].endswith(" [-- OVERRIDES ...]")  # the usage
+    assert "-- OVERRIDES: options after -- override the configs as on the rgra fit command line" in printed
