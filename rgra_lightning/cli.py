@@ -20,7 +20,7 @@ import torch
 import transformers
 from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
@@ -55,6 +55,21 @@ class FullNameParser(LightningArgumentParser):
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+
+class SaveConfigAtStart(SaveConfigCallback):
+    """Lightning's ``SaveConfigCallback``, saving the config when the run starts (``on_fit_start``, ...)
+    instead of at set-up: a fit refused during set-up (its checkpoint directory locked by a running fit,
+    LoRA under FSDP2, a precision that cannot train) left a new ``version_N/`` log directory holding
+    only the refused config, beside the runs that had trained."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._stage = stage
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().setup(trainer, pl_module, self._stage)  # once: it returns at once when saved already
+
+    on_validation_start = on_test_start = on_predict_start = on_fit_start
 
 
 class RLCLI(LightningCLI):
@@ -269,6 +284,7 @@ def main(args: list[str] | None = None, run: bool = True, cli_class: type[RLCLI]
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             parser_class=FullNameParser,
+            save_config_callback=SaveConfigAtStart,
             # The module builds its optimizer and schedule (model.learning_rate, lr_schedule, ...) and
             # steps them itself: Lightning's --optimizer / --lr_scheduler would crash it or go unused.
             auto_configure_optimizers=False,

@@ -261,6 +261,7 @@ def test_a_fit_into_the_checkpoint_directory_of_a_running_fit_is_refused(small_c
     )
     assert one_line_error(["fit", "--config", str(config)], capsys) == refused
     assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert not list((tmp_path / "runs").rglob("*.yaml"))  # no config of the refused run beside the others
     os.close(running)  # the running fit ends
     assert main(["fit", "--config", str(config)]).trainer.global_step == 1
     after = os.open(lock, os.O_RDWR)
