@@ -316,11 +316,15 @@ def read_checkpoint(ckpt_path: str, option: str) -> dict[str, Any]:
     return checkpoint
 
 
+_WEIGHT_SETTINGS = tuple(f"model.{key}" for key in ("model_path", "gguf_file", "lora", "verifier", "dtype"))
+
+
 def require_matching_weights(module: LightningModule, checkpoint: dict[str, Any], ckpt_path: str) -> None:
     """Give ``checkpoint`` to the module's ``on_load_checkpoint``, as Lightning does before loading its
     weights (it puts back what checkpoints leave out: frozen models), then raise ``ConfigError`` unless
-    they fit ``module``, naming the settings it was trained with that differ from the module's or, where
-    none differ (or none were saved), the weights that are missing, unexpected or of another shape."""
+    they fit ``module``, naming the settings it was trained with that differ from the module's (those
+    that make the weights, where any of them differ) or, where none differ (or none were saved), the
+    weights that are missing, unexpected or of another shape."""
     module.on_load_checkpoint(checkpoint)
     saved, current = checkpoint["state_dict"], module.state_dict()
     missing, unexpected = sorted(current.keys() - saved.keys()), sorted(saved.keys() - current.keys())
@@ -332,9 +336,11 @@ def require_matching_weights(module: LightningModule, checkpoint: dict[str, Any]
     if not (missing or unexpected or reshaped):
         return
     changes = changed_settings(checkpoint.get("hyper_parameters", {}), module.hparams, "model.")
+    # The settings that make the weights (learning_rate and the like change none, and would bury them)
+    shaping = [change for change in changes if change.startswith(_WEIGHT_SETTINGS)]
     if changes:
         raise ConfigError(
-            f"{other_settings(ckpt_path, changes)}: give the config it was trained with ({SAVED})"
+            f"{other_settings(ckpt_path, shaping or changes)}: give the config it was trained with ({SAVED})"
         )
     found = [
         f"{len(keys)} {what} ({', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})"

@@ -275,8 +275,9 @@ def test_evaluating_a_checkpoint_of_other_settings_or_no_checkpoint_is_one_line(
     one_step = {"trainer.max_steps": 1, "model.init_args.validate_before_training": False}
     main(["fit", "--config", str(small_config("rgra", **one_step, **{"model.init_args.lora": lora}))])
     config, last = str(small_config("rgra", **one_step)), tmp_path / "checkpoints" / "last.ckpt"
-    for command in ("validate", "test", "predict"):
-        assert cli_error([command, "--config", config, "--ckpt_path", str(last)], capsys) == (
+    for command in ("validate", "test", "predict"):  # a setting that changes no weight is not named
+        evaluate = [command, "--config", config, "--model.learning_rate=0.5", "--ckpt_path", str(last)]
+        assert cli_error(evaluate, capsys) == (
             f"error: checkpoint {last} was trained with other settings than this run's (model.lora: "
             f"{lora} in the checkpoint, None now): give the config it was trained with (saved as config.yaml "
             "in its log directory)"
