@@ -109,70 +109,59 @@ def test_resume_at_and_after_an_epoch_boundary_continues_the_data_order(small_co
         )
 
 
-class SigtermAfter(Callback):
-    """Sends this process SIGTERM at the end of update ``step``, as a scheduler pre-empting the job would."""
+class SignalAfter(Callback):
+    """Sends this process ``signum`` ``times`` times at the end of update ``step``: SIGTERM as a scheduler
+    pre-empting the job would, SIGINT as Ctrl-C in the terminal does."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
-def test_sigterm_saves_the_state_exits_143_and_resumes_exactly(small_config, tmp_path, caplog):
-    """A SIGTERM between periodic checkpoints (every 4 updates here) used to end the fit with status 0 and
-    the updates since the last checkpoint lost; ``rgra ablate`` then recorded the cut-short run as done."""
-    every = {"trainer.max_steps": 4}
-    straight = fresh_config(small_config, tmp_path, "straight", **every)
-    a = main(["fit", "--config", str(straight)])
-    stopped = fresh_config(small_config, tmp_path, "stopped", **every)
-    sigterm = {"class_path": "tests.test_checkpointing.SigtermAfter", "init_args": {"step": 2}}
-    with pytest.raises(SystemExit) as exit_info, caplog.at_level(logging.INFO):
-        main(["fit", "--config", str(stopped), f"--trainer.callbacks+={json.dumps(sigterm)}"])
-    assert exit_info.value.code == 143
-    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True, mmap=True)["global_step"] == 2
-    assert f"stopped by SIGTERM after update 2, saved to {last}: resume with --ckpt_path last" in caplog.text
-    resume_equals_straight(stopped, a, steps=4)
-
-
-class CtrlCAfter(Callback):
-    """Presses Ctrl-C ``times`` times (SIGINT to this process) at the end of update ``step``."""
-
-    def __init__(self, step: int, times: int = 1) -> None:
-        self.step, self.times = step, times
+    def __init__(self, step: int, signum: int, times: int = 1) -> None:
+        self.step, self.signum, self.times = step, signum, times
 
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step:
             for _ in range(self.times):
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), self.signum)
 
 
-def test_ctrl_c_saves_the_update_exits_130_and_resumes_exactly(small_config, tmp_path, caplog, capsys):
-    """Ctrl-C stopped the fit at once with status 1, losing the updates since the last checkpoint (an
-    audit: 6 of them), and said to resume from a checkpoint that did not exist. Now the first Ctrl-C stops
-    after the update in progress, saved, as SIGTERM does; a second one still stops at once, unsaved."""
+def signalled_fit(config: Path, step: int, signum: int, times: int = 1) -> int:
+    """The exit status of ``fit`` of ``config``, sent ``signum`` ``times`` times after update ``step``."""
+    sender = {
+        "class_path": "tests.test_checkpointing.SignalAfter",
+        "init_args": {"step": step, "signum": int(signum), "times": times},
+    }
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), f"--trainer.callbacks+={json.dumps(sender)}"])
+    return exit_info.value.code
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "named"), [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")]
+)
+def test_a_signal_saves_the_update_exits_and_resumes_exactly(
+    small_config, tmp_path, caplog, capsys, signum, status, named
+):
+    """A SIGTERM between periodic checkpoints (every 2 updates here) used to end the fit with status 0 and
+    the updates since the last checkpoint lost; ``rgra ablate`` then recorded the cut-short run as done.
+    Ctrl-C stopped it at once with status 1, losing them too (an audit: 6 updates). Both now stop after
+    the update in progress, saved."""
     every = {"trainer.max_steps": 4}
     straight = fresh_config(small_config, tmp_path, "straight", **every)
     a = main(["fit", "--config", str(straight)])
     stopped = fresh_config(small_config, tmp_path, "stopped", **every)
-    ctrl_c = {"class_path": "tests.test_checkpointing.CtrlCAfter", "init_args": {"step": 3}}
-    with pytest.raises(SystemExit) as exit_info, caplog.at_level(logging.INFO):
-        main(["fit", "--config", str(stopped), f"--trainer.callbacks+={json.dumps(ctrl_c)}"])
-    assert exit_info.value.code == 130
+    with caplog.at_level(logging.INFO):
+        assert signalled_fit(stopped, 3, signum) == status
     last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True, mmap=True)["global_step"] == 3
-    assert f"stopped by Ctrl-C after update 3, saved to {last}: resume with --ckpt_path last" in caplog.text
-    assert "Ctrl-C: stopping after the update in progress, saved" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+    assert f"stopped by {named} after update 3, saved to {last}: resume with --ckpt_path last" in caplog.text
+    if signum == signal.SIGINT:
+        assert "Ctrl-C: stopping after the update in progress, saved" in capsys.readouterr().err
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
     resume_equals_straight(stopped, a, steps=4)
 
-    twice = fresh_config(small_config, tmp_path, "twice", **every)
-    ctrl_c["init_args"]["times"] = 2
-    with pytest.raises(SystemExit) as exit_info, caplog.at_level(logging.INFO):
-        main(["fit", "--config", str(twice), f"--trainer.callbacks+={json.dumps(ctrl_c)}"])
-    assert exit_info.value.code == 1  # Lightning's, for a KeyboardInterrupt
+
+def test_a_second_ctrl_c_stops_at_once_unsaved(small_config, tmp_path, caplog):
+    config = fresh_config(small_config, tmp_path, "twice", **{"trainer.max_steps": 4})
+    with caplog.at_level(logging.INFO):
+        assert signalled_fit(config, 3, signal.SIGINT, times=2) == 1  # Lightning's, for a KeyboardInterrupt
     last = tmp_path / "twice" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True, mmap=True)["global_step"] == 2
     assert f"interrupted after update 3; the last checkpoint is {last} (update 2)" in caplog.text
