@@ -22,11 +22,14 @@ Selection = Literal["all", "best_of_group"]
 
 @dataclass(frozen=True)
 class AdvantageConfig:
-    """How rewards become advantages; each field is independent of the others.
+    """How rewards become advantages. The fields combine freely, except two that fix others:
+    ``baseline: none`` needs ``scale: none``, and ``selection: best_of_group`` needs no baseline, scale or
+    sign filter.
 
     Args:
         baseline: subtracted from each reward. ``group_mean`` (GRPO/RGRA), ``leave_one_out`` (RLOO: the
-            mean of the other G-1 rewards) or ``none`` (REINFORCE with direct rewards).
+            mean of the other G-1 rewards) or ``none`` (REINFORCE with direct rewards; with ``scale: none``: a
+            group of equal rewards would be divided by ``epsilon``).
         scale: divisor after the baseline. ``group_std`` (GRPO), ``batch_std`` or ``none`` (Dr. GRPO).
             Standard deviations use Bessel's correction, as TRL does.
         sign_filter: ``positive`` keeps only advantages above zero ("train only on samples above the
