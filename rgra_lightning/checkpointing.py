@@ -202,6 +202,24 @@ class RunDirectoryLock(Callback):
             self._release()
             raise ConfigError(holder)
 
+    @staticmethod
+    def require_free(trainer: Trainer) -> None:
+        """Raise the ``ConfigError`` of ``setup`` where a running fit holds a checkpoint directory's lock,
+        before Lightning starts: it opens the run's TensorBoard directory before any set-up, so a refusal
+        there left an empty ``version_N/``. The probe takes a shared lock and lets it go at once (the
+        processes of one fit may probe together); ``setup`` still takes the lock."""
+        for _, directory in run_checkpoint_directories(trainer):
+            path = f"{os.path.normpath(directory)}.lock"
+            if not os.path.isfile(path):
+                continue
+            handle = os.open(path, os.O_RDONLY)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(_held_lock(path, handle)) from None
+            finally:
+                os.close(handle)
+
     def _lock(self, path: str) -> str | None:
         """Take the lock at ``path``; None, or what to report when another process holds it."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -209,13 +227,9 @@ class RunDirectoryLock(Callback):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(handle, 200).decode(errors="replace").strip() or "another process"
+            message = _held_lock(path, handle)
             os.close(handle)
-            directory = path.removesuffix(".lock")
-            return (
-                f"{directory} is the checkpoint directory of a fit that is still running ({holder}, holding "
-                f"{path}): wait for it to end, or give this run another name or checkpoint directory"
-            )
+            return message
         os.ftruncate(handle, 0)
         os.pwrite(handle, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._held.append(handle)
@@ -231,6 +245,16 @@ class RunDirectoryLock(Callback):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._release()
+
+
+def _held_lock(path: str, handle: int) -> str:
+    """The refusal for the checkpoint-directory lock ``path`` that another fit holds, naming the holder
+    that the open file ``handle`` records."""
+    holder = os.pread(handle, 200, 0).decode(errors="replace").strip() or "another process"
+    return (
+        f"{path.removesuffix('.lock')} is the checkpoint directory of a fit that is still running ({holder}, "
+        f"holding {path}): wait for it to end, or give this run another name or checkpoint directory"
+    )
 
 
 def last_checkpoint(trainer: Trainer, required: bool = True) -> str | None:

@@ -94,11 +94,14 @@ class RLCLI(LightningCLI):
         left behind empty) or (validate, test, predict) whose weights do not fit the model built from the
         config; ``last`` naming no checkpoint (validate, test, predict: ``fit`` starts afresh, as Lightning
         documents); a ``fit`` started afresh where an earlier run's checkpoints are (its own would go beside
-        them). ``best`` and ``hpc`` are Lightning's to resolve."""
+        them), or into the checkpoint directory of a fit still running (``RunDirectoryLock.require_free``).
+        ``best`` and ``hpc`` are Lightning's to resolve."""
         config = self.config_init[self.subcommand]
         ckpt_path, fitting = config.get("ckpt_path"), self.subcommand == "fit"
         if fitting and hasattr(self.model, "check_fit_settings"):  # RLModule: before Lightning's set-up
             self.model.check_fit_settings(self.trainer, self.datamodule)
+        if fitting:
+            RunDirectoryLock.require_free(self.trainer)
         if ckpt_path is None and fitting:
             require_new_run_directory(self.trainer)
         if ckpt_path in (None, "best", "hpc"):

@@ -18,7 +18,7 @@ import torch
 from lightning import Callback, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-from rgra_lightning.checkpointing import AtomicCheckpointIO, require_matching_weights
+from rgra_lightning.checkpointing import AtomicCheckpointIO, RunDirectoryLock, require_matching_weights
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_causal_lm
@@ -234,10 +234,14 @@ def test_a_fresh_fit_where_an_earlier_run_saved_checkpoints_is_refused_before_tr
     )
 
 
-def test_a_fit_into_the_checkpoint_directory_of_a_running_fit_is_refused(small_config, tmp_path, capsys):
+def test_a_fit_into_the_checkpoint_directory_of_a_running_fit_is_refused(
+    small_config, tmp_path, capsys, monkeypatch
+):
     """Two fits of one config would replace each other's last.ckpt. The running fit holds a ``flock`` on
     ``<checkpoint dir>.lock``; a second fit is refused in one line naming the holder, before it trains,
-    fresh or resumed; the lock ends with the fit that held it."""
+    fresh or resumed, and before Lightning opens a log directory for it (the CLI's probe; where two fits
+    start together, past the probe, ``setup`` refuses the second); the lock ends with the fit that held
+    it."""
     config = small_config("rgra", **FAST, **{"trainer.max_steps": 1})
     lock = tmp_path / "checkpoints.lock"
     running = os.open(lock, os.O_RDWR | os.O_CREAT)
@@ -250,7 +254,10 @@ def test_a_fit_into_the_checkpoint_directory_of_a_running_fit_is_refused(small_c
     )
     assert one_line_error(["fit", "--config", str(config)], capsys) == refused
     assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
-    assert not list((tmp_path / "runs").rglob("*.yaml"))  # no config of the refused run beside the others
+    assert not (tmp_path / "runs").exists()  # no log directory of the refused run beside the others
+    with monkeypatch.context() as past_the_probe:
+        past_the_probe.setattr(RunDirectoryLock, "require_free", lambda trainer: None)
+        assert one_line_error(["fit", "--config", str(config)], capsys) == refused
     os.close(running)  # the running fit ends
     assert main(["fit", "--config", str(config)]).trainer.global_step == 1
     after = os.open(lock, os.O_RDWR)
