@@ -103,13 +103,14 @@ def test_best_of_group_refuses_settings_it_would_ignore(setting):
 @pytest.mark.parametrize("baseline", ["group_mean", "leave_one_out"])
 @pytest.mark.parametrize("scale", ["group_std", "batch_std"])
 def test_equal_rewards_that_float32_cannot_hold_give_exactly_zero(baseline, scale):
-    """The float32 mean of 24 copies of 4.27 is a rounding step off 4.27; divided by a std of ~1e-7 +
-    epsilon, that gave every completion of the group an advantage of about -9e-3."""
-    rewards = torch.tensor([[4.27] * 24, [0.1] * 12 + [1.1] * 12])
-    assert (rewards[0] - rewards[0].mean()).abs().max() > 0  # the rounding this guards against
+    """The float32 mean of 24 copies of 4.27 was a rounding step off 4.27 (on the CPU this was found on;
+    the summation order decides); divided by a std of ~1e-7 + epsilon, that gave every completion of the
+    group an advantage of about -9e-3. Several such values, so that some round on any CPU."""
+    tied = [4.27, 0.1, 1.1, 0.3, 2.2, 7.77]
+    rewards = torch.tensor([[value] * 24 for value in tied] + [[0.1] * 12 + [1.1] * 12])
     advantages = group_advantages(rewards, AdvantageConfig(baseline=baseline, scale=scale))
-    assert torch.equal(advantages[0], torch.zeros(24))
-    assert (advantages[1, :12] < 0).all() and (advantages[1, 12:] > 0).all()
+    assert torch.equal(advantages[: len(tied)], torch.zeros(len(tied), 24))
+    assert (advantages[-1, :12] < 0).all() and (advantages[-1, 12:] > 0).all()
 
 
 def test_zero_std_group_fraction():
