@@ -59,9 +59,9 @@ class FullNameParser(LightningArgumentParser):
 
 class SaveConfigAtStart(SaveConfigCallback):
     """Lightning's ``SaveConfigCallback``, saving the config when the run starts (``on_fit_start``, ...)
-    instead of at set-up: a fit refused during set-up (its checkpoint directory locked by a running fit,
-    LoRA under FSDP2, a precision that cannot train) left a new ``version_N/`` log directory holding
-    only the refused config, beside the runs that had trained."""
+    instead of at set-up: a fit refused during set-up (LoRA under FSDP2, a precision that cannot train, a
+    second fit started at the same moment into one checkpoint directory) left a new ``version_N/`` log
+    directory holding only the refused config, beside the runs that had trained."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._stage = stage
@@ -98,12 +98,12 @@ class RLCLI(LightningCLI):
         ``best`` and ``hpc`` are Lightning's to resolve."""
         config = self.config_init[self.subcommand]
         ckpt_path, fitting = config.get("ckpt_path"), self.subcommand == "fit"
-        if fitting and hasattr(self.model, "check_fit_settings"):  # RLModule: before Lightning's set-up
-            self.model.check_fit_settings(self.trainer, self.datamodule)
         if fitting:
+            if hasattr(self.model, "check_fit_settings"):  # RLModule: before Lightning's set-up
+                self.model.check_fit_settings(self.trainer, self.datamodule)
             RunDirectoryLock.require_free(self.trainer)
-        if ckpt_path is None and fitting:
-            require_new_run_directory(self.trainer)
+            if ckpt_path is None:
+                require_new_run_directory(self.trainer)
         if ckpt_path in (None, "best", "hpc"):
             return
         if ckpt_path == "last":
