@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.fabric.strategies.fsdp import _is_sharded_checkpoint
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -257,6 +259,46 @@ def _held_lock(path: str, handle: int) -> str:
     )
 
 
+class ContinuedLog(Callback):
+    """Makes a resumed fit write on into the TensorBoard directory its run logged into, as one run with one
+    set of curves, instead of a new ``version_N/`` whose steps overlap the old one's.
+
+    Each checkpoint records the directory of the fit's ``TensorBoardLogger`` (``checkpoint["log"]``: its
+    root and version); ``continue_from`` (the CLI calls it before Lightning starts a resumed fit) points the
+    logger there, with TensorBoard hiding what the old run logged after the checkpoint's update
+    (``SummaryWriter``'s ``purge_step``): those updates are trained again. The logger is left as it is
+    where it is no ``TensorBoardLogger``, its root directory is another (another run name or ``save_dir``),
+    the config fixes another version, the recorded directory is gone, or the checkpoint predates the record.
+    """
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        logger = _tensorboard_logger(trainer)
+        if logger is not None:
+            checkpoint["log"] = {"root_dir": os.path.realpath(logger.root_dir), "version": logger.version}
+
+    @staticmethod
+    def continue_from(trainer: Trainer, checkpoint: Mapping[str, Any]) -> None:
+        """Point ``trainer``'s TensorBoard logger at the log directory ``checkpoint`` records (see above);
+        before the logger has written anything."""
+        logger, recorded = _tensorboard_logger(trainer), checkpoint.get("log")
+        if logger is None or not isinstance(recorded, Mapping) or logger._experiment is not None:
+            return
+        version, root_dir = recorded.get("version"), os.path.realpath(logger.root_dir)
+        if recorded.get("root_dir") != root_dir or logger._version not in (None, version):
+            return
+        directory = version if isinstance(version, str) else f"version_{version}"
+        if os.path.isdir(os.path.join(logger.root_dir, directory)):
+            # Lightning's logger has no public setter: its version and SummaryWriter arguments are set
+            # before the writer exists (``_experiment is None`` above), which is when it reads them.
+            logger._version = version
+            logger._kwargs["purge_step"] = int(checkpoint["global_step"]) + 1
+
+
+def _tensorboard_logger(trainer: Trainer) -> TensorBoardLogger | None:
+    """The first of ``trainer``'s loggers that is a ``TensorBoardLogger``, if any."""
+    return next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
+
+
 def last_checkpoint(trainer: Trainer, required: bool = True) -> str | None:
     """The checkpoint ``--ckpt_path last`` names, chosen as Lightning chooses it (the newest ``last*.ckpt``
     in the directories of the checkpoint callbacks). When there is none: ``ConfigError`` if ``required``
@@ -329,8 +371,11 @@ def not_a_checkpoint(ckpt_path: str, option: str) -> ConfigError:
 
 
 def read_checkpoint(ckpt_path: str, option: str) -> dict[str, Any]:
-    """The contents of the checkpoint file ``ckpt_path``, its tensors memory-mapped (read when used);
+    """The contents of the checkpoint file ``ckpt_path``, its tensors memory-mapped (read when used), or of
+    a sharded checkpoint directory's metadata (``meta.pt``: all but the weights and optimizer states);
     ``ConfigError`` for a file that is not a Lightning checkpoint."""
+    if _is_sharded_checkpoint(Path(ckpt_path)):
+        return torch.load(Path(ckpt_path, _METADATA_FILENAME), map_location="cpu", weights_only=True)
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch.load raises many types for a file that is not a checkpoint

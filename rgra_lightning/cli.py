@@ -26,6 +26,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 from rgra_lightning.callbacks import LineProgressBar
 from rgra_lightning.checkpointing import (
+    ContinuedLog,
     RunDirectoryLock,
     last_checkpoint,
     read_checkpoint,
@@ -95,7 +96,8 @@ class RLCLI(LightningCLI):
         config; ``last`` naming no checkpoint (validate, test, predict: ``fit`` starts afresh, as Lightning
         documents); a ``fit`` started afresh where an earlier run's checkpoints are (its own would go beside
         them), or into the checkpoint directory of a fit still running (``RunDirectoryLock.require_free``).
-        ``best`` and ``hpc`` are Lightning's to resolve."""
+        ``best`` and ``hpc`` are Lightning's to resolve. A resumed fit logs on into its run's TensorBoard
+        directory (``ContinuedLog``)."""
         config = self.config_init[self.subcommand]
         ckpt_path, fitting = config.get("ckpt_path"), self.subcommand == "fit"
         if fitting:
@@ -112,11 +114,12 @@ class RLCLI(LightningCLI):
                 rank_zero_info("--ckpt_path last: the run has no checkpoint yet, so this fit starts afresh")
             if not fitting or ckpt_path is None:
                 config["ckpt_path"] = ckpt_path
-        if ckpt_path is None or not Path(ckpt_path).is_file():
-            return  # a fit from nothing, or a sharded checkpoint: the module checks it as it loads
-        checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")
+        if ckpt_path is None or not (fitting or Path(ckpt_path).is_file()):
+            return  # a fit from nothing, or a sharded checkpoint to evaluate: Lightning reads it
+        checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")  # a sharded one's metadata
         if fitting:
             require_same_run(checkpoint, ckpt_path, self.model, self.datamodule)
+            ContinuedLog.continue_from(self.trainer, checkpoint)
         else:
             require_matching_weights(self.model, checkpoint, ckpt_path)
 
@@ -156,6 +159,7 @@ class RLCLI(LightningCLI):
             raise ConfigError(f"trainer: {' '.join(str(error).split())}") from error
         trainer.callbacks.append(AgreedStop())  # SIGTERM, Ctrl-C: stop after a saved update, all processes
         trainer.callbacks.append(RunDirectoryLock())  # one fit at a time per checkpoint directory
+        trainer.callbacks.append(ContinuedLog())  # a resumed fit logs on into its run's version_N/
         return trainer
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:

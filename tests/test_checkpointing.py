@@ -12,13 +12,22 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from lightning import Callback, LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
-from rgra_lightning.checkpointing import AtomicCheckpointIO, RunDirectoryLock, require_matching_weights
+from rgra_lightning.checkpointing import (
+    AtomicCheckpointIO,
+    ContinuedLog,
+    RunDirectoryLock,
+    require_matching_weights,
+)
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_causal_lm
@@ -78,6 +87,52 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(small_config, tmp
         a.model.policy.state_dict(),
         b.model.policy.state_dict(),
     )
+
+
+def directory_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of ``tag`` as TensorBoard shows the directory ``log_dir`` (all its event files,
+    with the steps a later file purges hidden)."""
+    accumulator = EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
+
+
+def test_a_resumed_fit_logs_on_into_its_runs_directory_hiding_what_came_after_the_checkpoint(
+    small_config, tmp_path
+):
+    """Stopped after update 2 with rewards of updates 3 and 4 logged but not checkpointed (as by a kill),
+    then resumed to 4: one ``version_0/`` whose curve has each update once, the resumed run's values."""
+    config = fresh_config(small_config, tmp_path, "run")
+    main(["fit", "--config", str(config), "--trainer.max_steps=2"])
+    log_dir = tmp_path / "run" / "runs" / "rgra" / "version_0"
+    lost = SummaryWriter(str(log_dir))
+    for step in (3, 4):
+        lost.add_scalar("train/reward", -1.0, step)
+    lost.close()
+    resumed = main(["fit", "--config", str(config), "--trainer.max_steps=4", "--ckpt_path", "last"])
+    assert resumed.trainer.log_dir == str(log_dir)
+    assert sorted(path.name for path in log_dir.parent.iterdir()) == ["version_0"]
+    logged = directory_scalars(log_dir, "train/reward")
+    assert [step for step, _ in logged] == [1, 2, 3, 4]
+    assert all(value >= 0 for _, value in logged)
+
+
+def test_continued_log_leaves_another_runs_or_a_fixed_versions_logger_alone(tmp_path):
+    """Only a logger of the same root directory, version free or the same, into a directory that exists."""
+    (tmp_path / "a" / "version_3").mkdir(parents=True)
+    checkpoint = {"global_step": 7, "log": {"root_dir": os.path.realpath(tmp_path / "a"), "version": 3}}
+
+    def continued(**logger_options: object) -> tuple[object, object]:
+        logger = TensorBoardLogger(tmp_path, **logger_options)
+        ContinuedLog.continue_from(SimpleNamespace(loggers=[logger]), checkpoint)
+        return logger._version, logger._kwargs.get("purge_step")
+
+    assert continued(name="a") == (3, 8)
+    assert continued(name="a", version=3) == (3, 8)
+    assert continued(name="a", version=5) == (5, None)
+    assert continued(name="b") == (None, None)
+    (tmp_path / "a" / "version_3").rmdir()
+    assert continued(name="a") == (None, None)
 
 
 def test_resume_at_and_after_an_epoch_boundary_continues_the_data_order(small_config, tmp_path):

@@ -332,6 +332,8 @@ def test_ddp_and_fsdp2_match_one_process_and_fsdp2_resumes_from_a_sharded_checkp
         "fsdp", batch_size=2, **two_processes(tmp_path, "fsdp", FSDP2, extra_callbacks=[export]), **micro
     )
     assert_matches(fit(resumed, "--trainer.max_steps=6", "--ckpt_path", str(last)), single, 6)
+    # read from the sharded checkpoint's metadata before Lightning starts: the run logs on in its directory
+    assert [path.name for path in (tmp_path / "fsdp").glob("*/version_*")] == ["version_0"]
     sharded_export = load_causal_lm(str(tmp_path / "fsdp-hf")).state_dict()
     single_export = load_causal_lm(str(tmp_path / "hf_model")).state_dict()
     for name, value in single_export.items():
