@@ -82,7 +82,9 @@ def fast_equivalent(pred: str, gold: str) -> bool | None:
         return None
     if sorted(pred_values) == sorted(gold_values):
         return True
-    return None if "." in pred + gold else False
+    # A decimal may be the rounding of a repeating value (0.33 = 1/3: the full check decides); between
+    # terminating values no rounding question arises (123456789.1 != 123456789)
+    return False if all(_terminates(value) for value in pred_values + gold_values) else None
 
 
 def _decimals(value: Any) -> tuple[int, int] | None:
@@ -117,6 +119,9 @@ def _numbers_equal(a: Any, b: Any) -> bool | None:
         return False
     if a.is_Rational and b.is_Rational:
         return bool(a == b)
+    exact_a, exact_b = _terminating_value(a), _terminating_value(b)
+    if exact_a is not None and exact_b is not None:
+        return bool(exact_a == exact_b)  # decimals as written: no tolerance (1000000000.0 != 1000000001)
     if not (a.has(sympy.Float) or b.has(sympy.Float)) and (a - b).is_Rational:
         return bool(a - b == 0)  # exact: 2^(10^10) + 1 and 2^(10^10) agree to every digit a tolerance sees
     if not (a.is_finite and b.is_finite):
@@ -143,9 +148,22 @@ def _numbers_equal(a: Any, b: Any) -> bool | None:
         return None
 
 
+def _terminating_value(value: Any) -> Any:
+    """The exact rational of a decimal literal as written (``123456789.1`` -> 1234567891/10) or of a rational
+    with a terminating expansion; None for anything else (a repeating rational may be what a decimal rounds)."""
+    import sympy
+
+    if isinstance(value, _decimal_literal_class()):
+        return value.exact
+    if isinstance(value, sympy.Rational) and _terminates(value):
+        return value
+    return None
+
+
 def _terminates(value: Any) -> bool:
-    """True for a rational with a terminating decimal expansion (denominator 2^a 5^b)."""
-    q = int(value.q)
+    """True for a rational (sympy's or a ``Fraction``) with a terminating decimal expansion (denominator
+    2^a 5^b)."""
+    q = int(value.denominator if isinstance(value, Fraction) else value.q)
     for prime in (2, 5):
         while q % prime == 0:
             q //= prime
@@ -327,10 +345,11 @@ def _values_equal(a: Any, b: Any) -> bool:
         xs = list(a.args) if isinstance(a, (sympy.Tuple, sympy.Interval)) else _elements(a)
         ys = list(b.args) if isinstance(b, (sympy.Tuple, sympy.Interval)) else _elements(b)
         if isinstance(a, sympy.Interval) or isinstance(b, sympy.Interval):
+            # ``(1, 2)`` written for an open interval: its ends against the tuple's two elements
             interval = a if isinstance(a, sympy.Interval) else b
-            if interval.left_open is not True or interval.right_open is not True:
+            if not (interval.left_open and interval.right_open):  # sympy's true, not Python's True
                 return False
-            xs, ys = (xs[:2] if xs else xs), (ys[:2] if ys else ys)
+            xs, ys = (xs[:2] if a is interval else xs), (ys[:2] if b is interval else ys)
         if xs is None or ys is None or isinstance(a, sympy.FiniteSet) or isinstance(b, sympy.FiniteSet):
             return False  # a tuple is ordered, a set or answer list is not: different kinds of answer
         return len(xs) == len(ys) and all(_values_equal(x, y) for x, y in zip(xs, ys, strict=True))
@@ -584,16 +603,19 @@ def _decimal_literal_class() -> type:
     import sympy
 
     class DecimalLiteral(sympy.Float):
-        __slots__ = ("places", "significant")
+        __slots__ = ("places", "significant", "exact")
 
     return DecimalLiteral
 
 
 def _decimal_literal(text: str) -> Any:
+    import sympy
+
     literal = _decimal_literal_class().__new__(_decimal_literal_class(), text)
     whole, _, fraction = text.lstrip("-").partition(".")
     literal.places = len(fraction)
     literal.significant = len((whole + fraction).lstrip("0"))
+    literal.exact = sympy.Rational(text)
     return literal
 
 

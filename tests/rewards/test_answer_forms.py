@@ -76,6 +76,40 @@ def test_decimal_precision(pred, gold, same):
     assert equivalent(gold, pred) is same
 
 
+# 2b. terminating decimals are exact values: no relative tolerance lets a wrong digit through
+@pytest.mark.parametrize(
+    "pred, gold, same",
+    [
+        ("123456789.1", "123456789", False),
+        ("100000000.05", "100000000", False),
+        ("1000000000.0", "1000000001", False),
+        ("1.0000000001", "1", False),
+        ("1234567.891", "1234567.89", False),
+        ("x = 123456789.1", "123456789", False),
+        ("123456789.1, 2", "123456789, 2", False),
+        ("123456789.10", "123456789.1", True),
+        ("1.0000000001", "\\frac{10000000001}{10000000000}", True),
+        ("0.50", "\\frac{1}{2}", True),
+    ],
+)
+def test_terminating_decimals_compare_exactly(pred, gold, same):
+    assert equivalent(pred, gold) is same
+    assert equivalent(gold, pred) is same
+
+
+def test_a_tuple_matches_only_the_open_interval_of_its_two_elements():
+    import sympy
+
+    from rewards.equivalence import _values_equal
+
+    open_interval = sympy.Interval.open(1, 2)
+    assert _values_equal(sympy.Tuple(1, 2), open_interval)
+    assert _values_equal(open_interval, sympy.Tuple(1, 2))
+    assert not _values_equal(sympy.Tuple(1, 2, 99), open_interval)  # not cut to the interval's length
+    assert not _values_equal(sympy.Tuple(1, 2), sympy.Interval(1, 2))
+    assert not _values_equal(sympy.Tuple(1, 2), sympy.Interval.Ropen(1, 2))
+
+
 # 3. thousands separators followed by units, and inside brackets
 @pytest.mark.parametrize(
     "raw, expected",

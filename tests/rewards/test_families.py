@@ -141,6 +141,7 @@ def test_equivalence(pred, gold, same):
         ("4, 0.1, 2", "0.1, 4, 2", True),
         ("\\pi x", "x \\pi", None),  # whitespace between letters is kept: left to the full check
         ("0.3333", "\\frac{1}{3}", None),  # rounding: left to the full check
+        ("0.5, 123456789.1", "0.5, 123456789", False),  # terminating decimals: exact
         ("(1, 2)", "(2, 1)", None),  # brackets: left to the full check
     ],
 )
@@ -164,7 +165,8 @@ def test_fast_path_agrees_with_the_full_check(pred, gold, verdict):
         ("y = 2x", "2x", True),
         ("5\\%", "6", False),
         ("k = 2", "3", None),  # the reading "k = 2" needs the parser
-        ("10\\%", "0.2", None),  # decimals: left to the full check
+        ("10\\%", "0.2", False),  # terminating decimals: exact
+        ("33\\%", "\\frac{1}{3}", None),  # 0.33 may round 1/3: left to the full check
     ],
 )
 def test_fast_path_tries_every_reading(pred, gold, verdict):
