@@ -31,18 +31,20 @@ from rewards.normalize import drop_simple_lhs, equality_members, normalize_pair
 
 MAX_ANSWER_LENGTH = 1000
 FAST_NUMERAL_LENGTH = 60
-_NUMERAL = re.compile(r"^-?(\d+(\.\d*)?|\.\d+)(/\d+)?$|^-?\\frac\{\d+\}\{\d+\}$")
+_NUMERAL = re.compile(r"^-?(\d+(\.\d*)?|\.\d+)(/\d+)?$|^-?\\frac\{-?\d+\}\{\d+\}$")
 _RELATIVE_TOLERANCE = 1e-9
 _ZERO_FLOOR = 1e-60  # an evaluated difference of exact values this small relative to them is zero
 
 
 def as_fraction(text: str) -> Fraction | None:
-    """An exact rational for a bounded-length plain numeral (``-12``, ``0.5``, ``6/8``, ``\\frac{3}{4}``)."""
+    """An exact rational for a bounded-length plain numeral (``-12``, ``0.5``, ``6/8``, ``\\frac{3}{4}``,
+    ``\\frac{-3}{4}``)."""
     if len(text) > FAST_NUMERAL_LENGTH or not _NUMERAL.match(text):
         return None
     if "frac" in text:
         numerator, denominator = re.findall(r"\d+", text)
-        text = f"{'-' if text.startswith('-') else ''}{numerator}/{denominator}"
+        negative = text.startswith("-") != ("{-" in text)
+        text = f"{'-' if negative else ''}{numerator}/{denominator}"
     try:
         return Fraction(text)
     except (ValueError, ZeroDivisionError):
@@ -149,8 +151,9 @@ def _numbers_equal(a: Any, b: Any) -> bool | None:
 
 
 def _terminating_value(value: Any) -> Any:
-    """The exact rational of a decimal literal as written (``123456789.1`` -> 1234567891/10) or of a rational
-    with a terminating expansion; None for anything else (a repeating rational may be what a decimal rounds)."""
+    """The exact rational of a decimal literal as written (``123456789.1`` -> 1234567891/10) or of a
+    rational with a terminating expansion; None for anything else (a repeating rational may be what a
+    decimal rounds)."""
     import sympy
 
     if isinstance(value, _decimal_literal_class()):

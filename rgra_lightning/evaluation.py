@@ -12,7 +12,6 @@ they are evaluated (every process must run the same batches) but neither counted
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -29,7 +28,8 @@ from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
 from rewards import Verifier, WeightedSum
-from rewards.normalize import normalize
+from rewards.equivalence import as_fraction
+from rewards.normalize import drop_simple_lhs, normalize
 from rgra_lightning.callbacks import LineProgressBar
 from rgra_lightning.distributed import counted_on_rank, with_distributed_sampler
 from rgra_lightning.errors import ConfigError
@@ -100,21 +100,14 @@ def pass_at_k(num_samples: int, num_correct: Tensor, k: int) -> Tensor:
     return 1.0 - factors.prod(dim=1)
 
 
-# A number as the verifiers normalise it: an integer, a decimal, a/b or \frac{a}{b}.
-_NUMBER = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)|-?\d+/\d+")
-_LATEX_FRACTION = re.compile(r"(-?)\\frac\{(\d+)\}\{(\d+)\}")
-
-
 def answer_key(answer: str) -> str | Fraction:
-    """The vote group of an incorrect answer: its exact value when it is a number (so ``5``, ``5.0``,
-    ``\\$5``, ``0.5``, ``1/2`` and ``\\frac{1}{2}`` vote together), else its normalised string."""
-    normalized = normalize(answer)
-    fraction = _LATEX_FRACTION.fullmatch(normalized)
-    if fraction:
-        normalized = f"{fraction[1]}{fraction[2]}/{fraction[3]}"
-    if _NUMBER.fullmatch(normalized) and not normalized.endswith("/0"):
-        return Fraction(normalized)
-    return normalized
+    """The vote group of an incorrect answer: its exact value when it is a number, a bare-name left side
+    dropped (so ``5``, ``5.0``, ``\\$5``, ``x = 5`` vote together, and ``-0.5``, ``-1/2``, ``\\frac{-1}{2}``),
+    else its normalised string. Symbolic answers vote together only when they normalise alike:
+    ``2\\sqrt{2}`` and ``\\sqrt{8}`` are two groups."""
+    normalized = drop_simple_lhs(normalize(answer))
+    value = as_fraction(normalized)
+    return normalized if value is None else value
 
 
 def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> bool:

@@ -77,6 +77,9 @@ def test_problem_means_of_two_padded_ranks_merge_into_the_one_process_mean():
         (["7", "5", "5.0"], [True, False, False], False),
         (["7", "\\$5", "5"], [True, False, False], False),
         (["7", "-\\frac{3}{4}", "-0.75"], [True, False, False], False),
+        (["42", "x=5", "5"], [True, False, False], False),  # a bare-name left side is dropped
+        (["42", "\\frac{-1}{2}", "-0.5"], [True, False, False], False),
+        (["7", "1/0", "1/0"], [True, False, False], False),  # no value: grouped by its text
         (["7", "5", "6"], [True, False, False], True),  # different wrong values stay apart
     ],
 )

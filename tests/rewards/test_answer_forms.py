@@ -90,6 +90,9 @@ def test_decimal_precision(pred, gold, same):
         ("123456789.10", "123456789.1", True),
         ("1.0000000001", "\\frac{10000000001}{10000000000}", True),
         ("0.50", "\\frac{1}{2}", True),
+        ("\\frac{-3}{4}", "-0.75", True),
+        ("-\\frac{-3}{4}", "0.75", True),
+        ("\\frac{-3}{4}", "0.75", False),
     ],
 )
 def test_terminating_decimals_compare_exactly(pred, gold, same):
