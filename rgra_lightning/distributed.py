@@ -176,13 +176,16 @@ def counted_on_rank(indices: Sequence[int], num_replicas: int, rank: int) -> Ten
 
 
 def with_distributed_sampler(loader: DataLoader, distributed_sampler_kwargs: dict[str, Any]) -> DataLoader:
-    """``loader`` with the ``DistributedSampler`` that Lightning would inject into it (same seed, shuffling
-    and split of the data over the ranks). Lightning injects none into a loader it does not recognise as a
-    ``DataLoader`` (``checkpointing.ResumableLoader``), so it is made here."""
+    """``loader`` with the ``DistributedSampler`` that Lightning would inject into it (same shuffling and
+    split of the data over the ranks). Lightning injects none into a loader it does not recognise as a
+    ``DataLoader`` (``checkpointing.ResumableLoader``), so it is made here. It shuffles with the seed of
+    the loader's generator (``data.seed``), as one process does, where Lightning's would take
+    ``seed_everything``'s: with it, ``data.seed`` sets the order on any number of processes."""
+    seed = loader.generator.initial_seed() if loader.generator is not None else None
     sampler = DistributedSampler(
         loader.dataset,
         shuffle=isinstance(loader.sampler, RandomSampler),
-        seed=int(os.getenv("PL_GLOBAL_SEED", 0)),
+        seed=int(os.getenv("PL_GLOBAL_SEED", 0)) if seed is None else seed,
         **distributed_sampler_kwargs,
     )
     return DataLoader(

@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 from torch.nn.functional import pad
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from rgra_lightning import RLModule, cli
 from rgra_lightning.distributed import (
@@ -47,6 +47,7 @@ from rgra_lightning.distributed import (
     decoder_layers,
     reduce_gathered,
     shard_model,
+    with_distributed_sampler,
 )
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.logprobs import token_logprobs
@@ -137,6 +138,18 @@ def test_each_problem_counts_on_one_rank_and_the_distributed_samplers_repeats_on
         counted += [i for i, mine in zip(indices, counted_on_rank(indices, ranks, rank), strict=True) if mine]
     assert evaluated - size == -size % ranks  # the repeats: 1 of 41 on 2 ranks, 3 of 1 on 4...
     assert sorted(counted) == list(range(size))
+
+
+def test_the_training_loader_of_several_processes_is_shuffled_with_the_data_seed(monkeypatch):
+    """``data.seed`` (the loader's generator) sets the order with several processes as with one;
+    ``seed_everything``'s seed only where the loader has no generator."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    ranks = {"num_replicas": 2, "rank": 1}
+    seeded = DataLoader(range(10), shuffle=True, generator=torch.Generator().manual_seed(3))
+    sampler = with_distributed_sampler(seeded, ranks).sampler
+    assert (sampler.seed, sampler.shuffle, sampler.rank) == (3, True, 1)
+    assert list(sampler) == list(DistributedSampler(range(10), seed=3, **ranks))
+    assert with_distributed_sampler(DataLoader(range(10)), ranks).sampler.seed == 7
 
 
 def test_sharding_options_are_validated_and_each_decoder_layer_is_a_unit():
