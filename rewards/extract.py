@@ -128,8 +128,13 @@ def last_boxed(text: str) -> str | None:
     ``\\quad``, ``$``, a label such as ``x_2 =``, at most four words of prose) form one answer list:
     ``\\boxed{1} and \\boxed{2}`` -> ``1, 2``; a sentence end or a word of self-correction between them
     does not (``\\boxed{5}. Hmm no, \\boxed{6}`` -> ``6``). A box inside another is part of its content."""
-    group = _last_box_group(text)
-    return ", ".join(content for _, _, content in group) if group else None
+    contents = last_boxes(text)
+    return ", ".join(contents) if contents else None
+
+
+def last_boxes(text: str) -> list[str]:
+    """The contents of the boxes ``last_boxed`` reads as one answer, in order; empty without a box."""
+    return [content for _, _, content in _last_box_group(text)]
 
 
 def _last_box_group(text: str) -> list[tuple[int, int, str]]:

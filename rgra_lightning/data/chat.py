@@ -24,7 +24,9 @@ class ChatCapableDataModule(PromptDataModule):
             template: ``tokenizer_path``, or the policy's tokenizer when the trainer runs with an
             ``RLModule``). A chat prompt is a ``ChatPrompt``, tokenized without the tokenizer's special
             tokens (no second BOS); a plain one gets them (its BOS, if the tokenizer adds one).
-        system_prompt: system message (``chat``); none when unset.
+        system_prompt: system message (``chat``). Unset, the prompt has none of ours, and a chat template
+            with a default of its own inserts that (SmolLM2's "You are a helpful AI assistant named
+            SmolLM...", Qwen2.5's "You are Qwen, created by Alibaba Cloud...").
         instruction: appended to each question on a new line, e.g. the answer format.
         tokenizer_path, tokenizer_gguf_file: the tokenizer for ``chat`` when not taken from the policy.
         **kwargs: ``PromptDataModule``'s options (batch sizes, ``train_size``, ``limit``, ``seed``).

@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from rewards.extract import last_boxed
+from rewards.equivalence import equivalent
+from rewards.extract import last_boxes
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import resolve_path
 
@@ -38,6 +39,8 @@ class DatasetError(ConfigError):
 def reference_answer(value: object, reference_format: ReferenceFormat, where: str) -> str:
     """The reference answer of one row: the field itself, the ``#### N`` line of a GSM8K solution, or
     the last ``\\boxed{...}`` of a MATH solution."""
+    if value is None:
+        raise DatasetError(f"{where}: missing or null")
     if not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value).strip() == "":
         raise DatasetError(f"{where}: no usable answer (got {value!r})")
     text = str(value).strip()
@@ -47,11 +50,23 @@ def reference_answer(value: object, reference_format: ReferenceFormat, where: st
             raise DatasetError(f"{where}: solution has no '#### <answer>' line")
         text = match.group(1).replace(",", "")
     elif reference_format == "boxed_solution":
-        boxed = last_boxed(text)
-        if not boxed:
+        boxed = last_boxes(text)
+        if not "".join(boxed):
             raise DatasetError(f"{where}: solution has no \\boxed{{...}} answer")
-        text = boxed
+        text = boxed[0] if alternative_forms(boxed) else ", ".join(boxed)
     return text
+
+
+def alternative_forms(answers: list[str]) -> bool:
+    """Whether a solution's adjacent boxes, which ``rewards.extract`` reads as one list answer, are instead
+    one value written several ways (MATH: ``$\\boxed{-b+2}$, or $\\boxed{2 - b}$``), which no completion
+    would match as a list."""
+    if len(answers) < 2:
+        return False
+    try:
+        return all(equivalent(answer, answers[0]) for answer in answers[1:])
+    except Exception:  # the verifier's parser raises many types for text it cannot read: not one value
+        return False
 
 
 class JsonFloat(float):
@@ -70,12 +85,12 @@ class JsonFloat(float):
         return self.text
 
 
-def read_text(file: Path, encoding: str = "utf-8") -> str:
-    """The text of a dataset file; a ``DatasetError`` naming the file if it is empty, or the line where
-    it is not UTF-8."""
+def read_text(file: Path) -> str:
+    """The text of a dataset file, without a UTF-8 byte-order mark (some editors write one); a
+    ``DatasetError`` naming the file if it is empty, or the line where it is not UTF-8."""
     data = file.read_bytes()
     try:
-        text = data.decode(encoding)
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise DatasetError(
@@ -130,7 +145,7 @@ def read_csv_file(file: Path) -> tuple[list[str], list[dict[str, str]], list[int
     became ``7``, ``2`` beside ``0.50`` became ``2.0`` and ``NA`` a missing answer. A UTF-8 BOM is no part
     of the first field name.
     """
-    reader = csv.reader(io.StringIO(read_text(file, "utf-8-sig"), newline=""))
+    reader = csv.reader(io.StringIO(read_text(file), newline=""))
     rows, lines, line = [], [], 1
     try:
         header = next(reader)

@@ -181,7 +181,7 @@ def test_jsonl_lines_are_split_only_at_newlines_and_errors_name_the_file_of_a_di
     assert sorted(e["reference"] for e in data.train_examples + data.val_examples) == ["2", "4"]
     (tmp_path / "train.jsonl").write_text('\n{"question": "1+1", "answer": "2"}\n{"question": "2+2"}\n')
     data = DatasetDataModule(source=str(tmp_path), val_size=1)
-    with pytest.raises(DatasetError, match=f"^{tmp_path / 'train.jsonl'} line 3 field 'answer': no usable"):
+    with pytest.raises(DatasetError, match=f"^{tmp_path / 'train.jsonl'} line 3 field 'answer': missing or"):
         data.setup()
 
 
@@ -267,7 +267,7 @@ def test_a_hub_dataset_clone_reads_its_data_shards(tmp_path):
     validation.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2"}\n')
     with pytest.raises(DatasetError) as error:
         DatasetDataModule(source=str(tmp_path), val_split="validation").setup()
-    assert str(error.value) == f"{validation} line 2 field 'answer': no usable answer (got None)"
+    assert str(error.value) == f"{validation} line 2 field 'answer': missing or null"
 
 
 def test_a_directory_without_a_dataset_says_which_layouts_are_read(tmp_path):

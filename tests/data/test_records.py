@@ -15,6 +15,27 @@ def test_reference_formats():
     assert reference_answer(solution, "boxed_solution", "r") == "\\frac{1}{2}"
     with pytest.raises(DatasetError, match="r: solution has no"):
         reference_answer("no box", "boxed_solution", "r")
+    with pytest.raises(DatasetError, match="r: missing or null"):
+        reference_answer(None, "gsm8k_solution", "r")
+
+
+@pytest.mark.parametrize(
+    "solution, reference",
+    [
+        ("The roots are $\\boxed{1}$ and $\\boxed{2}$.", "1, 2"),  # a list answer stays one
+        ("This yields $\\boxed{-b+2}$, or $\\boxed{2 - b}$.", "-b+2"),  # one value written twice
+        ("So $\\boxed{\\frac{25}{13}}$, or $\\boxed{1\\frac{12}{13}}$.", "\\frac{25}{13}"),
+        ("So $\\boxed{28}$, or $\\boxed{28_9}$.", "28, 28_9"),  # not equal as the verifier reads them
+    ],
+)
+def test_a_solutions_adjacent_boxes_are_one_list_unless_they_write_one_value(solution, reference):
+    assert reference_answer(solution, "boxed_solution", "r") == reference
+
+
+def test_a_json_lines_file_with_a_byte_order_mark_reads_as_without(tmp_path):
+    file = tmp_path / "train.jsonl"
+    file.write_bytes('\ufeff{"question": "1+1", "answer": "2"}\n'.encode())
+    assert [(r["question"], r["reference"]) for r in read(file)] == [("1+1", "2")]
 
 
 def read(file) -> list[dict[str, str]]:
@@ -60,7 +81,7 @@ def test_a_number_is_no_question(tmp_path):
     "content, expected",
     [
         ("question,answer\n1+1,2\n2+2,\n3+3,6\n", "{file} line 3 field 'answer': no usable answer (got '')"),
-        ("question,answer\n1+1,2\n\n2+2\n", "{file} line 4 field 'answer': no usable answer (got None)"),
+        ("question,answer\n1+1,2\n\n2+2\n", "{file} line 4 field 'answer': missing or null"),
         (
             'question,answer\n"two\nlines",2\n2+2,\n',
             "{file} line 4 field 'answer': no usable answer (got '')",
