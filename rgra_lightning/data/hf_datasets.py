@@ -41,13 +41,8 @@ PRESETS = {
     # MATH-500 has only a test split; its ``answer`` column is the reference (``solution`` holds the box).
     "math500": Preset("HuggingFaceH4/MATH-500", None, "problem", "answer", "answer", None, "test", "test"),
 }
-_NO_PRESET = {
-    "source": None,
-    "source_config": None,
-    "train_split": "train",
-    "val_split": None,
-    "test_split": None,
-}
+_SINGLE_FILE_SPLITS = {"train_split": "train", "val_split": None, "test_split": None}
+_NO_PRESET = {"source": None, "source_config": None} | _SINGLE_FILE_SPLITS
 
 
 class DatasetDataModule(TextDataModule):
@@ -65,8 +60,8 @@ class DatasetDataModule(TextDataModule):
         train_split, val_split, test_split: split names; unset (or null), the preset's, else ``train``
             and none. No ``val_split`` holds out ``val_size`` training problems; no ``test_split`` tests on
             the validation problems. test and predict read only the test split where one is named (and no
-            ``few_shot`` examples come from the training split). A
-            single file's only split is ``train``: to test on one, set ``test_split: train``.
+            ``few_shot`` examples come from the training split). A single file's only split is ``train``
+            (a preset's split names are then unused): to test on all of it, set ``test_split: train``.
         val_size: held-out problems for validation when there is no ``val_split``: at least 1 and fewer
             than the training problems.
         **kwargs: ``TextDataModule``'s row and prompt options and ``PromptDataModule``'s (batch sizes,
@@ -91,9 +86,13 @@ class DatasetDataModule(TextDataModule):
         self._preset = asdict(PRESETS[preset]) if preset else ROW_DEFAULTS | _NO_PRESET
         self._stage: str | None = None  # setup's: which splits it reads (``split_names``)
         super().__init__(**kwargs)
+        # A training preset's split names are its hub dataset's: a single file given as its source has one,
+        # train, from which validation problems are held out (MATH-500, test only, keeps its names)
+        single_file = source is not None and Path(resolve_path(source)).expanduser().is_file()
+        trains = self._preset["train_split"] is not None
+        unset = self._preset | (_SINGLE_FILE_SPLITS if single_file and trains else {})
         self.settings |= {
-            name: self.hparams[name] if self.hparams[name] is not None else self._preset[name]
-            for name in _NO_PRESET
+            name: self.hparams[name] if self.hparams[name] is not None else unset[name] for name in _NO_PRESET
         }
         if val_size != HELD_OUT and self.settings["val_split"] is not None:
             rank_zero_warn(
@@ -147,13 +146,18 @@ class DatasetDataModule(TextDataModule):
             "test": "test_split" if s["test_split"] else "val_split",
         }
         wrong = dict.fromkeys(options[split] for split, name in names.items() if name not in (None, "train"))
-        if wrong:
-            settings = " and ".join(f"data.{option}=train" for option in wrong)
-            preset = (
-                f" (data.preset={self.hparams.preset} names its hub splits)" if self.hparams.preset else ""
-            )
-            single = f"data.source {s['source']!r} is a single file, whose only split is 'train'"
-            raise ConfigError(f"{single}: set {settings}{preset}")
+        if not wrong:
+            return
+        # Where it trains on the file, validating on all of it would measure training problems
+        hold_out = s["train_split"] is not None and "train_split" not in wrong
+        unset = [option for option in wrong if option == "val_split" and hold_out]
+        fixes = [f"unset data.{option} to hold out data.val_size problems of it" for option in unset]
+        settings = " and ".join(f"data.{option}=train" for option in wrong if option not in unset)
+        fixes += [f"set {settings}"] if settings else []
+        from_preset = any(self.hparams[option] is None for option in wrong)
+        preset = f" (data.preset={self.hparams.preset} names its hub splits)" if from_preset else ""
+        single = f"data.source {s['source']!r} is a single file, whose only split is 'train'"
+        raise ConfigError(f"{single}: {' and '.join(fixes)}{preset}")
 
     def load_splits(self) -> dict[str, list[Record]]:
         s, names = self.settings, self.split_names()
@@ -164,6 +168,11 @@ class DatasetDataModule(TextDataModule):
             if name is not None
         }
         records = {split: self.read_records(split, rows) for split, rows in loaded.items()}
+        if names.get("val") is not None and names["val"] == names.get("train"):
+            rank_zero_warn(
+                f"data.val_split is the training split ({names['val']!r}): validation measures problems the "
+                "policy trains on; unset it to hold out data.val_size of them instead"
+            )
         if "val" in names and "val" not in records:
             if "train" not in records:
                 raise ConfigError("data: give a val_split (or test_split), or a train_split to hold out from")

@@ -316,6 +316,24 @@ def test_a_single_file_with_a_presets_splits_names_the_options_to_set(tmp_path):
     assert [e["reference"] for e in data.test_examples] == ["1", "2", "3"]
 
 
+def test_a_training_presets_single_file_holds_validation_out_of_it(tmp_path):
+    """``--data.preset=gsm8k --data.source=train.jsonl`` was refused with the advice to set
+    ``val_split=train``, which validated on training problems: the preset's hub split names are unused
+    for one file, whose validation problems are held out (``val_size``) and never trained on."""
+    file = tmp_path / "train.jsonl"
+    file.write_text(
+        "".join(json.dumps({"question": f"{i}+1", "answer": f"so #### {i + 1}"}) + "\n" for i in range(20))
+    )
+    data = DatasetDataModule(preset="gsm8k", source=str(file), val_size=4)
+    data.setup("fit")
+    train, val = ({e["prompt"] for e in split} for split in (data.train_examples, data.val_examples))
+    assert (len(train), len(val), train & val) == (16, 4, set())
+    with pytest.raises(ConfigError, match="'train': unset data.val_split to hold out data.val_size problems"):
+        DatasetDataModule(preset="gsm8k", source=str(file), val_split="test").setup("fit")
+    with pytest.warns(UserWarning, match=r"data.val_split is the training split \('train'\): validation"):
+        DatasetDataModule(preset="gsm8k", source=str(file), val_split="train").setup("fit")
+
+
 def test_testing_a_single_file_named_as_the_test_split_reads_all_of_it(tmp_path):
     """Without a preset the file's ``train`` split is also the training split, from which ``val_size``
     problems were held out in test too: a file of 5 was refused (``val_size=128 must be between 1 and
