@@ -20,6 +20,8 @@ import importlib.util
 import os
 import socket
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -139,6 +141,25 @@ def hub_resolves() -> bool:
     except OSError:
         return False
     return True
+
+
+@contextmanager
+def hub_offline() -> Iterator[None]:
+    """``huggingface_hub`` and ``datasets`` in offline mode, as ``HF_HUB_OFFLINE=1`` sets them when they are
+    imported: their caches still serve, and a name they do not hold fails at once instead of being retried
+    for ~30 s where the hub does not resolve (``hub_resolves``)."""
+    import datasets
+    from huggingface_hub import constants
+
+    modules = (constants, datasets.config)
+    before = [module.HF_HUB_OFFLINE for module in modules]
+    for module in modules:
+        module.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for module, value in zip(modules, before, strict=True):
+            module.HF_HUB_OFFLINE = value
 
 
 def _explain(name_or_path: str, what: str, error: Exception) -> ModelLoadError:

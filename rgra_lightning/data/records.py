@@ -7,6 +7,7 @@ worked solution, say) and the reference answer the verifier compares with.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -18,7 +19,7 @@ from typing import Any, Literal, NamedTuple
 from rewards.equivalence import equivalent
 from rewards.extract import last_boxes
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.models import resolve_path
+from rgra_lightning.models import hub_offline, hub_resolves, resolve_path
 
 Record = dict[str, str]
 ReferenceFormat = Literal["answer", "gsm8k_solution", "boxed_solution"]
@@ -198,22 +199,36 @@ def load_rows(source: str, split: str, source_config: str | None = None) -> Rows
     path = Path(resolve_path(source)).expanduser()
     if path.is_dir():
         return directory_rows(path, source, split)
-    if path.suffix in _SUFFIXES or path.is_absolute() or source.startswith((".", "~", "package:")):
+    # Hub names are "name" or "owner/name"; more parts, or a first part that is a local directory, are a path
+    parts = source.count("/")
+    looks_local = parts > 1 or (parts == 1 and Path(path.parts[0]).is_dir())
+    if (
+        looks_local
+        or path.suffix in _SUFFIXES
+        or path.is_absolute()
+        or source.startswith((".", "~", "package:"))
+    ):
         if not path.is_file():
-            raise DatasetError(f"dataset file {source!r} does not exist")
+            raise DatasetError(f"data.source {source!r}: no such file or directory")
         if split != "train":
             raise DatasetError(f"dataset file {source!r} is a single file: its only split is 'train'")
         return file_rows(path)
     import datasets
 
+    reachable = hub_resolves()
     try:
-        return dataset_rows(datasets.load_dataset(source, source_config, split=split), f"{source}:{split}")
+        with contextlib.nullcontext() if reachable else hub_offline():
+            loaded = datasets.load_dataset(source, source_config, split=split)
     except Exception as error:
+        if not reachable:
+            raise DatasetError(
+                f"data.source {source!r} is no local file or directory (none in {Path.cwd()}), and as a hub "
+                "dataset it is neither in the local cache nor reachable (offline): give a local file or "
+                "directory"
+            ) from error
         reason = " ".join(str(error).split())
-        raise DatasetError(
-            f"could not load dataset {source!r} split {split!r}: {reason}. Offline, give data.source a "
-            "local file or directory instead of a hub name."
-        ) from error
+        raise DatasetError(f"could not load dataset {source!r} split {split!r}: {reason}") from error
+    return dataset_rows(loaded, f"{source}:{split}")
 
 
 def directory_rows(directory: Path, source: str, split: str) -> Rows:

@@ -6,10 +6,12 @@ import json
 import warnings
 from pathlib import Path
 
+import datasets
 import pytest
+from huggingface_hub import constants
 
-from rgra_lightning.data import DatasetDataModule, DatasetError
-from rgra_lightning.data.records import shot_solution
+from rgra_lightning.data import DatasetDataModule, DatasetError, records
+from rgra_lightning.data.records import load_rows, shot_solution
 from rgra_lightning.errors import ConfigError
 from tests.conftest import one_line_error, shared_path
 
@@ -116,7 +118,7 @@ def dataset_args(small_config, source: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize(
     "name, content, extra, expected",
     [
-        ("train.jsonl", None, [], "does not exist"),
+        ("train.jsonl", None, [], "no such file or directory"),
         ("train.csv", "", [], "is empty"),
         (
             "train.jsonl",
@@ -170,7 +172,8 @@ def test_bad_dataset_sources_are_one_line_errors(
 
 def test_hub_name_offline_says_to_use_a_local_copy(small_config, capsys):
     error = one_line_error(dataset_args(small_config, "nobody/no-such-dataset"), capsys)
-    assert "could not load dataset 'nobody/no-such-dataset'" in error and "local file or directory" in error
+    assert error.startswith("error: data.source 'nobody/no-such-dataset' is no local file or directory")
+    assert error.endswith("neither in the local cache nor reachable (offline): give a local file or directory")
 
 
 def test_jsonl_lines_are_split_only_at_newlines_and_errors_name_the_file_of_a_directory(tmp_path):
@@ -351,4 +354,31 @@ def test_testing_a_single_file_named_as_the_test_split_reads_all_of_it(tmp_path)
     assert str(error.value) == (
         f"data.val_size=128 must be between 1 and 4: it holds out validation problems from the 5 usable rows "
         f"of {file}; to test on all of them, set data.test_split=train"
+    )
+
+
+def test_a_mistyped_source_fails_at_once_in_one_line_naming_data_source(tmp_path, monkeypatch):
+    """A local path that does not exist, and (the hub unreachable) a name that is neither local nor cached:
+    ``shared/gsm8k`` went to the hub and was retried for ~30 s before a hub error."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetError, match=f"^data.source '{tmp_path}/gsm8kk': no such file or directory$"):
+        load_rows(str(tmp_path / "gsm8kk"), "train")
+    monkeypatch.setattr(records, "hub_resolves", lambda: False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    modes = []
+
+    def load_dataset(*args: object, **kwargs: object) -> None:
+        modes.append((constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE))
+        raise ConnectionError("Couldn't reach 'shared/gsm8k' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with pytest.raises(DatasetError) as error:
+        load_rows("shared/gsm8k", "train")
+    # offline, the libraries fail at once (their caches still serve) instead of retrying for ~30 s
+    assert modes == [(True, True)]
+    assert (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == (False, False)  # restored
+    assert str(error.value) == (
+        f"data.source 'shared/gsm8k' is no local file or directory (none in {tmp_path}), and as a hub "
+        "dataset it is neither in the local cache nor reachable (offline): give a local file or directory"
     )
