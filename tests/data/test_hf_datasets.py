@@ -173,7 +173,9 @@ def test_bad_dataset_sources_are_one_line_errors(
 def test_hub_name_offline_says_to_use_a_local_copy(small_config, capsys):
     error = one_line_error(dataset_args(small_config, "nobody/no-such-dataset"), capsys)
     assert error.startswith("error: data.source 'nobody/no-such-dataset' is no local file or directory")
-    assert error.endswith("neither in the local cache nor reachable (offline): give a local file or directory")
+    assert error.endswith(
+        "neither in the local cache nor reachable (offline): give a local file or directory"
+    )
 
 
 def test_jsonl_lines_are_split_only_at_newlines_and_errors_name_the_file_of_a_directory(tmp_path):
