@@ -9,9 +9,11 @@ same prompts and the same random draws as a run that was never interrupted.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import random
+import shutil
 import signal
 import socket
 import uuid
@@ -40,6 +42,9 @@ from rgra_lightning.errors import ConfigError
 SAVED = "saved as config.yaml in its log directory"  # where a run's config is, for the errors to say
 
 
+_FULL_DISK_BYTES = 64 * 2**20  # free space below which a failed write is taken for a full disk
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Save with ``torch.save`` into a temporary file beside the target, fsync it, then ``os.replace``.
 
@@ -62,8 +67,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, target)
-        except BaseException:
+        except BaseException as error:
+            written = Path(temporary).stat().st_size if Path(temporary).exists() else 0
             Path(temporary).unlink(missing_ok=True)
+            if isinstance(error, (OSError, RuntimeError)):  # torch.save reports a failed write as either
+                free = shutil.disk_usage(target.parent).free
+                if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < _FULL_DISK_BYTES:
+                    raise ConfigError(
+                        f"checkpoint {target} could not be saved: its disk is full ({free / 2**20:.0f} MiB "
+                        f"free after {written / 2**20:.0f} MiB of it were written; the checkpoints saved "
+                        "before are whole): free some space or save to another disk (the checkpoint "
+                        "callback's dirpath), then resume with --ckpt_path last"
+                    ) from error
             raise
 
 

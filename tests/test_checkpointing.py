@@ -5,6 +5,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -384,6 +385,39 @@ def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, mo
     monkeypatch.setattr(torch, "save", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"global_step": 2, "weights": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    assert io.load_checkpoint(path)["global_step"] == 1
+    assert os.listdir(tmp_path) == ["last.ckpt"]
+
+
+@pytest.mark.parametrize("free_mib", [0, 1024], ids=["full-disk", "other-failure"])
+def test_a_checkpoint_write_that_fills_the_disk_is_one_line_and_keeps_the_previous_one(
+    tmp_path, monkeypatch, free_mib
+):
+    """torch.save reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc] unexpected
+    pos``, a traceback: with the disk full it is a ``ConfigError`` saying so; any other failure is raised
+    as it is."""
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, path)
+
+    def fill_the_disk(obj: object, file) -> None:
+        file.write(b"x" * 3 * 2**20)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 883814080 vs 8838")
+
+    monkeypatch.setattr(torch, "save", fill_the_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10, 10, free_mib * 2**20))
+    if free_mib:
+        with pytest.raises(RuntimeError, match="unexpected pos"):
+            io.save_checkpoint({"global_step": 2}, path)
+    else:
+        with pytest.raises(ConfigError) as error:
+            io.save_checkpoint({"global_step": 2}, path)
+        assert str(error.value) == (
+            f"checkpoint {path} could not be saved: its disk is full (0 MiB free after 3 MiB of it were "
+            "written; the checkpoints saved before are whole): free some space or save to another disk (the "
+            "checkpoint callback's dirpath), then resume with --ckpt_path last"
+        )
     monkeypatch.undo()
     assert io.load_checkpoint(path)["global_step"] == 1
     assert os.listdir(tmp_path) == ["last.ckpt"]
