@@ -60,8 +60,16 @@ def export_policy(
         (policy if adapter_only else plain_model(policy)).save_pretrained(output)
     if adapter_only:
         _absolute_base_model_path(output / "adapter_config.json")
-    tokenizer.save_pretrained(output)
+    # transformers keeps a loading flag among the tokenizer's settings (offline: local_files_only true)
+    loading = {key: tokenizer.init_kwargs.pop(key) for key in _LOADING_FLAGS if key in tokenizer.init_kwargs}
+    try:
+        tokenizer.save_pretrained(output)
+    finally:
+        tokenizer.init_kwargs.update(loading)
     return output
+
+
+_LOADING_FLAGS = ("local_files_only",)
 
 
 def _absolute_base_model_path(adapter_config: Path) -> None:

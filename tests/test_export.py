@@ -68,6 +68,16 @@ def test_adapter_only_export_is_a_peft_directory(tmp_path, monkeypatch):
     assert not (tmp_path / "plain").exists()
 
 
+def test_the_exported_tokenizer_keeps_its_settings_not_how_it_was_loaded(tmp_path):
+    """Loaded offline (``HF_HUB_OFFLINE=1``, as the tests run), transformers records ``local_files_only``
+    among the tokenizer's settings; the export leaves it out, and the tokenizer keeps it."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    assert tokenizer.init_kwargs.get("local_files_only") is True
+    output = export_policy(load_causal_lm(str(TINY_POLICY)), tokenizer, str(tmp_path / "hf"))
+    assert "local_files_only" not in json.loads((output / "tokenizer_config.json").read_text())
+    assert tokenizer.init_kwargs.get("local_files_only") is True
+
+
 def test_commands_that_load_a_checkpoint_name_a_missing_one_before_building_the_module(tmp_path):
     # The config does not exist either: the checkpoint is checked first.
     missing = str(tmp_path / "missing.ckpt")
