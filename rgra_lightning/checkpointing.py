@@ -400,7 +400,7 @@ def read_checkpoint(ckpt_path: str, option: str) -> dict[str, Any]:
     return checkpoint
 
 
-_WEIGHT_SETTINGS = tuple(f"model.{key}" for key in ("model_path", "gguf_file", "lora", "verifier", "dtype"))
+_WEIGHT_SETTINGS = tuple(f"model.{key}" for key in ("model_path", "gguf_file", "lora", "dtype"))
 
 
 def require_matching_weights(module: LightningModule, checkpoint: dict[str, Any], ckpt_path: str) -> None:
@@ -420,8 +420,10 @@ def require_matching_weights(module: LightningModule, checkpoint: dict[str, Any]
     if not (missing or unexpected or reshaped):
         return
     changes = changed_settings(checkpoint.get("hyper_parameters", {}), module.hparams, "model.")
-    # The settings that make the weights (learning_rate and the like change none, and would bury them)
-    shaping = [change for change in changes if change.startswith(_WEIGHT_SETTINGS)]
+    # The settings that make the weights (learning_rate and the like change none, and would bury them);
+    # the verifier's only where it holds learned reward models, whose weights the module carries
+    weights = _WEIGHT_SETTINGS + (("model.verifier",) if len(getattr(module, "reward_models", ())) else ())
+    shaping = [change for change in changes if change.startswith(weights)]
     if changes:
         raise ConfigError(
             f"{other_settings(ckpt_path, shaping or changes)}: give the config it was trained with ({SAVED})"

@@ -373,6 +373,32 @@ def test_weights_that_do_not_fit_and_no_saved_settings_are_named_briefly():
     )
 
 
+class SettingsLayers(TwoLayers):
+    def __init__(self, width: int, lora: int | None, verifier: str, reward_model: bool = False) -> None:
+        super().__init__(width)
+        self.save_hyperparameters()
+        self.reward_models = torch.nn.ModuleList([torch.nn.Linear(1, 1)] if reward_model else [])
+
+
+@pytest.mark.parametrize("reward_model", [False, True], ids=["rule-verifier", "reward-model"])
+def test_weights_that_do_not_fit_name_the_settings_that_make_weights(reward_model):
+    """The verifier is named only where it holds learned reward models: a rule verifier's settings make no
+    weights, and their differences buried the one that did (a LoRA checkpoint, a config without LoRA)."""
+    trained = SettingsLayers(3, 8, "MathVerifier(timeout=5)", reward_model)
+    checkpoint = {"state_dict": trained.state_dict(), "hyper_parameters": dict(trained.hparams)}
+    with pytest.raises(ConfigError) as error:
+        require_matching_weights(
+            SettingsLayers(4, None, "MathVerifier(timeout=2)", reward_model), checkpoint, "a"
+        )
+    named = str(error.value).split("(", 1)[1].split("): give")[0]
+    expected = ["model.lora: 8 in the checkpoint, None now"]
+    if reward_model:
+        expected.append(
+            "model.verifier: 'MathVerifier(timeout=5)' in the checkpoint, 'MathVerifier(timeout=2)' now"
+        )
+    assert named.split("; ") == expected
+
+
 def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
