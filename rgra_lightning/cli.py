@@ -196,15 +196,17 @@ def check_config_files(args: list[str]) -> None:
     a data module of before the split into one class per source (``MathPromptDataModule``), saying what
     to write instead (also for ``--data.class_path``); a loss preset's name given as ``--model.loss``; an
     option that a later ``--config`` file sets again; LightningCLI's ``optimizer`` and ``lr_scheduler``."""
+    given = list(given_options(args))
     earlier: list[str] = []  # the options given so far, in order
-    for name, value in given_options(args):
+    for index, (name, value) in enumerate(given):
         data: object = None
         if name == "--config":
             if not is_file(value):
                 if "\n" not in value and value.endswith((".yaml", ".yml", ".json")):
                     raise ConfigError(f"--config {value}: no such file")
                 continue  # a config given as a YAML string: the parser reads it
-            refuse_overridden_options(earlier, value)
+            later = {option for option, _ in given[index + 1 :]}  # given again after it: that value wins
+            refuse_overridden_options([option for option in earlier if option not in later], value)
             config = read(value)
             data, where = config.get("data"), value
             refuse_optimizer_options(list(config), value)

@@ -425,6 +425,9 @@ def test_an_option_that_a_later_config_sets_again_is_refused(small_config, capsy
     )
     cli = main(["--config", str(base), "--trainer.max_steps=3", "--config", str(grpo)], run=False)
     assert cli.trainer.max_steps == 3 and cli.model.loss_config.policy_term == "clipped_ratio"
+    # given again after the file too: the last value wins, as meant
+    again = ["--trainer.max_steps=3", "--config", str(base), "--trainer.max_steps=4"]
+    assert main(again, run=False).trainer.max_steps == 4
 
 
 @pytest.mark.parametrize("option", ["--optimizer=torch.optim.SGD", "--lr_scheduler.class_path=x"])
