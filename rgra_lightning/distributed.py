@@ -261,7 +261,8 @@ class AgreedStop(Callback):
         self.received, _stopped_by = self.received or signum, signum
         if self._global_zero:
             print(
-                "\nCtrl-C: stopping after the update in progress, saved (Ctrl-C again: at once, unsaved)",
+                "\nCtrl-C: stopping after the update in progress, which will be saved "
+                "(Ctrl-C again: at once, unsaved)",
                 file=sys.stderr,
                 flush=True,
             )

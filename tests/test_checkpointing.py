@@ -209,7 +209,7 @@ def test_a_signal_saves_the_update_exits_and_resumes_exactly(
     assert torch.load(last, weights_only=True, mmap=True)["global_step"] == 3
     assert f"stopped by {named} after update 3, saved to {last}: resume with --ckpt_path last" in caplog.text
     if signum == signal.SIGINT:
-        assert "Ctrl-C: stopping after the update in progress, saved" in capsys.readouterr().err
+        assert "Ctrl-C: stopping after the update in progress, which will be saved" in capsys.readouterr().err
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
     resume_equals_straight(stopped, a, steps=4)
 
