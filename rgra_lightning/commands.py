@@ -24,7 +24,7 @@ USAGE = (
 training and evaluation (LightningCLI):
   fit        train a policy: rgra fit --config configs/rgra.yaml [--config configs/loss/grpo.yaml]
   validate   evaluate a policy on the validation split
-  test       evaluate a policy on the test split (pass@k, maj@k with model.evaluation)
+  test       evaluate a policy on the test split, else the validation one (pass@k, maj@k: model.evaluation)
   predict    greedy completions of the test prompts to predict_samples.jsonl
 tools:
 """

@@ -107,7 +107,8 @@ class RLModule(LightningModule):
         loss: the loss options (policy term, KL, aggregation, advantage).
         sampling: G, temperature, top_p, max_new_tokens for training rollouts.
         num_iterations: mu, passes over each rollout batch (>= 1). With mu > 1 the ratio terms differ
-            from REINFORCE; old log-probs are stored only then (or with several mini-batches).
+            from REINFORCE; old log-probs are stored only then, or with several mini-batches, and only for
+            a loss with a ratio term or the sampler correction.
         num_minibatches: optimizer updates per pass; B x G must be divisible by it.
         micro_batch_size: completions per forward/backward pass (None: a whole mini-batch). Gradients are
             accumulated over the micro-batches of a mini-batch and the loss is normalised by the

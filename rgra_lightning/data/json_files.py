@@ -16,10 +16,9 @@ _WHAT = {"train_file": "the training problems", "val_file": "the validation prob
 
 
 class JsonFilesDataModule(TextDataModule):
-    """Problems from local ``.json`` (an array of objects) or ``.jsonl`` files; every row is checked, and a
-    bad one is an error naming its file, line and field. Each file option names an existing local file
-    (``.json``, ``.jsonl``, ``.parquet``, ``.csv``): a directory or a missing path is an error naming the
-    option.
+    """Problems from local files; every row is checked, and a bad one is an error naming its file, line and
+    field. Each file option names an existing local file (``.json``, an array of objects, ``.jsonl``,
+    ``.parquet``, ``.csv``): a directory or a missing path is an error naming the option.
 
     Each file is optional, so that ``rgra test`` takes only a ``test_file``; a stage missing a file it reads
     is a one-line error naming the option: fit needs ``train_file`` and ``val_file``, validate
