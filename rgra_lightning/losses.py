@@ -149,7 +149,7 @@ def policy_term(
     if config.policy_term == "reinforce":
         return logp * advantages, torch.zeros_like(logp), torch.ones_like(logp)
     if old_logp is None:
-        raise ConfigError(f"policy_term={config.policy_term!r} needs old log-probs (pi_old)")
+        raise ValueError(f"policy_term={config.policy_term!r} needs old log-probs (pi_old)")
     ratio = torch.exp(logp - old_logp)
     unclipped = ratio * advantages
     if config.policy_term == "ratio":
@@ -189,7 +189,7 @@ def aggregate(
         tokens = mask.sum() if batch_tokens is None else batch_tokens
         return masked.sum() / tokens.clamp(min=1)
     if constant is None:
-        raise ConfigError("aggregation='constant_sum' needs aggregation_constant (tokens per completion)")
+        raise ValueError("aggregation='constant_sum' needs aggregation_constant (tokens per completion)")
     return masked.sum() / (rows * constant)
 
 
@@ -231,7 +231,7 @@ def rl_loss(
                 "use a rollout engine that returns them (VLLMEngine) or leave the option unset"
             )
         if old_logp is None:
-            raise ConfigError("model.loss.sampler_correction_cap needs the trainer's old log-probs (pi_old)")
+            raise ValueError("model.loss.sampler_correction_cap needs the trainer's old log-probs (pi_old)")
         # What an engine puts at padded positions (NaN, -inf) must not reach the sums below as NaN
         sampler_logp = torch.where(mask > 0, sampler_logp, old_logp)
         weight, cut = sampler_weights(old_logp, sampler_logp, config.sampler_correction_cap)
@@ -245,7 +245,7 @@ def rl_loss(
     policy_objective = aggregate(term, mask, *agg)
     if config.beta > 0:
         if ref_logp is None:
-            raise ConfigError("beta > 0 needs reference log-probs")
+            raise ValueError("beta > 0 needs reference log-probs")
         kl = aggregate(kl_estimate(logp, ref_logp, config.kl_estimator), mask, *agg)
     else:
         kl = logp.new_zeros(())
