@@ -223,11 +223,6 @@ def equality_members(text: str) -> list[str]:
     return parts
 
 
-def is_label(text: str) -> bool:
-    """Whether ``text`` is a bare name that labels a value (``x``, ``f(x)``, ``|AB|``, ``a_1``)."""
-    return _is_simple_lhs(text)
-
-
 def drop_simple_lhs(text: str) -> str:
     """``x = 3`` -> ``3``, ``f(x) = 1`` -> ``1``, ``|AB| = 1`` -> ``1``; keeps ``2x + 4y = 3``."""
     members = equality_members(text)

@@ -3,7 +3,7 @@
     python -m rgra_lightning fit --config configs/warmup.yaml
 
 A small Llama-architecture model with a character-level tokenizer is trained from scratch on answers to
-the training problems in two styles (see ``synthetic.worked_answer``): a careful one that writes a worked
+the training problems in two styles (see ``problems.worked_answer``): a careful one that writes a worked
 step first and is always right, used in ``steps_probability`` of the examples, and a hasty one that boxes an
 answer at once and carries the task's misconception (a flipped sign, or denominators added) with
 ``slip_probability``. The warmed-up policy mostly answers hastily, so greedy decoding starts well below

@@ -4,7 +4,7 @@ Two kinds of model give a raw score that is a log-odds in both cases:
 
 - ``classifier``: a sequence-classification model. With one output its logit is the raw score; with two,
   ``logit[1] - logit[0]`` (the log-odds of class 1, "correct"). An outcome reward model trained by
-  ``rgra_lightning.reward_training`` is of this kind.
+  ``rgra_lightning.reward_models.training`` is of this kind.
 - ``judge``: a causal LM shown ``judge_template`` (prompt, completion and a question); the raw score is
   the log-odds that the next token is ``judge_token``: ``log p - log(1 - p)``.
 
@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 from rewards import Score, Verifier
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import freeze, load_causal_lm, load_sequence_classifier, load_tokenizer
+from rgra_lightning.prompt_cache import position_ids
 from rgra_lightning.rollout.base import prompt_token_ids
 
 Transform = Literal["sigmoid", "standardize", "none"]
@@ -65,8 +66,7 @@ def encode(
     encoded = tokenizer.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt").to(
         next(model.parameters()).device
     )
-    position_ids = (encoded["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
-    return {**encoded, "position_ids": position_ids}
+    return {**encoded, "position_ids": position_ids(encoded["attention_mask"])}
 
 
 def classifier_scores(
