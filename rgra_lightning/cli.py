@@ -20,7 +20,7 @@ import torch
 import transformers
 from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
@@ -174,7 +174,7 @@ class RLCLI(LightningCLI):
             callbacks = [*callbacks, LineProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
 
-    def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (LightningCLI's signature)
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         captured = io.StringIO()
         try:
             with contextlib.redirect_stderr(captured):
