@@ -72,21 +72,29 @@ _MODEL_FILES = ("config.json",)
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "config.json")
 
 
+def looks_local(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` names a local file or directory rather than a Hugging Face hub name. Hub
+    names are ``name`` or ``owner/name``: anything that exists here, is absolute, starts with ``.`` or ``~``,
+    or has more path parts is local, and so is ``dir/name`` when ``dir`` is a local directory
+    (``models/...`` in a checkout)."""
+    path = Path(name_or_path).expanduser()
+    parts = name_or_path.count("/")
+    return (
+        path.is_absolute()
+        or name_or_path.startswith((".", "~"))
+        or path.exists()
+        or parts > 1
+        or (parts == 1 and Path(path.parts[0]).is_dir())
+    )
+
+
 def _load_kwargs(name_or_path: str, gguf_file: str | None, marks: tuple[str, ...] = _MODEL_FILES) -> dict:
     """Check that a local model exists, and is a directory holding one of the files ``marks`` or the GGUF
     file, before transformers tries the hub or fails on what the directory lacks; build shared kwargs."""
     path = Path(name_or_path).expanduser()
-    # Hub names are "name" or "owner/name"; anything with more path parts can only be a local directory,
-    # and so is "dir/name" when dir is a local directory (models/... in a checkout).
-    looks_local = (
-        path.is_absolute()
-        or name_or_path.startswith((".", "~"))
-        or path.exists()
-        or name_or_path.count("/") > 1
-        or (name_or_path.count("/") == 1 and Path(path.parts[0]).is_dir())
-    )
+    local = looks_local(name_or_path)
     wanted = "Give the path to a local Hugging Face model directory (config.json, weights, tokenizer files)."
-    if looks_local and not path.is_dir():
+    if local and not path.is_dir():
         if path.suffix == ".gguf" and path.is_file():
             raise ModelLoadError(
                 f"{str(path)!r} is a GGUF file: give its directory ({str(path.parent)!r}) as the model path "
@@ -94,9 +102,9 @@ def _load_kwargs(name_or_path: str, gguf_file: str | None, marks: tuple[str, ...
             )
         problem = "is a file, not a directory" if path.exists() else "does not exist"
         raise ModelLoadError(f"model directory {str(path)!r} {problem}. {wanted}")
-    if gguf_file is not None and looks_local and not (path / gguf_file).is_file():
+    if gguf_file is not None and local and not (path / gguf_file).is_file():
         raise ModelLoadError(f"GGUF file {gguf_file!r} not found in {str(path)!r}")
-    if looks_local and gguf_file is None and not any((path / name).is_file() for name in marks):
+    if local and gguf_file is None and not any((path / name).is_file() for name in marks):
         ggufs = sorted(file.name for file in path.glob("*.gguf"))
         if ggufs:
             raise ModelLoadError(
@@ -106,7 +114,7 @@ def _load_kwargs(name_or_path: str, gguf_file: str | None, marks: tuple[str, ...
         raise ModelLoadError(
             f"{str(path)!r} is not a Hugging Face model directory: it has no {' or '.join(marks)}. {wanted}"
         )
-    if not looks_local and not _hub_cached(name_or_path) and not hub_resolves():
+    if not local and not _hub_cached(name_or_path) and not hub_resolves():
         raise ModelLoadError(
             f"{name_or_path!r} is no local directory (none in {Path.cwd()}), and as a Hugging Face hub name "
             f"it cannot be fetched: the hub is not reachable (offline). {wanted}"

@@ -19,7 +19,7 @@ from typing import Any, Literal, NamedTuple
 from rewards.equivalence import equivalent
 from rewards.extract import last_boxes
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.models import hub_offline, hub_resolves, resolve_path
+from rgra_lightning.models import hub_offline, hub_resolves, looks_local, resolve_path
 
 Record = dict[str, str]
 ReferenceFormat = Literal["answer", "gsm8k_solution", "boxed_solution"]
@@ -199,15 +199,7 @@ def load_rows(source: str, split: str, source_config: str | None = None) -> Rows
     path = Path(resolve_path(source)).expanduser()
     if path.is_dir():
         return directory_rows(path, source, split)
-    # Hub names are "name" or "owner/name"; more parts, or a first part that is a local directory, are a path
-    parts = source.count("/")
-    looks_local = parts > 1 or (parts == 1 and Path(path.parts[0]).is_dir())
-    if (
-        looks_local
-        or path.suffix in _SUFFIXES
-        or path.is_absolute()
-        or source.startswith((".", "~", "package:"))
-    ):
+    if looks_local(str(path)) or path.suffix in _SUFFIXES:
         if not path.is_file():
             raise DatasetError(f"data.source {source!r}: no such file or directory")
         if split != "train":
