@@ -1,10 +1,19 @@
-"""Crash-safe checkpoints and exact resumption.
+"""Crash-safe checkpoints and exact resumption, in the order a run meets them.
 
-``AtomicCheckpointIO`` writes every checkpoint to a temporary file in the target directory and renames
-it into place, so a kill during saving leaves the previous ``last.ckpt`` intact. ``ExactResume`` adds
-what Lightning does not store by default: the global RNG streams (sampling uses them) and the position
-inside the current epoch of the shuffled training data, so ``fit --ckpt_path last`` continues with the
-same prompts and the same random draws as a run that was never interrupted.
+- Saving: ``AtomicCheckpointIO`` writes every checkpoint to a temporary file in the target directory and
+  renames it into place, so a kill during saving leaves the previous ``last.ckpt`` intact (a full disk is a
+  one-line error). ``PeriodicModelCheckpoint`` saves every k updates of a manual-optimisation run, at the
+  end and on SIGTERM / Ctrl-C, into one directory per run name.
+- One run per directory: ``require_new_run_directory`` refuses a fresh fit beside an earlier run's
+  checkpoints, ``RunDirectoryLock`` a second fit into the directory of one still running.
+- Resuming: ``last_checkpoint`` finds what ``--ckpt_path last`` names, ``require_same_run`` refuses one
+  trained with other settings, ``ContinuedLog`` logs on into the run's TensorBoard directory.
+  ``ExactResume`` adds what Lightning does not store by default: the global RNG streams (sampling uses
+  them) and the position inside the current epoch of the shuffled training data (``ResumableLoader``), so
+  ``fit --ckpt_path last`` continues with the same prompts and random draws as an uninterrupted run.
+- Reading a checkpoint for evaluation or export: ``require_checkpoint``, ``read_checkpoint``,
+  ``require_matching_weights`` and ``load_trained_weights``; ``reloaded_state_keys`` are the frozen
+  weights checkpoints leave out (reloaded from their model paths).
 """
 
 from __future__ import annotations
