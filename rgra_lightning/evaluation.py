@@ -270,6 +270,30 @@ def counted_records(experience: Experience, counted: Tensor) -> list[dict[str, A
     return [record for record in experience.records() if record["group"] in kept]
 
 
+def evaluate_batch(module: LightningModule, batch: dict[str, Any], prefix: str, full: bool = True) -> None:
+    """Evaluate one batch of ``module`` (an ``RLModule``) and log under ``prefix`` (``val``, ``test``): the
+    means of greedy completions (accuracy, reward, completion length, reward components) and, when
+    ``full``, with ``evaluation.num_samples`` = n the sampled pass@k and maj@k, as metric objects that
+    aggregate over batches and processes, and each completion written to the samples JSONL. The
+    ``DistributedSampler``'s repeats are evaluated (every process runs the same batches) but neither
+    counted nor written (``counted_problems``)."""
+    size, trainer = len(batch["prompt"]), module.trainer
+    counted = counted_problems(batch, trainer)
+    greedy = module.make_experience(batch)
+    update_greedy_metrics(module.greedy_metrics, greedy, module.verifier, counted)
+    for metric in module.greedy_metrics:
+        module.log(f"{prefix}/{metric.name}", metric, prog_bar=metric.name == "accuracy", batch_size=size)
+    if not full:
+        return
+    module.samples.write(counted_records(greedy, counted), "greedy", trainer)
+    if module.evaluation.num_samples:
+        sampled = module.make_experience(batch, module.evaluation.sampling(module.sampling))
+        module.samples.write(counted_records(sampled, counted), "sampled", trainer)
+        update_sampled_metrics(module.sampled_metrics, sampled, counted)
+        for name, metric in module.sampled_metrics.items():
+            module.log(f"{prefix}/{name}", metric, batch_size=size)
+
+
 def log_initial_validation(module: LightningModule, loader: DataLoader) -> None:
     """The step-0 validation of ``module``'s policy: the ``greedy_metrics`` over ``loader``, each rank
     evaluating its share (as Lightning's validation splits it), logged as ``val/*`` at step 0, so every

@@ -29,11 +29,10 @@ from rgra_lightning.evaluation import (
     SamplesWriter,
     counted_problems,
     counted_records,
+    evaluate_batch,
     greedy_metrics,
     log_initial_validation,
     sampled_metrics,
-    update_greedy_metrics,
-    update_sampled_metrics,
 )
 from rgra_lightning.experience import Experience, PromptBatch, make_experience
 from rgra_lightning.host_memory import keep_freed_host_memory
@@ -365,32 +364,10 @@ class RLModule(LightningModule):
 
     def validation_step(self, batch: PromptBatch, batch_idx: int) -> None:
         # the ``validate`` command runs the full evaluation, a validation in fit the greedy means only
-        self.evaluate_batch(batch, "val", full=self.trainer.state.fn == TrainerFn.VALIDATING)
+        evaluate_batch(self, batch, "val", full=self.trainer.state.fn == TrainerFn.VALIDATING)
 
     def test_step(self, batch: PromptBatch, batch_idx: int) -> None:
-        self.evaluate_batch(batch, "test")
-
-    def evaluate_batch(self, batch: PromptBatch, prefix: str, full: bool = True) -> None:
-        """The means of greedy completions (accuracy, reward, completion length, reward components) and,
-        when ``full``, with ``evaluation.num_samples`` = n the sampled pass@k and maj@k, as metric objects
-        that aggregate over batches and processes, and each completion written to the samples JSONL. The
-        ``DistributedSampler``'s repeats are evaluated (every process runs the same batches) but neither
-        counted nor written (``counted_problems``)."""
-        size = len(batch["prompt"])
-        counted = counted_problems(batch, self.trainer)
-        greedy = self.make_experience(batch)
-        update_greedy_metrics(self.greedy_metrics, greedy, self.verifier, counted)
-        for metric in self.greedy_metrics:
-            self.log(f"{prefix}/{metric.name}", metric, prog_bar=metric.name == "accuracy", batch_size=size)
-        if not full:
-            return
-        self.samples.write(counted_records(greedy, counted), "greedy", self.trainer)
-        if self.evaluation.num_samples:
-            sampled = self.make_experience(batch, self.evaluation.sampling(self.sampling))
-            self.samples.write(counted_records(sampled, counted), "sampled", self.trainer)
-            update_sampled_metrics(self.sampled_metrics, sampled, counted)
-            for name, metric in self.sampled_metrics.items():
-                self.log(f"{prefix}/{name}", metric, batch_size=size)
+        evaluate_batch(self, batch, "test")
 
     def predict_step(self, batch: PromptBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Greedy completions of the prompts, scored, also written to ``<log dir>/predict_samples.jsonl``;
