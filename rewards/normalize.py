@@ -82,15 +82,14 @@ _SCIENTIFIC = re.compile(r"(-?\d+(?:\.\d+)?)[eE]([+-]?\d{1,4})")
 _BASE = re.compile(r"^([0-9A-Fa-f]+)_\{?(\d{1,2})\}?$")
 _CHOICE = re.compile(r"^\(?([A-Ea-e])\)?\.?$")
 _POWER = r"(?:\s*\^\s*\{?[23]\}?)?"  # cm^2, m^{3}
-# a \text{} of words after a number or a closing bracket, before the end, a separator or a closing bracket
-_TEXT_UNIT = re.compile(
-    r"(?<=[\d})])\s*\\(?:text(?:bf|it|rm|normal|sf|tt)?|mbox)\s*"
-    r"\{(?!\s*(?:and|or)\s*\})\s*[A-Za-z][A-Za-z .'/-]*\}" + _POWER + r"(?=\s*(?:$|[,;)\]]|\\\}|\\right))"
-)
-_TEXT_UNIT_ANYWHERE = re.compile(
+# a \text{} of words after a number or a closing bracket (not "and"/"or", which join list members)
+_TEXT_WORDS = (
     r"(?<=[\d})])\s*\\(?:text(?:bf|it|rm|normal|sf|tt)?|mbox)\s*"
     r"\{(?!\s*(?:and|or)\s*\})\s*[A-Za-z][A-Za-z .'/-]*\}"
 )
+_TEXT_UNIT_ANYWHERE = re.compile(_TEXT_WORDS)
+# ... as a unit: before the end, a separator or a closing bracket
+_TEXT_UNIT = re.compile(_TEXT_WORDS + _POWER + r"(?=\s*(?:$|[,;)\]]|\\\}|\\right))")
 _FUNCTION_NAMES = r"(?:a?(?:sin|cos|tan|cot|sec|csc)h?|arc\w+|log|ln|exp|lim|max|min|gcd|lcm|det|mod)\b"
 _UNIT_WORD = rf"(?:(?!{_FUNCTION_NAMES})[A-Za-z]{{3,}}|mm|cm|dm|km|kg|mg|ml|mL|ft|yd|mi|in|hr|lb|oz){_POWER}"
 # trailing unit words after a number and a space: ``125 miles``, ``35 cm``, ``15 cm ^2``, ``60 km/h``
@@ -170,20 +169,24 @@ def _join_thousands(text: str) -> str:
             stack.pop()
         elif char == "," and text[index + 1 : index + 2].isspace():
             spaced[stack[-1]] = True
-    return _THOUSANDS.sub(
-        lambda m: m.group(1) + re.sub(r"\D", "", m.group(2)) if spaced[owner[m.start()]] else m.group(), text
-    )
+    return _THOUSANDS.sub(lambda m: _joined(m) if spaced[owner[m.start()]] else m.group(), text)
 
 
-def _split_top_level(text: str, separator: str) -> list[str]:
-    """``text`` split at ``separator`` characters outside any brackets."""
+def _joined(thousands: re.Match[str]) -> str:
+    """A ``_THOUSANDS`` match without its separators: ``1,234,567`` -> ``1234567``."""
+    return thousands.group(1) + re.sub(r"\D", "", thousands.group(2))
+
+
+def _split_top_level(text: str, separator: str, after: str = "") -> list[str]:
+    """``text`` split at ``separator`` characters outside any brackets, except one that follows a character
+    of ``after`` (``<=`` is not an ``=``)."""
     parts, depth, start = [], 0, 0
     for index, char in enumerate(text):
         if char in "([{":
             depth += 1
         elif char in ")]}":
             depth -= 1
-        elif char == separator and depth == 0:
+        elif char == separator and depth == 0 and (index == 0 or text[index - 1] not in after):
             parts.append(text[start:index])
             start = index + 1
     parts.append(text[start:])
@@ -210,17 +213,7 @@ def drop_approximation(text: str) -> str:
 def equality_members(text: str) -> list[str]:
     """The members of an equation or equality chain, split at the ``=`` signs outside brackets and braces:
     ``x = 5 + 6 = 11`` -> ``["x", "5 + 6", "11"]``; ``F_n = \\sum_{k=0}^{n} F_k`` has two members."""
-    parts, depth, start = [], 0, 0
-    for index, char in enumerate(text):
-        if char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif char == "=" and depth == 0 and (index == 0 or text[index - 1] not in "<>!\\"):
-            parts.append(text[start:index].strip())
-            start = index + 1
-    parts.append(text[start:].strip())
-    return parts
+    return [part.strip() for part in _split_top_level(text, "=", after="<>!\\")]
 
 
 def drop_simple_lhs(text: str) -> str:
@@ -274,7 +267,7 @@ def normalize_element(text: str) -> str:
     text = _UNIT.sub("", text).strip() if re.search(r"\d", text) else text
     text = _strip_units_in_brackets(text)
     if not re.search(r"[(\[{]", text):
-        text = _THOUSANDS.sub(lambda m: m.group(1) + re.sub(r"\D", "", m.group(2)), text)
+        text = _THOUSANDS.sub(_joined, text)
     scientific = _SCIENTIFIC.fullmatch(text)
     if scientific:
         mantissa, exponent = scientific.group(1), int(scientific.group(2))
