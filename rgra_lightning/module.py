@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from jsonargparse import lazy_instance
 from lightning import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
@@ -87,6 +88,10 @@ def check_options(
     rollout.check_sampling(sampling)
     if evaluation.num_samples:
         rollout.check_sampling(evaluation.sampling(sampling), "model.evaluation")
+
+
+# Sharded, the adapters could not be merged for export, and checkpoints would hold the base too
+LORA_UNDER_FSDP2 = "model.lora is not supported with FSDP2 (ModelParallelStrategy): use DDP"
 
 
 class RLModule(LightningModule):
@@ -248,8 +253,7 @@ class RLModule(LightningModule):
                 f"number of processes ({ranks}) and tensor_parallel_size to 1"
             )
         if self.hparams.lora is not None:
-            # Sharded, the adapters could not be merged for export, and checkpoints would hold the base too
-            raise ConfigError("model.lora is not supported with FSDP2 (ModelParallelStrategy): use DDP")
+            raise ConfigError(LORA_UNDER_FSDP2)
         data_mesh = mesh["data_parallel"]
         shard_model(self.policy, data_mesh, self.sharding)
         for frozen in [self.reference, *self.reward_models]:
@@ -274,12 +278,19 @@ class RLModule(LightningModule):
 
     def check_fit_settings(self, trainer: Trainer, datamodule: LightningDataModule | None) -> None:
         """Raise a ``ConfigError`` for a fit that cannot run as configured: a rollout batch that does not
-        split into ``num_minibatches`` equal updates, or a ``trainer.max_steps`` that is not a whole number
-        of rollout batches (Lightning stops only between batches: it would overshoot). The CLI calls it
-        before Lightning starts; ``on_fit_start`` again, for fits run from Python."""
+        split into ``num_minibatches`` equal updates, a ``trainer.max_steps`` that is not a whole number
+        of rollout batches (Lightning stops only between batches: it would overshoot), LoRA under FSDP2,
+        or trained weights stored in half precision (``check_trainable_precision``; a precision plugin's
+        cast is checked in ``configure_optimizers``). The CLI calls it before Lightning starts (before the
+        reference model loads); ``on_fit_start`` again, for fits run from Python."""
+        hp = self.hparams
         batch_size = getattr(getattr(datamodule, "hparams", {}), "batch_size", None)
         if batch_size is not None:
             self.updater.check_rollout_size(batch_size, self.sampling.num_generations)
+        if hp.lora is not None and isinstance(trainer.strategy, ModelParallelStrategy):
+            raise ConfigError(LORA_UNDER_FSDP2)
+        trainable = [p for p in self.policy.parameters() if p.requires_grad]
+        check_trainable_precision(trainable, str(trainer.precision), hp.dtype, hp.learning_rate)
         self.updater.check_max_steps(trainer.max_steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -179,8 +179,14 @@ def test_wrapping_with_lora_prints_no_deprecation_warning():
     assert not [str(w.message) for w in caught if "checkpointing" in str(w.message)]
 
 
-def test_lora_is_refused_under_fsdp2_whose_export_could_not_merge_it(small_config, monkeypatch):
+def test_lora_is_refused_under_fsdp2_whose_export_could_not_merge_it(
+    small_config, monkeypatch, tmp_path, capsys
+):
     monkeypatch.chdir(ROOT)
+    fsdp2 = "--trainer.strategy.class_path=lightning.pytorch.strategies.ModelParallelStrategy"
+    error = one_line_error(["fit", "--config", str(lora_config(small_config)), fsdp2], capsys)
+    assert error == "error: model.lora is not supported with FSDP2 (ModelParallelStrategy): use DDP"
+    assert not list((tmp_path / "runs").glob("*/version_*"))  # refused before Lightning's set-up
     module = main(["--config", str(lora_config(small_config))], run=False).model
     module._device_mesh = {"tensor_parallel": SimpleNamespace(size=lambda: 1)}  # what the strategy sets
     with pytest.raises(ConfigError, match="model.lora is not supported with FSDP2"):

@@ -100,6 +100,8 @@ def test_a_fit_that_would_store_trainable_weights_in_bf16_is_refused_in_one_line
     error = one_line_error(full_fine_tuning, capsys)
     assert error.startswith("error: model.dtype=bfloat16 stores the trained weights in bfloat16, where ")
     assert "use model.dtype=float32 with trainer.precision=bf16-mixed" in error and "model.lora" in error
+    # refused before Lightning starts: no reference model loaded, no log directory left behind
+    assert not list((tmp_path / "runs").glob("rgra/version_*"))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
