@@ -20,6 +20,26 @@ class ConfigError(ValueError):
     """A user-fixable problem; the message names the field, file or row and what is allowed."""
 
 
+Check = tuple[str, object, bool, str]  # (option, value, whether it is valid, what is allowed)
+
+
+def require_valid(prefix: str, *checks: Check) -> None:
+    """Raise a one-line ``ConfigError`` for the first check that fails: ``<prefix><option> must be
+    <allowed>, got <value>`` (``prefix``: ``model.`` for the trainer's options, ``MathVerifier `` for a
+    verifier's)."""
+    for option, value, valid, allowed in checks:
+        if not valid:
+            raise ConfigError(f"{prefix}{option} must be {allowed}, got {value}")
+
+
+def require_one_of(prefix: str, *choices: tuple[str, object, object]) -> None:
+    """Raise a one-line ``ConfigError`` for the first ``(option, value, Literal[...])`` whose value is not
+    one of the literal's: ``<prefix><option>='x' is not one of [...]``."""
+    for option, value, allowed in choices:
+        if value not in typing.get_args(allowed):
+            raise ConfigError(f"{prefix}{option}={value!r} is not one of {list(typing.get_args(allowed))}")
+
+
 class ToolParser(argparse.ArgumentParser):
     """A usage mistake is one line, ``error: MESSAGE (PROG --help)`` with exit status 2, not argparse's usage
     block followed by the message."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 from rewards.equivalence import as_fraction, equivalent, fast_readings_equivalent, warmup
-from rewards.errors import ConfigError
+from rewards.errors import ConfigError, require_valid
 from rewards.extract import DEFAULT_ORDER, EXTRACTORS, extract_answer
 from rewards.normalize import normalize_pair, strip_wrappers
 from rewards.sandbox import Outcome, WorkerPool
@@ -131,8 +131,8 @@ class MathVerifier(Verifier):
         cache_size: int = 100_000,
         warm_start: bool = True,
     ) -> None:
-        check_options(
-            "MathVerifier",
+        require_valid(
+            "MathVerifier ",
             ("correct_reward", correct_reward, math.isfinite(correct_reward), "a finite number"),
             ("timeout", timeout, 0 < timeout < math.inf, "> 0 (seconds) and finite"),
             ("memory_mb", memory_mb, memory_mb >= 0, ">= 0 (MiB; 0: no limit)"),
@@ -230,8 +230,8 @@ class NumericVerifier(Verifier):
     """
 
     def __init__(self, correct_reward: float = 1.0) -> None:
-        check_options(
-            "NumericVerifier",
+        require_valid(
+            "NumericVerifier ",
             ("correct_reward", correct_reward, math.isfinite(correct_reward), "a finite number"),
         )
         self.correct_reward = correct_reward
@@ -262,7 +262,7 @@ class FormatReward(Verifier):
     judges_correctness = False
 
     def __init__(self, pattern: str = r"\\boxed\{", reward: float = 1.0) -> None:
-        check_options("FormatReward", ("reward", reward, math.isfinite(reward), "a finite number"))
+        require_valid("FormatReward ", ("reward", reward, math.isfinite(reward), "a finite number"))
         try:
             self.pattern = re.compile(pattern, re.DOTALL)
         except re.error as error:
@@ -394,14 +394,6 @@ def _plain(value: object) -> object:
     return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
-def check_options(verifier: str, *checks: tuple[str, object, bool, str]) -> None:
-    """Raise a one-line ``ConfigError`` naming the first of ``verifier``'s options that fails its check; each
-    check is ``(option, value, valid, what is allowed)``."""
-    for option, value, valid, allowed in checks:
-        if not valid:
-            raise ConfigError(f"{verifier} {option} must be {allowed}, got {value}")
-
-
 def default_names(verifiers: Sequence[Verifier]) -> list[str]:
     """Snake-case class names, with ``_2``, ``_3``... appended to repeats."""
     seen: Counter[str] = Counter()
@@ -421,8 +413,8 @@ class MathVerifyAdapter(Verifier):
     """
 
     def __init__(self, correct_reward: float = 1.0) -> None:
-        check_options(
-            "MathVerifyAdapter",
+        require_valid(
+            "MathVerifyAdapter ",
             ("correct_reward", correct_reward, math.isfinite(correct_reward), "a finite number"),
         )
         try:

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from rgra_lightning.errors import ConfigError
+from rgra_lightning.errors import ConfigError, require_one_of
 
 Baseline = Literal["group_mean", "leave_one_out", "none"]
 Scale = Literal["group_std", "batch_std", "none"]
@@ -50,16 +50,13 @@ class AdvantageConfig:
     epsilon: float = 1e-4
 
     def __post_init__(self) -> None:
-        for field, value, allowed in (
+        require_one_of(
+            "model.loss.advantage.",
             ("baseline", self.baseline, Baseline),
             ("scale", self.scale, Scale),
             ("sign_filter", self.sign_filter, SignFilter),
             ("selection", self.selection, Selection),
-        ):
-            if value not in allowed.__args__:
-                raise ConfigError(
-                    f"model.loss.advantage.{field}={value!r} is not one of {list(allowed.__args__)}"
-                )
+        )
         if self.epsilon <= 0:
             raise ConfigError(f"model.loss.advantage.epsilon must be > 0, got {self.epsilon}")
         if self.baseline == "none" and self.scale != "none" and self.selection == "all":

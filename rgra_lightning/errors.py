@@ -17,6 +17,8 @@ from __future__ import annotations
 
 # Defined in the rewards package, which cannot import this one, so that the verifiers raise it too.
 from rewards.errors import ConfigError
+from rewards.errors import require_one_of as require_one_of  # the option checks, for the trainer's modules
+from rewards.errors import require_valid as require_valid
 
 CONFIG_REFUSED = 2  # argparse's and jsonargparse's status for a usage mistake, kept for every config mistake
 TRAINING_DIVERGED = 3

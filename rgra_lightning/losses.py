@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from rgra_lightning.advantages import AdvantageConfig
-from rgra_lightning.errors import ConfigError
+from rgra_lightning.errors import ConfigError, require_one_of
 
 PolicyTerm = Literal["reinforce", "ratio", "clipped_ratio"]
 KLEstimator = Literal["k1", "k2", "k3"]
@@ -76,13 +76,12 @@ class LossConfig:
     sampler_correction_cap: float | None = None
 
     def __post_init__(self) -> None:
-        for field, value, allowed in (
+        require_one_of(
+            "model.loss.",
             ("policy_term", self.policy_term, PolicyTerm),
             ("kl_estimator", self.kl_estimator, KLEstimator),
             ("aggregation", self.aggregation, Aggregation),
-        ):
-            if value not in allowed.__args__:
-                raise ConfigError(f"model.loss.{field}={value!r} is not one of {list(allowed.__args__)}")
+        )
         if self.eps_low <= 0 or self.eps_high <= 0:
             raise ConfigError(
                 f"model.loss.eps_low and model.loss.eps_high must be > 0, got {self.eps_low}, {self.eps_high}"

@@ -24,7 +24,7 @@ from torch import Tensor
 from rewards import MathVerifier, Verifier
 from rgra_lightning.checkpointing import reloaded_state_keys, require_same_run
 from rgra_lightning.distributed import ShardingConfig, is_sharded, reduce_across_ranks, shard_model
-from rgra_lightning.errors import ConfigError
+from rgra_lightning.errors import ConfigError, require_valid
 from rgra_lightning.evaluation import (
     EvaluationConfig,
     SamplesWriter,
@@ -69,14 +69,13 @@ def check_options(
 ) -> None:
     """Raise a one-line ``ConfigError`` naming the first ``RLModule`` option it cannot train with (see
     its docstring), before any model is loaded."""
-    for name, value, valid, allowed in (
+    require_valid(
+        "model.",
         ("learning_rate", learning_rate, learning_rate > 0, "> 0"),
         ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
         ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
         ("num_logged_samples", num_logged_samples, num_logged_samples >= 0, ">= 0"),
-    ):
-        if not valid:
-            raise ConfigError(f"model.{name} must be {allowed}, got {value}")
+    )
     corrects = loss.sampler_correction_cap is not None
     if corrects and not rollout.returns_sampler_logprobs:
         raise ConfigError(

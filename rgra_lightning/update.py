@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 
 from rgra_lightning.distributed import no_gradient_sync
-from rgra_lightning.errors import ConfigError, NonFiniteTrainingError
+from rgra_lightning.errors import ConfigError, NonFiniteTrainingError, require_valid
 from rgra_lightning.experience import Experience
 from rgra_lightning.logprobs import check_token_budget, micro_batches, token_logprobs
 from rgra_lightning.losses import LossConfig, rl_loss
@@ -80,16 +80,15 @@ class PolicyUpdate:
         max_consecutive_nonfinite: int,
         token_budget: int | None = None,
     ) -> None:
-        for name, value, valid, allowed in (
+        require_valid(
+            "model.",
             ("num_iterations", num_iterations, num_iterations >= 1, ">= 1"),
             ("num_minibatches", num_minibatches, num_minibatches >= 1, ">= 1"),
             ("micro_batch_size", micro_batch_size, micro_batch_size is None or micro_batch_size >= 1, ">= 1"),
             ("max_grad_norm", max_grad_norm, max_grad_norm > 0, "> 0"),
             ("max_consecutive_nonfinite", max_consecutive_nonfinite, max_consecutive_nonfinite >= 1, ">= 1"),
             ("micro_batch_tokens", token_budget, token_budget is None or token_budget >= 1, ">= 1"),
-        ):
-            if not valid:
-                raise ConfigError(f"model.{name} must be {allowed}, got {value}")
+        )
         self.loss = loss
         self.temperature = temperature
         self.num_iterations = num_iterations

@@ -36,7 +36,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryCalib
 from torchmetrics.utilities import dim_zero_cat
 
 from rgra_lightning.data.records import DatasetError
-from rgra_lightning.errors import ConfigError
+from rgra_lightning.errors import ConfigError, require_valid
 from rgra_lightning.models import load_sequence_classifier, load_tokenizer
 from rgra_lightning.optim import warmup_schedule
 from rgra_lightning.reward_models.scorer import classifier_scores, pair_text
@@ -253,14 +253,13 @@ class RewardModelModule(LightningModule):
         warmup_steps: int = 0,
     ) -> None:
         super().__init__()
-        for name, value, valid, allowed in (
+        require_valid(
+            "model.",
             ("max_length", max_length, max_length >= 1, ">= 1"),
             ("learning_rate", learning_rate, learning_rate > 0, "> 0"),
             ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
             ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
-        ):
-            if not valid:
-                raise ConfigError(f"model.{name} must be {allowed}, got {value}")
+        )
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(model_path, gguf_file)
         self.tokenizer.truncation_side = "left"
