@@ -262,7 +262,6 @@ class RLModule(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         trainable = [p for p in self.policy.parameters() if p.requires_grad]  # LoRA: the adapters only
-        check_trainable_precision(trainable, str(self.trainer.precision), hp.dtype, hp.learning_rate)
         optimizer = torch.optim.AdamW(
             trainable,
             lr=hp.learning_rate,
@@ -279,9 +278,9 @@ class RLModule(LightningModule):
         """Raise a ``ConfigError`` for a fit that cannot run as configured: a rollout batch that does not
         split into ``num_minibatches`` equal updates, a ``trainer.max_steps`` that is not a whole number
         of rollout batches (Lightning stops only between batches: it would overshoot), LoRA under FSDP2,
-        or trained weights stored in half precision (``check_trainable_precision``; a precision plugin's
-        cast is checked in ``configure_optimizers``). The CLI calls it before Lightning starts (before the
-        reference model loads); ``on_fit_start`` again, for fits run from Python."""
+        or trained weights stored in half precision (``check_trainable_precision``). The CLI calls it before
+        Lightning starts (before the reference model loads); ``on_fit_start`` again, for fits run from
+        Python and for what Lightning's set-up changed: a precision plugin's cast (``bf16-true``)."""
         hp = self.hparams
         batch_size = getattr(getattr(datamodule, "hparams", {}), "batch_size", None)
         if batch_size is not None:
