@@ -45,6 +45,11 @@ _SINGLE_FILE_SPLITS = {"train_split": "train", "val_split": None, "test_split": 
 _NO_PRESET = {"source": None, "source_config": None} | _SINGLE_FILE_SPLITS
 
 
+def is_single_file(source: str | None) -> bool:
+    """Whether ``source`` names one local file (whose only split is ``train``)."""
+    return source is not None and Path(resolve_path(source)).expanduser().is_file()
+
+
 class DatasetDataModule(TextDataModule):
     """Problems from a dataset (``source`` and its split names, or a ``preset``).
 
@@ -88,9 +93,8 @@ class DatasetDataModule(TextDataModule):
         super().__init__(**kwargs)
         # A training preset's split names are its hub dataset's: a single file given as its source has one,
         # train, from which validation problems are held out (MATH-500, test only, keeps its names)
-        single_file = source is not None and Path(resolve_path(source)).expanduser().is_file()
         trains = self._preset["train_split"] is not None
-        unset = self._preset | (_SINGLE_FILE_SPLITS if single_file and trains else {})
+        unset = self._preset | (_SINGLE_FILE_SPLITS if is_single_file(source) and trains else {})
         self.settings |= {
             name: self.hparams[name] if self.hparams[name] is not None else unset[name] for name in _NO_PRESET
         }
@@ -138,7 +142,7 @@ class DatasetDataModule(TextDataModule):
         """A single-file source has one split, ``train``: a ``ConfigError`` naming the options that ask it
         for another (a preset names its hub splits: MATH-500's ``test``)."""
         s = self.settings
-        if not Path(resolve_path(s["source"])).expanduser().is_file():
+        if not is_single_file(s["source"]):
             return
         options = {
             "train": "train_split",
