@@ -9,7 +9,9 @@ Paths, timed in alternation in one process (round 1 untimed):
            forced): how other adapters (DoRA, ...) decode;
   decoder  the fast decoder (``LlamaDecoder``): the LoRA adapters folded into float32 weights, else
            applied as peft applies them, stacked (bfloat16 weights, or autocast);
-  plain    the fast decoder on the model without adapters.
+  plain    the fast decoder on the model without adapters;
+  unpacked the fast decoder as ``decoder``, with no weight reordered for oneDNN (``PACK_MIN_ENTRIES``
+           out of reach): what the reordering of large float32 CPU weights gains.
 Every rollout samples ``--prompts`` x G = ``--group`` completions of exactly ``--tokens`` new tokens (stop
 tokens suppressed) at temperature 1 from the same seed, in float32 (``--dtype``; ``--autocast``: under
 bfloat16 autocast, as ``bf16-mixed`` samples) with ``--threads`` torch threads, on ``--device``
@@ -44,7 +46,10 @@ def main() -> None:
         "--lora", type=int, default=16, help="LoRA rank (alpha = 2 x rank), all linear layers"
     )
     parser.add_argument(
-        "--paths", nargs="+", choices=("forward", "decoder", "plain"), default=["forward", "decoder"]
+        "--paths",
+        nargs="+",
+        choices=("forward", "decoder", "plain", "unpacked"),
+        default=["forward", "decoder"],
     )
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (one rollout per path each)")
     parser.add_argument("--prompts", type=int, default=2)
@@ -69,26 +74,26 @@ def measure(args: argparse.Namespace) -> None:
 
     from benchmarks.throughput import examples, now
     from rgra_lightning.models import LoraConfig, add_lora, load_causal_lm, load_tokenizer
-    from rgra_lightning.rollout import HFEngine, SamplingConfig
+    from rgra_lightning.rollout import HFEngine, SamplingConfig, llama_decode
     from rgra_lightning.rollout.llama_decode import LlamaDecoder
 
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(args.model)
     plain = load_causal_lm(args.model, dtype=args.dtype).to(args.device)
     policies = {"plain": plain}
-    if {"forward", "decoder"} & set(args.paths):
+    if {"forward", "decoder", "unpacked"} & set(args.paths):
         lora = add_lora(load_causal_lm(args.model, dtype=args.dtype), LoraConfig(args.lora, 2.0 * args.lora))
         lora = lora.to(args.device)
         torch.manual_seed(0)
         for name, parameter in lora.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(parameter, std=0.01)
-        policies["forward"] = policies["decoder"] = lora
+        policies["forward"] = policies["decoder"] = policies["unpacked"] = lora
     prompts = [example["prompt"] for example in examples(args.prompts)]
     sampling = SamplingConfig(
         num_generations=args.group, max_new_tokens=args.tokens, min_new_tokens=args.tokens
     )
-    unsupported = LlamaDecoder.unsupported
+    unsupported, pack_min_entries = LlamaDecoder.unsupported, llama_decode.PACK_MIN_ENTRIES
     rates: dict[str, list[float]] = {path: [] for path in args.paths}
     cpu_rates: dict[str, list[float]] = {path: [] for path in args.paths}
     for round_index in range(args.rounds + 1):
@@ -96,6 +101,7 @@ def measure(args: argparse.Namespace) -> None:
             LlamaDecoder.unsupported = (
                 staticmethod(lambda model, cache: "forced") if path == "forward" else unsupported
             )
+            llama_decode.PACK_MIN_ENTRIES = sys.maxsize if path == "unpacked" else pack_min_entries
             engine = HFEngine().bind(policies[path], tokenizer)
             torch.manual_seed(round_index)
             start, cpu_start = now(), time.process_time()
@@ -112,7 +118,7 @@ def measure(args: argparse.Namespace) -> None:
                     f"{new_tokens / cpu_seconds:8.1f} tokens per CPU second",
                     flush=True,
                 )
-    LlamaDecoder.unsupported = unsupported
+    LlamaDecoder.unsupported, llama_decode.PACK_MIN_ENTRIES = unsupported, pack_min_entries
     print(
         f"\n{args.random_init or Path(args.model).name}, LoRA rank {args.lora}, {args.prompts} prompts x "
         f"G={args.group} x {args.tokens} tokens per rollout, {args.dtype}"
@@ -126,12 +132,12 @@ def measure(args: argparse.Namespace) -> None:
             f"| {path} | {statistics.median(wall):.1f} ({min(wall):.1f}-{max(wall):.1f}) | "
             f"{statistics.median(cpu):.1f} ({min(cpu):.1f}-{max(cpu):.1f}) |"
         )
-    for fast in ("decoder", "plain"):
-        if "forward" in rates and fast in rates:
+    for fast, slow in (("decoder", "forward"), ("plain", "forward"), ("decoder", "unpacked")):
+        if slow in rates and fast in rates:
             for name, values in (("wall", rates), ("CPU", cpu_rates)):
-                paired = [f / s for f, s in zip(values[fast], values["forward"], strict=True)]
+                paired = [f / s for f, s in zip(values[fast], values[slow], strict=True)]
                 print(
-                    f"{fast} / forward ({name} time): median {statistics.median(paired):.2f}x, "
+                    f"{fast} / {slow} ({name} time): median {statistics.median(paired):.2f}x, "
                     f"range {min(paired):.2f}-{max(paired):.2f}x (per round)"
                 )
 

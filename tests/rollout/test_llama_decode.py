@@ -18,10 +18,10 @@ from transformers import (
 
 from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.prompt_cache import position_ids, prefill
-from rgra_lightning.rollout import SamplingConfig
-from rgra_lightning.rollout.llama_decode import LlamaDecoder, _Projection
+from rgra_lightning.rollout import SamplingConfig, llama_decode
+from rgra_lightning.rollout.llama_decode import LlamaDecoder, _packed, _Projection
 from rgra_lightning.versions import CACHE, release
-from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise
+from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise, rounding_rtol
 from tests.conftest import sample as sample_rollout
 from tests.tiny_models import PROMPTS, generate_reference, tiny_dimensions, tiny_policy
 
@@ -38,14 +38,23 @@ def count_decoder_steps(monkeypatch) -> list[int]:
     return count
 
 
+def pack_every_weight(monkeypatch) -> None:
+    """Have the decoder reorder every float32 weight for oneDNN, as it does a larger model's."""
+    monkeypatch.setattr(llama_decode, "PACK_MIN_ENTRIES", 0)
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_llama_decoder_step_computes_the_models_logits(kind, padded, dtype):
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "packed"])
+def test_a_llama_decoder_step_computes_the_models_logits(kind, padded, dtype, packed, monkeypatch):
     """``LlamaDecoder.step`` gives the model's forward's logits, with left padding (an explicit mask) and
     without (no mask), at every step of a few: bit-identical in float32 on CPU (within float32 rounding
-    for grouped key/value heads with a mask under transformers before 5.24), within bfloat16 rounding
-    (the same operations, some fused) in bfloat16."""
+    for grouped key/value heads with a mask under transformers before 5.24, or with the weights reordered
+    for oneDNN, which sums in another order), within bfloat16 rounding (the same operations, some fused)
+    in bfloat16, where no weight is reordered."""
+    if packed:
+        pack_every_weight(monkeypatch)
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = tiny_policy(kind, tokenizer).to(dtype).eval()
     grouped = policy.config.num_key_value_heads < policy.config.num_attention_heads
@@ -64,6 +73,8 @@ def test_a_llama_decoder_step_computes_the_models_logits(kind, padded, dtype):
         positions = position_ids(attention_mask)
         first = positions[:, ids.shape[1] : ids.shape[1] + 1]
         decoder = LlamaDecoder(policy, cache, first, attention_mask if padded else None, len(new_tokens))
+        projections = [decoder.lm_head] + [layer.qkv for layer in decoder.layers]
+        assert {projection.packed for projection in projections} == {packed and dtype == torch.float32}
         for step, token in enumerate(new_tokens):
             seen = ids.shape[1] + step + 1
             expected = policy(
@@ -74,7 +85,10 @@ def test_a_llama_decoder_step_computes_the_models_logits(kind, padded, dtype):
                 **{CACHE: reference_cache},
             ).logits[:, -1]
             logits = decoder.step(token, step)
-            if dtype == torch.float32 and not (padded and grouped and transformers_repeats_kv):
+            if dtype == torch.float32 and packed:
+                # Sums of up to 384 terms (the MLP's down projection) in another order, three layers deep.
+                assert_close_normwise(logits, expected, rounding_rtol(dtype, 384), f"step {step}")
+            elif dtype == torch.float32 and not (padded and grouped and transformers_repeats_kv):
                 assert torch.equal(logits, expected), step
             elif dtype == torch.float32:
                 # transformers before 5.24 attends with a mask over repeated key/value heads, where the
@@ -89,9 +103,14 @@ def test_a_llama_decoder_step_computes_the_models_logits(kind, padded, dtype):
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "llama-lora"])
 @pytest.mark.parametrize("greedy", [True, False])
-def test_decoding_samples_what_the_full_forward_and_generate_sample(kind, greedy, monkeypatch):
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "packed"])
+def test_decoding_samples_what_the_full_forward_and_generate_sample(kind, greedy, packed, monkeypatch):
     """Completions token for token equal to decoding through the model's forward and to ``generate``
-    (LoRA: the adapters folded into the decoder's float32 weights, against peft's forward)."""
+    (LoRA: the adapters folded into the decoder's float32 weights, against peft's forward; packed: the
+    weights reordered for oneDNN, whose logits differ by rounding only, far below the gaps between the
+    candidates' scores)."""
+    if packed:
+        pack_every_weight(monkeypatch)
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = tiny_policy(kind, tokenizer)
     config = SamplingConfig(num_generations=4, max_new_tokens=24, temperature=1.3, top_p=0.9)
@@ -107,6 +126,25 @@ def test_decoding_samples_what_the_full_forward_and_generate_sample(kind, greedy
     expected = generate_reference(policy, tokenizer, config, greedy)
     assert torch.equal(runs["decoder"], runs["forward"])
     assert torch.equal(runs["decoder"], expected)
+
+
+def test_only_large_float32_cpu_weights_are_reordered_for_onednn():
+    """A weight is reordered where a few-row multiply reads it faster so: float32 on the CPU, at least
+    ``PACK_MIN_ENTRIES`` entries, oneDNN enabled; the reordered weight multiplies as ``F.linear`` does, up
+    to float32 rounding of its 576-term sums; the weight itself is left as it was."""
+    torch.manual_seed(0)
+    large = torch.randn(1024, 576) * 0.05  # SmolLM2-135M's width; 2.25 PACK_MIN_ENTRIES
+    original = large.clone()
+    reordered, packed = _packed(large)
+    assert packed and reordered.is_mkldnn and torch.equal(large, original)
+    hidden = torch.randn(16, 576)
+    expected = F.linear(hidden, large)
+    got = torch.ops.mkldnn._linear_pointwise(hidden, reordered, None, "none", [], "")
+    assert_close_normwise(got, expected, rounding_rtol(torch.float32, 576), "reordered multiply")
+    for weight in (large[:256], large.bfloat16(), large.double()):  # too small; not float32
+        assert _packed(weight) == (weight, False)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert _packed(large) == (large, False)
 
 
 class SubclassedLlama(LlamaForCausalLM):
