@@ -165,13 +165,17 @@ def test_raft_is_reward_weighted_cross_entropy_on_the_best_completion():
 
 @pytest.mark.parametrize("preset", sorted((ROOT / "configs" / "paper" / "models").glob("*.yaml")), ids=str)
 def test_a_paper_model_preset_holds_only_the_model_and_the_run_name(preset):
-    """The paper's setting is one file; each of its other models changes only the model and the run name."""
+    """The paper's setting is one file; each of its other models changes only the model and the run name,
+    and for Llama 3.x the date its chat template writes into every prompt (else today's)."""
     fragment = yaml.safe_load(preset.read_text())
     model_path = fragment["model"]["init_args"]["model_path"]
-    assert fragment == {
+    expected = {
         "trainer": {"logger": {"init_args": {"name": f"paper-{preset.stem}-rgra"}}},
         "model": {"init_args": {"model_path": model_path}},
     }
+    if preset.stem.startswith("llama-3"):
+        expected["data"] = {"init_args": {"chat_template_kwargs": {"date_string": "26 Jul 2024"}}}
+    assert fragment == expected
     assert model_path.lower().endswith(f"{preset.stem}-instruct")
 
 

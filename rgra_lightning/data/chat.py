@@ -28,6 +28,10 @@ class ChatCapableDataModule(PromptDataModule):
             with a default of its own inserts that (SmolLM2's "You are a helpful AI assistant named
             SmolLM...", Qwen2.5's "You are Qwen, created by Alibaba Cloud...").
         instruction: appended to each question on a new line, e.g. the answer format.
+        chat_template_kwargs: extra variables for the chat template (``chat``), as
+            ``apply_chat_template(**kwargs)`` takes them (TRL's ``chat_template_kwargs``): e.g.
+            ``{date_string: 26 Jul 2024}`` for Llama 3.x templates, which otherwise write today's date
+            into every prompt (a warning says so), so that a run's prompts change from day to day.
         tokenizer_path, tokenizer_gguf_file: the tokenizer for ``chat`` when not taken from the policy.
         **kwargs: ``PromptDataModule``'s options (batch sizes, ``train_size``, ``limit``, ``seed``).
     """
@@ -37,13 +41,18 @@ class ChatCapableDataModule(PromptDataModule):
         prompt_format: PromptFormat = "plain",
         system_prompt: str | None = None,
         instruction: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
         tokenizer_path: str | None = None,
         tokenizer_gguf_file: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.tokenizer: PreTrainedTokenizerBase | None = None
-        chat_only = {"system_prompt": system_prompt, "tokenizer_path": tokenizer_path}
+        chat_only = {
+            "system_prompt": system_prompt,
+            "chat_template_kwargs": chat_template_kwargs,
+            "tokenizer_path": tokenizer_path,
+        }
         unused = [f"data.{name}" for name, value in chat_only.items() if value is not None]
         if prompt_format == "plain" and unused:
             rank_zero_warn(
@@ -64,7 +73,7 @@ class ChatCapableDataModule(PromptDataModule):
             messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
         messages.append({"role": "user", "content": self.user_message(question)})
         prompt = self._chat_tokenizer().apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
+            messages, tokenize=False, add_generation_prompt=True, **(hp.chat_template_kwargs or {})
         )
         return ChatPrompt(prompt)
 
@@ -98,9 +107,16 @@ class ChatCapableDataModule(PromptDataModule):
                 raise ConfigError(
                     "data.prompt_format='chat' needs data.tokenizer_path (or a module with a tokenizer)"
                 )
-        if not getattr(self.tokenizer, "chat_template", None):
+        template = getattr(self.tokenizer, "chat_template", None)
+        if not template:
             raise ConfigError(
                 "data.prompt_format='chat': the tokenizer has no chat template; use data.prompt_format=plain "
                 "or a data.tokenizer_path whose tokenizer has one"
+            )
+        if "strftime_now" in str(template) and "date_string" not in (self.hparams.chat_template_kwargs or {}):
+            rank_zero_warn(  # shown once: the same message from the same line
+                "data: the chat template writes today's date into every prompt (strftime_now), so this "
+                "run's prompts change from day to day; pin it with data.chat_template_kwargs, e.g. "
+                "{date_string: 26 Jul 2024} for a Llama 3.x template"
             )
         return self.tokenizer

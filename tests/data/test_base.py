@@ -148,6 +148,8 @@ def test_chat_only_options_given_for_plain_prompts_warn(tmp_path):
     files = {"train_file": str(file), "val_file": str(file)}
     with pytest.warns(UserWarning, match=r"^data.system_prompt: used with data.prompt_format=chat only"):
         JsonFilesDataModule(**files, system_prompt="Be brief.")
+    with pytest.warns(UserWarning, match=r"^data.chat_template_kwargs: used with data.prompt_format=chat"):
+        JsonFilesDataModule(**files, chat_template_kwargs={"date_string": "26 Jul 2024"})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         JsonFilesDataModule(**files, system_prompt="Be brief.", prompt_format="chat")

@@ -2,6 +2,7 @@
 (tokenized as ``apply_chat_template`` does: no second BOS; from the policy's vocabulary), system prompts
 and few-shot examples."""
 
+import datetime
 import json
 import re
 import warnings
@@ -66,8 +67,13 @@ def test_chat_prompts_reach_the_policy_as_apply_chat_template_encodes_them(tmp_p
     """From the data loader to the prompt ids: one BOS with a Llama-3-style template (which writes it, and
     whose tokenizer would add another), none with SmolLM2's ChatML template."""
     tokenizer = llama3_style_tokenizer() if template == "llama3" else smollm2_tokenizer()
+    pinned = {"date_string": "26 Jul 2024"}  # Llama 3.2's template writes the date
     data = json_chat_module(
-        tmp_path, prompt_format="chat", system_prompt="Be precise.", instruction="Box the answer."
+        tmp_path,
+        prompt_format="chat",
+        system_prompt="Be precise.",
+        instruction="Box the answer.",
+        chat_template_kwargs=pinned,
     )
     data.tokenizer = tokenizer
     data.setup()
@@ -80,10 +86,33 @@ def test_chat_prompts_reach_the_policy_as_apply_chat_template_encodes_them(tmp_p
             {"role": "system", "content": "Be precise."},
             {"role": "user", "content": f"{question}\nBox the answer."},
         ]
-        expected = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        expected = tokenizer.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=True, **pinned
+        )
         assert ids[row][mask[row].bool()].tolist() == expected["input_ids"]
     bos_count = int((ids == tokenizer.bos_token_id).sum(dim=1)[0])
     assert bos_count == (1 if template == "llama3" else 3)  # ChatML's BOS <|im_start|> opens each turn
+
+
+def test_a_chat_template_writing_todays_date_warns_unless_the_date_is_pinned(tmp_path):
+    """Llama 3.x templates write today's date into every prompt, so a run's prompts change from day to day:
+    without ``date_string`` a warning says how to pin it; ``data.chat_template_kwargs`` reaches the
+    template, which then writes the given date."""
+    before = datetime.date.today()
+    data = json_chat_module(tmp_path, prompt_format="chat")
+    data.tokenizer = llama3_style_tokenizer()
+    with pytest.warns(UserWarning, match=r"^data: the chat template writes today's date into every prompt"):
+        prompt = data.chat_prompt("What is 2+2?")
+    dates = {f"Today Date: {day:%d %b %Y}\n" for day in (before, datetime.date.today())}
+    assert any(date in prompt for date in dates)
+    data = json_chat_module(
+        tmp_path, prompt_format="chat", chat_template_kwargs={"date_string": "26 Jul 2024"}
+    )
+    data.tokenizer = llama3_style_tokenizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prompt = data.chat_prompt("What is 2+2?")
+    assert "Today Date: 26 Jul 2024\n" in prompt and prompt.endswith("<|end_header_id|>\n\n")
 
 
 def test_plain_prompts_are_plain_strings(tmp_path):
