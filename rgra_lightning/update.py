@@ -192,6 +192,8 @@ class PolicyUpdate:
                     ("learning_rate", learning_rate),
                 ]:
                     stats.add(name, value)
+        # Freed (None), not zeroed: the next rollout has their memory (a colocated vLLM engine's wake-up).
+        optimizer.zero_grad()
         return stats
 
     def _skip_nonfinite(self, module: LightningModule, loss: Tensor, grad_norm: Tensor) -> bool:

@@ -13,6 +13,7 @@ from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError, NonFiniteTrainingError
 from rgra_lightning.logprobs import trim_padding
 from rgra_lightning.losses import LossConfig, rl_loss
+from rgra_lightning.rollout import HFEngine
 from rgra_lightning.update import PolicyUpdate, loss_mask
 from tests.conftest import (
     FAST,
@@ -115,6 +116,21 @@ def test_micro_batches_accumulate_the_gradient_of_one_pass_over_the_mini_batch(s
             assert results[split][update].keys() == reference.keys()
             for name, gradient in reference.items():
                 assert_close_normwise(results[split][update][name], gradient, rtol, f"{split=} {name}")
+
+
+def test_the_gradients_are_freed_after_each_update(small_config, monkeypatch):
+    """Kept, they would take memory of the trained weights' size through the next rollout, where a
+    colocated vLLM engine wakes up into the GPU memory the update left."""
+    held: list[bool] = []  # at each rollout: whether any trained parameter holds a gradient
+    generate = HFEngine.generate
+
+    def recording(self, *args, **kwargs):
+        held.append(any(p.grad is not None for p in self.policy.parameters()))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(HFEngine, "generate", recording)
+    main(["fit", "--config", str(small_config("rgra", **FAST)), "--trainer.max_steps=3"])
+    assert held == [False, False, False]
 
 
 def test_a_token_budget_below_one_is_refused():
