@@ -19,6 +19,7 @@ from jsonargparse import lazy_instance
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from rewards import MathVerifier, Verifier
@@ -83,6 +84,20 @@ def check_options(
             f"the trainer's, and model.rollout ({type(rollout).__name__}) returns no sampler log-probs "
             "(HFEngine samples with the trained policy itself): use rgra_lightning.rollout.VLLMEngine "
             "or unset it"
+        )
+    filters = {
+        "top_k": sampling.top_k > 0,
+        "top_p": sampling.top_p < 1,
+        "min_p": sampling.min_p > 0,
+        "min_new_tokens": sampling.min_new_tokens > 0,
+    }
+    if corrects and any(filters.values()):
+        names = " and ".join(f"model.sampling.{name}" for name, on in filters.items() if on)
+        rank_zero_warn(
+            f"model.loss.sampler_correction_cap with {names}: the sampler's log-probs are those of the "
+            "filtered distribution the tokens were drawn from, the trainer's pi_old those of the full "
+            "softmax, so every weight is at most 1 and also counts the probability the filters removed, "
+            "not only the sampler's mismatch (as in TRL)"
         )
     rollout.check_sampling(sampling)
     if evaluation.num_samples:

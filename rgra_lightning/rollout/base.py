@@ -195,11 +195,15 @@ def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> 
 
 
 def tokenize_prompts(
-    tokenizer: PreTrainedTokenizerBase, prompts: list[str], config: SamplingConfig, model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    config: SamplingConfig,
+    model: PreTrainedModel,
+    max_length: int | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """Left-padded prompt ids and mask ``[B, P]`` on ``model``'s device (tokenized by
-    ``prompt_token_ids``), cut to its context window (see ``fit_prompts_to_context``), and the number of
-    prompts cut."""
+    ``prompt_token_ids``), cut to its context window or to ``max_length`` tokens (prompt + completion)
+    where that is shorter (see ``fit_prompts_to_context``), and the number of prompts cut."""
     ids = prompt_token_ids(tokenizer, prompts)
     width = max(len(row) for row in ids)
     input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -210,6 +214,8 @@ def tokenize_prompts(
             attention_mask[i, width - len(row) :] = 1
     encoded = {"input_ids": input_ids.to(model.device), "attention_mask": attention_mask.to(model.device)}
     context_window = getattr(model.config, "max_position_embeddings", None)
+    if max_length is not None:
+        context_window = max_length if context_window is None else min(context_window, max_length)
     encoded, truncated = fit_prompts_to_context(encoded, context_window, config)
     return encoded["input_ids"], encoded["attention_mask"], truncated
 

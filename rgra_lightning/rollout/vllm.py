@@ -9,11 +9,11 @@ into it one tensor at a time, in vLLM's dtype: gathered from FSDP2 shards (``DTe
 for a LoRA policy, merged (W + scaling * B A, computed without touching the policy), under vLLM's
 parameter names.
 
-Three things that vLLM in the training process would change or inherit are kept apart: the trainer's
-random generators (saved before vLLM starts and put back, ``random_state_kept``), ``LOCAL_RANK`` (the
-policy's GPU only while vLLM starts, ``local_rank_set``) and autocast (off while vLLM starts, takes
-weights and generates). The process-wide changes vLLM makes that remain are listed in
-docs/rollout-engines.md.
+Four things that vLLM in the training process would change or inherit are kept apart: the trainer's random
+generators (saved before vLLM starts and put back, ``random_state_kept``), ``LOCAL_RANK`` (the policy's GPU
+only while vLLM starts, ``local_rank_set``), torch's CPU thread count (which vLLM's worker sets to one) and
+autocast (off while vLLM starts, takes weights and generates). The process-wide changes vLLM makes that remain
+are listed in docs/rollout-engines.md.
 
 Prompts go in as the token ids ``HFEngine`` feeds the policy (``tokenize_prompts``: same special tokens,
 same context-window cut), the sampling options map one to one onto ``SamplingParams`` (``sampling_kwargs``)
@@ -28,6 +28,9 @@ docs/rollout-engines.md.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
 import os
 import socket
 from collections.abc import Iterable, Iterator
@@ -44,9 +47,11 @@ from rgra_lightning.errors import ConfigError
 from rgra_lightning.rollout.base import Rollout, RolloutEngine, assemble_rollout, tokenize_prompts
 from rgra_lightning.rollout.sampling import SamplingConfig
 
-MIN_VLLM_VERSION = "0.34"
+# The releases whose in-process layout the engine reaches into (``_vllm_model``) and whose effects on the
+# process it undoes, as read in vLLM 0.34's source.
+MIN_VLLM_VERSION, BELOW_VLLM_VERSION = "0.34", "0.35"
 NEEDS = (
-    f"model.rollout VLLMEngine needs a CUDA GPU and vllm>={MIN_VLLM_VERSION} "
+    f"model.rollout VLLMEngine needs a CUDA GPU and vllm>={MIN_VLLM_VERSION},<{BELOW_VLLM_VERSION} "
     "(pip install 'rgra-lightning[vllm]')"
 )
 SEED_RANGE = 2**31 - 1  # vLLM's per-request seeds; child k of a request with seed s samples with s + k
@@ -71,9 +76,24 @@ def _load_vllm() -> Any:
         raise ConfigError(f"{NEEDS}: vllm is not installed") from error
     from packaging.version import Version
 
-    if Version(vllm.__version__).release < Version(MIN_VLLM_VERSION).release:
+    release = Version(vllm.__version__).release
+    if not Version(MIN_VLLM_VERSION).release <= release < Version(BELOW_VLLM_VERSION).release:
         raise ConfigError(f"{NEEDS}: vllm {vllm.__version__} is installed")
     return vllm
+
+
+def check_engine_kwargs(vllm: Any, engine_kwargs: dict[str, Any]) -> None:
+    """A one-line ``ConfigError`` for a key of ``engine_kwargs`` that ``vllm.LLM`` does not take (neither
+    its own parameter nor an ``EngineArgs`` field, which it passes its other keywords to), so that a typo
+    stops the run when the engine is bound rather than at the first rollout, in vLLM's traceback."""
+    parameters = inspect.signature(vllm.LLM).parameters.values()
+    known = {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    known |= {field.name for field in dataclasses.fields(vllm.EngineArgs)}
+    for key in engine_kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"model.rollout.engine_kwargs: vllm.LLM takes no argument {key!r}{hint}")
 
 
 # ----------------------------------------------------------------------------------- weights
@@ -160,7 +180,7 @@ def push_weights(llm: Any, policy: nn.Module) -> None:
     """The ``policy``'s weights into the engine ``llm``, in one ``load_weights`` call that streams them
     (``vllm_weights`` is a generator that vLLM's loader reads one tensor at a time, so memory stays bounded
     by one whole tensor, FSDP2 gathers included): one call, because each call builds vLLM's weight loader
-    again and looks for tied parameters (vLLM 0.33). Each tensor comes in vLLM's own dtype: vLLM warns
+    again and looks for tied parameters (vLLM 0.34). Each tensor comes in vLLM's own dtype: vLLM warns
     for every copy that narrows one (``AutoWeightsLoader._load_param``), about 290 lines per push for a
     float32 Qwen2.5-0.5B going into bfloat16."""
     dtype = llm.llm_engine.model_config.dtype
@@ -247,7 +267,7 @@ def _free_port() -> int:
 def random_state_kept() -> Iterator[None]:
     """Python's, numpy's, torch's CPU and every CUDA random generator put back as they were when the block
     ends. vLLM's GPU worker seeds all of them with the engine's seed (the rank) as it starts
-    (``set_random_seed``, vLLM 0.33). Without this, from then on runs with different seeds would draw
+    (``set_random_seed``, vLLM 0.34). Without this, from then on runs with different seeds would draw
     alike (the sampling seeds of later rollouts too), and a resumed run unlike the uninterrupted one."""
     states = rng_states()  # what checkpoints save for an exact resume
     try:
@@ -276,7 +296,7 @@ def local_rank_set(index: int) -> Iterator[None]:
 
 
 class VLLMEngine(RolloutEngine):
-    """Samples with a vLLM engine colocated in the training process (CUDA and ``vllm>=0.34`` needed).
+    """Samples with a vLLM engine colocated in the training process (CUDA and ``vllm>=0.34,<0.35``).
 
     Args:
         gpu_memory_utilization: the share of the GPU's memory vLLM may take for its weights, activations
@@ -293,7 +313,8 @@ class VLLMEngine(RolloutEngine):
         enforce_eager: no CUDA graphs (starts faster, decodes slower).
         engine_kwargs: more ``vllm.LLM`` arguments (``max_model_len``, ``max_num_seqs``,
             ``load_format: dummy`` to skip reading weights that are pushed anyway, ...), over
-            ``DEFAULT_ENGINE_KWARGS`` (``max_num_batched_tokens: 4096``).
+            ``DEFAULT_ENGINE_KWARGS`` (``max_num_batched_tokens: 4096``); checked against vLLM's when
+            the engine is bound. Prompts are cut to fit ``max_model_len`` with ``max_new_tokens``.
     """
 
     returns_sampler_logprobs = True
@@ -325,7 +346,7 @@ class VLLMEngine(RolloutEngine):
 
     def bind(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> VLLMEngine:
         """A bound copy (see ``RolloutEngine.bind``); a ``ConfigError`` without CUDA or vllm."""
-        _load_vllm()
+        check_engine_kwargs(_load_vllm(), self.engine_kwargs)
         bound = super().bind(policy, tokenizer)
         bound._llm, bound._stale, bound._asleep = None, True, False
         return bound
@@ -348,7 +369,11 @@ class VLLMEngine(RolloutEngine):
         """``sampling.num_generations`` completions of each prompt (one greedy completion if ``greedy``),
         with the sampler's log-probs unless ``greedy``."""
         policy, tokenizer = self.policy, self.tokenizer
-        prompt_ids, prompt_mask, truncated = tokenize_prompts(tokenizer, prompts, sampling, policy)
+        # vLLM refuses a prompt longer than its max_model_len and ends a completion there: cut to it too.
+        max_length = self.engine_kwargs.get("max_model_len")
+        prompt_ids, prompt_mask, truncated = tokenize_prompts(
+            tokenizer, prompts, sampling, policy, max_length
+        )
         real = prompt_mask.bool().cpu()
         rows = [ids[keep].tolist() for ids, keep in zip(prompt_ids.cpu(), real, strict=True)]
         repeats = 1 if greedy else sampling.num_generations
@@ -407,7 +432,8 @@ class VLLMEngine(RolloutEngine):
         launcher (one engine per training process, the worker in-process), the environment it reads for
         its rank, the log-probs after temperature and the sampling filters (the distribution the tokens were
         drawn from), and sleep mode when ``sleep_level`` is set. The trainer's random generators and
-        ``LOCAL_RANK`` are as before once it has started (``random_state_kept``, ``local_rank_set``)."""
+        ``LOCAL_RANK`` are as before once it has started (``random_state_kept``, ``local_rank_set``), and
+        so is torch's CPU thread count."""
         vllm = _load_vllm()
         rank, world = _rank_and_world()
         os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
@@ -429,5 +455,8 @@ class VLLMEngine(RolloutEngine):
             **DEFAULT_ENGINE_KWARGS,
             **self.engine_kwargs,
         }
+        threads = torch.get_num_threads()  # vLLM 0.34's worker sets one for the whole process
         with random_state_kept(), local_rank_set(local_rank):
-            return vllm.LLM(**arguments)
+            llm = vllm.LLM(**arguments)
+        torch.set_num_threads(threads)
+        return llm

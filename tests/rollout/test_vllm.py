@@ -10,6 +10,7 @@ import os
 import random
 import sys
 import types
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,9 +19,13 @@ import torch
 
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.evaluation import EvaluationConfig
+from rgra_lightning.losses import LossConfig
 from rgra_lightning.models import load_tokenizer
+from rgra_lightning.module import check_options
 from rgra_lightning.rollout import SamplingConfig, VLLMEngine
 from rgra_lightning.rollout import vllm as vllm_engine
+from rgra_lightning.rollout.base import prompt_token_ids
 from rgra_lightning.rollout.vllm import (
     completion_tensors,
     request_seeds,
@@ -60,7 +65,7 @@ def test_choosing_the_vllm_engine_without_cuda_or_vllm_is_a_one_line_error(small
     line = one_line_error(
         ["fit", "--config", str(config), "--model.rollout=rgra_lightning.rollout.VLLMEngine"], capsys
     )
-    assert "VLLMEngine needs a CUDA GPU and vllm>=0.34 (pip install 'rgra-lightning[vllm]')" in line
+    assert "VLLMEngine needs a CUDA GPU and vllm>=0.34,<0.35 (pip install 'rgra-lightning[vllm]')" in line
 
 
 def test_the_error_says_what_is_missing(monkeypatch, tokenizer):
@@ -72,11 +77,24 @@ def test_the_error_says_what_is_missing(monkeypatch, tokenizer):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(ConfigError, match="vllm is not installed"):
         VLLMEngine().bind(policy, tokenizer)
-    old = types.ModuleType("vllm")
-    old.__version__ = "0.31.0"
-    monkeypatch.setitem(sys.modules, "vllm", old)
-    with pytest.raises(ConfigError, match="vllm 0.31.0 is installed"):
-        VLLMEngine().bind(policy, tokenizer)
+    for version in ("0.31.0", "0.35.0"):  # below the floor; a release laid out otherwise, perhaps
+        installed = types.ModuleType("vllm")
+        installed.__version__ = version
+        monkeypatch.setitem(sys.modules, "vllm", installed)
+        with pytest.raises(ConfigError, match=f"vllm>=0.34,<0.35 .*: vllm {version} is installed$"):
+            VLLMEngine().bind(policy, tokenizer)
+
+
+def test_an_engine_argument_vllm_does_not_take_is_refused_when_the_engine_is_bound(standin, tokenizer):
+    """A typo in engine_kwargs would otherwise stop the run at the first rollout, in vLLM's traceback."""
+    policy = tiny_policy("llama", tokenizer)
+    with pytest.raises(
+        ConfigError,
+        match=r"^model.rollout.engine_kwargs: vllm.LLM takes no argument 'max_model_lenn'; "
+        r"did you mean 'max_model_len'\?$",
+    ):
+        VLLMEngine(engine_kwargs={"max_model_lenn": 64}).bind(policy, tokenizer)
+    VLLMEngine(engine_kwargs={"max_model_len": 64, "load_format": "dummy"}).bind(policy, tokenizer)
 
 
 def test_engine_options_are_checked():
@@ -293,6 +311,48 @@ def seed_all(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def test_starting_vllm_leaves_torchs_thread_count_as_it_was(standin, tokenizer):
+    """vLLM 0.34's worker sets torch's CPU threads to one for the whole process, and so does the
+    stand-in: the trainer's own count is put back."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        engine = VLLMEngine().bind(tiny_policy("llama", tokenizer), tokenizer)
+        engine.generate(PROMPTS, SamplingConfig(num_generations=2, max_new_tokens=2))
+        assert engine._llm is not None and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_prompts_are_cut_to_fit_vllms_max_model_len(standin, tokenizer):
+    """vLLM refuses a prompt longer than its max_model_len and ends a completion there, and so does the
+    stand-in: set below the policy's window, it is the window prompts are cut to (with a warning and a
+    count), so that every prompt and its max_new_tokens fit."""
+    longest = max(len(ids) for ids in prompt_token_ids(tokenizer, PROMPTS))
+    config = SamplingConfig(num_generations=2, max_new_tokens=4, min_new_tokens=4)
+    engine = VLLMEngine(engine_kwargs={"max_model_len": longest - 1 + 4})
+    engine = engine.bind(tiny_policy("llama", tokenizer), tokenizer)
+    with pytest.warns(UserWarning, match=f"prompts are longer than {longest - 1} tokens"):
+        rollout = engine.generate(PROMPTS, config)
+    assert rollout.prompt_length == longest - 1 and rollout.truncated_prompts >= 1
+    assert rollout.completion_mask.sum(dim=1).tolist() == [4] * 2 * len(PROMPTS)
+
+
+def test_the_sampler_correction_with_sampling_filters_warns_what_its_weights_then_measure():
+    """vLLM's log-probs are of the filtered distribution, pi_old of the full softmax: each weight is then
+    at most 1, whatever the sampler's precision."""
+    loss = LossConfig(sampler_correction_cap=2.0)
+    for sampling, names in (
+        (SamplingConfig(top_p=0.9), "model.sampling.top_p"),
+        (SamplingConfig(top_k=5, min_new_tokens=2), "model.sampling.top_k and model.sampling.min_new_tokens"),
+    ):
+        with pytest.warns(UserWarning, match=f"^model.loss.sampler_correction_cap with {names}: the sampler"):
+            check_options(1e-5, 0.0, 0, 0, loss, sampling, VLLMEngine(), EvaluationConfig())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_options(1e-5, 0.0, 0, 0, loss, SamplingConfig(), VLLMEngine(), EvaluationConfig())
 
 
 def test_starting_vllm_leaves_the_trainers_random_generators_as_they_were(standin, tokenizer):

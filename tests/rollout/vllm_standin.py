@@ -5,20 +5,23 @@ path the engine gives ``LLM`` and then changed only through ``load_weights`` (by
 It behaves as vLLM does where the engine depends on it: ``SamplingParams`` refuses arguments vLLM does not
 take; a request's ``n`` children sample with seeds ``seed + index``; temperature 0 is greedy; the sampling
 order is temperature, stop tokens suppressed before ``min_tokens``, min-p, top-k, top-p (vLLM's sampler);
-log-probs are those after temperature and filters (``logprobs_mode="processed_logprobs"``); a completion
-ends with its stop token included; the children come back in reverse order (the engine must sort by
+log-probs are those after temperature and filters (``logprobs_mode="processed_logprobs"``); a prompt
+longer than ``max_model_len`` is refused and a completion ends there; a completion ends with its stop token
+included; the children come back in reverse order (the engine must sort by
 ``index``). Sleep level 1 keeps a CPU copy of the weights that ``wake_up`` restores, level 2 discards
 them (NaN), and generating while asleep or with discarded weights fails.
 
 Where vLLM meets the trainer's process, so does the stand-in: ``LLM`` seeds python's, numpy's and torch's
-generators with its ``seed`` (vLLM's worker calls ``set_random_seed``) and records ``LOCAL_RANK`` as it
-starts (``local_rank``: the GPU vLLM would take); it records whether autocast was on as it starts, reads
-each pushed tensor and generates (``autocast``); and it holds its weights in the ``dtype`` it was given
-(``llm_engine.model_config.dtype``; ``auto``: the checkpoint's), recording the dtype of each pushed tensor.
+generators with its ``seed`` (vLLM's worker calls ``set_random_seed``), sets torch's CPU threads to one, takes
+only ``EngineArgs`` fields, and records ``LOCAL_RANK`` as it starts (``local_rank``: the GPU vLLM would take);
+it records whether autocast was on as it starts, reads each pushed tensor and generates (``autocast``); and it
+holds its weights in the ``dtype`` it was given (``llm_engine.model_config.dtype``; ``auto``: the
+checkpoint's), recording the dtype of each pushed tensor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import types
@@ -45,6 +48,26 @@ SAMPLING_ARGUMENTS = {
     "detokenize",
     "seed",
 }
+
+
+@dataclasses.dataclass
+class EngineArgs:
+    """The ``vllm.LLM`` arguments the engine and its tests use (vLLM's has many more)."""
+
+    model: str
+    gpu_memory_utilization: float = 0.9
+    enable_sleep_mode: bool = False
+    dtype: str = "auto"
+    enforce_eager: bool = False
+    seed: int = 0
+    distributed_executor_backend: str | None = None
+    tensor_parallel_size: int = 1
+    logprobs_mode: str = "raw_logprobs"
+    skip_tokenizer_init: bool = False
+    max_num_batched_tokens: int | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    load_format: str = "auto"
 
 
 class SamplingParams:
@@ -87,7 +110,9 @@ class StandInModel:
 class StandInLLM:
     def __init__(self, calls: list, **kwargs: Any) -> None:
         calls.append(("LLM", kwargs))
+        EngineArgs(**kwargs)  # a TypeError for another argument, as vLLM's
         self.calls, self.kwargs = calls, kwargs
+        torch.set_num_threads(1)  # vLLM 0.34's worker, for the whole process
         self.local_rank = os.environ.get("LOCAL_RANK")
         self.autocast = [("LLM", autocast_on())]
         seed = kwargs["seed"]  # vLLM's set_random_seed, as its GPU worker starts
@@ -143,6 +168,9 @@ class StandInLLM:
         outputs = []
         for prompt, params in zip(prompts, sampling_params, strict=True):
             ids = list(prompt["prompt_token_ids"])
+            limit = self.kwargs.get("max_model_len")
+            if limit is not None and len(ids) > limit:
+                raise ValueError(f"prompt of {len(ids)} tokens is longer than max_model_len={limit}")
             children = [self._complete(ids, params, index) for index in range(params.n)]
             outputs.append(SimpleNamespace(prompt_token_ids=ids, outputs=children[::-1]))
         return outputs
@@ -152,7 +180,8 @@ class StandInLLM:
         generator.manual_seed(params.seed + index if params.seed is not None else index)
         stop = torch.tensor(params.stop_token_ids, dtype=torch.long)
         ids, tokens, logprobs, reason = list(prompt), [], [], "length"
-        for step in range(params.max_tokens):
+        limit = self.kwargs.get("max_model_len") or len(prompt) + params.max_tokens
+        for step in range(min(params.max_tokens, limit - len(prompt))):
             logits = self.model.hf(input_ids=torch.tensor([ids])).logits[0, -1].float()
             if params.temperature == 0:
                 token, logprob = int(logits.argmax()), logits.log_softmax(-1)[logits.argmax()]
@@ -185,13 +214,14 @@ class StandInLLM:
 
 
 def standin_vllm() -> tuple[types.ModuleType, list]:
-    """A module with ``LLM``, ``SamplingParams`` and ``__version__``, and the list its engines record calls
-    in: ``("LLM", kwargs)``, ``("sleep", level)``, ``("wake_up", tags)``, ``("load_weights",)`` at each
-    call and then ``("weight", name, dtype)`` for each tensor it reads, ``("reset_prefix_cache",)``,
+    """A module with ``LLM``, ``EngineArgs``, ``SamplingParams`` and ``__version__``, and the list its engines
+    record calls in: ``("LLM", kwargs)``, ``("sleep", level)``, ``("wake_up", tags)``, ``("load_weights",)``
+    at each call and then ``("weight", name, dtype)`` for each tensor it reads, ``("reset_prefix_cache",)``,
     ``("generate", prompts)``."""
     calls: list = []
     module = types.ModuleType("vllm_standin")
-    module.__version__ = "0.33.0"
+    module.__version__ = "0.34.0"
     module.SamplingParams = SamplingParams
+    module.EngineArgs = EngineArgs
     module.LLM = lambda **kwargs: StandInLLM(calls, **kwargs)
     return module, calls
