@@ -216,7 +216,30 @@ def load_sequence_classifier(
     added, which is how an outcome reward model is started from a policy.
     """
     options = {} if num_labels is None else {"num_labels": num_labels}
-    return _load_model(AutoModelForSequenceClassification, name_or_path, gguf_file, dtype, **options)
+    model = _load_model(AutoModelForSequenceClassification, name_or_path, gguf_file, dtype, **options)
+    if not reads_last_token(model):
+        raise ConfigError(
+            f"reward model {name_or_path!r} is a {type(model).__name__}, which scores from a position other "
+            "than the last token (an encoder's first token): reward models here read left-padded "
+            "prompt + completion texts and must be decoder LMs scoring the last token (Llama, Qwen2, "
+            "Mistral, Gemma, GPT-2, ...)"
+        )
+    return model
+
+
+# Sequence classifiers of decoder LMs that predate transformers' ``GenericForSequenceClassification`` and
+# also score each row's last non-pad token.
+LAST_TOKEN_CLASSIFIERS = ("gpt2", "gpt_neo", "gpt_neox", "gpt_bigcode", "bloom", "falcon", "opt", "mpt")
+
+
+def reads_last_token(model: PreTrainedModel) -> bool:
+    """Whether a sequence-classification ``model`` scores each row at its last non-pad token, the one
+    position where a left-padded text ends: decoder LMs do; encoders (BERT, RoBERTa, DeBERTa) pool their
+    first token, which left padding makes a pad token (a wrong score that depends on the batch)."""
+    from transformers.modeling_layers import GenericForSequenceClassification
+
+    generic = isinstance(model, GenericForSequenceClassification)
+    return generic or model.config.model_type in LAST_TOKEN_CLASSIFIERS
 
 
 def _load_model(

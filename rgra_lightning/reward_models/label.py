@@ -192,6 +192,10 @@ def main(args: list[str] | None = None) -> None:
             and Path(options.pairs_output).resolve() == Path(options.output).resolve()
         ):
             raise ConfigError(f"--pairs-output {options.pairs_output} is --output too: give another file")
+        if options.pairs_output is not None and Path(options.pairs_output).is_dir():
+            raise ConfigError(
+                f"--pairs-output {options.pairs_output} is a directory: give the JSONL file to write"
+            )
         summary = label(
             options.config,
             options.output,
@@ -210,6 +214,7 @@ def main(args: list[str] | None = None) -> None:
     if options.pairs_output is not None:
         rows = [json.loads(line) for line in Path(options.output).read_text(encoding="utf-8").splitlines()]
         pairs = preference_pairs(rows)
+        Path(options.pairs_output).parent.mkdir(parents=True, exist_ok=True)
         Path(options.pairs_output).write_text(
             "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs), encoding="utf-8"
         )

@@ -50,6 +50,16 @@ def transform_scores(raw: Tensor, transform: Transform, clip: tuple[float, float
     return values if clip is None else values.clamp(*clip)
 
 
+def judge_log_odds(logits: Tensor, token_id: int) -> Tensor:
+    """``log p - log(1 - p)`` ``[N]`` (float32) of token ``token_id`` under ``softmax(logits)`` for next-token
+    ``logits`` ``[N, V]``, as that token's logit minus the log-sum-exp of the others': exact, and finite
+    where a confident judge's p rounds to 1 in float32 (a margin of about ln V + 17 logits), which
+    ``log_softmax`` would turn into an infinite score."""
+    logits = logits.float()
+    others = logits.index_fill(1, torch.tensor([token_id], device=logits.device), -float("inf"))
+    return logits[:, token_id] - torch.logsumexp(others, dim=-1)
+
+
 def pair_text(prompt: str, completion: str) -> str:
     """The text a classifier reward model reads, in training and in scoring alike."""
     return prompt + completion
@@ -187,8 +197,7 @@ class RewardModelScorer(Verifier):
                 logits = self.model(
                     **encode(self.tokenizer, chunk, self.max_length, self.model), logits_to_keep=1
                 )
-                log_p = torch.log_softmax(logits.logits[:, -1].float(), dim=-1)[:, self.judge_token_id]
-                scores.append(log_p - torch.log(-torch.expm1(log_p)))
+                scores.append(judge_log_odds(logits.logits[:, -1], self.judge_token_id))
         return torch.cat(scores).cpu() if scores else torch.zeros(0)
 
     def score_batch(

@@ -45,7 +45,7 @@ def test_preference_pairs_match_best_with_worst_within_each_group():
 
 
 def test_label_command_writes_rows_and_pairs(small_config, tmp_path, capsys):
-    output, pairs_output = tmp_path / "labels.jsonl", tmp_path / "pairs.jsonl"
+    output, pairs_output = tmp_path / "labels.jsonl", tmp_path / "new" / "pairs.jsonl"  # made as needed
     args = ["--config", str(small_config("rgra")), "--output", str(output), "--split", "train"]
     label_main(
         [
@@ -94,6 +94,7 @@ def test_label_applies_several_configs_in_order_as_fit_does(small_config, tmp_pa
             ["--pairs-output", "{tmp}/labels.jsonl"],
             "error: --pairs-output {tmp}/labels.jsonl is --output too",
         ),
+        (["--pairs-output", "{tmp}"], "error: --pairs-output {tmp} is a directory: give the JSONL file"),
     ],
 )
 def test_label_mistakes_are_one_line_before_any_sampling(small_config, tmp_path, capsys, options, message):

@@ -5,12 +5,19 @@ import math
 
 import pytest
 import torch
+from transformers import BertConfig, BertForSequenceClassification
 
 from rewards import FormatReward, NumericVerifier, Score, WeightedSum
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.models import load_causal_lm, load_sequence_classifier
-from rgra_lightning.reward_models.scorer import RewardModelScorer, encode, pair_text, transform_scores
+from rgra_lightning.models import load_causal_lm, load_sequence_classifier, load_tokenizer, reads_last_token
+from rgra_lightning.reward_models.scorer import (
+    RewardModelScorer,
+    encode,
+    judge_log_odds,
+    pair_text,
+    transform_scores,
+)
 from rgra_lightning.scoring import reward_components
 from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise, scalar_tags
 from tests.reward_models.conftest import save_classifier, verifier_plus_reward_model
@@ -70,6 +77,44 @@ def test_judge_scores_the_log_odds_of_its_token():
     p = torch.softmax(model(**ids).logits[0, -1], dim=-1)[scorer.judge_token_id].item()
     raw = scorer.raw_scores(["2-1="], ["\\boxed{1}"]).item()
     assert raw == pytest.approx(math.log(p / (1 - p)), rel=LOGPROB_RTOL)
+
+
+def test_a_confident_judges_log_odds_stay_finite_and_exact():
+    """log p - log(1 - p) = z_token - log(sum of exp z over the other tokens), here by hand. Where the
+    judge's token beats the rest of a 32,000-token vocabulary by 40 logits, p rounds to 1 in float32 and the
+    score through ``log_softmax`` was +inf (a standardized batch then became all zeros)."""
+    logits = torch.zeros(3, 32_000)
+    logits[0, 7] = 40.0
+    logits[1, 7], logits[1, 3] = 2.0, 1.0
+    logits[2, 7] = -5.0
+    expected = torch.tensor(
+        [40 - math.log(31_999), 2 - math.log(math.e + 31_998), -5 - math.log(31_999)], dtype=torch.float32
+    )
+    torch.testing.assert_close(judge_log_odds(logits, 7), expected)  # float32: default tolerances
+    log_p = logits.log_softmax(dim=-1)[0, 7]
+    assert torch.isinf(log_p - torch.log(-torch.expm1(log_p)))  # the former formula
+
+
+def test_an_encoder_reward_model_is_refused(tmp_path):
+    """BERT-like classifiers pool their first token, which the scorer's left padding makes a pad token in
+    every row but the longest: a wrong, batch-dependent reward."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    BertForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"is a BertForSequenceClassification, which scores from a position"
+    ):
+        RewardModelScorer(str(tmp_path))
+    assert reads_last_token(load_sequence_classifier(str(TINY_POLICY), num_labels=1))
 
 
 def test_scorer_configuration_errors_name_the_field(classifier_dir, tmp_path):
