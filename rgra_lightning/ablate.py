@@ -7,7 +7,7 @@ A study config (YAML) names the base config, the presets, the seeds and override
     name: paper                       # results go to <results_dir>/<name>/
     base_config: configs/rgra.yaml    # any fit config, or a list of configs composed in order
     presets: [grpo, rgra]             # loss presets configs/loss/<preset>.yaml, or paths to YAML files
-    seeds: [0, 1, 2]                  # seed_everything of each run (sampling randomness)
+    seeds: [0, 1, 2]                  # seed_everything of each run (sampling randomness), each once
     overrides: {model: {init_args: {num_iterations: 2}}}   # applied after the base and the preset
     results_dir: results
     reference: rgra                   # optional: summary.md compares every preset with it (default: first)
@@ -21,7 +21,8 @@ first run (``parser_refusals``): a mistake the parser finds stops the study with
 in its own process (a crash or an out-of-memory in one run does not end the study; a config ``rgra fit``
 refuses, exit status 2, skips that preset's other seeds, a diverged run, 3, does not), reports its latest
 update, training reward and validation accuracy every minute, and is marked finished by ``done.json``
-only once fit returned, which records the run's composed config and the TensorBoard files the fit wrote.
+only once fit returned, which records the run's composed config and the TensorBoard files the fit wrote
+(written whole or not at all; one that holds no JSON record is warned of, and its run is not finished).
 Interrupted (Ctrl-C, SIGTERM), the study stops the running fit with SIGTERM, on which it saves the
 update it is at, and says so. Rerunning the study skips finished runs and resumes an interrupted one from
 its last checkpoint, once ``stale_runs`` found each such run made with the config the study gives it
@@ -56,6 +57,7 @@ from rgra_lightning.ablation_summary import (
     VAL_TAG,
     curve_metrics,
     event_files,
+    finished_record,
     read_curve,
     summarise,
 )
@@ -116,8 +118,21 @@ def load_study(path: Path) -> Study:
             raise ConfigError(f"{path}: missing required key {key!r}")
     if not raw["presets"] or not isinstance(raw["presets"], list):
         raise ConfigError(f"{path}: presets must be a non-empty list of preset names or YAML paths")
-    if not raw["seeds"] or not all(isinstance(seed, int) for seed in raw["seeds"]):
-        raise ConfigError(f"{path}: seeds must be a non-empty list of integers")
+    seeds = raw["seeds"]
+    if not (isinstance(seeds, list) and seeds and all(is_integer(seed) for seed in seeds)):
+        raise ConfigError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
+    repeated = [seed for n, seed in enumerate(seeds) if seed in seeds[:n]]
+    if repeated:
+        raise ConfigError(
+            f"{path}: seed {repeated[0]} is listed twice: remove one (its run would count twice in the "
+            "summary)"
+        )
+    overrides = {} if raw.get("overrides") is None else raw["overrides"]  # `overrides:` left empty: none
+    if not isinstance(overrides, dict):
+        raise ConfigError(
+            f"{path}: overrides must be a mapping of config keys, as in a fit config "
+            f"(trainer: {{max_steps: 80}}), got a {type(overrides).__name__}"
+        )
     bases = raw["base_config"] if isinstance(raw["base_config"], list) else [raw["base_config"]]
     if not bases or not all(isinstance(base, str) for base in bases):
         raise ConfigError(f"{path}: base_config must be a config path or a non-empty list of them")
@@ -127,8 +142,8 @@ def load_study(path: Path) -> Study:
         name=str(raw["name"]),
         base_configs=[Path(base) for base in bases],
         presets=[str(preset) for preset in raw["presets"]],
-        seeds=list(raw["seeds"]),
-        overrides=raw.get("overrides") or {},
+        seeds=seeds,
+        overrides=overrides,
         results_dir=Path(raw.get("results_dir", "results")),
         reference=str(raw.get("reference", raw["presets"][0])),
     )
@@ -152,6 +167,11 @@ def load_study(path: Path) -> Study:
             "set results_dir to a directory (it is created if missing)"
         )
     return study
+
+
+def is_integer(value: Any) -> bool:
+    """Whether ``value`` is an integer; YAML's ``true`` and ``false`` are not, though Python's bool is one."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def sharing_a_run_directory(presets: list[str]) -> str | None:
@@ -365,8 +385,20 @@ def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str,
         "config": config,
     }
     if returncode == 0:
-        (run_dir / "done.json").write_text(json.dumps(record, indent=2) + "\n")
+        write_done(run_dir, record)
     return record
+
+
+def write_done(run_dir: Path, record: dict[str, Any]) -> None:
+    """Write the run's ``done.json`` whole or not at all: into ``done.json.partial`` beside it, which then
+    replaces it (``os.replace``, atomic within a directory). A crash while writing leaves the partial file,
+    not a cut-short ``done.json`` that marks the run finished."""
+    partial = run_dir / "done.json.partial"
+    with open(partial, "w") as file:
+        file.write(json.dumps(record, indent=2) + "\n")
+        file.flush()
+        os.fsync(file.fileno())  # on disk before the rename, so that a power loss leaves no empty done.json
+    os.replace(partial, run_dir / "done.json")
 
 
 def as_recorded(config: dict[str, Any]) -> dict[str, Any]:
@@ -391,10 +423,12 @@ def changes(old: dict[str, Any], new: dict[str, Any], first: int = 3) -> str:
 def stale_runs(study: Study) -> tuple[list[str], list[str]]:
     """The study's runs already made (finished, or started and to be resumed from their checkpoint) with a
     composed config other than the one the study gives them now: one ``error: ...`` line per preset with
-    such runs, naming the first one's changed keys, and one ``warning: ...`` line per preset with finished
-    runs whose ``done.json`` records no config (written before it did). Such a run is compared through its
-    ``run.yaml`` (the study's overrides then) composed over today's base configs and preset; so is an
-    unfinished run, whose ``run.yaml`` ``run_one`` rewrites. Reads files only: a few milliseconds a run."""
+    such runs, naming the first one's changed keys, and ``warning: ...`` lines: one per preset with finished
+    runs whose ``done.json`` records no config (written before it did), and one per ``done.json`` that
+    holds no JSON record (``finished_record``), whose run counts as not finished. Such a run is compared
+    through its ``run.yaml`` (the study's overrides then) composed over today's base configs and preset; so
+    is an unfinished run, whose ``run.yaml`` ``run_one`` rewrites. Reads files only: a few milliseconds a
+    run."""
     errors, warnings = [], []
     for preset in study.presets:
         stale: list[tuple[Path, str, bool]] = []  # run directory, its changes, whether finished
@@ -402,8 +436,14 @@ def stale_runs(study: Study) -> tuple[list[str], list[str]]:
         for seed in study.seeds:
             run_dir = study.run_dir(preset, seed)
             done, run_yaml = run_dir / "done.json", run_dir / "run.yaml"
-            finished = done.is_file()
-            recorded = json.loads(done.read_text()).get("config") if finished else None
+            record = finished_record(run_dir)
+            finished = record is not None
+            if done.is_file() and not finished:
+                warnings.append(
+                    f"warning: {done} holds no JSON record (cut short while written?): the run counts as not "
+                    "finished, is left out of the summary and is run again"
+                )
+            recorded = record.get("config") if finished else None
             if finished and recorded is None:
                 unrecorded.append(run_dir)
             if (
@@ -482,7 +522,7 @@ def parser_refusals(study: Study, study_path: Path) -> list[str]:
     parse_only = parse_only_cli()
     refused: dict[str, list[str]] = {}  # error -> presets
     for preset in study.presets:
-        seeds = [seed for seed in study.seeds if not (study.run_dir(preset, seed) / "done.json").is_file()]
+        seeds = [seed for seed in study.seeds if finished_record(study.run_dir(preset, seed)) is None]
         if not seeds:
             continue
         run_yaml, _ = write_run_yaml(study, preset, seeds[0])
@@ -544,7 +584,7 @@ def run_study(study: Study) -> int:
         run_dir = study.run_dir(preset, seed)
         label = study.label(preset)
         prefix = f"[{index}/{len(jobs)}] {label} seed {seed}"
-        if (run_dir / "done.json").is_file():
+        if finished_record(run_dir) is not None:
             print(f"{prefix}: done already, skipped", flush=True)
             continue
         if preset in refused:

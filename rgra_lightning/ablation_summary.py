@@ -1,6 +1,7 @@
 """The summary of an ablation study (``rgra ablate``): per-preset validation metrics read from each run's
 TensorBoard event files, as ``summary.md`` (mean +- std over seeds, and each preset's difference to the
-reference preset) and ``val_accuracy.png`` (the curves, mean over seeds with a min-max band).
+reference preset with a Welch t-test) and ``val_accuracy.png`` (the curves, mean over seeds with a min-max
+band).
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ if TYPE_CHECKING:
 
 VAL_TAG = "val/accuracy"
 REWARD_TAG = "train/reward"
+
+# Student's t two-sided 5 % critical values (the 97.5 % quantile, to three decimals) by degrees of freedom.
+T_CRITICAL_5 = {
+    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+    11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+    20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+    29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980,
+}  # fmt: skip
 
 
 def event_files(run_dir: Path) -> list[str]:
@@ -42,12 +51,16 @@ def read_curve(run_dir: Path, tag: str = VAL_TAG, files: list[str] | None = None
     return [(step, points[step][1]) for step in sorted(points)]
 
 
-def mean_std(values: list[float]) -> str:
-    """``mean +- std`` (sample std over seeds; 0 for one value) to three decimals."""
+def mean_std(values: list[float], seeds: int) -> str:
+    """``mean +- std`` of the runs' values (sample std) to three decimals, a single run's value without one
+    (it has no spread to show, where ``+- 0.000`` would read as identical runs), and `` (n=k)`` after it
+    where only k of the study's ``seeds`` runs have the value."""
     if not values:
         return "n/a"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} +- {std:.3f}"
+    cell = f"{statistics.fmean(values):.3f}"
+    if len(values) > 1:
+        cell += f" +- {statistics.stdev(values):.3f}"
+    return cell + (f" (n={len(values)})" if len(values) < seeds else "")
 
 
 def curve_metrics(curve: list[tuple[int, float]]) -> dict[str, float]:
@@ -65,22 +78,63 @@ def curve_metrics(curve: list[tuple[int, float]]) -> dict[str, float]:
 
 
 def difference(values: list[float], reference: list[float]) -> str:
-    """``delta (SE s)`` of the means, with Welch's standard error, and ``*`` when |delta| > 2 SE."""
+    """``delta (SE)`` of the means (in the values' units), with Welch's standard error, and `` *`` where a
+    Welch t-test finds them different (``welch_significant``); ``n/a`` with fewer than 2 runs on a side,
+    which leaves no spread to judge a difference by."""
     if len(values) < 2 or len(reference) < 2:
         return "n/a"
     delta = statistics.fmean(values) - statistics.fmean(reference)
-    se = (statistics.variance(values) / len(values) + statistics.variance(reference) / len(reference)) ** 0.5
-    return f"{delta:+.3f} ({se:.3f}){' *' if abs(delta) > 2 * se else ''}"
+    var_mean = statistics.variance(values) / len(values)  # the mean's squared standard error
+    var_mean_reference = statistics.variance(reference) / len(reference)
+    se = (var_mean + var_mean_reference) ** 0.5
+    mark = welch_significant(delta, (var_mean, len(values)), (var_mean_reference, len(reference)))
+    return f"{delta:+.3f} ({se:.3f}){' *' if mark else ''}"
+
+
+def welch_significant(delta: float, a: tuple[float, int], b: tuple[float, int]) -> bool:
+    """Whether a Welch t-test, two-sided at 5 %, rejects equal means: |delta| / SE above Student's t
+    critical value (``t_critical``) at the Welch-Satterthwaite degrees of freedom. ``a`` and ``b``: each
+    mean's squared standard error (sample variance / n, in the values' units squared) and its n (>= 2).
+    Never where the standard error is 0 (every run of both presets alike): there is no spread to judge the
+    difference by."""
+    (var_a, n_a), (var_b, n_b) = a, b
+    squared_se = var_a + var_b
+    if squared_se == 0:
+        return False
+    df = squared_se**2 / (var_a**2 / (n_a - 1) + var_b**2 / (n_b - 1))
+    return abs(delta) > t_critical(df) * squared_se**0.5
+
+
+def t_critical(df: float) -> float:
+    """Student's t two-sided 5 % critical value at ``df`` (>= 1) degrees of freedom, Welch's fractional
+    ones included: the value at the tabulated df at or below ``df`` (``T_CRITICAL_5``), which is at least
+    the exact one, so that a fractional df errs towards no mark rather than being interpolated."""
+    # 1e-9: an integral df computed in floating point (4 for two presets of 3 runs with equal spread) can
+    # come out a hair below itself, which would drop it to the next lower df.
+    return T_CRITICAL_5[max(tabulated for tabulated in T_CRITICAL_5 if tabulated <= df + 1e-9)]
+
+
+def finished_record(run_dir: Path) -> dict[str, Any] | None:
+    """A finished run's record, its ``done.json``; None where the run is not finished: no ``done.json``, or
+    one that holds no JSON object (cut short by a crash while written in place, as ``rgra ablate`` wrote it
+    before it wrote it atomically, or edited by hand), which ``rgra ablate`` warns of and runs again."""
+    done = run_dir / "done.json"
+    if not done.is_file():
+        return None
+    try:
+        record = json.loads(done.read_text())
+    except ValueError:  # not JSON, or not UTF-8 text
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def finished_curve(run_dir: Path) -> tuple[list[tuple[int, float]], dict[str, Any]]:
     """A finished run's validation curve, from the event files its fit wrote (``done.json``'s
     ``event_files``; every one for a ``done.json`` written before they were recorded), and its record;
-    an empty curve and record for a run not finished."""
-    done = run_dir / "done.json"
-    if not done.is_file():
+    an empty curve and record for a run not finished (``finished_record``)."""
+    record = finished_record(run_dir)
+    if record is None:
         return [], {}
-    record = json.loads(done.read_text())
     return read_curve(run_dir, files=record.get("event_files")), record
 
 
@@ -106,7 +160,7 @@ def summarise(study: Study) -> Path:
     for label in labels:
         runs = metrics.get(label, {})
         speed = f"{statistics.fmean(speeds[label]):.2f}" if label in speeds else "n/a"
-        cells = " | ".join(mean_std(runs.get(name, [])) for name in names)
+        cells = " | ".join(mean_std(runs.get(name, []), len(study.seeds)) for name in names)
         rows.append(f"| {label} | {len(curves.get(label, []))}/{len(study.seeds)} | {cells} | {speed} |")
     plot = plot_curves(curves, study.root / "val_accuracy.png", study.name)
     lines = [
@@ -116,9 +170,11 @@ def summarise(study: Study) -> Path:
         f"`{json.dumps(study.overrides)}`; "
         f"seeds {study.seeds}. Validation accuracy is greedy accuracy on the held-out problems. Per run: "
         "initial = the policy before training (the validation at step 0), and of the validations after "
-        "it: final = the last, best = the highest, mean = their mean (area under the learning curve: "
-        "higher means it learned earlier). Cells: mean +- sample std over seeds. steps/s = optimizer "
-        "updates per second of wall time of the whole fit (model loading and validation included).",
+        "it: final = the last, best = max over validations (selected on the evaluation set: optimistic), "
+        "mean = their mean (area under the learning curve: higher means it learned earlier). Cells: mean "
+        "+- sample std over the seeds' runs, a single run's value alone; (n=k): only k of the "
+        f"{len(study.seeds)} seeds' runs have it. steps/s = optimizer updates per second of wall time of "
+        "the whole fit (model loading and validation included).",
         "",
         "| preset | seeds done | initial | final | best | mean over run | steps/s |",
         "|---|---|---|---|---|---|---|",
@@ -144,9 +200,11 @@ def difference_section(
     if not others:
         return [f"No differences: no preset but the reference `{reference}` has a finished run.", ""]
     return [
-        f"Difference to `{reference}`: delta of the means (Welch standard error); "
-        "`*` marks |delta| > 2 standard errors, a difference larger than the seed spread explains "
-        f"(with {seeds} seed{'s' * (seeds != 1)} a rough guide, not a significance test).",
+        f"Difference to `{reference}`: delta of the means (Welch standard error); `*`: Welch t-test, "
+        "two-sided 5 %, not corrected for the number of comparisons (Welch-Satterthwaite degrees of "
+        "freedom; no mark where the standard error is 0; n/a: fewer than 2 runs on a side). With "
+        f"{seeds} seed{'s' * (seeds != 1)} per preset only large differences are marked: no mark is no "
+        "evidence of equal means.",
         "",
         "| preset | final | best | mean over run |",
         "|---|---|---|---|",

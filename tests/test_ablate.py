@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from rgra_lightning import ablate
-from rgra_lightning.ablation_summary import read_curve, summarise
+from rgra_lightning.ablation_summary import event_files, read_curve, summarise
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
 from tests.conftest import ROOT
@@ -111,6 +111,18 @@ def test_a_base_of_several_configs_is_composed_in_order(study_file, small_config
         ),
         ({"presets": ["rgra", "mine.yaml"]}, "preset 'mine.yaml' does not exist"),
         ({"seeds": []}, "seeds must be a non-empty list"),
+        ({"seeds": 3}, "seeds must be a non-empty list of integers, got 3"),
+        ({"seeds": [True]}, "seeds must be a non-empty list of integers, got [True]"),  # YAML's true
+        ({"seeds": [0, "1"]}, "seeds must be a non-empty list of integers, got [0, '1']"),
+        (
+            {"seeds": [0, 1, 0]},
+            "seed 0 is listed twice: remove one (its run would count twice in the summary)",
+        ),
+        (
+            {"overrides": ["trainer", 1]},
+            "overrides must be a mapping of config keys, as in a fit config (trainer: {max_steps: 80}), "
+            "got a list",
+        ),
         ({"base_config": "missing.yaml"}, "base_config missing.yaml does not exist"),
         ({"base_config": []}, "base_config must be a config path or a non-empty list"),
         ({"sedes": [0]}, "unknown keys ['sedes']"),
@@ -120,10 +132,13 @@ def test_a_base_of_several_configs_is_composed_in_order(study_file, small_config
     ],
 )
 def test_bad_study_configs_fail_with_a_clear_message(study_file, fields, message, capsys):
+    """One line naming the study file and the field, not a traceback."""
+    path = study_file(**fields)
     with pytest.raises(ConfigError, match=re.escape(message)):
-        ablate.load_study(study_file(**fields))
-    assert ablate.main(["--config", str(study_file(**fields))]) == 2
-    assert message in capsys.readouterr().err
+        ablate.load_study(path)
+    assert ablate.main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ") and message in err and len(err.splitlines()) == 1
 
 
 def test_presets_whose_files_share_a_name_are_refused(study_file, tmp_path, capsys):
@@ -446,14 +461,92 @@ def test_the_summary_reads_only_the_event_files_of_the_runs_fit(study_file, monk
     assert json.loads((run_dir / "done.json").read_text())["event_files"] == record["event_files"]
     time.sleep(0.01)  # a later wall time: the later write would win
     write_validations(run_dir, {4: 0.25})  # the validate
-    # initial (step 0), final, best and mean
-    row = "| rgra | 1/1 | 0.900 +- 0.000 | {} +- 0.000 | {} +- 0.000 | {} +- 0.000 |"
+    # initial (step 0), final, best and mean; a single run's values without a std
+    row = "| rgra | 1/1 | 0.900 | {} | {} | {} |"
     assert row.format("0.750", "0.750", "0.625") in summarise(study).read_text()
 
     done = json.loads((run_dir / "done.json").read_text())
     del done["event_files"]  # written before they were recorded: every file is read, as before
     (run_dir / "done.json").write_text(json.dumps(done))
     assert row.format("0.250", "0.500", "0.375") in summarise(study).read_text()
+
+
+def test_the_summary_says_how_many_runs_a_cell_has_and_what_best_is(study_file):
+    """Presets with fewer finished runs than the study's seeds say so in each cell (a single run's
+    ``+- 0.000`` read as three identical runs); a run whose done.json holds no record is not counted."""
+    study = ablate.load_study(study_file(presets=["rgra", "raft", "grpo"], seeds=[0, 1, 2]))
+
+    def finish(preset: str, seed: int, final: float) -> None:
+        run_dir = study.run_dir(preset, seed)
+        write_validations(run_dir, {0: 0.25, 4: final})
+        ablate.write_done(run_dir, {"event_files": event_files(run_dir)})
+
+    for seed, final in enumerate([0.5, 0.75, 1.0]):
+        finish("rgra", seed, final)
+        finish("raft", seed, final)
+    finish("grpo", 0, 0.5)
+    (study.run_dir("raft", 2) / "done.json").write_text('{"preset": "raft", "se')  # cut short
+    summary = summarise(study).read_text()
+    assert (
+        "| rgra | 3/3 | 0.250 +- 0.000 | 0.750 +- 0.250 | 0.750 +- 0.250 | 0.750 +- 0.250 | n/a |" in summary
+    )
+    raft = "0.625 +- 0.177 (n=2)"  # 0.5 and 0.75
+    assert f"| raft | 2/3 | 0.250 +- 0.000 (n=2) | {raft} | {raft} | {raft} | n/a |" in summary
+    assert "| grpo | 1/3 | 0.250 (n=1) | 0.500 (n=1) | 0.500 (n=1) | 0.500 (n=1) | n/a |" in summary
+    # SE = sqrt(0.0625 / 3 + 0.03125 / 2) = 0.191; grpo's one run has no spread to test against
+    assert "| raft | -0.125 (0.191) | -0.125 (0.191) | -0.125 (0.191) |" in summary
+    assert "| grpo | n/a | n/a | n/a |" in summary
+    assert "best = max over validations (selected on the evaluation set: optimistic)" in summary
+    assert "(n=k): only k of the 3 seeds' runs have it" in summary
+
+
+def test_done_json_is_written_whole_or_not_at_all(study_file, fake_fits, monkeypatch):
+    """done.json appears only by renaming a completely written file beside it: a study killed while writing
+    it leaves no cut-short done.json that would mark the run finished."""
+    study = ablate.load_study(study_file(presets=["rgra"], seeds=[0]))
+    run_dir = study.run_dir("rgra", 0)
+    renamed = []
+
+    def killed_before_the_rename(source, target):
+        renamed.append((source, target, json.loads(source.read_text())))
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(ablate.os, "replace", killed_before_the_rename)
+        ablate.run_one(study, "rgra", 0)
+    [(source, target, record)] = renamed
+    assert (source, target) == (run_dir / "done.json.partial", run_dir / "done.json")
+    assert record["returncode"] == 0 and record["config"]["seed_everything"] == 0  # written whole
+    assert not (run_dir / "done.json").exists()
+
+    record = ablate.run_one(study, "rgra", 0)
+    assert json.loads((run_dir / "done.json").read_text()) == record
+    assert not (run_dir / "done.json.partial").exists()
+
+
+@pytest.mark.parametrize("content", ["", '{"preset": "rgra", "seed": 1, "retur', "[]"])
+def test_a_done_json_without_a_record_is_warned_of_and_its_run_run_again(
+    study_file, fake_fits, capsys, content
+):
+    """A done.json cut short (written in place before it was written atomically) or edited: one warning
+    line, the run counts as not finished (not a JSONDecodeError traceback), and runs again."""
+    path = study_file(presets=["rgra"], seeds=[0, 1])
+    assert ablate.main(["--config", str(path)]) == 0 and len(fake_fits) == 2
+    done = ablate.load_study(path).run_dir("rgra", 1) / "done.json"
+    done.write_text(content)
+    capsys.readouterr()
+    warning = (
+        f"warning: {done} holds no JSON record (cut short while written?): the run counts as not finished, "
+        "is left out of the summary and is run again"
+    )
+    assert ablate.main(["--config", str(path), "--summary_only"]) == 0
+    assert capsys.readouterr().err.splitlines() == [warning]
+    assert ablate.main(["--config", str(path)]) == 0 and len(fake_fits) == 3
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [warning]
+    assert "[1/2] rgra seed 0: done already, skipped" in out and "[2/2] rgra seed 1: running" in out
+    assert json.loads(done.read_text())["returncode"] == 0
+    assert ablate.main(["--config", str(path)]) == 0 and capsys.readouterr().err == ""
 
 
 def test_progress_reads_the_latest_update_reward_and_accuracy(tmp_path):

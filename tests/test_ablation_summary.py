@@ -30,7 +30,8 @@ def test_the_initial_point_is_the_one_at_step_0_not_the_first():
 def test_the_difference_section_names_the_seed_count_or_why_there_is_nothing_to_compare():
     metrics = {"rgra": {"final": [0.5, 0.7]}, "grpo": {"final": [0.6, 0.8]}}
     lines = ablation_summary.difference_section(metrics, ["rgra", "grpo", "raft"], "rgra", seeds=2)
-    assert "(with 2 seeds a rough guide, not a significance test)" in lines[0]
+    assert "`*`: Welch t-test, two-sided 5 %, not corrected for the number of comparisons" in lines[0]
+    assert "With 2 seeds per preset only large differences are marked" in lines[0]
     assert lines[4:] == ["| grpo | +0.100 (0.141) | n/a | n/a |", ""]
     only_reference = ablation_summary.difference_section(
         {"rgra": metrics["rgra"]}, ["rgra", "grpo"], "rgra", 2
@@ -40,11 +41,43 @@ def test_the_difference_section_names_the_seed_count_or_why_there_is_nothing_to_
     assert no_reference == ["No differences: the reference preset `rgra` has no finished run.", ""]
 
 
-def test_difference_flags_only_gaps_beyond_two_standard_errors():
-    # delta 0.3; Welch SE = sqrt(0.01/3 + 0.01/3) = 0.082 -> flagged; sqrt(0.09/3 + 0.01/3) = 0.183 -> not.
+def test_difference_marks_what_a_welch_t_test_at_5_percent_rejects():
+    """Hand-computed: t = delta / SE against Student's t at the Welch-Satterthwaite df. The earlier rule,
+    |delta| > 2 SE, marked every one of these but the n/a."""
+    # delta 0.2, SE = sqrt(0.01/3 + 0.01/3) = 0.0816: t = 2.45 < 2.776 (df 4) but > 2
+    assert ablation_summary.difference([0.7, 0.8, 0.9], [0.5, 0.6, 0.7]) == "+0.200 (0.082)"
+    # delta 0.3, same SE: t = 3.67 > 2.776, marked by both rules
     assert ablation_summary.difference([0.8, 0.9, 1.0], [0.5, 0.6, 0.7]) == "+0.300 (0.082) *"
-    assert ablation_summary.difference([0.6, 0.9, 1.2], [0.5, 0.6, 0.7]) == "+0.300 (0.183)"
-    assert ablation_summary.difference([0.9], [0.5, 0.6]) == "n/a"  # one seed has no spread
+    # a reference without spread: df = n - 1 = 2 of the other side alone; delta 0.4, SE = sqrt(0.09/3) =
+    # 0.173: t = 2.31 < 4.303
+    assert ablation_summary.difference([0.6, 0.9, 1.2], [0.5, 0.5, 0.5]) == "+0.400 (0.173)"
+    # docs/ablations.md's GRPO-pos final against RGRA's, in problems of 128 per seed: t = -2.9 at df 2.0
+    grpo_positive, rgra = [85 / 128, 108 / 128, 111 / 128], [125 / 128, 125 / 128, 126 / 128]
+    assert ablation_summary.difference(grpo_positive, rgra) == "-0.188 (0.064)"
+    assert ablation_summary.difference([0.9, 0.9, 0.9], [0.5, 0.5, 0.5]) == "+0.400 (0.000)"  # SE 0: no mark
+    assert ablation_summary.difference([0.9], [0.5, 0.6]) == "n/a"  # one run has no spread
+
+
+def test_a_fractional_welch_df_takes_the_next_lower_tabulated_df():
+    """Squared standard errors 0.01/3 and 0.00625/5 give df = 0.0045833^2 / (0.0033333^2 / 2 +
+    0.00125^2 / 4) = 3.53, and delta 0.2 / SE 0.0677 = t 2.95: above the exact critical value at df 3.53
+    (2.927) but not above df 3's 3.182, which is taken: no mark."""
+    assert ablation_summary.difference([0.7, 0.8, 0.9], [0.5, 0.55, 0.6, 0.65, 0.7]) == "+0.200 (0.068)"
+    assert ablation_summary.t_critical(4) == ablation_summary.t_critical(4.9) == 2.776
+    # [0.1, 0.2, 0.3] against [0.4, 0.5, 0.6]: the df, 4, computes as 3.9999999999999996
+    assert ablation_summary.t_critical(3.9999999999999996) == 2.776
+    assert ablation_summary.t_critical(2.01) == 4.303
+    assert ablation_summary.t_critical(35) == 2.042 and ablation_summary.t_critical(1000) == 1.980
+
+
+def test_a_cell_says_how_many_runs_it_has_where_seeds_are_missing():
+    """A single run's value is shown alone (``+- 0.000`` read as identical runs), and a preset with fewer
+    runs than the study's seeds says how many."""
+    assert ablation_summary.mean_std([0.977], seeds=3) == "0.977 (n=1)"
+    assert ablation_summary.mean_std([0.5, 0.7], seeds=3) == "0.600 +- 0.141 (n=2)"
+    assert ablation_summary.mean_std([0.5, 0.6, 0.7], seeds=3) == "0.600 +- 0.100"
+    assert ablation_summary.mean_std([0.977], seeds=1) == "0.977"
+    assert ablation_summary.mean_std([], seeds=3) == "n/a"
 
 
 def test_a_plot_with_no_curve_yet_is_written_without_a_warning(tmp_path):
