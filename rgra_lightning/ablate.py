@@ -357,6 +357,10 @@ def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str,
     if resumed:
         command += ["--ckpt_path", str(last)]
     config = run_settings(study, preset, layer)
+    # What this fit runs with, for ``stale_runs`` to compare a resume with: the run.yaml alone would be
+    # composed over the base configs and preset of that later day.
+    started = {"config": as_recorded(config)}
+    (run_dir / "started.json").write_text(json.dumps(started, indent=2) + "\n")
     steps = config.get("trainer", {}).get("max_steps", -1)
     start = time.perf_counter()
 
@@ -401,6 +405,16 @@ def write_done(run_dir: Path, record: dict[str, Any]) -> None:
     os.replace(partial, run_dir / "done.json")
 
 
+def started_config(run_dir: Path) -> dict[str, Any] | None:
+    """The composed config the run's fit was last started with (``started.json``, which ``run_one`` writes
+    before it), or None where none can be read (a run started before it was written, or a file cut short)."""
+    try:
+        record = json.loads((run_dir / "started.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("config") if isinstance(record, dict) else None
+
+
 def as_recorded(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` as ``done.json`` holds it (JSON: a value JSON has no type for, a YAML date, as its text)."""
     return json.loads(json.dumps(config, default=str))
@@ -425,10 +439,10 @@ def stale_runs(study: Study) -> tuple[list[str], list[str]]:
     composed config other than the one the study gives them now: one ``error: ...`` line per preset with
     such runs, naming the first one's changed keys, and ``warning: ...`` lines: one per preset with finished
     runs whose ``done.json`` records no config (written before it did), and one per ``done.json`` that
-    holds no JSON record (``finished_record``), whose run counts as not finished. Such a run is compared
-    through its ``run.yaml`` (the study's overrides then) composed over today's base configs and preset; so
-    is an unfinished run, whose ``run.yaml`` ``run_one`` rewrites. Reads files only: a few milliseconds a
-    run."""
+    holds no JSON record (``finished_record``), whose run counts as not finished. An unfinished run is
+    compared by the config its fit was started with (``started_config``). A run that records neither (made
+    before they were recorded) is compared through its ``run.yaml`` (the study's overrides then) composed
+    over today's base configs and preset. Reads files only: a few milliseconds a run."""
     errors, warnings = [], []
     for preset in study.presets:
         stale: list[tuple[Path, str, bool]] = []  # run directory, its changes, whether finished
@@ -446,11 +460,10 @@ def stale_runs(study: Study) -> tuple[list[str], list[str]]:
             recorded = record.get("config") if finished else None
             if finished and recorded is None:
                 unrecorded.append(run_dir)
-            if (
-                recorded is None
-                and run_yaml.is_file()
-                and (finished or (run_dir / LAST_CHECKPOINT).is_file())
-            ):
+            resumable = not finished and (run_dir / LAST_CHECKPOINT).is_file()
+            if resumable:
+                recorded = started_config(run_dir)
+            if recorded is None and run_yaml.is_file() and (finished or resumable):
                 recorded = run_settings(study, preset, read(run_yaml))
             if recorded is None:
                 continue

@@ -263,6 +263,26 @@ def test_an_unfinished_run_to_resume_is_compared_by_its_run_yaml(study_file, fak
     assert ablate.main(["--config", str(path)]) == 0 and len(fake_fits) == 2
 
 
+def test_an_unfinished_run_is_compared_by_the_config_its_fit_started_with(study_file, fake_fits, capsys):
+    """A change to the base config after a run started, before it finished: its run.yaml composed over
+    today's base would agree with the study, so the resume would train on under the new settings; the
+    config the fit was started with (``started.json``) shows the change."""
+    path = study_file(presets=["rgra"], seeds=[0])
+    study = ablate.load_study(path)
+    run = study.run_dir("rgra", 0)
+    assert ablate.run_one(study, "rgra", 0)["returncode"] == 0 and len(fake_fits) == 1
+    (run / "done.json").unlink()  # as if it had been stopped after a checkpoint
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    base = yaml.safe_load(study.base_configs[0].read_text())
+    base["model"]["init_args"]["sampling"]["max_new_tokens"] = 20
+    study.base_configs[0].write_text(yaml.safe_dump(base))
+    assert ablate.main(["--config", str(path)]) == 2 and len(fake_fits) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {run} was started with other settings than the study gives it now: ")
+    assert "model.init_args.sampling.max_new_tokens" in line and "-> 20" in line
+
+
 def test_finished_runs_that_record_no_config_are_compared_by_their_run_yaml(study_file, fake_fits, capsys):
     """``done.json`` written before the config was recorded: one warning line for the preset, and its
     run.yaml, where there is one, compared with the study's overrides."""
