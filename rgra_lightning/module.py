@@ -85,14 +85,8 @@ def check_options(
             "(HFEngine samples with the trained policy itself): use rgra_lightning.rollout.VLLMEngine "
             "or unset it"
         )
-    filters = {
-        "top_k": sampling.top_k > 0,
-        "top_p": sampling.top_p < 1,
-        "min_p": sampling.min_p > 0,
-        "min_new_tokens": sampling.min_new_tokens > 0,
-    }
-    if corrects and any(filters.values()):
-        names = " and ".join(f"model.sampling.{name}" for name, on in filters.items() if on)
+    if corrects and sampling.filters:
+        names = " and ".join(f"model.sampling.{name}" for name in sampling.filters)
         rank_zero_warn(
             f"model.loss.sampler_correction_cap with {names}: the sampler's log-probs are those of the "
             "filtered distribution the tokens were drawn from, the trainer's pi_old those of the full "

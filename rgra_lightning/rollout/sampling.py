@@ -64,6 +64,18 @@ class SamplingConfig:
                 f"got {self.min_new_tokens}"
             )
 
+    @property
+    def filters(self) -> list[str]:
+        """The options on that make the sampled distribution other than the full softmax at
+        ``temperature``: ``top_k``, ``top_p``, ``min_p``, ``min_new_tokens``, in that order."""
+        on = {
+            "top_k": self.top_k > 0,
+            "top_p": self.top_p < 1,
+            "min_p": self.min_p > 0,
+            "min_new_tokens": self.min_new_tokens > 0,
+        }
+        return [name for name, active in on.items() if active]
+
 
 def filter_top_k(scores: Tensor, top_k: int) -> Tensor:
     """Scores ``[N, V]`` with every token scored below the ``top_k``-th highest set to -inf (ties at the

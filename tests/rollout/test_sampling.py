@@ -60,3 +60,9 @@ def test_the_filters_apply_in_generates_order():
 def test_sampling_options_are_validated_in_one_line(options, message):
     with pytest.raises(ConfigError, match=f"^{message}$"):
         SamplingConfig(**options)
+
+
+def test_filters_names_the_options_that_change_the_sampled_distribution():
+    assert SamplingConfig().filters == [] and SamplingConfig(top_p=1.0, temperature=0.7).filters == []
+    every = SamplingConfig(top_k=5, top_p=0.9, min_p=0.1, min_new_tokens=2, max_new_tokens=4)
+    assert every.filters == ["top_k", "top_p", "min_p", "min_new_tokens"]
