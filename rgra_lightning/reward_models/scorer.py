@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
+from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from rewards import Score, Verifier
 from rgra_lightning.errors import ConfigError
@@ -33,6 +34,7 @@ from rgra_lightning.prompt_cache import position_ids
 from rgra_lightning.rollout.base import prompt_token_ids
 
 Transform = Literal["sigmoid", "standardize", "none"]
+DEFAULT_MAX_LENGTH = 512  # tokens per scored text where neither the config nor the tokenizer gives one
 
 
 def transform_scores(raw: Tensor, transform: Transform, clip: tuple[float, float] | None = None) -> Tensor:
@@ -99,7 +101,9 @@ class RewardModelScorer(Verifier):
         transform: ``sigmoid`` | ``standardize`` | ``none``, applied to the raw log-odds.
         clip: optional ``[low, high]`` bounds applied after the transform.
         max_length: tokens per scored text; longer texts keep their last ``max_length`` tokens (the end
-            of the completion matters most).
+            of the completion matters most). None: the reward model's tokenizer's ``model_max_length``
+            where it saved one (a reward model trained here saves its training ``max_length``), else
+            ``DEFAULT_MAX_LENGTH``.
         batch_size: texts per forward pass.
         judge_template: ``judge`` input, a format string with ``{prompt}`` and ``{completion}``.
         judge_token: ``judge``: the token (exactly one for the tokenizer) whose probability is the score.
@@ -116,7 +120,7 @@ class RewardModelScorer(Verifier):
         dtype: str = "float32",
         transform: Transform = "sigmoid",
         clip: tuple[float, float] | None = None,
-        max_length: int = 512,
+        max_length: int | None = None,
         batch_size: int = 32,
         judge_template: str = "{prompt}{completion}\nIs the answer correct?",
         judge_token: str = " Yes",
@@ -129,18 +133,21 @@ class RewardModelScorer(Verifier):
             )
         if clip is not None and not clip[0] < clip[1]:
             raise ConfigError(f"RewardModelScorer clip must be [low, high] with low < high, got {list(clip)}")
-        if max_length < 1 or batch_size < 1:
+        if (max_length is not None and max_length < 1) or batch_size < 1:
             raise ConfigError(
                 f"RewardModelScorer max_length and batch_size must be >= 1, got {max_length}, {batch_size}"
             )
         self.kind = kind
         self.transform = transform
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
-        self.max_length = max_length
         self.batch_size = batch_size
         self.judge_template = judge_template
         self.tokenizer = load_tokenizer(model_path, gguf_file)
         self.tokenizer.truncation_side = "left"
+        if max_length is None:  # transformers' stand-in for "none saved" is a huge integer
+            saved = self.tokenizer.model_max_length
+            max_length = saved if saved < VERY_LARGE_INTEGER else DEFAULT_MAX_LENGTH
+        self.max_length = max_length
         if kind == "classifier":
             self.model: nn.Module = freeze(load_sequence_classifier(model_path, gguf_file, dtype))
             saved = self.model.config.architectures or ["a model of unknown class"]

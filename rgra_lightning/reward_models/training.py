@@ -236,7 +236,8 @@ class RewardModelModule(LightningModule):
             added, e.g. the policy itself) or a sequence-classification model with one label.
         gguf_file: optional GGUF file inside ``model_path``.
         dtype: parameter dtype, ``float32`` | ``bfloat16`` | ``float16``.
-        max_length: tokens per (prompt + completion) text; longer texts keep their end.
+        max_length: tokens per (prompt + completion) text; longer texts keep their end. Saved with the
+            exported tokenizer (``model_max_length``), where ``RewardModelScorer`` takes it by default.
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up, in optimizer steps.
@@ -263,6 +264,7 @@ class RewardModelModule(LightningModule):
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(model_path, gguf_file)
         self.tokenizer.truncation_side = "left"
+        self.tokenizer.model_max_length = max_length  # exported with it: the scorer reads texts as trained
         self.model = load_sequence_classifier(model_path, gguf_file, dtype, num_labels=1)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id

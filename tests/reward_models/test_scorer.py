@@ -117,6 +117,18 @@ def test_an_encoder_reward_model_is_refused(tmp_path):
     assert reads_last_token(load_sequence_classifier(str(TINY_POLICY), num_labels=1))
 
 
+def test_the_default_max_length_is_the_reward_models_own(tmp_path):
+    """Unset, the scorer cuts texts where the reward model's tokenizer says (a trained one saves its
+    training max_length there), else at 512; a given max_length wins."""
+    directory = save_classifier(tmp_path, num_labels=1)
+    assert RewardModelScorer(str(directory)).max_length == 512  # the tiny tokenizer saves none
+    tokenizer = load_tokenizer(str(directory))
+    tokenizer.model_max_length = 40
+    tokenizer.save_pretrained(directory)
+    assert RewardModelScorer(str(directory)).max_length == 40
+    assert RewardModelScorer(str(directory), max_length=24).max_length == 24
+
+
 def test_scorer_configuration_errors_name_the_field(classifier_dir, tmp_path):
     with pytest.raises(ConfigError, match="judge_token 'ab' is 2 tokens"):
         RewardModelScorer(str(TINY_POLICY), kind="judge", judge_token="ab")

@@ -87,7 +87,8 @@ def test_reward_model_training_learns_and_exports_a_usable_reward(tmp_path, monk
     assert metrics["val/preference_accuracy"].item() > 0.8
     assert "val/loss" in metrics and "train/loss" in metrics
 
-    scorer = RewardModelScorer(str(tmp_path / "hf_model"), max_length=64)
+    scorer = RewardModelScorer(str(tmp_path / "hf_model"))
+    assert scorer.max_length == 64  # the training max_length, saved with the exported tokenizer
     right, wrong = scorer.score_batch(["\\boxed{12}", "\\boxed{-12}"], ["12", "12"], ["3*4=", "3*4="])
     assert right.reward > 0.5 > wrong.reward
     tested = main(["test", "--config", str(path), "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
