@@ -58,6 +58,7 @@ from rgra_lightning.ablation_summary import (
     curve_metrics,
     event_files,
     finished_record,
+    json_record,
     read_curve,
     summarise,
 )
@@ -408,11 +409,7 @@ def write_done(run_dir: Path, record: dict[str, Any]) -> None:
 def started_config(run_dir: Path) -> dict[str, Any] | None:
     """The composed config the run's fit was last started with (``started.json``, which ``run_one`` writes
     before it), or None where none can be read (a run started before it was written, or a file cut short)."""
-    try:
-        record = json.loads((run_dir / "started.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return record.get("config") if isinstance(record, dict) else None
+    return (json_record(run_dir / "started.json") or {}).get("config")
 
 
 def as_recorded(config: dict[str, Any]) -> dict[str, Any]:

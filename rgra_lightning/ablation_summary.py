@@ -114,18 +114,21 @@ def t_critical(df: float) -> float:
     return T_CRITICAL_5[max(tabulated for tabulated in T_CRITICAL_5 if tabulated <= df + 1e-9)]
 
 
+def json_record(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None where there is none: no file, or one that holds no JSON object
+    (cut short by a crash while written, or edited by hand)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing or unreadable; not JSON, or not UTF-8 text
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def finished_record(run_dir: Path) -> dict[str, Any] | None:
     """A finished run's record, its ``done.json``; None where the run is not finished: no ``done.json``, or
     one that holds no JSON object (cut short by a crash while written in place, as ``rgra ablate`` wrote it
     before it wrote it atomically, or edited by hand), which ``rgra ablate`` warns of and runs again."""
-    done = run_dir / "done.json"
-    if not done.is_file():
-        return None
-    try:
-        record = json.loads(done.read_text())
-    except ValueError:  # not JSON, or not UTF-8 text
-        return None
-    return record if isinstance(record, dict) else None
+    return json_record(run_dir / "done.json")
 
 
 def finished_curve(run_dir: Path) -> tuple[list[tuple[int, float]], dict[str, Any]]:
