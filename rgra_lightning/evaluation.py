@@ -308,6 +308,7 @@ def log_initial_validation(module: LightningModule, loader: DataLoader) -> None:
     for batch in batches:
         counted = counted_problems(batch, trainer)
         update_greedy_metrics(metrics, module.make_experience(batch), module.verifier, counted)
+    module.rollout.release()
     values: dict[str, float] = {}  # none without validation problems; else every rank computes
     if metrics[0].update_called:
         values = {f"val/{metric.name}": metric.compute().item() for metric in metrics}

@@ -99,13 +99,15 @@ def make_experience(
         verifier: scores each completion; in a background thread when ``score_in_background``.
         device: where rewards and correctness live.
         logprob_passes: the reference and pi_old log-probs of a rollout (either may be None), computed
-            while the verifier runs.
+            while the verifier runs; given (training), the engine is ``release``d before them.
         advantage: how rewards become advantages; None: no advantages (evaluation).
         gather: all-gathers a tensor from every rank (the LightningModule's ``all_gather``); ``batch_std``
             scales by the std of every rank's rewards.
     """
     start = time.perf_counter()
     rollout = engine.generate(batch["prompt"], sampling, greedy=greedy)
+    if logprob_passes is not None:
+        engine.release()  # the log-prob passes and the update need the memory a separate engine holds
     generation_s = time.perf_counter() - start
     scoring = start_scoring(
         verifier, rollout.completions, batch["prompt"], batch["reference"], device, score_in_background

@@ -400,6 +400,7 @@ class RLModule(LightningModule):
         """Logs ``step``, the x axis as in training: the update the evaluated policy comes from, in
         ``validate`` and ``test`` (which restore no loop state) the ``--ckpt_path`` checkpoint's."""
         fitting = self.trainer.state.fn == TrainerFn.FITTING
+        self.rollout.release()  # kept awake through the loop: a separate engine takes the weights once
         self.samples.close(announce=not fitting)
         step = self.global_step if fitting or self.checkpoint_step is None else self.checkpoint_step
         self.log("step", float(step), sync_dist=True)
@@ -407,4 +408,5 @@ class RLModule(LightningModule):
     on_test_epoch_end = on_validation_epoch_end
 
     def on_predict_epoch_end(self) -> None:
+        self.rollout.release()
         self.samples.close(announce=True)

@@ -76,8 +76,9 @@ class RolloutEngine:
     The module ``bind``s the engine it is given (an option, possibly a default instance shared by every
     module) to its policy and tokenizer once, which also fixes the stop tokens; an engine that keeps weights
     of its own (a separate inference engine) gets ``update_weights`` after every optimizer update that
-    changed the policy. Subclasses implement ``generate`` and, if they need it, ``update_weights``; one
-    that fills ``Rollout.sampler_logprobs`` sets ``returns_sampler_logprobs``.
+    changed the policy, and ``release`` when the trainer needs the memory it holds. Subclasses implement
+    ``generate`` and, if they need them, ``update_weights`` and ``release``; one that fills
+    ``Rollout.sampler_logprobs`` sets ``returns_sampler_logprobs``.
     """
 
     # Whether rollouts carry the sampler's own log-probs (``Rollout.sampler_logprobs``): only then can the
@@ -107,6 +108,12 @@ class RolloutEngine:
     def update_weights(self) -> None:
         """The bound policy's weights changed; an engine that samples from the policy itself has
         nothing to do."""
+
+    def release(self) -> None:
+        """The trainer needs the memory the engine holds: called after a training rollout (before the
+        log-prob passes and the update) and at the end of an evaluation loop, not between its batches, so
+        an engine with weights of its own pushes them once per loop. An engine that samples from the
+        policy itself holds none."""
 
 
 def _as_ids(value: int | Sequence[int] | None) -> list[int]:

@@ -1,13 +1,13 @@
 """A rollout engine that samples with vLLM on a CUDA GPU, colocated with the trainer in its process.
 
-Each training process starts its own vLLM engine (``LLM``) at the first rollout, on the GPU it trains on,
-with a share of that GPU's memory of its own (``gpu_memory_utilization``). Between rollouts the engine
-sleeps (``sleep_level``): its key/value cache, and at level 2 its weights, are released, so the update
-gets the memory back. Before a rollout it wakes up and, when its weights may differ from the policy's
-(always after a level-2 sleep; after ``update_weights`` otherwise), the policy's weights are streamed
-into it one tensor at a time, in vLLM's dtype: gathered from FSDP2 shards (``DTensor.full_tensor``) and,
-for a LoRA policy, merged (W + scaling * B A, computed without touching the policy), under vLLM's
-parameter names.
+Each training process starts its own vLLM engine (``LLM``) at the first rollout, on the GPU it trains on, with
+a share of that GPU's memory of its own (``gpu_memory_utilization``). Between rollouts the engine sleeps
+(``sleep_level``) when the trainer needs the memory (``release``: after a training rollout, at the end of an
+evaluation loop): its key/value cache, and at level 2 its weights, are released. Before a rollout it wakes up
+and, when its weights may differ from the policy's (always after a level-2 sleep; after ``update_weights``
+otherwise), the policy's weights are streamed into it one tensor at a time, in vLLM's dtype: gathered from
+FSDP2 shards (``DTensor.full_tensor``) and, for a LoRA policy, merged (W + scaling * B A, computed without
+touching the policy), under vLLM's parameter names.
 
 Four things that vLLM in the training process would change or inherit are kept apart: the trainer's random
 generators (saved before vLLM starts and put back, ``random_state_kept``), ``LOCAL_RANK`` (the policy's GPU
@@ -302,10 +302,11 @@ class VLLMEngine(RolloutEngine):
         gpu_memory_utilization: the share of the GPU's memory vLLM may take for its weights, activations
             and key/value cache, in (0, 1]; the rest is the trainer's. vLLM checks at start that this much
             is free.
-        sleep_level: between rollouts the engine sleeps so that the update gets its memory back: 1 moves
-            its weights to CPU memory and frees the cache (weights are pushed again only after
-            ``update_weights``), 2 frees both (weights pushed before every rollout, as TRL's colocate
-            mode does); null: never sleeps (fastest when both fit).
+        sleep_level: after each training rollout and each evaluation loop the engine sleeps so that the
+            update gets its memory back: 1 moves its weights to CPU memory and frees the cache (weights
+            are pushed again only after ``update_weights``), 2 frees both (weights pushed before every
+            training rollout, as TRL's colocate mode does, and once per evaluation loop); null: never
+            sleeps (fastest when both fit).
         dtype: vLLM's compute dtype (``auto``: the model config's; ``bfloat16`` on GPUs).
         model: the directory vLLM reads the model's config (and first weights) from; default: the
             policy's ``name_or_path`` (for a LoRA policy, its base). The policy's weights replace those
@@ -387,10 +388,7 @@ class VLLMEngine(RolloutEngine):
         # (compile, capture CUDA graphs) and generate in its own dtypes, and a LoRA merge stay float32.
         with torch.autocast(policy.device.type, enabled=False):
             llm = self._ready()
-            try:
-                outputs = llm.generate([{"prompt_token_ids": row} for row in rows], params, use_tqdm=False)
-            finally:
-                self._sleep()
+            outputs = llm.generate([{"prompt_token_ids": row} for row in rows], params, use_tqdm=False)
         completion_ids, logprobs = completion_tensors(outputs, repeats, tokenizer.pad_token_id, not greedy)
         device = prompt_ids.device
         rollout = assemble_rollout(
@@ -419,8 +417,10 @@ class VLLMEngine(RolloutEngine):
             self._asleep = False
         return llm
 
-    def _sleep(self) -> None:
-        if self.sleep_level is None or self._llm is None:
+    def release(self) -> None:
+        """Sleep at ``sleep_level`` (if set and awake), so that the trainer gets the memory back; the next
+        rollout wakes the engine."""
+        if self.sleep_level is None or self._llm is None or self._asleep:
             return
         self._llm.sleep(level=self.sleep_level)
         self._asleep = True

@@ -170,26 +170,33 @@ def pushes_and_lifecycle(calls):
 
 
 @pytest.mark.parametrize("kind", ["llama", "llama-lora"])
-def test_level_2_sleep_pushes_the_weights_before_every_rollout(standin, tokenizer, kind):
+def test_level_2_sleep_pushes_the_weights_before_every_rollout_and_evaluation_loop(standin, tokenizer, kind):
+    """As the module drives it: a training rollout is released at once; an evaluation loop of two
+    batches keeps the engine awake between them, so its weights go over once, and is released at its end."""
     _, calls = standin
     policy = tiny_policy(kind, tokenizer)
     engine = VLLMEngine().bind(policy, tokenizer)
     tensors = len(list(vllm_weights(policy)))  # 29 for the tiny Llama, LoRA or not
     config = SamplingConfig(num_generations=2, max_new_tokens=4)
     engine.generate(PROMPTS, config)
+    engine.release()
     engine.update_weights()
     engine.generate(PROMPTS, config)
+    engine.release()
     engine.generate(PROMPTS, config, greedy=True)  # no update before it: pushed all the same
-    rollout = [
+    engine.generate(PROMPTS, config, greedy=True)
+    engine.release()
+    engine.release()  # already asleep: nothing to do
+    woken = [
         ("wake_up", ("weights",)),
         ("load_weights", tensors),
         ("reset_prefix_cache",),
         ("wake_up", ("kv_cache",)),
-        ("generate", 3),
-        ("sleep", 2),
     ]
     start = [("LLM",), ("load_weights", tensors), ("reset_prefix_cache",), ("generate", 3), ("sleep", 2)]
-    assert pushes_and_lifecycle(calls) == start + rollout + rollout
+    training = [*woken, ("generate", 3), ("sleep", 2)]
+    evaluation = [*woken, ("generate", 3), ("generate", 3), ("sleep", 2)]
+    assert pushes_and_lifecycle(calls) == start + training + evaluation
 
 
 @pytest.mark.parametrize("kind", ["llama", "llama-lora"])
@@ -234,6 +241,7 @@ def test_level_1_sleep_pushes_only_after_an_update(standin, tokenizer):
         if update:
             engine.update_weights()
         engine.generate(PROMPTS, config)
+        engine.release()
     woken = [("wake_up", ("weights",)), ("wake_up", ("kv_cache",)), ("generate", 3), ("sleep", 1)]
     pushed = [("wake_up", ("weights",)), ("load_weights", 29), ("reset_prefix_cache",)]
     assert pushes_and_lifecycle(calls) == [
@@ -252,10 +260,11 @@ def test_without_sleep_the_engine_keeps_its_memory_and_pushes_after_updates(stan
     _, calls = standin
     engine = VLLMEngine(sleep_level=None).bind(tiny_policy("llama", tokenizer), tokenizer)
     config = SamplingConfig(num_generations=2, max_new_tokens=4)
-    engine.generate(PROMPTS, config)
-    engine.generate(PROMPTS, config)
-    engine.update_weights()
-    engine.generate(PROMPTS, config)
+    for update in (False, False, True):
+        if update:
+            engine.update_weights()
+        engine.generate(PROMPTS, config)
+        engine.release()
     push = [("load_weights", 29), ("reset_prefix_cache",)]
     assert pushes_and_lifecycle(calls) == [
         ("LLM",),
@@ -578,3 +587,26 @@ def test_fit_with_the_vllm_engine_pushes_each_update_and_logs_the_sampler_mismat
     scalars = scalar_tags(tmp_path / "runs")
     assert scalars["train/sampler_logprob_diff"][-1] < 1e-4
     assert scalars["train/sampler_is_clipped_fraction"] == [0.0, 0.0]
+
+
+def test_fit_pushes_the_weights_once_per_validation_loop(small_config, standin):
+    """Validation batches of 4 of 8 problems: the step-0 validation and the one after update 2 keep the
+    engine awake between their two batches (one push each) and put it to sleep at their end."""
+    _, calls = standin
+    overrides = {**VLLM_ROLLOUT, "trainer.max_steps": 2, "data.init_args.val_batch_size": 4}
+    main(["fit", "--config", str(small_config("rgra", **overrides))])
+    push = [("load_weights", 29), ("reset_prefix_cache",)]
+    woken = [("wake_up", ("weights",)), *push, ("wake_up", ("kv_cache",))]
+    validation = [("generate", 4), ("generate", 4), ("sleep", 2)]
+    training = [("generate", 4), ("sleep", 2)]
+    assert pushes_and_lifecycle(calls) == [
+        ("LLM",),
+        *push,
+        *validation,  # step 0
+        *woken,
+        *training,
+        *woken,
+        *training,
+        *woken,
+        *validation,  # after update 2
+    ]
