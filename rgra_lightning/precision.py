@@ -40,12 +40,18 @@ def rounded_away_above(learning_rate: float, dtype: torch.dtype) -> float:
     return 4 * learning_rate / torch.finfo(dtype).eps
 
 
+POLICY_DTYPE_FIX = (
+    "use model.dtype=float32 with trainer.precision=bf16-mixed (or model.sharding.param_dtype=bfloat16 under "
+    "FSDP2) for bf16 compute, or model.lora, whose float32 adapters train over a bfloat16 base"
+)
+
+
 def check_trainable_precision(
     parameters: Iterable[Tensor], precision: str, dtype: str, learning_rate: float
 ) -> None:
-    """Raise a ``ConfigError`` naming the setting and the fix when a trainable parameter is stored in
-    bfloat16 or float16, where AdamW updates of ``learning_rate`` round away (see the module docstring), or
-    under ``16-mixed``, whose loss scaling the update's gradient clipping does not undo.
+    """Raise a ``ConfigError`` naming the setting and the fix when the policy update cannot train as
+    configured: under ``16-mixed``, whose loss scaling the update's gradient clipping does not undo, or
+    with a trainable parameter stored in half precision (``check_trainable_dtype``).
 
     Args:
         parameters: the optimizer's parameters, as stored after Lightning's precision plugin converted
@@ -61,6 +67,19 @@ def check_trainable_precision(
             "trainer.precision=16-mixed scales the loss, and the update would clip and log the scaled "
             "gradients: use trainer.precision=bf16-mixed (or 32-true where bfloat16 is not supported)"
         )
+    check_trainable_dtype(parameters, precision, dtype, learning_rate, POLICY_DTYPE_FIX)
+
+
+def check_trainable_dtype(
+    parameters: Iterable[Tensor], precision: str, dtype: str, learning_rate: float, dtype_fix: str
+) -> None:
+    """Raise a ``ConfigError`` naming the setting and the fix when a trainable parameter is stored in
+    bfloat16 or float16, where AdamW updates of ``learning_rate`` round away (see the module docstring).
+
+    Args:
+        parameters, precision, dtype, learning_rate: as for ``check_trainable_precision``.
+        dtype_fix: what to do instead when ``model.dtype`` is the cause (``use ...``).
+    """
     half = next((p.dtype for p in parameters if p.dtype in (torch.bfloat16, torch.float16)), None)
     if half is None:
         return
@@ -75,9 +94,7 @@ def check_trainable_precision(
             f"{frozen}: use trainer.precision=bf16-mixed (float32 weights, bfloat16 compute)"
         )
     raise ConfigError(
-        f"model.dtype={dtype} stores the trained weights in {name}, where {frozen}: use model.dtype=float32 "
-        "with trainer.precision=bf16-mixed (or model.sharding.param_dtype=bfloat16 under FSDP2) for bf16 "
-        "compute, or model.lora, whose float32 adapters train over a bfloat16 base"
+        f"model.dtype={dtype} stores the trained weights in {name}, where {frozen}: {dtype_fix}"
     )
 
 

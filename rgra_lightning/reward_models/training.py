@@ -39,6 +39,7 @@ from rgra_lightning.data.records import DatasetError
 from rgra_lightning.errors import ConfigError, require_valid
 from rgra_lightning.models import load_sequence_classifier, load_tokenizer
 from rgra_lightning.optim import warmup_schedule
+from rgra_lightning.precision import check_trainable_dtype
 from rgra_lightning.reward_models.scorer import classifier_scores, pair_text
 
 Row = dict[str, Any]
@@ -235,7 +236,8 @@ class RewardModelModule(LightningModule):
         model_path: where to start: a causal LM directory (its backbone is kept, a fresh score head is
             added, e.g. the policy itself) or a sequence-classification model with one label.
         gguf_file: optional GGUF file inside ``model_path``.
-        dtype: parameter dtype, ``float32`` | ``bfloat16`` | ``float16``.
+        dtype: parameter dtype, ``float32`` | ``bfloat16`` | ``float16``; ``fit`` refuses half precision
+            (``on_fit_start``), ``validate`` and ``test`` take any.
         max_length: tokens per (prompt + completion) text; longer texts keep their end. Saved with the
             exported tokenizer (``model_max_length``), where ``RewardModelScorer`` takes it by default.
         learning_rate: AdamW peak learning rate.
@@ -287,6 +289,15 @@ class RewardModelModule(LightningModule):
     def hf_model(self) -> torch.nn.Module:
         """The model ``ExportHuggingFace`` saves."""
         return self.model
+
+    def on_fit_start(self) -> None:
+        """A ``ConfigError`` when the trained weights are stored in half precision (``model.dtype`` or a
+        ``-true`` precision plugin's cast), where AdamW steps of the learning rate round away."""
+        hp = self.hparams
+        fix = "use model.dtype=float32 with trainer.precision=bf16-mixed for bf16 compute"
+        check_trainable_dtype(
+            self.model.parameters(), str(self.trainer.precision), hp.dtype, hp.learning_rate, fix
+        )
 
     def scores(self, prompts: list[str], completions: list[str]) -> Tensor:
         """Log-odds scores ``[N]`` (float32) of (prompt, completion) pairs."""

@@ -160,6 +160,37 @@ def test_a_training_file_whose_rows_are_all_one_label_is_refused(tmp_path, monke
     assert data.train_rows[0]["kind"] == "preference"
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            "--model.dtype=bfloat16",
+            "error: model.dtype=bfloat16 stores the trained weights in bfloat16, where an AdamW step of "
+            "model.learning_rate=0.001 rounds away on every weight larger than 5.1e-01: use "
+            "model.dtype=float32 with trainer.precision=bf16-mixed for bf16 compute",
+        ),
+        (
+            "--trainer.precision=bf16-true",
+            "error: trainer.precision=bf16-true casts the trained weights and their AdamW state to bfloat16, "
+            "where an AdamW step of model.learning_rate=0.001 rounds away on every weight larger than "
+            "5.1e-01: use trainer.precision=bf16-mixed (float32 weights, bfloat16 compute)",
+        ),
+    ],
+)
+def test_reward_model_weights_stored_in_half_precision_are_refused(
+    tmp_path, monkeypatch, capsys, option, message
+):
+    """As for the policy: AdamW steps round away on bfloat16 weights, and the trainer said nothing."""
+    monkeypatch.chdir(ROOT)
+    train = write_jsonl(tmp_path / "train.jsonl", sign_rows(24))
+    val = write_jsonl(tmp_path / "val.jsonl", sign_rows(4, 200))
+    with pytest.raises(SystemExit) as refused:
+        main(["fit", "--config", str(reward_model_config(tmp_path, train, val)), option])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_reward_rows_are_checked_with_file_and_line(tmp_path):
     good = {"prompt": "1+1=", "completion": "\\boxed{2}", "correct": True}
     cases = {
