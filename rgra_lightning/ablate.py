@@ -17,12 +17,13 @@ Each run composes configs as ``rgra fit`` does on the command line: ``rgra fit -
 the run's paths (its TensorBoard logs, checkpoints and exported policy in ``<results_dir>/<name>/runs/
 <preset>/seed<k>/``, ``<preset>`` the preset file's name without its folder and ``.yaml``: two presets
 whose files share a name are refused). Every preset's composed config is parsed and validated before the
-first run (``parser_refusals``): a mistake the parser finds stops the study with nothing run. The run goes
-in its own process (a crash or an out-of-memory in one run does not end the study; a config ``rgra fit``
-refuses, exit status 2, skips that preset's other seeds, a diverged run, 3, does not), reports its latest
-update, training reward and validation accuracy every minute, and is marked finished by ``done.json``
-only once fit returned, which records the run's composed config and the TensorBoard files the fit wrote
-(written whole or not at all; one that holds no JSON record is warned of, and its run is not finished).
+first run (``parser_refusals``): a mistake the parser finds stops the study with nothing run. The run goes in
+its own process (a crash or an out-of-memory in one run does not end the study; a config ``rgra fit`` refuses,
+exit status 2, skips that preset's other seeds; a diverged run, 3, and a run whose own directory or checkpoint
+is refused, 4, do not), reports its latest update, training reward and validation accuracy every minute, and
+is marked finished by ``done.json`` only once fit returned, which records the run's composed config and the
+TensorBoard files the fit wrote (written whole or not at all; one that holds no JSON record is warned of, and
+its run is not finished).
 Interrupted (Ctrl-C, SIGTERM), the study stops the running fit with SIGTERM, on which it saves the
 update it is at, and says so. Rerunning the study skips finished runs and resumes an interrupted one from
 its last checkpoint, once ``stale_runs`` found each such run made with the config the study gives it
@@ -72,7 +73,7 @@ from rgra_lightning.config_files import (
     merge,
     read,
 )
-from rgra_lightning.errors import CONFIG_REFUSED, TRAINING_DIVERGED, ConfigError
+from rgra_lightning.errors import CONFIG_REFUSED, RUN_REFUSED, TRAINING_DIVERGED, ConfigError
 
 PROGRESS_EVERY_S = 60.0  # how often a running fit's progress is printed
 STOP_TIMEOUT_S = 600.0  # how long an interrupted study waits for the running fit to save its state and exit
@@ -488,6 +489,7 @@ def stale_runs(study: Study) -> tuple[list[str], list[str]]:
 EXIT_MEANINGS = {  # ``rgra fit``'s exit statuses (``errors``), as a failed run's line names them
     CONFIG_REFUSED: "config refused",
     TRAINING_DIVERGED: "training diverged",
+    RUN_REFUSED: "this run's directory or checkpoint refused",
     KILLED: "stopped by SIGTERM",
     128 + signal.SIGINT: "stopped by Ctrl-C",
 }
@@ -586,8 +588,9 @@ def run_study(study: Study) -> int:
     A preset whose run exits with ``CONFIG_REFUSED`` is not run with its other seeds: only the seed
     differs between them, so each would be refused the same way (the hub unreachable, a GPU config on a
     CPU) after loading the same models. A diverged run (``TRAINING_DIVERGED``) does not stop the others:
-    another seed may not diverge. Interrupted, the study says where the running fit stopped and how to
-    resume, and the interruption goes on."""
+    another seed may not diverge; nor does one refused for its own directory or checkpoint
+    (``RUN_REFUSED``: another process holds it, say). Interrupted, the study says where the running fit
+    stopped and how to resume, and the interruption goes on."""
     jobs = [(preset, seed) for seed in study.seeds for preset in study.presets]  # every preset early
     failed, refused = 0, set()
     for index, (preset, seed) in enumerate(jobs, start=1):

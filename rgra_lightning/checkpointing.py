@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 
 from rgra_lightning.config_files import differences
 from rgra_lightning.distributed import stop_status, with_distributed_sampler
-from rgra_lightning.errors import ConfigError
+from rgra_lightning.errors import ConfigError, RunRefusedError
 
 SAVED = "saved as config.yaml in its log directory"  # where a run's config is, for the errors to say
 
@@ -194,7 +194,7 @@ def require_new_run_directory(trainer: Trainer) -> None:
                 if callback.dirpath is None
                 else f"checkpoint directory (the dirpath of {type(callback).__name__})"
             )
-            raise ConfigError(
+            raise RunRefusedError(
                 f"{directory} already holds the checkpoints of an earlier run: resume it with --ckpt_path "
                 f"last, or give this run another {other} or delete {directory}"
             )
@@ -226,7 +226,7 @@ class RunDirectoryLock(Callback):
         holder = trainer.strategy.broadcast(holder)
         if holder is not None:
             self._release()
-            raise ConfigError(holder)
+            raise RunRefusedError(holder)
 
     @staticmethod
     def require_free(trainer: Trainer) -> None:
@@ -242,7 +242,7 @@ class RunDirectoryLock(Callback):
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise ConfigError(_held_lock(path, handle)) from None
+                raise RunRefusedError(_held_lock(path, handle)) from None
             finally:
                 os.close(handle)
 
@@ -630,7 +630,7 @@ def require_same_run(
     if datamodule is not None and "datamodule_hyper_parameters" in checkpoint:
         changes += changed_settings(checkpoint["datamodule_hyper_parameters"], datamodule.hparams, "data.")
     if changes:
-        raise ConfigError(
+        raise RunRefusedError(
             f"{other_settings(ckpt_path, changes)}: resume with the config it was trained with "
             f"({SAVED}), or start a new run without --ckpt_path"
         )

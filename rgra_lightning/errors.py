@@ -9,8 +9,10 @@ config instantiation or training they were raised, and the exit status each one 
 Exit statuses of ``rgra fit`` (and validate, test, predict): 0 done; ``CONFIG_REFUSED`` (2) a config or
 usage mistake, also one found during training (a verifier failing on every completion): the same for every
 seed; ``TRAINING_DIVERGED`` (3) a ``NonFiniteTrainingError``, which another seed may not hit;
-143 stopped by SIGTERM and 130 by Ctrl-C, the state saved (``distributed.stop_status``). ``rgra ablate``
-tells them apart: only a refused config skips a preset's other seeds.
+``RUN_REFUSED`` (4) a ``RunRefusedError``, a refusal about the run's own directory or checkpoint, which
+another run of the same config does not meet; 143 stopped by SIGTERM and 130 by Ctrl-C, the state saved
+(``distributed.stop_status``). ``rgra ablate`` tells them apart: only a refused config skips a preset's
+other seeds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ from rewards.errors import require_valid as require_valid
 
 CONFIG_REFUSED = 2  # argparse's and jsonargparse's status for a usage mistake, kept for every config mistake
 TRAINING_DIVERGED = 3
+RUN_REFUSED = 4
+
+
+class RunRefusedError(ConfigError):
+    """A refusal about one run's own state, not its config: another process holds its checkpoint directory,
+    the directory holds an earlier run's checkpoints, or the checkpoint it resumes from was trained with
+    other settings. Another run of the same config (another seed, another directory) may go ahead."""
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -44,6 +53,8 @@ def find_reported_error(error: BaseException) -> BaseException | None:
 
 
 def exit_status(error: BaseException) -> int:
-    """The exit status for a reported ``error``: a diverged run is not a refused config (``rgra ablate``
-    would skip the preset's other seeds for the one, and should not for the other)."""
-    return TRAINING_DIVERGED if isinstance(error, NonFiniteTrainingError) else CONFIG_REFUSED
+    """The exit status for a reported ``error``: neither a diverged run nor a refused run directory is a
+    refused config (``rgra ablate`` skips a preset's other seeds for the one only)."""
+    if isinstance(error, NonFiniteTrainingError):
+        return TRAINING_DIVERGED
+    return RUN_REFUSED if isinstance(error, RunRefusedError) else CONFIG_REFUSED

@@ -404,6 +404,22 @@ def test_a_diverged_run_does_not_skip_the_presets_other_seeds(study_file, monkey
     assert "(1 run(s) failed; rerun to retry them)" in out
 
 
+def test_a_run_refused_for_its_own_directory_does_not_skip_the_presets_other_seeds(
+    study_file, monkeypatch, capsys
+):
+    """Exit status 4 (another process holds the run's checkpoint directory, or its checkpoint was trained
+    with other settings) is about that run only: it was exit 2 and skipped every other seed."""
+    statuses, commands = iter([4, 0]), []
+    monkeypatch.setattr(
+        ablate, "fit_reporting", lambda command, *_: commands.append(command) or next(statuses)
+    )
+    path = study_file(presets=["rgra"], seeds=[0, 1])
+    assert ablate.main(["--config", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "[1/2] rgra seed 0: FAILED (exit 4: this run's directory or checkpoint refused)" in out
+    assert "[2/2] rgra seed 1: running" in out and len(commands) == 2
+
+
 def test_a_missing_required_option_stops_the_study_before_any_run_in_one_line(study_file, tmp_path, capsys):
     """A preset switching to a class with a required option it does not give: ``--print_config`` printed the
     config before checking required options, so the run failed when its turn came, hours in. The parser's

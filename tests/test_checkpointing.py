@@ -30,7 +30,7 @@ from rgra_lightning.checkpointing import (
     require_matching_weights,
 )
 from rgra_lightning.cli import main
-from rgra_lightning.errors import ConfigError
+from rgra_lightning.errors import RUN_REFUSED, ConfigError
 from rgra_lightning.models import load_causal_lm
 from tests.conftest import FAST, ROOT, one_line_error, scalars_by_step
 
@@ -276,7 +276,7 @@ def test_a_fresh_fit_where_an_earlier_run_saved_checkpoints_is_refused_before_tr
     main(["fit", "--config", str(config)])
     directory = tmp_path / "checkpoints"
     saved = sorted(os.listdir(directory))
-    assert one_line_error(["fit", "--config", str(config)], capsys) == (
+    assert one_line_error(["fit", "--config", str(config)], capsys, status=RUN_REFUSED) == (
         f"error: {directory} already holds the checkpoints of an earlier run: resume it with --ckpt_path "
         f"last, or give this run another checkpoint directory (the dirpath of PeriodicModelCheckpoint) or "
         f"delete {directory}"
@@ -308,19 +308,21 @@ def test_a_fit_into_the_checkpoint_directory_of_a_running_fit_is_refused(
         f"(process 4242 on node-7, holding {lock}): wait for it to end, or give this run another name or "
         "checkpoint directory"
     )
-    assert one_line_error(["fit", "--config", str(config)], capsys) == refused
+    assert one_line_error(["fit", "--config", str(config)], capsys, status=RUN_REFUSED) == refused
     assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
     assert not (tmp_path / "runs").exists()  # no log directory of the refused run beside the others
     with monkeypatch.context() as past_the_probe:
         past_the_probe.setattr(RunDirectoryLock, "require_free", lambda trainer: None)
-        assert one_line_error(["fit", "--config", str(config)], capsys) == refused
+        assert one_line_error(["fit", "--config", str(config)], capsys, status=RUN_REFUSED) == refused
     os.close(running)  # the running fit ends
     assert main(["fit", "--config", str(config)]).trainer.global_step == 1
     after = os.open(lock, os.O_RDWR)
     fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if the fit kept its lock
     assert os.read(after, 100).decode() == f"process {os.getpid()} on {socket.gethostname()}\n"
     resume = ["fit", "--config", str(config), "--trainer.max_steps=2", "--ckpt_path", "last"]
-    assert one_line_error(resume, capsys).startswith(f"error: {tmp_path / 'checkpoints'} is the checkpoint")
+    assert one_line_error(resume, capsys, status=RUN_REFUSED).startswith(
+        f"error: {tmp_path / 'checkpoints'} is the checkpoint"
+    )
     os.close(after)
     assert main(resume).trainer.global_step == 2
 
@@ -336,13 +338,15 @@ def test_resuming_with_another_verifier_is_refused_but_not_with_other_workers(sm
     resume = ["fit", "--config", str(config), "--trainer.max_steps=2", "--ckpt_path", "last"]
     last = tmp_path / "checkpoints" / "last.ckpt"
     log_directories = sorted((tmp_path / "runs").glob("*/version_*"))
-    assert one_line_error([*resume, "--model.verifier.timeout=2.0"], capsys) == (
+    assert one_line_error([*resume, "--model.verifier.timeout=2.0"], capsys, status=RUN_REFUSED) == (
         f"error: checkpoint {last} was trained with other settings than this run's (model.verifier.init_args."
         "timeout: 3.0 in the checkpoint, 2.0 now): resume with the config it was trained with (saved as "
         "config.yaml in its log directory), or start a new run without --ckpt_path"
     )
     assert sorted((tmp_path / "runs").glob("*/version_*")) == log_directories
-    assert one_line_error([*resume, "--model.verifier=rewards.NumericVerifier"], capsys).startswith(
+    assert one_line_error(
+        [*resume, "--model.verifier=rewards.NumericVerifier"], capsys, status=RUN_REFUSED
+    ).startswith(
         f"error: checkpoint {last} was trained with other settings than this run's (model.verifier."
         "class_path: 'rewards.verifiers.MathVerifier' in the checkpoint, 'rewards.verifiers.NumericVerifier' "
         "now; "

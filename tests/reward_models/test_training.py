@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from rewards import WeightedSum
 from rgra_lightning.cli import main
 from rgra_lightning.data import DatasetError
-from rgra_lightning.errors import ConfigError
+from rgra_lightning.errors import RUN_REFUSED, ConfigError
 from rgra_lightning.reward_models.scorer import RewardModelScorer
 from rgra_lightning.reward_models.training import (
     DefinedAUROC,
@@ -101,7 +101,7 @@ def test_reward_model_training_learns_and_exports_a_usable_reward(tmp_path, monk
     capsys.readouterr()
     with pytest.raises(SystemExit) as refused:
         main(["fit", "--config", str(path)])
-    assert refused.value.code == 2
+    assert refused.value.code == RUN_REFUSED
     earlier = f"error: {tmp_path / 'checkpoints'} already holds the checkpoints of an earlier run: resume"
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(earlier)
     assert sorted((tmp_path / "checkpoints").iterdir()) == checkpoints
