@@ -195,6 +195,17 @@ EXTRACTORS: dict[str, Callable[[str], Match | None]] = {
 }
 DEFAULT_ORDER = ("boxed", "answer_tag", "gsm8k", "final_answer", "answer_is", "answer_line")
 _PROSE_MARKERS = ("final_answer", "answer_is", "answer_line")
+# The reason a model gives after its answer on the same line ("7 because 3+4=7", "7, since ...", "7, which
+# is odd", "18 (9 eggs at $2 each)", "5; we check ..."): the answer is what comes before it. A parenthesis
+# counts only after a value (a digit, ``}`` or ``$``) and when it holds a word (``(9 eggs``), not an
+# interval's ``\cup (5, 7)``.
+_JUSTIFICATION = re.compile(
+    r",?\s+(?:because|since|as|given|due to|from)\b|,\s*(?:which|that)\b"
+    r"|(?<=[\d}$])\s*\((?=[^()]*[a-zA-Z]{2})|;\s",
+    re.IGNORECASE,
+)
+# a value restated after the answer ("1/2 of 36, which is 18"): the restated one is the answer
+_RESTATED = re.compile(r",\s*(?:which|that)\s+(?:is|equals|gives)\s+(?=[^\n]*\d)(.+)", re.IGNORECASE)
 _STATES_VALUE = re.compile(r"[\d\\]")  # a digit or a LaTeX command: a value, not a comment
 
 
@@ -202,6 +213,22 @@ def _is_prose(text: str) -> bool:
     """Two or more words outside ``\\text{}`` (or any run of non-ASCII letters): a sentence, not an answer."""
     text = re.sub(r"\\(?:text|begin|end)\{[^{}]*\}", "", text)
     return len(_PROSE_WORD.findall(text)) >= 2 or re.search(r"[^\x00-\x7f]{2,}", text) is not None
+
+
+def _without_reason(candidate: str) -> str:
+    """A prose marker's capture (the rest of its line) without the reason after its answer
+    (``_JUSTIFICATION``), or the value it restates (``_RESTATED``); a math span or a box is never cut."""
+    inside = [(m.start(), m.end()) for m in _MATH.finditer(candidate)]
+    inside += [(start, end) for start, end, _ in boxes(candidate)]
+
+    def outside(match: re.Match[str]) -> bool:
+        return match.start() > 0 and not any(start <= match.start() < end for start, end in inside)
+
+    restated = next((m for m in _RESTATED.finditer(candidate) if outside(m)), None)
+    if restated is not None:
+        return _without_reason(restated.group(1))
+    reason = next((m for m in _JUSTIFICATION.finditer(candidate) if outside(m)), None)
+    return candidate if reason is None else candidate[: reason.start()]
 
 
 def _strip_emphasis(text: str) -> str:
@@ -249,7 +276,8 @@ def extract_answer(
         ranked = sorted(((found[name][0], -rank, name) for rank, name in enumerate(order) if name in found),
                         reverse=True)  # fmt: skip
         for _, _, name in ranked:
-            answer = _refine(found[name][1])
+            captured = found[name][1]
+            answer = _refine(_without_reason(captured) if name in _PROSE_MARKERS else captured)
             box = found.get("boxed")
             after_box = name in _PROSE_MARKERS and box is not None and box[0] < found[name][0]
             if after_box and not _STATES_VALUE.search(answer):

@@ -240,6 +240,36 @@ def test_box_beats_prose_without_a_value(text, expected):
     assert extract_answer(text) == expected
 
 
+# 5b. a reason after the answer on its line is not part of it (it was: "7 because 3+4=7" scored 0)
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("3+4=7, so she has \\boxed{7} apples. The answer is 7 because 3+4=7.", "7"),
+        ("\\boxed{18}. The answer is 18 (from 9 * 2).", "18"),
+        ("The final answer is 18 because 9 * 2 = 18.", "18"),
+        ("The answer is 7, since 3+4=7.", "7"),
+        ("The answer is 7, which is odd.", "7"),
+        ("Final Answer: 18 (9 eggs at $2 each)", "18"),  # was the last number, 2
+        ("The answer is 1/2 of 36, which is 18.", "18"),  # the restated value
+        ("The answer is 5; we check it below.", "5"),
+        ("Answer: 42 as computed above", "42"),
+        ("The answer is \\frac{1}{2} (about half).", "\\frac{1}{2}"),
+        # not cut: inside math, an interval's parentheses, a parenthesis without a word
+        ("The answer is $f(x) = (x+1)^2$ since it fits.", "f(x) = (x+1)^2"),
+        ("The answer is (-\\infty, 3) \\cup (5, \\infty).", "(-\\infty, 3) \\cup (5, \\infty)"),
+        ("The answer is 2 (x+1).", "2 (x+1)"),
+    ],
+)
+def test_a_reason_after_the_answer_is_cut_off(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_a_correct_answer_with_its_reason_scores_as_correct():
+    verifier = MathVerifier()
+    completions = ["The answer is 7 because 3+4=7.", "Final Answer: 18 (9 eggs at $2 each)"]
+    assert [score.correct for score in verifier.score_batch(completions, ["7", "18"])] == [True, True]
+
+
 # 6. self-corrections are not answer lists; genuine multi-box lists still are
 @pytest.mark.parametrize(
     "text, expected",
