@@ -70,7 +70,7 @@ _STYLE_COMMAND = re.compile(r"\\(?:boldsymbol|bm|pmb|mathnormal|underline|cancel
 _PMOD = re.compile(r"\s*(?:\\pmod\s*(?:\{[^{}]*\}|\w+)|\(\s*\\(?:mod|bmod)\s*\{?[^{}()]*\}?\s*\))")
 _CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?(?:\s*([AaPp])\.?\s*[Mm]\.?)?")
 _CHOICE_WITH_TEXT = re.compile(r"\(?([A-E])(?:\)|\.|:|\)\.)\s+\S.*", re.DOTALL)
-_MIXED_NUMBER = re.compile(r"(\d+)\s+(\d+)/(\d+)")
+_MIXED_NUMBER = re.compile(r"(-?\d+)\s+(\d+)/(\d+)")  # the sign applies to the whole: -3 1/2 = -3.5
 _PERCENT = re.compile(r"\s*(?:\\%|%|\\text\{\s*percent\s*\}|\bpercentage\b|\bpercent\b|\bpct\b)\s*$")
 _CURRENCY = re.compile(r"\\\$|\$|€|£|¥|\\euro\b|\\pounds\b")
 _THOUSANDS = re.compile(r"(?<![\d.])([1-9]\d{0,2})((?:(?:,|\{,\}|,\\!|\\,|\s)\d{3})+)(?![\d])")
@@ -277,7 +277,7 @@ def normalize_element(text: str) -> str:
         hours, minutes, seconds, half = clock.groups()
         hours = int(hours) % 12 + (12 if half and half.lower() == "p" else 0) if half else int(hours)
         text = f"{hours}:{minutes}" + (f":{seconds}" if seconds and seconds != "00" else "")
-    mixed = _MIXED_NUMBER.fullmatch(text)  # 1 1/2
+    mixed = _MIXED_NUMBER.fullmatch(text)  # 1 1/2 and -3 1/2 (-3\frac{1}{2} is -3.5)
     if mixed:
         text = f"{mixed.group(1)}\\frac{{{mixed.group(2)}}}{{{mixed.group(3)}}}"
     base = _BASE.match(text)

@@ -267,6 +267,8 @@ def test_equations_and_inequalities_in_several_variables(pred, gold, verdict):
         ("19:15:00", "19:15", True),
         ("07:15 a.m.", "19:15", False),
         ("3 1/4", "3.25", True),  # a mixed number
+        ("-3 1/2", "-3.5", True),  # its sign applies to the whole (was read as -3 and 1/2: different)
+        ("-3 1/2", "-2.5", False),
         ("D. the circle", "D", True),  # a choice letter written with its option
         ("D. the circle", "B", False),
         ("(3-i)(3+i)", "10", True),  # i alone is the imaginary unit
