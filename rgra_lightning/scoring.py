@@ -70,6 +70,13 @@ def robust_score_batch(
             f"model.verifier: {name} failed on all {len(scores)} completions of a batch ({failures[0]}): "
             "score_batch must return one rewards.Score with a finite reward per completion"
         )
+    errors = [score.error for score in scores if score.error is not None]
+    if len(scores) > 1 and len(errors) == len(scores):  # its own checks failing (timeouts, worker crashes)
+        warnings.warn(
+            f"{name} could not check any of the {len(scores)} completions of a batch ({errors[0]}); they "
+            "score 0 (train/verifier_errors): check its timeout and memory_mb",
+            stacklevel=2,
+        )
     if any(score.details == VERIFIER_FAILED and "non-finite" in score.error for score in scores):
         warnings.warn(f"{name} returned a non-finite reward: scored 0 (train/verifier_errors)", stacklevel=2)
     return scores

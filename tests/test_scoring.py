@@ -167,6 +167,31 @@ def test_a_verifier_that_fails_on_every_completion_of_a_batch_stops_the_run(veri
     assert alone.reward == 0.0 and alone.error == cause
 
 
+class TimesOut(Verifier):
+    """A verifier whose own checks fail on the completions holding ``slow`` (as MathVerifier's do on a timeout
+    or a worker crash): a Score with ``error`` set, not an exception."""
+
+    def score(self, completion, reference):
+        if "slow" in completion:
+            return Score(0.0, False, completion, "verification failed", error="timeout")
+        return Score(1.0, True, completion, "equivalent")
+
+
+def test_a_verifier_that_could_check_no_completion_of_a_batch_warns():
+    """MathVerifier with a memory_mb too small for its workers scored every completion 0 with an error, and
+    training went on without a word (an audit); one completion failing is only counted."""
+    with pytest.warns(UserWarning) as caught:
+        scores = robust_score_batch(TimesOut(), ["slow 1", "slow 2"], ["1", "2"])
+    assert [score.reward for score in scores] == [0.0, 0.0]
+    assert [str(w.message) for w in caught] == [
+        "TimesOut could not check any of the 2 completions of a batch (timeout); they score 0 "
+        "(train/verifier_errors): check its timeout and memory_mb"
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [s.reward for s in robust_score_batch(TimesOut(), ["slow 1", "2"], ["1", "2"])] == [0.0, 1.0]
+
+
 def test_a_weighted_sum_with_two_judges_of_correctness_warns():
     """A shaping reward that leaves judges_correctness True would turn accuracy into 'every component
     says correct': the audit's custom length penalty set train/accuracy to 0."""
