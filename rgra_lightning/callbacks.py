@@ -22,6 +22,28 @@ from rgra_lightning.distributed import is_sharded
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.export import export_policy
 
+SAMPLE_COLUMNS = ("prompt", "completion", "reference", "reward", "details")
+
+
+def markdown_cell(value: object) -> str:
+    """``value`` as the text of one Markdown table cell that TensorBoard shows as written: HTML escaped,
+    ``|`` kept from ending the cell, line breaks as ``<br>`` (a newline would end the row: a chat prompt or
+    a completion of several lines split into rows of other columns), and ``\\``, ``*``, ``_`` and backticks
+    escaped (``6*(-2) then 3*4`` rendered as italics)."""
+    text = html.escape(str(value)).replace("|", "&#124;")
+    for char in "\\*_`":
+        text = text.replace(char, "\\" + char)
+    return text.replace("\r\n", "\n").replace("\n", "<br>")
+
+
+def samples_table(samples: list[Mapping[str, Any]]) -> str:
+    """A Markdown table of ``samples``, one row each: ``SAMPLE_COLUMNS``."""
+    header = f"| {' | '.join(SAMPLE_COLUMNS)} |\n|{'---|' * len(SAMPLE_COLUMNS)}\n"
+    rows = "".join(
+        f"| {' | '.join(markdown_cell(sample[key]) for key in SAMPLE_COLUMNS)} |\n" for sample in samples
+    )
+    return header + rows
+
 
 class CompletionSampleLogger(Callback):
     """Every ``every_n_steps`` optimizer updates, write the module's ``latest_samples`` to TensorBoard
@@ -40,19 +62,10 @@ class CompletionSampleLogger(Callback):
         if not samples or not due or not trainer.is_global_zero:
             return
         self._last_logged_step = step
-        header = "| prompt | completion | reference | reward | details |\n|---|---|---|---|---|\n"
-        rows = "".join(
-            "| "
-            + " | ".join(
-                html.escape(str(s[k])).replace("|", "&#124;")
-                for k in ("prompt", "completion", "reference", "reward", "details")
-            )
-            + " |\n"
-            for s in samples
-        )
+        table = samples_table(samples)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("samples/completions", header + rows, global_step=step)
+                logger.experiment.add_text("samples/completions", table, global_step=step)
 
 
 class ExportHuggingFace(Callback):

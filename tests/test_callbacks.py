@@ -169,3 +169,30 @@ def test_the_step_0_validation_ends_with_its_metrics(monkeypatch, capsys):
         "validate (update 0): batch 2/2; 4 s, ETA 0 s",
         "validate (update 0): batch 2/2, val/accuracy 0.241; 4 s",
     ]
+
+
+def test_the_samples_table_shows_each_sample_in_one_row_as_written():
+    """Rendered as TensorBoard renders text (its own Markdown-to-HTML): a chat prompt's and a completion's
+    line breaks ended the row (2 samples became 4 rows, the reference in another column), and ``*``/``_``
+    became italics."""
+    from tensorboard.plugin_util import markdown_to_safe_html
+
+    completion = "6*(-2)= then 3*4\n**bold** a_b_c `x` \\frac{1}{2} | pipe"
+    samples = [
+        {"prompt": "<|im_start|>user\nWhat is 6*(-2)?\n", "completion": completion, "reference": "-12",
+         "reward": 1.0, "details": "equivalent"},
+        {"prompt": "p2", "completion": "c2", "reference": "r2", "reward": 0.0, "details": "d"},
+    ]  # fmt: skip
+    rendered = markdown_to_safe_html(callbacks.samples_table(samples))
+    rows = re.findall(r"<tr>(.*?)</tr>", rendered, re.DOTALL)[1:]
+    cells = [re.findall(r"<td>(.*?)</td>", row, re.DOTALL) for row in rows]
+    assert cells == [
+        [
+            "&lt;&#124;im_start&#124;&gt;user<br>What is 6*(-2)?<br>",
+            "6*(-2)= then 3*4<br>**bold** a_b_c `x` \\frac{1}{2} &#124; pipe",
+            "-12",
+            "1.0",
+            "equivalent",
+        ],
+        ["p2", "c2", "r2", "0.0", "d"],
+    ]
