@@ -19,6 +19,7 @@ from rgra_lightning.update import UpdateStats
 TRAIN_REDUCTIONS = {
     "train/completion_length_max": "max",
     "train/verifier_errors": "sum",
+    "train/truncated_prompts": "sum",
     "train/completion_tokens_per_s": "sum",
     "time/generation_s": "max",
     "time/verification_s": "max",

@@ -45,12 +45,14 @@ from rgra_lightning.distributed import (
     ShardingConfig,
     counted_on_rank,
     decoder_layers,
+    reduce_across_ranks,
     reduce_gathered,
     shard_model,
     with_distributed_sampler,
 )
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.logprobs import token_logprobs
+from rgra_lightning.metrics import TRAIN_REDUCTIONS
 from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.rehearsal import scalars
 from rgra_lightning.rollout import HFEngine, Rollout, SamplingConfig
@@ -124,6 +126,22 @@ def test_step_metrics_are_reduced_over_ranks_each_by_its_own_reduction():
     kinds = ["mean", "max", "sum", "token_mean"]
     assert reduce_gathered(gathered, kinds, tokens).tolist() == pytest.approx([2.0, 5.0, 9.0, 0.275])
     assert reduce_gathered(gathered[:1], kinds, tokens[:1]).tolist() == [1.0, 5.0, 2.0, 0.5]  # one rank
+
+
+def test_counts_of_the_training_step_are_summed_over_ranks():
+    """One truncated prompt on one of four ranks is one truncated prompt (it was logged as 0.25)."""
+    names = ["train/truncated_prompts", "train/verifier_errors", "train/reward"]
+    per_rank = torch.tensor([[1.0, 3.0, 0.5], [0.0, 0.0, 0.7], [0.0, 0.0, 0.1], [0.0, 1.0, 0.3]])
+    tokens = torch.ones(4)
+
+    def all_gather(stacked: torch.Tensor) -> torch.Tensor:  # rank 0's values, the others' given
+        return torch.cat([stacked.unsqueeze(0), torch.cat([per_rank[1:], tokens[1:, None]], dim=1)])
+
+    mine = dict(zip(names, per_rank[0], strict=True))
+    reduced = reduce_across_ranks(mine, TRAIN_REDUCTIONS, tokens[0], all_gather, torch.device("cpu"))
+    assert {name: value.item() for name, value in reduced.items()} == pytest.approx(
+        {"train/truncated_prompts": 1.0, "train/verifier_errors": 4.0, "train/reward": 0.4}
+    )
 
 
 @pytest.mark.parametrize("size, ranks", [(5, 2), (41, 2), (7, 3), (1, 2), (2, 5), (8, 4)])
