@@ -49,9 +49,10 @@ class WorkedAnswers(IterableDataset):
         steps_probability: float,
         slip_probability: float,
         val_size: int,
+        split_seed: int,
         seed: int,
     ) -> None:
-        self.problems = split_problems(val_size=val_size, seed=seed)["train"]
+        self.problems = split_problems(val_size=val_size, seed=split_seed)["train"]
         self.prompt_template = prompt_template
         self.steps_probability = steps_probability
         self.slip_probability = slip_probability
@@ -66,7 +67,9 @@ class WorkedAnswers(IterableDataset):
 
 
 class WarmupDataModule(LightningDataModule):
-    """Worked answers for supervised warm-up (see the module docstring)."""
+    """Worked answers for supervised warm-up (see the module docstring) on the problems that
+    ``split_problems(val_size, split_seed)`` does not hold out (``ArithmeticDataModule`` validates on the
+    held-out ones with the same ``val_size`` and ``split_seed``); ``seed`` draws the stream."""
 
     def __init__(
         self,
@@ -75,6 +78,7 @@ class WarmupDataModule(LightningDataModule):
         slip_probability: float = 0.7,
         batch_size: int = 128,
         val_size: int = 128,
+        split_seed: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -87,7 +91,7 @@ class WarmupDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         dataset = WorkedAnswers(
-            hp.prompt_template, hp.steps_probability, hp.slip_probability, hp.val_size, hp.seed
+            hp.prompt_template, hp.steps_probability, hp.slip_probability, hp.val_size, hp.split_seed, hp.seed
         )
         return DataLoader(
             dataset, batch_size=hp.batch_size, collate_fn=lambda pairs: list(zip(*pairs, strict=True))

@@ -24,12 +24,17 @@ class ArithmeticDataModule(ChatCapableDataModule):
             or the user message (``chat``), either followed by the ``instruction`` on a new line. The
             warm-up's is ``{question}=``.
         val_size: problems held out for validation, at least 1 and fewer than all of them.
+        split_seed: which problems are held out (``split_problems``): the warm-up's ``data.split_seed``,
+            0 for the shipped policy, whose warm-up trained on the others. It is not ``seed``, so that a
+            run with another ``seed`` (shuffle order, subsets) validates on problems never trained on.
         **kwargs: ``ChatCapableDataModule``'s prompt options (``prompt_format``, ``system_prompt``,
             ``instruction``, the tokenizer) and ``PromptDataModule``'s (batch sizes, ``train_size``,
             ``limit``, ``seed``).
     """
 
-    def __init__(self, prompt_template: str = "{question}=", val_size: int = 128, **kwargs: Any) -> None:
+    def __init__(
+        self, prompt_template: str = "{question}=", val_size: int = 128, split_seed: int = 0, **kwargs: Any
+    ) -> None:
         check_prompt_template(prompt_template)
         if val_size < 1:
             raise ConfigError(f"data.val_size must be >= 1, got {val_size}")
@@ -41,7 +46,7 @@ class ArithmeticDataModule(ChatCapableDataModule):
 
     def load_splits(self) -> dict[str, list[Record]]:
         hp = self.hparams
-        splits = split_problems(val_size=hp.val_size, seed=hp.seed)
+        splits = split_problems(val_size=hp.val_size, seed=hp.split_seed)
         check_val_size(
             hp.val_size, len(splits["train"]) + len(splits["val"]), "problems of the synthetic task"
         )

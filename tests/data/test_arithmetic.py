@@ -27,6 +27,22 @@ def test_the_defaults_keep_the_warm_up_prompts():
     assert not isinstance(data.val_examples[0]["prompt"], ChatPrompt)
 
 
+def test_another_data_seed_validates_on_the_problems_the_warm_up_held_out():
+    """``data.seed=1`` moved the split: 118 of its 128 validation problems were warm-up training problems of
+    the shipped policy (an audit). The split follows ``split_seed``, the warm-up's, alone."""
+    from rgra_lightning.arithmetic.warmup import WorkedAnswers
+
+    warmed_up = {p.question for p in WorkedAnswers("{question}=", 0.35, 0.7, 128, 0, 0).problems}
+    for seed in (0, 1):
+        data = ArithmeticDataModule(seed=seed)
+        data.setup()
+        questions = {example["prompt"].removesuffix("=") for example in data.val_examples}
+        assert len(questions) == 128 and not questions & warmed_up
+    moved = ArithmeticDataModule(split_seed=1)
+    moved.setup()
+    assert {example["prompt"].removesuffix("=") for example in moved.val_examples} & warmed_up
+
+
 def test_chat_prompts_ask_the_question_in_the_user_message_with_the_instruction():
     """The chat rendering is the tokenizer's template over ``prompt_template``'s question and the
     instruction on the next line; plain prompts take the instruction the same way."""
