@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from rgra_lightning.distributed import is_sharded
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.export import export_policy
+from rgra_lightning.export import check_output_directory, export_policy
 
 SAMPLE_COLUMNS = ("prompt", "completion", "reference", "reward", "details")
 
@@ -75,6 +75,12 @@ class ExportHuggingFace(Callback):
 
     def __init__(self, output_dir: str | None = None) -> None:
         self.output_dir = output_dir
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Refuse an ``output_dir`` the export would refuse (a file, a folder of other files) before the
+        fit trains rather than at its end."""
+        if stage == "fit" and self.output_dir is not None:
+            check_output_directory(self.output_dir)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         model = pl_module.hf_model

@@ -9,6 +9,9 @@ run's, applied in order as ``rgra fit`` applies several ``--config``; the run's 
 ``runs/<name>/version_N/config.yaml`` works as it is. A LoRA policy is exported merged (adapters folded
 into the base weights), so the directory is an ordinary model; ``--adapter-only`` keeps the small ``peft``
 adapter directory instead.
+
+Every export replaces its output directory whole (see ``replacing_directory``): no file of an earlier export
+is left beside the new one, and an interrupted export leaves the old directory or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import secrets
+import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,14 +38,89 @@ from rgra_lightning.models import gguf_to_hf
 
 
 def plain_model(policy: torch.nn.Module) -> PreTrainedModel:
-    """The policy as a plain transformers model: a LoRA (``peft``) policy is copied and merged in float32.
+    """The policy as a plain transformers model: a LoRA (``peft``) policy is copied to the CPU in float32
+    and merged there; the policy itself is left as it is.
 
     Merged into a bf16 base, a trained adapter's product B A mostly rounds away (after 2 updates at lr
     1e-5, 29-31 % of it survived), so the merged model keeps float32 weights: the exported policy is the
     trained one, at twice a bf16 file's size."""
     if hasattr(policy, "merge_and_unload"):
-        return copy.deepcopy(policy).float().merge_and_unload()
+        return cpu_float32_copy(policy).merge_and_unload()
     return policy
+
+
+def cpu_float32_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``module`` with its parameters and buffers on the CPU, floating-point ones in float32
+    (as ``copy.deepcopy(module).to("cpu", torch.float32)``, tied weights still tied).
+
+    Each tensor is copied straight to the CPU: a deep copy made first on the module's device would need a
+    second copy of the model there (~6 GB at the float32 peak for a 1.5B policy) at the end of fit, while
+    the optimizer state still fills it."""
+    memo: dict[int, object] = {}
+    for parameter in module.parameters():
+        memo[id(parameter)] = torch.nn.Parameter(
+            _cpu_float32(parameter.detach()), requires_grad=parameter.requires_grad
+        )
+    for buffer in module.buffers():
+        memo[id(buffer)] = _cpu_float32(buffer)
+    return copy.deepcopy(module, memo)
+
+
+def _cpu_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` copied to the CPU, in float32 if it is floating-point (``Module.to``'s rule)."""
+    dtype = torch.float32 if tensor.is_floating_point() else tensor.dtype
+    return tensor.to("cpu", dtype, copy=True)
+
+
+EXPORT_MARKERS = ("config.json", "adapter_config.json")  # what every export writes (merged, adapter-only)
+
+
+def check_output_directory(output_dir: str | Path) -> None:
+    """Refuse ``output_dir`` where an export, which replaces it whole, would delete files it did not write:
+    a file, or a non-empty directory that holds no earlier export (no ``config.json`` or
+    ``adapter_config.json``). A missing or empty directory, or an earlier export, may be replaced."""
+    output = Path(output_dir)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"export directory {output} is a file: give a directory to export the model to")
+    if (
+        output.is_dir()
+        and any(output.iterdir())
+        and not any((output / name).is_file() for name in EXPORT_MARKERS)
+    ):
+        raise ConfigError(
+            f"export directory {output} holds files but no exported model (no config.json or "
+            "adapter_config.json), and an export replaces it whole: give a new or empty directory"
+        )
+
+
+@contextmanager
+def replacing_directory(output_dir: str | Path) -> Iterator[Path]:
+    """Yield a new empty directory to write an export into, then put it in place of ``output_dir``.
+
+    The new directory is a sibling, ``<name>.partial-<hex>``, so that the renames stay on one filesystem
+    (atomic); on success the old ``output_dir`` is renamed aside to ``<name>.replaced-<hex>``, the new one
+    renamed in, and the old one deleted. An export that fails deletes its partial directory and leaves
+    ``output_dir`` as it was. One that is killed leaves ``output_dir`` whole, old or new, with a
+    ``<name>.partial-<hex>`` or ``<name>.replaced-<hex>`` sibling to delete; killed in the moment between
+    the two renames, the old directory and the finished new one are both whole under those names.
+    Refuses an ``output_dir`` that ``check_output_directory`` refuses."""
+    check_output_directory(output_dir)
+    # resolved: a symlinked output directory is replaced where it points (on that filesystem), ``.`` by name
+    output = Path(output_dir).resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(4)
+    staging = output.parent / f"{output.name}.partial-{token}"
+    staging.mkdir()  # with the umask's permissions, as the directory it replaces was made
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replaced = output.parent / f"{output.name}.replaced-{token}"
+    if output.exists():
+        output.rename(replaced)
+    staging.rename(output)
+    shutil.rmtree(replaced, ignore_errors=True)
 
 
 def export_policy(
@@ -48,25 +130,28 @@ def export_policy(
     adapter_only: bool = False,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Save ``policy`` (merged unless ``adapter_only``) and ``tokenizer`` to ``output_dir``. A
-    ``state_dict`` (the full weights gathered from an FSDP2-sharded policy) is saved as given, unmerged."""
+    """Save ``policy`` (merged unless ``adapter_only``) and ``tokenizer`` to ``output_dir``, replacing it
+    whole (``replacing_directory``). A ``state_dict`` (the full weights gathered from an FSDP2-sharded
+    policy) is saved as given, unmerged. One process writes: under distributed training the caller calls
+    this on rank 0 only (``ExportHuggingFace``)."""
     if adapter_only and not hasattr(policy, "merge_and_unload"):
         raise ConfigError("--adapter-only: this policy has no LoRA adapters (model.lora is not set)")
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    if state_dict is not None:
-        policy.save_pretrained(output, state_dict=state_dict)
-    else:
-        (policy if adapter_only else plain_model(policy)).save_pretrained(output)
-    if adapter_only:
-        _absolute_base_model_path(output / "adapter_config.json")
-    # transformers keeps a loading flag among the tokenizer's settings (offline: local_files_only true)
-    loading = {key: tokenizer.init_kwargs.pop(key) for key in _LOADING_FLAGS if key in tokenizer.init_kwargs}
-    try:
-        tokenizer.save_pretrained(output)
-    finally:
-        tokenizer.init_kwargs.update(loading)
-    return output
+    with replacing_directory(output_dir) as staging:
+        if state_dict is not None:
+            policy.save_pretrained(staging, state_dict=state_dict)
+        else:
+            (policy if adapter_only else plain_model(policy)).save_pretrained(staging)
+        if adapter_only:
+            _absolute_base_model_path(staging / "adapter_config.json")
+        # transformers keeps a loading flag among the tokenizer's settings (offline: local_files_only true)
+        loading = {
+            key: tokenizer.init_kwargs.pop(key) for key in _LOADING_FLAGS if key in tokenizer.init_kwargs
+        }
+        try:
+            tokenizer.save_pretrained(staging)
+        finally:
+            tokenizer.init_kwargs.update(loading)
+    return Path(output_dir)
 
 
 _LOADING_FLAGS = ("local_files_only",)
@@ -121,6 +206,7 @@ def export_checkpoint(
     from rgra_lightning.cli import check_config_files, main
 
     require_checkpoint(ckpt_path, "--ckpt-path")
+    check_output_directory(output_dir)  # before the module is built and loaded
     paths = [config] if isinstance(config, str) else config
     check_config_files([arg for path in paths for arg in ("--config", path)])  # naming the given files
     with tempfile.TemporaryDirectory(prefix="rgra-export-") as scratch:
@@ -157,7 +243,9 @@ def main(args: list[str] | None = None) -> None:
         if Path(options.output).exists() and not Path(options.output).is_dir():
             raise ConfigError(f"--output {options.output} is a file: give a directory to export the model to")
         if options.command == "gguf-to-hf":
-            output = gguf_to_hf(options.model_path, options.gguf_file, options.output, options.dtype)
+            with replacing_directory(options.output) as staging:
+                gguf_to_hf(options.model_path, options.gguf_file, str(staging), options.dtype)
+            output = Path(options.output)
         else:
             output = export_checkpoint(
                 options.config, options.ckpt_path, options.output, options.adapter_only

@@ -13,6 +13,7 @@ from rgra_lightning import callbacks
 from rgra_lightning.callbacks import LineProgressBar
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
+from tests.conftest import FAST, one_line_error
 
 
 def test_a_fit_logging_to_a_file_prints_progress_lines(small_config, monkeypatch, capsys):
@@ -196,3 +197,17 @@ def test_the_samples_table_shows_each_sample_in_one_row_as_written():
         ],
         ["p2", "c2", "r2", "0.0", "d"],
     ]
+
+
+def test_an_export_folder_of_other_files_is_refused_before_the_fit_trains(small_config, tmp_path, capsys):
+    """The export replaces its folder whole and refuses one holding files it did not write: checked at the
+    end of fit, the run trained for nothing (its export refused); now before it starts."""
+    folder = tmp_path / "hf_model"  # small_config's ExportHuggingFace output_dir
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    line = one_line_error(["fit", "--config", str(small_config("rgra", **FAST))], capsys)
+    assert line == (
+        f"error: export directory {folder} holds files but no exported model (no config.json or "
+        "adapter_config.json), and an export replaces it whole: give a new or empty directory"
+    )
+    assert not (tmp_path / "checkpoints").exists() and (folder / "notes.txt").read_text() == "mine"

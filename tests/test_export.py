@@ -1,6 +1,10 @@
 """Exporting policies: merged Hugging Face directories and adapter-only PEFT directories."""
 
+import copy
 import json
+import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +13,7 @@ from safetensors.torch import load_file
 
 from rgra_lightning.cli import main as cli_main
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.export import export_checkpoint, export_policy
+from rgra_lightning.export import export_checkpoint, export_policy, plain_model
 from rgra_lightning.export import main as export_main
 from rgra_lightning.models import (
     LoraConfig,
@@ -187,3 +191,143 @@ def test_export_takes_the_checkpoint_in_either_spelling(spelling, tmp_path, caps
         export_main(["checkpoint", "--config", "no.yaml", spelling, str(missing), "--output", str(tmp_path)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"error: --ckpt-path '{missing}' does not exist\n"
+
+
+def _trained_lora_policy(std: float, dtype: str = "float32"):
+    """The tiny policy with rank-2 adapters whose B is random (a trained-looking, nonzero update)."""
+    torch.manual_seed(0)
+    policy = add_lora(load_causal_lm(str(TINY_POLICY), dtype=dtype), LoraConfig(rank=2, alpha=4))
+    for name, parameter in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=std)
+    return policy
+
+
+def _train_further(policy, std: float) -> None:
+    for name, parameter in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=std)
+
+
+def test_an_export_replaces_an_earlier_one_whole_merged_or_adapter_only(tmp_path):
+    """A merged export over an adapter-only one left its adapter_config.json beside the new weights:
+    transformers then loaded the base with the old adapters (logits 3.15 off the policy's). Each export
+    now holds exactly the files it writes into a new directory, and nothing is left beside it."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = _trained_lora_policy(std=0.05)
+    output = tmp_path / "exported"
+    export_policy(policy, tokenizer, str(output), adapter_only=True)
+    _train_further(policy, std=0.5)
+    export_policy(policy, tokenizer, str(output))
+    fresh = export_policy(policy, tokenizer, str(tmp_path / "fresh"))
+    assert sorted(os.listdir(output)) == sorted(os.listdir(fresh))
+    assert not (output / "adapter_config.json").exists()
+    ids = tokenizer(["6*(-2)="], return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(
+            AutoModelForCausalLM.from_pretrained(output)(ids).logits, policy(ids).logits, rtol=0, atol=1e-4
+        )
+    # the reverse: an adapter-only export over the merged one keeps no model.safetensors
+    export_policy(policy, tokenizer, str(output), adapter_only=True)
+    fresh = export_policy(policy, tokenizer, str(tmp_path / "fresh-adapter"), adapter_only=True)
+    assert sorted(os.listdir(output)) == sorted(os.listdir(fresh))
+    assert not (output / "model.safetensors").exists()
+    assert sorted(os.listdir(tmp_path)) == ["exported", "fresh", "fresh-adapter"]  # no partial/replaced dirs
+
+
+def test_a_failed_export_leaves_the_earlier_one_as_it_was(tmp_path, monkeypatch):
+    """Written in place, an export that stopped after the weights left the new weights with the old
+    tokenizer files; it is written beside the directory and moved in only when whole."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = _trained_lora_policy(std=0.05)
+    output = export_policy(policy, tokenizer, str(tmp_path / "exported"))
+    before = {path.name: path.read_bytes() for path in output.iterdir()}
+    _train_further(policy, std=0.5)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(tokenizer), "save_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_policy(policy, tokenizer, str(output))
+    assert {path.name: path.read_bytes() for path in output.iterdir()} == before
+    assert os.listdir(tmp_path) == ["exported"]
+
+
+def test_an_export_refuses_a_directory_that_holds_other_files(reward_model_run, tmp_path, capsys):
+    """An export replaces its directory whole: one holding files but no earlier export (no config.json or
+    adapter_config.json) is refused, in one line and before the module is built, and left as it was."""
+    notes = tmp_path / "mine" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("keep me")
+    message = (
+        f"export directory {notes.parent} holds files but no exported model (no config.json or "
+        "adapter_config.json), and an export replaces it whole: give a new or empty directory"
+    )
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        export_policy(load_causal_lm(str(TINY_POLICY)), tokenizer, str(notes.parent))
+    checkpoint = str(reward_model_run[1] / "last.ckpt")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # the config does not exist: the directory is checked first
+        export_main(
+            ["checkpoint", "--config", "no.yaml", "--ckpt-path", checkpoint, "--output", str(notes.parent)]
+        )
+    assert exit_info.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"
+    assert os.listdir(notes.parent) == ["notes.txt"] and notes.read_text() == "keep me"
+    (tmp_path / "empty").mkdir()  # an empty directory is taken
+    assert (
+        export_policy(load_causal_lm(str(TINY_POLICY)), tokenizer, str(tmp_path / "empty")) / "config.json"
+    ).is_file()
+
+
+def test_gguf_to_hf_replaces_an_earlier_export_whole(tmp_path, monkeypatch, capsys):
+    def convert(model_path: str, gguf_file: str, output_dir: str, dtype: str) -> Path:
+        """What models.gguf_to_hf writes, without a GGUF file to read."""
+        (Path(output_dir) / "config.json").write_text("{}")
+        (Path(output_dir) / "model.safetensors").write_text("")
+        return Path(output_dir)
+
+    monkeypatch.setattr("rgra_lightning.export.gguf_to_hf", convert)
+    output = tmp_path / "model"
+    output.mkdir()
+    for name in ("config.json", "adapter_config.json", "adapter_model.safetensors"):
+        (output / name).write_text("old")
+    export_main(["gguf-to-hf", "--model-path", "m", "--gguf-file", "m.gguf", "--output", str(output)])
+    assert capsys.readouterr().out == f"exported to {output}\n"
+    assert sorted(os.listdir(output)) == ["config.json", "model.safetensors"]
+    assert os.listdir(tmp_path) == ["model"]
+
+
+def test_a_lora_policy_is_merged_on_a_cpu_copy_with_the_same_weights(monkeypatch):
+    """On the policy's device, the deep copy merged at the end of fit took another float32 model's memory
+    beside the optimizer state (~6 GB for a 1.5B policy). The copy is built on the CPU, none of the
+    policy's tensors is deep-copied where it is, and the merged weights are those merged before."""
+    policy = _trained_lora_policy(std=0.05, dtype="bfloat16")
+    before = copy.deepcopy(policy).float().merge_and_unload().state_dict()  # the export's former merge
+    layer = policy.base_model.model.model.layers[0].self_attn.q_proj
+    B, A = layer.lora_B["default"].weight.float(), layer.lora_A["default"].weight.float()
+    expected = layer.base_layer.weight.float() + (B @ A) * layer.scaling["default"]  # peft's merge, by hand
+    own = {id(tensor) for tensor in [*policy.parameters(), *policy.buffers()]}
+    copied = []
+    for cls in (torch.Tensor, torch.nn.Parameter):
+        original = cls.__deepcopy__
+
+        def recording(self, memo, original=original):
+            copied.append(id(self))
+            return original(self, memo)
+
+        monkeypatch.setattr(cls, "__deepcopy__", recording)
+    merged = plain_model(policy)
+    assert not own & set(copied)
+    state = merged.state_dict()
+    assert state.keys() == before.keys()
+    assert all(
+        value.device.type == "cpu" and torch.equal(value, before[name]) for name, value in state.items()
+    )
+    assert torch.equal(state["model.layers.0.self_attn.q_proj.weight"], expected)
+    assert merged.model.embed_tokens.weight.dtype == torch.float32
+    assert not hasattr(merged, "peft_config") or not merged.peft_config
+    assert layer.base_layer.weight.dtype == torch.bfloat16 and hasattr(policy, "merge_and_unload")
