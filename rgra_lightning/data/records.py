@@ -18,6 +18,7 @@ from typing import Any, Literal, NamedTuple
 
 from rewards.equivalence import equivalent
 from rewards.extract import last_boxes
+from rewards.sandbox import WorkerPool
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import hub_offline, hub_resolves, looks_local, resolve_path
 
@@ -58,16 +59,25 @@ def reference_answer(value: object, reference_format: ReferenceFormat, where: st
     return text
 
 
+ALTERNATIVE_FORMS_TIMEOUT_S = 3.0  # per comparison, as MathVerifier's default
+_alternative_forms_pool: WorkerPool | None = None  # started at the first solution with several boxes
+
+
 def alternative_forms(answers: list[str]) -> bool:
     """Whether a solution's adjacent boxes, which ``rewards.extract`` reads as one list answer, are instead
     one value written several ways (MATH: ``$\\boxed{-b+2}$, or $\\boxed{2 - b}$``), which no completion
-    would match as a list."""
+    would match as a list. Each comparison runs in a killable worker process under
+    ``ALTERNATIVE_FORMS_TIMEOUT_S``: sympy may not finish (``9^{9^{9}}`` against ``9^{387420489}`` ran for
+    minutes in the data module's setup); one that times out, crashes or cannot be parsed is not one value."""
+    global _alternative_forms_pool
     if len(answers) < 2:
         return False
-    try:
-        return all(equivalent(answer, answers[0]) for answer in answers[1:])
-    except Exception:  # the verifier's parser raises many types for text it cannot read: not one value
-        return False
+    if _alternative_forms_pool is None:
+        _alternative_forms_pool = WorkerPool(
+            workers=1, timeout=ALTERNATIVE_FORMS_TIMEOUT_S, preload=("rewards.preload",)
+        )
+    outcomes = _alternative_forms_pool.map(equivalent, [(answer, answers[0]) for answer in answers[1:]])
+    return all(outcome.error is None and outcome.value for outcome in outcomes)
 
 
 class JsonFloat(float):

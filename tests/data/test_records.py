@@ -2,6 +2,7 @@
 the text the file holds, with errors naming the file line."""
 
 import json
+import time
 
 import pytest
 
@@ -30,6 +31,15 @@ def test_reference_formats():
 )
 def test_a_solutions_adjacent_boxes_are_one_list_unless_they_write_one_value(solution, reference):
     assert reference_answer(solution, "boxed_solution", "r") == reference
+
+
+def test_comparing_a_solutions_boxes_is_bounded_in_time():
+    """sympy ran for minutes (killed after 60 s) comparing these two in the data module's setup, in the
+    training process; the comparison now times out in a worker (3 s) and the boxes stay a list."""
+    start = time.monotonic()
+    solution = "$\\boxed{9^{9^{9}}}$, or $\\boxed{9^{387420489}}$"
+    assert reference_answer(solution, "boxed_solution", "r") == "9^{9^{9}}, 9^{387420489}"
+    assert time.monotonic() - start < 60
 
 
 def test_a_json_lines_file_with_a_byte_order_mark_reads_as_without(tmp_path):
