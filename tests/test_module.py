@@ -9,6 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rgra_lightning.cli import main
+from rgra_lightning.errors import RUN_REFUSED
 from rgra_lightning.models import is_activation_checkpointing, load_causal_lm
 from rgra_lightning.module import RLModule
 from rgra_lightning.rollout import HFEngine
@@ -113,7 +114,7 @@ def test_fit_trains_logs_checkpoints_and_resumes(small_config, tmp_path):
     # another run's settings (here another beta) are refused by name rather than resumed silently
     with pytest.raises(SystemExit) as refused:
         main(["fit", "--config", str(config), "--model.loss.beta=0.0", "--ckpt_path", str(last)])
-    assert refused.value.code == 2
+    assert refused.value.code == RUN_REFUSED  # the run's own checkpoint, not its config
     assert "model.loss.beta: 0.04 in the checkpoint, 0.0 now" in str(refused.value.__cause__)
 
     validated = main(["validate", "--config", str(config), "--ckpt_path", str(last)])
