@@ -12,6 +12,9 @@ they are evaluated (every process must run the same batches) but neither counted
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -26,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics import Metric
+from tqdm import tqdm
 
 from rewards import Verifier, WeightedSum
 from rewards.equivalence import as_fraction
@@ -43,14 +47,16 @@ class EvaluationConfig:
     """How ``validate``/``test`` evaluate the policy on a benchmark split.
 
     Greedy decoding always gives ``accuracy`` (pass@1 greedy). With ``num_samples`` = n >= 2, n
-    completions per problem are also sampled at ``temperature`` and ``pass@k`` / ``maj@k`` are logged for
-    every k in ``k``.
+    completions per problem are also sampled, with the training sampling options (``model.sampling``:
+    ``temperature``, ``top_k``, ``top_p``, ``min_p``, stop and length options) but for the ``temperature``
+    and ``top_p`` given here, and ``pass@k`` / ``maj@k`` are logged for every k in ``k``.
 
     Args:
         num_samples: n, sampled completions per problem (0: greedy only).
         k: the k of pass@k and maj@k; each must be <= n.
-        temperature: sampling temperature of the n completions.
-        top_p: nucleus mass of the n completions.
+        temperature: sampling temperature of the n completions; None: the training one
+            (``model.sampling.temperature``).
+        top_p: nucleus mass of the n completions; None: the training one (``model.sampling.top_p``).
         write_samples: write every completion (prompt, completion, extracted answer, reference, reward)
             to ``<log dir>/<stage>_samples.jsonl`` (one file per process: ``_rank<r>`` after rank 0; each
             problem in one of them).
@@ -58,8 +64,8 @@ class EvaluationConfig:
 
     num_samples: int = 0
     k: list[int] = field(default_factory=lambda: [1])
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
     write_samples: bool = True
 
     def __post_init__(self) -> None:
@@ -73,16 +79,19 @@ class EvaluationConfig:
             raise ConfigError(
                 f"model.evaluation.k values must be in [1, num_samples={self.num_samples}], got {self.k}"
             )
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             raise ConfigError(f"model.evaluation.temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ConfigError(f"model.evaluation.top_p must be in (0, 1], got {self.top_p}")
 
     def sampling(self, training: SamplingConfig) -> SamplingConfig:
-        """The sampling options of the n completions: the training ones (``top_k``, ``min_p``, stop and
-        length options included) with n, ``temperature`` and ``top_p``."""
+        """The sampling options of the n completions: the ``training`` ones (``top_k``, ``min_p``, stop and
+        length options included) with n, and ``temperature`` and ``top_p`` where this config gives them."""
         return replace(
-            training, num_generations=self.num_samples, temperature=self.temperature, top_p=self.top_p
+            training,
+            num_generations=self.num_samples,
+            temperature=training.temperature if self.temperature is None else self.temperature,
+            top_p=training.top_p if self.top_p is None else self.top_p,
         )
 
 
@@ -100,32 +109,45 @@ def pass_at_k(num_samples: int, num_correct: Tensor, k: int) -> Tensor:
     return 1.0 - factors.prod(dim=1)
 
 
+_LEFT_RIGHT = re.compile(r"\\(?:left|right)(?![a-zA-Z])")
+
+
 def answer_key(answer: str) -> str | Fraction:
-    """The vote group of an incorrect answer: its exact value when it is a number, a bare-name left side
-    dropped (so ``5``, ``5.0``, ``\\$5``, ``x = 5`` vote together, and ``-0.5``, ``-1/2``, ``\\frac{-1}{2}``),
-    else its normalised string. Symbolic answers vote together only when they normalise alike:
-    ``2\\sqrt{2}`` and ``\\sqrt{8}`` are two groups."""
+    """The vote group of an answer, without the reference: its exact value when it is a number, a
+    bare-name left side dropped (so ``5``, ``5.0``, ``\\$5``, ``x = 5`` vote together, and ``-0.5``,
+    ``-1/2``, ``\\frac{-1}{2}``), else its normalised string without whitespace, ``\\left`` and ``\\right``
+    (``(2, 3)``, ``(2,3)``, ``\\left(2,3\\right)``). Symbolic answers vote together only when they
+    normalise alike: ``2\\sqrt{2}`` and ``\\sqrt{8}`` are two groups."""
     normalized = drop_simple_lhs(normalize(answer))
     value = as_fraction(normalized)
-    return normalized if value is None else value
+    return "".join(_LEFT_RIGHT.sub("", normalized).split()) if value is None else value
 
 
-def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> bool:
-    """Whether the most frequent answer among the samples is correct (maj@k for k = len(answers)).
+def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> float:
+    """maj@k of one problem's k = len(answers) samples: whether their most frequent answer is correct.
 
-    Answers the verifier judged correct are all equivalent to the reference, so they form one group;
-    incorrect ones are grouped by ``answer_key``, so that equivalent wrong answers do not split their
-    votes. Samples without an extracted answer do not vote. Ties go to the group whose first sample comes
-    first.
+    Every answer, correct or not, is grouped by ``answer_key`` alone (as in Qwen2.5-Math's and lm-eval's
+    maj@k: vote on the answers, then judge the winner), so the reference favours no group. A group's
+    correctness is the verifier's verdict on its first sample (its samples share a key, so they normally
+    share a verdict too). Samples without an extracted answer do not vote; with no vote at all, 0.
+    A tie between several most frequent groups counts the fraction of them that are correct: the
+    expected value of breaking it at random, whatever the samples' order.
+
+    Returns a float in [0, 1]: 0 or 1 unless there is a tie.
     """
-    keys = [
-        None if answer is None else "<correct>" if ok else answer_key(answer)
-        for answer, ok in zip(answers, correct, strict=True)
-    ]
-    votes = Counter(key for key in keys if key is not None)
+    votes: Counter[str | Fraction] = Counter()
+    verdicts: dict[str | Fraction, bool] = {}  # each group's first sample's
+    for answer, ok in zip(answers, correct, strict=True):
+        if answer is None:
+            continue
+        key = answer_key(answer)
+        votes[key] += 1
+        verdicts.setdefault(key, bool(ok))
     if not votes:
-        return False
-    return votes.most_common(1)[0][0] == "<correct>"
+        return 0.0
+    most = max(votes.values())
+    winners = [key for key, count in votes.items() if count == most]
+    return sum(verdicts[key] for key in winners) / len(winners)
 
 
 class PassAtK(Metric):
@@ -149,7 +171,10 @@ class PassAtK(Metric):
 
 
 class MajorityAtK(Metric):
-    """Mean maj@k over problems: the majority answer of each problem's first k samples is correct.
+    """Mean maj@k over problems (``majority_correct``). A problem's maj@k is the mean over the floor(n/k)
+    disjoint blocks of k consecutive samples of its n (the last n mod k unused), so that all n samples
+    count: maj@n is one vote over them all, and maj@1 is the fraction of samples correct (pass@1 when
+    every sample has an answer), not the first sample's correctness alone.
 
     ``update(answers, correct)``: ``answers`` B lists of n extracted answers (None: none found),
     ``correct``: ``[B, n]`` booleans from the verifier.
@@ -161,20 +186,23 @@ class MajorityAtK(Metric):
     def __init__(self, k: int = 1, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.k = k
-        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, answers: Sequence[Sequence[str | None]], correct: Tensor) -> None:
-        if correct.shape[1] < self.k:
-            raise ValueError(
-                f"maj@{self.k} needs at least {self.k} samples per problem, got {correct.shape[1]}"
-            )
-        flags = correct[:, : self.k].bool().tolist()
-        self.total += sum(majority_correct(a[: self.k], f) for a, f in zip(answers, flags, strict=True))
+        n, k = correct.shape[1], self.k
+        if n < k:
+            raise ValueError(f"maj@{k} needs at least {k} samples per problem, got {n}")
+        blocks = range(0, n // k * k, k)
+        for problem, flags in zip(answers, correct.bool().tolist(), strict=True):
+            if len(problem) != n:
+                raise ValueError(f"maj@{k}: {len(problem)} answers for {n} samples")
+            votes = [majority_correct(problem[i : i + k], flags[i : i + k]) for i in blocks]
+            self.total += sum(votes) / len(votes)
         self.count += correct.shape[0]
 
     def compute(self) -> Tensor:
-        return self.total.float() / self.count.clamp(min=1)
+        return (self.total / self.count.clamp(min=1)).float()
 
 
 def sampled_metrics(config: EvaluationConfig, judged: bool = True) -> torch.nn.ModuleDict:
@@ -263,11 +291,17 @@ def counted_problems(batch: PromptBatch, trainer: Trainer) -> Tensor:
     return counted_on_rank(batch["index"], sampler_kwargs["num_replicas"], sampler_kwargs["rank"])
 
 
-def counted_records(experience: Experience, counted: Tensor) -> list[dict[str, Any]]:
+def counted_records(
+    experience: Experience, counted: Tensor, indices: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
     """The rows of ``experience.records()`` of the problems ``counted`` ``[B]`` bool marks
-    (``counted_problems``), each ``group`` still its problem's place in the batch."""
+    (``counted_problems``), each ``group`` still its problem's place in the batch; with ``indices`` (the
+    batch's ``index``, ``[B]``), each also with ``index``, its problem's place in the split."""
     kept = set(counted.nonzero().flatten().tolist())
-    return [record for record in experience.records() if record["group"] in kept]
+    records = [record for record in experience.records() if record["group"] in kept]
+    if indices is None:
+        return records
+    return [record | {"index": int(indices[record["group"]])} for record in records]
 
 
 def evaluate_batch(module: LightningModule, batch: dict[str, Any], prefix: str, full: bool = True) -> None:
@@ -285,10 +319,11 @@ def evaluate_batch(module: LightningModule, batch: dict[str, Any], prefix: str, 
         module.log(f"{prefix}/{metric.name}", metric, prog_bar=metric.name == "accuracy", batch_size=size)
     if not full:
         return
-    module.samples.write(counted_records(greedy, counted), "greedy", trainer)
+    indices = batch.get("index")  # the evaluation loaders of ``PromptDataModule`` give it
+    module.samples.write(counted_records(greedy, counted, indices), "greedy", trainer)
     if module.evaluation.num_samples:
         sampled = module.make_experience(batch, module.evaluation.sampling(module.sampling))
-        module.samples.write(counted_records(sampled, counted), "sampled", trainer)
+        module.samples.write(counted_records(sampled, counted, indices), "sampled", trainer)
         update_sampled_metrics(module.sampled_metrics, sampled, counted)
         for name, metric in module.sampled_metrics.items():
             module.log(f"{prefix}/{name}", metric, batch_size=size)
@@ -297,14 +332,20 @@ def evaluate_batch(module: LightningModule, batch: dict[str, Any], prefix: str, 
 def log_initial_validation(module: LightningModule, loader: DataLoader) -> None:
     """The step-0 validation of ``module``'s policy: the ``greedy_metrics`` over ``loader``, each rank
     evaluating its share (as Lightning's validation splits it), logged as ``val/*`` at step 0, so every
-    curve starts at its baseline."""
+    curve starts at its baseline. Its progress: a ``LineProgressBar``'s lines, or on rank 0 a TQDM bar
+    (``validate (step 0)``, cleared at the end) beside any other enabled progress bar; none without one."""
     trainer = module.trainer
     if trainer.world_size > 1:
         loader = with_distributed_sampler(loader, trainer.strategy.distributed_sampler_kwargs)
     metrics = greedy_metrics(module.verifier).to(module.device)
-    bar = trainer.progress_bar_callback  # Lightning's bar shows its own loops only
+    bar = trainer.progress_bar_callback  # Lightning's bars show their own loops only
     line_bar = bar if isinstance(bar, LineProgressBar) else None
-    batches = line_bar.track(loader, "validate") if line_bar else loader
+    shown = bar is not None and getattr(bar, "is_enabled", True) and trainer.is_global_zero
+    batches: Any = loader
+    if line_bar:
+        batches = line_bar.track(loader, "validate")
+    elif shown:  # on stdout, as Lightning's TQDM bars, so that a terminal keeps them on separate lines
+        batches = tqdm(loader, desc="validate (step 0)", leave=False, dynamic_ncols=True, file=sys.stdout)
     for batch in batches:
         counted = counted_problems(batch, trainer)
         update_greedy_metrics(metrics, module.make_experience(batch), module.verifier, counted)
@@ -323,15 +364,19 @@ def log_initial_validation(module: LightningModule, loader: DataLoader) -> None:
 class SamplesWriter:
     """Appends evaluated completions, one JSON line each (``Experience.records()`` and how they were
     decoded), to ``<log dir>/<stage>_samples.jsonl`` (``_rank<r>`` after rank 0's; the stage is ``val``,
-    ``test`` or ``predict``), opened at the first write and flushed after every batch, so an interrupted
-    evaluation keeps its finished batches. A row's ``group`` is its problem's index in the file, the same
-    for its greedy and sampled completions (each decoding is written once per batch, in batch order, for
-    the problems this process counts). Writes nothing unless ``enabled`` (``EvaluationConfig.write_samples``).
+    ``test`` or ``predict``). The lines go to ``<that name>.partial``, opened at the first write and flushed
+    after every batch, which ``close`` renames to the final name: an interrupted evaluation keeps its
+    finished batches in the ``.partial`` file and leaves an earlier complete file in place. A row's
+    ``group`` is its problem's index in the file, the same for its greedy and sampled completions (each
+    decoding is written once per batch, in batch order, for the problems this process counts); ``index``,
+    where the batch gives it (``counted_records``), is the problem's index in the split. Writes nothing
+    unless ``enabled`` (``EvaluationConfig.write_samples``).
     """
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._file: IO[str] | None = None
+        self._path: Path | None = None  # the final name, which ``close`` gives the file
         self._others = ""  # how the announcement names the other ranks' files
         self._problems: dict[str, int] = {}  # decoding -> problems written with it so far
 
@@ -345,8 +390,8 @@ class SamplesWriter:
             directory = Path(trainer.log_dir or trainer.default_root_dir)
             directory.mkdir(parents=True, exist_ok=True)
             rank = trainer.global_rank
-            path = directory / f"{stage}_samples{f'_rank{rank}' if rank else ''}.jsonl"
-            self._file = path.open("w", encoding="utf-8")
+            self._path = directory / f"{stage}_samples{f'_rank{rank}' if rank else ''}.jsonl"
+            self._file = self._path.with_name(self._path.name + ".partial").open("w", encoding="utf-8")
             # each rank writes its share: the announcement names the others' files too
             others = [f"{stage}_samples_rank{r}.jsonl" for r in range(1, min(trainer.world_size, 3))]
             more = ", ..." if trainer.world_size > 3 else ""
@@ -362,10 +407,12 @@ class SamplesWriter:
         self._problems[decoding] = first + len(groups)
 
     def close(self, announce: bool = False) -> None:
-        """Close the file; with ``announce`` (an evaluation command, not a validation in fit) say where."""
-        if self._file is not None:
+        """Close the file and give it its final name (replacing an earlier file); with ``announce`` (an
+        evaluation command, not a validation in fit) say where."""
+        if self._file is not None and self._path is not None:
             self._file.close()
+            os.replace(self._file.name, self._path)
             if announce:
-                rank_zero_info(f"completions written to {self._file.name}{self._others}")
-            self._file = None
+                rank_zero_info(f"completions written to {self._path}{self._others}")
+            self._file = self._path = None
         self._problems.clear()

@@ -1,14 +1,20 @@
-"""pass@k / maj@k metrics (hand-computed values, cross-process aggregation) and the test command."""
+"""pass@k / maj@k metrics (hand-computed values, cross-process aggregation), the sampling options of the
+evaluation, the step-0 validation's progress, the samples file and the test command."""
 
 import json
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from rgra_lightning import evaluation
 from rgra_lightning.cli import main
 from rgra_lightning.distributed import counted_on_rank
 from rgra_lightning.errors import ConfigError
@@ -17,9 +23,13 @@ from rgra_lightning.evaluation import (
     MajorityAtK,
     PassAtK,
     ProblemMean,
+    SamplesWriter,
+    counted_records,
+    log_initial_validation,
     majority_correct,
     pass_at_k,
 )
+from rgra_lightning.rollout import SamplingConfig
 
 
 @pytest.mark.parametrize(
@@ -65,34 +75,75 @@ def test_problem_means_of_two_padded_ranks_merge_into_the_one_process_mean():
 @pytest.mark.parametrize(
     "answers, correct, expected",
     [
-        (["3", "4", "4", None], [True, False, False, False], False),
-        (["3", "3", " 4"], [True, True, False], True),
-        (["1/2", "0.5", "7"], [True, True, False], True),  # equivalent correct answers form one group
-        (["3", "4"], [True, False], True),  # a tie goes to the group seen first
-        (["4", "3"], [False, True], False),
-        ([None, None], [False, False], False),
-        (["x = 4", "x=4", "3"], [False, False, True], False),  # whitespace does not split a wrong group
+        (["3", "4", "4", None], [True, False, False, False], 0.0),
+        (["3", "3", " 4"], [True, True, False], 1.0),
+        (["1/2", "0.5", "7"], [True, True, False], 1.0),  # equal values form one group, correct or not
+        ([None, None], [False, False], 0.0),
+        (["x = 4", "x=4", "3"], [False, False, True], 0.0),  # whitespace does not split a group
         # equal wrong values vote together, whatever their notation
-        (["3", "1/2", "0.5", "\\frac{1}{2}"], [True, False, False, False], False),
-        (["7", "5", "5.0"], [True, False, False], False),
-        (["7", "\\$5", "5"], [True, False, False], False),
-        (["7", "-\\frac{3}{4}", "-0.75"], [True, False, False], False),
-        (["42", "x=5", "5"], [True, False, False], False),  # a bare-name left side is dropped
-        (["42", "\\frac{-1}{2}", "-0.5"], [True, False, False], False),
-        (["7", "1/0", "1/0"], [True, False, False], False),  # no value: grouped by its text
-        (["7", "5", "6"], [True, False, False], True),  # different wrong values stay apart
+        (["3", "1/2", "0.5", "\\frac{1}{2}"], [True, False, False, False], 0.0),
+        (["7", "5", "5.0"], [True, False, False], 0.0),
+        (["7", "\\$5", "5"], [True, False, False], 0.0),
+        (["7", "-\\frac{3}{4}", "-0.75"], [True, False, False], 0.0),
+        (["42", "x=5", "5"], [True, False, False], 0.0),  # a bare-name left side is dropped
+        (["42", "\\frac{-1}{2}", "-0.5"], [True, False, False], 0.0),
+        (["7", "1/0", "1/0"], [True, False, False], 0.0),  # no value: grouped by its text
+        # the audit's case: the same wrong pair written three ways outvotes the right one written two ways
+        (
+            ["(1,2)", "(1, 2)", "(2, 3)", "(2,3)", "\\left(2,3\\right)"],
+            [True, True, False, False, False],
+            0.0,
+        ),
+        (  # so does a wrong interval written three ways
+            ["\\left[0, 1\\right)", "[0,1)", "[0,2]", "[0, 2]", "[0,1 )"],
+            [False, False, True, True, False],
+            0.0,
+        ),
+        # correct answers are grouped without the reference too: two notations are two groups, 3 ties
+        (["2\\sqrt{2}", "\\sqrt{8}", "3"], [True, True, False], 2 / 3),
+        # a tie counts the fraction of the tied groups that are correct, whatever the order
+        (["3", "4"], [True, False], 0.5),
+        (["4", "3"], [False, True], 0.5),
+        (["7", "5", "6"], [True, False, False], 1 / 3),  # different values stay apart
+        (["7", "7", "5", "5", "6"], [True, True, False, False, True], 0.5),  # 6 is not among the tied
+        # a group whose samples the verifier judged differently takes its first sample's verdict
+        (["5.0", "5", "7"], [True, False, False], 1.0),
+        (["5", "5.0", "7"], [False, True, False], 0.0),
     ],
 )
 def test_majority_vote(answers, correct, expected):
-    assert majority_correct(answers, correct) is expected
+    assert majority_correct(answers, correct) == pytest.approx(expected)
 
 
-def test_maj_at_k_votes_over_the_first_k_samples():
+def test_maj_at_k_averages_over_the_disjoint_blocks_of_k_samples():
+    """n = 7, k = 3: samples 0-2 and 3-5 vote; the 7th is left out."""
     metric = MajorityAtK(3)
-    answers = [["5", "5", "6", "6", "6"], ["1", "2", "2", "1", "1"]]
-    correct = torch.tensor([[True, True, False, False, False], [True, False, False, True, True]])
+    answers = [["6", "6", "5", "5", "5", "6", "6"], ["1", "2", "2", "2", "2", "1", "1"]]
+    correct = torch.tensor(
+        [[False, False, True, True, True, False, False], [True, False, False, False, False, True, True]]
+    )
     metric.update(answers, correct)
-    assert metric.compute().item() == pytest.approx(0.5)  # first: 5 wins 2-1; second: 2 wins 2-1
+    # first problem: 6 (wrong) wins, then 5 (right): 0.5; second: 2 (wrong) wins in both blocks: 0
+    assert metric.compute().item() == pytest.approx(0.25)
+
+
+def test_maj_at_1_is_the_fraction_of_samples_correct_like_pass_at_1():
+    maj, passed = MajorityAtK(1), PassAtK(1)
+    correct = torch.tensor([[True, False, True, False], [False, False, False, True]])
+    maj.update([["5", "6", "5", "7"], ["1", None, "3", "4"]], correct)
+    passed.update(correct)
+    assert maj.compute().item() == pytest.approx(3 / 8)
+    assert passed.compute().item() == pytest.approx(3 / 8)
+
+
+def test_maj_at_k_ties_and_left_over_samples_within_blocks():
+    metric = MajorityAtK(2)
+    # n = 5, k = 2: a tie (0.5), then 5 twice (1); the 5th sample is left out
+    metric.update([["5", "6", "5", "5", "7"]], torch.tensor([[True, False, True, True, False]]))
+    other = MajorityAtK(2)
+    other.update([["8", "8", "8", "8", "7"]], torch.tensor([[False, False, False, False, True]]))  # 0
+    metric.merge_state(other)  # what the "sum" reduction does across ranks
+    assert metric.compute().item() == pytest.approx((0.75 + 0.0) / 2)
 
 
 @pytest.mark.parametrize(
@@ -109,6 +160,107 @@ def test_evaluation_options_are_validated(options, message):
     """Each names its model.evaluation field (top_p was reported as model.sampling.top_p)."""
     with pytest.raises(ConfigError, match=re.escape(message)):
         EvaluationConfig(**options)
+
+
+def test_evaluation_samples_with_the_training_sampling_unless_told_otherwise():
+    """Not at temperature 1.0 while training samples at 0.7 with the training top_k and min_p."""
+    training = SamplingConfig(num_generations=8, temperature=0.7, top_k=20, top_p=0.9, min_p=0.05)
+    assert EvaluationConfig(num_samples=4).sampling(training) == replace(training, num_generations=4)
+    chosen = EvaluationConfig(num_samples=4, temperature=1.2, top_p=0.95).sampling(training)
+    assert chosen == replace(training, num_generations=4, temperature=1.2, top_p=0.95)
+
+
+def initial_validation_module(bar, is_global_zero=True):
+    """What ``log_initial_validation`` reads of an ``RLModule`` and its trainer, with ``bar`` as the
+    trainer's progress bar and a verifier judging correctness."""
+    trainer = SimpleNamespace(
+        world_size=1,
+        is_global_zero=is_global_zero,
+        progress_bar_callback=bar,
+        distributed_sampler_kwargs=None,
+    )
+    return SimpleNamespace(
+        trainer=trainer,
+        verifier=SimpleNamespace(judges_correctness=True),
+        device=torch.device("cpu"),
+        make_experience=lambda batch: batch,
+        rollout=SimpleNamespace(release=lambda: None),
+        loggers=[],
+    )
+
+
+def disabled_bar():
+    bar = TQDMProgressBar()
+    bar.disable()  # as ``ProgressBar.setup`` does on the ranks after 0
+    return bar
+
+
+@pytest.mark.parametrize(
+    "bar, is_global_zero, shown",
+    [
+        (TQDMProgressBar, True, True),
+        (TQDMProgressBar, False, False),  # rank 0 only
+        (disabled_bar, True, False),
+        (lambda: None, True, False),  # --trainer.enable_progress_bar=false
+    ],
+)
+def test_the_step_0_validation_shows_a_tqdm_bar_beside_lightnings(
+    monkeypatch, capsys, bar, is_global_zero, shown
+):
+    """Lightning's TQDM bar shows its own loops only: the step-0 validation, minutes for a real model, had
+    none."""
+    evaluated = []
+    monkeypatch.setattr(
+        evaluation, "update_greedy_metrics", lambda metrics, batch, *_: evaluated.append(batch)
+    )
+    batches = [{"prompt": ["1+1="]}, {"prompt": ["2+2="]}]
+    log_initial_validation(initial_validation_module(bar(), is_global_zero), batches)
+    assert evaluated == batches
+    out = capsys.readouterr().out
+    if shown:  # tqdm's first refresh (the bar is cleared at the end: leave=False)
+        assert "validate (step 0):   0%" in out and "0/2" in out
+    else:
+        assert out == ""
+
+
+def test_counted_records_carry_each_problems_index_in_the_split():
+    records = [{"completion": str(i), "group": i // 2} for i in range(6)]  # 3 problems, 2 completions each
+    experience = SimpleNamespace(records=lambda: [dict(record) for record in records])
+    counted = torch.tensor([True, False, True])
+    assert counted_records(experience, counted, [40, 3, 7]) == [
+        {"completion": "0", "group": 0, "index": 40},
+        {"completion": "1", "group": 0, "index": 40},
+        {"completion": "4", "group": 2, "index": 7},
+        {"completion": "5", "group": 2, "index": 7},
+    ]
+    assert counted_records(experience, counted) == [records[0], records[1], records[4], records[5]]
+
+
+def test_an_interrupted_evaluation_leaves_the_earlier_samples_file_in_place(tmp_path):
+    written = tmp_path / "test_samples.jsonl"
+    written.write_text('{"earlier": "complete run"}\n')
+    trainer = SimpleNamespace(
+        state=SimpleNamespace(fn=TrainerFn.TESTING),
+        log_dir=str(tmp_path),
+        default_root_dir=str(tmp_path),
+        global_rank=0,
+        world_size=1,
+    )
+    writer = SamplesWriter()
+    writer.write([{"completion": "4", "group": 1}], "greedy", trainer)
+    # killed here: the earlier file is whole, this run's batches are in the partial one
+    assert written.read_text() == '{"earlier": "complete run"}\n'
+    partial = tmp_path / "test_samples.jsonl.partial"
+    assert [json.loads(line) for line in partial.read_text().splitlines()] == [
+        {"completion": "4", "group": 0, "decoding": "greedy"}
+    ]
+    writer.write([{"completion": "6", "group": 0}], "greedy", trainer)
+    writer.close()
+    assert not partial.exists()
+    assert [json.loads(line) for line in written.read_text().splitlines()] == [
+        {"completion": "4", "group": 0, "decoding": "greedy"},
+        {"completion": "6", "group": 1, "decoding": "greedy"},
+    ]
 
 
 def test_test_command_logs_pass_at_k_and_maj_at_k_and_writes_every_completion(small_config, tmp_path):
@@ -134,7 +286,9 @@ def test_test_command_logs_pass_at_k_and_maj_at_k_and_writes_every_completion(sm
         "error",
         "group",
         "decoding",
+        "index",
     }
+    assert all(s["index"] == s["group"] for s in samples)  # one process: the file holds the split in order
     greedy = [s for s in samples if s["decoding"] == "greedy"]
     assert sum(s["correct"] for s in greedy) / 8 == pytest.approx(metrics["test/accuracy"])
     sampled = [s["correct"] for s in samples if s["decoding"] == "sampled"]
@@ -160,3 +314,4 @@ def test_validate_command_runs_the_benchmark_evaluation_on_the_validation_split(
     assert f"completions written to {written}" in caplog.text  # where, said once the command ends
     lines = written.read_text().splitlines()
     assert len(lines) == 8 and all(json.loads(line)["decoding"] == "greedy" for line in lines)
+    assert not written.with_name("val_samples.jsonl.partial").exists()  # renamed once complete
