@@ -392,7 +392,7 @@ class RLModule(LightningModule):
         the ``DistributedSampler``'s repeats are generated but neither written nor returned."""
         experience = self.make_experience(batch)
         counted = counted_problems(batch, self.trainer)
-        records = counted_records(experience, counted)
+        records = counted_records(experience, counted, batch.get("index"))
         self.samples.write(records, "greedy", self.trainer)
         return records
 

@@ -130,7 +130,8 @@ def test_fit_trains_logs_checkpoints_and_resumes(small_config, tmp_path):
     predicted = main(["predict", "--config", str(config), "--ckpt_path", str(last)])
     assert predicted.trainer.predict_loop.predictions  # one record per validation prompt
     written = Path(predicted.trainer.log_dir) / "predict_samples.jsonl"
-    assert len(written.read_text().splitlines()) == 8  # the 8 validation prompts, greedy
+    rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert [row["index"] for row in rows] == list(range(8))  # the 8 validation prompts, greedy, in order
 
 
 def test_grpo_with_two_iterations_stores_old_logprobs_and_logs_clipping(small_config, tmp_path):
