@@ -5,12 +5,14 @@
   one-line error). ``PeriodicModelCheckpoint`` saves every k updates of a manual-optimisation run, at the
   end and on SIGTERM / Ctrl-C, into one directory per run name.
 - One run per directory: ``require_new_run_directory`` refuses a fresh fit beside an earlier run's
-  checkpoints, ``RunDirectoryLock`` a second fit into the directory of one still running.
+  checkpoints, ``RunDirectoryLock`` a second fit into the directory of one still running (and, holding
+  the directory, deletes the temporary files of saves killed mid-write).
 - Resuming: ``last_checkpoint`` finds what ``--ckpt_path last`` names, ``require_same_run`` refuses one
-  trained with other settings, ``ContinuedLog`` logs on into the run's TensorBoard directory.
+  trained with other settings (but those of ``RESUMABLE_SETTINGS`` and ``ADJUSTABLE_SETTINGS``),
+  ``ContinuedLog`` logs on into the run's TensorBoard directory.
   ``ExactResume`` adds what Lightning does not store by default: the global RNG streams (sampling uses
-  them) and the position inside the current epoch of the shuffled training data (``ResumableLoader``), so
-  ``fit --ckpt_path last`` continues with the same prompts and random draws as an uninterrupted run.
+  them) and the position of the shuffled training data (``ResumableLoader``), so ``fit --ckpt_path last``
+  continues with the same prompts and random draws as an uninterrupted run.
 - Reading a checkpoint for evaluation or export: ``require_checkpoint``, ``read_checkpoint``,
   ``require_matching_weights`` and ``load_trained_weights``; ``reloaded_state_keys`` are the frozen
   weights checkpoints leave out (reloaded from their model paths).
@@ -22,6 +24,7 @@ import errno
 import fcntl
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -39,6 +42,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -67,7 +71,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} does not support storage_options")
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        # A unique name created like open() would (0666 less the umask; tempfile.mkstemp's is 0600)
+        # A unique name (``_PARTIAL``) created like open() would (0666 less the umask; mkstemp's is 0600)
         temporary = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.partial"
         handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
@@ -89,6 +93,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                         "callback's dirpath), then resume with --ckpt_path last"
                     ) from error
             raise
+
+
+# The temporary files of AtomicCheckpointIO: a kill during the write leaves them behind, full-size
+_PARTIAL = re.compile(r"\..+\.\d+\.[0-9a-f]{32}\.partial")
+
+
+def remove_partial_checkpoints(directory: str) -> None:
+    """Delete the temporary files that saves into ``directory`` killed mid-write (``AtomicCheckpointIO``)
+    left there, saying how many; only while no other fit can be saving there (``RunDirectoryLock``)."""
+    partial = [path for path in Path(directory).glob(".*.partial") if _PARTIAL.fullmatch(path.name)]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    if partial:
+        rank_zero_info(
+            f"removed {len(partial)} checkpoint file(s) that a killed save left unfinished in {directory}"
+        )
 
 
 class PeriodicModelCheckpoint(ModelCheckpoint):
@@ -210,7 +230,8 @@ class RunDirectoryLock(Callback):
     the process ends, however it ends (``kill -9`` included), so no stale lock outlives a run, and a
     requeued job finds it free. The file names the holder (process id and host). On a network filesystem
     ``flock`` holds across nodes where the filesystem supports it (NFSv4, Lustre with ``flock``
-    mounted). The CLI adds this callback to every trainer.
+    mounted). Once it holds the locks, it deletes what saves killed mid-write left in the directories
+    (``remove_partial_checkpoints``). The CLI adds this callback to every trainer.
     """
 
     def __init__(self) -> None:
@@ -221,12 +242,17 @@ class RunDirectoryLock(Callback):
             return
         holder = None
         if trainer.is_global_zero:
-            for _, directory in run_checkpoint_directories(trainer):
+            directories = [directory for _, directory in run_checkpoint_directories(trainer)]
+            for directory in directories:
                 holder = holder or self._lock(f"{os.path.normpath(directory)}.lock")
+            if holder is None:  # every directory is this fit's alone: no save of another fit is under way
+                for directory in directories:
+                    remove_partial_checkpoints(directory)
         holder = trainer.strategy.broadcast(holder)
         if holder is not None:
             self._release()
             raise RunRefusedError(holder)
+        warn_if_saved_in_place(trainer)
 
     @staticmethod
     def require_free(trainer: Trainer) -> None:
@@ -271,6 +297,20 @@ class RunDirectoryLock(Callback):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._release()
+
+
+def warn_if_saved_in_place(trainer: Trainer) -> None:
+    """Warn, once a fit, where its checkpoints are saved without ``AtomicCheckpointIO``'s protection: under
+    ``ModelParallelStrategy`` with ``save_distributed_checkpoint=True`` (Lightning's default), each rank
+    writes its shard into ``last.ckpt/`` in place, so a kill mid-save leaves it part old, part new."""
+    strategy = trainer.strategy
+    in_place = isinstance(strategy, ModelParallelStrategy) and strategy._save_distributed_checkpoint
+    if in_place and run_checkpoint_directories(trainer):
+        rank_zero_warn(
+            "ModelParallelStrategy(save_distributed_checkpoint=True) writes sharded checkpoints in place: a "
+            "kill while last.ckpt is saved can leave it part old, part new (keep step checkpoints with "
+            "save_top_k, or set save_distributed_checkpoint: false for one file renamed into place)"
+        )
 
 
 def _held_lock(path: str, handle: int) -> str:
@@ -460,9 +500,11 @@ def load_trained_weights(module: LightningModule, ckpt_path: str, option: str) -
 class ResumableLoader:
     """A shuffled map-style ``DataLoader`` whose position within the epoch can be saved and restored.
 
-    The state is the loader generator's state at the start of the epoch plus the number of batches the
+    The position is the loader generator's state at the start of the epoch plus the number of batches the
     trainer has *trained on* (counted by ``ExactResume``; batches only prefetched are not consumed).
-    Lightning saves it with the fit loop because this object has ``state_dict``/``load_state_dict``.
+    ``ExactResume`` saves and restores it (``position``, ``restore``) with its own state: Lightning, which
+    saves a loader's ``state_dict`` with its fit loop, does not load it back when the checkpoint ends an
+    epoch (a fit stopped at ``trainer.max_epochs``), and the resumed run replayed epoch 0's order.
     """
 
     def __init__(self, loader: DataLoader) -> None:
@@ -501,28 +543,45 @@ class ResumableLoader:
             next(iterator)
         yield from iterator
 
-    def state_dict(self) -> dict[str, Any]:
+    def position(self) -> dict[str, Any] | None:
+        """Where the data stands, for ``restore`` before the next ``iter``; None before the first."""
+        if self._epoch_generator_state is None:
+            return None
         return {"generator_state": self._epoch_generator_state, "trained_batches": self.trained_batches}
 
+    def restore(self, position: dict[str, Any]) -> None:
+        self._restored = position
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing: ``ExactResume`` keeps the position. Lightning takes a loader without this method (and
+        ``load_state_dict``) for one that cannot resume, and warns on every resume inside an epoch."""
+        return {}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._restored = state
+        """Nothing to load (``state_dict``)."""
 
 
 class ExactResume(Callback):
     """Make ``fit --ckpt_path ...`` continue exactly where the checkpoint was taken.
 
-    Saves the global RNG states with every checkpoint and restores them when training starts; flushes the
-    loggers before each step so that the metrics of every checkpointed step are on disk; wraps the
-    datamodule's training loader in a ``ResumableLoader`` (it must shuffle with an explicit
-    ``torch.Generator``, as ``PromptDataModule`` does) and counts the batches trained on. With more
-    than one process the loader gets the ``DistributedSampler`` Lightning would have given it, and each
-    rank skips the batches it has trained on in the epoch; the RNG states of every rank are saved, and
-    each rank restores its own.
+    Saves the global RNG states and the data position (``ResumableLoader``) with every checkpoint and
+    restores them, whatever the point of the epoch the checkpoint was taken at (Lightning restores a
+    loader's own state only when it resumes inside an epoch); flushes the loggers before each step so
+    that the metrics of every checkpointed step are on disk; wraps the datamodule's training loader in a
+    ``ResumableLoader`` (it must shuffle with an explicit ``torch.Generator``, as ``PromptDataModule``
+    does) and counts the batches trained on. A checkpoint saved while a batch is being trained (the
+    non-finite stop, from inside ``training_step``) records the data position and RNG states as of that
+    batch's start, so the resumed run samples and trains that batch again. With more than one process
+    the loader gets the ``DistributedSampler`` Lightning would have given it, and each rank skips the
+    batches it has trained on in the epoch; the RNG states of every rank are saved, and each rank
+    restores its own.
     """
 
     def __init__(self) -> None:
         self._loader: ResumableLoader | None = None
         self._restored_rng: dict[str, Any] | None = None
+        self._restored_position: dict[str, Any] | None = None
+        self._batch_start_rng: dict[str, Any] | None = None  # set while a batch is being trained
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
@@ -542,6 +601,9 @@ class ExactResume(Callback):
             if trainer.world_size > 1:
                 loader = with_distributed_sampler(loader, trainer.strategy.distributed_sampler_kwargs)
             self._loader = ResumableLoader(loader)
+            if self._restored_position is not None:
+                self._loader.restore(self._restored_position)
+                self._restored_position = None
             return self._loader
 
         datamodule.train_dataloader = train_dataloader
@@ -553,10 +615,18 @@ class ExactResume(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if self._loader is not None:
             self._loader.trained_batches += 1
+        self._batch_start_rng = rng_states()
         # Flush the previous step's metrics: Lightning logs them after the checkpoint of that step, so
         # a run killed later would otherwise lose log lines that its checkpoint does not replay.
         for logger in trainer.loggers:
             logger.save()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        # Lightning calls the checkpoint callbacks' hooks after this one's: their saves see the batch done
+        self._batch_start_rng = None
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._batch_start_rng = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Restored here, not on load: nothing between this point and the first training step draws from
@@ -574,17 +644,31 @@ class ExactResume(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The RNG states of every process, in rank order (Lightning saves rank 0's callback state only;
-        every rank takes part in a checkpoint save, so they can be gathered here)."""
-        states = rng_states()
+        every rank takes part in a checkpoint save, so they can be gathered here), and the data position;
+        both as of the start of the batch in progress, if any."""
+        in_batch = self._batch_start_rng is not None
+        states = self._batch_start_rng if in_batch else rng_states()
+        position = self._loader.position() if self._loader is not None else None
+        if position is not None and in_batch:
+            position["trained_batches"] -= 1
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return {"rng": [states]}
+            return {"rng": [states], "data_position": position}
         gathered: list[Any] = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, states)
-        return {"rng": gathered}
+        return {"rng": gathered, "data_position": position}
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        # Older checkpoints kept the data position only with the fit loop, as the loader's state_dict
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        loader_states = fit_loop.get("combined_loader") or [{}]
+        if "generator_state" in loader_states[0]:
+            self._restored_position = loader_states[0]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         rng = state_dict["rng"]
         self._restored_rng = rng if isinstance(rng, list) else [rng]  # older checkpoints: one process
+        if state_dict.get("data_position") is not None:
+            self._restored_position = state_dict["data_position"]
 
 
 # Frozen submodules of the RL module, reloaded from their model paths, so left out of checkpoints.
@@ -609,11 +693,41 @@ def changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any], prefi
     """The settings (dotted names below ``prefix``) whose value in ``current`` differs from ``saved``
     (``config_files.differences``), each as ``"name: <saved> in the checkpoint, <current> now"``. A
     top-level setting the checkpoint does not record is not compared: the checkpoint predates it."""
-    current = {name: value for name, value in current.items() if name in saved}
-    return [
-        f"{name}: {old!r} in the checkpoint, {new!r} now"
-        for name, old, new in differences(saved, current, prefix)
-    ]
+    return [_described(change) for change in _changes(saved, current, prefix)]
+
+
+def _changes(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str) -> list[tuple[str, Any, Any]]:
+    """``changed_settings`` as ``(name, saved value, current value)``."""
+    return differences(saved, {name: value for name, value in current.items() if name in saved}, prefix)
+
+
+def _described(change: tuple[str, Any, Any]) -> str:
+    name, old, new = change
+    return f"{name}: {old!r} in the checkpoint, {new!r} now"
+
+
+# Settings a resumed fit may change without a word: they leave the updates as they are (micro-batching
+# splits one gradient; up to rounding), or touch only evaluation, logging and when to stop. A name ending
+# in "." stands for the settings under it.
+RESUMABLE_SETTINGS = (
+    "model.micro_batch_size",
+    "model.micro_batch_tokens",
+    "model.max_consecutive_nonfinite",
+    "model.num_logged_samples",
+    "model.validate_before_training",
+    "model.evaluation.",
+    "data.val_batch_size",
+)
+# Settings a resumed fit may change that change the updates from the checkpoint on, as lowering them after
+# a non-finite stop (its message advises it) or mid-run does: named in a warning. The new learning rate
+# replaces the one the optimizer and scheduler states restore (``update.follow_learning_rate``).
+ADJUSTABLE_SETTINGS = ("model.learning_rate", "model.max_grad_norm")
+
+
+def _listed(name: str, settings: tuple[str, ...]) -> bool:
+    return any(
+        name == setting or (setting.endswith(".") and name.startswith(setting)) for setting in settings
+    )
 
 
 def require_same_run(
@@ -625,15 +739,24 @@ def require_same_run(
     """Refuse to resume a fit from a checkpoint trained with other model or data settings: that is
     another run (``--ckpt_path last`` takes the newest ``last*.ckpt`` of the checkpoint directory, which
     a run with other settings may have written), and a changed batch size would also misplace the data
-    position that ``ExactResume`` restores."""
-    changes = changed_settings(checkpoint.get("hyper_parameters", {}), module.hparams, "model.")
+    position that ``ExactResume`` restores. The settings of ``RESUMABLE_SETTINGS`` and
+    ``ADJUSTABLE_SETTINGS`` may differ; a changed adjustable one is named in a warning when Lightning
+    loads the checkpoint into the module (the CLI's check before the fit starts stays silent)."""
+    changes = _changes(checkpoint.get("hyper_parameters", {}), module.hparams, "model.")
     if datamodule is not None and "datamodule_hyper_parameters" in checkpoint:
-        changes += changed_settings(checkpoint["datamodule_hyper_parameters"], datamodule.hparams, "data.")
-    if changes:
+        changes += _changes(checkpoint["datamodule_hyper_parameters"], datamodule.hparams, "data.")
+    refused = [
+        change for change in changes if not _listed(change[0], RESUMABLE_SETTINGS + ADJUSTABLE_SETTINGS)
+    ]
+    if refused:
+        named = [_described(change) for change in refused]
         raise RunRefusedError(
-            f"{other_settings(ckpt_path, changes)}: resume with the config it was trained with "
-            f"({SAVED}), or start a new run without --ckpt_path"
+            f"{other_settings(ckpt_path, named)}: resume with the config it was trained with ({SAVED}), or "
+            "start a new run without --ckpt_path"
         )
+    adjusted = [_described(change) for change in changes if _listed(change[0], ADJUSTABLE_SETTINGS)]
+    if adjusted and getattr(module, "_trainer", None) is not None:
+        rank_zero_warn(f"resuming {ckpt_path} with {'; '.join(adjusted)}: the new values apply from here on")
 
 
 def other_settings(ckpt_path: _PATH, changes: list[str]) -> str:

@@ -6,7 +6,8 @@ updates, each update's gradient accumulated over micro-batches of at most ``micr
 Each micro-batch runs at its own padded width (``logprobs.trim_padding``). The loss of a micro-batch is
 normalised by its mini-batch's size, so the update does not depend on the micro-batch split. An update
 whose loss or gradient is NaN/inf on any rank is skipped; after ``max_consecutive_nonfinite`` in a row
-the last good state is saved and training stops.
+the last good state is saved and training stops. A skipped update does not count towards
+``trainer.max_steps``: the batch that reaches it leaves the updates it has left undone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from lightning import LightningModule
 from torch import Tensor
 from torch.distributed.tensor import DTensor
+from torch.optim.lr_scheduler import LRScheduler
 
 from rgra_lightning.distributed import no_gradient_sync
 from rgra_lightning.errors import ConfigError, NonFiniteTrainingError, require_valid
@@ -44,6 +46,20 @@ class UpdateStats:
     def means(self) -> dict[str, Tensor]:
         """The mean over the batch's updates of each diagnostic, as ``train/<name>``."""
         return {f"train/{name}": torch.stack(values).mean() for name, values in self.history.items()}
+
+
+def follow_learning_rate(scheduler: LRScheduler, learning_rate: float) -> None:
+    """Make ``scheduler`` and its optimizer schedule from ``learning_rate`` (``model.learning_rate``), at
+    the point of the schedule they are at. A resumed fit restores the learning rates of the checkpoint's
+    optimizer and scheduler states, the old ones where the resume changed ``model.learning_rate``; a fit
+    with the same one is left as it is."""
+    if all(base == learning_rate for base in scheduler.base_lrs):
+        return
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = learning_rate * (group["lr"] / base)
+        group["initial_lr"] = learning_rate
+    scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]  # get_last_lr's
 
 
 def loss_mask(rollout: Rollout, mask_truncated: bool) -> Tensor:
@@ -129,6 +145,8 @@ class PolicyUpdate:
     def run(self, module: LightningModule, experience: Experience) -> UpdateStats:
         """Train ``module.policy`` on ``experience`` with the module's optimizer and scheduler."""
         optimizer, scheduler = module.optimizers(), module.lr_schedulers()
+        follow_learning_rate(scheduler, module.hparams.learning_rate)
+        trainer = module.trainer
         rollout, advantages = experience.rollout, experience.advantages
         trained = loss_mask(rollout, self.loss.mask_truncated_completions)
         rows = len(rollout.completions)
@@ -137,6 +155,8 @@ class PolicyUpdate:
         stats = UpdateStats()
         for _ in range(self.num_iterations):
             for first in range(0, rows, minibatch):
+                if 0 <= trainer.max_steps <= trainer.global_step:
+                    break  # reached in a batch with skipped updates: the updates left would run past it
                 part = slice(first, first + minibatch)
                 tokens = trained[part].sum()  # the mini-batch's trained tokens, for every micro-batch
                 real_tokens = rollout.completion_mask[part].sum()
@@ -161,7 +181,7 @@ class PolicyUpdate:
                     )
                     # DDP all-reduces the accumulated gradients in the last micro-batch's backward only
                     last = index == len(parts) - 1
-                    with nullcontext() if last else no_gradient_sync(module.trainer.strategy):
+                    with nullcontext() if last else no_gradient_sync(trainer.strategy):
                         module.manual_backward(out.loss)
                     for name, value in (
                         ("loss", out.loss.detach()),
@@ -224,6 +244,7 @@ class PolicyUpdate:
                 f"{limit} consecutive updates had a NaN/inf loss or gradient; the last good state is "
                 f"saved in {path}. Lower model.learning_rate or model.max_grad_norm, use "
                 f"model.dtype=float32 or bfloat16 instead of float16, or check the verifier's rewards, "
-                f"then resume with --ckpt_path {path}"
+                f"then resume with --ckpt_path {path} (the rollout batch it stopped in is sampled and "
+                "trained again)"
             )
         return True

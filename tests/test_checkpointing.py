@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,19 +21,24 @@ import torch
 from lightning import Callback, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import ModelParallelStrategy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 from rgra_lightning.checkpointing import (
     AtomicCheckpointIO,
     ContinuedLog,
+    ExactResume,
+    PeriodicModelCheckpoint,
     RunDirectoryLock,
     require_matching_weights,
+    warn_if_saved_in_place,
 )
 from rgra_lightning.cli import main
 from rgra_lightning.errors import RUN_REFUSED, ConfigError
 from rgra_lightning.models import load_causal_lm
 from tests.conftest import FAST, ROOT, one_line_error, scalars_by_step
+from tests.test_update import nan_loss_on_updates
 
 
 def assert_same_run(straight: Path, resumed: Path, straight_policy: dict, resumed_policy: dict) -> None:
@@ -163,6 +169,90 @@ def test_resume_at_and_after_an_epoch_boundary_continues_the_data_order(small_co
             a.model.policy.state_dict(),
             b.model.policy.state_dict(),
         )
+
+
+def test_a_fit_stopped_at_max_epochs_resumes_with_the_next_epochs_data_order(small_config, tmp_path):
+    """12 problems, 4 prompts a step: 3 steps an epoch. A fit stopped by ``trainer.max_epochs=1`` saves
+    ``last.ckpt`` at its end (update 3, between the saves every 2), with the epoch finished, where
+    Lightning does not give the loader its saved state back: the resumed run replayed epoch 0's shuffle as
+    epoch 1. Resumed to 3 epochs, it now equals a straight 3-epoch run."""
+    epochs = {"data.init_args.train_size": 12, "trainer.max_steps": -1}
+    straight = fresh_config(small_config, tmp_path, "straight", **epochs)
+    a = main(["fit", "--config", str(straight), "--trainer.max_epochs=3"])
+    assert a.trainer.global_step == 9
+    stopped = fresh_config(small_config, tmp_path, "stopped", **epochs)
+    main(["fit", "--config", str(stopped), "--trainer.max_epochs=1"])
+    b = main(["fit", "--config", str(stopped), "--trainer.max_epochs=3", "--ckpt_path", "last"])
+    assert b.trainer.global_step == 9
+    assert_same_run(
+        tmp_path / "straight" / "runs",
+        tmp_path / "stopped" / "runs",
+        a.model.policy.state_dict(),
+        b.model.policy.state_dict(),
+    )
+
+
+def test_the_data_position_of_a_checkpoint_from_before_exact_resume_saved_it_is_taken_from_the_fit_loop():
+    """Older checkpoints kept it only as the loader's state in Lightning's fit-loop state; a checkpoint of
+    ExactResume's own holds it there too, and the fit loop's copy (the loader's, now empty) is not used."""
+    position = {"generator_state": torch.zeros(3, dtype=torch.uint8), "trained_batches": 2}
+    older = ExactResume()
+    older.on_load_checkpoint(
+        None, None, {"loops": {"fit_loop": {"state_dict": {"combined_loader": [position]}}}}
+    )
+    older.load_state_dict({"rng": [{}]})
+    assert older._restored_position is position
+    newer = ExactResume()
+    newer.on_load_checkpoint(None, None, {"loops": {"fit_loop": {"state_dict": {"combined_loader": [{}]}}}})
+    newer.load_state_dict({"rng": [{}], "data_position": position})
+    assert newer._restored_position is position
+
+
+def test_a_resume_from_the_nonfinite_stop_trains_again_the_batch_it_stopped_in(
+    small_config, tmp_path, monkeypatch, capsys
+):
+    """The non-finite stop saves its checkpoint from inside ``training_step``: its data position counted
+    the batch in progress, so the resumed run skipped that batch (and Lightning's ``batch_idx`` was one
+    behind the data). It now holds the data position and RNG states of that batch's start: with the NaN
+    gone, the resumed run samples the same completions and equals a run that never met it."""
+    bad = {6}  # rl_loss calls: the straight run's 4, then the stopped run's third update
+    nan_loss_on_updates(monkeypatch, bad)
+    straight = fresh_config(small_config, tmp_path, "straight")
+    a = main(["fit", "--config", str(straight), "--trainer.max_steps=4"])
+    stopped = fresh_config(
+        small_config, tmp_path, "stopped", **{"model.init_args.max_consecutive_nonfinite": 1}
+    )
+    with pytest.warns(UserWarning, match="update skipped"):
+        one_line_error(["fit", "--config", str(stopped), "--trainer.max_steps=4"], capsys, status=3)
+    saved = tmp_path / "stopped" / "checkpoints" / "nonfinite-stop-step=2.ckpt"
+    bad.clear()
+    batch_indices: list[int] = []
+    recorder = {"class_path": "tests.test_checkpointing.BatchIndices"}
+    BatchIndices.seen = batch_indices
+    args = [
+        "--trainer.max_steps=4",
+        "--ckpt_path",
+        str(saved),
+        f"--trainer.callbacks+={json.dumps(recorder)}",
+    ]
+    b = main(["fit", "--config", str(stopped), *args])
+    assert b.trainer.global_step == 4
+    assert batch_indices == [2, 3]
+    assert_same_run(
+        tmp_path / "straight" / "runs",
+        tmp_path / "stopped" / "runs",
+        a.model.policy.state_dict(),
+        b.model.policy.state_dict(),
+    )
+
+
+class BatchIndices(Callback):
+    """Records the ``batch_idx`` Lightning gives each training batch in ``BatchIndices.seen``."""
+
+    seen: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.append(batch_idx)
 
 
 class SignalAfter(Callback):
@@ -327,6 +417,61 @@ def test_a_fit_into_the_checkpoint_directory_of_a_running_fit_is_refused(
     assert main(resume).trainer.global_step == 2
 
 
+def test_a_fit_deletes_the_files_of_killed_checkpoint_saves_once_it_holds_the_directory(
+    small_config, tmp_path, capsys, monkeypatch, caplog
+):
+    """A kill -9 during a save leaves its full-size temporary file (``.last.ckpt.<pid>.<uuid>.partial``),
+    which nothing removed: each pre-emption mid-save added one. A fit deletes them when it takes the
+    checkpoint directory's lock (no other fit then saves there), and not while another fit holds it;
+    files of other names stay."""
+    config = small_config("rgra", **FAST, **{"trainer.max_steps": 1})
+    main(["fit", "--config", str(config)])
+    directory = tmp_path / "checkpoints"
+    killed = [
+        directory / f".{name}.4242.{uuid.uuid4().hex}.partial"
+        for name in ("last.ckpt", "epoch=0-step=2.ckpt")
+    ]
+    others = [directory / ".notes.partial", directory / "draft.partial"]
+    for path in killed + others:
+        path.write_bytes(b"PK\x03\x04 half a checkpoint")
+    resume = ["fit", "--config", str(config), "--trainer.max_steps=2", "--ckpt_path", "last"]
+    running = os.open(tmp_path / "checkpoints.lock", os.O_RDWR)
+    fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with monkeypatch.context() as past_the_probe:
+        past_the_probe.setattr(RunDirectoryLock, "require_free", lambda trainer: None)
+        one_line_error(resume, capsys, status=RUN_REFUSED)
+    assert all(path.exists() for path in killed)
+    os.close(running)
+    with caplog.at_level(logging.INFO):
+        assert main(resume).trainer.global_step == 2
+    assert not any(path.exists() for path in killed)
+    assert all(path.exists() for path in others)
+    assert f"removed 2 checkpoint file(s) that a killed save left unfinished in {directory}" in caplog.text
+
+
+@pytest.mark.parametrize("distributed", [True, False])
+def test_sharded_checkpoints_saved_in_place_are_warned_of(tmp_path, distributed):
+    """``AtomicCheckpointIO`` never sees the shards ``ModelParallelStrategy`` writes into ``last.ckpt/``
+    (``save_distributed_checkpoint=True``, Lightning's default): a kill mid-save can corrupt it."""
+    trainer = SimpleNamespace(
+        strategy=ModelParallelStrategy(save_distributed_checkpoint=distributed),
+        checkpoint_callbacks=[PeriodicModelCheckpoint(dirpath=tmp_path)],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_saved_in_place(trainer)
+    messages = [str(warning.message) for warning in caught]
+    assert [message for message in messages if "writes sharded checkpoints in place" in message] == (
+        [
+            "ModelParallelStrategy(save_distributed_checkpoint=True) writes sharded checkpoints in place: a "
+            "kill while last.ckpt is saved can leave it part old, part new (keep step checkpoints with "
+            "save_top_k, or set save_distributed_checkpoint: false for one file renamed into place)"
+        ]
+        if distributed
+        else []
+    )
+
+
 def test_resuming_with_another_verifier_is_refused_but_not_with_other_workers(small_config, tmp_path, capsys):
     """The verifier is not a saved hyperparameter (an object), so a resume with another one went on
     without a word (an audit resumed a reward-model run without the reward model). Its settings are now
@@ -356,6 +501,70 @@ def test_resuming_with_another_verifier_is_refused_but_not_with_other_workers(sm
     del checkpoint["hyper_parameters"]["verifier"]  # as written before the verifier was recorded
     torch.save(checkpoint, last)
     assert main([*resume, "--model.verifier.workers=1"]).trainer.global_step == 2
+
+
+def test_a_resume_may_change_the_settings_that_leave_the_updates_as_they_are(small_config, tmp_path):
+    """Refused before, though the out-of-memory advice says to lower micro_batch_size (the update stays
+    the same), and evaluation, logging and stopping settings change no update: accepted, without a
+    warning."""
+    config = small_config("rgra", **FAST, **{"trainer.max_steps": 2})
+    main(["fit", "--config", str(config)])
+    changed = [
+        "--model.init_args.micro_batch_size=2",
+        "--model.init_args.max_consecutive_nonfinite=2",
+        "--model.init_args.num_logged_samples=1",
+        "--model.init_args.evaluation.write_samples=false",
+        "--data.init_args.val_batch_size=4",
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = main(["fit", "--config", str(config), "--trainer.max_steps=4", "--ckpt_path", "last", *changed])
+    assert cli.trainer.global_step == 4
+    assert not [warning for warning in caught if "resuming" in str(warning.message)]
+
+
+def test_a_resume_with_a_lower_learning_rate_trains_with_it_from_the_schedules_point(
+    small_config, tmp_path, monkeypatch, capsys
+):
+    """The non-finite stop advises lowering model.learning_rate or model.max_grad_norm and resuming, which
+    was refused. Accepted now, with a warning naming old and new values; and the new learning rate is the
+    one the updates use (Lightning restores the optimizer's and the scheduler's saved ones), at the
+    point of the warm-up the run is at (5 updates: 3/5 and 4/5 of it at updates 3 and 4)."""
+    config = small_config("rgra", **FAST, **{"trainer.max_steps": 2})
+    main(["fit", "--config", str(config)])
+    used: list[float] = []  # the learning rate of each optimizer step
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    lower = ["--model.init_args.learning_rate=5e-5", "--model.init_args.max_grad_norm=0.5"]
+    resume = ["fit", "--config", str(config), "--trainer.max_steps=4", "--ckpt_path", "last"]
+    with pytest.warns(UserWarning) as caught:
+        cli = main([*resume, *lower])
+    assert [str(warning.message) for warning in caught if "resuming" in str(warning.message)] == [
+        f"resuming {last} with model.learning_rate: 0.0001 in the checkpoint, 5e-05 now; "
+        "model.max_grad_norm: 1.0 in the checkpoint, 0.5 now: the new values apply from here on"
+    ]
+    assert cli.trainer.global_step == 4
+    assert used == [pytest.approx(5e-5 * 3 / 5), pytest.approx(5e-5 * 4 / 5)]
+    assert cli.model.updater.max_grad_norm == 0.5
+    logged = scalars_by_step(tmp_path / "runs", "train/learning_rate")
+    assert [logged[step][-1] for step in (3, 4)] == [pytest.approx(5e-5 * 3 / 5), pytest.approx(5e-5 * 4 / 5)]
+    saved = torch.load(last, weights_only=True)  # saved at update 4, as a further resume restores it
+    assert saved["lr_schedulers"][0]["base_lrs"] == [5e-5]
+    assert saved["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 5e-5
+    # Settings that change what the data or weights mean are still refused, named alone
+    assert one_line_error(
+        [*resume, "--trainer.max_steps=6", *lower, "--data.init_args.seed=1"], capsys, status=RUN_REFUSED
+    ) == (
+        f"error: checkpoint {last} was trained with other settings than this run's (data.seed: 0 in the "
+        "checkpoint, 1 now): resume with the config it was trained with (saved as config.yaml in its log "
+        "directory), or start a new run without --ckpt_path"
+    )
 
 
 class TwoLayers(LightningModule):

@@ -51,6 +51,19 @@ def test_nonfinite_update_is_skipped_counted_and_training_continues(small_config
     assert all(torch.isfinite(p).all() for p in cli.model.policy.parameters())
 
 
+def test_a_skipped_update_does_not_make_the_run_overshoot_max_steps(small_config, tmp_path, monkeypatch):
+    """2 updates per rollout batch, max_steps=6, the third update skipped: the fourth batch started at
+    update 5 and ran both its updates, ending at 7. The run now stops at max_steps, inside that batch."""
+    calls = nan_loss_on_updates(monkeypatch, {2})
+    config = small_config("rgra", **FAST, **{"model.init_args.num_minibatches": 2})
+    with pytest.warns(UserWarning, match="update skipped"):
+        cli = main(["fit", "--config", str(config), "--trainer.max_steps=6"])
+    assert cli.trainer.global_step == 6
+    assert len(calls) == 7  # 2 + (1 skipped + 1) + 2 + 1
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert sorted(scalars_by_step(tmp_path / "runs", "train/reward")) == [2, 3, 5, 6]
+
+
 def test_too_many_nonfinite_updates_stop_with_last_good_checkpoint(
     small_config, tmp_path, monkeypatch, capsys
 ):
@@ -60,6 +73,7 @@ def test_too_many_nonfinite_updates_stop_with_last_good_checkpoint(
     error = one_line_error(["fit", "--config", str(config)], capsys, status=3)
     assert "3 consecutive updates had a NaN/inf loss or gradient" in error
     assert "model.learning_rate" in error
+    assert error.endswith("(the rollout batch it stopped in is sampled and trained again)")
     saved = tmp_path / "checkpoints" / "nonfinite-stop-step=2.ckpt"
     assert str(saved) in error
     state = torch.load(saved, weights_only=True)
