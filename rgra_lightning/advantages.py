@@ -27,20 +27,24 @@ class AdvantageConfig:
     sign filter.
 
     Args:
-        baseline: subtracted from each reward. ``group_mean`` (GRPO/RGRA), ``leave_one_out`` (RLOO: the
-            mean of the other G-1 rewards) or ``none`` (REINFORCE with direct rewards; with ``scale: none``: a
-            group of equal rewards would be divided by ``epsilon``).
-        scale: divisor after the baseline. ``group_std`` (GRPO), ``batch_std`` or ``none`` (Dr. GRPO).
-            Standard deviations use Bessel's correction, as TRL does.
+        baseline: subtracted from each reward. ``group_mean`` (GRPO, arXiv 2402.03300; RGRA, arXiv
+            2603.18756), ``leave_one_out`` (RLOO, arXiv 2402.14740: the mean of the other G-1 rewards) or
+            ``none`` (REINFORCE with direct rewards; with ``scale: none``: a group of equal rewards would be
+            divided by ``epsilon``).
+        scale: divisor after the baseline. ``group_std`` (GRPO), ``batch_std`` (REINFORCE++, arXiv 2501.03262:
+            the std of the whole batch's rewards) or ``none`` (Dr. GRPO, arXiv 2503.20783). Standard
+            deviations use Bessel's correction, as TRL does.
         sign_filter: ``positive`` keeps only advantages above zero ("train only on samples above the
-            baseline"), ``negative`` only those below; the rest become zero.
-        selection: ``best_of_group`` gives the first highest-rewarded completion of each group the
-            advantage 1 and every other completion 0, and a group whose best reward is not positive 0
-            throughout: RAFT's unweighted cross-entropy on the best sample, with its rejection of groups
-            that have nothing rewarded to imitate. The other fields then change nothing (a config that
-            sets them otherwise is refused). ``all`` keeps every completion.
-        epsilon: added to the standard deviation, so that the division stays finite. With a baseline a
-            group of identical rewards gives exactly 0.
+            baseline": the paper's GRPO-pos and RGRA-pos, arXiv 2603.18756), ``negative`` only those below;
+            the rest become zero.
+        selection: ``best_of_group`` gives the first highest-rewarded completion of each group the advantage 1
+            and every other completion 0, and a group whose best reward is not positive 0 throughout: RAFT's
+            unweighted cross-entropy on the best sample, with its rejection of groups that have nothing
+            rewarded to imitate (Dong et al. 2023, arXiv 2304.06767; the paper's RAFT row). The other fields
+            then change nothing (a config that sets them otherwise is refused). ``all`` keeps every
+            completion.
+        epsilon: added to the standard deviation, so that the division stays finite (TRL's 1e-4). With a
+            baseline a group of identical rewards gives exactly 0.
     """
 
     baseline: Baseline = "group_mean"

@@ -34,16 +34,22 @@ class LossConfig:
     """The loss options; any combination is valid.
 
     Args:
-        policy_term: ``reinforce`` (log pi * A: RGRA, REINFORCE, RAFT), ``ratio`` (pi / pi_old * A, no
-            clipping) or ``clipped_ratio`` (PPO/GRPO clipping with ``eps_low`` / ``eps_high``).
-        eps_low: lower clip range, ratio >= 1 - eps_low. Used by ``clipped_ratio`` only.
-        eps_high: upper clip range, ratio <= 1 + eps_high (DAPO's clip-higher when > eps_low).
-        beta: KL coefficient; 0 disables the KL term and the trainer then loads no reference model.
+        policy_term: ``reinforce`` (log pi * A: RGRA, arXiv 2603.18756; REINFORCE, Williams 1992; RAFT,
+            arXiv 2304.06767), ``ratio`` (pi / pi_old * A, no clipping: the paper's GRPO without clipping)
+            or ``clipped_ratio`` (PPO's clipping, arXiv 1707.06347, as GRPO uses it, DeepSeekMath, arXiv
+            2402.03300; with ``eps_low`` / ``eps_high``).
+        eps_low: lower clip range, ratio >= 1 - eps_low (PPO's epsilon, 0.2). Used by ``clipped_ratio`` only.
+        eps_high: upper clip range, ratio <= 1 + eps_high (DAPO's clip-higher when > eps_low, arXiv
+            2503.14476).
+        beta: KL coefficient (GRPO's KL to the reference policy in the loss, arXiv 2402.03300; the paper's
+            0.005); 0 disables the KL term and the trainer then loads no reference model.
         kl_estimator: ``k1`` (log ratio), ``k2`` (half squared log ratio) or ``k3`` (GRPO's unbiased,
-            non-negative estimator), all estimating KL(pi_theta || pi_ref) per token.
-        aggregation: ``sequence_mean`` (mean over each completion's tokens, then over completions: GRPO),
-            ``token_mean`` (mean over all tokens of the batch: DAPO) or ``constant_sum`` (sum over tokens
-            divided by ``N * aggregation_constant``: Dr. GRPO, no length bias).
+            non-negative estimator), all estimating KL(pi_theta || pi_ref) per token (Schulman 2020,
+            "Approximating KL divergence").
+        aggregation: ``sequence_mean`` (mean over each completion's tokens, then over completions: GRPO,
+            arXiv 2402.03300, and the paper's Eq. 1), ``token_mean`` (mean over all tokens of the batch:
+            DAPO, arXiv 2503.14476, and TRL's default) or ``constant_sum`` (sum over tokens divided by
+            ``N * aggregation_constant``: Dr. GRPO, arXiv 2503.20783, no length bias).
         aggregation_constant: the divisor per completion for ``constant_sum``, in tokens; usually the
             maximum completion length (the trainer fills in max_new_tokens when it is None).
         mask_truncated_completions: leave completions cut at ``max_new_tokens`` (no stop token) out of the

@@ -149,7 +149,7 @@ def test_the_gsm8k_study_runs_the_paper_setting_with_each_method(preset, tmp_pat
     assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(study.run_dir(preset, 1))
 
 
-def test_raft_is_reward_weighted_cross_entropy_on_the_best_completion():
+def test_raft_is_unweighted_cross_entropy_on_the_best_completion():
     # 2 prompts x G = 3; prompt 0's best is completion 1 (reward 1.0), prompt 1 has no positive reward.
     rewards = torch.tensor([[0.1, 1.0, 1.0], [0.0, 0.0, 0.0]])
     config = PRESETS["raft"]
