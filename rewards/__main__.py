@@ -188,15 +188,27 @@ def program_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ToolParser(prog=program_name(), description=__doc__.split("\n\n")[0])
+    parser = ToolParser(prog=program_name(), description="Score answers with a verifier of this package.")
     commands = parser.add_subparsers(dest="command", required=True)
     score = commands.add_parser(
-        "score", help="score a JSONL file of (gold, pred) rows", description=__doc__.split("\n\n")[0]
+        "score",
+        help="score a JSONL file of (gold, pred) rows",
+        description="Score a JSONL file of (gold, pred) rows with a verifier: one JSON line per row on "
+        "stdout (equivalent, reward, seconds, error, extracted, details, id), then a summary line.",
     )
-    score.add_argument("cases", help="JSONL file with gold, pred and mode fields")
-    score.add_argument("--verifier", default="MathVerifier", help="class name in rewards, or module.Class")
-    score.add_argument("--timeout", type=_positive(float), default=3.0, help="seconds per verification")
-    score.add_argument("--workers", type=_positive(int), default=2, help="worker processes")
+    score.add_argument(
+        "cases",
+        help='JSONL file, a row per line: {"gold": str, "pred": str, "mode": "completion" (the default: the '
+        'answer is extracted from pred) or "answer" (pred is a bare answer)}; a true/false "equivalent" '
+        "field adds accuracy to the summary",
+    )
+    score.add_argument(
+        "--verifier", metavar="NAME", default="MathVerifier", help="class name in rewards, or module.Class"
+    )
+    score.add_argument(
+        "--timeout", metavar="SECONDS", type=_positive(float), default=3.0, help="seconds per verification"
+    )
+    score.add_argument("--workers", metavar="N", type=_positive(int), default=2, help="worker processes")
     score.add_argument(
         "--warm-start", action="store_true", help="train the parser before the first row (trainer default)"
     )

@@ -40,9 +40,84 @@ def require_one_of(prefix: str, *choices: tuple[str, object, object]) -> None:
             raise ConfigError(f"{prefix}{option}={value!r} is not one of {list(typing.get_args(allowed))}")
 
 
+class ParagraphHelpFormatter(argparse.HelpFormatter):
+    """A paragraph of a description or epilog with an indented line (an example, a table) keeps its line
+    breaks; the others are filled to the terminal's width, as argparse fills the whole text."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            lines = paragraph.splitlines()
+            if any(line[:1].isspace() for line in lines):
+                paragraphs.append("\n".join(indent + line for line in lines))
+            else:
+                paragraphs.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(paragraphs)
+
+
+class ToolHelpFormatter(ParagraphHelpFormatter):
+    """The tools' ``--help``: an option's default follows its help (``(default: 16)``) unless it has none
+    to show (``None``, ``False``, an empty list) or the help says it already; descriptions and epilogs as
+    ``ParagraphHelpFormatter`` lays them out."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and not any(default is nothing for nothing in (argparse.SUPPRESS, None, False))
+            and default not in ([], "")  # a default of 0 is shown, though 0 == False
+            and "%(default)" not in help
+            and "default:" not in help
+        ):
+            help += " (default: %(default)s)"
+        return help
+
+
 class ToolParser(argparse.ArgumentParser):
     """A usage mistake is one line, ``error: MESSAGE (PROG --help)`` with exit status 2, not argparse's usage
-    block followed by the message."""
+    block followed by the message.
+
+    Options are named in full (``allow_abbrev=False``: argparse would take ``--summary`` for
+    ``--summary_only``), the help shows defaults (``ToolHelpFormatter``), and a required subcommand left out
+    is reported with the choices (``error: choose a command: a, b``), not as ``required: command``. The
+    subcommands' parsers (``add_subparsers().add_parser``) are ``ToolParser`` too, so all of this holds for
+    them."""
+
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", ToolHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self._commands: argparse._SubParsersAction | None = None
+        self._command_required = False
+
+    def add_subparsers(self, **kwargs: typing.Any) -> argparse._SubParsersAction:
+        """argparse's, with ``required=True`` checked here so that its error names the choices."""
+        named = kwargs.get("dest", argparse.SUPPRESS) is not argparse.SUPPRESS  # else None is not "left out"
+        required = kwargs.pop("required", False)
+        self._commands = super().add_subparsers(required=required and not named, **kwargs)
+        self._command_required = required and named
+        return self._commands
+
+    def parse_known_args(
+        self, args: typing.Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if self._command_required and getattr(parsed, self._commands.dest, None) is None:
+            self.error(f"choose a command: {', '.join(self._commands.choices)}")
+        return parsed, extras
+
+    def parse_args(
+        self, args: typing.Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """argparse's, with an unrecognized argument after a subcommand reported with the subcommand's
+        ``--help`` (``rgra export checkpoint --help``, not ``rgra export --help``)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, self._commands.dest, None) if self._commands is not None else None
+            parser = self._commands.choices[command] if command is not None else self
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"error: {message} ({self.prog} --help)\n")

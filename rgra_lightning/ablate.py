@@ -630,9 +630,28 @@ def run_study(study: Study) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ToolParser(prog="rgra ablate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, required=True, help="study config YAML")
-    parser.add_argument("--summary_only", action="store_true", help="only rewrite summary.md and the plot")
+    parser = ToolParser(
+        prog="rgra ablate",
+        description=__doc__.split("\n\n")[0],
+        epilog="""The study config (YAML) has these fields:
+  name         required: the study's name; its results go to <results_dir>/<name>/
+  base_config  required: a fit config, or a list of configs composed in order
+  presets      required: loss presets, names of configs/loss/<preset>.yaml or paths to YAML files
+  seeds        required: a list of integers; each preset runs once with each seed
+  overrides    config keys applied after the base and the preset, as in a fit config,
+               e.g. {trainer: {max_steps: 80}}
+  results_dir  where the studies' results go (default: results)
+  reference    the preset summary.md compares every other preset with (default: the first)
+
+Example: configs/ablations/paper.yaml. Rerun, a study skips its finished runs and resumes an interrupted
+one. docs/ablations.md describes the study, its runs, their exit statuses and the summary.""",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="the study config (YAML; fields below)")
+    parser.add_argument(
+        "--summary_only",
+        action="store_true",
+        help="run nothing: only rewrite summary.md and val_accuracy.png from the runs finished so far",
+    )
     args = parser.parse_args(argv)
     try:
         study = load_study(args.config)

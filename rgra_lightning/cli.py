@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -18,12 +19,14 @@ from typing import Any
 
 import torch
 import transformers
+from jsonargparse import DefaultHelpFormatter
 from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from rewards.errors import ParagraphHelpFormatter
 from rgra_lightning.callbacks import LineProgressBar
 from rgra_lightning.checkpointing import (
     ContinuedLog,
@@ -35,6 +38,7 @@ from rgra_lightning.checkpointing import (
     require_new_run_directory,
     require_same_run,
 )
+from rgra_lightning.commands import LIGHTNING_COMMANDS
 from rgra_lightning.config_files import LOSS_PRESETS, key_line, read
 from rgra_lightning.distributed import AgreedStop, stop_status
 from rgra_lightning.errors import ConfigError, exit_status, find_reported_error
@@ -58,6 +62,11 @@ class FullNameParser(LightningArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+class CommandHelpFormatter(DefaultHelpFormatter, ParagraphHelpFormatter):
+    """jsonargparse's help, with the paragraphs of a description or epilog laid out as the tools lay them
+    out: one with an indented line (a command to copy) keeps its line breaks."""
+
+
 class SaveConfigAtStart(SaveConfigCallback):
     """Lightning's ``SaveConfigCallback``, saving the config when the run starts (``on_fit_start``, ...)
     instead of at set-up: a fit refused during set-up (LoRA under FSDP2, a precision that cannot train, a
@@ -79,6 +88,33 @@ class RLCLI(LightningCLI):
     ``class_path`` that names no class: ``parser_errors``; YAML that does not parse, a missing file:
     ``check_config_files``; a trainer setting Lightning refuses, a GPU config without a GPU), the parser's
     other reports without its usage block, and keeps the config as given when a checkpoint is named."""
+
+    # ``rgra fit --help`` lists the trainer's options and of the model says only "known subclasses:
+    # lightning.LightningModule": the help names the project's model and says how to list its options.
+    HELP_DESCRIPTION = (
+        "The model is rgra_lightning.RLModule (configs/rgra.yaml); its options and the data module's are "
+        "not listed here: the end of this help says how to list them."
+    )
+    HELP_EPILOG = (
+        "The model of the configs is rgra_lightning.RLModule (configs/rgra.yaml; a reward model's is "
+        "rgra_lightning.RewardModelModule, configs/reward_model.yaml). The options above are the trainer's: "
+        "the model's and the data module's (a config's model.init_args, data.init_args) are listed by the "
+        "class, named in full:\n\n"
+        "  rgra fit --model.help rgra_lightning.RLModule\n"
+        "  rgra fit --data.help rgra_lightning.ArithmeticDataModule"
+        "   (JsonFilesDataModule, DatasetDataModule, ...)\n\n"
+        "docs/algorithms.md documents the loss options (model.loss.*: advantage baseline and scale, policy "
+        "term, KL, aggregation), docs/ablations.md the loss presets (configs/loss/*.yaml) that set them."
+    )
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """LightningCLI's parser, its help with ``HELP_DESCRIPTION`` after the description (a subcommand's:
+        the first line of the Trainer method's docstring) and ``HELP_EPILOG`` at the end."""
+        description = kwargs.get("description") or "Train or evaluate a policy from YAML configs."
+        kwargs["description"] = f"{description} {self.HELP_DESCRIPTION}"
+        kwargs.setdefault("epilog", self.HELP_EPILOG)
+        kwargs.setdefault("formatter_class", CommandHelpFormatter)
+        return super().init_parser(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
         """Do nothing. LightningCLI would replace the model's settings by the hyperparameters saved in the
@@ -195,13 +231,19 @@ def check_config_files(args: list[str]) -> None:
     the file's name: a file that does not exist, YAML that does not parse (``FILE:LINE:COLUMN: ...``), and
     a data module of before the split into one class per source (``MathPromptDataModule``), saying what
     to write instead (also for ``--data.class_path``); a loss preset's name given as ``--model.loss``; an
-    option that a later ``--config`` file sets again; LightningCLI's ``optimizer`` and ``lr_scheduler``."""
+    option that a later ``--config`` file sets again; LightningCLI's ``optimizer`` and ``lr_scheduler``; a
+    key given twice in one mapping of a file (``config_files.read``); a config file given without
+    ``--config``, and a directory given with it."""
+    refuse_bare_config_files(args)
     given = list(given_options(args))
     earlier: list[str] = []  # the options given so far, in order
     for index, (name, value) in enumerate(given):
         data: object = None
         if name == "--config":
             if not is_file(value):
+                with contextlib.suppress(OSError):  # a YAML string may be longer than a path can be
+                    if Path(value).is_dir():
+                        raise ConfigError(f"--config {value} is a directory: give a YAML file")
                 if "\n" not in value and value.endswith((".yaml", ".yml", ".json")):
                     raise ConfigError(f"--config {value}: no such file")
                 continue  # a config given as a YAML string: the parser reads it
@@ -227,6 +269,33 @@ def check_config_files(args: list[str]) -> None:
                 f"{where}: data.class_path {data['class_path']} (task: {task}) is now one data module per "
                 f"source: write class_path: {replacement} and remove init_args.task"
             )
+
+
+# The options that take no value of their own: an argument after one is not its value (``--print_config``
+# takes one only as ``--print_config=skip_null``).
+_VALUELESS_OPTIONS = ("-h", "--help", "--print_config")
+
+
+def refuse_bare_config_files(args: list[str]) -> None:
+    """``ConfigError`` for a config file given without ``--config`` (``rgra fit configs/rgra.yaml``), which
+    the parser reports as an unrecognized argument, with the command line that gives it with ``--config``.
+    Help (``--help``) is printed whatever else is given."""
+    if "-h" in args or "--help" in args:
+        return
+    start = 1 if args and args[0] in LIGHTNING_COMMANDS else 0
+    bare = set()
+    for index in range(start, len(args)):
+        arg, previous = args[index], args[index - 1] if index > start else ""
+        # the value of ``--option value``; ``-1`` is a value itself (``--seed_everything -1``)
+        is_value = previous.startswith("-") and not previous[1:2].isdigit() and "=" not in previous
+        if is_value and previous not in _VALUELESS_OPTIONS or arg.startswith("-"):
+            continue
+        if arg.endswith((".yaml", ".yml", ".json")):
+            bare.add(index)
+    if bare:
+        fixed = [part for index, arg in enumerate(args) for part in (["--config"] * (index in bare) + [arg])]
+        command = shlex.join(["rgra", *fixed] if start else fixed)
+        raise ConfigError(f"{args[min(bare)]}: a config file is given with --config ({command})")
 
 
 def refuse_overridden_options(options: list[str], path: str) -> None:

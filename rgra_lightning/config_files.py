@@ -54,15 +54,59 @@ def differences(
     return found
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping: at ``line``, first at ``first_line`` (from 1)."""
+
+    def __init__(self, key: object, line: int, first_line: int) -> None:
+        super().__init__(f"key {key!r} given twice in one mapping (first at line {first_line})")
+        self.line = line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing a key given twice in one mapping (``DuplicateKeyError``): YAML keeps the
+    last value silently, so ``max_steps: 3`` above ``max_steps: 4`` trained 4 updates. A key that a merge
+    (``<<: *base``) brings in may be set again: that is what a merge is for."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        # Checked on the whole tree before any mapping is built: building one with a merge writes the merged
+        # keys into its node, where a later merge of that node would find them beside its own.
+        self._refuse_duplicate_keys(node)
+        return super().construct_document(node)
+
+    def _refuse_duplicate_keys(self, root: yaml.Node) -> None:
+        seen: set[int] = set()  # an alias is the node it names, and may name one of its parents
+        pending = [root]
+        while pending:
+            node = pending.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                pending += node.value
+            elif isinstance(node, yaml.MappingNode):
+                first_lines: dict[Any, int] = {}
+                for key_node, value_node in node.value:
+                    pending += [key_node, value_node]
+                    if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                    if key in first_lines:
+                        raise DuplicateKeyError(key, line, first_lines[key])
+                    first_lines[key] = line
+
+
 def read(path: str | Path) -> dict[str, Any]:
     """One YAML config file as a mapping. A file that cannot be read, is not YAML or is not a mapping is a
-    one-line ``ConfigError`` starting ``PATH:LINE:COLUMN:`` where YAML says where."""
+    one-line ``ConfigError`` starting ``PATH:LINE:COLUMN:`` where YAML says where; one that gives a key
+    twice in one mapping, ``PATH:LINE:`` of the second."""
     try:
         text = Path(path).read_text()
     except OSError as error:
         raise ConfigError(f"{path}: {error.strerror or error}") from error
     try:
-        layer = yaml.safe_load(text) or {}
+        layer = yaml.load(text, Loader=UniqueKeyLoader) or {}
+    except DuplicateKeyError as error:
+        raise ConfigError(f"{path}:{error.line}: {error}") from error
     except yaml.MarkedYAMLError as error:
         raise ConfigError(_yaml_mistake(path, error)) from error
     except yaml.YAMLError as error:

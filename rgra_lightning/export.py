@@ -221,12 +221,31 @@ def export_checkpoint(
 def main(args: list[str] | None = None) -> None:
     parser = ToolParser(prog="rgra export", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    gguf = commands.add_parser("gguf-to-hf", help="convert a GGUF model once into a HF directory")
+    gguf = commands.add_parser(
+        "gguf-to-hf",
+        help="convert a GGUF model once into a HF directory",
+        description="Convert a GGUF model once into a Hugging Face directory (config, safetensors, tokenizer "
+        "with its chat template) that loads in seconds instead of being de-quantised at every start; a "
+        "config names the directory as model_path.",
+    )
     gguf.add_argument("--model-path", required=True, help="directory holding the GGUF file (or package:NAME)")
-    gguf.add_argument("--gguf-file", required=True)
-    gguf.add_argument("--output", required=True)
-    gguf.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    checkpoint = commands.add_parser("checkpoint", help="export the model of a training checkpoint")
+    gguf.add_argument("--gguf-file", required=True, help="the GGUF file's name in --model-path")
+    gguf.add_argument(
+        "--output", metavar="DIR", required=True, help="the directory to write (replaced whole if it exists)"
+    )
+    gguf.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="the weights' type in the directory",
+    )
+    checkpoint = commands.add_parser(
+        "checkpoint",
+        help="export the model of a training checkpoint",
+        description="Export the model of a training checkpoint (a policy, or a trained reward model) as a "
+        "Hugging Face directory, built from the configs the run was trained with; a LoRA policy is "
+        "exported merged unless --adapter-only.",
+    )
     checkpoint.add_argument(
         "--config",
         required=True,
@@ -235,8 +254,17 @@ def main(args: list[str] | None = None) -> None:
         "apply several in order, as fit does",
     )
     # --ckpt_path too: the spelling of rgra fit, validate, test and predict (LightningCLI's)
-    checkpoint.add_argument("--ckpt-path", "--ckpt_path", dest="ckpt_path", required=True)
-    checkpoint.add_argument("--output", required=True)
+    checkpoint.add_argument(
+        "--ckpt-path",
+        "--ckpt_path",
+        dest="ckpt_path",
+        metavar="CKPT",
+        required=True,
+        help="the training checkpoint whose weights to export (a .ckpt file, e.g. a run's last.ckpt)",
+    )
+    checkpoint.add_argument(
+        "--output", metavar="DIR", required=True, help="the directory to write (replaced whole if it exists)"
+    )
     checkpoint.add_argument("--adapter-only", action="store_true", help="LoRA: save the adapter, unmerged")
     options = parser.parse_args(args)
     try:

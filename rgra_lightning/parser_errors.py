@@ -3,8 +3,9 @@ where the mistake is in a file (``FILE:LINE: ...``): a misspelled key with the c
 the wrong type with the types allowed, a plain value for a group of options (``--model.lora=true``) with
 the group's options, a ``class_path`` that names no class with the closest class, an option below an
 unknown one or below one that takes a single value (``--model.learning_rate.x``), a misspelled top-level
-key (``modle:``, ``--trainr.max_steps``) with the closest one, and a class named without its package for
-``--model.help`` (``RLModule``) with the full class path.
+key (``modle:``, ``--trainr.max_steps``) with the closest one, the parser's own options among them on the
+command line (``--conf`` for ``--config``), and a class named without its package for ``--model.help``
+(``RLModule``) with the full class path.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ _UNKNOWN_KEY = re.compile(
     r"|Subcommand '(?P<subcommand>\w+)' does not accept option '(?P<subcommand_option>[\w.]+)'"
     r"|Group '(?P<group>[\w.]+)' does not accept option '(?P<group_option>[\w.]+)'"
 )
+# The options of the parser itself, besides a config's keys: valid on the command line only.
+PARSER_OPTIONS = ("config", "print_config", "help")
 # A plain value for an option that takes a dataclass of options: ``model.lora`` (or null; the lines between
 # hold no other union's subtypes, as the report nests the option's in its class's), ``model.sampling``.
 _OPTIONS_VALUE = re.compile(
@@ -135,6 +138,8 @@ def unknown_key_error(error_text: str, subcommand: str | None = None) -> Mistake
         section_name = ".".join(_sections(error_text, key_match.start()))
     elif dotted.startswith("trainer.") and dotted.count(".") == 1:  # the subcommand's own trainer options
         class_path, section_name, dotted = "lightning.pytorch.Trainer", "trainer", dotted.split(".")[1]
+    elif key_match["key"] and not _sections(error_text, key_match.start()):  # argparse's: the command line
+        return _unknown_command_line_option(dotted, subcommand)
     elif key_match["group"] is None and not _sections(error_text, key_match.start()):  # a dotted path
         return _unknown_top_level_key(dotted.split(".")[0], subcommand)
     else:
@@ -181,6 +186,25 @@ def _unknown_top_level_key(name: str, subcommand: str | None) -> Mistake | None:
     return Mistake(
         name, f"unknown top-level option '{name}' of {owner}{suggestion} valid keys: {', '.join(keys)}"
     )
+
+
+def _unknown_command_line_option(dotted: str, subcommand: str | None) -> Mistake | None:
+    """The one line for ``--DOTTED`` on the command line where its first name is no top-level key, with the
+    closest option: a config's top-level key, or one of the parser's own (``--conf`` for ``--config``),
+    which listing the keys alone made read as invalid. None where the first name is a key (the mistake is
+    below it, and the parser's report says no more)."""
+    name, dot, below = dotted.partition(".")
+    keys = top_level_keys(subcommand)
+    if name in keys:
+        return None
+    options = [*PARSER_OPTIONS, *keys]
+    close = difflib.get_close_matches(name, options, n=1)
+    # A key keeps the options below it (--trainer.max_steps); the parser's own options have none.
+    shown = f"--{close[0]}{dot + below if close[0] in keys else ''}" if close else ""
+    suggestion = f": did you mean {shown}?" if close else ":"
+    owner = f" of rgra {subcommand}" if subcommand else ""
+    valid = ", ".join(f"--{option}" for option in options)
+    return Mistake(name, f"unknown option --{dotted}{owner}{suggestion} valid options: {valid}")
 
 
 def _option_type(target: typing.Any, name: str) -> typing.Any:
@@ -291,8 +315,11 @@ def missing_class_error(error_text: str) -> Mistake | None:
 
 
 def given_options(args: list[str]) -> typing.Iterator[tuple[str, str]]:
-    """(``--name``, value) of each option on a command line, ``--name=value`` or ``--name value``."""
+    """(``--name``, value) of each option on a command line, ``--name=value`` or ``--name value``; ``-c``
+    is the parser's short name for ``--config``."""
     for index, arg in enumerate(args):
+        if arg == "-c" or arg.startswith("-c="):
+            arg = f"--config{arg[2:]}"
         if not arg.startswith("--"):
             continue
         name, equals, value = arg.partition("=")

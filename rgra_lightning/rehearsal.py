@@ -668,6 +668,7 @@ def main(args: list[str] | None = None) -> int:
         action="append",
         default=[],
         dest="composed",
+        metavar="CONFIG",
         help="a config of one rehearsal, composed in order as for rgra fit (repeat: base, then presets)",
     )
     parser.add_argument("--all", action="store_true", help=f"every GPU run of {' and '.join(GPU_FOLDERS)}")
@@ -676,7 +677,7 @@ def main(args: list[str] | None = None) -> int:
         help="keep the runs here; a run rehearsed there before is replaced (default: a temporary directory)",
     )
     parser.add_argument(
-        "--data-dir", default=DEFAULT_DATA_DIR, help=f"GSM8K train.jsonl and test.jsonl ({DEFAULT_DATA_DIR})"
+        "--data-dir", default=DEFAULT_DATA_DIR, help="a directory of GSM8K's train.jsonl and test.jsonl"
     )
     parser.add_argument("--family", choices=FAMILIES, help="the model family (default: from model_path)")
     parser.add_argument("--tokenizer", default=TOKENIZER, help="a tokenizer with a chat template")

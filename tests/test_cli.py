@@ -446,3 +446,53 @@ def test_lightnings_optimizer_options_are_refused(small_config, tmp_path, capsys
     assert parser_error(["--config", config, "--config", str(in_file)], capsys) == (
         f"error: {in_file}: {key} {advice}"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["fit", "configs/rgra.yaml"],
+            "configs/rgra.yaml: a config file is given with --config (rgra fit --config configs/rgra.yaml)",
+        ),
+        (
+            ["validate", "--config", "configs/rgra.yaml", "configs/loss/grpo.yaml", "--data.limit", "4"],
+            "configs/loss/grpo.yaml: a config file is given with --config (rgra validate --config "
+            "configs/rgra.yaml --config configs/loss/grpo.yaml --data.limit 4)",
+        ),
+        (
+            ["fit", "--print_config", "a.yml", "--seed_everything", "-1", "b.yaml"],
+            "a.yml: a config file is given with --config (rgra fit --print_config --config a.yml "
+            "--seed_everything -1 --config b.yaml)",
+        ),
+    ],
+)
+def test_a_config_file_given_without_config_says_to_give_it_with_config(args, message, capsys):
+    """The parser's report was two lines, a ``tip:`` and ``error: unrecognized arguments: FILE``."""
+    assert one_line_error(args, capsys) == f"error: {message}"
+
+
+def test_an_argument_that_is_an_options_value_or_comes_with_help_is_no_bare_config_file():
+    from rgra_lightning.cli import refuse_bare_config_files
+
+    refuse_bare_config_files(
+        ["fit", "--trainer.logger", "logger.yaml", "--config=a.yaml", "--help", "b.yaml"]
+    )
+    refuse_bare_config_files(["fit", "--config", "a.yaml", "--data.path", "train.json"])
+
+
+@pytest.mark.parametrize("given", [["--config"], ["-c"], []])
+def test_a_directory_given_as_config_is_one_line(given, tmp_path, capsys):
+    """The parser's report was ``Parser key "config": Path is not a file: ...`` under a ``tip:``."""
+    args = ["fit", *given, str(tmp_path)] if given else ["fit", f"--config={tmp_path}"]
+    assert one_line_error(args, capsys) == f"error: --config {tmp_path} is a directory: give a YAML file"
+
+
+def test_a_key_given_twice_in_one_mapping_names_the_file_and_both_lines(small_config, tmp_path, capsys):
+    """YAML keeps the last value without a word: this config trained 4 updates."""
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("trainer:\n  max_steps: 3\n  # more steps\n  max_steps: 4\n")
+    args = ["fit", "--config", str(small_config("rgra")), "--config", str(preset)]
+    assert one_line_error(args, capsys) == (
+        f"error: {preset}:4: key 'max_steps' given twice in one mapping (first at line 2)"
+    )

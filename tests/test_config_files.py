@@ -3,9 +3,11 @@
 import dataclasses
 
 import pytest
+import yaml
 
-from rgra_lightning.config_files import compose, differences, key_at_line, key_line, merge
+from rgra_lightning.config_files import compose, differences, key_at_line, key_line, merge, read
 from rgra_lightning.errors import ConfigError
+from tests.conftest import ROOT
 
 
 def test_merge_replaces_lists_and_merges_mappings():
@@ -84,3 +86,44 @@ def test_differences_compare_mappings_and_dataclasses_by_field_and_lists_whole()
         ("model.warmup", None, 5),
     ]
     assert differences(old, old) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "first_line"),
+    [
+        ("trainer:\n  max_steps: 3\n  max_steps: 4\n", 3, "max_steps", 2),
+        ("model:\n  init_args: {lora: {rank: 4, rank: 8}}\n", 2, "rank", 2),  # on one line
+        ("seed_everything: 1\ntrainer: {}\nseed_everything: 2\n", 3, "seed_everything", 1),
+    ],
+)
+def test_a_key_given_twice_in_one_mapping_is_one_line_naming_both_lines(
+    tmp_path, text, line, key, first_line
+):
+    """YAML kept the last value without a word; ``rgra fit`` reads each file here before the parser does."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        read(path)
+    assert (
+        str(error.value)
+        == f"{path}:{line}: key '{key}' given twice in one mapping (first at line {first_line})"
+    )
+
+
+def test_a_key_set_again_over_a_merge_or_in_another_mapping_is_no_duplicate(tmp_path):
+    path = tmp_path / "merged.yaml"
+    # ``inner`` is built after ``outer``'s merge of it: a check of built mappings saw base's x beside its own
+    path.write_text(
+        "base: &base {x: 1, y: 2}\nlist:\n  - inner: &inner {<<: *base, x: 3}\nouter: {<<: *inner, y: 4}\n"
+        "other: {x: 5}\n"
+    )
+    merged = read(path)
+    assert merged == yaml.safe_load(path.read_text())  # PyYAML's merge, whatever it makes of nested ones
+    assert merged["list"] == [{"inner": {"x": 3, "y": 2}}] and merged["other"] == {"x": 5}
+
+
+def test_every_shipped_config_reads():
+    paths = sorted(path for pattern in ("*.yaml", "*.yml") for path in (ROOT / "configs").rglob(pattern))
+    assert len(paths) > 20
+    for path in paths:
+        assert isinstance(read(path), dict), path

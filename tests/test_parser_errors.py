@@ -3,7 +3,7 @@ sets the option (to the refused value, where the parser names one)."""
 
 import pytest
 
-from rgra_lightning.parser_errors import Mistake, where_set
+from rgra_lightning.parser_errors import Mistake, given_options, where_set
 from tests.conftest import ROOT
 
 
@@ -58,15 +58,58 @@ def test_a_misspelled_top_level_yaml_key_names_the_file_line_and_the_closest_key
     )
 
 
+FIT_OPTIONS = (
+    "valid options: --config, --print_config, --help, --seed_everything, --trainer, --model, --data, "
+    "--ckpt_path, --weights_only"
+)
+
+
 def test_a_misspelled_top_level_option_on_the_command_line_names_the_closest(capsys):
     args = ["validate", "--config", str(ROOT / "configs/rgra.yaml"), "--trainr.max_steps=3"]
-    assert rgra_error(args, capsys).startswith(
-        "error: unknown top-level option 'trainr' of rgra validate: did you mean 'trainer'? valid keys: "
+    assert rgra_error(args, capsys) == (
+        "error: unknown option --trainr.max_steps of rgra validate: did you mean --trainer.max_steps? valid "
+        "options: --config, --print_config, --help, --seed_everything, --trainer, --model, --data, "
+        "--ckpt_path, --verbose, --weights_only"
     )
     args = ["fit", "--config", str(ROOT / "configs/rgra.yaml"), "--ckpt-path", "x.ckpt"]
-    assert rgra_error(args, capsys).startswith(
-        "error: unknown top-level option 'ckpt-path' of rgra fit: did you mean 'ckpt_path'?"
+    assert rgra_error(args, capsys) == (
+        f"error: unknown option --ckpt-path of rgra fit: did you mean --ckpt_path? {FIT_OPTIONS}"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "misspelled", "closest"),
+    [
+        (["--conf", "configs/rgra.yaml"], "--conf", "--config"),
+        (["--confg=configs/rgra.yaml"], "--confg", "--config"),
+        (["--config", "configs/rgra.yaml", "--print-config"], "--print-config", "--print_config"),
+        (["--config", "configs/rgra.yaml", "--hlep"], "--hlep", "--help"),
+    ],
+)
+def test_a_misspelled_option_of_the_parser_itself_is_named_as_the_closest(args, misspelled, closest, capsys):
+    """The parser's own options were no candidates: ``--conf`` got no suggestion, and the list of valid keys
+    read as if ``--config`` were none."""
+    assert rgra_error(["fit", *args], capsys) == (
+        f"error: unknown option {misspelled} of rgra fit: did you mean {closest}? {FIT_OPTIONS}"
+    )
+
+
+def test_a_misspelled_top_level_yaml_key_lists_no_command_line_options(tmp_path, capsys):
+    """In a file the parser's own options are no keys: ``config:`` is not suggested for ``conf:``."""
+    config = tmp_path / "config.yaml"
+    config.write_text("conf: 1\n")
+    assert rgra_error(["fit", "--config", str(config)], capsys) == (
+        f"error: {config}:1: unknown top-level option 'conf' of rgra fit: valid keys: seed_everything, "
+        "trainer, model, data, ckpt_path, weights_only"
+    )
+
+
+def test_c_is_the_short_name_of_config():
+    assert list(given_options(["fit", "-c", "a.yaml", "-c=b.yaml", "--trainer.max_steps", "3"])) == [
+        ("--config", "a.yaml"),
+        ("--config", "b.yaml"),
+        ("--trainer.max_steps", "3"),
+    ]
 
 
 def test_a_class_named_without_its_package_for_help_names_the_option_and_the_class_path(capsys):

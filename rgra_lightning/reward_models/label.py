@@ -18,7 +18,6 @@ within each group (see ``preference_pairs``), for Bradley-Terry training.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import replace
@@ -152,12 +151,7 @@ def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
     overrides = args[args.index("--") + 1 :] if "--" in args else []
     args = args[: args.index("--")] if "--" in args else args
-    parser = ToolParser(
-        prog="rgra label",
-        description=__doc__.split("\n\n")[0],
-        epilog=OVERRIDES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = ToolParser(prog="rgra label", description=__doc__.split("\n\n")[0], epilog=OVERRIDES_HELP)
     parser.add_argument(
         "--config",
         required=True,
@@ -165,25 +159,38 @@ def main(args: list[str] | None = None) -> None:
         help="a fit config (policy, data, sampling, verifier); repeat to apply several in order, as fit does "
         "(e.g. --config configs/rgra.yaml --config configs/reward/orm.yaml)",
     )
-    parser.add_argument("--output", required=True, help="JSONL file to write")
+    parser.add_argument("--output", metavar="FILE.jsonl", required=True, help="JSONL file to write")
     parser.add_argument("--split", default="train", choices=SPLITS, help="which prompts of the data module")
-    parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT prompts")
-    parser.add_argument("--num-generations", type=int, default=None, help="completions per prompt (G)")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per rollout")
+    parser.add_argument("--limit", metavar="N", type=int, default=None, help="only the first N prompts")
+    parser.add_argument(
+        "--num-generations",
+        metavar="G",
+        type=int,
+        default=None,
+        help="completions per prompt (default: the config's model.sampling.num_generations)",
+    )
+    parser.add_argument("--batch-size", metavar="B", type=int, default=16, help="prompts per rollout")
     parser.add_argument(  # --ckpt_path too: the spelling of rgra fit, validate, test and predict
         "--ckpt-path",
         "--ckpt_path",
         dest="ckpt_path",
+        metavar="CKPT",
         default=None,
-        help="a training checkpoint of the policy to sample from",
+        help="a training checkpoint of the policy to sample from (default: the config's model_path as it is)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    parser.add_argument("--seed", metavar="S", type=int, default=0, help="seed of the sampling")
     parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device: cpu, cuda, cuda:N",
+        help="torch device: cpu, cuda, cuda:N (default: cuda where torch finds a GPU, else cpu)",
     )
-    parser.add_argument("--pairs-output", default=None, help="also write preference pairs to this JSONL file")
+    parser.add_argument(
+        "--pairs-output",
+        metavar="PAIRS.jsonl",
+        default=None,
+        help="also write preference pairs (chosen, rejected) within each prompt's completions to this JSONL "
+        "file, for Bradley-Terry training",
+    )
     parser.usage = parser.format_usage().removeprefix("usage: ").rstrip() + " [-- OVERRIDES ...]"
     options = parser.parse_args(args)
     try:

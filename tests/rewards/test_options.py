@@ -195,3 +195,38 @@ def test_a_verifiers_settings_are_the_arguments_it_was_made_with():
         "weights": [1.0, 0.1],
         "names": None,
     }
+
+
+def test_score_refuses_a_shortened_option(cases, capsys, monkeypatch):
+    """argparse took ``--work`` for ``--workers`` and scored the file."""
+    monkeypatch.setattr(sys, "argv", ["/src/rewards/__main__.py"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", str(cases), "--work", "1"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "error: unrecognized arguments: --work 1 (python -m rewards score --help)\n"
+
+
+def test_a_missing_command_is_named_with_the_choices(capsys, monkeypatch):
+    """argparse said ``the following arguments are required: command``, naming none."""
+    monkeypatch.setattr(sys, "argv", ["/src/rewards/__main__.py"])
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: choose a command: score (python -m rewards --help)\n"
+
+
+def test_score_help_shows_the_defaults(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/src/rewards/__main__.py"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", "--help"])
+    assert exit_info.value.code == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    for option, default in (
+        ("--verifier NAME", "MathVerifier"),
+        ("--timeout SECONDS", "3.0"),
+        ("--workers N", "2"),
+    ):
+        assert option in printed and f"(default: {default})" in printed
+    assert "(default: False)" not in printed  # --warm-start: a flag's default says nothing
