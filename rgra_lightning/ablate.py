@@ -498,7 +498,8 @@ EXIT_MEANINGS = {  # ``rgra fit``'s exit statuses (``errors``), as a failed run'
 def parse_only_cli() -> type:
     """``rgra fit``'s CLI class stopped before it instantiates the model, the data and the trainer: the
     config is parsed and validated (every option known and of its type, every required one given) and
-    checked as before loading anything (a GPU config on a CPU), without loading a model, which takes
+    checked as before loading anything (a GPU config on a CPU; the values of the model's loss, sampling,
+    evaluation, sharding and LoRA options: ``cli.check_option_values``), without loading a model, which takes
     minutes for a real one. (``--print_config`` prints the config before the required options are
     checked.)"""
     from rgra_lightning.cli import RLCLI

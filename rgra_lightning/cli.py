@@ -9,17 +9,21 @@ rgra fit --config configs/rgra.yaml --print_config
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib
 import io
 import logging
 import shlex
 import sys
+import types
+import typing
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
-from jsonargparse import DefaultHelpFormatter
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -162,9 +166,10 @@ class RLCLI(LightningCLI):
     before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
     def before_instantiate_classes(self) -> None:
-        """A GPU config on a machine without a GPU, or a ``--ckpt_path`` that does not exist or is no
-        checkpoint (a directory other than a sharded checkpoint), fails here, before the model is loaded (a
-        hub model would first be downloaded, or retried for ~40 s offline), in one line saying what to do."""
+        """A GPU config on a machine without a GPU, a ``--ckpt_path`` that does not exist or is no
+        checkpoint (a directory other than a sharded checkpoint), or a value the model's option dataclasses
+        refuse (``check_option_values``) fails here, before the model is loaded (a hub model would first be
+        downloaded, or retried for ~40 s offline), in one line saying what to do."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         accelerator = config.trainer.accelerator
         has_gpu = torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available())
@@ -176,6 +181,8 @@ class RLCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc"):
             require_checkpoint(ckpt_path, "--ckpt_path", sharded=True)
+        if isinstance(config.get("model"), Namespace) and config.model.get("class_path"):
+            check_option_values(config.model)
 
     def instantiate_trainer(self, **kwargs: object) -> Trainer:
         """The trainer, with ``AgreedStop`` and ``RunDirectoryLock``; a setting it cannot run with
@@ -224,6 +231,46 @@ class RLCLI(LightningCLI):
                 sys.stderr.write(without_usage(text))
             raise
         sys.stderr.write(captured.getvalue())
+
+
+def check_option_values(model: Namespace) -> None:
+    """Build the model's dataclass options (``loss`` with its ``advantage``, ``sampling``, ``evaluation``,
+    ``sharding``, ``lora``) from the parsed ``model`` config (``class_path``/``init_args``), so that a value
+    or combination their checks refuse (``advantage.selection: best_of_group`` over a group-mean baseline,
+    ``sampling.top_p: 0``) is a one-line ``ConfigError`` before any model loads, and in ``rgra ablate``'s
+    check of every preset before the first run; the parser checks only their types."""
+    init = getattr(_imported(model.class_path), "__init__", None)
+    hints = typing.get_type_hints(init) if init is not None else {}
+    for name, value in vars(model.get("init_args") or Namespace()).items():
+        option_class = _dataclass_in(hints.get(name))
+        if option_class is not None and isinstance(value, Namespace):
+            _built(option_class, value)
+
+
+def _imported(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass ``hint`` is, or the one among the members of a union (``LoraConfig | None``)."""
+    candidates = (
+        typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    )
+    return next((c for c in candidates if isinstance(c, type) and dataclasses.is_dataclass(c)), None)
+
+
+def _built(option_class: type, value: Namespace) -> Any:
+    hints = typing.get_type_hints(option_class)
+    arguments = {}
+    for field in dataclasses.fields(option_class):
+        if field.name in value:
+            nested = _dataclass_in(hints.get(field.name))
+            given = value[field.name]
+            arguments[field.name] = (
+                _built(nested, given) if nested and isinstance(given, Namespace) else given
+            )
+    return option_class(**arguments)
 
 
 def check_config_files(args: list[str]) -> None:

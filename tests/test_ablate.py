@@ -440,6 +440,25 @@ def test_a_missing_required_option_stops_the_study_before_any_run_in_one_line(st
     assert not list(ablate.load_study(path).root.rglob("log.txt"))
 
 
+def test_an_option_value_the_model_refuses_stops_the_study_before_any_run(study_file, tmp_path, capsys):
+    """The parser checks types only: a preset giving RAFT's selection over GRPO's baseline, a negative beta
+    or top_p 0 passed the study's check and failed when its turn came, after loading its models. The
+    model's option dataclasses are now built in that check."""
+    preset = tmp_path / "raft-with-baseline.yaml"
+    loss = {"advantage": {"selection": "best_of_group"}, "beta": 0.0}
+    preset.write_text(yaml.safe_dump({"model": {"init_args": {"loss": loss}}}))
+    path = study_file(presets=["rgra", str(preset)])
+    assert ablate.main(["--config", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == (
+        "error: model.loss.advantage.selection='best_of_group' weighs the best completion 1 whatever the "
+        "rewards' baseline and scale: set baseline='group_mean', scale='group_std' back to baseline='none', "
+        f"scale='none', sign_filter='all' (preset {preset})"
+    )
+    assert lines[1] == "nothing was run: fix the configs above and run the study again"
+    assert not list(ablate.load_study(path).root.rglob("log.txt"))
+
+
 def test_configs_the_parser_refuses_stop_the_study_before_any_run_naming_the_study_file_line(
     study_file, tmp_path, capsys
 ):
