@@ -390,34 +390,28 @@ def test_failed_run_is_reported_and_not_marked_done(study_file, capsys):
     assert not study.run_dir("rgra", 1).exists()
 
 
-def test_a_diverged_run_does_not_skip_the_presets_other_seeds(study_file, monkeypatch, capsys):
-    """Exit status 3 (NaN/inf training) depends on the seed, unlike a refused config (2)."""
-    statuses, commands = iter([3, 0]), []
+@pytest.mark.parametrize(
+    ("status", "meaning"),
+    [
+        (3, "training diverged"),  # NaN/inf training depends on the seed
+        (4, "this run's directory or checkpoint refused"),  # that run's own state: it was exit 2
+    ],
+)
+def test_a_failure_of_one_run_alone_does_not_skip_the_presets_other_seeds(
+    study_file, monkeypatch, capsys, status, meaning
+):
+    """Unlike a refused config (2), which every seed would meet, a diverged run (3) or one refused for its
+    own directory or checkpoint (4: another process holds it) says nothing of the other seeds."""
+    statuses, commands = iter([status, 0]), []
     monkeypatch.setattr(
         ablate, "fit_reporting", lambda command, *_: commands.append(command) or next(statuses)
     )
     path = study_file(presets=["rgra"], seeds=[0, 1])
     assert ablate.main(["--config", str(path)]) == 1
     out = capsys.readouterr().out
-    assert "[1/2] rgra seed 0: FAILED (exit 3: training diverged)" in out
+    assert f"[1/2] rgra seed 0: FAILED (exit {status}: {meaning})" in out
     assert "[2/2] rgra seed 1: running" in out and len(commands) == 2
     assert "(1 run(s) failed; rerun to retry them)" in out
-
-
-def test_a_run_refused_for_its_own_directory_does_not_skip_the_presets_other_seeds(
-    study_file, monkeypatch, capsys
-):
-    """Exit status 4 (another process holds the run's checkpoint directory, or its checkpoint was trained
-    with other settings) is about that run only: it was exit 2 and skipped every other seed."""
-    statuses, commands = iter([4, 0]), []
-    monkeypatch.setattr(
-        ablate, "fit_reporting", lambda command, *_: commands.append(command) or next(statuses)
-    )
-    path = study_file(presets=["rgra"], seeds=[0, 1])
-    assert ablate.main(["--config", str(path)]) == 1
-    out = capsys.readouterr().out
-    assert "[1/2] rgra seed 0: FAILED (exit 4: this run's directory or checkpoint refused)" in out
-    assert "[2/2] rgra seed 1: running" in out and len(commands) == 2
 
 
 def test_a_missing_required_option_stops_the_study_before_any_run_in_one_line(study_file, tmp_path, capsys):
