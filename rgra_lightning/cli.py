@@ -239,8 +239,7 @@ def check_option_values(model: Namespace) -> None:
     or combination their checks refuse (``advantage.selection: best_of_group`` over a group-mean baseline,
     ``sampling.top_p: 0``) is a one-line ``ConfigError`` before any model loads, and in ``rgra ablate``'s
     check of every preset before the first run; the parser checks only their types."""
-    init = getattr(_imported(model.class_path), "__init__", None)
-    hints = typing.get_type_hints(init) if init is not None else {}
+    hints = _type_hints(getattr(_imported(model.class_path), "__init__", None))
     for name, value in vars(model.get("init_args") or Namespace()).items():
         option_class = _dataclass_in(hints.get(name))
         if option_class is not None and isinstance(value, Namespace):
@@ -252,6 +251,15 @@ def _imported(class_path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def _type_hints(target: Any) -> dict[str, Any]:
+    """``typing.get_type_hints(target)``, or none where they cannot be resolved (a user's class annotated
+    with names imported under ``TYPE_CHECKING`` only): its options are then left to the class to check."""
+    try:
+        return typing.get_type_hints(target) if target is not None else {}
+    except (NameError, TypeError):
+        return {}
+
+
 def _dataclass_in(hint: Any) -> type | None:
     """The dataclass ``hint`` is, or the one among the members of a union (``LoraConfig | None``)."""
     candidates = (
@@ -261,10 +269,10 @@ def _dataclass_in(hint: Any) -> type | None:
 
 
 def _built(option_class: type, value: Namespace) -> Any:
-    hints = typing.get_type_hints(option_class)
+    hints = _type_hints(option_class)
     arguments = {}
     for field in dataclasses.fields(option_class):
-        if field.name in value:
+        if field.init and field.name in value:
             nested = _dataclass_in(hints.get(field.name))
             given = value[field.name]
             arguments[field.name] = (

@@ -4,8 +4,10 @@ import logging
 
 import pytest
 import torch
+from jsonargparse import Namespace
 
-from rgra_lightning.cli import main
+from rgra_lightning.cli import check_option_values, main
+from rgra_lightning.errors import ConfigError
 from tests.conftest import ROOT, one_line_error
 
 LOSS_KEYS = (
@@ -496,3 +498,20 @@ def test_a_key_given_twice_in_one_mapping_names_the_file_and_both_lines(small_co
     assert one_line_error(args, capsys) == (
         f"error: {preset}:4: key 'max_steps' given twice in one mapping (first at line 2)"
     )
+
+
+class AnnotatedElsewhere:
+    """A user's module whose annotation names a type imported under ``TYPE_CHECKING`` only."""
+
+    def __init__(self, helper: "NotImportedHere" = None) -> None:  # noqa: F821
+        self.helper = helper
+
+
+def test_option_values_of_a_class_whose_annotations_do_not_resolve_are_left_to_it():
+    """``check_option_values`` builds the model's dataclass options before loading; a class whose type hints
+    cannot be resolved must not crash the CLI there (NameError), and RLModule's are still checked."""
+    user = Namespace(class_path=f"{__name__}.AnnotatedElsewhere", init_args=Namespace(helper=None))
+    check_option_values(user)  # nothing to check, nothing raised
+    loss = Namespace(beta=-1.0)
+    with pytest.raises(ConfigError, match="model.loss.beta must be >= 0, got -1.0"):
+        check_option_values(Namespace(class_path="rgra_lightning.RLModule", init_args=Namespace(loss=loss)))
