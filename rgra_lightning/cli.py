@@ -15,8 +15,6 @@ import io
 import logging
 import shlex
 import sys
-import types
-import typing
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,7 +44,7 @@ from rgra_lightning.commands import LIGHTNING_COMMANDS
 from rgra_lightning.config_files import LOSS_PRESETS, key_line, read
 from rgra_lightning.distributed import AgreedStop, stop_status
 from rgra_lightning.errors import ConfigError, exit_status, find_reported_error
-from rgra_lightning.parser_errors import given_options, is_file, one_line_report, without_usage
+from rgra_lightning.parser_errors import given_options, is_file, one_line_report, option_type, without_usage
 
 # The data module of the 0.x configs, split into one data module per source: ``task`` -> class path.
 _SPLIT_DATA_MODULE = {
@@ -239,42 +237,30 @@ def check_option_values(model: Namespace) -> None:
     or combination their checks refuse (``advantage.selection: best_of_group`` over a group-mean baseline,
     ``sampling.top_p: 0``) is a one-line ``ConfigError`` before any model loads, and in ``rgra ablate``'s
     check of every preset before the first run; the parser checks only their types."""
-    hints = _type_hints(getattr(_imported(model.class_path), "__init__", None))
-    for name, value in vars(model.get("init_args") or Namespace()).items():
-        option_class = _dataclass_in(hints.get(name))
+    module, _, name = model.class_path.rpartition(".")
+    module_class = getattr(importlib.import_module(module), name)
+    for option, value in vars(model.get("init_args") or Namespace()).items():
+        option_class = _option_dataclass(module_class, option)
         if option_class is not None and isinstance(value, Namespace):
             _built(option_class, value)
 
 
-def _imported(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
-def _type_hints(target: Any) -> dict[str, Any]:
-    """``typing.get_type_hints(target)``, or none where they cannot be resolved (a user's class annotated
-    with names imported under ``TYPE_CHECKING`` only): its options are then left to the class to check."""
+def _option_dataclass(target: type, name: str) -> type | None:
+    """The dataclass that option ``name`` of ``target`` takes (``LoraConfig | None``: ``LoraConfig``), or
+    None: another type, or hints that do not resolve (a user's class annotated with names imported under
+    ``TYPE_CHECKING`` only), whose options are then left to the class to check."""
     try:
-        return typing.get_type_hints(target) if target is not None else {}
-    except (NameError, TypeError):
-        return {}
-
-
-def _dataclass_in(hint: Any) -> type | None:
-    """The dataclass ``hint`` is, or the one among the members of a union (``LoraConfig | None``)."""
-    candidates = (
-        typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    )
-    return next((c for c in candidates if isinstance(c, type) and dataclasses.is_dataclass(c)), None)
+        hint = option_type(target, name)
+    except (KeyError, NameError, TypeError):
+        return None
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
 
 
 def _built(option_class: type, value: Namespace) -> Any:
-    hints = _type_hints(option_class)
     arguments = {}
     for field in dataclasses.fields(option_class):
         if field.init and field.name in value:
-            nested = _dataclass_in(hints.get(field.name))
-            given = value[field.name]
+            nested, given = _option_dataclass(option_class, field.name), value[field.name]
             arguments[field.name] = (
                 _built(nested, given) if nested and isinstance(given, Namespace) else given
             )

@@ -152,7 +152,7 @@ def unknown_key_error(error_text: str, subcommand: str | None = None) -> Mistake
         # Walk nested dataclass options (loss.advantage) down to the first name that is not an option.
         while len(parents) < len(names) - 1 and names[len(parents)] in options:
             name = names[len(parents)]
-            target = _option_type(target, name)
+            target = option_type(target, name)
             parents.append(name)
             options = _options(target)
     except (ImportError, AttributeError, KeyError, TypeError, ValueError):
@@ -207,7 +207,7 @@ def _unknown_command_line_option(dotted: str, subcommand: str | None) -> Mistake
     return Mistake(name, f"unknown option --{dotted}{owner}{suggestion} valid options: {valid}")
 
 
-def _option_type(target: typing.Any, name: str) -> typing.Any:
+def option_type(target: typing.Any, name: str) -> typing.Any:
     """The type of option ``name`` of a class or dataclass, without a union's None (``LoraConfig | None``)."""
     hints = typing.get_type_hints(target if dataclasses.is_dataclass(target) else target.__init__)
     members = [member for member in typing.get_args(hints[name]) if member is not type(None)]
