@@ -19,7 +19,7 @@ from jsonargparse import lazy_instance
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from rewards import MathVerifier, Verifier
@@ -117,7 +117,8 @@ class RLModule(LightningModule):
         verifier: scores each completion against the reference answer (``rewards.Verifier``); learned
             reward models in it (``RewardModelScorer``) become frozen submodules, like the reference.
         loss: the loss options (policy term, KL, aggregation, advantage).
-        sampling: G, temperature, top_p, max_new_tokens for training rollouts.
+        sampling: G, temperature, filters, max_new_tokens and stop strings for training rollouts (and,
+            with ``evaluation``'s overrides, for sampled evaluation).
         num_iterations: mu, passes over each rollout batch (>= 1). With mu > 1 the ratio terms differ
             from REINFORCE; old log-probs are stored only then, or with several mini-batches, and only for
             a loss with a ratio term or the sampler correction.
@@ -202,7 +203,7 @@ class RLModule(LightningModule):
         self.automatic_optimization = False
         self.verifier = verifier
         self.loss_config = loss
-        self.sampling = sampling
+        self.sampling = self.configured_sampling = sampling  # ``setup`` fills in unset stop strings
         self.sharding = sharding
         try:
             self.tokenizer = load_tokenizer(model_path, gguf_file)
@@ -233,12 +234,24 @@ class RLModule(LightningModule):
     def setup(self, stage: str) -> None:
         """Load the frozen reference copy for ``fit`` only: evaluation and prediction never need it. It is
         here before Lightning moves the module to its device, shards it and restores a checkpoint. On CPU,
-        let the C library reuse freed tensor memory (``host_memory``)."""
+        let the C library reuse freed tensor memory (``host_memory``). Unset stop strings take the data
+        module's (``use_stop_strings_of``)."""
         if self._trainer is not None and self.trainer.strategy.root_device.type == "cpu":
             keep_freed_host_memory()
         hp = self.hparams
         if stage == "fit" and self.reference is None and self.loss_config.needs_reference and hp.lora is None:
             self.reference = freeze(load_causal_lm(hp.model_path, hp.gguf_file, hp.dtype))
+        self.use_stop_strings_of(getattr(self._trainer, "datamodule", None))
+
+    def use_stop_strings_of(self, datamodule: LightningDataModule | None) -> None:
+        """Unset ``sampling.stop_strings`` become ``datamodule``'s (``PromptDataModule.stop_strings``; none
+        without one): every rollout of its prompts, in fit, evaluation and labelling, ends at them."""
+        if self.configured_sampling.stop_strings is not None:
+            return
+        stops = tuple(getattr(datamodule, "stop_strings", ()))
+        self.sampling = replace(self.configured_sampling, stop_strings=stops)
+        if stops:
+            rank_zero_info(f"model.sampling.stop_strings: {list(stops)}, the data module's for its prompts")
 
     def train(self, mode: bool = True) -> RLModule:
         """Keep the reference and reward models in eval mode whatever Lightning asks of the module."""

@@ -193,7 +193,8 @@ def test_misspelled_nested_and_top_level_keys_list_their_level(small_config, cap
 
 
 SAMPLING_KEYS = (
-    "num_generations, temperature, top_k, top_p, min_p, max_new_tokens, min_new_tokens, prompt_overflow"
+    "num_generations, temperature, top_k, top_p, min_p, max_new_tokens, min_new_tokens, "
+    "stop_strings, prompt_overflow"
 )
 
 

@@ -25,7 +25,7 @@ from rgra_lightning.logprobs import (
 )
 from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.rollout import Rollout, SamplingConfig
-from rgra_lightning.rollout.base import completion_mask
+from rgra_lightning.rollout.base import Stops, assemble_rollout
 from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise, rounding_rtol
 from tests.conftest import sample as sample_rollout
 from tests.test_prompt_cache import full_vocabulary_logprobs, shared_prompt_models
@@ -60,15 +60,10 @@ def test_token_logprobs_match_the_sampling_distribution():
         ],
         dim=1,
     )
-    mask = completion_mask(generated, tokenizer.eos_token_id)
-
-    rollout = Rollout(
-        input_ids=out.sequences,
-        attention_mask=torch.cat([encoded["attention_mask"], mask], dim=1),
-        completion_mask=mask,
-        prompt_length=encoded["input_ids"].shape[1],
-        completions=tokenizer.batch_decode(generated, skip_special_tokens=True),
-    )
+    prompt_ids, prompt_mask = encoded["input_ids"], encoded["attention_mask"]
+    stops = Stops((tokenizer.eos_token_id,))
+    rollout = assemble_rollout(tokenizer, prompt_ids, prompt_mask, generated, 1, 0, stops)
+    mask = rollout.completion_mask
     logp, entropy = token_logprobs(policy, rollout, temperature=0.7)
     real = mask.bool()
     assert_close_normwise(logp[real], expected[real], LOGPROB_RTOL, "log-probs")

@@ -290,3 +290,24 @@ def test_the_policy_has_no_dropout_in_train_mode(tmp_path):
     policy = RLModule(model_path=str(model_dir)).policy.train()
     torch.testing.assert_close(policy(ids).logits, policy.eval()(ids).logits, rtol=0, atol=0)
     assert policy.config.attention_dropout == 0.5
+
+
+@pytest.mark.parametrize(("configured", "expected"), [(None, ("Q:",)), ([], ()), (["\n\n"], ("\n\n",))])
+def test_unset_stop_strings_are_the_data_modules_for_training_and_evaluation(
+    small_config, configured, expected, caplog
+):
+    """Plain prompts labelled "Q:" stop at "Q:" unless the config says otherwise; the evaluation rollouts
+    (greedy and sampled) use the same stop strings."""
+    overrides = {
+        **FAST,
+        "trainer.max_steps": 1,
+        "data.init_args.prompt_template": "Q: {question}\nA:",
+        "model.init_args.sampling.stop_strings": configured,
+        "model.init_args.evaluation.num_samples": 2,
+    }
+    with caplog.at_level("INFO"):
+        cli = main(["fit", "--config", str(small_config("rgra", **overrides))])
+    module = cli.model
+    assert module.sampling.stop_strings == expected
+    assert module.evaluation.sampling(module.sampling).stop_strings == expected
+    assert ("stop_strings: ['Q:'], the data module's" in caplog.text) == (configured is None)

@@ -41,6 +41,10 @@ class ArithmeticDataModule(ChatCapableDataModule):
         super().__init__(**kwargs)
 
     @property
+    def question_template(self) -> str:
+        return self.hparams.prompt_template
+
+    @property
     def held_out_val_size(self) -> int:
         return self.hparams.val_size
 
@@ -57,7 +61,7 @@ class ArithmeticDataModule(ChatCapableDataModule):
         return {**records, "test": records["val"]}
 
     def render(self, record: Record, shots: list[Record]) -> Example:
-        question = self.hparams.prompt_template.format(question=record["question"])
+        question = self.question_template.format(question=record["question"])
         if self.hparams.prompt_format == "chat":
             return {"prompt": self.chat_prompt(question), "reference": record["reference"]}
         return {"prompt": self.user_message(question), "reference": record["reference"]}

@@ -75,6 +75,20 @@ def check_prompt_template(template: str) -> None:
         raise ConfigError(f"data.prompt_template must contain '{{question}}', got {template!r}")
 
 
+def question_label(template: str) -> str | None:
+    """The label that introduces the question in a plain prompt ``template``, if it has one: the last line
+    of the text before ``{question}`` when it ends in a colon (``Question:`` in ``Question: {question}\n
+    Answer:``, ``Q:``, ``Problem:``); None otherwise (``{question}=``, ``Compute {question}.``)."""
+    literal = ""
+    for text, field, _, _ in string.Formatter().parse(template):  # "{{" ends a chunk of literal text
+        literal += text
+        if field is not None:
+            break
+    lines = literal.strip().splitlines()
+    label = lines[-1].strip() if lines else ""
+    return label if label.endswith(":") else None
+
+
 class PromptDataModule(LightningDataModule):
     """Batches of math prompts with reference answers; subclasses say where the problems come from.
 
@@ -123,6 +137,13 @@ class PromptDataModule(LightningDataModule):
     def take_shots(self, records: dict[str, list[Record]], rng: random.Random) -> list[Record]:
         """Solved examples shown before every question, removed from ``records["train"]``; none here."""
         return []
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Texts that end a completion of these prompts (``model.sampling.stop_strings``'s default): none
+        here; plain prompts that introduce the question with a label stop where a run-on completion would
+        start the next one (``ChatCapableDataModule``)."""
+        return ()
 
     @property
     def held_out_val_size(self) -> int | None:

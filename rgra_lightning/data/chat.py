@@ -9,7 +9,7 @@ from typing import Any, Literal
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import PreTrainedTokenizerBase
 
-from rgra_lightning.data.base import ChatPrompt, PromptDataModule
+from rgra_lightning.data.base import ChatPrompt, PromptDataModule, question_label
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import ModelLoadError, load_tokenizer
 
@@ -58,6 +58,19 @@ class ChatCapableDataModule(PromptDataModule):
             rank_zero_warn(
                 f"{' and '.join(unused)}: used with data.prompt_format=chat only; these prompts are plain"
             )
+
+    @property
+    def question_template(self) -> str:
+        """The format string with ``{question}`` that writes a question (a plain prompt's whole text)."""
+        raise NotImplementedError
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Plain prompts whose template introduces the question with a label (``Question:``) stop at that
+        label, which starts a run-on completion's invented next problem, as lm-evaluation-harness stops
+        GSM8K; chat prompts end at the chat template's EOS token."""
+        label = question_label(self.question_template) if self.hparams.prompt_format == "plain" else None
+        return (label,) if label else ()
 
     def user_message(self, question: str) -> str:
         """The question followed by the instruction, if any, on a new line."""

@@ -63,6 +63,10 @@ class TextDataModule(ChatCapableDataModule):
         }
         self.skipped: dict[str, int] = {}
 
+    @property
+    def question_template(self) -> str:
+        return self.settings["prompt_template"]
+
     def row_defaults(self) -> dict[str, str]:
         """The row settings used when an option is not set; sources with presets override it."""
         return ROW_DEFAULTS
@@ -97,7 +101,7 @@ class TextDataModule(ChatCapableDataModule):
         solved = [(self.user_message(s["question"]), shot_solution(s, fmt)) for s in shots]
         question = self.user_message(record["question"])
         if hp.prompt_format == "plain":
-            template = self.settings["prompt_template"]
+            template = self.question_template
             prefix = "".join(f"{template.format(question=q)} {a}\n\n" for q, a in solved)
             return {"prompt": prefix + template.format(question=question), "reference": record["reference"]}
         return {"prompt": self.chat_prompt(record["question"], solved), "reference": record["reference"]}

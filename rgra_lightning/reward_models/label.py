@@ -82,6 +82,7 @@ def label(
         data.tokenizer = module.tokenizer
     data.setup("fit")
     examples = getattr(data, f"{split}_examples")[:limit]
+    module.use_stop_strings_of(data)
     sampling = module.sampling
     if num_generations is not None:
         sampling = replace(sampling, num_generations=num_generations)

@@ -16,6 +16,7 @@ import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -227,13 +228,67 @@ def tokenize_prompts(
     return encoded["input_ids"], encoded["attention_mask"], truncated
 
 
-def completion_mask(completion_ids: Tensor, eos_token_id: int | Sequence[int] | Tensor) -> Tensor:
-    """1 for every token up to and including the first stop token (any of ``eos_token_id``) of each row of
-    ``completion_ids`` ``[N, T]``, 0 after it; ``[N, T]``."""
-    eos_ids = torch.as_tensor(eos_token_id, dtype=torch.long, device=completion_ids.device).reshape(-1)
-    is_eos = torch.isin(completion_ids, eos_ids).int()
-    eos_before = torch.cumsum(is_eos, dim=1) - is_eos  # EOS tokens strictly before each position
-    return (eos_before == 0).long()
+class Stops(NamedTuple):
+    """Where completions end: at any of the stop tokens ``token_ids``, or at the token completing any of
+    the stop ``strings`` in the text decoded after the first ``skip`` tokens."""
+
+    token_ids: tuple[int, ...]
+    strings: tuple[str, ...] = ()
+    skip: int = 0
+
+    @classmethod
+    def of(cls, token_ids: Sequence[int], sampling: SamplingConfig, greedy: bool) -> Stops:
+        """The stops of a rollout with ``sampling``: ``min_new_tokens`` applies to sampling only, as it
+        suppresses the stop tokens in sampling only (``next_tokens``)."""
+        skip = 0 if greedy else sampling.min_new_tokens
+        return cls(tuple(token_ids), tuple(sampling.stop_strings or ()), skip)
+
+
+def first_stop_string(text: str, stop_strings: Sequence[str], start: int = 0) -> int | None:
+    """The character offset in ``text`` of the earliest occurrence of any of ``stop_strings`` beginning at or
+    after ``start``, or None."""
+    found = [i for i in (text.find(stop, start) for stop in stop_strings) if i >= 0]
+    return min(found) if found else None
+
+
+def completion_ends(
+    tokenizer: PreTrainedTokenizerBase,
+    completion_ids: Tensor,
+    stops: Stops,
+    lengths: Sequence[int] | None = None,
+) -> list[int | None]:
+    """The index of each row's last token in ``completion_ids`` ``[N, T]`` (of which each row's first
+    ``lengths`` were generated; None: all T): its first stop token, or the token that completes the first
+    stop string in the text decoded from token ``stops.skip`` on (special tokens removed), whichever comes
+    first; None for a row with neither (cut at the length limit)."""
+    stop_ids, stop_strings, skip = set(stops.token_ids), stops.strings, stops.skip
+    rows = completion_ids.tolist()
+    if lengths is not None:
+        rows = [row[:n] for row, n in zip(rows, lengths, strict=True)]
+    ends: list[int | None] = [next((i for i, t in enumerate(row) if t in stop_ids), None) for row in rows]
+    if not stop_strings:
+        return ends
+    limits = [len(row) if end is None else end for row, end in zip(rows, ends, strict=True)]
+
+    def decode(row: list[int], stop: int) -> str:
+        return tokenizer.decode(row[skip:stop], skip_special_tokens=True)
+
+    texts = tokenizer.batch_decode(
+        [row[skip:n] for row, n in zip(rows, limits, strict=True)], skip_special_tokens=True
+    )
+    for i, text in enumerate(texts):
+        if first_stop_string(text, stop_strings) is None:
+            continue
+        # The fewest tokens whose text holds a stop string (a prefix's text is a prefix of the full text).
+        low, high = skip + 1, limits[i]
+        while low < high:
+            middle = (low + high) // 2
+            if first_stop_string(decode(rows[i], middle), stop_strings) is None:
+                low = middle + 1
+            else:
+                high = middle
+        ends[i] = low - 1
+    return ends
 
 
 def assemble_rollout(
@@ -243,27 +298,51 @@ def assemble_rollout(
     completion_ids: Tensor,
     repeats: int,
     truncated_prompts: int,
-    stop_ids: Sequence[int],
+    stops: Stops,
+    lengths: Sequence[int] | None = None,
 ) -> Rollout:
     """The ``Rollout`` of left-padded prompts ``[B, P]`` and their completions ``[B * repeats, T]``
-    (prompt-major): masks up to each completion's first stop token (of ``stop_ids``), the texts decoded
-    before it, and which completions have none (``truncated``: an engine decodes until every row has a
-    stop token or ``max_new_tokens`` columns are filled, so a row without one was cut at the limit)."""
-    stop = torch.as_tensor(stop_ids, dtype=torch.long, device=completion_ids.device)
-    mask = completion_mask(completion_ids, stop)
-    stopped = torch.isin(completion_ids, stop)
-    # The text is the tokens before the first stop token: the stop token is not text, whether or not the
-    # tokenizer calls it special.
-    text_lengths = (mask.bool() & ~stopped).sum(dim=1).tolist()
-    texts = [row[:n] for row, n in zip(completion_ids.tolist(), text_lengths, strict=True)]
+    (prompt-major; each row's first ``lengths`` tokens generated, None: all), each ending where
+    ``completion_ends`` says (at its first stop token, or at the token completing a stop string): masks
+    up to that token, pad after it, the texts decoded before the stop token or the stop string, and which
+    completions have neither (``truncated``: an engine decodes until every row has ended or
+    ``max_new_tokens`` tokens are generated, so a row that has not was cut at the limit)."""
+    ends = completion_ends(tokenizer, completion_ids, stops, lengths)
+    stop_strings, skip = stops.strings, stops.skip
+    width = completion_ids.shape[1]
+    generated = [width] * len(ends) if lengths is None else lengths
+    kept = torch.tensor(
+        [n if end is None else end + 1 for n, end in zip(generated, ends, strict=True)],
+        device=completion_ids.device,
+    )
+    mask = (torch.arange(width, device=completion_ids.device) < kept.unsqueeze(1)).long()
+    completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+    rows = completion_ids.tolist()
+    stop_ids = set(stops.token_ids)
+    # The text is the tokens before a stop token (not text, whether or not the tokenizer calls it special)
+    # and before a stop string.
+    texts = tokenizer.batch_decode(
+        [
+            row[: n - 1] if n and row[n - 1] in stop_ids else row[:n]
+            for row, n in zip(rows, kept.tolist(), strict=True)
+        ],
+        skip_special_tokens=True,
+    )
+    if stop_strings:
+        starts = (
+            tokenizer.batch_decode([row[:skip] for row in rows], skip_special_tokens=True) if skip else None
+        )
+        for i, text in enumerate(texts):
+            cut = first_stop_string(text, stop_strings, len(starts[i]) if starts else 0)
+            texts[i] = text if cut is None else text[:cut]
     prompt_mask = prompt_mask.repeat_interleave(repeats, dim=0)
     return Rollout(
         input_ids=torch.cat([prompt_ids.repeat_interleave(repeats, dim=0), completion_ids], dim=1),
         attention_mask=torch.cat([prompt_mask, mask], dim=1),
         completion_mask=mask,
         prompt_length=prompt_ids.shape[1],
-        completions=tokenizer.batch_decode(texts, skip_special_tokens=True),
+        completions=texts,
         truncated_prompts=truncated_prompts,
         group_size=repeats,
-        truncated=~stopped.any(dim=1),
+        truncated=torch.tensor([end is None for end in ends], device=completion_ids.device),
     )

@@ -10,6 +10,7 @@ Whether every row has finished is asked every ``finished_check_interval`` tokens
 sync, which on an accelerator stalls the queue of the next step's kernels. Rows that finished get pad, the
 columns decoded after the last row finished are dropped and the random generator is put back where it was
 after the last needed draw, so the tokens (and every later draw) are those of a check after every token.
+Stop strings are looked for at the same checks, in the text of each unfinished row's latest tokens.
 """
 
 from __future__ import annotations
@@ -18,12 +19,20 @@ import warnings
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rgra_lightning.distributed import gathered_for_generation, is_sharded
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.prompt_cache import prefill
-from rgra_lightning.rollout.base import Rollout, RolloutEngine, assemble_rollout, tokenize_prompts
+from rgra_lightning.rollout.base import (
+    Rollout,
+    RolloutEngine,
+    Stops,
+    assemble_rollout,
+    completion_ends,
+    first_stop_string,
+    tokenize_prompts,
+)
 from rgra_lightning.rollout.llama_decode import LlamaDecoder
 from rgra_lightning.rollout.sampling import SamplingConfig, next_tokens
 from rgra_lightning.versions import CACHE
@@ -60,7 +69,7 @@ class HFEngine(RolloutEngine):
         policy, tokenizer = self.policy, self.tokenizer
         prompt_ids, prompt_mask, truncated = tokenize_prompts(tokenizer, prompts, sampling, policy)
         repeats = 1 if greedy else sampling.num_generations
-        stop_ids = torch.as_tensor(self.stop_ids, dtype=torch.long, device=prompt_ids.device)
+        stops = Stops.of(self.stop_ids, sampling, greedy)
         was_training = policy.training
         policy.eval()
         # Inference mode skips autograd's bookkeeping, a tenth of each decoding step here; FSDP2 would
@@ -75,14 +84,12 @@ class HFEngine(RolloutEngine):
                 repeats,
                 sampling,
                 greedy,
-                stop_ids,
-                tokenizer.pad_token_id,
+                stops,
+                tokenizer,
                 self.finished_check_interval,
             )
         policy.train(was_training)
-        return assemble_rollout(
-            tokenizer, prompt_ids, prompt_mask, completion_ids, repeats, truncated, self.stop_ids
-        )
+        return assemble_rollout(tokenizer, prompt_ids, prompt_mask, completion_ids, repeats, truncated, stops)
 
 
 def _default_generator(device: torch.device) -> torch.Generator | None:
@@ -102,18 +109,22 @@ def _decode(
     repeats: int,
     config: SamplingConfig,
     greedy: bool,
-    stop_ids: Tensor,
-    pad_id: int,
+    stops: Stops,
+    tokenizer: PreTrainedTokenizerBase,
     check_interval: int | None = 1,
 ) -> Tensor:
     """Completion tokens ``[B * repeats, T]`` (``T <= max_new_tokens``) for left-padded prompts ``[B, P]``.
 
-    A row that has produced one of the stop tokens ``stop_ids`` ``[S]`` gets ``pad_id`` from then on, and
-    decoding stops once every row has one: T is the step at which the last row stopped, whether that is
-    seen at once or at the next of the checks every ``check_interval`` steps (None: see ``HFEngine``).
+    A row that has produced one of the stop tokens or completed a stop string (``stops``) gets pad from
+    then on, and decoding stops once every row has ended: T is the step at which the last row ended,
+    whether that is seen at once or at the next of the checks every ``check_interval`` steps (None: see
+    ``HFEngine``). A row's tokens between a stop string and the check that saw it are left for
+    ``assemble_rollout`` to mask.
     """
     logits, cache = prefill(policy, prompt_ids, prompt_mask, repeats)
     rows, prompt_length = logits.shape[0], prompt_ids.shape[1]
+    pad_id = tokenizer.pad_token_id
+    stop_ids = torch.as_tensor(stops.token_ids, dtype=torch.long, device=logits.device)
     # Generated tokens are all attended to, as in ``generate``: a row's tokens after its EOS are ignored.
     attention_mask = torch.ones(
         rows, prompt_length + config.max_new_tokens, dtype=prompt_mask.dtype, device=prompt_mask.device
@@ -152,6 +163,8 @@ def _decode(
         if step + 1 == config.max_new_tokens:
             break
         if (step + 1) % check_interval == 0:
+            if stops.strings:
+                finished |= _stop_string_seen(tokenizer, tokens, finished, stops, check_interval)
             if bool(finished.all()):
                 break
             states.clear()
@@ -166,14 +179,34 @@ def _decode(
                 **{CACHE: cache},
             ).logits[:, -1]
     completion = torch.stack(tokens, dim=1)
-    if check_interval == 1:
+    if check_interval == 1 and not stops.strings:
         return completion
-    # Decoding stopped at a check or at max_new_tokens; with every row finished, the steps after the last
-    # row's first stop token decoded nothing but pad.
-    stops = torch.isin(completion, stop_ids)
-    if not bool(stops.any(dim=1).all()):
+    # Decoding stopped at a check or at max_new_tokens; with every row ended, the steps after the last
+    # row's end decoded nothing that counts.
+    ends = completion_ends(tokenizer, completion, stops)
+    if any(end is None for end in ends):
         return completion
-    length = int(stops.int().argmax(dim=1).max()) + 1
-    if generator is not None and length < len(tokens):
-        generator.set_state(states[length - 1 - (len(tokens) - len(states))])
+    length = max(ends) + 1
+    kept = length - 1 - (len(tokens) - len(states))  # the state after the last needed draw, if still held
+    if generator is not None and length < len(tokens) and kept >= 0:
+        generator.set_state(states[kept])
     return completion[:, :length]
+
+
+def _stop_string_seen(
+    tokenizer: PreTrainedTokenizerBase, tokens: list[Tensor], finished: Tensor, stops: Stops, new: int
+) -> Tensor:
+    """``[N]`` bool: the unfinished rows whose text of the latest tokens (the ``new`` ones since the last
+    check and enough before them to hold the longest stop string, after the first ``stops.skip``) holds a
+    stop string."""
+    window = new + max(len(stop) for stop in stops.strings)  # a token decodes to one character or more
+    start = max(stops.skip, len(tokens) - window)
+    seen = torch.zeros_like(finished)
+    rows = (~finished).nonzero().flatten().tolist()
+    if start >= len(tokens) or not rows:
+        return seen
+    recent = torch.stack(tokens[start:], dim=1)[rows].tolist()
+    texts = tokenizer.batch_decode(recent, skip_special_tokens=True)
+    hits = [first_stop_string(text, stops.strings) is not None for text in texts]
+    seen[rows] = torch.tensor(hits, device=seen.device)
+    return seen

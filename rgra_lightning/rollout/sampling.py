@@ -31,6 +31,12 @@ class SamplingConfig:
             (any EOS id of the tokenizer or the model's generation config).
         min_new_tokens: the stop tokens are suppressed before this many tokens (0: never); benchmarks set it
             to ``max_new_tokens`` so every completion has the same length.
+        stop_strings: texts that end a completion (as vLLM's ``stop``): the completion's tokens run to the
+            token that completes the first one found, which stays in the trained tokens, and its text (what
+            is scored) ends before it. None: the data module's: a plain prompt template's label before
+            ``{question}`` when it ends in a colon (``Question:`` for the presets' ``Question: {question}\n
+            Answer:``, where lm-evaluation-harness stops GSM8K), else none (chat prompts end at their EOS
+            token). ``[]``: none. They are looked for after the first ``min_new_tokens`` tokens, as vLLM does.
         prompt_overflow: what to do with a prompt longer than the model's context window minus
             ``max_new_tokens``: ``truncate`` keeps its last tokens (with a warning, counted in
             ``train/truncated_prompts``) or ``error`` stops with a message naming the lengths.
@@ -43,6 +49,7 @@ class SamplingConfig:
     min_p: float = 0.0
     max_new_tokens: int = 16
     min_new_tokens: int = 0
+    stop_strings: tuple[str, ...] | None = None
     prompt_overflow: Literal["truncate", "error"] = "truncate"
 
     def __post_init__(self) -> None:
@@ -62,6 +69,10 @@ class SamplingConfig:
             raise ConfigError(
                 f"model.sampling.min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], "
                 f"got {self.min_new_tokens}"
+            )
+        if self.stop_strings is not None and not all(self.stop_strings):
+            raise ConfigError(
+                f"model.sampling.stop_strings must not hold an empty string, got {list(self.stop_strings)}"
             )
 
     @property

@@ -44,7 +44,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rgra_lightning.checkpointing import rng_states, set_rng_states
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.rollout.base import Rollout, RolloutEngine, assemble_rollout, tokenize_prompts
+from rgra_lightning.rollout.base import Rollout, RolloutEngine, Stops, assemble_rollout, tokenize_prompts
 from rgra_lightning.rollout.sampling import SamplingConfig
 
 # The releases whose in-process layout the engine reaches into (``_vllm_model``) and whose effects on the
@@ -190,15 +190,20 @@ def push_weights(llm: Any, policy: nn.Module) -> None:
 # ---------------------------------------------------------------------------------- sampling
 
 
-def sampling_kwargs(config: SamplingConfig, greedy: bool, stop_ids: Iterable[int]) -> dict[str, Any]:
+def sampling_kwargs(
+    config: SamplingConfig, greedy: bool, stop_ids: Iterable[int], stop_strings: Iterable[str] = ()
+) -> dict[str, Any]:
     """``SamplingParams`` arguments that sample as ``HFEngine`` does: ``n`` = G completions, the same
-    temperature, top-k (0, off, is vLLM's -1), top-p, min-p, maximum and minimum new tokens and every stop
-    id, the sampled token's log-prob (``logprobs=0``); token ids out, no text (``detokenize=False``).
+    temperature, top-k (0, off, is vLLM's -1), top-p, min-p, maximum and minimum new tokens, every stop
+    id and the ``stop_strings``, the sampled token's log-prob (``logprobs=0``); token ids out, no text
+    (``detokenize=False``) unless there are stop strings, which vLLM looks for in its text.
     ``greedy``: one completion at temperature 0, min_new_tokens not applied (as ``HFEngine``)."""
+    stop_strings = list(stop_strings)
     common = {
         "max_tokens": config.max_new_tokens,
         "stop_token_ids": list(stop_ids),
-        "detokenize": False,
+        "detokenize": bool(stop_strings),
+        **({"stop": stop_strings} if stop_strings else {}),
     }
     if greedy:
         return {"n": 1, "temperature": 0.0, **common}
@@ -230,11 +235,11 @@ def request_seeds(prompts: int) -> list[int]:
 
 def completion_tensors(
     outputs: list[Any], repeats: int, pad_id: int, with_logprobs: bool
-) -> tuple[Tensor, Tensor | None]:
+) -> tuple[Tensor, list[int], Tensor | None]:
     """vLLM's ``RequestOutput``s (one per prompt, in prompt order) as completion ids ``[B * repeats, T]``
-    right-padded with ``pad_id`` (T: the longest completion) and the sampled tokens' log-probs ``[N, T]``
-    (0 on padding; None unless ``with_logprobs``), prompt-major: the ``repeats`` completions of each prompt
-    in the order of their ``index``."""
+    right-padded with ``pad_id`` (T: the longest completion), the number of tokens of each, and the sampled
+    tokens' log-probs ``[N, T]`` (0 on padding; None unless ``with_logprobs``), prompt-major: the
+    ``repeats`` completions of each prompt in the order of their ``index``."""
     completions = []
     for output in outputs:
         children = sorted(output.outputs, key=lambda child: child.index)
@@ -251,7 +256,7 @@ def completion_tensors(
             # One {token id: Logprob} per position, holding at least the sampled token (logprobs=0)
             values = [step[token].logprob for step, token in zip(child.logprobs, tokens, strict=True)]
             logprobs[row, : len(values)] = torch.tensor(values, dtype=torch.float32)
-    return ids, logprobs
+    return ids, [len(child.token_ids) for child in completions], logprobs
 
 
 def _free_port() -> int:
@@ -344,12 +349,13 @@ class VLLMEngine(RolloutEngine):
         self._llm: Any = None  # started by the first rollout of a bound copy
         self._stale = True  # the engine's weights may differ from the policy's
         self._asleep = False
+        self._detokenizes = False  # whether the started engine has a tokenizer, for stop strings
 
     def bind(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> VLLMEngine:
         """A bound copy (see ``RolloutEngine.bind``); a ``ConfigError`` without CUDA or vllm."""
         check_engine_kwargs(_load_vllm(), self.engine_kwargs)
         bound = super().bind(policy, tokenizer)
-        bound._llm, bound._stale, bound._asleep = None, True, False
+        bound._llm, bound._stale, bound._asleep, bound._detokenizes = None, True, False, False
         return bound
 
     def check_sampling(self, sampling: SamplingConfig, field: str = "model.sampling") -> None:
@@ -381,18 +387,24 @@ class VLLMEngine(RolloutEngine):
         vllm = _load_vllm()
         if not greedy:
             self.check_sampling(sampling)
-        kwargs = sampling_kwargs(sampling, greedy, self.stop_ids)
+        stops = Stops.of(self.stop_ids, sampling, greedy)
         seeds = [None] * len(rows) if greedy else request_seeds(len(rows))
-        params = [vllm.SamplingParams(**kwargs, seed=seed) for seed in seeds]
         # Rollouts run inside training_step, under Lightning's autocast with bf16-mixed: vLLM must start
         # (compile, capture CUDA graphs) and generate in its own dtypes, and a LoRA merge stay float32.
         with torch.autocast(policy.device.type, enabled=False):
-            llm = self._ready()
+            llm = self._ready(with_tokenizer=bool(stops.strings))
+            # Without a tokenizer vLLM cannot see stop strings: it decodes on, and the rollout ends there.
+            kwargs = sampling_kwargs(
+                sampling, greedy, self.stop_ids, stops.strings if self._detokenizes else ()
+            )
+            params = [vllm.SamplingParams(**kwargs, seed=seed) for seed in seeds]
             outputs = llm.generate([{"prompt_token_ids": row} for row in rows], params, use_tqdm=False)
-        completion_ids, logprobs = completion_tensors(outputs, repeats, tokenizer.pad_token_id, not greedy)
+        completion_ids, lengths, logprobs = completion_tensors(
+            outputs, repeats, tokenizer.pad_token_id, not greedy
+        )
         device = prompt_ids.device
         rollout = assemble_rollout(
-            tokenizer, prompt_ids, prompt_mask, completion_ids.to(device), repeats, truncated, self.stop_ids
+            tokenizer, prompt_ids, prompt_mask, completion_ids.to(device), repeats, truncated, stops, lengths
         )
         if logprobs is not None:
             rollout.sampler_logprobs = logprobs.to(device) * rollout.completion_mask
@@ -400,11 +412,13 @@ class VLLMEngine(RolloutEngine):
 
     # ------------------------------------------------------------------ engine life cycle
 
-    def _ready(self) -> Any:
+    def _ready(self, with_tokenizer: bool = False) -> Any:
         """The engine, started or woken up, holding the policy's current weights and an empty cache:
-        wake up the weights, push the policy's (when stale), reset the prefix cache, wake up the cache."""
+        wake up the weights, push the policy's (when stale), reset the prefix cache, wake up the cache.
+        ``with_tokenizer``: an engine started now loads its tokenizer, to look for stop strings."""
         if self._llm is None:
-            self._llm = self._start()
+            self._llm = self._start(with_tokenizer)
+            self._detokenizes = with_tokenizer
         llm = self._llm
         if self._asleep:
             llm.wake_up(tags=["weights"])
@@ -427,13 +441,15 @@ class VLLMEngine(RolloutEngine):
         if self.sleep_level == 2:  # the weights are gone: push them again before the next rollout
             self._stale = True
 
-    def _start(self) -> Any:
+    def _start(self, with_tokenizer: bool = False) -> Any:
         """``vllm.LLM`` in this process, on this rank's GPU, as TRL's colocate mode starts it: the external
         launcher (one engine per training process, the worker in-process), the environment it reads for
         its rank, the log-probs after temperature and the sampling filters (the distribution the tokens were
         drawn from), and sleep mode when ``sleep_level`` is set. The trainer's random generators and
         ``LOCAL_RANK`` are as before once it has started (``random_state_kept``, ``local_rank_set``), and
-        so is torch's CPU thread count."""
+        so is torch's CPU thread count. Token ids go in and out: vLLM loads the model's tokenizer only
+        ``with_tokenizer``, to find stop strings in its text (the rollout's text is the trainer's
+        tokenizer's)."""
         vllm = _load_vllm()
         rank, world = _rank_and_world()
         os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(world)
@@ -451,7 +467,7 @@ class VLLMEngine(RolloutEngine):
             "distributed_executor_backend": "external_launcher",
             "tensor_parallel_size": 1,
             "logprobs_mode": "processed_logprobs",
-            "skip_tokenizer_init": True,  # token ids in and out: the trainer's tokenizer is the only one
+            "skip_tokenizer_init": not with_tokenizer,
             **DEFAULT_ENGINE_KWARGS,
             **self.engine_kwargs,
         }

@@ -13,7 +13,7 @@ import torch
 
 from rgra_lightning.arithmetic.warmup import WarmupDataModule
 from rgra_lightning.data import ArithmeticDataModule, DatasetDataModule, JsonFilesDataModule
-from rgra_lightning.data.base import ChatPrompt
+from rgra_lightning.data.base import ChatPrompt, question_label
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_tokenizer
 from rgra_lightning.rollout import SamplingConfig
@@ -199,3 +199,32 @@ def test_a_chat_tokenizer_with_another_vocabulary_than_the_policys_warns(tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         setup(str(tmp_path / "same"))
+
+
+@pytest.mark.parametrize(
+    ("template", "label"),
+    [
+        ("Question: {question}\nAnswer:", "Question:"),
+        ("Q: {question}\nA:", "Q:"),
+        ("Solve it.\n  Problem: {question}", "Problem:"),
+        ("{{Task}}: {question}", "{Task}:"),  # the label as the prompt writes it, braces unescaped
+        ("{question}=", None),
+        ("Compute {question}.", None),
+        ("Question {question}", None),
+    ],
+)
+def test_a_plain_template_that_labels_the_question_stops_completions_at_that_label(tmp_path, template, label):
+    """A run-on completion of a labelled prompt starts an invented next problem with the label: it is
+    the data's default stop string for plain prompts (lm-evaluation-harness stops GSM8K at Question:)."""
+    assert question_label(template) == label
+    plain = json_chat_module(tmp_path, prompt_template=template)
+    assert plain.stop_strings == ((label,) if label else ())
+    chat = json_chat_module(tmp_path, prompt_template=template, prompt_format="chat")
+    assert chat.stop_strings == ()  # chat prompts end at the template's EOS token
+
+
+def test_the_presets_stop_at_question_and_the_embedded_task_has_no_stop_string():
+    source = str(shared_path("datasets", "gsm8k"))
+    assert DatasetDataModule(preset="gsm8k", source=source).stop_strings == ("Question:",)
+    assert ArithmeticDataModule().stop_strings == ()
+    assert ArithmeticDataModule(prompt_template="Q: {question}\nA:").stop_strings == ("Q:",)

@@ -7,6 +7,7 @@ import torch
 
 from rewards import MathVerifier
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.module import RLModule
 from rgra_lightning.reward_models.label import label, preference_pairs
 from rgra_lightning.reward_models.label import main as label_main
 from rgra_lightning.reward_models.training import (
@@ -128,3 +129,19 @@ def test_label_help_shows_the_overrides_after_the_double_dash(capsys):
     printed = capsys.readouterr().out
     assert printed.split("\n\n")[0].endswith(" [-- OVERRIDES ...]")  # the usage
     assert "-- OVERRIDES: options after -- override the configs as on the rgra fit command line" in printed
+
+
+def test_label_samples_with_the_stop_strings_fit_uses(small_config, tmp_path, monkeypatch):
+    """Plain prompts labelled "Q:" stop at "Q:" in fit, so labelling samples with that stop string too:
+    a run-on invented next problem would otherwise decide a completion's label."""
+    seen = []
+    make_experience = RLModule.make_experience
+
+    def recorded(module, batch, sampling=None, training=False):
+        seen.append(sampling.stop_strings)
+        return make_experience(module, batch, sampling, training)
+
+    monkeypatch.setattr(RLModule, "make_experience", recorded)
+    config = small_config("rgra", **{"data.init_args.prompt_template": "Q: {question}\nA:"})
+    label(str(config), str(tmp_path / "labels.jsonl"), split="val", limit=2, num_generations=2)
+    assert seen == [("Q:",)]

@@ -7,12 +7,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from rewards import MathVerifier
 from rgra_lightning.cli import main
 from rgra_lightning.data.base import ChatPrompt
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.rollout import HFEngine, SamplingConfig
-from rgra_lightning.rollout.base import adds_special_tokens, completion_mask, tokenize_prompts
+from rgra_lightning.rollout.base import (
+    Stops,
+    adds_special_tokens,
+    assemble_rollout,
+    completion_ends,
+    tokenize_prompts,
+)
 from tests.conftest import TINY_POLICY
 from tests.conftest import sample as sample_rollout
 from tests.tiny_models import PROMPTS, llama3_style_tokenizer, smollm2_tokenizer
@@ -52,10 +59,9 @@ def test_prompt_overflow_option_is_validated(small_config, capsys):
     assert "prompt_overflow" in error and "truncate" in error and "error" in error
 
 
-def test_completion_mask_stops_after_first_eos():
+def test_a_completion_ends_at_its_first_eos():
     ids = torch.tensor([[5, 6, 1, 7, 0], [1, 0, 0, 0, 0], [5, 5, 5, 5, 5]])
-    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
-    assert torch.equal(completion_mask(ids, eos_token_id=1), expected)
+    assert completion_ends(None, ids, Stops((1,))) == [2, 0, None]  # no stop strings: no text needed
 
 
 def test_rollout_groups_samples_prompt_major():
@@ -174,11 +180,10 @@ def test_prompts_of_the_tiny_policy_are_tokenized_as_before():
 # ------------------------------------------------------------------------------------- stop tokens
 
 
-def test_completion_mask_stops_at_the_first_of_several_stop_tokens():
+def test_a_completion_ends_at_the_first_of_several_stop_tokens():
     ids = torch.tensor([[5, 9, 6, 1, 0], [5, 1, 9, 0, 0], [9, 0, 0, 0, 0], [5, 5, 5, 5, 5]])
-    expected = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
-    assert torch.equal(completion_mask(ids, eos_token_id=[1, 9]), expected)
-    assert torch.equal(completion_mask(ids, eos_token_id=torch.tensor([9, 1])), expected)
+    assert completion_ends(None, ids, Stops((1, 9))) == [1, 1, 0, None]
+    assert completion_ends(None, ids, Stops((9, 1))) == [1, 1, 0, None]
 
 
 @pytest.mark.parametrize(
@@ -219,3 +224,60 @@ def test_an_engine_binds_a_policy_whose_embedding_has_a_lora_adapter(tiny):
     policy = add_lora(LlamaForCausalLM(config), LoraConfig(rank=2, target_modules=["embed_tokens", "q_proj"]))
     assert not hasattr(policy.get_input_embeddings(), "num_embeddings")
     assert HFEngine().bind(policy, tokenizer).stop_ids == (tokenizer.eos_token_id,)
+
+
+RUN_ON = " 18\n\nQuestion: Tom has 3 apples.\nAnswer: 3"  # a base model's answer, then an invented problem
+
+
+def assembled(tokenizer, rows: list[list[int]], stops: Stops, lengths=None):
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
+    prompt = torch.ones(len(rows), 1, dtype=torch.long)
+    return assemble_rollout(tokenizer, prompt, torch.ones_like(prompt), ids, 1, 0, stops, lengths)
+
+
+def test_a_stop_string_ends_a_completion_at_the_token_that_completes_it():
+    """SmolLM2's tokens " 18", "\\n", "\\n", "Question", ":" ...: "Question:" ends at token 6, which stays
+    in the trained tokens; the scored text ends before it, so the invented problem's answer is not read."""
+    tokenizer = smollm2_tokenizer()
+    tokens = tokenizer.encode(RUN_ON)
+    assert tokenizer.convert_ids_to_tokens(tokens[5:7]) == ["Question", ":"]
+    eos = tokenizer.eos_token_id
+    stops = Stops((eos,), ("Question:",))
+    assert completion_ends(tokenizer, torch.tensor([tokens]), stops) == [6]
+    rollout = assembled(tokenizer, [tokens], stops)
+    assert rollout.completion_mask.tolist() == [[1] * 7 + [0] * (len(tokens) - 7)]
+    assert rollout.completion_ids[0, 7:].eq(tokenizer.pad_token_id).all()
+    assert rollout.completions == [" 18\n\n"] and rollout.truncated.tolist() == [False]
+    assert MathVerifier().score(rollout.completions[0], "18").correct
+    # Without the stop string the last number, the invented problem's answer, is what gets scored
+    unstopped = assembled(tokenizer, [tokens], Stops((eos,)))
+    assert unstopped.truncated.tolist() == [True]
+    assert MathVerifier().score(unstopped.completions[0], "18").extracted == "3"
+
+
+def test_a_stop_string_inside_a_token_a_stop_token_before_it_and_skipped_tokens():
+    tokenizer = smollm2_tokenizer()
+    tokens, eos = tokenizer.encode(RUN_ON), tokenizer.eos_token_id
+    # "Quest" ends inside the token "Question" (5): that token ends the completion, the text before "Quest"
+    inside = assembled(tokenizer, [tokens], Stops((eos,), ("Quest",)))
+    assert inside.completion_mask.sum().item() == 6 and inside.completions == [" 18\n\n"]
+    # A stop token before the stop string ends the completion first
+    early = tokens[:3] + [eos] + tokens[3:]
+    assert completion_ends(tokenizer, torch.tensor([early]), Stops((eos,), ("Question:",))) == [3]
+    assert assembled(tokenizer, [early], Stops((eos,), ("Question:",))).completions == [" 18"]
+    # Stop strings are looked for after the first ``skip`` tokens (min_new_tokens): the "\n" of token 3
+    # does not count, the one of token 4 does, and the text is cut at it
+    skipped = assembled(tokenizer, [tokens], Stops((eos,), ("\n",), skip=4))
+    assert skipped.completion_mask.sum().item() == 5 and skipped.completions == [" 18\n"]
+    # Rows of several lengths (vLLM's, each shorter than the batch): the tokens after a row's own are
+    # padding, not part of it, whether or not it ended
+    rows = [tokens[:3], tokens]
+    short = assembled(tokenizer, rows, Stops((eos,), ("Answer:",)), lengths=[3, len(tokens)])
+    assert short.completion_mask.sum(dim=1).tolist() == [3, 16] and short.truncated.tolist() == [True, False]
+    assert short.completions == [" 18", RUN_ON[: RUN_ON.index("Answer:")]]
+
+
+def test_stop_strings_must_not_be_empty():
+    with pytest.raises(ConfigError, match=r"stop_strings must not hold an empty string, got \['a', ''\]"):
+        SamplingConfig(stop_strings=("a", ""))

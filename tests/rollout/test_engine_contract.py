@@ -5,12 +5,14 @@
   engine's own code, vLLM's behaviour as the stand-in imitates it);
 - ``vllm``: ``VLLMEngine`` with vLLM, where CUDA and vllm are present (skipped with the reason otherwise).
 
-Shapes and masks, the first of several stop ids ends a completion, G completions per prompt in prompt-major
+Shapes and masks, the first of several stop ids ends a completion, a stop string ends it at the token
+completing it, G completions per prompt in prompt-major
 order with the prompts' own token ids, greedy determinism, reproducible seeded sampling, the truncated flag,
 the sampler's log-probs, and a weight update visible in the next rollout.
 """
 
 import importlib.util
+from dataclasses import replace
 
 import pytest
 import torch
@@ -142,6 +144,32 @@ def test_a_completion_ends_at_the_first_of_several_stop_ids_and_nothing_after_it
         ended_by.append(None if first is None else tokens[first])
     assert CLOSING_BRACE in ended_by  # the second stop id ends completions (greedy: all of them)
     assert torch.equal(rollout.attention_mask[:, rollout.prompt_length :], mask)
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_a_completion_ends_at_the_token_that_completes_a_stop_string(make_engine, tokenizer, greedy):
+    """ "ed{" spans three of the tiny policy's tokens in "\\boxed{": a completion holding it ends with
+    them (masked in, pad after) and its text ends before it; one without it ends as before."""
+    engine = make_engine(tiny_policy("llama", tokenizer), tokenizer)
+    torch.manual_seed(0)
+    rollout = engine.generate(PROMPTS, replace(SAMPLED, stop_strings=("ed{",)), greedy=greedy)
+    ids, mask = rollout.completion_ids, rollout.completion_mask
+    stopped = 0
+    for row, tokens in enumerate(ids.tolist()):
+        length = int(mask[row].sum())
+        assert mask[row].tolist() == [1] * length + [0] * (len(tokens) - length)
+        assert tokens[length:] == [tokenizer.pad_token_id] * (len(tokens) - length)
+        text = tokenizer.decode(tokens[:length], skip_special_tokens=True)
+        if "ed{" in text:
+            stopped += 1
+            assert text.index("ed{") == len(text) - 3  # the first "ed{" ends at the last token
+            assert rollout.completions[row] == text[:-3] and not rollout.truncated[row]
+        else:
+            ended = tokens[length - 1] == tokenizer.eos_token_id
+            assert bool(rollout.truncated[row]) == (not ended)
+    assert stopped == len(PROMPTS) if greedy else stopped > 0
+    if rollout.sampler_logprobs is not None:
+        assert (rollout.sampler_logprobs[mask == 0] == 0).all()
 
 
 def test_the_truncated_flag_marks_completions_cut_at_max_new_tokens(make_engine, tokenizer):

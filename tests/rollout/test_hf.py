@@ -1,6 +1,8 @@
 """HFEngine: sampling agrees with what ``generate`` draws; greedy determinism, min_new_tokens, recurrent
 caches; the same tokens whichever the interval between checks for finished rows."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import Lfm2Config, Lfm2ForCausalLM, LlamaForCausalLM
@@ -220,3 +222,32 @@ def test_the_check_interval_is_set_in_yaml(small_config):
     config = small_config("rgra", **{"model.init_args.rollout": engine})
     rollout = main(["--config", str(config)], run=False).model.rollout
     assert type(rollout) is HFEngine and rollout.finished_check_interval == 4
+
+
+@pytest.mark.parametrize("path", ["decoder", "forward"])
+@pytest.mark.parametrize("greedy", [True, False])
+@pytest.mark.parametrize("interval", [1, 3, 64])
+def test_stop_strings_end_rows_as_the_same_stop_tokens_do_and_leave_the_generator_alike(
+    path, greedy, interval, monkeypatch
+):
+    """The tiny policy's tokens are characters: stop strings "(" and "=" end each row where the stop
+    tokens "(" and "=" do (seen at the checks every k steps, in the latest tokens' text), with the same
+    tokens, masks, texts and the random generator where it is after a check every step."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    if path == "forward":
+        monkeypatch.setattr(LlamaDecoder, "unsupported", staticmethod(lambda model, cache: "forced"))
+    by_tokens = HFEngine().bind(stop_set_policy("llama", tokenizer, "(="), tokenizer)
+    by_strings = HFEngine(finished_check_interval=interval).bind(tiny_policy("llama", tokenizer), tokenizer)
+    config = SamplingConfig(num_generations=4, max_new_tokens=40, temperature=1.5)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        expected = by_tokens.generate(PROMPTS, config, greedy=greedy)
+        after_expected = torch.rand(4)
+        torch.manual_seed(seed)
+        rollout = by_strings.generate(PROMPTS, replace(config, stop_strings=("(", "=")), greedy=greedy)
+        assert rollout.completion_ids.shape[1] < config.max_new_tokens  # every row stopped early
+        assert torch.equal(rollout.input_ids, expected.input_ids)
+        assert torch.equal(rollout.completion_mask, expected.completion_mask)
+        assert rollout.completions == expected.completions
+        assert torch.equal(rollout.truncated, expected.truncated)
+        assert torch.equal(torch.rand(4), after_expected)

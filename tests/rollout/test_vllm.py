@@ -11,6 +11,7 @@ import random
 import sys
 import types
 import warnings
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -300,6 +301,32 @@ def test_the_engine_starts_vllm_colocated_with_the_options_given(standin, tokeni
     }
 
 
+def test_vllm_loads_its_tokenizer_and_stops_at_stop_strings_only_when_a_rollout_has_them(
+    standin, tokenizer, monkeypatch
+):
+    """Token ids in and out; vLLM finds stop strings in its own text, so an engine whose first rollout has
+    them starts with the model's tokenizer and passes them on, and vLLM stops there itself (the rollout is
+    as long as the longest completion up to its stop string). Started without, it decodes on and the
+    rollout still ends each completion at its stop string."""
+    module, calls = standin
+    requested, build = [], module.SamplingParams
+    monkeypatch.setattr(
+        module, "SamplingParams", lambda **kwargs: requested.append(kwargs) or build(**kwargs)
+    )
+    sampling = SamplingConfig(num_generations=2, max_new_tokens=12, stop_strings=("ed{",))
+    for first in (sampling, replace(sampling, stop_strings=None)):
+        calls.clear()
+        requested.clear()
+        engine = VLLMEngine().bind(tiny_policy("llama", tokenizer), tokenizer)
+        engine.generate(PROMPTS, first, greedy=True)
+        rollout = engine.generate(PROMPTS, sampling, greedy=True)
+        with_tokenizer = bool(first.stop_strings)
+        assert calls[0][1]["skip_tokenizer_init"] is not with_tokenizer
+        assert [kwargs.get("stop") for kwargs in requested[-3:]] == [["ed{"] if with_tokenizer else None] * 3
+        assert rollout.completions == ["\\box"] * 3 and not rollout.truncated.any()
+        assert rollout.completion_ids.shape[1] == (7 if with_tokenizer else 12)  # "\\boxed{": 7 tokens
+
+
 def test_engine_kwargs_override_the_default_engine_arguments(standin, tokenizer):
     _, calls = standin
     engine = VLLMEngine(engine_kwargs={"max_num_batched_tokens": 8192}).bind(
@@ -440,6 +467,9 @@ def test_sampling_options_map_onto_sampling_params_exactly():
         "stop_token_ids": [1, 7],
         "detokenize": False,
     }
+    # Stop strings: vLLM looks for them in its text, so it detokenizes
+    with_stops = sampling_kwargs(config, greedy=True, stop_ids=(1,), stop_strings=("Question:", "\n\n"))
+    assert with_stops["stop"] == ["Question:", "\n\n"] and with_stops["detokenize"] is True
 
 
 def test_each_prompt_gets_a_seed_from_torchs_generator_and_each_rank_its_own(monkeypatch):
@@ -493,15 +523,16 @@ def test_outputs_become_prompt_major_right_padded_completions_with_their_log_pro
         ),
         SimpleNamespace(outputs=[completion(0, [8], [-0.125]), completion(1, [9, 9, 1], [-4.0, -5.0, -6.0])]),
     ]
-    ids, logprobs = completion_tensors(outputs, repeats=2, pad_id=0, with_logprobs=True)
+    ids, lengths, logprobs = completion_tensors(outputs, repeats=2, pad_id=0, with_logprobs=True)
     assert ids.tolist() == [[4, 6, 7], [5, 1, 0], [8, 0, 0], [9, 9, 1]]
+    assert lengths == [3, 2, 1, 3]
     assert logprobs.tolist() == [
         [-1.0, -2.0, -3.0],
         [-0.5, -0.25, 0.0],
         [-0.125, 0.0, 0.0],
         [-4.0, -5.0, -6.0],
     ]
-    ids, none = completion_tensors(outputs, repeats=2, pad_id=0, with_logprobs=False)
+    ids, _, none = completion_tensors(outputs, repeats=2, pad_id=0, with_logprobs=False)
     assert none is None and ids.shape == (4, 3)
     with pytest.raises(RuntimeError, match="returned 2 completions of a prompt, not 3"):
         completion_tensors(outputs, repeats=3, pad_id=0, with_logprobs=True)

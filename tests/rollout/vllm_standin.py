@@ -7,9 +7,11 @@ take; a request's ``n`` children sample with seeds ``seed + index``; temperature
 order is temperature, stop tokens suppressed before ``min_tokens``, min-p, top-k, top-p (vLLM's sampler);
 log-probs are those after temperature and filters (``logprobs_mode="processed_logprobs"``); a prompt
 longer than ``max_model_len`` is refused and a completion ends there; a completion ends with its stop token
-included; the children come back in reverse order (the engine must sort by
-``index``). Sleep level 1 keeps a CPU copy of the weights that ``wake_up`` restores, level 2 discards
-them (NaN), and generating while asleep or with discarded weights fails.
+included, or with the token that completes a stop string (``stop``) in the text after ``min_tokens`` tokens,
+which needs the tokenizer (``skip_tokenizer_init=False``: it loads the model's); the children come back in
+reverse order (the engine must sort by ``index``). Sleep level 1 keeps a CPU copy of the weights that
+``wake_up`` restores, level 2 discards them (NaN), and generating while asleep or with discarded weights
+fails.
 
 Where vLLM meets the trainer's process, so does the stand-in: ``LLM`` seeds python's, numpy's and torch's
 generators with its ``seed`` (vLLM's worker calls ``set_random_seed``), sets torch's CPU threads to one, takes
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgra_lightning.models import load_causal_lm
+from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.rollout.sampling import filter_min_p, filter_top_k, filter_top_p
 
 SAMPLING_ARGUMENTS = {
@@ -44,6 +46,7 @@ SAMPLING_ARGUMENTS = {
     "max_tokens",
     "min_tokens",
     "stop_token_ids",
+    "stop",
     "logprobs",
     "detokenize",
     "seed",
@@ -78,6 +81,9 @@ class SamplingParams:
         self.kwargs = kwargs
         defaults = {"n": 1, "temperature": 1.0, "top_k": -1, "top_p": 1.0, "min_p": 0.0, "min_tokens": 0}
         defaults |= {"stop_token_ids": [], "logprobs": None, "seed": None, "max_tokens": 16}
+        defaults |= {"stop": [], "detokenize": True}
+        if kwargs.get("stop") and not kwargs.get("detokenize", True):
+            raise ValueError("stop strings are only supported when detokenize is True.")
         for name, value in (defaults | kwargs).items():
             setattr(self, name, value)
 
@@ -120,6 +126,7 @@ class StandInLLM:
         np.random.seed(seed)
         torch.manual_seed(seed)
         hf = load_causal_lm(kwargs["model"]).eval()
+        self.tokenizer = None if kwargs.get("skip_tokenizer_init") else load_tokenizer(kwargs["model"])
         if kwargs.get("dtype", "auto") != "auto":
             hf = hf.to(getattr(torch, kwargs["dtype"]))
         self.model = StandInModel(hf, calls, self.autocast)
@@ -202,7 +209,7 @@ class StandInLLM:
             ids.append(token)
             tokens.append(token)
             logprobs.append({token: SimpleNamespace(logprob=float(logprob))})
-            if token in params.stop_token_ids:
+            if token in params.stop_token_ids or self._stop_string_seen(tokens, params):
                 reason = "stop"
                 break
         return SimpleNamespace(
@@ -211,6 +218,14 @@ class StandInLLM:
             logprobs=logprobs if params.logprobs is not None else None,
             finish_reason=reason,
         )
+
+    def _stop_string_seen(self, tokens: list[int], params: SamplingParams) -> bool:
+        if not params.stop or len(tokens) <= params.min_tokens:
+            return False
+        if self.tokenizer is None:
+            raise ValueError("stop strings need vLLM's tokenizer, and the engine started without one")
+        text = self.tokenizer.decode(tokens[params.min_tokens :], skip_special_tokens=True)
+        return any(stop in text for stop in params.stop)
 
 
 def standin_vllm() -> tuple[types.ModuleType, list]:
