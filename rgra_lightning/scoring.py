@@ -2,13 +2,15 @@
 verifier, a learned reward model, or a weighted sum of them).
 
 A verifier that fails on some completions does not end a run: a batch call that raises is retried one
-completion at a time, and a completion that still raises, gets a NaN/inf reward or a result that is not one
-``Score``, gets reward 0 with the error recorded (``train/verifier_errors``) and a warning. A
-``WeightedSum``'s components are scored each on its own, so a failing one costs only its part. A verifier
-that fails on every completion of a batch (of two or more) is broken, not unlucky: the run stops with one
-line saying why, rather than training on rewards that are all 0. Scoring runs in a background thread
-while the trainer computes reference log-probs: the verifier's Python and its worker processes then
-overlap tensor work (which releases the GIL) instead of adding to the step.
+completion at a time (unless the verifier's scores depend on the batch, ``scores_depend_on_the_batch``, as
+a standardizing reward model's do: alone, each would score 0, so the batch fails as a whole), and a
+completion that still raises, gets a NaN/inf reward or a result that is not one ``Score``, gets reward 0
+with the error recorded (``train/verifier_errors``) and a warning. A ``WeightedSum``'s components are
+scored each on its own, so a failing one costs only its part. A verifier that fails on every completion of
+a batch (of two or more) is broken, not unlucky: the run stops with one line saying why, rather than
+training on rewards that are all 0. Scoring runs in a background thread while the trainer computes
+reference log-probs: the verifier's Python and its worker processes then overlap tensor work (which
+releases the GIL) instead of adding to the step.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def robust_score_batch(
     try:
         scores = _checked_result(verifier.score_batch(completions, references, prompts), len(completions))
     except Exception as batch_error:
+        if getattr(verifier, "scores_depend_on_the_batch", False):  # one at a time would score otherwise
+            failed = Score(0.0, False, None, VERIFIER_FAILED, error=f"{name} raised {batch_error!r}")
+            return _checked_scores([failed] * len(completions), name)
         warnings.warn(f"{name}.score_batch raised {batch_error!r}; scoring one at a time", stacklevel=2)
         scores = []
         for index, (completion, reference) in enumerate(zip(completions, references, strict=True)):
@@ -63,6 +68,11 @@ def robust_score_batch(
                 scores.append(_checked_result(verifier.score_batch([completion], [reference], prompt), 1)[0])
             except Exception as error:
                 scores.append(Score(0.0, False, None, VERIFIER_FAILED, error=f"{name} raised {error!r}"))
+    return _checked_scores(scores, name)
+
+
+def _checked_scores(scores: list[Score], name: str) -> list[Score]:
+    """``scores`` of verifier ``name`` with non-finite rewards made failures; raise when all failed."""
     scores = [finite_score(score) for score in scores]
     failures = [score.error for score in scores if score.details == VERIFIER_FAILED]
     if len(scores) > 1 and len(failures) == len(scores):

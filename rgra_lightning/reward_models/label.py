@@ -51,7 +51,8 @@ def label(
 ) -> dict[str, float]:
     """Sample ``num_generations`` (default: the config's G) completions for the first ``limit`` prompts of
     ``split``, score them with the config's verifier and write them to ``output``; returns a summary
-    (rows, accuracy, mean reward, share of prompts whose completions are not all equally rewarded).
+    (rows, accuracy, mean reward, share of prompts whose completions are not all equally rewarded, and
+    ``unverified``: completions whose verifier check failed, ``error`` set).
     ``config`` is one path, or several applied in order as ``fit`` applies several ``--config``."""
     from rgra_lightning.cli import main
 
@@ -93,7 +94,7 @@ def label(
     path.parent.mkdir(parents=True, exist_ok=True)
     rewards: list[float] = []
     correct: list[bool] = []
-    mixed_groups = 0
+    mixed_groups = unverified = 0
     with (
         path.open("w", encoding="utf-8") as file,
         tqdm(total=len(examples), desc="labelling", unit="prompt") as bar,
@@ -108,6 +109,7 @@ def label(
             batch_rewards = [score.reward for score in experience.scores]
             rewards += batch_rewards
             correct += [score.correct for score in experience.scores]
+            unverified += sum(score.error is not None for score in experience.scores)
             group = experience.group_size
             mixed_groups += sum(
                 len(set(batch_rewards[start : start + group])) > 1
@@ -120,16 +122,19 @@ def label(
         "accuracy": sum(correct) / max(rows, 1),
         "mean_reward": sum(rewards) / max(rows, 1),
         "mixed_group_fraction": mixed_groups / max(len(examples), 1),
+        "unverified": unverified,
     }
 
 
 def preference_pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Chosen/rejected pairs from labelled rows: within each ``group``, sorted by reward, the best completion
     is paired with the worst, the second best with the second worst, and so on while the first is strictly
-    better; at most G / 2 pairs a group, each completion in at most one pair."""
+    better; at most G / 2 pairs a group, each completion in at most one pair. Rows whose verifier check
+    failed (``error`` set) are left out: their 0 reward would make them the rejected side."""
     groups: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault(row["group"], []).append(row)
+        if row.get("error") is None:
+            groups.setdefault(row["group"], []).append(row)
     pairs = []
     for group in groups.values():
         ranked = sorted(group, key=lambda row: row["reward"], reverse=True)

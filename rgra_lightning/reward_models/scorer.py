@@ -180,6 +180,12 @@ class RewardModelScorer(Verifier):
             self.judge_token_id = token_ids[0]
             self.model = freeze(load_causal_lm(model_path, gguf_file, dtype))
 
+    @property
+    def scores_depend_on_the_batch(self) -> bool:
+        """``standardize`` scores each completion against its batch's others (``robust_score_batch`` then
+        never scores them one at a time, where each would be 0)."""
+        return self.transform == "standardize"
+
     def texts(self, prompts: Sequence[str], completions: Sequence[str]) -> list[str]:
         """What the model reads for each pair."""
         if self.kind == "classifier":

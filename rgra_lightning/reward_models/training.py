@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning import LightningDataModule, LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 from torchmetrics import MeanMetric, MetricCollection
@@ -57,10 +58,12 @@ def bradley_terry_loss(chosen: Tensor, rejected: Tensor) -> Tensor:
 
 def read_rows(path: Path, label_field: str, label_threshold: float) -> list[Row]:
     """The rows of a JSONL file, each checked and given ``kind`` (``outcome``/``preference``) and, for
-    outcome rows, a 0/1 ``label``. A bad row raises ``DatasetError`` naming the file, line and field."""
+    outcome rows, a 0/1 ``label``. A bad row raises ``DatasetError`` naming the file, line and field.
+    Outcome rows whose verifier check failed (``rgra label``'s non-null ``error``: a timeout, a worker that
+    died) are skipped with a warning: their 0 reward says nothing about the completion."""
     if not path.is_file():
         raise DatasetError(f"reward data file {path} does not exist (label completions with rgra label)")
-    rows = []
+    rows, unverified = [], 0
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -80,6 +83,9 @@ def read_rows(path: Path, label_field: str, label_threshold: float) -> list[Row]
                 continue
             if not isinstance(row.get("completion"), str):
                 raise DatasetError(f"{where}: a row needs 'completion' (outcome) or 'chosen' and 'rejected'")
+            if row.get("error") is not None:
+                unverified += 1
+                continue
             value = row.get(label_field)
             if not isinstance(value, (bool, int, float)) or not math.isfinite(value):
                 raise DatasetError(
@@ -87,6 +93,11 @@ def read_rows(path: Path, label_field: str, label_threshold: float) -> list[Row]
                     f"got {value!r}"
                 )
             rows.append({**row, "kind": "outcome", "label": float(float(value) > label_threshold)})
+    if unverified:
+        rank_zero_warn(
+            f"{path}: skipped {unverified} rows whose verifier check failed (field 'error' set): their "
+            "label is unknown"
+        )
     if not rows:
         raise DatasetError(f"reward data file {path} has no rows")
     return rows

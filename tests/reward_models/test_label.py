@@ -43,6 +43,10 @@ def test_preference_pairs_match_best_with_worst_within_each_group():
     pairs = preference_pairs(rows)
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [("a", "b"), ("c", "d")]
     assert all(p["prompt"] == "p" and p["chosen_reward"] > p["rejected_reward"] for p in pairs)
+    # A completion the verifier could not check (reward 0, error set) is no rejected side
+    unchecked = {"group": 0, "prompt": "p", "completion": "e", "reward": 0.0, "error": "timed out"}
+    pairs = preference_pairs([*rows, unchecked])
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("a", "b"), ("c", "d")]
 
 
 def test_label_command_writes_rows_and_pairs(small_config, tmp_path, capsys):

@@ -18,7 +18,7 @@ from rgra_lightning.reward_models.scorer import (
     pair_text,
     transform_scores,
 )
-from rgra_lightning.scoring import reward_components
+from rgra_lightning.scoring import reward_components, robust_score_batch
 from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise, scalar_tags
 from tests.reward_models.conftest import save_classifier, verifier_plus_reward_model
 from tests.tiny_models import llama3_style_tokenizer
@@ -224,3 +224,29 @@ def test_a_pair_that_starts_with_the_bos_token_gets_no_second_one():
     assert rows[1] == tokenizer("plain 4")["input_ids"] and rows[1].count(bos) == 1
     assert rows[2] == tokenizer("x " * 50)["input_ids"][-16:]
     assert bool(encoded["attention_mask"][:, -1].all())  # every row ends in the last column
+
+
+def test_a_standardizing_scorer_that_fails_on_a_batch_is_not_scored_one_at_a_time(
+    classifier_dir, monkeypatch
+):
+    """Standardized alone, every completion would score 0 with no error: an out-of-memory batch would train
+    on flat rewards. The batch fails as a whole instead, and a batch of such failures stops the run in one
+    line naming the error; other transforms are still scored one at a time."""
+    prompts, completions = ["1+2=", "-7*5=", "2*2="], ["\\boxed{3}", "\\boxed{-35}", "\\boxed{5}"]
+    raw_scores = RewardModelScorer.raw_scores
+
+    def out_of_memory_above_one(scorer, prompts, completions):
+        if len(prompts) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return raw_scores(scorer, prompts, completions)
+
+    monkeypatch.setattr(RewardModelScorer, "raw_scores", out_of_memory_above_one)
+    standardize = RewardModelScorer(str(classifier_dir), transform="standardize", max_length=64)
+    assert standardize.scores_depend_on_the_batch
+    with pytest.raises(ConfigError, match=r"RewardModelScorer failed on all 3 .*CUDA out of memory"):
+        robust_score_batch(standardize, completions, ["3", "-35", "4"], prompts)
+    sigmoid = RewardModelScorer(str(classifier_dir), max_length=64)
+    assert not sigmoid.scores_depend_on_the_batch
+    with pytest.warns(UserWarning, match="scoring one at a time"):
+        scores = robust_score_batch(sigmoid, completions, ["3", "-35", "4"], prompts)
+    assert all(0 < score.reward < 1 and score.error is None for score in scores)

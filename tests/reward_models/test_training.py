@@ -217,6 +217,17 @@ def test_reward_rows_are_checked_with_file_and_line(tmp_path):
         read_rows(tmp_path / "missing.jsonl", "correct", 0.5)
 
 
+def test_rows_whose_verifier_check_failed_are_not_trained_as_wrong(tmp_path):
+    """rgra label writes a completion the verifier could not check (a timeout) with reward 0, correct false
+    and the error: as a training row it would be a wrong completion whatever it says."""
+    good = {"prompt": "1+1=", "completion": "\\boxed{2}", "correct": True, "error": None}
+    timed_out = {**good, "correct": False, "error": "timed out after 5 s"}
+    path = write_jsonl(tmp_path / "rows.jsonl", [good, timed_out, {**good, "correct": False}])
+    with pytest.warns(UserWarning, match=r"rows.jsonl: skipped 1 rows whose verifier check failed"):
+        rows = read_rows(path, "correct", 0.5)
+    assert [row["label"] for row in rows] == [1.0, 0.0] and all(row["error"] is None for row in rows)
+
+
 def test_held_out_split_never_shares_a_prompt():
     rows = sign_rows(40)
     train, val = split_by_prompt(rows, 0.25, seed=0)
