@@ -298,7 +298,10 @@ def token_logprobs(
         values, entropy = head_token_logprobs(inputs, head.weight, targets, temperature, chunk, with_entropy)
         token_logp = _place(values, real, False, width)
         return token_logp, None if entropy is None else _place(entropy, real, False, width)
-    checkpointed = torch.is_grad_enabled() and inputs.requires_grad and len(inputs) > chunk
+    # Recompute each chunk in backward when anything before the log-softmax trains: the hidden states, or
+    # the head itself (LoRA on ``lm_head`` alone leaves the hidden states without gradient).
+    head_trains = head is not None and any(p.requires_grad for p in head.parameters())
+    checkpointed = torch.is_grad_enabled() and (inputs.requires_grad or head_trains) and len(inputs) > chunk
     values, entropies = [], []
     for piece, target in zip(inputs.split(chunk), targets.split(chunk), strict=True):
         store: list[Tensor] | None = [] if with_entropy else None

@@ -3,6 +3,7 @@ full-vocabulary computation (chunked log-softmax, trimmed padding) and its memor
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from transformers import (
@@ -269,6 +270,28 @@ def test_no_fp32_vocabulary_tensor_exceeds_one_chunk_and_none_is_kept_for_backwa
             assert 0 < recorder.largest <= chunk * vocabulary and not recorder.saved
         else:
             assert recorder.largest >= rows * tokens * vocabulary and recorder.saved
+
+
+def test_adapters_on_the_head_alone_keep_no_vocabulary_wide_tensor_for_backward():
+    """LoRA on ``lm_head`` only: the hidden states need no gradient, yet the head's adapters do, so the
+    chunks are still recomputed in the backward pass rather than each chunk's logits kept (2.25 times the
+    fp32 logits of every token were kept)."""
+    vocabulary, rows, tokens, chunk = 4096, 8, 48, 16
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=vocabulary, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = get_peft_model(Qwen2ForCausalLM(config), LoraConfig(r=4, target_modules=["lm_head"]))
+    ids = torch.randint(2, vocabulary, (rows, 4 + tokens))
+    mask = torch.ones_like(ids)
+    rollout = Rollout(ids, mask, mask[:, 4:], 4, [""] * rows)
+    recorder = VocabularyTensors(vocabulary, model)
+    with recorder, torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda tensor: tensor):
+        logp, _ = token_logprobs(model, rollout, chunk_tokens=chunk)
+        logp.sum().backward()
+    assert 0 < recorder.largest <= chunk * vocabulary and not recorder.saved
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
 
 
 def test_token_budget_micro_batches_sort_rows_by_length_and_fit_the_budget():
