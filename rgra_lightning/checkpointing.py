@@ -325,7 +325,8 @@ def _held_lock(path: str, handle: int) -> str:
 
 class ContinuedLog(Callback):
     """Makes a resumed fit write on into the TensorBoard directory its run logged into, as one run with one
-    set of curves, instead of a new ``version_N/`` whose steps overlap the old one's.
+    set of curves, instead of a new ``version_N/`` whose steps overlap the old one's; and flushes the
+    loggers before each checkpoint is written.
 
     Each checkpoint records the directory of the fit's ``TensorBoardLogger`` (``checkpoint["log"]``: its
     root and version); ``continue_from`` (the CLI calls it before Lightning starts a resumed fit) points the
@@ -336,6 +337,11 @@ class ContinuedLog(Callback):
     """
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        # What the run logged so far reaches the disk before the checkpoint does: a kill after the
+        # checkpoint cannot lose its update's points, which the resumed run (logging from the next
+        # update on) would not write again.
+        for logger in trainer.loggers:
+            logger.save()
         logger = _tensorboard_logger(trainer)
         if logger is not None:
             checkpoint["log"] = {"root_dir": os.path.realpath(logger.root_dir), "version": logger.version}

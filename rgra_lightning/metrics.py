@@ -81,28 +81,22 @@ def log_training_metrics(
     """Log a training step's ``metrics`` (reduced over ranks) at x = the optimizer updates so far; return
     them as floats.
 
-    Only ``step`` (the x value) and the progress-bar metrics go through ``LightningModule.log``, so the
-    progress bar and callbacks (``trainer.callback_metrics``) see them; the others are written straight to
-    the trainer's loggers, on the steps where Lightning writes its own (``trainer.log_every_n_steps``).
+    All of them are written straight to the trainer's loggers, on the steps where Lightning writes its own
+    (``trainer.log_every_n_steps``), during the training step: before the step's checkpoint, which flushes
+    them (``ContinuedLog``), so a checkpointed update's points are on disk whatever kills the run after it.
+    ``step`` and the progress-bar metrics also go through ``LightningModule.log`` (not to the loggers), so
+    the progress bar and callbacks (``trainer.callback_metrics``: a checkpoint's ``monitor``) see them.
     ``LightningModule.log`` costs ~0.25 ms of bookkeeping per key and step (a ``_ResultMetric.to`` walk per
     call): for 25 keys, about 6 ms of a 108 ms step of the tiny CPU policy. Callbacks read all of them from
     the module's ``latest_metrics``.
     """
     step = module.global_step
     values = {name: float(value) for name, value in metrics.items()}
-    module.log_dict(
-        {name: metrics[name] for name in PROGRESS_BAR if name in metrics},
-        prog_bar=True,
-        on_step=True,
-        on_epoch=False,
-        batch_size=batch_size,
-    )
-    # Lightning takes a logged ``step`` as the x value of the other metrics; without it, the x axis
-    # would count rollout batches while checkpoints, samples and ``max_steps`` count updates.
-    module.log("step", float(step), on_step=True, on_epoch=False, batch_size=batch_size)
+    shown = {name: metrics[name] for name in PROGRESS_BAR if name in metrics}
+    module.log_dict(shown, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=batch_size)
+    module.log("step", float(step), logger=False, on_step=True, on_epoch=False, batch_size=batch_size)
     trainer = module.trainer
     if trainer.loggers and trainer._logger_connector.should_update_logs:  # Lightning's own rule
-        others = {name: value for name, value in values.items() if name not in PROGRESS_BAR}
-        for logger in trainer.loggers:
-            logger.log_metrics(others, step=step)
+        for logger in trainer.loggers:  # x = updates, as checkpoints, samples and ``max_steps`` count
+            logger.log_metrics(values, step=step)
     return values

@@ -37,7 +37,7 @@ from rgra_lightning.checkpointing import (
 from rgra_lightning.cli import main
 from rgra_lightning.errors import RUN_REFUSED, ConfigError
 from rgra_lightning.models import load_causal_lm
-from tests.conftest import FAST, ROOT, one_line_error, scalars_by_step
+from tests.conftest import FAST, ROOT, one_line_error, scalar_tags, scalars_by_step
 from tests.test_update import nan_loss_on_updates
 
 
@@ -313,6 +313,26 @@ def test_a_second_ctrl_c_stops_at_once_unsaved(small_config, tmp_path, caplog):
     assert f"interrupted after update 3; the last checkpoint is {last} (update 2)" in caplog.text
 
 
+def test_a_checkpointed_updates_points_are_on_disk_before_its_checkpoint(small_config, tmp_path, monkeypatch):
+    """Whatever kills the run after a checkpoint is written, its update's metrics are in the TensorBoard
+    file already: the resumed run logs from the next update on and would never write them again."""
+    training = ("train/", "time/")  # the update's own metrics (a validation comes after its checkpoint)
+    on_disk, save = {}, AtomicCheckpointIO.save_checkpoint
+
+    def recording(io, checkpoint, path, storage_options=None):
+        step = checkpoint["global_step"]
+        tags = [tag for tag in scalar_tags(tmp_path / "runs") if tag.startswith(training)]
+        on_disk[step] = {tag for tag in tags if step in scalars_by_step(tmp_path / "runs", tag)}
+        return save(io, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recording)
+    config = small_config("rgra", **FAST, **{"trainer.max_steps": 4})
+    main(["fit", "--config", str(config)])
+    final = {tag for tag in scalar_tags(tmp_path / "runs") if tag.startswith(training)}
+    assert {"train/reward", "train/accuracy", "train/loss", "time/step_s"} <= final
+    assert sorted(on_disk) == [2, 4] and all(tags == final for tags in on_disk.values())
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(small_config, tmp_path):
     """A real ``kill -9`` of ``python -m rgra_lightning fit`` after its update-4 checkpoint, then
@@ -329,13 +349,11 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(small_config, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    # Kill once update 4 is checkpointed and its reward flushed (the next step has started).
+    # Kill as soon as update 4 is checkpointed: its points are on disk before its checkpoint is.
     checkpoint = tmp_path / "killed" / "checkpoints" / "epoch=0-step=4.ckpt"
     deadline = time.monotonic() + 300
-    while process.poll() is None and time.monotonic() < deadline:
-        if checkpoint.exists() and 4 in scalars_by_step(tmp_path / "killed" / "runs", "train/reward"):
-            break
-        time.sleep(0.1)
+    while process.poll() is None and time.monotonic() < deadline and not checkpoint.exists():
+        time.sleep(0.02)
     assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
