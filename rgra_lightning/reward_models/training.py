@@ -60,7 +60,8 @@ def read_rows(path: Path, label_field: str, label_threshold: float) -> list[Row]
     """The rows of a JSONL file, each checked and given ``kind`` (``outcome``/``preference``) and, for
     outcome rows, a 0/1 ``label``. A bad row raises ``DatasetError`` naming the file, line and field.
     Outcome rows whose verifier check failed (``rgra label``'s non-null ``error``: a timeout, a worker that
-    died) are skipped with a warning: their 0 reward says nothing about the completion."""
+    died, the verifier's parser raising on the answer) are skipped with a warning: their 0 reward is no
+    verdict on the completion."""
     if not path.is_file():
         raise DatasetError(f"reward data file {path} does not exist (label completions with rgra label)")
     rows, unverified = [], 0
