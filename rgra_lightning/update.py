@@ -49,14 +49,18 @@ class UpdateStats:
 
 
 def follow_learning_rate(scheduler: LRScheduler, learning_rate: float) -> None:
-    """Make ``scheduler`` and its optimizer schedule from ``learning_rate`` (``model.learning_rate``), at
-    the point of the schedule they are at. A resumed fit restores the learning rates of the checkpoint's
-    optimizer and scheduler states, the old ones where the resume changed ``model.learning_rate``; a fit
-    with the same one is left as it is."""
-    if all(base == learning_rate for base in scheduler.base_lrs):
-        return
-    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
-        group["lr"] = learning_rate * (group["lr"] / base)
+    """Make ``scheduler`` and its optimizer schedule from ``learning_rate`` (``model.learning_rate``) with
+    the schedule as configured now, at the point of it they are at. A resumed fit restores the learning
+    rates of the checkpoint's optimizer and scheduler states: the old peak where the resume changed
+    ``model.learning_rate``, and the old schedule's value where it changed the schedule (``max_steps``,
+    ``warmup_steps``, ``lr_schedule``), which the first update would otherwise run at (0 at the end of a
+    linear decay that a longer ``max_steps`` extends). Without a change the rates are those already set."""
+    factors = getattr(scheduler, "lr_lambdas", None)  # a LambdaLR's: the schedule as configured now
+    for index, group in enumerate(scheduler.optimizer.param_groups):
+        if factors is None:  # another scheduler: only a changed peak can be followed
+            group["lr"] = learning_rate * (group["lr"] / scheduler.base_lrs[index])
+        else:
+            group["lr"] = learning_rate * factors[index](scheduler.last_epoch)  # as LambdaLR sets it
         group["initial_lr"] = learning_rate
     scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]  # get_last_lr's
