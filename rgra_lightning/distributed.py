@@ -14,6 +14,7 @@ no collective inside the decoding loop, so ranks may stop decoding at different 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sys
@@ -200,6 +201,22 @@ def with_distributed_sampler(loader: DataLoader, distributed_sampler_kwargs: dic
 
 
 _stopped_by = signal.SIGTERM  # the signal that stopped the latest fit (``AgreedStop``)
+
+
+def separate_rank_streams(world_size: int, rank: int) -> None:
+    """Reseed torch's generators (the CPU's and every CUDA device's) of process ``rank`` of ``world_size``
+    from the run's seed and the rank; nothing with one process.
+
+    Lightning seeds every process with the same seed (``seed_everything``'s ``PL_GLOBAL_SEED``; unseeded,
+    torch starts every process at the same constant), so each rank drew the same random numbers for its
+    samples: the completions of different prompts on different ranks were coupled (each still sampled
+    from its own distribution), a less diverse global batch. vLLM's per-request seeds take a row per rank
+    of one draw, so they stay apart either way."""
+    if world_size == 1:
+        return
+    seed = os.environ.get("PL_GLOBAL_SEED", str(torch.initial_seed()))
+    digest = hashlib.sha256(f"{seed}/{rank}".encode()).digest()
+    torch.manual_seed(int.from_bytes(digest[:8], "little") >> 1)  # below 2**63, as manual_seed takes
 
 
 def stop_status() -> int:

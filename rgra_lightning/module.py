@@ -24,7 +24,13 @@ from torch import Tensor
 
 from rewards import MathVerifier, Verifier
 from rgra_lightning.checkpointing import reloaded_state_keys, require_same_run
-from rgra_lightning.distributed import ShardingConfig, is_sharded, reduce_across_ranks, shard_model
+from rgra_lightning.distributed import (
+    ShardingConfig,
+    is_sharded,
+    reduce_across_ranks,
+    separate_rank_streams,
+    shard_model,
+)
 from rgra_lightning.errors import ConfigError, require_valid
 from rgra_lightning.evaluation import (
     EvaluationConfig,
@@ -235,13 +241,16 @@ class RLModule(LightningModule):
         """Load the frozen reference copy for ``fit`` only: evaluation and prediction never need it. It is
         here before Lightning moves the module to its device, shards it and restores a checkpoint. On CPU,
         let the C library reuse freed tensor memory (``host_memory``). Unset stop strings take the data
-        module's (``use_stop_strings_of``)."""
+        module's (``use_stop_strings_of``), and with several processes each gets its own random streams
+        (``separate_rank_streams``)."""
         if self._trainer is not None and self.trainer.strategy.root_device.type == "cpu":
             keep_freed_host_memory()
         hp = self.hparams
         if stage == "fit" and self.reference is None and self.loss_config.needs_reference and hp.lora is None:
             self.reference = freeze(load_causal_lm(hp.model_path, hp.gguf_file, hp.dtype))
         self.use_stop_strings_of(getattr(self._trainer, "datamodule", None))
+        if self._trainer is not None:  # after every rank-identical draw; a resume restores per-rank states
+            separate_rank_streams(self.trainer.world_size, self.trainer.global_rank)
 
     def use_stop_strings_of(self, datamodule: LightningDataModule | None) -> None:
         """Unset ``sampling.stop_strings`` become ``datamodule``'s (``PromptDataModule.stop_strings``; none

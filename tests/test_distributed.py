@@ -41,12 +41,14 @@ from torch.nn.functional import pad
 from torch.utils.data import DataLoader, DistributedSampler
 
 from rgra_lightning import RLModule, cli
+from rgra_lightning import module as module_file
 from rgra_lightning.distributed import (
     ShardingConfig,
     counted_on_rank,
     decoder_layers,
     reduce_across_ranks,
     reduce_gathered,
+    separate_rank_streams,
     shard_model,
     with_distributed_sampler,
 )
@@ -57,7 +59,7 @@ from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.rehearsal import scalars
 from rgra_lightning.rollout import HFEngine, Rollout, SamplingConfig
 from rgra_lightning.rollout.vllm import vllm_weights
-from tests.conftest import ROOT, TINY_POLICY, assert_close_normwise
+from tests.conftest import FAST, ROOT, TINY_POLICY, assert_close_normwise
 from tests.conftest import sample as sample_rollout
 from tests.reward_models.conftest import save_classifier, verifier_plus_reward_model
 from tests.tiny_models import tiny_policy
@@ -654,3 +656,29 @@ def test_a_two_process_fsdp2_predict_writes_and_returns_each_problem_once_as_one
 
 if __name__ == "__main__":
     run_cli(sys.argv[1:])
+
+
+def test_each_process_samples_from_its_own_random_streams(monkeypatch):
+    """Lightning seeds every rank alike: each now reseeds from the run's seed and its rank, the same each
+    time, and a single process keeps its streams as seeded."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")
+
+    def draws(world_size: int, rank: int) -> Tensor:
+        torch.manual_seed(5)
+        separate_rank_streams(world_size, rank)
+        return torch.rand(4)
+
+    first, second = draws(2, 0), draws(2, 1)
+    assert not torch.equal(first, second) and torch.equal(draws(2, 0), first)
+    torch.manual_seed(5)
+    as_seeded = torch.rand(4)
+    assert torch.equal(draws(1, 0), as_seeded)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "6")  # another run's seed: other streams on every rank
+    assert not torch.equal(draws(2, 0), first)
+
+
+def test_the_module_separates_the_rank_streams_as_it_is_set_up(small_config, monkeypatch):
+    calls = []
+    monkeypatch.setattr(module_file, "separate_rank_streams", lambda *args: calls.append(args))
+    cli.main(["fit", "--config", str(small_config("rgra", **FAST, **{"trainer.max_steps": 1}))])
+    assert calls == [(1, 0)]
