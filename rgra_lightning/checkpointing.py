@@ -622,10 +622,6 @@ class ExactResume(Callback):
         if self._loader is not None:
             self._loader.trained_batches += 1
         self._batch_start_rng = rng_states()
-        # Flush the previous step's metrics: Lightning logs them after the checkpoint of that step, so
-        # a run killed later would otherwise lose log lines that its checkpoint does not replay.
-        for logger in trainer.loggers:
-            logger.save()
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         # Lightning calls the checkpoint callbacks' hooks after this one's: their saves see the batch done
