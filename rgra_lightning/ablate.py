@@ -7,7 +7,7 @@ A study config (YAML) names the base config, the presets, the seeds and override
     name: paper                       # results go to <results_dir>/<name>/
     base_config: configs/rgra.yaml    # any fit config, or a list of configs composed in order
     presets: [grpo, rgra]             # loss presets configs/loss/<preset>.yaml, or paths to YAML files
-    seeds: [0, 1, 2]                  # seed_everything of each run (sampling randomness), each once
+    seeds: [0, 1, 2]                  # seed_everything of each run (sampling, LoRA's init), each once
     overrides: {model: {init_args: {num_iterations: 2}}}   # applied after the base and the preset
     results_dir: results
     reference: rgra                   # optional: summary.md compares every preset with it (default: first)
@@ -26,7 +26,8 @@ TensorBoard files the fit wrote (written whole or not at all; one that holds no 
 its run is not finished).
 Interrupted (Ctrl-C, SIGTERM), the study stops the running fit with SIGTERM, on which it saves the
 update it is at, and says so. Rerunning the study skips finished runs and resumes an interrupted one from
-its last checkpoint, once ``stale_runs`` found each such run made with the config the study gives it
+its last checkpoint (one stopped before its first starts afresh, its event files moved aside:
+``set_aside_tensorboard``), once ``stale_runs`` found each such run made with the config the study gives it
 now: a study changed since (its overrides, a base config, a preset file) with the same ``name`` stops
 with nothing run rather than reuse runs of other settings. Afterwards ``summary.md`` and
 ``val_accuracy.png`` are written from the fits' TensorBoard event files (``ablation_summary``).
@@ -38,6 +39,7 @@ import contextlib
 import copy
 import difflib
 import io
+import itertools
 import json
 import os
 import re
@@ -78,6 +80,7 @@ from rgra_lightning.errors import CONFIG_REFUSED, RUN_REFUSED, TRAINING_DIVERGED
 PROGRESS_EVERY_S = 60.0  # how often a running fit's progress is printed
 STOP_TIMEOUT_S = 600.0  # how long an interrupted study waits for the running fit to save its state and exit
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"  # in a run directory; an unfinished run resumes from it
+MAX_SEED = 2**32 - 1  # seed_everything's (numpy's) largest seed; the smallest is 0
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,11 @@ def load_study(path: Path) -> Study:
     seeds = raw["seeds"]
     if not (isinstance(seeds, list) and seeds and all(is_integer(seed) for seed in seeds)):
         raise ConfigError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
+    out_of_range = [seed for seed in seeds if not 0 <= seed <= MAX_SEED]
+    if out_of_range:  # else every fit would fail in seed_everything, after the study's checks passed
+        raise ConfigError(
+            f"{path}: seed {out_of_range[0]} is out of range: seeds must be from 0 to {MAX_SEED} (2**32 - 1)"
+        )
     repeated = [seed for n, seed in enumerate(seeds) if seed in seeds[:n]]
     if repeated:
         raise ConfigError(
@@ -216,10 +224,11 @@ def preset_path(preset: str) -> Path:
 
 def run_config(study: Study, preset: str, seed: int) -> dict[str, Any]:
     """The run's own config layer (``run.yaml``), composed after the base config and the preset: the study
-    overrides, the seed, and the run's paths. The callbacks are the base's (with the overrides') with
-    their directories moved into the run directory, as a list given later replaces the earlier one."""
+    overrides, the seed, and the run's paths. The callbacks are those the base configs, the preset and the
+    overrides compose to (a preset file may set its own) with their directories moved into the run
+    directory, as a list given later replaces the earlier one."""
     run_dir = study.run_dir(preset, seed)
-    base = compose(study.base_configs)
+    base = compose([*study.base_configs, preset_path(preset)])
     callbacks = copy.deepcopy(merge(base, study.overrides).get("trainer", {}).get("callbacks") or [])
     for callback in callbacks:
         init_args = callback.setdefault("init_args", {})
@@ -358,6 +367,8 @@ def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str,
     resumed = last.is_file()
     if resumed:
         command += ["--ckpt_path", str(last)]
+    else:
+        set_aside_tensorboard(run_dir, prefix)
     config = run_settings(study, preset, layer)
     # What this fit runs with, for ``stale_runs`` to compare a resume with: the run.yaml alone would be
     # composed over the base configs and preset of that later day.
@@ -393,6 +404,26 @@ def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str,
     if returncode == 0:
         write_done(run_dir, record)
     return record
+
+
+def set_aside_tensorboard(run_dir: Path, prefix: str) -> None:
+    """Rename the event files of an earlier attempt of a run started afresh (one that failed or was stopped
+    before its first checkpoint) to ``tensorboard.stale-<time>/``, saying so in one line: ``done.json``
+    records every event file in ``tensorboard/``, so the attempt's points, maybe of other settings, would
+    count in the new run's curve. A resumed run keeps them: its fit purges their points after the
+    checkpoint's step itself (``checkpointing``'s ``purge_step``)."""
+    if not event_files(run_dir):
+        return
+    tensorboard = run_dir / "tensorboard"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    names = (f"tensorboard.stale-{stamp}{f'-{n}' if n > 1 else ''}" for n in itertools.count(1))
+    stale = next(run_dir / name for name in names if not (run_dir / name).exists())  # 2 in a second: -2
+    tensorboard.rename(stale)
+    print(
+        f"{prefix}: moved {tensorboard} to {stale}: an earlier attempt's, which saved no checkpoint to "
+        "resume from; its points would count in this run's curve",
+        flush=True,
+    )
 
 
 def write_done(run_dir: Path, record: dict[str, Any]) -> None:
@@ -493,6 +524,18 @@ EXIT_MEANINGS = {  # ``rgra fit``'s exit statuses (``errors``), as a failed run'
     KILLED: "stopped by SIGTERM",
     128 + signal.SIGINT: "stopped by Ctrl-C",
 }
+
+
+def exit_meaning(code: int) -> str | None:
+    """What a fit's exit status says (``EXIT_MEANINGS``), or None where it says nothing more; a negative
+    one is ``subprocess``'s for a fit killed by a signal (``-9``: ``killed by SIGKILL``, as the kernel's
+    out-of-memory killer does)."""
+    if code >= 0:
+        return EXIT_MEANINGS.get(code)
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:  # a real-time signal, which has no name
+        return f"killed by signal {-code}"
 
 
 def parse_only_cli() -> type:
@@ -622,9 +665,10 @@ def run_study(study: Study) -> int:
         else:
             failed += 1
             code = record["returncode"]
-            meaning = f": {EXIT_MEANINGS[code]}" if code in EXIT_MEANINGS else ""
+            meaning = exit_meaning(code)
             tail = (run_dir / "log.txt").read_text().strip().splitlines()[-5:]
-            print(f"{prefix}: FAILED (exit {code}{meaning}); last lines:", *tail, sep="\n  ", flush=True)
+            status = f"exit {code}: {meaning}" if meaning else f"exit {code}"
+            print(f"{prefix}: FAILED ({status}); last lines:", *tail, sep="\n  ", flush=True)
     summary = summarise(study)
     print(f"summary: {summary}" + (f" ({failed} run(s) failed; rerun to retry them)" if failed else ""))
     return failed
@@ -638,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
   name         required: the study's name; its results go to <results_dir>/<name>/
   base_config  required: a fit config, or a list of configs composed in order
   presets      required: loss presets, names of configs/loss/<preset>.yaml or paths to YAML files
-  seeds        required: a list of integers; each preset runs once with each seed
+  seeds        required: a list of integers from 0 to 2**32 - 1; each preset runs once with each seed
   overrides    config keys applied after the base and the preset, as in a fit config,
                e.g. {trainer: {max_steps: 80}}
   results_dir  where the studies' results go (default: results)
@@ -655,7 +699,16 @@ one. docs/ablations.md describes the study, its runs, their exit statuses and th
     )
     args = parser.parse_args(argv)
     try:
-        study = load_study(args.config)
+        return check_and_run(args.config, args.summary_only)
+    except KeyboardInterrupt:  # no traceback: run_study said where the running fit stopped; else none ran
+        return 128 + signal.SIGINT  # as a shell reports a process stopped by Ctrl-C
+
+
+def check_and_run(config: Path, summary_only: bool) -> int:
+    """``rgra ablate``'s work once its arguments are parsed: check the study (``load_study``, ``stale_runs``,
+    ``parser_refusals``), then run it or only summarise it; the exit status."""
+    try:
+        study = load_study(config)
         stale, unrecorded = stale_runs(study)  # before parser_refusals rewrites a run.yaml
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -666,10 +719,10 @@ one. docs/ablations.md describes the study, its runs, their exit statuses and th
         print(*stale, sep="\n", file=sys.stderr)
         return 2
     exit_on_termination()  # a killed study: fit_reporting stops the running fit too
-    if args.summary_only:
+    if summary_only:
         print(f"summary: {summarise(study)}")
         return 0
-    refusals = parser_refusals(study, args.config)
+    refusals = parser_refusals(study, config)
     if refusals:
         print(
             *refusals,
@@ -678,10 +731,7 @@ one. docs/ablations.md describes the study, its runs, their exit statuses and th
             file=sys.stderr,
         )
         return 2
-    try:
-        return 1 if run_study(study) else 0
-    except KeyboardInterrupt:  # said in one line by run_study, not as a traceback
-        return 128 + signal.SIGINT  # as a shell reports a process stopped by Ctrl-C
+    return 1 if run_study(study) else 0
 
 
 if __name__ == "__main__":

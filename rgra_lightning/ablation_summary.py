@@ -7,7 +7,9 @@ band).
 from __future__ import annotations
 
 import json
+import math
 import statistics
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,13 +70,24 @@ def curve_metrics(curve: list[tuple[int, float]]) -> dict[str, float]:
     absent with ``validate_before_training: false``), and of the validations after training started (the
     initial one excluded, so that "best" is a trained policy's): ``final``, ``best`` and ``mean`` (the
     area under the learning curve per step: it rewards learning early, where ``final`` may saturate). A
-    metric without a validation to take it from is left out."""
-    initial = [value for step, value in curve if step == 0]
-    trained = [value for step, value in curve if step > 0]
+    metric without a validation to take it from is left out. Non-finite points are left out too: one NaN
+    would make the run's mean NaN, and with it the preset's cells and their t-tests."""
+    finite = [(step, value) for step, value in curve if math.isfinite(value)]
+    initial = [value for step, value in finite if step == 0]
+    trained = [value for step, value in finite if step > 0]
     metrics = {"initial": initial[-1]} if initial else {}
     if trained:
         metrics |= {"final": trained[-1], "best": max(trained), "mean": statistics.fmean(trained)}
     return metrics
+
+
+def speed_cell(speeds: list[float], seeds: int) -> str:
+    """The mean steps per second of a preset's runs that have one, with `` (n=k)`` where only k of the
+    study's ``seeds`` runs do, as the other cells say it: a resumed run has none (its wall time is its last
+    attempt's only), so a mean over fewer runs would otherwise read as every seed's."""
+    if not speeds:
+        return "n/a"
+    return f"{statistics.fmean(speeds):.2f}" + (f" (n={len(speeds)})" if len(speeds) < seeds else "")
 
 
 def difference(values: list[float], reference: list[float]) -> str:
@@ -96,7 +109,7 @@ def welch_significant(delta: float, a: tuple[float, int], b: tuple[float, int]) 
     critical value (``t_critical``) at the Welch-Satterthwaite degrees of freedom. ``a`` and ``b``: each
     mean's squared standard error (sample variance / n, in the values' units squared) and its n (>= 2).
     Never where the standard error is 0 (every run of both presets alike): there is no spread to judge the
-    difference by."""
+    difference by; nor where a value is NaN (``t_critical``)."""
     (var_a, n_a), (var_b, n_b) = a, b
     squared_se = var_a + var_b
     if squared_se == 0:
@@ -108,10 +121,13 @@ def welch_significant(delta: float, a: tuple[float, int], b: tuple[float, int]) 
 def t_critical(df: float) -> float:
     """Student's t two-sided 5 % critical value at ``df`` (>= 1) degrees of freedom, Welch's fractional
     ones included: the value at the tabulated df at or below ``df`` (``T_CRITICAL_5``), which is at least
-    the exact one, so that a fractional df errs towards no mark rather than being interpolated."""
+    the exact one, so that a fractional df errs towards no mark rather than being interpolated. Infinite
+    where no tabulated df is at or below it (a NaN df, from a NaN value): nothing can exceed it, so such a
+    difference is not marked."""
     # 1e-9: an integral df computed in floating point (4 for two presets of 3 runs with equal spread) can
     # come out a hair below itself, which would drop it to the next lower df.
-    return T_CRITICAL_5[max(tabulated for tabulated in T_CRITICAL_5 if tabulated <= df + 1e-9)]
+    below = [tabulated for tabulated in T_CRITICAL_5 if tabulated <= df + 1e-9]
+    return T_CRITICAL_5[max(below)] if below else math.inf
 
 
 def json_record(path: Path) -> dict[str, Any] | None:
@@ -134,11 +150,23 @@ def finished_record(run_dir: Path) -> dict[str, Any] | None:
 def finished_curve(run_dir: Path) -> tuple[list[tuple[int, float]], dict[str, Any]]:
     """A finished run's validation curve, from the event files its fit wrote (``done.json``'s
     ``event_files``; every one for a ``done.json`` written before they were recorded), and its record;
-    an empty curve and record for a run not finished (``finished_record``)."""
+    an empty curve and record for a run not finished (``finished_record``). A recorded file that no longer
+    exists (deleted or moved by hand) is left out with a ``warning: ...`` line naming it, rather than
+    end the summary of a whole study in TensorBoard's NotFoundError."""
     record = finished_record(run_dir)
     if record is None:
         return [], {}
-    return read_curve(run_dir, files=record.get("event_files")), record
+    files = record.get("event_files")
+    if files is not None:
+        missing = [name for name in files if not (run_dir / "tensorboard" / name).is_file()]
+        if missing:
+            print(
+                f"warning: {run_dir / 'done.json'} names event files that no longer exist, left out of the "
+                f"run's curve: {', '.join(str(run_dir / 'tensorboard' / name) for name in missing)}",
+                file=sys.stderr,
+            )
+        files = [name for name in files if name not in missing]
+    return read_curve(run_dir, files=files), record
 
 
 def summarise(study: Study) -> Path:
@@ -162,7 +190,7 @@ def summarise(study: Study) -> Path:
     rows = []
     for label in labels:
         runs = metrics.get(label, {})
-        speed = f"{statistics.fmean(speeds[label]):.2f}" if label in speeds else "n/a"
+        speed = speed_cell(speeds.get(label, []), len(study.seeds))
         cells = " | ".join(mean_std(runs.get(name, []), len(study.seeds)) for name in names)
         rows.append(f"| {label} | {len(curves.get(label, []))}/{len(study.seeds)} | {cells} | {speed} |")
     plot = plot_curves(curves, study.root / "val_accuracy.png", study.name)
@@ -177,7 +205,7 @@ def summarise(study: Study) -> Path:
         "mean = their mean (area under the learning curve: higher means it learned earlier). Cells: mean "
         "+- sample std over the seeds' runs, a single run's value alone; (n=k): only k of the "
         f"{len(study.seeds)} seeds' runs have it. steps/s = optimizer updates per second of wall time of "
-        "the whole fit (model loading and validation included).",
+        "the whole fit (model loading and validation included), the mean over the runs not resumed.",
         "",
         "| preset | seeds done | initial | final | best | mean over run | steps/s |",
         "|---|---|---|---|---|---|---|",

@@ -87,6 +87,33 @@ def test_study_overrides_apply_on_top_of_the_preset_loss(study_file):
     assert loss["beta"] == 0.005 and loss["policy_term"] == "clipped_ratio"
 
 
+def test_a_presets_own_callbacks_are_kept_with_the_runs_directories(study_file, tmp_path):
+    """A preset file that sets ``trainer.callbacks`` (checkpoints every update, no sample logger): the
+    run's ``run.yaml``, composed last, gave the base's list, which replaced the preset's."""
+    base = yaml.safe_load((ROOT / "configs" / "rgra.yaml").read_text())["trainer"]["callbacks"]
+    callbacks = [
+        {
+            "class_path": "rgra_lightning.checkpointing.PeriodicModelCheckpoint",
+            "init_args": {"save_last": True},
+        },
+        *(callback for callback in base if callback["class_path"].endswith(("ExactResume", "HuggingFace"))),
+    ]
+    preset = tmp_path / "every-update.yaml"
+    preset.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    study = ablate.load_study(study_file(presets=[str(preset)]))
+    config = composed(study, str(preset), 0)
+    run_dir = study.run_dir(str(preset), 0)
+    assert [callback["class_path"] for callback in config["trainer"]["callbacks"]] == [
+        "rgra_lightning.checkpointing.PeriodicModelCheckpoint",
+        "rgra_lightning.checkpointing.ExactResume",
+        "rgra_lightning.callbacks.ExportHuggingFace",
+    ]
+    checkpoint, _, export = config["trainer"]["callbacks"]
+    assert checkpoint["init_args"]["dirpath"] == str(run_dir / "checkpoints")
+    assert checkpoint["init_args"]["every_n_train_steps"] is None  # the base's 2 is not merged in
+    assert export["init_args"]["output_dir"] == str(run_dir / "hf_model")
+
+
 def test_a_base_of_several_configs_is_composed_in_order(study_file, small_config, tmp_path):
     """``base_config`` as a list (a paper config and a model preset over it): each run's command gives the
     files in order, and what the later one sets wins, in the run's config and in its checkpoint callbacks."""
@@ -114,6 +141,9 @@ def test_a_base_of_several_configs_is_composed_in_order(study_file, small_config
         ({"seeds": 3}, "seeds must be a non-empty list of integers, got 3"),
         ({"seeds": [True]}, "seeds must be a non-empty list of integers, got [True]"),  # YAML's true
         ({"seeds": [0, "1"]}, "seeds must be a non-empty list of integers, got [0, '1']"),
+        # seed_everything's range: every fit would fail after the study's checks passed
+        ({"seeds": [0, 2**32]}, "seed 4294967296 is out of range: seeds must be from 0 to 4294967295"),
+        ({"seeds": [-1]}, "seed -1 is out of range: seeds must be from 0 to 4294967295 (2**32 - 1)"),
         (
             {"seeds": [0, 1, 0]},
             "seed 0 is listed twice: remove one (its run would count twice in the summary)",
@@ -395,6 +425,7 @@ def test_failed_run_is_reported_and_not_marked_done(study_file, capsys):
     [
         (3, "training diverged"),  # NaN/inf training depends on the seed
         (4, "this run's directory or checkpoint refused"),  # that run's own state: it was exit 2
+        (-9, "killed by SIGKILL"),  # subprocess's status of a fit the out-of-memory killer ended
     ],
 )
 def test_a_failure_of_one_run_alone_does_not_skip_the_presets_other_seeds(
@@ -518,6 +549,86 @@ def test_the_summary_reads_only_the_event_files_of_the_runs_fit(study_file, monk
     del done["event_files"]  # written before they were recorded: every file is read, as before
     (run_dir / "done.json").write_text(json.dumps(done))
     assert row.format("0.250", "0.500", "0.375") in summarise(study).read_text()
+
+
+def test_a_run_started_afresh_sets_an_earlier_attempts_event_files_aside(study_file, monkeypatch, capsys):
+    """An attempt that failed before its first checkpoint, with another config, logged a validation at a
+    step the rerun does not reach again: done.json recorded its event file with the rerun's, and its point
+    counted in the rerun's curve, mean and best. A resumed run keeps its files."""
+    study = ablate.load_study(study_file(presets=["rgra"], seeds=[0]))
+    run_dir = study.run_dir("rgra", 0)
+    write_validations(run_dir, {0: 0.9, 2: 1.0})  # the failed attempt
+    [old] = event_files(run_dir)
+    monkeypatch.setattr(ablate, "fit_reporting", lambda *_: write_validations(run_dir, {0: 0.9, 4: 0.5}) or 0)
+    record = ablate.run_one(study, "rgra", 0, "[1/1] rgra seed 0")
+    [stale] = run_dir.glob("tensorboard.stale-*")
+    assert [path.name for path in stale.iterdir()] == [old] and old not in record["event_files"]
+    assert (record["final_val_accuracy"], record["best_val_accuracy"]) == (0.5, 0.5)
+    assert capsys.readouterr().out == (
+        f"[1/1] rgra seed 0: moved {run_dir / 'tensorboard'} to {stale}: an earlier attempt's, which saved "
+        "no checkpoint to resume from; its points would count in this run's curve\n"
+    )
+    assert "| rgra | 1/1 | 0.900 | 0.500 | 0.500 | 0.500 |" in summarise(study).read_text()
+
+    (run_dir / "done.json").unlink()
+    (run_dir / "checkpoints").mkdir()
+    torch.save({"state_dict": {}, "global_step": 4}, run_dir / "checkpoints" / "last.ckpt")
+    files = event_files(run_dir)
+    assert set(files) < set(ablate.run_one(study, "rgra", 0)["event_files"])  # resumed: the fit's, kept
+    assert len(list(run_dir.glob("tensorboard.stale-*"))) == 1
+
+
+def test_an_event_file_done_json_names_that_is_gone_is_left_out_with_a_warning(study_file, fake_fits, capsys):
+    """A recorded event file deleted by hand: the summary, after the whole study or with --summary_only,
+    ended in TensorBoard's NotFoundError traceback. Its run's other files still count."""
+    path = study_file(presets=["rgra"], seeds=[0])
+    study = ablate.load_study(path)
+    run_dir = study.run_dir("rgra", 0)
+    write_validations(run_dir, {0: 0.25})
+    [kept] = event_files(run_dir)
+    write_validations(run_dir, {4: 0.75})
+    [gone] = set(event_files(run_dir)) - {kept}
+    config = ablate.run_settings(study, "rgra", ablate.run_config(study, "rgra", 0))  # as the study's
+    ablate.write_done(run_dir, {"event_files": [kept, gone], "config": config})
+    (run_dir / "tensorboard" / gone).unlink()
+    assert ablate.main(["--config", str(path), "--summary_only"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {run_dir / 'done.json'} names event files that no longer exist, left out of the run's "
+        f"curve: {run_dir / 'tensorboard' / gone}"
+    ]
+    assert "| rgra | 1/1 | 0.250 | n/a | n/a | n/a |" in (study.root / "summary.md").read_text()
+
+
+def test_the_steps_per_second_say_how_many_runs_they_are_of(study_file):
+    """A resumed run has no steps/s (its wall time is its last attempt's): the mean over the others says
+    how many it is of, as the other cells do, rather than read as every seed's."""
+    study = ablate.load_study(study_file(presets=["rgra", "raft"], seeds=[0, 1, 2]))
+    for preset, speeds in (("rgra", [1.0, None, 2.0]), ("raft", [1.0, 1.5, 2.0])):
+        for seed, speed in enumerate(speeds):
+            run_dir = study.run_dir(preset, seed)
+            write_validations(run_dir, {0: 0.25, 4: 0.5})
+            ablate.write_done(run_dir, {"event_files": event_files(run_dir), "steps_per_s": speed})
+    summary = summarise(study).read_text()
+    cells = "| 3/3 | 0.250 +- 0.000 | 0.500 +- 0.000 | 0.500 +- 0.000 | 0.500 +- 0.000 |"
+    assert f"| rgra {cells} 1.50 (n=2) |" in summary and f"| raft {cells} 1.50 |" in summary
+    assert "the mean over the runs not resumed" in summary
+
+
+@pytest.mark.parametrize("summary_only", [False, True])
+def test_a_ctrl_c_before_any_run_exits_130_without_a_traceback(study_file, monkeypatch, capsys, summary_only):
+    """Ctrl-C during the checks before the first run (the parser's, seconds per preset) or while
+    --summary_only reads the event files: exit status 130, as a Ctrl-C while a fit runs, not a traceback."""
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablate, "summarise" if summary_only else "parser_refusals", interrupted)
+    argv = ["--config", str(study_file(presets=["rgra"], seeds=[0]))]
+    try:
+        status = ablate.main(argv + ["--summary_only"] * summary_only)
+    except KeyboardInterrupt:  # else it would stop the whole test session, not fail this test
+        pytest.fail("the Ctrl-C came out of rgra ablate as a KeyboardInterrupt (a traceback)")
+    assert status == 130 and capsys.readouterr() == ("", "")
 
 
 def test_the_summary_says_how_many_runs_a_cell_has_and_what_best_is(study_file):

@@ -1,6 +1,7 @@
 """The ablation study's summary: per-run metrics of a validation curve, differences to the reference preset
 and the plot."""
 
+import math
 import warnings
 
 from rgra_lightning import ablation_summary
@@ -25,6 +26,27 @@ def test_the_initial_point_is_the_one_at_step_0_not_the_first():
         "mean": 0.625,
     }
     assert ablation_summary.curve_metrics([(0, 0.25)]) == {"initial": 0.25}
+
+
+def test_non_finite_validations_are_left_out_of_a_runs_metrics():
+    """One NaN validation made the run's best and mean NaN (max() keeps a NaN it starts with), and with
+    them the preset's cells; an infinite one was its best."""
+    curve = [(0, 0.25), (2, math.nan), (4, 0.5), (6, math.inf), (8, 0.75)]
+    assert ablation_summary.curve_metrics(curve) == {
+        "initial": 0.25,
+        "final": 0.75,
+        "best": 0.75,
+        "mean": 0.625,
+    }
+    assert ablation_summary.curve_metrics([(0, math.nan), (2, -math.inf)]) == {}
+
+
+def test_a_nan_value_is_not_marked_and_does_not_crash_the_t_test():
+    """A NaN variance makes the Welch df NaN, for which no tabulated df is at or below it: ``max() arg is
+    an empty sequence``. Nothing exceeds the infinite critical value it now has."""
+    assert ablation_summary.t_critical(math.nan) == math.inf
+    assert not ablation_summary.welch_significant(0.3, (math.nan, 3), (0.01 / 3, 3))
+    assert ablation_summary.difference([0.8, math.nan, 1.0], [0.5, 0.6, 0.7]) == "+nan (nan)"
 
 
 def test_the_difference_section_names_the_seed_count_or_why_there_is_nothing_to_compare():
