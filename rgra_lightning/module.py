@@ -144,7 +144,8 @@ class RLModule(LightningModule):
             without LoRA): the same gradients for less memory and about one more forward of compute.
             Not a setting of the run: a checkpoint resumes with it switched either way.
         learning_rate: AdamW peak learning rate.
-        weight_decay: AdamW weight decay.
+        weight_decay: AdamW weight decay (default 0, TRL's), on every trainable parameter alike: biases,
+            norm weights and both LoRA matrices too, where Hugging Face's Trainer exempts biases and norms.
         warmup_steps: linear learning-rate warm-up, in optimizer updates.
         lr_schedule: after warm-up, ``constant``, or ``linear`` / ``cosine`` decay to 0 at
             ``trainer.max_steps`` (``linear`` is TRL's default, Hugging Face ``TrainingArguments``'s).
