@@ -261,13 +261,18 @@ def completion_ends(
     ``lengths`` were generated; None: all T): its first stop token, or the token that completes the first
     stop string in the text decoded from token ``stops.skip`` on (special tokens removed), whichever comes
     first; None for a row with neither (cut at the length limit)."""
-    stop_ids, stop_strings, skip = set(stops.token_ids), stops.strings, stops.skip
+    stop_strings, skip = stops.strings, stops.skip
+    is_stop = torch.isin(completion_ids, torch.tensor(stops.token_ids, device=completion_ids.device))
+    if lengths is not None:
+        columns = torch.arange(completion_ids.shape[1], device=completion_ids.device)
+        is_stop &= columns < torch.tensor(lengths, device=completion_ids.device).unsqueeze(1)
+    first, found = is_stop.int().argmax(dim=1).tolist(), is_stop.any(dim=1).tolist()
+    ends: list[int | None] = [index if stopped else None for index, stopped in zip(first, found, strict=True)]
+    if not stop_strings:
+        return ends
     rows = completion_ids.tolist()
     if lengths is not None:
         rows = [row[:n] for row, n in zip(rows, lengths, strict=True)]
-    ends: list[int | None] = [next((i for i, t in enumerate(row) if t in stop_ids), None) for row in rows]
-    if not stop_strings:
-        return ends
     limits = [len(row) if end is None else end for row, end in zip(rows, ends, strict=True)]
 
     def decode(row: list[int], stop: int) -> str:
