@@ -216,6 +216,23 @@ class RLCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse, with a parser error as one line where it names one option. ``--print_config`` prints
+        while parsing and exits: the config is parsed without it first, so that a value the model's option
+        dataclasses refuse (``check_option_values``) is the same one-line error as when the run starts,
+        rather than printed as if it would run."""
+        arguments = sys.argv[1:] if args is None else args
+        printing = isinstance(arguments, list) and [
+            argument for argument in arguments if str(argument).split("=", 1)[0] == "--print_config"
+        ]
+        if printing:
+            self._parse(parser, [argument for argument in arguments if argument not in printing])
+            subcommand = self.config.get("subcommand")
+            model = (self.config[subcommand] if subcommand else self.config).get("model")
+            if isinstance(model, Namespace) and model.get("class_path"):
+                check_option_values(model)
+        self._parse(parser, args)
+
+    def _parse(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         captured = io.StringIO()
         try:
             with contextlib.redirect_stderr(captured):

@@ -516,3 +516,16 @@ def test_option_values_of_a_class_whose_annotations_do_not_resolve_are_left_to_i
     loss = Namespace(beta=-1.0)
     with pytest.raises(ConfigError, match="model.loss.beta must be >= 0, got -1.0"):
         check_option_values(Namespace(class_path="rgra_lightning.RLModule", init_args=Namespace(loss=loss)))
+
+
+@pytest.mark.parametrize("printing", ["--print_config", "--print_config=skip_null"])
+def test_print_config_refuses_what_the_run_would_refuse(printing, capsys):
+    """--print_config printed a config with sampling.top_p: 0 as if it would run; the run then stopped on
+    it. Now it stops on it too, in the same line, and a good config still prints."""
+    config = str(ROOT / "configs" / "rgra.yaml")
+    assert one_line_error(["fit", "--config", config, "--model.sampling.top_p=0", printing], capsys) == (
+        "error: model.sampling.top_p must be in (0, 1], got 0.0"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", config, printing])
+    assert exit_info.value.code in (0, None) and "top_p: 1.0" in capsys.readouterr().out
