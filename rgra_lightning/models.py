@@ -262,7 +262,16 @@ def _load_model(
 def clear_quantization(model: PreTrainedModel) -> PreTrainedModel:
     """Drop the GGUF quantizer marks of a de-quantised model, so it saves, trains and wraps (LoRA) as a
     plain model: its weights are already ordinary tensors, but transformers refuses to save a model
-    that still says it is quantised."""
+    that still says it is quantised. A ``ConfigError`` where some are not (transformers keeps some
+    architectures' GGUF weights packed, as frozen integer tensors, when a kernel for them is installed):
+    those layers would neither train nor export, without an error."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    packed = [name for name, tensor in tensors.items() if "weight" in name and not tensor.is_floating_point()]
+    if packed:
+        raise ConfigError(
+            f"the GGUF file loaded {len(packed)} weights still quantised ({packed[0]}, ...), which would "
+            "neither train nor export: load the model's Hugging Face checkpoint instead"
+        )
     model.hf_quantizer = None
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):

@@ -23,6 +23,7 @@ from rgra_lightning.models import (
     LoraConfig,
     ModelLoadError,
     add_lora,
+    clear_quantization,
     enable_activation_checkpointing,
     gguf_to_hf,
     hub_resolves,
@@ -325,3 +326,14 @@ def test_activation_checkpointing_recomputes_each_layer_and_leaves_the_gradients
     assert set(checkpointed) == set(plain)
     for name, grad in plain.items():
         assert_close_normwise(checkpointed[name], grad, rtol, name)
+
+
+def test_a_gguf_model_whose_weights_stayed_quantised_is_refused():
+    """transformers may keep some architectures' GGUF weights packed (integer tensors, frozen): such a
+    model would train only its other parameters and export nothing of those, with no error."""
+    model = load_causal_lm(str(TINY_POLICY))
+    assert clear_quantization(model) is model  # de-quantised weights: the marks are dropped
+    layer = model.model.layers[0].mlp.down_proj
+    layer.weight = torch.nn.Parameter(torch.zeros(layer.weight.shape, dtype=torch.uint8), requires_grad=False)
+    with pytest.raises(ConfigError, match=r"loaded 1 weights still quantised \(model.layers.0.mlp.down_proj"):
+        clear_quantization(model)
