@@ -71,7 +71,7 @@ def make_verifier(name: str, timeout: float, workers: int, warm_start: bool = Fa
     module_name, _, class_name = name.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name) if module_name else rewards, class_name)
-    except (ImportError, AttributeError) as error:
+    except (ImportError, AttributeError, TypeError) as error:  # TypeError: a relative module name
         raise ValueError(f"--verifier {name}: cannot load it ({error})") from None
     if not (isinstance(cls, type) and issubclass(cls, Verifier)):
         raise ValueError(f"--verifier {name}: not a Verifier class")

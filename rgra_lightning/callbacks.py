@@ -4,6 +4,7 @@ progress as plain lines for logs that are not a terminal."""
 from __future__ import annotations
 
 import html
+import math
 import os
 import sys
 import time
@@ -105,6 +106,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
+def _updates_to_make(trainer: Trainer, pl_module: LightningModule) -> int | float:
+    """The optimizer updates a fit makes in all: with automatic optimization Lightning's count (of
+    ``max_steps`` and ``max_epochs``); with RLModule's manual one, which makes ``num_iterations`` x
+    ``num_minibatches`` updates per training batch (Lightning counts one), ``max_steps`` or the updates of
+    ``max_epochs`` epochs, whichever are fewer (inf without either)."""
+    if pl_module.automatic_optimization:
+        return trainer.estimated_stepping_batches
+    updater = getattr(pl_module, "updater", None)  # another module's manual optimization: one a batch
+    per_batch = 1 if updater is None else updater.num_iterations * updater.num_minibatches
+    epochs = math.inf if trainer.max_epochs in (None, -1) else trainer.max_epochs
+    by_epochs = epochs * trainer.num_training_batches * per_batch
+    return by_epochs if trainer.max_steps == -1 else min(by_epochs, trainer.max_steps)
+
+
 class LineProgressBar(ProgressBar):
     """Progress as one plain line on stderr at most every ``every_s`` seconds and at the end of each stage,
     for logs read line by line (sbatch, nohup, ``| ts``), where a TQDM or Rich bar's ``\\r`` updates show
@@ -135,12 +150,15 @@ class LineProgressBar(ProgressBar):
             value = os.environ.get(PROGRESS_EVERY_ENV, str(PROGRESS_EVERY_S))
             try:
                 every_s = float(value)
-            except ValueError as error:
+            except ValueError:
+                every_s = math.nan  # refused below, as a number that is not one
+            # nan or inf would pass silently: no interval ever ends, only each stage's end line comes
+            if not 0 <= every_s < math.inf:
                 raise ConfigError(
-                    f"{PROGRESS_EVERY_ENV}={value}: give the seconds between progress lines"
-                ) from error
-        if every_s < 0:
-            raise ConfigError(f"LineProgressBar every_s must be >= 0, got {every_s}")
+                    f"{PROGRESS_EVERY_ENV}={value}: give the seconds between progress lines (finite, >= 0)"
+                )
+        elif not 0 <= every_s < math.inf:
+            raise ConfigError(f"LineProgressBar every_s must be finite and >= 0, got {every_s}")
         self.every_s = every_s
         self._enabled = True
         self._fit_start = self._eval_start = 0.0
@@ -162,10 +180,7 @@ class LineProgressBar(ProgressBar):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fit_start, self._first_step = time.monotonic(), trainer.global_step
-        # The updates to make: max_steps, or with automatic optimization Lightning's count from max_epochs
-        # (with manual optimization, RLModule's, a batch may make several updates).
-        automatic = pl_module.automatic_optimization
-        self._total_steps = trainer.estimated_stepping_batches if automatic else trainer.max_steps
+        self._total_steps = _updates_to_make(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
         if time.monotonic() - self._last_fit_line >= self.every_s:

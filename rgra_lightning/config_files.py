@@ -100,9 +100,14 @@ def read(path: str | Path) -> dict[str, Any]:
     one-line ``ConfigError`` starting ``PATH:LINE:COLUMN:`` where YAML says where; one that gives a key
     twice in one mapping, ``PATH:LINE:`` of the second."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start]
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{byte:02x} at offset {error.start}: {error.reason})"
+        ) from error
     try:
         layer = yaml.load(text, Loader=UniqueKeyLoader) or {}
     except DuplicateKeyError as error:
@@ -165,8 +170,8 @@ def key_at_line(path: str | Path, line: int) -> str | None:
 def _node_tree(path: str | Path) -> yaml.Node | None:
     """The YAML file ``path`` as nodes, which know their lines; None where it cannot be read or parsed."""
     try:
-        return yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
+        return yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
 
 

@@ -45,6 +45,29 @@ def test_a_fit_logging_to_a_file_prints_progress_lines(small_config, monkeypatch
         assert re.fullmatch(pattern, line), line
 
 
+def test_a_fit_bounded_by_max_epochs_counts_the_updates_they_make(small_config, monkeypatch, capsys):
+    """RLModule makes num_iterations x num_minibatches updates per batch (manual optimization, which
+    Lightning counts as one): a fit of max_epochs alone showed ``update 2/?`` and no ETA."""
+    monkeypatch.setenv("RGRA_PROGRESS_EVERY_S", "0")
+    settings = {"trainer.enable_progress_bar": True, "trainer.max_steps": -1, "trainer.max_epochs": 1}
+    data = {"data.init_args.train_size": 8, "model.init_args.num_minibatches": 2}  # 2 batches, 4 updates
+    main(["fit", "--config", str(small_config("rgra", **FAST, **settings, **data))])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fit:")]
+    assert [line.split(",")[0] for line in lines] == ["fit: update 2/4", "fit: update 4/4", "fit: update 4/4"]
+    assert [re.search(r"ETA \d+ s$", line) is not None for line in lines] == [True, True, False]  # end: none
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "soon"])
+def test_a_progress_interval_from_the_environment_that_is_no_finite_number_is_refused(monkeypatch, value):
+    """``nan`` was taken: no interval ever passed, and no line came but each stage's last."""
+    monkeypatch.setenv("RGRA_PROGRESS_EVERY_S", value)
+    with pytest.raises(ConfigError) as error:
+        LineProgressBar()
+    assert str(error.value) == (
+        f"RGRA_PROGRESS_EVERY_S={value}: give the seconds between progress lines (finite, >= 0)"
+    )
+
+
 @pytest.mark.parametrize(
     "terminal, settings, expected",
     [
@@ -68,9 +91,10 @@ def test_the_line_bar_replaces_only_lightnings_default_where_stderr_is_no_termin
     assert isinstance(cli.trainer.progress_bar_callback, expected)
 
 
-def test_the_interval_is_checked():
-    with pytest.raises(ConfigError, match="every_s must be >= 0"):
-        LineProgressBar(every_s=-1)
+@pytest.mark.parametrize("every_s", [-1.0, float("nan"), float("inf")])
+def test_the_interval_is_checked(every_s):
+    with pytest.raises(ConfigError, match=f"every_s must be finite and >= 0, got {every_s}"):
+        LineProgressBar(every_s=every_s)
 
 
 class Clock:
@@ -94,6 +118,8 @@ def bar_in(
         is_global_zero=True,
         global_step=0,
         max_steps=8,
+        max_epochs=-1,  # as Lightning sets it for max_steps alone
+        num_training_batches=4,
         state=SimpleNamespace(fn=fn),
         sanity_checking=False,
         num_val_batches=[1],
@@ -118,7 +144,8 @@ def test_validations_do_not_hold_back_the_fit_lines(monkeypatch, capsys):
     line came in 30 s intervals at all."""
     bar, clock = bar_in(monkeypatch)
     trainer = bar.trainer
-    bar.on_train_start(trainer, SimpleNamespace(automatic_optimization=False))
+    updater = SimpleNamespace(num_iterations=1, num_minibatches=1)
+    bar.on_train_start(trainer, SimpleNamespace(automatic_optimization=False, updater=updater))
     for update in range(1, 9):  # 10 s an update, a 1 s validation after every second
         clock.now += 10
         trainer.global_step = update

@@ -42,6 +42,21 @@ def test_a_file_that_is_not_a_mapping_is_one_line_naming_it(tmp_path, text, mess
     assert "\n" not in str(error.value)
 
 
+def test_a_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    """Latin-1 bytes gave a UnicodeDecodeError traceback from ``rgra fit --config`` (which reads each file
+    first: ``cli.check_config_files``) and ``rgra rehearse``."""
+    from rgra_lightning.cli import check_config_files
+
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model:\n  name: caf\u00e9\n".encode("latin-1"))
+    message = f"{path}: not UTF-8 text (byte 0xe9 at offset 18: invalid continuation byte)"
+    for read_it in (lambda: read(path), lambda: check_config_files(["--config", str(path)])):
+        with pytest.raises(ConfigError) as error:
+            read_it()
+        assert str(error.value) == message
+    assert key_line(path, "model") is None  # as for a file that does not parse
+
+
 def test_key_line_finds_an_option_through_init_args_and_its_value(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(

@@ -217,6 +217,18 @@ def test_a_config_the_rehearsal_cannot_run_is_one_line_with_status_2_before_any_
     )
 
 
+def test_a_config_that_is_not_utf8_is_one_line_with_status_2(tmp_path, capsys, monkeypatch):
+    """Latin-1 bytes gave a UnicodeDecodeError traceback."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model:\n  name: caf\u00e9\n".encode("latin-1"))
+    monkeypatch.setattr(rehearsal, "rehearse", lambda *args, **kwargs: pytest.fail("rehearsed"))
+    with pytest.raises(SystemExit) as exit_info:
+        rehearsal.main([str(path)])
+    assert exit_info.value.code == CONFIG_REFUSED
+    message = f"error: {path}: not UTF-8 text (byte 0xe9 at offset 18: invalid continuation byte)"
+    assert capsys.readouterr().err == f"{message} (rgra rehearse --help)\n"
+
+
 def test_every_gpu_run_passes_the_config_check():
     for run in rehearsal.default_runs():
         rehearsal.check_config(run)
@@ -270,6 +282,34 @@ def test_the_export_check_compares_with_the_base_in_the_dtype_it_was_trained_in(
     exported.save_pretrained(tmp_path / "hf_model")
     off = rehearsal.check_export(tmp_path / "hf_model", final, tmp_path / "model", lora, "bfloat16")
     assert not off.passed, off.detail
+
+
+def test_the_export_check_fails_a_lora_merge_done_in_bf16(tmp_path):
+    """Merged in bf16 (as peft merges into a bf16 base) most of a small adapter update rounds away; the
+    check bounded the error by bf16's own eps and passed such an export."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    base = LlamaForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.bfloat16)
+    rank, module = 4, "model.layers.0.self_attn.q_proj"
+    lora_a, lora_b = torch.randn(rank, 32) * 1e-3, torch.randn(32, rank) * 1e-3
+    prefix = f"policy.base_model.model.{module}"
+    final = {f"{prefix}.lora_A.default.weight": lora_a, f"{prefix}.lora_B.default.weight": lora_b}
+    with torch.no_grad():
+        base.get_submodule(module).weight += (2.0 * (lora_b @ lora_a)).to(torch.bfloat16)
+    base.save_pretrained(tmp_path / "hf_model")  # bf16 weights, merged in bf16
+
+    check = rehearsal.check_export(
+        tmp_path / "hf_model", final, tmp_path / "model", {"rank": rank, "alpha": 2 * rank}, "bfloat16"
+    )
+    assert not check.passed, check.detail
+    assert "the bfloat16 weights keep" in check.detail
 
 
 def test_a_killed_rehearsal_removes_its_temporary_runs(tmp_path):

@@ -127,6 +127,24 @@ def test_score_refuses_a_verifier_it_cannot_make_naming_those_it_can(cases, caps
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("..X", "the 'package' argument is required to perform a relative import for '.'"),
+        (
+            ".rewards.MathVerifier",
+            "the 'package' argument is required to perform a relative import for '.rewards'",
+        ),
+    ],
+)
+def test_score_refuses_a_verifier_name_it_cannot_load_in_one_line(cases, capsys, name, reason):
+    """A relative module name (``..X``) was a TypeError traceback."""
+    assert main(["score", str(cases), "--verifier", name]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"error: --verifier {name}: cannot load it ({reason})\n"
+
+
 @pytest.mark.parametrize("text", ["", "\n\n"])
 def test_score_refuses_a_file_without_rows(tmp_path, capsys, text):
     path = tmp_path / "empty.jsonl"
