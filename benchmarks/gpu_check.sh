@@ -16,7 +16,8 @@
 #         split; then with LoRA rank 128; then the HF engine's decoding paths on their own
 #         (benchmarks/rollout_speed.py: peft's forward, the fast decoder with the adapters, without them);
 #   vllm  VLLMEngine against TRL's colocated vLLM, the engine contract tests on real vLLM, and a 3-update
-#         fit with it and the TIS correction (vllm cannot be carried: far over 64 MiB; skipped without it);
+#         fit with it and the TIS correction (vllm cannot be carried: far over 64 MiB; skipped without it),
+#         with .whl/vllm/'s transformers 5.22.2 ahead of .whl's 5.24.0, which vLLM 0.34 does not allow;
 #   memory peak GPU memory of a step against model.micro_batch_size (Qwen2.5's vocabulary) at 512 and 64 tokens.
 # It prints (and writes to $OUT/gpu_check.log, else /tmp/gpu_check.log) each section's output and time.
 set -uo pipefail
@@ -24,11 +25,16 @@ cd "$(dirname "$0")/.."
 log=${OUT:-/tmp}/gpu_check.log
 : >"$log"
 deadline=${GPU_CHECK_SECONDS:-540}
+install() {  # a target folder, then wheels
+  local target=$1; shift
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$target" "$@"
+}
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl || exit 1
+  install /tmp/site .whl/*.whl || exit 1
+  if [ -d .whl/vllm ]; then install /tmp/site-vllm .whl/vllm/*.whl || exit 1; fi
 fi
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+vllm_path=$PWD:/tmp/site-vllm:/tmp/site  # for the vllm section: a transformers that vLLM 0.34 allows
 status=0
 parts=" ${*:-core paper speed vllm memory} "
 want() { [[ $parts == *" $1 "* ]]; }
@@ -77,19 +83,27 @@ if want speed; then
     --paths forward decoder plain
 fi
 if want vllm; then
-  if python3 -c "import vllm" 2>/dev/null; then
+  if [ -d /tmp/site/transformers ] && [ ! -d /tmp/site-vllm/transformers ]; then
+    echo "== vllm: skipped: .whl's transformers is newer than vLLM 0.34 allows and .whl/vllm/ is absent" \
+      "(bash benchmarks/gpu_wheels.sh)" | tee -a "$log"
+    status=1
+  elif versions=$(PYTHONPATH=$vllm_path python3 -c "import transformers, vllm
+print('vllm', vllm.__version__, 'transformers', transformers.__version__)" 2>&1 | tail -1); then
+    echo "== $versions" | tee -a "$log"
+    # --runs 1: each run is a fresh process that starts vLLM, and 2 x 2 may not fit the limit
     section 240 "throughput, Qwen2.5-0.5B shape + LoRA 128, vLLM colocated (ours and TRL's)" \
-      python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --random-init qwen2.5-0.5b --lora 128 \
-      --engine vllm --runs 2 --steps 4 --warmup 2 --tokens 64
-    section 240 "vLLM engine contract" python3 -m pytest -q -p no:cacheprovider \
+      env PYTHONPATH="$vllm_path" python3 benchmarks/throughput.py --device cuda --dtype bfloat16 \
+      --random-init qwen2.5-0.5b --lora 128 --engine vllm --runs 1 --steps 4 --warmup 2 --tokens 64
+    section 240 "vLLM engine contract" env PYTHONPATH="$vllm_path" python3 -m pytest -q -p no:cacheprovider \
       tests/rollout/test_engine_contract.py tests/rollout/test_vllm.py -k "vllm and not standin"
-    section 240 "default config, VLLMEngine, 3 updates" python3 -m rgra_lightning fit \
-      --config configs/rgra.yaml --trainer.accelerator=gpu --trainer.max_steps=3 --trainer.callbacks=[] \
-      --trainer.enable_checkpointing=false --model.validate_before_training=false --trainer.logger=false \
+    section 240 "default config, VLLMEngine, 3 updates" env PYTHONPATH="$vllm_path" \
+      python3 -m rgra_lightning fit --config configs/rgra.yaml --trainer.accelerator=gpu \
+      --trainer.max_steps=3 --trainer.callbacks=[] --trainer.enable_checkpointing=false \
+      --model.validate_before_training=false --trainer.logger=false \
       --model.rollout=rgra_lightning.rollout.VLLMEngine --model.rollout.gpu_memory_utilization=0.3 \
       --model.loss.sampler_correction_cap=2.0
   else
-    echo "== vllm is not installed in this image: VLLMEngine not checked" | tee -a "$log"
+    echo "== vllm does not import in this image ($versions): VLLMEngine not checked" | tee -a "$log"
   fi
 fi
 if want memory; then

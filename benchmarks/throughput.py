@@ -16,12 +16,20 @@ TRL's default gradient checkpointing is switched off because ours is off by defa
 local HF directory. ``--lora RANK`` trains LoRA adapters instead of the whole model in both (alpha = 2 x
 rank, every linear layer but the head, no dropout; ours ``model.lora``, TRL's ``peft_config``), and both
 take the KL reference from the same weights with the adapters disabled. ``--engine vllm`` (CUDA and vllm
-only) samples with vLLM colocated in the training process in both: ours ``model.rollout`` ``VLLMEngine``,
-TRL's ``use_vllm=True, vllm_mode="colocate"``, each with 0.3 of the GPU's memory (both defaults).
-Each run is a fresh subprocess; runs alternate (ours, TRL, ours, ...). A step's time is the wall time
-between consecutive step ends after ``--warmup`` steps, so it includes data loading and every per-step
-overhead of each trainer. For ours the per-step split (generation / verification / update) comes from the
-module's ``time/*`` metrics. TRL is a benchmark-only dependency: ``pip install -e '.[bench]'``.
+only) samples with vLLM colocated in the training process in both, set explicitly to the same work
+(``our_rollout``, ``our_loss``, ``trl_vllm_options``): ours ``model.rollout`` ``VLLMEngine``, TRL's
+``use_vllm=True, vllm_mode="colocate"``; each vLLM gets 0.3 of the GPU's memory (``gpu_memory_utilization``,
+``vllm_gpu_memory_utilization``); neither sleeps between steps (ours ``sleep_level=None``, TRL's
+``vllm_enable_sleep_mode=False``, its default; ours defaults to level 2); neither corrects for the sampler
+(ours ``sampler_correction_cap=None``, its default; TRL's ``vllm_importance_sampling_correction=False``,
+whose default True adds a no-grad forward for the old log-probs each step); both push the policy's weights
+into vLLM before each step's rollout.
+Each run is a fresh subprocess; runs alternate (ours, TRL, ours, ...), and each pair's ratio is printed
+when its TRL run ends, so a comparison cut short by a time limit still reports its finished pairs. A step's
+time is the wall time between consecutive step ends after ``--warmup`` steps, so it includes data loading
+and every per-step overhead of each trainer. For ours the per-step split (generation / verification /
+update) comes from the module's ``time/*`` metrics. TRL is a benchmark-only dependency: ``pip install -e
+'.[bench]'``.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ GROUP = 8
 BETA = 0.04
 LEARNING_RATE = 1e-4
 PHASES = ("generation_s", "verification_s", "update_s")
+VLLM_MEMORY = 0.3  # the share of the GPU's memory each trainer's vLLM takes (both defaults)
 # Real architectures, randomly initialised (``--random-init``): the published configs' dimensions.
 ARCHITECTURES = {
     "qwen2.5-0.5b": {
@@ -117,6 +126,39 @@ def trained(model) -> int:
     return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
 
 
+def our_rollout(engine: str):
+    """Our rollout engine; vLLM's never sleeps between steps, as TRL's does not (``trl_vllm_options``)."""
+    from rgra_lightning.rollout import HFEngine, VLLMEngine
+
+    if engine == "vllm":
+        return VLLMEngine(gpu_memory_utilization=VLLM_MEMORY, sleep_level=None)
+    return HFEngine()
+
+
+def our_loss():
+    """GRPO's clipped ratio with TRL's defaults, and no sampler correction (``trl_vllm_options``)."""
+    from rgra_lightning.losses import LossConfig
+
+    return LossConfig(
+        policy_term="clipped_ratio",
+        beta=BETA,
+        kl_estimator="k3",
+        aggregation="token_mean",
+        sampler_correction_cap=None,
+    )
+
+
+def trl_vllm_options(engine: str) -> dict:
+    """TRL's vLLM options, set to do what ours does (``our_rollout``, ``our_loss``)."""
+    return {
+        "use_vllm": engine == "vllm",
+        "vllm_mode": "colocate",
+        "vllm_gpu_memory_utilization": VLLM_MEMORY,
+        "vllm_enable_sleep_mode": False,
+        "vllm_importance_sampling_correction": False,
+    }
+
+
 def run_ours(
     model_path: str, steps: int, tokens: int, device: str, dtype: str, lora: int = 0, engine: str = "hf"
 ) -> dict:
@@ -126,9 +168,8 @@ def run_ours(
 
     from rgra_lightning import RLModule
     from rgra_lightning.data.base import collate
-    from rgra_lightning.losses import LossConfig
     from rgra_lightning.models import LoraConfig
-    from rgra_lightning.rollout import HFEngine, SamplingConfig
+    from rgra_lightning.rollout import SamplingConfig
 
     class StepClock(Callback):
         def __init__(self) -> None:
@@ -143,18 +184,12 @@ def run_ours(
             metrics = pl_module.latest_metrics
             self.phases.append({name: metrics[f"time/{name}"] for name in PHASES})
 
-    if engine == "vllm":
-        from rgra_lightning.rollout import VLLMEngine
-
-        rollout = VLLMEngine()
-    else:
-        rollout = HFEngine()
     module = RLModule(
         model_path=model_path,
         dtype=weights_dtype(dtype, lora),
         lora=LoraConfig(rank=lora, alpha=2.0 * lora) if lora else None,
-        rollout=rollout,
-        loss=LossConfig(policy_term="clipped_ratio", beta=BETA, kl_estimator="k3", aggregation="token_mean"),
+        rollout=our_rollout(engine),
+        loss=our_loss(),
         sampling=SamplingConfig(num_generations=GROUP, max_new_tokens=tokens, min_new_tokens=tokens),
         learning_rate=LEARNING_RATE,
         validate_before_training=False,
@@ -221,8 +256,7 @@ def run_trl(
             max_completion_length=tokens,
             # the same option under vLLM's name when it samples
             generation_kwargs={"min_tokens" if engine == "vllm" else "min_new_tokens": tokens},
-            use_vllm=engine == "vllm",
-            vllm_mode="colocate",
+            **trl_vllm_options(engine),
             temperature=1.0,
             top_p=1.0,
             beta=BETA,
@@ -354,6 +388,9 @@ def compare(args: argparse.Namespace) -> None:
             medians[which].append(statistics.median(result["step_s"]))
             trained[which] = result["trained"]
             print(f"run {run + 1}/{args.runs} {which:>4}: {medians[which][-1]:.3f} s/step", flush=True)
+            if which == "trl":
+                pair = medians["ours"][-1] / medians["trl"][-1]
+                print(f"run {run + 1}/{args.runs} pair: ours / TRL {pair:.2f}", flush=True)
             if which == "ours":  # per step, so a rare slow verification does not skew the typical split
                 phase_fractions += [
                     {name: phases[name] / step for name in PHASES}

@@ -145,3 +145,64 @@ def test_throughput_benchmark_trains_float32_weights_under_bfloat16_compute():
     assert weights_dtype("bfloat16", lora=0) == "float32"
     assert weights_dtype("bfloat16", lora=16) == "bfloat16"
     assert weights_dtype("float32", lora=0) == weights_dtype("float32", lora=16) == "float32"
+
+
+def test_throughput_benchmark_gives_both_trainers_the_same_vllm_work(tmp_path):
+    """``--engine vllm``: neither trainer puts vLLM to sleep between steps nor corrects for the sampler (TRL
+    1.16's default correction adds a no-grad forward each step), and both give vLLM the same share of the
+    GPU; TRL's config takes every option by that name."""
+    from benchmarks.throughput import our_loss, our_rollout, trl_vllm_options
+
+    ours, theirs = our_rollout("vllm"), trl_vllm_options("vllm")
+    assert ours.sleep_level is None and theirs["vllm_enable_sleep_mode"] is False
+    assert our_loss().sampler_correction_cap is None
+    assert theirs["vllm_importance_sampling_correction"] is False
+    assert ours.gpu_memory_utilization == theirs["vllm_gpu_memory_utilization"]
+    assert theirs["use_vllm"] and not trl_vllm_options("hf")["use_vllm"]
+    trl = pytest.importorskip("trl", reason="the benchmark's TRL side needs pip install -e '.[bench]'")
+    config = trl.GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **theirs)
+    assert all(getattr(config, name) == value for name, value in theirs.items())
+
+
+def test_peak_memory_on_cuda_is_the_peak_since_training_started_less_what_was_allocated_then(monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from peak_memory import StepMemory
+
+    allocator = {"allocated": 300, "peak": 900}  # the peak of loading, before the step
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: allocator.update(peak=300))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: allocator["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: allocator["peak"])
+    memory = StepMemory("cuda")
+    memory.start()
+    allocator["peak"] = 700  # the step's peak, below loading's
+    assert memory.read() == 400 and memory.gap == 0
+
+
+def test_peak_memory_on_cpu_reads_low_by_at_most_the_printed_gap():
+    """ru_maxrss cannot be reset: a step peaking above every earlier peak is measured in full, one peaking
+    below an earlier transient reads low, by no more than ``gap``. (Run from a small intermediate process:
+    a process's ru_maxrss starts at its parent's peak, here pytest's.)"""
+    script = """
+import sys
+sys.path.insert(0, "benchmarks")
+import numpy as np
+from peak_memory import StepMemory
+size = 200 * 2**20
+for before in (0, 2 * size):  # a transient of twice the step's size before the start, or none
+    np.ones(before, dtype=np.uint8)
+    memory = StepMemory("cpu")
+    memory.start()
+    np.ones(size, dtype=np.uint8)
+    print(memory.read(), memory.gap)
+"""
+    launch = "import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-c', sys.argv[1]]))"
+    done = subprocess.run(
+        [sys.executable, "-c", launch, script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (clean, clean_gap), (after_transient, gap) = [map(int, line.split()) for line in done.stdout.splitlines()]
+    size = 200 * 2**20
+    assert 0.95 * size <= clean <= 1.1 * size and clean_gap < 0.05 * size
+    assert after_transient < 0.5 * size and after_transient + gap >= 0.95 * size
