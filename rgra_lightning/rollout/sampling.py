@@ -34,8 +34,8 @@ class SamplingConfig:
         stop_strings: texts that end a completion (as vLLM's ``stop``): the completion's tokens run to the
             token that completes the first one found, which stays in the trained tokens, and its text (what
             is scored) ends before it. None: the data module's: a plain prompt template's label before
-            ``{question}`` when it ends in a colon (``Question:`` for the presets' ``Question: {question}\n
-            Answer:``, where lm-evaluation-harness stops GSM8K), else none (chat prompts end at their EOS
+            ``{question}`` when it ends in a colon (``Question:`` with the GSM8K and MATH-500 presets'
+            template, where lm-evaluation-harness stops GSM8K), else none (chat prompts end at their EOS
             token). ``[]``: none. They are looked for after the first ``min_new_tokens`` tokens, as vLLM does.
         prompt_overflow: what to do with a prompt longer than the model's context window minus
             ``max_new_tokens``: ``truncate`` keeps its last tokens (with a warning, counted in
