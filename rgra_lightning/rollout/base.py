@@ -316,11 +316,9 @@ def assemble_rollout(
     stop_strings, skip = stops.strings, stops.skip
     width = completion_ids.shape[1]
     generated = [width] * len(ends) if lengths is None else lengths
-    kept = torch.tensor(
-        [n if end is None else end + 1 for n, end in zip(generated, ends, strict=True)],
-        device=completion_ids.device,
-    )
-    mask = (torch.arange(width, device=completion_ids.device) < kept.unsqueeze(1)).long()
+    kept = [n if end is None else end + 1 for n, end in zip(generated, ends, strict=True)]  # tokens per row
+    columns = torch.arange(width, device=completion_ids.device)
+    mask = (columns < torch.tensor(kept, device=completion_ids.device).unsqueeze(1)).long()
     completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
     rows = completion_ids.tolist()
     stop_ids = set(stops.token_ids)
@@ -329,7 +327,7 @@ def assemble_rollout(
     texts = tokenizer.batch_decode(
         [
             row[: n - 1] if n and row[n - 1] in stop_ids else row[:n]
-            for row, n in zip(rows, kept.tolist(), strict=True)
+            for row, n in zip(rows, kept, strict=True)
         ],
         skip_special_tokens=True,
     )
