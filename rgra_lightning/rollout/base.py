@@ -262,7 +262,8 @@ def completion_ends(
     stop string in the text decoded from token ``stops.skip`` on (special tokens removed), whichever comes
     first; None for a row with neither (cut at the length limit)."""
     stop_strings, skip = stops.strings, stops.skip
-    is_stop = torch.isin(completion_ids, torch.tensor(stops.token_ids, device=completion_ids.device))
+    stop_ids = torch.tensor(stops.token_ids, dtype=torch.long, device=completion_ids.device)
+    is_stop = torch.isin(completion_ids, stop_ids)
     if lengths is not None:
         columns = torch.arange(completion_ids.shape[1], device=completion_ids.device)
         is_stop &= columns < torch.tensor(lengths, device=completion_ids.device).unsqueeze(1)

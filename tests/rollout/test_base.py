@@ -62,6 +62,7 @@ def test_prompt_overflow_option_is_validated(small_config, capsys):
 def test_a_completion_ends_at_its_first_eos():
     ids = torch.tensor([[5, 6, 1, 7, 0], [1, 0, 0, 0, 0], [5, 5, 5, 5, 5]])
     assert completion_ends(None, ids, Stops((1,))) == [2, 0, None]  # no stop strings: no text needed
+    assert completion_ends(None, ids, Stops(())) == [None, None, None]  # a model without any EOS id
 
 
 def test_rollout_groups_samples_prompt_major():
