@@ -114,7 +114,7 @@ def _updates_to_make(trainer: Trainer, pl_module: LightningModule) -> int | floa
     if pl_module.automatic_optimization:
         return trainer.estimated_stepping_batches
     updater = getattr(pl_module, "updater", None)  # another module's manual optimization: one a batch
-    per_batch = 1 if updater is None else updater.num_iterations * updater.num_minibatches
+    per_batch = 1 if updater is None else updater.updates_per_batch
     epochs = math.inf if trainer.max_epochs in (None, -1) else trainer.max_epochs
     by_epochs = epochs * trainer.num_training_batches * per_batch
     return by_epochs if trainer.max_steps == -1 else min(by_epochs, trainer.max_steps)

@@ -120,11 +120,15 @@ class PolicyUpdate:
         self.consecutive_nonfinite = 0
 
     @property
+    def updates_per_batch(self) -> int:
+        """Optimizer updates per rollout batch: mu x mini-batches (``trainer.max_steps`` counts updates)."""
+        return self.num_iterations * self.num_minibatches
+
+    @property
     def stores_old_logprobs(self) -> bool:
         """pi_old is needed only when a ratio (or the sampler correction) is used *and* the policy changes
         before the last update; otherwise the detached current log-probs are pi_old's."""
-        several_updates = self.num_iterations > 1 or self.num_minibatches > 1
-        return self.loss.needs_old_logprobs and several_updates
+        return self.loss.needs_old_logprobs and self.updates_per_batch > 1
 
     def check_rollout_size(self, batch_size: int, num_generations: int) -> None:
         """Raise a ``ConfigError`` unless a rollout batch splits into ``num_minibatches`` equal parts."""
@@ -137,7 +141,7 @@ class PolicyUpdate:
     def check_max_steps(self, max_steps: int) -> None:
         """Raise a ``ConfigError`` unless ``max_steps`` (optimizer updates; -1: no limit) is a whole number
         of rollout batches: Lightning stops between batches only, so it would run past it."""
-        updates = self.num_iterations * self.num_minibatches
+        updates = self.updates_per_batch
         if max_steps > 0 and max_steps % updates:
             below, above = max_steps // updates * updates, -(-max_steps // updates) * updates
             raise ConfigError(

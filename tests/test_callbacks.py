@@ -144,7 +144,7 @@ def test_validations_do_not_hold_back_the_fit_lines(monkeypatch, capsys):
     line came in 30 s intervals at all."""
     bar, clock = bar_in(monkeypatch)
     trainer = bar.trainer
-    updater = SimpleNamespace(num_iterations=1, num_minibatches=1)
+    updater = SimpleNamespace(updates_per_batch=1)
     bar.on_train_start(trainer, SimpleNamespace(automatic_optimization=False, updater=updater))
     for update in range(1, 9):  # 10 s an update, a 1 s validation after every second
         clock.now += 10
