@@ -16,7 +16,7 @@ Other models return their logits (in their own dtype), and the fp32 part runs ch
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -328,17 +328,11 @@ def _place(values: Tensor, real: Tensor, every_position: bool, width: int) -> Te
 
 @torch.no_grad()
 def logprobs_without_grad(
-    model: PreTrainedModel,
-    rollout: Rollout,
-    temperature: float,
-    micro_batch_size: int | None,
-    token_budget: int | None = None,
+    model: PreTrainedModel, rollout: Rollout, temperature: float, parts: Iterable[MicroBatch]
 ) -> Tensor:
-    """Token log-probs ``[N, T]`` of ``model`` (the reference, or pi_old), one micro-batch per forward pass
-    (``micro_batches``: at most ``micro_batch_size`` rows, or ``token_budget`` tokens)."""
-    check_token_budget(model, token_budget)
-    rows = len(rollout.completions)
+    """Token log-probs ``[N, T]`` of ``model`` (the reference, or pi_old), one forward pass per micro-batch
+    of ``parts`` (``micro_batches``), which must cover every row."""
     out = rollout.completion_mask.new_zeros(rollout.completion_mask.shape, dtype=torch.float32)
-    for part in micro_batches(rollout, slice(0, rows), micro_batch_size, token_budget):
+    for part in parts:
         out[part] = token_logprobs(model, rollout.select(part), temperature, with_entropy=False)[0]
     return out

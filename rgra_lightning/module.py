@@ -364,9 +364,10 @@ class RLModule(LightningModule):
     def fixed_logprobs(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
         """The reference log-probs ``[N, T]`` when the loss has a KL term (the frozen copy, or with LoRA the
         same weights with the adapters disabled), and pi_old's when the updater needs them stored. They
-        run in the update's micro-batches (``micro_batch_size`` rows, or the updater's token budget), each
-        at its own padded width."""
-        options = (self.sampling.temperature, self.hparams.micro_batch_size, self.updater.token_budget)
+        run in the update's forward passes (``PolicyUpdate.minibatches``), so the first update's ratio is
+        exactly 1, and the KL of a policy still equal to its reference exactly 0 where both compute alike."""
+        parts = [part for _, micro in self.updater.minibatches(self.policy, rollout) for part in micro]
+        options = (self.sampling.temperature, parts)
         ref_logp = None
         if self.reference is not None:
             ref_logp = logprobs_without_grad(self.reference, rollout, *options)

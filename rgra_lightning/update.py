@@ -26,7 +26,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from rgra_lightning.distributed import no_gradient_sync
 from rgra_lightning.errors import ConfigError, NonFiniteTrainingError, require_valid
 from rgra_lightning.experience import Experience
-from rgra_lightning.logprobs import check_token_budget, micro_batches, token_logprobs
+from rgra_lightning.logprobs import MicroBatch, check_token_budget, micro_batches, token_logprobs
 from rgra_lightning.losses import LossConfig, rl_loss
 from rgra_lightning.rollout import Rollout
 
@@ -130,6 +130,22 @@ class PolicyUpdate:
         before the last update; otherwise the detached current log-probs are pi_old's."""
         return self.loss.needs_old_logprobs and self.updates_per_batch > 1
 
+    def minibatches(self, model: torch.nn.Module, rollout: Rollout) -> list[tuple[slice, list[MicroBatch]]]:
+        """Each mini-batch's rows and micro-batches, in the order every pass over the batch runs them.
+
+        The reference and pi_old log-probs run in these forward passes too: at another split (the whole
+        batch's micro-batches) they would round differently from the policy's in the update, so the first
+        update's ratio would be 1 and its KL 0 only to rounding.
+        """
+        check_token_budget(model, self.token_budget)
+        rows = len(rollout.completions)
+        size = rows // self.num_minibatches
+        parts = []
+        for first in range(0, rows, size):
+            part = slice(first, first + size)
+            parts.append((part, micro_batches(rollout, part, self.micro_batch_size, self.token_budget)))
+        return parts
+
     def check_rollout_size(self, batch_size: int, num_generations: int) -> None:
         """Raise a ``ConfigError`` unless a rollout batch splits into ``num_minibatches`` equal parts."""
         if (batch_size * num_generations) % self.num_minibatches:
@@ -157,18 +173,15 @@ class PolicyUpdate:
         trainer = module.trainer
         rollout, advantages = experience.rollout, experience.advantages
         trained = loss_mask(rollout, self.loss.mask_truncated_completions)
-        rows = len(rollout.completions)
-        minibatch = rows // self.num_minibatches
-        check_token_budget(module.policy, self.token_budget)
+        minibatch = len(rollout.completions) // self.num_minibatches
+        minibatches = self.minibatches(module.policy, rollout)
         stats = UpdateStats()
         for _ in range(self.num_iterations):
-            for first in range(0, rows, minibatch):
+            for part, parts in minibatches:
                 if 0 <= trainer.max_steps <= trainer.global_step:
                     break  # reached in a batch with skipped updates: the updates left would run past it
-                part = slice(first, first + minibatch)
                 tokens = trained[part].sum()  # the mini-batch's trained tokens, for every micro-batch
                 real_tokens = rollout.completion_mask[part].sum()
-                parts = micro_batches(rollout, part, self.micro_batch_size, self.token_budget)
                 optimizer.zero_grad()
                 sums: dict[str, Tensor] = {}  # each diagnostic adds up over the micro-batches
                 for index, micro in enumerate(parts):

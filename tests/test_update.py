@@ -132,6 +132,54 @@ def test_micro_batches_accumulate_the_gradient_of_one_pass_over_the_mini_batch(s
                 assert_close_normwise(results[split][update][name], gradient, rtol, f"{split=} {name}")
 
 
+@pytest.mark.parametrize("budget", [None, 100])
+def test_pi_old_and_the_reference_run_in_the_updates_forward_passes(small_config, monkeypatch, budget):
+    """GRPO, one pass over two mini-batches of 8 (pi_old stored): the reference's and pi_old's forward
+    passes hold the rows the updates' do, so the first update's ratio is exactly 1 and its KL exactly 0.
+    Over the whole batch's micro-batches (all 16 rows in one pass) they rounded differently."""
+    passes: list[int] = []  # the rows of each forward pass, in order
+    losses: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # logp, old_logp, ref_logp
+    splits: list[list] = []  # the micro-batches of each call of PolicyUpdate.minibatches
+    first_update: list[int] = []  # how many micro-batches the first mini-batch has
+    features, minibatches = logprobs_module.completion_features, PolicyUpdate.minibatches
+
+    def recording_features(model, rollout):
+        passes.append(rollout.completion_mask.shape[0])
+        return features(model, rollout)
+
+    def recording_loss(logp, advantages, mask, config, **kwargs):
+        losses.append((logp.detach(), kwargs["old_logp"], kwargs["ref_logp"]))
+        return rl_loss(logp, advantages, mask, config, **kwargs)
+
+    def recording_minibatches(self, model, rollout):
+        split = minibatches(self, model, rollout)
+        splits.append([part for _, parts in split for part in parts])
+        first_update.append(len(split[0][1]))
+        return split
+
+    monkeypatch.setattr(logprobs_module, "completion_features", recording_features)
+    monkeypatch.setattr(rgra_lightning.update, "rl_loss", recording_loss)
+    monkeypatch.setattr(PolicyUpdate, "minibatches", recording_minibatches)
+    overrides = {
+        "trainer.limit_val_batches": 0,
+        "model.init_args.validate_before_training": False,
+        "model.init_args.num_minibatches": 2,
+        "model.init_args.micro_batch_tokens": budget,
+    }
+    cli = main(["fit", "--config", str(small_config("grpo", **overrides)), "--trainer.max_steps=2"])
+    assert cli.model.updater.stores_old_logprobs and cli.trainer.global_step == 2
+    rows = [
+        [list(range(16)[part]) if isinstance(part, slice) else part.tolist() for part in parts]
+        for parts in splits
+    ]
+    assert len(rows) == 2 and rows[0] == rows[1]  # one partition for the fixed passes and the updates
+    sizes = [len(part) for part in rows[0]]
+    assert passes == sizes * 3 and sum(sizes) == 16  # the reference's, pi_old's, then the two updates'
+    assert len(sizes) > 2 if budget else sizes == [8, 8]
+    for logp, old_logp, ref_logp in losses[: first_update[0]]:  # the first update's micro-batches
+        assert torch.equal(old_logp, logp) and torch.equal(ref_logp, logp)
+
+
 def test_the_gradients_are_freed_after_each_update(small_config, monkeypatch):
     """Kept, they would take memory of the trained weights' size through the next rollout, where a
     colocated vLLM engine wakes up into the GPU memory the update left."""
