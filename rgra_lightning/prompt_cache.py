@@ -64,7 +64,20 @@ def prefill(
     The B prompts are encoded once and their cache repeated when it is ``repeatable``; otherwise the cache
     is rebuilt from the repeated prompts, as ``generate`` does.
     """
-    logits, cache = encode_prompts(model, prompt_ids, prompt_mask)
+    return repeat_encoded(
+        model, *encode_prompts(model, prompt_ids, prompt_mask), prompt_ids, prompt_mask, repeats
+    )
+
+
+def repeat_encoded(
+    model: PreTrainedModel,
+    logits: Tensor,
+    cache: Cache,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    repeats: int,
+) -> tuple[Tensor, Cache]:
+    """``prefill`` of prompts already encoded: ``encode_prompts``'s ``logits`` ``[B, V]`` and ``cache``."""
     if repeats == 1:
         return logits, cache
     if repeatable(cache):

@@ -1,6 +1,6 @@
 """The default rollout engine: samples from the training policy itself with Hugging Face models.
 
-Prompts are encoded once per group (``prompt_cache.prefill``), then each step feeds the previous token
+Prompts are encoded once per group (``prompt_cache.encode_prompts``), then each step feeds the previous token
 through a ``LlamaDecoder`` where it supports the policy (the same logits in a third of the time on the tiny
 policy; LoRA adapters folded into float32 weights once per rollout, else applied as peft applies them),
 else through the policy's forward with the cache: other architectures, other adapters (DoRA, ...),
@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rgra_lightning.distributed import gathered_for_generation, is_sharded
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.prompt_cache import prefill
+from rgra_lightning.prompt_cache import encode_prompts, repeat_encoded
 from rgra_lightning.rollout.base import (
     Rollout,
     RolloutEngine,
@@ -121,8 +121,8 @@ def _decode(
     ``HFEngine``). A row's tokens between a stop string and the check that saw it are left for
     ``assemble_rollout`` to mask.
     """
-    logits, cache = prefill(policy, prompt_ids, prompt_mask, repeats)
-    rows, prompt_length = logits.shape[0], prompt_ids.shape[1]
+    logits, cache = encode_prompts(policy, prompt_ids, prompt_mask)
+    rows, prompt_length = logits.shape[0] * repeats, prompt_ids.shape[1]
     pad_id = tokenizer.pad_token_id
     stop_ids = torch.as_tensor(stops.token_ids, dtype=torch.long, device=logits.device)
     # Generated tokens are all attended to, as in ``generate``: a row's tokens after its EOS are ignored.
@@ -137,13 +137,17 @@ def _decode(
         if unsupported is None:
             padded = not bool(prompt_mask.all())
             decoder = LlamaDecoder(
-                policy, cache, positions, attention_mask if padded else None, config.max_new_tokens
+                policy, cache, repeats, positions, attention_mask if padded else None, config.max_new_tokens
             )
+            cache = None  # the decoder holds the prompts' keys and values, repeated
+            logits = logits.repeat_interleave(repeats, dim=0)
         else:  # once per reason; on a GPU the forward is about 2.5 times slower (docs/scaling.md)
             warnings.warn(
                 f"HFEngine decodes through the policy's forward, not the fast decoder: {unsupported}",
                 stacklevel=2,
             )
+    if decoder is None:
+        logits, cache = repeat_encoded(policy, logits, cache, prompt_ids, prompt_mask, repeats)
     if check_interval is None:
         check_interval = 1 if logits.device.type == "cpu" else 8
     # Draws after the last row finished must not advance the generator: its state after each draw since

@@ -327,7 +327,9 @@ class LlamaDecoder:
     Args:
         model: the causal LM, or a ``peft`` LoRA model of one (``lora_base_model``), in eval mode; its
             weights and adapters must not change while the decoder is in use.
-        cache: the ``DynamicCache`` its forward built for the prompts, N rows of P positions.
+        cache: the ``DynamicCache`` its forward built for the prompts, N / ``repeats`` rows of P positions.
+        repeats: how many consecutive rows continue each prompt (G); its keys and values are repeated into
+            the decoder's buffers, so the repeated cache is never built.
         positions: ``[N, 1]`` the position id of each row's first new token.
         attention_mask: ``[N, P + T]`` 1 on the positions attended to (left padding 0), or None when all are.
         max_new_tokens: T.
@@ -337,6 +339,7 @@ class LlamaDecoder:
         self,
         model: PreTrainedModel,
         cache: DynamicCache,
+        repeats: int,
         positions: Tensor,
         attention_mask: Tensor | None,
         max_new_tokens: int,
@@ -349,10 +352,12 @@ class LlamaDecoder:
         self.layers = []
         for layer, cached in zip(decoder.layers[: config.num_hidden_layers], cache.layers, strict=True):
             attention, mlp = layer.self_attn, layer.mlp
-            rows, kv_heads, prompt_length, head_dim = cached.keys.shape
-            keys = cached.keys.new_empty(rows, kv_heads, prompt_length + max_new_tokens, head_dim)
+            prompts, kv_heads, prompt_length, head_dim = cached.keys.shape
+            keys = cached.keys.new_empty(prompts, repeats, kv_heads, prompt_length + max_new_tokens, head_dim)
             values = torch.empty_like(keys)
-            keys[:, :, :prompt_length], values[:, :, :prompt_length] = cached.keys, cached.values
+            keys[..., :prompt_length, :] = cached.keys.unsqueeze(1)
+            values[..., :prompt_length, :] = cached.values.unsqueeze(1)
+            keys, values = keys.flatten(0, 1), values.flatten(0, 1)  # [N, K, P + T, D], prompt-major rows
             qk_norm = None
             if hasattr(attention, "q_norm"):
                 qk_norm = torch.cat(

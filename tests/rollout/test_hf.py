@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from transformers import Lfm2Config, Lfm2ForCausalLM, LlamaForCausalLM
+from transformers import DynamicCache, Lfm2Config, Lfm2ForCausalLM, LlamaForCausalLM
 
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
@@ -59,6 +59,23 @@ def test_sampling_draws_what_generate_draws_from_the_same_seed(config, greedy):
         torch.manual_seed(seed)
         rollout = sample_rollout(policy, tokenizer, PROMPTS, config, greedy=greedy)
         assert torch.equal(rollout.input_ids, expected)
+
+
+def test_the_fast_decoder_never_builds_the_repeated_prompt_cache(monkeypatch):
+    """G completions per prompt: the decoder broadcasts each prompt's keys and values into its G rows'
+    buffers, so the G-times repeated cache (as large as the prompts' part of those buffers) is never held
+    beside them; the samples are ``generate``'s."""
+    tokenizer, policy = load_tokenizer(str(TINY_POLICY)), load_causal_lm(str(TINY_POLICY))
+    config = SamplingConfig(num_generations=4, max_new_tokens=12, temperature=1.3)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the prompt cache was repeated")
+
+    torch.manual_seed(5)
+    expected = generate_reference(policy, tokenizer, config, greedy=False)
+    monkeypatch.setattr(DynamicCache, "batch_repeat_interleave", refuse)
+    torch.manual_seed(5)
+    assert torch.equal(sample_rollout(policy, tokenizer, PROMPTS, config).input_ids, expected)
 
 
 def test_completions_respect_min_new_tokens_and_pad_after_eos():

@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from rgra_lightning.models import load_causal_lm, load_tokenizer
-from rgra_lightning.prompt_cache import position_ids, prefill
+from rgra_lightning.prompt_cache import encode_prompts, position_ids, prefill
 from rgra_lightning.rollout import SamplingConfig, llama_decode
 from rgra_lightning.rollout.llama_decode import LlamaDecoder, _packed, _Projection
 from rgra_lightning.versions import CACHE, release
@@ -65,14 +65,14 @@ def test_a_llama_decoder_step_computes_the_models_logits(kind, padded, dtype, pa
     assert bool(mask.all()) != padded
     new_tokens = torch.tensor([[5, 9, 13, 17, 21, 25], [7, 7, 7, 2, 2, 2], [3, 4, 5, 6, 7, 8]])
     with torch.no_grad():
-        _, cache = prefill(policy, ids, mask, repeats=2)
+        _, cache = encode_prompts(policy, ids, mask)  # the decoder repeats it
         _, reference_cache = prefill(policy, ids, mask, repeats=2)
         assert LlamaDecoder.unsupported(policy, cache) is None
         attention_mask = torch.ones(6, ids.shape[1] + len(new_tokens), dtype=mask.dtype)
         attention_mask[:, : ids.shape[1]] = mask.repeat_interleave(2, dim=0)
         positions = position_ids(attention_mask)
         first = positions[:, ids.shape[1] : ids.shape[1] + 1]
-        decoder = LlamaDecoder(policy, cache, first, attention_mask if padded else None, len(new_tokens))
+        decoder = LlamaDecoder(policy, cache, 2, first, attention_mask if padded else None, len(new_tokens))
         projections = [decoder.lm_head] + [layer.qkv for layer in decoder.layers]
         assert {projection.packed for projection in projections} == {packed and dtype == torch.float32}
         for step, token in enumerate(new_tokens):
@@ -274,11 +274,13 @@ def decode_steps(policy, tokenizer, new_tokens: torch.Tensor, decoder_path: bool
     positions = position_ids(attention_mask)
     logits = []
     with torch.no_grad():
-        _, cache = prefill(policy.eval(), ids, mask, repeats=2)
         if decoder_path:
+            _, cache = encode_prompts(policy.eval(), ids, mask)
             assert LlamaDecoder.unsupported(policy, cache) is None
             first = positions[:, length : length + 1]
-            decoder = LlamaDecoder(policy, cache, first, attention_mask, len(new_tokens))
+            decoder = LlamaDecoder(policy, cache, 2, first, attention_mask, len(new_tokens))
+        else:
+            _, cache = prefill(policy.eval(), ids, mask, repeats=2)
         for step, token in enumerate(new_tokens):
             if decoder_path:
                 logits.append(decoder.step(token, step))
