@@ -127,37 +127,40 @@ def no_gradient_sync(strategy: Strategy) -> AbstractContextManager:
     return nullcontext()
 
 
-def reduce_gathered(gathered: Tensor, kinds: list[str], weights: Tensor) -> Tensor:
+def reduce_gathered(gathered: Tensor, kinds: list[str], weights: dict[str, Tensor]) -> Tensor:
     """Column k of ``gathered`` ``[ranks, K]`` reduced over the ranks by ``kinds[k]``: ``mean``, ``max``,
-    ``sum``, or ``token_mean``, the mean weighted by ``weights`` ``[ranks]`` (each rank's completion
+    ``sum``, or a kind named in ``weights``, the mean weighted by its ``[ranks]`` weights (each rank's
     tokens: a per-token mean of every rank becomes the per-token mean of all); ``[K]``."""
     by_kind = {
         "mean": gathered.mean(dim=0),
         "max": gathered.amax(dim=0),
         "sum": gathered.sum(dim=0),
-        "token_mean": (gathered * weights.unsqueeze(1)).sum(dim=0) / weights.sum().clamp(min=1),
     }
+    for kind, weight in weights.items():
+        by_kind[kind] = (gathered * weight.unsqueeze(1)).sum(dim=0) / weight.sum().clamp(min=1)
     return torch.stack([by_kind[kind][column] for column, kind in enumerate(kinds)])
 
 
 def reduce_across_ranks(
     metrics: dict[str, Tensor],
     reductions: dict[str, str],
-    tokens: Tensor,
+    weights: dict[str, Tensor],
     all_gather: Callable[[Tensor], Tensor],
     device: torch.device,
 ) -> dict[str, Tensor]:
     """Scalar ``metrics`` reduced over all ranks, each by its entry in ``reductions`` (``mean`` when it has
-    none; see ``reduce_gathered``; ``tokens``, this rank's completion tokens, weighs the ``token_mean``
-    ones), with one ``all_gather`` (the LightningModule's) of them all: Lightning's ``sync_dist`` would run a
-    barrier and an all-reduce per metric. The values are stacked on ``device``, as NCCL needs CUDA tensors
+    none; see ``reduce_gathered``; ``weights`` holds this rank's weight ``[]`` of each weighted kind), with
+    one ``all_gather`` (the LightningModule's) of them all: Lightning's ``sync_dist`` would run a barrier
+    and an all-reduce per metric. The values are stacked on ``device``, as NCCL needs CUDA tensors
     (timings and counts are made on the CPU)."""
-    names = list(metrics)
-    values = [metrics[name] for name in names] + [tokens]  # the token means' weights last
+    names, kinds = list(metrics), list(weights)
+    values = [metrics[name] for name in names] + [weights[kind] for kind in kinds]  # the weights last
     stacked = torch.stack([value.to(device, torch.float32) for value in values])
-    gathered = all_gather(stacked).view(-1, len(values))  # [ranks, K + 1]; one device: 1 row
-    kinds = [reductions.get(name, "mean") for name in names]
-    reduced = reduce_gathered(gathered[:, :-1], kinds, weights=gathered[:, -1])
+    gathered = all_gather(stacked).view(-1, len(values))  # [ranks, K + weights]; one device: 1 row
+    gathered_weights = {kind: gathered[:, len(names) + index] for index, kind in enumerate(kinds)}
+    reduced = reduce_gathered(
+        gathered[:, : len(names)], [reductions.get(name, "mean") for name in names], gathered_weights
+    )
     return dict(zip(names, reduced, strict=True))
 
 

@@ -14,8 +14,10 @@ from rgra_lightning.scoring import reward_components
 from rgra_lightning.update import UpdateStats
 
 # Across ranks every metric is the mean of the per-rank values (every rank holds B x G rows), except these
-# (see ``distributed.reduce_gathered``). The loss terms stay plain means, as DDP averages the ranks'
-# gradients whatever the aggregation.
+# (see ``distributed.reduce_gathered``): ``token_mean`` ones are weighted by each rank's completion tokens,
+# ``trained_token_mean`` ones by the tokens the loss trains on (fewer with ``mask_truncated_completions``),
+# over which the loss averages them. The loss terms stay plain means, as DDP averages the ranks' gradients
+# whatever the aggregation.
 TRAIN_REDUCTIONS = {
     "train/completion_length_max": "max",
     "train/verifier_errors": "sum",
@@ -26,10 +28,10 @@ TRAIN_REDUCTIONS = {
     "time/update_s": "max",
     "time/step_s": "max",
     "train/entropy": "token_mean",
-    "train/clip_fraction": "token_mean",
-    "train/ratio_mean": "token_mean",
-    "train/sampler_logprob_diff": "token_mean",
-    "train/sampler_is_clipped_fraction": "token_mean",
+    "train/clip_fraction": "trained_token_mean",
+    "train/ratio_mean": "trained_token_mean",
+    "train/sampler_logprob_diff": "trained_token_mean",
+    "train/sampler_is_clipped_fraction": "trained_token_mean",
 }
 
 
@@ -37,6 +39,11 @@ def truncated_fraction(experience: Experience) -> Tensor:
     """The fraction of completions cut at ``max_new_tokens`` without a stop token ``[]``."""
     truncated = experience.rollout.truncated
     return torch.tensor(0.0) if truncated is None else truncated.float().mean().cpu()
+
+
+def metric_weights(experience: Experience, stats: UpdateStats) -> dict[str, Tensor]:
+    """This rank's weights ``[]`` of the weighted reductions of ``TRAIN_REDUCTIONS``."""
+    return {"token_mean": experience.completion_tokens, "trained_token_mean": stats.trained_tokens}
 
 
 def training_metrics(

@@ -46,7 +46,7 @@ from rgra_lightning.experience import Experience, PromptBatch, make_experience
 from rgra_lightning.host_memory import keep_freed_host_memory
 from rgra_lightning.logprobs import logprobs_without_grad
 from rgra_lightning.losses import LossConfig
-from rgra_lightning.metrics import TRAIN_REDUCTIONS, log_training_metrics, training_metrics
+from rgra_lightning.metrics import TRAIN_REDUCTIONS, log_training_metrics, metric_weights, training_metrics
 from rgra_lightning.models import (
     LoraConfig,
     ModelLoadError,
@@ -389,9 +389,8 @@ class RLModule(LightningModule):
         except torch.OutOfMemoryError as error:
             raise torch.OutOfMemoryError(module_out_of_memory_advice(self)) from error
         metrics = training_metrics(experience, stats, time.perf_counter() - start, self.verifier)
-        metrics = reduce_across_ranks(
-            metrics, TRAIN_REDUCTIONS, experience.completion_tokens, self.all_gather, self.device
-        )
+        weights = metric_weights(experience, stats)
+        metrics = reduce_across_ranks(metrics, TRAIN_REDUCTIONS, weights, self.all_gather, self.device)
         self.latest_metrics = log_training_metrics(self, metrics, batch_size=len(batch["prompt"]))
         self.latest_samples = experience.records()[: self.hparams.num_logged_samples]
 

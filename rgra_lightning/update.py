@@ -33,12 +33,14 @@ from rgra_lightning.rollout import Rollout
 
 @dataclass
 class UpdateStats:
-    """Per-update diagnostics of one rollout batch (each list has one value per optimizer update) and the
-    numbers of updates applied and skipped as non-finite."""
+    """Per-update diagnostics of one rollout batch (each list has one value per applied optimizer update:
+    a skipped update's are NaN or inf), the numbers of updates applied and skipped as non-finite, and the
+    tokens the loss trains on ``[]`` (the weight of its per-token diagnostics across ranks)."""
 
     history: dict[str, list[Tensor]] = field(default_factory=dict)
     applied: int = 0
     skipped: int = 0
+    trained_tokens: Tensor = field(default_factory=lambda: torch.tensor(0.0))
 
     def add(self, name: str, value: Tensor) -> None:
         self.history.setdefault(name, []).append(value)
@@ -175,7 +177,7 @@ class PolicyUpdate:
         trained = loss_mask(rollout, self.loss.mask_truncated_completions)
         minibatch = len(rollout.completions) // self.num_minibatches
         minibatches = self.minibatches(module.policy, rollout)
-        stats = UpdateStats()
+        stats = UpdateStats(trained_tokens=trained.sum())
         for _ in range(self.num_iterations):
             for part, parts in minibatches:
                 if 0 <= trainer.max_steps <= trainer.global_step:
@@ -223,10 +225,10 @@ class PolicyUpdate:
                 if self._skip_nonfinite(module, sums["loss"], grad_norm):
                     optimizer.zero_grad()
                     stats.skipped += 1
-                else:
-                    optimizer.step()
-                    scheduler.step()
-                    stats.applied += 1
+                    continue
+                optimizer.step()
+                scheduler.step()
+                stats.applied += 1
                 for name, value in [
                     *sums.items(),
                     ("grad_norm", grad_norm.detach()),

@@ -123,11 +123,15 @@ def run_cli(args: list[str]) -> None:
 
 
 def test_step_metrics_are_reduced_over_ranks_each_by_its_own_reduction():
-    gathered = torch.tensor([[1.0, 5.0, 2.0, 0.5], [3.0, 4.0, 7.0, 0.2]])  # 2 ranks x 4 metrics
-    tokens = torch.tensor([10.0, 30.0])  # a per-token mean weighs the ranks by their tokens
-    kinds = ["mean", "max", "sum", "token_mean"]
-    assert reduce_gathered(gathered, kinds, tokens).tolist() == pytest.approx([2.0, 5.0, 9.0, 0.275])
-    assert reduce_gathered(gathered[:1], kinds, tokens[:1]).tolist() == [1.0, 5.0, 2.0, 0.5]  # one rank
+    gathered = torch.tensor([[1.0, 5.0, 2.0, 0.5, 0.0], [3.0, 4.0, 7.0, 0.2, 0.2]])  # 2 ranks x 5 metrics
+    # A per-token mean weighs the ranks by their tokens: the completion tokens, or those the loss trains
+    # on (rank 0's 100 completion tokens all truncated and masked out: its clip fraction 0 counts for none)
+    weights = {"token_mean": torch.tensor([10.0, 30.0]), "trained_token_mean": torch.tensor([0.0, 50.0])}
+    kinds = ["mean", "max", "sum", "token_mean", "trained_token_mean"]
+    expected = [2.0, 5.0, 9.0, 0.275, 0.2]
+    assert reduce_gathered(gathered, kinds, weights).tolist() == pytest.approx(expected)
+    one_rank = {kind: weight[1:] for kind, weight in weights.items()}
+    assert reduce_gathered(gathered[1:], kinds, one_rank).tolist() == pytest.approx([3.0, 4.0, 7.0, 0.2, 0.2])
 
 
 def test_counts_of_the_training_step_are_summed_over_ranks():
@@ -140,7 +144,8 @@ def test_counts_of_the_training_step_are_summed_over_ranks():
         return torch.cat([stacked.unsqueeze(0), torch.cat([per_rank[1:], tokens[1:, None]], dim=1)])
 
     mine = dict(zip(names, per_rank[0], strict=True))
-    reduced = reduce_across_ranks(mine, TRAIN_REDUCTIONS, tokens[0], all_gather, torch.device("cpu"))
+    weights = {"token_mean": tokens[0]}
+    reduced = reduce_across_ranks(mine, TRAIN_REDUCTIONS, weights, all_gather, torch.device("cpu"))
     assert {name: value.item() for name, value in reduced.items()} == pytest.approx(
         {"train/truncated_prompts": 1.0, "train/verifier_errors": 4.0, "train/reward": 0.4}
     )

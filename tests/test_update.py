@@ -1,6 +1,7 @@
 """The policy update: non-finite steps skipped and counted, and a stop after too many."""
 
 import dataclasses
+import math
 import shutil
 import types
 
@@ -62,6 +63,9 @@ def test_a_skipped_update_does_not_make_the_run_overshoot_max_steps(small_config
     assert len(calls) == 7  # 2 + (1 skipped + 1) + 2 + 1
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
     assert sorted(scalars_by_step(tmp_path / "runs", "train/reward")) == [2, 3, 5, 6]
+    # The batch of the skipped update logs its applied update's diagnostics, not a mean with a NaN in it
+    losses = scalars_by_step(tmp_path / "runs", "train/loss")
+    assert sorted(losses) == [2, 3, 5, 6] and all(math.isfinite(v) for vs in losses.values() for v in vs)
 
 
 def test_too_many_nonfinite_updates_stop_with_last_good_checkpoint(
@@ -238,12 +242,13 @@ def test_truncated_completions_are_counted_and_left_out_of_the_loss_when_asked(
 ):
     """At 14 new tokens some completions of the tiny policy are cut: ``train/truncated_fraction`` counts
     them, and with ``mask_truncated_completions`` every loss term sees their rows as all padding."""
-    rollouts, masks = [], []
+    rollouts, masks, stats = [], [], []
     run, loss = PolicyUpdate.run, rgra_lightning.update.rl_loss
 
     def recording_run(self, module, experience):
         rollouts.append(experience.rollout)
-        return run(self, module, experience)
+        stats.append(run(self, module, experience))
+        return stats[-1]
 
     def recording_loss(logp, advantages, completion_mask, *args, **kwargs):
         masks.append(completion_mask)
@@ -263,5 +268,6 @@ def test_truncated_completions_are_counted_and_left_out_of_the_loss_when_asked(
         rollout.completion_mask * (~truncated if mask_truncated else torch.ones_like(truncated))[:, None]
     )
     assert torch.equal(trained, expected)
+    assert stats[0].trained_tokens == expected.sum()  # the weight of the per-token diagnostics across ranks
     (fraction,) = scalars_by_step(tmp_path / "runs", "train/truncated_fraction").values()
     assert fraction == [pytest.approx(truncated.float().mean().item())]
