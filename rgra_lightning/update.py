@@ -141,6 +141,13 @@ class PolicyUpdate:
         """
         check_token_budget(model, self.token_budget)
         rows = len(rollout.completions)
+        if (
+            rows % self.num_minibatches
+        ):  # checked at the start of a fit where the data module has a batch size
+            raise ConfigError(
+                f"a rollout batch of {rows} completions does not split into model.num_minibatches="
+                f"{self.num_minibatches} equal mini-batches"
+            )
         size = rows // self.num_minibatches
         parts = []
         for first in range(0, rows, size):

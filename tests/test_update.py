@@ -204,6 +204,16 @@ def test_a_token_budget_below_one_is_refused():
         PolicyUpdate(LossConfig(), 1.0, 1, 1, None, 1.0, 5, token_budget=0)
 
 
+def test_a_rollout_that_does_not_split_into_the_minibatches_is_refused():
+    """What a data loader without a ``batch_size`` hyperparameter gets (no check at the start): 16 rows in 3
+    mini-batches were 4 updates, the last of one row at a fifth of its weight."""
+    rollout, model = types.SimpleNamespace(completions=[""] * 16), torch.nn.Linear(1, 1)
+    with pytest.raises(ConfigError, match=r"16 completions does not split into model.num_minibatches=3"):
+        PolicyUpdate(LossConfig(), 1.0, 1, 3, None, 1.0, 5).minibatches(model, rollout)
+    split = PolicyUpdate(LossConfig(), 1.0, 1, 4, None, 1.0, 5).minibatches(model, rollout)
+    assert [part for part, _ in split] == [slice(0, 4), slice(4, 8), slice(8, 12), slice(12, 16)]
+
+
 def test_batch_not_divisible_into_minibatches_fails_at_start(small_config, tmp_path, capsys):
     """Refused before Lightning makes the run a log directory (it left one behind)."""
     config = small_config("rgra", **{"model.init_args.num_minibatches": 3})
