@@ -133,9 +133,17 @@ def start_scoring(
     in_background: bool = True,
 ) -> Future[Scores]:
     """``score_completions`` in the verifier thread, or, when not ``in_background``, here and now (a
-    sharded reward model runs collectives, whose order must match on every rank)."""
+    sharded reward model runs collectives, whose order must match on every rank). The thread scores under
+    the caller's autocast (``bf16-mixed``), which is per thread: a reward model gives the same rewards in
+    either place."""
     if in_background:
-        return _VERIFIER_THREAD.submit(score_completions, verifier, completions, prompts, references, device)
+        autocast = torch.autocast(
+            device.type,
+            dtype=torch.get_autocast_dtype(device.type),
+            enabled=torch.is_autocast_enabled(device.type),
+        )
+        args = (verifier, completions, prompts, references, device)
+        return _VERIFIER_THREAD.submit(autocast(score_completions), *args)
     done: Future[Scores] = Future()
     done.set_result(score_completions(verifier, completions, prompts, references, device))
     return done

@@ -4,12 +4,13 @@ import math
 import warnings
 
 import pytest
+import torch
 
 from rewards import FormatReward, MathVerifier, Score, Verifier, WeightedSum
 from rewards.verifiers import VERIFIER_FAILED
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.scoring import robust_score_batch
+from rgra_lightning.scoring import robust_score_batch, start_scoring
 from tests.conftest import FAST, scalar_tags, scalars_by_step
 
 
@@ -50,6 +51,28 @@ class LearnedReward(Verifier):
         if len(completions) > 1:
             raise RuntimeError("out of memory")
         return [Score(0.5, False, None, "learned")]
+
+
+class AutocastRecorder(Verifier):
+    """Records the autocast state (enabled, dtype) it scores under on the CPU."""
+
+    def __init__(self):
+        self.seen: list[tuple[bool, torch.dtype]] = []
+
+    def score(self, completion, reference):
+        self.seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return Score(1.0, True, None, "")
+
+
+@pytest.mark.parametrize("in_background", [True, False])
+def test_a_reward_model_scores_under_the_callers_autocast_in_either_place(in_background):
+    """Autocast is per thread: the verifier thread ran a learned reward model in float32 under bf16-mixed,
+    while an FSDP2-sharded one (scored inline) ran in bfloat16."""
+    verifier, device = AutocastRecorder(), torch.device("cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        start_scoring(verifier, ["1"], ["p"], ["1"], device, in_background).result()
+    start_scoring(verifier, ["1"], ["p"], ["1"], device, in_background).result()
+    assert verifier.seen == [(True, torch.bfloat16), (False, torch.get_autocast_dtype("cpu"))]
 
 
 def test_verifier_crashes_give_reward_zero_and_are_counted():
