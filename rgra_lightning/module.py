@@ -153,7 +153,7 @@ class RLModule(LightningModule):
         num_logged_samples: completions kept from each step for the sample logger.
         validate_before_training: log greedy ``val/*`` metrics of the initial policy at step 0.
         max_consecutive_nonfinite: an update whose loss or gradient is NaN/inf is skipped (counted in
-            ``train/nonfinite_updates``); after this many in a row, the last good state is saved and
+            ``train/nonfinite_updates``); after this many in a row, the last finite state is saved and
             training stops with ``NonFiniteTrainingError``.
         sharding: FSDP2 options (mixed precision), used under
             ``ModelParallelStrategy``; see ``rgra_lightning.distributed``.

@@ -6,7 +6,7 @@ updates, each update's gradient accumulated over micro-batches of at most ``micr
 Each micro-batch runs at its own padded width (``logprobs.trim_padding``). The loss of a micro-batch is
 normalised by its mini-batch's size, so the update does not depend on the micro-batch split. An update
 whose loss or gradient is NaN/inf on any rank is skipped; after ``max_consecutive_nonfinite`` in a row
-the last good state is saved and training stops. A skipped update does not count towards
+the last finite state is saved and training stops. A skipped update does not count towards
 ``trainer.max_steps``: the batch that reaches it leaves the updates it has left undone.
 """
 
@@ -250,7 +250,7 @@ class PolicyUpdate:
         """Whether this update must be skipped because its loss or gradient norm is NaN/inf (on any rank).
 
         Skipped updates do not advance ``trainer.global_step`` or the learning-rate schedule. After
-        ``max_consecutive_nonfinite`` in a row the unchanged (last good) state is checkpointed and training
+        ``max_consecutive_nonfinite`` in a row the unchanged state (after the last finite update) is checkpointed and training
         stops with ``NonFiniteTrainingError``.
         """
         trainer = module.trainer
@@ -271,10 +271,10 @@ class PolicyUpdate:
             path = Path(directory) / f"nonfinite-stop-step={trainer.global_step}.ckpt"
             trainer.save_checkpoint(path)
             raise NonFiniteTrainingError(
-                f"{limit} consecutive updates had a NaN/inf loss or gradient; the last good state is "
-                f"saved in {path}. Lower model.learning_rate or model.max_grad_norm, use "
+                f"{limit} consecutive updates had a NaN/inf loss or gradient; the state they started from "
+                f"is saved in {path}. Lower model.learning_rate or model.max_grad_norm, use "
                 f"model.dtype=float32 or bfloat16 instead of float16, or check the verifier's rewards, "
                 f"then resume with --ckpt_path {path} (the rollout batch it stopped in is sampled and "
-                "trained again)"
+                "trained again), or from an earlier checkpoint if it stops again at once"
             )
         return True
