@@ -15,7 +15,9 @@
   continues with the same prompts and random draws as an uninterrupted run.
 - Reading a checkpoint for evaluation or export: ``require_checkpoint``, ``read_checkpoint``,
   ``require_matching_weights`` and ``load_trained_weights``; ``reloaded_state_keys`` are the frozen
-  weights checkpoints leave out (reloaded from their model paths).
+  weights checkpoints leave out (reloaded from their model paths). A refused checkpoint of another kind of
+  module (a reward model's given with a policy's config, or the reverse) says so (``other_module``)
+  instead of listing the settings that differ.
 """
 
 from __future__ import annotations
@@ -463,7 +465,9 @@ def require_matching_weights(module: LightningModule, checkpoint: dict[str, Any]
     weights (it puts back what checkpoints leave out: frozen models), then raise ``ConfigError`` unless
     they fit ``module``, naming the settings it was trained with that differ from the module's (those
     that make the weights, where any of them differ) or, where none differ (or none were saved), the
-    weights that are missing, unexpected or of another shape."""
+    weights that are missing, unexpected or of another shape; a checkpoint of another kind of module says
+    so instead (``other_module``)."""
+    other = other_module(checkpoint, ckpt_path, module)  # before the frozen weights are put in
     module.on_load_checkpoint(checkpoint)
     saved, current = checkpoint["state_dict"], module.state_dict()
     missing, unexpected = sorted(current.keys() - saved.keys()), sorted(saved.keys() - current.keys())
@@ -479,10 +483,9 @@ def require_matching_weights(module: LightningModule, checkpoint: dict[str, Any]
     # the verifier's only where it holds learned reward models, whose weights the module carries
     weights = _WEIGHT_SETTINGS + (("model.verifier",) if len(getattr(module, "reward_models", ())) else ())
     shaping = [change for change in changes if change.startswith(weights)]
-    if changes:
-        raise ConfigError(
-            f"{other_settings(ckpt_path, shaping or changes)}: give the config it was trained with ({SAVED})"
-        )
+    if other or changes:
+        start = other or other_settings(ckpt_path, shaping or changes)
+        raise ConfigError(f"{start}: give the config it was trained with ({SAVED})")
     found = [
         f"{len(keys)} {what} ({', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})"
         for keys, what in [(missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")]
@@ -741,7 +744,8 @@ def require_same_run(
     """Refuse to resume a fit from a checkpoint trained with other model or data settings: that is
     another run (``--ckpt_path last`` takes the newest ``last*.ckpt`` of the checkpoint directory, which
     a run with other settings may have written), and a changed batch size would also misplace the data
-    position that ``ExactResume`` restores. The settings of ``RESUMABLE_SETTINGS`` and
+    position that ``ExactResume`` restores; a checkpoint of another kind of module is named as such
+    (``other_module``). The settings of ``RESUMABLE_SETTINGS`` and
     ``ADJUSTABLE_SETTINGS`` may differ; a changed adjustable one is named in a warning when Lightning
     loads the checkpoint into the module (the CLI's check before the fit starts stays silent)."""
     changes = _changes(checkpoint.get("hyper_parameters", {}), module.hparams, "model.")
@@ -750,11 +754,12 @@ def require_same_run(
     refused = [
         change for change in changes if not _listed(change[0], RESUMABLE_SETTINGS + ADJUSTABLE_SETTINGS)
     ]
-    if refused:
-        named = [_described(change) for change in refused]
+    other = other_module(checkpoint, ckpt_path, module)
+    if other or refused:
+        start = other or other_settings(ckpt_path, [_described(change) for change in refused])
         raise RunRefusedError(
-            f"{other_settings(ckpt_path, named)}: resume with the config it was trained with ({SAVED}), or "
-            "start a new run without --ckpt_path"
+            f"{start}: resume with the config it was trained with ({SAVED}), or start a new run without "
+            "--ckpt_path"
         )
     adjusted = [_described(change) for change in changes if _listed(change[0], ADJUSTABLE_SETTINGS)]
     if adjusted and getattr(module, "_trainer", None) is not None:
@@ -764,3 +769,41 @@ def require_same_run(
 def other_settings(ckpt_path: _PATH, changes: list[str]) -> str:
     """The start of the message for a checkpoint trained with other settings (``changed_settings``)."""
     return f"checkpoint {ckpt_path} was trained with other settings than this run's ({'; '.join(changes)})"
+
+
+# The modules a checkpoint may hold, by class name: what each trains and the config that trains it
+MODULE_KINDS = {
+    "RLModule": ("a policy", "configs/rgra.yaml"),
+    "RewardModelModule": ("a reward model", "configs/reward_model.yaml"),
+    "WarmupModule": ("the warm-up policy", "configs/warmup.yaml"),
+}
+
+
+def other_module(
+    checkpoint: Mapping[str, Any], ckpt_path: _PATH | None, module: LightningModule
+) -> str | None:
+    """The start of the message for a checkpoint of another kind of module than ``module``, None for one of
+    the same kind. The kind is the class LightningCLI records among the hyperparameters (``_class_path``);
+    a checkpoint saved without it is of another kind where its weights share no submodule with the
+    module's (a reward model's are under ``model.``, a policy's under ``policy.``)."""
+    classes = [cls.__name__ for cls in type(module).__mro__]
+    current = next((name for name in classes if name in MODULE_KINDS), classes[0])
+    class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if class_path is not None:
+        saved = str(class_path).rsplit(".", 1)[-1]
+        if saved in classes:
+            return None
+        held = _module_kind(saved)
+    else:
+        parts = {key.split(".", 1)[0] for key in checkpoint.get("state_dict", {})}
+        if not parts or parts & {key.split(".", 1)[0] for key in module.state_dict()}:
+            return None
+        held = f"another module's weights ({', '.join(f'{part}.*' for part in sorted(parts))})"
+    return f"checkpoint {ckpt_path} holds {held}; this config trains {_module_kind(current)}"
+
+
+def _module_kind(name: str) -> str:
+    if name not in MODULE_KINDS:
+        return f"a module of class {name}"
+    what, config = MODULE_KINDS[name]
+    return f"{what} ({name}, {config})"

@@ -32,10 +32,11 @@ from rgra_lightning.checkpointing import (
     PeriodicModelCheckpoint,
     RunDirectoryLock,
     require_matching_weights,
+    require_same_run,
     warn_if_saved_in_place,
 )
 from rgra_lightning.cli import main
-from rgra_lightning.errors import RUN_REFUSED, ConfigError
+from rgra_lightning.errors import RUN_REFUSED, ConfigError, RunRefusedError
 from rgra_lightning.models import load_causal_lm
 from tests.conftest import FAST, ROOT, one_line_error, scalar_tags, scalars_by_step
 from tests.test_update import nan_loss_on_updates
@@ -649,6 +650,45 @@ def test_weights_that_do_not_fit_name_the_settings_that_make_weights(reward_mode
             "model.verifier: 'MathVerifier(timeout=5)' in the checkpoint, 'MathVerifier(timeout=2)' now"
         )
     assert named.split("; ") == expected
+
+
+class Scorer(LightningModule):
+    def __init__(self, learning_rate: float) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = torch.nn.Linear(2, 1)
+
+
+class Policy(Scorer):
+    def __init__(self, learning_rate: float) -> None:
+        super().__init__(learning_rate)
+        del self.model
+        self.policy = torch.nn.Linear(2, 1)
+
+
+def test_a_checkpoint_of_another_kind_of_module_saved_without_its_class_is_told_by_its_weights():
+    """LightningCLI records the module's class in a checkpoint (``_class_path``); a checkpoint saved without
+    it is told by weights that share no submodule with this module's. Neither lists the settings that
+    differ (here the learning rate), as if it were another run of this module."""
+    scorer = Scorer(3e-4)
+    checkpoint = {"state_dict": scorer.state_dict(), "hyper_parameters": dict(scorer.hparams)}
+    expected = (
+        "checkpoint rm.ckpt holds another module's weights (model.*); this config trains a module of class "
+        "Policy: "
+    )
+    with pytest.raises(ConfigError) as error:
+        require_matching_weights(Policy(1e-4), checkpoint, "rm.ckpt")
+    assert str(error.value).startswith(expected)
+    with pytest.raises(RunRefusedError) as error:
+        require_same_run(checkpoint, "rm.ckpt", Policy(1e-4), None)
+    assert str(error.value).startswith(expected)
+    checkpoint["hyper_parameters"]["_class_path"] = "rgra_lightning.RewardModelModule"
+    with pytest.raises(ConfigError) as error:
+        require_matching_weights(Policy(1e-4), checkpoint, "rm.ckpt")
+    assert str(error.value).startswith(
+        "checkpoint rm.ckpt holds a reward model (RewardModelModule, configs/reward_model.yaml); this config "
+        "trains a module of class Policy: give the config it was trained with"
+    )
 
 
 def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from rgra_lightning.cli import main as cli_main
-from rgra_lightning.errors import ConfigError
+from rgra_lightning.errors import RUN_REFUSED, ConfigError
 from rgra_lightning.export import export_checkpoint, export_policy, plain_model
 from rgra_lightning.export import main as export_main
 from rgra_lightning.models import (
@@ -22,6 +22,7 @@ from rgra_lightning.models import (
     load_tokenizer,
 )
 from rgra_lightning.reward_models.label import label
+from rgra_lightning.reward_models.label import main as label_main
 from tests.conftest import FAST, ROOT, TINY_POLICY
 
 
@@ -109,7 +110,7 @@ def test_a_checkpoint_of_another_model_or_no_checkpoint_and_an_output_file_are_o
     with pytest.raises(ConfigError, match=f"--ckpt-path {rows} is not a Lightning checkpoint"):
         export_checkpoint(config, str(rows), str(tmp_path / "out"))
     reward_model = str(reward_model_run[1] / "last.ckpt")
-    with pytest.raises(ConfigError, match=f"checkpoint {reward_model} was trained with other settings than"):
+    with pytest.raises(ConfigError, match=f"checkpoint {reward_model} holds a reward model "):
         export_checkpoint(config, reward_model, str(tmp_path / "out"))
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # before building the module
@@ -118,6 +119,66 @@ def test_a_checkpoint_of_another_model_or_no_checkpoint_and_an_output_file_are_o
     assert capsys.readouterr().err == (
         f"error: --output {rows} is a file: give a directory to export the model to\n"
     )
+
+
+def test_every_command_names_a_checkpoint_of_the_other_kind_of_module(
+    reward_model_run, small_config, tmp_path, capsys
+):
+    """A reward model's checkpoint given with a policy's config listed the settings that differ (learning
+    rate, max_length, ...) as if it were another run of the policy, and a policy's given with a reward
+    model's config a truncated list of dataclass reprs: each command that takes a checkpoint says what it
+    holds and what the config trains, in one line."""
+    policy_config = small_config("rgra", **FAST, **{"trainer.max_steps": 2})
+    cli_main(["fit", "--config", str(policy_config)])
+    reward_model_config, checkpoints = reward_model_run
+    policy_checkpoint, reward_model_checkpoint = (
+        tmp_path / "checkpoints" / "last.ckpt",
+        checkpoints / "last.ckpt",
+    )
+    policy, reward_model = (
+        "a policy (RLModule, configs/rgra.yaml)",
+        "a reward model (RewardModelModule, configs/reward_model.yaml)",
+    )
+    give = "give the config it was trained with (saved as config.yaml in its log directory)"
+    resume = (
+        "resume with the config it was trained with (saved as config.yaml in its log directory), or start a "
+        "new run without --ckpt_path"
+    )
+    for config, checkpoint, held, trains in [
+        (policy_config, reward_model_checkpoint, reward_model, policy),
+        (reward_model_config, policy_checkpoint, policy, reward_model),
+    ]:
+        given = ["--config", str(config)]
+        commands = [
+            (
+                export_main,
+                ["checkpoint", *given, "--ckpt-path", str(checkpoint), "--output", str(tmp_path / "out")],
+            ),
+            *[
+                (cli_main, [command, *given, "--ckpt_path", str(checkpoint)])
+                for command in ("validate", "test", "predict")
+            ],
+            (cli_main, ["fit", *given, "--ckpt_path", str(checkpoint)]),
+        ]
+        if config == policy_config:  # label samples from a policy
+            commands.append(
+                (
+                    label_main,
+                    [*given, "--output", str(tmp_path / "rows.jsonl"), "--ckpt-path", str(checkpoint)],
+                )
+            )
+        for run, args in commands:
+            capsys.readouterr()
+            with pytest.raises(SystemExit) as exit_info:
+                run(args)
+            fitting = args[0] == "fit"
+            assert exit_info.value.code == (RUN_REFUSED if fitting else 2), args
+            errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+            assert errors == [
+                f"error: checkpoint {checkpoint} holds {held}; this config trains {trains}: "
+                f"{resume if fitting else give}"
+            ], args
+    assert not (tmp_path / "out").exists() and not (tmp_path / "rows.jsonl").exists()
 
 
 def test_a_lora_policy_on_a_bf16_base_is_merged_in_float32_so_a_small_update_survives(tmp_path):
