@@ -301,6 +301,26 @@ class RunDirectoryLock(Callback):
         self._release()
 
 
+def warn_unless_resumable(trainer: Trainer) -> None:
+    """Warn, once a policy fit, where its callbacks save no ``last.ckpt`` (no ``ModelCheckpoint`` with
+    ``save_last``) or lack ``ExactResume``. A ``--config`` that sets ``trainer.callbacks`` replaces the
+    list of the configs before it whole, so one that adds a sample logger silently dropped the shipped
+    configs' ``PeriodicModelCheckpoint``, ``ExactResume`` and export."""
+    callbacks = trainer.callbacks
+    missing = []
+    if not any(isinstance(callback, ModelCheckpoint) and callback.save_last for callback in callbacks):
+        missing.append(("PeriodicModelCheckpoint", "no last.ckpt for --ckpt_path last"))
+    if not any(isinstance(callback, ExactResume) for callback in callbacks):
+        missing.append(("ExactResume", "a resume restarts the data order and random streams"))
+    if missing:
+        names = " or ".join(f"rgra_lightning.checkpointing.{name}" for name, _ in missing)
+        rank_zero_warn(
+            f"trainer.callbacks has no {names} ({'; '.join(effect for _, effect in missing)}). A --config "
+            "that sets trainer.callbacks replaces the list of the configs before it whole: list them there "
+            "too"
+        )
+
+
 def warn_if_saved_in_place(trainer: Trainer) -> None:
     """Warn, once a fit, where its checkpoints are saved without ``AtomicCheckpointIO``'s protection: under
     ``ModelParallelStrategy`` with ``save_distributed_checkpoint=True`` (Lightning's default), each rank

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from rewards import MathVerifier, Verifier
-from rgra_lightning.checkpointing import reloaded_state_keys, require_same_run
+from rgra_lightning.checkpointing import reloaded_state_keys, require_same_run, warn_unless_resumable
 from rgra_lightning.distributed import (
     ShardingConfig,
     is_sharded,
@@ -305,6 +305,7 @@ class RLModule(LightningModule):
 
     def on_fit_start(self) -> None:
         self.check_fit_settings(self.trainer, getattr(self.trainer, "datamodule", None))
+        warn_unless_resumable(self.trainer)
 
     def check_fit_settings(self, trainer: Trainer, datamodule: LightningDataModule | None) -> None:
         """Raise a ``ConfigError`` for a fit that cannot run as configured: a rollout batch that does not

@@ -767,3 +767,24 @@ def test_a_fit_resumed_from_last_with_no_checkpoint_says_it_starts_afresh(small_
     assert cli.trainer.global_step == 1
     assert "--ckpt_path last: the run has no checkpoint yet, so this fit starts afresh" in caplog.text
     assert not [warning for warning in caught if "no last checkpoint available" in str(warning.message)]
+
+
+def test_a_fit_whose_config_dropped_the_checkpoint_callbacks_warns(small_config, tmp_path):
+    """A second --config that sets trainer.callbacks replaces the first's list whole: a sample logger added
+    that way dropped PeriodicModelCheckpoint and ExactResume without a word."""
+    overlay = tmp_path / "samples.yaml"
+    overlay.write_text(
+        "trainer:\n  callbacks:\n    - class_path: rgra_lightning.callbacks.CompletionSampleLogger\n"
+        "      init_args: {every_n_steps: 3}\n"
+    )
+    config = small_config("rgra", **FAST)
+    expected = (
+        r"trainer.callbacks has no rgra_lightning.checkpointing.PeriodicModelCheckpoint or "
+        r"rgra_lightning.checkpointing.ExactResume \(no last.ckpt for --ckpt_path last; a resume restarts"
+    )
+    with pytest.warns(UserWarning, match=expected):
+        main(["fit", "--config", str(config), "--config", str(overlay), "--trainer.max_steps=1"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["fit", "--config", str(config), "--trainer.max_steps=1"])  # the shipped list: no warning
+    assert not [w for w in caught if "trainer.callbacks has no" in str(w.message)]
