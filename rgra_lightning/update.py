@@ -250,8 +250,8 @@ class PolicyUpdate:
         """Whether this update must be skipped because its loss or gradient norm is NaN/inf (on any rank).
 
         Skipped updates do not advance ``trainer.global_step`` or the learning-rate schedule. After
-        ``max_consecutive_nonfinite`` in a row the unchanged state (after the last finite update) is checkpointed and training
-        stops with ``NonFiniteTrainingError``.
+        ``max_consecutive_nonfinite`` in a row the unchanged state (after the last finite update) is
+        checkpointed and training stops with ``NonFiniteTrainingError``.
         """
         trainer = module.trainer
         finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))  # one host sync, not two
