@@ -26,7 +26,7 @@ Check = tuple[str, object, bool, str]  # (option, value, whether it is valid, wh
 def require_valid(prefix: str, *checks: Check) -> None:
     """Raise a one-line ``ConfigError`` for the first check that fails: ``<prefix><option> must be
     <allowed>, got <value>`` (``prefix``: ``model.`` for the trainer's options, ``MathVerifier `` for a
-    verifier's)."""
+    verifier's, ``model.verifier.`` for a config's verifier's: ``Verifier.check_options``)."""
     for option, value, valid, allowed in checks:
         if not valid:
             raise ConfigError(f"{prefix}{option} must be {allowed}, got {value}")

@@ -54,6 +54,17 @@ class Verifier(abc.ABC):
             verifier._arguments = _init_arguments(cls, args, kwargs)
         return verifier
 
+    @classmethod  # noqa: B027 (not abstract: a verifier may have no options to check)
+    def check_options(cls, prefix: str, **options: object) -> None:
+        """Raise a one-line ``ConfigError`` for the first of ``options`` (``__init__``'s arguments, defaults
+        included) that the verifier cannot work with, naming it ``<prefix><option>``. A subclass that checks
+        its options does it here: its ``__init__`` calls its own class's (``MathVerifier.check_options``, not
+        a subclass's, whose options may be others) with its class name (``MathVerifier timeout must be
+        ...``), and ``rgra`` calls it on a config's verifier before anything is made (a learned reward model
+        would load first), with the option's full name (``model.verifier.timeout``; a ``WeightedSum``
+        component's ``model.verifier.verifiers[1].timeout``), component verifiers still configs. The default
+        checks nothing."""
+
     def settings(self) -> dict[str, object]:
         """The class and the arguments this verifier was made with, as plain values (component verifiers
         as their own settings): the trainer records them in checkpoints and refuses to resume one with
@@ -120,6 +131,33 @@ class MathVerifier(Verifier):
 
     runtime_options = ("workers", "cache_size", "warm_start")
 
+    @classmethod
+    def check_options(
+        cls,
+        prefix: str,
+        *,
+        correct_reward: float,
+        timeout: float,
+        memory_mb: int,
+        workers: int,
+        extractors: list[str] | None,
+        cache_size: int,
+        **others: object,
+    ) -> None:
+        require_valid(
+            prefix,
+            ("correct_reward", correct_reward, math.isfinite(correct_reward), "a finite number"),
+            ("timeout", timeout, 0 < timeout < math.inf, "> 0 (seconds) and finite"),
+            ("memory_mb", memory_mb, memory_mb >= 0, ">= 0 (MiB; 0: no limit)"),
+            ("workers", workers, workers >= 1, ">= 1"),
+            ("cache_size", cache_size, cache_size >= 0, ">= 0 (0: no cache)"),
+        )
+        unknown = sorted(set(extractors or ()) - set(EXTRACTORS))
+        if unknown:
+            raise ConfigError(
+                f"{prefix}extractors must be among {', '.join(EXTRACTORS)}; got {', '.join(unknown)}"
+            )
+
     def __init__(
         self,
         correct_reward: float = 1.0,
@@ -131,19 +169,15 @@ class MathVerifier(Verifier):
         cache_size: int = 100_000,
         warm_start: bool = True,
     ) -> None:
-        require_valid(
+        MathVerifier.check_options(
             "MathVerifier ",
-            ("correct_reward", correct_reward, math.isfinite(correct_reward), "a finite number"),
-            ("timeout", timeout, 0 < timeout < math.inf, "> 0 (seconds) and finite"),
-            ("memory_mb", memory_mb, memory_mb >= 0, ">= 0 (MiB; 0: no limit)"),
-            ("workers", workers, workers >= 1, ">= 1"),
-            ("cache_size", cache_size, cache_size >= 0, ">= 0 (0: no cache)"),
+            correct_reward=correct_reward,
+            timeout=timeout,
+            memory_mb=memory_mb,
+            workers=workers,
+            extractors=extractors,
+            cache_size=cache_size,
         )
-        unknown = sorted(set(extractors or ()) - set(EXTRACTORS))
-        if unknown:
-            raise ConfigError(
-                f"MathVerifier extractors must be among {', '.join(EXTRACTORS)}; got {', '.join(unknown)}"
-            )
         self.correct_reward = correct_reward
         self.extractors = tuple(extractors) if extractors is not None else DEFAULT_ORDER
         self.last_number_fallback = last_number_fallback
@@ -230,11 +264,14 @@ class NumericVerifier(Verifier):
     """
 
     def __init__(self, correct_reward: float = 1.0) -> None:
-        require_valid(
-            "NumericVerifier ",
-            ("correct_reward", correct_reward, math.isfinite(correct_reward), "a finite number"),
-        )
+        NumericVerifier.check_options("NumericVerifier ", correct_reward=correct_reward)
         self.correct_reward = correct_reward
+
+    @classmethod
+    def check_options(cls, prefix: str, *, correct_reward: float, **others: object) -> None:
+        require_valid(
+            prefix, ("correct_reward", correct_reward, math.isfinite(correct_reward), "a finite number")
+        )
 
     def score(self, completion: str, reference: str) -> Score:
         answer = extract_answer(completion)
@@ -262,14 +299,17 @@ class FormatReward(Verifier):
     judges_correctness = False
 
     def __init__(self, pattern: str = r"\\boxed\{", reward: float = 1.0) -> None:
-        require_valid("FormatReward ", ("reward", reward, math.isfinite(reward), "a finite number"))
-        try:
-            self.pattern = re.compile(pattern, re.DOTALL)
-        except re.error as error:
-            raise ConfigError(
-                f"FormatReward pattern must be a regular expression; {pattern!r}: {error}"
-            ) from None
+        FormatReward.check_options("FormatReward ", pattern=pattern, reward=reward)
+        self.pattern = re.compile(pattern, re.DOTALL)
         self.reward = reward
+
+    @classmethod
+    def check_options(cls, prefix: str, *, pattern: str, reward: float, **others: object) -> None:
+        require_valid(prefix, ("reward", reward, math.isfinite(reward), "a finite number"))
+        try:
+            re.compile(pattern, re.DOTALL)
+        except re.error as error:
+            raise ConfigError(f"{prefix}pattern must be a regular expression; {pattern!r}: {error}") from None
 
     def score(self, completion: str, reference: str) -> Score:
         found = self.pattern.search(completion) is not None
@@ -294,18 +334,9 @@ class WeightedSum(Verifier):
     def __init__(
         self, verifiers: list[Verifier], weights: list[float], names: list[str] | None = None
     ) -> None:
-        if not verifiers:
-            raise ConfigError("WeightedSum verifiers must list at least one verifier, got none")
-        if len(weights) != len(verifiers) or not all(math.isfinite(weight) for weight in weights):
-            raise ConfigError(
-                f"WeightedSum weights must be a finite number per verifier ({len(verifiers)}), got {weights}"
-            )
         if names is None:
             names = default_names(verifiers)
-        if len(names) != len(verifiers) or len(set(names)) != len(names):
-            raise ConfigError(
-                f"WeightedSum names must be one distinct name per verifier ({len(verifiers)}), got {names}"
-            )
+        WeightedSum.check_options("WeightedSum ", verifiers=verifiers, weights=weights, names=names)
         self.verifiers = verifiers
         self.weights = weights
         self.names = names
@@ -317,6 +348,27 @@ class WeightedSum(Verifier):
                 f"WeightedSum: {', '.join(judges)} all judge correctness, so a completion counts as correct "
                 "only when every one of them says so; give a shaping reward judges_correctness = False",
                 stacklevel=2,
+            )
+
+    @classmethod
+    def check_options(
+        cls,
+        prefix: str,
+        *,
+        verifiers: list[object],
+        weights: list[float],
+        names: list[str] | None,
+        **others: object,
+    ) -> None:
+        if not verifiers:
+            raise ConfigError(f"{prefix}verifiers must list at least one verifier, got none")
+        if len(weights) != len(verifiers) or not all(math.isfinite(weight) for weight in weights):
+            raise ConfigError(
+                f"{prefix}weights must be a finite number per verifier ({len(verifiers)}), got {weights}"
+            )
+        if names is not None and (len(names) != len(verifiers) or len(set(names)) != len(names)):
+            raise ConfigError(
+                f"{prefix}names must be one distinct name per verifier ({len(verifiers)}), got {names}"
             )
 
     @property
@@ -413,10 +465,7 @@ class MathVerifyAdapter(Verifier):
     """
 
     def __init__(self, correct_reward: float = 1.0) -> None:
-        require_valid(
-            "MathVerifyAdapter ",
-            ("correct_reward", correct_reward, math.isfinite(correct_reward), "a finite number"),
-        )
+        MathVerifyAdapter.check_options("MathVerifyAdapter ", correct_reward=correct_reward)
         try:
             import math_verify
         except ImportError as error:
@@ -425,6 +474,12 @@ class MathVerifyAdapter(Verifier):
             ) from error
         self._math_verify = math_verify
         self.correct_reward = correct_reward
+
+    @classmethod
+    def check_options(cls, prefix: str, *, correct_reward: float, **others: object) -> None:
+        require_valid(
+            prefix, ("correct_reward", correct_reward, math.isfinite(correct_reward), "a finite number")
+        )
 
     def score(self, completion: str, reference: str) -> Score:
         try:

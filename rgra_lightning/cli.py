@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import inspect
 import io
 import logging
+import re
 import shlex
 import sys
 import warnings
@@ -29,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from rewards.errors import ParagraphHelpFormatter
+from rewards.verifiers import Verifier
 from rgra_lightning.callbacks import LineProgressBar
 from rgra_lightning.checkpointing import (
     ContinuedLog,
@@ -44,7 +47,15 @@ from rgra_lightning.commands import LIGHTNING_COMMANDS
 from rgra_lightning.config_files import LOSS_PRESETS, key_line, read
 from rgra_lightning.distributed import AgreedStop, stop_status
 from rgra_lightning.errors import ConfigError, exit_status, find_reported_error
-from rgra_lightning.parser_errors import given_options, is_file, one_line_report, option_type, without_usage
+from rgra_lightning.parser_errors import (
+    Mistake,
+    given_options,
+    is_file,
+    one_line_report,
+    option_type,
+    where_set,
+    without_usage,
+)
 
 # The data module of the 0.x configs, split into one data module per source: ``task`` -> class path.
 _SPLIT_DATA_MODULE = {
@@ -90,6 +101,8 @@ class RLCLI(LightningCLI):
     ``class_path`` that names no class: ``parser_errors``; YAML that does not parse, a missing file:
     ``check_config_files``; a trainer setting Lightning refuses, a GPU config without a GPU), the parser's
     other reports without its usage block, and keeps the config as given when a checkpoint is named."""
+
+    given_arguments: list[str] | None = None  # the command line, for the file and line of a refused value
 
     # ``rgra fit --help`` lists the trainer's options and of the model says only "known subclasses:
     # lightning.LightningModule": the help names the project's model and says how to list its options.
@@ -180,7 +193,7 @@ class RLCLI(LightningCLI):
         if ckpt_path not in (None, "last", "best", "hpc"):
             require_checkpoint(ckpt_path, "--ckpt_path", sharded=True)
         if isinstance(config.get("model"), Namespace) and config.model.get("class_path"):
-            check_option_values(config.model)
+            check_option_values(config.model, self.given_arguments)
 
     def instantiate_trainer(self, **kwargs: object) -> Trainer:
         """The trainer, with ``AgreedStop`` and ``RunDirectoryLock``; a setting it cannot run with
@@ -221,6 +234,7 @@ class RLCLI(LightningCLI):
         dataclasses refuse (``check_option_values``) is the same one-line error as when the run starts,
         rather than printed as if it would run."""
         arguments = sys.argv[1:] if args is None else args
+        self.given_arguments = arguments if isinstance(arguments, list) else None
         printing = isinstance(arguments, list) and [
             argument for argument in arguments if str(argument).split("=", 1)[0] == "--print_config"
         ]
@@ -229,7 +243,7 @@ class RLCLI(LightningCLI):
             subcommand = self.config.get("subcommand")
             model = (self.config[subcommand] if subcommand else self.config).get("model")
             if isinstance(model, Namespace) and model.get("class_path"):
-                check_option_values(model)
+                check_option_values(model, self.given_arguments)
         self._parse(parser, args)
 
     def _parse(self, parser: LightningArgumentParser, args: ArgsType) -> None:
@@ -248,18 +262,63 @@ class RLCLI(LightningCLI):
         sys.stderr.write(captured.getvalue())
 
 
-def check_option_values(model: Namespace) -> None:
+def check_option_values(model: Namespace, args: list[str] | None = None) -> None:
     """Build the model's dataclass options (``loss`` with its ``advantage``, ``sampling``, ``evaluation``,
-    ``sharding``, ``lora``) from the parsed ``model`` config (``class_path``/``init_args``), so that a value
-    or combination their checks refuse (``advantage.selection: best_of_group`` over a group-mean baseline,
-    ``sampling.top_p: 0``) is a one-line ``ConfigError`` before any model loads, and in ``rgra ablate``'s
-    check of every preset before the first run; the parser checks only their types."""
+    ``sharding``, ``lora``) from the parsed ``model`` config (``class_path``/``init_args``), and check its
+    verifier's options (``check_verifier_options``), so that a value or combination their checks refuse
+    (``advantage.selection: best_of_group`` over a group-mean baseline, ``sampling.top_p: 0``, a verifier's
+    ``timeout: 0``) is a one-line ``ConfigError`` before any model loads, and in ``rgra ablate``'s check of
+    every preset before the first run; the parser checks only their types. A verifier's option set in a
+    ``--config`` file of the command line ``args`` is reported at its line."""
     module, _, name = model.class_path.rpartition(".")
     module_class = getattr(importlib.import_module(module), name)
     for option, value in vars(model.get("init_args") or Namespace()).items():
         option_class = _option_dataclass(module_class, option)
         if option_class is not None and isinstance(value, Namespace):
             _built(option_class, value)
+        else:
+            check_verifier_options(value, f"model.{option}", args)
+
+
+def check_verifier_options(config: object, name: str, args: list[str] | None = None) -> None:
+    """Check the options of the verifier option ``name`` (``model.verifier``) is configured with (``config``:
+    its ``class_path`` and ``init_args``), its component verifiers' first (a ``WeightedSum``'s:
+    ``model.verifier.verifiers[1]``), with ``Verifier.check_options``. A value the verifier would refuse
+    when made inside the model's instantiation, as ``MathVerifier timeout must be ...``, is then a
+    ``ConfigError`` naming the option in full as the model's own options are (``model.verifier.timeout
+    must be ...``), after the ``FILE:LINE`` of the ``--config`` file of ``args`` that set it, as the parser's
+    reports are. Not a verifier, or one whose ``__init__`` has no ``check_options`` of its class: left to
+    the class."""
+    if isinstance(config, list):
+        for index, item in enumerate(config):
+            check_verifier_options(item, f"{name}[{index}]", args)
+        return
+    if not isinstance(config, Namespace) or not isinstance(config.get("class_path"), str):
+        return
+    module, _, class_name = config.class_path.rpartition(".")
+    try:
+        kind = getattr(importlib.import_module(module), class_name)
+        options = inspect.signature(kind).bind(**vars(config.get("init_args") or Namespace()))
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return  # the class is the parser's, or its call the class's, to report
+    if not (isinstance(kind, type) and issubclass(kind, Verifier)):
+        return
+    for option, value in options.arguments.items():
+        check_verifier_options(value, f"{name}.{option}", args)
+    options.apply_defaults()
+    maker = next(cls for cls in kind.__mro__ if "__init__" in vars(cls))  # whose ``__init__`` takes them
+    if "check_options" not in vars(maker):
+        return  # a subclass's options of its own, which its ``__init__`` checks
+    prefix = f"{name}."
+    try:
+        kind.check_options(prefix, **options.arguments)
+    except ConfigError as error:
+        option = re.match(r"\w+", str(error).removeprefix(prefix))
+        key = f"{prefix}{option[0]}" if option else name
+        source = where_set(Mistake(key, str(error)), args, last=True) if args is not None else None
+        if source is None:
+            raise
+        raise ConfigError(f"{source.where}: {error}") from error
 
 
 def _option_dataclass(target: type, name: str) -> type | None:

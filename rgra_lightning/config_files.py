@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -136,17 +137,47 @@ def _yaml_mistake(path: str | Path, error: yaml.MarkedYAMLError) -> str:
 def key_line(path: str | Path, key: str, value: str | None = None) -> int | None:
     """The line (from 1) of the YAML file ``path`` where the dotted option ``key`` (``model.lora.rank``) is
     set (to ``value``, written anywhere in it, where given), looking through ``init_args`` levels as the
-    command line does; None where the file does not set it or cannot be read."""
-    node = _node_tree(path)
-    key_node = None
-    for name in key.split("."):
-        found = _child(node, name)
-        if found is None:
-            return None
-        key_node, node = found
-    if key_node is None or (value is not None and not _mentions(node, value)):
+    command line does and into lists (``find_key``); None where the file does not set it or cannot be
+    read."""
+    found = find_key(path, key, value)
+    return found[1] if found is not None else None
+
+
+def find_key(path: str | Path, key: str, value: str | None = None) -> tuple[str, int] | None:
+    """``key`` as the YAML file ``path`` sets it, with the index of each list item on the way
+    (``trainer.callbacks[0].every_n_steps``), and its line (from 1), as ``key_line`` finds it. A list is
+    followed into the item ``key`` names (``model.verifier.verifiers[1].timeout``) or, where it names none
+    (the parser's reports name a list, not its item), the first item that sets the rest of ``key`` (to
+    ``value``); a ``key`` that ends at a list, with a ``value``, is the item holding it (``trainer.plugins``:
+    ``trainer.plugins[0]``, its line). None where the file does not set it or cannot be read."""
+    node, names = _node_tree(path), re.findall(r"[^.\[\]]+|\[\d+\]", key)
+    found = _find(node, names, value) if node is not None and names else None
+    if found is None or found[1] is None:
         return None
-    return key_node.start_mark.line + 1
+    return ".".join(found[0]).replace(".[", "["), found[1].start_mark.line + 1
+
+
+def _find(node: yaml.Node, names: list[str], value: str | None) -> tuple[list[str], yaml.Node | None] | None:
+    """Below the value ``node``: ``names`` with the index of each list item on the way, and the node of the
+    line that sets the last (its key, or a list item; None: the key of ``node`` itself, where ``names`` is
+    empty); None where ``node`` does not set them (to ``value``)."""
+    if isinstance(node, yaml.SequenceNode) and (names or value is not None):
+        index = re.fullmatch(r"\[(\d+)\]", names[0]) if names else None
+        positions = [int(index[1])] if index else range(len(node.value))  # the item named, else each
+        below = names[1:] if index else names
+        for position in positions:
+            item = node.value[position] if position < len(node.value) else None
+            found = _find(item, below, value) if item is not None else None
+            if found is not None:
+                return [f"[{position}]", *found[0]], found[1] if found[1] is not None else item
+        return None
+    if not names:
+        return ([], None) if value is None or _mentions(node, value) else None
+    pair = _child(node, names[0])
+    found = _find(pair[1], names[1:], value) if pair is not None else None
+    if found is None:
+        return None
+    return [names[0], *found[0]], found[1] if found[1] is not None else pair[0]
 
 
 def key_at_line(path: str | Path, line: int) -> str | None:

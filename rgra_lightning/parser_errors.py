@@ -22,7 +22,7 @@ from pathlib import Path
 
 import rgra_lightning
 from rgra_lightning.commands import LIGHTNING_COMMANDS
-from rgra_lightning.config_files import key_line
+from rgra_lightning.config_files import find_key
 
 # jsonargparse's wordings for an unknown key below a class given by class_path, and for the section.
 _SECTION = re.compile(r'Parser key "(?P<section>[\w.]+)"')
@@ -328,22 +328,47 @@ def given_options(args: list[str]) -> typing.Iterator[tuple[str, str]]:
         yield name, value
 
 
-def where_set(mistake: Mistake, args: list[str]) -> str | None:
-    """``FILE:LINE`` of the ``--config`` file the parser refused ``mistake`` in: the first source, in the
-    order the parser reads them, that sets its option (to the refused value, where it names one); None
-    where that is the command line itself or nothing does."""
-    key, value = mistake.key, mistake.value
+class Source(typing.NamedTuple):
+    """Where in a ``--config`` file a mistake is: ``FILE:LINE``, and the option as the file sets it, with
+    the index of each list item on the way (``trainer.callbacks[0].every_n_step``: ``find_key``)."""
+
+    where: str
+    key: str
+
+
+def where_set(mistake: Mistake, args: list[str], last: bool = False) -> Source | None:
+    """The ``--config`` file, line and option the parser refused ``mistake`` in: the first source, in the
+    order the parser reads them, that sets its option (to the refused value, where it names one); with
+    ``last``, the last one, whose value won (a value refused after parsing, which names no value the files
+    write). None where that is the command line itself or nothing does."""
+    key, value, found = mistake.key, mistake.value, None
     for name, given in given_options(args):
         option = name.removeprefix("--").rstrip("+")  # ``--trainer.callbacks+=...`` appends
         if name == "--config":
-            line = key_line(given, key, value) if is_file(given) else None
-            if line is not None:
-                return f"{given}:{line}"
-            continue
-        sets_key = option == key or key.startswith(f"{option}.") or option.startswith(f"{key}.")
-        if sets_key and (value is None or value in given):
-            return None
-    return None
+            located = find_key(given, key, value) if is_file(given) else None
+            if located is None:
+                continue
+            found = Source(f"{given}:{located[1]}", located[0])
+        else:
+            sets_key = (
+                option == key or key.startswith((f"{option}.", f"{option}[")) or option.startswith(f"{key}.")
+            )
+            if not sets_key or (value is not None and value not in given):
+                continue
+            found = None
+        if not last:
+            return found
+    return found
+
+
+def with_indices(message: str, key: str) -> str:
+    """``message`` with each list the dotted ``key`` goes through by index (``trainer.callbacks[0].x``)
+    named with that index where it names the list alone (``of trainer.callbacks (...)``, as the parser's
+    reports name it): which item the mistake is in."""
+    for index in reversed(list(re.finditer(r"\[\d+\]", key))):
+        listed = re.sub(r"\[\d+\]", "", key[: index.start()])
+        message = re.sub(rf"(?<![\w.\]]){re.escape(listed)}(?![\w\[])", key[: index.end()], message)
+    return message
 
 
 def without_usage(error_text: str) -> str:
@@ -380,4 +405,6 @@ def one_line_report(error_text: str, args: list[str] | None) -> str | None:
     if mistake is None:
         return None
     source = where_set(mistake, args) if isinstance(args, list) else None
-    return f"error: {source + ': ' if source else ''}{mistake.message}"
+    if source is None:
+        return f"error: {mistake.message}"
+    return f"error: {source.where}: {with_indices(mistake.message, source.key)}"

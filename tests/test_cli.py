@@ -518,6 +518,57 @@ def test_option_values_of_a_class_whose_annotations_do_not_resolve_are_left_to_i
         check_option_values(Namespace(class_path="rgra_lightning.RLModule", init_args=Namespace(loss=loss)))
 
 
+def test_a_verifiers_option_is_named_in_full_with_the_item_of_a_weighted_sum():
+    """A verifier checked its options when made, inside the model's instantiation, naming itself
+    (``MathVerifier timeout must be ...``): not the option as a config sets it, nor which component of a
+    ``WeightedSum``. They are checked with the model's own options now, before anything is made."""
+    components = [
+        Namespace(class_path="rewards.FormatReward", init_args=Namespace(pattern="x", reward=0.1)),
+        Namespace(class_path="rewards.MathVerifier", init_args=Namespace(timeout=0.0)),
+    ]
+    verifier = Namespace(
+        class_path="rewards.WeightedSum", init_args=Namespace(verifiers=components, weights=[1.0, 1.0])
+    )
+    model = Namespace(class_path="rgra_lightning.RLModule", init_args=Namespace(verifier=verifier))
+    message = "model.verifier.verifiers[1].timeout must be > 0 (seconds) and finite, got 0.0"
+    with pytest.raises(ConfigError) as raised:
+        check_option_values(model)
+    assert str(raised.value) == message
+    verifier.init_args.weights = [1.0]
+    components[0].init_args.pattern = "("  # the components are checked first, as they are made first
+    with pytest.raises(ConfigError, match=r"^model\.verifier\.verifiers\[0\]\.pattern must be a regular"):
+        check_option_values(model)
+    components[0].init_args.pattern = "x"
+    with pytest.raises(ConfigError) as raised:
+        check_option_values(model)
+    assert str(raised.value) == message
+    components[1].init_args.timeout = 1.0
+    with pytest.raises(ConfigError) as raised:
+        check_option_values(model)
+    assert str(raised.value) == "model.verifier.weights must be a finite number per verifier (2), got [1.0]"
+
+
+def test_a_verifiers_option_set_in_a_file_is_named_at_its_line(small_config, tmp_path, capsys):
+    """Where the file sets it, as the parser's reports are; the command line names no file."""
+    config, preset = small_config("rgra"), tmp_path / "preset.yaml"
+    preset.write_text("model:\n  init_args:\n    verifier:\n      init_args: {timeout: 0}\n")
+    assert one_line_error(["--config", str(config), "--config", str(preset)], capsys) == (
+        f"error: {preset}:4: model.verifier.timeout must be > 0 (seconds) and finite, got 0.0"
+    )
+    preset.write_text(
+        "model:\n  init_args:\n    verifier:\n      class_path: rewards.WeightedSum\n      init_args:\n"
+        "        verifiers:\n          - class_path: rewards.MathVerifier\n"
+        "          - class_path: rewards.MathVerifier\n            init_args:\n              workers: 0\n"
+        "        weights: [1.0, 1.0]\n"
+    )
+    assert one_line_error(
+        ["fit", "--config", str(config), "--config", str(preset), "--print_config"], capsys
+    ) == (f"error: {preset}:10: model.verifier.verifiers[1].workers must be >= 1, got 0")
+    assert one_line_error(["--config", str(config), "--model.verifier.timeout=0"], capsys) == (
+        "error: model.verifier.timeout must be > 0 (seconds) and finite, got 0.0"
+    )
+
+
 @pytest.mark.parametrize("printing", ["--print_config", "--print_config=skip_null"])
 def test_print_config_refuses_what_the_run_would_refuse(printing, capsys):
     """--print_config printed a config with sampling.top_p: 0 as if it would run; the run then stopped on

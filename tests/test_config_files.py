@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import yaml
 
-from rgra_lightning.config_files import compose, differences, key_at_line, key_line, merge, read
+from rgra_lightning.config_files import compose, differences, find_key, key_at_line, key_line, merge, read
 from rgra_lightning.errors import ConfigError
 from tests.conftest import ROOT
 
@@ -70,6 +70,48 @@ def test_key_line_finds_an_option_through_init_args_and_its_value(tmp_path):
     assert key_line(path, "model.verifier", "V") == 8  # the value anywhere below the option
     assert key_line(path, "model.loss.eps") is None
     assert key_line(tmp_path / "missing.yaml", "model") is None
+
+
+def test_key_line_follows_list_items_and_names_their_index(tmp_path):
+    """The parser names a list, not its item (``trainer.callbacks``): a mistake in a callback or a
+    ``WeightedSum`` component had no line. The item is the one the key names, else the first that sets
+    the rest of the key (to the value); a key ending at a list, with a value, is the item holding it."""
+    path = tmp_path / "config.yaml"
+    lines = [
+        "trainer:",
+        "  callbacks:",
+        "    - class_path: A",
+        "    - class_path: B",
+        "      init_args: {every_n_step: 3}",  # 5
+        "  plugins:",
+        "    - class_path: P",
+        "    - class_path: Q",  # 8
+        "model:",
+        "  init_args:",
+        "    verifier:",
+        "      init_args:",
+        "        verifiers:",
+        "          - init_args:",
+        "              timeout: 2",  # 15
+        "          - init_args:",
+        "              timeout: 0",  # 17
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    assert find_key(path, "trainer.callbacks.every_n_step") == ("trainer.callbacks[1].every_n_step", 5)
+    assert key_line(path, "trainer.callbacks[1].every_n_step") == 5
+    assert key_line(path, "trainer.callbacks[0].every_n_step") is None
+    assert key_line(path, "trainer.callbacks[7]") is None
+    assert find_key(path, "trainer.plugins", "Q") == ("trainer.plugins[1]", 8)
+    assert find_key(path, "trainer.plugins") == ("trainer.plugins", 6)  # no value: the list itself
+    assert find_key(path, "model.verifier.verifiers[1].timeout") == (
+        "model.verifier.verifiers[1].timeout",
+        17,
+    )
+    assert find_key(path, "model.verifier.verifiers.timeout", "0") == (
+        "model.verifier.verifiers[1].timeout",
+        17,
+    )
+    assert find_key(path, "model.verifier.verifiers.timeout") == ("model.verifier.verifiers[0].timeout", 15)
 
 
 def test_key_at_line_is_the_dotted_key_written_on_a_line(tmp_path):

@@ -82,23 +82,24 @@ def test_math_verify_adapter_without_the_package_says_how_to_install_it(monkeypa
     [
         (
             "--model.verifier.timeout=0",
-            "error: MathVerifier timeout must be > 0 (seconds) and finite, got 0.0",
+            "error: model.verifier.timeout must be > 0 (seconds) and finite, got 0.0",
         ),
-        ("--model.verifier.workers=0", "error: MathVerifier workers must be >= 1, got 0"),
+        ("--model.verifier.workers=0", "error: model.verifier.workers must be >= 1, got 0"),
         (
             "--model.verifier.cache_size=-1",
-            "error: MathVerifier cache_size must be >= 0 (0: no cache), got -1",
+            "error: model.verifier.cache_size must be >= 0 (0: no cache), got -1",
         ),
         (
             "--model.verifier.extractors=[nope]",
-            "error: MathVerifier extractors must be among boxed, answer_tag, gsm8k, final_answer, answer_is, "
-            "answer_line; got nope",
+            "error: model.verifier.extractors must be among boxed, answer_tag, gsm8k, final_answer, "
+            "answer_is, answer_line; got nope",
         ),
     ],
 )
 def test_a_bad_verifier_option_of_a_training_config_is_one_line(small_config, capsys, option, message):
-    """The verifier is made inside the config parser, which wraps its error in a union report of many lines;
-    the command line finds the verifier's ``ConfigError`` in the chain and prints it alone."""
+    """The verifier was made inside the config parser, which wraps its error in a union report of many
+    lines, and its ``ConfigError`` named the verifier, not the option: the command line checks a config's
+    verifier options before making anything (``Verifier.check_options``), naming them in full."""
     assert one_line_error(["--config", str(small_config("rgra")), option], capsys) == message
 
 
