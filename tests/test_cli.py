@@ -8,7 +8,7 @@ from jsonargparse import Namespace
 
 from rgra_lightning.cli import check_option_values, main
 from rgra_lightning.errors import ConfigError
-from tests.conftest import ROOT, one_line_error
+from tests.conftest import ROOT, TINY_POLICY, one_line_error
 
 LOSS_KEYS = (
     "policy_term, eps_low, eps_high, beta, kl_estimator, aggregation, aggregation_constant, "
@@ -566,6 +566,17 @@ def test_a_verifiers_option_set_in_a_file_is_named_at_its_line(small_config, tmp
     ) == (f"error: {preset}:10: model.verifier.verifiers[1].workers must be >= 1, got 0")
     assert one_line_error(["--config", str(config), "--model.verifier.timeout=0"], capsys) == (
         "error: model.verifier.timeout must be > 0 (seconds) and finite, got 0.0"
+    )
+    # A learned reward model's, before it loads
+    preset.write_text(
+        "model:\n  init_args:\n    verifier:\n      class_path: rewards.WeightedSum\n      init_args:\n"
+        "        verifiers:\n          - class_path: rewards.MathVerifier\n"
+        "          - class_path: rgra_lightning.RewardModelScorer\n"
+        f"            init_args: {{model_path: {TINY_POLICY}, batch_size: 0}}\n"
+        "        weights: [1.0, 0.2]\n"
+    )
+    assert one_line_error(["--config", str(config), "--config", str(preset)], capsys) == (
+        f"error: {preset}:9: model.verifier.verifiers[1].batch_size must be >= 1, got 0"
     )
 
 

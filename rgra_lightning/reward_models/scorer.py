@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from rewards import Score, Verifier
-from rgra_lightning.errors import ConfigError
+from rgra_lightning.errors import ConfigError, require_valid
 from rgra_lightning.models import freeze, load_causal_lm, load_sequence_classifier, load_tokenizer
 from rgra_lightning.prompt_cache import position_ids
 from rgra_lightning.rollout.base import prompt_token_ids
@@ -112,6 +112,37 @@ class RewardModelScorer(Verifier):
     judges_correctness = False  # a learned score, not a verdict: ``correct`` stays False
     runtime_options = ("batch_size",)  # scores do not depend on it: a resume may change it
 
+    @classmethod
+    def check_options(
+        cls,
+        prefix: str,
+        *,
+        kind: str,
+        transform: str,
+        clip: tuple[float, float] | None,
+        max_length: int | None,
+        batch_size: int,
+        **others: object,
+    ) -> None:
+        require_valid(
+            prefix,
+            ("kind", kind, kind in ("classifier", "judge"), "'classifier' or 'judge'"),
+            (
+                "transform",
+                transform,
+                transform in ("sigmoid", "standardize", "none"),
+                "sigmoid, standardize or none",
+            ),
+            (
+                "clip",
+                None if clip is None else list(clip),
+                clip is None or clip[0] < clip[1],
+                "[low, high], low < high",
+            ),
+            ("max_length", max_length, max_length is None or max_length >= 1, ">= 1"),
+            ("batch_size", batch_size, batch_size >= 1, ">= 1"),
+        )
+
     def __init__(
         self,
         model_path: str,
@@ -125,18 +156,14 @@ class RewardModelScorer(Verifier):
         judge_template: str = "{prompt}{completion}\nIs the answer correct?",
         judge_token: str = " Yes",
     ) -> None:
-        if kind not in ("classifier", "judge"):
-            raise ConfigError(f"RewardModelScorer kind must be 'classifier' or 'judge', got {kind!r}")
-        if transform not in ("sigmoid", "standardize", "none"):
-            raise ConfigError(
-                f"RewardModelScorer transform must be sigmoid, standardize or none, got {transform!r}"
-            )
-        if clip is not None and not clip[0] < clip[1]:
-            raise ConfigError(f"RewardModelScorer clip must be [low, high] with low < high, got {list(clip)}")
-        if (max_length is not None and max_length < 1) or batch_size < 1:
-            raise ConfigError(
-                f"RewardModelScorer max_length and batch_size must be >= 1, got {max_length}, {batch_size}"
-            )
+        RewardModelScorer.check_options(
+            "RewardModelScorer ",
+            kind=kind,
+            transform=transform,
+            clip=clip,
+            max_length=max_length,
+            batch_size=batch_size,
+        )
         self.kind = kind
         self.transform = transform
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
