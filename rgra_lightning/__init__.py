@@ -28,6 +28,7 @@ _EXPORTS = {
     "RewardModelScorer": "rgra_lightning.reward_models",
     "HFEngine": "rgra_lightning.rollout",
     "SamplingConfig": "rgra_lightning.rollout",
+    "SFTModule": "rgra_lightning.sft",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -410,6 +410,29 @@ def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def load_policy(
+    model_path: str,
+    gguf_file: str | None,
+    dtype: str,
+    lora: LoraConfig | None,
+    gradient_checkpointing: bool,
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """The tokenizer and the trainable policy of a module's ``model.*`` options: the model loaded in
+    ``dtype`` with its dropout off (``without_dropout``), under LoRA adapters when ``lora`` is given,
+    with activation checkpointing when asked. A load error names ``model.model_path``, which the loaders
+    cannot know."""
+    try:
+        tokenizer = load_tokenizer(model_path, gguf_file)
+        policy = without_dropout(load_causal_lm(model_path, gguf_file, dtype))
+    except ModelLoadError as error:
+        raise ModelLoadError(f"model.model_path: {error}") from error
+    if lora is not None:
+        policy = add_lora(policy, lora)
+    if gradient_checkpointing:
+        enable_activation_checkpointing(policy)
+    return tokenizer, policy
+
+
 def _embeddings(model: PreTrainedModel) -> list[torch.nn.Module]:
     pair = (model.get_input_embeddings(), model.get_output_embeddings())
     return [module for module in pair if module is not None]

@@ -47,16 +47,7 @@ from rgra_lightning.host_memory import keep_freed_host_memory
 from rgra_lightning.logprobs import logprobs_without_grad
 from rgra_lightning.losses import LossConfig
 from rgra_lightning.metrics import TRAIN_REDUCTIONS, log_training_metrics, metric_weights, training_metrics
-from rgra_lightning.models import (
-    LoraConfig,
-    ModelLoadError,
-    add_lora,
-    enable_activation_checkpointing,
-    freeze,
-    load_causal_lm,
-    load_tokenizer,
-    without_dropout,
-)
+from rgra_lightning.models import LoraConfig, freeze, load_causal_lm, load_policy
 from rgra_lightning.optim import LRSchedule, warmup_schedule
 from rgra_lightning.precision import check_trainable_precision, module_out_of_memory_advice
 from rgra_lightning.reward_models.scorer import learned_reward_models
@@ -212,15 +203,7 @@ class RLModule(LightningModule):
         self.loss_config = loss
         self.sampling = self.configured_sampling = sampling  # ``setup`` fills in unset stop strings
         self.sharding = sharding
-        try:
-            self.tokenizer = load_tokenizer(model_path, gguf_file)
-            self.policy = without_dropout(load_causal_lm(model_path, gguf_file, dtype))
-        except ModelLoadError as error:  # the loaders do not know which option named the model
-            raise ModelLoadError(f"model.model_path: {error}") from error
-        if lora is not None:
-            self.policy = add_lora(self.policy, lora)
-        if gradient_checkpointing:
-            enable_activation_checkpointing(self.policy)
+        self.tokenizer, self.policy = load_policy(model_path, gguf_file, dtype, lora, gradient_checkpointing)
         self.rollout = rollout.bind(self.policy, self.tokenizer)
         self.reference: torch.nn.Module | None = None  # loaded by ``setup("fit")``, when the loss needs it
         self.reward_models = torch.nn.ModuleList(learned_reward_models(verifier))

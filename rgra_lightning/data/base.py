@@ -4,6 +4,9 @@ A source subclass loads question/answer records for the train, val and test spli
 renders each record as a prompt (``render``); the base takes the training subset and evaluation limit,
 builds the examples once, and makes the loaders (a seeded shuffle of full training batches; the validation
 and test batches in order, with each problem's ``index`` in its split).
+
+For a module that trains on worked solutions (``SFTModule``, whose ``trains_on_targets`` is true) the
+batches also carry each problem's ``target`` (``PromptDataModule.target``); RL batches never do.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from lightning import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from rgra_lightning.data.records import Record
+from rgra_lightning.data.records import Record, shot_solution
 from rgra_lightning.distributed import with_distributed_sampler
 from rgra_lightning.errors import ConfigError
 
-Example = dict[str, Any]  # {"prompt": str, "reference": str}, and "index": int in evaluation loaders
+# {"prompt": str, "reference": str}; "index": int in evaluation loaders, "target": str for SFT loaders
+Example = dict[str, Any]
 SPLITS = ("train", "val", "test")
 
 
@@ -36,8 +40,9 @@ class ChatPrompt(str):
 
 
 def collate(examples: list[Example]) -> dict[str, list[Any]]:
-    """A batch: the examples' prompts and references, and their ``index`` when they carry one."""
-    keys = ("prompt", "reference", "index") if "index" in examples[0] else ("prompt", "reference")
+    """A batch: the examples' prompts and references, and their ``index`` and ``target`` when they carry
+    them."""
+    keys = ("prompt", "reference", *(key for key in ("index", "target") if key in examples[0]))
     return {key: [example[key] for example in examples] for key in keys}
 
 
@@ -122,6 +127,7 @@ class PromptDataModule(LightningDataModule):
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
         self.test_examples: list[Example] = []
+        self.records: dict[str, list[Record]] = {}  # each split's records, in its examples' order
         self.test_split_size = 0  # the test problems before ``limit``
 
     # ----------------------------------------------------------- for sources
@@ -137,6 +143,12 @@ class PromptDataModule(LightningDataModule):
     def take_shots(self, records: dict[str, list[Record]], rng: random.Random) -> list[Record]:
         """Solved examples shown before every question, removed from ``records["train"]``; none here."""
         return []
+
+    def target(self, record: Record) -> str:
+        """The completion a supervised fine-tune (``SFTModule``) trains on after ``record``'s prompt: the
+        answer in the boxed form a few-shot example shows it (``records.shot_solution``); sources with
+        worked solutions give those (``TextDataModule``)."""
+        return shot_solution(record, "answer")
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -171,7 +183,24 @@ class PromptDataModule(LightningDataModule):
             examples = records.get(split, [])
             if hp.limit is not None and split != "train":
                 examples = examples[: hp.limit]
+            self.records[split] = examples
             setattr(self, f"{split}_examples", [self.render(r, shots) for r in examples])
+
+    @property
+    def serves_targets(self) -> bool:
+        """Whether the loaders add each problem's ``target`` to its example: for a trainer whose module
+        trains on them (its ``trains_on_targets``, ``SFTModule``'s); never for ``RLModule``, whose batches
+        stay the prompts and references."""
+        return bool(getattr(getattr(self.trainer, "lightning_module", None), "trains_on_targets", False))
+
+    def loader_examples(self, split: str) -> list[Example]:
+        """The examples of ``split`` as its loader serves them: with their ``target`` where
+        ``serves_targets`` (rendered here, so that RL runs never render them)."""
+        examples = getattr(self, f"{split}_examples")
+        if not self.serves_targets:
+            return examples
+        records = self.records[split]
+        return [example | {"target": self.target(r)} for example, r in zip(examples, records, strict=True)]
 
     # ------------------------------------------------------------ dataloaders
 
@@ -204,7 +233,7 @@ class PromptDataModule(LightningDataModule):
             )
         generator = torch.Generator().manual_seed(hp.seed)
         return DataLoader(
-            self.train_examples,
+            self.loader_examples("train"),
             batch_size=hp.batch_size,
             shuffle=True,
             drop_last=True,
@@ -213,7 +242,7 @@ class PromptDataModule(LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self.evaluation_loader(self.val_examples)
+        return self.evaluation_loader(self.loader_examples("val"))
 
     def test_dataloader(self) -> DataLoader:
         if len(self.test_examples) < self.test_split_size:  # a benchmark number on part of the benchmark
@@ -221,7 +250,7 @@ class PromptDataModule(LightningDataModule):
                 f"data.limit={self.hparams.limit}: evaluating the first {len(self.test_examples)} of the "
                 f"{self.test_split_size} test problems (--data.limit null for all of them)"
             )
-        return self.evaluation_loader(self.test_examples)
+        return self.evaluation_loader(self.loader_examples("test"))
 
     def evaluation_loader(self, examples: list[Example]) -> DataLoader:
         """Batches of ``val_batch_size`` examples in order, each with its ``index`` in the split: with

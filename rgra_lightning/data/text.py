@@ -12,6 +12,8 @@ from rgra_lightning.data.chat import ChatCapableDataModule
 from rgra_lightning.data.records import Record, ReferenceFormat, Rows, load_records, shot_solution
 from rgra_lightning.errors import ConfigError
 
+# Between a plain prompt and its answer, in a few-shot example and in a supervised target.
+PLAIN_ANSWER_SEPARATOR = " "
 # The row options' values when neither the option nor a preset sets them.
 ROW_DEFAULTS = {
     "question_field": "question",
@@ -102,6 +104,16 @@ class TextDataModule(ChatCapableDataModule):
         question = self.user_message(record["question"])
         if hp.prompt_format == "plain":
             template = self.question_template
-            prefix = "".join(f"{template.format(question=q)} {a}\n\n" for q, a in solved)
+            prefix = "".join(
+                f"{template.format(question=q)}{PLAIN_ANSWER_SEPARATOR}{a}\n\n" for q, a in solved
+            )
             return {"prompt": prefix + template.format(question=question), "reference": record["reference"]}
         return {"prompt": self.chat_prompt(record["question"], solved), "reference": record["reference"]}
+
+    def target(self, record: Record) -> str:
+        """The completion of ``record``'s prompt as a few-shot example shows it (``records.shot_solution``):
+        the worked solution (GSM8K's without calculator annotations, its ``#### N`` as ``The final answer is
+        \\boxed{N}.``), or the boxed reference where the row has none; after a plain prompt, preceded by the
+        space that separates a plain example's prompt from its answer."""
+        solution = shot_solution(record, self.settings["reference_format"])
+        return PLAIN_ANSWER_SEPARATOR + solution if self.hparams.prompt_format == "plain" else solution
