@@ -147,9 +147,9 @@ def test_trim_padding_drops_only_columns_that_every_row_has_as_padding():
     ids = torch.tensor([[0, 0, 5, 6, 7, 8, 1, 0, 0], [0, 4, 5, 6, 9, 0, 0, 0, 0]])
     completion = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
     attention = torch.cat([torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]), completion], dim=1)
-    rollout = Rollout(ids, attention, completion, 4, ["a", "b"], group_size=2)
+    rollout = Rollout(ids, attention, completion, 4, ["a", "b"])
     trimmed = trim_padding(rollout)
-    assert trimmed.prompt_length == 3 and trimmed.group_size == 2
+    assert trimmed.prompt_length == 3
     assert torch.equal(trimmed.input_ids, ids[:, 1:7]) and torch.equal(
         trimmed.attention_mask, attention[:, 1:7]
     )
@@ -303,7 +303,7 @@ def test_token_budget_micro_batches_sort_rows_by_length_and_fit_the_budget():
         [[1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]]
     )
     ids = torch.zeros(5, 9, dtype=torch.long)
-    rollout = Rollout(ids, torch.cat([prompt, completion], dim=1), completion, 3, [""] * 5, group_size=5)
+    rollout = Rollout(ids, torch.cat([prompt, completion], dim=1), completion, 3, [""] * 5)
 
     def cut(size: int | None, budget: int | None) -> list[list[int]]:
         return [part.tolist() for part in micro_batches(rollout, slice(0, 5), size, budget)]

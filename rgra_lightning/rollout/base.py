@@ -37,7 +37,6 @@ class Rollout:
     prompt_length: int  # P
     completions: list[str]  # N decoded completions up to their first stop token, special tokens removed
     truncated_prompts: int = 0  # prompts (of B) cut to fit the context window
-    group_size: int = 1  # rows per prompt, consecutive (G after sampling); 1: no sharing assumed
     # [N] bool: no stop token within max_new_tokens (the completion was cut, not finished); None: unknown
     truncated: Tensor | None = None
     # [N, T] the sampler's log-probs of the completion tokens (0 after each completion), from an engine with
@@ -49,23 +48,14 @@ class Rollout:
         return self.input_ids[:, self.prompt_length :]
 
     def select(self, rows: Tensor | slice) -> Rollout:
-        """The rollout restricted to some rows (a mini-batch); it keeps ``group_size`` when ``rows`` is a
-        step-1 slice of whole groups."""
+        """The rollout restricted to some rows (a mini-batch)."""
         indices = range(len(self.completions))[rows] if isinstance(rows, slice) else rows.tolist()
-        whole_groups = (
-            isinstance(rows, slice)
-            and len(indices) > 0
-            and indices.step == 1
-            and indices.start % self.group_size == 0
-            and len(indices) % self.group_size == 0
-        )
         return Rollout(
             self.input_ids[rows],
             self.attention_mask[rows],
             self.completion_mask[rows],
             self.prompt_length,
             [self.completions[i] for i in indices],
-            group_size=self.group_size if whole_groups else 1,
             truncated=None if self.truncated is None else self.truncated[rows],
             sampler_logprobs=None if self.sampler_logprobs is None else self.sampler_logprobs[rows],
         )
@@ -347,6 +337,5 @@ def assemble_rollout(
         prompt_length=prompt_ids.shape[1],
         completions=texts,
         truncated_prompts=truncated_prompts,
-        group_size=repeats,
         truncated=torch.tensor([end is None for end in ends], device=completion_ids.device),
     )

@@ -104,7 +104,7 @@ def test_shapes_masks_and_prompt_major_groups_of_the_prompts_own_token_ids(make_
     prompt, width = rollout.prompt_length, rollout.completion_mask.shape[1]
     assert rollout.input_ids.shape == rollout.attention_mask.shape == (rows, prompt + width)
     assert rollout.completion_mask.shape == (rows, width) and 1 <= width <= SAMPLED.max_new_tokens
-    assert rollout.group_size == group and len(rollout.completions) == rows
+    assert len(rollout.completions) == rows
     expected = prompt_token_ids(tokenizer, PROMPTS)
     for row in range(rows):
         real = rollout.attention_mask[row, :prompt].bool()
@@ -189,7 +189,7 @@ def test_greedy_decoding_is_deterministic_and_the_policys_own(make_engine, token
     engine = make_engine(policy, tokenizer)
     first, second = (engine.generate(PROMPTS, GREEDY, greedy=True) for _ in range(2))
     assert torch.equal(first.input_ids, second.input_ids) and first.completions == second.completions
-    assert first.group_size == 1 and len(first.completions) == len(PROMPTS)
+    assert len(first.completions) == len(PROMPTS)
     own = HFEngine().bind(policy, tokenizer).generate(PROMPTS, GREEDY, greedy=True)
     assert torch.equal(first.input_ids, own.input_ids)
 
