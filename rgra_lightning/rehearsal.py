@@ -44,8 +44,8 @@ Checks, each with its measured numbers:
 - ``moved``: at least 99 % of the lora_A entries (full fine-tuning: of the policy's weights) differ between
   the checkpoints after update 1 and after update 2. lora_B starts at zero, so lora_A first has a
   gradient in update 2; below 99 % means updates round away (``rgra_lightning.precision``). By a gradient:
-  AdamW's weight decay alone changes every entry, so the logged ``train/grad_norm`` is > 0 at both updates
-  (``SFTModule`` logs none), and with LoRA some lora_B entry is non-zero after update 2;
+  AdamW's weight decay alone changes every entry, so the logged ``train/grad_norm`` is > 0 at both updates,
+  and with LoRA some lora_B entry is non-zero after update 2;
 - ``resume``: update 1, then a new process resuming from its checkpoint for update 2, ends with trained
   weights bitwise equal to those of the 2 straight updates (``ExactResume``);
 - ``export``: the ``ExportHuggingFace`` directory loads as a plain transformers model (no ``peft`` files or
@@ -802,8 +802,7 @@ def rehearse(
         losses = (logged["train/loss"][last], logged_resumed.get("train/loss", {}).get(last, math.nan))
         result.checks = [
             check_finite(logged, steps, ("train/loss",) if supervised else FINITE_TAGS),
-            # an RL run logs the gradient norm (missing: the check fails); SFTModule logs none
-            check_moved(first, final, steps, logged.get("train/grad_norm", None if supervised else {})),
+            check_moved(first, final, steps, logged.get("train/grad_norm", {})),  # missing: the check fails
             check_resume(final, resumed, losses),
             check_export(
                 straight_dir / "hf_model", final, model_dir, model.get("lora"), model.get("dtype", "float32")

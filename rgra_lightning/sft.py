@@ -182,10 +182,12 @@ class SFTModule(LightningModule):
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any
     ) -> None:
-        """Clip the gradient norm to ``max_grad_norm`` (after Lightning unscaled it, under 16-mixed)."""
-        self.clip_gradients(
-            optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm"
-        )
+        """Clip the gradient norm to ``max_grad_norm`` (after Lightning unscaled it, under 16-mixed) and log
+        the norm before clipping as ``train/grad_norm`` (``rgra rehearse`` tells a gradient from weight decay
+        by it)."""
+        trainable = [p for p in self.policy.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(trainable, self.hparams.max_grad_norm)
+        self.log("train/grad_norm", norm, batch_size=1)
 
     # ------------------------------------------------------------------- checks
 

@@ -207,6 +207,8 @@ def test_a_short_fit_through_the_cli_lowers_the_loss_and_exports_the_policy(tmp_
     losses = [values[-1] for _, values in sorted(scalars_by_step(tmp_path / "runs", "train/loss").items())]
     assert len(losses) == 30
     assert sum(losses[-5:]) < sum(losses[:5])
+    norms = scalars_by_step(tmp_path / "runs", "train/grad_norm")  # rgra rehearse's sign of a gradient
+    assert len(norms) == 30 and all(values[-1] > 0 for values in norms.values())
     exported = load_causal_lm(str(tmp_path / "hf_model"))
     assert not any(type(m).__module__.startswith("peft") for m in exported.modules())
     data = ArithmeticDataModule(val_size=16, val_batch_size=16)
