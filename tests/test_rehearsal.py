@@ -292,9 +292,8 @@ def test_the_export_check_compares_with_the_base_in_the_dtype_it_was_trained_in(
     assert not off.passed, off.detail
 
 
-def test_the_export_check_fails_a_lora_merge_done_in_bf16(tmp_path):
-    """Merged in bf16 (as peft merges into a bf16 base) most of a small adapter update rounds away; the
-    check bounded the error by bf16's own eps and passed such an export."""
+def save_one_layer_llama(directory):
+    """A random 1-layer Llama (32 wide, seed 0) saved to ``directory``, for the export check's tests."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -303,7 +302,16 @@ def test_the_export_check_fails_a_lora_merge_done_in_bf16(tmp_path):
         num_attention_heads=4, num_key_value_heads=2,
     )  # fmt: skip
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    LlamaForCausalLM(config).save_pretrained(directory)
+
+
+def test_the_export_check_fails_a_lora_merge_done_in_bf16(tmp_path):
+    """Merged in bf16 (as peft merges into a bf16 base) most of a small adapter update rounds away; the
+    check bounded the error by bf16's own eps and passed such an export."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    save_one_layer_llama(tmp_path / "model")
     base = LlamaForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.bfloat16)
     rank, module = 4, "model.layers.0.self_attn.q_proj"
     lora_a, lora_b = torch.randn(rank, 32) * 1e-3, torch.randn(32, rank) * 1e-3
@@ -474,14 +482,9 @@ def test_the_export_check_fails_a_zero_adapter_update(tmp_path):
     """With lora_B all zero the export equals the base whether or not it holds the trained adapter: it
     passed (keeping "nan %" of the update)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    save_one_layer_llama(tmp_path / "model")
     LlamaForCausalLM.from_pretrained(tmp_path / "model").save_pretrained(tmp_path / "hf_model")
     prefix = "policy.base_model.model.model.layers.0.self_attn.q_proj"
     final = {
