@@ -50,6 +50,20 @@ def test_clipped_ratio_by_hand():
     assert out.ratio_mean.item() == pytest.approx((math.exp(0.5) + 1 + math.exp(-0.5) + 2) / 5)
 
 
+def test_the_clip_fraction_counts_real_tokens_only():
+    """A padded position whose (meaningless) ratio is out of range is clipped in the per-token term but is
+    no token of the batch: 1 of the 5 real tokens is clipped, whatever the padding holds."""
+    old = LOGP - torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, -1.0]])  # ratios e^0.5 (A = 2), e^-1 (A = -1)
+    config = LossConfig(policy_term="clipped_ratio", eps_low=0.2, eps_high=0.2, beta=0.0)
+    _, clipped, _ = policy_term(LOGP, old, ADV, config)
+    assert clipped.tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]  # the padding's term is clipped too
+    assert rl_loss(LOGP, ADV, MASK, config, old_logp=old).clip_fraction.item() == pytest.approx(1 / 5)
+    # a micro-batch of the second row alone, of a batch of 5 tokens: none of its real tokens is clipped
+    row = slice(1, 2)
+    out = rl_loss(LOGP[row], ADV[row], MASK[row], config, old_logp=old[row], batch_tokens=torch.tensor(5.0))
+    assert out.clip_fraction.item() == 0.0
+
+
 def test_negative_advantage_clips_below():
     logp, old = torch.tensor([[-1.0]]), torch.tensor([[-0.5]])  # ratio e^-0.5 < 0.8
     config = LossConfig(policy_term="clipped_ratio", beta=0.0)

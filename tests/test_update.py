@@ -1,5 +1,6 @@
 """The policy update: non-finite steps skipped and counted, and a stop after too many."""
 
+import copy
 import dataclasses
 import math
 import shutil
@@ -12,7 +13,7 @@ import rgra_lightning.logprobs as logprobs_module
 import rgra_lightning.update
 from rgra_lightning.cli import main
 from rgra_lightning.errors import ConfigError, NonFiniteTrainingError
-from rgra_lightning.logprobs import trim_padding
+from rgra_lightning.logprobs import token_logprobs, trim_padding
 from rgra_lightning.losses import LossConfig, rl_loss
 from rgra_lightning.rollout import HFEngine
 from rgra_lightning.update import PolicyUpdate, loss_mask
@@ -281,3 +282,76 @@ def test_truncated_completions_are_counted_and_left_out_of_the_loss_when_asked(
     assert stats[0].trained_tokens == expected.sum()  # the weight of the per-token diagnostics across ranks
     (fraction,) = scalars_by_step(tmp_path / "runs", "train/truncated_fraction").values()
     assert fraction == [pytest.approx(truncated.float().mean().item())]
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "constant_sum"])
+def test_each_update_has_the_gradient_and_diagnostics_of_its_whole_mini_batch(
+    small_config, tmp_path, monkeypatch, aggregation
+):
+    """Two mini-batches of 8 rows, each accumulated over micro-batches of 3, 3 and 2 rows, with truncated
+    completions left out of the loss: each update's gradient, loss and entropy must be those of one pass over
+    its whole mini-batch, computed here directly with the weights the update started from: ``rl_loss`` on
+    the mini-batch's rows and trained tokens (no batch sizes passed), ``backward``. The second update's
+    gradient is its own mini-batch's only, nothing of the first's."""
+    updates: list[dict] = []  # per update: the policy before its step, the gradient it applied
+    runs: list[tuple] = []  # per rollout batch: its experience, the updater and the returned stats
+    run, clip = PolicyUpdate.run, torch.nn.utils.clip_grad_norm_
+
+    def recording_run(self, module, experience):
+        runs.append((experience, self))
+        updates.clear()
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip(module))
+        stats = run(self, module, experience)
+        runs[-1] += (stats,)
+        return stats
+
+    def recording_clip(module):
+        def record(parameters, *args, **kwargs):
+            parameters = list(parameters)  # before the step: the weights that made this gradient
+            weights = copy.deepcopy(module.policy)
+            updates.append({"policy": weights, "gradient": [p.grad.clone() for p in parameters]})
+            return clip(parameters, *args, **kwargs)
+
+        return record
+
+    monkeypatch.setattr(PolicyUpdate, "run", recording_run)
+    overrides = {
+        "model.init_args.num_minibatches": 2,
+        "model.init_args.micro_batch_size": 3,
+        "model.init_args.warmup_steps": 0,  # the first update changes the weights the second starts from
+        "model.init_args.sampling.max_new_tokens": 14,  # some completions cut: their rows are not trained
+        "model.init_args.loss.mask_truncated_completions": True,
+        "model.init_args.loss.aggregation": aggregation,
+        "seed_everything": 4,  # rollouts with trained rows of non-zero advantage in both mini-batches
+    }
+    main(["fit", "--config", str(small_config("rgra", **FAST, **overrides)), "--trainer.max_steps=2"])
+    ((experience, updater, stats),) = runs
+    rollout, config = experience.rollout, updater.loss
+    trained = rollout.completion_mask * (~rollout.truncated)[:, None]
+    assert len(updates) == stats.applied == 2 and len(rollout.completions) == 16
+    # fp32 gradients summed over 8 rows x up to 40 positions x 128 features in other orders
+    rtol = rounding_rtol(torch.float32, 8 * 40 * 128)
+    entropies = []
+    for index, (part, update) in enumerate(zip((slice(0, 8), slice(8, 16)), updates, strict=True)):
+        truncated = rollout.truncated[part]
+        assert 0 < int(truncated.sum()) < 8, "each mini-batch needs trained and untrained rows"
+        assert experience.advantages[part][~truncated].abs().sum() > 0, "and a policy term to train"
+        policy, mini = update["policy"], rollout.select(part)
+        policy.zero_grad(set_to_none=True)
+        logp, entropy = token_logprobs(policy, mini, updater.temperature)
+        ref = None if experience.ref_logprobs is None else experience.ref_logprobs[part]
+        out = rl_loss(
+            logp, experience.advantages[part], trained[part], config, old_logp=logp.detach(), ref_logp=ref
+        )
+        out.loss.backward()
+        expected = [p.grad for p in policy.parameters()]
+        assert len(expected) == len(update["gradient"]) and all(g is not None for g in expected)
+        actual = torch.cat([g.flatten() for g in update["gradient"]])
+        reference = torch.cat([g.flatten() for g in expected])
+        assert_close_normwise(actual, reference, rtol, f"update {index} gradient")
+        assert_close_normwise(stats.history["loss"][index], out.loss.detach(), rtol, f"update {index} loss")
+        # the entropy diagnostic: the token mean over every completion token of the mini-batch
+        entropies.append((entropy * mini.completion_mask).sum() / mini.completion_mask.sum())
+        assert_close_normwise(stats.history["entropy"][index], entropies[-1], rtol, f"update {index} entropy")
+    (logged,) = scalars_by_step(tmp_path / "runs", "train/entropy").values()  # the mean of the updates'
+    assert logged == [pytest.approx(torch.stack(entropies).mean().item(), rel=rtol)]

@@ -100,6 +100,26 @@ def test_terminating_decimals_compare_exactly(pred, gold, same):
     assert equivalent(gold, pred) is same
 
 
+# 2c. expressions in symbols are compared by their values at random points, evaluated to 30 digits: the
+# relative tolerance of that comparison only absorbs the rounding of a float literal (0.1 held in binary,
+# ~1e-17 relative), so expressions whose values differ by a factor 1 + 1e-6 are different answers
+@pytest.mark.parametrize(
+    "pred, gold, same",
+    [
+        ("\\frac{1000001}{1000000}x^2", "x^2", False),  # values at every point 1e-6 apart, relatively
+        ("1.000001x^2", "x^2", False),
+        ("\\frac{1000001}{1000000}y^2 = x", "y^2 = x", False),  # the ratio of the sides' differences
+        ("\\frac{1000001}{1000000}x^2 < y", "x^2 < y", False),
+        ("0.1x^2", "\\frac{x^2}{10}", True),  # equal but for the binary rounding of 0.1
+        ("0.7y^2 = x", "\\frac{7y^2}{10} = x", True),
+        ("0.1x^2 < y", "\\frac{x^2}{10} < y", True),
+    ],
+)
+def test_expressions_that_differ_by_one_in_a_million_are_different(pred, gold, same):
+    assert equivalent(pred, gold) is same
+    assert equivalent(gold, pred) is same
+
+
 def test_a_tuple_matches_only_the_open_interval_of_its_two_elements():
     import sympy
 

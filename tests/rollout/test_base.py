@@ -2,6 +2,8 @@
 and masks, grouping."""
 
 import copy
+import dataclasses
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -49,6 +51,24 @@ def test_overlong_prompt_is_rejected_when_asked(tiny):
         sample_rollout(policy, tokenizer, ["+".join(["1"] * 40) + "="], config)
     with pytest.raises(ConfigError, match="max_new_tokens=64 leaves no room"):
         sample_rollout(policy, tokenizer, ["1+1="], SamplingConfig(max_new_tokens=64))
+
+
+def test_a_prompt_of_exactly_the_budget_fits_the_context():
+    """56 tokens plus 8 new ones fill the 64-token window exactly: kept whole, neither refused nor counted as
+    cut; one token more is over the budget."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))  # one token per character, no special tokens
+    model = SimpleNamespace(device=torch.device("cpu"), config=SimpleNamespace(max_position_embeddings=64))
+    config = SamplingConfig(num_generations=2, max_new_tokens=8, prompt_overflow="error")
+    exact = "+".join(["1"] * 28) + "="  # 56 tokens
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "prompts are longer" warning either
+        for overflow in ("error", "truncate"):
+            settings = dataclasses.replace(config, prompt_overflow=overflow)
+            ids, mask, cut = tokenize_prompts(tokenizer, [exact, "2+2="], settings, model)
+            assert cut == 0 and ids.shape == (2, 56) and mask[0].sum().item() == 56
+            assert tokenizer.decode(ids[0]) == exact
+    with pytest.raises(ConfigError, match="1 of 2 prompts are longer than 56 tokens .* longest has 57"):
+        tokenize_prompts(tokenizer, ["1" + exact, "2+2="], config, model)
 
 
 def test_prompt_overflow_option_is_validated(small_config, capsys):
@@ -277,6 +297,24 @@ def test_a_stop_string_inside_a_token_a_stop_token_before_it_and_skipped_tokens(
     short = assembled(tokenizer, rows, Stops((eos,), ("Answer:",)), lengths=[3, len(tokens)])
     assert short.completion_mask.sum(dim=1).tolist() == [3, 16] and short.truncated.tolist() == [True, False]
     assert short.completions == [" 18", RUN_ON[: RUN_ON.index("Answer:")]]
+
+
+@pytest.mark.parametrize(("stop", "skip", "end"), [(":", 7, 15), ("\n", 5, 13)])
+def test_a_stop_string_within_the_skipped_tokens_does_not_end_the_completion(stop, skip, end):
+    """min_new_tokens skips "Question:" (tokens 5-6) and the two newlines (3-4): the completion ends at the
+    token completing the next occurrence, several tokens after the skipped ones (":" of "Answer:", 15, or
+    the newline after "apples.", 13), not at the first token after the skip, whose text from the start
+    holds the skipped occurrence."""
+    tokenizer = smollm2_tokenizer()
+    tokens, eos = tokenizer.encode(RUN_ON), tokenizer.eos_token_id
+    assert tokenizer.convert_ids_to_tokens(tokens[14:16]) == ["Answer", ":"]
+    assert tokenizer.convert_ids_to_tokens(tokens[12:14]) == [".", "\u010a"]  # "\n" after "apples."
+    stops = Stops((eos,), (stop,), skip=skip)
+    assert completion_ends(tokenizer, torch.tensor([tokens]), stops) == [end]
+    rollout = assembled(tokenizer, [tokens], stops)
+    assert rollout.completion_mask.sum().item() == end + 1 and rollout.truncated.tolist() == [False]
+    skipped = len(tokenizer.decode(tokens[:skip]))
+    assert rollout.completions == [RUN_ON[: RUN_ON.index(stop, skipped)]]
 
 
 def test_stop_strings_must_not_be_empty():
