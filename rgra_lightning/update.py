@@ -33,9 +33,10 @@ from rgra_lightning.rollout import Rollout
 
 @dataclass
 class UpdateStats:
-    """Per-update diagnostics of one rollout batch (each list has one value per applied optimizer update:
-    a skipped update's are NaN or inf), the numbers of updates applied and skipped as non-finite, and the
-    tokens the loss trains on ``[]`` (the weight of its per-token diagnostics across ranks)."""
+    """Per-update diagnostics of one rollout batch (each list has one value per applied optimizer update;
+    a skipped update's, NaN or inf, are left out), the numbers of updates applied and skipped as
+    non-finite, and the tokens the loss trains on ``[]`` (the weight of its per-token diagnostics across
+    ranks)."""
 
     history: dict[str, list[Tensor]] = field(default_factory=dict)
     applied: int = 0
@@ -141,9 +142,8 @@ class PolicyUpdate:
         """
         check_token_budget(model, self.token_budget)
         rows = len(rollout.completions)
-        if (
-            rows % self.num_minibatches
-        ):  # checked at the start of a fit where the data module has a batch size
+        # checked at the start of a fit too, where the data module has a batch size
+        if rows % self.num_minibatches:
             raise ConfigError(
                 f"a rollout batch of {rows} completions does not split into model.num_minibatches="
                 f"{self.num_minibatches} equal mini-batches"
@@ -182,13 +182,13 @@ class PolicyUpdate:
         trainer = module.trainer
         rollout, advantages = experience.rollout, experience.advantages
         trained = loss_mask(rollout, self.loss.mask_truncated_completions)
-        minibatch = len(rollout.completions) // self.num_minibatches
         minibatches = self.minibatches(module.policy, rollout)
         stats = UpdateStats(trained_tokens=trained.sum())
         for _ in range(self.num_iterations):
             for part, parts in minibatches:
                 if 0 <= trainer.max_steps <= trainer.global_step:
                     break  # reached in a batch with skipped updates: the updates left would run past it
+                rows = part.stop - part.start
                 tokens = trained[part].sum()  # the mini-batch's trained tokens, for every micro-batch
                 real_tokens = rollout.completion_mask[part].sum()
                 optimizer.zero_grad()
@@ -205,7 +205,7 @@ class PolicyUpdate:
                         self.loss,
                         old_logp=logp.detach() if old is None else old[micro],
                         ref_logp=None if ref is None else ref[micro],
-                        batch_rows=minibatch,
+                        batch_rows=rows,
                         batch_tokens=tokens,
                         sampler_logp=None if sampler is None else sampler[micro],
                     )

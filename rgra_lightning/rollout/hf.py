@@ -140,7 +140,6 @@ def _decode(
                 policy, cache, repeats, positions, attention_mask if padded else None, config.max_new_tokens
             )
             cache = None  # the decoder holds the prompts' keys and values, repeated
-            logits = logits.repeat_interleave(repeats, dim=0)
         else:  # once per reason; on a GPU the forward is about 2.5 times slower (docs/scaling.md)
             warnings.warn(
                 f"HFEngine decodes through the policy's forward, not the fast decoder: {unsupported}",
@@ -148,6 +147,8 @@ def _decode(
             )
     if decoder is None:
         logits, cache = repeat_encoded(policy, logits, cache, prompt_ids, prompt_mask, repeats)
+    else:
+        logits = logits.repeat_interleave(repeats, dim=0)
     if check_interval is None:
         check_interval = 1 if logits.device.type == "cpu" else 8
     # Draws after the last row finished must not advance the generator: its state after each draw since
