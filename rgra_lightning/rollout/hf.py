@@ -37,6 +37,9 @@ from rgra_lightning.rollout.llama_decode import LlamaDecoder
 from rgra_lightning.rollout.sampling import SamplingConfig, next_tokens
 from rgra_lightning.versions import CACHE
 
+# The default finished_check_interval on an accelerator: every step there waits for the host otherwise.
+ACCELERATOR_CHECK_INTERVAL = 8
+
 
 class HFEngine(RolloutEngine):
     """Samples from the bound policy with a KV-cache decoding loop; it needs no weight updates, since
@@ -150,7 +153,7 @@ def _decode(
     else:
         logits = logits.repeat_interleave(repeats, dim=0)
     if check_interval is None:
-        check_interval = 1 if logits.device.type == "cpu" else 8
+        check_interval = 1 if logits.device.type == "cpu" else ACCELERATOR_CHECK_INTERVAL
     # Draws after the last row finished must not advance the generator: its state after each draw since
     # the last check is kept, to be put back.
     generator = None if greedy or check_interval == 1 else _default_generator(logits.device)
