@@ -7,15 +7,19 @@ pass and allocates about five ``[C, V]`` tensors each time (on CPU each a fresh 
 zeroes page by page, ``host_memory``). Here the forward pass keeps only each token's log-normaliser ``[M]``;
 the backward pass computes each chunk's logits once more and turns them in place into the gradient of the
 log-probs, ``g (onehot(target) - softmax) / temperature``, then multiplies it by the weight (the features'
-gradient) and, when the head trains (a tied embedding in full fine-tuning), by the features (the weight's).
-The ``[C, V]`` buffers (two float32 ones in the forward pass, one in the backward, and one more in the
-multiply's dtype under autocast) are allocated once per call and reused for every chunk. On SmolLM2-135M
-(768 tokens, 49,152 entries, one CPU thread) the forward and backward passes took 1.9 s instead of 2.5 s
-with a frozen head and 2.5 instead of 3.7 s with a trained one (docs/scaling.md).
+gradient) and, when the head trains (full fine-tuning, tied to the embedding or not), by the features (the
+weight's). The ``[C, V]`` buffers (two float32 ones in the forward pass, one in the backward, and one more in
+the multiply's dtype under autocast) are allocated once per call and reused for every chunk; so, when a head
+that trains multiplies in a lower precision than float32, are a ``[V, H]`` buffer for each chunk's weight
+gradient in that dtype and a float32 block of rows through which it is added to the float32 sum (adding
+it directly would allocate a float32 copy of it, and ``torch.mm`` a new product, for every chunk). On
+SmolLM2-135M (768 tokens, 49,152 entries, one CPU thread) the forward and backward passes took 1.9 s
+instead of 2.5 s with a frozen head and 2.5 instead of 3.7 s with a trained one (docs/scaling.md).
 
 The rounding is the straightforward way's: the multiply in the autocast dtype where autocast is on (else in
 the weights' dtype), the logits then cast to float32, divided by the temperature, normalised in float32;
-in the backward pass the logits' gradient is cast back to the multiply's dtype, as autograd casts it.
+in the backward pass the logits' gradient is cast back to the multiply's dtype, as autograd casts it, and
+the weight's gradient is each chunk's product in that dtype, summed in float32.
 
 Shapes: M tokens, H features, V vocabulary entries, C tokens per chunk.
 """
@@ -26,6 +30,11 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
+
+# Elements of the float32 block through which each chunk's low-precision weight gradient is added to the
+# float32 sum (4 MiB): on SmolLM2's [49152, 576] as fast as blocks of 1 MiB, and faster than 16 MiB or the
+# whole gradient at once.
+_CAST_BLOCK_ELEMENTS = 1 << 20
 
 
 def head_token_logprobs(
@@ -125,6 +134,12 @@ class _FusedHeadLogProbs(torch.autograd.Function):
             low_features, low_weight = features.to(dtype), weight.to(dtype)
             grad_features = torch.empty_like(low_features) if needs_features else None
             grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_weight else None
+            if needs_weight and dtype != torch.float32:  # see the module's docstring
+                vocabulary, hidden = weight.shape
+                chunk_grad_weight = weight.new_empty(vocabulary, hidden, dtype=dtype)
+                rows = max(1, min(vocabulary, _CAST_BLOCK_ELEMENTS // max(1, hidden)))
+                cast_dtype = torch.promote_types(dtype, torch.float32)  # what += computed in
+                cast_block = weight.new_empty(rows, hidden, dtype=cast_dtype)
             scale = grad_logp.float() / temperature  # d logits / d (logits / temperature)
             for part, x, z, product in _chunk_logits(low_features, low_weight, temperature, chunk_tokens):
                 # d logp[target] / d logits = onehot(target) - softmax, times the incoming gradient
@@ -136,7 +151,10 @@ class _FusedHeadLogProbs(torch.autograd.Function):
                 if grad_weight is not None and product is None:
                     grad_weight.addmm_(grad.T, x)
                 elif grad_weight is not None:  # each chunk's product in the multiply's dtype, summed in fp32
-                    grad_weight += torch.mm(grad.T, x)
+                    torch.mm(grad.T, x, out=chunk_grad_weight)
+                    for start in range(0, vocabulary, rows):
+                        block = chunk_grad_weight[start : start + rows]
+                        grad_weight[start : start + rows].add_(cast_block[: len(block)].copy_(block))
         return (
             None if grad_features is None else grad_features.to(features.dtype),
             None if grad_weight is None else grad_weight.to(weight.dtype),

@@ -1,6 +1,7 @@
 """The output head fused with the log-softmax: hand-computed values, agreement with the straightforward
 computation (float32, bfloat16 autocast and bfloat16 weights, on CPU and, where present, CUDA; several
-chunks, frozen or trained head), the multiply's rounding under autocast, and which heads take it."""
+chunks, frozen or trained head; logits large enough to overflow ``exp``), the multiply's rounding under
+autocast, and which heads take it."""
 
 import math
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rgra_lightning import fused_head
 from rgra_lightning.fused_head import head_token_logprobs
 from rgra_lightning.logprobs import fusable_head
 from tests.conftest import assert_close_normwise, rounding_rtol
@@ -36,6 +38,51 @@ def straightforward(features, weight, targets, temperature):
     return log_probs.gather(-1, targets[:, None]).squeeze(-1), entropy.detach()
 
 
+def on_a_grid(*shape):
+    """Normal samples rounded to multiples of 1/8 (|x| < 8 in practice): exact in bfloat16, and the
+    products of two of them (multiples of 1/64) summed in float32 exactly in any order while the sums stay
+    below 2^18. So the fused and the unfused head's multiplies give the same logits, in float32 or rounded
+    once to bfloat16, whatever order the kernels sum in, and the two paths differ only by the float32
+    rounding of the log-softmax."""
+    return (torch.randn(*shape) * 8).round() / 8
+
+
+def logprob_atol(features, weight, temperature):
+    """An absolute tolerance for log-probs and entropies that the fused and the unfused log-softmax compute
+    in float32 from the same logits: the sum of ``vocabulary`` exponentials in another order, and
+    subtractions and products of entries up to the largest logit's magnitude, each rounding relative to
+    that magnitude (see ``rounding_rtol``)."""
+    logits = features.detach().double() @ weight.detach().double().T / temperature
+    return rounding_rtol(torch.float32, weight.shape[0]) * (1 + logits.abs().max().item())
+
+
+def assert_close_maxabs(actual, expected, atol, what):
+    """Every entry within ``atol`` (NaN fails)."""
+    error = (actual - expected).abs().max().item()
+    assert error <= atol, f"{what}: max abs error {error:.3g} > {atol:.3g}"
+
+
+def fused_and_straightforward(features, weight, targets, temperature, chunk_tokens, autocast):
+    """(log-probs, entropy, features' gradient, weight's gradient) of the fused head, then of the unfused
+    one, for a weighted sum of the log-probs of both signs as the loss."""
+    device = features.device.type
+    loss_weights = torch.linspace(-1, 1, len(targets), device=features.device)
+    results = []
+    for fused in (True, False):
+        features.grad = weight.grad = None
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            if fused:
+                logp, entropy = head_token_logprobs(
+                    features, weight, targets, temperature, chunk_tokens, True
+                )
+            else:
+                logp, entropy = straightforward(features, weight, targets, temperature)
+        (logp * loss_weights).sum().backward()
+        gradients = [None if g is None else g.float() for g in (features.grad, weight.grad)]
+        results.append((logp.detach(), entropy, *gradients))
+    return results
+
+
 DEVICES = [
     "cpu",
     pytest.param(
@@ -48,43 +95,67 @@ DEVICES = [
 @pytest.mark.parametrize("trained_head", [True, False])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision", ["float32", "autocast", "bfloat16"])
-def test_fused_log_probs_and_gradients_equal_the_straightforward_computation(precision, trained_head, device):
+def test_fused_log_probs_and_gradients_equal_the_straightforward_computation(
+    precision, trained_head, device, monkeypatch
+):
     """11 tokens in chunks of 4 (the last one short), temperature 0.7, a weighted sum of both signs as the
     loss: log-probs, entropy and gradients agree with the unfused computation, in float32, under bfloat16
     autocast and with bfloat16 features and weight (in both, the two multiply in bfloat16 and normalise in
-    float32)."""
+    float32). In bfloat16 the weight's gradient is added to its float32 sum 7 rows at a time (the last
+    block short)."""
+    monkeypatch.setattr(fused_head, "_CAST_BLOCK_ELEMENTS", 7 * 16)
     torch.manual_seed(0)
     tokens, hidden, vocabulary = 11, 16, 50
     dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
-    features = torch.randn(tokens, hidden).to(device, dtype).requires_grad_()
-    weight = torch.randn(vocabulary, hidden).to(device, dtype).requires_grad_(trained_head)
+    features = on_a_grid(tokens, hidden).to(device, dtype).requires_grad_()
+    weight = on_a_grid(vocabulary, hidden).to(device, dtype).requires_grad_(trained_head)
     targets = torch.randint(0, vocabulary, (tokens,)).to(device)
-    loss_weights = torch.linspace(-1, 1, tokens, device=device)
-    results = []
-    for fused in (True, False):
-        features.grad = weight.grad = None
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "autocast"):
-            if fused:
-                logp, entropy = head_token_logprobs(features, weight, targets, 0.7, 4, True)
-            else:
-                logp, entropy = straightforward(features, weight, targets, 0.7)
-        (logp * loss_weights).sum().backward()
-        gradients = [None if g is None else g.float() for g in (features.grad, weight.grad)]
-        results.append((logp.detach(), entropy, *gradients))
+    results = fused_and_straightforward(features, weight, targets, 0.7, 4, precision == "autocast")
     (logp, entropy, grad_features, grad_weight), (logp_0, entropy_0, grad_features_0, grad_weight_0) = results
     assert logp.dtype == entropy.dtype == torch.float32 and not entropy.requires_grad
-    # float32: sums of 16 products and of 50 softmax terms in other orders; bfloat16: one rounding step of
-    # the multiply's products, which both round to bfloat16 (the weight's gradient sums each chunk's)
+    # the same logits in every precision (``on_a_grid``), then float32: an error of the order of
+    # bfloat16's rounding (dividing by the temperature before the cast, say) fails in every precision
+    atol = logprob_atol(features, weight, 0.7)
+    assert_close_maxabs(logp, logp_0, atol, "log-probs")
+    assert_close_maxabs(entropy, entropy_0, atol, "entropy")
+    # gradients, float32: sums of 16 products and of 50 softmax terms in other orders; bfloat16: the
+    # logits' gradient rounded to bfloat16 before both multiply (the weight's sums each chunk's product)
     if precision == "float32":
         rtol = rounding_rtol(torch.float32, hidden * vocabulary)
     else:
         rtol = torch.finfo(torch.bfloat16).eps
-    assert_close_normwise(logp, logp_0, rtol, "log-probs")
-    assert_close_normwise(entropy, entropy_0, rtol, "entropy")
     assert_close_normwise(grad_features, grad_features_0, rtol, "feature gradient")
     assert (grad_weight is None) == (not trained_head)
     if trained_head:
         assert_close_normwise(grad_weight, grad_weight_0, rtol, "weight gradient")
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize(("scale", "temperature"), [(128.0, 1.0), (1.0, 1e-3)])
+def test_logits_whose_exponential_overflows_float32(scale, temperature, autocast):
+    """Logits / temperature in the thousands (features on the grid times 128, or temperature 1e-3), where exp
+    overflows float32 beyond 88: subtracting each token's largest logit first keeps the log-probs, the
+    entropy and the gradients finite and equal to the unfused log-softmax's."""
+    torch.manual_seed(0)
+    tokens, hidden, vocabulary = 7, 16, 50
+    features = (on_a_grid(tokens, hidden) * scale).requires_grad_()
+    weight = on_a_grid(vocabulary, hidden).requires_grad_()
+    targets = torch.randint(0, vocabulary, (tokens,))
+    targets[0] = (features[0].detach() @ weight.detach().T).argmax()  # a log-prob near 0 among the others
+    logits = features.detach() @ weight.detach().T / temperature
+    assert logits.abs().max() > 1000
+    results = fused_and_straightforward(features, weight, targets, temperature, 3, autocast)
+    (logp, entropy, grad_features, grad_weight), (logp_0, entropy_0, grad_features_0, grad_weight_0) = results
+    for value in (logp, entropy, grad_features, grad_weight):
+        assert torch.isfinite(value).all()
+    atol = logprob_atol(features, weight, temperature)
+    assert_close_maxabs(logp, logp_0, atol, "log-probs")
+    assert_close_maxabs(entropy, entropy_0, atol, "entropy")
+    rtol = (
+        rounding_rtol(torch.float32, hidden * vocabulary) if not autocast else torch.finfo(torch.bfloat16).eps
+    )
+    assert_close_normwise(grad_features, grad_features_0, rtol, "feature gradient")
+    assert_close_normwise(grad_weight, grad_weight_0, rtol, "weight gradient")
 
 
 def test_under_autocast_the_multiply_rounds_as_autocast_rounds_it():
