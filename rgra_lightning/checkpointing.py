@@ -15,9 +15,10 @@
   continues with the same prompts and random draws as an uninterrupted run.
 - Reading a checkpoint for evaluation or export: ``require_checkpoint``, ``read_checkpoint``,
   ``require_matching_weights`` and ``load_trained_weights``; ``reloaded_state_keys`` are the frozen
-  weights checkpoints leave out (reloaded from their model paths). A refused checkpoint of another kind of
-  module (a reward model's given with a policy's config, or the reverse) says so (``other_module``)
-  instead of listing the settings that differ.
+  weights checkpoints leave out (reloaded from their model paths). A checkpoint of another kind of
+  module (a reward model's given with a policy's config, or the reverse) is refused, saying so
+  (``other_module``) instead of listing the settings that differ; but for evaluation, an RL config takes an
+  SFT policy's checkpoint as its own (``EVALUATED_KINDS``: the paper's "ft" row, tested as its RL rows).
 """
 
 from __future__ import annotations
@@ -485,9 +486,14 @@ def require_matching_weights(module: LightningModule, checkpoint: dict[str, Any]
     weights (it puts back what checkpoints leave out: frozen models), then raise ``ConfigError`` unless
     they fit ``module``, naming the settings it was trained with that differ from the module's (those
     that make the weights, where any of them differ) or, where none differ (or none were saved), the
-    weights that are missing, unexpected or of another shape; a checkpoint of another kind of module says
-    so instead (``other_module``)."""
-    other = other_module(checkpoint, ckpt_path, module)  # before the frozen weights are put in
+    weights that are missing, unexpected or of another shape. Refused also where the weights fit: a
+    checkpoint of another kind of module (``MODULE_KINDS``) than ``module`` and those it evaluates
+    (``EVALUATED_KINDS``), which says so (``other_module``), and one trained with other LoRA settings
+    (``model.lora``: another alpha scales the same adapter weights otherwise, silently). A checkpoint of
+    another kind unknown there is refused only where its weights do not fit (saying so as well)."""
+    other = other_module(checkpoint, ckpt_path, module, evaluating=True)  # before frozen weights are put in
+    if other and saved_module_class(checkpoint) in MODULE_KINDS:
+        raise ConfigError(f"{other}: give the config it was trained with ({SAVED})")
     module.on_load_checkpoint(checkpoint)
     saved, current = checkpoint["state_dict"], module.state_dict()
     missing, unexpected = sorted(current.keys() - saved.keys()), sorted(saved.keys() - current.keys())
@@ -496,9 +502,14 @@ def require_matching_weights(module: LightningModule, checkpoint: dict[str, Any]
         for key in saved.keys() & current.keys()
         if saved[key].shape != current[key].shape
     )
-    if not (missing or unexpected or reshaped):
-        return
     changes = changed_settings(checkpoint.get("hyper_parameters", {}), module.hparams, "model.")
+    if not (missing or unexpected or reshaped):
+        lora = [change for change in changes if change.startswith(("model.lora:", "model.lora."))]
+        if lora:
+            raise ConfigError(
+                f"{other_settings(ckpt_path, lora)}: give the config it was trained with ({SAVED})"
+            )
+        return
     # The settings that make the weights (learning_rate and the like change none, and would bury them);
     # the verifier's only where it holds learned reward models, whose weights the module carries
     weights = _WEIGHT_SETTINGS + (("model.verifier",) if len(getattr(module, "reward_models", ())) else ())
@@ -794,24 +805,40 @@ def other_settings(ckpt_path: _PATH, changes: list[str]) -> str:
 # The modules a checkpoint may hold, by class name: what each trains and the config that trains it
 MODULE_KINDS = {
     "RLModule": ("a policy", "configs/rgra.yaml"),
+    "SFTModule": ("a supervised (SFT) policy", "configs/paper/gsm8k-sft.yaml"),
     "RewardModelModule": ("a reward model", "configs/reward_model.yaml"),
     "WarmupModule": ("the warm-up policy", "configs/warmup.yaml"),
 }
+# The other kinds whose checkpoints a kind evaluates (validate, test, predict; export) as its own, never
+# resumes: RLModule's greedy accuracy of an SFT policy is the paper's "ft" row, measured as its RL rows are.
+# Built from the same config (the RL config with the SFT preset last, and without it), both modules hold the
+# policy under ``policy.`` with the same LoRA layout, and load it over the same base weights.
+EVALUATED_KINDS = {"RLModule": ("SFTModule",)}
+
+
+def saved_module_class(checkpoint: Mapping[str, Any]) -> str | None:
+    """The class name of the module ``checkpoint`` holds, as LightningCLI records it among the
+    hyperparameters (``_class_path``); None where it is not recorded."""
+    class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    return None if class_path is None else str(class_path).rsplit(".", 1)[-1]
 
 
 def other_module(
-    checkpoint: Mapping[str, Any], ckpt_path: _PATH | None, module: LightningModule
+    checkpoint: Mapping[str, Any],
+    ckpt_path: _PATH | None,
+    module: LightningModule,
+    evaluating: bool = False,
 ) -> str | None:
     """The start of the message for a checkpoint of another kind of module than ``module``, None for one of
-    the same kind. The kind is the class LightningCLI records among the hyperparameters (``_class_path``);
-    a checkpoint saved without it is of another kind where its weights share no submodule with the
-    module's (a reward model's are under ``model.``, a policy's under ``policy.``)."""
+    the same kind or, ``evaluating``, of a kind ``EVALUATED_KINDS`` lets it evaluate. The kind is the class
+    LightningCLI records (``saved_module_class``); a checkpoint saved without it is of another kind where
+    its weights share no submodule with the module's (a reward model's are under ``model.``, a policy's
+    under ``policy.``)."""
     classes = [cls.__name__ for cls in type(module).__mro__]
     current = next((name for name in classes if name in MODULE_KINDS), classes[0])
-    class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
-    if class_path is not None:
-        saved = str(class_path).rsplit(".", 1)[-1]
-        if saved in classes:
+    saved = saved_module_class(checkpoint)
+    if saved is not None:
+        if saved in classes or (evaluating and saved in EVALUATED_KINDS.get(current, ())):
             return None
         held = _module_kind(saved)
     else:

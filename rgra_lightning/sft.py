@@ -11,7 +11,12 @@ target tokens (EOS included) given everything before them; prompt and padding to
 Averaging: the loss is the mean over all target tokens of the batch (a long solution weighs more than a
 short one), as Hugging Face's Trainer and TRL's ``SFTTrainer`` average by default. The alternative, the
 mean over rows of each row's mean (``RLModule``'s ``sequence_mean`` aggregation), weighs every problem
-alike. Validation and test log the same token mean over their problems' targets (``val/loss``).
+alike. Validation and test log the same token mean over all their problems' targets (``val/loss``,
+``test/loss``), also the step-0 validation of the initial policy (``validate_before_training``).
+
+Accuracy is ``RLModule``'s to measure: ``rgra test`` with the RL config (without the SFT preset) and this
+module's checkpoint evaluates the trained policy exactly as the RL runs' policies are evaluated, over the same
+base weights with the float32 adapters unmerged (``checkpointing.EVALUATED_KINDS``; docs/real-models.md).
 
 The log-probs come from ``logprobs.token_logprobs``, the RL update's: the output head and log-softmax run
 chunk by chunk on the target tokens only (never the full ``[B, L, V]`` logits), in float32.
@@ -27,6 +32,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
 from rgra_lightning.checkpointing import reloaded_state_keys, warn_unless_resumable
+from rgra_lightning.distributed import with_distributed_sampler
 from rgra_lightning.errors import ConfigError, require_valid
 from rgra_lightning.logprobs import token_logprobs
 from rgra_lightning.models import LoraConfig, load_policy
@@ -61,6 +67,8 @@ class SFTModule(LightningModule):
         max_length: tokens per row, prompt + target + EOS (None: the model's context window). A longer row
             keeps its whole prompt and the start of its target (without the EOS); the number of such rows is
             logged as ``train/truncated``. A prompt that leaves no room for a target token is an error.
+        validate_before_training: log ``val/loss`` of the initial policy at step 0, before the first update
+            (as ``RLModule``'s ``val/*``), so that the curve starts at its baseline.
     """
 
     trains_on_targets = True  # PromptDataModule's loaders then add each problem's "target" to its batch
@@ -78,6 +86,7 @@ class SFTModule(LightningModule):
         lr_schedule: LRSchedule = "constant",
         max_grad_norm: float = 1.0,
         max_length: int | None = None,
+        validate_before_training: bool = True,
     ) -> None:
         super().__init__()
         require_valid(
@@ -205,6 +214,28 @@ class SFTModule(LightningModule):
     def on_fit_start(self) -> None:
         self.check_fit_settings(self.trainer, getattr(self.trainer, "datamodule", None))
         warn_unless_resumable(self.trainer)
+
+    def on_train_start(self) -> None:
+        """Log ``val/loss`` of the initial policy at step 0 (``validate_before_training``): the token mean
+        over the targets of the whole validation loader, each process evaluating its share as Lightning's
+        validation splits it, computed as a validation step computes it (no gradients, the precision
+        plugin's autocast). Not in a fit resumed after its first update."""
+        trainer = self.trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        if trainer.global_step > 0 or datamodule is None or not self.hparams.validate_before_training:
+            return
+        loader = datamodule.val_dataloader()
+        if trainer.world_size > 1:
+            loader = with_distributed_sampler(loader, trainer.strategy.distributed_sampler_kwargs)
+        summed = torch.zeros(2, dtype=torch.float64, device=self.device)  # [nats, target tokens]
+        with torch.no_grad(), trainer.precision_plugin.val_step_context():
+            for batch in loader:
+                loss, tokens, _ = self.target_loss(batch)
+                summed += torch.stack([loss.double() * tokens, tokens.double()])
+        summed = trainer.strategy.reduce(summed, reduce_op="sum")
+        if summed[1] > 0:
+            for logger in self.loggers:
+                logger.log_metrics({"val/loss": float(summed[0] / summed[1])}, step=0)
 
     # -------------------------------------------------------------- checkpoints
 

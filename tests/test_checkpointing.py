@@ -37,8 +37,10 @@ from rgra_lightning.checkpointing import (
 )
 from rgra_lightning.cli import main
 from rgra_lightning.errors import RUN_REFUSED, ConfigError, RunRefusedError
-from rgra_lightning.models import load_causal_lm
-from tests.conftest import FAST, ROOT, one_line_error, scalar_tags, scalars_by_step
+from rgra_lightning.models import LoraConfig, load_causal_lm
+from rgra_lightning.module import RLModule
+from rgra_lightning.sft import SFTModule
+from tests.conftest import FAST, ROOT, TINY_POLICY, one_line_error, scalar_tags, scalars_by_step
 from tests.test_update import nan_loss_on_updates
 
 
@@ -788,3 +790,61 @@ def test_a_fit_whose_config_dropped_the_checkpoint_callbacks_warns(small_config,
         warnings.simplefilter("always")
         main(["fit", "--config", str(config), "--trainer.max_steps=1"])  # the shipped list: no warning
     assert not [w for w in caught if "trainer.callbacks has no" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    ("field", "now"), [("alpha", 16.0), ("rank", 8), ("target_modules", ["q_proj"])], ids=str
+)
+def test_evaluating_a_checkpoint_trained_with_other_lora_settings_is_refused_even_where_its_weights_fit(
+    field, now
+):
+    """Another alpha scales the same adapter weights otherwise (alpha / rank), silently: a checkpoint whose
+    ``model.lora`` differs from the config's is refused, naming the field, also where its weights fit the
+    module (as they always do for alpha)."""
+    lora = {"rank": 4, "alpha": 8.0, "target_modules": "all-linear"}
+    trained = SettingsLayers(3, lora, "MathVerifier()")
+    checkpoint = {"state_dict": trained.state_dict(), "hyper_parameters": dict(trained.hparams)}
+    require_matching_weights(SettingsLayers(3, dict(lora), "MathVerifier()"), checkpoint, "a.ckpt")
+    with pytest.raises(ConfigError) as error:
+        require_matching_weights(
+            SettingsLayers(3, lora | {field: now}, "MathVerifier()"), checkpoint, "a.ckpt"
+        )
+    assert str(error.value) == (
+        f"checkpoint a.ckpt was trained with other settings than this run's (model.lora.{field}: "
+        f"{lora[field]!r} in the checkpoint, {now!r} now): give the config it was trained with (saved as "
+        "config.yaml in its log directory)"
+    )
+
+
+def saved_checkpoint(module: LightningModule, class_path: str) -> dict:
+    """What ``module``'s checkpoint holds of its weights and settings, saved as LightningCLI saves the class
+    ``class_path``'s (``_class_path``)."""
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)  # with LoRA: the adapters only
+    checkpoint["hyper_parameters"] = {**module.hparams, "_class_path": class_path}
+    return checkpoint
+
+
+def test_an_rl_config_evaluates_an_sft_checkpoint_but_resumes_no_fit_from_it_and_not_the_reverse():
+    """Built from the same config (model, LoRA), SFTModule and RLModule hold the same policy weights: the RL
+    module evaluates an SFT checkpoint as its own (the paper's ft row, measured as its RL rows), but a fit
+    resumed from it is refused in one line naming both kinds; an SFT config evaluating an RL checkpoint
+    (whose weights fit as well) is refused, as any other kind's."""
+    lora = LoraConfig(rank=4, alpha=8)
+    sft, rl = (
+        SFTModule(model_path=str(TINY_POLICY), lora=lora),
+        RLModule(model_path=str(TINY_POLICY), lora=lora),
+    )
+    require_matching_weights(rl, saved_checkpoint(sft, "rgra_lightning.SFTModule"), "sft.ckpt")
+    sft_policy = "a supervised (SFT) policy (SFTModule, configs/paper/gsm8k-sft.yaml)"
+    rl_policy = "a policy (RLModule, configs/rgra.yaml)"
+    with pytest.raises(RunRefusedError) as error:
+        require_same_run(saved_checkpoint(sft, "rgra_lightning.SFTModule"), "sft.ckpt", rl, None)
+    assert str(error.value).startswith(
+        f"checkpoint sft.ckpt holds {sft_policy}; this config trains {rl_policy}: "
+    )
+    with pytest.raises(ConfigError) as error:
+        require_matching_weights(sft, saved_checkpoint(rl, "rgra_lightning.RLModule"), "rl.ckpt")
+    assert str(error.value).startswith(
+        f"checkpoint rl.ckpt holds {rl_policy}; this config trains {sft_policy}: "
+    )
