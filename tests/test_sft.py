@@ -10,6 +10,7 @@ import math
 import shlex
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -128,21 +129,26 @@ def gsm8k_files(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def gsm8k_data(tmp_path: Path, **options: Any) -> JsonFilesDataModule:
+    """The two GSM8K rows (``gsm8k_files``) as train and validation split, with their worked solutions as
+    targets, 2 per batch, and the prompt ``options``."""
+    files = gsm8k_files(tmp_path)
+    return JsonFilesDataModule(
+        train_file=str(files / "train.jsonl"),
+        val_file=str(files / "val.jsonl"),
+        reference_format="gsm8k_solution",
+        batch_size=2,
+        **options,
+    )
+
+
 def test_gsm8k_targets_drop_the_calculator_annotations_and_box_the_final_answer(tmp_path):
     """The target of a literal GSM8K row, as the loader serves it to SFTModule: the solution without
     ``<<...>>``, its ``#### N`` as the boxed sentence, after a plain prompt's separating space. The paper
     config's verifier parts accept it: MathVerifier finds the reference, FormatReward its box."""
     instruction = read(ROOT / "configs/paper/gsm8k-rgra.yaml")["data"]["init_args"]["instruction"]
     assert "\\boxed{}" in instruction  # what the target's format follows
-    files = gsm8k_files(tmp_path)
-    data = JsonFilesDataModule(
-        train_file=str(files / "train.jsonl"),
-        val_file=str(files / "val.jsonl"),
-        reference_format="gsm8k_solution",
-        prompt_template="Question: {question}\nAnswer:",
-        instruction=instruction,
-        batch_size=2,
-    )
+    data = gsm8k_data(tmp_path, prompt_template="Question: {question}\nAnswer:", instruction=instruction)
     data.setup("fit")
     data.trainer = stub_trainer(SFTModule.__new__(SFTModule))
     batch = next(iter(data.val_dataloader()))
@@ -186,15 +192,8 @@ def test_a_chat_row_is_the_conversation_its_chat_template_writes(kind, tmp_path)
     text.)"""
     module, template_options = chat_module(kind)
     tokenizer = module.tokenizer
-    files = gsm8k_files(tmp_path)
-    data = JsonFilesDataModule(
-        train_file=str(files / "train.jsonl"),
-        val_file=str(files / "val.jsonl"),
-        reference_format="gsm8k_solution",
-        prompt_format="chat",
-        instruction=INSTRUCTION,
-        chat_template_kwargs=template_options or None,
-        batch_size=2,
+    data = gsm8k_data(
+        tmp_path, prompt_format="chat", instruction=INSTRUCTION, chat_template_kwargs=template_options or None
     )
     data.trainer = stub_trainer(module)  # the chat template is the module's tokenizer's
     data.setup("fit")
