@@ -22,7 +22,8 @@ class JsonFilesDataModule(TextDataModule):
 
     Each file is optional, so that ``rgra test`` takes only a ``test_file``; a stage missing a file it reads
     is a one-line error naming the option: fit needs ``train_file`` and ``val_file``, validate
-    ``val_file``, test and predict ``test_file`` (or ``val_file``).
+    ``val_file``, test and predict ``test_file`` (or ``val_file``); with ``few_shot``, every stage needs
+    ``train_file``.
 
     Args:
         train_file: the training problems (and with ``few_shot``, the examples shown).
@@ -48,6 +49,11 @@ class JsonFilesDataModule(TextDataModule):
         for option in _STAGE_FILES.get(stage, ()):
             if hp[option] is None:
                 raise ConfigError(f"{stage} needs data.{option} ({_WHAT[option]}), and none is given")
+        if hp.few_shot and hp.train_file is None:
+            raise ConfigError(
+                f"data.few_shot={hp.few_shot} needs data.train_file (the problems its examples come from), "
+                "and none is given"
+            )
         if stage in ("test", "predict") and hp.test_file is None and hp.val_file is None:
             raise ConfigError(f"{stage} needs data.test_file (the problems to {stage} on), and none is given")
         super().setup(stage)

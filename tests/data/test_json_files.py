@@ -80,6 +80,19 @@ def test_a_stage_missing_a_file_it_reads_names_the_option(tmp_path, given, stage
     assert str(error.value) == message
 
 
+@pytest.mark.parametrize("stage", ["test", "validate"])
+def test_few_shot_without_a_train_file_names_the_train_file(tmp_path, stage):
+    """It said "data.few_shot=2 needs more than 2 training problems", with no word of the missing file."""
+    file = tmp_path / "problems.jsonl"
+    file.write_text('{"question": "1+1", "answer": "2"}\n')
+    data = JsonFilesDataModule(val_file=str(file), test_file=str(file), few_shot=2)
+    with pytest.raises(ConfigError) as error:
+        data.setup(stage)
+    assert str(error.value) == (
+        "data.few_shot=2 needs data.train_file (the problems its examples come from), and none is given"
+    )
+
+
 def test_test_and_predict_read_only_a_test_file_or_else_the_val_file(tmp_path):
     test, val = tmp_path / "test.jsonl", tmp_path / "val.jsonl"
     test.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": "4"}\n')
