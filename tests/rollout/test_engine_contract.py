@@ -22,7 +22,7 @@ from rgra_lightning.models import load_tokenizer
 from rgra_lightning.rollout import HFEngine, SamplingConfig, VLLMEngine
 from rgra_lightning.rollout import vllm as vllm_engine
 from rgra_lightning.rollout.base import prompt_token_ids
-from tests.conftest import TINY_POLICY
+from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise
 from tests.rollout.vllm_standin import standin_vllm
 from tests.tiny_models import PROMPTS, tiny_policy
 
@@ -30,8 +30,9 @@ ENGINES = ["hf", "vllm-standin", "vllm"]
 CLOSING_BRACE = 94  # "}": the tiny policy closes \boxed{...} with it, then writes its EOS
 SAMPLED = SamplingConfig(num_generations=4, max_new_tokens=12, temperature=1.5)
 GREEDY = SamplingConfig(max_new_tokens=12)  # \boxed{answer} and EOS fit in 12 tokens
-# How close the sampler's log-probs are to the trainer's, per engine (fp32 on the CPU; fp32 GPU kernels)
-LOGPROB_ATOL = {"hf": 0.0, "vllm-standin": 1e-4, "vllm": 1e-2}
+# How close the sampler's log-probs are to the trainer's (largest difference) for the engines that are not
+# bounded by CPU rounding: hf's are the trainer's own forward; vllm's come from its fp32 GPU kernels.
+LOGPROB_ATOL = {"hf": 0.0, "vllm": 1e-2}
 VLLM_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -218,6 +219,11 @@ def test_the_sampler_log_probs_are_the_sampled_tokens_log_probs(make_engine, eng
     with torch.no_grad():
         trainer, _ = token_logprobs(policy, rollout, SAMPLED.temperature)
     real = rollout.completion_mask.bool()
+    if engine_kind == "vllm-standin":
+        # One forward per row and token, without a cache, against the trainer's padded batch: the same
+        # float32 sums in another order (``LOGPROB_RTOL``), norm-wise over the completions' tokens.
+        assert_close_normwise(rollout.sampler_logprobs[real], trainer[real], LOGPROB_RTOL, engine_kind)
+        return
     error = (rollout.sampler_logprobs - trainer)[real].abs().max().item()
     assert error <= LOGPROB_ATOL[engine_kind], error
 

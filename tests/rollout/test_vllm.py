@@ -134,15 +134,19 @@ def test_a_lora_policy_is_pushed_merged_under_the_base_names_and_left_unchanged(
     plain = tiny_policy("llama", tokenizer)
     assert list(pushed) == [name for name, _ in plain.named_parameters()]  # no lora_ names
     merged = copy.deepcopy(policy).merge_and_unload()  # peft's own merge, on a copy
+    # Equal, not close: a float32 policy is merged as peft merges it, W + get_delta_weight (B @ A, then
+    # the scaling), the same multiply and addition on the same shapes, hence the same roundings.
     for name, parameter in merged.named_parameters():
-        torch.testing.assert_close(pushed[name], parameter, rtol=1e-6, atol=1e-6)
-    # By hand for one layer: W + (alpha / r) B A
+        assert torch.equal(pushed[name], parameter), name
+    # By hand for one layer: W + (alpha / r) B A. The scaling, 32 / 4 = 8, is a power of two: scaling B
+    # before the multiply rounds nothing, so this order gives the same bits.
     layer = policy.base_model.model.model.layers[0].self_attn.q_proj
     scaling = layer.scaling["default"]
+    assert scaling == 8
     by_hand = (
         layer.base_layer.weight + scaling * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
     )
-    torch.testing.assert_close(pushed["model.layers.0.self_attn.q_proj.weight"], by_hand)
+    assert torch.equal(pushed["model.layers.0.self_attn.q_proj.weight"], by_hand)
     assert not torch.equal(by_hand, layer.base_layer.weight)
     for name, value in policy.state_dict().items():  # the policy itself: not merged, not changed
         assert torch.equal(value, state[name]), name
