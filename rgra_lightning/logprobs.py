@@ -230,6 +230,7 @@ def completion_features(model: PreTrainedModel, rollout: Rollout) -> tuple[Tenso
         attention_mask=rollout.attention_mask,
         position_ids=positions,
         logits_to_keep=num_completion + 1,  # only the positions that predict completion tokens
+        use_cache=False,  # nothing reads it (the config's True builds one, and warns under checkpointing)
     )
     return features[:, :-1], head
 

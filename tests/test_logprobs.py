@@ -24,7 +24,7 @@ from rgra_lightning.logprobs import (
     token_logprobs,
     trim_padding,
 )
-from rgra_lightning.models import load_causal_lm, load_tokenizer
+from rgra_lightning.models import enable_activation_checkpointing, load_causal_lm, load_tokenizer
 from rgra_lightning.rollout import Rollout, SamplingConfig
 from rgra_lightning.rollout.base import Stops, assemble_rollout
 from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise, rounding_rtol
@@ -188,6 +188,28 @@ def test_trimmed_micro_batches_give_the_log_probs_and_gradients_of_full_width_pa
     assert_close_normwise(entropy[real], full_entropy[real], LOGPROB_RTOL, "entropy")
     for name, gradient in gradients.items():
         assert_close_normwise(gradient, full_gradients[name], GRADIENT_RTOL, name)
+
+
+def test_the_whole_sequence_pass_builds_no_key_value_cache():
+    """The one pass over prompt + completion (activation checkpointing here) left ``use_cache`` to the
+    config's True: a cache nobody reads, and under checkpointing transformers' warning that it is
+    incompatible, at every micro-batch."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = load_causal_lm(str(TINY_POLICY))
+    rollout = sample_rollout(
+        policy, tokenizer, PROMPTS[:2], SamplingConfig(num_generations=2, max_new_tokens=6)
+    )
+    enable_activation_checkpointing(policy).train()
+    passes = []
+    forward = policy.forward
+
+    def recording(*args, **kwargs):
+        passes.append(kwargs.get("use_cache"))
+        return forward(*args, **kwargs)
+
+    policy.forward = recording
+    token_logprobs(policy, rollout, 1.0)
+    assert passes == [False]
 
 
 class VocabularyTensors(TorchDispatchMode):
