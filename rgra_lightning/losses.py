@@ -35,7 +35,7 @@ class LossConfig:
 
     Args:
         policy_term: ``reinforce`` (log pi * A: RGRA, arXiv 2603.18756; REINFORCE, Williams 1992; RAFT,
-            arXiv 2304.06767), ``ratio`` (pi / pi_old * A, no clipping: the paper's GRPO without clipping)
+            arXiv 2304.06767), ``ratio`` (pi / pi_old * A: GRPO without clipping)
             or ``clipped_ratio`` (PPO's clipping, arXiv 1707.06347, as GRPO uses it, DeepSeekMath, arXiv
             2402.03300; with ``eps_low`` / ``eps_high``).
         eps_low: lower clip range, ratio >= 1 - eps_low (PPO's epsilon, 0.2). Used by ``clipped_ratio`` only.
