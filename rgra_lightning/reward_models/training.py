@@ -87,7 +87,9 @@ def read_rows(path: Path, label_field: str, label_threshold: float) -> list[Row]
             if row.get("error") is not None:
                 unverified += 1
                 continue
-            value = row.get(label_field)
+            if label_field not in row:
+                raise DatasetError(f"{where}: no label field {label_field!r} (a boolean or a finite number)")
+            value = row[label_field]
             if not isinstance(value, (bool, int, float)) or not math.isfinite(value):
                 raise DatasetError(
                     f"{where}: label field {label_field!r} must be a boolean or a finite number, "

@@ -202,6 +202,8 @@ def test_reward_rows_are_checked_with_file_and_line(tmp_path):
         json.dumps({"prompt": "p", "completion": "c", "correct": [1]}): "finite number, got \\[1\\]",
         '{"prompt": "p", "completion": "c", "correct": NaN}': "finite number, got nan",
         '{"prompt": "p", "completion": "c", "correct": Infinity}': "finite number, got inf",
+        # it said "must be a boolean or a finite number, got None"
+        json.dumps({"prompt": "p", "completion": "c"}): "no label field 'correct' \\(a boolean or a finite",
     }
     for line, message in cases.items():
         path = tmp_path / "rows.jsonl"
