@@ -29,7 +29,13 @@ from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from rewards import Score, Verifier
 from rgra_lightning.errors import ConfigError, require_valid
-from rgra_lightning.models import freeze, load_causal_lm, load_sequence_classifier, load_tokenizer
+from rgra_lightning.models import (
+    ModelLoadError,
+    freeze,
+    load_causal_lm,
+    load_sequence_classifier,
+    load_tokenizer,
+)
 from rgra_lightning.prompt_cache import position_ids
 from rgra_lightning.rollout.base import prompt_token_ids
 
@@ -169,7 +175,15 @@ class RewardModelScorer(Verifier):
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.batch_size = batch_size
         self.judge_template = judge_template
-        self.tokenizer = load_tokenizer(model_path, gguf_file)
+        try:
+            self.tokenizer = load_tokenizer(model_path, gguf_file)
+        except ModelLoadError as error:
+            if kind != "classifier":
+                raise
+            raise ModelLoadError(
+                f"reward model: {error} A reward model of your own is trained with "
+                "configs/reward_model.yaml (docs/reward-models.md)"
+            ) from error
         self.tokenizer.truncation_side = "left"
         if max_length is None:  # transformers' stand-in for "none saved" is a huge integer
             saved = self.tokenizer.model_max_length

@@ -143,8 +143,10 @@ def test_scorer_configuration_errors_name_the_field(classifier_dir, tmp_path):
         RewardModelScorer(str(save_classifier(tmp_path, num_labels=3)))
     with pytest.raises(ConfigError, match="LlamaForCausalLM without a trained score head"):
         RewardModelScorer(str(TINY_POLICY))  # a policy: its score head would be random
-    with pytest.raises(ConfigError, match="model directory 'runs/missing/hf_model' does not exist"):
+    with pytest.raises(ConfigError, match="model directory 'runs/missing/hf_model' does not exist") as caught:
         RewardModelScorer("runs/missing/hf_model")  # a relative path, never mistaken for a hub name
+    assert str(caught.value).startswith("reward model: ")  # and where one comes from:
+    assert str(caught.value).endswith("trained with configs/reward_model.yaml (docs/reward-models.md)")
     with pytest.raises(ValueError, match="needs prompts"):
         RewardModelScorer(str(classifier_dir)).score_batch(["x"], ["1"])
 
