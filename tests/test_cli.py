@@ -315,6 +315,19 @@ def test_gpu_config_on_a_cpu_machine_is_a_one_line_error_before_any_model_loads(
         )
 
 
+def test_fitting_a_preset_without_a_training_split_is_refused_before_any_model_loads(small_config, capsys):
+    """MATH-500 has only a test split: fit said so once the model had loaded (minutes for a real one);
+    here a hub model name that cannot load shows the refusal comes first. A train_split given fits."""
+    config = str(small_config("rgra", data_module="DatasetDataModule"))
+    args = ["fit", "--config", config, "--data.preset=math500", "--data.source=no-such-dir"]
+    args.append("--model.model_path=no-such-owner/no-such-model")
+    assert one_line_error(args, capsys) == (
+        "error: data.source 'no-such-dir' (data.preset=math500) has no training split to fit on: set "
+        "data.train_split, or evaluate with validate or test"
+    )
+    assert "no-such-owner" in one_line_error([*args, "--data.train_split=test"], capsys)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

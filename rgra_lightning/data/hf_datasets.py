@@ -5,6 +5,7 @@ json/jsonl/parquet/csv file, or a local dataset directory (``<split>.<ext>`` fil
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -111,15 +112,23 @@ class DatasetDataModule(TextDataModule):
     def held_out_val_size(self) -> int | None:
         return self.hparams.val_size if self.settings["val_split"] is None else None
 
+    @staticmethod
+    def check_fit_options(init_args: Mapping[str, Any]) -> None:
+        """A ``ConfigError`` where the options (``data.init_args``) leave no training split to fit on (a
+        preset without one, MATH-500's, and no ``train_split``): the CLI's check of a ``fit`` before the
+        model loads, and ``train_dataloader``'s, instead of a batch larger than its 0 training problems."""
+        preset = init_args.get("preset")
+        if init_args.get("train_split") is not None or preset is None or PRESETS[preset].train_split:
+            return
+        source = init_args.get("source") or PRESETS[preset].source
+        raise ConfigError(
+            f"data.source {source!r} (data.preset={preset}) has no training split to fit on: set "
+            "data.train_split, or evaluate with validate or test"
+        )
+
     def train_dataloader(self) -> DataLoader:
-        """The base's loader; first, without a training split (MATH-500 has only ``test``), a
-        ``ConfigError`` saying so, not that the batch is larger than its 0 training problems."""
-        if self.settings["train_split"] is None:
-            preset = f" (data.preset={self.hparams.preset})" if self.hparams.preset else ""
-            raise ConfigError(
-                f"data.source {self.settings['source']!r}{preset} has no training split to fit on: set "
-                "data.train_split, or evaluate with validate or test"
-            )
+        """The base's loader, where ``check_fit_options`` finds a training split."""
+        self.check_fit_options(self.hparams)
         return super().train_dataloader()
 
     def setup(self, stage: str | None = None) -> None:
