@@ -47,7 +47,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -572,7 +572,8 @@ def parser_refusals(study: Study, study_path: Path) -> list[str]:
     parser refuses (an unknown option, a value of the wrong type, a required option missing, a missing
     file), with the presets it refuses, found in a second or so per preset (``parse_only_cli``) before the
     study starts rather than when the preset's turn comes, hours in. A mistake in the study's
-    ``overrides`` is named at its line in the study file, not in the ``run.yaml`` written from them."""
+    ``overrides`` is named at its line in the study file, not in the ``run.yaml`` written from them; each
+    ``run.yaml`` is then left as it was found (``left_as_found``), so a refused study changes no file."""
     from rgra_lightning.cli import main as fit_command
 
     parse_only = parse_only_cli()
@@ -581,19 +582,38 @@ def parser_refusals(study: Study, study_path: Path) -> list[str]:
         seeds = [seed for seed in study.seeds if finished_record(study.run_dir(preset, seed)) is None]
         if not seeds:
             continue
-        run_yaml, _ = write_run_yaml(study, preset, seeds[0])
         errors = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
-                fit_command(run_command(study, preset, seeds[0])[4:], run=False, cli_class=parse_only)
-        except SystemExit as exit_info:
-            if exit_info.code != CONFIG_REFUSED:  # the study stopped by SIGTERM meanwhile
-                raise
-            error = _in_study_file(one_line(errors.getvalue()), run_yaml, study_path)
-            refused.setdefault(error, []).append(preset)
+        with left_as_found(study.run_dir(preset, seeds[0]) / "run.yaml"):
+            run_yaml, _ = write_run_yaml(study, preset, seeds[0])
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+                    fit_command(run_command(study, preset, seeds[0])[4:], run=False, cli_class=parse_only)
+            except SystemExit as exit_info:
+                if exit_info.code != CONFIG_REFUSED:  # the study stopped by SIGTERM meanwhile
+                    raise
+                error = _in_study_file(one_line(errors.getvalue()), run_yaml, study_path)
+                refused.setdefault(error, []).append(preset)
     return [
         f"{error} (preset{'s' * (len(names) > 1)} {', '.join(names)})" for error, names in refused.items()
     ]
+
+
+@contextlib.contextmanager
+def left_as_found(path: Path) -> Iterator[None]:
+    """Restore ``path`` on exit as it was on entry: its text, or no file and none of the directories made
+    for it (a ``run.yaml`` the study's check wrote would otherwise be left by a study it refused)."""
+    previous = path.read_text() if path.is_file() else None
+    missing = [parent for parent in reversed(path.parents) if not parent.exists()]  # outermost first
+    try:
+        yield
+    finally:
+        if previous is not None:
+            path.write_text(previous)
+        else:
+            path.unlink(missing_ok=True)
+            for directory in reversed(missing):
+                with contextlib.suppress(OSError):  # not empty: something else was written there
+                    directory.rmdir()
 
 
 def _in_study_file(error: str, run_yaml: Path, study_path: Path) -> str:
