@@ -62,6 +62,8 @@ def main() -> None:
         "--autocast", action="store_true", help="under bfloat16 autocast, as `bf16-mixed` samples"
     )
     args = parser.parse_args()
+    if args.lora < 1:  # every path but plain times the LoRA policy
+        parser.error(f"--lora must be >= 1, got {args.lora}")
     from benchmarks.throughput import model_directory
 
     with model_directory(args.model, args.random_init) as args.model:

@@ -59,7 +59,7 @@ class HFEngine(RolloutEngine):
         super().__init__()
         if finished_check_interval is not None and finished_check_interval < 1:
             raise ConfigError(
-                f"model.rollout.init_args.finished_check_interval must be >= 1, got {finished_check_interval}"
+                f"model.rollout.finished_check_interval must be >= 1, got {finished_check_interval}"
             )
         self.finished_check_interval = finished_check_interval
 

@@ -52,7 +52,7 @@ from rgra_lightning.rollout.sampling import SamplingConfig
 MIN_VLLM_VERSION, BELOW_VLLM_VERSION = "0.34", "0.35"
 NEEDS = (
     f"model.rollout VLLMEngine needs a CUDA GPU and vllm>={MIN_VLLM_VERSION},<{BELOW_VLLM_VERSION} "
-    "(pip install 'rgra-lightning[vllm]')"
+    "(pip install -e '.[vllm]')"
 )
 SEED_RANGE = 2**31 - 1  # vLLM's per-request seeds; child k of a request with seed s samples with s + k
 # vLLM's SamplingParams refuses a temperature above 2 and raises one below 0.01 to 0.01 (vLLM 0.34,
@@ -128,7 +128,8 @@ def _lora_layers(policy: nn.Module) -> dict[str, nn.Module]:
 
 def merged_weight(layer: nn.Module, weight: Tensor) -> Tensor:
     """``weight`` (the base layer's, whole) plus the update of each active adapter of the peft LoRA
-    ``layer``, W + (alpha / r) B A (peft's ``get_delta_weight``), in float32; the layer is not changed.
+    ``layer``, W + scaling * B A (peft's ``get_delta_weight``: scaling alpha / r, or alpha / sqrt(r)
+    rank-stabilised), in float32; the layer is not changed.
     Unchanged when the adapters are off or already merged into the base weight."""
     if getattr(layer, "merged", False) or getattr(layer, "disable_adapters", False):
         return weight

@@ -63,7 +63,7 @@ def make_engine(engine_kind, monkeypatch):
         if not torch.cuda.is_available():
             pytest.skip("VLLMEngine runs on a CUDA GPU, and this machine has none")
         if importlib.util.find_spec("vllm") is None:
-            pytest.skip("VLLMEngine needs vllm: pip install 'rgra-lightning[vllm]'")
+            pytest.skip("VLLMEngine needs vllm: pip install -e '.[vllm]'")
         device = "cuda"
 
         def build():

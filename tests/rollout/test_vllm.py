@@ -66,7 +66,7 @@ def test_choosing_the_vllm_engine_without_cuda_or_vllm_is_a_one_line_error(small
     line = one_line_error(
         ["fit", "--config", str(config), "--model.rollout=rgra_lightning.rollout.VLLMEngine"], capsys
     )
-    assert "VLLMEngine needs a CUDA GPU and vllm>=0.34,<0.35 (pip install 'rgra-lightning[vllm]')" in line
+    assert "VLLMEngine needs a CUDA GPU and vllm>=0.34,<0.35 (pip install -e '.[vllm]')" in line
 
 
 def test_the_error_says_what_is_missing(monkeypatch, tokenizer):
