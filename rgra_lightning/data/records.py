@@ -316,9 +316,10 @@ def load_records(
 ) -> tuple[list[Record], int]:
     """``[{"question", "answer", "reference"}]`` from dataset rows, and how many invalid rows were skipped.
 
-    An invalid row (question or reference missing) raises a ``DatasetError`` naming the row (its file and
-    1-based line where it comes from a JSON Lines or CSV file, else ``where`` and its 0-based index) and
-    the field, unless ``skip_invalid``.
+    A list of texts as the answer (OlympiadBench's ``final_answer``) is one answer: its texts joined as a
+    list answer (``1, 3``). An invalid row (question or reference missing) raises a ``DatasetError``
+    naming the row (its file and 1-based line where it comes from a JSON Lines or CSV file, else ``where``
+    and its 0-based index) and the field, unless ``skip_invalid``.
     """
     if len(rows.table) == 0:
         raise DatasetError(f"dataset file {rows.where!r} is empty")
@@ -333,6 +334,8 @@ def load_records(
             if not isinstance(question, str) or not question.strip():
                 raise DatasetError(f"{place}: field {question_field!r} is missing or empty")
             answer = row.get(answer_field)
+            if isinstance(answer, list) and answer and all(isinstance(item, str) for item in answer):
+                answer = ", ".join(item.strip() for item in answer)  # OlympiadBench's one answer, as a list
             reference = reference_answer(answer, reference_format, f"{place} field {answer_field!r}")
         except DatasetError:
             if not skip_invalid:

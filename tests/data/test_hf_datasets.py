@@ -1,4 +1,4 @@
-"""DatasetDataModule: the GSM8K and MATH-500 presets, local files in any format and dataset directories in
+"""DatasetDataModule: the GSM8K, MATH-500 and paper-benchmark presets, local files in any format and dataset directories in
 each layout, splits by seed, bad rows and bad sources."""
 
 import importlib.util
@@ -297,6 +297,69 @@ def test_fit_on_a_dataset_without_a_training_split_says_so(tmp_path):
     assert str(error.value) == (
         f"data.source '{tmp_path}' (data.preset=math500) has no training split to fit on: set "
         "data.train_split, or evaluate with validate or test"
+    )
+
+
+# Rows as QwenLM/Qwen2.5-Math's evaluation/data/<name>/test.jsonl writes them (first rows, abridged).
+PAPER_BENCHMARK_ROWS = {
+    "amc23": [
+        {"id": 0, "problem": "Meet after?", "answer": 27.0, "url": "u", "question": "Meet after?"},
+        {"id": 1, "problem": "x+y?", "answer": 36.0, "url": "u", "question": "x+y?"},
+    ],
+    "gaokao2023en": [
+        {"source": "s", "question": "M cap N?", "lang": "en", "answer": "$\\{x|-2\\leq x < 1\\}$"},
+        {"source": "s", "question": "Conjugate?", "lang": "en", "answer": "$-1-\\sqrt{3}$"},
+    ],
+    "olympiadbench": [
+        {"id": 1610, "question": "Largest mu?", "final_answer": ["$\\frac{1}{2 n+2}$"], "unit": None},
+        {"id": 2, "question": "All n?", "final_answer": ["$1$", "$3$"], "is_multiple_answer": True},
+    ],
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_BENCHMARK_ROWS))
+def test_the_paper_benchmark_presets_read_qwen_math_copies_and_their_answers_verify(preset, tmp_path):
+    """AMC23's answers are JSON numbers, OlympiadBench's a list holding the answer's texts: each is read
+    as one reference that a boxed answer written as a model writes it matches (and a wrong one does not)."""
+    from rewards import MathVerifier
+
+    rows = PAPER_BENCHMARK_ROWS[preset]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = DatasetDataModule(preset=preset, source=str(tmp_path), prompt_template="{question}")
+    data.setup("test")
+    expected = {
+        "amc23": ["27.0", "36.0"],
+        "gaokao2023en": ["$\\{x|-2\\leq x < 1\\}$", "$-1-\\sqrt{3}$"],
+        "olympiadbench": ["$\\frac{1}{2 n+2}$", "$1$, $3$"],
+    }[preset]
+    assert data.test_examples == [
+        {"prompt": row["question"], "reference": reference} for row, reference in zip(rows, expected)
+    ]
+    answers = {
+        "amc23": ["27", "36"],
+        "gaokao2023en": ["\\{x|-2\\le x<1\\}", "-1-\\sqrt{3}"],
+        "olympiadbench": ["\\frac{1}{2n+2}", "1, 3"],
+    }[preset]
+    verifier = MathVerifier()
+    references = [example["reference"] for example in data.test_examples]
+    right = verifier.score_batch([f"So \\boxed{{{answer}}}." for answer in answers], references)
+    wrong = verifier.score_batch(["So \\boxed{2}.", "So \\boxed{2}."], references)
+    assert [score.reward for score in right] == [1.0, 1.0]
+    assert [score.reward for score in wrong] == [0.0, 0.0]
+
+
+def test_a_paper_benchmark_preset_without_its_local_copy_says_where_to_get_one(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        DatasetDataModule(preset="olympiadbench")
+    assert str(error.value) == (
+        "data.preset=olympiadbench reads a local copy only: set data.source to a directory holding "
+        "test.jsonl, as evaluation/data/olympiadbench of a clone of QwenLM/Qwen2.5-Math"
+    )
+    with pytest.raises(ConfigError) as error:
+        DatasetDataModule.check_fit_options({"preset": "amc23", "source": None, "train_split": None})
+    assert str(error.value) == (
+        "data.preset=amc23 has no training split to fit on: set data.train_split, or evaluate with validate "
+        "or test"
     )
 
 
