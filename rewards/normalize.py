@@ -287,14 +287,10 @@ def normalize_element(text: str) -> str:
     if choice:
         text = choice.group(1).upper()
     text = re.sub(r"\s+", " ", text).strip()
-    if re.fullmatch(r"[+-]?0*\d+(\.\d*)?|[+-]?\.\d+", text):
-        text = text.lstrip("+")
-        sign = "-" if text.startswith("-") else ""
-        text = sign + (text.lstrip("-").lstrip("0") or "0")
-        text = "0" + text if text.startswith((".", "-.")) else text
-        if text.startswith("0") and len(text) > 1 and text[1] != ".":
-            text = text.lstrip("0") or "0"
-        text = "0" if text in ("-0", "-0.") else text
+    if re.fullmatch(r"[+-]?0*\d+(\.\d*)?|[+-]?\.\d+", text):  # 007 -> 7, .5 -> 0.5, -.5 -> -0.5, -0 -> 0
+        sign = "-" if text.startswith("-") and text.strip("+-0.") else ""  # zero has no sign: -0.0 -> 0.0
+        digits = text.lstrip("+-").lstrip("0")
+        text = sign + ("0" + digits if not digits or digits.startswith(".") else digits)
     return text + ("\\%" if percent else "")
 
 

@@ -233,6 +233,8 @@ def test_every_math500_gold_answer_matches_its_own_solution():
         ("1,22", "1.22", True),
         ("2,74", "2.74", True),
         ("0,111", "0.111", True),
+        ("-0,5", "-0.5", True),  # a negative decimal below one reads as the positive one does
+        ("-0,25", "-0.25", True),
     ],
 )
 def test_comma_lists_and_decimal_commas(pred, gold, same):
@@ -321,6 +323,11 @@ def test_wrappers_are_peeled_to_a_bounded_depth():
     assert strip_wrappers(f"${nest(MAX_WRAPPERS)}$") == "1"  # a box and its delimiters in one pass
     assert strip_wrappers(nest(MAX_WRAPPERS + 1)) == nest(1)  # a pass each: deeper nests stay wrapped
     assert strip_wrappers(nest(1000)) == nest(1000 - MAX_WRAPPERS)
+
+
+def test_wrappers_of_a_bare_answer_are_peeled():
+    assert strip_wrappers("$\\boxed{-2,1}$.") == "-2,1"  # a trailing period after the math span
+    assert strip_wrappers("$$\\boxed{\\boxed{7}}$$") == "7"  # a box doubled inside display math
 
 
 def test_overlong_answers_are_not_normalised():

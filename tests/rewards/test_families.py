@@ -33,6 +33,12 @@ from rewards.normalize import normalize
         ("We get $$\\frac{a}{b} \\geq 2.$$ Therefore, the error increases by 100%.", "100%"),
         ("Thus the balance is 16386.20 dollars. Check: 2 + 2 = 4", "16386.20"),
         ("Thus the balance is 16 after $t$ years", "t"),  # the conclusion precedes the last math span
+        # boxes joined by at most four words of prose are one answer list
+        ("\\boxed{3} for part (a) and \\boxed{4}", "3, 4"),
+        # a short text of math spans and connectors is one answer list, not its last span
+        ("$x = 1$ and $y = 2$", "x = 1, y = 2"),
+        ("The temperature fell to -7 overnight", "-7"),  # the last number keeps its sign
+        ("Final answer: the sum of what is left is 17.", "17"),  # prose: the value after its last "is"
     ],
 )
 def test_extraction(text, expected):
@@ -58,6 +64,18 @@ def test_extraction(text, expected):
         ("(B)", "B"),
         ("204_5", "54"),
         ("6 \\text{ and } 8", "6, 8"),
+        ("(c)", "C"),  # a choice letter is upper case
+        ("8:34 P.M.", "20:34"),
+        ("12:30 PM", "12:30"),  # noon is 12, not 24
+        ("12:05 AM", "0:05"),  # midnight is 0
+        ("24_5", "14"),  # 2 * 5 + 4
+        ("25_5", "25_5"),  # 5 is no digit in base 5: not a base-5 numeral
+        ("-0.5", "-0.5"),
+        ("-.5", "-0.5"),
+        ("-0", "0"),
+        ("-0.0", "0.0"),
+        ("\\frac{9.5}{3.14} \\approx 3.03", "\\frac{9.5}{3.14}"),  # the exact value, not its rounding
+        ("x \\approx 11", "11"),
     ],
 )
 def test_normalisation(raw, expected):
@@ -100,6 +118,21 @@ def test_normalisation(raw, expected):
         ("B", "(C)", False),
         ("\\infty", "+\\infty", True),
         ("12:00", "1:00", False),
+        ("12:30 PM", "12:30", True),
+        # a chain with a bare-name left side is its last member, not the member after the name
+        ("x = 2 + 3 = 6", "6", True),
+        ("x = 2 + 3 = 6", "5", False),
+        # an approximation of a non-name states the exact value before it
+        ("\\frac{1}{3} \\approx 0.3", "\\frac{1}{3}", True),
+        # 33.3% is 0.333: a decimal stated in full is no rounding of another decimal
+        ("33.3\\%", "0.3333", False),
+        ("33.3\\%", "0.333", True),
+        # 1/8 = 0.125 terminates: 0.13 is not its rounding (1/3 repeats: 0.33 is), inside a tuple as alone
+        ("(0.13, 2)", "(\\frac{1}{8}, 2)", False),
+        ("(0.33, 2)", "(\\frac{1}{3}, 2)", True),
+        # a root that zeroes the denominator is no solution: (y^2 - 1)/(y - 1) = 0 only at y = -1
+        ("\\frac{y^2 - 1}{y - 1} = 0", "y^2 = 1", False),
+        ("\\frac{y^2 - 1}{y - 1} = 0", "y = -1", True),
         # assignments cycling through the same names are one tuple per solution
         ("a=1,b=2;a=3,b=4", "(3,4),(1,2)", True),
         ("a=1,b=2;a=3,b=4", "(1,2),(3,5)", False),
@@ -175,3 +208,10 @@ def test_fast_path_tries_every_reading(pred, gold, verdict):
     assert fast_readings_equivalent(pred, gold) is verdict
     if verdict is not None:
         assert equivalent(pred, gold) is verdict
+
+
+def test_an_unparseable_answer_is_a_failure_not_a_different_answer():
+    """Every reading failing to parse raises (the verifier reports a verification error), rather than a
+    verdict of "different" that would hide the parser's failure."""
+    with pytest.raises(Exception):  # noqa: B017 (the parser raises its own exception types)
+        equivalent("\\frac{{}", "3")
