@@ -141,6 +141,11 @@ def test_text_escaped_twice_is_read_once():
         ("(1+sqrt(5))/2", "\\frac{1+\\sqrt{5}}{2}"),
         ("{sqrt(2), -sqrt(2)}", "\\{\\sqrt{2}, -\\sqrt{2}\\}"),
         ("y = 3*x - sqrt(2)", "y = 3x - \\sqrt{2}"),
+        ("csch(x)", "\\frac{1}{\\sinh x}"),
+        ("sech(x)", "\\frac{1}{\\cosh x}"),
+        ("cbrt(8)", "2"),
+        ("floor(7/2)", "3"),
+        ("ceil(7/2)", "4"),
     ],
 )
 def test_plain_text_math_equals_its_latex(plain, latex):
@@ -169,6 +174,7 @@ def test_plain_text_math_is_not_read_loosely(plain, latex):
         ("2^(1/3)", "2^{(1/3)}"),
         ("binomial(n, 2)", "\\binom{n}{2}"),
         ("R2 + sqrt(2)", "R_{2} + \\sqrt{2}"),
+        ("x0.5 * sqrt(2)", "x0.5 \\cdot \\sqrt{2}"),  # a decimal after a name is no subscript
         ("2x + 1", "2x + 1"),  # nothing plain-text about it: unchanged
         ("sqrt(", "sqrt("),  # unbalanced: unchanged
         ("sqrt(1, 2)", "sqrt(1, 2)"),  # wrong number of arguments: unchanged

@@ -85,3 +85,71 @@ def test_embedded_task_answers_are_decided_in_process():
     )
     assert [s.correct for s in scores] == [True, True, True, False, True]
     assert fresh.pool._idle == []  # no worker was started
+
+
+def test_a_correct_answer_earns_correct_reward():
+    verifier = MathVerifier(correct_reward=2.5, warm_start=False)
+    try:
+        scores = verifier.score_batch(["\\boxed{3}", "\\boxed{4}"], ["3", "3"])  # decided in process
+        assert [(s.reward, s.correct) for s in scores] == [(2.5, True), (0.0, False)]
+    finally:
+        verifier.pool.close()
+
+
+def test_a_reference_solution_is_scored_by_its_final_answer(verifier):
+    assert verifier.score("\\boxed{5}", "She had 3 + 4 = 7 apples, then 2 fewer.\n#### 5").correct
+
+
+def test_bare_answers_are_unwrapped_before_scoring(verifier):
+    wrapped, empty = verifier.score_answers(["$\\boxed{7}$.", "$ $"], ["7", "7"])
+    assert (wrapped.correct, wrapped.extracted) == (True, "7")
+    assert (empty.extracted, empty.details, empty.error) == (None, "no final answer found", None)
+
+
+def test_an_unparseable_answer_is_a_verification_error(verifier):
+    score = verifier.score_answers(["\\frac{{}"], ["3"])[0]
+    assert (score.reward, score.correct, score.details) == (0.0, False, "verification failed")
+    assert score.error.startswith("crash: ")
+
+
+def test_the_verdict_cache_drops_the_least_recently_used_pair():
+    verifier = MathVerifier(workers=1, cache_size=2, warm_start=False)
+    sent = []
+    pool_map = verifier.pool.map
+
+    def recording_map(function, calls):
+        sent.extend(calls)
+        return pool_map(function, calls)
+
+    verifier.pool.map = recording_map
+    a, b, c = ("\\sqrt{4}", "2"), ("\\sqrt{9}", "3"), ("\\sqrt{16}", "4")  # each needs the full check
+    try:
+        for answer, reference in [a, b, a, c, a, b]:
+            assert verifier.score(f"\\boxed{{{answer}}}", reference).correct
+    finally:
+        verifier.pool.close()
+    # a is used again before c arrives, so b is the least recently used pair when c needs the room
+    assert sent == [a, b, c, b]
+
+
+def test_weighted_sum_needs_every_judge_and_keeps_an_extracted_answer(verifier):
+    from rewards import FormatReward, NumericVerifier, WeightedSum
+
+    assert WeightedSum([FormatReward()], [1.0]).score("\\boxed{3}", "3").correct is False  # nobody judges
+    with pytest.warns(UserWarning, match="all judge correctness"):
+        both = WeightedSum([verifier, NumericVerifier()], [1.0, 1.0])
+    score = both.score("\\boxed{x^2}", "x^2")  # equivalent, but not a plain number
+    assert (score.reward, score.correct) == (1.0, False)
+    assert WeightedSum([FormatReward(), verifier], [0.5, 1.0]).score("\\boxed{3}", "3").extracted == "3"
+
+
+@pytest.mark.parametrize(
+    "reward, error", [(float("inf"), "inf"), (float("-inf"), "-inf"), (float("nan"), "nan")]
+)
+def test_a_non_finite_reward_is_an_error_not_a_verdict(reward, error):
+    from rewards.verifiers import Score, finite_score
+
+    score = finite_score(Score(reward, True, "3", "equivalent"))
+    assert (score.reward, score.correct, score.error) == (0.0, False, f"non-finite reward {error}")
+    kept = Score(0.5, True, "3", "equivalent")
+    assert finite_score(kept) is kept

@@ -249,3 +249,60 @@ def test_score_help_shows_the_defaults(capsys, monkeypatch):
     ):
         assert option in printed and f"(default: {default})" in printed
     assert "(default: False)" not in printed  # --warm-start: a flag's default says nothing
+
+
+def test_score_refuses_a_row_with_an_unknown_mode(tmp_path, capsys):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"gold": "1", "pred": "1"}\n{"gold": "1", "pred": "1", "mode": "bare"}\n')
+    assert main(["score", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"error: {path}: line 2: 'mode' must be 'answer' or 'completion'\n"
+
+
+def test_the_summary_counts_each_kind_of_mistake():
+    """Accuracy over the rows with a true/false label only; a false positive is a wrong answer scored correct,
+    a false negative a correct one scored wrong; a timeout is not also an error."""
+    from rewards.__main__ import summary_line
+
+    labels = [True, True, False, False, None]  # the fifth row's label is no label; the sixth has none
+    rows = [{"equivalent": label} for label in labels] + [{}]
+    verdicts = [True, False, True, True, False, True]
+    errors = [None, "timeout", None, "crash: ValueError: x", None, None]
+    records = [{"equivalent": v, "error": e} for v, e in zip(verdicts, errors, strict=True)]
+    assert summary_line(rows, records, 2.0) == (
+        "summary: n=6 accuracy=0.2500 false_positives=2 false_negatives=1 timeouts=1 errors=1 cases_per_s=3.0"
+    )
+
+
+def test_tool_help_shows_a_default_only_where_it_says_something():
+    from rewards.errors import ToolParser
+
+    parser = ToolParser(prog="tool")
+    parser.add_argument("--count", type=int, default=0, help="how many")
+    parser.add_argument("--names", nargs="*", default=[], help="which ones")
+    parser.add_argument("--label", default="", help="a label")
+    parser.add_argument("--mode", default="fast", help="how to run (default: fast unless --slow)")
+    printed = " ".join(parser.format_help().split())
+    assert "how many (default: 0)" in printed  # 0 is a value worth showing
+    assert "which ones --label" in printed and "a label --mode" in printed  # an empty default says nothing
+    assert printed.count("default:") == 2  # the help that names its default is not given a second one
+
+
+def test_a_help_paragraph_with_an_indented_line_keeps_its_line_breaks():
+    from rewards.errors import ToolParser
+
+    description = "Scores the rows of a file, one verdict per row.\n\nExamples:\n  tool a.jsonl\n  tool b"
+    printed = ToolParser(prog="tool", description=description).format_help()
+    assert "Examples:\n  tool a.jsonl\n  tool b\n" in printed
+
+
+def test_an_option_outside_its_literal_is_named_with_the_choices():
+    from typing import Literal
+
+    from rewards.errors import require_one_of
+
+    require_one_of("model.", ("loss", "grpo", Literal["grpo", "dr_grpo"]))  # allowed: nothing raised
+    with pytest.raises(ConfigError) as error:
+        require_one_of("model.", ("loss", "ppo", Literal["grpo", "dr_grpo"]))
+    assert str(error.value) == "model.loss='ppo' is not one of ['grpo', 'dr_grpo']"

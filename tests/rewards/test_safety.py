@@ -49,6 +49,25 @@ def test_timeout_kills_and_replaces_the_worker():
         pool.close()
 
 
+@pytest.mark.parametrize("options", [{"workers": 0}, {"timeout": 0.0}, {"timeout": -1.0}])
+def test_a_pool_refuses_limits_it_cannot_work_with(options):
+    with pytest.raises(ValueError, match="workers must be >= 1 and timeout > 0"):
+        WorkerPool(**options)
+
+
+def test_workers_run_calls_at_the_same_time():
+    """Two 2 s sleeps take about 2 s in two workers, 4 s one after the other: the bound leaves 1.5 s for a
+    loaded machine's scheduling and pipes, far more than they take."""
+    pool = WorkerPool(workers=2, timeout=30.0)
+    try:
+        pool.map(time.sleep, [(0.2,), (0.2,)])  # both workers started and answering before the clock
+        start = time.monotonic()
+        assert [o.error for o in pool.map(time.sleep, [(2,), (2,)])] == [None, None]
+        assert time.monotonic() - start < 3.5
+    finally:
+        pool.close()
+
+
 def test_a_worker_ignores_ctrl_c_which_the_parent_handles():
     """Ctrl-C signals the terminal's whole process group: a worker killed by it printed a KeyboardInterrupt
     traceback (two per interrupted fit) and lost its task."""
@@ -227,3 +246,26 @@ def test_a_forked_child_of_a_pool_user_still_gets_workers(tmp_path):
         "    pool.close()\n",
     )
     assert result.stdout.strip() == "[2, 3]", result.stderr
+
+
+def test_a_forked_child_of_a_pool_user_runs_its_calls_in_workers_of_its_own(tmp_path):
+    """After a fork the parent's idle workers still answer the child, but they are the parent's: calls from
+    both would interleave on one pipe. The child's calls run in workers it started (their parent is the
+    child)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    result = _run_script(
+        tmp_path,
+        "import os\n"
+        "from rewards.sandbox import WorkerPool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = WorkerPool(workers=1, timeout=30)\n"
+        "    assert pool.map(abs, [(-1,)])[0].value == 1\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        print(pool.map(os.getppid, [()])[0].value == os.getpid(), flush=True)\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "    pool.close()\n",
+    )
+    assert result.stdout.strip() == "True", result.stderr
