@@ -82,7 +82,8 @@ def overrides(options: argparse.Namespace, model: Path, workdir: Path) -> list[s
     ]
 
 
-def main() -> None:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``argv``: ``sys.argv[1:]``); an error exits with the usage line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--config", action="append", help="configs composed in order (default: configs/paper/gsm8k-rgra.yaml)"
@@ -94,7 +95,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tokens", type=int, help="max_new_tokens (default: the config's)")
     parser.add_argument("--batch", type=int, help="prompts per step (default: the config's)")
-    options = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    options = parse_arguments()
 
     import torch
     from lightning import Callback

@@ -158,7 +158,8 @@ def peak_bytes(model_path: str, micro: int | None, tokens: int, device: str, pat
     return {"peak": memory.read(), "gap": memory.gap}
 
 
-def main() -> None:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``argv``: ``sys.argv[1:]``); an error exits with the usage line."""
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--micro", type=int, nargs="+", default=[0, 16, 8], help="0: no micro-batches")
@@ -167,7 +168,11 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="see above")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "MICRO", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--save-model", metavar="DIRECTORY", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_arguments()
     if args.save_model:
         save_random_qwen2(Path(args.save_model), **TINY_QWEN2_WITH_REAL_VOCABULARY)
         return

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout: the project need not be installed
 
 
-def main() -> None:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``argv``: ``sys.argv[1:]``); an error exits with the usage line."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -61,9 +62,14 @@ def main() -> None:
     parser.add_argument(
         "--autocast", action="store_true", help="under bfloat16 autocast, as `bf16-mixed` samples"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.lora < 1:  # every path but plain times the LoRA policy
         parser.error(f"--lora must be >= 1, got {args.lora}")
+    return args
+
+
+def main() -> None:
+    args = parse_arguments()
     from benchmarks.throughput import model_directory
 
     with model_directory(args.model, args.random_init) as args.model:

@@ -321,7 +321,9 @@ def launch(args: argparse.Namespace, which: str) -> dict:
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
-def main() -> None:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``argv``: ``sys.argv[1:]``), checked as far as they can be without
+    running; an error exits with argparse's usage line."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -363,11 +365,16 @@ def main() -> None:
         help="hf: each trainer samples with its policy; vllm: both with vLLM colocated (CUDA only)",
     )
     parser.add_argument("--only", choices=("ours", "trl"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.lora < 0:
         parser.error(f"--lora must be >= 0, got {args.lora}")
     if args.engine == "vllm" and args.device != "cuda":
         parser.error("--engine vllm needs --device cuda")
+    return args
+
+
+def main() -> None:
+    args = parse_arguments()
     if args.only:
         child(args)
         return

@@ -1,6 +1,9 @@
 """The benchmarks run end to end and report what they claim (slow: whole training runs)."""
 
+import argparse
+import importlib
 import re
+import shlex
 import subprocess
 import sys
 
@@ -225,3 +228,40 @@ def test_eval_agreement_finds_rgra_test_equal_to_generate_on_a_real_model():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "identical completions: 3/3" in done.stdout, done.stdout
     assert "our verifier and math-verify agree on our completions: 3/3" in done.stdout, done.stdout
+
+
+def gpu_check_commands() -> list[list[str]]:
+    """The ``python3 ...`` commands of ``benchmarks/gpu_check.sh``, as argument lists (continuation lines
+    joined, ``$QWEN_GGUF`` given a file name)."""
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text().replace("\\\n", " ")
+    script = script.replace('"$QWEN_GGUF"', "model.gguf")
+    commands = []
+    for line in script.splitlines():
+        match = re.search(r"python3 ((?:benchmarks/\w+\.py|-m rgra_lightning) [^|;]*)$", line.strip())
+        if match:
+            commands.append(shlex.split(match.group(1)))
+    return commands
+
+
+def test_every_command_of_the_gpu_check_parses_here(capsys):
+    """The GPU machine is lent for minutes at a time: an option a benchmark no longer takes, or a config
+    key that moved, must fail here, not in the lent minutes. Each script's options are parsed with its own
+    checks (``parse_arguments``), each ``rgra fit`` command's config composed (``--print_config``)."""
+    from rgra_lightning.cli import main
+
+    commands = gpu_check_commands()
+    scripts = {command[0] for command in commands if command[0].startswith("benchmarks/")}
+    assert scripts == {
+        f"benchmarks/{name}.py" for name in ("paper_step", "throughput", "rollout_speed", "peak_memory")
+    }
+    assert sum(command[:2] == ["-m", "rgra_lightning"] for command in commands) == 2
+    for command in commands:
+        if command[0] == "-m":
+            with pytest.raises(SystemExit) as exit_info:
+                main([*command[2:], "--print_config"])
+            assert exit_info.value.code in (None, 0), capsys.readouterr().err
+            continue
+        module = importlib.import_module(command[0].removesuffix(".py").replace("/", "."))
+        assert isinstance(module.parse_arguments(command[1:]), argparse.Namespace)
+    with pytest.raises(SystemExit):  # the check can fail: an option no script takes
+        importlib.import_module("benchmarks.throughput").parse_arguments(["--no-such-option"])
