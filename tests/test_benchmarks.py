@@ -1,4 +1,5 @@
-"""The benchmarks run end to end and report what they claim (slow: whole training runs)."""
+"""The benchmarks run end to end and report what they claim (slow: whole training runs), and the GPU
+check's commands parse here (fast)."""
 
 import argparse
 import importlib
