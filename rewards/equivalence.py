@@ -4,17 +4,18 @@
 ``fractions.Fraction``); it needs no sympy and runs in the caller's process. ``equivalent`` is the full check:
 it parses LaTeX with latex2sympy2_extended (an ANTLR grammar; model text is never passed to ``eval``,
 ``exec``, ``sympify`` or ``parse_expr`` -- the library only ``sympify``-s objects that are already sympy
-trees) and compares structures: numbers (exact values exactly; a decimal literal precise enough -- at least
-three significant digits, or two decimal places and two significant digits, counted as written, trailing
-zeros included -- also matches an irrational or repeating value it is the correct rounding of: ``0.33`` and
-``3.14`` match ``1/3`` and ``\\pi``, ``0.3``, ``1.4`` and ``3.1`` do not match ``1/3``, ``\\sqrt{2}`` and
-``\\pi``), expressions (values at random points, ``simplify`` of the difference only when the points
-cannot tell), equality chains (``_chain_value``: a chain of constants must be true), equations (equal up to a
-non-zero factor, or the same solutions for a shared symbol), inequalities (one variable: as solution sets;
-several: up to a positive factor), intervals, unions, sets (unordered), answer lists (unordered, with
-multiplicity: ``1, 1, 2`` is not ``1, 2``), tuples and matrices (ordered; a tuple never equals a set), and
-text. Run ``equivalent`` only inside a killable worker (``rewards.sandbox``): sympy can hang or exhaust memory
-on hostile input.
+trees) and compares structures: numbers (exact values exactly, constants of decimals evaluated exactly first:
+``_exact_rational``; a decimal literal precise enough -- at least three significant digits, or two decimal
+places and two significant digits, counted as written, trailing zeros included -- also matches an irrational
+or repeating value it is the correct rounding of: ``0.33`` and ``3.14`` match ``1/3`` and ``\\pi``, ``0.3``,
+``1.4`` and ``3.1`` do not match ``1/3``, ``\\sqrt{2}`` and ``\\pi``), expressions (values at random points,
+``simplify`` of the difference only when the points cannot tell), equality chains (``_chain_value``: a chain
+of constants must be true), equations (equal up to a non-zero factor, or the same solutions for a shared
+symbol), inequalities (one variable: as solution sets, as are sets in set-builder notation with such a
+condition; several: up to a positive factor), intervals, unions, sets (unordered), answer lists (unordered,
+with multiplicity: ``1, 1, 2`` is not ``1, 2``), tuples and matrices (ordered; a tuple never equals a set),
+and text. Run ``equivalent`` only inside a killable worker (``rewards.sandbox``): sympy can hang or exhaust
+memory on hostile input.
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ import re
 from fractions import Fraction
 from typing import Any
 
-from rewards.normalize import drop_simple_lhs, equality_members, normalize_pair
+from rewards.normalize import drop_simple_lhs, equality_members, normalize_pair, set_builder
 
 MAX_ANSWER_LENGTH = 1000
 FAST_NUMERAL_LENGTH = 60
 _NUMERAL = re.compile(r"^-?(\d+(\.\d*)?|\.\d+)(/\d+)?$|^-?\\frac\{-?\d+\}\{\d+\}$")
 _RELATIVE_TOLERANCE = 1e-9
 _ZERO_FLOOR = 1e-60  # an evaluated difference of exact values this small relative to them is zero
+# bounds of exact rational evaluation (``_exact_rational``): far above any answer's numbers (a 1,000-digit
+# integer has 3,322 bits), far below what costs time (a product of two 10,000-bit numbers takes microseconds)
+EXACT_BITS = 10_000
+EXACT_NODES = 400
+EXACT_DEPTH = 60
 
 
 def as_fraction(text: str) -> Fraction | None:
@@ -119,6 +125,7 @@ def _numbers_equal(a: Any, b: Any) -> bool | None:
         return None
     if a.has(sympy.zoo, sympy.nan) or b.has(sympy.zoo, sympy.nan):
         return False
+    a, b = _evaluated(a), _evaluated(b)  # \frac{0.25}{2} is 1/8 exactly, not a float near 0.13
     if a.is_Rational and b.is_Rational:
         return bool(a == b)
     exact_a, exact_b = _terminating_value(a), _terminating_value(b)
@@ -148,6 +155,111 @@ def _numbers_equal(a: Any, b: Any) -> bool | None:
         return bool(gap <= tolerance)
     except (TypeError, ValueError):
         return None
+
+
+def _evaluated(value: Any) -> Any:
+    """A constant expression the parser left unevaluated, built from numbers with ``+``, ``-``, ``*``, ``/``,
+    integer powers and exact roots (``\\frac{0.25}{2}``, ``2 \\cdot 1.502``, ``2^{-3}``, ``\\sqrt{0.25}``), as
+    the exact ``Rational`` it equals; ``value`` itself when it is a single number or anything else."""
+    import sympy
+
+    if value.is_Atom:
+        return value  # a number as written (a decimal literal keeps its digits for the rounding rule)
+    exact = _exact_rational(value)
+    return value if exact is None else sympy.Rational(exact.numerator, exact.denominator)
+
+
+class _Inexact(Exception):
+    """The expression is not an exact rational ``_exact_rational`` computes within its bounds."""
+
+
+def _exact_rational(value: Any) -> Fraction | None:
+    """The exact value of a constant made of integers, fractions and decimals (each decimal as written:
+    ``25.1`` is 251/10, not the binary float) with sums, products, integer powers and roots that come out
+    rational, else None: a symbol, ``\\pi``, a function, an irrational root (``\\sqrt{2}``). Bounded for
+    hostile input: None past ``EXACT_NODES`` nodes, ``EXACT_DEPTH`` levels, or a numerator or denominator (of
+    a number, a partial result, or a power before it is computed) over ``EXACT_BITS`` bits
+    (``2^{10^{10}}``)."""
+    nodes = [EXACT_NODES]
+    try:
+        return _exact(value, nodes, 0)
+    except (_Inexact, ValueError, ZeroDivisionError, OverflowError):
+        return None
+
+
+def _bounded(number: Fraction) -> Fraction:
+    if max(number.numerator.bit_length(), number.denominator.bit_length()) > EXACT_BITS:
+        raise _Inexact
+    return number
+
+
+def _exact(node: Any, nodes: list[int], depth: int) -> Fraction:
+    import sympy
+
+    nodes[0] -= 1
+    if nodes[0] < 0 or depth > EXACT_DEPTH:
+        raise _Inexact
+    if isinstance(node, _decimal_literal_class()):
+        return _bounded(Fraction(int(node.exact.p), int(node.exact.q)))
+    if isinstance(node, sympy.Rational):
+        return _bounded(Fraction(int(node.p), int(node.q)))
+    if isinstance(node, sympy.Float):
+        return _float_as_written(node)
+    if isinstance(node, (sympy.Add, sympy.Mul)):
+        result = Fraction(0 if isinstance(node, sympy.Add) else 1)
+        for arg in node.args:
+            term = _exact(arg, nodes, depth + 1)
+            result = _bounded(result + term if isinstance(node, sympy.Add) else result * term)
+        return result
+    if isinstance(node, sympy.Pow):
+        base, exponent = _exact(node.base, nodes, depth + 1), _exact(node.exp, nodes, depth + 1)
+        return _power(base, exponent)
+    raise _Inexact
+
+
+def _power(base: Fraction, exponent: Fraction) -> Fraction:
+    """``base ** exponent`` when it is rational and within ``EXACT_BITS`` (a root only of a non-negative base:
+    sympy's principal root of a negative number is complex)."""
+    import sympy
+
+    root = exponent.denominator
+    if root > 1:
+        if base < 0 or root > 64:
+            raise _Inexact
+        numerator, exact_numerator = sympy.integer_nthroot(base.numerator, root)
+        denominator, exact_denominator = sympy.integer_nthroot(base.denominator, root)
+        if not (exact_numerator and exact_denominator):
+            raise _Inexact  # an irrational root, sqrt(2)
+        base = Fraction(int(numerator), int(denominator))
+    power = exponent.numerator
+    if base == 0 and power < 0:
+        raise _Inexact  # 0^{-1}: undefined
+    if abs(base) == 1:
+        return base ** (power % 2)  # (-1)^{10^{10}}: no size to bound
+    if max(base.numerator.bit_length(), base.denominator.bit_length()) * abs(power) > EXACT_BITS:
+        raise _Inexact
+    return _bounded(base**power)
+
+
+def _float_as_written(value: Any) -> Fraction:
+    """The decimal a parsed float was written as: ``25.1`` (stored as 25.100000000000001 in binary) is 251/10.
+    The parser gives a float enough bits for every digit written, so its shortest decimal at that precision
+    is the one written. A float whose shortest decimal takes every digit its precision holds may be a
+    computed value (``\\sqrt{0.2}`` evaluated is 0.447213595499958), not a decimal as written: not exact."""
+    import mpmath
+
+    _, mantissa, exponent, bits = value._mpf_
+    if mantissa == 0:
+        if exponent != 0:
+            raise _Inexact  # inf or nan
+        return Fraction(0)
+    if abs(exponent + bits) > EXACT_BITS:
+        raise _Inexact
+    places = mpmath.libmp.prec_to_dps(value._prec)
+    digits = mpmath.libmp.to_str(value._mpf_, places)
+    if len(re.sub(r"\D", "", digits.partition("e")[0]).strip("0")) >= places:
+        raise _Inexact
+    return _bounded(Fraction(digits))
 
 
 def _terminating_value(value: Any) -> Any:
@@ -587,12 +699,36 @@ def _chain_value(text: str) -> Any:
 
 
 def _value(text: str) -> Any:
-    """The sympy value of one answer element: a decimal literal that remembers its digits, an equality
-    chain's value, or else the parsed LaTeX."""
+    """The sympy value of one answer element: a decimal literal that remembers its digits, a set in
+    set-builder notation whose condition has a solution set (``_set_builder_solutions``), an equality chain's
+    value, or else the parsed LaTeX."""
     if _DECIMAL_LITERAL.fullmatch(text):
         return _decimal_literal(text)
+    builder = set_builder(text)
+    if builder is not None and not builder[1]:
+        solutions = _set_builder_solutions(builder[0], builder[2])
+        if solutions is not None:
+            return solutions
     chain = _chain_value(text) if "=" in text else None
     return _latex2sympy(text) if chain is None else chain
+
+
+def _set_builder_solutions(variable: str, condition: str) -> Any:
+    """The real solution set of the condition of ``\\{x | condition\\}`` when it is an inequality or a chain
+    of them in ``x`` alone (``\\{x | -2 \\leq x < 1\\}`` is ``[-2, 1)``, as ``-2 \\leq x < 1`` is), else
+    None: a set with another condition (``x = 3k, k \\in \\mathbb{Z}``, ``x \\neq 3``, a list) compares as
+    written."""
+    import sympy
+
+    try:
+        value = _value(condition)
+    except Exception:  # a condition the parser rejects: the set compares as written
+        return None
+    inequalities = (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)
+    if not isinstance(value, (sympy.And, *inequalities)) or value.free_symbols != {sympy.Symbol(variable)}:
+        return None
+    solutions = _solution_set(value)
+    return solutions if isinstance(solutions, sympy.Set) and not solutions.free_symbols else None
 
 
 _DECIMAL_LITERAL = re.compile(r"-?\d*\.\d+")

@@ -4,9 +4,10 @@ Each *extractor* returns ``(position, answer)`` for the last match of its kind, 
 runs the configured strong extractors and keeps the match that ends last in the text (a model's last stated
 answer wins: a ``\\boxed{}`` followed by "Final Answer: The final answer is $X$" yields X), except that a
 prose phrase ("the answer is ...", "final answer ...") after a ``\\boxed{}`` only wins when it states a value
-(a digit or a LaTeX command): in "\\boxed{44}. So our answer is correct." the box wins. It then
-falls back to the last ``$...$`` / ``\\(...\\)`` / ``\\[...\\]``, the whole text when it is short (a bare
-answer such as ``\\dfrac{9}{7}``), and finally, optionally, the last number.
+(a digit or a LaTeX command): in "\\boxed{44}. So our answer is correct." the box wins. It then falls back to
+the last ``$...$`` / ``\\(...\\)`` / ``\\[...\\]`` (with the number before it when it is that number's unit:
+``20 $cm^{2}$``), the whole text when it is short (a bare answer such as ``\\dfrac{9}{7}``), and finally,
+optionally, the last number.
 
 Only the last ``SEARCH_TAIL`` characters of a text are searched (the final answer is at its end), and every
 pattern is linear in its input, so extraction is cheap and safe in the calling process.
@@ -92,6 +93,11 @@ _CONCLUSION = re.compile(
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"[.!?](?:\s+)(?=\S)")
+# a unit written after a number, the unit's last part in a math span (``_quantity``): its power, the text
+# between a number's span and the unit's (`` cm`` of ``$20$ cm$^2$``), a number and that text before the unit
+_UNIT_POWER = re.compile(r"\^\s*\{?\s*[23]\s*\}?")
+_UNIT_GAP = re.compile(r"[A-Za-z\s/.]*")
+_NUMBER_BEFORE_UNIT = re.compile(rf"(?<![\w.])({_NUMBER.pattern})([A-Za-z\s/.]*)$")
 
 
 def _closing_braces(text: str) -> dict[int, int]:
@@ -293,7 +299,10 @@ def extract_answer(
         return conclusion
     if spans:
         outside = _MATH.sub(" ", text)
-        if len(text) <= BARE_ANSWER_MAX_LENGTH and not _CONNECTOR.sub(" ", outside).strip():
+        quantity = _quantity(text, spans)
+        if quantity is not None:
+            answer = quantity
+        elif len(text) <= BARE_ANSWER_MAX_LENGTH and not _CONNECTOR.sub(" ", outside).strip():
             answer = ", ".join(_refine(_span_text(span)) for span in spans)
         else:
             answer = _refine(_span_text(spans[-1]))
@@ -304,6 +313,33 @@ def extract_answer(
     if last_number_fallback and (number := _last_number(text)):
         return number[1]
     return None
+
+
+def _quantity(text: str, spans: list[re.Match[str]]) -> str | None:
+    """A number and its unit, without math delimiters, when the last math span is the unit (or its power)
+    written after the number: ``20 $cm^{2}$`` -> ``20 cm^{2}``, ``$20$ cm$^2$`` -> ``20 cm^2``, ``$5$
+    $\\text{km}$`` -> ``5 \\text{km}``, so that a unit in a math span is dropped as one outside it is (``20
+    cm^{2}``), not taken for the answer. The unit rule is normalisation's: the quantity must normalise to
+    what its number does (``$5$ $x$``, ``20 $\\%$`` or ``$3$ and $k$`` are no quantity). None otherwise."""
+    from rewards.normalize import normalize
+
+    last = spans[-1]
+    unit = _span_text(last).strip()
+    if len(unit) > _MAX_GAP_LENGTH or re.search(r"\d", _UNIT_POWER.sub("", unit)):
+        return None
+    start = max(0, last.start() - _MAX_GAP_LENGTH)
+    previous = spans[-2] if len(spans) > 1 and spans[-2].end() > start else None
+    if previous is not None and _UNIT_GAP.fullmatch(text, previous.end(), last.start()):
+        value, between = _span_text(previous).strip(), text[previous.end() : last.start()]
+    else:
+        number = _NUMBER_BEFORE_UNIT.search(text, previous.end() if previous else start, last.start())
+        if number is None:
+            return None
+        value, between = number.group(1), number.group(2)
+    if not re.search(r"\d", value) or not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", between + unit)):
+        return None
+    quantity = re.sub(r"\s+", " ", f"{value}{between or ' '}{unit}").strip()
+    return quantity if normalize(quantity) == normalize(value) else None
 
 
 def _cut_off(answer: str) -> bool:

@@ -2,16 +2,16 @@
 
 ``normalize`` maps the many spellings of one answer to one LaTeX string: surrounding ``$...$``, quotation
 marks and enclosing ``\\boxed{}`` (``MAX_WRAPPERS`` layers; an unclosed ``\\boxed{`` opening the text is
-dropped), text/font/style and layout macros, a stray trailing backslash, ``\\pmod``/``(\\mod n)`` (the
-residue stays), ``\\bmod`` and ``\\equiv``, units and currency (also inside a bracketed list, ``{35 cm, 4}``),
-degrees (dropped, but radians inside a trigonometric function), percent (kept as a trailing ``\\%`` so
-equivalence can try both readings), thousands separators, scientific notation (``1e3``), unicode symbols,
-plain-text math (``sqrt(3)``, ``2^(1/2)``: ``rewards.plaintext``), ``\\dfrac``/``\\tfrac``/``\\frac12``/
-``\\sqrt3``, ``\\left``/``\\right``, a leading ``x =`` (or ``f(x) =``, ``|AB| =``) when its left side is a
-bare name, a chain of quantities with units or currency (a conversion: its last member), ``\\approx``,
-"and"/"or" answer lists, clock times (``08:34 P.M.`` -> ``20:34``), mixed numbers (``1 1/2``),
-multiple-choice letters and base subscripts (``204_5``). Equality chains are kept whole: the parser decides
-them (``rewards.equivalence``).
+dropped), text/font/style and layout macros, a stray trailing backslash, ``\\pmod``/``(\\mod n)`` (the residue
+stays), ``\\bmod`` and ``\\equiv``, units and currency (also inside a bracketed list, ``{35 cm, 4}``), degrees
+(dropped, but radians inside a trigonometric function), percent (kept as a trailing ``\\%`` so equivalence can
+try both readings), thousands separators, scientific notation (``1e3``), unicode symbols, plain-text math
+(``sqrt(3)``, ``2^(1/2)``: ``rewards.plaintext``), ``\\dfrac``/``\\tfrac``/``\\frac12``/ ``\\sqrt3``,
+``\\left``/``\\right``, a leading ``x =`` (or ``f(x) =``, ``|AB| =``) when its left side is a bare name, a
+chain of quantities with units or currency (a conversion: its last member), ``\\approx``, "and"/"or" answer
+lists, clock times (``08:34 P.M.`` -> ``20:34``), mixed numbers (``1 1/2``), multiple-choice letters, base
+subscripts (``204_5``) and the spelling of set-builder notation (``\\{x \\mid x > 0\\}``, ``\\{x : x > 0\\}``
+-> ``\\{x|x > 0\\}``). Equality chains are kept whole: the parser decides them (``rewards.equivalence``).
 
 Units are dropped only when they are plainly units: a ``\\text{}``/``\\mbox{}`` of words after a number
 (``10\\text{ units}``, ``15\\mbox{ cm}^2``), or trailing words after a number and a space that are a word of
@@ -99,6 +99,12 @@ _MATH_FUNCTION = re.compile(
     r"(?<![A-Za-z])(?:a?(?:sin|cos|tan|cot|sec|csc)h?|arc[a-z]+|log|ln|exp|sqrt|binom|sum|prod|int|lim"
     r"|det|gcd|lcm|max|min|mod|bmod|pmod)(?![A-Za-z])"
 )
+# the inside of a set in set-builder notation, ``\{x | cond\}``, ``\{x \mid cond\}``, ``\{x : cond\}``, with
+# an optional domain, ``\{x \in \mathbb{R} | cond\}``: (variable, domain, condition)
+_SET_BUILDER = re.compile(
+    r"\s*([A-Za-z])\s*(\\in(?![A-Za-z])[^|:]*?)?\s*(?:\||\\mid(?![A-Za-z])|:)\s*(\S.*?)\s*", re.DOTALL
+)
+_REALS = re.compile(r"\\in\s*(?:\\mathbb\s*\{\s*R\s*\}|\\mathbb\s*R|\\R|R)\s*")
 _ASSIGNMENT = re.compile(r"([a-zA-Z](?:_\{?\w+\}?)?)\s*=\s*([^=<>]+)")
 _LIST_WORDS = re.compile(r"\s*(?:\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b)\s*")
 _UNICODE = {
@@ -201,6 +207,28 @@ def _is_simple_lhs(text: str) -> bool:
     return bool(_SIMPLE_LHS.match(re.sub(r"_\{[^{}]*\}|_\w|\\", "", text)))
 
 
+def set_builder(text: str) -> tuple[str, str, str] | None:
+    """``(variable, domain, condition)`` of a set in set-builder notation that is the whole ``text``:
+    ``\\{x | -2 \\leq x < 1\\}`` -> ``("x", "", "-2 \\leq x < 1")``; also with ``\\mid`` or ``:`` for ``|``
+    (a ``\\mid`` in the condition becomes ``|``) and with a domain, empty when it is the reals:
+    ``\\{x \\in \\mathbb{R} : x > 0\\}`` -> ``("x", "", "x > 0")``, ``\\{n \\in \\mathbb{Z} | n > 0\\}`` ->
+    ``("n", "\\in \\mathbb{Z}", "n > 0")``. None for anything else (``\\{1, 2\\}``, ``\\{x|x>0\\} \\cup
+    \\{0\\}``)."""
+    if not (text.startswith("\\{") and text.endswith("\\}")):
+        return None
+    depth = 0
+    for char in text[:-1]:  # the opening brace closes only at the end: one set, not \{..\} \cup \{..\}
+        depth += (char == "{") - (char == "}")
+        if depth == 0 and char == "}":
+            return None
+    match = _SET_BUILDER.fullmatch(text, 2, len(text) - 2)
+    if not match:
+        return None
+    variable, domain, condition = match.groups()
+    domain = "" if domain is None or _REALS.fullmatch(domain) else domain.strip()
+    return variable, domain, re.sub(r"\s*\\mid(?![A-Za-z])\s*", "|", condition)
+
+
 def drop_approximation(text: str) -> str:
     """``a = 1/3 \\approx 0.33`` -> ``a = 1/3``; ``x \\approx 11`` -> ``11``;
     ``\\frac{9.5}{3.14} \\approx 3.01`` -> ``\\frac{9.5}{3.14}``."""
@@ -257,8 +285,13 @@ def _strip_units_in_brackets(text: str) -> str:
 def normalize_element(text: str) -> str:
     """Normalise one answer (no top-level list separators)."""
     text = _unbox(strip_delimiters(text))
-    if re.fullmatch(r".*?\\in(?![A-Za-z]).*", text, re.DOTALL):  # x \in [0, 5]: the set after \in
+    builder = set_builder(text)
+    if builder is None and re.fullmatch(r".*?\\in(?![A-Za-z]).*", text, re.DOTALL):  # x \in [0, 5]: the set
         text = re.sub(r"^.*?\\in(?![A-Za-z])\s*", "", text)
+        builder = set_builder(text)
+    if builder is not None:  # \{x \mid -2 \leq x < 1\} -> \{x|-2 \leq x < 1\}: one spelling
+        variable, domain, condition = builder
+        return f"\\{{{variable}{' ' + domain if domain else ''}|{condition}\\}}"
     text = drop_approximation(text)
     text = text.strip().rstrip(".").strip()
     percent = bool(_PERCENT.search(text))
