@@ -63,8 +63,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--autocast", action="store_true", help="under bfloat16 autocast, as `bf16-mixed` samples"
     )
     args = parser.parse_args(argv)
-    if args.lora < 1:  # every path but plain times the LoRA policy
-        parser.error(f"--lora must be >= 1, got {args.lora}")
+    if args.lora < 1 and set(args.paths) != {"plain"}:  # every path but plain times the LoRA policy
+        parser.error(f"--lora must be >= 1 for the paths {', '.join(args.paths)}, got {args.lora}")
     return args
 
 

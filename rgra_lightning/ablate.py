@@ -602,13 +602,13 @@ def parser_refusals(study: Study, study_path: Path) -> list[str]:
 def left_as_found(path: Path) -> Iterator[None]:
     """Restore ``path`` on exit as it was on entry: its text, or no file and none of the directories made
     for it (a ``run.yaml`` the study's check wrote would otherwise be left by a study it refused)."""
-    previous = path.read_text() if path.is_file() else None
+    previous = path.read_bytes() if path.is_file() else None
     missing = [parent for parent in reversed(path.parents) if not parent.exists()]  # outermost first
     try:
         yield
     finally:
         if previous is not None:
-            path.write_text(previous)
+            path.write_bytes(previous)
         else:
             path.unlink(missing_ok=True)
             for directory in reversed(missing):

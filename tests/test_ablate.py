@@ -496,10 +496,12 @@ def test_configs_the_parser_refuses_stop_the_study_before_any_run_naming_the_stu
     study = ablate.load_study(path)
     earlier = study.run_dir("raft", study.seeds[0]) / "run.yaml"  # an earlier study's, kept as it was
     earlier.parent.mkdir(parents=True)
-    earlier.write_text("earlier: study\n")
+    earlier.write_bytes(b"earlier: study\r\n")  # kept byte for byte, its line ends too
     assert ablate.main(["--config", str(path)]) == 2
     assert [p for p in study.root.rglob("*") if p.is_file()] == [earlier]
-    assert earlier.read_text() == "earlier: study\n" and not study.run_dir("rgra", study.seeds[0]).exists()
+    assert (
+        earlier.read_bytes() == b"earlier: study\r\n" and not study.run_dir("rgra", study.seeds[0]).exists()
+    )
     lines = capsys.readouterr().err.splitlines()
     line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "learning_rat:" in text)
     assert lines[0].startswith(f"error: {path}:{line}: unknown option 'learning_rat' of model")

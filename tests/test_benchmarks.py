@@ -266,3 +266,14 @@ def test_every_command_of_the_gpu_check_parses_here(capsys):
         assert isinstance(module.parse_arguments(command[1:]), argparse.Namespace)
     with pytest.raises(SystemExit):  # the check can fail: an option no script takes
         importlib.import_module("benchmarks.throughput").parse_arguments(["--no-such-option"])
+
+
+def test_rollout_speed_needs_a_lora_rank_only_for_the_paths_that_time_the_lora_policy(capsys):
+    from benchmarks.rollout_speed import parse_arguments
+
+    assert parse_arguments(["--lora", "0", "--paths", "plain"]).paths == ["plain"]
+    with pytest.raises(SystemExit):
+        parse_arguments(["--lora", "0", "--paths", "plain", "decoder"])
+    assert capsys.readouterr().err.endswith(
+        "error: --lora must be >= 1 for the paths plain, decoder, got 0\n"
+    )

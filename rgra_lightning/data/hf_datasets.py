@@ -136,8 +136,8 @@ class DatasetDataModule(TextDataModule):
         preset without one, MATH-500's, and no ``train_split``): the CLI's check of a ``fit`` before the
         model loads, and ``train_dataloader``'s, instead of a batch larger than its 0 training problems."""
         preset = init_args.get("preset")
-        if init_args.get("train_split") is not None or preset is None or PRESETS[preset].train_split:
-            return
+        if init_args.get("train_split") is not None or preset not in PRESETS or PRESETS[preset].train_split:
+            return  # an unknown preset is the parser's to refuse
         source = init_args.get("source") or PRESETS[preset].source
         where = f"data.source {source!r} (data.preset={preset})" if source else f"data.preset={preset}"
         raise ConfigError(

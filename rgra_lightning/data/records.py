@@ -335,7 +335,7 @@ def load_records(
                 raise DatasetError(f"{place}: field {question_field!r} is missing or empty")
             answer = row.get(answer_field)
             if isinstance(answer, list) and answer and all(isinstance(item, str) for item in answer):
-                answer = ", ".join(item.strip() for item in answer)  # OlympiadBench's one answer, as a list
+                answer = list_answer(answer)
             reference = reference_answer(answer, reference_format, f"{place} field {answer_field!r}")
         except DatasetError:
             if not skip_invalid:
@@ -344,6 +344,15 @@ def load_records(
             continue
         records.append({"question": question, "answer": str(answer), "reference": reference})
     return records, skipped
+
+
+def list_answer(items: list[str]) -> str:
+    """One answer from a list of texts (OlympiadBench's ``final_answer``): a single item as it is, several
+    joined as a list answer with each item's own math delimiters dropped (``["$x=1$", "$x=3$"]`` ->
+    ``x=1, x=3``: joined as written, ``$x=1$, $x=3$`` would read as the one span ``x=1$, $x=3``)."""
+    if len(items) == 1:
+        return items[0].strip()
+    return ", ".join(item.strip().removeprefix("$").removesuffix("$").strip() for item in items)
 
 
 def shot_solution(record: dict[str, str], reference_format: ReferenceFormat) -> str:

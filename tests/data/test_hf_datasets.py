@@ -1,5 +1,5 @@
-"""DatasetDataModule: the GSM8K, MATH-500 and paper-benchmark presets, local files in any format and dataset directories in
-each layout, splits by seed, bad rows and bad sources."""
+"""DatasetDataModule: the GSM8K, MATH-500 and paper-benchmark presets, local files in any format and dataset
+directories in each layout, splits by seed, bad rows and bad sources."""
 
 import importlib.util
 import json
@@ -312,7 +312,7 @@ PAPER_BENCHMARK_ROWS = {
     ],
     "olympiadbench": [
         {"id": 1610, "question": "Largest mu?", "final_answer": ["$\\frac{1}{2 n+2}$"], "unit": None},
-        {"id": 2, "question": "All n?", "final_answer": ["$1$", "$3$"], "is_multiple_answer": True},
+        {"id": 2, "question": "All x?", "final_answer": ["$x=1$", "$x=3$"], "is_multiple_answer": True},
     ],
 }
 
@@ -330,10 +330,11 @@ def test_the_paper_benchmark_presets_read_qwen_math_copies_and_their_answers_ver
     expected = {
         "amc23": ["27.0", "36.0"],
         "gaokao2023en": ["$\\{x|-2\\leq x < 1\\}$", "$-1-\\sqrt{3}$"],
-        "olympiadbench": ["$\\frac{1}{2 n+2}$", "$1$, $3$"],
+        "olympiadbench": ["$\\frac{1}{2 n+2}$", "x=1, x=3"],  # the items' own $ dropped: one list
     }[preset]
     assert data.test_examples == [
-        {"prompt": row["question"], "reference": reference} for row, reference in zip(rows, expected)
+        {"prompt": row["question"], "reference": reference}
+        for row, reference in zip(rows, expected, strict=True)
     ]
     answers = {
         "amc23": ["27", "36"],
@@ -343,7 +344,7 @@ def test_the_paper_benchmark_presets_read_qwen_math_copies_and_their_answers_ver
     verifier = MathVerifier()
     references = [example["reference"] for example in data.test_examples]
     right = verifier.score_batch([f"So \\boxed{{{answer}}}." for answer in answers], references)
-    wrong = verifier.score_batch(["So \\boxed{2}.", "So \\boxed{2}."], references)
+    wrong = verifier.score_batch(["So \\boxed{2}.", "So \\boxed{3}."], references)  # 3: one of two
     assert [score.reward for score in right] == [1.0, 1.0]
     assert [score.reward for score in wrong] == [0.0, 0.0]
 
@@ -355,6 +356,9 @@ def test_a_paper_benchmark_preset_without_its_local_copy_says_where_to_get_one(t
         "data.preset=olympiadbench reads a local copy only: set data.source to a directory holding "
         "test.jsonl, as evaluation/data/olympiadbench of a clone of QwenLM/Qwen2.5-Math"
     )
+    DatasetDataModule.check_fit_options(
+        {"preset": "no-such-preset"}
+    )  # the parser's to refuse, not a KeyError
     with pytest.raises(ConfigError) as error:
         DatasetDataModule.check_fit_options({"preset": "amc23", "source": None, "train_split": None})
     assert str(error.value) == (
