@@ -21,10 +21,12 @@ memory on hostile input.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import itertools
 import random
 import re
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -40,6 +42,12 @@ _ZERO_FLOOR = 1e-60  # an evaluated difference of exact values this small relati
 EXACT_BITS = 10_000
 EXACT_NODES = 400
 EXACT_DEPTH = 60
+# the decimal literals written in the two answers ``equivalent`` compares: a float of a parsed tree is exact
+# only when it is one of them (``_float_as_written``)
+_WRITTEN_DECIMALS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "written_decimals", default=frozenset()
+)
+_WRITTEN_DECIMAL = re.compile(r"\d*\.\d+")
 
 
 def as_fraction(text: str) -> Fraction | None:
@@ -236,30 +244,32 @@ def _power(base: Fraction, exponent: Fraction) -> Fraction:
         raise _Inexact  # 0^{-1}: undefined
     if abs(base) == 1:
         return base ** (power % 2)  # (-1)^{10^{10}}: no size to bound
-    if max(base.numerator.bit_length(), base.denominator.bit_length()) * abs(power) > EXACT_BITS:
+    # n >= 2^(L-1) for an L-bit n, so n^p has at least (L-1)p+1 bits: certainly too big past EXACT_BITS, and
+    # otherwise at most Lp <= 2 EXACT_BITS bits (L >= 2), cheap to compute before ``_bounded`` checks it
+    if max((n.bit_length() - 1) * abs(power) + 1 for n in (base.numerator, base.denominator)) > EXACT_BITS:
         raise _Inexact
     return _bounded(base**power)
 
 
 def _float_as_written(value: Any) -> Fraction:
     """The decimal a parsed float was written as: ``25.1`` (stored as 25.100000000000001 in binary) is 251/10.
-    The parser gives a float enough bits for every digit written, so its shortest decimal at that precision
-    is the one written. A float whose shortest decimal takes every digit its precision holds may be a
-    computed value (``\\sqrt{0.2}`` evaluated is 0.447213595499958), not a decimal as written: not exact."""
-    import mpmath
+    Only a float that is, at its precision, a decimal literal of one of the answers compared
+    (``_WRITTEN_DECIMALS``) counts as written; any other is a value the parser computed (``e^{0.3}`` is the
+    float 1.34985880757600, ``\\sqrt{0.2}`` is 0.447213595499958), not exact: the rounding rule and the
+    tolerance decide it."""
+    import sympy
 
-    _, mantissa, exponent, bits = value._mpf_
+    sign, mantissa, exponent, bits = value._mpf_
     if mantissa == 0:
         if exponent != 0:
             raise _Inexact  # inf or nan
         return Fraction(0)
     if abs(exponent + bits) > EXACT_BITS:
         raise _Inexact
-    places = mpmath.libmp.prec_to_dps(value._prec)
-    digits = mpmath.libmp.to_str(value._mpf_, places)
-    if len(re.sub(r"\D", "", digits.partition("e")[0]).strip("0")) >= places:
-        raise _Inexact
-    return _bounded(Fraction(digits))
+    for literal in _WRITTEN_DECIMALS.get():
+        if sympy.Float(literal, precision=value._prec)._mpf_ == (0, mantissa, exponent, bits):
+            return _bounded(-Fraction(literal) if sign else Fraction(literal))
+    raise _Inexact
 
 
 def _terminating_value(value: Any) -> Any:
@@ -715,9 +725,9 @@ def _value(text: str) -> Any:
 
 def _set_builder_solutions(variable: str, condition: str) -> Any:
     """The real solution set of the condition of ``\\{x | condition\\}`` when it is an inequality or a chain
-    of them in ``x`` alone (``\\{x | -2 \\leq x < 1\\}`` is ``[-2, 1)``, as ``-2 \\leq x < 1`` is), else
-    None: a set with another condition (``x = 3k, k \\in \\mathbb{Z}``, ``x \\neq 3``, a list) compares as
-    written."""
+    of them in ``x`` alone, made of ``x``, numbers and arithmetic (``\\{x | -2 \\leq x < 1\\}`` is
+    ``[-2, 1)``, as ``-2 \\leq x < 1`` is), else None: a set with another condition (``x = 3k, k \\in
+    \\mathbb{Z}``, ``x \\neq 3``, a list, ``f(x) > 0``) compares as written."""
     import sympy
 
     try:
@@ -727,6 +737,10 @@ def _set_builder_solutions(variable: str, condition: str) -> Any:
     inequalities = (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)
     if not isinstance(value, (sympy.And, *inequalities)) or value.free_symbols != {sympy.Symbol(variable)}:
         return None
+    arithmetic = (sympy.And, *inequalities, sympy.Add, sympy.Mul, sympy.Pow, sympy.Number, sympy.NumberSymbol)
+    nodes = sympy.preorder_traversal(value)
+    if not all(isinstance(node, arithmetic) or node == sympy.Symbol(variable) for node in nodes):
+        return None  # f(x) > 0 says nothing about x without f; only x, numbers and arithmetic are solved
     solutions = _solution_set(value)
     return solutions if isinstance(solutions, sympy.Set) and not solutions.free_symbols else None
 
@@ -812,6 +826,22 @@ def equivalent(pred: str, gold: str) -> bool:
     fast = fast_readings_equivalent(pred, gold)
     if fast is not None:
         return fast
+    with decimals_written_in(pred, gold):
+        return _any_readings_equal(pred, gold)
+
+
+@contextlib.contextmanager
+def decimals_written_in(*texts: str) -> Iterator[None]:
+    """Within the block, a float of a parsed tree counts as exact only when it is a decimal literal of one of
+    ``texts`` (``_float_as_written``)."""
+    written = _WRITTEN_DECIMALS.set(frozenset(_WRITTEN_DECIMAL.findall(" ".join(texts))))
+    try:
+        yield
+    finally:
+        _WRITTEN_DECIMALS.reset(written)
+
+
+def _any_readings_equal(pred: str, gold: str) -> bool:
     failure: Exception | None = None
     for pred_reading in _readings(pred):
         for gold_reading in _readings(gold):

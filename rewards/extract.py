@@ -98,6 +98,10 @@ _SENTENCE_END = re.compile(r"[.!?](?:\s+)(?=\S)")
 _UNIT_POWER = re.compile(r"\^\s*\{?\s*[23]\s*\}?")
 _UNIT_GAP = re.compile(r"[A-Za-z\s/.]*")
 _NUMBER_BEFORE_UNIT = re.compile(rf"(?<![\w.])({_NUMBER.pattern})([A-Za-z\s/.]*)$")
+# a list connector before a quantity (``and`` of ``$3$ $\text{cm}$ and $4$ $\text{cm}$``) and a number, with
+# a short unit, ending the text before that connector
+_LIST_CONNECTOR_BEFORE = re.compile(r"(?:\s*(?:,|;|&|\band\b|\bor\b))+\s*$", re.IGNORECASE)
+_NUMBER_AT_END = re.compile(rf"(?<![\w.])(?:{_NUMBER.pattern})(?:\s*[A-Za-z]{{1,5}}(?:\^\d)?)?\s*$")
 
 
 def _closing_braces(text: str) -> dict[int, int]:
@@ -331,15 +335,33 @@ def _quantity(text: str, spans: list[re.Match[str]]) -> str | None:
     previous = spans[-2] if len(spans) > 1 and spans[-2].end() > start else None
     if previous is not None and _UNIT_GAP.fullmatch(text, previous.end(), last.start()):
         value, between = _span_text(previous).strip(), text[previous.end() : last.start()]
+        begin = previous.start()
     else:
         number = _NUMBER_BEFORE_UNIT.search(text, previous.end() if previous else start, last.start())
         if number is None:
             return None
-        value, between = number.group(1), number.group(2)
+        value, between, begin = number.group(1), number.group(2), number.start(1)
+    if _follows_a_listed_number(text, begin, spans):
+        return None  # "$3$ $\\text{cm}$ and $4$ $\\text{cm}$": a list of quantities, not its last one
     if not re.search(r"\d", value) or not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", between + unit)):
         return None
     quantity = re.sub(r"\s+", " ", f"{value}{between or ' '}{unit}").strip()
     return quantity if normalize(quantity) == normalize(value) else None
+
+
+def _follows_a_listed_number(text: str, begin: int, spans: list[re.Match[str]]) -> bool:
+    """Whether the quantity starting at ``begin`` follows a list connector (``,``, ``;``, ``&``, ``and``,
+    ``or``) after another number: a number's math span, a quantity with its unit in a math span, or a plain
+    number with a short unit (``3 cm and $4$ $\\text{cm}$``)."""
+    window = max(0, begin - _MAX_GAP_LENGTH)
+    connector = _LIST_CONNECTOR_BEFORE.search(text[window:begin])
+    if connector is None:
+        return False
+    head = text[: window + connector.start()]
+    earlier = [span for span in spans if span.end() <= len(head)]
+    if earlier and earlier[-1].end() == len(head):
+        return bool(re.search(r"\d", _span_text(earlier[-1]))) or _quantity(head, earlier) is not None
+    return _NUMBER_AT_END.search(head[-_MAX_GAP_LENGTH:]) is not None
 
 
 def _cut_off(answer: str) -> bool:

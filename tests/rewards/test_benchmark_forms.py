@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 
 from rewards import MathVerifier
-from rewards.equivalence import _exact_rational, _latex2sympy, equivalent
+from rewards.equivalence import _exact_rational, _latex2sympy, decimals_written_in, equivalent
 from rewards.extract import extract_answer
 from rewards.normalize import normalize, set_builder
 
@@ -100,6 +100,22 @@ def test_other_set_builder_sets_compare_as_written(pred, gold, verdict):
 
 
 @pytest.mark.parametrize(
+    "pred, gold",
+    [
+        ("\\{x \\mid f(x) > 0\\}", "(0, \\infty)"),
+        ("\\{x \\mid f(x) \\geq 2\\}", "[2,\\infty)"),
+        ("\\{x|f(x)>0\\}", "\\{x|x>0\\}"),
+        ("\\{x|g(x) < 1\\}", "x < 1"),
+        ("\\{x|\\sin x > 0\\}", "x > 0"),
+        ("\\{x|f(x+1)>0\\}", "(-1, \\infty)"),
+    ],
+)
+def test_a_condition_on_a_function_of_x_is_not_solved_for_the_function(pred, gold):
+    assert (same(pred, gold), same(gold, pred)) == (False, False)
+    assert same(pred, pred)
+
+
+@pytest.mark.parametrize(
     "raw, expected",
     [
         ("\\left\\{x \\mid -2 \\leq x < 1\\right\\}", "\\{x|-2 \\leq x < 1\\}"),
@@ -142,6 +158,21 @@ def test_only_a_whole_set_is_read_as_set_builder_notation():
 )
 def test_a_unit_in_a_math_span_after_a_number_is_extracted_with_it(text, expected):
     assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # a list of quantities is extracted as without the unit rule (its spans), never as its last quantity
+        ("$3$ $\\text{cm}$ and $4$ $\\text{cm}$", "3, \\text{cm}, 4, \\text{cm}"),
+        ("$3$, $4$ $\\text{cm}$", "3, 4, \\text{cm}"),
+        ("The sides are $3$ $\\text{cm}$ or $4$ $\\text{cm}$", "\\text{cm}"),
+        ("3 cm and $4$ $\\text{cm}$", "\\text{cm}"),
+    ],
+)
+def test_a_list_of_quantities_is_not_read_as_its_last_one(text, expected):
+    assert extract_answer(text) == expected
+    assert not MathVerifier().score(text, "4").correct
 
 
 def test_a_reference_with_its_unit_in_a_math_span_scores_as_its_number():
@@ -210,13 +241,72 @@ def test_decimal_expressions_are_evaluated_exactly(pred, gold, verdict):
         ("\\pi \\cdot 0.5", None),
         ("\\sqrt{-4}", None),
         ("\\frac{1}{0.0}", None),
-        ("2 \\cdot 0.447213595499958", None),  # every digit of a float: maybe computed, not exact
+        ("2 \\cdot 0.447213595499958", Fraction(447213595499958, 5 * 10**14)),  # 15 digits, as written
+        ("2 \\cdot 0.12345678901234567890123", Fraction(12345678901234567890123, 5 * 10**22)),
+        ("e^{0.3}", None),  # a float the parser computed (1.34985880757600), written nowhere
+        ("1000 e^{-1.5}", None),
         ("2 \\cdot 1500000.0", Fraction(3000000)),
         ("0.00012 \\cdot 2", Fraction(6, 25000)),
     ],
 )
 def test_exact_rational_values(latex, value):
-    assert _exact_rational(_latex2sympy(latex)) == value
+    with decimals_written_in(latex):
+        assert _exact_rational(_latex2sympy(latex)) == value
+
+
+def test_a_float_is_exact_only_as_a_decimal_written_in_the_answers():
+    value = _latex2sympy("\\frac{25.1}{2}")
+    assert _exact_rational(value) is None  # no answer text: any float may be computed
+    with decimals_written_in("\\frac{25.1}{2}", "12.6"):
+        assert _exact_rational(value) == Fraction(251, 20)
+    with decimals_written_in("\\frac{25.2}{2}", "12.6"):
+        assert _exact_rational(value) is None
+
+
+@pytest.mark.parametrize(
+    "pred, gold, verdict",
+    [
+        # the parser computes e^{0.3} as a float; one whose 15-digit form ends in 0 is no written decimal
+        ("1000e^{0.3}", "1349.86", True),
+        ("1000e^{0.3}", "1349.87", False),
+        ("1000e^{-1.5}", "223.13", True),
+        ("1000e^{-1.5}", "223.12", False),
+        ("3e^{0.3}", "3e^{\\frac{3}{10}}", True),
+        ("e^{0.3}+1", "e^{\\frac{3}{10}}+1", True),
+        ("e^{0.3}+1", "e^{\\frac{3}{10}}+2", False),
+        ("\\frac{e^{0.3}}{2}", "0.675", True),
+        ("\\frac{e^{0.3}}{2}", "0.674", False),
+        # written decimals stay exact
+        ("\\frac{0.25}{2}", "0.13", False),
+        ("\\frac{25.1}{2}", "12.6", False),
+        ("2 \\cdot 1.502", "3.00", False),
+        ("2 \\cdot 1.502", "3.004", True),
+    ],
+)
+def test_computed_floats_keep_the_rounding_rule(pred, gold, verdict):
+    assert (same(pred, gold), same(gold, pred)) == (verdict, verdict)
+
+
+@pytest.mark.parametrize(
+    "pred, gold",
+    [
+        ("10^{3000}+1", "10^{3000}"),
+        ("2^{9000}+1", "2^{9000}"),
+        ("\\frac{1}{10^{3000}}+1", "1"),
+        ("3^{6000}-1", "3^{6000}"),
+    ],
+)
+def test_huge_exact_values_within_the_bounds_are_compared_exactly(pred, gold):
+    assert (same(pred, gold), same(gold, pred)) == (False, False)
+    assert same(pred, pred) and same(gold, gold)
+
+
+def test_the_power_size_check_refuses_only_what_is_too_big():
+    with decimals_written_in():
+        assert _exact_rational(_latex2sympy("10^{3000}")) == 10**3000  # 9,966 bits
+        assert _exact_rational(_latex2sympy("2^{9999}")) == 2**9999
+        assert _exact_rational(_latex2sympy("2^{10000}")) is None  # 10,001 bits
+        assert _exact_rational(_latex2sympy("10^{3011}")) is None  # 10,002 bits
 
 
 @pytest.mark.parametrize(
