@@ -225,9 +225,11 @@ def test_workers_do_not_import_the_callers_main_module(tmp_path):
     assert result.stdout.split("\n")[:-1] == expected, result.stderr
 
 
-def test_a_forked_child_of_a_pool_user_still_gets_workers(tmp_path):
+def test_a_forked_child_of_a_pool_user_still_gets_workers_of_its_own(tmp_path):
     """A DataLoader-style ``fork`` of a process whose pool runs on its fork server: the child cannot use that
-    server (it is not the server's parent) and spawns its own workers, for the parent's pool and a new one."""
+    server (it is not the server's parent) and spawns its own workers, for the parent's pool and a new one.
+    The parent's idle workers would still answer the child, but calls from both would interleave on one pipe:
+    the child's calls run in workers it started (their parent is the child)."""
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork on this platform")
     result = _run_script(
@@ -240,32 +242,10 @@ def test_a_forked_child_of_a_pool_user_still_gets_workers(tmp_path):
         "    pid = os.fork()\n"
         "    if pid == 0:\n"
         "        values = [pool.map(abs, [(-2,)])[0].value, WorkerPool(1, 30).map(abs, [(-3,)])[0].value]\n"
-        "        print(values, flush=True)\n"
+        "        own = pool.map(os.getppid, [()])[0].value == os.getpid()\n"
+        "        print(values, own, flush=True)\n"
         "        os._exit(0)\n"
         "    os.waitpid(pid, 0)\n"
         "    pool.close()\n",
     )
-    assert result.stdout.strip() == "[2, 3]", result.stderr
-
-
-def test_a_forked_child_of_a_pool_user_runs_its_calls_in_workers_of_its_own(tmp_path):
-    """After a fork the parent's idle workers still answer the child, but they are the parent's: calls from
-    both would interleave on one pipe. The child's calls run in workers it started (their parent is the
-    child)."""
-    if "fork" not in multiprocessing.get_all_start_methods():
-        pytest.skip("no fork on this platform")
-    result = _run_script(
-        tmp_path,
-        "import os\n"
-        "from rewards.sandbox import WorkerPool\n"
-        "if __name__ == '__main__':\n"
-        "    pool = WorkerPool(workers=1, timeout=30)\n"
-        "    assert pool.map(abs, [(-1,)])[0].value == 1\n"
-        "    pid = os.fork()\n"
-        "    if pid == 0:\n"
-        "        print(pool.map(os.getppid, [()])[0].value == os.getpid(), flush=True)\n"
-        "        os._exit(0)\n"
-        "    os.waitpid(pid, 0)\n"
-        "    pool.close()\n",
-    )
-    assert result.stdout.strip() == "True", result.stderr
+    assert result.stdout.strip() == "[2, 3] True", result.stderr
