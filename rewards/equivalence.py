@@ -406,6 +406,9 @@ def _solution_set(relation: Any) -> Any:
     (symbol,) = symbols
     if not isinstance(symbol, sympy.Symbol):
         return relation
+    if isinstance(relation, sympy.Or):  # x < -1 \lor x > 1: the union of the parts' solution sets
+        sets = [_solution_set(part) for part in relation.args]
+        return sympy.Union(*sets) if all(isinstance(part, sympy.Set) for part in sets) else relation
     real = sympy.Symbol(symbol.name, real=True)
     parts = relation.args if isinstance(relation, sympy.And) else (relation,)
     try:
@@ -418,7 +421,7 @@ def _as_set(value: Any) -> Any:
     """Intervals, unions, finite sets and inequalities as sympy sets; other values unchanged."""
     import sympy
 
-    if isinstance(value, (sympy.And, sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan,
+    if isinstance(value, (sympy.And, sympy.Or, sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan,
                           sympy.GreaterThan)):  # fmt: skip
         return _solution_set(value)
     return value
@@ -486,6 +489,8 @@ def _values_equal(a: Any, b: Any) -> bool:
             and _values_equal(a.end, b.end)
         )
     if isinstance(a, sympy.Union) and isinstance(b, sympy.Union):
+        return _unordered_equal(list(a.args), list(b.args))
+    if isinstance(a, sympy.Or) and isinstance(b, sympy.Or):  # inequalities in several variables, "or"
         return _unordered_equal(list(a.args), list(b.args))
     if isinstance(a, sympy.Set) and isinstance(b, sympy.Set):
         xs, ys = _elements(a), _elements(b)
@@ -719,25 +724,57 @@ def _value(text: str) -> Any:
         solutions = _set_builder_solutions(builder[0], builder[2])
         if solutions is not None:
             return solutions
+    disjunction = _disjunction(text) if "\\lor" in text else None
+    if disjunction is not None:
+        return disjunction
     chain = _chain_value(text) if "=" in text else None
     return _latex2sympy(text) if chain is None else chain
 
 
-def _set_builder_solutions(variable: str, condition: str) -> Any:
-    """The real solution set of the condition of ``\\{x | condition\\}`` when it is an inequality or a chain
-    of them in ``x`` alone, made of ``x``, numbers and arithmetic (``\\{x | -2 \\leq x < 1\\}`` is
-    ``[-2, 1)``, as ``-2 \\leq x < 1`` is), else None: a set with another condition (``x = 3k, k \\in
-    \\mathbb{Z}``, ``x \\neq 3``, a list, ``f(x) > 0``) compares as written."""
+def _disjunction(text: str) -> Any:
+    """``a \\lor b`` (normalised from "or" between inequalities) as ``sympy.Or`` of its parts when every part
+    is an inequality or a chain of them, else None (``_solution_set`` reads it as the union of the parts'
+    solution sets: ``x < -1 \\lor x > 1`` is ``(-\\infty, -1) \\cup (1, \\infty)``)."""
     import sympy
 
+    inequalities = (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)
+    parts = re.split(r"\s*\\lor(?![A-Za-z])\s*", text)
     try:
-        value = _value(condition)
+        values = [_value(part) for part in parts]
+    except Exception:  # a part the parser rejects: the text is parsed as written
+        return None
+    if len(values) < 2 or not all(isinstance(value, (sympy.And, *inequalities)) for value in values):
+        return None
+    return sympy.Or(*values)
+
+
+def _set_builder_solutions(variable: str, condition: str) -> Any:
+    """The real solution set of the condition of ``\\{x | condition\\}`` when it is an inequality or a chain
+    of them in ``x`` alone, or several joined by ``\\lor`` (union) or a comma (intersection), made of ``x``,
+    numbers and arithmetic (``\\{x | -2 \\leq x < 1\\}`` is ``[-2, 1)``, as ``-2 \\leq x < 1`` is), else
+    None: a set with another condition (``x = 3k, k \\in \\mathbb{Z}``, ``x \\neq 3``, ``f(x) > 0``) compares
+    as written."""
+    import sympy
+
+    parts = [condition] if re.search(r"[\[\](){}]", condition) else condition.split(", ")
+    try:  # in a condition, a comma (or "and") between inequalities joins them: x > -1, x < 1 is -1 < x < 1
+        values = [_value(part) for part in parts]
+        value = values[0] if len(values) == 1 else sympy.And(*values)
     except Exception:  # a condition the parser rejects: the set compares as written
         return None
     inequalities = (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)
-    if not isinstance(value, (sympy.And, *inequalities)) or value.free_symbols != {sympy.Symbol(variable)}:
+    connectives = (sympy.And, sympy.Or)
+    if not isinstance(value, (*connectives, *inequalities)) or value.free_symbols != {sympy.Symbol(variable)}:
         return None
-    arithmetic = (sympy.And, *inequalities, sympy.Add, sympy.Mul, sympy.Pow, sympy.Number, sympy.NumberSymbol)
+    arithmetic = (
+        *connectives,
+        *inequalities,
+        sympy.Add,
+        sympy.Mul,
+        sympy.Pow,
+        sympy.Number,
+        sympy.NumberSymbol,
+    )
     nodes = sympy.preorder_traversal(value)
     if not all(isinstance(node, arithmetic) or node == sympy.Symbol(variable) for node in nodes):
         return None  # f(x) > 0 says nothing about x without f; only x, numbers and arithmetic are solved

@@ -107,6 +107,9 @@ _SET_BUILDER = re.compile(
 _REALS = re.compile(r"\\in\s*(?:\\mathbb\s*\{\s*R\s*\}|\\mathbb\s*R|\\R|R)\s*")
 _ASSIGNMENT = re.compile(r"([a-zA-Z](?:_\{?\w+\}?)?)\s*=\s*([^=<>]+)")
 _LIST_WORDS = re.compile(r"\s*(?:\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b)\s*")
+# "and"/"or" (and ``\\land``/``\\lor``) between inequalities: ``x < -1 or x > 1`` is a union of solution sets
+_RELATION_WORDS = re.compile(r"\s*(?:\\text\{\s*(and|or)\s*\}|\b(and|or)\b|\\(land|lor)(?![A-Za-z]))\s*")
+_INEQUALITY = re.compile(r"<|>|\\[lg]eq?(?![A-Za-z])")
 _UNICODE = {
     "−": "-", "–": "-", "≤": "\\leq ", "≥": "\\geq ", "≠": "\\neq ", "×": "\\times ", "÷": "\\div ",
     "π": "\\pi ", "∞": "\\infty ", "√": "\\sqrt", "·": "\\cdot ", "⋅": "\\cdot ",
@@ -327,6 +330,21 @@ def normalize_element(text: str) -> str:
     return text + ("\\%" if percent else "")
 
 
+def _join_list_words(text: str) -> str:
+    """Answer-list words as the list separator ``", "`` (``1 and 3``, ``x = 1 \\text{ or } x = 3`` ->
+    ``1, 3``), except between inequalities, whose "or" (``\\lor``) is a union and stays ``" \\lor "``
+    (``x < -1 or x > 1`` -> ``x < -1 \\lor x > 1``, never equal to ``x < -1 and x > 1``) while "and"
+    (``\\land``) is ``", "``, as a comma between bounds is."""
+    pieces = _RELATION_WORDS.split(text)  # text, three groups of each word, text, ...
+    texts, words = pieces[::4], ["".join(filter(None, pieces[i : i + 3])) for i in range(1, len(pieces), 4)]
+    if not words or not all(_INEQUALITY.search(piece) for piece in texts):
+        return _LIST_WORDS.sub(", ", text).strip(", ")
+    joined = texts[0]
+    for word, piece in zip(words, texts[1:], strict=True):
+        joined += (" \\lor " if word.endswith("or") else ", ") + piece
+    return joined.strip()
+
+
 def normalize(answer: str) -> str:
     """The canonical string of an extracted answer; list answers are joined with ``", "``."""
     text = strip_wrappers(answer)
@@ -368,7 +386,7 @@ def normalize(answer: str) -> str:
     text = re.sub(r"\s+", " ", text).strip()
     if "matrix" in text or "array" in text:
         return text
-    text = _LIST_WORDS.sub(", ", text).strip(", ")
+    text = _join_list_words(text)
     text = _join_thousands(text)
     elements = [part for part in _split_top_level(text, ";") if part.strip()]
     if len(elements) == 1:

@@ -133,6 +133,56 @@ def test_only_a_whole_set_is_read_as_set_builder_notation():
     assert set_builder("\\{x | x > 0\\}") == ("x", "", "x > 0")
     assert set_builder("\\{x|x>0\\} \\cup \\{y|y<-1\\}") is None
     assert set_builder("\\{1, 2\\}") is None
+
+
+# "or" between inequalities is the union of their solution sets, "and" (like a comma) joins bounds: the two
+# answers are never one answer list (``x<-1 or x>1`` and ``x<-1 and x>1`` were both ``x<-1, x>1``)
+@pytest.mark.parametrize(
+    "pred, gold, verdict",
+    [
+        ("x<-1 \\text{ or } x>1", "x<-1 \\text{ and } x>1", False),
+        ("x<-1 or x>1", "x<-1 and x>1", False),
+        ("x<-1 \\lor x>1", "x<-1 \\land x>1", False),
+        ("\\{x \\mid x<-1 \\text{ or } x>1\\}", "\\{x : x<-1 \\text{ and } x>1\\}", False),
+        ("x>-1 \\text{ and } x<1", "x>-1 \\text{ or } x<1", False),
+        ("x<-1 \\text{ or } x>1", "x<-1, x>1", False),
+        ("x>0 \\text{ or } y>0", "x>0 \\text{ and } y>0", False),
+        ("x<-1 \\text{ or } x>1", "x<-1 \\text{ or } x>2", False),
+        ("x<-1 \\text{ or } x>1", "(-\\infty,-1)\\cup(1,\\infty)", True),
+        ("x<-1 \\lor x>1", "(-\\infty,-1)\\cup(1,\\infty)", True),
+        ("x \\le -1 \\text{ or } x \\ge 1", "(-\\infty,-1]\\cup[1,\\infty)", True),
+        ("x \\le -1 \\text{ or } x \\ge 1", "(-\\infty,-1)\\cup(1,\\infty)", False),
+        ("-2<x<-1 \\text{ or } x>1", "(-2,-1)\\cup(1,\\infty)", True),
+        ("x<-1 \\text{ or } x>1", "x>1 \\text{ or } x<-1", True),
+        ("x<-1 \\text{ or } x>1", "\\{x|x^2>1\\}", True),
+        ("\\{x \\mid x<-1 \\text{ or } x>1\\}", "(-\\infty,-1)\\cup(1,\\infty)", True),
+        ("\\{x : x<-1 \\text{ and } x>1\\}", "\\emptyset", True),
+        ("\\{x \\mid x>-1 \\text{ and } x<1\\}", "(-1,1)", True),
+        ("x>0 \\text{ or } y>0", "y>0 \\text{ or } 0<x", True),
+        ("x<-1 \\text{ and } x>1", "x<-1, x>1", True),  # "and" between bounds reads as a comma does
+        # answer lists written with "and"/"or" stay lists
+        ("x=1 \\text{ or } x=3", "1, 3", True),
+        ("x=1 \\text{ or } x=3", "x=1 \\text{ and } x=3", True),
+        ("2 \\text{ and } 3", "2, 3", True),
+        ("2 \\text{ or } 3", "2, 4", False),
+    ],
+)
+def test_and_or_between_inequalities(pred, gold, verdict):
+    assert (equivalent(pred, gold), equivalent(gold, pred)) == (verdict, verdict)
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("x<-1 \\text{ or } x>1", "x<-1 \\lor x>1"),
+        ("x<-1 \\text{ and } x>1", "x<-1, x>1"),
+        ("x \\leq 0 \\lor x \\geq 2", "x \\leq 0 \\lor x \\geq 2"),
+        ("x = 1 \\text{ or } x = 3", "1, 3"),
+        ("x = 1 \\text{ or } x > 3", "1, x > 3"),  # not all inequalities: an answer list, as before
+    ],
+)
+def test_and_or_normalisation(raw, expected):
+    assert normalize(raw) == expected
     assert set_builder("\\{x\\}") is None
 
 
