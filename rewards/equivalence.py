@@ -421,8 +421,7 @@ def _as_set(value: Any) -> Any:
     """Intervals, unions, finite sets and inequalities as sympy sets; other values unchanged."""
     import sympy
 
-    if isinstance(value, (sympy.And, sympy.Or, sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan,
-                          sympy.GreaterThan)):  # fmt: skip
+    if isinstance(value, (sympy.And, sympy.Or, *_inequality_types())):
         return _solution_set(value)
     return value
 
@@ -611,7 +610,7 @@ def _relations_equal(a: Any, b: Any) -> bool:
             return strict, relation.lhs - relation.rhs
         return strict, relation.rhs - relation.lhs
 
-    inequalities = (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)
+    inequalities = _inequality_types()
     if not (isinstance(a, inequalities) and isinstance(b, inequalities)):
         return bool(type(a) is type(b) and _values_equal(a.lhs - a.rhs, b.lhs - b.rhs))
     (strict_a, x), (strict_b, y) = canonical(a), canonical(b)
@@ -737,13 +736,12 @@ def _disjunction(text: str) -> Any:
     solution sets: ``x < -1 \\lor x > 1`` is ``(-\\infty, -1) \\cup (1, \\infty)``)."""
     import sympy
 
-    inequalities = (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)
     parts = re.split(r"\s*\\lor(?![A-Za-z])\s*", text)
     try:
         values = [_value(part) for part in parts]
     except Exception:  # a part the parser rejects: the text is parsed as written
         return None
-    if len(values) < 2 or not all(isinstance(value, (sympy.And, *inequalities)) for value in values):
+    if len(values) < 2 or not all(isinstance(value, (sympy.And, *_inequality_types())) for value in values):
         return None
     return sympy.Or(*values)
 
@@ -762,7 +760,7 @@ def _set_builder_solutions(variable: str, condition: str) -> Any:
         value = values[0] if len(values) == 1 else sympy.And(*values)
     except Exception:  # a condition the parser rejects: the set compares as written
         return None
-    inequalities = (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)
+    inequalities = _inequality_types()
     connectives = (sympy.And, sympy.Or)
     if not isinstance(value, (*connectives, *inequalities)) or value.free_symbols != {sympy.Symbol(variable)}:
         return None
@@ -783,6 +781,14 @@ def _set_builder_solutions(variable: str, condition: str) -> Any:
 
 
 _DECIMAL_LITERAL = re.compile(r"-?\d*\.\d+")
+
+
+@functools.cache
+def _inequality_types() -> tuple[type, ...]:
+    """sympy's four inequality classes (``<``, ``<=``, ``>``, ``>=``), imported when first needed."""
+    import sympy
+
+    return (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)
 
 
 @functools.cache
