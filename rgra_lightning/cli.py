@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import inspect
 import io
 import logging
@@ -50,6 +49,7 @@ from rgra_lightning.errors import ConfigError, exit_status, find_reported_error
 from rgra_lightning.parser_errors import (
     Mistake,
     given_options,
+    imported,
     is_file,
     one_line_report,
     option_type,
@@ -198,8 +198,7 @@ class RLCLI(LightningCLI):
             check_option_values(config.model, self.given_arguments)
         data = config.get("data")
         if self.subcommand == "fit" and isinstance(data, Namespace) and data.get("class_path"):
-            module, _, name = data.class_path.rpartition(".")
-            data_class = getattr(importlib.import_module(module), name)
+            data_class = imported(data.class_path)
             if hasattr(data_class, "check_fit_options"):  # DatasetDataModule: a preset without training split
                 data_class.check_fit_options(vars(data.get("init_args") or Namespace()))
 
@@ -278,8 +277,7 @@ def check_option_values(model: Namespace, args: list[str] | None = None) -> None
     ``timeout: 0``) is a one-line ``ConfigError`` before any model loads, and in ``rgra ablate``'s check of
     every preset before the first run; the parser checks only their types. A verifier's option set in a
     ``--config`` file of the command line ``args`` is reported at its line."""
-    module, _, name = model.class_path.rpartition(".")
-    module_class = getattr(importlib.import_module(module), name)
+    module_class = imported(model.class_path)
     for option, value in vars(model.get("init_args") or Namespace()).items():
         option_class = _option_dataclass(module_class, option)
         if option_class is not None and isinstance(value, Namespace):
@@ -303,9 +301,8 @@ def check_verifier_options(config: object, name: str, args: list[str] | None = N
         return
     if not isinstance(config, Namespace) or not isinstance(config.get("class_path"), str):
         return
-    module, _, class_name = config.class_path.rpartition(".")
     try:
-        kind = getattr(importlib.import_module(module), class_name)
+        kind = imported(config.class_path)
         options = inspect.signature(kind).bind(**vars(config.get("init_args") or Namespace()))
     except (ImportError, AttributeError, ValueError, TypeError):
         return  # the class is the parser's, or its call the class's, to report

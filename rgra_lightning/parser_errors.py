@@ -81,7 +81,7 @@ def _innermost_class(error_text: str, end: int) -> str | None:
     return paths[-1] if paths else None
 
 
-def _imported(class_path: str) -> typing.Any:
+def imported(class_path: str) -> typing.Any:
     """The object a dotted ``module.Name`` path names (ImportError or AttributeError if none)."""
     module_name, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module_name), name)
@@ -147,7 +147,7 @@ def unknown_key_error(error_text: str, subcommand: str | None = None) -> Mistake
     owner = f"{section_name} ({class_path})" if section_name else class_path
     names, parents = dotted.split("."), []
     try:
-        target = _imported(class_path)
+        target = imported(class_path)
         options = _options(target)
         # Walk nested dataclass options (loss.advantage) down to the first name that is not an option.
         while len(parents) < len(names) - 1 and names[len(parents)] in options:
@@ -266,12 +266,12 @@ def options_value_error(error_text: str) -> Mistake | None:
     sections = _sections(error_text, match.start())
     try:
         if match["class_path"]:  # a union with None
-            target, value, nullable = _imported(match["class_path"]), match["value"], True
+            target, value, nullable = imported(match["class_path"]), match["value"], True
         else:  # the option's type, from the class it belongs to
             owner = _innermost_class(error_text, match.start())
             if owner is None:
                 return None
-            target = typing.get_type_hints(_imported(owner).__init__)[match["key"]]
+            target = typing.get_type_hints(imported(owner).__init__)[match["key"]]
             value, nullable = match["config_value"], False
             sections.append(match["key"])
     except (ImportError, AttributeError, KeyError, TypeError):
