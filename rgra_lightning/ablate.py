@@ -11,6 +11,9 @@ A study config (YAML) names the base config, the presets, the seeds and override
     overrides: {model: {init_args: {num_iterations: 2}}}   # applied after the base and the preset
     results_dir: results
     reference: rgra                   # optional: summary.md compares every preset with it (default: first)
+    benchmarks:                       # optional: each finished run's last checkpoint is tested on each
+      gsm8k: {data: {init_args: {limit: null}}}                        # config keys applied to the test
+      math500: {data: {init_args: {preset: math500, limit: null}}}
 
 Each run composes configs as ``rgra fit`` does on the command line: ``rgra fit --config <base_config>...
 --config <preset> --config <run_dir>/run.yaml``, where ``run.yaml`` holds the study's overrides, the seed and
@@ -31,6 +34,12 @@ its last checkpoint (one stopped before its first starts afresh, its event files
 now: a study changed since (its overrides, a base config, a preset file) with the same ``name`` stops
 with nothing run rather than reuse runs of other settings. Afterwards ``summary.md`` and
 ``val_accuracy.png`` are written from the fits' TensorBoard event files (``ablation_summary``).
+
+With ``benchmarks``, each run, once finished, is tested on each benchmark (``rgra test`` of its last
+checkpoint in a process of its own, its log and records in ``<run>/benchmarks/<name>/``:
+``ablation_benchmarks``), and ``summary.md`` tabulates the ``test/*`` metrics per preset and benchmark: the
+paper's Table 1. A rerun skips the tests made with the settings the study gives now and tests again those
+made with others (a changed ``benchmarks`` entry leaves the runs themselves as they are).
 """
 
 from __future__ import annotations
@@ -55,7 +64,19 @@ from typing import Any
 import yaml
 
 from rewards.errors import ToolParser
+from rgra_lightning.ablation_benchmarks import (
+    LAST_CHECKPOINT,
+    benchmark_command,
+    benchmark_dir,
+    benchmark_layer,
+    benchmark_settings,
+    current_test,
+    logged_test_metrics,
+    parse_benchmarks,
+    without_last_checkpoint,
+)
 from rgra_lightning.ablation_summary import (
+    CORRECTNESS_TAG,
     REWARD_TAG,
     VAL_TAG,
     curve_metrics,
@@ -68,8 +89,8 @@ from rgra_lightning.ablation_summary import (
 from rgra_lightning.commands import KILLED, exit_on_termination
 from rgra_lightning.config_files import (
     LOSS_PRESETS,
+    changes,
     compose,
-    differences,
     key_at_line,
     key_line,
     merge,
@@ -79,7 +100,6 @@ from rgra_lightning.errors import CONFIG_REFUSED, RUN_REFUSED, TRAINING_DIVERGED
 
 PROGRESS_EVERY_S = 60.0  # how often a running fit's progress is printed
 STOP_TIMEOUT_S = 600.0  # how long an interrupted study waits for the running fit to save its state and exit
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"  # in a run directory; an unfinished run resumes from it
 MAX_SEED = 2**32 - 1  # seed_everything's (numpy's) largest seed; the smallest is 0
 
 
@@ -94,6 +114,7 @@ class Study:
     overrides: dict[str, Any] = field(default_factory=dict)
     results_dir: Path = Path("results")
     reference: str | None = None
+    benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -114,7 +135,16 @@ def load_study(path: Path) -> Study:
     if not path.is_file():
         raise ConfigError(f"study config {path} does not exist")
     raw = read(path)
-    allowed = {"name", "base_config", "presets", "seeds", "overrides", "results_dir", "reference"}
+    allowed = {
+        "name",
+        "base_config",
+        "presets",
+        "seeds",
+        "overrides",
+        "results_dir",
+        "reference",
+        "benchmarks",
+    }
     unknown = set(raw) - allowed
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; valid keys: {sorted(allowed)}")
@@ -156,6 +186,7 @@ def load_study(path: Path) -> Study:
         overrides=overrides,
         results_dir=Path(raw.get("results_dir", "results")),
         reference=str(raw.get("reference", raw["presets"][0])),
+        benchmarks=parse_benchmarks(raw.get("benchmarks"), path),
     )
     for base in study.base_configs:
         if not base.is_file():
@@ -455,14 +486,6 @@ def run_settings(study: Study, preset: str, run_layer: dict[str, Any]) -> dict[s
     return as_recorded(merge(compose([*study.base_configs, preset_path(preset)]), run_layer))
 
 
-def changes(old: dict[str, Any], new: dict[str, Any], first: int = 3) -> str:
-    """The first ``first`` dotted keys whose values differ (``config_files.differences``), ``key OLD -> NEW``
-    (values as JSON), and how many more; empty where the configs are equal."""
-    differing = [f"{key} {json.dumps(a)} -> {json.dumps(b)}" for key, a, b in differences(old, new)]
-    more = f" (and {len(differing) - first} more)" if len(differing) > first else ""
-    return ", ".join(differing[:first]) + more
-
-
 def stale_runs(study: Study) -> tuple[list[str], list[str]]:
     """The study's runs already made (finished, or started and to be resumed from their checkpoint) with a
     composed config other than the one the study gives them now: one ``error: ...`` line per preset with
@@ -568,34 +591,57 @@ def one_line(stderr: str) -> str:
 
 
 def parser_refusals(study: Study, study_path: Path) -> list[str]:
-    """``rgra fit``'s error, as one line, for each composed config of a preset with runs to do that the
-    parser refuses (an unknown option, a value of the wrong type, a required option missing, a missing
-    file), with the presets it refuses, found in a second or so per preset (``parse_only_cli``) before the
-    study starts rather than when the preset's turn comes, hours in. A mistake in the study's
-    ``overrides`` is named at its line in the study file, not in the ``run.yaml`` written from them; each
-    ``run.yaml`` is then left as it was found (``left_as_found``), so a refused study changes no file."""
-    from rgra_lightning.cli import main as fit_command
-
-    parse_only = parse_only_cli()
+    """``rgra fit``'s error, as one line, for each composed config that the parser refuses (an unknown
+    option, a value of the wrong type, a required option missing, a missing file): a preset's with runs to
+    do, and a benchmark test's (its ``test.yaml`` after them) with tests to do, with the presets it refuses,
+    found in a second or so per config (``parse_only_cli``) before the study starts rather than when the
+    preset's turn comes, hours in. A mistake in the study's ``overrides`` or ``benchmarks`` is named at its
+    line in the study file, not in the ``run.yaml`` or ``test.yaml`` written from them; each file is then
+    left as it was found (``left_as_found``), so a refused study changes no file."""
     refused: dict[str, list[str]] = {}  # error -> presets
     for preset in study.presets:
-        seeds = [seed for seed in study.seeds if finished_record(study.run_dir(preset, seed)) is None]
-        if not seeds:
+        unfinished = [seed for seed in study.seeds if finished_record(study.run_dir(preset, seed)) is None]
+        untested = {seed: tests_to_do(study, preset, seed) for seed in study.seeds}
+        to_test = [name for name in study.benchmarks if any(name in todo for todo in untested.values())]
+        if not unfinished and not to_test:
             continue
-        errors = io.StringIO()
-        with left_as_found(study.run_dir(preset, seeds[0]) / "run.yaml"):
-            run_yaml, _ = write_run_yaml(study, preset, seeds[0])
-            try:
-                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
-                    fit_command(run_command(study, preset, seeds[0])[4:], run=False, cli_class=parse_only)
-            except SystemExit as exit_info:
-                if exit_info.code != CONFIG_REFUSED:  # the study stopped by SIGTERM meanwhile
-                    raise
-                error = _in_study_file(one_line(errors.getvalue()), run_yaml, study_path)
-                refused.setdefault(error, []).append(preset)
+        seed = unfinished[0] if unfinished else next(seed for seed in study.seeds if untested[seed])
+        run_dir = study.run_dir(preset, seed)
+        with left_as_found(run_dir / "run.yaml"):
+            run_yaml, _ = write_run_yaml(study, preset, seed)
+            configs = [f"--config={path}" for path in run_configs(study, preset, seed)]
+            if unfinished:
+                error = _parser_error(configs, run_yaml, study_path, "overrides")
+                if error:
+                    refused.setdefault(error, []).append(preset)
+            for name in to_test:
+                test_yaml = benchmark_dir(run_dir, name) / "test.yaml"
+                with left_as_found(test_yaml):
+                    write_test_yaml(study, preset, seed, name)
+                    error = _parser_error(
+                        [*configs, f"--config={test_yaml}"], test_yaml, study_path, f"benchmarks.{name}"
+                    )
+                if error:
+                    refused.setdefault(error, []).append(preset)
     return [
         f"{error} (preset{'s' * (len(names) > 1)} {', '.join(names)})" for error, names in refused.items()
     ]
+
+
+def _parser_error(args: list[str], layer_yaml: Path, study_path: Path, section: str) -> str | None:
+    """The one-line error of ``rgra fit``'s parser for these arguments, its ``LAYER_YAML:LINE`` replaced by
+    the study file's line of ``section`` that wrote it (``_in_study_file``); None where it accepts them."""
+    from rgra_lightning.cli import main as fit_command
+
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+            fit_command(args, run=False, cli_class=parse_only_cli())
+    except SystemExit as exit_info:
+        if exit_info.code != CONFIG_REFUSED:  # the study stopped by SIGTERM meanwhile
+            raise
+        return _in_study_file(one_line(errors.getvalue()), layer_yaml, study_path, section)
+    return None
 
 
 @contextlib.contextmanager
@@ -616,13 +662,151 @@ def left_as_found(path: Path) -> Iterator[None]:
                     directory.rmdir()
 
 
-def _in_study_file(error: str, run_yaml: Path, study_path: Path) -> str:
-    """``error`` (``error: RUN_YAML:LINE: ...``) with ``RUN_YAML:LINE`` replaced by the line of the study
-    file's ``overrides`` that wrote it, where it was one of them."""
-    match = re.match(rf"error: {re.escape(str(run_yaml))}:(\d+): (.*)", error)
-    key = key_at_line(run_yaml, int(match[1])) if match else None
-    line = key_line(study_path, f"overrides.{key}") if key else None
+def _in_study_file(error: str, layer_yaml: Path, study_path: Path, section: str) -> str:
+    """``error`` (``error: LAYER_YAML:LINE: ...``) with ``LAYER_YAML:LINE`` replaced by the line of the
+    study file's ``section`` (``overrides``, ``benchmarks.<name>``) that wrote it, where it was one of
+    them."""
+    match = re.match(rf"error: {re.escape(str(layer_yaml))}:(\d+): (.*)", error)
+    key = key_at_line(layer_yaml, int(match[1])) if match else None
+    line = key_line(study_path, f"{section}.{key}") if key else None
     return f"error: {study_path}:{line}: {match[2]}" if match and line else error
+
+
+def test_settings(study: Study, preset: str, seed: int, name: str) -> dict[str, Any]:
+    """The composed config of a run's test on benchmark ``name``, as recorded: the run's (the one the study
+    gives it now, which ``stale_runs`` found its finished fit was made with) and the test's layer."""
+    layer = benchmark_layer(study, preset, seed, name)
+    return as_recorded(
+        benchmark_settings(run_settings(study, preset, run_config(study, preset, seed)), layer)
+    )
+
+
+def write_test_yaml(study: Study, preset: str, seed: int, name: str) -> Path:
+    """Write the test's own config layer (``benchmark_layer``) to its ``test.yaml``; the file."""
+    path = benchmark_dir(study.run_dir(preset, seed), name) / "test.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(benchmark_layer(study, preset, seed, name), sort_keys=False))
+    return path
+
+
+def tests_to_do(study: Study, preset: str, seed: int) -> list[str]:
+    """The benchmarks a run is still to be tested on: every one for a run not finished, else those without
+    a test made with the settings the study gives now (``current_test``)."""
+    run_dir = study.run_dir(preset, seed)
+    if finished_record(run_dir) is None:
+        return list(study.benchmarks)
+    return [
+        name
+        for name in study.benchmarks
+        if current_test(run_dir, name, test_settings(study, preset, seed, name))[0] is None
+    ]
+
+
+def run_benchmarks(study: Study, preset: str, seed: int, prefix: str) -> int:
+    """Test a finished run on each benchmark it is still to be tested on (``tests_to_do``), a line each;
+    the number of tests that failed. One made with other settings than the study's now is made again."""
+    run_dir = study.run_dir(preset, seed)
+    failed = 0
+    for name in study.benchmarks:
+        settings = test_settings(study, preset, seed, name)
+        done, changed = current_test(run_dir, name, settings)
+        if done is not None:
+            continue
+        if changed:
+            print(
+                f"{prefix}: {name}: tested before with other settings ({changed}): testing again", flush=True
+            )
+        if not (run_dir / LAST_CHECKPOINT).is_file():
+            failed += 1
+            print(f"{prefix}: {name}: FAILED: {run_dir / LAST_CHECKPOINT} to test is missing", flush=True)
+            continue
+        print(f"{prefix}: testing on {name} (log: {benchmark_dir(run_dir, name) / 'log.txt'})", flush=True)
+        try:
+            record = run_benchmark(study, preset, seed, name, settings, prefix)
+        except (KeyboardInterrupt, SystemExit):
+            print(
+                f"{prefix}: {name}: interrupted: run the same command again to test it and go on", flush=True
+            )
+            raise
+        metrics = record["metrics"]
+        if record["returncode"] == 0 and metrics:
+            shown = {
+                tag: value for tag, value in metrics.items() if CORRECTNESS_TAG.fullmatch(tag)
+            } or metrics
+            values = ", ".join(f"{tag} {value:.3f}" for tag, value in shown.items())
+            print(f"{prefix}: {name}: {values} ({record['wall_s']:.0f} s)", flush=True)
+            continue
+        failed += 1
+        code = record["returncode"]
+        meaning = exit_meaning(code) if code else "it logged no test/* metric"
+        tail = (benchmark_dir(run_dir, name) / "log.txt").read_text().strip().splitlines()[-5:]
+        status = f"exit {code}: {meaning}" if meaning else f"exit {code}"
+        print(f"{prefix}: {name}: FAILED ({status}); last lines:", *tail, sep="\n  ", flush=True)
+    return failed
+
+
+def run_benchmark(
+    study: Study, preset: str, seed: int, name: str, settings: dict[str, Any], prefix: str
+) -> dict[str, Any]:
+    """Test the run's last checkpoint on benchmark ``name`` in a subprocess (``rgra test``), printing how
+    long it has run every ``PROGRESS_EVERY_S``; its record, also written to the test's ``done.json`` where
+    it returned 0 and logged a ``test/*`` metric: ``returncode``, ``wall_s``, ``metrics`` (``test/*`` tag
+    -> value, from the event files this test wrote: an earlier attempt's beside them count for nothing),
+    ``event_files`` and ``config`` (``settings``, which a rerun compares with the study's)."""
+    run_dir = study.run_dir(preset, seed)
+    directory = benchmark_dir(run_dir, name)
+    test_yaml = write_test_yaml(study, preset, seed, name)
+    command = benchmark_command(run_configs(study, preset, seed), test_yaml, run_dir)
+    events = directory / "tensorboard"
+    before = set(events.glob("events.out.tfevents.*"))
+    start = time.perf_counter()
+
+    def report() -> None:
+        print(f"{prefix}: testing on {name} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    with open(directory / "log.txt", "a") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        returncode = fit_reporting(command, log, report, PROGRESS_EVERY_S)
+    written = sorted(set(events.glob("events.out.tfevents.*")) - before)
+    record = {
+        "benchmark": name,
+        "preset": preset,
+        "seed": seed,
+        "returncode": returncode,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "metrics": logged_test_metrics(written) if returncode == 0 else {},
+        "event_files": [path.name for path in written],
+        "config": settings,
+    }
+    if returncode == 0 and record["metrics"]:
+        write_done(directory, record)
+    return record
+
+
+def benchmark_results(study: Study) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """The ``test/*`` metrics of the finished runs' tests made with the settings the study gives now:
+    preset label -> benchmark -> one metrics mapping per run tested. A test made with other settings is
+    left out with a ``warning: ...`` line (a rerun of the study tests it again)."""
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for preset in study.presets:
+        for seed in study.seeds:
+            run_dir = study.run_dir(preset, seed)
+            if finished_record(run_dir) is None:
+                continue
+            for name in study.benchmarks:
+                record, changed = current_test(run_dir, name, test_settings(study, preset, seed, name))
+                if changed:
+                    print(
+                        f"warning: {benchmark_dir(run_dir, name)} was tested with other settings than the "
+                        f"study gives it now ({changed}): left out of the summary; run the study to test it "
+                        "again",
+                        file=sys.stderr,
+                    )
+                if record is not None:
+                    tested = results.setdefault(study.label(preset), {}).setdefault(name, [])
+                    tested.append(record["metrics"])
+    return results
 
 
 def starting(run_dir: Path) -> str:
@@ -648,21 +832,23 @@ def interrupted(run_dir: Path) -> str:
 
 
 def run_study(study: Study) -> int:
-    """Run every unfinished (preset, seed), print progress, write the summary; the number of runs not done.
-    A preset whose run exits with ``CONFIG_REFUSED`` is not run with its other seeds: only the seed
-    differs between them, so each would be refused the same way (the hub unreachable, a GPU config on a
-    CPU) after loading the same models. A diverged run (``TRAINING_DIVERGED``) does not stop the others:
-    another seed may not diverge; nor does one refused for its own directory or checkpoint
+    """Run every unfinished (preset, seed), test each finished one on the benchmarks it is still to be
+    tested on (``run_benchmarks``), print progress, write the summary; the number of runs not done and
+    tests that failed. A preset whose run exits with ``CONFIG_REFUSED`` is not run with its other seeds:
+    only the seed differs between them, so each would be refused the same way (the hub unreachable, a GPU
+    config on a CPU) after loading the same models. A diverged run (``TRAINING_DIVERGED``) does not stop
+    the others: another seed may not diverge; nor does one refused for its own directory or checkpoint
     (``RUN_REFUSED``: another process holds it, say). Interrupted, the study says where the running fit
     stopped and how to resume, and the interruption goes on."""
     jobs = [(preset, seed) for seed in study.seeds for preset in study.presets]  # every preset early
-    failed, refused = 0, set()
+    failed, failed_tests, refused = 0, 0, set()
     for index, (preset, seed) in enumerate(jobs, start=1):
         run_dir = study.run_dir(preset, seed)
         label = study.label(preset)
         prefix = f"[{index}/{len(jobs)}] {label} seed {seed}"
         if finished_record(run_dir) is not None:
             print(f"{prefix}: done already, skipped", flush=True)
+            failed_tests += run_benchmarks(study, preset, seed, prefix)
             continue
         if preset in refused:
             failed += 1
@@ -682,6 +868,7 @@ def run_study(study: Study) -> int:
                 f"{record['final_val_accuracy']}, best after step 0 {record['best_val_accuracy']}",
                 flush=True,
             )
+            failed_tests += run_benchmarks(study, preset, seed, prefix)
         else:
             failed += 1
             code = record["returncode"]
@@ -689,9 +876,11 @@ def run_study(study: Study) -> int:
             tail = (run_dir / "log.txt").read_text().strip().splitlines()[-5:]
             status = f"exit {code}: {meaning}" if meaning else f"exit {code}"
             print(f"{prefix}: FAILED ({status}); last lines:", *tail, sep="\n  ", flush=True)
-    summary = summarise(study)
-    print(f"summary: {summary}" + (f" ({failed} run(s) failed; rerun to retry them)" if failed else ""))
-    return failed
+    summary = summarise(study, benchmark_results(study))
+    counts = [f"{failed} run(s)"] * bool(failed) + [f"{failed_tests} benchmark test(s)"] * bool(failed_tests)
+    retry = f" ({' and '.join(counts)} failed; rerun to retry them)" if counts else ""
+    print(f"summary: {summary}{retry}")
+    return failed + failed_tests
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -707,6 +896,8 @@ def main(argv: list[str] | None = None) -> int:
                e.g. {trainer: {max_steps: 80}}
   results_dir  where the studies' results go (default: results)
   reference    the preset summary.md compares every other preset with (default: the first)
+  benchmarks   names mapped to config keys applied to a test of each finished run's last checkpoint,
+               e.g. {gsm8k: {data: {init_args: {limit: null}}}}; summary.md tabulates test/* per preset
 
 Example: configs/ablations/paper.yaml. Rerun, a study skips its finished runs and resumes an interrupted
 one. docs/ablations.md describes the study, its runs, their exit statuses and the summary.""",
@@ -724,23 +915,42 @@ one. docs/ablations.md describes the study, its runs, their exit statuses and th
         return 128 + signal.SIGINT  # as a shell reports a process stopped by Ctrl-C
 
 
+def benchmarks_without_checkpoint(study: Study, study_path: Path) -> list[str]:
+    """An ``error: ...`` line per preset whose runs would leave no last checkpoint for the study's benchmark
+    tests to load (``without_last_checkpoint``); none for a study without benchmarks."""
+    if not study.benchmarks:
+        return []
+    return [
+        f"error: {study_path}: benchmarks test each run's {LAST_CHECKPOINT}, and preset {preset} leaves "
+        f"none: {why}; add rgra_lightning.checkpointing.PeriodicModelCheckpoint with save_last: true to the "
+        "base config's trainer.callbacks"
+        for preset in study.presets
+        if (
+            why := without_last_checkpoint(
+                run_settings(study, preset, run_config(study, preset, study.seeds[0]))
+            )
+        )
+    ]
+
+
 def check_and_run(config: Path, summary_only: bool) -> int:
     """``rgra ablate``'s work once its arguments are parsed: check the study (``load_study``, ``stale_runs``,
     ``parser_refusals``), then run it or only summarise it; the exit status."""
     try:
         study = load_study(config)
         stale, unrecorded = stale_runs(study)  # before parser_refusals rewrites a run.yaml
+        untestable = benchmarks_without_checkpoint(study, config)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if unrecorded:
         print(*unrecorded, sep="\n", file=sys.stderr)
-    if stale:
-        print(*stale, sep="\n", file=sys.stderr)
+    if stale or untestable:
+        print(*stale, *untestable, sep="\n", file=sys.stderr)
         return 2
     exit_on_termination()  # a killed study: fit_reporting stops the running fit too
     if summary_only:
-        print(f"summary: {summarise(study)}")
+        print(f"summary: {summarise(study, benchmark_results(study))}")
         return 0
     refusals = parser_refusals(study, config)
     if refusals:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 
 VAL_TAG = "val/accuracy"
 REWARD_TAG = "train/reward"
+# The test metrics the benchmark table shows (the tests' done.json keep every test/* one: reward, lengths).
+CORRECTNESS_TAG = re.compile(r"test/(accuracy|pass@\d+|maj@\d+)")
 
 # Student's t two-sided 5 % critical values (the 97.5 % quantile, to three decimals) by degrees of freedom.
 T_CRITICAL_5 = {
@@ -169,8 +172,10 @@ def finished_curve(run_dir: Path) -> tuple[list[tuple[int, float]], dict[str, An
     return read_curve(run_dir, files=files), record
 
 
-def summarise(study: Study) -> Path:
-    """Write ``summary.md`` and ``val_accuracy.png`` under the study's directory from finished runs."""
+def summarise(study: Study, tested: dict[str, dict[str, list[dict[str, float]]]] | None = None) -> Path:
+    """Write ``summary.md`` and ``val_accuracy.png`` under the study's directory from finished runs, with
+    the table of their benchmark tests (``tested``: preset label -> benchmark -> each tested run's
+    ``test/*`` metrics, as ``ablate.benchmark_results`` reads them) where the study has benchmarks."""
     curves: dict[str, list[list[tuple[int, float]]]] = {}
     metrics: dict[str, dict[str, list[float]]] = {}
     speeds: dict[str, list[float]] = {}
@@ -212,6 +217,7 @@ def summarise(study: Study) -> Path:
         *rows,
         "",
         *difference_section(metrics, labels, study.label(study.reference), len(study.seeds)),
+        *benchmark_section(tested or {}, study, labels),
         f"![validation accuracy]({plot.name})",
         "",
     ]
@@ -250,6 +256,66 @@ def difference_section(
         ),
         "",
     ]
+
+
+def benchmark_section(
+    tested: dict[str, dict[str, list[dict[str, float]]]], study: Study, labels: list[str]
+) -> list[str]:
+    """The lines of summary.md giving each preset's benchmark tests (a column per benchmark and correctness
+    metric, ``CORRECTNESS_TAG``, accuracy first; mean +- std over the runs tested, as the validation table)
+    and their difference to the reference preset's; none for a study without benchmarks."""
+    if not study.benchmarks:
+        return []
+    columns = [  # (benchmark, tag): every correctness metric any run logged, test/accuracy first
+        (name, tag)
+        for name in study.benchmarks
+        for tag in sorted(
+            {tag for runs in tested.values() for metrics in runs.get(name, []) for tag in metrics},
+            key=lambda tag: (tag != "test/accuracy", tag),
+        )
+        if CORRECTNESS_TAG.fullmatch(tag)
+    ]
+    if not columns:
+        return ["No benchmark tests: no finished run has been tested yet.", ""]
+    headers = [
+        name if tag == "test/accuracy" else f"{name} {tag.removeprefix('test/')}" for name, tag in columns
+    ]
+
+    def values(label: str, name: str, tag: str) -> list[float]:
+        return [metrics[tag] for metrics in tested.get(label, {}).get(name, []) if tag in metrics]
+
+    seeds = len(study.seeds)
+    reference = study.label(study.reference)
+    others = [label for label in labels if label in tested and label != reference]
+    lines = [
+        "Benchmark tests of each run's last checkpoint (`rgra test`; accuracy is greedy pass@1): mean +- "
+        f"sample std over the runs tested; (n=k): only k of the {seeds} seeds' runs were tested.",
+        "",
+        f"| preset | {' | '.join(headers)} |",
+        f"|---{'|---' * len(headers)}|",
+        *(
+            f"| {label} | " + " | ".join(mean_std(values(label, *column), seeds) for column in columns) + " |"
+            for label in labels
+        ),
+        "",
+    ]
+    if reference in tested and others:
+        lines += [
+            f"Difference to `{reference}` on the benchmarks (Welch, as above):",
+            "",
+            f"| preset | {' | '.join(headers)} |",
+            f"|---{'|---' * len(headers)}|",
+            *(
+                f"| {label} | "
+                + " | ".join(
+                    difference(values(label, *column), values(reference, *column)) for column in columns
+                )
+                + " |"
+                for label in others
+            ),
+            "",
+        ]
+    return lines
 
 
 def plot_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, title: str) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -94,6 +95,14 @@ class UniqueKeyLoader(yaml.SafeLoader):
                     if key in first_lines:
                         raise DuplicateKeyError(key, line, first_lines[key])
                     first_lines[key] = line
+
+
+def changes(old: dict[str, Any], new: dict[str, Any], first: int = 3) -> str:
+    """The first ``first`` dotted keys whose values differ (``differences``), ``key OLD -> NEW``
+    (values as JSON), and how many more; empty where the configs are equal."""
+    differing = [f"{key} {json.dumps(a)} -> {json.dumps(b)}" for key, a, b in differences(old, new)]
+    more = f" (and {len(differing) - first} more)" if len(differing) > first else ""
+    return ", ".join(differing[:first]) + more
 
 
 def read(path: str | Path) -> dict[str, Any]:

@@ -346,13 +346,6 @@ def test_finished_runs_that_record_no_config_are_compared_by_their_run_yaml(stud
     ]
 
 
-def test_changes_name_the_first_differing_keys_and_count_the_rest():
-    old = {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
-    new = {"a": {"b": 2, "c": [1]}, "d": "x", "f": True, "g": 0}
-    assert ablate.changes(old, new) == "a.b 1 -> 2, a.c [1, 2] -> [1], f null -> true (and 1 more)"
-    assert ablate.changes(old, old) == ""
-
-
 def check_finished(study: ablate.Study, preset: str, seed: int) -> None:
     record = json.loads((study.run_dir(preset, seed) / "done.json").read_text())
     assert record["returncode"] == 0 and record["steps"] == 4 and record["steps_per_s"] > 0
@@ -828,4 +821,107 @@ def test_a_resumed_run_says_from_which_update(study_file, fake_fits, capsys):
     assert ablate.main(["--config", str(path)]) == 0
     assert (
         f"[1/1] rgra seed 0: resuming from update 6 (log: {run_dir / 'log.txt'})" in capsys.readouterr().out
+    )
+
+
+VAL12 = {"data": {"init_args": {"val_size": 12}}}  # a second "benchmark": 12 held-out problems, not 8
+
+
+def test_a_finished_run_is_tested_on_each_benchmark_and_tabulated(study_file, monkeypatch, capsys):
+    """The paper's Table 1 in one command: each run, once fit, is tested (``rgra test`` of its last
+    checkpoint); the test's record holds what its event files logged, the summary tabulates it; a rerun
+    tests nothing made with the same settings, and tests again a benchmark whose keys changed."""
+    path = study_file(presets=["rgra"], seeds=[0], benchmarks={"val12": VAL12})
+    assert ablate.main(["--config", str(path)]) == 0
+    study = ablate.load_study(path)
+    run_dir = study.run_dir("rgra", 0)
+    out = capsys.readouterr().out
+    record = json.loads((run_dir / "benchmarks" / "val12" / "done.json").read_text())
+    samples = [
+        json.loads(line)
+        for line in (run_dir / "benchmarks" / "val12" / "tensorboard" / "test_samples.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    accuracy = record["metrics"]["test/accuracy"]
+    assert len(samples) == 12 and accuracy == pytest.approx(sum(s["correct"] for s in samples) / 12, abs=1e-6)
+    assert record["returncode"] == 0 and record["config"]["data"]["init_args"]["val_size"] == 12
+    assert f"[1/1] rgra seed 0: val12: test/accuracy {accuracy:.3f} (" in out
+    assert event_files(run_dir) == json.loads((run_dir / "done.json").read_text())["event_files"]  # fit's own
+    summary = (study.root / "summary.md").read_text()
+    assert "| preset | val12 |" in summary and f"| rgra | {accuracy:.3f} |" in summary
+
+    commands = []
+    monkeypatch.setattr(ablate, "fit_reporting", lambda command, *_: commands.append(command) or 0)
+    assert ablate.main(["--config", str(path)]) == 0 and commands == []  # fit and test done already
+    assert (
+        ablate.main(["--config", str(study_file(presets=["rgra"], seeds=[0], benchmarks={"val12": {}}))]) == 1
+    )
+    out, err = capsys.readouterr()
+    assert (
+        "[1/1] rgra seed 0: val12: tested before with other settings (data.init_args.val_size 12 -> 8)" in out
+    )
+    assert [command[3] for command in commands] == ["test"]  # the run itself is not fit again
+    assert "FAILED (exit 0: it logged no test/* metric)" in out  # the stand-in test logs nothing
+    assert "tested with other settings than the study gives it now" in err  # its old record left out
+    assert f"| rgra | {accuracy:.3f} |" not in (study.root / "summary.md").read_text()
+
+
+def test_a_failed_or_untestable_test_is_reported_and_not_recorded(study_file, monkeypatch, capsys):
+    statuses = iter([0, 0, 3])  # seed 0's fit, seed 1's fit, seed 1's test
+    monkeypatch.setattr(ablate, "fit_reporting", lambda *_: next(statuses))
+    path = study_file(presets=["rgra"], seeds=[0, 1], benchmarks={"val12": VAL12})
+    study = ablate.load_study(path)
+    checkpoint = study.run_dir("rgra", 1) / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.touch()  # seed 0's stand-in fit leaves no checkpoint; seed 1's has one
+    assert ablate.main(["--config", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert (
+        f"[1/2] rgra seed 0: val12: FAILED: {study.run_dir('rgra', 0) / 'checkpoints' / 'last.ckpt'}" in out
+    )
+    assert "[2/2] rgra seed 1: val12: FAILED (exit 3: training diverged); last lines:" in out
+    assert "(2 benchmark test(s) failed; rerun to retry them)" in out
+    assert not list(study.root.rglob("benchmarks/*/done.json"))
+
+
+def test_a_benchmarks_mistake_stops_the_study_before_any_run_at_its_line(study_file, fake_fits, capsys):
+    path = study_file(
+        presets=["rgra", "raft"], benchmarks={"val12": {"data": {"init_args": {"val_sizee": 12}}}}
+    )
+    assert ablate.main(["--config", str(path)]) == 2 and fake_fits == []
+    lines = capsys.readouterr().err.splitlines()
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "val_sizee:" in text)
+    assert lines[0].startswith(f"error: {path}:{line}: unknown option 'val_sizee' of data")
+    assert lines[0].endswith("(presets rgra, raft)")
+    assert not ablate.load_study(path).root.exists()  # no run.yaml or test.yaml left behind
+
+
+def test_benchmarks_over_runs_that_keep_no_last_checkpoint_are_refused(study_file, fake_fits, capsys):
+    callbacks = [{"class_path": "rgra_lightning.checkpointing.ExactResume"}]
+    overrides = {"trainer": {"max_steps": 4, "callbacks": callbacks}}
+    path = study_file(presets=["rgra"], overrides=overrides, benchmarks={"val12": VAL12})
+    assert ablate.main(["--config", str(path)]) == 2 and fake_fits == []
+    assert (
+        "benchmarks test each run's checkpoints/last.ckpt, and preset rgra leaves none: its config has no "
+        in (capsys.readouterr().err)
+    )
+    assert ablate.main(["--config", str(study_file(presets=["rgra"], overrides=overrides))]) == 0  # no tests
+
+
+def test_a_study_interrupted_during_a_test_says_the_test_reruns(study_file, monkeypatch, capsys):
+    def fit_then_interrupt(command, *_):
+        if command[3] == "test":
+            raise KeyboardInterrupt
+        return 0
+
+    monkeypatch.setattr(ablate, "fit_reporting", fit_then_interrupt)
+    path = study_file(presets=["rgra"], seeds=[0], benchmarks={"val12": VAL12})
+    checkpoint = ablate.load_study(path).run_dir("rgra", 0) / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.touch()
+    assert ablate.main(["--config", str(path)]) == 130
+    assert (
+        "[1/1] rgra seed 0: val12: interrupted: run the same command again to test it"
+        in capsys.readouterr().out
     )

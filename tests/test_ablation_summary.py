@@ -3,8 +3,10 @@ and the plot."""
 
 import math
 import warnings
+from pathlib import Path
 
 from rgra_lightning import ablation_summary
+from rgra_lightning.ablate import Study
 
 
 def test_curve_metrics_by_hand():
@@ -110,3 +112,37 @@ def test_a_plot_with_no_curve_yet_is_written_without_a_warning(tmp_path):
         warnings.simplefilter("error")
         path = ablation_summary.plot_curves({"rgra": [], "grpo": [[]]}, tmp_path / "plot.png", "study")
     assert path.stat().st_size > 0
+
+
+def test_the_benchmark_table_gives_each_correctness_metric_per_preset_and_its_difference():
+    study = Study(
+        "s",
+        [Path("b.yaml")],
+        ["rgra", "grpo", "raft"],
+        [0, 1],
+        reference="rgra",
+        benchmarks={"gsm8k": {}, "math": {}},
+    )
+    tested = {
+        "rgra": {
+            "gsm8k": [
+                {"test/accuracy": 0.5, "test/reward": 0.6, "test/pass@4": 0.75},
+                {"test/accuracy": 0.7},
+            ],
+            "math": [{"test/accuracy": 0.2}, {"test/accuracy": 0.2}],
+        },
+        "grpo": {"gsm8k": [{"test/accuracy": 0.25}]},
+    }
+    lines = ablation_summary.benchmark_section(tested, study, ["rgra", "grpo", "raft"])
+    assert "| preset | gsm8k | gsm8k pass@4 | math |" in lines  # accuracy first; reward is no correctness
+    assert "| rgra | 0.600 +- 0.141 | 0.750 (n=1) | 0.200 +- 0.000 |" in lines
+    assert "| grpo | 0.250 (n=1) | n/a | n/a |" in lines and "| raft | n/a | n/a | n/a |" in lines
+    assert "| grpo | n/a | n/a | n/a |" in lines  # the difference: a single run has no spread to judge by
+    tested["grpo"]["gsm8k"].append({"test/accuracy": 0.35})
+    lines = ablation_summary.benchmark_section(tested, study, ["rgra", "grpo", "raft"])
+    assert "| grpo | -0.300 (0.112) | n/a | n/a |" in lines  # (0.141^2 / 2 + 0.071^2 / 2) ** 0.5
+    assert ablation_summary.benchmark_section({}, study, ["rgra"])[0].startswith("No benchmark tests")
+    assert (
+        ablation_summary.benchmark_section(tested, Study("s", [], ["rgra"], [0], reference="rgra"), ["rgra"])
+        == []
+    )

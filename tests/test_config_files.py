@@ -5,7 +5,16 @@ import dataclasses
 import pytest
 import yaml
 
-from rgra_lightning.config_files import compose, differences, find_key, key_at_line, key_line, merge, read
+from rgra_lightning.config_files import (
+    changes,
+    compose,
+    differences,
+    find_key,
+    key_at_line,
+    key_line,
+    merge,
+    read,
+)
 from rgra_lightning.errors import ConfigError
 from tests.conftest import ROOT
 
@@ -184,3 +193,10 @@ def test_every_shipped_config_reads():
     assert len(paths) > 20
     for path in paths:
         assert isinstance(read(path), dict), path
+
+
+def test_changes_name_the_first_differing_keys_and_count_the_rest():
+    old = {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
+    new = {"a": {"b": 2, "c": [1]}, "d": "x", "f": True, "g": 0}
+    assert changes(old, new) == "a.b 1 -> 2, a.c [1, 2] -> [1], f null -> true (and 1 more)"
+    assert changes(old, old) == ""

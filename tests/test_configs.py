@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from rgra_lightning import ablate, rehearsal
+from rgra_lightning.ablation_benchmarks import benchmark_layer
 from rgra_lightning.advantages import AdvantageConfig, group_advantages
 from rgra_lightning.cli import main
 from rgra_lightning.config_files import compose
@@ -147,6 +148,26 @@ def test_the_gsm8k_study_runs_the_paper_setting_with_each_method(preset, tmp_pat
     assert model["loss"]["policy_term"] == PRESETS[preset].policy_term
     assert config["trainer"]["max_steps"] == 75 and config["seed_everything"] == 1
     assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(study.run_dir(preset, 1))
+
+
+@pytest.mark.parametrize(("benchmark", "preset"), [("gsm8k", "gsm8k"), ("math500", "math500")])
+def test_the_gsm8k_study_tests_each_run_on_the_whole_benchmark(benchmark, preset, tmp_path, monkeypatch):
+    """Its benchmark tests are the run's config with every test problem of the benchmark (the runs validate
+    on the first 500 GSM8K test problems), logged beside the run's own TensorBoard files."""
+    monkeypatch.chdir(ROOT)
+    study = ablate.load_study(Path("configs/ablations/paper-gsm8k.yaml"))
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(ablate.run_config(study, "rgra", 0)))
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(benchmark_layer(study, "rgra", 0, benchmark)))
+    configs = ablate.run_command(study, "rgra", 0)[4:-1]
+    config = printed_config(
+        *(c.removeprefix("--config=") for c in configs),
+        *(str(tmp_path / f) for f in ("run.yaml", "test.yaml")),
+    )
+    data = config["data"]["init_args"]
+    assert data["preset"] == preset and data["limit"] is None
+    assert config["model"]["init_args"]["model_path"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    logger = config["trainer"]["logger"]["init_args"]
+    assert logger["save_dir"] == str(study.run_dir("rgra", 0) / "benchmarks" / benchmark)
 
 
 def test_raft_is_unweighted_cross_entropy_on_the_best_completion():
