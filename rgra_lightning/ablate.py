@@ -395,7 +395,7 @@ def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str,
     _, layer = write_run_yaml(study, preset, seed)
     command = run_command(study, preset, seed)
     last = run_dir / LAST_CHECKPOINT
-    resumed = last.is_file()
+    resumed = last.exists()  # a file, or the directory of a sharded (FSDP2) checkpoint
     if resumed:
         command += ["--ckpt_path", str(last)]
     else:
@@ -512,7 +512,7 @@ def stale_runs(study: Study) -> tuple[list[str], list[str]]:
             recorded = record.get("config") if finished else None
             if finished and recorded is None:
                 unrecorded.append(run_dir)
-            resumable = not finished and (run_dir / LAST_CHECKPOINT).is_file()
+            resumable = not finished and (run_dir / LAST_CHECKPOINT).exists()
             if resumable:
                 recorded = started_config(run_dir)
             if recorded is None and run_yaml.is_file() and (finished or resumable):
@@ -716,7 +716,7 @@ def run_benchmarks(study: Study, preset: str, seed: int, prefix: str) -> int:
             print(
                 f"{prefix}: {name}: tested before with other settings ({changed}): testing again", flush=True
             )
-        if not (run_dir / LAST_CHECKPOINT).is_file():
+        if not (run_dir / LAST_CHECKPOINT).exists():
             failed += 1
             print(f"{prefix}: {name}: FAILED: {run_dir / LAST_CHECKPOINT} to test is missing", flush=True)
             continue
@@ -811,7 +811,7 @@ def benchmark_results(study: Study) -> dict[str, dict[str, list[dict[str, float]
 
 def starting(run_dir: Path) -> str:
     """How a run starts: ``running``, or ``resuming from update N`` from its last checkpoint."""
-    if not (run_dir / LAST_CHECKPOINT).is_file():
+    if not (run_dir / LAST_CHECKPOINT).exists():
         return "running"
     update = saved_update(run_dir)
     return f"resuming from update {update}" if update is not None else f"resuming from {LAST_CHECKPOINT}"

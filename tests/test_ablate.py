@@ -824,6 +824,19 @@ def test_a_resumed_run_says_from_which_update(study_file, fake_fits, capsys):
     )
 
 
+def test_a_sharded_checkpoints_directory_is_resumed_and_tested(study_file, fake_fits, capsys):
+    """Under FSDP2 with ``save_distributed_checkpoint: true`` ``last.ckpt`` is a directory of shards: the run
+    was started afresh (its earlier updates lost) and its benchmark test reported no checkpoint."""
+    path = study_file(presets=["rgra"], seeds=[0], benchmarks={"val12": {}})
+    last = ablate.load_study(path).run_dir("rgra", 0) / "checkpoints" / "last.ckpt"
+    last.mkdir(parents=True)
+    assert ablate.main(["--config", str(path)]) == 1  # the stand-in test logs no metric
+    out = capsys.readouterr().out
+    assert f"[1/1] rgra seed 0: resuming from {ablate.LAST_CHECKPOINT}" in out
+    assert fake_fits[0][-2:] == ["--ckpt_path", str(last)]
+    assert fake_fits[1][3] == "test" and fake_fits[1][-1] == f"--ckpt_path={last}"
+
+
 VAL12 = {"data": {"init_args": {"val_size": 12}}}  # a second "benchmark": 12 held-out problems, not 8
 
 
