@@ -562,12 +562,12 @@ def exit_meaning(code: int) -> str | None:
 
 
 def parse_only_cli() -> type:
-    """``rgra fit``'s CLI class stopped before it instantiates the model, the data and the trainer: the
-    config is parsed and validated (every option known and of its type, every required one given) and
-    checked as before loading anything (a GPU config on a CPU; the values of the model's loss, sampling,
-    evaluation, sharding and LoRA options: ``cli.check_option_values``), without loading a model, which takes
-    minutes for a real one. (``--print_config`` prints the config before the required options are
-    checked.)"""
+    """``rgra``'s CLI class stopped before it instantiates the model, the data and the trainer: the config
+    of a subcommand (``fit``, ``test``) is parsed and validated (every option known and of its type, every
+    required one given) and checked as before loading anything (a GPU config on a CPU; the values of the
+    model's loss, sampling, evaluation, sharding and LoRA options: ``cli.check_option_values``; a ``fit``
+    of data without a training split), without loading a model, which takes minutes for a real one.
+    (``--print_config`` prints the config before the required options are checked.)"""
     from rgra_lightning.cli import RLCLI
 
     class ParseOnly(RLCLI):
@@ -576,6 +576,9 @@ def parse_only_cli() -> type:
 
         def instantiate_classes(self) -> None:
             """Nothing: the config is checked, and nothing is run with it."""
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            """Nothing: the subcommand is parsed for its checks only."""
 
     return ParseOnly
 
@@ -611,7 +614,7 @@ def parser_refusals(study: Study, study_path: Path) -> list[str]:
             run_yaml, _ = write_run_yaml(study, preset, seed)
             configs = [f"--config={path}" for path in run_configs(study, preset, seed)]
             if unfinished:
-                error = _parser_error(configs, run_yaml, study_path, "overrides")
+                error = _parser_error(["fit", *configs], run_yaml, study_path, "overrides")
                 if error:
                     refused.setdefault(error, []).append(preset)
             for name in to_test:
@@ -619,7 +622,10 @@ def parser_refusals(study: Study, study_path: Path) -> list[str]:
                 with left_as_found(test_yaml):
                     write_test_yaml(study, preset, seed, name)
                     error = _parser_error(
-                        [*configs, f"--config={test_yaml}"], test_yaml, study_path, f"benchmarks.{name}"
+                        ["test", *configs, f"--config={test_yaml}"],
+                        test_yaml,
+                        study_path,
+                        f"benchmarks.{name}",
                     )
                 if error:
                     refused.setdefault(error, []).append(preset)
@@ -629,14 +635,15 @@ def parser_refusals(study: Study, study_path: Path) -> list[str]:
 
 
 def _parser_error(args: list[str], layer_yaml: Path, study_path: Path, section: str) -> str | None:
-    """The one-line error of ``rgra fit``'s parser for these arguments, its ``LAYER_YAML:LINE`` replaced by
-    the study file's line of ``section`` that wrote it (``_in_study_file``); None where it accepts them."""
-    from rgra_lightning.cli import main as fit_command
+    """The one-line error of ``rgra``'s parser for these arguments (a subcommand and its options), its
+    ``LAYER_YAML:LINE`` replaced by the study file's line of ``section`` that wrote it (``_in_study_file``);
+    None where it accepts them."""
+    from rgra_lightning.cli import main as rgra_command
 
     errors = io.StringIO()
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
-            fit_command(args, run=False, cli_class=parse_only_cli())
+            rgra_command(args, cli_class=parse_only_cli())
     except SystemExit as exit_info:
         if exit_info.code != CONFIG_REFUSED:  # the study stopped by SIGTERM meanwhile
             raise

@@ -938,3 +938,19 @@ def test_a_study_interrupted_during_a_test_says_the_test_reruns(study_file, monk
         "[1/1] rgra seed 0: val12: interrupted: run the same command again to test it"
         in capsys.readouterr().out
     )
+
+
+def test_a_fit_without_a_training_split_is_refused_before_any_run_but_tested_on(
+    study_file, small_config, tmp_path, fake_fits, capsys
+):
+    """The pre-flight check parsed every config without its subcommand, so a study fitting MATH-500 (test
+    only) was refused by its first run, after the model loaded; a benchmark of it is a test, and passes."""
+    math500 = {"data": {"init_args": {"preset": "math500", "source": "no-such-dir"}}}
+    base = small_config("rgra", data_module="DatasetDataModule").rename(tmp_path / "dataset.yaml")
+    path = study_file(base_config=str(base), presets=["rgra"], seeds=[0], overrides=math500)
+    assert ablate.main(["--config", str(path)]) == 2 and fake_fits == []
+    assert "(data.preset=math500) has no training split to fit on" in capsys.readouterr().err
+    path = study_file(base_config=str(base), presets=["rgra"], seeds=[0], benchmarks={"math500": math500})
+    assert ablate.main(["--config", str(path)]) == 1  # run (stand-in fit), then the test: no checkpoint
+    assert [command[3] for command in fake_fits] == ["fit"]
+    assert "rgra seed 0: math500: FAILED: " in capsys.readouterr().out
