@@ -11,11 +11,11 @@ or repeating value it is the correct rounding of: ``0.33`` and ``3.14`` match ``
 ``1.4`` and ``3.1`` do not match ``1/3``, ``\\sqrt{2}`` and ``\\pi``), expressions (values at random points,
 ``simplify`` of the difference only when the points cannot tell), equality chains (``_chain_value``: a chain
 of constants must be true), equations (equal up to a non-zero factor, or the same solutions for a shared
-symbol), inequalities (one variable: as solution sets, as are sets in set-builder notation with such a
-condition; several: up to a positive factor), intervals, unions, sets (unordered), answer lists (unordered,
-with multiplicity: ``1, 1, 2`` is not ``1, 2``), tuples and matrices (ordered; a tuple never equals a set),
-and text. Run ``equivalent`` only inside a killable worker (``rewards.sandbox``): sympy can hang or exhaust
-memory on hostile input.
+symbol), inequalities (one variable: as solution sets, joined by "or" or "and" as their union or
+intersection, as are sets in set-builder notation with such a condition; several: up to a positive factor),
+intervals, unions, sets (unordered), answer lists (unordered, with multiplicity: ``1, 1, 2`` is not ``1, 2``),
+tuples and matrices (ordered; a tuple never equals a set), and text. Run ``equivalent`` only inside a killable
+worker (``rewards.sandbox``): sympy can hang or exhaust memory on hostile input.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import itertools
 import random
 import re
 from collections.abc import Iterator
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -723,27 +724,30 @@ def _value(text: str) -> Any:
         solutions = _set_builder_solutions(builder[0], builder[2])
         if solutions is not None:
             return solutions
-    disjunction = _disjunction(text) if "\\lor" in text else None
-    if disjunction is not None:
-        return disjunction
+    connective = _connective(text) if "\\lor" in text or "\\land" in text else None
+    if connective is not None:
+        return connective
     chain = _chain_value(text) if "=" in text else None
     return _latex2sympy(text) if chain is None else chain
 
 
-def _disjunction(text: str) -> Any:
-    """``a \\lor b`` (normalised from "or" between inequalities) as ``sympy.Or`` of its parts when every part
-    is an inequality or a chain of them, else None (``_solution_set`` reads it as the union of the parts'
-    solution sets: ``x < -1 \\lor x > 1`` is ``(-\\infty, -1) \\cup (1, \\infty)``)."""
+def _connective(text: str) -> Any:
+    """``a \\lor b`` (normalised from "or" between inequalities) as ``sympy.Or`` of its parts, and ``a \\land
+    b`` (from "and" between inequalities in one variable) as ``sympy.And``, when every part is an inequality
+    or a chain of them (an "and" binds its parts before an "or" does), else None. ``_solution_set`` reads them
+    as the union and the intersection of the parts' solution sets: ``x < -1 \\lor x > 1`` is ``(-\\infty, -1)
+    \\cup (1, \\infty)``, ``x > -1 \\land x < 1`` is ``(-1, 1)``."""
     import sympy
 
-    parts = re.split(r"\s*\\lor(?![A-Za-z])\s*", text)
+    word, join = ("lor", sympy.Or) if "\\lor" in text else ("land", sympy.And)
+    parts = re.split(rf"\s*\\{word}(?![A-Za-z])\s*", text)
     try:
         values = [_value(part) for part in parts]
     except Exception:  # a part the parser rejects: the text is parsed as written
         return None
     if len(values) < 2 or not all(isinstance(value, (sympy.And, *_inequality_types())) for value in values):
         return None
-    return sympy.Or(*values)
+    return join(*values)
 
 
 def _set_builder_solutions(variable: str, condition: str) -> Any:
@@ -808,11 +812,15 @@ def _decimal_literal(text: str) -> Any:
     import sympy
 
     literal = _decimal_literal_class().__new__(_decimal_literal_class(), text)
-    whole, _, fraction = text.lstrip("-").partition(".")
-    literal.places = len(fraction)
-    literal.significant = len((whole + fraction).lstrip("0"))
+    literal.places, literal.significant = _written_digits(text)
     literal.exact = sympy.Rational(text)
     return literal
+
+
+def _written_digits(text: str) -> tuple[int, int]:
+    """Decimal places and significant digits of a decimal literal as written (``0.330`` -> (3, 2))."""
+    whole, _, fraction = text.lstrip("-").partition(".")
+    return len(fraction), len((whole + fraction).lstrip("0"))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -844,10 +852,20 @@ def _readings(text: str) -> list[str]:
     for reading in readings:
         if reading.endswith("\\%"):
             value = reading[: -len("\\%")]
-            result += [value, f"\\frac{{{value}}}{{100}}"]
+            result += [value, _hundredth(value)]
         else:
             result.append(reading)
     return result
+
+
+def _hundredth(value: str) -> str:
+    """A percentage's value as a fraction, ``\\frac{value}{100}``, except for a decimal literal precise enough
+    as written to stand for a value it rounds (``_precise_enough``): its point moved two places, so that the
+    rounding rule applies to it as to any decimal. ``33.3\\%`` is ``0.333``, which rounds 1/3 (as ``33.3``
+    rounds 100/3); ``33\\%`` (the exact 33/100) and ``3.3\\%`` (too coarse, as ``3.3`` is for 10/3) do not."""
+    if not (_DECIMAL_LITERAL.fullmatch(value) and _precise_enough(*_written_digits(value))):
+        return f"\\frac{{{value}}}{{100}}"
+    return format(Decimal(value).scaleb(-2), "f")
 
 
 def fast_readings_equivalent(pred: str, gold: str) -> bool | None:

@@ -101,6 +101,7 @@ _NUMBER_BEFORE_UNIT = re.compile(rf"(?<![\w.])({_NUMBER.pattern})([A-Za-z\s/.]*)
 # a list connector before a quantity (``and`` of ``$3$ $\text{cm}$ and $4$ $\text{cm}$``) and a number, with
 # a short unit, ending the text before that connector
 _LIST_CONNECTOR_BEFORE = re.compile(r"(?:\s*(?:,|;|&|\band\b|\bor\b))+\s*$", re.IGNORECASE)
+_SPACES_BEFORE = re.compile(r"[ \t]*\Z")
 _NUMBER_AT_END = re.compile(rf"(?<![\w.])(?:{_NUMBER.pattern})(?:\s*[A-Za-z]{{1,5}}(?:\^\d)?)?\s*$")
 
 
@@ -319,12 +320,13 @@ def extract_answer(
     return None
 
 
-def _quantity(text: str, spans: list[re.Match[str]]) -> str | None:
+def _quantity(text: str, spans: list[re.Match[str]], alone: bool = True) -> str | None:
     """A number and its unit, without math delimiters, when the last math span is the unit (or its power)
     written after the number: ``20 $cm^{2}$`` -> ``20 cm^{2}``, ``$20$ cm$^2$`` -> ``20 cm^2``, ``$5$
     $\\text{km}$`` -> ``5 \\text{km}``, so that a unit in a math span is dropped as one outside it is (``20
     cm^{2}``), not taken for the answer. The unit rule is normalisation's: the quantity must normalise to
-    what its number does (``$5$ $x$``, ``20 $\\%$`` or ``$3$ and $k$`` are no quantity). None otherwise."""
+    what its number does (``$5$ $x$``, ``20 $\\%$`` or ``$3$ and $k$`` are no quantity). None otherwise, and
+    when ``alone`` and the quantity is the last of a list (``_follows_a_listed_number``)."""
     from rewards.normalize import normalize
 
     last = spans[-1]
@@ -341,7 +343,7 @@ def _quantity(text: str, spans: list[re.Match[str]]) -> str | None:
         if number is None:
             return None
         value, between, begin = number.group(1), number.group(2), number.start(1)
-    if _follows_a_listed_number(text, begin, spans):
+    if alone and _follows_a_listed_number(text, begin, spans):
         return None  # "$3$ $\\text{cm}$ and $4$ $\\text{cm}$": a list of quantities, not its last one
     if not re.search(r"\d", value) or not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", between + unit)):
         return None
@@ -352,15 +354,21 @@ def _quantity(text: str, spans: list[re.Match[str]]) -> str | None:
 def _follows_a_listed_number(text: str, begin: int, spans: list[re.Match[str]]) -> bool:
     """Whether the quantity starting at ``begin`` follows a list connector (``,``, ``;``, ``&``, ``and``,
     ``or``) after another number: a number's math span, a quantity with its unit in a math span, or a plain
-    number with a short unit (``3 cm and $4$ $\\text{cm}$``)."""
+    number with a short unit (``3 cm and $4$ $\\text{cm}$``); or follows, on the same line with only spaces
+    between, another quantity with its unit in a math span (``$3$ $cm$ $4$ $cm$``)."""
     window = max(0, begin - _MAX_GAP_LENGTH)
     connector = _LIST_CONNECTOR_BEFORE.search(text[window:begin])
     if connector is None:
-        return False
+        spaces = _SPACES_BEFORE.search(text, window, begin)
+        head = text[: spaces.start()]
+        earlier = [span for span in spans if span.end() <= len(head)]
+        return (
+            bool(earlier) and earlier[-1].end() == len(head) and _quantity(head, earlier, False) is not None
+        )
     head = text[: window + connector.start()]
     earlier = [span for span in spans if span.end() <= len(head)]
     if earlier and earlier[-1].end() == len(head):
-        return bool(re.search(r"\d", _span_text(earlier[-1]))) or _quantity(head, earlier) is not None
+        return bool(re.search(r"\d", _span_text(earlier[-1]))) or _quantity(head, earlier, False) is not None
     return _NUMBER_AT_END.search(head[-_MAX_GAP_LENGTH:]) is not None
 
 

@@ -9,9 +9,11 @@ try both readings), thousands separators, scientific notation (``1e3``), unicode
 (``sqrt(3)``, ``2^(1/2)``: ``rewards.plaintext``), ``\\dfrac``/``\\tfrac``/``\\frac12``/ ``\\sqrt3``,
 ``\\left``/``\\right``, a leading ``x =`` (or ``f(x) =``, ``|AB| =``) when its left side is a bare name, a
 chain of quantities with units or currency (a conversion: its last member), ``\\approx``, "and"/"or" answer
-lists, clock times (``08:34 P.M.`` -> ``20:34``), mixed numbers (``1 1/2``), multiple-choice letters, base
-subscripts (``204_5``) and the spelling of set-builder notation (``\\{x \\mid x > 0\\}``, ``\\{x : x > 0\\}``
--> ``\\{x|x > 0\\}``). Equality chains are kept whole: the parser decides them (``rewards.equivalence``).
+lists ("and" between inequalities in one variable: ``\\land``), clock times (``08:34 P.M.`` -> ``20:34``),
+mixed numbers (``1 1/2``), repeating decimals (``0.\\overline{3}`` -> ``\\frac{1}{3}``), multiple-choice
+letters, base subscripts (``204_5``) and the spelling of set-builder notation (``\\{x \\mid x > 0\\}``,
+``\\{x : x > 0\\}`` -> ``\\{x|x > 0\\}``). Equality chains are kept whole: the parser decides them
+(``rewards.equivalence``).
 
 Units are dropped only when they are plainly units: a ``\\text{}``/``\\mbox{}`` of words after a number
 (``10\\text{ units}``, ``15\\mbox{ cm}^2``), or trailing words after a number and a space that are a word of
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
+from fractions import Fraction
 
 from rewards import plaintext
 from rewards.extract import boxes
@@ -110,6 +113,14 @@ _LIST_WORDS = re.compile(r"\s*(?:\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b)\s*")
 # "and"/"or" (and ``\\land``/``\\lor``) between inequalities: ``x < -1 or x > 1`` is a union of solution sets
 _RELATION_WORDS = re.compile(r"\s*(?:\\text\{\s*(and|or)\s*\}|\b(and|or)\b|\\(land|lor)(?![A-Za-z]))\s*")
 _INEQUALITY = re.compile(r"<|>|\\[lg]eq?(?![A-Za-z])")
+# a repeating decimal: ``0.\\overline{3}``, ``1.2\\overline{3}``, ``0.\\bar{6}`` (the repetend under the bar)
+# and ``0.\\dot{3}``, ``0.\\dot{1}4285\\dot{7}`` (a dot over the repetend's one digit, or its first and last)
+_REPEATING_BAR = re.compile(
+    r"(?<![\d.])(\d*)\.(\d*)\s*\\(?:overline|bar)\s*(?:\{\s*(\d+)\s*\}|(\d))(?![\d.])"
+)
+_REPEATING_DOTS = re.compile(
+    r"(?<![\d.])(\d*)\.(\d*)\\dot\s*(?:\{(\d)\}|(\d))(?:(\d*)\\dot\s*(?:\{(\d)\}|(\d)))?(?![\d.])"
+)
 _UNICODE = {
     "−": "-", "–": "-", "≤": "\\leq ", "≥": "\\geq ", "≠": "\\neq ", "×": "\\times ", "÷": "\\div ",
     "π": "\\pi ", "∞": "\\infty ", "√": "\\sqrt", "·": "\\cdot ", "⋅": "\\cdot ",
@@ -330,18 +341,60 @@ def normalize_element(text: str) -> str:
     return text + ("\\%" if percent else "")
 
 
+def _repeating_fraction(whole: str, fixed: str, repetend: str, before: str) -> str:
+    """The exact fraction of the repeating decimal ``whole.fixed(repetend)(repetend)...``: ``0.(3)`` ->
+    ``\\frac{1}{3}``, ``1.2(3)`` -> ``\\frac{37}{30}``, ``0.(9)`` -> ``1``; in braces after ``^`` or ``_``
+    (``before``, the text before it), where the fraction is an exponent or subscript."""
+    value = Fraction(
+        int(whole + fixed + repetend) - int(whole + fixed or "0"),
+        10 ** len(fixed) * (10 ** len(repetend) - 1),
+    )
+    text = (
+        str(value.numerator)
+        if value.denominator == 1
+        else f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+    )
+    return f"{{{text}}}" if before.rstrip().endswith(("^", "_")) else text
+
+
+def _before(match: re.Match[str]) -> str:
+    """A few characters of the text before ``match`` (enough to see a ``^`` or ``_`` before spaces)."""
+    return match.string[max(0, match.start() - 16) : match.start()]
+
+
+def repeating_decimals(text: str) -> str:
+    """Repeating decimals written with a bar or dots as the exact fractions they are:
+    ``0.\\overline{3}`` -> ``\\frac{1}{3}``, ``0.\\overline{142857}`` -> ``\\frac{1}{7}``,
+    ``1.2\\overline{3}`` -> ``\\frac{37}{30}``, ``0.\\dot{3}`` -> ``\\frac{1}{3}``,
+    ``0.\\dot{1}4285\\dot{7}`` -> ``\\frac{1}{7}``; a bar over letters (``\\overline{AB}``) stays."""
+    if "\\overline" in text or "\\bar" in text:
+        text = _REPEATING_BAR.sub(lambda m: _repeating_fraction(m[1], m[2], m[3] or m[4], _before(m)), text)
+    if "\\dot" in text:
+
+        def dots(m: re.Match[str]) -> str:
+            first, middle, last = m[3] or m[4], m[5] or "", m[6] or m[7] or ""
+            return _repeating_fraction(m[1], m[2], first + (middle + last if last else ""), _before(m))
+
+        text = _REPEATING_DOTS.sub(dots, text)
+    return text
+
+
 def _join_list_words(text: str) -> str:
     """Answer-list words as the list separator ``", "`` (``1 and 3``, ``x = 1 \\text{ or } x = 3`` ->
-    ``1, 3``), except between inequalities, whose "or" (``\\lor``) is a union and stays ``" \\lor "``
-    (``x < -1 or x > 1`` -> ``x < -1 \\lor x > 1``, never equal to ``x < -1 and x > 1``) while "and"
-    (``\\land``) is ``", "``, as a comma between bounds is."""
+    ``1, 3``), except between inequalities: their "or" (``\\lor``) is a union and stays ``" \\lor "``
+    (``x < -1 or x > 1`` -> ``x < -1 \\lor x > 1``, never equal to ``x < -1 and x > 1``); their "and"
+    (``\\land``) is an intersection, ``" \\land "``, when every inequality is in the same one variable
+    (``x > -1 and x < 1`` -> ``x > -1 \\land x < 1``, which is ``-1 < x < 1``), else ``", "`` as before
+    (``x > 0 and y > 0`` -> ``x > 0, y > 0``)."""
     pieces = _RELATION_WORDS.split(text)  # text, three groups of each word, text, ...
     texts, words = pieces[::4], ["".join(filter(None, pieces[i : i + 3])) for i in range(1, len(pieces), 4)]
     if not words or not all(_INEQUALITY.search(piece) for piece in texts):
         return _LIST_WORDS.sub(", ", text).strip(", ")
+    variables = [set(re.findall(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", piece))) for piece in texts]
+    conjunction = " \\land " if len(variables[0]) == 1 and all(v == variables[0] for v in variables) else ", "
     joined = texts[0]
     for word, piece in zip(words, texts[1:], strict=True):
-        joined += (" \\lor " if word.endswith("or") else ", ") + piece
+        joined += (" \\lor " if word.endswith("or") else conjunction) + piece
     return joined.strip()
 
 
@@ -362,6 +415,7 @@ def normalize(answer: str) -> str:
     text = _CURRENCY.sub(" ", text)
     text = _EXPLICIT_THOUSANDS.sub(r"\1", text)
     text = _SPACING.sub(" ", text)
+    text = repeating_decimals(text)
     if "matrix" not in text and "array" not in text:
         text = re.sub(r"\\\\(?=[a-zA-Z])", r"\\", text)
     elif re.search(r"(?<!\\)\\\\(?:begin|end)\{", text):  # the whole text escaped twice

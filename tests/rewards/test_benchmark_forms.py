@@ -159,7 +159,10 @@ def test_only_a_whole_set_is_read_as_set_builder_notation():
         ("\\{x : x<-1 \\text{ and } x>1\\}", "\\emptyset", True),
         ("\\{x \\mid x>-1 \\text{ and } x<1\\}", "(-1,1)", True),
         ("x>0 \\text{ or } y>0", "y>0 \\text{ or } 0<x", True),
-        ("x<-1 \\text{ and } x>1", "x<-1, x>1", True),  # "and" between bounds reads as a comma does
+        # "and" between inequalities in one variable is their intersection (here empty); a comma between
+        # them is ambiguous (a system, or the union written as a list): it stays a list, equal to neither
+        ("x<-1 \\text{ and } x>1", "x<-1, x>1", False),
+        ("x<-1 \\text{ and } x>1", "\\emptyset", True),
         # answer lists written with "and"/"or" stay lists
         ("x=1 \\text{ or } x=3", "1, 3", True),
         ("x=1 \\text{ or } x=3", "x=1 \\text{ and } x=3", True),
@@ -175,7 +178,8 @@ def test_and_or_between_inequalities(pred, gold, verdict):
     "raw, expected",
     [
         ("x<-1 \\text{ or } x>1", "x<-1 \\lor x>1"),
-        ("x<-1 \\text{ and } x>1", "x<-1, x>1"),
+        ("x<-1 \\text{ and } x>1", "x<-1 \\land x>1"),
+        ("x>0 \\text{ and } y>0", "x>0, y>0"),  # inequalities in two variables: a list, as before
         ("x \\leq 0 \\lor x \\geq 2", "x \\leq 0 \\lor x \\geq 2"),
         ("x = 1 \\text{ or } x = 3", "1, 3"),
         ("x = 1 \\text{ or } x > 3", "1, x > 3"),  # not all inequalities: an answer list, as before
