@@ -709,15 +709,22 @@ def tests_to_do(study: Study, preset: str, seed: int) -> list[str]:
     ]
 
 
-def run_benchmarks(study: Study, preset: str, seed: int, prefix: str) -> int:
+def run_benchmarks(study: Study, preset: str, seed: int, prefix: str, refused: set[str]) -> int:
     """Test a finished run on each benchmark it is still to be tested on (``tests_to_do``), a line each;
-    the number of tests that failed. One made with other settings than the study's now is made again."""
+    the number of tests that failed. One made with other settings than the study's now is made again. A
+    benchmark whose test ``rgra test`` refused (``CONFIG_REFUSED``: its data unreachable, say) joins
+    ``refused`` and is not tried on later runs, each of which would load its model to be refused the same
+    way."""
     run_dir = study.run_dir(preset, seed)
     failed = 0
     for name in study.benchmarks:
         settings = test_settings(study, preset, seed, name)
         done, changed = current_test(run_dir, name, settings)
         if done is not None:
+            continue
+        if name in refused:
+            failed += 1
+            print(f"{prefix}: {name}: not tested, as its test was refused above", flush=True)
             continue
         if changed:
             print(
@@ -745,6 +752,8 @@ def run_benchmarks(study: Study, preset: str, seed: int, prefix: str) -> int:
             continue
         failed += 1
         code = record["returncode"]
+        if code == CONFIG_REFUSED:
+            refused.add(name)
         meaning = exit_meaning(code) if code else "it logged no test/* metric"
         tail = (benchmark_dir(run_dir, name) / "log.txt").read_text().strip().splitlines()[-5:]
         status = f"exit {code}: {meaning}" if meaning else f"exit {code}"
@@ -848,14 +857,14 @@ def run_study(study: Study) -> int:
     (``RUN_REFUSED``: another process holds it, say). Interrupted, the study says where the running fit
     stopped and how to resume, and the interruption goes on."""
     jobs = [(preset, seed) for seed in study.seeds for preset in study.presets]  # every preset early
-    failed, failed_tests, refused = 0, 0, set()
+    failed, failed_tests, refused, refused_benchmarks = 0, 0, set(), set()
     for index, (preset, seed) in enumerate(jobs, start=1):
         run_dir = study.run_dir(preset, seed)
         label = study.label(preset)
         prefix = f"[{index}/{len(jobs)}] {label} seed {seed}"
         if finished_record(run_dir) is not None:
             print(f"{prefix}: done already, skipped", flush=True)
-            failed_tests += run_benchmarks(study, preset, seed, prefix)
+            failed_tests += run_benchmarks(study, preset, seed, prefix, refused_benchmarks)
             continue
         if preset in refused:
             failed += 1
@@ -875,7 +884,7 @@ def run_study(study: Study) -> int:
                 f"{record['final_val_accuracy']}, best after step 0 {record['best_val_accuracy']}",
                 flush=True,
             )
-            failed_tests += run_benchmarks(study, preset, seed, prefix)
+            failed_tests += run_benchmarks(study, preset, seed, prefix, refused_benchmarks)
         else:
             failed += 1
             code = record["returncode"]

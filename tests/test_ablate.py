@@ -954,3 +954,30 @@ def test_a_fit_without_a_training_split_is_refused_before_any_run_but_tested_on(
     assert ablate.main(["--config", str(path)]) == 1  # run (stand-in fit), then the test: no checkpoint
     assert [command[3] for command in fake_fits] == ["fit"]
     assert "rgra seed 0: math500: FAILED: " in capsys.readouterr().out
+
+
+def test_a_benchmark_whose_test_is_refused_is_not_tried_on_later_runs(study_file, monkeypatch, capsys):
+    """Exit 2 (the benchmark's data unreachable, say) meets every run's test the same way, each after
+    loading the model: the benchmark is not tried again; the other benchmark is."""
+    path = study_file(presets=["rgra", "raft"], seeds=[0], benchmarks={"val12": VAL12, "whole": {}})
+    study = ablate.load_study(path)
+    for preset in ("rgra", "raft"):
+        (study.run_dir(preset, 0) / "checkpoints").mkdir(parents=True)
+        (study.run_dir(preset, 0) / "checkpoints" / "last.ckpt").touch()
+    statuses, commands = (
+        iter([0, 2, 0, 0, 0]),
+        [],
+    )  # rgra: fit, val12 test (refused), all test; raft: fit, all
+    monkeypatch.setattr(
+        ablate, "fit_reporting", lambda command, *_: commands.append(command) or next(statuses)
+    )
+    assert ablate.main(["--config", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "[1/2] rgra seed 0: val12: FAILED (exit 2: config refused)" in out
+    assert "[2/2] raft seed 0: val12: not tested, as its test was refused above" in out
+    tested = [command[-2].removeprefix("--config=") for command in commands if command[3] == "test"]
+    assert [os.path.basename(os.path.dirname(test_yaml)) for test_yaml in tested] == [
+        "val12",
+        "whole",
+        "whole",
+    ]
