@@ -35,6 +35,9 @@ now: a study changed since (its overrides, a base config, a preset file) with th
 with nothing run rather than reuse runs of other settings. Afterwards ``summary.md`` and
 ``val_accuracy.png`` are written from the fits' TensorBoard event files (``ablation_summary``).
 
+Several ``rgra ablate`` processes of one study (one per GPU) share its runs out: each claims a run before it
+touches it (``claimed``) and skips those another holds.
+
 With ``benchmarks``, each run, once finished, is tested on each benchmark (``rgra test`` of its last
 checkpoint in a process of its own, its log and records in ``<run>/benchmarks/<name>/``:
 ``ablation_benchmarks``), and ``summary.md`` tabulates the ``test/*`` metrics per preset and benchmark: the
@@ -97,6 +100,7 @@ from rgra_lightning.config_files import (
     read,
 )
 from rgra_lightning.errors import CONFIG_REFUSED, RUN_REFUSED, TRAINING_DIVERGED, ConfigError
+from rgra_lightning.locks import take_lock
 
 PROGRESS_EVERY_S = 60.0  # how often a running fit's progress is printed
 STOP_TIMEOUT_S = 600.0  # how long an interrupted study waits for the running fit to save its state and exit
@@ -848,55 +852,101 @@ def interrupted(run_dir: Path) -> str:
 
 
 def run_study(study: Study) -> int:
-    """Run every unfinished (preset, seed), test each finished one on the benchmarks it is still to be
-    tested on (``run_benchmarks``), print progress, write the summary; the number of runs not done and
-    tests that failed. A preset whose run exits with ``CONFIG_REFUSED`` is not run with its other seeds:
-    only the seed differs between them, so each would be refused the same way (the hub unreachable, a GPU
-    config on a CPU) after loading the same models. A diverged run (``TRAINING_DIVERGED``) does not stop
-    the others: another seed may not diverge; nor does one refused for its own directory or checkpoint
-    (``RUN_REFUSED``: another process holds it, say). Interrupted, the study says where the running fit
-    stopped and how to resume, and the interruption goes on."""
+    """Run every unfinished (preset, seed) and test each finished one (``run_job``), print progress, write
+    the summary; the number of runs not done and tests that failed. A run another process holds
+    (``claimed``: another ``rgra ablate`` of the study, on another GPU) is skipped and not counted.
+    Interrupted, the study says where the running fit stopped and how to resume, and the interruption goes
+    on."""
     jobs = [(preset, seed) for seed in study.seeds for preset in study.presets]  # every preset early
-    failed, failed_tests, refused, refused_benchmarks = 0, 0, set(), set()
+    failures = Failures()
+    elsewhere = 0
     for index, (preset, seed) in enumerate(jobs, start=1):
-        run_dir = study.run_dir(preset, seed)
-        label = study.label(preset)
-        prefix = f"[{index}/{len(jobs)}] {label} seed {seed}"
-        if finished_record(run_dir) is not None:
-            print(f"{prefix}: done already, skipped", flush=True)
-            failed_tests += run_benchmarks(study, preset, seed, prefix, refused_benchmarks)
-            continue
-        if preset in refused:
-            failed += 1
-            print(f"{prefix}: not run, as {label}'s config was refused above", flush=True)
-            continue
-        print(f"{prefix}: {starting(run_dir)} (log: {run_dir / 'log.txt'})", flush=True)
-        try:
-            record = run_one(study, preset, seed, prefix)
-        except (KeyboardInterrupt, SystemExit):
-            print(f"{prefix}: {interrupted(run_dir)}", flush=True)
-            raise
-        if record["returncode"] == CONFIG_REFUSED:
-            refused.add(preset)
-        if record["returncode"] == 0:
-            print(
-                f"{prefix}: finished in {record['wall_s']:.0f} s, final val accuracy "
-                f"{record['final_val_accuracy']}, best after step 0 {record['best_val_accuracy']}",
-                flush=True,
-            )
-            failed_tests += run_benchmarks(study, preset, seed, prefix, refused_benchmarks)
-        else:
-            failed += 1
-            code = record["returncode"]
-            meaning = exit_meaning(code)
-            tail = (run_dir / "log.txt").read_text().strip().splitlines()[-5:]
-            status = f"exit {code}: {meaning}" if meaning else f"exit {code}"
-            print(f"{prefix}: FAILED ({status}); last lines:", *tail, sep="\n  ", flush=True)
+        prefix = f"[{index}/{len(jobs)}] {study.label(preset)} seed {seed}"
+        with claimed(study.run_dir(preset, seed)) as holder:
+            if holder is not None:
+                elsewhere += 1
+                print(f"{prefix}: held by another rgra ablate ({holder}), skipped", flush=True)
+                continue
+            run_job(study, preset, seed, prefix, failures)
     summary = summarise(study, benchmark_results(study))
-    counts = [f"{failed} run(s)"] * bool(failed) + [f"{failed_tests} benchmark test(s)"] * bool(failed_tests)
-    retry = f" ({' and '.join(counts)} failed; rerun to retry them)" if counts else ""
-    print(f"summary: {summary}{retry}")
-    return failed + failed_tests
+    counts = [f"{failures.runs} run(s)"] * bool(failures.runs)
+    counts += [f"{failures.tests} benchmark test(s)"] * bool(failures.tests)
+    retry = f"; {' and '.join(counts)} failed; rerun to retry them" if counts else ""
+    held = (
+        f"; {elsewhere} run(s) held by another process: --summary_only adds them once done"
+        if elsewhere
+        else ""
+    )
+    print(f"summary: {summary}" + (f" ({(retry + held)[2:]})" if retry or held else ""))
+    return failures.runs + failures.tests
+
+
+@dataclass
+class Failures:
+    """What failed so far in a study: ``runs`` and ``tests`` (counts), the presets whose config ``rgra fit``
+    refused and the benchmarks whose test ``rgra test`` refused (``CONFIG_REFUSED``), not tried again."""
+
+    runs: int = 0
+    tests: int = 0
+    refused_presets: set[str] = field(default_factory=set)
+    refused_benchmarks: set[str] = field(default_factory=set)
+
+
+@contextlib.contextmanager
+def claimed(run_dir: Path) -> Iterator[str | None]:
+    """Hold the run's claim while the body runs: an exclusive lock on ``<run_dir>.lock`` beside the run's
+    directory (``locks.take_lock``), so that two ``rgra ablate`` processes of one study (one per
+    GPU) never run or test one run together, nor set aside each other's event files. Yields None, or the
+    holder's record (``process 123 on host``) where another process holds it."""
+    held = take_lock(f"{run_dir}.lock")
+    if isinstance(held, str):
+        yield held
+        return
+    try:
+        yield None
+    finally:
+        os.close(held)  # releases the lock
+
+
+def run_job(study: Study, preset: str, seed: int, prefix: str, failures: Failures) -> None:
+    """Run one (preset, seed) unless it finished, then test it on the benchmarks (``run_benchmarks``),
+    counting what fails in ``failures``. A preset whose run exits with ``CONFIG_REFUSED`` is not run with
+    its other seeds: only the seed differs between them, so each would be refused the same way (the hub
+    unreachable, a GPU config on a CPU) after loading the same models. A diverged run
+    (``TRAINING_DIVERGED``) does not stop the others: another seed may not diverge; nor does one refused for
+    its own directory or checkpoint (``RUN_REFUSED``: another process holds it, say)."""
+    run_dir = study.run_dir(preset, seed)
+    label = study.label(preset)
+    if finished_record(run_dir) is not None:
+        print(f"{prefix}: done already, skipped", flush=True)
+        failures.tests += run_benchmarks(study, preset, seed, prefix, failures.refused_benchmarks)
+        return
+    if preset in failures.refused_presets:
+        failures.runs += 1
+        print(f"{prefix}: not run, as {label}'s config was refused above", flush=True)
+        return
+    print(f"{prefix}: {starting(run_dir)} (log: {run_dir / 'log.txt'})", flush=True)
+    try:
+        record = run_one(study, preset, seed, prefix)
+    except (KeyboardInterrupt, SystemExit):
+        print(f"{prefix}: {interrupted(run_dir)}", flush=True)
+        raise
+    code = record["returncode"]
+    if code == 0:
+        print(
+            f"{prefix}: finished in {record['wall_s']:.0f} s, final val accuracy "
+            f"{record['final_val_accuracy']}, best after step 0 {record['best_val_accuracy']}",
+            flush=True,
+        )
+        failures.tests += run_benchmarks(study, preset, seed, prefix, failures.refused_benchmarks)
+        return
+    failures.runs += 1
+    if code == CONFIG_REFUSED:
+        failures.refused_presets.add(preset)
+    meaning = exit_meaning(code)
+    tail = (run_dir / "log.txt").read_text().strip().splitlines()[-5:]
+    status = f"exit {code}: {meaning}" if meaning else f"exit {code}"
+    print(f"{prefix}: FAILED ({status}); last lines:", *tail, sep="\n  ", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -54,6 +53,7 @@ from torch.utils.data import DataLoader
 from rgra_lightning.config_files import differences
 from rgra_lightning.distributed import stop_status, with_distributed_sampler
 from rgra_lightning.errors import ConfigError, RunRefusedError
+from rgra_lightning.locks import recorded_holder, take_lock
 
 SAVED = "saved as config.yaml in its log directory"  # where a run's config is, for the errors to say
 
@@ -271,23 +271,16 @@ class RunDirectoryLock(Callback):
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RunRefusedError(_held_lock(path, handle)) from None
+                raise RunRefusedError(_held_lock(path, recorded_holder(handle))) from None
             finally:
                 os.close(handle)
 
     def _lock(self, path: str) -> str | None:
         """Take the lock at ``path``; None, or what to report when another process holds it."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            message = _held_lock(path, handle)
-            os.close(handle)
-            return message
-        os.ftruncate(handle, 0)
-        os.pwrite(handle, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        self._held.append(handle)
+        held = take_lock(path)
+        if isinstance(held, str):
+            return _held_lock(path, held)
+        self._held.append(held)
         return None
 
     def _release(self) -> None:
@@ -336,10 +329,8 @@ def warn_if_saved_in_place(trainer: Trainer) -> None:
         )
 
 
-def _held_lock(path: str, handle: int) -> str:
-    """The refusal for the checkpoint-directory lock ``path`` that another fit holds, naming the holder
-    that the open file ``handle`` records."""
-    holder = os.pread(handle, 200, 0).decode(errors="replace").strip() or "another process"
+def _held_lock(path: str, holder: str) -> str:
+    """The refusal for the checkpoint-directory lock ``path`` that another fit (``holder``) holds."""
     return (
         f"{path.removesuffix('.lock')} is the checkpoint directory of a fit that is still running ({holder}, "
         f"holding {path}): wait for it to end, or give this run another name or checkpoint directory"

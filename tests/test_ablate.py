@@ -981,3 +981,24 @@ def test_a_benchmark_whose_test_is_refused_is_not_tried_on_later_runs(study_file
         "whole",
         "whole",
     ]
+
+
+def test_a_run_another_study_process_holds_is_skipped_untouched(study_file, fake_fits, capsys):
+    """One ``rgra ablate`` per GPU on one study: each run is claimed before anything of it is touched. The
+    second process started the first one's run too (its fit refused, exit 4) after moving the running
+    fit's event files aside as an earlier attempt's."""
+    path = study_file(presets=["rgra", "raft"], seeds=[0])
+    study = ablate.load_study(path)
+    running = study.run_dir("rgra", 0)
+    (running / "tensorboard").mkdir(parents=True)
+    (running / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"")  # the other fit's, so far
+    held = ablate.take_lock(f"{running}.lock")
+    try:
+        assert ablate.main(["--config", str(path)]) == 0
+    finally:
+        os.close(held)
+    out = capsys.readouterr().out
+    assert f"[1/2] rgra seed 0: held by another rgra ablate (process {os.getpid()} on " in out
+    assert [command[-1] for command in fake_fits] == [f"--config={study.run_dir('raft', 0) / 'run.yaml'}"]
+    assert event_files(running) == ["events.out.tfevents.1.host"] and not (running / "started.json").exists()
+    assert "(1 run(s) held by another process: --summary_only adds them once done)" in out
