@@ -831,6 +831,8 @@ def parse(text: str) -> Any:
         raise ValueError(f"answer longer than {MAX_ANSWER_LENGTH} characters")
     if re.fullmatch(r"[A-Za-z][A-Za-z ]*", text):
         return _word(text)  # plain words and choice letters compare as text
+    if "\\land" in text:
+        text = _list_if_contradictory(text)
     if ", " in text and not re.search(r"[\[\](){}]|matrix", text):
         from sympy import FiniteSet
 
@@ -839,6 +841,22 @@ def parse(text: str) -> Any:
             raise ValueError("an element of the list is a false equality chain")
         return _answer_list(values) if len(values) > len(FiniteSet(*values)) else FiniteSet(*values)
     return _value(text)
+
+
+def _list_if_contradictory(text: str) -> str:
+    """``a \\land b`` (bounds joined by "and") whose solution set is empty as the answer list ``a, b``, as it
+    was read before "and" was an intersection: bounds that exclude each other (``x<-1 and x>1``) are "and"
+    written for "or" or for a list, not the empty set an answer key would write as such, and as the empty set
+    they would equal every other contradiction (``x<5 and x>7``)."""
+    import sympy
+
+    try:
+        value = _value(text)
+    except Exception:  # the parser's to report, as for any reading
+        return text
+    if isinstance(value, sympy.And) and _solution_set(value) == sympy.S.EmptySet:
+        return re.sub(r"\s*\\land(?![A-Za-z])\s*", ", ", text)
+    return text
 
 
 def _readings(text: str) -> list[str]:

@@ -159,10 +159,11 @@ def test_only_a_whole_set_is_read_as_set_builder_notation():
         ("\\{x : x<-1 \\text{ and } x>1\\}", "\\emptyset", True),
         ("\\{x \\mid x>-1 \\text{ and } x<1\\}", "(-1,1)", True),
         ("x>0 \\text{ or } y>0", "y>0 \\text{ or } 0<x", True),
-        # "and" between inequalities in one variable is their intersection (here empty); a comma between
-        # them is ambiguous (a system, or the union written as a list): it stays a list, equal to neither
-        ("x<-1 \\text{ and } x>1", "x<-1, x>1", False),
-        ("x<-1 \\text{ and } x>1", "\\emptyset", True),
+        # "and" between inequalities in one variable is their intersection, but an empty one is "and"
+        # written for "or" or a list: read as the list, as a comma between bounds is
+        ("x<-1 \\text{ and } x>1", "x<-1, x>1", True),
+        ("x<-1 \\text{ and } x>1", "\\emptyset", False),
+        ("x<5 \\text{ and } x>7", "x<-1 \\text{ and } x>1", False),  # not two equal empty sets
         # answer lists written with "and"/"or" stay lists
         ("x=1 \\text{ or } x=3", "1, 3", True),
         ("x=1 \\text{ or } x=3", "x=1 \\text{ and } x=3", True),

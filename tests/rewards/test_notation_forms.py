@@ -111,7 +111,8 @@ def test_and_between_inequalities_in_one_variable_is_normalised_to_land(raw, exp
         ("x \\geq -1 \\text{ and } x \\leq 1", "[-1, 1]", True),
         ("x \\geq -1 \\text{ and } x < 1", "-1 \\leq x < 1", True),
         ("x > 1 \\text{ and } x < 3 \\text{ or } x > 5", "(1,3) \\cup (5, \\infty)", True),
-        ("x<-1 and x>1", "\\emptyset", True),
+        ("x<-1 and x>1", "\\emptyset", False),  # contradictory bounds: a list (_list_if_contradictory)
+        ("x \\geq 2 \\text{ and } x \\leq 2", "2", True),  # a point is no contradiction
         ("x>-1 and x<1", "(-1,1]", False),
         ("x \\geq -1 \\text{ and } x \\leq 1", "(-1, 1)", False),
         ("x>-1 and x<1", "x>-1 or x<1", False),
