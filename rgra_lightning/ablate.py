@@ -327,11 +327,12 @@ def fit_reporting(
     report: Callable[[], None],
     every_s: float,
     stop_timeout_s: float = STOP_TIMEOUT_S,
+    what: str = "fit",
 ) -> int:
-    """Run ``command`` with its output in ``log``, calling ``report`` every ``every_s`` seconds until it
-    ends; its exit status. Interrupted (Ctrl-C, or SIGTERM to the study), the fit is stopped as a
-    scheduler would stop it (``stop_fit``) and the interruption goes on. The fit runs in a session of its
-    own, so that a Ctrl-C in the terminal reaches the study only: the fit, interrupted mid-update, would
+    """Run ``command`` (a ``what``: ``fit`` or ``test``) with its output in ``log``, calling ``report`` every
+    ``every_s`` seconds until it ends; its exit status. Interrupted (Ctrl-C, or SIGTERM to the study), it is
+    stopped as a scheduler would stop it (``stop_fit``) and the interruption goes on. It runs in a session
+    of its own, so that a Ctrl-C in the terminal reaches the study only: a fit interrupted mid-update would
     save nothing."""
     process = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, env=os.environ, start_new_session=True
@@ -343,25 +344,26 @@ def fit_reporting(
             except subprocess.TimeoutExpired:
                 report()
     except BaseException:
-        stop_fit(process, stop_timeout_s)
+        stop_fit(process, stop_timeout_s, what)
         raise
 
 
-def stop_fit(process: subprocess.Popen, timeout_s: float) -> None:
+def stop_fit(process: subprocess.Popen, timeout_s: float, what: str = "fit") -> None:
     """SIGTERM the fit, on which ``rgra fit`` saves its state after the update in progress and exits, and
     wait for it: killed, it would lose every update since its last periodic checkpoint. Killed where it
     has not exited within ``timeout_s`` (an update of a large model takes minutes; a hung one never ends),
-    or when the wait is interrupted again (a second Ctrl-C)."""
+    or when the wait is interrupted again (a second Ctrl-C). A ``test`` saves nothing: it just exits."""
     process.send_signal(signal.SIGTERM)
+    goal = "save its state" if what == "fit" else "exit"
     print(
-        f"stopping the running fit: waiting up to {timeout_s:.0f} s for it to save its state "
+        f"stopping the running {what}: waiting up to {timeout_s:.0f} s for it to {goal} "
         "(Ctrl-C again to kill it)",
         flush=True,
     )
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        print(f"the fit had not exited {timeout_s:.0f} s after SIGTERM: killed", flush=True)
+        print(f"the {what} had not exited {timeout_s:.0f} s after SIGTERM: killed", flush=True)
         process.kill()
         process.wait()
     except BaseException:
@@ -371,10 +373,11 @@ def stop_fit(process: subprocess.Popen, timeout_s: float) -> None:
 
 
 def saved_update(run_dir: Path) -> int | None:
-    """The update the run's last checkpoint holds (read memory-mapped, in a fraction of a second), or None
-    where it has none it can read (the fit says what is wrong with it when it resumes)."""
+    """The update the run's last checkpoint holds (a file read memory-mapped, or a sharded checkpoint's
+    metadata, in a fraction of a second), or None where it has none it can read (the fit says what is wrong
+    with it when it resumes)."""
     last = run_dir / LAST_CHECKPOINT
-    if not last.is_file():
+    if not last.exists():
         return None
     from rgra_lightning.checkpointing import read_checkpoint  # torch: only for a run with a checkpoint
 
@@ -787,7 +790,7 @@ def run_benchmark(
     with open(directory / "log.txt", "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        returncode = fit_reporting(command, log, report, PROGRESS_EVERY_S)
+        returncode = fit_reporting(command, log, report, PROGRESS_EVERY_S, STOP_TIMEOUT_S, "test")
     written = sorted(set(events.glob("events.out.tfevents.*")) - before)
     record = {
         "benchmark": name,
@@ -841,6 +844,11 @@ def interrupted(run_dir: Path) -> str:
     """The line of a study interrupted while a run's fit ran: what the run kept (the update its last
     checkpoint holds, the one it stopped after where it saved on SIGTERM) and how to go on."""
     update = saved_update(run_dir)
+    if update is None and (run_dir / LAST_CHECKPOINT).exists():  # one whose update cannot be read
+        return (
+            f"interrupted; this run has a last checkpoint ({run_dir / LAST_CHECKPOINT}): run the same "
+            "command again to resume it there and go on"
+        )
     if update is None:
         return (
             "interrupted before this run saved a checkpoint: run the same command again to rerun it and go on"

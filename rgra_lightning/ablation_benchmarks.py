@@ -9,10 +9,10 @@ A study config's optional ``benchmarks`` maps a name to config keys applied afte
 
 Each test is ``rgra test --config <the run's configs>... --config <test.yaml> --ckpt_path <run>/checkpoints/
 last.ckpt`` in a process of its own, ``test.yaml`` holding the benchmark's keys and a TensorBoard logger in
-``<run>/benchmarks/<name>/``, where its log, events and ``test_samples.jsonl`` go; ``done.json`` there
-records the ``test/*`` metrics, the composed config and the wall time once the test returned. This module
-says what the tests are (their config layers, commands and records); ``ablate`` runs them and
-``ablation_summary`` tabulates them.
+``<run>/benchmarks/<name>/``, where its log goes, its events and ``test_samples.jsonl`` in ``tensorboard/``;
+``done.json`` there records the ``test/*`` metrics, the composed config and the wall time once the test
+returned. This module says what the tests are (their config layers, commands and records); ``ablate`` runs
+them and ``ablation_summary`` tabulates them.
 """
 
 from __future__ import annotations
@@ -138,6 +138,6 @@ def without_last_checkpoint(config: dict[str, Any]) -> str | None:
     checkpoints = [c for c in callbacks if str(c.get("class_path", "")).endswith("ModelCheckpoint")]
     if not checkpoints:
         return "its config has no ModelCheckpoint callback among trainer.callbacks"
-    if not any((c.get("init_args") or {}).get("save_last") is True for c in checkpoints):
+    if not any((c.get("init_args") or {}).get("save_last") in (True, "link") for c in checkpoints):
         return "its ModelCheckpoint callback does not set save_last: true"
     return None

@@ -266,17 +266,16 @@ def benchmark_section(
     and their difference to the reference preset's; none for a study without benchmarks."""
     if not study.benchmarks:
         return []
-    columns = [  # (benchmark, tag): every correctness metric any run logged, test/accuracy first
+    columns = [  # (benchmark, tag): accuracy, n/a where untested, and every correctness metric a run logged
         (name, tag)
         for name in study.benchmarks
         for tag in sorted(
-            {tag for runs in tested.values() for metrics in runs.get(name, []) for tag in metrics},
+            {"test/accuracy"}
+            | {tag for runs in tested.values() for metrics in runs.get(name, []) for tag in metrics},
             key=lambda tag: (tag != "test/accuracy", tag),
         )
         if CORRECTNESS_TAG.fullmatch(tag)
     ]
-    if not columns:
-        return ["No benchmark tests: no finished run has been tested yet.", ""]
     headers = [
         name if tag == "test/accuracy" else f"{name} {tag.removeprefix('test/')}" for name, tag in columns
     ]
@@ -289,7 +288,8 @@ def benchmark_section(
     others = [label for label in labels if label in tested and label != reference]
     lines = [
         "Benchmark tests of each run's last checkpoint (`rgra test`; accuracy is greedy pass@1): mean +- "
-        f"sample std over the runs tested; (n=k): only k of the {seeds} seeds' runs were tested.",
+        f"sample std over the runs tested; (n=k): only k of the {seeds} seeds' runs were tested; n/a: none "
+        "was (a test not made yet, failed, or made with other settings than the study's now).",
         "",
         f"| preset | {' | '.join(headers)} |",
         f"|---{'|---' * len(headers)}|",

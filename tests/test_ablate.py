@@ -732,7 +732,7 @@ time.sleep(60)
 """
 
 
-def stand_in_fit(tmp_path, behaviour: str, stop_timeout_s: float = 30.0) -> list[str]:
+def stand_in_fit(tmp_path, behaviour: str, stop_timeout_s: float = 30.0, what: str = "fit") -> list[str]:
     """Run a stand-in for ``rgra fit`` (``saves``: exits 143 on SIGTERM, as rgra fit does once saved;
     ``hangs``: ignores it) under ``fit_reporting``, interrupted by Ctrl-C once it has started: once the
     line it prints after installing its SIGTERM handler is in its log (however long a loaded machine takes
@@ -747,7 +747,7 @@ def stand_in_fit(tmp_path, behaviour: str, stop_timeout_s: float = 30.0) -> list
 
     with open(log_path, "w") as log, pytest.raises(KeyboardInterrupt):
         command = [sys.executable, "-c", STAND_IN_FIT, behaviour]
-        ablate.fit_reporting(command, log, interrupt, every_s=0.05, stop_timeout_s=stop_timeout_s)
+        ablate.fit_reporting(command, log, interrupt, 0.05, stop_timeout_s, what)
     lines = log_path.read_text().splitlines()
     pid, group = map(int, lines[0].split())
     assert group != os.getpgid(0)  # its own: a Ctrl-C in the terminal reaches the study only
@@ -769,6 +769,26 @@ def test_a_fit_that_does_not_exit_after_sigterm_is_killed_after_the_timeout(tmp_
         "stopping the running fit: waiting up to 1 s for it to save its state (Ctrl-C again to kill it)",
         "the fit had not exited 1 s after SIGTERM: killed",
     ]
+
+
+def test_a_test_that_does_not_exit_after_sigterm_is_named_as_a_test(tmp_path, capsys):
+    assert stand_in_fit(tmp_path, "hangs", stop_timeout_s=1.0, what="test") == []
+    assert capsys.readouterr().out.splitlines() == [
+        "stopping the running test: waiting up to 1 s for it to exit (Ctrl-C again to kill it)",
+        "the test had not exited 1 s after SIGTERM: killed",
+    ]
+
+
+def test_an_interrupted_run_with_an_unreadable_or_sharded_checkpoint_is_resumed(tmp_path):
+    """A sharded ``last.ckpt`` (a directory; here without its metadata) was "no checkpoint": the line told
+    the user the run would start again, though the rerun resumes it."""
+    (tmp_path / "checkpoints" / "last.ckpt").mkdir(parents=True)
+    assert ablate.saved_update(tmp_path) is None
+    assert ablate.interrupted(tmp_path) == (
+        f"interrupted; this run has a last checkpoint ({tmp_path / 'checkpoints' / 'last.ckpt'}): run the "
+        "same command again to resume it there and go on"
+    )
+    assert ablate.interrupted(tmp_path / "none").startswith("interrupted before this run saved a checkpoint")
 
 
 def test_a_study_stopped_by_sigterm_stops_its_fit_which_saves_and_resumes(study_file, fake_fits, tmp_path):

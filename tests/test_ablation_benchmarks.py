@@ -96,6 +96,7 @@ def test_a_test_counts_only_when_made_with_the_settings_given(tmp_path):
         ([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint"}], "does not set save_last: true"),
         ([{"class_path": "x.PeriodicModelCheckpoint", "init_args": {"save_last": False}}], "save_last: true"),
         ([{"class_path": "x.PeriodicModelCheckpoint", "init_args": {"save_last": True}}], None),
+        ([{"class_path": "x.ModelCheckpoint", "init_args": {"save_last": "link"}}], None),  # Lightning's link
     ],
 )
 def test_a_config_whose_runs_leave_no_last_checkpoint_is_named(callbacks, why):
