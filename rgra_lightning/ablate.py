@@ -628,8 +628,9 @@ def parser_refusals(study: Study, study_path: Path) -> list[str]:
                 test_yaml = benchmark_dir(run_dir, name) / "test.yaml"
                 with left_as_found(test_yaml):
                     write_test_yaml(study, preset, seed, name)
+                    tested = [f"--config={path}" for path in tested_configs(study, preset, seed)]
                     error = _parser_error(
-                        ["test", *configs, f"--config={test_yaml}"],
+                        ["test", *tested, f"--config={test_yaml}"],
                         test_yaml,
                         study_path,
                         f"benchmarks.{name}",
@@ -686,13 +687,27 @@ def _in_study_file(error: str, layer_yaml: Path, study_path: Path, section: str)
     return f"error: {study_path}:{line}: {match[2]}" if match and line else error
 
 
+def tested_configs(study: Study, preset: str, seed: int) -> list[Path]:
+    """The config files a run's benchmark tests compose before their ``test.yaml``: the run's own
+    (``run_configs``), but for a preset that switches the model to another module, such as the paper's
+    supervised baseline (``configs/paper/gsm8k-sft.yaml``: an ``SFTModule``, which tests its loss only),
+    which is left out: its run's checkpoint is tested by the base config's module (an ``RLModule`` tests an
+    SFT checkpoint as it tests its own: greedy accuracy), as the ft row of the paper's table is."""
+    configs = run_configs(study, preset, seed)
+    base = merge(compose(study.base_configs), study.overrides).get("model") or {}
+    run = merge(compose([*study.base_configs, preset_path(preset)]), study.overrides).get("model") or {}
+    if base.get("class_path") != run.get("class_path"):
+        configs.remove(preset_path(preset))
+    return configs
+
+
 def test_settings(study: Study, preset: str, seed: int, name: str) -> dict[str, Any]:
-    """The composed config of a run's test on benchmark ``name``, as recorded: the run's (the one the study
-    gives it now, which ``stale_runs`` found its finished fit was made with) and the test's layer."""
-    layer = benchmark_layer(study, preset, seed, name)
-    return as_recorded(
-        benchmark_settings(run_settings(study, preset, run_config(study, preset, seed)), layer)
-    )
+    """The composed config of a run's test on benchmark ``name``, as recorded: its config files'
+    (``tested_configs``; ``run.yaml`` as the study gives it now, which ``stale_runs`` found a finished fit
+    was made with) and the test's layer."""
+    files = tested_configs(study, preset, seed)[:-1]  # all but run.yaml, composed from its layer instead
+    run = merge(compose(files), run_config(study, preset, seed))
+    return as_recorded(benchmark_settings(run, benchmark_layer(study, preset, seed, name)))
 
 
 def write_test_yaml(study: Study, preset: str, seed: int, name: str) -> Path:
@@ -779,7 +794,7 @@ def run_benchmark(
     run_dir = study.run_dir(preset, seed)
     directory = benchmark_dir(run_dir, name)
     test_yaml = write_test_yaml(study, preset, seed, name)
-    command = benchmark_command(run_configs(study, preset, seed), test_yaml, run_dir)
+    command = benchmark_command(tested_configs(study, preset, seed), test_yaml, run_dir)
     events = directory / "tensorboard"
     before = set(events.glob("events.out.tfevents.*"))
     start = time.perf_counter()

@@ -179,10 +179,12 @@ def summarise(study: Study, tested: dict[str, dict[str, list[dict[str, float]]]]
     curves: dict[str, list[list[tuple[int, float]]]] = {}
     metrics: dict[str, dict[str, list[float]]] = {}
     speeds: dict[str, list[float]] = {}
+    finished: dict[str, int] = {}  # runs with a done.json, a validation curve or not (an SFT run has none)
     for preset in study.presets:
         label = study.label(preset)
         for seed in study.seeds:
             curve, record = finished_curve(study.run_dir(preset, seed))
+            finished[label] = finished.get(label, 0) + bool(record)
             if not curve:
                 continue
             curves.setdefault(label, []).append(curve)
@@ -197,7 +199,7 @@ def summarise(study: Study, tested: dict[str, dict[str, list[dict[str, float]]]]
         runs = metrics.get(label, {})
         speed = speed_cell(speeds.get(label, []), len(study.seeds))
         cells = " | ".join(mean_std(runs.get(name, []), len(study.seeds)) for name in names)
-        rows.append(f"| {label} | {len(curves.get(label, []))}/{len(study.seeds)} | {cells} | {speed} |")
+        rows.append(f"| {label} | {finished.get(label, 0)}/{len(study.seeds)} | {cells} | {speed} |")
     plot = plot_curves(curves, study.root / "val_accuracy.png", study.name)
     lines = [
         f"# Ablation study `{study.name}`",

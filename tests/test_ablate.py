@@ -1022,3 +1022,30 @@ def test_a_run_another_study_process_holds_is_skipped_untouched(study_file, fake
     assert [command[-1] for command in fake_fits] == [f"--config={study.run_dir('raft', 0) / 'run.yaml'}"]
     assert event_files(running) == ["events.out.tfevents.1.host"] and not (running / "started.json").exists()
     assert "(1 run(s) held by another process: --summary_only adds them once done)" in out
+
+
+def test_a_preset_switching_the_module_is_tested_by_the_base_configs_module(study_file, tmp_path, capsys):
+    """The paper's ft row: an SFT run (``SFTModule``, which tests its loss only) is tested by the base
+    config's ``RLModule`` (greedy accuracy), its preset left out of the test's configs; its fit keeps it."""
+    sft = tmp_path / "sft.yaml"
+    sft.write_text(yaml.safe_dump({"model": {"class_path": "rgra_lightning.SFTModule"}}))
+    path = study_file(presets=["rgra", str(sft)], seeds=[0], overrides={}, benchmarks={"val12": VAL12})
+    study = ablate.load_study(path)
+    assert ablate.parser_refusals(study, path) == []  # the SFT run's test parses as the RL module's
+    for preset in ("rgra", str(sft)):
+        tested = ablate.tested_configs(study, preset, 0)
+        assert (ablate.preset_path(preset) in tested) == (preset == "rgra")
+        assert tested[-1] == study.run_dir(preset, 0) / "run.yaml"
+        assert (
+            ablate.test_settings(study, preset, 0, "val12")["model"]["class_path"]
+            == "rgra_lightning.RLModule"
+        )
+    assert ablate.run_command(study, str(sft), 0)[-2] == f"--config={sft}"  # its fit is the SFT one
+
+
+def test_a_finished_run_without_a_validation_curve_counts_as_done(study_file):
+    path = study_file(presets=["rgra"], seeds=[0, 1])
+    study = ablate.load_study(path)
+    study.run_dir("rgra", 0).mkdir(parents=True)
+    (study.run_dir("rgra", 0) / "done.json").write_text('{"returncode": 0, "event_files": []}')
+    assert "| rgra | 1/2 | n/a |" in summarise(study).read_text()
