@@ -1,10 +1,12 @@
 # Two commands do everything on a fresh clone (Python 3.11, CPU only, no network but PyPI):
-#   make fit    install into .venv, then train RGRA on the embedded task (configs/rgra.yaml)
+#   make fit    install into .venv, then train RGRA on the embedded task (configs/rgra.yaml; more
+#               options with ARGS="--ckpt_path last", another config with CONFIG=...)
 #   make test   install into .venv, then run the test suite (what CI runs)
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip install --quiet --constraint constraints.txt
 CONFIG ?= configs/rgra.yaml
+ARGS ?=  # more options for make fit, e.g. ARGS="--ckpt_path last"
 
 .PHONY: install fit test test-all test-transformers-5.22 lint warmup smollm2
 
@@ -24,7 +26,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 fit: install
-	$(PYTHON) -m rgra_lightning fit --config $(CONFIG)
+	$(PYTHON) -m rgra_lightning fit --config $(CONFIG) $(ARGS)
 
 test: install
 	$(PYTHON) -m pytest
