@@ -162,8 +162,9 @@ def unknown_key_error(error_text: str, subcommand: str | None = None) -> Mistake
         return Mistake(
             f"{section_name}.{unknown}",
             f"option '{unknown}' of {section_name}, which has no class_path here: a preset sets options of a "
-            f"base config's {section_name}; compose them in order (rgra fit --config configs/rgra.yaml "
-            "--config PRESET)",
+            f"base config's {section_name}; compose them in order, its base first (rgra fit --config BASE "
+            "--config PRESET: configs/rgra.yaml for the loss and reward presets; a preset's header names its "
+            "base)",
         )
     shown = ".".join([*parents, unknown])  # ``sampling.foo`` of ``--model.sampling.foo.bar``
     prefix = "".join(f"{name}." for name in parents)

@@ -72,8 +72,9 @@ def test_a_preset_given_alone_says_to_compose_it_over_a_base_config(preset, opti
     config = ROOT / "configs" / preset
     assert parser_error(["--config", str(config)], capsys) == (
         f"error: {config}:{line_of(config, f'  {option}:')}: option '{option}' of model, which has no "
-        "class_path here: a preset sets options of a base config's model; compose them in order (rgra fit "
-        "--config configs/rgra.yaml --config PRESET)"
+        "class_path here: a preset sets options of a base config's model; compose them in order, its base "
+        "first (rgra fit --config BASE --config PRESET: configs/rgra.yaml for the loss and reward presets; a "
+        "preset's header names its base)"
     )
 
 
