@@ -13,6 +13,9 @@ the trainer's tools use ``ToolParser``), because this package must not import th
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
+import sys
 import typing
 
 
@@ -111,13 +114,35 @@ class ToolParser(argparse.ArgumentParser):
         self, args: typing.Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> argparse.Namespace:
         """argparse's, with an unrecognized argument after a subcommand reported with the subcommand's
-        ``--help`` (``rgra export checkpoint --help``, not ``rgra export --help``)."""
+        ``--help`` (``rgra export checkpoint --help``, not ``rgra export --help``), and, in a parser without
+        subcommands, a misspelt option named first, with the closest known one (``unrecognized arguments:
+        --conf: did you mean --config?``), where argparse reported a required option it left out instead."""
+        if self._commands is None:
+            unknown = self._unknown_option(sys.argv[1:] if args is None else args)
+            if unknown is not None:
+                self.error(unknown)
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             command = getattr(parsed, self._commands.dest, None) if self._commands is not None else None
             parser = self._commands.choices[command] if command is not None else self
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed
+
+    def _unknown_option(self, args: typing.Sequence[str]) -> str | None:
+        """What is wrong with the first option in ``args`` this parser does not know (``--name`` or
+        ``--name=value``; a negative number is a value, ``--`` ends the options), with the closest it knows;
+        None where it knows them all."""
+        known = sorted(self._option_string_actions)
+        for arg in args:
+            if arg == "--":
+                break
+            if not arg.startswith("-") or arg == "-" or re.fullmatch(r"-\.?\d.*", arg):
+                continue
+            name = arg.split("=", 1)[0]
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                return f"unrecognized arguments: {name}" + (f": did you mean {close[0]}?" if close else "")
+        return None
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"error: {message} ({self.prog} --help)\n")

@@ -96,11 +96,14 @@ def test_a_tools_usage_mistake_is_one_line(args, message, capsys, monkeypatch):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["ablate", "--config", "study.yaml", "--summary"], "--summary (rgra ablate --help)"),
+        (
+            ["ablate", "--config", "study.yaml", "--summary"],
+            "--summary: did you mean --summary_only? (rgra ablate --help)",
+        ),
         (["score", "cases.jsonl", "--work", "1"], "--work 1 (rgra score --help)"),
         (
             ["label", "--config", "x.yaml", "--output", "o.jsonl", "--pairs", "p.jsonl"],
-            "--pairs p.jsonl (rgra label --help)",
+            "--pairs: did you mean --pairs-output? (rgra label --help)",
         ),
         (  # reported with the subcommand's help, where the option is
             [
@@ -117,7 +120,10 @@ def test_a_tools_usage_mistake_is_one_line(args, message, capsys, monkeypatch):
             ],
             "--dt float16 (rgra export gguf-to-hf --help)",
         ),
-        (["rehearse", "--work", "runs/x"], "--work (rgra rehearse --help)"),  # runs/x: a config to rehearse
+        (
+            ["rehearse", "--work", "runs/x"],
+            "--work: did you mean --workdir? (rgra rehearse --help)",
+        ),  # runs/x: a config
     ],
 )
 def test_a_shortened_option_is_refused_not_taken_for_the_full_one(args, message, capsys, monkeypatch):

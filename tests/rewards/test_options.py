@@ -306,3 +306,25 @@ def test_an_option_outside_its_literal_is_named_with_the_choices():
     with pytest.raises(ConfigError) as error:
         require_one_of("model.", ("loss", "ppo", Literal["grpo", "dr_grpo"]))
     assert str(error.value) == "model.loss='ppo' is not one of ['grpo', 'dr_grpo']"
+
+
+def test_a_misspelt_option_is_named_before_a_required_one_it_leaves_out(capsys):
+    """argparse said ``the following arguments are required: --config`` for ``--conf X``, not naming the
+    misspelt option."""
+    from rewards.errors import ToolParser
+
+    parser = ToolParser(prog="tool")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--summary_only", action="store_true")
+    parser.add_argument("--seed", type=int)
+    for args, named in [(["--conf", "x"], "--conf"), (["--config=x", "--summary=1"], "--summary")]:
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(args)
+        assert exit_info.value.code == 2
+        close = "--config" if named == "--conf" else "--summary_only"
+        assert (
+            capsys.readouterr().err
+            == f"error: unrecognized arguments: {named}: did you mean {close}? (tool --help)\n"
+        )
+    assert parser.parse_args(["--config", "x", "--seed", "-3"]).seed == -3  # a negative number is a value
+    assert parser.parse_args(["--config", "x"]).config == "x"
