@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing.util
 import os
 import signal
 import socket
@@ -228,14 +229,21 @@ def _leave_gloo(rank: int, out: Path) -> None:
     """End a spawned gloo rank of 2 without tearing gloo down. Tearing it down aborted a rank now and then
     ("terminate called without an active exception", SIGABRT: about 1 run in 20 even after a barrier), as
     gloo's threads met a peer or store already gone. After a barrier (every collective done), rank 1 exits
-    first, then rank 0, which hosts the store; ``os._exit`` skips the C++ destructors that aborted."""
+    first, then rank 0, which hosts the store; ``os._exit`` skips the C++ destructors that aborted.
+
+    ``os._exit`` skips multiprocessing's exit handler too, which a rank's normal end runs: it would leave
+    the semaphores the rank made (tqdm's lock, from the spawn context a spawned rank inherits) registered
+    with the resource tracker shared with pytest, which then warned at shutdown of "4 leaked semaphore
+    objects" (2 ranks x 2 tests). So the rank runs that handler itself first: it unlinks them."""
     torch.distributed.barrier()
     if rank != 0:
         (out / f"{rank}.exited").touch()
+        multiprocessing.util._exit_function()
         os._exit(0)
     deadline = time.monotonic() + 60
     while not (out / "1.exited").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    multiprocessing.util._exit_function()
     os._exit(0)
 
 
