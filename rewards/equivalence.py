@@ -844,19 +844,24 @@ def parse(text: str) -> Any:
 
 
 def _list_if_contradictory(text: str) -> str:
-    """``a \\land b`` (bounds joined by "and") whose solution set is empty as the answer list ``a, b``, as it
-    was read before "and" was an intersection: bounds that exclude each other (``x<-1 and x>1``) are "and"
-    written for "or" or for a list, not the empty set an answer key would write as such, and as the empty set
-    they would equal every other contradiction (``x<5 and x>7``)."""
+    """Each ``a \\land b`` (bounds joined by "and"; an "or" of them: each part) whose solution set is empty as
+    the answer list ``a, b``, as it was read before "and" was an intersection: bounds that exclude each other
+    (``x<-1 and x>1``) are "and" written for "or" or for a list, not the empty set an answer key would write
+    as such; as the empty set they would equal every other contradiction (``x<5 and x>7``), and vanish from
+    an "or" (``x<-1 and x>1 or x>5`` would equal ``x>5``)."""
     import sympy
 
-    try:
-        value = _value(text)
-    except Exception:  # the parser's to report, as for any reading
-        return text
-    if isinstance(value, sympy.And) and _solution_set(value) == sympy.S.EmptySet:
-        return re.sub(r"\s*\\land(?![A-Za-z])\s*", ", ", text)
-    return text
+    parts = re.split(r"(\s*\\lor(?![A-Za-z])\s*)", text)  # the parts, and the "or"s between them
+    for index, part in enumerate(parts):
+        if "\\land" not in part:
+            continue
+        try:
+            value = _value(part)
+        except Exception:  # the parser's to report, as for any reading
+            continue
+        if isinstance(value, sympy.And) and _solution_set(value) == sympy.S.EmptySet:
+            parts[index] = re.sub(r"\s*\\land(?![A-Za-z])\s*", ", ", part)
+    return "".join(parts)
 
 
 def _readings(text: str) -> list[str]:

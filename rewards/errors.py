@@ -129,14 +129,14 @@ class ToolParser(argparse.ArgumentParser):
         return parsed
 
     def _unknown_option(self, args: typing.Sequence[str]) -> str | None:
-        """What is wrong with the first option in ``args`` this parser does not know (``--name`` or
-        ``--name=value``; a negative number is a value, ``--`` ends the options), with the closest it knows;
-        None where it knows them all."""
+        """What is wrong with the first long option in ``args`` this parser does not know (``--name`` or
+        ``--name=value``; ``--`` ends the options), with the closest it knows; None where it knows them all.
+        Short options (``-vv``, ``-oFILE``) and values (``-3``, ``"-a b"``) are left to argparse."""
         known = sorted(self._option_string_actions)
         for arg in args:
             if arg == "--":
                 break
-            if not arg.startswith("-") or arg == "-" or re.fullmatch(r"-\.?\d.*", arg):
+            if not arg.startswith("--") or re.search(r"\s", arg):  # short options, values: argparse's to read
                 continue
             name = arg.split("=", 1)[0]
             if name not in known:

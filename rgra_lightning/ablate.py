@@ -49,7 +49,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import difflib
+import functools
 import io
 import itertools
 import json
@@ -58,6 +60,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -105,6 +108,7 @@ from rgra_lightning.locks import take_lock
 PROGRESS_EVERY_S = 60.0  # how often a running fit's progress is printed
 STOP_TIMEOUT_S = 600.0  # how long an interrupted study waits for the running fit to save its state and exit
 MAX_SEED = 2**32 - 1  # seed_everything's (numpy's) largest seed; the smallest is 0
+PR_SET_PDEATHSIG = 1  # prctl's option: the signal a process gets when its parent ends (Linux)
 
 
 @dataclass(frozen=True)
@@ -328,14 +332,23 @@ def fit_reporting(
     every_s: float,
     stop_timeout_s: float = STOP_TIMEOUT_S,
     what: str = "fit",
+    keep_fds: tuple[int, ...] = (),
 ) -> int:
     """Run ``command`` (a ``what``: ``fit`` or ``test``) with its output in ``log``, calling ``report`` every
     ``every_s`` seconds until it ends; its exit status. Interrupted (Ctrl-C, or SIGTERM to the study), it is
     stopped as a scheduler would stop it (``stop_fit``) and the interruption goes on. It runs in a session
     of its own, so that a Ctrl-C in the terminal reaches the study only: a fit interrupted mid-update would
-    save nothing."""
+    save nothing. It inherits ``keep_fds`` (the run's claim, ``claimed``, which it then holds until it
+    ends too), and on Linux gets SIGTERM when the study dies however it dies (``kill -9``, the
+    out-of-memory killer: ``_stop_with_parent``), rather than run on unclaimed, holding its GPU."""
     process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=os.environ, start_new_session=True
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ,
+        start_new_session=True,
+        pass_fds=keep_fds,
+        preexec_fn=_stop_with_parent(os.getpid()) if sys.platform.startswith("linux") else None,
     )
     try:
         while True:
@@ -346,6 +359,19 @@ def fit_reporting(
     except BaseException:
         stop_fit(process, stop_timeout_s, what)
         raise
+
+
+def _stop_with_parent(parent: int) -> Callable[[], None]:
+    """What a child runs before its program (``Popen``'s ``preexec_fn``): ask Linux for SIGTERM when the
+    process that started it (``parent``) ends (``prctl(PR_SET_PDEATHSIG)``), and send it at once where that
+    one already ended before the request."""
+
+    def stop_with_parent() -> None:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return stop_with_parent
 
 
 def stop_fit(process: subprocess.Popen, timeout_s: float, what: str = "fit") -> None:
@@ -387,7 +413,9 @@ def saved_update(run_dir: Path) -> int | None:
         return None
 
 
-def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str, Any]:
+def run_one(
+    study: Study, preset: str, seed: int, prefix: str = "", keep_fds: tuple[int, ...] = ()
+) -> dict[str, Any]:
     """Fit one run in a subprocess (resuming from its last checkpoint if one exists), printing its progress
     (``prefix: update 12/75, ...``) every ``PROGRESS_EVERY_S``; return its record.
 
@@ -423,7 +451,7 @@ def run_one(study: Study, preset: str, seed: int, prefix: str = "") -> dict[str,
     with open(run_dir / "log.txt", "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        returncode = fit_reporting(command, log, report, PROGRESS_EVERY_S)
+        returncode = fit_reporting(command, log, report, PROGRESS_EVERY_S, STOP_TIMEOUT_S, "fit", keep_fds)
     wall_s = time.perf_counter() - start
     files = event_files(run_dir)
     metrics = curve_metrics(read_curve(run_dir, files=files))
@@ -606,37 +634,36 @@ def parser_refusals(study: Study, study_path: Path) -> list[str]:
     do, and a benchmark test's (its ``test.yaml`` after them) with tests to do, with the presets it refuses,
     found in a second or so per config (``parse_only_cli``) before the study starts rather than when the
     preset's turn comes, hours in. A mistake in the study's ``overrides`` or ``benchmarks`` is named at its
-    line in the study file, not in the ``run.yaml`` or ``test.yaml`` written from them; each file is then
-    left as it was found (``left_as_found``), so a refused study changes no file."""
+    line in the study file, not in the ``run.yaml`` or ``test.yaml`` written from them. Those are written
+    into a temporary directory, not the runs': a study changes no run's file before it claims the run, so
+    a refused study changes none, and another process of the study running that run keeps its own."""
     refused: dict[str, list[str]] = {}  # error -> presets
-    for preset in study.presets:
-        unfinished = [seed for seed in study.seeds if finished_record(study.run_dir(preset, seed)) is None]
-        untested = {seed: tests_to_do(study, preset, seed) for seed in study.seeds}
-        to_test = [name for name in study.benchmarks if any(name in todo for todo in untested.values())]
-        if not unfinished and not to_test:
-            continue
-        seed = unfinished[0] if unfinished else next(seed for seed in study.seeds if untested[seed])
-        run_dir = study.run_dir(preset, seed)
-        with left_as_found(run_dir / "run.yaml"):
-            run_yaml, _ = write_run_yaml(study, preset, seed)
-            configs = [f"--config={path}" for path in run_configs(study, preset, seed)]
+    with tempfile.TemporaryDirectory(prefix="rgra-ablate-") as scratch:
+        for preset in study.presets:
+            unfinished = [
+                seed for seed in study.seeds if finished_record(study.run_dir(preset, seed)) is None
+            ]
+            untested = {seed: tests_to_do(study, preset, seed) for seed in study.seeds}
+            to_test = [name for name in study.benchmarks if any(name in todo for todo in untested.values())]
+            if not unfinished and not to_test:
+                continue
+            seed = unfinished[0] if unfinished else next(seed for seed in study.seeds if untested[seed])
+            run_yaml = Path(scratch) / "run.yaml"
+            run_yaml.write_text(yaml.safe_dump(run_config(study, preset, seed), sort_keys=False))
+            configs = [f"--config={path}" for path in [*run_configs(study, preset, seed)[:-1], run_yaml]]
+            errors = []
             if unfinished:
-                error = _parser_error(["fit", *configs], run_yaml, study_path, "overrides")
-                if error:
-                    refused.setdefault(error, []).append(preset)
+                errors.append(_parser_error(["fit", *configs], run_yaml, study_path, "overrides"))
+            tested = [f"--config={path}" for path in [*tested_configs(study, preset, seed)[:-1], run_yaml]]
             for name in to_test:
-                test_yaml = benchmark_dir(run_dir, name) / "test.yaml"
-                with left_as_found(test_yaml):
-                    write_test_yaml(study, preset, seed, name)
-                    tested = [f"--config={path}" for path in tested_configs(study, preset, seed)]
-                    error = _parser_error(
-                        ["test", *tested, f"--config={test_yaml}"],
-                        test_yaml,
-                        study_path,
-                        f"benchmarks.{name}",
-                    )
-                if error:
-                    refused.setdefault(error, []).append(preset)
+                test_yaml = Path(scratch) / "test.yaml"
+                test_yaml.write_text(
+                    yaml.safe_dump(benchmark_layer(study, preset, seed, name), sort_keys=False)
+                )
+                args = ["test", *tested, f"--config={test_yaml}"]
+                errors.append(_parser_error(args, test_yaml, study_path, f"benchmarks.{name}"))
+            for error in filter(None, errors):
+                refused.setdefault(error, []).append(preset)
     return [
         f"{error} (preset{'s' * (len(names) > 1)} {', '.join(names)})" for error, names in refused.items()
     ]
@@ -659,24 +686,6 @@ def _parser_error(args: list[str], layer_yaml: Path, study_path: Path, section: 
     return None
 
 
-@contextlib.contextmanager
-def left_as_found(path: Path) -> Iterator[None]:
-    """Restore ``path`` on exit as it was on entry: its text, or no file and none of the directories made
-    for it (a ``run.yaml`` the study's check wrote would otherwise be left by a study it refused)."""
-    previous = path.read_bytes() if path.is_file() else None
-    missing = [parent for parent in reversed(path.parents) if not parent.exists()]  # outermost first
-    try:
-        yield
-    finally:
-        if previous is not None:
-            path.write_bytes(previous)
-        else:
-            path.unlink(missing_ok=True)
-            for directory in reversed(missing):
-                with contextlib.suppress(OSError):  # not empty: something else was written there
-                    directory.rmdir()
-
-
 def _in_study_file(error: str, layer_yaml: Path, study_path: Path, section: str) -> str:
     """``error`` (``error: LAYER_YAML:LINE: ...``) with ``LAYER_YAML:LINE`` replaced by the line of the
     study file's ``section`` (``overrides``, ``benchmarks.<name>``) that wrote it, where it was one of
@@ -692,13 +701,34 @@ def tested_configs(study: Study, preset: str, seed: int) -> list[Path]:
     (``run_configs``), but for a preset that switches the model to another module, such as the paper's
     supervised baseline (``configs/paper/gsm8k-sft.yaml``: an ``SFTModule``, which tests its loss only),
     which is left out: its run's checkpoint is tested by the base config's module (an ``RLModule`` tests an
-    SFT checkpoint as it tests its own: greedy accuracy), as the ft row of the paper's table is."""
+    SFT checkpoint as it tests its own: greedy accuracy), as the ft row of the paper's table is. A preset of
+    the base's module, however its class path is written, or of a subclass of it, stays."""
     configs = run_configs(study, preset, seed)
-    base = merge(compose(study.base_configs), study.overrides).get("model") or {}
-    run = merge(compose([*study.base_configs, preset_path(preset)]), study.overrides).get("model") or {}
-    if base.get("class_path") != run.get("class_path"):
+    base = (merge(compose(study.base_configs), study.overrides).get("model") or {}).get("class_path")
+    run = (
+        merge(compose([*study.base_configs, preset_path(preset)]), study.overrides).get("model") or {}
+    ).get("class_path")
+    if base and run and not _is_module_of(run, base):
         configs.remove(preset_path(preset))
     return configs
+
+
+@functools.lru_cache(maxsize=64)
+def _is_module_of(run: str, base: str) -> bool:
+    """Whether class path ``run`` names the class ``base`` names, or a subclass of it: a class has several
+    paths (``rgra_lightning.RLModule``, ``rgra_lightning.module.RLModule``). False where one names no class
+    (the parser reports that)."""
+    if run == base:
+        return True
+    from rgra_lightning.parser_errors import imported  # the modules: only for two different paths
+
+    try:
+        run_class, base_class = imported(run), imported(base)
+        return (
+            isinstance(run_class, type) and isinstance(base_class, type) and issubclass(run_class, base_class)
+        )
+    except (ImportError, AttributeError, ValueError):
+        return False
 
 
 def test_settings(study: Study, preset: str, seed: int, name: str) -> dict[str, Any]:
@@ -731,7 +761,9 @@ def tests_to_do(study: Study, preset: str, seed: int) -> list[str]:
     ]
 
 
-def run_benchmarks(study: Study, preset: str, seed: int, prefix: str, refused: set[str]) -> int:
+def run_benchmarks(
+    study: Study, preset: str, seed: int, prefix: str, refused: set[str], keep_fds: tuple[int, ...] = ()
+) -> int:
     """Test a finished run on each benchmark it is still to be tested on (``tests_to_do``), a line each;
     the number of tests that failed. One made with other settings than the study's now is made again. A
     benchmark whose test ``rgra test`` refused (``CONFIG_REFUSED``: its data unreachable, say) joins
@@ -758,7 +790,7 @@ def run_benchmarks(study: Study, preset: str, seed: int, prefix: str, refused: s
             continue
         print(f"{prefix}: testing on {name} (log: {benchmark_dir(run_dir, name) / 'log.txt'})", flush=True)
         try:
-            record = run_benchmark(study, preset, seed, name, settings, prefix)
+            record = run_benchmark(study, preset, seed, name, settings, prefix, keep_fds)
         except (KeyboardInterrupt, SystemExit):
             print(
                 f"{prefix}: {name}: interrupted: run the same command again to test it and go on", flush=True
@@ -784,7 +816,13 @@ def run_benchmarks(study: Study, preset: str, seed: int, prefix: str, refused: s
 
 
 def run_benchmark(
-    study: Study, preset: str, seed: int, name: str, settings: dict[str, Any], prefix: str
+    study: Study,
+    preset: str,
+    seed: int,
+    name: str,
+    settings: dict[str, Any],
+    prefix: str,
+    keep_fds: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Test the run's last checkpoint on benchmark ``name`` in a subprocess (``rgra test``), printing how
     long it has run every ``PROGRESS_EVERY_S``; its record, also written to the test's ``done.json`` where
@@ -805,7 +843,7 @@ def run_benchmark(
     with open(directory / "log.txt", "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        returncode = fit_reporting(command, log, report, PROGRESS_EVERY_S, STOP_TIMEOUT_S, "test")
+        returncode = fit_reporting(command, log, report, PROGRESS_EVERY_S, STOP_TIMEOUT_S, "test", keep_fds)
     written = sorted(set(events.glob("events.out.tfevents.*")) - before)
     record = {
         "benchmark": name,
@@ -882,19 +920,20 @@ def run_study(study: Study) -> int:
     on."""
     jobs = [(preset, seed) for seed in study.seeds for preset in study.presets]  # every preset early
     failures = Failures()
-    elsewhere = 0
+    held_elsewhere: list[Path] = []
     for index, (preset, seed) in enumerate(jobs, start=1):
         prefix = f"[{index}/{len(jobs)}] {study.label(preset)} seed {seed}"
-        with claimed(study.run_dir(preset, seed)) as holder:
-            if holder is not None:
-                elsewhere += 1
-                print(f"{prefix}: held by another rgra ablate ({holder}), skipped", flush=True)
+        with claimed(study.run_dir(preset, seed)) as claim:
+            if isinstance(claim, str):
+                held_elsewhere.append(study.run_dir(preset, seed))
+                print(f"{prefix}: held by another rgra ablate ({claim}), skipped", flush=True)
                 continue
-            run_job(study, preset, seed, prefix, failures)
+            run_job(study, preset, seed, prefix, failures, (claim,))
     summary = summarise(study, benchmark_results(study))
     counts = [f"{failures.runs} run(s)"] * bool(failures.runs)
     counts += [f"{failures.tests} benchmark test(s)"] * bool(failures.tests)
     retry = f"; {' and '.join(counts)} failed; rerun to retry them" if counts else ""
+    elsewhere = sum(finished_record(run_dir) is None for run_dir in held_elsewhere)  # not finished by now
     held = (
         f"; {elsewhere} run(s) held by another process: --summary_only adds them once done"
         if elsewhere
@@ -916,33 +955,37 @@ class Failures:
 
 
 @contextlib.contextmanager
-def claimed(run_dir: Path) -> Iterator[str | None]:
+def claimed(run_dir: Path) -> Iterator[int | str]:
     """Hold the run's claim while the body runs: an exclusive lock on ``<run_dir>.lock`` beside the run's
     directory (``locks.take_lock``), so that two ``rgra ablate`` processes of one study (one per
-    GPU) never run or test one run together, nor set aside each other's event files. Yields None, or the
+    GPU) never run or test one run together, nor set aside each other's event files. Yields the descriptor
+    that holds it (a fit or test given it holds the claim too, until it ends: ``fit_reporting``), or the
     holder's record (``process 123 on host``) where another process holds it."""
     held = take_lock(f"{run_dir}.lock")
     if isinstance(held, str):
         yield held
         return
     try:
-        yield None
+        yield held
     finally:
-        os.close(held)  # releases the lock
+        os.close(held)  # releases the lock, unless a fit started under it still runs
 
 
-def run_job(study: Study, preset: str, seed: int, prefix: str, failures: Failures) -> None:
+def run_job(
+    study: Study, preset: str, seed: int, prefix: str, failures: Failures, keep_fds: tuple[int, ...] = ()
+) -> None:
     """Run one (preset, seed) unless it finished, then test it on the benchmarks (``run_benchmarks``),
     counting what fails in ``failures``. A preset whose run exits with ``CONFIG_REFUSED`` is not run with
     its other seeds: only the seed differs between them, so each would be refused the same way (the hub
     unreachable, a GPU config on a CPU) after loading the same models. A diverged run
     (``TRAINING_DIVERGED``) does not stop the others: another seed may not diverge; nor does one refused for
-    its own directory or checkpoint (``RUN_REFUSED``: another process holds it, say)."""
+    its own directory or checkpoint (``RUN_REFUSED``: another process holds it, say). Its fit and tests
+    inherit ``keep_fds``, the run's claim."""
     run_dir = study.run_dir(preset, seed)
     label = study.label(preset)
     if finished_record(run_dir) is not None:
         print(f"{prefix}: done already, skipped", flush=True)
-        failures.tests += run_benchmarks(study, preset, seed, prefix, failures.refused_benchmarks)
+        failures.tests += run_benchmarks(study, preset, seed, prefix, failures.refused_benchmarks, keep_fds)
         return
     if preset in failures.refused_presets:
         failures.runs += 1
@@ -950,7 +993,7 @@ def run_job(study: Study, preset: str, seed: int, prefix: str, failures: Failure
         return
     print(f"{prefix}: {starting(run_dir)} (log: {run_dir / 'log.txt'})", flush=True)
     try:
-        record = run_one(study, preset, seed, prefix)
+        record = run_one(study, preset, seed, prefix, keep_fds)
     except (KeyboardInterrupt, SystemExit):
         print(f"{prefix}: {interrupted(run_dir)}", flush=True)
         raise
@@ -961,7 +1004,7 @@ def run_job(study: Study, preset: str, seed: int, prefix: str, failures: Failure
             f"{record['final_val_accuracy']}, best after step 0 {record['best_val_accuracy']}",
             flush=True,
         )
-        failures.tests += run_benchmarks(study, preset, seed, prefix, failures.refused_benchmarks)
+        failures.tests += run_benchmarks(study, preset, seed, prefix, failures.refused_benchmarks, keep_fds)
         return
     failures.runs += 1
     if code == CONFIG_REFUSED:

@@ -185,13 +185,13 @@ def summarise(study: Study, tested: dict[str, dict[str, list[dict[str, float]]]]
         for seed in study.seeds:
             curve, record = finished_curve(study.run_dir(preset, seed))
             finished[label] = finished.get(label, 0) + bool(record)
+            if record.get("steps_per_s"):
+                speeds.setdefault(label, []).append(record["steps_per_s"])
             if not curve:
                 continue
             curves.setdefault(label, []).append(curve)
             for name, value in curve_metrics(curve).items():
                 metrics.setdefault(label, {}).setdefault(name, []).append(value)
-            if record.get("steps_per_s"):
-                speeds.setdefault(label, []).append(record["steps_per_s"])
     labels = [study.label(preset) for preset in study.presets]
     names = ("initial", "final", "best", "mean")
     rows = []

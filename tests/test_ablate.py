@@ -1012,6 +1012,7 @@ def test_a_run_another_study_process_holds_is_skipped_untouched(study_file, fake
     running = study.run_dir("rgra", 0)
     (running / "tensorboard").mkdir(parents=True)
     (running / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"")  # the other fit's, so far
+    (running / "run.yaml").write_bytes(b"the other process's: kept as it is\r\n")  # the checks write none
     held = ablate.take_lock(f"{running}.lock")
     try:
         assert ablate.main(["--config", str(path)]) == 0
@@ -1021,6 +1022,7 @@ def test_a_run_another_study_process_holds_is_skipped_untouched(study_file, fake
     assert f"[1/2] rgra seed 0: held by another rgra ablate (process {os.getpid()} on " in out
     assert [command[-1] for command in fake_fits] == [f"--config={study.run_dir('raft', 0) / 'run.yaml'}"]
     assert event_files(running) == ["events.out.tfevents.1.host"] and not (running / "started.json").exists()
+    assert (running / "run.yaml").read_bytes() == b"the other process's: kept as it is\r\n"
     assert "(1 run(s) held by another process: --summary_only adds them once done)" in out
 
 
@@ -1049,3 +1051,53 @@ def test_a_finished_run_without_a_validation_curve_counts_as_done(study_file):
     study.run_dir("rgra", 0).mkdir(parents=True)
     (study.run_dir("rgra", 0) / "done.json").write_text('{"returncode": 0, "event_files": []}')
     assert "| rgra | 1/2 | n/a |" in summarise(study).read_text()
+
+
+CLAIMED_FIT = """
+import signal, sys, time
+from pathlib import Path
+from rgra_lightning import ablate
+run_dir, log = Path(sys.argv[1]), open(sys.argv[2], "w")
+child = "import signal, sys, time\\n"
+child += "def save(*_):\\n    time.sleep(1); print('saved', flush=True); sys.exit(143)\\n"
+child += "signal.signal(signal.SIGTERM, save); print('started', flush=True); time.sleep(60)"
+with ablate.claimed(run_dir) as claim:
+    ablate.fit_reporting([sys.executable, "-c", child], log, lambda: None, 0.05, 30.0, "fit", (claim,))
+"""
+
+
+def test_a_fit_outlives_a_killed_study_holding_its_claim_and_is_told_to_stop(tmp_path):
+    """A study killed with SIGKILL (or by the out-of-memory killer) left its fit running unclaimed on its
+    GPU: another study process took the run and moved the running fit's event files aside. The fit now
+    holds the claim too, and is sent SIGTERM (on which rgra fit saves and exits) when the study dies."""
+    run_dir, log = tmp_path / "runs" / "rgra" / "seed0", tmp_path / "log.txt"
+    study = subprocess.Popen([sys.executable, "-c", CLAIMED_FIT, str(run_dir), str(log)])
+    deadline = time.monotonic() + 120
+    while "started" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and study.poll() is None
+        time.sleep(0.05)
+    study.kill()
+    study.wait()
+    assert isinstance(ablate.take_lock(f"{run_dir}.lock"), str)  # the fit holds it while it saves
+    while "saved" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    while isinstance(held := ablate.take_lock(f"{run_dir}.lock"), str):  # free once the fit has exited
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.close(held)
+
+
+def test_a_preset_of_the_base_module_written_another_way_is_tested_with_its_preset(study_file, tmp_path):
+    alias = tmp_path / "alias.yaml"
+    alias.write_text(yaml.safe_dump({"model": {"class_path": "rgra_lightning.module.RLModule"}}))
+    study = ablate.load_study(study_file(presets=[str(alias)], seeds=[0], benchmarks={"val12": VAL12}))
+    assert alias in ablate.tested_configs(study, str(alias), 0)
+
+
+def test_a_finished_run_without_a_curve_keeps_its_speed(study_file):
+    path = study_file(presets=["rgra"], seeds=[0])
+    study = ablate.load_study(path)
+    study.run_dir("rgra", 0).mkdir(parents=True)
+    (study.run_dir("rgra", 0) / "done.json").write_text('{"steps_per_s": 0.64, "event_files": []}')
+    assert "| rgra | 1/1 | n/a | n/a | n/a | n/a | 0.64 |" in summarise(study).read_text()

@@ -164,6 +164,7 @@ def test_only_a_whole_set_is_read_as_set_builder_notation():
         ("x<-1 \\text{ and } x>1", "x<-1, x>1", True),
         ("x<-1 \\text{ and } x>1", "\\emptyset", False),
         ("x<5 \\text{ and } x>7", "x<-1 \\text{ and } x>1", False),  # not two equal empty sets
+        ("x<-1 \\text{ and } x>1 \\text{ or } x>5", "x>5", False),  # nor an empty part of a union
         # answer lists written with "and"/"or" stay lists
         ("x=1 \\text{ or } x=3", "1, 3", True),
         ("x=1 \\text{ or } x=3", "x=1 \\text{ and } x=3", True),

@@ -327,4 +327,6 @@ def test_a_misspelt_option_is_named_before_a_required_one_it_leaves_out(capsys):
             == f"error: unrecognized arguments: {named}: did you mean {close}? (tool --help)\n"
         )
     assert parser.parse_args(["--config", "x", "--seed", "-3"]).seed == -3  # a negative number is a value
-    assert parser.parse_args(["--config", "x"]).config == "x"
+    assert parser.parse_args(["--config", "-a b"]).config == "-a b"  # a value argparse reads as one
+    parser.add_argument("-v", action="count", default=0)
+    assert parser.parse_args(["--config=x", "-vv"]).v == 2  # short options are argparse's to read
