@@ -28,11 +28,10 @@ import inspect
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import rewards
-from rewards.errors import ToolParser
+from rewards.errors import ToolParser, program_name
 from rewards.verifiers import Verifier, finite_score
 
 BATCH_ROWS = 256  # rows per verifier batch: enough to keep the workers busy, small enough to stream
@@ -177,14 +176,6 @@ def _positive(kind: type) -> Any:
 
     parse.__name__ = kind.__name__
     return parse
-
-
-def program_name() -> str:
-    """How this process was started, for usage and error messages: ``rgra`` (the console script, which runs
-    ``rgra score`` here) or ``python -m rewards`` / ``python -m rgra_lightning`` (argparse's default before
-    Python 3.14 says ``__main__.py``)."""
-    path = Path(sys.argv[0])
-    return f"python -m {path.parent.name}" if path.name == "__main__.py" else path.name
 
 
 def main(argv: list[str] | None = None) -> int:

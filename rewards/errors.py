@@ -17,6 +17,7 @@ import difflib
 import re
 import sys
 import typing
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -146,3 +147,11 @@ class ToolParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"error: {message} ({self.prog} --help)\n")
+
+
+def program_name() -> str:
+    """How this process was started, for usage and error messages: ``rgra`` (the console script, which runs
+    ``rgra score`` here) or ``python -m rewards`` / ``python -m rgra_lightning`` (argparse's default before
+    Python 3.14 says ``__main__.py``)."""
+    path = Path(sys.argv[0])
+    return f"python -m {path.parent.name}" if path.name == "__main__.py" else path.name

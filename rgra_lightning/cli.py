@@ -29,7 +29,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from rewards.errors import ParagraphHelpFormatter
+from rewards.errors import ParagraphHelpFormatter, program_name
 from rewards.verifiers import Verifier
 from rgra_lightning.callbacks import LineProgressBar
 from rgra_lightning.checkpointing import (
@@ -68,10 +68,12 @@ _SPLIT_DATA_MODULE = {
 class FullNameParser(LightningArgumentParser):
     """The parser with every option named in full: argparse would take a unique prefix of one for it
     (``--model.loss.advantage.scal``), where the same key in a YAML file is an error. The parsers of the
-    classes a config names are made of the same class, so this holds at every level."""
+    classes a config names are made of the same class, so this holds at every level, and so does the program
+    name usage lines give, ``python -m rgra_lightning`` or ``rgra`` (argparse's: ``__main__.py``)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("prog", program_name())
         super().__init__(*args, **kwargs)
 
 

@@ -1,6 +1,7 @@
 """The command line: misspelled keys and invalid values are one-line errors naming the field."""
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -605,3 +606,17 @@ def test_print_config_refuses_what_the_run_would_refuse(printing, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", config, printing])
     assert exit_info.value.code in (0, None) and "top_p: 1.0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv0", "prog"),
+    [("/src/rgra_lightning/__main__.py", "python -m rgra_lightning"), ("/venv/bin/rgra", "rgra")],
+)
+def test_usage_lines_name_the_program_as_it_was_started(argv0, prog, capsys, monkeypatch):
+    """``python -m rgra_lightning fit --model.help ...`` printed ``usage: __main__.py ...``."""
+    monkeypatch.setattr(sys, "argv", [argv0])
+    for args in (["fit", "--help"], ["fit", "--model.help", "rgra_lightning.RLModule"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: {prog} ")
