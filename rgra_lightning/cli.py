@@ -181,10 +181,10 @@ class RLCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """A GPU config on a machine without a GPU, a ``--ckpt_path`` that does not exist or is no
         checkpoint (a directory other than a sharded checkpoint), a value the model's option dataclasses
-        refuse (``check_option_values``), or a ``fit`` of data options the data module's
-        ``check_fit_options`` refuses (MATH-500, which has no training split) fails here, before the model
-        is loaded (a hub model would first be downloaded, or retried for ~40 s offline), in one line saying
-        what to do."""
+        refuse (``check_option_values``), a local data copy that is not there (``check_source``), or a
+        ``fit`` of data options the data module's ``check_fit_options`` refuses (MATH-500, which has no
+        training split) fails here, before the model is loaded (a hub model would first be downloaded, or
+        retried for ~40 s offline), in one line saying what to do."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         accelerator = config.trainer.accelerator
         has_gpu = torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available())
@@ -199,10 +199,12 @@ class RLCLI(LightningCLI):
         if isinstance(config.get("model"), Namespace) and config.model.get("class_path"):
             check_option_values(config.model, self.given_arguments)
         data = config.get("data")
-        if self.subcommand == "fit" and isinstance(data, Namespace) and data.get("class_path"):
-            data_class = imported(data.class_path)
-            if hasattr(data_class, "check_fit_options"):  # DatasetDataModule: a preset without training split
-                data_class.check_fit_options(vars(data.get("init_args") or Namespace()))
+        if isinstance(data, Namespace) and data.get("class_path"):
+            data_class, init_args = imported(data.class_path), vars(data.get("init_args") or Namespace())
+            if hasattr(data_class, "check_source"):  # DatasetDataModule: a local copy that is not there
+                data_class.check_source(init_args)
+            if self.subcommand == "fit" and hasattr(data_class, "check_fit_options"):  # no training split
+                data_class.check_fit_options(init_args)
 
     def instantiate_trainer(self, **kwargs: object) -> Trainer:
         """The trainer, with ``AgreedStop`` and ``RunDirectoryLock``; a setting it cannot run with

@@ -70,7 +70,7 @@ def one_line_error(args: list[str], capsys, status: int = 2) -> str:
     from rgra_lightning.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(args, run=args[0] == "fit")
+        main(args, run=args[0] in ("fit", "validate", "test", "predict"))
     assert exit_info.value.code == status
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1

@@ -1101,3 +1101,19 @@ def test_a_finished_run_without_a_curve_keeps_its_speed(study_file):
     study.run_dir("rgra", 0).mkdir(parents=True)
     (study.run_dir("rgra", 0) / "done.json").write_text('{"steps_per_s": 0.64, "event_files": []}')
     assert "| rgra | 1/1 | n/a | n/a | n/a | n/a | 0.64 |" in summarise(study).read_text()
+
+
+def test_a_benchmark_of_a_local_copy_that_is_not_there_stops_the_study_before_any_run(
+    study_file, small_config, tmp_path, fake_fits, capsys
+):
+    base = small_config("rgra", data_module="DatasetDataModule").rename(tmp_path / "dataset.yaml")
+    amc23 = {"data": {"init_args": {"preset": "amc23", "source": str(tmp_path / "no-such-copy")}}}
+    overrides = {"data": {"init_args": {"preset": "gsm8k", "source": "openai/gsm8k"}}}
+    path = study_file(
+        base_config=str(base), presets=["rgra"], seeds=[0], overrides=overrides, benchmarks={"amc23": amc23}
+    )
+    assert ablate.main(["--config", str(path)]) == 2 and fake_fits == []
+    assert (
+        f"data.source '{tmp_path / 'no-such-copy'}': no such file or directory (preset rgra)"
+        in capsys.readouterr().err
+    )

@@ -620,3 +620,10 @@ def test_usage_lines_name_the_program_as_it_was_started(argv0, prog, capsys, mon
             main(args)
         assert exit_info.value.code == 0
         assert capsys.readouterr().out.startswith(f"usage: {prog} ")
+
+
+def test_testing_on_a_local_copy_that_is_not_there_is_refused_before_any_model_loads(small_config, capsys):
+    config = str(small_config("rgra", data_module="DatasetDataModule"))
+    args = ["test", "--config", config, "--data.preset=amc23", "--data.source=no-such-dir"]
+    args.append("--model.model_path=no-such-owner/no-such-model")
+    assert one_line_error(args, capsys) == "error: data.source 'no-such-dir': no such file or directory"

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from rgra_lightning.data.base import check_val_size
-from rgra_lightning.data.records import Record, ReferenceFormat, load_rows
+from rgra_lightning.data.records import Record, ReferenceFormat, check_local_source, load_rows
 from rgra_lightning.data.text import ROW_DEFAULTS, TextDataModule
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import resolve_path
@@ -144,6 +144,16 @@ class DatasetDataModule(TextDataModule):
             f"{where} has no training split to fit on: set data.train_split, or evaluate with validate or "
             "test"
         )
+
+    @staticmethod
+    def check_source(init_args: Mapping[str, Any]) -> None:
+        """A ``ConfigError`` where the options (``data.init_args``) name a local copy that is not there
+        (``records.check_local_source``; any source of a preset that reads local copies only): the CLI's
+        check of every subcommand before the model loads, as ``setup`` would find it only after (for ``rgra
+        ablate``'s benchmarks, before the study's first run)."""
+        source, preset = init_args.get("source"), init_args.get("preset")
+        if source is not None:
+            check_local_source(source, local_only=preset in PRESETS and PRESETS[preset].source is None)
 
     def train_dataloader(self) -> DataLoader:
         """The base's loader, where ``check_fit_options`` finds a training split."""

@@ -203,15 +203,23 @@ class Rows(NamedTuple):
         return self.places[index] if self.places is not None else f"{self.where} row {index}"
 
 
+def check_local_source(source: str, local_only: bool = False) -> None:
+    """``DatasetError`` where ``source`` names a local file or directory that is not there: a path
+    (``looks_local``, or a name ending as a dataset file does) or, with ``local_only`` (a preset that reads
+    local copies only), any name. A hub name is left to ``load_rows`` to reach."""
+    path = Path(resolve_path(source)).expanduser()
+    if not path.exists() and (local_only or looks_local(str(path)) or path.suffix in _SUFFIXES):
+        raise DatasetError(f"data.source {source!r}: no such file or directory")
+
+
 def load_rows(source: str, split: str, source_config: str | None = None) -> Rows:
     """One split of a dataset: a local file (its only split is ``train``), a dataset directory
     (``directory_rows``), or a hub name (``source_config`` is its configuration)."""
     path = Path(resolve_path(source)).expanduser()
     if path.is_dir():
         return directory_rows(path, source, split)
+    check_local_source(source)
     if looks_local(str(path)) or path.suffix in _SUFFIXES:
-        if not path.is_file():
-            raise DatasetError(f"data.source {source!r}: no such file or directory")
         if split != "train":
             raise DatasetError(f"dataset file {source!r} is a single file: its only split is 'train'")
         return file_rows(path)

@@ -451,3 +451,26 @@ def test_a_mistyped_source_fails_at_once_in_one_line_naming_data_source(tmp_path
         f"data.source 'shared/gsm8k' is no local file or directory (none in {tmp_path}), and as a hub "
         "dataset it is neither in the local cache nor reachable (offline): give a local file or directory"
     )
+
+
+def test_a_local_copy_that_is_not_there_is_named_before_anything_loads(tmp_path):
+    """``setup`` found it, after the model had loaded (minutes for a real one): for ``rgra test``, and for
+    ``rgra ablate``'s benchmarks once per run, the check of the CLI finds it first."""
+    missing = str(tmp_path / "amc23")
+    for options in (
+        {"preset": "amc23", "source": missing},
+        {"preset": "amc23", "source": "amc23"},  # a local-only preset: no hub name to fall back on
+        {"preset": None, "source": "./gsm8k/test.jsonl"},
+        {"preset": "gsm8k", "source": str(tmp_path / "gsm8k")},
+    ):
+        with pytest.raises(
+            DatasetError, match=f"^data.source {options['source']!r}: no such file or directory$"
+        ):
+            DatasetDataModule.check_source(options)
+    (tmp_path / "amc23").mkdir()
+    for options in (
+        {"preset": "amc23", "source": missing},
+        {"preset": "gsm8k", "source": "openai/gsm8k"},  # a hub name, reached at setup
+        {"preset": "gsm8k", "source": None},
+    ):
+        DatasetDataModule.check_source(options)
