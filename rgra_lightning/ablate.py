@@ -809,9 +809,7 @@ def run_benchmarks(
         if code == CONFIG_REFUSED:
             refused.add(name)
         meaning = exit_meaning(code) if code else "it logged no test/* metric"
-        tail = (benchmark_dir(run_dir, name) / "log.txt").read_text().strip().splitlines()[-5:]
-        status = f"exit {code}: {meaning}" if meaning else f"exit {code}"
-        print(f"{prefix}: {name}: FAILED ({status}); last lines:", *tail, sep="\n  ", flush=True)
+        report_failure(f"{prefix}: {name}", code, meaning, benchmark_dir(run_dir, name) / "log.txt")
     return failed
 
 
@@ -1009,8 +1007,13 @@ def run_job(
     failures.runs += 1
     if code == CONFIG_REFUSED:
         failures.refused_presets.add(preset)
-    meaning = exit_meaning(code)
-    tail = (run_dir / "log.txt").read_text().strip().splitlines()[-5:]
+    report_failure(prefix, code, exit_meaning(code), run_dir / "log.txt")
+
+
+def report_failure(prefix: str, code: int, meaning: str | None, log: Path) -> None:
+    """The lines of a failed fit or test: ``PREFIX: FAILED (exit CODE: MEANING); last lines:`` and the last
+    5 lines of its ``log``, indented."""
+    tail = log.read_text().strip().splitlines()[-5:]
     status = f"exit {code}: {meaning}" if meaning else f"exit {code}"
     print(f"{prefix}: FAILED ({status}); last lines:", *tail, sep="\n  ", flush=True)
 
