@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rgra_lightning.ablation_summary import json_record
+from rgra_lightning.ablation_summary import json_record, latest_scalars
 from rgra_lightning.config_files import changes, merge
 from rgra_lightning.errors import ConfigError
 
@@ -116,19 +116,8 @@ def current_test(run_dir: Path, name: str, settings: dict[str, Any]) -> tuple[di
 
 def logged_test_metrics(event_files: list[Path]) -> dict[str, float]:
     """The ``test/*`` scalars in these TensorBoard event files (the last value written of each), by tag."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    latest: dict[str, tuple[float, float]] = {}  # tag -> (wall time, value)
-    for path in event_files:
-        accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            if not tag.startswith(TEST_PREFIX):
-                continue
-            for event in accumulator.Scalars(tag):
-                if tag not in latest or event.wall_time >= latest[tag][0]:
-                    latest[tag] = (event.wall_time, event.value)
-    return {tag: value for tag, (_, value) in sorted(latest.items())}
+    scalars = latest_scalars(event_files, lambda tag: tag.startswith(TEST_PREFIX))
+    return {tag: max(points.values())[1] for tag, points in sorted(scalars.items())}  # the latest wall time
 
 
 def without_last_checkpoint(config: dict[str, Any]) -> str | None:

@@ -11,6 +11,7 @@ import math
 import re
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,19 +42,29 @@ def event_files(run_dir: Path) -> list[str]:
 def read_curve(run_dir: Path, tag: str = VAL_TAG, files: list[str] | None = None) -> list[tuple[int, float]]:
     """``(step, value)`` of a scalar across the run's event files named in ``files`` (None: every one; a
     resumed fit writes one per attempt), the latest write winning per step."""
+    names = event_files(run_dir) if files is None else files
+    paths = [run_dir / "tensorboard" / name for name in names]
+    points = latest_scalars(paths, lambda name: name == tag).get(tag, {})
+    return [(step, points[step][1]) for step in sorted(points)]
+
+
+def latest_scalars(
+    paths: list[Path], wanted: Callable[[str], bool]
+) -> dict[str, dict[int, tuple[float, float]]]:
+    """The scalars of these TensorBoard event files whose tag is ``wanted``: tag -> step -> (wall time,
+    value), the latest write of each step winning."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    names = event_files(run_dir) if files is None else files
-    points: dict[int, tuple[float, float]] = {}
-    for name in names:
-        accumulator = EventAccumulator(str(run_dir / "tensorboard" / name), size_guidance={"scalars": 0})
+    scalars: dict[str, dict[int, tuple[float, float]]] = {}
+    for path in paths:
+        accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
         accumulator.Reload()
-        if tag not in accumulator.Tags()["scalars"]:
-            continue
-        for event in accumulator.Scalars(tag):
-            if event.step not in points or event.wall_time >= points[event.step][0]:
-                points[event.step] = (event.wall_time, event.value)
-    return [(step, points[step][1]) for step in sorted(points)]
+        for tag in filter(wanted, accumulator.Tags()["scalars"]):
+            points = scalars.setdefault(tag, {})
+            for event in accumulator.Scalars(tag):
+                if event.step not in points or event.wall_time >= points[event.step][0]:
+                    points[event.step] = (event.wall_time, event.value)
+    return scalars
 
 
 def mean_std(values: list[float], seeds: int) -> str:
