@@ -75,7 +75,6 @@ from rgra_lightning.ablation_benchmarks import (
     benchmark_command,
     benchmark_dir,
     benchmark_layer,
-    benchmark_settings,
     current_test,
     logged_test_metrics,
     parse_benchmarks,
@@ -737,7 +736,7 @@ def test_settings(study: Study, preset: str, seed: int, name: str) -> dict[str, 
     was made with) and the test's layer."""
     files = tested_configs(study, preset, seed)[:-1]  # all but run.yaml, composed from its layer instead
     run = merge(compose(files), run_config(study, preset, seed))
-    return as_recorded(benchmark_settings(run, benchmark_layer(study, preset, seed, name)))
+    return as_recorded(merge(run, benchmark_layer(study, preset, seed, name)))
 
 
 def write_test_yaml(study: Study, preset: str, seed: int, name: str) -> Path:

@@ -94,18 +94,13 @@ def benchmark_command(run_configs: list[Path], test_yaml: Path, run_dir: Path) -
     ]
 
 
-def benchmark_settings(run_config: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
-    """The composed config of a test: the run's (as its ``done.json`` records it) with the test's layer."""
-    return merge(run_config, layer)
-
-
 def finished_test(run_dir: Path, name: str) -> dict[str, Any] | None:
     """A finished test's record (its ``done.json``), or None where it has none that holds a JSON record."""
     return json_record(benchmark_dir(run_dir, name) / "done.json")
 
 
 def current_test(run_dir: Path, name: str, settings: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """A finished test's record if it was made with ``settings`` (``benchmark_settings``), else None, and
+    """A finished test's record if it was made with ``settings`` (its composed config), else None, and
     which settings changed (``config_files.changes``; empty where none did or no test finished)."""
     record = finished_test(run_dir, name)
     if record is None:
