@@ -31,7 +31,7 @@ from rgra_lightning.distributed import is_sharded
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.fused_head import head_token_logprobs
 from rgra_lightning.models import is_activation_checkpointing
-from rgra_lightning.prompt_cache import distinct_prompts, position_ids, repeatable
+from rgra_lightning.prompt_cache import distinct_prompts, last_positions, position_ids, repeatable
 from rgra_lightning.rollout import Rollout
 from rgra_lightning.versions import CACHE
 
@@ -210,7 +210,7 @@ def completion_features(model: PreTrainedModel, rollout: Rollout) -> tuple[Tenso
             attention_mask=prompt_mask,
             position_ids=position_ids(prompt_mask),
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=last_positions(1, prompt_ids.shape[1], prompt_ids.device),
         )
         if repeatable(cache):
             cache.batch_select_indices(row_prompt)
@@ -229,7 +229,10 @@ def completion_features(model: PreTrainedModel, rollout: Rollout) -> tuple[Tenso
         input_ids=rollout.input_ids,
         attention_mask=rollout.attention_mask,
         position_ids=positions,
-        logits_to_keep=num_completion + 1,  # only the positions that predict completion tokens
+        # only the positions that predict completion tokens
+        logits_to_keep=last_positions(
+            num_completion + 1, rollout.input_ids.shape[1], rollout.input_ids.device
+        ),
         use_cache=False,  # nothing reads it (the config's True builds one, and warns under checkpointing)
     )
     return features[:, :-1], head

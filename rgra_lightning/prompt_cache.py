@@ -24,6 +24,17 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
+def last_positions(count: int, length: int, device: torch.device) -> Tensor:
+    """A ``logits_to_keep`` for the last ``count`` of ``length`` positions, as their indices ``[count]``.
+
+    The model then gathers those positions' hidden states into a contiguous ``[N, count, H]``; an int
+    keeps a strided slice of them, which ``torch.matmul`` does not fold into one matrix multiply when the
+    head's weight needs no gradient (a LoRA policy's, a frozen reference's or reward model's), and on the
+    CPU in bfloat16 the batched multiply it runs instead copies the whole head weight for every row: 2.4 s
+    of a 2.6 s prompt prefill of a Qwen2.5-0.5B LoRA policy (151,936 x 896 head, 2 prompts)."""
+    return torch.arange(length - count, length, device=device)
+
+
 def distinct_prompts(prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
     """The distinct rows of left-padded prompts ``[N, P]`` (ids ``[U, P]`` and mask ``[U, P]``) and each
     row's index among them ``[N]``, or None when no two rows hold the same prompt. Rows are compared by
@@ -42,7 +53,7 @@ def encode_prompts(model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tens
         attention_mask=prompt_mask,
         position_ids=position_ids(prompt_mask),
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=last_positions(1, prompt_ids.shape[1], prompt_ids.device),
     )
     return out.logits[:, -1], getattr(out, CACHE)
 

@@ -64,6 +64,21 @@ def sample(policy, tokenizer, prompts: list[str], config, greedy: bool = False):
     return HFEngine().bind(policy, tokenizer).generate(prompts, config, greedy=greedy)
 
 
+@contextlib.contextmanager
+def head_input_layouts(model: torch.nn.Module):
+    """Yields a list that gets, for every call of ``model``'s output head, whether its input was contiguous.
+    A strided slice of the hidden states reaches a frozen head's ``torch.matmul`` unfolded: a batched
+    multiply that, on the CPU in bfloat16, copies the head's whole weight for every row."""
+    layouts: list[bool] = []
+    handle = model.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: layouts.append(args[0].is_contiguous())
+    )
+    try:
+        yield layouts
+    finally:
+        handle.remove()
+
+
 def one_line_error(args: list[str], capsys, status: int = 2) -> str:
     """Run the CLI expecting a reported error: exit ``status`` (2: a config mistake, 3: training diverged)
     and a single ``error: ...`` line on stderr."""

@@ -9,11 +9,18 @@ from transformers import (
     MistralForCausalLM,
 )
 
+from rgra_lightning import logprobs
 from rgra_lightning.logprobs import token_logprobs
 from rgra_lightning.models import load_tokenizer
-from rgra_lightning.prompt_cache import distinct_prompts, position_ids
+from rgra_lightning.prompt_cache import distinct_prompts, encode_prompts, position_ids
 from rgra_lightning.rollout import Rollout, SamplingConfig
-from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise, rounding_rtol
+from tests.conftest import (
+    LOGPROB_RTOL,
+    TINY_POLICY,
+    assert_close_normwise,
+    head_input_layouts,
+    rounding_rtol,
+)
 from tests.conftest import sample as sample_rollout
 from tests.tiny_models import PROMPTS, tiny_dimensions, tiny_policy
 
@@ -99,3 +106,28 @@ def test_a_prompt_encoded_once_per_micro_batch_gives_the_log_probs_and_gradients
         assert gradients.keys() == full_gradients.keys() and gradients
         for name, gradient in gradients.items():
             assert_close_normwise(gradient, full_gradients[name], gradient_rtol, name)
+
+
+def test_a_frozen_head_gets_the_kept_positions_contiguous(monkeypatch):
+    """The prompt prefill, and the log-prob passes where the head runs inside the forward, hand the output
+    head a contiguous [N, K, H], not a strided slice of the hidden states: with a frozen head (LoRA) the
+    slice made ``torch.matmul`` copy the head's weight per row on the CPU in bfloat16 (2.4 s a rollout on
+    Qwen2.5-0.5B). The logits are the full forward's at the kept positions."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = tiny_policy("llama-lora", tokenizer).eval()
+    assert not policy.get_output_embeddings().weight.requires_grad
+    encoded = tokenizer(PROMPTS, padding=True, padding_side="left", return_tensors="pt")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    with torch.no_grad(), head_input_layouts(policy) as layouts:
+        last, _ = encode_prompts(policy, ids, mask)
+        full = policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+    assert layouts[0] is True
+    torch.testing.assert_close(last, full[:, -1])  # float32, the same sums over 64 features
+    config = SamplingConfig(num_generations=2, max_new_tokens=4, temperature=1.0)
+    rollout = sample_rollout(policy, tokenizer, PROMPTS[:2], config)
+    monkeypatch.setattr(logprobs, "output_head", lambda model: None)  # the head inside the forward
+    # rows sharing their prompts (each encoded once, then the completions); rows that do not (one pass)
+    for rows in (rollout, rollout.select(torch.tensor([0, 2]))):
+        with torch.no_grad(), head_input_layouts(policy) as layouts:
+            token_logprobs(policy, rows)
+        assert layouts and all(layouts), layouts

@@ -36,7 +36,7 @@ from rgra_lightning.models import (
     load_sequence_classifier,
     load_tokenizer,
 )
-from rgra_lightning.prompt_cache import position_ids
+from rgra_lightning.prompt_cache import last_positions, position_ids
 from rgra_lightning.rollout.base import prompt_token_ids
 
 Transform = Literal["sigmoid", "standardize", "none"]
@@ -248,9 +248,9 @@ class RewardModelScorer(Verifier):
             if self.kind == "classifier":
                 scores.append(classifier_scores(self.model, self.tokenizer, chunk, self.max_length))
             else:
-                logits = self.model(
-                    **encode(self.tokenizer, chunk, self.max_length, self.model), logits_to_keep=1
-                )
+                inputs = encode(self.tokenizer, chunk, self.max_length, self.model)
+                length, device = inputs["input_ids"].shape[1], inputs["input_ids"].device
+                logits = self.model(**inputs, logits_to_keep=last_positions(1, length, device))
                 scores.append(judge_log_odds(logits.logits[:, -1], self.judge_token_id))
         return torch.cat(scores).cpu() if scores else torch.zeros(0)
 

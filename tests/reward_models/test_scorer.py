@@ -19,7 +19,13 @@ from rgra_lightning.reward_models.scorer import (
     transform_scores,
 )
 from rgra_lightning.scoring import reward_components, robust_score_batch
-from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise, scalar_tags
+from tests.conftest import (
+    LOGPROB_RTOL,
+    TINY_POLICY,
+    assert_close_normwise,
+    head_input_layouts,
+    scalar_tags,
+)
 from tests.reward_models.conftest import save_classifier, verifier_plus_reward_model
 from tests.tiny_models import llama3_style_tokenizer
 
@@ -80,6 +86,19 @@ def test_judge_scores_the_log_odds_of_its_token():
     p = torch.softmax(model(**ids).logits[0, -1], dim=-1)[scorer.judge_token_id].item()
     raw = scorer.raw_scores(["2-1="], ["\\boxed{1}"]).item()
     assert raw == pytest.approx(math.log(p / (1 - p)), rel=LOGPROB_RTOL)
+
+
+def test_a_judge_reads_its_last_positions_contiguous():
+    """The judge's frozen head gets the kept positions as one contiguous [N, 1, H] (a strided slice makes
+    ``torch.matmul`` copy the head's weight per row on the CPU in bfloat16), and the scores are those of
+    each text alone."""
+    scorer = RewardModelScorer(str(TINY_POLICY), kind="judge", transform="none", judge_token="1")
+    prompts, completions = ["2-1=", "10-3="], ["\\boxed{1}", "the answer is \\boxed{7}"]
+    with head_input_layouts(scorer.model) as layouts:
+        batched = scorer.raw_scores(prompts, completions)
+    assert layouts == [True]
+    alone = torch.cat([scorer.raw_scores([p], [c]) for p, c in zip(prompts, completions, strict=True)])
+    torch.testing.assert_close(batched, alone, rtol=LOGPROB_RTOL, atol=0.0)
 
 
 def test_a_confident_judges_log_odds_stay_finite_and_exact():
