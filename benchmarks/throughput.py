@@ -159,17 +159,54 @@ def trl_vllm_options(engine: str) -> dict:
     }
 
 
+def our_module(model_path: str, tokens: int, dtype: str, lora: int = 0, engine: str = "hf"):
+    """Our ``RLModule`` set up for the comparison (see the module docstring)."""
+    from rgra_lightning import RLModule
+    from rgra_lightning.models import LoraConfig
+    from rgra_lightning.rollout import SamplingConfig
+
+    return RLModule(
+        model_path=model_path,
+        dtype=weights_dtype(dtype, lora),
+        lora=LoraConfig(rank=lora, alpha=2.0 * lora) if lora else None,
+        rollout=our_rollout(engine),
+        loss=our_loss(),
+        sampling=SamplingConfig(num_generations=GROUP, max_new_tokens=tokens, min_new_tokens=tokens),
+        learning_rate=LEARNING_RATE,
+        validate_before_training=False,
+    )
+
+
+def fit_ours(module, steps: int, device: str, dtype: str, callback) -> None:
+    """``steps`` updates of ``module`` on the comparison's prompts with Lightning's ``Trainer``: no logger,
+    checkpoints, progress bar or validation; ``callback`` times them."""
+    from lightning import Trainer
+    from torch.utils.data import DataLoader
+
+    from rgra_lightning.data.base import collate
+
+    trainer = Trainer(
+        accelerator=device,
+        devices=1,
+        precision="bf16-mixed" if dtype == "bfloat16" else "32-true",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[callback],
+    )
+    loader = DataLoader(examples(steps * PROMPTS_PER_STEP), batch_size=PROMPTS_PER_STEP, collate_fn=collate)
+    trainer.fit(module, train_dataloaders=loader)
+
+
 def run_ours(
     model_path: str, steps: int, tokens: int, device: str, dtype: str, lora: int = 0, engine: str = "hf"
 ) -> dict:
     """Per-step wall times ``[steps]`` (s) and the module's per-step phase times."""
-    from lightning import Callback, Trainer
-    from torch.utils.data import DataLoader
-
-    from rgra_lightning import RLModule
-    from rgra_lightning.data.base import collate
-    from rgra_lightning.models import LoraConfig
-    from rgra_lightning.rollout import SamplingConfig
+    from lightning import Callback
 
     class StepClock(Callback):
         def __init__(self) -> None:
@@ -184,34 +221,11 @@ def run_ours(
             metrics = pl_module.latest_metrics
             self.phases.append({name: metrics[f"time/{name}"] for name in PHASES})
 
-    module = RLModule(
-        model_path=model_path,
-        dtype=weights_dtype(dtype, lora),
-        lora=LoraConfig(rank=lora, alpha=2.0 * lora) if lora else None,
-        rollout=our_rollout(engine),
-        loss=our_loss(),
-        sampling=SamplingConfig(num_generations=GROUP, max_new_tokens=tokens, min_new_tokens=tokens),
-        learning_rate=LEARNING_RATE,
-        validate_before_training=False,
-    )
+    module = our_module(model_path, tokens, dtype, lora, engine)
     clock = StepClock()
-    trainer = Trainer(
-        accelerator=device,
-        devices=1,
-        precision="bf16-mixed" if dtype == "bfloat16" else "32-true",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[clock],
-    )
-    loader = DataLoader(examples(steps * PROMPTS_PER_STEP), batch_size=PROMPTS_PER_STEP, collate_fn=collate)
     with warnings.catch_warnings(record=True) as caught:  # the HF engine's, if it leaves the fast decoder
         warnings.simplefilter("always")
-        trainer.fit(module, train_dataloaders=loader)
+        fit_ours(module, steps, device, dtype, clock)
     slow = sorted({str(w.message) for w in caught if "not the fast decoder" in str(w.message)})
     return {
         "step_s": intervals(clock.ends),

@@ -2,7 +2,9 @@
 check's commands parse here (fast)."""
 
 import argparse
+import gzip
 import importlib
+import json
 import re
 import shlex
 import subprocess
@@ -126,6 +128,34 @@ def test_throughput_benchmark_compares_lora_training_on_a_model_directory():
     # rank 4 on 7 projections of 3 layers: 4 x (in + out) each, 10,240 per layer
     assert "trained parameters: ours 30,720, TRL 30,720" in done.stdout
     assert re.search(r"ratio ours / TRL = [0-9.]+", done.stdout)
+
+
+@pytest.mark.slow
+def test_rollout_profile_times_three_ways_and_profiles_an_in_loop_rollout(tmp_path):
+    """Rollouts timed inside the fit, after it and on a fresh policy, each of 8 decoding steps; the profiled
+    rollout's phases (one prefill, 7 decoding steps after it, 8 samplings) and its Chrome trace."""
+    trace = tmp_path / "trace.json.gz"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/rollout_profile.py", "--lora", "4", "--tokens", "8", "--steps", "3"]
+        + ["--rounds", "2", "--trace", str(trace)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = dict(re.findall(r"^\| (loop|after|fresh) \| (\d+) \|", done.stdout, re.MULTILINE))
+    assert rows == {"loop": "1", "after": "2", "fresh": "2"}
+    phases = dict(re.findall(r"^\| rollout/([a-z -]+) \| (\d+) \|", done.stdout, re.MULTILINE))
+    assert phases == {
+        "prefill": "1",
+        "decoder set-up": "1",
+        "decoding step": "7",
+        "sampling": "8",
+        "assembly": "1",
+    }
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    assert sum(event.get("name") == "rollout/decoding step" for event in events) == 7
 
 
 def test_throughput_benchmark_refuses_vllm_without_a_gpu_and_a_negative_rank():
@@ -253,7 +283,8 @@ def test_every_command_of_the_gpu_check_parses_here(capsys):
     commands = gpu_check_commands()
     scripts = {command[0] for command in commands if command[0].startswith("benchmarks/")}
     assert scripts == {
-        f"benchmarks/{name}.py" for name in ("paper_step", "throughput", "rollout_speed", "peak_memory")
+        f"benchmarks/{name}.py"
+        for name in ("paper_step", "throughput", "rollout_speed", "rollout_profile", "peak_memory")
     }
     assert sum(command[:2] == ["-m", "rgra_lightning"] for command in commands) == 2
     for command in commands:
