@@ -10,7 +10,7 @@ Qwen2.5-Coder-0.5B-Instruct that ``benchmarks/qwen_gguf.py`` rejoins; ``--random
 initialised model of that shape with the tokenizer of the shipped tiny policy), the data when
 ``../shared/datasets/gsm8k`` is absent (then the embedded arithmetic task as chat prompts with the config's
 instruction), ``--steps`` updates, no validation, logs and checkpoints in a temporary directory, and
-optionally ``--tokens`` / ``--batch``.
+optionally ``--tokens`` / ``--batch`` and further overrides (``--cli``).
 
 It prints, per update, the time split (``time/generation_s``, ``verification_s``, ``update_s``,
 ``step_s``), the reward and KL; then the peak accelerator memory (CUDA: ``max_memory_allocated``) and, for
@@ -79,6 +79,7 @@ def overrides(options: argparse.Namespace, model: Path, workdir: Path) -> list[s
         f"--trainer.logger.init_args.save_dir={workdir / 'runs'}",
         f"--trainer.default_root_dir={workdir}",
         "--trainer.enable_progress_bar=false",
+        *options.cli,
     ]
 
 
@@ -95,6 +96,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tokens", type=int, help="max_new_tokens (default: the config's)")
     parser.add_argument("--batch", type=int, help="prompts per step (default: the config's)")
+    parser.add_argument(
+        "--cli",
+        action="append",
+        default=[],
+        metavar="OVERRIDE",
+        help="a further command-line override of the config, after all others, e.g. "
+        "--cli=--model.init_args.rollout.init_args.cuda_graphs=true (repeatable)",
+    )
     return parser.parse_args(argv)
 
 

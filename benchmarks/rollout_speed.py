@@ -11,7 +11,9 @@ Paths, timed in alternation in one process (round 1 untimed):
            applied as peft applies them, stacked (bfloat16 weights, or autocast);
   plain    the fast decoder on the model without adapters;
   unpacked the fast decoder as ``decoder``, with no weight reordered for oneDNN (``PACK_MIN_ENTRIES``
-           out of reach): what the reordering of large float32 CPU weights gains.
+           out of reach): what the reordering of large float32 CPU weights gains;
+  graphed  the fast decoder as ``decoder``, each step replayed as one CUDA graph (``cuda_graphs=True``;
+           CUDA only).
 Every rollout samples ``--prompts`` x G = ``--group`` completions of exactly ``--tokens`` new tokens (stop
 tokens suppressed) at temperature 1 from the same seed, in float32 (``--dtype``; ``--autocast``: under
 bfloat16 autocast, as ``bf16-mixed`` samples) with ``--threads`` torch threads, on ``--device``
@@ -49,7 +51,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--paths",
         nargs="+",
-        choices=("forward", "decoder", "plain", "unpacked"),
+        choices=("forward", "decoder", "plain", "unpacked", "graphed"),
         default=["forward", "decoder"],
     )
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (one rollout per path each)")
@@ -63,6 +65,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--autocast", action="store_true", help="under bfloat16 autocast, as `bf16-mixed` samples"
     )
     args = parser.parse_args(argv)
+    if "graphed" in args.paths and args.device != "cuda":
+        parser.error("--paths graphed needs --device cuda")
     if args.lora < 1 and set(args.paths) != {"plain"}:  # every path but plain times the LoRA policy
         parser.error(f"--lora must be >= 1 for the paths {', '.join(args.paths)}, got {args.lora}")
     return args
@@ -89,14 +93,14 @@ def measure(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(args.model)
     plain = load_causal_lm(args.model, dtype=args.dtype).to(args.device)
     policies = {"plain": plain}
-    if {"forward", "decoder", "unpacked"} & set(args.paths):
+    if {"forward", "decoder", "unpacked", "graphed"} & set(args.paths):
         lora = add_lora(load_causal_lm(args.model, dtype=args.dtype), LoraConfig(args.lora, 2.0 * args.lora))
         lora = lora.to(args.device)
         torch.manual_seed(0)
         for name, parameter in lora.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(parameter, std=0.01)
-        policies["forward"] = policies["decoder"] = policies["unpacked"] = lora
+        policies["forward"] = policies["decoder"] = policies["unpacked"] = policies["graphed"] = lora
     prompts = [example["prompt"] for example in examples(args.prompts)]
     sampling = SamplingConfig(
         num_generations=args.group, max_new_tokens=args.tokens, min_new_tokens=args.tokens
@@ -110,7 +114,7 @@ def measure(args: argparse.Namespace) -> None:
                 staticmethod(lambda model, cache: "forced") if path == "forward" else unsupported
             )
             llama_decode.PACK_MIN_ENTRIES = sys.maxsize if path == "unpacked" else pack_min_entries
-            engine = HFEngine().bind(policies[path], tokenizer)
+            engine = HFEngine(cuda_graphs=path == "graphed").bind(policies[path], tokenizer)
             torch.manual_seed(round_index)
             start, cpu_start = now(), time.process_time()
             with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.autocast):
@@ -140,7 +144,8 @@ def measure(args: argparse.Namespace) -> None:
             f"| {path} | {statistics.median(wall):.1f} ({min(wall):.1f}-{max(wall):.1f}) | "
             f"{statistics.median(cpu):.1f} ({min(cpu):.1f}-{max(cpu):.1f}) |"
         )
-    for fast, slow in (("decoder", "forward"), ("plain", "forward"), ("decoder", "unpacked")):
+    pairs = (("decoder", "forward"), ("plain", "forward"), ("decoder", "unpacked"), ("graphed", "decoder"))
+    for fast, slow in pairs:
         if slow in rates and fast in rates:
             for name, values in (("wall", rates), ("CPU", cpu_rates)):
                 paired = [f / s for f, s in zip(values[fast], values[slow], strict=True)]

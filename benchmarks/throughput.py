@@ -5,6 +5,7 @@
     python benchmarks/throughput.py --model models/smollm2-135m-instruct --lora 16 --tokens 48
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --random-init qwen2.5-0.5b
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --random-init qwen2.5-0.5b --engine vllm
+    python benchmarks/throughput.py --device cuda --random-init qwen2.5-0.5b --engine hf-graphs
 
 Both trainers get the same HF model directory, the same prompts in the same order (the embedded
 arithmetic task, template ``{question}=``), 16 completions per step (2 prompts x G = 8), completions forced
@@ -15,7 +16,9 @@ torch thread count, no logging, no checkpoints.
 TRL's default gradient checkpointing is switched off because ours is off by default. ``--model`` takes any
 local HF directory. ``--lora RANK`` trains LoRA adapters instead of the whole model in both (alpha = 2 x
 rank, every linear layer but the head, no dropout; ours ``model.lora``, TRL's ``peft_config``), and both
-take the KL reference from the same weights with the adapters disabled. ``--engine vllm`` (CUDA and vllm
+take the KL reference from the same weights with the adapters disabled. ``--engine hf-graphs`` (CUDA only)
+has ours replay its decoding steps as CUDA graphs (``HFEngine(cuda_graphs=True)``), TRL sampling as with
+``hf``. ``--engine vllm`` (CUDA and vllm
 only) samples with vLLM colocated in the training process in both, set explicitly to the same work
 (``our_rollout``, ``our_loss``, ``trl_vllm_options``): ours ``model.rollout`` ``VLLMEngine``, TRL's
 ``use_vllm=True, vllm_mode="colocate"``; each vLLM gets 0.3 of the GPU's memory (``gpu_memory_utilization``,
@@ -132,7 +135,7 @@ def our_rollout(engine: str):
 
     if engine == "vllm":
         return VLLMEngine(gpu_memory_utilization=VLLM_MEMORY, sleep_level=None)
-    return HFEngine()
+    return HFEngine(cuda_graphs=engine == "hf-graphs")
 
 
 def our_loss():
@@ -227,11 +230,14 @@ def run_ours(
         warnings.simplefilter("always")
         fit_ours(module, steps, device, dtype, clock)
     slow = sorted({str(w.message) for w in caught if "not the fast decoder" in str(w.message)})
+    graphs = ", its steps replayed as CUDA graphs" if engine == "hf-graphs" else ""
     return {
         "step_s": intervals(clock.ends),
         "phases": clock.phases,
         "trained": trained(module.policy),
-        "decoding": ("; ".join(slow) or "the fast decoder (LlamaDecoder)") if engine == "hf" else engine,
+        "decoding": ("; ".join(slow) or f"the fast decoder (LlamaDecoder){graphs}")
+        if engine != "vllm"
+        else engine,
     }
 
 
@@ -374,16 +380,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--engine",
-        choices=("hf", "vllm"),
+        choices=("hf", "hf-graphs", "vllm"),
         default="hf",
-        help="hf: each trainer samples with its policy; vllm: both with vLLM colocated (CUDA only)",
+        help="hf: each trainer samples with its policy; hf-graphs: ours replays its decoding steps as CUDA "
+        "graphs (CUDA only), TRL as for hf; vllm: both with vLLM colocated (CUDA only)",
     )
     parser.add_argument("--only", choices=("ours", "trl"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.lora < 0:
         parser.error(f"--lora must be >= 0, got {args.lora}")
-    if args.engine == "vllm" and args.device != "cuda":
-        parser.error("--engine vllm needs --device cuda")
+    if args.engine != "hf" and args.device != "cuda":
+        parser.error(f"--engine {args.engine} needs --device cuda")
     return args
 
 

@@ -33,6 +33,7 @@ from rgra_lightning.rollout.base import (
     first_stop_string,
     tokenize_prompts,
 )
+from rgra_lightning.rollout.cuda_graph import GraphedStep
 from rgra_lightning.rollout.llama_decode import LlamaDecoder
 from rgra_lightning.rollout.sampling import SamplingConfig, next_tokens
 from rgra_lightning.versions import CACHE
@@ -51,17 +52,23 @@ class HFEngine(RolloutEngine):
             to k - 1 steps decoded after the last row finished would; 8 on an accelerator. Sampling on a
             device whose random generator cannot be saved and restored (neither CPU nor CUDA) checks every
             step.
+        cuda_graphs: on a CUDA device, replay each decoding step of the fast decoder as one CUDA graph
+            captured at the start of the rollout (``rollout.cuda_graph``), where a step is bound by
+            launching kernels; the logits within rounding of the steps without it. Ignored elsewhere and
+            where the policy decodes through its forward. Off by default: not yet run on a GPU.
     """
 
     finished_check_interval: int | None = None  # also for subclasses that do not call this __init__
+    cuda_graphs: bool = False
 
-    def __init__(self, finished_check_interval: int | None = None) -> None:
+    def __init__(self, finished_check_interval: int | None = None, cuda_graphs: bool = False) -> None:
         super().__init__()
         if finished_check_interval is not None and finished_check_interval < 1:
             raise ConfigError(
                 f"model.rollout.finished_check_interval must be >= 1, got {finished_check_interval}"
             )
         self.finished_check_interval = finished_check_interval
+        self.cuda_graphs = cuda_graphs
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, greedy: bool = False) -> Rollout:
         """``sampling.num_generations`` completions for each prompt (one when ``greedy``).
@@ -90,6 +97,7 @@ class HFEngine(RolloutEngine):
                 stops,
                 tokenizer,
                 self.finished_check_interval,
+                self.cuda_graphs,
             )
         policy.train(was_training)
         return assemble_rollout(tokenizer, prompt_ids, prompt_mask, completion_ids, repeats, truncated, stops)
@@ -115,6 +123,7 @@ def _decode(
     stops: Stops,
     tokenizer: PreTrainedTokenizerBase,
     check_interval: int | None = 1,
+    cuda_graphs: bool = False,
 ) -> Tensor:
     """Completion tokens ``[B * repeats, T]`` (``T <= max_new_tokens``) for left-padded prompts ``[B, P]``.
 
@@ -122,7 +131,8 @@ def _decode(
     then on, and decoding stops once every row has ended: T is the step at which the last row ended,
     whether that is seen at once or at the next of the checks every ``check_interval`` steps (None: see
     ``HFEngine``). A row's tokens between a stop string and the check that saw it are left for
-    ``assemble_rollout`` to mask.
+    ``assemble_rollout`` to mask. ``cuda_graphs``: replay the fast decoder's steps as a CUDA graph on a
+    CUDA device (see ``HFEngine``).
     """
     logits, cache = encode_prompts(policy, prompt_ids, prompt_mask)
     rows, prompt_length = logits.shape[0] * repeats, prompt_ids.shape[1]
@@ -152,6 +162,9 @@ def _decode(
         logits, cache = repeat_encoded(policy, logits, cache, prompt_ids, prompt_mask, repeats)
     else:
         logits = logits.repeat_interleave(repeats, dim=0)
+        decode_step = decoder.step
+        if cuda_graphs and logits.device.type == "cuda":
+            decode_step = GraphedStep(decoder, rows, logits.device)
     if check_interval is None:
         check_interval = 1 if logits.device.type == "cpu" else ACCELERATOR_CHECK_INTERVAL
     # Draws after the last row finished must not advance the generator: its state after each draw since
@@ -177,7 +190,7 @@ def _decode(
                 break
             states.clear()
         if decoder is not None:
-            logits = decoder.step(token, step)
+            logits = decode_step(token, step)
         else:
             logits = policy(
                 input_ids=token.unsqueeze(1),

@@ -353,8 +353,10 @@ class LlamaDecoder:
         for layer, cached in zip(decoder.layers[: config.num_hidden_layers], cache.layers, strict=True):
             attention, mlp = layer.self_attn, layer.mlp
             prompts, kv_heads, prompt_length, head_dim = cached.keys.shape
-            keys = cached.keys.new_empty(prompts, repeats, kv_heads, prompt_length + max_new_tokens, head_dim)
-            values = torch.empty_like(keys)
+            # zeros, not garbage, in the slots not yet written: ``static_step`` attends to them with weight 0,
+            # and 0 times a NaN left in memory would be NaN
+            keys = cached.keys.new_zeros(prompts, repeats, kv_heads, prompt_length + max_new_tokens, head_dim)
+            values = torch.zeros_like(keys)
             keys[..., :prompt_length, :] = cached.keys.unsqueeze(1)
             values[..., :prompt_length, :] = cached.values.unsqueeze(1)
             keys, values = keys.flatten(0, 1), values.flatten(0, 1)  # [N, K, P + T, D], prompt-major rows
@@ -389,6 +391,7 @@ class LlamaDecoder:
         self.cos, self.sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [N, T, 1, D]: the same for every head
         # SDPA's boolean mask: True where attended; ``create_causal_mask`` gives None when all are.
         self.padding_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        self.slots = torch.arange(self.prompt_length + max_new_tokens, device=positions.device)  # [P + T]
         half = head_dim // 2  # rotate_half(x) = cat(-x[half:], x[:half]) = x @ rotation, exactly
         identity = torch.eye(half, dtype=cos.dtype, device=cos.device)
         self.rotation = torch.zeros(head_dim, head_dim, dtype=cos.dtype, device=cos.device)
@@ -429,10 +432,47 @@ class LlamaDecoder:
 
     def step(self, token: Tensor, step: int) -> Tensor:
         """Next-token logits ``[N, V]`` after feeding ``token`` ``[N]`` as new token ``step`` (from 0)."""
-        rows, heads, kv_heads = token.shape[0], self.heads, self.kv_heads
         seen = self.prompt_length + step + 1  # positions attended to, this token's included
         mask = None if self.padding_mask is None else self.padding_mask[..., :seen]
-        cos, sin = self.cos[:, step], self.sin[:, step]  # [N, 1, D]
+
+        def store(layer: _Layer, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+            layer.keys[:, :, seen - 1] = keys
+            layer.values[:, :, seen - 1] = values
+            return layer.keys[:, :, :seen], layer.values[:, :, :seen]
+
+        return self._logits(token, self.cos[:, step], self.sin[:, step], mask, store)
+
+    def static_step(self, token: Tensor, step: Tensor) -> Tensor:
+        """``step`` with the step a 0-dim long tensor on the model's device, and every tensor's shape the
+        same at every step, so that one CUDA graph replays it (``rollout.cuda_graph``): the new keys and
+        values are copied into their slot by index, and attention reads the whole buffers with the slots
+        not yet written masked. Within rounding of ``step``: the masked slots add exact zeros to the
+        softmax, but the kernel may group its sums otherwise."""
+        slot = (step + self.prompt_length).view(1)
+        mask = (self.slots <= slot).view(1, 1, 1, -1)  # [1, 1, 1, P + T]
+        if self.padding_mask is not None:
+            mask = self.padding_mask & mask  # [N, 1, 1, P + T]
+
+        def store(layer: _Layer, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+            layer.keys.index_copy_(2, slot, keys.unsqueeze(2))
+            layer.values.index_copy_(2, slot, values.unsqueeze(2))
+            return layer.keys, layer.values
+
+        cos, sin = (table.index_select(1, step.view(1)).squeeze(1) for table in (self.cos, self.sin))
+        return self._logits(token, cos, sin, mask, store)
+
+    def _logits(
+        self,
+        token: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        store: Callable[[_Layer, Tensor, Tensor], tuple[Tensor, Tensor]],
+    ) -> Tensor:
+        """Next-token logits ``[N, V]`` of ``token`` ``[N]`` at the rotary ``cos``, ``sin`` ``[N, 1, D]``;
+        ``store`` puts each layer's new keys and values ``[N, K, D]`` into its buffers and returns the keys
+        and values attended to, ``mask`` (boolean, None: all of them) says which."""
+        rows, heads, kv_heads = token.shape[0], self.heads, self.kv_heads
         hidden = self.embedding(token)  # [N, hidden]
         for layer in self.layers:
             qkv = layer.qkv(self._rms_norm(hidden, layer.input_norm))
@@ -441,8 +481,7 @@ class LlamaDecoder:
             if layer.qk_norm is not None:
                 qk = F.rms_norm(qk, (self.head_dim,), None, self.eps) * layer.qk_norm
             qk = qk * cos + (qk @ self.rotation) * sin
-            layer.keys[:, :, seen - 1] = qk[:, heads:]
-            layer.values[:, :, seen - 1] = qkv[:, heads + kv_heads :]
+            keys, values = store(layer, qk[:, heads:], qkv[:, heads + kv_heads :])
             # As transformers' SDPA attention does, for the same rounding: without a mask, SDPA's own
             # grouped-query support; with one, the query heads grouped by their key/value head.
             query = qk[:, :heads]
@@ -452,8 +491,8 @@ class LlamaDecoder:
                 query = query.reshape(rows, kv_heads, heads // kv_heads, self.head_dim)
             attended = F.scaled_dot_product_attention(
                 query,
-                layer.keys[:, :, :seen],
-                layer.values[:, :, :seen],
+                keys,
+                values,
                 attn_mask=mask,
                 scale=self.scaling,
                 enable_gqa=mask is None and heads != kv_heads,

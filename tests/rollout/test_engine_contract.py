@@ -1,6 +1,7 @@
 """The contract every rollout engine keeps, run against each engine:
 
 - ``hf``: ``HFEngine`` on the CPU;
+- ``hf-cuda-graphs``: ``HFEngine`` replaying its decoding steps as CUDA graphs, where CUDA is present;
 - ``vllm-standin``: ``VLLMEngine`` driving the CPU stand-in of ``tests/rollout/vllm_standin.py`` (the
   engine's own code, vLLM's behaviour as the stand-in imitates it);
 - ``vllm``: ``VLLMEngine`` with vLLM, where CUDA and vllm are present (skipped with the reason otherwise).
@@ -26,7 +27,7 @@ from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise
 from tests.rollout.vllm_standin import standin_vllm
 from tests.tiny_models import PROMPTS, tiny_policy
 
-ENGINES = ["hf", "vllm-standin", "vllm"]
+ENGINES = ["hf", "hf-cuda-graphs", "vllm-standin", "vllm"]
 CLOSING_BRACE = 94  # "}": the tiny policy closes \boxed{...} with it, then writes its EOS
 SAMPLED = SamplingConfig(num_generations=4, max_new_tokens=12, temperature=1.5)
 GREEDY = SamplingConfig(max_new_tokens=12)  # \boxed{answer} and EOS fit in 12 tokens
@@ -59,7 +60,15 @@ def engine_kind(request):
 def make_engine(engine_kind, monkeypatch):
     """``make(policy, tokenizer)``: the engine under test bound to ``policy`` (moved to its device)."""
     device = "cpu"
-    if engine_kind == "vllm":
+    if engine_kind == "hf-cuda-graphs":
+        if not torch.cuda.is_available():
+            pytest.skip("CUDA graphs need a CUDA GPU, and this machine has none")
+        device = "cuda"
+
+        def build():
+            return HFEngine(cuda_graphs=True)
+
+    elif engine_kind == "vllm":
         if not torch.cuda.is_available():
             pytest.skip("VLLMEngine runs on a CUDA GPU, and this machine has none")
         if importlib.util.find_spec("vllm") is None:

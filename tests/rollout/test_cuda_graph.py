@@ -1,0 +1,101 @@
+"""Decoding steps replayed as a CUDA graph: the static-shape step they capture gives the decoder's logits
+(here, on the CPU), and where CUDA is present a graphed rollout samples what the plain steps sample."""
+
+import pytest
+import torch
+
+from rgra_lightning.models import load_tokenizer
+from rgra_lightning.prompt_cache import encode_prompts, position_ids
+from rgra_lightning.rollout import HFEngine, SamplingConfig
+from rgra_lightning.rollout import cuda_graph as cuda_graph_module
+from rgra_lightning.rollout.llama_decode import LlamaDecoder
+from tests.conftest import TINY_POLICY, assert_close_normwise, rounding_rtol
+from tests.tiny_models import PROMPTS, tiny_policy
+
+# [steps, N]: 6 steps of the 2 x 3 rows of three prompts repeated twice
+NEW_TOKENS = torch.tensor([[5, 9, 13, 17, 21, 25], [7, 7, 7, 2, 2, 2], [3, 4, 5, 6, 7, 8]]).T.repeat(1, 2)
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; none here")
+
+
+def two_decoders(policy, tokenizer, prompts: list[str], padded: bool) -> tuple[LlamaDecoder, LlamaDecoder]:
+    """Two decoders of the same prompts (each repeated twice), each with buffers of its own."""
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    assert bool(mask.all()) != padded
+    attention_mask = torch.ones(2 * len(prompts), ids.shape[1] + len(NEW_TOKENS), dtype=mask.dtype)
+    attention_mask[:, : ids.shape[1]] = mask.repeat_interleave(2, dim=0)
+    first = position_ids(attention_mask)[:, ids.shape[1] : ids.shape[1] + 1]
+    decoders = []
+    for _ in range(2):
+        _, cache = encode_prompts(policy, ids, mask)
+        decoders.append(
+            LlamaDecoder(policy, cache, 2, first, attention_mask if padded else None, len(NEW_TOKENS))
+        )
+    return decoders[0], decoders[1]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "llama-lora"])
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_static_step_gives_the_steps_logits(kind, padded, dtype):
+    """``static_step`` (the step index a tensor, attention over the whole buffers with the unwritten slots
+    masked) gives ``step``'s logits at every step, within rounding: the masked slots add exact zeros to the
+    softmax, but the attention kernel may sum in another order, and without padding ``step`` takes SDPA's
+    grouped-query path where ``static_step`` groups the query heads under a mask."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = tiny_policy(kind, tokenizer).to(dtype).eval()
+    prompts = PROMPTS if padded else ["1+2=", "3*4=", "5-6="]
+    with torch.no_grad():
+        dynamic, static = two_decoders(policy, tokenizer, prompts, padded)
+        for step, token in enumerate(NEW_TOKENS):
+            expected = dynamic.step(token, step)
+            logits = static.static_step(token, torch.tensor(step))
+            if dtype == torch.float32:
+                # the attention's sums over at most P + T slots in another order, three layers deep
+                slots = static.slots.numel()
+                assert_close_normwise(logits, expected, rounding_rtol(dtype, 128 * slots), f"step {step}")
+            else:
+                # within a bfloat16 step or two at the logits' largest magnitude
+                tolerance = 2 * torch.finfo(dtype).eps * expected.abs().max().item()
+                torch.testing.assert_close(logits, expected, atol=tolerance, rtol=0)
+
+
+def test_cuda_graphs_are_ignored_off_cuda(monkeypatch):
+    """On the CPU ``cuda_graphs=True`` decodes with the plain steps: the same tokens, no graph built."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = tiny_policy("llama", tokenizer)
+    monkeypatch.setattr(cuda_graph_module.GraphedStep, "__init__", lambda *args: pytest.fail("a graph"))
+    config = SamplingConfig(num_generations=2, max_new_tokens=8)
+    rollouts = []
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        rollouts.append(HFEngine(cuda_graphs=graphs).bind(policy, tokenizer).generate(PROMPTS, config))
+    assert torch.equal(rollouts[0].completion_ids, rollouts[1].completion_ids)
+
+
+@CUDA
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+@pytest.mark.parametrize("kind", ["qwen2", "llama-lora"])
+def test_a_graphed_rollout_samples_what_the_plain_steps_sample(kind, autocast, monkeypatch):
+    """On CUDA, one graph per rollout (captured once, replayed for every step) and the plain steps give the
+    same greedy completions and the same seeded samples, in float32 and under bfloat16 autocast."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = tiny_policy(kind, tokenizer).cuda()
+    captured = []
+    original = cuda_graph_module.GraphedStep.__init__
+
+    def counted(self, *args):
+        captured.append(1)
+        original(self, *args)
+
+    monkeypatch.setattr(cuda_graph_module.GraphedStep, "__init__", counted)
+    for greedy in (True, False):
+        config = SamplingConfig(num_generations=1 if greedy else 4, max_new_tokens=16)
+        rollouts = []
+        for graphs in (False, True):
+            torch.manual_seed(0)
+            engine = HFEngine(cuda_graphs=graphs).bind(policy, tokenizer)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                rollouts.append(engine.generate(PROMPTS, config, greedy=greedy))
+        assert torch.equal(rollouts[0].completion_ids, rollouts[1].completion_ids), greedy
+    assert len(captured) == 2  # one graph per graphed rollout
