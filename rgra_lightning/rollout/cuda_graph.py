@@ -13,10 +13,19 @@ not yet run on a GPU, so it is off by default until one has measured it.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
 from rgra_lightning.rollout.llama_decode import LlamaDecoder
+
+
+@functools.cache
+def _capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for every capture: memory a stream frees is reused by that stream only,
+    so a new stream per rollout would strand the warm-up's freed blocks in the allocator's cache."""
+    return torch.cuda.Stream(device)
 
 
 class GraphedStep:
@@ -39,18 +48,24 @@ class GraphedStep:
             enabled=torch.is_autocast_enabled("cuda"),
             cache_enabled=False,
         )
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        # One uncaptured run first (lazy initialisation: cuBLAS workspaces, kernel choices), on a side
-        # stream as CUDA graphs require; it writes slot P of the buffers, which step 0 writes again.
-        with torch.cuda.stream(side), autocast:
-            decoder.static_step(self.token, self.step_index)
-        torch.cuda.current_stream(device).wait_stream(side)
+        # Captured on a stream of its own, as CUDA graphs require, after one uncaptured run there (lazy
+        # initialisation: cuBLAS workspaces, kernel choices; it writes slot P of the buffers, which step 0
+        # writes again). Not through ``torch.cuda.graph``, which empties the allocator's cache first: the
+        # update would then get its memory from cudaMalloc anew after every rollout.
+        stream = _capture_stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
         self.graph = torch.cuda.CUDAGraph()
-        # Only this thread's calls are checked during the capture: a DataLoader's pin-memory thread may
-        # call CUDA meanwhile, which the default (global) mode would count as an error of the capture.
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), autocast:
-            self.logits = decoder.static_step(self.token, self.step_index)  # [N, V], rewritten per replay
+        with torch.cuda.stream(stream), autocast:
+            decoder.static_step(self.token, self.step_index)
+            stream.synchronize()
+            # Only this thread's calls are checked during the capture: a DataLoader's pin-memory thread
+            # may call CUDA meanwhile, which the default (global) mode would count against the capture.
+            self.graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                self.logits = decoder.static_step(self.token, self.step_index)  # [N, V], rewritten per replay
+            finally:
+                self.graph.capture_end()
+        torch.cuda.current_stream(device).wait_stream(stream)
 
     def __call__(self, token: Tensor, step: int) -> Tensor:
         """Next-token logits ``[N, V]`` after ``token`` ``[N]`` as new token ``step``: the graph's own
