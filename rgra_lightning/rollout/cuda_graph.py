@@ -28,6 +28,14 @@ def _capture_stream(device: torch.device) -> torch.cuda.Stream:
     return torch.cuda.Stream(device)
 
 
+@functools.cache
+def _capture_pool(device: torch.device) -> torch.cuda.MemPool:
+    """One memory pool per device for every captured graph (its logits and intermediates), kept alive:
+    a graph captured into a pool of its own leaves that pool reserved after the graph is gone, until an
+    allocation fails and the allocator frees every cached block, the update's too."""
+    return torch.cuda.MemPool()
+
+
 class GraphedStep:
     """``decoder.static_step`` captured in a CUDA graph; called as ``LlamaDecoder.step`` is.
 
@@ -38,6 +46,7 @@ class GraphedStep:
     """
 
     def __init__(self, decoder: LlamaDecoder, rows: int, device: torch.device) -> None:
+        self.decoder = decoder  # the graph reads its buffers and weights where they are
         self.token = torch.zeros(rows, dtype=torch.long, device=device)
         self.step_index = torch.zeros((), dtype=torch.long, device=device)
         # The step runs under the caller's autocast, without its cache of cast weights: a cast cached
@@ -60,7 +69,7 @@ class GraphedStep:
             stream.synchronize()
             # Only this thread's calls are checked during the capture: a DataLoader's pin-memory thread
             # may call CUDA meanwhile, which the default (global) mode would count against the capture.
-            self.graph.capture_begin(capture_error_mode="thread_local")
+            self.graph.capture_begin(pool=_capture_pool(device).id, capture_error_mode="thread_local")
             try:
                 self.logits = decoder.static_step(self.token, self.step_index)  # [N, V], rewritten per replay
             finally:

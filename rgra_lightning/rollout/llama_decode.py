@@ -454,8 +454,10 @@ class LlamaDecoder:
             mask = self.padding_mask & mask  # [N, 1, 1, P + T]
 
         def store(layer: _Layer, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-            layer.keys.index_copy_(2, slot, keys.unsqueeze(2))
-            layer.values.index_copy_(2, slot, values.unsqueeze(2))
+            # in the buffers' dtype, as ``step``'s assignment casts: under autocast the rotated keys come
+            # out float32 where the values are autocast's dtype, and the buffers are the prompt cache's
+            layer.keys.index_copy_(2, slot, keys.unsqueeze(2).to(layer.keys.dtype))
+            layer.values.index_copy_(2, slot, values.unsqueeze(2).to(layer.values.dtype))
             return layer.keys, layer.values
 
         cos, sin = (table.index_select(1, step.view(1)).squeeze(1) for table in (self.cos, self.sin))

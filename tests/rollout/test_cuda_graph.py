@@ -36,27 +36,32 @@ def two_decoders(policy, tokenizer, prompts: list[str], padded: bool) -> tuple[L
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "llama-lora"])
 @pytest.mark.parametrize("padded", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_static_step_gives_the_steps_logits(kind, padded, dtype):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "bf16-autocast"])
+def test_the_static_step_gives_the_steps_logits(kind, padded, precision):
     """``static_step`` (the step index a tensor, attention over the whole buffers with the unwritten slots
     masked) gives ``step``'s logits at every step, within rounding: the masked slots add exact zeros to the
     softmax, but the attention kernel may sum in another order, and without padding ``step`` takes SDPA's
-    grouped-query path where ``static_step`` groups the query heads under a mask."""
+    grouped-query path where ``static_step`` groups the query heads under a mask. Float32 weights under
+    bfloat16 autocast (``bf16-mixed``) too, where the rotated keys come out float32 and the values
+    bfloat16."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
+    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
     policy = tiny_policy(kind, tokenizer).to(dtype).eval()
     prompts = PROMPTS if padded else ["1+2=", "3*4=", "5-6="]
-    with torch.no_grad():
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
+    with torch.no_grad(), autocast:
         dynamic, static = two_decoders(policy, tokenizer, prompts, padded)
         for step, token in enumerate(NEW_TOKENS):
             expected = dynamic.step(token, step)
             logits = static.static_step(token, torch.tensor(step))
-            if dtype == torch.float32:
+            if precision == "float32":
                 # the attention's sums over at most P + T slots in another order, three layers deep
                 slots = static.slots.numel()
                 assert_close_normwise(logits, expected, rounding_rtol(dtype, 128 * slots), f"step {step}")
             else:
                 # within a bfloat16 step or two at the logits' largest magnitude
-                tolerance = 2 * torch.finfo(dtype).eps * expected.abs().max().item()
+                eps = torch.finfo(torch.bfloat16).eps
+                tolerance = 2 * eps * expected.abs().max().item()
                 torch.testing.assert_close(logits, expected, atol=tolerance, rtol=0)
 
 
@@ -74,13 +79,16 @@ def test_cuda_graphs_are_ignored_off_cuda(monkeypatch):
 
 
 @CUDA
+@pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
 @pytest.mark.parametrize("kind", ["qwen2", "llama-lora"])
-def test_a_graphed_rollout_samples_what_the_plain_steps_sample(kind, autocast, monkeypatch):
+def test_a_graphed_rollout_samples_what_the_plain_steps_sample(kind, autocast, padded, monkeypatch):
     """On CUDA, one graph per rollout (captured once, replayed for every step) and the plain steps give the
-    same greedy completions and the same seeded samples, in float32 and under bfloat16 autocast."""
+    same greedy completions and the same seeded samples, in float32 and under bfloat16 autocast, with
+    left-padded prompts and without."""
     tokenizer = load_tokenizer(str(TINY_POLICY))
     policy = tiny_policy(kind, tokenizer).cuda()
+    prompts = PROMPTS if padded else ["1+2=", "3*4=", "5-6="]
     captured = []
     original = cuda_graph_module.GraphedStep.__init__
 
@@ -96,6 +104,6 @@ def test_a_graphed_rollout_samples_what_the_plain_steps_sample(kind, autocast, m
             torch.manual_seed(0)
             engine = HFEngine(cuda_graphs=graphs).bind(policy, tokenizer)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                rollouts.append(engine.generate(PROMPTS, config, greedy=greedy))
+                rollouts.append(engine.generate(prompts, config, greedy=greedy))
         assert torch.equal(rollouts[0].completion_ids, rollouts[1].completion_ids), greedy
     assert len(captured) == 2  # one graph per graphed rollout
