@@ -14,11 +14,12 @@ ways in one process:
   fresh  a policy built as ``rollout_speed.py`` builds it (the same base weights, new adapters whose B is
          random), sampled by a new ``HFEngine`` under that autocast.
 
-For each it prints seconds per rollout, milliseconds per decoding step and CPU seconds per wall second (about
-1 where one thread launches the work; more where another thread is busy too). Then it profiles the last
-in-loop rollout with ``torch.profiler``: the threads alive, the time and calls of each phase (prefill,
-decoder set-up, decoding steps, sampling, assembly), how often the host waited for the device, and the
-operators that took the most host and device time. ``--trace`` also writes the profile as a Chrome trace.
+The last in-loop rollout runs under ``torch.profiler``, and its profile is printed first (what a time limit
+must not cut off): the threads alive, the time and calls of each phase (prefill, decoder set-up, decoding
+steps, sampling, assembly), how often the host waited for the device, and the operators that took the most
+host and device time; ``--trace`` also writes it as a Chrome trace. Then, as each way finishes, its seconds
+per rollout, milliseconds per decoding step and CPU seconds per wall second (about 1 where one thread
+launches the work; more where another thread is busy too).
 """
 
 from __future__ import annotations
@@ -155,10 +156,22 @@ def measure(args: argparse.Namespace) -> None:
     wrap = Wrap()
     fit_ours(module, args.steps, args.device, args.dtype, wrap)
     timed = wrap.timed
-    timed.seconds["loop"], timed.cpu_seconds["loop"] = (
-        timed.seconds["loop"][1:],
-        timed.cpu_seconds["loop"][1:],
+    for times in (timed.seconds, timed.cpu_seconds):
+        times["loop"] = times["loop"][1:]  # the first rollout warms up
+    # The profile first: it is what a time limit must not cut off.
+    report_profile(timed.profile, timed.threads, args.device)
+    if args.trace:
+        timed.profile.export_chrome_trace(str(args.trace))
+        print(f"\nChrome trace of the profiled in-loop rollout: {args.trace}")
+    shape = args.random_init or Path(args.model).name
+    print(
+        f"\n{shape}, LoRA rank {args.lora}, {args.dtype}, {PROMPTS_PER_STEP} prompts x G=8 x {args.tokens} "
+        f"tokens per rollout, {args.threads} thread(s), {args.device}"
     )
+    print("| way | rollouts | median s per rollout (range) | ms per decoding step | CPU s per wall s |")
+    print("|---|---|---|---|---|", flush=True)
+    print_way(timed, "loop", args.tokens)
+    module.to(args.device)  # the fit's teardown moved it to the CPU
     prompts = [example["prompt"] for example in examples(PROMPTS_PER_STEP)]
     autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     fresh = add_lora(load_causal_lm(args.model, dtype=args.dtype), LoraConfig(args.lora, 2.0 * args.lora))
@@ -174,27 +187,19 @@ def measure(args: argparse.Namespace) -> None:
                 engine(prompts, module.sampling)
             if round_index == 0:  # warm-up
                 engine.seconds[way].pop(), engine.cpu_seconds[way].pop()
-    seconds = timed.seconds | fresh_timed.seconds
-    cpu_seconds = timed.cpu_seconds | fresh_timed.cpu_seconds
-    shape = args.random_init or Path(args.model).name
+        print_way(engine, way, args.tokens)
+
+
+def print_way(engine: TimedEngine, way: str, tokens: int) -> None:
+    """The table row of ``way``'s timed rollouts."""
+    wall = engine.seconds[way]
+    median = statistics.median(wall)
+    busy = statistics.median(c / w for c, w in zip(engine.cpu_seconds[way], wall, strict=True))
     print(
-        f"\n{shape}, LoRA rank {args.lora}, {args.dtype}, {PROMPTS_PER_STEP} prompts x G=8 x {args.tokens} "
-        f"tokens per rollout, {args.threads} thread(s), {args.device}"
+        f"| {way} | {len(wall)} | {median:.3f} ({min(wall):.3f}-{max(wall):.3f}) | "
+        f"{1000 * median / tokens:.2f} | {busy:.2f} |",
+        flush=True,
     )
-    print("| way | rollouts | median s per rollout (range) | ms per decoding step | CPU s per wall s |")
-    print("|---|---|---|---|---|")
-    for way in ("loop", "after", "fresh"):
-        wall = seconds[way]
-        median = statistics.median(wall)
-        busy = statistics.median(c / w for c, w in zip(cpu_seconds[way], wall, strict=True))
-        print(
-            f"| {way} | {len(wall)} | {median:.3f} ({min(wall):.3f}-{max(wall):.3f}) | "
-            f"{1000 * median / args.tokens:.2f} | {busy:.2f} |"
-        )
-    report_profile(timed.profile, timed.threads, args.device)
-    if args.trace:
-        timed.profile.export_chrome_trace(str(args.trace))
-        print(f"\nChrome trace of the profiled in-loop rollout: {args.trace}")
 
 
 def report_profile(profile, threads: list[str], device: str) -> None:
@@ -211,10 +216,10 @@ def report_profile(profile, threads: list[str], device: str) -> None:
     waits = {name: by_name[name].count for name in SYNCS if name in by_name}
     print("host waits for the device: " + (", ".join(f"{n} x{c}" for n, c in waits.items()) or "none"))
     print("\nby host time (self):")
-    print(averages.table(sort_by="self_cpu_time_total", row_limit=15))
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
     if device == "cuda":
         print("by device time (self):")
-        print(averages.table(sort_by="self_device_time_total", row_limit=15))
+        print(averages.table(sort_by="self_device_time_total", row_limit=15), flush=True)
 
 
 if __name__ == "__main__":
