@@ -48,21 +48,14 @@ PHASES = {
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line's options (``argv``: ``sys.argv[1:]``); an error exits with the usage line."""
+    from benchmarks.rollout_speed import add_policy_options
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", default=str(ROOT / "models" / "arith-tiny"), help="a local HF directory")
-    source.add_argument("--random-init", choices=("qwen2.5-0.5b",), help="a random model of that shape")
-    parser.add_argument(
-        "--lora", type=int, default=16, help="LoRA rank (alpha = 2 x rank), all linear layers"
-    )
+    add_policy_options(parser, tokens=64)
     parser.add_argument("--steps", type=int, default=5, help="updates of the fit (at least 3)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rollouts after the fit, each way")
-    parser.add_argument("--tokens", type=int, default=64, help="new tokens per completion (forced)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--trace", type=Path, help="write the profiled rollout as a Chrome trace here")
     args = parser.parse_args(argv)
     if args.lora < 1:
@@ -141,8 +134,9 @@ def measure(args: argparse.Namespace) -> None:
     import torch
     from lightning import Callback
 
+    from benchmarks.rollout_speed import lora_policy
     from benchmarks.throughput import PROMPTS_PER_STEP, examples, fit_ours, our_module
-    from rgra_lightning.models import LoraConfig, add_lora, load_causal_lm, load_tokenizer
+    from rgra_lightning.models import load_tokenizer
     from rgra_lightning.rollout import HFEngine
 
     torch.set_num_threads(args.threads)
@@ -174,11 +168,7 @@ def measure(args: argparse.Namespace) -> None:
     module.to(args.device)  # the fit's teardown moved it to the CPU
     prompts = [example["prompt"] for example in examples(PROMPTS_PER_STEP)]
     autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
-    fresh = add_lora(load_causal_lm(args.model, dtype=args.dtype), LoraConfig(args.lora, 2.0 * args.lora))
-    torch.manual_seed(0)
-    for name, parameter in fresh.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.01)
+    fresh = lora_policy(args.model, args.dtype, args.lora)
     fresh_timed = TimedEngine(HFEngine().bind(fresh.to(args.device), load_tokenizer(args.model)), args.device)
     for way, engine in (("after", timed), ("fresh", fresh_timed)):
         engine.way = way

@@ -37,17 +37,41 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout: the project need not be installed
 
 
-def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line's options (``argv``: ``sys.argv[1:]``); an error exits with the usage line."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_policy_options(parser: argparse.ArgumentParser, tokens: int) -> None:
+    """The options that say which policy decodes where (shared with ``rollout_profile.py``)."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", default=str(ROOT / "models" / "arith-tiny"), help="a local HF directory")
     source.add_argument("--random-init", choices=("qwen2.5-0.5b",), help="a random model of that shape")
     parser.add_argument(
         "--lora", type=int, default=16, help="LoRA rank (alpha = 2 x rank), all linear layers"
     )
+    parser.add_argument("--tokens", type=int, default=tokens, help="new tokens per completion (forced)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+
+
+def lora_policy(model: str, dtype: str, rank: int):
+    """The model at ``model`` under LoRA adapters of ``rank`` (alpha 2 x rank) whose B matrices are random
+    and non-zero (peft starts them at zero), so that the adapters change the logits as trained ones do."""
+    import torch
+
+    from rgra_lightning.models import LoraConfig, add_lora, load_causal_lm
+
+    policy = add_lora(load_causal_lm(model, dtype=dtype), LoraConfig(rank, 2.0 * rank))
+    torch.manual_seed(0)
+    for name, parameter in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.01)
+    return policy
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``argv``: ``sys.argv[1:]``); an error exits with the usage line."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_policy_options(parser, tokens=32)
     parser.add_argument(
         "--paths",
         nargs="+",
@@ -57,10 +81,6 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (one rollout per path each)")
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--group", type=int, default=8, help="G, completions per prompt")
-    parser.add_argument("--tokens", type=int, default=32, help="new tokens per completion (forced)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--autocast", action="store_true", help="under bfloat16 autocast, as `bf16-mixed` samples"
     )
@@ -85,7 +105,7 @@ def measure(args: argparse.Namespace) -> None:
     import torch
 
     from benchmarks.throughput import examples, now
-    from rgra_lightning.models import LoraConfig, add_lora, load_causal_lm, load_tokenizer
+    from rgra_lightning.models import load_causal_lm, load_tokenizer
     from rgra_lightning.rollout import HFEngine, SamplingConfig, llama_decode
     from rgra_lightning.rollout.llama_decode import LlamaDecoder
 
@@ -94,12 +114,7 @@ def measure(args: argparse.Namespace) -> None:
     plain = load_causal_lm(args.model, dtype=args.dtype).to(args.device)
     policies = {"plain": plain}
     if {"forward", "decoder", "unpacked", "graphed"} & set(args.paths):
-        lora = add_lora(load_causal_lm(args.model, dtype=args.dtype), LoraConfig(args.lora, 2.0 * args.lora))
-        lora = lora.to(args.device)
-        torch.manual_seed(0)
-        for name, parameter in lora.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(parameter, std=0.01)
+        lora = lora_policy(args.model, args.dtype, args.lora).to(args.device)
         policies["forward"] = policies["decoder"] = policies["unpacked"] = policies["graphed"] = lora
     prompts = [example["prompt"] for example in examples(args.prompts)]
     sampling = SamplingConfig(
