@@ -6,6 +6,14 @@
 # Each section has its own time limit, and none starts after GPU_CHECK_SECONDS (default 540) have passed, so
 # the log comes back whole. Parts, in the order they run (no argument: all of them):
 #   core  the fused head's tests on CUDA; the default config trained for 30 updates (the whole CLI path);
+#   graphs the HF engine with its decoding steps replayed as CUDA graphs (HFEngine(cuda_graphs=True), never
+#         run on a GPU before): its tests on CUDA, its decoding speed against the plain steps
+#         (rollout_speed.py --paths decoder graphed plain), the LoRA 128 comparison with TRL
+#         (throughput.py --engine hf-graphs), and the paper config's step with it (paper_step.py);
+#   profile where the LoRA training loop's rollout time goes (benchmarks/rollout_profile.py: the same
+#         engine timed inside the fit, after it and on a fresh policy; one in-loop rollout under
+#         torch.profiler, its Chrome trace written to $OUT/rollout_trace.json.gz): issue 17's open question,
+#         42 ms a decoding step in the loop against 9.7 ms for the decoder alone on an H100;
 #   paper the Qwen2.5-0.5B paper config for 3 updates (benchmarks/paper_step.py): step-time split, peak
 #         memory, fraction of LoRA entries moved. On the real Qwen2.5-Coder-0.5B-Instruct weights when
 #         $QWEN_GGUF names the GGUF that benchmarks/qwen_gguf.py rejoins (491 MB: more than one call's
@@ -15,14 +23,6 @@
 #   speed the throughput comparison with TRL on a randomly initialised Qwen2.5-0.5B, bf16, and our step
 #         split; then with LoRA rank 128; then the HF engine's decoding paths on their own
 #         (benchmarks/rollout_speed.py: peft's forward, the fast decoder with the adapters, without them);
-#   graphs the HF engine with its decoding steps replayed as CUDA graphs (HFEngine(cuda_graphs=True), never
-#         run on a GPU before): its tests on CUDA, its decoding speed against the plain steps
-#         (rollout_speed.py --paths decoder graphed plain), the LoRA 128 comparison with TRL
-#         (throughput.py --engine hf-graphs), and the paper config's step with it (paper_step.py);
-#   profile where the LoRA training loop's rollout time goes (benchmarks/rollout_profile.py: the same
-#         engine timed inside the fit, after it and on a fresh policy; one in-loop rollout under
-#         torch.profiler, its Chrome trace written to $OUT/rollout_trace.json.gz): issue 17's open question,
-#         42 ms a decoding step in the loop against 9.7 ms for the decoder alone on an H100;
 #   vllm  VLLMEngine against TRL's colocated vLLM, the engine contract tests on real vLLM, and a 3-update
 #         fit with it and the TIS correction (vllm cannot be carried: far over 64 MiB; skipped without it),
 #         with .whl/vllm/'s transformers 5.22.2 ahead of .whl's 5.24.0, which vLLM 0.34 does not allow;
@@ -44,7 +44,7 @@ fi
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 vllm_path=$PWD:/tmp/site-vllm:/tmp/site  # for the vllm section: a transformers that vLLM 0.34 allows
 status=0
-parts=" ${*:-core paper speed graphs profile vllm memory} "
+parts=" ${*:-core graphs profile paper speed vllm memory} "
 want() { [[ $parts == *" $1 "* ]]; }
 section() {  # a time limit in seconds, a title, then the command; output to the terminal and the log
   local limit=$1 title=$2; shift 2
@@ -71,6 +71,23 @@ if want core; then
     --trainer.accelerator=gpu --trainer.max_steps=30 --trainer.logger=false --trainer.callbacks=[] \
     --trainer.enable_checkpointing=false
 fi
+if want graphs; then
+  section 120 "CUDA graphs: tests" python3 -m pytest -q -p no:cacheprovider tests/rollout/test_cuda_graph.py \
+    tests/rollout/test_engine_contract.py -k "cuda_graph or cuda-graphs"
+  section 100 "CUDA graphs: decoding paths, Qwen2.5-0.5B shape + LoRA 128" python3 benchmarks/rollout_speed.py \
+    --device cuda --random-init qwen2.5-0.5b --lora 128 --dtype bfloat16 --autocast --tokens 64 --rounds 3 \
+    --paths decoder graphed plain
+  section 150 "CUDA graphs: throughput, Qwen2.5-0.5B shape + LoRA 128" python3 benchmarks/throughput.py \
+    --device cuda --dtype bfloat16 --random-init qwen2.5-0.5b --lora 128 --runs 2 --steps 3 --warmup 1 --tokens 64 \
+    --engine hf-graphs
+  section 180 "CUDA graphs: paper config, random weights" python3 benchmarks/paper_step.py \
+    --random-init qwen2.5-0.5b --steps 3 --cli=--model.init_args.rollout.init_args.cuda_graphs=true
+fi
+if want profile; then
+  section 150 "rollout profile, Qwen2.5-0.5B shape + LoRA 128" python3 benchmarks/rollout_profile.py \
+    --device cuda --random-init qwen2.5-0.5b --lora 128 --dtype bfloat16 --tokens 64 --steps 5 --rounds 3 \
+    --trace "${OUT:-/tmp}/rollout_trace.json.gz"
+fi
 if want paper; then
   if [ -n "${QWEN_GGUF:-}" ] && [ -f "$QWEN_GGUF" ]; then
     section 180 "paper config, real weights" python3 benchmarks/paper_step.py --gguf "$QWEN_GGUF" --steps 3
@@ -89,23 +106,6 @@ if want speed; then
   section 100 "decoding paths, Qwen2.5-0.5B shape + LoRA 128" python3 benchmarks/rollout_speed.py --device cuda \
     --random-init qwen2.5-0.5b --lora 128 --dtype bfloat16 --autocast --tokens 64 --rounds 3 \
     --paths forward decoder plain
-fi
-if want graphs; then
-  section 120 "CUDA graphs: tests" python3 -m pytest -q -p no:cacheprovider tests/rollout/test_cuda_graph.py \
-    tests/rollout/test_engine_contract.py -k "cuda_graph or cuda-graphs"
-  section 100 "CUDA graphs: decoding paths, Qwen2.5-0.5B shape + LoRA 128" python3 benchmarks/rollout_speed.py \
-    --device cuda --random-init qwen2.5-0.5b --lora 128 --dtype bfloat16 --autocast --tokens 64 --rounds 3 \
-    --paths decoder graphed plain
-  section 150 "CUDA graphs: throughput, Qwen2.5-0.5B shape + LoRA 128" python3 benchmarks/throughput.py \
-    --device cuda --dtype bfloat16 --random-init qwen2.5-0.5b --lora 128 --runs 2 --steps 3 --warmup 1 --tokens 64 \
-    --engine hf-graphs
-  section 180 "CUDA graphs: paper config, random weights" python3 benchmarks/paper_step.py \
-    --random-init qwen2.5-0.5b --steps 3 --cli=--model.init_args.rollout.init_args.cuda_graphs=true
-fi
-if want profile; then
-  section 150 "rollout profile, Qwen2.5-0.5B shape + LoRA 128" python3 benchmarks/rollout_profile.py \
-    --device cuda --random-init qwen2.5-0.5b --lora 128 --dtype bfloat16 --tokens 64 --steps 5 --rounds 3 \
-    --trace "${OUT:-/tmp}/rollout_trace.json.gz"
 fi
 if want vllm; then
   if [ -d /tmp/site/transformers ] && [ ! -d /tmp/site-vllm/transformers ]; then
