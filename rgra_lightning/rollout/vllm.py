@@ -63,6 +63,20 @@ TEMPERATURE_RANGE = (0.01, 2.0)
 # of a small ``gpu_memory_utilization`` for the KV cache; TRL's colocate mode passes 4,096 for this reason.
 # Longer prompt batches are prefilled in chunks of this size.
 DEFAULT_ENGINE_KWARGS = {"max_num_batched_tokens": 4096}
+# ``vllm.LLM`` arguments the engine sets itself (``_start``), refused in ``engine_kwargs``: the option that
+# sets it, or why it is fixed.
+FIXED_ENGINE_ARGUMENTS = {
+    "model": "use model.rollout.model",
+    "gpu_memory_utilization": "use model.rollout.gpu_memory_utilization",
+    "enable_sleep_mode": "use model.rollout.sleep_level",
+    "dtype": "use model.rollout.dtype",
+    "enforce_eager": "use model.rollout.enforce_eager",
+    "seed": "each request carries its own seed, drawn from torch's generator",
+    "distributed_executor_backend": "the engine runs in the training process (external_launcher)",
+    "tensor_parallel_size": "one engine per training process",
+    "logprobs_mode": "the sampler correction needs the log-probs of the distribution sampled from",
+    "skip_tokenizer_init": "token ids go in and out; a tokenizer is loaded for stop strings only",
+}
 
 
 def _load_vllm() -> Any:
@@ -163,6 +177,21 @@ def vllm_weights(policy: nn.Module, dtype: torch.dtype | None = None) -> Iterato
         yield vllm_name(name), tensor
 
 
+def check_pushable(policy: nn.Module) -> None:
+    """A ``ConfigError`` for a peft policy whose trained weights are not all LoRA adapters of base layers
+    (``modules_to_save`` copies, trainable tokens): their names are not vLLM's, and merging does not apply."""
+    try:
+        from peft.utils.other import AuxiliaryTrainingWrapper
+    except ImportError:  # peft is optional; without it no policy has such layers
+        return
+    for name, module in policy.named_modules():
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            raise ConfigError(
+                f"VLLMEngine cannot push peft's {type(module).__name__} ({name}: modules_to_save or "
+                "trainable tokens): train LoRA adapters only, or sample with HFEngine"
+            )
+
+
 def _vllm_model(llm: Any) -> nn.Module:
     """The model inside an in-process vLLM engine (``distributed_executor_backend="external_launcher"``
     keeps the worker in this process), whose ``load_weights`` takes ``(name, tensor)`` pairs."""
@@ -185,7 +214,18 @@ def push_weights(llm: Any, policy: nn.Module) -> None:
     for every copy that narrows one (``AutoWeightsLoader._load_param``), about 290 lines per push for a
     float32 Qwen2.5-0.5B going into bfloat16."""
     dtype = llm.llm_engine.model_config.dtype
-    _vllm_model(llm).load_weights(vllm_weights(policy, dtype))
+    model = _vllm_model(llm)
+    loaded = model.load_weights(vllm_weights(policy, dtype))
+    if loaded is None:  # a model class that does not say what it loaded
+        return
+    # Every parameter must be set: after a level-2 sleep one left out holds garbage, and samples with it.
+    missing = sorted({name for name, _ in model.named_parameters()} - set(loaded))
+    if missing:
+        raise ConfigError(
+            f"VLLMEngine: the policy's weights left {len(missing)} of vLLM's parameters unset "
+            f"({', '.join(missing[:3])}{', ...' * (len(missing) > 3)}): vLLM's model (model.rollout.model, "
+            "default the policy's name_or_path) must be the policy's architecture"
+        )
 
 
 # ---------------------------------------------------------------------------------- sampling
@@ -347,6 +387,10 @@ class VLLMEngine(RolloutEngine):
         self.model = model
         self.enforce_eager = enforce_eager
         self.engine_kwargs = dict(engine_kwargs or {})
+        for key in self.engine_kwargs:
+            if key in FIXED_ENGINE_ARGUMENTS:
+                why = FIXED_ENGINE_ARGUMENTS[key]
+                raise ConfigError(f"model.rollout.engine_kwargs.{key}: VLLMEngine sets it itself ({why})")
         self._llm: Any = None  # started by the first rollout of a bound copy
         self._stale = True  # the engine's weights may differ from the policy's
         self._asleep = False
@@ -355,12 +399,21 @@ class VLLMEngine(RolloutEngine):
     def bind(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> VLLMEngine:
         """A bound copy (see ``RolloutEngine.bind``); a ``ConfigError`` without CUDA or vllm."""
         check_engine_kwargs(_load_vllm(), self.engine_kwargs)
+        check_pushable(policy)
         bound = super().bind(policy, tokenizer)
         bound._llm, bound._stale, bound._asleep, bound._detokenizes = None, True, False, False
         return bound
 
     def check_sampling(self, sampling: SamplingConfig, field: str = "model.sampling") -> None:
-        """A ``ConfigError`` for a temperature vLLM cannot sample at exactly (``TEMPERATURE_RANGE``)."""
+        """A ``ConfigError`` for a temperature vLLM cannot sample at exactly (``TEMPERATURE_RANGE``), and
+        for min-p together with top-k or top-p, which vLLM applies in another order than ``HFEngine``."""
+        if sampling.min_p > 0 and (sampling.top_k > 0 or sampling.top_p < 1):
+            raise ConfigError(
+                f"{field}: min_p={sampling.min_p} with top_k={sampling.top_k} / top_p={sampling.top_p}: "
+                "vLLM applies min_p before top_k and top_p, HFEngine (as transformers' generate) after "
+                "them, so the two would sample different distributions: with VLLMEngine set min_p or "
+                "top_k/top_p, not both"
+            )
         low, high = TEMPERATURE_RANGE
         if not low <= sampling.temperature <= high:
             raise ConfigError(
@@ -389,7 +442,8 @@ class VLLMEngine(RolloutEngine):
         if not greedy:
             self.check_sampling(sampling)
         stops = Stops.of(self.stop_ids, sampling, greedy)
-        seeds = [None] * len(rows) if greedy else request_seeds(len(rows))
+        # A greedy request needs no seed, but without one vLLM draws one from numpy's generator (ours).
+        seeds = [0] * len(rows) if greedy else request_seeds(len(rows))
         # Rollouts run inside training_step, under Lightning's autocast with bf16-mixed: vLLM must start
         # (compile, capture CUDA graphs) and generate in its own dtypes, and a LoRA merge stay float32.
         with torch.autocast(policy.device.type, enabled=False):
@@ -422,6 +476,9 @@ class VLLMEngine(RolloutEngine):
             self._detokenizes = with_tokenizer
         llm = self._llm
         if self._asleep:
+            # vLLM's sleep-mode allocator takes its memory from CUDA, not from the blocks torch's allocator
+            # keeps cached after the update: give those back first (as TRL does, against out-of-memory).
+            torch.cuda.empty_cache()
             llm.wake_up(tags=["weights"])
         if self._stale:
             push_weights(llm, self.policy)

@@ -105,6 +105,48 @@ def test_engine_options_are_checked():
         VLLMEngine(sleep_level=3)
 
 
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("logprobs_mode", "the sampler correction needs"),
+        ("seed", "each request carries its own seed"),
+        ("dtype", "use model.rollout.dtype"),
+    ],
+)
+def test_engine_kwargs_the_engine_sets_itself_are_refused(key, why):
+    """``engine_kwargs`` go over the engine's own arguments: ``logprobs_mode: raw_logprobs`` would silently
+    hand the sampler correction log-probs of another distribution than the one sampled from."""
+    with pytest.raises(
+        ConfigError, match=rf"^model.rollout.engine_kwargs.{key}: VLLMEngine sets it itself \({why}"
+    ):
+        VLLMEngine(engine_kwargs={key: "x"})
+
+
+def test_a_policy_with_modules_to_save_is_refused_when_the_engine_is_bound(standin, tokenizer):
+    """peft's modules_to_save copies have names vLLM does not know and are not LoRA merges: refused at
+    bind, not in vLLM's loader at the first push."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    policy = get_peft_model(
+        tiny_policy("llama", tokenizer),
+        PeftLoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]),
+    )
+    with pytest.raises(ConfigError, match=r"^VLLMEngine cannot push peft's ModulesToSaveWrapper \(.*lm_head"):
+        VLLMEngine().bind(policy, tokenizer)
+
+
+def test_min_p_with_top_k_or_top_p_is_refused():
+    """vLLM applies min-p before top-k and top-p, HFEngine after them: the pair is refused, either alone
+    samples alike."""
+    engine = VLLMEngine()
+    for filters in ({"top_p": 0.9}, {"top_k": 20}):
+        with pytest.raises(ConfigError, match=r"^model.sampling: min_p=0.1 with top_k=.*not both$"):
+            engine.check_sampling(SamplingConfig(min_p=0.1, **filters))
+    engine.check_sampling(SamplingConfig(min_p=0.1))
+    engine.check_sampling(SamplingConfig(top_p=0.9, top_k=20))
+
+
 # ------------------------------------------------------------------------------------- weights
 
 
@@ -202,6 +244,36 @@ def test_level_2_sleep_pushes_the_weights_before_every_rollout_and_evaluation_lo
     training = [*woken, ("generate", 3), ("sleep", 2)]
     evaluation = [*woken, ("generate", 3), ("generate", 3), ("sleep", 2)]
     assert pushes_and_lifecycle(calls) == start + training + evaluation
+
+
+def test_a_push_that_leaves_a_vllm_parameter_unset_is_an_error(standin, tokenizer, monkeypatch):
+    """After a level-2 sleep a parameter the push left out holds garbage: the first push names it."""
+    pushed = vllm_engine.vllm_weights
+    monkeypatch.setattr(
+        vllm_engine,
+        "vllm_weights",
+        lambda policy, dtype=None: ((n, t) for n, t in pushed(policy, dtype) if "layers.1.mlp" not in n),
+    )
+    engine = VLLMEngine().bind(tiny_policy("llama", tokenizer), tokenizer)
+    with pytest.raises(
+        ConfigError,
+        match=r"^VLLMEngine: the policy's weights left 3 of vLLM's parameters "
+        r"unset \(model.layers.1.mlp.down_proj.weight, .*\): vLLM's model",
+    ):
+        engine.generate(PROMPTS, SamplingConfig(num_generations=2, max_new_tokens=4))
+
+
+def test_torchs_cached_memory_goes_back_before_vllm_wakes_up(standin, tokenizer, monkeypatch):
+    """vLLM's sleep-mode allocator takes memory from CUDA, not from torch's cache: emptied first."""
+    _, calls = standin
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(("empty_cache",)))
+    engine = VLLMEngine().bind(tiny_policy("llama", tokenizer), tokenizer)
+    config = SamplingConfig(num_generations=2, max_new_tokens=4)
+    for _ in range(2):
+        engine.generate(PROMPTS, config)
+        engine.release()
+    names = [call[0] for call in calls if call[0] in ("empty_cache", "wake_up", "sleep")]
+    assert names == ["sleep", "empty_cache", "wake_up", "wake_up", "sleep"]
 
 
 @pytest.mark.parametrize("kind", ["llama", "llama-lora"])
@@ -508,8 +580,11 @@ def test_a_rollout_asks_for_the_mapped_params_with_one_seed_per_prompt(standin, 
     mapped = sampling_kwargs(config, False, (tokenizer.eos_token_id,))
     assert made == [{**mapped, "seed": seed} for seed in seeds]
     made.clear()
+    numpy_state = np.random.get_state()[1].copy()
     engine.generate(PROMPTS, config, greedy=True)
-    assert made == [{**sampling_kwargs(config, True, (tokenizer.eos_token_id,)), "seed": None}] * 3
+    # a fixed seed: with None, vLLM would draw one from numpy's generator, the trainer's
+    assert made == [{**sampling_kwargs(config, True, (tokenizer.eos_token_id,)), "seed": 0}] * 3
+    assert np.array_equal(np.random.get_state()[1], numpy_state)
 
 
 # -------------------------------------------------------------------------------------- outputs

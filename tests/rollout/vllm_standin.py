@@ -27,7 +27,7 @@ import dataclasses
 import os
 import random
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -102,15 +102,22 @@ class StandInModel:
         self.parameters = dict(model.named_parameters())
         self.calls, self.autocast = calls, autocast
 
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        return iter(self.parameters.items())
+
     @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """The names of the parameters it set, as vLLM 0.34's models return them."""
         self.calls.append(("load_weights",))
+        loaded = set()
         for name, tensor in weights:
             if name not in self.parameters:
                 raise KeyError(f"vLLM has no parameter {name!r}")
             self.parameters[name].copy_(tensor)
+            loaded.add(name)
             self.calls.append(("weight", name, tensor.dtype))
             self.autocast.append(("load_weights", autocast_on()))
+        return loaded
 
 
 class StandInLLM:
