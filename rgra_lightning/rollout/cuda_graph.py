@@ -32,7 +32,9 @@ def _capture_stream(device: torch.device) -> torch.cuda.Stream:
 def _capture_pool(device: torch.device) -> torch.cuda.MemPool:
     """One memory pool per device for every captured graph (its logits and intermediates), kept alive:
     a graph captured into a pool of its own leaves that pool reserved after the graph is gone, until an
-    allocation fails and the allocator frees every cached block, the update's too."""
+    allocation fails and the allocator frees every cached block, the update's too. The price: this pool
+    stays reserved at the most any rollout's step has needed (about N x V logits and one layer's
+    intermediates), also while the update runs."""
     return torch.cuda.MemPool()
 
 

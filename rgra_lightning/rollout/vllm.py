@@ -224,7 +224,8 @@ def push_weights(llm: Any, policy: nn.Module) -> None:
         raise ConfigError(
             f"VLLMEngine: the policy's weights left {len(missing)} of vLLM's parameters unset "
             f"({', '.join(missing[:3])}{', ...' * (len(missing) > 3)}): vLLM's model (model.rollout.model, "
-            "default the policy's name_or_path) must be the policy's architecture"
+            "default the policy's name_or_path) must be the policy's architecture, unquantized, without "
+            "enable_lora"
         )
 
 
@@ -406,13 +407,14 @@ class VLLMEngine(RolloutEngine):
 
     def check_sampling(self, sampling: SamplingConfig, field: str = "model.sampling") -> None:
         """A ``ConfigError`` for a temperature vLLM cannot sample at exactly (``TEMPERATURE_RANGE``), and
-        for min-p together with top-k or top-p, which vLLM applies in another order than ``HFEngine``."""
-        if sampling.min_p > 0 and (sampling.top_k > 0 or sampling.top_p < 1):
+        for min-p together with top-p, which vLLM applies in another order than ``HFEngine``."""
+        # top-k and min-p keep the same tokens in either order (neither drops the most probable one, which
+        # min-p's cut is relative to); top-p and min-p do not.
+        if sampling.min_p > 0 and sampling.top_p < 1:
             raise ConfigError(
-                f"{field}: min_p={sampling.min_p} with top_k={sampling.top_k} / top_p={sampling.top_p}: "
-                "vLLM applies min_p before top_k and top_p, HFEngine (as transformers' generate) after "
-                "them, so the two would sample different distributions: with VLLMEngine set min_p or "
-                "top_k/top_p, not both"
+                f"{field}: min_p={sampling.min_p} with top_p={sampling.top_p}: vLLM applies min_p before "
+                "top_p, HFEngine (as transformers' generate) after it, so the two would sample different "
+                "distributions: with VLLMEngine set min_p or top_p, not both"
             )
         low, high = TEMPERATURE_RANGE
         if not low <= sampling.temperature <= high:
@@ -530,6 +532,7 @@ class VLLMEngine(RolloutEngine):
             **self.engine_kwargs,
         }
         threads = torch.get_num_threads()  # vLLM 0.34's worker sets one for the whole process
+        torch.cuda.empty_cache()  # vLLM checks at start that its share of the GPU is free
         with random_state_kept(), local_rank_set(local_rank):
             llm = vllm.LLM(**arguments)
         torch.set_num_threads(threads)

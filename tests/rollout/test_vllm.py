@@ -136,18 +136,15 @@ def test_a_policy_with_modules_to_save_is_refused_when_the_engine_is_bound(stand
         VLLMEngine().bind(policy, tokenizer)
 
 
-def test_min_p_with_top_k_or_top_p_is_refused():
-    """vLLM applies min-p before top-k and top-p, HFEngine after them: the pair is refused, either alone
-    samples alike."""
+def test_min_p_with_top_p_is_refused():
+    """vLLM applies min-p before top-p, HFEngine after it: the pair is refused. With top-k the order does
+    not matter (neither drops the most probable token, which min-p's cut is relative to)."""
     engine = VLLMEngine()
-    for filters in ({"top_p": 0.9}, {"top_k": 20}):
-        with pytest.raises(ConfigError, match=r"^model.sampling: min_p=0.1 with top_k=.*not both$"):
-            engine.check_sampling(SamplingConfig(min_p=0.1, **filters))
+    with pytest.raises(ConfigError, match=r"^model.sampling: min_p=0.1 with top_p=0.9: .*not both$"):
+        engine.check_sampling(SamplingConfig(min_p=0.1, top_p=0.9))
     engine.check_sampling(SamplingConfig(min_p=0.1))
+    engine.check_sampling(SamplingConfig(min_p=0.1, top_k=20))
     engine.check_sampling(SamplingConfig(top_p=0.9, top_k=20))
-
-
-# ------------------------------------------------------------------------------------- weights
 
 
 def test_vllm_names_drop_peft_levels():
@@ -264,7 +261,8 @@ def test_a_push_that_leaves_a_vllm_parameter_unset_is_an_error(standin, tokenize
 
 
 def test_torchs_cached_memory_goes_back_before_vllm_wakes_up(standin, tokenizer, monkeypatch):
-    """vLLM's sleep-mode allocator takes memory from CUDA, not from torch's cache: emptied first."""
+    """vLLM's sleep-mode allocator takes memory from CUDA, not from torch's cache, and vLLM checks at start
+    that its share is free: torch's cache is emptied before it starts and before each wake-up."""
     _, calls = standin
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(("empty_cache",)))
     engine = VLLMEngine().bind(tiny_policy("llama", tokenizer), tokenizer)
@@ -272,8 +270,8 @@ def test_torchs_cached_memory_goes_back_before_vllm_wakes_up(standin, tokenizer,
     for _ in range(2):
         engine.generate(PROMPTS, config)
         engine.release()
-    names = [call[0] for call in calls if call[0] in ("empty_cache", "wake_up", "sleep")]
-    assert names == ["sleep", "empty_cache", "wake_up", "wake_up", "sleep"]
+    names = [call[0] for call in calls if call[0] in ("empty_cache", "LLM", "wake_up", "sleep")]
+    assert names == ["empty_cache", "LLM", "sleep", "empty_cache", "wake_up", "wake_up", "sleep"]
 
 
 @pytest.mark.parametrize("kind", ["llama", "llama-lora"])
