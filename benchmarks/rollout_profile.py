@@ -68,11 +68,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
-    args = parse_arguments()
-    from benchmarks.throughput import model_directory
+    from benchmarks.rollout_speed import on_model
 
-    with model_directory(args.model, args.random_init) as args.model:
-        measure(args)
+    on_model(parse_arguments(), measure)
 
 
 def labelled(function: Callable, name: str) -> Callable:

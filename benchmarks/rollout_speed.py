@@ -31,6 +31,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,11 +94,16 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
-    args = parse_arguments()
+    on_model(parse_arguments(), measure)
+
+
+def on_model(args: argparse.Namespace, measure_with: Callable[[argparse.Namespace], None]) -> None:
+    """``measure_with(args)`` with ``args.model`` the model's directory (for ``--random-init``, a random
+    model of that shape, removed afterwards); shared with ``rollout_profile.py``."""
     from benchmarks.throughput import model_directory
 
     with model_directory(args.model, args.random_init) as args.model:
-        measure(args)
+        measure_with(args)
 
 
 def measure(args: argparse.Namespace) -> None:
