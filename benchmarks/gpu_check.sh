@@ -7,7 +7,8 @@
 # the log comes back whole. Parts, in the order they run (no argument: all of them):
 #   core  the fused head's tests on CUDA; the default config trained for 30 updates (the whole CLI path);
 #   graphs the HF engine with its decoding steps replayed as CUDA graphs (HFEngine(cuda_graphs=True), never
-#         run on a GPU before): its tests on CUDA, its decoding speed against the plain steps
+#         run on a GPU before): its tests on CUDA, the default config trained with it through the CLI
+#         (30 updates: val/accuracy against core's), its decoding speed against the plain steps
 #         (rollout_speed.py --paths decoder graphed plain), the LoRA 128 comparison with TRL
 #         (throughput.py --engine hf-graphs), and the paper config's step with it (paper_step.py);
 #   profile where the LoRA training loop's rollout time goes (benchmarks/rollout_profile.py: the same
@@ -74,6 +75,9 @@ fi
 if want graphs; then
   section 120 "CUDA graphs: tests" python3 -m pytest -q -p no:cacheprovider tests/rollout/test_cuda_graph.py \
     tests/rollout/test_engine_contract.py -k "cuda_graph or cuda-graphs"
+  section 100 "CUDA graphs: default config on the GPU" python3 -m rgra_lightning fit --config configs/rgra.yaml \
+    --trainer.accelerator=gpu --trainer.max_steps=30 --trainer.logger=false --trainer.callbacks=[] \
+    --trainer.enable_checkpointing=false --model.init_args.rollout.init_args.cuda_graphs=true
   section 100 "CUDA graphs: decoding paths, Qwen2.5-0.5B shape + LoRA 128" python3 benchmarks/rollout_speed.py \
     --device cuda --random-init qwen2.5-0.5b --lora 128 --dtype bfloat16 --autocast --tokens 64 --rounds 3 \
     --paths decoder graphed plain

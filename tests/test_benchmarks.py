@@ -286,7 +286,7 @@ def test_every_command_of_the_gpu_check_parses_here(capsys):
         f"benchmarks/{name}.py"
         for name in ("paper_step", "throughput", "rollout_speed", "rollout_profile", "peak_memory")
     }
-    assert sum(command[:2] == ["-m", "rgra_lightning"] for command in commands) == 2
+    assert sum(command[:2] == ["-m", "rgra_lightning"] for command in commands) == 3
     for command in commands:
         if command[0] == "-m":
             with pytest.raises(SystemExit) as exit_info:
