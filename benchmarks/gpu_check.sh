@@ -81,8 +81,8 @@ if want graphs; then
   section 100 "CUDA graphs: decoding paths, Qwen2.5-0.5B shape + LoRA 128" python3 benchmarks/rollout_speed.py \
     --device cuda --random-init qwen2.5-0.5b --lora 128 --dtype bfloat16 --autocast --tokens 64 --rounds 3 \
     --paths decoder graphed plain
-  section 150 "CUDA graphs: throughput, Qwen2.5-0.5B shape + LoRA 128" python3 benchmarks/throughput.py \
-    --device cuda --dtype bfloat16 --random-init qwen2.5-0.5b --lora 128 --runs 2 --steps 3 --warmup 1 --tokens 64 \
+  section 100 "CUDA graphs: throughput, Qwen2.5-0.5B shape + LoRA 128" python3 benchmarks/throughput.py \
+    --device cuda --dtype bfloat16 --random-init qwen2.5-0.5b --lora 128 --runs 1 --steps 3 --warmup 1 --tokens 64 \
     --engine hf-graphs
   section 180 "CUDA graphs: paper config, random weights" python3 benchmarks/paper_step.py \
     --random-init qwen2.5-0.5b --steps 3 --cli=--model.init_args.rollout.init_args.cuda_graphs=true
