@@ -40,6 +40,8 @@ from rgra_lightning.versions import CACHE
 
 # The default finished_check_interval on an accelerator: every step there waits for the host otherwise.
 ACCELERATOR_CHECK_INTERVAL = 8
+# Devices whose decoding steps ``cuda_graphs`` replays as graphs (``GraphedStep``).
+GRAPH_DEVICES = ("cuda",)
 
 
 class HFEngine(RolloutEngine):
@@ -163,7 +165,7 @@ def _decode(
     else:
         logits = logits.repeat_interleave(repeats, dim=0)
         decode_step = decoder.step
-        if cuda_graphs and logits.device.type == "cuda":
+        if cuda_graphs and logits.device.type in GRAPH_DEVICES:
             decode_step = GraphedStep(decoder, rows, logits.device)
     if check_interval is None:
         check_interval = 1 if logits.device.type == "cpu" else ACCELERATOR_CHECK_INTERVAL

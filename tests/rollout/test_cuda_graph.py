@@ -78,6 +78,58 @@ def test_cuda_graphs_are_ignored_off_cuda(monkeypatch):
     assert torch.equal(rollouts[0].completion_ids, rollouts[1].completion_ids)
 
 
+class InPlaceStep:
+    """What a replayed graph does, on the CPU: the static step on fixed token and step buffers, its logits
+    written into one buffer that every call returns (a graph's output is overwritten by the next replay)."""
+
+    def __init__(self, decoder: LlamaDecoder, rows: int, device: torch.device) -> None:
+        self.decoder = decoder
+        self.token = torch.zeros(rows, dtype=torch.long, device=device)
+        self.step_index = torch.zeros((), dtype=torch.long, device=device)
+        self.logits = decoder.static_step(self.token, self.step_index)  # the warm-up writes slot P
+        self.calls = 0
+
+    def __call__(self, token: torch.Tensor, step: int) -> torch.Tensor:
+        self.token.copy_(token)
+        self.step_index.fill_(step)
+        self.logits.copy_(self.decoder.static_step(self.token, self.step_index))
+        self.calls += 1
+        return self.logits
+
+
+@pytest.mark.parametrize("stop", ["token", "string"])
+@pytest.mark.parametrize("interval", [1, 3])
+def test_the_decoding_loop_takes_graph_replays_as_it_takes_steps(monkeypatch, stop, interval):
+    """The decoding loop with a graph's semantics (one logits buffer, overwritten at every step; the
+    warm-up's write into the buffers) samples what it samples with the plain steps: greedy and seeded,
+    finished rows checked every step or every 3, rows ended by a stop token or a stop string."""
+    from rgra_lightning.rollout import hf
+
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = tiny_policy("llama-lora", tokenizer)
+    made: list[InPlaceStep] = []
+
+    def in_place(*args):
+        made.append(InPlaceStep(*args))
+        return made[-1]
+
+    monkeypatch.setattr(hf, "GRAPH_DEVICES", ("cpu",))
+    monkeypatch.setattr(hf, "GraphedStep", in_place)
+    stops = {"stop_strings": ["}"]} if stop == "string" else {}
+    for greedy in (True, False):
+        config = SamplingConfig(num_generations=4, max_new_tokens=16, **stops)
+        rollouts, next_draws = [], []
+        for graphs in (False, True):
+            torch.manual_seed(0)
+            engine = HFEngine(finished_check_interval=interval, cuda_graphs=graphs).bind(policy, tokenizer)
+            rollouts.append(engine.generate(PROMPTS, config, greedy=greedy))
+            next_draws.append(torch.rand(3))  # the generator left where the plain loop leaves it
+        assert torch.equal(rollouts[0].completion_ids, rollouts[1].completion_ids), greedy
+        assert rollouts[0].completions == rollouts[1].completions
+        assert torch.equal(next_draws[0], next_draws[1])
+    assert len(made) == 2 and all(step.calls > 0 for step in made)
+
+
 @CUDA
 @pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
@@ -98,7 +150,7 @@ def test_a_graphed_rollout_samples_what_the_plain_steps_sample(kind, autocast, p
 
     monkeypatch.setattr(cuda_graph_module.GraphedStep, "__init__", counted)
     for greedy in (True, False):
-        config = SamplingConfig(num_generations=1 if greedy else 4, max_new_tokens=16)
+        config = SamplingConfig(num_generations=4, max_new_tokens=16)
         rollouts = []
         for graphs in (False, True):
             torch.manual_seed(0)
