@@ -12,6 +12,7 @@ import torch
 from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from rgra_lightning.models import LoraConfig, add_lora, load_causal_lm, load_tokenizer
+from rgra_lightning.prompt_cache import position_ids
 from rgra_lightning.rehearsal import LLAMA3_CHAT_TEMPLATE
 from rgra_lightning.rollout import SamplingConfig
 from tests.conftest import TINY_POLICY
@@ -63,6 +64,21 @@ def tiny_policy(kind: str, tokenizer) -> torch.nn.Module:
             if "lora_B" in name:
                 torch.nn.init.normal_(parameter, std=0.05)
     return policy
+
+
+def decoding_inputs(
+    tokenizer, prompts: list[str], new_tokens: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The left-padded ``prompts``' ids and mask ``[B, P]``, and for their rows repeated twice each (G = 2)
+    with ``new_tokens`` decoded after them, the attention mask ``[2B, P + T]`` (every new position attended)
+    and the position ids ``[2B, P + T]``: what a decoding step is fed."""
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+    attention_mask = torch.ones(
+        2 * len(prompts), ids.shape[1] + new_tokens, dtype=mask.dtype, device=mask.device
+    )
+    attention_mask[:, : ids.shape[1]] = mask.repeat_interleave(2, dim=0)
+    return ids, mask, attention_mask, position_ids(attention_mask)
 
 
 def generate_reference(

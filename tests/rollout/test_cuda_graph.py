@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from rgra_lightning.models import load_tokenizer
-from rgra_lightning.prompt_cache import encode_prompts, position_ids
+from rgra_lightning.prompt_cache import encode_prompts
 from rgra_lightning.rollout import HFEngine, SamplingConfig
 from rgra_lightning.rollout import cuda_graph as cuda_graph_module
 from rgra_lightning.rollout.llama_decode import LlamaDecoder
 from tests.conftest import TINY_POLICY, assert_close_normwise, rounding_rtol
-from tests.tiny_models import PROMPTS, tiny_policy
+from tests.tiny_models import PROMPTS, decoding_inputs, tiny_policy
 
 # [steps, N]: 6 steps of the 2 x 3 rows of three prompts repeated twice
 NEW_TOKENS = torch.tensor([[5, 9, 13, 17, 21, 25], [7, 7, 7, 2, 2, 2], [3, 4, 5, 6, 7, 8]]).T.repeat(1, 2)
@@ -19,14 +19,9 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs nee
 
 def two_decoders(policy, tokenizer, prompts: list[str], padded: bool) -> tuple[LlamaDecoder, LlamaDecoder]:
     """Two decoders of the same prompts (each repeated twice), each with buffers of its own."""
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(policy.device)
-    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    ids, mask, attention_mask, positions = decoding_inputs(tokenizer, prompts, len(NEW_TOKENS), policy.device)
     assert bool(mask.all()) != padded
-    attention_mask = torch.ones(
-        2 * len(prompts), ids.shape[1] + len(NEW_TOKENS), dtype=mask.dtype, device=mask.device
-    )
-    attention_mask[:, : ids.shape[1]] = mask.repeat_interleave(2, dim=0)
-    first = position_ids(attention_mask)[:, ids.shape[1] : ids.shape[1] + 1]
+    first = positions[:, ids.shape[1] : ids.shape[1] + 1]
     decoders = []
     for _ in range(2):
         _, cache = encode_prompts(policy, ids, mask)

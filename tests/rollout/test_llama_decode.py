@@ -17,13 +17,13 @@ from transformers import (
 )
 
 from rgra_lightning.models import load_causal_lm, load_tokenizer
-from rgra_lightning.prompt_cache import encode_prompts, position_ids, prefill
+from rgra_lightning.prompt_cache import encode_prompts, prefill
 from rgra_lightning.rollout import SamplingConfig, llama_decode
 from rgra_lightning.rollout.llama_decode import LlamaDecoder, _packed, _Projection
 from rgra_lightning.versions import CACHE, release
 from tests.conftest import LOGPROB_RTOL, TINY_POLICY, assert_close_normwise, rounding_rtol
 from tests.conftest import sample as sample_rollout
-from tests.tiny_models import PROMPTS, generate_reference, tiny_dimensions, tiny_policy
+from tests.tiny_models import PROMPTS, decoding_inputs, generate_reference, tiny_dimensions, tiny_policy
 
 
 def count_decoder_steps(monkeypatch) -> list[int]:
@@ -60,17 +60,13 @@ def test_a_llama_decoder_step_computes_the_models_logits(kind, padded, dtype, pa
     grouped = policy.config.num_key_value_heads < policy.config.num_attention_heads
     transformers_repeats_kv = release(transformers.__version__) < (5, 24)
     prompts = PROMPTS if padded else ["1+2=", "3*4=", "5-6="]
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-    ids, mask = encoded["input_ids"], encoded["attention_mask"]
-    assert bool(mask.all()) != padded
     new_tokens = torch.tensor([[5, 9, 13, 17, 21, 25], [7, 7, 7, 2, 2, 2], [3, 4, 5, 6, 7, 8]])
+    ids, mask, attention_mask, positions = decoding_inputs(tokenizer, prompts, len(new_tokens))
+    assert bool(mask.all()) != padded
     with torch.no_grad():
         _, cache = encode_prompts(policy, ids, mask)  # the decoder repeats it
         _, reference_cache = prefill(policy, ids, mask, repeats=2)
         assert LlamaDecoder.unsupported(policy, cache) is None
-        attention_mask = torch.ones(6, ids.shape[1] + len(new_tokens), dtype=mask.dtype)
-        attention_mask[:, : ids.shape[1]] = mask.repeat_interleave(2, dim=0)
-        positions = position_ids(attention_mask)
         first = positions[:, ids.shape[1] : ids.shape[1] + 1]
         decoder = LlamaDecoder(policy, cache, 2, first, attention_mask if padded else None, len(new_tokens))
         projections = [decoder.lm_head] + [layer.qkv for layer in decoder.layers]
@@ -266,12 +262,8 @@ PLAIN_LORA = {  # LoRA policies whose adapters the decoder applies itself (folde
 def decode_steps(policy, tokenizer, new_tokens: torch.Tensor, decoder_path: bool) -> list[torch.Tensor]:
     """Next-token logits after feeding each row of ``new_tokens`` ``[steps, N]`` (N = 2 x ``PROMPTS``),
     through ``LlamaDecoder`` or through the model's forward with its cache."""
-    encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
-    ids, mask = encoded["input_ids"], encoded["attention_mask"]
-    rows, length = 2 * len(PROMPTS), ids.shape[1]
-    attention_mask = torch.ones(rows, length + len(new_tokens), dtype=mask.dtype)
-    attention_mask[:, :length] = mask.repeat_interleave(2, dim=0)
-    positions = position_ids(attention_mask)
+    ids, mask, attention_mask, positions = decoding_inputs(tokenizer, PROMPTS, len(new_tokens))
+    length = ids.shape[1]
     logits = []
     with torch.no_grad():
         if decoder_path:
