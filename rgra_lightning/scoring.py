@@ -2,8 +2,9 @@
 verifier, a learned reward model, or a weighted sum of them).
 
 A verifier that fails on some completions does not end a run: a batch call that raises is retried one
-completion at a time (unless the verifier's scores depend on the batch, ``scores_depend_on_the_batch``, as
-a standardizing reward model's do: alone, each would score 0, so the batch fails as a whole), and a
+completion at a time (unless the verifier says ``scored_in_whole_batches``, as a standardizing reward
+model's scores, which depend on the batch, and a sharded reward model's collectives do: the batch then fails
+as a whole), and a
 completion that still raises, gets a NaN/inf reward or a result that is not one ``Score``, gets reward 0
 with the error recorded (``train/verifier_errors``) and a warning. A ``WeightedSum``'s components are
 scored each on its own, so a failing one costs only its part. A verifier that fails on every completion of
@@ -56,7 +57,7 @@ def robust_score_batch(
     try:
         scores = _checked_result(verifier.score_batch(completions, references, prompts), len(completions))
     except Exception as batch_error:
-        if getattr(verifier, "scores_depend_on_the_batch", False):  # one at a time would score otherwise
+        if getattr(verifier, "scored_in_whole_batches", False):
             failed = Score(0.0, False, None, VERIFIER_FAILED, error=f"{name} raised {batch_error!r}")
             return _checked_scores([failed] * len(completions), name)
         warnings.warn(f"{name}.score_batch raised {batch_error!r}; scoring one at a time", stacklevel=2)

@@ -60,7 +60,8 @@ from rgra_lightning.logprobs import token_logprobs
 from rgra_lightning.metrics import TRAIN_REDUCTIONS
 from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.rehearsal import scalars
-from rgra_lightning.rollout import HFEngine, Rollout, SamplingConfig
+from rgra_lightning.reward_models.scorer import RewardModelScorer
+from rgra_lightning.rollout import HFEngine, Rollout, SamplingConfig, hf
 from rgra_lightning.rollout.vllm import vllm_weights
 from tests.conftest import FAST, ROOT, TINY_POLICY, assert_close_normwise, rounding_rtol
 from tests.conftest import sample as sample_rollout
@@ -203,23 +204,53 @@ def test_sharding_options_are_validated_and_each_decoder_layer_is_a_unit():
 
 
 def _sharded_generation(rank: int, port: int, out: Path) -> None:
-    """One of 2 gloo ranks: greedy completions of an FSDP2-sharded policy vs the same policy unsharded."""
+    """One of 2 gloo ranks: greedy completions of an FSDP2-sharded policy vs the same policy unsharded, and
+    an LM judge's scores sharded vs not; each sharded model also run inside inference mode, as Lightning's
+    evaluation loops run on NCCL (on gloo it leaves it off)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
     model, tokenizer = load_causal_lm(str(TINY_POLICY)), load_tokenizer(str(TINY_POLICY))
+    judge = RewardModelScorer(
+        str(TINY_POLICY), kind="judge", judge_template="{prompt}{completion} ", judge_token="1"
+    )
     prompts = [["3+4=", "8*9="], ["12*7-5=", "6-6="]][rank]
     config = SamplingConfig(max_new_tokens=12)
     unsharded = sample_rollout(model, tokenizer, prompts, config, greedy=True)
-    shard_model(model, init_device_mesh("cpu", (2,)), ShardingConfig())
+    unsharded_scores = judge.raw_scores(prompts, unsharded.completions)
+    mesh = init_device_mesh("cpu", (2,))
+    shard_model(model, mesh, ShardingConfig())
+    whole_batches = [judge.scored_in_whole_batches]
+    shard_model(judge.model, mesh, ShardingConfig())
+    whole_batches.append(judge.scored_in_whole_batches)  # a failed batch is not retried alone: collectives
+    modes = []  # (gradients on, inference mode) in each decoding loop
+    decode = hf._decode
+
+    def recording_modes(*args: object, **kwargs: object) -> Tensor:
+        modes.append([torch.is_grad_enabled(), torch.is_inference_mode_enabled()])
+        return decode(*args, **kwargs)
+
+    hf._decode = recording_modes
+    with torch.inference_mode():
+        in_evaluation = sample_rollout(model, tokenizer, prompts, config, greedy=True)
+        scores_in_evaluation = judge.raw_scores(prompts, unsharded.completions)
     sharded = sample_rollout(model, tokenizer, prompts, config, greedy=True)
+    hf._decode = decode
     # Training still works after generation: the units were resharded and their hooks restored.
     token_logprobs(model, sharded)[0].sum().backward()
     result = {
         "unsharded": unsharded.completions,
         "sharded": sharded.completions,
+        "in_evaluation": in_evaluation.completions,
+        "decoding_modes": modes,
         "decoding_steps": sharded.completion_ids.shape[1],
+        "whole_batches": whole_batches,
         "grads": all(p.grad is not None for p in model.parameters()),
+        "judge": [
+            unsharded_scores.tolist(),
+            scores_in_evaluation.tolist(),
+            judge.raw_scores(prompts, unsharded.completions).tolist(),  # its buffers made in inference mode
+        ],
     }
     (out / f"{rank}.json").write_text(json.dumps(result))
     _leave_gloo(rank, out)
@@ -254,13 +285,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_fsdp2_generation_matches_unsharded_and_ranks_may_stop_decoding_at_different_steps(tmp_path):
+def test_fsdp2_generation_and_judging_match_unsharded_in_and_out_of_inference_mode(tmp_path):
+    """Also: ranks may stop decoding at different steps."""
     port = free_port()
     torch.multiprocessing.spawn(_sharded_generation, args=(port, tmp_path), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
     for result in ranks:
-        assert result["sharded"] == result["unsharded"]
+        assert result["sharded"] == result["unsharded"] == result["in_evaluation"]
+        assert result["decoding_modes"] == [[False, False]] * 2  # no autograd graph kept across the steps
         assert result["grads"]
+        unsharded, in_evaluation, after = result["judge"]
+        # The same float32 weights, gathered: the same sums, perhaps in another order (abs: log-odds near 0)
+        assert in_evaluation == after and in_evaluation == pytest.approx(unsharded, rel=1e-5, abs=1e-5)
+        assert result["whole_batches"] == [False, True]
     # The ranks ran different numbers of forwards: no collective may sit inside the decoding loop.
     assert ranks[0]["decoding_steps"] != ranks[1]["decoding_steps"]
 

@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from rewards import Score, Verifier
+from rgra_lightning.distributed import is_sharded, without_autograd
 from rgra_lightning.errors import ConfigError, require_valid
 from rgra_lightning.models import (
     ModelLoadError,
@@ -222,10 +223,12 @@ class RewardModelScorer(Verifier):
             self.model = freeze(load_causal_lm(model_path, gguf_file, dtype))
 
     @property
-    def scores_depend_on_the_batch(self) -> bool:
-        """``standardize`` scores each completion against its batch's others (``robust_score_batch`` then
-        never scores them one at a time, where each would be 0)."""
-        return self.transform == "standardize"
+    def scored_in_whole_batches(self) -> bool:
+        """Whether ``robust_score_batch`` must not score a batch that failed again one completion at a time:
+        ``standardize`` scores each completion against its batch's others (alone, each would be 0), and an
+        FSDP2-sharded model's forwards are collectives (one rank scoring alone would pair its gathers with
+        the other ranks' other gathers: a hang, or layers gathered with another layer's weights)."""
+        return self.transform == "standardize" or is_sharded(self.model)
 
     def texts(self, prompts: Sequence[str], completions: Sequence[str]) -> list[str]:
         """What the model reads for each pair."""
@@ -238,20 +241,20 @@ class RewardModelScorer(Verifier):
             for prompt, completion in zip(prompts, completions, strict=True)
         ]
 
-    @torch.no_grad()
     def raw_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
         """Log-odds scores ``[N]`` (float32, CPU), computed in batches on the model's device."""
         texts = self.texts(prompts, completions)
         scores = []
-        for start in range(0, len(texts), self.batch_size):
-            chunk = texts[start : start + self.batch_size]
-            if self.kind == "classifier":
-                scores.append(classifier_scores(self.model, self.tokenizer, chunk, self.max_length))
-            else:
-                inputs = encode(self.tokenizer, chunk, self.max_length, self.model)
-                length, device = inputs["input_ids"].shape[1], inputs["input_ids"].device
-                logits = self.model(**inputs, logits_to_keep=last_positions(1, length, device))
-                scores.append(judge_log_odds(logits.logits[:, -1], self.judge_token_id))
+        with without_autograd(self.model):
+            for start in range(0, len(texts), self.batch_size):
+                chunk = texts[start : start + self.batch_size]
+                if self.kind == "classifier":
+                    scores.append(classifier_scores(self.model, self.tokenizer, chunk, self.max_length))
+                else:
+                    inputs = encode(self.tokenizer, chunk, self.max_length, self.model)
+                    length, device = inputs["input_ids"].shape[1], inputs["input_ids"].device
+                    logits = self.model(**inputs, logits_to_keep=last_positions(1, length, device))
+                    scores.append(judge_log_odds(logits.logits[:, -1], self.judge_token_id))
         return torch.cat(scores).cpu() if scores else torch.zeros(0)
 
     def score_batch(

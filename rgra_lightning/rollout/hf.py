@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rgra_lightning.distributed import gathered_for_generation, is_sharded
+from rgra_lightning.distributed import gathered_for_generation, is_sharded, without_autograd
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.prompt_cache import encode_prompts, repeat_encoded
 from rgra_lightning.rollout.base import (
@@ -84,11 +84,7 @@ class HFEngine(RolloutEngine):
         stops = Stops.of(self.stop_ids, sampling, greedy)
         was_training = policy.training
         policy.eval()
-        # Inference mode skips autograd's bookkeeping, a tenth of each decoding step here; FSDP2 would
-        # unshard parameters into inference tensors that it later updates in place, so a sharded policy
-        # uses no_grad.
-        inference = torch.inference_mode(not is_sharded(policy))
-        with gathered_for_generation(policy), torch.no_grad(), inference:
+        with gathered_for_generation(policy), without_autograd(policy):
             completion_ids = _decode(
                 policy,
                 prompt_ids,

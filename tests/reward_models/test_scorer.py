@@ -270,11 +270,11 @@ def test_a_standardizing_scorer_that_fails_on_a_batch_is_not_scored_one_at_a_tim
 
     monkeypatch.setattr(RewardModelScorer, "raw_scores", out_of_memory_above_one)
     standardize = RewardModelScorer(str(classifier_dir), transform="standardize", max_length=64)
-    assert standardize.scores_depend_on_the_batch
+    assert standardize.scored_in_whole_batches
     with pytest.raises(ConfigError, match=r"RewardModelScorer failed on all 3 .*CUDA out of memory"):
         robust_score_batch(standardize, completions, ["3", "-35", "4"], prompts)
     sigmoid = RewardModelScorer(str(classifier_dir), max_length=64)
-    assert not sigmoid.scores_depend_on_the_batch
+    assert not sigmoid.scored_in_whole_batches
     with pytest.warns(UserWarning, match="scoring one at a time"):
         scores = robust_score_batch(sigmoid, completions, ["3", "-35", "4"], prompts)
     assert all(0 < score.reward < 1 and score.error is None for score in scores)
