@@ -119,6 +119,15 @@ def gathered_for_generation(model: nn.Module) -> Iterator[None]:
             unit.reshard()
 
 
+def reshard_root(model: nn.Module) -> None:
+    """Free the gathered root parameters (embeddings, final norm, LM head) of an FSDP2-sharded ``model``
+    after forwards without a backward (reference log-probs, a reward model's scores): the root does not
+    reshard after its forward, as the policy's head is applied after it and its backward frees it, so a
+    frozen model's would otherwise stay gathered for the whole run. A no-op for an unsharded model."""
+    if is_sharded(model):
+        model.reshard()
+
+
 @contextmanager
 def without_autograd(model: nn.Module) -> Iterator[None]:
     """No autograd for ``model``'s forwards inside the block, whatever the caller's mode.

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import Cache, PreTrainedModel
 
-from rgra_lightning.distributed import is_sharded
+from rgra_lightning.distributed import is_sharded, reshard_root
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.fused_head import head_token_logprobs
 from rgra_lightning.models import is_activation_checkpointing
@@ -339,4 +339,5 @@ def logprobs_without_grad(
     out = rollout.completion_mask.new_zeros(rollout.completion_mask.shape, dtype=torch.float32)
     for part in parts:
         out[part] = token_logprobs(model, rollout.select(part), temperature, with_entropy=False)[0]
+    reshard_root(model)
     return out

@@ -56,7 +56,7 @@ from rgra_lightning.distributed import (
     with_distributed_sampler,
 )
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.logprobs import token_logprobs
+from rgra_lightning.logprobs import logprobs_without_grad, token_logprobs
 from rgra_lightning.metrics import TRAIN_REDUCTIONS
 from rgra_lightning.models import load_causal_lm, load_tokenizer
 from rgra_lightning.rehearsal import scalars
@@ -236,6 +236,13 @@ def _sharded_generation(rank: int, port: int, out: Path) -> None:
         scores_in_evaluation = judge.raw_scores(prompts, unsharded.completions)
     sharded = sample_rollout(model, tokenizer, prompts, config, greedy=True)
     hf._decode = decode
+    reference = load_causal_lm(str(TINY_POLICY))
+    shard_model(reference, mesh, ShardingConfig())
+    logprobs_without_grad(reference, sharded, 1.0, [slice(None)])
+    # A frozen model's root (embeddings, head) is freed after its forwards: no backward would free it.
+    frozen_roots_resharded = [
+        isinstance(frozen.get_input_embeddings().weight, DTensor) for frozen in (judge.model, reference)
+    ]
     # Training still works after generation: the units were resharded and their hooks restored.
     token_logprobs(model, sharded)[0].sum().backward()
     result = {
@@ -245,6 +252,7 @@ def _sharded_generation(rank: int, port: int, out: Path) -> None:
         "decoding_modes": modes,
         "decoding_steps": sharded.completion_ids.shape[1],
         "whole_batches": whole_batches,
+        "frozen_roots_resharded": frozen_roots_resharded,
         "grads": all(p.grad is not None for p in model.parameters()),
         "judge": [
             unsharded_scores.tolist(),
@@ -298,6 +306,7 @@ def test_fsdp2_generation_and_judging_match_unsharded_in_and_out_of_inference_mo
         # The same float32 weights, gathered: the same sums, perhaps in another order (abs: log-odds near 0)
         assert in_evaluation == after and in_evaluation == pytest.approx(unsharded, rel=1e-5, abs=1e-5)
         assert result["whole_batches"] == [False, True]
+        assert result["frozen_roots_resharded"] == [True, True]
     # The ranks ran different numbers of forwards: no collective may sit inside the decoding loop.
     assert ranks[0]["decoding_steps"] != ranks[1]["decoding_steps"]
 

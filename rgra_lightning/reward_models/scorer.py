@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from rewards import Score, Verifier
-from rgra_lightning.distributed import is_sharded, without_autograd
+from rgra_lightning.distributed import is_sharded, reshard_root, without_autograd
 from rgra_lightning.errors import ConfigError, require_valid
 from rgra_lightning.models import (
     ModelLoadError,
@@ -255,6 +255,7 @@ class RewardModelScorer(Verifier):
                     length, device = inputs["input_ids"].shape[1], inputs["input_ids"].device
                     logits = self.model(**inputs, logits_to_keep=last_positions(1, length, device))
                     scores.append(judge_log_odds(logits.logits[:, -1], self.judge_token_id))
+        reshard_root(self.model)
         return torch.cat(scores).cpu() if scores else torch.zeros(0)
 
     def score_batch(
