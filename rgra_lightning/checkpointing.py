@@ -29,7 +29,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -51,7 +50,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from rgra_lightning.config_files import differences
-from rgra_lightning.distributed import stop_status, with_distributed_sampler
+from rgra_lightning.distributed import (
+    requeue_slurm_job,
+    stop_reason,
+    stopped_for_requeue,
+    with_distributed_sampler,
+)
 from rgra_lightning.errors import ConfigError, RunRefusedError
 from rgra_lightning.locks import recorded_holder, take_lock
 
@@ -167,12 +171,15 @@ class PeriodicModelCheckpoint(ModelCheckpoint):
         if trainer.state.fn != TrainerFn.FITTING:
             return
         if isinstance(exception, SIGTERMException):
-            self._save_now(trainer)
-            stopped_by = "Ctrl-C" if stop_status() == 128 + signal.SIGINT else "SIGTERM"
+            self._save_now(trainer)  # every process has written its part when it returns (a barrier)
+            requeue = stopped_for_requeue()
+            then = "the requeued job resumes from it" if requeue else "resume with --ckpt_path last"
             rank_zero_info(
-                f"stopped by {stopped_by} after update {trainer.global_step}, saved to "
-                f"{self.last_model_path}: resume with --ckpt_path last"
+                f"stopped by {stop_reason()} after update {trainer.global_step}, saved to "
+                f"{self.last_model_path}: {then}"
             )
+            if requeue and trainer.is_global_zero:
+                requeue_slurm_job()
         elif isinstance(exception, KeyboardInterrupt):
             if self.last_model_path:
                 rank_zero_info(

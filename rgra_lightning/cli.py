@@ -44,7 +44,7 @@ from rgra_lightning.checkpointing import (
 )
 from rgra_lightning.commands import LIGHTNING_COMMANDS
 from rgra_lightning.config_files import LOSS_PRESETS, key_line, read
-from rgra_lightning.distributed import AgreedStop, stop_status
+from rgra_lightning.distributed import AgreedStop, slurm_restarts, stop_status
 from rgra_lightning.errors import ConfigError, exit_status, find_reported_error
 from rgra_lightning.parser_errors import (
     Mistake,
@@ -150,13 +150,18 @@ class RLCLI(LightningCLI):
         documents); a ``fit`` started afresh where an earlier run's checkpoints are (its own would go beside
         them), or into the checkpoint directory of a fit still running (``RunDirectoryLock.require_free``).
         ``best`` and ``hpc`` are Lightning's to resolve. A resumed fit logs on into its run's TensorBoard
-        directory (``ContinuedLog``)."""
+        directory (``ContinuedLog``). A fit that SLURM restarted (a requeued job, ``slurm_restarts``) with
+        no ``--ckpt_path`` resumes from its ``last`` checkpoint, where it has one."""
         config = self.config_init[self.subcommand]
         ckpt_path, fitting = config.get("ckpt_path"), self.subcommand == "fit"
         if fitting:
             if hasattr(self.model, "check_fit_settings"):  # RLModule: before Lightning's set-up
                 self.model.check_fit_settings(self.trainer, self.datamodule)
             RunDirectoryLock.require_free(self.trainer)
+            restarts = slurm_restarts()
+            if ckpt_path is None and restarts and last_checkpoint(self.trainer, required=False):
+                rank_zero_info(f"SLURM restarted this job ({restarts}x): resuming from its last checkpoint")
+                ckpt_path = config["ckpt_path"] = "last"
             if ckpt_path is None:
                 require_new_run_directory(self.trainer)
         if ckpt_path in (None, "best", "hpc"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import ParallelStrategy, Strategy
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -227,6 +229,7 @@ def with_distributed_sampler(loader: DataLoader, distributed_sampler_kwargs: dic
 
 
 _stopped_by = signal.SIGTERM  # the signal that stopped the latest fit (``AgreedStop``)
+_requeue_signal: int | None = None  # SLURM's requeue signal where the latest fit took it over
 
 
 def separate_rank_streams(world_size: int, rank: int) -> None:
@@ -247,8 +250,46 @@ def separate_rank_streams(world_size: int, rank: int) -> None:
 
 def stop_status() -> int:
     """The exit status of a fit that a signal stopped after saving its state, as a shell reports the
-    signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+    signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM, 138 for SLURM's requeue signal (SIGUSR1)."""
     return 128 + _stopped_by
+
+
+def stop_reason() -> str:
+    """What stopped the latest fit, as the line saying so names it."""
+    if _stopped_by == signal.SIGINT:
+        return "Ctrl-C"
+    if _requeue_signal is not None and _stopped_by == _requeue_signal:
+        return f"SLURM's requeue signal ({signal.Signals(_stopped_by).name})"
+    return signal.Signals(_stopped_by).name
+
+
+def stopped_for_requeue() -> bool:
+    """Whether the latest fit stopped for SLURM's requeue signal (``AgreedStop``)."""
+    return _requeue_signal is not None and _stopped_by == _requeue_signal
+
+
+def requeue_slurm_job() -> None:
+    """Put this SLURM job back in the queue (``scontrol requeue``, as Lightning's requeue handler does);
+    SLURM ends the running job. Says in one line whether it worked."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    except OSError as error:
+        print(f"could not requeue SLURM job {job}: {error}", file=sys.stderr, flush=True)
+        return
+    reason = " ".join((result.stderr or result.stdout).split())
+    if result.returncode == 0:
+        print(f"requeued SLURM job {job}: it resumes from its last checkpoint", file=sys.stderr, flush=True)
+    else:
+        print(f"could not requeue SLURM job {job}: scontrol: {reason}", file=sys.stderr, flush=True)
+
+
+def slurm_restarts() -> int:
+    """How many times SLURM has requeued and restarted this job (``SLURM_RESTART_COUNT``; 0 outside
+    SLURM)."""
+    count = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return int(count) if count.isdigit() else 0
 
 
 class AgreedStop(Callback):
@@ -267,9 +308,17 @@ class AgreedStop(Callback):
     records the signal (and forwards it to the launcher's processes, as Lightning's does). With one process
     Lightning's own SIGTERM handler is kept.
 
-    At each batch end the processes agree, with one all-reduce, whether any received a signal; then they all
-    set Lightning's flag and Lightning stops each after that batch. The CLI adds this callback to every
-    trainer.
+    SLURM's requeue signal (SIGUSR1 unless the ``SLURMEnvironment`` names another; SLURM sends it before the
+    time limit to a job submitted with ``--signal=USR1@<seconds>``): Lightning's handler saves a checkpoint
+    inside the signal handler, wherever each process is (mid-update; with several processes its collectives
+    meet other collectives and hang), and requeues the job. Here the signal stops the fit as SIGTERM does,
+    after the saved update (exit status 138); then ``PeriodicModelCheckpoint`` requeues the job
+    (``requeue_slurm_job``), and the restarted job resumes from that checkpoint (the CLI's
+    ``slurm_restarts``).
+
+    At each batch end the processes agree, with one all-reduce, whether any received a signal, and which;
+    then they all set Lightning's flag and Lightning stops each after that batch. The CLI adds this
+    callback to every trainer.
     """
 
     def __init__(self) -> None:
@@ -279,19 +328,31 @@ class AgreedStop(Callback):
         self._global_zero = True
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        global _stopped_by
+        global _stopped_by, _requeue_signal
         _stopped_by, self.received, self._global_zero = signal.SIGTERM, None, trainer.is_global_zero
+        _requeue_signal = None
         # Only where Ctrl-C would raise KeyboardInterrupt (the main thread, no handler of someone else's)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, self._interrupt)
             self._sigint_taken = True
-        handler = signal.getsignal(signal.SIGTERM)
+        environment = trainer._accelerator_connector.cluster_environment
+        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+            lightnings = trainer._signal_connector._slurm_sigusr_handler_fn
+            if self._take_over(environment.requeue_signal, lightnings):
+                _requeue_signal = environment.requeue_signal
+        if trainer.world_size > 1 and self._take_over(
+            signal.SIGTERM, trainer._signal_connector._sigterm_notifier_fn
+        ):
+            self._launcher = trainer.strategy.launcher
+
+    def _take_over(self, signum: int, lightnings: Callable) -> bool:
+        """Whether Lightning's handler ``lightnings`` of ``signum`` was there, now replaced by ``_record``."""
+        handler = signal.getsignal(signum)
         handlers = getattr(handler, "signal_handlers", None)  # Lightning's _HandlersCompose
-        if trainer.world_size == 1 or handlers is None:
-            return
-        lightnings = trainer._signal_connector._sigterm_notifier_fn
+        if handlers is None or lightnings not in handlers:
+            return False
         handler.signal_handlers = [self._record if h == lightnings else h for h in handlers]
-        self._launcher = trainer.strategy.launcher
+        return True
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None and self._launcher is not None:
@@ -299,9 +360,8 @@ class AgreedStop(Callback):
         self.received = self.received or signum
 
     def _interrupt(self, signum: int, frame: FrameType | None) -> None:
-        global _stopped_by
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
-        self.received, _stopped_by = self.received or signum, signum
+        self.received = self.received or signum
         if self._global_zero:
             print(
                 "\nCtrl-C: stopping after the update in progress, which will be saved "
@@ -311,10 +371,13 @@ class AgreedStop(Callback):
             )
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        stop = self.received is not None
-        if trainer.world_size > 1:
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if stop:
+        global _stopped_by
+        received = self.received or 0
+        if trainer.world_size > 1:  # the signal any process received (SIGTERM over a requeue signal)
+            agreed = torch.tensor(received, device=trainer.strategy.root_device)
+            received = int(trainer.strategy.reduce(agreed, reduce_op="max"))
+        if received:
+            _stopped_by = received
             trainer._signal_connector.received_sigterm = True
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

@@ -10,9 +10,9 @@ Exit statuses of ``rgra fit`` (and validate, test, predict): 0 done; ``CONFIG_RE
 usage mistake, also one found during training (a verifier failing on every completion): the same for every
 seed; ``TRAINING_DIVERGED`` (3) a ``NonFiniteTrainingError``, which another seed may not hit;
 ``RUN_REFUSED`` (4) a ``RunRefusedError``, a refusal about the run's own directory or checkpoint, which
-another run of the same config does not meet; 143 stopped by SIGTERM and 130 by Ctrl-C, the state saved
-(``distributed.stop_status``). ``rgra ablate`` tells them apart: only a refused config skips a preset's
-other seeds.
+another run of the same config does not meet; 143 stopped by SIGTERM, 130 by Ctrl-C and 138 by SLURM's
+requeue signal, the state saved (``distributed.stop_status``). ``rgra ablate`` tells them apart: only a
+refused config skips a preset's other seeds.
 """
 
 from __future__ import annotations

@@ -57,10 +57,13 @@ def assert_same_run(straight: Path, resumed: Path, straight_policy: dict, resume
     assert all(torch.equal(straight_policy[name], resumed_policy[name]) for name in straight_policy)
 
 
-def resume_equals_straight(config: Path, straight: LightningCLI, steps: int) -> None:
-    """``fit --ckpt_path last`` of the stopped run of ``config`` (in a ``fresh_config`` directory) reaches
-    ``steps`` and equals the ``straight`` run (``fresh_config(..., "straight")``): ``assert_same_run``."""
-    resumed = main(["fit", "--config", str(config), "--ckpt_path", "last"])
+def resume_equals_straight(
+    config: Path, straight: LightningCLI, steps: int, resume: tuple[str, ...] = ("--ckpt_path", "last")
+) -> None:
+    """``fit`` of the stopped run of ``config`` (in a ``fresh_config`` directory) with ``resume``'s arguments
+    reaches ``steps`` and equals the ``straight`` run (``fresh_config(..., "straight")``):
+    ``assert_same_run``."""
+    resumed = main(["fit", "--config", str(config), *resume])
     assert resumed.trainer.global_step == steps
     assert_same_run(
         config.parent.parent / "straight" / "runs",
@@ -305,6 +308,36 @@ def test_a_signal_saves_the_update_exits_and_resumes_exactly(
         assert "Ctrl-C: stopping after the update in progress, which will be saved" in capsys.readouterr().err
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
     resume_equals_straight(stopped, a, steps=4)
+
+
+def test_slurms_requeue_signal_saves_the_update_requeues_and_the_restarted_job_resumes_exactly(
+    small_config, tmp_path, monkeypatch, caplog
+):
+    """Under SLURM, Lightning's SIGUSR1 handler saved a checkpoint inside the signal handler, mid-update
+    (with several processes, collectives meeting other collectives), and the requeued job, run with the
+    same command, was refused: its directory held the earlier run's checkpoints."""
+    calls = tmp_path / "scontrol.txt"
+    stand_in = tmp_path / "bin" / "scontrol"  # SLURM's command, recording how it was called
+    stand_in.parent.mkdir()
+    stand_in.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stand_in.parent}{os.pathsep}{os.environ['PATH']}")
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "rgra", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0"}
+    slurm |= {"SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    every = {"trainer.max_steps": 4}
+    straight = main(["fit", "--config", str(fresh_config(small_config, tmp_path, "straight", **every))])
+    config = fresh_config(small_config, tmp_path, "requeued", **every)
+    with caplog.at_level(logging.INFO):
+        assert signalled_fit(config, 3, signal.SIGUSR1) == 138
+    last = tmp_path / "requeued" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True, mmap=True)["global_step"] == 3
+    said = "stopped by SLURM's requeue signal (SIGUSR1) after update 3, saved to"
+    assert f"{said} {last}: the requeued job resumes from it" in caplog.text
+    assert calls.read_text() == "requeue 4242\n"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the same command, run again by SLURM
+    resume_equals_straight(config, straight, steps=4, resume=())
 
 
 def test_a_second_ctrl_c_stops_at_once_unsaved(small_config, tmp_path, caplog):
