@@ -31,3 +31,12 @@ def test_warmup_recipe_trains_and_exports(tmp_path):
     assert policy.num_parameters() == load_causal_lm(str(TINY_POLICY)).num_parameters()
     rollout = sample_rollout(policy, tokenizer, ["1+2="], SamplingConfig(max_new_tokens=4), greedy=True)
     assert len(rollout.completions) == 1
+
+
+def test_the_warmup_recipe_exports_beside_its_run_not_over_the_shipped_policy():
+    """It exported to models/arith-tiny, a tracked file every run of configs/rgra.yaml starts from: a
+    40-update try of the recipe replaced it without a word."""
+    config = yaml.safe_load((ROOT / "configs" / "warmup.yaml").read_text())
+    output = (ROOT / config["trainer"]["callbacks"][0]["init_args"]["output_dir"]).resolve()
+    assert not output.is_relative_to((ROOT / "models").resolve())
+    assert output.is_relative_to((ROOT / config["trainer"]["logger"]["init_args"]["save_dir"]).resolve())
