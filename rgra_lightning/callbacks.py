@@ -8,7 +8,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from rgra_lightning.distributed import is_sharded
 from rgra_lightning.errors import ConfigError
@@ -106,6 +108,52 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
+def progress_interval() -> float:
+    """Seconds between plain progress lines: ``$RGRA_PROGRESS_EVERY_S``, else ``PROGRESS_EVERY_S``."""
+    value = os.environ.get(PROGRESS_EVERY_ENV, str(PROGRESS_EVERY_S))
+    try:
+        every_s = float(value)
+    except ValueError:
+        every_s = math.nan  # refused below, as a number that is not one
+    # nan or inf would pass silently: no interval ever ends, only each stage's end line comes
+    if not 0 <= every_s < math.inf:
+        raise ConfigError(
+            f"{PROGRESS_EVERY_ENV}={value}: give the seconds between progress lines (finite, >= 0)"
+        )
+    return every_s
+
+
+@contextmanager
+def counted_progress(total: int, stage: str, unit: str) -> Iterator[Callable[[int], None]]:
+    """Progress of a loop outside Lightning's (``rgra label``), ``total`` ``unit``s in all; yields
+    ``advance(done)``. A TQDM bar where stderr is a terminal; elsewhere, for logs read line by line,
+    ``LineProgressBar``'s plain lines, one every ``progress_interval()`` seconds and one at the end::
+
+        labelling: 32/128 prompts; 45 s, ETA 2 min
+    """
+    if sys.stderr.isatty():
+        with tqdm(total=total, desc=stage, unit=unit) as bar:
+            yield bar.update
+        return
+    every_s, start, done = progress_interval(), time.monotonic(), 0
+    last = start
+
+    def line(final: bool) -> None:
+        elapsed = time.monotonic() - start
+        eta = f", ETA {_duration(elapsed / done * (total - done))}" if done and not final else ""
+        print(f"{stage}: {done}/{total} {unit}s; {_duration(elapsed)}{eta}", file=sys.stderr, flush=True)
+
+    def advance(count: int) -> None:
+        nonlocal done, last
+        done += count
+        if time.monotonic() - last >= every_s and done < total:
+            last = time.monotonic()
+            line(final=False)
+
+    yield advance
+    line(final=True)
+
+
 def _updates_to_make(trainer: Trainer, pl_module: LightningModule) -> int | float:
     """The optimizer updates a fit makes in all: with automatic optimization Lightning's count (of
     ``max_steps`` and ``max_epochs``); with RLModule's manual one, which makes ``num_iterations`` x
@@ -147,16 +195,7 @@ class LineProgressBar(ProgressBar):
     def __init__(self, every_s: float | None = None) -> None:
         super().__init__()
         if every_s is None:
-            value = os.environ.get(PROGRESS_EVERY_ENV, str(PROGRESS_EVERY_S))
-            try:
-                every_s = float(value)
-            except ValueError:
-                every_s = math.nan  # refused below, as a number that is not one
-            # nan or inf would pass silently: no interval ever ends, only each stage's end line comes
-            if not 0 <= every_s < math.inf:
-                raise ConfigError(
-                    f"{PROGRESS_EVERY_ENV}={value}: give the seconds between progress lines (finite, >= 0)"
-                )
+            every_s = progress_interval()
         elif not 0 <= every_s < math.inf:
             raise ConfigError(f"LineProgressBar every_s must be finite and >= 0, got {every_s}")
         self.every_s = every_s

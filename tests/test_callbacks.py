@@ -238,3 +238,27 @@ def test_an_export_folder_of_other_files_is_refused_before_the_fit_trains(small_
         "adapter_config.json), and an export replaces it whole: give a new or empty directory"
     )
     assert not (tmp_path / "checkpoints").exists() and (folder / "notes.txt").read_text() == "mine"
+
+
+def test_a_loop_outside_lightning_prints_plain_lines_where_stderr_is_no_terminal(monkeypatch, capsys):
+    """``rgra label`` showed a TQDM bar in a log file: its ``\\r`` updates piled up on one line."""
+    clock = Clock()
+    monkeypatch.setattr(callbacks, "time", clock)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    monkeypatch.setenv("RGRA_PROGRESS_EVERY_S", "30")
+    with callbacks.counted_progress(128, "labelling", "prompt") as advance:
+        for seconds in (20, 20, 20, 20):  # a line once 30 s have passed since the last
+            clock.now += seconds
+            advance(32)
+    assert capsys.readouterr().err.splitlines() == [
+        "labelling: 64/128 prompts; 40 s, ETA 40 s",
+        "labelling: 128/128 prompts; 80 s",
+    ]
+
+
+def test_a_loop_outside_lightning_shows_a_bar_on_a_terminal(monkeypatch, capsys):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with callbacks.counted_progress(4, "labelling", "prompt") as advance:
+        advance(4)
+    err = capsys.readouterr().err
+    assert "labelling: 100%" in err and "4/4" in err and "\r" in err

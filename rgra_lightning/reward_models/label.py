@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from rewards.errors import ToolParser
+from rgra_lightning.callbacks import counted_progress
 from rgra_lightning.checkpointing import load_trained_weights, require_checkpoint
 from rgra_lightning.errors import ConfigError
 
@@ -97,7 +97,7 @@ def label(
     mixed_groups = unverified = 0
     with (
         path.open("w", encoding="utf-8") as file,
-        tqdm(total=len(examples), desc="labelling", unit="prompt") as bar,
+        counted_progress(len(examples), "labelling", "prompt") as advance,
     ):
         for first in range(0, len(examples), batch_size):
             chunk = examples[first : first + batch_size]
@@ -115,7 +115,7 @@ def label(
                 len(set(batch_rewards[start : start + group])) > 1
                 for start in range(0, len(batch_rewards), group)
             )
-            bar.update(len(chunk))
+            advance(len(chunk))
     rows = len(rewards)
     return {
         "rows": rows,
