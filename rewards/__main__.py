@@ -23,6 +23,7 @@ not warmed up unless ``--warm-start`` is given: a single pass pays only for the 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import inspect
 import json
@@ -71,7 +72,15 @@ def make_verifier(name: str, timeout: float, workers: int, warm_start: bool = Fa
     try:
         cls = getattr(importlib.import_module(module_name) if module_name else rewards, class_name)
     except (ImportError, AttributeError, TypeError) as error:  # TypeError: a relative module name
-        raise ValueError(f"--verifier {name}: cannot load it ({error})") from None
+        verifiers = [
+            exported
+            for exported in dir(rewards)
+            if isinstance(getattr(rewards, exported), type)
+            and issubclass(getattr(rewards, exported), Verifier)
+        ]
+        close = difflib.get_close_matches(class_name, verifiers, n=1) if not module_name else []
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ValueError(f"--verifier {name}: cannot load it ({error}){hint}") from None
     if not (isinstance(cls, type) and issubclass(cls, Verifier)):
         raise ValueError(f"--verifier {name}: not a Verifier class")
     missing = unpassable_arguments(cls)

@@ -359,7 +359,8 @@ class RewardModelModule(LightningModule):
         if "labels" in out:
             metrics = self.eval_metrics[stage]
             metrics.update(torch.sigmoid(out["outcome_scores"].detach()), out["labels"].long())
-            self.log_dict(metrics, batch_size=len(out["labels"]))
+            # prog_bar: shown at the end of each validation as well (LineProgressBar's end line in a log)
+            self.log_dict(metrics, prog_bar=True, batch_size=len(out["labels"]))
         if "chosen" in out:
             preference = self.preference_accuracy[stage]
             preference.update((out["chosen"] > out["rejected"]).float())

@@ -86,6 +86,8 @@ def test_reward_model_training_learns_and_exports_a_usable_reward(tmp_path, monk
     assert 0 <= metrics["val/calibration_error"].item() < 0.3
     assert metrics["val/preference_accuracy"].item() > 0.8
     assert "val/loss" in metrics and "train/loss" in metrics
+    # what a validation's progress line shows: it showed no metric
+    assert {"val/auroc", "val/accuracy", "val/calibration_error"} <= set(cli.trainer.progress_bar_metrics)
 
     scorer = RewardModelScorer(str(tmp_path / "hf_model"))
     assert scorer.max_length == 64  # the training max_length, saved with the exported tokenizer

@@ -129,21 +129,22 @@ def test_score_refuses_a_verifier_it_cannot_make_naming_those_it_can(cases, caps
 
 
 @pytest.mark.parametrize(
-    ("name", "reason"),
+    ("name", "said"),
     [
-        ("..X", "the 'package' argument is required to perform a relative import for '.'"),
+        ("..X", "(the 'package' argument is required to perform a relative import for '.')"),
         (
             ".rewards.MathVerifier",
-            "the 'package' argument is required to perform a relative import for '.rewards'",
+            "(the 'package' argument is required to perform a relative import for '.rewards')",
         ),
+        ("MathVerifer", "(module 'rewards' has no attribute 'MathVerifer'); did you mean MathVerifier?"),
     ],
 )
-def test_score_refuses_a_verifier_name_it_cannot_load_in_one_line(cases, capsys, name, reason):
-    """A relative module name (``..X``) was a TypeError traceback."""
+def test_score_refuses_a_verifier_name_it_cannot_load_in_one_line(cases, capsys, name, said):
+    """A relative module name (``..X``) was a TypeError traceback; a misspelled one got no suggestion."""
     assert main(["score", str(cases), "--verifier", name]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == f"error: --verifier {name}: cannot load it ({reason})\n"
+    assert captured.err == f"error: --verifier {name}: cannot load it {said}\n"
 
 
 @pytest.mark.parametrize("text", ["", "\n\n"])
