@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import io
 import logging
+import os
 import re
 import shlex
 import sys
@@ -29,6 +30,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from rewards import __file__ as rewards_file
 from rewards.errors import ParagraphHelpFormatter, program_name
 from rewards.verifiers import Verifier
 from rgra_lightning.callbacks import LineProgressBar
@@ -466,6 +468,23 @@ def _without_litlogger_tip(record: logging.LogRecord) -> bool:
     return "litlogger" not in record.getMessage()
 
 
+_OWN_SOURCES = tuple(
+    str(Path(package).resolve()) + os.sep for package in (Path(__file__).parent, Path(rewards_file).parent)
+)
+_OTHERS_FORMAT = warnings.formatwarning  # Lightning's (its import sets it)
+
+
+def format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """A warning raised in this project's packages as one line, ``warning: <message>``, as its errors are
+    ``error: <message>``: the message says what to do, and the file and line of the check that noticed
+    it only looked like a crash. Others' warnings keep Lightning's format (which gave ours the path too)."""
+    if str(Path(filename).resolve()).startswith(_OWN_SOURCES):
+        return f"warning: {message}\n"
+    return _OTHERS_FORMAT(message, category, filename, lineno, line)
+
+
 def main(args: list[str] | None = None, run: bool = True, cli_class: type[RLCLI] = RLCLI) -> LightningCLI:
     """Run the CLI; ``args`` replaces ``sys.argv[1:]``. With ``run=False`` (tests) the model, data and
     trainer are only instantiated from the config, and ``args`` has no subcommand; ``cli_class`` may do less
@@ -481,6 +500,7 @@ def main(args: list[str] | None = None, run: bool = True, cli_class: type[RLCLI]
     # The tools (rgra label, export, ablate) build their config through here with ``args`` on purpose.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within")
     logging.getLogger(_LIGHTNING_INFO_LOGGER).addFilter(_without_litlogger_tip)
+    warnings.formatwarning = format_warning
     if not sys.stderr.isatty():
         # transformers' loading/saving bars: in a batch job's log their \r updates pile up on one line
         transformers.utils.logging.disable_progress_bar()

@@ -2,12 +2,16 @@
 
 import logging
 import sys
+import warnings
 
 import pytest
 import torch
 from jsonargparse import Namespace
 
+import rewards.verifiers
+from rgra_lightning import cli
 from rgra_lightning.cli import check_option_values, main
+from rgra_lightning.data import base
 from rgra_lightning.errors import ConfigError
 from tests.conftest import ROOT, TINY_POLICY, one_line_error
 
@@ -627,3 +631,16 @@ def test_testing_on_a_local_copy_that_is_not_there_is_refused_before_any_model_l
     args = ["test", "--config", config, "--data.preset=amc23", "--data.source=no-such-dir"]
     args.append("--model.model_path=no-such-owner/no-such-model")
     assert one_line_error(args, capsys) == "error: data.source 'no-such-dir': no such file or directory"
+
+
+def test_the_projects_warnings_are_one_line_others_keep_their_place(small_config):
+    """Ours printed as ``/path/rgra_lightning/data/base.py:249: data.limit=4: ...``: Lightning formats
+    every warning from a path holding "lightning" so, and the path read like a crash."""
+    main(["--config", str(small_config("rgra"))], run=False)
+    assert warnings.formatwarning is cli.format_warning
+    for own in (base.__file__, rewards.verifiers.__file__):
+        assert warnings.formatwarning("data.limit=4: evaluating", UserWarning, own, 249) == (
+            "warning: data.limit=4: evaluating\n"
+        )
+    other = warnings.formatwarning("deprecated", FutureWarning, torch.__file__, 7)
+    assert other.startswith(f"{torch.__file__}:7: FutureWarning: deprecated")
