@@ -32,7 +32,8 @@ from rgra_lightning.distributed import is_sharded
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import is_activation_checkpointing
 
-HALF_PRECISIONS = ("bf16-true", "16-true")  # Lightning's plugins that cast the module
+# Lightning's plugins that cast the whole module, trained weights included, to this dtype
+HALF_PRECISIONS = {"bf16-true": torch.bfloat16, "16-true": torch.float16}
 
 
 def rounded_away_above(learning_rate: float, dtype: torch.dtype) -> float:
@@ -80,7 +81,10 @@ def check_trainable_dtype(
         parameters, precision, dtype, learning_rate: as for ``check_trainable_precision``.
         dtype_fix: what to do instead when ``model.dtype`` is the cause (``use ...``).
     """
-    half = next((p.dtype for p in parameters if p.dtype in (torch.bfloat16, torch.float16)), None)
+    dtypes = [p.dtype for p in parameters]
+    # Before the plugin has cast the module (the CLI's check, before Lightning starts) as after it
+    half = HALF_PRECISIONS.get(precision) if dtypes else None
+    half = half or next((dtype for dtype in dtypes if dtype in (torch.bfloat16, torch.float16)), None)
     if half is None:
         return
     name = str(half).removeprefix("torch.")

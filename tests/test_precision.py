@@ -96,6 +96,8 @@ def test_a_fit_that_would_store_trainable_weights_in_bf16_is_refused_in_one_line
         "where an AdamW step of model.learning_rate=1e-05 rounds away on every weight larger than 5.1e-03: "
         "use trainer.precision=bf16-mixed (float32 weights, bfloat16 compute)"
     )
+    # refused before Lightning starts, as below (it was refused at the fit's start, leaving a log directory)
+    assert not list((tmp_path / "runs").glob("*/version_*"))
     full_fine_tuning = ["fit", "--config", str(small_config("rgra", **FAST)), "--model.dtype=bfloat16"]
     error = one_line_error(full_fine_tuning, capsys)
     assert error.startswith("error: model.dtype=bfloat16 stores the trained weights in bfloat16, where ")
@@ -135,8 +137,11 @@ def test_fp16_loss_scaling_is_refused_and_float32_weights_pass_under_every_other
     weights = [torch.zeros(3, requires_grad=True)]
     with pytest.raises(ConfigError, match=r"^trainer.precision=16-mixed scales the loss.*bf16-mixed"):
         check_trainable_precision(weights, "16-mixed", "float32", 1e-5)
-    for precision in ("32-true", "bf16-mixed", "bf16-true"):  # bf16-true: nothing trainable was cast
+    for precision in ("32-true", "bf16-mixed"):
         check_trainable_precision(weights, precision, "float32", 1e-5)
+    # the CLI checks before Lightning's plugin has cast the module: the cast to come is refused
+    with pytest.raises(ConfigError, match=r"^trainer.precision=bf16-true casts .* to bfloat16, "):
+        check_trainable_precision(weights, "bf16-true", "float32", 1e-5)
     with pytest.raises(
         ConfigError, match=r"^trainer.precision=16-true casts .* float16, .* use .*=bf16-mixed"
     ):
