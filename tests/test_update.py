@@ -355,3 +355,50 @@ def test_each_update_has_the_gradient_and_diagnostics_of_its_whole_mini_batch(
         assert_close_normwise(stats.history["entropy"][index], entropies[-1], rtol, f"update {index} entropy")
     (logged,) = scalars_by_step(tmp_path / "runs", "train/entropy").values()  # the mean of the updates'
     assert logged == [pytest.approx(torch.stack(entropies).mean().item(), rel=rtol)]
+
+
+def test_at_one_update_per_rollout_batch_grpo_takes_rgras_gradient(small_config, monkeypatch):
+    """With one update per rollout batch no pi_old is stored: the update passes the policy's own detached
+    log-probs, so GRPO's ratio is 1 with the gradient of log pi and its first update is RGRA's (docs/
+    ablations.md). Not detached, the ratio would be exp(0) with no gradient at all: GRPO would not learn,
+    and the loss-level test (tests/test_losses.py), which passes pi_old itself, would not see it."""
+    gradients: dict[str, list[torch.Tensor]] = {}
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(parameters, *args, **kwargs):
+        parameters = list(parameters)
+        gradients[preset] = [p.grad.clone() for p in parameters if p.grad is not None]
+        return clip(parameters, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    for preset in ("grpo", "rgra"):  # the same rollouts: the same seed, sampled before any update
+        config = small_config(preset, **FAST, **{"model.init_args.num_iterations": 1})
+        shutil.rmtree(config.parent / "checkpoints", ignore_errors=True)  # a new run, not a resume
+        main(["fit", "--config", str(config), "--trainer.max_steps=1"])
+    assert len(gradients["grpo"]) == len(gradients["rgra"]) > 0
+    assert any(gradient.abs().sum() > 0 for gradient in gradients["grpo"])
+    # The same sums, the ratio's exp(0) = 1 exact: a few float32 roundings of 16 rows x 40 positions
+    rtol = rounding_rtol(torch.float32, 16 * 40)
+    for grpo, rgra in zip(gradients["grpo"], gradients["rgra"], strict=True):
+        assert_close_normwise(grpo, rgra, rtol, "GRPO's first gradient against RGRA's")
+
+
+def test_each_update_applies_the_learning_rate_it_logs_and_the_warm_up_gives(small_config, monkeypatch):
+    """The scheduler steps after the optimizer: stepped before, each update would apply the next update's
+    rate (the warm-up one step ahead); and ``train/learning_rate`` is the rate applied, not the peak."""
+    applied: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        applied.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    peak, warmup = 1e-4, 4
+    overrides = {"model.init_args.learning_rate": peak, "model.init_args.warmup_steps": warmup}
+    config = small_config("rgra", **FAST, **overrides)
+    main(["fit", "--config", str(config), "--trainer.max_steps=3"])
+    expected = [peak * (update + 1) / warmup for update in range(3)]  # optim.lr_factor's warm-up
+    assert applied == pytest.approx(expected, rel=1e-12)
+    logged = scalars_by_step(config.parent / "runs", "train/learning_rate")
+    assert [logged[update] for update in (1, 2, 3)] == [[pytest.approx(lr, rel=1e-6)] for lr in expected]
