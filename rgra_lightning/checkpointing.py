@@ -212,6 +212,38 @@ def run_checkpoint_directories(trainer: Trainer) -> list[tuple[ModelCheckpoint, 
     return directories
 
 
+# besides event files, what a refused run may leave: its config (``cli.SaveConfigAtStart``), Lightning's
+REFUSED_RUN_FILES = (
+    "config.yaml",
+    "validate_config.yaml",
+    "test_config.yaml",
+    "predict_config.yaml",
+    "hparams.yaml",
+)
+
+
+def remove_refused_log_directory(log_dir: Path) -> bool:
+    """Remove the log directory ``log_dir`` that a run refused before logging a point made (its event
+    files, made as Lightning started, hold no scalar; nothing else but its config files): in TensorBoard
+    it would show as an empty run beside the trained ones, and the next run's version number would be one
+    higher. Whether it was removed."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not log_dir.is_dir():
+        return False
+    files = list(log_dir.iterdir())
+    events = [path for path in files if path.name.startswith("events.out.tfevents.")]
+    if any(path.name not in REFUSED_RUN_FILES and path not in events for path in files):
+        return False
+    for path in events:
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        if accumulator.Tags()["scalars"]:
+            return False
+    shutil.rmtree(log_dir)
+    return True
+
+
 def require_new_run_directory(trainer: Trainer) -> None:
     """For a fit started without ``--ckpt_path``: raise ``ConfigError`` when the directory of a checkpoint
     callback already holds checkpoints, an earlier run's. This run's would be saved beside them

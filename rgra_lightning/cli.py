@@ -39,6 +39,7 @@ from rgra_lightning.checkpointing import (
     RunDirectoryLock,
     last_checkpoint,
     read_checkpoint,
+    remove_refused_log_directory,
     require_checkpoint,
     require_matching_weights,
     require_new_run_directory,
@@ -245,6 +246,19 @@ class RLCLI(LightningCLI):
         if enabled and not sys.stderr.isatty() and not any(isinstance(c, ProgressBar) for c in listed):
             callbacks = [*callbacks, LineProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Lightning's, leaving no log directory behind for a run refused in one line (a ``ConfigError``,
+        such as a data row found wrong as the loaders are built) after Lightning made its new one: it holds
+        nothing but event files without a point (``remove_refused_log_directory``)."""
+        log_dir = self.trainer.log_dir
+        new = log_dir is not None and not Path(log_dir).exists()
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception as error:
+            if new and find_reported_error(error) is not None and self.trainer.is_global_zero:
+                remove_refused_log_directory(Path(log_dir))
+            raise
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse, with a parser error as one line where it names one option. ``--print_config`` prints

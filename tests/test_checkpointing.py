@@ -31,6 +31,7 @@ from rgra_lightning.checkpointing import (
     ExactResume,
     PeriodicModelCheckpoint,
     RunDirectoryLock,
+    remove_refused_log_directory,
     require_matching_weights,
     require_same_run,
     warn_if_saved_in_place,
@@ -881,3 +882,20 @@ def test_an_rl_config_evaluates_an_sft_checkpoint_but_resumes_no_fit_from_it_and
     assert str(error.value).startswith(
         f"checkpoint rl.ckpt holds {rl_policy}; this config trains {sft_policy}: "
     )
+
+
+def test_a_refused_runs_log_directory_is_removed_only_when_it_holds_no_point(tmp_path):
+    def log_dir(name: str, point: bool = False, extra: str | None = None) -> Path:
+        directory = tmp_path / name
+        with SummaryWriter(directory) as writer:
+            if point:
+                writer.add_scalar("train/loss", 0.5, 1)
+        (directory / "config.yaml").write_text("seed_everything: 0\n")
+        if extra:
+            (directory / extra).write_text("kept\n")
+        return directory
+
+    assert remove_refused_log_directory(log_dir("refused")) and not (tmp_path / "refused").exists()
+    for kept in (log_dir("trained", point=True), log_dir("noted", extra="notes.txt")):
+        assert not remove_refused_log_directory(kept) and kept.is_dir()
+    assert not remove_refused_log_directory(tmp_path / "never-made")

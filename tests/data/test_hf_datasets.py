@@ -168,6 +168,8 @@ def test_bad_dataset_sources_are_one_line_errors(
         source.write_text(content)
     error = one_line_error(dataset_args(small_config, source, *extra), capsys)
     assert str(source) in error and expected in error
+    # No empty run in TensorBoard: some were refused after Lightning had made their log directory
+    assert not list((tmp_path / "runs").glob("*/version_*"))
 
 
 def test_hub_name_offline_says_to_use_a_local_copy(small_config, capsys):
