@@ -72,6 +72,15 @@ def test_problem_means_of_two_padded_ranks_merge_into_the_one_process_mean():
     assert ranks[0].count.item() == 41
 
 
+def test_a_problem_mean_leaves_out_the_value_of_an_uncounted_repeat():
+    """A repeat the DistributedSampler pads with (``counted`` False) adds neither to the count nor to the
+    total, even when its value is not 0 (a solved problem repeated would raise val/accuracy)."""
+    metric = ProblemMean("accuracy")
+    metric.update(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([True, True, False]))
+    assert metric.total.item() == 1.0 and metric.count.item() == 2
+    assert metric.compute().item() == 0.5  # 1/2, exact in float32; counted, the repeat gave 2/2
+
+
 @pytest.mark.parametrize(
     "answers, correct, expected",
     [
@@ -79,6 +88,9 @@ def test_problem_means_of_two_padded_ranks_merge_into_the_one_process_mean():
         (["3", "3", " 4"], [True, True, False], 1.0),
         (["1/2", "0.5", "7"], [True, True, False], 1.0),  # equal values form one group, correct or not
         ([None, None], [False, False], 0.0),
+        # samples without an answer abstain: they form no group that could outvote a single answer
+        ([None, None, "5"], [False, False, True], 1.0),
+        ([None, "7", None, "5", "5"], [False, False, False, True, True], 1.0),  # nor tie with one
         (["x = 4", "x=4", "3"], [False, False, True], 0.0),  # whitespace does not split a group
         # equal wrong values vote together, whatever their notation
         (["3", "1/2", "0.5", "\\frac{1}{2}"], [True, False, False, False], 0.0),

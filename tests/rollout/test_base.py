@@ -299,6 +299,18 @@ def test_a_stop_string_inside_a_token_a_stop_token_before_it_and_skipped_tokens(
     assert short.completions == [" 18", RUN_ON[: RUN_ON.index("Answer:")]]
 
 
+def test_the_text_ends_before_a_stop_token_the_tokenizer_does_not_call_special():
+    """A generation config's extra EOS id can be an ordinary token (here SmolLM2's newline): decoding with
+    ``skip_special_tokens`` would keep it, so the text must be cut before it explicitly."""
+    tokenizer = smollm2_tokenizer()
+    tokens, eos = tokenizer.encode(RUN_ON), tokenizer.eos_token_id
+    newline = tokens[3]
+    assert tokenizer.convert_ids_to_tokens(newline) == "\u010a" and newline not in tokenizer.all_special_ids
+    rollout = assembled(tokenizer, [tokens, tokens[:3]], Stops((eos, newline)), lengths=[len(tokens), 3])
+    assert rollout.completion_mask.sum(dim=1).tolist() == [4, 3]  # the stop token stays in the trained ones
+    assert rollout.completions == [" 18", " 18"] and rollout.truncated.tolist() == [False, True]
+
+
 @pytest.mark.parametrize(("stop", "skip", "end"), [(":", 7, 15), ("\n", 5, 13)])
 def test_a_stop_string_within_the_skipped_tokens_does_not_end_the_completion(stop, skip, end):
     """min_new_tokens skips "Question:" (tokens 5-6) and the two newlines (3-4): the completion ends at the

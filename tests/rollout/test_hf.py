@@ -187,6 +187,31 @@ def test_a_model_the_fast_decoder_refuses_is_sampled_through_its_forward_with_th
     assert rollout.completion_ids.shape == (2 * len(PROMPTS), 4)
 
 
+@pytest.mark.filterwarnings("ignore:HFEngine decodes through the policy's forward")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_forward_path_gives_each_prompts_rows_its_own_first_token_logits(seed, monkeypatch):
+    """Eager attention: the decoder refuses the policy, so the prompts' cache (keys and values only) and
+    their next-token logits are repeated G times each. Each row's first token must be drawn from its own
+    prompt's logits (prompt-major, as the cache is): the draws equal ``generate``'s for 3 distinct prompts,
+    4 rows each."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    policy = LlamaForCausalLM.from_pretrained(TINY_POLICY, attn_implementation="eager")
+    config = SamplingConfig(num_generations=4, max_new_tokens=12, temperature=0.7)
+    repeated, repeat = [], DynamicCache.batch_repeat_interleave
+
+    def spy(cache, repeats):
+        repeated.append(repeats)
+        return repeat(cache, repeats)
+
+    torch.manual_seed(seed)
+    expected = generate_reference(policy, tokenizer, config, greedy=False)
+    monkeypatch.setattr(DynamicCache, "batch_repeat_interleave", spy)
+    torch.manual_seed(seed)
+    rollout = sample_rollout(policy, tokenizer, PROMPTS, config)
+    assert repeated == [4]  # the cache was repeated, not rebuilt from the repeated prompts
+    assert torch.equal(rollout.input_ids, expected)
+
+
 @pytest.mark.parametrize("path", ["decoder", "forward"])
 @pytest.mark.parametrize("greedy", [True, False])
 @pytest.mark.parametrize("interval", [2, 5, 8, 64])

@@ -1,14 +1,17 @@
 """Sampling options and token choice: top-k and min-p filtering against hand-computed results, the order
-of the filters, and their validation."""
+of the filters (also against ``generate``'s own logits processors), and their validation."""
 
 import math
 
 import pytest
 import torch
+from transformers import GenerationConfig
 
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.models import load_causal_lm
 from rgra_lightning.rollout import SamplingConfig
-from rgra_lightning.rollout.sampling import filter_min_p, filter_top_k, next_tokens
+from rgra_lightning.rollout.sampling import filter_min_p, filter_top_k, filter_top_p, next_tokens
+from tests.conftest import TINY_POLICY
 
 INF = float("inf")
 NO_STOPS = torch.tensor([], dtype=torch.long)
@@ -47,6 +50,32 @@ def test_the_filters_apply_in_generates_order():
     assert drawn(weights, SamplingConfig(min_p=0.3)) == {0, 1}
     assert drawn(weights, SamplingConfig(min_p=0.3, temperature=2.0)) == {0, 1, 2}
     assert drawn(weights, SamplingConfig(top_k=1, min_p=0.0)) == {0}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        # top-p 0.6 keeps 0.45 + 0.27 and min-p 0.5 then keeps both (0.27 >= 0.5 * 0.45); min-p first
+        # would leave 0.625, 0.375, of which top-p 0.6 keeps the first alone
+        {"top_p": 0.6, "min_p": 0.5},
+        {"top_p": 0.6, "min_p": 0.5, "temperature": 0.9},
+        {"top_k": 3, "top_p": 0.6, "min_p": 0.5},  # top-k 3 leaves 0.5, 0.3, 0.2: the same again
+    ],
+)
+def test_the_kept_tokens_are_those_generates_own_logits_processors_keep(options):
+    """Guards the order top-p then min-p against ``generate``'s processors themselves, as its
+    ``_get_logits_processor`` builds them for the same options (``top_k`` 0 disables its default of 50),
+    on scores where min-p first keeps other tokens."""
+    scores = [math.log(p) for p in (0.45, 0.27, 0.18, 0.10)]
+    generation = GenerationConfig(do_sample=True, **{"top_k": 0} | options)
+    processors = load_causal_lm(str(TINY_POLICY))._get_logits_processor(generation)
+    processed = processors(torch.zeros(1, 1, dtype=torch.long), torch.tensor([scores]))
+    kept = set(processed[0].isfinite().nonzero().flatten().tolist())
+    config = SamplingConfig(**options)
+    scaled = filter_top_k(torch.tensor([scores]) / config.temperature, config.top_k or 4)
+    swapped = filter_top_p(filter_min_p(scaled, config.min_p), config.top_p)  # min-p first
+    assert set(swapped[0].isfinite().nonzero().flatten().tolist()) != kept  # the order matters here
+    assert drawn(scores, config) == kept
 
 
 @pytest.mark.parametrize(
