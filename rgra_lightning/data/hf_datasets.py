@@ -17,7 +17,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from rgra_lightning.data.base import check_val_size
-from rgra_lightning.data.records import Record, ReferenceFormat, check_local_source, load_rows
+from rgra_lightning.data.records import (
+    Record,
+    ReferenceFormat,
+    check_local_source,
+    is_hub_source,
+    load_rows,
+)
 from rgra_lightning.data.text import ROW_DEFAULTS, TextDataModule
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.models import resolve_path
@@ -200,6 +206,19 @@ class DatasetDataModule(TextDataModule):
         preset = f" (data.preset={self.hparams.preset} names its hub splits)" if from_preset else ""
         single = f"data.source {s['source']!r} is a single file, whose only split is 'train'"
         raise ConfigError(f"{single}: {' and '.join(fixes)}{preset}")
+
+    def prepare_data(self) -> None:
+        """Download a hub source's splits into the local cache once per node: Lightning calls this in each
+        node's first process and holds the others until it is done, so the ranks' ``setup`` reads the cache
+        instead of every process downloading together into one cache (whose file locks a shared
+        filesystem may not honour)."""
+        s = self.settings
+        if s["source"] is None or not is_hub_source(s["source"]):
+            return
+        trainer = getattr(self, "trainer", None)  # the splits setup will read: test's alone for rgra test
+        self._stage = trainer.state.fn.value if trainer is not None and trainer.state.fn else None
+        for name in dict.fromkeys(name for name in self.split_names().values() if name is not None):
+            load_rows(s["source"], name, s["source_config"])
 
     def load_splits(self) -> dict[str, list[Record]]:
         s, names = self.settings, self.split_names()

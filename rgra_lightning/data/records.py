@@ -212,6 +212,13 @@ def check_local_source(source: str, local_only: bool = False) -> None:
         raise DatasetError(f"data.source {source!r}: no such file or directory")
 
 
+def is_hub_source(source: str) -> bool:
+    """Whether ``load_rows`` reads ``source`` from the Hugging Face hub (or its local cache): not a
+    directory, nor a path or a name ending as a dataset file does."""
+    path = Path(resolve_path(source)).expanduser()
+    return not (path.is_dir() or looks_local(str(path)) or path.suffix in _SUFFIXES)
+
+
 def load_rows(source: str, split: str, source_config: str | None = None) -> Rows:
     """One split of a dataset: a local file (its only split is ``train``), a dataset directory
     (``directory_rows``), or a hub name (``source_config`` is its configuration)."""
@@ -219,7 +226,7 @@ def load_rows(source: str, split: str, source_config: str | None = None) -> Rows
     if path.is_dir():
         return directory_rows(path, source, split)
     check_local_source(source)
-    if looks_local(str(path)) or path.suffix in _SUFFIXES:
+    if not is_hub_source(source):
         if split != "train":
             raise DatasetError(f"dataset file {source!r} is a single file: its only split is 'train'")
         return file_rows(path)

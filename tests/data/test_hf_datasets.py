@@ -5,10 +5,12 @@ import importlib.util
 import json
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import pytest
 from huggingface_hub import constants
+from lightning.pytorch.trainer.states import TrainerFn
 
 from rgra_lightning.data import DatasetDataModule, DatasetError, records
 from rgra_lightning.data.records import load_rows, shot_solution
@@ -476,3 +478,28 @@ def test_a_local_copy_that_is_not_there_is_named_before_anything_loads(tmp_path)
         {"preset": "gsm8k", "source": None},
     ):
         DatasetDataModule.check_source(options)
+
+
+def test_prepare_data_downloads_a_hub_sources_splits_and_leaves_local_ones_alone(tmp_path, monkeypatch):
+    """Every process read a hub source in ``setup``: 8 x nodes processes downloading into one cache, whose
+    file locks a shared filesystem may not honour. Lightning calls ``prepare_data`` in one process per
+    node first: it fetches the splits the stage reads (``test``'s alone for ``rgra test``), each once."""
+    fetched = []
+
+    def load_dataset(source: str, config: str | None, split: str) -> datasets.Dataset:
+        fetched.append((source, config, split))
+        return datasets.Dataset.from_list([{"question": "1+1", "answer": "2"}])
+
+    monkeypatch.setattr(records, "hub_resolves", lambda: True)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    hub = DatasetDataModule(preset="gsm8k")  # openai/gsm8k, main: train and test
+    hub.prepare_data()
+    assert fetched == [("openai/gsm8k", "main", "train"), ("openai/gsm8k", "main", "test")]
+    fetched.clear()
+    hub.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.TESTING))  # what prepare_data reads
+    hub.prepare_data()
+    assert fetched == [("openai/gsm8k", "main", "test")]
+    (tmp_path / "train.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    DatasetDataModule(source=str(tmp_path / "train.jsonl")).prepare_data()
+    DatasetDataModule(source=str(tmp_path)).prepare_data()
+    assert fetched == [("openai/gsm8k", "main", "test")]  # local sources are read in setup only
