@@ -184,7 +184,15 @@ class RLCLI(LightningCLI):
         else:
             require_matching_weights(self.model, checkpoint, ckpt_path)
 
-    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
+    def _before_run(self) -> None:
+        """``_check_ckpt_path``, then note whether the run's log directory is new: fixed only now, as a
+        resumed fit continues in its own (``ContinuedLog``)."""
+        self._check_ckpt_path()
+        log_dir = self.trainer.log_dir
+        self._new_log_dir = None if log_dir is None or Path(log_dir).exists() else Path(log_dir)
+
+    before_fit = before_validate = before_test = before_predict = _before_run
+    _new_log_dir: Path | None = None
 
     def before_instantiate_classes(self) -> None:
         """A GPU config on a machine without a GPU, a ``--ckpt_path`` that does not exist or is no
@@ -251,13 +259,13 @@ class RLCLI(LightningCLI):
         """Lightning's, leaving no log directory behind for a run refused in one line (a ``ConfigError``,
         such as a data row found wrong as the loaders are built) after Lightning made its new one: it holds
         nothing but event files without a point (``remove_refused_log_directory``)."""
-        log_dir = self.trainer.log_dir
-        new = log_dir is not None and not Path(log_dir).exists()
+        self._new_log_dir = None
         try:
             super()._run_subcommand(subcommand)
         except Exception as error:
-            if new and find_reported_error(error) is not None and self.trainer.is_global_zero:
-                remove_refused_log_directory(Path(log_dir))
+            refused = find_reported_error(error) is not None
+            if refused and self._new_log_dir is not None and self.trainer.is_global_zero:
+                remove_refused_log_directory(self._new_log_dir)
             raise
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
