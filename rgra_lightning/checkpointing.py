@@ -29,6 +29,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -132,6 +133,8 @@ class PeriodicModelCheckpoint(ModelCheckpoint):
     directory, which a resumed run does not reuse.
     """
 
+    saves_and_requeues_on_stop = True  # ``AgreedStop`` takes SLURM's requeue signal over only then
+
     def run_checkpoint_dir(self, trainer: Trainer) -> str:
         """``dirpath``, or the run's checkpoint directory described above."""
         if self.dirpath is not None:
@@ -212,7 +215,8 @@ def run_checkpoint_directories(trainer: Trainer) -> list[tuple[ModelCheckpoint, 
     return directories
 
 
-# besides event files, what a refused run may leave: its config (``cli.SaveConfigAtStart``), Lightning's
+# What a refused run may leave beside its event files: its config (``cli.SaveConfigAtStart``) and
+# Lightning's hparams.yaml
 REFUSED_RUN_FILES = (
     "config.yaml",
     "validate_config.yaml",
@@ -223,10 +227,11 @@ REFUSED_RUN_FILES = (
 
 
 def remove_refused_log_directory(log_dir: Path) -> bool:
-    """Remove the log directory ``log_dir`` that a run refused before logging a point made (its event
-    files, made as Lightning started, hold no scalar; nothing else but its config files): in TensorBoard
-    it would show as an empty run beside the trained ones, and the next run's version number would be one
-    higher. Whether it was removed."""
+    """Remove the log directory ``log_dir`` that this process's run, refused before it logged a point, made:
+    its event files, all written by this process (host and pid in their names: another fit started at the
+    same moment into the same directory keeps its own), hold no scalar, and nothing else is there but the
+    config files. In TensorBoard it would show as an empty run beside the trained ones, and the next run's
+    version number would be one higher. Whether it was removed."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not log_dir.is_dir():
@@ -234,6 +239,9 @@ def remove_refused_log_directory(log_dir: Path) -> bool:
     files = list(log_dir.iterdir())
     events = [path for path in files if path.name.startswith("events.out.tfevents.")]
     if any(path.name not in REFUSED_RUN_FILES and path not in events for path in files):
+        return False
+    ours = f".{socket.gethostname()}.{os.getpid()}."
+    if any(ours not in path.name for path in events):
         return False
     for path in events:
         accumulator = EventAccumulator(str(path))

@@ -263,7 +263,7 @@ class RLCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except Exception as error:
-            refused = find_reported_error(error) is not None
+            refused = isinstance(find_reported_error(error), ConfigError)  # not a diverged run
             if refused and self._new_log_dir is not None and self.trainer.is_global_zero:
                 remove_refused_log_directory(self._new_log_dir)
             raise
@@ -502,7 +502,7 @@ def format_warning(
     """A warning raised in this project's packages as one line, ``warning: <message>``, as its errors are
     ``error: <message>``: the message says what to do, and the file and line of the check that noticed
     it only looked like a crash. Others' warnings keep Lightning's format (which gave ours the path too)."""
-    if str(Path(filename).resolve()).startswith(_OWN_SOURCES):
+    if os.path.isabs(filename) and str(Path(filename).resolve()).startswith(_OWN_SOURCES):
         return f"warning: {message}\n"
     return _OTHERS_FORMAT(message, category, filename, lineno, line)
 

@@ -336,7 +336,10 @@ class AgreedStop(Callback):
             signal.signal(signal.SIGINT, self._interrupt)
             self._sigint_taken = True
         environment = trainer._accelerator_connector.cluster_environment
-        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+        # Only where a callback saves the stopped update and requeues (``PeriodicModelCheckpoint``): else
+        # Lightning's handler, which at least saves a checkpoint of its own and requeues, stays.
+        saver = any(getattr(callback, "saves_and_requeues_on_stop", False) for callback in trainer.callbacks)
+        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and saver:
             lightnings = trainer._signal_connector._slurm_sigusr_handler_fn
             if self._take_over(environment.requeue_signal, lightnings):
                 _requeue_signal = environment.requeue_signal

@@ -311,14 +311,12 @@ def test_a_signal_saves_the_update_exits_and_resumes_exactly(
     resume_equals_straight(stopped, a, steps=4)
 
 
-def test_slurms_requeue_signal_saves_the_update_requeues_and_the_restarted_job_resumes_exactly(
-    small_config, tmp_path, monkeypatch, caplog
-):
-    """Under SLURM, Lightning's SIGUSR1 handler saved a checkpoint inside the signal handler, mid-update
-    (with several processes, collectives meeting other collectives), and the requeued job, run with the
-    same command, was refused: its directory held the earlier run's checkpoints."""
+@pytest.fixture
+def slurm_job(tmp_path, monkeypatch) -> Path:
+    """This process as task 0 of SLURM job 4242 (the variables Lightning's ``SLURMEnvironment`` reads), with
+    a stand-in ``scontrol`` on the PATH that records its arguments in the returned file."""
     calls = tmp_path / "scontrol.txt"
-    stand_in = tmp_path / "bin" / "scontrol"  # SLURM's command, recording how it was called
+    stand_in = tmp_path / "bin" / "scontrol"
     stand_in.parent.mkdir()
     stand_in.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     stand_in.chmod(0o755)
@@ -327,6 +325,16 @@ def test_slurms_requeue_signal_saves_the_update_requeues_and_the_restarted_job_r
     slurm |= {"SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
     for name, value in slurm.items():
         monkeypatch.setenv(name, value)
+    return calls
+
+
+def test_slurms_requeue_signal_saves_the_update_requeues_and_the_restarted_job_resumes_exactly(
+    small_config, tmp_path, monkeypatch, caplog, slurm_job
+):
+    """Under SLURM, Lightning's SIGUSR1 handler saved a checkpoint inside the signal handler, mid-update
+    (with several processes, collectives meeting other collectives), and the requeued job, run with the
+    same command, was refused: its directory held the earlier run's checkpoints."""
+    calls = slurm_job
     every = {"trainer.max_steps": 4}
     straight = main(["fit", "--config", str(fresh_config(small_config, tmp_path, "straight", **every))])
     config = fresh_config(small_config, tmp_path, "requeued", **every)
@@ -339,6 +347,30 @@ def test_slurms_requeue_signal_saves_the_update_requeues_and_the_restarted_job_r
     assert calls.read_text() == "requeue 4242\n"
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the same command, run again by SLURM
     resume_equals_straight(config, straight, steps=4, resume=())
+
+
+class RequeueHandlers(Callback):
+    """Records the names of the handlers of SLURM's requeue signal (SIGUSR1) during the first update."""
+
+    seen: list[str] = []
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        RequeueHandlers.seen = [h.__name__ for h in signal.getsignal(signal.SIGUSR1).signal_handlers]
+
+
+def test_the_requeue_signal_is_taken_over_only_where_a_callback_saves_and_requeues(
+    small_config, tmp_path, slurm_job
+):
+    """Without ``PeriodicModelCheckpoint`` (a reward model's plain ``ModelCheckpoint``, the warm-up's none)
+    the signal stopped the fit with nothing saved and no requeue: there Lightning's handler, which saves a
+    checkpoint of its own and requeues, stays."""
+    probe = json.dumps({"class_path": "tests.test_checkpointing.RequeueHandlers"})
+    config = fresh_config(small_config, tmp_path, "periodic")
+    main(["fit", "--config", str(config), "--trainer.max_steps=2", f"--trainer.callbacks+={probe}"])
+    assert RequeueHandlers.seen == ["_record"]
+    config = fresh_config(small_config, tmp_path, "plain")
+    main(["fit", "--config", str(config), "--trainer.max_steps=2", f"--trainer.callbacks=[{probe}]"])
+    assert RequeueHandlers.seen == ["_slurm_sigusr_handler_fn"]
 
 
 def test_a_second_ctrl_c_stops_at_once_unsaved(small_config, tmp_path, caplog):
@@ -896,6 +928,10 @@ def test_a_refused_runs_log_directory_is_removed_only_when_it_holds_no_point(tmp
         return directory
 
     assert remove_refused_log_directory(log_dir("refused")) and not (tmp_path / "refused").exists()
-    for kept in (log_dir("trained", point=True), log_dir("noted", extra="notes.txt")):
+    # another fit, started at the same moment into the same directory, wrote these events: its own
+    shared = log_dir("shared")
+    (events,) = shared.glob("events.out.tfevents.*")
+    events.rename(shared / events.name.replace(f".{os.getpid()}.", f".{os.getpid() + 1}."))
+    for kept in (log_dir("trained", point=True), log_dir("noted", extra="notes.txt"), shared):
         assert not remove_refused_log_directory(kept) and kept.is_dir()
     assert not remove_refused_log_directory(tmp_path / "never-made")

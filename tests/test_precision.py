@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning import Callback
+from lightning import Callback, Trainer
 from transformers import AutoModelForCausalLM
 
 from rgra_lightning.cli import main
@@ -87,17 +87,18 @@ def test_paper_configs_train_float32_adapters_that_move_at_the_papers_learning_r
 
 
 def test_a_fit_that_would_store_trainable_weights_in_bf16_is_refused_in_one_line(
-    small_config, tmp_path, capsys
+    small_config, tmp_path, capsys, monkeypatch
 ):
     config = paper_config_on_cpu(small_config, tmp_path, "qwen2")
+    started, fit = [], Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda *args, **kwargs: started.append(1) or fit(*args, **kwargs))
     error = one_line_error(["fit", "--config", str(config), "--trainer.precision=bf16-true"], capsys)
     assert error == (
         "error: trainer.precision=bf16-true casts the trained weights and their AdamW state to bfloat16, "
         "where an AdamW step of model.learning_rate=1e-05 rounds away on every weight larger than 5.1e-03: "
         "use trainer.precision=bf16-mixed (float32 weights, bfloat16 compute)"
     )
-    # refused before Lightning starts, as below (it was refused at the fit's start, leaving a log directory)
-    assert not list((tmp_path / "runs").glob("*/version_*"))
+    assert started == []  # refused before Lightning starts (it was refused at the fit's start)
     full_fine_tuning = ["fit", "--config", str(small_config("rgra", **FAST)), "--model.dtype=bfloat16"]
     error = one_line_error(full_fine_tuning, capsys)
     assert error.startswith("error: model.dtype=bfloat16 stores the trained weights in bfloat16, where ")
