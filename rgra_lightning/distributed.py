@@ -258,7 +258,7 @@ def stop_reason() -> str:
     """What stopped the latest fit, as the line saying so names it."""
     if _stopped_by == signal.SIGINT:
         return "Ctrl-C"
-    if _requeue_signal is not None and _stopped_by == _requeue_signal:
+    if stopped_for_requeue():
         return f"SLURM's requeue signal ({signal.Signals(_stopped_by).name})"
     return signal.Signals(_stopped_by).name
 

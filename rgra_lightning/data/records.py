@@ -208,15 +208,21 @@ def check_local_source(source: str, local_only: bool = False) -> None:
     (``looks_local``, or a name ending as a dataset file does) or, with ``local_only`` (a preset that reads
     local copies only), any name. A hub name is left to ``load_rows`` to reach."""
     path = Path(resolve_path(source)).expanduser()
-    if not path.exists() and (local_only or looks_local(str(path)) or path.suffix in _SUFFIXES):
+    if not path.exists() and (local_only or _names_a_file(path)):
         raise DatasetError(f"data.source {source!r}: no such file or directory")
+
+
+def _names_a_file(path: Path) -> bool:
+    """Whether ``path`` reads as a local file: a path (``looks_local``) or a name ending as a dataset file
+    does."""
+    return looks_local(str(path)) or path.suffix in _SUFFIXES
 
 
 def is_hub_source(source: str) -> bool:
     """Whether ``load_rows`` reads ``source`` from the Hugging Face hub (or its local cache): not a
     directory, nor a path or a name ending as a dataset file does."""
     path = Path(resolve_path(source)).expanduser()
-    return not (path.is_dir() or looks_local(str(path)) or path.suffix in _SUFFIXES)
+    return not (path.is_dir() or _names_a_file(path))
 
 
 def load_rows(source: str, split: str, source_config: str | None = None) -> Rows:
@@ -226,7 +232,7 @@ def load_rows(source: str, split: str, source_config: str | None = None) -> Rows
     if path.is_dir():
         return directory_rows(path, source, split)
     check_local_source(source)
-    if not is_hub_source(source):
+    if _names_a_file(path):
         if split != "train":
             raise DatasetError(f"dataset file {source!r} is a single file: its only split is 'train'")
         return file_rows(path)
