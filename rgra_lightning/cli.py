@@ -27,6 +27,7 @@ from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
@@ -49,6 +50,8 @@ from rgra_lightning.commands import LIGHTNING_COMMANDS
 from rgra_lightning.config_files import LOSS_PRESETS, key_line, read
 from rgra_lightning.distributed import AgreedStop, slurm_restarts, stop_status
 from rgra_lightning.errors import ConfigError, exit_status, find_reported_error
+from rgra_lightning.models import built_empty
+from rgra_lightning.module import RLModule
 from rgra_lightning.parser_errors import (
     Mistake,
     given_options,
@@ -98,6 +101,19 @@ class SaveConfigAtStart(SaveConfigCallback):
         super().setup(trainer, pl_module, self._stage)  # once: it returns at once when saved already
 
     on_validation_start = on_test_start = on_predict_start = on_fit_start
+
+
+def shards_rl_models(config: Namespace) -> bool:
+    """Whether ``config`` (one subcommand's) trains or evaluates an ``RLModule`` under Lightning's
+    ``ModelParallelStrategy`` (FSDP2), which shards its models in ``RLModule.configure_model``."""
+    model, strategy = config.get("model"), config.get("trainer.strategy")
+    if not isinstance(model, Namespace) or not model.get("class_path"):
+        return False
+    if isinstance(strategy, Namespace):
+        strategy = imported(strategy.class_path) if strategy.get("class_path") else None
+    strategy_class = strategy if isinstance(strategy, type) else type(strategy)
+    sharded = issubclass(strategy_class, ModelParallelStrategy)
+    return sharded and issubclass(imported(model.class_path), RLModule)
 
 
 class RLCLI(LightningCLI):
@@ -221,6 +237,13 @@ class RLCLI(LightningCLI):
                 data_class.check_source(init_args)
             if self.subcommand == "fit" and hasattr(data_class, "check_fit_options"):  # no training split
                 data_class.check_fit_options(init_args)
+
+    def instantiate_classes(self) -> None:
+        """Lightning's; an RL module to be sharded (``ModelParallelStrategy``) has its models built empty
+        (``models.built_empty``) on every process: rank 0 reads their weights as they are sharded."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        with built_empty(shards_rl_models(config)):
+            super().instantiate_classes()
 
     def instantiate_trainer(self, **kwargs: object) -> Trainer:
         """The trainer, with ``AgreedStop`` and ``RunDirectoryLock``; a setting it cannot run with

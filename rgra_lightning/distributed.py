@@ -30,12 +30,13 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import ParallelStrategy, Strategy
 from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from rgra_lightning.errors import ConfigError
-from rgra_lightning.models import DTYPES
+from rgra_lightning.models import DTYPES, with_weights
 
 
 @dataclass(frozen=True)
@@ -87,14 +88,41 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def shard_model(model: nn.Module, mesh: DeviceMesh, config: ShardingConfig) -> None:
-    """Apply ``fully_shard`` in place: one unit per decoder layer, then the root (``mesh``: 1-D data mesh).
+    """Apply ``fully_shard`` in place: one unit per decoder layer, then the root (``mesh``: 1-D data mesh);
+    every rank's shards then hold rank 0's weights and buffers, on the mesh's device.
+
+    Only rank 0 needs ``model``'s weights: other ranks may have built it on the meta device
+    (``models.built_empty``), and a rank 0 that did reads them now (``models.with_weights``). Rank 0
+    broadcasts them tensor by tensor (``set_model_state_dict`` with ``broadcast_from_rank0``), so no rank
+    holds more than its shards and one whole tensor at a time; the buffers that state dicts leave out
+    (RoPE's ``inv_freq``) are broadcast too. Tied weights stay tied.
 
     Activation checkpointing, if on (``models.enable_activation_checkpointing``), was enabled before: it
     checkpoints each layer's ``forward``, inside FSDP2's gather and reshard hooks.
     """
+    source = with_weights(model) if torch.distributed.get_rank() == 0 else None
+    # Views of rank 0's weights, which ``to_empty`` below leaves alone: it replaces tensors, not their data
+    full_state = source.state_dict() if source is not None else {}
+    buffers = dict(source.named_buffers()) if source is not None else {}
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=config.mixed_precision, reshard_after_forward=True)
     fully_shard(model, mesh=mesh, mp_policy=config.mixed_precision, reshard_after_forward=False)
+    model.to_empty(device=mesh_device(mesh))
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True)
+    set_model_state_dict(model, full_state, options=options)
+    in_state = set(model.state_dict())
+    for name, buffer in model.named_buffers():
+        if name not in in_state:
+            if source is not None:
+                buffer.copy_(buffers[name])
+            torch.distributed.broadcast(buffer, src=0)
+
+
+def mesh_device(mesh: DeviceMesh) -> torch.device:
+    """The device of this process's part of ``mesh``: the CPU, or its current GPU (Lightning sets it)."""
+    if mesh.device_type == "cpu":
+        return torch.device("cpu")
+    return torch.device(mesh.device_type, torch.accelerator.current_device_index())
 
 
 def is_sharded(model: nn.Module) -> bool:

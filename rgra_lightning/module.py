@@ -47,7 +47,7 @@ from rgra_lightning.host_memory import keep_freed_host_memory
 from rgra_lightning.logprobs import logprobs_without_grad
 from rgra_lightning.losses import LossConfig
 from rgra_lightning.metrics import TRAIN_REDUCTIONS, log_training_metrics, metric_weights, training_metrics
-from rgra_lightning.models import LoraConfig, freeze, load_causal_lm, load_policy
+from rgra_lightning.models import LoraConfig, built_empty, freeze, load_causal_lm, load_policy
 from rgra_lightning.optim import LRSchedule, warmup_schedule
 from rgra_lightning.precision import check_trainable_precision, module_out_of_memory_advice
 from rgra_lightning.reward_models.scorer import learned_reward_models
@@ -231,7 +231,9 @@ class RLModule(LightningModule):
             keep_freed_host_memory()
         hp = self.hparams
         if stage == "fit" and self.reference is None and self.loss_config.needs_reference and hp.lora is None:
-            self.reference = freeze(load_causal_lm(hp.model_path, hp.gguf_file, hp.dtype))
+            sharded = self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy)
+            with built_empty(sharded):  # its weights are read on rank 0 only, by ``shard_model``
+                self.reference = freeze(load_causal_lm(hp.model_path, hp.gguf_file, hp.dtype))
         self.use_stop_strings_of(getattr(self._trainer, "datamodule", None))
         if self._trainer is not None:  # after every rank-identical draw; a resume restores per-rank states
             separate_rank_streams(self.trainer.world_size, self.trainer.global_rank)
@@ -256,7 +258,8 @@ class RLModule(LightningModule):
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``, shard the policy, the reference and the reward models over the
-        data-parallel mesh."""
+        data-parallel mesh, each with rank 0's weights (``shard_model``): ``RLCLI`` builds them empty on
+        every rank, and rank 0 reads their weights only now."""
         mesh = self.device_mesh
         if mesh is None or is_sharded(self.policy):
             return  # one device or DDP, or already sharded (configure_model runs once per fit/validate)

@@ -1,5 +1,6 @@
 """The command line: misspelled keys and invalid values are one-line errors naming the field."""
 
+import json
 import logging
 import sys
 import warnings
@@ -7,12 +8,14 @@ import warnings
 import pytest
 import torch
 from jsonargparse import Namespace
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 import rewards.verifiers
 from rgra_lightning import cli
 from rgra_lightning.cli import check_option_values, main
 from rgra_lightning.data import base
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.models import load_causal_lm
 from tests.conftest import ROOT, TINY_POLICY, one_line_error
 
 LOSS_KEYS = (
@@ -644,3 +647,46 @@ def test_the_projects_warnings_are_one_line_others_keep_their_place(small_config
         )
     other = warnings.formatwarning("deprecated", FutureWarning, torch.__file__, 7)
     assert other.startswith(f"{torch.__file__}:7: FutureWarning: deprecated")
+
+
+MODEL_PARALLEL = "lightning.pytorch.strategies.ModelParallelStrategy"
+
+
+STRATEGIES = {"ddp": "ddp", MODEL_PARALLEL: json.dumps({"class_path": MODEL_PARALLEL, "init_args": {}})}
+
+
+@pytest.mark.parametrize("strategy", [MODEL_PARALLEL, "ddp"])
+def test_an_rl_module_to_be_sharded_is_built_without_its_weights(small_config, strategy, tmp_path):
+    """Under FSDP2 rank 0 reads the weights as ``distributed.shard_model`` shards them (tested there), so
+    every process builds the policy and the reward models on the meta device, without host memory for
+    them; under DDP every process needs them whole."""
+    from tests.reward_models.conftest import save_classifier, verifier_plus_reward_model
+
+    verifier = verifier_plus_reward_model(save_classifier(tmp_path / "reward_model", num_labels=1))
+    args = [
+        "--config",
+        str(small_config("rgra")),
+        f"--trainer.strategy={STRATEGIES[strategy]}",
+        "--trainer.devices=2",
+        f"--model.verifier={json.dumps(verifier)}",
+    ]
+    model = main(args, run=False).model
+    reward_model = model.reward_models[0].model
+    tensors = [*model.policy.parameters(), *model.policy.buffers(), *reward_model.parameters()]
+    assert {tensor.is_meta for tensor in tensors} == {strategy == MODEL_PARALLEL}
+    assert not any(parameter.is_meta for parameter in load_causal_lm(str(TINY_POLICY)).parameters())
+
+
+def test_only_rl_modules_under_model_parallel_strategy_are_built_empty():
+    rl, reward = "rgra_lightning.RLModule", "rgra_lightning.RewardModelModule"
+    strategy = Namespace(class_path=MODEL_PARALLEL, init_args=Namespace(data_parallel_size=2))
+    cases = [
+        (rl, strategy, True),
+        (rl, ModelParallelStrategy(), True),  # given from Python, not as a class_path
+        (rl, "ddp", False),
+        (rl, "auto", False),
+        (reward, strategy, False),  # its module shards nothing (and Lightning refuses it unsharded)
+    ]
+    for model, strategy_value, expected in cases:
+        config = Namespace(model=Namespace(class_path=model), trainer=Namespace(strategy=strategy_value))
+        assert cli.shards_rl_models(config) is expected, (model, strategy_value)

@@ -58,7 +58,7 @@ from rgra_lightning.distributed import (
 from rgra_lightning.errors import ConfigError
 from rgra_lightning.logprobs import logprobs_without_grad, token_logprobs
 from rgra_lightning.metrics import TRAIN_REDUCTIONS
-from rgra_lightning.models import load_causal_lm, load_tokenizer
+from rgra_lightning.models import built_empty, load_causal_lm, load_sequence_classifier, load_tokenizer
 from rgra_lightning.rehearsal import scalars
 from rgra_lightning.reward_models.scorer import RewardModelScorer
 from rgra_lightning.rollout import HFEngine, Rollout, SamplingConfig, hf
@@ -309,6 +309,91 @@ def test_fsdp2_generation_and_judging_match_unsharded_in_and_out_of_inference_mo
         assert result["frozen_roots_resharded"] == [True, True]
     # The ranks ran different numbers of forwards: no collective may sit inside the decoding loop.
     assert ranks[0]["decoding_steps"] != ranks[1]["decoding_steps"]
+
+
+def _built_empty_then_sharded(rank: int, port: int, out: Path, cases: list[list]) -> None:
+    """One of 2 gloo ranks: models built on the meta device (``built_empty``) on the ranks each case names,
+    sharded, against the same model read whole from its files."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    loaders = {"causal_lm": load_causal_lm, "classifier": load_sequence_classifier}
+    ids = torch.tensor([[5, 9, 14, 3, 7], [2, 11, 4, 8, 6]])
+
+    def tied(model: torch.nn.Module) -> bool:
+        head = model.get_output_embeddings()
+        return head is not None and head.weight is model.get_input_embeddings().weight
+
+    result = []
+    for kind, path, empty_on, rank0_changes in cases:
+        load = loaders[kind]
+        whole = load(path)
+        with built_empty(rank in empty_on):
+            model = load(path)
+        tensors = [*model.parameters(), *model.buffers()]
+        metas = [tensor.is_meta for tensor in tensors]
+        built = "empty" if all(metas) else "read" if not any(metas) else "partly empty"
+        if rank0_changes:  # rank 0's weights differ from the files: every rank's shards must hold them
+            with torch.no_grad():
+                for changed in [whole.parameters(), model.parameters()][: 1 + (rank == 0)]:
+                    for parameter in changed:
+                        parameter.add_(0.01)
+        shard_model(model, init_device_mesh("cpu", (2,)), ShardingConfig())
+        sharded = all(isinstance(parameter, DTensor) for parameter in model.parameters())
+        gathered = {name: tensor.full_tensor() for name, tensor in model.state_dict().items()}
+        weights, whole_buffers = whole.state_dict(), dict(whole.named_buffers())
+        with torch.no_grad():
+            logits, want = model(ids).logits, whole(ids).logits
+        result.append(
+            {
+                "built": built,
+                "sharded": sharded,
+                "keys": sorted(gathered) == sorted(weights),
+                "weights_equal": all(torch.equal(gathered[name], weights[name]) for name in weights),
+                "buffers_equal": all(
+                    torch.equal(b, whole_buffers[name]) for name, b in model.named_buffers()
+                ),
+                "tied": [tied(model)],
+                "whole_tied": [tied(whole)],
+                "eos": [getattr(m, "generation_config", m.config).eos_token_id for m in (model, whole)],
+                "logits_error": ((logits - want).norm() / want.norm()).item(),
+            }
+        )
+    result.append(
+        {"read_after_the_block": not any(t.is_meta for t in load_causal_lm(str(TINY_POLICY)).parameters())}
+    )
+    (out / f"{rank}.json").write_text(json.dumps(result))
+    _leave_gloo(rank, out)
+
+
+def test_models_built_empty_off_rank_zero_are_sharded_with_rank_zeros_weights(tmp_path):
+    """Under FSDP2 only rank 0 reads weights (``models.built_empty`` elsewhere): after ``shard_model`` every
+    rank holds rank 0's weights, buffers (RoPE's ``inv_freq``, which state dicts leave out) and ties, for a
+    tied Llama whose weights rank 0 changed after reading them, an untied Qwen2 with biases and a reward
+    classifier, each built empty on rank 1 or on both (rank 0 then reads them as it shards them)."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    qwen2 = tmp_path / "qwen2"
+    tiny_policy("qwen2", tokenizer).save_pretrained(qwen2)
+    classifier = save_classifier(tmp_path / "classifier", num_labels=1)
+    cases = [
+        ["causal_lm", str(TINY_POLICY), [1], True],
+        ["causal_lm", str(qwen2), [0, 1], False],
+        ["classifier", str(classifier), [0, 1], False],
+    ]
+    port = free_port()
+    torch.multiprocessing.spawn(_built_empty_then_sharded, args=(port, tmp_path, cases), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    for rank, results in enumerate(ranks):
+        *per_case, after = results
+        assert after == {"read_after_the_block": True}
+        for (_, _, empty_on, _), got in zip(cases, per_case, strict=True):
+            assert got["built"] == ("empty" if rank in empty_on else "read")
+            assert got["sharded"] and got["keys"] and got["weights_equal"] and got["buffers_equal"]
+            assert got["tied"] == got["whole_tied"]
+            assert got["eos"][0] == got["eos"][1]
+            # the same float32 weights, gathered per layer: the same sums, perhaps in another order
+            assert got["logits_error"] <= rounding_rtol(torch.float32, 384)  # the widest sum: the tiny MLP's
+    assert [case["whole_tied"] for case in ranks[0][:2]] == [[True], [False]]  # both kinds of head checked
 
 
 def _sharded_weight_push(rank: int, port: int, out: Path) -> None:
