@@ -6,15 +6,17 @@
 # Each section has its own time limit, and none starts after GPU_CHECK_SECONDS (default 540) have passed, so
 # the log comes back whole. Parts, in the order they run (no argument: all of them):
 #   core  the fused head's tests on CUDA; the default config trained for 30 updates (the whole CLI path);
+#   profile where the LoRA training loop's rollout time goes (benchmarks/rollout_profile.py: the same
+#         engine timed inside the fit, after it and on a fresh policy; one in-loop rollout under
+#         torch.profiler, its Chrome trace written to $OUT/rollout_trace.json.gz): issue 17's open question,
+#         42 ms a decoding step in the loop against 9.7 ms for the decoder alone on an H100 (before graphs,
+#         whose sections' limits add up to more than the whole budget; a trace over 15 MB is split
+#         into rollout_trace.json.gz.partNN, since the device tool returns no file over 16 MiB);
 #   graphs the HF engine with its decoding steps replayed as CUDA graphs (HFEngine(cuda_graphs=True), never
 #         run on a GPU before): its tests on CUDA, the default config trained with it through the CLI
 #         (30 updates: val/accuracy against core's), its decoding speed against the plain steps
 #         (rollout_speed.py --paths decoder graphed plain), the LoRA 128 comparison with TRL
 #         (throughput.py --engine hf-graphs), and the paper config's step with it (paper_step.py);
-#   profile where the LoRA training loop's rollout time goes (benchmarks/rollout_profile.py: the same
-#         engine timed inside the fit, after it and on a fresh policy; one in-loop rollout under
-#         torch.profiler, its Chrome trace written to $OUT/rollout_trace.json.gz): issue 17's open question,
-#         42 ms a decoding step in the loop against 9.7 ms for the decoder alone on an H100;
 #   paper the Qwen2.5-0.5B paper config for 3 updates (benchmarks/paper_step.py): step-time split, peak
 #         memory, fraction of LoRA entries moved. On the real Qwen2.5-Coder-0.5B-Instruct weights when
 #         $QWEN_GGUF names the GGUF that benchmarks/qwen_gguf.py rejoins (491 MB: more than one call's
@@ -38,15 +40,19 @@ install() {  # a target folder, then wheels
   local target=$1; shift
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$target" "$@"
 }
-if [ -d .whl ]; then
-  install /tmp/site .whl/*.whl || exit 1
-  if [ -d .whl/vllm ]; then install /tmp/site-vllm .whl/vllm/*.whl || exit 1; fi
+all_parts="core profile graphs paper speed vllm memory"
+parts=" ${*:-$all_parts} "
+want() { [[ $parts == *" $1 "* ]]; }
+for part in $parts; do  # a misspelt part would otherwise spend the call on the versions section alone
+  [[ " $all_parts " == *" $part "* ]] || { echo "unknown part '$part': choose from $all_parts" | tee -a "$log"; exit 2; }
+done
+if [ -d .whl ]; then  # pip's errors in the log too
+  install /tmp/site .whl/*.whl 2>&1 | tee -a "$log" || exit 1
+  if want vllm && [ -d .whl/vllm ]; then install /tmp/site-vllm .whl/vllm/*.whl 2>&1 | tee -a "$log" || exit 1; fi
 fi
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 vllm_path=$PWD:/tmp/site-vllm:/tmp/site  # for the vllm section: a transformers that vLLM 0.34 allows
 status=0
-parts=" ${*:-core graphs profile paper speed vllm memory} "
-want() { [[ $parts == *" $1 "* ]]; }
 section() {  # a time limit in seconds, a title, then the command; output to the terminal and the log
   local limit=$1 title=$2; shift 2
   local left=$((deadline - SECONDS))
@@ -60,7 +66,7 @@ section() {  # a time limit in seconds, a title, then the command; output to the
   local start=$SECONDS
   timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$log"
   local code=${PIPESTATUS[0]}
-  pkill -f "benchmarks/(throughput|peak_memory|paper_step|rollout_profile).py" 2>/dev/null  # a benchmark's children outlive its timeout
+  pkill -f "benchmarks/(throughput|peak_memory|paper_step|rollout_profile|rollout_speed).py" 2>/dev/null  # a benchmark's children outlive its timeout
   echo "== exit $code after $((SECONDS - start)) s" | tee -a "$log"
   [ "$code" -eq 0 ] || status=1
 }
@@ -71,6 +77,16 @@ if want core; then
   section 150 "default config on the GPU" python3 -m rgra_lightning fit --config configs/rgra.yaml \
     --trainer.accelerator=gpu --trainer.max_steps=30 --trainer.logger=false --trainer.callbacks=[] \
     --trainer.enable_checkpointing=false
+fi
+if want profile; then
+  trace=${OUT:-/tmp}/rollout_trace.json.gz
+  section 150 "rollout profile, Qwen2.5-0.5B shape + LoRA 128" python3 benchmarks/rollout_profile.py \
+    --device cuda --random-init qwen2.5-0.5b --lora 128 --dtype bfloat16 --tokens 64 --steps 5 --rounds 3 \
+    --trace "$trace"
+  if [ -f "$trace" ] && [ "$(stat -c %s "$trace")" -gt 15000000 ]; then  # the device tool returns <= 16 MiB a file
+    split -d -b 15000000 "$trace" "$trace.part" && rm -f "$trace"
+    echo "== $trace split: cat rollout_trace.json.gz.part* >rollout_trace.json.gz" | tee -a "$log"
+  fi
 fi
 if want graphs; then
   section 120 "CUDA graphs: tests" python3 -m pytest -q -p no:cacheprovider tests/rollout/test_cuda_graph.py \
@@ -86,11 +102,6 @@ if want graphs; then
     --engine hf-graphs
   section 180 "CUDA graphs: paper config, random weights" python3 benchmarks/paper_step.py \
     --random-init qwen2.5-0.5b --steps 3 --cli=--model.init_args.rollout.init_args.cuda_graphs=true
-fi
-if want profile; then
-  section 150 "rollout profile, Qwen2.5-0.5B shape + LoRA 128" python3 benchmarks/rollout_profile.py \
-    --device cuda --random-init qwen2.5-0.5b --lora 128 --dtype bfloat16 --tokens 64 --steps 5 --rounds 3 \
-    --trace "${OUT:-/tmp}/rollout_trace.json.gz"
 fi
 if want paper; then
   if [ -n "${QWEN_GGUF:-}" ] && [ -f "$QWEN_GGUF" ]; then

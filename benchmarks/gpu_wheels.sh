@@ -21,7 +21,7 @@ download() {  # a destination folder, then requirements
 }
 rm -rf .whl
 for name in "${packages[@]}"; do
-  version=$(.venv/bin/python -m pip show "$name" | sed -n 's/^Version: //p')
+  version=$(.venv/bin/python -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p' || true)  # else set -e exits silently
   [ -n "$version" ] || { echo "$name is not installed in .venv: pip install -e '.[bench,real]' first" >&2; exit 1; }
   download .whl "$name==$version"
 done
