@@ -239,10 +239,12 @@ class RLCLI(LightningCLI):
                 data_class.check_fit_options(init_args)
 
     def instantiate_classes(self) -> None:
-        """Lightning's; an RL module to be sharded (``ModelParallelStrategy``) has its models built empty
-        (``models.built_empty``) on every process: rank 0 reads their weights as they are sharded."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        with built_empty(shards_rl_models(config)):
+        """Lightning's; for a subcommand that runs an RL module to be sharded (``ModelParallelStrategy``),
+        its models are built empty (``models.built_empty``) on every process: rank 0 reads their weights
+        as they are sharded. Without a subcommand (``main(..., run=False)``: ``rgra export`` and ``rgra
+        label`` load weights into the module they get) they are read."""
+        empty = self.subcommand is not None and shards_rl_models(self.config[self.subcommand])
+        with built_empty(empty):
             super().instantiate_classes()
 
     def instantiate_trainer(self, **kwargs: object) -> Trainer:

@@ -258,10 +258,12 @@ _WEIGHTS_OF: WeakKeyDictionary[torch.nn.Module, Callable[[], PreTrainedModel]] =
 def built_empty(enabled: bool = True) -> Iterator[None]:
     """Inside the block (where ``enabled``), ``load_causal_lm`` and ``load_sequence_classifier`` build each
     model on the meta device: its config, generation config, classes and shapes, tied weights tied, and no
-    weights read (no host memory); ``with_weights`` reads them. ``RLCLI`` builds an RL module's models so
-    for a run under ``ModelParallelStrategy``, where ``distributed.shard_model`` reads them on rank 0 only
-    and broadcasts them into every rank's shards: without it, every process of a node held every model
-    whole in host memory before sharding (8 x 12 GB at 1.5B parameters in float32 on an 8-GPU node)."""
+    weights read (no host memory); ``with_weights`` reads them. Not a model given as a GGUF file, which
+    transformers reads and de-quantises whole whatever the device: it is loaded as outside the block.
+    ``RLCLI`` builds an RL module's models so for a run under ``ModelParallelStrategy``, where
+    ``distributed.shard_model`` reads them on rank 0 only and broadcasts them into every rank's shards:
+    without it, every process of a node held every model whole in host memory before sharding (8 x 12 GB
+    at 1.5B parameters in float32 on an 8-GPU node)."""
     token = _BUILDING_EMPTY.set(enabled)
     try:
         yield
@@ -281,7 +283,7 @@ def _load_model(
 ) -> PreTrainedModel:
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype={dtype!r} is not one of {list(DTYPES)}")
-    empty = _BUILDING_EMPTY.get()
+    empty = _BUILDING_EMPTY.get() and gguf_file is None  # transformers de-quantises a GGUF file whole anyway
     resolved = resolve_path(name_or_path)
     kwargs = _load_kwargs(resolved, gguf_file) | ({"device_map": "meta"} if empty else {})
     try:

@@ -261,8 +261,9 @@ class RLModule(LightningModule):
         data-parallel mesh, each with rank 0's weights (``shard_model``): ``RLCLI`` builds them empty on
         every rank, and rank 0 reads their weights only now."""
         mesh = self.device_mesh
-        if mesh is None or is_sharded(self.policy):
-            return  # one device or DDP, or already sharded (configure_model runs once per fit/validate)
+        models = [model for model in (self.policy, self.reference, *self.reward_models) if model is not None]
+        if mesh is None or all(is_sharded(model) for model in models):
+            return  # one device or DDP, or sharded by an earlier fit/validate (configure_model runs in each)
         if mesh["tensor_parallel"].size() != 1:
             ranks = mesh.size()  # Lightning's 'auto' gives each node's devices to tensor parallelism
             raise ConfigError(
@@ -271,11 +272,9 @@ class RLModule(LightningModule):
             )
         if self.hparams.lora is not None:
             raise ConfigError(LORA_UNDER_FSDP2)
-        data_mesh = mesh["data_parallel"]
-        shard_model(self.policy, data_mesh, self.sharding)
-        for frozen in [self.reference, *self.reward_models]:
-            if frozen is not None:
-                shard_model(frozen, data_mesh, self.sharding)
+        for model in models:  # after a validate, a fit adds the reference (built empty, like the others)
+            if not is_sharded(model):
+                shard_model(model, mesh["data_parallel"], self.sharding)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -655,11 +655,24 @@ MODEL_PARALLEL = "lightning.pytorch.strategies.ModelParallelStrategy"
 STRATEGIES = {"ddp": "ddp", MODEL_PARALLEL: json.dumps({"class_path": MODEL_PARALLEL, "init_args": {}})}
 
 
-@pytest.mark.parametrize("strategy", [MODEL_PARALLEL, "ddp"])
-def test_an_rl_module_to_be_sharded_is_built_without_its_weights(small_config, strategy, tmp_path):
+class InstantiateOnly(cli.RLCLI):
+    """Parses a subcommand's arguments and builds its classes, then runs nothing."""
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "strategy, subcommand",
+    [(MODEL_PARALLEL, "fit"), (MODEL_PARALLEL, "validate"), ("ddp", "fit"), (MODEL_PARALLEL, None)],
+)
+def test_an_rl_module_to_be_sharded_is_built_without_its_weights(
+    small_config, strategy, subcommand, tmp_path
+):
     """Under FSDP2 rank 0 reads the weights as ``distributed.shard_model`` shards them (tested there), so
-    every process builds the policy and the reward models on the meta device, without host memory for
-    them; under DDP every process needs them whole."""
+    every process of a subcommand builds the policy and the reward models on the meta device, without host
+    memory for them; under DDP every process needs them whole, and without a subcommand (``rgra export``
+    and ``rgra label`` build the module to load a checkpoint into it) nothing shards them."""
     from tests.reward_models.conftest import save_classifier, verifier_plus_reward_model
 
     verifier = verifier_plus_reward_model(save_classifier(tmp_path / "reward_model", num_labels=1))
@@ -670,10 +683,13 @@ def test_an_rl_module_to_be_sharded_is_built_without_its_weights(small_config, s
         "--trainer.devices=2",
         f"--model.verifier={json.dumps(verifier)}",
     ]
-    model = main(args, run=False).model
+    if subcommand is None:
+        model = main(args, run=False).model
+    else:
+        model = main([subcommand, *args], cli_class=InstantiateOnly).model
     reward_model = model.reward_models[0].model
     tensors = [*model.policy.parameters(), *model.policy.buffers(), *reward_model.parameters()]
-    assert {tensor.is_meta for tensor in tensors} == {strategy == MODEL_PARALLEL}
+    assert {tensor.is_meta for tensor in tensors} == {strategy == MODEL_PARALLEL and subcommand is not None}
     assert not any(parameter.is_meta for parameter in load_causal_lm(str(TINY_POLICY)).parameters())
 
 

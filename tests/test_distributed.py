@@ -21,6 +21,7 @@ how Lightning relaunches itself once per extra process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing.util
@@ -394,6 +395,50 @@ def test_models_built_empty_off_rank_zero_are_sharded_with_rank_zeros_weights(tm
             # the same float32 weights, gathered per layer: the same sums, perhaps in another order
             assert got["logits_error"] <= rounding_rtol(torch.float32, 384)  # the widest sum: the tiny MLP's
     assert [case["whole_tied"] for case in ranks[0][:2]] == [[True], [False]]  # both kinds of head checked
+
+
+def _validate_then_fit(rank: int, out: Path) -> None:
+    """One process under ``ModelParallelStrategy``: ``validate`` shards the policy, then a ``fit`` of the same
+    module adds the reference (built empty, as under the CLI): at the fit's start, the weights of both."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from rgra_lightning.data.arithmetic import ArithmeticDataModule
+    from rgra_lightning.losses import LossConfig
+
+    whole = load_causal_lm(str(TINY_POLICY)).state_dict()
+    found = {}
+
+    class Checked(Exception):
+        """The weights are all this checks: the fit stops there."""
+
+    class WeightsAtFitStart(Callback):
+        def on_fit_start(self, trainer: Trainer, module: LightningModule) -> None:
+            for name in ("policy", "reference"):
+                state = getattr(module, name).state_dict()
+                found[name] = all(torch.equal(state[key].full_tensor(), whole[key]) for key in whole)
+            raise Checked
+
+    module = RLModule(
+        model_path=str(TINY_POLICY),
+        loss=LossConfig(beta=0.04),
+        validate_before_training=False,
+        sampling=SamplingConfig(num_generations=4, max_new_tokens=4),
+    )
+    data = ArithmeticDataModule(batch_size=4, val_batch_size=4, val_size=4)
+    quiet = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False}
+    quiet |= {"enable_progress_bar": False, "enable_model_summary": False}
+    Trainer(strategy=ModelParallelStrategy(), limit_val_batches=1, **quiet).validate(module, data)
+    fit = Trainer(strategy=ModelParallelStrategy(), max_steps=1, callbacks=[WeightsAtFitStart()], **quiet)
+    with contextlib.suppress(Checked):
+        fit.fit(module, data)
+    (out / "found.json").write_text(json.dumps(found))
+
+
+def test_a_fit_after_a_validate_under_fsdp2_shards_the_reference_it_adds(tmp_path):
+    """The policy is sharded by the validate; the fit's reference, built empty, must be sharded (with the
+    file's weights) too: left unsharded, Lightning would fill the module's empty tensors with random ones."""
+    torch.multiprocessing.spawn(_validate_then_fit, args=(tmp_path,), nprocs=1, join=True)
+    assert json.loads((tmp_path / "found.json").read_text()) == {"policy": True, "reference": True}
 
 
 def _sharded_weight_push(rank: int, port: int, out: Path) -> None:

@@ -23,6 +23,7 @@ from rgra_lightning.models import (
     LoraConfig,
     ModelLoadError,
     add_lora,
+    built_empty,
     clear_quantization,
     enable_activation_checkpointing,
     gguf_to_hf,
@@ -30,6 +31,7 @@ from rgra_lightning.models import (
     load_causal_lm,
     load_tokenizer,
     resolve_path,
+    with_weights,
 )
 from rgra_lightning.rehearsal import GPU_RUNS
 from rgra_lightning.rollout import SamplingConfig
@@ -343,3 +345,25 @@ def test_a_gguf_model_whose_weights_stayed_quantised_is_refused():
     layer.weight = torch.nn.Parameter(torch.zeros(layer.weight.shape, dtype=torch.uint8), requires_grad=False)
     with pytest.raises(ConfigError, match=r"loaded 1 weights still quantised \(model.layers.0.mlp.down_proj"):
         clear_quantization(model)
+
+
+def test_built_empty_reads_a_gguf_model_whole_as_transformers_de_quantises_it_anyway(tmp_path, monkeypatch):
+    """transformers de-quantises a whole GGUF file whatever the device asked for (SmolLM2-135M: 12 s and
+    1.2 GB with ``device_map="meta"`` as without), so building it empty would read it twice on rank 0: it is
+    loaded as outside ``built_empty``, and ``with_weights`` has nothing left to read."""
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    calls, tiny = [], load_causal_lm(str(TINY_POLICY))
+
+    def from_pretrained(path: str, **kwargs: object) -> torch.nn.Module:
+        calls.append(kwargs)
+        return tiny
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    with built_empty():
+        model = load_causal_lm(str(tmp_path), "model.gguf")
+    assert calls[0]["gguf_file"] == "model.gguf" and "device_map" not in calls[0]
+    assert with_weights(model) is model and len(calls) == 1
+    monkeypatch.undo()
+    with built_empty():  # the same call with safetensors weights builds the model empty
+        empty = load_causal_lm(str(TINY_POLICY))
+    assert all(parameter.is_meta for parameter in empty.parameters())
