@@ -405,6 +405,7 @@ def _validate_then_fit(rank: int, out: Path) -> None:
     from rgra_lightning.data.arithmetic import ArithmeticDataModule
     from rgra_lightning.losses import LossConfig
 
+    os.chdir(out)  # where a validate without a logger writes its samples
     whole = load_causal_lm(str(TINY_POLICY)).state_dict()
     found = {}
 
