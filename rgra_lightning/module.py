@@ -23,7 +23,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from rewards import MathVerifier, Verifier
-from rgra_lightning.checkpointing import reloaded_state_keys, require_same_run, warn_unless_resumable
+from rgra_lightning.checkpointing import (
+    FROZEN_PREFIXES,
+    reloaded_state_keys,
+    require_same_run,
+    warn_unless_resumable,
+)
 from rgra_lightning.distributed import (
     ShardingConfig,
     is_sharded,
@@ -321,9 +326,13 @@ class RLModule(LightningModule):
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
             require_same_run(checkpoint, self.trainer.ckpt_path, self, self.trainer.datamodule)
         if "state_dict" in checkpoint:  # FSDP2: loaded already, in place
-            current = self.state_dict()
+            saved, current = checkpoint["state_dict"], self.state_dict()
+            # An FSDP2 run's checkpoints keep its frozen models (``on_save_checkpoint``): this module, built
+            # for evaluation or export, has no reference
+            for key in [key for key in saved if key.startswith(FROZEN_PREFIXES) and key not in current]:
+                del saved[key]
             reloaded = reloaded_state_keys(self, lora=self.hparams.lora is not None)
-            checkpoint["state_dict"].update({key: current[key] for key in reloaded})
+            saved.update({key: current[key] for key in reloaded})
 
     # --------------------------------------------------------------- training
 

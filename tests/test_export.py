@@ -232,6 +232,27 @@ def test_the_config_a_run_saved_exports_its_checkpoint(small_config, tmp_path):
     assert exported and all(torch.equal(value, policy[name]) for name, value in exported.items())
 
 
+def test_a_checkpoint_that_keeps_the_reference_as_fsdp2_runs_do_exports_and_validates(small_config, tmp_path):
+    """An FSDP2 run's checkpoints keep its frozen models (its strategy restores every key of the module),
+    a one-device run's leave them out; a module built for export or evaluation has no reference, and reads
+    such a checkpoint all the same (they were refused: "30 unexpected (reference.lm_head.weight, ...)")."""
+    config = small_config("rgra", **FAST, **{"trainer.max_steps": 2})
+    cli = cli_main(["fit", "--config", str(config)])
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    policy = {key: value for key, value in checkpoint["state_dict"].items() if key.startswith("policy.")}
+    assert policy and not any(key.startswith("reference.") for key in checkpoint["state_dict"])
+    checkpoint["state_dict"] |= {
+        "reference." + key.removeprefix("policy."): value for key, value in policy.items()
+    }
+    torch.save(checkpoint, last)
+    output = export_checkpoint(str(config), str(last), str(tmp_path / "out"))
+    exported, trained = load_file(output / "model.safetensors"), cli.model.policy.state_dict()
+    assert exported and all(torch.equal(value, trained[name]) for name, value in exported.items())
+    # Lightning loads its weights strictly (unexpected keys were an error), after the CLI's own check
+    cli_main(["validate", "--config", str(config), "--ckpt_path", str(last)])
+
+
 def test_several_configs_apply_in_order(reward_model_run, tmp_path, capsys):
     config, checkpoints = reward_model_run
     override = tmp_path / "bf16.yaml"
