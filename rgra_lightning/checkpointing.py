@@ -48,6 +48,9 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.distributed import checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.utils.data import DataLoader
 
 from rgra_lightning.config_files import differences
@@ -473,10 +476,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
 
 
-def require_checkpoint(ckpt_path: str, option: str, sharded: bool = False) -> None:
-    """Raise ``ConfigError`` unless ``ckpt_path`` is a file or, with ``sharded``, a sharded (FSDP2)
-    checkpoint directory; commands call it before building a module, which takes a while. ``option`` is
-    how the command names it (``--ckpt_path``)."""
+def require_checkpoint(ckpt_path: str, option: str) -> None:
+    """Raise ``ConfigError`` unless ``ckpt_path`` is a file or a sharded (FSDP2) checkpoint directory;
+    commands call it before building a module, which takes a while. ``option`` is how the command names
+    it (``--ckpt_path``)."""
     path = Path(ckpt_path)
     if not path.exists():
         raise ConfigError(f"{option} {ckpt_path!r} does not exist")
@@ -484,14 +487,29 @@ def require_checkpoint(ckpt_path: str, option: str, sharded: bool = False) -> No
         raise ConfigError(
             f"{option} {ckpt_path} is a Hugging Face model directory: give it as model.model_path"
         )
-    if not _is_sharded_checkpoint(path):
-        if path.is_dir():
-            raise not_a_checkpoint(ckpt_path, option)
-    elif not sharded:
-        raise ConfigError(
-            f"{option} {ckpt_path} is a sharded (FSDP2) checkpoint directory, which this command cannot "
-            "read: export the run's final policy with the ExportHuggingFace callback instead"
-        )
+    if path.is_dir() and not is_sharded_checkpoint(ckpt_path):
+        raise not_a_checkpoint(ckpt_path, option)
+
+
+def is_sharded_checkpoint(ckpt_path: str) -> bool:
+    """Whether ``ckpt_path`` is a directory of ``torch.distributed.checkpoint`` shards (FSDP2 with
+    ``save_distributed_checkpoint``: one file per rank, and Lightning's ``meta.pt``)."""
+    return _is_sharded_checkpoint(Path(ckpt_path))
+
+
+def sharded_weights(ckpt_path: str) -> dict[str, torch.Tensor]:
+    """The module weights (``state_dict``) of a sharded checkpoint directory, whole, on the CPU: read by
+    ``torch.distributed.checkpoint`` in this one process (any number of ranks wrote it), the optimizer
+    states left unread."""
+    reader = FileSystemReader(ckpt_path)
+    prefix = "state_dict."  # the module's weights, as Lightning's ``ModelParallelStrategy`` saves them
+    weights = {
+        key.removeprefix(prefix): torch.empty(stored.size, dtype=stored.properties.dtype)
+        for key, stored in reader.read_metadata().state_dict_metadata.items()
+        if key.startswith(prefix) and isinstance(stored, TensorStorageMetadata)
+    }
+    dcp.load({"state_dict": weights}, storage_reader=reader, no_dist=True)
+    return weights
 
 
 def not_a_checkpoint(ckpt_path: str, option: str) -> ConfigError:
@@ -505,7 +523,7 @@ def read_checkpoint(ckpt_path: str, option: str) -> dict[str, Any]:
     """The contents of the checkpoint file ``ckpt_path``, its tensors memory-mapped (read when used), or of
     a sharded checkpoint directory's metadata (``meta.pt``: all but the weights and optimizer states);
     ``ConfigError`` for a file that is not a Lightning checkpoint."""
-    if _is_sharded_checkpoint(Path(ckpt_path)):
+    if is_sharded_checkpoint(ckpt_path):
         return torch.load(Path(ckpt_path, _METADATA_FILENAME), map_location="cpu", weights_only=True)
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
@@ -567,10 +585,12 @@ def require_matching_weights(module: LightningModule, checkpoint: dict[str, Any]
 
 
 def load_trained_weights(module: LightningModule, ckpt_path: str, option: str) -> None:
-    """Load the weights of a (non-sharded) training checkpoint, given as ``option``, into ``module``, built
-    from the same config (``require_matching_weights``)."""
+    """Load the weights of a training checkpoint (a file, or a sharded directory: ``sharded_weights``),
+    given as ``option``, into ``module``, built from the same config (``require_matching_weights``)."""
     require_checkpoint(ckpt_path, option)
     checkpoint = read_checkpoint(ckpt_path, option)
+    if is_sharded_checkpoint(ckpt_path):
+        checkpoint["state_dict"] = sharded_weights(ckpt_path)
     require_matching_weights(module, checkpoint, ckpt_path)
     module.load_state_dict(checkpoint["state_dict"])
 

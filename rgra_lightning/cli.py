@@ -38,6 +38,7 @@ from rgra_lightning.callbacks import LineProgressBar
 from rgra_lightning.checkpointing import (
     ContinuedLog,
     RunDirectoryLock,
+    is_sharded_checkpoint,
     last_checkpoint,
     read_checkpoint,
     remove_refused_log_directory,
@@ -191,6 +192,13 @@ class RLCLI(LightningCLI):
                 rank_zero_info("--ckpt_path last: the run has no checkpoint yet, so this fit starts afresh")
             if not fitting or ckpt_path is None:
                 config["ckpt_path"] = ckpt_path
+        if ckpt_path is not None and is_sharded_checkpoint(ckpt_path) and not self._shards():
+            raise ConfigError(
+                f"--ckpt_path {ckpt_path} is a sharded (FSDP2) checkpoint directory, which only "
+                "ModelParallelStrategy reads: run with the run's FSDP2 strategy, "
+                f"or export its policy (rgra export checkpoint --config CONFIG --ckpt-path {ckpt_path} "
+                "--output DIR) and give that as model.model_path"
+            )
         if ckpt_path is None or not (fitting or Path(ckpt_path).is_file()):
             return  # a fit from nothing, or a sharded checkpoint to evaluate: Lightning reads it
         checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")  # a sharded one's metadata
@@ -199,6 +207,9 @@ class RLCLI(LightningCLI):
             ContinuedLog.continue_from(self.trainer, checkpoint)
         else:
             require_matching_weights(self.model, checkpoint, ckpt_path)
+
+    def _shards(self) -> bool:
+        return isinstance(self.trainer.strategy, ModelParallelStrategy)
 
     def _before_run(self) -> None:
         """``_check_ckpt_path``, then note whether the run's log directory is new: fixed only now, as a
@@ -227,7 +238,7 @@ class RLCLI(LightningCLI):
             )
         ckpt_path = config.get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc"):
-            require_checkpoint(ckpt_path, "--ckpt_path", sharded=True)
+            require_checkpoint(ckpt_path, "--ckpt_path")
         if isinstance(config.get("model"), Namespace) and config.model.get("class_path"):
             check_option_values(config.model, self.given_arguments)
         data = config.get("data")

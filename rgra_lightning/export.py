@@ -260,7 +260,8 @@ def main(args: list[str] | None = None) -> None:
         dest="ckpt_path",
         metavar="CKPT",
         required=True,
-        help="the training checkpoint whose weights to export (a .ckpt file, e.g. a run's last.ckpt)",
+        help="the training checkpoint whose weights to export (a .ckpt file, e.g. a run's last.ckpt, or the"
+        " directory of a sharded (FSDP2) one)",
     )
     checkpoint.add_argument(
         "--output", metavar="DIR", required=True, help="the directory to write (replaced whole if it exists)"

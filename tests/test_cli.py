@@ -706,3 +706,20 @@ def test_only_rl_modules_under_model_parallel_strategy_are_built_empty():
     for model, strategy_value, expected in cases:
         config = Namespace(model=Namespace(class_path=model), trainer=Namespace(strategy=strategy_value))
         assert cli.shards_rl_models(config) is expected, (model, strategy_value)
+
+
+def test_a_sharded_checkpoint_evaluated_without_fsdp2_says_how_to_read_it(small_config, tmp_path, capsys):
+    """Only ``ModelParallelStrategy`` reads a sharded checkpoint (Lightning's other strategies raised
+    IsADirectoryError in a traceback); ``rgra export checkpoint`` reads one in any process (tested with a
+    real one in tests/test_distributed.py)."""
+    sharded = tmp_path / "last.ckpt"
+    sharded.mkdir()  # what FSDP2 writes: shards and Lightning's meta.pt
+    (sharded / "meta.pt").write_bytes(b"")
+    error = one_line_error(
+        ["validate", "--config", str(small_config("rgra")), "--ckpt_path", str(sharded)], capsys
+    )
+    assert error == (
+        f"error: --ckpt_path {sharded} is a sharded (FSDP2) checkpoint directory, which only "
+        "ModelParallelStrategy reads: run with the run's FSDP2 strategy, or export its policy (rgra export "
+        f"checkpoint --config CONFIG --ckpt-path {sharded} --output DIR) and give that as model.model_path"
+    )

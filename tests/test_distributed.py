@@ -57,6 +57,7 @@ from rgra_lightning.distributed import (
     with_distributed_sampler,
 )
 from rgra_lightning.errors import ConfigError
+from rgra_lightning.export import export_checkpoint
 from rgra_lightning.logprobs import logprobs_without_grad, token_logprobs
 from rgra_lightning.metrics import TRAIN_REDUCTIONS
 from rgra_lightning.models import built_empty, load_causal_lm, load_sequence_classifier, load_tokenizer
@@ -609,6 +610,11 @@ def test_ddp_and_fsdp2_match_one_process_and_fsdp2_resumes_from_a_sharded_checkp
     assert [path.name for path in (tmp_path / "fsdp").glob("*/version_*")] == ["version_0"]
     sharded_export = load_causal_lm(str(tmp_path / "fsdp-hf")).state_dict()
     single_export = load_causal_lm(str(tmp_path / "hf_model")).state_dict()
+    # The sharded checkpoint, read in one process, exports the weights the run's callback gathered
+    exported = export_checkpoint(str(resumed), str(last), str(tmp_path / "from-shards"))
+    from_shards = load_causal_lm(str(exported)).state_dict()
+    assert from_shards.keys() == sharded_export.keys()
+    assert all(torch.equal(from_shards[name], sharded_export[name]) for name in from_shards)
     initial = load_causal_lm(str(TINY_POLICY)).state_dict()
     for name, value in single_export.items():  # 6 updates' rounding of how far the 6 updates moved it
         moved, sharded_moved = value - initial[name], sharded_export[name] - initial[name]

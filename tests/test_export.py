@@ -90,10 +90,6 @@ def test_commands_that_load_a_checkpoint_name_a_missing_one_before_building_the_
         export_checkpoint("no-such-config.yaml", missing, str(tmp_path / "out"))
     with pytest.raises(ConfigError, match="missing.ckpt' does not exist"):
         label("no-such-config.yaml", str(tmp_path / "rows.jsonl"), ckpt_path=missing)
-    (tmp_path / "sharded.ckpt").mkdir()  # what FSDP2 writes: shards and Lightning's meta.pt
-    (tmp_path / "sharded.ckpt" / "meta.pt").write_bytes(b"")
-    with pytest.raises(ConfigError, match="is a sharded \\(FSDP2\\) checkpoint directory"):
-        export_checkpoint("no-such-config.yaml", str(tmp_path / "sharded.ckpt"), str(tmp_path / "out"))
     with pytest.raises(
         ConfigError, match=f"--ckpt-path {TINY_POLICY} is a Hugging Face model directory: give"
     ):
