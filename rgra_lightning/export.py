@@ -132,13 +132,17 @@ def export_policy(
 ) -> Path:
     """Save ``policy`` (merged unless ``adapter_only``) and ``tokenizer`` to ``output_dir``, replacing it
     whole (``replacing_directory``). A ``state_dict`` (the full weights gathered from an FSDP2-sharded
-    policy) is saved as given, unmerged. One process writes: under distributed training the caller calls
+    policy) is saved as given, unmerged, less the second name of a tied weight (``lm_head.weight`` where
+    the head shares the embedding), which ``save_pretrained`` drops from the model's own weights but not
+    from a gathered copy. One process writes: under distributed training the caller calls
     this on rank 0 only (``ExportHuggingFace``)."""
     if adapter_only and not hasattr(policy, "merge_and_unload"):
         raise ConfigError("--adapter-only: this policy has no LoRA adapters (model.lora is not set)")
     with replacing_directory(output_dir) as staging:
         if state_dict is not None:
-            policy.save_pretrained(staging, state_dict=state_dict)
+            every_name = dict(policy.named_parameters(remove_duplicate=False))
+            tied = every_name.keys() - dict(policy.named_parameters()).keys()
+            policy.save_pretrained(staging, state_dict={k: v for k, v in state_dict.items() if k not in tied})
         else:
             (policy if adapter_only else plain_model(policy)).save_pretrained(staging)
         if adapter_only:

@@ -38,6 +38,7 @@ import pytest
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+from safetensors.torch import load_file
 from torch import Tensor
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
@@ -610,6 +611,9 @@ def test_ddp_and_fsdp2_match_one_process_and_fsdp2_resumes_from_a_sharded_checkp
     assert [path.name for path in (tmp_path / "fsdp").glob("*/version_*")] == ["version_0"]
     sharded_export = load_causal_lm(str(tmp_path / "fsdp-hf")).state_dict()
     single_export = load_causal_lm(str(tmp_path / "hf_model")).state_dict()
+    # The gathered export names a tied weight once, as save_pretrained does the model's own
+    files = [load_file(tmp_path / export / "model.safetensors").keys() for export in ("fsdp-hf", "hf_model")]
+    assert files[0] == files[1] and "lm_head.weight" not in files[0]
     # The sharded checkpoint, read in one process, exports the weights the run's callback gathered
     exported = export_checkpoint(str(resumed), str(last), str(tmp_path / "from-shards"))
     from_shards = load_causal_lm(str(exported)).state_dict()
