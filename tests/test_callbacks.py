@@ -262,3 +262,20 @@ def test_a_loop_outside_lightning_shows_a_bar_on_a_terminal(monkeypatch, capsys)
         advance(4)
     err = capsys.readouterr().err
     assert "labelling: 100%" in err and "4/4" in err and "\r" in err
+
+
+def test_a_resumed_fits_eta_is_reckoned_from_the_updates_it_made_itself(monkeypatch, capsys):
+    """A fit resumed at update 10 of 20 that made 2 updates in 20 s has 8 to go: ETA 80 s (counting the
+    checkpoint's 10 as made in those 20 s too would say 13 s)."""
+    clock = [100.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    trainer = SimpleNamespace(
+        global_step=10, max_steps=20, max_epochs=None, num_training_batches=4, progress_bar_metrics={}
+    )
+    module = SimpleNamespace(automatic_optimization=False, updater=SimpleNamespace(updates_per_batch=1))
+    bar = LineProgressBar(every_s=0)
+    bar._trainer = trainer
+    bar.on_train_start(trainer, module)
+    clock[0], trainer.global_step = 120.0, 12
+    bar.on_train_batch_end(trainer)
+    assert capsys.readouterr().err == "fit: update 12/20; 20 s, ETA 80 s\n"

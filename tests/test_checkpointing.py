@@ -5,6 +5,7 @@ import fcntl
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -16,24 +17,34 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
-from lightning import Callback, LightningModule
+import yaml
+from lightning import Callback, LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
+from rgra_lightning import distributed
 from rgra_lightning.checkpointing import (
     AtomicCheckpointIO,
     ContinuedLog,
     ExactResume,
     PeriodicModelCheckpoint,
     RunDirectoryLock,
+    last_checkpoint,
+    remove_partial_checkpoints,
     remove_refused_log_directory,
     require_matching_weights,
     require_same_run,
+    rng_states,
     warn_if_saved_in_place,
 )
 from rgra_lightning.cli import main
@@ -166,10 +177,16 @@ def test_resume_at_and_after_an_epoch_boundary_continues_the_data_order(small_co
     }
     straight = fresh_config(small_config, tmp_path, "straight", **data)
     a = main(["fit", "--config", str(straight), "--trainer.max_steps=5"])
+    recorder = json.dumps({"class_path": "tests.test_checkpointing.BatchIndices"})
     for stop in (3, 4):
         interrupted = fresh_config(small_config, tmp_path, f"stop{stop}", **data)
         main(["fit", "--config", str(interrupted), f"--trainer.max_steps={stop}"])
-        b = main(["fit", "--config", str(interrupted), "--trainer.max_steps=5", "--ckpt_path", "last"])
+        BatchIndices.seen = []
+        resume = ["--trainer.max_steps=5", "--ckpt_path", "last", f"--trainer.callbacks+={recorder}"]
+        b = main(["fit", "--config", str(interrupted), *resume])
+        # Lightning's batch_idx of updates 4 and 5 (4 alone): epoch 1's first batches, as in the straight
+        # run; a last.ckpt saved at train end rather than at the batch end resumed at batch 3 of epoch 0's 3
+        assert BatchIndices.seen == {3: [0, 1], 4: [1]}[stop]
         assert_same_run(
             tmp_path / "straight" / "runs",
             tmp_path / f"stop{stop}" / "runs",
@@ -570,12 +587,16 @@ def test_resuming_with_another_verifier_is_refused_but_not_with_other_workers(sm
     resume = ["fit", "--config", str(config), "--trainer.max_steps=2", "--ckpt_path", "last"]
     last = tmp_path / "checkpoints" / "last.ckpt"
     log_directories = sorted((tmp_path / "runs").glob("*/version_*"))
+    logged = sorted((tmp_path / "runs").rglob("*"))
     assert one_line_error([*resume, "--model.verifier.timeout=2.0"], capsys, status=RUN_REFUSED) == (
         f"error: checkpoint {last} was trained with other settings than this run's (model.verifier.init_args."
         "timeout: 3.0 in the checkpoint, 2.0 now): resume with the config it was trained with (saved as "
         "config.yaml in its log directory), or start a new run without --ckpt_path"
     )
     assert sorted((tmp_path / "runs").glob("*/version_*")) == log_directories
+    # nor did it write into the run's own (refused only once Lightning loaded the checkpoint, it had opened
+    # an event file there, whose purge would hide the run's points after the checkpoint's update)
+    assert sorted((tmp_path / "runs").rglob("*")) == logged
     assert one_line_error(
         [*resume, "--model.verifier=rewards.NumericVerifier"], capsys, status=RUN_REFUSED
     ).startswith(
@@ -932,6 +953,262 @@ def test_a_refused_runs_log_directory_is_removed_only_when_it_holds_no_point(tmp
     shared = log_dir("shared")
     (events,) = shared.glob("events.out.tfevents.*")
     events.rename(shared / events.name.replace(f".{os.getpid()}.", f".{os.getpid() + 1}."))
+    assert remove_refused_log_directory(log_dir("described", extra="hparams.yaml"))  # Lightning's
     for kept in (log_dir("trained", point=True), log_dir("noted", extra="notes.txt"), shared):
         assert not remove_refused_log_directory(kept) and kept.is_dir()
     assert not remove_refused_log_directory(tmp_path / "never-made")
+
+
+def test_a_checkpoint_reaches_the_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """The rename can reach the disk before the data it names: without an ``fsync`` of the whole temporary
+    file first, a power cut after the rename could leave ``last.ckpt`` empty and the previous one gone."""
+    calls: list[tuple[str, object]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: calls.append(("fsync", os.fstat(fd).st_size)) or real_fsync(fd)
+    )
+    monkeypatch.setattr(
+        os, "replace", lambda src, dst: calls.append(("replace", Path(dst).name)) or real_replace(src, dst)
+    )
+    AtomicCheckpointIO().save_checkpoint(
+        {"global_step": 3, "weights": torch.ones(1000)}, tmp_path / "last.ckpt"
+    )
+    assert calls == [("fsync", (tmp_path / "last.ckpt").stat().st_size), ("replace", "last.ckpt")]
+
+
+def test_the_file_of_a_save_killed_before_its_rename_is_no_checkpoint_and_is_deleted(tmp_path, monkeypatch):
+    """What a kill -9 between the write and the rename leaves (the temporary file, whole) is named so that
+    no ``*.ckpt`` glob takes it for a checkpoint and ``remove_partial_checkpoints`` deletes it."""
+    real_replace = os.replace
+
+    def killed_at_the_rename(src, dst):  # the rename happens, and a copy stays as the kill left it
+        real_replace(src, dst)
+        shutil.copy(dst, src)
+
+    monkeypatch.setattr(os, "replace", killed_at_the_rename)
+    AtomicCheckpointIO().save_checkpoint({"global_step": 3}, tmp_path / "last.ckpt")
+    monkeypatch.undo()
+    assert sorted(path.name for path in tmp_path.glob("*.ckpt")) == ["last.ckpt"]
+    assert len(os.listdir(tmp_path)) == 2
+    remove_partial_checkpoints(str(tmp_path))
+    assert os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_a_fit_saving_into_two_directories_is_refused_where_a_running_fit_holds_either(tmp_path):
+    """A ``PeriodicModelCheckpoint`` and a ``ModelCheckpoint`` with its own ``dirpath``: the CLI's probe and
+    ``setup`` refuse the fit where another holds the lock of the first directory or of the second (the
+    first one's lock file never made), and ``setup`` lets go of the lock it took on the other."""
+    directories = [tmp_path / "periodic", tmp_path / "best"]
+    trainer = SimpleNamespace(
+        is_global_zero=True,
+        strategy=SimpleNamespace(broadcast=lambda value: value),
+        checkpoint_callbacks=[
+            PeriodicModelCheckpoint(dirpath=directories[0]),
+            ModelCheckpoint(dirpath=directories[1]),
+        ],
+    )
+    for held, other in [(directories[1], directories[0]), (directories[0], directories[1])]:
+        lock = Path(f"{held}.lock")
+        running = os.open(lock, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(running, b"process 4242 on node-7\n")
+        refused = (
+            f"{held} is the checkpoint directory of a fit that is still running (process 4242 on node-7, "
+            f"holding {lock}): wait for it to end, or give this run another name or checkpoint directory"
+        )
+        with pytest.raises(RunRefusedError) as error:
+            RunDirectoryLock.require_free(trainer)
+        assert str(error.value) == refused
+        with pytest.raises(RunRefusedError) as error:
+            RunDirectoryLock().setup(trainer, None, "fit")
+        assert str(error.value) == refused
+        if Path(f"{other}.lock").exists():  # taken by setup, given back with the refusal
+            free = os.open(f"{other}.lock", os.O_RDWR)
+            fcntl.flock(free, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.close(free)
+        os.close(running)
+    lock = RunDirectoryLock()
+    lock.setup(trainer, None, "fit")  # both free now
+    lock.teardown(trainer, None, "fit")
+
+
+def test_a_resumed_fit_saves_every_k_updates_of_the_run_not_k_after_its_start(small_config, tmp_path):
+    """Every 2 updates, the 3 newest kept: a fit stopped at update 2 and resumed to 5 saves at 4 and 5 as
+    an uninterrupted run does, not also at 3 (which would push update 2's out)."""
+    config = small_config("rgra", **FAST)
+    main(["fit", "--config", str(config), "--trainer.max_steps=2"])
+    main(["fit", "--config", str(config), "--trainer.max_steps=5", "--ckpt_path", "last"])
+    directory = tmp_path / "checkpoints"
+    steps = sorted(int(path.stem.split("step=")[1]) for path in directory.glob("epoch=*-step=*.ckpt"))
+    assert steps == [2, 4, 5]
+
+
+def test_without_a_dirpath_checkpoints_go_to_the_run_names_directory_where_last_finds_them(
+    small_config, tmp_path, capsys
+):
+    """The shipped configs give ``PeriodicModelCheckpoint`` no ``dirpath``: it saves into
+    ``<save_dir>/<name>/checkpoints`` (not the logger's ``version_N/``), a fresh fit there is refused
+    naming the run name, and ``--ckpt_path last`` resumes from there into the run's ``version_0/``."""
+    config = small_config("rgra", **FAST)
+    text = yaml.safe_load(config.read_text())
+    (periodic,) = [c for c in text["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    del periodic["init_args"]["dirpath"]
+    config.write_text(yaml.safe_dump(text))
+    main(["fit", "--config", str(config), "--trainer.max_steps=2"])
+    run = tmp_path / "runs" / "rgra"
+    assert sorted(os.listdir(run)) == ["checkpoints", "checkpoints.lock", "version_0"]
+    directory = run / "checkpoints"
+    assert one_line_error(["fit", "--config", str(config)], capsys, status=RUN_REFUSED) == (
+        f"error: {directory} already holds the checkpoints of an earlier run: resume it with --ckpt_path "
+        f"last, or give this run another name (trainer.logger.init_args.name) or delete {directory}"
+    )
+    resumed = main(["fit", "--config", str(config), "--trainer.max_steps=3", "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == 3
+    assert sorted(os.listdir(run)) == ["checkpoints", "checkpoints.lock", "version_0"]
+    assert torch.load(directory / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 3
+    assert [step for step, _ in directory_scalars(run / "version_0", "train/reward")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("exception", [SIGTERMException(), KeyboardInterrupt()], ids=["SIGTERM", "Ctrl-C"])
+def test_an_evaluation_stopped_by_a_signal_says_nothing_of_checkpoints(
+    tmp_path, monkeypatch, caplog, exception
+):
+    """``validate`` / ``test`` stopped by SIGTERM or Ctrl-C save nothing and requeue nothing: no line says
+    they saved or names a checkpoint to resume from."""
+    monkeypatch.setattr(distributed, "_stopped_by", signal.SIGTERM)
+    trainer = SimpleNamespace(
+        state=SimpleNamespace(fn=TrainerFn.VALIDATING),
+        global_step=0,
+        is_global_zero=True,
+        fast_dev_run=False,
+        sanity_checking=False,
+    )
+    with caplog.at_level(logging.INFO):
+        PeriodicModelCheckpoint(dirpath=tmp_path, save_last=True).on_exception(trainer, None, exception)
+    assert caplog.text == ""
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_points_a_logger_holds_in_memory_are_written_before_a_checkpoint(tmp_path):
+    """A logger that buffers (Lightning's ``CSVLogger`` keeps its rows until ``save``) writes them out before
+    each checkpoint: the resumed run logs from the next update on and would never write them again."""
+    logger = CSVLogger(tmp_path, name="csv")
+    logger.log_metrics({"train/reward": 0.5}, step=1)
+    ContinuedLog().on_save_checkpoint(SimpleNamespace(loggers=[logger]), None, {})
+    assert (Path(logger.log_dir) / "metrics.csv").read_text().splitlines() == ["step,train/reward", "1,0.5"]
+
+
+def test_a_run_logging_under_a_relative_save_dir_logs_on_into_its_directory(tmp_path, monkeypatch):
+    """The shipped configs log under ``save_dir: runs``, relative to where the run starts: the checkpoint
+    records the directory resolved, which a resumed run's logger (resolved too) continues."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "rgra" / "version_0").mkdir(parents=True)
+    checkpoint = {"global_step": 2}
+    saving = TensorBoardLogger("runs", name="rgra", version=0)
+    ContinuedLog().on_save_checkpoint(SimpleNamespace(loggers=[saving]), None, checkpoint)
+    assert checkpoint["log"] == {"root_dir": str(tmp_path.resolve() / "runs" / "rgra"), "version": 0}
+    resumed = TensorBoardLogger("runs", name="rgra")
+    ContinuedLog.continue_from(SimpleNamespace(loggers=[resumed]), checkpoint)
+    assert (resumed._version, resumed._kwargs.get("purge_step")) == (0, 3)
+
+
+def test_last_names_the_newest_last_checkpoint_of_every_checkpoint_directory(tmp_path):
+    """``--ckpt_path last`` takes the newest (by modification time) ``last*.ckpt`` of the directories of
+    all checkpoint callbacks, as Lightning does; a newer step file is no last checkpoint."""
+    periodic, best = tmp_path / "periodic", tmp_path / "best"
+    trainer = SimpleNamespace(
+        loggers=[],
+        checkpoint_callbacks=[PeriodicModelCheckpoint(dirpath=periodic), ModelCheckpoint(dirpath=best)],
+    )
+    ages = {periodic / "last.ckpt": 300, periodic / "last-v1.ckpt": 100, best / "last.ckpt": 200}
+    ages[periodic / "epoch=0-step=9.ckpt"] = 400
+    for path, mtime in ages.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"")
+        os.utime(path, (mtime, mtime))
+    assert last_checkpoint(trainer) == str(periodic / "last.ckpt")
+    os.utime(best / "last.ckpt", (500, 500))
+    assert last_checkpoint(trainer) == str(best / "last.ckpt")
+
+
+def test_the_random_streams_a_checkpoint_holds_are_each_restored_as_they_were(tmp_path):
+    """torch's, Python's and NumPy's global streams (a verifier or sampler may draw from any), saved
+    through a checkpoint file (loadable with ``weights_only``) and restored when training starts, draw
+    what they would have drawn; a Gaussian NumPy cached half-way is kept as well."""
+
+    def draws() -> tuple:
+        return torch.rand(3).tolist(), random.random(), np.random.normal(), np.random.rand()
+
+    torch.manual_seed(1)
+    random.seed(2)
+    np.random.seed(3)
+    np.random.normal()  # leaves the second Gaussian of the pair cached
+    torch.save(ExactResume().state_dict(), tmp_path / "state.pt")
+    expected = draws()
+    restored = ExactResume()
+    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    restored.on_train_start(SimpleNamespace(world_size=1, global_rank=0), None)
+    assert draws() == expected
+
+
+def test_each_process_restores_its_own_random_streams_or_all_those_of_process_0():
+    """A checkpoint holds the streams of every process in rank order: each process of a run of as many
+    takes its own; a run of another size warns, and every process takes process 0's."""
+    streams = []
+    for seed in (10, 11):
+        torch.manual_seed(seed)
+        streams.append(rng_states())
+    for world_size, rank, seed in [(2, 1, 11), (2, 0, 10), (3, 2, 10)]:
+        restored = ExactResume()
+        restored.load_state_dict({"rng": streams, "data_position": None})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            restored.on_train_start(SimpleNamespace(world_size=world_size, global_rank=rank), None)
+        assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(seed)))
+        warned = [w for w in caught if "holds the RNG states of 2 processes" in str(w.message)]
+        assert len(warned) == (world_size != 2)
+
+
+class Numbers(LightningDataModule):
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            list(range(6)), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(0)
+        )
+
+
+def test_a_restored_data_position_applies_to_the_first_training_loader_only():
+    """The loader built first after loading a checkpoint continues at its data position; one built again
+    (``reload_dataloaders_every_n_epochs``) starts its epoch from its own generator, as in an uninterrupted
+    run, instead of replaying the checkpoint's epoch."""
+    position = {"generator_state": torch.Generator().manual_seed(5).get_state(), "trained_batches": 1}
+    datamodule = Numbers()
+    restored = ExactResume()
+    restored.load_state_dict({"rng": [rng_states()], "data_position": position})
+    restored.setup(SimpleNamespace(datamodule=datamodule, world_size=1), None, "fit")
+    shuffled = DataLoader(
+        list(range(6)), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(5)
+    )
+    assert [batch.tolist() for batch in datamodule.train_dataloader()] == [
+        batch.tolist() for batch in list(shuffled)[1:]
+    ]
+    assert [batch.tolist() for batch in datamodule.train_dataloader()] == [
+        batch.tolist() for batch in Numbers().train_dataloader()
+    ]
+
+
+def test_checkpoints_leave_out_the_frozen_reward_models_and_loading_puts_them_back(small_config, tmp_path):
+    """The verifier's reward models (as the reference policy, where a config has one) are reloaded from
+    their model paths: a checkpoint holds the trained policy alone, and loading it puts them back in."""
+    from tests.reward_models.conftest import save_classifier, verifier_plus_reward_model
+
+    verifier = verifier_plus_reward_model(save_classifier(tmp_path / "reward_model", num_labels=1))
+    args = ["--config", str(small_config("rgra")), f"--model.verifier={json.dumps(verifier)}"]
+    model = main(args, run=False).model
+    state = model.state_dict()
+    assert {key.split(".", 1)[0] for key in state} == {"policy", "reward_models"}
+    checkpoint = {"state_dict": dict(state)}
+    model.on_save_checkpoint(checkpoint)
+    assert {key.split(".", 1)[0] for key in checkpoint["state_dict"]} == {"policy"}
+    model.on_load_checkpoint(checkpoint)
+    assert checkpoint["state_dict"].keys() == state.keys()
+    model.load_state_dict(checkpoint["state_dict"])
