@@ -487,8 +487,10 @@ def require_checkpoint(ckpt_path: str, option: str) -> None:
         raise ConfigError(
             f"{option} {ckpt_path} is a Hugging Face model directory: give it as model.model_path"
         )
-    if path.is_dir() and not is_sharded_checkpoint(ckpt_path):
-        raise not_a_checkpoint(ckpt_path, option)
+    if path.is_dir() and not (is_sharded_checkpoint(ckpt_path) and (path / ".metadata").is_file()):
+        raise not_a_checkpoint(
+            ckpt_path, option
+        )  # a sharded one has Lightning's meta.pt and the shards' index
 
 
 def is_sharded_checkpoint(ckpt_path: str) -> bool:
@@ -497,18 +499,22 @@ def is_sharded_checkpoint(ckpt_path: str) -> bool:
     return _is_sharded_checkpoint(Path(ckpt_path))
 
 
-def sharded_weights(ckpt_path: str) -> dict[str, torch.Tensor]:
-    """The module weights (``state_dict``) of a sharded checkpoint directory, whole, on the CPU: read by
+def sharded_weights(ckpt_path: str, read: bool = True) -> dict[str, torch.Tensor]:
+    """The module weights (``state_dict``) of a sharded checkpoint directory but the frozen models'
+    (``FROZEN_PREFIXES``: reloaded from their model paths), whole, on the CPU: read by
     ``torch.distributed.checkpoint`` in this one process (any number of ranks wrote it), the optimizer
-    states left unread."""
+    states left unread. With ``read=False`` only their shapes and dtypes, as meta tensors."""
     reader = FileSystemReader(ckpt_path)
     prefix = "state_dict."  # the module's weights, as Lightning's ``ModelParallelStrategy`` saves them
     weights = {
-        key.removeprefix(prefix): torch.empty(stored.size, dtype=stored.properties.dtype)
+        name: torch.empty(stored.size, dtype=stored.properties.dtype, device="cpu" if read else "meta")
         for key, stored in reader.read_metadata().state_dict_metadata.items()
-        if key.startswith(prefix) and isinstance(stored, TensorStorageMetadata)
+        if isinstance(stored, TensorStorageMetadata)
+        and key.startswith(prefix)
+        and not (name := key.removeprefix(prefix)).startswith(FROZEN_PREFIXES)
     }
-    dcp.load({"state_dict": weights}, storage_reader=reader, no_dist=True)
+    if read:
+        dcp.load({"state_dict": weights}, storage_reader=reader, no_dist=True)
     return weights
 
 
@@ -521,10 +527,17 @@ def not_a_checkpoint(ckpt_path: str, option: str) -> ConfigError:
 
 def read_checkpoint(ckpt_path: str, option: str) -> dict[str, Any]:
     """The contents of the checkpoint file ``ckpt_path``, its tensors memory-mapped (read when used), or of
-    a sharded checkpoint directory's metadata (``meta.pt``: all but the weights and optimizer states);
-    ``ConfigError`` for a file that is not a Lightning checkpoint."""
+    a sharded checkpoint directory's metadata (``meta.pt``: all but the weights and optimizer states) with
+    its weights' shapes (``sharded_weights`` unread); ``ConfigError`` for one that is not a Lightning
+    checkpoint."""
     if is_sharded_checkpoint(ckpt_path):
-        return torch.load(Path(ckpt_path, _METADATA_FILENAME), map_location="cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(
+                Path(ckpt_path, _METADATA_FILENAME), map_location="cpu", weights_only=True
+            )
+            return checkpoint | {"state_dict": sharded_weights(ckpt_path, read=False)}
+        except (Exception, dcp.CheckpointException) as error:  # the shards' index or meta.pt damaged
+            raise not_a_checkpoint(ckpt_path, option) from error
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch.load raises many types for a file that is not a checkpoint
@@ -589,9 +602,15 @@ def load_trained_weights(module: LightningModule, ckpt_path: str, option: str) -
     given as ``option``, into ``module``, built from the same config (``require_matching_weights``)."""
     require_checkpoint(ckpt_path, option)
     checkpoint = read_checkpoint(ckpt_path, option)
-    if is_sharded_checkpoint(ckpt_path):
-        checkpoint["state_dict"] = sharded_weights(ckpt_path)
     require_matching_weights(module, checkpoint, ckpt_path)
+    if is_sharded_checkpoint(ckpt_path):
+        try:
+            checkpoint["state_dict"] |= sharded_weights(ckpt_path)  # its shapes, checked, become weights
+        except (Exception, dcp.CheckpointException) as error:  # the latter is a BaseException
+            raise ConfigError(
+                f"{option} {ckpt_path}: the sharded checkpoint's shards could not be read (one missing or "
+                "cut short?); its index and meta.pt were"
+            ) from error
     module.load_state_dict(checkpoint["state_dict"])
 
 

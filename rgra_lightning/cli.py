@@ -199,9 +199,9 @@ class RLCLI(LightningCLI):
                 f"or export its policy (rgra export checkpoint --config CONFIG --ckpt-path {ckpt_path} "
                 "--output DIR) and give that as model.model_path"
             )
-        if ckpt_path is None or not (fitting or Path(ckpt_path).is_file()):
-            return  # a fit from nothing, or a sharded checkpoint to evaluate: Lightning reads it
-        checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")  # a sharded one's metadata
+        if ckpt_path is None:
+            return  # a fit from nothing
+        checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")  # a sharded one's metadata and shapes
         if fitting:
             require_same_run(checkpoint, ckpt_path, self.model, self.datamodule)
             ContinuedLog.continue_from(self.trainer, checkpoint)

@@ -713,8 +713,9 @@ def test_a_sharded_checkpoint_evaluated_without_fsdp2_says_how_to_read_it(small_
     IsADirectoryError in a traceback); ``rgra export checkpoint`` reads one in any process (tested with a
     real one in tests/test_distributed.py)."""
     sharded = tmp_path / "last.ckpt"
-    sharded.mkdir()  # what FSDP2 writes: shards and Lightning's meta.pt
-    (sharded / "meta.pt").write_bytes(b"")
+    sharded.mkdir()  # what FSDP2 writes: shards, their index and Lightning's meta.pt
+    for name in ("meta.pt", ".metadata", "__0_0.distcp"):
+        (sharded / name).write_bytes(b"")
     error = one_line_error(
         ["validate", "--config", str(small_config("rgra")), "--ckpt_path", str(sharded)], capsys
     )

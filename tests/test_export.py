@@ -4,6 +4,7 @@ import copy
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from rgra_lightning.checkpointing import sharded_weights
 from rgra_lightning.cli import main as cli_main
 from rgra_lightning.errors import RUN_REFUSED, ConfigError
 from rgra_lightning.export import export_checkpoint, export_policy, plain_model
@@ -247,6 +249,60 @@ def test_a_checkpoint_that_keeps_the_reference_as_fsdp2_runs_do_exports_and_vali
     assert exported and all(torch.equal(value, trained[name]) for name, value in exported.items())
     # Lightning loads its weights strictly (unexpected keys were an error), after the CLI's own check
     cli_main(["validate", "--config", str(config), "--ckpt_path", str(last)])
+
+
+def shard_the_checkpoint(last: Path, sharded: Path) -> None:
+    """Write ``last`` (a one-process checkpoint) as ``ModelParallelStrategy`` writes a sharded one: the
+    weights (the reference among them, as FSDP2 keeps it) and optimizer state through
+    ``torch.distributed.checkpoint`` (``.metadata`` and a shard file), everything else in ``meta.pt``."""
+    from torch.distributed import checkpoint as dcp
+
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    weights = checkpoint.pop("state_dict")
+    weights |= {"reference." + key.removeprefix("policy."): value.clone() for key, value in weights.items()}
+    optimizer = checkpoint.pop("optimizer_states")[0]
+    dcp.save({"state_dict": weights, "optimizer_0": optimizer}, checkpoint_id=str(sharded), no_dist=True)
+    torch.save(checkpoint, sharded / "meta.pt")
+
+
+def test_a_sharded_checkpoint_exports_in_one_process_and_a_damaged_one_is_one_line(small_config, tmp_path):
+    """``rgra export checkpoint`` (and ``rgra label``, through ``load_trained_weights``) reads a sharded
+    checkpoint's weights in one process, without the frozen reference it holds; one missing its index,
+    its ``meta.pt`` or a shard is refused in one line; one of another model, by its shapes alone."""
+    config = small_config("rgra", **FAST, **{"trainer.max_steps": 2}).rename(tmp_path / "trained.yaml")
+    cli = cli_main(["fit", "--config", str(config)])
+    sharded = tmp_path / "sharded.ckpt"
+    shard_the_checkpoint(tmp_path / "checkpoints" / "last.ckpt", sharded)
+    assert {path.name for path in sharded.iterdir()} == {".metadata", "__0_0.distcp", "meta.pt"}
+    weights = sharded_weights(str(sharded))
+    assert weights.keys() == cli.model.policy.state_dict(prefix="policy.").keys()  # no reference read
+    assert all(tensor.is_meta for tensor in sharded_weights(str(sharded), read=False).values())
+    output = export_checkpoint(str(config), str(sharded), str(tmp_path / "out"))
+    exported, trained = load_file(output / "model.safetensors"), cli.model.policy.state_dict()
+    assert exported and all(torch.equal(value, trained[name]) for name, value in exported.items())
+
+    other = small_config("rgra", **{"model.init_args.model_path": str(tmp_path / "wider")})
+    wider = load_causal_lm(str(TINY_POLICY))
+    wider.resize_token_embeddings(wider.config.vocab_size + 8)
+    wider.save_pretrained(tmp_path / "wider")
+    load_tokenizer(str(TINY_POLICY)).save_pretrained(tmp_path / "wider")
+    with pytest.raises(
+        ConfigError, match="trained with other settings than this run's \\(model.model_path: "
+    ):
+        export_checkpoint(str(other), str(sharded), str(tmp_path / "out"))
+
+    damaged = {"no index": ".metadata", "no meta.pt": "meta.pt", "no shard": "__0_0.distcp"}
+    for name, missing in damaged.items():
+        copy = tmp_path / name
+        shutil.copytree(sharded, copy)
+        (copy / missing).unlink()
+        with pytest.raises(ConfigError) as caught:
+            export_checkpoint(str(config), str(copy), str(tmp_path / "out"))
+        message = str(caught.value)
+        assert "\n" not in message and message.startswith(f"--ckpt-path {copy}"), (name, message)
+        assert (
+            "shards could not be read" if name == "no shard" else "is not a Lightning checkpoint"
+        ) in message
 
 
 def test_several_configs_apply_in_order(reward_model_run, tmp_path, capsys):
