@@ -484,6 +484,22 @@ def test_a_fresh_fit_where_an_earlier_run_saved_checkpoints_is_refused_before_tr
     )
 
 
+def held_by_a_running_fit(lock: Path) -> int:
+    """Lock ``lock`` as a fit running on another node holds it, its holder's line written; the descriptor."""
+    running = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(running, b"process 4242 on node-7\n")
+    return running
+
+
+def still_running(directory: Path, lock: Path) -> str:
+    """The refusal of a fit into ``directory`` while ``held_by_a_running_fit`` holds ``lock``."""
+    return (
+        f"{directory} is the checkpoint directory of a fit that is still running (process 4242 on node-7, "
+        f"holding {lock}): wait for it to end, or give this run another name or checkpoint directory"
+    )
+
+
 def test_a_fit_into_the_checkpoint_directory_of_a_running_fit_is_refused(
     small_config, tmp_path, capsys, monkeypatch
 ):
@@ -494,14 +510,8 @@ def test_a_fit_into_the_checkpoint_directory_of_a_running_fit_is_refused(
     it."""
     config = small_config("rgra", **FAST, **{"trainer.max_steps": 1})
     lock = tmp_path / "checkpoints.lock"
-    running = os.open(lock, os.O_RDWR | os.O_CREAT)
-    fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.write(running, b"process 4242 on node-7\n")
-    refused = (
-        f"error: {tmp_path / 'checkpoints'} is the checkpoint directory of a fit that is still running "
-        f"(process 4242 on node-7, holding {lock}): wait for it to end, or give this run another name or "
-        "checkpoint directory"
-    )
+    running = held_by_a_running_fit(lock)
+    refused = f"error: {still_running(tmp_path / 'checkpoints', lock)}"
     assert one_line_error(["fit", "--config", str(config)], capsys, status=RUN_REFUSED) == refused
     assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
     assert not (tmp_path / "runs").exists()  # no log directory of the refused run beside the others
@@ -1009,13 +1019,8 @@ def test_a_fit_saving_into_two_directories_is_refused_where_a_running_fit_holds_
     )
     for held, other in [(directories[1], directories[0]), (directories[0], directories[1])]:
         lock = Path(f"{held}.lock")
-        running = os.open(lock, os.O_RDWR | os.O_CREAT)
-        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(running, b"process 4242 on node-7\n")
-        refused = (
-            f"{held} is the checkpoint directory of a fit that is still running (process 4242 on node-7, "
-            f"holding {lock}): wait for it to end, or give this run another name or checkpoint directory"
-        )
+        running = held_by_a_running_fit(lock)
+        refused = still_running(held, lock)
         with pytest.raises(RunRefusedError) as error:
             RunDirectoryLock.require_free(trainer)
         assert str(error.value) == refused
