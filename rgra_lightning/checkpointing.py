@@ -606,10 +606,10 @@ def load_trained_weights(module: LightningModule, ckpt_path: str, option: str) -
     if is_sharded_checkpoint(ckpt_path):
         try:
             checkpoint["state_dict"] |= sharded_weights(ckpt_path)  # its shapes, checked, become weights
-        except (Exception, dcp.CheckpointException) as error:  # the latter is a BaseException
+        except dcp.CheckpointException as error:  # what a shard's read raised, wrapped (a BaseException)
             raise ConfigError(
-                f"{option} {ckpt_path}: the sharded checkpoint's shards could not be read (one missing or "
-                "cut short?); its index and meta.pt were"
+                f"{option} {ckpt_path}: the sharded checkpoint's index and meta.pt were read, but a shard "
+                "could not be read (missing or cut short?)"
             ) from error
     module.load_state_dict(checkpoint["state_dict"])
 

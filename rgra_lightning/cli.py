@@ -104,17 +104,35 @@ class SaveConfigAtStart(SaveConfigCallback):
     on_validation_start = on_test_start = on_predict_start = on_fit_start
 
 
+def is_model_parallel(config: Namespace) -> bool:
+    """Whether the trainer strategy of ``config`` (one subcommand's) is Lightning's ``ModelParallelStrategy``
+    (FSDP2): as a ``class_path``, a strategy object or a subclass of it."""
+    strategy = config.get("trainer.strategy")
+    if isinstance(strategy, Namespace):
+        strategy = imported(strategy.class_path) if strategy.get("class_path") else None
+    return issubclass(strategy if isinstance(strategy, type) else type(strategy), ModelParallelStrategy)
+
+
 def shards_rl_models(config: Namespace) -> bool:
     """Whether ``config`` (one subcommand's) trains or evaluates an ``RLModule`` under Lightning's
     ``ModelParallelStrategy`` (FSDP2), which shards its models in ``RLModule.configure_model``."""
-    model, strategy = config.get("model"), config.get("trainer.strategy")
+    model = config.get("model")
     if not isinstance(model, Namespace) or not model.get("class_path"):
         return False
-    if isinstance(strategy, Namespace):
-        strategy = imported(strategy.class_path) if strategy.get("class_path") else None
-    strategy_class = strategy if isinstance(strategy, type) else type(strategy)
-    sharded = issubclass(strategy_class, ModelParallelStrategy)
-    return sharded and issubclass(imported(model.class_path), RLModule)
+    return is_model_parallel(config) and issubclass(imported(model.class_path), RLModule)
+
+
+def require_readable(ckpt_path: str, model_parallel: bool) -> None:
+    """A ``ConfigError`` for a sharded checkpoint to be read under another strategy than
+    ``ModelParallelStrategy`` (``model_parallel``), which alone reads one (the others raised
+    IsADirectoryError)."""
+    if is_sharded_checkpoint(ckpt_path) and not model_parallel:
+        raise ConfigError(
+            f"--ckpt_path {ckpt_path} is a sharded (FSDP2) checkpoint directory, which only "
+            "ModelParallelStrategy reads: run with the run's FSDP2 strategy, or export its policy (rgra "
+            f"export checkpoint --config CONFIG --ckpt-path {ckpt_path} --output DIR) and give that as "
+            "model.model_path"
+        )
 
 
 class RLCLI(LightningCLI):
@@ -192,13 +210,8 @@ class RLCLI(LightningCLI):
                 rank_zero_info("--ckpt_path last: the run has no checkpoint yet, so this fit starts afresh")
             if not fitting or ckpt_path is None:
                 config["ckpt_path"] = ckpt_path
-        if ckpt_path is not None and is_sharded_checkpoint(ckpt_path) and not self._shards():
-            raise ConfigError(
-                f"--ckpt_path {ckpt_path} is a sharded (FSDP2) checkpoint directory, which only "
-                "ModelParallelStrategy reads: run with the run's FSDP2 strategy, "
-                f"or export its policy (rgra export checkpoint --config CONFIG --ckpt-path {ckpt_path} "
-                "--output DIR) and give that as model.model_path"
-            )
+        if ckpt_path is not None:  # ``last`` resolved: a sharded checkpoint, perhaps
+            require_readable(ckpt_path, isinstance(self.trainer.strategy, ModelParallelStrategy))
         if ckpt_path is None:
             return  # a fit from nothing
         checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")  # a sharded one's metadata and shapes
@@ -207,9 +220,6 @@ class RLCLI(LightningCLI):
             ContinuedLog.continue_from(self.trainer, checkpoint)
         else:
             require_matching_weights(self.model, checkpoint, ckpt_path)
-
-    def _shards(self) -> bool:
-        return isinstance(self.trainer.strategy, ModelParallelStrategy)
 
     def _before_run(self) -> None:
         """``_check_ckpt_path``, then note whether the run's log directory is new: fixed only now, as a
@@ -222,12 +232,13 @@ class RLCLI(LightningCLI):
     _new_log_dir: Path | None = None
 
     def before_instantiate_classes(self) -> None:
-        """A GPU config on a machine without a GPU, a ``--ckpt_path`` that does not exist or is no
-        checkpoint (a directory other than a sharded checkpoint), a value the model's option dataclasses
-        refuse (``check_option_values``), a local data copy that is not there (``check_source``), or a
-        ``fit`` of data options the data module's ``check_fit_options`` refuses (MATH-500, which has no
-        training split) fails here, before the model is loaded (a hub model would first be downloaded, or
-        retried for ~40 s offline), in one line saying what to do."""
+        """A GPU config on a machine without a GPU, a ``--ckpt_path`` that does not exist, is no
+        checkpoint (a directory other than a sharded checkpoint) or is a sharded one without
+        ``ModelParallelStrategy`` (``require_readable``; ``last`` is resolved later), a value the model's
+        option dataclasses refuse (``check_option_values``), a local data copy that is not there
+        (``check_source``), or a ``fit`` of data options the data module's ``check_fit_options`` refuses
+        (MATH-500, which has no training split) fails here, before the model is loaded (a hub model would
+        first be downloaded, or retried for ~40 s offline), in one line saying what to do."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         accelerator = config.trainer.accelerator
         has_gpu = torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available())
@@ -239,6 +250,7 @@ class RLCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if ckpt_path not in (None, "last", "best", "hpc"):
             require_checkpoint(ckpt_path, "--ckpt_path")
+            require_readable(ckpt_path, is_model_parallel(config))
         if isinstance(config.get("model"), Namespace) and config.model.get("class_path"):
             check_option_values(config.model, self.given_arguments)
         data = config.get("data")

@@ -94,8 +94,8 @@ def shard_model(model: nn.Module, mesh: DeviceMesh, config: ShardingConfig) -> N
     Only rank 0 needs ``model``'s weights: other ranks may have built it on the meta device
     (``models.built_empty``), and a rank 0 that did reads them now (``models.with_weights``). Rank 0
     broadcasts them tensor by tensor (``set_model_state_dict`` with ``broadcast_from_rank0``), so no rank
-    holds more than its shards and one whole tensor at a time; the buffers that state dicts leave out
-    (RoPE's ``inv_freq``) are broadcast too. Tied weights stay tied.
+    but 0 (which reads one whole model) holds more than its shards and one whole tensor at a time; the
+    buffers that state dicts leave out (RoPE's ``inv_freq``) are broadcast too. Tied weights stay tied.
 
     Activation checkpointing, if on (``models.enable_activation_checkpointing``), was enabled before: it
     checkpoints each layer's ``forward``, inside FSDP2's gather and reshard hooks.

@@ -308,3 +308,19 @@ def test_rollout_speed_needs_a_lora_rank_only_for_the_paths_that_time_the_lora_p
     assert capsys.readouterr().err.endswith(
         "error: --lora must be >= 1 for the paths plain, decoder, got 0\n"
     )
+
+
+@pytest.mark.slow  # about a minute: 4 pairs of fresh processes load and shard the tiny policy twice
+def test_sharded_load_memory_benchmark_reports_each_ranks_rise_for_both_ways_of_loading():
+    done = subprocess.run(
+        [sys.executable, "benchmarks/sharded_load_memory.py", "--model", str(ROOT / "models" / "arith-tiny")],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = re.findall(r"^(as is|bfloat16) +(every rank reads|rank 0 reads) +([0-9.]+) +([0-9.]+) +([0-9.]+)$",
+                      done.stdout, re.MULTILINE)  # fmt: skip
+    assert [(stored, mode) for stored, mode, *_ in rows] == [
+        (stored, mode) for stored in ("as is", "bfloat16") for mode in ("every rank reads", "rank 0 reads")
+    ]
+    assert all(float(rise) >= 0 for *_, rank0, rank1, _ in rows for rise in (rank0, rank1))
+    assert len({shards for *_, shards in rows}) == 1  # the same shards each way (0.00 GiB: the tiny policy)

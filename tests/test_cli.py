@@ -12,6 +12,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 import rewards.verifiers
 from rgra_lightning import cli
+from rgra_lightning import module as module_file
 from rgra_lightning.cli import check_option_values, main
 from rgra_lightning.data import base
 from rgra_lightning.errors import ConfigError
@@ -708,10 +709,17 @@ def test_only_rl_modules_under_model_parallel_strategy_are_built_empty():
         assert cli.shards_rl_models(config) is expected, (model, strategy_value)
 
 
-def test_a_sharded_checkpoint_evaluated_without_fsdp2_says_how_to_read_it(small_config, tmp_path, capsys):
+def test_a_sharded_checkpoint_evaluated_without_fsdp2_says_how_to_read_it(
+    small_config, tmp_path, capsys, monkeypatch
+):
     """Only ``ModelParallelStrategy`` reads a sharded checkpoint (Lightning's other strategies raised
-    IsADirectoryError in a traceback); ``rgra export checkpoint`` reads one in any process (tested with a
-    real one in tests/test_distributed.py)."""
+    IsADirectoryError in a traceback), which is said before the model loads; ``rgra export checkpoint``
+    reads one in any process (tested with a real one in tests/test_distributed.py)."""
+
+    def not_before_the_refusal(*args: object) -> None:
+        raise AssertionError("the model was loaded before the checkpoint was refused")
+
+    monkeypatch.setattr(module_file, "load_policy", not_before_the_refusal)
     sharded = tmp_path / "last.ckpt"
     sharded.mkdir()  # what FSDP2 writes: shards, their index and Lightning's meta.pt
     for name in ("meta.pt", ".metadata", "__0_0.distcp"):

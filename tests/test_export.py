@@ -301,7 +301,7 @@ def test_a_sharded_checkpoint_exports_in_one_process_and_a_damaged_one_is_one_li
         message = str(caught.value)
         assert "\n" not in message and message.startswith(f"--ckpt-path {copy}"), (name, message)
         assert (
-            "shards could not be read" if name == "no shard" else "is not a Lightning checkpoint"
+            "a shard could not be read" if name == "no shard" else "is not a Lightning checkpoint"
         ) in message
 
 
