@@ -487,10 +487,9 @@ def require_checkpoint(ckpt_path: str, option: str) -> None:
         raise ConfigError(
             f"{option} {ckpt_path} is a Hugging Face model directory: give it as model.model_path"
         )
+    # A sharded one holds Lightning's meta.pt and the shards' index
     if path.is_dir() and not (is_sharded_checkpoint(ckpt_path) and (path / ".metadata").is_file()):
-        raise not_a_checkpoint(
-            ckpt_path, option
-        )  # a sharded one has Lightning's meta.pt and the shards' index
+        raise not_a_checkpoint(ckpt_path, option)
 
 
 def is_sharded_checkpoint(ckpt_path: str) -> bool:
@@ -532,10 +531,8 @@ def read_checkpoint(ckpt_path: str, option: str) -> dict[str, Any]:
     checkpoint."""
     if is_sharded_checkpoint(ckpt_path):
         try:
-            checkpoint = torch.load(
-                Path(ckpt_path, _METADATA_FILENAME), map_location="cpu", weights_only=True
-            )
-            return checkpoint | {"state_dict": sharded_weights(ckpt_path, read=False)}
+            metadata = torch.load(Path(ckpt_path, _METADATA_FILENAME), map_location="cpu", weights_only=True)
+            return metadata | {"state_dict": sharded_weights(ckpt_path, read=False)}
         except (Exception, dcp.CheckpointException) as error:  # the shards' index or meta.pt damaged
             raise not_a_checkpoint(ckpt_path, option) from error
     try:
