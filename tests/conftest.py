@@ -105,6 +105,20 @@ def sigterm_handler_restored():
 
 
 @pytest.fixture
+def applied_learning_rates(monkeypatch) -> list[float]:
+    """The learning rate of every ``AdamW.step`` from now on, as the optimizer applies it."""
+    applied: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        applied.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    return applied
+
+
+@pytest.fixture
 def small_config(tmp_path: Path):
     """Write a few-step version of configs/<name>.yaml into tmp_path and return its path.
 

@@ -686,7 +686,7 @@ def test_a_resume_with_a_lower_learning_rate_trains_with_it_from_the_schedules_p
 
 
 def test_a_resume_that_extends_a_decaying_schedule_trains_on_the_new_schedule_at_once(
-    small_config, tmp_path, monkeypatch
+    small_config, tmp_path, request
 ):
     """Linear decay over 2 updates ends at 0; resumed with max_steps 4, updates 3 and 4 run at 2/4 and 1/4
     of the peak (the new schedule). The checkpoint's optimizer state held the old schedule's 0, at which
@@ -694,14 +694,7 @@ def test_a_resume_that_extends_a_decaying_schedule_trains_on_the_new_schedule_at
     schedule = {"model.init_args.lr_schedule": "linear", "model.init_args.warmup_steps": 0}
     config = small_config("rgra", **FAST, **schedule, **{"trainer.max_steps": 2})
     main(["fit", "--config", str(config)])
-    used: list[float] = []
-    step = torch.optim.AdamW.step
-
-    def recording_step(self, *args, **kwargs):
-        used.append(self.param_groups[0]["lr"])
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    used = request.getfixturevalue("applied_learning_rates")  # the resumed fit's updates only
     main(["fit", "--config", str(config), "--trainer.max_steps=4", "--ckpt_path", "last"])
     assert used == [pytest.approx(1e-4 * 2 / 4), pytest.approx(1e-4 * 1 / 4)]
 

@@ -383,17 +383,12 @@ def test_at_one_update_per_rollout_batch_grpo_takes_rgras_gradient(small_config,
         assert_close_normwise(grpo, rgra, rtol, "GRPO's first gradient against RGRA's")
 
 
-def test_each_update_applies_the_learning_rate_it_logs_and_the_warm_up_gives(small_config, monkeypatch):
+def test_each_update_applies_the_learning_rate_it_logs_and_the_warm_up_gives(
+    small_config, applied_learning_rates
+):
     """The scheduler steps after the optimizer: stepped before, each update would apply the next update's
     rate (the warm-up one step ahead); and ``train/learning_rate`` is the rate applied, not the peak."""
-    applied: list[float] = []
-    step = torch.optim.AdamW.step
-
-    def recording_step(self, *args, **kwargs):
-        applied.append(self.param_groups[0]["lr"])
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    applied = applied_learning_rates
     peak, warmup = 1e-4, 4
     overrides = {"model.init_args.learning_rate": peak, "model.init_args.warmup_steps": warmup}
     config = small_config("rgra", **FAST, **overrides)
