@@ -250,7 +250,7 @@ def reads_last_token(model: PreTrainedModel) -> bool:
 
 
 _BUILDING_EMPTY: ContextVar[bool] = ContextVar("building_empty", default=False)
-# How to read the weights of each model built empty: the loader call that built it, outside ``built_empty``
+# How to read the weights of each model built empty: the loader call that built it
 _WEIGHTS_OF: WeakKeyDictionary[torch.nn.Module, Callable[[], PreTrainedModel]] = WeakKeyDictionary()
 
 
@@ -275,7 +275,10 @@ def with_weights(model: torch.nn.Module) -> torch.nn.Module:
     """For a model ``built_empty``, a copy with its weights read now (on the CPU), the first time it is
     asked for; else ``model`` itself (which, once the copy's weights are put in, holds them)."""
     load = _WEIGHTS_OF.pop(model, None)
-    return model if load is None else load()
+    if load is None:
+        return model
+    with built_empty(False):
+        return load()
 
 
 def _load_model(
@@ -294,14 +297,8 @@ def _load_model(
         clear_quantization(model)
     model.train()
     if empty:
-        load = partial(_load_model, auto_class, name_or_path, gguf_file, dtype, **options)
-        _WEIGHTS_OF[model] = partial(_outside_built_empty, load)
+        _WEIGHTS_OF[model] = partial(_load_model, auto_class, name_or_path, gguf_file, dtype, **options)
     return model
-
-
-def _outside_built_empty(load: Callable[[], PreTrainedModel]) -> PreTrainedModel:
-    with built_empty(False):
-        return load()
 
 
 def clear_quantization(model: PreTrainedModel) -> PreTrainedModel:
