@@ -685,10 +685,13 @@ class ExactResume(Callback):
     ``ResumableLoader`` (it must shuffle with an explicit ``torch.Generator``, as ``PromptDataModule``
     does) and counts the batches trained on. A checkpoint saved while a batch is being trained (the
     non-finite stop, from inside ``training_step``) records the data position and RNG states as of that
-    batch's start, so the resumed run samples and trains that batch again. With more than one process
-    the loader gets the ``DistributedSampler`` Lightning would have given it, and each rank skips the
-    batches it has trained on in the epoch; the RNG states of every rank are saved, and each rank
-    restores its own.
+    batch's start, so the resumed run samples and trains that batch again. The loader gets the
+    ``DistributedSampler`` Lightning would give it with several processes, with one process too: then
+    update k trains on the same prompts on any number of processes of the same prompts per update (its
+    N ranks' batches of epoch e are consecutive slices of one permutation of epoch e), and a run resumed
+    on another number of processes (``require_same_run``) goes on with the prompts the interrupted run
+    would have had. Each rank skips the batches it has trained on in the epoch; the RNG states of every
+    rank are saved, and each rank restores its own (all take process 0's on another number).
     """
 
     def __init__(self) -> None:
@@ -712,9 +715,11 @@ class ExactResume(Callback):
                     " not see the same batches as an uninterrupted one."
                 )
                 return loader
-            if trainer.world_size > 1:
-                loader = with_distributed_sampler(loader, trainer.strategy.distributed_sampler_kwargs)
-            self._loader = ResumableLoader(loader)
+            # One process too: its order is then the union of what N processes' ranks draw at each update
+            # (with N times smaller batches), so a run resumed on another number of processes continues.
+            one = {"num_replicas": 1, "rank": 0}
+            ranks = getattr(trainer.strategy, "distributed_sampler_kwargs", None) or one
+            self._loader = ResumableLoader(with_distributed_sampler(loader, ranks))
             if self._restored_position is not None:
                 self._loader.restore(self._restored_position)
                 self._restored_position = None
@@ -845,23 +850,26 @@ def require_same_run(
     ckpt_path: _PATH | None,
     module: LightningModule,
     datamodule: LightningDataModule | None,
+    processes: int | None = None,
 ) -> None:
     """Refuse to resume a fit from a checkpoint trained with other model or data settings: that is
     another run (``--ckpt_path last`` takes the newest ``last*.ckpt`` of the checkpoint directory, which
     a run with other settings may have written), and a changed batch size would also misplace the data
     position that ``ExactResume`` restores; a checkpoint of another kind of module is named as such
-    (``other_module``). The settings of ``RESUMABLE_SETTINGS`` and
+    (``other_module``). On another number of ``processes`` (the world size) than the checkpoint's,
+    ``data.batch_size`` must change with it to keep the prompts per update (an update then trains on the
+    prompts it would have had: ``ExactResume``). The settings of ``RESUMABLE_SETTINGS`` and
     ``ADJUSTABLE_SETTINGS`` may differ; a changed adjustable one is named in a warning when Lightning
     loads the checkpoint into the module (the CLI's check before the fit starts stays silent)."""
     changes = _changes(checkpoint.get("hyper_parameters", {}), module.hparams, "model.")
     if datamodule is not None and "datamodule_hyper_parameters" in checkpoint:
         changes += _changes(checkpoint["datamodule_hyper_parameters"], datamodule.hparams, "data.")
-    refused = [
-        change for change in changes if not _listed(change[0], RESUMABLE_SETTINGS + ADJUSTABLE_SETTINGS)
-    ]
+    allowed = (*RESUMABLE_SETTINGS, *ADJUSTABLE_SETTINGS, "data.batch_size")
+    refused = [_described(change) for change in changes if not _listed(change[0], allowed)]
+    refused += _prompts_per_update_change(checkpoint, datamodule, processes)
     other = other_module(checkpoint, ckpt_path, module)
     if other or refused:
-        start = other or other_settings(ckpt_path, [_described(change) for change in refused])
+        start = other or other_settings(ckpt_path, refused)
         raise RunRefusedError(
             f"{start}: resume with the config it was trained with ({SAVED}), or start a new run without "
             "--ckpt_path"
@@ -869,6 +877,33 @@ def require_same_run(
     adjusted = [_described(change) for change in changes if _listed(change[0], ADJUSTABLE_SETTINGS)]
     if adjusted and getattr(module, "_trainer", None) is not None:
         rank_zero_warn(f"resuming {ckpt_path} with {'; '.join(adjusted)}: the new values apply from here on")
+
+
+# The checkpoint key for the number of processes (each trains on prompts of its own: tensor parallelism is
+# refused): ``data.batch_size`` is per process, so a fit's prompts per update are its batch size times this.
+PROCESSES = "processes"
+
+
+def _prompts_per_update_change(
+    checkpoint: Mapping[str, Any], datamodule: LightningDataModule | None, processes: int | None
+) -> list[str]:
+    """``data.batch_size`` is per process: a resumed fit may change it with the number of processes
+    (``processes``, this fit's world size) if the prompts per update stay; described as
+    ``changed_settings`` does where they change. Where the checkpoint or the caller does not know its
+    processes (a checkpoint older than ``PROCESSES``), the batch size alone is compared."""
+    saved = checkpoint.get("datamodule_hyper_parameters", {}).get("batch_size")
+    current = getattr(datamodule, "hparams", {}).get("batch_size")
+    saved_processes = checkpoint.get(PROCESSES)
+    if saved is None or current is None:
+        return []
+    if saved_processes is None or processes is None:
+        return [] if saved == current else [_described(("data.batch_size", saved, current))]
+    if saved * saved_processes == current * processes:
+        return []
+    return [
+        f"data.batch_size: {saved} on {saved_processes} processes ({saved * saved_processes} prompts per "
+        f"update) in the checkpoint, {current} on {processes} ({current * processes}) now"
+    ]
 
 
 def other_settings(ckpt_path: _PATH, changes: list[str]) -> str:

@@ -216,7 +216,7 @@ class RLCLI(LightningCLI):
             return  # a fit from nothing
         checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")  # a sharded one's metadata and shapes
         if fitting:
-            require_same_run(checkpoint, ckpt_path, self.model, self.datamodule)
+            require_same_run(checkpoint, ckpt_path, self.model, self.datamodule, self.trainer.world_size)
             ContinuedLog.continue_from(self.trainer, checkpoint)
         else:
             require_matching_weights(self.model, checkpoint, ckpt_path)

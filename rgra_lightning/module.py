@@ -25,6 +25,7 @@ from torch import Tensor
 from rewards import MathVerifier, Verifier
 from rgra_lightning.checkpointing import (
     FROZEN_PREFIXES,
+    PROCESSES,
     reloaded_state_keys,
     require_same_run,
     warn_unless_resumable,
@@ -315,6 +316,8 @@ class RLModule(LightningModule):
         self.updater.check_max_steps(trainer.max_steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None:
+            checkpoint[PROCESSES] = self.trainer.world_size
         if is_sharded(self.policy):
             return  # FSDP2 restores every key of the module state (torch.distributed.checkpoint): keep them
         state = checkpoint["state_dict"]
@@ -324,7 +327,8 @@ class RLModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.checkpoint_step = checkpoint.get("global_step")
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
-            require_same_run(checkpoint, self.trainer.ckpt_path, self, self.trainer.datamodule)
+            trainer = self.trainer
+            require_same_run(checkpoint, trainer.ckpt_path, self, trainer.datamodule, trainer.world_size)
         if "state_dict" in checkpoint:  # FSDP2: loaded already, in place
             saved, current = checkpoint["state_dict"], self.state_dict()
             # An FSDP2 run's checkpoints keep its frozen models (``on_save_checkpoint``): this module, built

@@ -31,7 +31,11 @@ from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
-from rgra_lightning.checkpointing import reloaded_state_keys, warn_unless_resumable
+from rgra_lightning.checkpointing import (
+    PROCESSES,
+    reloaded_state_keys,
+    warn_unless_resumable,
+)
 from rgra_lightning.distributed import with_distributed_sampler
 from rgra_lightning.errors import ConfigError, require_valid
 from rgra_lightning.logprobs import token_logprobs
@@ -241,6 +245,8 @@ class SFTModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """With LoRA, leave the frozen base out: it is reloaded from ``model_path`` (as ``RLModule``'s)."""
+        if self._trainer is not None:
+            checkpoint[PROCESSES] = self.trainer.world_size
         reloaded = reloaded_state_keys(self, lora=self.hparams.lora is not None)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in reloaded}
 

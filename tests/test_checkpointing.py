@@ -29,11 +29,12 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 
 from rgra_lightning import distributed
 from rgra_lightning.checkpointing import (
+    PROCESSES,
     AtomicCheckpointIO,
     ContinuedLog,
     ExactResume,
@@ -783,6 +784,62 @@ def test_a_checkpoint_of_another_kind_of_module_saved_without_its_class_is_told_
     )
 
 
+class Batches(LightningDataModule):
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+
+def test_a_resumed_fit_may_change_its_processes_if_the_prompts_per_update_stay():
+    """``data.batch_size`` is per process: a checkpoint of 2 processes x 2 prompts resumes on 1 process
+    of 4 (or 4 of 1), not on 1 of 2 (half the prompts per update), whose message names both products;
+    a checkpoint that does not record its processes compares the batch size alone."""
+    policy = Policy(1e-4)
+    saved = {
+        "state_dict": policy.state_dict(),
+        "hyper_parameters": dict(policy.hparams),
+        "datamodule_hyper_parameters": {"batch_size": 2},
+        PROCESSES: 2,
+    }
+    for batch_size, processes in [(2, 2), (4, 1), (1, 4)]:
+        require_same_run(saved, "last.ckpt", policy, Batches(batch_size), processes)
+    for batch_size, processes, now in [(2, 1, "2 on 1 (2)"), (4, 2, "4 on 2 (8)")]:
+        with pytest.raises(RunRefusedError) as error:
+            require_same_run(saved, "last.ckpt", policy, Batches(batch_size), processes)
+        assert str(error.value).startswith(
+            "checkpoint last.ckpt was trained with other settings than this run's (data.batch_size: 2 on 2 "
+            f"processes (4 prompts per update) in the checkpoint, {now} now): resume with the config"
+        )
+    older = {key: value for key, value in saved.items() if key != PROCESSES}
+    require_same_run(older, "last.ckpt", policy, Batches(2), 1)
+    with pytest.raises(RunRefusedError, match=r"\(data.batch_size: 2 in the checkpoint, 4 now\)"):
+        require_same_run(older, "last.ckpt", policy, Batches(4), 1)
+
+
+def test_one_process_trains_each_update_on_the_prompts_of_all_ranks_of_several():
+    """With ``ExactResume``, one process's k-th batch of an epoch holds the prompts that the k-th
+    batches of N ranks (of a batch size N times smaller) hold together, in every epoch: update k trains on
+    the same prompts on any number of processes, and a fit resumes on another number where it stopped."""
+
+    def batches(batch_size: int, ranks: int, rank: int, epoch: int) -> list[set[int]]:
+        datamodule = Numbers(size=24, batch_size=batch_size)
+        sampler = {"num_replicas": ranks, "rank": rank} if ranks > 1 else None
+        strategy = SimpleNamespace(distributed_sampler_kwargs=sampler)
+        trainer = SimpleNamespace(datamodule=datamodule, world_size=ranks, strategy=strategy)
+        ExactResume().setup(trainer, None, "fit")
+        loader = datamodule.train_dataloader()
+        loader.sampler.set_epoch(epoch)  # as Lightning does before each epoch
+        return [set(batch.tolist()) for batch in loader]
+
+    for epoch in (0, 1):
+        one = batches(6, 1, 0, epoch)
+        assert sorted(x for batch in one for x in batch) == list(range(24))
+        for ranks in (2, 3):
+            of_ranks = [batches(6 // ranks, ranks, rank, epoch) for rank in range(ranks)]
+            assert [set().union(*step) for step in zip(*of_ranks, strict=True)] == one
+    assert batches(6, 1, 0, 0) != batches(6, 1, 0, 1)
+
+
 def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
@@ -1168,9 +1225,16 @@ def test_each_process_restores_its_own_random_streams_or_all_those_of_process_0(
 
 
 class Numbers(LightningDataModule):
+    def __init__(self, size: int = 6, batch_size: int = 2) -> None:
+        super().__init__()
+        self.size, self.batch_size = size, batch_size
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
-            list(range(6)), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(0)
+            list(range(self.size)),
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(0),
         )
 
 
@@ -1182,16 +1246,12 @@ def test_a_restored_data_position_applies_to_the_first_training_loader_only():
     datamodule = Numbers()
     restored = ExactResume()
     restored.load_state_dict({"rng": [rng_states()], "data_position": position})
-    restored.setup(SimpleNamespace(datamodule=datamodule, world_size=1), None, "fit")
-    shuffled = DataLoader(
-        list(range(6)), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(5)
-    )
-    assert [batch.tolist() for batch in datamodule.train_dataloader()] == [
-        batch.tolist() for batch in list(shuffled)[1:]
-    ]
-    assert [batch.tolist() for batch in datamodule.train_dataloader()] == [
-        batch.tolist() for batch in Numbers().train_dataloader()
-    ]
+    restored.setup(SimpleNamespace(datamodule=datamodule, world_size=1, strategy=None), None, "fit")
+    # the epoch's order: Numbers' generator's seed, shuffled as N processes' samplers shuffle with it
+    order = DistributedSampler(range(6), num_replicas=1, rank=0, seed=0)
+    epoch = [batch.tolist() for batch in DataLoader(list(range(6)), batch_size=2, sampler=order)]
+    assert [batch.tolist() for batch in datamodule.train_dataloader()] == epoch[1:]
+    assert [batch.tolist() for batch in datamodule.train_dataloader()] == epoch
 
 
 def test_checkpoints_leave_out_the_frozen_reward_models_and_loading_puts_them_back(small_config, tmp_path):

@@ -57,7 +57,7 @@ from rgra_lightning.distributed import (
     shard_model,
     with_distributed_sampler,
 )
-from rgra_lightning.errors import ConfigError
+from rgra_lightning.errors import RUN_REFUSED, ConfigError
 from rgra_lightning.export import export_checkpoint
 from rgra_lightning.logprobs import logprobs_without_grad, token_logprobs
 from rgra_lightning.metrics import TRAIN_REDUCTIONS
@@ -701,6 +701,75 @@ def test_a_two_process_run_resumed_mid_epoch_continues_as_an_uninterrupted_one(
     for tag in ("train/loss", "train/grad_norm", "train/reward"):
         assert [resumed[tag][step] for step in steps] == [uninterrupted[tag][step] for step in steps], tag
     assert len(set(uninterrupted["train/loss"].values())) == 6  # the steps differ: the check can fail
+
+
+ONE_PROCESS_FSDP2 = {
+    "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+    "init_args": {"data_parallel_size": 1, "tensor_parallel_size": 1},
+}
+
+
+@pytest.mark.slow  # about 2 minutes a case on the shared 2 cores
+@pytest.mark.parametrize(("strategy", "one_process"), [("ddp", "auto"), (FSDP2, ONE_PROCESS_FSDP2)])
+def test_a_two_process_run_resumed_on_one_process_trains_on_the_prompts_it_would_have(
+    strategy, one_process, small_config, tmp_path
+):
+    """A run of 2 processes x 2 prompts stopped mid-epoch (after update 1 of an epoch's 2) resumes on one
+    process x 4 prompts (a sharded checkpoint re-sharded under FSDP2) and trains updates 2-4 on the
+    prompts the 2-process run trains on (the rest of the epoch, then the next epoch's order): with
+    completions seeded by (prompt, update), the rewards are the uninterrupted run's and the losses and
+    gradient norms differ by rounding only. Resuming on one process x 2 prompts, half the prompts per
+    update, is refused in one line before the fit starts."""
+    prompts = ["3+4", "9-2", "6*7", "8+5", "2+7", "9*3", "7-4", "5+5"]  # 4 tokens each with "=": no padding
+    lines = [f'{{"question": "{p}", "answer": "{eval(p)}"}}' for p in prompts]  # noqa: S307
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+
+    def config(run: str, processes: int) -> Path:
+        checkpoint = {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"dirpath": str(tmp_path / run), "save_last": True, "every_n_train_steps": 1},
+        }
+        overrides = {
+            "data.init_args.train_file": str(tmp_path / "train.jsonl"),
+            "data.init_args.val_file": str(tmp_path / "train.jsonl"),
+            "data.init_args.batch_size": 4 // processes,
+            "model.init_args.validate_before_training": False,
+            "model.init_args.sampling.max_new_tokens": 16,
+            "trainer.limit_val_batches": 0,
+            "trainer.logger.init_args.save_dir": str(tmp_path / run),
+            "trainer.devices": processes,
+            "trainer.strategy": strategy if processes == 2 else one_process,
+            "trainer.callbacks": [checkpoint, {"class_path": "rgra_lightning.checkpointing.ExactResume"}],
+        }
+        return small_config("rgra", data_module="JsonFilesDataModule", **overrides).rename(
+            tmp_path / f"{run}.yaml"  # where ``fit`` reads the run's logs
+        )
+
+    uninterrupted = fit(config("whole", 2), "--trainer.max_steps=4")
+    fit(config("resumed", 2), "--trainer.max_steps=1")
+    last = str(tmp_path / "resumed" / "last.ckpt")
+    halved = ["--config", str(config("resumed", 1)), "--data.init_args.batch_size=2"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "tests.test_distributed", "fit", *halved, "--ckpt_path", last],
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert refused.returncode == RUN_REFUSED and len(errors) == 1, refused.stderr[-2000:]
+    assert (
+        "(data.batch_size: 2 on 2 processes (4 prompts per update) in the checkpoint, 2 on 1 (2) now)"
+        in errors[0]
+    )
+    resumed = fit(config("resumed", 1), "--trainer.max_steps=4", "--ckpt_path", last)
+    steps = [2, 3, 4]
+    rewards = [(resumed["train/reward"][step], uninterrupted["train/reward"][step]) for step in steps]
+    assert all(resumed_reward == reward for resumed_reward, reward in rewards), rewards
+    for tag in ("train/loss", "train/grad_norm"):
+        assert_steps_match(resumed[tag], uninterrupted[tag], steps, tag)
+    assert len(set(uninterrupted["train/loss"].values())) == 4  # the steps differ: the check can fail
 
 
 @pytest.mark.slow

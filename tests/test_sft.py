@@ -19,6 +19,7 @@ from lightning import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from rewards import FormatReward, MathVerifier
+from rgra_lightning.checkpointing import PROCESSES
 from rgra_lightning.cli import main
 from rgra_lightning.config_files import read
 from rgra_lightning.data import ArithmeticDataModule, JsonFilesDataModule
@@ -547,6 +548,7 @@ def test_the_rl_config_tests_the_sft_checkpoint_as_it_tests_its_own_and_resumes_
     assert list(scalars_by_step(tmp_path / "runs" / "sft", "test/accuracy")) == [3]  # the checkpoint's update
     assert not (tmp_path / "runs" / "rl").exists()
     checkpoint = tmp_path / "runs" / "sft" / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)[PROCESSES] == 1  # its prompts per update: x 1
     assert reported_error(["fit", *named], capsys, RUN_REFUSED).startswith(
         f"error: checkpoint {checkpoint} holds a supervised (SFT) policy (SFTModule, "
         "configs/paper/gsm8k-sft.yaml); this config trains a policy (RLModule, configs/rgra.yaml): resume"

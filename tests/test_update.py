@@ -322,7 +322,7 @@ def test_each_update_has_the_gradient_and_diagnostics_of_its_whole_mini_batch(
         "model.init_args.sampling.max_new_tokens": 14,  # some completions cut: their rows are not trained
         "model.init_args.loss.mask_truncated_completions": True,
         "model.init_args.loss.aggregation": aggregation,
-        "seed_everything": 4,  # rollouts with trained rows of non-zero advantage in both mini-batches
+        "seed_everything": 6,  # rollouts with trained rows of non-zero advantage in both mini-batches
     }
     main(["fit", "--config", str(small_config("rgra", **FAST, **overrides)), "--trainer.max_steps=2"])
     ((experience, updater, stats),) = runs
