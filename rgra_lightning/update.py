@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from lightning import LightningModule
+from lightning import LightningModule, Trainer
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LRScheduler
@@ -190,6 +190,7 @@ class PolicyUpdate:
                     break  # reached in a batch with skipped updates: the updates left would run past it
                 rows = part.stop - part.start
                 tokens = trained[part].sum()  # the mini-batch's trained tokens, for every micro-batch
+                share = self._token_share(trainer, tokens)
                 real_tokens = rollout.completion_mask[part].sum()
                 optimizer.zero_grad()
                 sums: dict[str, Tensor] = {}  # each diagnostic adds up over the micro-batches
@@ -211,12 +212,13 @@ class PolicyUpdate:
                     )
                     # DDP all-reduces the accumulated gradients in the last micro-batch's backward only
                     last = index == len(parts) - 1
+                    loss = out.loss * share
                     with nullcontext() if last else no_gradient_sync(trainer.strategy):
-                        module.manual_backward(out.loss)
+                        module.manual_backward(loss)
                     for name, value in (
-                        ("loss", out.loss.detach()),
-                        ("policy_loss", out.policy_loss),
-                        ("kl", out.kl),
+                        ("loss", loss.detach()),
+                        ("policy_loss", out.policy_loss * share),
+                        ("kl", out.kl * share),
                         ("clip_fraction", out.clip_fraction),
                         ("ratio_mean", out.ratio_mean),
                         ("entropy", (entropy * mini.completion_mask).sum() / real_tokens.clamp(min=1)),
@@ -245,6 +247,16 @@ class PolicyUpdate:
         # Freed (None), not zeroed: the next rollout has their memory (a colocated vLLM engine's wake-up).
         optimizer.zero_grad()
         return stats
+
+    def _token_share(self, trainer: Trainer, tokens: Tensor) -> Tensor | float:
+        """With ``token_mean`` on several processes, this rank's trained ``tokens`` over the ranks' mean
+        count: DDP and FSDP2 average the ranks' gradients, so the ranks' token means, each weighted by its
+        share, average to the token mean of the global mini-batch, as on one process (TRL's ``"dapo"``).
+        1 otherwise: the ranks hold equal numbers of rows, which the other aggregations divide by."""
+        if self.loss.aggregation != "token_mean" or trainer.world_size == 1:
+            return 1.0
+        mean = trainer.strategy.reduce(tokens.float(), reduce_op="mean")
+        return tokens.float() / mean.clamp(min=1 / trainer.world_size)  # 0 where no rank trains a token
 
     def _skip_nonfinite(self, module: LightningModule, loss: Tensor, grad_norm: Tensor) -> bool:
         """Whether this update must be skipped because its loss or gradient norm is NaN/inf (on any rank).

@@ -703,6 +703,18 @@ def test_a_two_process_run_resumed_mid_epoch_continues_as_an_uninterrupted_one(
     assert len(set(uninterrupted["train/loss"].values())) == 6  # the steps differ: the check can fail
 
 
+@pytest.mark.slow  # about 2 minutes on the shared 2 cores
+def test_token_mean_under_ddp_and_fsdp2_is_the_token_mean_of_the_global_batch(fixed_prompts, tmp_path):
+    """``aggregation: token_mean`` divides by the trained tokens of the whole global batch, as one process
+    does, though each rank holds another number of them (completions of other lengths): DDP and FSDP2
+    average the ranks' gradients, so each rank divides by the mean of the ranks' counts."""
+    token_mean = {"model.init_args.loss.aggregation": "token_mean", "trainer.max_steps": 4}
+    single = fit(fixed_prompts("single", batch_size=4, **token_mean))
+    for name, strategy in (("ddp", "ddp"), ("fsdp", FSDP2)):
+        two = fixed_prompts(name, batch_size=2, **two_processes(tmp_path, name, strategy), **token_mean)
+        assert_matches(fit(two), single, 4)
+
+
 ONE_PROCESS_FSDP2 = {
     "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
     "init_args": {"data_parallel_size": 1, "tensor_parallel_size": 1},

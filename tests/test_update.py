@@ -200,6 +200,27 @@ def test_the_gradients_are_freed_after_each_update(small_config, monkeypatch):
     assert held == [False, False, False]
 
 
+def test_token_mean_weights_each_ranks_token_mean_by_its_share_of_the_ranks_mean_count():
+    """Rank 0 trains 3 tokens (sum of its per-token terms S0), rank 1 one (S1): their token means S0/3 and
+    S1/1 times the shares 3/2 and 1/2 average (as DDP averages gradients) to (S0 + S1) / 4, the token mean
+    of the 4 tokens. Other aggregations, and one process, leave the loss alone; no tokens anywhere: 0."""
+
+    def shares(aggregation: str, counts: list[float]) -> list[float]:
+        update = PolicyUpdate(LossConfig(aggregation=aggregation), 1.0, 1, 1, None, 1.0, 5)
+        ranks_mean = {
+            "mean": torch.tensor(counts, dtype=torch.float32).mean()
+        }  # what strategy.reduce returns on every rank
+        strategy = types.SimpleNamespace(reduce=lambda tensor, reduce_op: ranks_mean[reduce_op])
+        trainer = types.SimpleNamespace(world_size=len(counts), strategy=strategy)
+        return [float(update._token_share(trainer, torch.tensor(count))) for count in counts]
+
+    assert shares("token_mean", [3, 1]) == [1.5, 0.5]
+    assert shares("token_mean", [0, 1]) == [0.0, 2.0]  # S1 / 1 x 2, averaged: S1 / 1
+    assert shares("token_mean", [0, 0]) == [0.0, 0.0]
+    assert shares("token_mean", [5]) == [1.0]
+    assert shares("sequence_mean", [3, 1]) == shares("constant_sum", [3, 1]) == [1.0, 1.0]
+
+
 def test_a_token_budget_below_one_is_refused():
     with pytest.raises(ConfigError, match=r"model.micro_batch_tokens must be >= 1, got 0"):
         PolicyUpdate(LossConfig(), 1.0, 1, 1, None, 1.0, 5, token_budget=0)
