@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader
 from rgra_lightning.config_files import differences
 from rgra_lightning.distributed import (
     requeue_slurm_job,
+    separate_rank_streams,
     stop_reason,
     stopped_for_requeue,
     with_distributed_sampler,
@@ -691,7 +692,7 @@ class ExactResume(Callback):
     N ranks' batches of epoch e are consecutive slices of one permutation of epoch e), and a run resumed
     on another number of processes (``require_same_run``) goes on with the prompts the interrupted run
     would have had. Each rank skips the batches it has trained on in the epoch; the RNG states of every
-    rank are saved, and each rank restores its own (all take process 0's on another number).
+    rank are saved, and each rank restores its own (on another number: ``on_train_start``).
     """
 
     def __init__(self) -> None:
@@ -747,15 +748,18 @@ class ExactResume(Callback):
         # Restored here, not on load: nothing between this point and the first training step draws from
         # the global streams, whereas model set-up and data loading before it may.
         if self._restored_rng is not None:
-            per_rank = self._restored_rng
-            if len(per_rank) != trainer.world_size:
-                rank_zero_warn(
-                    f"the checkpoint holds the RNG states of {len(per_rank)} processes, this run has "
-                    f"{trainer.world_size}: every process restores those of process 0, so sampling will "
-                    "not continue as in the interrupted run"
-                )
-            set_rng_states(per_rank[trainer.global_rank if len(per_rank) == trainer.world_size else 0])
+            per_rank, world_size, rank = self._restored_rng, trainer.world_size, trainer.global_rank
             self._restored_rng = None
+            if len(per_rank) == world_size:
+                set_rng_states(per_rank[rank])
+                return
+            rank_zero_warn(
+                f"the checkpoint holds the RNG states of {len(per_rank)} processes, this run has "
+                f"{world_size}: sampling will not continue as in the interrupted run (one process takes "
+                "process 0's streams, several take new ones, each its own)"
+            )
+            set_rng_states(per_rank[0])
+            separate_rank_streams(world_size, rank, resumed_at=trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
         """The RNG states of every process, in rank order (Lightning saves rank 0's callback state only;

@@ -260,9 +260,10 @@ _stopped_by = signal.SIGTERM  # the signal that stopped the latest fit (``Agreed
 _requeue_signal: int | None = None  # SLURM's requeue signal where the latest fit took it over
 
 
-def separate_rank_streams(world_size: int, rank: int) -> None:
+def separate_rank_streams(world_size: int, rank: int, resumed_at: int | None = None) -> None:
     """Reseed torch's generators (the CPU's and every CUDA device's) of process ``rank`` of ``world_size``
-    from the run's seed and the rank; nothing with one process.
+    from the run's seed and the rank, and ``resumed_at``, the update a fit resumed on another number of
+    processes starts from (streams other than a fresh fit's); nothing with one process.
 
     Lightning seeds every process with the same seed (``seed_everything``'s ``PL_GLOBAL_SEED``; unseeded,
     torch starts every process at the same constant), so each rank drew the same random numbers for its
@@ -272,7 +273,8 @@ def separate_rank_streams(world_size: int, rank: int) -> None:
     if world_size == 1:
         return
     seed = os.environ.get("PL_GLOBAL_SEED", str(torch.initial_seed()))
-    digest = hashlib.sha256(f"{seed}/{rank}".encode()).digest()
+    key = f"{seed}/{rank}" if resumed_at is None else f"{seed}/{rank}/resumed at {resumed_at}"
+    digest = hashlib.sha256(key.encode()).digest()
     torch.manual_seed(int.from_bytes(digest[:8], "little") >> 1)  # below 2**63, as manual_seed takes
 
 

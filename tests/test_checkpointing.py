@@ -1206,22 +1206,43 @@ def test_the_random_streams_a_checkpoint_holds_are_each_restored_as_they_were(tm
     assert draws() == expected
 
 
-def test_each_process_restores_its_own_random_streams_or_all_those_of_process_0():
+def test_each_process_restores_its_own_random_streams_or_on_another_number_new_ones_of_its_own(monkeypatch):
     """A checkpoint holds the streams of every process in rank order: each process of a run of as many
-    takes its own; a run of another size warns, and every process takes process 0's."""
+    takes its own. A run of another size warns: one process takes process 0's; each of several takes a
+    stream of its own (shared ones would couple the ranks' samples), new to the run (not the streams a
+    fresh fit starts from), the same on every resume from that update."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")
     streams = []
     for seed in (10, 11):
         torch.manual_seed(seed)
         streams.append(rng_states())
-    for world_size, rank, seed in [(2, 1, 11), (2, 0, 10), (3, 2, 10)]:
+
+    def resumed(world_size: int, rank: int, step: int = 7) -> tuple[torch.Tensor, int]:
         restored = ExactResume()
         restored.load_state_dict({"rng": streams, "data_position": None})
+        trainer = SimpleNamespace(world_size=world_size, global_rank=rank, global_step=step)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            restored.on_train_start(SimpleNamespace(world_size=world_size, global_rank=rank), None)
-        assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(seed)))
+            restored.on_train_start(trainer, None)
         warned = [w for w in caught if "holds the RNG states of 2 processes" in str(w.message)]
-        assert len(warned) == (world_size != 2)
+        return torch.rand(3), len(warned)
+
+    def seeded(seed: int) -> torch.Tensor:
+        return torch.rand(3, generator=torch.Generator().manual_seed(seed))
+
+    for world_size, rank, seed, warned in [(2, 0, 10, 0), (2, 1, 11, 0), (1, 0, 10, 1)]:
+        draw, warnings_given = resumed(world_size, rank)
+        assert torch.equal(draw, seeded(seed)) and warnings_given == warned
+    three = [resumed(3, rank) for rank in range(3)]
+    assert all(warned == 1 for _, warned in three)
+    fresh = []
+    for rank in range(3):
+        distributed.separate_rank_streams(3, rank)
+        fresh.append(torch.rand(3))
+    draws = [draw for draw, _ in three] + fresh + [seeded(10), seeded(11)]
+    assert len({tuple(draw.tolist()) for draw in draws}) == len(draws)  # all different
+    assert torch.equal(resumed(3, 2)[0], three[2][0])
+    assert not torch.equal(resumed(3, 2, step=8)[0], three[2][0])
 
 
 class Numbers(LightningDataModule):
