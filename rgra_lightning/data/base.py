@@ -173,7 +173,8 @@ class PromptDataModule(LightningDataModule):
         shots = self.take_shots(records, rng)
         if hp.train_size is not None and len(records["train"]) > hp.train_size:
             records["train"] = rng.sample(records["train"], hp.train_size)
-        elif hp.train_size is not None and len(records["train"]) < hp.train_size:  # fewer updates per epoch
+        elif hp.train_size is not None and 0 < len(records["train"]) < hp.train_size:
+            # fewer updates per epoch; no training split at all is one that was not read (test, predict)
             rank_zero_warn(
                 f"data.train_size={hp.train_size}, and the training split has {len(records['train'])} "
                 f"problems: training on all {len(records['train'])}"

@@ -419,8 +419,10 @@ def test_testing_a_single_file_named_as_the_test_split_reads_all_of_it(tmp_path)
         "".join(json.dumps({"question": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in range(5))
     )
     for stage in ("test", "predict"):
-        data = DatasetDataModule(source=str(file), test_split="train")
-        data.setup(stage)
+        data = DatasetDataModule(source=str(file), test_split="train", train_size=1800)  # a paper config's
+        with warnings.catch_warnings():  # an unread training split is not one "of 0 problems"
+            warnings.simplefilter("error")
+            data.setup(stage)
         assert [e["reference"] for e in data.test_examples] == ["1", "2", "3", "4", "5"]
     with pytest.raises(ConfigError) as error:
         DatasetDataModule(source=str(file)).setup("test")  # tests on the validation problems held out
