@@ -548,6 +548,11 @@ def read_checkpoint(ckpt_path: str, option: str) -> dict[str, Any]:
 _WEIGHT_SETTINGS = tuple(f"model.{key}" for key in ("model_path", "gguf_file", "lora", "dtype"))
 
 
+# The settings that name the model a checkpoint's weights go with: the base weights under LoRA adapters
+# (which a LoRA checkpoint leaves out), the tokenizer and chat template of any checkpoint.
+BASE_MODEL_SETTINGS = ("model.model_path:", "model.gguf_file:", "model.dtype:")
+
+
 def require_matching_weights(module: LightningModule, checkpoint: dict[str, Any], ckpt_path: str) -> None:
     """Give ``checkpoint`` to the module's ``on_load_checkpoint``, as Lightning does before loading its
     weights (it puts back what checkpoints leave out: frozen models), then raise ``ConfigError`` unless
@@ -557,7 +562,9 @@ def require_matching_weights(module: LightningModule, checkpoint: dict[str, Any]
     checkpoint of another kind of module (``MODULE_KINDS``) than ``module`` and those it evaluates
     (``EVALUATED_KINDS``), which says so (``other_module``), and one trained with other LoRA settings
     (``model.lora``: another alpha scales the same adapter weights otherwise, silently). A checkpoint of
-    another kind unknown there is refused only where its weights do not fit (saying so as well)."""
+    another kind unknown there is refused only where its weights do not fit (saying so as well). Where
+    they fit, another model named (``BASE_MODEL_SETTINGS``) is a warning: a LoRA checkpoint's adapters are
+    then evaluated over that model's base weights, any checkpoint's weights with its tokenizer."""
     other = other_module(checkpoint, ckpt_path, module, evaluating=True)  # before frozen weights are put in
     if other and saved_module_class(checkpoint) in MODULE_KINDS:
         raise ConfigError(f"{other}: give the config it was trained with ({SAVED})")
@@ -575,6 +582,13 @@ def require_matching_weights(module: LightningModule, checkpoint: dict[str, Any]
         if lora:
             raise ConfigError(
                 f"{other_settings(ckpt_path, lora)}: give the config it was trained with ({SAVED})"
+            )
+        base = [change for change in changes if change.startswith(BASE_MODEL_SETTINGS)]
+        if base:  # a local copy of the same model is as likely as another one: said, not refused
+            loaded = "LoRA adapters over" if module.hparams.get("lora") else "weights with the tokenizer of"
+            rank_zero_warn(
+                f"{other_settings(ckpt_path, base)}: its {loaded} the model this run names are evaluated; "
+                f"give the config it was trained with ({SAVED}) unless both name the same model"
             )
         return
     # The settings that make the weights (learning_rate and the like change none, and would bury them);

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 import sys
 import warnings
 
@@ -295,6 +296,20 @@ def test_evaluating_a_checkpoint_of_other_settings_or_no_checkpoint_is_one_line(
             f"{lora} in the checkpoint, None now): give the config it was trained with (saved as config.yaml "
             "in its log directory)"
         )
+    # Its adapters over another base model of the same shapes (a copy here: a local copy of the same model
+    # is as likely): said in a warning naming both, not refused
+    copy = shutil.copytree(TINY_POLICY, tmp_path / "copy")
+    lora_config = str(small_config("rgra", **one_step, **{"model.init_args.lora": lora}))
+    other_base = ["validate", "--config", lora_config, f"--model.model_path={copy}", "--ckpt_path", str(last)]
+    with pytest.warns(UserWarning) as warned:
+        main(other_base)
+    expected = (
+        f"checkpoint {last} was trained with other settings than this run's (model.model_path: "
+        f"'{TINY_POLICY}' in the checkpoint, '{copy}' now): its LoRA adapters over the model this run names "
+        "are evaluated; give the config it was trained with (saved as config.yaml in its log directory) "
+        "unless both name the same model"
+    )
+    assert expected in [str(warning.message) for warning in warned]
     samples = tmp_path / "samples.jsonl"
     samples.write_text('{"prompt": "1+1="}\n')
     for path in (samples, tmp_path):
