@@ -242,3 +242,28 @@ def test_gpu_configs_carry_what_the_default_config_promises(run):
         assert strategy["init_args"]["save_distributed_checkpoint"] is False
     if run[0].startswith("configs/paper/"):
         assert model["lr_schedule"] == "linear"
+
+
+@pytest.mark.parametrize("config", ["configs/paper/gsm8k-rgra.yaml", "configs/smollm2-135m/gsm8k-rgra.yaml"])
+def test_the_gsm8k_format_term_rewards_a_closed_box_with_an_answer_only(config):
+    """The 0.1 format term: a bare ``\\boxed{`` (an empty box, a completion cut inside one) is a string a
+    policy can learn to write for the reward without answering; a box holding an answer, braces nested in
+    it too, earns it."""
+    from rewards import FormatReward
+
+    model = yaml.safe_load((ROOT / config).read_text())["model"]["init_args"]
+    verifiers = model["verifier"]["init_args"]["verifiers"]
+    (fmt,) = [
+        verifier["init_args"] for verifier in verifiers if verifier["class_path"] == "rewards.FormatReward"
+    ]
+    format_reward = FormatReward(**fmt)
+    boxed = [
+        "so \\boxed{18}.",
+        "\\boxed{ 18 }",
+        "\\boxed{\\frac{1}{2}}",
+        "\\boxed{x^{2}+1} done",
+        "\\boxed{$5}",
+    ]
+    unboxed = ["\\boxed{}", "\\boxed{ }", "so the answer is \\boxed{", "\\boxed{18", "boxed{18}", "18"]
+    assert [format_reward.score(text, "18").reward for text in boxed] == [1.0] * len(boxed)
+    assert [format_reward.score(text, "18").reward for text in unboxed] == [0.0] * len(unboxed)
