@@ -878,7 +878,8 @@ def require_same_run(
     ``data.batch_size`` must change with it to keep the prompts per update (an update then trains on the
     prompts it would have had: ``ExactResume``). The settings of ``RESUMABLE_SETTINGS`` and
     ``ADJUSTABLE_SETTINGS`` may differ; a changed adjustable one is named in a warning when Lightning
-    loads the checkpoint into the module (the CLI's check before the fit starts stays silent)."""
+    loads the checkpoint into the module (the CLI's check before the fit starts stays silent), and so is
+    another ``trainer.precision`` than the checkpoint's (``PRECISION``)."""
     changes = _changes(checkpoint.get("hyper_parameters", {}), module.hparams, "model.")
     if datamodule is not None and "datamodule_hyper_parameters" in checkpoint:
         changes += _changes(checkpoint["datamodule_hyper_parameters"], datamodule.hparams, "data.")
@@ -893,13 +894,27 @@ def require_same_run(
             "--ckpt_path"
         )
     adjusted = [_described(change) for change in changes if _listed(change[0], ADJUSTABLE_SETTINGS)]
-    if adjusted and getattr(module, "_trainer", None) is not None:
+    trainer = getattr(module, "_trainer", None)
+    saved_precision = checkpoint.get(PRECISION)
+    if trainer is not None and saved_precision not in (None, str(trainer.precision)):
+        adjusted.append(_described(("trainer.precision", saved_precision, str(trainer.precision))))
+    if adjusted and trainer is not None:
         rank_zero_warn(f"resuming {ckpt_path} with {'; '.join(adjusted)}: the new values apply from here on")
 
 
-# The checkpoint key for the number of processes (each trains on prompts of its own: tensor parallelism is
-# refused): ``data.batch_size`` is per process, so a fit's prompts per update are its batch size times this.
-PROCESSES = "processes"
+# The checkpoint keys for what the trainer's settings, which checkpoints do not hold, made of the run
+# (``record_trainer_settings``): the number of processes (each trains on prompts of its own: tensor
+# parallelism is refused), as ``data.batch_size`` is per process, and the precision, which a resumed fit
+# may change (saying so: ``require_same_run``).
+PROCESSES, PRECISION = "processes", "precision"
+
+
+def record_trainer_settings(checkpoint: dict[str, Any], module: LightningModule) -> None:
+    """Write ``PROCESSES`` and ``PRECISION`` of the module's trainer into ``checkpoint``; nothing for a
+    module without one."""
+    if module._trainer is not None:
+        checkpoint[PROCESSES] = module.trainer.world_size
+        checkpoint[PRECISION] = str(module.trainer.precision)
 
 
 def _prompts_per_update_change(

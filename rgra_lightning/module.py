@@ -25,7 +25,7 @@ from torch import Tensor
 from rewards import MathVerifier, Verifier
 from rgra_lightning.checkpointing import (
     FROZEN_PREFIXES,
-    PROCESSES,
+    record_trainer_settings,
     reloaded_state_keys,
     require_same_run,
     warn_unless_resumable,
@@ -316,8 +316,7 @@ class RLModule(LightningModule):
         self.updater.check_max_steps(trainer.max_steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._trainer is not None:
-            checkpoint[PROCESSES] = self.trainer.world_size
+        record_trainer_settings(checkpoint, self)
         if is_sharded(self.policy):
             return  # FSDP2 restores every key of the module state (torch.distributed.checkpoint): keep them
         state = checkpoint["state_dict"]

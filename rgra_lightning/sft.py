@@ -32,7 +32,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
 from rgra_lightning.checkpointing import (
-    PROCESSES,
+    record_trainer_settings,
     reloaded_state_keys,
     warn_unless_resumable,
 )
@@ -245,8 +245,7 @@ class SFTModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """With LoRA, leave the frozen base out: it is reloaded from ``model_path`` (as ``RLModule``'s)."""
-        if self._trainer is not None:
-            checkpoint[PROCESSES] = self.trainer.world_size
+        record_trainer_settings(checkpoint, self)
         reloaded = reloaded_state_keys(self, lora=self.hparams.lora is not None)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in reloaded}
 

@@ -34,6 +34,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from rgra_lightning import distributed
 from rgra_lightning.checkpointing import (
+    PRECISION,
     PROCESSES,
     AtomicCheckpointIO,
     ContinuedLog,
@@ -640,6 +641,23 @@ def test_a_resume_may_change_the_settings_that_leave_the_updates_as_they_are(sma
         cli = main(["fit", "--config", str(config), "--trainer.max_steps=4", "--ckpt_path", "last", *changed])
     assert cli.trainer.global_step == 4
     assert not [warning for warning in caught if "resuming" in str(warning.message)]
+
+
+def test_a_resume_in_another_precision_says_so(small_config, tmp_path):
+    """Checkpoints record the precision (trainer settings are not in them): a fit resumed in another one
+    trains on, with a warning naming both, as for a changed learning rate."""
+    config = small_config("rgra", **FAST, **{"trainer.max_steps": 2})
+    main(["fit", "--config", str(config)])
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    assert (saved[PRECISION], saved[PROCESSES]) == ("32-true", 1)
+    resume = ["fit", "--config", str(config), "--trainer.max_steps=4", "--ckpt_path", "last"]
+    with pytest.warns(UserWarning) as caught:
+        assert main([*resume, "--trainer.precision=bf16-mixed"]).trainer.global_step == 4
+    assert [str(warning.message) for warning in caught if "resuming" in str(warning.message)] == [
+        f"resuming {last} with trainer.precision: '32-true' in the checkpoint, 'bf16-mixed' now: the new "
+        "values apply from here on"
+    ]
 
 
 def test_a_resume_with_a_lower_learning_rate_trains_with_it_from_the_schedules_point(
