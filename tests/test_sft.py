@@ -615,3 +615,37 @@ def test_the_ft_presets_commands_give_each_models_run_its_name_and_test_it_from_
         )
     ]
     assert not set(fits.values()) & set(rl_runs)
+
+
+def test_a_row_of_exactly_max_length_tokens_keeps_its_eos_and_is_not_counted_as_cut():
+    """``1+1=`` (4 tokens), ``2`` and the EOS fill ``max_length=6`` exactly: nothing is cut."""
+    module = SFTModule(model_path=str(TINY_POLICY), max_length=6)
+    rollout, cut = module.encode(["1+1="], ["2"])
+    assert cut == 0
+    eos = module.tokenizer.eos_token_id
+    assert row_tokens(rollout) == (
+        [[*token_ids(module.tokenizer, "1+1=2"), eos]],
+        [[*token_ids(module.tokenizer, "2"), eos]],
+    )
+
+
+def test_a_prompt_of_max_length_tokens_leaves_no_room_for_a_target():
+    """A row must keep at least one target token: a 7-token prompt under ``max_length=7`` is refused (an
+    empty target would carry no loss, and a batch of such rows a 0/0 loss)."""
+    module = SFTModule(model_path=str(TINY_POLICY), max_length=7)
+    with pytest.raises(ConfigError) as error:
+        module.encode(["6*(-2)="], ["\\boxed{-12}"])
+    assert str(error.value) == (
+        "model.max_length=7: a prompt of 7 tokens leaves no room for its target; raise model.max_length"
+    )
+
+
+def test_without_max_length_rows_are_cut_to_the_models_context_window():
+    """The tiny policy's context is 64 positions (``max_position_embeddings``): ``1+1=`` and a 70-token
+    target keep 60 target tokens, without the EOS, and count as cut."""
+    module = SFTModule(model_path=str(TINY_POLICY))
+    assert module.policy.config.max_position_embeddings == 64
+    rollout, cut = module.encode(["1+1="], ["1" * 70])
+    assert cut == 1
+    assert row_tokens(rollout)[1] == [token_ids(module.tokenizer, "1" * 60)]
+    assert rollout.input_ids.shape[1] == 64

@@ -5,10 +5,12 @@ import warnings
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 
 from rgra_lightning.cli import main
 from rgra_lightning.data import ArithmeticDataModule, JsonFilesDataModule
+from rgra_lightning.data.base import check_val_size
 from rgra_lightning.errors import ConfigError
 from tests.conftest import one_line_error
 
@@ -154,3 +156,82 @@ def test_chat_only_options_given_for_plain_prompts_warn(tmp_path):
         warnings.simplefilter("error")
         JsonFilesDataModule(**files, system_prompt="Be brief.", prompt_format="chat")
         JsonFilesDataModule(**files)
+
+
+def numbered_problems(tmp_path, count: int) -> str:
+    """A JSON Lines file of ``count`` problems ``i+1`` (answer ``i + 1``), in order."""
+    file = tmp_path / "problems.jsonl"
+    file.write_text(
+        "".join(json.dumps({"question": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in range(count))
+    )
+    return str(file)
+
+
+def test_the_training_loader_shuffles_in_an_order_that_data_seed_alone_sets(tmp_path):
+    """Full batches of all the problems in a shuffled order (not the file's), the same for the same
+    ``data.seed`` whatever the global torch seed, and another for another ``data.seed``."""
+    file = numbered_problems(tmp_path, 12)
+
+    def order(seed: int, global_seed: int) -> list[str]:
+        data = JsonFilesDataModule(train_file=file, val_file=file, batch_size=4, seed=seed)
+        data.setup()
+        torch.manual_seed(global_seed)  # the global generator must play no part
+        batches = list(data.train_dataloader())
+        assert [len(batch["prompt"]) for batch in batches] == [4, 4, 4]
+        return [prompt for batch in batches for prompt in batch["prompt"]]
+
+    in_file_order = [f"{i}+1=" for i in range(12)]
+    first = order(0, global_seed=1)
+    assert sorted(first) == sorted(in_file_order) and first != in_file_order
+    assert order(0, global_seed=2) == first
+    assert order(1, global_seed=1) != first
+
+
+def test_evaluation_batches_keep_the_split_order_and_number_each_problem_in_it(tmp_path):
+    """Validation and test batches are the split in order, ``val_batch_size`` at a time (the last one
+    short), each problem with its 0-based ``index`` in the split: the index ``distributed.counted_on_rank``
+    counts by."""
+    file = numbered_problems(tmp_path, 5)
+    data = JsonFilesDataModule(train_file=file, val_file=file, test_file=file, val_batch_size=2)
+    data.setup()
+    for loader in (data.val_dataloader(), data.test_dataloader()):
+        batches = list(loader)
+        assert [batch["index"] for batch in batches] == [[0, 1], [2, 3], [4]]
+        assert [batch["prompt"] for batch in batches] == [["0+1=", "1+1="], ["2+1=", "3+1="], ["4+1="]]
+        assert [batch["reference"] for batch in batches] == [["1", "2"], ["3", "4"], ["5"]]
+
+
+def test_a_training_split_that_fills_a_batch_on_every_rank_with_a_repeat_is_accepted(tmp_path):
+    """9 problems on 2 ranks: each rank's sampler yields ceil(9 / 2) = 5, a full batch of 5 (one rank's
+    fifth a repeat), so ``batch_size=5`` trains; 10 would be needed only without the padding."""
+    file = numbered_problems(tmp_path, 9)
+    data = JsonFilesDataModule(train_file=file, val_file=file, batch_size=5)
+    data.setup()
+    data.trainer = SimpleNamespace(world_size=2)
+    assert len(data.train_dataloader()) == 1  # the single-process loader's view: 9 // 5
+
+
+def test_a_val_size_with_fewer_than_two_problems_says_to_give_a_validation_split():
+    with pytest.raises(ConfigError) as error:
+        check_val_size(1, 1, "usable rows of one.jsonl")
+    assert str(error.value) == (
+        "data.val_size=1: the 1 usable rows of one.jsonl are too few to hold out validation problems from; "
+        "give a validation split"
+    )
+
+
+def test_train_size_takes_a_seeded_random_subset_of_the_training_problems(tmp_path):
+    """The same ``data.seed`` trains on the same problems; across seeds the subset moves (it is no fixed
+    choice of the first rows of the file), and every problem in it is a training problem."""
+    file = numbered_problems(tmp_path, 20)
+    subsets = []
+    for seed in range(4):
+        chosen = []
+        for _ in range(2):
+            data = JsonFilesDataModule(train_file=file, val_file=file, train_size=5, seed=seed)
+            data.setup()
+            chosen.append(sorted(e["prompt"] for e in data.train_examples))
+        assert chosen[0] == chosen[1] and len(set(chosen[0])) == 5
+        assert set(chosen[0]) <= {f"{i}+1=" for i in range(20)}
+        subsets.append(tuple(chosen[0]))
+    assert len(set(subsets)) > 1

@@ -505,3 +505,41 @@ def test_prepare_data_downloads_a_hub_sources_splits_and_leaves_local_ones_alone
     DatasetDataModule(source=str(tmp_path / "train.jsonl")).prepare_data()
     DatasetDataModule(source=str(tmp_path)).prepare_data()
     assert fetched == [("openai/gsm8k", "main", "test")]  # local sources are read in setup only
+
+
+def test_held_out_validation_problems_are_also_the_test_problems_and_never_trained_on(tmp_path):
+    """Without a validation or test split, ``val_size`` seeded random training problems are held out:
+    validation and test evaluate those same problems, and training keeps the others."""
+    file = tmp_path / "all.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in problems(10)))
+    data = DatasetDataModule(source=str(file), val_size=3)
+    data.setup("fit")
+    assert data.test_examples == data.val_examples and len(data.val_examples) == 3
+    held_out = {e["prompt"] for e in data.val_examples}
+    trained = {e["prompt"] for e in data.train_examples}
+    assert held_out.isdisjoint(trained) and held_out | trained == {f"{i}+1=" for i in range(10)}
+
+
+def test_testing_with_few_shot_examples_takes_them_from_the_training_split(tmp_path):
+    """test reads the test split alone, except with ``few_shot``: its examples are training problems."""
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in problems(3)))
+    (tmp_path / "test.jsonl").write_text(json.dumps({"question": "9+1", "answer": "10"}) + "\n")
+    data = DatasetDataModule(source=str(tmp_path), val_split="test", few_shot=1)
+    data.setup("test")
+    [example] = data.test_examples
+    assert example["reference"] == "10" and example["prompt"].endswith("\n\n9+1=")
+    assert example["prompt"].count("The final answer is \\boxed{") == 1 and len(data.train_examples) == 2
+
+
+def test_a_batch_larger_than_what_val_size_leaves_says_which_val_size_fits(tmp_path):
+    """10 problems, 8 held out: 2 left for a batch of 4; holding out at most 6 leaves one."""
+    file = tmp_path / "all.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in problems(10)))
+    data = DatasetDataModule(source=str(file), val_size=8, batch_size=4)
+    data.setup("fit")
+    with pytest.raises(ConfigError) as error:
+        data.train_dataloader()
+    assert str(error.value) == (
+        "data.batch_size=4 is larger than the 2 training problems, so there is no full training batch; "
+        "data.val_size=8 holds out too many, use 1 to 6"
+    )

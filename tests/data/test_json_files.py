@@ -135,3 +135,19 @@ def test_testing_on_part_of_the_test_split_says_so(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(whole.test_dataloader().dataset) == 5
+
+
+def test_fit_trains_on_the_train_file_validates_on_the_val_file_and_tests_on_the_test_file(tmp_path):
+    """Each file is its split's; without a test file, test reads the validation problems."""
+    train, val, test = (tmp_path / f"{name}.jsonl" for name in ("train", "val", "test"))
+    train.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": "4"}\n')
+    val.write_text('{"question": "3+3", "answer": "6"}\n')
+    test.write_text('{"question": "4+4", "answer": "8"}\n')
+    data = JsonFilesDataModule(train_file=str(train), val_file=str(val), test_file=str(test))
+    data.setup("fit")
+    assert sorted(e["prompt"] for e in data.train_examples) == ["1+1=", "2+2="]
+    assert data.val_examples == [{"prompt": "3+3=", "reference": "6"}]
+    assert data.test_examples == [{"prompt": "4+4=", "reference": "8"}]
+    data = JsonFilesDataModule(train_file=str(train), val_file=str(val))
+    data.setup("fit")
+    assert data.val_examples == data.test_examples == [{"prompt": "3+3=", "reference": "6"}]

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from rgra_lightning.data import DatasetError
-from rgra_lightning.data.records import load_records, local_file_rows, reference_answer
+from rgra_lightning.data.records import load_records, local_file_rows, reference_answer, shot_solution
 
 
 def test_reference_formats():
@@ -128,3 +128,35 @@ def test_a_file_that_is_not_utf8_names_the_line(tmp_path, suffix):
     with pytest.raises(DatasetError) as error:
         read(file)
     assert str(error.value) == f"dataset file '{file}' line 2 is not UTF-8 text (invalid continuation byte)"
+
+
+def test_a_json_boolean_is_no_answer(tmp_path):
+    """``true`` would otherwise become the reference ``True``, an answer no verifier matches."""
+    file = tmp_path / "train.jsonl"
+    file.write_text('{"question": "1+1", "answer": "2"}\n{"question": "Is 2 even?", "answer": true}\n')
+    with pytest.raises(DatasetError) as error:
+        read(file)
+    assert str(error.value) == f"{file} line 2 field 'answer': no usable answer (got True)"
+
+
+def test_a_boxed_solution_is_kept_whole_as_the_answer_and_shown_whole(tmp_path):
+    """The record's ``answer`` is the field as written (the worked solution), its ``reference`` the boxed
+    answer; a few-shot example and an SFT target show the whole solution, not the bare reference."""
+    solution = "Add the two: 1 + 1 = 2, so the answer is $\\boxed{2}$."
+    file = tmp_path / "train.jsonl"
+    file.write_text(json.dumps({"question": "1+1", "solution": solution}) + "\n")
+    rows = local_file_rows(str(file), "data.train_file")
+    [record], skipped = load_records(rows, "question", "solution", "boxed_solution")
+    assert skipped == 0
+    assert record == {"question": "1+1", "answer": solution, "reference": "2"}
+    assert shot_solution(record, "boxed_solution") == solution
+
+
+def test_an_answer_shown_as_a_box_is_the_reference_without_surrounding_space(tmp_path):
+    """A row's answer field ``" 5 "`` is the reference ``5``: the boxed answer shown (few-shot example,
+    SFT target) is ``\\boxed{5}``, not the field as written (``\\boxed{ 5 }``)."""
+    file = tmp_path / "train.jsonl"
+    file.write_text(json.dumps({"question": "2+3", "answer": " 5 "}) + "\n")
+    [record] = read(file)
+    assert record["reference"] == "5"
+    assert shot_solution(record, "answer") == "The final answer is \\boxed{5}."

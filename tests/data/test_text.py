@@ -228,3 +228,84 @@ def test_the_presets_stop_at_question_and_the_embedded_task_has_no_stop_string()
     assert DatasetDataModule(preset="gsm8k", source=source).stop_strings == ("Question:",)
     assert ArithmeticDataModule().stop_strings == ()
     assert ArithmeticDataModule(prompt_template="Q: {question}\nA:").stop_strings == ("Q:",)
+
+
+FEW_SHOT_ROWS = [
+    {"question": "1+1", "answer": "2"},
+    {"question": "2+2", "answer": "4"},
+    {"question": "3+3", "answer": "6"},
+]
+
+
+def few_shot_module(tmp_path, few_shot: int = 2, **options) -> JsonFilesDataModule:
+    """``FEW_SHOT_ROWS`` as training problems, ``few_shot`` of them shown as examples (two: the third is
+    the one training problem left), and the validation problem ``5+5``."""
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in FEW_SHOT_ROWS))
+    val.write_text(json.dumps({"question": "5+5", "answer": "10"}) + "\n")
+    return JsonFilesDataModule(train_file=str(train), val_file=str(val), few_shot=few_shot, **options)
+
+
+def shots_of(data: JsonFilesDataModule) -> list[dict[str, str]]:
+    """The rows shown as examples: those no longer trained on, in file order."""
+    [left] = data.records["train"]
+    return [row for row in FEW_SHOT_ROWS if row["question"] != left["question"]]
+
+
+def test_plain_few_shot_examples_are_solved_prompts_separated_by_a_blank_line(tmp_path):
+    """Each example is the prompt (question and instruction) as the question's is written, a space and
+    its boxed answer, then a blank line; the question's prompt comes last."""
+    data = few_shot_module(tmp_path, prompt_template="Q: {question}\nA:", instruction="Box it.")
+    data.setup()
+    (first, second) = shots_of(data)
+    expected = (
+        f"Q: {first['question']}\nBox it.\nA: The final answer is \\boxed{{{first['answer']}}}.\n\n"
+        f"Q: {second['question']}\nBox it.\nA: The final answer is \\boxed{{{second['answer']}}}.\n\n"
+        "Q: 5+5\nBox it.\nA:"
+    )
+    assert data.val_examples == [{"prompt": expected, "reference": "10"}]
+
+
+def test_chat_few_shot_examples_are_turns_before_the_question(tmp_path):
+    """The system message, then each example as a user turn (question and instruction) answered by an
+    assistant turn (its boxed answer), then the question's user turn and the assistant's generation
+    prompt."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    tokenizer.chat_template = CHAT_TEMPLATE
+    data = few_shot_module(tmp_path, prompt_format="chat", system_prompt="Be brief.", instruction="Box it.")
+    data.tokenizer = tokenizer
+    data.setup()
+    (first, second) = shots_of(data)
+    expected = (
+        "<|system|>Be brief.\n"
+        f"<|user|>{first['question']}\nBox it.\n"
+        f"<|assistant|>The final answer is \\boxed{{{first['answer']}}}.\n"
+        f"<|user|>{second['question']}\nBox it.\n"
+        f"<|assistant|>The final answer is \\boxed{{{second['answer']}}}.\n"
+        "<|user|>5+5\nBox it.\n<|assistant|>"
+    )
+    assert data.val_examples == [{"prompt": expected, "reference": "10"}]
+
+
+def test_few_shot_examples_are_a_seeded_random_choice_of_the_training_problems(tmp_path):
+    """The same ``seed`` shows the same examples; across seeds the choice moves (it is no fixed choice of
+    the first rows). They are never trained on."""
+    chosen = []
+    for seed in range(8):
+        data = few_shot_module(tmp_path, seed=seed)
+        data.setup()
+        again = few_shot_module(tmp_path, seed=seed)
+        again.setup()
+        assert again.records["train"] == data.records["train"]
+        [left] = data.records["train"]
+        assert left["question"] not in data.val_examples[0]["prompt"]
+        chosen.append(left["question"])
+    assert len(set(chosen)) > 1
+
+
+def test_few_shot_needs_a_training_problem_left_to_train_on(tmp_path):
+    """As many examples as training problems would leave none to train on."""
+    data = few_shot_module(tmp_path, few_shot=3)
+    with pytest.raises(ConfigError) as error:
+        data.setup()
+    assert str(error.value) == "data.few_shot=3 needs more than 3 training problems"
