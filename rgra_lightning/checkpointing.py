@@ -587,8 +587,9 @@ def require_matching_weights(module: LightningModule, checkpoint: dict[str, Any]
         if base:  # a local copy of the same model is as likely as another one: said, not refused
             loaded = "LoRA adapters over" if module.hparams.get("lora") else "weights with the tokenizer of"
             rank_zero_warn(
-                f"{other_settings(ckpt_path, base)}: its {loaded} the model this run names are evaluated; "
-                f"give the config it was trained with ({SAVED}) unless both name the same model"
+                f"{other_settings(ckpt_path, base)}: evaluating its {loaded} the model as this config "
+                f"loads it; give the config it was trained with ({SAVED}) if that is not the model it was "
+                "trained on"
             )
         return
     # The settings that make the weights (learning_rate and the like change none, and would bury them);
@@ -702,8 +703,8 @@ class ExactResume(Callback):
     non-finite stop, from inside ``training_step``) records the data position and RNG states as of that
     batch's start, so the resumed run samples and trains that batch again. The loader gets the
     ``DistributedSampler`` Lightning would give it with several processes, with one process too: then
-    update k trains on the same prompts on any number of processes of the same prompts per update (its
-    N ranks' batches of epoch e are consecutive slices of one permutation of epoch e), and a run resumed
+    rollout batch k holds the same prompts on any number of processes of the same prompts per update
+    (together, N ranks' k-th batches of epoch e are one slice of epoch e's permutation), and a run resumed
     on another number of processes (``require_same_run``) goes on with the prompts the interrupted run
     would have had. Each rank skips the batches it has trained on in the epoch; the RNG states of every
     rank are saved, and each rank restores its own (on another number: ``on_train_start``).
@@ -714,6 +715,7 @@ class ExactResume(Callback):
         self._restored_rng: dict[str, Any] | None = None
         self._restored_position: dict[str, Any] | None = None
         self._batch_start_rng: dict[str, Any] | None = None  # set while a batch is being trained
+        self._older_checkpoint = False  # one without ``PROCESSES``: before one process shuffled as N do
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
@@ -796,12 +798,20 @@ class ExactResume(Callback):
         loader_states = fit_loop.get("combined_loader") or [{}]
         if "generator_state" in loader_states[0]:
             self._restored_position = loader_states[0]
+        self._older_checkpoint = PROCESSES not in checkpoint  # Lightning calls load_state_dict next
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         rng = state_dict["rng"]
         self._restored_rng = rng if isinstance(rng, list) else [rng]  # older checkpoints: one process
         if state_dict.get("data_position") is not None:
             self._restored_position = state_dict["data_position"]
+        position = self._restored_position or {}
+        if self._older_checkpoint and len(self._restored_rng) == 1 and position.get("trained_batches", 0) > 0:
+            rank_zero_warn(
+                "the checkpoint was written on one process by an older version, which shuffled the "
+                "training data otherwise: if it stopped inside an epoch, the rest of that epoch follows the "
+                "new order, so some of the epoch's problems may be trained on twice and others not at all"
+            )
 
 
 # Frozen submodules of the RL module, reloaded from their model paths, so left out of checkpoints.
@@ -900,6 +910,15 @@ def require_same_run(
         adjusted.append(_described(("trainer.precision", saved_precision, str(trainer.precision))))
     if adjusted and trainer is not None:
         rank_zero_warn(f"resuming {ckpt_path} with {'; '.join(adjusted)}: the new values apply from here on")
+
+
+def check_resumed_fit(checkpoint: Mapping[str, Any], module: LightningModule) -> None:
+    """``require_same_run`` as Lightning loads a fit's checkpoint into ``module``: the CLI refused a
+    checkpoint of other settings before the fit started; its warnings (a changed learning rate, precision)
+    are given here. Nothing outside a fit."""
+    trainer = module._trainer
+    if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+        require_same_run(checkpoint, trainer.ckpt_path, module, trainer.datamodule, trainer.world_size)
 
 
 # The checkpoint keys for what the trainer's settings, which checkpoints do not hold, made of the run

@@ -25,9 +25,9 @@ from torch import Tensor
 from rewards import MathVerifier, Verifier
 from rgra_lightning.checkpointing import (
     FROZEN_PREFIXES,
+    check_resumed_fit,
     record_trainer_settings,
     reloaded_state_keys,
-    require_same_run,
     warn_unless_resumable,
 )
 from rgra_lightning.distributed import (
@@ -325,9 +325,7 @@ class RLModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.checkpoint_step = checkpoint.get("global_step")
-        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
-            trainer = self.trainer
-            require_same_run(checkpoint, trainer.ckpt_path, self, trainer.datamodule, trainer.world_size)
+        check_resumed_fit(checkpoint, self)
         if "state_dict" in checkpoint:  # FSDP2: loaded already, in place
             saved, current = checkpoint["state_dict"], self.state_dict()
             # An FSDP2 run's checkpoints keep its frozen models (``on_save_checkpoint``): this module, built

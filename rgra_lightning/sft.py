@@ -32,6 +32,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
 from rgra_lightning.checkpointing import (
+    check_resumed_fit,
     record_trainer_settings,
     reloaded_state_keys,
     warn_unless_resumable,
@@ -251,6 +252,7 @@ class SFTModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Put back what ``on_save_checkpoint`` left out, from the weights loaded from ``model_path``."""
+        check_resumed_fit(checkpoint, self)
         current = self.state_dict()
         reloaded = reloaded_state_keys(self, lora=self.hparams.lora is not None)
         checkpoint["state_dict"].update({key: current[key] for key in reloaded})

@@ -1277,6 +1277,29 @@ class Numbers(LightningDataModule):
         )
 
 
+def test_a_one_process_checkpoint_of_the_older_order_resumed_inside_an_epoch_warns():
+    """Checkpoints without ``PROCESSES`` predate one process's ``DistributedSampler`` order: resumed inside
+    an epoch on one process, that epoch's rest comes from the new order (said); a checkpoint of several
+    processes kept its order, one at an epoch's start has no rest, one of this version says nothing."""
+    position = {"generator_state": torch.Generator().manual_seed(5).get_state(), "trained_batches": 2}
+
+    def warned(checkpoint: dict, rng: list, trained_batches: int) -> bool:
+        restored = ExactResume()
+        restored.on_load_checkpoint(None, None, checkpoint)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            restored.load_state_dict(
+                {"rng": rng, "data_position": position | {"trained_batches": trained_batches}}
+            )
+        return any("written on one process by an older version" in str(w.message) for w in caught)
+
+    one, two = [rng_states()], [rng_states(), rng_states()]
+    assert warned({}, one, 2)
+    assert not warned({}, one, 0)
+    assert not warned({}, two, 2)
+    assert not warned({PROCESSES: 1}, one, 2)
+
+
 def test_a_restored_data_position_applies_to_the_first_training_loader_only():
     """The loader built first after loading a checkpoint continues at its data position; one built again
     (``reload_dataloaders_every_n_epochs``) starts its epoch from its own generator, as in an uninterrupted

@@ -305,9 +305,9 @@ def test_evaluating_a_checkpoint_of_other_settings_or_no_checkpoint_is_one_line(
         main(other_base)
     expected = (
         f"checkpoint {last} was trained with other settings than this run's (model.model_path: "
-        f"'{TINY_POLICY}' in the checkpoint, '{copy}' now): its LoRA adapters over the model this run names "
-        "are evaluated; give the config it was trained with (saved as config.yaml in its log directory) "
-        "unless both name the same model"
+        f"'{TINY_POLICY}' in the checkpoint, '{copy}' now): evaluating its LoRA adapters over the model as "
+        "this config loads it; give the config it was trained with (saved as config.yaml in its log "
+        "directory) if that is not the model it was trained on"
     )
     assert expected in [str(warning.message) for warning in warned]
     samples = tmp_path / "samples.jsonl"

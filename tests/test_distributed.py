@@ -703,7 +703,7 @@ def test_a_two_process_run_resumed_mid_epoch_continues_as_an_uninterrupted_one(
     assert len(set(uninterrupted["train/loss"].values())) == 6  # the steps differ: the check can fail
 
 
-@pytest.mark.slow  # about 2 minutes on the shared 2 cores
+@pytest.mark.slow  # about 1 minute on the shared 2 cores
 def test_token_mean_under_ddp_and_fsdp2_is_the_token_mean_of_the_global_batch(fixed_prompts, tmp_path):
     """``aggregation: token_mean`` divides by the trained tokens of the whole global batch, as one process
     does, though each rank holds another number of them (completions of other lengths): DDP and FSDP2

@@ -459,6 +459,23 @@ def test_the_paper_ft_config_is_the_rl_config_with_the_sft_preset(monkeypatch):
     assert llama["data"]["init_args"]["chat_template_kwargs"] == {"date_string": "26 Jul 2024"}
 
 
+def test_an_sft_fit_resumed_in_another_precision_or_learning_rate_says_so(tmp_path):
+    """As an RL fit: the checkpoint records the precision, and the resume names both changes in a warning
+    (the CLI's check before the fit is silent; the module's as Lightning loads the checkpoint speaks)."""
+    rl, sft = rl_and_sft_configs(tmp_path, None)
+    main(["fit", "--config", str(rl), "--config", str(sft), "--trainer.max_steps=2"])
+    last = tmp_path / "runs" / "sft" / "checkpoints" / "last.ckpt"
+    changed = ["--trainer.precision=bf16-mixed", "--model.init_args.learning_rate=0.005"]
+    configs = ["--config", str(rl), "--config", str(sft)]
+    resume = ["fit", *configs, "--trainer.max_steps=3", "--ckpt_path", "last"]
+    with pytest.warns(UserWarning) as caught:
+        assert main([*resume, *changed]).trainer.global_step == 3
+    assert [str(warning.message) for warning in caught if "resuming" in str(warning.message)] == [
+        f"resuming {last} with model.learning_rate: 0.01 in the checkpoint, 0.005 now; trainer.precision: "
+        "'32-true' in the checkpoint, 'bf16-mixed' now: the new values apply from here on"
+    ]
+
+
 def rl_and_sft_configs(tmp_path: Path, lora: dict | None) -> tuple[Path, Path]:
     """A small RL config on the tiny policy (run ``rl``; KL to a frozen reference: a full copy without
     LoRA) and an SFT preset over it like configs/paper/gsm8k-sft.yaml (run ``sft``): its checkpoints go to
