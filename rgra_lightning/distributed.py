@@ -260,6 +260,17 @@ _stopped_by = signal.SIGTERM  # the signal that stopped the latest fit (``Agreed
 _requeue_signal: int | None = None  # SLURM's requeue signal where the latest fit took it over
 
 
+def token_share(trainer: Trainer, tokens: Tensor) -> Tensor | float:
+    """This rank's ``tokens`` ``[]`` (of a loss that is their mean) over the ranks' mean count; 1 on one
+    process. DDP and FSDP2 average the ranks' gradients, so the ranks' token means, each weighted by its
+    share, average to the token mean of the global batch, as one process computes it. 0 where no rank
+    has a token (a loss of none is 0 anyway)."""
+    if trainer.world_size == 1:
+        return 1.0
+    mean = trainer.strategy.reduce(tokens.float(), reduce_op="mean")
+    return tokens.float() / mean.clamp(min=1 / trainer.world_size)
+
+
 def separate_rank_streams(world_size: int, rank: int, resumed_at: int | None = None) -> None:
     """Reseed torch's generators (the CPU's and every CUDA device's) of process ``rank`` of ``world_size``
     from the run's seed and the rank, and ``resumed_at``, the update a fit resumed on another number of

@@ -37,7 +37,7 @@ from rgra_lightning.checkpointing import (
     reloaded_state_keys,
     warn_unless_resumable,
 )
-from rgra_lightning.distributed import with_distributed_sampler
+from rgra_lightning.distributed import token_share, with_distributed_sampler
 from rgra_lightning.errors import ConfigError, require_valid
 from rgra_lightning.logprobs import token_logprobs
 from rgra_lightning.models import LoraConfig, load_policy
@@ -168,8 +168,9 @@ class SFTModule(LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss, tokens, cut = self.target_loss(batch)
+        loss = loss * token_share(self.trainer, tokens)  # several processes: the global batch's token mean
         size = len(batch["prompt"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
         self.log("train/target_tokens", tokens.float(), batch_size=size)
         self.log("train/truncated", float(cut), batch_size=size)
         return loss

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LRScheduler
 
-from rgra_lightning.distributed import no_gradient_sync
+from rgra_lightning.distributed import no_gradient_sync, token_share
 from rgra_lightning.errors import ConfigError, NonFiniteTrainingError, require_valid
 from rgra_lightning.experience import Experience
 from rgra_lightning.logprobs import MicroBatch, check_token_budget, micro_batches, token_logprobs
@@ -249,14 +249,9 @@ class PolicyUpdate:
         return stats
 
     def _token_share(self, trainer: Trainer, tokens: Tensor) -> Tensor | float:
-        """With ``token_mean`` on several processes, this rank's trained ``tokens`` over the ranks' mean
-        count: DDP and FSDP2 average the ranks' gradients, so the ranks' token means, each weighted by its
-        share, average to the token mean of the global mini-batch, as on one process (TRL's ``"dapo"``).
-        1 otherwise: the ranks hold equal numbers of rows, which the other aggregations divide by."""
-        if self.loss.aggregation != "token_mean" or trainer.world_size == 1:
-            return 1.0
-        mean = trainer.strategy.reduce(tokens.float(), reduce_op="mean")
-        return tokens.float() / mean.clamp(min=1 / trainer.world_size)  # 0 where no rank trains a token
+        """``distributed.token_share`` with ``token_mean`` (TRL's ``"dapo"`` divides by the global count
+        too); 1 otherwise: the ranks hold equal numbers of rows, which the other aggregations divide by."""
+        return token_share(trainer, tokens) if self.loss.aggregation == "token_mean" else 1.0
 
     def _skip_nonfinite(self, module: LightningModule, loss: Tensor, grad_norm: Tensor) -> bool:
         """Whether this update must be skipped because its loss or gradient norm is NaN/inf (on any rank).

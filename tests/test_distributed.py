@@ -69,6 +69,7 @@ from rgra_lightning.rollout.vllm import vllm_weights
 from tests.conftest import FAST, ROOT, TINY_POLICY, assert_close_normwise, rounding_rtol
 from tests.conftest import sample as sample_rollout
 from tests.reward_models.conftest import save_classifier, verifier_plus_reward_model
+from tests.test_sft import rl_and_sft_configs
 from tests.tiny_models import tiny_policy
 
 TRAIN_PROMPTS = ["3+4", "9-2", "6*7", "8+5"]
@@ -713,6 +714,39 @@ def test_token_mean_under_ddp_and_fsdp2_is_the_token_mean_of_the_global_batch(fi
     for name, strategy in (("ddp", "ddp"), ("fsdp", FSDP2)):
         two = fixed_prompts(name, batch_size=2, **two_processes(tmp_path, name, strategy), **token_mean)
         assert_matches(fit(two), single, 4)
+
+
+@pytest.mark.slow  # about 1 minute on the shared 2 cores
+def test_sft_under_ddp_trains_on_the_token_mean_of_the_global_batch(tmp_path):
+    """SFTModule's loss is a token mean over the targets: 2 processes x 2 problems, worked solutions of very
+    different lengths (so the ranks hold other numbers of target tokens), take the one-process x 4 loss
+    and gradient at each of 3 updates, the same problems in each (``ExactResume``'s order), not the mean
+    of the two ranks' token means."""
+    rl, sft = rl_and_sft_configs(tmp_path, None)
+    rows = []
+    for a in range(1, 9):  # every other solution 12 times as long
+        steps = f"{a} plus 1 is {a + 1}. " * (12 if a % 2 else 1)
+        rows.append(json.dumps({"question": f"{a}+1", "answer": f"{steps}\n#### {a + 1}"}))
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    data = {
+        "class_path": "rgra_lightning.JsonFilesDataModule",
+        "init_args": {
+            "train_file": str(tmp_path / "train.jsonl"),
+            "val_file": str(tmp_path / "train.jsonl"),
+            "reference_format": "gsm8k_solution",
+        },
+    }
+
+    def run(name: str, *args: str) -> dict[str, dict[int, float]]:
+        named = f"--trainer.logger.init_args.name={name}"
+        launch("fit", rl, "--config", str(sft), f"--data={json.dumps(data)}", named, *args, seeded=False)
+        return scalars(tmp_path / "runs" / name)
+
+    one = run("one", "--data.init_args.batch_size=4")
+    two = run("two", "--trainer.devices=2", "--trainer.strategy=ddp", "--data.init_args.batch_size=2")
+    for tag in ("train/loss", "train/grad_norm"):
+        assert sorted(two[tag]) == sorted(one[tag]) and len(one[tag]) == 3, tag
+        assert_steps_match(two[tag], one[tag], sorted(one[tag]), tag)
 
 
 ONE_PROCESS_FSDP2 = {
