@@ -651,6 +651,33 @@ class RankDependentDraws(Callback):
         torch.rand(trainer.global_rank + 1)
 
 
+def eight_prompts(small_config, tmp_path: Path, run: str, callbacks: list[dict], **overrides: object) -> Path:
+    """A small RGRA config (``tmp_path / f"{run}.yaml"``, where ``fit`` reads its logs) training on 8 prompts
+    of 4 tokens each with "=" (no padding), checkpointed at every update into ``tmp_path / run``, with
+    ``ExactResume``, then ``callbacks``, and ``overrides``."""
+    prompts = ["3+4", "9-2", "6*7", "8+5", "2+7", "9*3", "7-4", "5+5"]
+    lines = [f'{{"question": "{p}", "answer": "{eval(p)}"}}' for p in prompts]  # noqa: S307
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    checkpoint = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"dirpath": str(tmp_path / run), "save_last": True, "every_n_train_steps": 1},
+    }
+    settings = {
+        "data.init_args.train_file": str(tmp_path / "train.jsonl"),
+        "data.init_args.val_file": str(tmp_path / "train.jsonl"),
+        "model.init_args.validate_before_training": False,
+        "trainer.limit_val_batches": 0,
+        "trainer.logger.init_args.save_dir": str(tmp_path / run),
+        "trainer.callbacks": [
+            checkpoint,
+            {"class_path": "rgra_lightning.checkpointing.ExactResume"},
+            *callbacks,
+        ],
+    }
+    config = small_config("rgra", data_module="JsonFilesDataModule", **settings | overrides)
+    return config.rename(tmp_path / f"{run}.yaml")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", FSDP2], ids=["ddp", "fsdp2"])
 def test_a_two_process_run_resumed_mid_epoch_continues_as_an_uninterrupted_one(
@@ -663,33 +690,11 @@ def test_a_two_process_run_resumed_mid_epoch_continues_as_an_uninterrupted_one(
     on each rank, which its losses and gradient norms show. Lightning alone would restart the epoch and
     restore no RNG; rank 0's RNG states restored on both ranks would change rank 1's samples, since the
     ranks' streams differ (``RankDependentDraws``)."""
-    prompts = ["3+4", "9-2", "6*7", "8+5", "2+7", "9*3", "7-4", "5+5"]  # 4 tokens each with "=": no padding
-    lines = [f'{{"question": "{p}", "answer": "{eval(p)}"}}' for p in prompts]  # noqa: S307
-    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
 
     def config(run: str) -> Path:
-        checkpoint = {
-            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"dirpath": str(tmp_path / run), "save_last": True, "every_n_train_steps": 1},
-        }
-        overrides = {
-            "data.init_args.train_file": str(tmp_path / "train.jsonl"),
-            "data.init_args.val_file": str(tmp_path / "train.jsonl"),
-            "data.init_args.batch_size": 1,
-            "model.init_args.validate_before_training": False,
-            "trainer.limit_val_batches": 0,
-            "trainer.logger.init_args.save_dir": str(tmp_path / run),
-            "trainer.devices": 2,
-            "trainer.strategy": strategy,
-            "trainer.callbacks": [
-                checkpoint,
-                {"class_path": "rgra_lightning.checkpointing.ExactResume"},
-                {"class_path": "tests.test_distributed.RankDependentDraws"},
-            ],
-        }
-        return small_config("rgra", data_module="JsonFilesDataModule", **overrides).rename(
-            tmp_path / f"{run}.yaml"
-        )
+        draws = {"class_path": "tests.test_distributed.RankDependentDraws"}
+        settings = {"data.init_args.batch_size": 1, "trainer.devices": 2, "trainer.strategy": strategy}
+        return eight_prompts(small_config, tmp_path, run, [draws], **settings)
 
     uninterrupted = fit(config("whole"), "--trainer.max_steps=6", seeded=False)
     resumed_config = config("resumed")
@@ -766,30 +771,15 @@ def test_a_two_process_run_resumed_on_one_process_trains_on_the_prompts_it_would
     completions seeded by (prompt, update), the rewards are the uninterrupted run's and the losses and
     gradient norms differ by rounding only. Resuming on one process x 2 prompts, half the prompts per
     update, is refused in one line before the fit starts."""
-    prompts = ["3+4", "9-2", "6*7", "8+5", "2+7", "9*3", "7-4", "5+5"]  # 4 tokens each with "=": no padding
-    lines = [f'{{"question": "{p}", "answer": "{eval(p)}"}}' for p in prompts]  # noqa: S307
-    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
 
     def config(run: str, processes: int) -> Path:
-        checkpoint = {
-            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"dirpath": str(tmp_path / run), "save_last": True, "every_n_train_steps": 1},
-        }
-        overrides = {
-            "data.init_args.train_file": str(tmp_path / "train.jsonl"),
-            "data.init_args.val_file": str(tmp_path / "train.jsonl"),
+        settings = {
             "data.init_args.batch_size": 4 // processes,
-            "model.init_args.validate_before_training": False,
             "model.init_args.sampling.max_new_tokens": 16,
-            "trainer.limit_val_batches": 0,
-            "trainer.logger.init_args.save_dir": str(tmp_path / run),
             "trainer.devices": processes,
             "trainer.strategy": strategy if processes == 2 else one_process,
-            "trainer.callbacks": [checkpoint, {"class_path": "rgra_lightning.checkpointing.ExactResume"}],
         }
-        return small_config("rgra", data_module="JsonFilesDataModule", **overrides).rename(
-            tmp_path / f"{run}.yaml"  # where ``fit`` reads the run's logs
-        )
+        return eight_prompts(small_config, tmp_path, run, [], **settings)
 
     uninterrupted = fit(config("whole", 2), "--trainer.max_steps=4")
     fit(config("resumed", 2), "--trainer.max_steps=1")
