@@ -732,8 +732,8 @@ class ExactResume(Callback):
                     " not see the same batches as an uninterrupted one."
                 )
                 return loader
-            # One process too: its order is then the union of what N processes' ranks draw at each update
-            # (with N times smaller batches), so a run resumed on another number of processes continues.
+            # One process too: its k-th batch then holds what N processes' k-th batches hold together (of
+            # N times fewer prompts each), so a run resumed on another number of processes continues.
             one = {"num_replicas": 1, "rank": 0}
             ranks = getattr(trainer.strategy, "distributed_sampler_kwargs", None) or one
             self._loader = ResumableLoader(with_distributed_sampler(loader, ranks))
@@ -885,8 +885,8 @@ def require_same_run(
     a run with other settings may have written), and a changed batch size would also misplace the data
     position that ``ExactResume`` restores; a checkpoint of another kind of module is named as such
     (``other_module``). On another number of ``processes`` (the world size) than the checkpoint's,
-    ``data.batch_size`` must change with it to keep the prompts per update (an update then trains on the
-    prompts it would have had: ``ExactResume``). The settings of ``RESUMABLE_SETTINGS`` and
+    ``data.batch_size`` must change with it to keep the prompts per update (the rollout batches then hold
+    the prompts they would have had: ``ExactResume``). The settings of ``RESUMABLE_SETTINGS`` and
     ``ADJUSTABLE_SETTINGS`` may differ; a changed adjustable one is named in a warning when Lightning
     loads the checkpoint into the module (the CLI's check before the fit starts stays silent), and so is
     another ``trainer.precision`` than the checkpoint's (``PRECISION``)."""
