@@ -468,3 +468,102 @@ def test_a_lora_policy_is_merged_on_a_cpu_copy_with_the_same_weights(monkeypatch
     assert merged.model.embed_tokens.weight.dtype == torch.float32
     assert not hasattr(merged, "peft_config") or not merged.peft_config
     assert layer.base_layer.weight.dtype == torch.bfloat16 and hasattr(policy, "merge_and_unload")
+
+
+def test_a_gathered_state_dict_is_saved_as_given_with_a_tied_weight_once(tmp_path):
+    """An FSDP2 policy's full state dict (``ExportHuggingFace``) names the tied head's weight twice, as
+    ``model.embed_tokens.weight`` and ``lm_head.weight``: the export saves the given tensors, not the
+    policy's, the tied one once, and the directory loads with the head tied to the embedding."""
+    from transformers import AutoModelForCausalLM
+
+    policy = load_causal_lm(str(TINY_POLICY))
+    gathered = {name: value + 1 for name, value in policy.state_dict().items()}
+    assert "lm_head.weight" in gathered and "model.embed_tokens.weight" in gathered
+    output = export_policy(
+        policy, load_tokenizer(str(TINY_POLICY)), str(tmp_path / "hf"), state_dict=gathered
+    )
+    saved = load_file(output / "model.safetensors")
+    assert set(saved) == set(gathered) - {"lm_head.weight"}
+    assert all(torch.equal(value, gathered[name]) for name, value in saved.items())
+    exported = AutoModelForCausalLM.from_pretrained(output)
+    assert exported.lm_head.weight is exported.model.embed_tokens.weight
+    assert torch.equal(exported.lm_head.weight, gathered["model.embed_tokens.weight"])
+
+
+def test_a_merged_lora_export_is_the_base_plus_alpha_over_rank_b_a_once(tmp_path):
+    """Rank 2, alpha 4: each adapted weight is exported as W + 2 B A, computed here by hand in float32
+    (merged once: not W, not W + 4 B A), with the tied head equal to the untouched embedding, and every
+    other weight the base's."""
+    policy = _trained_lora_policy(std=0.05)
+    base = load_causal_lm(str(TINY_POLICY)).state_dict()
+    output = export_policy(policy, load_tokenizer(str(TINY_POLICY)), str(tmp_path / "merged"))
+    saved = load_file(output / "model.safetensors")
+    assert set(saved) == set(base) - {"lm_head.weight"}
+    adapted = {
+        name.removeprefix("base_model.model.") + ".weight": module
+        for name, module in policy.named_modules()
+        if hasattr(module, "lora_A")
+    }
+    assert len(adapted) == 21
+    for name, value in saved.items():
+        expected = base[name]
+        if name in adapted:
+            layer = adapted[name]
+            B, A = layer.lora_B["default"].weight.detach(), layer.lora_A["default"].weight.detach()
+            expected = base[name] + (B @ A) * 2.0
+            assert not torch.equal(expected, base[name]), name
+        assert value.dtype == torch.float32 and torch.equal(value, expected), name
+    # the policy itself keeps its adapters, unmerged over its base weights
+    assert not any(layer.merged for layer in adapted.values())
+    assert all(torch.equal(layer.base_layer.weight, base[name]) for name, layer in adapted.items())
+    exported = json.loads((output / "config.json").read_text())
+    assert exported["tie_word_embeddings"] is True and "lora" not in json.dumps(exported).lower()
+
+
+def test_an_adapter_only_export_leaves_a_hub_base_name_as_it_is(tmp_path):
+    """Only a relative local directory is made absolute; a hub name (owner/name) is not a path."""
+    policy = add_lora(load_causal_lm(str(TINY_POLICY)), LoraConfig(rank=2))
+    policy.peft_config["default"].base_model_name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    output = export_policy(
+        policy, load_tokenizer(str(TINY_POLICY)), str(tmp_path / "adapter"), adapter_only=True
+    )
+    settings = json.loads((output / "adapter_config.json").read_text())
+    assert settings["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (settings["r"], settings["lora_alpha"]) == (2, 32.0)
+
+
+SMOLLM2 = ROOT / "models" / "smollm2-135m-instruct"
+
+
+def test_an_export_keeps_the_tokenizers_chat_template_and_special_tokens(tmp_path):
+    """SmolLM2's tokenizer (ChatML template, EOS ``<|im_end|>`` padding) exported beside the tiny policy
+    loads with the same template and tokens."""
+    if not (SMOLLM2 / "tokenizer.json").is_file():
+        pytest.skip(f"no {SMOLLM2} (rgra export gguf-to-hf writes it)")
+    tokenizer = load_tokenizer(str(SMOLLM2))
+    assert tokenizer.chat_template
+    output = export_policy(load_causal_lm(str(TINY_POLICY)), tokenizer, str(tmp_path / "hf"))
+    exported = load_tokenizer(str(output))
+    assert exported.chat_template == tokenizer.chat_template
+    assert (exported.eos_token, exported.pad_token) == ("<|im_end|>", "<|im_end|>")
+    messages = [{"role": "user", "content": "1+1="}]
+    assert exported.apply_chat_template(messages, tokenize=False) == tokenizer.apply_chat_template(
+        messages, tokenize=False
+    )
+    assert tokenizer.chat_template  # the tokenizer keeps it too
+
+
+def test_gguf_to_hf_writes_the_dtype_asked_for(tmp_path, monkeypatch, capsys):
+    asked = []
+
+    def convert(model_path: str, gguf_file: str, output_dir: str, dtype: str) -> Path:
+        asked.append((model_path, gguf_file, dtype))
+        (Path(output_dir) / "config.json").write_text("{}")
+        return Path(output_dir)
+
+    monkeypatch.setattr("rgra_lightning.export.gguf_to_hf", convert)
+    for dtype in (["--dtype", "bfloat16"], []):
+        export_main(
+            ["gguf-to-hf", "--model-path", "m", "--gguf-file", "m.gguf", "--output", str(tmp_path), *dtype]
+        )
+    assert asked == [("m", "m.gguf", "bfloat16"), ("m", "m.gguf", "float32")]

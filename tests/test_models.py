@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import re
 import shutil
 import socket
 import warnings
@@ -11,7 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rgra_lightning.cli import main
 from rgra_lightning.config_files import compose
@@ -26,12 +28,16 @@ from rgra_lightning.models import (
     built_empty,
     clear_quantization,
     enable_activation_checkpointing,
+    freeze,
     gguf_to_hf,
     hub_resolves,
+    is_activation_checkpointing,
     load_causal_lm,
+    load_policy,
     load_tokenizer,
     resolve_path,
     with_weights,
+    without_dropout,
 )
 from rgra_lightning.rehearsal import GPU_RUNS
 from rgra_lightning.rollout import SamplingConfig
@@ -54,6 +60,16 @@ def test_tokenizer_without_pad_token_pads_with_eos(tmp_path):
     (model / "tokenizer_config.json").write_text(json.dumps(settings))
     tokenizer = load_tokenizer(str(model))
     assert tokenizer.pad_token == tokenizer.eos_token and tokenizer.padding_side == "left"
+    assert (tokenizer.pad_token, tokenizer.pad_token_id) == ("<eos>", 1)
+
+
+def test_a_tokenizer_with_its_own_pad_token_keeps_it():
+    """The tiny policy's tokenizer pads with ``<pad>`` (id 0, its config's pad_token_id), not with EOS
+    (``<eos>``, id 1): padding with EOS would mask the EOS that ends a completion."""
+    tokenizer = load_tokenizer(str(TINY_POLICY))
+    assert (tokenizer.pad_token, tokenizer.pad_token_id) == ("<pad>", 0)
+    assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("<eos>", 1)
+    assert tokenizer.padding_side == "left"
 
 
 def test_missing_model_directory_says_so(small_config, tmp_path, capsys):
@@ -160,11 +176,16 @@ def lora_config(small_config, **overrides):
 @pytest.mark.parametrize(
     "targets, message",
     [
-        (["embed_tokens", "q_proj"], r"\['embed_tokens'\] share their weights"),  # tied to the output head
-        (["lm_head"], r"\['lm_head'\] share their weights"),
-        (["norm"], "is not supported"),  # not a linear layer
-        (["mlp"], "is not supported"),  # peft prints the whole module, over several lines
-        (["no_such_layer"], "not found in the base model"),
+        # tied to the output head
+        (["embed_tokens", "q_proj"], r"^model\.lora\.target_modules \['embed_tokens'\] share their weights"),
+        (["lm_head"], r"^model\.lora\.target_modules \['lm_head'\] share their weights"),
+        (["norm"], r"^model\.lora\.target_modules=\['norm'\]: .*is not supported"),  # not a linear layer
+        # peft prints the whole module, over several lines
+        (["mlp"], r"^model\.lora\.target_modules=\['mlp'\]: .*is not supported"),
+        (
+            ["no_such_layer"],
+            r"^model\.lora\.target_modules=\['no_such_layer'\]: .*not found in the base model",
+        ),
     ],
 )
 def test_lora_targets_that_cannot_be_trained_and_merged_faithfully_are_refused(targets, message):
@@ -336,6 +357,32 @@ def test_activation_checkpointing_recomputes_each_layer_and_leaves_the_gradients
         assert_close_normwise(checkpointed[name], grad, rtol, name)
 
 
+def test_activation_checkpointing_is_non_reentrant_so_gradients_of_chosen_weights_can_be_asked_for():
+    """Reentrant checkpointing runs each layer's backward as a separate pass, so ``torch.autograd.grad``
+    sees the adapters inside the layers as unused ("appears to not have been used in the graph");
+    non-reentrant checkpointing serves it: the adapters' gradients asked for alone are those of the policy
+    without checkpointing (the same seed, so the same adapters)."""
+    ids = torch.tensor([[5, 9, 13, 21, 8]])
+
+    def adapter_gradients(checkpointing: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        policy = add_lora(load_causal_lm(str(TINY_POLICY)), LoraConfig(rank=2))
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.05)
+        if checkpointing:
+            enable_activation_checkpointing(policy)
+        adapters = [p for p in policy.parameters() if p.requires_grad]
+        logp = torch.log_softmax(policy(ids).logits[0, :-1], dim=-1).gather(-1, ids[0, 1:, None])
+        return torch.autograd.grad(logp.sum(), adapters)
+
+    checkpointed, plain = adapter_gradients(True), adapter_gradients(False)
+    assert len(checkpointed) == 2 * 21 and all(grad.norm() > 0 for grad in checkpointed)
+    rtol = rounding_rtol(torch.float32, 384 * ids.numel())
+    for index, (grad, expected) in enumerate(zip(checkpointed, plain, strict=True)):
+        assert_close_normwise(grad, expected, rtol, f"adapter {index}")
+
+
 def test_a_gguf_model_whose_weights_stayed_quantised_is_refused():
     """transformers may keep some architectures' GGUF weights packed (integer tensors, frozen): such a
     model would train only its other parameters and export nothing of those, with no error."""
@@ -367,3 +414,132 @@ def test_built_empty_reads_a_gguf_model_whole_as_transformers_de_quantises_it_an
     with built_empty():  # the same call with safetensors weights builds the model empty
         empty = load_causal_lm(str(TINY_POLICY))
     assert all(parameter.is_meta for parameter in empty.parameters())
+
+
+# ------------------------------------------------------------------------ dtypes, LoRA, GGUF, frozen models
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_a_model_loads_in_train_mode_with_every_weight_in_the_dtype_asked_for(dtype):
+    model = load_causal_lm(str(TINY_POLICY), dtype=dtype)
+    assert model.training
+    assert {parameter.dtype for parameter in model.parameters()} == {getattr(torch, dtype)}
+    # RoPE's frequencies stay float32 whatever the weights' dtype
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+
+
+def test_an_unknown_dtype_is_refused_naming_the_option():
+    message = "model.dtype='float64' is not one of ['float32', 'bfloat16', 'float16']"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        load_causal_lm(str(TINY_POLICY), dtype="float64")
+
+
+def test_lora_rank_and_alpha_must_be_positive():
+    with pytest.raises(ConfigError, match=r"^model\.lora\.rank must be >= 1, got 0$"):
+        LoraConfig(rank=0)
+    with pytest.raises(ConfigError, match=r"^model\.lora\.alpha must be > 0, got 0$"):
+        LoraConfig(alpha=0)
+    assert LoraConfig(rank=1, alpha=0.5).rank == 1  # the smallest of each is taken
+
+
+def test_all_linear_lora_adapts_every_decoder_linear_layer_scaled_by_alpha_over_rank_without_dropout():
+    """The tiny policy has 3 layers of 7 linear layers (q, k, v, o; gate, up, down): 21 adapters, none on
+    the output head tied to the embedding. Rank 4, alpha 2: scaling 2 / 4 = 0.5 (not alpha / sqrt(r) = 1,
+    rsLoRA's). Over a bf16 base the adapters (A: 4 x 128; B: out x 4, zero) are float32 and all that
+    trains, with no dropout, so that the wrapped policy starts as the base model."""
+    base = load_causal_lm(str(TINY_POLICY), dtype="bfloat16")
+    ids = torch.tensor([[5, 9, 13, 21]])
+    with torch.no_grad():
+        expected = base(ids).logits
+    policy = add_lora(base, LoraConfig(rank=4, alpha=2.0))
+    adapted = {
+        name.removeprefix("base_model.model.")
+        for name, module in policy.named_modules()
+        if hasattr(module, "lora_A")
+    }
+    kinds = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
+    kinds += ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    assert adapted == {f"model.layers.{i}.{kind}" for i in range(3) for kind in kinds}
+    for name in adapted:
+        layer = policy.base_model.model.get_submodule(name)
+        assert layer.r["default"] == 4 and layer.scaling["default"] == 0.5, name
+        assert isinstance(layer.lora_dropout["default"], torch.nn.Identity), name
+        assert layer.lora_A["default"].weight.shape == (4, layer.in_features)
+        assert layer.lora_B["default"].weight.shape == (layer.out_features, 4)
+        assert not layer.lora_B["default"].weight.any()
+    trainable = {name: p for name, p in policy.named_parameters() if p.requires_grad}
+    assert len(trainable) == 2 * 21 and all("lora_" in name for name in trainable)
+    assert {p.dtype for p in trainable.values()} == {torch.float32}
+    assert {p.dtype for p in policy.parameters() if not p.requires_grad} == {torch.bfloat16}
+    with torch.no_grad():
+        assert torch.equal(policy(ids).logits, expected)
+
+
+def test_a_gguf_model_loads_as_a_plain_model_without_its_quantizer_marks(tmp_path, monkeypatch):
+    """transformers de-quantises a GGUF file's weights but marks the model quantised (its quantizer, the
+    config's quantization_config), and refuses to save it so: the loader drops the marks."""
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    tiny = load_causal_lm(str(TINY_POLICY))
+    tiny.config.quantization_config = {"quant_method": "gguf"}
+    tiny.hf_quantizer, tiny.is_quantized = object(), True
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda path, **kwargs: tiny)
+    model = load_causal_lm(str(tmp_path), "model.gguf")
+    assert model is tiny and model.training
+    assert model.hf_quantizer is None and model.is_quantized is False
+    assert not hasattr(model.config, "quantization_config")
+    assert "quantization_config" not in model.config.to_dict()
+
+
+def test_gguf_to_hf_writes_a_plain_directory_in_the_dtype_asked_for_with_its_tokenizer(tmp_path, monkeypatch):
+    """The GGUF file is stood in for by the tiny policy (its reading is transformers'): the directory
+    holds the weights in bfloat16, unquantised, and the tokenizer with its pad and EOS tokens."""
+    (tmp_path / "gguf").mkdir()
+    (tmp_path / "gguf" / "model.gguf").write_bytes(b"GGUF")
+    asked = []
+    for auto in (AutoModelForCausalLM, AutoTokenizer):
+
+        def from_tiny(path, gguf_file, original=auto.from_pretrained, **kwargs):
+            asked.append((Path(path).name, gguf_file, kwargs.get("dtype")))
+            return original(str(TINY_POLICY), **kwargs)
+
+        monkeypatch.setattr(auto, "from_pretrained", from_tiny)
+    output = gguf_to_hf(str(tmp_path / "gguf"), "model.gguf", str(tmp_path / "hf"), dtype="bfloat16")
+    monkeypatch.undo()
+    assert asked == [("gguf", "model.gguf", torch.bfloat16), ("gguf", "model.gguf", None)]
+    weights = load_file(output / "model.safetensors")
+    tiny = load_causal_lm(str(TINY_POLICY)).state_dict()
+    assert weights and all(torch.equal(value, tiny[name].bfloat16()) for name, value in weights.items())
+    assert "quantization_config" not in json.loads((output / "config.json").read_text())
+    tokenizer = load_tokenizer(str(output))
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1)
+    assert tokenizer("12+7=").input_ids == load_tokenizer(str(TINY_POLICY))("12+7=").input_ids
+
+
+def test_a_frozen_model_is_in_eval_mode_with_no_trainable_weight():
+    model = freeze(load_causal_lm(str(TINY_POLICY)))
+    assert not any(module.training for module in model.modules())
+    assert not any(parameter.requires_grad for parameter in model.parameters())
+
+
+def test_the_policy_has_its_dropout_off_and_checkpointing_only_where_asked(tmp_path):
+    """A model whose config sets attention dropout 0.25: the policy's attention layers read 0, its
+    config (and so an export) keeps 0.25; a ``torch.nn`` dropout module gets p = 0. Activation
+    checkpointing follows ``gradient_checkpointing``, with LoRA or without."""
+    model_dir = tmp_path / "dropout"
+    shutil.copytree(TINY_POLICY, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps(config | {"attention_dropout": 0.25}))
+    assert load_causal_lm(str(model_dir)).model.layers[0].self_attn.attention_dropout == 0.25
+    tokenizer, policy = load_policy(str(model_dir), None, "float32", None, gradient_checkpointing=False)
+    attention = [module.self_attn for module in policy.model.layers]
+    assert len(attention) == 3 and all(layer.attention_dropout == 0.0 for layer in attention)
+    assert policy.config.attention_dropout == 0.25 and policy.training
+    assert tokenizer.pad_token_id == 0 and not is_activation_checkpointing(policy)
+    _, checkpointed = load_policy(str(model_dir), None, "float32", None, gradient_checkpointing=True)
+    assert is_activation_checkpointing(checkpointed)
+    _, lora = load_policy(str(model_dir), None, "float32", LoraConfig(rank=2), gradient_checkpointing=False)
+    assert not is_activation_checkpointing(lora) and lora.base_model.model.config.attention_dropout == 0.25
+    head = without_dropout(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5)).train())
+    assert head[1].p == 0.0
+    features = torch.ones(8, 4)
+    assert torch.equal(head(features), head(features))

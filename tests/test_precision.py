@@ -147,3 +147,30 @@ def test_fp16_loss_scaling_is_refused_and_float32_weights_pass_under_every_other
         ConfigError, match=r"^trainer.precision=16-true casts .* float16, .* use .*=bf16-mixed"
     ):
         check_trainable_precision([torch.zeros(3, dtype=torch.float16)], "16-true", "float32", 1e-5)
+
+
+def test_trainable_half_precision_weights_are_refused_naming_dtype_and_threshold():
+    """Weights already stored in float16 or bfloat16 under 32-true or bf16-mixed: model.dtype is the
+    cause. The threshold 4 lr / eps at lr 1e-5: 4e-5 * 2^10 = 4.096e-2 in float16, 4e-5 * 2^7 = 5.12e-3 in
+    bfloat16. An empty parameter list (nothing trains) passes whatever the precision."""
+    fix = (
+        "use model.dtype=float32 with trainer.precision=bf16-mixed (or model.sharding.param_dtype=bfloat16 "
+        "under FSDP2) for bf16 compute, or model.lora, whose float32 adapters train over a bfloat16 base"
+    )
+    for dtype, threshold in (("float16", "4.1e-02"), ("bfloat16", "5.1e-03")):
+        weights = [torch.zeros(3), torch.zeros(3, dtype=getattr(torch, dtype))]
+        for precision in ("32-true", "bf16-mixed"):
+            with pytest.raises(ConfigError) as caught:
+                check_trainable_precision(weights, precision, dtype, 1e-5)
+            assert str(caught.value) == (
+                f"model.dtype={dtype} stores the trained weights in {dtype}, where an AdamW step of "
+                f"model.learning_rate=1e-05 rounds away on every weight larger than {threshold}: {fix}"
+            )
+    with pytest.raises(ConfigError) as caught:
+        check_trainable_precision([torch.zeros(3)], "16-true", "float32", 1e-5)
+    assert str(caught.value) == (
+        "trainer.precision=16-true casts the trained weights and their AdamW state to float16, where an "
+        "AdamW step of model.learning_rate=1e-05 rounds away on every weight larger than 4.1e-02: use "
+        "trainer.precision=bf16-mixed (float32 weights, bfloat16 compute)"
+    )
+    check_trainable_precision([], "bf16-true", "float32", 1e-5)
