@@ -365,31 +365,38 @@ def add_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel:
     except ImportError as error:
         raise ConfigError("model.lora needs the peft package: pip install 'rgra-lightning[real]'") from error
     target = config.target_modules
-    if model.config.tie_word_embeddings and not isinstance(target, str):
-        # An adapter sees one use of the shared matrix, but merging writes it into both
-        embeddings = _embeddings(model)
-        tied = {name.rpartition(".")[2] for name, module in model.named_modules() if module in embeddings}
-        if tied & set(target):
-            raise ConfigError(
-                f"model.lora.target_modules {sorted(tied & set(target))} share their weights with the "
-                "model's other embedding (tie_word_embeddings): the merged export would differ from the "
-                "trained policy; leave them out"
-            )
     lora = peft.LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
         target_modules=target if isinstance(target, str) else list(target),
         task_type="CAUSAL_LM",
     )
+    embeddings = _embeddings(model) if model.config.tie_word_embeddings else []
     try:
         with warnings.catch_warnings():
             # peft reads transformers' deprecated ``is_gradient_checkpointing``: a warning users cannot act on
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
             # float32 adapters over a bf16/fp16 base: the precision policy (``rgra_lightning.precision``)
-            return peft.get_peft_model(model, lora, autocast_adapter_dtype=True)
+            wrapped = peft.get_peft_model(model, lora, autocast_adapter_dtype=True)
     except ValueError as error:  # e.g. a target that is not a linear layer, or that does not exist
         # one line: peft's message prints the module it refuses, over several
         raise ConfigError(f"model.lora.target_modules={target!r}: {' '.join(str(error).split())}") from error
+    # An adapter sees one use of the shared matrix, but merging writes it into both. Read from what peft
+    # adapted: a string target is a regular expression (".*embed_tokens"), not a list of names.
+    tied = sorted(
+        {
+            name.rpartition(".")[2]
+            for name, module in wrapped.named_modules()
+            if isinstance(module, peft.tuners.lora.LoraLayer)
+            and any(module.get_base_layer() is embedding for embedding in embeddings)
+        }
+    )
+    if tied:
+        raise ConfigError(
+            f"model.lora.target_modules {tied} share their weights with the model's other embedding "
+            "(tie_word_embeddings): the merged export would differ from the trained policy; leave them out"
+        )
+    return wrapped
 
 
 def enable_activation_checkpointing(model: PreTrainedModel) -> PreTrainedModel:

@@ -179,6 +179,9 @@ def lora_config(small_config, **overrides):
         # tied to the output head
         (["embed_tokens", "q_proj"], r"^model\.lora\.target_modules \['embed_tokens'\] share their weights"),
         (["lm_head"], r"^model\.lora\.target_modules \['lm_head'\] share their weights"),
+        # a string is a regular expression to peft: what it adapts is checked, not the names given
+        ("lm_head", r"^model\.lora\.target_modules \['lm_head'\] share their weights"),
+        (".*embed_tokens", r"^model\.lora\.target_modules \['embed_tokens'\] share their weights"),
         (["norm"], r"^model\.lora\.target_modules=\['norm'\]: .*is not supported"),  # not a linear layer
         # peft prints the whole module, over several lines
         (["mlp"], r"^model\.lora\.target_modules=\['mlp'\]: .*is not supported"),
